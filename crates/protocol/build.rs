@@ -1,0 +1,16 @@
+//! Compiles `proto/kith/v1/*.proto` with `protox` (pure Rust), so a fresh machine needs no `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["envelope", "roster", "keys", "records", "relay"]
+        .map(|name| root.join(format!("kith/v1/{name}.proto")));
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let descriptors = protox::compile(&files, [&root])?;
+    prost_build::Config::new()
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! Kith's sans-I/O protocol: everything both ends must agree on.
+//!
+//! No sockets, no async runtime and no clock of its own: time and randomness come in as
+//! arguments, so every behaviour is deterministic under test. See `docs/PROTOCOL.md`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+/// Generated protobuf types (`proto/kith/v1/*.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/kith.v1.rs"));
+}
+
+pub mod auth;
+pub mod encoding;
+pub mod ids;
+pub mod keys;
+pub mod limits;
+
+pub mod hlc;
+pub mod merge;
+pub mod record;
+
+pub mod bundle;
+pub mod envelope;
+pub mod epoch;
+pub mod roster;
+pub mod stream;
+
+pub use ids::{AccountId, DeviceId, RecordId};

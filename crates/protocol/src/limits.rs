@@ -1,0 +1,26 @@
+//! Bounds on everything decoded from untrusted bytes. Checked before anything is allocated.
+
+/// Largest encoded envelope accepted anywhere (header, ciphertext and signature).
+pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
+/// Largest plaintext payload (before padding) a device will seal.
+pub const MAX_PAYLOAD_BYTES: usize = MAX_ENVELOPE_BYTES - 64 * 1024;
+/// Largest encoded envelope header.
+pub const MAX_HEADER_BYTES: usize = 256;
+/// Largest encoded signed roster.
+pub const MAX_ROSTER_BYTES: usize = 256 * 1024;
+/// Devices present in one roster.
+pub const MAX_DEVICES: usize = 64;
+/// Devices listed as removed in one roster.
+pub const MAX_REMOVED_DEVICES: usize = 256;
+/// Account-key rotations in one roster's key chain.
+pub const MAX_KEY_ROTATIONS: usize = 1024;
+/// Largest encrypted device name (plaintext at most 64 bytes plus the tag).
+pub const MAX_DEVICE_NAME_BYTES: usize = 64;
+/// Largest sealed bundle (link or recovery).
+pub const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
+/// Operations in one batch.
+pub const MAX_OPERATIONS_PER_BATCH: usize = 10_000;
+/// Field writes in one operation.
+pub const MAX_WRITES_PER_OPERATION: usize = 1_000;
+/// Length of any string in a record (field key or text value).
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
