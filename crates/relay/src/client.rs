@@ -1,0 +1,270 @@
+//! A minimal relay client for tests and the load tool: connect with the certificate pinned by
+//! SHA-256, one request per stream, typed helpers for the common requests.
+//!
+//! Applications use `kith-client`, which verifies everything the relay returns; this client
+//! verifies nothing beyond the TLS pin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kith_protocol::auth::sign_relay_auth;
+use kith_protocol::encoding::labels::RELAY_AUTH_EXPORTER;
+use kith_protocol::ids::AccountId;
+use kith_protocol::keys::DeviceSigningKey;
+use kith_protocol::proto::{
+    self, Cursor, ErrorCode, Notification, Pull, PullResponse, Push, Request, Response, request,
+    response,
+};
+
+use crate::frame::{FrameError, read_message, write_message};
+use crate::tls::{self, TlsError};
+
+/// Largest response frame the client accepts.
+pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Socket setup.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connecting failed.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing a request failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// A response frame was bad.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The relay refused the request.
+    #[error("relay refused: {code:?}: {message}")]
+    Refused {
+        /// Error code.
+        code: ErrorCode,
+        /// The relay's message.
+        message: String,
+    },
+    /// The relay answered with something unexpected.
+    #[error("unexpected response: {0}")]
+    Unexpected(&'static str),
+}
+
+impl ClientError {
+    /// The relay's error code, if the relay refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to a relay.
+#[derive(Debug)]
+pub struct RelayClient {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+fn refused(kind: Option<response::Kind>) -> ClientError {
+    match kind {
+        Some(response::Kind::Error(err)) => ClientError::Refused {
+            code: ErrorCode::try_from(err.code).unwrap_or(ErrorCode::Unspecified),
+            message: err.message,
+        },
+        Some(_) => ClientError::Unexpected("another response kind"),
+        None => ClientError::Unexpected("empty response"),
+    }
+}
+
+impl RelayClient {
+    /// Connects to `addr`, trusting only the certificate with SHA-256 `cert_sha256`.
+    pub async fn connect(addr: SocketAddr, cert_sha256: [u8; 32]) -> Result<Self, ClientError> {
+        let bind: SocketAddr =
+            if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+                .map_err(|_| ClientError::Unexpected("bind address"))?;
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(tls::client_config(cert_sha256)?);
+        Self::connect_with(endpoint, addr).await
+    }
+
+    /// Connects through an existing client endpoint (many connections can share one socket).
+    pub async fn connect_with(
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> Result<Self, ClientError> {
+        let connection = endpoint.connect(addr, "localhost")?.await?;
+        Ok(Self { endpoint, connection })
+    }
+
+    /// The QUIC connection.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// The TLS exporter value that device authentication signs.
+    pub fn exporter(&self) -> Result<[u8; 32], ClientError> {
+        let mut out = [0u8; 32];
+        self.connection
+            .export_keying_material(&mut out, RELAY_AUTH_EXPORTER.as_bytes(), b"")
+            .map_err(|_| ClientError::Unexpected("exporter"))?;
+        Ok(out)
+    }
+
+    /// Sends one request on a new stream and reads one response.
+    pub async fn call(&self, kind: request::Kind) -> Result<Response, ClientError> {
+        let (mut send, mut recv) = self.connection.open_bi().await?;
+        write_message(&mut send, &Request { kind: Some(kind) })
+            .await
+            .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+        let _ = send.finish();
+        read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES)
+            .await?
+            .ok_or(ClientError::Unexpected("stream ended without a response"))
+    }
+
+    /// Sends a request; an `Error` response becomes [`ClientError::Refused`].
+    pub async fn request(&self, kind: request::Kind) -> Result<response::Kind, ClientError> {
+        match self.call(kind).await?.kind {
+            Some(response::Kind::Error(err)) => Err(refused(Some(response::Kind::Error(err)))),
+            Some(kind) => Ok(kind),
+            None => Err(ClientError::Unexpected("empty response")),
+        }
+    }
+
+    /// Asks for a challenge.
+    pub async fn challenge(&self) -> Result<[u8; 32], ClientError> {
+        match self.request(request::Kind::GetChallenge(proto::GetChallenge {})).await? {
+            response::Kind::Challenge(c) => {
+                <[u8; 32]>::try_from(c.nonce.as_slice()).map_err(|_| ClientError::Unexpected("nonce"))
+            }
+            other => Err(refused(Some(other))),
+        }
+    }
+
+    /// Expects `Ok`.
+    pub async fn expect_ok(&self, kind: request::Kind) -> Result<(), ClientError> {
+        match self.request(kind).await? {
+            response::Kind::Ok(_) => Ok(()),
+            other => Err(refused(Some(other))),
+        }
+    }
+
+    /// Authenticates as `key`'s device of `account`.
+    pub async fn authenticate(
+        &self,
+        key: &DeviceSigningKey,
+        account: &AccountId,
+    ) -> Result<(), ClientError> {
+        let nonce = self.challenge().await?;
+        let device = key.device_id();
+        let signature = sign_relay_auth(key, &self.exporter()?, &nonce, account, &device);
+        self.expect_ok(request::Kind::Authenticate(proto::Authenticate {
+            account_id: account.as_bytes().to_vec(),
+            device_id: device.as_bytes().to_vec(),
+            signature: signature.to_bytes().to_vec(),
+        }))
+        .await
+    }
+
+    /// Creates an account from its first roster, authenticating as `key`'s device.
+    pub async fn create_account(
+        &self,
+        roster: Vec<u8>,
+        key: &DeviceSigningKey,
+        account: &AccountId,
+        registration_token: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let nonce = self.challenge().await?;
+        let device = key.device_id();
+        let signature = sign_relay_auth(key, &self.exporter()?, &nonce, account, &device);
+        self.expect_ok(request::Kind::CreateAccount(proto::CreateAccount {
+            roster,
+            device_id: device.as_bytes().to_vec(),
+            signature: signature.to_bytes().to_vec(),
+            registration_token: registration_token.unwrap_or_default().to_owned(),
+        }))
+        .await
+    }
+
+    /// Pushes encoded envelopes; returns the acknowledged last seq.
+    pub async fn push(&self, envelopes: Vec<Vec<u8>>) -> Result<u64, ClientError> {
+        match self.request(request::Kind::Push(Push { envelopes })).await? {
+            response::Kind::PushAck(ack) => Ok(ack.last_seq),
+            other => Err(refused(Some(other))),
+        }
+    }
+
+    /// Pulls one page.
+    pub async fn pull(
+        &self,
+        cursors: Vec<Cursor>,
+        max_envelopes: u32,
+        max_bytes: u32,
+    ) -> Result<PullResponse, ClientError> {
+        match self.request(request::Kind::Pull(Pull { cursors, max_envelopes, max_bytes })).await? {
+            response::Kind::Pull(page) => Ok(page),
+            other => Err(refused(Some(other))),
+        }
+    }
+
+    /// Subscribes to pushes of the account's other devices.
+    pub async fn subscribe(&self) -> Result<Subscription, ClientError> {
+        let (mut send, mut recv) = self.connection.open_bi().await?;
+        write_message(&mut send, &Request { kind: Some(request::Kind::Subscribe(proto::Subscribe {})) })
+            .await
+            .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+        match read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES).await?.and_then(|r| r.kind) {
+            Some(response::Kind::Ok(_)) => Ok(Subscription { _send: send, recv }),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// Closes the connection and waits for the close to reach the relay.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// An open subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Subscription {
+    /// The next notification; `Ok(None)` when the relay ended the subscription cleanly, an
+    /// error when it ended it with an error (account deleted, shutting down).
+    pub async fn next(&mut self) -> Result<Option<Notification>, ClientError> {
+        match read_message::<Response, _>(&mut self.recv, MAX_RESPONSE_BYTES).await? {
+            None => Ok(None),
+            Some(Response { kind: Some(response::Kind::Notification(n)) }) => Ok(Some(n)),
+            Some(other) => Err(refused(other.kind)),
+        }
+    }
+}
+
+/// Shares one client endpoint (one UDP socket) among many connections, as the load tool does.
+pub fn shared_endpoint(cert_sha256: [u8; 32]) -> Result<quinn::Endpoint, ClientError> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(4 * 1024 * 1024);
+    let _ = sock.set_send_buffer_size(4 * 1024 * 1024);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    endpoint.set_default_client_config(tls::client_config(cert_sha256)?);
+    Ok(endpoint)
+}

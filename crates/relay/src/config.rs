@@ -1,0 +1,479 @@
+//! The relay's configuration: every limit has a documented default, a TOML key and a flag.
+//!
+//! [`Settings`] is what a person writes: every field optional, parsed from flags (`clap`) and
+//! from a TOML file (`serde`) with the same names (`--max-frame-bytes` ↔ `max_frame_bytes`).
+//! Flags win over the file, the file over the defaults. [`Settings::resolve`] turns it into a
+//! [`RelayConfig`], which holds no options left to decide.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone who reaches the relay may create an account.
+    Open,
+    /// Creating an account consumes a single-use token from `kith-relay token create`.
+    Token,
+}
+
+/// Errors of loading or checking a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// Two settings contradict each other, or one is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// Default listen address: loopback, so a newcomer's first run is not exposed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+/// Default data directory (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "kith-relay-data";
+
+/// Settings as written in flags or TOML; every field optional. Doc comments are `--help`.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// UDP address to listen on [default: 127.0.0.1:4433]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: database, certificate, tokens [default: ./kith-relay-data]
+    #[arg(long = "data")]
+    #[serde(rename = "data")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain to serve instead of the self-signed one (needs --key)
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Who may create accounts [default: open on a loopback address, token otherwise]
+    #[arg(long, value_enum)]
+    pub registration: Option<RegistrationMode>,
+    /// Largest request frame in bytes (4-byte length prefix excluded) [default: 4194304]
+    #[arg(long)]
+    pub max_frame_bytes: Option<u32>,
+    /// Largest single encoded envelope in bytes [default: 1048576]
+    #[arg(long)]
+    pub max_envelope_bytes: Option<u32>,
+    /// Most envelopes in one push [default: 1000]
+    #[arg(long)]
+    pub max_batch_envelopes: Option<u32>,
+    /// Quota: bytes stored per account (envelopes and sealed keys) [default: 1073741824]
+    #[arg(long)]
+    pub max_account_bytes: Option<u64>,
+    /// Most devices in an account's roster [default: 64]
+    #[arg(long)]
+    pub max_devices_per_account: Option<u32>,
+    /// Most simultaneous QUIC connections [default: 4096]
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Most concurrent request streams per connection [default: 32]
+    #[arg(long)]
+    pub max_streams_per_connection: Option<u32>,
+    /// Sustained requests per second per device (token bucket rate) [default: 100]
+    #[arg(long)]
+    pub requests_per_second: Option<u32>,
+    /// Burst of requests per device (token bucket size) [default: 200]
+    #[arg(long)]
+    pub request_burst: Option<u32>,
+    /// Close a connection after this many seconds without traffic [default: 60]
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Give up on a TLS handshake after this many seconds [default: 10]
+    #[arg(long)]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds a pairing slot lives before it expires untaken [default: 600]
+    #[arg(long)]
+    pub pairing_slot_ttl_secs: Option<u64>,
+    /// Most live pairing slots per account [default: 16]
+    #[arg(long)]
+    pub max_pairing_slots_per_account: Option<u32>,
+    /// Envelopes in one pull page when the client asks for 0 [default: 1000]
+    #[arg(long)]
+    pub pull_default_envelopes: Option<u32>,
+    /// Most envelopes in one pull page [default: 10000]
+    #[arg(long)]
+    pub pull_max_envelopes: Option<u32>,
+    /// Most envelope bytes in one pull page (below max-frame-bytes) [default: 2097152]
+    #[arg(long)]
+    pub pull_max_bytes: Option<u32>,
+    /// Most sealed epoch keys in one request [default: 256]
+    #[arg(long)]
+    pub max_sealed_keys_per_request: Option<u32>,
+    /// Unauthenticated lookups (recovery bundle, pairing slot) per minute per source address
+    /// [default: 10]
+    #[arg(long)]
+    pub lookups_per_minute: Option<u32>,
+    /// QUIC receive window per connection in bytes: bounds the memory one peer can make the
+    /// relay hold [default: 8388608]
+    #[arg(long)]
+    pub connection_window_bytes: Option<u64>,
+    /// UDP socket send and receive buffer in bytes [default: 4194304]
+    #[arg(long)]
+    pub udp_buffer_bytes: Option<usize>,
+    /// sled page cache in bytes [default: 67108864]
+    #[arg(long)]
+    pub cache_bytes: Option<u64>,
+    /// Largest stored value when a pushed batch is split into values: consecutive envelopes
+    /// are packed into one value up to this size (see BENCHMARKS.md) [default: 131072]
+    #[arg(long)]
+    pub store_value_bytes: Option<u32>,
+    /// Seconds to finish in-flight requests after a shutdown signal [default: 10]
+    #[arg(long)]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl Settings {
+    /// Reads a TOML file with the same keys as the flags (underscores for dashes).
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// `self` where set, else `lower`: flags over the file.
+    pub fn or(self, lower: Settings) -> Settings {
+        macro_rules! pick {
+            ($($field:ident),* $(,)?) => {
+                Settings { $($field: self.$field.or(lower.$field)),* }
+            };
+        }
+        pick!(
+            listen,
+            data_dir,
+            cert,
+            key,
+            registration,
+            max_frame_bytes,
+            max_envelope_bytes,
+            max_batch_envelopes,
+            max_account_bytes,
+            max_devices_per_account,
+            max_connections,
+            max_streams_per_connection,
+            requests_per_second,
+            request_burst,
+            idle_timeout_secs,
+            handshake_timeout_secs,
+            pairing_slot_ttl_secs,
+            max_pairing_slots_per_account,
+            pull_default_envelopes,
+            pull_max_envelopes,
+            pull_max_bytes,
+            max_sealed_keys_per_request,
+            lookups_per_minute,
+            connection_window_bytes,
+            udp_buffer_bytes,
+            cache_bytes,
+            store_value_bytes,
+            shutdown_grace_secs,
+        )
+    }
+
+    /// Fills in defaults and checks the result.
+    pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
+        let d = RelayConfig::default();
+        let l = &d.limits;
+        let listen = self.listen.unwrap_or(d.listen);
+        let limits = Limits {
+            max_frame_bytes: self.max_frame_bytes.unwrap_or(l.max_frame_bytes),
+            max_envelope_bytes: self.max_envelope_bytes.unwrap_or(l.max_envelope_bytes),
+            max_batch_envelopes: self.max_batch_envelopes.unwrap_or(l.max_batch_envelopes),
+            max_account_bytes: self.max_account_bytes.unwrap_or(l.max_account_bytes),
+            max_devices_per_account: self
+                .max_devices_per_account
+                .unwrap_or(l.max_devices_per_account),
+            max_connections: self.max_connections.unwrap_or(l.max_connections),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .unwrap_or(l.max_streams_per_connection),
+            requests_per_second: self.requests_per_second.unwrap_or(l.requests_per_second),
+            request_burst: self.request_burst.unwrap_or(l.request_burst),
+            idle_timeout: self
+                .idle_timeout_secs
+                .map_or(l.idle_timeout, Duration::from_secs),
+            handshake_timeout: self
+                .handshake_timeout_secs
+                .map_or(l.handshake_timeout, Duration::from_secs),
+            pairing_slot_ttl: self
+                .pairing_slot_ttl_secs
+                .map_or(l.pairing_slot_ttl, Duration::from_secs),
+            max_pairing_slots_per_account: self
+                .max_pairing_slots_per_account
+                .unwrap_or(l.max_pairing_slots_per_account),
+            pull_default_envelopes: self
+                .pull_default_envelopes
+                .unwrap_or(l.pull_default_envelopes),
+            pull_max_envelopes: self.pull_max_envelopes.unwrap_or(l.pull_max_envelopes),
+            pull_max_bytes: self.pull_max_bytes.unwrap_or(l.pull_max_bytes),
+            max_sealed_keys_per_request: self
+                .max_sealed_keys_per_request
+                .unwrap_or(l.max_sealed_keys_per_request),
+            lookups_per_minute: self.lookups_per_minute.unwrap_or(l.lookups_per_minute),
+            connection_window_bytes: self
+                .connection_window_bytes
+                .unwrap_or(l.connection_window_bytes),
+        };
+        let config = RelayConfig {
+            listen,
+            data_dir: self.data_dir.unwrap_or(d.data_dir),
+            cert: self.cert,
+            key: self.key,
+            registration: self.registration.unwrap_or(if listen.ip().is_loopback() {
+                RegistrationMode::Open
+            } else {
+                RegistrationMode::Token
+            }),
+            limits,
+            udp_buffer_bytes: self.udp_buffer_bytes.unwrap_or(d.udp_buffer_bytes),
+            cache_bytes: self.cache_bytes.unwrap_or(d.cache_bytes),
+            store_value_bytes: self.store_value_bytes.unwrap_or(d.store_value_bytes),
+            shutdown_grace: self
+                .shutdown_grace_secs
+                .map_or(d.shutdown_grace, Duration::from_secs),
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+/// Every bound the relay enforces. Defaults are the `[default: …]` of `--help`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request frame (length prefix excluded).
+    pub max_frame_bytes: u32,
+    /// Largest encoded envelope.
+    pub max_envelope_bytes: u32,
+    /// Most envelopes per push.
+    pub max_batch_envelopes: u32,
+    /// Bytes stored per account (envelopes and sealed epoch keys).
+    pub max_account_bytes: u64,
+    /// Devices per roster.
+    pub max_devices_per_account: u32,
+    /// Simultaneous connections.
+    pub max_connections: u32,
+    /// Concurrent bidirectional streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Token-bucket refill rate per device.
+    pub requests_per_second: u32,
+    /// Token-bucket size per device.
+    pub request_burst: u32,
+    /// Connection idle timeout.
+    pub idle_timeout: Duration,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Pairing-slot lifetime.
+    pub pairing_slot_ttl: Duration,
+    /// Live pairing slots per account.
+    pub max_pairing_slots_per_account: u32,
+    /// Pull page size when the client asks for 0.
+    pub pull_default_envelopes: u32,
+    /// Largest pull page in envelopes.
+    pub pull_max_envelopes: u32,
+    /// Largest pull page in envelope bytes.
+    pub pull_max_bytes: u32,
+    /// Sealed epoch keys per put.
+    pub max_sealed_keys_per_request: u32,
+    /// Unauthenticated lookups per minute per source IP address.
+    pub lookups_per_minute: u32,
+    /// QUIC connection-level receive window.
+    pub connection_window_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 4 * 1024 * 1024,
+            max_envelope_bytes: 1024 * 1024,
+            max_batch_envelopes: 1000,
+            max_account_bytes: 1024 * 1024 * 1024,
+            max_devices_per_account: 64,
+            max_connections: 4096,
+            max_streams_per_connection: 32,
+            requests_per_second: 100,
+            request_burst: 200,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            pairing_slot_ttl: Duration::from_secs(600),
+            max_pairing_slots_per_account: 16,
+            pull_default_envelopes: 1000,
+            pull_max_envelopes: 10_000,
+            pull_max_bytes: 2 * 1024 * 1024,
+            max_sealed_keys_per_request: 256,
+            lookups_per_minute: 10,
+            connection_window_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// A complete, checked relay configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// UDP address to listen on; port 0 picks a free one (see `RelayHandle::local_addr`).
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain instead of the self-signed certificate.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Who may create accounts.
+    pub registration: RegistrationMode,
+    /// Every bound.
+    pub limits: Limits,
+    /// UDP socket buffer sizes.
+    pub udp_buffer_bytes: usize,
+    /// sled page cache.
+    pub cache_bytes: u64,
+    /// Largest stored value when packing a pushed batch.
+    pub store_value_bytes: u32,
+    /// Time to finish in-flight requests after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 4433))),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            cert: None,
+            key: None,
+            registration: RegistrationMode::Open,
+            limits: Limits::default(),
+            udp_buffer_bytes: 4 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
+            store_value_bytes: 128 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// A configuration for tests: loopback port 0, open registration, data in `data_dir`.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            cache_bytes: 16 * 1024 * 1024,
+            ..Self::default()
+        }
+    }
+
+    /// Checks bounds that depend on each other.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.cert.is_some() != self.key.is_some() {
+            return invalid("--cert and --key go together");
+        }
+        if l.max_envelope_bytes as usize > kith_protocol::limits::MAX_ENVELOPE_BYTES {
+            return invalid("max_envelope_bytes exceeds the protocol's envelope limit (1 MiB)");
+        }
+        if l.max_envelope_bytes >= l.max_frame_bytes {
+            return invalid("max_envelope_bytes must be below max_frame_bytes");
+        }
+        if l.pull_max_bytes >= l.max_frame_bytes || l.pull_max_bytes < l.max_envelope_bytes {
+            return invalid(
+                "pull_max_bytes must be at least max_envelope_bytes and below max_frame_bytes",
+            );
+        }
+        if l.max_devices_per_account == 0
+            || l.max_devices_per_account as usize > kith_protocol::limits::MAX_DEVICES
+        {
+            return invalid("max_devices_per_account must be 1..=64");
+        }
+        for (value, name) in [
+            (l.max_batch_envelopes, "max_batch_envelopes"),
+            (l.max_connections, "max_connections"),
+            (l.max_streams_per_connection, "max_streams_per_connection"),
+            (l.requests_per_second, "requests_per_second"),
+            (l.request_burst, "request_burst"),
+            (l.pull_default_envelopes, "pull_default_envelopes"),
+            (l.pull_max_envelopes, "pull_max_envelopes"),
+            (l.max_sealed_keys_per_request, "max_sealed_keys_per_request"),
+            (l.lookups_per_minute, "lookups_per_minute"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if l.idle_timeout.is_zero() || l.handshake_timeout.is_zero() {
+            return invalid("timeouts must be at least one second");
+        }
+        if l.connection_window_bytes < u64::from(l.max_frame_bytes) + 4 {
+            return invalid("connection_window_bytes must hold at least one max-size frame");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_consistent() {
+        Settings::default().resolve().unwrap();
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let file: Settings =
+            toml::from_str("max_frame_bytes = 1000000\nmax_batch_envelopes = 7\nregistration = \"token\"")
+                .unwrap();
+        let flags = Settings { max_batch_envelopes: Some(9), ..Settings::default() };
+        let config = Settings {
+            pull_max_bytes: Some(800_000),
+            max_envelope_bytes: Some(500_000),
+            ..flags
+        }
+        .or(file)
+        .resolve()
+        .unwrap();
+        assert_eq!(config.limits.max_frame_bytes, 1_000_000);
+        assert_eq!(config.limits.max_batch_envelopes, 9);
+        assert_eq!(config.registration, RegistrationMode::Token);
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_refused() {
+        assert!(toml::from_str::<Settings>("max_frame = 1").is_err());
+    }
+
+    #[test]
+    fn registration_defaults_to_token_off_loopback() {
+        let config = Settings { listen: Some("0.0.0.0:4433".parse().unwrap()), ..Settings::default() }
+            .resolve()
+            .unwrap();
+        assert_eq!(config.registration, RegistrationMode::Token);
+        assert_eq!(Settings::default().resolve().unwrap().registration, RegistrationMode::Open);
+    }
+}

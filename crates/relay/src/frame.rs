@@ -1,0 +1,134 @@
+//! Framing: a 4-byte big-endian length, then that many bytes of protobuf.
+//!
+//! The length is checked against the limit before a byte of the body is buffered, and the
+//! body buffer then grows only as bytes actually arrive, so a peer that announces a large
+//! frame and sends nothing costs nothing.
+
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+/// Initial body buffer; it grows as data arrives, up to the announced (bounded) length.
+const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The announced length exceeds the limit; nothing was buffered.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The body is not the expected protobuf message.
+    #[error("frame does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The transport failed.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame's body. `Ok(None)` when the stream ended cleanly before a frame began.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_len: u32,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        let n = reader.read(&mut header[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+        }
+        filled += n;
+    }
+    let len = u32::from_be_bytes(header);
+    if len > max_len {
+        return Err(FrameError::TooLarge { len: u64::from(len), max: u64::from(max_len) });
+    }
+    let len = len as usize;
+    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
+    reader.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(body))
+}
+
+/// Reads and decodes one message. `Ok(None)` when the stream ended cleanly.
+pub async fn read_message<M: Message + Default, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_len: u32,
+) -> Result<Option<M>, FrameError> {
+    match read_frame(reader, max_len).await? {
+        Some(body) => Ok(Some(M::decode(body.as_slice())?)),
+        None => Ok(None),
+    }
+}
+
+/// Encodes a message as one frame (length prefix included) in a single buffer.
+pub fn encode_frame<M: Message>(message: &M) -> Vec<u8> {
+    let len = message.encoded_len();
+    let mut out = Vec::with_capacity(HEADER_LEN + len);
+    // Messages the relay and its clients build are bounded far below 4 GiB.
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    // Encoding into a Vec cannot run out of space.
+    let _ = message.encode(&mut out);
+    out
+}
+
+/// Writes one message as a frame.
+pub async fn write_message<M: Message, W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &M,
+) -> std::io::Result<()> {
+    writer.write_all(&encode_frame(message)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_protocol::proto::{Request, request};
+
+    fn ping() -> Request {
+        Request { kind: Some(request::Kind::GetChallenge(Default::default())) }
+    }
+
+    #[tokio::test]
+    async fn a_frame_round_trips() {
+        let bytes = encode_frame(&ping());
+        let decoded: Request = read_message(&mut bytes.as_slice(), 100).await.unwrap().unwrap();
+        assert_eq!(decoded, ping());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_reading_the_body() {
+        let mut bytes = u32::MAX.to_be_bytes().to_vec();
+        bytes.push(0);
+        let err = read_frame(&mut bytes.as_slice(), 1024).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { len: 4_294_967_295, max: 1024 }));
+    }
+
+    #[tokio::test]
+    async fn truncated_header_and_body_are_errors_and_clean_end_is_none() {
+        assert!(read_frame(&mut &[][..], 10).await.unwrap().is_none());
+        assert!(matches!(read_frame(&mut &[0, 0][..], 10).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut &[0, 0, 0, 5, 1, 2][..], 10).await,
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_body_is_a_decode_error() {
+        let bytes = [0, 0, 0, 3, 0xff, 0xff, 0xff];
+        let err = read_message::<Request, _>(&mut &bytes[..], 10).await.unwrap_err();
+        assert!(matches!(err, FrameError::Decode(_)));
+    }
+}

@@ -1,0 +1,78 @@
+//! `CreateAccount`: stores the first roster and authenticates the connection as its device.
+
+use kith_protocol::auth::verify_relay_auth;
+use kith_protocol::ids::DeviceId;
+use kith_protocol::limits::MAX_ROSTER_BYTES;
+use kith_protocol::proto::{CreateAccount, ErrorCode};
+use sha2::{Digest, Sha256};
+
+use super::{Reply, durable, ok};
+use crate::config::RegistrationMode;
+use crate::error::RequestError;
+use crate::protocol_adapter::VerifiedRoster;
+use crate::state::{Conn, Shared, lock, short};
+
+pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> Reply {
+    let nonce = conn
+        .take_challenge()
+        .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
+    if req.roster.len() > MAX_ROSTER_BYTES {
+        return Err(RequestError::new(ErrorCode::RosterInvalid, "roster too large"));
+    }
+    let roster = VerifiedRoster::verify(&req.roster, None, None)
+        .map_err(|e| RequestError::new(ErrorCode::RosterInvalid, e.to_string()))?;
+    if roster.version() != 1 {
+        return Err(RequestError::new(ErrorCode::RosterInvalid, "the first roster has version 1"));
+    }
+    if roster.device_count() > shared.config.limits.max_devices_per_account as usize {
+        return Err(RequestError::new(ErrorCode::TooManyDevices, "too many devices"));
+    }
+    let account_id = roster.account_id();
+    let device = DeviceId::from_slice(&req.device_id)
+        .map_err(|_| RequestError::invalid("device_id must be 16 bytes"))?;
+    let key = roster
+        .device(&device)
+        .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
+        .signing_key();
+    verify_relay_auth(key, &conn.exporter()?, &nonce, &account_id, &device, &req.signature)
+        .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
+    if shared.accounts.get(shared.store.as_ref(), &account_id)?.is_some() {
+        return Err(RequestError::new(ErrorCode::AccountExists, "the account exists"));
+    }
+    let token_hash: Option<[u8; 32]> = match shared.config.registration {
+        RegistrationMode::Open => None,
+        RegistrationMode::Token => {
+            let hash: [u8; 32] = Sha256::digest(req.registration_token.trim().as_bytes()).into();
+            if req.registration_token.is_empty() || !consume_token(shared, &hash)? {
+                return Err(RequestError::new(
+                    ErrorCode::RegistrationClosed,
+                    "a valid, unused registration token is required",
+                ));
+            }
+            Some(hash)
+        }
+    };
+    let created =
+        shared.store.create_account(&account_id, roster.encoded()).map_err(RequestError::storage)?;
+    if !created {
+        if let Some(hash) = token_hash {
+            // Give the token back: it did not create anything.
+            shared.store.add_registration_token(&hash).map_err(RequestError::storage)?;
+        }
+        return Err(RequestError::new(ErrorCode::AccountExists, "the account exists"));
+    }
+    durable(shared).await?;
+    shared.accounts.insert_new(roster);
+    *lock(&conn.device) = Some((account_id, device));
+    tracing::info!(account = %short(account_id.as_bytes()), "account created");
+    ok()
+}
+
+/// Consumes a token from the store, or from the inbox directory that `kith-relay token create`
+/// writes to while the relay runs (removing the file is the atomic, single-use step).
+fn consume_token(shared: &Shared, hash: &[u8; 32]) -> Result<bool, RequestError> {
+    if shared.store.consume_registration_token(hash).map_err(RequestError::storage)? {
+        return Ok(true);
+    }
+    Ok(std::fs::remove_file(shared.token_inbox.join(hex::encode(hash))).is_ok())
+}

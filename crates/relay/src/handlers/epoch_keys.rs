@@ -1,0 +1,82 @@
+//! `PutSealedEpochKeys` and `GetSealedEpochKeys`: epoch secrets sealed to each device, stored
+//! per (account, recipient device, epoch). The relay reads only the routing fields; the sealed
+//! secret is opaque to it (HPKE with X-Wing, docs/PROTOCOL.md §5).
+
+use kith_protocol::ids::{AccountId, DeviceId};
+use kith_protocol::proto::{
+    ErrorCode, GetSealedEpochKeys, PutSealedEpochKeys, SealedEpochKey, SealedEpochKeys, response,
+};
+use prost::Message;
+
+use super::{Reply, authorized, durable, ok, respond};
+use crate::error::RequestError;
+use crate::state::{Conn, Shared};
+
+/// Largest encoded sealed epoch key (X-Wing encapsulation 1120 bytes, a 48-byte ciphertext and
+/// ids; with generous room).
+const MAX_SEALED_KEY_BYTES: usize = 4096;
+
+pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -> Reply {
+    let (account, _device) = authorized(shared, conn)?;
+    let limits = &shared.config.limits;
+    if req.keys.len() > limits.max_sealed_keys_per_request as usize {
+        return Err(RequestError::new(ErrorCode::BatchTooLarge, "too many sealed keys"));
+    }
+    let roster = account.roster();
+    let mut parsed = Vec::with_capacity(req.keys.len());
+    for (i, bytes) in req.keys.iter().enumerate() {
+        if bytes.len() > MAX_SEALED_KEY_BYTES {
+            return Err(RequestError::invalid(format!("sealed key {i} is too large")));
+        }
+        let key = SealedEpochKey::decode(bytes.as_slice()).map_err(|_| {
+            RequestError::new(ErrorCode::Malformed, format!("sealed key {i} does not decode"))
+        })?;
+        let for_account = AccountId::from_slice(&key.account_id).ok();
+        if for_account != Some(account.id) {
+            return Err(RequestError::new(
+                ErrorCode::WrongStream,
+                format!("sealed key {i} names another account"),
+            ));
+        }
+        let recipient = DeviceId::from_slice(&key.recipient_device_id)
+            .map_err(|_| RequestError::invalid(format!("sealed key {i}: bad recipient id")))?;
+        if roster.device(&recipient).is_none() {
+            return Err(RequestError::new(
+                ErrorCode::UnknownDevice,
+                format!("sealed key {i}: recipient not in the roster"),
+            ));
+        }
+        if key.epoch == 0 || key.epoch > roster.epoch() {
+            return Err(RequestError::invalid(format!("sealed key {i}: epoch out of range")));
+        }
+        parsed.push((recipient, key.epoch, bytes));
+    }
+    {
+        let mut inner = account.lock();
+        if inner.deleted {
+            return Err(RequestError::new(ErrorCode::UnknownAccount, "the account was deleted"));
+        }
+        let added: u64 = parsed.iter().map(|(_, _, b)| b.len() as u64).sum();
+        if inner.bytes_used() + added > limits.max_account_bytes {
+            return Err(RequestError::new(ErrorCode::QuotaExceeded, "the account's quota is used up"));
+        }
+        for (recipient, epoch, bytes) in parsed {
+            let replaced = shared
+                .store
+                .put_sealed_key(&account.id, &recipient, epoch, bytes)
+                .map_err(RequestError::storage)?;
+            inner.sealed_key_bytes = inner.sealed_key_bytes.saturating_sub(replaced) + bytes.len() as u64;
+        }
+    }
+    durable(shared).await?;
+    ok()
+}
+
+pub(crate) fn get(shared: &Shared, conn: &Conn, req: GetSealedEpochKeys) -> Reply {
+    let (account, device) = authorized(shared, conn)?;
+    let keys = shared
+        .store
+        .sealed_keys(&account.id, &device, req.min_epoch)
+        .map_err(RequestError::storage)?;
+    respond(response::Kind::SealedEpochKeys(SealedEpochKeys { keys }))
+}

@@ -1,0 +1,103 @@
+//! One file per request kind. Each handler takes the decoded request and returns the response
+//! or a [`RequestError`]; `subscribe` alone keeps its stream open.
+
+mod auth;
+mod create_account;
+mod delete_account;
+mod epoch_keys;
+mod pairing;
+mod pull;
+mod push;
+mod recovery;
+mod roster;
+pub(crate) mod subscribe;
+mod truncate;
+mod usage;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kith_protocol::ids::DeviceId;
+use kith_protocol::proto::{ErrorCode, Ok as OkResponse, Response, request, response};
+
+use crate::error::RequestError;
+use crate::state::{Account, Conn, Shared, lock};
+
+/// The result of a handler.
+pub(crate) type Reply = Result<Response, RequestError>;
+
+pub(crate) fn respond(kind: response::Kind) -> Reply {
+    Ok(Response { kind: Some(kind) })
+}
+
+pub(crate) fn ok() -> Reply {
+    respond(response::Kind::Ok(OkResponse {}))
+}
+
+/// Answers every request kind except `Subscribe` (see [`subscribe::run`]).
+pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) -> Reply {
+    use request::Kind;
+    match kind {
+        Kind::GetChallenge(_) => auth::get_challenge(conn),
+        Kind::Authenticate(req) => auth::authenticate(shared, conn, req),
+        Kind::CreateAccount(req) => create_account::handle(shared, conn, req).await,
+        Kind::PutRoster(req) => roster::put(shared, conn, req).await,
+        Kind::GetRoster(_) => roster::get(shared, conn),
+        Kind::Push(req) => push::handle(shared, conn, req).await,
+        Kind::Pull(req) => pull::handle(shared, conn, req),
+        Kind::Subscribe(_) => Err(RequestError::internal("subscribe is dispatched by the server")),
+        Kind::PutSealedEpochKeys(req) => epoch_keys::put(shared, conn, req).await,
+        Kind::GetSealedEpochKeys(req) => epoch_keys::get(shared, conn, req),
+        Kind::PutPairingSlot(req) => pairing::put(shared, conn, req).await,
+        Kind::TakePairingSlot(req) => pairing::take(shared, conn, req).await,
+        Kind::TruncateStream(req) => truncate::handle(shared, conn, req).await,
+        Kind::PutRecoveryBundle(req) => recovery::put(shared, conn, req).await,
+        Kind::GetRecoveryBundle(req) => recovery::get(shared, conn, req),
+        Kind::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
+        Kind::GetUsage(_) => usage::handle(shared, conn),
+    }
+}
+
+/// The account and device this connection authenticated as, still present in the current
+/// roster (a device removed since is refused at once), within its request rate.
+pub(crate) fn authorized(
+    shared: &Shared,
+    conn: &Conn,
+) -> Result<(Arc<Account>, DeviceId), RequestError> {
+    let Some((account_id, device)) = *lock(&conn.device) else {
+        return Err(RequestError::new(ErrorCode::Unauthenticated, "authenticate first"));
+    };
+    let account = shared
+        .accounts
+        .get(shared.store.as_ref(), &account_id)?
+        .ok_or_else(|| RequestError::new(ErrorCode::UnknownAccount, "the account does not exist"))?;
+    check_device(&account.roster(), &device)?;
+    if !shared.device_limiter.check(&(account_id, device), Instant::now()) {
+        return Err(RequestError::new(ErrorCode::RateLimited, "too many requests; slow down"));
+    }
+    Ok((account, device))
+}
+
+/// Refuses devices that are removed from, or absent in, the roster.
+pub(crate) fn check_device(
+    roster: &crate::protocol_adapter::VerifiedRoster,
+    device: &DeviceId,
+) -> Result<(), RequestError> {
+    if roster.device(device).is_some() {
+        Ok(())
+    } else if roster.is_removed(device) {
+        Err(RequestError::new(ErrorCode::DeviceRemoved, "the device was removed from the account"))
+    } else {
+        Err(RequestError::new(ErrorCode::UnknownDevice, "the device is not in the account's roster"))
+    }
+}
+
+/// Parses a 32-byte id field.
+pub(crate) fn id32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], RequestError> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| RequestError::invalid(format!("{what} must be 32 bytes")))
+}
+
+/// Waits for durability of what this request wrote.
+pub(crate) async fn durable(shared: &Shared) -> Result<(), RequestError> {
+    shared.commit.durable().await.map_err(RequestError::storage)
+}

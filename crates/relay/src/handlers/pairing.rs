@@ -1,0 +1,52 @@
+//! `PutPairingSlot` and `TakePairingSlot`: a one-shot mailbox for the link bundle.
+//!
+//! An account's device puts the sealed bundle under a slot id derived from the pairing secret;
+//! the new device, which cannot authenticate yet, takes it once. Slots expire after the
+//! configured TTL. Takes are rate-limited per source address.
+
+use std::time::Instant;
+
+use kith_protocol::limits::MAX_BUNDLE_BYTES;
+use kith_protocol::proto::{ErrorCode, PairingSlot, PutPairingSlot, TakePairingSlot, response};
+
+use super::{Reply, authorized, durable, id32, ok, respond};
+use crate::error::RequestError;
+use crate::state::{Conn, Shared, now_ms};
+
+pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutPairingSlot) -> Reply {
+    let (account, _device) = authorized(shared, conn)?;
+    let slot_id = id32(&req.slot_id, "slot_id")?;
+    if req.bundle.is_empty() || req.bundle.len() > MAX_BUNDLE_BYTES {
+        return Err(RequestError::invalid("bundle size out of range"));
+    }
+    let limits = &shared.config.limits;
+    let now = now_ms();
+    let live = shared.store.count_pairing_slots(&account.id, now).map_err(RequestError::storage)?;
+    if live >= limits.max_pairing_slots_per_account as usize {
+        return Err(RequestError::new(ErrorCode::QuotaExceeded, "too many live pairing slots"));
+    }
+    let ttl = u64::try_from(limits.pairing_slot_ttl.as_millis()).unwrap_or(u64::MAX);
+    let put = shared
+        .store
+        .put_pairing_slot(&slot_id, &account.id, now.saturating_add(ttl), &req.bundle, now)
+        .map_err(RequestError::storage)?;
+    if !put {
+        return Err(RequestError::new(ErrorCode::SlotExists, "the pairing slot is in use"));
+    }
+    durable(shared).await?;
+    ok()
+}
+
+pub(crate) async fn take(shared: &Shared, conn: &Conn, req: TakePairingSlot) -> Reply {
+    if !shared.lookup_limiter.check(&conn.remote.ip(), Instant::now()) {
+        return Err(RequestError::new(ErrorCode::RateLimited, "too many lookups; wait a minute"));
+    }
+    let slot_id = id32(&req.slot_id, "slot_id")?;
+    let bundle = shared
+        .store
+        .take_pairing_slot(&slot_id, now_ms())
+        .map_err(RequestError::storage)?
+        .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no such pairing slot"))?;
+    durable(shared).await?;
+    respond(response::Kind::PairingSlot(PairingSlot { bundle }))
+}

@@ -1,0 +1,74 @@
+//! `Pull`: envelopes after per-device cursors, one page bounded in count and bytes.
+//!
+//! Streams are read in device-id order; devices absent from the cursors are read from seq 0.
+//! The page stops at the first envelope that would exceed a bound (`more = true`); a page
+//! always holds at least one envelope when any is pending, so a client always progresses.
+//! `streams` describes every stream of the account (first and last stored seq).
+
+use std::collections::HashMap;
+
+use kith_protocol::ids::DeviceId;
+use kith_protocol::limits::{MAX_DEVICES, MAX_REMOVED_DEVICES};
+use kith_protocol::proto::{Pull, PullResponse, StoredEnvelope, StreamInfo, response};
+
+use super::{Reply, authorized, respond};
+use crate::error::RequestError;
+use crate::state::{Conn, Shared};
+use crate::store::ReadEnd;
+
+pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
+    let (account, _device) = authorized(shared, conn)?;
+    let limits = &shared.config.limits;
+    let max_envelopes = match req.max_envelopes {
+        0 => limits.pull_default_envelopes,
+        n => n.min(limits.pull_max_envelopes),
+    } as usize;
+    let max_bytes = match req.max_bytes {
+        0 => limits.pull_max_bytes,
+        n => n.min(limits.pull_max_bytes),
+    } as usize;
+    if req.cursors.len() > MAX_DEVICES + MAX_REMOVED_DEVICES {
+        return Err(RequestError::invalid("too many cursors"));
+    }
+    let mut cursors = HashMap::with_capacity(req.cursors.len());
+    for cursor in &req.cursors {
+        let device = DeviceId::from_slice(&cursor.device_id)
+            .map_err(|_| RequestError::invalid("cursor device_id must be 16 bytes"))?;
+        cursors.insert(device, cursor.after_seq);
+    }
+    let mut streams: Vec<_> = account.lock().streams.iter().map(|(d, m)| (*d, *m)).collect();
+    streams.sort_unstable_by_key(|(device, _)| *device);
+
+    let mut page = PullResponse::default();
+    let mut bytes = 0usize;
+    for (device, meta) in &streams {
+        page.streams.push(StreamInfo {
+            device_id: device.as_bytes().to_vec(),
+            first_seq: meta.first_seq,
+            last_seq: meta.last_seq,
+        });
+        let after = cursors.get(device).copied().unwrap_or(0);
+        if page.more || after >= meta.last_seq {
+            continue;
+        }
+        let end = shared
+            .store
+            .read_stream(&account.id, device, after, &mut |seq, envelope| {
+                let full = page.envelopes.len() >= max_envelopes
+                    || (bytes + envelope.len() > max_bytes && !page.envelopes.is_empty());
+                if full {
+                    return false;
+                }
+                bytes += envelope.len();
+                page.envelopes.push(StoredEnvelope {
+                    device_id: device.as_bytes().to_vec(),
+                    seq,
+                    envelope: envelope.to_vec(),
+                });
+                true
+            })
+            .map_err(RequestError::storage)?;
+        page.more = end == ReadEnd::More;
+    }
+    respond(response::Kind::Pull(page))
+}

@@ -1,0 +1,147 @@
+//! `Push`: appends a batch to the authenticated device's own stream.
+//!
+//! Every envelope's header must name the authenticated account and device (`WRONG_STREAM`) and
+//! the seqs must be consecutive. The first seq must be at most last + 1 (`SEQ_GAP`); envelopes
+//! at seqs already stored must be byte-identical (an identical retransmit is acknowledged
+//! again, a different one is `SEQ_CONFLICT`). The ack is sent only once the batch is durable.
+//! Signatures are the clients' to check: the relay cannot forge or read, only order and store.
+
+use kith_protocol::proto::{ErrorCode, Push, PushAck, response};
+
+use super::{Reply, authorized, check_device, durable, respond};
+use crate::error::RequestError;
+use crate::protocol_adapter::peek_header;
+use crate::state::{AccountEvent, Conn, Shared};
+use crate::store::StreamMeta;
+
+pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
+    let (account, device) = authorized(shared, conn)?;
+    let limits = &shared.config.limits;
+    let envelopes = req.envelopes;
+    if envelopes.is_empty() {
+        return Err(RequestError::invalid("empty push"));
+    }
+    if envelopes.len() > limits.max_batch_envelopes as usize {
+        return Err(RequestError::new(
+            ErrorCode::BatchTooLarge,
+            format!("at most {} envelopes per push", limits.max_batch_envelopes),
+        ));
+    }
+    let mut first_seq = 0;
+    for (i, envelope) in envelopes.iter().enumerate() {
+        if envelope.len() > limits.max_envelope_bytes as usize {
+            return Err(RequestError::new(
+                ErrorCode::EnvelopeTooLarge,
+                format!("envelope {i} exceeds {} bytes", limits.max_envelope_bytes),
+            ));
+        }
+        let header = peek_header(envelope).map_err(|_| {
+            RequestError::new(ErrorCode::Malformed, format!("envelope {i} does not decode"))
+        })?;
+        if header.account_id != account.id || header.device_id != device {
+            return Err(RequestError::new(
+                ErrorCode::WrongStream,
+                format!("envelope {i} names another account or device"),
+            ));
+        }
+        if i == 0 {
+            if header.seq == 0 {
+                return Err(RequestError::invalid("seqs start at 1"));
+            }
+            first_seq = header.seq;
+        } else if header.seq != first_seq.saturating_add(i as u64) {
+            return Err(RequestError::invalid(format!("envelope {i} is not consecutive")));
+        }
+    }
+    let last_seq = first_seq + (envelopes.len() as u64 - 1);
+    let appended = {
+        let mut inner = account.lock();
+        if inner.deleted {
+            return Err(RequestError::new(ErrorCode::UnknownAccount, "the account was deleted"));
+        }
+        check_device(&inner.roster, &device)?;
+        let meta = inner.streams.get(&device).copied().unwrap_or_default();
+        if first_seq > meta.last_seq + 1 {
+            return Err(RequestError::new(
+                ErrorCode::SeqGap,
+                format!("next seq is {}", meta.last_seq + 1),
+            ));
+        }
+        let overlap = if first_seq <= meta.last_seq {
+            (meta.last_seq.min(last_seq) - first_seq + 1) as usize
+        } else {
+            0
+        };
+        if overlap > 0 {
+            check_retransmit(shared, &account.id, &device, first_seq, &envelopes[..overlap])?;
+        }
+        let fresh = &envelopes[overlap..];
+        if fresh.is_empty() {
+            false
+        } else {
+            let fresh_bytes: u64 = fresh.iter().map(|e| e.len() as u64).sum();
+            if inner.bytes_used() + fresh_bytes > limits.max_account_bytes {
+                return Err(RequestError::new(
+                    ErrorCode::QuotaExceeded,
+                    format!("the account's quota of {} bytes is used up", limits.max_account_bytes),
+                ));
+            }
+            let from = first_seq + overlap as u64;
+            let next = StreamMeta {
+                first_seq: if meta.envelopes == 0 { from } else { meta.first_seq },
+                last_seq,
+                bytes: meta.bytes + fresh_bytes,
+                envelopes: meta.envelopes + fresh.len() as u64,
+            };
+            let refs: Vec<&[u8]> = fresh.iter().map(Vec::as_slice).collect();
+            shared
+                .store
+                .append(&account.id, &device, from, &refs, &next)
+                .map_err(RequestError::storage)?;
+            inner.streams.insert(device, next);
+            inner.envelope_bytes += fresh_bytes;
+            inner.envelopes += fresh.len() as u64;
+            true
+        }
+    };
+    durable(shared).await?;
+    if appended {
+        let _ = account.events.send(AccountEvent::Pushed { device, last_seq });
+    }
+    respond(response::Kind::PushAck(PushAck { last_seq }))
+}
+
+/// Checks that envelopes pushed again at stored seqs are byte-identical to what is stored.
+fn check_retransmit(
+    shared: &Shared,
+    account: &kith_protocol::ids::AccountId,
+    device: &kith_protocol::ids::DeviceId,
+    first_seq: u64,
+    resent: &[Vec<u8>],
+) -> Result<(), RequestError> {
+    let mut matched = 0usize;
+    let mut conflict = false;
+    shared
+        .store
+        .read_stream(account, device, first_seq - 1, &mut |seq, stored| {
+            let index = (seq - first_seq) as usize;
+            if seq < first_seq || index >= resent.len() {
+                return false;
+            }
+            if stored != resent[index].as_slice() {
+                conflict = true;
+                return false;
+            }
+            matched += 1;
+            true
+        })
+        .map_err(RequestError::storage)?;
+    if conflict || matched != resent.len() {
+        // A mismatch, or seqs that were truncated and can no longer be compared.
+        return Err(RequestError::new(
+            ErrorCode::SeqConflict,
+            "a different envelope is stored at that seq",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! `kith-relay`: serve, create registration tokens, print stats, measure load.
+#![forbid(unsafe_code)]
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kith_relay::store::{SledStore, Store};
+use kith_relay::{Relay, Settings};
+use sha2::{Digest, Sha256};
+
+/// Kith's relay: stores end-to-end-encrypted envelopes per device and cannot read them.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve on QUIC. Flags override the TOML file given with --config (same key names, with
+    /// underscores); both override the defaults shown.
+    Serve {
+        /// TOML configuration file
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Registration tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print accounts, device streams, envelopes and bytes stored (the relay must be stopped).
+    Stats {
+        /// Data directory
+        #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+    },
+    /// Load test: start a relay (or use --relay), push and pull through real QUIC connections.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a single-use registration token and print it (works while the relay runs).
+    Create {
+        /// Data directory of the relay
+        #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve { config, settings } => serve(config, settings).await,
+        Command::Token { command: TokenCommand::Create { data } } => create_token(&data),
+        Command::Stats { data } => stats(&data),
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
+    let file = match &config_file {
+        Some(path) => Settings::from_toml_file(path)?,
+        None => Settings::default(),
+    };
+    let config = flags.or(file).resolve()?;
+    let registration = config.registration;
+    let relay = Relay::start(config).await.context("starting the relay")?;
+    println!("listening on {}", relay.local_addr());
+    println!("certificate sha256 {}", hex::encode(relay.cert_sha256()));
+    println!("registration {registration:?}");
+    let trigger = relay.shutdown_trigger();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received");
+        let _ = trigger.send(true);
+    });
+    relay.wait().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// 128 random bits as hex. The relay keeps only the SHA-256: in the store when it is stopped,
+/// else as a file in the token inbox, which a running relay consults.
+fn create_token(data: &Path) -> Result<()> {
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token = hex::encode(raw);
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let inbox = kith_relay::token_inbox(data);
+    std::fs::create_dir_all(&inbox).context("creating the token inbox")?;
+    let tmp = inbox.join(format!(".{}.tmp", hex::encode(hash)));
+    std::fs::write(&tmp, b"").context("writing the token")?;
+    std::fs::rename(&tmp, inbox.join(hex::encode(hash))).context("writing the token")?;
+    println!("{token}");
+    Ok(())
+}
+
+fn stats(data: &Path) -> Result<()> {
+    let store = SledStore::open(&kith_relay::db_dir(data), 16 * 1024 * 1024, 0)
+        .with_context(|| format!("opening {} (is the relay running?)", data.display()))?;
+    let stats = store.stats()?;
+    println!("accounts {}", stats.accounts);
+    println!("devices {}", stats.streams);
+    println!("envelopes {}", stats.envelopes);
+    println!("bytes {}", stats.envelope_bytes);
+    println!("pairing_slots {}", stats.pairing_slots);
+    println!("recovery_bundles {}", stats.recovery_bundles);
+    println!("registration_tokens {}", stats.registration_tokens);
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The server: endpoint, accept loop, connection limit, one task per request stream, and
+//! graceful shutdown — signalled through a watch channel, never polled.
+//!
+//! Shutdown: the accept loop stops and refuses new connections; connections stop accepting
+//! streams; requests in flight finish (subscriptions end), within the grace period; the store
+//! is flushed and the endpoint closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kith_protocol::proto::{ErrorCode, Request, request};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::config::RelayConfig;
+use crate::error::{RelayError, RequestError};
+use crate::frame::{FrameError, read_message, write_message};
+use crate::handlers;
+use crate::state::{Conn, Shared, now_ms};
+use crate::store::{GroupCommit, SledStore, Store};
+use crate::tls;
+
+/// QUIC application error code of a stream the relay stopped reading (bad frame).
+const STREAM_REFUSED: u32 = 1;
+/// How often expired pairing slots are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The relay: [`Relay::start`] binds and serves in the background.
+#[derive(Debug)]
+pub struct Relay;
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    local_addr: SocketAddr,
+    cert_sha256: [u8; 32],
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), RelayError>>,
+}
+
+impl RelayHandle {
+    /// The bound UDP address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// SHA-256 of the served certificate: what clients pin.
+    pub fn cert_sha256(&self) -> [u8; 32] {
+        self.cert_sha256
+    }
+
+    /// Shuts down gracefully and waits until the store is flushed.
+    pub async fn shutdown(self) -> Result<(), RelayError> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the relay stops (after a shutdown).
+    pub async fn wait(self) -> Result<(), RelayError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(RelayError::Io {
+                what: "relay task".into(),
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+
+    /// A sender that starts the shutdown when `true` is sent (for signal handlers).
+    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds a UDP socket with the configured buffer sizes (the kernel may cap them at
+/// `net.core.rmem_max`/`wmem_max`; the result is logged).
+fn bind_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, RelayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(RelayError::io("create UDP socket"))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into()).map_err(RelayError::io(format!("bind {addr}")))?;
+    let (recv, send) = (socket.recv_buffer_size().unwrap_or(0), socket.send_buffer_size().unwrap_or(0));
+    // Linux reports twice the requested size when it granted it.
+    if recv < buffer || send < buffer {
+        tracing::warn!(
+            requested = buffer,
+            recv,
+            send,
+            "UDP buffers smaller than requested; raise net.core.rmem_max and net.core.wmem_max"
+        );
+    } else {
+        tracing::debug!(recv, send, "UDP socket buffers");
+    }
+    Ok(socket.into())
+}
+
+impl Relay {
+    /// Opens the store, loads or creates the certificate, binds and starts serving.
+    pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+        config.check()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(RelayError::io(format!("create {}", config.data_dir.display())))?;
+        std::fs::create_dir_all(crate::token_inbox(&config.data_dir))
+            .map_err(RelayError::io("create the token inbox"))?;
+        let identity = tls::load_or_create(&config)?;
+        let server_config = tls::server_config(&identity, &config.limits)?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(
+            &crate::db_dir(&config.data_dir),
+            config.cache_bytes,
+            config.store_value_bytes as usize,
+        )?);
+        let socket = bind_socket(config.listen, config.udp_buffer_bytes)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(RelayError::io("start the QUIC endpoint"))?;
+        let local_addr = endpoint.local_addr().map_err(RelayError::io("local address"))?;
+        let (commit, flusher) = GroupCommit::start(store.clone());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(config, store.clone(), commit, shutdown_rx));
+        let task = tokio::spawn(serve(endpoint, shared, store, flusher));
+        tracing::info!(%local_addr, "relay started");
+        Ok(RelayHandle { local_addr, cert_sha256: identity.cert_sha256, shutdown: shutdown_tx, task })
+    }
+}
+
+/// The accept loop, then the orderly shutdown.
+async fn serve(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    flusher: tokio::task::JoinHandle<()>,
+) -> Result<(), RelayError> {
+    let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections as usize));
+    // Every request task holds a clone; when all are dropped, `in_flight_rx` yields `None`.
+    let (in_flight, mut in_flight_rx) = mpsc::channel::<()>(1);
+    let mut shutdown = shared.shutdown.clone();
+    let sweeper = tokio::spawn(sweep_pairing_slots(shared.clone()));
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.changed() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached");
+            incoming.refuse();
+            continue;
+        };
+        let (shared, in_flight) = (shared.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            connection(shared, incoming, in_flight).await;
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    endpoint.set_server_config(None);
+    sweeper.abort();
+    drop(in_flight);
+    let grace = shared.config.shutdown_grace;
+    if tokio::time::timeout(grace, in_flight_rx.recv()).await.is_err() {
+        tracing::warn!("requests still in flight after the grace period; closing");
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+    let flushed = store.flush().await;
+    drop(shared);
+    let _ = tokio::time::timeout(Duration::from_secs(1), flusher).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    flushed?;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+async fn sweep_pairing_slots(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        match shared.store.expire_pairing_slots(now_ms()) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "pairing slots expired"),
+            Err(err) => tracing::warn!(error = %err, "pairing slot sweep failed"),
+        }
+    }
+}
+
+/// One connection: handshake (bounded in time), then one task per bidirectional stream.
+async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: mpsc::Sender<()>) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(err) => {
+            tracing::debug!(%remote, error = %err, "handshake refused");
+            return;
+        }
+    };
+    let connection = match tokio::time::timeout(shared.config.limits.handshake_timeout, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(err)) => {
+            tracing::debug!(%remote, error = %err, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    tracing::debug!(%remote, "connection established");
+    let conn = Arc::new(Conn::new(connection.clone()));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let stream = tokio::select! {
+            stream = connection.accept_bi() => stream,
+            _ = shutdown.changed() => break,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                let (shared, conn, in_flight) = (shared.clone(), conn.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    request_stream(&shared, &conn, send, recv).await;
+                    drop(in_flight);
+                });
+            }
+            Err(err) => {
+                tracing::debug!(%remote, reason = %err, "connection closed");
+                break;
+            }
+        }
+    }
+}
+
+/// Reads one request from the stream, answers it, finishes the stream.
+async fn request_stream(
+    shared: &Shared,
+    conn: &Conn,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let max = shared.config.limits.max_frame_bytes;
+    let refuse = |code, message: &'static str| RequestError::new(code, message);
+    let request = match read_message::<Request, _>(&mut recv, max).await {
+        Ok(Some(request)) => Ok(request),
+        Ok(None) => return,
+        Err(FrameError::TooLarge { .. }) => {
+            Err(refuse(ErrorCode::FrameTooLarge, "frame exceeds the relay's limit"))
+        }
+        Err(FrameError::Decode(_)) => Err(refuse(ErrorCode::Malformed, "request does not decode")),
+        Err(FrameError::Truncated) => Err(refuse(ErrorCode::Malformed, "stream ended inside a frame")),
+        Err(FrameError::Io(_)) => return,
+    };
+    let result = match request {
+        Err(err) => {
+            // A bad frame: answer, and stop reading whatever else the peer sends on it.
+            let _ = recv.stop(STREAM_REFUSED.into());
+            Err(err)
+        }
+        Ok(Request { kind: None }) => Err(refuse(ErrorCode::Malformed, "empty request")),
+        Ok(Request { kind: Some(request::Kind::Subscribe(_)) }) => {
+            handlers::subscribe::run(shared, conn, &mut send).await.map(|()| None)
+        }
+        Ok(Request { kind: Some(kind) }) => handlers::dispatch(shared, conn, kind).await.map(Some),
+    };
+    let response = match result {
+        Ok(Some(response)) => response,
+        Ok(None) => {
+            let _ = send.finish();
+            return;
+        }
+        Err(err) => {
+            tracing::debug!(remote = %conn.remote, code = ?err.code, "request refused");
+            err.to_response()
+        }
+    };
+    if write_message(&mut send, &response).await.is_ok() {
+        let _ = send.finish();
+    }
+}

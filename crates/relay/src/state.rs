@@ -1,0 +1,227 @@
+//! State shared by every connection: configuration, storage, the in-memory view of accounts,
+//! rate limiters; and the per-connection state (challenge, authenticated device).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kith_protocol::ids::{AccountId, DeviceId};
+use tokio::sync::{broadcast, watch};
+
+use crate::config::RelayConfig;
+use crate::error::RequestError;
+use crate::limits::KeyedLimiter;
+use crate::protocol_adapter::VerifiedRoster;
+use crate::store::{GroupCommit, Store, StreamMeta};
+
+/// Most distinct devices and addresses tracked by the rate limiters.
+const MAX_LIMITER_KEYS: usize = 100_000;
+/// Pending notifications per account before a slow subscriber lags (it then gets a summary).
+const NOTIFY_CAPACITY: usize = 256;
+
+/// Locks a std mutex, recovering from poisoning (a panicking holder leaves consistent data:
+/// every critical section writes storage before it updates memory).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What subscribers of an account hear.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AccountEvent {
+    /// A device's stream grew to `last_seq`.
+    Pushed { device: DeviceId, last_seq: u64 },
+    /// The account was deleted.
+    Deleted,
+}
+
+/// The mutable part of an account, behind one lock: every write to the account's storage
+/// happens under it, so counters and stored data never disagree.
+#[derive(Debug)]
+pub(crate) struct AccountInner {
+    pub roster: Arc<VerifiedRoster>,
+    pub streams: HashMap<DeviceId, StreamMeta>,
+    pub envelope_bytes: u64,
+    pub envelopes: u64,
+    pub sealed_key_bytes: u64,
+    pub deleted: bool,
+}
+
+impl AccountInner {
+    pub fn bytes_used(&self) -> u64 {
+        self.envelope_bytes + self.sealed_key_bytes
+    }
+}
+
+/// An account being served.
+#[derive(Debug)]
+pub(crate) struct Account {
+    pub id: AccountId,
+    inner: Mutex<AccountInner>,
+    pub events: broadcast::Sender<AccountEvent>,
+}
+
+impl Account {
+    fn new(id: AccountId, roster: VerifiedRoster, streams: Vec<(DeviceId, StreamMeta)>, sealed_key_bytes: u64) -> Self {
+        let envelope_bytes = streams.iter().map(|(_, m)| m.bytes).sum();
+        let envelopes = streams.iter().map(|(_, m)| m.envelopes).sum();
+        let (events, _) = broadcast::channel(NOTIFY_CAPACITY);
+        Self {
+            id,
+            inner: Mutex::new(AccountInner {
+                roster: Arc::new(roster),
+                streams: streams.into_iter().collect(),
+                envelope_bytes,
+                envelopes,
+                sealed_key_bytes,
+                deleted: false,
+            }),
+            events,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, AccountInner> {
+        lock(&self.inner)
+    }
+
+    /// The current roster.
+    pub fn roster(&self) -> Arc<VerifiedRoster> {
+        self.lock().roster.clone()
+    }
+}
+
+/// The accounts in memory, loaded from storage on first use.
+#[derive(Debug, Default)]
+pub(crate) struct Accounts {
+    map: Mutex<HashMap<AccountId, Arc<Account>>>,
+}
+
+impl Accounts {
+    /// The account, loading it from storage if needed; `None` if it does not exist.
+    pub fn get(
+        &self,
+        store: &dyn Store,
+        id: &AccountId,
+    ) -> Result<Option<Arc<Account>>, RequestError> {
+        if let Some(account) = lock(&self.map).get(id) {
+            return Ok(Some(account.clone()));
+        }
+        let Some(loaded) = store.load_account(id).map_err(RequestError::storage)? else {
+            return Ok(None);
+        };
+        let roster = VerifiedRoster::verify(&loaded.roster, Some(id), None).map_err(|_| {
+            tracing::error!(account = %short(id.as_bytes()), "stored roster does not verify");
+            RequestError::storage("stored roster does not verify")
+        })?;
+        let account = Arc::new(Account::new(*id, roster, loaded.streams, loaded.sealed_key_bytes));
+        Ok(Some(lock(&self.map).entry(*id).or_insert(account).clone()))
+    }
+
+    /// Adds a freshly created account.
+    pub fn insert_new(&self, roster: VerifiedRoster) -> Arc<Account> {
+        let id = roster.account_id();
+        let account = Arc::new(Account::new(id, roster, Vec::new(), 0));
+        lock(&self.map).insert(id, account.clone());
+        account
+    }
+
+    /// Forgets a deleted account.
+    pub fn remove(&self, id: &AccountId) {
+        lock(&self.map).remove(id);
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: RelayConfig,
+    pub store: Arc<dyn Store>,
+    pub commit: GroupCommit,
+    pub accounts: Accounts,
+    pub device_limiter: KeyedLimiter<(AccountId, DeviceId)>,
+    pub lookup_limiter: KeyedLimiter<IpAddr>,
+    pub shutdown: watch::Receiver<bool>,
+    pub token_inbox: PathBuf,
+}
+
+impl Shared {
+    pub fn new(
+        config: RelayConfig,
+        store: Arc<dyn Store>,
+        commit: GroupCommit,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let l = &config.limits;
+        Self {
+            device_limiter: KeyedLimiter::new(
+                l.requests_per_second,
+                Duration::from_secs(1),
+                l.request_burst,
+                MAX_LIMITER_KEYS,
+            ),
+            lookup_limiter: KeyedLimiter::new(
+                l.lookups_per_minute,
+                Duration::from_secs(60),
+                l.lookups_per_minute,
+                MAX_LIMITER_KEYS,
+            ),
+            token_inbox: crate::token_inbox(&config.data_dir),
+            accounts: Accounts::default(),
+            config,
+            store,
+            commit,
+            shutdown,
+        }
+    }
+}
+
+/// One QUIC connection's state.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub connection: quinn::Connection,
+    pub remote: SocketAddr,
+    pub challenge: Mutex<Option<[u8; 32]>>,
+    pub device: Mutex<Option<(AccountId, DeviceId)>>,
+}
+
+impl Conn {
+    pub fn new(connection: quinn::Connection) -> Self {
+        Self {
+            remote: connection.remote_address(),
+            connection,
+            challenge: Mutex::new(None),
+            device: Mutex::new(None),
+        }
+    }
+
+    /// The TLS keying-material exporter value that binds authentication to this session.
+    pub fn exporter(&self) -> Result<[u8; 32], RequestError> {
+        let mut out = [0u8; 32];
+        self.connection
+            .export_keying_material(
+                &mut out,
+                kith_protocol::encoding::labels::RELAY_AUTH_EXPORTER.as_bytes(),
+                b"",
+            )
+            .map_err(|_| RequestError::internal("TLS exporter unavailable"))?;
+        Ok(out)
+    }
+
+    /// Takes the pending challenge (each challenge answers one authentication).
+    pub fn take_challenge(&self) -> Option<[u8; 32]> {
+        lock(&self.challenge).take()
+    }
+}
+
+/// The first four bytes of an id as hex: enough to correlate logs, too little to identify.
+pub(crate) fn short(id: &[u8]) -> String {
+    hex::encode(&id[..id.len().min(4)])
+}

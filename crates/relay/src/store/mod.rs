@@ -1,0 +1,247 @@
+//! Storage behind a trait, so that backends other than sled (say, PostgreSQL for a relay that
+//! outgrows one machine) can follow.
+//!
+//! Everything an account owns is reachable from its id, so [`Store::delete_account`] can
+//! purge it all. The methods are synchronous (sled's are, and take microseconds); durability is
+//! the one asynchronous step, [`Store::flush`], which [`GroupCommit`] shares across connections.
+
+pub mod sled;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kith_protocol::ids::{AccountId, DeviceId};
+use tokio::sync::{mpsc, oneshot};
+
+pub use self::sled::SledStore;
+
+/// The stored schema version this code reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Storage failures. Cloneable so that one failed flush can be reported to every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption it detected, …).
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A stored value does not have the layout this code writes.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The data directory was written by another schema version.
+    #[error("stored schema version {found}, this relay reads {expected}")]
+    SchemaVersion {
+        /// Version found.
+        found: u32,
+        /// Version expected.
+        expected: u32,
+    },
+}
+
+/// A device stream's bounds and size, stored with every append.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamMeta {
+    /// Lowest stored seq (0 while empty).
+    pub first_seq: u64,
+    /// Highest seq ever stored (0 while nothing was pushed). Survives truncation.
+    pub last_seq: u64,
+    /// Encoded envelope bytes stored.
+    pub bytes: u64,
+    /// Envelopes stored.
+    pub envelopes: u64,
+}
+
+/// What the relay needs in memory to serve an account.
+#[derive(Debug, Clone)]
+pub struct LoadedAccount {
+    /// The encoded signed roster last accepted.
+    pub roster: Vec<u8>,
+    /// Every device stream that has ever been written.
+    pub streams: Vec<(DeviceId, StreamMeta)>,
+    /// Bytes of sealed epoch keys stored.
+    pub sealed_key_bytes: u64,
+}
+
+/// Totals for `kith-relay stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Accounts.
+    pub accounts: u64,
+    /// Device streams written.
+    pub streams: u64,
+    /// Envelopes stored.
+    pub envelopes: u64,
+    /// Envelope bytes stored.
+    pub envelope_bytes: u64,
+    /// Live pairing slots (some may have expired but not been swept yet).
+    pub pairing_slots: u64,
+    /// Recovery bundles.
+    pub recovery_bundles: u64,
+    /// Unused registration tokens.
+    pub registration_tokens: u64,
+}
+
+/// Where a stream read stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Every envelope after the cursor was passed to the sink.
+    Complete,
+    /// A bound was reached with envelopes left.
+    More,
+}
+
+/// A boxed future, so that [`Store`] stays object-safe.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The relay's storage.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Reads everything needed to serve an account, or `None` if it does not exist.
+    fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError>;
+
+    /// Stores the first roster of a new account. `false` if the account already exists.
+    fn create_account(&self, account: &AccountId, roster: &[u8]) -> Result<bool, StoreError>;
+
+    /// Replaces the stored roster (the caller has verified that it extends the stored one).
+    fn put_roster(&self, account: &AccountId, roster: &[u8]) -> Result<(), StoreError>;
+
+    /// Appends consecutive envelopes starting at `first_seq` and stores `meta` (the stream's
+    /// state after the append) in the same atomic write.
+    fn append(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        first_seq: u64,
+        envelopes: &[&[u8]],
+        meta: &StreamMeta,
+    ) -> Result<(), StoreError>;
+
+    /// Passes stored envelopes with seq > `after_seq`, in order, to `sink` until it returns
+    /// `false` (that envelope is not taken and the read ends with [`ReadEnd::More`]).
+    fn read_stream(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        sink: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<ReadEnd, StoreError>;
+
+    /// Deletes envelopes with seq < `before_seq` (the caller checked `before_seq <= last_seq`)
+    /// and returns the stream's meta afterwards.
+    fn truncate(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        before_seq: u64,
+    ) -> Result<StreamMeta, StoreError>;
+
+    /// Stores a sealed epoch key for (account, recipient device, epoch), replacing an earlier
+    /// one. Returns the size of the replaced value (0 if none).
+    fn put_sealed_key(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        epoch: u64,
+        sealed: &[u8],
+    ) -> Result<u64, StoreError>;
+
+    /// The sealed epoch keys of a device with epoch >= `min_epoch`, oldest first.
+    fn sealed_keys(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        min_epoch: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Puts a pairing slot unless a live one exists under `slot_id` (then `false`).
+    fn put_pairing_slot(
+        &self,
+        slot_id: &[u8; 32],
+        account: &AccountId,
+        expires_at_ms: u64,
+        bundle: &[u8],
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes (removes and returns) a live pairing slot.
+    fn take_pairing_slot(&self, slot_id: &[u8; 32], now_ms: u64)
+    -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Live pairing slots of an account.
+    fn count_pairing_slots(&self, account: &AccountId, now_ms: u64) -> Result<usize, StoreError>;
+
+    /// Removes every expired pairing slot; returns how many.
+    fn expire_pairing_slots(&self, now_ms: u64) -> Result<usize, StoreError>;
+
+    /// Stores the account's recovery bundle under `lookup_id`, replacing the account's earlier
+    /// one (whatever its lookup id).
+    fn put_recovery_bundle(
+        &self,
+        lookup_id: &[u8; 32],
+        account: &AccountId,
+        bundle: &[u8],
+    ) -> Result<(), StoreError>;
+
+    /// The recovery bundle under `lookup_id` and its account.
+    fn recovery_bundle(&self, lookup_id: &[u8; 32])
+    -> Result<Option<(AccountId, Vec<u8>)>, StoreError>;
+
+    /// Adds a registration token (by its SHA-256; the token itself is never stored).
+    fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// Consumes a registration token: `true` exactly once per added token.
+    fn consume_registration_token(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Deletes every key of the account: roster, streams, sealed keys, pairing slots, recovery
+    /// bundle.
+    fn delete_account(&self, account: &AccountId) -> Result<(), StoreError>;
+
+    /// Totals.
+    fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Makes every write that returned before this call durable.
+    fn flush(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Group commit: one flusher task makes writes durable for every waiter at once.
+///
+/// A writer calls [`GroupCommit::durable`] after its write returned. Waiters that arrive while a
+/// flush runs are served by the next one, so each waiter's write precedes the flush that
+/// answers it; under load one fsync covers many pushes from many connections.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    waiters: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl GroupCommit {
+    /// Starts the flusher task. It ends when every `GroupCommit` clone is dropped.
+    pub fn start(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(next) = rx.try_recv() {
+                    batch.push(next);
+                }
+                let result = store.flush().await;
+                if let Err(err) = &result {
+                    tracing::error!(error = %err, "flush failed; pushes are refused until it works");
+                }
+                for waiter in batch.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        (Self { waiters: tx }, task)
+    }
+
+    /// Waits until every write that returned before this call is durable.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .send(tx)
+            .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?
+    }
+}

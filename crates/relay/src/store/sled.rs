@@ -1,0 +1,678 @@
+//! The sled backend.
+//!
+//! Layout. Tree `accounts` holds everything an account owns under keys that start with its
+//! 32-byte id, so deleting an account is one prefix scan:
+//!
+//! | key | value |
+//! |---|---|
+//! | `account ‖ 'R'` | encoded signed roster |
+//! | `account ‖ 'S' ‖ device` | stream meta: first seq, last seq, bytes, envelopes (4 × u64 BE) |
+//! | `account ‖ 'E' ‖ device ‖ seq` | consecutive envelopes from `seq`, each `u32 BE length ‖ bytes` |
+//! | `account ‖ 'K' ‖ device ‖ epoch` | sealed epoch key for that device and epoch |
+//! | `account ‖ 'Q'` | bytes of sealed epoch keys (u64 BE) |
+//! | `account ‖ 'P' ‖ slot id` | index of the account's pairing slots (empty value) |
+//! | `account ‖ 'V'` | lookup id of the account's recovery bundle |
+//!
+//! Tree `pairing`: `slot id → expires_at_ms (u64 BE) ‖ account ‖ bundle`. Tree `recovery`:
+//! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `meta`:
+//! `schema_version → u32 BE`. Integers are big-endian so keys sort by seq and epoch.
+//!
+//! A pushed batch is packed into values of up to `value_bytes` (consecutive envelopes, at
+//! least one per value): one sled insert per value instead of one per envelope. The stream's
+//! meta goes into the same atomic `Batch`.
+
+use std::path::Path;
+
+use kith_protocol::ids::{AccountId, DeviceId};
+
+use super::{
+    LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats,
+    StreamMeta,
+};
+
+const TAG_ROSTER: u8 = b'R';
+const TAG_STREAM: u8 = b'S';
+const TAG_ENVELOPES: u8 = b'E';
+const TAG_SEALED_KEY: u8 = b'K';
+const TAG_SEALED_BYTES: u8 = b'Q';
+const TAG_PAIRING: u8 = b'P';
+const TAG_RECOVERY: u8 = b'V';
+
+const ACCOUNT_LEN: usize = AccountId::LEN;
+const DEVICE_LEN: usize = DeviceId::LEN;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+impl From<sled::Error> for StoreError {
+    fn from(err: sled::Error) -> Self {
+        StoreError::Backend(err.to_string())
+    }
+}
+
+impl From<sled::transaction::TransactionError> for StoreError {
+    fn from(err: sled::transaction::TransactionError) -> Self {
+        StoreError::Backend(err.to_string())
+    }
+}
+
+/// The sled store. Cheap to clone (sled handles are reference counted).
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    accounts: sled::Tree,
+    pairing: sled::Tree,
+    recovery: sled::Tree,
+    tokens: sled::Tree,
+    value_bytes: usize,
+}
+
+fn key(account: &AccountId, tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut key =
+        Vec::with_capacity(ACCOUNT_LEN + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    key.extend_from_slice(account.as_bytes());
+    key.push(tag);
+    for part in parts {
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+fn stream_key(account: &AccountId, device: &DeviceId) -> Vec<u8> {
+    key(account, TAG_STREAM, &[device.as_bytes()])
+}
+
+fn envelope_key(account: &AccountId, device: &DeviceId, seq: u64) -> Vec<u8> {
+    key(account, TAG_ENVELOPES, &[device.as_bytes(), &seq.to_be_bytes()])
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or(StoreError::Corrupt("short integer"))
+}
+
+fn encode_meta(meta: &StreamMeta) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, v) in [meta.first_seq, meta.last_seq, meta.bytes, meta.envelopes].into_iter().enumerate()
+    {
+        out[i * 8..i * 8 + 8].copy_from_slice(&v.to_be_bytes());
+    }
+    out
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, StoreError> {
+    Ok(StreamMeta {
+        first_seq: u64_at(bytes, 0)?,
+        last_seq: u64_at(bytes, 8)?,
+        bytes: u64_at(bytes, 16)?,
+        envelopes: u64_at(bytes, 24)?,
+    })
+}
+
+/// Iterates the envelopes packed in one value.
+fn unpack(value: &[u8]) -> impl Iterator<Item = Result<&[u8], StoreError>> {
+    let mut rest = value;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            rest = &[];
+            return Some(Err(StoreError::Corrupt("envelope length")));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if tail.len() < len {
+            rest = &[];
+            return Some(Err(StoreError::Corrupt("envelope body")));
+        }
+        let (envelope, tail) = tail.split_at(len);
+        rest = tail;
+        Some(Ok(envelope))
+    })
+}
+
+fn pack_into(out: &mut Vec<u8>, envelope: &[u8]) {
+    out.extend_from_slice(&u32::try_from(envelope.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(envelope);
+}
+
+/// The seq a packed value starts at, from its key.
+fn seq_of_key(key: &[u8]) -> Result<u64, StoreError> {
+    u64_at(key, ACCOUNT_LEN + 1 + DEVICE_LEN)
+}
+
+fn slot_value_parts(value: &[u8]) -> Result<(u64, AccountId, &[u8]), StoreError> {
+    let expires = u64_at(value, 0)?;
+    let account = value
+        .get(8..8 + ACCOUNT_LEN)
+        .and_then(|b| AccountId::from_slice(b).ok())
+        .ok_or(StoreError::Corrupt("pairing slot account"))?;
+    Ok((expires, account, &value[8 + ACCOUNT_LEN..]))
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the database in `dir` with a page cache of `cache_bytes`,
+    /// packing pushed envelopes into values of up to `value_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64, value_bytes: usize) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(SCHEMA_KEY)? {
+            Some(found) => {
+                let found = <[u8; 4]>::try_from(found.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("schema version"))?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaVersion { found, expected: SCHEMA_VERSION });
+                }
+            }
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        Ok(Self {
+            accounts: db.open_tree("accounts")?,
+            pairing: db.open_tree("pairing")?,
+            recovery: db.open_tree("recovery")?,
+            tokens: db.open_tree("tokens")?,
+            db,
+            value_bytes,
+        })
+    }
+
+    /// The underlying database, for tests that scan every byte.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    fn remove_slot_entry(&self, slot_id: &[u8; 32], account: &AccountId) -> Result<(), StoreError> {
+        self.accounts.remove(key(account, TAG_PAIRING, &[slot_id]))?;
+        Ok(())
+    }
+}
+
+impl Store for SledStore {
+    fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError> {
+        let Some(roster) = self.accounts.get(key(account, TAG_ROSTER, &[]))? else {
+            return Ok(None);
+        };
+        let mut streams = Vec::new();
+        for item in self.accounts.scan_prefix(key(account, TAG_STREAM, &[])) {
+            let (k, v) = item?;
+            let device = DeviceId::from_slice(&k[ACCOUNT_LEN + 1..])
+                .map_err(|_| StoreError::Corrupt("stream key"))?;
+            streams.push((device, decode_meta(&v)?));
+        }
+        let sealed_key_bytes = match self.accounts.get(key(account, TAG_SEALED_BYTES, &[]))? {
+            Some(v) => u64_at(&v, 0)?,
+            None => 0,
+        };
+        Ok(Some(LoadedAccount { roster: roster.to_vec(), streams, sealed_key_bytes }))
+    }
+
+    fn create_account(&self, account: &AccountId, roster: &[u8]) -> Result<bool, StoreError> {
+        let created = self
+            .accounts
+            .compare_and_swap(key(account, TAG_ROSTER, &[]), None as Option<&[u8]>, Some(roster))?
+            .is_ok();
+        Ok(created)
+    }
+
+    fn put_roster(&self, account: &AccountId, roster: &[u8]) -> Result<(), StoreError> {
+        self.accounts.insert(key(account, TAG_ROSTER, &[]), roster)?;
+        Ok(())
+    }
+
+    fn append(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        first_seq: u64,
+        envelopes: &[&[u8]],
+        meta: &StreamMeta,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let total: usize = envelopes.iter().map(|e| e.len() + 4).sum();
+        let mut value = Vec::with_capacity(total.min(self.value_bytes.max(1024)));
+        let mut value_seq = first_seq;
+        for (i, envelope) in envelopes.iter().enumerate() {
+            if !value.is_empty() && value.len() + 4 + envelope.len() > self.value_bytes {
+                batch.insert(envelope_key(account, device, value_seq), std::mem::take(&mut value));
+                value_seq = first_seq + i as u64;
+            }
+            pack_into(&mut value, envelope);
+        }
+        if !value.is_empty() {
+            batch.insert(envelope_key(account, device, value_seq), value);
+        }
+        batch.insert(stream_key(account, device), &encode_meta(meta));
+        self.accounts.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn read_stream(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        sink: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
+        let Some(want) = after_seq.checked_add(1) else {
+            return Ok(ReadEnd::Complete);
+        };
+        let lowest = envelope_key(account, device, 0);
+        let highest = envelope_key(account, device, u64::MAX);
+        // The value holding `want` starts at or before it.
+        let mut start = envelope_key(account, device, want);
+        if let Some(item) = self.accounts.range(lowest.as_slice()..=start.as_slice()).next_back() {
+            start = item?.0.to_vec();
+        }
+        for item in self.accounts.range(start.as_slice()..=highest.as_slice()) {
+            let (k, v) = item?;
+            let mut seq = seq_of_key(&k)?;
+            for envelope in unpack(&v) {
+                let envelope = envelope?;
+                if seq >= want && !sink(seq, envelope) {
+                    return Ok(ReadEnd::More);
+                }
+                seq += 1;
+            }
+        }
+        Ok(ReadEnd::Complete)
+    }
+
+    fn truncate(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        before_seq: u64,
+    ) -> Result<StreamMeta, StoreError> {
+        let skey = stream_key(account, device);
+        let mut meta = match self.accounts.get(&skey)? {
+            Some(v) => decode_meta(&v)?,
+            None => return Ok(StreamMeta::default()),
+        };
+        if before_seq <= meta.first_seq {
+            return Ok(meta);
+        }
+        let mut batch = sled::Batch::default();
+        let lowest = envelope_key(account, device, 0);
+        let end = envelope_key(account, device, before_seq);
+        for item in self.accounts.range(lowest.as_slice()..end.as_slice()) {
+            let (k, v) = item?;
+            let mut seq = seq_of_key(&k)?;
+            let mut kept = Vec::new();
+            let mut kept_from = None;
+            for envelope in unpack(&v) {
+                let envelope = envelope?;
+                if seq < before_seq {
+                    meta.bytes = meta.bytes.saturating_sub(envelope.len() as u64);
+                    meta.envelopes = meta.envelopes.saturating_sub(1);
+                } else {
+                    kept_from.get_or_insert(seq);
+                    pack_into(&mut kept, envelope);
+                }
+                seq += 1;
+            }
+            batch.remove(k);
+            if let Some(from) = kept_from {
+                batch.insert(envelope_key(account, device, from), kept);
+            }
+        }
+        meta.first_seq = if meta.envelopes == 0 { 0 } else { before_seq };
+        batch.insert(skey, &encode_meta(&meta));
+        self.accounts.apply_batch(batch)?;
+        Ok(meta)
+    }
+
+    fn put_sealed_key(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        epoch: u64,
+        sealed: &[u8],
+    ) -> Result<u64, StoreError> {
+        let k = key(account, TAG_SEALED_KEY, &[device.as_bytes(), &epoch.to_be_bytes()]);
+        let bytes_key = key(account, TAG_SEALED_BYTES, &[]);
+        let old = self.accounts.get(&k)?.map_or(0, |v| v.len() as u64);
+        let total = match self.accounts.get(&bytes_key)? {
+            Some(v) => u64_at(&v, 0)?,
+            None => 0,
+        };
+        let total = total.saturating_sub(old) + sealed.len() as u64;
+        let mut batch = sled::Batch::default();
+        batch.insert(k, sealed);
+        batch.insert(bytes_key, &total.to_be_bytes());
+        self.accounts.apply_batch(batch)?;
+        Ok(old)
+    }
+
+    fn sealed_keys(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        min_epoch: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let from = key(account, TAG_SEALED_KEY, &[device.as_bytes(), &min_epoch.to_be_bytes()]);
+        let to = key(account, TAG_SEALED_KEY, &[device.as_bytes(), &u64::MAX.to_be_bytes()]);
+        self.accounts
+            .range(from.as_slice()..=to.as_slice())
+            .map(|item| Ok(item?.1.to_vec()))
+            .collect()
+    }
+
+    fn put_pairing_slot(
+        &self,
+        slot_id: &[u8; 32],
+        account: &AccountId,
+        expires_at_ms: u64,
+        bundle: &[u8],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut value = Vec::with_capacity(8 + ACCOUNT_LEN + bundle.len());
+        value.extend_from_slice(&expires_at_ms.to_be_bytes());
+        value.extend_from_slice(account.as_bytes());
+        value.extend_from_slice(bundle);
+        let existing = self.pairing.get(slot_id)?;
+        if let Some(old) = &existing {
+            let (expires, owner, _) = slot_value_parts(old)?;
+            if expires > now_ms {
+                return Ok(false);
+            }
+            self.remove_slot_entry(slot_id, &owner)?;
+        }
+        if self.pairing.compare_and_swap(slot_id, existing, Some(value))?.is_err() {
+            return Ok(false);
+        }
+        self.accounts.insert(key(account, TAG_PAIRING, &[slot_id]), &[])?;
+        Ok(true)
+    }
+
+    fn take_pairing_slot(
+        &self,
+        slot_id: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(value) = self.pairing.get(slot_id)? else {
+            return Ok(None);
+        };
+        if self.pairing.compare_and_swap(slot_id, Some(&value), None as Option<&[u8]>)?.is_err() {
+            return Ok(None); // taken concurrently
+        }
+        let (expires, account, bundle) = slot_value_parts(&value)?;
+        self.remove_slot_entry(slot_id, &account)?;
+        Ok((expires > now_ms).then(|| bundle.to_vec()))
+    }
+
+    fn count_pairing_slots(&self, account: &AccountId, now_ms: u64) -> Result<usize, StoreError> {
+        let prefix = key(account, TAG_PAIRING, &[]);
+        let mut live = 0;
+        for item in self.accounts.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            if let Some(value) = self.pairing.get(&k[prefix.len()..])? {
+                if slot_value_parts(&value)?.0 > now_ms {
+                    live += 1;
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    fn expire_pairing_slots(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut expired = 0;
+        for item in self.pairing.iter() {
+            let (slot_id, value) = item?;
+            let (expires, account, _) = slot_value_parts(&value)?;
+            if expires <= now_ms
+                && self
+                    .pairing
+                    .compare_and_swap(&slot_id, Some(&value), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                self.accounts.remove(key(&account, TAG_PAIRING, &[&slot_id]))?;
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    fn put_recovery_bundle(
+        &self,
+        lookup_id: &[u8; 32],
+        account: &AccountId,
+        bundle: &[u8],
+    ) -> Result<(), StoreError> {
+        let index = key(account, TAG_RECOVERY, &[]);
+        if let Some(old) = self.accounts.get(&index)? {
+            if old.as_ref() != lookup_id {
+                self.recovery.remove(old)?;
+            }
+        }
+        let mut value = Vec::with_capacity(ACCOUNT_LEN + bundle.len());
+        value.extend_from_slice(account.as_bytes());
+        value.extend_from_slice(bundle);
+        self.recovery.insert(lookup_id, value)?;
+        self.accounts.insert(index, lookup_id)?;
+        Ok(())
+    }
+
+    fn recovery_bundle(
+        &self,
+        lookup_id: &[u8; 32],
+    ) -> Result<Option<(AccountId, Vec<u8>)>, StoreError> {
+        let Some(value) = self.recovery.get(lookup_id)? else {
+            return Ok(None);
+        };
+        let account = value
+            .get(..ACCOUNT_LEN)
+            .and_then(|b| AccountId::from_slice(b).ok())
+            .ok_or(StoreError::Corrupt("recovery bundle account"))?;
+        Ok(Some((account, value[ACCOUNT_LEN..].to_vec())))
+    }
+
+    fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.tokens.insert(token_hash, &[])?;
+        Ok(())
+    }
+
+    fn consume_registration_token(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.tokens.remove(token_hash)?.is_some())
+    }
+
+    fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let pairing_prefix = key(account, TAG_PAIRING, &[]);
+        let recovery_index = key(account, TAG_RECOVERY, &[]);
+        for item in self.accounts.scan_prefix(account.as_bytes()) {
+            let (k, v) = item?;
+            if k.starts_with(&pairing_prefix) {
+                self.pairing.remove(&k[pairing_prefix.len()..])?;
+            } else if k.as_ref() == recovery_index.as_slice() {
+                self.recovery.remove(&v)?;
+            }
+            batch.remove(k);
+        }
+        self.accounts.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut stats = StoreStats {
+            pairing_slots: self.pairing.len() as u64,
+            recovery_bundles: self.recovery.len() as u64,
+            registration_tokens: self.tokens.len() as u64,
+            ..StoreStats::default()
+        };
+        for item in self.accounts.iter() {
+            let (k, v) = item?;
+            match k.get(ACCOUNT_LEN) {
+                Some(&TAG_ROSTER) if k.len() == ACCOUNT_LEN + 1 => stats.accounts += 1,
+                Some(&TAG_STREAM) => {
+                    let meta = decode_meta(&v)?;
+                    stats.streams += 1;
+                    stats.envelopes += meta.envelopes;
+                    stats.envelope_bytes += meta.bytes;
+                }
+                _ => {}
+            }
+        }
+        Ok(stats)
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.db.flush_async().await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: AccountId = AccountId::from_bytes([1; 32]);
+    const B: AccountId = AccountId::from_bytes([2; 32]);
+    const D: DeviceId = DeviceId::from_bytes([3; 16]);
+
+    fn open(value_bytes: usize) -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20, value_bytes).unwrap();
+        (dir, store)
+    }
+
+    fn envelopes(from: u64, n: u64) -> Vec<Vec<u8>> {
+        (from..from + n).map(|s| vec![s as u8; 10 + s as usize]).collect()
+    }
+
+    fn append(store: &SledStore, account: &AccountId, from: u64, n: u64) {
+        let envs = envelopes(from, n);
+        let refs: Vec<&[u8]> = envs.iter().map(Vec::as_slice).collect();
+        let meta = StreamMeta {
+            first_seq: 1,
+            last_seq: from + n - 1,
+            bytes: 0,
+            envelopes: from + n - 1,
+        };
+        store.append(account, &D, from, &refs, &meta).unwrap();
+    }
+
+    fn read_all(store: &SledStore, after: u64, max: usize) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
+        let mut out = Vec::new();
+        let end = store
+            .read_stream(&A, &D, after, &mut |seq, e| {
+                if out.len() == max {
+                    return false;
+                }
+                out.push((seq, e.to_vec()));
+                true
+            })
+            .unwrap();
+        (out, end)
+    }
+
+    #[test]
+    fn reads_start_inside_packed_values_and_page() {
+        for value_bytes in [0, 40, 1 << 20] {
+            let (_dir, store) = open(value_bytes);
+            append(&store, &A, 1, 5);
+            append(&store, &A, 6, 5);
+            let (got, end) = read_all(&store, 3, 4);
+            assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+            assert_eq!(got[0].1, envelopes(4, 1)[0]);
+            assert_eq!(end, ReadEnd::More);
+            let (got, end) = read_all(&store, 7, 100);
+            assert_eq!(got.len(), 3);
+            assert_eq!(end, ReadEnd::Complete);
+            assert!(read_all(&store, 10, 100).0.is_empty());
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_the_tail_of_a_straddling_value() {
+        let (_dir, store) = open(1 << 20);
+        append(&store, &A, 1, 10);
+        let meta = store.truncate(&A, &D, 4).unwrap();
+        assert_eq!(meta.first_seq, 4);
+        assert_eq!(meta.envelopes, 7);
+        let (got, _) = read_all(&store, 0, 100);
+        assert_eq!(got.first().map(|(s, _)| *s), Some(4));
+        assert_eq!(got.len(), 7);
+    }
+
+    #[test]
+    fn pairing_slots_are_put_once_taken_once_and_expire() {
+        let (_dir, store) = open(0);
+        let slot = [9u8; 32];
+        assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
+        assert!(!store.put_pairing_slot(&slot, &A, 100, b"other", 10).unwrap());
+        assert_eq!(store.count_pairing_slots(&A, 10).unwrap(), 1);
+        assert_eq!(store.take_pairing_slot(&slot, 20).unwrap().as_deref(), Some(&b"bundle"[..]));
+        assert_eq!(store.take_pairing_slot(&slot, 20).unwrap(), None);
+        assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
+        assert_eq!(store.take_pairing_slot(&slot, 100).unwrap(), None, "expired");
+        assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
+        assert_eq!(store.expire_pairing_slots(200).unwrap(), 1);
+        assert_eq!(store.count_pairing_slots(&A, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn tokens_are_single_use() {
+        let (_dir, store) = open(0);
+        store.add_registration_token(&[5; 32]).unwrap();
+        assert!(store.consume_registration_token(&[5; 32]).unwrap());
+        assert!(!store.consume_registration_token(&[5; 32]).unwrap());
+    }
+
+    #[test]
+    fn deleting_an_account_removes_every_key_mentioning_it_and_nothing_else() {
+        let (_dir, store) = open(64);
+        for account in [&A, &B] {
+            assert!(store.create_account(account, b"roster").unwrap());
+            append(&store, account, 1, 20);
+            store.put_sealed_key(account, &D, 1, b"sealed").unwrap();
+            let slot = [account.as_bytes()[0]; 32];
+            store.put_pairing_slot(&slot, account, u64::MAX, b"bundle", 0).unwrap();
+            store.put_recovery_bundle(&[account.as_bytes()[0] + 10; 32], account, b"rb").unwrap();
+        }
+        store.delete_account(&A).unwrap();
+        assert!(store.load_account(&A).unwrap().is_none());
+        for name in store.db.tree_names() {
+            let tree = store.db.open_tree(name).unwrap();
+            for item in tree.iter() {
+                let (k, v) = item.unwrap();
+                assert!(!k.starts_with(A.as_bytes()) && !v.windows(32).any(|w| w == A.as_bytes()));
+                assert_ne!(k.as_ref(), &[1u8; 32][..], "A's pairing slot");
+                assert_ne!(k.as_ref(), &[11u8; 32][..], "A's recovery bundle");
+            }
+        }
+        let b = store.load_account(&B).unwrap().unwrap();
+        assert_eq!(b.streams.len(), 1);
+        assert!(store.recovery_bundle(&[12; 32]).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_second_create_of_the_same_account_is_refused() {
+        let (_dir, store) = open(0);
+        assert!(store.create_account(&A, b"r1").unwrap());
+        assert!(!store.create_account(&A, b"r2").unwrap());
+        assert_eq!(store.load_account(&A).unwrap().unwrap().roster, b"r1");
+    }
+
+    #[test]
+    fn a_foreign_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 1 << 20, 0).unwrap();
+            store.db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &7u32.to_be_bytes()).unwrap();
+            store.db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path(), 1 << 20, 0).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaVersion { found: 7, expected: 1 }));
+    }
+}

@@ -1,0 +1,254 @@
+//! TLS: the relay's certificate (self-signed on first start, or a configured chain), the QUIC
+//! server and client configurations, and certificate pinning by SHA-256 for clients.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Limits, RelayConfig};
+
+/// The ALPN protocol id of Kith's relay protocol.
+pub const ALPN: &[u8] = b"kith/1";
+/// File names of the self-signed certificate and key in the data directory.
+pub const SELF_SIGNED_CERT: &str = "cert.pem";
+/// See [`SELF_SIGNED_CERT`].
+pub const SELF_SIGNED_KEY: &str = "key.pem";
+
+/// TLS setup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{0}")]
+    Pem(String),
+    /// rcgen could not generate the certificate.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// quinn refused the TLS configuration.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// The relay's certificate chain and key, and the SHA-256 of its end-entity certificate.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    /// Chain, end-entity first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of `chain[0]`: what clients pin.
+    pub cert_sha256: [u8; 32],
+}
+
+fn ring() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The SHA-256 fingerprint of a DER certificate.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    Sha256::digest(cert.as_ref()).into()
+}
+
+fn file_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
+    let path = path.to_owned();
+    move |source| TlsError::File { what, path, source }
+}
+
+fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(file_error("cannot write", &tmp))?;
+    file.write_all(contents).map_err(file_error("cannot write", &tmp))?;
+    file.sync_all().map_err(file_error("cannot sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(file_error("cannot rename", path))
+}
+
+fn read_pem(cert: &Path, key: &Path) -> Result<ServerIdentity, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem(format!("certificate {}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Pem(format!("key {}: {e}", key.display())))?;
+    let first = chain
+        .first()
+        .ok_or_else(|| TlsError::Pem(format!("no certificate in {}", cert.display())))?;
+    let cert_sha256 = fingerprint(first);
+    Ok(ServerIdentity { chain, key, cert_sha256 })
+}
+
+/// The configured chain, or the self-signed certificate in the data directory (generated and
+/// persisted on first start, for `localhost` and the listen address).
+pub fn load_or_create(config: &RelayConfig) -> Result<ServerIdentity, TlsError> {
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        return read_pem(cert, key);
+    }
+    let cert_path = config.data_dir.join(SELF_SIGNED_CERT);
+    let key_path = config.data_dir.join(SELF_SIGNED_KEY);
+    if cert_path.exists() && key_path.exists() {
+        return read_pem(&cert_path, &key_path);
+    }
+    let mut names = vec!["localhost".to_owned()];
+    if !config.listen.ip().is_unspecified() {
+        names.push(config.listen.ip().to_string());
+    }
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_private(&cert_path, generated.cert.pem().as_bytes(), 0o644)?;
+    tracing::info!(path = %cert_path.display(), "generated a self-signed certificate");
+    read_pem(&cert_path, &key_path)
+}
+
+fn transport(limits: &Limits) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    let window = limits.connection_window_bytes;
+    let stream_window = u64::from(limits.max_frame_bytes) + 4;
+    transport
+        .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX))
+        .stream_receive_window(
+            quinn::VarInt::from_u64(stream_window.min(window)).unwrap_or(quinn::VarInt::MAX),
+        )
+        .send_window(window.saturating_mul(2))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
+    transport
+}
+
+/// The QUIC server configuration: TLS 1.3 only, ALPN `kith/1`, the transport limits.
+pub fn server_config(
+    identity: &ServerIdentity,
+    limits: &Limits,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport(limits)));
+    config.migration(true);
+    Ok(config)
+}
+
+/// Accepts exactly the server certificate whose SHA-256 is pinned; checks handshake signatures
+/// with the certificate's key as usual.
+#[derive(Debug)]
+pub struct PinnedCertVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedCertVerifier {
+    /// Pins `cert_sha256`.
+    pub fn new(cert_sha256: [u8; 32]) -> Self {
+        Self { pin: cert_sha256, provider: ring() }
+    }
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The pin compares a hash of public data; timing reveals nothing secret.
+        if fingerprint(end_entity) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A QUIC client configuration that trusts only the pinned certificate, speaking `kith/1`.
+pub fn client_config(cert_sha256: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(cert_sha256)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_self_signed_certificate_is_persisted_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RelayConfig::for_tests(dir.path());
+        let first = load_or_create(&config).unwrap();
+        let second = load_or_create(&config).unwrap();
+        assert_eq!(first.cert_sha256, second.cert_sha256);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(SELF_SIGNED_KEY)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "the key is private to its owner");
+    }
+}
