@@ -21,6 +21,10 @@ pub mod labels {
     pub const RECORD_ID: &str = "kith/v1/record-id";
     /// HKDF info of the local store key.
     pub const LOCAL_STORE: &str = "kith/v1/local-store";
+    /// Sub-key of the local store key that encrypts stored values.
+    pub const LOCAL_STORE_VALUES: &str = "kith/v1/local-store/values";
+    /// Sub-key of the local store key that blinds index keys (e-mails, phones → record ids).
+    pub const LOCAL_STORE_INDEX: &str = "kith/v1/local-store/index";
     /// HKDF info of the recovery KEM seed.
     pub const RECOVERY_KEM: &str = "kith/v1/recovery-kem";
     /// HKDF info of the recovery PSK, and its HPKE psk_id.

@@ -454,6 +454,29 @@ impl EpochSecret {
     }
 }
 
+impl SymmetricKey {
+    /// `HMAC-SHA256(self, LP(f1) || LP(f2) || …)`: a keyed, blinded identifier of the fields.
+    /// Used for record ids of imported contacts (docs/PROTOCOL.md §2.1) and local index keys.
+    pub fn blind(&self, fields: &[&[u8]]) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        // HMAC accepts keys of any length: `new_from_slice` cannot fail for 32 bytes.
+        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(&self.0[..]) else {
+            return [0u8; 32];
+        };
+        for field in fields {
+            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            mac.update(&len.to_be_bytes());
+            mac.update(field);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Derives a sub-key of this key for one purpose (HKDF-SHA256, `info` = `label`).
+    pub fn derive(&self, label: &str) -> SymmetricKey {
+        hkdf(&self.0[..], None, label)
+    }
+}
+
 impl StoreSecret {
     /// The key that encrypts this device's local store.
     pub fn local_store_key(&self, device: &DeviceId) -> SymmetricKey {
@@ -630,6 +653,16 @@ mod tests {
         assert_ne!(epoch.content_key(&account), epoch.device_name_key(&account));
         assert_ne!(epoch.content_key(&account), epoch.record_id_key(&account));
         assert_ne!(epoch.key_id(&account, 1), epoch.key_id(&account, 2));
+    }
+
+    #[test]
+    fn blinding_is_keyed_and_length_prefixed() {
+        let a = SymmetricKey::from_slice(&[1; 32]).unwrap();
+        let b = SymmetricKey::from_slice(&[2; 32]).unwrap();
+        assert_ne!(a.blind(&[b"linkedin", b"x"]), b.blind(&[b"linkedin", b"x"]));
+        assert_ne!(a.blind(&[b"linked", b"inx"]), a.blind(&[b"linkedin", b"x"]));
+        assert_eq!(a.blind(&[b"linkedin", b"x"]), a.blind(&[b"linkedin", b"x"]));
+        assert_ne!(a.derive("kith/v1/a"), a.derive("kith/v1/b"));
     }
 
     #[test]
