@@ -1,1 +1,1300 @@
-//! (in progress)
+//! Envelopes: the signed, padded ciphertext a device appends to its stream (docs/PROTOCOL.md §7).
+//!
+//! Untrusted bytes are read once, at the edge: [`peek_header`] (the relay, on every push) reads
+//! the framing and the header without copying or hashing anything; [`ParsedEnvelope::decode`]
+//! (receivers) keeps the header bytes verbatim, the ciphertext and the signature, and computes
+//! the envelope's hash. Signatures are then checked ([`ParsedEnvelope::verify_signature`],
+//! [`verify_batch`]) before anything is decrypted ([`ParsedEnvelope::decrypt`]).
+//!
+//! ```
+//! use kith_protocol::envelope::{EnvelopeHash, ParsedEnvelope, PayloadKind, peek_header, seal};
+//! use kith_protocol::keys::{DeviceSigningKey, SymmetricKey, system_rng};
+//! use kith_protocol::AccountId;
+//!
+//! let mut rng = system_rng();
+//! let device = DeviceSigningKey::generate(&mut rng);
+//! let account = AccountId::from_bytes([1; 32]);
+//! let content_key = SymmetricKey::generate(&mut rng);
+//! let sealed = seal(
+//!     &device, &account, 1, 1, &content_key, &EnvelopeHash::ZERO,
+//!     PayloadKind::Operations, b"ops", &mut rng,
+//! )?;
+//! assert_eq!(peek_header(&sealed.bytes)?.seq, 1);
+//!
+//! let parsed = ParsedEnvelope::decode(&sealed.bytes)?;
+//! parsed.verify_signature(&device.public())?;
+//! assert_eq!(parsed.decrypt(&content_key)?, b"ops");
+//! assert_eq!(parsed.hash(), sealed.hash);
+//! # Ok::<(), kith_protocol::envelope::EnvelopeError>(())
+//! ```
+//!
+//! # Wire encoding
+//! The `Envelope` message is read in its canonical protobuf form only: field 1 (header), field 2
+//! (ciphertext), field 3 (signature), each exactly once, in that order, with minimal length
+//! varints and nothing after. That is what `prost` writes, and it makes the envelope's bytes a
+//! function of its three fields, so the relay can compare retransmits byte for byte. The header
+//! must likewise be the canonical encoding of the `EnvelopeHeader` it decodes to.
+
+use std::fmt;
+use std::ops::Range;
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305};
+use prost::Message;
+use rand_core::CryptoRng;
+use zeroize::Zeroizing;
+
+use crate::encoding::{hash, labels, push_lp};
+use crate::ids::{AccountId, DeviceId};
+use crate::keys::{DeviceSigningKey, DeviceVerifyingKey, Signature, SymmetricKey};
+use crate::limits::{MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES};
+use crate::padding::{self, PaddingError};
+use crate::proto;
+
+pub use crate::proto::PayloadKind;
+
+/// The only envelope format version this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Length of the XChaCha20-Poly1305 nonce in the header.
+pub const NONCE_LEN: usize = 24;
+/// Length of the Poly1305 tag at the end of the ciphertext.
+pub const TAG_LEN: usize = 16;
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Protobuf keys (field number << 3 | wire type 2) of the `Envelope` fields, in order.
+const HEADER_KEY: u8 = (1 << 3) | 2;
+const CIPHERTEXT_KEY: u8 = (2 << 3) | 2;
+const SIGNATURE_KEY: u8 = (3 << 3) | 2;
+
+/// Why an envelope was rejected. Errors name the writer device and seq once the header is
+/// known, never any content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The encoded envelope exceeds [`MAX_ENVELOPE_BYTES`].
+    #[error("envelope of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The envelope is not the canonical encoding of an `Envelope` message.
+    #[error("malformed envelope: {what}")]
+    Malformed {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// The encoded header exceeds [`MAX_HEADER_BYTES`].
+    #[error("envelope header of {size} bytes exceeds the limit of {max} bytes")]
+    HeaderTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The header does not decode, is not canonical, or a field has an invalid value.
+    #[error("malformed envelope header: {what}")]
+    MalformedHeader {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// The header's `format_version` is not [`FORMAT_VERSION`].
+    #[error("envelope format version {version} is not supported (this code reads version 1)")]
+    WrongFormatVersion {
+        /// The version found.
+        version: u32,
+    },
+    /// The payload kind is neither operations nor snapshot.
+    #[error("envelope from device {device} seq {seq} has unknown payload kind {kind}")]
+    UnknownKind {
+        /// The writer.
+        device: DeviceId,
+        /// Its sequence number.
+        seq: u64,
+        /// The raw kind value.
+        kind: i32,
+    },
+    /// The envelope names another account than the roster's.
+    #[error("envelope from device {device} seq {seq} belongs to another account")]
+    WrongAccount {
+        /// The writer.
+        device: DeviceId,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The envelope's signature does not verify under the writer's key.
+    #[error("envelope from device {device} seq {seq} has a bad signature")]
+    BadSignature {
+        /// The writer.
+        device: DeviceId,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// No content key is held for the envelope's epoch.
+    #[error("envelope from device {device} seq {seq} is sealed in unknown epoch {epoch}")]
+    UnknownEpoch {
+        /// The writer.
+        device: DeviceId,
+        /// Its sequence number.
+        seq: u64,
+        /// The epoch named in the header.
+        epoch: u64,
+    },
+    /// AEAD decryption failed (wrong key, or ciphertext, nonce or header modified).
+    #[error("envelope from device {device} seq {seq} does not decrypt")]
+    DecryptFailed {
+        /// The writer.
+        device: DeviceId,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The decrypted plaintext is not correctly padded.
+    #[error("envelope from device {device} seq {seq} has invalid padding: {error}")]
+    Padding {
+        /// The writer.
+        device: DeviceId,
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong with the padding.
+        #[source]
+        error: PaddingError,
+    },
+    /// A payload to seal exceeds [`MAX_PAYLOAD_BYTES`].
+    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The hash of an envelope, `H("kith/v1/envelope-hash", header, ciphertext, signature)`,
+/// chained through the next envelope's `prev_hash`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvelopeHash([u8; 32]);
+
+impl EnvelopeHash {
+    /// Length in bytes.
+    pub const LEN: usize = 32;
+
+    /// The `prev_hash` of a stream's first envelope (seq 1): 32 zero bytes.
+    pub const ZERO: Self = Self([0; 32]);
+
+    /// Wraps raw bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses a hash from untrusted bytes of exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Self)
+    }
+
+    /// The raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// `H("kith/v1/envelope-hash", header, ciphertext, signature)`.
+    pub fn compute(header: &[u8], ciphertext: &[u8], signature: &[u8]) -> Self {
+        Self(hash(
+            labels::ENVELOPE_HASH,
+            &[header, ciphertext, signature],
+        ))
+    }
+}
+
+impl fmt::Debug for EnvelopeHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "envelope-hash:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Display for EnvelopeHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// The cleartext header fields of an envelope, as validated by [`peek_header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderView {
+    /// The account whose stream this is.
+    pub account_id: AccountId,
+    /// The writer device.
+    pub device_id: DeviceId,
+    /// Position in the writer's stream, from 1.
+    pub seq: u64,
+    /// The epoch whose content key encrypts the payload.
+    pub epoch: u64,
+    /// Hash of the writer's envelope at `seq - 1` ([`EnvelopeHash::ZERO`] at seq 1).
+    pub prev_hash: EnvelopeHash,
+    /// What the plaintext holds: [`PayloadKind::Operations`] or [`PayloadKind::Snapshot`].
+    pub kind: PayloadKind,
+}
+
+/// The three fields of a canonically framed envelope, borrowed from the input.
+struct Framing<'a> {
+    header: &'a [u8],
+    ciphertext: &'a [u8],
+    signature: &'a [u8; SIGNATURE_LEN],
+}
+
+/// Reads a minimally encoded protobuf length varint at `*pos`, bounded by `max`.
+fn read_length(bytes: &[u8], pos: &mut usize, max: usize) -> Result<usize, EnvelopeError> {
+    const TRUNCATED: EnvelopeError = EnvelopeError::Malformed {
+        what: "truncated length",
+    };
+    let mut value: u64 = 0;
+    // Five 7-bit groups cover 2^35, far above any bound; longer varints are rejected.
+    for shift in 0..5u32 {
+        let byte = *bytes.get(*pos).ok_or(TRUNCATED)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << (7 * shift);
+        if byte & 0x80 == 0 {
+            if byte == 0 && shift > 0 {
+                return Err(EnvelopeError::Malformed {
+                    what: "non-minimal length varint",
+                });
+            }
+            return usize::try_from(value).ok().filter(|&len| len <= max).ok_or(
+                EnvelopeError::Malformed {
+                    what: "field length exceeds its bound",
+                },
+            );
+        }
+    }
+    Err(EnvelopeError::Malformed {
+        what: "length varint too long",
+    })
+}
+
+/// Reads one length-delimited field with protobuf key `key` at `*pos`.
+fn read_field<'a>(
+    bytes: &'a [u8],
+    pos: &mut usize,
+    key: u8,
+    missing: &'static str,
+    max: usize,
+) -> Result<&'a [u8], EnvelopeError> {
+    if bytes.get(*pos) != Some(&key) {
+        return Err(EnvelopeError::Malformed { what: missing });
+    }
+    *pos += 1;
+    let len = read_length(bytes, pos, max)?;
+    let end = pos.checked_add(len).filter(|&end| end <= bytes.len());
+    let end = end.ok_or(EnvelopeError::Malformed {
+        what: "field extends past the end",
+    })?;
+    let field = &bytes[*pos..end];
+    *pos = end;
+    Ok(field)
+}
+
+/// Splits a canonical envelope into its fields: O(1), no copy, no allocation.
+fn split_envelope(bytes: &[u8]) -> Result<Framing<'_>, EnvelopeError> {
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(EnvelopeError::TooLarge {
+            size: bytes.len(),
+            max: MAX_ENVELOPE_BYTES,
+        });
+    }
+    let mut pos = 0;
+    let header = read_field(
+        bytes,
+        &mut pos,
+        HEADER_KEY,
+        "header must come first",
+        usize::MAX,
+    )?;
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(EnvelopeError::HeaderTooLarge {
+            size: header.len(),
+            max: MAX_HEADER_BYTES,
+        });
+    }
+    let ciphertext = read_field(
+        bytes,
+        &mut pos,
+        CIPHERTEXT_KEY,
+        "ciphertext must follow the header",
+        usize::MAX,
+    )?;
+    // The plaintext is always a Padmé length of at least the 4-byte prefix; anything else
+    // cannot decrypt to a valid envelope, so even the relay can refuse it.
+    let padded = ciphertext
+        .len()
+        .checked_sub(TAG_LEN)
+        .filter(|&n| n >= padding::LENGTH_PREFIX_BYTES);
+    if !padded.is_some_and(|n| padding::padme(n as u64) == n as u64) {
+        return Err(EnvelopeError::Malformed {
+            what: "ciphertext length is not a padded length plus the tag",
+        });
+    }
+    let signature = read_field(
+        bytes,
+        &mut pos,
+        SIGNATURE_KEY,
+        "signature must follow the ciphertext",
+        usize::MAX,
+    )?;
+    let signature =
+        <&[u8; SIGNATURE_LEN]>::try_from(signature).map_err(|_| EnvelopeError::Malformed {
+            what: "signature must be 64 bytes",
+        })?;
+    if pos != bytes.len() {
+        return Err(EnvelopeError::Malformed {
+            what: "bytes after the signature",
+        });
+    }
+    Ok(Framing {
+        header,
+        ciphertext,
+        signature,
+    })
+}
+
+/// Decodes and validates header bytes (at most [`MAX_HEADER_BYTES`]).
+fn decode_header(header: &[u8]) -> Result<(HeaderView, [u8; NONCE_LEN]), EnvelopeError> {
+    let decoded =
+        proto::EnvelopeHeader::decode(header).map_err(|_| EnvelopeError::MalformedHeader {
+            what: "not an EnvelopeHeader",
+        })?;
+    if decoded.format_version != FORMAT_VERSION {
+        return Err(EnvelopeError::WrongFormatVersion {
+            version: decoded.format_version,
+        });
+    }
+    // Exactly one encoding per header: no unknown or repeated fields, no default values written.
+    if decoded.encoded_len() != header.len() || decoded.encode_to_vec() != header {
+        return Err(EnvelopeError::MalformedHeader {
+            what: "not canonically encoded",
+        });
+    }
+    let field = |what| EnvelopeError::MalformedHeader { what };
+    let account_id = AccountId::from_slice(&decoded.account_id)
+        .map_err(|_| field("account_id must be 32 bytes"))?;
+    let device_id = DeviceId::from_slice(&decoded.device_id)
+        .map_err(|_| field("device_id must be 16 bytes"))?;
+    let prev_hash =
+        EnvelopeHash::from_slice(&decoded.prev_hash).ok_or(field("prev_hash must be 32 bytes"))?;
+    let nonce = <[u8; NONCE_LEN]>::try_from(decoded.nonce.as_slice())
+        .map_err(|_| field("nonce must be 24 bytes"))?;
+    check_position(decoded.seq, &prev_hash)?;
+    let kind = checked_kind(decoded.kind, device_id, decoded.seq)?;
+    let view = HeaderView {
+        account_id,
+        device_id,
+        seq: decoded.seq,
+        epoch: decoded.epoch,
+        prev_hash,
+        kind,
+    };
+    Ok((view, nonce))
+}
+
+/// Rules on `seq` and `prev_hash` that hold for every header, sealed or received.
+fn check_position(seq: u64, prev_hash: &EnvelopeHash) -> Result<(), EnvelopeError> {
+    if seq == 0 {
+        return Err(EnvelopeError::MalformedHeader {
+            what: "seq must be at least 1",
+        });
+    }
+    if seq == 1 && *prev_hash != EnvelopeHash::ZERO {
+        return Err(EnvelopeError::MalformedHeader {
+            what: "prev_hash must be zero at seq 1",
+        });
+    }
+    Ok(())
+}
+
+fn checked_kind(kind: i32, device: DeviceId, seq: u64) -> Result<PayloadKind, EnvelopeError> {
+    match PayloadKind::try_from(kind) {
+        Ok(kind @ (PayloadKind::Operations | PayloadKind::Snapshot)) => Ok(kind),
+        _ => Err(EnvelopeError::UnknownKind { device, seq, kind }),
+    }
+}
+
+/// Reads and validates an envelope's framing and header, without copying, hashing or
+/// checking any signature: what the relay needs to file a pushed envelope.
+///
+/// Bounded work on any input: the size is checked first, the framing is read in O(1) and the
+/// header (at most [`MAX_HEADER_BYTES`]) is decoded once. Never panics.
+///
+/// The result is *unauthenticated*: only [`ParsedEnvelope::verify_signature`] or
+/// [`verify_batch`] with the writer's key from a verified roster makes it trustworthy.
+pub fn peek_header(envelope_bytes: &[u8]) -> Result<HeaderView, EnvelopeError> {
+    let framing = split_envelope(envelope_bytes)?;
+    decode_header(framing.header).map(|(view, _)| view)
+}
+
+/// An envelope decoded once from untrusted bytes: header bytes kept verbatim (they are the
+/// AEAD's associated data and are signed, so they are never re-encoded), the validated header
+/// fields, the ciphertext, the signature and the envelope's hash.
+///
+/// Decoding proves only that the envelope is well formed. Check the signature
+/// ([`Self::verify_signature`], [`verify_batch`]) before trusting any field.
+pub struct ParsedEnvelope {
+    /// The exact Ed25519 signing input `LP("kith/v1/envelope") || LP(header) || LP(ciphertext)`,
+    /// which holds the header and ciphertext bytes: one copy serves verification and decryption.
+    signed: Vec<u8>,
+    header_range: Range<usize>,
+    ciphertext_range: Range<usize>,
+    view: HeaderView,
+    nonce: [u8; NONCE_LEN],
+    signature: Signature,
+    hash: EnvelopeHash,
+}
+
+/// Builds the signing input in a buffer sized exactly for it.
+fn signing_input(header: &[u8], ciphertext: &[u8]) -> (Vec<u8>, Range<usize>, Range<usize>) {
+    let context = labels::ENVELOPE_SIGNATURE.as_bytes();
+    let mut signed = Vec::with_capacity(12 + context.len() + header.len() + ciphertext.len());
+    push_lp(&mut signed, context);
+    push_lp(&mut signed, header);
+    let header_range = signed.len() - header.len()..signed.len();
+    push_lp(&mut signed, ciphertext);
+    let ciphertext_range = signed.len() - ciphertext.len()..signed.len();
+    (signed, header_range, ciphertext_range)
+}
+
+impl ParsedEnvelope {
+    /// Decodes an encoded `Envelope` (at most [`MAX_ENVELOPE_BYTES`], canonical framing, valid
+    /// header) and computes its hash. Never panics.
+    pub fn decode(envelope_bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let framing = split_envelope(envelope_bytes)?;
+        let (view, nonce) = decode_header(framing.header)?;
+        let hash = EnvelopeHash::compute(framing.header, framing.ciphertext, framing.signature);
+        let signature =
+            Signature::from_slice(framing.signature).map_err(|_| EnvelopeError::Malformed {
+                what: "signature must be 64 bytes",
+            })?;
+        let (signed, header_range, ciphertext_range) =
+            signing_input(framing.header, framing.ciphertext);
+        Ok(Self {
+            signed,
+            header_range,
+            ciphertext_range,
+            view,
+            nonce,
+            signature,
+            hash,
+        })
+    }
+
+    /// The validated header fields.
+    pub fn header(&self) -> &HeaderView {
+        &self.view
+    }
+
+    /// The header exactly as encoded by the writer.
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.signed[self.header_range.clone()]
+    }
+
+    /// The ciphertext (padded plaintext encrypted, then the 16-byte tag).
+    pub fn ciphertext(&self) -> &[u8] {
+        &self.signed[self.ciphertext_range.clone()]
+    }
+
+    /// The writer's signature.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// This envelope's hash: the next envelope's `prev_hash`.
+    pub fn hash(&self) -> EnvelopeHash {
+        self.hash
+    }
+
+    /// The canonical encoding: byte-identical to the bytes this envelope was decoded from.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_envelope(
+            self.header_bytes(),
+            self.ciphertext(),
+            self.signature.as_bytes(),
+        )
+    }
+
+    /// Verifies the signature (strict Ed25519) with `key`, the writer's key from the roster.
+    pub fn verify_signature(&self, key: &DeviceVerifyingKey) -> Result<(), EnvelopeError> {
+        key.dalek()
+            .verify_strict(&self.signed, &self.signature.to_dalek())
+            .map_err(|_| EnvelopeError::BadSignature {
+                device: self.view.device_id,
+                seq: self.view.seq,
+            })
+    }
+
+    /// Decrypts with the content key of the envelope's epoch (associated data: the verbatim
+    /// header bytes) and strips the padding, returning the payload.
+    ///
+    /// Call only after the signature verified: decryption authenticates the ciphertext under
+    /// the content key, which every member device holds, not the writer.
+    pub fn decrypt(&self, content_key: &SymmetricKey) -> Result<Vec<u8>, EnvelopeError> {
+        let device = self.view.device_id;
+        let seq = self.view.seq;
+        let decrypt_failed = EnvelopeError::DecryptFailed { device, seq };
+        let ciphertext = self.ciphertext();
+        let split = ciphertext
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(decrypt_failed.clone())?;
+        let (encrypted, tag) = ciphertext.split_at(split);
+        let tag = Tag::try_from(tag).map_err(|_| decrypt_failed.clone())?;
+        // The plaintext is secret until returned: wiped if padding turns out invalid.
+        let mut buffer = Zeroizing::new(encrypted.to_vec());
+        XChaCha20Poly1305::new(content_key.expose().into())
+            .decrypt_inout_detached(
+                (&self.nonce).into(),
+                self.header_bytes(),
+                buffer.as_mut_slice().into(),
+                &tag,
+            )
+            .map_err(|_| decrypt_failed)?;
+        let payload_len = padding::unpad(&buffer)
+            .map_err(|error| EnvelopeError::Padding { device, seq, error })?
+            .len();
+        let mut payload = std::mem::take(&mut *buffer);
+        payload.drain(..padding::LENGTH_PREFIX_BYTES);
+        // What is cut off is zero padding, checked above.
+        payload.truncate(payload_len);
+        Ok(payload)
+    }
+}
+
+impl fmt::Debug for ParsedEnvelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedEnvelope")
+            .field("header", &self.view)
+            .field("ciphertext_len", &self.ciphertext_range.len())
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Appends a minimal protobuf varint.
+fn push_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn varint_len(value: usize) -> usize {
+    (usize::BITS - (value | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+/// The canonical `Envelope` encoding (what `prost` writes for three non-empty fields).
+fn encode_envelope(header: &[u8], ciphertext: &[u8], signature: &[u8; SIGNATURE_LEN]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        3 + varint_len(header.len())
+            + varint_len(ciphertext.len())
+            + 1
+            + header.len()
+            + ciphertext.len()
+            + SIGNATURE_LEN,
+    );
+    out.push(HEADER_KEY);
+    push_varint(&mut out, header.len());
+    out.extend_from_slice(header);
+    out.push(CIPHERTEXT_KEY);
+    push_varint(&mut out, ciphertext.len());
+    out.extend_from_slice(ciphertext);
+    out.push(SIGNATURE_KEY);
+    push_varint(&mut out, SIGNATURE_LEN);
+    out.extend_from_slice(signature);
+    out
+}
+
+/// A freshly sealed envelope: its canonical encoding and its hash (the next `prev_hash`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedEnvelope {
+    /// The encoded `Envelope`, ready to push.
+    pub bytes: Vec<u8>,
+    /// Its hash: pass it as `prev_hash` when sealing the next envelope of the stream.
+    pub hash: EnvelopeHash,
+}
+
+impl fmt::Debug for SealedEnvelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedEnvelope")
+            .field("len", &self.bytes.len())
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+/// Seals `payload` as envelope `seq` of `key`'s stream in `epoch` (docs/PROTOCOL.md §7):
+/// pads it (Padmé), encrypts it with XChaCha20-Poly1305 under `content_key` with a random
+/// nonce and the encoded header as associated data, and signs header and ciphertext.
+///
+/// `prev_hash` is the hash of envelope `seq - 1` ([`EnvelopeHash::ZERO`] for seq 1); `kind`
+/// must be [`PayloadKind::Operations`] or [`PayloadKind::Snapshot`]. Refuses to produce what
+/// receivers would reject (seq 0, a non-zero `prev_hash` at seq 1, an oversized payload).
+#[allow(clippy::too_many_arguments)] // Every argument is a distinct header field or key.
+pub fn seal(
+    key: &DeviceSigningKey,
+    account: &AccountId,
+    seq: u64,
+    epoch: u64,
+    content_key: &SymmetricKey,
+    prev_hash: &EnvelopeHash,
+    kind: PayloadKind,
+    payload: &[u8],
+    rng: &mut impl CryptoRng,
+) -> Result<SealedEnvelope, EnvelopeError> {
+    let device = key.device_id();
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(EnvelopeError::PayloadTooLarge {
+            size: payload.len(),
+            max: MAX_PAYLOAD_BYTES,
+        });
+    }
+    check_position(seq, prev_hash)?;
+    let kind = checked_kind(kind as i32, device, seq)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let header = proto::EnvelopeHeader {
+        format_version: FORMAT_VERSION,
+        account_id: account.as_bytes().to_vec(),
+        device_id: device.as_bytes().to_vec(),
+        seq,
+        epoch,
+        prev_hash: prev_hash.as_bytes().to_vec(),
+        kind: kind as i32,
+        nonce: nonce.to_vec(),
+    }
+    .encode_to_vec();
+    if header.len() > MAX_HEADER_BYTES {
+        // Unreachable with fixed-size ids and u64 counters (at most 145 bytes), kept as a guard.
+        return Err(EnvelopeError::HeaderTooLarge {
+            size: header.len(),
+            max: MAX_HEADER_BYTES,
+        });
+    }
+
+    // Build the envelope in place: framing, header, then the padded plaintext, encrypted where
+    // it lies. The capacity is exact, so the plaintext is never left behind by a reallocation.
+    let too_large = EnvelopeError::PayloadTooLarge {
+        size: payload.len(),
+        max: MAX_PAYLOAD_BYTES,
+    };
+    let padded_len =
+        usize::try_from(padding::padded_len(payload.len())).map_err(|_| too_large.clone())?;
+    let ciphertext_len = padded_len + TAG_LEN;
+    let mut out = Vec::with_capacity(
+        3 + varint_len(header.len())
+            + varint_len(ciphertext_len)
+            + 1
+            + header.len()
+            + ciphertext_len
+            + SIGNATURE_LEN,
+    );
+    out.push(HEADER_KEY);
+    push_varint(&mut out, header.len());
+    out.extend_from_slice(&header);
+    out.push(CIPHERTEXT_KEY);
+    push_varint(&mut out, ciphertext_len);
+    let ciphertext_start = out.len();
+    padding::pad_into(payload, &mut out).map_err(|_| too_large.clone())?;
+    let tag = XChaCha20Poly1305::new(content_key.expose().into())
+        .encrypt_inout_detached(
+            (&nonce).into(),
+            &header,
+            (&mut out[ciphertext_start..]).into(),
+        )
+        // Only for plaintexts beyond 256 GiB, excluded by MAX_PAYLOAD_BYTES.
+        .map_err(|_| too_large)?;
+    out.extend_from_slice(&tag);
+    let ciphertext = &out[ciphertext_start..];
+    let signature = key.sign(labels::ENVELOPE_SIGNATURE, &[header.as_slice(), ciphertext]);
+    let hash = EnvelopeHash::compute(&header, ciphertext, signature.as_bytes());
+    out.push(SIGNATURE_KEY);
+    push_varint(&mut out, SIGNATURE_LEN);
+    out.extend_from_slice(signature.as_bytes());
+    Ok(SealedEnvelope { bytes: out, hash })
+}
+
+/// Signature `R` encodings that strict verification rejects but a cofactorless batch equation
+/// might not: the small-order points (canonical y, either sign of x). Non-canonical `y`
+/// (≥ 2^255 − 19) is rejected separately.
+const SMALL_ORDER_R: [[u8; 32]; 5] = [
+    // Identity (y = 1).
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    // Order 2 (y = −1).
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // Order 4 (y = 0).
+    [0; 32],
+    // Order 8.
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+];
+
+/// Whether the signature's `R` is canonical (y < 2^255 − 19) and not of small order: the
+/// conditions `verify_strict` adds to the verification equation, checked on bytes.
+fn r_is_strict(signature: &Signature) -> bool {
+    let mut y = [0u8; 32];
+    y.copy_from_slice(&signature.as_bytes()[..32]);
+    y[31] &= 0x7f; // Drop the sign of x.
+    if SMALL_ORDER_R.contains(&y) {
+        return false;
+    }
+    // y < p = 2^255 − 19, i.e. not in [2^255 − 19, 2^255 − 1]: the top 31 bytes all 0xff
+    // (0x7f for the last) with the low byte ≥ 0xed is non-canonical.
+    let high_all_ones = y[1..31].iter().all(|&b| b == 0xff) && y[31] == 0x7f;
+    !(high_all_ones && y[0] >= 0xed)
+}
+
+/// Verifies many envelopes' signatures at once (Ed25519 batch verification), each under the
+/// writer key paired with it. On failure, names the first envelope whose strict single
+/// verification fails: `BadSignature { device, seq }`.
+///
+/// Accepts exactly what [`ParsedEnvelope::verify_signature`] accepts except for one case only
+/// a writer can construct: a signature whose `R` or key has a small-order component mixed
+/// into a prime-order point, which the batch equation accepts with probability 1/8 and strict
+/// verification rejects (docs/PROTOCOL.md §7).
+pub fn verify_batch(items: &[(&ParsedEnvelope, &DeviceVerifyingKey)]) -> Result<(), EnvelopeError> {
+    match items {
+        [] => return Ok(()),
+        [(envelope, key)] => return envelope.verify_signature(key),
+        _ => {}
+    }
+    if items
+        .iter()
+        .all(|(envelope, _)| r_is_strict(&envelope.signature))
+    {
+        let messages: Vec<&[u8]> = items.iter().map(|(e, _)| e.signed.as_slice()).collect();
+        let signatures: Vec<ed25519_dalek::Signature> =
+            items.iter().map(|(e, _)| e.signature.to_dalek()).collect();
+        let keys: Vec<ed25519_dalek::VerifyingKey> =
+            items.iter().map(|(_, k)| *k.dalek()).collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+            return Ok(());
+        }
+    }
+    // Name the culprit: the first envelope that fails on its own.
+    items
+        .iter()
+        .try_for_each(|(envelope, key)| envelope.verify_signature(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::system_rng;
+    use proptest::prelude::*;
+
+    struct Fixture {
+        key: DeviceSigningKey,
+        account: AccountId,
+        content_key: SymmetricKey,
+    }
+
+    fn fixture() -> Fixture {
+        let mut rng = system_rng();
+        Fixture {
+            key: DeviceSigningKey::generate(&mut rng),
+            account: AccountId::from_bytes([3; 32]),
+            content_key: SymmetricKey::generate(&mut rng),
+        }
+    }
+
+    fn seal_at(f: &Fixture, seq: u64, prev: &EnvelopeHash, payload: &[u8]) -> SealedEnvelope {
+        seal(
+            &f.key,
+            &f.account,
+            seq,
+            1,
+            &f.content_key,
+            prev,
+            PayloadKind::Operations,
+            payload,
+            &mut system_rng(),
+        )
+        .unwrap()
+    }
+
+    /// An envelope whose header is `header` (re-signed, so only the header rule is at stake).
+    fn with_header(f: &Fixture, header: &proto::EnvelopeHeader) -> Vec<u8> {
+        let header = header.encode_to_vec();
+        let ciphertext = vec![0u8; 4 + TAG_LEN];
+        let signature = f
+            .key
+            .sign(labels::ENVELOPE_SIGNATURE, &[&header, &ciphertext]);
+        encode_envelope(&header, &ciphertext, signature.as_bytes())
+    }
+
+    fn valid_header(f: &Fixture) -> proto::EnvelopeHeader {
+        proto::EnvelopeHeader {
+            format_version: 1,
+            account_id: f.account.as_bytes().to_vec(),
+            device_id: f.key.device_id().as_bytes().to_vec(),
+            seq: 2,
+            epoch: 1,
+            prev_hash: vec![9; 32],
+            kind: PayloadKind::Operations as i32,
+            nonce: vec![1; 24],
+        }
+    }
+
+    #[test]
+    fn seal_then_open_round_trips() {
+        let f = fixture();
+        let sealed = seal_at(&f, 1, &EnvelopeHash::ZERO, b"payload");
+        let parsed = ParsedEnvelope::decode(&sealed.bytes).unwrap();
+        assert_eq!(parsed.hash(), sealed.hash);
+        assert_eq!(parsed.to_bytes(), sealed.bytes);
+        parsed.verify_signature(&f.key.public()).unwrap();
+        assert_eq!(parsed.decrypt(&f.content_key).unwrap(), b"payload");
+        let view = peek_header(&sealed.bytes).unwrap();
+        assert_eq!(view, *parsed.header());
+        assert_eq!(view.device_id, f.key.device_id());
+        assert_eq!(view.kind, PayloadKind::Operations);
+    }
+
+    #[test]
+    fn encoding_is_what_prost_writes() {
+        let f = fixture();
+        let sealed = seal_at(&f, 1, &EnvelopeHash::ZERO, &[5; 700]);
+        let decoded = proto::Envelope::decode(sealed.bytes.as_slice()).unwrap();
+        assert_eq!(decoded.encode_to_vec(), sealed.bytes);
+        let parsed = ParsedEnvelope::decode(&sealed.bytes).unwrap();
+        assert_eq!(parsed.header_bytes(), decoded.header);
+        assert_eq!(parsed.ciphertext(), decoded.ciphertext);
+        assert_eq!(parsed.signature().as_bytes()[..], decoded.signature[..]);
+        assert_eq!(
+            parsed.hash(),
+            EnvelopeHash::compute(&decoded.header, &decoded.ciphertext, &decoded.signature)
+        );
+        assert_eq!(parsed.ciphertext().len(), 704 + TAG_LEN); // Padmé(704)
+    }
+
+    #[test]
+    fn signature_covers_the_domain_separated_encoding() {
+        let f = fixture();
+        let sealed = seal_at(&f, 1, &EnvelopeHash::ZERO, b"x");
+        let parsed = ParsedEnvelope::decode(&sealed.bytes).unwrap();
+        f.key
+            .public()
+            .verify(
+                labels::ENVELOPE_SIGNATURE,
+                &[parsed.header_bytes(), parsed.ciphertext()],
+                parsed.signature(),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn largest_payload_fits_the_envelope_limit() {
+        let f = fixture();
+        let sealed = seal_at(&f, 1, &EnvelopeHash::ZERO, &vec![0; MAX_PAYLOAD_BYTES]);
+        assert!(sealed.bytes.len() <= MAX_ENVELOPE_BYTES);
+        let parsed = ParsedEnvelope::decode(&sealed.bytes).unwrap();
+        assert_eq!(
+            parsed.decrypt(&f.content_key).unwrap().len(),
+            MAX_PAYLOAD_BYTES
+        );
+    }
+
+    #[test]
+    fn too_large_envelope_is_rejected_before_parsing() {
+        let bytes = vec![0u8; MAX_ENVELOPE_BYTES + 1];
+        let expected = EnvelopeError::TooLarge {
+            size: MAX_ENVELOPE_BYTES + 1,
+            max: MAX_ENVELOPE_BYTES,
+        };
+        assert_eq!(peek_header(&bytes).unwrap_err(), expected);
+        assert_eq!(ParsedEnvelope::decode(&bytes).unwrap_err(), expected);
+    }
+
+    #[test]
+    fn oversized_payload_is_refused() {
+        let f = fixture();
+        let err = seal(
+            &f.key,
+            &f.account,
+            1,
+            1,
+            &f.content_key,
+            &EnvelopeHash::ZERO,
+            PayloadKind::Operations,
+            &vec![0; MAX_PAYLOAD_BYTES + 1],
+            &mut system_rng(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            EnvelopeError::PayloadTooLarge {
+                size: MAX_PAYLOAD_BYTES + 1,
+                max: MAX_PAYLOAD_BYTES
+            }
+        );
+    }
+
+    #[test]
+    fn seal_refuses_invalid_positions_and_kinds() {
+        let f = fixture();
+        let attempt = |seq, prev: EnvelopeHash, kind| {
+            seal(
+                &f.key,
+                &f.account,
+                seq,
+                1,
+                &f.content_key,
+                &prev,
+                kind,
+                b"",
+                &mut system_rng(),
+            )
+        };
+        assert_eq!(
+            attempt(0, EnvelopeHash::ZERO, PayloadKind::Operations).unwrap_err(),
+            EnvelopeError::MalformedHeader {
+                what: "seq must be at least 1"
+            }
+        );
+        assert_eq!(
+            attempt(
+                1,
+                EnvelopeHash::from_bytes([1; 32]),
+                PayloadKind::Operations
+            )
+            .unwrap_err(),
+            EnvelopeError::MalformedHeader {
+                what: "prev_hash must be zero at seq 1"
+            }
+        );
+        assert_eq!(
+            attempt(3, EnvelopeHash::ZERO, PayloadKind::Unspecified).unwrap_err(),
+            EnvelopeError::UnknownKind {
+                device: f.key.device_id(),
+                seq: 3,
+                kind: 0
+            }
+        );
+        assert!(attempt(2, EnvelopeHash::ZERO, PayloadKind::Snapshot).is_ok());
+    }
+
+    #[test]
+    fn framing_errors_are_precise() {
+        let f = fixture();
+        let sealed = seal_at(&f, 1, &EnvelopeHash::ZERO, &[1; 600]).bytes;
+        let malformed = |what| Err(EnvelopeError::Malformed { what });
+        assert_eq!(peek_header(&[]), malformed("header must come first"));
+        assert_eq!(peek_header(&sealed[..1]), malformed("truncated length"));
+        assert_eq!(
+            peek_header(&sealed[..20]),
+            malformed("field extends past the end")
+        );
+        let mut trailing = sealed.clone();
+        trailing.push(0);
+        assert_eq!(
+            peek_header(&trailing),
+            malformed("bytes after the signature")
+        );
+        let mut swapped = sealed.clone();
+        swapped[0] = CIPHERTEXT_KEY;
+        assert_eq!(peek_header(&swapped), malformed("header must come first"));
+        // A header length written in two bytes where one suffices.
+        let header_len = usize::from(sealed[1]);
+        let mut padded_varint = vec![HEADER_KEY, sealed[1] | 0x80, 0];
+        padded_varint.extend_from_slice(&sealed[2..]);
+        assert_eq!(
+            peek_header(&padded_varint),
+            malformed("non-minimal length varint")
+        );
+        let mut long_varint = vec![HEADER_KEY, 0x80, 0x80, 0x80, 0x80, 0x80, 1];
+        long_varint.extend_from_slice(&sealed[2..]);
+        assert_eq!(
+            peek_header(&long_varint),
+            malformed("length varint too long")
+        );
+        // A signature of 63 bytes.
+        let mut short_sig = sealed[..sealed.len() - 66].to_vec();
+        short_sig.extend_from_slice(&[SIGNATURE_KEY, 63]);
+        short_sig.extend_from_slice(&[0; 63]);
+        assert_eq!(
+            peek_header(&short_sig),
+            malformed("signature must be 64 bytes")
+        );
+        let no_sig = &sealed[..sealed.len() - 66];
+        assert_eq!(
+            peek_header(no_sig),
+            malformed("signature must follow the ciphertext")
+        );
+        let header_only = &sealed[..2 + header_len];
+        assert_eq!(
+            peek_header(header_only),
+            malformed("ciphertext must follow the header")
+        );
+        // A ciphertext one byte too long for any Padmé bucket.
+        let parsed = ParsedEnvelope::decode(&sealed).unwrap();
+        let mut odd = parsed.ciphertext().to_vec();
+        odd.push(0);
+        let bad = encode_envelope(parsed.header_bytes(), &odd, parsed.signature().as_bytes());
+        assert_eq!(
+            peek_header(&bad),
+            malformed("ciphertext length is not a padded length plus the tag")
+        );
+        let tiny = encode_envelope(
+            parsed.header_bytes(),
+            &[0; TAG_LEN + 3],
+            parsed.signature().as_bytes(),
+        );
+        assert_eq!(
+            peek_header(&tiny),
+            malformed("ciphertext length is not a padded length plus the tag")
+        );
+    }
+
+    #[test]
+    fn header_too_large_is_rejected() {
+        let header = vec![0u8; MAX_HEADER_BYTES + 1];
+        let bytes = encode_envelope(&header, &[0; 4 + TAG_LEN], &[0; 64]);
+        assert_eq!(
+            peek_header(&bytes),
+            Err(EnvelopeError::HeaderTooLarge {
+                size: MAX_HEADER_BYTES + 1,
+                max: MAX_HEADER_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn header_errors_are_precise() {
+        let f = fixture();
+        let check = |edit: &dyn Fn(&mut proto::EnvelopeHeader)| {
+            let mut header = valid_header(&f);
+            edit(&mut header);
+            let bytes = with_header(&f, &header);
+            let peeked = peek_header(&bytes);
+            assert_eq!(
+                peeked.clone().map(|_| ()),
+                ParsedEnvelope::decode(&bytes).map(|_| ())
+            );
+            peeked
+        };
+        let header_err = |what| Err(EnvelopeError::MalformedHeader { what });
+        assert!(check(&|_| {}).is_ok());
+        assert_eq!(
+            check(&|h| h.format_version = 2),
+            Err(EnvelopeError::WrongFormatVersion { version: 2 })
+        );
+        assert_eq!(
+            check(&|h| {
+                h.account_id.pop();
+            }),
+            header_err("account_id must be 32 bytes")
+        );
+        assert_eq!(
+            check(&|h| h.device_id.push(0)),
+            header_err("device_id must be 16 bytes")
+        );
+        assert_eq!(
+            check(&|h| h.prev_hash.clear()),
+            header_err("prev_hash must be 32 bytes")
+        );
+        assert_eq!(
+            check(&|h| h.nonce.truncate(12)),
+            header_err("nonce must be 24 bytes")
+        );
+        assert_eq!(check(&|h| h.seq = 0), header_err("seq must be at least 1"));
+        assert_eq!(
+            check(&|h| h.seq = 1),
+            header_err("prev_hash must be zero at seq 1")
+        );
+        assert_eq!(
+            check(&|h| h.kind = 7),
+            Err(EnvelopeError::UnknownKind {
+                device: f.key.device_id(),
+                seq: 2,
+                kind: 7
+            })
+        );
+        assert_eq!(
+            check(&|h| h.kind = 0),
+            Err(EnvelopeError::UnknownKind {
+                device: f.key.device_id(),
+                seq: 2,
+                kind: 0
+            })
+        );
+        // Garbage, and a valid header followed by an unknown field (not canonical).
+        let garbage = encode_envelope(&[0xff; 8], &[0; 4 + TAG_LEN], &[0; 64]);
+        assert_eq!(peek_header(&garbage), header_err("not an EnvelopeHeader"));
+        let mut extended = valid_header(&f).encode_to_vec();
+        extended.extend_from_slice(&[0x48, 0x01]); // field 9, varint 1
+        let extended = encode_envelope(&extended, &[0; 4 + TAG_LEN], &[0; 64]);
+        assert_eq!(
+            peek_header(&extended),
+            header_err("not canonically encoded")
+        );
+    }
+
+    #[test]
+    fn wrong_key_is_a_bad_signature() {
+        let f = fixture();
+        let other = DeviceSigningKey::generate(&mut system_rng());
+        let sealed = seal_at(&f, 4, &EnvelopeHash::from_bytes([1; 32]), b"x");
+        let parsed = ParsedEnvelope::decode(&sealed.bytes).unwrap();
+        assert_eq!(
+            parsed.verify_signature(&other.public()),
+            Err(EnvelopeError::BadSignature {
+                device: f.key.device_id(),
+                seq: 4
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_content_key_fails_to_decrypt() {
+        let f = fixture();
+        let sealed = seal_at(&f, 1, &EnvelopeHash::ZERO, b"x");
+        let parsed = ParsedEnvelope::decode(&sealed.bytes).unwrap();
+        let other = SymmetricKey::generate(&mut system_rng());
+        assert_eq!(
+            parsed.decrypt(&other),
+            Err(EnvelopeError::DecryptFailed {
+                device: f.key.device_id(),
+                seq: 1
+            })
+        );
+    }
+
+    #[test]
+    fn bad_padding_under_a_valid_tag_is_a_padding_error() {
+        // A writer (holding the content key) encrypts a non-zero "padding" byte.
+        let f = fixture();
+        let mut header = valid_header(&f);
+        header.nonce = vec![4; 24];
+        let header = header.encode_to_vec();
+        let mut buffer = padding::pad(&[7; 600]).unwrap();
+        buffer[606] = 1;
+        let tag = XChaCha20Poly1305::new(f.content_key.expose().into())
+            .encrypt_inout_detached((&[4u8; 24]).into(), &header, buffer.as_mut_slice().into())
+            .unwrap();
+        buffer.extend_from_slice(&tag);
+        let signature = f.key.sign(labels::ENVELOPE_SIGNATURE, &[&header, &buffer]);
+        let bytes = encode_envelope(&header, &buffer, signature.as_bytes());
+        let parsed = ParsedEnvelope::decode(&bytes).unwrap();
+        parsed.verify_signature(&f.key.public()).unwrap();
+        assert_eq!(
+            parsed.decrypt(&f.content_key),
+            Err(EnvelopeError::Padding {
+                device: f.key.device_id(),
+                seq: 2,
+                error: PaddingError::NonZeroPadding { offset: 606 }
+            })
+        );
+    }
+
+    #[test]
+    fn small_order_r_list_is_exactly_the_weak_points() {
+        for encoding in SMALL_ORDER_R {
+            for sign in [0u8, 0x80] {
+                let mut point = encoding;
+                point[31] |= sign;
+                if let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&point) {
+                    assert!(key.is_weak(), "{}", hex::encode(point));
+                }
+                let mut sig = [0u8; 64];
+                sig[..32].copy_from_slice(&point);
+                assert!(!r_is_strict(&Signature::from_slice(&sig).unwrap()));
+            }
+        }
+        // Non-canonical y = p and y = 2^255 − 1 are refused; y = p − 1 (order 2) too.
+        let mut sig = [0xffu8; 64];
+        sig[31] = 0x7f;
+        assert!(!r_is_strict(&Signature::from_slice(&sig).unwrap()));
+        sig[0] = 0xed;
+        assert!(!r_is_strict(&Signature::from_slice(&sig).unwrap()));
+        // Real signatures pass.
+        let f = fixture();
+        let sealed = seal_at(&f, 1, &EnvelopeHash::ZERO, b"x");
+        assert!(r_is_strict(
+            ParsedEnvelope::decode(&sealed.bytes).unwrap().signature()
+        ));
+    }
+
+    #[test]
+    fn batch_verification_names_the_first_bad_envelope() {
+        let writers: Vec<Fixture> = (0..5).map(|_| fixture()).collect();
+        let parsed: Vec<ParsedEnvelope> = writers
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let prev = if i == 0 {
+                    EnvelopeHash::ZERO
+                } else {
+                    EnvelopeHash::from_bytes([1; 32])
+                };
+                let sealed = seal_at(f, i as u64 + 1, &prev, &[i as u8; 100]);
+                ParsedEnvelope::decode(&sealed.bytes).unwrap()
+            })
+            .collect();
+        let keys: Vec<DeviceVerifyingKey> = writers.iter().map(|f| f.key.public()).collect();
+        let items: Vec<(&ParsedEnvelope, &DeviceVerifyingKey)> = parsed.iter().zip(&keys).collect();
+        verify_batch(&items).unwrap();
+        verify_batch(&items[..1]).unwrap();
+        verify_batch(&[]).unwrap();
+        // Envelopes 2 and 4 paired with the wrong keys: 2 is named.
+        let mut wrong = items.clone();
+        wrong[2].1 = &keys[0];
+        wrong[4].1 = &keys[0];
+        assert_eq!(
+            verify_batch(&wrong),
+            Err(EnvelopeError::BadSignature {
+                device: writers[2].key.device_id(),
+                seq: 3
+            })
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn peek_and_decode_never_panic_on_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let peeked = peek_header(&bytes);
+            let decoded = ParsedEnvelope::decode(&bytes);
+            prop_assert_eq!(peeked.is_ok(), decoded.is_ok());
+        }
+
+        #[test]
+        fn peek_and_decode_never_panic_on_mutated_envelopes(
+            index in any::<prop::sample::Index>(),
+            value in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let f = fixture();
+            let sealed = seal_at(&f, 2, &EnvelopeHash::from_bytes([1; 32]), b"contact").bytes;
+            let mut bytes = sealed.clone();
+            let i = index.index(bytes.len());
+            bytes[i] = value;
+            let _ = peek_header(&bytes);
+            let _ = ParsedEnvelope::decode(&bytes);
+            let truncated = &sealed[..cut.index(sealed.len())];
+            prop_assert!(peek_header(truncated).is_err());
+            prop_assert!(ParsedEnvelope::decode(truncated).is_err());
+        }
+    }
+}

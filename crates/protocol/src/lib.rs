@@ -16,6 +16,7 @@ pub mod encoding;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod padding;
 
 pub mod hlc;
 pub mod merge;
