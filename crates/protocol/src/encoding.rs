@@ -19,6 +19,8 @@ pub mod labels {
     pub const DEVICE_NAME: &str = "kith/v1/device-name";
     /// HKDF info of the record-id blinding key.
     pub const RECORD_ID: &str = "kith/v1/record-id";
+    /// HKDF info of the account key that a rotation introduces, derived from the new epoch secret.
+    pub const ACCOUNT_KEY: &str = "kith/v1/account-key";
     /// HKDF info of the local store key.
     pub const LOCAL_STORE: &str = "kith/v1/local-store";
     /// Sub-key of the local store key that encrypts stored values.

@@ -18,6 +18,13 @@ pub const MAX_KEY_ROTATIONS: usize = 1024;
 pub const MAX_DEVICE_NAME_BYTES: usize = 64;
 /// Largest sealed bundle (link or recovery).
 pub const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
+/// Largest encoded sealed epoch key (a well-formed one is about 1.3 KiB).
+pub const MAX_SEALED_EPOCH_KEY_BYTES: usize = 2048;
+/// Epoch secrets in one account bundle (one per epoch; every epoch after the first rotates the
+/// account key, so this is one more than the key-chain bound).
+pub const MAX_BUNDLE_EPOCHS: usize = MAX_KEY_ROTATIONS + 1;
+/// Longest link code text accepted, whitespace included (a well-formed one is about 1.7 KiB).
+pub const MAX_LINK_CODE_CHARS: usize = 8 * 1024;
 /// Operations in one batch.
 pub const MAX_OPERATIONS_PER_BATCH: usize = 10_000;
 /// Field writes in one operation.
