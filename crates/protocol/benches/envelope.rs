@@ -1,0 +1,271 @@
+//! Envelope cost against the bare primitives it is made of (figures in BENCHMARKS.md).
+//!
+//! - `seal/*`: Kith [`seal`] (Padmé, header encoding, random nonce, XChaCha20-Poly1305,
+//!   Ed25519 over the domain-separated encoding, envelope hash) vs one XChaCha20-Poly1305
+//!   encryption of the payload and one Ed25519 signature over the ciphertext.
+//! - `open/*`: Kith decode + strict signature verification + decryption and unpadding vs one
+//!   strict verification and one decryption of the same bare ciphertext.
+//! - `verify_64/*`: 64 envelopes' signatures, batch vs one by one.
+//!
+//! Payloads are encoded `OperationBatch`es: one contact upsert (~600 B) and 100 of them.
+//!
+//! Run: `cargo bench -p kith-protocol --bench envelope -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+
+use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ed25519_dalek::{Signer, SigningKey};
+use kith_protocol::AccountId;
+use kith_protocol::envelope::{EnvelopeHash, ParsedEnvelope, PayloadKind, seal, verify_batch};
+use kith_protocol::keys::{DeviceSigningKey, DeviceVerifyingKey, SymmetricKey, system_rng};
+use kith_protocol::proto::{
+    Date, Email, FieldValue, FieldWrite, Hlc, LinkedInSource, Operation, OperationBatch, Phone,
+    Upsert, field_value, operation,
+};
+use prost::Message;
+
+/// One realistic contact upsert: name, company, title, birthday, two e-mails, a phone, a note
+/// and a LinkedIn source, each write with its clock.
+fn contact(i: u32, device: &[u8; 16]) -> Operation {
+    let clock = |n: u32| Hlc {
+        wall_ms: 1_760_000_000_000 + u64::from(n),
+        counter: n,
+        device_id: device.to_vec(),
+    };
+    let text = |t: String| FieldValue {
+        value: Some(field_value::Value::Text(t)),
+    };
+    let write = |key: &str, value: FieldValue| FieldWrite {
+        key: key.to_owned(),
+        value: Some(value),
+        replaces: Some(clock(i.wrapping_sub(1))),
+    };
+    let email = format!("ada.lovelace{i}@analytical-engine.example.org");
+    let writes = vec![
+        write(
+            "name",
+            text(format!("Augusta Ada King, Countess of Lovelace {i}")),
+        ),
+        write("company", text("Analytical Engine Society".to_owned())),
+        write(
+            "title",
+            text("Mathematician and first programmer".to_owned()),
+        ),
+        write(
+            "birthday",
+            FieldValue {
+                value: Some(field_value::Value::Date(Date {
+                    year: 1815,
+                    month: 12,
+                    day: 10,
+                })),
+            },
+        ),
+        write(
+            &format!("email/{email}"),
+            FieldValue {
+                value: Some(field_value::Value::Email(Email {
+                    address: email.clone(),
+                    label: "work".to_owned(),
+                })),
+            },
+        ),
+        write(
+            "email/ada@example.com",
+            FieldValue {
+                value: Some(field_value::Value::Email(Email {
+                    address: "ada@example.com".to_owned(),
+                    label: "home".to_owned(),
+                })),
+            },
+        ),
+        write(
+            "phone/+442079460000",
+            FieldValue {
+                value: Some(field_value::Value::Phone(Phone {
+                    e164: "+442079460000".to_owned(),
+                    label: "mobile".to_owned(),
+                })),
+            },
+        ),
+        write(
+            "note",
+            text("Met at Babbage's soirée; ask about the Bernoulli numbers program.".to_owned()),
+        ),
+        write(
+            "source/linkedin",
+            FieldValue {
+                value: Some(field_value::Value::Linkedin(LinkedInSource {
+                    profile_url: format!("https://www.linkedin.com/in/ada-lovelace-{i}"),
+                    connected_on: Some(Date {
+                        year: 2024,
+                        month: 3,
+                        day: 14,
+                    }),
+                    company: "Analytical Engine Society".to_owned(),
+                    position: "Mathematician".to_owned(),
+                })),
+            },
+        ),
+    ];
+    let mut record_id = [0u8; 16];
+    record_id[..4].copy_from_slice(&i.to_be_bytes());
+    Operation {
+        record_id: record_id.to_vec(),
+        clock: Some(clock(i)),
+        kind: Some(operation::Kind::Upsert(Upsert { writes })),
+    }
+}
+
+fn batch(n: u32, device: &[u8; 16]) -> Vec<u8> {
+    OperationBatch {
+        operations: (0..n).map(|i| contact(i, device)).collect(),
+    }
+    .encode_to_vec()
+}
+
+struct Setup {
+    key: DeviceSigningKey,
+    dalek: SigningKey,
+    account: AccountId,
+    content_key: SymmetricKey,
+}
+
+fn setup() -> Setup {
+    let mut rng = system_rng();
+    let key = DeviceSigningKey::generate(&mut rng);
+    let dalek = SigningKey::from_bytes(&key.to_secret_bytes());
+    Setup {
+        key,
+        dalek,
+        account: AccountId::from_bytes([7; 32]),
+        content_key: SymmetricKey::generate(&mut rng),
+    }
+}
+
+fn seal_one(s: &Setup, payload: &[u8], seq: u64) -> Vec<u8> {
+    let prev = if seq == 1 {
+        EnvelopeHash::ZERO
+    } else {
+        EnvelopeHash::from_bytes([1; 32])
+    };
+    seal(
+        &s.key,
+        &s.account,
+        seq,
+        1,
+        &s.content_key,
+        &prev,
+        PayloadKind::Operations,
+        payload,
+        &mut system_rng(),
+    )
+    .map(|sealed| sealed.bytes)
+    .unwrap_or_default()
+}
+
+fn seal_and_open(c: &mut Criterion) {
+    let s = setup();
+    let device = *s.key.device_id().as_bytes();
+    let nonce = [9u8; 24];
+    for (name, payload) in [
+        ("one_contact", batch(1, &device)),
+        ("batch_100", batch(100, &device)),
+    ] {
+        let mut group = c.benchmark_group(format!("envelope/{name}"));
+        group.throughput(Throughput::Bytes(payload.len() as u64));
+
+        group.bench_function(BenchmarkId::new("seal", "kith"), |b| {
+            b.iter(|| {
+                seal(
+                    &s.key,
+                    &s.account,
+                    black_box(7),
+                    1,
+                    &s.content_key,
+                    &EnvelopeHash::from_bytes([1; 32]),
+                    PayloadKind::Operations,
+                    black_box(&payload),
+                    &mut system_rng(),
+                )
+            })
+        });
+        group.bench_function(BenchmarkId::new("seal", "bare"), |b| {
+            b.iter(|| {
+                let cipher = XChaCha20Poly1305::new(s.content_key.expose().into());
+                let ciphertext = cipher.encrypt((&nonce).into(), black_box(payload.as_slice()));
+                let ciphertext = ciphertext.unwrap_or_default();
+                let signature = s.dalek.sign(&ciphertext);
+                (ciphertext, signature)
+            })
+        });
+
+        let envelope = seal_one(&s, &payload, 7);
+        let public = s.key.public();
+        group.bench_function(BenchmarkId::new("open", "kith"), |b| {
+            b.iter(|| {
+                let parsed = ParsedEnvelope::decode(black_box(&envelope)).ok()?;
+                parsed.verify_signature(&public).ok()?;
+                parsed.decrypt(&s.content_key).ok()
+            })
+        });
+        let cipher = XChaCha20Poly1305::new(s.content_key.expose().into());
+        let bare_ciphertext = cipher
+            .encrypt((&nonce).into(), payload.as_slice())
+            .unwrap_or_default();
+        let bare_signature = s.dalek.sign(&bare_ciphertext);
+        let bare_public = s.dalek.verifying_key();
+        group.bench_function(BenchmarkId::new("open", "bare"), |b| {
+            b.iter(|| {
+                bare_public
+                    .verify_strict(black_box(&bare_ciphertext), &bare_signature)
+                    .ok()?;
+                let cipher = XChaCha20Poly1305::new(s.content_key.expose().into());
+                cipher
+                    .decrypt(
+                        (&nonce).into(),
+                        Payload {
+                            msg: &bare_ciphertext,
+                            aad: &[],
+                        },
+                    )
+                    .ok()
+            })
+        });
+        group.finish();
+    }
+}
+
+fn verify_64(c: &mut Criterion) {
+    let writers: Vec<Setup> = (0..8).map(|_| setup()).collect();
+    let mut parsed = Vec::new();
+    let mut keys: Vec<DeviceVerifyingKey> = Vec::new();
+    for (w, writer) in writers.iter().enumerate() {
+        let payload = batch(1, writer.key.device_id().as_bytes());
+        for seq in 1..=8 {
+            let bytes = seal_one(writer, &payload, seq + w as u64);
+            if let Ok(envelope) = ParsedEnvelope::decode(&bytes) {
+                parsed.push(envelope);
+                keys.push(writer.key.public());
+            }
+        }
+    }
+    assert_eq!(parsed.len(), 64);
+    let items: Vec<(&ParsedEnvelope, &DeviceVerifyingKey)> = parsed.iter().zip(&keys).collect();
+    let mut group = c.benchmark_group("envelope/verify_64");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("batch", |b| b.iter(|| verify_batch(black_box(&items))));
+    group.bench_function("one_by_one", |b| {
+        b.iter(|| {
+            black_box(&items)
+                .iter()
+                .try_for_each(|(envelope, key)| envelope.verify_signature(key))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, seal_and_open, verify_64);
+criterion_main!(benches);
