@@ -1,1 +1,1167 @@
-//! (in progress)
+//! Linking a new device and recovering an account (docs/PROTOCOL.md §6).
+//!
+//! An [`AccountBundle`] is everything a device needs to act for the account: the account signing
+//! key, every epoch secret, and the current roster. It travels sealed with HPKE in **PSK mode**
+//! (X-Wing, HKDF-SHA256, ChaCha20-Poly1305), so that only someone who knows the PSK can have
+//! sealed it:
+//!
+//! - to a new device, under the *pairing secret* of its [`LinkCode`] (which the relay never
+//!   sees), so the relay cannot seal a bundle of its own to the new device;
+//! - to the recovery key, under the recovery PSK, so a person who lost every device can restore.
+//!
+//! Opening checks that the roster inside verifies for the bundle's account, that the account key
+//! inside is that roster's current key, that the current epoch's secret matches the roster, and
+//! (for a link) that the new device is in the roster with the keys it generated.
+//!
+//! ```
+//! use kith_protocol::bundle::{AccountBundle, LinkCode, open_link_bundle, seal_link_bundle};
+//! use kith_protocol::epoch::EpochKeys;
+//! use kith_protocol::keys::*;
+//! use kith_protocol::roster::{NewDevice, VerifiedRoster};
+//!
+//! let mut rng = system_rng();
+//! // The existing device's account.
+//! let account_key = AccountSigningKey::generate(&mut rng);
+//! let epoch1 = EpochSecret::generate(&mut rng);
+//! let first = NewDevice {
+//!     signing_key: DeviceSigningKey::generate(&mut rng).public(),
+//!     agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
+//!     name: "laptop".into(),
+//! };
+//! let roster = VerifiedRoster::genesis(&account_key, first, &epoch1, 1, &mut rng).unwrap();
+//! let mut epochs = EpochKeys::new(roster.account_id());
+//! epochs.insert(1, epoch1).unwrap();
+//!
+//! // The new device shows a link code...
+//! let new_signing = DeviceSigningKey::generate(&mut rng);
+//! let new_agreement = DeviceAgreementKey::generate(&mut rng);
+//! let code = LinkCode::generate(new_signing.public(), new_agreement.public(), &mut rng);
+//! let text = code.to_text();
+//!
+//! // ...the existing device scans it, adds the device and seals the bundle...
+//! let code = LinkCode::parse(&text).unwrap();
+//! let device = NewDevice {
+//!     signing_key: *code.signing_key(),
+//!     agreement_key: code.agreement_key().clone(),
+//!     name: "phone".into(),
+//! };
+//! let roster = roster.add_device(&account_key, device, &epochs, 2, &mut rng).unwrap();
+//! let bundle = AccountBundle::new(account_key, epochs, roster).unwrap();
+//! let sealed = seal_link_bundle(&bundle, &code, &mut rng).unwrap();
+//!
+//! // ...and the new device opens it with its keys and the pairing secret it showed.
+//! let opened =
+//!     open_link_bundle(&sealed, &new_agreement, &new_signing.public(), code.pairing_secret())
+//!         .unwrap();
+//! assert_eq!(opened.account_id(), bundle.account_id());
+//! ```
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message;
+use rand_core::CryptoRng;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::encoding::{labels, lp_concat};
+use crate::epoch::{ENCAPPED_KEY_LEN, EpochError, EpochKeys, hpke_open, hpke_seal};
+use crate::ids::{AccountId, DeviceId};
+use crate::keys::{
+    AccountSigningKey, DeviceAgreementKey, DeviceAgreementPublicKey, DeviceVerifyingKey,
+    EpochSecret, KeyError, PairingSecret, RecoveryKey, SymmetricKey,
+};
+use crate::roster::{RosterError, VerifiedRoster};
+use crate::{limits, proto};
+
+/// The link code format this code reads and writes.
+pub const LINK_CODE_FORMAT_VERSION: u32 = 1;
+
+/// Why a bundle or a link code was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// The sealed bundle is longer than [`limits::MAX_BUNDLE_BYTES`].
+    #[error("sealed bundle is {len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The bytes do not decode as the expected message.
+    #[error("bundle does not decode: {0}")]
+    Malformed(prost::DecodeError),
+    /// A field has an impossible value.
+    #[error("bundle field `{field}` is invalid: {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A key does not parse.
+    #[error("field `{field}` is not a valid key: {source}")]
+    InvalidKey {
+        /// The field.
+        field: &'static str,
+        /// Why the key was rejected.
+        source: KeyError,
+    },
+    /// HPKE decryption failed: sealed to another key, under another PSK (a bundle sealed by
+    /// someone who does not know the pairing secret or recovery key), or altered.
+    #[error("bundle does not decrypt (wrong key or PSK, or tampered)")]
+    DecryptFailed,
+    /// HPKE sealing failed (cannot happen with well-formed keys).
+    #[error("bundle could not be sealed")]
+    SealFailed,
+    /// The bundle holds more epoch secrets than [`limits::MAX_BUNDLE_EPOCHS`].
+    #[error("bundle holds {count} epoch secrets, more than the {max} allowed")]
+    TooManyEpochs {
+        /// Its count.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// An epoch is listed twice.
+    #[error("bundle lists epoch {epoch} twice")]
+    DuplicateEpoch {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The secret of the roster's current epoch is missing.
+    #[error("bundle lacks the secret of the roster's epoch {epoch}")]
+    MissingEpoch {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The bundle's roster does not verify, or the current epoch secret does not match it.
+    #[error("bundle roster: {0}")]
+    Roster(RosterError),
+    /// The bundle's parts belong to different accounts.
+    #[error("bundle is for account {bundle}, its roster for {roster}")]
+    AccountIdMismatch {
+        /// The account named by the bundle (or its epoch keys).
+        bundle: AccountId,
+        /// The roster's account.
+        roster: AccountId,
+    },
+    /// The bundle's account key is not the roster's current account key (a stale bundle).
+    #[error("bundle account key is not the roster's current account key")]
+    AccountKeyMismatch,
+    /// The device opening a link bundle is not in the bundle's roster (a stale or foreign
+    /// bundle).
+    #[error("device {device} is not in the bundle's roster")]
+    DeviceNotInRoster {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The roster lists the device with another agreement key than the one it generated.
+    #[error("the bundle's roster lists device {device} with another agreement key")]
+    DeviceKeyMismatch {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The link code's format version is not [`LINK_CODE_FORMAT_VERSION`].
+    #[error("link code format version {found} is not supported")]
+    WrongFormatVersion {
+        /// The version found.
+        found: u32,
+    },
+    /// The link code text is longer than [`limits::MAX_LINK_CODE_CHARS`].
+    #[error("link code is {len} bytes long, more than the {max} allowed")]
+    LinkCodeTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The link code text does not start with [`LinkCode::PREFIX`].
+    #[error("link code does not start with `kith-link1:`")]
+    LinkCodeMissingPrefix,
+    /// The link code text is not unpadded base64url after its prefix.
+    #[error("link code is not base64url: {0}")]
+    LinkCodeBase64(base64::DecodeError),
+}
+
+impl From<RosterError> for BundleError {
+    fn from(error: RosterError) -> Self {
+        BundleError::Roster(error)
+    }
+}
+
+/// Everything a device needs to act for the account. Its parts are consistent: the account key
+/// is the roster's current key, and the epoch keys hold the roster's current epoch, confirmed
+/// against the roster.
+///
+/// `Debug` prints the account, the roster version and the epoch numbers, never a secret.
+#[derive(Clone)]
+pub struct AccountBundle {
+    account_id: AccountId,
+    account_key: AccountSigningKey,
+    epochs: EpochKeys,
+    roster: VerifiedRoster,
+}
+
+impl fmt::Debug for AccountBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountBundle")
+            .field("account_id", &self.account_id)
+            .field("account_key", &self.account_key.public())
+            .field("epochs", &self.epochs)
+            .field("roster_version", &self.roster.version())
+            .finish()
+    }
+}
+
+/// A decoded `proto::AccountBundle`, its secret fields wiped when dropped.
+struct WipedOnDrop(proto::AccountBundle);
+
+impl Drop for WipedOnDrop {
+    fn drop(&mut self) {
+        self.0.account_signing_key.zeroize();
+        for entry in &mut self.0.epochs {
+            entry.secret.zeroize();
+        }
+    }
+}
+
+impl AccountBundle {
+    /// Puts a bundle together, checking that its parts agree (same account, `account_key` is the
+    /// roster's current key, the roster's epoch secret is held and matches the roster).
+    pub fn new(
+        account_key: AccountSigningKey,
+        epochs: EpochKeys,
+        roster: VerifiedRoster,
+    ) -> Result<Self, BundleError> {
+        let account_id = roster.account_id();
+        if epochs.account_id() != account_id {
+            return Err(BundleError::AccountIdMismatch {
+                bundle: epochs.account_id(),
+                roster: account_id,
+            });
+        }
+        if account_key.public() != *roster.current_account_key() {
+            return Err(BundleError::AccountKeyMismatch);
+        }
+        let current = epochs
+            .get(roster.epoch())
+            .ok_or(BundleError::MissingEpoch {
+                epoch: roster.epoch(),
+            })?;
+        roster.confirm_epoch_secret(current)?;
+        Ok(Self {
+            account_id,
+            account_key,
+            epochs,
+            roster,
+        })
+    }
+
+    /// The account.
+    pub fn account_id(&self) -> AccountId {
+        self.account_id
+    }
+
+    /// The account signing key (the roster's current account key).
+    pub fn account_key(&self) -> &AccountSigningKey {
+        &self.account_key
+    }
+
+    /// Every epoch secret.
+    pub fn epochs(&self) -> &EpochKeys {
+        &self.epochs
+    }
+
+    /// The roster current when the bundle was sealed.
+    pub fn roster(&self) -> &VerifiedRoster {
+        &self.roster
+    }
+
+    /// The parts: account key, epoch keys and roster.
+    pub fn into_parts(self) -> (AccountSigningKey, EpochKeys, VerifiedRoster) {
+        (self.account_key, self.epochs, self.roster)
+    }
+
+    /// The encoded `proto::AccountBundle`. Secret: zeroized on drop.
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let key = self.account_key.to_secret_bytes();
+        let message = WipedOnDrop(proto::AccountBundle {
+            account_id: self.account_id.as_bytes().to_vec(),
+            account_signing_key: key.to_vec(),
+            epochs: self
+                .epochs
+                .iter()
+                .map(|(epoch, secret)| proto::EpochSecretEntry {
+                    epoch,
+                    secret: secret.expose().to_vec(),
+                })
+                .collect(),
+            roster: self.roster.encoded().to_vec(),
+        });
+        Zeroizing::new(message.0.encode_to_vec())
+    }
+
+    /// Decodes and checks an opened bundle.
+    fn decode(plaintext: &[u8]) -> Result<Self, BundleError> {
+        let message =
+            WipedOnDrop(proto::AccountBundle::decode(plaintext).map_err(BundleError::Malformed)?);
+        let message = &message.0;
+        let account_id =
+            AccountId::from_slice(&message.account_id).map_err(|_| BundleError::InvalidField {
+                field: "account_id",
+                reason: "must be 32 bytes",
+            })?;
+        let account_key = AccountSigningKey::from_secret_bytes(&message.account_signing_key)
+            .map_err(|source| BundleError::InvalidKey {
+                field: "account_signing_key",
+                source,
+            })?;
+        if message.epochs.len() > limits::MAX_BUNDLE_EPOCHS {
+            return Err(BundleError::TooManyEpochs {
+                count: message.epochs.len(),
+                max: limits::MAX_BUNDLE_EPOCHS,
+            });
+        }
+        let mut epochs = EpochKeys::new(account_id);
+        for entry in &message.epochs {
+            let secret =
+                EpochSecret::from_slice(&entry.secret).map_err(|_| BundleError::InvalidField {
+                    field: "epochs.secret",
+                    reason: "must be 32 bytes",
+                })?;
+            if epochs.contains(entry.epoch) {
+                return Err(BundleError::DuplicateEpoch { epoch: entry.epoch });
+            }
+            epochs
+                .insert(entry.epoch, secret)
+                .map_err(|error| match error {
+                    EpochError::EpochZero => BundleError::InvalidField {
+                        field: "epochs.epoch",
+                        reason: "epochs start at 1",
+                    },
+                    _ => BundleError::DuplicateEpoch { epoch: entry.epoch },
+                })?;
+        }
+        let roster = VerifiedRoster::verify(&message.roster, Some(&account_id), None)?;
+        Self::new(account_key, epochs, roster)
+    }
+}
+
+/// What a new device shows to be linked: its public keys and a one-time pairing secret.
+///
+/// The text form is `kith-link1:` followed by the unpadded base64url encoding of the
+/// `proto::LinkCode`; it contains the pairing secret, so it is zeroized on drop and `Debug`
+/// prints only the device id.
+#[derive(Clone)]
+pub struct LinkCode {
+    signing_key: DeviceVerifyingKey,
+    agreement_key: DeviceAgreementPublicKey,
+    pairing_secret: PairingSecret,
+}
+
+impl fmt::Debug for LinkCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkCode")
+            .field("device_id", &self.signing_key.device_id())
+            .field("agreement_key", &self.agreement_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkCode {
+    /// The prefix of the text form.
+    pub const PREFIX: &'static str = "kith-link1:";
+
+    /// A link code for these keys and this pairing secret.
+    pub fn new(
+        signing_key: DeviceVerifyingKey,
+        agreement_key: DeviceAgreementPublicKey,
+        pairing_secret: PairingSecret,
+    ) -> Self {
+        Self {
+            signing_key,
+            agreement_key,
+            pairing_secret,
+        }
+    }
+
+    /// A link code for these keys with a fresh pairing secret.
+    pub fn generate(
+        signing_key: DeviceVerifyingKey,
+        agreement_key: DeviceAgreementPublicKey,
+        rng: &mut impl CryptoRng,
+    ) -> Self {
+        Self::new(signing_key, agreement_key, PairingSecret::generate(rng))
+    }
+
+    /// The new device's signing key.
+    pub fn signing_key(&self) -> &DeviceVerifyingKey {
+        &self.signing_key
+    }
+
+    /// The new device's agreement key.
+    pub fn agreement_key(&self) -> &DeviceAgreementPublicKey {
+        &self.agreement_key
+    }
+
+    /// The pairing secret (the PSK of the link bundle).
+    pub fn pairing_secret(&self) -> &PairingSecret {
+        &self.pairing_secret
+    }
+
+    /// The new device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.signing_key.device_id()
+    }
+
+    /// The text form: `kith-link1:` + unpadded base64url of the encoded `proto::LinkCode`.
+    /// Secret (it holds the pairing secret): zeroized on drop.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        let mut message = proto::LinkCode {
+            format_version: LINK_CODE_FORMAT_VERSION,
+            signing_key: self.signing_key.to_bytes().to_vec(),
+            agreement_key: self.agreement_key.to_bytes(),
+            pairing_secret: self.pairing_secret.expose().to_vec(),
+        };
+        let encoded = Zeroizing::new(message.encode_to_vec());
+        message.pairing_secret.zeroize();
+        // Reserve the exact length, so the string never reallocates and leaves a copy behind.
+        let mut text = Zeroizing::new(String::with_capacity(
+            Self::PREFIX.len() + encoded.len().div_ceil(3) * 4,
+        ));
+        text.push_str(Self::PREFIX);
+        URL_SAFE_NO_PAD.encode_string(&encoded[..], &mut text);
+        text
+    }
+
+    /// Parses the text form. Whitespace anywhere is ignored (codes get wrapped and pasted);
+    /// input longer than [`limits::MAX_LINK_CODE_CHARS`] is refused before it is looked at.
+    pub fn parse(text: &str) -> Result<Self, BundleError> {
+        if text.len() > limits::MAX_LINK_CODE_CHARS {
+            return Err(BundleError::LinkCodeTooLong {
+                len: text.len(),
+                max: limits::MAX_LINK_CODE_CHARS,
+            });
+        }
+        let compact: Zeroizing<String> =
+            Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
+        let body = compact
+            .strip_prefix(Self::PREFIX)
+            .ok_or(BundleError::LinkCodeMissingPrefix)?;
+        let mut bytes = Zeroizing::new(Vec::with_capacity(body.len() / 4 * 3 + 3));
+        URL_SAFE_NO_PAD
+            .decode_vec(body, &mut bytes)
+            .map_err(BundleError::LinkCodeBase64)?;
+        let mut message = proto::LinkCode::decode(&bytes[..]).map_err(BundleError::Malformed)?;
+        let result = Self::from_message(&message);
+        message.pairing_secret.zeroize();
+        result
+    }
+
+    fn from_message(message: &proto::LinkCode) -> Result<Self, BundleError> {
+        if message.format_version != LINK_CODE_FORMAT_VERSION {
+            return Err(BundleError::WrongFormatVersion {
+                found: message.format_version,
+            });
+        }
+        let signing_key =
+            DeviceVerifyingKey::from_slice(&message.signing_key).map_err(|source| {
+                BundleError::InvalidKey {
+                    field: "signing_key",
+                    source,
+                }
+            })?;
+        let agreement_key =
+            DeviceAgreementPublicKey::from_slice(&message.agreement_key).map_err(|source| {
+                BundleError::InvalidKey {
+                    field: "agreement_key",
+                    source,
+                }
+            })?;
+        let pairing_secret = PairingSecret::from_slice(&message.pairing_secret).map_err(|_| {
+            BundleError::InvalidField {
+                field: "pairing_secret",
+                reason: "must be 32 bytes",
+            }
+        })?;
+        Ok(Self {
+            signing_key,
+            agreement_key,
+            pairing_secret,
+        })
+    }
+}
+
+/// HPKE `info` of a link bundle: `LP("kith/v1/link-bundle") || LP(agreement_key)`.
+fn link_info(agreement_key: &DeviceAgreementPublicKey) -> Vec<u8> {
+    lp_concat(&[labels::LINK_BUNDLE.as_bytes(), &agreement_key.to_bytes()])
+}
+
+/// HPKE `info` of a recovery bundle: `LP("kith/v1/recovery-bundle")`.
+fn recovery_info() -> Vec<u8> {
+    lp_concat(&[labels::RECOVERY_BUNDLE.as_bytes()])
+}
+
+fn seal_bundle(
+    bundle: &AccountBundle,
+    recipient: &DeviceAgreementPublicKey,
+    psk: &[u8],
+    psk_id: &str,
+    info: &[u8],
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<u8>, BundleError> {
+    let plaintext = bundle.encode();
+    let sealed = hpke_seal(
+        recipient,
+        Some((psk, psk_id.as_bytes())),
+        info,
+        &plaintext,
+        rng,
+    )
+    .map_err(|_| BundleError::SealFailed)?;
+    let bytes = proto::SealedBundle {
+        encapped_key: sealed.encapped_key,
+        ciphertext: sealed.ciphertext,
+    }
+    .encode_to_vec();
+    if bytes.len() > limits::MAX_BUNDLE_BYTES {
+        return Err(BundleError::TooLarge {
+            len: bytes.len(),
+            max: limits::MAX_BUNDLE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+fn open_bundle(
+    sealed: &[u8],
+    key: &DeviceAgreementKey,
+    psk: &[u8],
+    psk_id: &str,
+    info: &[u8],
+) -> Result<AccountBundle, BundleError> {
+    if sealed.len() > limits::MAX_BUNDLE_BYTES {
+        return Err(BundleError::TooLarge {
+            len: sealed.len(),
+            max: limits::MAX_BUNDLE_BYTES,
+        });
+    }
+    let message = proto::SealedBundle::decode(sealed).map_err(BundleError::Malformed)?;
+    if message.encapped_key.len() != ENCAPPED_KEY_LEN {
+        return Err(BundleError::InvalidField {
+            field: "encapped_key",
+            reason: "must be 1120 bytes",
+        });
+    }
+    let plaintext = hpke_open(
+        key,
+        Some((psk, psk_id.as_bytes())),
+        info,
+        &message.encapped_key,
+        &message.ciphertext,
+    )
+    .map_err(|_| BundleError::DecryptFailed)?;
+    AccountBundle::decode(&plaintext)
+}
+
+/// Seals `bundle` to the new device of `code`, under its pairing secret (§6).
+///
+/// The device must already be in the bundle's roster (add it first), with the agreement key of
+/// the code.
+pub fn seal_link_bundle(
+    bundle: &AccountBundle,
+    code: &LinkCode,
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<u8>, BundleError> {
+    check_in_roster(&bundle.roster, &code.signing_key, &code.agreement_key)?;
+    seal_bundle(
+        bundle,
+        &code.agreement_key,
+        code.pairing_secret.expose(),
+        labels::LINK_PSK,
+        &link_info(&code.agreement_key),
+        rng,
+    )
+}
+
+fn check_in_roster(
+    roster: &VerifiedRoster,
+    signing_key: &DeviceVerifyingKey,
+    agreement_key: &DeviceAgreementPublicKey,
+) -> Result<(), BundleError> {
+    let device = signing_key.device_id();
+    let entry = roster
+        .device(&device)
+        .ok_or(BundleError::DeviceNotInRoster { device })?;
+    if entry.agreement_key() != agreement_key {
+        return Err(BundleError::DeviceKeyMismatch { device });
+    }
+    Ok(())
+}
+
+/// Opens a link bundle on the new device, with the keys and pairing secret of the code it
+/// showed, and checks it: the roster verifies for the bundle's account, the account key is the
+/// roster's current key, the current epoch's secret matches the roster, and this device is in
+/// the roster with these keys. A bundle sealed by anyone who did not scan the code (the relay)
+/// fails to decrypt.
+pub fn open_link_bundle(
+    sealed: &[u8],
+    my_agreement_key: &DeviceAgreementKey,
+    my_signing_key: &DeviceVerifyingKey,
+    pairing_secret: &PairingSecret,
+) -> Result<AccountBundle, BundleError> {
+    let public = my_agreement_key.public();
+    let bundle = open_bundle(
+        sealed,
+        my_agreement_key,
+        pairing_secret.expose(),
+        labels::LINK_PSK,
+        &link_info(&public),
+    )?;
+    check_in_roster(&bundle.roster, my_signing_key, &public)?;
+    Ok(bundle)
+}
+
+/// Seals `bundle` to the recovery key pair, whose public half and PSK the devices keep (§6).
+pub fn seal_recovery_bundle(
+    bundle: &AccountBundle,
+    recovery_public: &DeviceAgreementPublicKey,
+    recovery_psk: &SymmetricKey,
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<u8>, BundleError> {
+    seal_bundle(
+        bundle,
+        recovery_public,
+        recovery_psk.expose(),
+        labels::RECOVERY_PSK,
+        &recovery_info(),
+        rng,
+    )
+}
+
+/// Opens a recovery bundle with the recovery key, with the same checks as a link bundle except
+/// the device's membership (the person recovering has no device in the roster yet).
+pub fn open_recovery_bundle(
+    sealed: &[u8],
+    recovery_key: &RecoveryKey,
+) -> Result<AccountBundle, BundleError> {
+    let psk = recovery_key.psk();
+    open_bundle(
+        sealed,
+        &recovery_key.kem_key(),
+        psk.expose(),
+        labels::RECOVERY_PSK,
+        &recovery_info(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::epoch::account_key_for_epoch;
+    use crate::keys::{DeviceSigningKey, system_rng};
+    use crate::roster::NewDevice;
+
+    struct NewPhone {
+        signing: DeviceSigningKey,
+        agreement: DeviceAgreementKey,
+        code: LinkCode,
+    }
+
+    fn new_phone() -> NewPhone {
+        let mut rng = system_rng();
+        let signing = DeviceSigningKey::generate(&mut rng);
+        let agreement = DeviceAgreementKey::generate(&mut rng);
+        let code = LinkCode::generate(signing.public(), agreement.public(), &mut rng);
+        NewPhone {
+            signing,
+            agreement,
+            code,
+        }
+    }
+
+    fn as_new_device(code: &LinkCode) -> NewDevice {
+        NewDevice {
+            signing_key: *code.signing_key(),
+            agreement_key: code.agreement_key().clone(),
+            name: "phone".into(),
+        }
+    }
+
+    /// An account of one device, and a bundle that already lists `phone`.
+    fn bundle_for(phone: &NewPhone) -> AccountBundle {
+        let mut rng = system_rng();
+        let key = AccountSigningKey::generate(&mut rng);
+        let epoch1 = EpochSecret::generate(&mut rng);
+        let first = NewDevice {
+            signing_key: DeviceSigningKey::generate(&mut rng).public(),
+            agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
+            name: "laptop".into(),
+        };
+        let roster = VerifiedRoster::genesis(&key, first, &epoch1, 1, &mut rng).unwrap();
+        let mut epochs = EpochKeys::new(roster.account_id());
+        epochs.insert(1, epoch1).unwrap();
+        let roster = roster
+            .add_device(&key, as_new_device(&phone.code), &epochs, 2, &mut rng)
+            .unwrap();
+        AccountBundle::new(key, epochs, roster).unwrap()
+    }
+
+    fn open_as(phone: &NewPhone, sealed: &[u8]) -> Result<AccountBundle, BundleError> {
+        open_link_bundle(
+            sealed,
+            &phone.agreement,
+            &phone.signing.public(),
+            phone.code.pairing_secret(),
+        )
+    }
+
+    #[test]
+    fn link_bundle_round_trips() {
+        let phone = new_phone();
+        let bundle = bundle_for(&phone);
+        let sealed = seal_link_bundle(&bundle, &phone.code, &mut system_rng()).unwrap();
+        let opened = open_as(&phone, &sealed).unwrap();
+        assert_eq!(opened.account_id(), bundle.account_id());
+        assert_eq!(opened.account_key().public(), bundle.account_key().public());
+        assert_eq!(opened.epochs(), bundle.epochs());
+        assert_eq!(opened.roster(), bundle.roster());
+    }
+
+    #[test]
+    fn bundle_sealed_without_the_pairing_secret_is_rejected() {
+        // The relay knows the new device's public keys (from the roster) but not the secret.
+        let mut rng = system_rng();
+        let phone = new_phone();
+        let bundle = bundle_for(&phone);
+        let relay_code = LinkCode::generate(
+            *phone.code.signing_key(),
+            phone.code.agreement_key().clone(),
+            &mut rng,
+        );
+        let forged = seal_link_bundle(&bundle, &relay_code, &mut rng).unwrap();
+        assert_eq!(
+            open_as(&phone, &forged).unwrap_err(),
+            BundleError::DecryptFailed
+        );
+    }
+
+    #[test]
+    fn bundle_for_another_device_is_rejected() {
+        let phone = new_phone();
+        let other = new_phone();
+        let bundle = bundle_for(&phone);
+        let sealed = seal_link_bundle(&bundle, &phone.code, &mut system_rng()).unwrap();
+        assert_eq!(
+            open_as(&other, &sealed).unwrap_err(),
+            BundleError::DecryptFailed
+        );
+        assert_eq!(
+            seal_link_bundle(&bundle, &other.code, &mut system_rng()).unwrap_err(),
+            BundleError::DeviceNotInRoster {
+                device: other.code.device_id()
+            }
+        );
+    }
+
+    #[test]
+    fn stale_bundle_without_the_device_is_a_precise_error() {
+        // Sealed by someone who knows the pairing secret, but with a roster that lacks the device.
+        let mut rng = system_rng();
+        let phone = new_phone();
+        let other = new_phone();
+        let bundle = bundle_for(&other);
+        let sealed = seal_bundle(
+            &bundle,
+            phone.code.agreement_key(),
+            phone.code.pairing_secret().expose(),
+            labels::LINK_PSK,
+            &link_info(phone.code.agreement_key()),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(
+            open_as(&phone, &sealed).unwrap_err(),
+            BundleError::DeviceNotInRoster {
+                device: phone.code.device_id()
+            }
+        );
+    }
+
+    #[test]
+    fn roster_listing_another_agreement_key_is_a_precise_error() {
+        let mut rng = system_rng();
+        let phone = new_phone();
+        let impostor = NewPhone {
+            signing: phone.signing.clone(),
+            agreement: DeviceAgreementKey::generate(&mut rng),
+            code: LinkCode::new(
+                phone.signing.public(),
+                phone.code.agreement_key().clone(),
+                phone.code.pairing_secret().clone(),
+            ),
+        };
+        let bundle = bundle_for(&phone);
+        let sealed = seal_bundle(
+            &bundle,
+            &impostor.agreement.public(),
+            phone.code.pairing_secret().expose(),
+            labels::LINK_PSK,
+            &link_info(&impostor.agreement.public()),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(
+            open_as(&impostor, &sealed).unwrap_err(),
+            BundleError::DeviceKeyMismatch {
+                device: phone.code.device_id()
+            }
+        );
+    }
+
+    #[test]
+    fn recovery_bundle_round_trips_and_needs_the_recovery_key() {
+        let mut rng = system_rng();
+        let phone = new_phone();
+        let bundle = bundle_for(&phone);
+        let recovery = RecoveryKey::generate(&mut rng);
+        let sealed = seal_recovery_bundle(
+            &bundle,
+            &recovery.kem_key().public(),
+            &recovery.psk(),
+            &mut rng,
+        )
+        .unwrap();
+        let opened = open_recovery_bundle(&sealed, &recovery).unwrap();
+        assert_eq!(opened.roster(), bundle.roster());
+        let wrong = RecoveryKey::generate(&mut rng);
+        assert_eq!(
+            open_recovery_bundle(&sealed, &wrong).unwrap_err(),
+            BundleError::DecryptFailed
+        );
+        // Right KEM key, wrong PSK: someone who saw only the recovery public key.
+        let forged = seal_recovery_bundle(
+            &bundle,
+            &recovery.kem_key().public(),
+            &wrong.psk(),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(
+            open_recovery_bundle(&forged, &recovery).unwrap_err(),
+            BundleError::DecryptFailed
+        );
+    }
+
+    #[test]
+    fn bundle_parts_must_agree() {
+        let mut rng = system_rng();
+        let phone = new_phone();
+        let (key, epochs, roster) = bundle_for(&phone).into_parts();
+        assert_eq!(
+            AccountBundle::new(
+                AccountSigningKey::generate(&mut rng),
+                epochs.clone(),
+                roster.clone()
+            )
+            .unwrap_err(),
+            BundleError::AccountKeyMismatch
+        );
+        let foreign = EpochKeys::new(AccountId::from_bytes([1; 32]));
+        assert_eq!(
+            AccountBundle::new(key.clone(), foreign, roster.clone()).unwrap_err(),
+            BundleError::AccountIdMismatch {
+                bundle: AccountId::from_bytes([1; 32]),
+                roster: roster.account_id()
+            }
+        );
+        let empty = EpochKeys::new(roster.account_id());
+        assert_eq!(
+            AccountBundle::new(key.clone(), empty, roster.clone()).unwrap_err(),
+            BundleError::MissingEpoch { epoch: 1 }
+        );
+        let mut wrong = EpochKeys::new(roster.account_id());
+        wrong.insert(1, EpochSecret::generate(&mut rng)).unwrap();
+        assert!(matches!(
+            AccountBundle::new(key, wrong, roster).unwrap_err(),
+            BundleError::Roster(RosterError::DeviceName { .. })
+        ));
+    }
+
+    #[test]
+    fn bundle_after_a_removal_carries_the_rotated_key() {
+        let mut rng = system_rng();
+        let phone = new_phone();
+        let (key, mut epochs, roster) = bundle_for(&phone).into_parts();
+        let secret = EpochSecret::generate(&mut rng);
+        let new_key = account_key_for_epoch(&roster.account_id(), &secret);
+        let laptop = roster.devices().next().unwrap().device_id();
+        let roster = roster
+            .remove_device(&key, &laptop, 3, &new_key, &secret, &epochs, 5, &mut rng)
+            .unwrap();
+        epochs.insert(2, secret).unwrap();
+        // The old key no longer makes a bundle.
+        assert_eq!(
+            AccountBundle::new(key, epochs.clone(), roster.clone()).unwrap_err(),
+            BundleError::AccountKeyMismatch
+        );
+        let bundle = AccountBundle::new(new_key, epochs, roster).unwrap();
+        let sealed = seal_link_bundle(&bundle, &phone.code, &mut rng).unwrap();
+        let opened = open_as(&phone, &sealed).unwrap();
+        assert_eq!(opened.epochs().len(), 2);
+    }
+
+    /// Seals an arbitrary `proto::AccountBundle` as a link bundle to `phone`.
+    fn seal_message(phone: &NewPhone, message: &proto::AccountBundle) -> Vec<u8> {
+        let info = link_info(phone.code.agreement_key());
+        let sealed = hpke_seal(
+            phone.code.agreement_key(),
+            Some((
+                phone.code.pairing_secret().expose(),
+                labels::LINK_PSK.as_bytes(),
+            )),
+            &info,
+            &message.encode_to_vec(),
+            &mut system_rng(),
+        )
+        .unwrap();
+        proto::SealedBundle {
+            encapped_key: sealed.encapped_key,
+            ciphertext: sealed.ciphertext,
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn malformed_bundle_contents_are_precise_errors() {
+        let phone = new_phone();
+        let bundle = bundle_for(&phone);
+        let good = proto::AccountBundle::decode(&bundle.encode()[..]).unwrap();
+        let open = |message: &proto::AccountBundle| open_as(&phone, &seal_message(&phone, message));
+        assert!(open(&good).is_ok());
+
+        let mut m = good.clone();
+        m.account_id.pop();
+        assert!(matches!(
+            open(&m),
+            Err(BundleError::InvalidField {
+                field: "account_id",
+                ..
+            })
+        ));
+
+        let mut m = good.clone();
+        m.account_signing_key.pop();
+        assert!(matches!(
+            open(&m),
+            Err(BundleError::InvalidKey {
+                field: "account_signing_key",
+                ..
+            })
+        ));
+
+        let mut m = good.clone();
+        m.epochs.push(m.epochs[0].clone());
+        assert_eq!(
+            open(&m).unwrap_err(),
+            BundleError::DuplicateEpoch { epoch: 1 }
+        );
+
+        let mut m = good.clone();
+        m.epochs[0].epoch = 0;
+        assert!(matches!(
+            open(&m),
+            Err(BundleError::InvalidField {
+                field: "epochs.epoch",
+                ..
+            })
+        ));
+
+        let mut m = good.clone();
+        m.epochs[0].secret.pop();
+        assert!(matches!(
+            open(&m),
+            Err(BundleError::InvalidField {
+                field: "epochs.secret",
+                ..
+            })
+        ));
+
+        let mut m = good.clone();
+        m.epochs = (1..=limits::MAX_BUNDLE_EPOCHS as u64 + 1)
+            .map(|epoch| proto::EpochSecretEntry {
+                epoch,
+                secret: vec![0; 32],
+            })
+            .collect();
+        assert_eq!(
+            open(&m).unwrap_err(),
+            BundleError::TooManyEpochs {
+                count: 1026,
+                max: 1025
+            }
+        );
+
+        let mut m = good.clone();
+        m.roster[5] ^= 1;
+        assert!(matches!(open(&m), Err(BundleError::Roster(_))));
+
+        let mut m = good;
+        m.account_id = vec![9; 32];
+        assert!(matches!(
+            open(&m),
+            Err(BundleError::Roster(RosterError::AccountIdMismatch { .. }))
+        ));
+
+        let phone_open = |bytes: &[u8]| open_as(&phone, bytes);
+        assert!(matches!(
+            phone_open(&[0xff; 3]),
+            Err(BundleError::Malformed(_))
+        ));
+        assert!(matches!(
+            phone_open(
+                &proto::SealedBundle {
+                    encapped_key: vec![1; 10],
+                    ciphertext: vec![]
+                }
+                .encode_to_vec()
+            ),
+            Err(BundleError::InvalidField {
+                field: "encapped_key",
+                ..
+            })
+        ));
+        assert_eq!(
+            phone_open(&vec![0; limits::MAX_BUNDLE_BYTES + 1]).unwrap_err(),
+            BundleError::TooLarge {
+                len: limits::MAX_BUNDLE_BYTES + 1,
+                max: limits::MAX_BUNDLE_BYTES
+            }
+        );
+        let bad_plaintext = hpke_seal(
+            phone.code.agreement_key(),
+            Some((
+                phone.code.pairing_secret().expose(),
+                labels::LINK_PSK.as_bytes(),
+            )),
+            &link_info(phone.code.agreement_key()),
+            &[0xff, 0xff],
+            &mut system_rng(),
+        )
+        .unwrap();
+        let sealed = proto::SealedBundle {
+            encapped_key: bad_plaintext.encapped_key,
+            ciphertext: bad_plaintext.ciphertext,
+        }
+        .encode_to_vec();
+        assert!(matches!(
+            phone_open(&sealed),
+            Err(BundleError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn link_code_text_round_trips_and_tolerates_whitespace() {
+        let phone = new_phone();
+        let text = phone.code.to_text();
+        assert!(text.starts_with(LinkCode::PREFIX));
+        let parsed = LinkCode::parse(&text).unwrap();
+        assert_eq!(parsed.signing_key(), phone.code.signing_key());
+        assert_eq!(parsed.agreement_key(), phone.code.agreement_key());
+        assert_eq!(parsed.pairing_secret(), phone.code.pairing_secret());
+        let wrapped: String = text
+            .as_bytes()
+            .chunks(60)
+            .map(|line| format!("  {}\r\n", std::str::from_utf8(line).unwrap()))
+            .collect();
+        assert_eq!(
+            LinkCode::parse(&wrapped).unwrap().pairing_secret(),
+            phone.code.pairing_secret()
+        );
+    }
+
+    #[test]
+    fn link_code_errors_are_precise() {
+        let phone = new_phone();
+        let text = phone.code.to_text();
+        assert_eq!(
+            LinkCode::parse(&"a".repeat(limits::MAX_LINK_CODE_CHARS + 1)).unwrap_err(),
+            BundleError::LinkCodeTooLong {
+                len: limits::MAX_LINK_CODE_CHARS + 1,
+                max: limits::MAX_LINK_CODE_CHARS
+            }
+        );
+        assert_eq!(
+            LinkCode::parse(&text.replace("kith-link1:", "kith-link2:")).unwrap_err(),
+            BundleError::LinkCodeMissingPrefix
+        );
+        assert!(matches!(
+            LinkCode::parse(&format!("{}!", text.as_str())),
+            Err(BundleError::LinkCodeBase64(_))
+        ));
+        assert!(matches!(
+            LinkCode::parse("kith-link1:_w"),
+            Err(BundleError::Malformed(_))
+        ));
+        let encode = |message: &proto::LinkCode| {
+            format!(
+                "{}{}",
+                LinkCode::PREFIX,
+                URL_SAFE_NO_PAD.encode(message.encode_to_vec())
+            )
+        };
+        let good = proto::LinkCode {
+            format_version: 1,
+            signing_key: phone.code.signing_key().to_bytes().to_vec(),
+            agreement_key: phone.code.agreement_key().to_bytes(),
+            pairing_secret: phone.code.pairing_secret().expose().to_vec(),
+        };
+        assert!(LinkCode::parse(&encode(&good)).is_ok());
+        let mut m = good.clone();
+        m.format_version = 2;
+        assert_eq!(
+            LinkCode::parse(&encode(&m)).unwrap_err(),
+            BundleError::WrongFormatVersion { found: 2 }
+        );
+        let mut m = good.clone();
+        m.signing_key.pop();
+        assert!(matches!(
+            LinkCode::parse(&encode(&m)),
+            Err(BundleError::InvalidKey {
+                field: "signing_key",
+                ..
+            })
+        ));
+        let mut m = good.clone();
+        m.agreement_key.pop();
+        assert!(matches!(
+            LinkCode::parse(&encode(&m)),
+            Err(BundleError::InvalidKey {
+                field: "agreement_key",
+                ..
+            })
+        ));
+        let mut m = good;
+        m.pairing_secret.pop();
+        assert!(matches!(
+            LinkCode::parse(&encode(&m)),
+            Err(BundleError::InvalidField {
+                field: "pairing_secret",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn debug_prints_no_secrets() {
+        let phone = new_phone();
+        let bundle = bundle_for(&phone);
+        let secret_hex = hex::encode(phone.code.pairing_secret().expose());
+        assert!(!format!("{:?}", phone.code).contains(&secret_hex));
+        let printed = format!("{bundle:?}");
+        let key_hex = hex::encode(*bundle.account_key().to_secret_bytes());
+        assert!(!printed.contains(&key_hex), "{printed}");
+        let epoch_hex = hex::encode(bundle.epochs().get(1).unwrap().expose());
+        assert!(!printed.contains(&epoch_hex), "{printed}");
+    }
+}
