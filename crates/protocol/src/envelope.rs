@@ -45,11 +45,13 @@ use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 use crate::encoding::{hash, labels, push_lp};
+use crate::epoch::EpochKeys;
 use crate::ids::{AccountId, DeviceId};
 use crate::keys::{DeviceSigningKey, DeviceVerifyingKey, Signature, SymmetricKey};
 use crate::limits::{MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES};
 use crate::padding::{self, PaddingError};
 use crate::proto;
+use crate::roster::{RosterError, VerifiedRoster};
 
 pub use crate::proto::PayloadKind;
 
@@ -122,6 +124,26 @@ pub enum EnvelopeError {
         device: DeviceId,
         /// Its sequence number.
         seq: u64,
+    },
+    /// The writer may not write this envelope: not in the roster, removed before this seq,
+    /// or outside the epochs it may write in.
+    #[error("envelope from device {device} seq {seq} is not admitted by the roster: {error}")]
+    Membership {
+        /// The writer.
+        device: DeviceId,
+        /// Its sequence number.
+        seq: u64,
+        /// Why the roster refuses it.
+        #[source]
+        error: RosterError,
+    },
+    /// The epoch keys given to the opener belong to another account than the roster.
+    #[error("epoch keys are for account {found}, the roster for {expected}")]
+    KeysForAnotherAccount {
+        /// The roster's account.
+        expected: AccountId,
+        /// The epoch keys' account.
+        found: AccountId,
     },
     /// The envelope's signature does not verify under the writer's key.
     #[error("envelope from device {device} seq {seq} has a bad signature")]
@@ -795,6 +817,84 @@ pub fn verify_batch(items: &[(&ParsedEnvelope, &DeviceVerifyingKey)]) -> Result<
     items
         .iter()
         .try_for_each(|(envelope, key)| envelope.verify_signature(key))
+}
+
+/// Opens envelopes of `roster`'s account (docs/PROTOCOL.md §7, opening steps 2–4), returning
+/// their payloads in order.
+///
+/// 2. every envelope names the roster's account and a writer the roster admits at that seq
+///    and epoch ([`VerifiedRoster::writer_key`]);
+/// 3. all signatures are verified at once ([`verify_batch`]);
+/// 4. each envelope is decrypted with its epoch's content key and unpadded.
+///
+/// Each step runs over the whole batch before the next, so an error names the first envelope
+/// that fails the earliest step. Nothing is decrypted unless every signature verified. Stream
+/// continuity is the caller's next step ([`crate::stream::StreamVerifier`]).
+pub fn open_batch(
+    envelopes: &[ParsedEnvelope],
+    roster: &VerifiedRoster,
+    keys: &EpochKeys,
+) -> Result<Vec<Vec<u8>>, EnvelopeError> {
+    let account = roster.account_id();
+    if keys.account_id() != account {
+        return Err(EnvelopeError::KeysForAnotherAccount {
+            expected: account,
+            found: keys.account_id(),
+        });
+    }
+    let mut items = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let HeaderView {
+            account_id,
+            device_id: device,
+            seq,
+            epoch,
+            ..
+        } = envelope.view;
+        if account_id != account {
+            return Err(EnvelopeError::WrongAccount { device, seq });
+        }
+        let key = roster
+            .writer_key(&device, seq, epoch)
+            .map_err(|error| EnvelopeError::Membership { device, seq, error })?;
+        items.push((envelope, key));
+    }
+    verify_batch(&items)?;
+    // Envelopes of one pull are mostly in one epoch: derive each content key once in a row.
+    let mut content_key: Option<(u64, SymmetricKey)> = None;
+    let mut payloads = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let HeaderView {
+            device_id: device,
+            seq,
+            epoch,
+            ..
+        } = envelope.view;
+        let key = match content_key.take() {
+            Some((held, key)) if held == epoch => key,
+            // The only way `content_key` fails is an epoch whose secret is not held.
+            _ => keys
+                .content_key(epoch)
+                .map_err(|_| EnvelopeError::UnknownEpoch { device, seq, epoch })?,
+        };
+        payloads.push(envelope.decrypt(&key)?);
+        content_key = Some((epoch, key));
+    }
+    Ok(payloads)
+}
+
+impl ParsedEnvelope {
+    /// Opens this one envelope: [`open_batch`] of one.
+    pub fn open(
+        &self,
+        roster: &VerifiedRoster,
+        keys: &EpochKeys,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut payloads = open_batch(std::slice::from_ref(self), roster, keys)?;
+        payloads
+            .pop()
+            .ok_or(EnvelopeError::Malformed { what: "no payload" })
+    }
 }
 
 #[cfg(test)]
