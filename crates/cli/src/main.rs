@@ -1,1 +1,116 @@
-fn main() {}
+//! `kith`: the command-line client of Kith, end-to-end-encrypted contact sync.
+//!
+//! Every command is documented in `crates/cli/README.md`. Errors go to standard error as
+//! `error: …` (what went wrong) and, where the next step is not obvious, `hint: …` (what to
+//! do), and the exit code is non-zero.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod demo;
+mod output;
+mod progress;
+mod qr;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kith_client::ClientError;
+use kith_client::net::NetError;
+use kith_protocol::proto::ErrorCode;
+
+/// Exit code of every failure after the command line was parsed (clap uses 2 for usage errors).
+const EXIT_FAILURE: u8 = 1;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging();
+    match commands::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_text(&err));
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Logs (library warnings such as sync retries) to standard error; `RUST_LOG` overrides the
+/// default. The library and the relay never log contact data or key material.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kith_relay=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The error and its causes on one line, without repeating a cause that an outer message
+/// already quotes.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// What to do about the errors whose message cannot know the situation.
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    let net = err
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Net(net)) => Some(net),
+            _ => cause.downcast_ref::<NetError>(),
+        });
+    if let Some(net) = net {
+        return match net {
+            NetError::Connection(_) | NetError::Timeout | NetError::Resolve(_) => Some(
+                "check that kith-relay is running at that address and reachable over UDP, and that the \
+                 certificate fingerprint is the one it printed at start-up; then run the command again",
+            ),
+            NetError::Relay { code, .. } => match code {
+                ErrorCode::RegistrationClosed => Some(
+                    "this relay admits new accounts by token only: ask its operator for one \
+                     (`kith-relay token create`) and pass --registration-token",
+                ),
+                ErrorCode::QuotaExceeded => Some(
+                    "the account is over its storage quota: run `kith compact`, or ask the relay operator for more",
+                ),
+                ErrorCode::TooManyDevices => Some(
+                    "the account has as many devices as the relay allows: revoke one with `kith device revoke ID`",
+                ),
+                ErrorCode::RateLimited | ErrorCode::Storage | ErrorCode::ShuttingDown => {
+                    Some("the relay is busy or restarting; try again in a minute")
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+    }
+    match err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ClientError>())
+    {
+        Some(ClientError::UnknownContact(_)) => Some(
+            "list the ids with `kith contacts list` or find one with `kith contacts search QUERY`",
+        ),
+        Some(ClientError::Revoked) => Some(
+            "set this device up again with `kith device request` (approved from a device of the account) \
+             in a new --home, or with `kith recover`",
+        ),
+        _ => None,
+    }
+}

@@ -1,0 +1,236 @@
+//! The command line, as `clap` parses it. The commands and flags are a contract (issue 4 and
+//! `crates/cli/README.md`): tests and docs use exactly these.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Kith: your contacts, end-to-end encrypted, synced through a relay that sees only ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "kith", version, about, long_about = None)]
+pub struct Cli {
+    /// Where this device keeps its keys and encrypted store (default: the platform data
+    /// directory, e.g. ~/.local/share/kith).
+    #[arg(long, global = true, env = "KITH_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new account with this as its first device; prints the recovery key once.
+    Init {
+        /// The relay.
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// A name for this device, shown in `kith device list` (encrypted; the relay never sees it).
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
+        /// A registration token, if the relay admits new accounts by token only.
+        #[arg(long, value_name = "T")]
+        registration_token: Option<String>,
+    },
+    /// Import contacts from an export file.
+    Import {
+        /// What kind of export.
+        #[arg(value_enum)]
+        kind: ImportKind,
+        /// The export file (Connections.csv, your_friends.json, chat.db, .vcf).
+        path: PathBuf,
+        /// For `imessage`: the macOS Contacts database (AddressBook-v22.abcddb) that names
+        /// phone numbers and e-mail addresses.
+        #[arg(long, value_name = "PATH")]
+        address_book: Option<PathBuf>,
+    },
+    /// List, show, search, add, edit and delete contacts.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Push this device's changes and pull every other device's.
+    Sync {
+        /// Keep running and sync whenever another device pushes, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Write a snapshot and drop this device's older history on the relay.
+    Compact,
+    /// Link, list and revoke devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Restore the account on this (new) device from the recovery key.
+    Recover {
+        /// The relay.
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// The recovery key shown by `kith init` (XXXX-XXXX-…).
+        #[arg(long, value_name = "KEY")]
+        recovery_key: String,
+        /// A name for this device.
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
+    },
+    /// Export every contact.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Run the whole story in one process: a relay on loopback, two devices, import, sync,
+    /// conflict, revocation, and a scan of the relay's files for contact data.
+    Demo,
+}
+
+/// Where the relay is and how to trust it.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// The relay's address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub relay: String,
+    /// The SHA-256 fingerprint of the relay's certificate (64 hex characters, as `kith-relay`
+    /// prints it when it starts).
+    #[arg(long, value_name = "HEX")]
+    pub relay_cert_sha256: String,
+}
+
+/// The export formats `kith import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportKind {
+    /// LinkedIn `Connections.csv`.
+    Linkedin,
+    /// Facebook `your_friends.json` (or `friends.json`).
+    Facebook,
+    /// macOS Messages `chat.db` (message counts per person only; never message text).
+    Imessage,
+    /// A vCard file (2.1, 3.0 or 4.0).
+    Vcard,
+}
+
+/// `kith contacts …`.
+#[derive(Debug, Subcommand)]
+pub enum ContactsCommand {
+    /// Every contact, by name.
+    List {
+        /// Print a JSON array of contacts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One contact in full.
+    Show {
+        /// A contact id, or a unique prefix of it (at least 4 hex digits).
+        id: String,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Contacts whose name, e-mail, phone or company contains QUERY (ignoring case and accents).
+    Search {
+        /// What to look for.
+        query: String,
+        /// Print a JSON array of contacts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a contact.
+    Add {
+        /// Full name.
+        #[arg(long, value_name = "N")]
+        name: String,
+        /// Fields besides the name.
+        #[command(flatten)]
+        fields: FieldArgs,
+    },
+    /// Change fields of a contact (fields not given stay as they are).
+    Edit {
+        /// A contact id, or a unique prefix of it.
+        id: String,
+        /// New full name.
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+        /// Fields besides the name.
+        #[command(flatten)]
+        fields: FieldArgs,
+    },
+    /// Delete a contact on every device.
+    Delete {
+        /// A contact id, or a unique prefix of it.
+        id: String,
+    },
+    /// Concurrent edits that the merge kept, with both values.
+    Conflicts {
+        /// Print a JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The optional fields of `contacts add` and `contacts edit`.
+#[derive(Debug, Clone, Args)]
+pub struct FieldArgs {
+    /// An e-mail address (added beside any the contact has).
+    #[arg(long, value_name = "E")]
+    pub email: Option<String>,
+    /// A phone number, best as +<country><number> (added beside any the contact has).
+    #[arg(long, value_name = "P")]
+    pub phone: Option<String>,
+    /// Company.
+    #[arg(long, value_name = "C")]
+    pub company: Option<String>,
+    /// A private note.
+    #[arg(long, value_name = "T")]
+    pub note: Option<String>,
+}
+
+/// `kith device …`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// On a new device: print a link code (and a QR code on a terminal), then wait for a
+    /// device of the account to approve it.
+    Request {
+        /// The relay.
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// A name for this device.
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
+        /// How long to wait for the approval, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        timeout: u64,
+    },
+    /// On a device of the account: approve a new device by its link code.
+    Approve {
+        /// The link code the new device printed.
+        code: String,
+    },
+    /// The devices of this account.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a device: it can no longer read or write anything new.
+    Revoke {
+        /// A device id, or a unique prefix of it (see `kith device list`).
+        id: String,
+    },
+}
+
+/// `kith export …`.
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Every contact as a vCard 4.0 file.
+    Vcard {
+        /// The file to write (`-` for standard output).
+        path: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

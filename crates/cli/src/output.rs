@@ -1,0 +1,514 @@
+//! What the CLI prints: the `--json` shapes (explicit structs, so library changes cannot
+//! silently change them; documented in `crates/cli/README.md`) and the human-readable text.
+
+use std::fmt::Write as _;
+
+use kith_client::{ConflictView, Contact, DeviceInfo};
+use kith_protocol::proto;
+use kith_protocol::record::Source;
+use serde::Serialize;
+
+/// How many hex digits of an id the tables show (any unique prefix of 4 or more is accepted).
+pub const SHORT_ID: usize = 10;
+
+/// A contact, as `contacts list|show|search --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ContactJson {
+    /// Full hex id.
+    pub id: String,
+    /// Full name.
+    pub name: Option<String>,
+    /// Company.
+    pub company: Option<String>,
+    /// Job title.
+    pub title: Option<String>,
+    /// `YYYY-MM-DD`, or `--MM-DD` when the year is unknown.
+    pub birthday: Option<String>,
+    /// Private note.
+    pub note: Option<String>,
+    /// E-mail addresses.
+    pub emails: Vec<EmailJson>,
+    /// Phone numbers (E.164).
+    pub phones: Vec<PhoneJson>,
+    /// Web addresses.
+    pub urls: Vec<UrlJson>,
+    /// Social and messaging handles.
+    pub handles: Vec<HandleJson>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Where the contact came from.
+    pub sources: Vec<SourceJson>,
+}
+
+/// An e-mail address.
+#[derive(Debug, Serialize)]
+pub struct EmailJson {
+    /// The address.
+    pub address: String,
+    /// Its label (`home`, `work`, …; may be empty).
+    pub label: String,
+}
+
+/// A phone number.
+#[derive(Debug, Serialize)]
+pub struct PhoneJson {
+    /// E.164.
+    pub number: String,
+    /// Its label (may be empty).
+    pub label: String,
+}
+
+/// A web address.
+#[derive(Debug, Serialize)]
+pub struct UrlJson {
+    /// The URL.
+    pub url: String,
+    /// Its label (may be empty).
+    pub label: String,
+}
+
+/// A social or messaging handle.
+#[derive(Debug, Serialize)]
+pub struct HandleJson {
+    /// The service (`twitter`, `github`, …).
+    pub service: String,
+    /// The handle on it.
+    pub handle: String,
+}
+
+/// Where a contact came from, tagged by `kind`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum SourceJson {
+    /// A LinkedIn connection.
+    Linkedin {
+        /// Profile URL.
+        profile_url: String,
+        /// `YYYY-MM-DD`.
+        connected_on: Option<String>,
+        /// Company at export time.
+        company: String,
+        /// Position at export time.
+        position: String,
+    },
+    /// A Facebook friend.
+    Facebook {
+        /// Friends since (Unix seconds).
+        friend_since_unix: i64,
+    },
+    /// iMessage aggregate counts for one handle.
+    Imessage {
+        /// The handle (E.164 or e-mail).
+        handle: String,
+        /// Messages sent to them in one-to-one chats.
+        sent: u64,
+        /// Messages received from them in one-to-one chats.
+        received: u64,
+        /// First message (Unix seconds; 0 if unknown).
+        first_unix: i64,
+        /// Last message (Unix seconds; 0 if unknown).
+        last_unix: i64,
+        /// Group chats shared.
+        group_chats: u64,
+    },
+    /// The name the macOS address book stores for a phone number or e-mail.
+    AddressBook {
+        /// That name.
+        name: String,
+    },
+    /// An imported vCard.
+    Vcard {
+        /// Its UID (may be empty).
+        uid: String,
+    },
+}
+
+/// A kept conflict, as `contacts conflicts --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ConflictJson {
+    /// The contact's full hex id.
+    pub id: String,
+    /// The field key (`name`, `company`, `email/<address>`, …).
+    pub field: String,
+    /// The value shown.
+    pub winner: String,
+    /// The concurrent value that lost.
+    pub other: String,
+}
+
+/// A device, as `device list --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct DeviceJson {
+    /// Full hex device id.
+    pub id: String,
+    /// The device's name.
+    pub name: String,
+    /// When it joined (ms since the Unix epoch).
+    pub added_at_ms: u64,
+    /// Whether it is the device running this command.
+    pub this_device: bool,
+}
+
+fn date_text(date: &proto::Date) -> String {
+    if date.year == 0 {
+        format!("--{:02}-{:02}", date.month, date.day)
+    } else {
+        format!("{:04}-{:02}-{:02}", date.year, date.month, date.day)
+    }
+}
+
+impl From<&Contact> for ContactJson {
+    fn from(c: &Contact) -> Self {
+        ContactJson {
+            id: c.id().to_hex(),
+            name: c.name().map(str::to_owned),
+            company: c.company().map(str::to_owned),
+            title: c.title().map(str::to_owned),
+            birthday: c.birthday().map(date_text),
+            note: c.note().map(str::to_owned),
+            emails: c
+                .emails()
+                .iter()
+                .map(|e| EmailJson {
+                    address: e.address.clone(),
+                    label: e.label.clone(),
+                })
+                .collect(),
+            phones: c
+                .phones()
+                .iter()
+                .map(|p| PhoneJson {
+                    number: p.e164.clone(),
+                    label: p.label.clone(),
+                })
+                .collect(),
+            urls: c
+                .urls()
+                .iter()
+                .map(|u| UrlJson {
+                    url: u.url.clone(),
+                    label: u.label.clone(),
+                })
+                .collect(),
+            handles: c
+                .handles()
+                .iter()
+                .map(|h| HandleJson {
+                    service: h.service.clone(),
+                    handle: h.handle.clone(),
+                })
+                .collect(),
+            tags: c.tags().to_vec(),
+            sources: c.sources().iter().map(SourceJson::from).collect(),
+        }
+    }
+}
+
+impl From<&Source> for SourceJson {
+    fn from(source: &Source) -> Self {
+        match source {
+            Source::LinkedIn(s) => SourceJson::Linkedin {
+                profile_url: s.profile_url.clone(),
+                connected_on: s
+                    .connected_on
+                    .as_ref()
+                    .filter(|d| d.month != 0)
+                    .map(date_text),
+                company: s.company.clone(),
+                position: s.position.clone(),
+            },
+            Source::Facebook(s) => SourceJson::Facebook {
+                friend_since_unix: s.friend_since_unix,
+            },
+            Source::IMessage(s) => SourceJson::Imessage {
+                handle: s.handle.clone(),
+                sent: s.sent,
+                received: s.received,
+                first_unix: s.first_unix,
+                last_unix: s.last_unix,
+                group_chats: s.group_chats,
+            },
+            Source::AddressBook(s) => SourceJson::AddressBook {
+                name: s.name.clone(),
+            },
+            Source::VCard(s) => SourceJson::Vcard { uid: s.uid.clone() },
+        }
+    }
+}
+
+impl From<&ConflictView> for ConflictJson {
+    fn from(c: &ConflictView) -> Self {
+        ConflictJson {
+            id: c.id.clone(),
+            field: c.field.clone(),
+            winner: c.winner.clone(),
+            other: c.other.clone(),
+        }
+    }
+}
+
+impl From<&DeviceInfo> for DeviceJson {
+    fn from(d: &DeviceInfo) -> Self {
+        DeviceJson {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            added_at_ms: d.added_at_ms,
+            this_device: d.this_device,
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON on standard output.
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    println!("{text}");
+    Ok(())
+}
+
+/// The first `SHORT_ID` hex digits of an id.
+pub fn short(id: &str) -> &str {
+    id.get(..SHORT_ID).unwrap_or(id)
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// A table of contacts: short id, name, company, first e-mail, first phone.
+pub fn contacts_table(contacts: &[Contact]) -> String {
+    let rows: Vec<[String; 5]> = contacts
+        .iter()
+        .map(|c| {
+            [
+                short(&c.id().to_hex()).to_owned(),
+                cut(c.name().unwrap_or("(no name)"), 32),
+                cut(c.company().unwrap_or(""), 24),
+                cut(
+                    c.emails().first().map(|e| e.address.as_str()).unwrap_or(""),
+                    36,
+                ),
+                c.phones()
+                    .first()
+                    .map(|p| p.e164.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(["ID", "NAME", "COMPANY", "EMAIL", "PHONE"], &rows)
+}
+
+/// A table of devices.
+pub fn devices_table(devices: &[DeviceInfo]) -> String {
+    let rows: Vec<[String; 4]> = devices
+        .iter()
+        .map(|d| {
+            [
+                short(&d.id).to_owned(),
+                cut(&d.name, 32),
+                format_time_ms(d.added_at_ms),
+                if d.this_device {
+                    "this device".to_owned()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    table(["ID", "NAME", "ADDED (UTC)", ""], &rows)
+}
+
+/// Left-aligned columns separated by two spaces, widths fitted to the content.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                let pad = w.saturating_sub(cell.chars().count());
+                let _ = write!(text, "{cell}{}  ", " ".repeat(pad));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// One contact in full, with the conflicts kept for it.
+pub fn contact_details(c: &Contact, conflicts: &[ConflictView]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", c.name().unwrap_or("(no name)"));
+    let mut field = |label: &str, value: &str| {
+        let _ = writeln!(out, "  {label:<9} {value}");
+    };
+    field("id", &c.id().to_hex());
+    if let Some(v) = c.company() {
+        field("company", v);
+    }
+    if let Some(v) = c.title() {
+        field("title", v);
+    }
+    if let Some(v) = c.birthday() {
+        field("birthday", &date_text(v));
+    }
+    for e in c.emails() {
+        field("email", &labelled(&e.address, &e.label));
+    }
+    for p in c.phones() {
+        field("phone", &labelled(&p.e164, &p.label));
+    }
+    for u in c.urls() {
+        field("url", &labelled(&u.url, &u.label));
+    }
+    for h in c.handles() {
+        field("handle", &format!("{}:{}", h.service, h.handle));
+    }
+    if !c.tags().is_empty() {
+        field("tags", &c.tags().join(", "));
+    }
+    if let Some(v) = c.note() {
+        let mut lines = v.lines();
+        field("note", lines.next().unwrap_or(""));
+        for rest in lines {
+            field("", rest);
+        }
+    }
+    for s in c.sources() {
+        field("source", &source_text(s));
+    }
+    for conflict in conflicts {
+        field(
+            "conflict",
+            &format!(
+                "{}: kept {:?}, other value {:?}",
+                conflict.field, conflict.winner, conflict.other
+            ),
+        );
+    }
+    out
+}
+
+fn labelled(value: &str, label: &str) -> String {
+    if label.is_empty() {
+        value.to_owned()
+    } else {
+        format!("{value} ({label})")
+    }
+}
+
+fn source_text(source: &Source) -> String {
+    match source {
+        Source::LinkedIn(s) => match s.connected_on.as_ref().filter(|d| d.month != 0) {
+            Some(d) => format!("LinkedIn, connected {}", date_text(d)),
+            None => "LinkedIn".to_owned(),
+        },
+        Source::Facebook(s) if s.friend_since_unix > 0 => {
+            format!(
+                "Facebook, friends since {}",
+                format_time_ms(s.friend_since_unix as u64 * 1000)
+                    .get(..10)
+                    .unwrap_or("")
+            )
+        }
+        Source::Facebook(_) => "Facebook".to_owned(),
+        Source::IMessage(s) => format!(
+            "iMessage {}: {} sent, {} received, {} group chats",
+            s.handle, s.sent, s.received, s.group_chats
+        ),
+        Source::AddressBook(s) => format!("address book, as {:?}", s.name),
+        Source::VCard(_) => "vCard".to_owned(),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) from milliseconds since the Unix epoch.
+pub fn format_time_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil conversion (proleptic Gregorian calendar).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A byte count for people: `512 B`, `12.3 KiB`, `4.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_formatted_in_utc() {
+        assert_eq!(format_time_ms(0), "1970-01-01 00:00");
+        assert_eq!(format_time_ms(1_709_210_096_000), "2024-02-29 12:34");
+    }
+
+    #[test]
+    fn byte_counts_are_readable() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = [
+            ["a".to_owned(), "bb".to_owned()],
+            ["ccc".to_owned(), "d".to_owned()],
+        ];
+        assert_eq!(table(["X", "Y"], &rows), "X    Y\na    bb\nccc  d\n");
+    }
+
+    #[test]
+    fn long_cells_are_cut_with_an_ellipsis() {
+        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(cut("abc", 4), "abc");
+    }
+}
