@@ -1,11 +1,363 @@
-//! The load tool (filled in below).
+//! `kith-relay bench`: D devices, each in its own account, push N envelopes in batches through
+//! real QUIC connections on loopback, then pull them back; optionally hold many idle
+//! authenticated connections. Prints envelopes/s, MB/s, ack latency percentiles and the relay's
+//! peak RSS (when the tool started the relay itself).
 
-use anyhow::Result;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use kith_protocol::encoding::labels;
+use kith_protocol::ids::AccountId;
+use kith_protocol::keys::{AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, system_rng};
+use kith_protocol::proto;
+use kith_relay::client::{RelayClient, shared_endpoint};
+use prost::Message;
 
 /// Load-test parameters.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Simulated devices, each in its own account, each on its own connection
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Envelopes each device pushes
+    #[arg(long, default_value_t = 1000)]
+    envelopes: u64,
+    /// Envelopes per push
+    #[arg(long, default_value_t = 100)]
+    batch: u64,
+    /// Payload bytes per envelope (the ciphertext is Padmé-padded; the encoded envelope adds
+    /// ~180 bytes of header, tag and signature)
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Target total push rate in envelopes/s (0 = as fast as acks allow)
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Idle authenticated connections to open after the push/pull phases (RSS measurement)
+    #[arg(long, default_value_t = 0)]
+    idle_connections: usize,
+    /// Use a running relay at this address instead of starting one (needs --cert-sha256)
+    #[arg(long)]
+    relay: Option<SocketAddr>,
+    /// Certificate fingerprint of --relay
+    #[arg(long)]
+    cert_sha256: Option<String>,
+    /// Data directory for the relay the tool starts [default: a temporary directory]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Client UDP endpoints the connections are spread over
+    #[arg(long, default_value_t = 4)]
+    endpoints: usize,
+}
 
-pub async fn run(_args: BenchArgs) -> Result<()> {
+/// One account with `devices` devices; returns the account id and the signed genesis roster.
+fn genesis(devices: &[DeviceSigningKey]) -> (AccountId, Vec<u8>) {
+    let account_key = AccountSigningKey::generate(&mut system_rng());
+    let account = account_key.public().account_id();
+    let entries = devices
+        .iter()
+        .map(|key| proto::DeviceEntry {
+            device_id: key.device_id().as_bytes().to_vec(),
+            signing_key: key.public().to_bytes().to_vec(),
+            agreement_key: DeviceAgreementKey::generate(&mut system_rng()).public().to_bytes(),
+            added_at_ms: 0,
+            added_in_epoch: 1,
+            name_nonce: vec![0; 24],
+            encrypted_name: vec![0; 32],
+        })
+        .collect();
+    let body = proto::RosterBody {
+        format_version: 1,
+        account_id: account.as_bytes().to_vec(),
+        version: 1,
+        genesis_key: account_key.public().to_bytes().to_vec(),
+        key_chain: vec![],
+        epoch: 1,
+        devices: entries,
+        removed: vec![],
+        created_at_ms: 0,
+    }
+    .encode_to_vec();
+    let signature = account_key.sign(labels::ROSTER_SIGNATURE, &[&body]).to_bytes().to_vec();
+    (account, proto::SignedRoster { body, signature }.encode_to_vec())
+}
+
+/// An envelope with a valid header and an opaque (random-looking) body; the relay does not
+/// verify envelope signatures, so none is computed.
+fn envelope(account: &AccountId, device: &kith_protocol::ids::DeviceId, seq: u64, body: &[u8]) -> Vec<u8> {
+    let header = proto::EnvelopeHeader {
+        format_version: 1,
+        account_id: account.as_bytes().to_vec(),
+        device_id: device.as_bytes().to_vec(),
+        seq,
+        epoch: 1,
+        prev_hash: vec![0; 32],
+        kind: proto::PayloadKind::Operations as i32,
+        nonce: vec![0; 24],
+    }
+    .encode_to_vec();
+    proto::Envelope { header, ciphertext: body.to_vec(), signature: vec![0; 64] }.encode_to_vec()
+}
+
+struct SpawnedRelay {
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for SpawnedRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SpawnedRelay {
+    /// (peak RSS, current RSS) in KiB from /proc.
+    fn rss_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+}
+
+fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])> {
+    let (dir, data) = match &args.data {
+        Some(data) => (None, data.clone()),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().to_owned();
+            (Some(dir), path)
+        }
+    };
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(["--requests-per-second", "1000000", "--request-burst", "1000000"])
+        .args(["--max-account-bytes", "1099511627776", "--max-connections", "100000"])
+        .args(["--lookups-per-minute", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the relay")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let spawned = SpawnedRelay { child, _dir: dir };
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut pin) = (None, None);
+    while addr.is_none() || pin.is_none() {
+        let line = lines.next().ok_or_else(|| anyhow!("the relay exited"))??;
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = Some(rest.parse()?);
+        } else if let Some(rest) = line.strip_prefix("certificate sha256 ") {
+            pin = Some(parse_pin(rest)?);
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok((spawned, addr.ok_or_else(|| anyhow!("no address"))?, pin.ok_or_else(|| anyhow!("no pin"))?))
+}
+
+fn parse_pin(text: &str) -> Result<[u8; 32]> {
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut pin).context("certificate fingerprint")?;
+    Ok(pin)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+struct Device {
+    client: RelayClient,
+    account: AccountId,
+    key: DeviceSigningKey,
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.batch == 0 || args.devices == 0 || args.envelopes % args.batch != 0 {
+        bail!("--envelopes must be a multiple of --batch, both and --devices nonzero");
+    }
+    let (relay, addr, pin) = match (&args.relay, &args.cert_sha256) {
+        (Some(addr), Some(pin)) => (None, *addr, parse_pin(pin)?),
+        (Some(_), None) => bail!("--relay needs --cert-sha256"),
+        _ => {
+            let (relay, addr, pin) = spawn_relay(&args)?;
+            (Some(relay), addr, pin)
+        }
+    };
+    let endpoints: Vec<quinn::Endpoint> =
+        (0..args.endpoints.max(1)).map(|_| shared_endpoint(pin)).collect::<Result<_, _>>()?;
+
+    // Setup: one account per device.
+    let mut devices = Vec::with_capacity(args.devices);
+    for i in 0..args.devices {
+        let key = DeviceSigningKey::generate(&mut system_rng());
+        let (account, roster) = genesis(std::slice::from_ref(&key));
+        let client = RelayClient::connect_with(endpoints[i % endpoints.len()].clone(), addr).await?;
+        client.create_account(roster, &key, &account, None).await?;
+        devices.push(Arc::new(Device { client, account, key }));
+    }
+    println!(
+        "{} devices x {} envelopes of {} B ciphertext in batches of {}{}",
+        args.devices,
+        args.envelopes,
+        args.size,
+        args.batch,
+        if args.rate > 0 { format!(", paced at {} envelopes/s", args.rate) } else { String::new() }
+    );
+
+    // Push.
+    // A ciphertext has a Padmé length plus the tag (the relay checks the framing).
+    let ciphertext_len =
+        kith_protocol::padding::padded_len(args.size) as usize + kith_protocol::envelope::TAG_LEN;
+    let body: Arc<Vec<u8>> = Arc::new((0..ciphertext_len).map(|i| (i * 131 % 251) as u8).collect());
+    let batches = args.envelopes / args.batch;
+    let interval = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(args.batch as f64 * args.devices as f64 / args.rate as f64)
+    });
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, device) in devices.iter().cloned().enumerate() {
+        let body = body.clone();
+        let batch = args.batch;
+        tasks.push(tokio::spawn(async move {
+            let id = device.key.device_id();
+            let mut latencies = Vec::with_capacity(batches as usize);
+            let mut bytes = 0u64;
+            // Spread paced devices over the interval so they do not push in lockstep.
+            let offset = interval.map(|iv| iv.mul_f64(i as f64 / 97.0 % 1.0));
+            for b in 0..batches {
+                if let (Some(iv), Some(offset)) = (interval, offset) {
+                    let due = start + offset + iv * b as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let first = b * batch + 1;
+                let envelopes: Vec<Vec<u8>> =
+                    (first..first + batch).map(|s| envelope(&device.account, &id, s, &body)).collect();
+                bytes += envelopes.iter().map(|e| e.len() as u64).sum::<u64>();
+                let sent = Instant::now();
+                device.client.push(envelopes).await?;
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok((latencies, bytes))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut pushed_bytes = 0;
+    for task in tasks {
+        let (l, b) = task.await??;
+        latencies.extend(l);
+        pushed_bytes += b;
+    }
+    let push_time = start.elapsed();
+    latencies.sort_unstable();
+    let total = args.devices as u64 * args.envelopes;
+    println!(
+        "push: {total} envelopes in {:.2} s = {:.0} envelopes/s, {:.1} MB/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        push_time.as_secs_f64(),
+        total as f64 / push_time.as_secs_f64(),
+        pushed_bytes as f64 / push_time.as_secs_f64() / 1e6,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+
+    // Pull.
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for device in devices.iter().cloned() {
+        tasks.push(tokio::spawn(async move {
+            let id = device.key.device_id().as_bytes().to_vec();
+            let (mut after, mut count, mut bytes) = (0u64, 0u64, 0u64);
+            loop {
+                let cursor = proto::Cursor { device_id: id.clone(), after_seq: after };
+                let page = device.client.pull(vec![cursor], 0, 0).await?;
+                for e in &page.envelopes {
+                    after = e.seq;
+                    bytes += e.envelope.len() as u64;
+                }
+                count += page.envelopes.len() as u64;
+                if !page.more {
+                    break;
+                }
+            }
+            anyhow::Ok((count, bytes))
+        }));
+    }
+    let (mut pulled, mut pulled_bytes) = (0, 0);
+    for task in tasks {
+        let (c, b) = task.await??;
+        pulled += c;
+        pulled_bytes += b;
+    }
+    let pull_time = start.elapsed();
+    if pulled != total {
+        bail!("pulled {pulled} envelopes, pushed {total}");
+    }
+    println!(
+        "pull: {pulled} envelopes in {:.2} s = {:.0} envelopes/s, {:.1} MB/s",
+        pull_time.as_secs_f64(),
+        pulled as f64 / pull_time.as_secs_f64(),
+        pulled_bytes as f64 / pull_time.as_secs_f64() / 1e6,
+    );
+    if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
+        println!("relay RSS after push/pull: {} MB (peak {} MB)", now / 1024, peak / 1024);
+    }
+
+    // Idle authenticated connections: accounts of up to 50 devices each.
+    if args.idle_connections > 0 {
+        let start = Instant::now();
+        let mut idle = Vec::with_capacity(args.idle_connections);
+        let mut left = args.idle_connections;
+        let mut n = 0usize;
+        while left > 0 {
+            let keys: Vec<DeviceSigningKey> =
+                (0..left.min(50)).map(|_| DeviceSigningKey::generate(&mut system_rng())).collect();
+            let (account, roster) = genesis(&keys);
+            let mut connects = Vec::new();
+            for (i, key) in keys.into_iter().enumerate() {
+                let endpoint = endpoints[n % endpoints.len()].clone();
+                n += 1;
+                let roster = (i == 0).then(|| roster.clone());
+                connects.push(async move {
+                    let client = RelayClient::connect_with(endpoint, addr).await?;
+                    if let Some(roster) = roster {
+                        client.create_account(roster, &key, &account, None).await?;
+                    }
+                    anyhow::Ok((client, key))
+                });
+            }
+            let mut batch = Vec::new();
+            for connect in connects {
+                batch.push(connect.await?);
+            }
+            for (client, key) in batch.iter().skip(1) {
+                client.authenticate(key, &account).await?;
+            }
+            left -= batch.len();
+            idle.extend(batch.into_iter().map(|(client, _)| client));
+        }
+        println!(
+            "idle: {} authenticated connections open after {:.2} s",
+            idle.len(),
+            start.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
+            println!("relay RSS with {} idle connections: {} MB (peak {} MB)", idle.len(), now / 1024, peak / 1024);
+        }
+    }
     Ok(())
 }

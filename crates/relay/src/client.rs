@@ -121,13 +121,18 @@ impl RelayClient {
     /// Sends one request on a new stream and reads one response.
     pub async fn call(&self, kind: request::Kind) -> Result<Response, ClientError> {
         let (mut send, mut recv) = self.connection.open_bi().await?;
-        write_message(&mut send, &Request { kind: Some(kind) })
-            .await
-            .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+        // The relay may stop reading early (an oversized frame) and still answer: read the
+        // response even when the write fails.
+        let written = write_message(&mut send, &Request { kind: Some(kind) }).await;
         let _ = send.finish();
-        read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES)
-            .await?
-            .ok_or(ClientError::Unexpected("stream ended without a response"))
+        match read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES).await {
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(match written {
+                Err(e) => ClientError::Frame(FrameError::Io(e)),
+                Ok(()) => ClientError::Unexpected("stream ended without a response"),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends a request; an `Error` response becomes [`ClientError::Refused`].

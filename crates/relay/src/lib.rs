@@ -20,7 +20,6 @@ pub mod error;
 pub mod frame;
 mod handlers;
 pub mod limits;
-mod protocol_adapter;
 pub mod server;
 mod state;
 pub mod store;

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, watch};
 use crate::config::RelayConfig;
 use crate::error::RequestError;
 use crate::limits::KeyedLimiter;
-use crate::protocol_adapter::VerifiedRoster;
+use kith_protocol::roster::VerifiedRoster;
 use crate::store::{GroupCommit, Store, StreamMeta};
 
 /// Most distinct devices and addresses tracked by the rate limiters.

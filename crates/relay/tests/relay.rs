@@ -253,7 +253,7 @@ async fn oversized_batches_envelopes_and_frames_are_refused() {
     bounded(async {
         let relay = TestRelay::start_with(|c| {
             c.limits.max_batch_envelopes = 10;
-            c.limits.max_envelope_bytes = 2000;
+            c.limits.max_envelope_bytes = 2500;
             c.limits.max_frame_bytes = 16 * 1024;
             c.limits.pull_max_bytes = 8 * 1024;
         })

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::{Reply, durable, ok};
 use crate::config::RegistrationMode;
 use crate::error::RequestError;
-use crate::protocol_adapter::VerifiedRoster;
+use kith_protocol::roster::VerifiedRoster;
 use crate::state::{Conn, Shared, lock, short};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> Reply {

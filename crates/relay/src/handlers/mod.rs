@@ -80,7 +80,7 @@ pub(crate) fn authorized(
 
 /// Refuses devices that are removed from, or absent in, the roster.
 pub(crate) fn check_device(
-    roster: &crate::protocol_adapter::VerifiedRoster,
+    roster: &kith_protocol::roster::VerifiedRoster,
     device: &DeviceId,
 ) -> Result<(), RequestError> {
     if roster.device(device).is_some() {

@@ -10,7 +10,7 @@ use kith_protocol::proto::{ErrorCode, Push, PushAck, response};
 
 use super::{Reply, authorized, check_device, durable, respond};
 use crate::error::RequestError;
-use crate::protocol_adapter::peek_header;
+use kith_protocol::envelope::peek_header;
 use crate::state::{AccountEvent, Conn, Shared};
 use crate::store::StreamMeta;
 

@@ -13,7 +13,7 @@ use prost::Message;
 
 use super::{Reply, authorized, durable, ok, respond};
 use crate::error::RequestError;
-use crate::protocol_adapter::VerifiedRoster;
+use kith_protocol::roster::VerifiedRoster;
 use crate::state::{Conn, Shared, short};
 
 /// The version a signed roster claims, read before verifying so a rollback gets its own code.

@@ -163,7 +163,14 @@ impl TestAccount {
     }
 }
 
-/// An envelope with a valid header for (account, device, seq) and `size` bytes of opaque body.
+/// The ciphertext length of a `size`-byte payload: Padmé-padded plus the AEAD tag, as the
+/// protocol crate's framing check requires.
+pub fn ciphertext_len(size: usize) -> usize {
+    kith_protocol::padding::padded_len(size) as usize + kith_protocol::envelope::TAG_LEN
+}
+
+/// An envelope with a valid header for (account, device, seq) and the ciphertext of a
+/// `size`-byte payload (opaque bytes: the relay never decrypts).
 pub fn envelope(account: &AccountId, device: &DeviceId, seq: u64, size: usize) -> Vec<u8> {
     envelope_with(account, device, seq, size, seq as u8)
 }
@@ -186,7 +193,7 @@ pub fn envelope_with(
         nonce: vec![7; 24],
     }
     .encode_to_vec();
-    proto::Envelope { header, ciphertext: vec![fill; size], signature: vec![1; 64] }.encode_to_vec()
+    proto::Envelope { header, ciphertext: vec![fill; ciphertext_len(size)], signature: vec![1; 64] }.encode_to_vec()
 }
 
 pub fn envelopes(account: &AccountId, device: &DeviceId, from: u64, n: u64, size: usize) -> Vec<Vec<u8>> {
