@@ -65,8 +65,14 @@ pub enum Command {
         /// The relay.
         #[command(flatten)]
         relay: RelayArgs,
-        /// The recovery key shown by `kith init` (XXXX-XXXX-…).
-        #[arg(long, value_name = "KEY")]
+        /// The recovery key shown by `kith init` (XXXX-XXXX-…). `KITH_RECOVERY_KEY` keeps it
+        /// out of the shell history.
+        #[arg(
+            long,
+            value_name = "KEY",
+            env = "KITH_RECOVERY_KEY",
+            hide_env_values = true
+        )]
         recovery_key: String,
         /// A name for this device.
         #[arg(long, value_name = "NAME")]

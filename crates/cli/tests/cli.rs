@@ -1,0 +1,596 @@
+//! The `kith` binary, run as people and scripts run it, against a real relay on loopback
+//! started in the test process. Every child process is bounded in time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any one command may take before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A relay on loopback, served by its own runtime while the test thread runs commands.
+struct TestRelay {
+    runtime: tokio::runtime::Runtime,
+    handle: Option<kith_relay::RelayHandle>,
+    address: String,
+    pin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("relay dir");
+        let handle = runtime
+            .block_on(kith_relay::Relay::start(
+                kith_relay::RelayConfig::for_tests(dir.path()),
+            ))
+            .expect("relay starts");
+        let address = handle.local_addr().to_string();
+        let pin = hex::encode(handle.cert_sha256());
+        Self {
+            runtime,
+            handle: Some(handle),
+            address,
+            pin,
+            _dir: dir,
+        }
+    }
+
+    /// `--relay ADDR --relay-cert-sha256 PIN`.
+    fn args(&self) -> [String; 4] {
+        [
+            "--relay".into(),
+            self.address.clone(),
+            "--relay-cert-sha256".into(),
+            self.pin.clone(),
+        ]
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), handle.shutdown()).await
+            });
+        }
+    }
+}
+
+/// `kith --home HOME …`, with no `KITH_HOME` from the environment.
+fn kith(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kith"));
+    command
+        .env_remove("KITH_HOME")
+        .env("RUST_LOG", "error")
+        .arg("--home")
+        .arg(home);
+    command
+}
+
+/// Waits for `child` at most `COMMAND_TIMEOUT`, killing it and failing the test past that.
+fn wait(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => return child.wait_with_output().expect("output"),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{what}` took longer than {COMMAND_TIMEOUT:?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Runs a command to completion (bounded) and returns its output.
+fn run(mut command: Command) -> Output {
+    let what = format!("{command:?}");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kith");
+    wait(child, &what)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs a command that must succeed; returns its standard output.
+fn ok(command: Command) -> String {
+    let what = format!("{command:?}");
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "`{what}` failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Runs a command that must fail with exit code 1; returns its standard error.
+fn fails(command: Command) -> String {
+    let what = format!("{command:?}");
+    let output = run(command);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "`{what}` should exit 1:\nstdout: {}\nstderr: {}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let err = stderr(&output);
+    assert!(
+        err.starts_with("error: "),
+        "errors start with `error: `: {err}"
+    );
+    err
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// `kith init` in `home` against `relay`.
+fn init(home: &Path, relay: &TestRelay, name: &str) -> String {
+    let mut command = kith(home);
+    command
+        .arg("init")
+        .args(relay.args())
+        .args(["--device-name", name]);
+    ok(command)
+}
+
+fn list(home: &Path) -> Vec<Value> {
+    let mut command = kith(home);
+    command.args(["contacts", "list", "--json"]);
+    match json(&ok(command)) {
+        Value::Array(items) => items,
+        other => panic!("contacts list --json is not an array: {other}"),
+    }
+}
+
+fn ids(contacts: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = contacts
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("demo-data")
+        .join(name)
+}
+
+const CONTACT_KEYS: [&str; 12] = [
+    "id", "name", "company", "title", "birthday", "note", "emails", "phones", "urls", "handles",
+    "tags", "sources",
+];
+
+fn assert_contact_shape(contact: &Value) {
+    let object = contact.as_object().expect("a contact is a JSON object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut expected = CONTACT_KEYS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "contact keys");
+    let id = contact["id"].as_str().expect("id is a string");
+    assert_eq!(id.len(), 32, "id is the full 128-bit hex id");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    for list in ["emails", "phones", "urls", "handles", "tags", "sources"] {
+        assert!(contact[list].is_array(), "{list} is an array");
+    }
+}
+
+#[test]
+fn demo_runs_and_the_relay_storage_scan_finds_no_contact_data() {
+    let output = run({
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kith"));
+        command.env("RUST_LOG", "error").arg("demo");
+        command
+    });
+    let out = stdout(&output);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{out}\n{}",
+        stderr(&output)
+    );
+    let scan = out
+        .lines()
+        .find(|line| line.starts_with("relay storage scan: "))
+        .unwrap_or_else(|| panic!("no scan line in:\n{out}"));
+    assert!(scan.ends_with("names/emails/phones found"), "{scan}");
+    assert!(
+        scan.contains(", 0 of "),
+        "the scan found contact data: {scan}"
+    );
+    let searched: usize = scan
+        .split(", 0 of ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("count of searched strings");
+    assert!(
+        searched > 50,
+        "the scan looked for every imported name, e-mail and phone: {scan}"
+    );
+    assert!(
+        out.lines().count() <= 45,
+        "the demo tells its story in about 40 lines:\n{out}"
+    );
+}
+
+#[test]
+fn contacts_round_trip_on_one_device_with_stable_json() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    let created = init(home, &relay, "laptop");
+    assert!(created.contains("RECOVERY KEY"), "{created}");
+    let key_line = created
+        .lines()
+        .map(str::trim)
+        .find(|l| l.matches('-').count() >= 5);
+    assert!(
+        key_line.is_some(),
+        "the recovery key is printed as dash-separated groups: {created}"
+    );
+
+    assert!(list(home).is_empty());
+    let mut add = kith(home);
+    add.args([
+        "contacts",
+        "add",
+        "--name",
+        "Ada Lovelace",
+        "--email",
+        "ada@example.org",
+    ])
+    .args([
+        "--phone",
+        "+44 20 7946 0958",
+        "--company",
+        "Analytical Engines",
+    ]);
+    ok(add);
+
+    let contacts = list(home);
+    assert_eq!(contacts.len(), 1);
+    assert_contact_shape(&contacts[0]);
+    let id = contacts[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(contacts[0]["name"], "Ada Lovelace");
+    assert_eq!(contacts[0]["emails"][0]["address"], "ada@example.org");
+    assert_eq!(contacts[0]["phones"][0]["number"], "+442079460958");
+
+    let mut search = kith(home);
+    search.args(["contacts", "search", "lovelace", "--json"]);
+    assert_eq!(
+        ids(json(&ok(search)).as_array().expect("array")),
+        vec![id.clone()]
+    );
+    let mut search = kith(home);
+    search.args(["contacts", "search", "nobody-like-this", "--json"]);
+    assert_eq!(json(&ok(search)), Value::Array(Vec::new()));
+
+    // Edit by a unique prefix of the id, as people type it.
+    let mut edit = kith(home);
+    edit.args([
+        "contacts",
+        "edit",
+        &id[..8],
+        "--company",
+        "Babbage & Co",
+        "--note",
+        "met in 1833",
+    ]);
+    ok(edit);
+    let mut show = kith(home);
+    show.args(["contacts", "show", &id, "--json"]);
+    let shown = json(&ok(show));
+    assert_contact_shape(&shown);
+    assert_eq!(shown["company"], "Babbage & Co");
+    assert_eq!(shown["note"], "met in 1833");
+    assert_eq!(shown["name"], "Ada Lovelace");
+
+    let mut human = kith(home);
+    human.args(["contacts", "show", &id[..6]]);
+    let text = ok(human);
+    assert!(
+        text.contains("Ada Lovelace") && text.contains("Babbage & Co"),
+        "{text}"
+    );
+
+    let mut conflicts = kith(home);
+    conflicts.args(["contacts", "conflicts", "--json"]);
+    assert_eq!(json(&ok(conflicts)), Value::Array(Vec::new()));
+
+    let mut devices = kith(home);
+    devices.args(["device", "list", "--json"]);
+    let devices = json(&ok(devices));
+    let devices = devices.as_array().expect("device list is an array");
+    assert_eq!(devices.len(), 1);
+    let device = devices[0].as_object().expect("object");
+    let mut keys: Vec<&str> = device.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["added_at_ms", "id", "name", "this_device"]);
+    assert_eq!(devices[0]["name"], "laptop");
+    assert_eq!(devices[0]["this_device"], true);
+
+    let mut delete = kith(home);
+    delete.args(["contacts", "delete", &id]);
+    ok(delete);
+    assert!(list(home).is_empty());
+}
+
+#[test]
+fn import_reports_counts_and_json_carries_sources() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    init(home, &relay, "laptop");
+
+    let mut import = kith(home);
+    import
+        .args(["import", "linkedin"])
+        .arg(sample("Connections.csv"));
+    let report = ok(import);
+    assert!(
+        report.contains("added") && report.contains("skipped"),
+        "{report}"
+    );
+    let mut again = kith(home);
+    again
+        .args(["import", "linkedin"])
+        .arg(sample("Connections.csv"));
+    let again = ok(again);
+    assert!(
+        again.contains(" 0 added"),
+        "re-importing adds nothing: {again}"
+    );
+
+    let mut vcard = kith(home);
+    vcard.args(["import", "vcard"]).arg(sample("contacts.vcf"));
+    ok(vcard);
+
+    let contacts = list(home);
+    assert!(contacts.len() > 10);
+    for contact in &contacts {
+        assert_contact_shape(contact);
+        for source in contact["sources"].as_array().expect("sources") {
+            let kind = source["kind"].as_str().expect("every source has a kind");
+            assert!(["linkedin", "facebook", "imessage", "address-book", "vcard"].contains(&kind));
+        }
+    }
+    assert!(
+        contacts
+            .iter()
+            .any(|c| c["sources"].as_array().is_some_and(|s| s.len() == 2))
+    );
+
+    let mut wrong = kith(home);
+    wrong
+        .args(["import", "facebook"])
+        .arg(sample("Connections.csv"));
+    let err = fails(wrong);
+    assert!(
+        err.contains("Facebook"),
+        "a wrong file is named as such: {err}"
+    );
+
+    let export = home.join("out.vcf");
+    let mut command = kith(home);
+    command.args(["export", "vcard"]).arg(&export);
+    ok(command);
+    let text = std::fs::read_to_string(&export).expect("export written");
+    assert_eq!(text.matches("BEGIN:VCARD").count(), contacts.len());
+}
+
+#[test]
+fn a_linked_device_sees_the_same_contacts_after_sync() {
+    let relay = TestRelay::start();
+    let homes = tempfile::tempdir().expect("homes");
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    init(&a, &relay, "laptop");
+    for name in ["Ada Lovelace", "Grace Hopper", "Katherine Johnson"] {
+        let mut add = kith(&a);
+        add.args(["contacts", "add", "--name", name]);
+        ok(add);
+    }
+
+    // B asks to join; its first line of output is the link code.
+    let mut request = kith(&b);
+    request
+        .args(["device", "request"])
+        .args(relay.args())
+        .args(["--device-name", "phone", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = request.spawn().expect("spawn device request");
+    let first_line = {
+        let out = child.stdout.take().expect("stdout");
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(out);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = send.send((line, reader));
+        });
+        receive
+            .recv_timeout(COMMAND_TIMEOUT)
+            .expect("the link code within the timeout")
+    };
+    let (code, mut rest) = first_line;
+    let code = code.trim().to_owned();
+    assert!(
+        !code.is_empty(),
+        "device request printed the link code first"
+    );
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &code]);
+    ok(approve);
+    let output = wait(child, "device request");
+    let mut tail = String::new();
+    let _ = std::io::Read::read_to_string(&mut rest, &mut tail);
+    assert!(
+        output.status.success(),
+        "device request failed: {tail}\n{}",
+        stderr(&output)
+    );
+    assert!(tail.contains("Linked"), "{tail}");
+
+    let mut sync = kith(&b);
+    sync.arg("sync");
+    ok(sync);
+    assert_eq!(ids(&list(&a)), ids(&list(&b)));
+    assert_eq!(list(&b).len(), 3);
+
+    // Edits on both sides meet after a sync on each.
+    let mut add = kith(&b);
+    add.args([
+        "contacts",
+        "add",
+        "--name",
+        "Mary Jackson",
+        "--email",
+        "mary@example.org",
+    ]);
+    ok(add);
+    let grace = list(&a)
+        .into_iter()
+        .find(|c| c["name"] == "Grace Hopper")
+        .and_then(|c| c["id"].as_str().map(str::to_owned))
+        .expect("Grace Hopper on A");
+    let mut edit = kith(&a);
+    edit.args(["contacts", "edit", &grace, "--company", "US Navy"]);
+    ok(edit);
+    for home in [&a, &b, &a] {
+        let mut sync = kith(home);
+        sync.arg("sync");
+        ok(sync);
+    }
+    let (on_a, on_b) = (list(&a), list(&b));
+    assert_eq!(ids(&on_a), ids(&on_b));
+    assert_eq!(on_a.len(), 4);
+    assert!(
+        on_b.iter()
+            .any(|c| c["name"] == "Grace Hopper" && c["company"] == "US Navy")
+    );
+
+    let mut devices = kith(&a);
+    devices.args(["device", "list", "--json"]);
+    let devices = json(&ok(devices));
+    assert_eq!(devices.as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_missing_home_says_to_run_kith_init() {
+    let empty = tempfile::tempdir().expect("empty dir");
+    let mut command = kith(empty.path());
+    command.args(["contacts", "list"]);
+    let err = fails(command);
+    assert!(err.contains("kith init"), "{err}");
+}
+
+#[test]
+fn kith_home_from_the_environment_is_used() {
+    let empty = tempfile::tempdir().expect("empty dir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kith"));
+    command
+        .env("KITH_HOME", empty.path())
+        .args(["device", "list"]);
+    let err = fails(command);
+    assert!(err.contains(&empty.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn a_bad_certificate_fingerprint_is_refused_with_advice() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+
+    let mut malformed = kith(home.path());
+    malformed.args([
+        "init",
+        "--relay",
+        &relay.address,
+        "--relay-cert-sha256",
+        "not-hex",
+    ]);
+    let err = fails(malformed);
+    assert!(err.contains("64 hex"), "{err}");
+
+    let wrong = "ab".repeat(32);
+    let mut mismatched = kith(home.path());
+    mismatched.args([
+        "init",
+        "--relay",
+        &relay.address,
+        "--relay-cert-sha256",
+        &wrong,
+    ]);
+    let err = fails(mismatched);
+    assert!(
+        err.contains(&relay.address),
+        "the error names the relay: {err}"
+    );
+    assert!(err.contains("hint: "), "the error says what to do: {err}");
+    assert!(err.contains("fingerprint"), "{err}");
+}
+
+#[test]
+fn an_unknown_id_is_an_error_with_advice() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+    init(home.path(), &relay, "laptop");
+
+    let mut show = kith(home.path());
+    show.args(["contacts", "show", "0123456789abcdef0123456789abcdef"]);
+    let err = fails(show);
+    assert!(err.contains("no contact"), "{err}");
+    assert!(err.contains("kith contacts list"), "{err}");
+
+    let mut prefix = kith(home.path());
+    prefix.args(["contacts", "delete", "abcd"]);
+    let err = fails(prefix);
+    assert!(err.contains("no contact"), "{err}");
+
+    let mut edit = kith(home.path());
+    edit.args(["contacts", "edit", "0123456789abcdef0123456789abcdef"]);
+    let err = fails(edit);
+    assert!(err.contains("nothing to change"), "{err}");
+
+    let mut revoke = kith(home.path());
+    revoke.args(["device", "revoke", "ffff"]);
+    let err = fails(revoke);
+    assert!(err.contains("device list"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let home = tempfile::tempdir().expect("home");
+    let mut command = kith(home.path());
+    command.args(["contacts", "frobnicate"]);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2));
+}
