@@ -12,6 +12,7 @@ use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::net::RelayTarget;
 use kith_client::{ClientError, ContactFields, Device, PendingLink};
 use kith_protocol::RecordId;
+use kith_protocol::proto::ErrorCode;
 use kith_relay::{Relay, RelayConfig};
 
 use crate::output::{bytes, short};
@@ -302,7 +303,7 @@ async fn story(dir: &Path, relay_dir: &Path, relay: &kith_relay::RelayHandle) ->
         ),
     );
     match b.sync().await {
-        Err(ClientError::Revoked) => say(
+        Err(e) if is_revoked(&e) => say(
             "device B",
             format!("sync refused: {}", ClientError::Revoked),
         ),
@@ -360,6 +361,21 @@ async fn story(dir: &Path, relay_dir: &Path, relay: &kith_relay::RelayHandle) ->
     );
     drop((a, b));
     Ok(secrets)
+}
+
+/// Whether `error` says this device was removed: found by the client in the roster it
+/// fetched, or refused by the relay on a connection opened before the removal.
+fn is_revoked(error: &ClientError) -> bool {
+    match error {
+        ClientError::Revoked => true,
+        ClientError::Net(net) => {
+            matches!(
+                net.relay_code(),
+                Some(ErrorCode::DeviceRemoved | ErrorCode::UnknownDevice)
+            )
+        }
+        _ => false,
+    }
 }
 
 fn name_of(device: &Device, id: &RecordId) -> String {

@@ -67,6 +67,9 @@ fn error_text(err: &anyhow::Error) -> String {
     text
 }
 
+const REVOKED_HINT: &str = "this device was removed from the account: set it up again in a new \
+     --home with `kith device request` (approved from a device of the account) or `kith recover`";
+
 /// What to do about the errors whose message cannot know the situation.
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
     let net = err
@@ -92,6 +95,7 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 ErrorCode::TooManyDevices => Some(
                     "the account has as many devices as the relay allows: revoke one with `kith device revoke ID`",
                 ),
+                ErrorCode::DeviceRemoved | ErrorCode::UnknownDevice => Some(REVOKED_HINT),
                 ErrorCode::RateLimited | ErrorCode::Storage | ErrorCode::ShuttingDown => {
                     Some("the relay is busy or restarting; try again in a minute")
                 }
@@ -107,10 +111,7 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         Some(ClientError::UnknownContact(_)) => Some(
             "list the ids with `kith contacts list` or find one with `kith contacts search QUERY`",
         ),
-        Some(ClientError::Revoked) => Some(
-            "set this device up again with `kith device request` (approved from a device of the account) \
-             in a new --home, or with `kith recover`",
-        ),
+        Some(ClientError::Revoked) => Some(REVOKED_HINT),
         _ => None,
     }
 }
