@@ -1,1 +1,1010 @@
-//! (in progress)
+//! The state-based CRDT that merges contact records (docs/PROTOCOL.md §8).
+//!
+//! A [`ContactSet`] maps record ids to [`RecordState`]s. A record is a deletion clock
+//! (`deleted_at`) and a map of field keys to [`FieldState`]s; a field is a set of **heads**
+//! (writes: clock → value, `None` = removed) and a set of **superseded** clocks.
+//!
+//! - [`ContactSet::apply`]: each write of an upsert adds the clocks it `replaces` to the
+//!   field's superseded set and itself as a head; heads whose clock is superseded are dropped.
+//!   A delete raises `deleted_at` to the greater of the two clocks.
+//! - [`ContactSet::merge`]: the union of heads and of superseded clocks, the max of `deleted_at`.
+//!
+//! Union and max are commutative, associative and idempotent, and applying an operation is
+//! merging the state holding only that operation, so every delivery order, with or without
+//! duplicates, converges on the same state (`tests/merge_props.rs`).
+//!
+//! # Reads
+//!
+//! A field's value is the head with the greatest clock ([`FieldState::winner`]); if that head
+//! removed the field, the field is hidden. A record is **live** while any field is visible.
+//! The other heads whose value differs from the winner's are **conflicts**
+//! ([`RecordState::conflicts`]): both values and clocks are there for an app to show.
+//!
+//! # What clears a conflict
+//!
+//! A write that replaces *every* head of the field ([`RecordState::replaces`]) leaves exactly
+//! one head, its own: the conflict is resolved, whichever value it keeps. A write that replaces
+//! only the winner leaves the other heads in place, so the conflict stays, now against the new
+//! value. That is deliberate: a device that never saw a concurrent value must not discard it
+//! silently, and a device that did see it says so by replacing it.
+//!
+//! # Forgetting what a tombstone hides
+//!
+//! Heads and superseded clocks at or below a record's `deleted_at` are dropped as soon as the
+//! tombstone is known, and any that arrive later are ignored. This keeps convergence:
+//!
+//! - such a write can never be read again: reads ignore clocks `<= deleted_at`, and `deleted_at`
+//!   only grows;
+//! - a superseded clock `s <= deleted_at` only keeps the write `s` out of the heads; if that
+//!   write arrives after `s` was forgotten, it is itself `<= deleted_at` and dropped as well;
+//! - clocks above `deleted_at` are untouched and evolve exactly as without the pruning.
+//!
+//! Formally, with `norm(S)` = `S` without the clocks `<= S.deleted_at`, and since the joined
+//! `deleted_at` is at least either side's, `norm(S ⊔ T) = norm(norm(S) ⊔ norm(T))`: the pruned
+//! states are a quotient of the join semilattice, with the same laws. Deleting a contact thus
+//! also erases its data from every state that learns of the deletion.
+//!
+//! Superseded clocks *above* `deleted_at` are kept. Dropping one, `s`, is safe only once every
+//! device has received the write `s`; before that, a delayed copy of it would find no trace of
+//! having been replaced and become a head again on this device but not on others, reviving an
+//! old value as a conflict. Knowing that requires causal stability (every device's stream
+//! position past the write), which this module does not track. The cost is one clock per edit
+//! of a field, and deleting the record frees it.
+//!
+//! # Faulty writers
+//!
+//! An honest device never issues one clock twice, but a faulty one could write two values under
+//! the same clock. Then the head keeps the greater value (`None` first, then by protobuf
+//! encoding), a total order, so replicas still converge.
+//!
+//! ```
+//! use kith_protocol::{DeviceId, RecordId};
+//! use kith_protocol::hlc::HlcClock;
+//! use kith_protocol::merge::ContactSet;
+//! use kith_protocol::record::{FieldKey, FieldWrite, Operation, value};
+//!
+//! let id = RecordId::from_bytes([9; 16]);
+//! let mut phone = HlcClock::new(DeviceId::from_bytes([1; 16]));
+//! let mut laptop = HlcClock::new(DeviceId::from_bytes([2; 16]));
+//! let set_name = |clock, name: &str| {
+//!     let write = FieldWrite::set(FieldKey::name(), value::text(name), [])?;
+//!     Operation::upsert(id, clock, [write])
+//! };
+//! // Two devices name the contact without seeing each other.
+//! let a = set_name(phone.tick(1_000), "Ada")?;
+//! let b = set_name(laptop.tick(1_000), "Ada Lovelace")?;
+//!
+//! let mut state = ContactSet::new();
+//! state.apply(&a);
+//! state.apply(&b);
+//! let record = state.get(&id).unwrap();
+//! assert_eq!(state.contact(&id).unwrap().name(), Some("Ada Lovelace"));
+//! assert_eq!(record.conflicts().len(), 1);
+//!
+//! // An edit made having seen both replaces both, and the conflict is gone.
+//! phone.observe(&b.clock());
+//! let replaces = record.replaces(&FieldKey::name());
+//! let write = FieldWrite::set(FieldKey::name(), value::text("Ada"), replaces)?;
+//! let resolve = Operation::upsert(id, phone.tick(2_000), [write])?;
+//! state.apply(&resolve);
+//! assert!(state.get(&id).unwrap().conflicts().is_empty());
+//! assert_eq!(state.contact(&id).unwrap().name(), Some("Ada"));
+//! # Ok::<(), kith_protocol::record::RecordError>(())
+//! ```
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+
+use crate::hlc::{Hlc, HlcError};
+use crate::ids::{IdLengthError, RecordId};
+use crate::limits::MAX_PAYLOAD_BYTES;
+use crate::proto;
+use crate::record::{Contact, FieldKey, FieldKind, Operation, OperationKind, RecordError};
+
+/// Why a stored record state or snapshot was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    /// A record id is not 16 bytes.
+    #[error("invalid record id: {0}")]
+    InvalidRecordId(#[from] IdLengthError),
+    /// A clock (deletion, head or superseded) is invalid.
+    #[error("invalid clock: {0}")]
+    InvalidClock(#[from] HlcError),
+    /// A stored write has no clock.
+    #[error("stored {field} write has no clock")]
+    MissingClock {
+        /// The kind of field.
+        field: FieldKind,
+    },
+    /// A field key, or a stored value for it, is invalid.
+    #[error(transparent)]
+    Field(#[from] RecordError),
+    /// The encoded snapshot is larger than [`MAX_PAYLOAD_BYTES`].
+    #[error("snapshot is {len} bytes, more than {max}", max = MAX_PAYLOAD_BYTES)]
+    SnapshotTooLarge {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The snapshot is not a valid protobuf `Snapshot`.
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A record of a snapshot is invalid.
+    #[error("record {index} of the snapshot: {source}")]
+    InRecord {
+        /// Its position in the snapshot.
+        index: usize,
+        /// What is wrong with it.
+        source: Box<MergeError>,
+    },
+}
+
+/// One head of a field: a write not superseded by a later write that saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The write's clock.
+    pub clock: Hlc,
+    /// The value written; `None` if the write removed the field.
+    pub value: Option<&'a proto::FieldValue>,
+}
+
+/// A field whose heads disagree: the winner and the other values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict<'a> {
+    /// The field.
+    pub key: &'a FieldKey,
+    /// The head with the greatest clock: the value shown.
+    pub winner: Head<'a>,
+    /// The other heads whose value differs from the winner's, by increasing clock.
+    pub others: Vec<Head<'a>>,
+}
+
+/// The merged state of one field: heads and superseded clocks.
+///
+/// Every clock held is greater than the record's `deleted_at` (older ones are forgotten, see
+/// the module docs), so every head is visible.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldState {
+    heads: BTreeMap<Hlc, Option<proto::FieldValue>>,
+    superseded: BTreeSet<Hlc>,
+}
+
+impl FieldState {
+    /// The heads, by increasing clock.
+    pub fn heads(&self) -> impl DoubleEndedIterator<Item = Head<'_>> + '_ {
+        self.heads.iter().map(|(clock, value)| Head {
+            clock: *clock,
+            value: value.as_ref(),
+        })
+    }
+
+    /// The clocks of writes replaced by a later write.
+    pub fn superseded(&self) -> &BTreeSet<Hlc> {
+        &self.superseded
+    }
+
+    /// The head with the greatest clock, if any.
+    pub fn winner(&self) -> Option<Head<'_>> {
+        self.heads().next_back()
+    }
+
+    /// The field's value: the winner's, `None` if it removed the field (or there is no head).
+    pub fn value(&self) -> Option<&proto::FieldValue> {
+        self.winner().and_then(|head| head.value)
+    }
+
+    /// The other heads whose value differs from the winner's, by increasing clock.
+    pub fn conflicting(&self) -> Vec<Head<'_>> {
+        let Some(winner) = self.winner() else {
+            return Vec::new();
+        };
+        self.heads()
+            .filter(|head| head.clock != winner.clock && head.value != winner.value)
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heads.is_empty() && self.superseded.is_empty()
+    }
+
+    /// Adds a head unless its clock is superseded. Returns whether the state changed.
+    fn insert_head(&mut self, clock: Hlc, value: Option<&proto::FieldValue>) -> bool {
+        if self.superseded.contains(&clock) {
+            return false;
+        }
+        match self.heads.entry(clock) {
+            Entry::Vacant(entry) => {
+                entry.insert(value.cloned());
+                true
+            }
+            Entry::Occupied(mut entry) => {
+                // Only a faulty writer reuses a clock: keep the greater value, on every replica.
+                let rank = |value: Option<&proto::FieldValue>| value.map(Message::encode_to_vec);
+                if rank(value) > rank(entry.get().as_ref()) {
+                    entry.insert(value.cloned());
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Marks `clock` superseded and drops its head. Returns whether the state changed.
+    fn supersede(&mut self, clock: Hlc) -> bool {
+        if self.superseded.insert(clock) {
+            self.heads.remove(&clock);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets every clock `<= deleted_at`.
+    fn forget_through(&mut self, deleted_at: Hlc) {
+        self.heads.retain(|clock, _| *clock > deleted_at);
+        self.superseded.retain(|clock| *clock > deleted_at);
+    }
+}
+
+/// The merged state of one record.
+///
+/// Never empty: it has a deletion clock or at least one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordState {
+    id: RecordId,
+    deleted_at: Option<Hlc>,
+    fields: BTreeMap<FieldKey, FieldState>,
+}
+
+impl RecordState {
+    fn new(id: RecordId) -> Self {
+        Self {
+            id,
+            deleted_at: None,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    /// The record's id.
+    pub fn id(&self) -> RecordId {
+        self.id
+    }
+
+    /// The greatest delete clock seen: writes up to it are hidden (and forgotten).
+    pub fn deleted_at(&self) -> Option<Hlc> {
+        self.deleted_at
+    }
+
+    /// Every field with state, including removed ones and those whose writes were all replaced.
+    pub fn fields(&self) -> &BTreeMap<FieldKey, FieldState> {
+        &self.fields
+    }
+
+    /// The state of one field.
+    pub fn field(&self, key: &FieldKey) -> Option<&FieldState> {
+        self.fields.get(key)
+    }
+
+    /// The visible value of one field.
+    pub fn value(&self, key: &FieldKey) -> Option<&proto::FieldValue> {
+        self.fields.get(key).and_then(FieldState::value)
+    }
+
+    /// Every visible field and its value, in key order.
+    pub fn values(&self) -> impl Iterator<Item = (&FieldKey, &proto::FieldValue)> + '_ {
+        self.fields
+            .iter()
+            .filter_map(|(key, field)| field.value().map(|value| (key, value)))
+    }
+
+    /// Whether any field is visible.
+    pub fn is_live(&self) -> bool {
+        self.values().next().is_some()
+    }
+
+    /// Every field whose heads disagree, in key order.
+    pub fn conflicts(&self) -> Vec<Conflict<'_>> {
+        self.fields
+            .iter()
+            .filter_map(|(key, field)| {
+                let others = field.conflicting();
+                let winner = field.winner()?;
+                (!others.is_empty()).then_some(Conflict {
+                    key,
+                    winner,
+                    others,
+                })
+            })
+            .collect()
+    }
+
+    /// The clocks a new write of `key` should replace: every head, so that the write supersedes
+    /// all the values this device has seen (and clears a conflict).
+    pub fn replaces(&self, key: &FieldKey) -> Vec<Hlc> {
+        self.fields
+            .get(key)
+            .map(|field| field.heads.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The wire form, sorted (fields by key, heads and superseded clocks by clock).
+    pub fn to_proto(&self) -> proto::RecordState {
+        proto::RecordState {
+            record_id: self.id.as_bytes().to_vec(),
+            deleted_at: self.deleted_at.as_ref().map(Hlc::to_proto),
+            fields: self
+                .fields
+                .iter()
+                .map(|(key, field)| proto::FieldState {
+                    key: key.as_str().to_owned(),
+                    heads: field
+                        .heads
+                        .iter()
+                        .map(|(clock, value)| proto::StoredWrite {
+                            clock: Some(clock.to_proto()),
+                            value: value.clone(),
+                        })
+                        .collect(),
+                    superseded: field.superseded.iter().map(Hlc::to_proto).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Parses and validates the wire form.
+    ///
+    /// The wire state is read as a set of facts and merged in, so repeated fields, heads that
+    /// are also superseded and clocks below `deleted_at` are accepted and normalized away.
+    pub fn from_proto(wire: &proto::RecordState) -> Result<Self, MergeError> {
+        let mut record = Self::new(RecordId::from_slice(&wire.record_id)?);
+        if let Some(deleted_at) = &wire.deleted_at {
+            record.delete_at(Hlc::from_proto(deleted_at)?);
+        }
+        for field in &wire.fields {
+            let key = FieldKey::parse(&field.key)?;
+            for clock in &field.superseded {
+                record.supersede(&key, Hlc::from_proto(clock)?);
+            }
+            for head in &field.heads {
+                let clock = head
+                    .clock
+                    .as_ref()
+                    .ok_or(MergeError::MissingClock { field: key.kind() })?;
+                if let Some(value) = &head.value {
+                    key.check_value(value)?;
+                }
+                record.insert_head(&key, Hlc::from_proto(clock)?, head.value.as_ref());
+            }
+        }
+        Ok(record)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.deleted_at.is_none() && self.fields.is_empty()
+    }
+
+    fn is_hidden(&self, clock: Hlc) -> bool {
+        self.deleted_at
+            .is_some_and(|deleted_at| clock <= deleted_at)
+    }
+
+    fn apply(&mut self, operation: &Operation) -> bool {
+        let clock = operation.clock();
+        match operation.kind() {
+            OperationKind::Delete => self.delete_at(clock),
+            OperationKind::Upsert(writes) => {
+                let mut changed = false;
+                for write in writes {
+                    for replaced in write.replaces() {
+                        changed |= self.supersede(write.key(), *replaced);
+                    }
+                    changed |= self.insert_head(write.key(), clock, write.value());
+                }
+                changed
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &RecordState) -> bool {
+        let mut changed = other
+            .deleted_at
+            .is_some_and(|deleted_at| self.delete_at(deleted_at));
+        for (key, field) in &other.fields {
+            for clock in &field.superseded {
+                changed |= self.supersede(key, *clock);
+            }
+            for (clock, value) in &field.heads {
+                changed |= self.insert_head(key, *clock, value.as_ref());
+            }
+        }
+        changed
+    }
+
+    /// Raises `deleted_at` to `clock` and forgets what it hides.
+    fn delete_at(&mut self, clock: Hlc) -> bool {
+        if self.deleted_at >= Some(clock) {
+            return false;
+        }
+        self.deleted_at = Some(clock);
+        self.fields.retain(|_, field| {
+            field.forget_through(clock);
+            !field.is_empty()
+        });
+        true
+    }
+
+    fn supersede(&mut self, key: &FieldKey, clock: Hlc) -> bool {
+        if self.is_hidden(clock) {
+            return false;
+        }
+        match self.fields.get_mut(key) {
+            Some(field) => field.supersede(clock),
+            None => {
+                let mut field = FieldState::default();
+                field.supersede(clock);
+                self.fields.insert(key.clone(), field);
+                true
+            }
+        }
+    }
+
+    fn insert_head(
+        &mut self,
+        key: &FieldKey,
+        clock: Hlc,
+        value: Option<&proto::FieldValue>,
+    ) -> bool {
+        if self.is_hidden(clock) {
+            return false;
+        }
+        match self.fields.get_mut(key) {
+            Some(field) => field.insert_head(clock, value),
+            None => {
+                let mut field = FieldState::default();
+                field.insert_head(clock, value);
+                self.fields.insert(key.clone(), field);
+                true
+            }
+        }
+    }
+
+    fn latest_clock(&self) -> Option<Hlc> {
+        let fields = self.fields.values().flat_map(|field| {
+            let head = field.heads.keys().next_back();
+            let superseded = field.superseded.last();
+            head.max(superseded).copied()
+        });
+        fields.chain(self.deleted_at).max()
+    }
+}
+
+/// Every record of an account, merged: the state each device converges on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactSet {
+    records: BTreeMap<RecordId, RecordState>,
+}
+
+impl ContactSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one operation (local or received, in any order, any number of times).
+    ///
+    /// Returns the record's id if its stored state changed (its visible contact may or may
+    /// not have); `None` if the operation was already known, superseded or hidden by a delete.
+    pub fn apply(&mut self, operation: &Operation) -> Option<RecordId> {
+        let id = operation.record();
+        let changed = match self.records.get_mut(&id) {
+            Some(record) => record.apply(operation),
+            None => {
+                let mut record = RecordState::new(id);
+                let changed = record.apply(operation);
+                if !record.is_empty() {
+                    self.records.insert(id, record);
+                }
+                changed
+            }
+        };
+        changed.then_some(id)
+    }
+
+    /// Applies operations in order; returns the ids of the records that changed.
+    pub fn apply_all<'a>(
+        &mut self,
+        operations: impl IntoIterator<Item = &'a Operation>,
+    ) -> BTreeSet<RecordId> {
+        operations
+            .into_iter()
+            .filter_map(|operation| self.apply(operation))
+            .collect()
+    }
+
+    /// Merges another state into this one; returns the ids of the records that changed.
+    pub fn merge(&mut self, other: &ContactSet) -> BTreeSet<RecordId> {
+        let mut changed = BTreeSet::new();
+        for (id, theirs) in &other.records {
+            let modified = match self.records.get_mut(id) {
+                Some(ours) => ours.merge(theirs),
+                None => {
+                    self.records.insert(*id, theirs.clone());
+                    true
+                }
+            };
+            if modified {
+                changed.insert(*id);
+            }
+        }
+        changed
+    }
+
+    /// The state of one record (live or deleted).
+    pub fn get(&self, id: &RecordId) -> Option<&RecordState> {
+        self.records.get(id)
+    }
+
+    /// Every record with state, deleted ones included, by id.
+    pub fn records(&self) -> impl Iterator<Item = &RecordState> + '_ {
+        self.records.values()
+    }
+
+    /// How many records have state, deleted ones included.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record has state.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The typed view of one record, `None` if it is absent or not live.
+    pub fn contact(&self, id: &RecordId) -> Option<Contact> {
+        self.records.get(id).and_then(Contact::from_record)
+    }
+
+    /// The typed views of every live record, by id.
+    pub fn contacts(&self) -> impl Iterator<Item = Contact> + '_ {
+        self.records.values().filter_map(Contact::from_record)
+    }
+
+    /// The greatest clock held anywhere, to [`observe`](crate::hlc::HlcClock::observe) after a
+    /// restart so that new local clocks are greater than everything known. Scans the set.
+    pub fn latest_clock(&self) -> Option<Hlc> {
+        self.records
+            .values()
+            .filter_map(RecordState::latest_clock)
+            .max()
+    }
+
+    /// A snapshot of this state (records sorted by id) covering the given stream positions.
+    pub fn to_snapshot(&self, positions: Vec<proto::StreamPosition>) -> proto::Snapshot {
+        proto::Snapshot {
+            records: self.records.values().map(RecordState::to_proto).collect(),
+            positions,
+        }
+    }
+
+    /// The state held by a snapshot; its stream positions are left to the caller.
+    ///
+    /// Records listed twice are merged; records with no content are skipped.
+    pub fn from_snapshot(snapshot: &proto::Snapshot) -> Result<Self, MergeError> {
+        let mut set = Self::new();
+        for (index, wire) in snapshot.records.iter().enumerate() {
+            let record = RecordState::from_proto(wire).map_err(|err| MergeError::InRecord {
+                index,
+                source: Box::new(err),
+            })?;
+            if record.is_empty() {
+                continue;
+            }
+            match set.records.entry(record.id) {
+                Entry::Vacant(entry) => {
+                    entry.insert(record);
+                }
+                Entry::Occupied(mut entry) => {
+                    entry.get_mut().merge(&record);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Decodes a `Snapshot` from untrusted bytes (bounded by [`MAX_PAYLOAD_BYTES`] before
+    /// decoding): its state and its raw stream positions, which the stream layer validates.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<(Self, Vec<proto::StreamPosition>), MergeError> {
+        if bytes.len() > MAX_PAYLOAD_BYTES {
+            return Err(MergeError::SnapshotTooLarge { len: bytes.len() });
+        }
+        let snapshot = proto::Snapshot::decode(bytes)?;
+        let set = Self::from_snapshot(&snapshot)?;
+        Ok((set, snapshot.positions))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::DeviceId;
+    use crate::record::{FieldWrite, value};
+
+    fn device(byte: u8) -> DeviceId {
+        DeviceId::from_bytes([byte; 16])
+    }
+
+    fn clock(wall_ms: u64, dev: u8) -> Hlc {
+        Hlc::new(wall_ms, 0, device(dev))
+    }
+
+    fn id(byte: u8) -> RecordId {
+        RecordId::from_bytes([byte; 16])
+    }
+
+    fn set(key: FieldKey, value: proto::FieldValue, replaces: &[Hlc]) -> FieldWrite {
+        FieldWrite::set(key, value, replaces.iter().copied()).unwrap()
+    }
+
+    fn upsert(record: u8, at: Hlc, writes: Vec<FieldWrite>) -> Operation {
+        Operation::upsert(id(record), at, writes).unwrap()
+    }
+
+    fn name(record: u8, at: Hlc, text: &str, replaces: &[Hlc]) -> Operation {
+        upsert(
+            record,
+            at,
+            vec![set(FieldKey::name(), value::text(text), replaces)],
+        )
+    }
+
+    #[test]
+    fn apply_reports_the_record_only_when_its_state_changed() {
+        let mut state = ContactSet::new();
+        let op = name(1, clock(5, 1), "Ada", &[]);
+        assert_eq!(state.apply(&op), Some(id(1)));
+        assert_eq!(state.apply(&op), None, "a duplicate changes nothing");
+        let edit = name(1, clock(6, 1), "Ada L", &[clock(5, 1)]);
+        assert_eq!(state.apply(&edit), Some(id(1)));
+        assert_eq!(state.apply(&op), None, "a superseded write changes nothing");
+        let empty = Operation::upsert(id(2), clock(7, 1), []).unwrap();
+        assert_eq!(state.apply(&empty), None);
+        assert!(state.get(&id(2)).is_none(), "no empty record is stored");
+        let ops = [edit.clone(), name(3, clock(8, 1), "Bob", &[])];
+        assert_eq!(state.apply_all(&ops), BTreeSet::from([id(3)]));
+    }
+
+    #[test]
+    fn a_removal_hides_the_field_and_the_record_when_it_was_the_last() {
+        let mut state = ContactSet::new();
+        state.apply(&name(1, clock(5, 1), "Ada", &[]));
+        assert!(state.get(&id(1)).unwrap().is_live());
+        let remove = FieldWrite::remove(FieldKey::name(), [clock(5, 1)]);
+        state.apply(&upsert(1, clock(6, 1), vec![remove]));
+        let record = state.get(&id(1)).unwrap();
+        assert_eq!(record.value(&FieldKey::name()), None);
+        assert!(!record.is_live());
+        assert_eq!(state.contact(&id(1)), None);
+        assert_eq!(state.contacts().count(), 0);
+        assert_eq!(record.replaces(&FieldKey::name()), vec![clock(6, 1)]);
+    }
+
+    #[test]
+    fn a_concurrent_removal_and_edit_are_a_conflict() {
+        let mut state = ContactSet::new();
+        let email = FieldKey::email("a@x").unwrap();
+        let first = upsert(
+            1,
+            clock(1, 1),
+            vec![set(email.clone(), value::email("a@x", ""), &[])],
+        );
+        let removed = upsert(
+            1,
+            clock(5, 1),
+            vec![FieldWrite::remove(email.clone(), [clock(1, 1)])],
+        );
+        let relabelled = value::email("a@x", "work");
+        let edited = upsert(
+            1,
+            clock(4, 2),
+            vec![set(email.clone(), relabelled.clone(), &[clock(1, 1)])],
+        );
+        state.apply_all([&first, &removed, &edited]);
+        let record = state.get(&id(1)).unwrap();
+        assert!(!record.is_live(), "the removal has the greater clock");
+        let conflicts = record.conflicts();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].key, &email);
+        assert_eq!(
+            conflicts[0].winner,
+            Head {
+                clock: clock(5, 1),
+                value: None
+            }
+        );
+        assert_eq!(
+            conflicts[0].others,
+            [Head {
+                clock: clock(4, 2),
+                value: Some(&relabelled)
+            }]
+        );
+    }
+
+    #[test]
+    fn heads_with_equal_values_are_not_a_conflict() {
+        let mut state = ContactSet::new();
+        state.apply(&name(1, clock(5, 1), "Ada", &[]));
+        state.apply(&name(1, clock(5, 2), "Ada", &[]));
+        let record = state.get(&id(1)).unwrap();
+        assert_eq!(record.field(&FieldKey::name()).unwrap().heads().count(), 2);
+        assert!(record.conflicts().is_empty());
+    }
+
+    #[test]
+    fn a_reused_clock_converges_on_the_greater_value() {
+        // Only a faulty device writes two values under one clock; replicas must still agree.
+        let a = name(1, clock(5, 1), "Ada", &[]);
+        let b = name(1, clock(5, 1), "Bob", &[]);
+        let removal = upsert(
+            1,
+            clock(5, 1),
+            vec![FieldWrite::remove(FieldKey::name(), [])],
+        );
+        let orders = [
+            [&a, &b, &removal],
+            [&b, &removal, &a],
+            [&removal, &a, &b],
+            [&removal, &b, &a],
+        ];
+        let states: Vec<ContactSet> = orders
+            .iter()
+            .map(|order| {
+                let mut state = ContactSet::new();
+                state.apply_all(order.iter().copied());
+                state
+            })
+            .collect();
+        for state in &states {
+            assert_eq!(state, &states[0]);
+        }
+        let shown = states[0].contact(&id(1)).unwrap();
+        let (ada, bob) = (
+            value::text("Ada").encode_to_vec(),
+            value::text("Bob").encode_to_vec(),
+        );
+        assert_eq!(shown.name(), Some(if ada > bob { "Ada" } else { "Bob" }));
+    }
+
+    #[test]
+    fn a_delete_forgets_what_it_hides_and_ignores_older_writes() {
+        let mut state = ContactSet::new();
+        state.apply(&name(1, clock(5, 1), "Ada", &[]));
+        let note = set(FieldKey::note(), value::text("secret"), &[]);
+        state.apply(&upsert(1, clock(6, 2), vec![note]));
+        state.apply(&name(1, clock(7, 1), "Ada L", &[clock(5, 1)]));
+        assert_eq!(
+            state.apply(&Operation::delete(id(1), clock(10, 3))),
+            Some(id(1))
+        );
+        let record = state.get(&id(1)).unwrap();
+        assert!(
+            record.fields().is_empty(),
+            "heads and superseded clocks are dropped"
+        );
+        assert_eq!(record.deleted_at(), Some(clock(10, 3)));
+        let wire = record.to_proto().encode_to_vec();
+        assert!(!wire.windows(6).any(|w| w == b"secret"), "the note is gone");
+        // Late writes at or below the tombstone change nothing.
+        assert_eq!(state.apply(&name(1, clock(10, 3), "Late", &[])), None);
+        assert_eq!(state.apply(&name(1, clock(9, 9), "Late", &[])), None);
+        assert_eq!(state.apply(&Operation::delete(id(1), clock(8, 1))), None);
+        assert_eq!(state.get(&id(1)).unwrap().fields().len(), 0);
+        assert_eq!(state.len(), 1, "the tombstone stays");
+        assert!(!state.is_empty());
+        assert_eq!(state.contacts().count(), 0);
+    }
+
+    #[test]
+    fn latest_clock_covers_heads_superseded_and_tombstones() {
+        let mut state = ContactSet::new();
+        assert_eq!(state.latest_clock(), None);
+        state.apply(&name(1, clock(5, 1), "Ada", &[]));
+        state.apply(&Operation::delete(id(2), clock(9, 1)));
+        assert_eq!(state.latest_clock(), Some(clock(9, 1)));
+        // A write whose only trace is as a superseded clock.
+        state.apply(&name(1, clock(20, 2), "Ada", &[clock(15, 3)]));
+        state.apply(&name(1, clock(12, 1), "Ada", &[clock(5, 1)]));
+        assert_eq!(state.latest_clock(), Some(clock(20, 2)));
+        let mut other = ContactSet::new();
+        other.apply(&name(3, clock(30, 1), "Old", &[]));
+        other.apply(&upsert(
+            3,
+            clock(31, 1),
+            vec![set(FieldKey::name(), value::text("x"), &[clock(30, 1)])],
+        ));
+        other.apply(&Operation::delete(id(3), clock(25, 1)));
+        assert_eq!(other.latest_clock(), Some(clock(31, 1)));
+    }
+
+    #[test]
+    fn wire_state_is_normalized_on_the_way_in() {
+        let head = |at: Hlc, text: &str| proto::StoredWrite {
+            clock: Some(at.to_proto()),
+            value: Some(value::text(text)),
+        };
+        let wire = proto::RecordState {
+            record_id: id(1).as_bytes().to_vec(),
+            deleted_at: Some(clock(3, 1).to_proto()),
+            fields: vec![
+                proto::FieldState {
+                    key: "name".into(),
+                    heads: vec![
+                        head(clock(2, 1), "hidden"),
+                        head(clock(5, 1), "old"),
+                        head(clock(6, 1), "new"),
+                    ],
+                    superseded: vec![clock(5, 1).to_proto(), clock(1, 1).to_proto()],
+                },
+                proto::FieldState {
+                    key: "name".into(),
+                    heads: vec![head(clock(6, 2), "other")],
+                    superseded: vec![],
+                },
+            ],
+        };
+        let record = RecordState::from_proto(&wire).unwrap();
+        let field = record.field(&FieldKey::name()).unwrap();
+        let clocks: Vec<Hlc> = field.heads().map(|h| h.clock).collect();
+        assert_eq!(clocks, [clock(6, 1), clock(6, 2)]);
+        assert_eq!(field.superseded(), &BTreeSet::from([clock(5, 1)]));
+        assert_eq!(RecordState::from_proto(&record.to_proto()), Ok(record));
+    }
+
+    fn valid_wire() -> proto::RecordState {
+        let mut state = ContactSet::new();
+        state.apply(&name(1, clock(5, 1), "Ada", &[clock(1, 1)]));
+        state.get(&id(1)).unwrap().to_proto()
+    }
+
+    #[test]
+    fn stored_record_id_must_be_16_bytes() {
+        let mut wire = valid_wire();
+        wire.record_id = vec![1; 17];
+        assert!(matches!(
+            RecordState::from_proto(&wire),
+            Err(MergeError::InvalidRecordId(IdLengthError {
+                actual: 17,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn stored_clocks_must_be_valid() {
+        let bad = proto::Hlc {
+            wall_ms: Hlc::MAX_WALL_MS + 1,
+            counter: 0,
+            device_id: vec![1; 16],
+        };
+        let mut deleted = valid_wire();
+        deleted.deleted_at = Some(bad.clone());
+        let mut head = valid_wire();
+        head.fields[0].heads[0].clock = Some(bad.clone());
+        let mut superseded = valid_wire();
+        superseded.fields[0].superseded[0] = bad;
+        for wire in [deleted, head, superseded] {
+            assert!(matches!(
+                RecordState::from_proto(&wire),
+                Err(MergeError::InvalidClock(
+                    HlcError::WallTimeOutOfRange { .. }
+                ))
+            ));
+        }
+    }
+
+    #[test]
+    fn stored_write_needs_a_clock() {
+        let mut wire = valid_wire();
+        wire.fields[0].heads[0].clock = None;
+        let err = RecordState::from_proto(&wire).unwrap_err();
+        assert_eq!(
+            err,
+            MergeError::MissingClock {
+                field: FieldKind::Name
+            }
+        );
+        assert_eq!(err.to_string(), "stored name write has no clock");
+    }
+
+    #[test]
+    fn stored_keys_and_values_are_checked() {
+        let mut wire = valid_wire();
+        wire.fields[0].key = "nickname".into();
+        assert!(matches!(
+            RecordState::from_proto(&wire),
+            Err(MergeError::Field(RecordError::UnknownFieldKey { .. }))
+        ));
+        let mut wire = valid_wire();
+        wire.fields[0].heads[0].value = Some(value::date(2000, 1, 1));
+        let err = RecordState::from_proto(&wire).unwrap_err();
+        assert!(matches!(
+            err,
+            MergeError::Field(RecordError::WrongValueType { .. })
+        ));
+        assert_eq!(err.to_string(), "name value must be text");
+    }
+
+    #[test]
+    fn snapshot_errors_name_the_record() {
+        let mut broken = valid_wire();
+        broken.record_id.clear();
+        let snapshot = proto::Snapshot {
+            records: vec![valid_wire(), broken],
+            positions: vec![],
+        };
+        let err = ContactSet::from_snapshot(&snapshot).unwrap_err();
+        assert!(matches!(
+            &err,
+            MergeError::InRecord { index: 1, source }
+                if matches!(**source, MergeError::InvalidRecordId(_))
+        ));
+        assert!(
+            err.to_string()
+                .starts_with("record 1 of the snapshot: invalid record id")
+        );
+    }
+
+    #[test]
+    fn oversized_or_malformed_snapshot_is_rejected() {
+        let bytes = vec![0; MAX_PAYLOAD_BYTES + 1];
+        assert_eq!(
+            ContactSet::decode_snapshot(&bytes),
+            Err(MergeError::SnapshotTooLarge {
+                len: MAX_PAYLOAD_BYTES + 1
+            })
+        );
+        assert!(matches!(
+            ContactSet::decode_snapshot(&[0x0a, 0x09]),
+            Err(MergeError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn snapshot_round_trips_with_positions() {
+        let mut state = ContactSet::new();
+        state.apply(&name(1, clock(5, 1), "Ada", &[]));
+        state.apply(&name(1, clock(6, 2), "Ada L", &[]));
+        state.apply(&Operation::delete(id(2), clock(3, 1)));
+        let positions = vec![proto::StreamPosition {
+            device_id: vec![1; 16],
+            seq: 42,
+        }];
+        let bytes = state.to_snapshot(positions.clone()).encode_to_vec();
+        assert_eq!(ContactSet::decode_snapshot(&bytes), Ok((state, positions)));
+    }
+
+    #[test]
+    fn duplicate_and_empty_records_in_a_snapshot_are_merged_and_skipped() {
+        let mut a = ContactSet::new();
+        a.apply(&name(1, clock(5, 1), "Ada", &[]));
+        let mut b = ContactSet::new();
+        b.apply(&name(1, clock(6, 2), "Bob", &[]));
+        let empty = proto::RecordState {
+            record_id: id(9).as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let snapshot = proto::Snapshot {
+            records: vec![
+                a.get(&id(1)).unwrap().to_proto(),
+                empty,
+                b.get(&id(1)).unwrap().to_proto(),
+            ],
+            positions: vec![],
+        };
+        let mut expected = a.clone();
+        expected.merge(&b);
+        assert_eq!(ContactSet::from_snapshot(&snapshot), Ok(expected));
+    }
+}
