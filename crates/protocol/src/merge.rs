@@ -259,7 +259,8 @@ pub struct RecordState {
 }
 
 impl RecordState {
-    fn new(id: RecordId) -> Self {
+    /// An empty record: no field, never deleted. Applying operations to it builds the record.
+    pub fn new(id: RecordId) -> Self {
         Self {
             id,
             deleted_at: None,
@@ -390,7 +391,13 @@ impl RecordState {
             .is_some_and(|deleted_at| clock <= deleted_at)
     }
 
-    fn apply(&mut self, operation: &Operation) -> bool {
+    /// Applies one operation on this record; returns whether the state changed. An operation
+    /// for another record changes nothing. Stores that keep one state per record use this and
+    /// [`RecordState::merge`] directly; [`ContactSet`] uses them for a whole account.
+    pub fn apply(&mut self, operation: &Operation) -> bool {
+        if operation.record() != self.id {
+            return false;
+        }
         let clock = operation.clock();
         match operation.kind() {
             OperationKind::Delete => self.delete_at(clock),
@@ -407,7 +414,12 @@ impl RecordState {
         }
     }
 
-    fn merge(&mut self, other: &RecordState) -> bool {
+    /// Merges another state of the same record (join of the two); returns whether this state
+    /// changed. A state of another record changes nothing.
+    pub fn merge(&mut self, other: &RecordState) -> bool {
+        if other.id != self.id {
+            return false;
+        }
         let mut changed = other
             .deleted_at
             .is_some_and(|deleted_at| self.delete_at(deleted_at));

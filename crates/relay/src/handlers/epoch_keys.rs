@@ -20,16 +20,24 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
     let (account, _device) = authorized(shared, conn)?;
     let limits = &shared.config.limits;
     if req.keys.len() > limits.max_sealed_keys_per_request as usize {
-        return Err(RequestError::new(ErrorCode::BatchTooLarge, "too many sealed keys"));
+        return Err(RequestError::new(
+            ErrorCode::BatchTooLarge,
+            "too many sealed keys",
+        ));
     }
     let roster = account.roster();
     let mut parsed = Vec::with_capacity(req.keys.len());
     for (i, bytes) in req.keys.iter().enumerate() {
         if bytes.len() > MAX_SEALED_KEY_BYTES {
-            return Err(RequestError::invalid(format!("sealed key {i} is too large")));
+            return Err(RequestError::invalid(format!(
+                "sealed key {i} is too large"
+            )));
         }
         let key = SealedEpochKey::decode(bytes.as_slice()).map_err(|_| {
-            RequestError::new(ErrorCode::Malformed, format!("sealed key {i} does not decode"))
+            RequestError::new(
+                ErrorCode::Malformed,
+                format!("sealed key {i} does not decode"),
+            )
         })?;
         let for_account = AccountId::from_slice(&key.account_id).ok();
         if for_account != Some(account.id) {
@@ -46,26 +54,37 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
                 format!("sealed key {i}: recipient not in the roster"),
             ));
         }
-        if key.epoch == 0 || key.epoch > roster.epoch() {
-            return Err(RequestError::invalid(format!("sealed key {i}: epoch out of range")));
+        // One epoch ahead is allowed: a revoking device stores the next epoch's keys before
+        // the roster that starts it, so no device ever sees an epoch it has no key for.
+        if key.epoch == 0 || key.epoch > roster.epoch().saturating_add(1) {
+            return Err(RequestError::invalid(format!(
+                "sealed key {i}: epoch out of range"
+            )));
         }
         parsed.push((recipient, key.epoch, bytes));
     }
     {
         let mut inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(ErrorCode::UnknownAccount, "the account was deleted"));
+            return Err(RequestError::new(
+                ErrorCode::UnknownAccount,
+                "the account was deleted",
+            ));
         }
         let added: u64 = parsed.iter().map(|(_, _, b)| b.len() as u64).sum();
         if inner.bytes_used() + added > limits.max_account_bytes {
-            return Err(RequestError::new(ErrorCode::QuotaExceeded, "the account's quota is used up"));
+            return Err(RequestError::new(
+                ErrorCode::QuotaExceeded,
+                "the account's quota is used up",
+            ));
         }
         for (recipient, epoch, bytes) in parsed {
             let replaced = shared
                 .store
                 .put_sealed_key(&account.id, &recipient, epoch, bytes)
                 .map_err(RequestError::storage)?;
-            inner.sealed_key_bytes = inner.sealed_key_bytes.saturating_sub(replaced) + bytes.len() as u64;
+            inner.sealed_key_bytes =
+                inner.sealed_key_bytes.saturating_sub(replaced) + bytes.len() as u64;
         }
     }
     durable(shared).await?;

@@ -8,6 +8,7 @@ mod epoch_keys;
 mod pairing;
 mod pull;
 mod push;
+mod recover_device;
 mod recovery;
 mod roster;
 pub(crate) mod subscribe;
@@ -45,7 +46,9 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         Kind::GetRoster(_) => roster::get(shared, conn),
         Kind::Push(req) => push::handle(shared, conn, req).await,
         Kind::Pull(req) => pull::handle(shared, conn, req),
-        Kind::Subscribe(_) => Err(RequestError::internal("subscribe is dispatched by the server")),
+        Kind::Subscribe(_) => Err(RequestError::internal(
+            "subscribe is dispatched by the server",
+        )),
         Kind::PutSealedEpochKeys(req) => epoch_keys::put(shared, conn, req).await,
         Kind::GetSealedEpochKeys(req) => epoch_keys::get(shared, conn, req),
         Kind::PutPairingSlot(req) => pairing::put(shared, conn, req).await,
@@ -55,6 +58,7 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         Kind::GetRecoveryBundle(req) => recovery::get(shared, conn, req),
         Kind::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
         Kind::GetUsage(_) => usage::handle(shared, conn),
+        Kind::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
     }
 }
 
@@ -65,15 +69,26 @@ pub(crate) fn authorized(
     conn: &Conn,
 ) -> Result<(Arc<Account>, DeviceId), RequestError> {
     let Some((account_id, device)) = *lock(&conn.device) else {
-        return Err(RequestError::new(ErrorCode::Unauthenticated, "authenticate first"));
+        return Err(RequestError::new(
+            ErrorCode::Unauthenticated,
+            "authenticate first",
+        ));
     };
     let account = shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?
-        .ok_or_else(|| RequestError::new(ErrorCode::UnknownAccount, "the account does not exist"))?;
+        .ok_or_else(|| {
+            RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
+        })?;
     check_device(&account.roster(), &device)?;
-    if !shared.device_limiter.check(&(account_id, device), Instant::now()) {
-        return Err(RequestError::new(ErrorCode::RateLimited, "too many requests; slow down"));
+    if !shared
+        .device_limiter
+        .check(&(account_id, device), Instant::now())
+    {
+        return Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many requests; slow down",
+        ));
     }
     Ok((account, device))
 }
@@ -86,15 +101,22 @@ pub(crate) fn check_device(
     if roster.device(device).is_some() {
         Ok(())
     } else if roster.is_removed(device) {
-        Err(RequestError::new(ErrorCode::DeviceRemoved, "the device was removed from the account"))
+        Err(RequestError::new(
+            ErrorCode::DeviceRemoved,
+            "the device was removed from the account",
+        ))
     } else {
-        Err(RequestError::new(ErrorCode::UnknownDevice, "the device is not in the account's roster"))
+        Err(RequestError::new(
+            ErrorCode::UnknownDevice,
+            "the device is not in the account's roster",
+        ))
     }
 }
 
 /// Parses a 32-byte id field.
 pub(crate) fn id32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], RequestError> {
-    <[u8; 32]>::try_from(bytes).map_err(|_| RequestError::invalid(format!("{what} must be 32 bytes")))
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| RequestError::invalid(format!("{what} must be 32 bytes")))
 }
 
 /// Waits for durability of what this request wrote.

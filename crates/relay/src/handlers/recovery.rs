@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use kith_protocol::limits::MAX_BUNDLE_BYTES;
-use kith_protocol::proto::{ErrorCode, GetRecoveryBundle, PutRecoveryBundle, RecoveryBundle, response};
+use kith_protocol::proto::{
+    ErrorCode, GetRecoveryBundle, PutRecoveryBundle, RecoveryBundle, response,
+};
 
 use super::{Reply, authorized, durable, id32, ok, respond};
 use crate::error::RequestError;
@@ -20,7 +22,10 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutRecoveryBundle) ->
     {
         let inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(ErrorCode::UnknownAccount, "the account was deleted"));
+            return Err(RequestError::new(
+                ErrorCode::UnknownAccount,
+                "the account was deleted",
+            ));
         }
         shared
             .store
@@ -32,8 +37,14 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutRecoveryBundle) ->
 }
 
 pub(crate) fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) -> Reply {
-    if !shared.lookup_limiter.check(&conn.remote.ip(), Instant::now()) {
-        return Err(RequestError::new(ErrorCode::RateLimited, "too many lookups; wait a minute"));
+    if !shared
+        .lookup_limiter
+        .check(&conn.remote.ip(), Instant::now())
+    {
+        return Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many lookups; wait a minute",
+        ));
     }
     let lookup_id = id32(&req.lookup_id, "lookup_id")?;
     let (account, bundle) = shared
@@ -41,8 +52,14 @@ pub(crate) fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) -> Reply
         .recovery_bundle(&lookup_id)
         .map_err(RequestError::storage)?
         .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no such recovery bundle"))?;
+    let roster = shared
+        .accounts
+        .get(shared.store.as_ref(), &account)?
+        .map(|loaded| loaded.roster().encoded().to_vec())
+        .unwrap_or_default();
     respond(response::Kind::RecoveryBundle(RecoveryBundle {
         bundle,
         account_id: account.as_bytes().to_vec(),
+        roster,
     }))
 }

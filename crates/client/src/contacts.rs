@@ -1,0 +1,506 @@
+//! The contacts API: add, edit, delete, get, list, search and conflicts; importing an
+//! [`ImportReport`] into the store; exporting vCard.
+//!
+//! Every local change is applied to the merged state and queued as a pending operation in one
+//! sled transaction, then flushed, so an acknowledged edit survives a crash and is pushed once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kith_protocol::RecordId;
+use kith_protocol::merge::RecordState;
+use kith_protocol::proto::{self, field_value::Value};
+use kith_protocol::record::{self, Contact, FieldKey, FieldWrite, Operation};
+use prost::Message;
+use serde::Serialize;
+use sled::Transactional;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::device::Device;
+use crate::error::{ClientError, Result};
+use crate::import::{ImportReport, phone::Region};
+use crate::store::{StoreError, TreeName};
+
+/// Fields of a new contact, or the fields to change in an edit (`None` = leave as is).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactFields {
+    /// Full name.
+    pub name: Option<String>,
+    /// An e-mail address to add.
+    pub email: Option<String>,
+    /// A phone number to add (any format; normalized to E.164).
+    pub phone: Option<String>,
+    /// Company.
+    pub company: Option<String>,
+    /// Private note.
+    pub note: Option<String>,
+}
+
+/// A concurrent edit the merge kept: the winning value and the one it beat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictView {
+    /// The record (hex id).
+    pub id: String,
+    /// The field key.
+    pub field: String,
+    /// The value shown.
+    pub winner: String,
+    /// The concurrent value that lost.
+    pub other: String,
+}
+
+/// What an import did, in the counts every import ends with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    /// New contacts.
+    pub added: usize,
+    /// Existing contacts that gained or changed fields.
+    pub updated: usize,
+    /// Contacts already up to date.
+    pub unchanged: usize,
+    /// Rows or records the importer skipped (with line numbers in the report).
+    pub skipped: usize,
+}
+
+/// Records written per transaction during an import.
+const IMPORT_CHUNK: usize = 2_000;
+
+impl Device {
+    /// Adds a contact; returns its id.
+    pub async fn add_contact(&self, fields: &ContactFields) -> Result<RecordId> {
+        let mut id = [0u8; 16];
+        rand_core::Rng::fill_bytes(&mut kith_protocol::keys::system_rng(), &mut id);
+        let id = RecordId::from_bytes(id);
+        let writes = self.writes_for(&RecordState::new(id), fields)?;
+        if writes.is_empty() {
+            return Err(ClientError::InvalidInput(
+                "a contact needs at least one field (e.g. --name)".into(),
+            ));
+        }
+        let op = Operation::upsert(id, self.tick(), writes)?;
+        self.commit_local(vec![op]).await?;
+        Ok(id)
+    }
+
+    /// Changes fields of a contact. Each write replaces the values this device sees, so an
+    /// edit after a sync is never reported as a conflict with what it replaced.
+    pub async fn edit_contact(&self, id: &RecordId, fields: &ContactFields) -> Result<()> {
+        let current = self.live_record(id)?;
+        let writes = self.writes_for(&current, fields)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let op = Operation::upsert(*id, self.tick(), writes)?;
+        self.commit_local(vec![op]).await
+    }
+
+    /// Deletes a contact (a tombstone that every device converges on).
+    pub async fn delete_contact(&self, id: &RecordId) -> Result<()> {
+        self.live_record(id)?;
+        let op = Operation::delete(*id, self.tick());
+        self.commit_local(vec![op]).await
+    }
+
+    /// Resolves a conflict by writing `value` for `field`, replacing every value seen.
+    pub async fn resolve_conflict(&self, id: &RecordId, field: &str, value: &str) -> Result<()> {
+        let current = self.live_record(id)?;
+        let key = FieldKey::parse(field)?;
+        let write = FieldWrite::set(
+            key.clone(),
+            record::value::text(value),
+            current.replaces(&key),
+        )?;
+        let op = Operation::upsert(*id, self.tick(), [write])?;
+        self.commit_local(vec![op]).await
+    }
+
+    fn live_record(&self, id: &RecordId) -> Result<RecordState> {
+        match self.load_record(id)? {
+            Some(state) if state.is_live() => Ok(state),
+            _ => Err(ClientError::UnknownContact(id.to_hex())),
+        }
+    }
+
+    fn writes_for(&self, current: &RecordState, fields: &ContactFields) -> Result<Vec<FieldWrite>> {
+        let mut writes = Vec::new();
+        let mut set = |key: FieldKey, value: proto::FieldValue| -> Result<()> {
+            if current.value(&key) != Some(&value) {
+                writes.push(FieldWrite::set(key.clone(), value, current.replaces(&key))?);
+            }
+            Ok(())
+        };
+        if let Some(name) = nonempty(&fields.name) {
+            set(FieldKey::name(), record::value::text(name))?;
+        }
+        if let Some(company) = nonempty(&fields.company) {
+            set(FieldKey::company(), record::value::text(company))?;
+        }
+        if let Some(note) = nonempty(&fields.note) {
+            set(FieldKey::note(), record::value::text(note))?;
+        }
+        if let Some(email) = nonempty(&fields.email) {
+            if !email.contains('@') {
+                return Err(ClientError::InvalidInput(format!(
+                    "'{email}' is not an e-mail address"
+                )));
+            }
+            set(
+                FieldKey::email(email)?,
+                record::value::email(email.to_lowercase(), ""),
+            )?;
+        }
+        if let Some(phone) = nonempty(&fields.phone) {
+            let e164 =
+                crate::import::phone::to_e164(phone, Region::default()).ok_or_else(|| {
+                    ClientError::InvalidInput(format!(
+                        "'{phone}' is not a phone number (try +<country><number>)"
+                    ))
+                })?;
+            set(
+                FieldKey::phone(&e164)?,
+                record::value::phone(e164.clone(), ""),
+            )?;
+        }
+        Ok(writes)
+    }
+
+    /// Applies operations to the merged state and queues them for the next sync, atomically,
+    /// then flushes so they survive a crash.
+    pub(crate) async fn commit_local(&self, ops: Vec<Operation>) -> Result<()> {
+        let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
+        for op in &ops {
+            let state = self.loaded(&mut touched, op.record())?;
+            state.apply(op);
+        }
+        self.write_pending(&touched, &ops)?;
+        self.inner.store.flush().await?;
+        Ok(())
+    }
+
+    fn write_pending(
+        &self,
+        touched: &BTreeMap<RecordId, RecordState>,
+        ops: &[Operation],
+    ) -> Result<()> {
+        let store = &self.inner.store;
+        let records = store.tree(TreeName::Records)?;
+        let pending = store.tree(TreeName::Pending)?;
+        let pending_key = store_id(store)?;
+        let pending_value =
+            store
+                .cipher()
+                .seal(TreeName::Pending, &pending_key, &record::encode_batch(ops)?);
+        let record_values: Vec<([u8; 16], Vec<u8>)> = touched
+            .iter()
+            .map(|(id, state)| {
+                let bytes = state.to_proto().encode_to_vec();
+                (
+                    *id.as_bytes(),
+                    store
+                        .cipher()
+                        .seal(TreeName::Records, id.as_bytes(), &bytes),
+                )
+            })
+            .collect();
+        (&records, &pending)
+            .transaction(|(r, p)| {
+                for (id, value) in &record_values {
+                    r.insert(id.as_slice(), value.as_slice())?;
+                }
+                p.insert(pending_key.as_slice(), pending_value.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// One contact.
+    pub fn contact(&self, id: &RecordId) -> Result<Contact> {
+        let state = self.live_record(id)?;
+        Contact::from_record(&state).ok_or_else(|| ClientError::UnknownContact(id.to_hex()))
+    }
+
+    /// Finds a contact by a unique prefix of its hex id (as people type them).
+    pub fn resolve_id(&self, text: &str) -> Result<RecordId> {
+        let text = text.trim().to_lowercase();
+        if let Some(id) = RecordId::from_hex(&text) {
+            return Ok(id);
+        }
+        if text.len() < 4 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ClientError::UnknownContact(text));
+        }
+        let matches: Vec<RecordId> = self
+            .contacts()?
+            .into_iter()
+            .map(|c| c.id())
+            .filter(|id| id.to_hex().starts_with(&text))
+            .take(2)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ClientError::UnknownContact(text)),
+            _ => Err(ClientError::InvalidInput(format!(
+                "id prefix {text} matches several contacts; type more of it"
+            ))),
+        }
+    }
+
+    /// Every live contact, ordered by name.
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        let mut out = Vec::new();
+        for item in self.inner.store.scan(TreeName::Records) {
+            let (_, bytes) = item?;
+            let wire =
+                proto::RecordState::decode(bytes.as_slice()).map_err(|_| StoreError::Corrupt {
+                    tree: "records",
+                    reason: "undecodable record".into(),
+                })?;
+            let state = RecordState::from_proto(&wire)?;
+            if let Some(contact) = Contact::from_record(&state) {
+                out.push(contact);
+            }
+        }
+        out.sort_by(|a, b| {
+            fold(a.name().unwrap_or(""))
+                .cmp(&fold(b.name().unwrap_or("")))
+                .then(a.id().cmp(&b.id()))
+        });
+        Ok(out)
+    }
+
+    /// Contacts whose name, e-mail, phone or company contains `query`, ignoring case and
+    /// accents ("jose" finds "José"); phone digits match whatever the formatting.
+    pub fn search(&self, query: &str) -> Result<Vec<Contact>> {
+        let needle = fold(query.trim());
+        let digits: String = query.chars().filter(char::is_ascii_digit).collect();
+        if needle.is_empty() {
+            return self.contacts();
+        }
+        Ok(self
+            .contacts()?
+            .into_iter()
+            .filter(|c| {
+                let text_match = c.name().is_some_and(|n| fold(n).contains(&needle))
+                    || c.company().is_some_and(|n| fold(n).contains(&needle))
+                    || c.emails()
+                        .iter()
+                        .any(|e| fold(&e.address).contains(&needle));
+                let phone_match = digits.len() >= 4
+                    && c.phones().iter().any(|p| {
+                        p.e164
+                            .chars()
+                            .filter(char::is_ascii_digit)
+                            .collect::<String>()
+                            .contains(&digits)
+                    });
+                text_match || phone_match
+            })
+            .collect())
+    }
+
+    /// Concurrent edits the merge kept, so an app can show both values.
+    pub fn conflicts(&self) -> Result<Vec<ConflictView>> {
+        let mut out = Vec::new();
+        for item in self.inner.store.scan(TreeName::Records) {
+            let (_, bytes) = item?;
+            let wire =
+                proto::RecordState::decode(bytes.as_slice()).map_err(|_| StoreError::Corrupt {
+                    tree: "records",
+                    reason: "undecodable record".into(),
+                })?;
+            let state = RecordState::from_proto(&wire)?;
+            for conflict in state.conflicts() {
+                for other in &conflict.others {
+                    out.push(ConflictView {
+                        id: state.id().to_hex(),
+                        field: conflict.key.as_str().to_string(),
+                        winner: describe(conflict.winner.value),
+                        other: describe(other.value),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merges an importer's contacts into the store. Contacts sharing an e-mail, phone or
+    /// LinkedIn URL with an existing record join it; new ones get a record id blinded from
+    /// their source identity, so re-importing changes nothing and two devices importing the
+    /// same export converge on the same records.
+    pub async fn import(&self, report: ImportReport) -> Result<ImportSummary> {
+        self.import_with_progress(report, |_, _| {}).await
+    }
+
+    /// [`Device::import`], calling `progress(done, total)` as it goes.
+    pub async fn import_with_progress(
+        &self,
+        report: ImportReport,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<ImportSummary> {
+        let mut summary = ImportSummary {
+            skipped: report.skipped.len(),
+            ..Default::default()
+        };
+        let total = report.contacts.len();
+        let store = &self.inner.store;
+        let identities = store.tree(TreeName::Identities)?;
+        let mut done = 0;
+        for chunk in report.contacts.chunks(IMPORT_CHUNK) {
+            let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
+            let mut ops = Vec::new();
+            let mut index: BTreeMap<[u8; 32], RecordId> = BTreeMap::new();
+            for contact in chunk {
+                let ids = contact.identities();
+                let blinded: Vec<[u8; 32]> =
+                    ids.iter().map(|i| store.cipher().index_key(i)).collect();
+                let mut existing = None;
+                for key in &blinded {
+                    if let Some(id) = index.get(key) {
+                        existing = Some(*id);
+                        break;
+                    }
+                    if let Some(sealed) = identities.get(key).map_err(StoreError::from)? {
+                        let plain = store.cipher().open(TreeName::Identities, key, &sealed)?;
+                        if let Ok(id) = RecordId::from_slice(&plain) {
+                            existing = Some(id);
+                            break;
+                        }
+                    }
+                }
+                let id = existing.unwrap_or_else(|| {
+                    let digest = self.inner.record_id_key.blind(&[
+                        contact.source().as_str().as_bytes(),
+                        contact.source_identity.as_bytes(),
+                    ]);
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(&digest[..16]);
+                    RecordId::from_bytes(id)
+                });
+                let state = self.loaded(&mut touched, id)?;
+                let was_live = state.is_live();
+                let mut writes = Vec::new();
+                for (key, value) in contact.field_writes() {
+                    let key = match FieldKey::parse(&key) {
+                        Ok(key) => key,
+                        Err(_) => continue,
+                    };
+                    let current = state.value(&key);
+                    // Scalars fill only what is empty, so an import never overwrites an edit;
+                    // provenance and set elements are refreshed when they differ.
+                    let scalar = matches!(
+                        key.as_str(),
+                        "name" | "company" | "title" | "birthday" | "note"
+                    );
+                    if current == Some(&value) || (scalar && current.is_some()) {
+                        continue;
+                    }
+                    if let Ok(write) = FieldWrite::set(key.clone(), value, state.replaces(&key)) {
+                        writes.push(write);
+                    }
+                }
+                for key in blinded {
+                    index.insert(key, id);
+                }
+                if writes.is_empty() {
+                    summary.unchanged += 1;
+                    continue;
+                }
+                let op = Operation::upsert(id, self.tick(), writes)?;
+                state.apply(&op);
+                ops.push(op);
+                if was_live {
+                    summary.updated += 1;
+                } else {
+                    summary.added += 1;
+                }
+            }
+            let mut index_batch = sled::Batch::default();
+            for (key, id) in &index {
+                index_batch.insert(
+                    key.as_slice(),
+                    store
+                        .cipher()
+                        .seal(TreeName::Identities, key, id.as_bytes()),
+                );
+            }
+            identities
+                .apply_batch(index_batch)
+                .map_err(StoreError::from)?;
+            if !ops.is_empty() {
+                let changed: BTreeSet<RecordId> = ops.iter().map(|op| op.record()).collect();
+                let touched: BTreeMap<RecordId, RecordState> = touched
+                    .into_iter()
+                    .filter(|(id, _)| changed.contains(id))
+                    .collect();
+                for ops in ops.chunks(kith_protocol::limits::MAX_OPERATIONS_PER_BATCH) {
+                    self.write_pending(&BTreeMap::new(), ops)?;
+                }
+                self.write_records(touched.iter())?;
+            }
+            done += chunk.len();
+            progress(done, total);
+        }
+        store.flush().await?;
+        Ok(summary)
+    }
+
+    /// Every live contact as vCard 4.0 text.
+    pub fn export_vcard(&self) -> Result<String> {
+        let contacts: Vec<crate::import::vcard::ExportContact> = self
+            .contacts()?
+            .iter()
+            .map(|c| crate::import::vcard::ExportContact {
+                uid: Some(c.id().to_hex()),
+                name: c.name().map(str::to_string),
+                emails: c.emails().to_vec(),
+                phones: c.phones().to_vec(),
+                urls: c.urls().to_vec(),
+                handles: c.handles().to_vec(),
+                company: c.company().map(str::to_string),
+                title: c.title().map(str::to_string),
+                birthday: c.birthday().copied(),
+                note: c.note().map(str::to_string),
+            })
+            .collect();
+        Ok(crate::import::vcard::export_vcard4(&contacts))
+    }
+}
+
+fn store_id(store: &crate::store::LocalStore) -> Result<[u8; 8]> {
+    // Monotonic across restarts, so pending keys sort in creation order.
+    Ok(store.generate_id()?.to_be_bytes())
+}
+
+fn nonempty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Case- and accent-insensitive form for search: NFKD, drop combining marks, lowercase.
+pub fn fold(text: &str) -> String {
+    text.nfkd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn describe(value: Option<&proto::FieldValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        None => "(removed)".to_string(),
+        Some(Value::Text(text)) => text.clone(),
+        Some(Value::Email(e)) => e.address.clone(),
+        Some(Value::Phone(p)) => p.e164.clone(),
+        Some(Value::Url(u)) => u.url.clone(),
+        Some(Value::Date(d)) => format!("{:04}-{:02}-{:02}", d.year, d.month, d.day),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_folding_ignores_case_and_accents() {
+        assert_eq!(fold("José ÅNGSTRÖM"), "jose angstrom");
+        assert!(fold("Seán Ó Briain").contains(&fold("sean o")));
+    }
+}

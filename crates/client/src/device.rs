@@ -1,0 +1,936 @@
+//! A device of an account: creating the account, opening it, linking and revoking devices,
+//! recovering, and the state every other module works on.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kith_protocol::bundle::{self, AccountBundle, LinkCode};
+use kith_protocol::epoch::{self, EpochKeys};
+use kith_protocol::hlc::{Hlc, HlcClock};
+use kith_protocol::keys::{
+    AccountSigningKey, DeviceAgreementPublicKey, EpochSecret, PairingSecret, RecoveryKey,
+    SymmetricKey, system_rng,
+};
+use kith_protocol::proto::{self, request, response};
+use kith_protocol::roster::{NewDevice, VerifiedRoster};
+use kith_protocol::{AccountId, DeviceId};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{ClientError, Result};
+use crate::keystore::{DeviceSecrets, FileKeyStore, KeyStore};
+use crate::net::{RelayConnection, RelayTarget, RelayTrust, expect_ok};
+use crate::store::{LocalStore, TreeName};
+
+/// Keys of the meta tree.
+pub(crate) mod meta {
+    pub const SETTINGS: &[u8] = b"settings";
+    pub const ROSTER: &[u8] = b"roster";
+    pub const ACCOUNT_KEY: &[u8] = b"account-key";
+    pub const EPOCH_PREFIX: &[u8] = b"epoch/";
+    pub const RECOVERY: &[u8] = b"recovery";
+    pub const CLOCK: &[u8] = b"clock";
+    /// Last sealed envelope of this device: u64be(seq) || hash (32).
+    pub const HEAD: &[u8] = b"head";
+    /// Highest seq of this device the relay acknowledged: u64be.
+    pub const ACKED: &[u8] = b"acked";
+}
+
+/// The milliseconds since the Unix epoch, the only clock the client reads.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings of this device, stored encrypted in the meta tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Settings {
+    account_id: String,
+    device_name: String,
+    relay_address: String,
+    relay_pin: Option<String>,
+    relay_ca_der_hex: Vec<String>,
+}
+
+impl Settings {
+    fn relay(&self) -> Result<RelayTarget> {
+        let trust = match &self.relay_pin {
+            Some(pin) => RelayTarget::pinned(self.relay_address.clone(), pin)?.trust,
+            None => RelayTrust::CaRoots(
+                self.relay_ca_der_hex
+                    .iter()
+                    .map(|h| hex::decode(h).map_err(|_| ClientError::InvalidInput("bad CA".into())))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        Ok(RelayTarget {
+            address: self.relay_address.clone(),
+            trust,
+        })
+    }
+
+    fn new(account: &AccountId, device_name: &str, relay: &RelayTarget) -> Self {
+        let (relay_pin, relay_ca_der_hex) = match &relay.trust {
+            RelayTrust::PinnedSha256(pin) => (Some(hex::encode(pin)), Vec::new()),
+            RelayTrust::CaRoots(roots) => (None, roots.iter().map(hex::encode).collect()),
+        };
+        Self {
+            account_id: account.to_hex(),
+            device_name: device_name.to_string(),
+            relay_address: relay.address.clone(),
+            relay_pin,
+            relay_ca_der_hex,
+        }
+    }
+}
+
+/// The recovery public key, PSK and lookup id: enough to re-seal the recovery bundle
+/// whenever the account key or epoch changes, without holding the recovery key itself.
+pub(crate) struct RecoverySealing {
+    pub(crate) public: DeviceAgreementPublicKey,
+    pub(crate) psk: SymmetricKey,
+    pub(crate) lookup_id: [u8; 32],
+}
+
+impl RecoverySealing {
+    fn from_key(key: &RecoveryKey) -> Self {
+        Self {
+            public: key.kem_key().public(),
+            psk: key.psk(),
+            lookup_id: key.lookup_id(),
+        }
+    }
+
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(self.public.to_bytes());
+        out.extend_from_slice(self.psk.expose());
+        out.extend_from_slice(&self.lookup_id);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let n = kith_protocol::keys::AGREEMENT_PUBLIC_KEY_LEN;
+        if bytes.len() != n + 64 {
+            return None;
+        }
+        Some(Self {
+            public: DeviceAgreementPublicKey::from_slice(&bytes[..n]).ok()?,
+            psk: SymmetricKey::from_slice(&bytes[n..n + 32]).ok()?,
+            lookup_id: bytes[n + 32..].try_into().ok()?,
+        })
+    }
+}
+
+/// The account state a device holds: what it trusts and the keys it acts with.
+pub(crate) struct AccountState {
+    pub(crate) account_id: AccountId,
+    pub(crate) roster: VerifiedRoster,
+    pub(crate) account_key: AccountSigningKey,
+    pub(crate) epochs: EpochKeys,
+    pub(crate) recovery: Option<RecoverySealing>,
+    pub(crate) clock: HlcClock,
+}
+
+pub(crate) struct Inner {
+    pub(crate) home: PathBuf,
+    pub(crate) secrets: DeviceSecrets,
+    pub(crate) device_id: DeviceId,
+    pub(crate) store: LocalStore,
+    pub(crate) relay: RelayTarget,
+    pub(crate) device_name: String,
+    pub(crate) state: Mutex<AccountState>,
+    /// Serializes syncs and holds the authenticated connection between them.
+    pub(crate) connection: tokio::sync::Mutex<Option<RelayConnection>>,
+    pub(crate) record_id_key: SymmetricKey,
+}
+
+/// One device of a Kith account. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("device", &self.inner.device_id)
+            .field("home", &self.inner.home)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A device in the account's roster, as `kith device list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    /// The device id (hex).
+    pub id: String,
+    /// The device's name, decrypted.
+    pub name: String,
+    /// When it was added (ms since the Unix epoch).
+    pub added_at_ms: u64,
+    /// Whether this is the device asking.
+    pub this_device: bool,
+}
+
+/// The recovery key of a new account, to be shown once and written down.
+pub struct RecoveryKeyText(pub Zeroizing<String>);
+
+impl std::fmt::Debug for RecoveryKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryKeyText(<secret>)")
+    }
+}
+
+const STORE_DIR: &str = "store";
+const KEY_FILE: &str = "device.key";
+
+fn store_path(home: &Path) -> PathBuf {
+    home.join(STORE_DIR)
+}
+
+fn ensure_home(home: &Path) -> Result<()> {
+    std::fs::create_dir_all(home).map_err(|source| ClientError::Io {
+        context: format!("cannot create {}", home.display()),
+        source,
+    })
+}
+
+impl Device {
+    /// Creates a new account with this as its first device. Returns the device and the
+    /// recovery key, which is shown once and never stored.
+    pub async fn create(
+        home: &Path,
+        relay: RelayTarget,
+        device_name: &str,
+        registration_token: Option<String>,
+    ) -> Result<(Device, RecoveryKeyText)> {
+        Self::create_with_keystore(home, relay, device_name, registration_token, None).await
+    }
+
+    /// [`Device::create`] with the device secrets kept by `keystore` instead of a key file.
+    pub async fn create_with_keystore(
+        home: &Path,
+        relay: RelayTarget,
+        device_name: &str,
+        registration_token: Option<String>,
+        keystore: Option<Arc<dyn KeyStore>>,
+    ) -> Result<(Device, RecoveryKeyText)> {
+        let keystore = keystore_for(home, keystore);
+        ensure_home(home)?;
+        if keystore.load()?.is_some() {
+            return Err(ClientError::AlreadyInitialized(home.display().to_string()));
+        }
+        let mut rng = system_rng();
+        let secrets = DeviceSecrets::generate();
+        let account_key = AccountSigningKey::generate(&mut rng);
+        let account_id = account_key.public().account_id();
+        let epoch1 = EpochSecret::generate(&mut rng);
+        let mut epochs = EpochKeys::new(account_id);
+        epochs.insert(1, epoch1.clone())?;
+        let roster = VerifiedRoster::genesis(
+            &account_key,
+            NewDevice {
+                signing_key: secrets.signing_key.public(),
+                agreement_key: secrets.agreement_key.public(),
+                name: device_name.to_string(),
+            },
+            &epoch1,
+            now_ms(),
+            &mut rng,
+        )?;
+        let recovery_key = RecoveryKey::generate(&mut rng);
+        let recovery = RecoverySealing::from_key(&recovery_key);
+
+        let connection = RelayConnection::connect(&relay).await?;
+        connection
+            .create_account(
+                &account_id,
+                roster.encoded().to_vec(),
+                &secrets.signing_key,
+                registration_token,
+            )
+            .await?;
+        // The first device's sealed copy of epoch 1, so a later link or restore finds it.
+        let sealed = epoch::seal_epoch_key(
+            &account_id,
+            &secrets.signing_key.device_id(),
+            &secrets.agreement_key.public(),
+            1,
+            &epoch1,
+            &mut rng,
+        );
+        expect_ok(
+            connection
+                .request(request::Kind::PutSealedEpochKeys(
+                    proto::PutSealedEpochKeys { keys: vec![sealed] },
+                ))
+                .await?,
+        )?;
+
+        keystore.save(&secrets)?;
+        let state = AccountState {
+            account_id,
+            roster,
+            account_key,
+            epochs,
+            recovery: Some(recovery),
+            clock: HlcClock::new(secrets.signing_key.device_id()),
+        };
+        let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
+        device.put_recovery_bundle(&connection).await?;
+        device.inner.store.flush().await?;
+        *device.inner.connection.lock().await = Some(connection);
+        Ok((device, RecoveryKeyText(recovery_key.to_text())))
+    }
+
+    /// Opens the device set up in `home`.
+    pub fn open(home: &Path) -> Result<Device> {
+        Self::open_with_keystore(home, None)
+    }
+
+    /// [`Device::open`] with the device secrets kept by `keystore`.
+    pub fn open_with_keystore(home: &Path, keystore: Option<Arc<dyn KeyStore>>) -> Result<Device> {
+        let keystore = keystore_for(home, keystore);
+        let secrets = keystore
+            .load()?
+            .ok_or_else(|| ClientError::NotInitialized(home.display().to_string()))?;
+        let device_id = secrets.signing_key.device_id();
+        let store = LocalStore::open(
+            &store_path(home),
+            &secrets.store_secret.local_store_key(&device_id),
+        )?;
+        let settings: Settings = store
+            .get(TreeName::Meta, meta::SETTINGS)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| ClientError::NotInitialized(home.display().to_string()))?;
+        let account_id = AccountId::from_hex(&settings.account_id)
+            .ok_or_else(|| ClientError::NotInitialized(home.display().to_string()))?;
+        let roster_bytes = store
+            .get(TreeName::Meta, meta::ROSTER)?
+            .ok_or_else(|| ClientError::NotInitialized(home.display().to_string()))?;
+        let roster = VerifiedRoster::verify(&roster_bytes, Some(&account_id), None)?;
+        let account_key_bytes = Zeroizing::new(
+            store
+                .get(TreeName::Meta, meta::ACCOUNT_KEY)?
+                .ok_or_else(|| ClientError::NotInitialized(home.display().to_string()))?,
+        );
+        let account_key = AccountSigningKey::from_secret_bytes(&account_key_bytes)
+            .map_err(|_| ClientError::NotInitialized(home.display().to_string()))?;
+        let mut epochs = EpochKeys::new(account_id);
+        for item in store.tree(TreeName::Meta)?.scan_prefix(meta::EPOCH_PREFIX) {
+            let (key, sealed) = item.map_err(crate::store::StoreError::from)?;
+            let secret = Zeroizing::new(store.cipher().open(TreeName::Meta, &key, &sealed)?);
+            let number = key
+                .get(meta::EPOCH_PREFIX.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if let (Some(number), Ok(secret)) = (number, EpochSecret::from_slice(&secret)) {
+                epochs.insert(number, secret)?;
+            }
+        }
+        let recovery = store
+            .get(TreeName::Meta, meta::RECOVERY)?
+            .map(Zeroizing::new)
+            .and_then(|bytes| RecoverySealing::decode(&bytes));
+        let mut clock = HlcClock::new(device_id);
+        if let Some(bytes) = store.get(TreeName::Meta, meta::CLOCK)? {
+            if let Ok(last) = proto::Hlc::decode(bytes.as_slice())
+                .map_err(|_| ())
+                .and_then(|p| Hlc::from_proto(&p).map_err(|_| ()))
+            {
+                clock.observe(&last);
+            }
+        }
+        let relay = settings.relay()?;
+        let record_id_key = epochs.record_id_key()?;
+        let state = AccountState {
+            account_id,
+            roster,
+            account_key,
+            epochs,
+            recovery,
+            clock,
+        };
+        Ok(Device {
+            inner: Arc::new(Inner {
+                home: home.to_path_buf(),
+                secrets,
+                device_id,
+                store,
+                relay,
+                device_name: settings.device_name,
+                state: Mutex::new(state),
+                connection: tokio::sync::Mutex::new(None),
+                record_id_key,
+            }),
+        })
+    }
+
+    fn persist_new(
+        home: &Path,
+        secrets: DeviceSecrets,
+        state: AccountState,
+        relay: &RelayTarget,
+        device_name: &str,
+    ) -> Result<Device> {
+        let device_id = secrets.signing_key.device_id();
+        let store = LocalStore::open(
+            &store_path(home),
+            &secrets.store_secret.local_store_key(&device_id),
+        )?;
+        let settings = Settings::new(&state.account_id, device_name, relay);
+        let settings =
+            serde_json::to_vec(&settings).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        store.put(TreeName::Meta, meta::SETTINGS, &settings)?;
+        let record_id_key = state.epochs.record_id_key()?;
+        let device = Device {
+            inner: Arc::new(Inner {
+                home: home.to_path_buf(),
+                secrets,
+                device_id,
+                store,
+                relay: relay.clone(),
+                device_name: device_name.to_string(),
+                state: Mutex::new(state),
+                connection: tokio::sync::Mutex::new(None),
+                record_id_key,
+            }),
+        };
+        device.persist_state()?;
+        device.inner.store.flush_blocking()?;
+        Ok(device)
+    }
+
+    /// Writes the account state (roster, account key, epochs, recovery sealing) to the store.
+    pub(crate) fn persist_state(&self) -> Result<()> {
+        let state = self.state();
+        let store = &self.inner.store;
+        store.put(TreeName::Meta, meta::ROSTER, state.roster.encoded())?;
+        store.put(
+            TreeName::Meta,
+            meta::ACCOUNT_KEY,
+            &state.account_key.to_secret_bytes()[..],
+        )?;
+        for (number, secret) in state.epochs.iter() {
+            let mut key = meta::EPOCH_PREFIX.to_vec();
+            key.extend_from_slice(&number.to_be_bytes());
+            store.put(TreeName::Meta, &key, secret.expose())?;
+        }
+        if let Some(recovery) = &state.recovery {
+            store.put(TreeName::Meta, meta::RECOVERY, &recovery.encode())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, AccountState> {
+        // A panic while holding this lock would be a bug; the state itself stays consistent
+        // because every mutation is a whole-value replacement.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.device_id
+    }
+
+    /// The account's id.
+    pub fn account_id(&self) -> AccountId {
+        self.state().account_id
+    }
+
+    /// This device's name, as given when it was set up.
+    pub fn device_name(&self) -> &str {
+        &self.inner.device_name
+    }
+
+    /// The newest epoch this device holds a key for.
+    pub fn current_epoch(&self) -> u64 {
+        self.state()
+            .epochs
+            .latest()
+            .map(|(number, _)| number)
+            .unwrap_or(0)
+    }
+
+    /// Whether this device holds the key of `epoch`.
+    pub fn has_epoch(&self, epoch: u64) -> bool {
+        self.state().epochs.get(epoch).is_some()
+    }
+
+    /// The home directory of this device.
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    /// The local store (for tests and diagnostics).
+    pub fn store(&self) -> &LocalStore {
+        &self.inner.store
+    }
+
+    /// The relay this device syncs with.
+    pub fn relay(&self) -> &RelayTarget {
+        &self.inner.relay
+    }
+
+    /// Returns the authenticated connection, connecting and authenticating if needed.
+    pub(crate) async fn connection<'a>(
+        &self,
+        slot: &'a mut Option<RelayConnection>,
+    ) -> Result<&'a RelayConnection> {
+        if slot.is_none() {
+            let connection = RelayConnection::connect(&self.inner.relay).await?;
+            let account = self.account_id();
+            match connection
+                .authenticate(&account, &self.inner.secrets.signing_key)
+                .await
+            {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.relay_code(),
+                        Some(proto::ErrorCode::DeviceRemoved | proto::ErrorCode::UnknownDevice)
+                    ) =>
+                {
+                    return Err(ClientError::Revoked);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            *slot = Some(connection);
+        }
+        slot.as_ref()
+            .ok_or_else(|| ClientError::InvalidInput("no connection".into()))
+    }
+
+    /// The devices of the account, from the roster this device last verified.
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        let state = self.state();
+        state
+            .roster
+            .devices()
+            .map(|entry| {
+                Ok(DeviceInfo {
+                    id: entry.device_id().to_hex(),
+                    name: state
+                        .roster
+                        .device_name(&entry.device_id(), &state.epochs)?,
+                    added_at_ms: entry.added_at_ms(),
+                    this_device: entry.device_id() == self.inner.device_id,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
+        let (sealed, lookup_id) = {
+            let state = self.state();
+            let Some(recovery) = &state.recovery else {
+                return Ok(());
+            };
+            let bundle = AccountBundle::new(
+                state.account_key.clone(),
+                state.epochs.clone(),
+                state.roster.clone(),
+            )?;
+            let sealed = bundle::seal_recovery_bundle(
+                &bundle,
+                &recovery.public,
+                &recovery.psk,
+                &mut system_rng(),
+            )?;
+            (sealed, recovery.lookup_id)
+        };
+        expect_ok(
+            connection
+                .request(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
+                    lookup_id: lookup_id.to_vec(),
+                    bundle: sealed,
+                }))
+                .await?,
+        )?;
+        Ok(())
+    }
+
+    /// Approves a new device from its link code: adds it to the roster and leaves the account
+    /// bundle, sealed to it and authenticated by the code's pairing secret, on the relay.
+    pub async fn approve_link(&self, code: &str) -> Result<DeviceId> {
+        let code = LinkCode::parse(code)?;
+        self.sync().await?;
+        let mut slot = self.inner.connection.lock().await;
+        let connection = self.connection(&mut slot).await?.clone();
+        let new_device = code.device_id();
+        let (roster, bundle, sealed_keys) = {
+            let state = self.state();
+            let mut rng = system_rng();
+            let roster = state.roster.add_device(
+                &state.account_key,
+                NewDevice {
+                    signing_key: *code.signing_key(),
+                    agreement_key: code.agreement_key().clone(),
+                    name: "new device".to_string(),
+                },
+                &state.epochs,
+                now_ms(),
+                &mut rng,
+            )?;
+            let sealed_keys: Vec<Vec<u8>> = state
+                .epochs
+                .iter()
+                .map(|(number, secret)| {
+                    epoch::seal_epoch_key(
+                        &state.account_id,
+                        &new_device,
+                        code.agreement_key(),
+                        number,
+                        secret,
+                        &mut rng,
+                    )
+                })
+                .collect();
+            let bundle = AccountBundle::new(
+                state.account_key.clone(),
+                state.epochs.clone(),
+                roster.clone(),
+            )?;
+            (roster, bundle, sealed_keys)
+        };
+        expect_ok(
+            connection
+                .request(request::Kind::PutRoster(proto::PutRoster {
+                    roster: roster.encoded().to_vec(),
+                }))
+                .await?,
+        )?;
+        self.state().roster = roster;
+        self.persist_state()?;
+        self.inner.store.flush().await?;
+        expect_ok(
+            connection
+                .request(request::Kind::PutSealedEpochKeys(
+                    proto::PutSealedEpochKeys { keys: sealed_keys },
+                ))
+                .await?,
+        )?;
+        let sealed = bundle::seal_link_bundle(&bundle, &code, &mut system_rng())?;
+        expect_ok(
+            connection
+                .request(request::Kind::PutPairingSlot(proto::PutPairingSlot {
+                    slot_id: code.pairing_secret().slot_id().to_vec(),
+                    bundle: sealed,
+                }))
+                .await?,
+        )?;
+        self.put_recovery_bundle(&connection).await?;
+        Ok(new_device)
+    }
+
+    /// Revokes another device: a new roster without it, signed by a fresh account key (the
+    /// chain's next link), and a new epoch sealed only to the remaining devices. The relay then
+    /// refuses the revoked device, and it cannot decrypt anything written afterwards.
+    pub async fn revoke(&self, device: &DeviceId) -> Result<()> {
+        if *device == self.inner.device_id {
+            return Err(ClientError::CannotRevokeSelf);
+        }
+        self.sync().await?;
+        let final_seq = self.cursor_of(device)?.map(|(seq, _)| seq).unwrap_or(0);
+        let mut slot = self.inner.connection.lock().await;
+        let connection = self.connection(&mut slot).await?.clone();
+        let mut rng = system_rng();
+        let (roster, new_key, new_epoch, number, sealed_keys) = {
+            let state = self.state();
+            if state.roster.device(device).is_none() {
+                return Err(ClientError::UnknownDevice(*device));
+            }
+            // The next account key is derived from the next epoch's secret, so sealing the epoch
+            // to the remaining devices also hands them the key (docs/PROTOCOL.md §4).
+            let new_epoch = EpochSecret::generate(&mut rng);
+            let new_key = epoch::account_key_for_epoch(&state.account_id, &new_epoch);
+            let roster = state.roster.remove_device(
+                &state.account_key,
+                device,
+                final_seq,
+                &new_key,
+                &new_epoch,
+                &state.epochs,
+                now_ms(),
+                &mut rng,
+            )?;
+            let number = roster.epoch();
+            let sealed_keys = roster
+                .devices()
+                .map(|entry| {
+                    epoch::seal_epoch_key(
+                        &state.account_id,
+                        &entry.device_id(),
+                        entry.agreement_key(),
+                        number,
+                        &new_epoch,
+                        &mut rng,
+                    )
+                })
+                .collect::<Vec<_>>();
+            (roster, new_key, new_epoch, number, sealed_keys)
+        };
+        // Keys first: a device that sees the new roster must find its sealed epoch key.
+        expect_ok(
+            connection
+                .request(request::Kind::PutSealedEpochKeys(
+                    proto::PutSealedEpochKeys { keys: sealed_keys },
+                ))
+                .await?,
+        )?;
+        expect_ok(
+            connection
+                .request(request::Kind::PutRoster(proto::PutRoster {
+                    roster: roster.encoded().to_vec(),
+                }))
+                .await?,
+        )?;
+        {
+            let mut state = self.state();
+            state.roster = roster;
+            state.account_key = new_key;
+            state.epochs.insert(number, new_epoch)?;
+        }
+        self.persist_state()?;
+        self.inner.store.flush().await?;
+        self.put_recovery_bundle(&connection).await?;
+        Ok(())
+    }
+
+    /// Restores the account on a new device from the recovery key, when every old device is
+    /// lost: opens the recovery bundle, adds this device to the roster with the account key,
+    /// and pulls everything.
+    pub async fn recover(
+        home: &Path,
+        relay: RelayTarget,
+        recovery_key: &str,
+        device_name: &str,
+    ) -> Result<Device> {
+        let keystore = keystore_for(home, None);
+        ensure_home(home)?;
+        if keystore.load()?.is_some() {
+            return Err(ClientError::AlreadyInitialized(home.display().to_string()));
+        }
+        let recovery_key = RecoveryKey::parse(recovery_key)
+            .map_err(|e| ClientError::InvalidInput(format!("{e}")))?;
+        let connection = RelayConnection::connect(&relay).await?;
+        let answer = connection
+            .request(request::Kind::GetRecoveryBundle(proto::GetRecoveryBundle {
+                lookup_id: recovery_key.lookup_id().to_vec(),
+            }))
+            .await;
+        let recovered = match answer {
+            Ok(response::Kind::RecoveryBundle(found)) => found,
+            Ok(_) => return Err(ClientError::RecoveryNotFound),
+            Err(e) if e.relay_code() == Some(proto::ErrorCode::NotFound) => {
+                return Err(ClientError::RecoveryNotFound);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let bundle = bundle::open_recovery_bundle(&recovered.bundle, &recovery_key)?;
+        let account_id = bundle.account_id();
+        let (account_key, epochs, sealed_roster) = bundle.into_parts();
+        // The relay's current roster must be the sealed one or extend it.
+        let roster = if recovered.roster.is_empty() || recovered.roster == sealed_roster.encoded() {
+            sealed_roster
+        } else {
+            VerifiedRoster::verify(&recovered.roster, Some(&account_id), Some(&sealed_roster))?
+        };
+        if roster.current_account_key() != &account_key.public() {
+            return Err(ClientError::Bundle(
+                kith_protocol::bundle::BundleError::AccountKeyMismatch,
+            ));
+        }
+        let secrets = DeviceSecrets::generate();
+        let mut rng = system_rng();
+        let roster = roster.add_device(
+            &account_key,
+            NewDevice {
+                signing_key: secrets.signing_key.public(),
+                agreement_key: secrets.agreement_key.public(),
+                name: device_name.to_string(),
+            },
+            &epochs,
+            now_ms(),
+            &mut rng,
+        )?;
+        connection
+            .recover_account(&account_id, roster.encoded().to_vec(), &secrets.signing_key)
+            .await?;
+        let sealed_keys: Vec<Vec<u8>> = epochs
+            .iter()
+            .map(|(number, secret)| {
+                epoch::seal_epoch_key(
+                    &account_id,
+                    &secrets.signing_key.device_id(),
+                    &secrets.agreement_key.public(),
+                    number,
+                    secret,
+                    &mut rng,
+                )
+            })
+            .collect();
+        expect_ok(
+            connection
+                .request(request::Kind::PutSealedEpochKeys(
+                    proto::PutSealedEpochKeys { keys: sealed_keys },
+                ))
+                .await?,
+        )?;
+        keystore.save(&secrets)?;
+        let state = AccountState {
+            account_id,
+            roster,
+            account_key,
+            epochs,
+            recovery: Some(RecoverySealing::from_key(&recovery_key)),
+            clock: HlcClock::new(secrets.signing_key.device_id()),
+        };
+        let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
+        *device.inner.connection.lock().await = Some(connection);
+        device.sync().await?;
+        Ok(device)
+    }
+
+    /// Deletes the account on the relay (signed by the account key): every envelope, roster,
+    /// key and bundle of it. The local store is left for the caller to remove.
+    pub async fn delete_account(&self) -> Result<()> {
+        let mut slot = self.inner.connection.lock().await;
+        let connection = self.connection(&mut slot).await?.clone();
+        let (account, version, signature) = {
+            let state = self.state();
+            let version = state.roster.version();
+            let signature = kith_protocol::auth::sign_account_deletion(
+                &state.account_key,
+                &state.account_id,
+                version,
+            );
+            (state.account_id, version, signature)
+        };
+        expect_ok(
+            connection
+                .request(request::Kind::DeleteAccount(proto::DeleteAccount {
+                    account_id: account.as_bytes().to_vec(),
+                    roster_version: version,
+                    signature: signature.to_bytes().to_vec(),
+                }))
+                .await?,
+        )?;
+        *slot = None;
+        Ok(())
+    }
+}
+
+fn keystore_for(home: &Path, keystore: Option<Arc<dyn KeyStore>>) -> Arc<dyn KeyStore> {
+    keystore.unwrap_or_else(|| Arc::new(FileKeyStore::new(home.join(KEY_FILE))))
+}
+
+/// A new device waiting for approval by an existing device of the account.
+pub struct PendingLink {
+    home: PathBuf,
+    relay: RelayTarget,
+    device_name: String,
+    secrets: DeviceSecrets,
+    pairing_secret: PairingSecret,
+    code: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for PendingLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLink")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingLink {
+    /// Prepares a new device: generates its keys and a one-time pairing secret.
+    pub fn new(home: &Path, relay: RelayTarget, device_name: &str) -> Result<Self> {
+        ensure_home(home)?;
+        if keystore_for(home, None).load()?.is_some() {
+            return Err(ClientError::AlreadyInitialized(home.display().to_string()));
+        }
+        let secrets = DeviceSecrets::generate();
+        let pairing_secret = PairingSecret::generate(&mut system_rng());
+        let code = LinkCode::new(
+            secrets.signing_key.public(),
+            secrets.agreement_key.public(),
+            pairing_secret.clone(),
+        )
+        .to_text();
+        Ok(Self {
+            home: home.to_path_buf(),
+            relay,
+            device_name: device_name.to_string(),
+            secrets,
+            pairing_secret,
+            code,
+        })
+    }
+
+    /// The link code to show (text; also fits in a QR code).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// Waits for the approval (polling the pairing slot), then completes the link.
+    pub async fn complete(self, timeout: Duration) -> Result<Device> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let connection = RelayConnection::connect(&self.relay).await?;
+        let slot_id = self.pairing_secret.slot_id().to_vec();
+        let sealed = loop {
+            match connection
+                .request(request::Kind::TakePairingSlot(proto::TakePairingSlot {
+                    slot_id: slot_id.clone(),
+                }))
+                .await
+            {
+                Ok(response::Kind::PairingSlot(slot)) => break slot.bundle,
+                Ok(_) => return Err(ClientError::InvalidInput("unexpected relay answer".into())),
+                Err(e) if e.relay_code() == Some(proto::ErrorCode::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::LinkTimeout(timeout.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let bundle = bundle::open_link_bundle(
+            &sealed,
+            &self.secrets.agreement_key,
+            &self.secrets.signing_key.public(),
+            &self.pairing_secret,
+        )?;
+        keystore_for(&self.home, None).save(&self.secrets)?;
+        let account_id = bundle.account_id();
+        let (account_key, epochs, roster) = bundle.into_parts();
+        let state = AccountState {
+            account_id,
+            roster,
+            account_key,
+            epochs,
+            recovery: None,
+            clock: HlcClock::new(self.secrets.signing_key.device_id()),
+        };
+        let device = Device::persist_new(
+            &self.home,
+            self.secrets,
+            state,
+            &self.relay,
+            &self.device_name,
+        )?;
+        connection
+            .authenticate(&device.account_id(), &device.inner.secrets.signing_key)
+            .await?;
+        *device.inner.connection.lock().await = Some(connection);
+        device.sync().await?;
+        Ok(device)
+    }
+}

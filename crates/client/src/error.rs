@@ -1,0 +1,106 @@
+//! The client's error type: each variant says what went wrong and, where a person can act,
+//! what to do.
+
+use kith_protocol::DeviceId;
+
+use crate::keystore::KeyStoreError;
+use crate::net::NetError;
+use crate::store::StoreError;
+
+/// Everything that can go wrong in `kith-client`.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Talking to the relay failed.
+    #[error(transparent)]
+    Net(NetError),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The device secrets could not be loaded or saved.
+    #[error(transparent)]
+    KeyStore(#[from] KeyStoreError),
+    /// No device has been set up in this home directory.
+    #[error(
+        "no Kith device in {0}: run `kith init` (new account), `kith device request` (link to an account) or `kith recover`"
+    )]
+    NotInitialized(String),
+    /// A device already exists in this home directory.
+    #[error("a Kith device already exists in {0}; use another --home to set up a second device")]
+    AlreadyInitialized(String),
+    /// The relay served a roster that does not verify or does not extend the one we trust.
+    #[error("the relay served an invalid device roster: {0}")]
+    Roster(#[from] kith_protocol::roster::RosterError),
+    /// Key material could not be opened.
+    #[error("cannot open key material: {0}")]
+    Epoch(#[from] kith_protocol::epoch::EpochError),
+    /// A link or recovery bundle could not be opened or verified.
+    #[error("{0}")]
+    Bundle(#[from] kith_protocol::bundle::BundleError),
+    /// An envelope failed verification or decryption.
+    #[error("rejected data from the relay: {0}")]
+    Envelope(#[from] kith_protocol::envelope::EnvelopeError),
+    /// A device stream had a gap, fork, replay or rollback.
+    #[error("device stream check failed: {0}")]
+    Stream(#[from] kith_protocol::stream::StreamError),
+    /// A record or operation was invalid.
+    #[error("invalid record data: {0}")]
+    Record(#[from] kith_protocol::record::RecordError),
+    /// A stored or received record state was invalid.
+    #[error("invalid record state: {0}")]
+    Merge(#[from] kith_protocol::merge::MergeError),
+    /// This device was removed from the account.
+    #[error("this device was removed from the account; it can no longer read or write")]
+    Revoked,
+    /// The named device is not in the roster.
+    #[error("no device {0} in this account (see `kith device list`)")]
+    UnknownDevice(DeviceId),
+    /// A device may not revoke itself.
+    #[error("a device cannot revoke itself; revoke it from another device")]
+    CannotRevokeSelf,
+    /// No record with that id.
+    #[error("no contact with id {0}")]
+    UnknownContact(String),
+    /// Input from the caller was invalid.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The link approval did not arrive in time.
+    #[error(
+        "no approval arrived within {0} seconds: run `kith device approve CODE` on a device of the account, then try again"
+    )]
+    LinkTimeout(u64),
+    /// The recovery key is wrong or no recovery bundle exists for it.
+    #[error("no recovery bundle for this recovery key on that relay (check the key and the relay)")]
+    RecoveryNotFound,
+    /// An importer failed.
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl From<NetError> for ClientError {
+    /// A relay that refuses this device as removed means the device was revoked, whatever
+    /// request it was making.
+    fn from(error: NetError) -> Self {
+        match error.relay_code() {
+            Some(kith_protocol::proto::ErrorCode::DeviceRemoved) => ClientError::Revoked,
+            _ => ClientError::Net(error),
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Net(e) if e.is_transient())
+    }
+}
+
+/// The client's result type.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,459 @@
+//! The connection to a relay: QUIC (quinn) with TLS 1.3, the server pinned by the SHA-256 of its
+//! certificate or verified against configured CA roots, ALPN `kith/1`, one bidirectional stream
+//! per request, each frame a 4-byte big-endian length and a protobuf message.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kith_protocol::auth::{CHALLENGE_LEN, EXPORTER_LEN, sign_relay_auth};
+use kith_protocol::encoding::labels;
+use kith_protocol::keys::DeviceSigningKey;
+use kith_protocol::proto::{self, request, response};
+use kith_protocol::{AccountId, DeviceId};
+use prost::Message;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::lookup_host;
+
+/// The ALPN protocol name of Kith's relay protocol.
+pub const ALPN: &[u8] = b"kith/1";
+/// Largest response frame the client accepts (pull pages are bounded by the relay far below).
+pub const MAX_RESPONSE_FRAME: usize = 32 * 1024 * 1024;
+/// How long a single request may take before it is abandoned.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the client decides to trust the relay's certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RelayTrust {
+    /// Accept exactly the certificate whose DER encoding has this SHA-256.
+    PinnedSha256([u8; 32]),
+    /// Verify the chain against these DER-encoded CA certificates (e.g. a configured CA).
+    CaRoots(Vec<Vec<u8>>),
+}
+
+impl std::fmt::Debug for RelayTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayTrust::PinnedSha256(pin) => write!(f, "PinnedSha256({})", hex::encode(pin)),
+            RelayTrust::CaRoots(roots) => write!(f, "CaRoots({} certificates)", roots.len()),
+        }
+    }
+}
+
+/// Where the relay is and how to trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayTarget {
+    /// `host:port`.
+    pub address: String,
+    /// Certificate trust.
+    pub trust: RelayTrust,
+}
+
+impl RelayTarget {
+    /// A relay pinned by the hex SHA-256 of its certificate, as `kith-relay` prints it.
+    pub fn pinned(address: impl Into<String>, cert_sha256_hex: &str) -> Result<Self, NetError> {
+        let mut pin = [0u8; 32];
+        hex::decode_to_slice(cert_sha256_hex.trim(), &mut pin).map_err(|_| NetError::BadPin)?;
+        Ok(Self {
+            address: address.into(),
+            trust: RelayTrust::PinnedSha256(pin),
+        })
+    }
+}
+
+/// Why talking to the relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The certificate pin is not 64 hex characters.
+    #[error(
+        "the relay certificate fingerprint must be 64 hex characters (as printed by kith-relay)"
+    )]
+    BadPin,
+    /// The relay address did not resolve.
+    #[error("cannot resolve relay address {0}")]
+    Resolve(String),
+    /// TLS or QUIC setup failed locally.
+    #[error("cannot set up the QUIC client: {0}")]
+    Setup(String),
+    /// The connection could not be established or was lost.
+    #[error("connection to the relay failed: {0}")]
+    Connection(String),
+    /// The relay answered with an error.
+    #[error("relay refused the request: {code:?}: {message}")]
+    Relay {
+        /// The relay's error code.
+        code: proto::ErrorCode,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The relay's answer could not be decoded or was not the expected kind.
+    #[error("unexpected answer from the relay: {0}")]
+    Protocol(String),
+    /// A request took longer than [`REQUEST_TIMEOUT`].
+    #[error("the relay did not answer in time")]
+    Timeout,
+}
+
+impl NetError {
+    /// The relay's error code, if the relay refused the request.
+    pub fn relay_code(&self) -> Option<proto::ErrorCode> {
+        match self {
+            NetError::Relay { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying later may succeed (connection trouble, storage pressure, rate limits).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NetError::Connection(_) | NetError::Timeout => true,
+            NetError::Relay { code, .. } => matches!(
+                code,
+                proto::ErrorCode::Storage
+                    | proto::ErrorCode::RateLimited
+                    | proto::ErrorCode::ShuttingDown
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Accepts exactly one certificate, identified by the SHA-256 of its DER encoding.
+#[derive(Debug)]
+struct PinnedCertVerifier {
+    pin: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let digest: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if bool::from(digest.ct_eq(&self.pin)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "relay certificate does not match the pinned SHA-256".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut tls = match trust {
+        RelayTrust::PinnedSha256(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
+                pin: *pin,
+                algorithms: provider_algorithms(&provider),
+            }))
+            .with_no_client_auth(),
+        RelayTrust::CaRoots(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for der in roots {
+                store
+                    .add(CertificateDer::from(der.clone()))
+                    .map_err(|e| NetError::Setup(format!("bad CA certificate: {e}")))?;
+            }
+            builder.with_root_certificates(store).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(60)
+            .try_into()
+            .map_err(|_| NetError::Setup("idle timeout".into()))?,
+    ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+fn provider_algorithms(provider: &CryptoProvider) -> WebPkiSupportedAlgorithms {
+    provider.signature_verification_algorithms
+}
+
+/// An open QUIC connection to a relay.
+#[derive(Debug, Clone)]
+pub struct RelayConnection {
+    connection: quinn::Connection,
+    endpoint: quinn::Endpoint,
+}
+
+impl RelayConnection {
+    /// Connects to the relay and completes the TLS handshake.
+    pub async fn connect(target: &RelayTarget) -> Result<Self, NetError> {
+        let remote = resolve(&target.address).await?;
+        let bind: SocketAddr = if remote.is_ipv6() {
+            "[::]:0"
+                .parse()
+                .map_err(|_| NetError::Setup("bind address".into()))?
+        } else {
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| NetError::Setup("bind address".into()))?
+        };
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
+        endpoint.set_default_client_config(client_config(&target.trust)?);
+        let server_name = target
+            .address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
+            .filter(|host| host.parse::<std::net::IpAddr>().is_err())
+            .unwrap_or("kith-relay");
+        let connecting = endpoint
+            .connect(remote, server_name)
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let connection = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
+            .await
+            .map_err(|_| NetError::Timeout)?
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        Ok(Self {
+            connection,
+            endpoint,
+        })
+    }
+
+    /// Sends one request on a fresh stream and reads its single response.
+    pub async fn request(&self, kind: request::Kind) -> Result<response::Kind, NetError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.request_inner(kind))
+            .await
+            .map_err(|_| NetError::Timeout)?
+    }
+
+    async fn request_inner(&self, kind: request::Kind) -> Result<response::Kind, NetError> {
+        let (mut send, mut recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        write_frame(&mut send, &proto::Request { kind: Some(kind) }).await?;
+        send.finish()
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let response = read_response(&mut recv).await?;
+        response.ok_or_else(|| NetError::Connection("stream closed without an answer".into()))
+    }
+
+    /// Opens a subscription: the relay sends a notification whenever another device pushes.
+    pub async fn subscribe(&self) -> Result<Subscription, NetError> {
+        let (mut send, recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        write_frame(
+            &mut send,
+            &proto::Request {
+                kind: Some(request::Kind::Subscribe(proto::Subscribe {})),
+            },
+        )
+        .await?;
+        Ok(Subscription { _send: send, recv })
+    }
+
+    /// Authenticates this connection as `device` of `account` (challenge bound to the session).
+    pub async fn authenticate(
+        &self,
+        account: &AccountId,
+        device_key: &DeviceSigningKey,
+    ) -> Result<(), NetError> {
+        let (nonce, exporter) = self.challenge().await?;
+        let device = device_key.device_id();
+        let signature = sign_relay_auth(device_key, &exporter, &nonce, account, &device);
+        expect_ok(
+            self.request(request::Kind::Authenticate(proto::Authenticate {
+                account_id: account.as_bytes().to_vec(),
+                device_id: device.as_bytes().to_vec(),
+                signature: signature.to_bytes().to_vec(),
+            }))
+            .await?,
+        )
+    }
+
+    /// Creates an account from its first roster and authenticates this connection as `device`.
+    pub async fn create_account(
+        &self,
+        account: &AccountId,
+        roster: Vec<u8>,
+        device_key: &DeviceSigningKey,
+        registration_token: Option<String>,
+    ) -> Result<(), NetError> {
+        let (nonce, exporter) = self.challenge().await?;
+        let device: DeviceId = device_key.device_id();
+        let signature = sign_relay_auth(device_key, &exporter, &nonce, account, &device);
+        expect_ok(
+            self.request(request::Kind::CreateAccount(proto::CreateAccount {
+                roster,
+                device_id: device.as_bytes().to_vec(),
+                signature: signature.to_bytes().to_vec(),
+                registration_token: registration_token.unwrap_or_default(),
+            }))
+            .await?,
+        )
+    }
+
+    /// Joins an account as a device restored from the recovery bundle: `roster` (signed by the
+    /// current account key) adds `device_key`'s device; authenticates the connection as it.
+    pub async fn recover_account(
+        &self,
+        account: &AccountId,
+        roster: Vec<u8>,
+        device_key: &DeviceSigningKey,
+    ) -> Result<(), NetError> {
+        let (nonce, exporter) = self.challenge().await?;
+        let device = device_key.device_id();
+        let signature = sign_relay_auth(device_key, &exporter, &nonce, account, &device);
+        expect_ok(
+            self.request(request::Kind::RecoverDevice(proto::RecoverDevice {
+                roster,
+                device_id: device.as_bytes().to_vec(),
+                signature: signature.to_bytes().to_vec(),
+            }))
+            .await?,
+        )
+    }
+
+    async fn challenge(&self) -> Result<([u8; CHALLENGE_LEN], [u8; EXPORTER_LEN]), NetError> {
+        let response = self
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await?;
+        let response::Kind::Challenge(challenge) = response else {
+            return Err(NetError::Protocol("expected a challenge".into()));
+        };
+        let nonce = <[u8; CHALLENGE_LEN]>::try_from(challenge.nonce.as_slice())
+            .map_err(|_| NetError::Protocol("challenge nonce has the wrong length".into()))?;
+        let mut exporter = [0u8; EXPORTER_LEN];
+        self.connection
+            .export_keying_material(&mut exporter, labels::RELAY_AUTH_EXPORTER.as_bytes(), b"")
+            .map_err(|_| NetError::Protocol("TLS exporter unavailable".into()))?;
+        Ok((nonce, exporter))
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        self.connection.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Notifications from the relay that another device of the account pushed.
+#[derive(Debug)]
+pub struct Subscription {
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Subscription {
+    /// Waits for the next notification; `None` when the relay closed the subscription.
+    pub async fn next(&mut self) -> Result<Option<proto::Notification>, NetError> {
+        match read_response(&mut self.recv).await? {
+            None => Ok(None),
+            Some(response::Kind::Notification(note)) => Ok(Some(note)),
+            Some(_) => Err(NetError::Protocol("expected a notification".into())),
+        }
+    }
+}
+
+/// Interprets an answer that should be `Ok`.
+pub fn expect_ok(response: response::Kind) -> Result<(), NetError> {
+    match response {
+        response::Kind::Ok(_) => Ok(()),
+        _ => Err(NetError::Protocol("expected ok".into())),
+    }
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, NetError> {
+    lookup_host(address)
+        .await
+        .map_err(|_| NetError::Resolve(address.to_string()))?
+        .next()
+        .ok_or_else(|| NetError::Resolve(address.to_string()))
+}
+
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    message: &proto::Request,
+) -> Result<(), NetError> {
+    let body = message.encode_to_vec();
+    let len =
+        u32::try_from(body.len()).map_err(|_| NetError::Protocol("request too large".into()))?;
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    send.write_all(&frame)
+        .await
+        .map_err(|e| NetError::Connection(e.to_string()))
+}
+
+/// Reads one response frame; `Ok(None)` at a clean end of stream. Relay errors become
+/// [`NetError::Relay`].
+async fn read_response(recv: &mut quinn::RecvStream) -> Result<Option<response::Kind>, NetError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(NetError::Connection(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_RESPONSE_FRAME {
+        return Err(NetError::Protocol(format!(
+            "response frame of {len} bytes exceeds the limit"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| NetError::Connection(e.to_string()))?;
+    let response = proto::Response::decode(body.as_slice())
+        .map_err(|_| NetError::Protocol("undecodable response".into()))?;
+    match response.kind {
+        Some(response::Kind::Error(error)) => Err(NetError::Relay {
+            code: proto::ErrorCode::try_from(error.code).unwrap_or(proto::ErrorCode::Unspecified),
+            message: error.message,
+        }),
+        Some(kind) => Ok(Some(kind)),
+        None => Err(NetError::Protocol("empty response".into())),
+    }
+}

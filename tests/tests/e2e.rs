@@ -1,0 +1,414 @@
+//! End-to-end: real clients and a real relay over loopback QUIC.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kith_client::net::RelayTarget;
+use kith_client::{ClientError, ContactFields, Device, PendingLink};
+use kith_relay::{Relay, RelayConfig, RelayHandle};
+use tempfile::TempDir;
+
+struct World {
+    dir: TempDir,
+    relay: Option<RelayHandle>,
+    relay_dir: PathBuf,
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let relay_dir = dir.path().join("relay");
+        let relay = Relay::start(RelayConfig::for_tests(&relay_dir))
+            .await
+            .unwrap();
+        Self {
+            dir,
+            relay: Some(relay),
+            relay_dir,
+        }
+    }
+
+    fn target(&self) -> RelayTarget {
+        let relay = self.relay.as_ref().unwrap();
+        RelayTarget::pinned(
+            relay.local_addr().to_string(),
+            &hex::encode(relay.cert_sha256()),
+        )
+        .unwrap()
+    }
+
+    fn home(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn first_device(&self, name: &str) -> (Device, String) {
+        let (device, recovery) = Device::create(&self.home(name), self.target(), name, None)
+            .await
+            .unwrap();
+        (device, recovery.0.to_string())
+    }
+
+    async fn link(&self, approver: &Device, name: &str) -> Device {
+        let pending = PendingLink::new(&self.home(name), self.target(), name).unwrap();
+        let code = pending.code().to_string();
+        let (linked, approved) = tokio::join!(
+            pending.complete(Duration::from_secs(30)),
+            approver.approve_link(&code)
+        );
+        approved.unwrap();
+        linked.unwrap()
+    }
+
+    /// Restarts the relay on the same data directory and port-independent pin.
+    async fn restart_relay(&mut self) {
+        let old = self.relay.take().unwrap();
+        let addr = old.local_addr();
+        old.shutdown().await.unwrap();
+        let mut config = RelayConfig::for_tests(&self.relay_dir);
+        config.listen = addr;
+        self.relay = Some(Relay::start(config).await.unwrap());
+    }
+}
+
+fn person(name: &str, email: &str) -> ContactFields {
+    ContactFields {
+        name: Some(name.into()),
+        email: Some(email.into()),
+        ..Default::default()
+    }
+}
+
+fn names(device: &Device) -> Vec<String> {
+    let mut names: Vec<String> = device
+        .contacts()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.name().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Every needle that appears in any file under `dir`.
+fn plaintext_found(dir: &Path, needles: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in files_under(dir) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for needle in needles {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(format!("{needle} in {}", file.display()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_and_three_devices_converge() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    a.add_contact(&person("Ada Lovelace", "ada@example.com"))
+        .await
+        .unwrap();
+    let b = world.link(&a, "b").await;
+    b.add_contact(&person("Grace Hopper", "grace@example.com"))
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    assert_eq!(names(&a), vec!["Ada Lovelace", "Grace Hopper"]);
+    assert_eq!(names(&b), names(&a));
+
+    let c = world.link(&a, "c").await;
+    c.add_contact(&person("Alan Turing", "alan@example.com"))
+        .await
+        .unwrap();
+    for device in [&c, &a, &b, &c] {
+        device.sync().await.unwrap();
+    }
+    assert_eq!(
+        names(&a),
+        vec!["Ada Lovelace", "Alan Turing", "Grace Hopper"]
+    );
+    assert_eq!(names(&b), names(&a));
+    assert_eq!(names(&c), names(&a));
+    assert_eq!(a.devices().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_offline_edits_converge_and_report_the_conflict() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let id = a
+        .add_contact(&person("Ada Lovelace", "ada@example.com"))
+        .await
+        .unwrap();
+    let b = world.link(&a, "b").await;
+    // Both edit the same field without seeing each other, and add different e-mails.
+    let company = |c: &str, e: &str| ContactFields {
+        company: Some(c.into()),
+        email: Some(e.into()),
+        ..Default::default()
+    };
+    a.edit_contact(&id, &company("Analytical Engines", "ada@engines.example"))
+        .await
+        .unwrap();
+    b.edit_contact(&id, &company("Difference Ltd", "ada@difference.example"))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    let on_a = a.contact(&id).unwrap();
+    let on_b = b.contact(&id).unwrap();
+    assert_eq!(on_a, on_b, "both devices converge on one state");
+    assert_eq!(
+        on_a.emails().len(),
+        3,
+        "set elements from both sides survive"
+    );
+    let conflicts_a = a.conflicts().unwrap();
+    assert_eq!(conflicts_a, b.conflicts().unwrap());
+    assert_eq!(conflicts_a.len(), 1, "{conflicts_a:?}");
+    assert_eq!(conflicts_a[0].field, "company");
+    let mut both = [conflicts_a[0].winner.clone(), conflicts_a[0].other.clone()];
+    both.sort();
+    assert_eq!(
+        both,
+        [
+            "Analytical Engines".to_string(),
+            "Difference Ltd".to_string()
+        ]
+    );
+
+    // Resolving writes a value that replaces both: the conflict clears everywhere.
+    a.resolve_conflict(&id, "company", "Analytical Engines")
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    assert!(a.conflicts().unwrap().is_empty());
+    assert!(b.conflicts().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_device_can_neither_pull_nor_push_nor_read_new_writes() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    a.add_contact(&person("Ada Lovelace", "ada@example.com"))
+        .await
+        .unwrap();
+    let b = world.link(&a, "b").await;
+    assert_eq!(names(&b), vec!["Ada Lovelace"]);
+    let b_id = b.device_id();
+    a.revoke(&b_id).await.unwrap();
+    a.add_contact(&person("Secret Person", "secret@example.com"))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+
+    // The relay refuses the revoked device.
+    b.add_contact(&person("Mallory", "mallory@example.com"))
+        .await
+        .unwrap();
+    let err = b.sync().await.unwrap_err();
+    assert!(matches!(err, ClientError::Revoked), "{err}");
+    assert_eq!(
+        names(&b),
+        vec!["Ada Lovelace", "Mallory"],
+        "b keeps what it had, learns nothing new"
+    );
+    assert_eq!(names(&a), vec!["Ada Lovelace", "Secret Person"]);
+    assert_eq!(a.devices().unwrap().len(), 1);
+
+    // Even with the relay's cooperation, b holds no key for the new epoch: everything a writes
+    // now is under an epoch b was never given.
+    let a_epoch = a.current_epoch();
+    assert!(a_epoch > b.current_epoch());
+    assert!(!b.has_epoch(a_epoch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_restores_every_contact_on_a_fresh_device() {
+    let world = World::new().await;
+    let (a, recovery_key) = world.first_device("a").await;
+    for i in 0..25 {
+        a.add_contact(&person(
+            &format!("Person {i:02}"),
+            &format!("p{i}@example.com"),
+        ))
+        .await
+        .unwrap();
+    }
+    a.sync().await.unwrap();
+    let expected = names(&a);
+    drop(a);
+    let restored = Device::recover(
+        &world.home("restored"),
+        world.target(),
+        &recovery_key,
+        "phone",
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(&restored), expected);
+    // The restored device is a full member: it writes and its writes sync.
+    restored
+        .add_contact(&person("After Restore", "after@example.com"))
+        .await
+        .unwrap();
+    restored.sync().await.unwrap();
+
+    let wrong = Device::recover(
+        &world.home("wrong"),
+        world.target(),
+        "0000-0000-0000-0000-0000-0000-0000-0000",
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(wrong, ClientError::RecoveryNotFound), "{wrong}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_relay_mid_sync_loses_nothing() {
+    let mut world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    for i in 0..50 {
+        a.add_contact(&person(
+            &format!("Before {i:02}"),
+            &format!("b{i}@example.com"),
+        ))
+        .await
+        .unwrap();
+    }
+    a.sync().await.unwrap();
+    world.restart_relay().await;
+    for i in 0..10 {
+        a.add_contact(&person(
+            &format!("After {i:02}"),
+            &format!("a{i}@example.com"),
+        ))
+        .await
+        .unwrap();
+    }
+    // The old connections are gone; the engine reconnects and retries.
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(b.contacts().unwrap().len(), 60);
+    assert_eq!(names(&a), names(&b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_client_files_hold_no_plaintext_after_import_and_sync() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let csv = std::fs::read("../crates/client/tests/fixtures/linkedin/Connections.csv")
+        .or_else(|_| std::fs::read("../../shared/fixtures/linkedin/Connections.csv"))
+        .unwrap();
+    let report = kith_client::import::linkedin::import_bytes(&csv, &Default::default()).unwrap();
+    let mut needles: Vec<String> = Vec::new();
+    for contact in &report.contacts {
+        needles.extend(contact.name.iter().filter(|n| n.len() >= 6).cloned());
+        needles.extend(contact.emails.iter().map(|e| e.address.clone()));
+    }
+    assert!(needles.len() > 10);
+    let summary = a.import(report).await.unwrap();
+    assert!(summary.added > 10);
+    let b = world.link(&a, "b").await;
+    a.add_contact(&ContactFields {
+        name: Some("Zelda Phoneowner".into()),
+        phone: Some("+1 415 555 0199".into()),
+        note: Some("met at the harbour".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(b.contacts().unwrap().len(), a.contacts().unwrap().len());
+    needles.extend([
+        "Zelda Phoneowner".into(),
+        "+14155550199".into(),
+        "met at the harbour".into(),
+    ]);
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+
+    // Flush everything to disk before scanning.
+    a.store().flush().await.unwrap();
+    b.store().flush().await.unwrap();
+    let relay = world.relay.as_ref().unwrap();
+    let _ = relay;
+    assert_eq!(
+        plaintext_found(&world.relay_dir, &needles),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        plaintext_found(&world.home("a"), &needles),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        plaintext_found(&world.home("b"), &needles),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_shrinks_relay_storage_and_late_devices_still_converge() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            a.add_contact(&person(
+                &format!("Person {i:02}"),
+                &format!("p{i}@example.com"),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    for round in 0..5 {
+        for id in &ids {
+            let fields = ContactFields {
+                company: Some(format!("Company round {round}")),
+                ..Default::default()
+            };
+            a.edit_contact(id, &fields).await.unwrap();
+        }
+    }
+    let report = a.compact().await.unwrap();
+    assert!(
+        report.relay_bytes_after < report.relay_bytes_before,
+        "{} -> {}",
+        report.relay_bytes_before,
+        report.relay_bytes_after
+    );
+    // b was offline across the compaction: it converges from the snapshot.
+    b.sync().await.unwrap();
+    assert_eq!(names(&b), names(&a));
+    assert_eq!(
+        b.contact(&ids[7]).unwrap().company(),
+        Some("Company round 4")
+    );
+    // A device linked after compaction converges too.
+    let c = world.link(&a, "c").await;
+    assert_eq!(names(&c), names(&a));
+}
