@@ -267,5 +267,17 @@ fn verify_64(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal_and_open, verify_64);
+/// What the random nonce costs: 24 bytes from the operating system.
+fn os_randomness(c: &mut Criterion) {
+    use rand_core::Rng;
+    c.bench_function("envelope/os_rng_24_bytes", |b| {
+        b.iter(|| {
+            let mut nonce = [0u8; 24];
+            system_rng().fill_bytes(&mut nonce);
+            nonce
+        })
+    });
+}
+
+criterion_group!(benches, seal_and_open, verify_64, os_randomness);
 criterion_main!(benches);

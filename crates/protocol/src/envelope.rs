@@ -350,7 +350,7 @@ fn split_envelope(bytes: &[u8]) -> Result<Framing<'_>, EnvelopeError> {
         .len()
         .checked_sub(TAG_LEN)
         .filter(|&n| n >= padding::LENGTH_PREFIX_BYTES);
-    if !padded.is_some_and(|n| padding::padme(n as u64) == n as u64) {
+    if padded.is_none_or(|n| padding::padme(n as u64) != n as u64) {
         return Err(EnvelopeError::Malformed {
             what: "ciphertext length is not a padded length plus the tag",
         });
