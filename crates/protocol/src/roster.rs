@@ -1834,6 +1834,27 @@ mod tests {
     }
 
     #[test]
+    fn counters_that_would_overflow_are_errors() {
+        let mut rng = system_rng();
+        let a = account(2);
+        let mut body = a.body();
+        body.version = u64::MAX;
+        let roster = verify_body(&body, &a.key, None).unwrap();
+        let (_, device) = new_device("late");
+        assert_eq!(
+            roster.add_device(&a.key, device, &a.keys, 1, &mut rng),
+            Err(RosterError::Overflow { field: "version" })
+        );
+        let secret = EpochSecret::generate(&mut rng);
+        let new_key = account_key_for_epoch(&roster.account_id(), &secret);
+        let d1 = a.devices[1].device_id();
+        assert_eq!(
+            roster.remove_device(&a.key, &d1, 0, &new_key, &secret, &a.keys, 1, &mut rng),
+            Err(RosterError::Overflow { field: "version" })
+        );
+    }
+
+    #[test]
     fn debug_shows_ids_not_names() {
         let a = account(1);
         let printed = format!("{:?}", a.roster);
