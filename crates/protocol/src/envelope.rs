@@ -264,28 +264,23 @@ struct Framing<'a> {
     signature: &'a [u8; SIGNATURE_LEN],
 }
 
-/// Reads a minimally encoded protobuf length varint at `*pos`, bounded by `max`.
-fn read_length(bytes: &[u8], pos: &mut usize, max: usize) -> Result<usize, EnvelopeError> {
-    const TRUNCATED: EnvelopeError = EnvelopeError::Malformed {
-        what: "truncated length",
-    };
-    let mut value: u64 = 0;
-    // Five 7-bit groups cover 2^35, far above any bound; longer varints are rejected.
-    for shift in 0..5u32 {
-        let byte = *bytes.get(*pos).ok_or(TRUNCATED)?;
+/// Reads a minimally encoded protobuf length varint at `*pos`. Three 7-bit groups reach 2 MiB,
+/// beyond [`MAX_ENVELOPE_BYTES`]; longer varints are refused before they are summed.
+fn read_length(bytes: &[u8], pos: &mut usize) -> Result<usize, EnvelopeError> {
+    let mut value = 0usize;
+    for shift in 0..3 {
+        let byte = *bytes.get(*pos).ok_or(EnvelopeError::Malformed {
+            what: "truncated length",
+        })?;
         *pos += 1;
-        value |= u64::from(byte & 0x7f) << (7 * shift);
+        value |= usize::from(byte & 0x7f) << (7 * shift);
         if byte & 0x80 == 0 {
             if byte == 0 && shift > 0 {
                 return Err(EnvelopeError::Malformed {
                     what: "non-minimal length varint",
                 });
             }
-            return usize::try_from(value).ok().filter(|&len| len <= max).ok_or(
-                EnvelopeError::Malformed {
-                    what: "field length exceeds its bound",
-                },
-            );
+            return Ok(value);
         }
     }
     Err(EnvelopeError::Malformed {
@@ -299,13 +294,12 @@ fn read_field<'a>(
     pos: &mut usize,
     key: u8,
     missing: &'static str,
-    max: usize,
 ) -> Result<&'a [u8], EnvelopeError> {
     if bytes.get(*pos) != Some(&key) {
         return Err(EnvelopeError::Malformed { what: missing });
     }
     *pos += 1;
-    let len = read_length(bytes, pos, max)?;
+    let len = read_length(bytes, pos)?;
     let end = pos.checked_add(len).filter(|&end| end <= bytes.len());
     let end = end.ok_or(EnvelopeError::Malformed {
         what: "field extends past the end",
@@ -324,13 +318,7 @@ fn split_envelope(bytes: &[u8]) -> Result<Framing<'_>, EnvelopeError> {
         });
     }
     let mut pos = 0;
-    let header = read_field(
-        bytes,
-        &mut pos,
-        HEADER_KEY,
-        "header must come first",
-        usize::MAX,
-    )?;
+    let header = read_field(bytes, &mut pos, HEADER_KEY, "header must come first")?;
     if header.len() > MAX_HEADER_BYTES {
         return Err(EnvelopeError::HeaderTooLarge {
             size: header.len(),
@@ -342,7 +330,6 @@ fn split_envelope(bytes: &[u8]) -> Result<Framing<'_>, EnvelopeError> {
         &mut pos,
         CIPHERTEXT_KEY,
         "ciphertext must follow the header",
-        usize::MAX,
     )?;
     // The plaintext is always a Padmé length of at least the 4-byte prefix; anything else
     // cannot decrypt to a valid envelope, so even the relay can refuse it.
@@ -360,7 +347,6 @@ fn split_envelope(bytes: &[u8]) -> Result<Framing<'_>, EnvelopeError> {
         &mut pos,
         SIGNATURE_KEY,
         "signature must follow the ciphertext",
-        usize::MAX,
     )?;
     let signature =
         <&[u8; SIGNATURE_LEN]>::try_from(signature).map_err(|_| EnvelopeError::Malformed {
