@@ -63,7 +63,9 @@ fn genesis(devices: &[DeviceSigningKey]) -> (AccountId, Vec<u8>) {
         .map(|key| proto::DeviceEntry {
             device_id: key.device_id().as_bytes().to_vec(),
             signing_key: key.public().to_bytes().to_vec(),
-            agreement_key: DeviceAgreementKey::generate(&mut system_rng()).public().to_bytes(),
+            agreement_key: DeviceAgreementKey::generate(&mut system_rng())
+                .public()
+                .to_bytes(),
             added_at_ms: 0,
             added_in_epoch: 1,
             name_nonce: vec![0; 24],
@@ -82,13 +84,24 @@ fn genesis(devices: &[DeviceSigningKey]) -> (AccountId, Vec<u8>) {
         created_at_ms: 0,
     }
     .encode_to_vec();
-    let signature = account_key.sign(labels::ROSTER_SIGNATURE, &[&body]).to_bytes().to_vec();
-    (account, proto::SignedRoster { body, signature }.encode_to_vec())
+    let signature = account_key
+        .sign(labels::ROSTER_SIGNATURE, &[&body])
+        .to_bytes()
+        .to_vec();
+    (
+        account,
+        proto::SignedRoster { body, signature }.encode_to_vec(),
+    )
 }
 
 /// An envelope with a valid header and an opaque (random-looking) body; the relay does not
 /// verify envelope signatures, so none is computed.
-fn envelope(account: &AccountId, device: &kith_protocol::ids::DeviceId, seq: u64, body: &[u8]) -> Vec<u8> {
+fn envelope(
+    account: &AccountId,
+    device: &kith_protocol::ids::DeviceId,
+    seq: u64,
+    body: &[u8],
+) -> Vec<u8> {
     let header = proto::EnvelopeHeader {
         format_version: 1,
         account_id: account.as_bytes().to_vec(),
@@ -100,7 +113,12 @@ fn envelope(account: &AccountId, device: &kith_protocol::ids::DeviceId, seq: u64
         nonce: vec![0; 24],
     }
     .encode_to_vec();
-    proto::Envelope { header, ciphertext: body.to_vec(), signature: vec![0; 64] }.encode_to_vec()
+    proto::Envelope {
+        header,
+        ciphertext: body.to_vec(),
+        signature: vec![0; 64],
+    }
+    .encode_to_vec()
 }
 
 struct SpawnedRelay {
@@ -142,8 +160,18 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
-        .args(["--requests-per-second", "1000000", "--request-burst", "1000000"])
-        .args(["--max-account-bytes", "1099511627776", "--max-connections", "100000"])
+        .args([
+            "--requests-per-second",
+            "1000000",
+            "--request-burst",
+            "1000000",
+        ])
+        .args([
+            "--max-account-bytes",
+            "1099511627776",
+            "--max-connections",
+            "100000",
+        ])
         .args(["--lookups-per-minute", "1000000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -162,7 +190,11 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Ok((spawned, addr.ok_or_else(|| anyhow!("no address"))?, pin.ok_or_else(|| anyhow!("no pin"))?))
+    Ok((
+        spawned,
+        addr.ok_or_else(|| anyhow!("no address"))?,
+        pin.ok_or_else(|| anyhow!("no pin"))?,
+    ))
 }
 
 fn parse_pin(text: &str) -> Result<[u8; 32]> {
@@ -186,7 +218,7 @@ struct Device {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    if args.batch == 0 || args.devices == 0 || args.envelopes % args.batch != 0 {
+    if args.batch == 0 || args.devices == 0 || !args.envelopes.is_multiple_of(args.batch) {
         bail!("--envelopes must be a multiple of --batch, both and --devices nonzero");
     }
     let (relay, addr, pin) = match (&args.relay, &args.cert_sha256) {
@@ -197,17 +229,23 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             (Some(relay), addr, pin)
         }
     };
-    let endpoints: Vec<quinn::Endpoint> =
-        (0..args.endpoints.max(1)).map(|_| shared_endpoint(pin)).collect::<Result<_, _>>()?;
+    let endpoints: Vec<quinn::Endpoint> = (0..args.endpoints.max(1))
+        .map(|_| shared_endpoint(pin))
+        .collect::<Result<_, _>>()?;
 
     // Setup: one account per device.
     let mut devices = Vec::with_capacity(args.devices);
     for i in 0..args.devices {
         let key = DeviceSigningKey::generate(&mut system_rng());
         let (account, roster) = genesis(std::slice::from_ref(&key));
-        let client = RelayClient::connect_with(endpoints[i % endpoints.len()].clone(), addr).await?;
+        let client =
+            RelayClient::connect_with(endpoints[i % endpoints.len()].clone(), addr).await?;
         client.create_account(roster, &key, &account, None).await?;
-        devices.push(Arc::new(Device { client, account, key }));
+        devices.push(Arc::new(Device {
+            client,
+            account,
+            key,
+        }));
     }
     println!(
         "{} devices x {} envelopes of {} B ciphertext in batches of {}{}",
@@ -215,7 +253,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.envelopes,
         args.size,
         args.batch,
-        if args.rate > 0 { format!(", paced at {} envelopes/s", args.rate) } else { String::new() }
+        if args.rate > 0 {
+            format!(", paced at {} envelopes/s", args.rate)
+        } else {
+            String::new()
+        }
     );
 
     // Push.
@@ -244,8 +286,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let first = b * batch + 1;
-                let envelopes: Vec<Vec<u8>> =
-                    (first..first + batch).map(|s| envelope(&device.account, &id, s, &body)).collect();
+                let envelopes: Vec<Vec<u8>> = (first..first + batch)
+                    .map(|s| envelope(&device.account, &id, s, &body))
+                    .collect();
                 bytes += envelopes.iter().map(|e| e.len() as u64).sum::<u64>();
                 let sent = Instant::now();
                 device.client.push(envelopes).await?;
@@ -274,6 +317,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
 
+    if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
+        println!(
+            "relay RSS after push: {} MB (peak {} MB)",
+            now / 1024,
+            peak / 1024
+        );
+    }
+
     // Pull.
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -282,7 +333,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let id = device.key.device_id().as_bytes().to_vec();
             let (mut after, mut count, mut bytes) = (0u64, 0u64, 0u64);
             loop {
-                let cursor = proto::Cursor { device_id: id.clone(), after_seq: after };
+                let cursor = proto::Cursor {
+                    device_id: id.clone(),
+                    after_seq: after,
+                };
                 let page = device.client.pull(vec![cursor], 0, 0).await?;
                 for e in &page.envelopes {
                     after = e.seq;
@@ -313,7 +367,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         pulled_bytes as f64 / pull_time.as_secs_f64() / 1e6,
     );
     if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
-        println!("relay RSS after push/pull: {} MB (peak {} MB)", now / 1024, peak / 1024);
+        println!(
+            "relay RSS after push/pull: {} MB (peak {} MB)",
+            now / 1024,
+            peak / 1024
+        );
     }
 
     // Idle authenticated connections: accounts of up to 50 devices each.
@@ -323,8 +381,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let mut left = args.idle_connections;
         let mut n = 0usize;
         while left > 0 {
-            let keys: Vec<DeviceSigningKey> =
-                (0..left.min(50)).map(|_| DeviceSigningKey::generate(&mut system_rng())).collect();
+            let keys: Vec<DeviceSigningKey> = (0..left.min(50))
+                .map(|_| DeviceSigningKey::generate(&mut system_rng()))
+                .collect();
             let (account, roster) = genesis(&keys);
             let mut connects = Vec::new();
             for (i, key) in keys.into_iter().enumerate() {
@@ -356,7 +415,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
         if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
-            println!("relay RSS with {} idle connections: {} MB (peak {} MB)", idle.len(), now / 1024, peak / 1024);
+            println!(
+                "relay RSS with {} idle connections: {} MB (peak {} MB)",
+                idle.len(),
+                now / 1024,
+                peak / 1024
+            );
         }
     }
     Ok(())

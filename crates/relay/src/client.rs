@@ -87,9 +87,12 @@ fn refused(kind: Option<response::Kind>) -> ClientError {
 impl RelayClient {
     /// Connects to `addr`, trusting only the certificate with SHA-256 `cert_sha256`.
     pub async fn connect(addr: SocketAddr, cert_sha256: [u8; 32]) -> Result<Self, ClientError> {
-        let bind: SocketAddr =
-            if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-                .map_err(|_| ClientError::Unexpected("bind address"))?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(|_| ClientError::Unexpected("bind address"))?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(tls::client_config(cert_sha256)?);
         Self::connect_with(endpoint, addr).await
@@ -101,7 +104,10 @@ impl RelayClient {
         addr: SocketAddr,
     ) -> Result<Self, ClientError> {
         let connection = endpoint.connect(addr, "localhost")?.await?;
-        Ok(Self { endpoint, connection })
+        Ok(Self {
+            endpoint,
+            connection,
+        })
     }
 
     /// The QUIC connection.
@@ -146,10 +152,12 @@ impl RelayClient {
 
     /// Asks for a challenge.
     pub async fn challenge(&self) -> Result<[u8; 32], ClientError> {
-        match self.request(request::Kind::GetChallenge(proto::GetChallenge {})).await? {
-            response::Kind::Challenge(c) => {
-                <[u8; 32]>::try_from(c.nonce.as_slice()).map_err(|_| ClientError::Unexpected("nonce"))
-            }
+        match self
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await?
+        {
+            response::Kind::Challenge(c) => <[u8; 32]>::try_from(c.nonce.as_slice())
+                .map_err(|_| ClientError::Unexpected("nonce")),
             other => Err(refused(Some(other))),
         }
     }
@@ -201,7 +209,10 @@ impl RelayClient {
 
     /// Pushes encoded envelopes; returns the acknowledged last seq.
     pub async fn push(&self, envelopes: Vec<Vec<u8>>) -> Result<u64, ClientError> {
-        match self.request(request::Kind::Push(Push { envelopes })).await? {
+        match self
+            .request(request::Kind::Push(Push { envelopes }))
+            .await?
+        {
             response::Kind::PushAck(ack) => Ok(ack.last_seq),
             other => Err(refused(Some(other))),
         }
@@ -214,7 +225,14 @@ impl RelayClient {
         max_envelopes: u32,
         max_bytes: u32,
     ) -> Result<PullResponse, ClientError> {
-        match self.request(request::Kind::Pull(Pull { cursors, max_envelopes, max_bytes })).await? {
+        match self
+            .request(request::Kind::Pull(Pull {
+                cursors,
+                max_envelopes,
+                max_bytes,
+            }))
+            .await?
+        {
             response::Kind::Pull(page) => Ok(page),
             other => Err(refused(Some(other))),
         }
@@ -223,10 +241,18 @@ impl RelayClient {
     /// Subscribes to pushes of the account's other devices.
     pub async fn subscribe(&self) -> Result<Subscription, ClientError> {
         let (mut send, mut recv) = self.connection.open_bi().await?;
-        write_message(&mut send, &Request { kind: Some(request::Kind::Subscribe(proto::Subscribe {})) })
-            .await
-            .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
-        match read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES).await?.and_then(|r| r.kind) {
+        write_message(
+            &mut send,
+            &Request {
+                kind: Some(request::Kind::Subscribe(proto::Subscribe {})),
+            },
+        )
+        .await
+        .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+        match read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES)
+            .await?
+            .and_then(|r| r.kind)
+        {
             Some(response::Kind::Ok(_)) => Ok(Subscription { _send: send, recv }),
             other => Err(refused(other)),
         }
@@ -252,7 +278,9 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Option<Notification>, ClientError> {
         match read_message::<Response, _>(&mut self.recv, MAX_RESPONSE_BYTES).await? {
             None => Ok(None),
-            Some(Response { kind: Some(response::Kind::Notification(n)) }) => Ok(Some(n)),
+            Some(Response {
+                kind: Some(response::Kind::Notification(n)),
+            }) => Ok(Some(n)),
             Some(other) => Err(refused(other.kind)),
         }
     }

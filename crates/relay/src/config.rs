@@ -446,10 +446,14 @@ mod tests {
 
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {
-        let file: Settings =
-            toml::from_str("max_frame_bytes = 1000000\nmax_batch_envelopes = 7\nregistration = \"token\"")
-                .unwrap();
-        let flags = Settings { max_batch_envelopes: Some(9), ..Settings::default() };
+        let file: Settings = toml::from_str(
+            "max_frame_bytes = 1000000\nmax_batch_envelopes = 7\nregistration = \"token\"",
+        )
+        .unwrap();
+        let flags = Settings {
+            max_batch_envelopes: Some(9),
+            ..Settings::default()
+        };
         let config = Settings {
             pull_max_bytes: Some(800_000),
             max_envelope_bytes: Some(500_000),
@@ -470,10 +474,16 @@ mod tests {
 
     #[test]
     fn registration_defaults_to_token_off_loopback() {
-        let config = Settings { listen: Some("0.0.0.0:4433".parse().unwrap()), ..Settings::default() }
-            .resolve()
-            .unwrap();
+        let config = Settings {
+            listen: Some("0.0.0.0:4433".parse().unwrap()),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(config.registration, RegistrationMode::Token);
-        assert_eq!(Settings::default().resolve().unwrap().registration, RegistrationMode::Open);
+        assert_eq!(
+            Settings::default().resolve().unwrap().registration,
+            RegistrationMode::Open
+        );
     }
 }

@@ -22,13 +22,19 @@ pub struct RequestError {
 impl RequestError {
     /// A refusal with `code`.
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// Storage failed: the client should retry later.
     pub fn storage(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "storage failure");
-        Self::new(ErrorCode::Storage, "the relay could not store durably; retry later")
+        Self::new(
+            ErrorCode::Storage,
+            "the relay could not store durably; retry later",
+        )
     }
 
     /// Something that should not happen; reported as a storage (retryable) failure.

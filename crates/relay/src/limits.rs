@@ -14,7 +14,10 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     fn full(burst: f64, now: Instant) -> Self {
-        Self { tokens: burst, last: now }
+        Self {
+            tokens: burst,
+            last: now,
+        }
     }
 
     fn refill(&mut self, rate: f64, burst: f64, now: Instant) {

@@ -28,7 +28,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: Settings,
+        settings: Box<Settings>,
     },
     /// Registration tokens.
     Token {
@@ -58,7 +58,10 @@ enum TokenCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -66,8 +69,10 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Serve { config, settings } => serve(config, settings).await,
-        Command::Token { command: TokenCommand::Create { data } } => create_token(&data),
+        Command::Serve { config, settings } => serve(config, *settings).await,
+        Command::Token {
+            command: TokenCommand::Create { data },
+        } => create_token(&data),
         Command::Stats { data } => stats(&data),
         Command::Bench(args) => bench::run(args).await,
     }

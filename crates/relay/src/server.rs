@@ -83,8 +83,13 @@ fn bind_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, R
     }
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);
-    socket.bind(&addr.into()).map_err(RelayError::io(format!("bind {addr}")))?;
-    let (recv, send) = (socket.recv_buffer_size().unwrap_or(0), socket.send_buffer_size().unwrap_or(0));
+    socket
+        .bind(&addr.into())
+        .map_err(RelayError::io(format!("bind {addr}")))?;
+    let (recv, send) = (
+        socket.recv_buffer_size().unwrap_or(0),
+        socket.send_buffer_size().unwrap_or(0),
+    );
     // Linux reports twice the requested size when it granted it.
     if recv < buffer || send < buffer {
         tracing::warn!(
@@ -103,8 +108,10 @@ impl Relay {
     /// Opens the store, loads or creates the certificate, binds and starts serving.
     pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         config.check()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(RelayError::io(format!("create {}", config.data_dir.display())))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(RelayError::io(format!(
+            "create {}",
+            config.data_dir.display()
+        )))?;
         std::fs::create_dir_all(crate::token_inbox(&config.data_dir))
             .map_err(RelayError::io("create the token inbox"))?;
         let identity = tls::load_or_create(&config)?;
@@ -122,13 +129,20 @@ impl Relay {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(RelayError::io("start the QUIC endpoint"))?;
-        let local_addr = endpoint.local_addr().map_err(RelayError::io("local address"))?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(RelayError::io("local address"))?;
         let (commit, flusher) = GroupCommit::start(store.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(config, store.clone(), commit, shutdown_rx));
         let task = tokio::spawn(serve(endpoint, shared, store, flusher));
         tracing::info!(%local_addr, "relay started");
-        Ok(RelayHandle { local_addr, cert_sha256: identity.cert_sha256, shutdown: shutdown_tx, task })
+        Ok(RelayHandle {
+            local_addr,
+            cert_sha256: identity.cert_sha256,
+            shutdown: shutdown_tx,
+            task,
+        })
     }
 }
 
@@ -139,7 +153,9 @@ async fn serve(
     store: Arc<dyn Store>,
     flusher: tokio::task::JoinHandle<()>,
 ) -> Result<(), RelayError> {
-    let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections as usize));
+    let connections = Arc::new(Semaphore::new(
+        shared.config.limits.max_connections as usize,
+    ));
     // Every request task holds a clone; when all are dropped, `in_flight_rx` yields `None`.
     let (in_flight, mut in_flight_rx) = mpsc::channel::<()>(1);
     let mut shutdown = shared.shutdown.clone();
@@ -166,7 +182,10 @@ async fn serve(
     sweeper.abort();
     drop(in_flight);
     let grace = shared.config.shutdown_grace;
-    if tokio::time::timeout(grace, in_flight_rx.recv()).await.is_err() {
+    if tokio::time::timeout(grace, in_flight_rx.recv())
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still in flight after the grace period; closing");
     }
     endpoint.close(0u32.into(), b"shutting down");
@@ -201,17 +220,18 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
             return;
         }
     };
-    let connection = match tokio::time::timeout(shared.config.limits.handshake_timeout, connecting).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(err)) => {
-            tracing::debug!(%remote, error = %err, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "handshake timed out");
-            return;
-        }
-    };
+    let connection =
+        match tokio::time::timeout(shared.config.limits.handshake_timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(err)) => {
+                tracing::debug!(%remote, error = %err, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "handshake timed out");
+                return;
+            }
+        };
     tracing::debug!(%remote, "connection established");
     let conn = Arc::new(Conn::new(connection.clone()));
     let mut shutdown = shared.shutdown.clone();
@@ -248,11 +268,14 @@ async fn request_stream(
     let request = match read_message::<Request, _>(&mut recv, max).await {
         Ok(Some(request)) => Ok(request),
         Ok(None) => return,
-        Err(FrameError::TooLarge { .. }) => {
-            Err(refuse(ErrorCode::FrameTooLarge, "frame exceeds the relay's limit"))
-        }
+        Err(FrameError::TooLarge { .. }) => Err(refuse(
+            ErrorCode::FrameTooLarge,
+            "frame exceeds the relay's limit",
+        )),
         Err(FrameError::Decode(_)) => Err(refuse(ErrorCode::Malformed, "request does not decode")),
-        Err(FrameError::Truncated) => Err(refuse(ErrorCode::Malformed, "stream ended inside a frame")),
+        Err(FrameError::Truncated) => {
+            Err(refuse(ErrorCode::Malformed, "stream ended inside a frame"))
+        }
         Err(FrameError::Io(_)) => return,
     };
     let result = match request {
@@ -262,9 +285,11 @@ async fn request_stream(
             Err(err)
         }
         Ok(Request { kind: None }) => Err(refuse(ErrorCode::Malformed, "empty request")),
-        Ok(Request { kind: Some(request::Kind::Subscribe(_)) }) => {
-            handlers::subscribe::run(shared, conn, &mut send).await.map(|()| None)
-        }
+        Ok(Request {
+            kind: Some(request::Kind::Subscribe(_)),
+        }) => handlers::subscribe::run(shared, conn, &mut send)
+            .await
+            .map(|()| None),
         Ok(Request { kind: Some(kind) }) => handlers::dispatch(shared, conn, kind).await.map(Some),
     };
     let response = match result {

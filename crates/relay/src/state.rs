@@ -13,8 +13,8 @@ use tokio::sync::{broadcast, watch};
 use crate::config::RelayConfig;
 use crate::error::RequestError;
 use crate::limits::KeyedLimiter;
-use kith_protocol::roster::VerifiedRoster;
 use crate::store::{GroupCommit, Store, StreamMeta};
+use kith_protocol::roster::VerifiedRoster;
 
 /// Most distinct devices and addresses tracked by the rate limiters.
 const MAX_LIMITER_KEYS: usize = 100_000;
@@ -24,7 +24,9 @@ const NOTIFY_CAPACITY: usize = 256;
 /// Locks a std mutex, recovering from poisoning (a panicking holder leaves consistent data:
 /// every critical section writes storage before it updates memory).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -70,7 +72,12 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    fn new(id: AccountId, roster: VerifiedRoster, streams: Vec<(DeviceId, StreamMeta)>, sealed_key_bytes: u64) -> Self {
+    fn new(
+        id: AccountId,
+        roster: VerifiedRoster,
+        streams: Vec<(DeviceId, StreamMeta)>,
+        sealed_key_bytes: u64,
+    ) -> Self {
         let envelope_bytes = streams.iter().map(|(_, m)| m.bytes).sum();
         let envelopes = streams.iter().map(|(_, m)| m.envelopes).sum();
         let (events, _) = broadcast::channel(NOTIFY_CAPACITY);
@@ -121,7 +128,12 @@ impl Accounts {
             tracing::error!(account = %short(id.as_bytes()), "stored roster does not verify");
             RequestError::storage("stored roster does not verify")
         })?;
-        let account = Arc::new(Account::new(*id, roster, loaded.streams, loaded.sealed_key_bytes));
+        let account = Arc::new(Account::new(
+            *id,
+            roster,
+            loaded.streams,
+            loaded.sealed_key_bytes,
+        ));
         Ok(Some(lock(&self.map).entry(*id).or_insert(account).clone()))
     }
 

@@ -83,7 +83,8 @@ fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError
         .mode(mode)
         .open(&tmp)
         .map_err(file_error("cannot write", &tmp))?;
-    file.write_all(contents).map_err(file_error("cannot write", &tmp))?;
+    file.write_all(contents)
+        .map_err(file_error("cannot write", &tmp))?;
     file.sync_all().map_err(file_error("cannot sync", &tmp))?;
     std::fs::rename(&tmp, path).map_err(file_error("cannot rename", path))
 }
@@ -98,7 +99,11 @@ fn read_pem(cert: &Path, key: &Path) -> Result<ServerIdentity, TlsError> {
         .first()
         .ok_or_else(|| TlsError::Pem(format!("no certificate in {}", cert.display())))?;
     let cert_sha256 = fingerprint(first);
-    Ok(ServerIdentity { chain, key, cert_sha256 })
+    Ok(ServerIdentity {
+        chain,
+        key,
+        cert_sha256,
+    })
 }
 
 /// The configured chain, or the self-signed certificate in the data directory (generated and
@@ -117,7 +122,11 @@ pub fn load_or_create(config: &RelayConfig) -> Result<ServerIdentity, TlsError> 
         names.push(config.listen.ip().to_string());
     }
     let generated = rcgen::generate_simple_self_signed(names)?;
-    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_private(
+        &key_path,
+        generated.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write_private(&cert_path, generated.cert.pem().as_bytes(), 0o644)?;
     tracing::info!(path = %cert_path.display(), "generated a self-signed certificate");
     read_pem(&cert_path, &key_path)
@@ -169,7 +178,10 @@ pub struct PinnedCertVerifier {
 impl PinnedCertVerifier {
     /// Pins `cert_sha256`.
     pub fn new(cert_sha256: [u8; 32]) -> Self {
-        Self { pin: cert_sha256, provider: ring() }
+        Self {
+            pin: cert_sha256,
+            provider: ring(),
+        }
     }
 }
 
@@ -186,7 +198,9 @@ impl ServerCertVerifier for PinnedCertVerifier {
         if fingerprint(end_entity) == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -196,7 +210,9 @@ impl ServerCertVerifier for PinnedCertVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -214,7 +230,9 @@ impl ServerCertVerifier for PinnedCertVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -247,7 +265,9 @@ mod tests {
         let second = load_or_create(&config).unwrap();
         assert_eq!(first.cert_sha256, second.cert_sha256);
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join(SELF_SIGNED_KEY)).unwrap().permissions(),
+            &std::fs::metadata(dir.path().join(SELF_SIGNED_KEY))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o077, 0, "the key is private to its owner");
     }

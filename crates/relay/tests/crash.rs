@@ -38,7 +38,11 @@ fn spawn_relay(data: &Path) -> (Child, SocketAddr, [u8; 32]) {
     }
     // Keep draining stdout so the relay never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr.unwrap_or_else(|| unreachable!()), pin.unwrap_or_else(|| unreachable!()))
+    (
+        child,
+        addr.unwrap_or_else(|| unreachable!()),
+        pin.unwrap_or_else(|| unreachable!()),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,8 +51,11 @@ async fn every_acknowledged_push_survives_kill_9() {
         let dir = tempfile::tempdir().unwrap();
         let (mut child, addr, pin) = spawn_relay(dir.path());
         const WRITERS: usize = 4;
-        let accounts: Vec<Arc<TestAccount>> = (0..WRITERS).map(|_| Arc::new(TestAccount::new(1))).collect();
-        let acked: Vec<Arc<AtomicU64>> = (0..WRITERS).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let accounts: Vec<Arc<TestAccount>> = (0..WRITERS)
+            .map(|_| Arc::new(TestAccount::new(1)))
+            .collect();
+        let acked: Vec<Arc<AtomicU64>> =
+            (0..WRITERS).map(|_| Arc::new(AtomicU64::new(0))).collect();
         let mut writers = Vec::new();
         for (account, acked) in accounts.iter().cloned().zip(acked.iter().cloned()) {
             let client = RelayClient::connect(addr, pin).await.unwrap();
@@ -57,7 +64,9 @@ async fn every_acknowledged_push_survives_kill_9() {
                 let device = account.device(0).device_id();
                 let mut next = 1u64;
                 loop {
-                    let batch: Vec<_> = (next..next + 20).map(|s| envelope(&account.id, &device, s, 700)).collect();
+                    let batch: Vec<_> = (next..next + 20)
+                        .map(|s| envelope(&account.id, &device, s, 700))
+                        .collect();
                     match client.push(batch).await {
                         Ok(last) => {
                             acked.store(last, Ordering::SeqCst);
@@ -84,15 +93,25 @@ async fn every_acknowledged_push_survives_kill_9() {
         for (account, acked) in accounts.iter().zip(acked) {
             assert!(acked > 0);
             let client = RelayClient::connect(addr, pin).await.unwrap();
-            client.authenticate(account.device(0), &account.id).await.unwrap();
+            client
+                .authenticate(account.device(0), &account.id)
+                .await
+                .unwrap();
             let device = account.device(0).device_id();
             let mut after = 0;
             loop {
-                let cursor = Cursor { device_id: device.as_bytes().to_vec(), after_seq: after };
+                let cursor = Cursor {
+                    device_id: device.as_bytes().to_vec(),
+                    after_seq: after,
+                };
                 let page = client.pull(vec![cursor], 0, 0).await.unwrap();
                 for stored in &page.envelopes {
                     assert_eq!(stored.seq, after + 1, "no gap");
-                    assert_eq!(stored.envelope, envelope(&account.id, &device, stored.seq, 700), "intact");
+                    assert_eq!(
+                        stored.envelope,
+                        envelope(&account.id, &device, stored.seq, 700),
+                        "intact"
+                    );
                     after = stored.seq;
                 }
                 if !page.more {

@@ -45,18 +45,27 @@ async fn open_registration_creates_the_account_and_authenticates_its_device() {
         let account = TestAccount::new(2);
         let client = relay.connect().await;
         account.create(&client).await;
-        let roster = match client.request(request::Kind::GetRoster(proto::GetRoster {})).await.unwrap() {
+        let roster = match client
+            .request(request::Kind::GetRoster(proto::GetRoster {}))
+            .await
+            .unwrap()
+        {
             response::Kind::Roster(r) => r.roster,
             other => panic!("{other:?}"),
         };
         assert_eq!(roster, account.roster());
         // Creating it again is refused.
         let again = relay.connect().await;
-        let err = again.create_account(account.roster(), account.device(1), &account.id, None).await;
+        let err = again
+            .create_account(account.roster(), account.device(1), &account.id, None)
+            .await;
         assert_eq!(code(err), ErrorCode::AccountExists);
         // The second device authenticates on its own connection.
         let second = relay.connect().await;
-        second.authenticate(account.device(1), &account.id).await.unwrap();
+        second
+            .authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -68,26 +77,46 @@ async fn token_registration_needs_a_single_use_token() {
         let relay = TestRelay::start_with(|c| c.registration = RegistrationMode::Token).await;
         let client = relay.connect().await;
         let account = TestAccount::new(1);
-        let err = client.create_account(account.roster(), account.device(0), &account.id, None).await;
+        let err = client
+            .create_account(account.roster(), account.device(0), &account.id, None)
+            .await;
         assert_eq!(code(err), ErrorCode::RegistrationClosed);
         let err = client
-            .create_account(account.roster(), account.device(0), &account.id, Some("nope"))
+            .create_account(
+                account.roster(),
+                account.device(0),
+                &account.id,
+                Some("nope"),
+            )
             .await;
         assert_eq!(code(err), ErrorCode::RegistrationClosed);
 
         // What `kith-relay token create` does while the relay runs: a file in the inbox.
         let token = "0123456789abcdef0123456789abcdef";
         let hash = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes());
-        std::fs::write(kith_relay::token_inbox(relay.dir.path()).join(hex::encode(hash)), b"")
-            .unwrap();
+        std::fs::write(
+            kith_relay::token_inbox(relay.dir.path()).join(hex::encode(hash)),
+            b"",
+        )
+        .unwrap();
         client
-            .create_account(account.roster(), account.device(0), &account.id, Some(token))
+            .create_account(
+                account.roster(),
+                account.device(0),
+                &account.id,
+                Some(token),
+            )
             .await
             .unwrap();
         let other = TestAccount::new(1);
-        let err =
-            client.create_account(other.roster(), other.device(0), &other.id, Some(token)).await;
-        assert_eq!(code(err), ErrorCode::RegistrationClosed, "a token is single-use");
+        let err = client
+            .create_account(other.roster(), other.device(0), &other.id, Some(token))
+            .await;
+        assert_eq!(
+            code(err),
+            ErrorCode::RegistrationClosed,
+            "a token is single-use"
+        );
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -105,7 +134,15 @@ async fn every_authentication_refusal_has_its_own_code() {
 
         let client = relay.connect().await;
         // A request that needs authentication, before it.
-        let err = client.push(envelopes(&account.id, &account.device(0).device_id(), 1, 1, 10)).await;
+        let err = client
+            .push(envelopes(
+                &account.id,
+                &account.device(0).device_id(),
+                1,
+                1,
+                10,
+            ))
+            .await;
         assert_eq!(code(err), ErrorCode::Unauthenticated);
         // No challenge.
         let err = client
@@ -118,12 +155,21 @@ async fn every_authentication_refusal_has_its_own_code() {
         assert_eq!(code(err), ErrorCode::NoChallenge);
         // Unknown device: a key not in the roster.
         let stranger = TestDevice::new();
-        assert_eq!(code(client.authenticate(&stranger.key, &account.id).await), ErrorCode::UnknownDevice);
+        assert_eq!(
+            code(client.authenticate(&stranger.key, &account.id).await),
+            ErrorCode::UnknownDevice
+        );
         // Wrong account: a device of another account.
-        assert_eq!(code(client.authenticate(other.device(0), &account.id).await), ErrorCode::UnknownDevice);
+        assert_eq!(
+            code(client.authenticate(other.device(0), &account.id).await),
+            ErrorCode::UnknownDevice
+        );
         // Unknown account.
         let nobody = TestAccount::new(1);
-        assert_eq!(code(client.authenticate(nobody.device(0), &nobody.id).await), ErrorCode::UnknownAccount);
+        assert_eq!(
+            code(client.authenticate(nobody.device(0), &nobody.id).await),
+            ErrorCode::UnknownAccount
+        );
         // Bad signature: signed with another key.
         let nonce = client.challenge().await.unwrap();
         let forged = sign_relay_auth(
@@ -146,16 +192,30 @@ async fn every_authentication_refusal_has_its_own_code() {
         let err = authenticate_raw(&client, &account, 0, elsewhere.exporter().unwrap()).await;
         assert_eq!(code(err), ErrorCode::BadSignature);
         // A challenge answers one attempt only: replaying the same nonce needs a new challenge.
-        authenticate_raw(&client, &account, 0, client.exporter().unwrap()).await.unwrap();
+        authenticate_raw(&client, &account, 0, client.exporter().unwrap())
+            .await
+            .unwrap();
 
         // A removed device is refused, at authentication and on its live connection.
         let live = relay.connect().await;
-        live.authenticate(account.device(2), &account.id).await.unwrap();
+        live.authenticate(account.device(2), &account.id)
+            .await
+            .unwrap();
         let removed = account.remove_device(2);
-        owner.expect_ok(request::Kind::PutRoster(proto::PutRoster { roster: account.roster() })).await.unwrap();
+        owner
+            .expect_ok(request::Kind::PutRoster(proto::PutRoster {
+                roster: account.roster(),
+            }))
+            .await
+            .unwrap();
         let fresh = relay.connect().await;
-        assert_eq!(code(fresh.authenticate(&removed.key, &account.id).await), ErrorCode::DeviceRemoved);
-        let err = live.push(envelopes(&account.id, &removed.id(), 1, 1, 10)).await;
+        assert_eq!(
+            code(fresh.authenticate(&removed.key, &account.id).await),
+            ErrorCode::DeviceRemoved
+        );
+        let err = live
+            .push(envelopes(&account.id, &removed.id(), 1, 1, 10))
+            .await;
         assert_eq!(code(err), ErrorCode::DeviceRemoved);
         relay.handle.shutdown().await.unwrap();
     })
@@ -170,11 +230,28 @@ async fn pushed_envelopes_come_back_in_pages() {
         let a = relay.connect().await;
         account.create(&a).await;
         let b = relay.connect().await;
-        b.authenticate(account.device(1), &account.id).await.unwrap();
+        b.authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
         let (da, db) = (account.device(0).device_id(), account.device(1).device_id());
-        assert_eq!(a.push(envelopes(&account.id, &da, 1, 100, 500)).await.unwrap(), 100);
-        assert_eq!(a.push(envelopes(&account.id, &da, 101, 50, 500)).await.unwrap(), 150);
-        assert_eq!(b.push(envelopes(&account.id, &db, 1, 30, 200)).await.unwrap(), 30);
+        assert_eq!(
+            a.push(envelopes(&account.id, &da, 1, 100, 500))
+                .await
+                .unwrap(),
+            100
+        );
+        assert_eq!(
+            a.push(envelopes(&account.id, &da, 101, 50, 500))
+                .await
+                .unwrap(),
+            150
+        );
+        assert_eq!(
+            b.push(envelopes(&account.id, &db, 1, 30, 200))
+                .await
+                .unwrap(),
+            30
+        );
 
         let mut cursors = std::collections::HashMap::new();
         let mut got = Vec::new();
@@ -182,7 +259,10 @@ async fn pushed_envelopes_come_back_in_pages() {
         loop {
             let list = cursors
                 .iter()
-                .map(|(d, s): (&Vec<u8>, &u64)| Cursor { device_id: d.clone(), after_seq: *s })
+                .map(|(d, s): (&Vec<u8>, &u64)| Cursor {
+                    device_id: d.clone(),
+                    after_seq: *s,
+                })
                 .collect();
             let page = b.pull(list, 40, 0).await.unwrap();
             assert!(page.envelopes.len() <= 40);
@@ -192,9 +272,16 @@ async fn pushed_envelopes_come_back_in_pages() {
             }
             pages += 1;
             if !page.more {
-                let mut info: Vec<_> = page.streams.iter().map(|s| (s.device_id.clone(), s.first_seq, s.last_seq)).collect();
+                let mut info: Vec<_> = page
+                    .streams
+                    .iter()
+                    .map(|s| (s.device_id.clone(), s.first_seq, s.last_seq))
+                    .collect();
                 info.sort();
-                let mut want = vec![(da.as_bytes().to_vec(), 1, 150), (db.as_bytes().to_vec(), 1, 30)];
+                let mut want = vec![
+                    (da.as_bytes().to_vec(), 1, 150),
+                    (db.as_bytes().to_vec(), 1, 30),
+                ];
                 want.sort();
                 assert_eq!(info, want);
                 break;
@@ -224,11 +311,29 @@ async fn seq_gaps_and_conflicts_are_refused_and_identical_retransmits_acked() {
         let client = relay.connect().await;
         account.create(&client).await;
         let d = account.device(0).device_id();
-        client.push(envelopes(&account.id, &d, 1, 10, 100)).await.unwrap();
-        assert_eq!(code(client.push(envelopes(&account.id, &d, 12, 1, 100)).await), ErrorCode::SeqGap);
+        client
+            .push(envelopes(&account.id, &d, 1, 10, 100))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &d, 12, 1, 100)).await),
+            ErrorCode::SeqGap
+        );
         // Identical retransmit, partly overlapping new seqs: acked, the new part stored.
-        assert_eq!(client.push(envelopes(&account.id, &d, 9, 4, 100)).await.unwrap(), 12);
-        assert_eq!(client.push(envelopes(&account.id, &d, 5, 2, 100)).await.unwrap(), 6);
+        assert_eq!(
+            client
+                .push(envelopes(&account.id, &d, 9, 4, 100))
+                .await
+                .unwrap(),
+            12
+        );
+        assert_eq!(
+            client
+                .push(envelopes(&account.id, &d, 5, 2, 100))
+                .await
+                .unwrap(),
+            6
+        );
         // A different envelope at a stored seq.
         let conflict = vec![envelope_with(&account.id, &d, 12, 100, 0xee)];
         assert_eq!(code(client.push(conflict).await), ErrorCode::SeqConflict);
@@ -237,10 +342,19 @@ async fn seq_gaps_and_conflicts_are_refused_and_identical_retransmits_acked() {
         batch.swap(0, 1);
         assert_eq!(code(client.push(batch).await), ErrorCode::InvalidRequest);
         let other = account.device(1).device_id();
-        assert_eq!(code(client.push(envelopes(&account.id, &other, 13, 1, 10)).await), ErrorCode::WrongStream);
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &other, 13, 1, 10)).await),
+            ErrorCode::WrongStream
+        );
         let foreign = TestAccount::new(1);
-        assert_eq!(code(client.push(envelopes(&foreign.id, &d, 13, 1, 10)).await), ErrorCode::WrongStream);
-        assert_eq!(code(client.push(vec![b"not an envelope".to_vec()]).await), ErrorCode::Malformed);
+        assert_eq!(
+            code(client.push(envelopes(&foreign.id, &d, 13, 1, 10)).await),
+            ErrorCode::WrongStream
+        );
+        assert_eq!(
+            code(client.push(vec![b"not an envelope".to_vec()]).await),
+            ErrorCode::Malformed
+        );
         let page = client.pull(vec![], 0, 0).await.unwrap();
         assert_eq!(page.envelopes.len(), 12);
         relay.handle.shutdown().await.unwrap();
@@ -262,11 +376,26 @@ async fn oversized_batches_envelopes_and_frames_are_refused() {
         let client = relay.connect().await;
         account.create(&client).await;
         let d = account.device(0).device_id();
-        assert_eq!(code(client.push(envelopes(&account.id, &d, 1, 11, 10)).await), ErrorCode::BatchTooLarge);
-        assert_eq!(code(client.push(envelopes(&account.id, &d, 1, 1, 3000)).await), ErrorCode::EnvelopeTooLarge);
-        assert_eq!(code(client.push(envelopes(&account.id, &d, 1, 10, 1900)).await), ErrorCode::FrameTooLarge);
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &d, 1, 11, 10)).await),
+            ErrorCode::BatchTooLarge
+        );
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &d, 1, 1, 3000)).await),
+            ErrorCode::EnvelopeTooLarge
+        );
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &d, 1, 10, 1900)).await),
+            ErrorCode::FrameTooLarge
+        );
         // The connection still works.
-        assert_eq!(client.push(envelopes(&account.id, &d, 1, 10, 1000)).await.unwrap(), 10);
+        assert_eq!(
+            client
+                .push(envelopes(&account.id, &d, 1, 10, 1000))
+                .await
+                .unwrap(),
+            10
+        );
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -284,21 +413,47 @@ async fn the_quota_and_the_device_limit_are_enforced() {
         let client = relay.connect().await;
         account.create(&client).await;
         let d = account.device(0).device_id();
-        client.push(envelopes(&account.id, &d, 1, 8, 1000)).await.unwrap();
-        assert_eq!(code(client.push(envelopes(&account.id, &d, 9, 2, 1000)).await), ErrorCode::QuotaExceeded);
-        let usage = match client.request(request::Kind::GetUsage(proto::GetUsage {})).await.unwrap() {
+        client
+            .push(envelopes(&account.id, &d, 1, 8, 1000))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &d, 9, 2, 1000)).await),
+            ErrorCode::QuotaExceeded
+        );
+        let usage = match client
+            .request(request::Kind::GetUsage(proto::GetUsage {}))
+            .await
+            .unwrap()
+        {
             response::Kind::Usage(u) => u,
             other => panic!("{other:?}"),
         };
-        assert_eq!((usage.envelopes, usage.devices, usage.devices_max, usage.bytes_quota), (8, 2, 2, 10_000));
+        assert_eq!(
+            (
+                usage.envelopes,
+                usage.devices,
+                usage.devices_max,
+                usage.bytes_quota
+            ),
+            (8, 2, 2, 10_000)
+        );
         assert!(usage.bytes_used > 8000 && usage.bytes_used <= 10_000);
 
         account.devices.push(TestDevice::new());
         account.version += 1;
-        let err = client.expect_ok(request::Kind::PutRoster(proto::PutRoster { roster: account.roster() })).await;
+        let err = client
+            .expect_ok(request::Kind::PutRoster(proto::PutRoster {
+                roster: account.roster(),
+            }))
+            .await;
         assert_eq!(code(err), ErrorCode::TooManyDevices);
         let crowded = TestAccount::new(3);
-        let err = relay.connect().await.create_account(crowded.roster(), crowded.device(0), &crowded.id, None).await;
+        let err = relay
+            .connect()
+            .await
+            .create_account(crowded.roster(), crowded.device(0), &crowded.id, None)
+            .await;
         assert_eq!(code(err), ErrorCode::TooManyDevices);
         relay.handle.shutdown().await.unwrap();
     })
@@ -314,23 +469,46 @@ async fn rosters_must_extend_the_stored_chain() {
         account.create(&client).await;
         let put = |roster: Vec<u8>| request::Kind::PutRoster(proto::PutRoster { roster });
         // Same version again: rollback.
-        assert_eq!(code(client.expect_ok(put(account.roster())).await), ErrorCode::RosterRollback);
+        assert_eq!(
+            code(client.expect_ok(put(account.roster())).await),
+            ErrorCode::RosterRollback
+        );
         // Next version signed by a key that is not the account's.
         account.version = 2;
         let stranger = AccountSigningKey::generate(&mut system_rng());
-        assert_eq!(code(client.expect_ok(put(account.roster_signed_by(&stranger))).await), ErrorCode::RosterInvalid);
+        assert_eq!(
+            code(
+                client
+                    .expect_ok(put(account.roster_signed_by(&stranger)))
+                    .await
+            ),
+            ErrorCode::RosterInvalid
+        );
         client.expect_ok(put(account.roster())).await.unwrap();
         // Removing a device rotates the key; afterwards the old key signs nothing that counts.
         let old_key = account.current.clone();
         account.remove_device(2);
         client.expect_ok(put(account.roster())).await.unwrap();
         account.version += 1;
-        assert_eq!(code(client.expect_ok(put(account.roster_signed_by(&old_key))).await), ErrorCode::RosterInvalid);
+        assert_eq!(
+            code(
+                client
+                    .expect_ok(put(account.roster_signed_by(&old_key)))
+                    .await
+            ),
+            ErrorCode::RosterInvalid
+        );
         client.expect_ok(put(account.roster())).await.unwrap();
         // An older version is a rollback.
         account.version -= 1;
-        assert_eq!(code(client.expect_ok(put(account.roster())).await), ErrorCode::RosterRollback);
-        assert_eq!(code(client.expect_ok(put(b"junk".to_vec())).await), ErrorCode::RosterInvalid);
+        assert_eq!(
+            code(client.expect_ok(put(account.roster())).await),
+            ErrorCode::RosterRollback
+        );
+        assert_eq!(
+            code(client.expect_ok(put(b"junk".to_vec())).await),
+            ErrorCode::RosterInvalid
+        );
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -339,25 +517,42 @@ async fn rosters_must_extend_the_stored_chain() {
 #[tokio::test]
 async fn pairing_slots_are_taken_once_and_expire() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.limits.pairing_slot_ttl = Duration::from_secs(1)).await;
+        let relay =
+            TestRelay::start_with(|c| c.limits.pairing_slot_ttl = Duration::from_secs(1)).await;
         let account = TestAccount::new(1);
         let client = relay.connect().await;
         account.create(&client).await;
         let put = |slot: [u8; 32]| {
-            request::Kind::PutPairingSlot(proto::PutPairingSlot { slot_id: slot.to_vec(), bundle: b"sealed".to_vec() })
+            request::Kind::PutPairingSlot(proto::PutPairingSlot {
+                slot_id: slot.to_vec(),
+                bundle: b"sealed".to_vec(),
+            })
         };
-        let take = |slot: [u8; 32]| request::Kind::TakePairingSlot(proto::TakePairingSlot { slot_id: slot.to_vec() });
+        let take = |slot: [u8; 32]| {
+            request::Kind::TakePairingSlot(proto::TakePairingSlot {
+                slot_id: slot.to_vec(),
+            })
+        };
         client.expect_ok(put([1; 32])).await.unwrap();
-        assert_eq!(code(client.expect_ok(put([1; 32])).await), ErrorCode::SlotExists);
+        assert_eq!(
+            code(client.expect_ok(put([1; 32])).await),
+            ErrorCode::SlotExists
+        );
         let newcomer = relay.connect().await; // not authenticated
         match newcomer.request(take([1; 32])).await.unwrap() {
             response::Kind::PairingSlot(slot) => assert_eq!(slot.bundle, b"sealed"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(code(newcomer.request(take([1; 32])).await), ErrorCode::NotFound);
+        assert_eq!(
+            code(newcomer.request(take([1; 32])).await),
+            ErrorCode::NotFound
+        );
         client.expect_ok(put([2; 32])).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(code(newcomer.request(take([2; 32])).await), ErrorCode::NotFound);
+        assert_eq!(
+            code(newcomer.request(take([2; 32])).await),
+            ErrorCode::NotFound
+        );
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -378,18 +573,31 @@ async fn recovery_bundles_are_served_without_auth_but_rate_limited() {
             .await
             .unwrap();
         let stranger = relay.connect().await;
-        let get = |id: u8| request::Kind::GetRecoveryBundle(proto::GetRecoveryBundle { lookup_id: vec![id; 32] });
+        let get = |id: u8| {
+            request::Kind::GetRecoveryBundle(proto::GetRecoveryBundle {
+                lookup_id: vec![id; 32],
+            })
+        };
         match stranger.request(get(9)).await.unwrap() {
             response::Kind::RecoveryBundle(b) => {
-                assert_eq!((b.bundle.as_slice(), b.account_id.as_slice()), (&b"sealed"[..], &account.id.as_bytes()[..]))
+                assert_eq!(
+                    (b.bundle.as_slice(), b.account_id.as_slice()),
+                    (&b"sealed"[..], &account.id.as_bytes()[..])
+                )
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(code(stranger.request(get(8)).await), ErrorCode::NotFound);
-        assert!(stranger.request(get(9)).await.is_ok(), "third lookup within the burst");
+        assert!(
+            stranger.request(get(9)).await.is_ok(),
+            "third lookup within the burst"
+        );
         assert_eq!(code(stranger.request(get(9)).await), ErrorCode::RateLimited);
         // Also from another connection of the same address.
-        assert_eq!(code(relay.connect().await.request(get(9)).await), ErrorCode::RateLimited);
+        assert_eq!(
+            code(relay.connect().await.request(get(9)).await),
+            ErrorCode::RateLimited
+        );
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -406,8 +614,13 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
         let kept = relay.connect().await;
         keep.create(&kept).await;
         let d = account.device(0).device_id();
-        client.push(envelopes(&account.id, &d, 1, 20, 300)).await.unwrap();
-        kept.push(envelopes(&keep.id, &keep.device(0).device_id(), 1, 5, 300)).await.unwrap();
+        client
+            .push(envelopes(&account.id, &d, 1, 20, 300))
+            .await
+            .unwrap();
+        kept.push(envelopes(&keep.id, &keep.device(0).device_id(), 1, 5, 300))
+            .await
+            .unwrap();
         let sealed = proto::SealedEpochKey {
             account_id: account.id.as_bytes().to_vec(),
             recipient_device_id: account.device(1).device_id().as_bytes().to_vec(),
@@ -417,36 +630,75 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             ciphertext: vec![5; 48],
         };
         client
-            .expect_ok(request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys { keys: vec![sealed.encode_to_vec()] }))
+            .expect_ok(request::Kind::PutSealedEpochKeys(
+                proto::PutSealedEpochKeys {
+                    keys: vec![sealed.encode_to_vec()],
+                },
+            ))
             .await
             .unwrap();
         client
-            .expect_ok(request::Kind::PutPairingSlot(proto::PutPairingSlot { slot_id: vec![6; 32], bundle: b"b".to_vec() }))
+            .expect_ok(request::Kind::PutPairingSlot(proto::PutPairingSlot {
+                slot_id: vec![6; 32],
+                bundle: b"b".to_vec(),
+            }))
             .await
             .unwrap();
         client
-            .expect_ok(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle { lookup_id: vec![7; 32], bundle: b"r".to_vec() }))
+            .expect_ok(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
+                lookup_id: vec![7; 32],
+                bundle: b"r".to_vec(),
+            }))
             .await
             .unwrap();
         let subscriber = relay.connect().await;
-        subscriber.authenticate(account.device(1), &account.id).await.unwrap();
+        subscriber
+            .authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
         let mut subscription = subscriber.subscribe().await.unwrap();
 
         let delete = |version: u64, key: &AccountSigningKey| {
             request::Kind::DeleteAccount(proto::DeleteAccount {
                 account_id: account.id.as_bytes().to_vec(),
                 roster_version: version,
-                signature: sign_account_deletion(key, &account.id, version).to_bytes().to_vec(),
+                signature: sign_account_deletion(key, &account.id, version)
+                    .to_bytes()
+                    .to_vec(),
             })
         };
         let stranger = AccountSigningKey::generate(&mut system_rng());
-        assert_eq!(code(client.expect_ok(delete(1, &stranger)).await), ErrorCode::BadSignature);
-        assert_eq!(code(client.expect_ok(delete(2, &account.current)).await), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(client.expect_ok(delete(1, &stranger)).await),
+            ErrorCode::BadSignature
+        );
+        assert_eq!(
+            code(client.expect_ok(delete(2, &account.current)).await),
+            ErrorCode::InvalidRequest
+        );
         client.expect_ok(delete(1, &account.current)).await.unwrap();
-        assert_eq!(subscription.next().await.unwrap_err().code(), Some(ErrorCode::UnknownAccount));
-        assert_eq!(code(client.push(envelopes(&account.id, &d, 21, 1, 10)).await), ErrorCode::Unauthenticated);
-        assert_eq!(code(subscriber.pull(vec![], 0, 0).await), ErrorCode::UnknownAccount);
-        assert_eq!(code(relay.connect().await.authenticate(account.device(0), &account.id).await), ErrorCode::UnknownAccount);
+        assert_eq!(
+            subscription.next().await.unwrap_err().code(),
+            Some(ErrorCode::UnknownAccount)
+        );
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &d, 21, 1, 10)).await),
+            ErrorCode::Unauthenticated
+        );
+        assert_eq!(
+            code(subscriber.pull(vec![], 0, 0).await),
+            ErrorCode::UnknownAccount
+        );
+        assert_eq!(
+            code(
+                relay
+                    .connect()
+                    .await
+                    .authenticate(account.device(0), &account.id)
+                    .await
+            ),
+            ErrorCode::UnknownAccount
+        );
 
         let dir = relay.dir;
         relay.handle.shutdown().await.unwrap();
@@ -463,8 +715,14 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             for item in db.open_tree(&name).unwrap().iter() {
                 let (k, v) = item.unwrap();
                 for needle in &needles {
-                    assert!(!k.windows(needle.len()).any(|w| w == needle.as_slice()), "key mentions the account");
-                    assert!(!v.windows(needle.len()).any(|w| w == needle.as_slice()), "value mentions the account");
+                    assert!(
+                        !k.windows(needle.len()).any(|w| w == needle.as_slice()),
+                        "key mentions the account"
+                    );
+                    assert!(
+                        !v.windows(needle.len()).any(|w| w == needle.as_slice()),
+                        "value mentions the account"
+                    );
                 }
                 if k.starts_with(keep.id.as_bytes()) {
                     kept_bytes += v.len();
@@ -502,12 +760,32 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
             }
             let _ = send.write_all(&junk).await;
             let _ = send.finish();
-            let answer = kith_relay::frame::read_message::<proto::Response, _>(&mut recv, 1 << 20).await;
-            if let Ok(Some(proto::Response { kind: Some(response::Kind::Error(err)) })) = answer {
+            let answer =
+                kith_relay::frame::read_message::<proto::Response, _>(&mut recv, 1 << 20).await;
+            if let Ok(Some(proto::Response {
+                kind: Some(response::Kind::Error(err)),
+            })) = answer
+            {
                 let code = ErrorCode::try_from(err.code).unwrap();
-                assert!(matches!(code, ErrorCode::Malformed | ErrorCode::FrameTooLarge | ErrorCode::Unauthenticated | ErrorCode::NoChallenge | ErrorCode::InvalidRequest | ErrorCode::NotFound | ErrorCode::RosterInvalid | ErrorCode::UnknownAccount | ErrorCode::RateLimited), "{code:?}");
+                assert!(
+                    matches!(
+                        code,
+                        ErrorCode::Malformed
+                            | ErrorCode::FrameTooLarge
+                            | ErrorCode::Unauthenticated
+                            | ErrorCode::NoChallenge
+                            | ErrorCode::InvalidRequest
+                            | ErrorCode::NotFound
+                            | ErrorCode::RosterInvalid
+                            | ErrorCode::UnknownAccount
+                            | ErrorCode::RateLimited
+                    ),
+                    "{code:?}"
+                );
             }
-            good.push(envelopes(&account.id, &d, round + 1, 1, 100)).await.unwrap();
+            good.push(envelopes(&account.id, &d, round + 1, 1, 100))
+                .await
+                .unwrap();
         }
         // Streams opened and abandoned mid-frame.
         for _ in 0..10 {
@@ -528,15 +806,30 @@ async fn subscribers_hear_of_other_devices_pushes() {
         let writer = relay.connect().await;
         account.create(&writer).await;
         let reader = relay.connect().await;
-        reader.authenticate(account.device(1), &account.id).await.unwrap();
+        reader
+            .authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
         let mut subscription = reader.subscribe().await.unwrap();
         let d0 = account.device(0).device_id();
         let d1 = account.device(1).device_id();
-        reader.push(envelopes(&account.id, &d1, 1, 1, 10)).await.unwrap(); // its own: silent
-        writer.push(envelopes(&account.id, &d0, 1, 3, 10)).await.unwrap();
+        reader
+            .push(envelopes(&account.id, &d1, 1, 1, 10))
+            .await
+            .unwrap(); // its own: silent
+        writer
+            .push(envelopes(&account.id, &d0, 1, 3, 10))
+            .await
+            .unwrap();
         let note = subscription.next().await.unwrap().unwrap();
-        assert_eq!((note.device_id.as_slice(), note.last_seq), (&d0.as_bytes()[..], 3));
-        writer.push(envelopes(&account.id, &d0, 4, 2, 10)).await.unwrap();
+        assert_eq!(
+            (note.device_id.as_slice(), note.last_seq),
+            (&d0.as_bytes()[..], 3)
+        );
+        writer
+            .push(envelopes(&account.id, &d0, 4, 2, 10))
+            .await
+            .unwrap();
         assert_eq!(subscription.next().await.unwrap().unwrap().last_seq, 5);
         // Shutdown ends the subscription with a clear code.
         relay.handle.shutdown().await.unwrap();
@@ -554,15 +847,37 @@ async fn truncation_drops_the_head_of_a_stream_and_keeps_its_position() {
         let client = relay.connect().await;
         account.create(&client).await;
         let d = account.device(0).device_id();
-        client.push(envelopes(&account.id, &d, 1, 10, 100)).await.unwrap();
-        let truncate = |before_seq| request::Kind::TruncateStream(proto::TruncateStream { before_seq });
-        assert_eq!(code(client.expect_ok(truncate(11)).await), ErrorCode::InvalidRequest);
+        client
+            .push(envelopes(&account.id, &d, 1, 10, 100))
+            .await
+            .unwrap();
+        let truncate =
+            |before_seq| request::Kind::TruncateStream(proto::TruncateStream { before_seq });
+        assert_eq!(
+            code(client.expect_ok(truncate(11)).await),
+            ErrorCode::InvalidRequest
+        );
         client.expect_ok(truncate(8)).await.unwrap();
         let page = client.pull(vec![], 0, 0).await.unwrap();
-        assert_eq!(page.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
-        assert_eq!((page.streams[0].first_seq, page.streams[0].last_seq), (8, 10));
-        assert_eq!(code(client.push(envelopes(&account.id, &d, 3, 1, 100)).await), ErrorCode::SeqConflict);
-        assert_eq!(client.push(envelopes(&account.id, &d, 11, 1, 100)).await.unwrap(), 11);
+        assert_eq!(
+            page.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+        assert_eq!(
+            (page.streams[0].first_seq, page.streams[0].last_seq),
+            (8, 10)
+        );
+        assert_eq!(
+            code(client.push(envelopes(&account.id, &d, 3, 1, 100)).await),
+            ErrorCode::SeqConflict
+        );
+        assert_eq!(
+            client
+                .push(envelopes(&account.id, &d, 11, 1, 100))
+                .await
+                .unwrap(),
+            11
+        );
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -587,11 +902,27 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
             .encode_to_vec()
         };
         let put = |keys| request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys { keys });
-        client.expect_ok(put(vec![sealed(0, 1), sealed(1, 1)])).await.unwrap();
-        assert_eq!(code(client.expect_ok(put(vec![sealed(1, 2)])).await), ErrorCode::InvalidRequest, "future epoch");
+        client
+            .expect_ok(put(vec![sealed(0, 1), sealed(1, 1)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(client.expect_ok(put(vec![sealed(1, 3)])).await),
+            ErrorCode::InvalidRequest,
+            "future epoch"
+        );
         let other = relay.connect().await;
-        other.authenticate(account.device(1), &account.id).await.unwrap();
-        match other.request(request::Kind::GetSealedEpochKeys(proto::GetSealedEpochKeys { min_epoch: 1 })).await.unwrap() {
+        other
+            .authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
+        match other
+            .request(request::Kind::GetSealedEpochKeys(
+                proto::GetSealedEpochKeys { min_epoch: 1 },
+            ))
+            .await
+            .unwrap()
+        {
             response::Kind::SealedEpochKeys(keys) => assert_eq!(keys.keys, vec![sealed(1, 1)]),
             other => panic!("{other:?}"),
         }
@@ -613,7 +944,10 @@ async fn a_device_over_its_request_rate_is_refused() {
         account.create(&client).await;
         let mut refused = 0;
         for _ in 0..10 {
-            if let Err(err) = client.request(request::Kind::GetUsage(proto::GetUsage {})).await {
+            if let Err(err) = client
+                .request(request::Kind::GetUsage(proto::GetUsage {}))
+                .await
+            {
                 assert_eq!(err.code(), Some(ErrorCode::RateLimited));
                 refused += 1;
             }

@@ -13,7 +13,9 @@ pub(crate) fn get_challenge(conn: &Conn) -> Reply {
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|_| RequestError::internal("no randomness"))?;
     *lock(&conn.challenge) = Some(nonce);
-    respond(response::Kind::Challenge(Challenge { nonce: nonce.to_vec() }))
+    respond(response::Kind::Challenge(Challenge {
+        nonce: nonce.to_vec(),
+    }))
 }
 
 /// Checks the device's signature over (exporter, challenge, account, device) with its key in
@@ -29,15 +31,24 @@ pub(crate) fn authenticate(shared: &Shared, conn: &Conn, req: Authenticate) -> R
     let account = shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?
-        .ok_or_else(|| RequestError::new(ErrorCode::UnknownAccount, "the account does not exist"))?;
+        .ok_or_else(|| {
+            RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
+        })?;
     let roster = account.roster();
     check_device(&roster, &device)?;
     let key = roster
         .device(&device)
         .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in roster"))?
         .signing_key();
-    verify_relay_auth(key, &conn.exporter()?, &nonce, &account_id, &device, &req.signature)
-        .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
+    verify_relay_auth(
+        key,
+        &conn.exporter()?,
+        &nonce,
+        &account_id,
+        &device,
+        &req.signature,
+    )
+    .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
     *lock(&conn.device) = Some((account_id, device));
     tracing::debug!(
         account = %short(account_id.as_bytes()),

@@ -9,23 +9,32 @@ use sha2::{Digest, Sha256};
 use super::{Reply, durable, ok};
 use crate::config::RegistrationMode;
 use crate::error::RequestError;
-use kith_protocol::roster::VerifiedRoster;
 use crate::state::{Conn, Shared, lock, short};
+use kith_protocol::roster::VerifiedRoster;
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> Reply {
     let nonce = conn
         .take_challenge()
         .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
     if req.roster.len() > MAX_ROSTER_BYTES {
-        return Err(RequestError::new(ErrorCode::RosterInvalid, "roster too large"));
+        return Err(RequestError::new(
+            ErrorCode::RosterInvalid,
+            "roster too large",
+        ));
     }
     let roster = VerifiedRoster::verify(&req.roster, None, None)
         .map_err(|e| RequestError::new(ErrorCode::RosterInvalid, e.to_string()))?;
     if roster.version() != 1 {
-        return Err(RequestError::new(ErrorCode::RosterInvalid, "the first roster has version 1"));
+        return Err(RequestError::new(
+            ErrorCode::RosterInvalid,
+            "the first roster has version 1",
+        ));
     }
     if roster.device_count() > shared.config.limits.max_devices_per_account as usize {
-        return Err(RequestError::new(ErrorCode::TooManyDevices, "too many devices"));
+        return Err(RequestError::new(
+            ErrorCode::TooManyDevices,
+            "too many devices",
+        ));
     }
     let account_id = roster.account_id();
     let device = DeviceId::from_slice(&req.device_id)
@@ -34,10 +43,24 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
         .device(&device)
         .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
         .signing_key();
-    verify_relay_auth(key, &conn.exporter()?, &nonce, &account_id, &device, &req.signature)
-        .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
-    if shared.accounts.get(shared.store.as_ref(), &account_id)?.is_some() {
-        return Err(RequestError::new(ErrorCode::AccountExists, "the account exists"));
+    verify_relay_auth(
+        key,
+        &conn.exporter()?,
+        &nonce,
+        &account_id,
+        &device,
+        &req.signature,
+    )
+    .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
+    if shared
+        .accounts
+        .get(shared.store.as_ref(), &account_id)?
+        .is_some()
+    {
+        return Err(RequestError::new(
+            ErrorCode::AccountExists,
+            "the account exists",
+        ));
     }
     let token_hash: Option<[u8; 32]> = match shared.config.registration {
         RegistrationMode::Open => None,
@@ -52,14 +75,22 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
             Some(hash)
         }
     };
-    let created =
-        shared.store.create_account(&account_id, roster.encoded()).map_err(RequestError::storage)?;
+    let created = shared
+        .store
+        .create_account(&account_id, roster.encoded())
+        .map_err(RequestError::storage)?;
     if !created {
         if let Some(hash) = token_hash {
             // Give the token back: it did not create anything.
-            shared.store.add_registration_token(&hash).map_err(RequestError::storage)?;
+            shared
+                .store
+                .add_registration_token(&hash)
+                .map_err(RequestError::storage)?;
         }
-        return Err(RequestError::new(ErrorCode::AccountExists, "the account exists"));
+        return Err(RequestError::new(
+            ErrorCode::AccountExists,
+            "the account exists",
+        ));
     }
     durable(shared).await?;
     shared.accounts.insert_new(roster);
@@ -71,7 +102,11 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
 /// Consumes a token from the store, or from the inbox directory that `kith-relay token create`
 /// writes to while the relay runs (removing the file is the atomic, single-use step).
 fn consume_token(shared: &Shared, hash: &[u8; 32]) -> Result<bool, RequestError> {
-    if shared.store.consume_registration_token(hash).map_err(RequestError::storage)? {
+    if shared
+        .store
+        .consume_registration_token(hash)
+        .map_err(RequestError::storage)?
+    {
         return Ok(true);
     }
     Ok(std::fs::remove_file(shared.token_inbox.join(hex::encode(hash))).is_ok())

@@ -15,19 +15,30 @@ use crate::error::RequestError;
 use crate::state::{AccountEvent, Conn, Shared, lock, short};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> Reply {
-    if !shared.lookup_limiter.check(&conn.remote.ip(), Instant::now()) {
-        return Err(RequestError::new(ErrorCode::RateLimited, "too many attempts; wait a minute"));
+    if !shared
+        .lookup_limiter
+        .check(&conn.remote.ip(), Instant::now())
+    {
+        return Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many attempts; wait a minute",
+        ));
     }
     let account_id = AccountId::from_slice(&req.account_id)
         .map_err(|_| RequestError::invalid("account_id must be 32 bytes"))?;
     let account = shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?
-        .ok_or_else(|| RequestError::new(ErrorCode::UnknownAccount, "the account does not exist"))?;
+        .ok_or_else(|| {
+            RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
+        })?;
     {
         let mut inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(ErrorCode::UnknownAccount, "the account does not exist"));
+            return Err(RequestError::new(
+                ErrorCode::UnknownAccount,
+                "the account does not exist",
+            ));
         }
         let roster = inner.roster.clone();
         if req.roster_version != roster.version() {
@@ -44,7 +55,10 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> 
             &req.signature,
         )
         .map_err(|_| RequestError::new(ErrorCode::BadSignature, "deletion signature"))?;
-        shared.store.delete_account(&account_id).map_err(RequestError::storage)?;
+        shared
+            .store
+            .delete_account(&account_id)
+            .map_err(RequestError::storage)?;
         inner.deleted = true;
         shared.accounts.remove(&account_id);
     }

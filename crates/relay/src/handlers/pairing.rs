@@ -21,25 +21,46 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutPairingSlot) -> Re
     }
     let limits = &shared.config.limits;
     let now = now_ms();
-    let live = shared.store.count_pairing_slots(&account.id, now).map_err(RequestError::storage)?;
+    let live = shared
+        .store
+        .count_pairing_slots(&account.id, now)
+        .map_err(RequestError::storage)?;
     if live >= limits.max_pairing_slots_per_account as usize {
-        return Err(RequestError::new(ErrorCode::QuotaExceeded, "too many live pairing slots"));
+        return Err(RequestError::new(
+            ErrorCode::QuotaExceeded,
+            "too many live pairing slots",
+        ));
     }
     let ttl = u64::try_from(limits.pairing_slot_ttl.as_millis()).unwrap_or(u64::MAX);
     let put = shared
         .store
-        .put_pairing_slot(&slot_id, &account.id, now.saturating_add(ttl), &req.bundle, now)
+        .put_pairing_slot(
+            &slot_id,
+            &account.id,
+            now.saturating_add(ttl),
+            &req.bundle,
+            now,
+        )
         .map_err(RequestError::storage)?;
     if !put {
-        return Err(RequestError::new(ErrorCode::SlotExists, "the pairing slot is in use"));
+        return Err(RequestError::new(
+            ErrorCode::SlotExists,
+            "the pairing slot is in use",
+        ));
     }
     durable(shared).await?;
     ok()
 }
 
 pub(crate) async fn take(shared: &Shared, conn: &Conn, req: TakePairingSlot) -> Reply {
-    if !shared.lookup_limiter.check(&conn.remote.ip(), Instant::now()) {
-        return Err(RequestError::new(ErrorCode::RateLimited, "too many lookups; wait a minute"));
+    if !shared
+        .lookup_limiter
+        .check(&conn.remote.ip(), Instant::now())
+    {
+        return Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many lookups; wait a minute",
+        ));
     }
     let slot_id = id32(&req.slot_id, "slot_id")?;
     let bundle = shared

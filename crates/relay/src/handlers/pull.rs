@@ -36,7 +36,12 @@ pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
             .map_err(|_| RequestError::invalid("cursor device_id must be 16 bytes"))?;
         cursors.insert(device, cursor.after_seq);
     }
-    let mut streams: Vec<_> = account.lock().streams.iter().map(|(d, m)| (*d, *m)).collect();
+    let mut streams: Vec<_> = account
+        .lock()
+        .streams
+        .iter()
+        .map(|(d, m)| (*d, *m))
+        .collect();
     streams.sort_unstable_by_key(|(device, _)| *device);
 
     let mut page = PullResponse::default();

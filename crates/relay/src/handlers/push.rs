@@ -10,9 +10,9 @@ use kith_protocol::proto::{ErrorCode, Push, PushAck, response};
 
 use super::{Reply, authorized, check_device, durable, respond};
 use crate::error::RequestError;
-use kith_protocol::envelope::peek_header;
 use crate::state::{AccountEvent, Conn, Shared};
 use crate::store::StreamMeta;
+use kith_protocol::envelope::peek_header;
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
     let (account, device) = authorized(shared, conn)?;
@@ -36,7 +36,10 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
             ));
         }
         let header = peek_header(envelope).map_err(|_| {
-            RequestError::new(ErrorCode::Malformed, format!("envelope {i} does not decode"))
+            RequestError::new(
+                ErrorCode::Malformed,
+                format!("envelope {i} does not decode"),
+            )
         })?;
         if header.account_id != account.id || header.device_id != device {
             return Err(RequestError::new(
@@ -50,14 +53,19 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
             }
             first_seq = header.seq;
         } else if header.seq != first_seq.saturating_add(i as u64) {
-            return Err(RequestError::invalid(format!("envelope {i} is not consecutive")));
+            return Err(RequestError::invalid(format!(
+                "envelope {i} is not consecutive"
+            )));
         }
     }
     let last_seq = first_seq + (envelopes.len() as u64 - 1);
     let appended = {
         let mut inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(ErrorCode::UnknownAccount, "the account was deleted"));
+            return Err(RequestError::new(
+                ErrorCode::UnknownAccount,
+                "the account was deleted",
+            ));
         }
         check_device(&inner.roster, &device)?;
         let meta = inner.streams.get(&device).copied().unwrap_or_default();
@@ -73,7 +81,13 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
             0
         };
         if overlap > 0 {
-            check_retransmit(shared, &account.id, &device, first_seq, &envelopes[..overlap])?;
+            check_retransmit(
+                shared,
+                &account.id,
+                &device,
+                first_seq,
+                &envelopes[..overlap],
+            )?;
         }
         let fresh = &envelopes[overlap..];
         if fresh.is_empty() {
@@ -83,12 +97,19 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
             if inner.bytes_used() + fresh_bytes > limits.max_account_bytes {
                 return Err(RequestError::new(
                     ErrorCode::QuotaExceeded,
-                    format!("the account's quota of {} bytes is used up", limits.max_account_bytes),
+                    format!(
+                        "the account's quota of {} bytes is used up",
+                        limits.max_account_bytes
+                    ),
                 ));
             }
             let from = first_seq + overlap as u64;
             let next = StreamMeta {
-                first_seq: if meta.envelopes == 0 { from } else { meta.first_seq },
+                first_seq: if meta.envelopes == 0 {
+                    from
+                } else {
+                    meta.first_seq
+                },
                 last_seq,
                 bytes: meta.bytes + fresh_bytes,
                 envelopes: meta.envelopes + fresh.len() as u64,
@@ -106,7 +127,9 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
     };
     durable(shared).await?;
     if appended {
-        let _ = account.events.send(AccountEvent::Pushed { device, last_seq });
+        let _ = account
+            .events
+            .send(AccountEvent::Pushed { device, last_seq });
     }
     respond(response::Kind::PushAck(PushAck { last_seq }))
 }

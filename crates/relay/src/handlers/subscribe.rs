@@ -29,7 +29,9 @@ pub(crate) async fn run(
     let (account, device) = authorized(shared, conn)?;
     let mut events = account.events.subscribe();
     let mut shutdown = shared.shutdown.clone();
-    let ok = Response { kind: Some(response::Kind::Ok(OkResponse {})) };
+    let ok = Response {
+        kind: Some(response::Kind::Ok(OkResponse {})),
+    };
     if write_message(send, &ok).await.is_err() {
         return Ok(());
     }
@@ -43,12 +45,18 @@ pub(crate) async fn run(
             _ = send.stopped() => return Ok(()),
         };
         let sent = match event {
-            Ok(AccountEvent::Pushed { device: writer, last_seq }) if writer != device => {
-                write_message(send, &notification(&writer, last_seq)).await
-            }
+            Ok(AccountEvent::Pushed {
+                device: writer,
+                last_seq,
+            }) if writer != device => write_message(send, &notification(&writer, last_seq)).await,
             Ok(AccountEvent::Pushed { .. }) => Ok(()),
             Ok(AccountEvent::Deleted) | Err(RecvError::Closed) => {
-                let _ = write_message(send, &RequestError::new(ErrorCode::UnknownAccount, "the account was deleted").to_response()).await;
+                let _ = write_message(
+                    send,
+                    &RequestError::new(ErrorCode::UnknownAccount, "the account was deleted")
+                        .to_response(),
+                )
+                .await;
                 return Ok(());
             }
             Err(RecvError::Lagged(_)) => {

@@ -18,10 +18,16 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: TruncateStream) ->
                 meta.last_seq
             )));
         }
-        let after =
-            shared.store.truncate(&account.id, &device, req.before_seq).map_err(RequestError::storage)?;
-        inner.envelope_bytes = inner.envelope_bytes.saturating_sub(meta.bytes - after.bytes.min(meta.bytes));
-        inner.envelopes = inner.envelopes.saturating_sub(meta.envelopes - after.envelopes.min(meta.envelopes));
+        let after = shared
+            .store
+            .truncate(&account.id, &device, req.before_seq)
+            .map_err(RequestError::storage)?;
+        inner.envelope_bytes = inner
+            .envelope_bytes
+            .saturating_sub(meta.bytes - after.bytes.min(meta.bytes));
+        inner.envelopes = inner
+            .envelopes
+            .saturating_sub(meta.envelopes - after.envelopes.min(meta.envelopes));
         inner.streams.insert(device, after);
     }
     durable(shared).await?;

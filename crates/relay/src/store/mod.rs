@@ -163,8 +163,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Takes (removes and returns) a live pairing slot.
-    fn take_pairing_slot(&self, slot_id: &[u8; 32], now_ms: u64)
-    -> Result<Option<Vec<u8>>, StoreError>;
+    fn take_pairing_slot(
+        &self,
+        slot_id: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Live pairing slots of an account.
     fn count_pairing_slots(&self, account: &AccountId, now_ms: u64) -> Result<usize, StoreError>;
@@ -182,8 +185,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
 
     /// The recovery bundle under `lookup_id` and its account.
-    fn recovery_bundle(&self, lookup_id: &[u8; 32])
-    -> Result<Option<(AccountId, Vec<u8>)>, StoreError>;
+    fn recovery_bundle(
+        &self,
+        lookup_id: &[u8; 32],
+    ) -> Result<Option<(AccountId, Vec<u8>)>, StoreError>;
 
     /// Adds a registration token (by its SHA-256; the token itself is never stored).
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;

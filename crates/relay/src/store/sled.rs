@@ -26,8 +26,7 @@ use std::path::Path;
 use kith_protocol::ids::{AccountId, DeviceId};
 
 use super::{
-    LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats,
-    StreamMeta,
+    LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats, StreamMeta,
 };
 
 const TAG_ROSTER: u8 = b'R';
@@ -81,7 +80,11 @@ fn stream_key(account: &AccountId, device: &DeviceId) -> Vec<u8> {
 }
 
 fn envelope_key(account: &AccountId, device: &DeviceId, seq: u64) -> Vec<u8> {
-    key(account, TAG_ENVELOPES, &[device.as_bytes(), &seq.to_be_bytes()])
+    key(
+        account,
+        TAG_ENVELOPES,
+        &[device.as_bytes(), &seq.to_be_bytes()],
+    )
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
@@ -94,7 +97,9 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
 
 fn encode_meta(meta: &StreamMeta) -> [u8; 32] {
     let mut out = [0u8; 32];
-    for (i, v) in [meta.first_seq, meta.last_seq, meta.bytes, meta.envelopes].into_iter().enumerate()
+    for (i, v) in [meta.first_seq, meta.last_seq, meta.bytes, meta.envelopes]
+        .into_iter()
+        .enumerate()
     {
         out[i * 8..i * 8 + 8].copy_from_slice(&v.to_be_bytes());
     }
@@ -133,7 +138,11 @@ fn unpack(value: &[u8]) -> impl Iterator<Item = Result<&[u8], StoreError>> {
 }
 
 fn pack_into(out: &mut Vec<u8>, envelope: &[u8]) {
-    out.extend_from_slice(&u32::try_from(envelope.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(envelope.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(envelope);
 }
 
@@ -167,7 +176,10 @@ impl SledStore {
                     .map(u32::from_be_bytes)
                     .map_err(|_| StoreError::Corrupt("schema version"))?;
                 if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaVersion { found, expected: SCHEMA_VERSION });
+                    return Err(StoreError::SchemaVersion {
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
                 }
             }
             None => {
@@ -191,7 +203,8 @@ impl SledStore {
     }
 
     fn remove_slot_entry(&self, slot_id: &[u8; 32], account: &AccountId) -> Result<(), StoreError> {
-        self.accounts.remove(key(account, TAG_PAIRING, &[slot_id]))?;
+        self.accounts
+            .remove(key(account, TAG_PAIRING, &[slot_id]))?;
         Ok(())
     }
 }
@@ -212,19 +225,28 @@ impl Store for SledStore {
             Some(v) => u64_at(&v, 0)?,
             None => 0,
         };
-        Ok(Some(LoadedAccount { roster: roster.to_vec(), streams, sealed_key_bytes }))
+        Ok(Some(LoadedAccount {
+            roster: roster.to_vec(),
+            streams,
+            sealed_key_bytes,
+        }))
     }
 
     fn create_account(&self, account: &AccountId, roster: &[u8]) -> Result<bool, StoreError> {
         let created = self
             .accounts
-            .compare_and_swap(key(account, TAG_ROSTER, &[]), None as Option<&[u8]>, Some(roster))?
+            .compare_and_swap(
+                key(account, TAG_ROSTER, &[]),
+                None as Option<&[u8]>,
+                Some(roster),
+            )?
             .is_ok();
         Ok(created)
     }
 
     fn put_roster(&self, account: &AccountId, roster: &[u8]) -> Result<(), StoreError> {
-        self.accounts.insert(key(account, TAG_ROSTER, &[]), roster)?;
+        self.accounts
+            .insert(key(account, TAG_ROSTER, &[]), roster)?;
         Ok(())
     }
 
@@ -242,7 +264,10 @@ impl Store for SledStore {
         let mut value_seq = first_seq;
         for (i, envelope) in envelopes.iter().enumerate() {
             if !value.is_empty() && value.len() + 4 + envelope.len() > self.value_bytes {
-                batch.insert(envelope_key(account, device, value_seq), std::mem::take(&mut value));
+                batch.insert(
+                    envelope_key(account, device, value_seq),
+                    std::mem::take(&mut value),
+                );
                 value_seq = first_seq + i as u64;
             }
             pack_into(&mut value, envelope);
@@ -269,18 +294,20 @@ impl Store for SledStore {
         let highest = envelope_key(account, device, u64::MAX);
         // The value holding `want` starts at or before it.
         let mut start = envelope_key(account, device, want);
-        if let Some(item) = self.accounts.range(lowest.as_slice()..=start.as_slice()).next_back() {
+        if let Some(item) = self
+            .accounts
+            .range(lowest.as_slice()..=start.as_slice())
+            .next_back()
+        {
             start = item?.0.to_vec();
         }
         for item in self.accounts.range(start.as_slice()..=highest.as_slice()) {
             let (k, v) = item?;
-            let mut seq = seq_of_key(&k)?;
-            for envelope in unpack(&v) {
+            for (seq, envelope) in (seq_of_key(&k)?..).zip(unpack(&v)) {
                 let envelope = envelope?;
                 if seq >= want && !sink(seq, envelope) {
                     return Ok(ReadEnd::More);
                 }
-                seq += 1;
             }
         }
         Ok(ReadEnd::Complete)
@@ -305,10 +332,9 @@ impl Store for SledStore {
         let end = envelope_key(account, device, before_seq);
         for item in self.accounts.range(lowest.as_slice()..end.as_slice()) {
             let (k, v) = item?;
-            let mut seq = seq_of_key(&k)?;
             let mut kept = Vec::new();
             let mut kept_from = None;
-            for envelope in unpack(&v) {
+            for (seq, envelope) in (seq_of_key(&k)?..).zip(unpack(&v)) {
                 let envelope = envelope?;
                 if seq < before_seq {
                     meta.bytes = meta.bytes.saturating_sub(envelope.len() as u64);
@@ -317,7 +343,6 @@ impl Store for SledStore {
                     kept_from.get_or_insert(seq);
                     pack_into(&mut kept, envelope);
                 }
-                seq += 1;
             }
             batch.remove(k);
             if let Some(from) = kept_from {
@@ -337,7 +362,11 @@ impl Store for SledStore {
         epoch: u64,
         sealed: &[u8],
     ) -> Result<u64, StoreError> {
-        let k = key(account, TAG_SEALED_KEY, &[device.as_bytes(), &epoch.to_be_bytes()]);
+        let k = key(
+            account,
+            TAG_SEALED_KEY,
+            &[device.as_bytes(), &epoch.to_be_bytes()],
+        );
         let bytes_key = key(account, TAG_SEALED_BYTES, &[]);
         let old = self.accounts.get(&k)?.map_or(0, |v| v.len() as u64);
         let total = match self.accounts.get(&bytes_key)? {
@@ -358,8 +387,16 @@ impl Store for SledStore {
         device: &DeviceId,
         min_epoch: u64,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let from = key(account, TAG_SEALED_KEY, &[device.as_bytes(), &min_epoch.to_be_bytes()]);
-        let to = key(account, TAG_SEALED_KEY, &[device.as_bytes(), &u64::MAX.to_be_bytes()]);
+        let from = key(
+            account,
+            TAG_SEALED_KEY,
+            &[device.as_bytes(), &min_epoch.to_be_bytes()],
+        );
+        let to = key(
+            account,
+            TAG_SEALED_KEY,
+            &[device.as_bytes(), &u64::MAX.to_be_bytes()],
+        );
         self.accounts
             .range(from.as_slice()..=to.as_slice())
             .map(|item| Ok(item?.1.to_vec()))
@@ -386,10 +423,15 @@ impl Store for SledStore {
             }
             self.remove_slot_entry(slot_id, &owner)?;
         }
-        if self.pairing.compare_and_swap(slot_id, existing, Some(value))?.is_err() {
+        if self
+            .pairing
+            .compare_and_swap(slot_id, existing, Some(value))?
+            .is_err()
+        {
             return Ok(false);
         }
-        self.accounts.insert(key(account, TAG_PAIRING, &[slot_id]), &[])?;
+        self.accounts
+            .insert(key(account, TAG_PAIRING, &[slot_id]), &[])?;
         Ok(true)
     }
 
@@ -401,7 +443,11 @@ impl Store for SledStore {
         let Some(value) = self.pairing.get(slot_id)? else {
             return Ok(None);
         };
-        if self.pairing.compare_and_swap(slot_id, Some(&value), None as Option<&[u8]>)?.is_err() {
+        if self
+            .pairing
+            .compare_and_swap(slot_id, Some(&value), None as Option<&[u8]>)?
+            .is_err()
+        {
             return Ok(None); // taken concurrently
         }
         let (expires, account, bundle) = slot_value_parts(&value)?;
@@ -414,10 +460,10 @@ impl Store for SledStore {
         let mut live = 0;
         for item in self.accounts.scan_prefix(&prefix) {
             let (k, _) = item?;
-            if let Some(value) = self.pairing.get(&k[prefix.len()..])? {
-                if slot_value_parts(&value)?.0 > now_ms {
-                    live += 1;
-                }
+            if let Some(value) = self.pairing.get(&k[prefix.len()..])?
+                && slot_value_parts(&value)?.0 > now_ms
+            {
+                live += 1;
             }
         }
         Ok(live)
@@ -434,7 +480,8 @@ impl Store for SledStore {
                     .compare_and_swap(&slot_id, Some(&value), None as Option<&[u8]>)?
                     .is_ok()
             {
-                self.accounts.remove(key(&account, TAG_PAIRING, &[&slot_id]))?;
+                self.accounts
+                    .remove(key(&account, TAG_PAIRING, &[&slot_id]))?;
                 expired += 1;
             }
         }
@@ -448,10 +495,10 @@ impl Store for SledStore {
         bundle: &[u8],
     ) -> Result<(), StoreError> {
         let index = key(account, TAG_RECOVERY, &[]);
-        if let Some(old) = self.accounts.get(&index)? {
-            if old.as_ref() != lookup_id {
-                self.recovery.remove(old)?;
-            }
+        if let Some(old) = self.accounts.get(&index)?
+            && old.as_ref() != lookup_id
+        {
+            self.recovery.remove(old)?;
         }
         let mut value = Vec::with_capacity(ACCOUNT_LEN + bundle.len());
         value.extend_from_slice(account.as_bytes());
@@ -547,7 +594,9 @@ mod tests {
     }
 
     fn envelopes(from: u64, n: u64) -> Vec<Vec<u8>> {
-        (from..from + n).map(|s| vec![s as u8; 10 + s as usize]).collect()
+        (from..from + n)
+            .map(|s| vec![s as u8; 10 + s as usize])
+            .collect()
     }
 
     fn append(store: &SledStore, account: &AccountId, from: u64, n: u64) {
@@ -583,7 +632,10 @@ mod tests {
             append(&store, &A, 1, 5);
             append(&store, &A, 6, 5);
             let (got, end) = read_all(&store, 3, 4);
-            assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+            assert_eq!(
+                got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                vec![4, 5, 6, 7]
+            );
             assert_eq!(got[0].1, envelopes(4, 1)[0]);
             assert_eq!(end, ReadEnd::More);
             let (got, end) = read_all(&store, 7, 100);
@@ -609,14 +661,37 @@ mod tests {
     fn pairing_slots_are_put_once_taken_once_and_expire() {
         let (_dir, store) = open(0);
         let slot = [9u8; 32];
-        assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
-        assert!(!store.put_pairing_slot(&slot, &A, 100, b"other", 10).unwrap());
+        assert!(
+            store
+                .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .put_pairing_slot(&slot, &A, 100, b"other", 10)
+                .unwrap()
+        );
         assert_eq!(store.count_pairing_slots(&A, 10).unwrap(), 1);
-        assert_eq!(store.take_pairing_slot(&slot, 20).unwrap().as_deref(), Some(&b"bundle"[..]));
+        assert_eq!(
+            store.take_pairing_slot(&slot, 20).unwrap().as_deref(),
+            Some(&b"bundle"[..])
+        );
         assert_eq!(store.take_pairing_slot(&slot, 20).unwrap(), None);
-        assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
-        assert_eq!(store.take_pairing_slot(&slot, 100).unwrap(), None, "expired");
-        assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
+        assert!(
+            store
+                .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
+                .unwrap()
+        );
+        assert_eq!(
+            store.take_pairing_slot(&slot, 100).unwrap(),
+            None,
+            "expired"
+        );
+        assert!(
+            store
+                .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
+                .unwrap()
+        );
         assert_eq!(store.expire_pairing_slots(200).unwrap(), 1);
         assert_eq!(store.count_pairing_slots(&A, 0).unwrap(), 0);
     }
@@ -637,8 +712,12 @@ mod tests {
             append(&store, account, 1, 20);
             store.put_sealed_key(account, &D, 1, b"sealed").unwrap();
             let slot = [account.as_bytes()[0]; 32];
-            store.put_pairing_slot(&slot, account, u64::MAX, b"bundle", 0).unwrap();
-            store.put_recovery_bundle(&[account.as_bytes()[0] + 10; 32], account, b"rb").unwrap();
+            store
+                .put_pairing_slot(&slot, account, u64::MAX, b"bundle", 0)
+                .unwrap();
+            store
+                .put_recovery_bundle(&[account.as_bytes()[0] + 10; 32], account, b"rb")
+                .unwrap();
         }
         store.delete_account(&A).unwrap();
         assert!(store.load_account(&A).unwrap().is_none());
@@ -669,10 +748,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path(), 1 << 20, 0).unwrap();
-            store.db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &7u32.to_be_bytes()).unwrap();
+            store
+                .db
+                .open_tree("meta")
+                .unwrap()
+                .insert(SCHEMA_KEY, &7u32.to_be_bytes())
+                .unwrap();
             store.db.flush().unwrap();
         }
         let err = SledStore::open(dir.path(), 1 << 20, 0).unwrap_err();
-        assert!(matches!(err, StoreError::SchemaVersion { found: 7, expected: 1 }));
+        assert!(matches!(
+            err,
+            StoreError::SchemaVersion {
+                found: 7,
+                expected: 1
+            }
+        ));
     }
 }

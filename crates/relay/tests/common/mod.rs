@@ -34,7 +34,9 @@ impl TestRelay {
     }
 
     pub async fn connect(&self) -> RelayClient {
-        RelayClient::connect(self.handle.local_addr(), self.handle.cert_sha256()).await.unwrap()
+        RelayClient::connect(self.handle.local_addr(), self.handle.cert_sha256())
+            .await
+            .unwrap()
     }
 }
 
@@ -44,11 +46,19 @@ pub struct TestDevice {
     pub agreement: Vec<u8>,
 }
 
+impl Default for TestDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestDevice {
     pub fn new() -> Self {
         Self {
             key: DeviceSigningKey::generate(&mut system_rng()),
-            agreement: DeviceAgreementKey::generate(&mut system_rng()).public().to_bytes(),
+            agreement: DeviceAgreementKey::generate(&mut system_rng())
+                .public()
+                .to_bytes(),
         }
     }
 
@@ -114,7 +124,10 @@ impl TestAccount {
             created_at_ms: 1,
         }
         .encode_to_vec();
-        let signature = signer.sign(labels::ROSTER_SIGNATURE, &[&body]).to_bytes().to_vec();
+        let signature = signer
+            .sign(labels::ROSTER_SIGNATURE, &[&body])
+            .to_bytes()
+            .to_vec();
         proto::SignedRoster { body, signature }.encode_to_vec()
     }
 
@@ -159,7 +172,10 @@ impl TestAccount {
 
     /// Creates the account on the relay through `client`, as device 0.
     pub async fn create(&self, client: &RelayClient) {
-        client.create_account(self.roster(), self.device(0), &self.id, None).await.unwrap();
+        client
+            .create_account(self.roster(), self.device(0), &self.id, None)
+            .await
+            .unwrap();
     }
 }
 
@@ -193,14 +209,29 @@ pub fn envelope_with(
         nonce: vec![7; 24],
     }
     .encode_to_vec();
-    proto::Envelope { header, ciphertext: vec![fill; ciphertext_len(size)], signature: vec![1; 64] }.encode_to_vec()
+    proto::Envelope {
+        header,
+        ciphertext: vec![fill; ciphertext_len(size)],
+        signature: vec![1; 64],
+    }
+    .encode_to_vec()
 }
 
-pub fn envelopes(account: &AccountId, device: &DeviceId, from: u64, n: u64, size: usize) -> Vec<Vec<u8>> {
-    (from..from + n).map(|seq| envelope(account, device, seq, size)).collect()
+pub fn envelopes(
+    account: &AccountId,
+    device: &DeviceId,
+    from: u64,
+    n: u64,
+    size: usize,
+) -> Vec<Vec<u8>> {
+    (from..from + n)
+        .map(|seq| envelope(account, device, seq, size))
+        .collect()
 }
 
 /// Runs a test body with the global test timeout.
 pub async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
-    tokio::time::timeout(TEST_TIMEOUT, body).await.expect("test timed out");
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .expect("test timed out");
 }
