@@ -1,0 +1,411 @@
+//! LinkedIn `Connections.csv` (Settings → Data privacy → Get a copy of your data →
+//! Connections): first-degree connections.
+//!
+//! Reads First Name, Last Name, URL, Email Address, Company, Position and Connected On, located
+//! by their header names. Handles the whole format as LinkedIn writes it: the `Notes:` preamble
+//! before the header, an optional UTF-8 byte-order mark, CRLF line ends, quoted fields with
+//! commas, doubled quotes and line breaks, rows of empty fields (ignored), missing e-mail
+//! addresses, the same connection twice (merged) and `Connected On` as `12 Mar 2024`.
+//!
+//! A file with no `First Name,Last Name,…,Connected On` header near its start is one
+//! [`ImportError::WrongKind`]. Rows are reported with the 1-based line where they start.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use kith_protocol::proto;
+
+use super::{
+    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, read_bounded,
+    read_file, text,
+};
+
+const KIND: FileKind = FileKind::LinkedInConnections;
+
+/// How far into the file the header may be (the preamble is a few lines).
+const HEADER_SEARCH_LINES: usize = 100;
+const HEADER_SEARCH_BYTES: usize = 64 * 1024;
+
+/// Imports `Connections.csv` from a path.
+pub fn import(path: &Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
+    import_bytes(&read_file(path, opts.max_file_bytes, KIND)?, opts)
+}
+
+/// Imports `Connections.csv` from a reader (read to its end, at most
+/// [`ImportOptions::max_file_bytes`]).
+pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
+    import_bytes(&read_bounded(reader, opts.max_file_bytes, KIND)?, opts)
+}
+
+/// Imports `Connections.csv` from its bytes.
+pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
+    if bytes.len() as u64 > opts.max_file_bytes {
+        return Err(ImportError::TooLarge {
+            kind: KIND,
+            limit: opts.max_file_bytes,
+        });
+    }
+    let bytes = text::strip_utf8_bom(bytes);
+    let (header_line, header_start, columns) = find_header(bytes)?;
+
+    let body = bytes.get(header_start..).unwrap_or_default();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(body);
+    let mut lines = LineCounter::new(body, header_line);
+    let mut report = ImportReport::default();
+    let mut by_identity: HashMap<String, usize> = HashMap::new();
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(error) => {
+                // csv-core accepts any bytes, so this is an I/O-level failure: stop here.
+                let line = error.position().map_or(0, |p| lines.line_at(p.byte()));
+                report.skip(opts, line, "the file could not be read past this row");
+                break;
+            }
+        }
+        let line = record.position().map_or(0, |p| lines.line_at(p.byte()));
+        let contact = match parse_row(&record, &columns, line, opts, &mut report) {
+            Ok(Some(contact)) => contact,
+            Ok(None) => continue,
+            Err(reason) => {
+                report.skip(opts, line, reason);
+                continue;
+            }
+        };
+        match by_identity.get(&contact.source_identity) {
+            Some(&i) => {
+                if let Some(existing) = report.contacts.get_mut(i) {
+                    existing.absorb(contact, opts.max_values_per_field);
+                }
+            }
+            None => {
+                if report.contacts.len() >= opts.max_records {
+                    return Err(ImportError::TooManyRecords {
+                        kind: KIND,
+                        limit: opts.max_records,
+                    });
+                }
+                by_identity.insert(contact.source_identity.clone(), report.contacts.len());
+                report.contacts.push(contact);
+            }
+        }
+    }
+    tracing::info!(
+        contacts = report.contacts.len(),
+        skipped = report.skipped.len(),
+        "imported LinkedIn connections"
+    );
+    Ok(report)
+}
+
+/// Turns the byte offsets where records start into 1-based line numbers of the whole file,
+/// counting line feeds incrementally (records come in order, so the whole count is linear).
+/// csv's own line numbers count the LF of a CRLF as part of the next record, one too few.
+struct LineCounter<'a> {
+    body: &'a [u8],
+    /// Offset up to which line feeds are counted.
+    pos: usize,
+    /// 1-based line of `pos` in the whole file.
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    /// `body` starts at the header, on 0-based line `header_line` of the file.
+    fn new(body: &'a [u8], header_line: usize) -> Self {
+        LineCounter {
+            body,
+            pos: 0,
+            line: header_line.saturating_add(1),
+        }
+    }
+
+    /// The line of the first character of a record that csv says starts at `byte`.
+    fn line_at(&mut self, byte: u64) -> usize {
+        let mut start = usize::try_from(byte)
+            .unwrap_or(usize::MAX)
+            .min(self.body.len());
+        // A record never starts with a line end: skip the tail of the previous terminator.
+        while matches!(self.body.get(start), Some(b'\r' | b'\n')) {
+            start += 1;
+        }
+        if start > self.pos {
+            let feeds = self
+                .body
+                .get(self.pos..start)
+                .map_or(0, |s| s.iter().filter(|&&b| b == b'\n').count());
+            self.line = self.line.saturating_add(feeds);
+            self.pos = start;
+        }
+        self.line
+    }
+}
+
+/// Where each field is.
+#[derive(Debug)]
+struct Columns {
+    count: usize,
+    first_name: usize,
+    last_name: usize,
+    connected_on: usize,
+    url: Option<usize>,
+    email: Option<usize>,
+    company: Option<usize>,
+    position: Option<usize>,
+}
+
+/// Finds the header line within the first lines of the file: `(0-based line, byte offset,
+/// columns)`. Scanning lines textually (rather than parsing the preamble as CSV) keeps an odd
+/// quote in the preamble from swallowing the header.
+fn find_header(bytes: &[u8]) -> Result<(usize, usize, Columns), ImportError> {
+    let mut start = 0usize;
+    for line_index in 0..HEADER_SEARCH_LINES {
+        if start >= bytes.len() || start > HEADER_SEARCH_BYTES {
+            break;
+        }
+        let rest = bytes.get(start..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let line = rest.get(..end).unwrap_or_default();
+        if let Some(columns) = parse_header(line) {
+            return Ok((line_index, start, columns));
+        }
+        start = start.saturating_add(end).saturating_add(1);
+    }
+    let reason = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => "the file is empty",
+        Some(b'{' | b'[') => "it looks like JSON, not CSV",
+        Some(_) => "no `First Name,Last Name,…,Connected On` header near the start",
+    };
+    Err(ImportError::WrongKind {
+        expected: KIND,
+        reason: reason.into(),
+    })
+}
+
+fn parse_header(line: &[u8]) -> Option<Columns> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > 4096 {
+        return None;
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(line);
+    let mut record = csv::StringRecord::new();
+    if !reader.read_record(&mut record).ok()? {
+        return None;
+    }
+    let find = |name: &str| {
+        record
+            .iter()
+            .position(|field| field.trim().eq_ignore_ascii_case(name))
+    };
+    Some(Columns {
+        count: record.len(),
+        first_name: find("First Name")?,
+        last_name: find("Last Name")?,
+        connected_on: find("Connected On")?,
+        url: find("URL").or_else(|| find("Profile URL")),
+        email: find("Email Address").or_else(|| find("E-mail Address")),
+        company: find("Company"),
+        position: find("Position"),
+    })
+}
+
+/// One row: `Ok(None)` for a row of empty fields, `Err(reason)` for a malformed row.
+fn parse_row(
+    record: &csv::ByteRecord,
+    columns: &Columns,
+    line: usize,
+    opts: &ImportOptions,
+    report: &mut ImportReport,
+) -> Result<Option<ImportedContact>, String> {
+    if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+        return Ok(None);
+    }
+    if record.len() != columns.count {
+        return Err(format!(
+            "row has {} fields where the header has {}",
+            record.len(),
+            columns.count
+        ));
+    }
+    let limit = opts.field_limit();
+    let field = |index: Option<usize>, name: &str| -> Result<Option<String>, String> {
+        let Some(raw) = index.and_then(|i| record.get(i)) else {
+            return Ok(None);
+        };
+        if raw.len() > limit {
+            return Err(format!("field {name} is longer than {limit} bytes"));
+        }
+        let s = std::str::from_utf8(raw).map_err(|_| format!("field {name} is not UTF-8"))?;
+        Ok(text::clean_line(s))
+    };
+    let first = field(Some(columns.first_name), "First Name")?;
+    let last = field(Some(columns.last_name), "Last Name")?;
+    let raw_url = field(columns.url, "URL")?;
+    let raw_email = field(columns.email, "Email Address")?;
+    let company = field(columns.company, "Company")?;
+    let position = field(columns.position, "Position")?;
+    let raw_connected = field(Some(columns.connected_on), "Connected On")?;
+
+    let name = match (first, last) {
+        (Some(f), Some(l)) => Some(format!("{f} {l}")),
+        (Some(n), None) | (None, Some(n)) => Some(n),
+        (None, None) => None,
+    };
+    let profile_url = raw_url.as_deref().and_then(|raw| {
+        let url = normalize_profile_url(raw);
+        if url.is_none() {
+            report.drop_field(opts, line, "URL", "not a LinkedIn profile URL");
+        }
+        url
+    });
+    let email = raw_email.as_deref().and_then(|raw| {
+        let email = text::email_address(raw);
+        if email.is_none() {
+            report.drop_field(opts, line, "Email Address", "not an e-mail address");
+        }
+        email
+    });
+    let connected_on = raw_connected.as_deref().and_then(|raw| {
+        let date = parse_connected_on(raw);
+        if date.is_none() {
+            report.drop_field(opts, line, "Connected On", "not a date like 12 Mar 2024");
+        }
+        date
+    });
+
+    let identity = match (&profile_url, &email, &name) {
+        (Some(url), _, _) => url.clone(),
+        (None, Some(email), _) => email.to_lowercase(),
+        (None, None, Some(name)) => {
+            let date = connected_on.map_or_else(String::new, |d| {
+                format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+            });
+            format!("{}|{date}", name.to_lowercase())
+        }
+        (None, None, None) => return Err("row has no name, profile URL or e-mail".into()),
+    };
+
+    let mut contact = ImportedContact::new(
+        identity,
+        Provenance::LinkedIn(proto::LinkedInSource {
+            profile_url: profile_url.clone().unwrap_or_default(),
+            connected_on,
+            company: company.clone().unwrap_or_default(),
+            position: position.clone().unwrap_or_default(),
+        }),
+    );
+    contact.name = name;
+    contact.company = company;
+    contact.title = position;
+    if let Some(address) = email {
+        contact.emails.push(proto::Email {
+            address,
+            label: String::new(),
+        });
+    }
+    if let Some(url) = profile_url {
+        contact.urls.push(proto::Url {
+            url,
+            label: "linkedin".into(),
+        });
+    }
+    Ok(Some(contact))
+}
+
+/// `Connected On` as LinkedIn writes it (`12 Mar 2024`, also `12 March 2024`), or ISO 8601
+/// (`2024-03-12`).
+pub fn parse_connected_on(raw: &str) -> Option<proto::Date> {
+    let raw = raw.trim();
+    if let Some(date) = text::iso_date(raw) {
+        return Some(date);
+    }
+    let mut parts = raw.split([' ', '-']).filter(|p| !p.is_empty());
+    let day = text::digits(parts.next()?)?;
+    let month = text::month_from_name(parts.next()?)?;
+    let year = text::digits(parts.next()?)?;
+    if parts.next().is_some() || !(1000..=9999).contains(&year) {
+        return None;
+    }
+    text::date(year, month, day)
+}
+
+/// The canonical form `https://www.linkedin.com/in/<slug>` of a LinkedIn profile URL (any
+/// scheme, `linkedin.com` host or country subdomain, trailing slash, query or fragment; the
+/// slug lowercased), or `None` if it is not one. Old `/pub/…` profile URLs keep their path.
+pub fn normalize_profile_url(raw: &str) -> Option<String> {
+    let lower = raw.trim().to_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .unwrap_or(&lower);
+    let (host, path) = rest.split_once('/')?;
+    let host = host.split(':').next().unwrap_or(host);
+    if host != "linkedin.com" && !host.ends_with(".linkedin.com") {
+        return None;
+    }
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let valid = |s: &&str| {
+        !s.is_empty()
+            && s.len() <= 200
+            && s.chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && c != '\\')
+    };
+    match segments.as_slice() {
+        ["in", slug, ..] if valid(slug) => Some(format!("https://www.linkedin.com/in/{slug}")),
+        ["pub", rest @ ..] if !rest.is_empty() && rest.len() <= 8 && rest.iter().all(valid) => {
+            Some(format!("https://www.linkedin.com/pub/{}", rest.join("/")))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connected_on_accepts_linkedin_and_iso_dates() {
+        let d = |year, month, day| Some(proto::Date { year, month, day });
+        assert_eq!(parse_connected_on("12 Mar 2024"), d(2024, 3, 12));
+        assert_eq!(parse_connected_on("1 March 2024"), d(2024, 3, 1));
+        assert_eq!(parse_connected_on("09-Jul-2015"), d(2015, 7, 9));
+        assert_eq!(parse_connected_on("2024-03-12"), d(2024, 3, 12));
+        assert_eq!(parse_connected_on("31 Feb 2024"), None);
+        assert_eq!(parse_connected_on("12 Mar 24"), None);
+        assert_eq!(parse_connected_on("12 Mar 2024 extra"), None);
+        assert_eq!(parse_connected_on(""), None);
+    }
+
+    #[test]
+    fn profile_urls_have_one_canonical_form() {
+        let canonical = Some("https://www.linkedin.com/in/jane-doe-1234".to_owned());
+        for raw in [
+            "https://www.linkedin.com/in/jane-doe-1234",
+            "http://linkedin.com/in/Jane-Doe-1234/",
+            "www.linkedin.com/in/jane-doe-1234?trk=abc",
+            " https://uk.linkedin.com/in/jane-doe-1234#x ",
+            "https://www.linkedin.com/in/jane-doe-1234/details/",
+        ] {
+            assert_eq!(normalize_profile_url(raw), canonical, "{raw}");
+        }
+        assert_eq!(normalize_profile_url("https://example.com/in/jane"), None);
+        assert_eq!(
+            normalize_profile_url("https://notlinkedin.com/in/jane"),
+            None
+        );
+        assert_eq!(
+            normalize_profile_url("https://www.linkedin.com/company/x"),
+            None
+        );
+        assert_eq!(normalize_profile_url("https://www.linkedin.com/in/"), None);
+    }
+}

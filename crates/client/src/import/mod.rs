@@ -1,0 +1,526 @@
+//! Importers: read real export files and turn them into source-neutral contacts.
+//!
+//! Each importer takes the least it needs (privacy promise 2 in the brief):
+//!
+//! | source | module | reads |
+//! |---|---|---|
+//! | LinkedIn `Connections.csv` | [`linkedin`] | name, profile URL, e-mail, company, position, connected-on |
+//! | Facebook `your_friends.json` / `friends.json` | [`facebook`] | name, friend-since |
+//! | macOS Messages `chat.db` | [`imessage`] | per handle: messages sent and received in one-to-one chats, first and last date, group chats shared — never text, attributed bodies, subjects or attachments |
+//! | macOS Contacts `AddressBook-v22.abcddb` | [`address_book`] | only the name stored for a phone number or e-mail address |
+//! | vCard 2.1, 3.0, 4.0 | [`vcard`] | name, e-mails, phones, URLs, social profiles, company, title, birthday, note, UID |
+//!
+//! Every importer returns an [`ImportReport`]: the contacts it found, the rows or records it
+//! skipped (with their line, row or entry number) and the fields it left out. A file of the wrong
+//! kind is one [`ImportError::WrongKind`], never a thousand row errors. Everything is bounded by
+//! [`ImportOptions`]: file size, field length, number of records, number of values per field and
+//! number of problems listed. No input makes an importer panic (property-tested with random bytes),
+//! and no error or log line carries contact data.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use kith_protocol::proto;
+
+pub mod address_book;
+pub mod facebook;
+pub mod imessage;
+pub mod linkedin;
+pub mod phone;
+pub mod vcard;
+
+mod sqlite;
+mod text;
+
+#[doc(hidden)]
+pub mod testing;
+
+pub use phone::Region;
+
+/// The source a contact was imported from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// LinkedIn `Connections.csv`.
+    LinkedIn,
+    /// Facebook friends export.
+    Facebook,
+    /// macOS Messages `chat.db`.
+    IMessage,
+    /// macOS Contacts database.
+    AddressBook,
+    /// A vCard file.
+    VCard,
+}
+
+impl Source {
+    /// The label used in record-id derivation (`LP(source)` in `docs/PROTOCOL.md` §2.1).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::LinkedIn => "linkedin",
+            Source::Facebook => "facebook",
+            Source::IMessage => "imessage",
+            Source::AddressBook => "address-book",
+            Source::VCard => "vcard",
+        }
+    }
+
+    /// The record field key that holds this source's provenance (`docs/PROTOCOL.md` §8).
+    pub fn field_key(self) -> &'static str {
+        match self {
+            Source::LinkedIn => "source/linkedin",
+            Source::Facebook => "source/facebook",
+            Source::IMessage => "source/imessage",
+            Source::AddressBook => "source/address-book",
+            Source::VCard => "source/vcard",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a source says about a contact, as the `source/…` field stores it.
+///
+/// Only the five `*Source` messages of `records.proto` can be held here, so a provenance is
+/// always a valid value of its `source/…` field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provenance {
+    /// From LinkedIn.
+    LinkedIn(proto::LinkedInSource),
+    /// From Facebook.
+    Facebook(proto::FacebookSource),
+    /// From macOS Messages (aggregate counts only).
+    IMessage(proto::IMessageSource),
+    /// From the macOS Contacts database.
+    AddressBook(proto::AddressBookSource),
+    /// From a vCard file.
+    VCard(proto::VCardSource),
+}
+
+impl Provenance {
+    /// The source this provenance belongs to.
+    pub fn source(&self) -> Source {
+        match self {
+            Provenance::LinkedIn(_) => Source::LinkedIn,
+            Provenance::Facebook(_) => Source::Facebook,
+            Provenance::IMessage(_) => Source::IMessage,
+            Provenance::AddressBook(_) => Source::AddressBook,
+            Provenance::VCard(_) => Source::VCard,
+        }
+    }
+
+    /// The provenance as the value of its `source/…` field.
+    pub fn to_field_value(&self) -> proto::FieldValue {
+        use proto::field_value::Value;
+        let value = match self {
+            Provenance::LinkedIn(s) => Value::Linkedin(s.clone()),
+            Provenance::Facebook(s) => Value::Facebook(*s),
+            Provenance::IMessage(s) => Value::Imessage(s.clone()),
+            Provenance::AddressBook(s) => Value::AddressBook(s.clone()),
+            Provenance::VCard(s) => Value::Vcard(s.clone()),
+        };
+        proto::FieldValue { value: Some(value) }
+    }
+}
+
+/// One contact as a source describes it, before it is merged with anything else.
+///
+/// E-mail addresses are as written (trimmed); field keys and identities lowercase them. Phone
+/// numbers are always E.164.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedContact {
+    /// The normalized identity of this contact within its source, from which the client derives
+    /// the record id (`docs/PROTOCOL.md` §2.1): a LinkedIn profile URL, a lowercased e-mail
+    /// address, an E.164 phone number, Facebook's `name|timestamp`, a vCard UID or
+    /// `name|first e-mail or phone`.
+    pub source_identity: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// E-mail addresses, each at most once (compared case-insensitively).
+    pub emails: Vec<proto::Email>,
+    /// Phone numbers, E.164, each at most once.
+    pub phones: Vec<proto::Phone>,
+    /// Web addresses, each at most once.
+    pub urls: Vec<proto::Url>,
+    /// Social-network and messaging handles, each at most once.
+    pub handles: Vec<proto::Handle>,
+    /// Company or organization.
+    pub company: Option<String>,
+    /// Job title or position.
+    pub title: Option<String>,
+    /// Birthday; `year` 0 when the year is unknown.
+    pub birthday: Option<proto::Date>,
+    /// Free-text note.
+    pub note: Option<String>,
+    /// What the source says about the contact (its `source/…` field).
+    pub provenance: Provenance,
+    /// Set when the name was taken from the macOS Contacts database (iMessage import with an
+    /// address book): the `source/address-book` field.
+    pub address_book: Option<proto::AddressBookSource>,
+}
+
+impl ImportedContact {
+    /// A contact with only an identity and a provenance.
+    pub fn new(source_identity: String, provenance: Provenance) -> Self {
+        ImportedContact {
+            source_identity,
+            name: None,
+            emails: Vec::new(),
+            phones: Vec::new(),
+            urls: Vec::new(),
+            handles: Vec::new(),
+            company: None,
+            title: None,
+            birthday: None,
+            note: None,
+            provenance,
+            address_book: None,
+        }
+    }
+
+    /// The source this contact came from.
+    pub fn source(&self) -> Source {
+        self.provenance.source()
+    }
+
+    /// Every normalized identity the client uses to unify contacts across sources, sorted and
+    /// without duplicates: `email:<lowercased>`, `phone:<E.164>`, `linkedin:<profile URL>` (from
+    /// any URL that is a LinkedIn profile), plus `facebook:<identity>` or `vcard:<identity>` for
+    /// sources whose own identity is none of those.
+    pub fn identities(&self) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for email in &self.emails {
+            out.insert(format!("email:{}", email.address.to_lowercase()));
+        }
+        for phone in &self.phones {
+            out.insert(format!("phone:{}", phone.e164));
+        }
+        for url in &self.urls {
+            if let Some(profile) = linkedin::normalize_profile_url(&url.url) {
+                out.insert(format!("linkedin:{profile}"));
+            }
+        }
+        match &self.provenance {
+            Provenance::LinkedIn(source) => {
+                if let Some(profile) = linkedin::normalize_profile_url(&source.profile_url) {
+                    out.insert(format!("linkedin:{profile}"));
+                }
+            }
+            Provenance::Facebook(_) | Provenance::VCard(_) => {
+                out.insert(format!("{}:{}", self.source(), self.source_identity));
+            }
+            Provenance::IMessage(_) | Provenance::AddressBook(_) => {}
+        }
+        out.into_iter().collect()
+    }
+
+    /// The field writes that record this contact, keyed as in `docs/PROTOCOL.md` §8.
+    pub fn field_writes(&self) -> Vec<(String, proto::FieldValue)> {
+        use proto::field_value::Value;
+        fn value(v: Value) -> proto::FieldValue {
+            proto::FieldValue { value: Some(v) }
+        }
+        let mut out = Vec::new();
+        if let Some(name) = &self.name {
+            out.push(("name".to_owned(), value(Value::Text(name.clone()))));
+        }
+        if let Some(company) = &self.company {
+            out.push(("company".to_owned(), value(Value::Text(company.clone()))));
+        }
+        if let Some(title) = &self.title {
+            out.push(("title".to_owned(), value(Value::Text(title.clone()))));
+        }
+        if let Some(birthday) = &self.birthday {
+            out.push(("birthday".to_owned(), value(Value::Date(*birthday))));
+        }
+        if let Some(note) = &self.note {
+            out.push(("note".to_owned(), value(Value::Text(note.clone()))));
+        }
+        for email in &self.emails {
+            out.push((
+                format!("email/{}", email.address.to_lowercase()),
+                value(Value::Email(email.clone())),
+            ));
+        }
+        for phone in &self.phones {
+            out.push((
+                format!("phone/{}", phone.e164),
+                value(Value::Phone(phone.clone())),
+            ));
+        }
+        for url in &self.urls {
+            out.push((format!("url/{}", url.url), value(Value::Url(url.clone()))));
+        }
+        for handle in &self.handles {
+            out.push((
+                format!("handle/{}:{}", handle.service, handle.handle),
+                value(Value::Handle(handle.clone())),
+            ));
+        }
+        out.push((
+            self.source().field_key().to_owned(),
+            self.provenance.to_field_value(),
+        ));
+        if let Some(address_book) = &self.address_book {
+            out.push((
+                Source::AddressBook.field_key().to_owned(),
+                value(Value::AddressBook(address_book.clone())),
+            ));
+        }
+        out
+    }
+
+    /// Adds what `other` (a second row for the same identity) knows and this contact lacks.
+    pub(crate) fn absorb(&mut self, other: ImportedContact, max_values: usize) {
+        fill(&mut self.name, other.name);
+        fill(&mut self.company, other.company);
+        fill(&mut self.title, other.title);
+        fill(&mut self.birthday, other.birthday);
+        fill(&mut self.note, other.note);
+        for email in other.emails {
+            text::push_email(&mut self.emails, email, max_values);
+        }
+        for phone in other.phones {
+            text::push_unique(&mut self.phones, phone, max_values, |a, b| a.e164 == b.e164);
+        }
+        for url in other.urls {
+            text::push_unique(&mut self.urls, url, max_values, |a, b| a.url == b.url);
+        }
+        for handle in other.handles {
+            text::push_unique(&mut self.handles, handle, max_values, |a, b| {
+                a.service == b.service && a.handle == b.handle
+            });
+        }
+    }
+}
+
+fn fill<T>(slot: &mut Option<T>, other: Option<T>) {
+    if slot.is_none() {
+        *slot = other;
+    }
+}
+
+/// A row or record that was left out, and why. Reasons never quote contact data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRow {
+    /// Where it is: the 1-based line where the row or card starts (CSV, vCard), the 1-based
+    /// entry number in the friends list (Facebook), or the `ROWID` (SQLite databases).
+    pub line: usize,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// A field of an imported row or record that was left out (the rest of the row was kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedField {
+    /// Where it is, numbered as in [`SkippedRow::line`].
+    pub line: usize,
+    /// The field or property name as the file calls it (e.g. `Connected On`, `TEL`).
+    pub field: String,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// What an import produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportReport {
+    /// The contacts found, one per source identity (duplicates are merged).
+    pub contacts: Vec<ImportedContact>,
+    /// Rows or records that were left out.
+    pub skipped: Vec<SkippedRow>,
+    /// Fields that were left out of otherwise imported rows.
+    pub dropped: Vec<DroppedField>,
+    /// Problems beyond [`ImportOptions::max_reported_problems`]: counted, not listed.
+    pub unlisted_problems: usize,
+}
+
+impl ImportReport {
+    pub(crate) fn skip(&mut self, opts: &ImportOptions, line: usize, reason: impl Into<String>) {
+        if self.skipped.len() + self.dropped.len() < opts.max_reported_problems {
+            self.skipped.push(SkippedRow {
+                line,
+                reason: reason.into(),
+            });
+        } else {
+            self.unlisted_problems = self.unlisted_problems.saturating_add(1);
+        }
+    }
+
+    pub(crate) fn drop_field(
+        &mut self,
+        opts: &ImportOptions,
+        line: usize,
+        field: &str,
+        reason: impl Into<String>,
+    ) {
+        if self.skipped.len() + self.dropped.len() < opts.max_reported_problems {
+            let field = text::truncate_chars(field, 64);
+            self.dropped.push(DroppedField {
+                line,
+                field,
+                reason: reason.into(),
+            });
+        } else {
+            self.unlisted_problems = self.unlisted_problems.saturating_add(1);
+        }
+    }
+}
+
+/// Limits and settings shared by every importer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Largest file (CSV, JSON, vCard) read into memory. Default 256 MiB.
+    pub max_file_bytes: u64,
+    /// Largest SQLite database opened. SQLite pages through the file, so memory does not grow
+    /// with it, and a heavy Messages user's `chat.db` is several GiB. Default 16 GiB.
+    pub max_database_bytes: u64,
+    /// Most contacts (or handles, or address-book entries) one import may produce; more is
+    /// [`ImportError::TooManyRecords`]. Default 1,000,000.
+    pub max_records: usize,
+    /// Longest value of one field, in bytes after decoding; a longer value is dropped. Default
+    /// 16 KiB, and never more than the protocol's text limit allows.
+    pub max_field_bytes: usize,
+    /// Most values of one multi-valued field (e-mails, phones, URLs, handles) per contact.
+    /// Default 100.
+    pub max_values_per_field: usize,
+    /// Most skipped rows and dropped fields listed in a report; the rest are only counted.
+    /// Default 10,000.
+    pub max_reported_problems: usize,
+    /// Region assumed for phone numbers written without a country code. Default `US`.
+    pub default_region: Region,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            max_file_bytes: 256 * 1024 * 1024,
+            max_database_bytes: 16 * 1024 * 1024 * 1024,
+            max_records: 1_000_000,
+            max_field_bytes: 16 * 1024,
+            max_values_per_field: 100,
+            max_reported_problems: 10_000,
+            default_region: Region::default(),
+        }
+    }
+}
+
+impl ImportOptions {
+    /// The field limit actually applied: the configured one, capped so that a field key plus
+    /// its value stays within `kith_protocol::limits::MAX_TEXT_BYTES`.
+    pub(crate) fn field_limit(&self) -> usize {
+        self.max_field_bytes
+            .min(kith_protocol::limits::MAX_TEXT_BYTES / 2)
+    }
+}
+
+/// The kind of file an importer expects; named in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// LinkedIn `Connections.csv`.
+    LinkedInConnections,
+    /// Facebook `your_friends.json` or `friends.json`.
+    FacebookFriends,
+    /// macOS Messages `chat.db`.
+    MessagesDatabase,
+    /// macOS Contacts `AddressBook-v22.abcddb`.
+    ContactsDatabase,
+    /// vCard (`.vcf`).
+    VCard,
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileKind::LinkedInConnections => "LinkedIn Connections.csv",
+            FileKind::FacebookFriends => "Facebook friends JSON file",
+            FileKind::MessagesDatabase => "Messages chat.db",
+            FileKind::ContactsDatabase => "Contacts AddressBook-v22.abcddb",
+            FileKind::VCard => "vCard file",
+        })
+    }
+}
+
+/// Why an import failed as a whole. Never carries contact data: at most a row number and a
+/// field name.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The file could not be read.
+    #[error("cannot read the {kind}: {source}")]
+    Io {
+        /// The file being read.
+        kind: FileKind,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is over the configured size limit.
+    #[error("the {kind} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The file being read.
+        kind: FileKind,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The file is not the kind the importer reads (one error for the whole file).
+    #[error("this is not a {expected}: {reason}")]
+    WrongKind {
+        /// What the importer expected.
+        expected: FileKind,
+        /// What gave it away.
+        reason: String,
+    },
+    /// The file holds more records than the configured limit.
+    #[error("the {kind} holds more than {limit} records")]
+    TooManyRecords {
+        /// The file being read.
+        kind: FileKind,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// SQLite failed while reading a database.
+    #[error("cannot read the {kind}: {source}")]
+    Database {
+        /// The database being read.
+        kind: FileKind,
+        /// SQLite's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A phone region that is not a known two-letter country code.
+    #[error("unknown phone region: expected a two-letter country code such as \"US\"")]
+    UnknownRegion,
+}
+
+/// Reads a whole file, refusing one over `limit` bytes before reading it.
+pub(crate) fn read_file(path: &Path, limit: u64, kind: FileKind) -> Result<Vec<u8>, ImportError> {
+    let io = |source| ImportError::Io { kind, source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > limit {
+        return Err(ImportError::TooLarge { kind, limit });
+    }
+    read_bounded(file, limit, kind)
+}
+
+/// Reads a reader to its end, failing as soon as it yields more than `limit` bytes.
+pub(crate) fn read_bounded(
+    reader: impl Read,
+    limit: u64,
+    kind: FileKind,
+) -> Result<Vec<u8>, ImportError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|source| ImportError::Io { kind, source })?;
+    if bytes.len() as u64 > limit {
+        return Err(ImportError::TooLarge { kind, limit });
+    }
+    Ok(bytes)
+}
