@@ -202,6 +202,7 @@ macro_rules! ed25519_pair {
                 verify_ed25519(&self.0, context, fields, signature)
             }
 
+            #[allow(dead_code, reason = "used for device keys (batch verification), not account keys")]
             pub(crate) fn dalek(&self) -> &VerifyingKey {
                 &self.0
             }
@@ -523,7 +524,7 @@ impl RecoveryKey {
             while bits >= 5 {
                 bits -= 5;
                 let index = ((acc >> bits) & 31) as usize;
-                if written > 0 && written % 4 == 0 {
+                if written > 0 && written.is_multiple_of(4) {
                     chars.push('-');
                 }
                 chars.push(char::from(RECOVERY_ALPHABET[index]));
