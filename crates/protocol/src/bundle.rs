@@ -283,7 +283,7 @@ impl AccountBundle {
     }
 
     /// The encoded `proto::AccountBundle`. Secret: zeroized on drop.
-    fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub(crate) fn encode(&self) -> Zeroizing<Vec<u8>> {
         let key = self.account_key.to_secret_bytes();
         let message = WipedOnDrop(proto::AccountBundle {
             account_id: self.account_id.as_bytes().to_vec(),
@@ -301,8 +301,8 @@ impl AccountBundle {
         Zeroizing::new(message.0.encode_to_vec())
     }
 
-    /// Decodes and checks an opened bundle.
-    fn decode(plaintext: &[u8]) -> Result<Self, BundleError> {
+    /// Decodes and checks an opened bundle (also the `link_bundle` fuzz target's plaintext mode).
+    pub(crate) fn decode(plaintext: &[u8]) -> Result<Self, BundleError> {
         let message =
             WipedOnDrop(proto::AccountBundle::decode(plaintext).map_err(BundleError::Malformed)?);
         let message = &message.0;

@@ -28,4 +28,9 @@ pub mod epoch;
 pub mod roster;
 pub mod stream;
 
+pub mod frame;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use ids::{AccountId, DeviceId, RecordId};

@@ -2,13 +2,16 @@
 //!
 //! The length is checked against the limit before a byte of the body is buffered, and the
 //! body buffer then grows only as bytes actually arrive, so a peer that announces a large
-//! frame and sends nothing costs nothing.
+//! frame and sends nothing costs nothing. The pure half (length bound, body decoding,
+//! encoding) is [`kith_protocol::frame`], which the `frame` fuzz target exercises; this module
+//! adds only the I/O.
 
+use kith_protocol::frame as pure;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bytes of the length prefix.
-pub const HEADER_LEN: usize = 4;
+pub use kith_protocol::frame::{HEADER_LEN, encode_frame};
+
 /// Initial body buffer; it grows as data arrives, up to the announced (bounded) length.
 const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
 
@@ -34,6 +37,16 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+impl From<pure::FrameError> for FrameError {
+    fn from(error: pure::FrameError) -> Self {
+        match error {
+            pure::FrameError::TooLarge { len, max } => FrameError::TooLarge { len, max },
+            pure::FrameError::Truncated => FrameError::Truncated,
+            pure::FrameError::Decode(error) => FrameError::Decode(error),
+        }
+    }
+}
+
 /// Reads one frame's body. `Ok(None)` when the stream ended cleanly before a frame began.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
@@ -44,15 +57,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     while filled < HEADER_LEN {
         let n = reader.read(&mut header[filled..]).await?;
         if n == 0 {
-            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         filled += n;
     }
-    let len = u32::from_be_bytes(header);
-    if len > max_len {
-        return Err(FrameError::TooLarge { len: u64::from(len), max: u64::from(max_len) });
-    }
-    let len = len as usize;
+    let len = pure::body_len(header, max_len)?;
     let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
     reader.take(len as u64).read_to_end(&mut body).await?;
     if body.len() != len {
@@ -67,20 +80,9 @@ pub async fn read_message<M: Message + Default, R: AsyncRead + Unpin>(
     max_len: u32,
 ) -> Result<Option<M>, FrameError> {
     match read_frame(reader, max_len).await? {
-        Some(body) => Ok(Some(M::decode(body.as_slice())?)),
+        Some(body) => Ok(Some(pure::decode_body(&body)?)),
         None => Ok(None),
     }
-}
-
-/// Encodes a message as one frame (length prefix included) in a single buffer.
-pub fn encode_frame<M: Message>(message: &M) -> Vec<u8> {
-    let len = message.encoded_len();
-    let mut out = Vec::with_capacity(HEADER_LEN + len);
-    // Messages the relay and its clients build are bounded far below 4 GiB.
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    // Encoding into a Vec cannot run out of space.
-    let _ = message.encode(&mut out);
-    out
 }
 
 /// Writes one message as a frame.
@@ -97,13 +99,18 @@ mod tests {
     use kith_protocol::proto::{Request, request};
 
     fn ping() -> Request {
-        Request { kind: Some(request::Kind::GetChallenge(Default::default())) }
+        Request {
+            kind: Some(request::Kind::GetChallenge(Default::default())),
+        }
     }
 
     #[tokio::test]
     async fn a_frame_round_trips() {
         let bytes = encode_frame(&ping());
-        let decoded: Request = read_message(&mut bytes.as_slice(), 100).await.unwrap().unwrap();
+        let decoded: Request = read_message(&mut bytes.as_slice(), 100)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(decoded, ping());
     }
 
@@ -112,13 +119,22 @@ mod tests {
         let mut bytes = u32::MAX.to_be_bytes().to_vec();
         bytes.push(0);
         let err = read_frame(&mut bytes.as_slice(), 1024).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len: 4_294_967_295, max: 1024 }));
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                len: 4_294_967_295,
+                max: 1024
+            }
+        ));
     }
 
     #[tokio::test]
     async fn truncated_header_and_body_are_errors_and_clean_end_is_none() {
         assert!(read_frame(&mut &[][..], 10).await.unwrap().is_none());
-        assert!(matches!(read_frame(&mut &[0, 0][..], 10).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut &[0, 0][..], 10).await,
+            Err(FrameError::Truncated)
+        ));
         assert!(matches!(
             read_frame(&mut &[0, 0, 0, 5, 1, 2][..], 10).await,
             Err(FrameError::Truncated)
@@ -128,7 +144,9 @@ mod tests {
     #[tokio::test]
     async fn garbage_body_is_a_decode_error() {
         let bytes = [0, 0, 0, 3, 0xff, 0xff, 0xff];
-        let err = read_message::<Request, _>(&mut &bytes[..], 10).await.unwrap_err();
+        let err = read_message::<Request, _>(&mut &bytes[..], 10)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)));
     }
 }
