@@ -13,7 +13,7 @@ use kith_protocol::DeviceId;
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, RelayArgs,
 };
-use crate::output::{self, ConflictJson, ContactJson, DeviceJson, short};
+use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{demo, progress, qr};
 
 /// Skipped rows and dropped fields listed after an import; the rest are counted.
@@ -68,6 +68,16 @@ fn open(home: &Path) -> Result<Device> {
 }
 
 fn relay_target(relay: &RelayArgs) -> Result<RelayTarget> {
+    let port = relay
+        .relay
+        .rsplit_once(':')
+        .map(|(_, port)| port.parse::<u16>());
+    if !matches!(port, Some(Ok(_))) {
+        bail!(
+            "--relay must be HOST:PORT, e.g. relay.example.org:4433 or 127.0.0.1:4433 (got '{}')",
+            relay.relay
+        );
+    }
     RelayTarget::pinned(relay.relay.clone(), &relay.relay_cert_sha256)
         .context("invalid --relay-cert-sha256")
 }
@@ -95,19 +105,19 @@ async fn init(
     spinner.finish_and_clear();
     let (device, recovery_key) = created
         .with_context(|| format!("cannot create the account on the relay at {}", relay.relay))?;
-    println!(
+    outln!(
         "Created account {} with this device {} ({name}).",
         device.account_id(),
         device.device_id()
     );
-    println!();
-    println!("RECOVERY KEY (shown only this once):");
-    println!();
-    println!("    {}", recovery_key.0.as_str());
-    println!();
-    println!("Write it down and keep it somewhere safe, away from this device. If you lose every");
-    println!("device, `kith recover --recovery-key KEY` is the only way back to your contacts;");
-    println!("anyone who has it can read them.");
+    outln!();
+    outln!("RECOVERY KEY (shown only this once):");
+    outln!();
+    outln!("    {}", recovery_key.0.as_str());
+    outln!();
+    outln!("Write it down and keep it somewhere safe, away from this device. If you lose every");
+    outln!("device, `kith recover --recovery-key KEY` is the only way back to your contacts;");
+    outln!("anyone who has it can read them.");
     Ok(())
 }
 
@@ -143,8 +153,9 @@ async fn import(
         .await;
     bar.finish_and_clear();
     let summary = summary.context("cannot save the imported contacts")?;
-    println!(
-        "Imported {found} contacts from {}: {} added, {} updated, {} unchanged, {} skipped.",
+    outln!(
+        "Imported {} from {}: {} added, {} updated, {} unchanged, {} skipped.",
+        count(found as u64, "contact"),
         path.display(),
         summary.added,
         summary.updated,
@@ -153,28 +164,28 @@ async fn import(
     );
     let (skipped, dropped, unlisted) = problems;
     if !skipped.is_empty() {
-        println!("Skipped:");
+        outln!("Skipped:");
         for row in skipped.iter().take(MAX_PROBLEMS_LISTED) {
-            println!("  line {}: {}", row.line, row.reason);
+            outln!("  line {}: {}", row.line, row.reason);
         }
         if skipped.len() > MAX_PROBLEMS_LISTED {
-            println!("  … and {} more", skipped.len() - MAX_PROBLEMS_LISTED);
+            outln!("  … and {} more", skipped.len() - MAX_PROBLEMS_LISTED);
         }
     }
     if !dropped.is_empty() {
-        println!("Fields left out (the rest of the row was imported):");
+        outln!("Fields left out (the rest of the row was imported):");
         for field in dropped.iter().take(MAX_PROBLEMS_LISTED) {
-            println!("  line {}, {}: {}", field.line, field.field, field.reason);
+            outln!("  line {}, {}: {}", field.line, field.field, field.reason);
         }
         if dropped.len() > MAX_PROBLEMS_LISTED {
-            println!("  … and {} more", dropped.len() - MAX_PROBLEMS_LISTED);
+            outln!("  … and {} more", dropped.len() - MAX_PROBLEMS_LISTED);
         }
     }
     if unlisted > 0 {
-        println!("{unlisted} further problems were counted but not listed.");
+        outln!("{unlisted} further problems were counted but not listed.");
     }
     if summary.added + summary.updated > 0 {
-        println!("Run `kith sync` to send them to your other devices.");
+        outln!("Run `kith sync` to send them to your other devices.");
     }
     Ok(())
 }
@@ -200,12 +211,12 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
                 );
             }
             if contacts.is_empty() {
-                println!(
+                outln!(
                     "No contacts yet: add one with `kith contacts add --name NAME` or import an export with `kith import`."
                 );
             } else {
-                print!("{}", output::contacts_table(&contacts));
-                println!("{} contacts", contacts.len());
+                out!("{}", output::contacts_table(&contacts));
+                outln!("{}", count(contacts.len() as u64, "contact"));
             }
         }
         ContactsCommand::Show { id, json } => {
@@ -220,7 +231,7 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
                 .into_iter()
                 .filter(|c| c.id == hex)
                 .collect();
-            print!("{}", output::contact_details(&contact, &conflicts));
+            out!("{}", output::contact_details(&contact, &conflicts));
         }
         ContactsCommand::Search { query, json } => {
             let found = device.search(&query)?;
@@ -230,17 +241,17 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
                 );
             }
             if found.is_empty() {
-                println!("No contact matches.");
+                outln!("No contact matches.");
             } else {
-                print!("{}", output::contacts_table(&found));
-                println!("{} found", found.len());
+                out!("{}", output::contacts_table(&found));
+                outln!("{} found", found.len());
             }
         }
         ContactsCommand::Add { name, fields } => {
             let id = device
                 .add_contact(&contact_fields(Some(name), fields))
                 .await?;
-            println!("Added contact {id}.");
+            outln!("Added contact {id}.");
         }
         ContactsCommand::Edit { id, name, fields } => {
             let changes = contact_fields(name, fields);
@@ -251,12 +262,12 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
             }
             let id = device.resolve_id(&id)?;
             device.edit_contact(&id, &changes).await?;
-            println!("Updated contact {id}.");
+            outln!("Updated contact {id}.");
         }
         ContactsCommand::Delete { id } => {
             let id = device.resolve_id(&id)?;
             device.delete_contact(&id).await?;
-            println!("Deleted contact {id}.");
+            outln!("Deleted contact {id}.");
         }
         ContactsCommand::Conflicts { json } => {
             let conflicts = device.conflicts()?;
@@ -266,10 +277,10 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
                 );
             }
             if conflicts.is_empty() {
-                println!("No conflicts.");
+                outln!("No conflicts.");
                 return Ok(());
             }
-            println!(
+            outln!(
                 "Concurrent edits the merge kept (the first value is shown; edit the field to settle it):"
             );
             for conflict in &conflicts {
@@ -277,7 +288,7 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
                     .and_then(|id| device.contact(&id).ok())
                     .and_then(|c| c.name().map(str::to_owned))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "  {}  {name}  {}: {:?} / {:?}",
                     short(&conflict.id),
                     conflict.field,
@@ -310,12 +321,12 @@ async fn sync(home: &Path) -> Result<()> {
     let report = device.sync().await;
     spinner.finish_and_clear();
     let report = report.with_context(|| relay_context(&device))?;
-    println!(
-        "Synced: pushed {} envelopes, pulled {}, {} contacts changed; {} contacts in all.",
-        report.pushed,
+    outln!(
+        "Synced: pushed {}, pulled {}, {} changed; {} in all.",
+        count(report.pushed as u64, "envelope"),
         report.pulled,
-        report.changed.len(),
-        device.contacts()?.len()
+        count(report.changed.len() as u64, "contact"),
+        count(device.contacts()?.len() as u64, "contact")
     );
     Ok(())
 }
@@ -328,10 +339,10 @@ fn describe_changes(report: &SyncReport) -> String {
         .map(|id| short(&id.to_hex()).to_owned())
         .collect();
     let mut text = format!(
-        "pushed {}, pulled {}, {} contacts changed",
+        "pushed {}, pulled {}, {} changed",
         report.pushed,
         report.pulled,
-        report.changed.len()
+        count(report.changed.len() as u64, "contact")
     );
     if !ids.is_empty() {
         text.push_str(": ");
@@ -352,19 +363,26 @@ async fn watch(home: &Path) -> Result<()> {
     let watcher = device.clone();
     let mut task = tokio::spawn(async move { watcher.watch(sender).await });
     eprintln!("Watching for changes from other devices (Ctrl-C to stop).");
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut first = true;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 drop(changes);
                 task.abort();
                 eprintln!("Stopped.");
                 return Ok(());
             }
             report = changes.recv() => match report {
-                Some(report) => {
-                    println!("{}", describe_changes(&report));
-                    let _ = std::io::stdout().flush();
+                // The first sync always says where things stand; later ones only when
+                // something moved.
+                Some(report) if first || report.pushed > 0 || report.pulled > 0 || !report.changed.is_empty() => {
+                    first = false;
+                    outln!("{}", describe_changes(&report));
+                    std::io::stdout().flush()?;
                 }
+                Some(_) => {}
                 None => break,
             },
         }
@@ -385,9 +403,9 @@ async fn compact(home: &Path) -> Result<()> {
     spinner.finish_and_clear();
     let report = report
         .with_context(|| format!("cannot compact on the relay at {}", device.relay().address))?;
-    println!(
-        "Compacted: wrote {} snapshot envelopes; relay storage for this account {} -> {} ({} -> {} bytes).",
-        report.snapshot_envelopes,
+    outln!(
+        "Compacted: wrote {}; relay storage for this account {} -> {} ({} -> {} bytes).",
+        count(report.snapshot_envelopes as u64, "snapshot envelope"),
         output::bytes(report.relay_bytes_before),
         output::bytes(report.relay_bytes_after),
         report.relay_bytes_before,
@@ -414,7 +432,7 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
                     device.relay().address
                 )
             })?;
-            println!("Approved device {id}; it finishes linking on its own.");
+            outln!("Approved device {id}; it finishes linking on its own.");
             Ok(())
         }
         DeviceCommand::List { json } => {
@@ -425,7 +443,7 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
                     &devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),
                 );
             }
-            print!("{}", output::devices_table(&devices));
+            out!("{}", output::devices_table(&devices));
             Ok(())
         }
         DeviceCommand::Revoke { id } => {
@@ -435,7 +453,7 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
             let revoked = device.revoke(&target).await;
             spinner.finish_and_clear();
             revoked.with_context(|| format!("cannot revoke device {target}"))?;
-            println!(
+            outln!(
                 "Revoked device {target}: the relay refuses it from now on, and the account key and content key \
                  were replaced, so it cannot read anything written after this."
             );
@@ -494,11 +512,11 @@ async fn request_link(
             relay.relay
         )
     })?;
-    println!(
-        "Linked: this is device {} of account {}; {} contacts synced.",
+    outln!(
+        "Linked: this is device {} of account {}; {} synced.",
         device.device_id(),
         device.account_id(),
-        device.contacts()?.len()
+        count(device.contacts()?.len() as u64, "contact")
     );
     Ok(())
 }
@@ -520,28 +538,32 @@ async fn recover(
             relay.relay
         )
     })?;
-    println!(
-        "Recovered account {} on this new device {}; {} contacts restored.",
+    outln!(
+        "Recovered account {} on this new device {}; {} restored.",
         device.account_id(),
         device.device_id(),
-        device.contacts()?.len()
+        count(device.contacts()?.len() as u64, "contact")
     );
     Ok(())
 }
 
 fn export_vcard(home: &Path, path: &Path) -> Result<()> {
     let device = open(home)?;
-    let count = device.contacts()?.len();
+    let exported = device.contacts()?.len();
     let text = device.export_vcard()?;
     if path == Path::new("-") {
-        print!("{text}");
+        out!("{text}");
         std::io::stdout().flush()?;
-        eprintln!("Exported {count} contacts.");
+        eprintln!("Exported {}.", count(exported as u64, "contact"));
         return Ok(());
     }
     write_private(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("Exported {count} contacts to {}.", path.display());
+    outln!(
+        "Exported {} to {}.",
+        count(exported as u64, "contact"),
+        path.display()
+    );
     Ok(())
 }
 

@@ -5,6 +5,23 @@
 //! do), and the exit code is non-zero.
 #![forbid(unsafe_code)]
 
+/// `print!` that fails with an error instead of panicking when standard output is closed
+/// (as in `kith contacts list | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
+/// `println!` that fails with an error instead of panicking when standard output is closed.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod cli;
 mod commands;
 mod demo;
@@ -12,6 +29,7 @@ mod output;
 mod progress;
 mod qr;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -28,6 +46,8 @@ async fn main() -> ExitCode {
     init_logging();
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`kith contacts list | head`): nothing left to tell anyone.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", error_text(&err));
             if let Some(hint) = hint(&err) {
@@ -38,6 +58,14 @@ async fn main() -> ExitCode {
     }
 }
 
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Logs (library warnings such as sync retries) to standard error; `RUST_LOG` overrides the
 /// default. The library and the relay never log contact data or key material.
 fn init_logging() {
@@ -46,6 +74,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
@@ -80,7 +109,10 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         });
     if let Some(net) = net {
         return match net {
-            NetError::Connection(_) | NetError::Timeout | NetError::Resolve(_) => Some(
+            NetError::Resolve(_) => Some(
+                "check the relay's host name and port (--relay HOST:PORT) and this machine's DNS",
+            ),
+            NetError::Connection(_) | NetError::Timeout => Some(
                 "check that kith-relay is running at that address and reachable over UDP, and that the \
                  certificate fingerprint is the one it printed at start-up; then run the command again",
             ),

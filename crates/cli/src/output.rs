@@ -261,7 +261,7 @@ impl From<&DeviceInfo> for DeviceJson {
 /// Prints `value` as pretty JSON on standard output.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -430,8 +430,11 @@ fn source_text(source: &Source) -> String {
         }
         Source::Facebook(_) => "Facebook".to_owned(),
         Source::IMessage(s) => format!(
-            "iMessage {}: {} sent, {} received, {} group chats",
-            s.handle, s.sent, s.received, s.group_chats
+            "iMessage {}: {} sent, {} received, {}",
+            s.handle,
+            s.sent,
+            s.received,
+            count(s.group_chats, "group chat")
         ),
         Source::AddressBook(s) => format!("address book, as {:?}", s.name),
         Source::VCard(_) => "vCard".to_owned(),
@@ -465,6 +468,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// `1 contact`, `2 contacts`: a count and its noun, plural when it is not one.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// A byte count for people: `512 B`, `12.3 KiB`, `4.0 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -488,6 +501,13 @@ mod tests {
     fn times_are_formatted_in_utc() {
         assert_eq!(format_time_ms(0), "1970-01-01 00:00");
         assert_eq!(format_time_ms(1_709_210_096_000), "2024-02-29 12:34");
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(1u32, "envelope"), "1 envelope");
+        assert_eq!(count(0u32, "envelope"), "0 envelopes");
+        assert_eq!(count(2u64, "group chat"), "2 group chats");
     }
 
     #[test]

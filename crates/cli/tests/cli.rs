@@ -502,6 +502,54 @@ fn a_linked_device_sees_the_same_contacts_after_sync() {
     devices.args(["device", "list", "--json"]);
     let devices = json(&ok(devices));
     assert_eq!(devices.as_array().map(Vec::len), Some(2));
+
+    // `sync --watch` on B reports a contact A adds, without B asking.
+    let mut watch = kith(&b);
+    watch
+        .args(["sync", "--watch"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut watcher = watch.spawn().expect("spawn sync --watch");
+    let lines = {
+        let out = watcher.stdout.take().expect("stdout");
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        receive
+    };
+    let first = lines
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the watcher reports its first sync");
+    assert!(first.contains("pulled"), "{first}");
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Dorothy Vaughan"]);
+    let added = ok(add);
+    let id = added
+        .split_whitespace()
+        .find(|word| word.trim_end_matches('.').len() == 32)
+        .map(|word| word.trim_end_matches('.').to_owned())
+        .unwrap_or_else(|| panic!("contacts add prints the new id: {added}"));
+    let mut sync = kith(&a);
+    sync.arg("sync");
+    ok(sync);
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let seen = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(&id[..10]) => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(seen, "sync --watch on B never reported the contact A added");
 }
 
 #[test]
