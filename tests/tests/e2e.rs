@@ -64,9 +64,19 @@ impl World {
         let old = self.relay.take().unwrap();
         let addr = old.local_addr();
         old.shutdown().await.unwrap();
-        let mut config = RelayConfig::for_tests(&self.relay_dir);
-        config.listen = addr;
-        self.relay = Some(Relay::start(config).await.unwrap());
+        // The old endpoint's socket is freed once its last connection handle drops.
+        for attempt in 0.. {
+            let mut config = RelayConfig::for_tests(&self.relay_dir);
+            config.listen = addr;
+            match Relay::start(config).await {
+                Ok(relay) => {
+                    self.relay = Some(relay);
+                    break;
+                }
+                Err(_) if attempt < 50 => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("relay did not restart: {e}"),
+            }
+        }
     }
 }
 

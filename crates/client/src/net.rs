@@ -24,6 +24,9 @@ use tokio::net::lookup_host;
 pub const ALPN: &[u8] = b"kith/1";
 /// Largest response frame the client accepts (pull pages are bounded by the relay far below).
 pub const MAX_RESPONSE_FRAME: usize = 32 * 1024 * 1024;
+/// How long connecting (QUIC and TLS handshake) may take: a relay that is down gives no quick
+/// refusal over UDP, so this bounds how long a device waits to learn it is offline.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a single request may take before it is abandoned.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -246,7 +249,7 @@ impl RelayConnection {
         let connecting = endpoint
             .connect(remote, server_name)
             .map_err(|e| NetError::Connection(e.to_string()))?;
-        let connection = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| NetError::Timeout)?
             .map_err(|e| NetError::Connection(e.to_string()))?;

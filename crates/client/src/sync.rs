@@ -63,7 +63,8 @@ impl Device {
         }
     }
 
-    async fn sync_once(&self) -> Result<SyncReport> {
+    /// One sync attempt without retries: fails fast when the relay is unreachable.
+    pub async fn sync_once(&self) -> Result<SyncReport> {
         let mut slot = self.inner.connection.lock().await;
         let connection = match self.connection(&mut slot).await {
             Ok(c) => c.clone(),
@@ -155,7 +156,19 @@ impl Device {
                     &self.inner.device_id,
                     &self.inner.secrets.agreement_key,
                 )?;
-                state.epochs.insert(number, secret)?;
+                // HPKE base mode does not say who sealed a key: the relay could seal a secret of
+                // its own. The current epoch's secret must open the signed roster's device
+                // names before anything is written under it; keys staged for a later epoch
+                // wait until a roster starts that epoch.
+                if number > want {
+                    continue;
+                }
+                if number == want {
+                    state.roster.confirm_epoch_secret(&secret)?;
+                }
+                if !state.epochs.contains(number) {
+                    state.epochs.insert(number, secret)?;
+                }
             }
             if state.epochs.latest().map(|(n, _)| n).unwrap_or(0) < want {
                 return Err(ClientError::Epoch(
@@ -240,9 +253,8 @@ impl Device {
         let seq = last_seq + 1;
         let sealed = {
             let state = self.state();
-            let (number, _) = state.epochs.latest().ok_or(ClientError::Epoch(
-                kith_protocol::epoch::EpochError::UnknownEpoch { epoch: 0 },
-            ))?;
+            // Always the roster's epoch, whose secret was confirmed against the roster.
+            let number = state.roster.epoch();
             let content_key = state.epochs.content_key(number)?;
             envelope::seal(
                 &self.inner.secrets.signing_key,
@@ -321,6 +333,21 @@ impl Device {
             pushed += count;
         }
         Ok(pushed)
+    }
+
+    /// Test hook: seals pending operations into the outbox without pushing, and returns the
+    /// outbox's envelopes, as a crash between sealing and pushing would leave them.
+    #[doc(hidden)]
+    pub fn seal_pending_for_tests(&self) -> Result<Vec<Vec<u8>>> {
+        self.seal_pending()?;
+        self.inner
+            .store
+            .scan(TreeName::Outbox)
+            .map(|item| {
+                item.map(|(_, envelope)| envelope)
+                    .map_err(ClientError::from)
+            })
+            .collect()
     }
 
     /// The stream position this device has verified for `writer`: (seq, hash).

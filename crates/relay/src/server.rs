@@ -108,19 +108,36 @@ impl Relay {
     /// Opens the store, loads or creates the certificate, binds and starts serving.
     pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         config.check()?;
+        Self::create_dirs(&config)?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(
+            &crate::db_dir(&config.data_dir),
+            config.cache_bytes,
+            config.store_value_bytes as usize,
+        )?);
+        Self::start_with_store(config, store).await
+    }
+
+    fn create_dirs(config: &RelayConfig) -> Result<(), RelayError> {
         std::fs::create_dir_all(&config.data_dir).map_err(RelayError::io(format!(
             "create {}",
             config.data_dir.display()
         )))?;
         std::fs::create_dir_all(crate::token_inbox(&config.data_dir))
             .map_err(RelayError::io("create the token inbox"))?;
+        Ok(())
+    }
+
+    /// [`Relay::start`] on a storage backend of the caller's: another [`Store`]
+    /// implementation, or a test double in front of the real one (fault injection, a
+    /// tampering relay in the adversary tests).
+    pub async fn start_with_store(
+        config: RelayConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<RelayHandle, RelayError> {
+        config.check()?;
+        Self::create_dirs(&config)?;
         let identity = tls::load_or_create(&config)?;
         let server_config = tls::server_config(&identity, &config.limits)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(
-            &crate::db_dir(&config.data_dir),
-            config.cache_bytes,
-            config.store_value_bytes as usize,
-        )?);
         let socket = bind_socket(config.listen, config.udp_buffer_bytes)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),

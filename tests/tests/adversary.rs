@@ -1,0 +1,391 @@
+//! A malicious relay: the real relay in front of a tampering storage double that drops,
+//! reorders, replays, corrupts envelopes and rolls back the roster. Every client must detect
+//! the tampering and never merge forged or rolled-back data.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kith_client::net::RelayTarget;
+use kith_client::{ClientError, ContactFields, Device, PendingLink};
+use kith_protocol::stream::StreamError;
+use kith_protocol::{AccountId, DeviceId};
+use kith_relay::store::{
+    LoadedAccount, ReadEnd, SledStore, Store, StoreError, StoreFuture, StoreStats, StreamMeta,
+};
+use kith_relay::{Relay, RelayConfig, RelayHandle};
+
+/// What the double does to the envelopes it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    /// Serve honestly.
+    None,
+    /// Leave out the envelope with this seq.
+    Drop(u64),
+    /// Serve the envelope with seq `.1` in place of seq `.0` (a replay).
+    Replay(u64, u64),
+    /// Serve the envelopes in reverse order, each under its own seq.
+    Reverse,
+    /// Flip one byte of the envelope with this seq.
+    Corrupt(u64),
+    /// Serve the first roster ever stored when the account is loaded.
+    RollbackRoster,
+}
+
+#[derive(Debug)]
+struct TamperingStore {
+    inner: SledStore,
+    mode: Mutex<Tamper>,
+    first_roster: Mutex<Option<Vec<u8>>>,
+}
+
+impl TamperingStore {
+    fn set(&self, mode: Tamper) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+impl Store for TamperingStore {
+    fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError> {
+        let mut loaded = self.inner.load_account(account)?;
+        if *self.mode.lock().unwrap() == Tamper::RollbackRoster {
+            if let (Some(loaded), Some(first)) =
+                (&mut loaded, self.first_roster.lock().unwrap().clone())
+            {
+                loaded.roster = first;
+            }
+        }
+        Ok(loaded)
+    }
+    fn create_account(&self, account: &AccountId, roster: &[u8]) -> Result<bool, StoreError> {
+        self.first_roster
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| roster.to_vec());
+        self.inner.create_account(account, roster)
+    }
+    fn put_roster(&self, account: &AccountId, roster: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_roster(account, roster)
+    }
+    fn append(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        first_seq: u64,
+        envelopes: &[&[u8]],
+        meta: &StreamMeta,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .append(account, device, first_seq, envelopes, meta)
+    }
+    fn read_stream(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        sink: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
+        let mut all: Vec<(u64, Vec<u8>)> = Vec::new();
+        self.inner
+            .read_stream(account, device, 0, &mut |seq, bytes| {
+                all.push((seq, bytes.to_vec()));
+                true
+            })?;
+        let mode = *self.mode.lock().unwrap();
+        let mut served: Vec<(u64, Vec<u8>)> = match mode {
+            Tamper::Drop(seq) => all.into_iter().filter(|(s, _)| *s != seq).collect(),
+            Tamper::Replay(at, from) => {
+                let replayed = all.iter().find(|(s, _)| *s == from).map(|(_, b)| b.clone());
+                all.into_iter()
+                    .map(|(s, b)| {
+                        if s == at {
+                            (s, replayed.clone().unwrap_or(b))
+                        } else {
+                            (s, b)
+                        }
+                    })
+                    .collect()
+            }
+            Tamper::Reverse => {
+                all.reverse();
+                all
+            }
+            Tamper::Corrupt(seq) => all
+                .into_iter()
+                .map(|(s, mut b)| {
+                    if s == seq {
+                        let middle = b.len() / 2;
+                        b[middle] ^= 0x01;
+                    }
+                    (s, b)
+                })
+                .collect(),
+            Tamper::None | Tamper::RollbackRoster => all,
+        };
+        served.retain(|(s, _)| *s > after_seq || matches!(mode, Tamper::Reverse));
+        for (seq, bytes) in served {
+            if !sink(seq, &bytes) {
+                return Ok(ReadEnd::More);
+            }
+        }
+        Ok(ReadEnd::Complete)
+    }
+    fn truncate(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        before_seq: u64,
+    ) -> Result<StreamMeta, StoreError> {
+        self.inner.truncate(account, device, before_seq)
+    }
+    fn put_sealed_key(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        epoch: u64,
+        sealed: &[u8],
+    ) -> Result<u64, StoreError> {
+        self.inner.put_sealed_key(account, device, epoch, sealed)
+    }
+    fn sealed_keys(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        min_epoch: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.sealed_keys(account, device, min_epoch)
+    }
+    fn put_pairing_slot(
+        &self,
+        slot_id: &[u8; 32],
+        account: &AccountId,
+        expires_at_ms: u64,
+        bundle: &[u8],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .put_pairing_slot(slot_id, account, expires_at_ms, bundle, now_ms)
+    }
+    fn take_pairing_slot(
+        &self,
+        slot_id: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.take_pairing_slot(slot_id, now_ms)
+    }
+    fn count_pairing_slots(&self, account: &AccountId, now_ms: u64) -> Result<usize, StoreError> {
+        self.inner.count_pairing_slots(account, now_ms)
+    }
+    fn expire_pairing_slots(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.inner.expire_pairing_slots(now_ms)
+    }
+    fn put_recovery_bundle(
+        &self,
+        lookup_id: &[u8; 32],
+        account: &AccountId,
+        bundle: &[u8],
+    ) -> Result<(), StoreError> {
+        self.inner.put_recovery_bundle(lookup_id, account, bundle)
+    }
+    fn recovery_bundle(
+        &self,
+        lookup_id: &[u8; 32],
+    ) -> Result<Option<(AccountId, Vec<u8>)>, StoreError> {
+        self.inner.recovery_bundle(lookup_id)
+    }
+    fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.inner.add_registration_token(token_hash)
+    }
+    fn consume_registration_token(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner.consume_registration_token(token_hash)
+    }
+    fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
+        self.inner.delete_account(account)
+    }
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.inner.stats()
+    }
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        self.inner.flush()
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    home: std::path::PathBuf,
+    relay_dir: std::path::PathBuf,
+    store: Arc<TamperingStore>,
+    relay: Option<RelayHandle>,
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let relay_dir = dir.path().join("relay");
+        let config = RelayConfig::for_tests(&relay_dir);
+        let inner = SledStore::open(&kith_relay::db_dir(&relay_dir), 8 << 20, 128 * 1024).unwrap();
+        let store = Arc::new(TamperingStore {
+            inner,
+            mode: Mutex::new(Tamper::None),
+            first_roster: Mutex::new(None),
+        });
+        let relay = Relay::start_with_store(config, store.clone())
+            .await
+            .unwrap();
+        Self {
+            home: dir.path().to_path_buf(),
+            _dir: dir,
+            relay_dir,
+            store,
+            relay: Some(relay),
+        }
+    }
+
+    fn target(&self) -> RelayTarget {
+        let relay = self.relay.as_ref().unwrap();
+        RelayTarget::pinned(
+            relay.local_addr().to_string(),
+            &hex::encode(relay.cert_sha256()),
+        )
+        .unwrap()
+    }
+
+    async fn restart(&mut self) {
+        let old = self.relay.take().unwrap();
+        let addr = old.local_addr();
+        old.shutdown().await.unwrap();
+        // The old endpoint's socket is freed once its last connection handle drops.
+        for attempt in 0.. {
+            let mut config = RelayConfig::for_tests(&self.relay_dir);
+            config.listen = addr;
+            match Relay::start_with_store(config, self.store.clone()).await {
+                Ok(relay) => {
+                    self.relay = Some(relay);
+                    break;
+                }
+                Err(e) if attempt < 50 => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("relay did not restart: {e}"),
+            }
+        }
+    }
+
+    /// Device A with `n` contacts pushed one envelope each, and a linked device B that has
+    /// not pulled them yet.
+    async fn two_devices(&self, n: usize) -> (Device, Device) {
+        let (a, _) = Device::create(&self.home.join("a"), self.target(), "a", None)
+            .await
+            .unwrap();
+        let pending = PendingLink::new(&self.home.join("b"), self.target(), "b").unwrap();
+        let code = pending.code().to_string();
+        let (b, approved) = tokio::join!(
+            pending.complete(Duration::from_secs(30)),
+            a.approve_link(&code)
+        );
+        approved.unwrap();
+        let b = b.unwrap();
+        for i in 0..n {
+            let fields = ContactFields {
+                name: Some(format!("Person {i}")),
+                ..Default::default()
+            };
+            a.add_contact(&fields).await.unwrap();
+            a.sync().await.unwrap();
+        }
+        (a, b)
+    }
+}
+
+fn stream_error(result: Result<kith_client::SyncReport, ClientError>) -> StreamError {
+    match result {
+        Err(ClientError::Stream(e)) => e,
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+}
+
+fn nothing_merged(b: &Device) {
+    assert!(
+        b.contacts().unwrap().is_empty(),
+        "nothing from a tampered page may be merged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_envelope_is_a_gap_naming_the_device() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(3).await;
+    world.store.set(Tamper::Drop(2));
+    let error = stream_error(b.sync().await);
+    assert!(
+        matches!(error, StreamError::Gap { device, .. } if device == a.device_id()),
+        "{error}"
+    );
+    nothing_merged(&b);
+    // An honest relay again: b catches up completely.
+    world.store.set(Tamper::None);
+    b.sync().await.unwrap();
+    assert_eq!(b.contacts().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_envelope_is_detected() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(3).await;
+    world.store.set(Tamper::Replay(2, 1));
+    let error = stream_error(b.sync().await);
+    assert!(
+        matches!(error, StreamError::Replay { device, .. } | StreamError::Fork { device, .. } if device == a.device_id()),
+        "{error}"
+    );
+    nothing_merged(&b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_envelopes_are_never_merged_out_of_order() {
+    let world = World::new().await;
+    let (_a, b) = world.two_devices(3).await;
+    world.store.set(Tamper::Reverse);
+    // Envelopes are ordered by their signed sequence numbers, never by delivery order; served
+    // again below the cursor, they are replays.
+    match b.sync().await {
+        Ok(_) => assert_eq!(b.contacts().unwrap().len(), 3),
+        Err(ClientError::Stream(_)) => nothing_merged(&b),
+        Err(other) => panic!("unexpected error {other}"),
+    }
+    // Syncing again changes nothing: every envelope was merged once, in seq order.
+    let again = b.sync().await.unwrap();
+    assert_eq!(again.pulled, 0);
+    assert_eq!(b.contacts().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_envelope_is_rejected() {
+    let world = World::new().await;
+    let (_a, b) = world.two_devices(2).await;
+    world.store.set(Tamper::Corrupt(1));
+    let result = b.sync().await;
+    assert!(
+        matches!(result, Err(ClientError::Envelope(_))),
+        "{result:?}"
+    );
+    nothing_merged(&b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_roster_is_refused() {
+    let mut world = World::new().await;
+    let (a, b) = world.two_devices(1).await;
+    // The relay forgets that b was added (serves the genesis roster again after a restart).
+    world.store.set(Tamper::RollbackRoster);
+    world.restart().await;
+    let result = a.sync().await;
+    assert!(
+        matches!(
+            result,
+            Err(ClientError::Roster(_)) | Err(ClientError::Net(_))
+        ),
+        "a must refuse the old roster: {result:?}"
+    );
+    let _ = b;
+}
