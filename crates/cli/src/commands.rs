@@ -494,10 +494,17 @@ async fn request_link(
     // The code is the first line of standard output: scripts and tests read it from there.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", pending.code())?;
-    if stdout.is_terminal()
-        && let Some(art) = qr::render(pending.code())
-    {
-        writeln!(stdout, "{art}")?;
+    if stdout.is_terminal() {
+        let columns = console::Term::stdout()
+            .size_checked()
+            .map_or(80, |(_, columns)| columns);
+        match qr::render(pending.code(), usize::from(columns)) {
+            Ok(art) => writeln!(stdout, "{art}")?,
+            Err(qr::Skipped::TooWide(needed)) => eprintln!(
+                "(A QR code of the link code needs a terminal {needed} columns wide; widen this one and run again to see it.)"
+            ),
+            Err(qr::Skipped::TooLong) => {}
+        }
     }
     stdout.flush()?;
     eprintln!(
