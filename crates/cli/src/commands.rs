@@ -477,7 +477,9 @@ fn resolve_device(device: &Device, text: &str) -> Result<DeviceId> {
     let matches: Vec<_> = devices.iter().filter(|d| d.id.starts_with(&text)).collect();
     match matches.as_slice() {
         [one] => DeviceId::from_hex(&one.id).context("the roster holds a malformed device id"),
-        [] => bail!("no device {text} in this account (see `kith device list`)"),
+        [] => bail!(
+            "no device {text} in this account (see `kith device list`; run `kith sync` first if it joined recently)"
+        ),
         _ => bail!("device id prefix {text} matches several devices; type more of it"),
     }
 }

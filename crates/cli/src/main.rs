@@ -96,8 +96,8 @@ fn error_text(err: &anyhow::Error) -> String {
     text
 }
 
-const REVOKED_HINT: &str = "this device was removed from the account: set it up again in a new \
-     --home with `kith device request` (approved from a device of the account) or `kith recover`";
+const REVOKED_HINT: &str = "set this device up again in a new --home, with `kith device request` \
+     (approved from a device of the account) or `kith recover`";
 
 /// What to do about the errors whose message cannot know the situation.
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
