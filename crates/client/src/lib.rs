@@ -20,6 +20,8 @@
 pub mod contacts;
 pub mod device;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod keystore;
 pub mod net;
