@@ -157,7 +157,30 @@ async fn two_and_three_devices_converge() {
     );
     assert_eq!(names(&b), names(&a));
     assert_eq!(names(&c), names(&a));
-    assert_eq!(a.devices().unwrap().len(), 3);
+    let mut device_names: Vec<String> = a.devices().unwrap().into_iter().map(|d| d.name).collect();
+    device_names.sort();
+    assert_eq!(
+        device_names,
+        ["a", "b", "c"],
+        "linked devices carry the names they were given"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_outbox_is_pushed_in_frames_the_relay_accepts() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    // ~8,000 contacts seal into several envelopes of up to 512 KiB: more than one relay frame.
+    let csv = kith_client::import::testing::generate_linkedin_csv(8_000);
+    let report =
+        kith_client::import::linkedin::import_bytes(csv.as_bytes(), &Default::default()).unwrap();
+    let contacts = report.contacts.len();
+    a.import(report).await.unwrap();
+    let pushed = a.sync().await.unwrap().pushed;
+    assert!(pushed >= 8, "{pushed} envelopes");
+    b.sync().await.unwrap();
+    assert_eq!(b.contacts().unwrap().len(), contacts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

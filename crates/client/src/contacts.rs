@@ -93,6 +93,21 @@ impl Device {
         self.commit_local(vec![op]).await
     }
 
+    /// Changes many contacts at once: one transaction and one flush for the whole batch, which
+    /// is what an app should use for bulk edits. Ids that are not live contacts are an error
+    /// and nothing is changed.
+    pub async fn edit_contacts(&self, edits: &[(RecordId, ContactFields)]) -> Result<()> {
+        let mut ops = Vec::with_capacity(edits.len());
+        for (id, fields) in edits {
+            let current = self.live_record(id)?;
+            let writes = self.writes_for(&current, fields)?;
+            if !writes.is_empty() {
+                ops.push(Operation::upsert(*id, self.tick(), writes)?);
+            }
+        }
+        self.commit_local(ops).await
+    }
+
     /// Deletes a contact (a tombstone that every device converges on).
     pub async fn delete_contact(&self, id: &RecordId) -> Result<()> {
         self.live_record(id)?;
@@ -167,11 +182,22 @@ impl Device {
     /// then flushes so they survive a crash.
     pub(crate) async fn commit_local(&self, ops: Vec<Operation>) -> Result<()> {
         let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
+        if ops.is_empty() {
+            return Ok(());
+        }
         for op in &ops {
             let state = self.loaded(&mut touched, op.record())?;
             state.apply(op);
         }
-        self.write_pending(&touched, &ops)?;
+        // Each pending entry holds at most one envelope's worth of operations.
+        let mut chunks = ops.chunks(crate::sync::OPS_PER_ENVELOPE);
+        if let Some(first) = chunks.next() {
+            self.write_pending(&touched, first)?;
+        }
+        for chunk in chunks {
+            self.write_pending(&BTreeMap::new(), chunk)?;
+        }
+        self.persist_clock()?;
         self.inner.store.flush().await?;
         Ok(())
     }
@@ -431,7 +457,7 @@ impl Device {
                     .into_iter()
                     .filter(|(id, _)| changed.contains(id))
                     .collect();
-                for ops in ops.chunks(kith_protocol::limits::MAX_OPERATIONS_PER_BATCH) {
+                for ops in ops.chunks(crate::sync::OPS_PER_ENVELOPE) {
                     self.write_pending(&BTreeMap::new(), ops)?;
                 }
                 self.write_records(touched.iter())?;
@@ -439,6 +465,7 @@ impl Device {
             done += chunk.len();
             progress(done, total);
         }
+        self.persist_clock()?;
         store.flush().await?;
         Ok(summary)
     }

@@ -573,7 +573,11 @@ impl Device {
                 NewDevice {
                     signing_key: *code.signing_key(),
                     agreement_key: code.agreement_key().clone(),
-                    name: "new device".to_string(),
+                    name: if code.device_name().is_empty() {
+                        "linked device".to_string()
+                    } else {
+                        code.device_name().to_string()
+                    },
                 },
                 &state.epochs,
                 now_ms(),
@@ -864,6 +868,7 @@ impl PendingLink {
             secrets.agreement_key.public(),
             pairing_secret.clone(),
         )
+        .with_device_name(device_name)
         .to_text();
         Ok(Self {
             home: home.to_path_buf(),

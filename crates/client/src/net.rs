@@ -391,10 +391,14 @@ pub struct Subscription {
 impl Subscription {
     /// Waits for the next notification; `None` when the relay closed the subscription.
     pub async fn next(&mut self) -> Result<Option<proto::Notification>, NetError> {
-        match read_response(&mut self.recv).await? {
-            None => Ok(None),
-            Some(response::Kind::Notification(note)) => Ok(Some(note)),
-            Some(_) => Err(NetError::Protocol("expected a notification".into())),
+        loop {
+            match read_response(&mut self.recv).await? {
+                None => return Ok(None),
+                Some(response::Kind::Notification(note)) => return Ok(Some(note)),
+                // The relay confirms the subscription with `Ok` before any notification.
+                Some(response::Kind::Ok(_)) => continue,
+                Some(_) => return Err(NetError::Protocol("expected a notification".into())),
+            }
         }
     }
 }

@@ -22,11 +22,13 @@ use crate::net::{RelayConnection, expect_ok};
 use crate::store::{StoreError, TreeName};
 
 /// Operations per envelope: keeps an envelope well under the 1 MiB limit.
-const OPS_PER_ENVELOPE: usize = 1_000;
+pub(crate) const OPS_PER_ENVELOPE: usize = 1_000;
 /// Plaintext bytes per envelope before a new one is started.
 const BYTES_PER_ENVELOPE: usize = 512 * 1024;
 /// Envelopes per push request.
 const ENVELOPES_PER_PUSH: usize = 64;
+/// Envelope bytes per push request.
+const BYTES_PER_PUSH: usize = 2 * 1024 * 1024;
 /// Envelopes asked for per pull page.
 const ENVELOPES_PER_PULL: u32 = 256;
 /// Encoded record bytes per snapshot envelope (a snapshot spans as many envelopes as needed).
@@ -304,9 +306,19 @@ impl Device {
         loop {
             let mut batch = Vec::new();
             let mut last_seq = 0;
-            for item in outbox.iter().take(ENVELOPES_PER_PUSH) {
+            let mut batch_bytes = 0;
+            for item in outbox.iter() {
                 let (key, sealed) = item.map_err(StoreError::from)?;
-                batch.push(store.cipher().open(TreeName::Outbox, &key, &sealed)?);
+                let envelope = store.cipher().open(TreeName::Outbox, &key, &sealed)?;
+                // Stay well inside the relay's frame limit (4 MiB by default).
+                if !batch.is_empty()
+                    && (batch.len() >= ENVELOPES_PER_PUSH
+                        || batch_bytes + envelope.len() > BYTES_PER_PUSH)
+                {
+                    break;
+                }
+                batch_bytes += envelope.len();
+                batch.push(envelope);
                 last_seq = u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default());
             }
             if batch.is_empty() {
@@ -689,13 +701,22 @@ impl Device {
         usage(&connection).await
     }
 
+    /// The next clock value for a local write. Not persisted here: callers persist the last
+    /// clock once per commit with [`Device::persist_clock`].
     pub(crate) fn tick(&self) -> kith_protocol::hlc::Hlc {
-        let mut state = self.state();
-        let clock = state.clock.tick(now_ms());
-        let value = clock.to_proto().encode_to_vec();
-        drop(state);
-        let _ = self.inner.store.put(TreeName::Meta, meta::CLOCK, &value);
-        clock
+        self.state().clock.tick(now_ms())
+    }
+
+    /// Stores the clock's latest value, so that after a restart it never runs behind a clock
+    /// this device already used, even if the wall clock went backwards.
+    pub(crate) fn persist_clock(&self) -> Result<()> {
+        let latest = self.state().clock.tick(now_ms());
+        self.inner.store.put(
+            TreeName::Meta,
+            meta::CLOCK,
+            &latest.to_proto().encode_to_vec(),
+        )?;
+        Ok(())
     }
 }
 

@@ -357,6 +357,7 @@ pub struct LinkCode {
     signing_key: DeviceVerifyingKey,
     agreement_key: DeviceAgreementPublicKey,
     pairing_secret: PairingSecret,
+    device_name: String,
 }
 
 impl fmt::Debug for LinkCode {
@@ -382,7 +383,25 @@ impl LinkCode {
             signing_key,
             agreement_key,
             pairing_secret,
+            device_name: String::new(),
         }
+    }
+
+    /// The same code carrying the new device's name (at most 64 bytes of UTF-8, as in the
+    /// roster; longer names are cut at a character boundary). The name travels only from the
+    /// new device to the approving one, which seals it into the roster.
+    pub fn with_device_name(mut self, name: &str) -> Self {
+        let mut end = name.len().min(limits::MAX_DEVICE_NAME_BYTES);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.device_name = name[..end].to_string();
+        self
+    }
+
+    /// The new device's name, as its owner typed it (empty if none was given).
+    pub fn device_name(&self) -> &str {
+        &self.device_name
     }
 
     /// A link code for these keys with a fresh pairing secret.
@@ -422,6 +441,7 @@ impl LinkCode {
             signing_key: self.signing_key.to_bytes().to_vec(),
             agreement_key: self.agreement_key.to_bytes(),
             pairing_secret: self.pairing_secret.expose().to_vec(),
+            device_name: self.device_name.clone(),
         };
         let encoded = Zeroizing::new(message.encode_to_vec());
         message.pairing_secret.zeroize();
@@ -484,10 +504,17 @@ impl LinkCode {
                 reason: "must be 32 bytes",
             }
         })?;
+        if message.device_name.len() > limits::MAX_DEVICE_NAME_BYTES {
+            return Err(BundleError::InvalidField {
+                field: "device_name",
+                reason: "must be at most 64 bytes",
+            });
+        }
         Ok(Self {
             signing_key,
             agreement_key,
             pairing_secret,
+            device_name: message.device_name.clone(),
         })
     }
 }
@@ -1081,6 +1108,27 @@ mod tests {
     }
 
     #[test]
+    fn link_code_carries_a_bounded_device_name() {
+        let phone = new_phone();
+        let named = phone.code.clone().with_device_name("Seán's phone");
+        assert_eq!(
+            LinkCode::parse(&named.to_text()).unwrap().device_name(),
+            "Seán's phone"
+        );
+        // Cut at a character boundary, never inside one.
+        let long = "é".repeat(40);
+        assert_eq!(
+            phone
+                .code
+                .clone()
+                .with_device_name(&long)
+                .device_name()
+                .len(),
+            64
+        );
+    }
+
+    #[test]
     fn link_code_errors_are_precise() {
         let phone = new_phone();
         let text = phone.code.to_text();
@@ -1115,8 +1163,21 @@ mod tests {
             signing_key: phone.code.signing_key().to_bytes().to_vec(),
             agreement_key: phone.code.agreement_key().to_bytes(),
             pairing_secret: phone.code.pairing_secret().expose().to_vec(),
+            device_name: "phone".into(),
         };
-        assert!(LinkCode::parse(&encode(&good)).is_ok());
+        assert_eq!(
+            LinkCode::parse(&encode(&good)).unwrap().device_name(),
+            "phone"
+        );
+        let mut m = good.clone();
+        m.device_name = "x".repeat(limits::MAX_DEVICE_NAME_BYTES + 1);
+        assert!(matches!(
+            LinkCode::parse(&encode(&m)),
+            Err(BundleError::InvalidField {
+                field: "device_name",
+                ..
+            })
+        ));
         let mut m = good.clone();
         m.format_version = 2;
         assert_eq!(

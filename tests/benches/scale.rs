@@ -1,0 +1,190 @@
+//! Scale benchmarks over real clients and a real relay on loopback (`harness = false`):
+//!
+//! - import of a generated 100,000-row LinkedIn export into a device's store (target < 5 s);
+//! - 100,000 contacts created on device A, synced through the relay and fully merged on
+//!   device B (target < 10 s end to end);
+//! - the relay's bytes for an account of 10,000 contacts after 10 rounds of edits to every
+//!   contact, before and after `compact`.
+//!
+//! `cargo bench -p kith-e2e --bench scale` runs all three; `-- import`, `-- sync` or
+//! `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
+//! and `KITH_BENCH_COMPACT_CONTACTS` (default 10000) for a quick check.
+
+use std::time::{Duration, Instant};
+
+use kith_client::import::{ImportOptions, linkedin, testing::generate_linkedin_csv};
+use kith_client::net::RelayTarget;
+use kith_client::{ContactFields, Device, PendingLink};
+use kith_relay::{Relay, RelayConfig, RelayHandle};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn target(relay: &RelayHandle) -> RelayTarget {
+    RelayTarget::pinned(
+        relay.local_addr().to_string(),
+        &hex::encode(relay.cert_sha256()),
+    )
+    .unwrap()
+}
+
+async fn relay(dir: &std::path::Path) -> RelayHandle {
+    let mut config = RelayConfig::for_tests(dir.join("relay"));
+    // Large imports push ~100 MB; keep the per-account quota out of the way.
+    config.limits.max_account_bytes = 16 * 1024 * 1024 * 1024;
+    config.limits.requests_per_second = 100_000;
+    Relay::start(config).await.unwrap()
+}
+
+async fn link(dir: &std::path::Path, relay: &RelayHandle, a: &Device, name: &str) -> Device {
+    let pending = PendingLink::new(&dir.join(name), target(relay), name).unwrap();
+    let code = pending.code().to_string();
+    let (linked, approved) = tokio::join!(
+        pending.complete(Duration::from_secs(60)),
+        a.approve_link(&code)
+    );
+    approved.unwrap();
+    linked.unwrap()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+async fn bench_import(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let csv = generate_linkedin_csv(n);
+    let started = Instant::now();
+    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    let parsed = started.elapsed();
+    let rows = report.contacts.len();
+    let summary = a.import(report).await.unwrap();
+    let total = started.elapsed();
+    println!(
+        "import: {n} LinkedIn rows ({} bytes) -> {rows} contacts, {} added: parse {}, total {} ({:.0} contacts/s)",
+        csv.len(),
+        summary.added,
+        secs(parsed),
+        secs(total),
+        rows as f64 / total.as_secs_f64()
+    );
+    relay.shutdown().await.unwrap();
+}
+
+async fn bench_sync(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let b = link(dir.path(), &relay, &a, "b").await;
+    let csv = generate_linkedin_csv(n);
+    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    let contacts = report.contacts.len();
+    let created = Instant::now();
+    a.import(report).await.unwrap();
+    let create_time = created.elapsed();
+    let started = Instant::now();
+    let pushed = a.sync().await.unwrap();
+    let push_time = started.elapsed();
+    let pulled = b.sync().await.unwrap();
+    let total = started.elapsed();
+    let on_b = b.contacts().unwrap().len();
+    assert_eq!(on_b, contacts, "b must hold every contact");
+    let usage = a.usage().await.unwrap();
+    println!(
+        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {}; end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact)",
+        secs(create_time),
+        pushed.pushed,
+        secs(push_time),
+        pulled.pulled,
+        secs(total - push_time),
+        secs(total),
+        usage.bytes_used,
+        usage.bytes_used as f64 / contacts as f64
+    );
+    relay.shutdown().await.unwrap();
+}
+
+async fn bench_compact(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let csv = generate_linkedin_csv(n);
+    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    a.import(report).await.unwrap();
+    a.sync().await.unwrap();
+    let ids: Vec<_> = a.contacts().unwrap().iter().map(|c| c.id()).collect();
+    let started = Instant::now();
+    for round in 0..10 {
+        let edits: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    ContactFields {
+                        note: Some(format!("round {round}")),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        a.edit_contacts(&edits).await.unwrap();
+        a.sync().await.unwrap();
+    }
+    let edit_time = started.elapsed();
+    let started = Instant::now();
+    let report = a.compact().await.unwrap();
+    let compact_time = started.elapsed();
+    // A device linked after compaction converges from the snapshot.
+    let c = link(dir.path(), &relay, &a, "c").await;
+    assert_eq!(c.contacts().unwrap().len(), ids.len());
+    println!(
+        "compact: {} contacts x 10 edit rounds ({}): relay bytes {} before, {} after compact ({:.1}x smaller, {:.0} B/contact), {} snapshot envelopes in {}",
+        ids.len(),
+        secs(edit_time),
+        report.relay_bytes_before,
+        report.relay_bytes_after,
+        report.relay_bytes_before as f64 / report.relay_bytes_after.max(1) as f64,
+        report.relay_bytes_after as f64 / ids.len() as f64,
+        report.snapshot_envelopes,
+        secs(compact_time),
+    );
+    relay.shutdown().await.unwrap();
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let contacts = env_usize("KITH_BENCH_CONTACTS", 100_000);
+    let compact_contacts = env_usize("KITH_BENCH_COMPACT_CONTACTS", 10_000);
+    runtime.block_on(async {
+        if wanted("import") {
+            bench_import(contacts).await;
+        }
+        if wanted("sync") {
+            bench_sync(contacts).await;
+        }
+        if wanted("compact") {
+            bench_compact(compact_contacts).await;
+        }
+    });
+}
