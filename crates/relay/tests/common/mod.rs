@@ -2,6 +2,11 @@
 //! (docs/PROTOCOL.md §4), and envelopes with valid headers and opaque bodies.
 #![allow(dead_code)]
 
+pub mod faulty_store;
+pub mod latency;
+pub mod process;
+pub mod rng;
+
 use std::time::Duration;
 
 use kith_protocol::encoding::labels;
