@@ -445,3 +445,67 @@ async fn compaction_shrinks_relay_storage_and_late_devices_still_converge() {
     let c = world.link(&a, "c").await;
     assert_eq!(names(&c), names(&a));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_are_idempotent_unify_across_sources_and_converge_across_devices() {
+    use kith_client::import::{ImportOptions, linkedin, vcard};
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    let csv = "First Name,Last Name,URL,Email Address,Company,Position,Connected On\r\n\
+        Ada,Lovelace,https://www.linkedin.com/in/ada-lovelace,ada@example.com,Engines,Analyst,12 Mar 2024\r\n\
+        Alan,Turing,https://www.linkedin.com/in/alan-turing,,Bletchley,Cryptanalyst,01 Jan 2020\r\n";
+    let card = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Ada King\r\nEMAIL;type=INTERNET:ADA@example.com\r\n\
+        TEL;type=CELL:+1 415 555 0100\r\nEND:VCARD\r\n";
+    let options = ImportOptions::default();
+
+    let first = a
+        .import(linkedin::import_bytes(csv.as_bytes(), &options).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((first.added, first.updated, first.unchanged), (2, 0, 0));
+    let again = a
+        .import(linkedin::import_bytes(csv.as_bytes(), &options).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.added, again.updated, again.unchanged),
+        (0, 0, 2),
+        "re-import changes nothing"
+    );
+
+    // The vCard shares Ada's e-mail (in another case): it joins her record, keeps both sources,
+    // adds the phone, and does not overwrite the name she already has.
+    let joined = a
+        .import(vcard::import_bytes(card.as_bytes(), &options).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((joined.added, joined.updated), (0, 1));
+    let contacts = a.contacts().unwrap();
+    assert_eq!(contacts.len(), 2);
+    let ada = contacts
+        .iter()
+        .find(|c| c.name() == Some("Ada Lovelace"))
+        .unwrap();
+    assert_eq!(ada.sources().len(), 2, "{:?}", ada.sources());
+    assert_eq!(ada.phones()[0].e164, "+14155550100");
+
+    // b imports the same LinkedIn export before syncing: the same record ids, one contact each.
+    b.import(linkedin::import_bytes(csv.as_bytes(), &options).unwrap())
+        .await
+        .unwrap();
+    let ids_b: Vec<_> = b.contacts().unwrap().iter().map(|c| c.id()).collect();
+    let mut ids_a: Vec<_> = contacts.iter().map(|c| c.id()).collect();
+    let mut ids_b_sorted = ids_b.clone();
+    ids_a.sort();
+    ids_b_sorted.sort();
+    assert_eq!(
+        ids_a, ids_b_sorted,
+        "record ids derive from the source identity"
+    );
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    assert_eq!(b.contacts().unwrap().len(), 2);
+    assert_eq!(a.contacts().unwrap(), b.contacts().unwrap());
+}

@@ -368,28 +368,20 @@ impl Device {
         };
         let total = report.contacts.len();
         let store = &self.inner.store;
-        let identities = store.tree(TreeName::Identities)?;
+        let mut index = IdentityIndex::new(store);
         let mut done = 0;
         for chunk in report.contacts.chunks(IMPORT_CHUNK) {
             let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
             let mut ops = Vec::new();
-            let mut index: BTreeMap<[u8; 32], RecordId> = BTreeMap::new();
             for contact in chunk {
                 let ids = contact.identities();
                 let blinded: Vec<[u8; 32]> =
                     ids.iter().map(|i| store.cipher().index_key(i)).collect();
                 let mut existing = None;
                 for key in &blinded {
-                    if let Some(id) = index.get(key) {
-                        existing = Some(*id);
+                    if let Some(id) = index.get(key)? {
+                        existing = Some(id);
                         break;
-                    }
-                    if let Some(sealed) = identities.get(key).map_err(StoreError::from)? {
-                        let plain = store.cipher().open(TreeName::Identities, key, &sealed)?;
-                        if let Ok(id) = RecordId::from_slice(&plain) {
-                            existing = Some(id);
-                            break;
-                        }
                     }
                 }
                 let id = existing.unwrap_or_else(|| {
@@ -424,7 +416,7 @@ impl Device {
                     }
                 }
                 for key in blinded {
-                    index.insert(key, id);
+                    index.insert(key, id)?;
                 }
                 if writes.is_empty() {
                     summary.unchanged += 1;
@@ -439,18 +431,6 @@ impl Device {
                     summary.added += 1;
                 }
             }
-            let mut index_batch = sled::Batch::default();
-            for (key, id) in &index {
-                index_batch.insert(
-                    key.as_slice(),
-                    store
-                        .cipher()
-                        .seal(TreeName::Identities, key, id.as_bytes()),
-                );
-            }
-            identities
-                .apply_batch(index_batch)
-                .map_err(StoreError::from)?;
             if !ops.is_empty() {
                 let changed: BTreeSet<RecordId> = ops.iter().map(|op| op.record()).collect();
                 let touched: BTreeMap<RecordId, RecordState> = touched
@@ -465,6 +445,7 @@ impl Device {
             done += chunk.len();
             progress(done, total);
         }
+        index.write()?;
         self.persist_clock()?;
         store.flush().await?;
         Ok(summary)
@@ -489,6 +470,75 @@ impl Device {
             })
             .collect();
         Ok(crate::import::vcard::export_vcard4(&contacts))
+    }
+}
+
+/// The device-local identity index (blinded e-mail, phone or profile URL → record id), kept in
+/// 256 encrypted shards keyed by the first byte of the blinded identity, so an import of 100,000
+/// contacts writes 256 values instead of one per identity. The index is derived data: record
+/// ids of imported contacts are deterministic (§2.1), so re-running an interrupted import
+/// rebuilds whatever entries a crash lost.
+struct IdentityIndex<'a> {
+    store: &'a crate::store::LocalStore,
+    shards: BTreeMap<u8, BTreeMap<[u8; 32], RecordId>>,
+    dirty: BTreeSet<u8>,
+}
+
+impl<'a> IdentityIndex<'a> {
+    const ENTRY: usize = 32 + 16;
+
+    fn new(store: &'a crate::store::LocalStore) -> Self {
+        Self {
+            store,
+            shards: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    fn shard(&mut self, key: &[u8; 32]) -> Result<&mut BTreeMap<[u8; 32], RecordId>> {
+        let number = key[0];
+        if !self.shards.contains_key(&number) {
+            let mut shard = BTreeMap::new();
+            if let Some(bytes) = self.store.get(TreeName::Identities, &[number])? {
+                for entry in bytes.chunks_exact(Self::ENTRY) {
+                    let mut blinded = [0u8; 32];
+                    blinded.copy_from_slice(&entry[..32]);
+                    if let Ok(id) = RecordId::from_slice(&entry[32..]) {
+                        shard.insert(blinded, id);
+                    }
+                }
+            }
+            self.shards.insert(number, shard);
+        }
+        self.shards
+            .get_mut(&number)
+            .ok_or_else(|| ClientError::InvalidInput("identity index shard".into()))
+    }
+
+    fn get(&mut self, key: &[u8; 32]) -> Result<Option<RecordId>> {
+        Ok(self.shard(key)?.get(key).copied())
+    }
+
+    fn insert(&mut self, key: [u8; 32], id: RecordId) -> Result<()> {
+        if self.shard(&key)?.insert(key, id) != Some(id) {
+            self.dirty.insert(key[0]);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self) -> Result<()> {
+        for number in std::mem::take(&mut self.dirty) {
+            let Some(shard) = self.shards.get(&number) else {
+                continue;
+            };
+            let mut bytes = Vec::with_capacity(shard.len() * Self::ENTRY);
+            for (key, id) in shard {
+                bytes.extend_from_slice(key);
+                bytes.extend_from_slice(id.as_bytes());
+            }
+            self.store.put(TreeName::Identities, &[number], &bytes)?;
+        }
+        Ok(())
     }
 }
 

@@ -123,7 +123,7 @@ impl ValueCipher {
         let sealed = self
             .cipher
             .encrypt(
-                XNonce::from_slice(&nonce),
+                &XNonce::from(nonce),
                 Payload {
                     msg: plain,
                     aad: &aad,
@@ -146,10 +146,11 @@ impl ValueCipher {
             return Err(tampered());
         }
         let (nonce, body) = sealed.split_at(24);
+        let nonce = XNonce::try_from(nonce).map_err(|_| tampered())?;
         let aad = lp_concat(&[tree.as_str().as_bytes(), key]);
         self.cipher
             .decrypt(
-                XNonce::from_slice(nonce),
+                &nonce,
                 Payload {
                     msg: body,
                     aad: &aad,
