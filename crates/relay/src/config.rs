@@ -103,6 +103,10 @@ pub struct Settings {
     /// Give up on a TLS handshake after this many seconds [default: 10]
     #[arg(long)]
     pub handshake_timeout_secs: Option<u64>,
+    /// Cut off a request stream whose request has not fully arrived, or whose response has
+    /// not been taken, after this many seconds (subscriptions: per notification) [default: 30]
+    #[arg(long)]
+    pub request_timeout_secs: Option<u64>,
     /// Seconds a pairing slot lives before it expires untaken [default: 600]
     #[arg(long)]
     pub pairing_slot_ttl_secs: Option<u64>,
@@ -181,6 +185,7 @@ impl Settings {
             request_burst,
             idle_timeout_secs,
             handshake_timeout_secs,
+            request_timeout_secs,
             pairing_slot_ttl_secs,
             max_pairing_slots_per_account,
             pull_default_envelopes,
@@ -221,6 +226,9 @@ impl Settings {
             handshake_timeout: self
                 .handshake_timeout_secs
                 .map_or(l.handshake_timeout, Duration::from_secs),
+            request_timeout: self
+                .request_timeout_secs
+                .map_or(l.request_timeout, Duration::from_secs),
             pairing_slot_ttl: self
                 .pairing_slot_ttl_secs
                 .map_or(l.pairing_slot_ttl, Duration::from_secs),
@@ -288,6 +296,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// TLS handshake timeout.
     pub handshake_timeout: Duration,
+    /// Time a peer has to send a whole request, and to take a response or notification: a
+    /// request stream that stalls longer is reset, whatever keeps the connection alive.
+    pub request_timeout: Duration,
     /// Pairing-slot lifetime.
     pub pairing_slot_ttl: Duration,
     /// Live pairing slots per account.
@@ -320,6 +331,7 @@ impl Default for Limits {
             request_burst: 200,
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             pairing_slot_ttl: Duration::from_secs(600),
             max_pairing_slots_per_account: 16,
             pull_default_envelopes: 1000,
@@ -425,7 +437,8 @@ impl RelayConfig {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if l.idle_timeout.is_zero() || l.handshake_timeout.is_zero() {
+        if l.idle_timeout.is_zero() || l.handshake_timeout.is_zero() || l.request_timeout.is_zero()
+        {
             return invalid("timeouts must be at least one second");
         }
         if l.connection_window_bytes < u64::from(l.max_frame_bytes) + 4 {

@@ -21,7 +21,10 @@ use crate::store::{GroupCommit, SledStore, Store};
 use crate::tls;
 
 /// QUIC application error code of a stream the relay stopped reading (bad frame).
-const STREAM_REFUSED: u32 = 1;
+pub const STREAM_REFUSED: u32 = 1;
+/// QUIC application error code of a request stream the relay cut off because the request did
+/// not arrive, or the response was not taken, within `Limits::request_timeout`.
+pub const REQUEST_TIMED_OUT: u32 = 2;
 /// How often expired pairing slots are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -281,8 +284,18 @@ async fn request_stream(
     mut recv: quinn::RecvStream,
 ) {
     let max = shared.config.limits.max_frame_bytes;
+    let deadline = shared.config.limits.request_timeout;
     let refuse = |code, message: &'static str| RequestError::new(code, message);
-    let request = match read_message::<Request, _>(&mut recv, max).await {
+    // A peer that keeps its connection alive must still finish its request in time: a stalled
+    // or trickling frame would otherwise hold this task and a stream slot forever.
+    let Ok(read) = tokio::time::timeout(deadline, read_message::<Request, _>(&mut recv, max)).await
+    else {
+        tracing::debug!(remote = %conn.remote, "request not received in time; stream reset");
+        let _ = recv.stop(REQUEST_TIMED_OUT.into());
+        let _ = send.reset(REQUEST_TIMED_OUT.into());
+        return;
+    };
+    let request = match read {
         Ok(Some(request)) => Ok(request),
         Ok(None) => return,
         Err(FrameError::TooLarge { .. }) => Err(refuse(
@@ -304,7 +317,7 @@ async fn request_stream(
         Ok(Request { kind: None }) => Err(refuse(ErrorCode::Malformed, "empty request")),
         Ok(Request {
             kind: Some(request::Kind::Subscribe(_)),
-        }) => handlers::subscribe::run(shared, conn, &mut send)
+        }) => handlers::subscribe::run(shared, conn, &mut send, deadline)
             .await
             .map(|()| None),
         Ok(Request { kind: Some(kind) }) => handlers::dispatch(shared, conn, kind).await.map(Some),
@@ -320,7 +333,14 @@ async fn request_stream(
             err.to_response()
         }
     };
-    if write_message(&mut send, &response).await.is_ok() {
-        let _ = send.finish();
+    match tokio::time::timeout(deadline, write_message(&mut send, &response)).await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        Ok(Err(_)) => {}
+        Err(_) => {
+            tracing::debug!(remote = %conn.remote, "response not taken in time; stream reset");
+            let _ = send.reset(REQUEST_TIMED_OUT.into());
+        }
     }
 }

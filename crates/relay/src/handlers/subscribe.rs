@@ -3,11 +3,14 @@
 //! closes it, the account is deleted, or the relay shuts down.
 
 use kith_protocol::proto::{ErrorCode, Notification, Ok as OkResponse, Response, response};
+use std::time::Duration;
+
 use tokio::sync::broadcast::error::RecvError;
 
 use super::authorized;
 use crate::error::RequestError;
 use crate::frame::write_message;
+use crate::server::REQUEST_TIMED_OUT;
 use crate::state::{AccountEvent, Conn, Shared};
 
 fn notification(device: &kith_protocol::ids::DeviceId, last_seq: u64) -> Response {
@@ -19,12 +22,32 @@ fn notification(device: &kith_protocol::ids::DeviceId, last_seq: u64) -> Respons
     }
 }
 
+/// Writes one message, or resets the stream if the subscriber does not take it within
+/// `deadline` (a subscriber that stops reading must not pin this task forever).
+async fn deliver(
+    send: &mut quinn::SendStream,
+    message: &Response,
+    deadline: Duration,
+) -> Result<(), ()> {
+    match tokio::time::timeout(deadline, write_message(send, message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            tracing::debug!("subscriber not reading; subscription reset");
+            let _ = send.reset(REQUEST_TIMED_OUT.into());
+            Err(())
+        }
+    }
+}
+
 /// Runs a subscription on `send` until it ends. Errors before subscribing are returned for the
-/// caller to send; afterwards the stream is simply finished.
+/// caller to send; afterwards the stream is simply finished. Every message must be taken by
+/// the subscriber within `deadline`.
 pub(crate) async fn run(
     shared: &Shared,
     conn: &Conn,
     send: &mut quinn::SendStream,
+    deadline: Duration,
 ) -> Result<(), RequestError> {
     let (account, device) = authorized(shared, conn)?;
     let mut events = account.events.subscribe();
@@ -32,14 +55,14 @@ pub(crate) async fn run(
     let ok = Response {
         kind: Some(response::Kind::Ok(OkResponse {})),
     };
-    if write_message(send, &ok).await.is_err() {
+    if deliver(send, &ok, deadline).await.is_err() {
         return Ok(());
     }
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
             _ = shutdown.changed() => {
-                let _ = write_message(send, &RequestError::new(ErrorCode::ShuttingDown, "the relay is shutting down").to_response()).await;
+                let _ = deliver(send, &RequestError::new(ErrorCode::ShuttingDown, "the relay is shutting down").to_response(), deadline).await;
                 return Ok(());
             }
             _ = send.stopped() => return Ok(()),
@@ -48,13 +71,16 @@ pub(crate) async fn run(
             Ok(AccountEvent::Pushed {
                 device: writer,
                 last_seq,
-            }) if writer != device => write_message(send, &notification(&writer, last_seq)).await,
+            }) if writer != device => {
+                deliver(send, &notification(&writer, last_seq), deadline).await
+            }
             Ok(AccountEvent::Pushed { .. }) => Ok(()),
             Ok(AccountEvent::Deleted) | Err(RecvError::Closed) => {
-                let _ = write_message(
+                let _ = deliver(
                     send,
                     &RequestError::new(ErrorCode::UnknownAccount, "the account was deleted")
                         .to_response(),
+                    deadline,
                 )
                 .await;
                 return Ok(());
@@ -70,7 +96,7 @@ pub(crate) async fn run(
                     .collect();
                 let mut result = Ok(());
                 for (writer, last_seq) in streams {
-                    result = write_message(send, &notification(&writer, last_seq)).await;
+                    result = deliver(send, &notification(&writer, last_seq), deadline).await;
                     if result.is_err() {
                         break;
                     }
