@@ -240,11 +240,13 @@ impl RelayConnection {
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
         endpoint.set_default_client_config(client_config(&target.trust)?);
+        // The host as written (a DNS name or an IP address, checked against the certificate's
+        // SANs when trusting a CA); a pinned certificate is matched by its hash alone.
         let server_name = target
             .address
             .rsplit_once(':')
             .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
-            .filter(|host| host.parse::<std::net::IpAddr>().is_err())
+            .filter(|host| !host.is_empty())
             .unwrap_or("kith-relay");
         let connecting = endpoint
             .connect(remote, server_name)
