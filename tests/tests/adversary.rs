@@ -47,12 +47,10 @@ impl TamperingStore {
 impl Store for TamperingStore {
     fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError> {
         let mut loaded = self.inner.load_account(account)?;
-        if *self.mode.lock().unwrap() == Tamper::RollbackRoster {
-            if let (Some(loaded), Some(first)) =
-                (&mut loaded, self.first_roster.lock().unwrap().clone())
-            {
-                loaded.roster = first;
-            }
+        let rollback = *self.mode.lock().unwrap() == Tamper::RollbackRoster;
+        let first = self.first_roster.lock().unwrap().clone();
+        if let (true, Some(loaded), Some(first)) = (rollback, &mut loaded, first) {
+            loaded.roster = first;
         }
         Ok(loaded)
     }

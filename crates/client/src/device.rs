@@ -337,13 +337,12 @@ impl Device {
             .map(Zeroizing::new)
             .and_then(|bytes| RecoverySealing::decode(&bytes));
         let mut clock = HlcClock::new(device_id);
-        if let Some(bytes) = store.get(TreeName::Meta, meta::CLOCK)? {
-            if let Ok(last) = proto::Hlc::decode(bytes.as_slice())
-                .map_err(|_| ())
-                .and_then(|p| Hlc::from_proto(&p).map_err(|_| ()))
-            {
-                clock.observe(&last);
-            }
+        let stored_clock = store
+            .get(TreeName::Meta, meta::CLOCK)?
+            .and_then(|bytes| proto::Hlc::decode(bytes.as_slice()).ok())
+            .and_then(|wire| Hlc::from_proto(&wire).ok());
+        if let Some(last) = stored_clock {
+            clock.observe(&last);
         }
         let relay = settings.relay()?;
         let record_id_key = epochs.record_id_key()?;

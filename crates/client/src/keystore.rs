@@ -155,10 +155,13 @@ impl KeyStore for FileKeyStore {
         file.write_all(&secrets.encode()).map_err(|e| self.io(e))?;
         file.sync_all().map_err(|e| self.io(e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(dir) = std::fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
+        // Make the rename itself durable.
+        if let Some(dir) = self
+            .path
+            .parent()
+            .and_then(|dir| std::fs::File::open(dir).ok())
+        {
+            let _ = dir.sync_all();
         }
         Ok(())
     }

@@ -165,6 +165,9 @@ impl ValueCipher {
     }
 }
 
+/// A decrypted (key, value) pair of a tree.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// The device's sled database with encrypted values.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -218,12 +221,9 @@ impl LocalStore {
     }
 
     /// Every (key, decrypted value) of a tree in key order.
-    pub fn scan(
-        &self,
-        tree: TreeName,
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+    pub fn scan(&self, tree: TreeName) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         let opened = self.tree(tree);
-        let iter: Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>> = match opened {
+        let iter: Box<dyn Iterator<Item = Result<Entry, StoreError>>> = match opened {
             Err(e) => Box::new(std::iter::once(Err(e))),
             Ok(t) => Box::new(t.iter().map(move |item| {
                 let (key, sealed) = item?;

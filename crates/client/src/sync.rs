@@ -529,15 +529,13 @@ impl Device {
         touched: &'a mut BTreeMap<RecordId, RecordState>,
         id: RecordId,
     ) -> Result<&'a mut RecordState> {
-        if !touched.contains_key(&id) {
-            let state = self
-                .load_record(&id)?
-                .unwrap_or_else(|| RecordState::new(id));
-            touched.insert(id, state);
-        }
-        touched
-            .get_mut(&id)
-            .ok_or_else(|| ClientError::UnknownContact(id.to_hex()))
+        Ok(match touched.entry(id) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
+                self.load_record(&id)?
+                    .unwrap_or_else(|| RecordState::new(id)),
+            ),
+        })
     }
 
     /// Reads one record's merged state.

@@ -44,7 +44,10 @@ pub fn sign_relay_auth(
     account: &AccountId,
     device: &DeviceId,
 ) -> Signature {
-    key.sign(labels::RELAY_AUTH, &[exporter, nonce, account.as_bytes(), device.as_bytes()])
+    key.sign(
+        labels::RELAY_AUTH,
+        &[exporter, nonce, account.as_bytes(), device.as_bytes()],
+    )
 }
 
 /// Checks a device's answer to a challenge on this TLS session.
@@ -71,7 +74,10 @@ pub fn sign_account_deletion(
     account: &AccountId,
     roster_version: u64,
 ) -> Signature {
-    key.sign(labels::DELETE_ACCOUNT, &[account.as_bytes(), &roster_version.to_be_bytes()])
+    key.sign(
+        labels::DELETE_ACCOUNT,
+        &[account.as_bytes(), &roster_version.to_be_bytes()],
+    )
 }
 
 /// Checks an account deletion order against the current account key.
@@ -106,8 +112,15 @@ mod tests {
         let (key, account, device) = setup();
         let sig = sign_relay_auth(&key, &[1; 32], &[2; 32], &account, &device);
         assert!(
-            verify_relay_auth(&key.public(), &[1; 32], &[2; 32], &account, &device, sig.as_bytes())
-                .is_ok()
+            verify_relay_auth(
+                &key.public(),
+                &[1; 32],
+                &[2; 32],
+                &account,
+                &device,
+                sig.as_bytes()
+            )
+            .is_ok()
         );
     }
 
@@ -115,11 +128,23 @@ mod tests {
     fn auth_signature_from_another_session_is_rejected() {
         let (key, account, device) = setup();
         let sig = sign_relay_auth(&key, &[1; 32], &[2; 32], &account, &device);
-        let other_session =
-            verify_relay_auth(&key.public(), &[9; 32], &[2; 32], &account, &device, sig.as_bytes());
+        let other_session = verify_relay_auth(
+            &key.public(),
+            &[9; 32],
+            &[2; 32],
+            &account,
+            &device,
+            sig.as_bytes(),
+        );
         assert!(matches!(other_session, Err(AuthError::BadSignature(_))));
-        let other_nonce =
-            verify_relay_auth(&key.public(), &[1; 32], &[8; 32], &account, &device, sig.as_bytes());
+        let other_nonce = verify_relay_auth(
+            &key.public(),
+            &[1; 32],
+            &[8; 32],
+            &account,
+            &device,
+            sig.as_bytes(),
+        );
         assert!(matches!(other_nonce, Err(AuthError::BadSignature(_))));
         let other_account = AccountId::from_bytes([4; 32]);
         let wrong_account = verify_relay_auth(
@@ -136,7 +161,14 @@ mod tests {
     #[test]
     fn truncated_signature_is_malformed() {
         let (key, account, device) = setup();
-        let result = verify_relay_auth(&key.public(), &[1; 32], &[2; 32], &account, &device, &[0; 63]);
+        let result = verify_relay_auth(
+            &key.public(),
+            &[1; 32],
+            &[2; 32],
+            &account,
+            &device,
+            &[0; 63],
+        );
         assert!(matches!(result, Err(AuthError::Malformed(_))));
     }
 

@@ -93,9 +93,8 @@ pub fn hash(label: &str, fields: &[&[u8]]) -> [u8; 32] {
 
 /// The message an Ed25519 signature covers: `LP(context) || LP(f1) || …`.
 pub fn signing_input(context: &str, fields: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        context.len() + 4 + fields.iter().map(|f| f.len() + 4).sum::<usize>(),
-    );
+    let mut out =
+        Vec::with_capacity(context.len() + 4 + fields.iter().map(|f| f.len() + 4).sum::<usize>());
     push_lp(&mut out, context.as_bytes());
     for field in fields {
         push_lp(&mut out, field);
@@ -109,12 +108,18 @@ mod tests {
 
     #[test]
     fn lp_encoding_is_length_prefixed_big_endian() {
-        assert_eq!(lp_concat(&[b"ab", b""]), vec![0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0]);
+        assert_eq!(
+            lp_concat(&[b"ab", b""]),
+            vec![0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0]
+        );
     }
 
     #[test]
     fn moving_bytes_between_fields_changes_the_hash() {
-        assert_ne!(hash("kith/v1/x", &[b"ab", b"c"]), hash("kith/v1/x", &[b"a", b"bc"]));
+        assert_ne!(
+            hash("kith/v1/x", &[b"ab", b"c"]),
+            hash("kith/v1/x", &[b"a", b"bc"])
+        );
         assert_ne!(hash("kith/v1/x", &[b"ab"]), hash("kith/v1/y", &[b"ab"]));
     }
 

@@ -67,7 +67,11 @@ impl Signature {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
         <[u8; 64]>::try_from(bytes)
             .map(Self)
-            .map_err(|_| KeyError::Length { kind: "signature", expected: 64, actual: bytes.len() })
+            .map_err(|_| KeyError::Length {
+                kind: "signature",
+                expected: 64,
+                actual: bytes.len(),
+            })
     }
 
     /// The raw bytes.
@@ -277,7 +281,11 @@ impl DeviceAgreementKey {
     pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         <Kem as hpke::Kem>::PrivateKey::from_bytes(bytes)
             .map(|key| Self(Box::new(key)))
-            .map_err(|_| KeyError::Length { kind: "agreement key", expected: 32, actual: bytes.len() })
+            .map_err(|_| KeyError::Length {
+                kind: "agreement key",
+                expected: 32,
+                actual: bytes.len(),
+            })
     }
 
     /// A copy of the 32 secret bytes, zeroized when the returned value drops.
@@ -319,7 +327,9 @@ impl DeviceAgreementPublicKey {
         }
         <Kem as hpke::Kem>::PublicKey::from_bytes(bytes)
             .map(|key| Self(Box::new(key)))
-            .map_err(|_| KeyError::Invalid { kind: "agreement public key" })
+            .map_err(|_| KeyError::Invalid {
+                kind: "agreement public key",
+            })
     }
 
     /// The 1216-byte encoding.
@@ -568,7 +578,10 @@ impl RecoveryKey {
         acc.zeroize();
         if count != Self::TEXT_CHARS {
             out.zeroize();
-            return Err(RecoveryKeyError::WrongLength { expected: Self::TEXT_CHARS, actual: count });
+            return Err(RecoveryKeyError::WrongLength {
+                expected: Self::TEXT_CHARS,
+                actual: count,
+            });
         }
         Ok(Self(out))
     }
@@ -609,7 +622,10 @@ mod tests {
         assert_eq!(printed, "EpochSecret(<secret>)");
         let key = DeviceSigningKey::generate(&mut rng);
         let printed = format!("{key:?}");
-        assert!(printed.starts_with("DeviceSigningKey(device-key:"), "{printed}");
+        assert!(
+            printed.starts_with("DeviceSigningKey(device-key:"),
+            "{printed}"
+        );
         assert!(!printed.contains(&hex::encode(*key.to_secret_bytes())));
     }
 
@@ -617,10 +633,17 @@ mod tests {
     fn signatures_are_domain_separated() {
         let key = AccountSigningKey::generate(&mut system_rng());
         let sig = key.sign(labels::ROSTER_SIGNATURE, &[b"body"]);
-        assert!(key.public().verify(labels::ROSTER_SIGNATURE, &[b"body"], &sig).is_ok());
+        assert!(
+            key.public()
+                .verify(labels::ROSTER_SIGNATURE, &[b"body"], &sig)
+                .is_ok()
+        );
         assert_eq!(
-            key.public().verify(labels::DELETE_ACCOUNT, &[b"body"], &sig),
-            Err(KeyError::BadSignature { context: labels::DELETE_ACCOUNT })
+            key.public()
+                .verify(labels::DELETE_ACCOUNT, &[b"body"], &sig),
+            Err(KeyError::BadSignature {
+                context: labels::DELETE_ACCOUNT
+            })
         );
     }
 
@@ -630,7 +653,10 @@ mod tests {
         let text = key.to_text();
         assert_eq!(text.len(), 32 + 7);
         assert_eq!(RecoveryKey::parse(&text).unwrap(), key);
-        assert_eq!(RecoveryKey::parse(&text.to_lowercase().replace('-', " ")).unwrap(), key);
+        assert_eq!(
+            RecoveryKey::parse(&text.to_lowercase().replace('-', " ")).unwrap(),
+            key
+        );
         let with_o = "O".repeat(32);
         assert_eq!(RecoveryKey::parse(&with_o).unwrap().expose(), &[0u8; 20]);
     }
@@ -639,7 +665,10 @@ mod tests {
     fn recovery_key_errors_are_precise() {
         assert_eq!(
             RecoveryKey::parse("ABC").unwrap_err(),
-            RecoveryKeyError::WrongLength { expected: 32, actual: 3 }
+            RecoveryKeyError::WrongLength {
+                expected: 32,
+                actual: 3
+            }
         );
         assert_eq!(
             RecoveryKey::parse("AB-U").unwrap_err(),
@@ -683,11 +712,18 @@ mod tests {
     fn weak_and_malformed_public_keys_are_rejected() {
         assert!(matches!(
             DeviceVerifyingKey::from_slice(&[0u8; 31]),
-            Err(KeyError::Length { expected: 32, actual: 31, .. })
+            Err(KeyError::Length {
+                expected: 32,
+                actual: 31,
+                ..
+            })
         ));
         // The identity point is a weak key.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert!(matches!(DeviceVerifyingKey::from_slice(&identity), Err(KeyError::Invalid { .. })));
+        assert!(matches!(
+            DeviceVerifyingKey::from_slice(&identity),
+            Err(KeyError::Invalid { .. })
+        ));
     }
 }
