@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
 use kith_protocol::encoding::labels;
 use kith_protocol::ids::AccountId;
 use kith_protocol::keys::{AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, system_rng};
 use kith_protocol::proto;
 use kith_relay::client::{RelayClient, shared_endpoint};
+use kith_relay::wire;
 use prost::Message;
 
 /// Load-test parameters.
@@ -46,6 +48,9 @@ pub struct BenchArgs {
     /// Certificate fingerprint of --relay
     #[arg(long)]
     cert_sha256: Option<String>,
+    /// Process id of --relay, to report its CPU time and RSS
+    #[arg(long)]
+    relay_pid: Option<u32>,
     /// Data directory for the relay the tool starts [default: a temporary directory]
     #[arg(long)]
     data: Option<PathBuf>,
@@ -133,10 +138,10 @@ impl Drop for SpawnedRelay {
     }
 }
 
-impl SpawnedRelay {
-    /// (peak RSS, current RSS) in KiB from /proc.
-    fn rss_kib(&self) -> Option<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+/// (peak RSS, current RSS) in KiB of a process, from /proc.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let field = |name: &str| {
             status
                 .lines()
@@ -145,6 +150,65 @@ impl SpawnedRelay {
                 .and_then(|v| v.parse().ok())
         };
         Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+}
+
+/// CPU seconds (user + system, every thread) a process has used, from /proc (`self` or a pid).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is index 0, utime 11, stime 12.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // /proc reports clock ticks of USER_HZ, which is 100 on Linux.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Wall time and the CPU time of the relay and of this tool over one phase: the machine is
+/// shared, so a figure means something only next to what each side spent.
+struct Meter {
+    relay_pid: Option<u32>,
+    start: Instant,
+    relay_cpu: Option<f64>,
+    own_cpu: Option<f64>,
+}
+
+impl Meter {
+    fn start(relay_pid: Option<u32>) -> Self {
+        Self {
+            relay_pid,
+            start: Instant::now(),
+            relay_cpu: relay_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+            own_cpu: cpu_seconds("self"),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// "relay CPU 1.20 s = 12.0 µs/envelope (0.60 cores); load tool CPU ..."
+    fn cpu_report(&self, envelopes: u64) -> String {
+        let wall = self.start.elapsed().as_secs_f64();
+        let line = |name: &str, before: Option<f64>, now: Option<f64>| match (before, now) {
+            (Some(before), Some(now)) => {
+                let used = now - before;
+                format!(
+                    "{name} CPU {used:.2} s = {:.1} us/envelope ({:.2} cores)",
+                    used * 1e6 / envelopes.max(1) as f64,
+                    used / wall
+                )
+            }
+            _ => format!("{name} CPU unknown"),
+        };
+        format!(
+            "{}; {}",
+            line(
+                "relay",
+                self.relay_cpu,
+                self.relay_pid.and_then(|pid| cpu_seconds(&pid.to_string()))
+            ),
+            line("load tool", self.own_cpu, cpu_seconds("self"))
+        )
     }
 }
 
@@ -217,6 +281,16 @@ struct Device {
     key: DeviceSigningKey,
 }
 
+fn print_rss(relay_pid: Option<u32>, when: &str) {
+    if let Some((peak, now)) = relay_pid.and_then(rss_kib) {
+        println!(
+            "relay RSS {when}: {} MB (peak {} MB)",
+            now / 1024,
+            peak / 1024
+        );
+    }
+}
+
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.devices == 0 || !args.envelopes.is_multiple_of(args.batch) {
         bail!("--envelopes must be a multiple of --batch, both and --devices nonzero");
@@ -229,6 +303,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             (Some(relay), addr, pin)
         }
     };
+    let relay_pid = relay.as_ref().map(|r| r.child.id()).or(args.relay_pid);
     let endpoints: Vec<quinn::Endpoint> = (0..args.endpoints.max(1))
         .map(|_| shared_endpoint(pin))
         .collect::<Result<_, _>>()?;
@@ -247,6 +322,32 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             key,
         }));
     }
+    // Push. The envelopes are built before the clock starts: the tool shares the machine with
+    // the relay, and what it spends building requests is not the relay's cost.
+    // A ciphertext has a Padmé length plus the tag (the relay checks the framing).
+    let ciphertext_len =
+        kith_protocol::padding::padded_len(args.size) as usize + kith_protocol::envelope::TAG_LEN;
+    let body: Vec<u8> = (0..ciphertext_len).map(|i| (i * 131 % 251) as u8).collect();
+    let batches = args.envelopes / args.batch;
+    let mut prepared = Vec::with_capacity(devices.len());
+    let mut pushed_bytes = 0u64;
+    for device in &devices {
+        let id = device.key.device_id();
+        let pushes: Vec<Bytes> = (0..batches)
+            .map(|b| {
+                let first = b * args.batch + 1;
+                let envelopes: Vec<Bytes> = (first..first + args.batch)
+                    .map(|s| Bytes::from(envelope(&device.account, &id, s, &body)))
+                    .collect();
+                pushed_bytes += envelopes.iter().map(|e| e.len() as u64).sum::<u64>();
+                wire::push_frame(&wire::Push { envelopes })
+            })
+            .collect();
+        prepared.push(pushes);
+    }
+    let interval = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(args.batch as f64 * args.devices as f64 / args.rate as f64)
+    });
     println!(
         "{} devices x {} envelopes of {} B ciphertext in batches of {}{}",
         args.devices,
@@ -259,52 +360,31 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             String::new()
         }
     );
-
-    // Push.
-    // A ciphertext has a Padmé length plus the tag (the relay checks the framing).
-    let ciphertext_len =
-        kith_protocol::padding::padded_len(args.size) as usize + kith_protocol::envelope::TAG_LEN;
-    let body: Arc<Vec<u8>> = Arc::new((0..ciphertext_len).map(|i| (i * 131 % 251) as u8).collect());
-    let batches = args.envelopes / args.batch;
-    let interval = (args.rate > 0).then(|| {
-        Duration::from_secs_f64(args.batch as f64 * args.devices as f64 / args.rate as f64)
-    });
-    let start = Instant::now();
+    let meter = Meter::start(relay_pid);
+    let start = meter.start;
     let mut tasks = Vec::new();
-    for (i, device) in devices.iter().cloned().enumerate() {
-        let body = body.clone();
-        let batch = args.batch;
+    for (i, (device, pushes)) in devices.iter().cloned().zip(prepared).enumerate() {
         tasks.push(tokio::spawn(async move {
-            let id = device.key.device_id();
-            let mut latencies = Vec::with_capacity(batches as usize);
-            let mut bytes = 0u64;
+            let mut latencies = Vec::with_capacity(pushes.len());
             // Spread paced devices over the interval so they do not push in lockstep.
             let offset = interval.map(|iv| iv.mul_f64(i as f64 / 97.0 % 1.0));
-            for b in 0..batches {
+            for (b, frame) in pushes.into_iter().enumerate() {
                 if let (Some(iv), Some(offset)) = (interval, offset) {
                     let due = start + offset + iv * b as u32;
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let first = b * batch + 1;
-                let envelopes: Vec<Vec<u8>> = (first..first + batch)
-                    .map(|s| envelope(&device.account, &id, s, &body))
-                    .collect();
-                bytes += envelopes.iter().map(|e| e.len() as u64).sum::<u64>();
                 let sent = Instant::now();
-                device.client.push(envelopes).await?;
+                device.client.push_frame(frame).await?;
                 latencies.push(sent.elapsed());
             }
-            anyhow::Ok((latencies, bytes))
+            anyhow::Ok(latencies)
         }));
     }
     let mut latencies = Vec::new();
-    let mut pushed_bytes = 0;
     for task in tasks {
-        let (l, b) = task.await??;
-        latencies.extend(l);
-        pushed_bytes += b;
+        latencies.extend(task.await??);
     }
-    let push_time = start.elapsed();
+    let push_time = meter.elapsed();
     latencies.sort_unstable();
     let total = args.devices as u64 * args.envelopes;
     println!(
@@ -316,17 +396,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
-
-    if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
-        println!(
-            "relay RSS after push: {} MB (peak {} MB)",
-            now / 1024,
-            peak / 1024
-        );
-    }
+    println!("push: {}", meter.cpu_report(total));
+    print_rss(relay_pid, "after push");
 
     // Pull.
-    let start = Instant::now();
+    let meter = Meter::start(relay_pid);
     let mut tasks = Vec::new();
     for device in devices.iter().cloned() {
         tasks.push(tokio::spawn(async move {
@@ -337,7 +411,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     device_id: id.clone(),
                     after_seq: after,
                 };
-                let page = device.client.pull(vec![cursor], 0, 0).await?;
+                let page = device.client.pull_shared(vec![cursor], 0, 0).await?;
                 for e in &page.envelopes {
                     after = e.seq;
                     bytes += e.envelope.len() as u64;
@@ -356,7 +430,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         pulled += c;
         pulled_bytes += b;
     }
-    let pull_time = start.elapsed();
+    let pull_time = meter.elapsed();
     if pulled != total {
         bail!("pulled {pulled} envelopes, pushed {total}");
     }
@@ -366,14 +440,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         pulled as f64 / pull_time.as_secs_f64(),
         pulled_bytes as f64 / pull_time.as_secs_f64() / 1e6,
     );
-    if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
-        println!(
-            "relay RSS after push/pull: {} MB (peak {} MB)",
-            now / 1024,
-            peak / 1024
-        );
-    }
-
+    println!("pull: {}", meter.cpu_report(pulled));
+    print_rss(relay_pid, "after push/pull");
     // Idle authenticated connections: accounts of up to 50 devices each.
     if args.idle_connections > 0 {
         let start = Instant::now();
@@ -414,14 +482,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             start.elapsed().as_secs_f64()
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
-        if let Some((peak, now)) = relay.as_ref().and_then(SpawnedRelay::rss_kib) {
-            println!(
-                "relay RSS with {} idle connections: {} MB (peak {} MB)",
-                idle.len(),
-                now / 1024,
-                peak / 1024
-            );
-        }
+        print_rss(relay_pid, &format!("with {} idle connections", idle.len()));
     }
     Ok(())
 }

@@ -16,11 +16,17 @@ use kith_protocol::proto::{
     response,
 };
 
-use crate::frame::{FrameError, read_message, write_message};
+use bytes::Bytes;
+use prost::Message;
+
+use crate::frame::{FrameError, encode_frame, read_frame_bytes, read_message, write_message};
 use crate::tls::{self, TlsError};
+use crate::wire;
 
 /// Largest response frame the client accepts.
 pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
+/// Bytes reserved for a response before it arrives (a pull page of the default size fits).
+const RESPONSE_PREALLOC: usize = 4 * 1024 * 1024;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -126,18 +132,67 @@ impl RelayClient {
 
     /// Sends one request on a new stream and reads one response.
     pub async fn call(&self, kind: request::Kind) -> Result<Response, ClientError> {
+        let body = self
+            .call_frame(Bytes::from(encode_frame(&Request { kind: Some(kind) })))
+            .await?;
+        Response::decode(body).map_err(|e| ClientError::Frame(FrameError::Decode(e)))
+    }
+
+    /// Sends one encoded request frame (length prefix included) on a new stream, without
+    /// copying it, and returns the body of the response frame.
+    pub async fn call_frame(&self, frame: Bytes) -> Result<Bytes, ClientError> {
         let (mut send, mut recv) = self.connection.open_bi().await?;
         // The relay may stop reading early (an oversized frame) and still answer: read the
         // response even when the write fails.
-        let written = write_message(&mut send, &Request { kind: Some(kind) }).await;
+        let written = send.write_chunk(frame).await;
         let _ = send.finish();
-        match read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES).await {
-            Ok(Some(response)) => Ok(response),
+        match read_frame_bytes(&mut recv, MAX_RESPONSE_BYTES, RESPONSE_PREALLOC).await {
+            Ok(Some(body)) => Ok(body),
             Ok(None) => Err(match written {
-                Err(e) => ClientError::Frame(FrameError::Io(e)),
+                Err(e) => ClientError::Frame(FrameError::Io(e.into())),
                 Ok(()) => ClientError::Unexpected("stream ended without a response"),
             }),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Pushes a pre-encoded push request frame (see [`wire::push_frame`]); returns the
+    /// acknowledged last seq.
+    pub async fn push_frame(&self, frame: Bytes) -> Result<u64, ClientError> {
+        let body = self.call_frame(frame).await?;
+        match Response::decode(body)
+            .map_err(|e| ClientError::Frame(FrameError::Decode(e)))?
+            .kind
+        {
+            Some(response::Kind::PushAck(ack)) => Ok(ack.last_seq),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// Pulls one page, decoded without copying the envelopes out of the response frame.
+    pub async fn pull_shared(
+        &self,
+        cursors: Vec<Cursor>,
+        max_envelopes: u32,
+        max_bytes: u32,
+    ) -> Result<wire::PullResponse, ClientError> {
+        let request = Request {
+            kind: Some(request::Kind::Pull(Pull {
+                cursors,
+                max_envelopes,
+                max_bytes,
+            })),
+        };
+        let body = self.call_frame(Bytes::from(encode_frame(&request))).await?;
+        let decode_error = |e| ClientError::Frame(FrameError::Decode(e));
+        match wire::pull_payload(&body) {
+            Some(payload) => wire::PullResponse::decode(payload).map_err(decode_error),
+            None => match Response::decode(body).map_err(decode_error)?.kind {
+                Some(response::Kind::Pull(_)) => {
+                    Err(ClientError::Unexpected("pull page in an unusual encoding"))
+                }
+                other => Err(refused(other)),
+            },
         }
     }
 

@@ -6,6 +6,7 @@
 //! encoding) is [`kith_protocol::frame`], which the `frame` fuzz target exercises; this module
 //! adds only the I/O.
 
+use bytes::{Bytes, BytesMut};
 use kith_protocol::frame as pure;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -72,6 +73,65 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Err(FrameError::Truncated);
     }
     Ok(Some(body))
+}
+
+/// Reads one frame's body from a QUIC stream into a single [`Bytes`], taking the stream's
+/// chunks without an intermediate buffer. `Ok(None)` when the stream ended cleanly before a
+/// frame began. At most `prealloc` bytes are reserved before they arrive (the relay passes a
+/// small value so that a peer announcing a large frame and sending nothing costs little; the
+/// buffer then grows as data arrives); never more than the frame is read from the stream.
+pub async fn read_frame_bytes(
+    recv: &mut quinn::RecvStream,
+    max_len: u32,
+    prealloc: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        match recv
+            .read_chunk(HEADER_LEN - filled, true)
+            .await
+            .map_err(std::io::Error::from)?
+        {
+            Some(chunk) => {
+                header[filled..filled + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
+                filled += chunk.bytes.len();
+            }
+            None if filled == 0 => return Ok(None),
+            None => return Err(FrameError::Truncated),
+        }
+    }
+    let len = pure::body_len(header, max_len)?;
+    let mut body = BytesMut::with_capacity(len.min(prealloc));
+    while body.len() < len {
+        match recv
+            .read_chunk(len - body.len(), true)
+            .await
+            .map_err(std::io::Error::from)?
+        {
+            Some(chunk) => {
+                // The first chunk of a frame that fits in one is taken as is.
+                if body.is_empty() && chunk.bytes.len() == len {
+                    return Ok(Some(chunk.bytes));
+                }
+                if body.capacity() - body.len() < chunk.bytes.len() {
+                    // Grow to twice what arrived (bounded by the frame), not by a chunk.
+                    let want = (body.len() * 2)
+                        .max(chunk.bytes.len())
+                        .min(len - body.len());
+                    body.reserve(want);
+                }
+                body.extend_from_slice(&chunk.bytes);
+            }
+            None => return Err(FrameError::Truncated),
+        }
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// Writes an encoded frame to a QUIC stream without copying it.
+pub async fn write_frame(send: &mut quinn::SendStream, frame: Bytes) -> std::io::Result<()> {
+    send.write_chunk(frame).await.map_err(std::io::Error::from)
 }
 
 /// Reads and decodes one message. `Ok(None)` when the stream ended cleanly.

@@ -24,6 +24,7 @@ pub mod server;
 mod state;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 

@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kith_protocol::proto::{ErrorCode, Request, request};
+use prost::Message;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
-use crate::frame::{FrameError, read_message, write_message};
-use crate::handlers;
+use crate::frame::{FrameError, encode_frame, read_frame_bytes, write_frame};
+use crate::handlers::{self, Answer};
 use crate::state::{Conn, Shared, now_ms};
 use crate::store::{GroupCommit, SledStore, Store};
 use crate::tls;
+use crate::wire;
 
 /// QUIC application error code of a stream the relay stopped reading (bad frame).
 pub const STREAM_REFUSED: u32 = 1;
@@ -227,6 +229,13 @@ async fn sweep_pairing_slots(shared: Arc<Shared>) {
             Ok(n) => tracing::debug!(expired = n, "pairing slots expired"),
             Err(err) => tracing::warn!(error = %err, "pairing slot sweep failed"),
         }
+        // Reclaims the space of truncated and deleted envelopes (blocking file I/O).
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.maintain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "store maintenance failed"),
+            Err(err) => tracing::warn!(error = %err, "store maintenance panicked"),
+        }
     }
 }
 
@@ -276,6 +285,24 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
     }
 }
 
+/// Bytes reserved for a request frame before its data arrives (the buffer then grows as it
+/// does): a push of 100 1-KiB envelopes fits, a peer announcing 4 MiB and sending nothing pins
+/// only this much per stream.
+const REQUEST_PREALLOC: usize = 192 * 1024;
+
+/// A decoded request: a push on the zero-copy path, anything else as `proto::Request`.
+enum Decoded {
+    Push(wire::Push),
+    Other(Request),
+}
+
+fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
+    match wire::push_payload(&body) {
+        Some(payload) => wire::Push::decode(payload).map(Decoded::Push),
+        None => Request::decode(&body[..]).map(Decoded::Other),
+    }
+}
+
 /// Reads one request from the stream, answers it, finishes the stream.
 async fn request_stream(
     shared: &Shared,
@@ -288,7 +315,8 @@ async fn request_stream(
     let refuse = |code, message: &'static str| RequestError::new(code, message);
     // A peer that keeps its connection alive must still finish its request in time: a stalled
     // or trickling frame would otherwise hold this task and a stream slot forever.
-    let Ok(read) = tokio::time::timeout(deadline, read_message::<Request, _>(&mut recv, max)).await
+    let Ok(read) =
+        tokio::time::timeout(deadline, read_frame_bytes(&mut recv, max, REQUEST_PREALLOC)).await
     else {
         tracing::debug!(remote = %conn.remote, "request not received in time; stream reset");
         let _ = recv.stop(REQUEST_TIMED_OUT.into());
@@ -296,7 +324,8 @@ async fn request_stream(
         return;
     };
     let request = match read {
-        Ok(Some(request)) => Ok(request),
+        Ok(Some(body)) => decode_request(body)
+            .map_err(|_| refuse(ErrorCode::Malformed, "request does not decode")),
         Ok(None) => return,
         Err(FrameError::TooLarge { .. }) => Err(refuse(
             ErrorCode::FrameTooLarge,
@@ -314,26 +343,32 @@ async fn request_stream(
             let _ = recv.stop(STREAM_REFUSED.into());
             Err(err)
         }
-        Ok(Request { kind: None }) => Err(refuse(ErrorCode::Malformed, "empty request")),
-        Ok(Request {
+        Ok(Decoded::Push(push)) => handlers::push::handle(shared, conn, push).await.map(Some),
+        Ok(Decoded::Other(Request { kind: None })) => {
+            Err(refuse(ErrorCode::Malformed, "empty request"))
+        }
+        Ok(Decoded::Other(Request {
             kind: Some(request::Kind::Subscribe(_)),
-        }) => handlers::subscribe::run(shared, conn, &mut send, deadline)
+        })) => handlers::subscribe::run(shared, conn, &mut send, deadline)
             .await
             .map(|()| None),
-        Ok(Request { kind: Some(kind) }) => handlers::dispatch(shared, conn, kind).await.map(Some),
+        Ok(Decoded::Other(Request { kind: Some(kind) })) => {
+            handlers::dispatch(shared, conn, kind).await.map(Some)
+        }
     };
-    let response = match result {
-        Ok(Some(response)) => response,
+    let frame = match result {
+        Ok(Some(Answer::Frame(frame))) => frame,
+        Ok(Some(Answer::Message(response))) => bytes::Bytes::from(encode_frame(&response)),
         Ok(None) => {
             let _ = send.finish();
             return;
         }
         Err(err) => {
             tracing::debug!(remote = %conn.remote, code = ?err.code, "request refused");
-            err.to_response()
+            bytes::Bytes::from(encode_frame(&err.to_response()))
         }
     };
-    match tokio::time::timeout(deadline, write_message(&mut send, &response)).await {
+    match tokio::time::timeout(deadline, write_frame(&mut send, frame)).await {
         Ok(Ok(())) => {
             let _ = send.finish();
         }

@@ -7,7 +7,7 @@ mod delete_account;
 mod epoch_keys;
 mod pairing;
 mod pull;
-mod push;
+pub(crate) mod push;
 mod recover_device;
 mod recovery;
 mod roster;
@@ -24,11 +24,19 @@ use kith_protocol::proto::{ErrorCode, Ok as OkResponse, Response, request, respo
 use crate::error::RequestError;
 use crate::state::{Account, Conn, Shared, lock};
 
+/// What a handler answers: a message to encode, or a frame it encoded itself (a pull page,
+/// built from slices of what the store read).
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Message(Response),
+    Frame(bytes::Bytes),
+}
+
 /// The result of a handler.
-pub(crate) type Reply = Result<Response, RequestError>;
+pub(crate) type Reply = Result<Answer, RequestError>;
 
 pub(crate) fn respond(kind: response::Kind) -> Reply {
-    Ok(Response { kind: Some(kind) })
+    Ok(Answer::Message(Response { kind: Some(kind) }))
 }
 
 pub(crate) fn ok() -> Reply {
@@ -44,7 +52,10 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         Kind::CreateAccount(req) => create_account::handle(shared, conn, req).await,
         Kind::PutRoster(req) => roster::put(shared, conn, req).await,
         Kind::GetRoster(_) => roster::get(shared, conn),
-        Kind::Push(req) => push::handle(shared, conn, req).await,
+        Kind::Push(req) => {
+            let envelopes = req.envelopes.into_iter().map(bytes::Bytes::from).collect();
+            push::handle(shared, conn, crate::wire::Push { envelopes }).await
+        }
         Kind::Pull(req) => pull::handle(shared, conn, req),
         Kind::Subscribe(_) => Err(RequestError::internal(
             "subscribe is dispatched by the server",

@@ -7,14 +7,16 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::limits::{MAX_DEVICES, MAX_REMOVED_DEVICES};
-use kith_protocol::proto::{Pull, PullResponse, StoredEnvelope, StreamInfo, response};
+use kith_protocol::proto::{Pull, StreamInfo};
 
-use super::{Reply, authorized, respond};
+use super::{Answer, Reply, authorized};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared};
 use crate::store::ReadEnd;
+use crate::wire::{PullResponse, StoredEnvelope, pull_frame};
 
 pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
     let (account, _device) = authorized(shared, conn)?;
@@ -56,9 +58,10 @@ pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
         if page.more || after >= meta.last_seq {
             continue;
         }
+        let device_id = Bytes::copy_from_slice(device.as_bytes());
         let end = shared
             .store
-            .read_stream(&account.id, device, after, &mut |seq, envelope| {
+            .read_stream_bytes(&account.id, device, after, &mut |seq, envelope| {
                 let full = page.envelopes.len() >= max_envelopes
                     || (bytes + envelope.len() > max_bytes && !page.envelopes.is_empty());
                 if full {
@@ -66,14 +69,14 @@ pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
                 }
                 bytes += envelope.len();
                 page.envelopes.push(StoredEnvelope {
-                    device_id: device.as_bytes().to_vec(),
+                    device_id: device_id.clone(),
                     seq,
-                    envelope: envelope.to_vec(),
+                    envelope,
                 });
                 true
             })
             .map_err(RequestError::storage)?;
         page.more = end == ReadEnd::More;
     }
-    respond(response::Kind::Pull(page))
+    Ok(Answer::Frame(pull_frame(&page)))
 }

@@ -6,12 +6,14 @@
 //! again, a different one is `SEQ_CONFLICT`). The ack is sent only once the batch is durable.
 //! Signatures are the clients' to check: the relay cannot forge or read, only order and store.
 
-use kith_protocol::proto::{ErrorCode, Push, PushAck, response};
+use bytes::Bytes;
+use kith_protocol::proto::{ErrorCode, PushAck, response};
 
 use super::{Reply, authorized, check_device, durable, respond};
 use crate::error::RequestError;
 use crate::state::{AccountEvent, Conn, Shared};
 use crate::store::StreamMeta;
+use crate::wire::Push;
 use kith_protocol::envelope::peek_header;
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
@@ -114,7 +116,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
                 bytes: meta.bytes + fresh_bytes,
                 envelopes: meta.envelopes + fresh.len() as u64,
             };
-            let refs: Vec<&[u8]> = fresh.iter().map(Vec::as_slice).collect();
+            let refs: Vec<&[u8]> = fresh.iter().map(|e| &e[..]).collect();
             shared
                 .store
                 .append(&account.id, &device, from, &refs, &next)
@@ -140,7 +142,7 @@ fn check_retransmit(
     account: &kith_protocol::ids::AccountId,
     device: &kith_protocol::ids::DeviceId,
     first_seq: u64,
-    resent: &[Vec<u8>],
+    resent: &[Bytes],
 ) -> Result<(), RequestError> {
     let mut matched = 0usize;
     let mut conflict = false;
@@ -151,7 +153,7 @@ fn check_retransmit(
             if seq < first_seq || index >= resent.len() {
                 return false;
             }
-            if stored != resent[index].as_slice() {
+            if stored != &resent[index][..] {
                 conflict = true;
                 return false;
             }

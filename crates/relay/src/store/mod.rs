@@ -5,6 +5,7 @@
 //! purge it all. The methods are synchronous (sled's are, and take microseconds); durability is
 //! the one asynchronous step, [`Store::flush`], which [`GroupCommit`] shares across connections.
 
+pub mod log;
 pub mod sled;
 
 use std::future::Future;
@@ -17,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::sled::SledStore;
 
 /// The stored schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Storage failures. Cloneable so that one failed flush can be reported to every waiter.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,6 +126,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         sink: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<ReadEnd, StoreError>;
 
+    /// [`Store::read_stream`] handing out envelopes as [`bytes::Bytes`], which a backend can
+    /// slice from what it read instead of copying (the pull path encodes them as they are).
+    /// The default copies each envelope.
+    fn read_stream_bytes(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        sink: &mut dyn FnMut(u64, bytes::Bytes) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
+        self.read_stream(account, device, after_seq, &mut |seq, envelope| {
+            sink(seq, bytes::Bytes::copy_from_slice(envelope))
+        })
+    }
+
     /// Deletes envelopes with seq < `before_seq` (the caller checked `before_seq <= last_seq`)
     /// and returns the stream's meta afterwards.
     fn truncate(
@@ -205,6 +221,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Makes every write that returned before this call durable.
     fn flush(&self) -> StoreFuture<'_, ()>;
+
+    /// Background housekeeping (reclaiming space of truncated and deleted envelopes); called
+    /// now and then from a blocking thread. The default does nothing.
+    fn maintain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Group commit: one flusher task makes writes durable for every waiter at once.

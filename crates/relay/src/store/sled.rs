@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `account ‖ 'R'` | encoded signed roster |
 //! | `account ‖ 'S' ‖ device` | stream meta: first seq, last seq, bytes, envelopes (4 × u64 BE) |
-//! | `account ‖ 'E' ‖ device ‖ seq` | consecutive envelopes from `seq`, each `u32 BE length ‖ bytes` |
+//! | `account ‖ 'E' ‖ device ‖ seq` | [`Pointer`] to a record of consecutive envelopes from `seq` in the envelope log (schema 1: the envelopes inline, each `u32 BE length ‖ bytes`) |
 //! | `account ‖ 'K' ‖ device ‖ epoch` | sealed epoch key for that device and epoch |
 //! | `account ‖ 'Q'` | bytes of sealed epoch keys (u64 BE) |
 //! | `account ‖ 'P' ‖ slot id` | index of the account's pairing slots (empty value) |
@@ -17,14 +17,21 @@
 //! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `meta`:
 //! `schema_version → u32 BE`. Integers are big-endian so keys sort by seq and epoch.
 //!
-//! A pushed batch is packed into values of up to `value_bytes` (consecutive envelopes, at
-//! least one per value): one sled insert per value instead of one per envelope. The stream's
-//! meta goes into the same atomic `Batch`.
+//! A pushed batch is packed into records of up to `value_bytes` (consecutive envelopes, at
+//! least one per record), written to the envelope log ([`super::log`]) with one system call;
+//! sled gets one small pointer per record and the stream's meta, in one atomic `Batch`.
+//! Schema 2 introduced the log; a schema-1 database is opened as is (its inline values stay
+//! readable, new pushes go to the log) and marked schema 2.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
 
 use kith_protocol::ids::{AccountId, DeviceId};
 
+use super::log::{Pointer, SEGMENT_BYTES, SegmentLog};
 use super::{
     LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats, StreamMeta,
 };
@@ -40,6 +47,10 @@ const TAG_RECOVERY: u8 = b'V';
 const ACCOUNT_LEN: usize = AccountId::LEN;
 const DEVICE_LEN: usize = DeviceId::LEN;
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The schema before the envelope log; read as is.
+const SCHEMA_INLINE: u32 = 1;
+/// Subdirectory of the database directory holding the envelope log.
+const LOG_DIR: &str = "envelopes";
 
 impl From<sled::Error> for StoreError {
     fn from(err: sled::Error) -> Self {
@@ -62,6 +73,15 @@ pub struct SledStore {
     recovery: sled::Tree,
     tokens: sled::Tree,
     value_bytes: usize,
+    log: Arc<SegmentLog>,
+    /// Truncation and deletion hold it shared; compaction exclusive while it moves a record,
+    /// so that a pointer is never rewritten from a stale copy.
+    relocation: Arc<RwLock<()>>,
+}
+
+/// Whether `key` is an `account ‖ 'E' ‖ device ‖ seq` key.
+fn is_envelope_key(key: &[u8]) -> bool {
+    key.len() == ACCOUNT_LEN + 1 + DEVICE_LEN + 8 && key[ACCOUNT_LEN] == TAG_ENVELOPES
 }
 
 fn key(account: &AccountId, tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -137,6 +157,17 @@ fn unpack(value: &[u8]) -> impl Iterator<Item = Result<&[u8], StoreError>> {
     })
 }
 
+/// [`unpack`] as ranges of the value.
+fn unpack_ranges(value: &[u8]) -> impl Iterator<Item = Result<std::ops::Range<usize>, StoreError>> {
+    let base = value.as_ptr() as usize;
+    unpack(value).map(move |item| {
+        item.map(|envelope| {
+            let start = envelope.as_ptr() as usize - base;
+            start..start + envelope.len()
+        })
+    })
+}
+
 fn pack_into(out: &mut Vec<u8>, envelope: &[u8]) {
     out.extend_from_slice(
         &u32::try_from(envelope.len())
@@ -164,42 +195,185 @@ impl SledStore {
     /// Opens (creating if needed) the database in `dir` with a page cache of `cache_bytes`,
     /// packing pushed envelopes into values of up to `value_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64, value_bytes: usize) -> Result<Self, StoreError> {
+        Self::open_with_segments(dir, cache_bytes, value_bytes, SEGMENT_BYTES)
+    }
+
+    /// [`SledStore::open`] with envelope-log segments of `segment_bytes` (tests use small ones).
+    pub fn open_with_segments(
+        dir: &Path,
+        cache_bytes: u64,
+        value_bytes: usize,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let meta = db.open_tree("meta")?;
-        match meta.get(SCHEMA_KEY)? {
-            Some(found) => {
-                let found = <[u8; 4]>::try_from(found.as_ref())
+        let found = match meta.get(SCHEMA_KEY)? {
+            Some(found) => Some(
+                <[u8; 4]>::try_from(found.as_ref())
                     .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt("schema version"))?;
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaVersion {
-                        found,
-                        expected: SCHEMA_VERSION,
-                    });
-                }
-            }
-            None => {
+                    .map_err(|_| StoreError::Corrupt("schema version"))?,
+            ),
+            None => None,
+        };
+        match found {
+            Some(SCHEMA_VERSION) => {}
+            None | Some(SCHEMA_INLINE) => {
                 meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
                 db.flush()?;
             }
+            Some(found) => {
+                return Err(StoreError::SchemaVersion {
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
         }
+        let accounts = db.open_tree("accounts")?;
+        // What each segment of the log holds that pointers point to.
+        let mut live: HashMap<u64, u64> = HashMap::new();
+        for item in accounts.iter() {
+            let (k, v) = item?;
+            if is_envelope_key(&k)
+                && let Some(pointer) = Pointer::decode(&v)
+            {
+                *live.entry(pointer.segment).or_default() += u64::from(pointer.len);
+            }
+        }
+        let log = SegmentLog::open(&dir.join(LOG_DIR), segment_bytes, &live)?;
         Ok(Self {
-            accounts: db.open_tree("accounts")?,
+            accounts,
             pairing: db.open_tree("pairing")?,
             recovery: db.open_tree("recovery")?,
             tokens: db.open_tree("tokens")?,
             db,
             value_bytes,
+            log: Arc::new(log),
+            relocation: Arc::new(RwLock::new(())),
         })
+    }
+
+    /// The envelope log's segments as (id, size, live bytes), for tests.
+    pub fn log_usage(&self) -> Vec<(u64, u64, u64)> {
+        self.log.usage()
     }
 
     /// The underlying database, for tests that scan every byte.
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The envelopes of a stored value: the record it points to, or (schema 1) itself.
+    fn value_bytes(&self, value: sled::IVec) -> Result<Bytes, StoreError> {
+        match Pointer::decode(&value) {
+            Some(pointer) => Ok(Bytes::from(self.log.read(&pointer)?)),
+            None => Ok(Bytes::from_owner(value)),
+        }
+    }
+
+    /// Walks the stored values of a stream from the one holding `after_seq + 1`, passing each
+    /// envelope with seq > `after_seq` as (seq, its value, its range in the value) until the
+    /// sink returns `false`.
+    fn read_values(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        sink: &mut dyn FnMut(u64, &Bytes, std::ops::Range<usize>) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
+        let Some(want) = after_seq.checked_add(1) else {
+            return Ok(ReadEnd::Complete);
+        };
+        let lowest = envelope_key(account, device, 0);
+        let highest = envelope_key(account, device, u64::MAX);
+        // The value holding `want` starts at or before it.
+        let mut start = envelope_key(account, device, want);
+        if let Some(item) = self
+            .accounts
+            .range(lowest.as_slice()..=start.as_slice())
+            .next_back()
+        {
+            start = item?.0.to_vec();
+        }
+        for item in self.accounts.range(start.as_slice()..=highest.as_slice()) {
+            let (k, v) = item?;
+            let v = match self.value_bytes(v.clone()) {
+                Ok(v) => v,
+                // Moved by compaction, or truncated or deleted, since the iterator saw it.
+                Err(err) => match self.accounts.get(&k)? {
+                    Some(now) if now != v => self.value_bytes(now)?,
+                    Some(_) => return Err(err),
+                    None => continue,
+                },
+            };
+            for (seq, range) in (seq_of_key(&k)?..).zip(unpack_ranges(&v)) {
+                let range = range?;
+                if seq >= want && !sink(seq, &v, range) {
+                    return Ok(ReadEnd::More);
+                }
+            }
+        }
+        Ok(ReadEnd::Complete)
+    }
+
+    /// Moves the live records of mostly-dead sealed segments to the active one and swaps
+    /// their pointers, so that the old segments can be deleted. Returns records moved.
+    fn compact(&self) -> Result<usize, StoreError> {
+        let victims = self.log.compaction_victims();
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        for item in self.accounts.iter() {
+            let (k, v) = item?;
+            if !is_envelope_key(&k) {
+                continue;
+            }
+            let Some(pointer) = Pointer::decode(&v) else {
+                continue;
+            };
+            if !victims.contains(&pointer.segment) {
+                continue;
+            }
+            let _exclusive = self
+                .relocation
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Truncated or deleted since the scan saw it: nothing to move.
+            if self.accounts.get(&k)?.as_deref() != Some(&v[..]) {
+                continue;
+            }
+            let data = self.log.read(&pointer)?;
+            let (segment, offset) = self.log.append(&data)?;
+            let moved_to = Pointer {
+                segment,
+                offset,
+                ..pointer
+            };
+            match self
+                .accounts
+                .compare_and_swap(&k, Some(&v), Some(&moved_to.encode()[..]))?
+            {
+                Ok(()) => {
+                    self.log.release(pointer.segment, u64::from(pointer.len));
+                    moved += 1;
+                }
+                Err(_) => self.log.release(segment, u64::from(pointer.len)),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// The log, then the database: a pointer that is durable points at durable data.
+    /// Then deletes segments that were dead before the flush.
+    fn sync_all(&self) -> Result<(), StoreError> {
+        let dead = self.log.dead_segments();
+        self.log.sync()?;
+        self.db.flush()?;
+        self.log.remove_segments(&dead)
     }
 
     fn remove_slot_entry(&self, slot_id: &[u8; 32], account: &AccountId) -> Result<(), StoreError> {
@@ -258,25 +432,41 @@ impl Store for SledStore {
         envelopes: &[&[u8]],
         meta: &StreamMeta,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        // Records of up to `value_bytes`, all in one buffer: one write to the log.
         let total: usize = envelopes.iter().map(|e| e.len() + 4).sum();
-        let mut value = Vec::with_capacity(total.min(self.value_bytes.max(1024)));
-        let mut value_seq = first_seq;
+        let mut data = Vec::with_capacity(total);
+        // (first seq, start in `data`, envelopes) of each record.
+        let mut records: Vec<(u64, usize, u32)> = Vec::new();
         for (i, envelope) in envelopes.iter().enumerate() {
-            if !value.is_empty() && value.len() + 4 + envelope.len() > self.value_bytes {
-                batch.insert(
-                    envelope_key(account, device, value_seq),
-                    std::mem::take(&mut value),
-                );
-                value_seq = first_seq + i as u64;
+            let seq = first_seq + i as u64;
+            match records.last_mut() {
+                Some((_, start, count))
+                    if data.len() - *start + 4 + envelope.len() <= self.value_bytes =>
+                {
+                    *count += 1;
+                }
+                _ => records.push((seq, data.len(), 1)),
             }
-            pack_into(&mut value, envelope);
+            pack_into(&mut data, envelope);
         }
-        if !value.is_empty() {
-            batch.insert(envelope_key(account, device, value_seq), value);
+        let (segment, offset) = self.log.append(&data)?;
+        let mut batch = sled::Batch::default();
+        for (i, &(seq, start, count)) in records.iter().enumerate() {
+            let end = records.get(i + 1).map_or(data.len(), |r| r.1);
+            let pointer = Pointer {
+                segment,
+                offset: offset + start as u64,
+                len: (end - start) as u32,
+                count,
+                crc: crc32fast::hash(&data[start..end]),
+            };
+            batch.insert(envelope_key(account, device, seq), &pointer.encode()[..]);
         }
         batch.insert(stream_key(account, device), &encode_meta(meta));
-        self.accounts.apply_batch(batch)?;
+        if let Err(err) = self.accounts.apply_batch(batch) {
+            self.log.release(segment, data.len() as u64);
+            return Err(err.into());
+        }
         Ok(())
     }
 
@@ -287,30 +477,22 @@ impl Store for SledStore {
         after_seq: u64,
         sink: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<ReadEnd, StoreError> {
-        let Some(want) = after_seq.checked_add(1) else {
-            return Ok(ReadEnd::Complete);
-        };
-        let lowest = envelope_key(account, device, 0);
-        let highest = envelope_key(account, device, u64::MAX);
-        // The value holding `want` starts at or before it.
-        let mut start = envelope_key(account, device, want);
-        if let Some(item) = self
-            .accounts
-            .range(lowest.as_slice()..=start.as_slice())
-            .next_back()
-        {
-            start = item?.0.to_vec();
-        }
-        for item in self.accounts.range(start.as_slice()..=highest.as_slice()) {
-            let (k, v) = item?;
-            for (seq, envelope) in (seq_of_key(&k)?..).zip(unpack(&v)) {
-                let envelope = envelope?;
-                if seq >= want && !sink(seq, envelope) {
-                    return Ok(ReadEnd::More);
-                }
-            }
-        }
-        Ok(ReadEnd::Complete)
+        self.read_values(account, device, after_seq, &mut |seq, value, range| {
+            sink(seq, &value[range])
+        })
+    }
+
+    fn read_stream_bytes(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        sink: &mut dyn FnMut(u64, Bytes) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
+        // Each envelope is a slice of the record it was read with.
+        self.read_values(account, device, after_seq, &mut |seq, value, range| {
+            sink(seq, value.slice(range))
+        })
     }
 
     fn truncate(
@@ -319,6 +501,10 @@ impl Store for SledStore {
         device: &DeviceId,
         before_seq: u64,
     ) -> Result<StreamMeta, StoreError> {
+        let _shared = self
+            .relocation
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let skey = stream_key(account, device);
         let mut meta = match self.accounts.get(&skey)? {
             Some(v) => decode_meta(&v)?,
@@ -328,30 +514,49 @@ impl Store for SledStore {
             return Ok(meta);
         }
         let mut batch = sled::Batch::default();
+        // Log bytes no longer pointed to once the batch is applied.
+        let mut released: Vec<(u64, u64)> = Vec::new();
         let lowest = envelope_key(account, device, 0);
         let end = envelope_key(account, device, before_seq);
         for item in self.accounts.range(lowest.as_slice()..end.as_slice()) {
             let (k, v) = item?;
-            let mut kept = Vec::new();
-            let mut kept_from = None;
-            for (seq, envelope) in (seq_of_key(&k)?..).zip(unpack(&v)) {
-                let envelope = envelope?;
+            let pointer = Pointer::decode(&v);
+            let value = self.value_bytes(v)?;
+            // Byte offset in the value and seq where the kept part starts, envelopes kept.
+            let mut kept_at: Option<(usize, u64)> = None;
+            let mut kept_count = 0u32;
+            for (seq, range) in (seq_of_key(&k)?..).zip(unpack_ranges(&value)) {
+                let range = range?;
                 if seq < before_seq {
-                    meta.bytes = meta.bytes.saturating_sub(envelope.len() as u64);
+                    meta.bytes = meta.bytes.saturating_sub(range.len() as u64);
                     meta.envelopes = meta.envelopes.saturating_sub(1);
                 } else {
-                    kept_from.get_or_insert(seq);
-                    pack_into(&mut kept, envelope);
+                    // The record from this envelope's length prefix on.
+                    kept_at.get_or_insert((range.start - 4, seq));
+                    kept_count += 1;
                 }
             }
             batch.remove(k);
-            if let Some(from) = kept_from {
-                batch.insert(envelope_key(account, device, from), kept);
+            match (pointer, kept_at) {
+                (Some(pointer), Some((skip, from))) => {
+                    let tail =
+                        pointer.tail(skip as u32, kept_count, crc32fast::hash(&value[skip..]));
+                    batch.insert(envelope_key(account, device, from), &tail.encode()[..]);
+                    released.push((pointer.segment, skip as u64));
+                }
+                (Some(pointer), None) => released.push((pointer.segment, u64::from(pointer.len))),
+                (None, Some((skip, from))) => {
+                    batch.insert(envelope_key(account, device, from), &value[skip..]);
+                }
+                (None, None) => {}
             }
         }
         meta.first_seq = if meta.envelopes == 0 { 0 } else { before_seq };
         batch.insert(skey, &encode_meta(&meta));
         self.accounts.apply_batch(batch)?;
+        for (segment, len) in released {
+            self.log.release(segment, len);
+        }
         Ok(meta)
     }
 
@@ -532,7 +737,12 @@ impl Store for SledStore {
     }
 
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
+        let _shared = self
+            .relocation
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = sled::Batch::default();
+        let mut records = Vec::new();
         let pairing_prefix = key(account, TAG_PAIRING, &[]);
         let recovery_index = key(account, TAG_RECOVERY, &[]);
         for item in self.accounts.scan_prefix(account.as_bytes()) {
@@ -541,10 +751,18 @@ impl Store for SledStore {
                 self.pairing.remove(&k[pairing_prefix.len()..])?;
             } else if k.as_ref() == recovery_index.as_slice() {
                 self.recovery.remove(&v)?;
+            } else if is_envelope_key(&k)
+                && let Some(pointer) = Pointer::decode(&v)
+            {
+                records.push(pointer);
             }
             batch.remove(k);
         }
         self.accounts.apply_batch(batch)?;
+        // The envelopes themselves: overwritten, not just unreferenced.
+        for pointer in &records {
+            self.log.erase(pointer)?;
+        }
         Ok(())
     }
 
@@ -572,10 +790,20 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {
+        let store = self.clone();
         Box::pin(async move {
-            self.db.flush_async().await?;
-            Ok(())
+            tokio::task::spawn_blocking(move || store.sync_all())
+                .await
+                .map_err(|e| StoreError::Backend(format!("flush task: {e}")))?
         })
+    }
+
+    fn maintain(&self) -> Result<(), StoreError> {
+        if self.compact()? > 0 {
+            // Copies, then pointers made durable; then the emptied segments are deleted.
+            self.sync_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -612,9 +840,33 @@ mod tests {
     }
 
     fn read_all(store: &SledStore, after: u64, max: usize) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
+        read_all_of_account(store, &A, after, max)
+    }
+
+    /// [`read_all`] through the zero-copy path.
+    fn read_all_of(store: &SledStore, after: u64, max: usize) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
         let mut out = Vec::new();
         let end = store
-            .read_stream(&A, &D, after, &mut |seq, e| {
+            .read_stream_bytes(&A, &D, after, &mut |seq, e| {
+                if out.len() == max {
+                    return false;
+                }
+                out.push((seq, e.to_vec()));
+                true
+            })
+            .unwrap();
+        (out, end)
+    }
+
+    fn read_all_of_account(
+        store: &SledStore,
+        account: &AccountId,
+        after: u64,
+        max: usize,
+    ) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
+        let mut out = Vec::new();
+        let end = store
+            .read_stream(account, &D, after, &mut |seq, e| {
                 if out.len() == max {
                     return false;
                 }
@@ -655,6 +907,151 @@ mod tests {
         let (got, _) = read_all(&store, 0, 100);
         assert_eq!(got.first().map(|(s, _)| *s), Some(4));
         assert_eq!(got.len(), 7);
+    }
+
+    #[test]
+    fn truncation_keeps_the_tail_of_a_straddling_record_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            append(&store, &A, 1, 10);
+            store.truncate(&A, &D, 4).unwrap();
+            store.sync_all().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let (got, _) = read_all_of(&store, 0, 100);
+        assert_eq!(got, (4..=10).zip(envelopes(4, 7)).collect::<Vec<_>>());
+        // The truncated head is no longer counted live; the tail is.
+        let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
+        assert_eq!(
+            live,
+            envelopes(4, 7).iter().map(|e| e.len() as u64 + 4).sum()
+        );
+    }
+
+    #[test]
+    fn a_schema_1_database_stays_readable_and_new_pushes_go_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What schema 1 wrote: packed envelopes inline.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(SCHEMA_KEY, &SCHEMA_INLINE.to_be_bytes())
+                .unwrap();
+            let mut packed = Vec::new();
+            for e in envelopes(1, 5) {
+                pack_into(&mut packed, &e);
+            }
+            let accounts = db.open_tree("accounts").unwrap();
+            accounts.insert(envelope_key(&A, &D, 1), packed).unwrap();
+            let meta = StreamMeta {
+                first_seq: 1,
+                last_seq: 5,
+                bytes: 0,
+                envelopes: 5,
+            };
+            accounts
+                .insert(stream_key(&A, &D), &encode_meta(&meta))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        append(&store, &A, 6, 5);
+        let (got, _) = read_all_of(&store, 0, 100);
+        assert_eq!(got, (1..=10).zip(envelopes(1, 10)).collect::<Vec<_>>());
+        store.truncate(&A, &D, 3).unwrap();
+        let (got, _) = read_all_of(&store, 0, 100);
+        assert_eq!(got, (3..=10).zip(envelopes(3, 8)).collect::<Vec<_>>());
+        let schema = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap();
+        assert_eq!(schema.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+    }
+
+    /// Every byte under `dir`, file by file.
+    fn files_under(dir: &Path) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(std::fs::read(&path).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn deleting_an_account_erases_its_envelopes_from_the_log() {
+        let (dir, store) = open(1 << 20);
+        let marker = [0xa5u8; 40];
+        let refs: Vec<&[u8]> = vec![&marker; 3];
+        let meta = StreamMeta {
+            first_seq: 1,
+            last_seq: 3,
+            bytes: 120,
+            envelopes: 3,
+        };
+        store.append(&A, &D, 1, &refs, &meta).unwrap();
+        append(&store, &B, 1, 5);
+        store.sync_all().unwrap();
+        let found = |dir: &Path| {
+            files_under(&dir.join(LOG_DIR))
+                .iter()
+                .any(|f| f.windows(marker.len()).any(|w| w == marker))
+        };
+        assert!(found(dir.path()));
+        store.delete_account(&A).unwrap();
+        store.sync_all().unwrap();
+        assert!(!found(dir.path()), "the envelopes are overwritten");
+        let (got, _) = read_all_of_account(&store, &B, 0, 100);
+        assert_eq!(got.len(), 5, "the other account is intact");
+    }
+
+    #[test]
+    fn compaction_moves_live_records_and_frees_dead_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = 64 * 1024;
+        let store = SledStore::open_with_segments(dir.path(), 1 << 20, 4096, segment).unwrap();
+        // Two accounts interleaved over several segments; then one is deleted.
+        let big = vec![0x11u8; 2000];
+        for round in 0..40u64 {
+            // A writes three times as much as B: B's records are a quarter of each segment.
+            for (account, n) in [(&A, 6), (&B, 2)] {
+                let refs: Vec<&[u8]> = vec![&big; n as usize];
+                let meta = StreamMeta {
+                    first_seq: 1,
+                    last_seq: (round + 1) * n,
+                    bytes: 0,
+                    envelopes: (round + 1) * n,
+                };
+                store
+                    .append(account, &D, round * n + 1, &refs, &meta)
+                    .unwrap();
+            }
+        }
+        store.sync_all().unwrap();
+        let segments_before = store.log_usage().len();
+        assert!(segments_before > 3, "{:?}", store.log_usage());
+        store.delete_account(&A).unwrap();
+        store.sync_all().unwrap();
+        store.maintain().unwrap();
+        // The segment that was active during the first pass is sealed now: a second pass.
+        store.maintain().unwrap();
+        let after = store.log_usage();
+        assert!(after.len() < segments_before, "{after:?}");
+        // Sealed segments are now mostly live.
+        let active = after.iter().map(|(id, _, _)| *id).max().unwrap();
+        for (id, size, live) in &after {
+            assert!(*id == active || live * 2 >= *size, "{after:?}");
+        }
+        let (got, _) = read_all_of_account(&store, &B, 0, 1000);
+        assert_eq!(got.len(), 80);
+        assert!(got.iter().all(|(_, e)| *e == big));
+        drop(store);
+        let store = SledStore::open_with_segments(dir.path(), 1 << 20, 4096, segment).unwrap();
+        let (got, _) = read_all_of_account(&store, &B, 0, 1000);
+        assert_eq!(got.len(), 80, "pointers and segments agree after a reopen");
     }
 
     #[test]
@@ -761,7 +1158,7 @@ mod tests {
             err,
             StoreError::SchemaVersion {
                 found: 7,
-                expected: 1
+                expected: SCHEMA_VERSION
             }
         ));
     }

@@ -1,0 +1,209 @@
+//! Zero-copy forms of the two bulk messages, for the relay's hot paths.
+//!
+//! `kith_protocol::proto` decodes `bytes` fields into `Vec<u8>`: a push of 100 envelopes costs
+//! 100 allocations and copies, and a pull page as many again. The types here have the same
+//! wire format (field numbers and types of `proto/kith/v1/relay.proto`) with [`Bytes`] fields,
+//! so that decoding from a [`Bytes`] frame body slices it instead of copying, and a pull page
+//! is encoded from slices of what the store read. The tests check that both forms encode to
+//! the same bytes and decode each other.
+//!
+//! Only a request that is exactly one `push` field takes the zero-copy path
+//! ([`push_payload`]); anything else is decoded as a `proto::Request`, so both paths accept
+//! the same inputs with the same meaning.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kith_protocol::proto::StreamInfo;
+use prost::Message;
+use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encoded_len_varint};
+
+/// Field number of `push` in `Request.kind`.
+const REQUEST_PUSH: u32 = 6;
+/// Field number of `pull` in `Response.kind`.
+const RESPONSE_PULL: u32 = 6;
+
+/// `kith.v1.Push` with envelopes as slices of the frame they arrived in.
+#[derive(Clone, PartialEq, Message)]
+pub struct Push {
+    /// Encoded envelopes, consecutive seqs.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub envelopes: Vec<Bytes>,
+}
+
+/// `kith.v1.StoredEnvelope` with shared byte fields.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredEnvelope {
+    /// The writing device.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub device_id: Bytes,
+    /// Its seq.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// The encoded envelope.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub envelope: Bytes,
+}
+
+/// `kith.v1.PullResponse` with shared byte fields.
+#[derive(Clone, PartialEq, Message)]
+pub struct PullResponse {
+    /// Envelopes of the page.
+    #[prost(message, repeated, tag = "1")]
+    pub envelopes: Vec<StoredEnvelope>,
+    /// Every stream of the account.
+    #[prost(message, repeated, tag = "2")]
+    pub streams: Vec<StreamInfo>,
+    /// Whether a bound cut the page short.
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+}
+
+/// The payload of a message body that is exactly one length-delimited field `field`.
+fn single_field(body: &Bytes, field: u32) -> Option<Bytes> {
+    let mut rest = &body[..];
+    let key = decode_varint(&mut rest).ok()?;
+    if key != u64::from(field << 3 | WireType::LengthDelimited as u32) {
+        return None;
+    }
+    let len = decode_varint(&mut rest).ok()?;
+    if u64::try_from(rest.len()).ok()? != len {
+        return None;
+    }
+    Some(body.slice(body.len() - rest.len()..))
+}
+
+/// The `Push` payload of a `Request` body that holds exactly one field, `push`; `None` for
+/// any other request (decode it as `proto::Request`).
+pub fn push_payload(body: &Bytes) -> Option<Bytes> {
+    single_field(body, REQUEST_PUSH)
+}
+
+/// The `PullResponse` payload of a `Response` body that holds exactly one field, `pull`.
+pub fn pull_payload(body: &Bytes) -> Option<Bytes> {
+    single_field(body, RESPONSE_PULL)
+}
+
+/// Encodes `Response { kind: pull(page) }` as one frame, length prefix included.
+pub fn pull_frame(page: &PullResponse) -> Bytes {
+    let inner = page.encoded_len();
+    let body = 1 + encoded_len_varint(inner as u64) + inner;
+    let mut out = BytesMut::with_capacity(crate::frame::HEADER_LEN + body);
+    out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
+    encode_key(RESPONSE_PULL, WireType::LengthDelimited, &mut out);
+    encode_varint(inner as u64, &mut out);
+    page.encode_raw(&mut out);
+    out.freeze()
+}
+
+/// Encodes `Request { kind: push(push) }` as one frame, length prefix included.
+pub fn push_frame(push: &Push) -> Bytes {
+    let inner = push.encoded_len();
+    let body = 1 + encoded_len_varint(inner as u64) + inner;
+    let mut out = BytesMut::with_capacity(crate::frame::HEADER_LEN + body);
+    out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
+    encode_key(REQUEST_PUSH, WireType::LengthDelimited, &mut out);
+    encode_varint(inner as u64, &mut out);
+    push.encode_raw(&mut out);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_protocol::frame::encode_frame;
+    use kith_protocol::proto::{self, Request, Response, request, response};
+
+    fn canonical_page() -> proto::PullResponse {
+        proto::PullResponse {
+            envelopes: (1..=3)
+                .map(|seq| proto::StoredEnvelope {
+                    device_id: vec![7; 16],
+                    seq,
+                    envelope: vec![seq as u8; 300 * seq as usize],
+                })
+                .collect(),
+            streams: vec![proto::StreamInfo {
+                device_id: vec![7; 16],
+                first_seq: 1,
+                last_seq: 3,
+            }],
+            more: true,
+        }
+    }
+
+    fn zero_copy_page(page: &proto::PullResponse) -> PullResponse {
+        PullResponse {
+            envelopes: page
+                .envelopes
+                .iter()
+                .map(|e| StoredEnvelope {
+                    device_id: Bytes::from(e.device_id.clone()),
+                    seq: e.seq,
+                    envelope: Bytes::from(e.envelope.clone()),
+                })
+                .collect(),
+            streams: page.streams.clone(),
+            more: page.more,
+        }
+    }
+
+    #[test]
+    fn a_pull_frame_is_the_canonical_encoding_and_decodes_both_ways() {
+        for page in [canonical_page(), proto::PullResponse::default()] {
+            let canonical = encode_frame(&Response {
+                kind: Some(response::Kind::Pull(page.clone())),
+            });
+            let fast = pull_frame(&zero_copy_page(&page));
+            assert_eq!(&fast[..], &canonical[..]);
+            let body = fast.slice(4..);
+            let payload = pull_payload(&body).unwrap();
+            assert_eq!(
+                PullResponse::decode(payload).unwrap(),
+                zero_copy_page(&page)
+            );
+        }
+    }
+
+    #[test]
+    fn a_push_frame_is_the_canonical_encoding_and_its_payload_is_found() {
+        let envelopes: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 200 + usize::from(i)]).collect();
+        let canonical = encode_frame(&Request {
+            kind: Some(request::Kind::Push(proto::Push {
+                envelopes: envelopes.clone(),
+            })),
+        });
+        let fast = push_frame(&Push {
+            envelopes: envelopes.iter().cloned().map(Bytes::from).collect(),
+        });
+        assert_eq!(&fast[..], &canonical[..]);
+        let body = Bytes::from(canonical[4..].to_vec());
+        let push = Push::decode(push_payload(&body).unwrap()).unwrap();
+        assert_eq!(push.envelopes, envelopes);
+        // Zero-copy: the envelopes point into the body.
+        let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        assert!(range.contains(&(push.envelopes[0].as_ptr() as usize)));
+    }
+
+    #[test]
+    fn other_requests_and_unusual_encodings_take_the_general_path() {
+        let challenge = encode_frame(&Request {
+            kind: Some(request::Kind::GetChallenge(proto::GetChallenge {})),
+        });
+        assert_eq!(push_payload(&Bytes::from(challenge[4..].to_vec())), None);
+        // Two push fields (the last one wins in protobuf): not "exactly one field".
+        let one = encode_frame(&Request {
+            kind: Some(request::Kind::Push(proto::Push {
+                envelopes: vec![vec![1]],
+            })),
+        });
+        let mut two = one[4..].to_vec();
+        two.extend_from_slice(&one[4..]);
+        assert_eq!(push_payload(&Bytes::from(two)), None);
+        // Truncated, empty, garbage.
+        assert_eq!(
+            push_payload(&Bytes::from(one[4..one.len() - 1].to_vec())),
+            None
+        );
+        assert_eq!(push_payload(&Bytes::new()), None);
+        assert_eq!(push_payload(&Bytes::from_static(&[0xff; 12])), None);
+    }
+}
