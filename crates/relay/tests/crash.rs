@@ -2,54 +2,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::process::RelayProcess;
 use common::{TestAccount, bounded, envelope};
 use kith_protocol::proto::Cursor;
 use kith_relay::client::RelayClient;
-
-/// Starts the built binary on loopback port 0; returns it with its address and certificate pin.
-fn spawn_relay(data: &Path) -> (Child, SocketAddr, [u8; 32]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kith-relay"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kith-relay");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut addr = None;
-    let mut pin = None;
-    while addr.is_none() || pin.is_none() {
-        let line = lines.next().expect("relay output").expect("line");
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            addr = Some(rest.parse().expect("address"));
-        } else if let Some(rest) = line.strip_prefix("certificate sha256 ") {
-            let mut bytes = [0u8; 32];
-            hex::decode_to_slice(rest, &mut bytes).expect("fingerprint");
-            pin = Some(bytes);
-        }
-    }
-    // Keep draining stdout so the relay never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (
-        child,
-        addr.unwrap_or_else(|| unreachable!()),
-        pin.unwrap_or_else(|| unreachable!()),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_push_survives_kill_9() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let (mut child, addr, pin) = spawn_relay(dir.path());
+        let mut relay = RelayProcess::spawn(dir.path(), &[]);
+        let (addr, pin) = (relay.addr, relay.pin);
         const WRITERS: usize = 4;
         let accounts: Vec<Arc<TestAccount>> = (0..WRITERS)
             .map(|_| Arc::new(TestAccount::new(1)))
@@ -81,15 +48,15 @@ async fn every_acknowledged_push_survives_kill_9() {
         while acked.iter().map(|a| a.load(Ordering::SeqCst)).sum::<u64>() < 2000 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        relay.kill9();
         // No ack can arrive from a dead process: what is recorded now is final.
         for writer in writers {
             writer.abort();
         }
         let acked: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
 
-        let (mut child, addr, pin) = spawn_relay(dir.path());
+        let relay = RelayProcess::spawn(dir.path(), &[]);
+        let (addr, pin) = (relay.addr, relay.pin);
         for (account, acked) in accounts.iter().zip(acked) {
             assert!(acked > 0);
             let client = RelayClient::connect(addr, pin).await.unwrap();
@@ -120,8 +87,7 @@ async fn every_acknowledged_push_survives_kill_9() {
             }
             assert!(after >= acked, "acked up to {acked}, found up to {after}");
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(relay); // kill -9
     })
     .await;
 }
