@@ -102,6 +102,16 @@ impl Store for FaultyStore {
     ) -> Result<ReadEnd, StoreError> {
         self.inner.read_stream(account, device, after_seq, sink)
     }
+    fn read_stream_bytes(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        sink: &mut dyn FnMut(u64, bytes::Bytes) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
+        self.inner
+            .read_stream_bytes(account, device, after_seq, sink)
+    }
     fn truncate(
         &self,
         account: &AccountId,
@@ -185,6 +195,13 @@ impl Store for FaultyStore {
     }
     fn stats(&self) -> Result<StoreStats, StoreError> {
         self.inner.stats()
+    }
+    fn maintain(&self) -> Result<(), StoreError> {
+        // Housekeeping writes too, but is not counted against the budget of writes.
+        if self.writes_left.load(Ordering::SeqCst) == 0 {
+            return Err(self.fail());
+        }
+        self.inner.maintain()
     }
     fn flush(&self) -> StoreFuture<'_, ()> {
         if self.fail_flush.load(Ordering::SeqCst) {
