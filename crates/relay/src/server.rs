@@ -356,21 +356,33 @@ async fn request_stream(
             handlers::dispatch(shared, conn, kind).await.map(Some)
         }
     };
-    let frame = match result {
-        Ok(Some(Answer::Frame(frame))) => frame,
-        Ok(Some(Answer::Message(response))) => bytes::Bytes::from(encode_frame(&response)),
+    let (frame, budget) = match result {
+        Ok(Some(Answer::Frame(frame, budget))) => (frame, budget),
+        Ok(Some(Answer::Message(response))) => (bytes::Bytes::from(encode_frame(&response)), None),
         Ok(None) => {
             let _ = send.finish();
             return;
         }
         Err(err) => {
             tracing::debug!(remote = %conn.remote, code = ?err.code, "request refused");
-            bytes::Bytes::from(encode_frame(&err.to_response()))
+            (bytes::Bytes::from(encode_frame(&err.to_response())), None)
         }
     };
     match tokio::time::timeout(deadline, write_frame(&mut send, frame)).await {
         Ok(Ok(())) => {
             let _ = send.finish();
+            if let Some(budget) = budget {
+                // The page stays in quinn's send buffer until the peer acknowledges it: its
+                // share of the pull budget is held until then (or the stream is given up).
+                if tokio::time::timeout(deadline, send.stopped())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(remote = %conn.remote, "response not acknowledged in time; stream reset");
+                    let _ = send.reset(REQUEST_TIMED_OUT.into());
+                }
+                drop(budget);
+            }
         }
         Ok(Err(_)) => {}
         Err(_) => {

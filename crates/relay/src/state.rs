@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_protocol::ids::{AccountId, DeviceId};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::config::RelayConfig;
 use crate::error::RequestError;
@@ -20,6 +20,9 @@ use kith_protocol::roster::VerifiedRoster;
 const MAX_LIMITER_KEYS: usize = 100_000;
 /// Pending notifications per account before a slow subscriber lags (it then gets a summary).
 const NOTIFY_CAPACITY: usize = 256;
+/// Bytes of pull pages the relay holds at once (built, or sent and not yet acknowledged), at
+/// least two of the largest pages: what bounds the relay's memory under pull load.
+const PULL_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// Locks a std mutex, recovering from poisoning (a panicking holder leaves consistent data:
 /// every critical section writes storage before it updates memory).
@@ -162,6 +165,8 @@ pub(crate) struct Shared {
     pub lookup_limiter: KeyedLimiter<IpAddr>,
     pub shutdown: watch::Receiver<bool>,
     pub token_inbox: PathBuf,
+    /// Permits are bytes of pull pages in flight (see [`Shared::pull_page_bytes`]).
+    pub pull_budget: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -186,12 +191,25 @@ impl Shared {
                 MAX_LIMITER_KEYS,
             ),
             token_inbox: crate::token_inbox(&config.data_dir),
+            pull_budget: Arc::new(Semaphore::new(PULL_BYTES_IN_FLIGHT.max(
+                2 * (l.pull_max_bytes as usize + l.max_envelope_bytes as usize + 64 * 1024),
+            ))),
             accounts: Accounts::default(),
             config,
             store,
             commit,
             shutdown,
         }
+    }
+}
+
+impl Shared {
+    /// The most a pull page asking for `max_bytes` of envelopes can take once encoded: the
+    /// bound, one envelope over it (a page always holds one), and the framing of up to
+    /// `pull_max_envelopes` envelopes and of the streams.
+    pub fn pull_page_bytes(&self, max_bytes: usize) -> usize {
+        let l = &self.config.limits;
+        max_bytes + l.max_envelope_bytes as usize + 64 * 1024
     }
 }
 

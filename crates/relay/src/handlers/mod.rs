@@ -29,7 +29,9 @@ use crate::state::{Account, Conn, Shared, lock};
 #[derive(Debug)]
 pub(crate) enum Answer {
     Message(Response),
-    Frame(bytes::Bytes),
+    /// An encoded frame, and the share of the pull budget it holds until the peer has
+    /// acknowledged it.
+    Frame(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
 }
 
 /// The result of a handler.
@@ -56,7 +58,7 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
             let envelopes = req.envelopes.into_iter().map(bytes::Bytes::from).collect();
             push::handle(shared, conn, crate::wire::Push { envelopes }).await
         }
-        Kind::Pull(req) => pull::handle(shared, conn, req),
+        Kind::Pull(req) => pull::handle(shared, conn, req).await,
         Kind::Subscribe(_) => Err(RequestError::internal(
             "subscribe is dispatched by the server",
         )),

@@ -18,7 +18,7 @@ use crate::state::{Conn, Shared};
 use crate::store::ReadEnd;
 use crate::wire::{PullResponse, StoredEnvelope, pull_frame};
 
-pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
+pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
     let (account, _device) = authorized(shared, conn)?;
     let limits = &shared.config.limits;
     let max_envelopes = match req.max_envelopes {
@@ -38,6 +38,15 @@ pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
             .map_err(|_| RequestError::invalid("cursor device_id must be 16 bytes"))?;
         cursors.insert(device, cursor.after_seq);
     }
+    // Room for the largest page this request can produce, taken before reading; what the
+    // page does not use is given back once it is encoded.
+    let reserved = shared.pull_page_bytes(max_bytes);
+    let mut permit = shared
+        .pull_budget
+        .clone()
+        .acquire_many_owned(u32::try_from(reserved).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| RequestError::internal("pull budget closed"))?;
     let mut streams: Vec<_> = account
         .lock()
         .streams
@@ -78,5 +87,10 @@ pub(crate) fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
             .map_err(RequestError::storage)?;
         page.more = end == ReadEnd::More;
     }
-    Ok(Answer::Frame(pull_frame(&page)))
+    let frame = pull_frame(&page);
+    drop(page);
+    if let Some(unused) = reserved.checked_sub(frame.len()) {
+        drop(permit.split(unused));
+    }
+    Ok(Answer::Frame(frame, Some(permit)))
 }

@@ -53,8 +53,10 @@ pub struct Pointer {
 impl Pointer {
     /// Encoded length.
     pub const LEN: usize = 29;
+    /// Length of the stream meta a pointer value may carry after the pointer.
+    pub const SUFFIX_LEN: usize = 32;
     /// First byte of an encoded pointer. An inline value (schema 1: packed envelopes, the first
-    /// starting with its u32 length) of exactly 29 bytes cannot start with 1: that would be an
+    /// starting with its u32 length) of 29 or 61 bytes cannot start with 1: that would be an
     /// envelope of 16 MiB or more.
     const TAG: u8 = 1;
 
@@ -70,9 +72,13 @@ impl Pointer {
         out
     }
 
-    /// A pointer if `value` is one; `None` for an inline (schema 1) value.
+    /// A pointer if `value` is one (possibly followed by [`Pointer::SUFFIX_LEN`] bytes of
+    /// stream meta, see `super::sled`); `None` for an inline (schema 1) value.
     pub fn decode(value: &[u8]) -> Option<Self> {
-        let value: &[u8; Self::LEN] = value.try_into().ok()?;
+        if value.len() != Self::LEN && value.len() != Self::LEN + Self::SUFFIX_LEN {
+            return None;
+        }
+        let value: &[u8; Self::LEN] = value.get(..Self::LEN)?.try_into().ok()?;
         if value[0] != Self::TAG {
             return None;
         }
@@ -406,6 +412,10 @@ mod tests {
             crc: 0xdead_beef,
         };
         assert_eq!(Pointer::decode(&p.encode()), Some(p));
+        let mut with_meta = p.encode().to_vec();
+        with_meta.extend_from_slice(&[9; Pointer::SUFFIX_LEN]);
+        assert_eq!(Pointer::decode(&with_meta), Some(p));
+        assert_eq!(Pointer::decode(&with_meta[..40]), None);
         // A schema-1 value: u32 length of the first envelope, then its bytes.
         let mut inline = 25u32.to_be_bytes().to_vec();
         inline.extend_from_slice(&[1; 25]);
