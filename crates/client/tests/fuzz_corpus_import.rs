@@ -9,6 +9,8 @@
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kith_client::fuzzing::{TARGETS, seeds};
 
@@ -47,11 +49,28 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Panics seen by the panic hook, including those a dependency catches itself (rusqlite turns
+/// a panic in its SQLite callbacks into an error, but libFuzzer, and any `panic = "abort"`
+/// build, dies on it).
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
 #[test]
 fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
     if regenerating() {
         write_seeds();
     }
+    count_panics();
     let mut failures = Vec::new();
     let mut replayed = 0;
     for &(target, body) in TARGETS {
@@ -59,7 +78,12 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
         assert!(!files.is_empty(), "fuzz/corpus/{target} is empty");
         for (name, bytes) in files {
             replayed += 1;
-            match catch_unwind(AssertUnwindSafe(|| body(&bytes))) {
+            let before = PANICS.load(Ordering::SeqCst);
+            let result = catch_unwind(AssertUnwindSafe(|| body(&bytes)));
+            if result.is_ok() && PANICS.load(Ordering::SeqCst) != before {
+                failures.push(format!("{target}/{name}: panicked inside a dependency"));
+            }
+            match result {
                 Err(_) => failures.push(format!("{target}/{name}: panicked")),
                 Ok(false) if name.starts_with("valid-") => failures.push(format!(
                     "{target}/{name}: no longer accepted (KITH_REGENERATE_FUZZ_SEEDS=1 rewrites seeds)"

@@ -90,11 +90,24 @@ pub(crate) fn open_read_only(
 
     let tables = table_names(&conn).map_err(|e| db_error(kind, e))?;
     let needed: BTreeSet<&str> = allowed.iter().map(|(table, _)| *table).collect();
-    for table in needed {
+    for &table in &needed {
         if !tables.contains(&table.to_ascii_lowercase()) {
             return Err(ImportError::WrongKind {
                 expected: kind,
                 reason: format!("it has no `{table}` table"),
+            });
+        }
+    }
+    // SQLite names columns to the authorizer as the file's schema declares them (a query's
+    // `ROWID` is reported under the name of the table's INTEGER PRIMARY KEY column), and
+    // rusqlite panics on a name that is not UTF-8: inside its callback, which turns the panic
+    // into an error, but the panic hook still runs and a `panic = "abort"` build aborts. A
+    // hostile or corrupt schema gets a clear error instead, before the authorizer is installed.
+    for &table in &needed {
+        if !column_names_are_utf8(&conn, table).map_err(|e| db_error(kind, e))? {
+            return Err(ImportError::WrongKind {
+                expected: kind,
+                reason: format!("a column name of the `{table}` table is not UTF-8"),
             });
         }
     }
@@ -148,6 +161,20 @@ fn table_names(conn: &Connection) -> rusqlite::Result<BTreeSet<String>> {
         }
     }
     Ok(names)
+}
+
+/// Whether every column name `table` declares is valid UTF-8.
+fn column_names_are_utf8(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let mut rows = stmt.query([table])?;
+    while let Some(row) = rows.next()? {
+        if let ValueRef::Text(name) = row.get_ref(0)?
+            && std::str::from_utf8(name).is_err()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Maps SQLite errors: "not a database" means the file is of the wrong kind; a statement that
@@ -228,6 +255,38 @@ mod tests {
             "/a%20b/c%3Fd%23e%25f.db"
         );
         assert_eq!(percent_encode("/é".as_bytes()), "/%C3%A9");
+    }
+
+    /// Found by the `imessage` fuzz target (`fuzz/corpus/imessage/crash-non-utf8-rowid-column`):
+    /// `SELECT c.ROWID FROM chat AS c` reaches the authorizer with the name of `chat`'s INTEGER
+    /// PRIMARY KEY column, here `R\xe1WID`, on which rusqlite panics.
+    #[test]
+    fn a_column_name_that_is_not_utf8_is_refused_before_the_authorizer_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE chat (ROWID INTEGER PRIMARY KEY, style INTEGER);
+             INSERT INTO chat VALUES (1, 45);
+             PRAGMA writable_schema = ON;",
+        )
+        .unwrap();
+        let sql: &[u8] = b"CREATE TABLE chat (R\xe1WID INTEGER PRIMARY KEY, style INTEGER)";
+        conn.execute(
+            "UPDATE sqlite_master SET sql = CAST(?1 AS TEXT) WHERE name = 'chat'",
+            [sql],
+        )
+        .unwrap();
+        drop(conn);
+
+        const ALLOWED: &[Column] = &[("chat", "ROWID"), ("chat", "style")];
+        let opts = ImportOptions::default();
+        let result = open_read_only(&path, FileKind::MessagesDatabase, &opts, ALLOWED);
+        assert!(
+            matches!(result, Err(ImportError::WrongKind { ref reason, .. }) if reason.contains("UTF-8")),
+            "{:?}",
+            result.err()
+        );
     }
 
     #[test]

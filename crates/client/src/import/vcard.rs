@@ -726,6 +726,12 @@ fn handle_from_url(url: &str) -> Option<String> {
     (!last.is_empty() && !is_host).then(|| last.to_owned())
 }
 
+/// Whether `handle/<service>:<handle>`, the key the client records a handle under
+/// ([`super::ImportedContact::field_writes`]), is a valid field key.
+fn valid_handle_key(service: &str, handle: &str) -> bool {
+    kith_protocol::record::FieldKey::parse(&format!("handle/{service}:{handle}")).is_ok()
+}
+
 fn is_url_like(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     lower.starts_with("http://") || lower.starts_with("https://")
@@ -885,6 +891,12 @@ fn parse_card(
                     }
                 }
                 match handle {
+                    // The client records a handle under `handle/<service>:<handle>`, a key
+                    // without whitespace (`FieldKey`): a value like `Stark Industries` is no
+                    // handle, and would otherwise be dropped silently at import time.
+                    Some(handle) if !valid_handle_key(&service, &handle) => {
+                        report.drop_field(opts, p.line, &p.name, "not a handle");
+                    }
                     Some(handle) => {
                         let handle = proto::Handle { service, handle };
                         if text::push_unique(&mut contact.handles, handle, max_values, |a, b| {
@@ -1165,6 +1177,26 @@ mod tests {
         }
         let unfolded = out.trim_end_matches("\r\n").replace("\r\n ", "");
         assert_eq!(unfolded, line);
+    }
+
+    /// Found by the `vcard` fuzz target (`fuzz/corpus/vcard/crash-social-profile-with-spaces`):
+    /// a social profile whose value is no handle must be reported, not kept as a handle the
+    /// client cannot record.
+    #[test]
+    fn a_social_profile_that_is_no_handle_is_dropped_and_reported() {
+        let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Ada\r\n\
+                    SOCIALPROFILE;TYPE=ORG:Stark Industries;\r\n\
+                    SOCIALPROFILE;TYPE=mastodon:ada\r\nEND:VCARD\r\n";
+        let report = import_bytes(card.as_bytes(), &ImportOptions::default()).unwrap();
+        let handles: Vec<_> = report.contacts[0]
+            .handles
+            .iter()
+            .map(|h| (h.service.as_str(), h.handle.as_str()))
+            .collect();
+        assert_eq!(handles, [("mastodon", "ada")]);
+        assert_eq!(report.dropped.len(), 1);
+        assert_eq!(report.dropped[0].line, 4);
+        assert_eq!(report.dropped[0].reason, "not a handle");
     }
 
     #[test]
