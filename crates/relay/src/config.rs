@@ -139,8 +139,9 @@ pub struct Settings {
     /// sled page cache in bytes [default: 67108864]
     #[arg(long)]
     pub cache_bytes: Option<u64>,
-    /// Largest stored value when a pushed batch is split into values: consecutive envelopes
-    /// are packed into one value up to this size (see BENCHMARKS.md) [default: 131072]
+    /// Largest record of the envelope log: consecutive envelopes of a push are packed into
+    /// records of up to this size; a push that fits one record is one database insert (see
+    /// BENCHMARKS.md) [default: 262144]
     #[arg(long)]
     pub store_value_bytes: Option<u32>,
     /// Seconds to finish in-flight requests after a shutdown signal [default: 10]
@@ -363,7 +364,7 @@ pub struct RelayConfig {
     pub udp_buffer_bytes: usize,
     /// sled page cache.
     pub cache_bytes: u64,
-    /// Largest stored value when packing a pushed batch.
+    /// Largest envelope-log record when packing a pushed batch.
     pub store_value_bytes: u32,
     /// Time to finish in-flight requests after shutdown starts.
     pub shutdown_grace: Duration,
@@ -382,7 +383,7 @@ impl Default for RelayConfig {
             limits: Limits::default(),
             udp_buffer_bytes: 4 * 1024 * 1024,
             cache_bytes: 64 * 1024 * 1024,
-            store_value_bytes: 128 * 1024,
+            store_value_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
     }

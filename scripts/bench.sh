@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs every benchmark of the project and prints a summary; see BENCHMARKS.md for what each
+# figure means and the recorded results. About 6-12 minutes on the 2-core development machine
+# (most of it building); the figures are only worth recording when `uptime` shows a quiet
+# machine, and the load average is printed next to each.
+#
+#   scripts/bench.sh            everything
+#   scripts/bench.sh relay      only the relay's load tool (about 2 minutes once built)
+#   RUNS=5 scripts/bench.sh     5 runs of each load-tool measurement instead of 3 (median shown)
+#
+# 1. kith-protocol: the envelope criterion bench (short warm-up and measurement).
+# 2. kith-relay: `kith-relay bench` (a relay process plus the load tool in another process):
+#    push and pull of 100 devices x 2000 x 1 KiB in batches of 100; ack latency paced at
+#    50,000 envelopes/s (half the push target); RSS with 1,000 idle authenticated connections.
+# 3. kith-e2e: the client scale bench (import, sync, compact), if that bench target exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+only=${1:-all}
+runs=${RUNS:-3}
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+summary=()
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+note() { summary+=("$(printf '%-58s %s' "$1" "$2")"); }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "?" }'; }
+started=$(date +%s)
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load $(load); $(date -u '+%F %R') UTC"
+
+if [[ $only == all || $only == protocol ]]; then
+  echo "== kith-protocol envelope bench"
+  cargo bench -p kith-protocol --bench envelope -- --warm-up-time 1 --measurement-time 3 \
+    > "$log/protocol" 2>&1 || echo "(the protocol bench failed; see above)"
+  grep -E 'time:|^[A-Za-z0-9_]+/[^ ]*$' "$log/protocol" || true
+  # "name\n   time: [low est high]", or "name   time: [...]" on one line for short names.
+  awk '/^[A-Za-z0-9_]+\/[^ ]*$/ { name = $1; next }
+       /time:/ { if ($1 != "time:") name = $1; match($0, /\[[^]]*\]/)
+                 split(substr($0, RSTART + 1, RLENGTH - 2), v, " "); print name, v[3], v[4] }' \
+    "$log/protocol" > "$log/protocol.sum" || true
+  while read -r name est unit; do note "protocol $name" "$est $unit"; done < "$log/protocol.sum"
+fi
+
+if [[ $only == all || $only == relay ]]; then
+  echo "== kith-relay load tool ($runs runs each)"
+  cargo build --release -p kith-relay 2>&1 | tail -1
+  relay=target/release/kith-relay
+  for i in $(seq 1 "$runs"); do
+    echo "-- push/pull run $i, load $(load)"
+    RUST_LOG=warn "$relay" bench --devices 100 --envelopes 2000 --batch 100 --size 1024 \
+      2>&1 | grep -v ' INFO ' | tee "$log/pushpull.$i"
+  done
+  for i in $(seq 1 "$runs"); do
+    echo "-- paced run $i, load $(load)"
+    RUST_LOG=warn "$relay" bench --devices 100 --envelopes 1000 --batch 100 --size 1024 \
+      --rate 50000 2>&1 | grep -v ' INFO ' | grep -E '^push' | tee "$log/paced.$i"
+  done
+  for i in $(seq 1 "$runs"); do
+    echo "-- idle connections run $i, load $(load)"
+    RUST_LOG=warn "$relay" bench --devices 10 --envelopes 100 --idle-connections 1000 \
+      2>&1 | grep -E '^(idle|relay RSS with)' | tee "$log/idle.$i"
+  done
+  field() { # file-glob, line prefix, sed expression extracting the number
+    for f in $1; do grep -E -m1 "^$2" "$f" | sed -E "$3" || true; done | median
+  }
+  push=$(field "$log/pushpull.*" 'push: [0-9]+ envelopes' 's/.*= ([0-9]+) envelopes\/s.*/\1/')
+  pull=$(field "$log/pushpull.*" 'pull: [0-9]+ envelopes' 's/.*= ([0-9]+) envelopes\/s.*/\1/')
+  push_cpu=$(field "$log/pushpull.*" 'push: relay CPU' 's/.*= ([0-9.]+) us\/envelope.*/\1/')
+  pull_cpu=$(field "$log/pushpull.*" 'pull: relay CPU' 's/.*= ([0-9.]+) us\/envelope.*/\1/')
+  tool_push=$(field "$log/pushpull.*" 'push: relay CPU' 's/.*load tool CPU [0-9.]+ s = ([0-9.]+) us.*/\1/')
+  tool_pull=$(field "$log/pushpull.*" 'pull: relay CPU' 's/.*load tool CPU [0-9.]+ s = ([0-9.]+) us.*/\1/')
+  rss_load=$(field "$log/pushpull.*" 'relay RSS after push/pull' 's/.*peak ([0-9]+) MB.*/\1/')
+  p99=$(field "$log/paced.*" 'push: [0-9]+ envelopes' 's/.*p99 ([0-9.]+) ms.*/\1/')
+  rate=$(field "$log/paced.*" 'push: [0-9]+ envelopes' 's/.*= ([0-9]+) envelopes\/s.*/\1/')
+  idle=$(field "$log/idle.*" 'relay RSS with' 's/.*: ([0-9]+) MB.*/\1/')
+  note "relay push, 100 devices, batches of 100 (median)" "$push envelopes/s (target >= 100000)"
+  note "relay pull (median)" "$pull envelopes/s (target >= 200000)"
+  note "relay CPU per envelope, push / pull" "$push_cpu / $pull_cpu us (load tool: $tool_push / $tool_pull us)"
+  note "relay peak RSS during push and pull" "$rss_load MB"
+  note "ack latency p99 paced at 50,000/s (achieved $rate/s)" "$p99 ms (target < 20)"
+  note "relay RSS, 1,000 idle authenticated connections" "$idle MB (target < 250)"
+fi
+
+if [[ $only == all || $only == e2e ]]; then
+  if [[ -f tests/benches/scale.rs ]] && grep -q 'name = "scale"' tests/Cargo.toml; then
+    echo "== kith-e2e scale bench"
+    cargo bench -p kith-e2e --bench scale 2>&1 | tee "$log/e2e" | grep -vE '^\s*(Compiling|Finished|Running)' || true
+    while IFS= read -r line; do note "e2e" "$line"; done < <(grep -E '^(import|sync|compact)' "$log/e2e" || true)
+  else
+    echo "== kith-e2e scale bench: no such bench target, skipped"
+  fi
+fi
+
+echo
+echo "== summary ($(($(date +%s) - started)) s; load now $(load))"
+printf '%s\n' "${summary[@]}"
