@@ -167,6 +167,8 @@ pub(crate) struct Shared {
     pub token_inbox: PathBuf,
     /// Permits are bytes of pull pages in flight (see [`Shared::pull_page_bytes`]).
     pub pull_budget: Arc<Semaphore>,
+    /// Permits `pull_budget` started with.
+    pub pull_budget_bytes: usize,
 }
 
 impl Shared {
@@ -177,6 +179,13 @@ impl Shared {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let l = &config.limits;
+        let largest_page = l.pull_max_bytes as usize
+            + l.max_envelope_bytes as usize
+            + l.pull_max_envelopes as usize * 32
+            + 64 * 1024;
+        let pull_budget_bytes = PULL_BYTES_IN_FLIGHT
+            .max(2 * largest_page)
+            .min(u32::MAX as usize);
         Self {
             device_limiter: KeyedLimiter::new(
                 l.requests_per_second,
@@ -191,9 +200,8 @@ impl Shared {
                 MAX_LIMITER_KEYS,
             ),
             token_inbox: crate::token_inbox(&config.data_dir),
-            pull_budget: Arc::new(Semaphore::new(PULL_BYTES_IN_FLIGHT.max(
-                2 * (l.pull_max_bytes as usize + l.max_envelope_bytes as usize + 64 * 1024),
-            ))),
+            pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
+            pull_budget_bytes,
             accounts: Accounts::default(),
             config,
             store,
@@ -205,11 +213,15 @@ impl Shared {
 
 impl Shared {
     /// The most a pull page asking for `max_bytes` of envelopes can take once encoded: the
-    /// bound, one envelope over it (a page always holds one), and the framing of up to
-    /// `pull_max_envelopes` envelopes and of the streams.
+    /// bound, one envelope over it (a page always holds one), the framing of each envelope
+    /// (device id, seq, lengths: under 32 bytes) and of the streams.
     pub fn pull_page_bytes(&self, max_bytes: usize) -> usize {
         let l = &self.config.limits;
-        max_bytes + l.max_envelope_bytes as usize + 64 * 1024
+        let page = max_bytes
+            + l.max_envelope_bytes as usize
+            + l.pull_max_envelopes as usize * 32
+            + 64 * 1024;
+        page.min(self.pull_budget_bytes)
     }
 }
 
