@@ -111,7 +111,41 @@ impl Account {
 /// The accounts in memory, loaded from storage on first use.
 #[derive(Debug, Default)]
 pub(crate) struct Accounts {
-    map: Mutex<HashMap<AccountId, Arc<Account>>>,
+    map: Mutex<AccountMap>,
+}
+
+/// Accounts kept in memory beyond those in use: past this, accounts no request or
+/// subscription holds are dropped (they are reloaded from storage on next use).
+const MAX_IDLE_ACCOUNTS: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct AccountMap {
+    accounts: HashMap<AccountId, Arc<Account>>,
+    /// Size at which the next sweep for idle accounts runs.
+    next_sweep: usize,
+}
+
+impl AccountMap {
+    /// Inserts (unless present) and returns the account; sweeps idle ones when large.
+    fn insert(&mut self, id: AccountId, account: Arc<Account>, replace: bool) -> Arc<Account> {
+        let account = if replace {
+            self.accounts.insert(id, account.clone());
+            account
+        } else {
+            self.accounts.entry(id).or_insert(account).clone()
+        };
+        if self.accounts.len() > self.next_sweep.max(MAX_IDLE_ACCOUNTS) {
+            evict_idle(&mut self.accounts);
+            // Accounts in use stay; do not sweep again before the map has doubled.
+            self.next_sweep = self.accounts.len() * 2;
+        }
+        account
+    }
+}
+
+/// Drops the entries nothing but the map holds.
+fn evict_idle<K, V>(map: &mut HashMap<K, Arc<V>>) {
+    map.retain(|_, value| Arc::strong_count(value) > 1);
 }
 
 impl Accounts {
@@ -121,7 +155,7 @@ impl Accounts {
         store: &dyn Store,
         id: &AccountId,
     ) -> Result<Option<Arc<Account>>, RequestError> {
-        if let Some(account) = lock(&self.map).get(id) {
+        if let Some(account) = lock(&self.map).accounts.get(id) {
             return Ok(Some(account.clone()));
         }
         let Some(loaded) = store.load_account(id).map_err(RequestError::storage)? else {
@@ -137,20 +171,19 @@ impl Accounts {
             loaded.streams,
             loaded.sealed_key_bytes,
         ));
-        Ok(Some(lock(&self.map).entry(*id).or_insert(account).clone()))
+        Ok(Some(lock(&self.map).insert(*id, account, false)))
     }
 
     /// Adds a freshly created account.
     pub fn insert_new(&self, roster: VerifiedRoster) -> Arc<Account> {
         let id = roster.account_id();
         let account = Arc::new(Account::new(id, roster, Vec::new(), 0));
-        lock(&self.map).insert(id, account.clone());
-        account
+        lock(&self.map).insert(id, account, true)
     }
 
     /// Forgets a deleted account.
     pub fn remove(&self, id: &AccountId) {
-        lock(&self.map).remove(id);
+        lock(&self.map).accounts.remove(id);
     }
 }
 
@@ -266,4 +299,18 @@ impl Conn {
 /// The first four bytes of an id as hex: enough to correlate logs, too little to identify.
 pub(crate) fn short(id: &[u8]) -> String {
     hex::encode(&id[..id.len().min(4)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_entries_held_elsewhere_survive_a_sweep() {
+        let held = Arc::new(1);
+        let mut map = HashMap::from([(1, held.clone()), (2, Arc::new(2))]);
+        evict_idle(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(Arc::ptr_eq(&map[&1], &held));
+    }
 }
