@@ -83,6 +83,18 @@ pub fn to_e164(raw: &str, region: Region) -> Option<String> {
     })
     .ok()
     .flatten()
+    // The parser's metadata accepts some numbers longer than E.164 allows (a German number of
+    // 14 national digits), which the protocol would refuse as a `phone/…` key.
+    .filter(|e164| is_e164(e164))
+}
+
+/// `+`, then 1 to 15 digits, the first not 0 (ITU-T E.164; the protocol's `phone/…` keys).
+fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+').is_some_and(|digits| {
+        (1..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
 }
 
 /// `+` (if the number starts with one) followed by the ASCII digits of the number part.
@@ -167,6 +179,21 @@ mod tests {
             assert_eq!(to_e164(raw, Region::US), None, "{raw}");
         }
         assert_eq!(to_e164(&"9".repeat(100), Region::US), None);
+    }
+
+    /// Found by the `vcard` fuzz target (`fuzz/corpus/vcard/crash-phone-longer-than-e164`):
+    /// the parser called this a valid German number, but E.164 has at most 15 digits.
+    #[test]
+    fn numbers_longer_than_e164_allows_are_refused() {
+        assert_eq!(to_e164("+49 30 901820 901820", Region::US), None);
+        assert_eq!(
+            to_e164("+49 30 901820", Region::US).as_deref(),
+            Some("+4930901820")
+        );
+        assert!(is_e164("+123456789012345"));
+        assert!(!is_e164("+1234567890123456"));
+        assert!(!is_e164("+0123"));
+        assert!(!is_e164("123"));
     }
 
     #[test]
