@@ -30,10 +30,10 @@ if [[ $only == all || $only == protocol ]]; then
   echo "== kith-protocol envelope bench"
   cargo bench -p kith-protocol --bench envelope -- --warm-up-time 1 --measurement-time 3 \
     > "$log/protocol" 2>&1 || echo "(the protocol bench failed; see above)"
-  grep -E 'time:|^[A-Za-z0-9_]+/[^ ]*$' "$log/protocol" || true
+  grep -E 'time:|^[A-Za-z0-9_]+/[^ ]*$' "$log/protocol" | grep -v 'change:' || true
   # "name\n   time: [low est high]", or "name   time: [...]" on one line for short names.
   awk '/^[A-Za-z0-9_]+\/[^ ]*$/ { name = $1; next }
-       /time:/ { if ($1 != "time:") name = $1; match($0, /\[[^]]*\]/)
+       /time:/ && !/change:/ { if ($1 != "time:") name = $1; match($0, /\[[^]]*\]/)
                  split(substr($0, RSTART + 1, RLENGTH - 2), v, " "); print name, v[3], v[4] }' \
     "$log/protocol" > "$log/protocol.sum" || true
   while read -r name est unit; do note "protocol $name" "$est $unit"; done < "$log/protocol.sum"
