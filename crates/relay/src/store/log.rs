@@ -4,8 +4,12 @@
 //! Why: sled rewrites a whole leaf node (up to 16 values) every ten inserts and stores values
 //! above 128 KiB as separate blob files, so a pushed batch was written about three times and
 //! its writeback dominated the relay's CPU under push load. Here a batch is written once, with
-//! one `write` system call, and made durable by `fdatasync` in the group commit, before sled's
-//! flush (so a pointer that reached disk points at data that did).
+//! one `write` system call, and made durable by `fdatasync` in the group commit (alongside
+//! sled's flush; a push is acknowledged when both are done). A record is written before its
+//! pointer is inserted, so after a `kill -9` every pointer finds its record. After a power loss
+//! a pointer may have reached the disk without its record (sled also flushes on its own every
+//! 500 ms): the CRC-32 in the pointer turns that into a `STORAGE` error on read, never into
+//! wrong envelopes.
 //!
 //! A record is the packed envelopes of one stored value (`u32 BE length ‖ bytes`, repeated);
 //! its [`Pointer`] in sled holds segment, offset, length, envelope count and CRC-32, which a
@@ -127,6 +131,9 @@ struct Segment {
 struct Inner {
     segments: BTreeMap<u64, Segment>,
     active: u64,
+    /// The next segment, created ahead (file and directory entry synced) so that rotating
+    /// does not stall appends on file creation; `None` while it is being made.
+    spare: Option<(u64, Arc<File>)>,
     /// Segments written since the last sync.
     dirty: BTreeSet<u64>,
 }
@@ -155,6 +162,19 @@ fn create_segment(dir: &Path, id: u64) -> Result<File, StoreError> {
         .and_then(|d| d.sync_all())
         .map_err(io_error("sync the log directory"))?;
     Ok(file)
+}
+
+/// A new segment with the first free id after `after` (a spare being made concurrently may
+/// have taken `after + 1`).
+fn create_next_segment(dir: &Path, after: u64) -> Result<(u64, File), StoreError> {
+    let mut id = after + 1;
+    loop {
+        match create_segment(dir, id) {
+            Ok(file) => return Ok((id, file)),
+            Err(_) if id < after + 8 && segment_path(dir, id).exists() => id += 1,
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 impl SegmentLog {
@@ -207,6 +227,7 @@ impl SegmentLog {
         }
         let active = max_id.map_or(0, |id| id + 1);
         let file = create_segment(dir, active)?;
+        let spare = Some((active + 1, Arc::new(create_segment(dir, active + 1)?)));
         segments.insert(
             active,
             Segment {
@@ -221,6 +242,7 @@ impl SegmentLog {
             inner: Mutex::new(Inner {
                 segments,
                 active,
+                spare,
                 dirty: BTreeSet::new(),
             }),
         })
@@ -230,6 +252,7 @@ impl SegmentLog {
     /// The caller stores pointers to it, or calls [`SegmentLog::release`] if that fails.
     pub fn append(&self, data: &[u8]) -> Result<(u64, u64), StoreError> {
         let len = data.len() as u64;
+        let mut rotated = false;
         let (id, offset, file) = {
             let mut inner = lock(&self.inner);
             let active = inner.active;
@@ -238,17 +261,24 @@ impl SegmentLog {
                 .get(&active)
                 .is_none_or(|s| s.size > 0 && s.size + len > self.segment_bytes);
             if full {
-                let next = active + 1;
-                let file = create_segment(&self.dir, next)?;
+                let (next, file) = match inner.spare.take() {
+                    Some(spare) => spare,
+                    // Two rotations in a row, the spare not made yet: make one here.
+                    None => {
+                        let (id, file) = create_next_segment(&self.dir, active)?;
+                        (id, Arc::new(file))
+                    }
+                };
                 inner.segments.insert(
                     next,
                     Segment {
-                        file: Arc::new(file),
+                        file,
                         size: 0,
                         live: 0,
                     },
                 );
                 inner.active = next;
+                rotated = true;
             }
             let id = inner.active;
             let segment = inner
@@ -260,6 +290,16 @@ impl SegmentLog {
             segment.live += len;
             (id, offset, segment.file.clone())
         };
+        if rotated {
+            // The next spare, made outside the lock. Failing here costs nothing yet: the next
+            // rotation makes its own.
+            if let Ok(spare) = create_segment(&self.dir, id + 1) {
+                let mut inner = lock(&self.inner);
+                if inner.spare.is_none() && inner.active == id {
+                    inner.spare = Some((id + 1, Arc::new(spare)));
+                }
+            }
+        }
         // Positional writes to reserved ranges: appends run in parallel.
         let written = file.write_all_at(data, offset);
         let mut inner = lock(&self.inner);
@@ -447,8 +487,10 @@ mod tests {
         assert!(log.dead_segments().is_empty());
         drop(log);
         let log = SegmentLog::open(dir.path(), SEGMENT_BYTES, &HashMap::new()).unwrap();
-        assert_eq!(log.usage(), vec![(1, 0, 0)]);
+        // Segment 0 and the spare 1 are gone; 2 is active, 3 the new spare.
+        assert_eq!(log.usage(), vec![(2, 0, 0)]);
         assert!(!segment_path(dir.path(), 0).exists());
+        assert!(segment_path(dir.path(), 3).exists());
     }
 
     #[test]

@@ -859,11 +859,27 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {
-        let store = self.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || store.sync_all())
+            let task_error = |e: tokio::task::JoinError| StoreError::Backend(format!("flush: {e}"));
+            // The log's fdatasync and sled's flush at once: a group-commit round takes the
+            // longer of the two, not their sum (both ~5 ms under push load on this disk).
+            // Pushes are acknowledged only when both are done; compaction, whose pointers
+            // must never reach the disk before their records, syncs in order (`sync_all`).
+            let dead = self.log.dead_segments();
+            let log = self.log.clone();
+            let (synced, flushed) = tokio::join!(
+                tokio::task::spawn_blocking(move || log.sync()),
+                self.db.flush_async()
+            );
+            synced.map_err(task_error)??;
+            flushed?;
+            if dead.is_empty() {
+                return Ok(());
+            }
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.remove_segments(&dead))
                 .await
-                .map_err(|e| StoreError::Backend(format!("flush task: {e}")))?
+                .map_err(task_error)?
         })
     }
 
