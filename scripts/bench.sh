@@ -63,8 +63,8 @@ if [[ $only == all || $only == relay ]]; then
   }
   push=$(field "$log/pushpull.*" 'push: [0-9]+ envelopes' 's/.*= ([0-9]+) envelopes\/s.*/\1/')
   pull=$(field "$log/pushpull.*" 'pull: [0-9]+ envelopes' 's/.*= ([0-9]+) envelopes\/s.*/\1/')
-  push_cpu=$(field "$log/pushpull.*" 'push: relay CPU' 's/.*= ([0-9.]+) us\/envelope.*/\1/')
-  pull_cpu=$(field "$log/pushpull.*" 'pull: relay CPU' 's/.*= ([0-9.]+) us\/envelope.*/\1/')
+  push_cpu=$(field "$log/pushpull.*" 'push: relay CPU' 's/^push: relay CPU [0-9.]+ s = ([0-9.]+) us.*/\1/')
+  pull_cpu=$(field "$log/pushpull.*" 'pull: relay CPU' 's/^pull: relay CPU [0-9.]+ s = ([0-9.]+) us.*/\1/')
   tool_push=$(field "$log/pushpull.*" 'push: relay CPU' 's/.*load tool CPU [0-9.]+ s = ([0-9.]+) us.*/\1/')
   tool_pull=$(field "$log/pushpull.*" 'pull: relay CPU' 's/.*load tool CPU [0-9.]+ s = ([0-9.]+) us.*/\1/')
   rss_load=$(field "$log/pushpull.*" 'relay RSS after push/pull' 's/.*peak ([0-9]+) MB.*/\1/')
