@@ -18,6 +18,7 @@ pub mod keys;
 pub mod limits;
 pub mod padding;
 
+mod borrowed;
 pub mod hlc;
 pub mod merge;
 pub mod record;

@@ -184,6 +184,15 @@ impl FieldState {
         &self.superseded
     }
 
+    /// The heads as stored: clock and value (`None` = removed), by increasing clock.
+    pub(crate) fn stored_heads(
+        &self,
+    ) -> impl Iterator<Item = (&Hlc, Option<&proto::FieldValue>)> + '_ {
+        self.heads
+            .iter()
+            .map(|(clock, value)| (clock, value.as_ref()))
+    }
+
     /// The head with the greatest clock, if any.
     pub fn winner(&self) -> Option<Head<'_>> {
         self.heads().next_back()
@@ -352,6 +361,12 @@ impl RecordState {
                 })
                 .collect(),
         }
+    }
+
+    /// The encoded wire form: the bytes of `to_proto().encode_to_vec()`, written without
+    /// copying the state into prost messages first.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        crate::borrowed::record_state(self)
     }
 
     /// Parses and validates the wire form.

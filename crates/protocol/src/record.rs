@@ -986,10 +986,7 @@ pub fn encode_batch(operations: &[Operation]) -> Result<Vec<u8>, RecordError> {
             count: operations.len(),
         });
     }
-    let batch = proto::OperationBatch {
-        operations: operations.iter().map(Operation::to_proto).collect(),
-    };
-    let bytes = batch.encode_to_vec();
+    let bytes = crate::borrowed::operation_batch(operations);
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }
@@ -1898,6 +1895,36 @@ mod tests {
         #[test]
         fn operation_round_trips_through_proto(op in arb_operation()) {
             prop_assert_eq!(Operation::from_proto(&op.to_proto()), Ok(op));
+        }
+
+        #[test]
+        fn batch_encoding_is_prosts_byte_for_byte(
+            ops in prop::collection::vec(arb_operation(), 0..8),
+        ) {
+            let prost_bytes = proto::OperationBatch {
+                operations: ops.iter().map(Operation::to_proto).collect(),
+            }
+            .encode_to_vec();
+            prop_assert_eq!(encode_batch(&ops).unwrap(), prost_bytes);
+        }
+
+        #[test]
+        fn record_state_encoding_is_prosts_byte_for_byte(
+            ops in prop::collection::vec(arb_operation(), 0..12),
+        ) {
+            // Every operation on one record: heads, superseded clocks, removals and deletes.
+            let id = RecordId::from_bytes([7; 16]);
+            let mut state = crate::merge::RecordState::new(id);
+            for op in &ops {
+                let op = match op.kind() {
+                    OperationKind::Delete => Operation::delete(id, op.clock()),
+                    OperationKind::Upsert(writes) => {
+                        Operation::upsert(id, op.clock(), writes.clone()).unwrap()
+                    }
+                };
+                state.apply(&op);
+                prop_assert_eq!(state.encode_to_vec(), state.to_proto().encode_to_vec());
+            }
         }
 
         #[test]
