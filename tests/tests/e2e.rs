@@ -509,3 +509,67 @@ async fn imports_are_idempotent_unify_across_sources_and_converge_across_devices
     assert_eq!(b.contacts().unwrap().len(), 2);
     assert_eq!(a.contacts().unwrap(), b.contacts().unwrap());
 }
+
+/// An import is written in chunks, each chunk's transaction running while the next is merged.
+/// A person who appears again in the same chunk, in the very next chunk (whose predecessor may
+/// still be in flight) or chunks later must still become one contact with everything from both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_import_joins_a_person_seen_again_in_any_later_chunk() {
+    use kith_client::import::{ImportOptions, linkedin, testing::generate_linkedin_csv, vcard};
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let options = ImportOptions::default();
+    let csv = generate_linkedin_csv(7_000);
+    let mut report = linkedin::import_bytes(csv.as_bytes(), &options).unwrap();
+    let people = report.contacts.len();
+    assert!(people > 6_000, "{people}");
+    // Every third generated connection has an e-mail address person-<hex row>@example.com.
+    // Cards sharing the e-mails of rows 3, 6 and 9 (all in the first chunk of 2,000) go in
+    // at the same chunk, the next chunk, and the fourth chunk.
+    let card = |row: usize, phone: &str| {
+        let text = format!(
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Card {row}\r\nEMAIL:person-{row:x}@example.com\r\nTEL:{phone}\r\nEND:VCARD\r\n"
+        );
+        vcard::import_bytes(text.as_bytes(), &options)
+            .unwrap()
+            .contacts
+            .remove(0)
+    };
+    report.contacts.insert(6_500, card(9, "+1 415 555 0109"));
+    report.contacts.insert(2_100, card(6, "+1 415 555 0106"));
+    report.contacts.insert(1_500, card(3, "+1 415 555 0103"));
+
+    let summary = a.import(report).await.unwrap();
+    assert_eq!((summary.added, summary.updated), (people, 3), "{summary:?}");
+    let contacts = a.contacts().unwrap();
+    assert_eq!(contacts.len(), people);
+    for (row, phone) in [
+        (3, "+14155550103"),
+        (6, "+14155550106"),
+        (9, "+14155550109"),
+    ] {
+        let email = format!("person-{row:x}@example.com");
+        let person = contacts
+            .iter()
+            .find(|c| c.emails().iter().any(|e| e.address == email))
+            .unwrap();
+        assert_eq!(
+            person.sources().len(),
+            2,
+            "row {row}: {:?}",
+            person.sources()
+        );
+        assert_eq!(person.phones().len(), 1, "row {row}");
+        assert_eq!(person.phones()[0].e164, phone, "row {row}");
+        assert!(
+            !person.name().unwrap_or("").starts_with("Card"),
+            "the LinkedIn name stays"
+        );
+    }
+
+    // Everything it wrote is queued for the relay: a second device sees the same contacts.
+    a.sync().await.unwrap();
+    let b = world.link(&a, "b").await;
+    b.sync().await.unwrap();
+    assert_eq!(b.contacts().unwrap(), contacts);
+}

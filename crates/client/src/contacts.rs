@@ -4,7 +4,8 @@
 //! Every local change is applied to the merged state and queued as a pending operation in one
 //! sled transaction, then flushed, so an acknowledged edit survives a crash and is pushed once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use kith_protocol::RecordId;
 use kith_protocol::merge::RecordState;
@@ -185,40 +186,38 @@ impl Device {
         if ops.is_empty() {
             return Ok(());
         }
+        let _records = self.inner.records_lock.lock().await;
         for op in &ops {
             let state = self.loaded(&mut touched, op.record())?;
             state.apply(op);
         }
-        // Each pending entry holds at most one envelope's worth of operations.
-        let mut chunks = ops.chunks(crate::sync::OPS_PER_ENVELOPE);
-        if let Some(first) = chunks.next() {
-            self.write_pending(&touched, first)?;
-        }
-        for chunk in chunks {
-            self.write_pending(&BTreeMap::new(), chunk)?;
-        }
+        self.write_local(&ops, &touched)?;
         self.persist_clock()?;
         self.inner.store.flush().await?;
         Ok(())
     }
 
-    fn write_pending(
+    /// Queues `ops` as pending operations (one entry per envelope's worth) and writes the
+    /// record states they produced, in one sled transaction: after a crash either both are
+    /// there or neither, so a record never shows a change that is not queued for the relay.
+    pub(crate) fn write_local(
         &self,
-        touched: &BTreeMap<RecordId, RecordState>,
         ops: &[Operation],
+        records: &BTreeMap<RecordId, RecordState>,
     ) -> Result<()> {
         let store = &self.inner.store;
-        let records = store.tree(TreeName::Records)?;
-        let pending = store.tree(TreeName::Pending)?;
-        let pending_key = store_id(store)?;
-        let pending_value =
-            store
+        let mut pending_values = Vec::new();
+        for chunk in ops.chunks(crate::sync::OPS_PER_ENVELOPE) {
+            let key = store_id(store)?;
+            let value = store
                 .cipher()
-                .seal(TreeName::Pending, &pending_key, &record::encode_batch(ops)?);
-        let record_values: Vec<([u8; 16], Vec<u8>)> = touched
+                .seal(TreeName::Pending, &key, &record::encode_batch(chunk)?);
+            pending_values.push((key, value));
+        }
+        let record_values: Vec<([u8; 16], Vec<u8>)> = records
             .iter()
             .map(|(id, state)| {
-                let bytes = state.to_proto().encode_to_vec();
+                let bytes = state.encode_to_vec();
                 (
                     *id.as_bytes(),
                     store
@@ -227,12 +226,16 @@ impl Device {
                 )
             })
             .collect();
-        (&records, &pending)
+        let records_tree = store.tree(TreeName::Records)?;
+        let pending_tree = store.tree(TreeName::Pending)?;
+        (&records_tree, &pending_tree)
             .transaction(|(r, p)| {
                 for (id, value) in &record_values {
                     r.insert(id.as_slice(), value.as_slice())?;
                 }
-                p.insert(pending_key.as_slice(), pending_value.as_slice())?;
+                for (key, value) in &pending_values {
+                    p.insert(key.as_slice(), value.as_slice())?;
+                }
                 Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
             })
             .map_err(StoreError::from)?;
@@ -368,8 +371,20 @@ impl Device {
         };
         let total = report.contacts.len();
         let store = &self.inner.store;
+        let _records = self.inner.records_lock.lock().await;
         let mut index = IdentityIndex::new(store);
+        // A large import lists the stored record ids once instead of asking sled for each
+        // contact (a miss costs as much as a hit); the list grows with every chunk written.
+        let mut stored_ids: Option<HashSet<RecordId>> = if total >= IMPORT_CHUNK {
+            Some(self.record_ids()?)
+        } else {
+            None
+        };
         let mut done = 0;
+        // Each chunk's transaction runs on a blocking thread while the next chunk is merged;
+        // its records stay readable here until it has landed, so a contact that appears in
+        // two consecutive chunks builds on its latest state.
+        let mut in_flight: Option<InFlightWrite> = None;
         for chunk in report.contacts.chunks(IMPORT_CHUNK) {
             let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
             let mut ops = Vec::new();
@@ -393,7 +408,20 @@ impl Device {
                     id.copy_from_slice(&digest[..16]);
                     RecordId::from_bytes(id)
                 });
-                let state = self.loaded(&mut touched, id)?;
+                let state = match touched.entry(id) {
+                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        let written = in_flight.as_ref().and_then(|w| w.records.get(&id));
+                        let stored = stored_ids.as_ref().is_none_or(|ids| ids.contains(&id));
+                        entry.insert(match written {
+                            Some(state) => state.clone(),
+                            None if stored => self
+                                .load_record(&id)?
+                                .unwrap_or_else(|| RecordState::new(id)),
+                            None => RecordState::new(id),
+                        })
+                    }
+                };
                 let was_live = state.is_live();
                 let mut writes = Vec::new();
                 for (key, value) in contact.field_writes() {
@@ -431,24 +459,49 @@ impl Device {
                     summary.added += 1;
                 }
             }
+            if let Some(previous) = in_flight.take() {
+                previous.finish().await?;
+            }
             if !ops.is_empty() {
                 let changed: BTreeSet<RecordId> = ops.iter().map(|op| op.record()).collect();
-                let touched: BTreeMap<RecordId, RecordState> = touched
-                    .into_iter()
-                    .filter(|(id, _)| changed.contains(id))
-                    .collect();
-                for ops in ops.chunks(crate::sync::OPS_PER_ENVELOPE) {
-                    self.write_pending(&BTreeMap::new(), ops)?;
+                if let Some(ids) = stored_ids.as_mut() {
+                    ids.extend(changed.iter().copied());
                 }
-                self.write_records(touched.iter())?;
+                let records: Arc<BTreeMap<RecordId, RecordState>> = Arc::new(
+                    touched
+                        .into_iter()
+                        .filter(|(id, _)| changed.contains(id))
+                        .collect(),
+                );
+                let device = self.clone();
+                let written = Arc::clone(&records);
+                let task = tokio::task::spawn_blocking(move || device.write_local(&ops, &written));
+                in_flight = Some(InFlightWrite { records, task });
             }
             done += chunk.len();
             progress(done, total);
+        }
+        if let Some(last) = in_flight.take() {
+            last.finish().await?;
         }
         index.write()?;
         self.persist_clock()?;
         store.flush().await?;
         Ok(summary)
+    }
+
+    /// The ids of every stored record (live or deleted).
+    fn record_ids(&self) -> Result<HashSet<RecordId>> {
+        let mut ids = HashSet::new();
+        for key in self.inner.store.tree(TreeName::Records)?.iter().keys() {
+            let key = key.map_err(StoreError::from)?;
+            let id = RecordId::from_slice(&key).map_err(|_| StoreError::Corrupt {
+                tree: "records",
+                reason: "a record key is not 16 bytes".into(),
+            })?;
+            ids.insert(id);
+        }
+        Ok(ids)
     }
 
     /// Every live contact as vCard 4.0 text.
@@ -470,6 +523,20 @@ impl Device {
             })
             .collect();
         Ok(crate::import::vcard::export_vcard4(&contacts))
+    }
+}
+
+/// An import chunk's transaction running on a blocking thread, and the records it writes.
+struct InFlightWrite {
+    records: Arc<BTreeMap<RecordId, RecordState>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl InFlightWrite {
+    async fn finish(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| StoreError::WriterFailed(e.to_string()))?
     }
 }
 

@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     /// Serializes syncs and holds the authenticated connection between them.
     pub(crate) connection: tokio::sync::Mutex<Option<RelayConnection>>,
     pub(crate) record_id_key: SymmetricKey,
+    /// Held while merged record states are read, changed and written back (local edits,
+    /// imports, merging pulled envelopes), so no writer overwrites another's change.
+    pub(crate) records_lock: tokio::sync::Mutex<()>,
 }
 
 /// One device of a Kith account. Cheap to clone; all clones share state.
@@ -365,6 +368,7 @@ impl Device {
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
                 record_id_key,
+                records_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -397,6 +401,7 @@ impl Device {
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
                 record_id_key,
+                records_lock: tokio::sync::Mutex::new(()),
             }),
         };
         device.persist_state()?;

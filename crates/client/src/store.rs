@@ -32,6 +32,9 @@ pub enum StoreError {
         /// First bytes of the key, hex.
         key_hint: String,
     },
+    /// The thread writing to the store stopped before finishing (a bug: please report it).
+    #[error("local store writer stopped before finishing: {0}")]
+    WriterFailed(String),
     /// A decrypted value did not decode.
     #[error("local store value under {tree} is corrupt: {reason}")]
     Corrupt {

@@ -462,7 +462,10 @@ impl Device {
                     verifier.check(envelope)?;
                 }
             }
-            let page_changed = self.merge_payloads(&parsed, opened)?;
+            let page_changed = {
+                let _records = self.inner.records_lock.lock().await;
+                self.merge_payloads(&parsed, opened)?
+            };
             self.persist_cursors(&new_verifiers)?;
             verifiers = new_verifiers;
             total += parsed.len();
@@ -561,7 +564,7 @@ impl Device {
         let store = &self.inner.store;
         let mut batch = sled::Batch::default();
         for (id, state) in records {
-            let bytes = state.to_proto().encode_to_vec();
+            let bytes = state.encode_to_vec();
             batch.insert(
                 id.as_bytes().as_slice(),
                 store
