@@ -5,6 +5,12 @@
 //! do), and the exit code is non-zero.
 #![forbid(unsafe_code)]
 
+/// mimalloc instead of the system allocator: importing and merging allocate and free many
+/// small strings per contact, which glibc's allocator takes about 1.4× as long over
+/// (BENCHMARKS.md, client section).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `print!` that fails with an error instead of panicking when standard output is closed
 /// (as in `kith contacts list | head`).
 macro_rules! out {
