@@ -4,8 +4,7 @@
 //! Every local change is applied to the merged state and queued as a pending operation in one
 //! sled transaction, then flushed, so an acknowledged edit survives a crash and is pushed once.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kith_protocol::RecordId;
 use kith_protocol::merge::RecordState;
@@ -19,6 +18,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::device::Device;
 use crate::error::{ClientError, Result};
 use crate::import::{ImportReport, phone::Region};
+use crate::pipeline::RecordPipeline;
 use crate::store::{StoreError, TreeName};
 
 /// Fields of a new contact, or the fields to change in an edit (`None` = leave as is).
@@ -371,20 +371,9 @@ impl Device {
         };
         let total = report.contacts.len();
         let store = &self.inner.store;
-        let _records = self.inner.records_lock.lock().await;
+        let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
         let mut index = IdentityIndex::new(store);
-        // A large import lists the stored record ids once instead of asking sled for each
-        // contact (a miss costs as much as a hit); the list grows with every chunk written.
-        let mut stored_ids: Option<HashSet<RecordId>> = if total >= IMPORT_CHUNK {
-            Some(self.record_ids()?)
-        } else {
-            None
-        };
         let mut done = 0;
-        // Each chunk's transaction runs on a blocking thread while the next chunk is merged;
-        // its records stay readable here until it has landed, so a contact that appears in
-        // two consecutive chunks builds on its latest state.
-        let mut in_flight: Option<InFlightWrite> = None;
         for chunk in report.contacts.chunks(IMPORT_CHUNK) {
             let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
             let mut ops = Vec::new();
@@ -408,20 +397,7 @@ impl Device {
                     id.copy_from_slice(&digest[..16]);
                     RecordId::from_bytes(id)
                 });
-                let state = match touched.entry(id) {
-                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(entry) => {
-                        let written = in_flight.as_ref().and_then(|w| w.records.get(&id));
-                        let stored = stored_ids.as_ref().is_none_or(|ids| ids.contains(&id));
-                        entry.insert(match written {
-                            Some(state) => state.clone(),
-                            None if stored => self
-                                .load_record(&id)?
-                                .unwrap_or_else(|| RecordState::new(id)),
-                            None => RecordState::new(id),
-                        })
-                    }
-                };
+                let state = pipeline.load(&mut touched, id)?;
                 let was_live = state.is_live();
                 let mut writes = Vec::new();
                 for (key, value) in contact.field_writes() {
@@ -459,49 +435,23 @@ impl Device {
                     summary.added += 1;
                 }
             }
-            if let Some(previous) = in_flight.take() {
-                previous.finish().await?;
-            }
             if !ops.is_empty() {
                 let changed: BTreeSet<RecordId> = ops.iter().map(|op| op.record()).collect();
-                if let Some(ids) = stored_ids.as_mut() {
-                    ids.extend(changed.iter().copied());
-                }
-                let records: Arc<BTreeMap<RecordId, RecordState>> = Arc::new(
-                    touched
-                        .into_iter()
-                        .filter(|(id, _)| changed.contains(id))
-                        .collect(),
-                );
+                touched.retain(|id, _| changed.contains(id));
+                // The chunk's transaction runs while the next chunk is merged.
                 let device = self.clone();
-                let written = Arc::clone(&records);
-                let task = tokio::task::spawn_blocking(move || device.write_local(&ops, &written));
-                in_flight = Some(InFlightWrite { records, task });
+                pipeline
+                    .submit(touched, move |records| device.write_local(&ops, records))
+                    .await?;
             }
             done += chunk.len();
             progress(done, total);
         }
-        if let Some(last) = in_flight.take() {
-            last.finish().await?;
-        }
+        pipeline.wait().await?;
         index.write()?;
         self.persist_clock()?;
         store.flush().await?;
         Ok(summary)
-    }
-
-    /// The ids of every stored record (live or deleted).
-    fn record_ids(&self) -> Result<HashSet<RecordId>> {
-        let mut ids = HashSet::new();
-        for key in self.inner.store.tree(TreeName::Records)?.iter().keys() {
-            let key = key.map_err(StoreError::from)?;
-            let id = RecordId::from_slice(&key).map_err(|_| StoreError::Corrupt {
-                tree: "records",
-                reason: "a record key is not 16 bytes".into(),
-            })?;
-            ids.insert(id);
-        }
-        Ok(ids)
     }
 
     /// Every live contact as vCard 4.0 text.
@@ -523,20 +473,6 @@ impl Device {
             })
             .collect();
         Ok(crate::import::vcard::export_vcard4(&contacts))
-    }
-}
-
-/// An import chunk's transaction running on a blocking thread, and the records it writes.
-struct InFlightWrite {
-    records: Arc<BTreeMap<RecordId, RecordState>>,
-    task: tokio::task::JoinHandle<Result<()>>,
-}
-
-impl InFlightWrite {
-    async fn finish(self) -> Result<()> {
-        self.task
-            .await
-            .map_err(|e| StoreError::WriterFailed(e.to_string()))?
     }
 }
 

@@ -148,7 +148,7 @@ pub(crate) struct Inner {
     pub(crate) record_id_key: SymmetricKey,
     /// Held while merged record states are read, changed and written back (local edits,
     /// imports, merging pulled envelopes), so no writer overwrites another's change.
-    pub(crate) records_lock: tokio::sync::Mutex<()>,
+    pub(crate) records_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One device of a Kith account. Cheap to clone; all clones share state.
@@ -368,7 +368,7 @@ impl Device {
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
                 record_id_key,
-                records_lock: tokio::sync::Mutex::new(()),
+                records_lock: Arc::new(tokio::sync::Mutex::new(())),
             }),
         })
     }
@@ -401,7 +401,7 @@ impl Device {
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
                 record_id_key,
-                records_lock: tokio::sync::Mutex::new(()),
+                records_lock: Arc::new(tokio::sync::Mutex::new(())),
             }),
         };
         device.persist_state()?;

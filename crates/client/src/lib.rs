@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod import;
 pub mod keystore;
 pub mod net;
+mod pipeline;
 pub mod store;
 pub mod sync;
 

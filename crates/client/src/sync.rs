@@ -19,6 +19,7 @@ use sled::Transactional;
 use crate::device::{Device, meta, now_ms};
 use crate::error::{ClientError, Result};
 use crate::net::{RelayConnection, expect_ok};
+use crate::pipeline::{RecordPipeline, Records};
 use crate::store::{StoreError, TreeName};
 
 /// Operations per envelope: keeps an envelope well under the 1 MiB limit.
@@ -396,6 +397,9 @@ impl Device {
             verifiers.insert(writer, verifier);
         }
         let mut refreshed_keys = false;
+        // Each page's records and cursors are written while the next page is fetched, opened
+        // and merged.
+        let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
         loop {
             let cursors = verifiers
                 .iter()
@@ -462,11 +466,17 @@ impl Device {
                     verifier.check(envelope)?;
                 }
             }
-            let page_changed = {
-                let _records = self.inner.records_lock.lock().await;
-                self.merge_payloads(&parsed, opened)?
-            };
-            self.persist_cursors(&new_verifiers)?;
+            let (touched, page_changed) = self.merge_payloads(&mut pipeline, &parsed, opened)?;
+            // Cursors are written after the records they cover: a crash in between pulls the
+            // page again, and merging it again changes nothing.
+            let cursors = new_verifiers.clone();
+            let device = self.clone();
+            pipeline
+                .submit(touched, move |records| {
+                    device.write_records(records.iter())?;
+                    device.persist_cursors(&cursors)
+                })
+                .await?;
             verifiers = new_verifiers;
             total += parsed.len();
             changed.extend(page_changed);
@@ -474,6 +484,7 @@ impl Device {
                 break;
             }
         }
+        pipeline.wait().await?;
         self.inner.store.flush().await?;
         Ok((total, changed))
     }
@@ -492,20 +503,22 @@ impl Device {
         Ok(())
     }
 
-    /// Decodes opened payloads and merges them into the stored records.
+    /// Decodes opened payloads and merges them into the records; returns the records that
+    /// changed (to be written) and their ids.
     fn merge_payloads(
         &self,
+        pipeline: &mut RecordPipeline,
         parsed: &[ParsedEnvelope],
         payloads: Vec<Vec<u8>>,
-    ) -> Result<BTreeSet<RecordId>> {
-        let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
+    ) -> Result<(Records, BTreeSet<RecordId>)> {
+        let mut touched: Records = BTreeMap::new();
         let mut changed = BTreeSet::new();
         for (envelope, payload) in parsed.iter().zip(payloads) {
             match envelope.header().kind {
                 PayloadKind::Operations => {
                     for op in record::decode_batch(&payload)? {
                         self.state().clock.observe(&op.clock());
-                        let state = self.loaded(&mut touched, op.record())?;
+                        let state = pipeline.load(&mut touched, op.record())?;
                         if state.apply(&op) {
                             changed.insert(op.record());
                         }
@@ -514,7 +527,7 @@ impl Device {
                 PayloadKind::Snapshot => {
                     let (snapshot, _positions) = ContactSet::decode_snapshot(&payload)?;
                     for incoming in snapshot.records() {
-                        let state = self.loaded(&mut touched, incoming.id())?;
+                        let state = pipeline.load(&mut touched, incoming.id())?;
                         if state.merge(incoming) {
                             changed.insert(incoming.id());
                         }
@@ -523,8 +536,8 @@ impl Device {
                 PayloadKind::Unspecified => {}
             }
         }
-        self.write_records(touched.iter().filter(|(id, _)| changed.contains(id)))?;
-        Ok(changed)
+        touched.retain(|id, _| changed.contains(id));
+        Ok((touched, changed))
     }
 
     pub(crate) fn loaded<'a>(
@@ -543,18 +556,7 @@ impl Device {
 
     /// Reads one record's merged state.
     pub(crate) fn load_record(&self, id: &RecordId) -> Result<Option<RecordState>> {
-        match self.inner.store.get(TreeName::Records, id.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => {
-                let wire = proto::RecordState::decode(bytes.as_slice()).map_err(|_| {
-                    StoreError::Corrupt {
-                        tree: "records",
-                        reason: "undecodable record".into(),
-                    }
-                })?;
-                Ok(Some(RecordState::from_proto(&wire)?))
-            }
-        }
+        crate::pipeline::read_record(&self.inner.store, id)
     }
 
     pub(crate) fn write_records<'a>(
