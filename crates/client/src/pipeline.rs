@@ -173,18 +173,11 @@ mod tests {
     use std::time::Duration;
 
     use kith_protocol::hlc::Hlc;
-    use kith_protocol::keys::SymmetricKey;
     use kith_protocol::record::{self, FieldKey, FieldWrite, Operation};
     use kith_protocol::{DeviceId, RecordId};
 
     use super::*;
-
-    fn store() -> (tempfile::TempDir, LocalStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let key = SymmetricKey::from_slice(&[7; 32]).unwrap();
-        let store = LocalStore::open(dir.path(), &key).unwrap();
-        (dir, store)
-    }
+    use crate::store::tests::store;
 
     fn named(id: RecordId, name: &str, wall_ms: u64) -> RecordState {
         let mut state = RecordState::new(id);

@@ -261,10 +261,12 @@ impl LocalStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, LocalStore) {
+    /// A store in a fresh temporary directory, under a fixed key (for unit tests here and in
+    /// other modules).
+    pub(crate) fn store() -> (tempfile::TempDir, LocalStore) {
         let dir = tempfile::tempdir().unwrap();
         let key = SymmetricKey::from_slice(&[7; 32]).unwrap();
         let store = LocalStore::open(dir.path(), &key).unwrap();
