@@ -8,10 +8,15 @@
 //!   field's superseded set and itself as a head; heads whose clock is superseded are dropped.
 //!   A delete raises `deleted_at` to the greater of the two clocks.
 //! - [`ContactSet::merge`]: the union of heads and of superseded clocks, the max of `deleted_at`.
+//! - A write is also superseded by a later write of the same device to the same field: a
+//!   known clock of a device (head or superseded) makes its earlier clocks redundant, so a field
+//!   keeps one clock per device, its latest (see "Bounded state" below).
 //!
-//! Union and max are commutative, associative and idempotent, and applying an operation is
-//! merging the state holding only that operation, so every delivery order, with or without
-//! duplicates, converges on the same state (`tests/merge_props.rs`).
+//! Per field and device the state is the greatest `(clock, superseded after head)` known, and
+//! merging takes the pointwise maximum; with the max of `deleted_at` that is commutative,
+//! associative and idempotent, and applying an operation is merging the state holding only that
+//! operation, so every delivery order, with or without duplicates, converges on the same state
+//! (`tests/merge_props.rs`).
 //!
 //! # Reads
 //!
@@ -44,12 +49,17 @@
 //! states are a quotient of the join semilattice, with the same laws. Deleting a contact thus
 //! also erases its data from every state that learns of the deletion.
 //!
-//! Superseded clocks *above* `deleted_at` are kept. Dropping one, `s`, is safe only once every
-//! device has received the write `s`; before that, a delayed copy of it would find no trace of
-//! having been replaced and become a head again on this device but not on others, reviving an
-//! old value as a conflict. Knowing that requires causal stability (every device's stream
-//! position past the write), which this module does not track. The cost is one clock per edit
-//! of a field, and deleting the record frees it.
+//! # Bounded state
+//!
+//! Dropping a superseded clock `s` of device D outright would be unsafe until every device has
+//! received the write `s`: a delayed copy would find no trace of having been replaced and
+//! become a head again on this device but not on others. Knowing that requires causal
+//! stability, which this module does not track. Instead, D's later clock `t > s` for the same
+//! field stands for it: a write of D at `s` is superseded whenever such a `t` is known. An
+//! honest device always sees its own previous write of a field and replaces what it sees, so
+//! this changes nothing it would have done; it means a field holds at most one clock per device
+//! (a head, or the latest superseded clock of a device with no head), however often it is
+//! edited. For a faulty device it is still one deterministic rule, so replicas agree.
 //!
 //! # Faulty writers
 //!
@@ -217,14 +227,29 @@ impl FieldState {
         self.heads.is_empty() && self.superseded.is_empty()
     }
 
+    /// Whether a clock of `clock`'s writer greater than `clock` is known (head or superseded):
+    /// then `clock` is superseded by the writer's own later write.
+    fn knows_later_write_of_writer(&self, clock: Hlc) -> bool {
+        let later = |known: &Hlc| known.device() == clock.device() && *known > clock;
+        self.heads.keys().any(later) || self.superseded.iter().any(later)
+    }
+
+    /// Drops what `clock` implies: every earlier head and superseded clock of its writer.
+    fn forget_earlier_of_writer(&mut self, clock: Hlc) {
+        let earlier = |known: &Hlc| known.device() == clock.device() && *known < clock;
+        self.heads.retain(|known, _| !earlier(known));
+        self.superseded.retain(|known| !earlier(known));
+    }
+
     /// Adds a head unless its clock is superseded. Returns whether the state changed.
     fn insert_head(&mut self, clock: Hlc, value: Option<&proto::FieldValue>) -> bool {
-        if self.superseded.contains(&clock) {
+        if self.superseded.contains(&clock) || self.knows_later_write_of_writer(clock) {
             return false;
         }
         match self.heads.entry(clock) {
             Entry::Vacant(entry) => {
                 entry.insert(value.cloned());
+                self.forget_earlier_of_writer(clock);
                 true
             }
             Entry::Occupied(mut entry) => {
@@ -242,12 +267,13 @@ impl FieldState {
 
     /// Marks `clock` superseded and drops its head. Returns whether the state changed.
     fn supersede(&mut self, clock: Hlc) -> bool {
-        if self.superseded.insert(clock) {
-            self.heads.remove(&clock);
-            true
-        } else {
-            false
+        if self.superseded.contains(&clock) || self.knows_later_write_of_writer(clock) {
+            return false;
         }
+        self.superseded.insert(clock);
+        self.heads.remove(&clock);
+        self.forget_earlier_of_writer(clock);
+        true
     }
 
     /// Forgets every clock `<= deleted_at`.
@@ -885,13 +911,14 @@ mod tests {
         let field = record.field(&FieldKey::name()).unwrap();
         let clocks: Vec<Hlc> = field.heads().map(|h| h.clock).collect();
         assert_eq!(clocks, [clock(6, 1), clock(6, 2)]);
-        assert_eq!(field.superseded(), &BTreeSet::from([clock(5, 1)]));
+        // (5, 1) is implied by its writer's later head (6, 1): nothing left to keep.
+        assert!(field.superseded().is_empty(), "{:?}", field.superseded());
         assert_eq!(RecordState::from_proto(&record.to_proto()), Ok(record));
     }
 
     fn valid_wire() -> proto::RecordState {
         let mut state = ContactSet::new();
-        state.apply(&name(1, clock(5, 1), "Ada", &[clock(1, 1)]));
+        state.apply(&name(1, clock(5, 1), "Ada", &[clock(1, 2)]));
         state.get(&id(1)).unwrap().to_proto()
     }
 

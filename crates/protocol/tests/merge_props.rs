@@ -244,8 +244,130 @@ fn arb_operation() -> impl Strategy<Value = Operation> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// The merge rule stated over a whole set of operations at once (docs/PROTOCOL.md §8), written
+// independently of the incremental code: a visible write is a head unless some write replaces
+// its clock or its writer wrote the same field again later (a later clock of that writer is
+// known, as a write or as a replaced clock).
+
+type Heads = BTreeMap<Hlc, Option<proto::FieldValue>>;
+/// Where a write lands: record and field.
+type At = (RecordId, FieldKey);
+
+fn specified_heads(operations: &[Operation]) -> BTreeMap<At, Heads> {
+    use kith_protocol::record::OperationKind;
+    let mut deleted_at: BTreeMap<RecordId, Hlc> = BTreeMap::new();
+    for op in operations {
+        if matches!(op.kind(), OperationKind::Delete) {
+            let at = deleted_at.entry(op.record()).or_insert(op.clock());
+            *at = (*at).max(op.clock());
+        }
+    }
+    let visible = |id: &RecordId, clock: &Hlc| deleted_at.get(id).is_none_or(|d| clock > d);
+    let mut writes: BTreeMap<At, Vec<(Hlc, Option<proto::FieldValue>)>> = BTreeMap::new();
+    let mut known: BTreeMap<At, BTreeSet<Hlc>> = BTreeMap::new();
+    let mut replaced: BTreeMap<At, BTreeSet<Hlc>> = BTreeMap::new();
+    for op in operations {
+        let OperationKind::Upsert(list) = op.kind() else {
+            continue;
+        };
+        for w in list {
+            let at = (op.record(), w.key().clone());
+            writes
+                .entry(at.clone())
+                .or_default()
+                .push((op.clock(), w.value().cloned()));
+            known.entry(at.clone()).or_default().insert(op.clock());
+            known
+                .entry(at.clone())
+                .or_default()
+                .extend(w.replaces().iter().copied());
+            replaced
+                .entry(at)
+                .or_default()
+                .extend(w.replaces().iter().copied());
+        }
+    }
+    let mut heads: BTreeMap<At, Heads> = BTreeMap::new();
+    for (at, list) in writes {
+        for (clock, value) in list {
+            let later_of_writer = known[&at]
+                .iter()
+                .any(|k| k.device() == clock.device() && *k > clock);
+            if !visible(&at.0, &clock) || replaced[&at].contains(&clock) || later_of_writer {
+                continue;
+            }
+            // A faulty writer's reused clock keeps the greater value (None first, then bytes).
+            let rank = |v: &Option<proto::FieldValue>| v.as_ref().map(Message::encode_to_vec);
+            let field = heads.entry(at.clone()).or_default();
+            match field.get(&clock) {
+                Some(kept) if rank(kept) >= rank(&value) => {}
+                _ => {
+                    field.insert(clock, value);
+                }
+            }
+        }
+    }
+    heads
+}
+
+fn heads_of(state: &ContactSet) -> BTreeMap<At, Heads> {
+    let mut heads = BTreeMap::new();
+    for record in state.records() {
+        for (key, field) in record.fields() {
+            let field_heads: Heads = field
+                .heads()
+                .map(|head| (head.clock, head.value.cloned()))
+                .collect();
+            if !field_heads.is_empty() {
+                heads.insert((record.id(), key.clone()), field_heads);
+            }
+        }
+    }
+    heads
+}
+
+/// At most one clock per writer in each field (a head or a superseded clock), however many
+/// times the field was written.
+fn clocks_per_writer_are_bounded(state: &ContactSet) -> Result<(), TestCaseError> {
+    for record in state.records() {
+        for (key, field) in record.fields() {
+            let mut writers: BTreeMap<DeviceId, usize> = BTreeMap::new();
+            let clocks = field
+                .heads()
+                .map(|head| head.clock)
+                .chain(field.superseded().iter().copied());
+            for clock in clocks {
+                *writers.entry(clock.device()).or_default() += 1;
+            }
+            prop_assert!(
+                writers.values().all(|n| *n == 1),
+                "{key}: {writers:?} in {field:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn merged_heads_are_the_specified_heads_and_clocks_stay_bounded(
+        (actions, start_ms) in history(),
+        operations in prop::collection::vec(arb_operation(), 0..40),
+    ) {
+        let devices = simulate(&actions, start_ms);
+        let honest: Vec<Operation> = devices.iter().flat_map(|d| d.log.clone()).collect();
+        for ops in [&honest, &operations] {
+            let state = state_of(ops.iter());
+            prop_assert_eq!(heads_of(&state), specified_heads(ops));
+            clocks_per_writer_are_bounded(&state)?;
+        }
+        for d in &devices {
+            clocks_per_writer_are_bounded(&d.state)?;
+        }
+    }
 
     #[test]
     fn any_delivery_order_converges(
