@@ -205,6 +205,30 @@ impl Device {
         ops: &[Operation],
         records: &BTreeMap<RecordId, RecordState>,
     ) -> Result<()> {
+        self.write_local_sealed(ops, &self.seal_records(records))
+    }
+
+    /// Each record's encoded state, sealed for its place in the store.
+    pub(crate) fn seal_records(
+        &self,
+        records: &BTreeMap<RecordId, RecordState>,
+    ) -> Vec<([u8; 16], Vec<u8>)> {
+        let cipher = self.inner.store.cipher();
+        records
+            .iter()
+            .map(|(id, state)| {
+                let sealed = cipher.seal(TreeName::Records, id.as_bytes(), &state.encode_to_vec());
+                (*id.as_bytes(), sealed)
+            })
+            .collect()
+    }
+
+    /// [`Device::write_local`] with the records already sealed ([`Device::seal_records`]).
+    pub(crate) fn write_local_sealed(
+        &self,
+        ops: &[Operation],
+        record_values: &[([u8; 16], Vec<u8>)],
+    ) -> Result<()> {
         let store = &self.inner.store;
         let mut pending_values = Vec::new();
         for chunk in ops.chunks(crate::sync::OPS_PER_ENVELOPE) {
@@ -214,23 +238,11 @@ impl Device {
                 .seal(TreeName::Pending, &key, &record::encode_batch(chunk)?);
             pending_values.push((key, value));
         }
-        let record_values: Vec<([u8; 16], Vec<u8>)> = records
-            .iter()
-            .map(|(id, state)| {
-                let bytes = state.encode_to_vec();
-                (
-                    *id.as_bytes(),
-                    store
-                        .cipher()
-                        .seal(TreeName::Records, id.as_bytes(), &bytes),
-                )
-            })
-            .collect();
         let records_tree = store.tree(TreeName::Records)?;
         let pending_tree = store.tree(TreeName::Pending)?;
         (&records_tree, &pending_tree)
             .transaction(|(r, p)| {
-                for (id, value) in &record_values {
+                for (id, value) in record_values {
                     r.insert(id.as_slice(), value.as_slice())?;
                 }
                 for (key, value) in &pending_values {
@@ -439,9 +451,12 @@ impl Device {
                 let changed: BTreeSet<RecordId> = ops.iter().map(|op| op.record()).collect();
                 touched.retain(|id, _| changed.contains(id));
                 // The chunk's transaction runs while the next chunk is merged.
+                // Sealing the records here and the rest on the writer's thread balances the
+                // two cores (the transaction is the larger half).
+                let sealed = self.seal_records(&touched);
                 let device = self.clone();
                 pipeline
-                    .submit(touched, move |records| device.write_local(&ops, records))
+                    .submit(touched, move |_| device.write_local_sealed(&ops, &sealed))
                     .await?;
             }
             done += chunk.len();
