@@ -8,7 +8,8 @@
 //!
 //! `cargo bench -p kith-e2e --bench scale` runs all three; `-- import`, `-- sync` or
 //! `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
-//! and `KITH_BENCH_COMPACT_CONTACTS` (default 10000) for a quick check.
+//! and `KITH_BENCH_COMPACT_CONTACTS` (default 10000) for a quick check;
+//! `KITH_BENCH_COMPACT_ROUNDS` (default 10) sets the edit rounds before `compact`.
 
 use std::time::{Duration, Instant};
 
@@ -121,7 +122,7 @@ async fn bench_sync(n: usize) {
     relay.shutdown().await.unwrap();
 }
 
-async fn bench_compact(n: usize) {
+async fn bench_compact(n: usize, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path()).await;
     let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
@@ -133,7 +134,7 @@ async fn bench_compact(n: usize) {
     a.sync().await.unwrap();
     let ids: Vec<_> = a.contacts().unwrap().iter().map(|c| c.id()).collect();
     let started = Instant::now();
-    for round in 0..10 {
+    for round in 0..rounds {
         let edits: Vec<_> = ids
             .iter()
             .map(|id| {
@@ -157,7 +158,7 @@ async fn bench_compact(n: usize) {
     let c = link(dir.path(), &relay, &a, "c").await;
     assert_eq!(c.contacts().unwrap().len(), ids.len());
     println!(
-        "compact: {} contacts x 10 edit rounds ({}): relay bytes {} before, {} after compact ({:.1}x smaller, {:.0} B/contact), {} snapshot envelopes in {}",
+        "compact: {} contacts x {rounds} edit rounds ({}): relay bytes {} before, {} after compact ({:.1}x smaller, {:.0} B/contact), {} snapshot envelopes in {}",
         ids.len(),
         secs(edit_time),
         report.relay_bytes_before,
@@ -183,6 +184,7 @@ fn main() {
         .unwrap();
     let contacts = env_usize("KITH_BENCH_CONTACTS", 100_000);
     let compact_contacts = env_usize("KITH_BENCH_COMPACT_CONTACTS", 10_000);
+    let compact_rounds = env_usize("KITH_BENCH_COMPACT_ROUNDS", 10);
     runtime.block_on(async {
         if wanted("import") {
             bench_import(contacts).await;
@@ -191,7 +193,7 @@ fn main() {
             bench_sync(contacts).await;
         }
         if wanted("compact") {
-            bench_compact(compact_contacts).await;
+            bench_compact(compact_contacts, compact_rounds).await;
         }
     });
 }
