@@ -1,5 +1,6 @@
-//! Envelope framing and header: `peek_header` (relay) and `ParsedEnvelope::decode` (receivers) must agree.
-//! The body is `kith_protocol::fuzzing::envelope_decode`, which `cargo test` also replays over `corpus/envelope_decode/`.
+//! Envelope framing and header: `peek_header` (relay) and `ParsedEnvelope::decode` (receivers) must
+//! agree. The body is `kith_protocol::fuzzing::envelope_decode`, which `cargo test` also replays
+//! over `corpus/envelope_decode/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,6 @@
-//! Opening envelopes with a fixed key set: received, batched, harness-signed plaintexts, and seal/open round trips.
-//! The body is `kith_protocol::fuzzing::envelope_open`, which `cargo test` also replays over `corpus/envelope_open/`.
+//! Opening envelopes with a fixed key set: received, batched, harness-signed plaintexts, and
+//! seal/open round trips. The body is `kith_protocol::fuzzing::envelope_open`, which `cargo test`
+//! also replays over `corpus/envelope_open/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

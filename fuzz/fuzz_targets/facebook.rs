@@ -1,5 +1,5 @@
-//! Facebook friends JSON (`import::facebook::import_bytes`).
-//! The body is `kith_client::fuzzing::facebook`, which `cargo test` also replays over `corpus/facebook/`.
+//! Facebook friends JSON (`import::facebook::import_bytes`). The body is
+//! `kith_client::fuzzing::facebook`, which `cargo test` also replays over `corpus/facebook/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

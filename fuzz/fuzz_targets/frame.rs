@@ -1,8 +1,7 @@
-//! Relay frames: requests as the relay reads them, responses as a client reads them, and the decoders behind their byte fields.
-//! The body is `kith_protocol::fuzzing::frame`, which `cargo test` also replays over `corpus/frame/`.
+//! Relay frames: requests as the relay reads them, responses as a client reads them, and the
+//! decoders behind their byte fields. The body is `kith_protocol::fuzzing::frame`, which `cargo
+//! test` also replays over `corpus/frame/`.
 #![no_main]
-// `fuzz_target!` expands to a `#[no_mangle]` entry point, which the `unsafe_code` lint counts as
-// unsafe; `forbid` would reject it, so this is `deny` (the macro allows it locally).
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,5 +1,5 @@
-//! `chat.db` and the Contacts database from raw bytes written to a temporary SQLite file.
-//! The body is `kith_client::fuzzing::imessage`, which `cargo test` also replays over `corpus/imessage/`.
+//! `chat.db` and the Contacts database from raw bytes written to a temporary SQLite file. The body
+//! is `kith_client::fuzzing::imessage`, which `cargo test` also replays over `corpus/imessage/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,6 @@
-//! `chat.db` built by the harness with the real schema and fuzzed rows.
-//! The body is `kith_client::fuzzing::imessage_rows`, which `cargo test` also replays over `corpus/imessage_rows/`.
+//! `chat.db` built by the harness with the real schema and fuzzed rows. The body is
+//! `kith_client::fuzzing::imessage_rows`, which `cargo test` also replays over
+//! `corpus/imessage_rows/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

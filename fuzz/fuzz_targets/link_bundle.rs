@@ -1,5 +1,6 @@
-//! Link and recovery bundles: sealed ones opened with fixed keys, and the plaintext `AccountBundle` decoder.
-//! The body is `kith_protocol::fuzzing::link_bundle`, which `cargo test` also replays over `corpus/link_bundle/`.
+//! Link and recovery bundles: sealed ones opened with fixed keys, and the plaintext `AccountBundle`
+//! decoder. The body is `kith_protocol::fuzzing::link_bundle`, which `cargo test` also replays over
+//! `corpus/link_bundle/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,6 @@
-//! Pasted texts: `LinkCode::parse` and `RecoveryKey::parse`, with print/parse round trips.
-//! The body is `kith_protocol::fuzzing::link_code`, which `cargo test` also replays over `corpus/link_code/`.
+//! Pasted texts: `LinkCode::parse` and `RecoveryKey::parse`, with print/parse round trips. The body
+//! is `kith_protocol::fuzzing::link_code`, which `cargo test` also replays over
+//! `corpus/link_code/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

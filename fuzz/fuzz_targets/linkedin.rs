@@ -1,5 +1,5 @@
-//! LinkedIn `Connections.csv` (`import::linkedin::import_bytes`).
-//! The body is `kith_client::fuzzing::linkedin`, which `cargo test` also replays over `corpus/linkedin/`.
+//! LinkedIn `Connections.csv` (`import::linkedin::import_bytes`). The body is
+//! `kith_client::fuzzing::linkedin`, which `cargo test` also replays over `corpus/linkedin/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

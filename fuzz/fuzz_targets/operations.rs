@@ -1,5 +1,5 @@
-//! Operation batches (`decode_batch`): round trip and merge convergence in every order.
-//! The body is `kith_protocol::fuzzing::operations`, which `cargo test` also replays over `corpus/operations/`.
+//! Operation batches (`decode_batch`): round trip and merge convergence in every order. The body is
+//! `kith_protocol::fuzzing::operations`, which `cargo test` also replays over `corpus/operations/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,6 @@
-//! Signed rosters: `VerifiedRoster::verify`, raw and with harness-signed bodies, then queries and extensions.
-//! The body is `kith_protocol::fuzzing::roster`, which `cargo test` also replays over `corpus/roster/`.
+//! Signed rosters: `VerifiedRoster::verify`, raw and with harness-signed bodies, then queries and
+//! extensions. The body is `kith_protocol::fuzzing::roster`, which `cargo test` also replays over
+//! `corpus/roster/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,6 @@
-//! Sealed epoch keys: `peek_sealed_epoch_key` and `open_epoch_key`, and seal/open round trips.
-//! The body is `kith_protocol::fuzzing::sealed_epoch_key`, which `cargo test` also replays over `corpus/sealed_epoch_key/`.
+//! Sealed epoch keys: `peek_sealed_epoch_key` and `open_epoch_key`, and seal/open round trips. The
+//! body is `kith_protocol::fuzzing::sealed_epoch_key`, which `cargo test` also replays over
+//! `corpus/sealed_epoch_key/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
-//! Snapshots (`ContactSet::decode_snapshot`): round trip.
-//! The body is `kith_protocol::fuzzing::snapshot`, which `cargo test` also replays over `corpus/snapshot/`.
+//! Snapshots (`ContactSet::decode_snapshot`): round trip. The body is
+//! `kith_protocol::fuzzing::snapshot`, which `cargo test` also replays over `corpus/snapshot/`.
 #![no_main]
 #![forbid(unsafe_code)]
 

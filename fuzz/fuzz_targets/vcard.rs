@@ -1,5 +1,5 @@
-//! vCard 2.1/3.0/4.0 (`import::vcard::import_bytes`).
-//! The body is `kith_client::fuzzing::vcard`, which `cargo test` also replays over `corpus/vcard/`.
+//! vCard 2.1/3.0/4.0 (`import::vcard::import_bytes`). The body is `kith_client::fuzzing::vcard`,
+//! which `cargo test` also replays over `corpus/vcard/`.
 #![no_main]
 #![forbid(unsafe_code)]
 
