@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use kith_protocol::encoding::{labels, lp_concat};
 use kith_protocol::keys::SymmetricKey;
@@ -117,25 +117,24 @@ impl ValueCipher {
         Self { cipher, index_key }
     }
 
-    /// Seals `plain` for `(tree, key)`: `nonce (24) || ciphertext`.
+    /// Seals `plain` for `(tree, key)`: `nonce (24) || ciphertext || tag (16)`, encrypted in
+    /// place in the one buffer returned (a record is sealed per write, so the copies count).
     pub fn seal(&self, tree: TreeName, key: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 24];
         kith_protocol::keys::system_rng().fill_bytes(&mut nonce);
         let aad = lp_concat(&[tree.as_str().as_bytes(), key]);
-        // Encryption with a valid key and in-memory buffers cannot fail.
-        let sealed = self
-            .cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
-        let mut out = Vec::with_capacity(24 + sealed.len());
+        let mut out = Vec::with_capacity(24 + plain.len() + 16);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(plain);
+        // Encryption with a valid key cannot fail below the cipher's 256 GiB message limit.
+        match self.cipher.encrypt_inout_detached(
+            &XNonce::from(nonce),
+            &aad,
+            out[24..].as_mut().into(),
+        ) {
+            Ok(tag) => out.extend_from_slice(&tag),
+            Err(_) => out.clear(),
+        }
         out
     }
 
