@@ -427,7 +427,18 @@ async fn compaction_shrinks_relay_storage_and_late_devices_still_converge() {
             a.edit_contact(id, &fields).await.unwrap();
         }
     }
+    // b writes one envelope of its own, which a merges before it compacts.
+    b.add_contact(&person("Written On B", "b@example.com"))
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    let envelopes_before = a.usage().await.unwrap().envelopes;
     let report = a.compact().await.unwrap();
+    // The snapshot covers a's whole stream before it and b's one envelope.
+    let mut expected = vec![(a.device_id(), envelopes_before - 1), (b.device_id(), 1)];
+    expected.sort();
+    assert_eq!(report.covers, expected);
     assert!(
         report.relay_bytes_after < report.relay_bytes_before,
         "{} -> {}",

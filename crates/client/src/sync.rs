@@ -643,8 +643,16 @@ impl Device {
         let mut slot = self.inner.connection.lock().await;
         let connection = self.connection(&mut slot).await?.clone();
         let usage_before = usage(&connection).await?;
-        let (first_seq, _) = self.head()?;
-        let first_seq = first_seq + 1;
+        let (last_own, _) = self.head()?;
+        let first_seq = last_own + 1;
+        let covers = self.snapshot_positions(last_own)?;
+        let positions: Vec<proto::StreamPosition> = covers
+            .iter()
+            .map(|(device, seq)| proto::StreamPosition {
+                device_id: device.as_bytes().to_vec(),
+                seq: *seq,
+            })
+            .collect();
         let records = self.inner.store.tree(TreeName::Records)?;
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0usize;
@@ -665,12 +673,12 @@ impl Device {
             chunk.push(wire);
             if chunk_bytes >= SNAPSHOT_BYTES {
                 chunk_bytes = 0;
-                self.seal_snapshot(std::mem::take(&mut chunk))?;
+                self.seal_snapshot(std::mem::take(&mut chunk), &positions)?;
                 envelopes += 1;
             }
         }
         if !chunk.is_empty() || envelopes == 0 {
-            self.seal_snapshot(chunk)?;
+            self.seal_snapshot(chunk, &positions)?;
             envelopes += 1;
         }
         self.push_outbox(&connection).await?;
@@ -686,13 +694,35 @@ impl Device {
             snapshot_envelopes: envelopes,
             relay_bytes_before: usage_before.bytes_used,
             relay_bytes_after: usage_after.bytes_used,
+            covers,
         })
     }
 
-    fn seal_snapshot(&self, records: Vec<proto::RecordState>) -> Result<()> {
+    /// The stream positions a snapshot taken now covers: this device's own stream up to
+    /// `last_own`, and every other stream up to this device's verified cursor for it (streams
+    /// it has merged nothing of are left out). Sorted by device id.
+    fn snapshot_positions(&self, last_own: u64) -> Result<Vec<(DeviceId, u64)>> {
+        let mut covers = Vec::new();
+        if last_own > 0 {
+            covers.push((self.inner.device_id, last_own));
+        }
+        for writer in self.writers()? {
+            if let Some((seq, _)) = self.cursor_of(&writer)? {
+                covers.push((writer, seq));
+            }
+        }
+        covers.sort();
+        Ok(covers)
+    }
+
+    fn seal_snapshot(
+        &self,
+        records: Vec<proto::RecordState>,
+        positions: &[proto::StreamPosition],
+    ) -> Result<()> {
         let snapshot = proto::Snapshot {
             records,
-            positions: Vec::new(),
+            positions: positions.to_vec(),
         };
         self.seal_payload(&[], &snapshot.encode_to_vec(), PayloadKind::Snapshot)
     }
@@ -734,7 +764,7 @@ async fn usage(connection: &RelayConnection) -> Result<proto::Usage> {
 }
 
 /// What a compaction did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactReport {
     /// Snapshot envelopes written.
     pub snapshot_envelopes: usize,
@@ -742,4 +772,8 @@ pub struct CompactReport {
     pub relay_bytes_before: u64,
     /// The account's bytes on the relay after.
     pub relay_bytes_after: u64,
+    /// The stream positions the snapshot covers, sorted by device: this device's own stream
+    /// up to the envelope before the snapshot, and each other device's stream up to what this
+    /// device had verified and merged. The snapshot carries them too (docs/PROTOCOL.md §9).
+    pub covers: Vec<(DeviceId, u64)>,
 }
