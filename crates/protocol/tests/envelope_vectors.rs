@@ -7,75 +7,22 @@
 //! Independently of regeneration, every stored envelope must decode, verify and decrypt with
 //! the stored keys, and its header must decode (with `prost`) to the stored fields.
 
-use std::convert::Infallible;
+mod common;
+
 use std::path::PathBuf;
 
+use common::CounterRng;
 use kith_protocol::envelope::{EnvelopeHash, ParsedEnvelope, PayloadKind, seal};
 use kith_protocol::keys::{DeviceSigningKey, DeviceVerifyingKey, SymmetricKey};
 use kith_protocol::padding::{padded_len, padme};
 use kith_protocol::{AccountId, proto};
 use prost::Message;
-use rand_core::{Rng, TryCryptoRng, TryRng};
+use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The seed every vector derives from.
 const SEED: &str = "kith/v1/test-vectors/envelope";
-
-/// A deterministic generator for test vectors only: block `i` is `SHA-256(seed || u64be(i))`.
-/// Marked cryptographic so that it can stand in for the system generator; its output is
-/// public, so it must never leave tests.
-struct CounterRng {
-    seed: [u8; 32],
-    counter: u64,
-    block: [u8; 32],
-    used: usize,
-}
-
-impl CounterRng {
-    fn new(seed: &str) -> Self {
-        Self {
-            seed: Sha256::digest(seed.as_bytes()).into(),
-            counter: 0,
-            block: [0; 32],
-            used: 32,
-        }
-    }
-}
-
-impl TryRng for CounterRng {
-    type Error = Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        let mut bytes = [0u8; 4];
-        self.try_fill_bytes(&mut bytes)?;
-        Ok(u32::from_le_bytes(bytes))
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        let mut bytes = [0u8; 8];
-        self.try_fill_bytes(&mut bytes)?;
-        Ok(u64::from_le_bytes(bytes))
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for byte in dst {
-            if self.used == self.block.len() {
-                let mut hasher = Sha256::new();
-                hasher.update(self.seed);
-                hasher.update(self.counter.to_be_bytes());
-                self.block = hasher.finalize().into();
-                self.counter += 1;
-                self.used = 0;
-            }
-            *byte = self.block[self.used];
-            self.used += 1;
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for CounterRng {}
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Vectors {
