@@ -11,17 +11,12 @@ use kith_protocol::encoding::labels;
 use kith_protocol::keys::DeviceSigningKey;
 use kith_protocol::proto::{self, request, response};
 use kith_protocol::{AccountId, DeviceId};
+pub use kith_tls::ALPN;
+use kith_tls::PinnedCertVerifier;
 use prost::Message;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use rustls::pki_types::CertificateDer;
 use tokio::net::lookup_host;
 
-/// The ALPN protocol name of Kith's relay protocol.
-pub const ALPN: &[u8] = b"kith/1";
 /// Largest response frame the client accepts (pull pages are bounded by the relay far below).
 pub const MAX_RESPONSE_FRAME: usize = 32 * 1024 * 1024;
 /// How long connecting (QUIC and TLS handshake) may take: a relay that is down gives no quick
@@ -126,67 +121,14 @@ impl NetError {
     }
 }
 
-/// Accepts exactly one certificate, identified by the SHA-256 of its DER encoding.
-#[derive(Debug)]
-struct PinnedCertVerifier {
-    pin: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedCertVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if bool::from(digest.ct_eq(&self.pin)) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "relay certificate does not match the pinned SHA-256".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(kith_tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Setup(e.to_string()))?;
     let mut tls = match trust {
         RelayTrust::PinnedSha256(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
-                pin: *pin,
-                algorithms: provider_algorithms(&provider),
-            }))
+            .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(*pin)))
             .with_no_client_auth(),
         RelayTrust::CaRoots(roots) => {
             let mut store = rustls::RootCertStore::empty();
@@ -211,10 +153,6 @@ fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
     ));
     config.transport_config(Arc::new(transport));
     Ok(config)
-}
-
-fn provider_algorithms(provider: &CryptoProvider) -> WebPkiSupportedAlgorithms {
-    provider.signature_verification_algorithms
 }
 
 /// An open QUIC connection to a relay.

@@ -5,17 +5,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use kith_tls::provider;
+pub use kith_tls::{ALPN, PinnedCertVerifier, fingerprint};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Limits, RelayConfig};
 
-/// The ALPN protocol id of Kith's relay protocol.
-pub const ALPN: &[u8] = b"kith/1";
 /// File names of the self-signed certificate and key in the data directory.
 pub const SELF_SIGNED_CERT: &str = "cert.pem";
 /// See [`SELF_SIGNED_CERT`].
@@ -57,15 +53,6 @@ pub struct ServerIdentity {
     pub key: PrivateKeyDer<'static>,
     /// SHA-256 of `chain[0]`: what clients pin.
     pub cert_sha256: [u8; 32],
-}
-
-fn ring() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The SHA-256 fingerprint of a DER certificate.
-pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
-    Sha256::digest(cert.as_ref()).into()
 }
 
 fn file_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
@@ -153,7 +140,7 @@ pub fn server_config(
     identity: &ServerIdentity,
     limits: &Limits,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(ring())
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
@@ -167,78 +154,9 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Accepts exactly the server certificate whose SHA-256 is pinned; checks handshake signatures
-/// with the certificate's key as usual.
-#[derive(Debug)]
-pub struct PinnedCertVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl PinnedCertVerifier {
-    /// Pins `cert_sha256`.
-    pub fn new(cert_sha256: [u8; 32]) -> Self {
-        Self {
-            pin: cert_sha256,
-            provider: ring(),
-        }
-    }
-}
-
-impl ServerCertVerifier for PinnedCertVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // The pin compares a hash of public data; timing reveals nothing secret.
-        if fingerprint(end_entity) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// A QUIC client configuration that trusts only the pinned certificate, speaking `kith/1`.
 pub fn client_config(cert_sha256: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(ring())
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(cert_sha256)))
