@@ -598,4 +598,83 @@ mod tests {
         assert_eq!(fold("José ÅNGSTRÖM"), "jose angstrom");
         assert!(fold("Seán Ó Briain").contains(&fold("sean o")));
     }
+
+    /// Runs `write` while the records lock is held (as by a pull or an import writing merged
+    /// records), and checks that it waits for the lock, then completes once it is released.
+    async fn waits_for_the_records_lock<T: Send + 'static>(
+        device: &Device,
+        what: &str,
+        write: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> T {
+        let held = device.inner.records_lock.clone().lock_owned().await;
+        let mut task = tokio::spawn(write);
+        // A write that ignored the lock finishes in milliseconds; on a machine so slow that
+        // it takes longer, this check passes without proving anything, and never fails.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut task).await;
+        assert!(
+            early.is_err(),
+            "{what} wrote records while the lock was held"
+        );
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .unwrap_or_else(|_| panic!("{what} still waits after the lock was released"))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_writer_of_merged_records_takes_the_records_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay =
+            kith_relay::Relay::start(kith_relay::RelayConfig::for_tests(dir.path().join("relay")))
+                .await
+                .unwrap();
+        let target = crate::net::RelayTarget::pinned(
+            relay.local_addr().to_string(),
+            &hex::encode(relay.cert_sha256()),
+        )
+        .unwrap();
+        let (device, _) = Device::create(&dir.path().join("a"), target, "a", None)
+            .await
+            .unwrap();
+        let fields = ContactFields {
+            name: Some("Ada Lovelace".into()),
+            ..Default::default()
+        };
+
+        let d = device.clone();
+        let added = waits_for_the_records_lock(&device, "add_contact", async move {
+            d.add_contact(&fields).await
+        })
+        .await;
+        let d = device.clone();
+        waits_for_the_records_lock(&device, "edit_contact", async move {
+            let company = ContactFields {
+                company: Some("Analytical Engines".into()),
+                ..Default::default()
+            };
+            d.edit_contact(&added, &company).await
+        })
+        .await;
+        let d = device.clone();
+        let csv = "First Name,Last Name,URL,Email Address,Company,Position,Connected On\r\n\
+            Alan,Turing,https://www.linkedin.com/in/alan-turing,,Bletchley,,01 Jan 2020\r\n";
+        let report = crate::import::linkedin::import_bytes(
+            csv.as_bytes(),
+            &crate::import::ImportOptions::default(),
+        )
+        .unwrap();
+        let summary =
+            waits_for_the_records_lock(&device, "import", async move { d.import(report).await })
+                .await;
+        assert_eq!(summary.added, 1);
+        let d = device.clone();
+        waits_for_the_records_lock(&device, "sync", async move { d.sync().await }).await;
+
+        let ada = device.contact(&added).unwrap();
+        assert_eq!(ada.company(), Some("Analytical Engines"));
+        assert_eq!(device.contacts().unwrap().len(), 2);
+        relay.shutdown().await.unwrap();
+    }
 }
