@@ -54,6 +54,9 @@ pub(crate) enum AccountEvent {
 pub(crate) struct AccountInner {
     pub roster: Arc<VerifiedRoster>,
     pub streams: HashMap<DeviceId, StreamMeta>,
+    /// For each stream with envelopes written but not yet known durable, the last seq that
+    /// is: pulls serve a stream only up to it (streams absent here are durable throughout).
+    pub durable_until: HashMap<DeviceId, u64>,
     pub envelope_bytes: u64,
     pub envelopes: u64,
     pub sealed_key_bytes: u64,
@@ -63,6 +66,25 @@ pub(crate) struct AccountInner {
 impl AccountInner {
     pub fn bytes_used(&self) -> u64 {
         self.envelope_bytes + self.sealed_key_bytes
+    }
+
+    /// The last seq of `device`'s stream that a pull may serve: everything stored that is
+    /// durable.
+    pub fn servable_last_seq(&self, device: &DeviceId, meta: &StreamMeta) -> u64 {
+        self.durable_until
+            .get(device)
+            .map_or(meta.last_seq, |&durable| durable.min(meta.last_seq))
+    }
+
+    /// Records that `device`'s stream is durable up to `seq`.
+    pub fn made_durable(&mut self, device: &DeviceId, seq: u64) {
+        let stored = self.streams.get(device).map_or(0, |m| m.last_seq);
+        if let Some(durable) = self.durable_until.get_mut(device) {
+            *durable = (*durable).max(seq);
+            if *durable >= stored {
+                self.durable_until.remove(device);
+            }
+        }
     }
 }
 
@@ -89,6 +111,7 @@ impl Account {
             inner: Mutex::new(AccountInner {
                 roster: Arc::new(roster),
                 streams: streams.into_iter().collect(),
+                durable_until: HashMap::new(),
                 envelope_bytes,
                 envelopes,
                 sealed_key_bytes,

@@ -475,6 +475,16 @@ fn expected_stream(account: &TestAccount, last: u64, size: usize) -> Vec<(u64, V
         .collect()
 }
 
+/// `served` is exactly `account`'s first device's envelopes 1..=`last` (of 300 bytes).
+fn assert_served(served: &[(u64, Vec<u8>)], account: &TestAccount, last: u64) {
+    let seqs: Vec<u64> = served.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "seqs served");
+    assert!(
+        served == expected_stream(account, last, 300).as_slice(),
+        "the served envelopes differ from those pushed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_writes_and_flushes_give_storage_errors_and_lose_nothing() {
     serial(Duration::from_secs(60), async {
@@ -555,8 +565,20 @@ async fn failed_writes_and_flushes_give_storage_errors_and_lose_nothing() {
             client_a.push(batch.clone()).await,
             "resend when fsync fails",
         );
+        // Written but not durable: pulls do not serve it, to anyone, since a crash now would
+        // lose it (docs/PROTOCOL.md §12).
+        assert_served(&own_stream(&client_a, &da).await, &a, 15);
+        let reader = RelayClient::connect(addr, pin).await.unwrap();
+        reader.authenticate(a.device(0), &a.id).await.unwrap();
+        let (streams, infos) = pull_account(&reader).await;
+        assert_eq!(streams.get(&da).map(Vec::len), Some(15));
+        let info = infos.iter().find(|i| i.device_id == da.as_bytes());
+        assert_eq!(info.map(|i| i.last_seq), Some(15), "{infos:?}");
         store.heal();
         assert_eq!(client_a.push(batch).await.unwrap(), 20);
+        // The acknowledged resend made the batch durable: now it is served.
+        assert_served(&own_stream(&reader, &da).await, &a, 20);
+        reader.close().await;
 
         // The disk fills up after two more writes.
         store.fail_writes_after(2);

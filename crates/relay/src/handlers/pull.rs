@@ -3,7 +3,9 @@
 //! Streams are read in device-id order; devices absent from the cursors are read from seq 0.
 //! The page stops at the first envelope that would exceed a bound (`more = true`); a page
 //! always holds at least one envelope when any is pending, so a client always progresses.
-//! `streams` describes every stream of the account (first and last stored seq).
+//! `streams` describes every stream of the account (first stored seq, last servable seq).
+//! A stream is served only up to what is durable: envelopes of a push still waiting for the
+//! group commit stay invisible until it confirms them (docs/PROTOCOL.md §12).
 
 use std::collections::HashMap;
 
@@ -47,30 +49,37 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
         .acquire_many_owned(u32::try_from(reserved).unwrap_or(u32::MAX))
         .await
         .map_err(|_| RequestError::internal("pull budget closed"))?;
-    let mut streams: Vec<_> = account
-        .lock()
-        .streams
-        .iter()
-        .map(|(d, m)| (*d, *m))
-        .collect();
-    streams.sort_unstable_by_key(|(device, _)| *device);
+    let mut streams: Vec<_> = {
+        let inner = account.lock();
+        inner
+            .streams
+            .iter()
+            .map(|(d, m)| (*d, *m, inner.servable_last_seq(d, m)))
+            .collect()
+    };
+    streams.sort_unstable_by_key(|(device, _, _)| *device);
 
     let mut page = PullResponse::default();
     let mut bytes = 0usize;
-    for (device, meta) in &streams {
+    for &(device, meta, servable) in &streams {
         page.streams.push(StreamInfo {
             device_id: device.as_bytes().to_vec(),
             first_seq: meta.first_seq,
-            last_seq: meta.last_seq,
+            last_seq: servable,
         });
-        let after = cursors.get(device).copied().unwrap_or(0);
-        if page.more || after >= meta.last_seq {
+        let after = cursors.get(&device).copied().unwrap_or(0);
+        if page.more || after >= servable {
             continue;
         }
         let device_id = Bytes::copy_from_slice(device.as_bytes());
+        let mut reached_servable_end = false;
         let end = shared
             .store
-            .read_stream_bytes(&account.id, device, after, &mut |seq, envelope| {
+            .read_stream_bytes(&account.id, &device, after, &mut |seq, envelope| {
+                if seq > servable {
+                    reached_servable_end = true;
+                    return false;
+                }
                 let full = page.envelopes.len() >= max_envelopes
                     || (bytes + envelope.len() > max_bytes && !page.envelopes.is_empty());
                 if full {
@@ -85,7 +94,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
                 true
             })
             .map_err(RequestError::storage)?;
-        page.more = end == ReadEnd::More;
+        page.more = end == ReadEnd::More && !reached_servable_end;
     }
     let frame = pull_frame(&page);
     drop(page);

@@ -3,7 +3,8 @@
 //! Every envelope's header must name the authenticated account and device (`WRONG_STREAM`) and
 //! the seqs must be consecutive. The first seq must be at most last + 1 (`SEQ_GAP`); envelopes
 //! at seqs already stored must be byte-identical (an identical retransmit is acknowledged
-//! again, a different one is `SEQ_CONFLICT`). The ack is sent only once the batch is durable.
+//! again, a different one is `SEQ_CONFLICT`). The ack is sent only once the batch is durable,
+//! and pulls serve the batch only from then on.
 //! Signatures are the clients' to check: the relay cannot forge or read, only order and store.
 
 use bytes::Bytes;
@@ -116,6 +117,9 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
                 bytes: meta.bytes + fresh_bytes,
                 envelopes: meta.envelopes + fresh.len() as u64,
             };
+            // Until the group commit confirms this write, pulls serve the stream only up to
+            // what was durable before it (docs/PROTOCOL.md §12).
+            inner.durable_until.entry(device).or_insert(meta.last_seq);
             let refs: Vec<&[u8]> = fresh.iter().map(|e| &e[..]).collect();
             shared
                 .store
@@ -128,6 +132,9 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
         }
     };
     durable(shared).await?;
+    // Everything written before the commit is durable, this batch (fresh or retransmitted)
+    // included.
+    account.lock().made_durable(&device, last_seq);
     if appended {
         let _ = account
             .events
