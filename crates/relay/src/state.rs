@@ -56,6 +56,9 @@ pub(crate) struct AccountInner {
     pub streams: HashMap<DeviceId, StreamMeta>,
     /// For each stream with envelopes written but not yet known durable, the last seq that
     /// is: pulls serve a stream only up to it (streams absent here are durable throughout).
+    /// Only a commit awaited by that stream's own push lifts it; if that commit failed, the
+    /// tail stays hidden until the device pushes again (its retry) or the relay restarts, and
+    /// since the device was never acknowledged, it does retry.
     pub durable_until: HashMap<DeviceId, u64>,
     pub envelope_bytes: u64,
     pub envelopes: u64,
