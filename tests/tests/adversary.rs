@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kith_client::net::RelayTarget;
-use kith_client::{ClientError, ContactFields, Device, PendingLink};
+use kith_client::{ClientError, ContactFields, Device};
 use kith_protocol::stream::StreamError;
 use kith_protocol::{AccountId, DeviceId};
 use kith_relay::store::{
@@ -275,14 +275,7 @@ impl World {
         let (a, _) = Device::create(&self.home.join("a"), self.target(), "a", None)
             .await
             .unwrap();
-        let pending = PendingLink::new(&self.home.join("b"), self.target(), "b").unwrap();
-        let code = pending.code().to_string();
-        let (b, approved) = tokio::join!(
-            pending.complete(Duration::from_secs(30)),
-            a.approve_link(&code)
-        );
-        approved.unwrap();
-        let b = b.unwrap();
+        let b = kith_e2e::link(&a, &self.home.join("b"), self.target(), "b").await;
         for i in 0..n {
             let fields = ContactFields {
                 name: Some(format!("Person {i}")),

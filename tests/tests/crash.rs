@@ -1,9 +1,7 @@
 //! Nothing is lost on a crash, and nothing is pushed twice.
 
-use std::time::Duration;
-
 use kith_client::net::{RelayConnection, RelayTarget};
-use kith_client::{ContactFields, Device, PendingLink};
+use kith_client::{ContactFields, Device};
 use kith_protocol::proto::{self, request, response};
 use kith_relay::{Relay, RelayConfig};
 
@@ -45,14 +43,7 @@ async fn edits_made_while_the_relay_is_down_survive_a_restart_of_the_device() {
     assert_eq!(a.contacts().unwrap().len(), 5, "local edits survived");
     a.sync().await.unwrap();
 
-    let pending = PendingLink::new(&dir.path().join("b"), target, "b").unwrap();
-    let code = pending.code().to_string();
-    let (b, approved) = tokio::join!(
-        pending.complete(Duration::from_secs(30)),
-        a.approve_link(&code)
-    );
-    approved.unwrap();
-    let b = b.unwrap();
+    let b = kith_e2e::link(&a, &dir.path().join("b"), target, "b").await;
     assert_eq!(b.contacts().unwrap().len(), 5);
     relay.shutdown().await.unwrap();
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kith_client::net::RelayTarget;
-use kith_client::{ClientError, ContactFields, Device, PendingLink};
+use kith_client::{ClientError, ContactFields, Device};
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 use tempfile::TempDir;
 
@@ -49,14 +49,7 @@ impl World {
     }
 
     async fn link(&self, approver: &Device, name: &str) -> Device {
-        let pending = PendingLink::new(&self.home(name), self.target(), name).unwrap();
-        let code = pending.code().to_string();
-        let (linked, approved) = tokio::join!(
-            pending.complete(Duration::from_secs(30)),
-            approver.approve_link(&code)
-        );
-        approved.unwrap();
-        linked.unwrap()
+        kith_e2e::link(approver, &self.home(name), self.target(), name).await
     }
 
     /// Restarts the relay on the same data directory and port-independent pin.

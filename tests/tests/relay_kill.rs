@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kith_client::Device;
 use kith_client::net::RelayTarget;
 use kith_client::store::TreeName;
-use kith_client::{Device, PendingLink};
 use kith_relay::{Relay, RelayConfig};
 
 const DIR_VAR: &str = "KITH_E2E_RELAY_DIR";
@@ -175,14 +175,7 @@ async fn killing_the_relay_in_the_middle_of_a_sync_loses_nothing() {
     );
 
     // A device linked now receives every contact, through chain-verified streams.
-    let pending = PendingLink::new(&dir.path().join("b"), target, "b").unwrap();
-    let code = pending.code().to_string();
-    let (b, approved) = tokio::join!(
-        pending.complete(Duration::from_secs(30)),
-        a.approve_link(&code)
-    );
-    approved.unwrap();
-    let b = b.unwrap();
+    let b = kith_e2e::link(&a, &dir.path().join("b"), target, "b").await;
     assert_eq!(b.contacts().unwrap().len(), contacts);
     assert_eq!(a.contacts().unwrap().len(), contacts);
     relay.kill_9();

@@ -103,13 +103,7 @@ async fn stopping_the_relay_in_the_middle_of_a_sync_loses_nothing() {
     };
     a.sync().await.unwrap();
     let recovery = dir.path().join("b");
-    let pending = kith_client::PendingLink::new(&recovery, target, "b").unwrap();
-    let code = pending.code().to_string();
-    let (b, approved) = tokio::join!(
-        pending.complete(Duration::from_secs(30)),
-        a.approve_link(&code)
-    );
-    approved.unwrap();
-    assert_eq!(b.unwrap().contacts().unwrap().len(), contacts);
+    let b = kith_e2e::link(&a, &recovery, target, "b").await;
+    assert_eq!(b.contacts().unwrap().len(), contacts);
     relay.shutdown().await.unwrap();
 }
