@@ -22,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use kith_client::import::{ImportOptions, linkedin, testing::generate_linkedin_csv};
 use kith_client::net::RelayTarget;
-use kith_client::{ContactFields, Device, PendingLink};
+use kith_client::{ContactFields, Device};
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -49,14 +49,7 @@ async fn relay(dir: &std::path::Path) -> RelayHandle {
 }
 
 async fn link(dir: &std::path::Path, relay: &RelayHandle, a: &Device, name: &str) -> Device {
-    let pending = PendingLink::new(&dir.join(name), target(relay), name).unwrap();
-    let code = pending.code().to_string();
-    let (linked, approved) = tokio::join!(
-        pending.complete(Duration::from_secs(60)),
-        a.approve_link(&code)
-    );
-    approved.unwrap();
-    linked.unwrap()
+    kith_e2e::link(a, &dir.join(name), target(relay), name).await
 }
 
 fn secs(d: Duration) -> String {
