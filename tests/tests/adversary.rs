@@ -1,6 +1,12 @@
 //! A malicious relay: the real relay in front of a tampering storage double that drops,
-//! reorders, replays, corrupts envelopes and rolls back the roster. Every client must detect
-//! the tampering and never merge forged or rolled-back data.
+//! reorders, replays, duplicates, corrupts or truncates envelopes and rolls back the roster.
+//! Every client must detect the tampering and never merge forged or rolled-back data.
+//!
+//! Why a storage double and not a proxy on the wire: device authentication binds to the TLS
+//! session (docs/PROTOCOL.md §10), so a man in the middle cannot speak for the client at all;
+//! the relay itself is the adversary worth testing. A truncated or forged roster cannot be
+//! served this way (the relay verifies rosters when it loads them); the client's roster
+//! checks are covered by `crates/protocol` unit tests and the `roster` fuzz target.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +33,10 @@ enum Tamper {
     Reverse,
     /// Flip one byte of the envelope with this seq.
     Corrupt(u64),
+    /// Serve the envelope with this seq twice in a row.
+    Duplicate(u64),
+    /// Serve only the first half of the envelope with this seq.
+    Truncate(u64),
     /// Serve the first roster ever stored when the account is loaded.
     RollbackRoster,
 }
@@ -113,6 +123,22 @@ impl Store for TamperingStore {
                     if s == seq {
                         let middle = b.len() / 2;
                         b[middle] ^= 0x01;
+                    }
+                    (s, b)
+                })
+                .collect(),
+            Tamper::Duplicate(seq) => all
+                .into_iter()
+                .flat_map(|(s, b)| {
+                    let copies = if s == seq { 2 } else { 1 };
+                    std::iter::repeat_n((s, b), copies)
+                })
+                .collect(),
+            Tamper::Truncate(seq) => all
+                .into_iter()
+                .map(|(s, mut b)| {
+                    if s == seq {
+                        b.truncate(b.len() / 2);
                     }
                     (s, b)
                 })
@@ -348,6 +374,35 @@ async fn reordered_envelopes_are_never_merged_out_of_order() {
     let again = b.sync().await.unwrap();
     assert_eq!(again.pulled, 0);
     assert_eq!(b.contacts().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_envelope_is_a_replay_naming_the_device() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(3).await;
+    world.store.set(Tamper::Duplicate(2));
+    let error = stream_error(b.sync().await);
+    assert!(
+        matches!(error, StreamError::Replay { device, .. } if device == a.device_id()),
+        "{error}"
+    );
+    nothing_merged(&b);
+    world.store.set(Tamper::None);
+    b.sync().await.unwrap();
+    assert_eq!(b.contacts().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_envelope_is_rejected() {
+    let world = World::new().await;
+    let (_a, b) = world.two_devices(2).await;
+    world.store.set(Tamper::Truncate(2));
+    let result = b.sync().await;
+    assert!(
+        matches!(result, Err(ClientError::Envelope(_))),
+        "{result:?}"
+    );
+    nothing_merged(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
