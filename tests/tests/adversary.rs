@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kith_client::net::RelayTarget;
-use kith_client::{ClientError, ContactFields, Device};
+use kith_client::{ClientError, ContactFields, Device, SyncReport};
 use kith_protocol::stream::StreamError;
 use kith_protocol::{AccountId, DeviceId};
 use kith_relay::store::{
@@ -328,46 +328,57 @@ fn nothing_merged(b: &Device) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_envelope_is_a_gap_naming_the_device() {
+/// Device a with three contacts pushed (one envelope each) and device b, which then syncs
+/// through a relay that tampers with them as `mode` says. If the sync fails, nothing of the
+/// tampered page may have been merged.
+async fn sync_through(mode: Tamper) -> (World, DeviceId, Device, Result<SyncReport, ClientError>) {
     let world = World::new().await;
     let (a, b) = world.two_devices(3).await;
-    world.store.set(Tamper::Drop(2));
-    let error = stream_error(b.sync().await);
-    assert!(
-        matches!(error, StreamError::Gap { device, .. } if device == a.device_id()),
-        "{error}"
-    );
-    nothing_merged(&b);
-    // An honest relay again: b catches up completely.
+    world.store.set(mode);
+    let result = b.sync().await;
+    if result.is_err() {
+        nothing_merged(&b);
+    }
+    (world, a.device_id(), b, result)
+}
+
+/// The relay is honest again: b catches up completely.
+async fn honest_again(world: &World, b: &Device) {
     world.store.set(Tamper::None);
     b.sync().await.unwrap();
     assert_eq!(b.contacts().unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_envelope_is_detected() {
-    let world = World::new().await;
-    let (a, b) = world.two_devices(3).await;
-    world.store.set(Tamper::Replay(2, 1));
-    let error = stream_error(b.sync().await);
+async fn dropped_envelope_is_a_gap_naming_the_device() {
+    let (world, a, b, result) = sync_through(Tamper::Drop(2)).await;
+    let error = stream_error(result);
     assert!(
-        matches!(error, StreamError::Replay { device, .. } | StreamError::Fork { device, .. } if device == a.device_id()),
+        matches!(error, StreamError::Gap { device, .. } if device == a),
         "{error}"
     );
-    nothing_merged(&b);
+    honest_again(&world, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_envelope_is_detected() {
+    let (world, a, b, result) = sync_through(Tamper::Replay(2, 1)).await;
+    let error = stream_error(result);
+    assert!(
+        matches!(error, StreamError::Replay { device, .. } | StreamError::Fork { device, .. } if device == a),
+        "{error}"
+    );
+    honest_again(&world, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reordered_envelopes_are_never_merged_out_of_order() {
-    let world = World::new().await;
-    let (_a, b) = world.two_devices(3).await;
-    world.store.set(Tamper::Reverse);
     // Envelopes are ordered by their signed sequence numbers, never by delivery order; served
     // again below the cursor, they are replays.
-    match b.sync().await {
+    let (_world, _a, b, result) = sync_through(Tamper::Reverse).await;
+    match result {
         Ok(_) => assert_eq!(b.contacts().unwrap().len(), 3),
-        Err(ClientError::Stream(_)) => nothing_merged(&b),
+        Err(ClientError::Stream(_)) => {}
         Err(other) => panic!("unexpected error {other}"),
     }
     // Syncing again changes nothing: every envelope was merged once, in seq order.
@@ -378,44 +389,33 @@ async fn reordered_envelopes_are_never_merged_out_of_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_envelope_is_a_replay_naming_the_device() {
-    let world = World::new().await;
-    let (a, b) = world.two_devices(3).await;
-    world.store.set(Tamper::Duplicate(2));
-    let error = stream_error(b.sync().await);
+    let (world, a, b, result) = sync_through(Tamper::Duplicate(2)).await;
+    let error = stream_error(result);
     assert!(
-        matches!(error, StreamError::Replay { device, .. } if device == a.device_id()),
+        matches!(error, StreamError::Replay { device, .. } if device == a),
         "{error}"
     );
-    nothing_merged(&b);
-    world.store.set(Tamper::None);
-    b.sync().await.unwrap();
-    assert_eq!(b.contacts().unwrap().len(), 3);
+    honest_again(&world, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_envelope_is_rejected() {
-    let world = World::new().await;
-    let (_a, b) = world.two_devices(2).await;
-    world.store.set(Tamper::Truncate(2));
-    let result = b.sync().await;
+    let (world, _a, b, result) = sync_through(Tamper::Truncate(2)).await;
     assert!(
         matches!(result, Err(ClientError::Envelope(_))),
         "{result:?}"
     );
-    nothing_merged(&b);
+    honest_again(&world, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_envelope_is_rejected() {
-    let world = World::new().await;
-    let (_a, b) = world.two_devices(2).await;
-    world.store.set(Tamper::Corrupt(1));
-    let result = b.sync().await;
+    let (world, _a, b, result) = sync_through(Tamper::Corrupt(1)).await;
     assert!(
         matches!(result, Err(ClientError::Envelope(_))),
         "{result:?}"
     );
-    nothing_merged(&b);
+    honest_again(&world, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
