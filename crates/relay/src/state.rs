@@ -60,6 +60,9 @@ pub(crate) struct AccountInner {
     /// tail stays hidden until the device pushes again (its retry) or the relay restarts, and
     /// since the device was never acknowledged, it does retry.
     pub durable_until: HashMap<DeviceId, u64>,
+    /// The highest roster version known durable; `roster` may be newer while its group commit
+    /// is under way, and is served only once it is durable (`roster::durable_roster`).
+    pub roster_durable: u64,
     pub envelope_bytes: u64,
     pub envelopes: u64,
     pub sealed_key_bytes: u64,
@@ -109,10 +112,12 @@ impl Account {
         let envelope_bytes = streams.iter().map(|(_, m)| m.bytes).sum();
         let envelopes = streams.iter().map(|(_, m)| m.envelopes).sum();
         let (events, _) = broadcast::channel(NOTIFY_CAPACITY);
+        let roster_durable = roster.version();
         Self {
             id,
             inner: Mutex::new(AccountInner {
                 roster: Arc::new(roster),
+                roster_durable,
                 streams: streams.into_iter().collect(),
                 durable_until: HashMap::new(),
                 envelope_bytes,

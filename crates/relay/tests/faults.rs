@@ -574,7 +574,35 @@ async fn failed_writes_and_flushes_give_storage_errors_and_lose_nothing() {
         assert_eq!(streams.get(&da).map(Vec::len), Some(15));
         let info = infos.iter().find(|i| i.device_id == da.as_bytes());
         assert_eq!(info.map(|i| i.last_seq), Some(15), "{infos:?}");
+        // A roster change is not durable either: another connection asking for the roster
+        // gets a storage error, never the new roster, until a commit succeeds.
+        let mut r = TestAccount::new(2);
+        let owner = RelayClient::connect(addr, pin).await.unwrap();
+        store.fail_flushes(false);
+        r.create(&owner).await;
+        store.fail_flushes(true);
+        let first_roster = r.roster();
+        r.remove_device(1);
+        let put = |roster| request::Kind::PutRoster(proto::PutRoster { roster });
+        assert_storage_refusal(
+            owner.expect_ok(put(r.roster())).await,
+            "roster change when fsync fails",
+        );
+        let other = RelayClient::connect(addr, pin).await.unwrap();
+        other.authenticate(r.device(0), &r.id).await.unwrap();
+        let get = || request::Kind::GetRoster(proto::GetRoster {});
+        assert_storage_refusal(other.request(get()).await, "roster read when fsync fails");
         store.heal();
+        // The next commit makes the new roster durable, and then it is served.
+        match other.request(get()).await.unwrap() {
+            response::Kind::Roster(served) => {
+                assert!(served.roster == r.roster() && served.roster != first_roster)
+            }
+            unexpected => panic!("expected the roster, got {unexpected:?}"),
+        }
+        for client in [owner, other] {
+            client.close().await;
+        }
         assert_eq!(client_a.push(batch).await.unwrap(), 20);
         // The acknowledged resend made the batch durable: now it is served.
         assert_served(&own_stream(&reader, &da).await, &a, 20);

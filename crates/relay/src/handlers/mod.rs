@@ -53,7 +53,7 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         Kind::Authenticate(req) => auth::authenticate(shared, conn, req),
         Kind::CreateAccount(req) => create_account::handle(shared, conn, req).await,
         Kind::PutRoster(req) => roster::put(shared, conn, req).await,
-        Kind::GetRoster(_) => roster::get(shared, conn),
+        Kind::GetRoster(_) => roster::get(shared, conn).await,
         Kind::Push(req) => {
             let envelopes = req.envelopes.into_iter().map(bytes::Bytes::from).collect();
             push::handle(shared, conn, crate::wire::Push { envelopes }).await
@@ -68,7 +68,7 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         Kind::TakePairingSlot(req) => pairing::take(shared, conn, req).await,
         Kind::TruncateStream(req) => truncate::handle(shared, conn, req).await,
         Kind::PutRecoveryBundle(req) => recovery::put(shared, conn, req).await,
-        Kind::GetRecoveryBundle(req) => recovery::get(shared, conn, req),
+        Kind::GetRecoveryBundle(req) => recovery::get(shared, conn, req).await,
         Kind::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
         Kind::GetUsage(_) => usage::handle(shared, conn),
         Kind::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,

@@ -36,7 +36,7 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutRecoveryBundle) ->
     ok()
 }
 
-pub(crate) fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) -> Reply {
+pub(crate) async fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) -> Reply {
     if !shared
         .lookup_limiter
         .check(&conn.remote.ip(), Instant::now())
@@ -52,11 +52,13 @@ pub(crate) fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) -> Reply
         .recovery_bundle(&lookup_id)
         .map_err(RequestError::storage)?
         .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no such recovery bundle"))?;
-    let roster = shared
-        .accounts
-        .get(shared.store.as_ref(), &account)?
-        .map(|loaded| loaded.roster().encoded().to_vec())
-        .unwrap_or_default();
+    let roster = match shared.accounts.get(shared.store.as_ref(), &account)? {
+        Some(loaded) => super::roster::durable_roster(shared, &loaded)
+            .await?
+            .encoded()
+            .to_vec(),
+        None => Vec::new(),
+    };
     respond(response::Kind::RecoveryBundle(RecoveryBundle {
         bundle,
         account_id: account.as_bytes().to_vec(),

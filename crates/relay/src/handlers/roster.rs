@@ -84,13 +84,39 @@ pub(crate) async fn replace(
         inner.roster = next.clone();
     }
     durable(shared).await?;
+    {
+        let mut inner = account.lock();
+        inner.roster_durable = inner.roster_durable.max(next.version());
+    }
     tracing::info!(account = %short(account.id.as_bytes()), version, "roster updated");
     Ok(next)
 }
 
-pub(crate) fn get(shared: &Shared, conn: &Conn) -> Reply {
+/// The account's current roster, once it is durable. A roster still waiting for its group
+/// commit could be lost in a crash, and a device that had seen it would then be served an
+/// older one: a rollback it must refuse. So serving it waits for that commit (in practice a
+/// few milliseconds, and only right after a roster change).
+pub(crate) async fn durable_roster(
+    shared: &Shared,
+    account: &Account,
+) -> Result<Arc<VerifiedRoster>, RequestError> {
+    let (roster, durable_version) = {
+        let inner = account.lock();
+        (inner.roster.clone(), inner.roster_durable)
+    };
+    if roster.version() > durable_version {
+        // The roster's write returned before it became the account's roster, so before this.
+        durable(shared).await?;
+        let mut inner = account.lock();
+        inner.roster_durable = inner.roster_durable.max(roster.version());
+    }
+    Ok(roster)
+}
+
+pub(crate) async fn get(shared: &Shared, conn: &Conn) -> Reply {
     let (account, _device) = authorized(shared, conn)?;
+    let roster = durable_roster(shared, &account).await?;
     respond(response::Kind::Roster(RosterResponse {
-        roster: account.roster().encoded().to_vec(),
+        roster: roster.encoded().to_vec(),
     }))
 }
