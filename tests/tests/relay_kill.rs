@@ -1,7 +1,7 @@
 //! The relay is killed with SIGKILL in the middle of a sync and restarted on the same data:
 //! nothing a device wrote is lost, nothing is stored twice, and a device linked afterwards
-//! receives every contact. (tests/tests/trust.rs stops the relay gracefully instead, with the
-//! device kept running.)
+//! receives every contact; the running device learns of the restart at once, from a stateless
+//! reset. (tests/tests/trust.rs stops the relay gracefully instead.)
 //!
 //! The relay runs in a child process so that it can be killed for real: this test binary
 //! starts itself again, running only the ignored helper [`relay_process`].
@@ -12,9 +12,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kith_client::Device;
+use kith_client::net::NetError;
 use kith_client::net::RelayTarget;
 use kith_client::store::TreeName;
+use kith_client::{ClientError, Device};
 use kith_relay::{Relay, RelayConfig};
 
 const DIR_VAR: &str = "KITH_E2E_RELAY_DIR";
@@ -149,22 +150,20 @@ async fn killing_the_relay_in_the_middle_of_a_sync_loses_nothing() {
     relay.kill_9();
     let left = outbox_len(&a);
     assert!(left > 0, "the kill landed after the last push");
-    // A killed relay sends no close: the device would wait out its idle timeout (60 s). The
-    // app is stopped too and started again, on the same home directory.
-    syncing.abort();
-    let _ = syncing.await;
-    let home = a.home().to_owned();
-    drop(a);
-    let a = Device::open(&home).unwrap();
-    assert_eq!(
-        outbox_len(&a),
-        left,
-        "the outbox survives the device's restart"
-    );
 
-    // Restarted on the same data and address, the relay holds what it acknowledged; the
-    // device pushes the rest from its outbox, identical retransmits included.
+    // Restarted on the same data and address, the relay answers the interrupted connection
+    // with a stateless reset (its reset key is kept in its data directory), so the device's
+    // sync fails at once as a lost connection instead of waiting out its idle timeout.
     let relay = RelayChild::start(&relay_dir, Some(addr));
+    let interrupted = syncing.await.unwrap();
+    match &interrupted {
+        Err(ClientError::Net(NetError::Connection(why))) if why.contains("reset") => {}
+        other => panic!("expected a connection reset by the restarted relay, got {other:?}"),
+    }
+    assert!(interrupted.unwrap_err().is_transient());
+
+    // The same device goes on: the relay holds what it acknowledged, and the device pushes
+    // the rest from its outbox, identical retransmits included.
     let report = a.sync().await.unwrap();
     assert!(report.pushed >= left, "{report:?}");
     assert_eq!(outbox_len(&a), 0);

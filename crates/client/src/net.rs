@@ -98,6 +98,23 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// A lost or failed connection, described with its causes: quinn's stream errors say only
+    /// "connection lost" and keep the reason (reset, timed out, closed by the relay) as their
+    /// source.
+    fn connection(error: &dyn std::error::Error) -> Self {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        NetError::Connection(text)
+    }
+
     /// The relay's error code, if the relay refused the request.
     pub fn relay_code(&self) -> Option<proto::ErrorCode> {
         match self {
@@ -188,11 +205,11 @@ impl RelayConnection {
             .unwrap_or("kith-relay");
         let connecting = endpoint
             .connect(remote, server_name)
-            .map_err(|e| NetError::Connection(e.to_string()))?;
+            .map_err(|e| NetError::connection(&e))?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| NetError::Timeout)?
-            .map_err(|e| NetError::Connection(e.to_string()))?;
+            .map_err(|e| NetError::connection(&e))?;
         Ok(Self {
             connection,
             endpoint,
@@ -211,10 +228,9 @@ impl RelayConnection {
             .connection
             .open_bi()
             .await
-            .map_err(|e| NetError::Connection(e.to_string()))?;
+            .map_err(|e| NetError::connection(&e))?;
         write_frame(&mut send, &proto::Request { kind: Some(kind) }).await?;
-        send.finish()
-            .map_err(|e| NetError::Connection(e.to_string()))?;
+        send.finish().map_err(|e| NetError::connection(&e))?;
         let response = read_response(&mut recv).await?;
         response.ok_or_else(|| NetError::Connection("stream closed without an answer".into()))
     }
@@ -225,7 +241,7 @@ impl RelayConnection {
             .connection
             .open_bi()
             .await
-            .map_err(|e| NetError::Connection(e.to_string()))?;
+            .map_err(|e| NetError::connection(&e))?;
         write_frame(
             &mut send,
             &proto::Request {
@@ -371,7 +387,7 @@ async fn write_frame(
     frame.extend_from_slice(&body);
     send.write_all(&frame)
         .await
-        .map_err(|e| NetError::Connection(e.to_string()))
+        .map_err(|e| NetError::connection(&e))
 }
 
 /// Reads one response frame; `Ok(None)` at a clean end of stream. Relay errors become
@@ -381,7 +397,7 @@ async fn read_response(recv: &mut quinn::RecvStream) -> Result<Option<response::
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(NetError::Connection(e.to_string())),
+        Err(e) => return Err(NetError::connection(&e)),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_RESPONSE_FRAME {
@@ -392,7 +408,7 @@ async fn read_response(recv: &mut quinn::RecvStream) -> Result<Option<response::
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
-        .map_err(|e| NetError::Connection(e.to_string()))?;
+        .map_err(|e| NetError::connection(&e))?;
     let response = proto::Response::decode(body.as_slice())
         .map_err(|_| NetError::Protocol("undecodable response".into()))?;
     match response.kind {
@@ -402,5 +418,25 @@ async fn read_response(recv: &mut quinn::RecvStream) -> Result<Option<response::
         }),
         Some(kind) => Ok(Some(kind)),
         None => Err(NetError::Protocol("empty response".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_says_why() {
+        let lost = quinn::ReadError::ConnectionLost(quinn::ConnectionError::Reset);
+        let NetError::Connection(text) = NetError::connection(&lost) else {
+            panic!("not a connection error");
+        };
+        assert_eq!(text, "connection lost: reset by peer");
+        // A cause already in the message is not repeated.
+        let timed_out = quinn::ConnectionError::TimedOut;
+        assert_eq!(
+            NetError::connection(&timed_out).to_string(),
+            "connection to the relay failed: timed out"
+        );
     }
 }

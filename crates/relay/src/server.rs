@@ -145,7 +145,7 @@ impl Relay {
         let server_config = tls::server_config(&identity, &config.limits)?;
         let socket = bind_socket(config.listen, config.udp_buffer_bytes)?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            tls::endpoint_config(&config)?,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),

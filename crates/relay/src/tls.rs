@@ -12,6 +12,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Limits, RelayConfig};
 
+/// File name, in the data directory, of the secret that keys QUIC stateless resets.
+pub const RESET_KEY: &str = "reset.key";
+/// Length of that secret.
+const RESET_KEY_LEN: usize = 64;
+
 /// File names of the self-signed certificate and key in the data directory.
 pub const SELF_SIGNED_CERT: &str = "cert.pem";
 /// See [`SELF_SIGNED_CERT`].
@@ -58,6 +63,44 @@ pub struct ServerIdentity {
 fn file_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
     let path = path.to_owned();
     move |source| TlsError::File { what, path, source }
+}
+
+/// The QUIC endpoint configuration, keyed by a secret read from the data directory (created on
+/// first start, mode 0600): the stateless-reset key, and the key of the hashed connection ids.
+/// Because both survive restarts, a relay that was killed and started again recognizes its old
+/// connections' ids and answers their packets with a stateless reset their clients accept, so
+/// they reconnect at once instead of waiting out their idle timeout.
+pub fn endpoint_config(config: &RelayConfig) -> Result<quinn::EndpointConfig, TlsError> {
+    let path = config.data_dir.join(RESET_KEY);
+    let secret = match std::fs::read(&path) {
+        Ok(bytes) => zeroize::Zeroizing::new(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut fresh = zeroize::Zeroizing::new(vec![0u8; RESET_KEY_LEN]);
+            getrandom::fill(&mut fresh)
+                .map_err(|e| TlsError::Pem(format!("no randomness for {RESET_KEY}: {e}")))?;
+            write_private(&path, &fresh, 0o600)?;
+            fresh
+        }
+        Err(e) => return Err(file_error("cannot read", &path)(e)),
+    };
+    if secret.len() != RESET_KEY_LEN {
+        return Err(TlsError::Pem(format!(
+            "{} holds {} bytes, not {RESET_KEY_LEN}: remove it and a new one is made",
+            path.display(),
+            secret.len()
+        )));
+    }
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    // A separate key for the connection-id hash, derived from the same secret.
+    let cid_tag = ring::hmac::sign(&key, b"kith-relay/v1/connection-id-key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid_tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint.reset_key(Arc::new(key)).cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(endpoint)
 }
 
 fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -188,5 +231,26 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o077, 0, "the key is private to its owner");
+    }
+
+    #[test]
+    fn the_reset_key_is_persisted_private_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RelayConfig::for_tests(dir.path());
+        std::fs::create_dir_all(dir.path()).unwrap();
+        endpoint_config(&config).unwrap();
+        let path = dir.path().join(RESET_KEY);
+        let first = std::fs::read(&path).unwrap();
+        assert_eq!(first.len(), RESET_KEY_LEN);
+        endpoint_config(&config).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first, "reused, not replaced");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "the reset key is private to its owner");
+
+        std::fs::write(&path, b"short").unwrap();
+        let refused = endpoint_config(&config).unwrap_err().to_string();
+        assert!(refused.contains("5 bytes"), "{refused}");
     }
 }
