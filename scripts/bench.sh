@@ -33,9 +33,13 @@ if [[ $only == all || $only == protocol ]]; then
     > "$log/protocol" 2>&1 || echo "(the protocol bench failed; see above)"
   grep -E 'time:|^[A-Za-z0-9_]+/[^ ]*$' "$log/protocol" | grep -v 'change:' || true
   # "name\n   time: [low est high]", or "name   time: [...]" on one line for short names.
+  # Only the first time: line after a name counts: with an earlier run's baseline, criterion
+  # adds a "change:" block whose own time: line holds percentages.
   awk '/^[A-Za-z0-9_]+\/[^ ]*$/ { name = $1; next }
-       /time:/ && !/change:/ { if ($1 != "time:") name = $1; match($0, /\[[^]]*\]/)
-                 split(substr($0, RSTART + 1, RLENGTH - 2), v, " "); print name, v[3], v[4] }' \
+       /time:/ && !/change:/ { if ($1 != "time:") name = $1; if (name == "") next
+                 match($0, /\[[^]]*\]/)
+                 split(substr($0, RSTART + 1, RLENGTH - 2), v, " "); print name, v[3], v[4]
+                 name = "" }' \
     "$log/protocol" > "$log/protocol.sum" || true
   while read -r name est unit; do note "protocol $name" "$est $unit"; done < "$log/protocol.sum"
 fi
