@@ -56,9 +56,8 @@ pub(crate) struct AccountInner {
     pub streams: HashMap<DeviceId, StreamMeta>,
     /// For each stream with envelopes written but not yet known durable, the last seq that
     /// is: pulls serve a stream only up to it (streams absent here are durable throughout).
-    /// Only a commit awaited by that stream's own push lifts it; if that commit failed, the
-    /// tail stays hidden until the device pushes again (its retry) or the relay restarts, and
-    /// since the device was never acknowledged, it does retry.
+    /// A successful commit awaited by the stream's own push, or by a pull that found the
+    /// entry, lifts it.
     pub durable_until: HashMap<DeviceId, u64>,
     /// The highest roster version known durable; `roster` may be newer while its group commit
     /// is under way, and is served only once it is durable (`roster::durable_roster`).

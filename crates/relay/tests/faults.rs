@@ -593,6 +593,9 @@ async fn failed_writes_and_flushes_give_storage_errors_and_lose_nothing() {
         let get = || request::Kind::GetRoster(proto::GetRoster {});
         assert_storage_refusal(other.request(get()).await, "roster read when fsync fails");
         store.heal();
+        // Flushing works again: a pull joins a commit that now succeeds, and serves the batch
+        // that no push has confirmed yet.
+        assert_served(&own_stream(&reader, &da).await, &a, 20);
         // The next commit makes the new roster durable, and then it is served.
         match other.request(get()).await.unwrap() {
             response::Kind::Roster(served) => {
@@ -604,7 +607,6 @@ async fn failed_writes_and_flushes_give_storage_errors_and_lose_nothing() {
             client.close().await;
         }
         assert_eq!(client_a.push(batch).await.unwrap(), 20);
-        // The acknowledged resend made the batch durable: now it is served.
         assert_served(&own_stream(&reader, &da).await, &a, 20);
         reader.close().await;
 

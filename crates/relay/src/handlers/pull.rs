@@ -4,8 +4,8 @@
 //! The page stops at the first envelope that would exceed a bound (`more = true`); a page
 //! always holds at least one envelope when any is pending, so a client always progresses.
 //! `streams` describes every stream of the account (first stored seq, last servable seq).
-//! A stream is served only up to what is durable: envelopes of a push still waiting for the
-//! group commit stay invisible until it confirms them (docs/PROTOCOL.md §12).
+//! A stream is served only up to what is durable: a pull that finds envelopes not yet confirmed
+//! joins the next group commit first, and serves them only if it succeeds (docs/PROTOCOL.md §12).
 
 use std::collections::HashMap;
 
@@ -14,7 +14,7 @@ use kith_protocol::ids::DeviceId;
 use kith_protocol::limits::{MAX_DEVICES, MAX_REMOVED_DEVICES};
 use kith_protocol::proto::{Pull, StreamInfo};
 
-use super::{Answer, Reply, authorized};
+use super::{Answer, Reply, authorized, durable};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared};
 use crate::store::ReadEnd;
@@ -39,6 +39,23 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
         let device = DeviceId::from_slice(&cursor.device_id)
             .map_err(|_| RequestError::invalid("cursor device_id must be 16 bytes"))?;
         cursors.insert(device, cursor.after_seq);
+    }
+    // Envelopes written but not yet known durable (a push waiting for its commit, or one whose
+    // commit failed): join the next group commit so that the page may include them. If that
+    // commit fails, they stay hidden and the page ends before them.
+    let unconfirmed: Vec<(DeviceId, u64)> = {
+        let inner = account.lock();
+        inner
+            .durable_until
+            .keys()
+            .filter_map(|d| inner.streams.get(d).map(|m| (*d, m.last_seq)))
+            .collect()
+    };
+    if !unconfirmed.is_empty() && durable(shared).await.is_ok() {
+        let mut inner = account.lock();
+        for (device, seq) in &unconfirmed {
+            inner.made_durable(device, *seq);
+        }
     }
     // Room for the largest page this request can produce, taken before reading; what the
     // page does not use is given back once it is encoded.
