@@ -175,7 +175,8 @@ pub struct FieldArgs {
     /// An e-mail address (added beside any the contact has).
     #[arg(long, value_name = "E")]
     pub email: Option<String>,
-    /// A phone number, best as +<country><number> (added beside any the contact has).
+    /// A phone number, best in international form such as +14155550100 (added beside any the
+    /// contact has).
     #[arg(long, value_name = "P")]
     pub phone: Option<String>,
     /// Company.

@@ -15,7 +15,7 @@
 //! have *harness-signed* modes (selected by the input's first byte): the harness takes the
 //! fuzzed bytes as what would be signed or encrypted (a roster body, a padded plaintext, an
 //! account bundle) and signs or seals them itself with a fixed key set, then runs the real
-//! decoder on the result. The fixed key set ([`Fixture`]) is an account built once from a fixed
+//! decoder on the result. The fixed key set (`Fixture`) is an account built once from a fixed
 //! seed: rosters v1–v5 (three devices added, one removed, the account key rotated), epoch
 //! secrets 1 and 2, a link code and a recovery key. Harness and replay build the same keys, so
 //! the corpus means the same thing on every machine.
