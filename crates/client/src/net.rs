@@ -12,7 +12,6 @@ use kith_protocol::keys::DeviceSigningKey;
 use kith_protocol::proto::{self, request, response};
 use kith_protocol::{AccountId, DeviceId};
 pub use kith_tls::ALPN;
-use kith_tls::PinnedCertVerifier;
 use prost::Message;
 use rustls::pki_types::CertificateDer;
 use tokio::net::lookup_host;
@@ -139,14 +138,8 @@ impl NetError {
 }
 
 fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
-    let builder = rustls::ClientConfig::builder_with_provider(kith_tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Setup(e.to_string()))?;
-    let mut tls = match trust {
-        RelayTrust::PinnedSha256(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(*pin)))
-            .with_no_client_auth(),
+    let tls = match trust {
+        RelayTrust::PinnedSha256(pin) => kith_tls::pinned_client_config(*pin),
         RelayTrust::CaRoots(roots) => {
             let mut store = rustls::RootCertStore::empty();
             for der in roots {
@@ -154,10 +147,10 @@ fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
                     .add(CertificateDer::from(der.clone()))
                     .map_err(|e| NetError::Setup(format!("bad CA certificate: {e}")))?;
             }
-            builder.with_root_certificates(store).with_no_client_auth()
+            kith_tls::ca_client_config(store)
         }
-    };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    }
+    .map_err(|e| NetError::Setup(e.to_string()))?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));

@@ -38,6 +38,9 @@ pub enum TlsError {
     /// A PEM file holds no usable certificate or key.
     #[error("{0}")]
     Pem(String),
+    /// The stateless-reset key could not be made, or its file is damaged.
+    #[error("{0}")]
+    ResetKey(String),
     /// rcgen could not generate the certificate.
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -77,14 +80,14 @@ pub fn endpoint_config(config: &RelayConfig) -> Result<quinn::EndpointConfig, Tl
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut fresh = zeroize::Zeroizing::new(vec![0u8; RESET_KEY_LEN]);
             getrandom::fill(&mut fresh)
-                .map_err(|e| TlsError::Pem(format!("no randomness for {RESET_KEY}: {e}")))?;
+                .map_err(|e| TlsError::ResetKey(format!("no randomness for {RESET_KEY}: {e}")))?;
             write_private(&path, &fresh, 0o600)?;
             fresh
         }
         Err(e) => return Err(file_error("cannot read", &path)(e)),
     };
     if secret.len() != RESET_KEY_LEN {
-        return Err(TlsError::Pem(format!(
+        return Err(TlsError::ResetKey(format!(
             "{} holds {} bytes, not {RESET_KEY_LEN}: remove it and a new one is made",
             path.display(),
             secret.len()
@@ -199,12 +202,7 @@ pub fn server_config(
 
 /// A QUIC client configuration that trusts only the pinned certificate, speaking `kith/1`.
 pub fn client_config(cert_sha256: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(cert_sha256)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tls = kith_tls::pinned_client_config(cert_sha256)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

@@ -32,6 +32,40 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A rustls client configuration for the relay protocol that accepts exactly the certificate
+/// whose SHA-256 is `cert_sha256`: TLS 1.3 only, ALPN [`ALPN`], no client certificate.
+pub fn pinned_client_config(cert_sha256: [u8; 32]) -> Result<rustls::ClientConfig, rustls::Error> {
+    let verifier = Arc::new(PinnedCertVerifier::new(cert_sha256));
+    Ok(with_alpn(
+        tls13_client()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    ))
+}
+
+/// The same as [`pinned_client_config`], but verifying the relay's chain against `roots`.
+pub fn ca_client_config(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(with_alpn(
+        tls13_client()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+fn tls13_client()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+}
+
+fn with_alpn(mut config: rustls::ClientConfig) -> rustls::ClientConfig {
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config
+}
+
 /// The SHA-256 fingerprint of a DER certificate.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     Sha256::digest(cert.as_ref()).into()
