@@ -45,7 +45,7 @@ fn contact(i: u32, device: &[u8; 16]) -> Operation {
     };
     let write = |key: &str, value: FieldValue| FieldWrite {
         key: key.to_owned(),
-        value: Some(value),
+        value: Some(value.encode_to_vec()),
         replaces: None,
     };
     let email = format!("ada.lovelace{i}@analytical-engine.example.org");

@@ -13,7 +13,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use crate::hlc::Hlc;
 use crate::merge::RecordState;
 use crate::proto;
-use crate::record::{FieldWrite, Operation, OperationKind};
+use crate::record::{FieldKey, FieldWrite, Operation, OperationKind, encoded_value_len};
 
 /// Length of a length-delimited field (key, length prefix, body) with a body of `len` bytes.
 fn delimited_len(tag: u32, len: usize) -> usize {
@@ -76,15 +76,20 @@ fn hlc_len(tag: u32, clock: &Hlc) -> usize {
     delimited_len(tag, hlc_body_len(clock))
 }
 
-// --- FieldValue (a prost message already: encoded as is) ---
+// --- FieldValue (a prost message already: encoded as is; an opaque value verbatim) ---
 
 fn value_len(tag: u32, value: Option<&proto::FieldValue>) -> usize {
-    value.map_or(0, |value| delimited_len(tag, value.encoded_len()))
+    value.map_or(0, |value| delimited_len(tag, encoded_value_len(value)))
 }
 
 fn put_value(tag: u32, value: Option<&proto::FieldValue>, buf: &mut Vec<u8>) {
-    if let Some(value) = value {
-        prost::encoding::message::encode(tag, value, buf);
+    let Some(value) = value else { return };
+    if let Some(proto::field_value::Value::Opaque(bytes)) = &value.value {
+        put_delimited_header(tag, bytes.len(), buf);
+        buf.extend_from_slice(bytes);
+    } else {
+        put_delimited_header(tag, value.encoded_len(), buf);
+        value.encode_raw(buf);
     }
 }
 
@@ -96,8 +101,8 @@ fn wire_write_body_len(write: &FieldWrite, replaces: Option<&Hlc>) -> usize {
         + replaces.map_or(0, |clock| hlc_len(3, clock))
 }
 
-fn put_wire_write(write: &FieldWrite, replaces: Option<&Hlc>, buf: &mut Vec<u8>) {
-    put_delimited_header(1, wire_write_body_len(write, replaces), buf);
+fn put_wire_write(tag: u32, write: &FieldWrite, replaces: Option<&Hlc>, buf: &mut Vec<u8>) {
+    put_delimited_header(tag, wire_write_body_len(write, replaces), buf);
     put_bytes(1, write.key().as_str().as_bytes(), buf);
     put_value(2, write.value(), buf);
     if let Some(clock) = replaces {
@@ -115,12 +120,23 @@ fn for_each_wire_write(write: &FieldWrite, mut each: impl FnMut(Option<&Hlc>)) {
 }
 
 // --- Operation { record_id = 1; clock = 2; oneof kind { Upsert upsert = 3; Delete delete = 4 } } ---
+// --- Upsert { repeated FieldWrite writes = 1; repeated FieldWrite extension_writes = 2 } ---
+
+/// The `Upsert` field a write travels in: protocol 1.0 kinds in `writes`, later kinds in
+/// `extension_writes` (docs/PROTOCOL.md §8.1).
+fn upsert_tag(write: &FieldWrite) -> u32 {
+    if write.key().kind().is_protocol_1_0() {
+        1
+    } else {
+        2
+    }
+}
 
 fn upsert_body_len(writes: &[FieldWrite]) -> usize {
     let mut len = 0;
     for write in writes {
         for_each_wire_write(write, |replaces| {
-            len += delimited_len(1, wire_write_body_len(write, replaces));
+            len += delimited_len(upsert_tag(write), wire_write_body_len(write, replaces));
         });
     }
     len
@@ -142,8 +158,13 @@ fn put_operation(tag: u32, operation: &Operation, buf: &mut Vec<u8>) {
         OperationKind::Delete => put_delimited_header(4, 0, buf),
         OperationKind::Upsert(writes) => {
             put_delimited_header(3, upsert_body_len(writes), buf);
-            for write in writes {
-                for_each_wire_write(write, |replaces| put_wire_write(write, replaces, buf));
+            // Fields in tag order, as prost writes them: `writes`, then `extension_writes`.
+            for tag in [1, 2] {
+                for write in writes.iter().filter(|write| upsert_tag(write) == tag) {
+                    for_each_wire_write(write, |replaces| {
+                        put_wire_write(tag, write, replaces, buf)
+                    });
+                }
             }
         }
     }
@@ -163,7 +184,7 @@ pub(crate) fn operation_batch(operations: &[Operation]) -> Vec<u8> {
     buf
 }
 
-// --- RecordState { record_id = 1; deleted_at = 2; repeated FieldState fields = 3 } ---
+// --- RecordState { record_id = 1; deleted_at = 2; fields = 3; extension_fields = 4 } ---
 // --- FieldState { key = 1; repeated StoredWrite heads = 2; repeated Hlc superseded = 3 } ---
 // --- StoredWrite { clock = 1; value = 2 } ---
 
@@ -194,7 +215,7 @@ fn record_state_body_len(state: &RecordState) -> usize {
             .iter()
             .map(|(key, field)| {
                 delimited_len(
-                    3,
+                    record_field_tag(key),
                     field_state_body_len(
                         key.as_str(),
                         field.stored_heads(),
@@ -212,22 +233,32 @@ pub(crate) fn record_state(state: &RecordState) -> Vec<u8> {
     if let Some(clock) = state.deleted_at() {
         put_hlc(2, &clock, &mut buf);
     }
-    for (key, field) in state.fields() {
-        let body = field_state_body_len(
-            key.as_str(),
-            field.stored_heads(),
-            field.superseded().iter(),
-        );
-        put_delimited_header(3, body, &mut buf);
-        put_bytes(1, key.as_str().as_bytes(), &mut buf);
-        for (clock, value) in field.stored_heads() {
-            put_delimited_header(2, stored_write_body_len(clock, value), &mut buf);
-            put_hlc(1, clock, &mut buf);
-            put_value(2, value, &mut buf);
-        }
-        for clock in field.superseded() {
-            put_hlc(3, clock, &mut buf);
+    // Fields in tag order, as prost writes them: `fields`, then `extension_fields`.
+    for tag in [3, 4] {
+        let fields = state.fields().iter();
+        for (key, field) in fields.filter(|(key, _)| record_field_tag(key) == tag) {
+            let body = field_state_body_len(
+                key.as_str(),
+                field.stored_heads(),
+                field.superseded().iter(),
+            );
+            put_delimited_header(tag, body, &mut buf);
+            put_bytes(1, key.as_str().as_bytes(), &mut buf);
+            for (clock, value) in field.stored_heads() {
+                put_delimited_header(2, stored_write_body_len(clock, value), &mut buf);
+                put_hlc(1, clock, &mut buf);
+                put_value(2, value, &mut buf);
+            }
+            for clock in field.superseded() {
+                put_hlc(3, clock, &mut buf);
+            }
         }
     }
     buf
+}
+
+/// The `RecordState` field a field state travels in: protocol 1.0 kinds in `fields`, later
+/// kinds in `extension_fields` (docs/PROTOCOL.md §8.1).
+fn record_field_tag(key: &FieldKey) -> u32 {
+    if key.kind().is_protocol_1_0() { 3 } else { 4 }
 }

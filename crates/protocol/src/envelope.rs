@@ -56,7 +56,7 @@ use crate::roster::{RosterError, VerifiedRoster};
 pub use crate::proto::PayloadKind;
 
 /// The only envelope format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = crate::PROTOCOL_VERSION;
 /// Length of the XChaCha20-Poly1305 nonce in the header.
 pub const NONCE_LEN: usize = 24;
 /// Length of the Poly1305 tag at the end of the ciphertext.
@@ -102,7 +102,9 @@ pub enum EnvelopeError {
         what: &'static str,
     },
     /// The header's `format_version` is not [`FORMAT_VERSION`].
-    #[error("envelope format version {version} is not supported (this code reads version 1)")]
+    #[error(
+        "envelope format version {version} is not supported: this release reads version 1; update Kith to read it"
+    )]
     WrongFormatVersion {
         /// The version found.
         version: u32,

@@ -35,3 +35,14 @@ pub mod frame;
 pub mod fuzzing;
 
 pub use ids::{AccountId, DeviceId, RecordId};
+
+/// The protocol version: the `format_version` of every format in `docs/PROTOCOL.md` and the
+/// `kith/<n>` ALPN. Releases extend protocol 1 only as §8.1 allows; `kith --version` and
+/// `kith-relay --version` print it after the release number.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// `<release> (protocol <n>)`, for the binaries' `--version`, given the binary's own
+/// `CARGO_PKG_VERSION`.
+pub fn version_line(release: &str) -> String {
+    format!("{release} (protocol {PROTOCOL_VERSION})")
+}

@@ -31,3 +31,8 @@ pub const MAX_OPERATIONS_PER_BATCH: usize = 10_000;
 pub const MAX_WRITES_PER_OPERATION: usize = 1_000;
 /// Length of any string in a record (field key or text value).
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// The largest encoded value of a field kind this version does not know, carried verbatim
+/// (docs/PROTOCOL.md §8.1): a few strings' worth, so a newer kind of data has room and a
+/// hostile writer still cannot make one register hold a whole payload.
+pub const MAX_OPAQUE_VALUE_BYTES: usize = 4 * MAX_TEXT_BYTES;

@@ -111,7 +111,9 @@ use crate::hlc::{Hlc, HlcError};
 use crate::ids::{IdLengthError, RecordId};
 use crate::limits::MAX_PAYLOAD_BYTES;
 use crate::proto;
-use crate::record::{Contact, FieldKey, FieldKind, Operation, OperationKind, RecordError};
+use crate::record::{
+    Contact, FieldKey, FieldKind, Operation, OperationKind, RecordError, decode_value, encode_value,
+};
 
 /// Why a stored record state or snapshot was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -366,27 +368,34 @@ impl RecordState {
     }
 
     /// The wire form, sorted (fields by key, heads and superseded clocks by clock).
+    ///
+    /// Fields of kinds later than protocol 1.0 go in `extension_fields` (§8.1).
     pub fn to_proto(&self) -> proto::RecordState {
-        proto::RecordState {
+        let mut wire = proto::RecordState {
             record_id: self.id.as_bytes().to_vec(),
             deleted_at: self.deleted_at.as_ref().map(Hlc::to_proto),
-            fields: self
-                .fields
-                .iter()
-                .map(|(key, field)| proto::FieldState {
-                    key: key.as_str().to_owned(),
-                    heads: field
-                        .heads
-                        .iter()
-                        .map(|(clock, value)| proto::StoredWrite {
-                            clock: Some(clock.to_proto()),
-                            value: value.clone(),
-                        })
-                        .collect(),
-                    superseded: field.superseded.iter().map(Hlc::to_proto).collect(),
-                })
-                .collect(),
+            ..Default::default()
+        };
+        for (key, field) in &self.fields {
+            let state = proto::FieldState {
+                key: key.as_str().to_owned(),
+                heads: field
+                    .heads
+                    .iter()
+                    .map(|(clock, value)| proto::StoredWrite {
+                        clock: Some(clock.to_proto()),
+                        value: value.as_ref().map(encode_value),
+                    })
+                    .collect(),
+                superseded: field.superseded.iter().map(Hlc::to_proto).collect(),
+            };
+            if key.kind().is_protocol_1_0() {
+                wire.fields.push(state);
+            } else {
+                wire.extension_fields.push(state);
+            }
         }
+        wire
     }
 
     /// The encoded wire form: the bytes of `to_proto().encode_to_vec()`, written without
@@ -404,7 +413,7 @@ impl RecordState {
         if let Some(deleted_at) = &wire.deleted_at {
             record.delete_at(Hlc::from_proto(deleted_at)?);
         }
-        for field in &wire.fields {
+        for field in wire.fields.iter().chain(&wire.extension_fields) {
             let key = FieldKey::parse(&field.key)?;
             for clock in &field.superseded {
                 record.supersede(&key, Hlc::from_proto(clock)?);
@@ -414,10 +423,12 @@ impl RecordState {
                     .clock
                     .as_ref()
                     .ok_or(MergeError::MissingClock { field: key.kind() })?;
-                if let Some(value) = &head.value {
-                    key.check_value(value)?;
-                }
-                record.insert_head(&key, Hlc::from_proto(clock)?, head.value.as_ref());
+                let value = head
+                    .value
+                    .as_deref()
+                    .map(|bytes| decode_value(&key, bytes))
+                    .transpose()?;
+                record.insert_head(&key, Hlc::from_proto(clock)?, value.as_ref());
             }
         }
         Ok(record)
@@ -885,7 +896,7 @@ mod tests {
     fn wire_state_is_normalized_on_the_way_in() {
         let head = |at: Hlc, text: &str| proto::StoredWrite {
             clock: Some(at.to_proto()),
-            value: Some(value::text(text)),
+            value: Some(value::text(text).encode_to_vec()),
         };
         let wire = proto::RecordState {
             record_id: id(1).as_bytes().to_vec(),
@@ -906,6 +917,7 @@ mod tests {
                     superseded: vec![],
                 },
             ],
+            extension_fields: vec![],
         };
         let record = RecordState::from_proto(&wire).unwrap();
         let field = record.field(&FieldKey::name()).unwrap();
@@ -975,13 +987,13 @@ mod tests {
     #[test]
     fn stored_keys_and_values_are_checked() {
         let mut wire = valid_wire();
-        wire.fields[0].key = "nickname".into();
+        wire.fields[0].key = "Nickname".into();
         assert!(matches!(
             RecordState::from_proto(&wire),
             Err(MergeError::Field(RecordError::UnknownFieldKey { .. }))
         ));
         let mut wire = valid_wire();
-        wire.fields[0].heads[0].value = Some(value::date(2000, 1, 1));
+        wire.fields[0].heads[0].value = Some(value::date(2000, 1, 1).encode_to_vec());
         let err = RecordState::from_proto(&wire).unwrap_err();
         assert!(matches!(
             err,

@@ -56,7 +56,8 @@ use prost::Message;
 use crate::hlc::{Hlc, HlcError};
 use crate::ids::{IdLengthError, RecordId};
 use crate::limits::{
-    MAX_OPERATIONS_PER_BATCH, MAX_PAYLOAD_BYTES, MAX_TEXT_BYTES, MAX_WRITES_PER_OPERATION,
+    MAX_OPAQUE_VALUE_BYTES, MAX_OPERATIONS_PER_BATCH, MAX_PAYLOAD_BYTES, MAX_TEXT_BYTES,
+    MAX_WRITES_PER_OPERATION,
 };
 use crate::merge::RecordState;
 use crate::proto;
@@ -283,6 +284,9 @@ pub enum FieldKind {
     Source(SourceKind),
     /// `custom/<name>`.
     Custom,
+    /// A key of a kind this version does not know, written by a newer device: its values are
+    /// carried verbatim, merged like any other register and never shown (docs/PROTOCOL.md §8.1).
+    Unknown,
 }
 
 impl FieldKind {
@@ -305,7 +309,15 @@ impl FieldKind {
             FieldKind::Source(SourceKind::AddressBook) => "source/address-book",
             FieldKind::Source(SourceKind::VCard) => "source/vcard",
             FieldKind::Custom => "custom",
+            FieldKind::Unknown => "unknown",
         }
+    }
+
+    /// Whether the kind belongs to protocol 1.0 (Kith 0.1.0): its writes travel in
+    /// `Upsert.writes` and `RecordState.fields`; every later kind travels in the extension
+    /// lists, which a 0.1.0 reader skips (docs/PROTOCOL.md §8.1).
+    pub const fn is_protocol_1_0(self) -> bool {
+        !matches!(self, FieldKind::Unknown)
     }
 
     /// Whether keys of this kind carry a suffix (`email/<address>`, …): a set of registers.
@@ -337,6 +349,7 @@ impl FieldKind {
             FieldKind::Source(SourceKind::AddressBook) => "an address book source",
             FieldKind::Source(SourceKind::VCard) => "a vcard source",
             FieldKind::Custom => "any value",
+            FieldKind::Unknown => "any value (carried verbatim)",
         }
     }
 
@@ -358,7 +371,8 @@ impl FieldKind {
                 matches!(v, Value::AddressBook(_))
             }
             (FieldKind::Source(SourceKind::VCard), v) => matches!(v, Value::Vcard(_)),
-            (FieldKind::Custom, _) => true,
+            (FieldKind::Custom, _) | (FieldKind::Unknown, Value::Opaque(_)) => true,
+            (FieldKind::Unknown, _) => false,
         }
     }
 }
@@ -415,12 +429,27 @@ impl FieldKey {
             "handle" => FieldKind::Handle,
             "tag" => FieldKind::Tag,
             "custom" => FieldKind::Custom,
-            "source" => {
-                let source = suffix.and_then(SourceKind::from_name).ok_or_else(unknown)?;
-                return Ok(Self::source(source));
-            }
+            "source" => match suffix.map(|name| (SourceKind::from_name(name), name)) {
+                Some((Some(source), _)) => return Ok(Self::source(source)),
+                Some((None, name)) if is_kind_name(name) => FieldKind::Unknown,
+                _ => return Err(unknown()),
+            },
+            prefix if is_kind_name(prefix) => FieldKind::Unknown,
             _ => return Err(unknown()),
         };
+        if kind == FieldKind::Unknown {
+            // A newer version's key: only its shape can be checked.
+            if let Some(suffix) = suffix.filter(|_| prefix != "source") {
+                check_suffix(kind, suffix).map_err(|problem| RecordError::InvalidFieldKey {
+                    field: kind,
+                    problem,
+                })?;
+            }
+            return Ok(Self {
+                key: key.to_owned(),
+                kind,
+            });
+        }
         match (kind.is_multi_valued(), suffix) {
             (false, None) => {}
             (false, Some(_)) => {
@@ -588,6 +617,17 @@ impl fmt::Display for FieldKey {
     }
 }
 
+/// Whether `name` can name a field kind (or a source) of a newer version: 1 to 32 bytes of
+/// lowercase ASCII letters, digits and `-`, starting with a letter. Keys of any other shape are
+/// malformed, not newer.
+fn is_kind_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// At most [`KEY_PREFIX_BYTES`] of `key`, cut at a character boundary.
 fn short_prefix(key: &str) -> String {
     let mut end = key.len().min(KEY_PREFIX_BYTES);
@@ -710,7 +750,56 @@ fn check_contents(field: FieldKind, value: &Value) -> Result<(), RecordError> {
         Value::Imessage(imessage) => check_text(field, &imessage.handle),
         Value::AddressBook(address_book) => check_text(field, &address_book.name),
         Value::Vcard(vcard) => check_text(field, &vcard.uid),
-        Value::Facebook(_) | Value::Flag(_) => Ok(()),
+        Value::Facebook(_) | Value::Flag(_) | Value::Opaque(_) => Ok(()),
+    }
+}
+
+/// Decodes an encoded `FieldValue` (the bytes of `FieldWrite.value` or `StoredWrite.value`)
+/// for `key`, and checks it ([`FieldKey::check_value`]).
+///
+/// A value of an [`FieldKind::Unknown`] key is kept verbatim as [`Value::Opaque`], and so is a
+/// `custom/…` value of a type this version does not know; a value of any other key must decode
+/// to a type this version knows. The `opaque` variant itself is never valid on the wire.
+pub fn decode_value(key: &FieldKey, bytes: &[u8]) -> Result<proto::FieldValue, RecordError> {
+    let field = key.kind;
+    if field == FieldKind::Unknown {
+        if bytes.len() > MAX_OPAQUE_VALUE_BYTES {
+            return Err(RecordError::TextTooLong {
+                field,
+                len: bytes.len(),
+            });
+        }
+        return Ok(value::opaque(bytes));
+    }
+    let decoded = proto::FieldValue::decode(bytes)?;
+    let value = match decoded.value {
+        Some(Value::Opaque(_)) => {
+            return Err(RecordError::WrongValueType {
+                field,
+                expected: field.expected_value(),
+            });
+        }
+        None if field == FieldKind::Custom && !bytes.is_empty() => value::opaque(bytes),
+        _ => decoded,
+    };
+    key.check_value(&value)?;
+    Ok(value)
+}
+
+/// The encoding of a value as `FieldWrite.value` carries it: an opaque value's original bytes,
+/// otherwise the `FieldValue` message.
+pub fn encode_value(value: &proto::FieldValue) -> Vec<u8> {
+    match &value.value {
+        Some(Value::Opaque(bytes)) => bytes.clone(),
+        _ => value.encode_to_vec(),
+    }
+}
+
+/// The length of [`encode_value`]'s result, without encoding.
+pub(crate) fn encoded_value_len(value: &proto::FieldValue) -> usize {
+    match &value.value {
+        Some(Value::Opaque(bytes)) => bytes.len(),
+        _ => value.encoded_len(),
     }
 }
 
@@ -763,6 +852,11 @@ pub mod value {
             service: service.into(),
             handle: handle.into(),
         }))
+    }
+
+    /// The verbatim encoding of a value this version cannot read (see [`super::decode_value`]).
+    pub fn opaque(bytes: &[u8]) -> proto::FieldValue {
+        wrap(Value::Opaque(bytes.to_vec()))
     }
 
     /// The value of a present tag: `flag: true`.
@@ -911,11 +1005,16 @@ impl Operation {
         let kind = match &self.kind {
             OperationKind::Delete => proto::operation::Kind::Delete(proto::Delete {}),
             OperationKind::Upsert(writes) => {
-                let mut wire = Vec::with_capacity(writes.iter().map(FieldWrite::wire_len).sum());
+                let mut upsert = proto::Upsert::default();
                 for write in writes {
+                    let wire = if write.key.kind.is_protocol_1_0() {
+                        &mut upsert.writes
+                    } else {
+                        &mut upsert.extension_writes
+                    };
                     let wire_write = |replaces: Option<&Hlc>| proto::FieldWrite {
                         key: write.key.key.clone(),
-                        value: write.value.clone(),
+                        value: write.value.as_ref().map(encode_value),
                         replaces: replaces.map(Hlc::to_proto),
                     };
                     if write.replaces.is_empty() {
@@ -924,7 +1023,7 @@ impl Operation {
                         wire.extend(write.replaces.iter().map(|r| wire_write(Some(r))));
                     }
                 }
-                proto::operation::Kind::Upsert(proto::Upsert { writes: wire })
+                proto::operation::Kind::Upsert(upsert)
             }
         };
         proto::Operation {
@@ -946,29 +1045,31 @@ impl Operation {
             proto::operation::Kind::Delete(_) => return Ok(Self::delete(record, clock)),
             proto::operation::Kind::Upsert(upsert) => upsert,
         };
-        if upsert.writes.len() > MAX_WRITES_PER_OPERATION {
-            return Err(RecordError::TooManyWrites {
-                count: upsert.writes.len(),
-            });
+        let count = upsert.writes.len() + upsert.extension_writes.len();
+        if count > MAX_WRITES_PER_OPERATION {
+            return Err(RecordError::TooManyWrites { count });
         }
         let mut grouped: BTreeMap<FieldKey, FieldWrite> = BTreeMap::new();
-        for wire_write in &upsert.writes {
+        // Both lists alike: which one a write travels in matters only to 0.1.0 readers.
+        for wire_write in upsert.writes.iter().chain(&upsert.extension_writes) {
             let key = FieldKey::parse(&wire_write.key)?;
-            if let Some(value) = &wire_write.value {
-                key.check_value(value)?;
-            }
+            let value = wire_write
+                .value
+                .as_deref()
+                .map(|bytes| decode_value(&key, bytes))
+                .transpose()?;
             let replaces = wire_write
                 .replaces
                 .as_ref()
                 .map(Hlc::from_proto)
                 .transpose()?;
             match grouped.get_mut(&key) {
-                Some(write) if write.value == wire_write.value => write.replaces.extend(replaces),
+                Some(write) if write.value == value => write.replaces.extend(replaces),
                 Some(_) => return Err(RecordError::DuplicateFieldKey { field: key.kind }),
                 None => {
                     let write = FieldWrite {
                         key: key.clone(),
-                        value: wire_write.value.clone(),
+                        value,
                         replaces: replaces.into_iter().collect(),
                     };
                     grouped.insert(key, write);
@@ -1359,10 +1460,15 @@ mod tests {
             }
         );
         assert!(!err.to_string().contains("example"));
+        // A source of a newer version is a key of a kind this version does not know.
         assert_eq!(
-            FieldKey::parse("source/myspace"),
+            FieldKey::parse("source/myspace").map(|key| key.kind()),
+            Ok(FieldKind::Unknown)
+        );
+        assert_eq!(
+            FieldKey::parse("source/MySpace"),
             Err(RecordError::UnknownFieldKey {
-                key_prefix: "source/myspa".into()
+                key_prefix: "source/MySpa".into()
             })
         );
         assert!(matches!(
@@ -1654,7 +1760,7 @@ mod tests {
         let mut wire = name_op(5, "Ada").to_proto();
         if let Some(proto::operation::Kind::Upsert(upsert)) = wire.kind.as_mut() {
             let mut other = upsert.writes[0].clone();
-            other.value = Some(value::text("Bob"));
+            other.value = Some(value::text("Bob").encode_to_vec());
             upsert.writes.push(other);
         }
         assert_eq!(
