@@ -2,12 +2,17 @@
 //! `crates/cli/README.md`): tests and docs use exactly these.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `kith --version`: the release and the protocol it speaks (docs/PROTOCOL.md §8.1).
+static VERSION: LazyLock<String> =
+    LazyLock::new(|| kith_protocol::version_line(env!("CARGO_PKG_VERSION")));
+
 /// Kith: your contacts, end-to-end encrypted, synced through a relay that sees only ciphertext.
 #[derive(Debug, Parser)]
-#[command(name = "kith", version, about, long_about = None)]
+#[command(name = "kith", version = VERSION.as_str(), about, long_about = None)]
 pub struct Cli {
     /// Where this device keeps its keys and encrypted store (default: the platform data
     /// directory, e.g. ~/.local/share/kith).

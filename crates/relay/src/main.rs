@@ -17,9 +17,13 @@ use kith_relay::store::{SledStore, Store};
 use kith_relay::{Relay, Settings};
 use sha2::{Digest, Sha256};
 
+/// `kith-relay --version`: the release and the protocol it speaks (docs/PROTOCOL.md §8.1).
+static VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| kith_protocol::version_line(env!("CARGO_PKG_VERSION")));
+
 /// Kith's relay: stores end-to-end-encrypted envelopes per device and cannot read them.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION.as_str(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
