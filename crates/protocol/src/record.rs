@@ -316,8 +316,30 @@ impl FieldKind {
     /// Whether the kind belongs to protocol 1.0 (Kith 0.1.0): its writes travel in
     /// `Upsert.writes` and `RecordState.fields`; every later kind travels in the extension
     /// lists, which a 0.1.0 reader skips (docs/PROTOCOL.md §8.1).
+    ///
+    /// The list is closed: a kind added by any later release is not in it, whatever it is.
     pub const fn is_protocol_1_0(self) -> bool {
-        !matches!(self, FieldKind::Unknown)
+        matches!(
+            self,
+            FieldKind::Name
+                | FieldKind::Company
+                | FieldKind::Title
+                | FieldKind::Birthday
+                | FieldKind::Note
+                | FieldKind::Email
+                | FieldKind::Phone
+                | FieldKind::Url
+                | FieldKind::Handle
+                | FieldKind::Tag
+                | FieldKind::Source(
+                    SourceKind::LinkedIn
+                        | SourceKind::Facebook
+                        | SourceKind::IMessage
+                        | SourceKind::AddressBook
+                        | SourceKind::VCard
+                )
+                | FieldKind::Custom
+        )
     }
 
     /// Whether keys of this kind carry a suffix (`email/<address>`, …): a set of registers.
