@@ -394,6 +394,15 @@ pub fn contact_details(c: &Contact, conflicts: &[ConflictView]) -> String {
     for s in c.sources() {
         field("source", &source_text(s));
     }
+    for device in c.newer_data_from() {
+        field(
+            "newer",
+            &format!(
+                "data written by a newer Kith on device {}: update Kith to see it",
+                device.to_hex()
+            ),
+        );
+    }
     for conflict in conflicts {
         field(
             "conflict",

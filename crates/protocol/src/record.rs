@@ -54,7 +54,7 @@ use std::fmt;
 use prost::Message;
 
 use crate::hlc::{Hlc, HlcError};
-use crate::ids::{IdLengthError, RecordId};
+use crate::ids::{DeviceId, IdLengthError, RecordId};
 use crate::limits::{
     MAX_OPAQUE_VALUE_BYTES, MAX_OPERATIONS_PER_BATCH, MAX_PAYLOAD_BYTES, MAX_TEXT_BYTES,
     MAX_WRITES_PER_OPERATION,
@@ -1202,6 +1202,7 @@ pub struct Contact {
     tags: Vec<String>,
     sources: Vec<Source>,
     custom: BTreeMap<String, proto::FieldValue>,
+    newer_data_from: BTreeSet<DeviceId>,
 }
 
 impl Contact {
@@ -1224,6 +1225,7 @@ impl Contact {
             tags: Vec::new(),
             sources: Vec::new(),
             custom: BTreeMap::new(),
+            newer_data_from: BTreeSet::new(),
         };
         for (key, field_value) in record.values() {
             let Some(value) = &field_value.value else {
@@ -1260,6 +1262,7 @@ impl Contact {
                 (FieldKind::Source(_), Value::Vcard(source)) => {
                     contact.sources.push(Source::VCard(source.clone()));
                 }
+                (FieldKind::Custom, Value::Opaque(_)) | (FieldKind::Unknown, _) => {}
                 (FieldKind::Custom, _) => {
                     if let Some(name) = key.detail() {
                         contact.custom.insert(name.to_owned(), field_value.clone());
@@ -1268,7 +1271,21 @@ impl Contact {
                 _ => {}
             }
         }
+        // What a newer release wrote that this one carries but cannot show (§8.1).
+        for field in record.fields().values() {
+            if let Some(head) = field.winner()
+                && let Some(Value::Opaque(_)) = head.value.and_then(|v| v.value.as_ref())
+            {
+                contact.newer_data_from.insert(head.clock.device());
+            }
+        }
         Some(contact)
+    }
+
+    /// The devices that wrote fields of this contact in kinds this release cannot read (a newer
+    /// release's): they are kept and synced, not shown. Empty when everything is shown.
+    pub fn newer_data_from(&self) -> &BTreeSet<DeviceId> {
+        &self.newer_data_from
     }
 
     /// The record's id.

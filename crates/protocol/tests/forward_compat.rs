@@ -107,6 +107,21 @@ fn newer_fields_survive_merge_and_snapshots() {
         "the borrowed encoding and the prost one agree"
     );
     assert_eq!(state.to_proto().encode_to_vec(), state.encode_to_vec());
+    // The contact shows what this release reads, and says who wrote what it cannot.
+    let contact = restored.contact(&record()).unwrap();
+    assert_eq!(contact.name(), Some("Ada"));
+    assert!(
+        contact.custom().is_empty(),
+        "an unreadable custom value is not shown"
+    );
+    assert_eq!(
+        contact
+            .newer_data_from()
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        [DeviceId::from_bytes([2; 16])]
+    );
 }
 
 #[test]
