@@ -30,13 +30,26 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
     /// The data directory was written by another schema version.
-    #[error("stored schema version {found}, this relay reads {expected}")]
+    #[error(
+        "stored schema version {found}, this relay reads {expected}{}",
+        schema_hint(*found, *expected)
+    )]
     SchemaVersion {
         /// Version found.
         found: u32,
         /// Version expected.
         expected: u32,
     },
+}
+
+/// What to do about a schema version this code does not read: a newer one means a downgrade,
+/// which is refused rather than misread (docs/PROTOCOL.md §8.1).
+fn schema_hint(found: u32, expected: u32) -> &'static str {
+    if found > expected {
+        ": the data directory was written by a newer kith-relay; run that release or a later one"
+    } else {
+        ""
+    }
 }
 
 /// A device stream's bounds and size, stored with every append.

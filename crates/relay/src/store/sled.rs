@@ -1287,5 +1287,9 @@ mod tests {
                 expected: SCHEMA_VERSION
             }
         ));
+        assert!(
+            err.to_string().contains("written by a newer kith-relay"),
+            "a downgrade says so: {err}"
+        );
     }
 }
