@@ -121,7 +121,10 @@ fn contact(i: u32, device: &[u8; 16]) -> Operation {
     Operation {
         record_id: record_id.to_vec(),
         clock: Some(clock(i)),
-        kind: Some(operation::Kind::Upsert(Upsert { writes })),
+        kind: Some(operation::Kind::Upsert(Upsert {
+            writes,
+            extension_writes: vec![],
+        })),
     }
 }
 
