@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::net::RelayTarget;
-use kith_client::{ContactFields, Device, PendingLink, SyncReport};
+use kith_client::import::Region;
+use kith_client::{ClearField, ContactFields, Device, EditOptions, PendingLink, SyncReport};
 use kith_protocol::DeviceId;
 
 use crate::cli::{
@@ -248,20 +249,43 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
             }
         }
         ContactsCommand::Add { name, fields } => {
+            let region = fields.region.or_else(locale_region);
             let id = device
-                .add_contact(&contact_fields(Some(name), fields))
+                .add_contact_in(&contact_fields(Some(name), fields), region)
                 .await?;
             outln!("Added contact {id}.");
         }
-        ContactsCommand::Edit { id, name, fields } => {
+        ContactsCommand::Edit {
+            id,
+            name,
+            fields,
+            clear,
+            remove_email,
+            remove_phone,
+        } => {
+            let options = EditOptions {
+                clear: clear.into_iter().map(ClearField::from).collect(),
+                remove_emails: remove_email,
+                remove_phones: remove_phone,
+                region: fields.region.or_else(locale_region),
+            };
             let changes = contact_fields(name, fields);
-            if changes == ContactFields::default() {
+            let removes_nothing = options.clear.is_empty()
+                && options.remove_emails.is_empty()
+                && options.remove_phones.is_empty();
+            if changes == ContactFields::default() && removes_nothing {
                 bail!(
-                    "nothing to change: give at least one of --name, --email, --phone, --company, --note"
+                    "nothing to change: give at least one of --name, --email, --phone, --company, --note, \
+                     --clear, --remove-email, --remove-phone"
                 );
             }
             let id = device.resolve_id(&id)?;
-            device.edit_contact(&id, &changes).await?;
+            if !device.edit_contact_with(&id, &changes, &options).await? {
+                bail!(
+                    "nothing changed: contact {} already has these values",
+                    short(&id.to_hex())
+                );
+            }
             outln!("Updated contact {id}.");
         }
         ContactsCommand::Delete { id } => {
@@ -309,6 +333,21 @@ fn contact_fields(name: Option<String>, fields: FieldArgs) -> ContactFields {
         company: fields.company,
         note: fields.note,
     }
+}
+
+/// The region of the person's locale: the territory of `LC_ALL`, `LC_TELEPHONE` or `LANG`
+/// (`en_GB.UTF-8` → GB), the first of them that is set, as POSIX orders them.
+fn locale_region() -> Option<Region> {
+    ["LC_ALL", "LC_TELEPHONE", "LANG"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|value| !value.is_empty())
+        .and_then(|locale| region_of_locale(&locale))
+}
+
+fn region_of_locale(locale: &str) -> Option<Region> {
+    let territory = locale.split(['.', '@']).next()?.split_once('_')?.1;
+    territory.parse().ok()
 }
 
 fn relay_context(device: &Device) -> String {
@@ -426,13 +465,22 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
             let spinner = progress::spinner("approving");
             let approved = device.approve_link(code.trim()).await;
             spinner.finish_and_clear();
-            let id = approved.with_context(|| {
+            let approval = approved.with_context(|| {
                 format!(
                     "cannot approve the new device through the relay at {}",
                     device.relay().address
                 )
             })?;
-            outln!("Approved device {id}; it finishes linking on its own.");
+            let id = approval.device;
+            if approval.joined {
+                outln!("Approved device {id}: it has joined the account.");
+            } else {
+                outln!(
+                    "Approved device {id}: it joins the account when `kith device request` on it \
+                     picks the approval up. If it does not within 10 minutes, the approval lapses \
+                     and the account stays as it was."
+                );
+            }
             Ok(())
         }
         DeviceCommand::List { json } => {
@@ -441,6 +489,13 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
             if json {
                 return output::print_json(
                     &devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),
+                );
+            }
+            if device.is_revoked()? {
+                outln!(
+                    "This device ({}) was revoked from the account: it can no longer read or write \
+                     anything new. The devices it knew of:",
+                    short(&device.device_id().to_hex())
                 );
             }
             out!("{}", output::devices_table(&devices));
@@ -492,7 +547,17 @@ async fn request_link(
 ) -> Result<()> {
     let target = relay_target(relay)?;
     let name = device_name.unwrap_or_else(default_device_name);
-    let pending = PendingLink::new(home, target, &name)?;
+    let mut pending = PendingLink::new(home, target, &name)?;
+    // A relay that cannot be reached is reported before a code is shown that nobody could use.
+    let spinner = progress::spinner("connecting to the relay");
+    let connected = pending.connect().await;
+    spinner.finish_and_clear();
+    connected.with_context(|| {
+        format!(
+            "cannot link this device through the relay at {}",
+            relay.relay
+        )
+    })?;
     // The code is the first line of standard output: scripts and tests read it from there.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", pending.code())?;
@@ -588,4 +653,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_comes_from_the_locale_territory() {
+        assert_eq!(region_of_locale("en_GB.UTF-8").map(|r| r.to_string()), Some("GB".into()));
+        assert_eq!(region_of_locale("de_DE@euro").map(|r| r.to_string()), Some("DE".into()));
+        assert_eq!(region_of_locale("fr_FR").map(|r| r.to_string()), Some("FR".into()));
+        assert_eq!(region_of_locale("C.UTF-8"), None);
+        assert_eq!(region_of_locale("POSIX"), None);
+        assert_eq!(region_of_locale("en_ZZ.UTF-8"), None);
+    }
 }

@@ -118,6 +118,10 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
             NetError::Resolve(_) => Some(
                 "check the relay's host name and port (--relay HOST:PORT) and this machine's DNS",
             ),
+            NetError::Unreachable { .. } => Some(
+                "check that kith-relay is running at that address and reachable over UDP, and that the \
+                 certificate fingerprint is the one it printed at start-up",
+            ),
             NetError::Connection(_) | NetError::Timeout => Some(
                 "check that kith-relay is running at that address and reachable over UDP, and that the \
                  certificate fingerprint is the one it printed at start-up; then run the command again",
@@ -134,9 +138,16 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
                     "the account has as many devices as the relay allows: revoke one with `kith device revoke ID`",
                 ),
                 ErrorCode::DeviceRemoved | ErrorCode::UnknownDevice => Some(REVOKED_HINT),
-                ErrorCode::RateLimited | ErrorCode::Storage | ErrorCode::ShuttingDown => {
-                    Some("the relay is busy or restarting; try again in a minute")
+                ErrorCode::RateLimited => Some(
+                    "the relay limits how often one address may make this request (its log says \
+                     \"request refused\" with code RateLimited); wait a minute and run the command again",
+                ),
+                ErrorCode::ShuttingDown => {
+                    Some("the relay is restarting; run the command again when it is back")
                 }
+                ErrorCode::Storage => Some(
+                    "the relay could not store the request durably (see its log); try again in a minute",
+                ),
                 _ => None,
             },
             _ => None,

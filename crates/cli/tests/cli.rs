@@ -642,3 +642,420 @@ fn usage_errors_exit_2() {
     let output = run(command);
     assert_eq!(output.status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A person's pace: waits of realistic length, a relay that restarts or is not there at all.
+// ---------------------------------------------------------------------------------------------
+
+const RELAY_DIR_VAR: &str = "KITH_CLI_TEST_RELAY_DIR";
+const RELAY_LISTEN_VAR: &str = "KITH_CLI_TEST_RELAY_LISTEN";
+
+/// Not a test of its own: the relay process of the tests below, which start this binary with
+/// `--ignored --exact relay_process` and [`RELAY_DIR_VAR`] set. Without it, it does nothing.
+#[test]
+#[ignore = "helper process of the tests that restart or stop the relay"]
+fn relay_process() {
+    let Ok(dir) = std::env::var(RELAY_DIR_VAR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut config = kith_relay::RelayConfig::for_tests(&dir);
+        if let Ok(listen) = std::env::var(RELAY_LISTEN_VAR) {
+            config.listen = listen.parse().expect("listen address");
+        }
+        let relay = kith_relay::Relay::start(config).await.expect("relay starts");
+        println!(
+            "relay-ready {} {}",
+            relay.local_addr(),
+            hex::encode(relay.cert_sha256())
+        );
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A relay in a child process, so that it can be killed and started again on the same
+/// address and data, as an operator's restart does.
+struct RelayChild {
+    child: Child,
+    address: String,
+    pin: String,
+}
+
+impl RelayChild {
+    /// Starts a relay on `dir`, on `listen` if given (retrying while the port is still taken
+    /// by a process being reaped).
+    fn start(dir: &Path, listen: Option<&str>) -> RelayChild {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut command = Command::new(std::env::current_exe().expect("test binary"));
+            command
+                .args(["relay_process", "--exact", "--ignored", "--nocapture"])
+                .args(["--test-threads", "1"])
+                .env(RELAY_DIR_VAR, dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            if let Some(listen) = listen {
+                command.env(RELAY_LISTEN_VAR, listen);
+            }
+            let mut child = command.spawn().expect("spawn relay process");
+            let out = child.stdout.take().expect("stdout");
+            let ready = BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|line| {
+                    let (_, rest) = line.split_once("relay-ready ")?;
+                    let (address, pin) = rest.split_once(' ')?;
+                    Some((address.to_owned(), pin.to_owned()))
+                });
+            match ready {
+                Some((address, pin)) => return RelayChild { child, address, pin },
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(Instant::now() < deadline, "the relay process did not start");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn args(&self) -> [String; 4] {
+        [
+            "--relay".into(),
+            self.address.clone(),
+            "--relay-cert-sha256".into(),
+            self.pin.clone(),
+        ]
+    }
+
+    /// SIGKILL: no flush, no graceful close.
+    fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `kith device request` running in the background, its link code read from its first line.
+struct Requester {
+    child: Child,
+    code: String,
+    rest: std::sync::mpsc::Receiver<String>,
+}
+
+impl Requester {
+    fn start(home: &Path, relay_args: &[String; 4], name: &str, timeout_secs: u64) -> Requester {
+        let mut request = kith(home);
+        request
+            .args(["device", "request"])
+            .args(relay_args)
+            .args(["--device-name", name, "--timeout", &timeout_secs.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = request.spawn().expect("spawn device request");
+        let out = child.stdout.take().expect("stdout");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let code = lines
+            .recv_timeout(COMMAND_TIMEOUT)
+            .expect("the link code within the timeout")
+            .trim()
+            .to_owned();
+        assert!(code.starts_with("kith-link1:"), "{code}");
+        Requester {
+            child,
+            code,
+            rest: lines,
+        }
+    }
+
+    /// Waits for the request to end (bounded by `limit`); returns its status, the rest of its
+    /// standard output, and its standard error.
+    fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("`device request` took longer than {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        }
+        let out: Vec<String> = self.rest.try_iter().collect();
+        (status, out.join("\n"), err)
+    }
+}
+
+fn device_count(home: &Path) -> usize {
+    let mut devices = kith(home);
+    devices.args(["device", "list", "--json"]);
+    json(&ok(devices)).as_array().map_or(0, Vec::len)
+}
+
+/// `kith init` against a relay given by its arguments.
+fn init_with(home: &Path, relay_args: &[String; 4], name: &str) {
+    let mut command = kith(home);
+    command
+        .arg("init")
+        .args(relay_args)
+        .args(["--device-name", name]);
+    ok(command);
+}
+
+/// Two new devices wait for approval at the same time, from the same address, as long as a
+/// person takes to copy a code: one is approved after 20 s, the other after 90 s. Waiting
+/// costs neither of them the relay's lookup budget (10 a minute per address), and both link.
+#[test]
+fn linking_waits_as_long_as_a_person_takes_to_approve() {
+    let relay = TestRelay::start();
+    let homes = tempfile::tempdir().expect("homes");
+    let (a, b, c) = (
+        homes.path().join("a"),
+        homes.path().join("b"),
+        homes.path().join("c"),
+    );
+    init(&a, &relay, "laptop");
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Ada Lovelace"]);
+    ok(add);
+
+    let started = Instant::now();
+    let phone = Requester::start(&b, &relay.args(), "phone", 300);
+    let tablet = Requester::start(&c, &relay.args(), "tablet", 300);
+
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(started.elapsed()));
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &phone.code]);
+    let said = ok(approve);
+    assert!(said.contains("joined"), "{said}");
+    let (status, out, err) = phone.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "the phone did not link: {out}\n{err}");
+    assert!(out.contains("Linked"), "{out}");
+    assert!(!err.contains("RateLimited"), "{err}");
+
+    std::thread::sleep(Duration::from_secs(90).saturating_sub(started.elapsed()));
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &tablet.code]);
+    ok(approve);
+    let (status, out, err) = tablet.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "the tablet did not link: {out}\n{err}");
+    assert!(out.contains("1 contact"), "{out}");
+
+    assert_eq!(device_count(&a), 3);
+    assert_eq!(list(&c).len(), 1);
+}
+
+/// The relay restarts (killed, then started on the same address and data) while a new device
+/// waits: the device reconnects and keeps waiting, and the approval that follows links it.
+#[test]
+fn linking_survives_a_relay_restart_during_the_wait() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay_dir = dir.path().join("relay");
+    let relay = RelayChild::start(&relay_dir, None);
+    let (address, args) = (relay.address.clone(), relay.args());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    init_with(&a, &args, "laptop");
+
+    let phone = Requester::start(&b, &args, "phone", 300);
+    std::thread::sleep(Duration::from_secs(5));
+    relay.kill_9();
+    std::thread::sleep(Duration::from_secs(3));
+    let _relay = RelayChild::start(&relay_dir, Some(&address));
+    // The person approves a little after the relay is back.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &phone.code]);
+    ok(approve);
+    let (status, out, err) = phone.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "the phone did not link: {out}\n{err}");
+    assert!(out.contains("Linked"), "{out}");
+    assert_eq!(device_count(&a), 2);
+    let mut sync = kith(&b);
+    sync.arg("sync");
+    ok(sync);
+}
+
+/// An approval whose requester has gone changes nothing: the approver says the device has not
+/// joined, the roster never lists it, and approving the same code again says it is already
+/// approved; a code whose device did link says so when approved again.
+#[test]
+fn an_approval_whose_requester_is_gone_leaves_no_half_linked_device() {
+    let relay = TestRelay::start();
+    let homes = tempfile::tempdir().expect("homes");
+    let (a, b, c) = (
+        homes.path().join("a"),
+        homes.path().join("b"),
+        homes.path().join("c"),
+    );
+    init(&a, &relay, "laptop");
+
+    let gone = Requester::start(&b, &relay.args(), "phone", 300);
+    let code = gone.code.clone();
+    let mut child = gone.child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!b.exists(), "an interrupted request leaves no home behind");
+
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &code]);
+    let said = ok(approve);
+    assert!(said.contains("lapses"), "{said}");
+    let mut again = kith(&a);
+    again.args(["device", "approve", &code]);
+    let err = fails(again);
+    assert!(err.contains("already approved"), "{err}");
+    let mut sync = kith(&a);
+    sync.arg("sync");
+    ok(sync);
+    assert_eq!(device_count(&a), 1, "the device that never took its approval is not listed");
+
+    let tablet = Requester::start(&c, &relay.args(), "tablet", 120);
+    let code = tablet.code.clone();
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &code]);
+    ok(approve);
+    let (status, out, err) = tablet.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "{out}\n{err}");
+    let mut twice = kith(&a);
+    twice.args(["device", "approve", &code]);
+    let err = fails(twice);
+    assert!(err.contains("already linked"), "{err}");
+    assert!(!err.contains("invalid device roster"), "{err}");
+    assert_eq!(device_count(&a), 2);
+}
+
+/// A UDP port on loopback with nothing behind it.
+fn silent_address() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("address").to_string()
+}
+
+/// Runs a command that must fail with exit code 1 within `limit` (a generous bound: the
+/// commands below give up after one 5 s connection attempt).
+fn fails_within(mut command: Command, limit: Duration) -> (String, String) {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kith");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{what}` was still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    assert_eq!(output.status.code(), Some(1), "`{what}`: {}", stderr(&output));
+    (stdout(&output), stderr(&output))
+}
+
+/// With no relay at the address, `init`, `device request` and `sync` each fail after one
+/// bounded connection attempt, say that the relay cannot be reached, and leave no half-made
+/// home; `sync --watch` alone keeps trying and syncs once the relay is there.
+#[test]
+fn a_relay_that_is_down_fails_fast_and_says_why() {
+    let dir = tempfile::tempdir().expect("dir");
+    let nowhere = silent_address();
+    let pin = "ab".repeat(32);
+    let args: [String; 4] = [
+        "--relay".into(),
+        nowhere.clone(),
+        "--relay-cert-sha256".into(),
+        pin,
+    ];
+    let limit = Duration::from_secs(30);
+
+    let fresh = dir.path().join("fresh");
+    let mut init = kith(&fresh);
+    init.arg("init").args(&args);
+    let (_, err) = fails_within(init, limit);
+    assert!(err.contains("cannot reach the relay"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert!(!fresh.exists(), "a failed init leaves no home behind");
+
+    let requester = dir.path().join("requester");
+    let mut request = kith(&requester);
+    request
+        .args(["device", "request"])
+        .args(&args)
+        .args(["--timeout", "5"]);
+    let (out, err) = fails_within(request, limit);
+    assert!(out.is_empty(), "no link code for a relay that is not there: {out}");
+    assert!(err.contains("cannot reach the relay"), "{err}");
+    assert!(!requester.exists());
+
+    // A device whose relay stopped.
+    let relay_dir = dir.path().join("relay");
+    let relay = RelayChild::start(&relay_dir, None);
+    let (address, relay_args) = (relay.address.clone(), relay.args());
+    let a = dir.path().join("a");
+    init_with(&a, &relay_args, "laptop");
+    relay.kill_9();
+    let mut sync = kith(&a);
+    sync.arg("sync");
+    let (_, err) = fails_within(sync, limit);
+    assert!(err.contains("cannot reach the relay"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+
+    // The watcher keeps trying through more than one failed connection attempt, and syncs
+    // once the relay is back.
+    let mut watch = kith(&a);
+    watch
+        .args(["sync", "--watch"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut watcher = watch.spawn().expect("spawn sync --watch");
+    let out = watcher.stdout.take().expect("stdout");
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        watcher.try_wait().expect("wait").is_none(),
+        "sync --watch gave up on a relay that is down"
+    );
+    let _relay = RelayChild::start(&relay_dir, Some(&address));
+    let first = lines.recv_timeout(COMMAND_TIMEOUT);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(
+        first.as_deref().is_ok_and(|line| line.contains("pulled")),
+        "the watcher synced once the relay was back: {first:?}"
+    );
+}
