@@ -74,13 +74,30 @@ fn relay_target(relay: &RelayArgs) -> Result<RelayTarget> {
         .rsplit_once(':')
         .map(|(_, port)| port.parse::<u16>());
     if !matches!(port, Some(Ok(_))) {
-        bail!(
+        return Err(usage(format!(
             "--relay must be HOST:PORT, e.g. relay.example.org:4433 or 127.0.0.1:4433 (got '{}')",
             relay.relay
-        );
+        )));
     }
     RelayTarget::pinned(relay.relay.clone(), &relay.relay_cert_sha256)
-        .context("invalid --relay-cert-sha256")
+        .map_err(|e| usage(format!("invalid --relay-cert-sha256: {e}")))
+}
+
+/// A command line that parsed but cannot mean anything (a flag value of the wrong shape, a
+/// flag that does not apply): exits 2 like clap's own usage errors (crates/cli/README.md).
+#[derive(Debug)]
+pub struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
 }
 
 /// A default device name: the host's name, which people recognise in `kith device list`.
@@ -129,7 +146,7 @@ async fn import(
     address_book: Option<PathBuf>,
 ) -> Result<()> {
     if address_book.is_some() && kind != ImportKind::Imessage {
-        bail!("--address-book only applies to `kith import imessage`");
+        return Err(usage("--address-book only applies to `kith import imessage`"));
     }
     let device = open(home)?;
     let owned_path = path.to_path_buf();
@@ -274,10 +291,10 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
                 && options.remove_emails.is_empty()
                 && options.remove_phones.is_empty();
             if changes == ContactFields::default() && removes_nothing {
-                bail!(
+                return Err(usage(
                     "nothing to change: give at least one of --name, --email, --phone, --company, --note, \
-                     --clear, --remove-email, --remove-phone"
-                );
+                     --clear, --remove-email, --remove-phone",
+                ));
             }
             let id = device.resolve_id(&id)?;
             if !device.edit_contact_with(&id, &changes, &options).await? {

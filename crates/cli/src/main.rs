@@ -43,8 +43,10 @@ use kith_client::ClientError;
 use kith_client::net::NetError;
 use kith_protocol::proto::ErrorCode;
 
-/// Exit code of every failure after the command line was parsed (clap uses 2 for usage errors).
+/// Exit code of every failure after the command line was parsed.
 const EXIT_FAILURE: u8 = 1;
+/// Exit code of a command line that cannot mean anything (clap's own usage errors exit 2 too).
+const EXIT_USAGE: u8 = 2;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -55,11 +57,17 @@ async fn main() -> ExitCode {
         // The reader went away (`kith contacts list | head`): nothing left to tell anyone.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
+            // Display only, never `{:?}`: a routine error prints no backtrace, whatever
+            // RUST_BACKTRACE says.
             eprintln!("error: {}", error_text(&err));
             if let Some(hint) = hint(&err) {
                 eprintln!("hint: {hint}");
             }
-            ExitCode::from(EXIT_FAILURE)
+            if err.downcast_ref::<commands::UsageError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }

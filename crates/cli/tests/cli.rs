@@ -128,12 +128,18 @@ fn ok(command: Command) -> String {
 
 /// Runs a command that must fail with exit code 1; returns its standard error.
 fn fails(command: Command) -> String {
+    fails_with(command, 1)
+}
+
+/// Runs a command that must fail with exit code `code` (1: failed, 2: usage); returns its
+/// standard error.
+fn fails_with(command: Command, code: i32) -> String {
     let what = format!("{command:?}");
     let output = run(command);
     assert_eq!(
         output.status.code(),
-        Some(1),
-        "`{what}` should exit 1:\nstdout: {}\nstderr: {}",
+        Some(code),
+        "`{what}` should exit {code}:\nstdout: {}\nstderr: {}",
         stdout(&output),
         stderr(&output)
     );
@@ -585,7 +591,7 @@ fn a_bad_certificate_fingerprint_is_refused_with_advice() {
         "--relay-cert-sha256",
         "not-hex",
     ]);
-    let err = fails(malformed);
+    let err = fails_with(malformed, 2);
     assert!(err.contains("64 hex"), "{err}");
 
     let wrong = "ab".repeat(32);
@@ -625,8 +631,14 @@ fn an_unknown_id_is_an_error_with_advice() {
 
     let mut edit = kith(home.path());
     edit.args(["contacts", "edit", "0123456789abcdef0123456789abcdef"]);
-    let err = fails(edit);
+    let err = fails_with(edit, 2);
     assert!(err.contains("nothing to change"), "{err}");
+
+    // A prefix shorter than the minimum says so, for contacts as for devices.
+    let mut short_prefix = kith(home.path());
+    short_prefix.args(["contacts", "show", "abc"]);
+    let err = fails(short_prefix);
+    assert!(err.contains("at least 4"), "{err}");
 
     let mut revoke = kith(home.path());
     revoke.args(["device", "revoke", "ffff"]);
@@ -641,6 +653,84 @@ fn usage_errors_exit_2() {
     command.args(["contacts", "frobnicate"]);
     let output = run(command);
     assert_eq!(output.status.code(), Some(2));
+
+    // Flag values of the wrong shape, as README's exit-code table says, and no backtrace
+    // whatever RUST_BACKTRACE says.
+    let mut relay = kith(home.path());
+    relay
+        .env("RUST_BACKTRACE", "1")
+        .args(["init", "--relay", "no-port", "--relay-cert-sha256", &"ab".repeat(32)]);
+    let err = fails_with(relay, 2);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+    let mut region = kith(home.path());
+    region.args(["contacts", "add", "--name", "X", "--region", "Narnia"]);
+    let err = stderr(&run(region));
+    assert!(err.contains("two-letter"), "{err}");
+    let mut address_book = kith(home.path());
+    address_book.args(["import", "vcard", "x.vcf", "--address-book", "y"]);
+    fails_with(address_book, 2);
+}
+
+/// Editing as a person does: an empty value is refused with what to do instead, a value the
+/// contact already has is refused as changing nothing, a field can be cleared and one e-mail
+/// or phone number removed, and national phone numbers are read in the region given by
+/// --region, KITH_REGION or the locale.
+#[test]
+fn edits_clear_fields_remove_values_and_read_national_numbers() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    init(home, &relay, "laptop");
+    let mut add = kith(home);
+    add.env("LANG", "en_GB.UTF-8").env_remove("LC_ALL").env_remove("LC_TELEPHONE").args([
+        "contacts", "add", "--name", "Ada Lovelace", "--email", "ada@example.org", "--phone",
+        "020 7946 0958", "--company", "Engines",
+    ]);
+    ok(add);
+    let contact = || list(home).into_iter().next().expect("one contact");
+    let id = contact()["id"].as_str().expect("id").to_owned();
+    assert_eq!(contact()["phones"][0]["number"], "+442079460958", "read in the locale's GB");
+
+    let edit = |args: &[&str]| {
+        let mut command = kith(home);
+        command.args(["contacts", "edit", &id]).args(args);
+        command
+    };
+    for empty in [&["--name", ""][..], &["--company", "  "][..], &["--email", ""][..]] {
+        let err = fails(edit(empty));
+        assert!(err.contains("empty"), "{empty:?}: {err}");
+    }
+    let err = fails(edit(&["--company", "Engines"]));
+    assert!(err.contains("nothing changed"), "{err}");
+    assert_eq!(contact()["company"], "Engines");
+
+    let mut region = edit(&["--phone", "030 901820"]);
+    region.env("KITH_REGION", "DE");
+    ok(region);
+    ok(edit(&["--phone", "06 12 34 56 78", "--region", "FR", "--email", "ada@engines.example"]));
+    let numbers: Vec<String> = contact()["phones"]
+        .as_array()
+        .expect("phones")
+        .iter()
+        .map(|p| p["number"].as_str().expect("number").to_owned())
+        .collect();
+    assert!(numbers.contains(&"+4930901820".to_owned()), "{numbers:?}");
+    assert!(numbers.contains(&"+33612345678".to_owned()), "{numbers:?}");
+
+    ok(edit(&["--remove-phone", "+33 6 12 34 56 78", "--remove-email", "ada@example.org"]));
+    let after = contact();
+    assert_eq!(after["phones"].as_array().map(Vec::len), Some(2));
+    assert_eq!(after["emails"].as_array().map(Vec::len), Some(1));
+    assert_eq!(after["emails"][0]["address"], "ada@engines.example");
+    let err = fails(edit(&["--remove-email", "nobody@example.org"]));
+    assert!(err.contains("no e-mail address"), "{err}");
+
+    ok(edit(&["--clear", "company", "--clear", "phones"]));
+    let after = contact();
+    assert!(after["company"].is_null(), "{after}");
+    assert_eq!(after["phones"].as_array().map(Vec::len), Some(0));
+    assert_eq!(after["name"], "Ada Lovelace");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -947,6 +1037,28 @@ fn an_approval_whose_requester_is_gone_leaves_no_half_linked_device() {
     assert!(err.contains("already linked"), "{err}");
     assert!(!err.contains("invalid device roster"), "{err}");
     assert_eq!(device_count(&a), 2);
+
+    // Revoked, the tablet learns it at its next sync, and its device list says so.
+    let tablet_id = {
+        let mut devices = kith(&c);
+        devices.args(["device", "list", "--json"]);
+        json(&ok(devices))
+            .as_array()
+            .and_then(|all| all.iter().find(|d| d["this_device"] == true).cloned())
+            .and_then(|d| d["id"].as_str().map(str::to_owned))
+            .expect("the tablet lists itself")
+    };
+    let mut revoke = kith(&a);
+    revoke.args(["device", "revoke", &tablet_id]);
+    ok(revoke);
+    let mut sync = kith(&c);
+    sync.arg("sync");
+    let err = fails(sync);
+    assert!(err.contains("removed"), "{err}");
+    let mut devices = kith(&c);
+    devices.args(["device", "list"]);
+    let said = ok(devices);
+    assert!(said.contains("was revoked"), "{said}");
 }
 
 /// A UDP port on loopback with nothing behind it.

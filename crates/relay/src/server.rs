@@ -251,8 +251,16 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
             return;
         }
     };
+    // A handshake still under way when the relay shuts down is abandoned, not waited for: it
+    // would hold the shutdown up to the handshake timeout.
+    let mut stopping = shared.shutdown.clone();
+    let handshake = tokio::time::timeout(shared.config.limits.handshake_timeout, connecting);
+    let handshake = tokio::select! {
+        result = handshake => result,
+        _ = stopping.changed() => return,
+    };
     let connection =
-        match tokio::time::timeout(shared.config.limits.handshake_timeout, connecting).await {
+        match handshake {
             Ok(Ok(connection)) => connection,
             Ok(Err(err)) => {
                 tracing::debug!(%remote, error = %err, "handshake failed");
