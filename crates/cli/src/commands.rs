@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use kith_client::import::Region;
 use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::net::RelayTarget;
-use kith_client::import::Region;
 use kith_client::{ClearField, ContactFields, Device, EditOptions, PendingLink, SyncReport};
 use kith_protocol::DeviceId;
 
@@ -146,7 +146,9 @@ async fn import(
     address_book: Option<PathBuf>,
 ) -> Result<()> {
     if address_book.is_some() && kind != ImportKind::Imessage {
-        return Err(usage("--address-book only applies to `kith import imessage`"));
+        return Err(usage(
+            "--address-book only applies to `kith import imessage`",
+        ));
     }
     let device = open(home)?;
     let owned_path = path.to_path_buf();
@@ -678,9 +680,18 @@ mod tests {
 
     #[test]
     fn the_region_comes_from_the_locale_territory() {
-        assert_eq!(region_of_locale("en_GB.UTF-8").map(|r| r.to_string()), Some("GB".into()));
-        assert_eq!(region_of_locale("de_DE@euro").map(|r| r.to_string()), Some("DE".into()));
-        assert_eq!(region_of_locale("fr_FR").map(|r| r.to_string()), Some("FR".into()));
+        assert_eq!(
+            region_of_locale("en_GB.UTF-8").map(|r| r.to_string()),
+            Some("GB".into())
+        );
+        assert_eq!(
+            region_of_locale("de_DE@euro").map(|r| r.to_string()),
+            Some("DE".into())
+        );
+        assert_eq!(
+            region_of_locale("fr_FR").map(|r| r.to_string()),
+            Some("FR".into())
+        );
         assert_eq!(region_of_locale("C.UTF-8"), None);
         assert_eq!(region_of_locale("POSIX"), None);
         assert_eq!(region_of_locale("en_ZZ.UTF-8"), None);

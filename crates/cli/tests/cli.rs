@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kith_e2e::relay_child::RelayChild;
 use serde_json::Value;
 
 /// Longest any one command may take before the test fails.
@@ -657,9 +658,13 @@ fn usage_errors_exit_2() {
     // Flag values of the wrong shape, as README's exit-code table says, and no backtrace
     // whatever RUST_BACKTRACE says.
     let mut relay = kith(home.path());
-    relay
-        .env("RUST_BACKTRACE", "1")
-        .args(["init", "--relay", "no-port", "--relay-cert-sha256", &"ab".repeat(32)]);
+    relay.env("RUST_BACKTRACE", "1").args([
+        "init",
+        "--relay",
+        "no-port",
+        "--relay-cert-sha256",
+        &"ab".repeat(32),
+    ]);
     let err = fails_with(relay, 2);
     assert!(err.contains("HOST:PORT"), "{err}");
     assert!(!err.contains("backtrace"), "{err}");
@@ -683,21 +688,40 @@ fn edits_clear_fields_remove_values_and_read_national_numbers() {
     let home = home.path();
     init(home, &relay, "laptop");
     let mut add = kith(home);
-    add.env("LANG", "en_GB.UTF-8").env_remove("LC_ALL").env_remove("LC_TELEPHONE").args([
-        "contacts", "add", "--name", "Ada Lovelace", "--email", "ada@example.org", "--phone",
-        "020 7946 0958", "--company", "Engines",
-    ]);
+    add.env("LANG", "en_GB.UTF-8")
+        .env_remove("LC_ALL")
+        .env_remove("LC_TELEPHONE")
+        .args([
+            "contacts",
+            "add",
+            "--name",
+            "Ada Lovelace",
+            "--email",
+            "ada@example.org",
+            "--phone",
+            "020 7946 0958",
+            "--company",
+            "Engines",
+        ]);
     ok(add);
     let contact = || list(home).into_iter().next().expect("one contact");
     let id = contact()["id"].as_str().expect("id").to_owned();
-    assert_eq!(contact()["phones"][0]["number"], "+442079460958", "read in the locale's GB");
+    assert_eq!(
+        contact()["phones"][0]["number"],
+        "+442079460958",
+        "read in the locale's GB"
+    );
 
     let edit = |args: &[&str]| {
         let mut command = kith(home);
         command.args(["contacts", "edit", &id]).args(args);
         command
     };
-    for empty in [&["--name", ""][..], &["--company", "  "][..], &["--email", ""][..]] {
+    for empty in [
+        &["--name", ""][..],
+        &["--company", "  "][..],
+        &["--email", ""][..],
+    ] {
         let err = fails(edit(empty));
         assert!(err.contains("empty"), "{empty:?}: {err}");
     }
@@ -708,7 +732,14 @@ fn edits_clear_fields_remove_values_and_read_national_numbers() {
     let mut region = edit(&["--phone", "030 901820"]);
     region.env("KITH_REGION", "DE");
     ok(region);
-    ok(edit(&["--phone", "06 12 34 56 78", "--region", "FR", "--email", "ada@engines.example"]));
+    ok(edit(&[
+        "--phone",
+        "06 12 34 56 78",
+        "--region",
+        "FR",
+        "--email",
+        "ada@engines.example",
+    ]));
     let numbers: Vec<String> = contact()["phones"]
         .as_array()
         .expect("phones")
@@ -718,7 +749,12 @@ fn edits_clear_fields_remove_values_and_read_national_numbers() {
     assert!(numbers.contains(&"+4930901820".to_owned()), "{numbers:?}");
     assert!(numbers.contains(&"+33612345678".to_owned()), "{numbers:?}");
 
-    ok(edit(&["--remove-phone", "+33 6 12 34 56 78", "--remove-email", "ada@example.org"]));
+    ok(edit(&[
+        "--remove-phone",
+        "+33 6 12 34 56 78",
+        "--remove-email",
+        "ada@example.org",
+    ]));
     let after = contact();
     assert_eq!(after["phones"].as_array().map(Vec::len), Some(2));
     assert_eq!(after["emails"].as_array().map(Vec::len), Some(1));
@@ -737,104 +773,22 @@ fn edits_clear_fields_remove_values_and_read_national_numbers() {
 // A person's pace: waits of realistic length, a relay that restarts or is not there at all.
 // ---------------------------------------------------------------------------------------------
 
-const RELAY_DIR_VAR: &str = "KITH_CLI_TEST_RELAY_DIR";
-const RELAY_LISTEN_VAR: &str = "KITH_CLI_TEST_RELAY_LISTEN";
-
-/// Not a test of its own: the relay process of the tests below, which start this binary with
-/// `--ignored --exact relay_process` and [`RELAY_DIR_VAR`] set. Without it, it does nothing.
+/// Not a test of its own: the relay process of the tests below that restart or stop the
+/// relay (see [`RelayChild`]).
 #[test]
 #[ignore = "helper process of the tests that restart or stop the relay"]
 fn relay_process() {
-    let Ok(dir) = std::env::var(RELAY_DIR_VAR) else {
-        return;
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let mut config = kith_relay::RelayConfig::for_tests(&dir);
-        if let Ok(listen) = std::env::var(RELAY_LISTEN_VAR) {
-            config.listen = listen.parse().expect("listen address");
-        }
-        let relay = kith_relay::Relay::start(config).await.expect("relay starts");
-        println!(
-            "relay-ready {} {}",
-            relay.local_addr(),
-            hex::encode(relay.cert_sha256())
-        );
-        std::future::pending::<()>().await;
-    });
+    kith_e2e::relay_child::serve_if_asked();
 }
 
-/// A relay in a child process, so that it can be killed and started again on the same
-/// address and data, as an operator's restart does.
-struct RelayChild {
-    child: Child,
-    address: String,
-    pin: String,
-}
-
-impl RelayChild {
-    /// Starts a relay on `dir`, on `listen` if given (retrying while the port is still taken
-    /// by a process being reaped).
-    fn start(dir: &Path, listen: Option<&str>) -> RelayChild {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut command = Command::new(std::env::current_exe().expect("test binary"));
-            command
-                .args(["relay_process", "--exact", "--ignored", "--nocapture"])
-                .args(["--test-threads", "1"])
-                .env(RELAY_DIR_VAR, dir)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null());
-            if let Some(listen) = listen {
-                command.env(RELAY_LISTEN_VAR, listen);
-            }
-            let mut child = command.spawn().expect("spawn relay process");
-            let out = child.stdout.take().expect("stdout");
-            let ready = BufReader::new(out)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|line| {
-                    let (_, rest) = line.split_once("relay-ready ")?;
-                    let (address, pin) = rest.split_once(' ')?;
-                    Some((address.to_owned(), pin.to_owned()))
-                });
-            match ready {
-                Some((address, pin)) => return RelayChild { child, address, pin },
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    assert!(Instant::now() < deadline, "the relay process did not start");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    }
-
-    fn args(&self) -> [String; 4] {
-        [
-            "--relay".into(),
-            self.address.clone(),
-            "--relay-cert-sha256".into(),
-            self.pin.clone(),
-        ]
-    }
-
-    /// SIGKILL: no flush, no graceful close.
-    fn kill_9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RelayChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `--relay ADDR --relay-cert-sha256 PIN` of a relay in a child process.
+fn child_args(relay: &RelayChild) -> [String; 4] {
+    [
+        "--relay".into(),
+        relay.addr.to_string(),
+        "--relay-cert-sha256".into(),
+        relay.pin.clone(),
+    ]
 }
 
 /// A `kith device request` running in the background, its link code read from its first line.
@@ -850,7 +804,12 @@ impl Requester {
         request
             .args(["device", "request"])
             .args(relay_args)
-            .args(["--device-name", name, "--timeout", &timeout_secs.to_string()])
+            .args([
+                "--device-name",
+                name,
+                "--timeout",
+                &timeout_secs.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -907,6 +866,13 @@ fn device_count(home: &Path) -> usize {
     json(&ok(devices)).as_array().map_or(0, Vec::len)
 }
 
+/// A temporary directory and homes named in it (not created: a command creates them).
+fn homes<const N: usize>(names: [&str; N]) -> (tempfile::TempDir, [PathBuf; N]) {
+    let dir = tempfile::tempdir().expect("homes");
+    let paths = names.map(|name| dir.path().join(name));
+    (dir, paths)
+}
+
 /// `kith init` against a relay given by its arguments.
 fn init_with(home: &Path, relay_args: &[String; 4], name: &str) {
     let mut command = kith(home);
@@ -923,12 +889,7 @@ fn init_with(home: &Path, relay_args: &[String; 4], name: &str) {
 #[test]
 fn linking_waits_as_long_as_a_person_takes_to_approve() {
     let relay = TestRelay::start();
-    let homes = tempfile::tempdir().expect("homes");
-    let (a, b, c) = (
-        homes.path().join("a"),
-        homes.path().join("b"),
-        homes.path().join("c"),
-    );
+    let (_homes, [a, b, c]) = homes(["a", "b", "c"]);
     init(&a, &relay, "laptop");
     let mut add = kith(&a);
     add.args(["contacts", "add", "--name", "Ada Lovelace"]);
@@ -967,7 +928,7 @@ fn linking_survives_a_relay_restart_during_the_wait() {
     let dir = tempfile::tempdir().expect("dir");
     let relay_dir = dir.path().join("relay");
     let relay = RelayChild::start(&relay_dir, None);
-    let (address, args) = (relay.address.clone(), relay.args());
+    let (address, args) = (relay.addr, child_args(&relay));
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     init_with(&a, &args, "laptop");
 
@@ -975,7 +936,7 @@ fn linking_survives_a_relay_restart_during_the_wait() {
     std::thread::sleep(Duration::from_secs(5));
     relay.kill_9();
     std::thread::sleep(Duration::from_secs(3));
-    let _relay = RelayChild::start(&relay_dir, Some(&address));
+    let _relay = RelayChild::start(&relay_dir, Some(address));
     // The person approves a little after the relay is back.
     std::thread::sleep(Duration::from_secs(5));
     let mut approve = kith(&a);
@@ -996,12 +957,7 @@ fn linking_survives_a_relay_restart_during_the_wait() {
 #[test]
 fn an_approval_whose_requester_is_gone_leaves_no_half_linked_device() {
     let relay = TestRelay::start();
-    let homes = tempfile::tempdir().expect("homes");
-    let (a, b, c) = (
-        homes.path().join("a"),
-        homes.path().join("b"),
-        homes.path().join("c"),
-    );
+    let (_homes, [a, b, c]) = homes(["a", "b", "c"]);
     init(&a, &relay, "laptop");
 
     let gone = Requester::start(&b, &relay.args(), "phone", 300);
@@ -1022,7 +978,11 @@ fn an_approval_whose_requester_is_gone_leaves_no_half_linked_device() {
     let mut sync = kith(&a);
     sync.arg("sync");
     ok(sync);
-    assert_eq!(device_count(&a), 1, "the device that never took its approval is not listed");
+    assert_eq!(
+        device_count(&a),
+        1,
+        "the device that never took its approval is not listed"
+    );
 
     let tablet = Requester::start(&c, &relay.args(), "tablet", 120);
     let code = tablet.code.clone();
@@ -1087,7 +1047,12 @@ fn fails_within(mut command: Command, limit: Duration) -> (String, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let output = child.wait_with_output().expect("output");
-    assert_eq!(output.status.code(), Some(1), "`{what}`: {}", stderr(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "`{what}`: {}",
+        stderr(&output)
+    );
     (stdout(&output), stderr(&output))
 }
 
@@ -1122,14 +1087,17 @@ fn a_relay_that_is_down_fails_fast_and_says_why() {
         .args(&args)
         .args(["--timeout", "5"]);
     let (out, err) = fails_within(request, limit);
-    assert!(out.is_empty(), "no link code for a relay that is not there: {out}");
+    assert!(
+        out.is_empty(),
+        "no link code for a relay that is not there: {out}"
+    );
     assert!(err.contains("cannot reach the relay"), "{err}");
     assert!(!requester.exists());
 
     // A device whose relay stopped.
     let relay_dir = dir.path().join("relay");
     let relay = RelayChild::start(&relay_dir, None);
-    let (address, relay_args) = (relay.address.clone(), relay.args());
+    let (address, relay_args) = (relay.addr, child_args(&relay));
     let a = dir.path().join("a");
     init_with(&a, &relay_args, "laptop");
     relay.kill_9();
@@ -1162,7 +1130,7 @@ fn a_relay_that_is_down_fails_fast_and_says_why() {
         watcher.try_wait().expect("wait").is_none(),
         "sync --watch gave up on a relay that is down"
     );
-    let _relay = RelayChild::start(&relay_dir, Some(&address));
+    let _relay = RelayChild::start(&relay_dir, Some(address));
     let first = lines.recv_timeout(COMMAND_TIMEOUT);
     let _ = watcher.kill();
     let _ = watcher.wait();

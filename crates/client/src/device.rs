@@ -243,8 +243,6 @@ impl Device {
         if keystore.load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
-        // A relay that cannot be reached, or refuses the account, leaves no home behind.
-        let guard = HomeGuard::new(home)?;
         let mut rng = system_rng();
         let secrets = DeviceSecrets::generate();
         let account_key = AccountSigningKey::generate(&mut rng);
@@ -292,6 +290,9 @@ impl Device {
                 .await?,
         )?;
 
+        // Nothing is written to the home before the relay accepted the account, so a relay
+        // that cannot be reached, or refuses it, leaves no home behind (nor does Ctrl-C).
+        let guard = HomeGuard::new(home)?;
         keystore.save(&secrets)?;
         let state = AccountState {
             account_id,
@@ -543,7 +544,11 @@ impl Device {
                 return Ok(true);
             }
         }
-        Ok(self.inner.store.get(TreeName::Meta, meta::REVOKED)?.is_some())
+        Ok(self
+            .inner
+            .store
+            .get(TreeName::Meta, meta::REVOKED)?
+            .is_some())
     }
 
     /// The devices of the account, from the roster this device last verified.
@@ -769,7 +774,6 @@ impl Device {
         if keystore.load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
-        let guard = HomeGuard::new(home)?;
         let recovery_key = RecoveryKey::parse(recovery_key)
             .map_err(|e| ClientError::InvalidInput(format!("{e}")))?;
         let connection = RelayConnection::connect(&relay).await?;
@@ -816,26 +820,8 @@ impl Device {
         connection
             .recover_account(&account_id, roster.encoded().to_vec(), &secrets.signing_key)
             .await?;
-        let sealed_keys: Vec<Vec<u8>> = epochs
-            .iter()
-            .map(|(number, secret)| {
-                epoch::seal_epoch_key(
-                    &account_id,
-                    &secrets.signing_key.device_id(),
-                    &secrets.agreement_key.public(),
-                    number,
-                    secret,
-                    &mut rng,
-                )
-            })
-            .collect();
-        expect_ok(
-            connection
-                .request(request::Kind::PutSealedEpochKeys(
-                    proto::PutSealedEpochKeys { keys: sealed_keys },
-                ))
-                .await?,
-        )?;
+        put_own_epoch_keys(&connection, &account_id, &secrets, &epochs).await?;
+        let guard = HomeGuard::new(home)?;
         keystore.save(&secrets)?;
         let state = AccountState {
             account_id,
@@ -882,6 +868,40 @@ impl Device {
     }
 }
 
+/// Stores this device's own sealed copy of every epoch secret it holds, as a device that just
+/// joined (linked or recovered) does, so a later restore or link finds them.
+async fn put_own_epoch_keys(
+    connection: &RelayConnection,
+    account_id: &AccountId,
+    secrets: &DeviceSecrets,
+    epochs: &EpochKeys,
+) -> Result<()> {
+    let mut rng = system_rng();
+    let device_id = secrets.signing_key.device_id();
+    let agreement_key = secrets.agreement_key.public();
+    let sealed_keys: Vec<Vec<u8>> = epochs
+        .iter()
+        .map(|(number, secret)| {
+            epoch::seal_epoch_key(
+                account_id,
+                &device_id,
+                &agreement_key,
+                number,
+                secret,
+                &mut rng,
+            )
+        })
+        .collect();
+    expect_ok(
+        connection
+            .request(request::Kind::PutSealedEpochKeys(
+                proto::PutSealedEpochKeys { keys: sealed_keys },
+            ))
+            .await?,
+    )?;
+    Ok(())
+}
+
 fn keystore_for(home: &Path, keystore: Option<Arc<dyn KeyStore>>) -> Arc<dyn KeyStore> {
     keystore.unwrap_or_else(|| Arc::new(FileKeyStore::new(home.join(KEY_FILE))))
 }
@@ -906,7 +926,6 @@ pub struct PendingLink {
     pairing_secret: PairingSecret,
     code: Zeroizing<String>,
     connection: Option<RelayConnection>,
-    guard: HomeGuard,
 }
 
 impl std::fmt::Debug for PendingLink {
@@ -926,13 +945,12 @@ enum JoinFailure {
 }
 
 impl PendingLink {
-    /// Prepares a new device: generates its keys and a one-time pairing secret. If the link
-    /// does not complete, dropping this removes what it created in `home`.
+    /// Prepares a new device: generates its keys and a one-time pairing secret. Nothing is
+    /// written to `home` until the link completes.
     pub fn new(home: &Path, relay: RelayTarget, device_name: &str) -> Result<Self> {
         if keystore_for(home, None).load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
-        let guard = HomeGuard::new(home)?;
         let secrets = DeviceSecrets::generate();
         let pairing_secret = PairingSecret::generate(&mut system_rng());
         let code = LinkCode::new(
@@ -950,7 +968,6 @@ impl PendingLink {
             pairing_secret,
             code,
             connection: None,
-            guard,
         })
     }
 
@@ -1049,10 +1066,9 @@ impl PendingLink {
             match take.await {
                 Ok(response::Kind::PairingSlot(slot)) => return Ok(slot.bundle),
                 Ok(_) => {
-                    return Err(crate::net::NetError::Protocol(
-                        "expected a pairing slot".into(),
-                    )
-                    .into());
+                    return Err(
+                        crate::net::NetError::Protocol("expected a pairing slot".into()).into(),
+                    );
                 }
                 Err(e) if e.relay_code() == Some(proto::ErrorCode::NotFound) => {
                     sleep_until_or(deadline, TAKE_INTERVAL.saturating_sub(now.elapsed())).await;
@@ -1121,9 +1137,7 @@ impl PendingLink {
                 Err(_)
                     if matches!(
                         error.relay_code(),
-                        Some(
-                            proto::ErrorCode::RosterRollback | proto::ErrorCode::RosterInvalid
-                        )
+                        Some(proto::ErrorCode::RosterRollback | proto::ErrorCode::RosterInvalid)
                     ) =>
                 {
                     return Err(JoinFailure::Superseded);
@@ -1138,27 +1152,10 @@ impl PendingLink {
         let account_id = bundle.account_id();
         let device_id = self.secrets.signing_key.device_id();
         let (account_key, epochs, roster) = bundle.into_parts();
-        let mut rng = system_rng();
-        let sealed_keys: Vec<Vec<u8>> = epochs
-            .iter()
-            .map(|(number, secret)| {
-                epoch::seal_epoch_key(
-                    &account_id,
-                    &device_id,
-                    &self.secrets.agreement_key.public(),
-                    number,
-                    secret,
-                    &mut rng,
-                )
-            })
-            .collect();
-        expect_ok(
-            connection
-                .request(request::Kind::PutSealedEpochKeys(
-                    proto::PutSealedEpochKeys { keys: sealed_keys },
-                ))
-                .await?,
-        )?;
+        put_own_epoch_keys(&connection, &account_id, &self.secrets, &epochs).await?;
+        // The home is created only now: a request that ends without approval (a timeout,
+        // Ctrl-C, a relay that cannot be reached) leaves nothing behind.
+        let guard = HomeGuard::new(&self.home)?;
         keystore_for(&self.home, None).save(&self.secrets)?;
         let state = AccountState {
             account_id,
@@ -1173,7 +1170,6 @@ impl PendingLink {
             relay,
             device_name,
             secrets,
-            guard,
             ..
         } = self;
         let device = Device::persist_new(&home, secrets, state, &relay, &device_name)?;

@@ -227,12 +227,7 @@ impl RelayConnection {
             .map_err(|e| unreachable(e.to_string()))?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| {
-                unreachable(format!(
-                    "no answer within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
             .map_err(|e| match NetError::connection(&e) {
                 NetError::Connection(text) => unreachable(text),
                 other => other,

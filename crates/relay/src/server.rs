@@ -259,18 +259,17 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
         result = handshake => result,
         _ = stopping.changed() => return,
     };
-    let connection =
-        match handshake {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(err)) => {
-                tracing::debug!(%remote, error = %err, "handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%remote, "handshake timed out");
-                return;
-            }
-        };
+    let connection = match handshake {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(err)) => {
+            tracing::debug!(%remote, error = %err, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
     tracing::debug!(%remote, "connection established");
     let conn = Arc::new(Conn::new(connection.clone()));
     let mut shutdown = shared.shutdown.clone();

@@ -29,9 +29,16 @@ fn token_and_stats_refuse_a_directory_that_is_not_a_relays() {
         let output = relay_command(args, &typo);
         let err = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
-        assert!(output.stdout.is_empty(), "{args:?} printed {:?}", output.stdout);
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            output.stdout
+        );
         assert!(err.contains("not a kith-relay data directory"), "{err}");
-        assert!(!err.contains("backtrace"), "a routine error prints no backtrace: {err}");
+        assert!(
+            !err.contains("backtrace"),
+            "a routine error prints no backtrace: {err}"
+        );
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(!typo.exists(), "{args:?} created the directory");
     }
@@ -64,9 +71,15 @@ async fn the_log_has_no_colour_codes_stats_counts_streams_and_sigterm_stops_it()
     .await
     .unwrap();
     let (status, log) = status;
-    assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}\n{log}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM: {status:?}\n{log}"
+    );
     assert!(log.contains("relay stopped"), "{log}");
-    assert!(!log.contains('\u{1b}'), "colour codes in a piped log: {log:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
     let answer = waiting.await.unwrap();
     assert!(answer.is_err(), "{answer:?}");
 

@@ -54,7 +54,9 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutPairingSlot) -> Re
         ));
     }
     durable(shared).await?;
-    shared.pairing_puts.send_modify(|puts| *puts = puts.wrapping_add(1));
+    shared
+        .pairing_puts
+        .send_modify(|puts| *puts = puts.wrapping_add(1));
     ok()
 }
 
