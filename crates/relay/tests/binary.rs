@@ -47,21 +47,24 @@ fn token_and_stats_refuse_a_directory_that_is_not_a_relays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_has_no_colour_codes_stats_counts_streams_and_sigterm_stops_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = RelayProcess::spawn(dir.path(), &[]);
-    // A client holds a waiting take of a pairing slot open while the relay is stopped.
+    let mut relay = RelayProcess::spawn(dir.path(), &["--lookups-per-minute", "3"]);
     let client = std::sync::Arc::new(relay.connect().await);
+    let take = |slot: u8, wait_ms: u32| {
+        request::Kind::TakePairingSlot(proto::TakePairingSlot {
+            slot_id: vec![slot; 32],
+            wait_ms,
+        })
+    };
+    // A client holds a waiting take of a pairing slot open while the relay is stopped.
     let waiting = tokio::spawn({
         let client = client.clone();
-        async move {
-            client
-                .request(request::Kind::TakePairingSlot(proto::TakePairingSlot {
-                    slot_id: vec![3; 32],
-                    wait_ms: 20_000,
-                }))
-                .await
-        }
+        async move { client.request(take(3, 20_000)).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Lookups past the per-address budget (3 a minute here) are refused, and the log says so.
+    for _ in 0..3 {
+        let _ = client.request(take(2, 0)).await;
+    }
     // Generous: the relay stops at once; the bound only keeps a hung relay from hanging the
     // test.
     let status = tokio::task::spawn_blocking(move || {
@@ -77,11 +80,20 @@ async fn the_log_has_no_colour_codes_stats_counts_streams_and_sigterm_stops_it()
     );
     assert!(log.contains("relay stopped"), "{log}");
     assert!(
+        log.lines()
+            .any(|l| l.contains("request refused") && l.contains("RateLimited")),
+        "a rate-limited request is logged: {log}"
+    );
+    assert!(
         !log.contains('\u{1b}'),
         "colour codes in a piped log: {log:?}"
     );
     let answer = waiting.await.unwrap();
-    assert!(answer.is_err(), "{answer:?}");
+    assert_eq!(
+        answer.err().and_then(|e| e.code()),
+        Some(proto::ErrorCode::ShuttingDown),
+        "a waiting take is told the relay is shutting down"
+    );
 
     let output = relay_command(&["stats"], dir.path());
     let out = String::from_utf8_lossy(&output.stdout);
