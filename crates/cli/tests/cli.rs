@@ -952,8 +952,8 @@ fn linking_survives_a_relay_restart_during_the_wait() {
 }
 
 /// An approval whose requester has gone changes nothing: the approver says the device has not
-/// joined, the roster never lists it, and approving the same code again says it is already
-/// approved; a code whose device did link says so when approved again.
+/// joined and the roster never lists it; a code whose device did link says so when approved
+/// again (not "the relay served an invalid device roster"); a revoked device's list says so.
 #[test]
 fn an_approval_whose_requester_is_gone_leaves_no_half_linked_device() {
     let relay = TestRelay::start();
@@ -971,10 +971,17 @@ fn an_approval_whose_requester_is_gone_leaves_no_half_linked_device() {
     approve.args(["device", "approve", &code]);
     let said = ok(approve);
     assert!(said.contains("lapses"), "{said}");
+    // Approving it again either finds the approval still waiting ("already approved") or, if
+    // the killed requester's last waiting take already collected it (the relay cannot tell a
+    // killed process from a slow one), leaves a new one: the account is unchanged either way.
     let mut again = kith(&a);
     again.args(["device", "approve", &code]);
-    let err = fails(again);
-    assert!(err.contains("already approved"), "{err}");
+    let output = run(again);
+    let said = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(
+        said.contains("already approved") || (output.status.success() && said.contains("lapses")),
+        "{said}"
+    );
     let mut sync = kith(&a);
     sync.arg("sync");
     ok(sync);
