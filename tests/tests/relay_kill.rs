@@ -6,112 +6,19 @@
 //! The relay runs in a child process so that it can be killed for real: this test binary
 //! starts itself again, running only the ignored helper [`relay_process`].
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kith_client::net::NetError;
-use kith_client::net::RelayTarget;
 use kith_client::store::TreeName;
 use kith_client::{ClientError, Device};
+use kith_e2e::relay_child::RelayChild;
 use kith_relay::{Relay, RelayConfig};
 
-const DIR_VAR: &str = "KITH_E2E_RELAY_DIR";
-const LISTEN_VAR: &str = "KITH_E2E_RELAY_LISTEN";
-
-/// Not a test of its own: the relay process of the test below, which starts this binary with
-/// `--ignored --exact relay_process` and [`DIR_VAR`] set. Without it, it does nothing.
+/// Not a test of its own: the relay process of the test below (see [`RelayChild`]).
 #[test]
 #[ignore = "helper process of killing_the_relay_in_the_middle_of_a_sync_loses_nothing"]
 fn relay_process() {
-    let Ok(dir) = std::env::var(DIR_VAR) else {
-        return;
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut config = RelayConfig::for_tests(&dir);
-        if let Ok(listen) = std::env::var(LISTEN_VAR) {
-            config.listen = listen.parse().unwrap();
-        }
-        let relay = Relay::start(config).await.unwrap();
-        println!(
-            "relay-ready {} {}",
-            relay.local_addr(),
-            hex::encode(relay.cert_sha256())
-        );
-        std::future::pending::<()>().await;
-    });
-}
-
-/// A relay in a child process.
-struct RelayChild {
-    child: Child,
-    addr: SocketAddr,
-    pin: String,
-}
-
-impl RelayChild {
-    /// Starts a relay on `dir`, on `listen` if given (retrying while the port is still taken
-    /// by a process being reaped).
-    fn start(dir: &Path, listen: Option<SocketAddr>) -> RelayChild {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut command = Command::new(std::env::current_exe().unwrap());
-            command
-                .args(["relay_process", "--exact", "--ignored", "--nocapture"])
-                .args(["--test-threads", "1"])
-                .env(DIR_VAR, dir)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null());
-            if let Some(listen) = listen {
-                command.env(LISTEN_VAR, listen.to_string());
-            }
-            let mut child = command.spawn().unwrap();
-            let stdout = child.stdout.take().unwrap();
-            // The first line that announces the relay (after libtest's "test relay_process
-            // ... " on the same line), or None if the process ends first.
-            let ready = BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|line| {
-                    let (_, rest) = line.split_once("relay-ready ")?;
-                    let (addr, pin) = rest.split_once(' ')?;
-                    Some((addr.parse().ok()?, pin.to_owned()))
-                });
-            match ready {
-                Some((addr, pin)) => return RelayChild { child, addr, pin },
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    assert!(Instant::now() < deadline, "the relay process did not start");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    }
-
-    fn target(&self) -> RelayTarget {
-        RelayTarget::pinned(self.addr.to_string(), &self.pin).unwrap()
-    }
-
-    /// SIGKILL: no flush, no graceful close.
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for RelayChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    kith_e2e::relay_child::serve_if_asked();
 }
 
 fn outbox_len(device: &Device) -> usize {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kith_client::ClearField;
+use kith_client::import::Region;
 
 /// `kith --version`: the release and the protocol it speaks (docs/PROTOCOL.md §8.1).
 static VERSION: LazyLock<String> =
@@ -160,6 +162,16 @@ pub enum ContactsCommand {
         /// Fields besides the name.
         #[command(flatten)]
         fields: FieldArgs,
+        /// Remove a field's value (repeatable): `emails` and `phones` remove every address or
+        /// number; with --email or --phone in the same edit, they are replaced by the new one.
+        #[arg(long, value_enum, value_name = "FIELD")]
+        clear: Vec<ClearArg>,
+        /// Remove this e-mail address (repeatable).
+        #[arg(long, value_name = "E")]
+        remove_email: Vec<String>,
+        /// Remove this phone number, in any format --phone accepts (repeatable).
+        #[arg(long, value_name = "P")]
+        remove_phone: Vec<String>,
     },
     /// Delete a contact on every device.
     Delete {
@@ -180,16 +192,57 @@ pub struct FieldArgs {
     /// An e-mail address (added beside any the contact has).
     #[arg(long, value_name = "E")]
     pub email: Option<String>,
-    /// A phone number, best in international form such as +14155550100 (added beside any the
-    /// contact has).
+    /// A phone number (added beside any the contact has): international (+44 20 7946 0958)
+    /// or national for --region (020 7946 0958 with --region GB).
     #[arg(long, value_name = "P")]
     pub phone: Option<String>,
+    /// The region of phone numbers written without a country code, as a two-letter code
+    /// (GB, DE, FR …). Default: the territory of the locale (LC_ALL, LC_TELEPHONE or LANG,
+    /// e.g. en_GB.UTF-8 → GB), else US.
+    #[arg(long, env = "KITH_REGION", value_name = "CC", value_parser = parse_region)]
+    pub region: Option<Region>,
     /// Company.
     #[arg(long, value_name = "C")]
     pub company: Option<String>,
     /// A private note.
     #[arg(long, value_name = "T")]
     pub note: Option<String>,
+}
+
+/// The fields `contacts edit --clear` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClearArg {
+    /// The company.
+    Company,
+    /// The job title.
+    Title,
+    /// The birthday.
+    Birthday,
+    /// The private note.
+    Note,
+    /// Every e-mail address.
+    Emails,
+    /// Every phone number.
+    Phones,
+}
+
+impl From<ClearArg> for ClearField {
+    fn from(arg: ClearArg) -> Self {
+        match arg {
+            ClearArg::Company => ClearField::Company,
+            ClearArg::Title => ClearField::Title,
+            ClearArg::Birthday => ClearField::Birthday,
+            ClearArg::Note => ClearField::Note,
+            ClearArg::Emails => ClearField::Emails,
+            ClearArg::Phones => ClearField::Phones,
+        }
+    }
+}
+
+fn parse_region(text: &str) -> Result<Region, String> {
+    text.parse().map_err(|_| {
+        format!("'{text}' is not a region: give a two-letter ISO 3166 code such as GB, DE or US")
+    })
 }
 
 /// `kith device …`.

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use kith_client::import::Region;
 use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::net::RelayTarget;
-use kith_client::{ContactFields, Device, PendingLink, SyncReport};
+use kith_client::{ClearField, ContactFields, Device, EditOptions, PendingLink, SyncReport};
 use kith_protocol::DeviceId;
 
 use crate::cli::{
@@ -73,13 +74,30 @@ fn relay_target(relay: &RelayArgs) -> Result<RelayTarget> {
         .rsplit_once(':')
         .map(|(_, port)| port.parse::<u16>());
     if !matches!(port, Some(Ok(_))) {
-        bail!(
+        return Err(usage(format!(
             "--relay must be HOST:PORT, e.g. relay.example.org:4433 or 127.0.0.1:4433 (got '{}')",
             relay.relay
-        );
+        )));
     }
     RelayTarget::pinned(relay.relay.clone(), &relay.relay_cert_sha256)
-        .context("invalid --relay-cert-sha256")
+        .map_err(|e| usage(format!("invalid --relay-cert-sha256: {e}")))
+}
+
+/// A command line that parsed but cannot mean anything (a flag value of the wrong shape, a
+/// flag that does not apply): exits 2 like clap's own usage errors (crates/cli/README.md).
+#[derive(Debug)]
+pub struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
 }
 
 /// A default device name: the host's name, which people recognise in `kith device list`.
@@ -128,7 +146,9 @@ async fn import(
     address_book: Option<PathBuf>,
 ) -> Result<()> {
     if address_book.is_some() && kind != ImportKind::Imessage {
-        bail!("--address-book only applies to `kith import imessage`");
+        return Err(usage(
+            "--address-book only applies to `kith import imessage`",
+        ));
     }
     let device = open(home)?;
     let owned_path = path.to_path_buf();
@@ -248,20 +268,43 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
             }
         }
         ContactsCommand::Add { name, fields } => {
+            let region = fields.region.or_else(locale_region);
             let id = device
-                .add_contact(&contact_fields(Some(name), fields))
+                .add_contact_in(&contact_fields(Some(name), fields), region)
                 .await?;
             outln!("Added contact {id}.");
         }
-        ContactsCommand::Edit { id, name, fields } => {
+        ContactsCommand::Edit {
+            id,
+            name,
+            fields,
+            clear,
+            remove_email,
+            remove_phone,
+        } => {
+            let options = EditOptions {
+                clear: clear.into_iter().map(ClearField::from).collect(),
+                remove_emails: remove_email,
+                remove_phones: remove_phone,
+                region: fields.region.or_else(locale_region),
+            };
             let changes = contact_fields(name, fields);
-            if changes == ContactFields::default() {
-                bail!(
-                    "nothing to change: give at least one of --name, --email, --phone, --company, --note"
-                );
+            let removes_nothing = options.clear.is_empty()
+                && options.remove_emails.is_empty()
+                && options.remove_phones.is_empty();
+            if changes == ContactFields::default() && removes_nothing {
+                return Err(usage(
+                    "nothing to change: give at least one of --name, --email, --phone, --company, --note, \
+                     --clear, --remove-email, --remove-phone",
+                ));
             }
             let id = device.resolve_id(&id)?;
-            device.edit_contact(&id, &changes).await?;
+            if !device.edit_contact_with(&id, &changes, &options).await? {
+                bail!(
+                    "nothing changed: contact {} already has these values",
+                    short(&id.to_hex())
+                );
+            }
             outln!("Updated contact {id}.");
         }
         ContactsCommand::Delete { id } => {
@@ -309,6 +352,21 @@ fn contact_fields(name: Option<String>, fields: FieldArgs) -> ContactFields {
         company: fields.company,
         note: fields.note,
     }
+}
+
+/// The region of the person's locale: the territory of `LC_ALL`, `LC_TELEPHONE` or `LANG`
+/// (`en_GB.UTF-8` → GB), the first of them that is set, as POSIX orders them.
+fn locale_region() -> Option<Region> {
+    ["LC_ALL", "LC_TELEPHONE", "LANG"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|value| !value.is_empty())
+        .and_then(|locale| region_of_locale(&locale))
+}
+
+fn region_of_locale(locale: &str) -> Option<Region> {
+    let territory = locale.split(['.', '@']).next()?.split_once('_')?.1;
+    territory.parse().ok()
 }
 
 fn relay_context(device: &Device) -> String {
@@ -426,13 +484,22 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
             let spinner = progress::spinner("approving");
             let approved = device.approve_link(code.trim()).await;
             spinner.finish_and_clear();
-            let id = approved.with_context(|| {
+            let approval = approved.with_context(|| {
                 format!(
                     "cannot approve the new device through the relay at {}",
                     device.relay().address
                 )
             })?;
-            outln!("Approved device {id}; it finishes linking on its own.");
+            let id = approval.device;
+            if approval.joined {
+                outln!("Approved device {id}: it has joined the account.");
+            } else {
+                outln!(
+                    "Approved device {id}: it joins the account when `kith device request` on it \
+                     picks the approval up. If it does not within 10 minutes, the approval lapses \
+                     and the account stays as it was."
+                );
+            }
             Ok(())
         }
         DeviceCommand::List { json } => {
@@ -441,6 +508,13 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
             if json {
                 return output::print_json(
                     &devices.iter().map(DeviceJson::from).collect::<Vec<_>>(),
+                );
+            }
+            if device.is_revoked()? {
+                outln!(
+                    "This device ({}) was revoked from the account: it can no longer read or write \
+                     anything new. The devices it knew of:",
+                    short(&device.device_id().to_hex())
                 );
             }
             out!("{}", output::devices_table(&devices));
@@ -492,7 +566,17 @@ async fn request_link(
 ) -> Result<()> {
     let target = relay_target(relay)?;
     let name = device_name.unwrap_or_else(default_device_name);
-    let pending = PendingLink::new(home, target, &name)?;
+    let mut pending = PendingLink::new(home, target, &name)?;
+    // A relay that cannot be reached is reported before a code is shown that nobody could use.
+    let spinner = progress::spinner("connecting to the relay");
+    let connected = pending.connect().await;
+    spinner.finish_and_clear();
+    connected.with_context(|| {
+        format!(
+            "cannot link this device through the relay at {}",
+            relay.relay
+        )
+    })?;
     // The code is the first line of standard output: scripts and tests read it from there.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", pending.code())?;
@@ -588,4 +672,28 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_comes_from_the_locale_territory() {
+        assert_eq!(
+            region_of_locale("en_GB.UTF-8").map(|r| r.to_string()),
+            Some("GB".into())
+        );
+        assert_eq!(
+            region_of_locale("de_DE@euro").map(|r| r.to_string()),
+            Some("DE".into())
+        );
+        assert_eq!(
+            region_of_locale("fr_FR").map(|r| r.to_string()),
+            Some("FR".into())
+        );
+        assert_eq!(region_of_locale("C.UTF-8"), None);
+        assert_eq!(region_of_locale("POSIX"), None);
+        assert_eq!(region_of_locale("en_ZZ.UTF-8"), None);
+    }
 }

@@ -170,7 +170,7 @@ async fn story(dir: &Path, relay_dir: &Path, relay: &kith_relay::RelayHandle) ->
         pending.complete(Duration::from_secs(60)),
         a.approve_link(&code)
     );
-    let (b, approved) = (b?, approved?);
+    let (b, approved) = (b?, approved?.device);
     ensure!(
         approved == b.device_id(),
         "A approved another device than B"

@@ -43,8 +43,10 @@ use kith_client::ClientError;
 use kith_client::net::NetError;
 use kith_protocol::proto::ErrorCode;
 
-/// Exit code of every failure after the command line was parsed (clap uses 2 for usage errors).
+/// Exit code of every failure after the command line was parsed.
 const EXIT_FAILURE: u8 = 1;
+/// Exit code of a command line that cannot mean anything (clap's own usage errors exit 2 too).
+const EXIT_USAGE: u8 = 2;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -55,11 +57,17 @@ async fn main() -> ExitCode {
         // The reader went away (`kith contacts list | head`): nothing left to tell anyone.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
+            // Display only, never `{:?}`: a routine error prints no backtrace, whatever
+            // RUST_BACKTRACE says.
             eprintln!("error: {}", error_text(&err));
             if let Some(hint) = hint(&err) {
                 eprintln!("hint: {hint}");
             }
-            ExitCode::from(EXIT_FAILURE)
+            if err.downcast_ref::<commands::UsageError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }
@@ -118,6 +126,10 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
             NetError::Resolve(_) => Some(
                 "check the relay's host name and port (--relay HOST:PORT) and this machine's DNS",
             ),
+            NetError::Unreachable { .. } => Some(
+                "check that kith-relay is running at that address and reachable over UDP, and that the \
+                 certificate fingerprint is the one it printed at start-up",
+            ),
             NetError::Connection(_) | NetError::Timeout => Some(
                 "check that kith-relay is running at that address and reachable over UDP, and that the \
                  certificate fingerprint is the one it printed at start-up; then run the command again",
@@ -134,9 +146,16 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
                     "the account has as many devices as the relay allows: revoke one with `kith device revoke ID`",
                 ),
                 ErrorCode::DeviceRemoved | ErrorCode::UnknownDevice => Some(REVOKED_HINT),
-                ErrorCode::RateLimited | ErrorCode::Storage | ErrorCode::ShuttingDown => {
-                    Some("the relay is busy or restarting; try again in a minute")
+                ErrorCode::RateLimited => Some(
+                    "the relay limits how often one address may make this request (its log says \
+                     \"request refused\" with code RateLimited); wait a minute and run the command again",
+                ),
+                ErrorCode::ShuttingDown => {
+                    Some("the relay is restarting; run the command again when it is back")
                 }
+                ErrorCode::Storage => Some(
+                    "the relay could not store the request durably (see its log); try again in a minute",
+                ),
                 _ => None,
             },
             _ => None,

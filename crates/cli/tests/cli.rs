@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kith_e2e::relay_child::RelayChild;
 use serde_json::Value;
 
 /// Longest any one command may take before the test fails.
@@ -128,12 +129,18 @@ fn ok(command: Command) -> String {
 
 /// Runs a command that must fail with exit code 1; returns its standard error.
 fn fails(command: Command) -> String {
+    fails_with(command, 1)
+}
+
+/// Runs a command that must fail with exit code `code` (1: failed, 2: usage); returns its
+/// standard error.
+fn fails_with(command: Command, code: i32) -> String {
     let what = format!("{command:?}");
     let output = run(command);
     assert_eq!(
         output.status.code(),
-        Some(1),
-        "`{what}` should exit 1:\nstdout: {}\nstderr: {}",
+        Some(code),
+        "`{what}` should exit {code}:\nstdout: {}\nstderr: {}",
         stdout(&output),
         stderr(&output)
     );
@@ -585,7 +592,7 @@ fn a_bad_certificate_fingerprint_is_refused_with_advice() {
         "--relay-cert-sha256",
         "not-hex",
     ]);
-    let err = fails(malformed);
+    let err = fails_with(malformed, 2);
     assert!(err.contains("64 hex"), "{err}");
 
     let wrong = "ab".repeat(32);
@@ -625,8 +632,14 @@ fn an_unknown_id_is_an_error_with_advice() {
 
     let mut edit = kith(home.path());
     edit.args(["contacts", "edit", "0123456789abcdef0123456789abcdef"]);
-    let err = fails(edit);
+    let err = fails_with(edit, 2);
     assert!(err.contains("nothing to change"), "{err}");
+
+    // A prefix shorter than the minimum says so, for contacts as for devices.
+    let mut short_prefix = kith(home.path());
+    short_prefix.args(["contacts", "show", "abc"]);
+    let err = fails(short_prefix);
+    assert!(err.contains("at least 4"), "{err}");
 
     let mut revoke = kith(home.path());
     revoke.args(["device", "revoke", "ffff"]);
@@ -641,4 +654,495 @@ fn usage_errors_exit_2() {
     command.args(["contacts", "frobnicate"]);
     let output = run(command);
     assert_eq!(output.status.code(), Some(2));
+
+    // Flag values of the wrong shape, as README's exit-code table says, and no backtrace
+    // whatever RUST_BACKTRACE says.
+    let mut relay = kith(home.path());
+    relay.env("RUST_BACKTRACE", "1").args([
+        "init",
+        "--relay",
+        "no-port",
+        "--relay-cert-sha256",
+        &"ab".repeat(32),
+    ]);
+    let err = fails_with(relay, 2);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+    let mut region = kith(home.path());
+    region.args(["contacts", "add", "--name", "X", "--region", "Narnia"]);
+    let err = stderr(&run(region));
+    assert!(err.contains("two-letter"), "{err}");
+    let mut address_book = kith(home.path());
+    address_book.args(["import", "vcard", "x.vcf", "--address-book", "y"]);
+    fails_with(address_book, 2);
+}
+
+/// Editing as a person does: an empty value is refused with what to do instead, a value the
+/// contact already has is refused as changing nothing, a field can be cleared and one e-mail
+/// or phone number removed, and national phone numbers are read in the region given by
+/// --region, KITH_REGION or the locale.
+#[test]
+fn edits_clear_fields_remove_values_and_read_national_numbers() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    init(home, &relay, "laptop");
+    let mut add = kith(home);
+    add.env("LANG", "en_GB.UTF-8")
+        .env_remove("LC_ALL")
+        .env_remove("LC_TELEPHONE")
+        .args([
+            "contacts",
+            "add",
+            "--name",
+            "Ada Lovelace",
+            "--email",
+            "ada@example.org",
+            "--phone",
+            "020 7946 0958",
+            "--company",
+            "Engines",
+        ]);
+    ok(add);
+    let contact = || list(home).into_iter().next().expect("one contact");
+    let id = contact()["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        contact()["phones"][0]["number"],
+        "+442079460958",
+        "read in the locale's GB"
+    );
+
+    let edit = |args: &[&str]| {
+        let mut command = kith(home);
+        command.args(["contacts", "edit", &id]).args(args);
+        command
+    };
+    for empty in [
+        &["--name", ""][..],
+        &["--company", "  "][..],
+        &["--email", ""][..],
+    ] {
+        let err = fails(edit(empty));
+        assert!(err.contains("empty"), "{empty:?}: {err}");
+    }
+    let err = fails(edit(&["--company", "Engines"]));
+    assert!(err.contains("nothing changed"), "{err}");
+    assert_eq!(contact()["company"], "Engines");
+
+    let mut region = edit(&["--phone", "030 901820"]);
+    region.env("KITH_REGION", "DE");
+    ok(region);
+    ok(edit(&[
+        "--phone",
+        "06 12 34 56 78",
+        "--region",
+        "FR",
+        "--email",
+        "ada@engines.example",
+    ]));
+    let numbers: Vec<String> = contact()["phones"]
+        .as_array()
+        .expect("phones")
+        .iter()
+        .map(|p| p["number"].as_str().expect("number").to_owned())
+        .collect();
+    assert!(numbers.contains(&"+4930901820".to_owned()), "{numbers:?}");
+    assert!(numbers.contains(&"+33612345678".to_owned()), "{numbers:?}");
+
+    ok(edit(&[
+        "--remove-phone",
+        "+33 6 12 34 56 78",
+        "--remove-email",
+        "ada@example.org",
+    ]));
+    let after = contact();
+    assert_eq!(after["phones"].as_array().map(Vec::len), Some(2));
+    assert_eq!(after["emails"].as_array().map(Vec::len), Some(1));
+    assert_eq!(after["emails"][0]["address"], "ada@engines.example");
+    let err = fails(edit(&["--remove-email", "nobody@example.org"]));
+    assert!(err.contains("no e-mail address"), "{err}");
+
+    ok(edit(&["--clear", "company", "--clear", "phones"]));
+    let after = contact();
+    assert!(after["company"].is_null(), "{after}");
+    assert_eq!(after["phones"].as_array().map(Vec::len), Some(0));
+    assert_eq!(after["name"], "Ada Lovelace");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A person's pace: waits of realistic length, a relay that restarts or is not there at all.
+// ---------------------------------------------------------------------------------------------
+
+/// Not a test of its own: the relay process of the tests below that restart or stop the
+/// relay (see [`RelayChild`]).
+#[test]
+#[ignore = "helper process of the tests that restart or stop the relay"]
+fn relay_process() {
+    kith_e2e::relay_child::serve_if_asked();
+}
+
+/// `--relay ADDR --relay-cert-sha256 PIN` of a relay in a child process.
+fn child_args(relay: &RelayChild) -> [String; 4] {
+    [
+        "--relay".into(),
+        relay.addr.to_string(),
+        "--relay-cert-sha256".into(),
+        relay.pin.clone(),
+    ]
+}
+
+/// A `kith device request` running in the background, its link code read from its first line.
+struct Requester {
+    child: Child,
+    code: String,
+    rest: std::sync::mpsc::Receiver<String>,
+}
+
+impl Requester {
+    fn start(home: &Path, relay_args: &[String; 4], name: &str, timeout_secs: u64) -> Requester {
+        let mut request = kith(home);
+        request
+            .args(["device", "request"])
+            .args(relay_args)
+            .args([
+                "--device-name",
+                name,
+                "--timeout",
+                &timeout_secs.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = request.spawn().expect("spawn device request");
+        let out = child.stdout.take().expect("stdout");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let code = lines
+            .recv_timeout(COMMAND_TIMEOUT)
+            .expect("the link code within the timeout")
+            .trim()
+            .to_owned();
+        assert!(code.starts_with("kith-link1:"), "{code}");
+        Requester {
+            child,
+            code,
+            rest: lines,
+        }
+    }
+
+    /// Waits for the request to end (bounded by `limit`); returns its status, the rest of its
+    /// standard output, and its standard error.
+    fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("`device request` took longer than {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        }
+        let out: Vec<String> = self.rest.try_iter().collect();
+        (status, out.join("\n"), err)
+    }
+}
+
+fn device_count(home: &Path) -> usize {
+    let mut devices = kith(home);
+    devices.args(["device", "list", "--json"]);
+    json(&ok(devices)).as_array().map_or(0, Vec::len)
+}
+
+/// A temporary directory and homes named in it (not created: a command creates them).
+fn homes<const N: usize>(names: [&str; N]) -> (tempfile::TempDir, [PathBuf; N]) {
+    let dir = tempfile::tempdir().expect("homes");
+    let paths = names.map(|name| dir.path().join(name));
+    (dir, paths)
+}
+
+/// `kith init` against a relay given by its arguments.
+fn init_with(home: &Path, relay_args: &[String; 4], name: &str) {
+    let mut command = kith(home);
+    command
+        .arg("init")
+        .args(relay_args)
+        .args(["--device-name", name]);
+    ok(command);
+}
+
+/// Two new devices wait for approval at the same time, from the same address, as long as a
+/// person takes to copy a code: one is approved after 20 s, the other after 90 s. Waiting
+/// costs neither of them the relay's lookup budget (10 a minute per address), and both link.
+#[test]
+fn linking_waits_as_long_as_a_person_takes_to_approve() {
+    let relay = TestRelay::start();
+    let (_homes, [a, b, c]) = homes(["a", "b", "c"]);
+    init(&a, &relay, "laptop");
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Ada Lovelace"]);
+    ok(add);
+
+    let started = Instant::now();
+    let phone = Requester::start(&b, &relay.args(), "phone", 300);
+    let tablet = Requester::start(&c, &relay.args(), "tablet", 300);
+
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(started.elapsed()));
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &phone.code]);
+    let said = ok(approve);
+    assert!(said.contains("joined"), "{said}");
+    let (status, out, err) = phone.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "the phone did not link: {out}\n{err}");
+    assert!(out.contains("Linked"), "{out}");
+    assert!(!err.contains("RateLimited"), "{err}");
+
+    std::thread::sleep(Duration::from_secs(90).saturating_sub(started.elapsed()));
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &tablet.code]);
+    ok(approve);
+    let (status, out, err) = tablet.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "the tablet did not link: {out}\n{err}");
+    assert!(out.contains("1 contact"), "{out}");
+
+    assert_eq!(device_count(&a), 3);
+    assert_eq!(list(&c).len(), 1);
+}
+
+/// The relay restarts (killed, then started on the same address and data) while a new device
+/// waits: the device reconnects and keeps waiting, and the approval that follows links it.
+#[test]
+fn linking_survives_a_relay_restart_during_the_wait() {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay_dir = dir.path().join("relay");
+    let relay = RelayChild::start(&relay_dir, None);
+    let (address, args) = (relay.addr, child_args(&relay));
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    init_with(&a, &args, "laptop");
+
+    let phone = Requester::start(&b, &args, "phone", 300);
+    std::thread::sleep(Duration::from_secs(5));
+    relay.kill_9();
+    std::thread::sleep(Duration::from_secs(3));
+    let _relay = RelayChild::start(&relay_dir, Some(address));
+    // The person approves a little after the relay is back.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &phone.code]);
+    ok(approve);
+    let (status, out, err) = phone.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "the phone did not link: {out}\n{err}");
+    assert!(out.contains("Linked"), "{out}");
+    assert_eq!(device_count(&a), 2);
+    let mut sync = kith(&b);
+    sync.arg("sync");
+    ok(sync);
+}
+
+/// An approval whose requester has gone changes nothing: the approver says the device has not
+/// joined and the roster never lists it; a code whose device did link says so when approved
+/// again (not "the relay served an invalid device roster"); a revoked device's list says so.
+#[test]
+fn an_approval_whose_requester_is_gone_leaves_no_half_linked_device() {
+    let relay = TestRelay::start();
+    let (_homes, [a, b, c]) = homes(["a", "b", "c"]);
+    init(&a, &relay, "laptop");
+
+    let gone = Requester::start(&b, &relay.args(), "phone", 300);
+    let code = gone.code.clone();
+    let mut child = gone.child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!b.exists(), "an interrupted request leaves no home behind");
+
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &code]);
+    let said = ok(approve);
+    assert!(said.contains("lapses"), "{said}");
+    // Approving it again either finds the approval still waiting ("already approved") or, if
+    // the killed requester's last waiting take already collected it (the relay cannot tell a
+    // killed process from a slow one), leaves a new one: the account is unchanged either way.
+    let mut again = kith(&a);
+    again.args(["device", "approve", &code]);
+    let output = run(again);
+    let said = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(
+        said.contains("already approved") || (output.status.success() && said.contains("lapses")),
+        "{said}"
+    );
+    let mut sync = kith(&a);
+    sync.arg("sync");
+    ok(sync);
+    assert_eq!(
+        device_count(&a),
+        1,
+        "the device that never took its approval is not listed"
+    );
+
+    let tablet = Requester::start(&c, &relay.args(), "tablet", 120);
+    let code = tablet.code.clone();
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &code]);
+    ok(approve);
+    let (status, out, err) = tablet.finish(COMMAND_TIMEOUT);
+    assert!(status.success(), "{out}\n{err}");
+    let mut twice = kith(&a);
+    twice.args(["device", "approve", &code]);
+    let err = fails(twice);
+    assert!(err.contains("already linked"), "{err}");
+    assert!(!err.contains("invalid device roster"), "{err}");
+    assert_eq!(device_count(&a), 2);
+
+    // Revoked, the tablet learns it at its next sync, and its device list says so.
+    let tablet_id = {
+        let mut devices = kith(&c);
+        devices.args(["device", "list", "--json"]);
+        json(&ok(devices))
+            .as_array()
+            .and_then(|all| all.iter().find(|d| d["this_device"] == true).cloned())
+            .and_then(|d| d["id"].as_str().map(str::to_owned))
+            .expect("the tablet lists itself")
+    };
+    let mut revoke = kith(&a);
+    revoke.args(["device", "revoke", &tablet_id]);
+    ok(revoke);
+    let mut sync = kith(&c);
+    sync.arg("sync");
+    let err = fails(sync);
+    assert!(err.contains("removed"), "{err}");
+    let mut devices = kith(&c);
+    devices.args(["device", "list"]);
+    let said = ok(devices);
+    assert!(said.contains("was revoked"), "{said}");
+}
+
+/// A UDP port on loopback with nothing behind it.
+fn silent_address() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("address").to_string()
+}
+
+/// Runs a command that must fail with exit code 1 within `limit` (a generous bound: the
+/// commands below give up after one 5 s connection attempt).
+fn fails_within(mut command: Command, limit: Duration) -> (String, String) {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kith");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{what}` was still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "`{what}`: {}",
+        stderr(&output)
+    );
+    (stdout(&output), stderr(&output))
+}
+
+/// With no relay at the address, `init`, `device request` and `sync` each fail after one
+/// bounded connection attempt, say that the relay cannot be reached, and leave no half-made
+/// home; `sync --watch` alone keeps trying and syncs once the relay is there.
+#[test]
+fn a_relay_that_is_down_fails_fast_and_says_why() {
+    let dir = tempfile::tempdir().expect("dir");
+    let nowhere = silent_address();
+    let pin = "ab".repeat(32);
+    let args: [String; 4] = [
+        "--relay".into(),
+        nowhere.clone(),
+        "--relay-cert-sha256".into(),
+        pin,
+    ];
+    let limit = Duration::from_secs(30);
+
+    let fresh = dir.path().join("fresh");
+    let mut init = kith(&fresh);
+    init.arg("init").args(&args);
+    let (_, err) = fails_within(init, limit);
+    assert!(err.contains("cannot reach the relay"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert!(!fresh.exists(), "a failed init leaves no home behind");
+
+    let requester = dir.path().join("requester");
+    let mut request = kith(&requester);
+    request
+        .args(["device", "request"])
+        .args(&args)
+        .args(["--timeout", "5"]);
+    let (out, err) = fails_within(request, limit);
+    assert!(
+        out.is_empty(),
+        "no link code for a relay that is not there: {out}"
+    );
+    assert!(err.contains("cannot reach the relay"), "{err}");
+    assert!(!requester.exists());
+
+    // A device whose relay stopped.
+    let relay_dir = dir.path().join("relay");
+    let relay = RelayChild::start(&relay_dir, None);
+    let (address, relay_args) = (relay.addr, child_args(&relay));
+    let a = dir.path().join("a");
+    init_with(&a, &relay_args, "laptop");
+    relay.kill_9();
+    let mut sync = kith(&a);
+    sync.arg("sync");
+    let (_, err) = fails_within(sync, limit);
+    assert!(err.contains("cannot reach the relay"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+
+    // The watcher keeps trying through more than one failed connection attempt, and syncs
+    // once the relay is back.
+    let mut watch = kith(&a);
+    watch
+        .args(["sync", "--watch"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut watcher = watch.spawn().expect("spawn sync --watch");
+    let out = watcher.stdout.take().expect("stdout");
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        watcher.try_wait().expect("wait").is_none(),
+        "sync --watch gave up on a relay that is down"
+    );
+    let _relay = RelayChild::start(&relay_dir, Some(address));
+    let first = lines.recv_timeout(COMMAND_TIMEOUT);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(
+        first.as_deref().is_ok_and(|line| line.contains("pulled")),
+        "the watcher synced once the relay was back: {first:?}"
+    );
 }

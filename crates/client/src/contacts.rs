@@ -36,6 +36,63 @@ pub struct ContactFields {
     pub note: Option<String>,
 }
 
+/// What an edit removes, and how it reads phone numbers: the rest of an edit besides the
+/// values [`ContactFields`] sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EditOptions {
+    /// Fields to clear.
+    pub clear: Vec<ClearField>,
+    /// E-mail addresses to remove.
+    pub remove_emails: Vec<String>,
+    /// Phone numbers to remove, in any format [`ContactFields::phone`] accepts.
+    pub remove_phones: Vec<String>,
+    /// The region assumed for phone numbers written without a country code (default: US).
+    pub region: Option<Region>,
+}
+
+/// A field an edit can clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClearField {
+    /// The company.
+    Company,
+    /// The job title.
+    Title,
+    /// The birthday.
+    Birthday,
+    /// The private note.
+    Note,
+    /// Every e-mail address.
+    Emails,
+    /// Every phone number.
+    Phones,
+}
+
+impl ClearField {
+    /// The field's name as people type it (`company`, `emails` …).
+    pub fn name(self) -> &'static str {
+        match self {
+            ClearField::Company => "company",
+            ClearField::Title => "title",
+            ClearField::Birthday => "birthday",
+            ClearField::Note => "note",
+            ClearField::Emails => "emails",
+            ClearField::Phones => "phones",
+        }
+    }
+
+    /// Whether `key` is (one of) this field's keys.
+    fn covers(self, key: &FieldKey) -> bool {
+        match self {
+            ClearField::Company => *key == FieldKey::company(),
+            ClearField::Title => *key == FieldKey::title(),
+            ClearField::Birthday => *key == FieldKey::birthday(),
+            ClearField::Note => *key == FieldKey::note(),
+            ClearField::Emails => key.kind() == record::FieldKind::Email,
+            ClearField::Phones => key.kind() == record::FieldKind::Phone,
+        }
+    }
+}
+
 /// A concurrent edit the merge kept: the winning value and the one it beat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConflictView {
@@ -68,10 +125,24 @@ const IMPORT_CHUNK: usize = 2_000;
 impl Device {
     /// Adds a contact; returns its id.
     pub async fn add_contact(&self, fields: &ContactFields) -> Result<RecordId> {
+        self.add_contact_in(fields, None).await
+    }
+
+    /// [`Device::add_contact`] with phone numbers written without a country code read as
+    /// numbers of `region` (default: US).
+    pub async fn add_contact_in(
+        &self,
+        fields: &ContactFields,
+        region: Option<Region>,
+    ) -> Result<RecordId> {
         let mut id = [0u8; 16];
         rand_core::Rng::fill_bytes(&mut kith_protocol::keys::system_rng(), &mut id);
         let id = RecordId::from_bytes(id);
-        let writes = self.writes_for(&RecordState::new(id), fields)?;
+        let options = EditOptions {
+            region,
+            ..EditOptions::default()
+        };
+        let writes = self.writes_for(&RecordState::new(id), fields, &options)?;
         if writes.is_empty() {
             return Err(ClientError::InvalidInput(
                 "a contact needs at least one field (e.g. --name)".into(),
@@ -85,13 +156,28 @@ impl Device {
     /// Changes fields of a contact. Each write replaces the values this device sees, so an
     /// edit after a sync is never reported as a conflict with what it replaced.
     pub async fn edit_contact(&self, id: &RecordId, fields: &ContactFields) -> Result<()> {
+        self.edit_contact_with(id, fields, &EditOptions::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Device::edit_contact`] that also clears fields and removes e-mail addresses or phone
+    /// numbers ([`EditOptions`]). Returns whether anything changed (`false`: the contact
+    /// already had these values). Removing a value the contact does not have is an error.
+    pub async fn edit_contact_with(
+        &self,
+        id: &RecordId,
+        fields: &ContactFields,
+        options: &EditOptions,
+    ) -> Result<bool> {
         let current = self.live_record(id)?;
-        let writes = self.writes_for(&current, fields)?;
+        let writes = self.writes_for(&current, fields, options)?;
         if writes.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let op = Operation::upsert(*id, self.tick(), writes)?;
-        self.commit_local(vec![op]).await
+        self.commit_local(vec![op]).await?;
+        Ok(true)
     }
 
     /// Changes many contacts at once: one transaction and one flush for the whole batch, which
@@ -101,7 +187,7 @@ impl Device {
         let mut ops = Vec::with_capacity(edits.len());
         for (id, fields) in edits {
             let current = self.live_record(id)?;
-            let writes = self.writes_for(&current, fields)?;
+            let writes = self.writes_for(&current, fields, &EditOptions::default())?;
             if !writes.is_empty() {
                 ops.push(Operation::upsert(*id, self.tick(), writes)?);
             }
@@ -136,24 +222,72 @@ impl Device {
         }
     }
 
-    fn writes_for(&self, current: &RecordState, fields: &ContactFields) -> Result<Vec<FieldWrite>> {
+    fn writes_for(
+        &self,
+        current: &RecordState,
+        fields: &ContactFields,
+        options: &EditOptions,
+    ) -> Result<Vec<FieldWrite>> {
+        let region = options.region.unwrap_or_default();
+        let e164 = |phone: &str| {
+            crate::import::phone::to_e164(phone, region).ok_or_else(|| {
+                ClientError::InvalidInput(format!(
+                    "'{phone}' is not a phone number in region {region} (write it as \
+                     +<country><number>, or set the region of national numbers)"
+                ))
+            })
+        };
         let mut writes = Vec::new();
+        // Removals first: `--clear phones --phone NEW` replaces every number with the new one.
+        let mut removed = BTreeSet::new();
+        for field in &options.clear {
+            for (key, _) in current.values().filter(|(key, _)| field.covers(key)) {
+                if removed.insert(key.clone()) {
+                    writes.push(FieldWrite::remove(key.clone(), current.replaces(key)));
+                }
+            }
+        }
+        for email in &options.remove_emails {
+            let key = FieldKey::email(email)?;
+            if current.value(&key).is_none() {
+                return Err(ClientError::InvalidInput(format!(
+                    "the contact has no e-mail address '{}'",
+                    email.trim()
+                )));
+            }
+            if removed.insert(key.clone()) {
+                writes.push(FieldWrite::remove(key.clone(), current.replaces(&key)));
+            }
+        }
+        for phone in &options.remove_phones {
+            let key = FieldKey::phone(&e164(phone)?)?;
+            if current.value(&key).is_none() {
+                return Err(ClientError::InvalidInput(format!(
+                    "the contact has no phone number '{}'",
+                    phone.trim()
+                )));
+            }
+            if removed.insert(key.clone()) {
+                writes.push(FieldWrite::remove(key.clone(), current.replaces(&key)));
+            }
+        }
         let mut set = |key: FieldKey, value: proto::FieldValue| -> Result<()> {
-            if current.value(&key) != Some(&value) {
+            if removed.contains(&key) || current.value(&key) != Some(&value) {
+                writes.retain(|write| write.key() != &key);
                 writes.push(FieldWrite::set(key.clone(), value, current.replaces(&key))?);
             }
             Ok(())
         };
-        if let Some(name) = nonempty(&fields.name) {
+        if let Some(name) = given(&fields.name, "name")? {
             set(FieldKey::name(), record::value::text(name))?;
         }
-        if let Some(company) = nonempty(&fields.company) {
+        if let Some(company) = given(&fields.company, "company")? {
             set(FieldKey::company(), record::value::text(company))?;
         }
-        if let Some(note) = nonempty(&fields.note) {
+        if let Some(note) = given(&fields.note, "note")? {
             set(FieldKey::note(), record::value::text(note))?;
         }
-        if let Some(email) = nonempty(&fields.email) {
+        if let Some(email) = given(&fields.email, "email")? {
             if !email.contains('@') {
                 return Err(ClientError::InvalidInput(format!(
                     "'{email}' is not an e-mail address"
@@ -164,13 +298,8 @@ impl Device {
                 record::value::email(email.to_lowercase(), ""),
             )?;
         }
-        if let Some(phone) = nonempty(&fields.phone) {
-            let e164 =
-                crate::import::phone::to_e164(phone, Region::default()).ok_or_else(|| {
-                    ClientError::InvalidInput(format!(
-                        "'{phone}' is not a phone number (try +<country><number>)"
-                    ))
-                })?;
+        if let Some(phone) = given(&fields.phone, "phone")? {
+            let e164 = e164(phone)?;
             set(
                 FieldKey::phone(&e164)?,
                 record::value::phone(e164.clone(), ""),
@@ -267,7 +396,10 @@ impl Device {
             return Ok(id);
         }
         if text.len() < 4 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ClientError::UnknownContact(text));
+            return Err(ClientError::InvalidInput(format!(
+                "'{text}' is not a contact id: give the id or at least 4 of its first hex digits \
+                 (see `kith contacts list`)"
+            )));
         }
         let matches: Vec<RecordId> = self
             .contacts()?
@@ -565,8 +697,22 @@ fn store_id(store: &crate::store::LocalStore) -> Result<[u8; 8]> {
     Ok(store.generate_id()?.to_be_bytes())
 }
 
-fn nonempty(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+/// A value given for `field`, trimmed; an empty one is refused rather than silently ignored
+/// (to remove a value, an edit clears the field instead).
+fn given<'a>(value: &'a Option<String>, field: &str) -> Result<Option<&'a str>> {
+    let remove = match field {
+        "name" => "a contact keeps a name; give a new one",
+        "email" => "to remove an address, use `--remove-email ADDRESS` or `--clear emails`",
+        "phone" => "to remove a number, use `--remove-phone NUMBER` or `--clear phones`",
+        "company" => "to remove it, use `--clear company`",
+        _ => "to remove it, use `--clear note`",
+    };
+    match value.as_deref().map(str::trim) {
+        Some("") => Err(ClientError::InvalidInput(format!(
+            "an empty {field} changes nothing: {remove}"
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// Case- and accent-insensitive form for search: NFKD, drop combining marks, lowercase.

@@ -36,6 +36,8 @@ pub(crate) mod meta {
     pub const HEAD: &[u8] = b"head";
     /// Highest seq of this device the relay acknowledged: u64be.
     pub const ACKED: &[u8] = b"acked";
+    /// Present once the relay refused this device as removed from the account.
+    pub const REVOKED: &[u8] = b"revoked";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.
@@ -188,6 +190,21 @@ impl std::fmt::Debug for RecoveryKeyText {
     }
 }
 
+/// How long `approve_link` watches for the approved device to join before it reports the
+/// approval as waiting to be picked up.
+pub const APPROVAL_WAIT: Duration = Duration::from_secs(10);
+
+/// What an approval did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkApproval {
+    /// The approved device.
+    pub device: DeviceId,
+    /// Whether it joined the account while the approval waited ([`APPROVAL_WAIT`]). If not,
+    /// it joins when it picks the approval up, before the pairing slot expires (10 minutes by
+    /// default); after that the approval lapses and the account is unchanged.
+    pub joined: bool,
+}
+
 const STORE_DIR: &str = "store";
 const KEY_FILE: &str = "device.key";
 
@@ -223,7 +240,6 @@ impl Device {
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<(Device, RecoveryKeyText)> {
         let keystore = keystore_for(home, keystore);
-        ensure_home(home)?;
         if keystore.load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
@@ -274,6 +290,9 @@ impl Device {
                 .await?,
         )?;
 
+        // Nothing is written to the home before the relay accepted the account, so a relay
+        // that cannot be reached, or refuses it, leaves no home behind (nor does Ctrl-C).
+        let guard = HomeGuard::new(home)?;
         keystore.save(&secrets)?;
         let state = AccountState {
             account_id,
@@ -287,6 +306,7 @@ impl Device {
         device.put_recovery_bundle(&connection).await?;
         device.inner.store.flush().await?;
         *device.inner.connection.lock().await = Some(connection);
+        guard.keep();
         Ok((device, RecoveryKeyText(recovery_key.to_text())))
     }
 
@@ -502,6 +522,8 @@ impl Device {
                         Some(proto::ErrorCode::DeviceRemoved | proto::ErrorCode::UnknownDevice)
                     ) =>
                 {
+                    // Remembered, so that `kith device list` can say so without the relay.
+                    self.inner.store.put(TreeName::Meta, meta::REVOKED, b"1")?;
                     return Err(ClientError::Revoked);
                 }
                 Err(e) => return Err(e.into()),
@@ -510,6 +532,23 @@ impl Device {
         }
         slot.as_ref()
             .ok_or_else(|| ClientError::InvalidInput("no connection".into()))
+    }
+
+    /// Whether this device knows it was removed from the account: the last roster it verified
+    /// no longer lists it, or the relay refused it as removed.
+    pub fn is_revoked(&self) -> Result<bool> {
+        {
+            let state = self.state();
+            let id = self.inner.device_id;
+            if state.roster.is_removed(&id) || state.roster.device(&id).is_none() {
+                return Ok(true);
+            }
+        }
+        Ok(self
+            .inner
+            .store
+            .get(TreeName::Meta, meta::REVOKED)?
+            .is_some())
     }
 
     /// The devices of the account, from the roster this device last verified.
@@ -561,15 +600,32 @@ impl Device {
         Ok(())
     }
 
-    /// Approves a new device from its link code: adds it to the roster and leaves the account
-    /// bundle, sealed to it and authenticated by the code's pairing secret, on the relay.
-    pub async fn approve_link(&self, code: &str) -> Result<DeviceId> {
+    /// Approves a new device from its link code: leaves the account bundle, sealed to it and
+    /// authenticated by the code's pairing secret, in the relay's pairing slot. The bundle holds
+    /// the roster that adds the device, signed by the account key; the new device joins with it
+    /// when it takes the bundle (`RecoverDevice`, docs/PROTOCOL.md §6). So an approval whose
+    /// requester has gone changes nothing: the slot expires and the roster never names a device
+    /// that did not finish linking.
+    ///
+    /// Waits up to [`APPROVAL_WAIT`] for the device to join (a device that is waiting takes the
+    /// bundle at once) and reports whether it did.
+    pub async fn approve_link(&self, code: &str) -> Result<LinkApproval> {
         let code = LinkCode::parse(code)?;
         self.sync().await?;
+        let new_device = code.device_id();
+        {
+            let state = self.state();
+            if state.roster.device(&new_device).is_some() {
+                return Err(ClientError::AlreadyLinked(new_device));
+            }
+            if state.roster.is_removed(&new_device) {
+                return Err(ClientError::LinkCodeOfRevokedDevice(new_device));
+            }
+        }
         let mut slot = self.inner.connection.lock().await;
         let connection = self.connection(&mut slot).await?.clone();
-        let new_device = code.device_id();
-        let (roster, bundle, sealed_keys) = {
+        drop(slot);
+        let bundle = {
             let state = self.state();
             let mut rng = system_rng();
             let roster = state.roster.add_device(
@@ -587,55 +643,48 @@ impl Device {
                 now_ms(),
                 &mut rng,
             )?;
-            let sealed_keys: Vec<Vec<u8>> = state
-                .epochs
-                .iter()
-                .map(|(number, secret)| {
-                    epoch::seal_epoch_key(
-                        &state.account_id,
-                        &new_device,
-                        code.agreement_key(),
-                        number,
-                        secret,
-                        &mut rng,
-                    )
-                })
-                .collect();
-            let bundle = AccountBundle::new(
-                state.account_key.clone(),
-                state.epochs.clone(),
-                roster.clone(),
-            )?;
-            (roster, bundle, sealed_keys)
+            AccountBundle::new(state.account_key.clone(), state.epochs.clone(), roster)?
         };
-        expect_ok(
-            connection
-                .request(request::Kind::PutRoster(proto::PutRoster {
-                    roster: roster.encoded().to_vec(),
-                }))
-                .await?,
-        )?;
-        self.state().roster = roster;
-        self.persist_state()?;
-        self.inner.store.flush().await?;
-        expect_ok(
-            connection
-                .request(request::Kind::PutSealedEpochKeys(
-                    proto::PutSealedEpochKeys { keys: sealed_keys },
-                ))
-                .await?,
-        )?;
         let sealed = bundle::seal_link_bundle(&bundle, &code, &mut system_rng())?;
-        expect_ok(
-            connection
-                .request(request::Kind::PutPairingSlot(proto::PutPairingSlot {
-                    slot_id: code.pairing_secret().slot_id().to_vec(),
-                    bundle: sealed,
-                }))
-                .await?,
-        )?;
-        self.put_recovery_bundle(&connection).await?;
-        Ok(new_device)
+        let put = connection
+            .request(request::Kind::PutPairingSlot(proto::PutPairingSlot {
+                slot_id: code.pairing_secret().slot_id().to_vec(),
+                bundle: sealed,
+            }))
+            .await;
+        match put {
+            Ok(answer) => expect_ok(answer)?,
+            Err(e) if e.relay_code() == Some(proto::ErrorCode::SlotExists) => {
+                return Err(ClientError::AlreadyApproved(new_device));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let joined = self.wait_for_join(&new_device).await?;
+        Ok(LinkApproval {
+            device: new_device,
+            joined,
+        })
+    }
+
+    /// Watches the relay's roster until `device` is in it or [`APPROVAL_WAIT`] has passed.
+    async fn wait_for_join(&self, device: &DeviceId) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + APPROVAL_WAIT;
+        loop {
+            {
+                let mut slot = self.inner.connection.lock().await;
+                let connection = self.connection(&mut slot).await?.clone();
+                drop(slot);
+                self.refresh_roster(&connection).await?;
+            }
+            if self.state().roster.device(device).is_some() {
+                self.inner.store.flush().await?;
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Revokes another device: a new roster without it, signed by a fresh account key (the
@@ -722,7 +771,6 @@ impl Device {
         device_name: &str,
     ) -> Result<Device> {
         let keystore = keystore_for(home, None);
-        ensure_home(home)?;
         if keystore.load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
@@ -772,26 +820,8 @@ impl Device {
         connection
             .recover_account(&account_id, roster.encoded().to_vec(), &secrets.signing_key)
             .await?;
-        let sealed_keys: Vec<Vec<u8>> = epochs
-            .iter()
-            .map(|(number, secret)| {
-                epoch::seal_epoch_key(
-                    &account_id,
-                    &secrets.signing_key.device_id(),
-                    &secrets.agreement_key.public(),
-                    number,
-                    secret,
-                    &mut rng,
-                )
-            })
-            .collect();
-        expect_ok(
-            connection
-                .request(request::Kind::PutSealedEpochKeys(
-                    proto::PutSealedEpochKeys { keys: sealed_keys },
-                ))
-                .await?,
-        )?;
+        put_own_epoch_keys(&connection, &account_id, &secrets, &epochs).await?;
+        let guard = HomeGuard::new(home)?;
         keystore.save(&secrets)?;
         let state = AccountState {
             account_id,
@@ -803,6 +833,8 @@ impl Device {
         };
         let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
         *device.inner.connection.lock().await = Some(connection);
+        // Joined: the rest can be repeated with `kith sync`, the home stays.
+        guard.keep();
         device.sync().await?;
         Ok(device)
     }
@@ -836,9 +868,54 @@ impl Device {
     }
 }
 
+/// Stores this device's own sealed copy of every epoch secret it holds, as a device that just
+/// joined (linked or recovered) does, so a later restore or link finds them.
+async fn put_own_epoch_keys(
+    connection: &RelayConnection,
+    account_id: &AccountId,
+    secrets: &DeviceSecrets,
+    epochs: &EpochKeys,
+) -> Result<()> {
+    let mut rng = system_rng();
+    let device_id = secrets.signing_key.device_id();
+    let agreement_key = secrets.agreement_key.public();
+    let sealed_keys: Vec<Vec<u8>> = epochs
+        .iter()
+        .map(|(number, secret)| {
+            epoch::seal_epoch_key(
+                account_id,
+                &device_id,
+                &agreement_key,
+                number,
+                secret,
+                &mut rng,
+            )
+        })
+        .collect();
+    expect_ok(
+        connection
+            .request(request::Kind::PutSealedEpochKeys(
+                proto::PutSealedEpochKeys { keys: sealed_keys },
+            ))
+            .await?,
+    )?;
+    Ok(())
+}
+
 fn keystore_for(home: &Path, keystore: Option<Arc<dyn KeyStore>>) -> Arc<dyn KeyStore> {
     keystore.unwrap_or_else(|| Arc::new(FileKeyStore::new(home.join(KEY_FILE))))
 }
+
+/// How long one take of the pairing slot may wait on the relay for the approval (the relay
+/// caps it at 20 s).
+const TAKE_WAIT: Duration = Duration::from_secs(20);
+/// The least time between two takes of the pairing slot: a relay that answers at once (one
+/// that does not hold takes open) is then asked at most 9 times a minute, within the lookup
+/// budget it gives each address (10 a minute by default).
+const TAKE_INTERVAL: Duration = Duration::from_secs(7);
+/// Backoff bounds while the relay cannot be reached during a wait.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// A new device waiting for approval by an existing device of the account.
 pub struct PendingLink {
@@ -848,6 +925,7 @@ pub struct PendingLink {
     secrets: DeviceSecrets,
     pairing_secret: PairingSecret,
     code: Zeroizing<String>,
+    connection: Option<RelayConnection>,
 }
 
 impl std::fmt::Debug for PendingLink {
@@ -858,10 +936,18 @@ impl std::fmt::Debug for PendingLink {
     }
 }
 
+/// Why a join with a taken bundle did not succeed.
+enum JoinFailure {
+    /// The account's roster changed after the approval: approve the same code again.
+    Superseded,
+    /// Anything else.
+    Failed(ClientError),
+}
+
 impl PendingLink {
-    /// Prepares a new device: generates its keys and a one-time pairing secret.
+    /// Prepares a new device: generates its keys and a one-time pairing secret. Nothing is
+    /// written to `home` until the link completes.
     pub fn new(home: &Path, relay: RelayTarget, device_name: &str) -> Result<Self> {
-        ensure_home(home)?;
         if keystore_for(home, None).load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
@@ -881,6 +967,7 @@ impl PendingLink {
             secrets,
             pairing_secret,
             code,
+            connection: None,
         })
     }
 
@@ -889,57 +976,262 @@ impl PendingLink {
         &self.code
     }
 
-    /// Waits for the approval (polling the pairing slot), then completes the link.
-    pub async fn complete(self, timeout: Duration) -> Result<Device> {
+    /// Connects to the relay now, so that a relay that cannot be reached is reported before
+    /// the code is shown to anyone ([`PendingLink::complete`] connects by itself otherwise).
+    pub async fn connect(&mut self) -> Result<()> {
+        if self.connection.is_none() {
+            self.connection = Some(RelayConnection::connect(&self.relay).await?);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the approval, then joins the account and syncs.
+    ///
+    /// The wait holds one take of the pairing slot open on the relay at a time (each up to
+    /// 20 s), so it costs a few lookups a minute of the relay's per-address budget however long
+    /// it lasts. A lost connection (a relay restart) is not the end of the wait: it reconnects
+    /// with backoff and keeps waiting until the deadline. If the account's devices changed
+    /// after the approval, the approval cannot be used; it says so and waits for the same code
+    /// to be approved again.
+    pub async fn complete(mut self, timeout: Duration) -> Result<Device> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let connection = RelayConnection::connect(&self.relay).await?;
-        let slot_id = self.pairing_secret.slot_id().to_vec();
-        let sealed = loop {
-            match connection
-                .request(request::Kind::TakePairingSlot(proto::TakePairingSlot {
-                    slot_id: slot_id.clone(),
-                }))
-                .await
-            {
-                Ok(response::Kind::PairingSlot(slot)) => break slot.bundle,
-                Ok(_) => return Err(ClientError::InvalidInput("unexpected relay answer".into())),
-                Err(e) if e.relay_code() == Some(proto::ErrorCode::NotFound) => {}
-                Err(e) => return Err(e.into()),
+        loop {
+            let sealed = self.wait_for_bundle(deadline, timeout).await?;
+            let bundle = bundle::open_link_bundle(
+                &sealed,
+                &self.secrets.agreement_key,
+                &self.secrets.signing_key.public(),
+                &self.pairing_secret,
+            )?;
+            match self.join(&bundle, deadline, timeout).await {
+                Ok(connection) => return self.finish(bundle, connection).await,
+                Err(JoinFailure::Superseded) => {
+                    tracing::warn!(
+                        "the account's devices changed after this device was approved: \
+                         approve the same code again (`kith device approve CODE`); still waiting"
+                    );
+                }
+                Err(JoinFailure::Failed(e)) => return Err(e),
             }
-            if tokio::time::Instant::now() >= deadline {
+        }
+    }
+
+    /// A connection to the relay, reconnecting with backoff until `deadline`.
+    async fn connected(
+        &mut self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<RelayConnection> {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            if let Some(connection) = &self.connection {
+                return Ok(connection.clone());
+            }
+            let attempt =
+                tokio::time::timeout_at(deadline, RelayConnection::connect(&self.relay)).await;
+            match attempt {
+                Err(_) => return Err(ClientError::LinkTimeout(timeout.as_secs())),
+                Ok(Ok(connection)) => self.connection = Some(connection),
+                Ok(Err(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "cannot reach the relay; still waiting for approval");
+                    sleep_until_or(deadline, backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes the sealed bundle from the pairing slot once an approval put it there.
+    async fn wait_for_bundle(
+        &mut self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let slot_id = self.pairing_secret.slot_id().to_vec();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(ClientError::LinkTimeout(timeout.as_secs()));
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        let bundle = bundle::open_link_bundle(
-            &sealed,
-            &self.secrets.agreement_key,
-            &self.secrets.signing_key.public(),
-            &self.pairing_secret,
-        )?;
-        keystore_for(&self.home, None).save(&self.secrets)?;
+            let connection = self.connected(deadline, timeout).await?;
+            let wait = (deadline - now).min(TAKE_WAIT);
+            let take = connection.request_within(
+                request::Kind::TakePairingSlot(proto::TakePairingSlot {
+                    slot_id: slot_id.clone(),
+                    wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+                }),
+                wait + crate::net::CONNECT_TIMEOUT,
+            );
+            match take.await {
+                Ok(response::Kind::PairingSlot(slot)) => return Ok(slot.bundle),
+                Ok(_) => {
+                    return Err(
+                        crate::net::NetError::Protocol("expected a pairing slot".into()).into(),
+                    );
+                }
+                Err(e) if e.relay_code() == Some(proto::ErrorCode::NotFound) => {
+                    sleep_until_or(deadline, TAKE_INTERVAL.saturating_sub(now.elapsed())).await;
+                }
+                Err(e) if e.relay_code() == Some(proto::ErrorCode::RateLimited) => {
+                    tracing::warn!(
+                        "the relay limits how often this address may look up pairing slots; \
+                         asking again in a minute"
+                    );
+                    sleep_until_or(deadline, Duration::from_secs(60)).await;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "lost the relay while waiting for approval; reconnecting");
+                    self.connection = None;
+                    sleep_until_or(deadline, RECONNECT_MIN).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Joins the account with the roster the approval sealed into the bundle (the relay checks
+    /// it is signed by the account key and adds this device), authenticating the connection
+    /// as this device. Retries across lost connections until `deadline`.
+    async fn join(
+        &mut self,
+        bundle: &AccountBundle,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> std::result::Result<RelayConnection, JoinFailure> {
         let account_id = bundle.account_id();
+        loop {
+            let connection = self
+                .connected(deadline, timeout)
+                .await
+                .map_err(JoinFailure::Failed)?;
+            let joined = connection
+                .recover_account(
+                    &account_id,
+                    bundle.roster().encoded().to_vec(),
+                    &self.secrets.signing_key,
+                )
+                .await;
+            let error = match joined {
+                Ok(()) => return Ok(connection),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "lost the relay while joining the account; reconnecting");
+                    self.connection = None;
+                    sleep_until_or(deadline, RECONNECT_MIN).await;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(JoinFailure::Failed(ClientError::LinkTimeout(
+                            timeout.as_secs(),
+                        )));
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            // Refused: either this device already joined (the answer to an earlier attempt
+            // was lost with its connection) or the roster moved on since the approval.
+            match connection
+                .authenticate(&account_id, &self.secrets.signing_key)
+                .await
+            {
+                Ok(()) => return Ok(connection),
+                Err(_)
+                    if matches!(
+                        error.relay_code(),
+                        Some(proto::ErrorCode::RosterRollback | proto::ErrorCode::RosterInvalid)
+                    ) =>
+                {
+                    return Err(JoinFailure::Superseded);
+                }
+                Err(_) => return Err(JoinFailure::Failed(error.into())),
+            }
+        }
+    }
+
+    /// Stores the device, its own sealed copies of the epoch keys, and syncs.
+    async fn finish(self, bundle: AccountBundle, connection: RelayConnection) -> Result<Device> {
+        let account_id = bundle.account_id();
+        let device_id = self.secrets.signing_key.device_id();
         let (account_key, epochs, roster) = bundle.into_parts();
+        put_own_epoch_keys(&connection, &account_id, &self.secrets, &epochs).await?;
+        // The home is created only now: a request that ends without approval (a timeout,
+        // Ctrl-C, a relay that cannot be reached) leaves nothing behind.
+        let guard = HomeGuard::new(&self.home)?;
+        keystore_for(&self.home, None).save(&self.secrets)?;
         let state = AccountState {
             account_id,
             roster,
             account_key,
             epochs,
             recovery: None,
-            clock: HlcClock::new(self.secrets.signing_key.device_id()),
+            clock: HlcClock::new(device_id),
         };
-        let device = Device::persist_new(
-            &self.home,
-            self.secrets,
-            state,
-            &self.relay,
-            &self.device_name,
-        )?;
-        connection
-            .authenticate(&device.account_id(), &device.inner.secrets.signing_key)
-            .await?;
+        let PendingLink {
+            home,
+            relay,
+            device_name,
+            secrets,
+            ..
+        } = self;
+        let device = Device::persist_new(&home, secrets, state, &relay, &device_name)?;
         *device.inner.connection.lock().await = Some(connection);
+        // Linked: what follows can be repeated with `kith sync`, the home stays.
+        guard.keep();
         device.sync().await?;
         Ok(device)
+    }
+}
+
+/// Sleeps for `duration`, or until `deadline` if that comes first.
+async fn sleep_until_or(deadline: tokio::time::Instant, duration: Duration) {
+    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + duration)).await;
+}
+
+/// Undoes what a set-up that failed (`create`, `recover`, a link that did not complete) wrote
+/// to its home, so that no half-made home is left behind: the whole directory if the set-up
+/// created it, else the key file and store it added. [`HomeGuard::keep`] once the set-up
+/// succeeded.
+struct HomeGuard {
+    home: PathBuf,
+    created_home: bool,
+    created_store: bool,
+    created_key: bool,
+    keep: bool,
+}
+
+impl HomeGuard {
+    /// Creates `home` if needed and remembers what was there before.
+    fn new(home: &Path) -> Result<Self> {
+        let guard = Self {
+            home: home.to_path_buf(),
+            created_home: !home.exists(),
+            created_store: !store_path(home).exists(),
+            created_key: !home.join(KEY_FILE).exists(),
+            keep: false,
+        };
+        ensure_home(home)?;
+        Ok(guard)
+    }
+
+    /// The set-up succeeded: leave everything.
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for HomeGuard {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if self.created_home {
+            let _ = std::fs::remove_dir_all(&self.home);
+            return;
+        }
+        if self.created_store {
+            let _ = std::fs::remove_dir_all(store_path(&self.home));
+        }
+        if self.created_key {
+            let _ = std::fs::remove_file(self.home.join(KEY_FILE));
+        }
     }
 }

@@ -68,6 +68,19 @@ pub enum ClientError {
         "no approval arrived within {0} seconds: run `kith device approve CODE` on a device of the account, then try again"
     )]
     LinkTimeout(u64),
+    /// The device of a link code is already in the account.
+    #[error("device {0} is already linked to this account (see `kith device list`)")]
+    AlreadyLinked(DeviceId),
+    /// The link code was approved already and the approval waits for the new device.
+    #[error(
+        "device {0} is already approved: it joins when `kith device request` on it picks the approval up (within 10 minutes of approving)"
+    )]
+    AlreadyApproved(DeviceId),
+    /// The link code belongs to a device that was revoked.
+    #[error(
+        "device {0} was revoked from this account and cannot return: on it, run `kith device request` in a new --home for a new code"
+    )]
+    LinkCodeOfRevokedDevice(DeviceId),
     /// The recovery key is wrong or no recovery bundle exists for it.
     #[error("no recovery bundle for this recovery key on that relay (check the key and the relay)")]
     RecoveryNotFound,
@@ -99,6 +112,12 @@ impl ClientError {
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Net(e) if e.is_transient())
+    }
+
+    /// Whether retrying at once may succeed (a dropped connection, a busy relay), as opposed
+    /// to a relay that does not answer at all ([`NetError::is_retryable_now`]).
+    pub fn is_retryable_now(&self) -> bool {
+        matches!(self, ClientError::Net(e) if e.is_retryable_now())
     }
 }
 

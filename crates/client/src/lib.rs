@@ -23,9 +23,9 @@ pub mod store;
 pub mod sync;
 
 #[cfg(feature = "sync")]
-pub use contacts::{ConflictView, ContactFields, ImportSummary};
+pub use contacts::{ClearField, ConflictView, ContactFields, EditOptions, ImportSummary};
 #[cfg(feature = "sync")]
-pub use device::{Device, DeviceInfo, PendingLink, RecoveryKeyText};
+pub use device::{Device, DeviceInfo, LinkApproval, PendingLink, RecoveryKeyText};
 #[cfg(feature = "sync")]
 pub use error::ClientError;
 pub use kith_protocol::record::Contact;

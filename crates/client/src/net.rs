@@ -19,8 +19,10 @@ use tokio::net::lookup_host;
 /// Largest response frame the client accepts (pull pages are bounded by the relay far below).
 pub const MAX_RESPONSE_FRAME: usize = 32 * 1024 * 1024;
 /// How long connecting (QUIC and TLS handshake) may take: a relay that is down gives no quick
-/// refusal over UDP, so this bounds how long a device waits to learn it is offline.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// refusal over UDP, so this bounds how long a device waits to learn it is offline. A healthy
+/// relay answers within one round trip; five seconds leaves room for a few lost packets on a
+/// poor network while a person still learns within seconds that the relay is not there.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a single request may take before it is abandoned.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -77,7 +79,16 @@ pub enum NetError {
     /// TLS or QUIC setup failed locally.
     #[error("cannot set up the QUIC client: {0}")]
     Setup(String),
-    /// The connection could not be established or was lost.
+    /// No connection could be established: the relay did not answer the handshake within
+    /// [`CONNECT_TIMEOUT`], or refused it.
+    #[error("cannot reach the relay at {address}: {reason}")]
+    Unreachable {
+        /// The relay's address.
+        address: String,
+        /// What happened (no answer, refused, certificate mismatch …).
+        reason: String,
+    },
+    /// An established connection was lost or failed.
     #[error("connection to the relay failed: {0}")]
     Connection(String),
     /// The relay answered with an error.
@@ -123,9 +134,11 @@ impl NetError {
     }
 
     /// Whether retrying later may succeed (connection trouble, storage pressure, rate limits).
+    /// An unreachable relay counts: it may come back, which a watcher waits for; a one-shot
+    /// command should not ([`NetError::is_retryable_now`]).
     pub fn is_transient(&self) -> bool {
         match self {
-            NetError::Connection(_) | NetError::Timeout => true,
+            NetError::Connection(_) | NetError::Timeout | NetError::Unreachable { .. } => true,
             NetError::Relay { code, .. } => matches!(
                 code,
                 proto::ErrorCode::Storage
@@ -134,6 +147,15 @@ impl NetError {
             ),
             _ => false,
         }
+    }
+}
+
+impl NetError {
+    /// Whether retrying at once, within the few seconds a person waits for a command, may
+    /// succeed: a dropped connection or a busy relay, but not a relay that did not answer
+    /// at all (retrying that only makes the person wait longer for the same answer).
+    pub fn is_retryable_now(&self) -> bool {
+        self.is_transient() && !matches!(self, NetError::Unreachable { .. })
     }
 }
 
@@ -196,13 +218,20 @@ impl RelayConnection {
             .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
             .filter(|host| !host.is_empty())
             .unwrap_or("kith-relay");
+        let unreachable = |reason: String| NetError::Unreachable {
+            address: target.address.clone(),
+            reason,
+        };
         let connecting = endpoint
             .connect(remote, server_name)
-            .map_err(|e| NetError::connection(&e))?;
+            .map_err(|e| unreachable(e.to_string()))?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| NetError::Timeout)?
-            .map_err(|e| NetError::connection(&e))?;
+            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+            .map_err(|e| match NetError::connection(&e) {
+                NetError::Connection(text) => unreachable(text),
+                other => other,
+            })?;
         Ok(Self {
             connection,
             endpoint,
@@ -211,7 +240,17 @@ impl RelayConnection {
 
     /// Sends one request on a fresh stream and reads its single response.
     pub async fn request(&self, kind: request::Kind) -> Result<response::Kind, NetError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.request_inner(kind))
+        self.request_within(kind, REQUEST_TIMEOUT).await
+    }
+
+    /// [`RelayConnection::request`] abandoned after `timeout` instead of [`REQUEST_TIMEOUT`]
+    /// (a request the relay holds open, such as a waiting take of a pairing slot).
+    pub async fn request_within(
+        &self,
+        kind: request::Kind,
+        timeout: Duration,
+    ) -> Result<response::Kind, NetError> {
+        tokio::time::timeout(timeout, self.request_inner(kind))
             .await
             .map_err(|_| NetError::Timeout)?
     }

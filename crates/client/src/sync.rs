@@ -47,15 +47,17 @@ pub struct SyncReport {
 }
 
 impl Device {
-    /// One full sync: roster and keys, push, pull, merge. Retries transient failures with
-    /// exponential backoff (up to 5 attempts), reconnecting after a dropped connection.
+    /// One full sync: roster and keys, push, pull, merge. Retries failures that can pass at
+    /// once (a dropped connection, a busy or restarting relay) with exponential backoff, up to
+    /// 5 attempts, reconnecting each time. A relay that cannot be reached at all fails the sync
+    /// at the first attempt ([`ClientError::is_retryable_now`]); [`Device::watch`] waits for it.
     pub async fn sync(&self) -> Result<SyncReport> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.sync_once().await {
-                Err(e) if e.is_transient() && attempt < 5 => {
+                Err(e) if e.is_retryable_now() && attempt < 5 => {
                     tracing::warn!(attempt, error = %e, "sync failed; retrying");
                     *self.inner.connection.lock().await = None;
                     tokio::time::sleep(delay).await;

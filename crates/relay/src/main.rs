@@ -9,7 +9,9 @@ mod bench;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -71,21 +73,47 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file or journald.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve { config, settings } => serve(config, *settings).await,
         Command::Token {
             command: TokenCommand::Create { data },
         } => create_token(&data),
         Command::Stats { data } => stats(&data),
         Command::Bench(args) => bench::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The error and its causes on one line; never a backtrace, whatever RUST_BACKTRACE
+        // says: these are routine errors (a bad flag value, a port in use), not bugs.
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Refuses a directory that is not a relay's data directory (one `kith-relay serve` has run
+/// on), instead of creating an empty one: a mistyped --data would otherwise print a token the
+/// relay never sees, or statistics of nothing.
+fn require_data_dir(data: &Path) -> Result<()> {
+    if !kith_relay::db_dir(data).is_dir() {
+        anyhow::bail!(
+            "{} is not a kith-relay data directory (it has no db/): give the --data of \
+             `kith-relay serve` (default {}), and start the relay on it once first",
+            data.display(),
+            kith_relay::config::DEFAULT_DATA_DIR
+        );
+    }
+    Ok(())
 }
 
 async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
@@ -129,9 +157,9 @@ async fn wait_for_signal() {
 fn create_token(data: &Path) -> Result<()> {
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    require_data_dir(data)?;
     let token = hex::encode(raw);
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let inbox = kith_relay::token_inbox(data);
     std::fs::create_dir_all(&inbox).context("creating the token inbox")?;
     let tmp = inbox.join(format!(".{}.tmp", hex::encode(hash)));
@@ -142,11 +170,12 @@ fn create_token(data: &Path) -> Result<()> {
 }
 
 fn stats(data: &Path) -> Result<()> {
+    require_data_dir(data)?;
     let store = SledStore::open(&kith_relay::db_dir(data), 16 * 1024 * 1024, 0)
         .with_context(|| format!("opening {} (is the relay running?)", data.display()))?;
     let stats = store.stats()?;
     println!("accounts {}", stats.accounts);
-    println!("devices {}", stats.streams);
+    println!("streams {}", stats.streams);
     println!("envelopes {}", stats.envelopes);
     println!("bytes {}", stats.envelope_bytes);
     println!("pairing_slots {}", stats.pairing_slots);

@@ -27,6 +27,8 @@ pub const STREAM_REFUSED: u32 = 1;
 /// QUIC application error code of a request stream the relay cut off because the request did
 /// not arrive, or the response was not taken, within `Limits::request_timeout`.
 pub const REQUEST_TIMED_OUT: u32 = 2;
+/// How long a `ShuttingDown` answer may wait for the client's acknowledgement during shutdown.
+const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// How often expired pairing slots are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -249,18 +251,25 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
             return;
         }
     };
-    let connection =
-        match tokio::time::timeout(shared.config.limits.handshake_timeout, connecting).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(err)) => {
-                tracing::debug!(%remote, error = %err, "handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%remote, "handshake timed out");
-                return;
-            }
-        };
+    // A handshake still under way when the relay shuts down is abandoned, not waited for: it
+    // would hold the shutdown up to the handshake timeout.
+    let mut stopping = shared.shutdown.clone();
+    let handshake = tokio::time::timeout(shared.config.limits.handshake_timeout, connecting);
+    let handshake = tokio::select! {
+        result = handshake => result,
+        _ = stopping.changed() => return,
+    };
+    let connection = match handshake {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(err)) => {
+            tracing::debug!(%remote, error = %err, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
     tracing::debug!(%remote, "connection established");
     let conn = Arc::new(Conn::new(connection.clone()));
     let mut shutdown = shared.shutdown.clone();
@@ -300,6 +309,22 @@ fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
     match wire::push_payload(&body) {
         Some(payload) => wire::Push::decode(payload).map(Decoded::Push),
         None => Request::decode(&body[..]).map(Decoded::Other),
+    }
+}
+
+/// Logs a refused request. Refusals an operator can act on or that a person will ask about
+/// (rate limits, quotas, authentication, storage) are logged at `info`; the routine ones (an
+/// empty pairing slot, a stale roster, a stream conflict the client resolves) at `debug`. The
+/// message is the relay's own text: it never quotes the request.
+fn log_refusal(conn: &Conn, err: &RequestError) {
+    let routine = matches!(
+        err.code,
+        ErrorCode::NotFound | ErrorCode::RosterRollback | ErrorCode::SeqConflict
+    );
+    if routine {
+        tracing::debug!(remote = %conn.remote, code = ?err.code, reason = %err.message, "request refused");
+    } else {
+        tracing::info!(remote = %conn.remote, code = ?err.code, reason = %err.message, "request refused");
     }
 }
 
@@ -356,6 +381,7 @@ async fn request_stream(
             handlers::dispatch(shared, conn, kind).await.map(Some)
         }
     };
+    let mut shutting_down = false;
     let (frame, budget) = match result {
         Ok(Some(Answer::Frame(frame, budget))) => (frame, budget),
         Ok(Some(Answer::Message(response))) => (bytes::Bytes::from(encode_frame(&response)), None),
@@ -364,13 +390,19 @@ async fn request_stream(
             return;
         }
         Err(err) => {
-            tracing::debug!(remote = %conn.remote, code = ?err.code, "request refused");
+            log_refusal(conn, &err);
+            shutting_down = err.code == ErrorCode::ShuttingDown;
             (bytes::Bytes::from(encode_frame(&err.to_response())), None)
         }
     };
     match tokio::time::timeout(deadline, write_frame(&mut send, frame)).await {
         Ok(Ok(())) => {
             let _ = send.finish();
+            if shutting_down {
+                // The endpoint closes as soon as the last request ends: let the client receive
+                // why (and reconnect) instead of seeing only a lost connection.
+                let _ = tokio::time::timeout(SHUTDOWN_ANSWER_WAIT, send.stopped()).await;
+            }
             if let Some(budget) = budget {
                 // The page stays in quinn's send buffer until the peer acknowledges it: its
                 // share of the pull budget is held until then (or the stream is given up).

@@ -232,6 +232,8 @@ pub(crate) struct Shared {
     pub pull_budget: Arc<Semaphore>,
     /// Permits `pull_budget` started with.
     pub pull_budget_bytes: usize,
+    /// Bumped on every pairing slot put: wakes the takes waiting for a slot to be filled.
+    pub pairing_puts: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -265,6 +267,7 @@ impl Shared {
             token_inbox: crate::token_inbox(&config.data_dir),
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,
+            pairing_puts: watch::Sender::new(0),
             accounts: Accounts::default(),
             config,
             store,

@@ -514,6 +514,59 @@ async fn rosters_must_extend_the_stored_chain() {
     .await;
 }
 
+/// A new device waits on its slot instead of polling: a take asking to wait is answered the
+/// moment the approval is put, one waiting take costs one lookup however long it waits (so a
+/// device can wait for minutes within a budget of three lookups a minute), a wait that ends
+/// empty answers `NotFound`, and a relay shutting down ends a wait at once with `ShuttingDown`.
+#[tokio::test]
+async fn a_take_waits_for_its_slot_within_the_lookup_budget() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| c.limits.lookups_per_minute = 3).await;
+        let account = TestAccount::new(1);
+        let client = relay.connect().await;
+        account.create(&client).await;
+        let take = |slot: [u8; 32], wait_ms: u32| {
+            request::Kind::TakePairingSlot(proto::TakePairingSlot {
+                slot_id: slot.to_vec(),
+                wait_ms,
+            })
+        };
+        let newcomer = std::sync::Arc::new(relay.connect().await); // not authenticated
+        // Waits, then empty: NotFound after the wait (one lookup).
+        assert_eq!(
+            code(newcomer.request(take([7; 32], 300)).await),
+            ErrorCode::NotFound
+        );
+        // The approval arrives while the take waits: answered with the bundle (second lookup).
+        let waiting = tokio::spawn({
+            let newcomer = newcomer.clone();
+            async move { newcomer.request(take([7; 32], 15_000)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client
+            .expect_ok(request::Kind::PutPairingSlot(proto::PutPairingSlot {
+                slot_id: [7; 32].to_vec(),
+                bundle: b"sealed".to_vec(),
+            }))
+            .await
+            .unwrap();
+        match waiting.await.unwrap().unwrap() {
+            response::Kind::PairingSlot(slot) => assert_eq!(slot.bundle, b"sealed"),
+            other => panic!("{other:?}"),
+        }
+        // A wait on a slot that never comes ends at once when the relay shuts down (third).
+        let waiting = tokio::spawn({
+            let newcomer = newcomer.clone();
+            async move { newcomer.request(take([8; 32], 20_000)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shutdown = tokio::spawn(relay.handle.shutdown());
+        assert_eq!(code(waiting.await.unwrap()), ErrorCode::ShuttingDown);
+        shutdown.await.unwrap().unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pairing_slots_are_taken_once_and_expire() {
     bounded(async {
@@ -531,6 +584,7 @@ async fn pairing_slots_are_taken_once_and_expire() {
         let take = |slot: [u8; 32]| {
             request::Kind::TakePairingSlot(proto::TakePairingSlot {
                 slot_id: slot.to_vec(),
+                wait_ms: 0,
             })
         };
         client.expect_ok(put([1; 32])).await.unwrap();
