@@ -275,6 +275,68 @@ mod tests {
         assert_eq!(read_record(&store, &id(1)).unwrap(), Some(fresh));
     }
 
+    /// Another process (a second handle on the same directory) commits a change to a record
+    /// between this one's read and write: the write keeps both, and the live count follows.
+    #[test]
+    fn a_write_keeps_what_another_process_committed_since_the_read() {
+        let (dir, store) = store();
+        let other = LocalStore::open(
+            dir.path(),
+            &kith_protocol::keys::SymmetricKey::from_slice(&[7; 32]).unwrap(),
+        )
+        .unwrap();
+        store_record(&store, &named(id(1), "Ada", 1));
+        assert_eq!(live_count(&store).unwrap(), 1);
+        // This process reads the record and renames it...
+        let mut ours = read_record(&store, &id(1)).unwrap().unwrap();
+        let clock = Hlc::new(5, 0, DeviceId::from_bytes([1; 16]));
+        let write = FieldWrite::set(
+            FieldKey::name(),
+            record::value::text("Ada Lovelace"),
+            ours.replaces(&FieldKey::name()),
+        )
+        .unwrap();
+        ours.apply(&Operation::upsert(id(1), clock, [write]).unwrap());
+        // ...while the other adds a company and a new record.
+        let mut theirs = read_record(&other, &id(1)).unwrap().unwrap();
+        let clock = Hlc::new(6, 0, DeviceId::from_bytes([2; 16]));
+        let write =
+            FieldWrite::set(FieldKey::company(), record::value::text("Engines"), []).unwrap();
+        theirs.apply(&Operation::upsert(id(1), clock, [write]).unwrap());
+        store_record(&other, &theirs);
+        store_record(&other, &named(id(2), "Grace", 2));
+        store_record(&store, &ours);
+
+        let stored = read_record(&store, &id(1)).unwrap().unwrap();
+        let name = record::value::text("Ada Lovelace");
+        let company = record::value::text("Engines");
+        assert_eq!(stored.value(&FieldKey::name()), Some(&name));
+        assert_eq!(stored.value(&FieldKey::company()), Some(&company));
+        assert_eq!(live_count(&store).unwrap(), 2);
+        assert_eq!(live_count(&other).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_live_count_follows_deletes_and_is_rebuilt_when_missing() {
+        let (_dir, store) = store();
+        for n in 0..5 {
+            store_record(&store, &named(id(n), "someone", 1));
+        }
+        let mut gone = read_record(&store, &id(3)).unwrap().unwrap();
+        gone.apply(&Operation::delete(
+            id(3),
+            Hlc::new(9, 0, DeviceId::from_bytes([1; 16])),
+        ));
+        store_record(&store, &gone);
+        // Writing the same state again changes nothing.
+        store_record(&store, &gone);
+        assert_eq!(live_count(&store).unwrap(), 4);
+        // A store without the count (migrated from the previous release) counts once.
+        store.remove(TreeName::Meta, LIVE_COUNT).unwrap();
+        assert_eq!(live_count(&store).unwrap(), 4);
+        assert!(store.get(TreeName::Meta, LIVE_COUNT).unwrap().is_some());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_record_lock_outlives_a_dropped_pipeline_until_its_write_lands() {
         let (_dir, store) = store();
