@@ -247,7 +247,6 @@ fn link(a: &Path, b: &Path, relay: &TestRelay) {
         stderr(&output)
     );
     assert!(tail.contains("Linked"), "{tail}");
-
 }
 
 /// Starts `kith sync --watch` in `home`; returns the process and its standard output, line by
@@ -785,9 +784,8 @@ fn a_home_made_by_the_previous_release_opens_and_keeps_its_contacts() {
         let key = home.join("device.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
-    let expected = json(
-        &std::fs::read_to_string(fixture.join("home-0.1.0-contacts.json")).expect("fixture"),
-    );
+    let expected =
+        json(&std::fs::read_to_string(fixture.join("home-0.1.0-contacts.json")).expect("fixture"));
     let expected = expected.as_array().expect("array");
     let names = |contacts: &[Value]| -> Vec<(String, String)> {
         let mut names: Vec<(String, String)> = contacts

@@ -225,9 +225,7 @@ mod tests {
 
     fn store_record(store: &LocalStore, state: &RecordState) {
         store
-            .transaction(|tx| {
-                write_records_in(tx, std::iter::once((&state.id(), state, None)))
-            })
+            .transaction(|tx| write_records_in(tx, std::iter::once((&state.id(), state, None))))
             .unwrap();
     }
 

@@ -252,7 +252,11 @@ fn get_sql(tree: TreeName) -> &'static str {
 }
 
 fn put_sql(tree: TreeName) -> &'static str {
-    per_tree!(tree, "INSERT OR REPLACE INTO ", " (key, value) VALUES (?1, ?2)")
+    per_tree!(
+        tree,
+        "INSERT OR REPLACE INTO ",
+        " (key, value) VALUES (?1, ?2)"
+    )
 }
 
 fn remove_sql(tree: TreeName) -> &'static str {
@@ -260,7 +264,11 @@ fn remove_sql(tree: TreeName) -> &'static str {
 }
 
 fn scan_sql(tree: TreeName) -> &'static str {
-    per_tree!(tree, "SELECT key, value FROM ", " WHERE key >= ?1 ORDER BY key")
+    per_tree!(
+        tree,
+        "SELECT key, value FROM ",
+        " WHERE key >= ?1 ORDER BY key"
+    )
 }
 
 fn keys_sql(tree: TreeName) -> &'static str {
@@ -325,9 +333,8 @@ fn connect(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| {
-        row.get(0)
-    })?;
+    let mode: String =
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Migration(format!(
             "{} cannot use write-ahead logging (journal mode {mode})",
@@ -504,10 +511,7 @@ impl LocalStore {
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`: it waits for any other writer,
     /// in this process or another, then holds the write lock): everything `f` wrote is
     /// committed durably if it returns `Ok`, and nothing is if it returns an error.
-    pub fn transaction<T, E>(
-        &self,
-        f: impl FnOnce(&StoreTxn<'_>) -> Result<T, E>,
-    ) -> Result<T, E>
+    pub fn transaction<T, E>(&self, f: impl FnOnce(&StoreTxn<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {

@@ -11,7 +11,10 @@ use kith_client::{ContactFields, Device};
 fn fields(name: &str) -> ContactFields {
     ContactFields {
         name: Some(name.into()),
-        email: Some(format!("{}@example.com", name.to_lowercase().replace(' ', "."))),
+        email: Some(format!(
+            "{}@example.com",
+            name.to_lowercase().replace(' ', ".")
+        )),
         ..Default::default()
     }
 }
@@ -63,9 +66,7 @@ async fn a_store_of_the_previous_release_is_migrated_once_with_a_backup() {
     .unwrap();
     let home = dir.path().join("home");
     let store_dir = home.join("store");
-    let (device, _) = Device::create(&home, target, "laptop", None)
-        .await
-        .unwrap();
+    let (device, _) = Device::create(&home, target, "laptop", None).await.unwrap();
     let ada = device.add_contact(&fields("Ada Lovelace")).await.unwrap();
     device.add_contact(&fields("Grace Hopper")).await.unwrap();
     device.sync().await.unwrap();
@@ -82,7 +83,10 @@ async fn a_store_of_the_previous_release_is_migrated_once_with_a_backup() {
     let device = Device::open(&home).unwrap();
     assert_eq!(device.contacts().unwrap(), before);
     assert_eq!(device.contact_count().unwrap(), 2);
-    assert_eq!(device.store().keys(TreeName::Pending).unwrap(), pending_before);
+    assert_eq!(
+        device.store().keys(TreeName::Pending).unwrap(),
+        pending_before
+    );
     // The old files are kept beside the new store, and only there.
     let backup = migrate::backup_dir(&store_dir);
     assert!(backup.join("db").is_file() && backup.join("conf").is_file());
@@ -90,7 +94,10 @@ async fn a_store_of_the_previous_release_is_migrated_once_with_a_backup() {
     assert!(store_dir.join(kith_client::store::DB_FILE).is_file());
 
     // New operations queue after the migrated ones, and everything reaches the relay once.
-    device.add_contact(&fields("Katherine Johnson")).await.unwrap();
+    device
+        .add_contact(&fields("Katherine Johnson"))
+        .await
+        .unwrap();
     let pending = device.store().keys(TreeName::Pending).unwrap();
     assert_eq!(pending.len(), 3);
     assert!(pending[2] > pending_before[1], "a new operation sorts last");
@@ -139,7 +146,10 @@ fn a_store_in_use_by_the_previous_release_is_not_migrated() {
     old.open_tree("meta").unwrap().insert(b"k", b"v").unwrap();
     old.flush().unwrap();
     let error = LocalStore::open(&store_dir, &key).unwrap_err();
-    assert!(error.to_string().contains("in use by another process"), "{error}");
+    assert!(
+        error.to_string().contains("in use by another process"),
+        "{error}"
+    );
     assert!(!store_dir.join(kith_client::store::DB_FILE).exists());
     drop(old);
     let store = LocalStore::open(&store_dir, &key).unwrap();

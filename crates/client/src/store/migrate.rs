@@ -65,7 +65,8 @@ pub(super) fn move_sled_files(dir: &Path) -> Result<(), StoreError> {
     let backup = backup_dir(dir);
     std::fs::create_dir_all(&backup)
         .map_err(io_error(format!("cannot create {}", backup.display())))?;
-    let entries = std::fs::read_dir(dir).map_err(io_error(format!("cannot list {}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(io_error(format!("cannot list {}", dir.display())))?;
     for entry in entries {
         let entry = entry.map_err(io_error(format!("cannot list {}", dir.display())))?;
         let name = entry.file_name();
