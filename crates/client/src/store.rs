@@ -353,6 +353,11 @@ fn connect(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
 
 /// Creates the tables of a new store, or checks the format of an existing one.
 fn prepare_schema(connection: &mut Connection) -> Result<(), StoreError> {
+    // Opening an existing store takes no write lock: another process may be writing.
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version == FORMAT_VERSION {
+        return Ok(());
+    }
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > FORMAT_VERSION {
