@@ -40,7 +40,9 @@ pub fn backup_dir(dir: &Path) -> PathBuf {
 /// Migrates the sled store in `dir` to the SQLite database `path` (see the module docs).
 pub(super) fn from_sled(dir: &Path, path: &Path, cipher: &ValueCipher) -> Result<(), StoreError> {
     let migrating = path.with_extension("sqlite3.migrating");
+    // What an interrupted earlier attempt left, its rollback journal included.
     remove_if_exists(&migrating)?;
+    remove_if_exists(&path.with_extension("sqlite3.migrating-journal"))?;
     copy_trees(dir, &migrating, cipher)?;
     std::fs::rename(&migrating, path).map_err(io_error(format!(
         "cannot rename {} to {}",
