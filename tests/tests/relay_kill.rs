@@ -22,7 +22,7 @@ fn relay_process() {
 }
 
 fn outbox_len(device: &Device) -> usize {
-    device.store().tree(TreeName::Outbox).unwrap().len()
+    device.store().len(TreeName::Outbox).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -384,7 +384,7 @@ async fn sync(home: &Path) -> Result<()> {
         count(report.pushed as u64, "envelope"),
         report.pulled,
         count(report.changed.len() as u64, "contact"),
-        count(device.contacts()?.len() as u64, "contact")
+        count(device.contact_count()?, "contact")
     );
     Ok(())
 }
@@ -609,7 +609,7 @@ async fn request_link(
         "Linked: this is device {} of account {}; {} synced.",
         device.device_id(),
         device.account_id(),
-        count(device.contacts()?.len() as u64, "contact")
+        count(device.contact_count()?, "contact")
     );
     Ok(())
 }
@@ -635,7 +635,7 @@ async fn recover(
         "Recovered account {} on this new device {}; {} restored.",
         device.account_id(),
         device.device_id(),
-        count(device.contacts()?.len() as u64, "contact")
+        count(device.contact_count()?, "contact")
     );
     Ok(())
 }

@@ -210,6 +210,74 @@ fn assert_contact_shape(contact: &Value) {
     }
 }
 
+/// Links a new device in `b` to the account of `a`: `device request` on B, whose first line
+/// is the link code, approved by `device approve` on A.
+fn link(a: &Path, b: &Path, relay: &TestRelay) {
+    // B asks to join; its first line of output is the link code.
+    let mut request = kith(b);
+    request
+        .args(["device", "request"])
+        .args(relay.args())
+        .args(["--device-name", "phone", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = request.spawn().expect("spawn device request");
+    let first_line = {
+        let out = child.stdout.take().expect("stdout");
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(out);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = send.send((line, reader));
+        });
+        receive
+            .recv_timeout(COMMAND_TIMEOUT)
+            .expect("the link code within the timeout")
+    };
+    let (code, mut rest) = first_line;
+    let code = code.trim().to_owned();
+    assert!(
+        !code.is_empty(),
+        "device request printed the link code first"
+    );
+    let mut approve = kith(a);
+    approve.args(["device", "approve", &code]);
+    ok(approve);
+    let output = wait(child, "device request");
+    let mut tail = String::new();
+    let _ = std::io::Read::read_to_string(&mut rest, &mut tail);
+    assert!(
+        output.status.success(),
+        "device request failed: {tail}\n{}",
+        stderr(&output)
+    );
+    assert!(tail.contains("Linked"), "{tail}");
+}
+
+/// Starts `kith sync --watch` in `home`; returns the process and its standard output, line by
+/// line.
+fn watch(home: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut watch = kith(home);
+    watch
+        .args(["sync", "--watch"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut watcher = watch.spawn().expect("spawn sync --watch");
+    let out = watcher.stdout.take().expect("stdout");
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (watcher, receive)
+}
+
 #[test]
 fn demo_runs_and_the_relay_storage_scan_finds_no_contact_data() {
     let output = run({
@@ -425,47 +493,7 @@ fn a_linked_device_sees_the_same_contacts_after_sync() {
         ok(add);
     }
 
-    // B asks to join; its first line of output is the link code.
-    let mut request = kith(&b);
-    request
-        .args(["device", "request"])
-        .args(relay.args())
-        .args(["--device-name", "phone", "--timeout", "60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = request.spawn().expect("spawn device request");
-    let first_line = {
-        let out = child.stdout.take().expect("stdout");
-        let (send, receive) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(out);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = send.send((line, reader));
-        });
-        receive
-            .recv_timeout(COMMAND_TIMEOUT)
-            .expect("the link code within the timeout")
-    };
-    let (code, mut rest) = first_line;
-    let code = code.trim().to_owned();
-    assert!(
-        !code.is_empty(),
-        "device request printed the link code first"
-    );
-    let mut approve = kith(&a);
-    approve.args(["device", "approve", &code]);
-    ok(approve);
-    let output = wait(child, "device request");
-    let mut tail = String::new();
-    let _ = std::io::Read::read_to_string(&mut rest, &mut tail);
-    assert!(
-        output.status.success(),
-        "device request failed: {tail}\n{}",
-        stderr(&output)
-    );
-    assert!(tail.contains("Linked"), "{tail}");
+    link(&a, &b, &relay);
 
     let mut sync = kith(&b);
     sync.arg("sync");
@@ -511,25 +539,7 @@ fn a_linked_device_sees_the_same_contacts_after_sync() {
     assert_eq!(devices.as_array().map(Vec::len), Some(2));
 
     // `sync --watch` on B reports a contact A adds, without B asking.
-    let mut watch = kith(&b);
-    watch
-        .args(["sync", "--watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut watcher = watch.spawn().expect("spawn sync --watch");
-    let lines = {
-        let out = watcher.stdout.take().expect("stdout");
-        let (send, receive) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        receive
-    };
+    let (mut watcher, lines) = watch(&b);
     let first = lines
         .recv_timeout(COMMAND_TIMEOUT)
         .expect("the watcher reports its first sync");
@@ -1145,4 +1155,175 @@ fn a_relay_that_is_down_fails_fast_and_says_why() {
         first.as_deref().is_ok_and(|line| line.contains("pulled")),
         "the watcher synced once the relay was back: {first:?}"
     );
+}
+
+/// The id `contacts add` printed.
+fn added_id(output: &str) -> String {
+    output
+        .split_whitespace()
+        .map(|word| word.trim_end_matches('.'))
+        .find(|word| word.len() == 32 && word.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("contacts add prints the new id: {output}"))
+        .to_owned()
+}
+
+/// Sends SIGINT (Ctrl-C) to `child`.
+fn interrupt(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Issue 19 item 5: a person keeps `kith sync --watch` running and uses the CLI beside it on
+/// the same home. Every command succeeds while the watcher runs, the watcher pushes what they
+/// changed without anyone running `kith sync` on that home, and Ctrl-C stops it.
+#[test]
+fn commands_run_beside_a_watcher_on_one_home_and_the_watcher_syncs_them() {
+    let relay = TestRelay::start();
+    let homes = tempfile::tempdir().expect("homes");
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    init(&a, &relay, "laptop");
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Ada Lovelace"]);
+    let ada = added_id(&ok(add));
+    link(&a, &b, &relay);
+
+    let (mut watcher, lines) = watch(&a);
+    let first = lines
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the watcher reports its first sync");
+    assert!(first.contains("pulled"), "{first}");
+
+    // A person at the keyboard, one command after another, while the watcher runs.
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Grace Hopper", "--email"])
+        .arg("grace@example.org");
+    let grace = added_id(&ok(add));
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Alan Turing"]);
+    let alan = added_id(&ok(add));
+    let mut edit = kith(&a);
+    edit.args(["contacts", "edit", &grace[..8], "--company", "US Navy"]);
+    ok(edit);
+    let mut delete = kith(&a);
+    delete.args(["contacts", "delete", &alan]);
+    ok(delete);
+    let mut import = kith(&a);
+    import
+        .args(["import", "linkedin"])
+        .arg(sample("Connections.csv"));
+    assert!(ok(import).contains("added"));
+    let mut show = kith(&a);
+    show.args(["contacts", "show", &ada[..8], "--json"]);
+    assert_eq!(json(&ok(show))["name"], "Ada Lovelace");
+    let mut search = kith(&a);
+    search.args(["contacts", "search", "grace@example.org", "--json"]);
+    assert_eq!(
+        ids(json(&ok(search)).as_array().expect("array")),
+        vec![grace.clone()]
+    );
+    let on_a = list(&a);
+    assert!(on_a.len() > 10, "the import added contacts");
+    assert!(!ids(&on_a).contains(&alan));
+
+    // Nobody runs `kith sync` on A: the watcher noticed the changes and pushed them, so B
+    // sees A's contacts after its own sync.
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let mut sync = kith(&b);
+        sync.arg("sync");
+        ok(sync);
+        let on_b = list(&b);
+        if ids(&on_b) == ids(&on_a) {
+            assert!(
+                on_b.iter()
+                    .any(|c| c["id"] == grace.as_str() && c["company"] == "US Navy")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watcher on A never pushed A's changes: B has {} contacts, A {}",
+            on_b.len(),
+            on_a.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pushed = lines
+        .try_iter()
+        .any(|line| line.starts_with("pushed ") && !line.starts_with("pushed 0"));
+    assert!(pushed, "the watcher reported its push");
+
+    // Ctrl-C stops the watcher (bounded: it must not hang).
+    interrupt(&watcher);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = watcher.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = watcher.kill();
+            panic!("the watcher did not stop on Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "Ctrl-C is a normal exit: {status}");
+}
+
+/// Issue 21 item 3: a home made by the previous release (0.1.0, whose store was sled) opens
+/// with this one. The fixture was written by the 0.1.0 `kith` binary (`init`, an import of the
+/// LinkedIn sample, `sync`, then two `contacts add` left unsynced); the contacts it listed
+/// then are in `home-0.1.0-contacts.json`.
+#[test]
+fn a_home_made_by_the_previous_release_opens_and_keeps_its_contacts() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path().join("home");
+    copy_dir(&fixture.join("home-0.1.0"), &home);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = home.join("device.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let expected =
+        json(&std::fs::read_to_string(fixture.join("home-0.1.0-contacts.json")).expect("fixture"));
+    let expected = expected.as_array().expect("array");
+    let names = |contacts: &[Value]| -> Vec<(String, String)> {
+        let mut names: Vec<(String, String)> = contacts
+            .iter()
+            .map(|c| (c["id"].to_string(), c["name"].to_string()))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(expected.len(), 62);
+    assert_eq!(names(&list(&home)), names(expected));
+    // Migrated once, the sled files kept as a backup.
+    assert!(home.join("store.sled-backup").join("db").is_file());
+    assert!(home.join("store").join("kith.sqlite3").is_file());
+    let mut search = kith(&home);
+    search.args(["contacts", "search", "lovelace", "--json"]);
+    let found = json(&ok(search));
+    assert_eq!(found[0]["emails"][0]["address"], "ada@example.com");
+    // And it keeps working: a new contact, listed with the old ones.
+    let mut add = kith(&home);
+    add.args(["contacts", "add", "--name", "Katherine Johnson"]);
+    ok(add);
+    assert_eq!(list(&home).len(), 63);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! [`ImportReport`] into the store; exporting vCard.
 //!
 //! Every local change is applied to the merged state and queued as a pending operation in one
-//! sled transaction, then flushed, so an acknowledged edit survives a crash and is pushed once.
+//! durable store transaction, so an acknowledged edit survives a crash and is pushed once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,13 +12,12 @@ use kith_protocol::proto::{self, field_value::Value};
 use kith_protocol::record::{self, Contact, FieldKey, FieldWrite, Operation};
 use prost::Message;
 use serde::Serialize;
-use sled::Transactional;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::device::Device;
 use crate::error::{ClientError, Result};
 use crate::import::{ImportReport, phone::Region};
-use crate::pipeline::RecordPipeline;
+use crate::pipeline::{RecordPipeline, Records};
 use crate::store::{StoreError, TreeName};
 
 /// Fields of a new contact, or the fields to change in an edit (`None` = leave as is).
@@ -327,14 +326,14 @@ impl Device {
     }
 
     /// Queues `ops` as pending operations (one entry per envelope's worth) and writes the
-    /// record states they produced, in one sled transaction: after a crash either both are
+    /// record states they produced, in one store transaction: after a crash either both are
     /// there or neither, so a record never shows a change that is not queued for the relay.
     pub(crate) fn write_local(
         &self,
         ops: &[Operation],
         records: &BTreeMap<RecordId, RecordState>,
     ) -> Result<()> {
-        self.write_local_sealed(ops, &self.seal_records(records))
+        self.write_local_sealed(ops, records, &self.seal_records(records))
     }
 
     /// Each record's encoded state, sealed for its place in the store.
@@ -352,35 +351,34 @@ impl Device {
             .collect()
     }
 
-    /// [`Device::write_local`] with the records already sealed ([`Device::seal_records`]).
+    /// [`Device::write_local`] with the records (in id order) already sealed
+    /// ([`Device::seal_records`]).
     pub(crate) fn write_local_sealed(
         &self,
         ops: &[Operation],
+        records: &Records,
         record_values: &[([u8; 16], Vec<u8>)],
     ) -> Result<()> {
-        let store = &self.inner.store;
-        let mut pending_values = Vec::new();
-        for chunk in ops.chunks(crate::sync::OPS_PER_ENVELOPE) {
-            let key = store_id(store)?;
-            let value = store
-                .cipher()
-                .seal(TreeName::Pending, &key, &record::encode_batch(chunk)?);
-            pending_values.push((key, value));
-        }
-        let records_tree = store.tree(TreeName::Records)?;
-        let pending_tree = store.tree(TreeName::Pending)?;
-        (&records_tree, &pending_tree)
-            .transaction(|(r, p)| {
-                for (id, value) in record_values {
-                    r.insert(id.as_slice(), value.as_slice())?;
-                }
-                for (key, value) in &pending_values {
-                    p.insert(key.as_slice(), value.as_slice())?;
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(StoreError::from)?;
-        Ok(())
+        let batches = ops
+            .chunks(crate::sync::OPS_PER_ENVELOPE)
+            .map(record::encode_batch)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner.store.transaction(|tx| {
+            crate::pipeline::write_records_in(
+                tx,
+                records
+                    .iter()
+                    .zip(record_values)
+                    .map(|((id, state), (_, sealed))| (id, state, Some(sealed.as_slice()))),
+            )?;
+            for batch in &batches {
+                // Monotonic across restarts and processes, so pending keys sort in creation
+                // order.
+                let key = tx.next_id()?.to_be_bytes();
+                tx.put(TreeName::Pending, &key, batch)?;
+            }
+            Ok(())
+        })
     }
 
     /// One contact.
@@ -415,6 +413,12 @@ impl Device {
                 "id prefix {text} matches several contacts; type more of it"
             ))),
         }
+    }
+
+    /// How many live contacts the store holds: `contacts().len()` without reading them (a
+    /// count kept with every write, so it costs the same whatever the store holds).
+    pub fn contact_count(&self) -> Result<u64> {
+        crate::pipeline::live_count(&self.inner.store)
     }
 
     /// Every live contact, ordered by name.
@@ -588,7 +592,9 @@ impl Device {
                 let sealed = self.seal_records(&touched);
                 let device = self.clone();
                 pipeline
-                    .submit(touched, move |_| device.write_local_sealed(&ops, &sealed))
+                    .submit(touched, move |records| {
+                        device.write_local_sealed(&ops, records, &sealed)
+                    })
                     .await?;
             }
             done += chunk.len();
@@ -650,13 +656,7 @@ impl<'a> IdentityIndex<'a> {
         if !self.shards.contains_key(&number) {
             let mut shard = BTreeMap::new();
             if let Some(bytes) = self.store.get(TreeName::Identities, &[number])? {
-                for entry in bytes.chunks_exact(Self::ENTRY) {
-                    let mut blinded = [0u8; 32];
-                    blinded.copy_from_slice(&entry[..32]);
-                    if let Ok(id) = RecordId::from_slice(&entry[32..]) {
-                        shard.insert(blinded, id);
-                    }
-                }
+                Self::decode_into(&bytes, &mut shard);
             }
             self.shards.insert(number, shard);
         }
@@ -676,25 +676,41 @@ impl<'a> IdentityIndex<'a> {
         Ok(())
     }
 
-    fn write(&mut self) -> Result<()> {
-        for number in std::mem::take(&mut self.dirty) {
-            let Some(shard) = self.shards.get(&number) else {
-                continue;
-            };
-            let mut bytes = Vec::with_capacity(shard.len() * Self::ENTRY);
-            for (key, id) in shard {
-                bytes.extend_from_slice(key);
-                bytes.extend_from_slice(id.as_bytes());
+    fn decode_into(bytes: &[u8], shard: &mut BTreeMap<[u8; 32], RecordId>) {
+        for entry in bytes.chunks_exact(Self::ENTRY) {
+            let mut blinded = [0u8; 32];
+            blinded.copy_from_slice(&entry[..32]);
+            if let Ok(id) = RecordId::from_slice(&entry[32..]) {
+                shard.insert(blinded, id);
             }
-            self.store.put(TreeName::Identities, &[number], &bytes)?;
         }
-        Ok(())
     }
-}
 
-fn store_id(store: &crate::store::LocalStore) -> Result<[u8; 8]> {
-    // Monotonic across restarts, so pending keys sort in creation order.
-    Ok(store.generate_id()?.to_be_bytes())
+    /// Writes the changed shards in one transaction, each joined with the shard as stored
+    /// then (entries another process added meanwhile are kept; this import's win).
+    fn write(&mut self) -> Result<()> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let shards = &self.shards;
+        self.store.transaction(|tx| {
+            for number in dirty {
+                let Some(ours) = shards.get(&number) else {
+                    continue;
+                };
+                let mut shard = BTreeMap::new();
+                if let Some(bytes) = tx.get(TreeName::Identities, &[number])? {
+                    Self::decode_into(&bytes, &mut shard);
+                }
+                shard.extend(ours.iter().map(|(key, id)| (*key, *id)));
+                let mut bytes = Vec::with_capacity(shard.len() * Self::ENTRY);
+                for (key, id) in &shard {
+                    bytes.extend_from_slice(key);
+                    bytes.extend_from_slice(id.as_bytes());
+                }
+                tx.put(TreeName::Identities, &[number], &bytes)?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A value given for `field`, trimmed; an empty one is refused rather than silently ignored

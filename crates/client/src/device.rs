@@ -344,9 +344,9 @@ impl Device {
         let account_key = AccountSigningKey::from_secret_bytes(&account_key_bytes)
             .map_err(|_| ClientError::NotInitialized(home.display().to_string()))?;
         let mut epochs = EpochKeys::new(account_id);
-        for item in store.tree(TreeName::Meta)?.scan_prefix(meta::EPOCH_PREFIX) {
-            let (key, sealed) = item.map_err(crate::store::StoreError::from)?;
-            let secret = Zeroizing::new(store.cipher().open(TreeName::Meta, &key, &sealed)?);
+        for item in store.scan_prefix(TreeName::Meta, meta::EPOCH_PREFIX) {
+            let (key, secret) = item?;
+            let secret = Zeroizing::new(secret);
             let number = key
                 .get(meta::EPOCH_PREFIX.len()..)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())

@@ -1,15 +1,21 @@
 //! Batched read-modify-write of merged records, each batch's write running on a blocking
 //! thread while the next batch is merged.
 //!
-//! Imports and pulls change many records at once. Encrypting and writing a batch to sled
+//! Imports and pulls change many records at once. Encrypting and writing a batch to the store
 //! costs about as much as merging the next one, so [`RecordPipeline`] overlaps the two on the
 //! machine's cores. While a batch is in flight its records stay readable from memory, so a
-//! record touched again by the next batch builds on its latest state, never on what sled held
-//! before. The pipeline holds the device's record lock from creation until its last write has
-//! landed, even if the caller returns early with an error, so no other writer reads a record
-//! that a write still in flight is about to replace.
+//! record touched again by the next batch builds on its latest state, never on what the store
+//! held before. The pipeline holds the device's record lock from creation until its last write
+//! has landed, even if the caller returns early with an error, so no other writer of this
+//! process reads a record that a write still in flight is about to replace.
+//!
+//! Other processes sharing the store (a watcher beside CLI commands) are not under that lock:
+//! every write of merged records ([`write_records_in`]) joins each state with the one stored at
+//! commit time, inside the write transaction, so a change another process committed between
+//! our read and our write is kept, never overwritten. The number of live contacts is kept in
+//! the same transactions ([`live_count`]), so no caller has to count by scanning.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kith_protocol::RecordId;
@@ -19,7 +25,7 @@ use prost::Message;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::Result;
-use crate::store::{LocalStore, StoreError, TreeName};
+use crate::store::{LocalStore, StoreError, StoreTxn, TreeName};
 
 /// The merged records of one batch, by id.
 pub(crate) type Records = BTreeMap<RecordId, RecordState>;
@@ -31,15 +37,7 @@ pub(crate) struct RecordPipeline {
     /// and the pipeline are gone.
     guard: Arc<OwnedMutexGuard<()>>,
     in_flight: Option<InFlight>,
-    /// Ids of every stored record, once listed: a miss in sled costs as much as a hit (~6 µs),
-    /// so after [`MISSES_BEFORE_LISTING`] misses the ids are listed once and new records are
-    /// recognized without asking sled.
-    stored_ids: Option<HashSet<RecordId>>,
-    misses: usize,
 }
-
-/// Store misses after which a pipeline lists the stored record ids.
-const MISSES_BEFORE_LISTING: usize = 2_000;
 
 struct InFlight {
     records: Arc<Records>,
@@ -54,34 +52,13 @@ impl RecordPipeline {
             store: store.clone(),
             guard: Arc::new(guard),
             in_flight: None,
-            stored_ids: None,
-            misses: 0,
         }
-    }
-
-    /// Lists the stored record ids, and those of the batch in flight (every earlier batch has
-    /// landed).
-    fn list_stored_ids(&mut self) -> Result<()> {
-        let mut ids: HashSet<RecordId> = self
-            .in_flight
-            .as_ref()
-            .map(|w| w.records.keys().copied().collect())
-            .unwrap_or_default();
-        let tree = self.store.tree(TreeName::Records)?;
-        for key in tree.iter().keys() {
-            let key = key.map_err(StoreError::from)?;
-            let id = RecordId::from_slice(&key).map_err(|_| StoreError::Corrupt {
-                tree: "records",
-                reason: "a record key is not 16 bytes".into(),
-            })?;
-            ids.insert(id);
-        }
-        self.stored_ids = Some(ids);
-        Ok(())
     }
 
     /// The current state of `id` for the batch being merged into `touched`: from `touched`,
-    /// else the batch in flight, else the store, else a new empty record.
+    /// else the batch in flight, else the store, else a new empty record. A record the store
+    /// does not hold costs one index lookup (no listing of the stored ids, whose cost would
+    /// grow with the store).
     pub(crate) fn load<'a>(
         &mut self,
         touched: &'a mut Records,
@@ -95,25 +72,7 @@ impl RecordPipeline {
         if let Some(state) = self.in_flight.as_ref().and_then(|w| w.records.get(&id)) {
             return Ok(entry.insert(state.clone()));
         }
-        if self
-            .stored_ids
-            .as_ref()
-            .is_some_and(|ids| !ids.contains(&id))
-        {
-            return Ok(entry.insert(RecordState::new(id)));
-        }
-        let state = match read_record(&self.store, &id)? {
-            Some(state) => state,
-            None => {
-                // Many new records (an import, a first sync): list the stored ids once, which
-                // costs about what this many misses did.
-                self.misses += 1;
-                if self.misses == MISSES_BEFORE_LISTING {
-                    self.list_stored_ids()?;
-                }
-                RecordState::new(id)
-            }
-        };
+        let state = read_record(&self.store, &id)?.unwrap_or_else(|| RecordState::new(id));
         Ok(entry.insert(state))
     }
 
@@ -125,9 +84,6 @@ impl RecordPipeline {
         write: impl FnOnce(&Records) -> Result<()> + Send + 'static,
     ) -> Result<()> {
         self.wait().await?;
-        if let Some(ids) = self.stored_ids.as_mut() {
-            ids.extend(records.keys().copied());
-        }
         let records = Arc::new(records);
         let written = Arc::clone(&records);
         let guard = Arc::clone(&self.guard);
@@ -154,17 +110,97 @@ impl RecordPipeline {
 
 /// Reads one record's merged state from the store.
 pub(crate) fn read_record(store: &LocalStore, id: &RecordId) -> Result<Option<RecordState>> {
-    match store.get(TreeName::Records, id.as_bytes())? {
-        None => Ok(None),
-        Some(bytes) => {
-            let wire =
-                proto::RecordState::decode(bytes.as_slice()).map_err(|_| StoreError::Corrupt {
-                    tree: "records",
-                    reason: "undecodable record".into(),
-                })?;
-            Ok(Some(RecordState::from_proto(&wire)?))
+    store
+        .get(TreeName::Records, id.as_bytes())?
+        .map(|bytes| decode_record(&bytes))
+        .transpose()
+}
+
+/// Decodes a stored record state.
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<RecordState> {
+    let wire = proto::RecordState::decode(bytes).map_err(|_| StoreError::Corrupt {
+        tree: "records",
+        reason: "undecodable record".into(),
+    })?;
+    Ok(RecordState::from_proto(&wire)?)
+}
+
+/// Meta key of the number of live contacts (u64be), kept by [`write_records_in`].
+const LIVE_COUNT: &[u8] = b"records/live-count";
+
+/// The number of live contacts, as kept in the store. Counted once by a scan if the store
+/// has no count yet (a store migrated from the previous release), then maintained.
+pub(crate) fn live_count(store: &LocalStore) -> Result<u64> {
+    if let Some(count) = store.get(TreeName::Meta, LIVE_COUNT)? {
+        return decode_count(&count);
+    }
+    store.transaction(live_count_in)
+}
+
+fn live_count_in(tx: &StoreTxn<'_>) -> Result<u64> {
+    if let Some(count) = tx.get(TreeName::Meta, LIVE_COUNT)? {
+        return decode_count(&count);
+    }
+    let mut count = 0u64;
+    let mut failed = None;
+    tx.for_each(TreeName::Records, |_, bytes| {
+        match decode_record(&bytes) {
+            Ok(state) => count += u64::from(state.is_live()),
+            Err(e) => failed = Some(e),
+        }
+        Ok(())
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    tx.put(TreeName::Meta, LIVE_COUNT, &count.to_be_bytes())?;
+    Ok(count)
+}
+
+fn decode_count(bytes: &[u8]) -> Result<u64> {
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt {
+            tree: "meta",
+            reason: "the live contact count is not 8 bytes".into(),
+        }
+    })?))
+}
+
+/// Writes merged record states in `tx`, each joined with the state stored at commit time (a
+/// change another process committed since this one read the record is kept: the merge is a
+/// join, so the result holds both), and keeps the live contact count. `sealed` is the state's
+/// value already sealed for the store, used when the join changes nothing.
+pub(crate) fn write_records_in<'a>(
+    tx: &StoreTxn<'_>,
+    records: impl Iterator<Item = (&'a RecordId, &'a RecordState, Option<&'a [u8]>)>,
+) -> Result<()> {
+    let mut count = live_count_in(tx)?;
+    for (id, state, sealed) in records {
+        let stored = tx
+            .get(TreeName::Records, id.as_bytes())?
+            .map(|bytes| decode_record(&bytes))
+            .transpose()?;
+        let mut joined = None;
+        if let Some(stored) = &stored {
+            let mut both = state.clone();
+            if both.merge(stored) {
+                joined = Some(both);
+            }
+        }
+        let was_live = stored.as_ref().is_some_and(RecordState::is_live);
+        let written = joined.as_ref().unwrap_or(state);
+        match (sealed, &joined) {
+            (Some(sealed), None) => tx.put_sealed(TreeName::Records, id.as_bytes(), sealed)?,
+            _ => tx.put(TreeName::Records, id.as_bytes(), &written.encode_to_vec())?,
+        }
+        match (was_live, written.is_live()) {
+            (false, true) => count += 1,
+            (true, false) => count = count.saturating_sub(1),
+            _ => {}
         }
     }
+    tx.put(TreeName::Meta, LIVE_COUNT, &count.to_be_bytes())?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -189,11 +225,7 @@ mod tests {
 
     fn store_record(store: &LocalStore, state: &RecordState) {
         store
-            .put(
-                TreeName::Records,
-                state.id().as_bytes(),
-                &state.encode_to_vec(),
-            )
+            .transaction(|tx| write_records_in(tx, std::iter::once((&state.id(), state, None))))
             .unwrap();
     }
 
@@ -241,36 +273,66 @@ mod tests {
         assert_eq!(read_record(&store, &id(1)).unwrap(), Some(fresh));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn ids_listed_while_a_batch_is_in_flight_include_that_batch() {
+    /// Another process (a second handle on the same directory) commits a change to a record
+    /// between this one's read and write: the write keeps both, and the live count follows.
+    #[test]
+    fn a_write_keeps_what_another_process_committed_since_the_read() {
+        let (dir, store) = store();
+        let other = LocalStore::open(
+            dir.path(),
+            &kith_protocol::keys::SymmetricKey::from_slice(&[7; 32]).unwrap(),
+        )
+        .unwrap();
+        store_record(&store, &named(id(1), "Ada", 1));
+        assert_eq!(live_count(&store).unwrap(), 1);
+        // This process reads the record and renames it...
+        let mut ours = read_record(&store, &id(1)).unwrap().unwrap();
+        let clock = Hlc::new(5, 0, DeviceId::from_bytes([1; 16]));
+        let write = FieldWrite::set(
+            FieldKey::name(),
+            record::value::text("Ada Lovelace"),
+            ours.replaces(&FieldKey::name()),
+        )
+        .unwrap();
+        ours.apply(&Operation::upsert(id(1), clock, [write]).unwrap());
+        // ...while the other adds a company and a new record.
+        let mut theirs = read_record(&other, &id(1)).unwrap().unwrap();
+        let clock = Hlc::new(6, 0, DeviceId::from_bytes([2; 16]));
+        let write =
+            FieldWrite::set(FieldKey::company(), record::value::text("Engines"), []).unwrap();
+        theirs.apply(&Operation::upsert(id(1), clock, [write]).unwrap());
+        store_record(&other, &theirs);
+        store_record(&other, &named(id(2), "Grace", 2));
+        store_record(&store, &ours);
+
+        let stored = read_record(&store, &id(1)).unwrap().unwrap();
+        let name = record::value::text("Ada Lovelace");
+        let company = record::value::text("Engines");
+        assert_eq!(stored.value(&FieldKey::name()), Some(&name));
+        assert_eq!(stored.value(&FieldKey::company()), Some(&company));
+        assert_eq!(live_count(&store).unwrap(), 2);
+        assert_eq!(live_count(&other).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_live_count_follows_deletes_and_is_rebuilt_when_missing() {
         let (_dir, store) = store();
-        let lock = Arc::new(Mutex::new(()));
-        store_record(&store, &named(id(1), "stored before", 1));
-        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
-        let (release, write) = held_write(&store);
-        let in_flight = named(id(2), "in flight", 2);
-        pipeline
-            .submit(Records::from([(id(2), in_flight.clone())]), write)
-            .await
-            .unwrap();
-        // Enough misses to make the pipeline list the stored ids while id 2 is unwritten.
-        let mut touched = Records::new();
-        for n in 0..MISSES_BEFORE_LISTING as u32 {
-            pipeline.load(&mut touched, id(1_000 + n)).unwrap();
+        for n in 0..5 {
+            store_record(&store, &named(id(n), "someone", 1));
         }
-        assert!(pipeline.stored_ids.is_some());
-        release.send(()).unwrap();
-        // The next batch replaces the one in flight; id 2 must now come from the store.
-        let (release, write) = held_write(&store);
-        pipeline.submit(Records::new(), write).await.unwrap();
-        let mut touched = Records::new();
-        assert_eq!(*pipeline.load(&mut touched, id(2)).unwrap(), in_flight);
-        assert_eq!(
-            *pipeline.load(&mut touched, id(1)).unwrap(),
-            named(id(1), "stored before", 1)
-        );
-        release.send(()).unwrap();
-        pipeline.wait().await.unwrap();
+        let mut gone = read_record(&store, &id(3)).unwrap().unwrap();
+        gone.apply(&Operation::delete(
+            id(3),
+            Hlc::new(9, 0, DeviceId::from_bytes([1; 16])),
+        ));
+        store_record(&store, &gone);
+        // Writing the same state again changes nothing.
+        store_record(&store, &gone);
+        assert_eq!(live_count(&store).unwrap(), 4);
+        // A store without the count (migrated from the previous release) counts once.
+        store.remove(TreeName::Meta, LIVE_COUNT).unwrap();
+        assert_eq!(live_count(&store).unwrap(), 4);
+        assert!(store.get(TreeName::Meta, LIVE_COUNT).unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

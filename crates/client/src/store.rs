@@ -1,27 +1,88 @@
-//! The device's local store: sled, every value encrypted and every index key blinded.
+//! The device's local store: SQLite in WAL mode, every value encrypted and every index key
+//! blinded.
 //!
-//! Values are sealed with XChaCha20-Poly1305 under a sub-key of the device's local store key,
-//! with `LP(tree) || LP(key)` as associated data, so a value cannot be moved to another key or
-//! tree unnoticed. Keys that would reveal contact data (e-mail → record) are HMACs under a
-//! separate sub-key. Nothing in the store's files is plaintext contact data (tested).
+//! Each tree is one table `(key BLOB PRIMARY KEY, value BLOB) WITHOUT ROWID` in
+//! `<store dir>/kith.sqlite3`. Values are sealed with XChaCha20-Poly1305 under a sub-key of the
+//! device's local store key, with `LP(tree) || LP(key)` as associated data, so a value cannot be
+//! moved to another key or tree unnoticed. Keys that would reveal contact data (e-mail → record)
+//! are HMACs under a separate sub-key. Nothing in the store's files is plaintext contact data
+//! (tested).
+//!
+//! Several processes can open one store at once (a watcher beside CLI commands, an app beside
+//! its notification extension): readers never block, writers take SQLite's write lock with
+//! `BEGIN IMMEDIATE` and wait up to [`BUSY_TIMEOUT`] for each other instead of failing.
+//! Every commit is durable when it returns (`synchronous = FULL`: the WAL is fsynced at each
+//! commit), so a write the caller was told about survives a crash of the process or of the
+//! machine. A store written by the previous release (sled, in the same directory) is migrated
+//! once on open, and the sled files are kept beside it as a backup ([`migrate`]).
 
-use std::path::Path;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use kith_protocol::encoding::{labels, lp_concat};
 use kith_protocol::keys::SymmetricKey;
 use rand_core::Rng;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-/// sled's page cache for a device store: a contact store of 100,000 records is ~60 MB.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+#[cfg(feature = "migrate-sled")]
+pub mod migrate;
+
+/// The database file inside the store directory.
+pub const DB_FILE: &str = "kith.sqlite3";
+/// The store's format version (`PRAGMA user_version`). A store with a greater version was
+/// written by a newer release and is refused rather than misread.
+pub const FORMAT_VERSION: i64 = 1;
+/// How long a writer waits for another connection's (or process's) write transaction before
+/// giving up with [`StoreError::Busy`]. The longest transactions are one import chunk or one
+/// pulled page: well under a second each.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// SQLite's page cache per connection, in KiB (negative `cache_size`): the writer's covers the
+/// interior pages of a 100,000-record table; the reader's stays small for phone budgets.
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
+const READER_CACHE_KIB: i64 = 2 * 1024;
+/// Rows and bytes read per page of a [`LocalStore::scan`].
+const SCAN_ROWS: usize = 256;
+const SCAN_BYTES: usize = 1024 * 1024;
+/// Meta key of the store's id generator ([`LocalStore::generate_id`]).
+const NEXT_ID: &[u8] = b"store/next-id";
 
 /// Why the local store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled reported an I/O or corruption error.
-    #[error("local store I/O error: {0}")]
-    Io(#[from] sled::Error),
+    /// SQLite reported an I/O or corruption error.
+    #[error("local store error: {0}")]
+    Db(#[source] rusqlite::Error),
+    /// Another process kept the store's write lock for longer than [`BUSY_TIMEOUT`].
+    #[error(
+        "the local store is busy: another Kith process has been writing to it for {} s; try again when it has finished",
+        BUSY_TIMEOUT.as_secs()
+    )]
+    Busy,
+    /// A file operation on the store's directory failed.
+    #[error("local store file error: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The store was written by a newer release of Kith.
+    #[error(
+        "the local store has format {found}, newer than this release reads ({supported}): update Kith to open it"
+    )]
+    TooNew {
+        /// The store's format version.
+        found: i64,
+        /// The newest version this release reads.
+        supported: i64,
+    },
+    /// Migrating the previous release's store failed; the old store is left as it was.
+    #[error("cannot migrate the previous release's local store: {0}")]
+    Migration(String),
     /// A value failed authentication: the store was modified or belongs to another device key.
     #[error(
         "local store value under {tree}/{key_hint} failed authentication (modified, or another device's key)"
@@ -45,11 +106,13 @@ pub enum StoreError {
     },
 }
 
-impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
-    fn from(error: sled::transaction::TransactionError<StoreError>) -> Self {
-        match error {
-            sled::transaction::TransactionError::Abort(inner) => inner,
-            sled::transaction::TransactionError::Storage(io) => StoreError::Io(io),
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Db(error),
         }
     }
 }
@@ -72,7 +135,7 @@ pub enum TreeName {
 }
 
 impl TreeName {
-    /// The tree's name in sled and in the associated data.
+    /// The tree's name: its SQLite table and its part of every value's associated data.
     pub fn as_str(self) -> &'static str {
         match self {
             TreeName::Meta => "meta",
@@ -170,93 +233,494 @@ impl ValueCipher {
 /// A decrypted (key, value) pair of a tree.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
-/// The device's sled database with encrypted values.
+/// SQL text for one statement on one tree's table (table names cannot be bound parameters).
+macro_rules! per_tree {
+    ($tree:expr, $before:literal, $after:literal) => {
+        match $tree {
+            TreeName::Meta => concat!($before, "meta", $after),
+            TreeName::Records => concat!($before, "records", $after),
+            TreeName::Pending => concat!($before, "pending", $after),
+            TreeName::Outbox => concat!($before, "outbox", $after),
+            TreeName::Cursors => concat!($before, "cursors", $after),
+            TreeName::Identities => concat!($before, "identities", $after),
+        }
+    };
+}
+
+fn get_sql(tree: TreeName) -> &'static str {
+    per_tree!(tree, "SELECT value FROM ", " WHERE key = ?1")
+}
+
+fn put_sql(tree: TreeName) -> &'static str {
+    per_tree!(
+        tree,
+        "INSERT OR REPLACE INTO ",
+        " (key, value) VALUES (?1, ?2)"
+    )
+}
+
+fn remove_sql(tree: TreeName) -> &'static str {
+    per_tree!(tree, "DELETE FROM ", " WHERE key = ?1")
+}
+
+fn scan_sql(tree: TreeName) -> &'static str {
+    per_tree!(
+        tree,
+        "SELECT key, value FROM ",
+        " WHERE key >= ?1 ORDER BY key"
+    )
+}
+
+fn keys_sql(tree: TreeName) -> &'static str {
+    per_tree!(tree, "SELECT key FROM ", " ORDER BY key")
+}
+
+fn any_sql(tree: TreeName) -> &'static str {
+    per_tree!(tree, "SELECT 1 FROM ", " LIMIT 1")
+}
+
+fn count_sql(tree: TreeName) -> &'static str {
+    per_tree!(tree, "SELECT count(*) FROM ", "")
+}
+
+/// The schema of format 1: one table per tree.
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS meta (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS pending (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS outbox (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS cursors (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS identities (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+";
+
+/// The device's SQLite database with encrypted values. Cheap to clone; clones share the
+/// connections.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
-    db: sled::Db,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Every write goes through this connection: single statements in autocommit, and
+    /// [`LocalStore::transaction`]s.
+    writer: Mutex<Connection>,
+    /// Reads outside transactions, so reading (e.g. merging the next batch of an import) does
+    /// not wait for a write in flight on another thread (WAL readers see the last commit).
+    reader: Mutex<Connection>,
     cipher: ValueCipher,
+    path: PathBuf,
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding a connection leaves it usable: an open transaction is rolled back
+    // when its guard is dropped during the unwind.
+    connection
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn io_error(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { context, source }
+}
+
+/// Opens one connection with the store's settings: WAL, `synchronous = FULL`, busy timeout.
+fn connect(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Migration(format!(
+            "{} cannot use write-ahead logging (journal mode {mode})",
+            path.display()
+        )));
+    }
+    // FULL: the WAL is fsynced at every commit, so an acknowledged write survives a power
+    // loss, not only a crash of the process (NORMAL would lose the last commits then).
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "cache_size", -cache_kib)?;
+    // Keep the WAL from staying at its largest size (e.g. after a big import) forever.
+    connection.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
+    connection.set_prepared_statement_cache_capacity(64);
+    Ok(connection)
+}
+
+/// Creates the tables of a new store, or checks the format of an existing one.
+fn prepare_schema(connection: &mut Connection) -> Result<(), StoreError> {
+    // Opening an existing store takes no write lock: another process may be writing.
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version == FORMAT_VERSION {
+        return Ok(());
+    }
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > FORMAT_VERSION {
+        return Err(StoreError::TooNew {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version < FORMAT_VERSION {
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 impl LocalStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`. A store of the previous release (sled) found
+    /// there is migrated first (see [`migrate`]).
     pub fn open(dir: &Path, local_store_key: &SymmetricKey) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(500))
-            .open()?;
+        std::fs::create_dir_all(dir)
+            .map_err(io_error(format!("cannot create {}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let cipher = ValueCipher::new(local_store_key);
+        if is_sled_store(dir) {
+            #[cfg(feature = "migrate-sled")]
+            migrate::from_sled(dir, &path, &cipher)?;
+            #[cfg(not(feature = "migrate-sled"))]
+            return Err(StoreError::Migration(format!(
+                "{} holds the previous release's store, and this build of kith-client was made without the `migrate-sled` feature that reads it",
+                dir.display()
+            )));
+        }
+        let mut writer = connect(&path, WRITER_CACHE_KIB)?;
+        prepare_schema(&mut writer)?;
+        let reader = connect(&path, READER_CACHE_KIB)?;
+        #[cfg(feature = "migrate-sled")]
+        migrate::move_sled_files(dir)?;
+        #[cfg(unix)]
+        restrict_permissions(dir, &path);
         Ok(Self {
-            db,
-            cipher: ValueCipher::new(local_store_key),
+            shared: Arc::new(Shared {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                cipher,
+                path,
+            }),
         })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
     }
 
     /// The value cipher (for transactions that seal values themselves).
     pub fn cipher(&self) -> &ValueCipher {
-        &self.cipher
-    }
-
-    /// The sled tree.
-    pub fn tree(&self, name: TreeName) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name.as_str())?)
+        &self.shared.cipher
     }
 
     /// Reads and decrypts one value.
     pub fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.tree(tree)?.get(key)? {
-            Some(sealed) => Ok(Some(self.cipher.open(tree, key, &sealed)?)),
-            None => Ok(None),
+        let sealed = self.get_sealed(tree, key)?;
+        sealed
+            .map(|sealed| self.cipher().open(tree, key, &sealed))
+            .transpose()
+    }
+
+    /// Reads one value as stored (sealed).
+    pub fn get_sealed(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let reader = lock(&self.shared.reader);
+        Ok(reader
+            .prepare_cached(get_sql(tree))?
+            .query_row([key], |row| row.get::<_, Vec<u8>>(0))
+            .optional()?)
+    }
+
+    /// Encrypts and writes one value, durably (its own transaction).
+    pub fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let sealed = self.cipher().seal(tree, key, value);
+        self.put_sealed(tree, key, &sealed)
+    }
+
+    /// Writes one value that is already sealed for `(tree, key)`, durably.
+    pub fn put_sealed(&self, tree: TreeName, key: &[u8], sealed: &[u8]) -> Result<(), StoreError> {
+        let writer = lock(&self.shared.writer);
+        writer
+            .prepare_cached(put_sql(tree))?
+            .execute(rusqlite::params![key, sealed])?;
+        Ok(())
+    }
+
+    /// Removes one value, durably.
+    pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), StoreError> {
+        let writer = lock(&self.shared.writer);
+        writer.prepare_cached(remove_sql(tree))?.execute([key])?;
+        Ok(())
+    }
+
+    /// Every (key, decrypted value) of a tree in key order. Read page by page: memory stays
+    /// bounded whatever the tree holds, and writes between pages may or may not be seen.
+    pub fn scan(&self, tree: TreeName) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        self.scan_prefix(tree, &[])
+    }
+
+    /// Every (key, decrypted value) of a tree whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        tree: TreeName,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        Scan {
+            store: self,
+            tree,
+            prefix: prefix.to_vec(),
+            next: Some(prefix.to_vec()),
+            page: VecDeque::new(),
         }
     }
 
-    /// Encrypts and writes one value (not yet durable: see [`LocalStore::flush`]).
+    /// Every key of a tree, in order (values are not read).
+    pub fn keys(&self, tree: TreeName) -> Result<Vec<Vec<u8>>, StoreError> {
+        let reader = lock(&self.shared.reader);
+        let mut statement = reader.prepare_cached(keys_sql(tree))?;
+        let keys = statement
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keys)
+    }
+
+    /// Whether a tree holds nothing (constant time).
+    pub fn is_empty(&self, tree: TreeName) -> Result<bool, StoreError> {
+        let reader = lock(&self.shared.reader);
+        let any = reader
+            .prepare_cached(any_sql(tree))?
+            .query_row([], |_| Ok(()))
+            .optional()?;
+        Ok(any.is_none())
+    }
+
+    /// Number of entries in a tree. Counts every row: for tests and diagnostics, not for a
+    /// path that runs on every sync.
+    pub fn len(&self, tree: TreeName) -> Result<usize, StoreError> {
+        let reader = lock(&self.shared.reader);
+        let count: i64 = reader
+            .prepare_cached(count_sql(tree))?
+            .query_row([], |row| row.get(0))?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    /// A unique id, increasing across restarts and across the processes sharing the store.
+    pub fn generate_id(&self) -> Result<u64, StoreError> {
+        self.transaction(|tx| tx.next_id())
+    }
+
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`: it waits for any other writer,
+    /// in this process or another, then holds the write lock): everything `f` wrote is
+    /// committed durably if it returns `Ok`, and nothing is if it returns an error.
+    pub fn transaction<T, E>(&self, f: impl FnOnce(&StoreTxn<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut writer = lock(&self.shared.writer);
+        let tx = writer
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let txn = StoreTxn {
+            tx,
+            cipher: &self.shared.cipher,
+        };
+        let value = f(&txn)?;
+        txn.tx.commit().map_err(StoreError::from)?;
+        Ok(value)
+    }
+
+    /// A number that changes whenever a connection other than this store's reader commits a
+    /// change (SQLite's `data_version`): another process, or this store's own writes. Cheap
+    /// (no I/O), so a watcher can poll it to notice what other processes wrote.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        let reader = lock(&self.shared.reader);
+        Ok(reader.pragma_query_value(None, "data_version", |row| row.get(0))?)
+    }
+
+    /// Every commit is durable when it returns (`synchronous = FULL`); kept so callers can
+    /// mark the points where durability is required.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// See [`LocalStore::flush`].
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Reads one page of `tree` from `start`: at most [`SCAN_ROWS`] rows and about
+    /// [`SCAN_BYTES`] bytes. Returns the rows (sealed) and whether more may follow.
+    fn page(&self, tree: TreeName, start: &[u8]) -> Result<(Vec<Entry>, bool), StoreError> {
+        let reader = lock(&self.shared.reader);
+        let mut statement = reader.prepare_cached(scan_sql(tree))?;
+        let mut rows = statement.query([start])?;
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let key: Vec<u8> = row.get(0)?;
+            let value: Vec<u8> = row.get(1)?;
+            bytes += key.len() + value.len();
+            page.push((key, value));
+            if page.len() >= SCAN_ROWS || bytes >= SCAN_BYTES {
+                return Ok((page, true));
+            }
+        }
+        Ok((page, false))
+    }
+}
+
+/// A paged scan (see [`LocalStore::scan_prefix`]).
+struct Scan<'a> {
+    store: &'a LocalStore,
+    tree: TreeName,
+    prefix: Vec<u8>,
+    /// The smallest key of the next page; `None` once the last page was read.
+    next: Option<Vec<u8>>,
+    page: VecDeque<Entry>,
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.page.is_empty() {
+            let start = self.next.take()?;
+            match self.store.page(self.tree, &start) {
+                Err(e) => return Some(Err(e)),
+                Ok((page, more)) => {
+                    if more && let Some((last, _)) = page.last() {
+                        // The smallest key greater than `last`.
+                        let mut next = last.clone();
+                        next.push(0);
+                        self.next = Some(next);
+                    }
+                    self.page = page.into();
+                }
+            }
+        }
+        let (key, sealed) = self.page.pop_front()?;
+        if !key.starts_with(&self.prefix) {
+            self.page.clear();
+            self.next = None;
+            return None;
+        }
+        Some(
+            self.store
+                .cipher()
+                .open(self.tree, &key, &sealed)
+                .map(|value| (key, value)),
+        )
+    }
+}
+
+/// A write transaction (see [`LocalStore::transaction`]). Reads inside it see its own writes
+/// and every commit before it began.
+pub struct StoreTxn<'a> {
+    tx: rusqlite::Transaction<'a>,
+    cipher: &'a ValueCipher,
+}
+
+impl std::fmt::Debug for StoreTxn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreTxn")
+    }
+}
+
+impl StoreTxn<'_> {
+    /// The value cipher.
+    pub fn cipher(&self) -> &ValueCipher {
+        self.cipher
+    }
+
+    /// Reads and decrypts one value.
+    pub fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let sealed: Option<Vec<u8>> = self
+            .tx
+            .prepare_cached(get_sql(tree))?
+            .query_row([key], |row| row.get(0))
+            .optional()?;
+        sealed
+            .map(|sealed| self.cipher.open(tree, key, &sealed))
+            .transpose()
+    }
+
+    /// Encrypts and writes one value.
     pub fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tree(tree)?
-            .insert(key, self.cipher.seal(tree, key, value))?;
+        self.put_sealed(tree, key, &self.cipher.seal(tree, key, value))
+    }
+
+    /// Writes one value already sealed for `(tree, key)`.
+    pub fn put_sealed(&self, tree: TreeName, key: &[u8], sealed: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(put_sql(tree))?
+            .execute(rusqlite::params![key, sealed])?;
         Ok(())
     }
 
     /// Removes one value.
     pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), StoreError> {
-        self.tree(tree)?.remove(key)?;
+        self.tx.prepare_cached(remove_sql(tree))?.execute([key])?;
         Ok(())
     }
 
-    /// Every (key, decrypted value) of a tree in key order.
-    pub fn scan(&self, tree: TreeName) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
-        let opened = self.tree(tree);
-        let iter: Box<dyn Iterator<Item = Result<Entry, StoreError>>> = match opened {
-            Err(e) => Box::new(std::iter::once(Err(e))),
-            Ok(t) => Box::new(t.iter().map(move |item| {
-                let (key, sealed) = item?;
-                let value = self.cipher.open(tree, &key, &sealed)?;
-                Ok((key.to_vec(), value))
-            })),
+    /// Every key of a tree, in order.
+    pub fn keys(&self, tree: TreeName) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut statement = self.tx.prepare_cached(keys_sql(tree))?;
+        let keys = statement
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keys)
+    }
+
+    /// Calls `f` with every (key, decrypted value) of a tree, in key order, one at a time.
+    pub fn for_each(
+        &self,
+        tree: TreeName,
+        mut f: impl FnMut(&[u8], Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut statement = self.tx.prepare_cached(scan_sql(tree))?;
+        let mut rows = statement.query([&[] as &[u8]])?;
+        while let Some(row) = rows.next()? {
+            let key = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+            let sealed = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            let value = self.cipher.open(tree, key, sealed)?;
+            f(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// The store's next unique id (see [`LocalStore::generate_id`]).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        let next = match self.get(TreeName::Meta, NEXT_ID)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    tree: "meta",
+                    reason: "the id generator is not 8 bytes".into(),
+                }
+            })?),
+            None => 0,
         };
-        iter
+        self.put(TreeName::Meta, NEXT_ID, &(next + 1).to_be_bytes())?;
+        Ok(next)
     }
+}
 
-    /// A unique id, increasing across restarts (sled's id generator).
-    pub fn generate_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
-    }
+/// Whether `dir` holds the previous release's sled store and no SQLite store yet.
+fn is_sled_store(dir: &Path) -> bool {
+    dir.join("conf").is_file() && dir.join("db").is_file() && !dir.join(DB_FILE).exists()
+}
 
-    /// Number of entries in a tree.
-    pub fn len(&self, tree: TreeName) -> Result<usize, StoreError> {
-        Ok(self.tree(tree)?.len())
-    }
-
-    /// Makes every write so far durable (fsync).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    /// Makes every write so far durable (fsync), blocking.
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
+/// The store holds only ciphertext, but its size and timing still say something: keep the
+/// directory and files to their owner (best effort: an app's sandbox may not allow it).
+#[cfg(unix)]
+fn restrict_permissions(dir: &Path, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
 #[cfg(test)]
@@ -298,17 +762,8 @@ pub(crate) mod tests {
     fn a_value_moved_to_another_key_is_rejected() {
         let (_dir, store) = store();
         store.put(TreeName::Meta, b"a", b"secret").unwrap();
-        let sealed = store
-            .tree(TreeName::Meta)
-            .unwrap()
-            .get(b"a")
-            .unwrap()
-            .unwrap();
-        store
-            .tree(TreeName::Meta)
-            .unwrap()
-            .insert(b"b", sealed)
-            .unwrap();
+        let sealed = store.get_sealed(TreeName::Meta, b"a").unwrap().unwrap();
+        store.put_sealed(TreeName::Meta, b"b", &sealed).unwrap();
         assert!(matches!(
             store.get(TreeName::Meta, b"b"),
             Err(StoreError::Tampered { .. })
@@ -322,12 +777,7 @@ pub(crate) mod tests {
             LocalStore::open(dir.path(), &SymmetricKey::from_slice(&[1; 32]).unwrap()).unwrap();
         store.put(TreeName::Meta, b"a", b"x").unwrap();
         let other = ValueCipher::new(&SymmetricKey::from_slice(&[2; 32]).unwrap());
-        let sealed = store
-            .tree(TreeName::Meta)
-            .unwrap()
-            .get(b"a")
-            .unwrap()
-            .unwrap();
+        let sealed = store.get_sealed(TreeName::Meta, b"a").unwrap().unwrap();
         assert!(other.open(TreeName::Meta, b"a", &sealed).is_err());
     }
 
@@ -337,6 +787,116 @@ pub(crate) mod tests {
         let a = store.cipher().index_key("email:ada@example.com");
         assert_eq!(a, store.cipher().index_key("email:ada@example.com"));
         assert_ne!(a, store.cipher().index_key("email:bob@example.com"));
+    }
+
+    #[test]
+    fn a_value_moved_to_another_tree_is_rejected() {
+        let (_dir, store) = store();
+        store.put(TreeName::Records, b"k", b"secret").unwrap();
+        let sealed = store.get_sealed(TreeName::Records, b"k").unwrap().unwrap();
+        store.put_sealed(TreeName::Pending, b"k", &sealed).unwrap();
+        assert!(matches!(
+            store.get(TreeName::Pending, b"k"),
+            Err(StoreError::Tampered { .. })
+        ));
+    }
+
+    #[test]
+    fn scans_page_through_a_tree_in_key_order_and_stop_at_the_prefix() {
+        let (_dir, store) = store();
+        // More rows than one page, and values big enough to end pages by bytes too.
+        let n = SCAN_ROWS as u32 * 2 + 7;
+        store
+            .transaction(|tx| {
+                for i in 0..n {
+                    let mut key = b"p/".to_vec();
+                    key.extend_from_slice(&i.to_be_bytes());
+                    tx.put(TreeName::Meta, &key, &vec![i as u8; 9_000])?;
+                }
+                tx.put(TreeName::Meta, b"q", b"after")?;
+                tx.put(TreeName::Meta, b"a", b"before")
+            })
+            .unwrap();
+        let keys: Vec<Vec<u8>> = store
+            .scan_prefix(TreeName::Meta, b"p/")
+            .map(|item| item.unwrap().0)
+            .collect();
+        assert_eq!(keys.len(), n as usize);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(store.scan(TreeName::Meta).count(), n as usize + 2);
+        assert_eq!(store.len(TreeName::Meta).unwrap(), n as usize + 2);
+        assert!(!store.is_empty(TreeName::Meta).unwrap());
+        assert!(store.is_empty(TreeName::Outbox).unwrap());
+    }
+
+    #[test]
+    fn a_failed_transaction_writes_nothing() {
+        let (_dir, store) = store();
+        let result: Result<(), StoreError> = store.transaction(|tx| {
+            tx.put(TreeName::Records, b"r", b"half")?;
+            Err(StoreError::WriterFailed("stop".into()))
+        });
+        assert!(result.is_err());
+        assert_eq!(store.get(TreeName::Records, b"r").unwrap(), None);
+    }
+
+    /// Two handles on one directory stand for two processes (each has its own connections
+    /// and its own lock on nothing but SQLite's): both write at once, nobody fails, ids stay
+    /// unique, and each sees the other's commits.
+    #[test]
+    fn two_processes_share_one_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SymmetricKey::from_slice(&[7; 32]).unwrap();
+        let a = LocalStore::open(dir.path(), &key).unwrap();
+        let b = LocalStore::open(dir.path(), &key).unwrap();
+        let before = a.data_version().unwrap();
+        let writers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .enumerate()
+            .map(|(n, store)| {
+                std::thread::spawn(move || {
+                    let mut ids = Vec::new();
+                    for i in 0..200u32 {
+                        ids.push(
+                            store
+                                .transaction(|tx| {
+                                    let id = tx.next_id()?;
+                                    let key = [n as u8, (i >> 8) as u8, i as u8];
+                                    tx.put(TreeName::Records, &key, b"value")?;
+                                    Ok::<_, StoreError>(id)
+                                })
+                                .unwrap(),
+                        );
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut ids: Vec<u64> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 400, "every id is unique");
+        assert_eq!(a.len(TreeName::Records).unwrap(), 400);
+        assert_eq!(b.len(TreeName::Records).unwrap(), 400);
+        assert_ne!(a.data_version().unwrap(), before, "a saw b's commits");
+    }
+
+    #[test]
+    fn a_store_from_a_newer_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SymmetricKey::from_slice(&[7; 32]).unwrap();
+        drop(LocalStore::open(dir.path(), &key).unwrap());
+        let connection = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        connection
+            .pragma_update(None, "user_version", FORMAT_VERSION + 1)
+            .unwrap();
+        drop(connection);
+        let error = LocalStore::open(dir.path(), &key).unwrap_err();
+        assert!(matches!(error, StoreError::TooNew { .. }), "{error}");
+        assert!(error.to_string().contains("update Kith"), "{error}");
     }
 
     pub(crate) fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

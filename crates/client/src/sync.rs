@@ -14,13 +14,12 @@ use kith_protocol::roster::VerifiedRoster;
 use kith_protocol::stream::StreamVerifier;
 use kith_protocol::{DeviceId, RecordId};
 use prost::Message;
-use sled::Transactional;
 
 use crate::device::{Device, meta, now_ms};
 use crate::error::{ClientError, Result};
 use crate::net::{RelayConnection, expect_ok};
 use crate::pipeline::{RecordPipeline, Records};
-use crate::store::{StoreError, TreeName};
+use crate::store::{StoreError, StoreTxn, TreeName};
 
 /// Operations per envelope: keeps an envelope well under the 1 MiB limit.
 pub(crate) const OPS_PER_ENVELOPE: usize = 1_000;
@@ -191,41 +190,53 @@ impl Device {
     }
 
     /// Moves pending operations into sealed envelopes in the outbox, atomically: an operation
-    /// is either still pending or in exactly one envelope, whatever the moment of a crash.
+    /// is either still pending or in exactly one envelope, whatever the moment of a crash. One
+    /// write transaction, so two processes sharing the store never seal the same operations
+    /// twice or two envelopes with one seq.
     pub(crate) fn seal_pending(&self) -> Result<usize> {
         let store = &self.inner.store;
-        let pending = store.tree(TreeName::Pending)?;
-        if pending.is_empty() {
+        if store.is_empty(TreeName::Pending)? {
             return Ok(0);
         }
-        let mut batch_keys = Vec::new();
-        let mut batch_ops: Vec<Operation> = Vec::new();
-        let mut batch_bytes = 0usize;
-        let mut sealed_count = 0;
-        for item in pending.iter() {
-            let (key, sealed) = item.map_err(StoreError::from)?;
-            let plain = store.cipher().open(TreeName::Pending, &key, &sealed)?;
-            let ops = record::decode_batch(&plain)?;
-            batch_bytes += plain.len();
-            batch_ops.extend(ops);
-            batch_keys.push(key.to_vec());
-            if batch_ops.len() >= OPS_PER_ENVELOPE || batch_bytes >= BYTES_PER_ENVELOPE {
-                self.seal_batch(&batch_keys, &batch_ops, PayloadKind::Operations)?;
-                sealed_count += 1;
-                batch_keys.clear();
-                batch_ops.clear();
-                batch_bytes = 0;
+        store.transaction(|tx| {
+            let mut batch_keys = Vec::new();
+            let mut batch_ops: Vec<Operation> = Vec::new();
+            let mut batch_bytes = 0usize;
+            let mut sealed_count = 0;
+            for key in tx.keys(TreeName::Pending)? {
+                let Some(plain) = tx.get(TreeName::Pending, &key)? else {
+                    continue;
+                };
+                let ops = record::decode_batch(&plain)?;
+                batch_bytes += plain.len();
+                batch_ops.extend(ops);
+                batch_keys.push(key);
+                if batch_ops.len() >= OPS_PER_ENVELOPE || batch_bytes >= BYTES_PER_ENVELOPE {
+                    self.seal_batch(tx, &batch_keys, &batch_ops, PayloadKind::Operations)?;
+                    sealed_count += 1;
+                    batch_keys.clear();
+                    batch_ops.clear();
+                    batch_bytes = 0;
+                }
             }
-        }
-        if !batch_keys.is_empty() {
-            self.seal_batch(&batch_keys, &batch_ops, PayloadKind::Operations)?;
-            sealed_count += 1;
-        }
-        Ok(sealed_count)
+            if !batch_keys.is_empty() {
+                self.seal_batch(tx, &batch_keys, &batch_ops, PayloadKind::Operations)?;
+                sealed_count += 1;
+            }
+            Ok(sealed_count)
+        })
     }
 
     fn head(&self) -> Result<(u64, EnvelopeHash)> {
-        Ok(match self.inner.store.get(TreeName::Meta, meta::HEAD)? {
+        Self::head_from(self.inner.store.get(TreeName::Meta, meta::HEAD)?)
+    }
+
+    fn head_in(tx: &StoreTxn<'_>) -> Result<(u64, EnvelopeHash)> {
+        Self::head_from(tx.get(TreeName::Meta, meta::HEAD)?)
+    }
+
+    fn head_from(value: Option<Vec<u8>>) -> Result<(u64, EnvelopeHash)> {
+        Ok(match value {
             Some(bytes) if bytes.len() == 40 => {
                 let seq = u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
                 let hash = EnvelopeHash::from_bytes(bytes[8..].try_into().unwrap_or([0; 32]));
@@ -237,24 +248,26 @@ impl Device {
 
     fn seal_batch(
         &self,
+        tx: &StoreTxn<'_>,
         pending_keys: &[Vec<u8>],
         ops: &[Operation],
         kind: PayloadKind,
     ) -> Result<()> {
         let payload = record::encode_batch(ops)?;
-        self.seal_payload(pending_keys, &payload, kind)
+        self.seal_payload(tx, pending_keys, &payload, kind)
     }
 
     /// Seals one payload as this device's next envelope and moves it to the outbox,
-    /// removing `pending_keys` in the same transaction.
+    /// removing `pending_keys`, in `tx`: the head is read and advanced in the same
+    /// transaction, so no other writer can seal the same seq.
     fn seal_payload(
         &self,
+        tx: &StoreTxn<'_>,
         pending_keys: &[Vec<u8>],
         payload: &[u8],
         kind: PayloadKind,
     ) -> Result<()> {
-        let store = &self.inner.store;
-        let (last_seq, last_hash) = self.head()?;
+        let (last_seq, last_hash) = Self::head_in(tx)?;
         let seq = last_seq + 1;
         let sealed = {
             let state = self.state();
@@ -276,23 +289,11 @@ impl Device {
         let seq_key = seq.to_be_bytes();
         let mut head = seq_key.to_vec();
         head.extend_from_slice(sealed.hash.as_bytes());
-        let outbox_value = store
-            .cipher()
-            .seal(TreeName::Outbox, &seq_key, &sealed.bytes);
-        let head_value = store.cipher().seal(TreeName::Meta, meta::HEAD, &head);
-        let pending = store.tree(TreeName::Pending)?;
-        let outbox = store.tree(TreeName::Outbox)?;
-        let meta_tree = store.tree(TreeName::Meta)?;
-        (&pending, &outbox, &meta_tree)
-            .transaction(|(p, o, m)| {
-                for key in pending_keys {
-                    p.remove(key.as_slice())?;
-                }
-                o.insert(&seq_key, outbox_value.as_slice())?;
-                m.insert(meta::HEAD, head_value.as_slice())?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(StoreError::from)?;
+        for key in pending_keys {
+            tx.remove(TreeName::Pending, key)?;
+        }
+        tx.put(TreeName::Outbox, &seq_key, &sealed.bytes)?;
+        tx.put(TreeName::Meta, meta::HEAD, &head)?;
         Ok(())
     }
 
@@ -300,8 +301,7 @@ impl Device {
     /// whose acknowledgement was lost is sent again and acknowledged again.
     async fn push_outbox(&self, connection: &RelayConnection) -> Result<usize> {
         let store = &self.inner.store;
-        let outbox = store.tree(TreeName::Outbox)?;
-        if outbox.is_empty() {
+        if store.is_empty(TreeName::Outbox)? {
             return Ok(0);
         }
         store.flush().await?;
@@ -310,9 +310,8 @@ impl Device {
             let mut batch = Vec::new();
             let mut last_seq = 0;
             let mut batch_bytes = 0;
-            for item in outbox.iter() {
-                let (key, sealed) = item.map_err(StoreError::from)?;
-                let envelope = store.cipher().open(TreeName::Outbox, &key, &sealed)?;
+            for item in store.scan(TreeName::Outbox) {
+                let (key, envelope) = item?;
                 // Stay well inside the relay's frame limit (4 MiB by default).
                 if !batch.is_empty()
                     && (batch.len() >= ENVELOPES_PER_PUSH
@@ -322,7 +321,7 @@ impl Device {
                 }
                 batch_bytes += envelope.len();
                 batch.push(envelope);
-                last_seq = u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default());
+                last_seq = u64::from_be_bytes(key.as_slice().try_into().unwrap_or_default());
             }
             if batch.is_empty() {
                 break;
@@ -341,10 +340,12 @@ impl Device {
                 ))
                 .into());
             }
-            for seq in (last_seq + 1 - count as u64)..=last_seq {
-                outbox.remove(seq.to_be_bytes()).map_err(StoreError::from)?;
-            }
-            store.put(TreeName::Meta, meta::ACKED, &last_seq.to_be_bytes())?;
+            store.transaction(|tx| {
+                for seq in (last_seq + 1 - count as u64)..=last_seq {
+                    tx.remove(TreeName::Outbox, &seq.to_be_bytes())?;
+                }
+                tx.put(TreeName::Meta, meta::ACKED, &last_seq.to_be_bytes())
+            })?;
             pushed += count;
         }
         Ok(pushed)
@@ -469,14 +470,17 @@ impl Device {
                 }
             }
             let (touched, page_changed) = self.merge_payloads(&mut pipeline, &parsed, opened)?;
-            // Cursors are written after the records they cover: a crash in between pulls the
-            // page again, and merging it again changes nothing.
+            // Cursors are written with the records they cover, in one transaction (were they
+            // not, a crash in between would pull the page again, and merging it again would
+            // change nothing).
             let cursors = new_verifiers.clone();
             let device = self.clone();
             pipeline
                 .submit(touched, move |records| {
-                    device.write_records(records.iter())?;
-                    device.persist_cursors(&cursors)
+                    device.inner.store.transaction(|tx| {
+                        device.write_records(tx, records.iter())?;
+                        device.persist_cursors(tx, &cursors)
+                    })
                 })
                 .await?;
             verifiers = new_verifiers;
@@ -491,16 +495,18 @@ impl Device {
         Ok((total, changed))
     }
 
-    fn persist_cursors(&self, verifiers: &HashMap<DeviceId, StreamVerifier>) -> Result<()> {
+    fn persist_cursors(
+        &self,
+        tx: &StoreTxn<'_>,
+        verifiers: &HashMap<DeviceId, StreamVerifier>,
+    ) -> Result<()> {
         for (device, verifier) in verifiers {
             if verifier.last_seq() == 0 {
                 continue;
             }
             let mut value = verifier.last_seq().to_be_bytes().to_vec();
             value.extend_from_slice(verifier.last_hash().as_bytes());
-            self.inner
-                .store
-                .put(TreeName::Cursors, device.as_bytes(), &value)?;
+            tx.put(TreeName::Cursors, device.as_bytes(), &value)?;
         }
         Ok(())
     }
@@ -561,31 +567,21 @@ impl Device {
         crate::pipeline::read_record(&self.inner.store, id)
     }
 
+    /// Writes merged record states in `tx` (joined with what another process may have
+    /// written meanwhile: see [`crate::pipeline::write_records_in`]).
     pub(crate) fn write_records<'a>(
         &self,
+        tx: &StoreTxn<'_>,
         records: impl Iterator<Item = (&'a RecordId, &'a RecordState)>,
     ) -> Result<()> {
-        let store = &self.inner.store;
-        let mut batch = sled::Batch::default();
-        for (id, state) in records {
-            let bytes = state.encode_to_vec();
-            batch.insert(
-                id.as_bytes().as_slice(),
-                store
-                    .cipher()
-                    .seal(TreeName::Records, id.as_bytes(), &bytes),
-            );
-        }
-        store
-            .tree(TreeName::Records)?
-            .apply_batch(batch)
-            .map_err(StoreError::from)?;
-        Ok(())
+        crate::pipeline::write_records_in(tx, records.map(|(id, state)| (id, state, None)))
     }
 
-    /// Keeps a subscription open and syncs whenever another device pushes, sending the ids of
-    /// changed records to `changes`. Returns when the receiver is dropped or on a permanent
-    /// error; reconnects with backoff after transient ones.
+    /// Keeps a subscription open and syncs whenever another device pushes, or when another
+    /// process sharing this device's store (a CLI command beside a watcher, an app beside its
+    /// extension) queued local changes, sending each sync's report to `changes`. Returns when
+    /// the receiver is dropped or on a permanent error; reconnects with backoff after
+    /// transient ones.
     pub async fn watch(&self, changes: tokio::sync::mpsc::Sender<SyncReport>) -> Result<()> {
         let mut delay = Duration::from_millis(500);
         loop {
@@ -608,7 +604,7 @@ impl Device {
                     Err(e) => return Err(e),
                 }
             };
-            let mut subscription = match subscription {
+            let subscription = match subscription {
                 Ok(s) => s,
                 Err(e) if e.is_transient() => {
                     *self.inner.connection.lock().await = None;
@@ -617,24 +613,52 @@ impl Device {
                 Err(e) => return Err(e.into()),
             };
             delay = Duration::from_millis(500);
+            // Notifications are read by their own task (a read cut off half-way would lose
+            // the stream's framing), so waiting for one can be combined with the local check.
+            let (notes, mut notified) = tokio::sync::mpsc::channel(1);
+            let reader = tokio::spawn(forward_notifications(subscription, notes));
+            let _stop_reader = AbortOnDrop(reader);
+            let mut local = tokio::time::interval(LOCAL_CHANGES_POLL);
+            local.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seen_version = None;
             loop {
-                match subscription.next().await {
-                    Ok(Some(_note)) => match self.sync().await {
-                        Ok(report) => {
-                            if changes.send(report).await.is_err() {
-                                return Ok(());
-                            }
+                let wake = tokio::select! {
+                    note = notified.recv() => note.is_some(),
+                    _ = local.tick() => {
+                        if !self.local_changes_waiting(&mut seen_version)? {
+                            continue;
                         }
-                        Err(e) if e.is_transient() => break,
-                        Err(e) => return Err(e),
-                    },
-                    Ok(None) | Err(_) => {
-                        *self.inner.connection.lock().await = None;
-                        break;
+                        true
                     }
+                };
+                if !wake {
+                    // The relay closed the subscription or the connection failed.
+                    *self.inner.connection.lock().await = None;
+                    break;
+                }
+                match self.sync().await {
+                    Ok(report) => {
+                        if changes.send(report).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if e.is_transient() => break,
+                    Err(e) => return Err(e),
                 }
             }
         }
+    }
+
+    /// Whether another process committed to the store since the last call and left
+    /// operations to push. Costs one `data_version` read when nothing changed.
+    fn local_changes_waiting(&self, seen_version: &mut Option<i64>) -> Result<bool> {
+        let store = &self.inner.store;
+        let version = store.data_version()?;
+        if *seen_version == Some(version) {
+            return Ok(false);
+        }
+        *seen_version = Some(version);
+        Ok(!store.is_empty(TreeName::Pending)? || !store.is_empty(TreeName::Outbox)?)
     }
 
     /// Compaction: writes this device's full merged state as snapshot envelopes and asks the
@@ -655,17 +679,11 @@ impl Device {
                 seq: *seq,
             })
             .collect();
-        let records = self.inner.store.tree(TreeName::Records)?;
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0usize;
         let mut envelopes = 0;
-        for item in records.iter() {
-            let (key, sealed) = item.map_err(StoreError::from)?;
-            let plain = self
-                .inner
-                .store
-                .cipher()
-                .open(TreeName::Records, &key, &sealed)?;
+        for item in self.inner.store.scan(TreeName::Records) {
+            let (_, plain) = item?;
             let wire =
                 proto::RecordState::decode(plain.as_slice()).map_err(|_| StoreError::Corrupt {
                     tree: "records",
@@ -726,7 +744,10 @@ impl Device {
             records,
             positions: positions.to_vec(),
         };
-        self.seal_payload(&[], &snapshot.encode_to_vec(), PayloadKind::Snapshot)
+        let payload = snapshot.encode_to_vec();
+        self.inner
+            .store
+            .transaction(|tx| self.seal_payload(tx, &[], &payload, PayloadKind::Snapshot))
     }
 
     /// The relay's usage figures for this account.
@@ -752,6 +773,33 @@ impl Device {
             &latest.to_proto().encode_to_vec(),
         )?;
         Ok(())
+    }
+}
+
+/// How often a watcher checks whether another process sharing its store queued changes.
+const LOCAL_CHANGES_POLL: Duration = Duration::from_millis(250);
+
+/// Sends `()` for each notification of `subscription`; returns (dropping `notes`) when the
+/// subscription ends or fails, or when nobody listens any more.
+async fn forward_notifications(
+    mut subscription: crate::net::Subscription,
+    notes: tokio::sync::mpsc::Sender<()>,
+) {
+    while let Ok(Some(_note)) = subscription.next().await {
+        // A full channel already holds a wake-up: one sync covers both.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = notes.try_send(()) {
+            return;
+        }
+    }
+}
+
+/// Aborts a task when dropped (the watcher's notification reader, whatever way the watcher
+/// leaves its loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The `kith` CLI as people and apps run it: one process per command, against a relay on
+# loopback, peak RSS from the OS (`/usr/bin/time -v`). See BENCHMARKS.md, "Client, one
+# process per command".
+#
+#   scripts/bench-cli.sh [ROWS]        default 100000 LinkedIn rows (98,000 contacts)
+#   KITH=path/to/kith KITH_RELAY=path/to/kith-relay scripts/bench-cli.sh
+#                                      measure other binaries (e.g. an older release)
+#
+# Steps, each a separate process: generate the export (the same rows as
+# `kith_client::import::testing::generate_linkedin_csv`), `kith init`, `kith import linkedin`
+# (measured), `kith sync` (pushes everything), then `kith sync` three times with nothing to do
+# (measured: the cost of a sync on a store of that size), and `kith contacts add` (measured:
+# opening the store plus one durable write).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-100000}
+if [[ -z ${KITH:-} ]]; then
+  cargo build --release -p kith-cli -p kith-relay 2>&1 | tail -1
+fi
+kith=${KITH:-target/release/kith}
+relay=${KITH_RELAY:-target/release/kith-relay}
+work=$(mktemp -d)
+relay_pid=
+cleanup() {
+  if [[ -n $relay_pid ]]; then kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+python3 - "$rows" > "$work/Connections.csv" <<'PY'
+import sys
+n = int(sys.argv[1])
+FIRST = ["Ana", "Seán", "Björn", "Grace", "Olúwaseun", "Mei", "José", "Priya"]
+LAST = ["Nasser", "van der Berg", "Müller", "Nguyen", "Álvarez", "Okonjo"]
+COMPANY = ["Hooli", '"Acme, Inc."', '"Umbrella ""Bio"" Corp"', "Initech LLC", "Soylent"]
+POSITION = ["Engineer", '"Engineering Manager, Payments"', "VP Sales", "Designer"]
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+out = sys.stdout
+out.write('Notes:\r\n"When exporting your connection data, you may notice that some of the email addresses are missing. You will only see email addresses for connections who have allowed their connections to see or download their email address using this setting https://www.linkedin.com/psettings/privacy/email. You can learn more here https://www.linkedin.com/help/linkedin/answer/261"\r\n\r\n')
+out.write("First Name,Last Name,URL,Email Address,Company,Position,Connected On\r\n")
+for row in range(n):
+    i = row - 25 if row % 50 == 49 else row
+    slug = "person-%x" % i
+    email = slug + "@example.com" if i % 3 == 0 else ""
+    out.write("%s,%s,https://www.linkedin.com/in/%s,%s,%s,%s,%02d %s %d\r\n" % (
+        FIRST[i % 8], LAST[(i // 8) % 6], slug, email, COMPANY[i % 5], POSITION[i % 4],
+        1 + i % 28, MONTHS[i % 12], 2005 + i % 20))
+PY
+
+# A relay with room for the whole store, on a free loopback port.
+port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+RUST_LOG=warn "$relay" serve --listen "127.0.0.1:$port" --data "$work/relay" \
+  > "$work/relay.log" 2>&1 &
+relay_pid=$!
+for _ in $(seq 1 100); do
+  grep -q '^certificate sha256' "$work/relay.log" 2>/dev/null && break
+  sleep 0.1
+done
+pin=$(sed -n 's/^certificate sha256 //p' "$work/relay.log")
+[[ -n $pin ]] || { cat "$work/relay.log"; exit 1; }
+home="$work/home"
+export RUST_LOG=error
+
+# Runs a command under /usr/bin/time -v; prints "label: wall s, peak RSS MB".
+measure() {
+  local label=$1; shift
+  /usr/bin/time -v "$@" > "$work/out" 2> "$work/time" || { cat "$work/out" "$work/time"; exit 1; }
+  local wall rss
+  wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$work/time" |
+    awk -F: '{ if (NF == 3) print $1 * 3600 + $2 * 60 + $3; else print $1 * 60 + $2 }')
+  rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/time")
+  printf '%-44s %8.2f s %8.1f MB   (load %s)\n' "$label:" "$wall" "$(echo "$rss / 1024" | bc -l)" "$(load)"
+}
+
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u '+%F %R') UTC; $kith"
+"$kith" --home "$home" init --relay "127.0.0.1:$port" --relay-cert-sha256 "$pin" --device-name bench > /dev/null
+measure "kith --version (process start)" "$kith" --version
+measure "import $rows LinkedIn rows" "$kith" --home "$home" import linkedin "$work/Connections.csv"
+grep -E '^Imported' "$work/out" || true
+measure "first sync (pushes the import)" "$kith" --home "$home" sync
+for i in 1 2 3; do
+  measure "sync with nothing to do ($i)" "$kith" --home "$home" sync
+done
+grep -E '^Synced' "$work/out" || true
+measure "contacts add (open + one durable write)" "$kith" --home "$home" contacts add --name "Ada Lovelace"
+measure "sync pushing that one contact" "$kith" --home "$home" sync
+du -sh "$home/store" | sed 's/^/store on disk: /'
