@@ -60,8 +60,9 @@ pub struct ImportSummary {
     pub unchanged: usize,
     /// Rows or records the importer skipped (with line numbers in the report).
     pub skipped: usize,
-    /// Contacts a source records only on an existing contact (people who only wrote to you,
-    /// one-way Twitter follows) that matched none, so were left out.
+    /// Contacts left out: those a source records only on an existing contact (people who only
+    /// wrote to you, one-way Twitter follows) that matched none, and those deleted by hand (an
+    /// import never brings a deleted contact back).
     pub left_out: usize,
 }
 

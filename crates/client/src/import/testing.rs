@@ -70,7 +70,11 @@ pub fn generate_linkedin_csv(n: usize) -> String {
 /// owner `me@example.com` and 2,000 correspondents: every third message sent by the owner (with a
 /// `Cc`), the rest received, one in fifty a newsletter. Bodies are 76-byte lines, some starting
 /// `>From `.
-pub fn generate_mbox(messages: usize, body_bytes: usize) -> Vec<u8> {
+pub fn write_mbox(
+    out: &mut impl std::io::Write,
+    messages: usize,
+    body_bytes: usize,
+) -> std::io::Result<()> {
     let line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod t\n";
     let lines = (body_bytes / line.len()).max(1);
     let mut body = String::with_capacity(lines * line.len());
@@ -81,7 +85,6 @@ pub fn generate_mbox(messages: usize, body_bytes: usize) -> Vec<u8> {
             body.push_str(line);
         }
     }
-    let mut out = Vec::with_capacity(messages.saturating_mul(body.len() + 600));
     for m in 0..messages {
         let person = m % 2_000;
         let day = 1 + m % 28;
@@ -113,11 +116,11 @@ Date: Fri, {day:02} Mar 2024 {hour:02}:00:00 +0000\n",
             head,
             "Subject: =?UTF-8?Q?Caf=C3=A9_#{m}?=\nMIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n\n"
         );
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(body.as_bytes());
-        out.extend_from_slice(b"\n");
+        out.write_all(head.as_bytes())?;
+        out.write_all(body.as_bytes())?;
+        out.write_all(b"\n")?;
     }
-    out
+    Ok(())
 }
 
 /// An iCalendar file of `events` events over the five years before `now_unix`, with 3,000
@@ -128,15 +131,10 @@ pub fn generate_calendar(events: usize, now_unix: i64) -> String {
     const DAY: i64 = 86_400;
     let start = now_unix - 5 * 365 * DAY;
     let stamp = |unix: i64| {
-        let days = unix.div_euclid(DAY);
-        let secs = unix.rem_euclid(DAY);
-        let (y, m, d) = civil(days);
-        format!(
-            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}",
-            secs / 3600,
-            secs % 3600 / 60,
-            secs % 60
-        )
+        chrono::DateTime::from_timestamp(unix, 0)
+            .unwrap_or_default()
+            .format("%Y%m%dT%H%M%S")
+            .to_string()
     };
     let mut out = String::from(
         "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nX-WR-CALNAME:me@example.com\r\n\
@@ -195,19 +193,6 @@ ATTENDEE;PARTSTAT=ACCEPTED:mailto:p{a}@example.org\r\nEND:VEVENT\r\n",
     }
     out.push_str("END:VCALENDAR\r\n");
     out
-}
-
-/// Howard Hinnant's days-to-civil conversion.
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The `data/*.js` members of a Twitter archive with `follows` accounts followed and as many
