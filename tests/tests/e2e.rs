@@ -598,8 +598,7 @@ fn calendar_report() -> kith_client::import::ImportReport {
 }
 
 fn mail_report(mbox: &[u8]) -> kith_client::import::ImportReport {
-    kith_client::import::mail::import_bytes(mbox, &[OWNER.to_owned()], &Default::default())
-        .unwrap()
+    kith_client::import::mail::import_bytes(mbox, &[OWNER.to_owned()], &Default::default()).unwrap()
 }
 
 /// (sent, received) that a device shows for the contact holding `email`.
@@ -684,23 +683,30 @@ async fn meetings_converge_join_existing_contacts_and_remind_to_take_notes() {
     assert_eq!(a.contacts().unwrap(), b.contacts().unwrap());
     assert_eq!(a.contacts().unwrap().len(), 40);
 
-    let anne = a
-        .search("anne-marie")
-        .unwrap()
-        .into_iter()
-        .next()
-        .unwrap();
+    let anne = a.search("anne-marie").unwrap().into_iter().next().unwrap();
     assert_eq!(anne.name(), Some("Anne-Marie O'Brien"));
-    assert_eq!(anne.sources().len(), 2, "LinkedIn and calendar on one record");
+    assert_eq!(
+        anne.sources().len(),
+        2,
+        "LinkedIn and calendar on one record"
+    );
 
     let meetings = a.meetings(0).unwrap();
     let with_anne: Vec<_> = meetings
         .iter()
-        .filter(|m| m.participants.iter().any(|p| p.record_id == Some(anne.id().to_hex())))
+        .filter(|m| {
+            m.participants
+                .iter()
+                .any(|p| p.record_id == Some(anne.id().to_hex()))
+        })
         .collect();
     assert_eq!(with_anne.len(), 10, "one coffee and nine weekly 1:1s");
     assert!(with_anne.iter().all(|m| m.needs_notes));
-    assert!(meetings.windows(2).all(|w| w[0].start_unix >= w[1].start_unix));
+    assert!(
+        meetings
+            .windows(2)
+            .all(|w| w[0].start_unix >= w[1].start_unix)
+    );
     assert!(a.meetings(1_741_000_000).unwrap().len() < meetings.len());
 
     a.edit_contact(
@@ -713,10 +719,11 @@ async fn meetings_converge_join_existing_contacts_and_remind_to_take_notes() {
     .await
     .unwrap();
     let after = a.meetings(0).unwrap();
-    for m in after
-        .iter()
-        .filter(|m| m.participants.iter().any(|p| p.record_id == Some(anne.id().to_hex())))
-    {
+    for m in after.iter().filter(|m| {
+        m.participants
+            .iter()
+            .any(|p| p.record_id == Some(anne.id().to_hex()))
+    }) {
         assert!(!m.needs_notes, "{} still asks for notes", m.title);
     }
     let found = a.search("lisbon NUMBERS").unwrap();
@@ -750,12 +757,19 @@ async fn forgetting_a_source_and_reimporting_respects_deletions() {
     }
 
     a.import(calendar_report()).await.unwrap();
-    assert_eq!(a.contacts().unwrap().len(), 40, "a re-import brings the source back");
+    assert_eq!(
+        a.contacts().unwrap().len(),
+        40,
+        "a re-import brings the source back"
+    );
     let aiko = a.search("aiko").unwrap().remove(0);
     a.delete_contact(&aiko.id()).await.unwrap();
     let again = a.import(calendar_report()).await.unwrap();
     assert_eq!(again.left_out, 1);
-    assert!(a.search("aiko").unwrap().is_empty(), "deleted by hand stays deleted");
+    assert!(
+        a.search("aiko").unwrap().is_empty(),
+        "deleted by hand stays deleted"
+    );
 }
 
 /// Titles, subjects and participants of the new sources never reach the relay in plaintext.

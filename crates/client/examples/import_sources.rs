@@ -93,7 +93,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 elapsed.as_secs_f64()
             );
         }
-        _ => return Err("usage: import_sources gen-mbox PATH | mail PATH | calendar | twitter".into()),
+        _ => {
+            return Err(
+                "usage: import_sources gen-mbox PATH | mail PATH | calendar | twitter".into(),
+            );
+        }
     }
     Ok(())
 }

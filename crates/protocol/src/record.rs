@@ -1355,6 +1355,9 @@ mod tests {
                 FieldKind::Source(SourceKind::AddressBook),
             ),
             ("source/vcard", FieldKind::Source(SourceKind::VCard)),
+            ("source/calendar", FieldKind::Source(SourceKind::Calendar)),
+            ("source/mail", FieldKind::Source(SourceKind::Mail)),
+            ("source/twitter", FieldKind::Source(SourceKind::Twitter)),
             ("custom/Favourite colour", FieldKind::Custom),
         ];
         for (text, kind) in keys {
@@ -2074,6 +2077,81 @@ mod tests {
                 prop_assert!(encode_batch(&decoded).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn concurrent_histories_are_joined_not_conflicting() {
+        use crate::history::{join_mail, mail_message_hash, sketch_count, sketch_insert};
+        use crate::merge::ContactSet;
+        let history = |messages: &[&str]| {
+            let mut mail = proto::MailSource::default();
+            for message in messages {
+                let mut one = proto::MailSource::default();
+                let mut sent = proto::CountSketch::default();
+                sketch_insert(&mut sent, mail_message_hash(message));
+                one.sent = Some(sent);
+                mail = join_mail(&mail, &one);
+            }
+            proto::FieldValue {
+                value: Some(Value::Mail(mail)),
+            }
+        };
+        let key = FieldKey::source(SourceKind::Mail);
+        // Two devices import overlapping mailboxes without seeing each other's write.
+        let a = FieldWrite::set(key.clone(), history(&["<1@x>", "<2@x>"]), []).unwrap();
+        let b = FieldWrite::set(key.clone(), history(&["<2@x>", "<3@x>"]), []).unwrap();
+        let op_a = Operation::upsert(record_id(), Hlc::new(5, 0, device(1)), [a]).unwrap();
+        let op_b = Operation::upsert(record_id(), Hlc::new(6, 0, device(2)), [b]).unwrap();
+        for order in [[&op_a, &op_b], [&op_b, &op_a]] {
+            let mut set = ContactSet::new();
+            for op in order {
+                set.apply(op);
+            }
+            let contact = set.contact(&record_id()).unwrap();
+            let [Source::Mail(mail)] = contact.sources() else {
+                panic!("{:?}", contact.sources())
+            };
+            assert_eq!(
+                sketch_count(mail.sent.as_ref().unwrap()),
+                3,
+                "message 2 counts once"
+            );
+        }
+    }
+
+    #[test]
+    fn histories_beyond_their_bounds_are_rejected() {
+        let mut sketch = proto::CountSketch::default();
+        sketch.hashes = (0..=crate::history::SKETCH_K as u64).collect();
+        let too_big = proto::FieldValue {
+            value: Some(Value::Mail(proto::MailSource {
+                sent: Some(sketch),
+                ..Default::default()
+            })),
+        };
+        let unsorted = proto::FieldValue {
+            value: Some(Value::Mail(proto::MailSource {
+                received: Some(proto::CountSketch {
+                    hashes: vec![2, 1],
+                    saturated: false,
+                }),
+                ..Default::default()
+            })),
+        };
+        for value in [too_big, unsorted] {
+            assert_eq!(
+                FieldKey::source(SourceKind::Mail).check_value(&value),
+                Err(RecordError::HistoryOutOfBounds {
+                    field: FieldKind::Source(SourceKind::Mail)
+                })
+            );
+        }
+        let wrong_type = value::text("x");
+        assert!(
+            FieldKey::source(SourceKind::Calendar)
+                .check_value(&wrong_type)
+                .is_err()
+        );
     }
 
     #[test]

@@ -535,11 +535,15 @@ impl<R: Read> MboxScanner<R> {
             }
             let content = if too_long { &[][..] } else { &bytes[start..] };
             let blank = line_len <= 2 && content.iter().all(|b| *b == b'\r' || *b == b'\n');
-            if (ended && blank && line_len > 0) || !ended {
+            let terminator = ended && blank && line_len > 0;
+            if terminator || !ended {
                 if too_long {
                     return Ok(HeaderBlock::TooLong { line });
                 }
-                bytes.truncate(start);
+                if terminator || line_len == 0 {
+                    // The empty line that ends the block is not a header line.
+                    bytes.truncate(start);
+                }
                 return Ok(HeaderBlock::Complete { line, bytes });
             }
         }
