@@ -634,10 +634,10 @@ async fn overlapping_mailboxes_imported_on_two_devices_converge_on_their_union()
     let b = world.link(&a, "b").await;
     let mbox = String::from_utf8(source_fixture("mail/mail.mbox")).unwrap();
     let starts: Vec<usize> = mbox.match_indices("\nFrom 1").map(|(i, _)| i + 1).collect();
-    a.import(mail_report(mbox[..starts[70]].as_bytes()))
+    a.import(mail_report(&mbox.as_bytes()[..starts[70]]))
         .await
         .unwrap();
-    b.import(mail_report(mbox[starts[30]..].as_bytes()))
+    b.import(mail_report(&mbox.as_bytes()[starts[30]..]))
         .await
         .unwrap();
     a.sync().await.unwrap();

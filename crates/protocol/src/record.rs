@@ -2121,8 +2121,10 @@ mod tests {
 
     #[test]
     fn histories_beyond_their_bounds_are_rejected() {
-        let mut sketch = proto::CountSketch::default();
-        sketch.hashes = (0..=crate::history::SKETCH_K as u64).collect();
+        let sketch = proto::CountSketch {
+            hashes: (0..=crate::history::SKETCH_K as u64).collect(),
+            saturated: false,
+        };
         let too_big = proto::FieldValue {
             value: Some(Value::Mail(proto::MailSource {
                 sent: Some(sketch),

@@ -466,6 +466,10 @@ struct Attendee {
     resource: bool,
 }
 
+/// What the recent meetings of some person point at: title, participants (e-mail, `CN`),
+/// `SEQUENCE`.
+type KeptEvent = (Option<String>, Vec<(String, Option<String>)>, u32);
+
 /// One person's meetings so far.
 #[derive(Debug, Default)]
 struct Person {
@@ -484,7 +488,7 @@ struct Importer<'a> {
     report: ImportReport,
     people: BTreeMap<String, Person>,
     /// Every event that some person's recent meetings point at (titles and participants).
-    events: Vec<(Option<String>, Vec<(String, Option<String>)>, u32)>,
+    events: Vec<KeptEvent>,
     occurrences: usize,
 }
 
@@ -597,10 +601,8 @@ impl<'a> Importer<'a> {
                     "X-WR-TIMEZONE" => default_tz = Some(prop.value.trim().to_owned()),
                     _ => {}
                 },
-                Some("VTIMEZONE") => {
-                    if prop.name == "TZID" {
-                        zone_id = Some(prop.value.trim().to_owned());
-                    }
+                Some("VTIMEZONE") if prop.name == "TZID" => {
+                    zone_id = Some(prop.value.trim().to_owned());
                 }
                 Some("STANDARD" | "DAYLIGHT") => {
                     if let Some(obs) = observance.as_mut() {
