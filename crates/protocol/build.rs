@@ -12,6 +12,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     let descriptors = protox::compile(&files, [&root])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    let mut config = prost_build::Config::new();
+    // prost derives `Eq` only for messages without repeated message fields; these hold no
+    // floats either, and records compare with `Eq` (merge, record views).
+    for name in [
+        ".kith.v1.Meeting",
+        ".kith.v1.CalendarSource",
+        ".kith.v1.MailSource",
+        ".kith.v1.FieldValue",
+    ] {
+        config.type_attribute(name, "#[derive(Eq)]");
+    }
+    config.compile_fds(descriptors)?;
     Ok(())
 }

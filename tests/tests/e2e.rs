@@ -577,3 +577,239 @@ async fn a_large_import_joins_a_person_seen_again_in_any_later_chunk() {
     b.sync().await.unwrap();
     assert_eq!(b.contacts().unwrap(), contacts);
 }
+
+/// The sample exports of issue 12 (copies under `crates/client/tests/fixtures`).
+fn source_fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!("../crates/client/tests/fixtures/{path}")).unwrap()
+}
+
+const OWNER: &str = "robin.quill@example.com";
+/// 2026-01-01T00:00:00Z, after every event of the calendar fixture.
+const CALENDAR_NOW: i64 = 1_767_225_600;
+
+fn calendar_report() -> kith_client::import::ImportReport {
+    kith_client::import::calendar::import_bytes(
+        &source_fixture("calendar/calendar.ics"),
+        &[],
+        CALENDAR_NOW,
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn mail_report(mbox: &[u8]) -> kith_client::import::ImportReport {
+    kith_client::import::mail::import_bytes(mbox, &[OWNER.to_owned()], &Default::default()).unwrap()
+}
+
+/// (sent, received) that a device shows for the contact holding `email`.
+fn mail_counts(device: &Device, email: &str) -> (u64, u64) {
+    use kith_protocol::history::sketch_count;
+    use kith_protocol::record::Source;
+    let contact = device
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.emails().iter().any(|e| e.address == email))
+        .unwrap_or_else(|| panic!("no contact has {email}"));
+    contact
+        .sources()
+        .iter()
+        .find_map(|s| match s {
+            Source::Mail(m) => Some((
+                m.sent.as_ref().map_or(0, sketch_count),
+                m.received.as_ref().map_or(0, sketch_count),
+            )),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Two devices import overlapping halves of one mailbox before either syncs: after syncing
+/// both show the counts of the whole mailbox, each message counted once (the history fields
+/// are joined, not last-writer-wins), and no conflict is reported for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_mailboxes_imported_on_two_devices_converge_on_their_union() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    let mbox = String::from_utf8(source_fixture("mail/mail.mbox")).unwrap();
+    let starts: Vec<usize> = mbox.match_indices("\nFrom 1").map(|(i, _)| i + 1).collect();
+    a.import(mail_report(&mbox.as_bytes()[..starts[70]]))
+        .await
+        .unwrap();
+    b.import(mail_report(&mbox.as_bytes()[starts[30]..]))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    let whole = mail_report(mbox.as_bytes());
+    assert_eq!(a.contacts().unwrap(), b.contacts().unwrap());
+    for contact in &whole.contacts {
+        let email = &contact.emails[0].address;
+        let kith_client::import::Provenance::Mail(m) = &contact.provenance else {
+            panic!()
+        };
+        let expected = (
+            kith_protocol::history::sketch_count(m.sent.as_ref().unwrap()),
+            kith_protocol::history::sketch_count(m.received.as_ref().unwrap()),
+        );
+        assert_eq!(mail_counts(&a, email), expected, "{email}");
+    }
+    assert_eq!(mail_counts(&a, "kwame.iyer2@example.org"), (2, 2));
+    // Concurrent histories are joined, never reported as conflicts. (The two halves name
+    // Anne-Marie differently, "O'Brien, Anne-Marie" in one To: header: that `name` conflict
+    // is the ordinary last-writer-wins register at work.)
+    let conflicts = a.conflicts().unwrap();
+    assert!(
+        conflicts.iter().all(|c| !c.field.starts_with("source/")),
+        "{conflicts:?}"
+    );
+}
+
+/// The same calendar imported on two devices gives each meeting once; an attendee whose
+/// e-mail is on a LinkedIn contact joins that record; `kith meetings` lists the meetings and
+/// reminds to take notes until a note is written; notes are searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meetings_converge_join_existing_contacts_and_remind_to_take_notes() {
+    use kith_client::import::linkedin;
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    let csv = "First Name,Last Name,URL,Email Address,Company,Position,Connected On\r\n\
+        Anne-Marie,O'Brien,https://www.linkedin.com/in/amob,anne-marie.o-brien0@example.org,Hooli,CTO,12 Mar 2024\r\n";
+    a.import(linkedin::import_bytes(csv.as_bytes(), &Default::default()).unwrap())
+        .await
+        .unwrap();
+    let summary = a.import(calendar_report()).await.unwrap();
+    assert_eq!((summary.added, summary.updated), (39, 1));
+    // b imports the same two files: the identity rule gives it the same records. (Had b
+    // imported only the calendar, its Anne-Marie would be a second record until records can
+    // merge, issue 11.)
+    b.import(linkedin::import_bytes(csv.as_bytes(), &Default::default()).unwrap())
+        .await
+        .unwrap();
+    b.import(calendar_report()).await.unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    assert_eq!(a.contacts().unwrap(), b.contacts().unwrap());
+    assert_eq!(a.contacts().unwrap().len(), 40);
+
+    let anne = a.search("anne-marie").unwrap().into_iter().next().unwrap();
+    assert_eq!(anne.name(), Some("Anne-Marie O'Brien"));
+    assert_eq!(
+        anne.sources().len(),
+        2,
+        "LinkedIn and calendar on one record"
+    );
+
+    let meetings = a.meetings(0).unwrap();
+    let with_anne: Vec<_> = meetings
+        .iter()
+        .filter(|m| {
+            m.participants
+                .iter()
+                .any(|p| p.record_id == Some(anne.id().to_hex()))
+        })
+        .collect();
+    assert_eq!(with_anne.len(), 10, "one coffee and nine weekly 1:1s");
+    assert!(with_anne.iter().all(|m| m.needs_notes));
+    assert!(
+        meetings
+            .windows(2)
+            .all(|w| w[0].start_unix >= w[1].start_unix)
+    );
+    assert!(a.meetings(1_741_000_000).unwrap().len() < meetings.len());
+
+    a.edit_contact(
+        &anne.id(),
+        &ContactFields {
+            note: Some("Wants the Lisbon numbers by Friday".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let after = a.meetings(0).unwrap();
+    for m in after.iter().filter(|m| {
+        m.participants
+            .iter()
+            .any(|p| p.record_id == Some(anne.id().to_hex()))
+    }) {
+        assert!(!m.needs_notes, "{} still asks for notes", m.title);
+    }
+    let found = a.search("lisbon NUMBERS").unwrap();
+    assert_eq!(found.len(), 1, "notes are searched, ignoring case");
+    assert_eq!(found[0].id(), anne.id());
+}
+
+/// Forgetting a source removes what it brought on every device; a re-import brings it back,
+/// except for contacts deleted by hand, which stay deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_source_and_reimporting_respects_deletions() {
+    use kith_client::import::{Source, linkedin};
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    let csv = "First Name,Last Name,URL,Email Address,Company,Position,Connected On\r\n\
+        Anne-Marie,O'Brien,https://www.linkedin.com/in/amob,anne-marie.o-brien0@example.org,Hooli,CTO,12 Mar 2024\r\n";
+    a.import(linkedin::import_bytes(csv.as_bytes(), &Default::default()).unwrap())
+        .await
+        .unwrap();
+    a.import(calendar_report()).await.unwrap();
+    assert_eq!(a.contacts().unwrap().len(), 40);
+    let (changed, emptied) = a.forget_source(Source::Calendar).await.unwrap();
+    assert_eq!((changed, emptied), (40, 39));
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    for device in [&a, &b] {
+        let contacts = device.contacts().unwrap();
+        assert_eq!(contacts.len(), 1);
+        assert_eq!(contacts[0].sources().len(), 1, "LinkedIn stays");
+    }
+
+    a.import(calendar_report()).await.unwrap();
+    assert_eq!(
+        a.contacts().unwrap().len(),
+        40,
+        "a re-import brings the source back"
+    );
+    let aiko = a.search("aiko").unwrap().remove(0);
+    a.delete_contact(&aiko.id()).await.unwrap();
+    let again = a.import(calendar_report()).await.unwrap();
+    assert_eq!(again.left_out, 1);
+    assert!(
+        a.search("aiko").unwrap().is_empty(),
+        "deleted by hand stays deleted"
+    );
+}
+
+/// Titles, subjects and participants of the new sources never reach the relay in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meeting_titles_and_mail_subjects_never_reach_the_relay_in_plaintext() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    a.import(calendar_report()).await.unwrap();
+    a.import(mail_report(&source_fixture("mail/mail.mbox")))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    a.store().flush().await.unwrap();
+    let needles = [
+        "Weekly 1:1",
+        "Coffee with",
+        "Three of us",
+        "Contract, draft",
+        "anne-marie.o-brien0@example.org",
+        "kwame.iyer2",
+    ];
+    assert_eq!(
+        plaintext_found(&world.relay_dir, &needles),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        plaintext_found(&world.home("a"), &needles),
+        Vec::<String>::new()
+    );
+}

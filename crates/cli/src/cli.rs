@@ -46,13 +46,31 @@ pub enum Command {
         /// What kind of export.
         #[arg(value_enum)]
         kind: ImportKind,
-        /// The export file (Connections.csv, your_friends.json, chat.db, .vcf).
+        /// The export file (Connections.csv, your_friends.json, chat.db, .vcf, .ics or a
+        /// Takeout zip, .mbox, a Twitter archive zip).
         path: PathBuf,
         /// For `imessage`: the macOS Contacts database (AddressBook-v22.abcddb) that names
         /// phone numbers and e-mail addresses.
         #[arg(long, value_name = "PATH")]
         address_book: Option<PathBuf>,
+        /// For `mail` (required) and `calendar`: one of your own e-mail addresses, which are
+        /// never contacts (repeatable). A calendar defaults to its own address.
+        #[arg(long = "me", value_name = "EMAIL")]
+        me: Vec<String>,
     },
+    /// Recent meetings with their participants; marks those whose participants got no note
+    /// since (time to take notes).
+    Meetings {
+        /// Only meetings that started on or after this day (YYYY-MM-DD, UTC).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Print a JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage imported sources.
+    #[command(subcommand)]
+    Sources(SourcesCommand),
     /// List, show, search, add, edit and delete contacts.
     #[command(subcommand)]
     Contacts(ContactsCommand),
@@ -116,6 +134,44 @@ pub enum ImportKind {
     Imessage,
     /// A vCard file (2.1, 3.0 or 4.0).
     Vcard,
+    /// An iCalendar file (.ics) or a Google Takeout zip of them (meetings; never descriptions).
+    Calendar,
+    /// An mbox (Gmail Takeout, Thunderbird, Apple Mail): headers only, never a body.
+    Mail,
+    /// A Twitter/X archive zip (follows; never direct messages).
+    Twitter,
+}
+
+/// `kith sources …`.
+#[derive(Debug, Subcommand)]
+pub enum SourcesCommand {
+    /// Remove everything one source contributed, on every device (after `kith sync`).
+    Forget {
+        /// The source.
+        #[arg(value_enum)]
+        source: SourceName,
+    },
+}
+
+/// The sources `kith sources forget` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceName {
+    /// LinkedIn connections.
+    Linkedin,
+    /// Facebook friends.
+    Facebook,
+    /// iMessage statistics.
+    Imessage,
+    /// macOS address-book names.
+    AddressBook,
+    /// vCard imports.
+    Vcard,
+    /// Calendar meetings.
+    Calendar,
+    /// Mail header statistics.
+    Mail,
+    /// Twitter follows.
+    Twitter,
 }
 
 /// `kith contacts …`.
@@ -135,7 +191,8 @@ pub enum ContactsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Contacts whose name, e-mail, phone or company contains QUERY (ignoring case and accents).
+    /// Contacts whose name, e-mail, phone, company or note contains QUERY (ignoring case and
+    /// accents).
     Search {
         /// What to look for.
         query: String,

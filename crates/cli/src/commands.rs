@@ -13,6 +13,7 @@ use kith_protocol::DeviceId;
 
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, RelayArgs,
+    SourceName, SourcesCommand,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{demo, progress, qr};
@@ -38,7 +39,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             kind,
             path,
             address_book,
-        } => import(&home, kind, &path, address_book).await,
+            me,
+        } => import(&home, kind, &path, address_book, me).await,
+        Command::Meetings { since, json } => meetings(&home, since.as_deref(), json),
+        Command::Sources(SourcesCommand::Forget { source }) => forget(&home, source).await,
         Command::Contacts(command) => contacts(&home, command).await,
         Command::Sync { watch: false } => sync(&home).await,
         Command::Sync { watch: true } => watch(&home).await,
@@ -144,16 +148,23 @@ async fn import(
     kind: ImportKind,
     path: &Path,
     address_book: Option<PathBuf>,
+    me: Vec<String>,
 ) -> Result<()> {
     if address_book.is_some() && kind != ImportKind::Imessage {
         return Err(usage(
             "--address-book only applies to `kith import imessage`",
         ));
     }
+    if !me.is_empty() && !matches!(kind, ImportKind::Mail | ImportKind::Calendar) {
+        bail!("--me only applies to `kith import mail` and `kith import calendar`");
+    }
+    if me.is_empty() && kind == ImportKind::Mail {
+        bail!("`kith import mail` needs --me EMAIL (your own address; repeat it for each one)");
+    }
     let device = open(home)?;
     let owned_path = path.to_path_buf();
     let report = tokio::task::spawn_blocking(move || {
-        read_export(kind, &owned_path, address_book.as_deref())
+        read_export(kind, &owned_path, address_book.as_deref(), &me)
     })
     .await
     .context("the importer stopped unexpectedly")?
@@ -182,6 +193,12 @@ async fn import(
         summary.unchanged,
         summary.skipped
     );
+    if summary.left_out > 0 {
+        outln!(
+            "{} left out: recorded only on a contact you already have (people who only wrote to you, one-way follows), or deleted by hand.",
+            count(summary.left_out as u64, "contact")
+        );
+    }
     let (skipped, dropped, unlisted) = problems;
     if !skipped.is_empty() {
         outln!("Skipped:");
@@ -210,9 +227,19 @@ async fn import(
     Ok(())
 }
 
-fn read_export(kind: ImportKind, path: &Path, address_book: Option<&Path>) -> Result<ImportReport> {
+fn read_export(
+    kind: ImportKind,
+    path: &Path,
+    address_book: Option<&Path>,
+    me: &[String],
+) -> Result<ImportReport> {
     let opts = ImportOptions::default();
     Ok(match kind {
+        ImportKind::Calendar => {
+            import::calendar::import(path, me, import::calendar::now_unix(), &opts)?
+        }
+        ImportKind::Mail => import::mail::import(path, me, &opts)?,
+        ImportKind::Twitter => import::twitter::import(path, &opts)?,
         ImportKind::Linkedin => import::linkedin::import(path, &opts)?,
         ImportKind::Facebook => import::facebook::import(path, &opts)?,
         ImportKind::Imessage => import::imessage::import(path, address_book, &opts)?,
@@ -672,6 +699,50 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// `kith meetings`.
+fn meetings(home: &Path, since: Option<&str>, json: bool) -> Result<()> {
+    let since_unix = match since {
+        None => 0,
+        Some(text) => output::parse_day(text)
+            .with_context(|| format!("--since {text:?} is not a date (YYYY-MM-DD)"))?,
+    };
+    let device = open(home)?;
+    let meetings = device.meetings(since_unix)?;
+    if json {
+        return output::print_json(&meetings);
+    }
+    if meetings.is_empty() {
+        outln!("No meetings yet: import a calendar with `kith import calendar PATH`.");
+        return Ok(());
+    }
+    out!("{}", output::meetings_text(&meetings));
+    Ok(())
+}
+
+/// `kith sources forget`.
+async fn forget(home: &Path, source: SourceName) -> Result<()> {
+    let source = match source {
+        SourceName::Linkedin => import::Source::LinkedIn,
+        SourceName::Facebook => import::Source::Facebook,
+        SourceName::Imessage => import::Source::IMessage,
+        SourceName::AddressBook => import::Source::AddressBook,
+        SourceName::Vcard => import::Source::VCard,
+        SourceName::Calendar => import::Source::Calendar,
+        SourceName::Mail => import::Source::Mail,
+        SourceName::Twitter => import::Source::Twitter,
+    };
+    let device = open(home)?;
+    let (changed, emptied) = device.forget_source(source).await?;
+    outln!(
+        "Forgot {source}: {} changed, {emptied} of them held nothing else and are now empty.",
+        count(changed as u64, "contact")
+    );
+    if changed > 0 {
+        outln!("Run `kith sync` to forget it on your other devices too.");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use kith_client::{ConflictView, Contact, DeviceInfo};
+use kith_client::{ConflictView, Contact, DeviceInfo, MeetingView};
+use kith_protocol::history;
 use kith_protocol::proto;
 use kith_protocol::record::Source;
 use serde::Serialize;
@@ -121,6 +122,67 @@ pub enum SourceJson {
         /// Its UID (may be empty).
         uid: String,
     },
+    /// Meetings from calendars.
+    Calendar {
+        /// Every meeting counted (exact up to 64, an estimate beyond).
+        meetings: u64,
+        /// First meeting (Unix seconds; 0 if unknown).
+        first_unix: i64,
+        /// Last meeting (Unix seconds; 0 if unknown).
+        last_unix: i64,
+        /// The newest meetings, newest first.
+        recent: Vec<MeetingJson>,
+    },
+    /// Mail headers.
+    Mail {
+        /// Messages you sent them (exact up to 64, an estimate beyond).
+        sent: u64,
+        /// Messages they sent you (exact up to 64, an estimate beyond).
+        received: u64,
+        /// First message (Unix seconds; 0 if unknown).
+        first_unix: i64,
+        /// Last message (Unix seconds; 0 if unknown).
+        last_unix: i64,
+        /// The newest subjects, newest first.
+        recent: Vec<SubjectJson>,
+    },
+    /// A Twitter/X account.
+    Twitter {
+        /// The account id.
+        account_id: String,
+        /// Screen name without `@` (may be empty).
+        screen_name: String,
+        /// Display name (may be empty).
+        display_name: String,
+        /// You follow them.
+        following: bool,
+        /// They follow you.
+        follower: bool,
+    },
+}
+
+/// One meeting on a contact.
+#[derive(Debug, Serialize)]
+pub struct MeetingJson {
+    /// Start (Unix seconds).
+    pub start_unix: i64,
+    /// End (Unix seconds).
+    pub end_unix: i64,
+    /// Title.
+    pub title: String,
+    /// The other participants' e-mail addresses.
+    pub others: Vec<String>,
+}
+
+/// One mail subject on a contact.
+#[derive(Debug, Serialize)]
+pub struct SubjectJson {
+    /// Date (Unix seconds; 0 if unknown).
+    pub date_unix: i64,
+    /// The subject line.
+    pub subject: String,
+    /// You sent it (else they did).
+    pub sent: bool,
 }
 
 /// A kept conflict, as `contacts conflicts --json` prints it.
@@ -232,6 +294,43 @@ impl From<&Source> for SourceJson {
                 name: s.name.clone(),
             },
             Source::VCard(s) => SourceJson::Vcard { uid: s.uid.clone() },
+            Source::Calendar(s) => SourceJson::Calendar {
+                meetings: s.meetings.as_ref().map_or(0, history::sketch_count),
+                first_unix: s.first_unix,
+                last_unix: s.last_unix,
+                recent: s
+                    .recent
+                    .iter()
+                    .map(|m| MeetingJson {
+                        start_unix: m.start_unix,
+                        end_unix: m.end_unix,
+                        title: m.title.clone(),
+                        others: m.participants.iter().map(|p| p.email.clone()).collect(),
+                    })
+                    .collect(),
+            },
+            Source::Mail(s) => SourceJson::Mail {
+                sent: s.sent.as_ref().map_or(0, history::sketch_count),
+                received: s.received.as_ref().map_or(0, history::sketch_count),
+                first_unix: s.first_unix,
+                last_unix: s.last_unix,
+                recent: s
+                    .recent
+                    .iter()
+                    .map(|m| SubjectJson {
+                        date_unix: m.date_unix,
+                        subject: m.subject.clone(),
+                        sent: m.sent,
+                    })
+                    .collect(),
+            },
+            Source::Twitter(s) => SourceJson::Twitter {
+                account_id: s.account_id.clone(),
+                screen_name: s.screen_name.clone(),
+                display_name: s.display_name.clone(),
+                following: s.following,
+                follower: s.follower,
+            },
         }
     }
 }
@@ -403,6 +502,9 @@ pub fn contact_details(c: &Contact, conflicts: &[ConflictView]) -> String {
             ),
         );
     }
+    for (label, line) in history_lines(c) {
+        field(label, &line);
+    }
     for conflict in conflicts {
         field(
             "conflict",
@@ -447,7 +549,129 @@ fn source_text(source: &Source) -> String {
         ),
         Source::AddressBook(s) => format!("address book, as {:?}", s.name),
         Source::VCard(_) => "vCard".to_owned(),
+        Source::Calendar(s) => format!(
+            "calendar: {}{}",
+            count(
+                s.meetings.as_ref().map_or(0, history::sketch_count),
+                "meeting"
+            ),
+            span(s.first_unix, s.last_unix)
+        ),
+        Source::Mail(s) => format!(
+            "mail: {} sent, {} received{}",
+            s.sent.as_ref().map_or(0, history::sketch_count),
+            s.received.as_ref().map_or(0, history::sketch_count),
+            span(s.first_unix, s.last_unix)
+        ),
+        Source::Twitter(s) => {
+            let who = if s.screen_name.is_empty() {
+                format!("account {}", s.account_id)
+            } else {
+                format!("@{}", s.screen_name)
+            };
+            let how = match (s.following, s.follower) {
+                (true, true) => "you follow each other",
+                (true, false) => "you follow them",
+                (false, true) => "they follow you",
+                (false, false) => "no longer following",
+            };
+            format!("Twitter {who}: {how}")
+        }
     }
+}
+
+/// `, first … last …` (days) when known.
+fn span(first: i64, last: i64) -> String {
+    if first <= 0 || last <= 0 {
+        return String::new();
+    }
+    format!(", {} to {}", day(first), day(last))
+}
+
+/// `YYYY-MM-DD` of a Unix time.
+fn day(unix: i64) -> String {
+    format_time_ms(u64::try_from(unix).unwrap_or(0).saturating_mul(1000))
+        .get(..10)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The history lines of `contacts show`: each meeting and subject kept in full.
+fn history_lines(c: &Contact) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for source in c.sources() {
+        match source {
+            Source::Calendar(s) => {
+                for m in &s.recent {
+                    let time = format_time_ms(u64::try_from(m.start_unix).unwrap_or(0) * 1000);
+                    let mut line = format!("{time}  {}", m.title);
+                    if !m.participants.is_empty() {
+                        let others: Vec<&str> =
+                            m.participants.iter().map(|p| p.email.as_str()).collect();
+                        let _ = write!(line, " (with {})", others.join(", "));
+                    }
+                    out.push(("meeting", line));
+                }
+            }
+            Source::Mail(s) => {
+                for m in &s.recent {
+                    let arrow = if m.sent { "to" } else { "from" };
+                    out.push((
+                        "mail",
+                        format!("{} {arrow}: {}", day(m.date_unix), m.subject),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Parses `YYYY-MM-DD` as midnight UTC, in Unix seconds.
+pub fn parse_day(text: &str) -> Option<i64> {
+    let mut parts = text.trim().splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil; a day the month does not have fails the round trip.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (civil_from_days(days) == (y, m as u32, d as u32)).then_some(days * 86_400)
+}
+
+/// `kith meetings` as text: one block per meeting, newest first.
+pub fn meetings_text(meetings: &[MeetingView]) -> String {
+    let mut out = String::new();
+    for m in meetings {
+        let start = format_time_ms(u64::try_from(m.start_unix).unwrap_or(0) * 1000);
+        let mark = if m.needs_notes { "  [take notes]" } else { "" };
+        let title = if m.title.is_empty() {
+            "(no title)"
+        } else {
+            &m.title
+        };
+        let _ = writeln!(out, "{start}  {title}{mark}");
+        for p in &m.participants {
+            let name = p.name.as_deref().unwrap_or("");
+            let id = p.record_id.as_deref().map(short).unwrap_or("-");
+            let noted = if p.record_id.is_some() && !p.noted_since {
+                "  (no note since)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "    {id:<10}  {name} <{}>{noted}", p.email);
+        }
+    }
+    out
 }
 
 /// `YYYY-MM-DD HH:MM` (UTC) from milliseconds since the Unix epoch.

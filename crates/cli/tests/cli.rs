@@ -1327,3 +1327,91 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+fn source_fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../client/tests/fixtures")
+        .join(path)
+}
+
+#[test]
+fn mail_calendar_and_twitter_import_show_meetings_and_forget() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    init(home, &relay, "laptop");
+
+    let mut mail = kith(home);
+    mail.args(["import", "mail"])
+        .arg(source_fixture("mail/mail.mbox"));
+    let refused = fails(mail);
+    assert!(refused.contains("--me"), "{refused}");
+    let mut mail = kith(home);
+    mail.args(["import", "mail"])
+        .arg(source_fixture("mail/mail.mbox"))
+        .args(["--me", "robin.quill@example.com"]);
+    let report = ok(mail);
+    assert!(report.contains("40 added"), "{report}");
+    let mut calendar = kith(home);
+    calendar
+        .args(["import", "calendar"])
+        .arg(source_fixture("calendar/calendar.ics"));
+    let report = ok(calendar);
+    assert!(report.contains("updated"), "{report}");
+    let mut twitter = kith(home);
+    twitter
+        .args(["import", "twitter"])
+        .arg(source_fixture("twitter/twitter-archive.zip"));
+    let report = ok(twitter);
+    assert!(
+        report.contains("13 added") && report.contains("left out"),
+        "{report}"
+    );
+
+    let contacts = list(home);
+    let aiko = contacts
+        .iter()
+        .find(|c| c["emails"][0]["address"] == "aiko.nakamura1@example.org")
+        .expect("aiko");
+    let mut show = kith(home);
+    show.args(["contacts", "show", aiko["id"].as_str().unwrap(), "--json"]);
+    let shown = json(&ok(show));
+    let sources = shown["sources"].as_array().unwrap();
+    let mail = sources.iter().find(|s| s["kind"] == "mail").expect("mail");
+    assert_eq!(
+        (mail["sent"].as_u64(), mail["received"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let calendar = sources
+        .iter()
+        .find(|s| s["kind"] == "calendar")
+        .expect("calendar");
+    assert!(calendar["meetings"].as_u64().unwrap() >= 1);
+    let mut text = kith(home);
+    text.args(["contacts", "show", aiko["id"].as_str().unwrap()]);
+    let text = ok(text);
+    assert!(
+        text.contains("mail: 2 sent, 1 received") && text.contains("meeting "),
+        "{text}"
+    );
+
+    let mut meetings = kith(home);
+    meetings.args(["meetings", "--since", "2025-03-01", "--json"]);
+    let listed = json(&ok(meetings));
+    let listed = listed.as_array().unwrap();
+    assert!(!listed.is_empty());
+    assert!(
+        listed
+            .iter()
+            .all(|m| m["start_unix"].as_i64().unwrap() >= 1_740_787_200)
+    );
+    assert!(listed.iter().all(|m| m["needs_notes"] == true));
+    let mut bad = kith(home);
+    bad.args(["meetings", "--since", "2025-02-30"]);
+    assert!(fails(bad).contains("not a date"));
+
+    let mut forget = kith(home);
+    forget.args(["sources", "forget", "twitter"]);
+    assert!(ok(forget).contains("Forgot twitter"));
+    assert_eq!(list(home).len(), contacts.len() - 13);
+}

@@ -116,6 +116,10 @@ pub struct ImportSummary {
     pub unchanged: usize,
     /// Rows or records the importer skipped (with line numbers in the report).
     pub skipped: usize,
+    /// Contacts left out: those a source records only on an existing contact (people who only
+    /// wrote to you, one-way Twitter follows) that matched none, and those deleted by hand (an
+    /// import never brings a deleted contact back).
+    pub left_out: usize,
 }
 
 /// Records written per transaction during an import.
@@ -444,7 +448,7 @@ impl Device {
         Ok(out)
     }
 
-    /// Contacts whose name, e-mail, phone or company contains `query`, ignoring case and
+    /// Contacts whose name, e-mail, phone, company or note contains `query`, ignoring case and
     /// accents ("jose" finds "José"); phone digits match whatever the formatting.
     pub fn search(&self, query: &str) -> Result<Vec<Contact>> {
         let needle = fold(query.trim());
@@ -457,6 +461,7 @@ impl Device {
             .into_iter()
             .filter(|c| {
                 let text_match = c.name().is_some_and(|n| fold(n).contains(&needle))
+                    || c.note().is_some_and(|n| fold(n).contains(&needle))
                     || c.company().is_some_and(|n| fold(n).contains(&needle))
                     || c.emails()
                         .iter()
@@ -486,6 +491,10 @@ impl Device {
                 })?;
             let state = RecordState::from_proto(&wire)?;
             for conflict in state.conflicts() {
+                // Concurrent heads of a joined history are not a conflict: they are joined.
+                if matches!(conflict.key.kind(), record::FieldKind::Source(k) if k.is_joined()) {
+                    continue;
+                }
                 for other in &conflict.others {
                     out.push(ConflictView {
                         id: state.id().to_hex(),
@@ -536,6 +545,10 @@ impl Device {
                         break;
                     }
                 }
+                if contact.only_if_known && existing.is_none() {
+                    summary.left_out += 1;
+                    continue;
+                }
                 let id = existing.unwrap_or_else(|| {
                     let digest = self.inner.record_id_key.blind(&[
                         contact.source().as_str().as_bytes(),
@@ -546,12 +559,32 @@ impl Device {
                     RecordId::from_bytes(id)
                 });
                 let state = pipeline.load(&mut touched, id)?;
+                // A contact deleted by hand stays deleted: an import never resurrects it.
+                if state.deleted_at().is_some() {
+                    summary.left_out += 1;
+                    continue;
+                }
                 let was_live = state.is_live();
                 let mut writes = Vec::new();
                 for (key, value) in contact.field_writes() {
                     let key = match FieldKey::parse(&key) {
                         Ok(key) => key,
                         Err(_) => continue,
+                    };
+                    // A joined history (calendar, mail) is written as the join of every head
+                    // this device sees with what the import adds (docs/PROTOCOL.md §8.1).
+                    let value = match key.kind() {
+                        record::FieldKind::Source(kind) if kind.is_joined() => {
+                            let heads = state
+                                .field(&key)
+                                .map(|field| field.heads().map(|h| h.value).collect::<Vec<_>>())
+                                .unwrap_or_default();
+                            kith_protocol::history::join_all(
+                                heads.into_iter().chain([Some(&value)]),
+                            )
+                            .unwrap_or(value)
+                        }
+                        _ => value,
                     };
                     let current = state.value(&key);
                     // Scalars fill only what is empty, so an import never overwrites an edit;

@@ -22,7 +22,8 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 
 use crate::import::{
-    ImportOptions, ImportReport, address_book, facebook, imessage, linkedin, vcard,
+    ImportOptions, ImportReport, address_book, calendar, facebook, imessage, linkedin, mail,
+    twitter, vcard,
 };
 
 /// A target's body: runs one input, returns whether the importer accepted it.
@@ -35,7 +36,16 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("vcard", vcard),
     ("imessage", imessage),
     ("imessage_rows", imessage_rows),
+    ("mail", mail),
+    ("calendar", calendar),
+    ("twitter", twitter),
 ];
+
+/// The owner's address the mail and calendar targets use.
+const FUZZ_OWNER: &str = "me@example.com";
+
+/// "Now" for the calendar target: 2030-01-01T00:00:00Z, fixed so runs are reproducible.
+const FUZZ_NOW: i64 = 1_893_456_000;
 
 /// Bounds small enough that fuzz inputs reach them.
 fn options() -> ImportOptions {
@@ -107,6 +117,30 @@ pub fn linkedin(data: &[u8]) -> bool {
 pub fn facebook(data: &[u8]) -> bool {
     let opts = options();
     check(facebook::import_bytes(data, &opts), &opts)
+}
+
+/// mbox files (header blocks only).
+pub fn mail(data: &[u8]) -> bool {
+    let opts = options();
+    check(
+        mail::import_bytes(data, &[FUZZ_OWNER.to_owned()], &opts),
+        &opts,
+    )
+}
+
+/// iCalendar files (or zips of them), expanded up to a fixed now.
+pub fn calendar(data: &[u8]) -> bool {
+    let opts = options();
+    check(
+        calendar::import_bytes(data, &[FUZZ_OWNER.to_owned()], FUZZ_NOW, &opts),
+        &opts,
+    )
+}
+
+/// Twitter archive zips.
+pub fn twitter(data: &[u8]) -> bool {
+    let opts = options();
+    check(twitter::import_bytes(data, &opts), &opts)
 }
 
 /// vCard files.

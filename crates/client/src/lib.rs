@@ -10,6 +10,8 @@ pub mod device;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "sync")]
+pub mod history;
 pub mod import;
 #[cfg(feature = "sync")]
 pub mod keystore;
@@ -28,6 +30,8 @@ pub use contacts::{ClearField, ConflictView, ContactFields, EditOptions, ImportS
 pub use device::{Device, DeviceInfo, LinkApproval, PendingLink, RecoveryKeyText};
 #[cfg(feature = "sync")]
 pub use error::ClientError;
+#[cfg(feature = "sync")]
+pub use history::{MeetingView, ParticipantView};
 pub use kith_protocol::record::Contact;
 #[cfg(feature = "sync")]
 pub use sync::{CompactReport, SyncReport};

@@ -169,6 +169,22 @@ fn write_seeds() {
     ));
     files.push(("vcard", "valid-2.1".into(), VCARD_21.as_bytes().to_vec()));
     files.push(("vcard", "valid-4.0".into(), VCARD_40.as_bytes().to_vec()));
+    let mbox = fixture("mail/mail.mbox");
+    files.push(("mail", "valid-mbox".into(), head(&mbox, 60).into_bytes()));
+    let ics = fixture("calendar/calendar.ics");
+    let mut short_ics = head(&ics, 90);
+    // The weekly series, the cancelled event, the room and the declined attendee.
+    if let Some(series) = ics.find("BEGIN:VEVENT\r\nDTSTART:20250106T090000Z") {
+        short_ics.push_str(&ics[series..]);
+    }
+    files.push(("calendar", "valid-ics".into(), short_ics.into_bytes()));
+    let archive =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitter/twitter-archive.zip");
+    files.push((
+        "twitter",
+        "valid-archive".into(),
+        fs::read(archive).expect("twitter fixture"),
+    ));
     for seed in seeds() {
         files.push((seed.target, seed.name, seed.bytes));
     }

@@ -2,7 +2,8 @@
 //! behind a plausible start, and very long inputs, into every parser.
 
 use kith_client::import::{
-    ImportOptions, Region, address_book, facebook, imessage, linkedin, phone, vcard,
+    ImportOptions, Region, address_book, calendar, facebook, imessage, linkedin, mail, phone,
+    twitter, vcard,
 };
 use proptest::prelude::*;
 
@@ -28,6 +29,10 @@ fn import_all_text(bytes: &[u8]) {
     let _ = linkedin::import_bytes(bytes, &opts);
     let _ = facebook::import_bytes(bytes, &opts);
     let _ = vcard::import_bytes(bytes, &opts);
+    let me = ["me@example.com".to_owned()];
+    let _ = mail::import_bytes(bytes, &me, &opts);
+    let _ = calendar::import_bytes(bytes, &me, 1_893_456_000, &opts);
+    let _ = twitter::import_bytes(bytes, &opts);
 }
 
 proptest! {
@@ -51,6 +56,14 @@ proptest! {
         let mut json = br#"{"friends_v2": [{"name": ""#.to_vec();
         json.extend_from_slice(&soup);
         let _ = facebook::import_bytes(&json, &ImportOptions::default());
+        let me = ["me@example.com".to_owned()];
+        let mut mbox = b"From x\nFrom: a@b\nTo: me@example.com\n".to_vec();
+        mbox.extend_from_slice(&soup);
+        let _ = mail::import_bytes(&mbox, &me, &ImportOptions::default());
+        let mut ics = b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:u\r\nDTSTART:20250101T100000Z\r\nRRULE:".to_vec();
+        ics.extend_from_slice(&soup);
+        ics.extend_from_slice(b"\r\nATTENDEE:mailto:a@b\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n");
+        let _ = calendar::import_bytes(&ics, &me, 1_893_456_000, &ImportOptions::default());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod padding;
 
 mod borrowed;
+pub mod history;
 pub mod hlc;
 pub mod merge;
 pub mod record;

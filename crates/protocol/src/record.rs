@@ -17,6 +17,8 @@
 //! | `handle/<service, lowercased>:<handle>` | `handle` matching the key |
 //! | `tag/<tag, trimmed>` | `flag: true` |
 //! | `source/<linkedin, facebook, imessage, address-book or vcard>` | that source's message |
+//! | `source/calendar`, `source/mail` | `calendar`, `mail`: joined, not last-writer-wins ([`crate::history`]) |
+//! | `source/twitter` | `twitter` |
 //! | `custom/<name, trimmed>` | any value |
 //!
 //! A write without a value removes the field (or the set element: `email/…`, `tag/…`). Every
@@ -119,6 +121,13 @@ pub enum RecordError {
         field: FieldKind,
         /// The string's length in bytes.
         len: usize,
+    },
+    /// A calendar or mail history holds more elements than its bounds, or a sketch that is
+    /// not sorted ([`crate::history`]).
+    #[error("{field} value is out of bounds or not canonical")]
+    HistoryOutOfBounds {
+        /// The kind of field.
+        field: FieldKind,
     },
     /// A date in the value is not a calendar date.
     #[error("{field} value holds an invalid date")]
@@ -229,15 +238,24 @@ pub enum SourceKind {
     AddressBook,
     /// `source/vcard`: an imported vCard.
     VCard,
+    /// `source/calendar`: meetings with the contact (a joined history, [`crate::history`]).
+    Calendar,
+    /// `source/mail`: mail header statistics and recent subjects (a joined history).
+    Mail,
+    /// `source/twitter`: a Twitter/X account and which way you follow each other.
+    Twitter,
 }
 
 impl SourceKind {
     /// Every source, in key order.
-    pub const ALL: [SourceKind; 5] = [
+    pub const ALL: [SourceKind; 8] = [
         SourceKind::AddressBook,
+        SourceKind::Calendar,
         SourceKind::Facebook,
         SourceKind::IMessage,
         SourceKind::LinkedIn,
+        SourceKind::Mail,
+        SourceKind::Twitter,
         SourceKind::VCard,
     ];
 
@@ -249,7 +267,16 @@ impl SourceKind {
             SourceKind::IMessage => "imessage",
             SourceKind::AddressBook => "address-book",
             SourceKind::VCard => "vcard",
+            SourceKind::Calendar => "calendar",
+            SourceKind::Mail => "mail",
+            SourceKind::Twitter => "twitter",
         }
+    }
+
+    /// Whether the field's heads are joined ([`crate::history::join`]) rather than the
+    /// newest one shown: `source/calendar` and `source/mail`.
+    pub const fn is_joined(self) -> bool {
+        matches!(self, SourceKind::Calendar | SourceKind::Mail)
     }
 
     fn from_name(name: &str) -> Option<Self> {
@@ -308,6 +335,9 @@ impl FieldKind {
             FieldKind::Source(SourceKind::IMessage) => "source/imessage",
             FieldKind::Source(SourceKind::AddressBook) => "source/address-book",
             FieldKind::Source(SourceKind::VCard) => "source/vcard",
+            FieldKind::Source(SourceKind::Calendar) => "source/calendar",
+            FieldKind::Source(SourceKind::Mail) => "source/mail",
+            FieldKind::Source(SourceKind::Twitter) => "source/twitter",
             FieldKind::Custom => "custom",
             FieldKind::Unknown => "unknown",
         }
@@ -370,6 +400,9 @@ impl FieldKind {
             FieldKind::Source(SourceKind::IMessage) => "an imessage source",
             FieldKind::Source(SourceKind::AddressBook) => "an address book source",
             FieldKind::Source(SourceKind::VCard) => "a vcard source",
+            FieldKind::Source(SourceKind::Calendar) => "a calendar source",
+            FieldKind::Source(SourceKind::Mail) => "a mail source",
+            FieldKind::Source(SourceKind::Twitter) => "a twitter source",
             FieldKind::Custom => "any value",
             FieldKind::Unknown => "any value (carried verbatim)",
         }
@@ -393,6 +426,9 @@ impl FieldKind {
                 matches!(v, Value::AddressBook(_))
             }
             (FieldKind::Source(SourceKind::VCard), v) => matches!(v, Value::Vcard(_)),
+            (FieldKind::Source(SourceKind::Calendar), v) => matches!(v, Value::Calendar(_)),
+            (FieldKind::Source(SourceKind::Mail), v) => matches!(v, Value::Mail(_)),
+            (FieldKind::Source(SourceKind::Twitter), v) => matches!(v, Value::Twitter(_)),
             (FieldKind::Custom, _) | (FieldKind::Unknown, Value::Opaque(_)) => true,
             (FieldKind::Unknown, _) => false,
         }
@@ -773,6 +809,31 @@ fn check_contents(field: FieldKind, value: &Value) -> Result<(), RecordError> {
         Value::AddressBook(address_book) => check_text(field, &address_book.name),
         Value::Vcard(vcard) => check_text(field, &vcard.uid),
         Value::Facebook(_) | Value::Flag(_) | Value::Opaque(_) => Ok(()),
+        Value::Calendar(calendar) => {
+            if !crate::history::calendar_is_valid(calendar) {
+                return Err(RecordError::HistoryOutOfBounds { field });
+            }
+            for meeting in &calendar.recent {
+                check_text(field, &meeting.title)?;
+                for participant in &meeting.participants {
+                    texts(&[&participant.email, &participant.name])?;
+                }
+            }
+            Ok(())
+        }
+        Value::Mail(mail) => {
+            if !crate::history::mail_is_valid(mail) {
+                return Err(RecordError::HistoryOutOfBounds { field });
+            }
+            mail.recent
+                .iter()
+                .try_for_each(|subject| check_text(field, &subject.subject))
+        }
+        Value::Twitter(twitter) => texts(&[
+            &twitter.account_id,
+            &twitter.screen_name,
+            &twitter.display_name,
+        ]),
     }
 }
 
@@ -1156,6 +1217,12 @@ pub enum Source {
     AddressBook(proto::AddressBookSource),
     /// An imported vCard.
     VCard(proto::VCardSource),
+    /// Meetings with the contact: the join of every head of `source/calendar`.
+    Calendar(proto::CalendarSource),
+    /// Mail header statistics: the join of every head of `source/mail`.
+    Mail(proto::MailSource),
+    /// A Twitter/X account.
+    Twitter(proto::TwitterSource),
 }
 
 impl Source {
@@ -1167,6 +1234,9 @@ impl Source {
             Source::IMessage(_) => SourceKind::IMessage,
             Source::AddressBook(_) => SourceKind::AddressBook,
             Source::VCard(_) => SourceKind::VCard,
+            Source::Calendar(_) => SourceKind::Calendar,
+            Source::Mail(_) => SourceKind::Mail,
+            Source::Twitter(_) => SourceKind::Twitter,
         }
     }
 
@@ -1178,6 +1248,9 @@ impl Source {
             Source::IMessage(source) => Value::Imessage(source.clone()),
             Source::AddressBook(source) => Value::AddressBook(source.clone()),
             Source::VCard(source) => Value::Vcard(source.clone()),
+            Source::Calendar(source) => Value::Calendar(source.clone()),
+            Source::Mail(source) => Value::Mail(source.clone()),
+            Source::Twitter(source) => Value::Twitter(source.clone()),
         };
         proto::FieldValue { value: Some(value) }
     }
@@ -1263,6 +1336,22 @@ impl Contact {
                     contact.sources.push(Source::VCard(source.clone()));
                 }
                 (FieldKind::Custom, Value::Opaque(_)) | (FieldKind::Unknown, _) => {}
+                (FieldKind::Source(kind), _) if kind.is_joined() => {
+                    // Every head counts: concurrent imports are joined, not one chosen.
+                    let joined = record
+                        .field(key)
+                        .and_then(|field| crate::history::join_all(field.heads().map(|h| h.value)));
+                    match joined.and_then(|v| v.value) {
+                        Some(Value::Calendar(source)) => {
+                            contact.sources.push(Source::Calendar(source));
+                        }
+                        Some(Value::Mail(source)) => contact.sources.push(Source::Mail(source)),
+                        _ => {}
+                    }
+                }
+                (FieldKind::Source(_), Value::Twitter(source)) => {
+                    contact.sources.push(Source::Twitter(source.clone()));
+                }
                 (FieldKind::Custom, _) => {
                     if let Some(name) = key.detail() {
                         contact.custom.insert(name.to_owned(), field_value.clone());
@@ -1406,6 +1495,9 @@ mod tests {
                 FieldKind::Source(SourceKind::AddressBook),
             ),
             ("source/vcard", FieldKind::Source(SourceKind::VCard)),
+            ("source/calendar", FieldKind::Source(SourceKind::Calendar)),
+            ("source/mail", FieldKind::Source(SourceKind::Mail)),
+            ("source/twitter", FieldKind::Source(SourceKind::Twitter)),
             ("custom/Favourite colour", FieldKind::Custom),
         ];
         for (text, kind) in keys {
@@ -2130,6 +2222,83 @@ mod tests {
                 prop_assert!(encode_batch(&decoded).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn concurrent_histories_are_joined_not_conflicting() {
+        use crate::history::{join_mail, mail_message_hash, sketch_count, sketch_insert};
+        use crate::merge::ContactSet;
+        let history = |messages: &[&str]| {
+            let mut mail = proto::MailSource::default();
+            for message in messages {
+                let mut one = proto::MailSource::default();
+                let mut sent = proto::CountSketch::default();
+                sketch_insert(&mut sent, mail_message_hash(message));
+                one.sent = Some(sent);
+                mail = join_mail(&mail, &one);
+            }
+            proto::FieldValue {
+                value: Some(Value::Mail(mail)),
+            }
+        };
+        let key = FieldKey::source(SourceKind::Mail);
+        // Two devices import overlapping mailboxes without seeing each other's write.
+        let a = FieldWrite::set(key.clone(), history(&["<1@x>", "<2@x>"]), []).unwrap();
+        let b = FieldWrite::set(key.clone(), history(&["<2@x>", "<3@x>"]), []).unwrap();
+        let op_a = Operation::upsert(record_id(), Hlc::new(5, 0, device(1)), [a]).unwrap();
+        let op_b = Operation::upsert(record_id(), Hlc::new(6, 0, device(2)), [b]).unwrap();
+        for order in [[&op_a, &op_b], [&op_b, &op_a]] {
+            let mut set = ContactSet::new();
+            for op in order {
+                set.apply(op);
+            }
+            let contact = set.contact(&record_id()).unwrap();
+            let [Source::Mail(mail)] = contact.sources() else {
+                panic!("{:?}", contact.sources())
+            };
+            assert_eq!(
+                sketch_count(mail.sent.as_ref().unwrap()),
+                3,
+                "message 2 counts once"
+            );
+        }
+    }
+
+    #[test]
+    fn histories_beyond_their_bounds_are_rejected() {
+        let sketch = proto::CountSketch {
+            hashes: (0..=crate::history::SKETCH_K as u64).collect(),
+            saturated: false,
+        };
+        let too_big = proto::FieldValue {
+            value: Some(Value::Mail(proto::MailSource {
+                sent: Some(sketch),
+                ..Default::default()
+            })),
+        };
+        let unsorted = proto::FieldValue {
+            value: Some(Value::Mail(proto::MailSource {
+                received: Some(proto::CountSketch {
+                    hashes: vec![2, 1],
+                    saturated: false,
+                }),
+                ..Default::default()
+            })),
+        };
+        for value in [too_big, unsorted] {
+            assert_eq!(
+                FieldKey::source(SourceKind::Mail).check_value(&value),
+                Err(RecordError::HistoryOutOfBounds {
+                    field: FieldKind::Source(SourceKind::Mail)
+                })
+            );
+        }
+        let wrong_type = value::text("x");
+        assert!(
+            FieldKey::source(SourceKind::Calendar)
+                .check_value(&wrong_type)
+                .is_err()
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! | macOS Messages `chat.db` | [`imessage`] | per handle: messages sent and received in one-to-one chats, first and last date, group chats shared — never text, attributed bodies, subjects or attachments |
 //! | macOS Contacts `AddressBook-v22.abcddb` | [`address_book`] | only the name stored for a phone number or e-mail address |
 //! | vCard 2.1, 3.0, 4.0 | [`vcard`] | name, e-mails, phones, URLs, social profiles, company, title, birthday, note, UID |
+//! | iCalendar `.ics`, Google Takeout zip | [`calendar`] | per attendee: e-mail, `CN` name, and each meeting's start, end, title and other attendees — never descriptions, locations or attachments |
+//! | mbox (Gmail Takeout, Thunderbird, Apple Mail) | [`mail`] | the header block only: `From`, `To`, `Cc`, `Date`, `Subject`, `Message-ID` and the bulk-mail markers — never a body |
+//! | Twitter/X archive zip | [`twitter`] | account ids you follow and that follow you, names from mentions in your own tweets — never direct messages |
 //!
 //! Every importer returns an [`ImportReport`]: the contacts it found, the rows or records it
 //! skipped (with their line, row or entry number) and the fields it left out. A file of the wrong
@@ -25,10 +28,14 @@ use std::path::Path;
 use kith_protocol::proto;
 
 pub mod address_book;
+mod archive;
+pub mod calendar;
 pub mod facebook;
 pub mod imessage;
 pub mod linkedin;
+pub mod mail;
 pub mod phone;
+pub mod twitter;
 pub mod vcard;
 
 mod sqlite;
@@ -52,9 +59,27 @@ pub enum Source {
     AddressBook,
     /// A vCard file.
     VCard,
+    /// An iCalendar file or Google Takeout calendar zip.
+    Calendar,
+    /// An mbox of mail (headers only).
+    Mail,
+    /// A Twitter/X archive.
+    Twitter,
 }
 
 impl Source {
+    /// Every source, in the order the CLI lists them.
+    pub const ALL: [Source; 8] = [
+        Source::LinkedIn,
+        Source::Facebook,
+        Source::IMessage,
+        Source::AddressBook,
+        Source::VCard,
+        Source::Calendar,
+        Source::Mail,
+        Source::Twitter,
+    ];
+
     /// The label used in record-id derivation (`LP(source)` in `docs/PROTOCOL.md` §2.1).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +88,9 @@ impl Source {
             Source::IMessage => "imessage",
             Source::AddressBook => "address-book",
             Source::VCard => "vcard",
+            Source::Calendar => "calendar",
+            Source::Mail => "mail",
+            Source::Twitter => "twitter",
         }
     }
 
@@ -74,6 +102,9 @@ impl Source {
             Source::IMessage => "source/imessage",
             Source::AddressBook => "source/address-book",
             Source::VCard => "source/vcard",
+            Source::Calendar => "source/calendar",
+            Source::Mail => "source/mail",
+            Source::Twitter => "source/twitter",
         }
     }
 }
@@ -86,7 +117,7 @@ impl fmt::Display for Source {
 
 /// What a source says about a contact, as the `source/…` field stores it.
 ///
-/// Only the five `*Source` messages of `records.proto` can be held here, so a provenance is
+/// Only the `*Source` messages of `records.proto` can be held here, so a provenance is
 /// always a valid value of its `source/…` field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Provenance {
@@ -100,6 +131,12 @@ pub enum Provenance {
     AddressBook(proto::AddressBookSource),
     /// From a vCard file.
     VCard(proto::VCardSource),
+    /// Meetings from a calendar (joined with what the record holds, not replacing it).
+    Calendar(proto::CalendarSource),
+    /// Mail header statistics (joined with what the record holds, not replacing it).
+    Mail(proto::MailSource),
+    /// A Twitter/X account.
+    Twitter(proto::TwitterSource),
 }
 
 impl Provenance {
@@ -111,6 +148,9 @@ impl Provenance {
             Provenance::IMessage(_) => Source::IMessage,
             Provenance::AddressBook(_) => Source::AddressBook,
             Provenance::VCard(_) => Source::VCard,
+            Provenance::Calendar(_) => Source::Calendar,
+            Provenance::Mail(_) => Source::Mail,
+            Provenance::Twitter(_) => Source::Twitter,
         }
     }
 
@@ -123,6 +163,9 @@ impl Provenance {
             Provenance::IMessage(s) => Value::Imessage(s.clone()),
             Provenance::AddressBook(s) => Value::AddressBook(s.clone()),
             Provenance::VCard(s) => Value::Vcard(s.clone()),
+            Provenance::Calendar(s) => Value::Calendar(s.clone()),
+            Provenance::Mail(s) => Value::Mail(s.clone()),
+            Provenance::Twitter(s) => Value::Twitter(s.clone()),
         };
         proto::FieldValue { value: Some(value) }
     }
@@ -162,6 +205,9 @@ pub struct ImportedContact {
     /// Set when the name was taken from the macOS Contacts database (iMessage import with an
     /// address book): the `source/address-book` field.
     pub address_book: Option<proto::AddressBookSource>,
+    /// Record this contact only on a record that exists for another reason (one of its
+    /// [`identities`](Self::identities) is known): a one-way Twitter follow.
+    pub only_if_known: bool,
 }
 
 impl ImportedContact {
@@ -180,6 +226,7 @@ impl ImportedContact {
             note: None,
             provenance,
             address_book: None,
+            only_if_known: false,
         }
     }
 
@@ -214,7 +261,18 @@ impl ImportedContact {
             Provenance::Facebook(_) | Provenance::VCard(_) => {
                 out.insert(format!("{}:{}", self.source(), self.source_identity));
             }
-            Provenance::IMessage(_) | Provenance::AddressBook(_) => {}
+            Provenance::Twitter(source) => {
+                out.insert(format!("twitter:{}", source.account_id));
+            }
+            Provenance::IMessage(_)
+            | Provenance::AddressBook(_)
+            | Provenance::Calendar(_)
+            | Provenance::Mail(_) => {}
+        }
+        for handle in &self.handles {
+            if handle.service == "twitter" {
+                out.insert(format!("twitter-handle:{}", handle.handle.to_lowercase()));
+            }
         }
         out.into_iter().collect()
     }
@@ -379,6 +437,8 @@ pub struct ImportOptions {
     /// Largest SQLite database opened. SQLite pages through the file, so memory does not grow
     /// with it, and a heavy Messages user's `chat.db` is several GiB. Default 16 GiB.
     pub max_database_bytes: u64,
+    /// Largest file read as a stream (an mbox): memory does not grow with it. Default 64 GiB.
+    pub max_stream_bytes: u64,
     /// Most contacts (or handles, or address-book entries) one import may produce; more is
     /// [`ImportError::TooManyRecords`]. Default 1,000,000.
     pub max_records: usize,
@@ -400,6 +460,7 @@ impl Default for ImportOptions {
         ImportOptions {
             max_file_bytes: 256 * 1024 * 1024,
             max_database_bytes: 16 * 1024 * 1024 * 1024,
+            max_stream_bytes: 64 * 1024 * 1024 * 1024,
             max_records: 1_000_000,
             max_field_bytes: 16 * 1024,
             max_values_per_field: 100,
@@ -431,6 +492,12 @@ pub enum FileKind {
     ContactsDatabase,
     /// vCard (`.vcf`).
     VCard,
+    /// iCalendar (`.ics`) or a zip of them.
+    Calendar,
+    /// mbox.
+    Mbox,
+    /// Twitter/X archive zip.
+    TwitterArchive,
 }
 
 impl fmt::Display for FileKind {
@@ -441,6 +508,9 @@ impl fmt::Display for FileKind {
             FileKind::MessagesDatabase => "Messages chat.db",
             FileKind::ContactsDatabase => "Contacts AddressBook-v22.abcddb",
             FileKind::VCard => "vCard file",
+            FileKind::Calendar => "iCalendar file (.ics) or a zip of them",
+            FileKind::Mbox => "mbox file",
+            FileKind::TwitterArchive => "Twitter archive zip",
         })
     }
 }
@@ -492,6 +562,9 @@ pub enum ImportError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// The mail importer was given none of the owner's addresses.
+    #[error("the owner's e-mail address is needed (--me EMAIL) to tell sent mail from received")]
+    MissingOwner,
     /// A phone region that is not a known two-letter country code.
     #[error("unknown phone region: expected a two-letter country code such as \"US\"")]
     UnknownRegion,
