@@ -46,11 +46,18 @@ struct TamperingStore {
     inner: SledStore,
     mode: Mutex<Tamper>,
     first_roster: Mutex<Option<Vec<u8>>>,
+    /// An envelope served at the start of this device's stream, whatever its header says.
+    injected: Mutex<Option<(DeviceId, Vec<u8>)>>,
 }
 
 impl TamperingStore {
     fn set(&self, mode: Tamper) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// From now on, serves `envelope` first whenever `device`'s stream is read.
+    fn inject(&self, device: DeviceId, envelope: Vec<u8>) {
+        *self.injected.lock().unwrap() = Some((device, envelope));
     }
 }
 
@@ -146,6 +153,12 @@ impl Store for TamperingStore {
             Tamper::None | Tamper::RollbackRoster => all,
         };
         served.retain(|(s, _)| *s > after_seq || matches!(mode, Tamper::Reverse));
+        if let Some((into, envelope)) = self.injected.lock().unwrap().clone()
+            && into == *device
+            && let Some(&(seq, _)) = served.first()
+        {
+            served.insert(0, (seq, envelope));
+        }
         for (seq, bytes) in served {
             if !sink(seq, &bytes) {
                 return Ok(ReadEnd::More);
@@ -251,6 +264,7 @@ impl World {
             inner,
             mode: Mutex::new(Tamper::None),
             first_roster: Mutex::new(None),
+            injected: Mutex::new(None),
         });
         let relay = Relay::start_with_store(config, store.clone())
             .await
@@ -434,4 +448,48 @@ async fn rolled_back_roster_is_refused() {
         "a must refuse the old roster: {result:?}"
     );
     let _ = b;
+}
+
+fn names(device: &Device) -> Vec<String> {
+    let mut names: Vec<String> = device
+        .contacts()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.name().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A relay serves a removed device's envelope past its `final_seq` (one the device signed
+/// before it learnt of its removal), in the middle of another device's stream. Receivers treat
+/// it as the end of the removed device's stream: never merged, and every other stream is still
+/// pulled and merged, on the revoker and on a device linked afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_devices_envelope_past_final_seq_stops_no_other_stream() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    let contact = |name: &str| ContactFields {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    b.add_contact(&contact("From B")).await.unwrap();
+    b.sync().await.unwrap();
+    b.add_contact(&contact("B after its removal"))
+        .await
+        .unwrap();
+    let late = b.seal_pending_for_tests().unwrap();
+    assert_eq!(late.len(), 1, "one envelope at seq 2, never pushed");
+    a.revoke(&b.device_id()).await.unwrap();
+    c.add_contact(&contact("From C")).await.unwrap();
+    c.sync().await.unwrap();
+
+    world.store.inject(c.device_id(), late[0].clone());
+    a.sync()
+        .await
+        .unwrap_or_else(|e| panic!("a stream past its end stopped the sync: {e}"));
+    assert_eq!(names(&a), ["From B", "From C"]);
+    let d = kith_e2e::link(&a, &world.home.join("d"), world.target(), "d").await;
+    assert_eq!(names(&d), ["From B", "From C"]);
 }

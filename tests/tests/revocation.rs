@@ -1,0 +1,147 @@
+//! Revocation at the edges: a device revoked while it is pushing, as a stolen phone that keeps
+//! syncing would be (issue 10, finding 1). Real relay on loopback, real clients.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kith_client::net::RelayTarget;
+use kith_client::{ClientError, ContactFields, Device};
+use kith_relay::{Relay, RelayConfig, RelayHandle};
+use tempfile::TempDir;
+
+struct World {
+    dir: TempDir,
+    relay: RelayHandle,
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::start(RelayConfig::for_tests(dir.path().join("relay")))
+            .await
+            .unwrap();
+        Self { dir, relay }
+    }
+
+    fn target(&self) -> RelayTarget {
+        RelayTarget::pinned(
+            self.relay.local_addr().to_string(),
+            &hex::encode(self.relay.cert_sha256()),
+        )
+        .unwrap()
+    }
+
+    fn home(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn first_device(&self, name: &str) -> Device {
+        Device::create(&self.home(name), self.target(), name, None)
+            .await
+            .unwrap()
+            .0
+    }
+
+    async fn link(&self, approver: &Device, name: &str) -> Device {
+        kith_e2e::link(approver, &self.home(name), self.target(), name).await
+    }
+}
+
+fn person(name: &str) -> ContactFields {
+    ContactFields {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn names(device: &Device) -> Vec<String> {
+    let mut names: Vec<String> = device
+        .contacts()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.name().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Adds a contact and syncs, again and again, until the device learns it was revoked or
+/// `stop` is set. Returns the contacts the relay acknowledged. Transient errors (a relay asking
+/// it to wait) are retried, anything else fails the test.
+async fn push_until_revoked(device: Device, stop: Arc<AtomicBool>) -> Vec<String> {
+    let mut written = Vec::new();
+    let mut acknowledged = 0;
+    for i in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let name = format!("{} {i:04}", device.device_name());
+        device.add_contact(&person(&name)).await.unwrap();
+        written.push(name);
+        match device.sync_once().await {
+            // Everything written so far was pushed and acknowledged.
+            Ok(_) => acknowledged = written.len(),
+            Err(ClientError::Revoked) => break,
+            Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => panic!("the pushing device failed with {e}"),
+        }
+    }
+    written.truncate(acknowledged);
+    written
+}
+
+/// A device pushing in a loop is revoked by another, at a different moment in each round.
+/// Afterwards the revoker, the other remaining device and a device linked after the
+/// revocation all sync cleanly and agree on every contact, and none of them holds a contact
+/// the revoked device wrote after its removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_device_while_it_pushes_leaves_every_other_device_syncing() {
+    const ROUNDS: u64 = 12;
+    let world = World::new().await;
+    for round in 0..ROUNDS {
+        let a = world.first_device(&format!("a{round}")).await;
+        a.add_contact(&person("Ada Lovelace")).await.unwrap();
+        a.sync().await.unwrap();
+        let b = world.link(&a, &format!("b{round}")).await;
+        let c = world.link(&a, &format!("c{round}")).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let pusher = tokio::spawn(push_until_revoked(b.clone(), stop.clone()));
+        // A different moment in every round: from right away to well into b's pushing.
+        tokio::time::sleep(Duration::from_millis(round * 17 % 90)).await;
+        let revoked = a.revoke(&b.device_id()).await;
+        stop.store(true, Ordering::Relaxed);
+        let acknowledged = pusher.await.unwrap();
+        revoked.unwrap_or_else(|e| panic!("round {round}: revoking failed: {e}"));
+
+        for (name, device) in [("a", &a), ("c", &c)] {
+            device
+                .sync()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {name} cannot sync: {e}"));
+        }
+        let d = world.link(&a, &format!("d{round}")).await;
+        for (name, device) in [("a", &a), ("c", &c), ("d", &d)] {
+            device
+                .sync()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {name} cannot sync: {e}"));
+        }
+        let on_a = names(&a);
+        assert_eq!(names(&c), on_a, "round {round}: c and a disagree");
+        assert_eq!(names(&d), on_a, "round {round}: d and a disagree");
+        // Whatever the relay acknowledged to b before its removal is kept: b's stream ends
+        // at final_seq, and final_seq is never below an acknowledged push.
+        let lost: Vec<&String> = acknowledged.iter().filter(|n| !on_a.contains(n)).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged, then lost: {lost:?}"
+        );
+        let b_merged = on_a.iter().filter(|n| n.starts_with('b')).count();
+        eprintln!(
+            "round {round}: {} contacts of b acknowledged, {b_merged} merged",
+            acknowledged.len()
+        );
+    }
+}
