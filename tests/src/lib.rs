@@ -134,3 +134,15 @@ pub mod relay_child {
         }
     }
 }
+
+/// The names of the device's contacts, sorted: what a person sees in the list.
+pub fn names(device: &Device) -> Vec<String> {
+    let mut names: Vec<String> = device
+        .contacts()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.name().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use kith_client::net::RelayTarget;
 use kith_client::{ClientError, ContactFields, Device, SyncReport};
+use kith_e2e::names;
 use kith_protocol::stream::StreamError;
 use kith_protocol::{AccountId, DeviceId};
 use kith_relay::store::{
@@ -450,17 +451,6 @@ async fn rolled_back_roster_is_refused() {
     let _ = b;
 }
 
-fn names(device: &Device) -> Vec<String> {
-    let mut names: Vec<String> = device
-        .contacts()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c.name().map(str::to_string))
-        .collect();
-    names.sort();
-    names
-}
-
 /// A relay serves a removed device's envelope past its `final_seq` (one the device signed
 /// before it learnt of its removal), in the middle of another device's stream. Receivers treat
 /// it as the end of the removed device's stream: never merged, and every other stream is still
@@ -486,10 +476,20 @@ async fn a_removed_devices_envelope_past_final_seq_stops_no_other_stream() {
     c.sync().await.unwrap();
 
     world.store.inject(c.device_id(), late[0].clone());
-    a.sync()
+    let report = a
+        .sync()
         .await
         .unwrap_or_else(|e| panic!("a stream past its end stopped the sync: {e}"));
     assert_eq!(names(&a), ["From B", "From C"]);
+    assert_eq!(
+        report.past_end,
+        [kith_client::PastEnd {
+            device: b.device_id(),
+            final_seq: 1,
+            seq: 2
+        }],
+        "the end of b's stream is reported"
+    );
     let d = kith_e2e::link(&a, &world.home.join("d"), world.target(), "d").await;
     assert_eq!(names(&d), ["From B", "From C"]);
 }

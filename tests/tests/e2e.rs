@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use kith_client::net::RelayTarget;
 use kith_client::{ClientError, ContactFields, Device};
+use kith_e2e::names;
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 use tempfile::TempDir;
 
@@ -79,17 +80,6 @@ fn person(name: &str, email: &str) -> ContactFields {
         email: Some(email.into()),
         ..Default::default()
     }
-}
-
-fn names(device: &Device) -> Vec<String> {
-    let mut names: Vec<String> = device
-        .contacts()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c.name().map(str::to_string))
-        .collect();
-    names.sort();
-    names
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

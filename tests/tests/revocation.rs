@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kith_client::net::RelayTarget;
 use kith_client::{ClientError, ContactFields, Device};
+use kith_e2e::names;
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 use tempfile::TempDir;
 
@@ -19,9 +20,10 @@ struct World {
 impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let relay = Relay::start(RelayConfig::for_tests(dir.path().join("relay")))
-            .await
-            .unwrap();
+        let mut config = RelayConfig::for_tests(dir.path().join("relay"));
+        // Every round links three devices, each taking its pairing slot from this address.
+        config.limits.lookups_per_minute = 10_000;
+        let relay = Relay::start(config).await.unwrap();
         Self { dir, relay }
     }
 
@@ -54,17 +56,6 @@ fn person(name: &str) -> ContactFields {
         name: Some(name.into()),
         ..Default::default()
     }
-}
-
-fn names(device: &Device) -> Vec<String> {
-    let mut names: Vec<String> = device
-        .contacts()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c.name().map(str::to_string))
-        .collect();
-    names.sort();
-    names
 }
 
 /// Adds a contact and syncs, again and again, until the device learns it was revoked or

@@ -205,6 +205,11 @@ pub struct LinkApproval {
     pub joined: bool,
 }
 
+/// Rosters a revocation signs before it gives up, each after pulling the revoked device's
+/// stream further. The relay stops taking the device's pushes after the first refusal, so the
+/// second attempt normally succeeds; the others cover a relay that forgot that meanwhile.
+const REVOKE_ATTEMPTS: usize = 5;
+
 const STORE_DIR: &str = "store";
 const KEY_FILE: &str = "device.key";
 
@@ -282,13 +287,7 @@ impl Device {
             &epoch1,
             &mut rng,
         );
-        expect_ok(
-            connection
-                .request(request::Kind::PutSealedEpochKeys(
-                    proto::PutSealedEpochKeys { keys: vec![sealed] },
-                ))
-                .await?,
-        )?;
+        put_sealed_epoch_keys(&connection, vec![sealed]).await?;
 
         // Nothing is written to the home before the relay accepted the account, so a relay
         // that cannot be reached, or refuses it, leaves no home behind (nor does Ctrl-C).
@@ -690,75 +689,99 @@ impl Device {
     /// Revokes another device: a new roster without it, signed by a fresh account key (the
     /// chain's next link), and a new epoch sealed only to the remaining devices. The relay then
     /// refuses the revoked device, and it cannot decrypt anything written afterwards.
+    ///
+    /// The roster ends the device's stream at `final_seq`, the last envelope of it this device
+    /// verified. If the device pushed more meanwhile, the relay refuses the roster
+    /// (`STREAM_AHEAD`) and stops taking its pushes for a while; this device then pulls the
+    /// stream to its end and signs again (docs/PROTOCOL.md §4).
     pub async fn revoke(&self, device: &DeviceId) -> Result<()> {
         if *device == self.inner.device_id {
             return Err(ClientError::CannotRevokeSelf);
         }
         self.sync().await?;
-        let final_seq = self.cursor_of(device)?.map(|(seq, _)| seq).unwrap_or(0);
-        let mut slot = self.inner.connection.lock().await;
-        let connection = self.connection(&mut slot).await?.clone();
         let mut rng = system_rng();
-        let (roster, new_key, new_epoch, number, sealed_keys) = {
-            let state = self.state();
-            if state.roster.device(device).is_none() {
-                return Err(ClientError::UnknownDevice(*device));
-            }
-            // The next account key is derived from the next epoch's secret, so sealing the epoch
-            // to the remaining devices also hands them the key (docs/PROTOCOL.md §4).
-            let new_epoch = EpochSecret::generate(&mut rng);
-            let new_key = epoch::account_key_for_epoch(&state.account_id, &new_epoch);
-            let roster = state.roster.remove_device(
-                &state.account_key,
-                device,
-                final_seq,
-                &new_key,
-                &new_epoch,
-                &state.epochs,
-                now_ms(),
-                &mut rng,
-            )?;
-            let number = roster.epoch();
-            let sealed_keys = roster
-                .devices()
-                .map(|entry| {
-                    epoch::seal_epoch_key(
+        // The next account key is derived from the next epoch's secret, so sealing the epoch
+        // to the remaining devices also hands them the key (docs/PROTOCOL.md §4). Both stay the
+        // same across attempts; only final_seq changes.
+        let new_epoch = EpochSecret::generate(&mut rng);
+        let new_key = epoch::account_key_for_epoch(&self.account_id(), &new_epoch);
+        let mut sealed_to: Vec<DeviceId> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let final_seq = self.cursor_of(device)?.map(|(seq, _)| seq).unwrap_or(0);
+            let mut slot = self.inner.connection.lock().await;
+            let connection = self.connection(&mut slot).await?.clone();
+            let (roster, sealed_keys) = {
+                let state = self.state();
+                if state.roster.device(device).is_none() {
+                    return Err(ClientError::UnknownDevice(*device));
+                }
+                let roster = state.roster.remove_device(
+                    &state.account_key,
+                    device,
+                    final_seq,
+                    &new_key,
+                    &new_epoch,
+                    &state.epochs,
+                    now_ms(),
+                    &mut rng,
+                )?;
+                // Sealed to every remaining device, once (a device linked between two
+                // attempts gets its key with the next one).
+                let mut sealed_keys = Vec::new();
+                for entry in roster.devices() {
+                    if sealed_to.contains(&entry.device_id()) {
+                        continue;
+                    }
+                    sealed_to.push(entry.device_id());
+                    sealed_keys.push(epoch::seal_epoch_key(
                         &state.account_id,
                         &entry.device_id(),
                         entry.agreement_key(),
-                        number,
+                        roster.epoch(),
                         &new_epoch,
                         &mut rng,
-                    )
-                })
-                .collect::<Vec<_>>();
-            (roster, new_key, new_epoch, number, sealed_keys)
-        };
-        // Keys first: a device that sees the new roster must find its sealed epoch key.
-        expect_ok(
-            connection
-                .request(request::Kind::PutSealedEpochKeys(
-                    proto::PutSealedEpochKeys { keys: sealed_keys },
-                ))
-                .await?,
-        )?;
-        expect_ok(
-            connection
+                    ));
+                }
+                (roster, sealed_keys)
+            };
+            // Keys first: a device that sees the new roster must find its sealed epoch key.
+            if !sealed_keys.is_empty() {
+                put_sealed_epoch_keys(&connection, sealed_keys).await?;
+            }
+            let answer = connection
                 .request(request::Kind::PutRoster(proto::PutRoster {
                     roster: roster.encoded().to_vec(),
                 }))
-                .await?,
-        )?;
-        {
-            let mut state = self.state();
-            state.roster = roster;
-            state.account_key = new_key;
-            state.epochs.insert(number, new_epoch)?;
+                .await;
+            match answer {
+                Err(e)
+                    if e.relay_code() == Some(proto::ErrorCode::StreamAhead)
+                        && attempt < REVOKE_ATTEMPTS =>
+                {
+                    tracing::info!(
+                        attempt,
+                        "the revoked device pushed past what this device had seen; pulling it"
+                    );
+                    drop(slot);
+                    self.sync().await?;
+                    continue;
+                }
+                answer => expect_ok(answer?)?,
+            }
+            {
+                let mut state = self.state();
+                let number = roster.epoch();
+                state.roster = roster;
+                state.account_key = new_key;
+                state.epochs.insert(number, new_epoch)?;
+            }
+            self.persist_state()?;
+            self.inner.store.flush().await?;
+            self.put_recovery_bundle(&connection).await?;
+            return Ok(());
         }
-        self.persist_state()?;
-        self.inner.store.flush().await?;
-        self.put_recovery_bundle(&connection).await?;
-        Ok(())
     }
 
     /// Restores the account on a new device from the recovery key, when every old device is
@@ -892,10 +915,15 @@ async fn put_own_epoch_keys(
             )
         })
         .collect();
+    put_sealed_epoch_keys(connection, sealed_keys).await
+}
+
+/// Stores sealed epoch keys on the relay.
+async fn put_sealed_epoch_keys(connection: &RelayConnection, keys: Vec<Vec<u8>>) -> Result<()> {
     expect_ok(
         connection
             .request(request::Kind::PutSealedEpochKeys(
-                proto::PutSealedEpochKeys { keys: sealed_keys },
+                proto::PutSealedEpochKeys { keys },
             ))
             .await?,
     )?;

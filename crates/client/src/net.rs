@@ -133,7 +133,8 @@ impl NetError {
         }
     }
 
-    /// Whether retrying later may succeed (connection trouble, storage pressure, rate limits).
+    /// Whether retrying later may succeed (connection trouble, storage pressure, rate limits, a
+    /// revocation of this device under way that may yet be abandoned).
     /// An unreachable relay counts: it may come back, which a watcher waits for; a one-shot
     /// command should not ([`NetError::is_retryable_now`]).
     pub fn is_transient(&self) -> bool {
@@ -144,6 +145,7 @@ impl NetError {
                 proto::ErrorCode::Storage
                     | proto::ErrorCode::RateLimited
                     | proto::ErrorCode::ShuttingDown
+                    | proto::ErrorCode::DeviceFenced
             ),
             _ => false,
         }

@@ -43,6 +43,23 @@ pub struct SyncReport {
     pub pulled: usize,
     /// Records whose merged state changed.
     pub changed: BTreeSet<RecordId>,
+    /// Envelopes of removed devices past their `final_seq` that the relay served: the end of
+    /// those streams, never merged (a relay that follows the protocol never serves them).
+    pub past_end: Vec<PastEnd>,
+}
+
+/// An envelope of a removed device past the `final_seq` the roster gives it, as a relay served
+/// it. Receivers treat it as the end of that device's stream: it is never merged, and the
+/// device's stream is not pulled further, while every other stream goes on
+/// (docs/PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PastEnd {
+    /// The removed device.
+    pub device: DeviceId,
+    /// The last seq of it the roster admits.
+    pub final_seq: u64,
+    /// The seq served past it.
+    pub seq: u64,
 }
 
 impl Device {
@@ -89,9 +106,10 @@ impl Device {
         self.refresh_roster(connection).await?;
         self.seal_pending()?;
         report.pushed = self.push_outbox(connection).await?;
-        let (pulled, changed) = self.pull(connection).await?;
+        let (pulled, changed, past_end) = self.pull(connection).await?;
         report.pulled = pulled;
         report.changed = changed;
+        report.past_end = past_end;
         Ok(report)
     }
 
@@ -388,15 +406,29 @@ impl Device {
         Ok(writers)
     }
 
-    async fn pull(&self, connection: &RelayConnection) -> Result<(usize, BTreeSet<RecordId>)> {
+    async fn pull(
+        &self,
+        connection: &RelayConnection,
+    ) -> Result<(usize, BTreeSet<RecordId>, Vec<PastEnd>)> {
         let mut total = 0;
         let mut changed = BTreeSet::new();
+        let mut past_end = Vec::new();
         let mut verifiers: HashMap<DeviceId, StreamVerifier> = HashMap::new();
+        // Streams with nothing more to pull: removed devices verified up to their final_seq,
+        // or that a relay served past it. Their cursor asks for nothing (`u64::MAX`), so a
+        // relay that serves past the end cannot make one stream hold up the others.
+        let mut ended: BTreeSet<DeviceId> = BTreeSet::new();
         for writer in self.writers()? {
             let verifier = match self.cursor_of(&writer)? {
                 Some((seq, hash)) => StreamVerifier::resume(writer, seq, hash),
                 None => StreamVerifier::new(writer),
             };
+            if self
+                .final_seq_of(&writer)
+                .is_some_and(|final_seq| final_seq <= verifier.last_seq())
+            {
+                ended.insert(writer);
+            }
             verifiers.insert(writer, verifier);
         }
         let mut refreshed_keys = false;
@@ -408,7 +440,11 @@ impl Device {
                 .iter()
                 .map(|(device, v)| proto::Cursor {
                     device_id: device.as_bytes().to_vec(),
-                    after_seq: v.last_seq(),
+                    after_seq: if ended.contains(device) {
+                        u64::MAX
+                    } else {
+                        v.last_seq()
+                    },
                 })
                 .collect();
             let answer = connection
@@ -426,6 +462,7 @@ impl Device {
                 .iter()
                 .filter_map(|s| Some((DeviceId::from_slice(&s.device_id).ok()?, s.first_seq)))
                 .collect();
+            let ended_before = ended.len();
             let mut parsed = Vec::with_capacity(page.envelopes.len());
             for stored in &page.envelopes {
                 let envelope = ParsedEnvelope::decode(&stored.envelope)?;
@@ -433,10 +470,35 @@ impl Device {
                 if writer == self.inner.device_id {
                     continue;
                 }
+                let seq = envelope.header().seq;
+                if let Some(final_seq) = self.final_seq_of(&writer)
+                    && seq > final_seq
+                {
+                    ended.insert(writer);
+                    if !past_end.iter().any(|p: &PastEnd| p.device == writer) {
+                        tracing::warn!(
+                            seq,
+                            final_seq,
+                            "the relay served a removed device's envelope past its final seq; \
+                             that stream ends there"
+                        );
+                        past_end.push(PastEnd {
+                            device: writer,
+                            final_seq,
+                            seq,
+                        });
+                    }
+                    continue;
+                }
                 parsed.push(envelope);
             }
             parsed.sort_by_key(|e| (e.header().device_id, e.header().seq));
             if parsed.is_empty() {
+                if page.more && ended.len() > ended_before {
+                    // Everything served was past a stream's end; that stream is no longer
+                    // asked for, so the next page moves on.
+                    continue;
+                }
                 break;
             }
             let opened = {
@@ -492,7 +554,15 @@ impl Device {
         }
         pipeline.wait().await?;
         self.inner.store.flush().await?;
-        Ok((total, changed))
+        Ok((total, changed, past_end))
+    }
+
+    /// The last seq the roster admits of `writer`, if it was removed.
+    fn final_seq_of(&self, writer: &DeviceId) -> Option<u64> {
+        self.state()
+            .roster
+            .removed_device(writer)
+            .map(|gone| gone.final_seq())
     }
 
     fn persist_cursors(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kith_protocol::ids::{AccountId, DeviceId};
 use tokio::sync::{Semaphore, broadcast, watch};
@@ -66,6 +66,10 @@ pub(crate) struct AccountInner {
     pub envelopes: u64,
     pub sealed_key_bytes: u64,
     pub deleted: bool,
+    /// Devices whose pushes are refused until the deadline: a verified roster that removes
+    /// them was refused because their stream was past its `final_seq`, and its signer is
+    /// pulling that stream to sign again (docs/PROTOCOL.md §4, "Removing a device").
+    pub fenced: HashMap<DeviceId, Instant>,
 }
 
 impl AccountInner {
@@ -79,6 +83,19 @@ impl AccountInner {
         self.durable_until
             .get(device)
             .map_or(meta.last_seq, |&durable| durable.min(meta.last_seq))
+    }
+
+    /// Whether pushes of `device` are refused for now (a revocation of it is under way).
+    /// Forgets the fence once its deadline passed.
+    pub fn is_fenced(&mut self, device: &DeviceId, now: Instant) -> bool {
+        match self.fenced.get(device) {
+            Some(&until) if until > now => true,
+            Some(_) => {
+                self.fenced.remove(device);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Records that `device`'s stream is durable up to `seq`.
@@ -123,6 +140,7 @@ impl Account {
                 envelopes,
                 sealed_key_bytes,
                 deleted: false,
+                fenced: HashMap::new(),
             }),
             events,
         }

@@ -6,6 +6,7 @@
 //! `streams` describes every stream of the account (first stored seq, last servable seq).
 //! A stream is served only up to what is durable: a pull that finds envelopes not yet confirmed
 //! joins the next group commit first, and serves them only if it succeeds (docs/PROTOCOL.md §12).
+//! A removed device's stream is served only up to the roster's `final_seq` for it.
 
 use std::collections::HashMap;
 
@@ -66,12 +67,21 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
         .acquire_many_owned(u32::try_from(reserved).unwrap_or(u32::MAX))
         .await
         .map_err(|_| RequestError::internal("pull budget closed"))?;
+    // A removed device's stream ends at its final_seq (docs/PROTOCOL.md §4): nothing past it
+    // is served, even if it was stored before this relay refused such rosters.
     let mut streams: Vec<_> = {
         let inner = account.lock();
         inner
             .streams
             .iter()
-            .map(|(d, m)| (*d, *m, inner.servable_last_seq(d, m)))
+            .map(|(d, m)| {
+                let servable = inner.servable_last_seq(d, m);
+                let end = inner
+                    .roster
+                    .removed_device(d)
+                    .map_or(servable, |gone| servable.min(gone.final_seq()));
+                (*d, *m, end)
+            })
             .collect()
     };
     streams.sort_unstable_by_key(|(device, _, _)| *device);

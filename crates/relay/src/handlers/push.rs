@@ -5,7 +5,12 @@
 //! at seqs already stored must be byte-identical (an identical retransmit is acknowledged
 //! again, a different one is `SEQ_CONFLICT`). The ack is sent only once the batch is durable,
 //! and pulls serve the batch only from then on.
+//! A device that a pending revocation fenced is refused with `DEVICE_FENCED` (see
+//! `handlers::roster`); a removed device with `DEVICE_REMOVED`, under the same lock that swaps
+//! the roster, so nothing is stored past a removed device's `final_seq`.
 //! Signatures are the clients' to check: the relay cannot forge or read, only order and store.
+
+use std::time::Instant;
 
 use bytes::Bytes;
 use kith_protocol::proto::{ErrorCode, PushAck, response};
@@ -71,6 +76,12 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
             ));
         }
         check_device(&inner.roster, &device)?;
+        if inner.is_fenced(&device, Instant::now()) {
+            return Err(RequestError::new(
+                ErrorCode::DeviceFenced,
+                "a revocation of this device is under way; retry later",
+            ));
+        }
         let meta = inner.streams.get(&device).copied().unwrap_or_default();
         if first_seq > meta.last_seq + 1 {
             return Err(RequestError::new(

@@ -4,8 +4,17 @@
 //! roster as its predecessor: signed by the current account key, or by a rotation signed by it
 //! (else `ROSTER_INVALID`). Verification runs outside the account lock; the swap re-checks that
 //! the predecessor is still current.
+//!
+//! A roster that removes a device ends that device's stream at its `final_seq`. The swap
+//! happens under the same account lock as every push, and is refused with `STREAM_AHEAD` if the
+//! removed device's stream already holds an envelope past `final_seq` (its signer saw less than
+//! the relay stored). The device is then fenced for [`FENCE`]: its pushes are refused with
+//! `DEVICE_FENCED`, so the signer can pull the stream to its end and sign again without racing
+//! a device that keeps pushing. Once the roster is swapped, the device's pushes are refused as
+//! removed: no envelope of a removed device past `final_seq` is ever stored (§4).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kith_protocol::limits::MAX_ROSTER_BYTES;
 use kith_protocol::proto::{self, ErrorCode, PutRoster, RosterResponse, response};
@@ -15,6 +24,11 @@ use super::{Reply, authorized, durable, ok, respond};
 use crate::error::RequestError;
 use crate::state::{Account, Conn, Shared, short};
 use kith_protocol::roster::VerifiedRoster;
+
+/// How long a device stays fenced after a roster removing it was refused with `STREAM_AHEAD`:
+/// ample for its signer to pull and sign again, short enough that a signer that gave up does
+/// not keep the device from pushing for long.
+pub(crate) const FENCE: Duration = Duration::from_secs(60);
 
 /// The version a signed roster claims, read before verifying so a rollback gets its own code.
 fn claimed_version(bytes: &[u8]) -> Result<u64, RequestError> {
@@ -77,11 +91,32 @@ pub(crate) async fn replace(
                 "the roster changed meanwhile; fetch it and retry",
             ));
         }
+        // Devices this roster removes must not have pushed past their final_seq.
+        for gone in next
+            .removed()
+            .filter(|gone| !current.is_removed(&gone.device_id()))
+        {
+            let device = gone.device_id();
+            let head = inner.streams.get(&device).map_or(0, |meta| meta.last_seq);
+            if head > gone.final_seq() {
+                inner.fenced.insert(device, Instant::now() + FENCE);
+                return Err(RequestError::new(
+                    ErrorCode::StreamAhead,
+                    format!(
+                        "a removed device's stream is at seq {head}, past its final_seq {}; \
+                         pull it and sign the roster again",
+                        gone.final_seq()
+                    ),
+                ));
+            }
+        }
         shared
             .store
             .put_roster(&account.id, next.encoded())
             .map_err(RequestError::storage)?;
         inner.roster = next.clone();
+        // A removed device is refused as removed from now on; its fence has done its work.
+        inner.fenced.retain(|device, _| !next.is_removed(device));
     }
     durable(shared).await?;
     {
