@@ -1,5 +1,6 @@
 //! Revocation at the edges: a device revoked while it is pushing, as a stolen phone that keeps
-//! syncing would be (issue 10, finding 1). Real relay on loopback, real clients.
+//! syncing would be (issue 10, finding 1), and recovery after a linked device revoked the one
+//! that created the account (finding 2). Real relay on loopback, real clients.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,10 +41,14 @@ impl World {
     }
 
     async fn first_device(&self, name: &str) -> Device {
-        Device::create(&self.home(name), self.target(), name, None)
+        self.first_device_and_recovery_key(name).await.0
+    }
+
+    async fn first_device_and_recovery_key(&self, name: &str) -> (Device, String) {
+        let (device, key) = Device::create(&self.home(name), self.target(), name, None)
             .await
-            .unwrap()
-            .0
+            .unwrap();
+        (device, key.0.to_string())
     }
 
     async fn link(&self, approver: &Device, name: &str) -> Device {
@@ -135,4 +140,42 @@ async fn revoking_a_device_while_it_pushes_leaves_every_other_device_syncing() {
             acknowledged.len()
         );
     }
+}
+
+/// The phone that created the account is stolen; the laptop linked to it revokes it, and later
+/// every device is lost. The recovery key, shown once on the phone, still restores everything,
+/// including what the laptop wrote after the revocation: the laptop re-sealed the recovery
+/// bundle under the new account key and epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_a_linked_device_revoked_the_first_one_restores_everything() {
+    let world = World::new().await;
+    let (phone, recovery_key) = world.first_device_and_recovery_key("phone").await;
+    phone.add_contact(&person("Ada Lovelace")).await.unwrap();
+    phone.sync().await.unwrap();
+    let laptop = world.link(&phone, "laptop").await;
+    laptop.add_contact(&person("Grace Hopper")).await.unwrap();
+    laptop.sync().await.unwrap();
+    laptop.revoke(&phone.device_id()).await.unwrap();
+    laptop
+        .add_contact(&person("After the theft"))
+        .await
+        .unwrap();
+    laptop.sync().await.unwrap();
+    let expected = ["Ada Lovelace", "After the theft", "Grace Hopper"];
+    assert_eq!(names(&laptop), expected);
+
+    let restored = Device::recover(
+        &world.home("restored"),
+        world.target(),
+        &recovery_key,
+        "restored",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("recovery after the revocation failed: {e}"));
+    assert_eq!(names(&restored), expected);
+    // The restored device is a full member next to the laptop.
+    restored.add_contact(&person("Restored")).await.unwrap();
+    restored.sync().await.unwrap();
+    laptop.sync().await.unwrap();
+    assert_eq!(names(&laptop), names(&restored));
 }
