@@ -10,7 +10,7 @@ use kith_protocol::epoch::{self, EpochKeys};
 use kith_protocol::hlc::{Hlc, HlcClock};
 use kith_protocol::keys::{
     AccountSigningKey, DeviceAgreementPublicKey, EpochSecret, PairingSecret, RecoveryKey,
-    SymmetricKey, system_rng,
+    RecoverySealing, SymmetricKey, system_rng,
 };
 use kith_protocol::proto::{self, request, response};
 use kith_protocol::roster::{NewDevice, VerifiedRoster};
@@ -90,41 +90,26 @@ impl Settings {
     }
 }
 
-/// The recovery public key, PSK and lookup id: enough to re-seal the recovery bundle
-/// whenever the account key or epoch changes, without holding the recovery key itself.
-pub(crate) struct RecoverySealing {
-    pub(crate) public: DeviceAgreementPublicKey,
-    pub(crate) psk: SymmetricKey,
-    pub(crate) lookup_id: [u8; 32],
+/// The local encoding of the recovery sealing material (public key || PSK || lookup id), kept
+/// so that this device can re-seal the recovery bundle whenever the account key or epoch
+/// changes, without holding the recovery key itself (docs/PROTOCOL.md §6).
+fn encode_recovery(sealing: &RecoverySealing) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(sealing.public().to_bytes());
+    out.extend_from_slice(sealing.psk().expose());
+    out.extend_from_slice(sealing.lookup_id());
+    out
 }
 
-impl RecoverySealing {
-    fn from_key(key: &RecoveryKey) -> Self {
-        Self {
-            public: key.kem_key().public(),
-            psk: key.psk(),
-            lookup_id: key.lookup_id(),
-        }
+fn decode_recovery(bytes: &[u8]) -> Option<RecoverySealing> {
+    let n = kith_protocol::keys::AGREEMENT_PUBLIC_KEY_LEN;
+    if bytes.len() != n + 64 {
+        return None;
     }
-
-    fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(self.public.to_bytes());
-        out.extend_from_slice(self.psk.expose());
-        out.extend_from_slice(&self.lookup_id);
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        let n = kith_protocol::keys::AGREEMENT_PUBLIC_KEY_LEN;
-        if bytes.len() != n + 64 {
-            return None;
-        }
-        Some(Self {
-            public: DeviceAgreementPublicKey::from_slice(&bytes[..n]).ok()?,
-            psk: SymmetricKey::from_slice(&bytes[n..n + 32]).ok()?,
-            lookup_id: bytes[n + 32..].try_into().ok()?,
-        })
-    }
+    Some(RecoverySealing::new(
+        DeviceAgreementPublicKey::from_slice(&bytes[..n]).ok()?,
+        SymmetricKey::from_slice(&bytes[n..n + 32]).ok()?,
+        bytes[n + 32..].try_into().ok()?,
+    ))
 }
 
 /// The account state a device holds: what it trusts and the keys it acts with.
@@ -267,7 +252,7 @@ impl Device {
             &mut rng,
         )?;
         let recovery_key = RecoveryKey::generate(&mut rng);
-        let recovery = RecoverySealing::from_key(&recovery_key);
+        let recovery = recovery_key.sealing();
 
         let connection = RelayConnection::connect(&relay).await?;
         connection
@@ -357,7 +342,7 @@ impl Device {
         let recovery = store
             .get(TreeName::Meta, meta::RECOVERY)?
             .map(Zeroizing::new)
-            .and_then(|bytes| RecoverySealing::decode(&bytes));
+            .and_then(|bytes| decode_recovery(&bytes));
         let mut clock = HlcClock::new(device_id);
         let stored_clock = store
             .get(TreeName::Meta, meta::CLOCK)?
@@ -444,7 +429,7 @@ impl Device {
             store.put(TreeName::Meta, &key, secret.expose())?;
         }
         if let Some(recovery) = &state.recovery {
-            store.put(TreeName::Meta, meta::RECOVERY, &recovery.encode())?;
+            store.put(TreeName::Meta, meta::RECOVERY, &encode_recovery(recovery))?;
         }
         Ok(())
     }
@@ -582,11 +567,11 @@ impl Device {
             )?;
             let sealed = bundle::seal_recovery_bundle(
                 &bundle,
-                &recovery.public,
-                &recovery.psk,
+                recovery.public(),
+                recovery.psk(),
                 &mut system_rng(),
             )?;
-            (sealed, recovery.lookup_id)
+            (sealed, *recovery.lookup_id())
         };
         expect_ok(
             connection
@@ -643,6 +628,7 @@ impl Device {
                 &mut rng,
             )?;
             AccountBundle::new(state.account_key.clone(), state.epochs.clone(), roster)?
+                .with_recovery(state.recovery.clone())
         };
         let sealed = bundle::seal_link_bundle(&bundle, &code, &mut system_rng())?;
         let put = connection
@@ -851,7 +837,7 @@ impl Device {
             roster,
             account_key,
             epochs,
-            recovery: Some(RecoverySealing::from_key(&recovery_key)),
+            recovery: Some(recovery_key.sealing()),
             clock: HlcClock::new(secrets.signing_key.device_id()),
         };
         let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
@@ -1179,6 +1165,8 @@ impl PendingLink {
     async fn finish(self, bundle: AccountBundle, connection: RelayConnection) -> Result<Device> {
         let account_id = bundle.account_id();
         let device_id = self.secrets.signing_key.device_id();
+        // From the approving device: so this one can keep the recovery bundle current too.
+        let recovery = bundle.recovery().cloned();
         let (account_key, epochs, roster) = bundle.into_parts();
         put_own_epoch_keys(&connection, &account_id, &self.secrets, &epochs).await?;
         // The home is created only now: a request that ends without approval (a timeout,
@@ -1190,7 +1178,7 @@ impl PendingLink {
             roster,
             account_key,
             epochs,
-            recovery: None,
+            recovery,
             clock: HlcClock::new(device_id),
         };
         let PendingLink {

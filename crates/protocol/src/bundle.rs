@@ -69,7 +69,7 @@ use crate::epoch::{ENCAPPED_KEY_LEN, EpochError, EpochKeys, hpke_open, hpke_seal
 use crate::ids::{AccountId, DeviceId};
 use crate::keys::{
     AccountSigningKey, DeviceAgreementKey, DeviceAgreementPublicKey, DeviceVerifyingKey,
-    EpochSecret, KeyError, PairingSecret, RecoveryKey, SymmetricKey,
+    EpochSecret, KeyError, PairingSecret, RecoveryKey, RecoverySealing, SymmetricKey,
 };
 use crate::roster::{RosterError, VerifiedRoster};
 use crate::{limits, proto};
@@ -200,6 +200,7 @@ pub struct AccountBundle {
     account_key: AccountSigningKey,
     epochs: EpochKeys,
     roster: VerifiedRoster,
+    recovery: Option<RecoverySealing>,
 }
 
 impl fmt::Debug for AccountBundle {
@@ -209,6 +210,7 @@ impl fmt::Debug for AccountBundle {
             .field("account_key", &self.account_key.public())
             .field("epochs", &self.epochs)
             .field("roster_version", &self.roster.version())
+            .field("recovery", &self.recovery.is_some())
             .finish()
     }
 }
@@ -221,6 +223,9 @@ impl Drop for WipedOnDrop {
         self.0.account_signing_key.zeroize();
         for entry in &mut self.0.epochs {
             entry.secret.zeroize();
+        }
+        if let Some(recovery) = &mut self.0.recovery {
+            recovery.psk.zeroize();
         }
     }
 }
@@ -254,7 +259,20 @@ impl AccountBundle {
             account_key,
             epochs,
             roster,
+            recovery: None,
         })
+    }
+
+    /// The bundle carrying the recovery sealing material too (§6), so that the device it is
+    /// sealed to can keep the recovery bundle current.
+    pub fn with_recovery(mut self, recovery: Option<RecoverySealing>) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    /// The recovery sealing material, if the sealing device held it.
+    pub fn recovery(&self) -> Option<&RecoverySealing> {
+        self.recovery.as_ref()
     }
 
     /// The account.
@@ -297,6 +315,11 @@ impl AccountBundle {
                 })
                 .collect(),
             roster: self.roster.encoded().to_vec(),
+            recovery: self.recovery.as_ref().map(|r| proto::RecoverySealing {
+                public_key: r.public().to_bytes(),
+                psk: r.psk().expose().to_vec(),
+                lookup_id: r.lookup_id().to_vec(),
+            }),
         });
         Zeroizing::new(message.0.encode_to_vec())
     }
@@ -342,9 +365,32 @@ impl AccountBundle {
                     _ => BundleError::DuplicateEpoch { epoch: entry.epoch },
                 })?;
         }
+        let recovery = match &message.recovery {
+            None => None,
+            Some(r) => Some(decode_recovery(r)?),
+        };
         let roster = VerifiedRoster::verify(&message.roster, Some(&account_id), None)?;
-        Self::new(account_key, epochs, roster)
+        Ok(Self::new(account_key, epochs, roster)?.with_recovery(recovery))
     }
+}
+
+fn decode_recovery(wire: &proto::RecoverySealing) -> Result<RecoverySealing, BundleError> {
+    let public = DeviceAgreementPublicKey::from_slice(&wire.public_key).map_err(|source| {
+        BundleError::InvalidKey {
+            field: "recovery.public_key",
+            source,
+        }
+    })?;
+    let psk = SymmetricKey::from_slice(&wire.psk).map_err(|_| BundleError::InvalidField {
+        field: "recovery.psk",
+        reason: "must be 32 bytes",
+    })?;
+    let lookup_id =
+        <[u8; 32]>::try_from(wire.lookup_id.as_slice()).map_err(|_| BundleError::InvalidField {
+            field: "recovery.lookup_id",
+            reason: "must be 32 bytes",
+        })?;
+    Ok(RecoverySealing::new(public, psk, lookup_id))
 }
 
 /// What a new device shows to be linked: its public keys and a one-time pairing secret.
@@ -753,6 +799,50 @@ mod tests {
         assert_eq!(opened.account_key().public(), bundle.account_key().public());
         assert_eq!(opened.epochs(), bundle.epochs());
         assert_eq!(opened.roster(), bundle.roster());
+        assert_eq!(
+            opened.recovery(),
+            None,
+            "a bundle without recovery material still opens"
+        );
+    }
+
+    #[test]
+    fn link_bundle_carries_the_recovery_sealing_material() {
+        // A linked device must be able to re-seal the recovery bundle after it rotates the
+        // account key (docs/PROTOCOL.md §6).
+        let phone = new_phone();
+        let recovery = RecoveryKey::generate(&mut system_rng());
+        let bundle = bundle_for(&phone).with_recovery(Some(recovery.sealing()));
+        let sealed = seal_link_bundle(&bundle, &phone.code, &mut system_rng()).unwrap();
+        let opened = open_as(&phone, &sealed).unwrap();
+        assert_eq!(opened.recovery(), Some(&recovery.sealing()));
+        // What the linked device re-seals, the recovery key opens.
+        let sealing = opened.recovery().unwrap();
+        let resealed =
+            seal_recovery_bundle(&opened, sealing.public(), sealing.psk(), &mut system_rng())
+                .unwrap();
+        assert_eq!(
+            open_recovery_bundle(&resealed, &recovery).unwrap().roster(),
+            bundle.roster()
+        );
+    }
+
+    #[test]
+    fn malformed_recovery_material_in_a_bundle_is_rejected() {
+        let phone = new_phone();
+        let bundle = bundle_for(&phone)
+            .with_recovery(Some(RecoveryKey::generate(&mut system_rng()).sealing()));
+        let mut wire = proto::AccountBundle::decode(bundle.encode().as_slice()).unwrap();
+        if let Some(recovery) = &mut wire.recovery {
+            recovery.lookup_id.truncate(31);
+        }
+        assert_eq!(
+            AccountBundle::decode(&wire.encode_to_vec()).unwrap_err(),
+            BundleError::InvalidField {
+                field: "recovery.lookup_id",
+                reason: "must be 32 bytes"
+            }
+        );
     }
 
     #[test]

@@ -603,6 +603,60 @@ impl RecoveryKey {
     }
 }
 
+/// What a device keeps so that it can re-seal the recovery bundle whenever the account key or
+/// epoch changes, without the recovery key itself: the recovery KEM public key, the recovery
+/// PSK and the lookup id (docs/PROTOCOL.md §6). It travels in the link bundle, so every device
+/// can keep the recovery bundle current.
+///
+/// The PSK is secret: `Debug` prints nothing of it, and it is zeroized on drop. With it, a
+/// device (or an ex-device) can seal *a* bundle that the recovery key opens, but cannot open
+/// one: that needs the KEM secret key, derived from the recovery key only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecoverySealing {
+    public: DeviceAgreementPublicKey,
+    psk: SymmetricKey,
+    lookup_id: [u8; 32],
+}
+
+impl fmt::Debug for RecoverySealing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RecoverySealing(<secret>)")
+    }
+}
+
+impl RecoverySealing {
+    /// Puts the parts together (as decoded from a bundle or a device's store).
+    pub fn new(public: DeviceAgreementPublicKey, psk: SymmetricKey, lookup_id: [u8; 32]) -> Self {
+        Self {
+            public,
+            psk,
+            lookup_id,
+        }
+    }
+
+    /// The recovery KEM public key the bundle is sealed to.
+    pub fn public(&self) -> &DeviceAgreementPublicKey {
+        &self.public
+    }
+
+    /// The recovery PSK that authenticates the bundle's sealer.
+    pub fn psk(&self) -> &SymmetricKey {
+        &self.psk
+    }
+
+    /// The id under which the relay stores the recovery bundle.
+    pub fn lookup_id(&self) -> &[u8; 32] {
+        &self.lookup_id
+    }
+}
+
+impl RecoveryKey {
+    /// The sealing material devices keep (public key, PSK, lookup id).
+    pub fn sealing(&self) -> RecoverySealing {
+        RecoverySealing::new(self.kem_key().public(), self.psk(), self.lookup_id())
+    }
+}
+
 impl PairingSecret {
     /// The pairing slot id on the relay: `H("kith/v1/pairing-slot", secret)`.
     pub fn slot_id(&self) -> [u8; 32] {
