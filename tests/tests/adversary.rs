@@ -49,6 +49,8 @@ struct TamperingStore {
     first_roster: Mutex<Option<Vec<u8>>>,
     /// An envelope served at the start of this device's stream, whatever its header says.
     injected: Mutex<Option<(DeviceId, Vec<u8>)>>,
+    /// The account every recovery bundle is said to belong to.
+    recovery_account: Mutex<Option<AccountId>>,
 }
 
 impl TamperingStore {
@@ -221,14 +223,16 @@ impl Store for TamperingStore {
         lookup_id: &[u8; 32],
         account: &AccountId,
         bundle: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.inner.put_recovery_bundle(lookup_id, account, bundle)
     }
     fn recovery_bundle(
         &self,
         lookup_id: &[u8; 32],
     ) -> Result<Option<(AccountId, Vec<u8>)>, StoreError> {
-        self.inner.recovery_bundle(lookup_id)
+        let found = self.inner.recovery_bundle(lookup_id)?;
+        let claimed = *self.recovery_account.lock().unwrap();
+        Ok(found.map(|(account, bundle)| (claimed.unwrap_or(account), bundle)))
     }
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         self.inner.add_registration_token(token_hash)
@@ -266,6 +270,7 @@ impl World {
             mode: Mutex::new(Tamper::None),
             first_roster: Mutex::new(None),
             injected: Mutex::new(None),
+            recovery_account: Mutex::new(None),
         });
         let relay = Relay::start_with_store(config, store.clone())
             .await
@@ -492,4 +497,30 @@ async fn a_removed_devices_envelope_past_final_seq_stops_no_other_stream() {
     );
     let d = kith_e2e::link(&a, &world.home.join("d"), world.target(), "d").await;
     assert_eq!(names(&d), ["From B", "From C"]);
+}
+
+/// The relay files an account's recovery bundle under another account (and serves that
+/// account's roster with it). The recovering device refuses to restore from it, naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_refuses_a_bundle_filed_under_another_account() {
+    let world = World::new().await;
+    let (_a, recovery_key) = Device::create(&world.home.join("a"), world.target(), "a", None)
+        .await
+        .unwrap();
+    let (other, _) = Device::create(&world.home.join("x"), world.target(), "x", None)
+        .await
+        .unwrap();
+    *world.store.recovery_account.lock().unwrap() = Some(other.account_id());
+    let refused = Device::recover(
+        &world.home.join("restored"),
+        world.target(),
+        &recovery_key.0,
+        "restored",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(refused, ClientError::RecoveryAccountMismatch),
+        "{refused}"
+    );
 }

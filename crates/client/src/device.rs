@@ -801,6 +801,10 @@ impl Device {
         };
         let bundle = bundle::open_recovery_bundle(&recovered.bundle, &recovery_key)?;
         let account_id = bundle.account_id();
+        // The relay's account, the bundle's and (below) the roster's must be one.
+        if AccountId::from_slice(&recovered.account_id).ok() != Some(account_id) {
+            return Err(ClientError::RecoveryAccountMismatch);
+        }
         let (account_key, epochs, sealed_roster) = bundle.into_parts();
         // The relay's current roster must be the sealed one or extend it.
         let roster = if recovered.roster.is_empty() || recovered.roster == sealed_roster.encoded() {

@@ -81,6 +81,12 @@ pub enum ClientError {
         "device {0} was revoked from this account and cannot return: on it, run `kith device request` in a new --home for a new code"
     )]
     LinkCodeOfRevokedDevice(DeviceId),
+    /// The relay's answer to a recovery lookup names another account than the bundle it holds
+    /// (the bundle's own account id, which its roster verifies for, is authenticated).
+    #[error(
+        "the relay filed this recovery bundle under another account than its own; not restoring from it"
+    )]
+    RecoveryAccountMismatch,
     /// The recovery key is wrong or no recovery bundle exists for it.
     #[error("no recovery bundle for this recovery key on that relay (check the key and the relay)")]
     RecoveryNotFound,

@@ -1,6 +1,10 @@
 //! `PutRecoveryBundle` (authenticated) and `GetRecoveryBundle` (not authenticated: the person
 //! has lost every device; the 32-byte lookup id derived from the recovery key is the only
 //! credential, so lookups are rate-limited per source address).
+//!
+//! A lookup id belongs to the account that stored a bundle under it first: another account's
+//! `PutRecoveryBundle` under it is refused with `SLOT_EXISTS` (an ex-device knows the lookup id
+//! and the recovery PSK, and could otherwise plant a bundle of an account of its own there).
 
 use std::time::Instant;
 
@@ -27,10 +31,16 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutRecoveryBundle) ->
                 "the account was deleted",
             ));
         }
-        shared
+        let stored = shared
             .store
             .put_recovery_bundle(&lookup_id, &account.id, &req.bundle)
             .map_err(RequestError::storage)?;
+        if !stored {
+            return Err(RequestError::new(
+                ErrorCode::SlotExists,
+                "the lookup id belongs to another account",
+            ));
+        }
     }
     durable(shared).await?;
     ok()

@@ -205,13 +205,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn expire_pairing_slots(&self, now_ms: u64) -> Result<usize, StoreError>;
 
     /// Stores the account's recovery bundle under `lookup_id`, replacing the account's earlier
-    /// one (whatever its lookup id).
+    /// one (whatever its lookup id). A lookup id belongs to the account that stored a bundle
+    /// under it first: returns `false`, and stores nothing, if it is another account's.
+    /// Dropping the account's earlier entry never touches an entry of another account.
     fn put_recovery_bundle(
         &self,
         lookup_id: &[u8; 32],
         account: &AccountId,
         bundle: &[u8],
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// The recovery bundle under `lookup_id` and its account.
     fn recovery_bundle(

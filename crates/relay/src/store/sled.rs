@@ -196,6 +196,30 @@ fn slot_value_parts(value: &[u8]) -> Result<(u64, AccountId, &[u8]), StoreError>
 }
 
 impl SledStore {
+    /// Removes the recovery entry under `lookup_id` if it is `account`'s (an index that
+    /// points at another account's entry is stale and must not delete it).
+    fn remove_own_recovery_entry(
+        &self,
+        lookup_id: &[u8],
+        account: &AccountId,
+    ) -> Result<(), StoreError> {
+        loop {
+            let Some(entry) = self.recovery.get(lookup_id)? else {
+                return Ok(());
+            };
+            if !entry.starts_with(account.as_bytes()) {
+                return Ok(());
+            }
+            if self
+                .recovery
+                .compare_and_swap(lookup_id, Some(entry), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
     /// Opens (creating if needed) the database in `dir` with a page cache of `cache_bytes`,
     /// packing pushed envelopes into values of up to `value_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64, value_bytes: usize) -> Result<Self, StoreError> {
@@ -761,19 +785,33 @@ impl Store for SledStore {
         lookup_id: &[u8; 32],
         account: &AccountId,
         bundle: &[u8],
-    ) -> Result<(), StoreError> {
-        let index = key(account, TAG_RECOVERY, &[]);
-        if let Some(old) = self.accounts.get(&index)?
-            && old.as_ref() != lookup_id
-        {
-            self.recovery.remove(old)?;
-        }
+    ) -> Result<bool, StoreError> {
         let mut value = Vec::with_capacity(ACCOUNT_LEN + bundle.len());
         value.extend_from_slice(account.as_bytes());
         value.extend_from_slice(bundle);
-        self.recovery.insert(lookup_id, value)?;
-        self.accounts.insert(index, lookup_id)?;
-        Ok(())
+        // Claim the lookup id atomically: free, or already this account's.
+        loop {
+            let existing = self.recovery.get(lookup_id)?;
+            if let Some(old) = &existing
+                && !old.starts_with(account.as_bytes())
+            {
+                return Ok(false);
+            }
+            if self
+                .recovery
+                .compare_and_swap(lookup_id, existing, Some(value.as_slice()))?
+                .is_ok()
+            {
+                break;
+            }
+        }
+        let index = key(account, TAG_RECOVERY, &[]);
+        if let Some(old) = self.accounts.insert(index, lookup_id)?
+            && old.as_ref() != lookup_id
+        {
+            self.remove_own_recovery_entry(&old, account)?;
+        }
+        Ok(true)
     }
 
     fn recovery_bundle(
@@ -813,7 +851,7 @@ impl Store for SledStore {
             if k.starts_with(&pairing_prefix) {
                 self.pairing.remove(&k[pairing_prefix.len()..])?;
             } else if k.as_ref() == recovery_index.as_slice() {
-                self.recovery.remove(&v)?;
+                self.remove_own_recovery_entry(&v, account)?;
             } else if is_envelope_key(&k)
                 && let Some(pointer) = Pointer::decode(&v)
             {

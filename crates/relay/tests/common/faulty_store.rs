@@ -171,7 +171,7 @@ impl Store for FaultyStore {
         lookup_id: &[u8; 32],
         account: &AccountId,
         bundle: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.write()?;
         self.inner.put_recovery_bundle(lookup_id, account, bundle)
     }
