@@ -136,7 +136,7 @@ pub struct Settings {
     /// UDP socket send and receive buffer in bytes [default: 4194304]
     #[arg(long)]
     pub udp_buffer_bytes: Option<usize>,
-    /// sled page cache in bytes [default: 67108864]
+    /// sled page cache in bytes [default: 8388608]
     #[arg(long)]
     pub cache_bytes: Option<u64>,
     /// Largest record of the envelope log: consecutive envelopes of a push are packed into
@@ -394,7 +394,7 @@ impl Default for RelayConfig {
             registration: RegistrationMode::Open,
             limits: Limits::default(),
             udp_buffer_bytes: 4 * 1024 * 1024,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 8 * 1024 * 1024,
             store_value_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
             cached_accounts: 4096,
