@@ -803,3 +803,28 @@ async fn meeting_titles_and_mail_subjects_never_reach_the_relay_in_plaintext() {
         Vec::<String>::new()
     );
 }
+
+/// `kith sync` runs as a process that exits: unless the device closes its connection, the
+/// relay holds it (about 57 KB) until its idle timeout, a minute per run (issue 22).
+#[tokio::test]
+async fn a_closed_device_leaves_no_connection_on_the_relay() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    a.sync().await.unwrap();
+    let relay = world.relay.as_ref().unwrap();
+    assert!(relay.memory().connections >= 1, "{:?}", relay.memory());
+    a.close().await;
+    // The relay's idle timeout is a minute; the close must free the connection long before.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut counts = relay.memory();
+    while (counts.connections > 0 || counts.quic_connections > 0)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        counts = relay.memory();
+    }
+    assert_eq!(counts.connections, 0, "{counts:?}");
+    assert_eq!(counts.quic_connections, 0, "{counts:?}");
+    // A closed device connects again when it next syncs.
+    a.sync().await.unwrap();
+}

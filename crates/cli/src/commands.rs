@@ -404,6 +404,8 @@ async fn sync(home: &Path) -> Result<()> {
     let device = open(home)?;
     let spinner = progress::spinner("syncing");
     let report = device.sync().await;
+    // The relay frees the connection at once instead of at its idle timeout.
+    device.close().await;
     spinner.finish_and_clear();
     let report = report.with_context(|| relay_context(&device))?;
     outln!(
@@ -485,6 +487,7 @@ async fn compact(home: &Path) -> Result<()> {
     let device = open(home)?;
     let spinner = progress::spinner("compacting");
     let report = device.compact().await;
+    device.close().await;
     spinner.finish_and_clear();
     let report = report
         .with_context(|| format!("cannot compact on the relay at {}", device.relay().address))?;

@@ -482,6 +482,17 @@ impl Device {
         &self.inner.store
     }
 
+    /// Closes the connection to the relay, if one is open, and waits (a second at most) until
+    /// the close is sent. A process that exits without this leaves the relay holding the
+    /// connection, about 57 KB, until its idle timeout: a minute of memory per run of a
+    /// command-line sync.
+    pub async fn close(&self) {
+        let connection = self.inner.connection.lock().await.take();
+        if let Some(connection) = connection {
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection.close()).await;
+        }
+    }
+
     /// The relay this device syncs with.
     pub fn relay(&self) -> &RelayTarget {
         &self.inner.relay

@@ -1,7 +1,10 @@
 //! `kith-relay bench`: D devices, each in its own account, push N envelopes in batches through
 //! real QUIC connections on loopback, then pull them back; optionally hold many idle
 //! authenticated connections. Prints envelopes/s, MB/s, ack latency percentiles and the relay's
-//! peak RSS (when the tool started the relay itself).
+//! peak RSS (when the tool started the relay itself). `--churn N` measures something else: N
+//! short connections one after another (see [`churn`]).
+
+mod churn;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -57,11 +60,39 @@ pub struct BenchArgs {
     /// Client UDP endpoints the connections are spread over
     #[arg(long, default_value_t = 4)]
     endpoints: usize,
+    /// Churn mode: set up --accounts accounts, then run this many sequential connect,
+    /// authenticate, push, pull, close cycles, reporting the relay's RSS as it goes (0: only
+    /// set up the accounts and report). Replaces the push/pull phases.
+    #[arg(long)]
+    churn: Option<u64>,
+    /// Churn mode: accounts the relay holds (one device each; created unless an earlier run
+    /// on the same --data created them)
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    /// Churn mode: the cycles go round the first this-many accounts [default: all]
+    #[arg(long, default_value_t = 0)]
+    active: usize,
+    /// Churn mode: print the relay's RSS every this-many cycles
+    #[arg(long, default_value_t = 1000)]
+    report_every: u64,
+    /// Churn mode: seed of the accounts' keys (the same seed finds the same accounts)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Churn mode: cycles do not push (connect, authenticate, pull, close), to tell memory
+    /// kept per connection from memory kept per envelope stored
+    #[arg(long)]
+    no_push: bool,
 }
 
 /// One account with `devices` devices; returns the account id and the signed genesis roster.
 fn genesis(devices: &[DeviceSigningKey]) -> (AccountId, Vec<u8>) {
     let account_key = AccountSigningKey::generate(&mut system_rng());
+    let roster = genesis_with(&account_key, devices);
+    (account_key.public().account_id(), roster)
+}
+
+/// The signed genesis roster of `account_key`'s account with `devices`.
+fn genesis_with(account_key: &AccountSigningKey, devices: &[DeviceSigningKey]) -> Vec<u8> {
     let account = account_key.public().account_id();
     let entries = devices
         .iter()
@@ -93,10 +124,7 @@ fn genesis(devices: &[DeviceSigningKey]) -> (AccountId, Vec<u8>) {
         .sign(labels::ROSTER_SIGNATURE, &[&body])
         .to_bytes()
         .to_vec();
-    (
-        account,
-        proto::SignedRoster { body, signature }.encode_to_vec(),
-    )
+    proto::SignedRoster { body, signature }.encode_to_vec()
 }
 
 /// An envelope with a valid header and an opaque (random-looking) body; the relay does not
@@ -304,6 +332,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     };
     let relay_pid = relay.as_ref().map(|r| r.child.id()).or(args.relay_pid);
+    if let Some(cycles) = args.churn {
+        let churn = churn::Churn {
+            cycles,
+            accounts: args.accounts,
+            active: args.active,
+            report_every: args.report_every,
+            seed: args.seed,
+            size: args.size,
+            push: !args.no_push,
+        };
+        return churn::run(churn, addr, pin, relay_pid).await;
+    }
     let endpoints: Vec<quinn::Endpoint> = (0..args.endpoints.max(1))
         .map(|_| shared_endpoint(pin))
         .collect::<Result<_, _>>()?;

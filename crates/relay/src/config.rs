@@ -136,7 +136,7 @@ pub struct Settings {
     /// UDP socket send and receive buffer in bytes [default: 4194304]
     #[arg(long)]
     pub udp_buffer_bytes: Option<usize>,
-    /// sled page cache in bytes [default: 67108864]
+    /// sled page cache in bytes [default: 8388608]
     #[arg(long)]
     pub cache_bytes: Option<u64>,
     /// Largest record of the envelope log: consecutive envelopes of a push are packed into
@@ -147,6 +147,10 @@ pub struct Settings {
     /// Seconds to finish in-flight requests after a shutdown signal [default: 10]
     #[arg(long)]
     pub shutdown_grace_secs: Option<u64>,
+    /// Idle accounts kept in memory (roster, stream bounds); beyond this the least recently
+    /// used are dropped and reloaded from storage when next used [default: 4096]
+    #[arg(long)]
+    pub cached_accounts: Option<usize>,
 }
 
 impl Settings {
@@ -199,6 +203,7 @@ impl Settings {
             cache_bytes,
             store_value_bytes,
             shutdown_grace_secs,
+            cached_accounts,
         )
     }
 
@@ -266,6 +271,8 @@ impl Settings {
             shutdown_grace: self
                 .shutdown_grace_secs
                 .map_or(d.shutdown_grace, Duration::from_secs),
+            cached_accounts: self.cached_accounts.unwrap_or(d.cached_accounts),
+            sweep_interval: d.sweep_interval,
         };
         config.check()?;
         Ok(config)
@@ -368,6 +375,11 @@ pub struct RelayConfig {
     pub store_value_bytes: u32,
     /// Time to finish in-flight requests after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Idle accounts kept in memory (least recently used beyond this are dropped).
+    pub cached_accounts: usize,
+    /// How often the relay drops rate-limit buckets that refilled, expires pairing slots and
+    /// reclaims envelope-log space (not a flag: tests shorten it).
+    pub sweep_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -382,9 +394,11 @@ impl Default for RelayConfig {
             registration: RegistrationMode::Open,
             limits: Limits::default(),
             udp_buffer_bytes: 4 * 1024 * 1024,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 8 * 1024 * 1024,
             store_value_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            cached_accounts: 4096,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -437,6 +451,12 @@ impl RelayConfig {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if self.cached_accounts == 0 {
+            return invalid("cached_accounts must be at least 1");
+        }
+        if self.sweep_interval.is_zero() {
+            return invalid("sweep_interval must not be zero");
         }
         if l.idle_timeout.is_zero() || l.handshake_timeout.is_zero() || l.request_timeout.is_zero()
         {

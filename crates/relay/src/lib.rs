@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Limits, RegistrationMode, RelayConfig, Settings};
 pub use error::{RelayError, RequestError};
-pub use server::{Relay, RelayHandle};
+pub use server::{MemoryCounts, Relay, RelayHandle};
 
 /// Where the database lives inside the data directory.
 pub fn db_dir(data_dir: &Path) -> PathBuf {

@@ -37,9 +37,12 @@ impl TokenBucket {
     }
 }
 
-/// Token buckets by key (a device, a source address). Holds at most `max_keys` buckets: when
-/// full, buckets that refilled completely (idle keys, same as new) are dropped; if that is not
-/// enough, new keys are refused until some refill — memory stays bounded under a flood of keys.
+/// Token buckets by key (a device, a source address). A bucket that refilled completely is the
+/// same as no bucket, so [`KeyedLimiter::prune`] (run periodically by the relay) drops those:
+/// the map holds the keys active within the last refill time, not every key ever seen. It
+/// also holds at most `max_keys` buckets: when full, refilled buckets are dropped at once; if
+/// that is not enough, new keys are refused until some refill — memory stays bounded under a
+/// flood of keys.
 #[derive(Debug)]
 pub struct KeyedLimiter<K> {
     buckets: Mutex<HashMap<K, TokenBucket>>,
@@ -69,11 +72,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             return bucket.try_take(self.rate, self.burst, now);
         }
         if buckets.len() >= self.max_keys {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, bucket| {
-                bucket.refill(rate, burst, now);
-                bucket.tokens < burst
-            });
+            self.drop_refilled(&mut buckets, now);
             if buckets.len() >= self.max_keys {
                 return false;
             }
@@ -84,6 +83,26 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         allowed
     }
 
+    /// Drops the buckets that refilled completely by `now` (they hold nothing a new bucket
+    /// would not) and gives back the table's spare room; returns how many keys remain.
+    pub fn prune(&self, now: Instant) -> usize {
+        let mut buckets = match self.buckets.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.drop_refilled(&mut buckets, now);
+        buckets.len()
+    }
+
+    fn drop_refilled(&self, buckets: &mut HashMap<K, TokenBucket>, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        buckets.retain(|_, bucket| {
+            bucket.refill(rate, burst, now);
+            bucket.tokens < burst
+        });
+        shrink(buckets);
+    }
+
     /// Tracked keys (for tests).
     pub fn len(&self) -> usize {
         self.buckets.lock().map_or(0, |b| b.len())
@@ -92,6 +111,14 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// Whether no key is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Gives a map's spare room back once it holds under a quarter of it (`HashMap` never shrinks
+/// by itself: a burst of keys would otherwise pin its peak table for good).
+pub(crate) fn shrink<K: Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -120,5 +147,25 @@ mod tests {
         assert!(limiter.len() <= 10);
         // After the buckets refill, idle keys are evicted and new keys admitted again.
         assert!(limiter.check(&5000, t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn pruning_drops_refilled_buckets_and_keeps_the_others() {
+        let limiter = KeyedLimiter::new(10, Duration::from_secs(1), 10, 100_000);
+        let t0 = Instant::now();
+        for key in 0..10_000 {
+            assert!(limiter.check(&key, t0));
+        }
+        assert_eq!(limiter.prune(t0), 10_000, "none refilled yet");
+        // Key 0 spends its whole burst later: its bucket is not full at the prune.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..10 {
+            limiter.check(&0, t1);
+        }
+        assert_eq!(limiter.prune(t1), 1);
+        assert!(!limiter.check(&0, t1), "the spent bucket was kept");
+        assert_eq!(limiter.prune(t1 + Duration::from_secs(2)), 0);
+        let capacity = limiter.buckets.lock().unwrap().capacity();
+        assert!(capacity < 1000, "the table shrank (capacity {capacity})");
     }
 }

@@ -6,10 +6,18 @@ mod bench;
 /// mimalloc instead of glibc's allocator: pull pages and push frames are 0.1–2 MiB buffers
 /// that glibc returns to the kernel and faults back in on every request (page faults were a
 /// fifth of the relay's pull CPU and of the load tool's); mimalloc reuses them.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::IsTerminal;
+
+/// With `--features dhat-heap`: every allocation recorded with its call stack (slow; for
+/// finding what the relay keeps, not for measuring speed).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -122,6 +130,10 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
         None => Settings::default(),
     };
     let config = flags.or(file).resolve()?;
+    #[cfg(feature = "dhat-heap")]
+    let profiler = dhat::Profiler::builder()
+        .file_name(format!("dhat-heap-{}.json", std::process::id()))
+        .build();
     let registration = config.registration;
     let relay = Relay::start(config).await.context("starting the relay")?;
     println!("listening on {}", relay.local_addr());
@@ -131,6 +143,9 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received");
+        // The profile ends here, while the relay still holds everything it held.
+        #[cfg(feature = "dhat-heap")]
+        drop(profiler);
         let _ = trigger.send(true);
     });
     relay.wait().await?;

@@ -6,7 +6,7 @@
 //! is flushed and the endpoint closed.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kith_protocol::proto::{ErrorCode, Request, request};
@@ -29,8 +29,6 @@ pub const STREAM_REFUSED: u32 = 1;
 pub const REQUEST_TIMED_OUT: u32 = 2;
 /// How long a `ShuttingDown` answer may wait for the client's acknowledgement during shutdown.
 const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(1);
-/// How often expired pairing slots are swept.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The relay: [`Relay::start`] binds and serves in the background.
 #[derive(Debug)]
@@ -43,6 +41,35 @@ pub struct RelayHandle {
     cert_sha256: [u8; 32],
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), RelayError>>,
+    /// Weak: the handle must not keep the relay's state (and its flusher) alive.
+    shared: Weak<Shared>,
+    /// To count its connections; dropped as soon as the relay is told to stop.
+    endpoint: quinn::Endpoint,
+}
+
+/// What a running relay holds in memory, counted by kind (see [`RelayHandle::memory`]). Every
+/// per-connection count returns to zero once the connections are gone; the per-account and
+/// per-key counts stay within their bounds (`cached_accounts`, the rate limiters' refill).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryCounts {
+    /// Connections quinn's endpoint still holds (including closed ones still draining).
+    pub quic_connections: usize,
+    /// The relay's per-connection state objects (challenge, authenticated device).
+    pub connections: usize,
+    /// Tasks serving a request stream (subscriptions included).
+    pub requests: usize,
+    /// Subscriptions being served.
+    pub subscriptions: usize,
+    /// Account objects alive (in the cache or held by a request).
+    pub accounts: usize,
+    /// Accounts in the cache.
+    pub cached_accounts: usize,
+    /// Accounts' notification channels (one per account while it has subscribers).
+    pub notification_channels: usize,
+    /// Per-device rate-limit buckets.
+    pub device_buckets: usize,
+    /// Per-address rate-limit buckets (unauthenticated lookups).
+    pub address_buckets: usize,
 }
 
 impl RelayHandle {
@@ -56,6 +83,25 @@ impl RelayHandle {
         self.cert_sha256
     }
 
+    /// What the relay holds in memory, by kind (all zero once it has stopped).
+    pub fn memory(&self) -> MemoryCounts {
+        let Some(shared) = self.shared.upgrade() else {
+            return MemoryCounts::default();
+        };
+        let live = &shared.live;
+        MemoryCounts {
+            quic_connections: self.endpoint.open_connections(),
+            connections: live.connections.get(),
+            requests: live.requests.get(),
+            subscriptions: live.subscriptions.get(),
+            accounts: live.accounts.get(),
+            cached_accounts: shared.accounts.len(),
+            notification_channels: live.channels.get(),
+            device_buckets: shared.device_limiter.len(),
+            address_buckets: shared.lookup_limiter.len(),
+        }
+    }
+
     /// Shuts down gracefully and waits until the store is flushed.
     pub async fn shutdown(self) -> Result<(), RelayError> {
         let _ = self.shutdown.send(true);
@@ -64,7 +110,10 @@ impl RelayHandle {
 
     /// Waits until the relay stops (after a shutdown).
     pub async fn wait(self) -> Result<(), RelayError> {
-        match self.task.await {
+        // The endpoint's clone here would keep its socket and driver alive past the shutdown.
+        let Self { task, endpoint, .. } = self;
+        drop(endpoint);
+        match task.await {
             Ok(result) => result,
             Err(join) => Err(RelayError::Io {
                 what: "relay task".into(),
@@ -159,6 +208,7 @@ impl Relay {
         let (commit, flusher) = GroupCommit::start(store.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(config, store.clone(), commit, shutdown_rx));
+        let (weak_shared, handle_endpoint) = (Arc::downgrade(&shared), endpoint.clone());
         let task = tokio::spawn(serve(endpoint, shared, store, flusher));
         tracing::info!(%local_addr, "relay started");
         Ok(RelayHandle {
@@ -166,6 +216,8 @@ impl Relay {
             cert_sha256: identity.cert_sha256,
             shutdown: shutdown_tx,
             task,
+            shared: weak_shared,
+            endpoint: handle_endpoint,
         })
     }
 }
@@ -183,7 +235,7 @@ async fn serve(
     // Every request task holds a clone; when all are dropped, `in_flight_rx` yields `None`.
     let (in_flight, mut in_flight_rx) = mpsc::channel::<()>(1);
     let mut shutdown = shared.shutdown.clone();
-    let sweeper = tokio::spawn(sweep_pairing_slots(shared.clone()));
+    let sweeper = tokio::spawn(sweep(shared.clone()));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -222,10 +274,18 @@ async fn serve(
     Ok(())
 }
 
-async fn sweep_pairing_slots(shared: Arc<Shared>) {
-    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+/// Every `sweep_interval`: drops rate-limit buckets that refilled (a device or address not
+/// seen lately holds no memory) and idle accounts beyond the cache's capacity, expires
+/// pairing slots, reclaims envelope-log space.
+async fn sweep(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(shared.config.sweep_interval);
     loop {
         interval.tick().await;
+        let now = std::time::Instant::now();
+        let devices = shared.device_limiter.prune(now);
+        let addresses = shared.lookup_limiter.prune(now);
+        shared.accounts.trim();
+        tracing::trace!(devices, addresses, "rate-limit buckets kept");
         match shared.store.expire_pairing_slots(now_ms()) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(expired = n, "pairing slots expired"),
@@ -271,7 +331,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
         }
     };
     tracing::debug!(%remote, "connection established");
-    let conn = Arc::new(Conn::new(connection.clone()));
+    let conn = Arc::new(Conn::new(connection.clone(), &shared.live));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let stream = tokio::select! {
@@ -281,9 +341,11 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
         match stream {
             Ok((send, recv)) => {
                 let (shared, conn, in_flight) = (shared.clone(), conn.clone(), in_flight.clone());
+                let live = shared.live.requests.enter();
                 tokio::spawn(async move {
                     request_stream(&shared, &conn, send, recv).await;
                     drop(in_flight);
+                    drop(live);
                 });
             }
             Err(err) => {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,11 +13,12 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::config::RelayConfig;
 use crate::error::RequestError;
-use crate::limits::KeyedLimiter;
+use crate::limits::{KeyedLimiter, shrink};
 use crate::store::{GroupCommit, Store, StreamMeta};
 use kith_protocol::roster::VerifiedRoster;
 
-/// Most distinct devices and addresses tracked by the rate limiters.
+/// Most distinct devices and addresses tracked by the rate limiters (buckets that refilled
+/// are dropped by the periodic sweep long before that).
 const MAX_LIMITER_KEYS: usize = 100_000;
 /// Pending notifications per account before a slow subscriber lags (it then gets a summary).
 const NOTIFY_CAPACITY: usize = 256;
@@ -110,12 +112,60 @@ impl AccountInner {
     }
 }
 
+/// Counts the live objects of one kind: each [`Live`] token from [`LiveCount::enter`] counts
+/// one until it is dropped. What the soak test (and `RelayHandle::memory`) reads to prove that
+/// nothing a connection or an account made outlives it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LiveCount(Arc<AtomicUsize>);
+
+impl LiveCount {
+    /// Counts one more, until the token is dropped.
+    pub fn enter(&self) -> Live {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Live(self.0.clone())
+    }
+
+    /// How many tokens are alive.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One counted object (see [`LiveCount`]).
+#[derive(Debug)]
+pub(crate) struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The relay's counters of live objects, by kind.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LiveCounts {
+    /// [`Conn`] objects.
+    pub connections: LiveCount,
+    /// Tasks serving one request stream (subscriptions included).
+    pub requests: LiveCount,
+    /// Subscriptions being served.
+    pub subscriptions: LiveCount,
+    /// [`Account`] objects, in the map or not.
+    pub accounts: LiveCount,
+    /// Notification channels (an account has one only while it has subscribers).
+    pub channels: LiveCount,
+}
+
 /// An account being served.
 #[derive(Debug)]
 pub(crate) struct Account {
     pub id: AccountId,
     inner: Mutex<AccountInner>,
-    pub events: broadcast::Sender<AccountEvent>,
+    /// The notification channel, only while someone subscribes: 256 slots are 16 KiB, which
+    /// every account in memory used to carry whether or not any device listened.
+    events: Mutex<Option<(broadcast::Sender<AccountEvent>, Live)>>,
+    live: LiveCounts,
+    _live: Live,
 }
 
 impl Account {
@@ -124,10 +174,10 @@ impl Account {
         roster: VerifiedRoster,
         streams: Vec<(DeviceId, StreamMeta)>,
         sealed_key_bytes: u64,
+        live: &LiveCounts,
     ) -> Self {
         let envelope_bytes = streams.iter().map(|(_, m)| m.bytes).sum();
         let envelopes = streams.iter().map(|(_, m)| m.envelopes).sum();
-        let (events, _) = broadcast::channel(NOTIFY_CAPACITY);
         let roster_durable = roster.version();
         Self {
             id,
@@ -142,7 +192,9 @@ impl Account {
                 deleted: false,
                 fenced: HashMap::new(),
             }),
-            events,
+            events: Mutex::new(None),
+            live: live.clone(),
+            _live: live.accounts.enter(),
         }
     }
 
@@ -154,57 +206,165 @@ impl Account {
     pub fn roster(&self) -> Arc<VerifiedRoster> {
         self.lock().roster.clone()
     }
+
+    /// A receiver of the account's events from now on (the channel is made on first use).
+    pub fn subscribe(&self) -> broadcast::Receiver<AccountEvent> {
+        let mut events = lock(&self.events);
+        let (sender, _) = events.get_or_insert_with(|| {
+            let (sender, _) = broadcast::channel(NOTIFY_CAPACITY);
+            (sender, self.live.channels.enter())
+        });
+        sender.subscribe()
+    }
+
+    /// Tells the subscribers, if any; a channel nobody listens to any more is dropped.
+    pub fn notify(&self, event: AccountEvent) {
+        let mut events = lock(&self.events);
+        if let Some((sender, _)) = events.as_ref() {
+            if sender.receiver_count() == 0 {
+                *events = None;
+            } else {
+                let _ = sender.send(event);
+            }
+        }
+    }
+
+    /// Drops the channel if no subscriber is left (a subscription calls this as it ends, after
+    /// dropping its receiver).
+    pub fn unsubscribed(&self) {
+        let mut events = lock(&self.events);
+        if events
+            .as_ref()
+            .is_some_and(|(sender, _)| sender.receiver_count() == 0)
+        {
+            *events = None;
+        }
+    }
+
+    /// Whether dropping this account from memory loses nothing: storage holds all of it
+    /// (nothing is waiting to become durable), and no request or subscription holds it.
+    fn idle(self: &Arc<Self>) -> bool {
+        if Arc::strong_count(self) > 1 {
+            return false;
+        }
+        let inner = self.lock();
+        inner.durable_until.is_empty() && inner.roster_durable >= inner.roster.version()
+    }
 }
 
-/// The accounts in memory, loaded from storage on first use.
-#[derive(Debug, Default)]
+/// The accounts in memory, loaded from storage on first use, at most `capacity` of them idle.
+#[derive(Debug)]
 pub(crate) struct Accounts {
     map: Mutex<AccountMap>,
+    live: LiveCounts,
 }
 
-/// Accounts kept in memory beyond those in use: past this, accounts no request or
-/// subscription holds are dropped (they are reloaded from storage on next use).
-const MAX_IDLE_ACCOUNTS: usize = 10_000;
+#[derive(Debug)]
+struct Cached {
+    account: Arc<Account>,
+    /// When it was last asked for ([`AccountMap::clock`]).
+    used: u64,
+}
 
-#[derive(Debug, Default)]
+/// A least-recently-used cache of accounts. Accounts in use (held by a request or a
+/// subscription) are never evicted, so the map may exceed its capacity while more than that
+/// many are in use; idle ones beyond it go, least recently used first.
+#[derive(Debug)]
 struct AccountMap {
-    accounts: HashMap<AccountId, Arc<Account>>,
-    /// Size at which the next sweep for idle accounts runs.
+    accounts: HashMap<AccountId, Cached>,
+    /// Idle accounts kept in memory.
+    capacity: usize,
+    /// Counts lookups: the `used` stamp of the entries.
+    clock: u64,
+    /// Size at which the next eviction runs: above `capacity` by a quarter of it, so that an
+    /// eviction (a sort of the idle entries) runs once per `capacity / 4` loads at most.
     next_sweep: usize,
 }
 
 impl AccountMap {
-    /// Inserts (unless present) and returns the account; sweeps idle ones when large.
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            accounts: HashMap::new(),
+            capacity,
+            clock: 0,
+            next_sweep: capacity + capacity / 4,
+        }
+    }
+
+    fn get(&mut self, id: &AccountId) -> Option<Arc<Account>> {
+        self.clock += 1;
+        let entry = self.accounts.get_mut(id)?;
+        entry.used = self.clock;
+        Some(entry.account.clone())
+    }
+
+    /// Inserts (unless present, or replacing) and returns the account; evicts idle ones when
+    /// the map has grown past its bound.
     fn insert(&mut self, id: AccountId, account: Arc<Account>, replace: bool) -> Arc<Account> {
-        let account = if replace {
-            self.accounts.insert(id, account.clone());
-            account
-        } else {
-            self.accounts.entry(id).or_insert(account).clone()
+        self.clock += 1;
+        let used = self.clock;
+        let account = match self.accounts.entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut entry) if replace => {
+                entry.insert(Cached { account, used });
+                entry.get().account.clone()
+            }
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                entry.get_mut().used = used;
+                entry.get().account.clone()
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(Cached { account, used }).account.clone()
+            }
         };
-        if self.accounts.len() > self.next_sweep.max(MAX_IDLE_ACCOUNTS) {
-            evict_idle(&mut self.accounts);
-            // Accounts in use stay; do not sweep again before the map has doubled.
-            self.next_sweep = self.accounts.len() * 2;
+        if self.accounts.len() > self.next_sweep {
+            self.evict();
         }
         account
     }
-}
 
-/// Drops the entries nothing but the map holds.
-fn evict_idle<K, V>(map: &mut HashMap<K, Arc<V>>) {
-    map.retain(|_, value| Arc::strong_count(value) > 1);
+    /// Drops idle accounts, least recently used first, until `capacity` remain (or only
+    /// accounts in use are left), and gives back the table's spare room.
+    fn evict(&mut self) {
+        let excess = self.accounts.len().saturating_sub(self.capacity);
+        if excess > 0 {
+            let mut idle: Vec<(u64, AccountId)> = self
+                .accounts
+                .iter()
+                .filter(|(_, cached)| cached.account.idle())
+                .map(|(id, cached)| (cached.used, *id))
+                .collect();
+            if idle.len() > excess {
+                idle.select_nth_unstable(excess);
+                idle.truncate(excess);
+            }
+            for (_, id) in idle {
+                self.accounts.remove(&id);
+            }
+        }
+        shrink(&mut self.accounts);
+        // Accounts in use stay: do not try again before another quarter of the capacity.
+        self.next_sweep = self.accounts.len().max(self.capacity) + (self.capacity / 4).max(1);
+    }
 }
 
 impl Accounts {
+    /// At most `capacity` idle accounts in memory.
+    pub fn new(capacity: usize, live: &LiveCounts) -> Self {
+        Self {
+            map: Mutex::new(AccountMap::new(capacity)),
+            live: live.clone(),
+        }
+    }
+
     /// The account, loading it from storage if needed; `None` if it does not exist.
     pub fn get(
         &self,
         store: &dyn Store,
         id: &AccountId,
     ) -> Result<Option<Arc<Account>>, RequestError> {
-        if let Some(account) = lock(&self.map).accounts.get(id) {
-            return Ok(Some(account.clone()));
+        if let Some(account) = lock(&self.map).get(id) {
+            return Ok(Some(account));
         }
         let Some(loaded) = store.load_account(id).map_err(RequestError::storage)? else {
             return Ok(None);
@@ -218,6 +378,7 @@ impl Accounts {
             roster,
             loaded.streams,
             loaded.sealed_key_bytes,
+            &self.live,
         ));
         Ok(Some(lock(&self.map).insert(*id, account, false)))
     }
@@ -225,13 +386,27 @@ impl Accounts {
     /// Adds a freshly created account.
     pub fn insert_new(&self, roster: VerifiedRoster) -> Arc<Account> {
         let id = roster.account_id();
-        let account = Arc::new(Account::new(id, roster, Vec::new(), 0));
+        let account = Arc::new(Account::new(id, roster, Vec::new(), 0, &self.live));
         lock(&self.map).insert(id, account, true)
     }
 
     /// Forgets a deleted account.
     pub fn remove(&self, id: &AccountId) {
         lock(&self.map).accounts.remove(id);
+    }
+
+    /// Evicts idle accounts beyond the capacity now (the periodic sweep: between sweeps the
+    /// map may run a quarter over its capacity).
+    pub fn trim(&self) {
+        let mut map = lock(&self.map);
+        if map.accounts.len() > map.capacity {
+            map.evict();
+        }
+    }
+
+    /// Accounts in the map.
+    pub fn len(&self) -> usize {
+        lock(&self.map).accounts.len()
     }
 }
 
@@ -252,6 +427,8 @@ pub(crate) struct Shared {
     pub pull_budget_bytes: usize,
     /// Bumped on every pairing slot put: wakes the takes waiting for a slot to be filled.
     pub pairing_puts: watch::Sender<u64>,
+    /// Live objects by kind.
+    pub live: LiveCounts,
 }
 
 impl Shared {
@@ -266,6 +443,7 @@ impl Shared {
             + l.max_envelope_bytes as usize
             + l.pull_max_envelopes as usize * 32
             + 64 * 1024;
+        let live = LiveCounts::default();
         let pull_budget_bytes = PULL_BYTES_IN_FLIGHT
             .max(2 * largest_page)
             .min(u32::MAX as usize);
@@ -286,7 +464,8 @@ impl Shared {
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,
             pairing_puts: watch::Sender::new(0),
-            accounts: Accounts::default(),
+            accounts: Accounts::new(config.cached_accounts, &live),
+            live,
             config,
             store,
             commit,
@@ -316,15 +495,17 @@ pub(crate) struct Conn {
     pub remote: SocketAddr,
     pub challenge: Mutex<Option<[u8; 32]>>,
     pub device: Mutex<Option<(AccountId, DeviceId)>>,
+    _live: Live,
 }
 
 impl Conn {
-    pub fn new(connection: quinn::Connection) -> Self {
+    pub fn new(connection: quinn::Connection, live: &LiveCounts) -> Self {
         Self {
             remote: connection.remote_address(),
             connection,
             challenge: Mutex::new(None),
             device: Mutex::new(None),
+            _live: live.connections.enter(),
         }
     }
 
@@ -355,13 +536,99 @@ pub(crate) fn short(id: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kith_protocol::keys::{
+        AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, EpochSecret, system_rng,
+    };
+    use kith_protocol::roster::NewDevice;
+
+    fn account(live: &LiveCounts) -> Arc<Account> {
+        let mut rng = system_rng();
+        let first = NewDevice {
+            signing_key: DeviceSigningKey::generate(&mut rng).public(),
+            agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
+            name: "phone".into(),
+        };
+        let roster = VerifiedRoster::genesis(
+            &AccountSigningKey::generate(&mut rng),
+            first,
+            &EpochSecret::generate(&mut rng),
+            0,
+            &mut rng,
+        )
+        .unwrap();
+        Arc::new(Account::new(
+            roster.account_id(),
+            roster,
+            Vec::new(),
+            0,
+            live,
+        ))
+    }
 
     #[test]
-    fn only_entries_held_elsewhere_survive_a_sweep() {
-        let held = Arc::new(1);
-        let mut map = HashMap::from([(1, held.clone()), (2, Arc::new(2))]);
-        evict_idle(&mut map);
-        assert_eq!(map.len(), 1);
-        assert!(Arc::ptr_eq(&map[&1], &held));
+    fn idle_accounts_beyond_the_capacity_go_least_recently_used_first() {
+        let live = LiveCounts::default();
+        let mut map = AccountMap::new(4);
+        let accounts: Vec<Arc<Account>> = (0..5).map(|_| account(&live)).collect();
+        let ids: Vec<AccountId> = accounts.iter().map(|a| a.id).collect();
+        // One held by a request; the others only by the map.
+        let held = accounts[0].clone();
+        for account in accounts {
+            map.insert(account.id, account, false);
+        }
+        // Touch the second: the third is now the least recently used idle one.
+        map.get(&ids[1]).unwrap();
+        assert_eq!(
+            map.accounts.len(),
+            5,
+            "a quarter over the capacity before a sweep"
+        );
+        map.insert(ids[0], held.clone(), false);
+        map.insert(account(&live).id, account(&live), false);
+        assert_eq!(map.accounts.len(), 4);
+        assert!(map.accounts.contains_key(&ids[0]), "in use: never evicted");
+        assert!(map.accounts.contains_key(&ids[1]), "recently used");
+        assert!(
+            !map.accounts.contains_key(&ids[2]),
+            "least recently used idle"
+        );
+        drop(map);
+        drop(held);
+        assert_eq!(live.accounts.get(), 0, "no account outlives the map");
+    }
+
+    #[test]
+    fn accounts_in_use_are_kept_beyond_the_capacity() {
+        let live = LiveCounts::default();
+        let mut map = AccountMap::new(2);
+        let held: Vec<Arc<Account>> = (0..10).map(|_| account(&live)).collect();
+        for account in &held {
+            map.insert(account.id, account.clone(), false);
+        }
+        assert_eq!(map.accounts.len(), 10);
+        drop(held);
+        map.insert(account(&live).id, account(&live), false);
+        map.evict();
+        assert_eq!(map.accounts.len(), 2);
+    }
+
+    #[test]
+    fn the_notification_channel_exists_only_while_someone_listens() {
+        let live = LiveCounts::default();
+        let account = account(&live);
+        let event = AccountEvent::Deleted;
+        account.notify(event);
+        assert_eq!(live.channels.get(), 0, "no subscriber, no channel");
+        let mut first = account.subscribe();
+        let second = account.subscribe();
+        assert_eq!(live.channels.get(), 1);
+        account.notify(event);
+        assert!(matches!(first.try_recv(), Ok(AccountEvent::Deleted)));
+        drop(first);
+        account.unsubscribed();
+        assert_eq!(live.channels.get(), 1, "one subscriber left");
+        drop(second);
+        account.unsubscribed();
+        assert_eq!(live.channels.get(), 0);
     }
 }

@@ -62,7 +62,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> 
         inner.deleted = true;
         shared.accounts.remove(&account_id);
     }
-    let _ = account.events.send(AccountEvent::Deleted);
+    account.notify(AccountEvent::Deleted);
     {
         // This connection no longer speaks for a device of the deleted account.
         let mut device = lock(&conn.device);

@@ -147,9 +147,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
     // included.
     account.lock().made_durable(&device, last_seq);
     if appended {
-        let _ = account
-            .events
-            .send(AccountEvent::Pushed { device, last_seq });
+        account.notify(AccountEvent::Pushed { device, last_seq });
     }
     respond(response::Kind::PushAck(PushAck { last_seq }))
 }

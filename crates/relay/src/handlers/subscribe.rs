@@ -5,15 +5,16 @@
 use kith_protocol::proto::{ErrorCode, Notification, Ok as OkResponse, Response, response};
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
+use kith_protocol::ids::DeviceId;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::authorized;
 use crate::error::RequestError;
 use crate::frame::write_message;
 use crate::server::REQUEST_TIMED_OUT;
-use crate::state::{AccountEvent, Conn, Shared};
+use crate::state::{Account, AccountEvent, Conn, Shared};
 
-fn notification(device: &kith_protocol::ids::DeviceId, last_seq: u64) -> Response {
+fn notification(device: &DeviceId, last_seq: u64) -> Response {
     Response {
         kind: Some(response::Kind::Notification(Notification {
             device_id: device.as_bytes().to_vec(),
@@ -50,7 +51,23 @@ pub(crate) async fn run(
     deadline: Duration,
 ) -> Result<(), RequestError> {
     let (account, device) = authorized(shared, conn)?;
-    let mut events = account.events.subscribe();
+    let _live = shared.live.subscriptions.enter();
+    let mut events = account.subscribe();
+    let result = serve(shared, send, deadline, &account, device, &mut events).await;
+    // The last subscriber to leave takes the account's notification channel with it.
+    drop(events);
+    account.unsubscribed();
+    result
+}
+
+async fn serve(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    deadline: Duration,
+    account: &Account,
+    device: DeviceId,
+    events: &mut broadcast::Receiver<AccountEvent>,
+) -> Result<(), RequestError> {
     let mut shutdown = shared.shutdown.clone();
     let ok = Response {
         kind: Some(response::Kind::Ok(OkResponse {})),

@@ -233,11 +233,11 @@ impl SledStore {
         value_bytes: usize,
         segment_bytes: u64,
     ) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        let db = config.open()?;
         let meta = db.open_tree("meta")?;
         let found = match meta.get(SCHEMA_KEY)? {
             Some(found) => Some(
@@ -263,14 +263,30 @@ impl SledStore {
         let accounts = db.open_tree("accounts")?;
         // What each segment of the log holds that pointers point to.
         let mut live: HashMap<u64, u64> = HashMap::new();
+        let mut scanned = 0u64;
         for item in accounts.iter() {
             let (k, v) = item?;
+            scanned += (k.len() + v.len()) as u64;
             if is_envelope_key(&k)
                 && let Some(pointer) = Pointer::decode(&v)
             {
                 *live.entry(pointer.segment).or_default() += u64::from(pointer.len);
             }
         }
+        // The scan pulled every page of the tree (rosters, sealed keys: ~1.7 KB per account)
+        // into sled's cache, which gives them back only lazily, far past its capacity (172 MB
+        // with 100,000 accounts). Opening the database again starts with an empty cache. Only
+        // when the scan read more than the cache holds: an open may need a fresh sled segment,
+        // and a small relay on a nearly full disk must still start.
+        let (db, accounts) = if scanned > cache_bytes {
+            drop((accounts, meta, db));
+            let db = config.open()?;
+            let accounts = db.open_tree("accounts")?;
+            (db, accounts)
+        } else {
+            drop(meta);
+            (db, accounts)
+        };
         let log = SegmentLog::open(&dir.join(LOG_DIR), segment_bytes, &live)?;
         Ok(Self {
             accounts,
