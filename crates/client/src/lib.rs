@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "sync")]
+pub mod clock;
+#[cfg(feature = "sync")]
 pub mod contacts;
 #[cfg(feature = "sync")]
 pub mod device;
@@ -22,6 +24,8 @@ pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
 
+#[cfg(feature = "sync")]
+pub use clock::ClockSkew;
 #[cfg(feature = "sync")]
 pub use contacts::{ConflictView, ContactFields, ImportSummary};
 #[cfg(feature = "sync")]
