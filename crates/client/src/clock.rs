@@ -7,8 +7,8 @@
 //!   wins, even if that value came from a device whose date is years ahead.
 //! - Received clocks are observed with the skew bound ([`MAX_CLOCK_OFFSET_MS`]): a clock more
 //!   than 24 hours ahead of this device's wall clock is merged but not adopted.
-//! - The clock's state is stored with every write and after every pull, and observed (within
-//!   the bound) when the device opens: monotonic even if the wall clock goes backwards.
+//! - The clock's state is stored with every write and after every pull, and restored when the
+//!   device opens (`HlcClock::restore`): monotonic even if the wall clock goes backwards.
 //! - Each operation batch states its writer's wall clock when it was sealed; a pull compares it
 //!   with this device's and keeps the last difference per device ([`ClockSkew`]), which
 //!   `kith device list` shows as "device X's clock is N days ahead".
@@ -114,10 +114,12 @@ impl Device {
     /// Stores the clock's state, so that after a restart it never runs behind a clock this
     /// device already used or adopted, even if the wall clock went backwards.
     pub(crate) fn persist_clock(&self) -> Result<()> {
-        let last = self.state().clock.last();
-        self.inner
-            .store
-            .put(TreeName::Meta, meta::CLOCK, &last.to_proto().encode_to_vec())?;
+        let state = self.state().clock.to_persist();
+        self.inner.store.put(
+            TreeName::Meta,
+            meta::CLOCK,
+            &state.to_proto().encode_to_vec(),
+        )?;
         Ok(())
     }
 
@@ -169,7 +171,12 @@ mod tests {
         let at_bound = ClockSkew::measure(now + MAX_CLOCK_OFFSET_MS, now);
         assert_eq!(at_bound.warning("phone"), None);
         let just_past = ClockSkew::measure(now + MAX_CLOCK_OFFSET_MS + 1, now);
-        assert!(just_past.warning("phone").unwrap().contains("is 1 day ahead"));
+        assert!(
+            just_past
+                .warning("phone")
+                .unwrap()
+                .contains("is 1 day ahead")
+        );
         let late = ClockSkew::measure(now - 90 * DAY_MS, now);
         assert_eq!((late.days_ahead(), late.warning("laptop")), (0, None));
         let extreme = ClockSkew::measure(u64::MAX, 0);

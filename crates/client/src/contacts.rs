@@ -452,7 +452,16 @@ impl Device {
                     summary.unchanged += 1;
                     continue;
                 }
-                let op = self.upsert_after(state, writes)?;
+                let op = match self.upsert_after(state, writes) {
+                    Ok(op) => op,
+                    // A malicious member pinned this record with the greatest clock there is
+                    // (§8.1): nothing can be written to it, so the contact is skipped.
+                    Err(ClientError::Clock(_)) => {
+                        summary.skipped += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
                 state.apply(&op);
                 ops.push(op);
                 if was_live {

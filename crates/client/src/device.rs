@@ -348,8 +348,9 @@ impl Device {
         if let Some(last) = crate::clock::stored_clock(&store)? {
             // Within the skew bound: monotonic across restarts even if the wall clock went
             // backwards. A state further ahead (this device's date was wrong and has been
-            // corrected) is not adopted; writes still supersede what it wrote (§8).
-            clock.observe(&last, now_ms());
+            // corrected) is kept aside, not adopted; writes still supersede what it wrote
+            // (docs/PROTOCOL.md §8.1).
+            clock.restore(last, now_ms());
         }
         let relay = settings.relay()?;
         let record_id_key = epochs.record_id_key()?;

@@ -209,6 +209,9 @@ pub struct HlcClock {
     device: DeviceId,
     wall_ms: u64,
     counter: u32,
+    /// A restored state too far ahead of the wall clock to adopt: persisted again, and adopted
+    /// once the wall clock is within the bound of it.
+    parked: Option<Hlc>,
 }
 
 impl HlcClock {
@@ -218,6 +221,7 @@ impl HlcClock {
             device,
             wall_ms: 0,
             counter: 0,
+            parked: None,
         }
     }
 
@@ -242,6 +246,12 @@ impl HlcClock {
     /// assert_eq!((second.wall_ms(), second.counter()), (2_000, 1));
     /// ```
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
+        if let Some(parked) = self.parked
+            && !parked.is_beyond_offset(now_ms)
+        {
+            self.parked = None;
+            self.observe(&parked, now_ms);
+        }
         let now_ms = now_ms.min(Hlc::MAX_WALL_MS);
         if now_ms > self.wall_ms {
             self.wall_ms = now_ms;
@@ -289,10 +299,42 @@ impl HlcClock {
         Ok(later)
     }
 
-    /// The greatest clock issued or adopted so far (wall time 0 for a new clock): what a
-    /// device persists so that its clock survives a restart.
+    /// The greatest clock issued or adopted so far (wall time 0 for a new clock).
     pub const fn last(&self) -> Hlc {
         Hlc::new(self.wall_ms, self.counter, self.device)
+    }
+
+    /// What a device persists so that its clock survives a restart: [`last`](Self::last), or
+    /// the state [`restore`](Self::restore)d from a run whose wall clock was further ahead, if
+    /// that is greater.
+    pub fn to_persist(&self) -> Hlc {
+        self.last()
+            .max(self.parked.unwrap_or(Hlc::new(0, 0, self.device)))
+    }
+
+    /// Restores a state persisted by an earlier run ([`to_persist`](Self::to_persist)). Within
+    /// [`MAX_CLOCK_OFFSET_MS`] of `now_ms` it is adopted, so the clock stays monotonic across
+    /// restarts even if the wall clock went backwards. Further ahead (the device's date was
+    /// wrong, then corrected), it is kept aside and persisted again, and adopted once the wall
+    /// clock comes within the bound of it: the device writes at the right time meanwhile.
+    /// Returns whether it was adopted.
+    ///
+    /// ```
+    /// use kith_protocol::{DeviceId, hlc::{HlcClock, MAX_CLOCK_OFFSET_MS}};
+    /// let me = DeviceId::from_bytes([1; 16]);
+    /// let mut first_run = HlcClock::new(me);
+    /// let written = first_run.tick(10_000_000);
+    /// // The next run's wall clock is an hour behind: its clocks are still later.
+    /// let mut next_run = HlcClock::new(me);
+    /// assert!(next_run.restore(first_run.to_persist(), 10_000_000 - 3_600_000));
+    /// assert!(next_run.tick(10_000_000 - 3_600_000) > written);
+    /// ```
+    pub fn restore(&mut self, stored: Hlc, now_ms: u64) -> bool {
+        if self.observe(&stored, now_ms) {
+            return true;
+        }
+        self.parked = self.parked.max(Some(stored));
+        false
     }
 
     /// Moves this clock past `remote`, so the next [`tick`](Self::tick) is greater than it,
@@ -402,8 +444,15 @@ mod tests {
         assert_eq!(clock.last(), before, "nothing adopted");
         let fix = clock.tick_after(now, Some(future)).unwrap();
         assert_eq!(fix, Hlc::new(future.wall_ms(), 1, device(1)));
-        assert_eq!(clock.last(), before, "the successor is not adopted either");
-        assert!(clock.tick(now) < future, "later writes keep the device's own time");
+        assert_eq!(
+            clock.last().wall_ms(),
+            before.wall_ms(),
+            "the successor is not adopted either"
+        );
+        assert!(
+            clock.tick(now) < future,
+            "later writes keep the device's own time"
+        );
         // Later wall time catches up: the same clock is then adopted as usual.
         assert!(clock.observe(&future, now + DAY_MS));
     }
@@ -423,43 +472,57 @@ mod tests {
         // A floor below the local clock changes nothing.
         let local = clock.tick(5 * DAY_MS);
         let next = clock.tick_after(5 * DAY_MS, Some(Hlc::new(1, 0, device(9))));
-        assert_eq!(next, Ok(Hlc::new(local.wall_ms(), local.counter() + 1, device(5))));
+        assert_eq!(
+            next,
+            Ok(Hlc::new(local.wall_ms(), local.counter() + 1, device(5)))
+        );
     }
 
     proptest! {
-        /// A device persists `last()` after each run and observes it when it starts again; its
-        /// wall clock moves by a random amount between runs, backwards included. Within the
-        /// bound every clock is later than every earlier one; a correction by more than the
-        /// bound restarts from the wall clock, and a write that supersedes its own earlier one
-        /// (`tick_after` with that clock as floor) is still later.
+        /// A device persists `to_persist()` after each run and restores it when it starts
+        /// again; its wall clock moves by a random amount between runs, backwards included.
+        /// Every clock is later than every earlier one, except clocks issued beyond the bound
+        /// (to supersede a far-future clock: not adopted) and, while the stored state is more
+        /// than the bound ahead of the wall clock (the date was corrected backwards by more),
+        /// clocks of earlier runs: the device then writes at its wall time until that catches
+        /// up. A write that supersedes the device's own earlier ones (`tick_after` with the
+        /// greatest as floor) is later than all of them.
         #[test]
         fn clock_is_monotonic_across_restarts(
             runs in proptest::collection::vec(
-                (-(2 * DAY_MS as i64)..2 * DAY_MS as i64, 1usize..4),
+                (-(2 * DAY_MS as i64)..2 * DAY_MS as i64, 1usize..4, 0..DAY_MS),
                 1..12,
             ),
         ) {
-            let start = 1_700_000_000_000u64;
-            let mut wall = start;
+            let mut wall = 1_700_000_000_000u64;
             let mut persisted: Option<Hlc> = None;
-            let mut greatest: Option<Hlc> = None;
-            for (jump, writes) in runs {
+            // Every clock issued: its run, and whether it was beyond the bound when issued.
+            let mut issued: Vec<(Hlc, usize, bool)> = Vec::new();
+            for (run, (jump, writes, during)) in runs.into_iter().enumerate() {
                 wall = wall.saturating_add_signed(jump);
                 let mut clock = HlcClock::new(device(1));
-                let restored = persisted.is_none_or(|last| clock.observe(&last, wall));
-                for _ in 0..writes {
-                    let stamp = clock.tick(wall);
-                    let superseding = clock.tick_after(wall, greatest).unwrap();
-                    if restored {
-                        prop_assert!(greatest.is_none_or(|g| stamp > g));
-                    } else {
-                        prop_assert!(greatest.is_some_and(|g| g.is_beyond_offset(wall)));
+                if let Some(stored) = persisted {
+                    let adopted = clock.restore(stored, wall);
+                    prop_assert_eq!(adopted, !stored.is_beyond_offset(wall));
+                }
+                let parked = |now: u64| persisted.is_some_and(|p| p.is_beyond_offset(now));
+                for step in 0..writes {
+                    // The wall clock also moves on while the device runs.
+                    let now = wall + during * step as u64 / 4;
+                    let stamp = clock.tick(now);
+                    prop_assert!(!stamp.is_beyond_offset(now));
+                    for (earlier, earlier_run, was_beyond) in &issued {
+                        let exempt = *was_beyond || (*earlier_run < run && parked(now));
+                        prop_assert!(stamp > *earlier || exempt, "{stamp} after {earlier}");
                     }
+                    let greatest = issued.iter().map(|(clock, _, _)| *clock).max();
+                    let superseding = clock.tick_after(now, greatest).unwrap();
                     prop_assert!(greatest.is_none_or(|g| superseding > g));
                     prop_assert!(superseding > stamp);
-                    greatest = greatest.max(Some(stamp)).max(Some(superseding));
+                    issued.push((stamp, run, false));
+                    issued.push((superseding, run, superseding.is_beyond_offset(now)));
                 }
-                persisted = Some(clock.last());
+                persisted = Some(clock.to_persist());
             }
         }
     }

@@ -1115,9 +1115,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Operation>, RecordError> {
 
 /// [`decode_batch`], with the writer's stated wall clock when it sealed the batch (`None` if
 /// not stated). Unauthenticated beyond the envelope's signature: a member can state any time.
-pub fn decode_batch_written_at(
-    bytes: &[u8],
-) -> Result<(Vec<Operation>, Option<u64>), RecordError> {
+pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u64>), RecordError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }
@@ -1138,7 +1136,10 @@ pub fn decode_batch_written_at(
             })
         })
         .collect::<Result<_, _>>()?;
-    Ok((operations, (batch.written_at_ms != 0).then_some(batch.written_at_ms)))
+    Ok((
+        operations,
+        (batch.written_at_ms != 0).then_some(batch.written_at_ms),
+    ))
 }
 
 /// Where a contact came from, with what the importer kept (the `source/…` fields).
