@@ -2,7 +2,7 @@
 //! kept across restarts, and what this device learned of other devices' wall clocks.
 //!
 //! - Every local write (add, edit, import, delete, conflict resolution) takes its clock with
-//!   [`Device::write_clock`]: later than the device's clock *and* than every clock the device
+//!   `Device::write_clock`: later than the device's clock *and* than every clock the device
 //!   has merged for what it writes, so an edit made after seeing a value always replaces it and
 //!   wins, even if that value came from a device whose date is years ahead.
 //! - Received clocks are observed with the skew bound ([`MAX_CLOCK_OFFSET_MS`]): a clock more
@@ -100,7 +100,7 @@ impl Device {
     /// The clock of a local write that must be later than `floor`, the greatest clock this
     /// device has merged for what it writes (`RecordState::latest_clock_of` for the fields of
     /// an upsert, `RecordState::latest_clock` for a delete, `None` for a new record). Not
-    /// persisted here: callers persist once per commit with [`Device::persist_clock`].
+    /// persisted here: callers persist once per commit with `Device::persist_clock`.
     pub(crate) fn write_clock(&self, floor: Option<Hlc>) -> Result<Hlc> {
         Ok(self.state().clock.tick_after(now_ms(), floor)?)
     }

@@ -685,9 +685,8 @@ proptest! {
         }
         // Having merged everything, any device edits any field (including fields a far-future
         // device wrote last) and its edit wins on every replica.
-        for n in 0..DEVICES {
+        for me in &mut devices {
             for r in 0..RECORDS {
-                let me = &mut devices[n];
                 let floor = reference.get(&record(r)).and_then(|s| s.latest_clock_of([&key(1)]));
                 let clock = me.clock.tick_after(me.now_ms, floor).unwrap();
                 let replaces = reference.get(&record(r)).map(|s| s.replaces(&key(1)));
