@@ -455,7 +455,7 @@ impl Device {
                 let op = match self.upsert_after(state, writes) {
                     Ok(op) => op,
                     // A malicious member pinned this record with the greatest clock there is
-                    // (§8.1): nothing can be written to it, so the contact is skipped.
+                    // (§8.2): nothing can be written to it, so the contact is skipped.
                     Err(ClientError::Clock(_)) => {
                         summary.skipped += 1;
                         continue;

@@ -349,7 +349,7 @@ impl Device {
             // Within the skew bound: monotonic across restarts even if the wall clock went
             // backwards. A state further ahead (this device's date was wrong and has been
             // corrected) is kept aside, not adopted; writes still supersede what it wrote
-            // (docs/PROTOCOL.md §8.1).
+            // (docs/PROTOCOL.md §8.2).
             clock.restore(last, now_ms());
         }
         let relay = settings.relay()?;
