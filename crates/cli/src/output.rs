@@ -209,6 +209,11 @@ pub struct DeviceJson {
     pub added_at_ms: u64,
     /// Whether it is the device running this command.
     pub this_device: bool,
+    /// How far ahead of this device's clock its wall clock was when it sealed its latest
+    /// envelope pulled here (ms; negative: behind or delivered late); `null` if unknown.
+    pub clock_ahead_ms: Option<i64>,
+    /// "device X's clock is N days ahead …" when that is beyond the 24-hour bound, else `null`.
+    pub clock_warning: Option<String>,
 }
 
 fn date_text(date: &proto::Date) -> String {
@@ -353,6 +358,8 @@ impl From<&DeviceInfo> for DeviceJson {
             name: d.name.clone(),
             added_at_ms: d.added_at_ms,
             this_device: d.this_device,
+            clock_ahead_ms: d.clock_skew.map(|skew| skew.ahead_ms),
+            clock_warning: clock_warning(d),
         }
     }
 }
@@ -402,15 +409,28 @@ pub fn contacts_table(contacts: &[Contact]) -> String {
     table(["ID", "NAME", "COMPANY", "EMAIL", "PHONE"], &rows)
 }
 
-/// A table of devices.
+/// "device X's clock is N days ahead …" if the device's clock is beyond the skew bound.
+pub fn clock_warning(device: &DeviceInfo) -> Option<String> {
+    device.clock_skew?.warning(&device.name)
+}
+
+/// A table of devices, then a line for each device whose clock is too far ahead.
 pub fn devices_table(devices: &[DeviceInfo]) -> String {
-    let rows: Vec<[String; 4]> = devices
+    let rows: Vec<[String; 5]> = devices
         .iter()
         .map(|d| {
+            let clock = match d.clock_skew {
+                Some(skew) if skew.is_beyond_offset() => {
+                    format!("{} days ahead", skew.days_ahead())
+                }
+                Some(_) => "ok".to_owned(),
+                None => String::new(),
+            };
             [
                 short(&d.id).to_owned(),
                 cut(&d.name, 32),
                 format_time_ms(d.added_at_ms),
+                clock,
                 if d.this_device {
                     "this device".to_owned()
                 } else {
@@ -419,7 +439,12 @@ pub fn devices_table(devices: &[DeviceInfo]) -> String {
             ]
         })
         .collect();
-    table(["ID", "NAME", "ADDED (UTC)", ""], &rows)
+    let mut out = table(["ID", "NAME", "ADDED (UTC)", "CLOCK", ""], &rows);
+    for warning in devices.iter().filter_map(clock_warning) {
+        out.push_str(&warning);
+        out.push('\n');
+    }
+    out
 }
 
 /// Left-aligned columns separated by two spaces, widths fitted to the content.

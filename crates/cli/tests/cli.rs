@@ -1,7 +1,7 @@
 //! The `kith` binary, run as people and scripts run it, against a real relay on loopback
 //! started in the test process. Every child process is bounded in time.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -210,15 +210,15 @@ fn assert_contact_shape(contact: &Value) {
     }
 }
 
-/// Links a new device in `b` to the account of `a`: `device request` on B, whose first line
-/// is the link code, approved by `device approve` on A.
-fn link(a: &Path, b: &Path, relay: &TestRelay) {
-    // B asks to join; its first line of output is the link code.
-    let mut request = kith(b);
+/// Links a new device in `new` to the account of `existing` (`device request` there, `device
+/// approve` here), as people do it.
+fn link(existing: &Path, new: &Path, relay: &TestRelay, name: &str) {
+    // The new device asks to join; its first line of output is the link code.
+    let mut request = kith(new);
     request
         .args(["device", "request"])
         .args(relay.args())
-        .args(["--device-name", "phone", "--timeout", "60"])
+        .args(["--device-name", name, "--timeout", "60"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -242,7 +242,7 @@ fn link(a: &Path, b: &Path, relay: &TestRelay) {
         !code.is_empty(),
         "device request printed the link code first"
     );
-    let mut approve = kith(a);
+    let mut approve = kith(existing);
     approve.args(["device", "approve", &code]);
     ok(approve);
     let output = wait(child, "device request");
@@ -408,7 +408,18 @@ fn contacts_round_trip_on_one_device_with_stable_json() {
     let device = devices[0].as_object().expect("object");
     let mut keys: Vec<&str> = device.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["added_at_ms", "id", "name", "this_device"]);
+    assert_eq!(
+        keys,
+        [
+            "added_at_ms",
+            "clock_ahead_ms",
+            "clock_warning",
+            "id",
+            "name",
+            "this_device"
+        ]
+    );
+    assert_eq!(devices[0]["clock_ahead_ms"], Value::Null);
     assert_eq!(devices[0]["name"], "laptop");
     assert_eq!(devices[0]["this_device"], true);
 
@@ -493,7 +504,7 @@ fn a_linked_device_sees_the_same_contacts_after_sync() {
         ok(add);
     }
 
-    link(&a, &b, &relay);
+    link(&a, &b, &relay, "phone");
 
     let mut sync = kith(&b);
     sync.arg("sync");
@@ -1188,7 +1199,7 @@ fn commands_run_beside_a_watcher_on_one_home_and_the_watcher_syncs_them() {
     let mut add = kith(&a);
     add.args(["contacts", "add", "--name", "Ada Lovelace"]);
     let ada = added_id(&ok(add));
-    link(&a, &b, &relay);
+    link(&a, &b, &relay, "phone");
 
     let (mut watcher, lines) = watch(&a);
     let first = lines
@@ -1414,4 +1425,237 @@ fn mail_calendar_and_twitter_import_show_meetings_and_forget() {
     forget.args(["sources", "forget", "twitter"]);
     assert!(ok(forget).contains("Forgot twitter"));
     assert_eq!(list(home).len(), contacts.len() - 13);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices with wrong clocks (issue 23, docs/PROTOCOL.md §8): `kith` runs under `faketime`.
+
+/// Whether `faketime` can run commands here. Without it the clock tests are skipped, loudly,
+/// unless `CI` is set (CI installs it in `.ci/run`): there a missing `faketime` fails them.
+fn faketime_available(test: &str) -> bool {
+    let works = Command::new("faketime")
+        .args(["+1 days", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if !works {
+        assert!(
+            !ci,
+            "{test}: `faketime` is not installed, and CI is set (install the Debian package \
+             `faketime`; .ci/run does)"
+        );
+        // Straight to the process's standard error: the test harness captures `eprintln!`
+        // of passing tests, and a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: `faketime` is not installed (apt-get install faketime), so kith \
+             cannot be run with a wrong clock; set CI=true to make this a failure"
+        );
+    }
+    works
+}
+
+/// `faketime OFFSET kith --home HOME …`: `kith` whose wall clock is moved by `offset` (as
+/// `date -d` reads it, e.g. "+3650 days").
+fn kith_at(offset: &str, home: &Path) -> Command {
+    let mut command = Command::new("faketime");
+    command
+        .arg(offset)
+        .arg(env!("CARGO_BIN_EXE_kith"))
+        .env_remove("KITH_HOME")
+        .env("RUST_LOG", "error")
+        .arg("--home")
+        .arg(home);
+    command
+}
+
+fn sync(command: Command) {
+    let mut command = command;
+    command.arg("sync");
+    ok(command);
+}
+
+fn show(home: &Path, id: &str) -> Value {
+    let mut command = kith(home);
+    command.args(["contacts", "show", id, "--json"]);
+    json(&ok(command))
+}
+
+fn edit_company(mut command: Command, id: &str, company: &str) {
+    command.args(["contacts", "edit", id, "--company", company]);
+    ok(command);
+}
+
+fn device_named(home: &Path, name: &str) -> Value {
+    let mut command = kith(home);
+    command.args(["device", "list", "--json"]);
+    json(&ok(command))
+        .as_array()
+        .and_then(|devices| devices.iter().find(|d| d["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no device {name} in `device list`"))
+}
+
+/// The steps of issue 23: device B's date is ten years ahead; B sets a contact's company and
+/// syncs; A, with the right date, pulls it and edits the same field. The edit succeeds and wins
+/// everywhere, A reports B's clock, and once B's date is corrected B keeps working.
+#[test]
+fn a_device_with_a_wrong_clock_does_not_freeze_anyones_contacts() {
+    if !faketime_available("a_device_with_a_wrong_clock_does_not_freeze_anyones_contacts") {
+        return;
+    }
+    let relay = TestRelay::start();
+    let homes = tempfile::tempdir().expect("homes");
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    init(&a, &relay, "laptop");
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Ada Lovelace"])
+        .args(["--company", "Analytical Engines"]);
+    ok(add);
+    let id = list(&a)[0]["id"].as_str().expect("id").to_owned();
+    link(&a, &b, &relay, "phone");
+    sync(kith(&b));
+
+    let future = "+3650 days";
+    edit_company(kith_at(future, &b), &id, "From the future");
+    sync(kith_at(future, &b));
+    sync(kith(&a));
+    assert_eq!(show(&a, &id)["company"], "From the future");
+
+    // A reports B's clock, in the table and in JSON.
+    let phone = device_named(&a, "phone");
+    let day_ms = 86_400_000_i64;
+    let ahead = phone["clock_ahead_ms"]
+        .as_i64()
+        .expect("B's clock was measured");
+    assert!(
+        (3_649 * day_ms..=3_650 * day_ms).contains(&ahead),
+        "{phone}"
+    );
+    let warning = phone["clock_warning"].as_str().expect("a warning");
+    assert!(
+        warning.starts_with("device phone's clock is 3650 days ahead"),
+        "{warning}"
+    );
+    let mut table = kith(&a);
+    table.args(["device", "list"]);
+    let table = ok(table);
+    assert!(table.contains("3650 days ahead"), "{table}");
+    assert!(
+        table.contains("device phone's clock is 3650 days ahead"),
+        "{table}"
+    );
+
+    // The edit the issue saw fail: it succeeds, wins on A, and wins on B once synced.
+    edit_company(kith(&a), &id, "Fixed today");
+    assert_eq!(show(&a, &id)["company"], "Fixed today");
+    sync(kith(&a));
+    sync(kith_at(future, &b));
+    assert_eq!(show(&b, &id)["company"], "Fixed today");
+    let mut conflicts = kith(&b);
+    conflicts.args(["contacts", "conflicts", "--json"]);
+    assert_eq!(json(&ok(conflicts)), Value::Array(Vec::new()));
+
+    // A contact B adds from the future can be deleted by A, on every device.
+    let mut add = kith_at(future, &b);
+    add.args(["contacts", "add", "--name", "Time Traveller"]);
+    ok(add);
+    sync(kith_at(future, &b));
+    sync(kith(&a));
+    let traveller = list(&a)
+        .into_iter()
+        .find(|c| c["name"] == "Time Traveller")
+        .and_then(|c| c["id"].as_str().map(str::to_owned))
+        .expect("B's new contact on A");
+    let mut delete = kith(&a);
+    delete.args(["contacts", "delete", &traveller]);
+    ok(delete);
+    sync(kith(&a));
+    sync(kith_at(future, &b));
+    for home in [&a, &b] {
+        assert!(
+            list(home).iter().all(|c| c["name"] != "Time Traveller"),
+            "the delete hides the write from the future"
+        );
+    }
+
+    // B's date is corrected: it keeps working, its edit of a field it wrote in the future
+    // still wins, and A stops reporting its clock once it pulls what B wrote since.
+    edit_company(kith(&b), &id, "Corrected on B");
+    assert_eq!(show(&b, &id)["company"], "Corrected on B");
+    sync(kith(&b));
+    sync(kith(&a));
+    assert_eq!(show(&a, &id)["company"], "Corrected on B");
+    let phone = device_named(&a, "phone");
+    assert_eq!(phone["clock_warning"], Value::Null, "{phone}");
+    let ahead = phone["clock_ahead_ms"].as_i64().expect("measured again");
+    assert!(ahead < day_ms, "{phone}");
+
+    // Neither A's clock nor B's stayed in the future: of two concurrent edits of a field
+    // nobody wrote from the future, the one made later in real time (B's) wins.
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Grace Hopper"]);
+    ok(add);
+    sync(kith(&a));
+    sync(kith(&b));
+    let grace = list(&b)
+        .into_iter()
+        .find(|c| c["name"] == "Grace Hopper")
+        .and_then(|c| c["id"].as_str().map(str::to_owned))
+        .expect("Grace Hopper on B");
+    edit_company(kith(&a), &grace, "Navy, from A");
+    edit_company(kith(&b), &grace, "Navy, from B");
+    sync(kith(&a));
+    sync(kith(&b));
+    sync(kith(&a));
+    for home in [&a, &b] {
+        assert_eq!(show(home, &grace)["company"], "Navy, from B");
+    }
+
+    // And A edits once more: the latest edit wins on both.
+    edit_company(kith(&a), &id, "Final");
+    sync(kith(&a));
+    sync(kith(&b));
+    assert_eq!(show(&b, &id)["company"], "Final");
+}
+
+/// A device whose wall clock goes backwards between runs (within the 24-hour bound) still
+/// writes later than before: its edit wins over a concurrent one made at a time between.
+#[test]
+fn the_clock_stays_monotonic_across_restarts_when_the_wall_clock_goes_back() {
+    if !faketime_available(
+        "the_clock_stays_monotonic_across_restarts_when_the_wall_clock_goes_back",
+    ) {
+        return;
+    }
+    let relay = TestRelay::start();
+    let homes = tempfile::tempdir().expect("homes");
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    init(&a, &relay, "laptop");
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Dorothy Vaughan"]);
+    ok(add);
+    let id = list(&a)[0]["id"].as_str().expect("id").to_owned();
+    link(&a, &b, &relay, "phone");
+    sync(kith(&b));
+
+    // A runs two hours ahead once, then with its clock back at the right time.
+    let mut ahead = kith_at("+2 hours", &a);
+    ahead.args(["contacts", "add", "--name", "Katherine Johnson"]);
+    ok(ahead);
+    edit_company(kith(&a), &id, "A, after the clock went back");
+    // B, not having seen it, edits the same field one hour ahead: between A's two runs.
+    edit_company(kith_at("+1 hour", &b), &id, "B, one hour ahead");
+    sync(kith(&a));
+    sync(kith(&b));
+    sync(kith(&a));
+    // A's second write is later than its first, so later than B's: it wins on both.
+    for home in [&a, &b] {
+        assert_eq!(show(home, &id)["company"], "A, after the clock went back");
+        let mut conflicts = kith(home);
+        conflicts.args(["contacts", "conflicts", "--json"]);
+        let conflicts = json(&ok(conflicts));
+        assert_eq!(conflicts[0]["other"], "B, one hour ahead", "{conflicts}");
+    }
 }

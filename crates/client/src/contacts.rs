@@ -151,13 +151,15 @@ impl Device {
                 "a contact needs at least one field (e.g. --name)".into(),
             ));
         }
-        let op = Operation::upsert(id, self.tick(), writes)?;
+        let op = Operation::upsert(id, self.write_clock(None)?, writes)?;
         self.commit_local(vec![op]).await?;
         Ok(id)
     }
 
     /// Changes fields of a contact. Each write replaces the values this device sees, so an
-    /// edit after a sync is never reported as a conflict with what it replaced.
+    /// edit after a sync is never reported as a conflict with what it replaced, and its clock
+    /// is later than every clock of those fields, so it wins even over a value written by a
+    /// device whose date is far ahead (docs/PROTOCOL.md §8).
     pub async fn edit_contact(&self, id: &RecordId, fields: &ContactFields) -> Result<()> {
         self.edit_contact_with(id, fields, &EditOptions::default())
             .await
@@ -178,9 +180,24 @@ impl Device {
         if writes.is_empty() {
             return Ok(false);
         }
-        let op = Operation::upsert(*id, self.tick(), writes)?;
+        let op = self.upsert_after(&current, writes)?;
         self.commit_local(vec![op]).await?;
         Ok(true)
+    }
+
+    /// An upsert of `writes` on `current`, with a clock later than everything this device
+    /// merged for the fields written (and the record's deletion).
+    pub(crate) fn upsert_after(
+        &self,
+        current: &RecordState,
+        writes: Vec<FieldWrite>,
+    ) -> Result<Operation> {
+        let floor = current.latest_clock_of(writes.iter().map(FieldWrite::key));
+        Ok(Operation::upsert(
+            current.id(),
+            self.write_clock(floor)?,
+            writes,
+        )?)
     }
 
     /// Changes many contacts at once: one transaction and one flush for the whole batch, which
@@ -192,16 +209,17 @@ impl Device {
             let current = self.live_record(id)?;
             let writes = self.writes_for(&current, fields, &EditOptions::default())?;
             if !writes.is_empty() {
-                ops.push(Operation::upsert(*id, self.tick(), writes)?);
+                ops.push(self.upsert_after(&current, writes)?);
             }
         }
         self.commit_local(ops).await
     }
 
-    /// Deletes a contact (a tombstone that every device converges on).
+    /// Deletes a contact (a tombstone that every device converges on). Its clock is later
+    /// than every clock of the record, so it hides everything this device has seen.
     pub async fn delete_contact(&self, id: &RecordId) -> Result<()> {
-        self.live_record(id)?;
-        let op = Operation::delete(*id, self.tick());
+        let current = self.live_record(id)?;
+        let op = Operation::delete(*id, self.write_clock(current.latest_clock())?);
         self.commit_local(vec![op]).await
     }
 
@@ -214,7 +232,7 @@ impl Device {
             record::value::text(value),
             current.replaces(&key),
         )?;
-        let op = Operation::upsert(*id, self.tick(), [write])?;
+        let op = self.upsert_after(&current, vec![write])?;
         self.commit_local(vec![op]).await
     }
 
@@ -607,7 +625,16 @@ impl Device {
                     summary.unchanged += 1;
                     continue;
                 }
-                let op = Operation::upsert(id, self.tick(), writes)?;
+                let op = match self.upsert_after(state, writes) {
+                    Ok(op) => op,
+                    // A malicious member pinned this record with the greatest clock there is
+                    // (§8.2): nothing can be written to it, so the contact is skipped.
+                    Err(ClientError::Clock(_)) => {
+                        summary.skipped += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
                 state.apply(&op);
                 ops.push(op);
                 if was_live {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_protocol::bundle::{self, AccountBundle, LinkCode};
 use kith_protocol::epoch::{self, EpochKeys};
-use kith_protocol::hlc::{Hlc, HlcClock};
+use kith_protocol::hlc::HlcClock;
 use kith_protocol::keys::{
     AccountSigningKey, DeviceAgreementPublicKey, EpochSecret, PairingSecret, RecoveryKey,
     RecoverySealing, SymmetricKey, system_rng,
@@ -15,10 +15,10 @@ use kith_protocol::keys::{
 use kith_protocol::proto::{self, request, response};
 use kith_protocol::roster::{NewDevice, VerifiedRoster};
 use kith_protocol::{AccountId, DeviceId};
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::clock::ClockSkew;
 use crate::error::{ClientError, Result};
 use crate::keystore::{DeviceSecrets, FileKeyStore, KeyStore};
 use crate::net::{RelayConnection, RelayTarget, RelayTrust, expect_ok};
@@ -32,6 +32,8 @@ pub(crate) mod meta {
     pub const EPOCH_PREFIX: &[u8] = b"epoch/";
     pub const RECOVERY: &[u8] = b"recovery";
     pub const CLOCK: &[u8] = b"clock";
+    /// `clock-skew/<device id>` → what this device last measured of that device's wall clock.
+    pub const CLOCK_SKEW_PREFIX: &[u8] = b"clock-skew/";
     /// Last sealed envelope of this device: u64be(seq) || hash (32).
     pub const HEAD: &[u8] = b"head";
     /// Highest seq of this device the relay acknowledged: u64be.
@@ -164,6 +166,9 @@ pub struct DeviceInfo {
     pub added_at_ms: u64,
     /// Whether this is the device asking.
     pub this_device: bool,
+    /// What this device last measured of its wall clock (`None` for this device, or before
+    /// any of its envelopes stating its time was pulled): see [`ClockSkew::warning`].
+    pub clock_skew: Option<ClockSkew>,
 }
 
 /// The recovery key of a new account, to be shown once and written down.
@@ -344,12 +349,12 @@ impl Device {
             .map(Zeroizing::new)
             .and_then(|bytes| decode_recovery(&bytes));
         let mut clock = HlcClock::new(device_id);
-        let stored_clock = store
-            .get(TreeName::Meta, meta::CLOCK)?
-            .and_then(|bytes| proto::Hlc::decode(bytes.as_slice()).ok())
-            .and_then(|wire| Hlc::from_proto(&wire).ok());
-        if let Some(last) = stored_clock {
-            clock.observe(&last);
+        if let Some(last) = crate::clock::stored_clock(&store)? {
+            // Within the skew bound: monotonic across restarts even if the wall clock went
+            // backwards. A state further ahead (this device's date was wrong and has been
+            // corrected) is kept aside, not adopted; writes still supersede what it wrote
+            // (docs/PROTOCOL.md §8.2).
+            clock.restore(last, now_ms());
         }
         let relay = settings.relay()?;
         let record_id_key = epochs.record_id_key()?;
@@ -553,13 +558,19 @@ impl Device {
             .roster
             .devices()
             .map(|entry| {
+                let this_device = entry.device_id() == self.inner.device_id;
                 Ok(DeviceInfo {
                     id: entry.device_id().to_hex(),
                     name: state
                         .roster
                         .device_name(&entry.device_id(), &state.epochs)?,
                     added_at_ms: entry.added_at_ms(),
-                    this_device: entry.device_id() == self.inner.device_id,
+                    this_device,
+                    clock_skew: if this_device {
+                        None
+                    } else {
+                        self.clock_skew(&entry.device_id())?
+                    },
                 })
             })
             .collect()

@@ -45,6 +45,9 @@ pub enum ClientError {
     /// A record or operation was invalid.
     #[error("invalid record data: {0}")]
     Record(#[from] kith_protocol::record::RecordError),
+    /// No clock is later than one a field holds (only a malicious member can write that one).
+    #[error("cannot write a later clock: {0}")]
+    Clock(#[from] kith_protocol::hlc::HlcError),
     /// A stored or received record state was invalid.
     #[error("invalid record state: {0}")]
     Merge(#[from] kith_protocol::merge::MergeError),

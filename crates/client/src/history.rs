@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use kith_protocol::RecordId;
-use kith_protocol::record::{Contact, FieldKey, FieldWrite, Operation, Source};
+use kith_protocol::record::{Contact, FieldKey, FieldWrite, Source};
 use serde::Serialize;
 
 use crate::device::Device;
@@ -185,7 +185,8 @@ impl Device {
                 writes.push(FieldWrite::remove(key.clone(), state.replaces(&key)));
             }
             changed += 1;
-            ops.push(Operation::upsert(contact.id(), self.tick(), writes)?);
+            // Later than every clock of what it removes (docs/PROTOCOL.md §8.2).
+            ops.push(self.upsert_after(&state, writes)?);
         }
         self.commit_local(ops).await?;
         Ok((changed, emptied))

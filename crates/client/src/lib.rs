@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "sync")]
+pub mod clock;
+#[cfg(feature = "sync")]
 pub mod contacts;
 #[cfg(feature = "sync")]
 pub mod device;
@@ -24,6 +26,7 @@ pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
 
+pub use clock::ClockSkew;
 #[cfg(feature = "sync")]
 pub use contacts::{ClearField, ConflictView, ContactFields, EditOptions, ImportSummary};
 #[cfg(feature = "sync")]

@@ -15,6 +15,7 @@ use kith_protocol::stream::StreamVerifier;
 use kith_protocol::{DeviceId, RecordId};
 use prost::Message;
 
+use crate::clock::ClockSkew;
 use crate::device::{Device, meta, now_ms};
 use crate::error::{ClientError, Result};
 use crate::net::{RelayConnection, expect_ok};
@@ -271,7 +272,8 @@ impl Device {
         ops: &[Operation],
         kind: PayloadKind,
     ) -> Result<()> {
-        let payload = record::encode_batch(ops)?;
+        // The wall time lets receivers report a device whose date is wrong (§8).
+        let payload = record::encode_batch_written_at(ops, now_ms())?;
         self.seal_payload(tx, pending_keys, &payload, kind)
     }
 
@@ -432,6 +434,7 @@ impl Device {
             verifiers.insert(writer, verifier);
         }
         let mut refreshed_keys = false;
+        let mut skews = BTreeMap::new();
         // Each page's records and cursors are written while the next page is fetched, opened
         // and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
@@ -531,7 +534,8 @@ impl Device {
                     verifier.check(envelope)?;
                 }
             }
-            let (touched, page_changed) = self.merge_payloads(&mut pipeline, &parsed, opened)?;
+            let (touched, page_changed) =
+                self.merge_payloads(&mut pipeline, &parsed, opened, &mut skews)?;
             // Cursors are written with the records they cover, in one transaction (were they
             // not, a crash in between would pull the page again, and merging it again would
             // change nothing).
@@ -553,6 +557,9 @@ impl Device {
             }
         }
         pipeline.wait().await?;
+        // What the merged clocks moved the clock to survives a restart (§8).
+        self.persist_clock()?;
+        self.persist_clock_skews(&skews)?;
         self.inner.store.flush().await?;
         Ok((total, changed, past_end))
     }
@@ -582,20 +589,30 @@ impl Device {
     }
 
     /// Decodes opened payloads and merges them into the records; returns the records that
-    /// changed (to be written) and their ids.
+    /// changed (to be written) and their ids. Every merged clock is observed (within the skew
+    /// bound), and each writer's stated wall time is measured against this device's into
+    /// `skews`.
     fn merge_payloads(
         &self,
         pipeline: &mut RecordPipeline,
         parsed: &[ParsedEnvelope],
         payloads: Vec<Vec<u8>>,
+        skews: &mut BTreeMap<DeviceId, ClockSkew>,
     ) -> Result<(Records, BTreeSet<RecordId>)> {
         let mut touched: Records = BTreeMap::new();
         let mut changed = BTreeSet::new();
+        let now = now_ms();
         for (envelope, payload) in parsed.iter().zip(payloads) {
             match envelope.header().kind {
                 PayloadKind::Operations => {
-                    for op in record::decode_batch(&payload)? {
-                        self.state().clock.observe(&op.clock());
+                    let (ops, written_at) = record::decode_batch_written_at(&payload)?;
+                    if let Some(written_at) = written_at {
+                        // Envelopes are in stream order: the last one measured is the latest.
+                        let skew = ClockSkew::measure(written_at, now);
+                        skews.insert(envelope.header().device_id, skew);
+                    }
+                    for op in ops {
+                        self.observe_clock(&op.clock(), now);
                         let state = pipeline.load(&mut touched, op.record())?;
                         if state.apply(&op) {
                             changed.insert(op.record());
@@ -605,6 +622,9 @@ impl Device {
                 PayloadKind::Snapshot => {
                     let (snapshot, _positions) = ContactSet::decode_snapshot(&payload)?;
                     for incoming in snapshot.records() {
+                        if let Some(latest) = incoming.latest_clock() {
+                            self.observe_clock(&latest, now);
+                        }
                         let state = pipeline.load(&mut touched, incoming.id())?;
                         if state.merge(incoming) {
                             changed.insert(incoming.id());
@@ -825,24 +845,6 @@ impl Device {
         let mut slot = self.inner.connection.lock().await;
         let connection = self.connection(&mut slot).await?.clone();
         usage(&connection).await
-    }
-
-    /// The next clock value for a local write. Not persisted here: callers persist the last
-    /// clock once per commit with [`Device::persist_clock`].
-    pub(crate) fn tick(&self) -> kith_protocol::hlc::Hlc {
-        self.state().clock.tick(now_ms())
-    }
-
-    /// Stores the clock's latest value, so that after a restart it never runs behind a clock
-    /// this device already used, even if the wall clock went backwards.
-    pub(crate) fn persist_clock(&self) -> Result<()> {
-        let latest = self.state().clock.tick(now_ms());
-        self.inner.store.put(
-            TreeName::Meta,
-            meta::CLOCK,
-            &latest.to_proto().encode_to_vec(),
-        )?;
-        Ok(())
     }
 }
 

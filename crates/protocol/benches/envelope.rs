@@ -131,6 +131,7 @@ fn contact(i: u32, device: &[u8; 16]) -> Operation {
 fn batch(n: u32, device: &[u8; 16]) -> Vec<u8> {
     OperationBatch {
         operations: (0..n).map(|i| contact(i, device)).collect(),
+        written_at_ms: 0,
     }
     .encode_to_vec()
 }

@@ -170,17 +170,20 @@ fn put_operation(tag: u32, operation: &Operation, buf: &mut Vec<u8>) {
     }
 }
 
-/// `OperationBatch { repeated Operation operations = 1 }`, byte for byte what
-/// `OperationBatch { operations: ops.iter().map(Operation::to_proto) }.encode_to_vec()` gives.
-pub(crate) fn operation_batch(operations: &[Operation]) -> Vec<u8> {
+/// `OperationBatch { repeated Operation operations = 1; uint64 written_at_ms = 2 }`, byte for
+/// byte what `OperationBatch { operations: ops.iter().map(Operation::to_proto), written_at_ms }
+/// .encode_to_vec()` gives.
+pub(crate) fn operation_batch(operations: &[Operation], written_at_ms: u64) -> Vec<u8> {
     let len = operations
         .iter()
         .map(|op| delimited_len(1, operation_body_len(op)))
-        .sum();
+        .sum::<usize>()
+        + varint_len(2, written_at_ms);
     let mut buf = Vec::with_capacity(len);
     for operation in operations {
         put_operation(1, operation, &mut buf);
     }
+    put_varint(2, written_at_ms, &mut buf);
     buf
 }
 

@@ -9,22 +9,55 @@
 //! milliseconds, so tests are deterministic and a clock that jumps backwards cannot make the
 //! device's own clocks go backwards.
 //!
+//! # Skew bound
+//!
+//! A remote clock more than [`MAX_CLOCK_OFFSET_MS`] (24 hours) ahead of the receiver's wall
+//! clock is merged like any other (the merge never looks at wall time, so every replica still
+//! converges) but is **not adopted** by the receiver's [`HlcClock`]: one device with a wrong
+//! date cannot drag the clocks of the whole account into the future. A local write that must
+//! supersede such a clock still gets a later one, for that write only:
+//! [`HlcClock::tick_after`] takes the [`successor`](Hlc::successor) of the greatest clock known
+//! for what it writes.
+//!
 //! ```
 //! use kith_protocol::DeviceId;
-//! use kith_protocol::hlc::HlcClock;
+//! use kith_protocol::hlc::{Hlc, HlcClock, MAX_CLOCK_OFFSET_MS};
 //!
 //! let mut phone = HlcClock::new(DeviceId::from_bytes([1; 16]));
 //! let mut laptop = HlcClock::new(DeviceId::from_bytes([2; 16]));
 //! let edit = laptop.tick(5_000);
-//! phone.observe(&edit);
+//! assert!(phone.observe(&edit, 1_000));
 //! // The phone's wall clock is behind, yet its next edit is ordered after the laptop's.
 //! assert!(phone.tick(1_000) > edit);
+//!
+//! // A clock ten years ahead is not adopted...
+//! let future = Hlc::new(1_000 + 3_650 * 86_400_000, 0, DeviceId::from_bytes([3; 16]));
+//! assert!(!phone.observe(&future, 1_000));
+//! assert!(phone.tick(1_000) < future);
+//! // ...but a write that replaces it is later, and the phone's own clock stays where it was.
+//! let fix = phone.tick_after(1_000, Some(future))?;
+//! assert!(fix > future);
+//! assert!(phone.tick(1_000).wall_ms() < 1_000 + MAX_CLOCK_OFFSET_MS);
+//! # Ok::<(), kith_protocol::hlc::HlcError>(())
 //! ```
 
 use std::fmt;
 
 use crate::ids::{DeviceId, IdLengthError};
 use crate::proto;
+
+/// How far ahead of a device's wall clock a received clock may be and still be adopted by the
+/// device's [`HlcClock`]: 24 hours.
+///
+/// Large enough that no correctly set device ever exceeds it (time zones are not part of Unix
+/// time; NTP keeps clocks within seconds; a phone without network drifts by minutes a month),
+/// so honest clocks always follow the plain HLC rules. Small enough that a device with a wrong
+/// date (a reset phone showing 1970 or 2036, or a malicious member) moves nobody's clock more
+/// than a day ahead; clocks within it catch up with real time within a day. CockroachDB uses
+/// the same idea with 500 ms, because it needs linearizable transactions; contact edits only
+/// need "an edit made after seeing a value wins over it", which [`HlcClock::tick_after`] keeps
+/// whatever the skew. See docs/PROTOCOL.md §8.
+pub const MAX_CLOCK_OFFSET_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Why a clock from the wire was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +70,15 @@ pub enum HlcError {
     WallTimeOutOfRange {
         /// The wall time received.
         wall_ms: u64,
+    },
+    /// A write must be later than `floor`, the greatest clock there is: no clock is later.
+    #[error(
+        "no clock is later than {floor}, written by device {device}: it holds the greatest clock there is",
+        device = floor.device()
+    )]
+    NoLaterClock {
+        /// The greatest known clock of what is written.
+        floor: Hlc,
     },
 }
 
@@ -87,6 +129,37 @@ impl Hlc {
         self.device
     }
 
+    /// The least clock of `device` greater than this one: the same wall time and the next
+    /// counter (or the next millisecond once the counter is exhausted). `None` only for the
+    /// greatest clocks there are (wall [`Hlc::MAX_WALL_MS`], counter `u32::MAX`).
+    ///
+    /// ```
+    /// use kith_protocol::{DeviceId, hlc::Hlc};
+    /// let (low, high) = (DeviceId::from_bytes([1; 16]), DeviceId::from_bytes([9; 16]));
+    /// let seen = Hlc::new(5_000, 7, high);
+    /// assert_eq!(seen.successor(low), Some(Hlc::new(5_000, 8, low)));
+    /// assert!(seen.successor(low).unwrap() > seen);
+    /// assert_eq!(Hlc::new(Hlc::MAX_WALL_MS, u32::MAX, high).successor(low), None);
+    /// ```
+    pub fn successor(&self, device: DeviceId) -> Option<Hlc> {
+        match self.counter.checked_add(1) {
+            Some(counter) => Some(Hlc::new(self.wall_ms, counter, device)),
+            None if self.wall_ms < Self::MAX_WALL_MS => Some(Hlc::new(self.wall_ms + 1, 0, device)),
+            None => None,
+        }
+    }
+
+    /// How far this clock's wall time is ahead of `now_ms` (0 if it is not ahead).
+    pub const fn ahead_of(&self, now_ms: u64) -> u64 {
+        self.wall_ms.saturating_sub(now_ms)
+    }
+
+    /// Whether this clock is more than [`MAX_CLOCK_OFFSET_MS`] ahead of `now_ms`, so an
+    /// [`HlcClock`] at that wall time does not adopt it.
+    pub const fn is_beyond_offset(&self, now_ms: u64) -> bool {
+        self.ahead_of(now_ms) > MAX_CLOCK_OFFSET_MS
+    }
+
     /// The wire form.
     pub fn to_proto(&self) -> proto::Hlc {
         proto::Hlc {
@@ -124,14 +197,21 @@ impl fmt::Display for Hlc {
 
 /// One device's clock generator.
 ///
-/// Every clock it issues is greater than every clock it issued or observed before, whatever
-/// the wall time passed in. After a restart, create a new one and [`observe`](Self::observe) the
-/// greatest clock in the local state (`ContactSet::latest_clock`) before issuing anything.
+/// Every clock it issues is greater than every clock it issued or adopted before, whatever
+/// the wall time passed in; it adopts every observed clock at most [`MAX_CLOCK_OFFSET_MS`]
+/// ahead of the wall time. Persist [`last`](Self::last) with every write, and after a restart
+/// create a new one and [`observe`](Self::observe) it before issuing anything: the clock then
+/// stays monotonic even if the wall clock went backwards between runs (by up to the bound; a
+/// device whose date was corrected by more starts again from its wall clock, and its writes
+/// still supersede its own earlier ones through [`tick_after`](Self::tick_after)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HlcClock {
     device: DeviceId,
     wall_ms: u64,
     counter: u32,
+    /// A restored state too far ahead of the wall clock to adopt: persisted again, and adopted
+    /// once the wall clock is within the bound of it.
+    parked: Option<Hlc>,
 }
 
 impl HlcClock {
@@ -141,6 +221,7 @@ impl HlcClock {
             device,
             wall_ms: 0,
             counter: 0,
+            parked: None,
         }
     }
 
@@ -165,6 +246,12 @@ impl HlcClock {
     /// assert_eq!((second.wall_ms(), second.counter()), (2_000, 1));
     /// ```
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
+        if let Some(parked) = self.parked
+            && !parked.is_beyond_offset(now_ms)
+        {
+            self.parked = None;
+            self.observe(&parked, now_ms);
+        }
         let now_ms = now_ms.min(Hlc::MAX_WALL_MS);
         if now_ms > self.wall_ms {
             self.wall_ms = now_ms;
@@ -180,14 +267,92 @@ impl HlcClock {
         Hlc::new(self.wall_ms, self.counter, self.device)
     }
 
-    /// Moves this clock past `remote`, so the next [`tick`](Self::tick) is greater than it.
+    /// A clock for a local write that must be later than `floor`, the greatest clock known
+    /// for what it writes (every clock of the fields it writes and the record's deletion clock,
+    /// `RecordState::latest_clock_of`; for a delete, every clock of the record).
+    ///
+    /// It is [`tick`](Self::tick)`(now_ms)`, or the [`successor`](Hlc::successor) of `floor`
+    /// if that is not later. The successor is adopted only within [`MAX_CLOCK_OFFSET_MS`] of
+    /// `now_ms`, like an observed clock: superseding a far-future value moves this one write
+    /// into the future, not every later write of the device. Fails only if `floor` is the
+    /// greatest clock there is ([`HlcError::NoLaterClock`]).
+    ///
+    /// ```
+    /// use kith_protocol::{DeviceId, hlc::{Hlc, HlcClock}};
+    /// let me = DeviceId::from_bytes([1; 16]);
+    /// let mut clock = HlcClock::new(me);
+    /// assert_eq!(clock.tick_after(50, None)?, Hlc::new(50, 0, me));
+    /// let seen = Hlc::new(90, 4, DeviceId::from_bytes([2; 16]));
+    /// assert_eq!(clock.tick_after(60, Some(seen))?, Hlc::new(90, 5, me));
+    /// assert_eq!(clock.tick(60), Hlc::new(90, 6, me), "within the bound: adopted");
+    /// # Ok::<(), kith_protocol::hlc::HlcError>(())
+    /// ```
+    pub fn tick_after(&mut self, now_ms: u64, floor: Option<Hlc>) -> Result<Hlc, HlcError> {
+        let local = self.tick(now_ms);
+        let Some(floor) = floor.filter(|floor| *floor >= local) else {
+            return Ok(local);
+        };
+        let later = floor
+            .successor(self.device)
+            .ok_or(HlcError::NoLaterClock { floor })?;
+        self.observe(&later, now_ms);
+        Ok(later)
+    }
+
+    /// The greatest clock issued or adopted so far (wall time 0 for a new clock).
+    pub const fn last(&self) -> Hlc {
+        Hlc::new(self.wall_ms, self.counter, self.device)
+    }
+
+    /// What a device persists so that its clock survives a restart: [`last`](Self::last), or
+    /// the state [`restore`](Self::restore)d from a run whose wall clock was further ahead, if
+    /// that is greater.
+    pub fn to_persist(&self) -> Hlc {
+        self.last()
+            .max(self.parked.unwrap_or(Hlc::new(0, 0, self.device)))
+    }
+
+    /// Restores a state persisted by an earlier run ([`to_persist`](Self::to_persist)). Within
+    /// [`MAX_CLOCK_OFFSET_MS`] of `now_ms` it is adopted, so the clock stays monotonic across
+    /// restarts even if the wall clock went backwards. Further ahead (the device's date was
+    /// wrong, then corrected), it is kept aside and persisted again, and adopted once the wall
+    /// clock comes within the bound of it: the device writes at the right time meanwhile.
+    /// Returns whether it was adopted.
+    ///
+    /// ```
+    /// use kith_protocol::{DeviceId, hlc::{HlcClock, MAX_CLOCK_OFFSET_MS}};
+    /// let me = DeviceId::from_bytes([1; 16]);
+    /// let mut first_run = HlcClock::new(me);
+    /// let written = first_run.tick(10_000_000);
+    /// // The next run's wall clock is an hour behind: its clocks are still later.
+    /// let mut next_run = HlcClock::new(me);
+    /// assert!(next_run.restore(first_run.to_persist(), 10_000_000 - 3_600_000));
+    /// assert!(next_run.tick(10_000_000 - 3_600_000) > written);
+    /// ```
+    pub fn restore(&mut self, stored: Hlc, now_ms: u64) -> bool {
+        if self.observe(&stored, now_ms) {
+            return true;
+        }
+        self.parked = self.parked.max(Some(stored));
+        false
+    }
+
+    /// Moves this clock past `remote`, so the next [`tick`](Self::tick) is greater than it,
+    /// unless `remote` is more than [`MAX_CLOCK_OFFSET_MS`] ahead of `now_ms` (the wall time
+    /// now). Returns whether the clock is now at or past `remote`: `false` means `remote` was
+    /// too far ahead and is not adopted.
     ///
     /// Call it for every operation received, before issuing the next local one.
-    pub fn observe(&mut self, remote: &Hlc) {
-        if (remote.wall_ms, remote.counter) > (self.wall_ms, self.counter) {
-            self.wall_ms = remote.wall_ms;
-            self.counter = remote.counter;
+    pub fn observe(&mut self, remote: &Hlc, now_ms: u64) -> bool {
+        if (remote.wall_ms, remote.counter) <= (self.wall_ms, self.counter) {
+            return true;
         }
+        if remote.is_beyond_offset(now_ms) {
+            return false;
+        }
+        self.wall_ms = remote.wall_ms;
+        self.counter = remote.counter;
+        true
     }
 }
 
@@ -233,7 +398,7 @@ mod tests {
     #[test]
     fn counter_overflow_borrows_the_next_millisecond() {
         let mut clock = HlcClock::new(device(1));
-        clock.observe(&Hlc::new(500, u32::MAX, device(2)));
+        assert!(clock.observe(&Hlc::new(500, u32::MAX, device(2)), 500));
         let next = clock.tick(500);
         assert_eq!(next, Hlc::new(501, 0, device(1)));
         assert!(next > Hlc::new(500, u32::MAX, device(2)));
@@ -252,7 +417,7 @@ mod tests {
         let mut clock = HlcClock::new(device(1));
         clock.tick(100);
         let remote = Hlc::new(100, 0, device(200));
-        clock.observe(&remote);
+        assert!(clock.observe(&remote, 100));
         assert!(clock.tick(100) > remote);
     }
 
@@ -260,8 +425,106 @@ mod tests {
     fn observe_never_moves_the_clock_back() {
         let mut clock = HlcClock::new(device(1));
         let mine = clock.tick(1_000);
-        clock.observe(&Hlc::new(5, 0, device(2)));
+        assert!(clock.observe(&Hlc::new(5, 0, device(2)), 0));
         assert!(clock.tick(0) > mine);
+    }
+
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+    #[test]
+    fn a_clock_beyond_the_offset_is_not_adopted_but_a_write_can_supersede_it() {
+        let now = 1_700_000_000_000;
+        let mut clock = HlcClock::new(device(1));
+        let within = Hlc::new(now + MAX_CLOCK_OFFSET_MS, 3, device(2));
+        assert!(clock.observe(&within, now), "exactly at the bound: adopted");
+        assert!(clock.tick(now) > within);
+        let before = clock.last();
+        let future = Hlc::new(now + MAX_CLOCK_OFFSET_MS + 1, 0, device(2));
+        assert!(!clock.observe(&future, now));
+        assert_eq!(clock.last(), before, "nothing adopted");
+        let fix = clock.tick_after(now, Some(future)).unwrap();
+        assert_eq!(fix, Hlc::new(future.wall_ms(), 1, device(1)));
+        assert_eq!(
+            clock.last().wall_ms(),
+            before.wall_ms(),
+            "the successor is not adopted either"
+        );
+        assert!(
+            clock.tick(now) < future,
+            "later writes keep the device's own time"
+        );
+        // Later wall time catches up: the same clock is then adopted as usual.
+        assert!(clock.observe(&future, now + DAY_MS));
+    }
+
+    #[test]
+    fn tick_after_a_clock_of_this_device_or_at_the_end_of_time() {
+        let mut clock = HlcClock::new(device(5));
+        let mine = Hlc::new(10 * DAY_MS, u32::MAX, device(5));
+        assert_eq!(
+            clock.tick_after(0, Some(mine)),
+            Ok(Hlc::new(10 * DAY_MS + 1, 0, device(5)))
+        );
+        let end = Hlc::new(Hlc::MAX_WALL_MS, u32::MAX, device(0));
+        let err = clock.tick_after(0, Some(end)).unwrap_err();
+        assert_eq!(err, HlcError::NoLaterClock { floor: end });
+        assert!(err.to_string().starts_with("no clock is later than"));
+        // A floor below the local clock changes nothing.
+        let local = clock.tick(5 * DAY_MS);
+        let next = clock.tick_after(5 * DAY_MS, Some(Hlc::new(1, 0, device(9))));
+        assert_eq!(
+            next,
+            Ok(Hlc::new(local.wall_ms(), local.counter() + 1, device(5)))
+        );
+    }
+
+    proptest! {
+        /// A device persists `to_persist()` after each run and restores it when it starts
+        /// again; its wall clock moves by a random amount between runs, backwards included.
+        /// Every clock is later than every earlier one, except clocks issued beyond the bound
+        /// (to supersede a far-future clock: not adopted) and, while the stored state is more
+        /// than the bound ahead of the wall clock (the date was corrected backwards by more),
+        /// clocks of earlier runs: the device then writes at its wall time until that catches
+        /// up. A write that supersedes the device's own earlier ones (`tick_after` with the
+        /// greatest as floor) is later than all of them.
+        #[test]
+        fn clock_is_monotonic_across_restarts(
+            runs in proptest::collection::vec(
+                (-(2 * DAY_MS as i64)..2 * DAY_MS as i64, 1usize..4, 0..DAY_MS),
+                1..12,
+            ),
+        ) {
+            let mut wall = 1_700_000_000_000u64;
+            let mut persisted: Option<Hlc> = None;
+            // Every clock issued: its run, and whether it was beyond the bound when issued.
+            let mut issued: Vec<(Hlc, usize, bool)> = Vec::new();
+            for (run, (jump, writes, during)) in runs.into_iter().enumerate() {
+                wall = wall.saturating_add_signed(jump);
+                let mut clock = HlcClock::new(device(1));
+                if let Some(stored) = persisted {
+                    let adopted = clock.restore(stored, wall);
+                    prop_assert_eq!(adopted, !stored.is_beyond_offset(wall));
+                }
+                let parked = |now: u64| persisted.is_some_and(|p| p.is_beyond_offset(now));
+                for step in 0..writes {
+                    // The wall clock also moves on while the device runs.
+                    let now = wall + during * step as u64 / 4;
+                    let stamp = clock.tick(now);
+                    prop_assert!(!stamp.is_beyond_offset(now));
+                    for (earlier, earlier_run, was_beyond) in &issued {
+                        let exempt = *was_beyond || (*earlier_run < run && parked(now));
+                        prop_assert!(stamp > *earlier || exempt, "{stamp} after {earlier}");
+                    }
+                    let greatest = issued.iter().map(|(clock, _, _)| *clock).max();
+                    let superseding = clock.tick_after(now, greatest).unwrap();
+                    prop_assert!(greatest.is_none_or(|g| superseding > g));
+                    prop_assert!(superseding > stamp);
+                    issued.push((stamp, run, false));
+                    issued.push((superseding, run, superseding.is_beyond_offset(now)));
+                }
+                persisted = Some(clock.to_persist());
+            }
+        }
     }
 
     #[test]
@@ -332,7 +595,8 @@ mod tests {
                     greatest_seen = Some(stamp);
                 } else {
                     let remote = Hlc::new(wall, counter, device(remote_device));
-                    clock.observe(&remote);
+                    // Within the bound of any wall time passed to tick: always adopted.
+                    prop_assert!(clock.observe(&remote, 0));
                     greatest_seen = greatest_seen.max(Some(remote));
                 }
             }

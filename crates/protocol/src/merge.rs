@@ -92,7 +92,7 @@
 //! assert_eq!(record.conflicts().len(), 1);
 //!
 //! // An edit made having seen both replaces both, and the conflict is gone.
-//! phone.observe(&b.clock());
+//! phone.observe(&b.clock(), 2_000);
 //! let replaces = record.replaces(&FieldKey::name());
 //! let write = FieldWrite::set(FieldKey::name(), value::text("Ada"), replaces)?;
 //! let resolve = Operation::upsert(id, phone.tick(2_000), [write])?;
@@ -227,6 +227,12 @@ impl FieldState {
 
     fn is_empty(&self) -> bool {
         self.heads.is_empty() && self.superseded.is_empty()
+    }
+
+    /// The greatest clock of the field, head or superseded.
+    fn latest_clock(&self) -> Option<Hlc> {
+        let head = self.heads.keys().next_back();
+        head.max(self.superseded.last()).copied()
     }
 
     /// Whether a clock of `clock`'s writer greater than `clock` is known (head or superseded):
@@ -534,13 +540,49 @@ impl RecordState {
         }
     }
 
-    fn latest_clock(&self) -> Option<Hlc> {
-        let fields = self.fields.values().flat_map(|field| {
-            let head = field.heads.keys().next_back();
-            let superseded = field.superseded.last();
-            head.max(superseded).copied()
-        });
-        fields.chain(self.deleted_at).max()
+    /// The greatest clock held anywhere in the record (heads, superseded clocks, deletion):
+    /// a delete must be later than it to hide everything this device has merged
+    /// ([`HlcClock::tick_after`](crate::hlc::HlcClock::tick_after)).
+    pub fn latest_clock(&self) -> Option<Hlc> {
+        self.fields
+            .values()
+            .filter_map(FieldState::latest_clock)
+            .chain(self.deleted_at)
+            .max()
+    }
+
+    /// The greatest clock held for the fields `keys` (heads and superseded clocks) and the
+    /// record's deletion clock: a write of those fields must be later than it, so that it
+    /// replaces every value seen, is not hidden by the delete and is not taken for an earlier
+    /// write of its own device ([`HlcClock::tick_after`](crate::hlc::HlcClock::tick_after)).
+    ///
+    /// ```
+    /// use kith_protocol::{DeviceId, RecordId};
+    /// use kith_protocol::hlc::{Hlc, HlcClock};
+    /// use kith_protocol::merge::RecordState;
+    /// use kith_protocol::record::{FieldKey, FieldWrite, Operation, value};
+    ///
+    /// let id = RecordId::from_bytes([9; 16]);
+    /// // A device with its date ten years ahead set the company.
+    /// let future = Hlc::new(2_000_000_000_000, 0, DeviceId::from_bytes([2; 16]));
+    /// let write = FieldWrite::set(FieldKey::company(), value::text("From the future"), [])?;
+    /// let mut record = RecordState::new(id);
+    /// record.apply(&Operation::upsert(id, future, [write])?);
+    ///
+    /// // A device with the right date edits it: its write is later, and wins.
+    /// let mut clock = HlcClock::new(DeviceId::from_bytes([1; 16]));
+    /// let key = FieldKey::company();
+    /// let at = clock.tick_after(1_700_000_000_000, record.latest_clock_of([&key]))?;
+    /// let fix = FieldWrite::set(key.clone(), value::text("Fixed today"), record.replaces(&key))?;
+    /// record.apply(&Operation::upsert(id, at, [fix])?);
+    /// assert_eq!(record.value(&key), Some(&value::text("Fixed today")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn latest_clock_of<'a>(&self, keys: impl IntoIterator<Item = &'a FieldKey>) -> Option<Hlc> {
+        keys.into_iter()
+            .filter_map(|key| self.fields.get(key).and_then(FieldState::latest_clock))
+            .chain(self.deleted_at)
+            .max()
     }
 }
 
@@ -635,8 +677,7 @@ impl ContactSet {
         self.records.values().filter_map(Contact::from_record)
     }
 
-    /// The greatest clock held anywhere, to [`observe`](crate::hlc::HlcClock::observe) after a
-    /// restart so that new local clocks are greater than everything known. Scans the set.
+    /// The greatest clock held anywhere. Scans the set.
     pub fn latest_clock(&self) -> Option<Hlc> {
         self.records
             .values()

@@ -1163,14 +1163,25 @@ impl Operation {
     }
 }
 
-/// Encodes operations as an `OperationBatch`, the payload of an envelope.
+/// Encodes operations as an `OperationBatch`, the payload of an envelope, without a
+/// `written_at_ms` ([`encode_batch_written_at`]).
 pub fn encode_batch(operations: &[Operation]) -> Result<Vec<u8>, RecordError> {
+    encode_batch_written_at(operations, 0)
+}
+
+/// Encodes operations as an `OperationBatch` stating the writer's wall clock when it sealed
+/// them (`written_at_ms`, 0 = not stated), which receivers compare with theirs to report a
+/// device whose date is wrong ([`decode_batch_written_at`]).
+pub fn encode_batch_written_at(
+    operations: &[Operation],
+    written_at_ms: u64,
+) -> Result<Vec<u8>, RecordError> {
     if operations.len() > MAX_OPERATIONS_PER_BATCH {
         return Err(RecordError::TooManyOperations {
             count: operations.len(),
         });
     }
-    let bytes = crate::borrowed::operation_batch(operations);
+    let bytes = crate::borrowed::operation_batch(operations, written_at_ms);
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }
@@ -1182,6 +1193,12 @@ pub fn encode_batch(operations: &[Operation]) -> Result<Vec<u8>, RecordError> {
 /// The length is bounded before decoding ([`MAX_PAYLOAD_BYTES`]), then the operation count,
 /// then each operation. Never panics.
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Operation>, RecordError> {
+    decode_batch_written_at(bytes).map(|(operations, _)| operations)
+}
+
+/// [`decode_batch`], with the writer's stated wall clock when it sealed the batch (`None` if
+/// not stated). Unauthenticated beyond the envelope's signature: a member can state any time.
+pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u64>), RecordError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }
@@ -1191,7 +1208,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Operation>, RecordError> {
             count: batch.operations.len(),
         });
     }
-    batch
+    let operations = batch
         .operations
         .iter()
         .enumerate()
@@ -1201,7 +1218,11 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Operation>, RecordError> {
                 source: Box::new(err),
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((
+        operations,
+        (batch.written_at_ms != 0).then_some(batch.written_at_ms),
+    ))
 }
 
 /// Where a contact came from, with what the importer kept (the `source/…` fields).
@@ -1967,6 +1988,7 @@ mod tests {
         );
         let wire = proto::OperationBatch {
             operations: ops.iter().map(Operation::to_proto).collect(),
+            written_at_ms: 0,
         };
         assert_eq!(
             decode_batch(&wire.encode_to_vec()),
@@ -2011,6 +2033,7 @@ mod tests {
     fn batch_errors_name_the_operation() {
         let mut wire = proto::OperationBatch {
             operations: vec![name_op(1, "Ada").to_proto(), name_op(2, "Ada").to_proto()],
+            written_at_ms: 7,
         };
         wire.operations[1].clock = None;
         let err = decode_batch(&wire.encode_to_vec()).unwrap_err();
@@ -2137,12 +2160,17 @@ mod tests {
         #[test]
         fn batch_encoding_is_prosts_byte_for_byte(
             ops in prop::collection::vec(arb_operation(), 0..8),
+            written_at_ms in prop_oneof![Just(0u64), any::<u64>()],
         ) {
             let prost_bytes = proto::OperationBatch {
                 operations: ops.iter().map(Operation::to_proto).collect(),
+                written_at_ms,
             }
             .encode_to_vec();
-            prop_assert_eq!(encode_batch(&ops).unwrap(), prost_bytes);
+            prop_assert_eq!(encode_batch_written_at(&ops, written_at_ms).unwrap(), prost_bytes);
+            if written_at_ms == 0 {
+                prop_assert_eq!(encode_batch(&ops).unwrap(), encode_batch_written_at(&ops, 0).unwrap());
+            }
         }
 
         #[test]
@@ -2165,9 +2193,17 @@ mod tests {
         }
 
         #[test]
-        fn batch_round_trips_through_bytes(ops in prop::collection::vec(arb_operation(), 0..8)) {
+        fn batch_round_trips_through_bytes(
+            ops in prop::collection::vec(arb_operation(), 0..8),
+            written_at_ms in any::<u64>(),
+        ) {
             let bytes = encode_batch(&ops).unwrap();
-            prop_assert_eq!(decode_batch(&bytes), Ok(ops));
+            prop_assert_eq!(decode_batch(&bytes), Ok(ops.clone()));
+            prop_assert_eq!(decode_batch_written_at(&bytes), Ok((ops.clone(), None)));
+            let stamped = encode_batch_written_at(&ops, written_at_ms).unwrap();
+            let stated = (written_at_ms != 0).then_some(written_at_ms);
+            prop_assert_eq!(decode_batch_written_at(&stamped), Ok((ops.clone(), stated)));
+            prop_assert_eq!(decode_batch(&stamped), Ok(ops));
         }
 
         #[test]

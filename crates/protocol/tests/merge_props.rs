@@ -1,10 +1,12 @@
 //! Property tests of the record CRDT (docs/PROTOCOL.md §8): every delivery order converges,
 //! merge is a join, concurrent edits stay visible as conflicts until a write that saw them
-//! replaces them, and a delete hides exactly the writes it saw.
+//! replaces them, and a delete hides exactly the writes it saw. Devices whose wall clocks are
+//! skewed (past and future, within and beyond `MAX_CLOCK_OFFSET_MS`) still converge, and every
+//! write wins over everything its device had merged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kith_protocol::hlc::{Hlc, HlcClock};
+use kith_protocol::hlc::{Hlc, HlcClock, MAX_CLOCK_OFFSET_MS};
 use kith_protocol::merge::{Conflict, ContactSet, Head, RecordState};
 use kith_protocol::proto;
 use kith_protocol::record::{FieldKey, FieldWrite, Operation, value};
@@ -116,12 +118,20 @@ struct Device {
 impl Device {
     fn receive(&mut self, operations: &[Operation]) {
         for operation in operations {
-            self.clock.observe(&operation.clock());
+            self.clock.observe(&operation.clock(), self.now_ms);
             self.state.apply(operation);
         }
     }
+
+    /// The device's clock never adopts anything beyond the bound of its own wall time.
+    fn clock_is_bounded(&self) -> bool {
+        self.clock.last().wall_ms() <= self.now_ms + MAX_CLOCK_OFFSET_MS
+    }
 }
 
+/// Runs `actions`; every write takes its clock with `tick_after` over what its device merged
+/// for the fields it writes (for a delete, the whole record), and must then be what its device
+/// shows, whatever the clocks it has seen.
 fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
     let mut devices: Vec<Device> = (0..DEVICES)
         .map(|n| Device {
@@ -154,11 +164,18 @@ fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
                         .collect(),
                     None => Vec::new(),
                 };
-                let clock = me.clock.tick(me.now_ms);
-                // The clock observed everything applied, so every replaced clock is earlier.
+                let floor = me
+                    .state
+                    .get(&record(r))
+                    .and_then(|state| state.latest_clock_of([&key(field)]));
+                let clock = me.clock.tick_after(me.now_ms, floor).unwrap();
+                // The clock is later than every clock of the field, so every replaced clock is
+                // earlier and the write is the one shown.
                 let operation =
                     Operation::upsert(record(r), clock, [write(field, choice, replaces)]).unwrap();
                 me.state.apply(&operation);
+                let shown = me.state.get(&record(r)).and_then(|s| s.value(&key(field)));
+                assert_eq!(shown, field_value(field, choice).as_ref(), "{operation:?}");
                 me.log.push(operation);
             }
             Action::Delete {
@@ -168,8 +185,12 @@ fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
             } => {
                 let me = &mut devices[device];
                 me.now_ms += advance_ms;
-                let operation = Operation::delete(record(r), me.clock.tick(me.now_ms));
+                let floor = me.state.get(&record(r)).and_then(RecordState::latest_clock);
+                let clock = me.clock.tick_after(me.now_ms, floor).unwrap();
+                let operation = Operation::delete(record(r), clock);
                 me.state.apply(&operation);
+                let deleted = me.state.get(&record(r)).expect("a tombstone");
+                assert!(deleted.fields().is_empty(), "the delete hides all it saw");
                 me.log.push(operation);
             }
             Action::Receive {
@@ -187,6 +208,7 @@ fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
                 devices[device].receive(&incoming);
             }
         }
+        assert!(devices.iter().all(Device::clock_is_bounded));
     }
     devices
 }
@@ -206,11 +228,45 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// Histories whose devices start at nearly the same time, or at the true time plus a random
+/// skew each ([`skew_ms`]).
 fn history() -> impl Strategy<Value = (Vec<Action>, [u64; DEVICES])> {
-    (
-        prop::collection::vec(action(), 1..80),
+    let start_ms = prop_oneof![
         prop::array::uniform3(0u64..20),
-    )
+        prop::array::uniform3(skew_ms())
+            .prop_map(|skews| skews.map(|s| NOW_MS.saturating_add_signed(s))),
+    ];
+    (prop::collection::vec(action(), 1..80), start_ms)
+}
+
+/// Delivers to every device the rest of every other device's stream, in order.
+fn receive_everything(devices: &mut [Device]) {
+    for n in 0..devices.len() {
+        for from in 0..devices.len() {
+            if from != n {
+                let rest = devices[from].log[devices[n].cursors[from]..].to_vec();
+                devices[n].receive(&rest);
+            }
+        }
+    }
+}
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// The true time of the simulated account (November 2023).
+const NOW_MS: u64 = 1_700_000_000_000;
+
+/// A device's wall-clock error: small, within the bound or beyond it, behind or ahead (up to
+/// ten years, as a phone whose date was reset wrongly).
+fn skew_ms() -> impl Strategy<Value = i64> {
+    let (day, bound) = (DAY_MS as i64, MAX_CLOCK_OFFSET_MS as i64);
+    prop_oneof![
+        -20i64..20,
+        -bound..=bound,
+        (bound + 1)..3_650 * day,
+        -3_650 * day..-bound,
+        Just(bound),
+        Just(bound + 1),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,15 +445,12 @@ proptest! {
         }
         prop_assert_eq!(&merged, &reference);
 
-        // Each device, after receiving the rest of every stream in order, agrees.
-        for n in 0..DEVICES {
-            for from in 0..DEVICES {
-                if from != n {
-                    let rest = devices[from].log[devices[n].cursors[from]..].to_vec();
-                    devices[n].receive(&rest);
-                }
-            }
-            prop_assert_eq!(&devices[n].state, &reference);
+        // Each device, after receiving the rest of every stream in order, agrees, and no
+        // device's clock adopted anything beyond the bound of its wall time.
+        receive_everything(&mut devices);
+        for d in &devices {
+            prop_assert_eq!(&d.state, &reference);
+            prop_assert!(d.clock_is_bounded());
         }
     }
 
@@ -496,8 +549,8 @@ proptest! {
 
         // Everyone saw the first value; then A and B edit without seeing each other.
         let first = Operation::upsert(id, clock_c.tick(0), [write(0, 2, vec![])]).unwrap();
-        clock_a.observe(&first.clock());
-        clock_b.observe(&first.clock());
+        clock_a.observe(&first.clock(), 0);
+        clock_b.observe(&first.clock(), 0);
         let edit = |clock: &mut HlcClock, wall_ms, choice| {
             Operation::upsert(id, clock.tick(wall_ms), [write(0, choice, vec![first.clock()])])
                 .unwrap()
@@ -530,8 +583,8 @@ proptest! {
         );
 
         // C saw both. Replacing only the winner keeps the loser: the conflict stays.
-        clock_c.observe(&edit_a.clock());
-        clock_c.observe(&edit_b.clock());
+        clock_c.observe(&edit_a.clock(), 200);
+        clock_c.observe(&edit_b.clock(), 200);
         let partial =
             Operation::upsert(id, clock_c.tick(200), [write(0, 2, vec![winner.clock()])]).unwrap();
         let mut kept = state.clone();
@@ -578,10 +631,10 @@ proptest! {
             .collect();
         // The deleter saw every earlier write (they are all in the log before it).
         for operation in &operations {
-            deleter.observe(&operation.clock());
+            deleter.observe(&operation.clock(), 50);
         }
         let delete = Operation::delete(id, deleter.tick(50));
-        reviver.observe(&delete.clock());
+        reviver.observe(&delete.clock(), 60);
         let revived = Operation::upsert(
             id,
             reviver.tick(60),
@@ -606,5 +659,40 @@ proptest! {
             }
         }
         prop_assert!(record.conflicts().is_empty());
+    }
+
+    /// Devices with skewed clocks (up to ten years behind or ahead; every history-based test
+    /// above also runs with them) write, delete and receive in any interleaving; every write is
+    /// the value its device then shows (checked in `simulate`). Then, having merged
+    /// everything, any device edits any field, including fields a far-future device wrote
+    /// last, and its edit replaces every head and wins.
+    #[test]
+    fn with_skewed_clocks_every_edit_after_a_merge_wins(
+        actions in prop::collection::vec(action(), 1..80),
+        skews in prop::array::uniform3(skew_ms()),
+    ) {
+        let mut devices = simulate(&actions, skews.map(|s| NOW_MS.saturating_add_signed(s)));
+        receive_everything(&mut devices);
+        let reference = devices[0].state.clone();
+        for me in &mut devices {
+            for r in 0..RECORDS {
+                let floor = reference.get(&record(r)).and_then(|s| s.latest_clock_of([&key(1)]));
+                let clock = me.clock.tick_after(me.now_ms, floor).unwrap();
+                let replaces = reference.get(&record(r)).map(|s| s.replaces(&key(1)));
+                let edit = Operation::upsert(
+                    record(r),
+                    clock,
+                    [write(1, 2, replaces.unwrap_or_default())],
+                )
+                .unwrap();
+                let mut after = reference.clone();
+                after.apply(&edit);
+                let shown = after.get(&record(r)).and_then(|s| s.value(&key(1)));
+                let expected = field_value(1, 2);
+                prop_assert_eq!(shown, expected.as_ref());
+                let field = after.get(&record(r)).and_then(|s| s.field(&key(1))).unwrap();
+                prop_assert_eq!(field.heads().count(), 1, "the edit replaced every head");
+            }
+        }
     }
 }
