@@ -26,6 +26,7 @@ pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
 
+#[cfg(feature = "sync")]
 pub use clock::ClockSkew;
 #[cfg(feature = "sync")]
 pub use contacts::{ClearField, ConflictView, ContactFields, EditOptions, ImportSummary};
