@@ -4,7 +4,7 @@
 //! The file is streamed. Of each message only the **header block** (from the line after the
 //! `From ` separator to the first empty line) is kept, at most [`MAX_HEADER_BLOCK`] bytes, and
 //! handed to [`mailparse::parse_headers`]. The body is skipped by the separator scan in
-//! [`MboxScanner`]: for each body line it looks at no more than the first five bytes, to
+//! `MboxScanner`: for each body line it looks at no more than the first five bytes, to
 //! recognize the next `From ` separator, and never stores, decodes or passes on anything else
 //! (the tests put a marker string in every body and check that it never comes out, and that
 //! changing every body changes nothing). A separator is a line that starts with `From ` and is
