@@ -174,24 +174,27 @@ impl Drop for RelayProcess {
     }
 }
 
-/// `listening on ADDR` and `certificate sha256 HEX`, as `kith-relay serve` prints them.
+/// `listening on ADDR` and `certificate sha256 HEX`, as `kith-relay serve` prints them. The
+/// rest of its output is drained until it exits: a relay that prints to a closed pipe fails.
 fn read_announcement(stdout: ChildStdout) -> (String, String) {
-    let (mut address, mut pin) = (None, None);
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            address = rest.split_whitespace().next().map(str::to_owned);
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut address, mut pin) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                address = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if let Some(rest) = line.split("certificate sha256 ").nth(1) {
+                pin = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if let (Some(address), Some(pin)) = (&address, &pin) {
+                let _ = send.send((address.clone(), pin.clone()));
+            }
         }
-        if let Some(rest) = line.split("certificate sha256 ").nth(1) {
-            pin = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if address.is_some() && pin.is_some() {
-            break;
-        }
-    }
-    (
-        address.expect("the relay announced its address"),
-        pin.expect("the relay announced its certificate pin"),
-    )
+    });
+    receive
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the relay announced its address and certificate pin")
 }
 
 fn init(bin: &Path, home: &Path, relay: &RelayProcess, name: &str) {
