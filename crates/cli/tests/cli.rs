@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use kith_e2e::relay_child::RelayChild;
 use serde_json::Value;
 
-/// Longest any one command may take before the test fails.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+mod support;
+use support::{COMMAND_TIMEOUT, wait};
 
 /// A relay on loopback, served by its own runtime while the test thread runs commands.
 struct TestRelay {
@@ -75,22 +75,6 @@ fn kith(home: &Path) -> Command {
         .arg("--home")
         .arg(home);
     command
-}
-
-/// Waits for `child` at most `COMMAND_TIMEOUT`, killing it and failing the test past that.
-fn wait(mut child: Child, what: &str) -> Output {
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    loop {
-        match child.try_wait().expect("wait") {
-            Some(_) => return child.wait_with_output().expect("output"),
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`{what}` took longer than {COMMAND_TIMEOUT:?}");
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 /// Runs a command to completion (bounded) and returns its output.

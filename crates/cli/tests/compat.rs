@@ -14,15 +14,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde_json::Value;
 
+mod support;
+use support::{COMMAND_TIMEOUT, wait};
+
 /// The release these tests hold this one to: the newest line of `scripts/releases.txt`.
 const PREVIOUS: &str = "0.1.0";
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -72,23 +73,6 @@ fn kith(bin: &Path, home: &Path) -> Command {
         .arg("--home")
         .arg(home);
     command
-}
-
-/// Waits for `child` at most `COMMAND_TIMEOUT`, reading its output as it comes (a command
-/// whose output fills the pipe must not block), killing it and failing the test past that.
-fn wait(child: Child, what: &str) -> Output {
-    let pid = child.id();
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = send.send(child.wait_with_output());
-    });
-    match receive.recv_timeout(COMMAND_TIMEOUT) {
-        Ok(output) => output.expect("output"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("`{what}` took longer than {COMMAND_TIMEOUT:?}");
-        }
-    }
 }
 
 /// The tests that run two releases' processes take turns: run side by side on a busy 2-core
