@@ -40,6 +40,9 @@ enum Tamper {
     Truncate(u64),
     /// Serve the first roster ever stored when the account is loaded.
     RollbackRoster,
+    /// Serve the second envelope of this device's stream with a header `format_version` of 2,
+    /// as a device of a newer release that writes a format this one does not know would.
+    NewerFormat(DeviceId),
 }
 
 #[derive(Debug)]
@@ -153,7 +156,12 @@ impl Store for TamperingStore {
                     (s, b)
                 })
                 .collect(),
-            Tamper::None | Tamper::RollbackRoster => all,
+            Tamper::NewerFormat(writer) if writer == *device => all
+                .into_iter()
+                .enumerate()
+                .map(|(i, (s, b))| if i == 1 { (s, in_format_2(b)) } else { (s, b) })
+                .collect(),
+            Tamper::None | Tamper::RollbackRoster | Tamper::NewerFormat(_) => all,
         };
         served.retain(|(s, _)| *s > after_seq || matches!(mode, Tamper::Reverse));
         if let Some((into, envelope)) = self.injected.lock().unwrap().clone()
@@ -332,6 +340,17 @@ impl World {
         }
         (a, b)
     }
+}
+
+/// `envelope` with its header's `format_version` (1) set to 2: the encoded `Envelope` starts
+/// with its header field (tag, length), and the header with `format_version` (tag 0x08, 1).
+fn in_format_2(mut envelope: Vec<u8>) -> Vec<u8> {
+    assert_eq!(envelope[0], 0x0a, "an Envelope starts with its header");
+    let length_bytes = envelope[1..].iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    let version = 1 + length_bytes + 1;
+    assert_eq!(envelope[version - 1..=version], [0x08, 0x01]);
+    envelope[version] = 0x02;
+    envelope
 }
 
 fn stream_error(result: Result<kith_client::SyncReport, ClientError>) -> StreamError {
@@ -523,4 +542,39 @@ async fn recovery_refuses_a_bundle_filed_under_another_account() {
         matches!(refused, ClientError::RecoveryAccountMismatch),
         "{refused}"
     );
+}
+
+/// A device of a newer release writes an envelope this release cannot read (a header
+/// `format_version` of 2) in the middle of its stream. Only that device's stream stops there,
+/// reported with "update Kith"; every other stream is still pulled and merged, and once the
+/// envelope can be read (here: the relay serves the original again) the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_in_a_newer_format_stops_only_its_writers_stream() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(3).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    let from_c = ContactFields {
+        name: Some("From C".into()),
+        ..Default::default()
+    };
+    c.add_contact(&from_c).await.unwrap();
+    c.sync().await.unwrap();
+
+    world.store.set(Tamper::NewerFormat(a.device_id()));
+    let report = b
+        .sync()
+        .await
+        .unwrap_or_else(|e| panic!("one device's newer format stopped the whole sync: {e}"));
+    assert_eq!(names(&b), ["From C", "Person 0"]);
+    let [newer] = report.newer_format.as_slice() else {
+        panic!("the stopped stream is reported: {report:?}");
+    };
+    assert_eq!((newer.device, newer.version), (a.device_id(), 2));
+    assert!(newer.seq > 1, "{newer:?}");
+    assert!(newer.to_string().contains("update Kith"), "{newer}");
+
+    world.store.set(Tamper::None);
+    let report = b.sync().await.unwrap();
+    assert!(report.newer_format.is_empty(), "{report:?}");
+    assert_eq!(names(&b), ["From C", "Person 0", "Person 1", "Person 2"]);
 }

@@ -415,7 +415,22 @@ async fn sync(home: &Path) -> Result<()> {
         count(report.changed.len() as u64, "contact"),
         count(device.contact_count()?, "contact")
     );
+    warn_stopped_streams(&report);
     Ok(())
+}
+
+/// Streams a sync could not follow to their end, said on stderr: the rest of the sync worked.
+fn warn_stopped_streams(report: &SyncReport) {
+    for newer in &report.newer_format {
+        eprintln!("warning: {newer}");
+    }
+    for end in &report.past_end {
+        eprintln!(
+            "warning: the relay served device {} past the end the roster gives its stream \
+             (seq {} after {}); that stream ends there and the rest synced",
+            end.device, end.seq, end.final_seq
+        );
+    }
 }
 
 fn describe_changes(report: &SyncReport) -> String {
@@ -453,6 +468,8 @@ async fn watch(home: &Path) -> Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut first = true;
+    // Stopped streams are said once, not on every sync that finds them again.
+    let mut warned = (Vec::new(), Vec::new());
     loop {
         tokio::select! {
             _ = &mut ctrl_c => {
@@ -464,12 +481,18 @@ async fn watch(home: &Path) -> Result<()> {
             report = changes.recv() => match report {
                 // The first sync always says where things stand; later ones only when
                 // something moved.
-                Some(report) if first || report.pushed > 0 || report.pulled > 0 || !report.changed.is_empty() => {
-                    first = false;
-                    outln!("{}", describe_changes(&report));
-                    std::io::stdout().flush()?;
+                Some(report) => {
+                    let stopped = (report.newer_format.clone(), report.past_end.clone());
+                    if stopped != warned {
+                        warn_stopped_streams(&report);
+                        warned = stopped;
+                    }
+                    if first || report.pushed > 0 || report.pulled > 0 || !report.changed.is_empty() {
+                        first = false;
+                        outln!("{}", describe_changes(&report));
+                        std::io::stdout().flush()?;
+                    }
                 }
-                Some(_) => {}
                 None => break,
             },
         }

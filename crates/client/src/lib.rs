@@ -38,4 +38,4 @@ pub use error::ClientError;
 pub use history::{MeetingView, ParticipantView};
 pub use kith_protocol::record::Contact;
 #[cfg(feature = "sync")]
-pub use sync::{CompactReport, PastEnd, SyncReport};
+pub use sync::{CompactReport, NewerFormat, PastEnd, SyncReport};

@@ -47,6 +47,33 @@ pub struct SyncReport {
     /// Envelopes of removed devices past their `final_seq` that the relay served: the end of
     /// those streams, never merged (a relay that follows the protocol never serves them).
     pub past_end: Vec<PastEnd>,
+    /// Streams stopped at an envelope in a format newer than this release reads: every other
+    /// stream was pulled and merged; those wait for an update (docs/PROTOCOL.md §8.1).
+    pub newer_format: Vec<NewerFormat>,
+}
+
+/// An envelope whose header carries a `format_version` this release does not know, written by
+/// a device of a newer release. The writer's stream stops before it (nothing after it can be
+/// checked) until Kith is updated; every other stream goes on (docs/PROTOCOL.md §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewerFormat {
+    /// The writer, as the relay names it (the header could not be read).
+    pub device: DeviceId,
+    /// The seq the relay served it at.
+    pub seq: u64,
+    /// The format version found.
+    pub version: u32,
+}
+
+impl std::fmt::Display for NewerFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "device {} wrote seq {} in envelope format {}, which this release does not read: \
+             update Kith to read what it wrote (everything else synced)",
+            self.device, self.seq, self.version
+        )
+    }
 }
 
 /// An envelope of a removed device past the `final_seq` the roster gives it, as a relay served
@@ -107,10 +134,7 @@ impl Device {
         self.refresh_roster(connection).await?;
         self.seal_pending()?;
         report.pushed = self.push_outbox(connection).await?;
-        let (pulled, changed, past_end) = self.pull(connection).await?;
-        report.pulled = pulled;
-        report.changed = changed;
-        report.past_end = past_end;
+        self.pull(connection, &mut report).await?;
         Ok(report)
     }
 
@@ -408,16 +432,12 @@ impl Device {
         Ok(writers)
     }
 
-    async fn pull(
-        &self,
-        connection: &RelayConnection,
-    ) -> Result<(usize, BTreeSet<RecordId>, Vec<PastEnd>)> {
-        let mut total = 0;
-        let mut changed = BTreeSet::new();
-        let mut past_end = Vec::new();
+    /// Pulls every other device's stream and merges it, counting into `report`.
+    async fn pull(&self, connection: &RelayConnection, report: &mut SyncReport) -> Result<()> {
         let mut verifiers: HashMap<DeviceId, StreamVerifier> = HashMap::new();
         // Streams with nothing more to pull: removed devices verified up to their final_seq,
-        // or that a relay served past it. Their cursor asks for nothing (`u64::MAX`), so a
+        // or that a relay served past it, and streams stopped at an envelope in a newer format
+        // (for this sync: an update may read it). Their cursor asks for nothing (`u64::MAX`), so a
         // relay that serves past the end cannot make one stream hold up the others.
         let mut ended: BTreeSet<DeviceId> = BTreeSet::new();
         for writer in self.writers()? {
@@ -467,8 +487,29 @@ impl Device {
                 .collect();
             let ended_before = ended.len();
             let mut parsed = Vec::with_capacity(page.envelopes.len());
+            // Where a stream stopped at a newer format in this page: nothing of it from there on
+            // can be checked, and nothing before it is held back.
+            let mut stopped: HashMap<DeviceId, u64> = HashMap::new();
             for stored in &page.envelopes {
-                let envelope = ParsedEnvelope::decode(&stored.envelope)?;
+                let envelope = match ParsedEnvelope::decode(&stored.envelope) {
+                    Err(EnvelopeError::WrongFormatVersion { version }) => {
+                        let newer = self.newer_format(stored, version)?;
+                        tracing::warn!(
+                            seq = newer.seq,
+                            version,
+                            "an envelope in a newer format stops its writer's stream; \
+                             update Kith to read it"
+                        );
+                        ended.insert(newer.device);
+                        let at = stopped.entry(newer.device).or_insert(newer.seq);
+                        *at = (*at).min(newer.seq);
+                        if !report.newer_format.iter().any(|n| n.device == newer.device) {
+                            report.newer_format.push(newer);
+                        }
+                        continue;
+                    }
+                    other => other?,
+                };
                 let writer = envelope.header().device_id;
                 if writer == self.inner.device_id {
                     continue;
@@ -478,14 +519,14 @@ impl Device {
                     && seq > final_seq
                 {
                     ended.insert(writer);
-                    if !past_end.iter().any(|p: &PastEnd| p.device == writer) {
+                    if !report.past_end.iter().any(|p| p.device == writer) {
                         tracing::warn!(
                             seq,
                             final_seq,
                             "the relay served a removed device's envelope past its final seq; \
                              that stream ends there"
                         );
-                        past_end.push(PastEnd {
+                        report.past_end.push(PastEnd {
                             device: writer,
                             final_seq,
                             seq,
@@ -495,6 +536,11 @@ impl Device {
                 }
                 parsed.push(envelope);
             }
+            parsed.retain(|e| {
+                stopped
+                    .get(&e.header().device_id)
+                    .is_none_or(|&at| e.header().seq < at)
+            });
             parsed.sort_by_key(|e| (e.header().device_id, e.header().seq));
             if parsed.is_empty() {
                 if page.more && ended.len() > ended_before {
@@ -550,8 +596,8 @@ impl Device {
                 })
                 .await?;
             verifiers = new_verifiers;
-            total += parsed.len();
-            changed.extend(page_changed);
+            report.pulled += parsed.len();
+            report.changed.extend(page_changed);
             if !page.more {
                 break;
             }
@@ -561,7 +607,23 @@ impl Device {
         self.persist_clock()?;
         self.persist_clock_skews(&skews)?;
         self.inner.store.flush().await?;
-        Ok((total, changed, past_end))
+        Ok(())
+    }
+
+    /// What to report of an envelope the relay served whose header has a `format_version`
+    /// this release does not know. The header cannot be read, so the writer and seq are the
+    /// relay's; they must name a stream this device pulls (a relay could stop any stream by
+    /// withholding it anyway, so trusting it here gives it nothing new).
+    fn newer_format(&self, stored: &proto::StoredEnvelope, version: u32) -> Result<NewerFormat> {
+        let device = DeviceId::from_slice(&stored.device_id)
+            .ok()
+            .filter(|device| self.writers().is_ok_and(|w| w.contains(device)))
+            .ok_or(EnvelopeError::WrongFormatVersion { version })?;
+        Ok(NewerFormat {
+            device,
+            seq: stored.seq,
+            version,
+        })
     }
 
     /// The last seq the roster admits of `writer`, if it was removed.
