@@ -177,3 +177,38 @@ fn a_file_of_another_kind_is_one_clear_error() {
         ));
     }
 }
+
+/// A malformed follow entry (an id that is a number, has a leading zero or is too long for an
+/// id, an entry that is not an object, one under the other file's key) is skipped with its
+/// position; the rest of the file imports.
+#[test]
+fn malformed_follow_entries_are_skipped_one_by_one() {
+    let following = "window.YTD.following.part0 = [
+      {\"following\": {\"accountId\": \"42\"}},
+      {\"following\": {\"accountId\": 43}},
+      {\"following\": {\"accountId\": \"044\"}},
+      {\"following\": {\"accountId\": \"99999999999999999999\"}},
+      \"not an entry\",
+      {\"follower\": {\"accountId\": \"45\"}},
+      {\"following\": {\"accountId\": \"46\", \"userLink\": \"https://twitter.com/intent/user?user_id=46\"}}
+    ]";
+    let follower = "window.YTD.follower.part0 = [
+      {\"follower\": {\"accountId\": \"42\"}}, {\"follower\": {\"accountId\": \"46\"}}
+    ]";
+    let archive = build(
+        &[
+            ("data/following.js".into(), following.as_bytes().to_vec()),
+            ("data/follower.js".into(), follower.as_bytes().to_vec()),
+        ],
+        false,
+    );
+    let report = import(&archive);
+    let ids: Vec<&str> = report
+        .contacts
+        .iter()
+        .map(|c| c.source_identity.as_str())
+        .collect();
+    assert_eq!(ids, ["42", "46"]);
+    let skipped: Vec<usize> = report.skipped.iter().map(|s| s.line).collect();
+    assert_eq!(skipped, [2, 3, 4, 5, 6]);
+}
