@@ -17,7 +17,9 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::lookup_host;
 
 /// Largest response frame the client accepts (pull pages are bounded by the relay far below).
-pub const MAX_RESPONSE_FRAME: usize = 32 * 1024 * 1024;
+pub const MAX_RESPONSE_FRAME: u32 = 32 * 1024 * 1024;
+/// Bytes reserved for a response body before any arrive; the buffer grows with what arrives.
+const RESPONSE_PREALLOC: usize = 64 * 1024;
 /// How long connecting (QUIC and TLS handshake) may take: a relay that is down gives no quick
 /// refusal over UDP, so this bounds how long a device waits to learn it is offline. A healthy
 /// relay answers within one round trip; five seconds leaves room for a few lost packets on a
@@ -413,37 +415,26 @@ async fn write_frame(
     send: &mut quinn::SendStream,
     message: &proto::Request,
 ) -> Result<(), NetError> {
-    let body = message.encode_to_vec();
-    let len =
-        u32::try_from(body.len()).map_err(|_| NetError::Protocol("request too large".into()))?;
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
-    send.write_all(&frame)
+    kith_net::write_frame(send, kith_net::encode_frame(message).into())
         .await
         .map_err(|e| NetError::connection(&e))
 }
 
 /// Reads one response frame; `Ok(None)` at a clean end of stream. Relay errors become
-/// [`NetError::Relay`].
+/// [`NetError::Relay`]. The body buffer grows as bytes arrive, not by the announced length.
 async fn read_response(recv: &mut quinn::RecvStream) -> Result<Option<response::Kind>, NetError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(NetError::connection(&e)),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_RESPONSE_FRAME {
-        return Err(NetError::Protocol(format!(
-            "response frame of {len} bytes exceeds the limit"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| NetError::connection(&e))?;
-    let response = proto::Response::decode(body.as_slice())
+    let body = match kith_net::read_frame_bytes(recv, MAX_RESPONSE_FRAME, RESPONSE_PREALLOC).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return Ok(None),
+        Err(kith_net::ReadError::TooLarge { len, .. }) => {
+            return Err(NetError::Protocol(format!(
+                "response frame of {len} bytes exceeds the limit"
+            )));
+        }
+        Err(e @ kith_net::ReadError::Io(_)) => return Err(NetError::connection(&e)),
+        Err(e) => return Err(NetError::Connection(e.to_string())),
+    };
+    let response = proto::Response::decode(body)
         .map_err(|_| NetError::Protocol("undecodable response".into()))?;
     match response.kind {
         Some(response::Kind::Error(error)) => Err(NetError::Relay {

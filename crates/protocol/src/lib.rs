@@ -2,6 +2,38 @@
 //!
 //! No sockets, no async runtime and no clock of its own: time and randomness come in as
 //! arguments, so every behaviour is deterministic under test. See `docs/PROTOCOL.md`.
+//!
+//! # Layout
+//!
+//! The modules in the order a reader meets them, from bytes up to the account:
+//!
+//! | module | what it holds | spec |
+//! |---|---|---|
+//! | [`proto`] | the generated protobuf types of `proto/kith/v1/*.proto` | everywhere |
+//! | [`ids`], [`keys`] | identifiers parsed once from untrusted bytes; secret newtypes that zeroize and never print | §2 |
+//! | [`encoding`] | the length-prefixed encoding under every hash, signature and HKDF input, and every label | §2.1 |
+//! | [`limits`], [`padding`] | bounds on everything decoded; Padmé padding of plaintexts | §7, §11 |
+//! | [`hlc`], [`record`], [`merge`], [`history`] | clocks, contact records and their field keys and values, the CRDT that merges them, interaction history | §8 |
+//! | [`envelope`], [`stream`] | sealing and opening envelopes; the per-writer chain of seqs and hashes | §7, §9 |
+//! | [`roster`], [`epoch`], [`bundle`], [`auth`] | who is in the account; the secrets content is encrypted under and their sealing to devices; linking and recovery; authenticating to the relay | §4–§6, §10 |
+//! | [`frame`] | the pure half of the relay's framing (the I/O half is the `kith-net` crate) | §10 |
+//!
+//! # Life of a push, file by file
+//!
+//! 1. `kith_client::Device::sync` (`crates/client/src/sync.rs`) turns pending operations into
+//!    envelopes with [`envelope::seal`]: [`record`] encodes them, [`padding`] pads them, the
+//!    epoch's content key ([`epoch`]) encrypts them with the header as associated data, the
+//!    device key ([`keys`]) signs the domain-separated encoding ([`encoding`]), and [`stream`]
+//!    chains them to the device's previous envelope. They wait in the client's outbox.
+//! 2. `push_outbox` (same file) sends them in `Push` requests through
+//!    `crates/client/src/net.rs`, one QUIC stream per request, framed by `kith-net` over
+//!    [`frame`].
+//! 3. The relay (`crates/relay/src/lib.rs` continues the walk-through) stores them without
+//!    opening them: it reads only headers ([`envelope::peek_header`]) and checks rosters
+//!    ([`roster`]), never content.
+//! 4. Another device's pull serves them back; `crates/client/src/sync.rs` `pull` checks each
+//!    against the roster and the writer's chain ([`envelope::open_batch`],
+//!    [`stream::StreamVerifier`]) and merges the records ([`merge`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -19,9 +19,9 @@ use kith_protocol::proto::{
 use bytes::Bytes;
 use prost::Message;
 
-use crate::frame::{FrameError, encode_frame, read_frame_bytes, read_message, write_message};
 use crate::tls::{self, TlsError};
 use crate::wire;
+use kith_net::{ReadError, encode_frame, read_frame_bytes, read_message, write_message};
 
 /// Largest response frame the client accepts.
 pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
@@ -48,7 +48,7 @@ pub enum ClientError {
     Write(#[from] quinn::WriteError),
     /// A response frame was bad.
     #[error("frame: {0}")]
-    Frame(#[from] FrameError),
+    Frame(#[from] ReadError),
     /// The relay refused the request.
     #[error("relay refused: {code:?}: {message}")]
     Refused {
@@ -135,7 +135,7 @@ impl RelayClient {
         let body = self
             .call_frame(Bytes::from(encode_frame(&Request { kind: Some(kind) })))
             .await?;
-        Response::decode(body).map_err(|e| ClientError::Frame(FrameError::Decode(e)))
+        Response::decode(body).map_err(|e| ClientError::Frame(ReadError::Decode(e)))
     }
 
     /// Sends one encoded request frame (length prefix included) on a new stream, without
@@ -149,7 +149,7 @@ impl RelayClient {
         match read_frame_bytes(&mut recv, MAX_RESPONSE_BYTES, RESPONSE_PREALLOC).await {
             Ok(Some(body)) => Ok(body),
             Ok(None) => Err(match written {
-                Err(e) => ClientError::Frame(FrameError::Io(e.into())),
+                Err(e) => ClientError::Frame(ReadError::Io(e.into())),
                 Ok(()) => ClientError::Unexpected("stream ended without a response"),
             }),
             Err(e) => Err(e.into()),
@@ -161,7 +161,7 @@ impl RelayClient {
     pub async fn push_frame(&self, frame: Bytes) -> Result<u64, ClientError> {
         let body = self.call_frame(frame).await?;
         match Response::decode(body)
-            .map_err(|e| ClientError::Frame(FrameError::Decode(e)))?
+            .map_err(|e| ClientError::Frame(ReadError::Decode(e)))?
             .kind
         {
             Some(response::Kind::PushAck(ack)) => Ok(ack.last_seq),
@@ -184,7 +184,7 @@ impl RelayClient {
             })),
         };
         let body = self.call_frame(Bytes::from(encode_frame(&request))).await?;
-        let decode_error = |e| ClientError::Frame(FrameError::Decode(e));
+        let decode_error = |e| ClientError::Frame(ReadError::Decode(e));
         match wire::pull_payload(&body) {
             Some(payload) => wire::PullResponse::decode(payload).map_err(decode_error),
             None => match Response::decode(body).map_err(decode_error)?.kind {
@@ -303,7 +303,7 @@ impl RelayClient {
             },
         )
         .await
-        .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+        .map_err(|e| ClientError::Frame(ReadError::Io(e)))?;
         match read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES)
             .await?
             .and_then(|r| r.kind)

@@ -15,12 +15,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
-use crate::frame::{FrameError, encode_frame, read_frame_bytes, write_frame};
 use crate::handlers::{self, Answer};
 use crate::state::{Conn, Shared, now_ms};
 use crate::store::{GroupCommit, SledStore, Store};
 use crate::tls;
 use crate::wire;
+use kith_net::{ReadError, encode_frame, read_frame_bytes, write_frame};
 
 /// QUIC application error code of a stream the relay stopped reading (bad frame).
 pub const STREAM_REFUSED: u32 = 1;
@@ -414,15 +414,16 @@ async fn request_stream(
         Ok(Some(body)) => decode_request(body)
             .map_err(|_| refuse(ErrorCode::Malformed, "request does not decode")),
         Ok(None) => return,
-        Err(FrameError::TooLarge { .. }) => Err(refuse(
+        Err(ReadError::TooLarge { .. }) => Err(refuse(
             ErrorCode::FrameTooLarge,
             "frame exceeds the relay's limit",
         )),
-        Err(FrameError::Decode(_)) => Err(refuse(ErrorCode::Malformed, "request does not decode")),
-        Err(FrameError::Truncated) => {
+        Err(ReadError::Decode(_)) => Err(refuse(ErrorCode::Malformed, "request does not decode")),
+        Err(ReadError::Truncated) => {
             Err(refuse(ErrorCode::Malformed, "stream ended inside a frame"))
         }
-        Err(FrameError::Io(_)) => return,
+        // The transport failed (or a read error this release does not know): nothing to answer.
+        Err(_) => return,
     };
     let result = match request {
         Err(err) => {

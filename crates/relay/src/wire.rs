@@ -86,7 +86,7 @@ pub fn pull_payload(body: &Bytes) -> Option<Bytes> {
 pub fn pull_frame(page: &PullResponse) -> Bytes {
     let inner = page.encoded_len();
     let body = 1 + encoded_len_varint(inner as u64) + inner;
-    let mut out = BytesMut::with_capacity(crate::frame::HEADER_LEN + body);
+    let mut out = BytesMut::with_capacity(kith_net::HEADER_LEN + body);
     out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
     encode_key(RESPONSE_PULL, WireType::LengthDelimited, &mut out);
     encode_varint(inner as u64, &mut out);
@@ -98,7 +98,7 @@ pub fn pull_frame(page: &PullResponse) -> Bytes {
 pub fn push_frame(push: &Push) -> Bytes {
     let inner = push.encoded_len();
     let body = 1 + encoded_len_varint(inner as u64) + inner;
-    let mut out = BytesMut::with_capacity(crate::frame::HEADER_LEN + body);
+    let mut out = BytesMut::with_capacity(kith_net::HEADER_LEN + body);
     out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
     encode_key(REQUEST_PUSH, WireType::LengthDelimited, &mut out);
     encode_varint(inner as u64, &mut out);

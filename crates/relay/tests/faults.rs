@@ -31,10 +31,10 @@ use common::latency::{LatencyReport, WellBehaved};
 use common::process::RelayProcess;
 use common::rng::{SplitMix64, mix, seed_from_env};
 use common::{TestAccount, TestRelay, envelope, envelope_with, envelopes};
+use kith_net::{encode_frame, read_message};
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, Cursor, ErrorCode, StreamInfo, request, response};
 use kith_relay::client::{ClientError, RelayClient};
-use kith_relay::frame::{encode_frame, read_message};
 use kith_relay::store::SledStore;
 use kith_relay::{Relay, RelayConfig};
 
@@ -1249,7 +1249,7 @@ async fn requests_that_stall_are_cut_off_after_the_request_timeout() {
             }
         };
         match ended {
-            Err(ClientError::Frame(kith_relay::frame::FrameError::Io(err))) => {
+            Err(ClientError::Frame(kith_net::ReadError::Io(err))) => {
                 let reset = err
                     .get_ref()
                     .and_then(|e| e.downcast_ref::<quinn::ReadError>())

@@ -814,8 +814,7 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
             }
             let _ = send.write_all(&junk).await;
             let _ = send.finish();
-            let answer =
-                kith_relay::frame::read_message::<proto::Response, _>(&mut recv, 1 << 20).await;
+            let answer = kith_net::read_message::<proto::Response, _>(&mut recv, 1 << 20).await;
             if let Ok(Some(proto::Response {
                 kind: Some(response::Kind::Error(err)),
             })) = answer

@@ -1,6 +1,7 @@
 //! Importers: read real export files and turn them into source-neutral contacts.
 //!
-//! Each importer takes the least it needs (privacy promise 2 in the brief):
+//! Each importer takes the least it needs: Kith promises its users that nothing more of an export
+//! than this table names is read, kept or synced.
 //!
 //! | source | module | reads |
 //! |---|---|---|

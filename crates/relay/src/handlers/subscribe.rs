@@ -10,9 +10,9 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::authorized;
 use crate::error::RequestError;
-use crate::frame::write_message;
 use crate::server::REQUEST_TIMED_OUT;
 use crate::state::{Account, AccountEvent, Conn, Shared};
+use kith_net::write_message;
 
 fn notification(device: &DeviceId, last_seq: u64) -> Response {
     Response {

@@ -1,10 +1,14 @@
-//! Framing: a 4-byte big-endian length, then that many bytes of protobuf.
+//! Kith's frames on streams (docs/PROTOCOL.md §10): a 4-byte big-endian length, then that many
+//! bytes of protobuf. This is the one I/O path for frames: the relay's server, the client's
+//! connection and the relay's load tool all read and write through it.
 //!
-//! The length is checked against the limit before a byte of the body is buffered, and the
-//! body buffer then grows only as bytes actually arrive, so a peer that announces a large
+//! The length is checked against the caller's limit before a byte of the body is buffered, and
+//! the body buffer then grows only as bytes actually arrive, so a peer that announces a large
 //! frame and sends nothing costs nothing. The pure half (length bound, body decoding,
-//! encoding) is [`kith_protocol::frame`], which the `frame` fuzz target exercises; this module
+//! encoding) is [`kith_protocol::frame`], which the `frame` fuzz target exercises; this crate
 //! adds only the I/O.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use bytes::{Bytes, BytesMut};
 use kith_protocol::frame as pure;
@@ -16,9 +20,10 @@ pub use kith_protocol::frame::{HEADER_LEN, encode_frame};
 /// Initial body buffer; it grows as data arrives, up to the announced (bounded) length.
 const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
 
-/// Why a frame could not be read.
+/// Why a frame could not be read from a stream (the pure decoding errors, plus the transport's).
 #[derive(Debug, thiserror::Error)]
-pub enum FrameError {
+#[non_exhaustive]
+pub enum ReadError {
     /// The announced length exceeds the limit; nothing was buffered.
     #[error("frame of {len} bytes exceeds the limit of {max}")]
     TooLarge {
@@ -38,12 +43,12 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-impl From<pure::FrameError> for FrameError {
+impl From<pure::FrameError> for ReadError {
     fn from(error: pure::FrameError) -> Self {
         match error {
-            pure::FrameError::TooLarge { len, max } => FrameError::TooLarge { len, max },
-            pure::FrameError::Truncated => FrameError::Truncated,
-            pure::FrameError::Decode(error) => FrameError::Decode(error),
+            pure::FrameError::TooLarge { len, max } => ReadError::TooLarge { len, max },
+            pure::FrameError::Truncated => ReadError::Truncated,
+            pure::FrameError::Decode(error) => ReadError::Decode(error),
         }
     }
 }
@@ -52,7 +57,7 @@ impl From<pure::FrameError> for FrameError {
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_len: u32,
-) -> Result<Option<Vec<u8>>, FrameError> {
+) -> Result<Option<Vec<u8>>, ReadError> {
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     while filled < HEADER_LEN {
@@ -61,7 +66,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             return if filled == 0 {
                 Ok(None)
             } else {
-                Err(FrameError::Truncated)
+                Err(ReadError::Truncated)
             };
         }
         filled += n;
@@ -70,7 +75,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
     reader.take(len as u64).read_to_end(&mut body).await?;
     if body.len() != len {
-        return Err(FrameError::Truncated);
+        return Err(ReadError::Truncated);
     }
     Ok(Some(body))
 }
@@ -84,7 +89,7 @@ pub async fn read_frame_bytes(
     recv: &mut quinn::RecvStream,
     max_len: u32,
     prealloc: usize,
-) -> Result<Option<Bytes>, FrameError> {
+) -> Result<Option<Bytes>, ReadError> {
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     while filled < HEADER_LEN {
@@ -98,7 +103,7 @@ pub async fn read_frame_bytes(
                 filled += chunk.bytes.len();
             }
             None if filled == 0 => return Ok(None),
-            None => return Err(FrameError::Truncated),
+            None => return Err(ReadError::Truncated),
         }
     }
     let len = pure::body_len(header, max_len)?;
@@ -123,7 +128,7 @@ pub async fn read_frame_bytes(
                 }
                 body.extend_from_slice(&chunk.bytes);
             }
-            None => return Err(FrameError::Truncated),
+            None => return Err(ReadError::Truncated),
         }
     }
     Ok(Some(body.freeze()))
@@ -138,7 +143,7 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: Bytes) -> std::io:
 pub async fn read_message<M: Message + Default, R: AsyncRead + Unpin>(
     reader: &mut R,
     max_len: u32,
-) -> Result<Option<M>, FrameError> {
+) -> Result<Option<M>, ReadError> {
     match read_frame(reader, max_len).await? {
         Some(body) => Ok(Some(pure::decode_body(&body)?)),
         None => Ok(None),
@@ -181,7 +186,7 @@ mod tests {
         let err = read_frame(&mut bytes.as_slice(), 1024).await.unwrap_err();
         assert!(matches!(
             err,
-            FrameError::TooLarge {
+            ReadError::TooLarge {
                 len: 4_294_967_295,
                 max: 1024
             }
@@ -193,11 +198,11 @@ mod tests {
         assert!(read_frame(&mut &[][..], 10).await.unwrap().is_none());
         assert!(matches!(
             read_frame(&mut &[0, 0][..], 10).await,
-            Err(FrameError::Truncated)
+            Err(ReadError::Truncated)
         ));
         assert!(matches!(
             read_frame(&mut &[0, 0, 0, 5, 1, 2][..], 10).await,
-            Err(FrameError::Truncated)
+            Err(ReadError::Truncated)
         ));
     }
 
@@ -207,6 +212,6 @@ mod tests {
         let err = read_message::<Request, _>(&mut &bytes[..], 10)
             .await
             .unwrap_err();
-        assert!(matches!(err, FrameError::Decode(_)));
+        assert!(matches!(err, ReadError::Decode(_)));
     }
 }
