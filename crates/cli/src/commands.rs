@@ -16,7 +16,7 @@ use crate::cli::{
     SourceName, SourcesCommand,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
-use crate::{demo, progress, qr};
+use crate::{progress, qr};
 
 /// Skipped rows and dropped fields listed after an import; the rest are counted.
 const MAX_PROBLEMS_LISTED: usize = 50;
@@ -26,7 +26,13 @@ const MAX_IDS_LISTED: usize = 8;
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Demo = cli.command {
-        return demo::run().await;
+        #[cfg(feature = "demo")]
+        return crate::demo::run().await;
+        #[cfg(not(feature = "demo"))]
+        anyhow::bail!(
+            "this kith was built without the demo (the `demo` feature, on by default, links a relay \
+             into the binary for it)"
+        );
     }
     let home = home_dir(cli.home)?;
     match cli.command {

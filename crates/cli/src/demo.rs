@@ -77,7 +77,7 @@ pub async fn run() -> Result<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir().context("cannot create a temporary directory for the demo")?;
     let relay_dir = dir.path().join("relay");
-    let relay = Relay::start(RelayConfig::for_tests(&relay_dir))
+    let relay = Relay::start(RelayConfig::loopback(&relay_dir))
         .await
         .context("cannot start the demo relay")?;
     let result = story(dir.path(), &relay_dir, &relay).await;

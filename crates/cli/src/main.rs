@@ -30,6 +30,7 @@ macro_rules! outln {
 
 mod cli;
 mod commands;
+#[cfg(feature = "demo")]
 mod demo;
 mod output;
 mod progress;

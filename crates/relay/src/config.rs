@@ -404,14 +404,21 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    /// A configuration for tests: loopback port 0, open registration, data in `data_dir`.
-    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+    /// A private relay embedded in another program (as `kith demo` runs one): a free loopback
+    /// port, open registration, a small cache, data in `data_dir`, every other setting at its
+    /// default. Nothing outside the machine can reach it.
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.into(),
             cache_bytes: 16 * 1024 * 1024,
             ..Self::default()
         }
+    }
+
+    /// A configuration for tests: [`RelayConfig::loopback`].
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        Self::loopback(data_dir)
     }
 
     /// Checks bounds that depend on each other.
