@@ -454,7 +454,7 @@ async fn relay_on_faulty_store(
         config.store_value_bytes as usize,
     )
     .unwrap();
-    let store = Arc::new(FaultyStore::new(sled));
+    let store = Arc::new(FaultyStore::new(Arc::new(sled)));
     let handle = Relay::start_with_store(config, store.clone())
         .await
         .unwrap();
