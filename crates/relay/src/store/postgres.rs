@@ -329,8 +329,16 @@ fn stored_version(client: &mut Client) -> Result<i32, StoreError> {
 /// applied now.
 pub fn run_migrations(url: &str) -> Result<Vec<i32>, StoreError> {
     let config = parse(url)?;
-    let mut conn = Conn::connect(&config)?;
-    migrate(&mut conn.client)
+    off_runtime(|| migrate(&mut Conn::connect(&config)?.client))
+}
+
+/// Runs `f` on a thread of its own: the synchronous driver blocks on a runtime of its own,
+/// which it may not do on a thread that drives the relay's runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 fn parse(url: &str) -> Result<postgres::Config, StoreError> {
@@ -368,6 +376,15 @@ impl PostgresStore {
     }
 
     fn open_inner(
+        url: &str,
+        connections: usize,
+        value_bytes: usize,
+        run_migrations: bool,
+    ) -> Result<Self, StoreError> {
+        off_runtime(|| Self::open_here(url, connections, value_bytes, run_migrations))
+    }
+
+    fn open_here(
         url: &str,
         connections: usize,
         value_bytes: usize,
@@ -615,8 +632,11 @@ impl PostgresStore {
         let config = self.config.clone();
         let origin = self.origin.clone();
         let stopping = self.stopping.clone();
-        let mut client = Conn::connect(&config)?.client;
-        client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))?;
+        let client = off_runtime(|| -> Result<Client, StoreError> {
+            let mut client = Conn::connect(&config)?.client;
+            client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))?;
+            Ok(client)
+        })?;
         std::thread::Builder::new()
             .name("kith-pg-listen".into())
             .spawn(move || {

@@ -83,6 +83,15 @@ fn server_command(program: &Path) -> Command {
     }
 }
 
+/// Runs `f` on a thread of its own: the synchronous `postgres` client starts a runtime of its
+/// own, which it may not do on a thread driving the test's runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -94,6 +103,10 @@ impl PgCluster {
     /// Starts a cluster, or `None` (after saying so loudly) when PostgreSQL is not installed;
     /// panics under `CI=true` instead.
     pub fn start() -> Option<Self> {
+        off_runtime(Self::start_here)
+    }
+
+    fn start_here() -> Option<Self> {
         let Some(bin) = find_bin() else {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             let message = "PostgreSQL server binaries (initdb, postgres) not found: install \
@@ -186,9 +199,12 @@ impl PgCluster {
                     .ok()
                     .and_then(|text| text.lines().next().map(str::to_owned))
                     .expect("postmaster.pid");
+                // The server removes postmaster.pid when it has stopped (`kill -0` would
+                // still find it as a zombie of the vanished test process).
                 let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; \
-                     kill -INT \"$2\" 2>/dev/null; \
-                     while kill -0 \"$2\" 2>/dev/null; do sleep 0.2; done; rm -rf \"$3\"";
+                     kill -QUIT \"$2\" 2>/dev/null; n=0; \
+                     while [ -e \"$3/data/postmaster.pid\" ] && [ $n -lt 300 ]; do \
+                     sleep 0.1; n=$((n+1)); done; rm -rf \"$3\"";
                 Command::new("sh")
                     .args(["-c", script, "watchdog"])
                     .arg(std::process::id().to_string())
@@ -211,6 +227,10 @@ impl PgCluster {
 
     /// A new, empty database; its connection string.
     pub fn database(&self) -> String {
+        off_runtime(|| self.create_database())
+    }
+
+    fn create_database(&self) -> String {
         let name = format!("kith_{}", self.databases.fetch_add(1, Ordering::SeqCst));
         let mut client =
             postgres::Client::connect(&self.url_of("postgres"), postgres::NoTls).expect("connect");
@@ -236,10 +256,10 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        // Fast shutdown (SIGINT): the data directory is removed anyway.
+        // Immediate shutdown (SIGQUIT), no checkpoint: the data directory is removed anyway.
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
+                .args(["-QUIT", &child.id().to_string()])
                 .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
