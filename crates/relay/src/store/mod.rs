@@ -5,6 +5,7 @@
 //! purge it all. The methods are synchronous (sled's are, and take microseconds); durability is
 //! the one asynchronous step, [`Store::flush`], which [`GroupCommit`] shares across connections.
 
+pub mod copy;
 pub mod log;
 pub mod postgres;
 pub mod sled;
