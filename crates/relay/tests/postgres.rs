@@ -90,19 +90,20 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
     bounded(async {
         let (_dir, one, two) = two_relays(&url).await;
         let mut account = TestAccount::new(2);
-        let (da, db) = (
-            account.device(0).device_id(),
-            account.device(1).device_id(),
-        );
+        let (da, db) = (account.device(0).device_id(), account.device(1).device_id());
         // Device A on relay 1 creates the account; device B signs in on relay 2.
         let a = connect(&one).await;
         account.create(&a).await;
         let b = connect(&two).await;
-        b.authenticate(account.device(1), &account.id).await.unwrap();
+        b.authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
         // B watches on relay 2; A pushes on relay 1; B hears it and pulls it from relay 2.
         let mut watch = b.subscribe().await.unwrap();
         assert_eq!(
-            a.push(envelopes(&account.id, &da, 1, 5, 200)).await.unwrap(),
+            a.push(envelopes(&account.id, &da, 1, 5, 200))
+                .await
+                .unwrap(),
             5
         );
         let heard = tokio::time::timeout(Duration::from_secs(20), watch.next())
@@ -110,7 +111,10 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
             .expect("a notification through the database")
             .unwrap()
             .unwrap();
-        assert_eq!((heard.device_id.as_slice(), heard.last_seq), (da.as_bytes().as_slice(), 5));
+        assert_eq!(
+            (heard.device_id.as_slice(), heard.last_seq),
+            (da.as_bytes().as_slice(), 5)
+        );
         let seen = pull_all(&b).await;
         assert_eq!(
             seen.get(&da).unwrap(),
@@ -120,7 +124,9 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
         );
         // B pushes on relay 2; A pulls it from relay 1 right after the ack.
         assert_eq!(
-            b.push(envelopes(&account.id, &db, 1, 3, 200)).await.unwrap(),
+            b.push(envelopes(&account.id, &db, 1, 3, 200))
+                .await
+                .unwrap(),
             3
         );
         assert_eq!(pull_all(&a).await.get(&db).map(Vec::len), Some(3));
@@ -133,7 +139,9 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
             .await
             .unwrap();
         assert_eq!(
-            a.push(envelopes(&account.id, &da, 6, 2, 200)).await.unwrap(),
+            a.push(envelopes(&account.id, &da, 6, 2, 200))
+                .await
+                .unwrap(),
             7
         );
         assert_eq!(
@@ -161,10 +169,17 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
         assert_eq!(removed.id(), db);
         let refused = code(b.push(envelopes(&account.id, &db, 4, 1, 200)).await);
         assert!(
-            matches!(refused, ErrorCode::DeviceRemoved | ErrorCode::Unauthenticated),
+            matches!(
+                refused,
+                ErrorCode::DeviceRemoved | ErrorCode::Unauthenticated
+            ),
             "{refused:?}"
         );
-        assert_eq!(pull_all(&a).await.get(&db).map(Vec::len), Some(3), "nothing past final_seq");
+        assert_eq!(
+            pull_all(&a).await.get(&db).map(Vec::len),
+            Some(3),
+            "nothing past final_seq"
+        );
         // A stale roster put through relay 2 (it held version 1) is refused as a rollback.
         assert_eq!(
             code(
@@ -249,7 +264,10 @@ async fn a_relay_killed_mid_push_loses_nothing_acknowledged_and_the_other_serves
         let acked = Arc::new(AtomicU64::new(0));
         let writer = {
             let (client, account, acked) = (one.connect().await, account.clone(), acked.clone());
-            client.authenticate(account.device(0), &account.id).await.unwrap();
+            client
+                .authenticate(account.device(0), &account.id)
+                .await
+                .unwrap();
             tokio::spawn(async move {
                 let mut next = 1;
                 while let Ok(last) = client
@@ -269,9 +287,16 @@ async fn a_relay_killed_mid_push_loses_nothing_acknowledged_and_the_other_serves
         let acked = acked.load(Ordering::SeqCst);
         // The device moves to relay 2: everything acknowledged is there, intact.
         let client = two.connect().await;
-        client.authenticate(account.device(0), &account.id).await.unwrap();
+        client
+            .authenticate(account.device(0), &account.id)
+            .await
+            .unwrap();
         let stored = pull_all(&client).await.remove(&device).unwrap();
-        assert!(stored.len() as u64 >= acked, "acked {acked}, stored {}", stored.len());
+        assert!(
+            stored.len() as u64 >= acked,
+            "acked {acked}, stored {}",
+            stored.len()
+        );
         let last = stored.len() as u64;
         assert_eq!(
             stored,
@@ -361,7 +386,10 @@ async fn migrate_store_copies_a_sled_relay_into_postgres_and_back() {
                         .await
                         .unwrap();
                     let second = relay.connect().await;
-                    second.authenticate(account.device(1), &account.id).await.unwrap();
+                    second
+                        .authenticate(account.device(1), &account.id)
+                        .await
+                        .unwrap();
                     let d1 = account.device(1).device_id();
                     second
                         .push(envelopes(&account.id, &d1, 1, 7, 100))
@@ -382,9 +410,15 @@ async fn migrate_store_copies_a_sled_relay_into_postgres_and_back() {
             .args(["migrate-store", "--from"])
             .arg(&sled_dir)
             .args(["--to", &url]));
-        assert!(out.contains("copied 2 accounts, 3 streams, 507 envelopes"), "{out}");
+        assert!(
+            out.contains("copied 2 accounts, 3 streams, 507 envelopes"),
+            "{out}"
+        );
         assert!(out.contains("verified"), "{out}");
-        assert!(out.contains("copied 1 unused tokens from the token inbox"), "{out}");
+        assert!(
+            out.contains("copied 1 unused tokens from the token inbox"),
+            "{out}"
+        );
         // The same totals, plus the token that waited in the sled relay's inbox.
         assert_eq!(
             stats_of(&["--store", &url]),
@@ -415,8 +449,19 @@ async fn migrate_store_copies_a_sled_relay_into_postgres_and_back() {
                 .zip(envelopes(&accounts[0].id, &d0, 101, 200, 700))
                 .collect::<Vec<_>>()
         );
-        assert_eq!(streams.get(&accounts[0].device(1).device_id()).map(Vec::len), Some(7));
-        assert_eq!(client.push(envelopes(&accounts[0].id, &d0, 301, 1, 700)).await.unwrap(), 301);
+        assert_eq!(
+            streams
+                .get(&accounts[0].device(1).device_id())
+                .map(Vec::len),
+            Some(7)
+        );
+        assert_eq!(
+            client
+                .push(envelopes(&accounts[0].id, &d0, 301, 1, 700))
+                .await
+                .unwrap(),
+            301
+        );
         client.close().await;
         drop(relay);
 
@@ -424,7 +469,10 @@ async fn migrate_store_copies_a_sled_relay_into_postgres_and_back() {
         let out = run(relay_bin()
             .args(["migrate-store", "--from", &url, "--to"])
             .arg(&back_dir));
-        assert!(out.contains("copied 2 accounts, 3 streams, 508 envelopes"), "{out}");
+        assert!(
+            out.contains("copied 2 accounts, 3 streams, 508 envelopes"),
+            "{out}"
+        );
         let back = stats_of(&["--data", back_dir.to_str().unwrap()]);
         assert!(back.contains("envelopes 508"), "{back}");
         assert!(back.contains("registration_tokens 1"), "{back}");

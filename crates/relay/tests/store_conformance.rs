@@ -25,6 +25,9 @@ const B: AccountId = AccountId::from_bytes([0xb2; 32]);
 const D: DeviceId = DeviceId::from_bytes([0xd3; 16]);
 const E: DeviceId = DeviceId::from_bytes([0xe4; 16]);
 
+/// Whether the raw storage holds some bytes anywhere.
+type Holds = Box<dyn Fn(&[u8]) -> bool>;
+
 /// A store under test: how to open it (again) on the same data, and how to look at its raw
 /// storage.
 struct Backend {
@@ -34,7 +37,7 @@ struct Backend {
     /// Whether several relays may share it (the checked writes and `changes` must work).
     shared: bool,
     /// Whether the raw storage holds `bytes` anywhere (call with the store dropped).
-    holds: Box<dyn Fn(&[u8]) -> bool>,
+    holds: Holds,
     _keep: Box<dyn std::any::Any>,
 }
 
@@ -91,7 +94,7 @@ fn pg_backend() -> Option<Backend> {
         shared: true,
         holds: Box::new(move |bytes| {
             let mut client = postgres::Client::connect(&raw, postgres::NoTls).unwrap();
-            let needle = format!("{}", hex::encode(bytes));
+            let needle = hex::encode(bytes);
             client
                 .query(
                     "SELECT tablename::text FROM pg_tables WHERE tablename LIKE 'kith_%'",
@@ -172,7 +175,12 @@ fn append(store: &dyn Store, account: &AccountId, from: u64, n: u64) {
         .unwrap();
 }
 
-fn read(store: &dyn Store, account: &AccountId, after: u64, max: usize) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
+fn read(
+    store: &dyn Store,
+    account: &AccountId,
+    after: u64,
+    max: usize,
+) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
     let mut out = Vec::new();
     let end = store
         .read_stream(account, &D, after, &mut |seq, e| {
@@ -258,7 +266,10 @@ fn stream_meta_survives_reopens_and_truncations(backend: &Backend) {
         append(&*store, &A, 1, 3);
         append(&*store, &A, 4, 3);
     }
-    assert_eq!(loaded(&*(backend.open)(1 << 20)), vec![(D, meta_after(1, 6))]);
+    assert_eq!(
+        loaded(&*(backend.open)(1 << 20)),
+        vec![(D, meta_after(1, 6))]
+    );
     {
         let store = (backend.open)(1 << 20);
         let truncated = store.truncate(&A, &D, 5).unwrap();
@@ -278,19 +289,43 @@ fn stream_meta_survives_reopens_and_truncations(backend: &Backend) {
 fn pairing_slots_are_put_once_taken_once_and_expire(backend: &Backend) {
     let store = (backend.open)(0);
     let slot = [9u8; 32];
-    assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
-    assert!(!store.put_pairing_slot(&slot, &A, 100, b"other", 10).unwrap());
+    assert!(
+        store
+            .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_pairing_slot(&slot, &A, 100, b"other", 10)
+            .unwrap()
+    );
     assert_eq!(store.count_pairing_slots(&A, 10).unwrap(), 1);
     assert_eq!(
         store.take_pairing_slot(&slot, 20).unwrap().as_deref(),
         Some(&b"bundle"[..])
     );
     assert_eq!(store.take_pairing_slot(&slot, 20).unwrap(), None);
-    assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
-    assert_eq!(store.take_pairing_slot(&slot, 100).unwrap(), None, "expired");
-    assert!(store.put_pairing_slot(&slot, &A, 100, b"bundle", 10).unwrap());
+    assert!(
+        store
+            .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
+            .unwrap()
+    );
+    assert_eq!(
+        store.take_pairing_slot(&slot, 100).unwrap(),
+        None,
+        "expired"
+    );
+    assert!(
+        store
+            .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
+            .unwrap()
+    );
     // An expired slot may be put again.
-    assert!(store.put_pairing_slot(&slot, &B, 300, b"again", 150).unwrap());
+    assert!(
+        store
+            .put_pairing_slot(&slot, &B, 300, b"again", 150)
+            .unwrap()
+    );
     assert_eq!(store.count_pairing_slots(&A, 150).unwrap(), 0);
     assert_eq!(store.count_pairing_slots(&B, 150).unwrap(), 1);
     assert_eq!(store.expire_pairing_slots(400).unwrap(), 1);
@@ -310,16 +345,31 @@ fn tokens_are_single_use(backend: &Backend) {
 fn recovery_bundles_belong_to_the_account_that_stored_them_first(backend: &Backend) {
     let store = (backend.open)(0);
     assert!(store.put_recovery_bundle(&[1; 32], &A, b"a1").unwrap());
-    assert!(!store.put_recovery_bundle(&[1; 32], &B, b"b1").unwrap(), "A's lookup id");
-    assert_eq!(store.recovery_bundle(&[1; 32]).unwrap(), Some((A, b"a1".to_vec())));
+    assert!(
+        !store.put_recovery_bundle(&[1; 32], &B, b"b1").unwrap(),
+        "A's lookup id"
+    );
+    assert_eq!(
+        store.recovery_bundle(&[1; 32]).unwrap(),
+        Some((A, b"a1".to_vec()))
+    );
     // A new lookup id replaces the account's earlier entry.
     assert!(store.put_recovery_bundle(&[2; 32], &A, b"a2").unwrap());
     assert_eq!(store.recovery_bundle(&[1; 32]).unwrap(), None);
-    assert_eq!(store.recovery_bundle(&[2; 32]).unwrap(), Some((A, b"a2".to_vec())));
+    assert_eq!(
+        store.recovery_bundle(&[2; 32]).unwrap(),
+        Some((A, b"a2".to_vec()))
+    );
     // The freed id may now be B's.
     assert!(store.put_recovery_bundle(&[1; 32], &B, b"b1").unwrap());
-    assert!(store.put_recovery_bundle(&[1; 32], &B, b"b2").unwrap(), "replaced in place");
-    assert_eq!(store.recovery_bundle(&[1; 32]).unwrap(), Some((B, b"b2".to_vec())));
+    assert!(
+        store.put_recovery_bundle(&[1; 32], &B, b"b2").unwrap(),
+        "replaced in place"
+    );
+    assert_eq!(
+        store.recovery_bundle(&[1; 32]).unwrap(),
+        Some((B, b"b2".to_vec()))
+    );
     assert_eq!(store.stats().unwrap().recovery_bundles, 2);
 }
 
@@ -344,13 +394,13 @@ fn sealed_keys_are_replaced_and_read_from_an_epoch_on(backend: &Backend) {
     ];
     assert_eq!(keys, expected, "{}", backend.name);
     assert!(store.sealed_keys(&A, &E, 0).unwrap().is_empty());
-    let total: u64 = [b"k1".len(), 9, 2]
-        .iter()
-        .map(|n| *n as u64)
-        .sum::<u64>()
+    let total: u64 = [b"k1".len(), 9, 2].iter().map(|n| *n as u64).sum::<u64>()
         + expected[2].len() as u64
         + expected[3].len() as u64;
-    assert_eq!(store.load_account(&A).unwrap().unwrap().sealed_key_bytes, total);
+    assert_eq!(
+        store.load_account(&A).unwrap().unwrap().sealed_key_bytes,
+        total
+    );
 }
 
 fn deleting_an_account_removes_every_row_of_it_and_nothing_else(backend: &Backend) {
@@ -360,7 +410,11 @@ fn deleting_an_account_removes_every_row_of_it_and_nothing_else(backend: &Backen
         let store = (backend.open)(64);
         for (account, byte) in [(&A, 1u8), (&B, 2u8)] {
             assert!(store.create_account(account, &roster(1)).unwrap());
-            let mine = if *account == A { marker.to_vec() } else { vec![0x77; 40] };
+            let mine = if *account == A {
+                marker.to_vec()
+            } else {
+                vec![0x77; 40]
+            };
             let refs: Vec<&[u8]> = vec![&mine; 20];
             let meta = StreamMeta {
                 first_seq: 1,
@@ -395,9 +449,21 @@ fn deleting_an_account_removes_every_row_of_it_and_nothing_else(backend: &Backen
             .block_on(store.flush())
             .unwrap();
     }
-    assert!(!(backend.holds)(A.as_bytes()), "{}: A's id remains", backend.name);
-    assert!(!(backend.holds)(&marker), "{}: A's data remains", backend.name);
-    assert!((backend.holds)(B.as_bytes()), "{}: B's id is stored", backend.name);
+    assert!(
+        !(backend.holds)(A.as_bytes()),
+        "{}: A's id remains",
+        backend.name
+    );
+    assert!(
+        !(backend.holds)(&marker),
+        "{}: A's data remains",
+        backend.name
+    );
+    assert!(
+        (backend.holds)(B.as_bytes()),
+        "{}: B's id is stored",
+        backend.name
+    );
 }
 
 fn a_second_create_of_the_same_account_is_refused(backend: &Backend) {
@@ -412,7 +478,9 @@ fn export_lists_everything_stored(backend: &Backend) {
     assert!(store.create_account(&A, &roster(3)).unwrap());
     append(&*store, &A, 1, 4);
     store.put_sealed_key(&A, &E, 7, b"sealed").unwrap();
-    store.put_pairing_slot(&[4; 32], &A, 99, b"slot", 0).unwrap();
+    store
+        .put_pairing_slot(&[4; 32], &A, 99, b"slot", 0)
+        .unwrap();
     store.put_recovery_bundle(&[5; 32], &A, b"rb").unwrap();
     store.add_registration_token(&[6; 32]).unwrap();
     let mut items = Vec::new();
@@ -494,8 +562,14 @@ fn pushes_compare_and_set_the_stream_head(backend: &Backend) {
     // Authorised against a roster that is no longer stored.
     assert!(matches!(push(4, 1, 2), Err(StoreError::Moved)));
     // Nothing of the refused pushes was written.
-    assert_eq!(read(&*store, &A, 0, 100).0, (1..=3).zip(envelopes(1, 3)).collect::<Vec<_>>());
-    assert_eq!(store.load_account(&A).unwrap().unwrap().streams, vec![(D, meta_after(1, 3))]);
+    assert_eq!(
+        read(&*store, &A, 0, 100).0,
+        (1..=3).zip(envelopes(1, 3)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.load_account(&A).unwrap().unwrap().streams,
+        vec![(D, meta_after(1, 3))]
+    );
     push(4, 2, 1).unwrap();
     // An account that does not exist takes no checked push.
     let envs = envelopes(1, 1);
@@ -525,10 +599,15 @@ fn rosters_only_advance_and_never_past_a_removed_streams_end(backend: &Backend) 
         Err(StoreError::Moved)
     ));
     assert_eq!(store.load_account(&A).unwrap().unwrap().roster, roster(2));
-    store.put_roster_checked(&A, &roster(3), 3, &[(D, 5), (E, 0)]).unwrap();
+    store
+        .put_roster_checked(&A, &roster(3), 3, &[(D, 5), (E, 0)])
+        .unwrap();
     assert_eq!(store.load_account(&A).unwrap().unwrap().roster, roster(3));
     // The unchecked form takes the version from the roster and refuses a rollback too.
-    assert!(matches!(store.put_roster(&A, &roster(2)), Err(StoreError::Moved)));
+    assert!(matches!(
+        store.put_roster(&A, &roster(2)),
+        Err(StoreError::Moved)
+    ));
     store.put_roster(&A, &roster(4)).unwrap();
 }
 
@@ -608,12 +687,21 @@ fn other_instances_hear_pushes_roster_changes_and_deletions(backend: &Backend) {
             last_seq: 3
         })
     );
-    assert_eq!(next(&mut changes).unwrap(), Some(StoreChange::Changed { account: A }));
-    assert_eq!(next(&mut changes).unwrap(), Some(StoreChange::Deleted { account: A }));
+    assert_eq!(
+        next(&mut changes).unwrap(),
+        Some(StoreChange::Changed { account: A })
+    );
+    assert_eq!(
+        next(&mut changes).unwrap(),
+        Some(StoreChange::Deleted { account: A })
+    );
     // A store does not hear its own changes: the listener's write is all the writer hears.
     listener.add_registration_token(&[1; 32]).unwrap();
     assert!(listener.create_account(&B, &roster(1)).unwrap());
     listener.put_roster_checked(&B, &roster(2), 2, &[]).unwrap();
-    assert_eq!(next(&mut own).unwrap(), Some(StoreChange::Changed { account: B }));
+    assert_eq!(
+        next(&mut own).unwrap(),
+        Some(StoreChange::Changed { account: B })
+    );
     assert!(own.try_recv().is_err());
 }

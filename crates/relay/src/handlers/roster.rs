@@ -116,10 +116,12 @@ pub(crate) async fn replace(
             .filter(|gone| !current.is_removed(&gone.device_id()))
             .map(|gone| (gone.device_id(), gone.final_seq()))
             .collect();
-        match shared
-            .store
-            .put_roster_checked(&account.id, next.encoded(), next.version(), &final_seqs)
-        {
+        match shared.store.put_roster_checked(
+            &account.id,
+            next.encoded(),
+            next.version(),
+            &final_seqs,
+        ) {
             Ok(()) => {}
             Err(StoreError::Moved) => {
                 // Another relay on the same database changed the roster or a stream first.

@@ -88,7 +88,9 @@ fn summarize(store: &dyn Store) -> Result<Summary, StoreError> {
             .streams
             .insert((account, device), (meta, digest.finalize().into()));
         if count != meta.envelopes {
-            return Err(StoreError::Corrupt("a stream's envelopes differ from its head"));
+            return Err(StoreError::Corrupt(
+                "a stream's envelopes differ from its head",
+            ));
         }
     }
     summary.other.sort_by_key(|item| format!("{item:?}"));
@@ -139,10 +141,10 @@ fn copy_stream(
     let mut after = 0;
     loop {
         let end = from.read_stream(account, device, after, &mut |seq, envelope| {
-            if chunk.len() == CHUNK_ENVELOPES || chunk_bytes + envelope.len() > CHUNK_BYTES {
-                if !chunk.is_empty() {
-                    return false;
-                }
+            if (chunk.len() == CHUNK_ENVELOPES || chunk_bytes + envelope.len() > CHUNK_BYTES)
+                && !chunk.is_empty()
+            {
+                return false;
             }
             chunk_bytes += envelope.len();
             chunk.push((seq, envelope.to_vec()));

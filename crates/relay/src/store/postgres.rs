@@ -392,9 +392,8 @@ impl PostgresStore {
     ) -> Result<Self, StoreError> {
         let config = parse(url)?;
         let described = describe(&config);
-        let mut first = Conn::connect(&config).map_err(|err| {
-            StoreError::Backend(format!("connecting to {described}: {err}"))
-        })?;
+        let mut first = Conn::connect(&config)
+            .map_err(|err| StoreError::Backend(format!("connecting to {described}: {err}")))?;
         if run_migrations {
             let applied = migrate(&mut first.client)?;
             if !applied.is_empty() {
@@ -508,8 +507,9 @@ impl PostgresStore {
         })
     }
 
-    /// One append transaction; `checks` holds the expected roster version when the caller
-    /// wants it checked.
+    /// One append transaction; `roster_version` is the expected roster version when the
+    /// caller wants it checked, `import` lets a copied stream start past seq 1.
+    #[allow(clippy::too_many_arguments)]
     fn append_inner(
         &self,
         account: &AccountId,
@@ -542,15 +542,14 @@ impl PostgresStore {
         }
         let (a, d) = (account.as_bytes().to_vec(), device.as_bytes().to_vec());
         let meta = *meta;
-        let payload = self.notify_payload('P', account, &format!(
-            " {} {}",
-            hex::encode(device.as_bytes()),
-            meta.last_seq
-        ));
+        let payload = self.notify_payload(
+            'P',
+            account,
+            &format!(" {} {}", hex::encode(device.as_bytes()), meta.last_seq),
+        );
         self.run(move |conn| {
-            let lock_account = conn.statement(
-                "SELECT roster_version FROM kith_accounts WHERE id = $1 FOR SHARE",
-            )?;
+            let lock_account =
+                conn.statement("SELECT roster_version FROM kith_accounts WHERE id = $1 FOR SHARE")?;
             let advance = conn.statement(
                 "UPDATE kith_streams SET first_seq = $3, last_seq = $4, bytes = $5, envelopes = $6
                  WHERE account = $1 AND device = $2 AND last_seq = $7",
@@ -566,9 +565,7 @@ impl PostgresStore {
             let notify = conn.statement("SELECT pg_notify($1, $2)")?;
             let mut tx = conn.client.transaction()?;
             if let Some(expected) = roster_version {
-                let found: Option<i64> = tx
-                    .query_opt(&lock_account, &[&a])?
-                    .map(|row| row.get(0));
+                let found: Option<i64> = tx.query_opt(&lock_account, &[&a])?.map(|row| row.get(0));
                 if found != Some(int(expected)) {
                     return Err(StoreError::Moved);
                 }
@@ -724,8 +721,8 @@ impl Store for PostgresStore {
     fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError> {
         let a = account.as_bytes().to_vec();
         self.run(move |conn| {
-            let roster = conn
-                .statement("SELECT roster, sealed_key_bytes FROM kith_accounts WHERE id = $1")?;
+            let roster =
+                conn.statement("SELECT roster, sealed_key_bytes FROM kith_accounts WHERE id = $1")?;
             let streams = conn.statement(
                 "SELECT device, first_seq, last_seq, bytes, envelopes FROM kith_streams
                  WHERE account = $1",
@@ -765,7 +762,10 @@ impl Store for PostgresStore {
                 "INSERT INTO kith_accounts (id, roster, roster_version) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
             )?;
-            Ok(conn.client.execute(&insert, &[&a, &roster, &int(version)])? == 1)
+            Ok(conn
+                .client
+                .execute(&insert, &[&a, &roster, &int(version)])?
+                == 1)
         })
     }
 
@@ -788,13 +788,14 @@ impl Store for PostgresStore {
             .collect();
         let payload = self.notify_payload('C', account, "");
         self.run(move |conn| {
-            let lock_account =
-                conn.statement("SELECT roster_version FROM kith_accounts WHERE id = $1 FOR UPDATE")?;
+            let lock_account = conn
+                .statement("SELECT roster_version FROM kith_accounts WHERE id = $1 FOR UPDATE")?;
             let head = conn.statement(
                 "SELECT last_seq FROM kith_streams WHERE account = $1 AND device = $2",
             )?;
-            let update =
-                conn.statement("UPDATE kith_accounts SET roster = $2, roster_version = $3 WHERE id = $1")?;
+            let update = conn.statement(
+                "UPDATE kith_accounts SET roster = $2, roster_version = $3 WHERE id = $1",
+            )?;
             let notify = conn.statement("SELECT pg_notify($1, $2)")?;
             let mut tx = conn.client.transaction()?;
             let stored: i64 = tx
@@ -860,7 +861,11 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         if envelopes.is_empty() {
             // A stream whose envelopes were all truncated: its head alone.
-            let (a, d, meta) = (account.as_bytes().to_vec(), device.as_bytes().to_vec(), *meta);
+            let (a, d, meta) = (
+                account.as_bytes().to_vec(),
+                device.as_bytes().to_vec(),
+                *meta,
+            );
             return self.run(move |conn| {
                 conn.client.execute(
                     "INSERT INTO kith_streams (account, device, first_seq, last_seq, bytes, envelopes)
@@ -1052,7 +1057,11 @@ impl Store for PostgresStore {
         bundle: &[u8],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let (s, a, bundle) = (slot_id.to_vec(), account.as_bytes().to_vec(), bundle.to_vec());
+        let (s, a, bundle) = (
+            slot_id.to_vec(),
+            account.as_bytes().to_vec(),
+            bundle.to_vec(),
+        );
         self.run(move |conn| {
             // Inserted, or replacing an expired slot; a live one stays.
             Ok(conn.client.execute(
@@ -1110,7 +1119,11 @@ impl Store for PostgresStore {
         account: &AccountId,
         bundle: &[u8],
     ) -> Result<bool, StoreError> {
-        let (l, a, bundle) = (lookup_id.to_vec(), account.as_bytes().to_vec(), bundle.to_vec());
+        let (l, a, bundle) = (
+            lookup_id.to_vec(),
+            account.as_bytes().to_vec(),
+            bundle.to_vec(),
+        );
         self.run(move |conn| {
             let mut tx = conn.client.transaction()?;
             // Claim the lookup id: free, or already this account's.
@@ -1364,9 +1377,11 @@ fn roster_version(bytes: &[u8]) -> Result<u64, StoreError> {
     use prost::Message;
     let signed = kith_protocol::proto::SignedRoster::decode(bytes)
         .map_err(|_| StoreError::Corrupt("roster does not decode"))?;
-    Ok(kith_protocol::proto::RosterBody::decode(signed.body.as_slice())
-        .map_err(|_| StoreError::Corrupt("roster body does not decode"))?
-        .version)
+    Ok(
+        kith_protocol::proto::RosterBody::decode(signed.body.as_slice())
+            .map_err(|_| StoreError::Corrupt("roster body does not decode"))?
+            .version,
+    )
 }
 
 #[cfg(test)]

@@ -205,6 +205,8 @@ impl PgCluster {
                      kill -QUIT \"$2\" 2>/dev/null; n=0; \
                      while [ -e \"$3/data/postmaster.pid\" ] && [ $n -lt 300 ]; do \
                      sleep 0.1; n=$((n+1)); done; rm -rf \"$3\"";
+                // Outlives this process on purpose: never waited for.
+                #[allow(clippy::zombie_processes)]
                 Command::new("sh")
                     .args(["-c", script, "watchdog"])
                     .arg(std::process::id().to_string())
