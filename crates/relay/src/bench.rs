@@ -269,7 +269,11 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
             "100000",
         ])
         .args(["--lookups-per-minute", "1000000"])
-        .args(args.store.iter().flat_map(|store| ["--store", store.as_str()]))
+        .args(
+            args.store
+                .iter()
+                .flat_map(|store| ["--store", store.as_str()]),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
