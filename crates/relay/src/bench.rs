@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Process id of --relay, to report its CPU time and RSS
     #[arg(long)]
     relay_pid: Option<u32>,
+    /// Store of the relay the tool starts: `sled` or a PostgreSQL connection string
+    /// (`postgres://…`, see README.md "PostgreSQL") [default: sled]
+    #[arg(long)]
+    store: Option<String>,
     /// Data directory for the relay the tool starts [default: a temporary directory]
     #[arg(long)]
     data: Option<PathBuf>,
@@ -265,6 +269,11 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
             "100000",
         ])
         .args(["--lookups-per-minute", "1000000"])
+        .args(
+            args.store
+                .iter()
+                .flat_map(|store| ["--store", store.as_str()]),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

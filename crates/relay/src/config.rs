@@ -45,6 +45,59 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Where the relay keeps its data: `sled` (the embedded store in the data directory, the
+/// default) or a PostgreSQL connection string (`postgres://user:password@host:port/db`).
+/// Its `Debug` never shows a password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreLocation(String);
+
+impl StoreLocation {
+    /// The embedded store.
+    pub fn sled() -> Self {
+        Self("sled".into())
+    }
+
+    /// The connection string, if this names PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        crate::store::postgres::is_postgres_url(&self.0).then_some(self.0.as_str())
+    }
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let location = Self(s.to_owned());
+        location.check()?;
+        Ok(location)
+    }
+}
+
+impl StoreLocation {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.0 == "sled" || self.postgres_url().is_some() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(
+                "store must be `sled` or a postgres://… connection string".into(),
+            ))
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.postgres_url() {
+            Some(url) => match url.parse::<postgres::Config>() {
+                Ok(config) => f.write_str(&crate::store::postgres::describe(&config)),
+                Err(_) => f.write_str("postgres://(unparsable)"),
+            },
+            None => f.write_str(&self.0),
+        }
+    }
+}
+
 /// Default listen address: loopback, so a newcomer's first run is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
 /// Default data directory (relative to the working directory).
@@ -144,6 +197,13 @@ pub struct Settings {
     /// BENCHMARKS.md) [default: 262144]
     #[arg(long)]
     pub store_value_bytes: Option<u32>,
+    /// Where to store data: `sled` (embedded, in --data) or a PostgreSQL connection string
+    /// `postgres://user:password@host:port/database` shared by several relays [default: sled]
+    #[arg(long, env = "KITH_RELAY_STORE", hide_env_values = true)]
+    pub store: Option<StoreLocation>,
+    /// Connections to PostgreSQL each relay holds [default: 8]
+    #[arg(long)]
+    pub store_connections: Option<usize>,
     /// Seconds to finish in-flight requests after a shutdown signal [default: 10]
     #[arg(long)]
     pub shutdown_grace_secs: Option<u64>,
@@ -202,6 +262,8 @@ impl Settings {
             udp_buffer_bytes,
             cache_bytes,
             store_value_bytes,
+            store,
+            store_connections,
             shutdown_grace_secs,
             cached_accounts,
         )
@@ -268,6 +330,8 @@ impl Settings {
             udp_buffer_bytes: self.udp_buffer_bytes.unwrap_or(d.udp_buffer_bytes),
             cache_bytes: self.cache_bytes.unwrap_or(d.cache_bytes),
             store_value_bytes: self.store_value_bytes.unwrap_or(d.store_value_bytes),
+            store: self.store.unwrap_or(d.store),
+            store_connections: self.store_connections.unwrap_or(d.store_connections),
             shutdown_grace: self
                 .shutdown_grace_secs
                 .map_or(d.shutdown_grace, Duration::from_secs),
@@ -373,6 +437,10 @@ pub struct RelayConfig {
     pub cache_bytes: u64,
     /// Largest envelope-log record when packing a pushed batch.
     pub store_value_bytes: u32,
+    /// The embedded store or PostgreSQL.
+    pub store: StoreLocation,
+    /// Connections to PostgreSQL (unused with sled).
+    pub store_connections: usize,
     /// Time to finish in-flight requests after shutdown starts.
     pub shutdown_grace: Duration,
     /// Idle accounts kept in memory (least recently used beyond this are dropped).
@@ -396,6 +464,8 @@ impl Default for RelayConfig {
             udp_buffer_bytes: 4 * 1024 * 1024,
             cache_bytes: 8 * 1024 * 1024,
             store_value_bytes: 256 * 1024,
+            store: StoreLocation::sled(),
+            store_connections: 8,
             shutdown_grace: Duration::from_secs(10),
             cached_accounts: 4096,
             sweep_interval: Duration::from_secs(60),
@@ -427,6 +497,10 @@ impl RelayConfig {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.cert.is_some() != self.key.is_some() {
             return invalid("--cert and --key go together");
+        }
+        self.store.check()?;
+        if self.store_connections == 0 {
+            return invalid("store_connections must be at least 1");
         }
         if l.max_envelope_bytes as usize > kith_protocol::limits::MAX_ENVELOPE_BYTES {
             return invalid("max_envelope_bytes exceeds the protocol's envelope limit (1 MiB)");

@@ -23,7 +23,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use kith_relay::store::{SledStore, Store};
+use kith_relay::config::StoreLocation;
+use kith_relay::store::{PostgresStore, SledStore, Store};
 use kith_relay::{Relay, Settings};
 use sha2::{Digest, Sha256};
 
@@ -55,11 +56,32 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Print accounts, device streams, envelopes and bytes stored (the relay must be stopped).
+    /// Print accounts, device streams, envelopes and bytes stored (with sled, the relay must
+    /// be stopped; PostgreSQL may be read while relays run).
     Stats {
         /// Data directory
         #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
         data: PathBuf,
+        /// `sled` (in --data) or a PostgreSQL connection string [default: sled]
+        #[arg(long, env = "KITH_RELAY_STORE", hide_env_values = true)]
+        store: Option<StoreLocation>,
+    },
+    /// Apply the PostgreSQL schema migrations this release needs (`serve` also applies them at
+    /// start-up); prints the schema version.
+    Migrate {
+        /// PostgreSQL connection string
+        #[arg(long, env = "KITH_RELAY_STORE", hide_env_values = true)]
+        store: StoreLocation,
+    },
+    /// Copy a relay's whole store into another, empty one (sled to PostgreSQL or back), then
+    /// verify every roster, stream head and stream. Stop the relays first.
+    MigrateStore {
+        /// Source: a sled data directory or a PostgreSQL connection string
+        #[arg(long)]
+        from: String,
+        /// Destination: a sled data directory or a PostgreSQL connection string
+        #[arg(long)]
+        to: String,
     },
     /// Load test: start a relay (or use --relay), push and pull through real QUIC connections.
     Bench(bench::BenchArgs),
@@ -72,6 +94,9 @@ enum TokenCommand {
         /// Data directory of the relay
         #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
         data: PathBuf,
+        /// With PostgreSQL, the token goes into the database, for every relay on it
+        #[arg(long, env = "KITH_RELAY_STORE", hide_env_values = true)]
+        store: Option<StoreLocation>,
     },
 }
 
@@ -93,9 +118,11 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, settings } => serve(config, *settings).await,
         Command::Token {
-            command: TokenCommand::Create { data },
-        } => create_token(&data),
-        Command::Stats { data } => stats(&data),
+            command: TokenCommand::Create { data, store },
+        } => create_token(&data, store.as_ref()),
+        Command::Stats { data, store } => stats(&data, store.as_ref()),
+        Command::Migrate { store } => migrate(&store),
+        Command::MigrateStore { from, to } => migrate_store(&from, &to),
         Command::Bench(args) => bench::run(args).await,
     };
     match result {
@@ -169,12 +196,20 @@ async fn wait_for_signal() {
 
 /// 128 random bits as hex. The relay keeps only the SHA-256: in the store when it is stopped,
 /// else as a file in the token inbox, which a running relay consults.
-fn create_token(data: &Path) -> Result<()> {
+fn create_token(data: &Path, store: Option<&StoreLocation>) -> Result<()> {
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    require_data_dir(data)?;
     let token = hex::encode(raw);
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if let Some(url) = store.and_then(StoreLocation::postgres_url) {
+        // Shared by every relay on the database, running or not.
+        PostgresStore::open_without_migrating(url, 1, 0)
+            .context("opening the PostgreSQL store (run `kith-relay migrate` first?)")?
+            .add_registration_token(&hash)?;
+        println!("{token}");
+        return Ok(());
+    }
+    require_data_dir(data)?;
     let inbox = kith_relay::token_inbox(data);
     std::fs::create_dir_all(&inbox).context("creating the token inbox")?;
     let tmp = inbox.join(format!(".{}.tmp", hex::encode(hash)));
@@ -184,10 +219,21 @@ fn create_token(data: &Path) -> Result<()> {
     Ok(())
 }
 
-fn stats(data: &Path) -> Result<()> {
-    require_data_dir(data)?;
-    let store = SledStore::open(&kith_relay::db_dir(data), 16 * 1024 * 1024, 0)
-        .with_context(|| format!("opening {} (is the relay running?)", data.display()))?;
+fn stats(data: &Path, store: Option<&StoreLocation>) -> Result<()> {
+    let store: Box<dyn Store> = match store.and_then(StoreLocation::postgres_url) {
+        Some(url) => Box::new(
+            PostgresStore::open_without_migrating(url, 1, 0)
+                .context("opening the PostgreSQL store")?,
+        ),
+        None => {
+            require_data_dir(data)?;
+            Box::new(
+                SledStore::open(&kith_relay::db_dir(data), 16 * 1024 * 1024, 0).with_context(
+                    || format!("opening {} (is the relay running?)", data.display()),
+                )?,
+            )
+        }
+    };
     let stats = store.stats()?;
     println!("accounts {}", stats.accounts);
     println!("streams {}", stats.streams);
@@ -196,5 +242,82 @@ fn stats(data: &Path) -> Result<()> {
     println!("pairing_slots {}", stats.pairing_slots);
     println!("recovery_bundles {}", stats.recovery_bundles);
     println!("registration_tokens {}", stats.registration_tokens);
+    Ok(())
+}
+
+fn migrate(store: &StoreLocation) -> Result<()> {
+    let url = store
+        .postgres_url()
+        .context("migrate applies to PostgreSQL; give --store postgres://…")?;
+    let applied = kith_relay::store::postgres::run_migrations(url)?;
+    if applied.is_empty() {
+        println!("up to date");
+    } else {
+        for version in &applied {
+            println!("applied migration {version}");
+        }
+    }
+    println!(
+        "schema version {}",
+        kith_relay::store::postgres::schema_version()
+    );
+    Ok(())
+}
+
+/// Opens one side of `migrate-store`: a PostgreSQL database (migrated) or a sled data
+/// directory (the source must be one already; the destination is created).
+fn open_side(location: &str, source: bool) -> Result<Box<dyn Store>> {
+    if kith_relay::store::postgres::is_postgres_url(location) {
+        return Ok(Box::new(
+            PostgresStore::open(location, 2, 256 * 1024).context("opening PostgreSQL")?,
+        ));
+    }
+    let data = Path::new(location);
+    if source {
+        require_data_dir(data)?;
+    }
+    Ok(Box::new(
+        SledStore::open(&kith_relay::db_dir(data), 64 * 1024 * 1024, 256 * 1024)
+            .with_context(|| format!("opening {} (is a relay running on it?)", data.display()))?,
+    ))
+}
+
+fn migrate_store(from: &str, to: &str) -> Result<()> {
+    let source = open_side(from, true)?;
+    let destination = open_side(to, false)?;
+    let report = kith_relay::store::copy::copy_store(source.as_ref(), destination.as_ref())?;
+    let flushed = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(destination.flush())
+    });
+    flushed.context("making the copy durable")?;
+    println!(
+        "copied {} accounts, {} streams, {} envelopes ({} bytes), {} keys, slots, bundles and tokens",
+        report.accounts, report.streams, report.envelopes, report.envelope_bytes, report.other
+    );
+    // Tokens `kith-relay token create` left in a sled relay's inbox are not in its store yet.
+    if !kith_relay::store::postgres::is_postgres_url(from) {
+        let mut inbox_tokens = 0;
+        if let Ok(entries) = std::fs::read_dir(kith_relay::token_inbox(Path::new(from))) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let hash = name
+                    .to_str()
+                    .and_then(|name| hex::decode(name).ok())
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+                if let Some(hash) = hash {
+                    destination.add_registration_token(&hash)?;
+                    inbox_tokens += 1;
+                }
+            }
+        }
+        if inbox_tokens > 0 {
+            let flushed = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(destination.flush())
+            });
+            flushed.context("making the copy durable")?;
+            println!("copied {inbox_tokens} unused tokens from the token inbox");
+        }
+    }
+    println!("verified: every roster, stream head and stream matches the source");
     Ok(())
 }

@@ -17,7 +17,7 @@ use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
 use crate::handlers::{self, Answer};
 use crate::state::{Conn, Shared, now_ms};
-use crate::store::{GroupCommit, SledStore, Store};
+use crate::store::{GroupCommit, PostgresStore, SledStore, Store, StoreChange};
 use crate::tls;
 use crate::wire;
 use kith_net::{ReadError, encode_frame, read_frame_bytes, write_frame};
@@ -165,12 +165,25 @@ impl Relay {
     pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         config.check()?;
         Self::create_dirs(&config)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(
-            &crate::db_dir(&config.data_dir),
-            config.cache_bytes,
-            config.store_value_bytes as usize,
-        )?);
+        let store = Self::open_store(&config)?;
         Self::start_with_store(config, store).await
+    }
+
+    /// Opens the store the configuration names: sled in the data directory, or PostgreSQL
+    /// (running its schema migrations).
+    pub fn open_store(config: &RelayConfig) -> Result<Arc<dyn Store>, RelayError> {
+        Ok(match config.store.postgres_url() {
+            Some(url) => Arc::new(PostgresStore::open(
+                url,
+                config.store_connections,
+                config.store_value_bytes as usize,
+            )?),
+            None => Arc::new(SledStore::open(
+                &crate::db_dir(&config.data_dir),
+                config.cache_bytes,
+                config.store_value_bytes as usize,
+            )?),
+        })
     }
 
     fn create_dirs(config: &RelayConfig) -> Result<(), RelayError> {
@@ -207,7 +220,13 @@ impl Relay {
             .map_err(RelayError::io("local address"))?;
         let (commit, flusher) = GroupCommit::start(store.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config, store.clone(), commit, shutdown_rx));
+        let changes = store.changes();
+        let mut shared = Shared::new(config, store.clone(), commit, shutdown_rx);
+        shared.shared_store = changes.is_some();
+        let shared = Arc::new(shared);
+        if let Some(changes) = changes {
+            tokio::spawn(apply_changes(Arc::downgrade(&shared), changes));
+        }
         let (weak_shared, handle_endpoint) = (Arc::downgrade(&shared), endpoint.clone());
         let task = tokio::spawn(serve(endpoint, shared, store, flusher));
         tracing::info!(%local_addr, "relay started");
@@ -272,6 +291,42 @@ async fn serve(
     flushed?;
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// Applies what other relays on the same database changed to the accounts this relay holds
+/// in memory, and tells this relay's subscribers about their pushes. Ends with the relay.
+async fn apply_changes(
+    shared: std::sync::Weak<Shared>,
+    mut changes: mpsc::UnboundedReceiver<StoreChange>,
+) {
+    while let Some(change) = changes.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let store = shared.store.as_ref();
+        let result = match change {
+            StoreChange::Pushed {
+                account,
+                device,
+                last_seq,
+            } => shared.accounts.refresh(store, &account).map(|held| {
+                if let Some(held) = held {
+                    held.notify(crate::state::AccountEvent::Pushed { device, last_seq });
+                }
+            }),
+            StoreChange::Changed { account } | StoreChange::Deleted { account } => {
+                shared.accounts.refresh(store, &account).map(drop)
+            }
+            StoreChange::Resync => shared
+                .accounts
+                .cached_ids()
+                .iter()
+                .try_for_each(|id| shared.accounts.refresh(store, id).map(drop)),
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = ?err, "applying another relay's change failed");
+        }
+    }
 }
 
 /// Every `sweep_interval`: drops rate-limit buckets that refilled (a device or address not

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use crate::config::RelayConfig;
 use crate::error::RequestError;
 use crate::limits::{KeyedLimiter, shrink};
-use crate::store::{GroupCommit, Store, StreamMeta};
+use crate::store::{GroupCommit, LoadedAccount, Store, StreamMeta};
 use kith_protocol::roster::VerifiedRoster;
 
 /// Most distinct devices and addresses tracked by the rate limiters (buckets that refilled
@@ -241,6 +241,28 @@ impl Account {
         }
     }
 
+    /// Takes what storage holds now: another relay on the same database changed the account.
+    /// Stream bounds move forward only, a roster only to a higher version.
+    pub fn absorb(&self, loaded: LoadedAccount, roster: Option<VerifiedRoster>) {
+        let mut inner = self.lock();
+        if let Some(roster) = roster
+            && roster.version() > inner.roster.version()
+        {
+            inner.roster_durable = inner.roster_durable.max(roster.version());
+            inner.fenced.retain(|device, _| !roster.is_removed(device));
+            inner.roster = Arc::new(roster);
+        }
+        for (device, meta) in loaded.streams {
+            let held = inner.streams.entry(device).or_default();
+            if meta.last_seq >= held.last_seq {
+                *held = meta;
+            }
+        }
+        inner.envelope_bytes = inner.streams.values().map(|m| m.bytes).sum();
+        inner.envelopes = inner.streams.values().map(|m| m.envelopes).sum();
+        inner.sealed_key_bytes = loaded.sealed_key_bytes;
+    }
+
     /// Whether dropping this account from memory loses nothing: storage holds all of it
     /// (nothing is waiting to become durable), and no request or subscription holds it.
     fn idle(self: &Arc<Self>) -> bool {
@@ -383,6 +405,57 @@ impl Accounts {
         Ok(Some(lock(&self.map).insert(*id, account, false)))
     }
 
+    /// Reads a cached account again from storage, which another relay on the same database
+    /// changed: a deleted account is marked so (its subscribers hear it) and forgotten.
+    /// Returns the account if it is cached and still exists; does nothing for one not cached
+    /// (it is read afresh when next used).
+    pub fn refresh(
+        &self,
+        store: &dyn Store,
+        id: &AccountId,
+    ) -> Result<Option<Arc<Account>>, RequestError> {
+        let Some(account) = lock(&self.map).accounts.get(id).map(|c| c.account.clone()) else {
+            return Ok(None);
+        };
+        Ok(self.reload(store, &account)?.then_some(account))
+    }
+
+    /// Reads `account` again from storage (see [`Accounts::refresh`]); `false` if it was
+    /// deleted.
+    pub fn reload(&self, store: &dyn Store, account: &Account) -> Result<bool, RequestError> {
+        let id = &account.id;
+        let Some(loaded) = store.load_account(id).map_err(RequestError::storage)? else {
+            account.lock().deleted = true;
+            account.notify(AccountEvent::Deleted);
+            let mut map = lock(&self.map);
+            if map
+                .accounts
+                .get(id)
+                .is_some_and(|c| std::ptr::eq(Arc::as_ptr(&c.account), account))
+            {
+                map.accounts.remove(id);
+            }
+            return Ok(false);
+        };
+        let roster = if loaded.roster.as_slice() == account.roster().encoded() {
+            None
+        } else {
+            Some(
+                VerifiedRoster::verify(&loaded.roster, Some(id), None).map_err(|_| {
+                    tracing::error!(account = %short(id.as_bytes()), "stored roster does not verify");
+                    RequestError::storage("stored roster does not verify")
+                })?,
+            )
+        };
+        account.absorb(loaded, roster);
+        Ok(true)
+    }
+
+    /// The ids of the accounts in memory.
+    pub fn cached_ids(&self) -> Vec<AccountId> {
+        lock(&self.map).accounts.keys().copied().collect()
+    }
+
     /// Adds a freshly created account.
     pub fn insert_new(&self, roster: VerifiedRoster) -> Arc<Account> {
         let id = roster.account_id();
@@ -429,6 +502,9 @@ pub(crate) struct Shared {
     pub pairing_puts: watch::Sender<u64>,
     /// Live objects by kind.
     pub live: LiveCounts,
+    /// Whether other relays write to the same store (then a push or roster change may find
+    /// that one of them moved the account on, and pulls read the account afresh).
+    pub shared_store: bool,
 }
 
 impl Shared {
@@ -466,6 +542,7 @@ impl Shared {
             pairing_puts: watch::Sender::new(0),
             accounts: Accounts::new(config.cached_accounts, &live),
             live,
+            shared_store: false,
             config,
             store,
             commit,

@@ -13,9 +13,25 @@ use kith_relay::client::RelayClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_push_survives_kill_9() {
+    survives_kill_9(&[]).await;
+}
+
+/// The same with the relay on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_push_survives_kill_9_on_postgres() {
+    let Some(cluster) = common::pg::PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.database();
+    survives_kill_9(&["--store", &url]).await;
+}
+
+/// Pushes from four writers, `kill -9` in the middle, then everything acknowledged is read
+/// back from a restarted relay; `store` are the flags naming its store.
+async fn survives_kill_9(store: &[&str]) {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let mut relay = RelayProcess::spawn(dir.path(), &[]);
+        let mut relay = RelayProcess::spawn(dir.path(), store);
         let (addr, pin) = (relay.addr, relay.pin);
         const WRITERS: usize = 4;
         let accounts: Vec<Arc<TestAccount>> = (0..WRITERS)
@@ -55,7 +71,7 @@ async fn every_acknowledged_push_survives_kill_9() {
         }
         let acked: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
 
-        let relay = RelayProcess::spawn(dir.path(), &[]);
+        let relay = RelayProcess::spawn(dir.path(), store);
         let (addr, pin) = (relay.addr, relay.pin);
         for (account, acked) in accounts.iter().zip(acked) {
             assert!(acked > 0);

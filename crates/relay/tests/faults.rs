@@ -35,7 +35,6 @@ use kith_net::{encode_frame, read_message};
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, Cursor, ErrorCode, StreamInfo, request, response};
 use kith_relay::client::{ClientError, RelayClient};
-use kith_relay::store::SledStore;
 use kith_relay::{Relay, RelayConfig};
 
 /// One test at a time (see the module docs).
@@ -280,6 +279,23 @@ const UNLIMITED_RATE: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_push_survives_kill_9_at_random_points() {
+    kill_9_at_random_points(&[]).await;
+}
+
+/// The same with the relay on PostgreSQL: a relay that dies loses nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_push_survives_kill_9_at_random_points_on_postgres() {
+    let Some(cluster) = common::pg::PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.database();
+    kill_9_at_random_points(&["--store", &url]).await;
+}
+
+/// Rounds of concurrent pushes and truncations, each ended by `kill -9` of the relay, which is
+/// started with `store` (extra flags naming its store).
+async fn kill_9_at_random_points(store: &[&str]) {
+    let unlimited: Vec<&str> = UNLIMITED_RATE.iter().chain(store).copied().collect();
     serial(Duration::from_secs(180), async {
         let seed = seed_from_env("KITH_FAULT_SEED");
         let rounds: u64 = std::env::var("KITH_FAULT_ROUNDS")
@@ -305,7 +321,7 @@ async fn every_acknowledged_push_survives_kill_9_at_random_points() {
             })
             .collect();
         {
-            let relay = RelayProcess::spawn(dir.path(), &[]);
+            let relay = RelayProcess::spawn(dir.path(), store);
             for account in &accounts {
                 account.create(&relay.connect().await).await;
             }
@@ -313,7 +329,7 @@ async fn every_acknowledged_push_survives_kill_9_at_random_points() {
         let started = Instant::now();
         let (mut total_kept, mut total_acked_at_kill, mut truncations) = (0, 0u64, 0u64);
         for round in 0..rounds {
-            let mut relay = RelayProcess::spawn(dir.path(), UNLIMITED_RATE);
+            let mut relay = RelayProcess::spawn(dir.path(), &unlimited);
             total_kept += verify_after_restart(&relay, &mut writers, seed).await;
             let mut clients = Vec::new();
             for writer in writers.iter_mut() {
@@ -407,7 +423,7 @@ async fn every_acknowledged_push_survives_kill_9_at_random_points() {
                 "round {round}: kill -9 after {delay:?}, {acked_now} envelopes acknowledged this round"
             );
         }
-        let relay = RelayProcess::spawn(dir.path(), UNLIMITED_RATE);
+        let relay = RelayProcess::spawn(dir.path(), &unlimited);
         total_kept += verify_after_restart(&relay, &mut writers, seed).await;
         let total: u64 = writers.iter().map(|w| w.acked).sum();
         println!(
@@ -438,23 +454,18 @@ fn assert_storage_refusal<T: std::fmt::Debug>(result: Result<T, ClientError>, wh
     }
 }
 
-/// Starts the in-process relay on `dir` in front of a [`FaultyStore`].
+/// Starts the in-process relay configured by `config` in front of a [`FaultyStore`] over the
+/// store the configuration names.
 async fn relay_on_faulty_store(
-    dir: &Path,
+    config: RelayConfig,
 ) -> (
     kith_relay::RelayHandle,
     Arc<FaultyStore>,
     SocketAddr,
     [u8; 32],
 ) {
-    let config = RelayConfig::for_tests(dir);
-    let sled = SledStore::open(
-        &kith_relay::db_dir(dir),
-        config.cache_bytes,
-        config.store_value_bytes as usize,
-    )
-    .unwrap();
-    let store = Arc::new(FaultyStore::new(sled));
+    let inner = Relay::open_store(&config).unwrap();
+    let store = Arc::new(FaultyStore::new(inner));
     let handle = Relay::start_with_store(config, store.clone())
         .await
         .unwrap();
@@ -487,9 +498,26 @@ fn assert_served(served: &[(u64, Vec<u8>)], account: &TestAccount, last: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_writes_and_flushes_give_storage_errors_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    failed_writes_and_flushes(RelayConfig::for_tests(dir.path())).await;
+}
+
+/// The same on PostgreSQL: a failed write or commit is refused alike, and nothing
+/// acknowledged is lost (the restart reads the same database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_and_flushes_on_postgres_give_storage_errors_and_lose_nothing() {
+    let Some(cluster) = common::pg::PgCluster::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::for_tests(dir.path());
+    config.store = cluster.database().parse().unwrap();
+    failed_writes_and_flushes(config).await;
+}
+
+async fn failed_writes_and_flushes(config: RelayConfig) {
     serial(Duration::from_secs(60), async {
-        let dir = tempfile::tempdir().unwrap();
-        let (handle, store, addr, pin) = relay_on_faulty_store(dir.path()).await;
+        let (handle, store, addr, pin) = relay_on_faulty_store(config.clone()).await;
         let (a, b) = (TestAccount::new(1), TestAccount::new(1));
         let (da, db) = (a.device(0).device_id(), b.device(0).device_id());
         let client_a = RelayClient::connect(addr, pin).await.unwrap();
@@ -643,9 +671,7 @@ async fn failed_writes_and_flushes_give_storage_errors_and_lose_nothing() {
         }
         handle.shutdown().await.unwrap();
         drop(store);
-        let relay = Relay::start(RelayConfig::for_tests(dir.path()))
-            .await
-            .unwrap();
+        let relay = Relay::start(config).await.unwrap();
         let client = RelayClient::connect(relay.local_addr(), relay.cert_sha256())
             .await
             .unwrap();

@@ -41,6 +41,10 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
             .map_err(|_| RequestError::invalid("cursor device_id must be 16 bytes"))?;
         cursors.insert(device, cursor.after_seq);
     }
+    // With other relays writing to the same database, what they committed is served too.
+    if shared.shared_store {
+        shared.accounts.reload(shared.store.as_ref(), &account)?;
+    }
     // Envelopes written but not yet known durable (a push waiting for its commit, or one whose
     // commit failed): join the next group commit so that the page may include them. If that
     // commit fails, they stay hidden and the page ends before them.

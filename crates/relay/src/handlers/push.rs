@@ -18,7 +18,7 @@ use kith_protocol::proto::{ErrorCode, PushAck, response};
 use super::{Reply, authorized, check_device, durable, respond};
 use crate::error::RequestError;
 use crate::state::{AccountEvent, Conn, Shared};
-use crate::store::StreamMeta;
+use crate::store::{StoreError, StreamMeta};
 use crate::wire::Push;
 use kith_protocol::envelope::peek_header;
 
@@ -67,7 +67,12 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
         }
     }
     let last_seq = first_seq + (envelopes.len() as u64 - 1);
-    let appended = {
+    // Another relay on the same database may have moved the stream or the roster on since
+    // this one read them: the store then refuses the write, and the push is decided again on
+    // what is stored now.
+    let mut attempts = 0;
+    let appended = loop {
+        attempts += 1;
         let mut inner = account.lock();
         if inner.deleted {
             return Err(RequestError::new(
@@ -105,7 +110,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
         }
         let fresh = &envelopes[overlap..];
         if fresh.is_empty() {
-            false
+            break false;
         } else {
             let fresh_bytes: u64 = fresh.iter().map(|e| e.len() as u64).sum();
             if inner.bytes_used() + fresh_bytes > limits.max_account_bytes {
@@ -128,18 +133,31 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
                 bytes: meta.bytes + fresh_bytes,
                 envelopes: meta.envelopes + fresh.len() as u64,
             };
+            let refs: Vec<&[u8]> = fresh.iter().map(|e| &e[..]).collect();
+            let roster_version = inner.roster.version();
+            match shared.store.append_checked(
+                &account.id,
+                &device,
+                from,
+                &refs,
+                &next,
+                roster_version,
+            ) {
+                Ok(()) => {}
+                Err(StoreError::Moved) if attempts < 3 => {
+                    drop(inner);
+                    shared.accounts.reload(shared.store.as_ref(), &account)?;
+                    continue;
+                }
+                Err(err) => return Err(RequestError::storage(err)),
+            }
             // Until the group commit confirms this write, pulls serve the stream only up to
             // what was durable before it (docs/PROTOCOL.md §12).
             inner.durable_until.entry(device).or_insert(meta.last_seq);
-            let refs: Vec<&[u8]> = fresh.iter().map(|e| &e[..]).collect();
-            shared
-                .store
-                .append(&account.id, &device, from, &refs, &next)
-                .map_err(RequestError::storage)?;
             inner.streams.insert(device, next);
             inner.envelope_bytes += fresh_bytes;
             inner.envelopes += fresh.len() as u64;
-            true
+            break true;
         }
     };
     durable(shared).await?;

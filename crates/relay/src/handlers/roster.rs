@@ -23,6 +23,7 @@ use prost::Message;
 use super::{Reply, authorized, durable, ok, respond};
 use crate::error::RequestError;
 use crate::state::{Account, Conn, Shared, short};
+use crate::store::StoreError;
 use kith_protocol::roster::VerifiedRoster;
 
 /// How long a device stays fenced after a roster removing it was refused with `STREAM_AHEAD`:
@@ -110,10 +111,29 @@ pub(crate) async fn replace(
                 ));
             }
         }
-        shared
-            .store
-            .put_roster(&account.id, next.encoded())
-            .map_err(RequestError::storage)?;
+        let final_seqs: Vec<_> = next
+            .removed()
+            .filter(|gone| !current.is_removed(&gone.device_id()))
+            .map(|gone| (gone.device_id(), gone.final_seq()))
+            .collect();
+        match shared.store.put_roster_checked(
+            &account.id,
+            next.encoded(),
+            next.version(),
+            &final_seqs,
+        ) {
+            Ok(()) => {}
+            Err(StoreError::Moved) => {
+                // Another relay on the same database changed the roster or a stream first.
+                drop(inner);
+                shared.accounts.reload(shared.store.as_ref(), account)?;
+                return Err(RequestError::new(
+                    ErrorCode::RosterRollback,
+                    "the roster changed meanwhile; fetch it and retry",
+                ));
+            }
+            Err(err) => return Err(RequestError::storage(err)),
+        }
         inner.roster = next.clone();
         // A removed device is refused as removed from now on; its fence has done its work.
         inner.fenced.retain(|device, _| !next.is_removed(device));

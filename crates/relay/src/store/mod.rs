@@ -5,7 +5,9 @@
 //! purge it all. The methods are synchronous (sled's are, and take microseconds); durability is
 //! the one asynchronous step, [`Store::flush`], which [`GroupCommit`] shares across connections.
 
+pub mod copy;
 pub mod log;
+pub mod postgres;
 pub mod sled;
 
 use std::future::Future;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use kith_protocol::ids::{AccountId, DeviceId};
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::postgres::PostgresStore;
 pub use self::sled::SledStore;
 
 /// The stored schema version this code reads and writes.
@@ -29,6 +32,11 @@ pub enum StoreError {
     /// A stored value does not have the layout this code writes.
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
+    /// Another relay on the same database changed what this write was checked against (the
+    /// stream head moved, or the roster did): nothing was written. The caller reloads the
+    /// account from the store and decides again.
+    #[error("changed meanwhile by another relay on the same database")]
+    Moved,
     /// The data directory was written by another schema version.
     #[error(
         "stored schema version {found}, this relay reads {expected}{}",
@@ -102,6 +110,92 @@ pub enum ReadEnd {
     Complete,
     /// A bound was reached with envelopes left.
     More,
+}
+
+/// A change another relay on the same database made (stores shared by several relays report
+/// them; see [`Store::changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChange {
+    /// A device's stream grew to `last_seq`.
+    Pushed {
+        /// Account.
+        account: AccountId,
+        /// Device whose stream grew.
+        device: DeviceId,
+        /// Its new last seq.
+        last_seq: u64,
+    },
+    /// The account's roster, stream bounds or sealed keys changed (not by a push).
+    Changed {
+        /// Account.
+        account: AccountId,
+    },
+    /// The account was deleted.
+    Deleted {
+        /// Account.
+        account: AccountId,
+    },
+    /// Changes may have been missed (the connection that hears them was re-established):
+    /// everything held in memory must be read again.
+    Resync,
+}
+
+/// One item of a whole store, as [`Store::export`] hands them out (what `kith-relay
+/// migrate-store` copies). Envelopes are read per stream with [`Store::read_stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exported {
+    /// An account and its roster.
+    Account {
+        /// Account.
+        account: AccountId,
+        /// Encoded signed roster.
+        roster: Vec<u8>,
+    },
+    /// A device stream's bounds.
+    Stream {
+        /// Account.
+        account: AccountId,
+        /// Device.
+        device: DeviceId,
+        /// Bounds and size.
+        meta: StreamMeta,
+    },
+    /// A sealed epoch key.
+    SealedKey {
+        /// Account.
+        account: AccountId,
+        /// Recipient device.
+        device: DeviceId,
+        /// Epoch.
+        epoch: u64,
+        /// The sealed key.
+        sealed: Vec<u8>,
+    },
+    /// A pairing slot (live or not yet swept).
+    PairingSlot {
+        /// Slot id.
+        slot_id: [u8; 32],
+        /// Account.
+        account: AccountId,
+        /// Expiry.
+        expires_at_ms: u64,
+        /// Bundle.
+        bundle: Vec<u8>,
+    },
+    /// A recovery bundle.
+    RecoveryBundle {
+        /// Lookup id.
+        lookup_id: [u8; 32],
+        /// Account.
+        account: AccountId,
+        /// Bundle.
+        bundle: Vec<u8>,
+    },
+    /// An unused registration token (its SHA-256).
+    Token {
+        /// SHA-256 of the token.
+        token_hash: [u8; 32],
+    },
 }
 
 /// A boxed future, so that [`Store`] stays object-safe.
@@ -241,6 +335,70 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// now and then from a blocking thread. The default does nothing.
     fn maintain(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// [`Store::append`] for a relay that shares its store with other relays: also refuses
+    /// with [`StoreError::Moved`], writing nothing, unless the stored stream ends at
+    /// `first_seq - 1` and the stored roster has version `roster_version` (both checked
+    /// atomically with the write). A store only one relay uses does not need the checks (the
+    /// relay's account lock orders every write): the default is [`Store::append`].
+    fn append_checked(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        first_seq: u64,
+        envelopes: &[&[u8]],
+        meta: &StreamMeta,
+        roster_version: u64,
+    ) -> Result<(), StoreError> {
+        let _ = roster_version;
+        self.append(account, device, first_seq, envelopes, meta)
+    }
+
+    /// [`Store::put_roster`] for a shared store: refuses with [`StoreError::Moved`], writing
+    /// nothing, unless the stored roster has a version below `version` and every stream in
+    /// `final_seqs` (devices the roster removes, with their `final_seq`) ends at or before
+    /// it. The default is [`Store::put_roster`].
+    fn put_roster_checked(
+        &self,
+        account: &AccountId,
+        roster: &[u8],
+        version: u64,
+        final_seqs: &[(DeviceId, u64)],
+    ) -> Result<(), StoreError> {
+        let _ = (version, final_seqs);
+        self.put_roster(account, roster)
+    }
+
+    /// Changes made by other relays sharing this store, for the relay to refresh what it holds
+    /// in memory and to notify its subscribers; `None` for a store only one relay uses (the
+    /// default). Taken once.
+    fn changes(&self) -> Option<mpsc::UnboundedReceiver<StoreChange>> {
+        None
+    }
+
+    /// Passes everything stored except envelopes (read them with [`Store::read_stream`]) to
+    /// `sink`: accounts before their streams and keys. The default refuses (a test double).
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let _ = sink;
+        Err(StoreError::Backend("this store cannot export".into()))
+    }
+
+    /// Stores envelopes of a copied stream starting at `first_seq`, the stream's lowest
+    /// stored seq, into an empty stream (later ones follow with [`Store::append`]) and
+    /// `meta` as its state afterwards. The default is [`Store::append`].
+    fn import_stream(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        first_seq: u64,
+        envelopes: &[&[u8]],
+        meta: &StreamMeta,
+    ) -> Result<(), StoreError> {
+        self.append(account, device, first_seq, envelopes, meta)
     }
 }
 

@@ -37,7 +37,8 @@ use kith_protocol::ids::{AccountId, DeviceId};
 
 use super::log::{Pointer, SEGMENT_BYTES, SegmentLog};
 use super::{
-    LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats, StreamMeta,
+    Exported, LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats,
+    StreamMeta,
 };
 
 const TAG_ROSTER: u8 = b'R';
@@ -910,6 +911,97 @@ impl Store for SledStore {
             }
         }
         Ok(stats)
+    }
+
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let id32 = |b: &[u8]| -> Result<[u8; 32], StoreError> {
+            <[u8; 32]>::try_from(b).map_err(|_| StoreError::Corrupt("32-byte key"))
+        };
+        // Keys sort by account, then tag: 'K' (sealed keys) < 'R' (roster) < 'S' (streams).
+        // Gather an account's keys until its roster was passed on.
+        let mut account_keys: Vec<Exported> = Vec::new();
+        let mut current: Option<AccountId> = None;
+        let mut roster_seen = false;
+        for item in self.accounts.iter() {
+            let (k, v) = item?;
+            let account = AccountId::from_slice(k.get(..ACCOUNT_LEN).unwrap_or_default())
+                .map_err(|_| StoreError::Corrupt("account key"))?;
+            if current != Some(account) {
+                // Keys of an account without a roster (none the relay writes) are dropped.
+                account_keys.clear();
+                current = Some(account);
+                roster_seen = false;
+            }
+            let rest = &k[ACCOUNT_LEN..];
+            let item = match rest.first() {
+                Some(&TAG_ROSTER) if rest.len() == 1 => {
+                    sink(Exported::Account {
+                        account,
+                        roster: v.to_vec(),
+                    })?;
+                    roster_seen = true;
+                    for held in account_keys.drain(..) {
+                        sink(held)?;
+                    }
+                    continue;
+                }
+                Some(&TAG_STREAM) => {
+                    let device = DeviceId::from_slice(&rest[1..])
+                        .map_err(|_| StoreError::Corrupt("stream key"))?;
+                    let meta = self
+                        .stream_meta(&account, &device, Some(decode_meta(&v)?))?
+                        .unwrap_or_default();
+                    Exported::Stream {
+                        account,
+                        device,
+                        meta,
+                    }
+                }
+                Some(&TAG_SEALED_KEY) if rest.len() == 1 + DEVICE_LEN + 8 => Exported::SealedKey {
+                    account,
+                    device: DeviceId::from_slice(&rest[1..1 + DEVICE_LEN])
+                        .map_err(|_| StoreError::Corrupt("sealed key key"))?,
+                    epoch: u64_at(rest, 1 + DEVICE_LEN)?,
+                    sealed: v.to_vec(),
+                },
+                _ => continue,
+            };
+            if roster_seen {
+                sink(item)?;
+            } else {
+                account_keys.push(item);
+            }
+        }
+        for item in self.pairing.iter() {
+            let (slot_id, value) = item?;
+            let (expires_at_ms, account, bundle) = slot_value_parts(&value)?;
+            sink(Exported::PairingSlot {
+                slot_id: id32(&slot_id)?,
+                account,
+                expires_at_ms,
+                bundle: bundle.to_vec(),
+            })?;
+        }
+        for item in self.recovery.iter() {
+            let (lookup_id, value) = item?;
+            let account = AccountId::from_slice(value.get(..ACCOUNT_LEN).unwrap_or_default())
+                .map_err(|_| StoreError::Corrupt("recovery account"))?;
+            sink(Exported::RecoveryBundle {
+                lookup_id: id32(&lookup_id)?,
+                account,
+                bundle: value[ACCOUNT_LEN..].to_vec(),
+            })?;
+        }
+        for item in self.tokens.iter() {
+            let (token_hash, _) = item?;
+            sink(Exported::Token {
+                token_hash: id32(&token_hash)?,
+            })?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {

@@ -1,19 +1,22 @@
-//! A [`Store`] double in front of the real [`SledStore`] that fails writes and/or flushes on
+//! A [`Store`] double in front of a real store (sled or PostgreSQL) that fails writes and/or flushes on
 //! demand, the way a full disk does: reads keep working, writes return `StoreError`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kith_protocol::ids::{AccountId, DeviceId};
+use std::sync::Arc;
+
 use kith_relay::store::{
-    LoadedAccount, ReadEnd, SledStore, Store, StoreError, StoreFuture, StoreStats, StreamMeta,
+    LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture, StoreStats, StreamMeta,
 };
+use tokio::sync::mpsc;
 
 /// What an injected failure says (what sled reports for `ENOSPC`, marked as injected).
 pub const INJECTED: &str = "No space left on device (os error 28) [injected]";
 
 #[derive(Debug)]
 pub struct FaultyStore {
-    pub inner: SledStore,
+    pub inner: Arc<dyn Store>,
     /// Writes still allowed before every write fails; `u64::MAX` = no fault.
     writes_left: AtomicU64,
     fail_flush: AtomicBool,
@@ -21,7 +24,7 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
-    pub fn new(inner: SledStore) -> Self {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
             inner,
             writes_left: AtomicU64::new(u64::MAX),
@@ -202,6 +205,33 @@ impl Store for FaultyStore {
             return Err(self.fail());
         }
         self.inner.maintain()
+    }
+    fn append_checked(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        first_seq: u64,
+        envelopes: &[&[u8]],
+        meta: &StreamMeta,
+        roster_version: u64,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner
+            .append_checked(account, device, first_seq, envelopes, meta, roster_version)
+    }
+    fn put_roster_checked(
+        &self,
+        account: &AccountId,
+        roster: &[u8],
+        version: u64,
+        final_seqs: &[(DeviceId, u64)],
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner
+            .put_roster_checked(account, roster, version, final_seqs)
+    }
+    fn changes(&self) -> Option<mpsc::UnboundedReceiver<StoreChange>> {
+        self.inner.changes()
     }
     fn flush(&self) -> StoreFuture<'_, ()> {
         if self.fail_flush.load(Ordering::SeqCst) {

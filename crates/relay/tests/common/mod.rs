@@ -4,6 +4,7 @@
 
 pub mod faulty_store;
 pub mod latency;
+pub mod pg;
 pub mod process;
 pub mod rng;
 
