@@ -9,7 +9,6 @@ use kith_client::import::Region;
 use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::net::RelayTarget;
 use kith_client::{ClearField, ContactFields, Device, EditOptions, PendingLink, SyncReport};
-use kith_protocol::DeviceId;
 
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, RelayArgs,

@@ -1209,7 +1209,7 @@ pub trait ChangeListener: Send + Sync {
     fn on_stopped(&self, error: Option<KithError>);
 }
 
-/// A running [`KithDevice::watch`].
+/// A running [`KithDevice::watch`]; dropping it stops it too.
 #[derive(uniffi::Object)]
 pub struct Watcher {
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -1219,6 +1219,21 @@ pub struct Watcher {
 impl std::fmt::Debug for Watcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+/// A watcher the app lets go of stops (its listener hears `on_stopped(None)`), so a dropped
+/// handle leaves no connection behind.
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let stop = self
+            .stop
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
     }
 }
 

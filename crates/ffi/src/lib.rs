@@ -44,6 +44,71 @@ pub use api::*;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use kith_client::ClientError;
+    use kith_client::keystore::DeviceSecrets;
+
+    use crate::{KeyStorage, KithError};
+
+    #[test]
+    fn errors_keep_the_cli_text_and_hint_in_their_category() {
+        match KithError::from(ClientError::Revoked) {
+            KithError::Revoked { reason, hint } => {
+                assert_eq!(
+                    reason,
+                    "this device was removed from the account; it can no longer read or write"
+                );
+                assert!(hint.is_some_and(|h| h.contains("kith device request")));
+            }
+            other => panic!("not Revoked: {other:?}"),
+        }
+        assert!(matches!(
+            KithError::from(ClientError::UnknownContact("abcd".into())),
+            KithError::UnknownContact { hint: Some(_), .. }
+        ));
+        assert!(matches!(
+            KithError::from(ClientError::RecoveryNotFound),
+            KithError::Recovery { hint: None, .. }
+        ));
+        assert!(matches!(
+            KithError::from(ClientError::LinkTimeout(60)),
+            KithError::Link { .. }
+        ));
+    }
+
+    #[derive(Default)]
+    struct Memory(Mutex<Option<Vec<u8>>>);
+
+    impl KeyStorage for Memory {
+        fn load(&self) -> Result<Option<Vec<u8>>, KithError> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn save(&self, secrets: Vec<u8>) -> Result<(), KithError> {
+            *self.0.lock().unwrap() = Some(secrets);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_key_storage_adapter_round_trips_and_refuses_garbage() {
+        let memory = Arc::new(Memory::default());
+        let store = crate::keystore::adapt(Some(memory.clone())).expect("a key store");
+        assert!(store.load().unwrap().is_none());
+        let secrets = DeviceSecrets::generate();
+        store.save(&secrets).unwrap();
+        let loaded = store.load().unwrap().expect("saved secrets");
+        assert_eq!(
+            loaded.signing_key.device_id(),
+            secrets.signing_key.device_id()
+        );
+        assert_eq!(loaded.store_secret, secrets.store_secret);
+        *memory.0.lock().unwrap() = Some(b"not a key".to_vec());
+        let error = ClientError::from(store.load().unwrap_err());
+        assert!(matches!(KithError::from(error), KithError::KeyStore { .. }));
+        assert!(crate::keystore::adapt(None).is_none());
+    }
+
     /// What `#![forbid(unsafe_code)]` would guarantee for the code written here: no `unsafe`
     /// keyword in any source file, outside the lint attributes that let UniFFI's macro
     /// expansion through (see the crate docs).

@@ -1896,7 +1896,7 @@ public func FfiConverterTypeLinkRequest_lower(_ value: LinkRequest) -> UInt64 {
 
 
 /**
- * A running [`KithDevice::watch`].
+ * A running [`KithDevice::watch`]; dropping it stops it too.
  */
 public protocol WatcherProtocol: AnyObject, Sendable {
     
@@ -1907,7 +1907,7 @@ public protocol WatcherProtocol: AnyObject, Sendable {
     
 }
 /**
- * A running [`KithDevice::watch`].
+ * A running [`KithDevice::watch`]; dropping it stops it too.
  */
 open class Watcher: WatcherProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64

@@ -223,10 +223,12 @@ class Story(unittest.IsolatedAsyncioTestCase):
         usage = await a.relay_usage()
         self.assertEqual(usage.devices, 2)
 
-        # No secret in any home: the keys live only in the app's key storage; without it the
-        # home cannot be opened.
+        # No secret in any home, nor anywhere else the test wrote to (the relay's data
+        # included): the keys live only in the app's key storage; without it the home cannot
+        # be opened.
         for home, keys in (("a", keys_a), ("b", keys_b), ("c", keys_c)):
             self.assert_no_secret_in(self.home(home), keys)
+            self.assert_no_secret_in(self.work, keys)
             with self.assertRaises(kith.KithError.NotInitialized):
                 kith.open_device(self.home(home), None)
 

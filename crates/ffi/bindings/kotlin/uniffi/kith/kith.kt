@@ -3543,7 +3543,7 @@ public object FfiConverterTypeLinkRequest: FfiConverter<LinkRequest, Long> {
 
 
 /**
- * A running [`KithDevice::watch`].
+ * A running [`KithDevice::watch`]; dropping it stops it too.
  */
 public interface WatcherInterface {
     
@@ -3556,7 +3556,7 @@ public interface WatcherInterface {
 }
 
 /**
- * A running [`KithDevice::watch`].
+ * A running [`KithDevice::watch`]; dropping it stops it too.
  */
 open class Watcher: Disposable, AutoCloseable, WatcherInterface
 {
