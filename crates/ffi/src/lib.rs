@@ -127,13 +127,12 @@ mod tests {
         let keyword = ["un", "safe"].concat();
         for (name, text) in sources {
             for (number, line) in text.lines().enumerate() {
+                // Whole identifiers only: the lint's name (`…_code`) is not the keyword.
                 let code = line.split("//").next().unwrap_or("");
-                let code = code
-                    .replace(&format!("allow({keyword}_code)"), "")
-                    .replace(&format!("deny({keyword}_code)"), "")
-                    .replace(&format!("forbid({keyword}_code)"), "");
                 assert!(
-                    !code.contains(&keyword),
+                    !code
+                        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .any(|word| word == keyword),
                     "{name}:{}: hand-written code with the keyword: {line}",
                     number + 1
                 );

@@ -59,13 +59,15 @@ async def main(relay: kith.RelayConfig, workdir: str) -> str:
     # The laptop watches; an edit on the phone reaches it without polling.
     printer = Printer()
     watcher = laptop.watch(printer)
-    await phone.edit_contact(
-        ada, kith.ContactInput(company="Analytical Engines"), kith.ContactRemovals()
-    )
-    await phone.sync()
-    while await asyncio.wait_for(printer.changed.get(), 60) != ada:
-        pass
-    await watcher.stop()
+    try:
+        await phone.edit_contact(
+            ada, kith.ContactInput(company="Analytical Engines"), kith.ContactRemovals()
+        )
+        await phone.sync()
+        while await asyncio.wait_for(printer.changed.get(), 60) != ada:
+            pass
+    finally:
+        await watcher.stop()
     company = laptop.contact(ada).company
     print("the laptop sees", company)
     return company

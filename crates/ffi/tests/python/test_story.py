@@ -123,6 +123,8 @@ class Story(unittest.IsolatedAsyncioTestCase):
         # B watches; A's edit reaches it through the relay's notification.
         recorder = Recorder()
         watcher = b.watch(recorder)
+        # Stopped whatever happens: a listener called while the interpreter exits would crash it.
+        self.addAsyncCleanup(watcher.stop)
         await recorder.wait_for(lambda r: r.syncs >= 1)
         self.assertTrue(
             await a.edit_contact(ada, kith.ContactInput(company="Analytical Engines"), kith.ContactRemovals())
