@@ -9,7 +9,6 @@ use kith_client::import::Region;
 use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::net::RelayTarget;
 use kith_client::{ClearField, ContactFields, Device, EditOptions, PendingLink, SyncReport};
-use kith_protocol::DeviceId;
 
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, RelayArgs,
@@ -239,18 +238,22 @@ fn read_export(
     address_book: Option<&Path>,
     me: &[String],
 ) -> Result<ImportReport> {
-    let opts = ImportOptions::default();
-    Ok(match kind {
-        ImportKind::Calendar => {
-            import::calendar::import(path, me, import::calendar::now_unix(), &opts)?
-        }
-        ImportKind::Mail => import::mail::import(path, me, &opts)?,
-        ImportKind::Twitter => import::twitter::import(path, &opts)?,
-        ImportKind::Linkedin => import::linkedin::import(path, &opts)?,
-        ImportKind::Facebook => import::facebook::import(path, &opts)?,
-        ImportKind::Imessage => import::imessage::import(path, address_book, &opts)?,
-        ImportKind::Vcard => import::vcard::import(path, &opts)?,
-    })
+    let export = match kind {
+        ImportKind::Calendar => import::Export::Calendar,
+        ImportKind::Mail => import::Export::Mail,
+        ImportKind::Twitter => import::Export::Twitter,
+        ImportKind::Linkedin => import::Export::Linkedin,
+        ImportKind::Facebook => import::Export::Facebook,
+        ImportKind::Imessage => import::Export::Imessage,
+        ImportKind::Vcard => import::Export::Vcard,
+    };
+    Ok(import::read_export(
+        export,
+        path,
+        address_book,
+        me,
+        &ImportOptions::default(),
+    )?)
 }
 
 async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
@@ -581,7 +584,7 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Revoke { id } => {
             let device = open(home)?;
-            let target = resolve_device(&device, &id)?;
+            let target = device.resolve_device(&id)?;
             let spinner = progress::spinner("revoking");
             let revoked = device.revoke(&target).await;
             spinner.finish_and_clear();
@@ -592,28 +595,6 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
             );
             Ok(())
         }
-    }
-}
-
-/// A device id from full hex or a unique prefix of one in the roster.
-fn resolve_device(device: &Device, text: &str) -> Result<DeviceId> {
-    let text = text.trim().to_lowercase();
-    if let Some(id) = DeviceId::from_hex(&text) {
-        return Ok(id);
-    }
-    if text.len() < 4 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!(
-            "'{text}' is not a device id: give the id or at least 4 of its first hex digits (see `kith device list`)"
-        );
-    }
-    let devices = device.devices()?;
-    let matches: Vec<_> = devices.iter().filter(|d| d.id.starts_with(&text)).collect();
-    match matches.as_slice() {
-        [one] => DeviceId::from_hex(&one.id).context("the roster holds a malformed device id"),
-        [] => bail!(
-            "no device {text} in this account (see `kith device list`; run `kith sync` first if it joined recently)"
-        ),
-        _ => bail!("device id prefix {text} matches several devices; type more of it"),
     }
 }
 

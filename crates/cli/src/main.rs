@@ -42,7 +42,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use kith_client::ClientError;
 use kith_client::net::NetError;
-use kith_protocol::proto::ErrorCode;
 
 /// Exit code of every failure after the command line was parsed.
 const EXIT_FAILURE: u8 = 1;
@@ -111,9 +110,6 @@ fn error_text(err: &anyhow::Error) -> String {
     text
 }
 
-const REVOKED_HINT: &str = "set this device up again in a new --home, with `kith device request` \
-     (approved from a device of the account) or `kith recover`";
-
 /// What to do about the errors whose message cannot know the situation.
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
     let net = err
@@ -123,53 +119,9 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
             _ => cause.downcast_ref::<NetError>(),
         });
     if let Some(net) = net {
-        return match net {
-            NetError::Resolve(_) => Some(
-                "check the relay's host name and port (--relay HOST:PORT) and this machine's DNS",
-            ),
-            NetError::Unreachable { .. } => Some(
-                "check that kith-relay is running at that address and reachable over UDP, and that the \
-                 certificate fingerprint is the one it printed at start-up",
-            ),
-            NetError::Connection(_) | NetError::Timeout => Some(
-                "check that kith-relay is running at that address and reachable over UDP, and that the \
-                 certificate fingerprint is the one it printed at start-up; then run the command again",
-            ),
-            NetError::Relay { code, .. } => match code {
-                ErrorCode::RegistrationClosed => Some(
-                    "this relay admits new accounts by token only: ask its operator for one \
-                     (`kith-relay token create`) and pass --registration-token",
-                ),
-                ErrorCode::QuotaExceeded => Some(
-                    "the account is over its storage quota: run `kith compact`, or ask the relay operator for more",
-                ),
-                ErrorCode::TooManyDevices => Some(
-                    "the account has as many devices as the relay allows: revoke one with `kith device revoke ID`",
-                ),
-                ErrorCode::DeviceRemoved | ErrorCode::UnknownDevice => Some(REVOKED_HINT),
-                ErrorCode::RateLimited => Some(
-                    "the relay limits how often one address may make this request (its log says \
-                     \"request refused\" with code RateLimited); wait a minute and run the command again",
-                ),
-                ErrorCode::ShuttingDown => {
-                    Some("the relay is restarting; run the command again when it is back")
-                }
-                ErrorCode::Storage => Some(
-                    "the relay could not store the request durably (see its log); try again in a minute",
-                ),
-                _ => None,
-            },
-            _ => None,
-        };
+        return net.hint();
     }
-    match err
-        .chain()
+    err.chain()
         .find_map(|cause| cause.downcast_ref::<ClientError>())
-    {
-        Some(ClientError::UnknownContact(_)) => Some(
-            "list the ids with `kith contacts list` or find one with `kith contacts search QUERY`",
-        ),
-        Some(ClientError::Revoked) => Some(REVOKED_HINT),
-        _ => None,
-    }
+        .and_then(ClientError::hint)
 }

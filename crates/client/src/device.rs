@@ -576,6 +576,33 @@ impl Device {
             .collect()
     }
 
+    /// Finds a device of the account by its hex id or a unique prefix of it (at least 4 hex
+    /// digits), as people type them.
+    pub fn resolve_device(&self, text: &str) -> Result<DeviceId> {
+        let text = text.trim().to_lowercase();
+        if let Some(id) = DeviceId::from_hex(&text) {
+            return Ok(id);
+        }
+        if text.len() < 4 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ClientError::InvalidInput(format!(
+                "'{text}' is not a device id: give the id or at least 4 of its first hex digits (see `kith device list`)"
+            )));
+        }
+        let devices = self.devices()?;
+        let matches: Vec<_> = devices.iter().filter(|d| d.id.starts_with(&text)).collect();
+        match matches.as_slice() {
+            [one] => DeviceId::from_hex(&one.id).ok_or_else(|| {
+                ClientError::InvalidInput("the roster holds a malformed device id".into())
+            }),
+            [] => Err(ClientError::InvalidInput(format!(
+                "no device {text} in this account (see `kith device list`; run `kith sync` first if it joined recently)"
+            ))),
+            _ => Err(ClientError::InvalidInput(format!(
+                "device id prefix {text} matches several devices; type more of it"
+            ))),
+        }
+    }
+
     async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
         let (sealed, lookup_id) = {
             let state = self.state();
@@ -801,7 +828,19 @@ impl Device {
         recovery_key: &str,
         device_name: &str,
     ) -> Result<Device> {
-        let keystore = keystore_for(home, None);
+        Self::recover_with_keystore(home, relay, recovery_key, device_name, None).await
+    }
+
+    /// [`Device::recover`] with the new device's secrets kept by `keystore` instead of a key
+    /// file.
+    pub async fn recover_with_keystore(
+        home: &Path,
+        relay: RelayTarget,
+        recovery_key: &str,
+        device_name: &str,
+        keystore: Option<Arc<dyn KeyStore>>,
+    ) -> Result<Device> {
+        let keystore = keystore_for(home, keystore);
         if keystore.load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
@@ -966,6 +1005,7 @@ pub struct PendingLink {
     pairing_secret: PairingSecret,
     code: Zeroizing<String>,
     connection: Option<RelayConnection>,
+    keystore: Arc<dyn KeyStore>,
 }
 
 impl std::fmt::Debug for PendingLink {
@@ -988,7 +1028,19 @@ impl PendingLink {
     /// Prepares a new device: generates its keys and a one-time pairing secret. Nothing is
     /// written to `home` until the link completes.
     pub fn new(home: &Path, relay: RelayTarget, device_name: &str) -> Result<Self> {
-        if keystore_for(home, None).load()?.is_some() {
+        Self::new_with_keystore(home, relay, device_name, None)
+    }
+
+    /// [`PendingLink::new`] with the new device's secrets kept by `keystore` (once the link
+    /// completes) instead of a key file.
+    pub fn new_with_keystore(
+        home: &Path,
+        relay: RelayTarget,
+        device_name: &str,
+        keystore: Option<Arc<dyn KeyStore>>,
+    ) -> Result<Self> {
+        let keystore = keystore_for(home, keystore);
+        if keystore.load()?.is_some() {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
         let secrets = DeviceSecrets::generate();
@@ -1008,6 +1060,7 @@ impl PendingLink {
             pairing_secret,
             code,
             connection: None,
+            keystore,
         })
     }
 
@@ -1198,7 +1251,7 @@ impl PendingLink {
         // The home is created only now: a request that ends without approval (a timeout,
         // Ctrl-C, a relay that cannot be reached) leaves nothing behind.
         let guard = HomeGuard::new(&self.home)?;
-        keystore_for(&self.home, None).save(&self.secrets)?;
+        self.keystore.save(&self.secrets)?;
         let state = AccountState {
             account_id,
             roster,

@@ -117,7 +117,70 @@ impl From<NetError> for ClientError {
     }
 }
 
+/// What to do after a device was revoked, as the CLI and the app bindings say it.
+const REVOKED_HINT: &str = "set this device up again in a new --home, with `kith device request` \
+     (approved from a device of the account) or `kith recover`";
+
+impl NetError {
+    /// What a person can do about this error, where its message cannot know the situation
+    /// (the CLI prints it as `hint: …`; the app bindings carry it in their errors).
+    pub fn hint(&self) -> Option<&'static str> {
+        use kith_protocol::proto::ErrorCode;
+        match self {
+            NetError::Resolve(_) => Some(
+                "check the relay's host name and port (--relay HOST:PORT) and this machine's DNS",
+            ),
+            NetError::Unreachable { .. } => Some(
+                "check that kith-relay is running at that address and reachable over UDP, and that the \
+                 certificate fingerprint is the one it printed at start-up",
+            ),
+            NetError::Connection(_) | NetError::Timeout => Some(
+                "check that kith-relay is running at that address and reachable over UDP, and that the \
+                 certificate fingerprint is the one it printed at start-up; then run the command again",
+            ),
+            NetError::Relay { code, .. } => match code {
+                ErrorCode::RegistrationClosed => Some(
+                    "this relay admits new accounts by token only: ask its operator for one \
+                     (`kith-relay token create`) and pass --registration-token",
+                ),
+                ErrorCode::QuotaExceeded => Some(
+                    "the account is over its storage quota: run `kith compact`, or ask the relay operator for more",
+                ),
+                ErrorCode::TooManyDevices => Some(
+                    "the account has as many devices as the relay allows: revoke one with `kith device revoke ID`",
+                ),
+                ErrorCode::DeviceRemoved | ErrorCode::UnknownDevice => Some(REVOKED_HINT),
+                ErrorCode::RateLimited => Some(
+                    "the relay limits how often one address may make this request (its log says \
+                     \"request refused\" with code RateLimited); wait a minute and run the command again",
+                ),
+                ErrorCode::ShuttingDown => {
+                    Some("the relay is restarting; run the command again when it is back")
+                }
+                ErrorCode::Storage => Some(
+                    "the relay could not store the request durably (see its log); try again in a minute",
+                ),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 impl ClientError {
+    /// What a person can do about this error, where its message cannot know the situation
+    /// (the CLI prints it as `hint: …`; the app bindings carry it in their errors).
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Net(net) => net.hint(),
+            ClientError::UnknownContact(_) => Some(
+                "list the ids with `kith contacts list` or find one with `kith contacts search QUERY`",
+            ),
+            ClientError::Revoked => Some(REVOKED_HINT),
+            _ => None,
+        }
+    }
+
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Net(e) if e.is_transient())

@@ -773,14 +773,21 @@ impl Device {
             let mut local = tokio::time::interval(LOCAL_CHANGES_POLL);
             local.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut seen_version = None;
+            // A push between the sync above and the subscription has no notification of its
+            // own: one sync now that the subscription is open catches it.
+            let mut catch_up = true;
             loop {
-                let wake = tokio::select! {
+                let wake = if std::mem::take(&mut catch_up) {
+                    true
+                } else {
+                    tokio::select! {
                     note = notified.recv() => note.is_some(),
                     _ = local.tick() => {
                         if !self.local_changes_waiting(&mut seen_version)? {
                             continue;
                         }
                         true
+                    }
                     }
                 };
                 if !wake {

@@ -480,6 +480,45 @@ impl ImportOptions {
     }
 }
 
+/// The exports there is an importer for (`kith import KIND`, the app bindings' import kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// LinkedIn `Connections.csv` ([`linkedin`]).
+    Linkedin,
+    /// Facebook `your_friends.json` or `friends.json` ([`facebook`]).
+    Facebook,
+    /// macOS Messages `chat.db`, with the address book for names ([`imessage`]).
+    Imessage,
+    /// A vCard file ([`vcard`]).
+    Vcard,
+    /// An iCalendar file or a zip of them ([`calendar`]).
+    Calendar,
+    /// An mbox, headers only ([`mail`]).
+    Mail,
+    /// A Twitter/X archive zip ([`twitter`]).
+    Twitter,
+}
+
+/// Reads the export at `path` with its importer. `me` is the person's own addresses (mail and
+/// calendar); `address_book` the macOS address book database that names iMessage handles.
+pub fn read_export(
+    kind: Export,
+    path: &Path,
+    address_book: Option<&Path>,
+    me: &[String],
+    opts: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
+    match kind {
+        Export::Calendar => calendar::import(path, me, calendar::now_unix(), opts),
+        Export::Mail => mail::import(path, me, opts),
+        Export::Twitter => twitter::import(path, opts),
+        Export::Linkedin => linkedin::import(path, opts),
+        Export::Facebook => facebook::import(path, opts),
+        Export::Imessage => imessage::import(path, address_book, opts),
+        Export::Vcard => vcard::import(path, opts),
+    }
+}
+
 /// The kind of file an importer expects; named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
