@@ -20,6 +20,8 @@ pub mod keystore;
 #[cfg(feature = "sync")]
 pub mod net;
 #[cfg(feature = "sync")]
+pub mod merging;
+#[cfg(feature = "sync")]
 mod pipeline;
 #[cfg(feature = "sync")]
 pub mod store;
