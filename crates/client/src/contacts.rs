@@ -573,6 +573,7 @@ impl Device {
                 let blinded: Vec<[u8; 32]> =
                     ids.iter().map(|i| store.cipher().index_key(i)).collect();
                 let mut existing = None;
+                let mut own_export = false;
                 // A card this device exported names its contact by id (`UID`): importing the
                 // export again finds the contact itself, even one without e-mail or phone.
                 if contact.source() == crate::import::Source::VCard
@@ -580,6 +581,7 @@ impl Device {
                     && pipeline.load(&mut touched, own)?.is_live()
                 {
                     existing = Some(own);
+                    own_export = true;
                 }
                 for key in &blinded {
                     if existing.is_some() {
@@ -633,6 +635,10 @@ impl Device {
                     // Provenance is per record: each source's record keeps its own, so two
                     // merged records never fight over one value.
                     let provenance = matches!(key.kind(), record::FieldKind::Source(_));
+                    if provenance && own_export {
+                        // Kith's own export is not a source of the contact it came from.
+                        continue;
+                    }
                     let basis = if provenance { state } else { view_ref };
                     // A joined history (calendar, mail) is written as the join of every head
                     // this device sees with what the import adds (docs/PROTOCOL.md §8.1).
