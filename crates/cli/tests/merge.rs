@@ -128,11 +128,17 @@ fn shared_identifiers(contacts: &[Value]) -> Vec<String> {
         let id = contact["id"].as_str().expect("id").to_string();
         for email in contact["emails"].as_array().expect("emails") {
             let address = email["address"].as_str().expect("address").to_lowercase();
-            owners.entry(format!("email {address}")).or_default().push(id.clone());
+            owners
+                .entry(format!("email {address}"))
+                .or_default()
+                .push(id.clone());
         }
         for phone in contact["phones"].as_array().expect("phones") {
             let number = phone["number"].as_str().expect("number").to_string();
-            owners.entry(format!("phone {number}")).or_default().push(id.clone());
+            owners
+                .entry(format!("phone {number}"))
+                .or_default()
+                .push(id.clone());
         }
     }
     owners
@@ -227,16 +233,33 @@ fn reimports_settle_and_an_exported_vcard_imported_again_adds_nothing() {
     let email = person["emails"][0]["address"].as_str().expect("address");
     let added = ok(
         &home,
-        &["contacts", "add", "--name", "Someone Typed By Hand", "--email", email],
+        &[
+            "contacts",
+            "add",
+            "--name",
+            "Someone Typed By Hand",
+            "--email",
+            email,
+        ],
     );
     assert!(added.contains("Added contact"), "{added}");
     let after = list(&home);
     assert_eq!(after.len(), before.len(), "no new contact: it merged");
     assert_eq!(shared_identifiers(&after), Vec::<String>::new());
-    let found = json(&ok(&home, &["contacts", "search", "Typed By Hand", "--json"]));
+    let found = json(&ok(
+        &home,
+        &["contacts", "search", "Typed By Hand", "--json"],
+    ));
     let found = found.as_array().expect("array");
-    assert_eq!(found.len(), 1, "search finds the merged contact by its other name");
-    assert_eq!(found[0]["id"], person["id"], "shown under the imported contact's id");
+    assert_eq!(
+        found.len(),
+        1,
+        "search finds the merged contact by its other name"
+    );
+    assert_eq!(
+        found[0]["id"], person["id"],
+        "shown under the imported contact's id"
+    );
     assert_eq!(
         found[0]["sources"], person["sources"],
         "every source of the imported person stays"
@@ -259,16 +282,37 @@ fn merging_by_hand_is_undone_by_unmerge_and_syncs_to_another_device() {
     };
     let ana = id_of(&ok(
         &home,
-        &["contacts", "add", "--name", "Ana García", "--email", "ana@work.example"],
+        &[
+            "contacts",
+            "add",
+            "--name",
+            "Ana García",
+            "--email",
+            "ana@work.example",
+        ],
     ));
     let ana2 = id_of(&ok(
         &home,
-        &["contacts", "add", "--name", "ana  garcia", "--phone", "+34 600 000 001"],
+        &[
+            "contacts",
+            "add",
+            "--name",
+            "ana  garcia",
+            "--phone",
+            "+34 600 000 001",
+        ],
     ));
     let bob = id_of(&ok(&home, &["contacts", "add", "--name", "Bob Stone"]));
     let robert = id_of(&ok(
         &home,
-        &["contacts", "add", "--name", "Robert Stone", "--company", "Quarry"],
+        &[
+            "contacts",
+            "add",
+            "--name",
+            "Robert Stone",
+            "--company",
+            "Quarry",
+        ],
     ));
     assert_eq!(list(&home).len(), 4, "names alone never merge");
 
@@ -279,15 +323,27 @@ fn merging_by_hand_is_undone_by_unmerge_and_syncs_to_another_device() {
     let find = |id: &str| {
         suggestions
             .iter()
-            .find(|s| s["ids"].as_array().is_some_and(|ids| ids.iter().any(|i| i == id)))
+            .find(|s| {
+                s["ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|i| i == id))
+            })
             .unwrap_or_else(|| panic!("{id} not suggested: {suggestions:?}"))
     };
     assert!(find(&ana)["reason"].as_str().unwrap().contains("same name"));
     assert!(find(&ana2)["ids"].as_array().unwrap().len() == 2);
-    assert!(find(&bob)["reason"].as_str().unwrap().contains("bob / robert"));
+    assert!(
+        find(&bob)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bob / robert")
+    );
     assert!(find(&robert)["ids"].as_array().unwrap().len() == 2);
     let text = ok(&home, &["contacts", "duplicates"]);
-    assert!(text.contains("Ana García") && text.contains("Robert Stone"), "{text}");
+    assert!(
+        text.contains("Ana García") && text.contains("Robert Stone"),
+        "{text}"
+    );
 
     // Merge the two Anas (by id prefixes, as people type them).
     let merged = ok(&home, &["contacts", "merge", &ana[..8], &ana2[..8]]);
@@ -308,7 +364,11 @@ fn merging_by_hand_is_undone_by_unmerge_and_syncs_to_another_device() {
         assert_eq!(found.as_array().unwrap().len(), 1, "{query}: {found}");
     }
     let suggestions = json(&ok(&home, &["contacts", "duplicates", "--json"]));
-    assert_eq!(suggestions.as_array().unwrap().len(), 1, "only Bob/Robert is left");
+    assert_eq!(
+        suggestions.as_array().unwrap().len(),
+        1,
+        "only Bob/Robert is left"
+    );
 
     // An edit of the merged contact after the merge.
     ok(&home, &["contacts", "edit", survivor, "--company", "Acme"]);
@@ -333,10 +393,16 @@ fn merging_by_hand_is_undone_by_unmerge_and_syncs_to_another_device() {
     ok(&home, &["sync"]);
     let laptop = list(&home);
     assert_eq!(laptop.len(), 4, "{laptop:?}");
-    let ana2_now = laptop.iter().find(|c| c["id"] == ana2.as_str()).expect("ana2 again");
+    let ana2_now = laptop
+        .iter()
+        .find(|c| c["id"] == ana2.as_str())
+        .expect("ana2 again");
     assert_eq!(ana2_now["phones"][0]["number"], "+34600000001", "as it was");
     assert!(ana2_now["emails"].as_array().unwrap().is_empty());
-    ok(&home, &["contacts", "edit", &ana, "--phone", "+34 600 000 001"]);
+    ok(
+        &home,
+        &["contacts", "edit", &ana, "--phone", "+34 600 000 001"],
+    );
     assert_eq!(list(&home).len(), 4, "a pair separated by hand stays apart");
     let suggestions = json(&ok(&home, &["contacts", "duplicates", "--json"]));
     assert!(
@@ -354,7 +420,14 @@ fn link_device(existing: &Path, new: &Path, relay: &TestRelay) {
     use std::io::{BufRead, BufReader};
     let mut request = kith(
         new,
-        &["device", "request", "--device-name", "phone", "--timeout", "60"],
+        &[
+            "device",
+            "request",
+            "--device-name",
+            "phone",
+            "--timeout",
+            "60",
+        ],
     );
     request.args(&relay.args);
     let mut child = request
@@ -375,5 +448,9 @@ fn link_device(existing: &Path, new: &Path, relay: &TestRelay) {
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let output = wait(child, "device request");
     let _ = rest.join();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

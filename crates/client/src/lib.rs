@@ -18,9 +18,9 @@ pub mod import;
 #[cfg(feature = "sync")]
 pub mod keystore;
 #[cfg(feature = "sync")]
-pub mod net;
-#[cfg(feature = "sync")]
 pub mod merging;
+#[cfg(feature = "sync")]
+pub mod net;
 #[cfg(feature = "sync")]
 mod pipeline;
 #[cfg(feature = "sync")]

@@ -275,9 +275,9 @@ impl Device {
                     }
                 };
                 load(touched, other)?;
-                let still_holds = touched
-                    .get(&other)
-                    .is_some_and(|state| state.is_live() && record_identities(state).contains(&identity));
+                let still_holds = touched.get(&other).is_some_and(|state| {
+                    state.is_live() && record_identities(state).contains(&identity)
+                });
                 if !still_holds {
                     // The index entry is stale (the record was deleted or lost the value).
                     index.insert(key, id)?;
@@ -547,7 +547,10 @@ impl Device {
                 )
             };
             out.push(DuplicateSuggestion {
-                ids: kept.iter().map(|&at| contacts[at].0.id().to_hex()).collect(),
+                ids: kept
+                    .iter()
+                    .map(|&at| contacts[at].0.id().to_hex())
+                    .collect(),
                 names,
                 reason,
             });

@@ -898,14 +898,19 @@ impl Groups {
 
     /// Every group of two or more records: survivor and members.
     pub fn merged(&self) -> impl Iterator<Item = (&RecordId, &[RecordId])> + '_ {
-        self.members.iter().map(|(id, members)| (id, members.as_slice()))
+        self.members
+            .iter()
+            .map(|(id, members)| (id, members.as_slice()))
     }
 
     /// The merged state shown for a group: every member's fields joined (heads and superseded
     /// clocks, so concurrent edits keep their conflict semantics and a write that replaced a
     /// member's value replaces it here too), under the survivor's id. Each member's own
     /// deletion has already removed what it hid, and hides nothing of the other members.
-    pub fn view<'a>(survivor: RecordId, members: impl IntoIterator<Item = &'a RecordState>) -> RecordState {
+    pub fn view<'a>(
+        survivor: RecordId,
+        members: impl IntoIterator<Item = &'a RecordState>,
+    ) -> RecordState {
         let mut view = RecordState::new(survivor);
         for member in members {
             view.absorb(member);
@@ -923,7 +928,8 @@ impl ContactSet {
     /// The merged view of `id`'s group ([`Groups::view`]); `None` if no member has state.
     pub fn merged_record(&self, groups: &Groups, id: &RecordId) -> Option<RecordState> {
         let members = groups.members(id);
-        let states: Vec<&RecordState> = members.iter().filter_map(|m| self.records.get(m)).collect();
+        let states: Vec<&RecordState> =
+            members.iter().filter_map(|m| self.records.get(m)).collect();
         (!states.is_empty()).then(|| Groups::view(groups.survivor(id), states))
     }
 
