@@ -466,8 +466,9 @@ impl Device {
         }
     }
 
-    /// How many live contacts the store holds: `contacts().len()` without reading them (a
-    /// count kept with every write, so it costs the same whatever the store holds).
+    /// How many live records the store holds, without reading them (a count kept with every
+    /// write, so it costs the same whatever the store holds). This is `contacts().len()` when no
+    /// records are merged; a contact merged from several records (§8.4) counts each of them.
     pub fn contact_count(&self) -> Result<u64> {
         crate::pipeline::live_count(&self.inner.store)
     }
