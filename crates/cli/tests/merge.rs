@@ -413,6 +413,47 @@ fn merging_by_hand_is_undone_by_unmerge_and_syncs_to_another_device() {
     // Merging the name variants the suggestions offered.
     ok(&home, &["contacts", "merge", &bob, &robert]);
     assert_eq!(list(&home).len(), 3);
+
+    // Two devices each add the same person (by e-mail) without seeing each other: the sync
+    // that brings them together merges them, and the other device follows.
+    ok(&phone_home, &["sync"]);
+    ok(
+        &home,
+        &[
+            "contacts",
+            "add",
+            "--name",
+            "Lin Wu",
+            "--email",
+            "lin@example.org",
+        ],
+    );
+    ok(
+        &phone_home,
+        &[
+            "contacts",
+            "add",
+            "--name",
+            "Lin",
+            "--email",
+            "LIN@example.org",
+            "--company",
+            "Hooli",
+        ],
+    );
+    ok(&phone_home, &["sync"]);
+    ok(&home, &["sync"]);
+    ok(&phone_home, &["sync"]);
+    for device in [&home, &phone_home] {
+        let lins = json(&ok(
+            device,
+            &["contacts", "search", "lin@example", "--json"],
+        ));
+        let lins = lins.as_array().expect("array");
+        assert_eq!(lins.len(), 1, "{lins:?}");
+        assert_eq!(lins[0]["company"], "Hooli");
+        assert_eq!(list(device).len(), 4);
+    }
 }
 
 /// Links a new device in `new` to the account of `existing`, as a person does it.
