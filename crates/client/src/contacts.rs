@@ -521,17 +521,26 @@ impl Device {
     }
 
     /// Concurrent edits the merge kept, so an app can show both values.
+    ///
+    /// Conflicts are concurrent writes of one field of one record. Records merged into one
+    /// contact (§8.4) that hold different values of a field (two sources' names) are not in
+    /// conflict: the contact shows the latest, and the conflicts of each record are listed
+    /// under the contact's id.
     pub fn conflicts(&self) -> Result<Vec<ConflictView>> {
         let mut out = Vec::new();
-        for state in self.all_views()? {
+        let (groups, records) = self.all_records()?;
+        for state in records.values() {
+            let survivor = groups.survivor(&state.id());
             for conflict in state.conflicts() {
                 // Concurrent heads of a joined history are not a conflict: they are joined.
-                if matches!(conflict.key.kind(), record::FieldKind::Source(k) if k.is_joined()) {
+                if matches!(conflict.key.kind(), record::FieldKind::Source(k) if k.is_joined())
+                    || conflict.key.kind().is_link()
+                {
                     continue;
                 }
                 for other in &conflict.others {
                     out.push(ConflictView {
-                        id: state.id().to_hex(),
+                        id: survivor.to_hex(),
                         field: conflict.key.as_str().to_string(),
                         winner: describe(conflict.winner.value),
                         other: describe(other.value),
