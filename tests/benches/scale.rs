@@ -3,10 +3,13 @@
 //! - import of a generated 100,000-row LinkedIn export into a device's store (target < 5 s);
 //! - 100,000 contacts created on device A, synced through the relay and fully merged on
 //!   device B (target < 10 s end to end);
+//! - merging (issue 11): the same LinkedIn import, then a 100,000-card vCard half of whose
+//!   cards carry the LinkedIn URL of one connection and the e-mail of another, so that each
+//!   links two existing records into one person (target < 5 s each);
 //! - the relay's bytes for an account of 10,000 contacts after 10 rounds of edits to every
 //!   contact, before and after `compact`.
 //!
-//! `cargo bench -p kith-e2e --bench scale` runs all three; `-- import`, `-- sync` or
+//! `cargo bench -p kith-e2e --bench scale` runs all four; `-- import`, `-- sync`, `-- merge` or
 //! `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
 //! and `KITH_BENCH_COMPACT_CONTACTS` (default 10000) for a quick check;
 //! `KITH_BENCH_COMPACT_ROUNDS` (default 10) sets the edit rounds before `compact`.
@@ -76,6 +79,65 @@ async fn bench_import(n: usize) {
         secs(parsed),
         secs(total),
         rows as f64 / total.as_secs_f64()
+    );
+    relay.shutdown().await.unwrap();
+}
+
+/// `n` vCard cards: each has its own name, UID and phone number; every even card also carries
+/// the LinkedIn URL of connection `k` and the e-mail of another connection (one of the rows of
+/// `generate_linkedin_csv` with an e-mail), which links those two records.
+fn generate_linking_vcard(n: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(n * 200);
+    for k in 0..n {
+        let _ = write!(
+            out,
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:bench-{k}\r\nFN:Card {k}\r\nTEL;type=CELL:+1 415 {:07}\r\n",
+            k
+        );
+        if k % 2 == 0 {
+            // Row k's profile, and the e-mail of the nearest other row with one (i % 3 == 0).
+            let other = if k % 3 == 0 { k + 3 } else { k - k % 3 };
+            let _ = write!(
+                out,
+                "URL:https://www.linkedin.com/in/person-{k:x}\r\nEMAIL;type=INTERNET:person-{other:x}@example.com\r\n"
+            );
+        }
+        out.push_str("END:VCARD\r\n");
+    }
+    out
+}
+
+async fn bench_merge(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let csv = generate_linkedin_csv(n);
+    let started = Instant::now();
+    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    let linkedin_summary = a.import(report).await.unwrap();
+    let linkedin_time = started.elapsed();
+    let cards = generate_linking_vcard(n);
+    let started = Instant::now();
+    let report =
+        kith_client::import::vcard::import_bytes(cards.as_bytes(), &ImportOptions::default())
+            .unwrap();
+    let parsed = started.elapsed();
+    let summary = a.import(report).await.unwrap();
+    let vcard_time = started.elapsed();
+    let shown = a.contact_count().unwrap();
+    println!(
+        "merge: {n} LinkedIn rows -> {} added in {}; then {n} vCard cards: {} added, {} updated, {} records merged: parse {}, total {}; {} records",
+        linkedin_summary.added,
+        secs(linkedin_time),
+        summary.added,
+        summary.updated,
+        summary.merged,
+        secs(parsed),
+        secs(vcard_time),
+        shown
     );
     relay.shutdown().await.unwrap();
 }
@@ -184,6 +246,9 @@ fn main() {
         }
         if wanted("sync") {
             bench_sync(contacts).await;
+        }
+        if wanted("merge") {
+            bench_merge(contacts).await;
         }
         if wanted("compact") {
             bench_compact(compact_contacts, compact_rounds).await;

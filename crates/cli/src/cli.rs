@@ -241,6 +241,26 @@ pub enum ContactsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Merge contacts that are the same person into one, on every device (undo with
+    /// `unmerge`).
+    Merge {
+        /// Two or more contact ids, or unique prefixes of them.
+        #[arg(required = true, num_args = 2.., value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Separate a record from the contact it was merged into (the ids are listed by
+    /// `contacts show`); the two are then kept apart as two people on every device.
+    Unmerge {
+        /// The id (or a unique prefix) of the record to separate.
+        id: String,
+    },
+    /// Contacts that look like one person but share no e-mail, phone or LinkedIn URL (same
+    /// name, or name variants such as Bob and Robert), with why.
+    Duplicates {
+        /// Print a JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The optional fields of `contacts add` and `contacts edit`.

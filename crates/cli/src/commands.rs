@@ -198,6 +198,12 @@ async fn import(
         summary.unchanged,
         summary.skipped
     );
+    if summary.merged > 0 {
+        outln!(
+            "{} merged with another record of the same person (shared e-mail, phone or LinkedIn URL).",
+            count(summary.merged as u64, "contact")
+        );
+    }
     if summary.left_out > 0 {
         outln!(
             "{} left out: recorded only on a contact you already have (people who only wrote to you, one-way follows), or deleted by hand.",
@@ -226,7 +232,7 @@ async fn import(
     if unlisted > 0 {
         outln!("{unlisted} further problems were counted but not listed.");
     }
-    if summary.added + summary.updated > 0 {
+    if summary.added + summary.updated + summary.merged > 0 {
         outln!("Run `kith sync` to send them to your other devices.");
     }
     Ok(())
@@ -281,13 +287,56 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
             if json {
                 return output::print_json(&ContactJson::from(&contact));
             }
-            let hex = id.to_hex();
+            let hex = contact.id().to_hex();
             let conflicts: Vec<_> = device
                 .conflicts()?
                 .into_iter()
                 .filter(|c| c.id == hex)
                 .collect();
             out!("{}", output::contact_details(&contact, &conflicts));
+            let records = device.merged_records(&contact.id())?;
+            if records.len() > 1 {
+                outln!("  merged from {} records:", records.len());
+                for record in &records {
+                    outln!("    {record}");
+                }
+                outln!("  (`kith contacts unmerge ID` separates one again)");
+            }
+        }
+        ContactsCommand::Merge { ids } => {
+            let ids = ids
+                .iter()
+                .map(|id| device.resolve_id(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let survivor = device.merge_contacts(&ids).await?;
+            outln!(
+                "Merged {} into contact {survivor}.",
+                count(ids.len() as u64, "contact")
+            );
+        }
+        ContactsCommand::Unmerge { id } => {
+            let id = device.resolve_id(&id)?;
+            let (separated, rest) = device.unmerge_contact(&id).await?;
+            outln!(
+                "Separated contact {separated} from contact {rest}; they stay two people on every device."
+            );
+        }
+        ContactsCommand::Duplicates { json } => {
+            let suggestions = device.duplicate_suggestions()?;
+            if json {
+                return output::print_json(&suggestions);
+            }
+            if suggestions.is_empty() {
+                outln!("No likely duplicates.");
+                return Ok(());
+            }
+            for suggestion in &suggestions {
+                outln!("{}:", suggestion.reason);
+                for (id, name) in suggestion.ids.iter().zip(&suggestion.names) {
+                    outln!("  {}  {name}", short(id));
+                }
+            }
+            outln!("Merge one set with `kith contacts merge ID ID…`.");
         }
         ContactsCommand::Search { query, json } => {
             let found = device.search(&query)?;

@@ -10,7 +10,6 @@ use kith_protocol::RecordId;
 use kith_protocol::merge::RecordState;
 use kith_protocol::proto::{self, field_value::Value};
 use kith_protocol::record::{self, Contact, FieldKey, FieldWrite, Operation};
-use prost::Message;
 use serde::Serialize;
 use unicode_normalization::UnicodeNormalization;
 
@@ -18,7 +17,7 @@ use crate::device::Device;
 use crate::error::{ClientError, Result};
 use crate::import::{ImportReport, phone::Region};
 use crate::pipeline::{RecordPipeline, Records};
-use crate::store::{StoreError, TreeName};
+use crate::store::TreeName;
 
 /// Fields of a new contact, or the fields to change in an edit (`None` = leave as is).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,6 +115,8 @@ pub struct ImportSummary {
     pub unchanged: usize,
     /// Rows or records the importer skipped (with line numbers in the report).
     pub skipped: usize,
+    /// Records linked to another record as the same person (by the identity rule, §8.4).
+    pub merged: usize,
     /// Contacts left out: those a source records only on an existing contact (people who only
     /// wrote to you, one-way Twitter follows) that matched none, and those deleted by hand (an
     /// import never brings a deleted contact back).
@@ -175,14 +176,39 @@ impl Device {
         fields: &ContactFields,
         options: &EditOptions,
     ) -> Result<bool> {
-        let current = self.live_record(id)?;
-        let writes = self.writes_for(&current, fields, options)?;
-        if writes.is_empty() {
+        let ops = self.edit_ops(id, fields, options)?;
+        if ops.is_empty() {
             return Ok(false);
         }
-        let op = self.upsert_after(&current, writes)?;
-        self.commit_local(vec![op]).await?;
+        self.commit_local(ops).await?;
         Ok(true)
+    }
+
+    /// The operations of an edit of `id`'s contact: computed against the merged contact shown
+    /// and written to the records of its group that hold each field (§8.4).
+    fn edit_ops(
+        &self,
+        id: &RecordId,
+        fields: &ContactFields,
+        options: &EditOptions,
+    ) -> Result<Vec<Operation>> {
+        let mut touched = BTreeMap::new();
+        let (members, view) = self.live_group(&mut touched, id)?;
+        let writes = self.writes_for(&view, fields, options)?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        crate::merging::group_writes(self, &touched, &members, &view, view.id(), writes)
+    }
+
+    /// The group of `id` and the merged state shown for it; an error if it is not live.
+    fn live_group(
+        &self,
+        touched: &mut BTreeMap<RecordId, RecordState>,
+        id: &RecordId,
+    ) -> Result<(Vec<RecordId>, RecordState)> {
+        self.load_group(touched, id)?
+            .ok_or_else(|| ClientError::UnknownContact(id.to_hex()))
     }
 
     /// An upsert of `writes` on `current`, with a clock later than everything this device
@@ -206,41 +232,34 @@ impl Device {
     pub async fn edit_contacts(&self, edits: &[(RecordId, ContactFields)]) -> Result<()> {
         let mut ops = Vec::with_capacity(edits.len());
         for (id, fields) in edits {
-            let current = self.live_record(id)?;
-            let writes = self.writes_for(&current, fields, &EditOptions::default())?;
-            if !writes.is_empty() {
-                ops.push(self.upsert_after(&current, writes)?);
-            }
+            ops.extend(self.edit_ops(id, fields, &EditOptions::default())?);
         }
         self.commit_local(ops).await
     }
 
-    /// Deletes a contact (a tombstone that every device converges on). Its clock is later
-    /// than every clock of the record, so it hides everything this device has seen.
+    /// Deletes a contact (a tombstone that every device converges on), and every record merged
+    /// into it. Each clock is later than every clock of its record, so it hides everything
+    /// this device has seen.
     pub async fn delete_contact(&self, id: &RecordId) -> Result<()> {
-        let current = self.live_record(id)?;
-        let op = Operation::delete(*id, self.write_clock(current.latest_clock())?);
-        self.commit_local(vec![op]).await
+        let mut touched = BTreeMap::new();
+        let (members, _) = self.live_group(&mut touched, id)?;
+        let mut ops = Vec::with_capacity(members.len());
+        for member in members {
+            let latest = touched.get(&member).and_then(RecordState::latest_clock);
+            ops.push(Operation::delete(member, self.write_clock(latest)?));
+        }
+        self.commit_local(ops).await
     }
 
     /// Resolves a conflict by writing `value` for `field`, replacing every value seen.
     pub async fn resolve_conflict(&self, id: &RecordId, field: &str, value: &str) -> Result<()> {
-        let current = self.live_record(id)?;
+        let mut touched = BTreeMap::new();
+        let (members, view) = self.live_group(&mut touched, id)?;
         let key = FieldKey::parse(field)?;
-        let write = FieldWrite::set(
-            key.clone(),
-            record::value::text(value),
-            current.replaces(&key),
-        )?;
-        let op = self.upsert_after(&current, vec![write])?;
-        self.commit_local(vec![op]).await
-    }
-
-    fn live_record(&self, id: &RecordId) -> Result<RecordState> {
-        match self.load_record(id)? {
-            Some(state) if state.is_live() => Ok(state),
-            _ => Err(ClientError::UnknownContact(id.to_hex())),
-        }
+        let write = FieldWrite::set(key.clone(), record::value::text(value), view.replaces(&key))?;
+        let ops =
+            crate::merging::group_writes(self, &touched, &members, &view, view.id(), vec![write])?;
+        self.commit_local(ops).await
     }
 
     fn writes_for(
@@ -336,14 +355,18 @@ impl Device {
         if ops.is_empty() {
             return Ok(());
         }
-        let _records = self.inner.records_lock.lock().await;
-        for op in &ops {
-            let state = self.loaded(&mut touched, op.record())?;
-            state.apply(op);
+        {
+            let _records = self.inner.records_lock.lock().await;
+            for op in &ops {
+                let state = self.loaded(&mut touched, op.record())?;
+                state.apply(op);
+            }
+            self.write_local(&ops, &touched)?;
+            self.persist_clock()?;
         }
-        self.write_local(&ops, &touched)?;
-        self.persist_clock()?;
         self.inner.store.flush().await?;
+        // The identity rule holds for contacts added or edited by hand too (§8.4).
+        self.link_written(touched.into_keys().collect()).await?;
         Ok(())
     }
 
@@ -405,8 +428,8 @@ impl Device {
 
     /// One contact.
     pub fn contact(&self, id: &RecordId) -> Result<Contact> {
-        let state = self.live_record(id)?;
-        Contact::from_record(&state).ok_or_else(|| ClientError::UnknownContact(id.to_hex()))
+        let (_, view) = self.live_group(&mut BTreeMap::new(), id)?;
+        Contact::from_record(&view).ok_or_else(|| ClientError::UnknownContact(id.to_hex()))
     }
 
     /// Finds a contact by a unique prefix of its hex id (as people type them).
@@ -421,10 +444,16 @@ impl Device {
                  (see `kith contacts list`)"
             )));
         }
-        let matches: Vec<RecordId> = self
-            .contacts()?
-            .into_iter()
-            .map(|c| c.id())
+        // Contacts by their id, and records merged into another contact by theirs (what
+        // `contacts unmerge` takes).
+        let (groups, records) = self.all_records()?;
+        let matches: Vec<RecordId> = records
+            .values()
+            .filter(|state| {
+                state.is_live()
+                    || (groups.is_survivor(&state.id()) && groups.members(&state.id()).len() > 1)
+            })
+            .map(RecordState::id)
             .filter(|id| id.to_hex().starts_with(&text))
             .take(2)
             .collect();
@@ -437,27 +466,21 @@ impl Device {
         }
     }
 
-    /// How many live contacts the store holds: `contacts().len()` without reading them (a
-    /// count kept with every write, so it costs the same whatever the store holds).
+    /// How many live records the store holds, without reading them (a count kept with every
+    /// write, so it costs the same whatever the store holds). This is `contacts().len()` when no
+    /// records are merged; a contact merged from several records (§8.4) counts each of them.
     pub fn contact_count(&self) -> Result<u64> {
         crate::pipeline::live_count(&self.inner.store)
     }
 
-    /// Every live contact, ordered by name.
+    /// Every live contact, ordered by name: records merged into one person are one contact,
+    /// shown under the survivor's id with the fields of all of them (§8.4).
     pub fn contacts(&self) -> Result<Vec<Contact>> {
-        let mut out = Vec::new();
-        for item in self.inner.store.scan(TreeName::Records) {
-            let (_, bytes) = item?;
-            let wire =
-                proto::RecordState::decode(bytes.as_slice()).map_err(|_| StoreError::Corrupt {
-                    tree: "records",
-                    reason: "undecodable record".into(),
-                })?;
-            let state = RecordState::from_proto(&wire)?;
-            if let Some(contact) = Contact::from_record(&state) {
-                out.push(contact);
-            }
-        }
+        let mut out: Vec<Contact> = self
+            .all_views()?
+            .iter()
+            .filter_map(Contact::from_record)
+            .collect();
         out.sort_by(|a, b| {
             fold(a.name().unwrap_or(""))
                 .cmp(&fold(b.name().unwrap_or("")))
@@ -498,24 +521,26 @@ impl Device {
     }
 
     /// Concurrent edits the merge kept, so an app can show both values.
+    ///
+    /// Conflicts are concurrent writes of one field of one record. Records merged into one
+    /// contact (§8.4) that hold different values of a field (two sources' names) are not in
+    /// conflict: the contact shows the latest, and the conflicts of each record are listed
+    /// under the contact's id.
     pub fn conflicts(&self) -> Result<Vec<ConflictView>> {
         let mut out = Vec::new();
-        for item in self.inner.store.scan(TreeName::Records) {
-            let (_, bytes) = item?;
-            let wire =
-                proto::RecordState::decode(bytes.as_slice()).map_err(|_| StoreError::Corrupt {
-                    tree: "records",
-                    reason: "undecodable record".into(),
-                })?;
-            let state = RecordState::from_proto(&wire)?;
+        let (groups, records) = self.all_records()?;
+        for state in records.values() {
+            let survivor = groups.survivor(&state.id());
             for conflict in state.conflicts() {
                 // Concurrent heads of a joined history are not a conflict: they are joined.
-                if matches!(conflict.key.kind(), record::FieldKind::Source(k) if k.is_joined()) {
+                if matches!(conflict.key.kind(), record::FieldKind::Source(k) if k.is_joined())
+                    || conflict.key.kind().is_link()
+                {
                     continue;
                 }
                 for other in &conflict.others {
                     out.push(ConflictView {
-                        id: state.id().to_hex(),
+                        id: survivor.to_hex(),
                         field: conflict.key.as_str().to_string(),
                         winner: describe(conflict.winner.value),
                         other: describe(other.value),
@@ -552,15 +577,28 @@ impl Device {
         for chunk in report.contacts.chunks(IMPORT_CHUNK) {
             let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
             let mut ops = Vec::new();
+            let mut seen_ids = Vec::with_capacity(chunk.len());
             for contact in chunk {
                 let ids = contact.identities();
                 let blinded: Vec<[u8; 32]> =
                     ids.iter().map(|i| store.cipher().index_key(i)).collect();
                 let mut existing = None;
+                let mut own_export = false;
+                // A card this device exported names its contact by id (`UID`): importing the
+                // export again finds the contact itself, even one without e-mail or phone.
+                if contact.source() == crate::import::Source::VCard
+                    && let Some(own) = RecordId::from_hex(&contact.source_identity)
+                    && pipeline.load(&mut touched, own)?.is_live()
+                {
+                    existing = Some(own);
+                    own_export = true;
+                }
                 for key in &blinded {
+                    if existing.is_some() {
+                        break;
+                    }
                     if let Some(id) = index.get(key)? {
                         existing = Some(id);
-                        break;
                     }
                 }
                 if contact.only_if_known && existing.is_none() {
@@ -582,18 +620,41 @@ impl Device {
                     summary.left_out += 1;
                     continue;
                 }
-                let was_live = state.is_live();
-                let mut writes = Vec::new();
+                // Records merged into one person are compared as the contact shown (§8.4).
+                let merged = !state.merged_with().is_empty();
+                let (members, view) = if merged {
+                    let mut load = |t: &mut Records, id: RecordId| pipeline.load(t, id).map(|_| ());
+                    let members = crate::merging::group_members(&mut touched, &mut load, id)?;
+                    let view = crate::merging::group_view(&touched, &members);
+                    (members, Some(view))
+                } else {
+                    (vec![id], None)
+                };
+                let Some(state) = touched.get(&id) else {
+                    continue;
+                };
+                let view_ref = view.as_ref().unwrap_or(state);
+                let was_live = view_ref.is_live();
+                let mut own_writes = Vec::new();
+                let mut group_writes = Vec::new();
                 for (key, value) in contact.field_writes() {
                     let key = match FieldKey::parse(&key) {
                         Ok(key) => key,
                         Err(_) => continue,
                     };
+                    // Provenance is per record: each source's record keeps its own, so two
+                    // merged records never fight over one value.
+                    let provenance = matches!(key.kind(), record::FieldKind::Source(_));
+                    if provenance && own_export {
+                        // Kith's own export is not a source of the contact it came from.
+                        continue;
+                    }
+                    let basis = if provenance { state } else { view_ref };
                     // A joined history (calendar, mail) is written as the join of every head
                     // this device sees with what the import adds (docs/PROTOCOL.md §8.1).
                     let value = match key.kind() {
                         record::FieldKind::Source(kind) if kind.is_joined() => {
-                            let heads = state
+                            let heads = basis
                                 .field(&key)
                                 .map(|field| field.heads().map(|h| h.value).collect::<Vec<_>>())
                                 .unwrap_or_default();
@@ -602,31 +663,51 @@ impl Device {
                             )
                             .unwrap_or(value)
                         }
-                        _ => value,
+                        _ => normalize_label(value),
                     };
-                    let current = state.value(&key);
-                    // Scalars fill only what is empty, so an import never overwrites an edit;
-                    // provenance and set elements are refreshed when they differ.
-                    let scalar = matches!(
-                        key.as_str(),
-                        "name" | "company" | "title" | "birthday" | "note"
-                    );
-                    if current == Some(&value) || (scalar && current.is_some()) {
+                    let current = basis.value(&key);
+                    if current == Some(&value) || !import_replaces(&key, current, &value) {
                         continue;
                     }
-                    if let Ok(write) = FieldWrite::set(key.clone(), value, state.replaces(&key)) {
-                        writes.push(write);
+                    if let Ok(write) = FieldWrite::set(key.clone(), value, basis.replaces(&key)) {
+                        if provenance {
+                            own_writes.push(write);
+                        } else {
+                            group_writes.push(write);
+                        }
                     }
                 }
                 for key in blinded {
-                    index.insert(key, id)?;
+                    // A key already naming another record stays: the identity rule links the
+                    // two below instead of forgetting the first.
+                    if index.get(&key)?.is_none() {
+                        index.insert(key, id)?;
+                    }
                 }
-                if writes.is_empty() {
+                seen_ids.push(id);
+                if own_writes.is_empty() && group_writes.is_empty() {
                     summary.unchanged += 1;
                     continue;
                 }
-                let op = match self.upsert_after(state, writes) {
-                    Ok(op) => op,
+                let mut contact_ops = Vec::new();
+                let result = (|| -> Result<()> {
+                    if !own_writes.is_empty() {
+                        contact_ops.push(self.upsert_after(state, own_writes)?);
+                    }
+                    if !group_writes.is_empty() {
+                        contact_ops.extend(crate::merging::group_writes(
+                            self,
+                            &touched,
+                            &members,
+                            view_ref,
+                            id,
+                            group_writes,
+                        )?);
+                    }
+                    Ok(())
+                })();
+                match result {
+                    Ok(()) => {}
                     // A malicious member pinned this record with the greatest clock there is
                     // (§8.2): nothing can be written to it, so the contact is skipped.
                     Err(ClientError::Clock(_)) => {
@@ -634,15 +715,27 @@ impl Device {
                         continue;
                     }
                     Err(err) => return Err(err),
-                };
-                state.apply(&op);
-                ops.push(op);
+                }
+                for op in &contact_ops {
+                    if let Some(target) = touched.get_mut(&op.record()) {
+                        target.apply(op);
+                    }
+                }
+                ops.extend(contact_ops);
                 if was_live {
                     summary.updated += 1;
                 } else {
                     summary.added += 1;
                 }
             }
+            // The identity rule: records this chunk touched that now share an e-mail, phone or
+            // LinkedIn URL with another record are linked to it (§8.4).
+            let links = {
+                let mut load = |t: &mut Records, id: RecordId| pipeline.load(t, id).map(|_| ());
+                self.link_by_identity(&mut touched, &mut load, &mut index, seen_ids)?
+            };
+            summary.merged += links.len() / 2;
+            ops.extend(links);
             if !ops.is_empty() {
                 let changed: BTreeSet<RecordId> = ops.iter().map(|op| op.record()).collect();
                 touched.retain(|id, _| changed.contains(id));
@@ -689,12 +782,68 @@ impl Device {
     }
 }
 
+/// A label as imports write it: trimmed and lowercased, so `LinkedIn` and `linkedin`, or
+/// `CELL` and `cell`, are one label whichever source wrote it.
+fn normalize_label(mut value: proto::FieldValue) -> proto::FieldValue {
+    let normalize = |label: &mut String| {
+        let normalized = label.trim().to_lowercase();
+        if *label != normalized {
+            *label = normalized;
+        }
+    };
+    match value.value.as_mut() {
+        Some(Value::Email(email)) => normalize(&mut email.label),
+        Some(Value::Phone(phone)) => normalize(&mut phone.label),
+        Some(Value::Url(url)) => normalize(&mut url.label),
+        _ => {}
+    }
+    value
+}
+
+/// Whether an import's `new` value of `key` replaces the `current` one (which differs).
+/// Imports fill what is empty and never fight: scalars (name, company, …) and the label of an
+/// e-mail, phone or URL are written only where there is none yet, so an edit by hand is never
+/// overwritten and two sources that label a number differently (`cell` and none) do not flip
+/// it back and forth at each import; provenance, history and other values are refreshed.
+fn import_replaces(
+    key: &FieldKey,
+    current: Option<&proto::FieldValue>,
+    new: &proto::FieldValue,
+) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    let label = |value: &proto::FieldValue| match value.value.as_ref() {
+        Some(Value::Email(email)) => Some(email.label.clone()),
+        Some(Value::Phone(phone)) => Some(phone.label.clone()),
+        Some(Value::Url(url)) => Some(url.label.clone()),
+        _ => None,
+    };
+    match key.kind() {
+        record::FieldKind::Name
+        | record::FieldKind::Company
+        | record::FieldKind::Title
+        | record::FieldKind::Birthday
+        | record::FieldKind::Note => false,
+        record::FieldKind::Email | record::FieldKind::Phone | record::FieldKind::Url => {
+            match (label(current), label(new)) {
+                (Some(old), Some(new)) => {
+                    old.trim().is_empty() && !new.is_empty()
+                        || old.trim().to_lowercase() != old && old.trim().to_lowercase() == new
+                }
+                _ => true,
+            }
+        }
+        _ => true,
+    }
+}
+
 /// The device-local identity index (blinded e-mail, phone or profile URL → record id), kept in
 /// 256 encrypted shards keyed by the first byte of the blinded identity, so an import of 100,000
 /// contacts writes 256 values instead of one per identity. The index is derived data: record
 /// ids of imported contacts are deterministic (§2.1), so re-running an interrupted import
 /// rebuilds whatever entries a crash lost.
-struct IdentityIndex<'a> {
+pub(crate) struct IdentityIndex<'a> {
     store: &'a crate::store::LocalStore,
     shards: BTreeMap<u8, BTreeMap<[u8; 32], RecordId>>,
     dirty: BTreeSet<u8>,
@@ -703,7 +852,7 @@ struct IdentityIndex<'a> {
 impl<'a> IdentityIndex<'a> {
     const ENTRY: usize = 32 + 16;
 
-    fn new(store: &'a crate::store::LocalStore) -> Self {
+    pub(crate) fn new(store: &'a crate::store::LocalStore) -> Self {
         Self {
             store,
             shards: BTreeMap::new(),
@@ -725,11 +874,11 @@ impl<'a> IdentityIndex<'a> {
             .ok_or_else(|| ClientError::InvalidInput("identity index shard".into()))
     }
 
-    fn get(&mut self, key: &[u8; 32]) -> Result<Option<RecordId>> {
+    pub(crate) fn get(&mut self, key: &[u8; 32]) -> Result<Option<RecordId>> {
         Ok(self.shard(key)?.get(key).copied())
     }
 
-    fn insert(&mut self, key: [u8; 32], id: RecordId) -> Result<()> {
+    pub(crate) fn insert(&mut self, key: [u8; 32], id: RecordId) -> Result<()> {
         if self.shard(&key)?.insert(key, id) != Some(id) {
             self.dirty.insert(key[0]);
         }
@@ -748,7 +897,7 @@ impl<'a> IdentityIndex<'a> {
 
     /// Writes the changed shards in one transaction, each joined with the shard as stored
     /// then (entries another process added meanwhile are kept; this import's win).
-    fn write(&mut self) -> Result<()> {
+    pub(crate) fn write(&mut self) -> Result<()> {
         let dirty = std::mem::take(&mut self.dirty);
         let shards = &self.shards;
         self.store.transaction(|tx| {

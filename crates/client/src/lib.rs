@@ -18,6 +18,8 @@ pub mod import;
 #[cfg(feature = "sync")]
 pub mod keystore;
 #[cfg(feature = "sync")]
+pub mod merging;
+#[cfg(feature = "sync")]
 pub mod net;
 #[cfg(feature = "sync")]
 mod pipeline;

@@ -135,6 +135,12 @@ impl Device {
         self.seal_pending()?;
         report.pushed = self.push_outbox(connection).await?;
         self.pull(connection, &mut report).await?;
+        // The identity rule holds for what other devices wrote too (§8.4); links it makes
+        // are pushed at once.
+        if self.link_written(report.changed.clone()).await? > 0 {
+            self.seal_pending()?;
+            report.pushed += self.push_outbox(connection).await?;
+        }
         Ok(report)
     }
 

@@ -343,9 +343,43 @@ impl RecordState {
             .filter_map(|(key, field)| field.value().map(|value| (key, value)))
     }
 
-    /// Whether any field is visible.
+    /// Whether any field describing the person is visible (`merged/…` and `distinct/…` links
+    /// alone do not make a record live).
     pub fn is_live(&self) -> bool {
-        self.values().next().is_some()
+        self.values().any(|(key, _)| !key.kind().is_link())
+    }
+
+    /// The records this one names with a visible `merged/…` field (§8.4). The pair is one
+    /// person only if the other names this one back ([`Groups`]).
+    pub fn merged_with(&self) -> BTreeSet<RecordId> {
+        self.linked(FieldKind::Merged)
+    }
+
+    /// The records this one names with a visible `distinct/…` field: separated by hand.
+    pub fn distinct_from(&self) -> BTreeSet<RecordId> {
+        self.linked(FieldKind::Distinct)
+    }
+
+    fn linked(&self, kind: FieldKind) -> BTreeSet<RecordId> {
+        self.fields
+            .iter()
+            .filter(|(key, field)| key.kind() == kind && field.value().is_some())
+            .filter_map(|(key, _)| key.linked_record())
+            .collect()
+    }
+
+    /// Joins every field of `other` into this state (heads and superseded clocks, by the same
+    /// rules as [`RecordState::merge`]) whatever its record id, leaving `deleted_at` as it is:
+    /// how the view of a merged contact is built from its records ([`Groups::view`]).
+    pub fn absorb(&mut self, other: &RecordState) {
+        for (key, field) in &other.fields {
+            for clock in &field.superseded {
+                self.supersede(key, *clock);
+            }
+            for (clock, value) in &field.heads {
+                self.insert_head(key, *clock, value.as_ref());
+            }
+        }
     }
 
     /// Every field whose heads disagree, in key order.
@@ -727,6 +761,187 @@ impl ContactSet {
         let snapshot = proto::Snapshot::decode(bytes)?;
         let set = Self::from_snapshot(&snapshot)?;
         Ok((set, snapshot.positions))
+    }
+}
+
+/// Which records are one person: the groups that `merged/…` links make (docs/PROTOCOL.md §8.4).
+///
+/// Records X and Y are **linked** when X shows a visible `merged/Y` field, Y shows a visible
+/// `merged/X` field, and neither shows `distinct/` of the other. A group is a connected
+/// component of the links (so merging is transitive: A–B and B–C make one person of A, B
+/// and C). Its **survivor**, the id the merged contact is shown under, is the smallest id of
+/// its live members (the smallest id if none is live). Everything here is a function of the
+/// merged state alone, which every device converges on, so every device computes the same
+/// groups and the same merged contacts whatever order it received the operations in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Groups {
+    /// Survivor of every record in a group of two or more.
+    survivor: BTreeMap<RecordId, RecordId>,
+    /// Members (sorted, survivor included) of each group of two or more, by survivor.
+    members: BTreeMap<RecordId, Vec<RecordId>>,
+}
+
+/// Builds [`Groups`] from records read one at a time (a store scan), keeping only the link
+/// facts of records that name another.
+#[derive(Debug, Clone, Default)]
+pub struct GroupsBuilder {
+    merged: BTreeMap<RecordId, BTreeSet<RecordId>>,
+    distinct: BTreeMap<RecordId, BTreeSet<RecordId>>,
+    live: BTreeSet<RecordId>,
+}
+
+impl GroupsBuilder {
+    /// Takes the link facts of one record's state.
+    pub fn add(&mut self, record: &RecordState) {
+        let merged = record.merged_with();
+        if merged.is_empty() {
+            return;
+        }
+        let distinct = record.distinct_from();
+        if !distinct.is_empty() {
+            self.distinct.insert(record.id, distinct);
+        }
+        if record.is_live() {
+            self.live.insert(record.id);
+        }
+        self.merged.insert(record.id, merged);
+    }
+
+    /// The groups of every record added.
+    pub fn build(self) -> Groups {
+        let distinct = |a: &RecordId, b: &RecordId| {
+            self.distinct.get(a).is_some_and(|set| set.contains(b))
+                || self.distinct.get(b).is_some_and(|set| set.contains(a))
+        };
+        // Union-find over the links, the root of a set being its smallest id.
+        let mut parent: BTreeMap<RecordId, RecordId> = BTreeMap::new();
+        fn root(parent: &mut BTreeMap<RecordId, RecordId>, id: RecordId) -> RecordId {
+            let mut at = id;
+            while let Some(&up) = parent.get(&at) {
+                if up == at {
+                    break;
+                }
+                at = up;
+            }
+            // Path compression.
+            let mut walk = id;
+            while walk != at {
+                let next = parent.get(&walk).copied().unwrap_or(at);
+                parent.insert(walk, at);
+                walk = next;
+            }
+            at
+        }
+        for (a, named) in &self.merged {
+            for b in named {
+                let reciprocal = self.merged.get(b).is_some_and(|set| set.contains(a));
+                if a < b && reciprocal && !distinct(a, b) {
+                    parent.entry(*a).or_insert(*a);
+                    parent.entry(*b).or_insert(*b);
+                    let (ra, rb) = (root(&mut parent, *a), root(&mut parent, *b));
+                    let (low, high) = if ra < rb { (ra, rb) } else { (rb, ra) };
+                    parent.insert(high, low);
+                }
+            }
+        }
+        let ids: Vec<RecordId> = parent.keys().copied().collect();
+        let mut by_root: BTreeMap<RecordId, Vec<RecordId>> = BTreeMap::new();
+        for id in ids {
+            let r = root(&mut parent, id);
+            by_root.entry(r).or_default().push(id);
+        }
+        let mut groups = Groups::default();
+        for (_, members) in by_root {
+            let survivor = members
+                .iter()
+                .find(|id| self.live.contains(id))
+                .or(members.first())
+                .copied();
+            let Some(survivor) = survivor else { continue };
+            for id in &members {
+                groups.survivor.insert(*id, survivor);
+            }
+            groups.members.insert(survivor, members);
+        }
+        groups
+    }
+}
+
+impl Groups {
+    /// The groups of a set of records.
+    pub fn from_records<'a>(records: impl IntoIterator<Item = &'a RecordState>) -> Self {
+        let mut builder = GroupsBuilder::default();
+        for record in records {
+            builder.add(record);
+        }
+        builder.build()
+    }
+
+    /// The id `id`'s contact is shown under: its group's survivor (itself if not merged).
+    pub fn survivor(&self, id: &RecordId) -> RecordId {
+        self.survivor.get(id).copied().unwrap_or(*id)
+    }
+
+    /// Every record of `id`'s group, sorted (just `id` if it is not merged).
+    pub fn members(&self, id: &RecordId) -> Vec<RecordId> {
+        self.members
+            .get(&self.survivor(id))
+            .cloned()
+            .unwrap_or_else(|| vec![*id])
+    }
+
+    /// Whether `id` is shown as a contact of its own or as its group's survivor (not merged
+    /// into another record).
+    pub fn is_survivor(&self, id: &RecordId) -> bool {
+        self.survivor(id) == *id
+    }
+
+    /// Every group of two or more records: survivor and members.
+    pub fn merged(&self) -> impl Iterator<Item = (&RecordId, &[RecordId])> + '_ {
+        self.members
+            .iter()
+            .map(|(id, members)| (id, members.as_slice()))
+    }
+
+    /// The merged state shown for a group: every member's fields joined (heads and superseded
+    /// clocks, so concurrent edits keep their conflict semantics and a write that replaced a
+    /// member's value replaces it here too), under the survivor's id. Each member's own
+    /// deletion has already removed what it hid, and hides nothing of the other members.
+    pub fn view<'a>(
+        survivor: RecordId,
+        members: impl IntoIterator<Item = &'a RecordState>,
+    ) -> RecordState {
+        let mut view = RecordState::new(survivor);
+        for member in members {
+            view.absorb(member);
+        }
+        view
+    }
+}
+
+impl ContactSet {
+    /// The groups of records that are one person ([`Groups`]).
+    pub fn groups(&self) -> Groups {
+        Groups::from_records(self.records.values())
+    }
+
+    /// The merged view of `id`'s group ([`Groups::view`]); `None` if no member has state.
+    pub fn merged_record(&self, groups: &Groups, id: &RecordId) -> Option<RecordState> {
+        let members = groups.members(id);
+        let states: Vec<&RecordState> =
+            members.iter().filter_map(|m| self.records.get(m)).collect();
+        (!states.is_empty()).then(|| Groups::view(groups.survivor(id), states))
+    }
+
+    /// The contacts as people see them: one per group, under its survivor's id, by id.
+    pub fn merged_contacts(&self) -> Vec<Contact> {
+        let groups = self.groups();
+        self.records
+            .keys()
+            .filter(|id| groups.is_survivor(id))
+            .filter_map(|id| self.merged_record(&groups, id))
+            .filter_map(|view| Contact::from_record(&view))
+            .collect()
     }
 }
 

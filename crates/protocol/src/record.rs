@@ -223,6 +223,9 @@ pub enum KeyProblem {
     /// A service name with characters other than `a-z`, `0-9`, `.`, `_`, `-`.
     #[error("has an invalid service name")]
     InvalidService,
+    /// A `merged/…` or `distinct/…` suffix that is not a record id in 32 lowercase hex digits.
+    #[error("is not a record id (32 lowercase hex digits)")]
+    NotRecordId,
 }
 
 /// Where a contact was imported from; each has one `source/<name>` field.
@@ -311,6 +314,13 @@ pub enum FieldKind {
     Source(SourceKind),
     /// `custom/<name>`.
     Custom,
+    /// `merged/<record id, 32 lowercase hex>`: this record and the one named are the same
+    /// person (issue 11; docs/PROTOCOL.md §8.4). Later than protocol 1.0.
+    Merged,
+    /// `distinct/<record id, 32 lowercase hex>`: this record and the one named were separated
+    /// by hand and are two people; the identity rule never merges them again (§8.4). Later
+    /// than protocol 1.0.
+    Distinct,
     /// A key of a kind this version does not know, written by a newer device: its values are
     /// carried verbatim, merged like any other register and never shown (docs/PROTOCOL.md §8.1).
     Unknown,
@@ -339,6 +349,8 @@ impl FieldKind {
             FieldKind::Source(SourceKind::Mail) => "source/mail",
             FieldKind::Source(SourceKind::Twitter) => "source/twitter",
             FieldKind::Custom => "custom",
+            FieldKind::Merged => "merged",
+            FieldKind::Distinct => "distinct",
             FieldKind::Unknown => "unknown",
         }
     }
@@ -382,7 +394,15 @@ impl FieldKind {
                 | FieldKind::Handle
                 | FieldKind::Tag
                 | FieldKind::Custom
+                | FieldKind::Merged
+                | FieldKind::Distinct
         )
+    }
+
+    /// Whether the kind links records (`merged/…`, `distinct/…`) rather than describing the
+    /// person: such fields are not shown and do not make a record live on their own.
+    pub const fn is_link(self) -> bool {
+        matches!(self, FieldKind::Merged | FieldKind::Distinct)
     }
 
     /// The value type this kind of field takes, as named in errors.
@@ -394,7 +414,7 @@ impl FieldKind {
             FieldKind::Phone => "a phone",
             FieldKind::Url => "a url",
             FieldKind::Handle => "a handle",
-            FieldKind::Tag => "flag true",
+            FieldKind::Tag | FieldKind::Merged | FieldKind::Distinct => "flag true",
             FieldKind::Source(SourceKind::LinkedIn) => "a linkedin source",
             FieldKind::Source(SourceKind::Facebook) => "a facebook source",
             FieldKind::Source(SourceKind::IMessage) => "an imessage source",
@@ -418,7 +438,9 @@ impl FieldKind {
             (FieldKind::Phone, v) => matches!(v, Value::Phone(_)),
             (FieldKind::Url, v) => matches!(v, Value::Url(_)),
             (FieldKind::Handle, v) => matches!(v, Value::Handle(_)),
-            (FieldKind::Tag, v) => matches!(v, Value::Flag(true)),
+            (FieldKind::Tag | FieldKind::Merged | FieldKind::Distinct, v) => {
+                matches!(v, Value::Flag(true))
+            }
             (FieldKind::Source(SourceKind::LinkedIn), v) => matches!(v, Value::Linkedin(_)),
             (FieldKind::Source(SourceKind::Facebook), v) => matches!(v, Value::Facebook(_)),
             (FieldKind::Source(SourceKind::IMessage), v) => matches!(v, Value::Imessage(_)),
@@ -487,6 +509,8 @@ impl FieldKey {
             "handle" => FieldKind::Handle,
             "tag" => FieldKind::Tag,
             "custom" => FieldKind::Custom,
+            "merged" => FieldKind::Merged,
+            "distinct" => FieldKind::Distinct,
             "source" => match suffix.map(|name| (SourceKind::from_name(name), name)) {
                 Some((Some(source), _)) => return Ok(Self::source(source)),
                 Some((None, name)) if is_kind_name(name) => FieldKind::Unknown,
@@ -615,6 +639,31 @@ impl FieldKey {
     /// `custom/<name>`: the name trimmed.
     pub fn custom(name: &str) -> Result<Self, RecordError> {
         Self::with_suffix(FieldKind::Custom, name.trim())
+    }
+
+    /// `merged/<id>`: this record is the same person as record `id` (§8.4).
+    pub fn merged(id: &RecordId) -> Self {
+        Self {
+            key: format!("{}/{}", FieldKind::Merged.as_str(), id.to_hex()),
+            kind: FieldKind::Merged,
+        }
+    }
+
+    /// `distinct/<id>`: this record and record `id` are two people (§8.4).
+    pub fn distinct(id: &RecordId) -> Self {
+        Self {
+            key: format!("{}/{}", FieldKind::Distinct.as_str(), id.to_hex()),
+            kind: FieldKind::Distinct,
+        }
+    }
+
+    /// The record a `merged/…` or `distinct/…` key names; `None` for other kinds.
+    pub fn linked_record(&self) -> Option<RecordId> {
+        if self.kind.is_link() {
+            self.detail().and_then(RecordId::from_hex)
+        } else {
+            None
+        }
     }
 
     /// The key as written on the wire.
@@ -752,6 +801,17 @@ fn check_suffix(kind: FieldKind, suffix: &str) -> Result<(), KeyProblem> {
                 Err(KeyProblem::InvalidService)
             } else {
                 Ok(())
+            }
+        }
+        FieldKind::Merged | FieldKind::Distinct => {
+            let hex = suffix.len() == 32
+                && suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if hex {
+                Ok(())
+            } else {
+                Err(KeyProblem::NotRecordId)
             }
         }
         // Tags and custom names may contain inner spaces.

@@ -1,0 +1,660 @@
+//! One person, one contact: records that are the same person are merged (docs/PROTOCOL.md
+//! §8.4).
+//!
+//! A merge is written as registers of the CRDT: merging records A and B writes `merged/B` on A
+//! and `merged/A` on B; separating them removes those and writes `distinct/…` on both. The
+//! contact shown for a group of linked records is the join of their fields under the smallest
+//! live id ([`Groups`]), a function of the merged state, so every device shows the same
+//! contacts. Fields never move between records: an import keeps writing to the record its
+//! source identity names, and an unmerge finds every field where it was.
+//!
+//! - **Automatically**, by the identity rule: after every import, sync and local change, the
+//!   records it touched are checked against the device's identity index (blinded e-mail, phone
+//!   and LinkedIn URL → record); two live records that share one are linked, unless a person
+//!   separated them (`distinct/…`). Links are transitive, so records connected through several
+//!   hops become one contact.
+//! - **By hand**: [`Device::merge_contacts`], [`Device::unmerge_contact`], and
+//!   [`Device::duplicate_suggestions`] for people the rule cannot merge (same name, no shared
+//!   identifier).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use kith_protocol::RecordId;
+use kith_protocol::merge::{Groups, GroupsBuilder, RecordState};
+use kith_protocol::proto::field_value::Value;
+use kith_protocol::record::{self, Contact, FieldKey, FieldKind, FieldWrite, Operation};
+use serde::Serialize;
+
+use crate::contacts::{IdentityIndex, fold};
+use crate::device::Device;
+use crate::error::{ClientError, Result};
+use crate::pipeline::Records;
+use crate::store::TreeName;
+
+/// How many records one group may hold: a bound on the work of one lookup, far above any real
+/// person's number of sources.
+const MAX_GROUP: usize = 256;
+
+/// Loads record `id` into `touched` (from `touched`, a batch in flight, or the store).
+pub(crate) type Loader<'a> = dyn FnMut(&mut Records, RecordId) -> Result<()> + 'a;
+
+/// Two or more contacts that look like one person but were not merged automatically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DuplicateSuggestion {
+    /// The contacts' ids (hex), in name then id order.
+    pub ids: Vec<String>,
+    /// Their names, in the same order.
+    pub names: Vec<String>,
+    /// Why they are suggested ("same name", "name variants: bob / robert").
+    pub reason: String,
+}
+
+/// The identities by which the rule joins records: normalized e-mails, phones and LinkedIn
+/// profile URLs, in the form of the import index (`email:…`, `phone:…`, `linkedin:…`).
+pub(crate) fn record_identities(state: &RecordState) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for (key, value) in state.values() {
+        match (key.kind(), value.value.as_ref()) {
+            (FieldKind::Email, _) => {
+                out.extend(key.detail().map(|address| format!("email:{address}")));
+            }
+            (FieldKind::Phone, _) => {
+                out.extend(key.detail().map(|e164| format!("phone:{e164}")));
+            }
+            (FieldKind::Url, Some(Value::Url(url))) => {
+                out.extend(
+                    crate::import::linkedin::normalize_profile_url(&url.url)
+                        .map(|profile| format!("linkedin:{profile}")),
+                );
+            }
+            (FieldKind::Source(record::SourceKind::LinkedIn), Some(Value::Linkedin(source))) => {
+                out.extend(
+                    crate::import::linkedin::normalize_profile_url(&source.profile_url)
+                        .map(|profile| format!("linkedin:{profile}")),
+                );
+            }
+            _ => {}
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The members of `id`'s group, loaded into `touched`, sorted by id (just `id` if unmerged).
+/// Follows `merged/…` links breadth first and keeps the component [`Groups`] defines.
+pub(crate) fn group_members(
+    touched: &mut Records,
+    load: &mut Loader<'_>,
+    id: RecordId,
+) -> Result<Vec<RecordId>> {
+    load(touched, id)?;
+    let first = touched.get(&id).map(RecordState::merged_with);
+    if first.as_ref().is_none_or(BTreeSet::is_empty) {
+        return Ok(vec![id]);
+    }
+    let mut seen = BTreeSet::from([id]);
+    let mut queue = VecDeque::from([id]);
+    let mut builder = GroupsBuilder::default();
+    while let Some(at) = queue.pop_front() {
+        load(touched, at)?;
+        let Some(state) = touched.get(&at) else {
+            continue;
+        };
+        builder.add(state);
+        for next in state.merged_with() {
+            if seen.len() < MAX_GROUP && seen.insert(next) {
+                queue.push_back(next);
+            }
+        }
+    }
+    Ok(builder.build().members(&id))
+}
+
+/// The view of a group ([`Groups::view`]) from states in `touched`.
+pub(crate) fn group_view(touched: &Records, members: &[RecordId]) -> RecordState {
+    let states: Vec<&RecordState> = members.iter().filter_map(|m| touched.get(m)).collect();
+    let mut builder = GroupsBuilder::default();
+    for state in &states {
+        builder.add(state);
+    }
+    let groups = builder.build();
+    let survivor = members.first().map_or_else(
+        || RecordId::from_bytes([0; 16]),
+        |first| {
+            if members.len() == 1 {
+                *first
+            } else {
+                groups.survivor(first)
+            }
+        },
+    );
+    Groups::view(survivor, states)
+}
+
+/// Operations that write `writes` (computed against the group's `view`) to the group: each
+/// write goes to every member that holds state for its key, so a value stays with the record it
+/// came from (and an unmerge finds it there); a key no member holds goes to `default_target`.
+/// Each operation's clock is later than every clock of the view for the keys written and than
+/// the target's deletion.
+pub(crate) fn group_writes(
+    device: &Device,
+    touched: &Records,
+    members: &[RecordId],
+    view: &RecordState,
+    default_target: RecordId,
+    writes: Vec<FieldWrite>,
+) -> Result<Vec<Operation>> {
+    let mut by_target: BTreeMap<RecordId, Vec<FieldWrite>> = BTreeMap::new();
+    for write in writes {
+        let holders: Vec<RecordId> = members
+            .iter()
+            .filter(|m| {
+                touched
+                    .get(m)
+                    .is_some_and(|state| state.field(write.key()).is_some())
+            })
+            .copied()
+            .collect();
+        let targets = if holders.is_empty() {
+            vec![default_target]
+        } else {
+            holders
+        };
+        for target in targets {
+            by_target.entry(target).or_default().push(write.clone());
+        }
+    }
+    let mut ops = Vec::with_capacity(by_target.len());
+    for (target, writes) in by_target {
+        let deleted_at = touched.get(&target).and_then(RecordState::deleted_at);
+        let floor = view
+            .latest_clock_of(writes.iter().map(FieldWrite::key))
+            .max(deleted_at);
+        ops.push(Operation::upsert(
+            target,
+            device.write_clock(floor)?,
+            writes,
+        )?);
+    }
+    Ok(ops)
+}
+
+/// A write of a link key (`merged/…`, `distinct/…`) on `state`: set it (`true`) or remove it,
+/// replacing every head seen; `None` if it already reads so.
+fn link_write(state: &RecordState, key: FieldKey, set: bool) -> Result<Option<FieldWrite>> {
+    let visible = state.value(&key).is_some();
+    if visible == set {
+        return Ok(None);
+    }
+    let replaces = state.replaces(&key);
+    Ok(Some(if set {
+        FieldWrite::set(key, record::value::tag(), replaces)?
+    } else {
+        FieldWrite::remove(key, replaces)
+    }))
+}
+
+/// Applies upserts of `writes` to the records of `touched` and appends them to `ops`.
+fn commit_writes(
+    device: &Device,
+    touched: &mut Records,
+    ops: &mut Vec<Operation>,
+    writes: BTreeMap<RecordId, Vec<FieldWrite>>,
+) -> Result<()> {
+    for (id, writes) in writes {
+        if writes.is_empty() {
+            continue;
+        }
+        let Some(state) = touched.get_mut(&id) else {
+            continue;
+        };
+        let floor = state.latest_clock_of(writes.iter().map(FieldWrite::key));
+        let op = Operation::upsert(id, device.write_clock(floor)?, writes)?;
+        state.apply(&op);
+        ops.push(op);
+    }
+    Ok(())
+}
+
+/// The writes that link records `a` and `b` (both in `touched`): `merged/…` set on both sides,
+/// `distinct/…` removed (a merge by hand undoes an earlier separation).
+fn link_pair(
+    touched: &Records,
+    a: RecordId,
+    b: RecordId,
+    writes: &mut BTreeMap<RecordId, Vec<FieldWrite>>,
+) -> Result<()> {
+    for (this, other) in [(a, b), (b, a)] {
+        let Some(state) = touched.get(&this) else {
+            continue;
+        };
+        let entry = writes.entry(this).or_default();
+        entry.extend(link_write(state, FieldKey::merged(&other), true)?);
+        entry.extend(link_write(state, FieldKey::distinct(&other), false)?);
+    }
+    Ok(())
+}
+
+/// Whether a person separated any member of one group from any member of the other.
+fn separated(touched: &Records, left: &[RecordId], right: &[RecordId]) -> bool {
+    let distinct = |a: &RecordId, b: &RecordId| {
+        touched
+            .get(a)
+            .is_some_and(|state| state.distinct_from().contains(b))
+    };
+    left.iter()
+        .any(|a| right.iter().any(|b| distinct(a, b) || distinct(b, a)))
+}
+
+impl Device {
+    /// The identity rule, for the records `ids`: each live one's e-mails, phones and LinkedIn
+    /// URLs are looked up in (and added to) the identity index, and a record that shares one
+    /// with another live record of another group is linked to it, unless a person separated
+    /// them. Returns the link operations, applied to the states in `touched`.
+    pub(crate) fn link_by_identity(
+        &self,
+        touched: &mut Records,
+        load: &mut Loader<'_>,
+        index: &mut IdentityIndex<'_>,
+        ids: impl IntoIterator<Item = RecordId>,
+    ) -> Result<Vec<Operation>> {
+        let mut ops = Vec::new();
+        for id in ids {
+            load(touched, id)?;
+            let identities = match touched.get(&id) {
+                Some(state) if state.is_live() => record_identities(state),
+                _ => continue,
+            };
+            for identity in identities {
+                let key = self.inner.store.cipher().index_key(&identity);
+                let other = match index.get(&key)? {
+                    Some(other) if other != id => other,
+                    Some(_) => continue,
+                    None => {
+                        index.insert(key, id)?;
+                        continue;
+                    }
+                };
+                load(touched, other)?;
+                let still_holds = touched.get(&other).is_some_and(|state| {
+                    state.is_live() && record_identities(state).contains(&identity)
+                });
+                if !still_holds {
+                    // The index entry is stale (the record was deleted or lost the value).
+                    index.insert(key, id)?;
+                    continue;
+                }
+                let ours = group_members(touched, load, id)?;
+                if ours.contains(&other) {
+                    continue;
+                }
+                let theirs = group_members(touched, load, other)?;
+                if separated(touched, &ours, &theirs) {
+                    continue;
+                }
+                let mut writes = BTreeMap::new();
+                link_pair(touched, id, other, &mut writes)?;
+                commit_writes(self, touched, &mut ops, writes)?;
+            }
+        }
+        Ok(ops)
+    }
+
+    /// [`Device::link_by_identity`] for records already written (by a local change or a sync):
+    /// takes the records lock, and commits the links as local operations.
+    pub(crate) async fn link_written(&self, ids: BTreeSet<RecordId>) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let _records = self.inner.records_lock.lock().await;
+        let mut touched = Records::new();
+        let mut index = IdentityIndex::new(&self.inner.store);
+        let mut load = |t: &mut Records, id: RecordId| self.loaded(t, id).map(|_| ());
+        let ops = self.link_by_identity(&mut touched, &mut load, &mut index, ids)?;
+        index.write()?;
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let changed: BTreeSet<RecordId> = ops.iter().map(Operation::record).collect();
+        touched.retain(|id, _| changed.contains(id));
+        self.write_local(&ops, &touched)?;
+        self.persist_clock()?;
+        self.inner.store.flush().await?;
+        Ok(ops.len())
+    }
+
+    /// The group of `id` with its view: members' states in `touched`, members sorted, and the
+    /// merged state shown. `None` if no member is live.
+    pub(crate) fn load_group(
+        &self,
+        touched: &mut Records,
+        id: &RecordId,
+    ) -> Result<Option<(Vec<RecordId>, RecordState)>> {
+        let mut load = |t: &mut Records, id: RecordId| self.loaded(t, id).map(|_| ());
+        let members = group_members(touched, &mut load, *id)?;
+        let view = group_view(touched, &members);
+        Ok(view.is_live().then_some((members, view)))
+    }
+
+    /// Merges contacts that are the same person (at least two, given by any of their ids):
+    /// written as `merged/…` links, synced, and undone by [`Device::unmerge_contact`]. A pair
+    /// separated before is merged again. Returns the id the merged contact is shown under.
+    pub async fn merge_contacts(&self, ids: &[RecordId]) -> Result<RecordId> {
+        let guard = self.inner.records_lock.lock().await;
+        let mut touched = Records::new();
+        let mut representatives: Vec<RecordId> = Vec::new();
+        let mut all_members: Vec<RecordId> = Vec::new();
+        for id in ids {
+            let Some((members, view)) = self.load_group(&mut touched, id)? else {
+                return Err(ClientError::UnknownContact(id.to_hex()));
+            };
+            if !representatives.contains(&view.id()) {
+                representatives.push(view.id());
+                all_members.extend(members);
+            }
+        }
+        if representatives.len() < 2 {
+            return Err(ClientError::InvalidInput(
+                "give at least two different contacts to merge (these are already one)".into(),
+            ));
+        }
+        let mut writes = BTreeMap::new();
+        for other in &representatives[1..] {
+            link_pair(&touched, representatives[0], *other, &mut writes)?;
+        }
+        let mut ops = Vec::new();
+        commit_writes(self, &mut touched, &mut ops, writes)?;
+        let survivor = {
+            let mut load = |t: &mut Records, id: RecordId| self.loaded(t, id).map(|_| ());
+            let members = group_members(&mut touched, &mut load, representatives[0])?;
+            group_view(&touched, &members).id()
+        };
+        let changed: BTreeSet<RecordId> = ops.iter().map(Operation::record).collect();
+        touched.retain(|id, _| changed.contains(id));
+        self.write_local(&ops, &touched)?;
+        self.persist_clock()?;
+        drop(guard);
+        self.inner.store.flush().await?;
+        Ok(survivor)
+    }
+
+    /// Separates record `id` from the contact it was merged into: its links to the other
+    /// records are removed and the pair is marked as two people (`distinct/…`), which the
+    /// identity rule respects on every device. The record shows again what it held, including
+    /// what was written to it since the merge (an edit of the merged contact was written to
+    /// every record that held the field, so each keeps the edited value; a field added after
+    /// the merge stays with the record it was added to). The other records stay one contact.
+    /// Returns the ids of the two contacts now shown: `id`'s and the rest's.
+    pub async fn unmerge_contact(&self, id: &RecordId) -> Result<(RecordId, RecordId)> {
+        let guard = self.inner.records_lock.lock().await;
+        let mut touched = Records::new();
+        let Some((members, _)) = self.load_group(&mut touched, id)? else {
+            return Err(ClientError::UnknownContact(id.to_hex()));
+        };
+        if members.len() < 2 {
+            return Err(ClientError::InvalidInput(format!(
+                "contact {} is not merged with another",
+                id.to_hex()
+            )));
+        }
+        let rest: Vec<RecordId> = members.iter().filter(|m| *m != id).copied().collect();
+        let mut writes: BTreeMap<RecordId, Vec<FieldWrite>> = BTreeMap::new();
+        for other in &rest {
+            for (this, that) in [(*id, *other), (*other, *id)] {
+                if let Some(state) = touched.get(&this) {
+                    let entry = writes.entry(this).or_default();
+                    entry.extend(link_write(state, FieldKey::merged(&that), false)?);
+                    entry.extend(link_write(state, FieldKey::distinct(&that), true)?);
+                }
+            }
+        }
+        // The others stay one contact, even if `id` was what connected them.
+        for other in rest.iter().skip(1) {
+            let first = rest[0];
+            for (this, that) in [(first, *other), (*other, first)] {
+                if let Some(state) = touched.get(&this) {
+                    let entry = writes.entry(this).or_default();
+                    entry.extend(link_write(state, FieldKey::merged(&that), true)?);
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        commit_writes(self, &mut touched, &mut ops, writes)?;
+        let changed: BTreeSet<RecordId> = ops.iter().map(Operation::record).collect();
+        let (left, right) = {
+            let mut load = |t: &mut Records, id: RecordId| self.loaded(t, id).map(|_| ());
+            let mine = group_members(&mut touched, &mut load, *id)?;
+            let others = group_members(&mut touched, &mut load, rest[0])?;
+            (
+                group_view(&touched, &mine).id(),
+                group_view(&touched, &others).id(),
+            )
+        };
+        touched.retain(|id, _| changed.contains(id));
+        self.write_local(&ops, &touched)?;
+        self.persist_clock()?;
+        drop(guard);
+        self.inner.store.flush().await?;
+        Ok((left, right))
+    }
+
+    /// The records merged into `id`'s contact, sorted (just the contact's own id if it is not
+    /// merged): the ids [`Device::unmerge_contact`] takes.
+    pub fn merged_records(&self, id: &RecordId) -> Result<Vec<RecordId>> {
+        let mut touched = Records::new();
+        let Some((members, _)) = self.load_group(&mut touched, id)? else {
+            return Err(ClientError::UnknownContact(id.to_hex()));
+        };
+        Ok(members
+            .into_iter()
+            .filter(|m| touched.get(m).is_some_and(RecordState::is_live))
+            .collect())
+    }
+
+    /// Every group of records by its survivor, read in one scan of the store: the groups and
+    /// the states of the records (all of them).
+    pub(crate) fn all_records(&self) -> Result<(Groups, Records)> {
+        let mut records = Records::new();
+        let mut builder = GroupsBuilder::default();
+        for item in self.inner.store.scan(TreeName::Records) {
+            let (_, bytes) = item?;
+            let state = crate::pipeline::decode_record(&bytes)?;
+            builder.add(&state);
+            records.insert(state.id(), state);
+        }
+        Ok((builder.build(), records))
+    }
+
+    /// The merged views of every contact, by survivor id.
+    pub(crate) fn all_views(&self) -> Result<Vec<RecordState>> {
+        let (groups, records) = self.all_records()?;
+        let mut views = Vec::new();
+        for (id, state) in &records {
+            if !groups.is_survivor(id) {
+                continue;
+            }
+            let members = groups.members(id);
+            let view = if members.len() == 1 {
+                state.clone()
+            } else {
+                Groups::view(*id, members.iter().filter_map(|m| records.get(m)))
+            };
+            if view.is_live() {
+                views.push(view);
+            }
+        }
+        Ok(views)
+    }
+
+    /// Contacts that are probably one person but share no e-mail, phone or LinkedIn URL, so
+    /// the identity rule did not merge them: the same name (ignoring case, accents and
+    /// spacing), or first names that are variants of each other ("Bob"/"Robert") with the same
+    /// last name. Pairs a person separated are left out. Merge them with
+    /// [`Device::merge_contacts`].
+    pub fn duplicate_suggestions(&self) -> Result<Vec<DuplicateSuggestion>> {
+        let (groups, records) = self.all_records()?;
+        let mut contacts: Vec<(Contact, Vec<RecordId>)> = Vec::new();
+        for id in records.keys() {
+            if !groups.is_survivor(id) {
+                continue;
+            }
+            let members = groups.members(id);
+            let view = Groups::view(*id, members.iter().filter_map(|m| records.get(m)));
+            if let Some(contact) = Contact::from_record(&view) {
+                contacts.push((contact, members));
+            }
+        }
+        let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (at, (contact, _)) in contacts.iter().enumerate() {
+            let Some(name) = contact.name() else { continue };
+            let normalized = normalized_name(name);
+            if !normalized.is_empty() {
+                by_key
+                    .entry(canonical_first_name(&normalized))
+                    .or_default()
+                    .push(at);
+            }
+        }
+        let mut out = Vec::new();
+        for found in by_key.into_values() {
+            // Leave out contacts a person separated from every other one of the set.
+            let kept: Vec<usize> = found
+                .iter()
+                .copied()
+                .filter(|&at| {
+                    found.iter().any(|&other| {
+                        other != at && !separated(&records, &contacts[at].1, &contacts[other].1)
+                    })
+                })
+                .collect();
+            if kept.len() < 2 {
+                continue;
+            }
+            let names: Vec<String> = kept
+                .iter()
+                .map(|&at| contacts[at].0.name().unwrap_or("").to_string())
+                .collect();
+            let variants: BTreeSet<String> = names
+                .iter()
+                .filter_map(|n| normalized_name(n).split(' ').next().map(str::to_string))
+                .collect();
+            let reason = if variants.len() < 2 {
+                "same name, and no shared e-mail, phone or LinkedIn URL".to_string()
+            } else {
+                format!(
+                    "name variants ({}) with the same last name, and no shared e-mail, phone \
+                     or LinkedIn URL",
+                    variants.into_iter().collect::<Vec<_>>().join(" / ")
+                )
+            };
+            out.push(DuplicateSuggestion {
+                ids: kept
+                    .iter()
+                    .map(|&at| contacts[at].0.id().to_hex())
+                    .collect(),
+                names,
+                reason,
+            });
+        }
+        out.sort_by(|a, b| a.names.cmp(&b.names).then(a.ids.cmp(&b.ids)));
+        Ok(out)
+    }
+}
+
+/// A name folded for comparison: case, accents and spacing ignored.
+fn normalized_name(name: &str) -> String {
+    fold(name)
+        .split(|c: char| c.is_whitespace() || c == '.' || c == ',')
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Common English given-name variants, each mapped to one canonical form.
+const NAME_VARIANTS: &[(&str, &str)] = &[
+    ("bob", "robert"),
+    ("rob", "robert"),
+    ("bobby", "robert"),
+    ("robbie", "robert"),
+    ("bill", "william"),
+    ("will", "william"),
+    ("billy", "william"),
+    ("liam", "william"),
+    ("jim", "james"),
+    ("jimmy", "james"),
+    ("jamie", "james"),
+    ("mike", "michael"),
+    ("mick", "michael"),
+    ("dick", "richard"),
+    ("rick", "richard"),
+    ("rich", "richard"),
+    ("tom", "thomas"),
+    ("tommy", "thomas"),
+    ("kate", "katherine"),
+    ("katie", "katherine"),
+    ("kathy", "katherine"),
+    ("catherine", "katherine"),
+    ("liz", "elizabeth"),
+    ("beth", "elizabeth"),
+    ("betty", "elizabeth"),
+    ("lizzie", "elizabeth"),
+    ("alex", "alexander"),
+    ("sasha", "alexander"),
+    ("sam", "samuel"),
+    ("dan", "daniel"),
+    ("danny", "daniel"),
+    ("dave", "david"),
+    ("ben", "benjamin"),
+    ("chris", "christopher"),
+    ("matt", "matthew"),
+    ("nick", "nicholas"),
+    ("joe", "joseph"),
+    ("pepe", "jose"),
+    ("jenny", "jennifer"),
+    ("jen", "jennifer"),
+    ("pat", "patricia"),
+    ("peggy", "margaret"),
+    ("maggie", "margaret"),
+    ("meg", "margaret"),
+    ("tony", "anthony"),
+    ("andy", "andrew"),
+    ("drew", "andrew"),
+    ("steve", "steven"),
+    ("stephen", "steven"),
+    ("ed", "edward"),
+    ("eddie", "edward"),
+    ("ted", "edward"),
+    ("greg", "gregory"),
+    ("jon", "jonathan"),
+    ("larry", "lawrence"),
+    ("sue", "susan"),
+    ("suzy", "susan"),
+];
+
+/// The normalized name with its first word replaced by its canonical variant.
+fn canonical_first_name(normalized: &str) -> String {
+    let mut words = normalized.split(' ');
+    let Some(first) = words.next() else {
+        return String::new();
+    };
+    let canonical = NAME_VARIANTS
+        .iter()
+        .find(|(variant, _)| *variant == first)
+        .map_or(first, |(_, canonical)| canonical);
+    std::iter::once(canonical)
+        .chain(words)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_variants_share_a_canonical_form() {
+        assert_eq!(canonical_first_name("bob smith"), "robert smith");
+        assert_eq!(canonical_first_name("robert smith"), "robert smith");
+        assert_eq!(normalized_name("  Ana  García "), "ana garcia");
+        assert_ne!(canonical_first_name("bob jones"), "robert smith");
+    }
+}
