@@ -106,6 +106,9 @@ pub enum Command {
     /// Export every contact.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Protect this device's key: encrypt it with a passphrase, or change the passphrase.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run the whole story in one process: a relay on loopback, two devices, import, sync,
     /// conflict, revocation, and a scan of the relay's files for contact data.
     Demo,
@@ -334,6 +337,15 @@ pub enum DeviceCommand {
         /// A device id, or a unique prefix of it (see `kith device list`).
         id: String,
     },
+}
+
+/// `kith key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Encrypt the device key file with a new passphrase (from `KITH_NEW_PASSPHRASE`, else
+    /// asked twice on a terminal). An encrypted file is opened with the current passphrase
+    /// (`KITH_PASSPHRASE`) first, so this also changes the passphrase.
+    Encrypt,
 }
 
 /// `kith export …`.

@@ -41,6 +41,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kith_client::ClientError;
+use kith_client::keystore::KeyStoreError;
 use kith_client::net::NetError;
 use kith_protocol::proto::ErrorCode;
 
@@ -170,6 +171,13 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
             "list the ids with `kith contacts list` or find one with `kith contacts search QUERY`",
         ),
         Some(ClientError::Revoked) => Some(REVOKED_HINT),
+        Some(ClientError::KeyStore(KeyStoreError::PassphraseRequired(_))) => Some(
+            "set KITH_PASSPHRASE to this device's passphrase, or run the command on a terminal to be asked for it",
+        ),
+        Some(ClientError::KeyStore(KeyStoreError::WrongPassphrase(_))) => Some(
+            "give the passphrase this device's key was encrypted with (`kith key encrypt` set it); \
+             without it, set the device up again with `kith device request` or `kith recover`",
+        ),
         _ => None,
     }
 }

@@ -1742,7 +1742,11 @@ fn a_plain_key_file_of_the_previous_release_is_encrypted_on_request() {
         let key = old.join("device.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
-    assert_eq!(list(&old).len(), 62, "the 0.1.0 home opens without a passphrase");
+    assert_eq!(
+        list(&old).len(),
+        62,
+        "the 0.1.0 home opens without a passphrase"
+    );
     // The first command with a passphrase encrypts it.
     let mut unlocked = kith_unlocked(&old);
     unlocked.args(["contacts", "list", "--json"]);

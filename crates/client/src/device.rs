@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::ClockSkew;
 use crate::error::{ClientError, Result};
-use crate::keystore::{DeviceSecrets, FileKeyStore, KeyStore};
+use crate::keystore::{DeviceSecrets, FileKeyStore, KEY_FILE_NAME as KEY_FILE, KeyStore};
 use crate::net::{RelayConnection, RelayTarget, RelayTrust, expect_ok};
 use crate::store::{LocalStore, TreeName};
 
@@ -201,7 +201,6 @@ pub struct LinkApproval {
 const REVOKE_ATTEMPTS: usize = 5;
 
 const STORE_DIR: &str = "store";
-const KEY_FILE: &str = "device.key";
 
 fn store_path(home: &Path) -> PathBuf {
     home.join(STORE_DIR)
@@ -235,7 +234,7 @@ impl Device {
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<(Device, RecoveryKeyText)> {
         let keystore = keystore_for(home, keystore);
-        if keystore.load()?.is_some() {
+        if keystore.exists()? {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
         let mut rng = system_rng();
@@ -801,8 +800,20 @@ impl Device {
         recovery_key: &str,
         device_name: &str,
     ) -> Result<Device> {
-        let keystore = keystore_for(home, None);
-        if keystore.load()?.is_some() {
+        Self::recover_with_keystore(home, relay, recovery_key, device_name, None).await
+    }
+
+    /// [`Device::recover`] with the device secrets kept by `keystore` instead of a plain key
+    /// file.
+    pub async fn recover_with_keystore(
+        home: &Path,
+        relay: RelayTarget,
+        recovery_key: &str,
+        device_name: &str,
+        keystore: Option<Arc<dyn KeyStore>>,
+    ) -> Result<Device> {
+        let keystore = keystore_for(home, keystore);
+        if keystore.exists()? {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
         let recovery_key = RecoveryKey::parse(recovery_key)
@@ -943,7 +954,7 @@ async fn put_sealed_epoch_keys(connection: &RelayConnection, keys: Vec<Vec<u8>>)
 }
 
 fn keystore_for(home: &Path, keystore: Option<Arc<dyn KeyStore>>) -> Arc<dyn KeyStore> {
-    keystore.unwrap_or_else(|| Arc::new(FileKeyStore::new(home.join(KEY_FILE))))
+    keystore.unwrap_or_else(|| Arc::new(FileKeyStore::in_home(home)))
 }
 
 /// How long one take of the pairing slot may wait on the relay for the approval (the relay
@@ -966,6 +977,7 @@ pub struct PendingLink {
     pairing_secret: PairingSecret,
     code: Zeroizing<String>,
     connection: Option<RelayConnection>,
+    keystore: Arc<dyn KeyStore>,
 }
 
 impl std::fmt::Debug for PendingLink {
@@ -988,7 +1000,19 @@ impl PendingLink {
     /// Prepares a new device: generates its keys and a one-time pairing secret. Nothing is
     /// written to `home` until the link completes.
     pub fn new(home: &Path, relay: RelayTarget, device_name: &str) -> Result<Self> {
-        if keystore_for(home, None).load()?.is_some() {
+        Self::new_with_keystore(home, relay, device_name, None)
+    }
+
+    /// [`PendingLink::new`] with the device secrets to be kept by `keystore` instead of a plain
+    /// key file.
+    pub fn new_with_keystore(
+        home: &Path,
+        relay: RelayTarget,
+        device_name: &str,
+        keystore: Option<Arc<dyn KeyStore>>,
+    ) -> Result<Self> {
+        let keystore = keystore_for(home, keystore);
+        if keystore.exists()? {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
         let secrets = DeviceSecrets::generate();
@@ -1008,6 +1032,7 @@ impl PendingLink {
             pairing_secret,
             code,
             connection: None,
+            keystore,
         })
     }
 
@@ -1198,7 +1223,7 @@ impl PendingLink {
         // The home is created only now: a request that ends without approval (a timeout,
         // Ctrl-C, a relay that cannot be reached) leaves nothing behind.
         let guard = HomeGuard::new(&self.home)?;
-        keystore_for(&self.home, None).save(&self.secrets)?;
+        self.keystore.save(&self.secrets)?;
         let state = AccountState {
             account_id,
             roster,
