@@ -1786,3 +1786,73 @@ fn a_plain_key_file_of_the_previous_release_is_encrypted_on_request() {
     let err = fails(old_passphrase);
     assert!(err.contains("wrong passphrase"), "{err}");
 }
+
+/// `kith recovery status --json` of `home`.
+fn recovery_status(home: &Path) -> Value {
+    let mut status = kith(home);
+    status.args(["recovery", "status", "--json"]);
+    json(&ok(status))
+}
+
+/// Issue 10 finding 11: `kith recovery rotate` replaces the recovery key (shown once); the old
+/// key finds nothing afterwards, even after a device that still held the old sealing material
+/// (linked before the rotation) re-seals the bundle by revoking another device; the new key
+/// restores everything, including what that device wrote after the revocation. `kith
+/// recovery status` says whether the relay's bundle is current for the roster and epoch.
+#[test]
+fn a_rotated_recovery_key_replaces_the_old_one_on_every_device() {
+    let relay = TestRelay::start();
+    let (_dir, [a, b, old_key_home, new_key_home]) = homes(["a", "b", "old", "new"]);
+    let old_key = recovery_key_in(&init(&a, &relay, "a"));
+    link(&a, &b, &relay, "b");
+    let status = recovery_status(&a);
+    assert_eq!(status["state"], "current", "{status}");
+
+    let mut rotate = kith(&a);
+    rotate.args(["recovery", "rotate"]);
+    let new_key = recovery_key_in(&ok(rotate));
+    assert_ne!(new_key, old_key);
+    let status = recovery_status(&a);
+    assert_eq!(status["state"], "current", "{status}");
+
+    // B, linked before the rotation, revokes A and writes afterwards.
+    let a_id = device_named(&b, "a")["id"].as_str().expect("id").to_owned();
+    let mut revoke = kith(&b);
+    revoke.args(["device", "revoke", &a_id]);
+    ok(revoke);
+    let mut add = kith(&b);
+    add.args(["contacts", "add", "--name", "Written After Revocation"]);
+    ok(add);
+    let mut sync = kith(&b);
+    sync.arg("sync");
+    ok(sync);
+    let status = recovery_status(&b);
+    assert_eq!(status["state"], "current", "{status}");
+    assert_eq!(status["epoch"], 2, "{status}");
+
+    // The old key opens nothing written after the rotation; the new one restores it all.
+    let mut recover_old = kith(&old_key_home);
+    recover_old
+        .arg("recover")
+        .args(relay.args())
+        .env("KITH_RECOVERY_KEY", &old_key);
+    let err = fails(recover_old);
+    assert!(err.contains("no recovery bundle"), "{err}");
+    let mut recover_new = kith(&new_key_home);
+    recover_new
+        .arg("recover")
+        .args(relay.args())
+        .args(["--device-name", "restored"])
+        .env("KITH_RECOVERY_KEY", &new_key);
+    ok(recover_new);
+    let names: Vec<Value> = list(&new_key_home)
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert!(
+        names.contains(&Value::from("Written After Revocation")),
+        "{names:?}"
+    );
+    let status = recovery_status(&new_key_home);
+    assert_eq!(status["state"], "current", "{status}");
+}
