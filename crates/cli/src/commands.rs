@@ -13,13 +13,14 @@ use kith_client::keystore::{
 };
 use kith_client::net::RelayTarget;
 use kith_client::{
-    ClearField, ClientError, ContactFields, Device, EditOptions, PendingLink, SyncReport,
+    ClearField, ClientError, ContactFields, Device, EditOptions, PendingLink, RecoveryState,
+    SyncReport,
 };
 use kith_protocol::DeviceId;
 
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, KeyCommand,
-    RelayArgs, SourceName, SourcesCommand,
+    RecoveryCommand, RelayArgs, SourceName, SourcesCommand,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{progress, qr};
@@ -67,6 +68,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => recover(&home, &relay, &recovery_key, device_name).await,
         Command::Export(ExportCommand::Vcard { path }) => export_vcard(&home, &path),
         Command::Key(KeyCommand::Encrypt) => encrypt_key(&home),
+        Command::Recovery(RecoveryCommand::Status { json }) => recovery_status(&home, json).await,
+        Command::Recovery(RecoveryCommand::Rotate) => rotate_recovery(&home).await,
         Command::Demo => unreachable!("handled above"),
     }
 }
@@ -159,13 +162,18 @@ fn new_keystore(home: &Path) -> Result<Option<Arc<dyn KeyStore>>> {
             FileKeyStore::in_home(home).path(),
             passphrase,
         )))),
-        None => {
-            eprintln!(
-                "warning: this device's key is stored unencrypted, in a file only you can read; \
-                 set KITH_PASSPHRASE (or run `kith key encrypt` later) to encrypt it"
-            );
-            Ok(None)
-        }
+        None => Ok(None),
+    }
+}
+
+/// After a device was set up without a passphrase (`keystore` is `None`): says that its key
+/// is stored unencrypted, the last resort.
+fn warn_if_plain(keystore: &Option<Arc<dyn KeyStore>>) {
+    if keystore.is_none() {
+        eprintln!(
+            "warning: this device's key is stored unencrypted, in a file only you can read; \
+             set KITH_PASSPHRASE and run `kith key encrypt` to encrypt it"
+        );
     }
 }
 
@@ -261,16 +269,23 @@ async fn init(
     let spinner = progress::spinner("creating the account");
     let keystore = new_keystore(home)?;
     let created =
-        Device::create_with_keystore(home, target, &name, registration_token, keystore).await;
+        Device::create_with_keystore(home, target, &name, registration_token, keystore.clone())
+            .await;
     spinner.finish_and_clear();
     let (device, recovery_key) = created
         .with_context(|| format!("cannot create the account on the relay at {}", relay.relay))?;
+    warn_if_plain(&keystore);
     outln!(
         "Created account {} with this device {} ({name}).",
         device.account_id(),
         device.device_id()
     );
     outln!();
+    print_recovery_key(&recovery_key)
+}
+
+/// The recovery key, shown once, and what to do with it.
+fn print_recovery_key(recovery_key: &kith_client::RecoveryKeyText) -> Result<()> {
     outln!("RECOVERY KEY (shown only this once):");
     outln!();
     outln!("    {}", recovery_key.0.as_str());
@@ -279,6 +294,67 @@ async fn init(
     outln!("device, `kith recover --recovery-key KEY` is the only way back to your contacts;");
     outln!("anyone who has it can read them.");
     Ok(())
+}
+
+/// `kith recovery status`.
+async fn recovery_status(home: &Path, json: bool) -> Result<()> {
+    let device = open(home)?;
+    let status = device.recovery_status().await;
+    device.close().await;
+    let status = status.with_context(|| relay_context(&device))?;
+    if json {
+        return output::print_json(&status);
+    }
+    let sealed = match (status.sealed_roster_version, status.sealed_epoch) {
+        (Some(version), Some(epoch)) => format!("roster version {version}, epoch {epoch}"),
+        _ => "it does not say what for".to_owned(),
+    };
+    match status.state {
+        RecoveryState::Current => outln!(
+            "Recovery bundle: current (sealed for {sealed}; the account is at roster version {}, \
+             epoch {}): the recovery key restores everything written so far.",
+            status.roster_version,
+            status.epoch
+        ),
+        RecoveryState::Stale => outln!(
+            "Recovery bundle: STALE (sealed for {sealed}; the account is at roster version {}, \
+             epoch {}): the recovery key restores the account only as it was then. Run \
+             `kith recovery rotate` for a new key and a current bundle.",
+            status.roster_version,
+            status.epoch
+        ),
+        RecoveryState::Unverifiable => outln!(
+            "Recovery bundle: present, sealed by an older version that does not say for which \
+             key and epoch. Run `kith recovery rotate` to be sure it is current."
+        ),
+        RecoveryState::Missing => outln!(
+            "Recovery bundle: MISSING on the relay: the recovery key restores nothing. Run \
+             `kith recovery rotate` for a new key."
+        ),
+    }
+    if !status.this_device_can_reseal && status.state != RecoveryState::Missing {
+        outln!(
+            "This device does not hold the current recovery key's sealing material, so it cannot \
+             keep the bundle current when it revokes a device; `kith recovery rotate` on it fixes that."
+        );
+    }
+    Ok(())
+}
+
+/// `kith recovery rotate`.
+async fn rotate_recovery(home: &Path) -> Result<()> {
+    let device = open(home)?;
+    let spinner = progress::spinner("replacing the recovery key");
+    let rotated = device.rotate_recovery_key().await;
+    device.close().await;
+    spinner.finish_and_clear();
+    let key = rotated.with_context(|| relay_context(&device))?;
+    outln!(
+        "Replaced the recovery key: the relay removed the bundle of the old key, and every \
+         device seals to the new one from now on. The old key opens nothing written after this."
+    );
+    outln!();
+    print_recovery_key(&key)
 }
 
 async fn import(
@@ -757,7 +833,8 @@ async fn request_link(
 ) -> Result<()> {
     let target = relay_target(relay)?;
     let name = device_name.unwrap_or_else(default_device_name);
-    let mut pending = PendingLink::new_with_keystore(home, target, &name, new_keystore(home)?)?;
+    let keystore = new_keystore(home)?;
+    let mut pending = PendingLink::new_with_keystore(home, target, &name, keystore.clone())?;
     // A relay that cannot be reached is reported before a code is shown that nobody could use.
     let spinner = progress::spinner("connecting to the relay");
     let connected = pending.connect().await;
@@ -796,6 +873,7 @@ async fn request_link(
             relay.relay
         )
     })?;
+    warn_if_plain(&keystore);
     outln!(
         "Linked: this is device {} of account {}; {} synced.",
         device.device_id(),
@@ -815,7 +893,8 @@ async fn recover(
     let name = device_name.unwrap_or_else(default_device_name);
     let spinner = progress::spinner("recovering");
     let keystore = new_keystore(home)?;
-    let recovered = Device::recover_with_keystore(home, target, key.trim(), &name, keystore).await;
+    let recovered =
+        Device::recover_with_keystore(home, target, key.trim(), &name, keystore.clone()).await;
     spinner.finish_and_clear();
     let device = recovered.with_context(|| {
         format!(
@@ -823,6 +902,7 @@ async fn recover(
             relay.relay
         )
     })?;
+    warn_if_plain(&keystore);
     outln!(
         "Recovered account {} on this new device {}; {} restored.",
         device.account_id(),

@@ -575,33 +575,39 @@ impl Device {
             .collect()
     }
 
-    async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
-        let (sealed, lookup_id) = {
-            let state = self.state();
-            let Some(recovery) = &state.recovery else {
+    /// Re-seals the recovery bundle for the account as this device holds it (after a
+    /// revocation or at creation). A device that missed a rotation of the recovery key is
+    /// refused (`RECOVERY_ROTATED`): it learns the new sealing material from the account's
+    /// record if the current account key signed it, and seals again; else it leaves the
+    /// bundle as it is, which `kith recovery status` then reports as stale (§6).
+    pub(crate) async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
+        for _ in 0..2 {
+            let Some((record, lookup_id)) = self.seal_recovery_record(None)? else {
                 return Ok(());
             };
-            let bundle = AccountBundle::new(
-                state.account_key.clone(),
-                state.epochs.clone(),
-                state.roster.clone(),
-            )?;
-            let sealed = bundle::seal_recovery_bundle(
-                &bundle,
-                recovery.public(),
-                recovery.psk(),
-                &mut system_rng(),
-            )?;
-            (sealed, *recovery.lookup_id())
-        };
-        expect_ok(
-            connection
+            let put = connection
                 .request(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
                     lookup_id: lookup_id.to_vec(),
-                    bundle: sealed,
+                    bundle: record,
+                    replaces_lookup_id: Vec::new(),
                 }))
-                .await?,
-        )?;
+                .await;
+            match put {
+                Err(e) if e.relay_code() == Some(proto::ErrorCode::RecoveryRotated) => {
+                    if self.learn_recovery_material(connection).await?.is_none() {
+                        tracing::warn!(
+                            "the recovery key was replaced by another device and this one \
+                             cannot confirm the new one; the recovery bundle was not re-sealed"
+                        );
+                        return Ok(());
+                    }
+                }
+                answer => {
+                    expect_ok(answer?)?;
+                    return Ok(());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -617,6 +623,8 @@ impl Device {
     pub async fn approve_link(&self, code: &str) -> Result<LinkApproval> {
         let code = LinkCode::parse(code)?;
         self.sync().await?;
+        // The new device gets the current recovery sealing material with the bundle.
+        self.refresh_recovery_material().await?;
         let new_device = code.device_id();
         {
             let state = self.state();
@@ -706,6 +714,9 @@ impl Device {
             return Err(ClientError::CannotRevokeSelf);
         }
         self.sync().await?;
+        // While the account key is the one a rotation of the recovery key was signed with:
+        // after the revocation this device re-seals the bundle with the current material.
+        self.refresh_recovery_material().await?;
         let mut rng = system_rng();
         // The next account key is derived from the next epoch's secret, so sealing the epoch
         // to the remaining devices also hands them the key (docs/PROTOCOL.md §4). Both stay the

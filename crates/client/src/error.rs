@@ -90,6 +90,9 @@ pub enum ClientError {
         "the relay filed this recovery bundle under another account than its own; not restoring from it"
     )]
     RecoveryAccountMismatch,
+    /// The account's recovery record on the relay is malformed or its material does not match.
+    #[error("the relay's recovery bundle for this account is invalid: {0}")]
+    RecoveryRecord(kith_protocol::recovery::RecoveryRecordError),
     /// The recovery key is wrong or no recovery bundle exists for it.
     #[error("no recovery bundle for this recovery key on that relay (check the key and the relay)")]
     RecoveryNotFound,
