@@ -13,9 +13,26 @@
 //!   format of every home made by Kith 0.1. It still opens; a store with a passphrase that
 //!   loads a plain file rewrites it encrypted (the migration).
 //!
-//! An app can implement [`KeyStore`] over the operating system's keychain instead; with the
-//! `keychain` feature, [`KeychainKeyStore`] does (macOS Keychain, Windows Credential Manager,
-//! the Secret Service on Linux).
+//! An app can implement [`KeyStore`] over the operating system's keychain instead (macOS
+//! Keychain, Windows Credential Manager, the Secret Service on Linux) and pass it to
+//! [`Device::create_with_keystore`](crate::Device::create_with_keystore),
+//! [`PendingLink::new_with_keystore`](crate::PendingLink::new_with_keystore),
+//! [`Device::recover_with_keystore`](crate::Device::recover_with_keystore) and
+//! [`Device::open_with_keystore`](crate::Device::open_with_keystore).
+//!
+//! ```
+//! use kith_client::keystore::{DeviceSecrets, FileKeyStore, KeyStore, Passphrase};
+//! # let home = tempfile::tempdir().unwrap();
+//! let store = FileKeyStore::with_passphrase(
+//!     home.path().join("device.key"),
+//!     Passphrase::new("correct horse battery staple"),
+//! );
+//! let secrets = DeviceSecrets::generate();
+//! store.save(&secrets)?;
+//! assert!(FileKeyStore::in_home(home.path()).load().is_err(), "needs the passphrase");
+//! assert_eq!(store.load()?.unwrap().store_secret, secrets.store_secret);
+//! # Ok::<(), kith_client::keystore::KeyStoreError>(())
+//! ```
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

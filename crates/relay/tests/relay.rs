@@ -547,7 +547,6 @@ async fn a_take_waits_for_its_slot_within_the_lookup_budget() {
             .expect_ok(request::Kind::PutPairingSlot(proto::PutPairingSlot {
                 slot_id: [7; 32].to_vec(),
                 bundle: b"sealed".to_vec(),
-                replaces_lookup_id: Vec::new(),
             }))
             .await
             .unwrap();
