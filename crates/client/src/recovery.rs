@@ -152,13 +152,21 @@ impl Device {
         Ok(Some((found, read)))
     }
 
-    /// [`Device::learn_recovery_material`] on this device's connection.
+    /// [`Device::learn_recovery_material`] on this device's connection. A relay of an older
+    /// version, which does not know the request for the account's own bundle (it refuses the
+    /// empty lookup id as invalid), has no rotations to learn of: that is no error.
     pub(crate) async fn refresh_recovery_material(&self) -> Result<()> {
         let mut slot = self.inner.connection.lock().await;
         let connection = self.connection(&mut slot).await?.clone();
         drop(slot);
-        self.learn_recovery_material(&connection).await?;
-        Ok(())
+        match self.learn_recovery_material(&connection).await {
+            Err(ClientError::Net(e))
+                if e.relay_code() == Some(proto::ErrorCode::InvalidRequest) =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Whether the relay's recovery bundle is current: sealed with the roster's current
