@@ -242,6 +242,9 @@ impl Store for TamperingStore {
         let claimed = *self.recovery_account.lock().unwrap();
         Ok(found.map(|(account, bundle)| (claimed.unwrap_or(account), bundle)))
     }
+    fn recovery_lookup_id(&self, account: &AccountId) -> Result<Option<[u8; 32]>, StoreError> {
+        self.inner.recovery_lookup_id(account)
+    }
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         self.inner.add_registration_token(token_hash)
     }

@@ -106,6 +106,12 @@ pub enum Command {
     /// Export every contact.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// The recovery key: whether the relay's recovery bundle is current, or replace the key.
+    #[command(subcommand)]
+    Recovery(RecoveryCommand),
+    /// Protect this device's key: encrypt it with a passphrase, or change the passphrase.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run the whole story in one process: a relay on loopback, two devices, import, sync,
     /// conflict, revocation, and a scan of the relay's files for contact data.
     Demo,
@@ -354,6 +360,30 @@ pub enum DeviceCommand {
         /// A device id, or a unique prefix of it (see `kith device list`).
         id: String,
     },
+}
+
+/// `kith recovery …`.
+#[derive(Debug, Subcommand)]
+pub enum RecoveryCommand {
+    /// Whether the relay's recovery bundle is current for the account's key and epoch, so
+    /// that the recovery key restores everything written so far.
+    Status {
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the recovery key (lost, or seen by someone else): prints the new key once; the
+    /// old one opens nothing written afterwards.
+    Rotate,
+}
+
+/// `kith key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Encrypt the device key file with a new passphrase (from `KITH_NEW_PASSPHRASE`, else
+    /// asked twice on a terminal). An encrypted file is opened with the current passphrase
+    /// (`KITH_PASSPHRASE`) first, so this also changes the passphrase.
+    Encrypt,
 }
 
 /// `kith export …`.

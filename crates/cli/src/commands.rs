@@ -2,17 +2,25 @@
 
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kith_client::import::Region;
 use kith_client::import::{self, ImportOptions, ImportReport};
+use kith_client::keystore::{
+    FileKeyStore, KdfParams, KeyProtection, KeyStore, KeyStoreError, Passphrase,
+};
 use kith_client::net::RelayTarget;
-use kith_client::{ClearField, ContactFields, Device, EditOptions, PendingLink, SyncReport};
+use kith_client::{
+    ClearField, ClientError, ContactFields, Device, EditOptions, PendingLink, RecoveryState,
+    SyncReport,
+};
+use kith_protocol::DeviceId;
 
 use crate::cli::{
-    Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, RelayArgs,
-    SourceName, SourcesCommand,
+    Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, KeyCommand,
+    RecoveryCommand, RelayArgs, SourceName, SourcesCommand,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{progress, qr};
@@ -59,6 +67,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             device_name,
         } => recover(&home, &relay, &recovery_key, device_name).await,
         Command::Export(ExportCommand::Vcard { path }) => export_vcard(&home, &path),
+        Command::Key(KeyCommand::Encrypt) => encrypt_key(&home),
+        Command::Recovery(RecoveryCommand::Status { json }) => recovery_status(&home, json).await,
+        Command::Recovery(RecoveryCommand::Rotate) => rotate_recovery(&home).await,
         Command::Demo => unreachable!("handled above"),
     }
 }
@@ -73,8 +84,136 @@ fn home_dir(home: Option<PathBuf>) -> Result<PathBuf> {
         .context("cannot find a data directory for this user (is HOME set?): pass --home DIR or set KITH_HOME")
 }
 
+/// The passphrase of the device key: `KITH_PASSPHRASE` (read once; an empty value counts as
+/// none).
+fn passphrase_from_env(name: &str) -> Option<Passphrase> {
+    std::env::var(name)
+        .ok()
+        .filter(|text| !text.is_empty())
+        .map(Passphrase::new)
+}
+
+/// Whether a person is there to type a passphrase.
+fn on_terminal() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks for a passphrase on the terminal, without echo.
+fn ask_passphrase(prompt: &str) -> Result<Passphrase> {
+    let term = console::Term::stderr();
+    term.write_str(prompt)?;
+    Ok(Passphrase::new(term.read_secure_line()?))
+}
+
+/// Asks twice for a new passphrase; `None` if the person leaves it empty.
+fn ask_new_passphrase(prompt: &str) -> Result<Option<Passphrase>> {
+    loop {
+        let first = ask_passphrase(prompt)?;
+        if first.is_empty() {
+            return Ok(None);
+        }
+        let again = ask_passphrase("Type it again: ")?;
+        if first.matches(&again) {
+            return Ok(Some(first));
+        }
+        eprintln!("The two differ; once more.");
+    }
+}
+
+/// The key store of an existing device: with `KITH_PASSPHRASE` (which also encrypts a plain
+/// key file, the migration of a 0.1 home), else asking on a terminal if the file is
+/// encrypted, else the file as it is (an encrypted one is then refused with a hint).
+fn existing_keystore(home: &Path) -> Result<Option<Arc<dyn KeyStore>>> {
+    let file = FileKeyStore::in_home(home);
+    if let Some(passphrase) = passphrase_from_env("KITH_PASSPHRASE") {
+        if file.protection().ok().flatten() == Some(KeyProtection::Plain) {
+            eprintln!(
+                "Encrypting this device's key with the passphrase in KITH_PASSPHRASE (it was stored unencrypted)."
+            );
+        }
+        return Ok(Some(Arc::new(FileKeyStore::with_passphrase(
+            file.path(),
+            passphrase,
+        ))));
+    }
+    if on_terminal() && matches!(file.protection(), Ok(Some(KeyProtection::Passphrase(_)))) {
+        let passphrase = ask_passphrase("Passphrase of this device's key: ")?;
+        return Ok(Some(Arc::new(FileKeyStore::with_passphrase(
+            file.path(),
+            passphrase,
+        ))));
+    }
+    Ok(None)
+}
+
+/// The key store of a device being set up (init, link, recover): encrypted with
+/// `KITH_PASSPHRASE`, else with a passphrase asked on a terminal; the plain file, the last
+/// resort, with a warning.
+fn new_keystore(home: &Path) -> Result<Option<Arc<dyn KeyStore>>> {
+    let passphrase = match passphrase_from_env("KITH_PASSPHRASE") {
+        Some(passphrase) => Some(passphrase),
+        None if on_terminal() => ask_new_passphrase(
+            "A passphrase to encrypt this device's key (empty: store it unencrypted): ",
+        )?,
+        None => None,
+    };
+    match passphrase {
+        Some(passphrase) => Ok(Some(Arc::new(FileKeyStore::with_passphrase(
+            FileKeyStore::in_home(home).path(),
+            passphrase,
+        )))),
+        None => Ok(None),
+    }
+}
+
+/// After a device was set up without a passphrase (`keystore` is `None`): says that its key
+/// is stored unencrypted, the last resort.
+fn warn_if_plain(keystore: &Option<Arc<dyn KeyStore>>) {
+    if keystore.is_none() {
+        eprintln!(
+            "warning: this device's key is stored unencrypted, in a file only you can read; \
+             set KITH_PASSPHRASE and run `kith key encrypt` to encrypt it"
+        );
+    }
+}
+
 fn open(home: &Path) -> Result<Device> {
-    Ok(Device::open(home)?)
+    Ok(Device::open_with_keystore(home, existing_keystore(home)?)?)
+}
+
+/// `kith key encrypt`.
+fn encrypt_key(home: &Path) -> Result<()> {
+    let file = FileKeyStore::in_home(home);
+    let Some(protection) = file.protection()? else {
+        return Err(ClientError::NotInitialized(home.display().to_string()).into());
+    };
+    let current: Arc<dyn KeyStore> = match protection {
+        KeyProtection::Plain => Arc::new(file.clone()),
+        KeyProtection::Passphrase(_) => existing_keystore(home)?.ok_or_else(|| {
+            ClientError::from(KeyStoreError::PassphraseRequired(file.path().to_path_buf()))
+        })?,
+    };
+    let secrets = current
+        .load()
+        .map_err(ClientError::from)?
+        .ok_or_else(|| ClientError::NotInitialized(home.display().to_string()))?;
+    let new = match passphrase_from_env("KITH_NEW_PASSPHRASE") {
+        Some(new) => new,
+        None if on_terminal() => ask_new_passphrase("The new passphrase: ")?
+            .ok_or_else(|| usage("an empty passphrase encrypts nothing"))?,
+        None if protection == KeyProtection::Plain => passphrase_from_env("KITH_PASSPHRASE")
+            .ok_or_else(|| usage("give the new passphrase in KITH_NEW_PASSPHRASE"))?,
+        None => return Err(usage("give the new passphrase in KITH_NEW_PASSPHRASE")),
+    };
+    FileKeyStore::with_passphrase(file.path(), new).save(&secrets)?;
+    let kdf = KdfParams::DEFAULT;
+    outln!(
+        "Encrypted this device's key with the new passphrase (Argon2id, {} MiB, {} passes). \
+         Give it in KITH_PASSPHRASE, or type it when asked.",
+        kdf.memory_kib / 1024,
+        kdf.iterations
+    );
+    Ok(())
 }
 
 fn relay_target(relay: &RelayArgs) -> Result<RelayTarget> {
@@ -128,16 +267,25 @@ async fn init(
     let target = relay_target(relay)?;
     let name = device_name.unwrap_or_else(default_device_name);
     let spinner = progress::spinner("creating the account");
-    let created = Device::create(home, target, &name, registration_token).await;
+    let keystore = new_keystore(home)?;
+    let created =
+        Device::create_with_keystore(home, target, &name, registration_token, keystore.clone())
+            .await;
     spinner.finish_and_clear();
     let (device, recovery_key) = created
         .with_context(|| format!("cannot create the account on the relay at {}", relay.relay))?;
+    warn_if_plain(&keystore);
     outln!(
         "Created account {} with this device {} ({name}).",
         device.account_id(),
         device.device_id()
     );
     outln!();
+    print_recovery_key(&recovery_key)
+}
+
+/// The recovery key, shown once, and what to do with it.
+fn print_recovery_key(recovery_key: &kith_client::RecoveryKeyText) -> Result<()> {
     outln!("RECOVERY KEY (shown only this once):");
     outln!();
     outln!("    {}", recovery_key.0.as_str());
@@ -146,6 +294,67 @@ async fn init(
     outln!("device, `kith recover --recovery-key KEY` is the only way back to your contacts;");
     outln!("anyone who has it can read them.");
     Ok(())
+}
+
+/// `kith recovery status`.
+async fn recovery_status(home: &Path, json: bool) -> Result<()> {
+    let device = open(home)?;
+    let status = device.recovery_status().await;
+    device.close().await;
+    let status = status.with_context(|| relay_context(&device))?;
+    if json {
+        return output::print_json(&status);
+    }
+    let sealed = match (status.sealed_roster_version, status.sealed_epoch) {
+        (Some(version), Some(epoch)) => format!("roster version {version}, epoch {epoch}"),
+        _ => "it does not say what for".to_owned(),
+    };
+    match status.state {
+        RecoveryState::Current => outln!(
+            "Recovery bundle: current (sealed for {sealed}; the account is at roster version {}, \
+             epoch {}): the recovery key restores everything written so far.",
+            status.roster_version,
+            status.epoch
+        ),
+        RecoveryState::Stale => outln!(
+            "Recovery bundle: STALE (sealed for {sealed}; the account is at roster version {}, \
+             epoch {}): the recovery key restores the account only as it was then. Run \
+             `kith recovery rotate` for a new key and a current bundle.",
+            status.roster_version,
+            status.epoch
+        ),
+        RecoveryState::Unverifiable => outln!(
+            "Recovery bundle: present, sealed by an older version that does not say for which \
+             key and epoch. Run `kith recovery rotate` to be sure it is current."
+        ),
+        RecoveryState::Missing => outln!(
+            "Recovery bundle: MISSING on the relay: the recovery key restores nothing. Run \
+             `kith recovery rotate` for a new key."
+        ),
+    }
+    if !status.this_device_can_reseal && status.state != RecoveryState::Missing {
+        outln!(
+            "This device does not hold the current recovery key's sealing material, so it cannot \
+             keep the bundle current when it revokes a device; `kith recovery rotate` on it fixes that."
+        );
+    }
+    Ok(())
+}
+
+/// `kith recovery rotate`.
+async fn rotate_recovery(home: &Path) -> Result<()> {
+    let device = open(home)?;
+    let spinner = progress::spinner("replacing the recovery key");
+    let rotated = device.rotate_recovery_key().await;
+    device.close().await;
+    spinner.finish_and_clear();
+    let key = rotated.with_context(|| relay_context(&device))?;
+    outln!(
+        "Replaced the recovery key: the relay removed the bundle of the old key, and every \
+         device seals to the new one from now on. The old key opens nothing written after this."
+    );
+    outln!();
+    print_recovery_key(&key)
 }
 
 async fn import(
@@ -655,7 +864,8 @@ async fn request_link(
 ) -> Result<()> {
     let target = relay_target(relay)?;
     let name = device_name.unwrap_or_else(default_device_name);
-    let mut pending = PendingLink::new(home, target, &name)?;
+    let keystore = new_keystore(home)?;
+    let mut pending = PendingLink::new_with_keystore(home, target, &name, keystore.clone())?;
     // A relay that cannot be reached is reported before a code is shown that nobody could use.
     let spinner = progress::spinner("connecting to the relay");
     let connected = pending.connect().await;
@@ -694,6 +904,7 @@ async fn request_link(
             relay.relay
         )
     })?;
+    warn_if_plain(&keystore);
     outln!(
         "Linked: this is device {} of account {}; {} synced.",
         device.device_id(),
@@ -712,7 +923,9 @@ async fn recover(
     let target = relay_target(relay)?;
     let name = device_name.unwrap_or_else(default_device_name);
     let spinner = progress::spinner("recovering");
-    let recovered = Device::recover(home, target, key.trim(), &name).await;
+    let keystore = new_keystore(home)?;
+    let recovered =
+        Device::recover_with_keystore(home, target, key.trim(), &name, keystore.clone()).await;
     spinner.finish_and_clear();
     let device = recovered.with_context(|| {
         format!(
@@ -720,6 +933,7 @@ async fn recover(
             relay.relay
         )
     })?;
+    warn_if_plain(&keystore);
     outln!(
         "Recovered account {} on this new device {}; {} restored.",
         device.account_id(),

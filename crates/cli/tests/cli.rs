@@ -197,6 +197,17 @@ fn assert_contact_shape(contact: &Value) {
 /// Links a new device in `new` to the account of `existing` (`device request` there, `device
 /// approve` here), as people do it.
 fn link(existing: &Path, new: &Path, relay: &TestRelay, name: &str) {
+    link_with(existing, new, relay, name, kith);
+}
+
+/// [`link`] with the commands of both devices made by `kith` (to give them an environment).
+fn link_with(
+    existing: &Path,
+    new: &Path,
+    relay: &TestRelay,
+    name: &str,
+    kith: impl Fn(&Path) -> Command,
+) {
     // The new device asks to join; its first line of output is the link code.
     let mut request = kith(new);
     request
@@ -1642,4 +1653,206 @@ fn the_clock_stays_monotonic_across_restarts_when_the_wall_clock_goes_back() {
         let conflicts = json(&ok(conflicts));
         assert_eq!(conflicts[0]["other"], "B, one hour ahead", "{conflicts}");
     }
+}
+
+/// The recovery key `kith init` printed (the line after "RECOVERY KEY").
+fn recovery_key_in(init_output: &str) -> String {
+    init_output
+        .lines()
+        .skip_while(|line| !line.starts_with("RECOVERY KEY"))
+        .skip(1)
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or_else(|| panic!("no recovery key in: {init_output}"))
+        .to_owned()
+}
+
+const PASSPHRASE: &str = "correct horse battery staple";
+
+/// `kith` with `KITH_PASSPHRASE` set.
+fn kith_unlocked(home: &Path) -> Command {
+    let mut command = kith(home);
+    command.env("KITH_PASSPHRASE", PASSPHRASE);
+    command
+}
+
+/// The device key file of `home` does not hold the device secrets as they are: it is not the
+/// plain key file format (`KITHKEY1` and the secrets) and opens with neither no passphrase nor
+/// a wrong one, only with the right one.
+fn assert_key_locked(home: &Path) {
+    let key = std::fs::read(home.join("device.key")).expect("device.key");
+    assert!(
+        !key.starts_with(b"KITHKEY1"),
+        "{}: the device key is stored in plaintext",
+        home.display()
+    );
+    let mut bare = kith(home);
+    bare.args(["contacts", "list"]);
+    let err = fails(bare);
+    assert!(err.contains("KITH_PASSPHRASE"), "{err}");
+    let mut wrong = kith(home);
+    wrong
+        .env("KITH_PASSPHRASE", "not the passphrase")
+        .args(["contacts", "list"]);
+    let err = fails(wrong);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    let mut right = kith_unlocked(home);
+    right.arg("sync");
+    ok(right);
+}
+
+/// Issue 10 finding 8: with a passphrase (`KITH_PASSPHRASE`), the device key file is encrypted
+/// on every path that creates a device (init, link, recover), and each device opens only with
+/// that passphrase.
+#[test]
+fn a_passphrase_encrypts_the_device_key_on_every_path_that_creates_a_device() {
+    let relay = TestRelay::start();
+    let (_dir, [a, b, c]) = homes(["a", "b", "c"]);
+    let mut init = kith_unlocked(&a);
+    init.arg("init")
+        .args(relay.args())
+        .args(["--device-name", "a"]);
+    let recovery_key = recovery_key_in(&ok(init));
+    assert_key_locked(&a);
+
+    link_with(&a, &b, &relay, "b", kith_unlocked);
+    assert_key_locked(&b);
+
+    let mut recover = kith_unlocked(&c);
+    recover
+        .arg("recover")
+        .args(relay.args())
+        .args(["--device-name", "c"])
+        .env("KITH_RECOVERY_KEY", &recovery_key);
+    ok(recover);
+    assert_key_locked(&c);
+}
+
+/// Issue 10 finding 8: a plain key file (every home of 0.1.0, or one made without a
+/// passphrase) still opens as it is, and is encrypted by `kith key encrypt`, or by the first
+/// command run with `KITH_PASSPHRASE` set.
+#[test]
+fn a_plain_key_file_of_the_previous_release_is_encrypted_on_request() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (_dir, [old, plain]) = homes(["old", "plain"]);
+    copy_dir(&fixture.join("home-0.1.0"), &old);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = old.join("device.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    assert_eq!(
+        list(&old).len(),
+        62,
+        "the 0.1.0 home opens without a passphrase"
+    );
+    // The first command with a passphrase encrypts it.
+    let mut unlocked = kith_unlocked(&old);
+    unlocked.args(["contacts", "list", "--json"]);
+    assert_eq!(json(&ok(unlocked)).as_array().map(Vec::len), Some(62));
+    let key = std::fs::read(old.join("device.key")).expect("device.key");
+    assert!(!key.starts_with(b"KITHKEY1"), "still plain");
+    let mut bare = kith(&old);
+    bare.args(["contacts", "list"]);
+    let err = fails(bare);
+    assert!(err.contains("KITH_PASSPHRASE"), "{err}");
+
+    // `kith key encrypt` on a home made without a passphrase.
+    let relay = TestRelay::start();
+    init(&plain, &relay, "plain");
+    assert!(
+        std::fs::read(plain.join("device.key"))
+            .expect("device.key")
+            .starts_with(b"KITHKEY1")
+    );
+    let mut encrypt = kith(&plain);
+    encrypt
+        .args(["key", "encrypt"])
+        .env("KITH_NEW_PASSPHRASE", PASSPHRASE);
+    ok(encrypt);
+    assert_key_locked(&plain);
+    // And the passphrase can be changed.
+    let mut change = kith_unlocked(&plain);
+    change
+        .args(["key", "encrypt"])
+        .env("KITH_NEW_PASSPHRASE", "a new passphrase");
+    ok(change);
+    let mut new = kith(&plain);
+    new.env("KITH_PASSPHRASE", "a new passphrase").arg("sync");
+    ok(new);
+    let mut old_passphrase = kith_unlocked(&plain);
+    old_passphrase.arg("sync");
+    let err = fails(old_passphrase);
+    assert!(err.contains("wrong passphrase"), "{err}");
+}
+
+/// `kith recovery status --json` of `home`.
+fn recovery_status(home: &Path) -> Value {
+    let mut status = kith(home);
+    status.args(["recovery", "status", "--json"]);
+    json(&ok(status))
+}
+
+/// Issue 10 finding 11: `kith recovery rotate` replaces the recovery key (shown once); the old
+/// key finds nothing afterwards, even after a device that still held the old sealing material
+/// (linked before the rotation) re-seals the bundle by revoking another device; the new key
+/// restores everything, including what that device wrote after the revocation. `kith
+/// recovery status` says whether the relay's bundle is current for the roster and epoch.
+#[test]
+fn a_rotated_recovery_key_replaces_the_old_one_on_every_device() {
+    let relay = TestRelay::start();
+    let (_dir, [a, b, old_key_home, new_key_home]) = homes(["a", "b", "old", "new"]);
+    let old_key = recovery_key_in(&init(&a, &relay, "a"));
+    link(&a, &b, &relay, "b");
+    let status = recovery_status(&a);
+    assert_eq!(status["state"], "current", "{status}");
+
+    let mut rotate = kith(&a);
+    rotate.args(["recovery", "rotate"]);
+    let new_key = recovery_key_in(&ok(rotate));
+    assert_ne!(new_key, old_key);
+    let status = recovery_status(&a);
+    assert_eq!(status["state"], "current", "{status}");
+
+    // B, linked before the rotation, revokes A and writes afterwards.
+    let a_id = device_named(&b, "a")["id"].as_str().expect("id").to_owned();
+    let mut revoke = kith(&b);
+    revoke.args(["device", "revoke", &a_id]);
+    ok(revoke);
+    let mut add = kith(&b);
+    add.args(["contacts", "add", "--name", "Written After Revocation"]);
+    ok(add);
+    let mut sync = kith(&b);
+    sync.arg("sync");
+    ok(sync);
+    let status = recovery_status(&b);
+    assert_eq!(status["state"], "current", "{status}");
+    assert_eq!(status["epoch"], 2, "{status}");
+
+    // The old key opens nothing written after the rotation; the new one restores it all.
+    let mut recover_old = kith(&old_key_home);
+    recover_old
+        .arg("recover")
+        .args(relay.args())
+        .env("KITH_RECOVERY_KEY", &old_key);
+    let err = fails(recover_old);
+    assert!(err.contains("no recovery bundle"), "{err}");
+    let mut recover_new = kith(&new_key_home);
+    recover_new
+        .arg("recover")
+        .args(relay.args())
+        .args(["--device-name", "restored"])
+        .env("KITH_RECOVERY_KEY", &new_key);
+    ok(recover_new);
+    let names: Vec<Value> = list(&new_key_home)
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert!(
+        names.contains(&Value::from("Written After Revocation")),
+        "{names:?}"
+    );
+    let status = recovery_status(&new_key_home);
+    assert_eq!(status["state"], "current", "{status}");
 }

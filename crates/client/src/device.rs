@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::ClockSkew;
 use crate::error::{ClientError, Result};
-use crate::keystore::{DeviceSecrets, FileKeyStore, KeyStore};
+use crate::keystore::{DeviceSecrets, FileKeyStore, KEY_FILE_NAME as KEY_FILE, KeyStore};
 use crate::net::{RelayConnection, RelayTarget, RelayTrust, expect_ok};
 use crate::store::{LocalStore, TreeName};
 
@@ -201,7 +201,6 @@ pub struct LinkApproval {
 const REVOKE_ATTEMPTS: usize = 5;
 
 const STORE_DIR: &str = "store";
-const KEY_FILE: &str = "device.key";
 
 fn store_path(home: &Path) -> PathBuf {
     home.join(STORE_DIR)
@@ -235,7 +234,7 @@ impl Device {
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<(Device, RecoveryKeyText)> {
         let keystore = keystore_for(home, keystore);
-        if keystore.load()?.is_some() {
+        if keystore.exists()? {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
         let mut rng = system_rng();
@@ -603,33 +602,39 @@ impl Device {
         }
     }
 
-    async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
-        let (sealed, lookup_id) = {
-            let state = self.state();
-            let Some(recovery) = &state.recovery else {
+    /// Re-seals the recovery bundle for the account as this device holds it (after a
+    /// revocation or at creation). A device that missed a rotation of the recovery key is
+    /// refused (`RECOVERY_ROTATED`): it learns the new sealing material from the account's
+    /// record if the current account key signed it, and seals again; else it leaves the
+    /// bundle as it is, which `kith recovery status` then reports as stale (§6).
+    pub(crate) async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
+        for _ in 0..2 {
+            let Some((record, lookup_id)) = self.seal_recovery_record(None)? else {
                 return Ok(());
             };
-            let bundle = AccountBundle::new(
-                state.account_key.clone(),
-                state.epochs.clone(),
-                state.roster.clone(),
-            )?;
-            let sealed = bundle::seal_recovery_bundle(
-                &bundle,
-                recovery.public(),
-                recovery.psk(),
-                &mut system_rng(),
-            )?;
-            (sealed, *recovery.lookup_id())
-        };
-        expect_ok(
-            connection
+            let put = connection
                 .request(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
                     lookup_id: lookup_id.to_vec(),
-                    bundle: sealed,
+                    bundle: record,
+                    replaces_lookup_id: Vec::new(),
                 }))
-                .await?,
-        )?;
+                .await;
+            match put {
+                Err(e) if e.relay_code() == Some(proto::ErrorCode::RecoveryRotated) => {
+                    if self.learn_recovery_material(connection).await?.is_none() {
+                        tracing::warn!(
+                            "the recovery key was replaced by another device and this one \
+                             cannot confirm the new one; the recovery bundle was not re-sealed"
+                        );
+                        return Ok(());
+                    }
+                }
+                answer => {
+                    expect_ok(answer?)?;
+                    return Ok(());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -645,6 +650,8 @@ impl Device {
     pub async fn approve_link(&self, code: &str) -> Result<LinkApproval> {
         let code = LinkCode::parse(code)?;
         self.sync().await?;
+        // The new device gets the current recovery sealing material with the bundle.
+        self.refresh_recovery_material().await?;
         let new_device = code.device_id();
         {
             let state = self.state();
@@ -734,6 +741,9 @@ impl Device {
             return Err(ClientError::CannotRevokeSelf);
         }
         self.sync().await?;
+        // While the account key is the one a rotation of the recovery key was signed with:
+        // after the revocation this device re-seals the bundle with the current material.
+        self.refresh_recovery_material().await?;
         let mut rng = system_rng();
         // The next account key is derived from the next epoch's secret, so sealing the epoch
         // to the remaining devices also hands them the key (docs/PROTOCOL.md §4). Both stay the
@@ -831,7 +841,7 @@ impl Device {
         Self::recover_with_keystore(home, relay, recovery_key, device_name, None).await
     }
 
-    /// [`Device::recover`] with the new device's secrets kept by `keystore` instead of a key
+    /// [`Device::recover`] with the device secrets kept by `keystore` instead of a plain key
     /// file.
     pub async fn recover_with_keystore(
         home: &Path,
@@ -841,7 +851,7 @@ impl Device {
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<Device> {
         let keystore = keystore_for(home, keystore);
-        if keystore.load()?.is_some() {
+        if keystore.exists()? {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
         let recovery_key = RecoveryKey::parse(recovery_key)
@@ -982,7 +992,7 @@ async fn put_sealed_epoch_keys(connection: &RelayConnection, keys: Vec<Vec<u8>>)
 }
 
 fn keystore_for(home: &Path, keystore: Option<Arc<dyn KeyStore>>) -> Arc<dyn KeyStore> {
-    keystore.unwrap_or_else(|| Arc::new(FileKeyStore::new(home.join(KEY_FILE))))
+    keystore.unwrap_or_else(|| Arc::new(FileKeyStore::in_home(home)))
 }
 
 /// How long one take of the pairing slot may wait on the relay for the approval (the relay
@@ -1031,8 +1041,8 @@ impl PendingLink {
         Self::new_with_keystore(home, relay, device_name, None)
     }
 
-    /// [`PendingLink::new`] with the new device's secrets kept by `keystore` (once the link
-    /// completes) instead of a key file.
+    /// [`PendingLink::new`] with the device secrets to be kept by `keystore` instead of a plain
+    /// key file.
     pub fn new_with_keystore(
         home: &Path,
         relay: RelayTarget,
@@ -1040,7 +1050,7 @@ impl PendingLink {
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<Self> {
         let keystore = keystore_for(home, keystore);
-        if keystore.load()?.is_some() {
+        if keystore.exists()? {
             return Err(ClientError::AlreadyInitialized(home.display().to_string()));
         }
         let secrets = DeviceSecrets::generate();

@@ -90,6 +90,9 @@ pub enum ClientError {
         "the relay filed this recovery bundle under another account than its own; not restoring from it"
     )]
     RecoveryAccountMismatch,
+    /// The account's recovery record on the relay is malformed or its material does not match.
+    #[error("the relay's recovery bundle for this account is invalid: {0}")]
+    RecoveryRecord(kith_protocol::recovery::RecoveryRecordError),
     /// The recovery key is wrong or no recovery bundle exists for it.
     #[error("no recovery bundle for this recovery key on that relay (check the key and the relay)")]
     RecoveryNotFound,
@@ -177,6 +180,13 @@ impl ClientError {
                 "list the ids with `kith contacts list` or find one with `kith contacts search QUERY`",
             ),
             ClientError::Revoked => Some(REVOKED_HINT),
+            ClientError::KeyStore(KeyStoreError::PassphraseRequired(_)) => Some(
+                "set KITH_PASSPHRASE to this device's passphrase, or run the command on a terminal to be asked for it",
+            ),
+            ClientError::KeyStore(KeyStoreError::WrongPassphrase(_)) => Some(
+                "give the passphrase this device's key was encrypted with (`kith key encrypt` set it); \
+                 without it, set the device up again with `kith device request` or `kith recover`",
+            ),
             _ => None,
         }
     }

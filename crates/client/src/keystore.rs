@@ -1,12 +1,50 @@
 //! Where a device keeps the secrets that never leave it: its signing key, its agreement key and
-//! its store secret. [`FileKeyStore`] writes them to a file created with mode 0600; an app can
-//! implement [`KeyStore`] over the operating system's keychain instead.
+//! its store secret.
+//!
+//! [`FileKeyStore`] keeps them in a file of mode 0600 in the device's home, in one of two
+//! formats (docs/PROTOCOL.md §2.2):
+//!
+//! - **encrypted** with a passphrase ([`FileKeyStore::with_passphrase`]): the secrets sealed with
+//!   XChaCha20-Poly1305 under a key derived from the passphrase by Argon2id ([`KdfParams`]), so
+//!   a copy of the file (a backup, a stolen laptop's disk) yields nothing without the
+//!   passphrase;
+//! - **plain** ([`FileKeyStore::new`]): the secrets as they are, protected only by the file's
+//!   mode. The last resort, for a device with neither a passphrase nor a keychain, and the
+//!   format of every home made by Kith 0.1. It still opens; a store with a passphrase that
+//!   loads a plain file rewrites it encrypted (the migration).
+//!
+//! An app can implement [`KeyStore`] over the operating system's keychain instead (macOS
+//! Keychain, Windows Credential Manager, the Secret Service on Linux) and pass it to
+//! [`Device::create_with_keystore`](crate::Device::create_with_keystore),
+//! [`PendingLink::new_with_keystore`](crate::PendingLink::new_with_keystore),
+//! [`Device::recover_with_keystore`](crate::Device::recover_with_keystore) and
+//! [`Device::open_with_keystore`](crate::Device::open_with_keystore).
+//!
+//! ```
+//! use kith_client::keystore::{DeviceSecrets, FileKeyStore, KeyStore, Passphrase};
+//! # let home = tempfile::tempdir().unwrap();
+//! let store = FileKeyStore::with_passphrase(
+//!     home.path().join("device.key"),
+//!     Passphrase::new("correct horse battery staple"),
+//! );
+//! let secrets = DeviceSecrets::generate();
+//! store.save(&secrets)?;
+//! assert!(FileKeyStore::in_home(home.path()).load().is_err(), "needs the passphrase");
+//! assert_eq!(store.load()?.unwrap().store_secret, secrets.store_secret);
+//! # Ok::<(), kith_client::keystore::KeyStoreError>(())
+//! ```
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use kith_protocol::keys::{DeviceAgreementKey, DeviceSigningKey, StoreSecret, system_rng};
+use rand_core::Rng;
 use zeroize::Zeroizing;
+
+/// The name of the device key file in a device's home.
+pub const KEY_FILE_NAME: &str = "device.key";
 
 /// The secrets of one device.
 #[derive(Clone)]
@@ -86,6 +124,18 @@ pub enum KeyStoreError {
     /// The platform keychain (or another backend) failed.
     #[error("key store backend failed: {0}")]
     Backend(String),
+    /// The key file is encrypted and no passphrase was given.
+    #[error("device key file {0} is encrypted with a passphrase: give it (KITH_PASSPHRASE)")]
+    PassphraseRequired(PathBuf),
+    /// The passphrase does not open the key file (or the file was altered).
+    #[error("wrong passphrase for the device key file {0} (or the file was altered)")]
+    WrongPassphrase(PathBuf),
+    /// The key file asks for a passphrase KDF cost beyond what this version accepts.
+    #[error(
+        "device key file {0} asks for an Argon2id cost beyond the accepted bounds \
+         (at most 1 GiB, 64 passes, 16 lanes)"
+    )]
+    KdfTooCostly(PathBuf),
 }
 
 /// Storage for a device's secrets.
@@ -94,23 +144,179 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     fn load(&self) -> Result<Option<DeviceSecrets>, KeyStoreError>;
     /// Saves the secrets durably, replacing any earlier ones.
     fn save(&self, secrets: &DeviceSecrets) -> Result<(), KeyStoreError>;
+    /// Whether secrets are stored, without unlocking them (a device being set up checks that
+    /// its home holds none). The default loads them.
+    fn exists(&self) -> Result<bool, KeyStoreError> {
+        Ok(self.load()?.is_some())
+    }
 }
 
-/// Secrets in a file with mode 0600, replaced atomically (write, fsync, rename).
+/// A passphrase that unlocks a device key file. Zeroized on drop; never printed.
+#[derive(Clone)]
+pub struct Passphrase(Zeroizing<String>);
+
+impl Passphrase {
+    /// A passphrase as typed. It is normalized to Unicode NFC before use, so the same
+    /// passphrase typed on systems that compose accents differently opens the same file.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(Zeroizing::new(text.into()))
+    }
+
+    /// Whether nothing was typed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether two passphrases are the same (after normalization), in constant time.
+    pub fn matches(&self, other: &Passphrase) -> bool {
+        use subtle::ConstantTimeEq;
+        let (a, b) = (self.normalized(), other.normalized());
+        a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    }
+
+    fn normalized(&self) -> Zeroizing<String> {
+        use unicode_normalization::UnicodeNormalization;
+        Zeroizing::new(self.0.nfc().collect())
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<secret>)")
+    }
+}
+
+/// The cost of Argon2id (RFC 9106) that turns a passphrase into the key file's key, stored in
+/// the file so that it can be raised later without breaking older files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory, in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// What new key files use: 19 MiB, 2 passes, 1 lane (OWASP's recommended minimum for
+    /// Argon2id). Every `kith` command is a process that unlocks the key once, and the
+    /// background budget of a phone app is about 24 MB, so the memory stays below that; about
+    /// 45 ms per unlock on a 2-core VM (BENCHMARKS.md). An app that unlocks often keeps the
+    /// unlocked [`DeviceSecrets`] (or uses a keychain) instead.
+    pub const DEFAULT: Self = Self {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    /// The most any key file may ask for: bounded before anything is allocated.
+    const MAX: Self = Self {
+        memory_kib: 1 << 20,
+        iterations: 64,
+        parallelism: 16,
+    };
+
+    fn within_bounds(&self) -> bool {
+        (1..=Self::MAX.memory_kib).contains(&self.memory_kib)
+            && (1..=Self::MAX.iterations).contains(&self.iterations)
+            && (1..=Self::MAX.parallelism).contains(&self.parallelism)
+    }
+
+    /// The 32-byte key of `passphrase` and `salt`, `None` if Argon2 refuses the parameters.
+    fn derive(&self, passphrase: &Passphrase, salt: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .ok()?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut key = Zeroizing::new([0u8; 32]);
+        argon
+            .hash_password_into(passphrase.normalized().as_bytes(), salt, &mut key[..])
+            .ok()?;
+        Some(key)
+    }
+}
+
+/// How a device key file protects the secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProtection {
+    /// The secrets as they are, in a file of mode 0600 (Kith 0.1's format; the last resort).
+    Plain,
+    /// Encrypted under a passphrase, with this KDF cost.
+    Passphrase(KdfParams),
+}
+
+/// The encrypted key file: `KITHKEY2`, u32be memory_kib, u32be iterations, u32be parallelism,
+/// salt (16), nonce (24), then the plain encoding sealed with XChaCha20-Poly1305 under the
+/// Argon2id key, the 60 bytes before it as associated data.
+mod sealed_format {
+    pub const MAGIC: &[u8; 8] = b"KITHKEY2";
+    pub const SALT_LEN: usize = 16;
+    pub const NONCE_LEN: usize = 24;
+    pub const HEADER_LEN: usize = 8 + 12 + SALT_LEN + NONCE_LEN;
+    pub const LEN: usize = HEADER_LEN + super::DeviceSecrets::ENCODED_LEN + 16;
+}
+
+/// Secrets in a file with mode 0600, replaced atomically (write, fsync, rename): encrypted
+/// under a passphrase, or plain as the last resort (see the module docs).
 #[derive(Debug, Clone)]
 pub struct FileKeyStore {
     path: PathBuf,
+    passphrase: Option<Passphrase>,
+    kdf: KdfParams,
 }
 
 impl FileKeyStore {
-    /// A key store at `path`.
+    /// A key store at `path` without a passphrase: saves plain files, opens plain ones, and
+    /// refuses an encrypted one with [`KeyStoreError::PassphraseRequired`].
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            passphrase: None,
+            kdf: KdfParams::DEFAULT,
+        }
+    }
+
+    /// The key file of the device whose home is `home`.
+    pub fn in_home(home: &Path) -> Self {
+        Self::new(home.join(KEY_FILE_NAME))
+    }
+
+    /// A key store at `path` that saves the secrets encrypted under `passphrase`. It opens
+    /// files encrypted under that passphrase, and plain ones, which it rewrites encrypted as
+    /// it loads them (the migration of a Kith 0.1 home).
+    pub fn with_passphrase(path: impl Into<PathBuf>, passphrase: Passphrase) -> Self {
+        Self {
+            passphrase: Some(passphrase),
+            ..Self::new(path)
+        }
+    }
+
+    /// Uses `kdf` for the files it saves (the default is [`KdfParams::DEFAULT`]).
+    pub fn with_kdf(mut self, kdf: KdfParams) -> Self {
+        self.kdf = kdf;
+        self
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How the file protects the secrets, without unlocking it; `None` if there is no file.
+    pub fn protection(&self) -> Result<Option<KeyProtection>, KeyStoreError> {
+        let bytes = match self.read()? {
+            Some(bytes) => bytes,
+            None => return Ok(None),
+        };
+        if bytes.starts_with(sealed_format::MAGIC) {
+            return Ok(Some(KeyProtection::Passphrase(
+                Self::sealed_params(&bytes).ok_or(KeyStoreError::Malformed)?,
+            )));
+        }
+        DeviceSecrets::decode(&bytes)?;
+        Ok(Some(KeyProtection::Plain))
     }
 
     fn io(&self, source: std::io::Error) -> KeyStoreError {
@@ -119,10 +325,9 @@ impl FileKeyStore {
             source,
         }
     }
-}
 
-impl KeyStore for FileKeyStore {
-    fn load(&self) -> Result<Option<DeviceSecrets>, KeyStoreError> {
+    /// The file's bytes (refused if other users can read it), `None` if there is none.
+    fn read(&self) -> Result<Option<Zeroizing<Vec<u8>>>, KeyStoreError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -139,10 +344,96 @@ impl KeyStore for FileKeyStore {
                 return Err(KeyStoreError::TooOpen(self.path.clone()));
             }
         }
-        DeviceSecrets::decode(&bytes).map(Some)
+        Ok(Some(bytes))
     }
 
-    fn save(&self, secrets: &DeviceSecrets) -> Result<(), KeyStoreError> {
+    fn sealed_params(bytes: &[u8]) -> Option<KdfParams> {
+        if bytes.len() != sealed_format::LEN {
+            return None;
+        }
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+        };
+        Some(KdfParams {
+            memory_kib: word(8)?,
+            iterations: word(12)?,
+            parallelism: word(16)?,
+        })
+    }
+
+    /// Opens the encrypted encoding.
+    fn open_sealed(
+        &self,
+        bytes: &[u8],
+        passphrase: &Passphrase,
+    ) -> Result<DeviceSecrets, KeyStoreError> {
+        use sealed_format::{HEADER_LEN, NONCE_LEN, SALT_LEN};
+        let params = Self::sealed_params(bytes).ok_or(KeyStoreError::Malformed)?;
+        if !params.within_bounds() {
+            return Err(KeyStoreError::KdfTooCostly(self.path.clone()));
+        }
+        let salt = &bytes[20..20 + SALT_LEN];
+        let nonce = XNonce::try_from(&bytes[20 + SALT_LEN..20 + SALT_LEN + NONCE_LEN])
+            .map_err(|_| KeyStoreError::Malformed)?;
+        let key = params
+            .derive(passphrase, salt)
+            .ok_or(KeyStoreError::Malformed)?;
+        let plain = XChaCha20Poly1305::new((&*key).into())
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &bytes[HEADER_LEN..],
+                    aad: &bytes[..HEADER_LEN],
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| KeyStoreError::WrongPassphrase(self.path.clone()))?;
+        DeviceSecrets::decode(&plain)
+    }
+
+    /// The encrypted encoding of `secrets`.
+    fn seal(
+        &self,
+        secrets: &DeviceSecrets,
+        passphrase: &Passphrase,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        use sealed_format::{MAGIC, NONCE_LEN, SALT_LEN};
+        if !self.kdf.within_bounds() {
+            return Err(KeyStoreError::KdfTooCostly(self.path.clone()));
+        }
+        let mut rng = system_rng();
+        let mut salt = [0u8; SALT_LEN];
+        rng.fill_bytes(&mut salt);
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(sealed_format::LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.kdf.memory_kib.to_be_bytes());
+        out.extend_from_slice(&self.kdf.iterations.to_be_bytes());
+        out.extend_from_slice(&self.kdf.parallelism.to_be_bytes());
+        out.extend_from_slice(&salt);
+        out.extend_from_slice(&nonce);
+        let key = self
+            .kdf
+            .derive(passphrase, &salt)
+            .ok_or(KeyStoreError::KdfTooCostly(self.path.clone()))?;
+        let sealed = XChaCha20Poly1305::new((&*key).into())
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &secrets.encode(),
+                    aad: &out,
+                },
+            )
+            .map_err(|_| KeyStoreError::Malformed)?;
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn write(&self, bytes: &[u8]) -> Result<(), KeyStoreError> {
         let tmp = self.path.with_extension("tmp");
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -152,7 +443,7 @@ impl KeyStore for FileKeyStore {
             options.mode(0o600);
         }
         let mut file = options.open(&tmp).map_err(|e| self.io(e))?;
-        file.write_all(&secrets.encode()).map_err(|e| self.io(e))?;
+        file.write_all(bytes).map_err(|e| self.io(e))?;
         file.sync_all().map_err(|e| self.io(e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
         // Make the rename itself durable.
@@ -164,6 +455,38 @@ impl KeyStore for FileKeyStore {
             let _ = dir.sync_all();
         }
         Ok(())
+    }
+}
+
+impl KeyStore for FileKeyStore {
+    fn load(&self) -> Result<Option<DeviceSecrets>, KeyStoreError> {
+        let Some(bytes) = self.read()? else {
+            return Ok(None);
+        };
+        if bytes.starts_with(sealed_format::MAGIC) {
+            let passphrase = self
+                .passphrase
+                .as_ref()
+                .ok_or_else(|| KeyStoreError::PassphraseRequired(self.path.clone()))?;
+            return self.open_sealed(&bytes, passphrase).map(Some);
+        }
+        let secrets = DeviceSecrets::decode(&bytes)?;
+        if self.passphrase.is_some() {
+            // A plain file (Kith 0.1, or made without a passphrase): encrypt it now.
+            self.save(&secrets)?;
+        }
+        Ok(Some(secrets))
+    }
+
+    fn save(&self, secrets: &DeviceSecrets) -> Result<(), KeyStoreError> {
+        match &self.passphrase {
+            Some(passphrase) => self.write(&self.seal(secrets, passphrase)?),
+            None => self.write(&secrets.encode()),
+        }
+    }
+
+    fn exists(&self) -> Result<bool, KeyStoreError> {
+        Ok(self.path.exists())
     }
 }
 
@@ -224,5 +547,107 @@ mod tests {
         let printed = format!("{secrets:?}");
         assert!(printed.contains("device:"));
         assert!(!printed.contains(&hex::encode(secrets.store_secret.expose())));
+    }
+
+    /// Cheap KDF parameters for unit tests (the format is the same).
+    const TEST_KDF: KdfParams = KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn locked(dir: &tempfile::TempDir, passphrase: &str) -> FileKeyStore {
+        FileKeyStore::with_passphrase(dir.path().join("device.key"), Passphrase::new(passphrase))
+            .with_kdf(TEST_KDF)
+    }
+
+    #[test]
+    fn an_encrypted_key_file_opens_only_with_its_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = locked(&dir, "correct horse");
+        let secrets = DeviceSecrets::generate();
+        store.save(&secrets).unwrap();
+        let bytes = std::fs::read(store.path()).unwrap();
+        assert!(bytes.starts_with(b"KITHKEY2"));
+        let plain = secrets.encode();
+        assert!(
+            !bytes
+                .windows(32)
+                .any(|w| w == &plain[72..104] || w == &plain[8..40]),
+            "a secret in the clear"
+        );
+        assert_eq!(
+            store.protection().unwrap(),
+            Some(KeyProtection::Passphrase(TEST_KDF))
+        );
+        let loaded = store.load().unwrap().unwrap();
+        assert_eq!(loaded.store_secret, secrets.store_secret);
+        assert!(matches!(
+            locked(&dir, "wrong horse").load(),
+            Err(KeyStoreError::WrongPassphrase(_))
+        ));
+        assert!(matches!(
+            FileKeyStore::new(store.path()).load(),
+            Err(KeyStoreError::PassphraseRequired(_))
+        ));
+    }
+
+    #[test]
+    fn the_passphrase_is_compared_in_nfc() {
+        let dir = tempfile::tempdir().unwrap();
+        // "é" precomposed, then as e + combining acute accent.
+        locked(&dir, "caf\u{e9}")
+            .save(&DeviceSecrets::generate())
+            .unwrap();
+        assert!(locked(&dir, "cafe\u{301}").load().unwrap().is_some());
+    }
+
+    #[test]
+    fn an_altered_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = locked(&dir, "pass");
+        store.save(&DeviceSecrets::generate()).unwrap();
+        let mut bytes = std::fs::read(store.path()).unwrap();
+        // Lower the KDF cost (memory 64 -> 32 KiB): the header is authenticated.
+        bytes[11] = 32;
+        std::fs::write(store.path(), &bytes).unwrap();
+        assert!(matches!(
+            store.load(),
+            Err(KeyStoreError::WrongPassphrase(_))
+        ));
+        // A cost beyond the bounds is refused before anything is allocated.
+        bytes[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(store.path(), &bytes).unwrap();
+        assert!(matches!(store.load(), Err(KeyStoreError::KdfTooCostly(_))));
+        bytes.truncate(100);
+        std::fs::write(store.path(), &bytes).unwrap();
+        assert!(matches!(store.load(), Err(KeyStoreError::Malformed)));
+    }
+
+    #[test]
+    fn a_plain_key_file_is_encrypted_when_loaded_with_a_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = FileKeyStore::new(dir.path().join("device.key"));
+        let secrets = DeviceSecrets::generate();
+        plain.save(&secrets).unwrap();
+        assert_eq!(plain.protection().unwrap(), Some(KeyProtection::Plain));
+        let store = locked(&dir, "pass");
+        let loaded = store.load().unwrap().unwrap();
+        assert_eq!(loaded.store_secret, secrets.store_secret);
+        assert_eq!(
+            plain.protection().unwrap(),
+            Some(KeyProtection::Passphrase(TEST_KDF))
+        );
+        assert!(matches!(
+            plain.load(),
+            Err(KeyStoreError::PassphraseRequired(_))
+        ));
+        assert!(store.exists().unwrap());
+    }
+
+    #[test]
+    fn debug_shows_no_passphrase() {
+        let printed = format!("{:?}", locked(&tempfile::tempdir().unwrap(), "hunter2"));
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 }

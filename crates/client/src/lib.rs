@@ -24,6 +24,8 @@ pub mod net;
 #[cfg(feature = "sync")]
 mod pipeline;
 #[cfg(feature = "sync")]
+pub mod recovery;
+#[cfg(feature = "sync")]
 pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
@@ -39,5 +41,7 @@ pub use error::ClientError;
 #[cfg(feature = "sync")]
 pub use history::{MeetingView, ParticipantView};
 pub use kith_protocol::record::Contact;
+#[cfg(feature = "sync")]
+pub use recovery::{RecoveryState, RecoveryStatus};
 #[cfg(feature = "sync")]
 pub use sync::{CompactReport, NewerFormat, PastEnd, SyncReport};

@@ -374,7 +374,9 @@ impl AccountBundle {
     }
 }
 
-fn decode_recovery(wire: &proto::RecoverySealing) -> Result<RecoverySealing, BundleError> {
+pub(crate) fn decode_recovery(
+    wire: &proto::RecoverySealing,
+) -> Result<RecoverySealing, BundleError> {
     let public = DeviceAgreementPublicKey::from_slice(&wire.public_key).map_err(|source| {
         BundleError::InvalidKey {
             field: "recovery.public_key",
@@ -595,6 +597,7 @@ fn seal_bundle(
     let bytes = proto::SealedBundle {
         encapped_key: sealed.encapped_key,
         ciphertext: sealed.ciphertext,
+        recovery_info: None,
     }
     .encode_to_vec();
     if bytes.len() > limits::MAX_BUNDLE_BYTES {
@@ -1045,6 +1048,7 @@ mod tests {
         proto::SealedBundle {
             encapped_key: sealed.encapped_key,
             ciphertext: sealed.ciphertext,
+            recovery_info: None,
         }
         .encode_to_vec()
     }
@@ -1139,7 +1143,8 @@ mod tests {
             phone_open(
                 &proto::SealedBundle {
                     encapped_key: vec![1; 10],
-                    ciphertext: vec![]
+                    ciphertext: vec![],
+                    recovery_info: None,
                 }
                 .encode_to_vec()
             ),
@@ -1169,6 +1174,7 @@ mod tests {
         let sealed = proto::SealedBundle {
             encapped_key: bad_plaintext.encapped_key,
             ciphertext: bad_plaintext.ciphertext,
+            recovery_info: None,
         }
         .encode_to_vec();
         assert!(matches!(

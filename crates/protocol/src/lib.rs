@@ -59,6 +59,7 @@ pub mod record;
 pub mod bundle;
 pub mod envelope;
 pub mod epoch;
+pub mod recovery;
 pub mod roster;
 pub mod stream;
 

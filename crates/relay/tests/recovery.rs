@@ -19,6 +19,7 @@ fn put(lookup: u8, bundle: &[u8]) -> request::Kind {
     request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
         lookup_id: vec![lookup; 32],
         bundle: bundle.to_vec(),
+        replaces_lookup_id: Vec::new(),
     })
 }
 
@@ -82,6 +83,91 @@ async fn a_recovery_lookup_id_belongs_to_the_account_that_stored_it_first() {
         // The owner still replaces its own bundle, under the same or a new lookup id.
         victims.expect_ok(put(7, b"victim's v2")).await.unwrap();
         assert_eq!(lookup(&stranger, 7).await.1, b"victim's v2".to_vec());
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+fn rotate(lookup: u8, bundle: &[u8], replaces: &[u8]) -> request::Kind {
+    request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
+        lookup_id: vec![lookup; 32],
+        bundle: bundle.to_vec(),
+        replaces_lookup_id: replaces.to_vec(),
+    })
+}
+
+/// The account's own bundle, asked for with an empty lookup id.
+async fn own(client: &RelayClient) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+    match client
+        .request(request::Kind::GetRecoveryBundle(proto::GetRecoveryBundle {
+            lookup_id: Vec::new(),
+        }))
+        .await?
+    {
+        response::Kind::RecoveryBundle(found) => Ok((found.lookup_id, found.bundle)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 10 finding 11: an account has one recovery bundle. A new lookup id (a rotated key)
+/// must name the one it replaces, which the relay then removes; a device that missed the
+/// rotation cannot bring the old key back by sealing under it again, and finds the account's
+/// current bundle through its authenticated connection.
+#[tokio::test]
+async fn a_rotated_recovery_lookup_id_replaces_the_old_one_and_cannot_be_undone_by_a_stale_device()
+{
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let account = TestAccount::new(1);
+        let client = relay.connect().await;
+        account.create(&client).await;
+        assert_eq!(code(own(&client).await), ErrorCode::NotFound);
+        client.expect_ok(put(1, b"old key's")).await.unwrap();
+        assert_eq!(
+            own(&client).await.unwrap(),
+            (vec![1; 32], b"old key's".to_vec())
+        );
+
+        // A new lookup id that does not name the current one is refused.
+        assert_eq!(
+            code(client.expect_ok(put(2, b"new key's")).await),
+            ErrorCode::RecoveryRotated
+        );
+        assert_eq!(
+            code(client.expect_ok(rotate(2, b"new key's", &[9; 32])).await),
+            ErrorCode::RecoveryRotated
+        );
+        client
+            .expect_ok(rotate(2, b"new key's", &[1; 32]))
+            .await
+            .unwrap();
+        let stranger = relay.connect().await;
+        assert_eq!(lookup(&stranger, 2).await.1, b"new key's".to_vec());
+        let gone = stranger
+            .request(request::Kind::GetRecoveryBundle(proto::GetRecoveryBundle {
+                lookup_id: vec![1; 32],
+            }))
+            .await;
+        assert_eq!(
+            code(gone),
+            ErrorCode::NotFound,
+            "the old key's bundle is removed"
+        );
+
+        // A device still holding the old key's material re-seals: refused, nothing changes.
+        assert_eq!(
+            code(client.expect_ok(put(1, b"old key's again")).await),
+            ErrorCode::RecoveryRotated
+        );
+        assert_eq!(
+            own(&client).await.unwrap(),
+            (vec![2; 32], b"new key's".to_vec())
+        );
+        // The current lookup id is re-sealed as before.
+        client.expect_ok(put(2, b"new key's v2")).await.unwrap();
+        assert_eq!(own(&client).await.unwrap().1, b"new key's v2".to_vec());
+        // Unauthenticated, the account's own bundle is not to be had.
+        assert_eq!(code(own(&stranger).await), ErrorCode::Unauthenticated);
         relay.handle.shutdown().await.unwrap();
     })
     .await;

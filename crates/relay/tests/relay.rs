@@ -623,6 +623,7 @@ async fn recovery_bundles_are_served_without_auth_but_rate_limited() {
             .expect_ok(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
                 lookup_id: vec![9; 32],
                 bundle: b"sealed".to_vec(),
+                replaces_lookup_id: Vec::new(),
             }))
             .await
             .unwrap();
@@ -702,6 +703,7 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             .expect_ok(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
                 lookup_id: vec![7; 32],
                 bundle: b"r".to_vec(),
+                replaces_lookup_id: Vec::new(),
             }))
             .await
             .unwrap();

@@ -5,6 +5,12 @@
 //! A lookup id belongs to the account that stored a bundle under it first: another account's
 //! `PutRecoveryBundle` under it is refused with `SLOT_EXISTS` (an ex-device knows the lookup id
 //! and the recovery PSK, and could otherwise plant a bundle of an account of its own there).
+//!
+//! An account has one bundle. Storing it under a new lookup id (a rotated recovery key) must
+//! name the current one in `replaces_lookup_id`, else it is refused with `RECOVERY_ROTATED`:
+//! a device that missed the rotation cannot bring the old key back by re-sealing under it; it
+//! fetches the account's bundle (an authenticated `GetRecoveryBundle` with an empty lookup id)
+//! for the new sealing material instead.
 
 use std::time::Instant;
 
@@ -31,6 +37,21 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutRecoveryBundle) ->
                 "the account was deleted",
             ));
         }
+        // Under the account's lock: no other put of this account runs between the check and
+        // the swap.
+        let current = shared
+            .store
+            .recovery_lookup_id(&account.id)
+            .map_err(RequestError::storage)?;
+        if let Some(current) = current
+            && current != lookup_id
+            && req.replaces_lookup_id.as_slice() != current.as_slice()
+        {
+            return Err(RequestError::new(
+                ErrorCode::RecoveryRotated,
+                "the account's recovery bundle is under another lookup id",
+            ));
+        }
         let stored = shared
             .store
             .put_recovery_bundle(&lookup_id, &account.id, &req.bundle)
@@ -47,6 +68,9 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutRecoveryBundle) ->
 }
 
 pub(crate) async fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) -> Reply {
+    if req.lookup_id.is_empty() {
+        return get_own(shared, conn).await;
+    }
     if !shared
         .lookup_limiter
         .check(&conn.remote.ip(), Instant::now())
@@ -73,5 +97,37 @@ pub(crate) async fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) ->
         bundle,
         account_id: account.as_bytes().to_vec(),
         roster,
+        lookup_id: lookup_id.to_vec(),
+    }))
+}
+
+/// The authenticated account's own bundle, whatever its lookup id (a device checking it, or
+/// learning of a rotation it missed). Not rate-limited: it reveals nothing but the account's
+/// own record to its own device.
+async fn get_own(shared: &Shared, conn: &Conn) -> Reply {
+    let (account, _device) = authorized(shared, conn)?;
+    let not_found = || RequestError::new(ErrorCode::NotFound, "the account has no recovery bundle");
+    let lookup_id = shared
+        .store
+        .recovery_lookup_id(&account.id)
+        .map_err(RequestError::storage)?
+        .ok_or_else(not_found)?;
+    let (owner, bundle) = shared
+        .store
+        .recovery_bundle(&lookup_id)
+        .map_err(RequestError::storage)?
+        .ok_or_else(not_found)?;
+    if owner != account.id {
+        return Err(not_found());
+    }
+    let roster = super::roster::durable_roster(shared, &account)
+        .await?
+        .encoded()
+        .to_vec();
+    respond(response::Kind::RecoveryBundle(RecoveryBundle {
+        bundle,
+        account_id: account.id.as_bytes().to_vec(),
+        roster,
+        lookup_id: lookup_id.to_vec(),
     }))
 }

@@ -315,6 +315,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lookup_id: &[u8; 32],
     ) -> Result<Option<(AccountId, Vec<u8>)>, StoreError>;
 
+    /// The lookup id of the account's recovery bundle, `None` if it has none.
+    fn recovery_lookup_id(&self, account: &AccountId) -> Result<Option<[u8; 32]>, StoreError>;
+
     /// Adds a registration token (by its SHA-256; the token itself is never stored).
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
 

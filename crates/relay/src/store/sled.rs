@@ -845,6 +845,15 @@ impl Store for SledStore {
         Ok(Some((account, value[ACCOUNT_LEN..].to_vec())))
     }
 
+    fn recovery_lookup_id(&self, account: &AccountId) -> Result<Option<[u8; 32]>, StoreError> {
+        match self.accounts.get(key(account, TAG_RECOVERY, &[]))? {
+            None => Ok(None),
+            Some(id) => <[u8; 32]>::try_from(id.as_ref())
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("recovery lookup id index")),
+        }
+    }
+
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         self.tokens.insert(token_hash, &[])?;
         Ok(())

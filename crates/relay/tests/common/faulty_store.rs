@@ -184,6 +184,9 @@ impl Store for FaultyStore {
     ) -> Result<Option<(AccountId, Vec<u8>)>, StoreError> {
         self.inner.recovery_bundle(lookup_id)
     }
+    fn recovery_lookup_id(&self, account: &AccountId) -> Result<Option<[u8; 32]>, StoreError> {
+        self.inner.recovery_lookup_id(account)
+    }
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         self.write()?;
         self.inner.add_registration_token(token_hash)
