@@ -40,6 +40,15 @@ pub(crate) mod meta {
     pub const ACKED: &[u8] = b"acked";
     /// Present once the relay refused this device as removed from the account.
     pub const REVOKED: &[u8] = b"revoked";
+    /// `sent/<u64be seq>` → this device's own envelope at `seq`, kept after the relay
+    /// acknowledged it and until a compaction covers it, so that a relay that lost it is
+    /// restored byte for byte (docs/PROTOCOL.md §13.1).
+    pub const SENT_PREFIX: &[u8] = b"sent/";
+    /// First seq of this device's last snapshot whose truncation the relay acknowledged: u64be.
+    pub const SNAPSHOT_AT: &[u8] = b"snapshot-at";
+    /// `cut/<device id>` → the last seq (u64be) the relay held of a removed device whose
+    /// stream it lost the tail of, once reported (docs/PROTOCOL.md §13.1).
+    pub const CUT_PREFIX: &[u8] = b"cut/";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.
@@ -129,7 +138,8 @@ pub(crate) struct Inner {
     pub(crate) secrets: DeviceSecrets,
     pub(crate) device_id: DeviceId,
     pub(crate) store: LocalStore,
-    pub(crate) relay: RelayTarget,
+    /// The relay this device syncs with; changed by `kith relay move` and `kith relay set`.
+    pub(crate) relay: Mutex<RelayTarget>,
     pub(crate) device_name: String,
     pub(crate) state: Mutex<AccountState>,
     /// Serializes syncs and holds the authenticated connection between them.
@@ -372,7 +382,7 @@ impl Device {
                 secrets,
                 device_id,
                 store,
-                relay,
+                relay: Mutex::new(relay),
                 device_name: settings.device_name,
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
@@ -405,7 +415,7 @@ impl Device {
                 secrets,
                 device_id,
                 store,
-                relay: relay.clone(),
+                relay: Mutex::new(relay.clone()),
                 device_name: device_name.to_string(),
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
@@ -499,8 +509,12 @@ impl Device {
     }
 
     /// The relay this device syncs with.
-    pub fn relay(&self) -> &RelayTarget {
-        &self.inner.relay
+    pub fn relay(&self) -> RelayTarget {
+        self.inner
+            .relay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Returns the authenticated connection, connecting and authenticating if needed.
@@ -509,7 +523,7 @@ impl Device {
         slot: &'a mut Option<RelayConnection>,
     ) -> Result<&'a RelayConnection> {
         if slot.is_none() {
-            let connection = RelayConnection::connect(&self.inner.relay).await?;
+            let connection = RelayConnection::connect(&self.relay()).await?;
             let account = self.account_id();
             match connection
                 .authenticate(&account, &self.inner.secrets.signing_key)
@@ -576,11 +590,13 @@ impl Device {
             .collect()
     }
 
-    async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
+    /// Seals the recovery bundle for the current account key and epochs and stores it; `false`
+    /// if this device holds no recovery sealing material.
+    pub(crate) async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<bool> {
         let (sealed, lookup_id) = {
             let state = self.state();
             let Some(recovery) = &state.recovery else {
-                return Ok(());
+                return Ok(false);
             };
             let bundle = AccountBundle::new(
                 state.account_key.clone(),
@@ -603,7 +619,7 @@ impl Device {
                 }))
                 .await?,
         )?;
-        Ok(())
+        Ok(true)
     }
 
     /// Approves a new device from its link code: leaves the account bundle, sealed to it and

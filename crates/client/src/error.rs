@@ -93,6 +93,17 @@ pub enum ClientError {
     /// The recovery key is wrong or no recovery bundle exists for it.
     #[error("no recovery bundle for this recovery key on that relay (check the key and the relay)")]
     RecoveryNotFound,
+    /// The relay does not know the account and refuses to create it again: the account was
+    /// deleted there.
+    #[error(
+        "the relay says this account was deleted; it is not created again (set up a new account with `kith init`)"
+    )]
+    AccountDeleted,
+    /// The relay lost this account and admits new accounts by token only.
+    #[error(
+        "the relay lost this account and creates accounts by registration token only: ask its operator for a token (`kith-relay token create`), then run `kith relay rebuild --registration-token T`"
+    )]
+    RebuildNeedsToken,
     /// An importer failed.
     #[error(transparent)]
     Import(#[from] crate::import::ImportError),
@@ -118,6 +129,14 @@ impl From<NetError> for ClientError {
 }
 
 impl ClientError {
+    /// The relay's error code, if the relay refused a request.
+    pub fn relay_code(&self) -> Option<kith_protocol::proto::ErrorCode> {
+        match self {
+            ClientError::Net(e) => e.relay_code(),
+            _ => None,
+        }
+    }
+
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Net(e) if e.is_transient())

@@ -154,7 +154,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
-    /// Deletes envelopes with seq < `before_seq` (the caller checked `before_seq <= last_seq`)
+    /// Deletes envelopes with seq < `before_seq` (the caller checked `before_seq <= last_seq`,
+    /// or `before_seq == last_seq + 1` to empty a stream that a push restarts at a snapshot)
     /// and returns the stream's meta afterwards.
     fn truncate(
         &self,
