@@ -414,3 +414,76 @@ async fn different_bytes_at_a_served_seq_are_still_a_fork() {
         other => panic!("expected a fork naming a, got {other:?}"),
     }
 }
+
+/// `kith relay move`: the account moves to a second relay; a device that can no longer reach
+/// the first follows with `kith relay set` and heals its own stream there; a device linked on
+/// the new relay gets every contact, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_to_another_relay_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = Relay::start(dir.path().join("old"));
+    let new = Relay::start(dir.path().join("new"));
+    let (a, _) = Device::create(&dir.path().join("a"), old.target(), "a", None)
+        .await
+        .unwrap();
+    let b = kith_e2e::link(&a, &dir.path().join("b"), old.target(), "b").await;
+    for i in 0..10 {
+        a.add_contact(&person(&format!("A {i}"))).await.unwrap();
+        b.add_contact(&person(&format!("B {i}"))).await.unwrap();
+    }
+    converge(&[&a, &b]).await;
+    // b writes once more and syncs it to the old relay only.
+    b.add_contact(&person("B last on the old relay"))
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+
+    let heal = a.move_to_relay(new.target(), None).await.unwrap();
+    assert!(heal.account_recreated, "{heal:?}");
+    assert_eq!(a.relay(), new.target());
+    old.stop();
+
+    // b cannot reach the old relay any more; it is pointed at the new one.
+    b.set_relay(new.target()).await.unwrap();
+    assert_eq!(b.relay(), new.target());
+    let reports = converge(&[&b, &a]).await;
+    assert!(
+        healed(&reports[0])
+            .iter()
+            .any(|h| h.lost_envelopes.is_some()),
+        "b restores its own stream on the new relay: {reports:?}"
+    );
+    assert_same_state(&[&a, &b]);
+    assert_eq!(names(&a).len(), 21);
+
+    let c = kith_e2e::link(&a, &dir.path().join("c"), new.target(), "c").await;
+    converge(&[&a, &b, &c]).await;
+    assert_same_state(&[&a, &b, &c]);
+    // Reopened, the devices remember the new relay.
+    a.close().await;
+    drop(a);
+    let a = Device::open(&dir.path().join("a")).unwrap();
+    assert_eq!(a.relay(), new.target());
+}
+
+/// A device that missed the account's deletion does not bring it back: the relay remembers
+/// the deleted account's id and refuses to create it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_account_is_not_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path().join("relay"));
+    let (a, _) = Device::create(&dir.path().join("a"), relay.target(), "a", None)
+        .await
+        .unwrap();
+    let b = kith_e2e::link(&a, &dir.path().join("b"), relay.target(), "b").await;
+    b.add_contact(&person("Grace Hopper")).await.unwrap();
+    converge(&[&a, &b]).await;
+    a.delete_account().await.unwrap();
+    b.add_contact(&person("Written after the deletion"))
+        .await
+        .unwrap();
+    match b.sync().await {
+        Err(ClientError::AccountDeleted) => {}
+        other => panic!("expected the account to stay deleted, got {other:?}"),
+    }
+}

@@ -517,6 +517,41 @@ impl Device {
             .clone()
     }
 
+    /// Points this device at another relay (`kith relay set`): for a device that cannot reach
+    /// the old relay after another device moved the account. The next sync connects there and
+    /// heals it from this device's copies if it lacks anything (docs/PROTOCOL.md §13.1).
+    pub async fn set_relay(&self, relay: RelayTarget) -> Result<()> {
+        let mut slot = self.inner.connection.lock().await;
+        self.persist_relay(&relay)?;
+        *slot = None;
+        Ok(())
+    }
+
+    /// Stores `relay` in the settings and uses it from now on.
+    pub(crate) fn persist_relay(&self, relay: &RelayTarget) -> Result<()> {
+        let mut settings: Settings = self
+            .inner
+            .store
+            .get(TreeName::Meta, meta::SETTINGS)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| ClientError::NotInitialized(self.inner.home.display().to_string()))?;
+        let fresh = Settings::new(&self.account_id(), &settings.device_name, relay);
+        settings.relay_address = fresh.relay_address;
+        settings.relay_pin = fresh.relay_pin;
+        settings.relay_ca_der_hex = fresh.relay_ca_der_hex;
+        let bytes =
+            serde_json::to_vec(&settings).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        self.inner
+            .store
+            .put(TreeName::Meta, meta::SETTINGS, &bytes)?;
+        *self
+            .inner
+            .relay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = relay.clone();
+        Ok(())
+    }
+
     /// Returns the authenticated connection, connecting and authenticating if needed.
     pub(crate) async fn connection<'a>(
         &self,

@@ -635,4 +635,85 @@ impl Device {
         }
         Ok(count)
     }
+
+    /// Moves the account to another relay (`kith relay move`): syncs with the current relay
+    /// (if it answers), creates the account on `relay` from the trusted roster (or joins it
+    /// there if another device moved first), uploads this device's stream, the sealed epoch keys
+    /// of every present device and the recovery bundle, then a snapshot of everything this
+    /// device merged (so nothing of a device that never moves is missing there), and from then
+    /// on syncs with `relay`. Other devices follow with [`Device::set_relay`].
+    pub async fn move_to_relay(
+        &self,
+        relay: crate::net::RelayTarget,
+        registration_token: Option<String>,
+    ) -> Result<RelayHeal> {
+        if let Err(e) = self.sync().await {
+            if !e.is_transient() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "the current relay cannot be reached; moving from this device's copies");
+        }
+        let mut slot = self.inner.connection.lock().await;
+        let connection = RelayConnection::connect(&relay).await?;
+        let (account, roster) = {
+            let state = self.state();
+            (state.account_id, state.roster.encoded().to_vec())
+        };
+        let created = match connection
+            .create_account(
+                &account,
+                roster,
+                &self.inner.secrets.signing_key,
+                registration_token,
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) if e.relay_code() == Some(ErrorCode::AccountExists) => false,
+            Err(e) if e.relay_code() == Some(ErrorCode::RegistrationClosed) => {
+                return Err(ClientError::RebuildNeedsToken);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let connection = if created {
+            connection
+        } else {
+            // Another device moved first: authenticate there (a new connection, a fresh
+            // challenge) and store the trusted roster if that relay's is older.
+            let connection = RelayConnection::connect(&relay).await?;
+            connection
+                .authenticate(&account, &self.inner.secrets.signing_key)
+                .await?;
+            connection
+        };
+        let lost = if created {
+            None
+        } else {
+            let answer = connection
+                .request(request::Kind::GetRoster(proto::GetRoster {}))
+                .await?;
+            let response::Kind::Roster(served) = answer else {
+                return Err(NetError::Protocol("expected a roster".into()).into());
+            };
+            self.restore_roster_if_behind(&connection, &served.roster)
+                .await?
+        };
+        let mut heal = self
+            .heal_relay(&connection, lost, created)
+            .await?
+            .unwrap_or_default();
+        heal.account_recreated = created;
+        if !created && lost.is_none() {
+            // The relay had the account: the other device restored keys and bundle already,
+            // but this device's sealed keys may be missing there.
+            heal.sealed_keys_restored = self.restore_sealed_epoch_keys(&connection).await?;
+        }
+        self.seal_full_snapshot_after_outbox()?;
+        heal.snapshot_written = true;
+        self.persist_relay(&relay)?;
+        *slot = Some(connection.clone());
+        drop(slot);
+        self.sync().await?;
+        Ok(heal)
+    }
 }

@@ -136,7 +136,19 @@ impl Device {
                 return Err(e);
             }
         };
-        let result = self.sync_on(&connection, recreated).await;
+        let mut result = self.sync_on(&connection, recreated).await;
+        if !recreated
+            && result
+                .as_ref()
+                .is_err_and(|e| e.relay_code() == Some(proto::ErrorCode::UnknownAccount))
+        {
+            // The relay forgot the account while this connection was open (its data lost
+            // under a running relay, or the account deleted): as above.
+            *slot = None;
+            let c = self.recreate_account(None).await?;
+            *slot = Some(c.clone());
+            result = self.sync_on(&c, true).await;
+        }
         if result.as_ref().is_err_and(|e| e.is_transient()) {
             *slot = None;
         }

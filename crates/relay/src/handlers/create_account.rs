@@ -53,6 +53,17 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
     )
     .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
     if shared
+        .store
+        .was_deleted(&account_id)
+        .map_err(RequestError::storage)?
+    {
+        // A device that missed the deletion must not bring the account back.
+        return Err(RequestError::new(
+            ErrorCode::UnknownAccount,
+            "the account was deleted",
+        ));
+    }
+    if shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?
         .is_some()

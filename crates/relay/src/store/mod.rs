@@ -232,6 +232,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// bundle.
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError>;
 
+    /// Remembers that `account` was deleted (its 32-byte id only), so that a device that missed
+    /// the deletion is refused when it would create the account again (docs/PROTOCOL.md §13.1).
+    /// A store that does not remember deletions lets such a device rebuild the account.
+    fn mark_deleted(&self, _account: &AccountId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether `account` was deleted ([`Store::mark_deleted`]).
+    fn was_deleted(&self, _account: &AccountId) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// Totals.
     fn stats(&self) -> Result<StoreStats, StoreError>;
 

@@ -14,7 +14,9 @@
 //! | `account ‖ 'V'` | lookup id of the account's recovery bundle |
 //!
 //! Tree `pairing`: `slot id → expires_at_ms (u64 BE) ‖ account ‖ bundle`. Tree `recovery`:
-//! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `meta`:
+//! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `deleted`:
+//! `account → ()` for deleted accounts (so a device that missed the deletion does not create
+//! the account again). Tree `meta`:
 //! `schema_version → u32 BE`. Integers are big-endian so keys sort by seq and epoch.
 //!
 //! A pushed batch is packed into records of up to `value_bytes` (consecutive envelopes, at
@@ -76,6 +78,7 @@ pub struct SledStore {
     pairing: sled::Tree,
     recovery: sled::Tree,
     tokens: sled::Tree,
+    deleted: sled::Tree,
     value_bytes: usize,
     log: Arc<SegmentLog>,
     /// Truncation and deletion hold it shared; compaction exclusive while it moves a record,
@@ -293,6 +296,7 @@ impl SledStore {
             pairing: db.open_tree("pairing")?,
             recovery: db.open_tree("recovery")?,
             tokens: db.open_tree("tokens")?,
+            deleted: db.open_tree("deleted")?,
             db,
             value_bytes,
             log: Arc::new(log),
@@ -851,6 +855,15 @@ impl Store for SledStore {
 
     fn consume_registration_token(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
         Ok(self.tokens.remove(token_hash)?.is_some())
+    }
+
+    fn mark_deleted(&self, account: &AccountId) -> Result<(), StoreError> {
+        self.deleted.insert(account.as_bytes(), &[])?;
+        Ok(())
+    }
+
+    fn was_deleted(&self, account: &AccountId) -> Result<bool, StoreError> {
+        Ok(self.deleted.contains_key(account.as_bytes())?)
     }
 
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
