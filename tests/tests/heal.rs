@@ -487,3 +487,55 @@ async fn a_deleted_account_is_not_rebuilt() {
         other => panic!("expected the account to stay deleted, got {other:?}"),
     }
 }
+
+/// `kith-relay backup DIR` on a running relay while a device pushes: the copy is a data
+/// directory the relay starts on (same certificate), and restored later, the devices heal it
+/// and end with every edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_restores_and_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path().join("relay"));
+    let target = relay.target();
+    let (a, _) = Device::create(&dir.path().join("a"), target.clone(), "a", None)
+        .await
+        .unwrap();
+    let b = kith_e2e::link(&a, &dir.path().join("b"), target.clone(), "b").await;
+    b.add_contact(&person("Before the backup")).await.unwrap();
+    converge(&[&a, &b]).await;
+
+    // a keeps pushing while the backup is taken.
+    let pushing = tokio::spawn({
+        let a = a.clone();
+        async move {
+            for i in 0..40 {
+                a.add_contact(&person(&format!("During {i}")))
+                    .await
+                    .unwrap();
+                a.sync().await.unwrap();
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let backup = dir.path().join("backup");
+    kith_relay::control::request_backup(&relay.dir, &backup)
+        .await
+        .unwrap();
+    pushing.await.unwrap();
+    assert!(
+        kith_relay::control::request_backup(&relay.dir, &backup)
+            .await
+            .unwrap_err()
+            .contains("exists"),
+        "a backup never overwrites"
+    );
+    b.add_contact(&person("After the backup")).await.unwrap();
+    converge(&[&a, &b]).await;
+
+    relay.stop();
+    restore(&backup, &relay.dir);
+    relay.start_again();
+    assert_eq!(relay.target(), target, "the backup holds the certificate");
+    converge(&[&a, &b]).await;
+    assert_same_state(&[&a, &b]);
+    assert_eq!(names(&a).len(), 42);
+}

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod frame;
 mod handlers;

@@ -429,6 +429,9 @@ pub(crate) struct Shared {
     pub pairing_puts: watch::Sender<u64>,
     /// Live objects by kind.
     pub live: LiveCounts,
+    /// Every request that writes to the store holds it shared; an online backup holds it
+    /// exclusively while it flushes and copies the store (`crate::control`).
+    pub write_barrier: tokio::sync::RwLock<()>,
 }
 
 impl Shared {
@@ -464,6 +467,7 @@ impl Shared {
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,
             pairing_puts: watch::Sender::new(0),
+            write_barrier: tokio::sync::RwLock::new(()),
             accounts: Accounts::new(config.cached_accounts, &live),
             live,
             config,

@@ -232,6 +232,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// bundle.
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError>;
 
+    /// Copies the store, as it is after the last flush, into the new directory `to` (an online
+    /// backup: the caller holds every writer off and flushed first). The default refuses.
+    fn backup(&self, _to: &std::path::Path) -> Result<(), StoreError> {
+        Err(StoreError::Backend(
+            "this storage backend cannot copy itself; use its own backup tools".into(),
+        ))
+    }
+
     /// Remembers that `account` was deleted (its 32-byte id only), so that a device that missed
     /// the deletion is refused when it would create the account again (docs/PROTOCOL.md §13.1).
     /// A store that does not remember deletions lets such a device rebuild the account.

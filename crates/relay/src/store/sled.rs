@@ -79,6 +79,8 @@ pub struct SledStore {
     recovery: sled::Tree,
     tokens: sled::Tree,
     deleted: sled::Tree,
+    /// The store's directory (copied by an online backup).
+    dir: std::path::PathBuf,
     value_bytes: usize,
     log: Arc<SegmentLog>,
     /// Truncation and deletion hold it shared; compaction exclusive while it moves a record,
@@ -297,6 +299,7 @@ impl SledStore {
             recovery: db.open_tree("recovery")?,
             tokens: db.open_tree("tokens")?,
             deleted: db.open_tree("deleted")?,
+            dir: dir.to_path_buf(),
             db,
             value_bytes,
             log: Arc::new(log),
@@ -857,6 +860,18 @@ impl Store for SledStore {
         Ok(self.tokens.remove(token_hash)?.is_some())
     }
 
+    fn backup(&self, to: &Path) -> Result<(), StoreError> {
+        // No truncation, deletion or log compaction moves a record while the files are copied;
+        // the caller holds every writer off.
+        let _exclusive = self
+            .relocation
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.db.flush()?;
+        self.log.sync()?;
+        copy_tree(&self.dir, to).map_err(|e| StoreError::Backend(format!("copy: {e}")))
+    }
+
     fn mark_deleted(&self, account: &AccountId) -> Result<(), StoreError> {
         self.deleted.insert(account.as_bytes(), &[])?;
         Ok(())
@@ -1359,4 +1374,19 @@ mod tests {
             "a downgrade says so: {err}"
         );
     }
+}
+
+/// Copies a directory tree (an online backup of a store nothing writes to meanwhile).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
