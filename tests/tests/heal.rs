@@ -539,3 +539,64 @@ async fn an_online_backup_restores_and_heals() {
     assert_same_state(&[&a, &b]);
     assert_eq!(names(&a).len(), 42);
 }
+
+/// Measurement for BENCHMARKS.md (not a check: run with `--ignored --nocapture`): how long a
+/// device takes to heal a relay that lost the last 10,000 envelopes of its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for BENCHMARKS.md"]
+async fn measure_heal_of_10000_lost_envelopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path().join("relay"));
+    let (a, _) = Device::create(&dir.path().join("a"), relay.target(), "a", None)
+        .await
+        .unwrap();
+    relay.stop();
+    let backup = dir.path().join("backup");
+    copy_dir(&relay.dir, &backup);
+    relay.start_again();
+    for i in 0..10_000 {
+        a.add_contact(&person(&format!("Contact {i:05}")))
+            .await
+            .unwrap();
+        a.seal_pending_for_tests().unwrap();
+    }
+    a.sync().await.unwrap();
+    relay.stop();
+    restore(&backup, &relay.dir);
+    relay.start_again();
+    a.close().await;
+    let started = Instant::now();
+    let report = a.sync().await.unwrap();
+    let took = started.elapsed();
+    let healed = report.healed.unwrap();
+    assert_eq!(healed.lost_envelopes, Some((1, 10_000)));
+    println!("heal of 10,000 lost envelopes: {took:?} ({healed})");
+}
+
+/// Measurement for BENCHMARKS.md: rebuilding an account of 100,000 contacts on an empty relay
+/// (same certificate), by the device that syncs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for BENCHMARKS.md"]
+async fn measure_rebuild_of_100000_contacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path().join("relay"));
+    let (a, _) = Device::create(&dir.path().join("a"), relay.target(), "a", None)
+        .await
+        .unwrap();
+    let csv = kith_client::import::testing::generate_linkedin_csv(100_000);
+    let report =
+        kith_client::import::linkedin::import_bytes(csv.as_bytes(), &Default::default()).unwrap();
+    a.import(report).await.unwrap();
+    a.sync().await.unwrap();
+    let contacts = a.contact_count().unwrap();
+    relay.stop();
+    std::fs::remove_dir_all(relay.dir.join("db")).unwrap();
+    relay.start_again();
+    a.close().await;
+    let started = Instant::now();
+    let report = a.sync().await.unwrap();
+    let took = started.elapsed();
+    let healed = report.healed.unwrap();
+    assert!(healed.account_recreated);
+    println!("rebuild of {contacts} contacts on an empty relay: {took:?} ({healed})");
+}
