@@ -15,7 +15,7 @@
 //!
 //! Tree `pairing`: `slot id → expires_at_ms (u64 BE) ‖ account ‖ bundle`. Tree `recovery`:
 //! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `deleted`:
-//! `account → ()` for deleted accounts (so a device that missed the deletion does not create
+//! `SHA-256("kith-relay/v1/deleted-account" ‖ account) → ()` for deleted accounts (so a device that missed the deletion does not create
 //! the account again). Tree `meta`:
 //! `schema_version → u32 BE`. Integers are big-endian so keys sort by seq and epoch.
 //!
@@ -873,12 +873,12 @@ impl Store for SledStore {
     }
 
     fn mark_deleted(&self, account: &AccountId) -> Result<(), StoreError> {
-        self.deleted.insert(account.as_bytes(), &[])?;
+        self.deleted.insert(deleted_key(account), &[])?;
         Ok(())
     }
 
     fn was_deleted(&self, account: &AccountId) -> Result<bool, StoreError> {
-        Ok(self.deleted.contains_key(account.as_bytes())?)
+        Ok(self.deleted.contains_key(deleted_key(account))?)
     }
 
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
@@ -972,6 +972,16 @@ impl Store for SledStore {
         }
         Ok(())
     }
+}
+
+/// The `deleted` tree's key of an account: a hash, so the account id itself is not kept after
+/// the deletion (only whoever knows the id can tell it was deleted here).
+fn deleted_key(account: &AccountId) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"kith-relay/v1/deleted-account");
+    hash.update(account.as_bytes());
+    hash.finalize().into()
 }
 
 /// Copies a directory tree (an online backup of a store nothing writes to meanwhile).
