@@ -85,6 +85,9 @@ pub enum Command {
     /// Link, list and revoke devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Show, change or move the relay this account syncs with.
+    #[command(subcommand)]
+    Relay(RelayCommand),
     /// Restore the account on this (new) device from the recovery key.
     Recover {
         /// The relay.
@@ -326,6 +329,37 @@ fn parse_region(text: &str) -> Result<Region, String> {
     text.parse().map_err(|_| {
         format!("'{text}' is not a region: give a two-letter ISO 3166 code such as GB, DE or US")
     })
+}
+
+/// `kith relay …`.
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Print the relay this device syncs with and its certificate pin.
+    Show,
+    /// Point this device at another relay (after another device moved the account there, for
+    /// a device that cannot reach the old relay). Nothing is uploaded until the next sync.
+    Set {
+        /// The relay.
+        #[command(flatten)]
+        relay: RelayArgs,
+    },
+    /// Move the account to another relay: create it there, upload everything this device
+    /// holds, and sync with it from now on. Other devices follow with `kith relay set`.
+    Move {
+        /// The new relay.
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// A registration token, if the new relay admits new accounts by token only.
+        #[arg(long, value_name = "T")]
+        registration_token: Option<String>,
+    },
+    /// Create the account again on a relay that lost it and admits new accounts by token only
+    /// (on an open relay, `kith sync` does this by itself).
+    Rebuild {
+        /// A registration token from the relay's operator (`kith-relay token create`).
+        #[arg(long, value_name = "T")]
+        registration_token: Option<String>,
+    },
 }
 
 /// `kith device …`.

@@ -11,7 +11,7 @@ use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::keystore::{
     FileKeyStore, KdfParams, KeyProtection, KeyStore, KeyStoreError, Passphrase,
 };
-use kith_client::net::RelayTarget;
+use kith_client::net::{RelayTarget, RelayTrust};
 use kith_client::{
     ClearField, ClientError, ContactFields, Device, EditOptions, PendingLink, RecoveryState,
     SyncReport,
@@ -20,7 +20,7 @@ use kith_protocol::DeviceId;
 
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, KeyCommand,
-    RecoveryCommand, RelayArgs, SourceName, SourcesCommand,
+    RecoveryCommand, RelayArgs, RelayCommand, SourceName, SourcesCommand,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{progress, qr};
@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sync { watch: true } => watch(&home).await,
         Command::Compact => compact(&home).await,
         Command::Device(command) => device(&home, command).await,
+        Command::Relay(command) => relay(&home, command).await,
         Command::Recover {
             relay,
             recovery_key,
@@ -663,6 +664,59 @@ fn region_of_locale(locale: &str) -> Option<Region> {
     territory.parse().ok()
 }
 
+/// `kith relay …`.
+async fn relay(home: &Path, command: RelayCommand) -> Result<()> {
+    let device = open(home)?;
+    match command {
+        RelayCommand::Show => {
+            let relay = device.relay();
+            outln!("relay: {}", relay.address);
+            match &relay.trust {
+                RelayTrust::PinnedSha256(pin) => outln!("certificate sha256: {}", hex::encode(pin)),
+                RelayTrust::CaRoots(roots) => {
+                    outln!(
+                        "certificate: verified against {} CA certificates",
+                        roots.len()
+                    )
+                }
+            }
+        }
+        RelayCommand::Set { relay } => {
+            let target = relay_target(&relay)?;
+            device.set_relay(target).await?;
+            outln!(
+                "This device now syncs with {}; run `kith sync`.",
+                relay.relay
+            );
+        }
+        RelayCommand::Move {
+            relay,
+            registration_token,
+        } => {
+            let target = relay_target(&relay)?;
+            let spinner = progress::spinner("moving the account");
+            let result = device.move_to_relay(target, registration_token).await;
+            device.close().await;
+            spinner.finish_and_clear();
+            let heal =
+                result.with_context(|| format!("cannot move to the relay at {}", relay.relay))?;
+            outln!("Moved the account to {}: {heal}.", relay.relay);
+            outln!(
+                "On every other device run: kith relay set --relay {} --relay-cert-sha256 {}",
+                relay.relay,
+                relay.relay_cert_sha256
+            );
+        }
+        RelayCommand::Rebuild { registration_token } => {
+            let result = device.rebuild_account(registration_token).await;
+            device.close().await;
+            let heal = result.with_context(|| relay_context(&device))?;
+            outln!("Rebuilt: {heal}.");
+        }
+    }
+    Ok(())
+}
+
 fn relay_context(device: &Device) -> String {
     format!("cannot sync with the relay at {}", device.relay().address)
 }
@@ -675,6 +729,9 @@ async fn sync(home: &Path) -> Result<()> {
     device.close().await;
     spinner.finish_and_clear();
     let report = report.with_context(|| relay_context(&device))?;
+    if let Some(healed) = &report.healed {
+        outln!("The relay was behind: {healed}.");
+    }
     outln!(
         "Synced: pushed {}, pulled {}, {} changed; {} in all.",
         count(report.pushed as u64, "envelope"),
@@ -713,6 +770,9 @@ fn describe_changes(report: &SyncReport) -> String {
         report.pulled,
         count(report.changed.len() as u64, "contact")
     );
+    if let Some(healed) = &report.healed {
+        text = format!("the relay was behind: {healed}; {text}");
+    }
     if !ids.is_empty() {
         text.push_str(": ");
         text.push_str(&ids.join(" "));

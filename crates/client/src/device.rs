@@ -40,6 +40,15 @@ pub(crate) mod meta {
     pub const ACKED: &[u8] = b"acked";
     /// Present once the relay refused this device as removed from the account.
     pub const REVOKED: &[u8] = b"revoked";
+    /// `sent/<u64be seq>` → this device's own envelope at `seq`, kept after the relay
+    /// acknowledged it and until a compaction covers it, so that a relay that lost it is
+    /// restored byte for byte (docs/PROTOCOL.md §13.1).
+    pub const SENT_PREFIX: &[u8] = b"sent/";
+    /// First seq of this device's last snapshot whose truncation the relay acknowledged: u64be.
+    pub const SNAPSHOT_AT: &[u8] = b"snapshot-at";
+    /// `cut/<device id>` → the last seq (u64be) the relay held of a removed device whose
+    /// stream it lost the tail of, once reported (docs/PROTOCOL.md §13.1).
+    pub const CUT_PREFIX: &[u8] = b"cut/";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.
@@ -129,7 +138,8 @@ pub(crate) struct Inner {
     pub(crate) secrets: DeviceSecrets,
     pub(crate) device_id: DeviceId,
     pub(crate) store: LocalStore,
-    pub(crate) relay: RelayTarget,
+    /// The relay this device syncs with; changed by `kith relay move` and `kith relay set`.
+    pub(crate) relay: Mutex<RelayTarget>,
     pub(crate) device_name: String,
     pub(crate) state: Mutex<AccountState>,
     /// Serializes syncs and holds the authenticated connection between them.
@@ -371,7 +381,7 @@ impl Device {
                 secrets,
                 device_id,
                 store,
-                relay,
+                relay: Mutex::new(relay),
                 device_name: settings.device_name,
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
@@ -404,7 +414,7 @@ impl Device {
                 secrets,
                 device_id,
                 store,
-                relay: relay.clone(),
+                relay: Mutex::new(relay.clone()),
                 device_name: device_name.to_string(),
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
@@ -498,8 +508,47 @@ impl Device {
     }
 
     /// The relay this device syncs with.
-    pub fn relay(&self) -> &RelayTarget {
-        &self.inner.relay
+    pub fn relay(&self) -> RelayTarget {
+        self.inner
+            .relay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Points this device at another relay (`kith relay set`): for a device that cannot reach
+    /// the old relay after another device moved the account. The next sync connects there and
+    /// heals it from this device's copies if it lacks anything (docs/PROTOCOL.md §13.1).
+    pub async fn set_relay(&self, relay: RelayTarget) -> Result<()> {
+        let mut slot = self.inner.connection.lock().await;
+        self.persist_relay(&relay)?;
+        *slot = None;
+        Ok(())
+    }
+
+    /// Stores `relay` in the settings and uses it from now on.
+    pub(crate) fn persist_relay(&self, relay: &RelayTarget) -> Result<()> {
+        let mut settings: Settings = self
+            .inner
+            .store
+            .get(TreeName::Meta, meta::SETTINGS)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| ClientError::NotInitialized(self.inner.home.display().to_string()))?;
+        let fresh = Settings::new(&self.account_id(), &settings.device_name, relay);
+        settings.relay_address = fresh.relay_address;
+        settings.relay_pin = fresh.relay_pin;
+        settings.relay_ca_der_hex = fresh.relay_ca_der_hex;
+        let bytes =
+            serde_json::to_vec(&settings).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        self.inner
+            .store
+            .put(TreeName::Meta, meta::SETTINGS, &bytes)?;
+        *self
+            .inner
+            .relay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = relay.clone();
+        Ok(())
     }
 
     /// Returns the authenticated connection, connecting and authenticating if needed.
@@ -508,7 +557,7 @@ impl Device {
         slot: &'a mut Option<RelayConnection>,
     ) -> Result<&'a RelayConnection> {
         if slot.is_none() {
-            let connection = RelayConnection::connect(&self.inner.relay).await?;
+            let connection = RelayConnection::connect(&self.relay()).await?;
             let account = self.account_id();
             match connection
                 .authenticate(&account, &self.inner.secrets.signing_key)
@@ -606,11 +655,13 @@ impl Device {
     /// revocation or at creation). A device that missed a rotation of the recovery key is
     /// refused (`RECOVERY_ROTATED`): it learns the new sealing material from the account's
     /// record if the current account key signed it, and seals again; else it leaves the
-    /// bundle as it is, which `kith recovery status` then reports as stale (§6).
-    pub(crate) async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<()> {
+    /// bundle as it is, which `kith recovery status` then reports as stale (§6). `true` if it
+    /// stored a bundle; `false` if this device holds no recovery sealing material or could not
+    /// confirm the rotated one.
+    pub(crate) async fn put_recovery_bundle(&self, connection: &RelayConnection) -> Result<bool> {
         for _ in 0..2 {
             let Some((record, lookup_id)) = self.seal_recovery_record(None)? else {
-                return Ok(());
+                return Ok(false);
             };
             let put = connection
                 .request(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
@@ -626,16 +677,16 @@ impl Device {
                             "the recovery key was replaced by another device and this one \
                              cannot confirm the new one; the recovery bundle was not re-sealed"
                         );
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 answer => {
                     expect_ok(answer?)?;
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Approves a new device from its link code: leaves the account bundle, sealed to it and

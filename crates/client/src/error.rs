@@ -96,6 +96,17 @@ pub enum ClientError {
     /// The recovery key is wrong or no recovery bundle exists for it.
     #[error("no recovery bundle for this recovery key on that relay (check the key and the relay)")]
     RecoveryNotFound,
+    /// The relay does not know the account and refuses to create it again: the account was
+    /// deleted there.
+    #[error(
+        "the relay says this account was deleted; it is not created again (set up a new account with `kith init`)"
+    )]
+    AccountDeleted,
+    /// The relay lost this account and admits new accounts by token only.
+    #[error(
+        "the relay lost this account and creates accounts by registration token only: ask its operator for a token (`kith-relay token create`), then run `kith relay rebuild --registration-token T`"
+    )]
+    RebuildNeedsToken,
     /// An importer failed.
     #[error(transparent)]
     Import(#[from] crate::import::ImportError),
@@ -187,6 +198,14 @@ impl ClientError {
                 "give the passphrase this device's key was encrypted with (`kith key encrypt` set it); \
                  without it, set the device up again with `kith device request` or `kith recover`",
             ),
+            _ => None,
+        }
+    }
+
+    /// The relay's error code, if the relay refused a request.
+    pub fn relay_code(&self) -> Option<kith_protocol::proto::ErrorCode> {
+        match self {
+            ClientError::Net(e) => e.relay_code(),
             _ => None,
         }
     }

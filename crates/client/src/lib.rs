@@ -13,6 +13,8 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "sync")]
+pub mod heal;
+#[cfg(feature = "sync")]
 pub mod history;
 pub mod import;
 #[cfg(feature = "sync")]
@@ -38,6 +40,8 @@ pub use contacts::{ClearField, ConflictView, ContactFields, EditOptions, ImportS
 pub use device::{Device, DeviceInfo, LinkApproval, PendingLink, RecoveryKeyText};
 #[cfg(feature = "sync")]
 pub use error::ClientError;
+#[cfg(feature = "sync")]
+pub use heal::{CutStream, RelayHeal, StreamRestore};
 #[cfg(feature = "sync")]
 pub use history::{MeetingView, ParticipantView};
 pub use kith_protocol::record::Contact;

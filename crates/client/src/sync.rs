@@ -50,6 +50,10 @@ pub struct SyncReport {
     /// Streams stopped at an envelope in a format newer than this release reads: every other
     /// stream was pulled and merged; those wait for an update (docs/PROTOCOL.md §8.1).
     pub newer_format: Vec<NewerFormat>,
+    /// What the relay had lost (an old backup restored, its data lost) and this sync restored
+    /// from this device's verified copies; `None` when the relay held everything this device
+    /// knows it acknowledged (docs/PROTOCOL.md §13.1).
+    pub healed: Option<crate::heal::RelayHeal>,
 }
 
 /// An envelope whose header carries a `format_version` this release does not know, written by
@@ -115,24 +119,49 @@ impl Device {
     /// One sync attempt without retries: fails fast when the relay is unreachable.
     pub async fn sync_once(&self) -> Result<SyncReport> {
         let mut slot = self.inner.connection.lock().await;
+        let mut recreated = false;
         let connection = match self.connection(&mut slot).await {
             Ok(c) => c.clone(),
+            Err(e) if e.relay_code() == Some(proto::ErrorCode::UnknownAccount) => {
+                // The relay lost the account (its data is gone): create it again from the
+                // trusted roster, then heal (docs/PROTOCOL.md §13.1).
+                *slot = None;
+                let c = self.recreate_account(None).await?;
+                *slot = Some(c.clone());
+                recreated = true;
+                c
+            }
             Err(e) => {
                 *slot = None;
                 return Err(e);
             }
         };
-        let result = self.sync_on(&connection).await;
+        let mut result = self.sync_on(&connection, recreated).await;
+        if !recreated
+            && result
+                .as_ref()
+                .is_err_and(|e| e.relay_code() == Some(proto::ErrorCode::UnknownAccount))
+        {
+            // The relay forgot the account while this connection was open (its data lost
+            // under a running relay, or the account deleted): as above.
+            *slot = None;
+            let c = self.recreate_account(None).await?;
+            *slot = Some(c.clone());
+            result = self.sync_on(&c, true).await;
+        }
         if result.as_ref().is_err_and(|e| e.is_transient()) {
             *slot = None;
         }
         result
     }
 
-    async fn sync_on(&self, connection: &RelayConnection) -> Result<SyncReport> {
+    async fn sync_on(&self, connection: &RelayConnection, recreated: bool) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        self.refresh_roster(connection).await?;
+        let lost_roster_versions = self.refresh_roster(connection).await?;
         self.seal_pending()?;
+        report.healed = self
+            .heal_relay(connection, lost_roster_versions, recreated)
+            .await?;
         report.pushed = self.push_outbox(connection).await?;
         self.pull(connection, &mut report).await?;
         // The identity rule holds for what other devices wrote too (§8.4); links it makes
@@ -145,13 +174,24 @@ impl Device {
     }
 
     /// Fetches the relay's roster, verifies it extends ours, and fetches new epoch keys.
-    pub(crate) async fn refresh_roster(&self, connection: &RelayConnection) -> Result<()> {
+    /// Returns the roster versions the relay had lost, if it served an older roster that the
+    /// trusted one extends (stored again: docs/PROTOCOL.md §13.1).
+    pub(crate) async fn refresh_roster(
+        &self,
+        connection: &RelayConnection,
+    ) -> Result<Option<(u64, u64)>> {
         let answer = connection
             .request(request::Kind::GetRoster(proto::GetRoster {}))
             .await?;
-        let response::Kind::Roster(served) = answer else {
+        let response::Kind::Roster(mut served) = answer else {
             return Err(crate::net::NetError::Protocol("expected a roster".into()).into());
         };
+        let restored = self
+            .restore_roster_if_behind(connection, &served.roster)
+            .await?;
+        if restored.is_some() {
+            served.roster = self.state().roster.encoded().to_vec();
+        }
         let updated = {
             let state = self.state();
             if served.roster.as_slice() == state.roster.encoded() {
@@ -175,7 +215,8 @@ impl Device {
             self.state().roster = roster;
             self.persist_state()?;
         }
-        self.fetch_epoch_keys(connection).await
+        self.fetch_epoch_keys(connection).await?;
+        Ok(restored)
     }
 
     async fn fetch_epoch_keys(&self, connection: &RelayConnection) -> Result<()> {
@@ -390,9 +431,15 @@ impl Device {
                 ))
                 .into());
             }
+            // Acknowledged envelopes are kept (until a compaction covers them), so that a relay
+            // that loses them is restored byte for byte (docs/PROTOCOL.md §13.1).
             store.transaction(|tx| {
                 for seq in (last_seq + 1 - count as u64)..=last_seq {
-                    tx.remove(TreeName::Outbox, &seq.to_be_bytes())?;
+                    let key = seq.to_be_bytes();
+                    if let Some(envelope) = tx.get(TreeName::Outbox, &key)? {
+                        tx.put(TreeName::Meta, &crate::heal::sent_key(seq), &envelope)?;
+                    }
+                    tx.remove(TreeName::Outbox, &key)?;
                 }
                 tx.put(TreeName::Meta, meta::ACKED, &last_seq.to_be_bytes())
             })?;
@@ -465,7 +512,7 @@ impl Device {
         // and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
         loop {
-            let cursors = verifiers
+            let mut cursors: Vec<proto::Cursor> = verifiers
                 .iter()
                 .map(|(device, v)| proto::Cursor {
                     device_id: device.as_bytes().to_vec(),
@@ -476,6 +523,12 @@ impl Device {
                     },
                 })
                 .collect();
+            // This device's own stream is never pulled (a device absent from the cursors would
+            // be served from seq 1, filling pages with envelopes it skips).
+            cursors.push(proto::Cursor {
+                device_id: self.inner.device_id.as_bytes().to_vec(),
+                after_seq: u64::MAX,
+            });
             let answer = connection
                 .request(request::Kind::Pull(proto::Pull {
                     cursors,
@@ -844,6 +897,28 @@ impl Device {
                 seq: *seq,
             })
             .collect();
+        let envelopes = self.seal_full_snapshot(&positions)?;
+        self.push_outbox(&connection).await?;
+        expect_ok(
+            connection
+                .request(request::Kind::TruncateStream(proto::TruncateStream {
+                    before_seq: first_seq,
+                }))
+                .await?,
+        )?;
+        self.forget_sent_before(first_seq)?;
+        let usage_after = usage(&connection).await?;
+        Ok(CompactReport {
+            snapshot_envelopes: envelopes,
+            relay_bytes_before: usage_before.bytes_used,
+            relay_bytes_after: usage_after.bytes_used,
+            covers,
+        })
+    }
+
+    /// Seals this device's whole merged state as snapshot envelopes into the outbox (as many
+    /// as needed, each at most [`SNAPSHOT_BYTES`] of records); returns how many.
+    pub(crate) fn seal_full_snapshot(&self, positions: &[proto::StreamPosition]) -> Result<usize> {
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0usize;
         let mut envelopes = 0;
@@ -858,29 +933,52 @@ impl Device {
             chunk.push(wire);
             if chunk_bytes >= SNAPSHOT_BYTES {
                 chunk_bytes = 0;
-                self.seal_snapshot(std::mem::take(&mut chunk), &positions)?;
+                self.seal_snapshot(std::mem::take(&mut chunk), positions)?;
                 envelopes += 1;
             }
         }
         if !chunk.is_empty() || envelopes == 0 {
-            self.seal_snapshot(chunk, &positions)?;
+            self.seal_snapshot(chunk, positions)?;
             envelopes += 1;
         }
-        self.push_outbox(&connection).await?;
-        expect_ok(
-            connection
-                .request(request::Kind::TruncateStream(proto::TruncateStream {
-                    before_seq: first_seq,
-                }))
-                .await?,
-        )?;
-        let usage_after = usage(&connection).await?;
-        Ok(CompactReport {
-            snapshot_envelopes: envelopes,
-            relay_bytes_before: usage_before.bytes_used,
-            relay_bytes_after: usage_after.bytes_used,
-            covers,
-        })
+        Ok(envelopes)
+    }
+
+    /// After the relay truncated this device's stream before `first_seq` (a snapshot starts
+    /// there): the envelopes kept for re-upload before it are no longer needed.
+    pub(crate) fn forget_sent_before(&self, first_seq: u64) -> Result<()> {
+        Ok(self.inner.store.transaction(|tx| {
+            for key in tx.keys(TreeName::Meta)? {
+                let Some(seq) = key
+                    .strip_prefix(meta::SENT_PREFIX)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                else {
+                    continue;
+                };
+                if seq < first_seq {
+                    tx.remove(TreeName::Meta, &key)?;
+                }
+            }
+            tx.put(TreeName::Meta, meta::SNAPSHOT_AT, &first_seq.to_be_bytes())
+        })?)
+    }
+
+    /// Seals a snapshot of everything this device holds after the envelopes in its outbox
+    /// (which it covers), for a relay that lost envelopes this device no longer keeps; returns
+    /// its first seq and envelope count.
+    pub(crate) fn seal_full_snapshot_after_outbox(&self) -> Result<(u64, usize)> {
+        let (last_own, _) = self.head()?;
+        let positions: Vec<proto::StreamPosition> = self
+            .snapshot_positions(last_own)?
+            .iter()
+            .map(|(device, seq)| proto::StreamPosition {
+                device_id: device.as_bytes().to_vec(),
+                seq: *seq,
+            })
+            .collect();
+        let envelopes = self.seal_full_snapshot(&positions)?;
+        Ok((last_own + 1, envelopes))
     }
 
     /// The stream positions a snapshot taken now covers: this device's own stream up to

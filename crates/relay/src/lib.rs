@@ -51,6 +51,7 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod error;
 mod handlers;
 pub mod limits;

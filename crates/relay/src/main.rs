@@ -85,6 +85,15 @@ enum Command {
     },
     /// Load test: start a relay (or use --relay), push and pull through real QUIC connections.
     Bench(bench::BenchArgs),
+    /// Online backup of a running relay into DIR (a new directory): writes wait while the
+    /// store is flushed and copied; DIR can then be served as a data directory.
+    Backup {
+        /// Where to write the backup (must not exist yet)
+        dir: PathBuf,
+        /// Data directory of the running relay
+        #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +132,10 @@ async fn main() -> ExitCode {
         Command::Stats { data, store } => stats(&data, store.as_ref()),
         Command::Migrate { store } => migrate(&store),
         Command::MigrateStore { from, to } => migrate_store(&from, &to),
+        Command::Backup { dir, data } => kith_relay::control::request_backup(&data, &dir)
+            .await
+            .map(|()| println!("Backup written to {}", dir.display()))
+            .map_err(|e| anyhow::anyhow!("backup failed: {e}")),
         Command::Bench(args) => bench::run(args).await,
     };
     match result {

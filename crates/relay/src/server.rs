@@ -228,7 +228,8 @@ impl Relay {
             tokio::spawn(apply_changes(Arc::downgrade(&shared), changes));
         }
         let (weak_shared, handle_endpoint) = (Arc::downgrade(&shared), endpoint.clone());
-        let task = tokio::spawn(serve(endpoint, shared, store, flusher));
+        let control = crate::control::listen(shared.clone())?;
+        let task = tokio::spawn(serve(endpoint, shared, store, flusher, control));
         tracing::info!(%local_addr, "relay started");
         Ok(RelayHandle {
             local_addr,
@@ -247,6 +248,7 @@ async fn serve(
     shared: Arc<Shared>,
     store: Arc<dyn Store>,
     flusher: tokio::task::JoinHandle<()>,
+    control: tokio::task::JoinHandle<()>,
 ) -> Result<(), RelayError> {
     let connections = Arc::new(Semaphore::new(
         shared.config.limits.max_connections as usize,
@@ -275,6 +277,8 @@ async fn serve(
     tracing::info!("shutting down: finishing requests in flight");
     endpoint.set_server_config(None);
     sweeper.abort();
+    control.abort();
+    crate::control::remove_socket(&shared.config.data_dir);
     drop(in_flight);
     let grace = shared.config.shutdown_grace;
     if tokio::time::timeout(grace, in_flight_rx.recv())
@@ -346,7 +350,9 @@ async fn sweep(shared: Arc<Shared>) {
             Ok(n) => tracing::debug!(expired = n, "pairing slots expired"),
             Err(err) => tracing::warn!(error = %err, "pairing slot sweep failed"),
         }
-        // Reclaims the space of truncated and deleted envelopes (blocking file I/O).
+        // Reclaims the space of truncated and deleted envelopes (blocking file I/O); not
+        // while an online backup copies the store.
+        let _writing = shared.write_barrier.read().await;
         let store = shared.store.clone();
         match tokio::task::spawn_blocking(move || store.maintain()).await {
             Ok(Ok(())) => {}

@@ -505,6 +505,9 @@ pub(crate) struct Shared {
     /// Whether other relays write to the same store (then a push or roster change may find
     /// that one of them moved the account on, and pulls read the account afresh).
     pub shared_store: bool,
+    /// Every request that writes to the store holds it shared; an online backup holds it
+    /// exclusively while it flushes and copies the store (`crate::control`).
+    pub write_barrier: tokio::sync::RwLock<()>,
 }
 
 impl Shared {
@@ -540,6 +543,7 @@ impl Shared {
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,
             pairing_puts: watch::Sender::new(0),
+            write_barrier: tokio::sync::RwLock::new(()),
             accounts: Accounts::new(config.cached_accounts, &live),
             live,
             shared_store: false,

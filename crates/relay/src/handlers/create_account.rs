@@ -1,4 +1,6 @@
 //! `CreateAccount`: stores the first roster and authenticates the connection as its device.
+//! The roster may be of any version: a device rebuilding its account on a relay that lost it
+//! presents the roster it trusts (docs/PROTOCOL.md §13.1).
 
 use kith_protocol::auth::verify_relay_auth;
 use kith_protocol::ids::DeviceId;
@@ -24,12 +26,10 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
     }
     let roster = VerifiedRoster::verify(&req.roster, None, None)
         .map_err(|e| RequestError::new(ErrorCode::RosterInvalid, e.to_string()))?;
-    if roster.version() != 1 {
-        return Err(RequestError::new(
-            ErrorCode::RosterInvalid,
-            "the first roster has version 1",
-        ));
-    }
+    // Any verified roster may create the account, not only version 1: a device rebuilds its
+    // account on a relay that lost it with the roster it trusts (docs/PROTOCOL.md §13.1). Only
+    // a holder of the account key chain can sign one, and devices that trust a newer roster
+    // store it over this one (or report a fork if it does not extend theirs).
     if roster.device_count() > shared.config.limits.max_devices_per_account as usize {
         return Err(RequestError::new(
             ErrorCode::TooManyDevices,
@@ -52,6 +52,17 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
         &req.signature,
     )
     .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
+    if shared
+        .store
+        .was_deleted(&account_id)
+        .map_err(RequestError::storage)?
+    {
+        // A device that missed the deletion must not bring the account back.
+        return Err(RequestError::new(
+            ErrorCode::UnknownAccount,
+            "the account was deleted",
+        ));
+    }
     if shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?

@@ -59,6 +59,10 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> 
             .store
             .delete_account(&account_id)
             .map_err(RequestError::storage)?;
+        shared
+            .store
+            .mark_deleted(&account_id)
+            .map_err(RequestError::storage)?;
         inner.deleted = true;
         shared.accounts.remove(&account_id);
     }

@@ -45,9 +45,22 @@ pub(crate) fn ok() -> Reply {
     respond(response::Kind::Ok(OkResponse {}))
 }
 
-/// Answers every request kind except `Subscribe` (see [`subscribe::run`]).
+/// Answers every request kind except `Subscribe` (see [`subscribe::run`]). Requests that write
+/// to the store hold the write barrier shared, so an online backup sees none half done.
 pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) -> Reply {
     use request::Kind;
+    let _writing = match &kind {
+        Kind::CreateAccount(_)
+        | Kind::PutRoster(_)
+        | Kind::Push(_)
+        | Kind::PutSealedEpochKeys(_)
+        | Kind::PutPairingSlot(_)
+        | Kind::TruncateStream(_)
+        | Kind::PutRecoveryBundle(_)
+        | Kind::DeleteAccount(_)
+        | Kind::RecoverDevice(_) => Some(shared.write_barrier.read().await),
+        _ => None,
+    };
     match kind {
         Kind::GetChallenge(_) => auth::get_challenge(conn),
         Kind::Authenticate(req) => auth::authenticate(shared, conn, req),

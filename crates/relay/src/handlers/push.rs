@@ -5,6 +5,10 @@
 //! at seqs already stored must be byte-identical (an identical retransmit is acknowledged
 //! again, a different one is `SEQ_CONFLICT`). The ack is sent only once the batch is durable,
 //! and pulls serve the batch only from then on.
+//! A push may also start past last + 1 when its first envelope is a snapshot: the device
+//! restarts its stream there (a device healing a relay that lost part of its stream, whose own
+//! copy begins at its last snapshot, docs/PROTOCOL.md §9.1); the older envelopes are dropped, as
+//! a truncation before the snapshot would. Any other gap is `SEQ_GAP`.
 //! A device that a pending revocation fenced is refused with `DEVICE_FENCED` (see
 //! `handlers::roster`); a removed device with `DEVICE_REMOVED`, under the same lock that swaps
 //! the roster, so nothing is stored past a removed device's `final_seq`.
@@ -13,7 +17,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use kith_protocol::proto::{ErrorCode, PushAck, response};
+use kith_protocol::proto::{ErrorCode, PayloadKind, PushAck, response};
 
 use super::{Reply, authorized, check_device, durable, respond};
 use crate::error::RequestError;
@@ -36,6 +40,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
         ));
     }
     let mut first_seq = 0;
+    let mut starts_with_snapshot = false;
     for (i, envelope) in envelopes.iter().enumerate() {
         if envelope.len() > limits.max_envelope_bytes as usize {
             return Err(RequestError::new(
@@ -60,6 +65,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
                 return Err(RequestError::invalid("seqs start at 1"));
             }
             first_seq = header.seq;
+            starts_with_snapshot = header.kind == PayloadKind::Snapshot;
         } else if header.seq != first_seq.saturating_add(i as u64) {
             return Err(RequestError::invalid(format!(
                 "envelope {i} is not consecutive"
@@ -87,12 +93,15 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
                 "a revocation of this device is under way; retry later",
             ));
         }
-        let meta = inner.streams.get(&device).copied().unwrap_or_default();
+        let mut meta = inner.streams.get(&device).copied().unwrap_or_default();
         if first_seq > meta.last_seq + 1 {
-            return Err(RequestError::new(
-                ErrorCode::SeqGap,
-                format!("next seq is {}", meta.last_seq + 1),
-            ));
+            if !starts_with_snapshot {
+                return Err(RequestError::new(
+                    ErrorCode::SeqGap,
+                    format!("next seq is {}", meta.last_seq + 1),
+                ));
+            }
+            meta = restart_stream(shared, &mut inner, &account.id, &device, meta)?;
         }
         let overlap = if first_seq <= meta.last_seq {
             (meta.last_seq.min(last_seq) - first_seq + 1) as usize
@@ -168,6 +177,44 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
         account.notify(AccountEvent::Pushed { device, last_seq });
     }
     respond(response::Kind::PushAck(PushAck { last_seq }))
+}
+
+/// Drops every stored envelope of `device` before a push that restarts its stream at a
+/// snapshot past its end (docs/PROTOCOL.md §9.1); returns the emptied stream's meta, which the
+/// append then replaces. A crash between the two leaves an empty stream that the device fills
+/// again at its next sync.
+fn restart_stream(
+    shared: &Shared,
+    inner: &mut crate::state::AccountInner,
+    account: &kith_protocol::ids::AccountId,
+    device: &kith_protocol::ids::DeviceId,
+    meta: StreamMeta,
+) -> Result<StreamMeta, RequestError> {
+    if meta.envelopes == 0 {
+        return Ok(StreamMeta {
+            envelopes: 0,
+            bytes: 0,
+            ..meta
+        });
+    }
+    let after = shared
+        .store
+        .truncate(account, device, meta.last_seq + 1)
+        .map_err(RequestError::storage)?;
+    inner.envelope_bytes = inner
+        .envelope_bytes
+        .saturating_sub(meta.bytes - after.bytes.min(meta.bytes));
+    inner.envelopes = inner
+        .envelopes
+        .saturating_sub(meta.envelopes - after.envelopes.min(meta.envelopes));
+    let emptied = StreamMeta {
+        first_seq: 0,
+        last_seq: meta.last_seq,
+        bytes: 0,
+        envelopes: 0,
+    };
+    inner.streams.insert(*device, emptied);
+    Ok(emptied)
 }
 
 /// Checks that envelopes pushed again at stored seqs are byte-identical to what is stored.

@@ -248,7 +248,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
-    /// Deletes envelopes with seq < `before_seq` (the caller checked `before_seq <= last_seq`)
+    /// Deletes envelopes with seq < `before_seq` (the caller checked `before_seq <= last_seq`,
+    /// or `before_seq == last_seq + 1` to empty a stream that a push restarts at a snapshot)
     /// and returns the stream's meta afterwards.
     fn truncate(
         &self,
@@ -327,6 +328,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes every key of the account: roster, streams, sealed keys, pairing slots, recovery
     /// bundle.
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError>;
+
+    /// Copies the store, as it is after the last flush, into the new directory `to` (an online
+    /// backup: the caller holds every writer off and flushed first). The default refuses.
+    fn backup(&self, _to: &std::path::Path) -> Result<(), StoreError> {
+        Err(StoreError::Backend(
+            "this storage backend cannot copy itself; use its own backup tools".into(),
+        ))
+    }
+
+    /// Remembers that `account` was deleted (its 32-byte id only), so that a device that missed
+    /// the deletion is refused when it would create the account again (docs/PROTOCOL.md §13.1).
+    /// A store that does not remember deletions lets such a device rebuild the account.
+    fn mark_deleted(&self, _account: &AccountId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether `account` was deleted ([`Store::mark_deleted`]).
+    fn was_deleted(&self, _account: &AccountId) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 
     /// Totals.
     fn stats(&self) -> Result<StoreStats, StoreError>;

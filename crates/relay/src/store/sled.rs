@@ -14,7 +14,9 @@
 //! | `account ‖ 'V'` | lookup id of the account's recovery bundle |
 //!
 //! Tree `pairing`: `slot id → expires_at_ms (u64 BE) ‖ account ‖ bundle`. Tree `recovery`:
-//! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `meta`:
+//! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `deleted`:
+//! `SHA-256("kith-relay/v1/deleted-account" ‖ account) → ()` for deleted accounts (so a device that missed the deletion does not create
+//! the account again). Tree `meta`:
 //! `schema_version → u32 BE`. Integers are big-endian so keys sort by seq and epoch.
 //!
 //! A pushed batch is packed into records of up to `value_bytes` (consecutive envelopes, at
@@ -77,6 +79,9 @@ pub struct SledStore {
     pairing: sled::Tree,
     recovery: sled::Tree,
     tokens: sled::Tree,
+    deleted: sled::Tree,
+    /// The store's directory (copied by an online backup).
+    dir: std::path::PathBuf,
     value_bytes: usize,
     log: Arc<SegmentLog>,
     /// Truncation and deletion hold it shared; compaction exclusive while it moves a record,
@@ -294,6 +299,8 @@ impl SledStore {
             pairing: db.open_tree("pairing")?,
             recovery: db.open_tree("recovery")?,
             tokens: db.open_tree("tokens")?,
+            deleted: db.open_tree("deleted")?,
+            dir: dir.to_path_buf(),
             db,
             value_bytes,
             log: Arc::new(log),
@@ -863,6 +870,27 @@ impl Store for SledStore {
         Ok(self.tokens.remove(token_hash)?.is_some())
     }
 
+    fn backup(&self, to: &Path) -> Result<(), StoreError> {
+        // No truncation, deletion or log compaction moves a record while the files are copied;
+        // the caller holds every writer off.
+        let _exclusive = self
+            .relocation
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.db.flush()?;
+        self.log.sync()?;
+        copy_tree(&self.dir, to).map_err(|e| StoreError::Backend(format!("copy: {e}")))
+    }
+
+    fn mark_deleted(&self, account: &AccountId) -> Result<(), StoreError> {
+        self.deleted.insert(deleted_key(account), &[])?;
+        Ok(())
+    }
+
+    fn was_deleted(&self, account: &AccountId) -> Result<bool, StoreError> {
+        Ok(self.deleted.contains_key(deleted_key(account))?)
+    }
+
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
         let _shared = self
             .relocation
@@ -1045,6 +1073,31 @@ impl Store for SledStore {
         }
         Ok(())
     }
+}
+
+/// The `deleted` tree's key of an account: a hash, so the account id itself is not kept after
+/// the deletion (only whoever knows the id can tell it was deleted here).
+fn deleted_key(account: &AccountId) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"kith-relay/v1/deleted-account");
+    hash.update(account.as_bytes());
+    hash.finalize().into()
+}
+
+/// Copies a directory tree (an online backup of a store nothing writes to meanwhile).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -195,6 +195,14 @@ impl Store for FaultyStore {
         self.write()?;
         self.inner.consume_registration_token(token_hash)
     }
+    fn mark_deleted(&self, account: &AccountId) -> Result<(), StoreError> {
+        self.inner.mark_deleted(account)
+    }
+
+    fn was_deleted(&self, account: &AccountId) -> Result<bool, StoreError> {
+        self.inner.was_deleted(account)
+    }
+
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
         self.write()?;
         self.inner.delete_account(account)
