@@ -20,7 +20,7 @@ use crate::state::{Conn, Shared, now_ms};
 use crate::store::{GroupCommit, SledStore, Store};
 use crate::tls;
 use crate::wire;
-use kith_net::{ReadError, encode_frame, read_frame_bytes, write_frame};
+use kith_net::{ReadError, encode_frame, read_frame_body, read_frame_header, write_frame};
 
 /// QUIC application error code of a stream the relay stopped reading (bad frame).
 pub const STREAM_REFUSED: u32 = 1;
@@ -70,6 +70,8 @@ pub struct MemoryCounts {
     pub device_buckets: usize,
     /// Per-address rate-limit buckets (unauthenticated lookups).
     pub address_buckets: usize,
+    /// Bytes reserved for request frames still being received, over every connection.
+    pub frame_bytes: usize,
 }
 
 impl RelayHandle {
@@ -99,7 +101,14 @@ impl RelayHandle {
             notification_channels: live.channels.get(),
             device_buckets: shared.device_limiter.len(),
             address_buckets: shared.lookup_limiter.len(),
+            frame_bytes: live.frame_bytes.get(),
         }
+    }
+
+    /// How many QUIC Retry packets the relay has sent (new connections asked to prove their
+    /// source address because handshakes arrived faster than the configured rate).
+    pub fn retries_sent(&self) -> usize {
+        self.shared.upgrade().map_or(0, |shared| shared.live.retries.get())
     }
 
     /// Shuts down gracefully and waits until the store is flushed.
@@ -390,6 +399,19 @@ fn log_refusal(conn: &Conn, err: &RequestError) {
     }
 }
 
+/// Reads one request frame, counting the bytes reserved for it until it has arrived.
+async fn read_request(
+    shared: &Shared,
+    recv: &mut quinn::RecvStream,
+    max: u32,
+) -> Result<Option<bytes::Bytes>, ReadError> {
+    let Some(len) = read_frame_header(recv, max).await? else {
+        return Ok(None);
+    };
+    let _reserved = shared.live.frame_bytes.enter_many(len.min(REQUEST_PREALLOC));
+    read_frame_body(recv, len, REQUEST_PREALLOC).await.map(Some)
+}
+
 /// Reads one request from the stream, answers it, finishes the stream.
 async fn request_stream(
     shared: &Shared,
@@ -402,8 +424,7 @@ async fn request_stream(
     let refuse = |code, message: &'static str| RequestError::new(code, message);
     // A peer that keeps its connection alive must still finish its request in time: a stalled
     // or trickling frame would otherwise hold this task and a stream slot forever.
-    let Ok(read) =
-        tokio::time::timeout(deadline, read_frame_bytes(&mut recv, max, REQUEST_PREALLOC)).await
+    let Ok(read) = tokio::time::timeout(deadline, read_request(shared, &mut recv, max)).await
     else {
         tracing::debug!(remote = %conn.remote, "request not received in time; stream reset");
         let _ = recv.stop(REQUEST_TIMED_OUT.into());

@@ -129,6 +129,27 @@ impl LiveCount {
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Counts one more for good (an event counter, such as retries sent).
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` more (bytes, say) until the token is dropped.
+    pub fn enter_many(&self, n: usize) -> LiveMany {
+        self.0.fetch_add(n, Ordering::Relaxed);
+        LiveMany(self.0.clone(), n)
+    }
+}
+
+/// `n` counted units (see [`LiveCount::enter_many`]).
+#[derive(Debug)]
+pub(crate) struct LiveMany(Arc<AtomicUsize>, usize);
+
+impl Drop for LiveMany {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
 }
 
 /// One counted object (see [`LiveCount`]).
@@ -154,6 +175,10 @@ pub(crate) struct LiveCounts {
     pub accounts: LiveCount,
     /// Notification channels (an account has one only while it has subscribers).
     pub channels: LiveCount,
+    /// Bytes reserved for request frames being received, over every connection.
+    pub frame_bytes: LiveCount,
+    /// QUIC Retry packets sent (a count, never decremented).
+    pub retries: LiveCount,
 }
 
 /// An account being served.
