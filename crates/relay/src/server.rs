@@ -100,7 +100,7 @@ impl RelayHandle {
             cached_accounts: shared.accounts.len(),
             notification_channels: live.channels.get(),
             device_buckets: shared.device_limiter.len(),
-            address_buckets: shared.lookup_limiter.len(),
+            address_buckets: shared.lookup_limiter.len() + shared.auth_limiter.len(),
             frame_bytes: live.frame_bytes.get(),
         }
     }
@@ -292,7 +292,7 @@ async fn sweep(shared: Arc<Shared>) {
         interval.tick().await;
         let now = std::time::Instant::now();
         let devices = shared.device_limiter.prune(now);
-        let addresses = shared.lookup_limiter.prune(now);
+        let addresses = shared.lookup_limiter.prune(now) + shared.auth_limiter.prune(now);
         shared.accounts.trim();
         tracing::trace!(devices, addresses, "rate-limit buckets kept");
         match shared.store.expire_pairing_slots(now_ms()) {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kith_protocol::ids::{AccountId, DeviceId};
+use kith_protocol::keys::{DeviceSigningKey, DeviceVerifyingKey, system_rng};
 use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::config::RelayConfig;
@@ -444,6 +445,11 @@ pub(crate) struct Shared {
     pub accounts: Accounts,
     pub device_limiter: KeyedLimiter<(AccountId, DeviceId)>,
     pub lookup_limiter: KeyedLimiter<IpAddr>,
+    /// Failed authentications per source address (docs/PROTOCOL.md §10).
+    pub auth_limiter: KeyedLimiter<IpAddr>,
+    /// A key no device holds: an authentication naming no known device is checked against
+    /// it, so that every failure costs the relay, and tells the peer, the same.
+    pub decoy_key: DeviceVerifyingKey,
     pub shutdown: watch::Receiver<bool>,
     pub token_inbox: PathBuf,
     /// Permits are bytes of pull pages in flight (see [`Shared::pull_page_bytes`]).
@@ -485,6 +491,13 @@ impl Shared {
                 l.lookups_per_minute,
                 MAX_LIMITER_KEYS,
             ),
+            auth_limiter: KeyedLimiter::new(
+                l.auth_failures_per_minute,
+                Duration::from_secs(60),
+                l.auth_failures_per_minute,
+                MAX_LIMITER_KEYS,
+            ),
+            decoy_key: DeviceSigningKey::generate(&mut system_rng()).public(),
             token_inbox: crate::token_inbox(&config.data_dir),
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,

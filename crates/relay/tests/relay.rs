@@ -834,7 +834,8 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
                     .authenticate(account.device(0), &account.id)
                     .await
             ),
-            ErrorCode::UnknownAccount
+            ErrorCode::BadSignature,
+            "a deleted account is answered as an account that never existed (§10)"
         );
 
         let dir = relay.dir;

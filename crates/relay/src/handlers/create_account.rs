@@ -6,6 +6,7 @@ use kith_protocol::limits::MAX_ROSTER_BYTES;
 use kith_protocol::proto::{CreateAccount, ErrorCode};
 use sha2::{Digest, Sha256};
 
+use super::auth::{auth_failed, check_auth_budget};
 use super::{Reply, durable, ok};
 use crate::config::RegistrationMode;
 use crate::error::RequestError;
@@ -16,6 +17,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
     let nonce = conn
         .take_challenge()
         .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
+    check_auth_budget(shared, conn)?;
     if req.roster.len() > MAX_ROSTER_BYTES {
         return Err(RequestError::new(
             ErrorCode::RosterInvalid,
@@ -51,7 +53,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
         &device,
         &req.signature,
     )
-    .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
+    .map_err(|_| auth_failed(shared, conn))?;
     if shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?

@@ -1,7 +1,7 @@
 //! One file per request kind. Each handler takes the decoded request and returns the response
 //! or a [`RequestError`]; `subscribe` alone keeps its stream open.
 
-mod auth;
+pub(crate) mod auth;
 mod create_account;
 mod delete_account;
 mod epoch_keys;
