@@ -87,7 +87,8 @@ fn a_classical_client_still_completes_the_handshake_with_x25519() {
 
 #[test]
 fn a_kith_client_still_reaches_a_classical_relay() {
-    // A 0.1.0 relay: ring's default groups only. It takes the X25519 share the client sends beside the hybrid one.
+    // A 0.1.0 relay: ring's default groups only. It takes the X25519 share the client sends
+    // beside the hybrid one.
     let (server, pin) = server(Arc::new(rustls::crypto::ring::default_provider()));
     let client = kith_tls::pinned_client_config(pin).unwrap();
     assert_eq!(
