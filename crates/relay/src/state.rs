@@ -26,6 +26,9 @@ const NOTIFY_CAPACITY: usize = 256;
 /// Bytes of pull pages the relay holds at once (built, or sent and not yet acknowledged), at
 /// least two of the largest pages: what bounds the relay's memory under pull load.
 const PULL_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// One account may hold this fraction of the pull budget (at least two of the largest pages):
+/// a tenant whose pulls are never read stalls only its own.
+const PULL_SHARES: usize = 8;
 
 /// Locks a std mutex, recovering from poisoning (a panicking holder leaves consistent data:
 /// every critical section writes storage before it updates memory).
@@ -190,6 +193,9 @@ pub(crate) struct Account {
     /// The notification channel, only while someone subscribes: 256 slots are 16 KiB, which
     /// every account in memory used to carry whether or not any device listened.
     events: Mutex<Option<(broadcast::Sender<AccountEvent>, Live)>>,
+    /// The account's share of the relay's pull budget (bytes of pages in flight): however
+    /// many pulls one tenant leaves unread, the others' pages still find room.
+    pub pull_budget: Arc<Semaphore>,
     live: LiveCounts,
     _live: Live,
 }
@@ -201,6 +207,7 @@ impl Account {
         streams: Vec<(DeviceId, StreamMeta)>,
         sealed_key_bytes: u64,
         live: &LiveCounts,
+        pull_share: usize,
     ) -> Self {
         let envelope_bytes = streams.iter().map(|(_, m)| m.bytes).sum();
         let envelopes = streams.iter().map(|(_, m)| m.envelopes).sum();
@@ -219,6 +226,7 @@ impl Account {
                 fenced: HashMap::new(),
             }),
             events: Mutex::new(None),
+            pull_budget: Arc::new(Semaphore::new(pull_share)),
             live: live.clone(),
             _live: live.accounts.enter(),
         }
@@ -283,6 +291,8 @@ impl Account {
 pub(crate) struct Accounts {
     map: Mutex<AccountMap>,
     live: LiveCounts,
+    /// Each account's share of the pull budget, in bytes.
+    pull_share: usize,
 }
 
 #[derive(Debug)]
@@ -375,11 +385,13 @@ impl AccountMap {
 }
 
 impl Accounts {
-    /// At most `capacity` idle accounts in memory.
-    pub fn new(capacity: usize, live: &LiveCounts) -> Self {
+    /// At most `capacity` idle accounts in memory; each may hold `pull_share` bytes of pull
+    /// pages in flight.
+    pub fn new(capacity: usize, live: &LiveCounts, pull_share: usize) -> Self {
         Self {
             map: Mutex::new(AccountMap::new(capacity)),
             live: live.clone(),
+            pull_share,
         }
     }
 
@@ -405,6 +417,7 @@ impl Accounts {
             loaded.streams,
             loaded.sealed_key_bytes,
             &self.live,
+            self.pull_share,
         ));
         Ok(Some(lock(&self.map).insert(*id, account, false)))
     }
@@ -412,7 +425,14 @@ impl Accounts {
     /// Adds a freshly created account.
     pub fn insert_new(&self, roster: VerifiedRoster) -> Arc<Account> {
         let id = roster.account_id();
-        let account = Arc::new(Account::new(id, roster, Vec::new(), 0, &self.live));
+        let account = Arc::new(Account::new(
+            id,
+            roster,
+            Vec::new(),
+            0,
+            &self.live,
+            self.pull_share,
+        ));
         lock(&self.map).insert(id, account, true)
     }
 
@@ -447,6 +467,10 @@ pub(crate) struct Shared {
     pub lookup_limiter: KeyedLimiter<IpAddr>,
     /// Failed authentications per source address (docs/PROTOCOL.md §10).
     pub auth_limiter: KeyedLimiter<IpAddr>,
+    /// Connections (handshakes included) per source address.
+    pub per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// New connections per second before the relay asks for a QUIC Retry.
+    pub handshake_limiter: KeyedLimiter<()>,
     /// A key no device holds: an authentication naming no known device is checked against
     /// it, so that every failure costs the relay, and tells the peer, the same.
     pub decoy_key: DeviceVerifyingKey,
@@ -498,11 +522,22 @@ impl Shared {
                 MAX_LIMITER_KEYS,
             ),
             decoy_key: DeviceSigningKey::generate(&mut system_rng()).public(),
+            per_address: Mutex::new(HashMap::new()),
+            handshake_limiter: KeyedLimiter::new(
+                l.retry_above_handshakes_per_second,
+                Duration::from_secs(1),
+                l.retry_above_handshakes_per_second,
+                1,
+            ),
             token_inbox: crate::token_inbox(&config.data_dir),
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,
             pairing_puts: watch::Sender::new(0),
-            accounts: Accounts::new(config.cached_accounts, &live),
+            accounts: Accounts::new(
+                config.cached_accounts,
+                &live,
+                (pull_budget_bytes / PULL_SHARES).max(2 * largest_page),
+            ),
             live,
             config,
             store,
@@ -513,6 +548,21 @@ impl Shared {
 }
 
 impl Shared {
+    /// Takes one of `ip`'s connection slots (`max_connections_per_address`), held until the
+    /// returned slot is dropped; `None` when the address has none left.
+    pub fn address_slot(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut map = lock(&self.per_address);
+        let count = map.entry(ip).or_insert(0);
+        if *count >= self.config.limits.max_connections_per_address as usize {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            shared: Arc::downgrade(self),
+            ip,
+        })
+    }
+
     /// The most a pull page asking for `max_bytes` of envelopes can take once encoded: the
     /// bound, one envelope over it (a page always holds one), the framing of each envelope
     /// (device id, seq, lengths: under 32 bytes) and of the streams.
@@ -526,6 +576,29 @@ impl Shared {
     }
 }
 
+/// One of a source address's connection slots (see [`Shared::address_slot`]).
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    shared: std::sync::Weak<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut map = lock(&shared.per_address);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+                shrink(&mut map);
+            }
+        }
+    }
+}
+
 /// One QUIC connection's state.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -533,18 +606,49 @@ pub(crate) struct Conn {
     pub remote: SocketAddr,
     pub challenge: Mutex<Option<[u8; 32]>>,
     pub device: Mutex<Option<(AccountId, DeviceId)>>,
+    /// Bytes of request frames this connection may have the relay buffer at once (permits
+    /// are bytes; `max_frame_bytes` of them).
+    pub frame_budget: Arc<Semaphore>,
+    /// Request streams being served, and when the last one ended: what tells an idle
+    /// unauthenticated connection (docs/PROTOCOL.md §12, "Before authentication").
+    activity: Mutex<(usize, Instant)>,
     _live: Live,
 }
 
 impl Conn {
-    pub fn new(connection: quinn::Connection, live: &LiveCounts) -> Self {
+    pub fn new(connection: quinn::Connection, live: &LiveCounts, max_frame_bytes: u32) -> Self {
         Self {
             remote: connection.remote_address(),
             connection,
             challenge: Mutex::new(None),
             device: Mutex::new(None),
+            frame_budget: Arc::new(Semaphore::new(max_frame_bytes as usize)),
+            activity: Mutex::new((0, Instant::now())),
             _live: live.connections.enter(),
         }
+    }
+
+    /// Whether the connection authenticated as a device.
+    pub fn is_authenticated(&self) -> bool {
+        lock(&self.device).is_some()
+    }
+
+    /// A request stream started.
+    pub fn request_started(&self) {
+        lock(&self.activity).0 += 1;
+    }
+
+    /// A request stream ended.
+    pub fn request_ended(&self) {
+        let mut activity = lock(&self.activity);
+        activity.0 = activity.0.saturating_sub(1);
+        activity.1 = Instant::now();
+    }
+
+    /// Since when no request stream has been open; `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let activity = lock(&self.activity);
+        (activity.0 == 0).then_some(activity.1)
     }
 
     /// The TLS keying-material exporter value that binds authentication to this session.
@@ -600,6 +704,7 @@ mod tests {
             Vec::new(),
             0,
             live,
+            1 << 20,
         ))
     }
 

@@ -18,6 +18,34 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
         .take_challenge()
         .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
     check_auth_budget(shared, conn)?;
+    // The token first: without one, nothing is decoded or verified (a roster check and a
+    // signature check are the expensive part, and an outsider must not get them for free).
+    let token_hash: Option<[u8; 32]> = match shared.config.registration {
+        RegistrationMode::Open => None,
+        RegistrationMode::Token => {
+            let hash: [u8; 32] = Sha256::digest(req.registration_token.trim().as_bytes()).into();
+            if req.registration_token.is_empty() || !consume_token(shared, &hash)? {
+                return Err(RequestError::new(
+                    ErrorCode::RegistrationClosed,
+                    "a valid, unused registration token is required",
+                ));
+            }
+            Some(hash)
+        }
+    };
+    let created = create(shared, conn, &req, &nonce).await;
+    if let (Err(_), Some(hash)) = (&created, token_hash) {
+        // Give the token back: it created nothing.
+        shared
+            .store
+            .add_registration_token(&hash)
+            .map_err(RequestError::storage)?;
+    }
+    created
+}
+
+/// Verifies the first roster and the device's signature, and stores the account.
+async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 32]) -> Reply {
     if req.roster.len() > MAX_ROSTER_BYTES {
         return Err(RequestError::new(
             ErrorCode::RosterInvalid,
@@ -48,7 +76,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
     verify_relay_auth(
         key,
         &conn.exporter()?,
-        &nonce,
+        nonce,
         &account_id,
         &device,
         &req.signature,
@@ -64,31 +92,11 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
             "the account exists",
         ));
     }
-    let token_hash: Option<[u8; 32]> = match shared.config.registration {
-        RegistrationMode::Open => None,
-        RegistrationMode::Token => {
-            let hash: [u8; 32] = Sha256::digest(req.registration_token.trim().as_bytes()).into();
-            if req.registration_token.is_empty() || !consume_token(shared, &hash)? {
-                return Err(RequestError::new(
-                    ErrorCode::RegistrationClosed,
-                    "a valid, unused registration token is required",
-                ));
-            }
-            Some(hash)
-        }
-    };
     let created = shared
         .store
         .create_account(&account_id, roster.encoded())
         .map_err(RequestError::storage)?;
     if !created {
-        if let Some(hash) = token_hash {
-            // Give the token back: it did not create anything.
-            shared
-                .store
-                .add_registration_token(&hash)
-                .map_err(RequestError::storage)?;
-        }
         return Err(RequestError::new(
             ErrorCode::AccountExists,
             "the account exists",
