@@ -506,7 +506,9 @@ fn log_refusal(conn: &Conn, err: &RequestError) {
     if routine {
         tracing::debug!(remote = %conn.remote, code = ?err.code, reason = %err.message, "request refused");
     } else {
-        tracing::info!(remote = %conn.remote, code = ?err.code, reason = %err.message, "request refused");
+        // No source address at `info` (docs/PROTOCOL.md §11): it is at `debug`.
+        tracing::info!(code = ?err.code, reason = %err.message, "request refused");
+        tracing::debug!(remote = %conn.remote, code = ?err.code, "request refused");
     }
 }
 

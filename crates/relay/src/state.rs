@@ -408,7 +408,7 @@ impl Accounts {
             return Ok(None);
         };
         let roster = VerifiedRoster::verify(&loaded.roster, Some(id), None).map_err(|_| {
-            tracing::error!(account = %short(id.as_bytes()), "stored roster does not verify");
+            tracing::error!(account = %pseudonym(id.as_bytes()), "stored roster does not verify");
             RequestError::storage("stored roster does not verify")
         })?;
         let account = Arc::new(Account::new(
@@ -670,9 +670,26 @@ impl Conn {
     }
 }
 
-/// The first four bytes of an id as hex: enough to correlate logs, too little to identify.
+/// The first four bytes of an id as hex, for `debug` logs: enough to correlate, and to find
+/// the account in storage.
 pub(crate) fn short(id: &[u8]) -> String {
     hex::encode(&id[..id.len().min(4)])
+}
+
+/// A pseudonym of an id for logs at `info` and above: four bytes of an HMAC under a key drawn
+/// at start-up and never written anywhere, so lines about one account can be correlated within
+/// a run, but a log cannot be matched against ids (which the relay stores and other parties
+/// know) nor across restarts (docs/PROTOCOL.md §11).
+pub(crate) fn pseudonym(id: &[u8]) -> String {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        // Without randomness the pseudonym is still not the id's prefix, only stable.
+        let _ = getrandom::fill(&mut secret[..]);
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret[..])
+    });
+    let tag = ring::hmac::sign(key, id);
+    hex::encode(&tag.as_ref()[..4])
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::auth::{auth_failed, check_auth_budget};
 use super::{Reply, durable, ok};
 use crate::config::RegistrationMode;
 use crate::error::RequestError;
-use crate::state::{Conn, Shared, lock, short};
+use crate::state::{Conn, Shared, lock, pseudonym};
 use kith_protocol::roster::VerifiedRoster;
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> Reply {
@@ -105,7 +105,7 @@ async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 
     durable(shared).await?;
     shared.accounts.insert_new(roster);
     *lock(&conn.device) = Some((account_id, device));
-    tracing::info!(account = %short(account_id.as_bytes()), "account created");
+    tracing::info!(account = %pseudonym(account_id.as_bytes()), "account created");
     ok()
 }
 

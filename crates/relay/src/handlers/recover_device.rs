@@ -12,7 +12,7 @@ use prost::Message;
 use super::auth::{auth_failed, check_auth_budget};
 use super::{Reply, ok, roster};
 use crate::error::RequestError;
-use crate::state::{Conn, Shared, lock, short};
+use crate::state::{Conn, Shared, lock, pseudonym};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> Reply {
     let nonce = conn
@@ -40,7 +40,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> 
     })
     .await?;
     *lock(&conn.device) = Some((account_id, device));
-    tracing::info!(account = %short(account_id.as_bytes()), "device recovered");
+    tracing::info!(account = %pseudonym(account_id.as_bytes()), "device recovered");
     ok()
 }
 
