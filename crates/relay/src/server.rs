@@ -495,14 +495,16 @@ fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
 }
 
 /// Logs a refused request. Refusals an operator can act on or that a person will ask about
-/// (rate limits, quotas, authentication, storage) are logged at `info`; the routine ones (an
-/// empty pairing slot, a stale roster, a stream conflict the client resolves) at `debug`. The
-/// message is the relay's own text: it never quotes the request.
+/// (rate limits, quotas, storage) of authenticated devices are logged at `info`; the routine
+/// ones (an empty pairing slot, a stale roster, a stream conflict the client resolves) at
+/// `debug`, and so is every refusal of a connection that has not authenticated: anyone can
+/// send those as fast as the relay answers, and a log line each would let them fill the disk.
+/// The message is the relay's own text: it never quotes the request.
 fn log_refusal(conn: &Conn, err: &RequestError) {
     let routine = matches!(
         err.code,
         ErrorCode::NotFound | ErrorCode::RosterRollback | ErrorCode::SeqConflict
-    );
+    ) || !conn.is_authenticated();
     if routine {
         tracing::debug!(remote = %conn.remote, code = ?err.code, reason = %err.message, "request refused");
     } else {
