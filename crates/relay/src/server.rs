@@ -27,6 +27,11 @@ pub const STREAM_REFUSED: u32 = 1;
 /// QUIC application error code of a connection closed because it neither authenticated nor
 /// kept a request in flight within `Limits::auth_timeout`.
 pub const AUTH_TIMED_OUT: u32 = 3;
+/// QUIC application error code of a connection closed because it sent more than
+/// [`MAX_BAD_FRAMES`] frames too large or undecodable.
+pub const TOO_MANY_BAD_FRAMES: u32 = 4;
+/// Bad frames (too large, undecodable) a connection may send before it is closed.
+pub const MAX_BAD_FRAMES: usize = 16;
 /// QUIC application error code of a request stream the relay cut off because the request did
 /// not arrive, or the response was not taken, within `Limits::request_timeout`.
 pub const REQUEST_TIMED_OUT: u32 = 2;
@@ -580,8 +585,21 @@ async fn request_stream(
     };
     let result = match request {
         Err(err) => {
-            // A bad frame: answer, and stop reading whatever else the peer sends on it.
+            // A bad frame: answer, and stop reading whatever else the peer sends on it. A
+            // client that follows the protocol never sends one; a connection that keeps doing
+            // it is a flood, and is closed: the next round costs a handshake, which the
+            // per-address and Retry bounds meter.
             let _ = recv.stop(STREAM_REFUSED.into());
+            let bad = conn
+                .bad_frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if bad > MAX_BAD_FRAMES {
+                tracing::debug!(remote = %conn.remote, "too many bad frames; closed");
+                conn.connection
+                    .close(TOO_MANY_BAD_FRAMES.into(), b"too many bad frames");
+                return;
+            }
             Err(err)
         }
         Ok(Decoded::Push(push)) => handlers::push::handle(shared, conn, push).await.map(Some),

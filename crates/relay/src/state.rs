@@ -612,6 +612,8 @@ pub(crate) struct Conn {
     /// Request streams being served, and when the last one ended: what tells an idle
     /// unauthenticated connection (docs/PROTOCOL.md §12, "Before authentication").
     activity: Mutex<(usize, Instant)>,
+    /// Frames refused as too large or undecodable on this connection.
+    pub bad_frames: AtomicUsize,
     _live: Live,
 }
 
@@ -624,6 +626,7 @@ impl Conn {
             device: Mutex::new(None),
             frame_budget: Arc::new(Semaphore::new(max_frame_bytes as usize)),
             activity: Mutex::new((0, Instant::now())),
+            bad_frames: AtomicUsize::new(0),
             _live: live.connections.enter(),
         }
     }

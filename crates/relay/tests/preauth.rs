@@ -356,3 +356,37 @@ async fn one_accounts_stalled_pulls_do_not_stall_another_accounts_pull() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_connection_that_keeps_sending_bad_frames_is_closed() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let flooder = relay.connect().await;
+        let oversized = (relay_max_frame() + 1).to_be_bytes().to_vec();
+        let mut refused = 0;
+        for _ in 0..40 {
+            match flooder.call_frame(Bytes::from(oversized.clone())).await {
+                Ok(_) => refused += 1,
+                Err(_) => break,
+            }
+        }
+        assert_eq!(refused, 16, "each bad frame is answered, up to the bound");
+        let closed = tokio::time::timeout(Duration::from_secs(30), flooder.connection().closed())
+            .await
+            .expect("the flooding connection is still open");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref close)
+                if close.reason.as_ref() == b"too many bad frames"),
+            "{closed:?}"
+        );
+        // Others are not disturbed.
+        relay
+            .connect()
+            .await
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
