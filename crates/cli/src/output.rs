@@ -429,7 +429,12 @@ pub fn devices_table(devices: &[DeviceInfo]) -> String {
             [
                 short(&d.id).to_owned(),
                 cut(&d.name, 32),
-                format_time_ms(d.added_at_ms),
+                // Rosters written since 0.2 carry no timestamp (docs/PROTOCOL.md §11).
+                if d.added_at_ms == 0 {
+                    "-".to_owned()
+                } else {
+                    format_time_ms(d.added_at_ms)
+                },
                 clock,
                 if d.this_device {
                     "this device".to_owned()

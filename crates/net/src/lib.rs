@@ -90,6 +90,19 @@ pub async fn read_frame_bytes(
     max_len: u32,
     prealloc: usize,
 ) -> Result<Option<Bytes>, ReadError> {
+    match read_frame_header(recv, max_len).await? {
+        Some(len) => read_frame_body(recv, len, prealloc).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's 4-byte length from a QUIC stream and checks it against `max_len` (the
+/// relay reserves room for the frame between the two halves). `Ok(None)` when the stream
+/// ended cleanly before a frame began.
+pub async fn read_frame_header(
+    recv: &mut quinn::RecvStream,
+    max_len: u32,
+) -> Result<Option<usize>, ReadError> {
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     while filled < HEADER_LEN {
@@ -106,7 +119,16 @@ pub async fn read_frame_bytes(
             None => return Err(ReadError::Truncated),
         }
     }
-    let len = pure::body_len(header, max_len)?;
+    Ok(Some(pure::body_len(header, max_len)?))
+}
+
+/// Reads the `len`-byte body of a frame whose header [`read_frame_header`] read (see
+/// [`read_frame_bytes`] for `prealloc`).
+pub async fn read_frame_body(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+    prealloc: usize,
+) -> Result<Bytes, ReadError> {
     let mut body = BytesMut::with_capacity(len.min(prealloc));
     while body.len() < len {
         match recv
@@ -117,7 +139,7 @@ pub async fn read_frame_bytes(
             Some(chunk) => {
                 // The first chunk of a frame that fits in one is taken as is.
                 if body.is_empty() && chunk.bytes.len() == len {
-                    return Ok(Some(chunk.bytes));
+                    return Ok(chunk.bytes);
                 }
                 if body.capacity() - body.len() < chunk.bytes.len() {
                     // Grow to twice what arrived (bounded by the frame), not by a chunk.
@@ -131,7 +153,7 @@ pub async fn read_frame_bytes(
             None => return Err(ReadError::Truncated),
         }
     }
-    Ok(Some(body.freeze()))
+    Ok(body.freeze())
 }
 
 /// Writes an encoded frame to a QUIC stream without copying it.

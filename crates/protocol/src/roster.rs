@@ -334,6 +334,8 @@ impl RosterDevice {
     }
 
     /// When it was added, by the adding device's clock (informational).
+    ///
+    /// 0 in rosters written since 0.2 (docs/PROTOCOL.md §11); 0.1.0 wrote its clock here.
     pub fn added_at_ms(&self) -> u64 {
         self.added_at_ms
     }
@@ -770,6 +772,8 @@ impl VerifiedRoster {
     }
 
     /// When the roster was signed, by the signing device's clock (informational).
+    ///
+    /// 0 in rosters written since 0.2 (docs/PROTOCOL.md §11); 0.1.0 wrote its clock here.
     pub fn created_at_ms(&self) -> u64 {
         self.created_at_ms
     }
@@ -963,16 +967,18 @@ impl VerifiedRoster {
 
     /// The first roster of a new account: version 1, epoch 1, one device, signed by the genesis
     /// account key (whose hash becomes the account id).
+    ///
+    /// `_now_ms` is no longer written: rosters carry no timestamps (docs/PROTOCOL.md §11).
     pub fn genesis(
         account_key: &AccountSigningKey,
         first: NewDevice,
         epoch1: &EpochSecret,
-        now_ms: u64,
+        _now_ms: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<Self, RosterError> {
         let account = account_key.public().account_id();
         let name_key = epoch1.device_name_key(&account);
-        let entry = new_entry(&name_key, &account, first, 1, now_ms, rng)?;
+        let entry = new_entry(&name_key, &account, first, 1, rng)?;
         let body = proto::RosterBody {
             format_version: FORMAT_VERSION,
             account_id: account.as_bytes().to_vec(),
@@ -982,7 +988,9 @@ impl VerifiedRoster {
             epoch: 1,
             devices: vec![entry],
             removed: Vec::new(),
-            created_at_ms: now_ms,
+            // No plaintext timestamps: when an account or device came to be is not the
+            // relay's to know (§11). Older writers' values still verify.
+            created_at_ms: 0,
         };
         Self::verify(&sign_body(&body, account_key), Some(&account), None)
     }
@@ -990,12 +998,14 @@ impl VerifiedRoster {
     /// The next roster with `device` added in the current epoch, signed by the current account
     /// key. `keys` must hold the current epoch's secret (to seal the new name); it is checked
     /// against the roster first, so a name is never sealed under a key the roster does not use.
+    ///
+    /// `_now_ms` is no longer written: rosters carry no timestamps (docs/PROTOCOL.md §11).
     pub fn add_device(
         &self,
         account_key: &AccountSigningKey,
         device: NewDevice,
         keys: &EpochKeys,
-        now_ms: u64,
+        _now_ms: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<Self, RosterError> {
         self.check_current_key(account_key)?;
@@ -1015,13 +1025,13 @@ impl VerifiedRoster {
         for present in &self.devices {
             open_name(&name_key, &self.account_id, present, self.epoch)?;
         }
-        let entry = new_entry(&name_key, &self.account_id, device, self.epoch, now_ms, rng)?;
+        let entry = new_entry(&name_key, &self.account_id, device, self.epoch, rng)?;
         let mut body = self.body();
         body.version = self
             .version
             .checked_add(1)
             .ok_or(RosterError::Overflow { field: "version" })?;
-        body.created_at_ms = now_ms;
+        body.created_at_ms = 0;
         body.devices.push(entry);
         Self::verify(
             &sign_body(&body, account_key),
@@ -1038,6 +1048,8 @@ impl VerifiedRoster {
     /// `new_account_key` must be [`account_key_for_epoch`]`(account, new_epoch)`: that is how the
     /// remaining devices receive it. `keys` must hold the current epoch's secret.
     #[allow(clippy::too_many_arguments)]
+    ///
+    /// `_now_ms` is no longer written: rosters carry no timestamps (docs/PROTOCOL.md §11).
     pub fn remove_device(
         &self,
         account_key: &AccountSigningKey,
@@ -1046,7 +1058,7 @@ impl VerifiedRoster {
         new_account_key: &AccountSigningKey,
         new_epoch: &EpochSecret,
         keys: &EpochKeys,
-        now_ms: u64,
+        _now_ms: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<Self, RosterError> {
         self.check_current_key(account_key)?;
@@ -1093,7 +1105,7 @@ impl VerifiedRoster {
         let mut body = self.body();
         body.version = version;
         body.epoch = epoch;
-        body.created_at_ms = now_ms;
+        body.created_at_ms = 0;
         let gone = &self.devices[index];
         body.devices = Vec::with_capacity(self.devices.len() - 1);
         for present in self.devices.iter().filter(|d| d.device_id != *device) {
@@ -1150,7 +1162,6 @@ fn new_entry(
     account: &AccountId,
     device: NewDevice,
     epoch: u64,
-    now_ms: u64,
     rng: &mut impl CryptoRng,
 ) -> Result<proto::DeviceEntry, RosterError> {
     let id = device.signing_key.device_id();
@@ -1162,7 +1173,7 @@ fn new_entry(
         device_id: id.as_bytes().to_vec(),
         signing_key: device.signing_key.to_bytes().to_vec(),
         agreement_key: device.agreement_key.to_bytes(),
-        added_at_ms: now_ms,
+        added_at_ms: 0,
         added_in_epoch: epoch,
         name_nonce: name_nonce.to_vec(),
         encrypted_name,

@@ -2,8 +2,11 @@
 //! real QUIC connections on loopback, then pull them back; optionally hold many idle
 //! authenticated connections. Prints envelopes/s, MB/s, ack latency percentiles and the relay's
 //! peak RSS (when the tool started the relay itself). `--churn N` measures something else: N
-//! short connections one after another (see [`churn`]).
+//! short connections one after another (see [`churn`]). `--abuse` runs the push phase twice,
+//! alone and beside an abusive client from 127.0.0.2 (see [`abuse`]), each device pulling
+//! back what it pushed, and compares the honest p99 latencies.
 
+mod abuse;
 mod churn;
 
 use std::io::{BufRead, BufReader};
@@ -86,6 +89,20 @@ pub struct BenchArgs {
     /// kept per connection from memory kept per envelope stored
     #[arg(long)]
     no_push: bool,
+    /// Abuse mode: run the push phase (each device pulling back each batch it pushed) once
+    /// alone and once beside an abusive client from 127.0.0.2, and compare the honest p99
+    /// latencies. The relay keeps its default per-address and pre-authentication limits
+    #[arg(long)]
+    abuse: bool,
+    /// Abuse mode: unauthenticated connections the abuser keeps open
+    #[arg(long, default_value_t = 1000)]
+    abuse_idle: usize,
+    /// Abuse mode: pulls the abuser never reads
+    #[arg(long, default_value_t = 30)]
+    abuse_stalled: usize,
+    /// Abuse mode: streams sending oversized frames back to back
+    #[arg(long, default_value_t = 16)]
+    abuse_flooders: usize,
 }
 
 /// One account with `devices` devices; returns the account id and the signed genesis roster.
@@ -156,6 +173,12 @@ fn envelope(
         signature: vec![0; 64],
     }
     .encode_to_vec()
+}
+
+/// The ciphertext length of a `size`-byte payload: Padmé length plus the tag (the relay checks
+/// the framing).
+fn ciphertext_len(size: usize) -> usize {
+    kith_protocol::padding::padded_len(size) as usize + kith_protocol::envelope::TAG_LEN
 }
 
 struct SpawnedRelay {
@@ -274,6 +297,18 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
                 .iter()
                 .flat_map(|store| ["--store", store.as_str()]),
         )
+        // Every simulated device speaks from 127.0.0.1: lift the per-address bounds, except in
+        // abuse mode, which measures them (the abuser speaks from 127.0.0.2).
+        .args(if args.abuse {
+            &[][..]
+        } else {
+            &[
+                "--max-connections-per-address",
+                "1000000",
+                "--retry-above-handshakes-per-second",
+                "1000000",
+            ][..]
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -328,6 +363,156 @@ fn print_rss(relay_pid: Option<u32>, when: &str) {
     }
 }
 
+/// Latencies of one push round: push acknowledgements, and (when pulling back) pulls.
+struct RoundLatencies {
+    push: Vec<Duration>,
+    pull: Vec<Duration>,
+}
+
+/// Every device pushes its prepared batches of `batch` envelopes (paced by `interval` if set)
+/// and, with `pull_back`, pulls back each batch right after it was acknowledged. Prints the
+/// figures; returns the sorted latencies.
+async fn push_round(
+    devices: &[Arc<Device>],
+    prepared: Vec<Vec<Bytes>>,
+    interval: Option<Duration>,
+    batch: u64,
+    pull_back: bool,
+    relay_pid: Option<u32>,
+) -> Result<RoundLatencies> {
+    let pull_back = pull_back.then_some(batch);
+    let meter = Meter::start(relay_pid);
+    let start = meter.start;
+    let mut tasks = Vec::new();
+    let mut pushed_bytes = 0u64;
+    for (i, (device, pushes)) in devices.iter().cloned().zip(prepared).enumerate() {
+        pushed_bytes += pushes.iter().map(|p| p.len() as u64).sum::<u64>();
+        tasks.push(tokio::spawn(async move {
+            let mut push = Vec::with_capacity(pushes.len());
+            let mut pull = Vec::with_capacity(pushes.len());
+            let id = device.key.device_id().as_bytes().to_vec();
+            // Spread paced devices over the interval so they do not push in lockstep.
+            let offset = interval.map(|iv| iv.mul_f64(i as f64 / 97.0 % 1.0));
+            for (b, frame) in pushes.into_iter().enumerate() {
+                if let (Some(iv), Some(offset)) = (interval, offset) {
+                    let due = start + offset + iv * b as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let sent = Instant::now();
+                let last = device.client.push_frame(frame).await?;
+                push.push(sent.elapsed());
+                if let Some(batch) = pull_back {
+                    let cursor = proto::Cursor {
+                        device_id: id.clone(),
+                        after_seq: last - batch,
+                    };
+                    let sent = Instant::now();
+                    let page = device
+                        .client
+                        .pull_shared(vec![cursor], batch as u32, 0)
+                        .await?;
+                    pull.push(sent.elapsed());
+                    if page.envelopes.len() as u64 != batch {
+                        bail!("pulled back {} of {batch}", page.envelopes.len());
+                    }
+                }
+            }
+            anyhow::Ok(RoundLatencies { push, pull })
+        }));
+    }
+    let (mut push, mut pull) = (Vec::new(), Vec::new());
+    let mut pushes = 0u64;
+    for task in tasks {
+        let round = task.await??;
+        pushes += round.push.len() as u64;
+        push.extend(round.push);
+        pull.extend(round.pull);
+    }
+    let push_time = meter.elapsed();
+    push.sort_unstable();
+    pull.sort_unstable();
+    let total = pushes * batch;
+    println!(
+        "push: {total} envelopes in {:.2} s = {:.0} envelopes/s, {:.1} MB/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        push_time.as_secs_f64(),
+        total as f64 / push_time.as_secs_f64(),
+        pushed_bytes as f64 / push_time.as_secs_f64() / 1e6,
+        percentile(&push, 0.50).as_secs_f64() * 1e3,
+        percentile(&push, 0.99).as_secs_f64() * 1e3,
+        push.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    if !pull.is_empty() {
+        println!(
+            "pull back: {} pages = {:.0} envelopes/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            pull.len(),
+            total as f64 / push_time.as_secs_f64(),
+            percentile(&pull, 0.50).as_secs_f64() * 1e3,
+            percentile(&pull, 0.99).as_secs_f64() * 1e3,
+            pull.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        );
+    }
+    println!("push: {}", meter.cpu_report(total));
+    Ok(RoundLatencies { push, pull })
+}
+
+/// Abuse mode: the first half of every device's batches alone, the second beside the abuser.
+async fn abuse_rounds(
+    args: &BenchArgs,
+    devices: &[Arc<Device>],
+    mut prepared: Vec<Vec<Bytes>>,
+    interval: Option<Duration>,
+    addr: SocketAddr,
+    pin: [u8; 32],
+    relay_pid: Option<u32>,
+) -> Result<()> {
+    let second: Vec<Vec<Bytes>> = prepared
+        .iter_mut()
+        .map(|pushes| pushes.split_off(pushes.len() / 2))
+        .collect();
+    println!("round 1: honest devices alone");
+    let alone = push_round(devices, prepared, interval, args.batch, true, relay_pid).await?;
+    let plan = abuse::Abuse {
+        idle: args.abuse_idle,
+        stalled: args.abuse_stalled,
+        flooders: args.abuse_flooders,
+    };
+    let stats = abuse::start(plan, addr, pin).await?;
+    // Let the abuser reach its steady state (connections up to the address's cap, pulls
+    // stalled) before the honest round starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    use std::sync::atomic::Ordering::Relaxed;
+    println!(
+        "round 2: beside an abuser from 127.0.0.2 ({} idle unauthenticated connections wanted, \
+         {} open; {} stalled pulls; {} oversized-frame streams)",
+        plan.idle,
+        stats.idle_open.load(Relaxed),
+        plan.stalled,
+        plan.flooders
+    );
+    let abused = push_round(devices, second, interval, args.batch, true, relay_pid).await?;
+    abuse::stop(&stats);
+    println!(
+        "abuser: {} idle connections open at the end, {} connections refused or closed, {} \
+         stalled pulls sent, {} oversized frames sent",
+        stats.idle_open.load(Relaxed),
+        stats.refused.load(Relaxed),
+        stats.stalled_sent.load(Relaxed),
+        stats.oversized_sent.load(Relaxed),
+    );
+    let p99 = |l: &[Duration]| percentile(l, 0.99).as_secs_f64() * 1e3;
+    println!(
+        "honest p99: push ack {:.2} ms alone, {:.2} ms beside the abuser ({:.2}x); pull {:.2} ms \
+         alone, {:.2} ms beside the abuser ({:.2}x)",
+        p99(&alone.push),
+        p99(&abused.push),
+        p99(&abused.push) / p99(&alone.push).max(1e-9),
+        p99(&alone.pull),
+        p99(&abused.pull),
+        p99(&abused.pull) / p99(&alone.pull).max(1e-9),
+    );
+    Ok(())
+}
+
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.devices == 0 || !args.envelopes.is_multiple_of(args.batch) {
         bail!("--envelopes must be a multiple of --batch, both and --devices nonzero");
@@ -374,12 +559,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     // Push. The envelopes are built before the clock starts: the tool shares the machine with
     // the relay, and what it spends building requests is not the relay's cost.
     // A ciphertext has a Padmé length plus the tag (the relay checks the framing).
-    let ciphertext_len =
-        kith_protocol::padding::padded_len(args.size) as usize + kith_protocol::envelope::TAG_LEN;
-    let body: Vec<u8> = (0..ciphertext_len).map(|i| (i * 131 % 251) as u8).collect();
-    let batches = args.envelopes / args.batch;
+    let body: Vec<u8> = (0..ciphertext_len(args.size))
+        .map(|i| (i * 131 % 251) as u8)
+        .collect();
+    // Abuse mode pushes twice: the same workload alone, then beside the abuser.
+    let rounds = if args.abuse { 2 } else { 1 };
+    let batches = args.envelopes / args.batch * rounds;
     let mut prepared = Vec::with_capacity(devices.len());
-    let mut pushed_bytes = 0u64;
     for device in &devices {
         let id = device.key.device_id();
         let pushes: Vec<Bytes> = (0..batches)
@@ -388,7 +574,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 let envelopes: Vec<Bytes> = (first..first + args.batch)
                     .map(|s| Bytes::from(envelope(&device.account, &id, s, &body)))
                     .collect();
-                pushed_bytes += envelopes.iter().map(|e| e.len() as u64).sum::<u64>();
                 wire::push_frame(&wire::Push { envelopes })
             })
             .collect();
@@ -409,45 +594,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             String::new()
         }
     );
-    let meter = Meter::start(relay_pid);
-    let start = meter.start;
-    let mut tasks = Vec::new();
-    for (i, (device, pushes)) in devices.iter().cloned().zip(prepared).enumerate() {
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(pushes.len());
-            // Spread paced devices over the interval so they do not push in lockstep.
-            let offset = interval.map(|iv| iv.mul_f64(i as f64 / 97.0 % 1.0));
-            for (b, frame) in pushes.into_iter().enumerate() {
-                if let (Some(iv), Some(offset)) = (interval, offset) {
-                    let due = start + offset + iv * b as u32;
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                let sent = Instant::now();
-                device.client.push_frame(frame).await?;
-                latencies.push(sent.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
+    if args.abuse {
+        return abuse_rounds(&args, &devices, prepared, interval, addr, pin, relay_pid).await;
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let push_time = meter.elapsed();
-    latencies.sort_unstable();
-    let total = args.devices as u64 * args.envelopes;
-    println!(
-        "push: {total} envelopes in {:.2} s = {:.0} envelopes/s, {:.1} MB/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        push_time.as_secs_f64(),
-        total as f64 / push_time.as_secs_f64(),
-        pushed_bytes as f64 / push_time.as_secs_f64() / 1e6,
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
-    println!("push: {}", meter.cpu_report(total));
+    push_round(&devices, prepared, interval, args.batch, false, relay_pid).await?;
     print_rss(relay_pid, "after push");
-
+    let total = args.devices as u64 * args.envelopes;
     // Pull.
     let meter = Meter::start(relay_pid);
     let mut tasks = Vec::new();

@@ -104,6 +104,18 @@ impl RelayClient {
         Self::connect_with(endpoint, addr).await
     }
 
+    /// Connects to `addr` from a socket bound to `bind` (a test or the load tool speaking
+    /// from another loopback address, such as 127.0.0.2, to exercise per-address limits).
+    pub async fn connect_from(
+        bind: SocketAddr,
+        addr: SocketAddr,
+        cert_sha256: [u8; 32],
+    ) -> Result<Self, ClientError> {
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(tls::client_config(cert_sha256)?);
+        Self::connect_with(endpoint, addr).await
+    }
+
     /// Connects through an existing client endpoint (many connections can share one socket).
     pub async fn connect_with(
         endpoint: quinn::Endpoint,

@@ -211,6 +211,27 @@ pub struct Settings {
     /// used are dropped and reloaded from storage when next used [default: 4096]
     #[arg(long)]
     pub cached_accounts: Option<usize>,
+    /// Close a connection that has not authenticated and has no request in flight after this
+    /// many seconds [default: 10]
+    #[arg(long)]
+    pub auth_timeout_secs: Option<u64>,
+    /// Most simultaneous connections (handshakes included) from one source IP address
+    /// [default: 256]
+    #[arg(long)]
+    pub max_connections_per_address: Option<u32>,
+    /// New connections per second above which the relay answers with a QUIC Retry, so that
+    /// a client must prove it receives at its source address before a handshake is computed
+    /// [default: 200]
+    #[arg(long)]
+    pub retry_above_handshakes_per_second: Option<u32>,
+    /// Failed authentications (Authenticate, CreateAccount, RecoverDevice) per minute per
+    /// source IP address; beyond it attempts are refused unverified [default: 30]
+    #[arg(long)]
+    pub auth_failures_per_minute: Option<u32>,
+    /// Seconds a pull waits for room in the pull budget before it is refused as rate-limited
+    /// [default: 5]
+    #[arg(long)]
+    pub pull_wait_secs: Option<u64>,
 }
 
 impl Settings {
@@ -266,6 +287,11 @@ impl Settings {
             store_connections,
             shutdown_grace_secs,
             cached_accounts,
+            auth_timeout_secs,
+            max_connections_per_address,
+            retry_above_handshakes_per_second,
+            auth_failures_per_minute,
+            pull_wait_secs,
         )
     }
 
@@ -315,6 +341,19 @@ impl Settings {
             connection_window_bytes: self
                 .connection_window_bytes
                 .unwrap_or(l.connection_window_bytes),
+            auth_timeout: self
+                .auth_timeout_secs
+                .map_or(l.auth_timeout, Duration::from_secs),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .unwrap_or(l.max_connections_per_address),
+            retry_above_handshakes_per_second: self
+                .retry_above_handshakes_per_second
+                .unwrap_or(l.retry_above_handshakes_per_second),
+            auth_failures_per_minute: self
+                .auth_failures_per_minute
+                .unwrap_or(l.auth_failures_per_minute),
+            pull_wait: self.pull_wait_secs.map_or(l.pull_wait, Duration::from_secs),
         };
         let config = RelayConfig {
             listen,
@@ -387,6 +426,18 @@ pub struct Limits {
     pub lookups_per_minute: u32,
     /// QUIC connection-level receive window.
     pub connection_window_bytes: u64,
+    /// Time an unauthenticated connection may stay without a request in flight before it is
+    /// closed.
+    pub auth_timeout: Duration,
+    /// Simultaneous connections (handshakes included) per source IP address.
+    pub max_connections_per_address: u32,
+    /// New connections per second (a token bucket of one second's worth) above which new
+    /// connections get a QUIC Retry before their handshake.
+    pub retry_above_handshakes_per_second: u32,
+    /// Failed authentications per minute per source IP address.
+    pub auth_failures_per_minute: u32,
+    /// Longest wait of a pull for room in the pull budget.
+    pub pull_wait: Duration,
 }
 
 impl Default for Limits {
@@ -412,6 +463,11 @@ impl Default for Limits {
             max_sealed_keys_per_request: 256,
             lookups_per_minute: 10,
             connection_window_bytes: 8 * 1024 * 1024,
+            auth_timeout: Duration::from_secs(10),
+            max_connections_per_address: 256,
+            retry_above_handshakes_per_second: 200,
+            auth_failures_per_minute: 30,
+            pull_wait: Duration::from_secs(5),
         }
     }
 }
@@ -528,6 +584,12 @@ impl RelayConfig {
             (l.pull_max_envelopes, "pull_max_envelopes"),
             (l.max_sealed_keys_per_request, "max_sealed_keys_per_request"),
             (l.lookups_per_minute, "lookups_per_minute"),
+            (l.max_connections_per_address, "max_connections_per_address"),
+            (
+                l.retry_above_handshakes_per_second,
+                "retry_above_handshakes_per_second",
+            ),
+            (l.auth_failures_per_minute, "auth_failures_per_minute"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -539,7 +601,11 @@ impl RelayConfig {
         if self.sweep_interval.is_zero() {
             return invalid("sweep_interval must not be zero");
         }
-        if l.idle_timeout.is_zero() || l.handshake_timeout.is_zero() || l.request_timeout.is_zero()
+        if l.idle_timeout.is_zero()
+            || l.handshake_timeout.is_zero()
+            || l.request_timeout.is_zero()
+            || l.auth_timeout.is_zero()
+            || l.pull_wait.is_zero()
         {
             return invalid("timeouts must be at least one second");
         }

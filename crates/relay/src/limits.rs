@@ -83,6 +83,23 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         allowed
     }
 
+    /// Whether `key` has a token left, without taking it (a key not tracked has a full
+    /// bucket). Used where only failures cost a token: check first, [`KeyedLimiter::check`]
+    /// on failure.
+    pub fn has_room(&self, key: &K, now: Instant) -> bool {
+        let mut buckets = match self.buckets.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match buckets.get_mut(key) {
+            Some(bucket) => {
+                bucket.refill(self.rate, self.burst, now);
+                bucket.tokens >= 1.0
+            }
+            None => true,
+        }
+    }
+
     /// Drops the buckets that refilled completely by `now` (they hold nothing a new bucket
     /// would not) and gives back the table's spare room; returns how many keys remain.
     pub fn prune(&self, now: Instant) -> usize {
@@ -135,6 +152,16 @@ mod tests {
         assert!(limiter.check(&"other", t0), "keys are independent");
         assert!(limiter.check(&"d", t0 + Duration::from_millis(100)));
         assert!(!limiter.check(&"d", t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn looking_for_room_takes_nothing() {
+        let limiter = KeyedLimiter::new(1, Duration::from_secs(60), 2, 100);
+        let t0 = Instant::now();
+        assert!((0..10).all(|_| limiter.has_room(&"d", t0)));
+        assert!(limiter.check(&"d", t0) && limiter.check(&"d", t0));
+        assert!(!limiter.has_room(&"d", t0));
+        assert!(limiter.has_room(&"d", t0 + Duration::from_secs(60)));
     }
 
     #[test]

@@ -20,10 +20,18 @@ use crate::state::{Conn, Shared, now_ms};
 use crate::store::{GroupCommit, PostgresStore, SledStore, Store, StoreChange};
 use crate::tls;
 use crate::wire;
-use kith_net::{ReadError, encode_frame, read_frame_bytes, write_frame};
+use kith_net::{ReadError, encode_frame, read_frame_body, read_frame_header, write_frame};
 
 /// QUIC application error code of a stream the relay stopped reading (bad frame).
 pub const STREAM_REFUSED: u32 = 1;
+/// QUIC application error code of a connection closed because it neither authenticated nor
+/// kept a request in flight within `Limits::auth_timeout`.
+pub const AUTH_TIMED_OUT: u32 = 3;
+/// QUIC application error code of a connection closed because it sent more than
+/// [`MAX_BAD_FRAMES`] frames too large or undecodable.
+pub const TOO_MANY_BAD_FRAMES: u32 = 4;
+/// Bad frames (too large, undecodable) a connection may send before it is closed.
+pub const MAX_BAD_FRAMES: usize = 16;
 /// QUIC application error code of a request stream the relay cut off because the request did
 /// not arrive, or the response was not taken, within `Limits::request_timeout`.
 pub const REQUEST_TIMED_OUT: u32 = 2;
@@ -70,6 +78,8 @@ pub struct MemoryCounts {
     pub device_buckets: usize,
     /// Per-address rate-limit buckets (unauthenticated lookups).
     pub address_buckets: usize,
+    /// Bytes reserved for request frames still being received, over every connection.
+    pub frame_bytes: usize,
 }
 
 impl RelayHandle {
@@ -98,8 +108,17 @@ impl RelayHandle {
             cached_accounts: shared.accounts.len(),
             notification_channels: live.channels.get(),
             device_buckets: shared.device_limiter.len(),
-            address_buckets: shared.lookup_limiter.len(),
+            address_buckets: shared.lookup_limiter.len() + shared.auth_limiter.len(),
+            frame_bytes: live.frame_bytes.get(),
         }
+    }
+
+    /// How many QUIC Retry packets the relay has sent (new connections asked to prove their
+    /// source address because handshakes arrived faster than the configured rate).
+    pub fn retries_sent(&self) -> usize {
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.live.retries.get())
     }
 
     /// Shuts down gracefully and waits until the store is flushed.
@@ -263,15 +282,34 @@ async fn serve(
             _ = shutdown.changed() => break,
         };
         let Some(incoming) = incoming else { break };
+        // Above the handshake rate, a client must first prove that it receives at its source
+        // address (a stateless Retry costs the relay one packet, no state): spoofed sources
+        // then cost nothing, and cannot fill another address's connection slots.
+        if !incoming.remote_address_validated()
+            && !shared
+                .handshake_limiter
+                .check(&(), std::time::Instant::now())
+        {
+            match incoming.retry() {
+                Ok(()) => shared.live.retries.bump(),
+                Err(refused) => refused.into_incoming().ignore(),
+            }
+            continue;
+        }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached");
+            tracing::warn!("connection limit reached");
+            incoming.refuse();
+            continue;
+        };
+        let Some(slot) = shared.address_slot(incoming.remote_address().ip()) else {
+            tracing::debug!("connection limit of a source address reached");
             incoming.refuse();
             continue;
         };
         let (shared, in_flight) = (shared.clone(), in_flight.clone());
         tokio::spawn(async move {
             connection(shared, incoming, in_flight).await;
-            drop(permit);
+            drop((permit, slot));
         });
     }
     tracing::info!("shutting down: finishing requests in flight");
@@ -342,7 +380,7 @@ async fn sweep(shared: Arc<Shared>) {
         interval.tick().await;
         let now = std::time::Instant::now();
         let devices = shared.device_limiter.prune(now);
-        let addresses = shared.lookup_limiter.prune(now);
+        let addresses = shared.lookup_limiter.prune(now) + shared.auth_limiter.prune(now);
         shared.accounts.trim();
         tracing::trace!(devices, addresses, "rate-limit buckets kept");
         match shared.store.expire_pairing_slots(now_ms()) {
@@ -392,19 +430,40 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
         }
     };
     tracing::debug!(%remote, "connection established");
-    let conn = Arc::new(Conn::new(connection.clone(), &shared.live));
+    let limits = &shared.config.limits;
+    let conn = Arc::new(Conn::new(
+        connection.clone(),
+        &shared.live,
+        limits.max_frame_bytes,
+    ));
     let mut shutdown = shared.shutdown.clone();
+    // A connection must authenticate, or keep a request in flight, or be closed once it has
+    // been idle for `auth_timeout`: idle unauthenticated connections are free to open and
+    // would otherwise live as long as their keep-alives.
+    let auth_timeout = limits.auth_timeout;
+    let mut auth_deadline = Some(tokio::time::Instant::now() + auth_timeout);
     loop {
         let stream = tokio::select! {
             stream = connection.accept_bi() => stream,
             _ = shutdown.changed() => break,
+            _ = sleep_until(auth_deadline) => {
+                auth_deadline = next_auth_deadline(&conn, auth_timeout);
+                if auth_deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    tracing::debug!(%remote, "not authenticated in time; closed");
+                    connection.close(AUTH_TIMED_OUT.into(), b"authenticate in time");
+                    break;
+                }
+                continue;
+            }
         };
         match stream {
             Ok((send, recv)) => {
                 let (shared, conn, in_flight) = (shared.clone(), conn.clone(), in_flight.clone());
                 let live = shared.live.requests.enter();
+                conn.request_started();
                 tokio::spawn(async move {
                     request_stream(&shared, &conn, send, recv).await;
+                    conn.request_ended();
                     drop(in_flight);
                     drop(live);
                 });
@@ -415,6 +474,29 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
             }
         }
     }
+}
+
+/// Sleeps until `deadline`, or for ever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When to look at an unauthenticated connection again: never once it authenticated; a full
+/// timeout from now while a request is in flight; else `auth_timeout` after it went idle
+/// (a deadline already past means: close it).
+fn next_auth_deadline(conn: &Conn, auth_timeout: Duration) -> Option<tokio::time::Instant> {
+    if conn.is_authenticated() {
+        return None;
+    }
+    let now = std::time::Instant::now();
+    let at = match conn.idle_since() {
+        None => now + auth_timeout,
+        Some(since) => since + auth_timeout,
+    };
+    Some(tokio::time::Instant::from_std(at))
 }
 
 /// Bytes reserved for a request frame before its data arrives (the buffer then grows as it
@@ -428,6 +510,49 @@ enum Decoded {
     Other(Request),
 }
 
+/// Bounds the request by its kind (size, list length) before decoding it (see
+/// [`wire::check_request`]), then decodes it.
+fn check_and_decode(
+    body: bytes::Bytes,
+    limits: &crate::config::Limits,
+) -> Result<Decoded, RequestError> {
+    match wire::check_request(&body, limits) {
+        Ok(()) => {}
+        Err(wire::Unbounded::TooLarge) => {
+            return Err(RequestError::new(
+                ErrorCode::FrameTooLarge,
+                "request larger than its kind allows",
+            ));
+        }
+        Err(wire::Unbounded::TooMany(wire::REQUEST_PUSH)) => {
+            return Err(RequestError::new(
+                ErrorCode::BatchTooLarge,
+                "too many envelopes in one push",
+            ));
+        }
+        Err(wire::Unbounded::TooMany(wire::REQUEST_PUT_SEALED_EPOCH_KEYS)) => {
+            return Err(RequestError::new(
+                ErrorCode::BatchTooLarge,
+                "too many sealed keys in one request",
+            ));
+        }
+        Err(wire::Unbounded::TooMany(_)) => {
+            return Err(RequestError::new(
+                ErrorCode::InvalidRequest,
+                "a list longer than the request's kind allows",
+            ));
+        }
+        Err(wire::Unbounded::Malformed) => {
+            return Err(RequestError::new(
+                ErrorCode::Malformed,
+                "a request is exactly one field",
+            ));
+        }
+    }
+    decode_request(body)
+        .map_err(|_| RequestError::new(ErrorCode::Malformed, "request does not decode"))
+}
+
 fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
     match wire::push_payload(&body) {
         Some(payload) => wire::Push::decode(payload).map(Decoded::Push),
@@ -436,20 +561,51 @@ fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
 }
 
 /// Logs a refused request. Refusals an operator can act on or that a person will ask about
-/// (rate limits, quotas, authentication, storage) are logged at `info`; the routine ones (an
-/// empty pairing slot, a stale roster, a stream conflict the client resolves) at `debug`. The
-/// message is the relay's own text: it never quotes the request.
+/// (rate limits, quotas, storage) of authenticated devices are logged at `info`; the routine
+/// ones (an empty pairing slot, a stale roster, a stream conflict the client resolves) at
+/// `debug`, and so is every refusal of a connection that has not authenticated: anyone can
+/// send those as fast as the relay answers, and a log line each would let them fill the disk.
+/// The message is the relay's own text: it never quotes the request.
 fn log_refusal(conn: &Conn, err: &RequestError) {
     let routine = matches!(
         err.code,
         ErrorCode::NotFound | ErrorCode::RosterRollback | ErrorCode::SeqConflict
-    );
+    ) || !conn.is_authenticated();
     if routine {
         tracing::debug!(remote = %conn.remote, code = ?err.code, reason = %err.message, "request refused");
     } else {
-        tracing::info!(remote = %conn.remote, code = ?err.code, reason = %err.message, "request refused");
+        // No source address at `info` (docs/PROTOCOL.md §11): it is at `debug`.
+        tracing::info!(code = ?err.code, reason = %err.message, "request refused");
+        tracing::debug!(remote = %conn.remote, code = ?err.code, "request refused");
     }
 }
+
+/// Reads one request frame. The announced length is taken from the connection's frame budget
+/// (`max_frame_bytes`) before a byte of the body is buffered, and held, with the body, until
+/// the request is answered: however many streams a peer opens, the relay buffers at most
+/// `max_frame_bytes` of its requests at once (a stream waits for room within its deadline).
+async fn read_request(
+    shared: &Shared,
+    conn: &Conn,
+    recv: &mut quinn::RecvStream,
+    max: u32,
+) -> Result<Option<(bytes::Bytes, FrameReservation)>, ReadError> {
+    let Some(len) = read_frame_header(recv, max).await? else {
+        return Ok(None);
+    };
+    let permit = conn
+        .frame_budget
+        .clone()
+        .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| ReadError::Io(std::io::Error::other("connection closing")))?;
+    let counted = shared.live.frame_bytes.enter_many(len);
+    let body = read_frame_body(recv, len, REQUEST_PREALLOC).await?;
+    Ok(Some((body, (permit, counted))))
+}
+
+/// A request frame's share of its connection's frame budget, and its count.
+type FrameReservation = (tokio::sync::OwnedSemaphorePermit, crate::state::LiveMany);
 
 /// Reads one request from the stream, answers it, finishes the stream.
 async fn request_stream(
@@ -463,17 +619,19 @@ async fn request_stream(
     let refuse = |code, message: &'static str| RequestError::new(code, message);
     // A peer that keeps its connection alive must still finish its request in time: a stalled
     // or trickling frame would otherwise hold this task and a stream slot forever.
-    let Ok(read) =
-        tokio::time::timeout(deadline, read_frame_bytes(&mut recv, max, REQUEST_PREALLOC)).await
+    let Ok(read) = tokio::time::timeout(deadline, read_request(shared, conn, &mut recv, max)).await
     else {
         tracing::debug!(remote = %conn.remote, "request not received in time; stream reset");
         let _ = recv.stop(REQUEST_TIMED_OUT.into());
         let _ = send.reset(REQUEST_TIMED_OUT.into());
         return;
     };
+    let mut reservation = None;
     let request = match read {
-        Ok(Some(body)) => decode_request(body)
-            .map_err(|_| refuse(ErrorCode::Malformed, "request does not decode")),
+        Ok(Some((body, reserved))) => {
+            reservation = Some(reserved);
+            check_and_decode(body, &shared.config.limits)
+        }
         Ok(None) => return,
         Err(ReadError::TooLarge { .. }) => Err(refuse(
             ErrorCode::FrameTooLarge,
@@ -488,8 +646,21 @@ async fn request_stream(
     };
     let result = match request {
         Err(err) => {
-            // A bad frame: answer, and stop reading whatever else the peer sends on it.
+            // A bad frame: answer, and stop reading whatever else the peer sends on it. A
+            // client that follows the protocol never sends one; a connection that keeps doing
+            // it is a flood, and is closed: the next round costs a handshake, which the
+            // per-address and Retry bounds meter.
             let _ = recv.stop(STREAM_REFUSED.into());
+            let bad = conn
+                .bad_frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if bad > MAX_BAD_FRAMES {
+                tracing::debug!(remote = %conn.remote, "too many bad frames; closed");
+                conn.connection
+                    .close(TOO_MANY_BAD_FRAMES.into(), b"too many bad frames");
+                return;
+            }
             Err(err)
         }
         Ok(Decoded::Push(push)) => handlers::push::handle(shared, conn, push).await.map(Some),
@@ -505,6 +676,7 @@ async fn request_stream(
             handlers::dispatch(shared, conn, kind).await.map(Some)
         }
     };
+    drop(reservation);
     let mut shutting_down = false;
     let (frame, budget) = match result {
         Ok(Some(Answer::Frame(frame, budget))) => (frame, budget),

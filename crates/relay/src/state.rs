@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kith_protocol::ids::{AccountId, DeviceId};
+use kith_protocol::keys::{DeviceSigningKey, DeviceVerifyingKey, system_rng};
 use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::config::RelayConfig;
@@ -25,6 +26,9 @@ const NOTIFY_CAPACITY: usize = 256;
 /// Bytes of pull pages the relay holds at once (built, or sent and not yet acknowledged), at
 /// least two of the largest pages: what bounds the relay's memory under pull load.
 const PULL_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// One account may hold this fraction of the pull budget (at least two of the largest pages):
+/// a tenant whose pulls are never read stalls only its own.
+const PULL_SHARES: usize = 8;
 
 /// Locks a std mutex, recovering from poisoning (a panicking holder leaves consistent data:
 /// every critical section writes storage before it updates memory).
@@ -129,6 +133,27 @@ impl LiveCount {
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Counts one more for good (an event counter, such as retries sent).
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` more (bytes, say) until the token is dropped.
+    pub fn enter_many(&self, n: usize) -> LiveMany {
+        self.0.fetch_add(n, Ordering::Relaxed);
+        LiveMany(self.0.clone(), n)
+    }
+}
+
+/// `n` counted units (see [`LiveCount::enter_many`]).
+#[derive(Debug)]
+pub(crate) struct LiveMany(Arc<AtomicUsize>, usize);
+
+impl Drop for LiveMany {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
 }
 
 /// One counted object (see [`LiveCount`]).
@@ -154,6 +179,10 @@ pub(crate) struct LiveCounts {
     pub accounts: LiveCount,
     /// Notification channels (an account has one only while it has subscribers).
     pub channels: LiveCount,
+    /// Bytes reserved for request frames being received, over every connection.
+    pub frame_bytes: LiveCount,
+    /// QUIC Retry packets sent (a count, never decremented).
+    pub retries: LiveCount,
 }
 
 /// An account being served.
@@ -164,6 +193,9 @@ pub(crate) struct Account {
     /// The notification channel, only while someone subscribes: 256 slots are 16 KiB, which
     /// every account in memory used to carry whether or not any device listened.
     events: Mutex<Option<(broadcast::Sender<AccountEvent>, Live)>>,
+    /// The account's share of the relay's pull budget (bytes of pages in flight): however
+    /// many pulls one tenant leaves unread, the others' pages still find room.
+    pub pull_budget: Arc<Semaphore>,
     live: LiveCounts,
     _live: Live,
 }
@@ -175,6 +207,7 @@ impl Account {
         streams: Vec<(DeviceId, StreamMeta)>,
         sealed_key_bytes: u64,
         live: &LiveCounts,
+        pull_share: usize,
     ) -> Self {
         let envelope_bytes = streams.iter().map(|(_, m)| m.bytes).sum();
         let envelopes = streams.iter().map(|(_, m)| m.envelopes).sum();
@@ -193,6 +226,7 @@ impl Account {
                 fenced: HashMap::new(),
             }),
             events: Mutex::new(None),
+            pull_budget: Arc::new(Semaphore::new(pull_share)),
             live: live.clone(),
             _live: live.accounts.enter(),
         }
@@ -279,6 +313,8 @@ impl Account {
 pub(crate) struct Accounts {
     map: Mutex<AccountMap>,
     live: LiveCounts,
+    /// Each account's share of the pull budget, in bytes.
+    pull_share: usize,
 }
 
 #[derive(Debug)]
@@ -371,11 +407,13 @@ impl AccountMap {
 }
 
 impl Accounts {
-    /// At most `capacity` idle accounts in memory.
-    pub fn new(capacity: usize, live: &LiveCounts) -> Self {
+    /// At most `capacity` idle accounts in memory; each may hold `pull_share` bytes of pull
+    /// pages in flight.
+    pub fn new(capacity: usize, live: &LiveCounts, pull_share: usize) -> Self {
         Self {
             map: Mutex::new(AccountMap::new(capacity)),
             live: live.clone(),
+            pull_share,
         }
     }
 
@@ -392,7 +430,7 @@ impl Accounts {
             return Ok(None);
         };
         let roster = VerifiedRoster::verify(&loaded.roster, Some(id), None).map_err(|_| {
-            tracing::error!(account = %short(id.as_bytes()), "stored roster does not verify");
+            tracing::error!(account = %pseudonym(id.as_bytes()), "stored roster does not verify");
             RequestError::storage("stored roster does not verify")
         })?;
         let account = Arc::new(Account::new(
@@ -401,6 +439,7 @@ impl Accounts {
             loaded.streams,
             loaded.sealed_key_bytes,
             &self.live,
+            self.pull_share,
         ));
         Ok(Some(lock(&self.map).insert(*id, account, false)))
     }
@@ -459,7 +498,14 @@ impl Accounts {
     /// Adds a freshly created account.
     pub fn insert_new(&self, roster: VerifiedRoster) -> Arc<Account> {
         let id = roster.account_id();
-        let account = Arc::new(Account::new(id, roster, Vec::new(), 0, &self.live));
+        let account = Arc::new(Account::new(
+            id,
+            roster,
+            Vec::new(),
+            0,
+            &self.live,
+            self.pull_share,
+        ));
         lock(&self.map).insert(id, account, true)
     }
 
@@ -492,6 +538,15 @@ pub(crate) struct Shared {
     pub accounts: Accounts,
     pub device_limiter: KeyedLimiter<(AccountId, DeviceId)>,
     pub lookup_limiter: KeyedLimiter<IpAddr>,
+    /// Failed authentications per source address (docs/PROTOCOL.md §10).
+    pub auth_limiter: KeyedLimiter<IpAddr>,
+    /// Connections (handshakes included) per source address.
+    pub per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// New connections per second before the relay asks for a QUIC Retry.
+    pub handshake_limiter: KeyedLimiter<()>,
+    /// A key no device holds: an authentication naming no known device is checked against
+    /// it, so that every failure costs the relay, and tells the peer, the same.
+    pub decoy_key: DeviceVerifyingKey,
     pub shutdown: watch::Receiver<bool>,
     pub token_inbox: PathBuf,
     /// Permits are bytes of pull pages in flight (see [`Shared::pull_page_bytes`]).
@@ -539,12 +594,30 @@ impl Shared {
                 l.lookups_per_minute,
                 MAX_LIMITER_KEYS,
             ),
+            auth_limiter: KeyedLimiter::new(
+                l.auth_failures_per_minute,
+                Duration::from_secs(60),
+                l.auth_failures_per_minute,
+                MAX_LIMITER_KEYS,
+            ),
+            decoy_key: DeviceSigningKey::generate(&mut system_rng()).public(),
+            per_address: Mutex::new(HashMap::new()),
+            handshake_limiter: KeyedLimiter::new(
+                l.retry_above_handshakes_per_second,
+                Duration::from_secs(1),
+                l.retry_above_handshakes_per_second,
+                1,
+            ),
             token_inbox: crate::token_inbox(&config.data_dir),
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,
             pairing_puts: watch::Sender::new(0),
             write_barrier: tokio::sync::RwLock::new(()),
-            accounts: Accounts::new(config.cached_accounts, &live),
+            accounts: Accounts::new(
+                config.cached_accounts,
+                &live,
+                (pull_budget_bytes / PULL_SHARES).max(2 * largest_page),
+            ),
             live,
             shared_store: false,
             config,
@@ -556,6 +629,21 @@ impl Shared {
 }
 
 impl Shared {
+    /// Takes one of `ip`'s connection slots (`max_connections_per_address`), held until the
+    /// returned slot is dropped; `None` when the address has none left.
+    pub fn address_slot(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut map = lock(&self.per_address);
+        let count = map.entry(ip).or_insert(0);
+        if *count >= self.config.limits.max_connections_per_address as usize {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            shared: Arc::downgrade(self),
+            ip,
+        })
+    }
+
     /// The most a pull page asking for `max_bytes` of envelopes can take once encoded: the
     /// bound, one envelope over it (a page always holds one), the framing of each envelope
     /// (device id, seq, lengths: under 32 bytes) and of the streams.
@@ -569,6 +657,29 @@ impl Shared {
     }
 }
 
+/// One of a source address's connection slots (see [`Shared::address_slot`]).
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    shared: std::sync::Weak<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut map = lock(&shared.per_address);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+                shrink(&mut map);
+            }
+        }
+    }
+}
+
 /// One QUIC connection's state.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -576,18 +687,52 @@ pub(crate) struct Conn {
     pub remote: SocketAddr,
     pub challenge: Mutex<Option<[u8; 32]>>,
     pub device: Mutex<Option<(AccountId, DeviceId)>>,
+    /// Bytes of request frames this connection may have the relay buffer at once (permits
+    /// are bytes; `max_frame_bytes` of them).
+    pub frame_budget: Arc<Semaphore>,
+    /// Request streams being served, and when the last one ended: what tells an idle
+    /// unauthenticated connection (docs/PROTOCOL.md §12, "Before authentication").
+    activity: Mutex<(usize, Instant)>,
+    /// Frames refused as too large or undecodable on this connection.
+    pub bad_frames: AtomicUsize,
     _live: Live,
 }
 
 impl Conn {
-    pub fn new(connection: quinn::Connection, live: &LiveCounts) -> Self {
+    pub fn new(connection: quinn::Connection, live: &LiveCounts, max_frame_bytes: u32) -> Self {
         Self {
             remote: connection.remote_address(),
             connection,
             challenge: Mutex::new(None),
             device: Mutex::new(None),
+            frame_budget: Arc::new(Semaphore::new(max_frame_bytes as usize)),
+            activity: Mutex::new((0, Instant::now())),
+            bad_frames: AtomicUsize::new(0),
             _live: live.connections.enter(),
         }
+    }
+
+    /// Whether the connection authenticated as a device.
+    pub fn is_authenticated(&self) -> bool {
+        lock(&self.device).is_some()
+    }
+
+    /// A request stream started.
+    pub fn request_started(&self) {
+        lock(&self.activity).0 += 1;
+    }
+
+    /// A request stream ended.
+    pub fn request_ended(&self) {
+        let mut activity = lock(&self.activity);
+        activity.0 = activity.0.saturating_sub(1);
+        activity.1 = Instant::now();
+    }
+
+    /// Since when no request stream has been open; `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let activity = lock(&self.activity);
+        (activity.0 == 0).then_some(activity.1)
     }
 
     /// The TLS keying-material exporter value that binds authentication to this session.
@@ -609,9 +754,26 @@ impl Conn {
     }
 }
 
-/// The first four bytes of an id as hex: enough to correlate logs, too little to identify.
+/// The first four bytes of an id as hex, for `debug` logs: enough to correlate, and to find
+/// the account in storage.
 pub(crate) fn short(id: &[u8]) -> String {
     hex::encode(&id[..id.len().min(4)])
+}
+
+/// A pseudonym of an id for logs at `info` and above: four bytes of an HMAC under a key drawn
+/// at start-up and never written anywhere, so lines about one account can be correlated within
+/// a run, but a log cannot be matched against ids (which the relay stores and other parties
+/// know) nor across restarts (docs/PROTOCOL.md §11).
+pub(crate) fn pseudonym(id: &[u8]) -> String {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        // Without randomness the pseudonym is still not the id's prefix, only stable.
+        let _ = getrandom::fill(&mut secret[..]);
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret[..])
+    });
+    let tag = ring::hmac::sign(key, id);
+    hex::encode(&tag.as_ref()[..4])
 }
 
 #[cfg(test)]
@@ -643,6 +805,7 @@ mod tests {
             Vec::new(),
             0,
             live,
+            1 << 20,
         ))
     }
 

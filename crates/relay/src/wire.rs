@@ -17,7 +17,9 @@ use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encoded_len_varint};
 
 /// Field number of `push` in `Request.kind`.
-const REQUEST_PUSH: u32 = 6;
+pub const REQUEST_PUSH: u32 = 6;
+/// Field number of `put_sealed_epoch_keys` in `Request.kind`.
+pub const REQUEST_PUT_SEALED_EPOCH_KEYS: u32 = 9;
 /// Field number of `pull` in `Response.kind`.
 const RESPONSE_PULL: u32 = 6;
 
@@ -80,6 +82,109 @@ pub fn push_payload(body: &Bytes) -> Option<Bytes> {
 /// The `PullResponse` payload of a `Response` body that holds exactly one field, `pull`.
 pub fn pull_payload(body: &Bytes) -> Option<Bytes> {
     single_field(body, RESPONSE_PULL)
+}
+
+/// Why a request was refused before it was decoded ([`check_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unbounded {
+    /// The body is larger than its kind allows.
+    TooLarge,
+    /// A list holds more elements than its kind allows (the kind's field number in
+    /// `Request.kind`).
+    TooMany(u32),
+    /// The body is not exactly one length-delimited field.
+    Malformed,
+}
+
+/// The largest body and the longest list (field 1 of the kind's message, if it is a list) a
+/// request of kind `field` (its field number in `Request.kind`) may have.
+fn request_bounds(field: u32, limits: &crate::config::Limits) -> (usize, Option<usize>) {
+    use kith_protocol::limits::{
+        MAX_BUNDLE_BYTES, MAX_DEVICES, MAX_REMOVED_DEVICES, MAX_ROSTER_BYTES,
+        MAX_SEALED_EPOCH_KEY_BYTES,
+    };
+    /// Room for the fields beside a roster or bundle (ids, signature, token).
+    const ENVELOPE_OF_FIELDS: usize = 1024;
+    match field {
+        // Push: the frame limit, and the batch bound.
+        REQUEST_PUSH => (
+            limits.max_frame_bytes as usize,
+            Some(limits.max_batch_envelopes as usize),
+        ),
+        // CreateAccount, PutRoster, RecoverDevice: one roster.
+        3 | 4 | 18 => (MAX_ROSTER_BYTES + ENVELOPE_OF_FIELDS, None),
+        // Pull: a cursor (16-byte id, seq) per device, present or removed.
+        7 => (16 * 1024, Some(MAX_DEVICES + MAX_REMOVED_DEVICES)),
+        // PutSealedEpochKeys.
+        REQUEST_PUT_SEALED_EPOCH_KEYS => {
+            let keys = limits.max_sealed_keys_per_request as usize;
+            (
+                keys * (MAX_SEALED_EPOCH_KEY_BYTES + 4) + ENVELOPE_OF_FIELDS,
+                Some(keys),
+            )
+        }
+        // PutPairingSlot, PutRecoveryBundle: one sealed bundle.
+        11 | 14 => (MAX_BUNDLE_BYTES + ENVELOPE_OF_FIELDS, None),
+        // Everything else holds ids, a signature, a number or nothing.
+        _ => (ENVELOPE_OF_FIELDS, None),
+    }
+}
+
+/// Reads one protobuf field's key and skips its value; `None` if it does not parse.
+fn skip_field(rest: &mut &[u8]) -> Option<u32> {
+    let key = decode_varint(rest).ok()?;
+    let field = u32::try_from(key >> 3).ok()?;
+    let skip = match key & 7 {
+        0 => {
+            decode_varint(rest).ok()?;
+            0
+        }
+        1 => 8,
+        2 => usize::try_from(decode_varint(rest).ok()?).ok()?,
+        5 => 4,
+        _ => return None,
+    };
+    if rest.len() < skip {
+        return None;
+    }
+    *rest = &rest[skip..];
+    Some(field)
+}
+
+/// Checks a request body against its kind's bounds *before* it is decoded: decoding allocates
+/// per element (a 4 MiB pull of empty cursors would be 100,000 vectors), so the body's size and
+/// its list's length are bounded by a scan that allocates nothing. An empty body (no kind)
+/// passes; the decoder refuses it.
+pub fn check_request(body: &[u8], limits: &crate::config::Limits) -> Result<(), Unbounded> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let mut rest = body;
+    let key = decode_varint(&mut rest).map_err(|_| Unbounded::Malformed)?;
+    let field = u32::try_from(key >> 3).map_err(|_| Unbounded::Malformed)?;
+    if key & 7 != WireType::LengthDelimited as u64 {
+        return Err(Unbounded::Malformed);
+    }
+    let len = decode_varint(&mut rest).map_err(|_| Unbounded::Malformed)?;
+    if u64::try_from(rest.len()).ok() != Some(len) {
+        return Err(Unbounded::Malformed);
+    }
+    let (max_bytes, max_list) = request_bounds(field, limits);
+    if rest.len() > max_bytes {
+        return Err(Unbounded::TooLarge);
+    }
+    if let Some(max_list) = max_list {
+        let mut elements = 0usize;
+        while !rest.is_empty() {
+            if skip_field(&mut rest).ok_or(Unbounded::Malformed)? == 1 {
+                elements += 1;
+                if elements > max_list {
+                    return Err(Unbounded::TooMany(field));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Encodes `Response { kind: pull(page) }` as one frame, length prefix included.
@@ -181,6 +286,60 @@ mod tests {
         // Zero-copy: the envelopes point into the body.
         let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
         assert!(range.contains(&(push.envelopes[0].as_ptr() as usize)));
+    }
+
+    #[test]
+    fn requests_are_bounded_by_kind_before_decoding() {
+        let limits = crate::config::Limits::default();
+        let body = |kind| {
+            let frame = encode_frame(&Request { kind: Some(kind) });
+            frame[4..].to_vec()
+        };
+        let pull = |n: usize| {
+            body(request::Kind::Pull(proto::Pull {
+                cursors: vec![proto::Cursor::default(); n],
+                ..Default::default()
+            }))
+        };
+        assert_eq!(check_request(&pull(320), &limits), Ok(()));
+        assert_eq!(
+            check_request(&pull(321), &limits),
+            Err(Unbounded::TooMany(7))
+        );
+        assert_eq!(
+            check_request(&pull(9000), &limits),
+            Err(Unbounded::TooLarge)
+        );
+        let push = |n: usize| {
+            body(request::Kind::Push(proto::Push {
+                envelopes: vec![vec![1]; n],
+            }))
+        };
+        assert_eq!(check_request(&push(1000), &limits), Ok(()));
+        assert_eq!(
+            check_request(&push(1001), &limits),
+            Err(Unbounded::TooMany(REQUEST_PUSH))
+        );
+        let roster = |n: usize| {
+            body(request::Kind::PutRoster(proto::PutRoster {
+                roster: vec![0; n],
+            }))
+        };
+        assert_eq!(check_request(&roster(256 * 1024), &limits), Ok(()));
+        assert_eq!(
+            check_request(&roster(300 * 1024), &limits),
+            Err(Unbounded::TooLarge)
+        );
+        let challenge = body(request::Kind::GetChallenge(proto::GetChallenge {}));
+        assert_eq!(check_request(&challenge, &limits), Ok(()));
+        let mut twice = challenge.clone();
+        twice.extend_from_slice(&challenge);
+        assert_eq!(check_request(&twice, &limits), Err(Unbounded::Malformed));
+        assert_eq!(check_request(&[], &limits), Ok(()));
+        assert_eq!(
+            check_request(&[0xff; 8], &limits),
+            Err(Unbounded::Malformed)
+        );
     }
 
     #[test]

@@ -1338,7 +1338,9 @@ async fn oversized_and_endless_frames_are_cut_off() {
 
         // Length prefixes beyond the limit, each followed by as much data as the peer can push:
         // FRAME_TOO_LARGE, and the relay stops reading (flow control caps what it accepts).
-        for round in 0..30u32 {
+        // Fifteen, and one malformed frame below: one more bad frame and the relay would close
+        // the connection (MAX_BAD_FRAMES, §12).
+        for round in 0..kith_relay::server::MAX_BAD_FRAMES as u32 - 1 {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             let len = [MAX_FRAME + 1, u32::MAX, 1 << 24][round as usize % 3];
             send.write_all(&len.to_be_bytes()).await.unwrap();

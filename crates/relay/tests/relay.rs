@@ -122,8 +122,20 @@ async fn token_registration_needs_a_single_use_token() {
     .await;
 }
 
+/// Asserts that an authentication was refused as every failure before a verified signature
+/// is: `BAD_SIGNATURE` with the same message, whatever was wrong.
+fn refused_alike(result: Result<(), ClientError>, what: &str) {
+    match result {
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::BadSignature, "{what}: {message}");
+            assert_eq!(message, "authentication failed", "{what}");
+        }
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn every_authentication_refusal_has_its_own_code() {
+async fn authentication_tells_nothing_before_the_signature_verifies() {
     bounded(async {
         let relay = TestRelay::start().await;
         let mut account = TestAccount::new(3);
@@ -153,24 +165,23 @@ async fn every_authentication_refusal_has_its_own_code() {
             }))
             .await;
         assert_eq!(code(err), ErrorCode::NoChallenge);
-        // Unknown device: a key not in the roster.
+        // An outsider probing which accounts and devices exist learns nothing: an unknown
+        // device (a key not in the roster), a device of another account, an unknown account
+        // and a forged signature are all answered alike.
         let stranger = TestDevice::new();
-        assert_eq!(
-            code(client.authenticate(&stranger.key, &account.id).await),
-            ErrorCode::UnknownDevice
+        refused_alike(
+            client.authenticate(&stranger.key, &account.id).await,
+            "unknown device",
         );
-        // Wrong account: a device of another account.
-        assert_eq!(
-            code(client.authenticate(other.device(0), &account.id).await),
-            ErrorCode::UnknownDevice
+        refused_alike(
+            client.authenticate(other.device(0), &account.id).await,
+            "another account's device",
         );
-        // Unknown account.
         let nobody = TestAccount::new(1);
-        assert_eq!(
-            code(client.authenticate(nobody.device(0), &nobody.id).await),
-            ErrorCode::UnknownAccount
+        refused_alike(
+            client.authenticate(nobody.device(0), &nobody.id).await,
+            "unknown account",
         );
-        // Bad signature: signed with another key.
         let nonce = client.challenge().await.unwrap();
         let forged = sign_relay_auth(
             &stranger.key,
@@ -179,24 +190,30 @@ async fn every_authentication_refusal_has_its_own_code() {
             &account.id,
             &account.device(0).device_id(),
         );
-        let err = client
-            .expect_ok(request::Kind::Authenticate(proto::Authenticate {
-                account_id: account.id.as_bytes().to_vec(),
-                device_id: account.device(0).device_id().as_bytes().to_vec(),
-                signature: forged.to_bytes().to_vec(),
-            }))
-            .await;
-        assert_eq!(code(err), ErrorCode::BadSignature);
+        refused_alike(
+            client
+                .expect_ok(request::Kind::Authenticate(proto::Authenticate {
+                    account_id: account.id.as_bytes().to_vec(),
+                    device_id: account.device(0).device_id().as_bytes().to_vec(),
+                    signature: forged.to_bytes().to_vec(),
+                }))
+                .await,
+            "forged signature",
+        );
         // The exporter of another TLS session: a relayed signature.
         let elsewhere = relay.connect().await;
-        let err = authenticate_raw(&client, &account, 0, elsewhere.exporter().unwrap()).await;
-        assert_eq!(code(err), ErrorCode::BadSignature);
+        refused_alike(
+            authenticate_raw(&client, &account, 0, elsewhere.exporter().unwrap()).await,
+            "relayed signature",
+        );
         // A challenge answers one attempt only: replaying the same nonce needs a new challenge.
         authenticate_raw(&client, &account, 0, client.exporter().unwrap())
             .await
             .unwrap();
 
-        // A removed device is refused, at authentication and on its live connection.
+        // A removed device is told so once its own signature verified (with the key the
+        // roster's removed list keeps), at authentication and on its live connection; anyone
+        // else naming it is answered as every other failure.
         let live = relay.connect().await;
         live.authenticate(account.device(2), &account.id)
             .await
@@ -213,10 +230,76 @@ async fn every_authentication_refusal_has_its_own_code() {
             code(fresh.authenticate(&removed.key, &account.id).await),
             ErrorCode::DeviceRemoved
         );
+        let nonce = fresh.challenge().await.unwrap();
+        let impostor = sign_relay_auth(
+            &stranger.key,
+            &fresh.exporter().unwrap(),
+            &nonce,
+            &account.id,
+            &removed.id(),
+        );
+        refused_alike(
+            fresh
+                .expect_ok(request::Kind::Authenticate(proto::Authenticate {
+                    account_id: account.id.as_bytes().to_vec(),
+                    device_id: removed.id().as_bytes().to_vec(),
+                    signature: impostor.to_bytes().to_vec(),
+                }))
+                .await,
+            "a removed device's id with another key's signature",
+        );
         let err = live
             .push(envelopes(&account.id, &removed.id(), 1, 1, 10))
             .await;
         assert_eq!(code(err), ErrorCode::DeviceRemoved);
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failed_authentications_are_rate_limited_per_source_address() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| c.limits.auth_failures_per_minute = 3).await;
+        let account = TestAccount::new(1);
+        account.create(&relay.connect().await).await;
+        let guesser = relay.connect().await;
+        let stranger = TestDevice::new();
+        for attempt in 0..3 {
+            refused_alike(
+                guesser.authenticate(&stranger.key, &account.id).await,
+                &format!("guess {attempt}"),
+            );
+        }
+        // The address spent its failures: even a valid signature from it is refused,
+        // unverified, until the bucket refills.
+        assert_eq!(
+            code(guesser.authenticate(account.device(0), &account.id).await),
+            ErrorCode::RateLimited
+        );
+        assert_eq!(
+            code(
+                relay
+                    .connect()
+                    .await
+                    .authenticate(account.device(0), &account.id)
+                    .await
+            ),
+            ErrorCode::RateLimited,
+            "a new connection from the same address changes nothing"
+        );
+        // Another source address is not affected.
+        let elsewhere = kith_relay::client::RelayClient::connect_from(
+            "127.0.0.2:0".parse().unwrap(),
+            relay.handle.local_addr(),
+            relay.handle.cert_sha256(),
+        )
+        .await
+        .unwrap();
+        elsewhere
+            .authenticate(account.device(0), &account.id)
+            .await
+            .unwrap();
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -753,7 +836,8 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
                     .authenticate(account.device(0), &account.id)
                     .await
             ),
-            ErrorCode::UnknownAccount
+            ErrorCode::BadSignature,
+            "a deleted account is answered as an account that never existed (§10)"
         );
 
         let dir = relay.dir;
@@ -798,10 +882,17 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
         let good = relay.connect().await;
         account.create(&good).await;
         let d = account.device(0).device_id();
-        let attacker = relay.connect().await;
+        let mut attacker = relay.connect().await;
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for round in 0..30u64 {
-            let (mut send, mut recv) = attacker.connection().open_bi().await.unwrap();
+            // The relay closes a connection after 16 bad frames (§12): the attacker reconnects.
+            if attacker.connection().close_reason().is_some() {
+                attacker = relay.connect().await;
+            }
+            let Ok((mut send, mut recv)) = attacker.connection().open_bi().await else {
+                attacker = relay.connect().await;
+                continue;
+            };
             let mut junk = vec![0u8; 1 + (round as usize * 37) % 700];
             for byte in junk.iter_mut() {
                 seed ^= seed << 13;

@@ -1,7 +1,8 @@
 //! `kith-tls`: the TLS pieces the relay and every client of it share (docs/PROTOCOL.md §12).
 //!
 //! - [`ALPN`], the protocol id both sides require;
-//! - [`provider`], the one rustls crypto provider (ring) both sides use;
+//! - [`provider`], the one rustls crypto provider both sides use: ring, with the hybrid
+//!   post-quantum key exchange [`X25519MLKEM768`] first and classical X25519 after it;
 //! - [`fingerprint`], the SHA-256 of a DER certificate: what `kith-relay` prints at start-up and
 //!   what a client pins;
 //! - [`PinnedCertVerifier`], a server certificate verifier that accepts exactly the pinned
@@ -15,8 +16,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod hybrid;
+
 use std::sync::Arc;
 
+pub use hybrid::X25519MLKEM768;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -27,9 +31,15 @@ use subtle::ConstantTimeEq;
 /// The ALPN protocol id of Kith's relay protocol.
 pub const ALPN: &[u8] = b"kith/1";
 
-/// The crypto provider of every Kith TLS configuration: rustls with ring.
+/// The crypto provider of every Kith TLS configuration: rustls with ring, whose key exchange
+/// groups are, in order of preference, [`X25519MLKEM768`] (so that recorded traffic stays
+/// closed to a future quantum computer) and then ring's classical groups (X25519 first), which
+/// older clients and relays speak. A client sends both an X25519MLKEM768 and an X25519 share;
+/// a relay picks X25519MLKEM768 whenever the client offers it.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups.insert(0, X25519MLKEM768);
+    Arc::new(provider)
 }
 
 /// A rustls client configuration for the relay protocol that accepts exactly the certificate

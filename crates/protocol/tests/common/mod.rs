@@ -109,3 +109,21 @@ pub fn regenerating() -> bool {
 pub fn unhex(text: &str) -> Vec<u8> {
     hex::decode(text).expect("vector file holds hex")
 }
+
+/// A new device's keys and its roster entry, named `name`.
+pub fn new_device(
+    name: &str,
+) -> (
+    kith_protocol::keys::DeviceSigningKey,
+    kith_protocol::roster::NewDevice,
+) {
+    use kith_protocol::keys::{DeviceAgreementKey, DeviceSigningKey, system_rng};
+    let mut rng = system_rng();
+    let key = DeviceSigningKey::generate(&mut rng);
+    let device = kith_protocol::roster::NewDevice {
+        signing_key: key.public(),
+        agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
+        name: name.to_owned(),
+    };
+    (key, device)
+}

@@ -1,10 +1,19 @@
 //! `GetChallenge` and `Authenticate` (docs/PROTOCOL.md §10).
+//!
+//! Until a signature verifies, every failure is answered alike (`BAD_SIGNATURE`, "authentication
+//! failed") and costs the relay one signature check: an unknown account, a device not in the
+//! roster, another account's device and a forged signature cannot be told apart, so an outsider
+//! learns nothing of which accounts and devices exist. Only a removed device whose own signature
+//! verified (under the key the roster's removed list keeps) is told `DEVICE_REMOVED`. Failures
+//! cost a token of the source address's bucket; an address without one is refused unverified.
+
+use std::time::Instant;
 
 use kith_protocol::auth::verify_relay_auth;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto::{Authenticate, Challenge, ErrorCode, response};
 
-use super::{Reply, check_device, ok, respond};
+use super::{Reply, ok, respond};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, lock, short};
 
@@ -18,6 +27,28 @@ pub(crate) fn get_challenge(conn: &Conn) -> Reply {
     }))
 }
 
+/// Refuses an authentication attempt (Authenticate, CreateAccount, RecoverDevice) from an
+/// address that spent its failures.
+pub(crate) fn check_auth_budget(shared: &Shared, conn: &Conn) -> Result<(), RequestError> {
+    if shared
+        .auth_limiter
+        .has_room(&conn.remote.ip(), Instant::now())
+    {
+        Ok(())
+    } else {
+        Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many failed authentications; slow down",
+        ))
+    }
+}
+
+/// The one answer to every authentication that did not verify; charges the source address.
+pub(crate) fn auth_failed(shared: &Shared, conn: &Conn) -> RequestError {
+    shared.auth_limiter.check(&conn.remote.ip(), Instant::now());
+    RequestError::new(ErrorCode::BadSignature, "authentication failed")
+}
+
 /// Checks the device's signature over (exporter, challenge, account, device) with its key in
 /// the account's current roster, then marks the connection authenticated as that device.
 pub(crate) fn authenticate(shared: &Shared, conn: &Conn, req: Authenticate) -> Reply {
@@ -28,32 +59,37 @@ pub(crate) fn authenticate(shared: &Shared, conn: &Conn, req: Authenticate) -> R
         .map_err(|_| RequestError::invalid("account_id must be 32 bytes"))?;
     let device = DeviceId::from_slice(&req.device_id)
         .map_err(|_| RequestError::invalid("device_id must be 16 bytes"))?;
-    let account = shared
+    check_auth_budget(shared, conn)?;
+    let roster = shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?
-        .ok_or_else(|| {
-            RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
-        })?;
-    let roster = account.roster();
-    check_device(&roster, &device)?;
-    let key = roster
-        .device(&device)
-        .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in roster"))?
-        .signing_key();
-    verify_relay_auth(
-        key,
-        &conn.exporter()?,
-        &nonce,
-        &account_id,
-        &device,
-        &req.signature,
-    )
-    .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
+        .map(|account| account.roster());
+    // The key the signature must verify under: the device's, present or removed; for anyone
+    // else the decoy, which no signature verifies under.
+    let (key, removed) = match roster.as_deref() {
+        Some(roster) => match (roster.device(&device), roster.removed_device(&device)) {
+            (Some(present), _) => (present.signing_key(), false),
+            (None, Some(gone)) => (gone.signing_key(), true),
+            (None, None) => (&shared.decoy_key, false),
+        },
+        None => (&shared.decoy_key, false),
+    };
+    let exporter = conn.exporter()?;
+    let verified =
+        verify_relay_auth(key, &exporter, &nonce, &account_id, &device, &req.signature).is_ok();
+    if !verified || std::ptr::eq(key, &shared.decoy_key) {
+        return Err(auth_failed(shared, conn));
+    }
+    if removed {
+        return Err(RequestError::new(
+            ErrorCode::DeviceRemoved,
+            "the device was removed from the account",
+        ));
+    }
     *lock(&conn.device) = Some((account_id, device));
     tracing::debug!(
         account = %short(account_id.as_bytes()),
         device = %short(device.as_bytes()),
-        remote = %conn.remote,
         "authenticated"
     );
     ok()

@@ -8,16 +8,46 @@ use kith_protocol::limits::MAX_ROSTER_BYTES;
 use kith_protocol::proto::{CreateAccount, ErrorCode};
 use sha2::{Digest, Sha256};
 
+use super::auth::{auth_failed, check_auth_budget};
 use super::{Reply, durable, ok};
 use crate::config::RegistrationMode;
 use crate::error::RequestError;
-use crate::state::{Conn, Shared, lock, short};
+use crate::state::{Conn, Shared, lock, pseudonym};
 use kith_protocol::roster::VerifiedRoster;
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> Reply {
     let nonce = conn
         .take_challenge()
         .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
+    check_auth_budget(shared, conn)?;
+    // The token first: without one, nothing is decoded or verified (a roster check and a
+    // signature check are the expensive part, and an outsider must not get them for free).
+    let token_hash: Option<[u8; 32]> = match shared.config.registration {
+        RegistrationMode::Open => None,
+        RegistrationMode::Token => {
+            let hash: [u8; 32] = Sha256::digest(req.registration_token.trim().as_bytes()).into();
+            if req.registration_token.is_empty() || !consume_token(shared, &hash)? {
+                return Err(RequestError::new(
+                    ErrorCode::RegistrationClosed,
+                    "a valid, unused registration token is required",
+                ));
+            }
+            Some(hash)
+        }
+    };
+    let created = create(shared, conn, &req, &nonce).await;
+    if let (Err(_), Some(hash)) = (&created, token_hash) {
+        // Give the token back: it created nothing.
+        shared
+            .store
+            .add_registration_token(&hash)
+            .map_err(RequestError::storage)?;
+    }
+    created
+}
+
+/// Verifies the first roster and the device's signature, and stores the account.
+async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 32]) -> Reply {
     if req.roster.len() > MAX_ROSTER_BYTES {
         return Err(RequestError::new(
             ErrorCode::RosterInvalid,
@@ -46,12 +76,12 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
     verify_relay_auth(
         key,
         &conn.exporter()?,
-        &nonce,
+        nonce,
         &account_id,
         &device,
         &req.signature,
     )
-    .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))?;
+    .map_err(|_| auth_failed(shared, conn))?;
     if shared
         .store
         .was_deleted(&account_id)
@@ -73,31 +103,11 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
             "the account exists",
         ));
     }
-    let token_hash: Option<[u8; 32]> = match shared.config.registration {
-        RegistrationMode::Open => None,
-        RegistrationMode::Token => {
-            let hash: [u8; 32] = Sha256::digest(req.registration_token.trim().as_bytes()).into();
-            if req.registration_token.is_empty() || !consume_token(shared, &hash)? {
-                return Err(RequestError::new(
-                    ErrorCode::RegistrationClosed,
-                    "a valid, unused registration token is required",
-                ));
-            }
-            Some(hash)
-        }
-    };
     let created = shared
         .store
         .create_account(&account_id, roster.encoded())
         .map_err(RequestError::storage)?;
     if !created {
-        if let Some(hash) = token_hash {
-            // Give the token back: it did not create anything.
-            shared
-                .store
-                .add_registration_token(&hash)
-                .map_err(RequestError::storage)?;
-        }
         return Err(RequestError::new(
             ErrorCode::AccountExists,
             "the account exists",
@@ -106,7 +116,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> 
     durable(shared).await?;
     shared.accounts.insert_new(roster);
     *lock(&conn.device) = Some((account_id, device));
-    tracing::info!(account = %short(account_id.as_bytes()), "account created");
+    tracing::info!(account = %pseudonym(account_id.as_bytes()), "account created");
     ok()
 }
 

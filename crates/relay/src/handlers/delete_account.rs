@@ -12,7 +12,7 @@ use kith_protocol::proto::{DeleteAccount, ErrorCode};
 
 use super::{Reply, durable, ok};
 use crate::error::RequestError;
-use crate::state::{AccountEvent, Conn, Shared, lock, short};
+use crate::state::{AccountEvent, Conn, Shared, lock, pseudonym};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> Reply {
     if !shared
@@ -75,6 +75,6 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> 
         }
     }
     durable(shared).await?;
-    tracing::info!(account = %short(account_id.as_bytes()), "account deleted");
+    tracing::info!(account = %pseudonym(account_id.as_bytes()), "account deleted");
     ok()
 }

@@ -1,7 +1,7 @@
 //! One file per request kind. Each handler takes the decoded request and returns the response
 //! or a [`RequestError`]; `subscribe` alone keeps its stream open.
 
-mod auth;
+pub(crate) mod auth;
 mod create_account;
 mod delete_account;
 mod epoch_keys;
@@ -29,9 +29,9 @@ use crate::state::{Account, Conn, Shared, lock};
 #[derive(Debug)]
 pub(crate) enum Answer {
     Message(Response),
-    /// An encoded frame, and the share of the pull budget it holds until the peer has
-    /// acknowledged it.
-    Frame(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
+    /// An encoded frame, and the shares of the pull budgets (the account's, the relay's) it
+    /// holds until the peer has acknowledged it.
+    Frame(bytes::Bytes, Option<[tokio::sync::OwnedSemaphorePermit; 2]>),
 }
 
 /// The result of a handler.

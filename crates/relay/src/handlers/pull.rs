@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::limits::{MAX_DEVICES, MAX_REMOVED_DEVICES};
-use kith_protocol::proto::{Pull, StreamInfo};
+use kith_protocol::proto::{ErrorCode, Pull, StreamInfo};
 
 use super::{Answer, Reply, authorized, durable};
 use crate::error::RequestError;
@@ -64,13 +64,25 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
     }
     // Room for the largest page this request can produce, taken before reading; what the
     // page does not use is given back once it is encoded.
+    // First from the account's share, then from the relay's budget, each within `pull_wait`:
+    // pages one tenant never reads hold only its own share, and a pull that finds no room is
+    // refused as rate-limited (the client retries) rather than left waiting.
     let reserved = shared.pull_page_bytes(max_bytes);
-    let mut permit = shared
-        .pull_budget
-        .clone()
-        .acquire_many_owned(u32::try_from(reserved).unwrap_or(u32::MAX))
-        .await
-        .map_err(|_| RequestError::internal("pull budget closed"))?;
+    let permits = u32::try_from(reserved).unwrap_or(u32::MAX);
+    let wait = limits.pull_wait;
+    let busy = || RequestError::new(ErrorCode::RateLimited, "pull budget exhausted; retry");
+    let mut account_permit = tokio::time::timeout(
+        wait,
+        account.pull_budget.clone().acquire_many_owned(permits),
+    )
+    .await
+    .map_err(|_| busy())?
+    .map_err(|_| RequestError::internal("pull budget closed"))?;
+    let mut permit =
+        tokio::time::timeout(wait, shared.pull_budget.clone().acquire_many_owned(permits))
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| RequestError::internal("pull budget closed"))?;
     // A removed device's stream ends at its final_seq (docs/PROTOCOL.md §4): nothing past it
     // is served, even if it was stored before this relay refused such rosters.
     let mut streams: Vec<_> = {
@@ -131,6 +143,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
     drop(page);
     if let Some(unused) = reserved.checked_sub(frame.len()) {
         drop(permit.split(unused));
+        drop(account_permit.split(unused));
     }
-    Ok(Answer::Frame(frame, Some(permit)))
+    Ok(Answer::Frame(frame, Some([account_permit, permit])))
 }

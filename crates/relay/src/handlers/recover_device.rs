@@ -9,14 +9,16 @@ use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto::{self, ErrorCode, RecoverDevice};
 use prost::Message;
 
+use super::auth::{auth_failed, check_auth_budget};
 use super::{Reply, ok, roster};
 use crate::error::RequestError;
-use crate::state::{Conn, Shared, lock, short};
+use crate::state::{Conn, Shared, lock, pseudonym};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> Reply {
     let nonce = conn
         .take_challenge()
         .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
+    check_auth_budget(shared, conn)?;
     let account_id = claimed_account(&req.roster)?;
     let account = shared
         .accounts
@@ -34,11 +36,11 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> 
             .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
             .signing_key();
         verify_relay_auth(key, &exporter, &nonce, &account_id, &device, &req.signature)
-            .map_err(|_| RequestError::new(ErrorCode::BadSignature, "authentication signature"))
+            .map_err(|_| auth_failed(shared, conn))
     })
     .await?;
     *lock(&conn.device) = Some((account_id, device));
-    tracing::info!(account = %short(account_id.as_bytes()), "device recovered");
+    tracing::info!(account = %pseudonym(account_id.as_bytes()), "device recovered");
     ok()
 }
 

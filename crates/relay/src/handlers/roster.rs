@@ -22,7 +22,7 @@ use prost::Message;
 
 use super::{Reply, authorized, durable, ok, respond};
 use crate::error::RequestError;
-use crate::state::{Account, Conn, Shared, short};
+use crate::state::{Account, Conn, Shared, pseudonym};
 use crate::store::StoreError;
 use kith_protocol::roster::VerifiedRoster;
 
@@ -143,7 +143,7 @@ pub(crate) async fn replace(
         let mut inner = account.lock();
         inner.roster_durable = inner.roster_durable.max(next.version());
     }
-    tracing::info!(account = %short(account.id.as_bytes()), version, "roster updated");
+    tracing::info!(account = %pseudonym(account.id.as_bytes()), version, "roster updated");
     Ok(next)
 }
 

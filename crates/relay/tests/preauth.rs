@@ -1,0 +1,392 @@
+//! Nothing before authentication can exhaust the relay (docs/PROTOCOL.md §12 "Before
+//! authentication", §14 finding 7): idle unauthenticated connections are closed, connections
+//! per source address are capped, handshakes above a rate get a QUIC Retry, requests are
+//! bounded before they are decoded, registration tokens are checked before any verification,
+//! a connection's frame buffers stay within `max_frame_bytes`, and one account's stalled pulls
+//! cannot stall another's.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{TestAccount, TestRelay, bounded, envelopes};
+use kith_protocol::frame::encode_frame;
+use kith_protocol::proto::{self, ErrorCode, Request, request};
+use kith_relay::RegistrationMode;
+use kith_relay::client::{ClientError, RelayClient};
+
+fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
+        Ok(value) => panic!("expected a refusal, got {value:?}"),
+    }
+}
+
+async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, ClientError> {
+    let bind: SocketAddr = format!("{ip}:0").parse().unwrap();
+    RelayClient::connect_from(bind, relay.handle.local_addr(), relay.handle.cert_sha256()).await
+}
+
+#[tokio::test]
+async fn an_idle_unauthenticated_connection_is_closed_after_the_auth_timeout() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| c.limits.auth_timeout = Duration::from_secs(2)).await;
+        let account = TestAccount::new(1);
+        account.create(&relay.connect().await).await;
+        let idle = relay.connect().await;
+        let authenticated = relay.connect().await;
+        authenticated
+            .authenticate(account.device(0), &account.id)
+            .await
+            .unwrap();
+        // A new device waiting for its approval holds a take open past the deadline: a
+        // connection with a request in flight is not idle.
+        let waiting = relay.connect().await;
+        let take = tokio::spawn(async move {
+            let result = waiting
+                .request(request::Kind::TakePairingSlot(proto::TakePairingSlot {
+                    slot_id: vec![9; 32],
+                    wait_ms: 4_000,
+                }))
+                .await;
+            (waiting, result)
+        });
+        // The client's keep-alives would hold the idle connection open for ever: only the
+        // relay's deadline closes it (well within the bound, however slow the machine).
+        let closed = tokio::time::timeout(Duration::from_secs(30), idle.connection().closed())
+            .await
+            .expect("the idle unauthenticated connection is still open");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref close)
+                if close.reason.as_ref() == b"authenticate in time"),
+            "{closed:?}"
+        );
+        let (waiting, result) = take.await.unwrap();
+        assert_eq!(code(result), ErrorCode::NotFound, "the take ran its course");
+        assert!(waiting.connection().close_reason().is_none());
+        // An authenticated connection is never closed by the deadline.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        authenticated
+            .request(request::Kind::GetRoster(proto::GetRoster {}))
+            .await
+            .unwrap();
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_per_source_address_are_capped() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| c.limits.max_connections_per_address = 3).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(connect_from(&relay, "127.0.0.2").await.unwrap());
+        }
+        let refused = connect_from(&relay, "127.0.0.2").await;
+        assert!(
+            matches!(refused, Err(ClientError::Connection(_))),
+            "a fourth connection from one address was accepted (error: {:?})",
+            refused.as_ref().err()
+        );
+        // Another address is not affected.
+        let other = connect_from(&relay, "127.0.0.1").await.unwrap();
+        other
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
+        // Closing one makes room again.
+        held.pop().unwrap().close().await;
+        let mut again = None;
+        for _ in 0..50 {
+            if let Ok(client) = connect_from(&relay, "127.0.0.2").await {
+                again = Some(client);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(again.is_some(), "the address's slot was given back");
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn handshakes_above_the_rate_get_a_retry_and_still_connect() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| c.limits.retry_above_handshakes_per_second = 1).await;
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            clients.push(relay.connect().await);
+        }
+        for client in &clients {
+            client
+                .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+                .await
+                .unwrap();
+        }
+        assert!(
+            relay.handle.retries_sent() >= 1,
+            "six handshakes at once, one a second allowed: some had to prove their address"
+        );
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_are_bounded_by_kind_before_they_are_decoded() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let client = relay.connect().await;
+        // A RecoverDevice "roster" of 1 MiB (within the frame limit, four times a roster's):
+        // refused on its size, not decoded.
+        client.challenge().await.unwrap();
+        let err = client
+            .request(request::Kind::RecoverDevice(proto::RecoverDevice {
+                roster: vec![0; 1024 * 1024],
+                device_id: vec![0; 16],
+                signature: vec![0; 64],
+            }))
+            .await;
+        assert_eq!(code(err), ErrorCode::FrameTooLarge);
+        // A pull naming 100,000 devices: refused before 100,000 cursors are allocated.
+        let account = TestAccount::new(1);
+        account.create(&client).await;
+        let cursors = (0..100_000u32)
+            .map(|i| proto::Cursor {
+                device_id: i.to_be_bytes().repeat(4),
+                after_seq: 1,
+            })
+            .collect();
+        let err = client.pull(cursors, 0, 0).await;
+        assert_eq!(code(err), ErrorCode::FrameTooLarge);
+        // 300,000 empty sealed keys (600 KB): refused on its size, not decoded into 300,000
+        // vectors first.
+        let keys = vec![Vec::new(); 300_000];
+        let err = client
+            .request(request::Kind::PutSealedEpochKeys(
+                proto::PutSealedEpochKeys { keys },
+            ))
+            .await;
+        assert_eq!(code(err), ErrorCode::FrameTooLarge);
+        // The ordinary requests still pass.
+        client
+            .push(envelopes(
+                &account.id,
+                &account.device(0).device_id(),
+                1,
+                10,
+                100,
+            ))
+            .await
+            .unwrap();
+        client.pull(Vec::new(), 0, 0).await.unwrap();
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_registration_token_is_checked_before_anything_is_verified() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| c.registration = RegistrationMode::Token).await;
+        let client = relay.connect().await;
+        client.challenge().await.unwrap();
+        // Garbage roster, no token: refused for the token, before the roster is looked at.
+        let err = client
+            .expect_ok(request::Kind::CreateAccount(proto::CreateAccount {
+                roster: vec![0xff; 200 * 1024],
+                device_id: vec![0; 16],
+                signature: vec![0; 64],
+                registration_token: String::new(),
+            }))
+            .await;
+        assert_eq!(code(err), ErrorCode::RegistrationClosed);
+        client.challenge().await.unwrap();
+        let err = client
+            .expect_ok(request::Kind::CreateAccount(proto::CreateAccount {
+                roster: vec![0xff; 200 * 1024],
+                device_id: vec![0; 16],
+                signature: vec![0; 64],
+                registration_token: "not a token".into(),
+            }))
+            .await;
+        assert_eq!(code(err), ErrorCode::RegistrationClosed);
+        // A valid token with a request that fails verification is given back, unspent.
+        let token = "0123456789abcdef0123456789abcdef";
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes());
+        std::fs::write(
+            kith_relay::token_inbox(relay.dir.path()).join(hex::encode(hash)),
+            b"",
+        )
+        .unwrap();
+        client.challenge().await.unwrap();
+        let err = client
+            .expect_ok(request::Kind::CreateAccount(proto::CreateAccount {
+                roster: vec![0xff; 1024],
+                device_id: vec![0; 16],
+                signature: vec![0; 64],
+                registration_token: token.into(),
+            }))
+            .await;
+        assert_eq!(code(err), ErrorCode::RosterInvalid);
+        let account = TestAccount::new(1);
+        client
+            .create_account(
+                account.roster(),
+                account.device(0),
+                &account.id,
+                Some(token),
+            )
+            .await
+            .unwrap();
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connections_frame_buffers_stay_within_max_frame_bytes() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let max = relay_max_frame();
+        let client = relay.connect().await;
+        // 32 streams (the per-connection maximum), each announcing a maximal frame and
+        // sending a little of it.
+        let mut streams = Vec::new();
+        for _ in 0..32 {
+            let (mut send, recv) = client.connection().open_bi().await.unwrap();
+            let mut start = max.to_be_bytes().to_vec();
+            start.extend_from_slice(&[0u8; 1024]);
+            send.write_all(&start).await.unwrap();
+            streams.push((send, recv));
+        }
+        // Let the relay take what it will.
+        let mut reserved = 0;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            reserved = reserved.max(relay.handle.memory().frame_bytes);
+        }
+        assert!(reserved > 0, "the relay is reading the frames");
+        assert!(
+            reserved <= max as usize,
+            "one connection made the relay reserve {reserved} bytes for frames, more than \
+             max_frame_bytes ({max})"
+        );
+        drop(streams);
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+fn relay_max_frame() -> u32 {
+    kith_relay::Limits::default().max_frame_bytes
+}
+
+/// Sends a pull on its own stream and never reads the answer: the page stays in the relay's
+/// send buffer, unacknowledged.
+async fn stalled_pull(client: &RelayClient) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = client.connection().open_bi().await.unwrap();
+    let frame = encode_frame(&Request {
+        kind: Some(request::Kind::Pull(proto::Pull {
+            cursors: Vec::new(),
+            max_envelopes: 0,
+            max_bytes: 0,
+        })),
+    });
+    send.write_chunk(Bytes::from(frame)).await.unwrap();
+    send.finish().unwrap();
+    (send, recv)
+}
+
+#[tokio::test]
+async fn one_accounts_stalled_pulls_do_not_stall_another_accounts_pull() {
+    bounded(async {
+        // Stalled pulls would hold their pages for five minutes.
+        let relay =
+            TestRelay::start_with(|c| c.limits.request_timeout = Duration::from_secs(300)).await;
+        let hog = TestAccount::new(1);
+        let hog_client = relay.connect().await;
+        hog.create(&hog_client).await;
+        // 2.5 MB stored: every pull page is as large as the relay allows (2 MiB).
+        for batch in 0..5u64 {
+            hog_client
+                .push(envelopes(
+                    &hog.id,
+                    &hog.device(0).device_id(),
+                    batch * 25 + 1,
+                    25,
+                    20_000,
+                ))
+                .await
+                .unwrap();
+        }
+        // Two connections of 31 stalled pulls each: more than the whole pull budget.
+        let (mut stalled, mut clients) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let client = relay.connect().await;
+            client.authenticate(hog.device(0), &hog.id).await.unwrap();
+            for _ in 0..31 {
+                stalled.push(stalled_pull(&client).await);
+            }
+            clients.push(client);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Another tenant pulls: it is served now, not when the stalled pulls time out.
+        let honest = TestAccount::new(1);
+        let client = relay.connect().await;
+        honest.create(&client).await;
+        client
+            .push(envelopes(
+                &honest.id,
+                &honest.device(0).device_id(),
+                1,
+                10,
+                1000,
+            ))
+            .await
+            .unwrap();
+        let page = client.pull(Vec::new(), 0, 0).await.unwrap();
+        assert_eq!(page.envelopes.len(), 10);
+        drop((stalled, clients));
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_that_keeps_sending_bad_frames_is_closed() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let flooder = relay.connect().await;
+        let oversized = (relay_max_frame() + 1).to_be_bytes().to_vec();
+        let mut refused = 0;
+        for _ in 0..40 {
+            match flooder.call_frame(Bytes::from(oversized.clone())).await {
+                Ok(_) => refused += 1,
+                Err(_) => break,
+            }
+        }
+        assert_eq!(refused, 16, "each bad frame is answered, up to the bound");
+        let closed = tokio::time::timeout(Duration::from_secs(30), flooder.connection().closed())
+            .await
+            .expect("the flooding connection is still open");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref close)
+                if close.reason.as_ref() == b"too many bad frames"),
+            "{closed:?}"
+        );
+        // Others are not disturbed.
+        relay
+            .connect()
+            .await
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
