@@ -16,7 +16,6 @@ use kith_client::{
     ClearField, ClientError, ContactFields, Device, EditOptions, PendingLink, RecoveryState,
     SyncReport,
 };
-use kith_protocol::DeviceId;
 
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, KeyCommand,

@@ -216,9 +216,16 @@ impl From<ClientError> for KithError {
             | ClientError::AlreadyApproved(_)
             | ClientError::LinkCodeOfRevokedDevice(_)
             | ClientError::Bundle(_) => KithError::Link { reason, hint },
-            ClientError::RecoveryNotFound | ClientError::RecoveryAccountMismatch => {
-                KithError::Recovery { reason, hint }
-            }
+            ClientError::RecoveryNotFound
+            | ClientError::RecoveryAccountMismatch
+            | ClientError::RecoveryRecord(_) => KithError::Recovery { reason, hint },
+            ClientError::AccountDeleted => KithError::Revoked { reason, hint },
+            ClientError::RebuildNeedsToken => KithError::Relay {
+                reason,
+                hint,
+                code: "RegistrationClosed".into(),
+                transient: false,
+            },
             ClientError::Roster(_)
             | ClientError::Epoch(_)
             | ClientError::Envelope(_)

@@ -1166,6 +1166,21 @@ impl Store for PostgresStore {
         })
     }
 
+    fn recovery_lookup_id(&self, account: &AccountId) -> Result<Option<[u8; 32]>, StoreError> {
+        let a = account.as_bytes().to_vec();
+        self.run(move |conn| {
+            match conn
+                .client
+                .query_opt("SELECT lookup FROM kith_recovery WHERE account = $1", &[&a])?
+            {
+                Some(row) => <[u8; 32]>::try_from(row.get::<_, &[u8]>(0))
+                    .map(Some)
+                    .map_err(|_| StoreError::Corrupt("recovery lookup id")),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         let t = token_hash.to_vec();
         self.run(move |conn| {
