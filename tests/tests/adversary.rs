@@ -54,6 +54,8 @@ struct TamperingStore {
     injected: Mutex<Option<(DeviceId, Vec<u8>)>>,
     /// The account every recovery bundle is said to belong to.
     recovery_account: Mutex<Option<AccountId>>,
+    /// A sealed epoch key served to `.0` in place of its stored key of epoch `.1`.
+    sealed_override: Mutex<Option<(DeviceId, u64, Vec<u8>)>>,
 }
 
 impl TamperingStore {
@@ -200,7 +202,18 @@ impl Store for TamperingStore {
         device: &DeviceId,
         min_epoch: u64,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.sealed_keys(account, device, min_epoch)
+        let mut keys = self.inner.sealed_keys(account, device, min_epoch)?;
+        if let Some((to, epoch, forged)) = self.sealed_override.lock().unwrap().clone()
+            && to == *device
+        {
+            for key in &mut keys {
+                if kith_protocol::epoch::peek_sealed_epoch_key(key).is_ok_and(|v| v.epoch == epoch)
+                {
+                    *key = forged.clone();
+                }
+            }
+        }
+        Ok(keys)
     }
     fn put_pairing_slot(
         &self,
@@ -279,6 +292,7 @@ impl World {
             first_roster: Mutex::new(None),
             injected: Mutex::new(None),
             recovery_account: Mutex::new(None),
+            sealed_override: Mutex::new(None),
         });
         let relay = Relay::start_with_store(config, store.clone())
             .await
@@ -577,4 +591,56 @@ async fn an_envelope_in_a_newer_format_stops_only_its_writers_stream() {
     let report = b.sync().await.unwrap();
     assert!(report.newer_format.is_empty(), "{report:?}");
     assert_eq!(names(&b), ["From C", "Person 0", "Person 1", "Person 2"]);
+}
+
+/// The account's current roster, as the relay stores it.
+fn stored_roster(world: &World, account: &AccountId) -> kith_protocol::roster::VerifiedRoster {
+    let loaded = world.store.inner.load_account(account).unwrap().unwrap();
+    kith_protocol::roster::VerifiedRoster::verify(&loaded.roster, Some(account), None).unwrap()
+}
+
+/// Device c is offline across two revocations (epochs 2 and 3). The relay then serves it a
+/// sealed key of the middle epoch holding a secret of the relay's own, with a valid key id, and
+/// the honest key of epoch 3. c refuses the forged secret with an error naming epoch 2 (it does
+/// not derive the rotation key of epoch 2 that the roster lists), keeps nothing of it, and
+/// catches up completely once the right key is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_key_of_a_skipped_epoch_is_refused_naming_the_epoch() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    let contact = |name: &str| ContactFields {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    a.revoke(&b.device_id()).await.unwrap();
+    a.add_contact(&contact("Written in epoch 2")).await.unwrap();
+    a.sync().await.unwrap();
+    let d = kith_e2e::link(&a, &world.home.join("d"), world.target(), "d").await;
+    a.revoke(&d.device_id()).await.unwrap();
+    a.add_contact(&contact("Written in epoch 3")).await.unwrap();
+    a.sync().await.unwrap();
+
+    let roster = stored_roster(&world, &a.account_id());
+    assert_eq!(roster.epoch(), 3);
+    let forged = kith_protocol::epoch::seal_epoch_key(
+        &a.account_id(),
+        &c.device_id(),
+        roster.device(&c.device_id()).unwrap().agreement_key(),
+        2,
+        &kith_protocol::keys::EpochSecret::generate(&mut kith_protocol::keys::system_rng()),
+        &mut kith_protocol::keys::system_rng(),
+    );
+    *world.store.sealed_override.lock().unwrap() = Some((c.device_id(), 2, forged));
+    let refused = c.sync().await.unwrap_err();
+    assert!(
+        matches!(refused, ClientError::Roster(_)) && refused.to_string().contains("epoch 2"),
+        "c must refuse the forged secret of epoch 2, naming it: {refused}"
+    );
+    assert!(!c.has_epoch(2), "nothing of the forged secret is kept");
+    assert!(c.contacts().unwrap().is_empty(), "nothing was merged");
+
+    *world.store.sealed_override.lock().unwrap() = None;
+    c.sync().await.unwrap();
+    assert_eq!(names(&c), ["Written in epoch 2", "Written in epoch 3"]);
 }
