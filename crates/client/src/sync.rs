@@ -196,6 +196,14 @@ impl Device {
         {
             let mut state = self.state();
             let account = state.account_id;
+            // HPKE base mode does not say who sealed a key: the relay, or a member, could seal
+            // a secret of its own. Every epoch's secret is confirmed against the signed roster
+            // (the rotation key it derives, and for the current epoch the device names) before
+            // it is kept; keys staged for a later epoch wait until a roster starts that epoch.
+            // Nothing is kept unless every missing epoch is confirmed, so a refused key is
+            // asked for again at the next sync.
+            let mut confirmed = BTreeMap::new();
+            let mut refused = BTreeMap::new();
             for sealed in &keys.keys {
                 let (number, secret) = epoch::open_epoch_key(
                     sealed,
@@ -203,24 +211,32 @@ impl Device {
                     &self.inner.device_id,
                     &self.inner.secrets.agreement_key,
                 )?;
-                // HPKE base mode does not say who sealed a key: the relay could seal a secret of
-                // its own. The current epoch's secret must open the signed roster's device
-                // names before anything is written under it; keys staged for a later epoch
-                // wait until a roster starts that epoch.
-                if number > want {
+                if number > want || state.epochs.contains(number) || confirmed.contains_key(&number)
+                {
                     continue;
                 }
-                if number == want {
-                    state.roster.confirm_epoch_secret(&secret)?;
-                }
-                if !state.epochs.contains(number) {
-                    state.epochs.insert(number, secret)?;
+                match state.roster.confirm_epoch_secret_of(number, &secret) {
+                    Ok(()) => {
+                        confirmed.insert(number, secret);
+                    }
+                    Err(error) => {
+                        refused.entry(number).or_insert(error);
+                    }
                 }
             }
-            if state.epochs.latest().map(|(n, _)| n).unwrap_or(0) < want {
+            for number in have + 1..=want {
+                if confirmed.contains_key(&number) {
+                    continue;
+                }
+                if let Some(error) = refused.remove(&number) {
+                    return Err(error.into());
+                }
                 return Err(ClientError::Epoch(
-                    kith_protocol::epoch::EpochError::UnknownEpoch { epoch: want },
+                    kith_protocol::epoch::EpochError::UnknownEpoch { epoch: number },
                 ));
+            }
+            for (number, secret) in confirmed {
+                state.epochs.insert(number, secret)?;
             }
             // A revocation rotated the account key: it is derived from the new epoch's secret.
             if state.roster.current_account_key() != &state.account_key.public() {

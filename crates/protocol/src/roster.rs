@@ -268,6 +268,25 @@ pub enum RosterError {
     /// The new account key of a rotation is not the one derived from the new epoch secret (§4).
     #[error("the new account key is not derived from the new epoch secret")]
     AccountKeyNotFromEpoch,
+    /// The secret offered for a past epoch does not derive the account key of the rotation that
+    /// started that epoch (§5): it is not the secret the roster's signer chose, so a sealer
+    /// (the relay, or a member) put another secret in the sealed key.
+    #[error(
+        "the secret offered for epoch {epoch} is not that epoch's: it does not derive the \
+         account key its rotation introduced"
+    )]
+    EpochSecretMismatch {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A secret of this epoch cannot be confirmed against the roster: the first epoch's, once
+    /// a later epoch started (no rotation introduced it), or an epoch the roster has not
+    /// started, or a roster whose rotations do not start one epoch each.
+    #[error("the secret offered for epoch {epoch} cannot be confirmed against the roster")]
+    EpochSecretUnconfirmable {
+        /// The epoch.
+        epoch: u64,
+    },
     /// The roster's current account key was never rotated, so it is not derived from an epoch.
     #[error("the roster's account key is its genesis key, not derived from an epoch")]
     AccountKeyNotRotated,
@@ -909,6 +928,43 @@ impl VerifiedRoster {
         Ok(())
     }
 
+    /// Checks that `secret` is the secret of `epoch`, any epoch of this roster (§5): for the
+    /// roster's own epoch, [`Self::confirm_epoch_secret`]; for every epoch `e >= 2`, the account
+    /// key derived from it ([`account_key_for_epoch`]) must be the key of the rotation that
+    /// started `e`, the `e - 1`-th of the key chain (each removal adds one rotation and starts
+    /// one epoch). A device that missed several revocations confirms every skipped epoch's
+    /// secret this way before keeping it, so a sealer cannot slip in a secret of its own for an
+    /// epoch that is no longer current.
+    pub fn confirm_epoch_secret_of(
+        &self,
+        epoch: u64,
+        secret: &EpochSecret,
+    ) -> Result<(), RosterError> {
+        let unconfirmable = RosterError::EpochSecretUnconfirmable { epoch };
+        if epoch == 0 || epoch > self.epoch {
+            return Err(unconfirmable);
+        }
+        if epoch >= 2 {
+            // One rotation per epoch after the first: the chain holds exactly `epoch` keys.
+            if self.chain.len() as u64 != self.epoch {
+                return Err(unconfirmable);
+            }
+            let rotation_key = usize::try_from(epoch - 1)
+                .ok()
+                .and_then(|index| self.chain.get(index))
+                .ok_or(RosterError::EpochSecretUnconfirmable { epoch })?;
+            if account_key_for_epoch(&self.account_id, secret).public() != *rotation_key {
+                return Err(RosterError::EpochSecretMismatch { epoch });
+            }
+        } else if epoch != self.epoch {
+            return Err(unconfirmable);
+        }
+        if epoch == self.epoch {
+            self.confirm_epoch_secret(secret)?;
+        }
+        Ok(())
+    }
+
     /// The current account key, derived from the current epoch's secret (§4: every rotation's
     /// new key is derived from the secret of the epoch it starts). This is how the devices that
     /// remain after a removal receive the new account key: with the new epoch's sealed secret.
@@ -1253,6 +1309,47 @@ mod tests {
         prev: Option<&VerifiedRoster>,
     ) -> Result<VerifiedRoster, RosterError> {
         VerifiedRoster::verify(&sign_body(body, key), None, prev)
+    }
+
+    #[test]
+    fn every_epochs_secret_is_confirmed_against_its_rotation() {
+        let mut a = account(4);
+        a.remove(1, 0);
+        a.remove(2, 0);
+        assert_eq!(a.roster.epoch(), 3);
+        for epoch in 1..=3 {
+            let secret = a.keys.get(epoch).unwrap();
+            let result = a.roster.confirm_epoch_secret_of(epoch, secret);
+            if epoch == 1 {
+                // No rotation introduced the first epoch's secret.
+                assert_eq!(result, Err(RosterError::EpochSecretUnconfirmable { epoch }));
+            } else {
+                assert_eq!(result, Ok(()), "epoch {epoch}");
+            }
+        }
+        let forged = EpochSecret::generate(&mut system_rng());
+        assert_eq!(
+            a.roster.confirm_epoch_secret_of(2, &forged),
+            Err(RosterError::EpochSecretMismatch { epoch: 2 })
+        );
+        // The secret of another epoch is not this one's either.
+        assert_eq!(
+            a.roster.confirm_epoch_secret_of(2, a.keys.get(3).unwrap()),
+            Err(RosterError::EpochSecretMismatch { epoch: 2 })
+        );
+        assert_eq!(
+            a.roster.confirm_epoch_secret_of(4, a.keys.get(3).unwrap()),
+            Err(RosterError::EpochSecretUnconfirmable { epoch: 4 })
+        );
+        // Before any rotation, the first epoch is the current one: its names confirm it.
+        let fresh = account(1);
+        assert_eq!(
+            fresh
+                .roster
+                .confirm_epoch_secret_of(1, fresh.keys.get(1).unwrap()),
+            Ok(())
+        );
+        assert!(fresh.roster.confirm_epoch_secret_of(1, &forged).is_err());
     }
 
     #[test]
