@@ -56,6 +56,8 @@ struct TamperingStore {
     recovery_account: Mutex<Option<AccountId>>,
     /// A sealed epoch key served to `.0` in place of its stored key of epoch `.1`.
     sealed_override: Mutex<Option<(DeviceId, u64, Vec<u8>)>>,
+    /// Truncate one envelope further than asked (cutting a snapshot after its first envelope).
+    cut_snapshot: Mutex<bool>,
 }
 
 impl TamperingStore {
@@ -185,7 +187,9 @@ impl Store for TamperingStore {
         device: &DeviceId,
         before_seq: u64,
     ) -> Result<StreamMeta, StoreError> {
-        self.inner.truncate(account, device, before_seq)
+        let cut = *self.cut_snapshot.lock().unwrap();
+        self.inner
+            .truncate(account, device, before_seq + u64::from(cut))
     }
     fn put_sealed_key(
         &self,
@@ -293,6 +297,7 @@ impl World {
             injected: Mutex::new(None),
             recovery_account: Mutex::new(None),
             sealed_override: Mutex::new(None),
+            cut_snapshot: Mutex::new(false),
         });
         let relay = Relay::start_with_store(config, store.clone())
             .await
@@ -643,4 +648,36 @@ async fn a_forged_key_of_a_skipped_epoch_is_refused_naming_the_epoch() {
     *world.store.sealed_override.lock().unwrap() = None;
     c.sync().await.unwrap();
     assert_eq!(names(&c), ["Written in epoch 2", "Written in epoch 3"]);
+}
+
+/// A snapshot spans two envelopes; the relay truncates the stream after the first of them and
+/// reports the second as the stream's first seq. A device that had pulled nothing of the
+/// writer must refuse to start from the middle of the snapshot (it would lose what the first
+/// envelope holds), naming the writer, and merge nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_after_its_first_envelope_is_refused() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    // Twelve contacts with 60 KiB notes: more than one 512 KiB snapshot envelope.
+    for i in 0..12 {
+        let fields = ContactFields {
+            name: Some(format!("Person {i:02}")),
+            note: Some(format!("{i:02}").repeat(30 * 1024)),
+            ..Default::default()
+        };
+        a.add_contact(&fields).await.unwrap();
+    }
+    a.sync().await.unwrap();
+    *world.store.cut_snapshot.lock().unwrap() = true;
+    let compacted = a.compact().await.unwrap();
+    assert!(compacted.snapshot_envelopes >= 2, "{compacted:?}");
+
+    let result = b.sync().await;
+    let error = stream_error(result);
+    let message = error.to_string();
+    assert!(
+        message.contains(&a.device_id().to_string()) && message.contains("snapshot"),
+        "b must refuse a snapshot without its first envelope, naming a: {message}"
+    );
+    nothing_merged(&b);
 }
