@@ -582,7 +582,7 @@ impl Device {
             };
             // Chain checks after signatures: the hashes are only meaningful once authentic.
             let mut new_verifiers = verifiers.clone();
-            for envelope in &parsed {
+            for (envelope, payload) in parsed.iter().zip(&opened) {
                 let writer = envelope.header().device_id;
                 let verifier = new_verifiers
                     .entry(writer)
@@ -591,7 +591,12 @@ impl Device {
                 if envelope.header().seq > verifier.last_seq() + 1
                     && first_seq == envelope.header().seq
                 {
-                    verifier.check_after_truncation(envelope, first_seq)?;
+                    // A jump lands only on a snapshot's first envelope, as its signed payload
+                    // states it (§9): a relay cannot cut a snapshot.
+                    let starts_at = (envelope.header().kind == PayloadKind::Snapshot)
+                        .then(|| kith_protocol::stream::snapshot_first_seq(payload))
+                        .flatten();
+                    verifier.check_after_truncation(envelope, first_seq, starts_at)?;
                 } else {
                     verifier.check(envelope)?;
                 }
@@ -861,12 +866,12 @@ impl Device {
             chunk.push(wire);
             if chunk_bytes >= SNAPSHOT_BYTES {
                 chunk_bytes = 0;
-                self.seal_snapshot(std::mem::take(&mut chunk), &positions)?;
+                self.seal_snapshot(std::mem::take(&mut chunk), &positions, first_seq)?;
                 envelopes += 1;
             }
         }
         if !chunk.is_empty() || envelopes == 0 {
-            self.seal_snapshot(chunk, &positions)?;
+            self.seal_snapshot(chunk, &positions, first_seq)?;
             envelopes += 1;
         }
         self.push_outbox(&connection).await?;
@@ -907,10 +912,14 @@ impl Device {
         &self,
         records: Vec<proto::RecordState>,
         positions: &[proto::StreamPosition],
+        first_seq: u64,
     ) -> Result<()> {
+        // Every envelope of the snapshot names its first one, so a receiver starts a truncated
+        // stream only there (§9).
         let snapshot = proto::Snapshot {
             records,
             positions: positions.to_vec(),
+            first_seq,
         };
         let payload = snapshot.encode_to_vec();
         self.inner

@@ -688,6 +688,7 @@ impl ContactSet {
     /// A snapshot of this state (records sorted by id) covering the given stream positions.
     pub fn to_snapshot(&self, positions: Vec<proto::StreamPosition>) -> proto::Snapshot {
         proto::Snapshot {
+            first_seq: 0,
             records: self.records.values().map(RecordState::to_proto).collect(),
             positions,
         }
@@ -1048,6 +1049,7 @@ mod tests {
         let mut broken = valid_wire();
         broken.record_id.clear();
         let snapshot = proto::Snapshot {
+            first_seq: 0,
             records: vec![valid_wire(), broken],
             positions: vec![],
         };
@@ -1103,6 +1105,7 @@ mod tests {
             ..Default::default()
         };
         let snapshot = proto::Snapshot {
+            first_seq: 0,
             records: vec![
                 a.get(&id(1)).unwrap().to_proto(),
                 empty,
