@@ -43,6 +43,9 @@ enum Tamper {
     /// Serve the second envelope of this device's stream with a header `format_version` of 2,
     /// as a device of a newer release that writes a format this one does not know would.
     NewerFormat(DeviceId),
+    /// Serve the roster stored before the latest one when the account is loaded (hold back
+    /// the newest roster, such as a revocation).
+    HoldBackRoster,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,8 @@ struct TamperingStore {
     inner: SledStore,
     mode: Mutex<Tamper>,
     first_roster: Mutex<Option<Vec<u8>>>,
+    /// Every roster stored after the first, oldest first.
+    later_rosters: Mutex<Vec<Vec<u8>>>,
     /// An envelope served at the start of this device's stream, whatever its header says.
     injected: Mutex<Option<(DeviceId, Vec<u8>)>>,
     /// The account every recovery bundle is said to belong to.
@@ -79,6 +84,19 @@ impl Store for TamperingStore {
         if let (true, Some(loaded), Some(first)) = (rollback, &mut loaded, first) {
             loaded.roster = first;
         }
+        if *self.mode.lock().unwrap() == Tamper::HoldBackRoster
+            && let Some(loaded) = &mut loaded
+        {
+            let later = self.later_rosters.lock().unwrap();
+            let held_back = match later.len() {
+                0 => None,
+                1 => self.first_roster.lock().unwrap().clone(),
+                n => Some(later[n - 2].clone()),
+            };
+            if let Some(roster) = held_back {
+                loaded.roster = roster;
+            }
+        }
         Ok(loaded)
     }
     fn create_account(&self, account: &AccountId, roster: &[u8]) -> Result<bool, StoreError> {
@@ -89,6 +107,7 @@ impl Store for TamperingStore {
         self.inner.create_account(account, roster)
     }
     fn put_roster(&self, account: &AccountId, roster: &[u8]) -> Result<(), StoreError> {
+        self.later_rosters.lock().unwrap().push(roster.to_vec());
         self.inner.put_roster(account, roster)
     }
     fn append(
@@ -165,7 +184,10 @@ impl Store for TamperingStore {
                 .enumerate()
                 .map(|(i, (s, b))| if i == 1 { (s, in_format_2(b)) } else { (s, b) })
                 .collect(),
-            Tamper::None | Tamper::RollbackRoster | Tamper::NewerFormat(_) => all,
+            Tamper::None
+            | Tamper::RollbackRoster
+            | Tamper::NewerFormat(_)
+            | Tamper::HoldBackRoster => all,
         };
         served.retain(|(s, _)| *s > after_seq || matches!(mode, Tamper::Reverse));
         if let Some((into, envelope)) = self.injected.lock().unwrap().clone()
@@ -294,6 +316,7 @@ impl World {
             inner,
             mode: Mutex::new(Tamper::None),
             first_roster: Mutex::new(None),
+            later_rosters: Mutex::new(Vec::new()),
             injected: Mutex::new(None),
             recovery_account: Mutex::new(None),
             sealed_override: Mutex::new(None),
@@ -680,4 +703,66 @@ async fn a_snapshot_cut_after_its_first_envelope_is_refused() {
         "b must refuse a snapshot without its first envelope, naming a: {message}"
     );
     nothing_merged(&b);
+}
+
+/// The epochs of the envelopes the relay stores in `device`'s stream, in seq order.
+fn stored_epochs(world: &World, account: &AccountId, device: &DeviceId) -> Vec<u64> {
+    let mut epochs = Vec::new();
+    world
+        .store
+        .inner
+        .read_stream(account, device, 0, &mut |_, bytes| {
+            epochs.push(kith_protocol::envelope::peek_header(bytes).unwrap().epoch);
+            true
+        })
+        .unwrap();
+    epochs
+}
+
+/// a revokes b (epoch 2) and writes under the new epoch; the relay then holds the revocation
+/// back and serves c the roster before it (b present, epoch 1), which b holds the key of. c
+/// sees a's envelope signed in epoch 2: it must stop and report that a newer roster exists,
+/// and write nothing under epoch 1 (b could read it). Once the relay serves the newer roster,
+/// c writes under epoch 2 and everything converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_revocation_stops_writing_under_the_old_epoch() {
+    let mut world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    let contact = |name: &str| ContactFields {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    a.revoke(&b.device_id()).await.unwrap();
+    a.add_contact(&contact("After the revocation"))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    let account = a.account_id();
+    assert_eq!(stored_epochs(&world, &account, &a.device_id()), [2]);
+
+    world.store.set(Tamper::HoldBackRoster);
+    world.restart().await;
+    c.add_contact(&contact("Secret from C")).await.unwrap();
+    let stopped = c.sync().await.unwrap_err();
+    let message = stopped.to_string();
+    assert!(
+        message.contains("epoch 2") && message.contains(&a.device_id().to_string()),
+        "c must report a's envelope of epoch 2 as evidence of a newer roster: {message}"
+    );
+    assert!(
+        stored_epochs(&world, &account, &c.device_id()).is_empty(),
+        "c wrote under the old epoch, whose key the revoked b holds"
+    );
+    // Again, and with the contact still waiting: c keeps refusing to write.
+    assert!(c.sync().await.is_err());
+    assert!(stored_epochs(&world, &account, &c.device_id()).is_empty());
+
+    world.store.set(Tamper::None);
+    world.restart().await;
+    c.sync().await.unwrap();
+    assert_eq!(stored_epochs(&world, &account, &c.device_id()), [2]);
+    a.sync().await.unwrap();
+    assert_eq!(names(&a), ["After the revocation", "Secret from C"]);
+    assert_eq!(names(&c), ["After the revocation", "Secret from C"]);
 }
