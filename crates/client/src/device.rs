@@ -40,6 +40,9 @@ pub(crate) mod meta {
     pub const ACKED: &[u8] = b"acked";
     /// Present once the relay refused this device as removed from the account.
     pub const REVOKED: &[u8] = b"revoked";
+    /// Evidence of a roster newer than the one held: device id (16) || u64be(epoch) of an
+    /// envelope it signed in a later epoch (docs/PROTOCOL.md §4).
+    pub const NEWER_EPOCH_SEEN: &[u8] = b"newer-epoch-seen";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.

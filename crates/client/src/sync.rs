@@ -132,10 +132,65 @@ impl Device {
     async fn sync_on(&self, connection: &RelayConnection) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         self.refresh_roster(connection).await?;
+        // Pull before sealing: what is pulled may show that the relay holds a newer roster
+        // back (an envelope signed in a later epoch), and then nothing may be written under
+        // the old epoch, whose key a revoked device may hold (§4). Any other pull failure
+        // does not keep this device's own changes from the relay.
+        let pulled = self.pull(connection, &mut report).await;
+        if let Err(error @ ClientError::NewerRosterWithheld { .. }) = pulled {
+            return Err(error);
+        }
         self.seal_pending()?;
         report.pushed = self.push_outbox(connection).await?;
-        self.pull(connection, &mut report).await?;
+        pulled?;
         Ok(report)
+    }
+
+    /// Refuses to write while this device has evidence of a newer epoch than its roster's
+    /// (an envelope a present device signed in a later epoch, §4).
+    fn check_no_newer_epoch(&self, tx: &StoreTxn<'_>) -> Result<()> {
+        let Some(bytes) = tx.get(TreeName::Meta, meta::NEWER_EPOCH_SEEN)? else {
+            return Ok(());
+        };
+        let (Some(device), Some(epoch)) = (
+            bytes.get(..16).and_then(|b| DeviceId::from_slice(b).ok()),
+            bytes
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+        ) else {
+            return Ok(());
+        };
+        let state = self.state();
+        // Evidence from a device removed since counts no more (a member that signed a false
+        // epoch is revoked, and its claim goes with it).
+        if epoch > state.roster.epoch() && state.roster.device(&device).is_some() {
+            return Err(ClientError::NewerRosterWithheld {
+                device,
+                epoch,
+                roster_epoch: state.roster.epoch(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Looks for envelopes that present devices signed in an epoch after the roster's: the
+    /// evidence of a roster the relay holds back. Each is checked by its signature first (a
+    /// relay cannot make up such evidence). Returns the first, without storing it.
+    fn newer_epoch_evidence(&self, parsed: &[ParsedEnvelope]) -> Result<Option<(DeviceId, u64)>> {
+        let state = self.state();
+        for envelope in parsed {
+            let header = envelope.header();
+            if header.epoch <= state.roster.epoch() {
+                continue;
+            }
+            let Some(writer) = state.roster.device(&header.device_id) else {
+                continue;
+            };
+            envelope.verify_signature(writer.signing_key())?;
+            return Ok(Some((header.device_id, header.epoch)));
+        }
+        Ok(None)
     }
 
     /// Fetches the relay's roster, verifies it extends ours, and fetches new epoch keys.
@@ -327,6 +382,7 @@ impl Device {
         payload: &[u8],
         kind: PayloadKind,
     ) -> Result<()> {
+        self.check_no_newer_epoch(tx)?;
         let (last_seq, last_hash) = Self::head_in(tx)?;
         let seq = last_seq + 1;
         let sealed = {
@@ -565,6 +621,30 @@ impl Device {
                     continue;
                 }
                 break;
+            }
+            if let Some((device, epoch)) = self.newer_epoch_evidence(&parsed)? {
+                // The roster may have changed since it was fetched: fetch it once more.
+                if !refreshed_keys {
+                    refreshed_keys = true;
+                    self.refresh_roster(connection).await?;
+                    continue;
+                }
+                let mut evidence = device.as_bytes().to_vec();
+                evidence.extend_from_slice(&epoch.to_be_bytes());
+                self.inner
+                    .store
+                    .put(TreeName::Meta, meta::NEWER_EPOCH_SEEN, &evidence)?;
+                self.inner.store.flush().await?;
+                tracing::warn!(
+                    epoch,
+                    "a device signed an envelope in a later epoch than the roster served; \
+                     the relay holds a newer roster back"
+                );
+                return Err(ClientError::NewerRosterWithheld {
+                    device,
+                    epoch,
+                    roster_epoch: self.state().roster.epoch(),
+                });
             }
             let opened = {
                 let result = {
