@@ -1353,6 +1353,46 @@ mod tests {
     }
 
     #[test]
+    fn a_device_dropped_without_being_listed_as_removed_is_refused() {
+        let a = account(3);
+        let trusted = a.roster.clone();
+        let mut body = a.body();
+        body.version += 1;
+        body.devices.remove(1);
+        let result = verify_body(&body, &a.key, Some(&trusted));
+        assert!(
+            result.is_err(),
+            "device-1 vanished without a removal entry: {result:?}"
+        );
+    }
+
+    #[test]
+    fn a_roster_built_on_a_fork_of_the_trusted_one_is_refused() {
+        let mut rng = system_rng();
+        let a = account(1);
+        // Two devices of the account each sign a successor of version 1: the relay keeps one
+        // and shows the other to some devices.
+        let (_, x) = new_device("x");
+        let (_, y) = new_device("y");
+        let with_x = a
+            .roster
+            .add_device(&a.key, x, &a.keys, 40, &mut rng)
+            .unwrap();
+        let with_y = a
+            .roster
+            .add_device(&a.key, y, &a.keys, 40, &mut rng)
+            .unwrap();
+        let (_, z) = new_device("z");
+        let after_y = with_y.add_device(&a.key, z, &a.keys, 50, &mut rng).unwrap();
+        // A device that trusts the version 2 with x must not accept a version 3 built on the
+        // version 2 with y.
+        let result = VerifiedRoster::verify(after_y.encoded(), None, Some(&with_x));
+        assert!(result.is_err(), "a fork was accepted: {result:?}");
+        // Built on the one it trusts, it is accepted.
+        assert!(VerifiedRoster::verify(after_y.encoded(), None, Some(&with_y)).is_ok());
+    }
+
+    #[test]
     fn genesis_roster_verifies_and_derives_its_account_id() {
         let a = account(1);
         let verified = VerifiedRoster::verify(a.roster.encoded(), None, None).unwrap();
