@@ -49,6 +49,8 @@ pub mod labels {
     pub const ENVELOPE_HASH: &str = "kith/v1/envelope-hash";
     /// Signature context of a roster body.
     pub const ROSTER_SIGNATURE: &str = "kith/v1/roster";
+    /// Hash of an encoded signed roster, named by its successor.
+    pub const ROSTER_HASH: &str = "kith/v1/roster-hash";
     /// Signature context of an account-key rotation.
     pub const ACCOUNT_KEY_ROTATION: &str = "kith/v1/account-key-rotation";
     /// Signature context of relay authentication.

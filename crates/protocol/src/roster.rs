@@ -198,6 +198,23 @@ pub enum RosterError {
         /// The device.
         device: DeviceId,
     },
+    /// A device of the trusted roster is neither present nor listed as removed (step 6): a
+    /// roster may drop a device only by removing it, which starts a new epoch.
+    #[error("device {device} of the trusted roster is neither present nor listed as removed")]
+    DeviceDropped {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The roster names another predecessor than the trusted roster of the version before it
+    /// (step 6): two rosters of one version exist, a fork.
+    #[error(
+        "roster version {version} was built on another version {} than the trusted one: a fork",
+        version - 1
+    )]
+    Forked {
+        /// The version of the roster offered.
+        version: u64,
+    },
     /// The roster already lists [`limits::MAX_DEVICES`] devices.
     #[error("roster already lists the maximum of {max} devices")]
     TooManyDevices {
@@ -420,6 +437,8 @@ pub struct VerifiedRoster {
     device_index: BTreeMap<DeviceId, usize>,
     removed: Vec<RemovedDevice>,
     removed_index: BTreeMap<DeviceId, usize>,
+    /// The hash of the roster this one was built on, when its signer stated it.
+    prev_hash: Option<[u8; 32]>,
     encoded: Vec<u8>,
 }
 
@@ -723,6 +742,15 @@ impl VerifiedRoster {
             });
         }
 
+        let prev_hash = match body.prev_roster_hash.len() {
+            0 => None,
+            32 => {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&body.prev_roster_hash);
+                Some(hash)
+            }
+            _ => return Err(invalid("prev_roster_hash", "must be 32 bytes or empty")),
+        };
         let roster = VerifiedRoster {
             account_id: account,
             version: body.version,
@@ -734,6 +762,7 @@ impl VerifiedRoster {
             device_index,
             removed,
             removed_index,
+            prev_hash,
             encoded: signed_roster_bytes.to_vec(),
         };
 
@@ -760,6 +789,23 @@ impl VerifiedRoster {
                 offered: self.epoch,
             });
         }
+        // A successor names its predecessor (rosters of 0.1.0 name none): another roster of
+        // the trusted one's version was its base, a fork.
+        if self.version == prev.version + 1
+            && let Some(hash) = self.prev_hash
+            && hash != prev.hash()
+        {
+            return Err(RosterError::Forked {
+                version: self.version,
+            });
+        }
+        for present in &prev.devices {
+            let device = present.device_id;
+            if !self.device_index.contains_key(&device) && !self.removed_index.contains_key(&device)
+            {
+                return Err(RosterError::DeviceDropped { device });
+            }
+        }
         for gone in &prev.removed {
             let device = gone.device_id;
             if self.device_index.contains_key(&device) {
@@ -771,6 +817,18 @@ impl VerifiedRoster {
             }
         }
         Ok(())
+    }
+
+    /// `H("kith/v1/roster-hash", encoded)`: what the next roster names as its predecessor,
+    /// and what envelopes name as their writer's roster.
+    pub fn hash(&self) -> [u8; 32] {
+        crate::encoding::hash(labels::ROSTER_HASH, &[&self.encoded])
+    }
+
+    /// The hash of the roster this one was built on, when its signer stated it (rosters signed
+    /// by 0.1.0 do not).
+    pub fn prev_hash(&self) -> Option<[u8; 32]> {
+        self.prev_hash
     }
 
     /// The account.
@@ -1007,6 +1065,8 @@ impl VerifiedRoster {
                 })
                 .collect(),
             created_at_ms: self.created_at_ms,
+            // `body` is the base of a successor, which names this roster.
+            prev_roster_hash: self.hash().to_vec(),
         }
     }
 
@@ -1039,6 +1099,7 @@ impl VerifiedRoster {
             devices: vec![entry],
             removed: Vec::new(),
             created_at_ms: now_ms,
+            prev_roster_hash: Vec::new(),
         };
         Self::verify(&sign_body(&body, account_key), Some(&account), None)
     }
@@ -1291,15 +1352,18 @@ mod tests {
             self.key = new_key;
         }
 
-        /// The current body, to tamper with and re-sign.
+        /// The current body, to tamper with and re-sign (as a successor: it names the
+        /// current roster as its predecessor).
         fn body(&self) -> proto::RosterBody {
-            proto::RosterBody::decode(
+            let mut body = proto::RosterBody::decode(
                 proto::SignedRoster::decode(self.roster.encoded())
                     .unwrap()
                     .body
                     .as_slice(),
             )
-            .unwrap()
+            .unwrap();
+            body.prev_roster_hash = self.roster.hash().to_vec();
+            body
         }
     }
 
