@@ -984,6 +984,62 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
     .await;
 }
 
+/// A member cannot overwrite the sealed key another member holds for an epoch that started
+/// (it could make that device refuse the epoch, or never get it); the recipient can replace its
+/// own, and an identical retransmit is acknowledged again.
+#[tokio::test]
+async fn no_member_can_overwrite_another_members_sealed_key() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let account = TestAccount::new(2);
+        let client = relay.connect().await;
+        account.create(&client).await;
+        let sealed = |recipient: usize, fill: u8| {
+            proto::SealedEpochKey {
+                account_id: account.id.as_bytes().to_vec(),
+                recipient_device_id: account.device(recipient).device_id().as_bytes().to_vec(),
+                epoch: 1,
+                key_id: vec![fill; 16],
+                encapped_key: vec![fill; 1120],
+                ciphertext: vec![fill; 48],
+            }
+            .encode_to_vec()
+        };
+        let put = |keys| request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys { keys });
+        client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
+        client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
+
+        let other = relay.connect().await;
+        other
+            .authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
+        let held = || async {
+            match other
+                .request(request::Kind::GetSealedEpochKeys(
+                    proto::GetSealedEpochKeys { min_epoch: 1 },
+                ))
+                .await
+                .unwrap()
+            {
+                response::Kind::SealedEpochKeys(keys) => keys.keys,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Device 0 tries to replace device 1's key of epoch 1.
+        assert!(
+            client.expect_ok(put(vec![sealed(1, 7)])).await.is_err(),
+            "a member overwrote another member's sealed key"
+        );
+        assert_eq!(held().await, vec![sealed(1, 1)]);
+        // Device 1 replaces its own.
+        other.expect_ok(put(vec![sealed(1, 9)])).await.unwrap();
+        assert_eq!(held().await, vec![sealed(1, 9)]);
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_device_over_its_request_rate_is_refused() {
     bounded(async {
