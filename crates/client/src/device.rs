@@ -746,14 +746,17 @@ impl Device {
                         continue;
                     }
                     sealed_to.push(entry.device_id());
-                    sealed_keys.push(epoch::seal_epoch_key(
-                        &state.account_id,
-                        &entry.device_id(),
-                        entry.agreement_key(),
-                        roster.epoch(),
-                        &new_epoch,
-                        &mut rng,
-                    ));
+                    sealed_keys.push(epoch::sign_sealed_epoch_key(
+                        &epoch::seal_epoch_key(
+                            &state.account_id,
+                            &entry.device_id(),
+                            entry.agreement_key(),
+                            roster.epoch(),
+                            &new_epoch,
+                            &mut rng,
+                        ),
+                        &new_key,
+                    )?);
                 }
                 (roster, sealed_keys)
             };
@@ -781,6 +784,27 @@ impl Device {
                 }
                 answer => expect_ok(answer?)?,
             }
+            // The staged keys were open to every member until the roster started their epoch
+            // (the revoked device too): store them again, now that only a holder of the new
+            // epoch's account key may replace another device's key (§5).
+            let restored = {
+                let state = self.state();
+                let mut keys = Vec::new();
+                for entry in roster.devices() {
+                    keys.push(epoch::sign_sealed_epoch_key(
+                        &epoch::seal_epoch_key(
+                            &state.account_id,
+                            &entry.device_id(),
+                            entry.agreement_key(),
+                            roster.epoch(),
+                            &new_epoch,
+                            &mut rng,
+                        ),
+                        &new_key,
+                    )?);
+                }
+                keys
+            };
             {
                 let mut state = self.state();
                 let number = roster.epoch();
@@ -790,6 +814,7 @@ impl Device {
             }
             self.persist_state()?;
             self.inner.store.flush().await?;
+            put_sealed_epoch_keys(&connection, restored).await?;
             self.put_recovery_bundle(&connection).await?;
             return Ok(());
         }

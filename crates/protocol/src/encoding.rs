@@ -43,6 +43,8 @@ pub mod labels {
     pub const LINK_BUNDLE: &str = "kith/v1/link-bundle";
     /// HPKE info of a sealed epoch key.
     pub const SEALED_EPOCH_KEY: &str = "kith/v1/sealed-epoch-key";
+    /// Signature context of a sealed epoch key.
+    pub const SEALED_EPOCH_KEY_SIGNATURE: &str = "kith/v1/sealed-epoch-key-signature";
     /// Signature context of an envelope.
     pub const ENVELOPE_SIGNATURE: &str = "kith/v1/envelope";
     /// Hash of an envelope, chained through `prev_hash`.

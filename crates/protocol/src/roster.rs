@@ -898,6 +898,17 @@ impl VerifiedRoster {
         &self.chain
     }
 
+    /// The account key of `epoch`: the genesis key for epoch 1, else the key of the rotation
+    /// that started it (the `epoch - 1`-th of the chain). `None` for an epoch the roster has not
+    /// started, or when its rotations do not start one epoch each.
+    pub fn epoch_account_key(&self, epoch: u64) -> Option<&AccountVerifyingKey> {
+        if epoch == 0 || epoch > self.epoch || (epoch >= 2 && self.chain.len() as u64 != self.epoch)
+        {
+            return None;
+        }
+        self.chain.get(usize::try_from(epoch - 1).ok()?)
+    }
+
     /// The encoded `SignedRoster`, exactly as verified or signed.
     pub fn encoded(&self) -> &[u8] {
         &self.encoded

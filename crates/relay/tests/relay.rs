@@ -682,6 +682,7 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             key_id: vec![3; 16],
             encapped_key: vec![4; 1120],
             ciphertext: vec![5; 48],
+            signature: Vec::new(),
         };
         client
             .expect_ok(request::Kind::PutSealedEpochKeys(
@@ -951,6 +952,7 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
                 key_id: vec![epoch as u8; 16],
                 encapped_key: vec![1; 1120],
                 ciphertext: vec![2; 48],
+                signature: Vec::new(),
             }
             .encode_to_vec()
         };
@@ -1002,6 +1004,7 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
                 key_id: vec![fill; 16],
                 encapped_key: vec![fill; 1120],
                 ciphertext: vec![fill; 48],
+                signature: Vec::new(),
             }
             .encode_to_vec()
         };
@@ -1035,6 +1038,21 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
         // Device 1 replaces its own.
         other.expect_ok(put(vec![sealed(1, 9)])).await.unwrap();
         assert_eq!(held().await, vec![sealed(1, 9)]);
+        // Signed by the account key of epoch 1 (the genesis key), device 0 may replace it; a
+        // signature by another key does not do.
+        let by_other_key = kith_protocol::epoch::sign_sealed_epoch_key(
+            &sealed(1, 5),
+            &AccountSigningKey::generate(&mut system_rng()),
+        )
+        .unwrap();
+        assert_eq!(
+            code(client.expect_ok(put(vec![by_other_key])).await),
+            ErrorCode::SlotExists
+        );
+        let signed =
+            kith_protocol::epoch::sign_sealed_epoch_key(&sealed(1, 5), &account.genesis).unwrap();
+        client.expect_ok(put(vec![signed.clone()])).await.unwrap();
+        assert_eq!(held().await, vec![signed]);
         relay.handle.shutdown().await.unwrap();
     })
     .await;
