@@ -43,6 +43,9 @@ enum Tamper {
     /// Serve the second envelope of this device's stream with a header `format_version` of 2,
     /// as a device of a newer release that writes a format this one does not know would.
     NewerFormat(DeviceId),
+    /// Serve the roster stored before the latest one when the account is loaded (hold back
+    /// the newest roster, such as a revocation).
+    HoldBackRoster,
 }
 
 #[derive(Debug)]
@@ -50,10 +53,16 @@ struct TamperingStore {
     inner: SledStore,
     mode: Mutex<Tamper>,
     first_roster: Mutex<Option<Vec<u8>>>,
+    /// Every roster stored after the first, oldest first.
+    later_rosters: Mutex<Vec<Vec<u8>>>,
     /// An envelope served at the start of this device's stream, whatever its header says.
     injected: Mutex<Option<(DeviceId, Vec<u8>)>>,
     /// The account every recovery bundle is said to belong to.
     recovery_account: Mutex<Option<AccountId>>,
+    /// A sealed epoch key served to `.0` in place of its stored key of epoch `.1`.
+    sealed_override: Mutex<Option<(DeviceId, u64, Vec<u8>)>>,
+    /// Truncate one envelope further than asked (cutting a snapshot after its first envelope).
+    cut_snapshot: Mutex<bool>,
 }
 
 impl TamperingStore {
@@ -75,6 +84,19 @@ impl Store for TamperingStore {
         if let (true, Some(loaded), Some(first)) = (rollback, &mut loaded, first) {
             loaded.roster = first;
         }
+        if *self.mode.lock().unwrap() == Tamper::HoldBackRoster
+            && let Some(loaded) = &mut loaded
+        {
+            let later = self.later_rosters.lock().unwrap();
+            let held_back = match later.len() {
+                0 => None,
+                1 => self.first_roster.lock().unwrap().clone(),
+                n => Some(later[n - 2].clone()),
+            };
+            if let Some(roster) = held_back {
+                loaded.roster = roster;
+            }
+        }
         Ok(loaded)
     }
     fn create_account(&self, account: &AccountId, roster: &[u8]) -> Result<bool, StoreError> {
@@ -85,6 +107,7 @@ impl Store for TamperingStore {
         self.inner.create_account(account, roster)
     }
     fn put_roster(&self, account: &AccountId, roster: &[u8]) -> Result<(), StoreError> {
+        self.later_rosters.lock().unwrap().push(roster.to_vec());
         self.inner.put_roster(account, roster)
     }
     fn append(
@@ -161,7 +184,10 @@ impl Store for TamperingStore {
                 .enumerate()
                 .map(|(i, (s, b))| if i == 1 { (s, in_format_2(b)) } else { (s, b) })
                 .collect(),
-            Tamper::None | Tamper::RollbackRoster | Tamper::NewerFormat(_) => all,
+            Tamper::None
+            | Tamper::RollbackRoster
+            | Tamper::NewerFormat(_)
+            | Tamper::HoldBackRoster => all,
         };
         served.retain(|(s, _)| *s > after_seq || matches!(mode, Tamper::Reverse));
         if let Some((into, envelope)) = self.injected.lock().unwrap().clone()
@@ -183,7 +209,9 @@ impl Store for TamperingStore {
         device: &DeviceId,
         before_seq: u64,
     ) -> Result<StreamMeta, StoreError> {
-        self.inner.truncate(account, device, before_seq)
+        let cut = *self.cut_snapshot.lock().unwrap();
+        self.inner
+            .truncate(account, device, before_seq + u64::from(cut))
     }
     fn put_sealed_key(
         &self,
@@ -200,7 +228,18 @@ impl Store for TamperingStore {
         device: &DeviceId,
         min_epoch: u64,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.sealed_keys(account, device, min_epoch)
+        let mut keys = self.inner.sealed_keys(account, device, min_epoch)?;
+        if let Some((to, epoch, forged)) = self.sealed_override.lock().unwrap().clone()
+            && to == *device
+        {
+            for key in &mut keys {
+                if kith_protocol::epoch::peek_sealed_epoch_key(key).is_ok_and(|v| v.epoch == epoch)
+                {
+                    *key = forged.clone();
+                }
+            }
+        }
+        Ok(keys)
     }
     fn put_pairing_slot(
         &self,
@@ -288,8 +327,11 @@ impl World {
             inner,
             mode: Mutex::new(Tamper::None),
             first_roster: Mutex::new(None),
+            later_rosters: Mutex::new(Vec::new()),
             injected: Mutex::new(None),
             recovery_account: Mutex::new(None),
+            sealed_override: Mutex::new(None),
+            cut_snapshot: Mutex::new(false),
         });
         let relay = Relay::start_with_store(config, store.clone())
             .await
@@ -596,4 +638,150 @@ async fn an_envelope_in_a_newer_format_stops_only_its_writers_stream() {
     let report = b.sync().await.unwrap();
     assert!(report.newer_format.is_empty(), "{report:?}");
     assert_eq!(names(&b), ["From C", "Person 0", "Person 1", "Person 2"]);
+}
+
+/// The account's current roster, as the relay stores it.
+fn stored_roster(world: &World, account: &AccountId) -> kith_protocol::roster::VerifiedRoster {
+    let loaded = world.store.inner.load_account(account).unwrap().unwrap();
+    kith_protocol::roster::VerifiedRoster::verify(&loaded.roster, Some(account), None).unwrap()
+}
+
+/// Device c is offline across two revocations (epochs 2 and 3). The relay then serves it a
+/// sealed key of the middle epoch holding a secret of the relay's own, with a valid key id, and
+/// the honest key of epoch 3. c refuses the forged secret with an error naming epoch 2 (it does
+/// not derive the rotation key of epoch 2 that the roster lists), keeps nothing of it, and
+/// catches up completely once the right key is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_key_of_a_skipped_epoch_is_refused_naming_the_epoch() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    let contact = |name: &str| ContactFields {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    a.revoke(&b.device_id()).await.unwrap();
+    a.add_contact(&contact("Written in epoch 2")).await.unwrap();
+    a.sync().await.unwrap();
+    let d = kith_e2e::link(&a, &world.home.join("d"), world.target(), "d").await;
+    a.revoke(&d.device_id()).await.unwrap();
+    a.add_contact(&contact("Written in epoch 3")).await.unwrap();
+    a.sync().await.unwrap();
+
+    let roster = stored_roster(&world, &a.account_id());
+    assert_eq!(roster.epoch(), 3);
+    let forged = kith_protocol::epoch::seal_epoch_key(
+        &a.account_id(),
+        &c.device_id(),
+        roster.device(&c.device_id()).unwrap().agreement_key(),
+        2,
+        &kith_protocol::keys::EpochSecret::generate(&mut kith_protocol::keys::system_rng()),
+        &mut kith_protocol::keys::system_rng(),
+    );
+    *world.store.sealed_override.lock().unwrap() = Some((c.device_id(), 2, forged));
+    let refused = c.sync().await.unwrap_err();
+    assert!(
+        matches!(refused, ClientError::Roster(_)) && refused.to_string().contains("epoch 2"),
+        "c must refuse the forged secret of epoch 2, naming it: {refused}"
+    );
+    assert!(!c.has_epoch(2), "nothing of the forged secret is kept");
+    assert!(c.contacts().unwrap().is_empty(), "nothing was merged");
+
+    *world.store.sealed_override.lock().unwrap() = None;
+    c.sync().await.unwrap();
+    assert_eq!(names(&c), ["Written in epoch 2", "Written in epoch 3"]);
+}
+
+/// A snapshot spans two envelopes; the relay truncates the stream after the first of them and
+/// reports the second as the stream's first seq. A device that had pulled nothing of the
+/// writer must refuse to start from the middle of the snapshot (it would lose what the first
+/// envelope holds), naming the writer, and merge nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_after_its_first_envelope_is_refused() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    // Twelve contacts with 60 KiB notes: more than one 512 KiB snapshot envelope.
+    for i in 0..12 {
+        let fields = ContactFields {
+            name: Some(format!("Person {i:02}")),
+            note: Some(format!("{i:02}").repeat(30 * 1024)),
+            ..Default::default()
+        };
+        a.add_contact(&fields).await.unwrap();
+    }
+    a.sync().await.unwrap();
+    *world.store.cut_snapshot.lock().unwrap() = true;
+    let compacted = a.compact().await.unwrap();
+    assert!(compacted.snapshot_envelopes >= 2, "{compacted:?}");
+
+    let result = b.sync().await;
+    let error = stream_error(result);
+    let message = error.to_string();
+    assert!(
+        message.contains(&a.device_id().to_string()) && message.contains("snapshot"),
+        "b must refuse a snapshot without its first envelope, naming a: {message}"
+    );
+    nothing_merged(&b);
+}
+
+/// The epochs of the envelopes the relay stores in `device`'s stream, in seq order.
+fn stored_epochs(world: &World, account: &AccountId, device: &DeviceId) -> Vec<u64> {
+    let mut epochs = Vec::new();
+    world
+        .store
+        .inner
+        .read_stream(account, device, 0, &mut |_, bytes| {
+            epochs.push(kith_protocol::envelope::peek_header(bytes).unwrap().epoch);
+            true
+        })
+        .unwrap();
+    epochs
+}
+
+/// a revokes b (epoch 2) and writes under the new epoch; the relay then holds the revocation
+/// back and serves c the roster before it (b present, epoch 1), which b holds the key of. c
+/// sees a's envelope signed in epoch 2: it must stop and report that a newer roster exists,
+/// and write nothing under epoch 1 (b could read it). Once the relay serves the newer roster,
+/// c writes under epoch 2 and everything converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_revocation_stops_writing_under_the_old_epoch() {
+    let mut world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    let contact = |name: &str| ContactFields {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    a.revoke(&b.device_id()).await.unwrap();
+    a.add_contact(&contact("After the revocation"))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    let account = a.account_id();
+    assert_eq!(stored_epochs(&world, &account, &a.device_id()), [2]);
+
+    world.store.set(Tamper::HoldBackRoster);
+    world.restart().await;
+    c.add_contact(&contact("Secret from C")).await.unwrap();
+    let stopped = c.sync().await.unwrap_err();
+    let message = stopped.to_string();
+    assert!(
+        message.contains("epoch 2") && message.contains(&a.device_id().to_string()),
+        "c must report a's envelope of epoch 2 as evidence of a newer roster: {message}"
+    );
+    assert!(
+        stored_epochs(&world, &account, &c.device_id()).is_empty(),
+        "c wrote under the old epoch, whose key the revoked b holds"
+    );
+    // Again, and with the contact still waiting: c keeps refusing to write.
+    assert!(c.sync().await.is_err());
+    assert!(stored_epochs(&world, &account, &c.device_id()).is_empty());
+
+    world.store.set(Tamper::None);
+    world.restart().await;
+    c.sync().await.unwrap();
+    assert_eq!(stored_epochs(&world, &account, &c.device_id()), [2]);
+    a.sync().await.unwrap();
+    assert_eq!(names(&a), ["After the revocation", "Secret from C"]);
+    assert_eq!(names(&c), ["After the revocation", "Secret from C"]);
 }

@@ -49,6 +49,9 @@ pub(crate) mod meta {
     /// `cut/<device id>` → the last seq (u64be) the relay held of a removed device whose
     /// stream it lost the tail of, once reported (docs/PROTOCOL.md §13.1).
     pub const CUT_PREFIX: &[u8] = b"cut/";
+    /// Evidence of a roster newer than the one held: device id (16) || u64be(epoch) of an
+    /// envelope it signed in a later epoch (docs/PROTOCOL.md §4).
+    pub const NEWER_EPOCH_SEEN: &[u8] = b"newer-epoch-seen";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.
@@ -831,14 +834,17 @@ impl Device {
                         continue;
                     }
                     sealed_to.push(entry.device_id());
-                    sealed_keys.push(epoch::seal_epoch_key(
-                        &state.account_id,
-                        &entry.device_id(),
-                        entry.agreement_key(),
-                        roster.epoch(),
-                        &new_epoch,
-                        &mut rng,
-                    ));
+                    sealed_keys.push(epoch::sign_sealed_epoch_key(
+                        &epoch::seal_epoch_key(
+                            &state.account_id,
+                            &entry.device_id(),
+                            entry.agreement_key(),
+                            roster.epoch(),
+                            &new_epoch,
+                            &mut rng,
+                        ),
+                        &new_key,
+                    )?);
                 }
                 (roster, sealed_keys)
             };
@@ -866,6 +872,27 @@ impl Device {
                 }
                 answer => expect_ok(answer?)?,
             }
+            // The staged keys were open to every member until the roster started their epoch
+            // (the revoked device too): store them again, now that only a holder of the new
+            // epoch's account key may replace another device's key (§5).
+            let restored = {
+                let state = self.state();
+                let mut keys = Vec::new();
+                for entry in roster.devices() {
+                    keys.push(epoch::sign_sealed_epoch_key(
+                        &epoch::seal_epoch_key(
+                            &state.account_id,
+                            &entry.device_id(),
+                            entry.agreement_key(),
+                            roster.epoch(),
+                            &new_epoch,
+                            &mut rng,
+                        ),
+                        &new_key,
+                    )?);
+                }
+                keys
+            };
             {
                 let mut state = self.state();
                 let number = roster.epoch();
@@ -875,6 +902,7 @@ impl Device {
             }
             self.persist_state()?;
             self.inner.store.flush().await?;
+            put_sealed_epoch_keys(&connection, restored).await?;
             self.put_recovery_bundle(&connection).await?;
             return Ok(());
         }

@@ -51,6 +51,23 @@ pub enum ClientError {
     /// A stored or received record state was invalid.
     #[error("invalid record state: {0}")]
     Merge(#[from] kith_protocol::merge::MergeError),
+    /// A device of the roster signed an envelope in a later epoch than the roster this device
+    /// holds: a newer roster exists (a revocation) and the relay does not serve it. This device
+    /// writes nothing until it gets that roster, since the revoked device may hold the key of
+    /// the older epoch (docs/PROTOCOL.md §4, "Held-back rosters").
+    #[error(
+        "device {device} wrote in epoch {epoch}, but the relay serves a roster of epoch \
+         {roster_epoch}: a newer roster exists and the relay holds it back; this device writes \
+         nothing until it gets it"
+    )]
+    NewerRosterWithheld {
+        /// The device whose signed envelope is the evidence.
+        device: DeviceId,
+        /// The epoch it signed.
+        epoch: u64,
+        /// The epoch of the roster this device holds.
+        roster_epoch: u64,
+    },
     /// This device was removed from the account.
     #[error("this device was removed from the account; it can no longer read or write")]
     Revoked,

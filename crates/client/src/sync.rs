@@ -158,12 +158,20 @@ impl Device {
     async fn sync_on(&self, connection: &RelayConnection, recreated: bool) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let lost_roster_versions = self.refresh_roster(connection).await?;
+        // Pull before sealing: what is pulled may show that the relay holds a newer roster
+        // back (an envelope signed in a later epoch), and then nothing may be written under
+        // the old epoch, whose key a revoked device may hold (§4). Any other pull failure
+        // does not keep this device's own changes from the relay.
+        let pulled = self.pull(connection, &mut report).await;
+        if let Err(error @ ClientError::NewerRosterWithheld { .. }) = pulled {
+            return Err(error);
+        }
         self.seal_pending()?;
         report.healed = self
             .heal_relay(connection, lost_roster_versions, recreated)
             .await?;
         report.pushed = self.push_outbox(connection).await?;
-        self.pull(connection, &mut report).await?;
+        pulled?;
         // The identity rule holds for what other devices wrote too (§8.4); links it makes
         // are pushed at once.
         if self.link_written(report.changed.clone()).await? > 0 {
@@ -171,6 +179,53 @@ impl Device {
             report.pushed += self.push_outbox(connection).await?;
         }
         Ok(report)
+    }
+
+    /// Refuses to write while this device has evidence of a newer epoch than its roster's
+    /// (an envelope a present device signed in a later epoch, §4).
+    fn check_no_newer_epoch(&self, tx: &StoreTxn<'_>) -> Result<()> {
+        let Some(bytes) = tx.get(TreeName::Meta, meta::NEWER_EPOCH_SEEN)? else {
+            return Ok(());
+        };
+        let (Some(device), Some(epoch)) = (
+            bytes.get(..16).and_then(|b| DeviceId::from_slice(b).ok()),
+            bytes
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+        ) else {
+            return Ok(());
+        };
+        let state = self.state();
+        // Evidence from a device removed since counts no more (a member that signed a false
+        // epoch is revoked, and its claim goes with it).
+        if epoch > state.roster.epoch() && state.roster.device(&device).is_some() {
+            return Err(ClientError::NewerRosterWithheld {
+                device,
+                epoch,
+                roster_epoch: state.roster.epoch(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Looks for envelopes that present devices signed in an epoch after the roster's: the
+    /// evidence of a roster the relay holds back. Each is checked by its signature first (a
+    /// relay cannot make up such evidence). Returns the first, without storing it.
+    fn newer_epoch_evidence(&self, parsed: &[ParsedEnvelope]) -> Result<Option<(DeviceId, u64)>> {
+        let state = self.state();
+        for envelope in parsed {
+            let header = envelope.header();
+            if header.epoch <= state.roster.epoch() {
+                continue;
+            }
+            let Some(writer) = state.roster.device(&header.device_id) else {
+                continue;
+            };
+            envelope.verify_signature(writer.signing_key())?;
+            return Ok(Some((header.device_id, header.epoch)));
+        }
+        Ok(None)
     }
 
     /// Fetches the relay's roster, verifies it extends ours, and fetches new epoch keys.
@@ -243,6 +298,14 @@ impl Device {
         {
             let mut state = self.state();
             let account = state.account_id;
+            // HPKE base mode does not say who sealed a key: the relay, or a member, could seal
+            // a secret of its own. Every epoch's secret is confirmed against the signed roster
+            // (the rotation key it derives, and for the current epoch the device names) before
+            // it is kept; keys staged for a later epoch wait until a roster starts that epoch.
+            // Nothing is kept unless every missing epoch is confirmed, so a refused key is
+            // asked for again at the next sync.
+            let mut confirmed = BTreeMap::new();
+            let mut refused = BTreeMap::new();
             for sealed in &keys.keys {
                 let (number, secret) = epoch::open_epoch_key(
                     sealed,
@@ -250,24 +313,32 @@ impl Device {
                     &self.inner.device_id,
                     &self.inner.secrets.agreement_key,
                 )?;
-                // HPKE base mode does not say who sealed a key: the relay could seal a secret of
-                // its own. The current epoch's secret must open the signed roster's device
-                // names before anything is written under it; keys staged for a later epoch
-                // wait until a roster starts that epoch.
-                if number > want {
+                if number > want || state.epochs.contains(number) || confirmed.contains_key(&number)
+                {
                     continue;
                 }
-                if number == want {
-                    state.roster.confirm_epoch_secret(&secret)?;
-                }
-                if !state.epochs.contains(number) {
-                    state.epochs.insert(number, secret)?;
+                match state.roster.confirm_epoch_secret_of(number, &secret) {
+                    Ok(()) => {
+                        confirmed.insert(number, secret);
+                    }
+                    Err(error) => {
+                        refused.entry(number).or_insert(error);
+                    }
                 }
             }
-            if state.epochs.latest().map(|(n, _)| n).unwrap_or(0) < want {
+            for number in have + 1..=want {
+                if confirmed.contains_key(&number) {
+                    continue;
+                }
+                if let Some(error) = refused.remove(&number) {
+                    return Err(error.into());
+                }
                 return Err(ClientError::Epoch(
-                    kith_protocol::epoch::EpochError::UnknownEpoch { epoch: want },
+                    kith_protocol::epoch::EpochError::UnknownEpoch { epoch: number },
                 ));
+            }
+            for (number, secret) in confirmed {
+                state.epochs.insert(number, secret)?;
             }
             // A revocation rotated the account key: it is derived from the new epoch's secret.
             if state.roster.current_account_key() != &state.account_key.public() {
@@ -358,6 +429,7 @@ impl Device {
         payload: &[u8],
         kind: PayloadKind,
     ) -> Result<()> {
+        self.check_no_newer_epoch(tx)?;
         let (last_seq, last_hash) = Self::head_in(tx)?;
         let seq = last_seq + 1;
         let sealed = {
@@ -609,6 +681,30 @@ impl Device {
                 }
                 break;
             }
+            if let Some((device, epoch)) = self.newer_epoch_evidence(&parsed)? {
+                // The roster may have changed since it was fetched: fetch it once more.
+                if !refreshed_keys {
+                    refreshed_keys = true;
+                    self.refresh_roster(connection).await?;
+                    continue;
+                }
+                let mut evidence = device.as_bytes().to_vec();
+                evidence.extend_from_slice(&epoch.to_be_bytes());
+                self.inner
+                    .store
+                    .put(TreeName::Meta, meta::NEWER_EPOCH_SEEN, &evidence)?;
+                self.inner.store.flush().await?;
+                tracing::warn!(
+                    epoch,
+                    "a device signed an envelope in a later epoch than the roster served; \
+                     the relay holds a newer roster back"
+                );
+                return Err(ClientError::NewerRosterWithheld {
+                    device,
+                    epoch,
+                    roster_epoch: self.state().roster.epoch(),
+                });
+            }
             let opened = {
                 let result = {
                     let state = self.state();
@@ -625,7 +721,7 @@ impl Device {
             };
             // Chain checks after signatures: the hashes are only meaningful once authentic.
             let mut new_verifiers = verifiers.clone();
-            for envelope in &parsed {
+            for (envelope, payload) in parsed.iter().zip(&opened) {
                 let writer = envelope.header().device_id;
                 let verifier = new_verifiers
                     .entry(writer)
@@ -634,7 +730,12 @@ impl Device {
                 if envelope.header().seq > verifier.last_seq() + 1
                     && first_seq == envelope.header().seq
                 {
-                    verifier.check_after_truncation(envelope, first_seq)?;
+                    // A jump lands only on a snapshot's first envelope, as its signed payload
+                    // states it (§9): a relay cannot cut a snapshot.
+                    let starts_at = (envelope.header().kind == PayloadKind::Snapshot)
+                        .then(|| kith_protocol::stream::snapshot_first_seq(payload))
+                        .flatten();
+                    verifier.check_after_truncation(envelope, first_seq, starts_at)?;
                 } else {
                     verifier.check(envelope)?;
                 }
@@ -897,7 +998,7 @@ impl Device {
                 seq: *seq,
             })
             .collect();
-        let envelopes = self.seal_full_snapshot(&positions)?;
+        let envelopes = self.seal_full_snapshot(&positions, first_seq)?;
         self.push_outbox(&connection).await?;
         expect_ok(
             connection
@@ -917,8 +1018,13 @@ impl Device {
     }
 
     /// Seals this device's whole merged state as snapshot envelopes into the outbox (as many
-    /// as needed, each at most [`SNAPSHOT_BYTES`] of records); returns how many.
-    pub(crate) fn seal_full_snapshot(&self, positions: &[proto::StreamPosition]) -> Result<usize> {
+    /// as needed, each at most [`SNAPSHOT_BYTES`] of records, the first at `first_seq`); returns
+    /// how many.
+    pub(crate) fn seal_full_snapshot(
+        &self,
+        positions: &[proto::StreamPosition],
+        first_seq: u64,
+    ) -> Result<usize> {
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0usize;
         let mut envelopes = 0;
@@ -933,12 +1039,12 @@ impl Device {
             chunk.push(wire);
             if chunk_bytes >= SNAPSHOT_BYTES {
                 chunk_bytes = 0;
-                self.seal_snapshot(std::mem::take(&mut chunk), positions)?;
+                self.seal_snapshot(std::mem::take(&mut chunk), positions, first_seq)?;
                 envelopes += 1;
             }
         }
         if !chunk.is_empty() || envelopes == 0 {
-            self.seal_snapshot(chunk, positions)?;
+            self.seal_snapshot(chunk, positions, first_seq)?;
             envelopes += 1;
         }
         Ok(envelopes)
@@ -977,7 +1083,7 @@ impl Device {
                 seq: *seq,
             })
             .collect();
-        let envelopes = self.seal_full_snapshot(&positions)?;
+        let envelopes = self.seal_full_snapshot(&positions, last_own + 1)?;
         Ok((last_own + 1, envelopes))
     }
 
@@ -1002,10 +1108,14 @@ impl Device {
         &self,
         records: Vec<proto::RecordState>,
         positions: &[proto::StreamPosition],
+        first_seq: u64,
     ) -> Result<()> {
+        // Every envelope of the snapshot names its first one, so a receiver starts a truncated
+        // stream only there (§9).
         let snapshot = proto::Snapshot {
             records,
             positions: positions.to_vec(),
+            first_seq,
         };
         let payload = snapshot.encode_to_vec();
         self.inner

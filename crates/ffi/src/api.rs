@@ -231,7 +231,8 @@ impl From<ClientError> for KithError {
             | ClientError::Envelope(_)
             | ClientError::Stream(_)
             | ClientError::Clock(_)
-            | ClientError::Merge(_) => KithError::Integrity { reason, hint },
+            | ClientError::Merge(_)
+            | ClientError::NewerRosterWithheld { .. } => KithError::Integrity { reason, hint },
             ClientError::Record(_) | ClientError::InvalidInput(_) => {
                 KithError::InvalidInput { reason, hint }
             }

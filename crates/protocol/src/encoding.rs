@@ -43,12 +43,16 @@ pub mod labels {
     pub const LINK_BUNDLE: &str = "kith/v1/link-bundle";
     /// HPKE info of a sealed epoch key.
     pub const SEALED_EPOCH_KEY: &str = "kith/v1/sealed-epoch-key";
+    /// Signature context of a sealed epoch key.
+    pub const SEALED_EPOCH_KEY_SIGNATURE: &str = "kith/v1/sealed-epoch-key-signature";
     /// Signature context of an envelope.
     pub const ENVELOPE_SIGNATURE: &str = "kith/v1/envelope";
     /// Hash of an envelope, chained through `prev_hash`.
     pub const ENVELOPE_HASH: &str = "kith/v1/envelope-hash";
     /// Signature context of a roster body.
     pub const ROSTER_SIGNATURE: &str = "kith/v1/roster";
+    /// Hash of an encoded signed roster, named by its successor.
+    pub const ROSTER_HASH: &str = "kith/v1/roster-hash";
     /// Signature context of an account-key rotation.
     pub const ACCOUNT_KEY_ROTATION: &str = "kith/v1/account-key-rotation";
     /// Signature context of relay authentication.

@@ -41,7 +41,8 @@ use zeroize::Zeroizing;
 use crate::encoding::{labels, lp_concat};
 use crate::ids::{AccountId, DeviceId};
 use crate::keys::{
-    AccountSigningKey, DeviceAgreementKey, DeviceAgreementPublicKey, EpochSecret, Kem, SymmetricKey,
+    AccountSigningKey, AccountVerifyingKey, DeviceAgreementKey, DeviceAgreementPublicKey,
+    EpochSecret, Kem, SymmetricKey,
 };
 use crate::{limits, proto};
 
@@ -115,6 +116,13 @@ pub enum EpochError {
     /// HPKE decryption failed: not sealed to this key, or altered on the way.
     #[error("sealed epoch key does not decrypt with this device's key (wrong key or tampered)")]
     DecryptFailed,
+    /// The sealed key carries no signature, or one that does not verify under the account key
+    /// of its epoch.
+    #[error("sealed epoch key of epoch {epoch} is not signed by that epoch's account key")]
+    BadSignature {
+        /// The epoch.
+        epoch: u64,
+    },
     /// The opened secret does not match the key id it was sealed with.
     #[error("secret opened for epoch {epoch} does not match its key id")]
     KeyIdMismatch {
@@ -328,6 +336,54 @@ fn sealed_key_info(
     ])
 }
 
+/// The fields a sealed key's signature covers, in order: account id, recipient, `u64be(epoch)`,
+/// key id, encapsulation, ciphertext.
+fn sealed_key_signed_fields(sealed: &proto::SealedEpochKey) -> [Vec<u8>; 6] {
+    [
+        sealed.account_id.clone(),
+        sealed.recipient_device_id.clone(),
+        sealed.epoch.to_be_bytes().to_vec(),
+        sealed.key_id.clone(),
+        sealed.encapped_key.clone(),
+        sealed.ciphertext.clone(),
+    ]
+}
+
+/// Signs an encoded sealed epoch key with the account key of its epoch (§5: what lets a holder
+/// of that key replace another device's sealed key of an epoch that started). Returns the
+/// encoding with `signature` set.
+pub fn sign_sealed_epoch_key(
+    sealed: &[u8],
+    epoch_account_key: &AccountSigningKey,
+) -> Result<Vec<u8>, EpochError> {
+    parse_sealed(sealed)?;
+    let mut key = proto::SealedEpochKey::decode(sealed).map_err(EpochError::Malformed)?;
+    let fields = sealed_key_signed_fields(&key);
+    let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+    key.signature = epoch_account_key
+        .sign(labels::SEALED_EPOCH_KEY_SIGNATURE, &refs)
+        .to_bytes()
+        .to_vec();
+    Ok(key.encode_to_vec())
+}
+
+/// Checks that an encoded sealed epoch key is signed by `epoch_account_key`, the account key of
+/// its epoch ([`sign_sealed_epoch_key`]).
+pub fn verify_sealed_epoch_key_signature(
+    sealed: &[u8],
+    epoch_account_key: &AccountVerifyingKey,
+) -> Result<(), EpochError> {
+    let view = parse_sealed(sealed)?.view;
+    let key = proto::SealedEpochKey::decode(sealed).map_err(EpochError::Malformed)?;
+    let bad = EpochError::BadSignature { epoch: view.epoch };
+    let signature = crate::keys::Signature::from_slice(&key.signature).map_err(|_| bad.clone())?;
+    let fields = sealed_key_signed_fields(&key);
+    let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+    epoch_account_key
+        .verify(labels::SEALED_EPOCH_KEY_SIGNATURE, &refs, &signature)
+        .map_err(|_| bad)
+}
+
 /// Reads the cleartext fields of a sealed epoch key (bounded decode, every length checked),
 /// without opening it. The relay indexes stored keys by these.
 pub fn peek_sealed_epoch_key(bytes: &[u8]) -> Result<SealedEpochKeyView, EpochError> {
@@ -360,6 +416,7 @@ pub fn seal_epoch_key(
         key_id: key_id.to_vec(),
         encapped_key: sealed.encapped_key,
         ciphertext: sealed.ciphertext,
+        signature: Vec::new(),
     }
     .encode_to_vec()
 }
@@ -627,6 +684,7 @@ mod tests {
             key_id: key_id.to_vec(),
             encapped_key: parts.encapped_key,
             ciphertext: parts.ciphertext,
+            signature: Vec::new(),
         }
         .encode_to_vec();
         assert_eq!(

@@ -546,7 +546,7 @@ fn open_received(envelopes: &[&[u8]]) -> bool {
             .or_insert_with(|| StreamVerifier::new(device));
         let mut truncated = stream.clone();
         let _ = stream.check(envelope);
-        let _ = truncated.check_after_truncation(envelope, envelope.header().seq);
+        let _ = truncated.check_after_truncation(envelope, envelope.header().seq, None);
     }
     let Ok(payloads) = open_batch(&parsed, f.current(), &f.epochs) else {
         return false;

@@ -722,6 +722,7 @@ impl ContactSet {
     /// A snapshot of this state (records sorted by id) covering the given stream positions.
     pub fn to_snapshot(&self, positions: Vec<proto::StreamPosition>) -> proto::Snapshot {
         proto::Snapshot {
+            first_seq: 0,
             records: self.records.values().map(RecordState::to_proto).collect(),
             positions,
         }
@@ -1263,6 +1264,7 @@ mod tests {
         let mut broken = valid_wire();
         broken.record_id.clear();
         let snapshot = proto::Snapshot {
+            first_seq: 0,
             records: vec![valid_wire(), broken],
             positions: vec![],
         };
@@ -1318,6 +1320,7 @@ mod tests {
             ..Default::default()
         };
         let snapshot = proto::Snapshot {
+            first_seq: 0,
             records: vec![
                 a.get(&id(1)).unwrap().to_proto(),
                 empty,

@@ -198,6 +198,23 @@ pub enum RosterError {
         /// The device.
         device: DeviceId,
     },
+    /// A device of the trusted roster is neither present nor listed as removed (step 6): a
+    /// roster may drop a device only by removing it, which starts a new epoch.
+    #[error("device {device} of the trusted roster is neither present nor listed as removed")]
+    DeviceDropped {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The roster names another predecessor than the trusted roster of the version before it
+    /// (step 6): two rosters of one version exist, a fork.
+    #[error(
+        "roster version {version} was built on another version {} than the trusted one: a fork",
+        version - 1
+    )]
+    Forked {
+        /// The version of the roster offered.
+        version: u64,
+    },
     /// The roster already lists [`limits::MAX_DEVICES`] devices.
     #[error("roster already lists the maximum of {max} devices")]
     TooManyDevices {
@@ -268,6 +285,25 @@ pub enum RosterError {
     /// The new account key of a rotation is not the one derived from the new epoch secret (§4).
     #[error("the new account key is not derived from the new epoch secret")]
     AccountKeyNotFromEpoch,
+    /// The secret offered for a past epoch does not derive the account key of the rotation that
+    /// started that epoch (§5): it is not the secret the roster's signer chose, so a sealer
+    /// (the relay, or a member) put another secret in the sealed key.
+    #[error(
+        "the secret offered for epoch {epoch} is not that epoch's: it does not derive the \
+         account key its rotation introduced"
+    )]
+    EpochSecretMismatch {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A secret of this epoch cannot be confirmed against the roster: the first epoch's, once
+    /// a later epoch started (no rotation introduced it), or an epoch the roster has not
+    /// started, or a roster whose rotations do not start one epoch each.
+    #[error("the secret offered for epoch {epoch} cannot be confirmed against the roster")]
+    EpochSecretUnconfirmable {
+        /// The epoch.
+        epoch: u64,
+    },
     /// The roster's current account key was never rotated, so it is not derived from an epoch.
     #[error("the roster's account key is its genesis key, not derived from an epoch")]
     AccountKeyNotRotated,
@@ -403,6 +439,8 @@ pub struct VerifiedRoster {
     device_index: BTreeMap<DeviceId, usize>,
     removed: Vec<RemovedDevice>,
     removed_index: BTreeMap<DeviceId, usize>,
+    /// The hash of the roster this one was built on, when its signer stated it.
+    prev_hash: Option<[u8; 32]>,
     encoded: Vec<u8>,
 }
 
@@ -706,6 +744,15 @@ impl VerifiedRoster {
             });
         }
 
+        let prev_hash = match body.prev_roster_hash.len() {
+            0 => None,
+            32 => {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&body.prev_roster_hash);
+                Some(hash)
+            }
+            _ => return Err(invalid("prev_roster_hash", "must be 32 bytes or empty")),
+        };
         let roster = VerifiedRoster {
             account_id: account,
             version: body.version,
@@ -717,6 +764,7 @@ impl VerifiedRoster {
             device_index,
             removed,
             removed_index,
+            prev_hash,
             encoded: signed_roster_bytes.to_vec(),
         };
 
@@ -743,6 +791,23 @@ impl VerifiedRoster {
                 offered: self.epoch,
             });
         }
+        // A successor names its predecessor (rosters of 0.1.0 name none): another roster of
+        // the trusted one's version was its base, a fork.
+        if self.version == prev.version + 1
+            && let Some(hash) = self.prev_hash
+            && hash != prev.hash()
+        {
+            return Err(RosterError::Forked {
+                version: self.version,
+            });
+        }
+        for present in &prev.devices {
+            let device = present.device_id;
+            if !self.device_index.contains_key(&device) && !self.removed_index.contains_key(&device)
+            {
+                return Err(RosterError::DeviceDropped { device });
+            }
+        }
         for gone in &prev.removed {
             let device = gone.device_id;
             if self.device_index.contains_key(&device) {
@@ -754,6 +819,18 @@ impl VerifiedRoster {
             }
         }
         Ok(())
+    }
+
+    /// `H("kith/v1/roster-hash", encoded)`: what the next roster names as its predecessor,
+    /// and what envelopes name as their writer's roster.
+    pub fn hash(&self) -> [u8; 32] {
+        crate::encoding::hash(labels::ROSTER_HASH, &[&self.encoded])
+    }
+
+    /// The hash of the roster this one was built on, when its signer stated it (rosters signed
+    /// by 0.1.0 do not).
+    pub fn prev_hash(&self) -> Option<[u8; 32]> {
+        self.prev_hash
     }
 
     /// The account.
@@ -823,6 +900,17 @@ impl VerifiedRoster {
     /// The account keys from genesis to current.
     pub fn key_chain(&self) -> &[AccountVerifyingKey] {
         &self.chain
+    }
+
+    /// The account key of `epoch`: the genesis key for epoch 1, else the key of the rotation
+    /// that started it (the `epoch - 1`-th of the chain). `None` for an epoch the roster has not
+    /// started, or when its rotations do not start one epoch each.
+    pub fn epoch_account_key(&self, epoch: u64) -> Option<&AccountVerifyingKey> {
+        if epoch == 0 || epoch > self.epoch || (epoch >= 2 && self.chain.len() as u64 != self.epoch)
+        {
+            return None;
+        }
+        self.chain.get(usize::try_from(epoch - 1).ok()?)
     }
 
     /// The encoded `SignedRoster`, exactly as verified or signed.
@@ -913,6 +1001,43 @@ impl VerifiedRoster {
         Ok(())
     }
 
+    /// Checks that `secret` is the secret of `epoch`, any epoch of this roster (§5): for the
+    /// roster's own epoch, [`Self::confirm_epoch_secret`]; for every epoch `e >= 2`, the account
+    /// key derived from it ([`account_key_for_epoch`]) must be the key of the rotation that
+    /// started `e`, the `e - 1`-th of the key chain (each removal adds one rotation and starts
+    /// one epoch). A device that missed several revocations confirms every skipped epoch's
+    /// secret this way before keeping it, so a sealer cannot slip in a secret of its own for an
+    /// epoch that is no longer current.
+    pub fn confirm_epoch_secret_of(
+        &self,
+        epoch: u64,
+        secret: &EpochSecret,
+    ) -> Result<(), RosterError> {
+        let unconfirmable = RosterError::EpochSecretUnconfirmable { epoch };
+        if epoch == 0 || epoch > self.epoch {
+            return Err(unconfirmable);
+        }
+        if epoch >= 2 {
+            // One rotation per epoch after the first: the chain holds exactly `epoch` keys.
+            if self.chain.len() as u64 != self.epoch {
+                return Err(unconfirmable);
+            }
+            let rotation_key = usize::try_from(epoch - 1)
+                .ok()
+                .and_then(|index| self.chain.get(index))
+                .ok_or(RosterError::EpochSecretUnconfirmable { epoch })?;
+            if account_key_for_epoch(&self.account_id, secret).public() != *rotation_key {
+                return Err(RosterError::EpochSecretMismatch { epoch });
+            }
+        } else if epoch != self.epoch {
+            return Err(unconfirmable);
+        }
+        if epoch == self.epoch {
+            self.confirm_epoch_secret(secret)?;
+        }
+        Ok(())
+    }
+
     /// The current account key, derived from the current epoch's secret (§4: every rotation's
     /// new key is derived from the secret of the epoch it starts). This is how the devices that
     /// remain after a removal receive the new account key: with the new epoch's sealed secret.
@@ -955,6 +1080,8 @@ impl VerifiedRoster {
                 })
                 .collect(),
             created_at_ms: self.created_at_ms,
+            // `body` is the base of a successor, which names this roster.
+            prev_roster_hash: self.hash().to_vec(),
         }
     }
 
@@ -991,6 +1118,7 @@ impl VerifiedRoster {
             // No plaintext timestamps: when an account or device came to be is not the
             // relay's to know (§11). Older writers' values still verify.
             created_at_ms: 0,
+            prev_roster_hash: Vec::new(),
         };
         Self::verify(&sign_body(&body, account_key), Some(&account), None)
     }
@@ -1246,15 +1374,18 @@ mod tests {
             self.key = new_key;
         }
 
-        /// The current body, to tamper with and re-sign.
+        /// The current body, to tamper with and re-sign (as a successor: it names the
+        /// current roster as its predecessor).
         fn body(&self) -> proto::RosterBody {
-            proto::RosterBody::decode(
+            let mut body = proto::RosterBody::decode(
                 proto::SignedRoster::decode(self.roster.encoded())
                     .unwrap()
                     .body
                     .as_slice(),
             )
-            .unwrap()
+            .unwrap();
+            body.prev_roster_hash = self.roster.hash().to_vec();
+            body
         }
     }
 
@@ -1264,6 +1395,87 @@ mod tests {
         prev: Option<&VerifiedRoster>,
     ) -> Result<VerifiedRoster, RosterError> {
         VerifiedRoster::verify(&sign_body(body, key), None, prev)
+    }
+
+    #[test]
+    fn every_epochs_secret_is_confirmed_against_its_rotation() {
+        let mut a = account(4);
+        a.remove(1, 0);
+        a.remove(2, 0);
+        assert_eq!(a.roster.epoch(), 3);
+        for epoch in 1..=3 {
+            let secret = a.keys.get(epoch).unwrap();
+            let result = a.roster.confirm_epoch_secret_of(epoch, secret);
+            if epoch == 1 {
+                // No rotation introduced the first epoch's secret.
+                assert_eq!(result, Err(RosterError::EpochSecretUnconfirmable { epoch }));
+            } else {
+                assert_eq!(result, Ok(()), "epoch {epoch}");
+            }
+        }
+        let forged = EpochSecret::generate(&mut system_rng());
+        assert_eq!(
+            a.roster.confirm_epoch_secret_of(2, &forged),
+            Err(RosterError::EpochSecretMismatch { epoch: 2 })
+        );
+        // The secret of another epoch is not this one's either.
+        assert_eq!(
+            a.roster.confirm_epoch_secret_of(2, a.keys.get(3).unwrap()),
+            Err(RosterError::EpochSecretMismatch { epoch: 2 })
+        );
+        assert_eq!(
+            a.roster.confirm_epoch_secret_of(4, a.keys.get(3).unwrap()),
+            Err(RosterError::EpochSecretUnconfirmable { epoch: 4 })
+        );
+        // Before any rotation, the first epoch is the current one: its names confirm it.
+        let fresh = account(1);
+        assert_eq!(
+            fresh
+                .roster
+                .confirm_epoch_secret_of(1, fresh.keys.get(1).unwrap()),
+            Ok(())
+        );
+        assert!(fresh.roster.confirm_epoch_secret_of(1, &forged).is_err());
+    }
+
+    #[test]
+    fn a_device_dropped_without_being_listed_as_removed_is_refused() {
+        let a = account(3);
+        let trusted = a.roster.clone();
+        let mut body = a.body();
+        body.version += 1;
+        body.devices.remove(1);
+        let result = verify_body(&body, &a.key, Some(&trusted));
+        assert!(
+            result.is_err(),
+            "device-1 vanished without a removal entry: {result:?}"
+        );
+    }
+
+    #[test]
+    fn a_roster_built_on_a_fork_of_the_trusted_one_is_refused() {
+        let mut rng = system_rng();
+        let a = account(1);
+        // Two devices of the account each sign a successor of version 1: the relay keeps one
+        // and shows the other to some devices.
+        let (_, x) = new_device("x");
+        let (_, y) = new_device("y");
+        let with_x = a
+            .roster
+            .add_device(&a.key, x, &a.keys, 40, &mut rng)
+            .unwrap();
+        let with_y = a
+            .roster
+            .add_device(&a.key, y, &a.keys, 40, &mut rng)
+            .unwrap();
+        let (_, z) = new_device("z");
+        let after_y = with_y.add_device(&a.key, z, &a.keys, 50, &mut rng).unwrap();
+        // A device that trusts the version 2 with x must not accept a version 3 built on the
+        // version 2 with y.
+        let result = VerifiedRoster::verify(after_y.encoded(), None, Some(&with_x));
+        assert!(result.is_err(), "a fork was accepted: {result:?}");
+        // Built on the one it trusts, it is accepted.
+        assert!(VerifiedRoster::verify(after_y.encoded(), None, Some(&with_y)).is_ok());
     }
 
     #[test]

@@ -93,6 +93,21 @@ pub enum StreamError {
         /// The seq received.
         got: u64,
     },
+    /// After a truncation, the relay starts the stream at `seq`, an envelope in the middle of
+    /// a snapshot whose signed payload says it starts at `starts_at`: the envelopes before it
+    /// are gone, so what they held would be lost (docs/PROTOCOL.md §9).
+    #[error(
+        "stream of device {device}: the relay starts it at seq {seq}, in the middle of a \
+         snapshot that starts at seq {starts_at}; the snapshot was cut"
+    )]
+    SnapshotCut {
+        /// The writer.
+        device: DeviceId,
+        /// The seq the relay starts the stream at.
+        seq: u64,
+        /// The first seq of the snapshot, as its writer signed it.
+        starts_at: u64,
+    },
     /// The envelope was written by another device than this verifier's.
     #[error("stream of device {device}: envelope written by device {got}")]
     WrongDevice {
@@ -195,17 +210,23 @@ impl StreamVerifier {
     }
 
     /// Like [`Self::check`], but the relay reported that this stream now starts at
-    /// `first_seq` (it was truncated before it, docs/PROTOCOL.md §9).
+    /// `first_seq` (it was truncated before it, docs/PROTOCOL.md §9). `starts_at` is the first
+    /// seq of the snapshot as the envelope's opened payload states it
+    /// ([`snapshot_first_seq`]; `None` when the writer did not state it, as writers before
+    /// 0.2.0 did not).
     ///
     /// When the envelope continues the chain (`seq <= last + 1`), this is [`Self::check`].
     /// A jump past `last + 1` is accepted only for a snapshot envelope at exactly
-    /// `first_seq > last + 1`; the chain then continues from that snapshot (its own
-    /// `prev_hash` cannot be checked: the envelope before it is gone). Otherwise the error is
-    /// `GapWithoutSnapshot` if the relay claims a truncation past `last + 1`, `Gap` if not.
+    /// `first_seq > last + 1` that is its snapshot's first envelope (`starts_at` is `seq`, or
+    /// not stated); the chain then continues from that snapshot (its own `prev_hash` cannot be
+    /// checked: the envelope before it is gone). Otherwise the error is `SnapshotCut` for a
+    /// later envelope of a snapshot, `GapWithoutSnapshot` if the relay claims a truncation past
+    /// `last + 1`, `Gap` if not.
     pub fn check_after_truncation(
         &mut self,
         envelope: &ParsedEnvelope,
         first_seq: u64,
+        starts_at: Option<u64>,
     ) -> Result<(), StreamError> {
         let header = envelope.header();
         let device = self.device;
@@ -227,6 +248,15 @@ impl StreamVerifier {
                 device,
                 expected,
                 got,
+            });
+        }
+        if let Some(starts_at) = starts_at
+            && starts_at != got
+        {
+            return Err(StreamError::SnapshotCut {
+                device,
+                seq: got,
+                starts_at,
             });
         }
         self.recent.clear();
@@ -257,6 +287,21 @@ impl StreamVerifier {
         self.last_seq = seq;
         self.last_hash = hash;
     }
+}
+
+/// The first seq of a snapshot as its payload (an opened, encoded `Snapshot`) states it:
+/// `Snapshot.first_seq`, `None` when it is 0 (not stated) or the payload does not decode (the
+/// merge then refuses it). Reads only that field: the records are skipped by their lengths.
+pub fn snapshot_first_seq(payload: &[u8]) -> Option<u64> {
+    /// `Snapshot` with every field but `first_seq` skipped on decoding.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct SnapshotStart {
+        #[prost(uint64, tag = "3")]
+        first_seq: u64,
+    }
+    use prost::Message as _;
+    let start = SnapshotStart::decode(payload).ok()?;
+    (start.first_seq != 0).then_some(start.first_seq)
 }
 
 #[cfg(test)]
@@ -512,12 +557,12 @@ mod tests {
                 got: 10
             })
         );
-        stream.check_after_truncation(&snapshot, 10).unwrap();
+        stream.check_after_truncation(&snapshot, 10, None).unwrap();
         assert_eq!(
             (stream.last_seq(), stream.last_hash()),
             (10, snapshot.hash())
         );
-        stream.check_after_truncation(&after, 10).unwrap();
+        stream.check_after_truncation(&after, 10, None).unwrap();
         assert_eq!(stream.last_seq(), 11);
         assert_eq!(
             stream.check(&snapshot),
@@ -539,7 +584,7 @@ mod tests {
         let operations = writer.next(); // seq 10, not a snapshot
         let device = writer.device();
         assert_eq!(
-            stream.check_after_truncation(&operations, 10),
+            stream.check_after_truncation(&operations, 10, None),
             Err(StreamError::GapWithoutSnapshot {
                 device,
                 expected: 2,
@@ -549,7 +594,7 @@ mod tests {
         // A snapshot, but not where the relay says the stream starts.
         let snapshot = writer.next_kind(PayloadKind::Snapshot); // seq 11
         assert_eq!(
-            stream.check_after_truncation(&snapshot, 10),
+            stream.check_after_truncation(&snapshot, 10, None),
             Err(StreamError::GapWithoutSnapshot {
                 device,
                 expected: 2,
@@ -558,7 +603,7 @@ mod tests {
         );
         // The relay says seq 2 is still there: a snapshot does not excuse skipping it.
         assert_eq!(
-            stream.check_after_truncation(&snapshot, 2),
+            stream.check_after_truncation(&snapshot, 2, None),
             Err(StreamError::Gap {
                 device,
                 expected: 2,
@@ -581,12 +626,57 @@ mod tests {
             b"s",
         );
         assert_eq!(
-            stream.check_after_truncation(&forked, 2),
+            stream.check_after_truncation(&forked, 2, None),
             Err(StreamError::Fork {
                 device: writer.device(),
                 seq: 2
             })
         );
-        stream.check_after_truncation(&snapshot, 2).unwrap();
+        stream.check_after_truncation(&snapshot, 2, None).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_entered_after_its_first_envelope_is_cut() {
+        let mut writer = Writer::new();
+        let mut stream = StreamVerifier::new(writer.device());
+        stream.check(&writer.next()).unwrap();
+        for _ in 2..10 {
+            writer.next();
+        }
+        writer.next_kind(PayloadKind::Snapshot); // seq 10, the snapshot's first envelope
+        let second = writer.next_kind(PayloadKind::Snapshot); // seq 11, its second
+        let device = writer.device();
+        // The relay truncated before 11 and says the stream starts there; the payload of 11
+        // says its snapshot starts at 10.
+        assert_eq!(
+            stream.clone().check_after_truncation(&second, 11, Some(10)),
+            Err(StreamError::SnapshotCut {
+                device,
+                seq: 11,
+                starts_at: 10
+            })
+        );
+        // A snapshot that says it starts where the stream starts bridges the gap.
+        stream
+            .check_after_truncation(&second, 11, Some(11))
+            .unwrap();
+        assert_eq!(stream.last_seq(), 11);
+    }
+
+    #[test]
+    fn the_first_seq_is_read_from_a_snapshot_payload() {
+        use prost::Message as _;
+        let mut snapshot = crate::proto::Snapshot {
+            records: vec![crate::proto::RecordState::default(); 3],
+            positions: vec![crate::proto::StreamPosition {
+                device_id: vec![1; 16],
+                seq: 7,
+            }],
+            first_seq: 0,
+        };
+        assert_eq!(snapshot_first_seq(&snapshot.encode_to_vec()), None);
+        snapshot.first_seq = 42;
+        assert_eq!(snapshot_first_seq(&snapshot.encode_to_vec()), Some(42));
+        assert_eq!(snapshot_first_seq(&[0x0a, 0x09]), None);
     }
 }

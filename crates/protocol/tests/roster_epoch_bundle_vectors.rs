@@ -315,6 +315,22 @@ fn roster_vectors_check_with_primitives_alone() {
         &rotation.new_key[..]
     );
 
+    // Each roster names its predecessor: H("kith/v1/roster-hash", encoded SignedRoster).
+    let first = proto::SignedRoster::decode(unhex(&v.rosters[0].signed_roster).as_slice()).unwrap();
+    let first_body = proto::RosterBody::decode(first.body.as_slice()).unwrap();
+    assert!(first_body.prev_roster_hash.is_empty());
+    for pair in v.rosters.windows(2) {
+        let next = proto::SignedRoster::decode(unhex(&pair[1].signed_roster).as_slice()).unwrap();
+        let next_body = proto::RosterBody::decode(next.body.as_slice()).unwrap();
+        assert_eq!(
+            next_body.prev_roster_hash,
+            sha256(&lp(&[
+                b"kith/v1/roster-hash",
+                &unhex(&pair[0].signed_roster)
+            ]))
+        );
+    }
+
     // The roster signature, by the current key, over LP("kith/v1/roster") || LP(body).
     ed25519_verify(
         &rotation.new_key,

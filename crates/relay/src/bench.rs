@@ -139,6 +139,7 @@ fn genesis_with(account_key: &AccountSigningKey, devices: &[DeviceSigningKey]) -
         devices: entries,
         removed: vec![],
         created_at_ms: 0,
+        prev_roster_hash: Vec::new(),
     }
     .encode_to_vec();
     let signature = account_key

@@ -766,6 +766,7 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             key_id: vec![3; 16],
             encapped_key: vec![4; 1120],
             ciphertext: vec![5; 48],
+            signature: Vec::new(),
         };
         client
             .expect_ok(request::Kind::PutSealedEpochKeys(
@@ -1044,6 +1045,7 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
                 key_id: vec![epoch as u8; 16],
                 encapped_key: vec![1; 1120],
                 ciphertext: vec![2; 48],
+                signature: Vec::new(),
             }
             .encode_to_vec()
         };
@@ -1072,6 +1074,78 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
             response::Kind::SealedEpochKeys(keys) => assert_eq!(keys.keys, vec![sealed(1, 1)]),
             other => panic!("{other:?}"),
         }
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// A member cannot overwrite the sealed key another member holds for an epoch that started
+/// (it could make that device refuse the epoch, or never get it); the recipient can replace its
+/// own, and an identical retransmit is acknowledged again.
+#[tokio::test]
+async fn no_member_can_overwrite_another_members_sealed_key() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let account = TestAccount::new(2);
+        let client = relay.connect().await;
+        account.create(&client).await;
+        let sealed = |recipient: usize, fill: u8| {
+            proto::SealedEpochKey {
+                account_id: account.id.as_bytes().to_vec(),
+                recipient_device_id: account.device(recipient).device_id().as_bytes().to_vec(),
+                epoch: 1,
+                key_id: vec![fill; 16],
+                encapped_key: vec![fill; 1120],
+                ciphertext: vec![fill; 48],
+                signature: Vec::new(),
+            }
+            .encode_to_vec()
+        };
+        let put = |keys| request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys { keys });
+        client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
+        client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
+
+        let other = relay.connect().await;
+        other
+            .authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
+        let held = || async {
+            match other
+                .request(request::Kind::GetSealedEpochKeys(
+                    proto::GetSealedEpochKeys { min_epoch: 1 },
+                ))
+                .await
+                .unwrap()
+            {
+                response::Kind::SealedEpochKeys(keys) => keys.keys,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Device 0 tries to replace device 1's key of epoch 1.
+        assert!(
+            client.expect_ok(put(vec![sealed(1, 7)])).await.is_err(),
+            "a member overwrote another member's sealed key"
+        );
+        assert_eq!(held().await, vec![sealed(1, 1)]);
+        // Device 1 replaces its own.
+        other.expect_ok(put(vec![sealed(1, 9)])).await.unwrap();
+        assert_eq!(held().await, vec![sealed(1, 9)]);
+        // Signed by the account key of epoch 1 (the genesis key), device 0 may replace it; a
+        // signature by another key does not do.
+        let by_other_key = kith_protocol::epoch::sign_sealed_epoch_key(
+            &sealed(1, 5),
+            &AccountSigningKey::generate(&mut system_rng()),
+        )
+        .unwrap();
+        assert_eq!(
+            code(client.expect_ok(put(vec![by_other_key])).await),
+            ErrorCode::SlotExists
+        );
+        let signed =
+            kith_protocol::epoch::sign_sealed_epoch_key(&sealed(1, 5), &account.genesis).unwrap();
+        client.expect_ok(put(vec![signed.clone()])).await.unwrap();
+        assert_eq!(held().await, vec![signed]);
         relay.handle.shutdown().await.unwrap();
     })
     .await;

@@ -17,7 +17,7 @@ use crate::state::{Conn, Shared};
 const MAX_SEALED_KEY_BYTES: usize = 4096;
 
 pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -> Reply {
-    let (account, _device) = authorized(shared, conn)?;
+    let (account, device) = authorized(shared, conn)?;
     let limits = &shared.config.limits;
     if req.keys.len() > limits.max_sealed_keys_per_request as usize {
         return Err(RequestError::new(
@@ -77,6 +77,44 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
                 ErrorCode::QuotaExceeded,
                 "the account's quota is used up",
             ));
+        }
+        // A key of an epoch that started, held by another device, is replaced only under the
+        // account key of that epoch (docs/PROTOCOL.md §5): no member can take a device's key
+        // of an epoch away, or swap in a secret of its own, and a removed device (which never
+        // holds a later epoch's key) can touch none of them. Staged keys of the next epoch
+        // stay open to every member until the roster that starts it; the revoker stores them
+        // again, signed, once it is stored.
+        for (i, (recipient, epoch, bytes)) in parsed.iter().enumerate() {
+            if *recipient == device || *epoch > roster.epoch() {
+                continue;
+            }
+            let stored = shared
+                .store
+                .sealed_keys(&account.id, recipient, *epoch)
+                .map_err(RequestError::storage)?
+                .into_iter()
+                .find(|held| {
+                    kith_protocol::epoch::peek_sealed_epoch_key(held)
+                        .is_ok_and(|view| view.epoch == *epoch)
+                });
+            let Some(stored) = stored else {
+                continue;
+            };
+            if stored.as_slice() == bytes.as_slice() {
+                continue;
+            }
+            let signed = roster.epoch_account_key(*epoch).is_some_and(|key| {
+                kith_protocol::epoch::verify_sealed_epoch_key_signature(bytes, key).is_ok()
+            });
+            if !signed {
+                return Err(RequestError::new(
+                    ErrorCode::SlotExists,
+                    format!(
+                        "sealed key {i}: another device holds a key of that epoch; only a \
+                         holder of the epoch's account key may replace it"
+                    ),
+                ));
+            }
         }
         for (recipient, epoch, bytes) in parsed {
             let replaced = shared

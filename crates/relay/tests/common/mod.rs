@@ -128,6 +128,7 @@ impl TestAccount {
             devices: self.devices.iter().map(|d| d.entry(1)).collect(),
             removed: self.removed.clone(),
             created_at_ms: 1,
+            prev_roster_hash: Vec::new(),
         }
         .encode_to_vec();
         let signature = signer
