@@ -219,6 +219,18 @@ impl ClientError {
         }
     }
 
+    /// Whether the relay may have lost this account: it says it does not know it, or it
+    /// refused this device's authentication, which is how a relay answers an unknown account
+    /// before a signature verified (docs/PROTOCOL.md §10). Healing then tries to create the
+    /// account again, which a relay that holds it refuses (§13.1).
+    pub fn may_be_lost_account(&self) -> bool {
+        use kith_protocol::proto::ErrorCode;
+        matches!(
+            self.relay_code(),
+            Some(ErrorCode::UnknownAccount | ErrorCode::BadSignature)
+        )
+    }
+
     /// The relay's error code, if the relay refused a request.
     pub fn relay_code(&self) -> Option<kith_protocol::proto::ErrorCode> {
         match self {

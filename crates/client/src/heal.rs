@@ -281,7 +281,7 @@ impl Device {
         *slot = None;
         let connection = match self.connection(&mut slot).await {
             Ok(c) => c.clone(),
-            Err(e) if e.relay_code() == Some(ErrorCode::UnknownAccount) => {
+            Err(e) if e.may_be_lost_account() => {
                 let c = self.recreate_account(registration_token).await?;
                 *slot = Some(c.clone());
                 let mut heal = self.heal_relay(&c, None, true).await?.unwrap_or_default();
@@ -621,17 +621,33 @@ impl Device {
             }
             sealed
         };
-        let count = sealed.len();
+        let put = |keys: Vec<Vec<u8>>| async move {
+            connection
+                .request(request::Kind::PutSealedEpochKeys(
+                    proto::PutSealedEpochKeys { keys },
+                ))
+                .await
+                .and_then(expect_ok)
+        };
+        let slot_exists = |e: &crate::net::NetError| e.relay_code() == Some(ErrorCode::SlotExists);
+        let mut count = 0;
         for chunk in sealed.chunks(SEALED_KEYS_PER_PUT) {
-            expect_ok(
-                connection
-                    .request(request::Kind::PutSealedEpochKeys(
-                        proto::PutSealedEpochKeys {
-                            keys: chunk.to_vec(),
-                        },
-                    ))
-                    .await?,
-            )?;
+            match put(chunk.to_vec()).await {
+                Ok(()) => count += chunk.len(),
+                // The relay still holds another device's key for one of these slots, which only
+                // a holder of that epoch's account key may replace (§5): it did not lose that
+                // one. Store the others one by one.
+                Err(e) if slot_exists(&e) => {
+                    for key in chunk {
+                        match put(vec![key.clone()]).await {
+                            Ok(()) => count += 1,
+                            Err(e) if slot_exists(&e) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(count)
     }

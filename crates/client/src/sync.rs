@@ -122,9 +122,12 @@ impl Device {
         let mut recreated = false;
         let connection = match self.connection(&mut slot).await {
             Ok(c) => c.clone(),
-            Err(e) if e.relay_code() == Some(proto::ErrorCode::UnknownAccount) => {
+            Err(e) if e.may_be_lost_account() => {
                 // The relay lost the account (its data is gone): create it again from the
-                // trusted roster, then heal (docs/PROTOCOL.md §13.1).
+                // trusted roster, then heal (docs/PROTOCOL.md §13.1). A relay answers an
+                // unknown account like any failed authentication (§10), so a refusal of this
+                // device's own signature is tried this way too: if the account does exist,
+                // creating it is refused and the authentication error stands.
                 *slot = None;
                 let c = self.recreate_account(None).await?;
                 *slot = Some(c.clone());
@@ -137,11 +140,7 @@ impl Device {
             }
         };
         let mut result = self.sync_on(&connection, recreated).await;
-        if !recreated
-            && result
-                .as_ref()
-                .is_err_and(|e| e.relay_code() == Some(proto::ErrorCode::UnknownAccount))
-        {
+        if !recreated && result.as_ref().is_err_and(ClientError::may_be_lost_account) {
             // The relay forgot the account while this connection was open (its data lost
             // under a running relay, or the account deleted): as above.
             *slot = None;

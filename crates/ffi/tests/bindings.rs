@@ -23,13 +23,20 @@ fn cdylib() -> PathBuf {
     } else {
         "libkith_ffi.so"
     };
-    let path = target_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo builds it with the crate's library",
-        path.display()
-    );
-    path
+    // `cargo build` puts it beside the binaries; `cargo test` leaves it in `deps/`.
+    let beside = target_dir().join(name);
+    let in_deps = target_dir().join("deps").join(name);
+    [&beside, &in_deps]
+        .into_iter()
+        .find(|path| path.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "neither {} nor {} exists: cargo builds it with the crate's library",
+                beside.display(),
+                in_deps.display()
+            )
+        })
 }
 
 /// The `kith-relay` binary beside this test's: built by `cargo test --workspace`; built here

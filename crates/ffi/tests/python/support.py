@@ -70,9 +70,12 @@ class RelayProcess:
 
 
 def files_under(directory):
+    """Every regular file under `directory` (not sockets such as a relay's control socket)."""
     for root, _dirs, names in os.walk(directory):
         for name in names:
-            yield os.path.join(root, name)
+            path = os.path.join(root, name)
+            if os.path.isfile(path):
+                yield path
 
 
 def secret_parts(blob):
