@@ -504,6 +504,67 @@ async fn imports_are_idempotent_unify_across_sources_and_converge_across_devices
     assert_eq!(a.contacts().unwrap(), b.contacts().unwrap());
 }
 
+/// An export read a row at a time (as the CLI reads LinkedIn exports, so that a file of any
+/// size imports in the memory of one chunk) gives the same contacts as the whole file read at
+/// once, although the streamed rows repeat connections the whole-file import folds together;
+/// importing the stream again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_import_gives_the_contacts_of_a_whole_file_import() {
+    use kith_client::import::{ImportOptions, linkedin, testing::generate_linkedin_csv};
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let (b, _) = world.first_device("b").await;
+    let options = ImportOptions::default();
+    let csv = generate_linkedin_csv(5_000);
+    let whole = linkedin::import_bytes(csv.as_bytes(), &options).unwrap();
+    let people = whole.contacts.len();
+    let summary = a.import(whole).await.unwrap();
+    assert_eq!(summary.added, people);
+
+    let mut rows = linkedin::Rows::new(csv.as_bytes(), &options).unwrap();
+    let mut reported = Vec::new();
+    let streamed = b
+        .import_stream(rows.by_ref(), |done| reported.push(done))
+        .await
+        .unwrap();
+    assert!(rows.finish().skipped.is_empty());
+    assert_eq!(streamed.added, people, "{streamed:?}");
+    assert_eq!(
+        streamed.added + streamed.updated + streamed.unchanged,
+        5_000,
+        "every row is merged, repeated connections into their contact"
+    );
+    assert_eq!(reported.last(), Some(&5_000), "progress counts rows");
+    let view = |device: &Device| {
+        let mut contacts: Vec<_> = device
+            .contacts()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c.name().map(str::to_string),
+                    c.emails().to_vec(),
+                    c.urls().to_vec(),
+                    c.company().map(str::to_string),
+                    c.title().map(str::to_string),
+                )
+            })
+            .collect();
+        contacts.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
+        contacts
+    };
+    assert_eq!(view(&a), view(&b));
+
+    let again = b
+        .import_stream(
+            linkedin::Rows::new(csv.as_bytes(), &options).unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.added, again.updated), (0, 0), "{again:?}");
+}
+
 /// An import is written in chunks, each chunk's transaction running while the next is merged.
 /// A person who appears again in the same chunk, in the very next chunk (whose predecessor may
 /// still be in flight) or chunks later must still become one contact with everything from both.

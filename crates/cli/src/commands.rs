@@ -376,31 +376,55 @@ async fn import(
         bail!("`kith import mail` needs --me EMAIL (your own address; repeat it for each one)");
     }
     let device = open(home)?;
-    let owned_path = path.to_path_buf();
-    let report = tokio::task::spawn_blocking(move || {
-        read_export(kind, &owned_path, address_book.as_deref(), &me)
-    })
-    .await
-    .context("the importer stopped unexpectedly")?
-    .with_context(|| format!("cannot import {}", path.display()))?;
-    let found = report.contacts.len();
-    let problems = (
-        report.skipped.clone(),
-        report.dropped.clone(),
-        report.unlisted_problems,
-    );
-    let bar = progress::import_bar(found);
-    let summary = device
-        .import_with_progress(report, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+    let streamed = kind == ImportKind::Linkedin;
+    let (summary, found, problems) = if streamed {
+        // LinkedIn exports can hold every connection of a large network: read a row at a time
+        // so the import runs in the memory of one chunk whatever the file holds.
+        let mut rows = import::linkedin::rows_from_path(path, &ImportOptions::default())
+            .with_context(|| format!("cannot import {}", path.display()))?;
+        let bar = progress::import_counter();
+        let mut found = 0;
+        let summary = device
+            .import_stream(rows.by_ref(), |done| {
+                found = done;
+                bar.set_position(done as u64);
+            })
+            .await;
+        bar.finish_and_clear();
+        let mut summary = summary.with_context(|| format!("cannot import {}", path.display()))?;
+        let report = rows.finish();
+        summary.skipped += report.skipped.len();
+        let problems = (report.skipped, report.dropped, report.unlisted_problems);
+        (summary, found, problems)
+    } else {
+        let owned_path = path.to_path_buf();
+        let report = tokio::task::spawn_blocking(move || {
+            read_export(kind, &owned_path, address_book.as_deref(), &me)
         })
-        .await;
-    bar.finish_and_clear();
-    let summary = summary.context("cannot save the imported contacts")?;
+        .await
+        .context("the importer stopped unexpectedly")?
+        .with_context(|| format!("cannot import {}", path.display()))?;
+        let found = report.contacts.len();
+        let problems = (
+            report.skipped.clone(),
+            report.dropped.clone(),
+            report.unlisted_problems,
+        );
+        let bar = progress::import_bar(found);
+        let summary = device
+            .import_with_progress(report, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+            .await;
+        bar.finish_and_clear();
+        let summary = summary.context("cannot save the imported contacts")?;
+        (summary, found, problems)
+    };
     outln!(
         "Imported {} from {}: {} added, {} updated, {} unchanged, {} skipped.",
-        count(found as u64, "contact"),
+        // A streamed export is counted in rows: a connection listed twice is two rows.
+        count(found as u64, if streamed { "row" } else { "contact" }),
         path.display(),
         summary.added,
         summary.updated,

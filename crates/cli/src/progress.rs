@@ -29,6 +29,20 @@ pub fn import_bar(total: usize) -> ProgressBar {
     bar
 }
 
+/// A running count of imported contacts, for an export read a row at a time (its length is
+/// not known before the end), or a hidden one.
+pub fn import_counter() -> ProgressBar {
+    if !enabled() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{prefix} {pos} contacts ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_prefix("importing");
+    bar
+}
+
 /// A spinner with `message` while a network operation runs, or a hidden one.
 pub fn spinner(message: &'static str) -> ProgressBar {
     if !enabled() {

@@ -15,7 +15,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::device::Device;
 use crate::error::{ClientError, Result};
-use crate::import::{ImportReport, phone::Region};
+use crate::import::{ImportError, ImportReport, ImportedContact, phone::Region};
 use crate::pipeline::{RecordPipeline, Records};
 use crate::store::TreeName;
 
@@ -565,20 +565,58 @@ impl Device {
         report: ImportReport,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<ImportSummary> {
-        let mut summary = ImportSummary {
-            skipped: report.skipped.len(),
-            ..Default::default()
-        };
         let total = report.contacts.len();
+        let skipped = report.skipped.len();
+        let mut summary = self
+            .import_stream(report.contacts.into_iter().map(Ok), |done| {
+                progress(done, total)
+            })
+            .await?;
+        summary.skipped += skipped;
+        Ok(summary)
+    }
+
+    /// Merges contacts into the store as an importer yields them, a chunk at a time, so that
+    /// an export of any size is imported in the memory of one chunk (e.g. the rows of
+    /// [`crate::import::linkedin::Rows`]). `progress(done)` is called after each chunk.
+    ///
+    /// The same source identity twice is one contact, as with [`Device::import`]. An importer
+    /// error stops the import there: the chunks merged before it are kept (importing the file
+    /// again after fixing it settles, as every import does) and the error is returned.
+    pub async fn import_stream(
+        &self,
+        contacts: impl IntoIterator<Item = std::result::Result<ImportedContact, ImportError>>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<ImportSummary> {
+        let mut summary = ImportSummary::default();
         let store = &self.inner.store;
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
         let mut index = IdentityIndex::new(store);
         let mut done = 0;
-        for chunk in report.contacts.chunks(IMPORT_CHUNK) {
+        let mut contacts = contacts.into_iter();
+        let mut chunk: Vec<ImportedContact> = Vec::with_capacity(IMPORT_CHUNK);
+        let mut failed = None;
+        loop {
+            chunk.clear();
+            for item in contacts.by_ref() {
+                match item {
+                    Ok(contact) => chunk.push(contact),
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+                if chunk.len() == IMPORT_CHUNK {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
             let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
             let mut ops = Vec::new();
             let mut seen_ids = Vec::with_capacity(chunk.len());
-            for contact in chunk {
+            for contact in &chunk {
                 let ids = contact.identities();
                 let blinded: Vec<[u8; 32]> =
                     ids.iter().map(|i| store.cipher().index_key(i)).collect();
@@ -751,13 +789,19 @@ impl Device {
                     .await?;
             }
             done += chunk.len();
-            progress(done, total);
+            progress(done);
+            if failed.is_some() {
+                break;
+            }
         }
         pipeline.wait().await?;
         index.write()?;
         self.persist_clock()?;
         store.flush().await?;
-        Ok(summary)
+        match failed {
+            Some(error) => Err(error.into()),
+            None => Ok(summary),
+        }
     }
 
     /// Every live contact as vCard 4.0 text.

@@ -324,3 +324,99 @@ fn listed_problems_are_capped_and_the_rest_counted() {
     assert_eq!(report.skipped.len(), 5);
     assert_eq!(report.unlisted_problems, 15);
 }
+
+/// A reader that hands out at most `step` bytes per read, as a slow pipe or a network
+/// file system would.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn rows_read_as_the_file_streams_by_report_the_lines_of_the_whole_file() {
+    // The malformed rows above, behind a byte-order mark, read 1, 3 and 64 bytes at a time.
+    let text = format!(
+        "\u{feff}Notes:\r\n\"x\"\r\n\r\n{HEADER}\r\n\
+         A,B,https://www.linkedin.com/in/a,,,,01 Jan 2020\r\n\
+         C,D,https://www.linkedin.com/in/c,,\"two\r\nlines\",,01 Jan 2020\r\n\
+         E,F,https://www.linkedin.com/in/e\r\n\
+         G,H,https://www.linkedin.com/in/g,,Acme, Inc.,Boss,01 Jan 2020\r\n\
+         ,,,,Acme,Boss,01 Jan 2020\r\n\
+         I,J,https://www.linkedin.com/in/i,,,,01 Jan 2020\r\n"
+    );
+    let whole = import(&text);
+    for step in [1, 3, 64] {
+        let reader = Trickle {
+            bytes: text.as_bytes(),
+            step,
+        };
+        let mut rows = linkedin::Rows::new(reader, &ImportOptions::default()).unwrap();
+        let contacts: Vec<_> = rows.by_ref().map(Result::unwrap).collect();
+        let report = rows.finish();
+        assert_eq!(contacts, whole.contacts, "step {step}");
+        let lines: Vec<usize> = report.skipped.iter().map(|s| s.line).collect();
+        assert_eq!(lines, vec![8, 9, 10], "step {step}: {:?}", report.skipped);
+    }
+}
+
+#[test]
+fn rows_of_the_sample_export_are_its_connections_and_repeats() {
+    let whole = linkedin::import(&fixture(), &ImportOptions::default()).unwrap();
+    let mut rows = linkedin::rows_from_path(&fixture(), &ImportOptions::default()).unwrap();
+    let streamed: Vec<_> = rows.by_ref().map(Result::unwrap).collect();
+    let report = rows.finish();
+    let mut identities: Vec<&str> = streamed
+        .iter()
+        .map(|c| c.source_identity.as_str())
+        .collect();
+    identities.sort();
+    identities.dedup();
+    assert_eq!(identities.len(), whole.contacts.len());
+    assert_eq!(report.skipped, whole.skipped);
+    assert_eq!(report.dropped, whole.dropped);
+}
+
+#[test]
+fn rows_stop_at_the_size_limit_of_an_endless_reader() {
+    let opts = ImportOptions {
+        max_file_bytes: 100_000,
+        ..ImportOptions::default()
+    };
+    let start = format!("{HEADER}\r\nAna,Lima,https://www.linkedin.com/in/ana,,,,\r\n");
+    let endless = std::io::Read::chain(start.as_bytes(), std::io::repeat(b'a'));
+    let mut rows = linkedin::Rows::new(endless, &opts).unwrap();
+    assert!(rows.next().unwrap().is_ok(), "the first row is read");
+    let err = rows.next().unwrap().unwrap_err();
+    assert!(
+        matches!(err, ImportError::TooLarge { limit: 100_000, .. }),
+        "{err:?}"
+    );
+    assert!(rows.next().is_none(), "nothing after the error");
+}
+
+#[test]
+fn rows_stop_at_the_record_limit() {
+    let opts = ImportOptions {
+        max_records: 10,
+        ..ImportOptions::default()
+    };
+    let csv = testing::generate_linkedin_csv(100);
+    let items: Vec<_> = linkedin::Rows::new(csv.as_bytes(), &opts)
+        .unwrap()
+        .collect();
+    assert_eq!(items.len(), 11);
+    assert!(items[..10].iter().all(Result::is_ok));
+    assert!(matches!(
+        items[10],
+        Err(ImportError::TooManyRecords { limit: 10, .. })
+    ));
+}

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use kith_protocol::proto;
 
@@ -38,7 +39,7 @@ pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportRe
     import_bytes(&read_bounded(reader, opts.max_file_bytes, KIND)?, opts)
 }
 
-/// Imports `Connections.csv` from its bytes.
+/// Imports `Connections.csv` from its bytes. The same connection twice is one contact.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
     if bytes.len() as u64 > opts.max_file_bytes {
         return Err(ImportError::TooLarge {
@@ -46,56 +47,38 @@ pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, 
             limit: opts.max_file_bytes,
         });
     }
-    let bytes = text::strip_utf8_bom(bytes);
-    let (header_line, header_start, columns) = find_header(bytes)?;
-
-    let body = bytes.get(header_start..).unwrap_or_default();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(body);
-    let mut lines = LineCounter::new(body, header_line);
-    let mut report = ImportReport::default();
+    // The record limit counts connections here, not rows: the same connection twice is one.
+    let mut rows = Rows::new(
+        bytes,
+        &ImportOptions {
+            max_records: usize::MAX,
+            ..opts.clone()
+        },
+    )?;
+    let mut contacts: Vec<ImportedContact> = Vec::new();
     let mut by_identity: HashMap<String, usize> = HashMap::new();
-    let mut record = csv::ByteRecord::new();
-    loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(error) => {
-                // csv-core accepts any bytes, so this is an I/O-level failure: stop here.
-                let line = error.position().map_or(0, |p| lines.line_at(p.byte()));
-                report.skip(opts, line, "the file could not be read past this row");
-                break;
-            }
-        }
-        let line = record.position().map_or(0, |p| lines.line_at(p.byte()));
-        let contact = match parse_row(&record, &columns, line, opts, &mut report) {
-            Ok(Some(contact)) => contact,
-            Ok(None) => continue,
-            Err(reason) => {
-                report.skip(opts, line, reason);
-                continue;
-            }
-        };
+    for contact in rows.by_ref() {
+        let contact = contact?;
         match by_identity.get(&contact.source_identity) {
             Some(&i) => {
-                if let Some(existing) = report.contacts.get_mut(i) {
+                if let Some(existing) = contacts.get_mut(i) {
                     existing.absorb(contact, opts.max_values_per_field);
                 }
             }
             None => {
-                if report.contacts.len() >= opts.max_records {
+                if contacts.len() >= opts.max_records {
                     return Err(ImportError::TooManyRecords {
                         kind: KIND,
                         limit: opts.max_records,
                     });
                 }
-                by_identity.insert(contact.source_identity.clone(), report.contacts.len());
-                report.contacts.push(contact);
+                by_identity.insert(contact.source_identity.clone(), contacts.len());
+                contacts.push(contact);
             }
         }
     }
+    let mut report = rows.finish();
+    report.contacts = contacts;
     tracing::info!(
         contacts = report.contacts.len(),
         skipped = report.skipped.len(),
@@ -104,45 +87,200 @@ pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, 
     Ok(report)
 }
 
-/// Turns the byte offsets where records start into 1-based line numbers of the whole file,
-/// counting line feeds incrementally (records come in order, so the whole count is linear).
-/// csv's own line numbers count the LF of a CRLF as part of the next record, one too few.
-struct LineCounter<'a> {
-    body: &'a [u8],
-    /// Offset up to which line feeds are counted.
-    pos: usize,
-    /// 1-based line of `pos` in the whole file.
-    line: usize,
+/// Opens `Connections.csv` at `path` to be read a row at a time ([`Rows`]).
+pub fn rows_from_path(
+    path: &Path,
+    opts: &ImportOptions,
+) -> Result<Rows<std::io::BufReader<std::fs::File>>, ImportError> {
+    let io = |source| ImportError::Io { kind: KIND, source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    if file.metadata().map_err(io)?.len() > opts.max_file_bytes {
+        return Err(ImportError::TooLarge {
+            kind: KIND,
+            limit: opts.max_file_bytes,
+        });
+    }
+    Rows::new(std::io::BufReader::with_capacity(64 * 1024, file), opts)
 }
 
-impl<'a> LineCounter<'a> {
-    /// `body` starts at the header, on 0-based line `header_line` of the file.
-    fn new(body: &'a [u8], header_line: usize) -> Self {
-        LineCounter {
-            body,
-            pos: 0,
+/// `Connections.csv` read a row at a time, for exports too large to hold: memory stays that
+/// of one row (plus the reader's buffer) whatever the file holds.
+///
+/// Each item is one row's contact. Unlike [`import_bytes`], the same connection twice is two
+/// items with the same [`ImportedContact::source_identity`]; importing them one after the other
+/// into a device gives the same contact. Rows left out are in [`Rows::finish`]'s report.
+pub struct Rows<R: Read> {
+    reader: csv::Reader<Tracked<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>>,
+    seen: Arc<Mutex<Seen>>,
+    columns: Columns,
+    opts: ImportOptions,
+    problems: ImportReport,
+    record: csv::ByteRecord,
+    rows: usize,
+    done: bool,
+}
+
+impl<R: Read> std::fmt::Debug for Rows<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rows")
+            .field("rows", &self.rows)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> Rows<R> {
+    /// Finds the header (within the first lines, after LinkedIn's `Notes:` preamble) and
+    /// stands before the first row.
+    pub fn new(mut reader: R, opts: &ImportOptions) -> Result<Self, ImportError> {
+        // The header is within the first 64 KiB and at most 4 KiB long.
+        let mut prefix = Vec::new();
+        (&mut reader)
+            .take((HEADER_SEARCH_BYTES + 8 * 1024) as u64)
+            .read_to_end(&mut prefix)
+            .map_err(|source| ImportError::Io { kind: KIND, source })?;
+        let bom = prefix.len() - text::strip_utf8_bom(&prefix).len();
+        prefix.drain(..bom);
+        let (header_line, header_start, columns) = find_header(&prefix)?;
+        prefix.drain(..header_start);
+        let seen = Arc::new(Mutex::new(Seen {
+            offset: 0,
             line: header_line.saturating_add(1),
-        }
+            bytes: std::collections::VecDeque::new(),
+            // What the reader reads from here on is counted as it goes.
+            read: (bom + header_start) as u64,
+            limit: opts.max_file_bytes,
+            too_large: false,
+        }));
+        let body = std::io::Cursor::new(prefix).chain(reader);
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(Tracked {
+                inner: body,
+                seen: Arc::clone(&seen),
+            });
+        Ok(Rows {
+            reader,
+            seen,
+            columns,
+            opts: opts.clone(),
+            problems: ImportReport::default(),
+            record: csv::ByteRecord::new(),
+            rows: 0,
+            done: false,
+        })
     }
 
-    /// The line of the first character of a record that csv says starts at `byte`.
+    /// The rows and fields left out so far (its `contacts` is empty).
+    pub fn finish(self) -> ImportReport {
+        self.problems
+    }
+
+    fn line_at(&self, byte: u64) -> usize {
+        self.seen.lock().map_or(0, |mut seen| seen.line_at(byte))
+    }
+}
+
+impl<R: Read> Iterator for Rows<R> {
+    type Item = Result<ImportedContact, ImportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            match self.reader.read_byte_record(&mut self.record) {
+                Ok(false) => self.done = true,
+                Ok(true) => {
+                    let line = self.record.position().map_or(0, |p| self.line_at(p.byte()));
+                    let problems = &mut self.problems;
+                    match parse_row(&self.record, &self.columns, line, &self.opts, problems) {
+                        Ok(Some(contact)) => {
+                            if self.rows >= self.opts.max_records {
+                                self.done = true;
+                                return Some(Err(ImportError::TooManyRecords {
+                                    kind: KIND,
+                                    limit: self.opts.max_records,
+                                }));
+                            }
+                            self.rows += 1;
+                            return Some(Ok(contact));
+                        }
+                        Ok(None) => {}
+                        Err(reason) => self.problems.skip(&self.opts, line, reason),
+                    }
+                }
+                Err(error) => {
+                    self.done = true;
+                    if self.seen.lock().is_ok_and(|seen| seen.too_large) {
+                        return Some(Err(ImportError::TooLarge {
+                            kind: KIND,
+                            limit: self.opts.max_file_bytes,
+                        }));
+                    }
+                    // csv-core accepts any bytes, so this is an I/O-level failure: stop here.
+                    let line = error.position().map_or(0, |p| self.line_at(p.byte()));
+                    let reason = "the file could not be read past this row";
+                    self.problems.skip(&self.opts, line, reason);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What the CSV reader has read and not yet placed: the bytes from the start of the last
+/// record asked about onwards, so that line numbers are counted as the file streams by (csv's
+/// own line numbers count the LF of a CRLF as part of the next record, one too few).
+struct Seen {
+    /// Offset in the body (from the header) of `bytes[0]`.
+    offset: u64,
+    /// 1-based line of the whole file at `offset`.
+    line: usize,
+    bytes: std::collections::VecDeque<u8>,
+    /// Bytes of the file read so far, and the most there may be.
+    read: u64,
+    limit: u64,
+    too_large: bool,
+}
+
+impl Seen {
+    /// The line of the first character of a record that csv says starts at `byte` (records
+    /// come in order, so what lies before is counted once and dropped).
     fn line_at(&mut self, byte: u64) -> usize {
-        let mut start = usize::try_from(byte)
+        let mut start = usize::try_from(byte.saturating_sub(self.offset))
             .unwrap_or(usize::MAX)
-            .min(self.body.len());
+            .min(self.bytes.len());
         // A record never starts with a line end: skip the tail of the previous terminator.
-        while matches!(self.body.get(start), Some(b'\r' | b'\n')) {
+        while matches!(self.bytes.get(start), Some(b'\r' | b'\n')) {
             start += 1;
         }
-        if start > self.pos {
-            let feeds = self
-                .body
-                .get(self.pos..start)
-                .map_or(0, |s| s.iter().filter(|&&b| b == b'\n').count());
-            self.line = self.line.saturating_add(feeds);
-            self.pos = start;
-        }
+        let feeds = self.bytes.drain(..start).filter(|&b| b == b'\n').count();
+        self.line = self.line.saturating_add(feeds);
+        self.offset = self.offset.saturating_add(start as u64);
         self.line
+    }
+}
+
+/// The body as the CSV reader reads it, keeping what [`Seen`] needs and stopping at the
+/// size limit.
+struct Tracked<R> {
+    inner: R,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| std::io::Error::other("line counter poisoned"))?;
+        seen.read = seen.read.saturating_add(n as u64);
+        if seen.read > seen.limit {
+            seen.too_large = true;
+            return Err(std::io::Error::other("file larger than the import limit"));
+        }
+        seen.bytes.extend(buf.get(..n).unwrap_or_default());
+        Ok(n)
     }
 }
 
