@@ -10,8 +10,10 @@
 # Steps, each a separate process: generate the export (the same rows as
 # `kith_client::import::testing::generate_linkedin_csv`), `kith init`, `kith import linkedin`
 # (measured), `kith sync` (pushes everything), then `kith sync` three times with nothing to do
-# (measured: the cost of a sync on a store of that size), and `kith contacts add` (measured:
-# opening the store plus one durable write).
+# (measured: the cost of a sync on a store of that size), `kith contacts add` (measured:
+# opening the store plus one durable write), `kith contacts show` of that contact (opening the
+# store and reading one record), then an import of 100 changed rows and the sync that pushes
+# those 100 changed contacts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-100000}
@@ -85,5 +87,30 @@ for i in 1 2 3; do
 done
 grep -E '^Synced' "$work/out" || true
 measure "contacts add (open + one durable write)" "$kith" --home "$home" contacts add --name "Ada Lovelace"
+added=$(sed -n 's/^Added contact \([0-9a-f]*\)\.$/\1/p' "$work/out")
 measure "sync pushing that one contact" "$kith" --home "$home" sync
+for i in 1 2 3; do
+  measure "open: contacts show one contact ($i)" "$kith" --home "$home" contacts show "$added"
+done
+
+# 100 contacts changed at once: the same connections, each now with an e-mail address it did
+# not have (a field an import adds; names and titles are never overwritten by an import).
+python3 - "$rows" > "$work/Changed.csv" <<'PY'
+import sys
+n = int(sys.argv[1])
+out = sys.stdout
+out.write("First Name,Last Name,URL,Email Address,Company,Position,Connected On\r\n")
+changed = 0
+i = 1
+while changed < 100 and i < n:
+    if i % 3 != 0 and i % 50 != 49:
+        slug = "person-%x" % i
+        out.write("Changed,Person,https://www.linkedin.com/in/%s,%s@changed.example,,,\r\n" % (slug, slug))
+        changed += 1
+    i += 1
+PY
+measure "import 100 changed LinkedIn rows" "$kith" --home "$home" import linkedin "$work/Changed.csv"
+grep -E '^Imported' "$work/out" || true
+measure "sync pushing 100 changed contacts" "$kith" --home "$home" sync
+grep -E '^Synced' "$work/out" || true
 du -sh "$home/store" | sed 's/^/store on disk: /'

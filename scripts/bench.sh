@@ -8,12 +8,17 @@
 #   scripts/bench.sh            everything
 #   scripts/bench.sh relay      only the relay's load tool (about 2 minutes once built)
 #   RUNS=5 scripts/bench.sh     5 runs of each load-tool measurement instead of 3 (median shown)
+#   scripts/bench.sh cli        only the CLI, one process per command (scripts/bench-cli.sh) on
+#                               stores of 10,000, 100,000 and 1,000,000 LinkedIn rows
+#   CLI_SIZES="10000" scripts/bench.sh cli   other store sizes
 #
 # 1. kith-protocol: the envelope criterion bench (short warm-up and measurement).
 # 2. kith-relay: `kith-relay bench` (a relay process plus the load tool in another process):
 #    push and pull of 100 devices x 2000 x 1 KiB in batches of 100; ack latency paced at
 #    50,000 envelopes/s (half the push target); RSS with 1,000 idle authenticated connections.
 # 3. kith-e2e: the client scale bench (import, sync, compact), if that bench target exists.
+# 4. the `kith` CLI as separate processes (scripts/bench-cli.sh), per store size: import time
+#    and peak RSS, no-op sync, sync of 100 changed contacts, store open (issue 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 only=${1:-all}
@@ -92,6 +97,16 @@ if [[ $only == all || $only == e2e ]]; then
   else
     echo "== kith-e2e scale bench: no such bench target, skipped"
   fi
+fi
+
+if [[ $only == all || $only == cli ]]; then
+  cargo build --release -p kith-cli -p kith-relay 2>&1 | tail -1
+  for rows in ${CLI_SIZES:-10000 100000 1000000}; do
+    echo "== kith CLI, one process per command, $rows LinkedIn rows"
+    KITH=target/release/kith KITH_RELAY=target/release/kith-relay scripts/bench-cli.sh "$rows" \
+      | tee "$log/cli.$rows"
+    while IFS= read -r line; do note "cli $rows" "$line"; done < <(grep -E '^(import|sync|open|kith --version)' "$log/cli.$rows" || true)
+  done
 fi
 
 echo
