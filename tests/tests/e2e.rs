@@ -202,6 +202,16 @@ async fn concurrent_offline_edits_converge_and_report_the_conflict() {
     assert_eq!(conflicts_a, b.conflicts().unwrap());
     assert_eq!(conflicts_a.len(), 1, "{conflicts_a:?}");
     assert_eq!(conflicts_a[0].field, "company");
+    assert_eq!(
+        a.contact_conflicts(&id).unwrap(),
+        conflicts_a,
+        "one contact's conflicts, read from its records alone"
+    );
+    let other = a
+        .add_contact(&person("Alan Turing", "alan@example.com"))
+        .await
+        .unwrap();
+    assert!(a.contact_conflicts(&other).unwrap().is_empty());
     let mut both = [conflicts_a[0].winner.clone(), conflicts_a[0].other.clone()];
     both.sort();
     assert_eq!(

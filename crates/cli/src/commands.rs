@@ -520,12 +520,9 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
             if json {
                 return output::print_json(&ContactJson::from(&contact));
             }
-            let hex = contact.id().to_hex();
-            let conflicts: Vec<_> = device
-                .conflicts()?
-                .into_iter()
-                .filter(|c| c.id == hex)
-                .collect();
+            // Only this contact's records are read: showing one contact costs the same
+            // whatever the store holds.
+            let conflicts = device.contact_conflicts(&contact.id())?;
             out!("{}", output::contact_details(&contact, &conflicts));
             let records = device.merged_records(&contact.id())?;
             if records.len() > 1 {

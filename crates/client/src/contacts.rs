@@ -530,22 +530,20 @@ impl Device {
         let mut out = Vec::new();
         let (groups, records) = self.all_records()?;
         for state in records.values() {
-            let survivor = groups.survivor(&state.id());
-            for conflict in state.conflicts() {
-                // Concurrent heads of a joined history are not a conflict: they are joined.
-                if matches!(conflict.key.kind(), record::FieldKind::Source(k) if k.is_joined())
-                    || conflict.key.kind().is_link()
-                {
-                    continue;
-                }
-                for other in &conflict.others {
-                    out.push(ConflictView {
-                        id: survivor.to_hex(),
-                        field: conflict.key.as_str().to_string(),
-                        winner: describe(conflict.winner.value),
-                        other: describe(other.value),
-                    });
-                }
+            push_conflicts(&mut out, groups.survivor(&state.id()), state);
+        }
+        Ok(out)
+    }
+
+    /// The conflicts of one contact (those [`Device::conflicts`] lists under its id), reading
+    /// only its records.
+    pub fn contact_conflicts(&self, id: &RecordId) -> Result<Vec<ConflictView>> {
+        let mut touched = BTreeMap::new();
+        let (members, view) = self.live_group(&mut touched, id)?;
+        let mut out = Vec::new();
+        for member in &members {
+            if let Some(state) = touched.get(member) {
+                push_conflicts(&mut out, view.id(), state);
             }
         }
         Ok(out)
@@ -823,6 +821,26 @@ impl Device {
             })
             .collect();
         Ok(crate::import::vcard::export_vcard4(&contacts))
+    }
+}
+
+/// Lists `state`'s conflicts under the contact `survivor` (the id its group is shown under).
+fn push_conflicts(out: &mut Vec<ConflictView>, survivor: RecordId, state: &RecordState) {
+    for conflict in state.conflicts() {
+        // Concurrent heads of a joined history are not a conflict: they are joined.
+        if matches!(conflict.key.kind(), record::FieldKind::Source(k) if k.is_joined())
+            || conflict.key.kind().is_link()
+        {
+            continue;
+        }
+        for other in &conflict.others {
+            out.push(ConflictView {
+                id: survivor.to_hex(),
+                field: conflict.key.as_str().to_string(),
+                winner: describe(conflict.winner.value),
+                other: describe(other.value),
+            });
+        }
     }
 }
 
