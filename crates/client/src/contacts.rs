@@ -4,7 +4,7 @@
 //! Every local change is applied to the merged state and queued as a pending operation in one
 //! durable store transaction, so an acknowledged edit survives a crash and is pushed once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kith_protocol::RecordId;
 use kith_protocol::merge::RecordState;
@@ -901,14 +901,23 @@ fn import_replaces(
 }
 
 /// The device-local identity index (blinded e-mail, phone or profile URL → record id), kept in
-/// 256 encrypted shards keyed by the first byte of the blinded identity, so an import of 100,000
-/// contacts writes 256 values instead of one per identity. The index is derived data: record
-/// ids of imported contacts are deterministic (§2.1), so re-running an interrupted import
-/// rebuilds whatever entries a crash lost.
+/// 65,536 encrypted shards keyed by the first two bytes of the blinded identity: an import of
+/// 1,000,000 contacts writes 65,536 values instead of one per identity, and a sync or a small
+/// import reads and rewrites only the few shards it touches (about 20 entries each at that
+/// size; the 256 shards of earlier builds held 5,000 and made each small change cost hundreds
+/// of kilobytes). The index is derived data: record ids of imported contacts are deterministic
+/// (§2.1), so re-running an interrupted import rebuilds whatever entries a crash lost.
+///
+/// Shards of earlier builds (keyed by one byte) are split into two-byte shards the first time
+/// an identity they cover is looked up, and removed when the index is written.
 pub(crate) struct IdentityIndex<'a> {
     store: &'a crate::store::LocalStore,
-    shards: BTreeMap<u8, BTreeMap<[u8; 32], RecordId>>,
-    dirty: BTreeSet<u8>,
+    shards: HashMap<u16, BTreeMap<[u8; 32], RecordId>>,
+    dirty: BTreeSet<u16>,
+    /// First bytes whose one-byte shard of an earlier build was looked for (and split).
+    legacy_checked: BTreeSet<u8>,
+    /// One-byte shards split here, to remove when the index is written.
+    legacy_split: BTreeSet<u8>,
 }
 
 impl<'a> IdentityIndex<'a> {
@@ -917,23 +926,48 @@ impl<'a> IdentityIndex<'a> {
     pub(crate) fn new(store: &'a crate::store::LocalStore) -> Self {
         Self {
             store,
-            shards: BTreeMap::new(),
+            shards: HashMap::new(),
             dirty: BTreeSet::new(),
+            legacy_checked: BTreeSet::new(),
+            legacy_split: BTreeSet::new(),
+        }
+    }
+
+    fn shard_number(key: &[u8; 32]) -> u16 {
+        u16::from_be_bytes([key[0], key[1]])
+    }
+
+    fn load_shard(&mut self, number: u16) -> Result<&mut BTreeMap<[u8; 32], RecordId>> {
+        use std::collections::hash_map::Entry;
+        match self.shards.entry(number) {
+            Entry::Occupied(entry) => Ok(entry.into_mut()),
+            Entry::Vacant(entry) => {
+                let mut shard = BTreeMap::new();
+                if let Some(bytes) = self
+                    .store
+                    .get(TreeName::Identities, &number.to_be_bytes())?
+                {
+                    Self::decode_into(&bytes, &mut shard);
+                }
+                Ok(entry.insert(shard))
+            }
         }
     }
 
     fn shard(&mut self, key: &[u8; 32]) -> Result<&mut BTreeMap<[u8; 32], RecordId>> {
-        let number = key[0];
-        if !self.shards.contains_key(&number) {
-            let mut shard = BTreeMap::new();
-            if let Some(bytes) = self.store.get(TreeName::Identities, &[number])? {
-                Self::decode_into(&bytes, &mut shard);
+        if self.legacy_checked.insert(key[0])
+            && let Some(bytes) = self.store.get(TreeName::Identities, &[key[0]])?
+        {
+            let mut legacy = BTreeMap::new();
+            Self::decode_into(&bytes, &mut legacy);
+            for (blinded, id) in legacy {
+                let number = Self::shard_number(&blinded);
+                self.load_shard(number)?.entry(blinded).or_insert(id);
+                self.dirty.insert(number);
             }
-            self.shards.insert(number, shard);
+            self.legacy_split.insert(key[0]);
         }
-        self.shards
-            .get_mut(&number)
-            .ok_or_else(|| ClientError::InvalidInput("identity index shard".into()))
+        self.load_shard(Self::shard_number(key))
     }
 
     pub(crate) fn get(&mut self, key: &[u8; 32]) -> Result<Option<RecordId>> {
@@ -942,7 +976,7 @@ impl<'a> IdentityIndex<'a> {
 
     pub(crate) fn insert(&mut self, key: [u8; 32], id: RecordId) -> Result<()> {
         if self.shard(&key)?.insert(key, id) != Some(id) {
-            self.dirty.insert(key[0]);
+            self.dirty.insert(Self::shard_number(&key));
         }
         Ok(())
     }
@@ -961,14 +995,18 @@ impl<'a> IdentityIndex<'a> {
     /// then (entries another process added meanwhile are kept; this import's win).
     pub(crate) fn write(&mut self) -> Result<()> {
         let dirty = std::mem::take(&mut self.dirty);
+        let legacy = std::mem::take(&mut self.legacy_split);
         let shards = &self.shards;
         self.store.transaction(|tx| {
+            for first in legacy {
+                tx.remove(TreeName::Identities, &[first])?;
+            }
             for number in dirty {
                 let Some(ours) = shards.get(&number) else {
                     continue;
                 };
                 let mut shard = BTreeMap::new();
-                if let Some(bytes) = tx.get(TreeName::Identities, &[number])? {
+                if let Some(bytes) = tx.get(TreeName::Identities, &number.to_be_bytes())? {
                     Self::decode_into(&bytes, &mut shard);
                 }
                 shard.extend(ours.iter().map(|(key, id)| (*key, *id)));
@@ -977,7 +1015,7 @@ impl<'a> IdentityIndex<'a> {
                     bytes.extend_from_slice(key);
                     bytes.extend_from_slice(id.as_bytes());
                 }
-                tx.put(TreeName::Identities, &[number], &bytes)?;
+                tx.put(TreeName::Identities, &number.to_be_bytes(), &bytes)?;
             }
             Ok(())
         })
@@ -1025,6 +1063,45 @@ fn describe(value: Option<&proto::FieldValue>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_shards_of_earlier_builds_are_split_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = kith_protocol::keys::SymmetricKey::from_slice(&[3; 32]).unwrap();
+        let store = crate::store::LocalStore::open(dir.path(), &key).unwrap();
+        let blinded = |a: u8, b: u8| {
+            let mut k = [9u8; 32];
+            k[0] = a;
+            k[1] = b;
+            k
+        };
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        // An earlier build's one-byte shard 0x42 with two entries in different two-byte shards.
+        let mut legacy = Vec::new();
+        for (k, n) in [(blinded(0x42, 1), 1), (blinded(0x42, 2), 2)] {
+            legacy.extend_from_slice(&k);
+            legacy.extend_from_slice(id(n).as_bytes());
+        }
+        store.put(TreeName::Identities, &[0x42], &legacy).unwrap();
+
+        let mut index = IdentityIndex::new(&store);
+        assert_eq!(index.get(&blinded(0x42, 2)).unwrap(), Some(id(2)));
+        assert_eq!(index.get(&blinded(0x42, 1)).unwrap(), Some(id(1)));
+        assert_eq!(index.get(&blinded(0x43, 1)).unwrap(), None);
+        index.insert(blinded(0x43, 1), id(3)).unwrap();
+        index.write().unwrap();
+        assert_eq!(store.get(TreeName::Identities, &[0x42]).unwrap(), None);
+        for shard in [[0x42, 1], [0x42, 2], [0x43, 1]] {
+            let bytes = store.get(TreeName::Identities, &shard).unwrap().unwrap();
+            assert_eq!(bytes.len(), IdentityIndex::ENTRY, "{shard:?}");
+        }
+
+        // A later index reads the two-byte shards alone.
+        let mut again = IdentityIndex::new(&store);
+        assert_eq!(again.get(&blinded(0x42, 1)).unwrap(), Some(id(1)));
+        assert_eq!(again.get(&blinded(0x43, 1)).unwrap(), Some(id(3)));
+        assert!(again.legacy_split.is_empty());
+    }
 
     #[test]
     fn search_folding_ignores_case_and_accents() {
