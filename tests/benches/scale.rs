@@ -6,11 +6,13 @@
 //! - merging (issue 11): the same LinkedIn import, then a 100,000-card vCard half of whose
 //!   cards carry the LinkedIn URL of one connection and the e-mail of another, so that each
 //!   links two existing records into one person (target < 5 s each);
+//! - the same sync when the operations include merges (`sync-merges`: 10,000 of them at
+//!   100,000 contacts; issue 11 asks for no more than 10 % slower than `sync`);
 //! - the relay's bytes for an account of 10,000 contacts after 10 rounds of edits to every
 //!   contact, before and after `compact`.
 //!
-//! `cargo bench -p kith-e2e --bench scale` runs all four; `-- import`, `-- sync`, `-- merge` or
-//! `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
+//! `cargo bench -p kith-e2e --bench scale` runs them all; `-- import`, `-- sync` (with
+//! `sync-merges`), `-- merge` or `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
 //! and `KITH_BENCH_COMPACT_CONTACTS` (default 10000) for a quick check;
 //! `KITH_BENCH_COMPACT_ROUNDS` (default 10) sets the edit rounds before `compact`.
 
@@ -177,6 +179,60 @@ async fn bench_sync(n: usize) {
     relay.shutdown().await.unwrap();
 }
 
+/// Cards that each link two existing records of `generate_linkedin_csv` and add nothing else:
+/// card `j` carries the LinkedIn URL of row `3j + 1` and the e-mail of row `3j` (every third
+/// row has one), for `j < pairs`.
+fn generate_merging_vcard(pairs: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(pairs * 160);
+    for j in 0..pairs {
+        let (k, other) = (3 * j + 1, 3 * j);
+        let _ = write!(
+            out,
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Card {k}\r\nURL:https://www.linkedin.com/in/person-{k:x}\r\nEMAIL;type=INTERNET:person-{other:x}@example.com\r\nEND:VCARD\r\n"
+        );
+    }
+    out
+}
+
+/// The sync of `bench_sync`, with `merges` merges among the operations A pushes (issue 11:
+/// no more than 10 % slower than without them).
+async fn bench_sync_merges(n: usize, merges: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let b = link(dir.path(), &relay, &a, "b").await;
+    let csv = generate_linkedin_csv(n);
+    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    a.import(report).await.unwrap();
+    let cards = generate_merging_vcard(merges);
+    let report =
+        kith_client::import::vcard::import_bytes(cards.as_bytes(), &ImportOptions::default())
+            .unwrap();
+    let summary = a.import(report).await.unwrap();
+    let contacts = a.contacts().unwrap().len();
+    let started = Instant::now();
+    let pushed = a.sync().await.unwrap();
+    let push_time = started.elapsed();
+    let pulled = b.sync().await.unwrap();
+    let total = started.elapsed();
+    let on_b = b.contacts().unwrap().len();
+    assert_eq!(on_b, contacts, "b must show every contact, merged");
+    println!(
+        "sync-merges: {contacts} contacts after {} merges ({} cards added); A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {}; end to end (push + pull + merge) {}",
+        summary.merged,
+        summary.added,
+        pushed.pushed,
+        secs(push_time),
+        pulled.pulled,
+        secs(total - push_time),
+        secs(total),
+    );
+    relay.shutdown().await.unwrap();
+}
+
 async fn bench_compact(n: usize, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path()).await;
@@ -246,6 +302,9 @@ fn main() {
         }
         if wanted("sync") {
             bench_sync(contacts).await;
+        }
+        if wanted("sync-merges") {
+            bench_sync_merges(contacts, contacts / 10).await;
         }
         if wanted("merge") {
             bench_merge(contacts).await;
