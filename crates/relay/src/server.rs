@@ -9,17 +9,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use kith_protocol::proto::{ErrorCode, Request, request};
-use prost::Message;
+use kith_protocol::proto::ErrorCode;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
-use crate::handlers::{self, Answer};
+use crate::handlers::{self, Answer, Command};
 use crate::state::{Conn, Shared, now_ms};
 use crate::store::{GroupCommit, PostgresStore, SledStore, Store, StoreChange};
 use crate::tls;
-use crate::wire;
 use kith_net::{ReadError, encode_frame, read_frame_body, read_frame_header, write_frame};
 
 /// QUIC application error code of a stream the relay stopped reading (bad frame).
@@ -504,62 +502,6 @@ fn next_auth_deadline(conn: &Conn, auth_timeout: Duration) -> Option<tokio::time
 /// only this much per stream.
 const REQUEST_PREALLOC: usize = 192 * 1024;
 
-/// A decoded request: a push on the zero-copy path, anything else as `proto::Request`.
-enum Decoded {
-    Push(wire::Push),
-    Other(Request),
-}
-
-/// Bounds the request by its kind (size, list length) before decoding it (see
-/// [`wire::check_request`]), then decodes it.
-fn check_and_decode(
-    body: bytes::Bytes,
-    limits: &crate::config::Limits,
-) -> Result<Decoded, RequestError> {
-    match wire::check_request(&body, limits) {
-        Ok(()) => {}
-        Err(wire::Unbounded::TooLarge) => {
-            return Err(RequestError::new(
-                ErrorCode::FrameTooLarge,
-                "request larger than its kind allows",
-            ));
-        }
-        Err(wire::Unbounded::TooMany(wire::REQUEST_PUSH)) => {
-            return Err(RequestError::new(
-                ErrorCode::BatchTooLarge,
-                "too many envelopes in one push",
-            ));
-        }
-        Err(wire::Unbounded::TooMany(wire::REQUEST_PUT_SEALED_EPOCH_KEYS)) => {
-            return Err(RequestError::new(
-                ErrorCode::BatchTooLarge,
-                "too many sealed keys in one request",
-            ));
-        }
-        Err(wire::Unbounded::TooMany(_)) => {
-            return Err(RequestError::new(
-                ErrorCode::InvalidRequest,
-                "a list longer than the request's kind allows",
-            ));
-        }
-        Err(wire::Unbounded::Malformed) => {
-            return Err(RequestError::new(
-                ErrorCode::Malformed,
-                "a request is exactly one field",
-            ));
-        }
-    }
-    decode_request(body)
-        .map_err(|_| RequestError::new(ErrorCode::Malformed, "request does not decode"))
-}
-
-fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
-    match wire::push_payload(&body) {
-        Some(payload) => wire::Push::decode(payload).map(Decoded::Push),
-        None => Request::decode(&body[..]).map(Decoded::Other),
-    }
-}
-
 /// Logs a refused request. Refusals an operator can act on or that a person will ask about
 /// (rate limits, quotas, storage) of authenticated devices are logged at `info`; the routine
 /// ones (an empty pairing slot, a stale roster, a stream conflict the client resolves) at
@@ -630,7 +572,7 @@ async fn request_stream(
     let request = match read {
         Ok(Some((body, reserved))) => {
             reservation = Some(reserved);
-            check_and_decode(body, &shared.config.limits)
+            Command::decode(body, &shared.config.limits)
         }
         Ok(None) => return,
         Err(ReadError::TooLarge { .. }) => Err(refuse(
@@ -663,25 +605,14 @@ async fn request_stream(
             }
             Err(err)
         }
-        Ok(Decoded::Push(push)) => handlers::push::handle(shared, conn, push).await.map(Some),
-        Ok(Decoded::Other(Request { kind: None })) => {
-            Err(refuse(ErrorCode::Malformed, "empty request"))
-        }
-        Ok(Decoded::Other(Request {
-            kind: Some(request::Kind::Subscribe(_)),
-        })) => handlers::subscribe::run(shared, conn, &mut send, deadline)
-            .await
-            .map(|()| None),
-        Ok(Decoded::Other(Request { kind: Some(kind) })) => {
-            handlers::dispatch(shared, conn, kind).await.map(Some)
-        }
+        Ok(command) => handlers::dispatch(shared, conn, command, &mut send, deadline).await,
     };
     drop(reservation);
     let mut shutting_down = false;
     let (frame, budget) = match result {
-        Ok(Some(Answer::Frame(frame, budget))) => (frame, budget),
-        Ok(Some(Answer::Message(response))) => (bytes::Bytes::from(encode_frame(&response)), None),
-        Ok(None) => {
+        Ok(Answer::Frame(frame, budget)) => (frame, budget),
+        Ok(Answer::Message(response)) => (bytes::Bytes::from(encode_frame(&response)), None),
+        Ok(Answer::Streamed) => {
             let _ = send.finish();
             return;
         }

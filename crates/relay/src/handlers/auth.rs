@@ -9,11 +9,10 @@
 
 use std::time::Instant;
 
-use kith_protocol::auth::verify_relay_auth;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto::{Authenticate, Challenge, ErrorCode, response};
 
-use super::{Reply, ok, respond};
+use super::{Reply, ok, respond, verify_auth_signature};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, lock, short};
 
@@ -74,10 +73,16 @@ pub(crate) fn authenticate(shared: &Shared, conn: &Conn, req: Authenticate) -> R
         },
         None => (&shared.decoy_key, false),
     };
-    let exporter = conn.exporter()?;
-    let verified =
-        verify_relay_auth(key, &exporter, &nonce, &account_id, &device, &req.signature).is_ok();
-    if !verified || std::ptr::eq(key, &shared.decoy_key) {
+    verify_auth_signature(
+        shared,
+        conn,
+        key,
+        &nonce,
+        &account_id,
+        &device,
+        &req.signature,
+    )?;
+    if std::ptr::eq(key, &shared.decoy_key) {
         return Err(auth_failed(shared, conn));
     }
     if removed {

@@ -2,14 +2,13 @@
 //! The roster may be of any version: a device rebuilding its account on a relay that lost it
 //! presents the roster it trusts (docs/PROTOCOL.md §13.1).
 
-use kith_protocol::auth::verify_relay_auth;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::limits::MAX_ROSTER_BYTES;
 use kith_protocol::proto::{CreateAccount, ErrorCode};
 use sha2::{Digest, Sha256};
 
-use super::auth::{auth_failed, check_auth_budget};
-use super::{Reply, durable, ok};
+use super::auth::check_auth_budget;
+use super::{Reply, durable, ok, verify_auth_signature};
 use crate::config::RegistrationMode;
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, lock, pseudonym};
@@ -73,15 +72,15 @@ async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 
         .device(&device)
         .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
         .signing_key();
-    verify_relay_auth(
+    verify_auth_signature(
+        shared,
+        conn,
         key,
-        &conn.exporter()?,
         nonce,
         &account_id,
         &device,
         &req.signature,
-    )
-    .map_err(|_| auth_failed(shared, conn))?;
+    )?;
     if shared
         .store
         .was_deleted(&account_id)

@@ -1,5 +1,11 @@
-//! One file per request kind. Each handler takes the decoded request and returns the response
-//! or a [`RequestError`]; `subscribe` alone keeps its stream open.
+//! One file per request kind, and the relay's one routing table: [`Command::decode`] turns a
+//! request frame into a [`Command`] once (a push on the zero-copy path), and [`dispatch`]
+//! answers it in one `match`. Each handler takes the decoded request and returns the response
+//! or a [`RequestError`]; `subscribe` alone keeps its stream open, and is given it.
+//!
+//! What several handlers check lives here, next to [`authorized`]: a device's authentication
+//! signature ([`verify_auth_signature`]) and the per-address budget of unauthenticated lookups
+//! ([`check_lookup_budget`]).
 
 pub(crate) mod auth;
 mod create_account;
@@ -16,22 +22,31 @@ mod truncate;
 mod usage;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use kith_protocol::ids::DeviceId;
-use kith_protocol::proto::{ErrorCode, Ok as OkResponse, Response, request, response};
+use kith_protocol::auth::verify_relay_auth;
+use kith_protocol::ids::{AccountId, DeviceId};
+use kith_protocol::keys::DeviceVerifyingKey;
+use kith_protocol::proto::{
+    self, ErrorCode, Ok as OkResponse, Request, Response, request, response,
+};
+use prost::Message;
 
 use crate::error::RequestError;
 use crate::state::{Account, Conn, Shared, lock};
+use crate::wire;
 
 /// What a handler answers: a message to encode, or a frame it encoded itself (a pull page,
-/// built from slices of what the store read).
+/// built from slices of what the store read), or nothing more (a subscription, which wrote
+/// its answers on the stream itself).
 #[derive(Debug)]
 pub(crate) enum Answer {
     Message(Response),
     /// An encoded frame, and the shares of the pull budgets (the account's, the relay's) it
     /// holds until the peer has acknowledged it.
     Frame(bytes::Bytes, Option<[tokio::sync::OwnedSemaphorePermit; 2]>),
+    /// The handler answered on the stream itself; finish it.
+    Streamed,
 }
 
 /// The result of a handler.
@@ -45,46 +60,164 @@ pub(crate) fn ok() -> Reply {
     respond(response::Kind::Ok(OkResponse {}))
 }
 
-/// Answers every request kind except `Subscribe` (see [`subscribe::run`]). Requests that write
-/// to the store hold the write barrier shared, so an online backup sees none half done.
-pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) -> Reply {
-    use request::Kind;
-    let _writing = match &kind {
-        Kind::CreateAccount(_)
-        | Kind::PutRoster(_)
-        | Kind::Push(_)
-        | Kind::PutSealedEpochKeys(_)
-        | Kind::PutPairingSlot(_)
-        | Kind::TruncateStream(_)
-        | Kind::PutRecoveryBundle(_)
-        | Kind::DeleteAccount(_)
-        | Kind::RecoverDevice(_) => Some(shared.write_barrier.read().await),
-        _ => None,
-    };
-    match kind {
-        Kind::GetChallenge(_) => auth::get_challenge(conn),
-        Kind::Authenticate(req) => auth::authenticate(shared, conn, req),
-        Kind::CreateAccount(req) => create_account::handle(shared, conn, req).await,
-        Kind::PutRoster(req) => roster::put(shared, conn, req).await,
-        Kind::GetRoster(_) => roster::get(shared, conn).await,
-        Kind::Push(req) => {
-            let envelopes = req.envelopes.into_iter().map(bytes::Bytes::from).collect();
-            push::handle(shared, conn, crate::wire::Push { envelopes }).await
+/// A request, decoded once: one variant per kind of `relay.proto`'s `Request`, a push with its
+/// envelopes as slices of the frame ([`wire::Push`]).
+#[derive(Debug)]
+pub(crate) enum Command {
+    GetChallenge,
+    Authenticate(proto::Authenticate),
+    CreateAccount(proto::CreateAccount),
+    PutRoster(proto::PutRoster),
+    GetRoster,
+    Push(wire::Push),
+    Pull(proto::Pull),
+    Subscribe,
+    PutSealedEpochKeys(proto::PutSealedEpochKeys),
+    GetSealedEpochKeys(proto::GetSealedEpochKeys),
+    PutPairingSlot(proto::PutPairingSlot),
+    TakePairingSlot(proto::TakePairingSlot),
+    TruncateStream(proto::TruncateStream),
+    PutRecoveryBundle(proto::PutRecoveryBundle),
+    GetRecoveryBundle(proto::GetRecoveryBundle),
+    DeleteAccount(proto::DeleteAccount),
+    GetUsage,
+    RecoverDevice(proto::RecoverDevice),
+}
+
+impl Command {
+    /// Bounds the request by its kind (size, list length) before decoding it (see
+    /// [`wire::check_request`]), then decodes it.
+    pub(crate) fn decode(
+        body: bytes::Bytes,
+        limits: &crate::config::Limits,
+    ) -> Result<Self, RequestError> {
+        match wire::check_request(&body, limits) {
+            Ok(()) => {}
+            Err(wire::Unbounded::TooLarge) => {
+                return Err(RequestError::new(
+                    ErrorCode::FrameTooLarge,
+                    "request larger than its kind allows",
+                ));
+            }
+            Err(wire::Unbounded::TooMany(wire::REQUEST_PUSH)) => {
+                return Err(RequestError::new(
+                    ErrorCode::BatchTooLarge,
+                    "too many envelopes in one push",
+                ));
+            }
+            Err(wire::Unbounded::TooMany(wire::REQUEST_PUT_SEALED_EPOCH_KEYS)) => {
+                return Err(RequestError::new(
+                    ErrorCode::BatchTooLarge,
+                    "too many sealed keys in one request",
+                ));
+            }
+            Err(wire::Unbounded::TooMany(_)) => {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidRequest,
+                    "a list longer than the request's kind allows",
+                ));
+            }
+            Err(wire::Unbounded::Malformed) => {
+                return Err(RequestError::new(
+                    ErrorCode::Malformed,
+                    "a request is exactly one field",
+                ));
+            }
         }
-        Kind::Pull(req) => pull::handle(shared, conn, req).await,
-        Kind::Subscribe(_) => Err(RequestError::internal(
-            "subscribe is dispatched by the server",
-        )),
-        Kind::PutSealedEpochKeys(req) => epoch_keys::put(shared, conn, req).await,
-        Kind::GetSealedEpochKeys(req) => epoch_keys::get(shared, conn, req),
-        Kind::PutPairingSlot(req) => pairing::put(shared, conn, req).await,
-        Kind::TakePairingSlot(req) => pairing::take(shared, conn, req).await,
-        Kind::TruncateStream(req) => truncate::handle(shared, conn, req).await,
-        Kind::PutRecoveryBundle(req) => recovery::put(shared, conn, req).await,
-        Kind::GetRecoveryBundle(req) => recovery::get(shared, conn, req).await,
-        Kind::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
-        Kind::GetUsage(_) => usage::handle(shared, conn),
-        Kind::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
+        let malformed = |_| RequestError::new(ErrorCode::Malformed, "request does not decode");
+        if let Some(payload) = wire::push_payload(&body) {
+            return wire::Push::decode(payload)
+                .map(Command::Push)
+                .map_err(malformed);
+        }
+        match Request::decode(&body[..]).map_err(malformed)?.kind {
+            Some(kind) => Ok(Self::from(kind)),
+            None => Err(RequestError::new(ErrorCode::Malformed, "empty request")),
+        }
+    }
+
+    /// Whether the request writes to the store: it then holds the write barrier shared, so an
+    /// online backup sees none half done.
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateAccount(_)
+                | Command::PutRoster(_)
+                | Command::Push(_)
+                | Command::PutSealedEpochKeys(_)
+                | Command::PutPairingSlot(_)
+                | Command::TruncateStream(_)
+                | Command::PutRecoveryBundle(_)
+                | Command::DeleteAccount(_)
+                | Command::RecoverDevice(_)
+        )
+    }
+}
+
+impl From<request::Kind> for Command {
+    fn from(kind: request::Kind) -> Self {
+        use request::Kind;
+        match kind {
+            Kind::GetChallenge(_) => Command::GetChallenge,
+            Kind::Authenticate(req) => Command::Authenticate(req),
+            Kind::CreateAccount(req) => Command::CreateAccount(req),
+            Kind::PutRoster(req) => Command::PutRoster(req),
+            Kind::GetRoster(_) => Command::GetRoster,
+            // Pushes take the zero-copy path; a push that reached the generic decoder still
+            // decodes (taking its vectors, without copying them).
+            Kind::Push(req) => Command::Push(wire::Push {
+                envelopes: req.envelopes.into_iter().map(bytes::Bytes::from).collect(),
+            }),
+            Kind::Pull(req) => Command::Pull(req),
+            Kind::Subscribe(_) => Command::Subscribe,
+            Kind::PutSealedEpochKeys(req) => Command::PutSealedEpochKeys(req),
+            Kind::GetSealedEpochKeys(req) => Command::GetSealedEpochKeys(req),
+            Kind::PutPairingSlot(req) => Command::PutPairingSlot(req),
+            Kind::TakePairingSlot(req) => Command::TakePairingSlot(req),
+            Kind::TruncateStream(req) => Command::TruncateStream(req),
+            Kind::PutRecoveryBundle(req) => Command::PutRecoveryBundle(req),
+            Kind::GetRecoveryBundle(req) => Command::GetRecoveryBundle(req),
+            Kind::DeleteAccount(req) => Command::DeleteAccount(req),
+            Kind::GetUsage(_) => Command::GetUsage,
+            Kind::RecoverDevice(req) => Command::RecoverDevice(req),
+        }
+    }
+}
+
+/// Answers a request: the relay's one routing table. A subscription is given the stream
+/// (`send`) and must have each message taken within `deadline`.
+pub(crate) async fn dispatch(
+    shared: &Shared,
+    conn: &Conn,
+    command: Command,
+    send: &mut quinn::SendStream,
+    deadline: Duration,
+) -> Reply {
+    let _writing = match command.writes() {
+        true => Some(shared.write_barrier.read().await),
+        false => None,
+    };
+    match command {
+        Command::GetChallenge => auth::get_challenge(conn),
+        Command::Authenticate(req) => auth::authenticate(shared, conn, req),
+        Command::CreateAccount(req) => create_account::handle(shared, conn, req).await,
+        Command::PutRoster(req) => roster::put(shared, conn, req).await,
+        Command::GetRoster => roster::get(shared, conn).await,
+        Command::Push(req) => push::handle(shared, conn, req).await,
+        Command::Pull(req) => pull::handle(shared, conn, req).await,
+        Command::Subscribe => subscribe::run(shared, conn, send, deadline)
+            .await
+            .map(|()| Answer::Streamed),
+        Command::PutSealedEpochKeys(req) => epoch_keys::put(shared, conn, req).await,
+        Command::GetSealedEpochKeys(req) => epoch_keys::get(shared, conn, req),
+        Command::PutPairingSlot(req) => pairing::put(shared, conn, req).await,
+        Command::TakePairingSlot(req) => pairing::take(shared, conn, req).await,
+        Command::TruncateStream(req) => truncate::handle(shared, conn, req).await,
+        Command::PutRecoveryBundle(req) => recovery::put(shared, conn, req).await,
+        Command::GetRecoveryBundle(req) => recovery::get(shared, conn, req).await,
+        Command::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
+        Command::GetUsage => usage::handle(shared, conn),
+        Command::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
     }
 }
 
@@ -135,6 +268,39 @@ pub(crate) fn check_device(
         Err(RequestError::new(
             ErrorCode::UnknownDevice,
             "the device is not in the account's roster",
+        ))
+    }
+}
+
+/// Checks a device's authentication signature over (TLS exporter, challenge, account,
+/// device) under `key` (docs/PROTOCOL.md §10). One that does not verify is answered as every
+/// failed authentication is, and charges the source address's failure budget.
+pub(crate) fn verify_auth_signature(
+    shared: &Shared,
+    conn: &Conn,
+    key: &DeviceVerifyingKey,
+    nonce: &[u8; 32],
+    account: &AccountId,
+    device: &DeviceId,
+    signature: &[u8],
+) -> Result<(), RequestError> {
+    verify_relay_auth(key, &conn.exporter()?, nonce, account, device, signature)
+        .map_err(|_| auth::auth_failed(shared, conn))
+}
+
+/// Takes one lookup from the source address's budget of unauthenticated lookups (a pairing
+/// slot take, a recovery bundle fetch): the ids are the only credential, so they must not be
+/// enumerable.
+pub(crate) fn check_lookup_budget(shared: &Shared, conn: &Conn) -> Result<(), RequestError> {
+    if shared
+        .lookup_limiter
+        .check(&conn.remote.ip(), Instant::now())
+    {
+        Ok(())
+    } else {
+        Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many lookups; wait a minute",
         ))
     }
 }

@@ -9,12 +9,12 @@
 //! device, instead of polling. A wait costs one lookup of the per-address budget however long
 //! it lasts, so a device can wait for minutes within the budget that stops enumeration.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kith_protocol::limits::MAX_BUNDLE_BYTES;
 use kith_protocol::proto::{ErrorCode, PairingSlot, PutPairingSlot, TakePairingSlot, response};
 
-use super::{Reply, authorized, durable, id32, ok, respond};
+use super::{Reply, authorized, check_lookup_budget, durable, id32, ok, respond};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, now_ms};
 
@@ -66,15 +66,7 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutPairingSlot) -> Re
 pub const MAX_TAKE_WAIT: Duration = Duration::from_secs(20);
 
 pub(crate) async fn take(shared: &Shared, conn: &Conn, req: TakePairingSlot) -> Reply {
-    if !shared
-        .lookup_limiter
-        .check(&conn.remote.ip(), Instant::now())
-    {
-        return Err(RequestError::new(
-            ErrorCode::RateLimited,
-            "too many lookups; wait a minute",
-        ));
-    }
+    check_lookup_budget(shared, conn)?;
     let slot_id = id32(&req.slot_id, "slot_id")?;
     let wait = Duration::from_millis(u64::from(req.wait_ms)).min(MAX_TAKE_WAIT);
     let deadline = tokio::time::Instant::now() + wait;

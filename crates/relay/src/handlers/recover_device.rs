@@ -4,13 +4,12 @@
 //! by the current account key, which only the recovery bundle (or a device) holds — and add the
 //! device; the device then authenticates the connection exactly as in `CreateAccount`.
 
-use kith_protocol::auth::verify_relay_auth;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto::{self, ErrorCode, RecoverDevice};
 use prost::Message;
 
-use super::auth::{auth_failed, check_auth_budget};
-use super::{Reply, ok, roster};
+use super::auth::check_auth_budget;
+use super::{Reply, ok, roster, verify_auth_signature};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, lock, pseudonym};
 
@@ -26,7 +25,6 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> 
         .ok_or_else(|| RequestError::new(ErrorCode::UnknownAccount, "no such account"))?;
     let device = DeviceId::from_slice(&req.device_id)
         .map_err(|_| RequestError::invalid("device_id must be 16 bytes"))?;
-    let exporter = conn.exporter()?;
     roster::replace(shared, &account, &req.roster, |next| {
         if account.roster().device(&device).is_some() {
             return Err(RequestError::invalid("the device is already in the roster"));
@@ -35,8 +33,15 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> 
             .device(&device)
             .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
             .signing_key();
-        verify_relay_auth(key, &exporter, &nonce, &account_id, &device, &req.signature)
-            .map_err(|_| auth_failed(shared, conn))
+        verify_auth_signature(
+            shared,
+            conn,
+            key,
+            &nonce,
+            &account_id,
+            &device,
+            &req.signature,
+        )
     })
     .await?;
     *lock(&conn.device) = Some((account_id, device));

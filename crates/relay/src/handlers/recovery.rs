@@ -12,14 +12,12 @@
 //! fetches the account's bundle (an authenticated `GetRecoveryBundle` with an empty lookup id)
 //! for the new sealing material instead.
 
-use std::time::Instant;
-
 use kith_protocol::limits::MAX_BUNDLE_BYTES;
 use kith_protocol::proto::{
     ErrorCode, GetRecoveryBundle, PutRecoveryBundle, RecoveryBundle, response,
 };
 
-use super::{Reply, authorized, durable, id32, ok, respond};
+use super::{Reply, authorized, check_lookup_budget, durable, id32, ok, respond};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared};
 
@@ -71,15 +69,7 @@ pub(crate) async fn get(shared: &Shared, conn: &Conn, req: GetRecoveryBundle) ->
     if req.lookup_id.is_empty() {
         return get_own(shared, conn).await;
     }
-    if !shared
-        .lookup_limiter
-        .check(&conn.remote.ip(), Instant::now())
-    {
-        return Err(RequestError::new(
-            ErrorCode::RateLimited,
-            "too many lookups; wait a minute",
-        ));
-    }
+    check_lookup_budget(shared, conn)?;
     let lookup_id = id32(&req.lookup_id, "lookup_id")?;
     let (account, bundle) = shared
         .store
