@@ -1,8 +1,10 @@
 //! The relay's configuration: every limit has a documented default, a TOML key and a flag.
 //!
-//! [`Settings`] is what a person writes: every field optional, parsed from flags (`clap`) and
-//! from a TOML file (`serde`) with the same names (`--max-frame-bytes` ↔ `max_frame_bytes`).
-//! Flags win over the file, the file over the defaults. [`Settings::resolve`] turns it into a
+//! [`Settings`] is what a person writes: every field optional, parsed from flags and the
+//! environment (`clap`) and from a TOML file (`serde`) with the same names
+//! (`--max-frame-bytes` ↔ `KITH_RELAY_MAX_FRAME_BYTES` ↔ `max_frame_bytes`; the data directory
+//! is `--data`, `KITH_RELAY_DATA`, `data`). Flags win over the environment, the environment
+//! over the file, the file over the defaults. [`Settings::resolve`] turns it into a
 //! [`RelayConfig`], which holds no options left to decide.
 
 use std::net::SocketAddr;
@@ -108,130 +110,134 @@ pub const DEFAULT_DATA_DIR: &str = "kith-relay-data";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// UDP address to listen on [default: 127.0.0.1:4433]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Data directory: database, certificate, tokens [default: ./kith-relay-data]
-    #[arg(long = "data")]
+    #[arg(long = "data", env = "KITH_RELAY_DATA")]
     #[serde(rename = "data")]
     pub data_dir: Option<PathBuf>,
     /// PEM certificate chain to serve instead of the self-signed one (needs --key)
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_CERT")]
     pub cert: Option<PathBuf>,
     /// PEM private key of --cert
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_KEY")]
     pub key: Option<PathBuf>,
     /// Who may create accounts [default: open on a loopback address, token otherwise]
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "KITH_RELAY_REGISTRATION")]
     pub registration: Option<RegistrationMode>,
     /// Largest request frame in bytes (4-byte length prefix excluded) [default: 4194304]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u32>,
     /// Largest single encoded envelope in bytes [default: 1048576]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_ENVELOPE_BYTES")]
     pub max_envelope_bytes: Option<u32>,
     /// Most envelopes in one push [default: 1000]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_BATCH_ENVELOPES")]
     pub max_batch_envelopes: Option<u32>,
     /// Quota: bytes stored per account (envelopes and sealed keys) [default: 1073741824]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_ACCOUNT_BYTES")]
     pub max_account_bytes: Option<u64>,
     /// Most devices in an account's roster [default: 64]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_DEVICES_PER_ACCOUNT")]
     pub max_devices_per_account: Option<u32>,
     /// Most simultaneous QUIC connections [default: 4096]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
     /// Most concurrent request streams per connection [default: 32]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_STREAMS_PER_CONNECTION")]
     pub max_streams_per_connection: Option<u32>,
     /// Sustained requests per second per device (token bucket rate) [default: 100]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_REQUESTS_PER_SECOND")]
     pub requests_per_second: Option<u32>,
     /// Burst of requests per device (token bucket size) [default: 200]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_REQUEST_BURST")]
     pub request_burst: Option<u32>,
     /// Close a connection after this many seconds without traffic [default: 60]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
     /// Give up on a TLS handshake after this many seconds [default: 10]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: Option<u64>,
     /// Cut off a request stream whose request has not fully arrived, or whose response has
     /// not been taken, after this many seconds (subscriptions: per notification) [default: 30]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
     /// Seconds a pairing slot lives before it expires untaken [default: 600]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PAIRING_SLOT_TTL_SECS")]
     pub pairing_slot_ttl_secs: Option<u64>,
     /// Most live pairing slots per account [default: 16]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_PAIRING_SLOTS_PER_ACCOUNT")]
     pub max_pairing_slots_per_account: Option<u32>,
     /// Envelopes in one pull page when the client asks for 0 [default: 1000]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PULL_DEFAULT_ENVELOPES")]
     pub pull_default_envelopes: Option<u32>,
     /// Most envelopes in one pull page [default: 10000]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PULL_MAX_ENVELOPES")]
     pub pull_max_envelopes: Option<u32>,
     /// Most envelope bytes in one pull page (below max-frame-bytes) [default: 2097152]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PULL_MAX_BYTES")]
     pub pull_max_bytes: Option<u32>,
     /// Most sealed epoch keys in one request [default: 256]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_SEALED_KEYS_PER_REQUEST")]
     pub max_sealed_keys_per_request: Option<u32>,
     /// Unauthenticated lookups (recovery bundle, pairing slot) per minute per source address
     /// [default: 10]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_LOOKUPS_PER_MINUTE")]
     pub lookups_per_minute: Option<u32>,
     /// QUIC receive window per connection in bytes: bounds the memory one peer can make the
     /// relay hold [default: 8388608]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_CONNECTION_WINDOW_BYTES")]
     pub connection_window_bytes: Option<u64>,
     /// UDP socket send and receive buffer in bytes [default: 4194304]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_UDP_BUFFER_BYTES")]
     pub udp_buffer_bytes: Option<usize>,
     /// sled page cache in bytes [default: 8388608]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
     /// Largest record of the envelope log: consecutive envelopes of a push are packed into
     /// records of up to this size; a push that fits one record is one database insert (see
     /// BENCHMARKS.md) [default: 262144]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_STORE_VALUE_BYTES")]
     pub store_value_bytes: Option<u32>,
     /// Where to store data: `sled` (embedded, in --data) or a PostgreSQL connection string
     /// `postgres://user:password@host:port/database` shared by several relays [default: sled]
     #[arg(long, env = "KITH_RELAY_STORE", hide_env_values = true)]
     pub store: Option<StoreLocation>,
     /// Connections to PostgreSQL each relay holds [default: 8]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_STORE_CONNECTIONS")]
     pub store_connections: Option<usize>,
     /// Seconds to finish in-flight requests after a shutdown signal [default: 10]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
     /// Idle accounts kept in memory (roster, stream bounds); beyond this the least recently
     /// used are dropped and reloaded from storage when next used [default: 4096]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_CACHED_ACCOUNTS")]
     pub cached_accounts: Option<usize>,
     /// Close a connection that has not authenticated and has no request in flight after this
     /// many seconds [default: 10]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_AUTH_TIMEOUT_SECS")]
     pub auth_timeout_secs: Option<u64>,
     /// Most simultaneous connections (handshakes included) from one source IP address
     /// [default: 256]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_MAX_CONNECTIONS_PER_ADDRESS")]
     pub max_connections_per_address: Option<u32>,
     /// New connections per second above which the relay answers with a QUIC Retry, so that
     /// a client must prove it receives at its source address before a handshake is computed
     /// [default: 200]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_RETRY_ABOVE_HANDSHAKES_PER_SECOND")]
     pub retry_above_handshakes_per_second: Option<u32>,
     /// Failed authentications (Authenticate, CreateAccount, RecoverDevice) per minute per
     /// source IP address; beyond it attempts are refused unverified [default: 30]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: Option<u32>,
     /// Seconds a pull waits for room in the pull budget before it is refused as rate-limited
     /// [default: 5]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PULL_WAIT_SECS")]
     pub pull_wait_secs: Option<u64>,
+    /// TCP address of the HTTP listener serving Prometheus metrics at /metrics and a health
+    /// check at /healthz, e.g. 127.0.0.1:9464 [default: off]
+    #[arg(long, env = "KITH_RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -292,6 +298,7 @@ impl Settings {
             retry_above_handshakes_per_second,
             auth_failures_per_minute,
             pull_wait_secs,
+            metrics_listen,
         )
     }
 
@@ -376,6 +383,7 @@ impl Settings {
                 .map_or(d.shutdown_grace, Duration::from_secs),
             cached_accounts: self.cached_accounts.unwrap_or(d.cached_accounts),
             sweep_interval: d.sweep_interval,
+            metrics_listen: self.metrics_listen,
         };
         config.check()?;
         Ok(config)
@@ -504,6 +512,8 @@ pub struct RelayConfig {
     /// How often the relay drops rate-limit buckets that refilled, expires pairing slots and
     /// reclaims envelope-log space (not a flag: tests shorten it).
     pub sweep_interval: Duration,
+    /// Where to serve metrics and `/healthz` over HTTP (`None`: no listener).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for RelayConfig {
@@ -525,6 +535,7 @@ impl Default for RelayConfig {
             shutdown_grace: Duration::from_secs(10),
             cached_accounts: 4096,
             sweep_interval: Duration::from_secs(60),
+            metrics_listen: None,
         }
     }
 }
@@ -619,6 +630,32 @@ impl RelayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_has_its_environment_variable() {
+        use clap::Args;
+        let command = Settings::augment_args(clap::Command::new("serve"));
+        let mut count = 0;
+        for arg in command.get_arguments() {
+            let key = match arg.get_id().as_str() {
+                "data_dir" => "data".to_owned(),
+                id => id.to_owned(),
+            };
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(
+                env,
+                Some(format!("KITH_RELAY_{}", key.to_uppercase()).as_str()),
+                "{key}"
+            );
+            // The same name is a key of the TOML file.
+            let unknown = toml::from_str::<Settings>(&format!("{key} = {{}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(!unknown.contains("unknown field"), "{key}: {unknown}");
+            count += 1;
+        }
+        assert_eq!(count, 38, "every setting was looked at");
+    }
 
     #[test]
     fn defaults_are_consistent() {

@@ -13,6 +13,7 @@
 //! | `state` (private) | what a running relay keeps in memory: accounts (verified roster, stream heads, subscribers), connections, live counts |
 //! | [`store`] | the [`store::Store`] trait, the embedded [`store::SledStore`] (an index in sled, envelope bytes in the segment log of `store/log.rs`) and [`store::GroupCommit`] |
 //! | [`wire`] | the zero-copy paths: push requests decoded without copying envelopes, pull pages encoded straight from the store |
+//! | [`metrics`] | what the relay counts ([`metrics::Metrics`], passed to the accept loop, the dispatch and the group commit) and the HTTP listener serving `/metrics` and `/healthz` |
 //! | [`config`], [`limits`], [`tls`], [`error`] | settings and size limits, per-address token buckets, the certificate, the errors a request can end with |
 //! | [`client`] | a minimal client of the relay's own, for the load tool and tests (devices use `kith-client`) |
 //! | `main.rs`, `bench.rs` | the `kith-relay` binary and its `bench` load tool |
@@ -55,6 +56,7 @@ pub mod control;
 pub mod error;
 mod handlers;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 mod state;
 pub mod store;

@@ -20,12 +20,13 @@ static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kith_relay::config::StoreLocation;
 use kith_relay::store::{PostgresStore, SledStore, Store};
-use kith_relay::{Relay, Settings};
+use kith_relay::{Relay, RelayConfig, Settings};
 use sha2::{Digest, Sha256};
 
 /// `kith-relay --version`: the release and the protocol it speaks (docs/PROTOCOL.md §8.1).
@@ -36,20 +37,51 @@ static VERSION: std::sync::LazyLock<String> =
 #[derive(Debug, Parser)]
 #[command(version = VERSION.as_str(), about)]
 struct Cli {
+    /// Log lines as text for people, or as one JSON object per line for log collectors
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KITH_RELAY_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+/// How log lines are written (to standard error; the level comes from `RUST_LOG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `2026-12-06T17:00:00Z  INFO kith_relay::server: relay started local_addr=…`
+    Text,
+    /// `{"timestamp":"…","level":"INFO","fields":{"message":"relay started",…},"target":…}`
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve on QUIC. Flags override the TOML file given with --config (same key names, with
-    /// underscores); both override the defaults shown.
+    /// Serve on QUIC. Flags override the environment (KITH_RELAY_<KEY>), which overrides the
+    /// TOML file given with --config (same key names, with underscores); all override the
+    /// defaults shown.
     Serve {
         /// TOML configuration file
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
         settings: Box<Settings>,
+    },
+    /// Check that a relay answers a real request over QUIC (a challenge); exit 0 if it does,
+    /// 1 if not. For container and service-manager health checks.
+    Health {
+        /// The relay's address
+        #[arg(long, value_name = "HOST:PORT")]
+        relay: String,
+        /// SHA-256 of the relay's certificate, as `serve` prints it
+        #[arg(long, value_name = "HEX")]
+        cert_sha256: String,
+        /// Give up after this many seconds
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Registration tokens.
     Token {
@@ -97,6 +129,18 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Read FILE as `serve --config FILE` would (with the KITH_RELAY_* environment and any
+    /// flags given here applied), check every setting, print the result; exit 1 if invalid.
+    Check {
+        /// TOML configuration file
+        file: PathBuf,
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a single-use registration token and print it (works while the relay runs).
     Create {
@@ -109,23 +153,38 @@ enum TokenCommand {
     },
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
         // Colour codes only for a person at a terminal, never into a log file or journald.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line; the relay's spans carry nothing worth repeating on each line.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Serve { config, settings } => serve(config, *settings).await,
+        Command::Health {
+            relay,
+            cert_sha256,
+            timeout_secs,
+        } => health(&relay, &cert_sha256, Duration::from_secs(timeout_secs)).await,
+        Command::Config {
+            command: ConfigCommand::Check { file, settings },
+        } => config_check(&file, *settings),
         Command::Token {
             command: TokenCommand::Create { data, store },
         } => create_token(&data, store.as_ref()),
@@ -164,12 +223,69 @@ fn require_data_dir(data: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
-    let file = match &config_file {
+/// The configuration `serve` runs with: flags and environment (parsed by clap) over the file,
+/// over the defaults.
+fn load_config(config_file: Option<&Path>, flags: Settings) -> Result<RelayConfig> {
+    let file = match config_file {
         Some(path) => Settings::from_toml_file(path)?,
         None => Settings::default(),
     };
-    let config = flags.or(file).resolve()?;
+    Ok(flags.or(file).resolve()?)
+}
+
+/// `config check FILE`: the resolved configuration, or why it is not one.
+fn config_check(file: &Path, flags: Settings) -> Result<()> {
+    let config = load_config(Some(file), flags)?;
+    println!("{}: valid", file.display());
+    println!("listen {}", config.listen);
+    println!("data {}", config.data_dir.display());
+    println!("store {:?}", config.store);
+    println!("registration {:?}", config.registration);
+    match config.metrics_listen {
+        Some(addr) => println!("metrics_listen {addr}"),
+        None => println!("metrics_listen off"),
+    }
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        for path in [cert, key] {
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        }
+        println!("cert {}", cert.display());
+    }
+    println!("limits {:?}", config.limits);
+    Ok(())
+}
+
+/// `health`: one challenge answered over QUIC, within `timeout`.
+async fn health(relay: &str, cert_sha256: &str, timeout: Duration) -> Result<()> {
+    let pin: [u8; 32] = hex::decode(cert_sha256.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .context("--cert-sha256 must be 64 hex digits")?;
+    let check = async {
+        let addr = tokio::net::lookup_host(relay)
+            .await
+            .with_context(|| format!("resolving {relay}"))?
+            .next()
+            .with_context(|| format!("{relay} resolves to no address"))?;
+        let client = kith_relay::client::RelayClient::connect(addr, pin)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        client
+            .challenge()
+            .await
+            .with_context(|| format!("asking {addr} for a challenge"))?;
+        client.close().await;
+        anyhow::Ok(addr)
+    };
+    let addr = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("{relay} did not answer within {timeout:?}"))??;
+    println!("ok: the relay at {addr} answered");
+    Ok(())
+}
+
+async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
+    let config = load_config(config_file.as_deref(), flags)?;
     #[cfg(feature = "dhat-heap")]
     let profiler = dhat::Profiler::builder()
         .file_name(format!("dhat-heap-{}.json", std::process::id()))
@@ -179,6 +295,9 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
     println!("listening on {}", relay.local_addr());
     println!("certificate sha256 {}", hex::encode(relay.cert_sha256()));
     println!("registration {registration:?}");
+    if let Some(addr) = relay.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
     let trigger = relay.shutdown_trigger();
     tokio::spawn(async move {
         wait_for_signal().await;

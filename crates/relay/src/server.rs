@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
 use crate::handlers::{self, Answer, Command};
+use crate::metrics::Handshake;
 use crate::state::{Conn, Shared, now_ms};
 use crate::store::{GroupCommit, PostgresStore, SledStore, Store, StoreChange};
 use crate::tls;
@@ -51,6 +52,8 @@ pub struct RelayHandle {
     shared: Weak<Shared>,
     /// To count its connections; dropped as soon as the relay is told to stop.
     endpoint: quinn::Endpoint,
+    /// Where metrics and `/healthz` are served, if configured.
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// What a running relay holds in memory, counted by kind (see [`RelayHandle::memory`]). Every
@@ -84,6 +87,12 @@ impl RelayHandle {
     /// The bound UDP address (the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the metrics and `/healthz` listener (the real port when
+    /// `metrics_listen` has port 0), if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// SHA-256 of the served certificate: what clients pin.
@@ -235,19 +244,45 @@ impl Relay {
         let local_addr = endpoint
             .local_addr()
             .map_err(RelayError::io("local address"))?;
-        let (commit, flusher) = GroupCommit::start(store.clone());
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(listener) => Some(
+                listener
+                    .local_addr()
+                    .map_err(RelayError::io("metrics listener address"))?,
+            ),
+            None => None,
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (commit, flusher) = GroupCommit::start(store.clone(), metrics.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let changes = store.changes();
         let mut shared = Shared::new(config, store.clone(), commit, shutdown_rx);
         shared.shared_store = changes.is_some();
+        shared.metrics = metrics;
         let shared = Arc::new(shared);
         if let Some(changes) = changes {
             tokio::spawn(apply_changes(Arc::downgrade(&shared), changes));
         }
         let (weak_shared, handle_endpoint) = (Arc::downgrade(&shared), endpoint.clone());
         let control = crate::control::listen(shared.clone())?;
-        let task = tokio::spawn(serve(endpoint, shared, store, flusher, control));
+        let metrics_task = metrics_listener
+            .map(|listener| tokio::spawn(crate::metrics::serve(listener, shared.clone())));
+        let task = tokio::spawn(serve(
+            endpoint,
+            shared,
+            store,
+            flusher,
+            control,
+            metrics_task,
+        ));
         tracing::info!(%local_addr, "relay started");
+        if let Some(addr) = metrics_addr {
+            tracing::info!(%addr, "serving metrics and /healthz");
+        }
         Ok(RelayHandle {
             local_addr,
             cert_sha256: identity.cert_sha256,
@@ -255,6 +290,7 @@ impl Relay {
             task,
             shared: weak_shared,
             endpoint: handle_endpoint,
+            metrics_addr,
         })
     }
 }
@@ -266,6 +302,7 @@ async fn serve(
     store: Arc<dyn Store>,
     flusher: tokio::task::JoinHandle<()>,
     control: tokio::task::JoinHandle<()>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(), RelayError> {
     let connections = Arc::new(Semaphore::new(
         shared.config.limits.max_connections as usize,
@@ -289,18 +326,25 @@ async fn serve(
                 .check(&(), std::time::Instant::now())
         {
             match incoming.retry() {
-                Ok(()) => shared.live.retries.bump(),
+                Ok(()) => {
+                    shared.live.retries.bump();
+                    shared.metrics.retry_sent();
+                }
                 Err(refused) => refused.into_incoming().ignore(),
             }
             continue;
         }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!("connection limit reached");
+            shared.metrics.connection_refused("max_connections");
             incoming.refuse();
             continue;
         };
         let Some(slot) = shared.address_slot(incoming.remote_address().ip()) else {
             tracing::debug!("connection limit of a source address reached");
+            shared
+                .metrics
+                .connection_refused("max_connections_per_address");
             incoming.refuse();
             continue;
         };
@@ -314,6 +358,9 @@ async fn serve(
     endpoint.set_server_config(None);
     sweeper.abort();
     control.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     crate::control::remove_socket(&shared.config.data_dir);
     drop(in_flight);
     let grace = shared.config.shutdown_grace;
@@ -417,13 +464,18 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
         _ = stopping.changed() => return,
     };
     let connection = match handshake {
-        Ok(Ok(connection)) => connection,
+        Ok(Ok(connection)) => {
+            shared.metrics.handshake(Handshake::Ok);
+            connection
+        }
         Ok(Err(err)) => {
             tracing::debug!(%remote, error = %err, "handshake failed");
+            shared.metrics.handshake(Handshake::Failed);
             return;
         }
         Err(_) => {
             tracing::debug!(%remote, "handshake timed out");
+            shared.metrics.handshake(Handshake::TimedOut);
             return;
         }
     };
@@ -593,6 +645,7 @@ async fn request_stream(
             // it is a flood, and is closed: the next round costs a handshake, which the
             // per-address and Retry bounds meter.
             let _ = recv.stop(STREAM_REFUSED.into());
+            shared.metrics.bad_frame();
             let bad = conn
                 .bad_frames
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -563,6 +563,8 @@ pub(crate) struct Shared {
     /// Every request that writes to the store holds it shared; an online backup holds it
     /// exclusively while it flushes and copies the store (`crate::control`).
     pub write_barrier: tokio::sync::RwLock<()>,
+    /// What the relay counts (served by the metrics listener, if any).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -620,6 +622,7 @@ impl Shared {
             ),
             live,
             shared_store: false,
+            metrics: Arc::default(),
             config,
             store,
             commit,

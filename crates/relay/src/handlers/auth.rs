@@ -35,6 +35,9 @@ pub(crate) fn check_auth_budget(shared: &Shared, conn: &Conn) -> Result<(), Requ
     {
         Ok(())
     } else {
+        shared
+            .metrics
+            .rate_limited(crate::metrics::Limit::Authentication);
         Err(RequestError::new(
             ErrorCode::RateLimited,
             "too many failed authentications; slow down",

@@ -33,6 +33,7 @@ use kith_protocol::proto::{
 use prost::Message;
 
 use crate::error::RequestError;
+use crate::metrics::Limit;
 use crate::state::{Account, Conn, Shared, lock};
 use crate::wire;
 
@@ -136,6 +137,30 @@ impl Command {
         }
     }
 
+    /// The kind's name: the `kind` label of the request metrics, as in `relay.proto`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Command::GetChallenge => "get_challenge",
+            Command::Authenticate(_) => "authenticate",
+            Command::CreateAccount(_) => "create_account",
+            Command::PutRoster(_) => "put_roster",
+            Command::GetRoster => "get_roster",
+            Command::Push(_) => "push",
+            Command::Pull(_) => "pull",
+            Command::Subscribe => "subscribe",
+            Command::PutSealedEpochKeys(_) => "put_sealed_epoch_keys",
+            Command::GetSealedEpochKeys(_) => "get_sealed_epoch_keys",
+            Command::PutPairingSlot(_) => "put_pairing_slot",
+            Command::TakePairingSlot(_) => "take_pairing_slot",
+            Command::TruncateStream(_) => "truncate_stream",
+            Command::PutRecoveryBundle(_) => "put_recovery_bundle",
+            Command::GetRecoveryBundle(_) => "get_recovery_bundle",
+            Command::DeleteAccount(_) => "delete_account",
+            Command::GetUsage => "get_usage",
+            Command::RecoverDevice(_) => "recover_device",
+        }
+    }
+
     /// Whether the request writes to the store: it then holds the write barrier shared, so an
     /// online backup sees none half done.
     fn writes(&self) -> bool {
@@ -184,9 +209,37 @@ impl From<request::Kind> for Command {
     }
 }
 
-/// Answers a request: the relay's one routing table. A subscription is given the stream
-/// (`send`) and must have each message taken within `deadline`.
+/// Answers a request: the relay's one routing table, and where requests are counted (by kind
+/// and result, pushes by envelopes, bytes and time to the acknowledgement). A subscription is
+/// given the stream (`send`) and must have each message taken within `deadline`.
 pub(crate) async fn dispatch(
+    shared: &Shared,
+    conn: &Conn,
+    command: Command,
+    send: &mut quinn::SendStream,
+    deadline: Duration,
+) -> Reply {
+    let kind = command.name();
+    let started = Instant::now();
+    let pushed = match &command {
+        Command::Push(push) => Some((
+            push.envelopes.len(),
+            push.envelopes.iter().map(bytes::Bytes::len).sum::<usize>(),
+        )),
+        _ => None,
+    };
+    let reply = route(shared, conn, command, send, deadline).await;
+    shared.metrics.request(kind, &reply);
+    if let (Some((envelopes, bytes)), Ok(_)) = (pushed, &reply) {
+        shared
+            .metrics
+            .push_acked(envelopes, bytes, started.elapsed());
+    }
+    reply
+}
+
+/// The one `match`: each kind to its handler.
+async fn route(
     shared: &Shared,
     conn: &Conn,
     command: Command,
@@ -244,6 +297,7 @@ pub(crate) fn authorized(
         .device_limiter
         .check(&(account_id, device), Instant::now())
     {
+        shared.metrics.rate_limited(Limit::Device);
         return Err(RequestError::new(
             ErrorCode::RateLimited,
             "too many requests; slow down",
@@ -298,6 +352,7 @@ pub(crate) fn check_lookup_budget(shared: &Shared, conn: &Conn) -> Result<(), Re
     {
         Ok(())
     } else {
+        shared.metrics.rate_limited(Limit::Lookup);
         Err(RequestError::new(
             ErrorCode::RateLimited,
             "too many lookups; wait a minute",

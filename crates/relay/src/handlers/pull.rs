@@ -70,7 +70,12 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
     let reserved = shared.pull_page_bytes(max_bytes);
     let permits = u32::try_from(reserved).unwrap_or(u32::MAX);
     let wait = limits.pull_wait;
-    let busy = || RequestError::new(ErrorCode::RateLimited, "pull budget exhausted; retry");
+    let busy = || {
+        shared
+            .metrics
+            .rate_limited(crate::metrics::Limit::PullBudget);
+        RequestError::new(ErrorCode::RateLimited, "pull budget exhausted; retry")
+    };
     let mut account_permit = tokio::time::timeout(
         wait,
         account.pull_budget.clone().acquire_many_owned(permits),
@@ -140,6 +145,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
         page.more = end == ReadEnd::More && !reached_servable_end;
     }
     let frame = pull_frame(&page);
+    shared.metrics.pulled(page.envelopes.len(), bytes);
     drop(page);
     if let Some(unused) = reserved.checked_sub(frame.len()) {
         drop(permit.split(unused));

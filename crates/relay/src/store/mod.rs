@@ -437,8 +437,12 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher task. It ends when every `GroupCommit` clone is dropped.
-    pub fn start(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the flusher task. It ends when every `GroupCommit` clone is dropped. Each flush
+    /// is counted in `metrics` (writes it answered, how long it took).
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), StoreError>>>();
         let task = tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -447,7 +451,9 @@ impl GroupCommit {
                 while let Ok(next) = rx.try_recv() {
                     batch.push(next);
                 }
+                let started = std::time::Instant::now();
                 let result = store.flush().await;
+                metrics.group_commit(batch.len(), started.elapsed(), result.is_ok());
                 if let Err(err) = &result {
                     tracing::error!(error = %err, "flush failed; pushes are refused until it works");
                 }
