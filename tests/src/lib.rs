@@ -20,6 +20,26 @@ pub async fn link(approver: &Device, home: &Path, relay: RelayTarget, name: &str
     linked.unwrap()
 }
 
+/// A stranger at `relay`'s door: a connection that tried to authenticate as a device of
+/// `account` with a key of its own, and was refused. The connection stays open (unauthenticated)
+/// for the caller's next attempts; the key names the device the stranger claimed to be.
+pub async fn failed_authentication(
+    relay: &kith_relay::RelayHandle,
+    account: &kith_protocol::ids::AccountId,
+) -> (
+    kith_relay::client::RelayClient,
+    kith_protocol::keys::DeviceSigningKey,
+) {
+    let stranger =
+        kith_relay::client::RelayClient::connect(relay.local_addr(), relay.cert_sha256())
+            .await
+            .unwrap();
+    let key =
+        kith_protocol::keys::DeviceSigningKey::generate(&mut kith_protocol::keys::system_rng());
+    assert!(stranger.authenticate(&key, account).await.is_err());
+    (stranger, key)
+}
+
 /// A relay in a child process, so that a test can kill it for real (`SIGKILL`) and start it
 /// again on the same address and data, as an operator's restart or a crash does.
 ///

@@ -87,13 +87,7 @@ async fn the_relays_info_log_names_no_account_device_or_source_address() {
     assert!(matches!(c.sync().await, Err(ClientError::Revoked)));
     b.sync().await.unwrap();
     // A failed authentication: a device of an account the relay never saw.
-    let stranger =
-        kith_relay::client::RelayClient::connect(relay.local_addr(), relay.cert_sha256())
-            .await
-            .unwrap();
-    let key =
-        kith_protocol::keys::DeviceSigningKey::generate(&mut kith_protocol::keys::system_rng());
-    assert!(stranger.authenticate(&key, &a.account_id()).await.is_err());
+    let (stranger, key) = kith_e2e::failed_authentication(&relay, &a.account_id()).await;
     // Requests anyone can send as fast as the relay answers must not cost a log line each.
     for _ in 0..20 {
         assert!(stranger.pull(Vec::new(), 0, 0).await.is_err());
