@@ -9,6 +9,7 @@ use crate::store::StoreError;
 
 /// Everything that can go wrong in `kith-client`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Talking to the relay failed.
     #[error(transparent)]

@@ -54,6 +54,7 @@ const NEXT_ID: &[u8] = b"store/next-id";
 
 /// Why the local store failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// SQLite reported an I/O or corruption error.
     #[error("local store error: {0}")]

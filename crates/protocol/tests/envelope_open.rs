@@ -11,7 +11,7 @@ use kith_protocol::epoch::{EpochKeys, account_key_for_epoch};
 use kith_protocol::keys::{
     AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, EpochSecret, SymmetricKey, system_rng,
 };
-use kith_protocol::roster::{NewDevice, RosterError, VerifiedRoster};
+use kith_protocol::roster::{NewDevice, RosterError, RosterVerifyError, VerifiedRoster};
 use kith_protocol::stream::{StreamError, StreamVerifier};
 use proptest::prelude::*;
 
@@ -159,7 +159,7 @@ fn device_not_in_the_roster_is_rejected() {
         Err(EnvelopeError::Membership {
             device,
             seq: 1,
-            error: RosterError::UnknownDevice { device }
+            error: RosterError::Verify(RosterVerifyError::UnknownDevice { device })
         })
     );
 }
@@ -175,10 +175,10 @@ fn removed_device_is_rejected_after_its_final_seq() {
         Err(EnvelopeError::Membership {
             device,
             seq: 3,
-            error: RosterError::DeviceRemoved {
+            error: RosterError::Verify(RosterVerifyError::DeviceRemoved {
                 device,
                 final_seq: 2
-            }
+            })
         })
     );
     // Before the removal, the same envelope was admissible.
@@ -193,7 +193,7 @@ fn removed_device_cannot_write_in_the_epoch_that_excludes_it() {
         open_batch(&envelopes, &w.roster, &w.keys),
         Err(EnvelopeError::Membership {
             seq: 1,
-            error: RosterError::EpochNotAllowed { epoch: 2, .. },
+            error: RosterError::Verify(RosterVerifyError::EpochNotAllowed { epoch: 2, .. }),
             ..
         })
     ));

@@ -30,6 +30,7 @@ const RESPONSE_PREALLOC: usize = 4 * 1024 * 1024;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// TLS configuration.
     #[error(transparent)]

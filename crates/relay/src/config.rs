@@ -23,6 +23,7 @@ pub enum RegistrationMode {
 
 /// Errors of loading or checking a configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]

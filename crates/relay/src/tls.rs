@@ -24,6 +24,7 @@ pub const SELF_SIGNED_KEY: &str = "key.pem";
 
 /// TLS setup failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A certificate or key file could not be read or written.
     #[error("{what} {path}: {source}")]
