@@ -11,8 +11,6 @@ pub mod device;
 #[cfg(feature = "sync")]
 pub mod error;
 pub mod export;
-#[doc(hidden)]
-pub mod fuzzing;
 #[cfg(feature = "sync")]
 pub mod heal;
 #[cfg(feature = "sync")]

@@ -66,9 +66,6 @@ pub mod stream;
 
 pub mod frame;
 
-#[doc(hidden)]
-pub mod fuzzing;
-
 pub use ids::{AccountId, DeviceId, RecordId};
 
 /// The protocol version: the `format_version` of every format in `docs/PROTOCOL.md` and the

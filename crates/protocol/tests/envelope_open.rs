@@ -9,10 +9,11 @@ use kith_protocol::envelope::{
 };
 use kith_protocol::epoch::{EpochKeys, account_key_for_epoch};
 use kith_protocol::keys::{
-    AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, EpochSecret, SymmetricKey, system_rng,
+    AccountSigningKey, DeviceSigningKey, EpochSecret, SymmetricKey, system_rng,
 };
-use kith_protocol::roster::{NewDevice, RosterError, RosterVerifyError, VerifiedRoster};
+use kith_protocol::roster::{RosterError, RosterVerifyError, VerifiedRoster};
 use kith_protocol::stream::{StreamError, StreamVerifier};
+use kith_testkit::new_device;
 use proptest::prelude::*;
 
 /// An account with devices `a` and `b` in epoch 1; then `b` is removed after its seq 2, which
@@ -26,17 +27,6 @@ struct World {
     roster: VerifiedRoster,
     keys: EpochKeys,
     keys_epoch1: EpochKeys,
-}
-
-fn new_device(name: &str) -> (DeviceSigningKey, NewDevice) {
-    let mut rng = system_rng();
-    let key = DeviceSigningKey::generate(&mut rng);
-    let device = NewDevice {
-        signing_key: key.public(),
-        agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
-        name: name.to_owned(),
-    };
-    (key, device)
 }
 
 fn world() -> &'static World {

@@ -4,24 +4,12 @@ use std::sync::OnceLock;
 
 use kith_protocol::encoding::labels;
 use kith_protocol::epoch::{EpochKeys, account_key_for_epoch};
-use kith_protocol::keys::{
-    AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, EpochSecret, system_rng,
-};
+use kith_protocol::keys::{AccountSigningKey, DeviceSigningKey, EpochSecret, system_rng};
 use kith_protocol::proto;
-use kith_protocol::roster::{NewDevice, RosterError, RosterVerifyError, VerifiedRoster};
+use kith_protocol::roster::{RosterError, RosterVerifyError, VerifiedRoster};
+use kith_testkit::new_device;
 use proptest::prelude::*;
 use prost::Message;
-
-fn new_device(name: &str) -> (DeviceSigningKey, NewDevice) {
-    let mut rng = system_rng();
-    let key = DeviceSigningKey::generate(&mut rng);
-    let device = NewDevice {
-        signing_key: key.public(),
-        agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
-        name: name.to_owned(),
-    };
-    (key, device)
-}
 
 /// An account's life: every roster it went through, oldest first, with the keys of each step.
 struct History {

@@ -1,9 +1,9 @@
 //! Replays the importer fuzz corpora on the stable toolchain: every file of
 //! `fuzz/corpus/<target>/` goes through the same body the cargo-fuzz target runs
-//! (`kith_client::fuzzing`), so a crash the fuzzer once found cannot come back unnoticed.
+//! (`kith_testkit::fuzz::import`), so a crash the fuzzer once found cannot come back unnoticed.
 //!
-//! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-client --test fuzz_corpus_import` rewrites
-//! the `valid-*` seeds: trimmed copies of `tests/fixtures/` for the text importers, and the
+//! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-testkit --test fuzz_corpus_import` rewrites
+//! the `valid-*` seeds: trimmed copies of `crates/client/tests/fixtures/` for the text importers, and the
 //! harness-built databases for the SQLite ones.
 
 use std::fs;
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use kith_client::fuzzing::{TARGETS, seeds};
+use kith_testkit::fuzz::import::{TARGETS, seeds};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
@@ -20,7 +20,7 @@ fn fuzz_dir() -> PathBuf {
 
 fn fixture(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../client/tests/fixtures")
         .join(path);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -178,8 +178,8 @@ fn write_seeds() {
         short_ics.push_str(&ics[series..]);
     }
     files.push(("calendar", "valid-ics".into(), short_ics.into_bytes()));
-    let archive =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitter/twitter-archive.zip");
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../client/tests/fixtures/twitter/twitter-archive.zip");
     files.push((
         "twitter",
         "valid-archive".into(),

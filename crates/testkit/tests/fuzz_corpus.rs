@@ -1,15 +1,15 @@
 //! Replays the checked-in fuzz corpora on the stable toolchain: every file of
 //! `fuzz/corpus/<target>/` goes through the same body the cargo-fuzz target runs
-//! (`kith_protocol::fuzzing`), so a crash the fuzzer once found cannot come back unnoticed.
+//! (`kith_testkit::fuzz::protocol`), so a crash the fuzzer once found cannot come back unnoticed.
 //!
-//! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-protocol --test fuzz_corpus` rewrites the
+//! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-testkit --test fuzz_corpus` rewrites the
 //! `valid-*` seeds from the fuzzing fixture (after a change to an encoding, say).
 
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use kith_protocol::fuzzing::{TARGETS, seeds};
+use kith_testkit::fuzz::protocol::{TARGETS, seeds};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
