@@ -15,16 +15,16 @@ use common::{TestAccount, TestRelay, bounded, envelopes};
 use kith_protocol::frame::encode_frame;
 use kith_protocol::proto::{self, ErrorCode, Request, request};
 use kith_relay::RegistrationMode;
-use kith_relay::client::{ClientError, RelayClient};
+use kith_relay::client::{RelayClientError, RelayClient};
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),
     }
 }
 
-async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, ClientError> {
+async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, RelayClientError> {
     let bind: SocketAddr = format!("{ip}:0").parse().unwrap();
     RelayClient::connect_from(bind, relay.handle.local_addr(), relay.handle.cert_sha256()).await
 }
@@ -87,7 +87,7 @@ async fn connections_per_source_address_are_capped() {
         }
         let refused = connect_from(&relay, "127.0.0.2").await;
         assert!(
-            matches!(refused, Err(ClientError::Connection(_))),
+            matches!(refused, Err(RelayClientError::Connection(_))),
             "a fourth connection from one address was accepted (error: {:?})",
             refused.as_ref().err()
         );

@@ -10,10 +10,10 @@ use kith_protocol::auth::{sign_account_deletion, sign_relay_auth};
 use kith_protocol::keys::{AccountSigningKey, system_rng};
 use kith_protocol::proto::{self, Cursor, ErrorCode, request, response};
 use kith_relay::RegistrationMode;
-use kith_relay::client::{ClientError, RelayClient};
+use kith_relay::client::{RelayClientError, RelayClient};
 use prost::Message;
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),
@@ -25,7 +25,7 @@ async fn authenticate_raw(
     account: &TestAccount,
     device: usize,
     exporter: [u8; 32],
-) -> Result<(), ClientError> {
+) -> Result<(), RelayClientError> {
     let nonce = client.challenge().await?;
     let key = account.device(device);
     let signature = sign_relay_auth(key, &exporter, &nonce, &account.id, &key.device_id());
@@ -124,9 +124,9 @@ async fn token_registration_needs_a_single_use_token() {
 
 /// Asserts that an authentication was refused as every failure before a verified signature
 /// is: `BAD_SIGNATURE` with the same message, whatever was wrong.
-fn refused_alike(result: Result<(), ClientError>, what: &str) {
+fn refused_alike(result: Result<(), RelayClientError>, what: &str) {
     match result {
-        Err(ClientError::Refused { code, message }) => {
+        Err(RelayClientError::Refused { code, message }) => {
             assert_eq!(code, ErrorCode::BadSignature, "{what}: {message}");
             assert_eq!(message, "authentication failed", "{what}");
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{TestAccount, TestRelay, envelope};
 use kith_protocol::proto::{self, ErrorCode, request};
 use kith_relay::MemoryCounts;
-use kith_relay::client::{ClientError, RelayClient, shared_endpoint};
+use kith_relay::client::{RelayClientError, RelayClient, shared_endpoint};
 
 /// Idle accounts the relay may keep: far fewer than the accounts the soak goes through.
 const CACHED_ACCOUNTS: usize = 16;
@@ -115,7 +115,7 @@ async fn visit(
             });
             let refused = client.request(take).await.unwrap_err();
             assert!(
-                matches!(&refused, ClientError::Refused { code, .. } if *code == ErrorCode::NotFound),
+                matches!(&refused, RelayClientError::Refused { code, .. } if *code == ErrorCode::NotFound),
                 "{refused:?}"
             );
         }
