@@ -13,7 +13,7 @@
 //! | `state` (private) | what a running relay keeps in memory: accounts (verified roster, stream heads, subscribers), connections, live counts |
 //! | [`store`] | the [`store::Store`] trait, the embedded [`store::SledStore`] (an index in sled, envelope bytes in the segment log of `store/log.rs`) and [`store::GroupCommit`] |
 //! | [`wire`] | the zero-copy paths: push requests decoded without copying envelopes, pull pages encoded straight from the store |
-//! | [`config`], [`limits`], [`tls`], [`error`] | settings and size limits, per-address token buckets, the certificate, the errors a request can end with |
+//! | [`config`], [`rate_limit`], [`tls`], [`error`] | settings and size bounds, per-address and per-device token buckets, the certificate, the errors a request can end with |
 //! | [`client`] | a minimal client of the relay's own, for the load tool and tests (devices use `kith-client`) |
 //! | `main.rs`, `bench.rs` | the `kith-relay` binary and its `bench` load tool |
 //!
@@ -54,7 +54,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 mod handlers;
-pub mod limits;
+pub mod rate_limit;
 pub mod server;
 mod state;
 pub mod store;

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::config::RelayConfig;
 use crate::error::RequestError;
-use crate::limits::{KeyedLimiter, shrink};
+use crate::rate_limit::{KeyedLimiter, shrink};
 use crate::store::{GroupCommit, LoadedAccount, Store, StreamMeta};
 use kith_protocol::roster::VerifiedRoster;
 
