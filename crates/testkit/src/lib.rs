@@ -22,6 +22,7 @@ pub mod rng;
 /// cargo-fuzz target `fuzz/fuzz_targets/name.rs`, and a test of this crate replays every file of
 /// `fuzz/corpus/name/` through it on the stable toolchain.
 pub mod fuzz {
+    pub mod corpus;
     #[cfg(feature = "importers")]
     pub mod import;
     pub mod protocol;

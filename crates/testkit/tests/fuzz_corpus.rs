@@ -5,44 +5,15 @@
 //! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-testkit --test fuzz_corpus` rewrites the
 //! `valid-*` seeds from the fuzzing fixture (after a change to an encoding, say).
 
-use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
 
+use kith_testkit::fuzz::corpus::{corpus, fuzz_dir, regenerating, write_seeds};
 use kith_testkit::fuzz::protocol::{TARGETS, seeds};
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
-
-fn regenerating() -> bool {
-    std::env::var_os("KITH_REGENERATE_FUZZ_SEEDS").is_some_and(|v| v == "1")
-}
-
-/// The files of one corpus directory, sorted by name.
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = fuzz_dir().join("corpus").join(target);
-    let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.is_file())
-        .map(|path| {
-            let name = path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            (name, fs::read(&path).expect("corpus file"))
-        })
-        .collect();
-    files.sort();
-    files
-}
 
 #[test]
 fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
     if regenerating() {
-        write_seeds();
+        write_seeds(&seeds());
     }
     let mut failures = Vec::new();
     let mut replayed = 0;
@@ -83,13 +54,5 @@ fn every_target_has_a_fuzz_target_file_and_seeds() {
             "{} is missing (KITH_REGENERATE_FUZZ_SEEDS=1 writes it)",
             path.display()
         );
-    }
-}
-
-fn write_seeds() {
-    for seed in seeds() {
-        let dir = fuzz_dir().join("corpus").join(seed.target);
-        fs::create_dir_all(&dir).expect("corpus directory");
-        fs::write(dir.join(&seed.name), &seed.bytes).expect("seed file");
     }
 }

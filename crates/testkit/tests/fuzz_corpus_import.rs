@@ -8,45 +8,18 @@
 
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use kith_testkit::fuzz::corpus::{corpus, fuzz_dir, regenerating};
 use kith_testkit::fuzz::import::{TARGETS, seeds};
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
 
 fn fixture(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../client/tests/fixtures")
         .join(path);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn regenerating() -> bool {
-    std::env::var_os("KITH_REGENERATE_FUZZ_SEEDS").is_some_and(|v| v == "1")
-}
-
-/// The files of one corpus directory, sorted by name.
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = fuzz_dir().join("corpus").join(target);
-    let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.is_file())
-        .map(|path| {
-            let name = path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            (name, fs::read(&path).expect("corpus file"))
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 /// Panics seen by the panic hook, including those a dependency catches itself (rusqlite turns

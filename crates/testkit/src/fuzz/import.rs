@@ -26,8 +26,7 @@ use kith_client::import::{
     twitter, vcard,
 };
 
-/// A target's body: runs one input, returns whether the importer accepted it.
-pub type Body = fn(&[u8]) -> bool;
+pub use super::corpus::{Body, Seed};
 
 /// Every importer target: its name (the fuzz target and corpus directory) and its body.
 pub const TARGETS: &[(&str, Body)] = &[
@@ -479,17 +478,6 @@ fn build_contacts_db(path: &Path, input: &mut Input<'_>) -> rusqlite::Result<()>
 
 // ---------------------------------------------------------------------------------------------
 // seeds
-
-/// One seed input: the target it is for, a file name, and the bytes.
-#[derive(Debug, Clone)]
-pub struct Seed {
-    /// The target (corpus directory).
-    pub target: &'static str,
-    /// The file name; `valid-*` seeds must be accepted by their target.
-    pub name: String,
-    /// The input.
-    pub bytes: Vec<u8>,
-}
 
 /// Inputs for `imessage_rows` that build a database with every kind of row, and the same
 /// databases as raw files for `imessage`. (The text importers' seeds are trimmed copies of the

@@ -56,8 +56,7 @@ use kith_protocol::record::{decode_batch, encode_batch};
 use kith_protocol::roster::{NewDevice, VerifiedRoster};
 use kith_protocol::stream::StreamVerifier;
 
-/// A target's body: runs one input, returns whether the decoder accepted it.
-pub type Body = fn(&[u8]) -> bool;
+pub use super::corpus::{Body, Seed};
 
 /// Every protocol target: its name (the fuzz target and corpus directory) and its body.
 pub const TARGETS: &[(&str, Body)] = &[
@@ -951,17 +950,6 @@ fn check_snapshot_round_trip(set: &ContactSet, positions: Vec<proto::StreamPosit
 
 // ---------------------------------------------------------------------------------------------
 // seeds
-
-/// One seed input: the target it is for, a file name, and the bytes.
-#[derive(Debug, Clone)]
-pub struct Seed {
-    /// The target (corpus directory).
-    pub target: &'static str,
-    /// The file name; `valid-*` seeds must be accepted by their target.
-    pub name: String,
-    /// The input.
-    pub bytes: Vec<u8>,
-}
 
 fn seed(target: &'static str, name: &str, bytes: Vec<u8>) -> Seed {
     Seed {
