@@ -5,7 +5,7 @@ use kith_protocol::DeviceId;
 
 use crate::keystore::KeyStoreError;
 use crate::net::NetError;
-use crate::store::StoreError;
+use crate::store::LocalStoreError;
 
 /// Everything that can go wrong in `kith-client`.
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +16,7 @@ pub enum ClientError {
     Net(NetError),
     /// The local store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] LocalStoreError),
     /// The device secrets could not be loaded or saved.
     #[error(transparent)]
     KeyStore(#[from] KeyStoreError),
