@@ -93,7 +93,10 @@ fn refused(kind: Option<response::Kind>) -> RelayClientError {
 
 impl RelayClient {
     /// Connects to `addr`, trusting only the certificate with SHA-256 `cert_sha256`.
-    pub async fn connect(addr: SocketAddr, cert_sha256: [u8; 32]) -> Result<Self, RelayClientError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        cert_sha256: [u8; 32],
+    ) -> Result<Self, RelayClientError> {
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0".parse()
         } else {
@@ -201,9 +204,9 @@ impl RelayClient {
         match wire::pull_payload(&body) {
             Some(payload) => wire::PullResponse::decode(payload).map_err(decode_error),
             None => match Response::decode(body).map_err(decode_error)?.kind {
-                Some(response::Kind::Pull(_)) => {
-                    Err(RelayClientError::Unexpected("pull page in an unusual encoding"))
-                }
+                Some(response::Kind::Pull(_)) => Err(RelayClientError::Unexpected(
+                    "pull page in an unusual encoding",
+                )),
                 other => Err(refused(other)),
             },
         }

@@ -63,7 +63,7 @@ pub mod wire;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{Limits, RegistrationMode, RelayConfig, Settings};
+pub use config::{Bounds, RegistrationMode, RelayConfig, Settings};
 pub use error::{RelayError, RequestError};
 pub use server::{MemoryCounts, Relay, RelayHandle};
 

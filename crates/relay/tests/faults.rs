@@ -34,7 +34,7 @@ use common::{TestAccount, TestRelay, envelope, envelope_with, envelopes};
 use kith_net::{encode_frame, read_message};
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, Cursor, ErrorCode, StreamInfo, request, response};
-use kith_relay::client::{RelayClientError, RelayClient};
+use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::{Relay, RelayConfig};
 
 /// One test at a time (see the module docs).
@@ -938,7 +938,7 @@ const MARGIN: Duration = Duration::from_millis(1500);
 /// Small limits so that every cut-off happens within seconds. The well-behaved client's two
 /// requests per [`GOOD_INTERVAL`] (80/s) stay under `RATE`.
 fn abuse_limits(config: &mut RelayConfig) {
-    let l = &mut config.limits;
+    let l = &mut config.bounds;
     l.max_frame_bytes = MAX_FRAME;
     l.max_envelope_bytes = 16 * 1024;
     l.pull_max_bytes = 32 * 1024;

@@ -6,7 +6,7 @@ mod common;
 
 use common::{TestAccount, TestRelay, bounded};
 use kith_protocol::proto::{self, ErrorCode, request, response};
-use kith_relay::client::{RelayClientError, RelayClient};
+use kith_relay::client::{RelayClient, RelayClientError};
 
 fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
