@@ -5,9 +5,9 @@
 //! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-testkit --test fuzz_corpus` rewrites the
 //! `valid-*` seeds from the fuzzing fixture (after a change to an encoding, say).
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use kith_testkit::fuzz::corpus::{corpus, fuzz_dir, regenerating, write_seeds};
+use kith_testkit::fuzz::corpus::{
+    fuzz_dir, missing_target_files, regenerating, replay, write_seeds,
+};
 use kith_testkit::fuzz::protocol::{TARGETS, seeds};
 
 #[test]
@@ -15,22 +15,7 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
     if regenerating() {
         write_seeds(&seeds());
     }
-    let mut failures = Vec::new();
-    let mut replayed = 0;
-    for &(target, body) in TARGETS {
-        let files = corpus(target);
-        assert!(!files.is_empty(), "fuzz/corpus/{target} is empty");
-        for (name, bytes) in files {
-            replayed += 1;
-            match catch_unwind(AssertUnwindSafe(|| body(&bytes))) {
-                Err(_) => failures.push(format!("{target}/{name}: panicked")),
-                Ok(false) if name.starts_with("valid-") => failures.push(format!(
-                    "{target}/{name}: no longer accepted (KITH_REGENERATE_FUZZ_SEEDS=1 rewrites seeds)"
-                )),
-                Ok(_) => {}
-            }
-        }
-    }
+    let (replayed, failures) = replay(TARGETS);
     assert!(
         failures.is_empty(),
         "{replayed} files replayed; failures:\n{}",
@@ -40,10 +25,8 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
 
 #[test]
 fn every_target_has_a_fuzz_target_file_and_seeds() {
-    for &(target, _) in TARGETS {
-        let file = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
-        assert!(file.is_file(), "{} is missing", file.display());
-    }
+    let missing = missing_target_files(TARGETS);
+    assert!(missing.is_empty(), "missing: {missing:?}");
     if regenerating() {
         return;
     }

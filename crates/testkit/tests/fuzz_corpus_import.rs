@@ -7,12 +7,9 @@
 //! harness-built databases for the SQLite ones.
 
 use std::fs;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Once;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use kith_testkit::fuzz::corpus::{corpus, fuzz_dir, regenerating};
+use kith_testkit::fuzz::corpus::{fuzz_dir, missing_target_files, regenerating, replay};
 use kith_testkit::fuzz::import::{TARGETS, seeds};
 
 fn fixture(path: &str) -> String {
@@ -22,49 +19,12 @@ fn fixture(path: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Panics seen by the panic hook, including those a dependency catches itself (rusqlite turns
-/// a panic in its SQLite callbacks into an error, but libFuzzer, and any `panic = "abort"`
-/// build, dies on it).
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            default(info);
-        }));
-    });
-}
-
 #[test]
 fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
     if regenerating() {
         write_seeds();
     }
-    count_panics();
-    let mut failures = Vec::new();
-    let mut replayed = 0;
-    for &(target, body) in TARGETS {
-        let files = corpus(target);
-        assert!(!files.is_empty(), "fuzz/corpus/{target} is empty");
-        for (name, bytes) in files {
-            replayed += 1;
-            let before = PANICS.load(Ordering::SeqCst);
-            let result = catch_unwind(AssertUnwindSafe(|| body(&bytes)));
-            if result.is_ok() && PANICS.load(Ordering::SeqCst) != before {
-                failures.push(format!("{target}/{name}: panicked inside a dependency"));
-            }
-            match result {
-                Err(_) => failures.push(format!("{target}/{name}: panicked")),
-                Ok(false) if name.starts_with("valid-") => failures.push(format!(
-                    "{target}/{name}: no longer accepted (KITH_REGENERATE_FUZZ_SEEDS=1 rewrites seeds)"
-                )),
-                Ok(_) => {}
-            }
-        }
-    }
+    let (replayed, failures) = replay(TARGETS);
     assert!(
         failures.is_empty(),
         "{replayed} files replayed; failures:\n{}",
@@ -74,10 +34,8 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
 
 #[test]
 fn every_target_has_a_fuzz_target_file() {
-    for &(target, _) in TARGETS {
-        let file = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
-        assert!(file.is_file(), "{} is missing", file.display());
-    }
+    let missing = missing_target_files(TARGETS);
+    assert!(missing.is_empty(), "missing: {missing:?}");
 }
 
 /// The first `lines` lines of a text (line ends kept).

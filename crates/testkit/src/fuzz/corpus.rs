@@ -2,7 +2,10 @@
 //! checked-in corpora under `fuzz/corpus/<target>/`.
 
 use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A target's body: runs one input, returns whether the decoder or importer accepted it.
 pub type Body = fn(&[u8]) -> bool;
@@ -56,4 +59,58 @@ pub fn write_seeds(seeds: &[Seed]) {
         fs::create_dir_all(&dir).expect("corpus directory");
         fs::write(dir.join(&seed.name), &seed.bytes).expect("seed file");
     }
+}
+
+/// Panics seen by the panic hook, including those a dependency catches itself (rusqlite turns
+/// a panic in its SQLite callbacks into an error, but libFuzzer, and any `panic = "abort"`
+/// build, dies on it).
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
+/// Runs every file of every target's corpus through its body. Returns how many files ran and
+/// one line per failure: a panic (caught by the body's caller or inside a dependency), or a
+/// `valid-*` seed no longer accepted. Panics if a target has no corpus.
+pub fn replay(targets: &[(&str, Body)]) -> (usize, Vec<String>) {
+    count_panics();
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    for &(target, body) in targets {
+        let files = corpus(target);
+        assert!(!files.is_empty(), "fuzz/corpus/{target} is empty");
+        for (name, bytes) in files {
+            replayed += 1;
+            let before = PANICS.load(Ordering::SeqCst);
+            let result = catch_unwind(AssertUnwindSafe(|| body(&bytes)));
+            if result.is_ok() && PANICS.load(Ordering::SeqCst) != before {
+                failures.push(format!("{target}/{name}: panicked inside a dependency"));
+            }
+            match result {
+                Err(_) => failures.push(format!("{target}/{name}: panicked")),
+                Ok(false) if name.starts_with("valid-") => failures.push(format!(
+                    "{target}/{name}: no longer accepted (KITH_REGENERATE_FUZZ_SEEDS=1 rewrites seeds)"
+                )),
+                Ok(_) => {}
+            }
+        }
+    }
+    (replayed, failures)
+}
+
+/// The targets without a `fuzz/fuzz_targets/<target>.rs`.
+pub fn missing_target_files(targets: &[(&str, Body)]) -> Vec<PathBuf> {
+    targets
+        .iter()
+        .map(|(target, _)| fuzz_dir().join("fuzz_targets").join(format!("{target}.rs")))
+        .filter(|file| !file.is_file())
+        .collect()
 }
