@@ -1,5 +1,5 @@
 //! Relay frames: requests as the relay reads them, responses as a client reads them, and the
-//! decoders behind their byte fields. The body is `kith_protocol::fuzzing::frame`, which `cargo
+//! decoders behind their byte fields. The body is `kith_testkit::fuzz::protocol::frame`, which `cargo
 //! test` also replays over `corpus/frame/`.
 #![no_main]
 #![forbid(unsafe_code)]
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    kith_protocol::fuzzing::frame(data);
+    kith_testkit::fuzz::protocol::frame(data);
 });

@@ -1,5 +1,5 @@
 //! Link and recovery bundles: sealed ones opened with fixed keys, and the plaintext `AccountBundle`
-//! decoder. The body is `kith_protocol::fuzzing::link_bundle`, which `cargo test` also replays over
+//! decoder. The body is `kith_testkit::fuzz::protocol::link_bundle`, which `cargo test` also replays over
 //! `corpus/link_bundle/`.
 #![no_main]
 #![forbid(unsafe_code)]
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    kith_protocol::fuzzing::link_bundle(data);
+    kith_testkit::fuzz::protocol::link_bundle(data);
 });

@@ -1,5 +1,5 @@
 //! Pasted texts: `LinkCode::parse` and `RecoveryKey::parse`, with print/parse round trips. The body
-//! is `kith_protocol::fuzzing::link_code`, which `cargo test` also replays over
+//! is `kith_testkit::fuzz::protocol::link_code`, which `cargo test` also replays over
 //! `corpus/link_code/`.
 #![no_main]
 #![forbid(unsafe_code)]
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    kith_protocol::fuzzing::link_code(data);
+    kith_testkit::fuzz::protocol::link_code(data);
 });

@@ -1,10 +1,10 @@
 //! LinkedIn `Connections.csv` (`import::linkedin::import_bytes`). The body is
-//! `kith_client::fuzzing::linkedin`, which `cargo test` also replays over `corpus/linkedin/`.
+//! `kith_testkit::fuzz::import::linkedin`, which `cargo test` also replays over `corpus/linkedin/`.
 #![no_main]
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    kith_client::fuzzing::linkedin(data);
+    kith_testkit::fuzz::import::linkedin(data);
 });

@@ -1,10 +1,10 @@
 //! Operation batches (`decode_batch`): round trip and merge convergence in every order. The body is
-//! `kith_protocol::fuzzing::operations`, which `cargo test` also replays over `corpus/operations/`.
+//! `kith_testkit::fuzz::protocol::operations`, which `cargo test` also replays over `corpus/operations/`.
 #![no_main]
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    kith_protocol::fuzzing::operations(data);
+    kith_testkit::fuzz::protocol::operations(data);
 });

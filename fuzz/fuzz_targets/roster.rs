@@ -1,5 +1,5 @@
 //! Signed rosters: `VerifiedRoster::verify`, raw and with harness-signed bodies, then queries and
-//! extensions. The body is `kith_protocol::fuzzing::roster`, which `cargo test` also replays over
+//! extensions. The body is `kith_testkit::fuzz::protocol::roster`, which `cargo test` also replays over
 //! `corpus/roster/`.
 #![no_main]
 #![forbid(unsafe_code)]
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    kith_protocol::fuzzing::roster(data);
+    kith_testkit::fuzz::protocol::roster(data);
 });

@@ -1,5 +1,5 @@
 //! Sealed epoch keys: `peek_sealed_epoch_key` and `open_epoch_key`, and seal/open round trips. The
-//! body is `kith_protocol::fuzzing::sealed_epoch_key`, which `cargo test` also replays over
+//! body is `kith_testkit::fuzz::protocol::sealed_epoch_key`, which `cargo test` also replays over
 //! `corpus/sealed_epoch_key/`.
 #![no_main]
 #![forbid(unsafe_code)]
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    kith_protocol::fuzzing::sealed_epoch_key(data);
+    kith_testkit::fuzz::protocol::sealed_epoch_key(data);
 });

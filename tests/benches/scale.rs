@@ -48,8 +48,8 @@ fn target(relay: &RelayHandle) -> RelayTarget {
 async fn relay(dir: &std::path::Path) -> RelayHandle {
     let mut config = RelayConfig::for_tests(dir.join("relay"));
     // Large imports push ~100 MB; keep the per-account quota out of the way.
-    config.limits.max_account_bytes = 16 * 1024 * 1024 * 1024;
-    config.limits.requests_per_second = 100_000;
+    config.bounds.max_account_bytes = 16 * 1024 * 1024 * 1024;
+    config.bounds.requests_per_second = 100_000;
     Relay::start(config).await.unwrap()
 }
 

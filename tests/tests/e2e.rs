@@ -664,8 +664,8 @@ fn mail_report(mbox: &[u8]) -> kith_client::import::ImportReport {
 
 /// (sent, received) that a device shows for the contact holding `email`.
 fn mail_counts(device: &Device, email: &str) -> (u64, u64) {
+    use kith_protocol::contact::Source;
     use kith_protocol::history::sketch_count;
-    use kith_protocol::record::Source;
     let contact = device
         .contacts()
         .unwrap()

@@ -23,7 +23,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let mut config = RelayConfig::for_tests(dir.path().join("relay"));
         // Every round links three devices, each taking its pairing slot from this address.
-        config.limits.lookups_per_minute = 10_000;
+        config.bounds.lookups_per_minute = 10_000;
         let relay = Relay::start(config).await.unwrap();
         Self { dir, relay }
     }

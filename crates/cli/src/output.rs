@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 
 use kith_client::{ConflictView, Contact, DeviceInfo, MeetingView};
+use kith_protocol::contact::Source;
 use kith_protocol::history;
 use kith_protocol::proto;
-use kith_protocol::record::Source;
 use serde::Serialize;
 
 /// How many hex digits of an id the tables show (any unique prefix of 4 or more is accepted).

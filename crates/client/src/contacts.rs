@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kith_protocol::RecordId;
+use kith_protocol::contact::Contact;
 use kith_protocol::merge::RecordState;
 use kith_protocol::proto::{self, field_value::Value};
-use kith_protocol::record::{self, Contact, FieldKey, FieldWrite, Operation};
+use kith_protocol::record::{self, FieldKey, FieldWrite, Operation};
 use serde::Serialize;
 use unicode_normalization::UnicodeNormalization;
 
@@ -804,10 +805,10 @@ impl Device {
 
     /// Every live contact as vCard 4.0 text.
     pub fn export_vcard(&self) -> Result<String> {
-        let contacts: Vec<crate::import::vcard::ExportContact> = self
+        let contacts: Vec<crate::export::ExportContact> = self
             .contacts()?
             .iter()
-            .map(|c| crate::import::vcard::ExportContact {
+            .map(|c| crate::export::ExportContact {
                 uid: Some(c.id().to_hex()),
                 name: c.name().map(str::to_string),
                 emails: c.emails().to_vec(),
@@ -820,7 +821,7 @@ impl Device {
                 note: c.note().map(str::to_string),
             })
             .collect();
-        Ok(crate::import::vcard::export_vcard4(&contacts))
+        Ok(crate::export::export_vcard4(&contacts))
     }
 }
 

@@ -5,17 +5,18 @@ use kith_protocol::DeviceId;
 
 use crate::keystore::KeyStoreError;
 use crate::net::NetError;
-use crate::store::StoreError;
+use crate::store::LocalStoreError;
 
 /// Everything that can go wrong in `kith-client`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Talking to the relay failed.
     #[error(transparent)]
     Net(NetError),
     /// The local store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] LocalStoreError),
     /// The device secrets could not be loaded or saved.
     #[error(transparent)]
     KeyStore(#[from] KeyStoreError),

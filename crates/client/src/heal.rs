@@ -505,7 +505,7 @@ impl Device {
                     tx.remove(TreeName::Outbox, &key)?;
                 }
             }
-            Ok::<_, crate::store::StoreError>(())
+            Ok::<_, crate::store::LocalStoreError>(())
         })?;
         self.push_kept(connection, self.outbox_from(at)?).await?;
         self.forget_sent_before(at)?;

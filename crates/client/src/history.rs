@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use kith_protocol::RecordId;
-use kith_protocol::record::{Contact, FieldKey, FieldWrite, Source};
+use kith_protocol::contact::{Contact, Source};
+use kith_protocol::record::{FieldKey, FieldWrite};
 use serde::Serialize;
 
 use crate::device::Device;

@@ -106,6 +106,7 @@ impl DeviceSecrets {
 
 /// Why the device secrets could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyStoreError {
     /// Reading or writing the key file failed.
     #[error("device key file {path}: {source}")]

@@ -10,8 +10,7 @@ pub mod contacts;
 pub mod device;
 #[cfg(feature = "sync")]
 pub mod error;
-#[doc(hidden)]
-pub mod fuzzing;
+pub mod export;
 #[cfg(feature = "sync")]
 pub mod heal;
 #[cfg(feature = "sync")]
@@ -44,7 +43,7 @@ pub use error::ClientError;
 pub use heal::{CutStream, RelayHeal, StreamRestore};
 #[cfg(feature = "sync")]
 pub use history::{MeetingView, ParticipantView};
-pub use kith_protocol::record::Contact;
+pub use kith_protocol::contact::Contact;
 #[cfg(feature = "sync")]
 pub use recovery::{RecoveryState, RecoveryStatus};
 #[cfg(feature = "sync")]

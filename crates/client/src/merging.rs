@@ -20,9 +20,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kith_protocol::RecordId;
+use kith_protocol::contact::Contact;
 use kith_protocol::merge::{Groups, GroupsBuilder, RecordState};
 use kith_protocol::proto::field_value::Value;
-use kith_protocol::record::{self, Contact, FieldKey, FieldKind, FieldWrite, Operation};
+use kith_protocol::record::{self, FieldKey, FieldKind, FieldWrite, Operation};
 use serde::Serialize;
 
 use crate::contacts::{IdentityIndex, fold};

@@ -72,6 +72,7 @@ impl RelayTarget {
 
 /// Why talking to the relay failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetError {
     /// The certificate pin is not 64 hex characters.
     #[error(

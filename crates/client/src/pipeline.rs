@@ -25,7 +25,7 @@ use prost::Message;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::Result;
-use crate::store::{LocalStore, StoreError, StoreTxn, TreeName};
+use crate::store::{LocalStore, LocalStoreError, StoreTxn, TreeName};
 
 /// The merged records of one batch, by id.
 pub(crate) type Records = BTreeMap<RecordId, RecordState>;
@@ -102,7 +102,7 @@ impl RecordPipeline {
             in_flight
                 .task
                 .await
-                .map_err(|e| StoreError::WriterFailed(e.to_string()))??;
+                .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
         }
         Ok(())
     }
@@ -118,7 +118,7 @@ pub(crate) fn read_record(store: &LocalStore, id: &RecordId) -> Result<Option<Re
 
 /// Decodes a stored record state.
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<RecordState> {
-    let wire = proto::RecordState::decode(bytes).map_err(|_| StoreError::Corrupt {
+    let wire = proto::RecordState::decode(bytes).map_err(|_| LocalStoreError::Corrupt {
         tree: "records",
         reason: "undecodable record".into(),
     })?;
@@ -159,7 +159,7 @@ fn live_count_in(tx: &StoreTxn<'_>) -> Result<u64> {
 
 fn decode_count(bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| {
-        StoreError::Corrupt {
+        LocalStoreError::Corrupt {
             tree: "meta",
             reason: "the live contact count is not 8 bytes".into(),
         }

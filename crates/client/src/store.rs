@@ -39,7 +39,7 @@ pub const DB_FILE: &str = "kith.sqlite3";
 /// record id (format 1 kept them in a table ordered by id; see [`SCHEMA`]).
 pub const FORMAT_VERSION: i64 = 2;
 /// How long a writer waits for another connection's (or process's) write transaction before
-/// giving up with [`StoreError::Busy`]. The longest transactions are one import chunk or one
+/// giving up with [`LocalStoreError::Busy`]. The longest transactions are one import chunk or one
 /// pulled page: well under a second each.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SQLite's page cache per connection, in KiB (negative `cache_size`): the writer's covers the
@@ -54,7 +54,8 @@ const NEXT_ID: &[u8] = b"store/next-id";
 
 /// Why the local store failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+#[non_exhaustive]
+pub enum LocalStoreError {
     /// SQLite reported an I/O or corruption error.
     #[error("local store error: {0}")]
     Db(#[source] rusqlite::Error),
@@ -108,13 +109,13 @@ pub enum StoreError {
     },
 }
 
-impl From<rusqlite::Error> for StoreError {
+impl From<rusqlite::Error> for LocalStoreError {
     fn from(error: rusqlite::Error) -> Self {
         match error.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                StoreError::Busy
+                LocalStoreError::Busy
             }
-            _ => StoreError::Db(error),
+            _ => LocalStoreError::Db(error),
         }
     }
 }
@@ -204,8 +205,13 @@ impl ValueCipher {
     }
 
     /// Opens a value sealed for `(tree, key)`.
-    pub fn open(&self, tree: TreeName, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let tampered = || StoreError::Tampered {
+    pub fn open(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, LocalStoreError> {
+        let tampered = || LocalStoreError::Tampered {
             tree: tree.as_str(),
             key_hint: hex::encode(&key[..key.len().min(4)]),
         };
@@ -329,12 +335,12 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn io_error(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |source| StoreError::Io { context, source }
+fn io_error(context: String) -> impl FnOnce(std::io::Error) -> LocalStoreError {
+    move |source| LocalStoreError::Io { context, source }
 }
 
 /// Opens one connection with the store's settings: WAL, `synchronous = FULL`, busy timeout.
-fn connect(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
+fn connect(path: &Path, cache_kib: i64) -> Result<Connection, LocalStoreError> {
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -345,7 +351,7 @@ fn connect(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
     let mode: String =
         connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Migration(format!(
+        return Err(LocalStoreError::Migration(format!(
             "{} cannot use write-ahead logging (journal mode {mode})",
             path.display()
         )));
@@ -361,7 +367,7 @@ fn connect(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
 }
 
 /// Creates the tables of a new store, or checks the format of an existing one.
-fn prepare_schema(connection: &mut Connection) -> Result<(), StoreError> {
+fn prepare_schema(connection: &mut Connection) -> Result<(), LocalStoreError> {
     // Opening an existing store takes no write lock: another process may be writing.
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version == FORMAT_VERSION {
@@ -370,7 +376,7 @@ fn prepare_schema(connection: &mut Connection) -> Result<(), StoreError> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > FORMAT_VERSION {
-        return Err(StoreError::TooNew {
+        return Err(LocalStoreError::TooNew {
             found: version,
             supported: FORMAT_VERSION,
         });
@@ -395,7 +401,7 @@ fn prepare_schema(connection: &mut Connection) -> Result<(), StoreError> {
 impl LocalStore {
     /// Opens (or creates) the store in `dir`. A store of the previous release (sled) found
     /// there is migrated first (see [`migrate`]).
-    pub fn open(dir: &Path, local_store_key: &SymmetricKey) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, local_store_key: &SymmetricKey) -> Result<Self, LocalStoreError> {
         std::fs::create_dir_all(dir)
             .map_err(io_error(format!("cannot create {}", dir.display())))?;
         let path = dir.join(DB_FILE);
@@ -404,7 +410,7 @@ impl LocalStore {
             #[cfg(feature = "migrate-sled")]
             migrate::from_sled(dir, &path, &cipher)?;
             #[cfg(not(feature = "migrate-sled"))]
-            return Err(StoreError::Migration(format!(
+            return Err(LocalStoreError::Migration(format!(
                 "{} holds the previous release's store, and this build of kith-client was made without the `migrate-sled` feature that reads it",
                 dir.display()
             )));
@@ -437,7 +443,7 @@ impl LocalStore {
     }
 
     /// Reads and decrypts one value.
-    pub fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, LocalStoreError> {
         let sealed = self.get_sealed(tree, key)?;
         sealed
             .map(|sealed| self.cipher().open(tree, key, &sealed))
@@ -445,7 +451,11 @@ impl LocalStore {
     }
 
     /// Reads one value as stored (sealed).
-    pub fn get_sealed(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get_sealed(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, LocalStoreError> {
         let reader = lock(&self.shared.reader);
         Ok(reader
             .prepare_cached(get_sql(tree))?
@@ -454,13 +464,18 @@ impl LocalStore {
     }
 
     /// Encrypts and writes one value, durably (its own transaction).
-    pub fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    pub fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<(), LocalStoreError> {
         let sealed = self.cipher().seal(tree, key, value);
         self.put_sealed(tree, key, &sealed)
     }
 
     /// Writes one value that is already sealed for `(tree, key)`, durably.
-    pub fn put_sealed(&self, tree: TreeName, key: &[u8], sealed: &[u8]) -> Result<(), StoreError> {
+    pub fn put_sealed(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<(), LocalStoreError> {
         let writer = lock(&self.shared.writer);
         writer
             .prepare_cached(put_sql(tree))?
@@ -469,7 +484,7 @@ impl LocalStore {
     }
 
     /// Removes one value, durably.
-    pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), StoreError> {
+    pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), LocalStoreError> {
         let writer = lock(&self.shared.writer);
         writer.prepare_cached(remove_sql(tree))?.execute([key])?;
         Ok(())
@@ -477,7 +492,10 @@ impl LocalStore {
 
     /// Every (key, decrypted value) of a tree in key order. Read page by page: memory stays
     /// bounded whatever the tree holds, and writes between pages may or may not be seen.
-    pub fn scan(&self, tree: TreeName) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+    pub fn scan(
+        &self,
+        tree: TreeName,
+    ) -> impl Iterator<Item = Result<Entry, LocalStoreError>> + '_ {
         self.scan_prefix(tree, &[])
     }
 
@@ -486,7 +504,7 @@ impl LocalStore {
         &self,
         tree: TreeName,
         prefix: &[u8],
-    ) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<Entry, LocalStoreError>> + '_ {
         Scan {
             store: self,
             tree,
@@ -497,7 +515,7 @@ impl LocalStore {
     }
 
     /// Every key of a tree, in order (values are not read).
-    pub fn keys(&self, tree: TreeName) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub fn keys(&self, tree: TreeName) -> Result<Vec<Vec<u8>>, LocalStoreError> {
         let reader = lock(&self.shared.reader);
         let mut statement = reader.prepare_cached(keys_sql(tree))?;
         let keys = statement
@@ -507,7 +525,7 @@ impl LocalStore {
     }
 
     /// Whether a tree holds nothing (constant time).
-    pub fn is_empty(&self, tree: TreeName) -> Result<bool, StoreError> {
+    pub fn is_empty(&self, tree: TreeName) -> Result<bool, LocalStoreError> {
         let reader = lock(&self.shared.reader);
         let any = reader
             .prepare_cached(any_sql(tree))?
@@ -518,7 +536,7 @@ impl LocalStore {
 
     /// Number of entries in a tree. Counts every row: for tests and diagnostics, not for a
     /// path that runs on every sync.
-    pub fn len(&self, tree: TreeName) -> Result<usize, StoreError> {
+    pub fn len(&self, tree: TreeName) -> Result<usize, LocalStoreError> {
         let reader = lock(&self.shared.reader);
         let count: i64 = reader
             .prepare_cached(count_sql(tree))?
@@ -527,7 +545,7 @@ impl LocalStore {
     }
 
     /// A unique id, increasing across restarts and across the processes sharing the store.
-    pub fn generate_id(&self) -> Result<u64, StoreError> {
+    pub fn generate_id(&self) -> Result<u64, LocalStoreError> {
         self.transaction(|tx| tx.next_id())
     }
 
@@ -536,43 +554,43 @@ impl LocalStore {
     /// committed durably if it returns `Ok`, and nothing is if it returns an error.
     pub fn transaction<T, E>(&self, f: impl FnOnce(&StoreTxn<'_>) -> Result<T, E>) -> Result<T, E>
     where
-        E: From<StoreError>,
+        E: From<LocalStoreError>,
     {
         let mut writer = lock(&self.shared.writer);
         let tx = writer
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
+            .map_err(LocalStoreError::from)?;
         let txn = StoreTxn {
             tx,
             cipher: &self.shared.cipher,
         };
         let value = f(&txn)?;
-        txn.tx.commit().map_err(StoreError::from)?;
+        txn.tx.commit().map_err(LocalStoreError::from)?;
         Ok(value)
     }
 
     /// A number that changes whenever a connection other than this store's reader commits a
     /// change (SQLite's `data_version`): another process, or this store's own writes. Cheap
     /// (no I/O), so a watcher can poll it to notice what other processes wrote.
-    pub fn data_version(&self) -> Result<i64, StoreError> {
+    pub fn data_version(&self) -> Result<i64, LocalStoreError> {
         let reader = lock(&self.shared.reader);
         Ok(reader.pragma_query_value(None, "data_version", |row| row.get(0))?)
     }
 
     /// Every commit is durable when it returns (`synchronous = FULL`); kept so callers can
     /// mark the points where durability is required.
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    pub async fn flush(&self) -> Result<(), LocalStoreError> {
         Ok(())
     }
 
     /// See [`LocalStore::flush`].
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+    pub fn flush_blocking(&self) -> Result<(), LocalStoreError> {
         Ok(())
     }
 
     /// Reads one page of `tree` from `start`: at most [`SCAN_ROWS`] rows and about
     /// [`SCAN_BYTES`] bytes. Returns the rows (sealed) and whether more may follow.
-    fn page(&self, tree: TreeName, start: &[u8]) -> Result<(Vec<Entry>, bool), StoreError> {
+    fn page(&self, tree: TreeName, start: &[u8]) -> Result<(Vec<Entry>, bool), LocalStoreError> {
         let reader = lock(&self.shared.reader);
         let mut statement = reader.prepare_cached(scan_sql(tree))?;
         let mut rows = statement.query([start])?;
@@ -602,7 +620,7 @@ struct Scan<'a> {
 }
 
 impl Iterator for Scan<'_> {
-    type Item = Result<Entry, StoreError>;
+    type Item = Result<Entry, LocalStoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.page.is_empty() {
@@ -655,7 +673,7 @@ impl StoreTxn<'_> {
     }
 
     /// Reads and decrypts one value.
-    pub fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>, LocalStoreError> {
         let sealed: Option<Vec<u8>> = self
             .tx
             .prepare_cached(get_sql(tree))?
@@ -667,12 +685,17 @@ impl StoreTxn<'_> {
     }
 
     /// Encrypts and writes one value.
-    pub fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    pub fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<(), LocalStoreError> {
         self.put_sealed(tree, key, &self.cipher.seal(tree, key, value))
     }
 
     /// Writes one value already sealed for `(tree, key)`.
-    pub fn put_sealed(&self, tree: TreeName, key: &[u8], sealed: &[u8]) -> Result<(), StoreError> {
+    pub fn put_sealed(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<(), LocalStoreError> {
         self.tx
             .prepare_cached(put_sql(tree))?
             .execute(rusqlite::params![key, sealed])?;
@@ -680,13 +703,13 @@ impl StoreTxn<'_> {
     }
 
     /// Removes one value.
-    pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), StoreError> {
+    pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), LocalStoreError> {
         self.tx.prepare_cached(remove_sql(tree))?.execute([key])?;
         Ok(())
     }
 
     /// Every key of a tree, in order.
-    pub fn keys(&self, tree: TreeName) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub fn keys(&self, tree: TreeName) -> Result<Vec<Vec<u8>>, LocalStoreError> {
         let mut statement = self.tx.prepare_cached(keys_sql(tree))?;
         let keys = statement
             .query_map([], |row| row.get::<_, Vec<u8>>(0))?
@@ -698,8 +721,8 @@ impl StoreTxn<'_> {
     pub fn for_each(
         &self,
         tree: TreeName,
-        mut f: impl FnMut(&[u8], Vec<u8>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+        mut f: impl FnMut(&[u8], Vec<u8>) -> Result<(), LocalStoreError>,
+    ) -> Result<(), LocalStoreError> {
         let mut statement = self.tx.prepare_cached(scan_sql(tree))?;
         let mut rows = statement.query([&[] as &[u8]])?;
         while let Some(row) = rows.next()? {
@@ -712,10 +735,10 @@ impl StoreTxn<'_> {
     }
 
     /// The store's next unique id (see [`LocalStore::generate_id`]).
-    pub fn next_id(&self) -> Result<u64, StoreError> {
+    pub fn next_id(&self) -> Result<u64, LocalStoreError> {
         let next = match self.get(TreeName::Meta, NEXT_ID)? {
             Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Corrupt {
+                LocalStoreError::Corrupt {
                     tree: "meta",
                     reason: "the id generator is not 8 bytes".into(),
                 }
@@ -784,7 +807,7 @@ pub(crate) mod tests {
         store.put_sealed(TreeName::Meta, b"b", &sealed).unwrap();
         assert!(matches!(
             store.get(TreeName::Meta, b"b"),
-            Err(StoreError::Tampered { .. })
+            Err(LocalStoreError::Tampered { .. })
         ));
     }
 
@@ -815,7 +838,7 @@ pub(crate) mod tests {
         store.put_sealed(TreeName::Pending, b"k", &sealed).unwrap();
         assert!(matches!(
             store.get(TreeName::Pending, b"k"),
-            Err(StoreError::Tampered { .. })
+            Err(LocalStoreError::Tampered { .. })
         ));
     }
 
@@ -850,9 +873,9 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_transaction_writes_nothing() {
         let (_dir, store) = store();
-        let result: Result<(), StoreError> = store.transaction(|tx| {
+        let result: Result<(), LocalStoreError> = store.transaction(|tx| {
             tx.put(TreeName::Records, b"r", b"half")?;
-            Err(StoreError::WriterFailed("stop".into()))
+            Err(LocalStoreError::WriterFailed("stop".into()))
         });
         assert!(result.is_err());
         assert_eq!(store.get(TreeName::Records, b"r").unwrap(), None);
@@ -881,7 +904,7 @@ pub(crate) mod tests {
                                     let id = tx.next_id()?;
                                     let key = [n as u8, (i >> 8) as u8, i as u8];
                                     tx.put(TreeName::Records, &key, b"value")?;
-                                    Ok::<_, StoreError>(id)
+                                    Ok::<_, LocalStoreError>(id)
                                 })
                                 .unwrap(),
                         );
@@ -965,7 +988,7 @@ pub(crate) mod tests {
             .unwrap();
         drop(connection);
         let error = LocalStore::open(dir.path(), &key).unwrap_err();
-        assert!(matches!(error, StoreError::TooNew { .. }), "{error}");
+        assert!(matches!(error, LocalStoreError::TooNew { .. }), "{error}");
         assert!(error.to_string().contains("update Kith"), "{error}");
     }
 

@@ -20,7 +20,7 @@ use crate::device::{Device, meta, now_ms};
 use crate::error::{ClientError, Result};
 use crate::net::{RelayConnection, expect_ok};
 use crate::pipeline::{RecordPipeline, Records};
-use crate::store::{StoreError, StoreTxn, TreeName};
+use crate::store::{LocalStoreError, StoreTxn, TreeName};
 
 /// Operations per envelope: keeps an envelope well under the 1 MiB limit.
 pub(crate) const OPS_PER_ENVELOPE: usize = 1_000;
@@ -1029,11 +1029,12 @@ impl Device {
         let mut envelopes = 0;
         for item in self.inner.store.scan(TreeName::Records) {
             let (_, plain) = item?;
-            let wire =
-                proto::RecordState::decode(plain.as_slice()).map_err(|_| StoreError::Corrupt {
+            let wire = proto::RecordState::decode(plain.as_slice()).map_err(|_| {
+                LocalStoreError::Corrupt {
                     tree: "records",
                     reason: "undecodable record".into(),
-                })?;
+                }
+            })?;
             chunk_bytes += plain.len();
             chunk.push(wire);
             if chunk_bytes >= SNAPSHOT_BYTES {

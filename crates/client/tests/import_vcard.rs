@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use kith_client::import::vcard::{self, ExportContact};
+use kith_client::export::{ExportContact, export_vcard4};
+use kith_client::import::vcard;
 use kith_client::import::{
     FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, Region,
 };
@@ -50,7 +51,7 @@ fn date(year: u32, month: u32, day: u32) -> Option<proto::Date> {
 /// import → export → import gives the same contacts.
 fn assert_round_trips(report: &ImportReport) {
     let exported: Vec<ExportContact> = report.contacts.iter().map(ExportContact::from).collect();
-    let text = vcard::export_vcard4(&exported);
+    let text = export_vcard4(&exported);
     let again = import(&text);
     assert_eq!(again.contacts, report.contacts, "exported:\n{text}");
     assert!(
@@ -461,7 +462,7 @@ fn export_writes_valid_vcard4() {
         birthday: date(0, 12, 10),
         note: Some(format!("line one\nline two {}", "long ".repeat(40))),
     };
-    let text = vcard::export_vcard4(&[contact]);
+    let text = export_vcard4(&[contact]);
     assert!(text.starts_with("BEGIN:VCARD\r\nVERSION:4.0\r\n"), "{text}");
     assert!(text.ends_with("END:VCARD\r\n"));
     for line in text.split("\r\n") {
@@ -600,7 +601,7 @@ proptest! {
     /// Any contact the importer could have produced survives export and re-import unchanged.
     #[test]
     fn export_then_import_returns_the_same_contact(contact in export_contact()) {
-        let text = vcard::export_vcard4(std::slice::from_ref(&contact));
+        let text = export_vcard4(std::slice::from_ref(&contact));
         let report = vcard::import_bytes(text.as_bytes(), &ImportOptions::default()).unwrap();
         prop_assert!(report.skipped.is_empty() && report.dropped.is_empty(), "{:?}\n{}", report, text);
         prop_assert_eq!(report.contacts.len(), 1);
@@ -608,7 +609,7 @@ proptest! {
         prop_assert_eq!(&back, &contact, "exported:\n{}", text);
         // And the full import → export → import cycle is a fixed point.
         let again = vcard::import_bytes(
-            vcard::export_vcard4(&[back]).as_bytes(),
+            export_vcard4(&[back]).as_bytes(),
             &ImportOptions::default(),
         )
         .unwrap();

@@ -239,6 +239,9 @@ impl From<ClientError> for KithError {
             ClientError::Import(_) => KithError::Import { reason, hint },
             ClientError::Store(_) | ClientError::Io { .. } => KithError::Storage { reason, hint },
             ClientError::KeyStore(_) => KithError::KeyStore { reason, hint },
+            // `ClientError` is `#[non_exhaustive]`: a variant added to kith-client before this
+            // mapping learns it is reported as what it is to the app, a failure it cannot act on.
+            _ => KithError::Internal { reason, hint },
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum ReadError {
     /// The transport failed.
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
+    /// A framing error of a later `kith-protocol` than this crate knows (`FrameError` is
+    /// `#[non_exhaustive]`).
+    #[error(transparent)]
+    Frame(pure::FrameError),
 }
 
 impl From<pure::FrameError> for ReadError {
@@ -49,6 +53,7 @@ impl From<pure::FrameError> for ReadError {
             pure::FrameError::TooLarge { len, max } => ReadError::TooLarge { len, max },
             pure::FrameError::Truncated => ReadError::Truncated,
             pure::FrameError::Decode(error) => ReadError::Decode(error),
+            other => ReadError::Frame(other),
         }
     }
 }

@@ -18,6 +18,7 @@ pub const EXPORTER_LEN: usize = 32;
 
 /// Why an authentication or deletion signature was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// The signature is not 64 bytes.
     #[error("malformed signature: {0}")]

@@ -26,6 +26,7 @@ pub const HEADER_LEN: usize = 4;
 
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The announced length exceeds the limit; nothing after the prefix was looked at.
     #[error("frame of {len} bytes exceeds the limit of {max}")]

@@ -33,6 +33,7 @@ pub fn system_rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
 
 /// Why a key or signature was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// A key had the wrong length.
     #[error("{kind} must be {expected} bytes, got {actual}")]
@@ -497,6 +498,7 @@ impl StoreSecret {
 
 /// Why a recovery key typed by a person was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecoveryKeyError {
     /// A character outside the recovery alphabet.
     #[error("recovery key contains an invalid character at position {position}")]

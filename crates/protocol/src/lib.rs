@@ -13,7 +13,7 @@
 //! | [`ids`], [`keys`] | identifiers parsed once from untrusted bytes; secret newtypes that zeroize and never print | §2 |
 //! | [`encoding`] | the length-prefixed encoding under every hash, signature and HKDF input, and every label | §2.1 |
 //! | [`limits`], [`padding`] | bounds on everything decoded; Padmé padding of plaintexts | §7, §11 |
-//! | [`hlc`], [`record`], [`merge`], [`history`] | clocks, contact records and their field keys and values, the CRDT that merges them, interaction history | §8 |
+//! | [`hlc`], [`record`], [`merge`], [`contact`], [`history`] | clocks; contact records (field keys, values, operations and their codec); the CRDT that merges them; the typed view of a merged contact; interaction history | §8 |
 //! | [`envelope`], [`stream`] | sealing and opening envelopes; the per-writer chain of seqs and hashes | §7, §9 |
 //! | [`roster`], [`epoch`], [`bundle`], [`auth`] | who is in the account; the secrets content is encrypted under and their sealing to devices; linking and recovery; authenticating to the relay | §4–§6, §10 |
 //! | [`frame`] | the pure half of the relay's framing (the I/O half is the `kith-net` crate) | §10 |
@@ -50,10 +50,11 @@ pub mod keys;
 pub mod limits;
 pub mod padding;
 
-mod borrowed;
+pub mod contact;
 pub mod history;
 pub mod hlc;
 pub mod merge;
+mod proto_writer;
 pub mod record;
 
 pub mod bundle;
@@ -64,9 +65,6 @@ pub mod roster;
 pub mod stream;
 
 pub mod frame;
-
-#[doc(hidden)]
-pub mod fuzzing;
 
 pub use ids::{AccountId, DeviceId, RecordId};
 

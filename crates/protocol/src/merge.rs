@@ -111,12 +111,17 @@ use crate::hlc::{Hlc, HlcError};
 use crate::ids::{IdLengthError, RecordId};
 use crate::limits::MAX_PAYLOAD_BYTES;
 use crate::proto;
+use crate::proto_writer::{
+    bytes_len, delimited_len, hlc_len, put_bytes, put_delimited_header, put_hlc, put_value,
+    value_len,
+};
 use crate::record::{
-    Contact, FieldKey, FieldKind, Operation, OperationKind, RecordError, decode_value, encode_value,
+    FieldKey, FieldKind, Operation, OperationKind, RecordError, decode_value, encode_value,
 };
 
 /// Why a stored record state or snapshot was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MergeError {
     /// A record id is not 16 bytes.
     #[error("invalid record id: {0}")]
@@ -441,7 +446,7 @@ impl RecordState {
     /// The encoded wire form: the bytes of `to_proto().encode_to_vec()`, written without
     /// copying the state into prost messages first.
     pub fn encode_to_vec(&self) -> Vec<u8> {
-        crate::borrowed::record_state(self)
+        record_state(self)
     }
 
     /// Parses and validates the wire form.
@@ -701,16 +706,6 @@ impl ContactSet {
         self.records.is_empty()
     }
 
-    /// The typed view of one record, `None` if it is absent or not live.
-    pub fn contact(&self, id: &RecordId) -> Option<Contact> {
-        self.records.get(id).and_then(Contact::from_record)
-    }
-
-    /// The typed views of every live record, by id.
-    pub fn contacts(&self) -> impl Iterator<Item = Contact> + '_ {
-        self.records.values().filter_map(Contact::from_record)
-    }
-
     /// The greatest clock held anywhere. Scans the set.
     pub fn latest_clock(&self) -> Option<Hlc> {
         self.records
@@ -933,403 +928,87 @@ impl ContactSet {
             members.iter().filter_map(|m| self.records.get(m)).collect();
         (!states.is_empty()).then(|| Groups::view(groups.survivor(id), states))
     }
+}
 
-    /// The contacts as people see them: one per group, under its survivor's id, by id.
-    pub fn merged_contacts(&self) -> Vec<Contact> {
-        let groups = self.groups();
-        self.records
-            .keys()
-            .filter(|id| groups.is_survivor(id))
-            .filter_map(|id| self.merged_record(&groups, id))
-            .filter_map(|view| Contact::from_record(&view))
-            .collect()
+// --- The RecordState writer (crate::proto_writer) ---
+// --- RecordState { record_id = 1; deleted_at = 2; fields = 3; extension_fields = 4 } ---
+// --- FieldState { key = 1; repeated StoredWrite heads = 2; repeated Hlc superseded = 3 } ---
+// --- StoredWrite { clock = 1; value = 2 } ---
+
+fn stored_write_body_len(clock: &Hlc, value: Option<&proto::FieldValue>) -> usize {
+    hlc_len(1, clock) + value_len(2, value)
+}
+
+fn field_state_body_len<'a>(
+    key: &str,
+    heads: impl Iterator<Item = (&'a Hlc, Option<&'a proto::FieldValue>)>,
+    superseded: impl Iterator<Item = &'a Hlc>,
+) -> usize {
+    bytes_len(1, key.as_bytes())
+        + heads
+            .map(|(clock, value)| delimited_len(2, stored_write_body_len(clock, value)))
+            .sum::<usize>()
+        + superseded.map(|clock| hlc_len(3, clock)).sum::<usize>()
+}
+
+fn record_state_body_len(state: &RecordState) -> usize {
+    bytes_len(1, state.id().as_bytes())
+        + state
+            .deleted_at()
+            .as_ref()
+            .map_or(0, |clock| hlc_len(2, clock))
+        + state
+            .fields()
+            .iter()
+            .map(|(key, field)| {
+                delimited_len(
+                    record_field_tag(key),
+                    field_state_body_len(
+                        key.as_str(),
+                        field.stored_heads(),
+                        field.superseded().iter(),
+                    ),
+                )
+            })
+            .sum::<usize>()
+}
+
+/// `RecordState`, byte for byte what `state.to_proto().encode_to_vec()` gives.
+fn record_state(state: &RecordState) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(record_state_body_len(state));
+    put_bytes(1, state.id().as_bytes(), &mut buf);
+    if let Some(clock) = state.deleted_at() {
+        put_hlc(2, &clock, &mut buf);
     }
+    // Fields in tag order, as prost writes them: `fields`, then `extension_fields`.
+    for tag in [3, 4] {
+        let fields = state.fields().iter();
+        for (key, field) in fields.filter(|(key, _)| record_field_tag(key) == tag) {
+            let body = field_state_body_len(
+                key.as_str(),
+                field.stored_heads(),
+                field.superseded().iter(),
+            );
+            put_delimited_header(tag, body, &mut buf);
+            put_bytes(1, key.as_str().as_bytes(), &mut buf);
+            for (clock, value) in field.stored_heads() {
+                put_delimited_header(2, stored_write_body_len(clock, value), &mut buf);
+                put_hlc(1, clock, &mut buf);
+                put_value(2, value, &mut buf);
+            }
+            for clock in field.superseded() {
+                put_hlc(3, clock, &mut buf);
+            }
+        }
+    }
+    buf
+}
+
+/// The `RecordState` field a field state travels in: protocol 1.0 kinds in `fields`, later
+/// kinds in `extension_fields` (docs/PROTOCOL.md §8.1).
+fn record_field_tag(key: &FieldKey) -> u32 {
+    if key.kind().is_protocol_1_0() { 3 } else { 4 }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::DeviceId;
-    use crate::record::{FieldWrite, value};
-
-    fn device(byte: u8) -> DeviceId {
-        DeviceId::from_bytes([byte; 16])
-    }
-
-    fn clock(wall_ms: u64, dev: u8) -> Hlc {
-        Hlc::new(wall_ms, 0, device(dev))
-    }
-
-    fn id(byte: u8) -> RecordId {
-        RecordId::from_bytes([byte; 16])
-    }
-
-    fn set(key: FieldKey, value: proto::FieldValue, replaces: &[Hlc]) -> FieldWrite {
-        FieldWrite::set(key, value, replaces.iter().copied()).unwrap()
-    }
-
-    fn upsert(record: u8, at: Hlc, writes: Vec<FieldWrite>) -> Operation {
-        Operation::upsert(id(record), at, writes).unwrap()
-    }
-
-    fn name(record: u8, at: Hlc, text: &str, replaces: &[Hlc]) -> Operation {
-        upsert(
-            record,
-            at,
-            vec![set(FieldKey::name(), value::text(text), replaces)],
-        )
-    }
-
-    #[test]
-    fn apply_reports_the_record_only_when_its_state_changed() {
-        let mut state = ContactSet::new();
-        let op = name(1, clock(5, 1), "Ada", &[]);
-        assert_eq!(state.apply(&op), Some(id(1)));
-        assert_eq!(state.apply(&op), None, "a duplicate changes nothing");
-        let edit = name(1, clock(6, 1), "Ada L", &[clock(5, 1)]);
-        assert_eq!(state.apply(&edit), Some(id(1)));
-        assert_eq!(state.apply(&op), None, "a superseded write changes nothing");
-        let empty = Operation::upsert(id(2), clock(7, 1), []).unwrap();
-        assert_eq!(state.apply(&empty), None);
-        assert!(state.get(&id(2)).is_none(), "no empty record is stored");
-        let ops = [edit.clone(), name(3, clock(8, 1), "Bob", &[])];
-        assert_eq!(state.apply_all(&ops), BTreeSet::from([id(3)]));
-    }
-
-    #[test]
-    fn a_removal_hides_the_field_and_the_record_when_it_was_the_last() {
-        let mut state = ContactSet::new();
-        state.apply(&name(1, clock(5, 1), "Ada", &[]));
-        assert!(state.get(&id(1)).unwrap().is_live());
-        let remove = FieldWrite::remove(FieldKey::name(), [clock(5, 1)]);
-        state.apply(&upsert(1, clock(6, 1), vec![remove]));
-        let record = state.get(&id(1)).unwrap();
-        assert_eq!(record.value(&FieldKey::name()), None);
-        assert!(!record.is_live());
-        assert_eq!(state.contact(&id(1)), None);
-        assert_eq!(state.contacts().count(), 0);
-        assert_eq!(record.replaces(&FieldKey::name()), vec![clock(6, 1)]);
-    }
-
-    #[test]
-    fn a_concurrent_removal_and_edit_are_a_conflict() {
-        let mut state = ContactSet::new();
-        let email = FieldKey::email("a@x").unwrap();
-        let first = upsert(
-            1,
-            clock(1, 1),
-            vec![set(email.clone(), value::email("a@x", ""), &[])],
-        );
-        let removed = upsert(
-            1,
-            clock(5, 1),
-            vec![FieldWrite::remove(email.clone(), [clock(1, 1)])],
-        );
-        let relabelled = value::email("a@x", "work");
-        let edited = upsert(
-            1,
-            clock(4, 2),
-            vec![set(email.clone(), relabelled.clone(), &[clock(1, 1)])],
-        );
-        state.apply_all([&first, &removed, &edited]);
-        let record = state.get(&id(1)).unwrap();
-        assert!(!record.is_live(), "the removal has the greater clock");
-        let conflicts = record.conflicts();
-        assert_eq!(conflicts.len(), 1);
-        assert_eq!(conflicts[0].key, &email);
-        assert_eq!(
-            conflicts[0].winner,
-            Head {
-                clock: clock(5, 1),
-                value: None
-            }
-        );
-        assert_eq!(
-            conflicts[0].others,
-            [Head {
-                clock: clock(4, 2),
-                value: Some(&relabelled)
-            }]
-        );
-    }
-
-    #[test]
-    fn heads_with_equal_values_are_not_a_conflict() {
-        let mut state = ContactSet::new();
-        state.apply(&name(1, clock(5, 1), "Ada", &[]));
-        state.apply(&name(1, clock(5, 2), "Ada", &[]));
-        let record = state.get(&id(1)).unwrap();
-        assert_eq!(record.field(&FieldKey::name()).unwrap().heads().count(), 2);
-        assert!(record.conflicts().is_empty());
-    }
-
-    #[test]
-    fn a_reused_clock_converges_on_the_greater_value() {
-        // Only a faulty device writes two values under one clock; replicas must still agree.
-        let a = name(1, clock(5, 1), "Ada", &[]);
-        let b = name(1, clock(5, 1), "Bob", &[]);
-        let removal = upsert(
-            1,
-            clock(5, 1),
-            vec![FieldWrite::remove(FieldKey::name(), [])],
-        );
-        let orders = [
-            [&a, &b, &removal],
-            [&b, &removal, &a],
-            [&removal, &a, &b],
-            [&removal, &b, &a],
-        ];
-        let states: Vec<ContactSet> = orders
-            .iter()
-            .map(|order| {
-                let mut state = ContactSet::new();
-                state.apply_all(order.iter().copied());
-                state
-            })
-            .collect();
-        for state in &states {
-            assert_eq!(state, &states[0]);
-        }
-        let shown = states[0].contact(&id(1)).unwrap();
-        let (ada, bob) = (
-            value::text("Ada").encode_to_vec(),
-            value::text("Bob").encode_to_vec(),
-        );
-        assert_eq!(shown.name(), Some(if ada > bob { "Ada" } else { "Bob" }));
-    }
-
-    #[test]
-    fn a_delete_forgets_what_it_hides_and_ignores_older_writes() {
-        let mut state = ContactSet::new();
-        state.apply(&name(1, clock(5, 1), "Ada", &[]));
-        let note = set(FieldKey::note(), value::text("secret"), &[]);
-        state.apply(&upsert(1, clock(6, 2), vec![note]));
-        state.apply(&name(1, clock(7, 1), "Ada L", &[clock(5, 1)]));
-        assert_eq!(
-            state.apply(&Operation::delete(id(1), clock(10, 3))),
-            Some(id(1))
-        );
-        let record = state.get(&id(1)).unwrap();
-        assert!(
-            record.fields().is_empty(),
-            "heads and superseded clocks are dropped"
-        );
-        assert_eq!(record.deleted_at(), Some(clock(10, 3)));
-        let wire = record.to_proto().encode_to_vec();
-        assert!(!wire.windows(6).any(|w| w == b"secret"), "the note is gone");
-        // Late writes at or below the tombstone change nothing.
-        assert_eq!(state.apply(&name(1, clock(10, 3), "Late", &[])), None);
-        assert_eq!(state.apply(&name(1, clock(9, 9), "Late", &[])), None);
-        assert_eq!(state.apply(&Operation::delete(id(1), clock(8, 1))), None);
-        assert_eq!(state.get(&id(1)).unwrap().fields().len(), 0);
-        assert_eq!(state.len(), 1, "the tombstone stays");
-        assert!(!state.is_empty());
-        assert_eq!(state.contacts().count(), 0);
-    }
-
-    #[test]
-    fn latest_clock_covers_heads_superseded_and_tombstones() {
-        let mut state = ContactSet::new();
-        assert_eq!(state.latest_clock(), None);
-        state.apply(&name(1, clock(5, 1), "Ada", &[]));
-        state.apply(&Operation::delete(id(2), clock(9, 1)));
-        assert_eq!(state.latest_clock(), Some(clock(9, 1)));
-        // A write whose only trace is as a superseded clock.
-        state.apply(&name(1, clock(20, 2), "Ada", &[clock(15, 3)]));
-        state.apply(&name(1, clock(12, 1), "Ada", &[clock(5, 1)]));
-        assert_eq!(state.latest_clock(), Some(clock(20, 2)));
-        let mut other = ContactSet::new();
-        other.apply(&name(3, clock(30, 1), "Old", &[]));
-        other.apply(&upsert(
-            3,
-            clock(31, 1),
-            vec![set(FieldKey::name(), value::text("x"), &[clock(30, 1)])],
-        ));
-        other.apply(&Operation::delete(id(3), clock(25, 1)));
-        assert_eq!(other.latest_clock(), Some(clock(31, 1)));
-    }
-
-    #[test]
-    fn wire_state_is_normalized_on_the_way_in() {
-        let head = |at: Hlc, text: &str| proto::StoredWrite {
-            clock: Some(at.to_proto()),
-            value: Some(value::text(text).encode_to_vec()),
-        };
-        let wire = proto::RecordState {
-            record_id: id(1).as_bytes().to_vec(),
-            deleted_at: Some(clock(3, 1).to_proto()),
-            fields: vec![
-                proto::FieldState {
-                    key: "name".into(),
-                    heads: vec![
-                        head(clock(2, 1), "hidden"),
-                        head(clock(5, 1), "old"),
-                        head(clock(6, 1), "new"),
-                    ],
-                    superseded: vec![clock(5, 1).to_proto(), clock(1, 1).to_proto()],
-                },
-                proto::FieldState {
-                    key: "name".into(),
-                    heads: vec![head(clock(6, 2), "other")],
-                    superseded: vec![],
-                },
-            ],
-            extension_fields: vec![],
-        };
-        let record = RecordState::from_proto(&wire).unwrap();
-        let field = record.field(&FieldKey::name()).unwrap();
-        let clocks: Vec<Hlc> = field.heads().map(|h| h.clock).collect();
-        assert_eq!(clocks, [clock(6, 1), clock(6, 2)]);
-        // (5, 1) is implied by its writer's later head (6, 1): nothing left to keep.
-        assert!(field.superseded().is_empty(), "{:?}", field.superseded());
-        assert_eq!(RecordState::from_proto(&record.to_proto()), Ok(record));
-    }
-
-    fn valid_wire() -> proto::RecordState {
-        let mut state = ContactSet::new();
-        state.apply(&name(1, clock(5, 1), "Ada", &[clock(1, 2)]));
-        state.get(&id(1)).unwrap().to_proto()
-    }
-
-    #[test]
-    fn stored_record_id_must_be_16_bytes() {
-        let mut wire = valid_wire();
-        wire.record_id = vec![1; 17];
-        assert!(matches!(
-            RecordState::from_proto(&wire),
-            Err(MergeError::InvalidRecordId(IdLengthError {
-                actual: 17,
-                ..
-            }))
-        ));
-    }
-
-    #[test]
-    fn stored_clocks_must_be_valid() {
-        let bad = proto::Hlc {
-            wall_ms: Hlc::MAX_WALL_MS + 1,
-            counter: 0,
-            device_id: vec![1; 16],
-        };
-        let mut deleted = valid_wire();
-        deleted.deleted_at = Some(bad.clone());
-        let mut head = valid_wire();
-        head.fields[0].heads[0].clock = Some(bad.clone());
-        let mut superseded = valid_wire();
-        superseded.fields[0].superseded[0] = bad;
-        for wire in [deleted, head, superseded] {
-            assert!(matches!(
-                RecordState::from_proto(&wire),
-                Err(MergeError::InvalidClock(
-                    HlcError::WallTimeOutOfRange { .. }
-                ))
-            ));
-        }
-    }
-
-    #[test]
-    fn stored_write_needs_a_clock() {
-        let mut wire = valid_wire();
-        wire.fields[0].heads[0].clock = None;
-        let err = RecordState::from_proto(&wire).unwrap_err();
-        assert_eq!(
-            err,
-            MergeError::MissingClock {
-                field: FieldKind::Name
-            }
-        );
-        assert_eq!(err.to_string(), "stored name write has no clock");
-    }
-
-    #[test]
-    fn stored_keys_and_values_are_checked() {
-        let mut wire = valid_wire();
-        wire.fields[0].key = "Nickname".into();
-        assert!(matches!(
-            RecordState::from_proto(&wire),
-            Err(MergeError::Field(RecordError::UnknownFieldKey { .. }))
-        ));
-        let mut wire = valid_wire();
-        wire.fields[0].heads[0].value = Some(value::date(2000, 1, 1).encode_to_vec());
-        let err = RecordState::from_proto(&wire).unwrap_err();
-        assert!(matches!(
-            err,
-            MergeError::Field(RecordError::WrongValueType { .. })
-        ));
-        assert_eq!(err.to_string(), "name value must be text");
-    }
-
-    #[test]
-    fn snapshot_errors_name_the_record() {
-        let mut broken = valid_wire();
-        broken.record_id.clear();
-        let snapshot = proto::Snapshot {
-            first_seq: 0,
-            records: vec![valid_wire(), broken],
-            positions: vec![],
-        };
-        let err = ContactSet::from_snapshot(&snapshot).unwrap_err();
-        assert!(matches!(
-            &err,
-            MergeError::InRecord { index: 1, source }
-                if matches!(**source, MergeError::InvalidRecordId(_))
-        ));
-        assert!(
-            err.to_string()
-                .starts_with("record 1 of the snapshot: invalid record id")
-        );
-    }
-
-    #[test]
-    fn oversized_or_malformed_snapshot_is_rejected() {
-        let bytes = vec![0; MAX_PAYLOAD_BYTES + 1];
-        assert_eq!(
-            ContactSet::decode_snapshot(&bytes),
-            Err(MergeError::SnapshotTooLarge {
-                len: MAX_PAYLOAD_BYTES + 1
-            })
-        );
-        assert!(matches!(
-            ContactSet::decode_snapshot(&[0x0a, 0x09]),
-            Err(MergeError::Decode(_))
-        ));
-    }
-
-    #[test]
-    fn snapshot_round_trips_with_positions() {
-        let mut state = ContactSet::new();
-        state.apply(&name(1, clock(5, 1), "Ada", &[]));
-        state.apply(&name(1, clock(6, 2), "Ada L", &[]));
-        state.apply(&Operation::delete(id(2), clock(3, 1)));
-        let positions = vec![proto::StreamPosition {
-            device_id: vec![1; 16],
-            seq: 42,
-        }];
-        let bytes = state.to_snapshot(positions.clone()).encode_to_vec();
-        assert_eq!(ContactSet::decode_snapshot(&bytes), Ok((state, positions)));
-    }
-
-    #[test]
-    fn duplicate_and_empty_records_in_a_snapshot_are_merged_and_skipped() {
-        let mut a = ContactSet::new();
-        a.apply(&name(1, clock(5, 1), "Ada", &[]));
-        let mut b = ContactSet::new();
-        b.apply(&name(1, clock(6, 2), "Bob", &[]));
-        let empty = proto::RecordState {
-            record_id: id(9).as_bytes().to_vec(),
-            ..Default::default()
-        };
-        let snapshot = proto::Snapshot {
-            first_seq: 0,
-            records: vec![
-                a.get(&id(1)).unwrap().to_proto(),
-                empty,
-                b.get(&id(1)).unwrap().to_proto(),
-            ],
-            positions: vec![],
-        };
-        let mut expected = a.clone();
-        expected.merge(&b);
-        assert_eq!(ContactSet::from_snapshot(&snapshot), Ok(expected));
-    }
-}
+mod tests;

@@ -21,6 +21,7 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 
 /// Why a buffer is not a well-formed padded plaintext, or a payload cannot be padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PaddingError {
     /// The buffer is shorter than the 4-byte length prefix.
     #[error("padded plaintext of {len} bytes is shorter than its 4-byte length prefix")]

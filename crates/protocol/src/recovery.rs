@@ -51,6 +51,7 @@ pub enum RecoveryRecord {
 
 /// Why a recovery record was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecoveryRecordError {
     /// The record does not decode, or is too large.
     #[error("recovery record is malformed: {0}")]

@@ -9,10 +9,11 @@ use kith_protocol::envelope::{
 };
 use kith_protocol::epoch::{EpochKeys, account_key_for_epoch};
 use kith_protocol::keys::{
-    AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, EpochSecret, SymmetricKey, system_rng,
+    AccountSigningKey, DeviceSigningKey, EpochSecret, SymmetricKey, system_rng,
 };
-use kith_protocol::roster::{NewDevice, RosterError, VerifiedRoster};
+use kith_protocol::roster::{RosterError, RosterVerifyError, VerifiedRoster};
 use kith_protocol::stream::{StreamError, StreamVerifier};
+use kith_testkit::new_device;
 use proptest::prelude::*;
 
 /// An account with devices `a` and `b` in epoch 1; then `b` is removed after its seq 2, which
@@ -26,17 +27,6 @@ struct World {
     roster: VerifiedRoster,
     keys: EpochKeys,
     keys_epoch1: EpochKeys,
-}
-
-fn new_device(name: &str) -> (DeviceSigningKey, NewDevice) {
-    let mut rng = system_rng();
-    let key = DeviceSigningKey::generate(&mut rng);
-    let device = NewDevice {
-        signing_key: key.public(),
-        agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
-        name: name.to_owned(),
-    };
-    (key, device)
 }
 
 fn world() -> &'static World {
@@ -159,7 +149,7 @@ fn device_not_in_the_roster_is_rejected() {
         Err(EnvelopeError::Membership {
             device,
             seq: 1,
-            error: RosterError::UnknownDevice { device }
+            error: RosterError::Verify(RosterVerifyError::UnknownDevice { device })
         })
     );
 }
@@ -175,10 +165,10 @@ fn removed_device_is_rejected_after_its_final_seq() {
         Err(EnvelopeError::Membership {
             device,
             seq: 3,
-            error: RosterError::DeviceRemoved {
+            error: RosterError::Verify(RosterVerifyError::DeviceRemoved {
                 device,
                 final_seq: 2
-            }
+            })
         })
     );
     // Before the removal, the same envelope was admissible.
@@ -193,7 +183,7 @@ fn removed_device_cannot_write_in_the_epoch_that_excludes_it() {
         open_batch(&envelopes, &w.roster, &w.keys),
         Err(EnvelopeError::Membership {
             seq: 1,
-            error: RosterError::EpochNotAllowed { epoch: 2, .. },
+            error: RosterError::Verify(RosterVerifyError::EpochNotAllowed { epoch: 2, .. }),
             ..
         })
     ));

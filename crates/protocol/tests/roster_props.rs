@@ -4,24 +4,12 @@ use std::sync::OnceLock;
 
 use kith_protocol::encoding::labels;
 use kith_protocol::epoch::{EpochKeys, account_key_for_epoch};
-use kith_protocol::keys::{
-    AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, EpochSecret, system_rng,
-};
+use kith_protocol::keys::{AccountSigningKey, DeviceSigningKey, EpochSecret, system_rng};
 use kith_protocol::proto;
-use kith_protocol::roster::{NewDevice, RosterError, VerifiedRoster};
+use kith_protocol::roster::{RosterError, RosterVerifyError, VerifiedRoster};
+use kith_testkit::new_device;
 use proptest::prelude::*;
 use prost::Message;
-
-fn new_device(name: &str) -> (DeviceSigningKey, NewDevice) {
-    let mut rng = system_rng();
-    let key = DeviceSigningKey::generate(&mut rng);
-    let device = NewDevice {
-        signing_key: key.public(),
-        agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
-        name: name.to_owned(),
-    };
-    (key, device)
-}
 
 /// An account's life: every roster it went through, oldest first, with the keys of each step.
 struct History {
@@ -141,7 +129,7 @@ proptest! {
         let (old, new) = (&h.rosters[older], &h.rosters[newer]);
         prop_assert_eq!(
             VerifiedRoster::verify(old.encoded(), None, Some(new)),
-            Err(RosterError::Rollback { stored: new.version(), offered: old.version() })
+            Err(RosterError::Verify(RosterVerifyError::Rollback { stored: new.version(), offered: old.version() }))
         );
     }
 
@@ -181,7 +169,7 @@ proptest! {
                 let bytes = sign(&fork, &own);
                 prop_assert_eq!(
                     VerifiedRoster::verify(&bytes, None, Some(trusted)),
-                    Err(RosterError::ChainNotExtended)
+                    Err(RosterError::Verify(RosterVerifyError::ChainNotExtended))
                 );
                 return Ok(());
             }
@@ -192,7 +180,12 @@ proptest! {
         }
         let result = VerifiedRoster::verify(&sign(&body, old_key), None, Some(trusted));
         prop_assert!(
-            matches!(result, Err(RosterError::ChainNotExtended) | Err(RosterError::BadSignature)),
+            matches!(
+                result,
+                Err(RosterError::Verify(
+                    RosterVerifyError::ChainNotExtended | RosterVerifyError::BadSignature
+                ))
+            ),
             "{:?}", result
         );
         // Against the relay's stored roster and against any later one alike.
@@ -212,7 +205,7 @@ proptest! {
         let signer = &h.signers[if cut == 0 { 0 } else { 3 }];
         prop_assert_eq!(
             VerifiedRoster::verify(&sign(&body, signer), None, Some(trusted)),
-            Err(RosterError::ChainNotExtended)
+            Err(RosterError::Verify(RosterVerifyError::ChainNotExtended))
         );
     }
 
@@ -263,10 +256,10 @@ fn removed_devices_history_stays_valid_only_up_to_final_seq() {
         assert!(latest.writer_key(&id, removed.final_seq(), 1).is_ok());
         assert_eq!(
             latest.writer_key(&id, removed.final_seq() + 1, 1),
-            Err(RosterError::DeviceRemoved {
+            Err(RosterError::Verify(RosterVerifyError::DeviceRemoved {
                 device: id,
                 final_seq: removed.final_seq()
-            })
+            }))
         );
     }
     assert_eq!(latest.removed().count(), 2);

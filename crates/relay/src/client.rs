@@ -30,7 +30,8 @@ const RESPONSE_PREALLOC: usize = 4 * 1024 * 1024;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+#[non_exhaustive]
+pub enum RelayClientError {
     /// TLS configuration.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -62,11 +63,11 @@ pub enum ClientError {
     Unexpected(&'static str),
 }
 
-impl ClientError {
+impl RelayClientError {
     /// The relay's error code, if the relay refused.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Refused { code, .. } => Some(*code),
+            RelayClientError::Refused { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -79,26 +80,29 @@ pub struct RelayClient {
     connection: quinn::Connection,
 }
 
-fn refused(kind: Option<response::Kind>) -> ClientError {
+fn refused(kind: Option<response::Kind>) -> RelayClientError {
     match kind {
-        Some(response::Kind::Error(err)) => ClientError::Refused {
+        Some(response::Kind::Error(err)) => RelayClientError::Refused {
             code: ErrorCode::try_from(err.code).unwrap_or(ErrorCode::Unspecified),
             message: err.message,
         },
-        Some(_) => ClientError::Unexpected("another response kind"),
-        None => ClientError::Unexpected("empty response"),
+        Some(_) => RelayClientError::Unexpected("another response kind"),
+        None => RelayClientError::Unexpected("empty response"),
     }
 }
 
 impl RelayClient {
     /// Connects to `addr`, trusting only the certificate with SHA-256 `cert_sha256`.
-    pub async fn connect(addr: SocketAddr, cert_sha256: [u8; 32]) -> Result<Self, ClientError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        cert_sha256: [u8; 32],
+    ) -> Result<Self, RelayClientError> {
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0".parse()
         } else {
             "0.0.0.0:0".parse()
         }
-        .map_err(|_| ClientError::Unexpected("bind address"))?;
+        .map_err(|_| RelayClientError::Unexpected("bind address"))?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(tls::client_config(cert_sha256)?);
         Self::connect_with(endpoint, addr).await
@@ -110,7 +114,7 @@ impl RelayClient {
         bind: SocketAddr,
         addr: SocketAddr,
         cert_sha256: [u8; 32],
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, RelayClientError> {
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(tls::client_config(cert_sha256)?);
         Self::connect_with(endpoint, addr).await
@@ -120,7 +124,7 @@ impl RelayClient {
     pub async fn connect_with(
         endpoint: quinn::Endpoint,
         addr: SocketAddr,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, RelayClientError> {
         let connection = endpoint.connect(addr, "localhost")?.await?;
         Ok(Self {
             endpoint,
@@ -134,25 +138,25 @@ impl RelayClient {
     }
 
     /// The TLS exporter value that device authentication signs.
-    pub fn exporter(&self) -> Result<[u8; 32], ClientError> {
+    pub fn exporter(&self) -> Result<[u8; 32], RelayClientError> {
         let mut out = [0u8; 32];
         self.connection
             .export_keying_material(&mut out, RELAY_AUTH_EXPORTER.as_bytes(), b"")
-            .map_err(|_| ClientError::Unexpected("exporter"))?;
+            .map_err(|_| RelayClientError::Unexpected("exporter"))?;
         Ok(out)
     }
 
     /// Sends one request on a new stream and reads one response.
-    pub async fn call(&self, kind: request::Kind) -> Result<Response, ClientError> {
+    pub async fn call(&self, kind: request::Kind) -> Result<Response, RelayClientError> {
         let body = self
             .call_frame(Bytes::from(encode_frame(&Request { kind: Some(kind) })))
             .await?;
-        Response::decode(body).map_err(|e| ClientError::Frame(ReadError::Decode(e)))
+        Response::decode(body).map_err(|e| RelayClientError::Frame(ReadError::Decode(e)))
     }
 
     /// Sends one encoded request frame (length prefix included) on a new stream, without
     /// copying it, and returns the body of the response frame.
-    pub async fn call_frame(&self, frame: Bytes) -> Result<Bytes, ClientError> {
+    pub async fn call_frame(&self, frame: Bytes) -> Result<Bytes, RelayClientError> {
         let (mut send, mut recv) = self.connection.open_bi().await?;
         // The relay may stop reading early (an oversized frame) and still answer: read the
         // response even when the write fails.
@@ -161,8 +165,8 @@ impl RelayClient {
         match read_frame_bytes(&mut recv, MAX_RESPONSE_BYTES, RESPONSE_PREALLOC).await {
             Ok(Some(body)) => Ok(body),
             Ok(None) => Err(match written {
-                Err(e) => ClientError::Frame(ReadError::Io(e.into())),
-                Ok(()) => ClientError::Unexpected("stream ended without a response"),
+                Err(e) => RelayClientError::Frame(ReadError::Io(e.into())),
+                Ok(()) => RelayClientError::Unexpected("stream ended without a response"),
             }),
             Err(e) => Err(e.into()),
         }
@@ -170,10 +174,10 @@ impl RelayClient {
 
     /// Pushes a pre-encoded push request frame (see [`wire::push_frame`]); returns the
     /// acknowledged last seq.
-    pub async fn push_frame(&self, frame: Bytes) -> Result<u64, ClientError> {
+    pub async fn push_frame(&self, frame: Bytes) -> Result<u64, RelayClientError> {
         let body = self.call_frame(frame).await?;
         match Response::decode(body)
-            .map_err(|e| ClientError::Frame(ReadError::Decode(e)))?
+            .map_err(|e| RelayClientError::Frame(ReadError::Decode(e)))?
             .kind
         {
             Some(response::Kind::PushAck(ack)) => Ok(ack.last_seq),
@@ -187,7 +191,7 @@ impl RelayClient {
         cursors: Vec<Cursor>,
         max_envelopes: u32,
         max_bytes: u32,
-    ) -> Result<wire::PullResponse, ClientError> {
+    ) -> Result<wire::PullResponse, RelayClientError> {
         let request = Request {
             kind: Some(request::Kind::Pull(Pull {
                 cursors,
@@ -196,41 +200,41 @@ impl RelayClient {
             })),
         };
         let body = self.call_frame(Bytes::from(encode_frame(&request))).await?;
-        let decode_error = |e| ClientError::Frame(ReadError::Decode(e));
+        let decode_error = |e| RelayClientError::Frame(ReadError::Decode(e));
         match wire::pull_payload(&body) {
             Some(payload) => wire::PullResponse::decode(payload).map_err(decode_error),
             None => match Response::decode(body).map_err(decode_error)?.kind {
-                Some(response::Kind::Pull(_)) => {
-                    Err(ClientError::Unexpected("pull page in an unusual encoding"))
-                }
+                Some(response::Kind::Pull(_)) => Err(RelayClientError::Unexpected(
+                    "pull page in an unusual encoding",
+                )),
                 other => Err(refused(other)),
             },
         }
     }
 
-    /// Sends a request; an `Error` response becomes [`ClientError::Refused`].
-    pub async fn request(&self, kind: request::Kind) -> Result<response::Kind, ClientError> {
+    /// Sends a request; an `Error` response becomes [`RelayClientError::Refused`].
+    pub async fn request(&self, kind: request::Kind) -> Result<response::Kind, RelayClientError> {
         match self.call(kind).await?.kind {
             Some(response::Kind::Error(err)) => Err(refused(Some(response::Kind::Error(err)))),
             Some(kind) => Ok(kind),
-            None => Err(ClientError::Unexpected("empty response")),
+            None => Err(RelayClientError::Unexpected("empty response")),
         }
     }
 
     /// Asks for a challenge.
-    pub async fn challenge(&self) -> Result<[u8; 32], ClientError> {
+    pub async fn challenge(&self) -> Result<[u8; 32], RelayClientError> {
         match self
             .request(request::Kind::GetChallenge(proto::GetChallenge {}))
             .await?
         {
             response::Kind::Challenge(c) => <[u8; 32]>::try_from(c.nonce.as_slice())
-                .map_err(|_| ClientError::Unexpected("nonce")),
+                .map_err(|_| RelayClientError::Unexpected("nonce")),
             other => Err(refused(Some(other))),
         }
     }
 
     /// Expects `Ok`.
-    pub async fn expect_ok(&self, kind: request::Kind) -> Result<(), ClientError> {
+    pub async fn expect_ok(&self, kind: request::Kind) -> Result<(), RelayClientError> {
         match self.request(kind).await? {
             response::Kind::Ok(_) => Ok(()),
             other => Err(refused(Some(other))),
@@ -242,7 +246,7 @@ impl RelayClient {
         &self,
         key: &DeviceSigningKey,
         account: &AccountId,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), RelayClientError> {
         let nonce = self.challenge().await?;
         let device = key.device_id();
         let signature = sign_relay_auth(key, &self.exporter()?, &nonce, account, &device);
@@ -261,7 +265,7 @@ impl RelayClient {
         key: &DeviceSigningKey,
         account: &AccountId,
         registration_token: Option<&str>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), RelayClientError> {
         let nonce = self.challenge().await?;
         let device = key.device_id();
         let signature = sign_relay_auth(key, &self.exporter()?, &nonce, account, &device);
@@ -275,7 +279,7 @@ impl RelayClient {
     }
 
     /// Pushes encoded envelopes; returns the acknowledged last seq.
-    pub async fn push(&self, envelopes: Vec<Vec<u8>>) -> Result<u64, ClientError> {
+    pub async fn push(&self, envelopes: Vec<Vec<u8>>) -> Result<u64, RelayClientError> {
         match self
             .request(request::Kind::Push(Push { envelopes }))
             .await?
@@ -291,7 +295,7 @@ impl RelayClient {
         cursors: Vec<Cursor>,
         max_envelopes: u32,
         max_bytes: u32,
-    ) -> Result<PullResponse, ClientError> {
+    ) -> Result<PullResponse, RelayClientError> {
         match self
             .request(request::Kind::Pull(Pull {
                 cursors,
@@ -306,7 +310,7 @@ impl RelayClient {
     }
 
     /// Subscribes to pushes of the account's other devices.
-    pub async fn subscribe(&self) -> Result<Subscription, ClientError> {
+    pub async fn subscribe(&self) -> Result<Subscription, RelayClientError> {
         let (mut send, mut recv) = self.connection.open_bi().await?;
         write_message(
             &mut send,
@@ -315,7 +319,7 @@ impl RelayClient {
             },
         )
         .await
-        .map_err(|e| ClientError::Frame(ReadError::Io(e)))?;
+        .map_err(|e| RelayClientError::Frame(ReadError::Io(e)))?;
         match read_message::<Response, _>(&mut recv, MAX_RESPONSE_BYTES)
             .await?
             .and_then(|r| r.kind)
@@ -342,7 +346,7 @@ pub struct Subscription {
 impl Subscription {
     /// The next notification; `Ok(None)` when the relay ended the subscription cleanly, an
     /// error when it ended it with an error (account deleted, shutting down).
-    pub async fn next(&mut self) -> Result<Option<Notification>, ClientError> {
+    pub async fn next(&mut self) -> Result<Option<Notification>, RelayClientError> {
         match read_message::<Response, _>(&mut self.recv, MAX_RESPONSE_BYTES).await? {
             None => Ok(None),
             Some(Response {
@@ -354,7 +358,7 @@ impl Subscription {
 }
 
 /// Shares one client endpoint (one UDP socket) among many connections, as the load tool does.
-pub fn shared_endpoint(cert_sha256: [u8; 32]) -> Result<quinn::Endpoint, ClientError> {
+pub fn shared_endpoint(cert_sha256: [u8; 32]) -> Result<quinn::Endpoint, RelayClientError> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let sock = socket2::SockRef::from(&socket);
     let _ = sock.set_recv_buffer_size(4 * 1024 * 1024);

@@ -25,6 +25,7 @@ pub enum RegistrationMode {
 
 /// Errors of loading or checking a configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]
@@ -305,9 +306,9 @@ impl Settings {
     /// Fills in defaults and checks the result.
     pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
         let d = RelayConfig::default();
-        let l = &d.limits;
+        let l = &d.bounds;
         let listen = self.listen.unwrap_or(d.listen);
-        let limits = Limits {
+        let bounds = Bounds {
             max_frame_bytes: self.max_frame_bytes.unwrap_or(l.max_frame_bytes),
             max_envelope_bytes: self.max_envelope_bytes.unwrap_or(l.max_envelope_bytes),
             max_batch_envelopes: self.max_batch_envelopes.unwrap_or(l.max_batch_envelopes),
@@ -372,7 +373,7 @@ impl Settings {
             } else {
                 RegistrationMode::Token
             }),
-            limits,
+            bounds,
             udp_buffer_bytes: self.udp_buffer_bytes.unwrap_or(d.udp_buffer_bytes),
             cache_bytes: self.cache_bytes.unwrap_or(d.cache_bytes),
             store_value_bytes: self.store_value_bytes.unwrap_or(d.store_value_bytes),
@@ -390,9 +391,11 @@ impl Settings {
     }
 }
 
-/// Every bound the relay enforces. Defaults are the `[default: …]` of `--help`.
+/// Every bound the relay enforces (sizes, counts, rates, timeouts), checked against the
+/// protocol's fixed bounds ([`kith_protocol::limits`]); the token buckets that enforce the rates
+/// are [`crate::rate_limit`]. Defaults are the `[default: …]` of `--help`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct Bounds {
     /// Largest request frame (length prefix excluded).
     pub max_frame_bytes: u32,
     /// Largest encoded envelope.
@@ -448,7 +451,7 @@ pub struct Limits {
     pub pull_wait: Duration,
 }
 
-impl Default for Limits {
+impl Default for Bounds {
     fn default() -> Self {
         Self {
             max_frame_bytes: 4 * 1024 * 1024,
@@ -493,8 +496,8 @@ pub struct RelayConfig {
     pub key: Option<PathBuf>,
     /// Who may create accounts.
     pub registration: RegistrationMode,
-    /// Every bound.
-    pub limits: Limits,
+    /// Every bound: sizes, counts, rates and timeouts.
+    pub bounds: Bounds,
     /// UDP socket buffer sizes.
     pub udp_buffer_bytes: usize,
     /// sled page cache.
@@ -526,7 +529,7 @@ impl Default for RelayConfig {
             cert: None,
             key: None,
             registration: RegistrationMode::Open,
-            limits: Limits::default(),
+            bounds: Bounds::default(),
             udp_buffer_bytes: 4 * 1024 * 1024,
             cache_bytes: 8 * 1024 * 1024,
             store_value_bytes: 256 * 1024,
@@ -560,7 +563,7 @@ impl RelayConfig {
 
     /// Checks bounds that depend on each other.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let l = &self.limits;
+        let l = &self.bounds;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.cert.is_some() != self.key.is_some() {
             return invalid("--cert and --key go together");
@@ -680,8 +683,8 @@ mod tests {
         .or(file)
         .resolve()
         .unwrap();
-        assert_eq!(config.limits.max_frame_bytes, 1_000_000);
-        assert_eq!(config.limits.max_batch_envelopes, 9);
+        assert_eq!(config.bounds.max_frame_bytes, 1_000_000);
+        assert_eq!(config.bounds.max_batch_envelopes, 9);
         assert_eq!(config.registration, RegistrationMode::Token);
     }
 

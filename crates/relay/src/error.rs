@@ -61,6 +61,7 @@ impl RequestError {
 
 /// Why the relay could not start or shut down.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayError {
     /// Invalid configuration.
     #[error(transparent)]

@@ -14,7 +14,7 @@
 //! | [`store`] | the [`store::Store`] trait, the embedded [`store::SledStore`] (an index in sled, envelope bytes in the segment log of `store/log.rs`) and [`store::GroupCommit`] |
 //! | [`wire`] | the zero-copy paths: push requests decoded without copying envelopes, pull pages encoded straight from the store |
 //! | [`metrics`] | what the relay counts ([`metrics::Metrics`], passed to the accept loop, the dispatch and the group commit) and the HTTP listener serving `/metrics` and `/healthz` |
-//! | [`config`], [`limits`], [`tls`], [`error`] | settings and size limits, per-address token buckets, the certificate, the errors a request can end with |
+//! | [`config`], [`rate_limit`], [`tls`], [`error`] | settings and size bounds, per-address and per-device token buckets, the certificate, the errors a request can end with |
 //! | [`client`] | a minimal client of the relay's own, for the load tool and tests (devices use `kith-client`) |
 //! | `main.rs`, `bench.rs` | the `kith-relay` binary and its `bench` load tool |
 //!
@@ -55,8 +55,8 @@ pub mod config;
 pub mod control;
 pub mod error;
 mod handlers;
-pub mod limits;
 pub mod metrics;
+pub mod rate_limit;
 pub mod server;
 mod state;
 pub mod store;
@@ -65,7 +65,7 @@ pub mod wire;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{Limits, RegistrationMode, RelayConfig, Settings};
+pub use config::{Bounds, RegistrationMode, RelayConfig, Settings};
 pub use error::{RelayError, RequestError};
 pub use server::{MemoryCounts, Relay, RelayHandle};
 

@@ -251,7 +251,7 @@ fn config_check(file: &Path, flags: Settings) -> Result<()> {
         }
         println!("cert {}", cert.display());
     }
-    println!("limits {:?}", config.limits);
+    println!("limits {:?}", config.bounds);
     Ok(())
 }
 

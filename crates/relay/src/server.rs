@@ -24,7 +24,7 @@ use kith_net::{ReadError, encode_frame, read_frame_body, read_frame_header, writ
 /// QUIC application error code of a stream the relay stopped reading (bad frame).
 pub const STREAM_REFUSED: u32 = 1;
 /// QUIC application error code of a connection closed because it neither authenticated nor
-/// kept a request in flight within `Limits::auth_timeout`.
+/// kept a request in flight within `Bounds::auth_timeout`.
 pub const AUTH_TIMED_OUT: u32 = 3;
 /// QUIC application error code of a connection closed because it sent more than
 /// [`MAX_BAD_FRAMES`] frames too large or undecodable.
@@ -32,7 +32,7 @@ pub const TOO_MANY_BAD_FRAMES: u32 = 4;
 /// Bad frames (too large, undecodable) a connection may send before it is closed.
 pub const MAX_BAD_FRAMES: usize = 16;
 /// QUIC application error code of a request stream the relay cut off because the request did
-/// not arrive, or the response was not taken, within `Limits::request_timeout`.
+/// not arrive, or the response was not taken, within `Bounds::request_timeout`.
 pub const REQUEST_TIMED_OUT: u32 = 2;
 /// How long a `ShuttingDown` answer may wait for the client's acknowledgement during shutdown.
 const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(1);
@@ -232,7 +232,7 @@ impl Relay {
         config.check()?;
         Self::create_dirs(&config)?;
         let identity = tls::load_or_create(&config)?;
-        let server_config = tls::server_config(&identity, &config.limits)?;
+        let server_config = tls::server_config(&identity, &config.bounds)?;
         let socket = bind_socket(config.listen, config.udp_buffer_bytes)?;
         let endpoint = quinn::Endpoint::new(
             tls::endpoint_config(&config)?,
@@ -305,7 +305,7 @@ async fn serve(
     metrics: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(), RelayError> {
     let connections = Arc::new(Semaphore::new(
-        shared.config.limits.max_connections as usize,
+        shared.config.bounds.max_connections as usize,
     ));
     // Every request task holds a clone; when all are dropped, `in_flight_rx` yields `None`.
     let (in_flight, mut in_flight_rx) = mpsc::channel::<()>(1);
@@ -458,7 +458,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
     // A handshake still under way when the relay shuts down is abandoned, not waited for: it
     // would hold the shutdown up to the handshake timeout.
     let mut stopping = shared.shutdown.clone();
-    let handshake = tokio::time::timeout(shared.config.limits.handshake_timeout, connecting);
+    let handshake = tokio::time::timeout(shared.config.bounds.handshake_timeout, connecting);
     let handshake = tokio::select! {
         result = handshake => result,
         _ = stopping.changed() => return,
@@ -480,7 +480,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: m
         }
     };
     tracing::debug!(%remote, "connection established");
-    let limits = &shared.config.limits;
+    let limits = &shared.config.bounds;
     let conn = Arc::new(Conn::new(
         connection.clone(),
         &shared.live,
@@ -608,8 +608,8 @@ async fn request_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let max = shared.config.limits.max_frame_bytes;
-    let deadline = shared.config.limits.request_timeout;
+    let max = shared.config.bounds.max_frame_bytes;
+    let deadline = shared.config.bounds.request_timeout;
     let refuse = |code, message: &'static str| RequestError::new(code, message);
     // A peer that keeps its connection alive must still finish its request in time: a stalled
     // or trickling frame would otherwise hold this task and a stream slot forever.
@@ -624,7 +624,7 @@ async fn request_stream(
     let request = match read {
         Ok(Some((body, reserved))) => {
             reservation = Some(reserved);
-            Command::decode(body, &shared.config.limits)
+            Command::decode(body, &shared.config.bounds)
         }
         Ok(None) => return,
         Err(ReadError::TooLarge { .. }) => Err(refuse(

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::config::RelayConfig;
 use crate::error::RequestError;
-use crate::limits::{KeyedLimiter, shrink};
+use crate::rate_limit::{KeyedLimiter, shrink};
 use crate::store::{GroupCommit, LoadedAccount, Store, StreamMeta};
 use kith_protocol::roster::VerifiedRoster;
 
@@ -574,7 +574,7 @@ impl Shared {
         commit: GroupCommit,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let l = &config.limits;
+        let l = &config.bounds;
         let largest_page = l.pull_max_bytes as usize
             + l.max_envelope_bytes as usize
             + l.pull_max_envelopes as usize * 32
@@ -637,7 +637,7 @@ impl Shared {
     pub fn address_slot(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         let mut map = lock(&self.per_address);
         let count = map.entry(ip).or_insert(0);
-        if *count >= self.config.limits.max_connections_per_address as usize {
+        if *count >= self.config.bounds.max_connections_per_address as usize {
             return None;
         }
         *count += 1;
@@ -651,7 +651,7 @@ impl Shared {
     /// bound, one envelope over it (a page always holds one), the framing of each envelope
     /// (device id, seq, lengths: under 32 bytes) and of the streams.
     pub fn pull_page_bytes(&self, max_bytes: usize) -> usize {
-        let l = &self.config.limits;
+        let l = &self.config.bounds;
         let page = max_bytes
             + l.max_envelope_bytes as usize
             + l.pull_max_envelopes as usize * 32

@@ -10,7 +10,7 @@ pub use kith_tls::{ALPN, PinnedCertVerifier, fingerprint};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{Limits, RelayConfig};
+use crate::config::{Bounds, RelayConfig};
 
 /// File name, in the data directory, of the secret that keys QUIC stateless resets.
 pub const RESET_KEY: &str = "reset.key";
@@ -24,6 +24,7 @@ pub const SELF_SIGNED_KEY: &str = "key.pem";
 
 /// TLS setup failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A certificate or key file could not be read or written.
     #[error("{what} {path}: {source}")]
@@ -165,7 +166,7 @@ pub fn load_or_create(config: &RelayConfig) -> Result<ServerIdentity, TlsError> 
     read_pem(&cert_path, &key_path)
 }
 
-fn transport(limits: &Limits) -> quinn::TransportConfig {
+fn transport(limits: &Bounds) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     let window = limits.connection_window_bytes;
     let stream_window = u64::from(limits.max_frame_bytes) + 4;
@@ -184,7 +185,7 @@ fn transport(limits: &Limits) -> quinn::TransportConfig {
 /// The QUIC server configuration: TLS 1.3 only, ALPN `kith/1`, the transport limits.
 pub fn server_config(
     identity: &ServerIdentity,
-    limits: &Limits,
+    limits: &Bounds,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

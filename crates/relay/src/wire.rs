@@ -98,7 +98,7 @@ pub enum Unbounded {
 
 /// The largest body and the longest list (field 1 of the kind's message, if it is a list) a
 /// request of kind `field` (its field number in `Request.kind`) may have.
-fn request_bounds(field: u32, limits: &crate::config::Limits) -> (usize, Option<usize>) {
+fn request_bounds(field: u32, limits: &crate::config::Bounds) -> (usize, Option<usize>) {
     use kith_protocol::limits::{
         MAX_BUNDLE_BYTES, MAX_DEVICES, MAX_REMOVED_DEVICES, MAX_ROSTER_BYTES,
         MAX_SEALED_EPOCH_KEY_BYTES,
@@ -155,7 +155,7 @@ fn skip_field(rest: &mut &[u8]) -> Option<u32> {
 /// per element (a 4 MiB pull of empty cursors would be 100,000 vectors), so the body's size and
 /// its list's length are bounded by a scan that allocates nothing. An empty body (no kind)
 /// passes; the decoder refuses it.
-pub fn check_request(body: &[u8], limits: &crate::config::Limits) -> Result<(), Unbounded> {
+pub fn check_request(body: &[u8], limits: &crate::config::Bounds) -> Result<(), Unbounded> {
     if body.is_empty() {
         return Ok(());
     }
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn requests_are_bounded_by_kind_before_decoding() {
-        let limits = crate::config::Limits::default();
+        let limits = crate::config::Bounds::default();
         let body = |kind| {
             let frame = encode_frame(&Request { kind: Some(kind) });
             frame[4..].to_vec()

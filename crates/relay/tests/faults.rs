@@ -34,7 +34,7 @@ use common::{TestAccount, TestRelay, envelope, envelope_with, envelopes};
 use kith_net::{encode_frame, read_message};
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, Cursor, ErrorCode, StreamInfo, request, response};
-use kith_relay::client::{ClientError, RelayClient};
+use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::{Relay, RelayConfig};
 
 /// One test at a time (see the module docs).
@@ -55,7 +55,7 @@ async fn serial<F: std::future::Future<Output = ()>>(bound: Duration, body: F) {
     println!("took {:?}", started.elapsed());
 }
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),
@@ -444,9 +444,9 @@ async fn kill_9_at_random_points(store: &[&str]) {
 /// What a client is told when the relay cannot store.
 const STORAGE_MESSAGE: &str = "the relay could not store durably; retry later";
 
-fn assert_storage_refusal<T: std::fmt::Debug>(result: Result<T, ClientError>, what: &str) {
+fn assert_storage_refusal<T: std::fmt::Debug>(result: Result<T, RelayClientError>, what: &str) {
     match result {
-        Err(ClientError::Refused { code, message }) => {
+        Err(RelayClientError::Refused { code, message }) => {
             assert_eq!(code, ErrorCode::Storage, "{what}: {message}");
             assert_eq!(message, STORAGE_MESSAGE, "{what}");
         }
@@ -938,7 +938,7 @@ const MARGIN: Duration = Duration::from_millis(1500);
 /// Small limits so that every cut-off happens within seconds. The well-behaved client's two
 /// requests per [`GOOD_INTERVAL`] (80/s) stay under `RATE`.
 fn abuse_limits(config: &mut RelayConfig) {
-    let l = &mut config.limits;
+    let l = &mut config.bounds;
     l.max_frame_bytes = MAX_FRAME;
     l.max_envelope_bytes = 16 * 1024;
     l.pull_max_bytes = 32 * 1024;
@@ -1275,7 +1275,7 @@ async fn requests_that_stall_are_cut_off_after_the_request_timeout() {
             }
         };
         match ended {
-            Err(ClientError::Frame(kith_net::ReadError::Io(err))) => {
+            Err(RelayClientError::Frame(kith_net::ReadError::Io(err))) => {
                 let reset = err
                     .get_ref()
                     .and_then(|e| e.downcast_ref::<quinn::ReadError>())

@@ -18,7 +18,7 @@ use common::{TestAccount, bounded, envelopes};
 use kith_protocol::auth::sign_account_deletion;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, Cursor, ErrorCode, request};
-use kith_relay::client::{ClientError, RelayClient};
+use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 
 /// Every envelope of the account, per device.
@@ -55,7 +55,7 @@ async fn pull_all(client: &RelayClient) -> HashMap<DeviceId, Vec<(u64, Vec<u8>)>
     panic!("pull did not end");
 }
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),

@@ -15,16 +15,16 @@ use common::{TestAccount, TestRelay, bounded, envelopes};
 use kith_protocol::frame::encode_frame;
 use kith_protocol::proto::{self, ErrorCode, Request, request};
 use kith_relay::RegistrationMode;
-use kith_relay::client::{ClientError, RelayClient};
+use kith_relay::client::{RelayClient, RelayClientError};
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),
     }
 }
 
-async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, ClientError> {
+async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, RelayClientError> {
     let bind: SocketAddr = format!("{ip}:0").parse().unwrap();
     RelayClient::connect_from(bind, relay.handle.local_addr(), relay.handle.cert_sha256()).await
 }
@@ -32,7 +32,7 @@ async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, Client
 #[tokio::test]
 async fn an_idle_unauthenticated_connection_is_closed_after_the_auth_timeout() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.limits.auth_timeout = Duration::from_secs(2)).await;
+        let relay = TestRelay::start_with(|c| c.bounds.auth_timeout = Duration::from_secs(2)).await;
         let account = TestAccount::new(1);
         account.create(&relay.connect().await).await;
         let idle = relay.connect().await;
@@ -80,14 +80,14 @@ async fn an_idle_unauthenticated_connection_is_closed_after_the_auth_timeout() {
 #[tokio::test]
 async fn connections_per_source_address_are_capped() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.limits.max_connections_per_address = 3).await;
+        let relay = TestRelay::start_with(|c| c.bounds.max_connections_per_address = 3).await;
         let mut held = Vec::new();
         for _ in 0..3 {
             held.push(connect_from(&relay, "127.0.0.2").await.unwrap());
         }
         let refused = connect_from(&relay, "127.0.0.2").await;
         assert!(
-            matches!(refused, Err(ClientError::Connection(_))),
+            matches!(refused, Err(RelayClientError::Connection(_))),
             "a fourth connection from one address was accepted (error: {:?})",
             refused.as_ref().err()
         );
@@ -116,7 +116,7 @@ async fn connections_per_source_address_are_capped() {
 #[tokio::test]
 async fn handshakes_above_the_rate_get_a_retry_and_still_connect() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.limits.retry_above_handshakes_per_second = 1).await;
+        let relay = TestRelay::start_with(|c| c.bounds.retry_above_handshakes_per_second = 1).await;
         let mut clients = Vec::new();
         for _ in 0..6 {
             clients.push(relay.connect().await);
@@ -283,7 +283,7 @@ async fn a_connections_frame_buffers_stay_within_max_frame_bytes() {
 }
 
 fn relay_max_frame() -> u32 {
-    kith_relay::Limits::default().max_frame_bytes
+    kith_relay::Bounds::default().max_frame_bytes
 }
 
 /// Sends a pull on its own stream and never reads the answer: the page stays in the relay's
@@ -307,7 +307,7 @@ async fn one_accounts_stalled_pulls_do_not_stall_another_accounts_pull() {
     bounded(async {
         // Stalled pulls would hold their pages for five minutes.
         let relay =
-            TestRelay::start_with(|c| c.limits.request_timeout = Duration::from_secs(300)).await;
+            TestRelay::start_with(|c| c.bounds.request_timeout = Duration::from_secs(300)).await;
         let hog = TestAccount::new(1);
         let hog_client = relay.connect().await;
         hog.create(&hog_client).await;

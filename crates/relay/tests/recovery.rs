@@ -6,9 +6,9 @@ mod common;
 
 use common::{TestAccount, TestRelay, bounded};
 use kith_protocol::proto::{self, ErrorCode, request, response};
-use kith_relay::client::{ClientError, RelayClient};
+use kith_relay::client::{RelayClient, RelayClientError};
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),
@@ -97,7 +97,7 @@ fn rotate(lookup: u8, bundle: &[u8], replaces: &[u8]) -> request::Kind {
 }
 
 /// The account's own bundle, asked for with an empty lookup id.
-async fn own(client: &RelayClient) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+async fn own(client: &RelayClient) -> Result<(Vec<u8>, Vec<u8>), RelayClientError> {
     match client
         .request(request::Kind::GetRecoveryBundle(proto::GetRecoveryBundle {
             lookup_id: Vec::new(),

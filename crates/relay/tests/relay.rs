@@ -10,10 +10,10 @@ use kith_protocol::auth::{sign_account_deletion, sign_relay_auth};
 use kith_protocol::keys::{AccountSigningKey, system_rng};
 use kith_protocol::proto::{self, Cursor, ErrorCode, request, response};
 use kith_relay::RegistrationMode;
-use kith_relay::client::{ClientError, RelayClient};
+use kith_relay::client::{RelayClient, RelayClientError};
 use prost::Message;
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),
@@ -25,7 +25,7 @@ async fn authenticate_raw(
     account: &TestAccount,
     device: usize,
     exporter: [u8; 32],
-) -> Result<(), ClientError> {
+) -> Result<(), RelayClientError> {
     let nonce = client.challenge().await?;
     let key = account.device(device);
     let signature = sign_relay_auth(key, &exporter, &nonce, &account.id, &key.device_id());
@@ -124,9 +124,9 @@ async fn token_registration_needs_a_single_use_token() {
 
 /// Asserts that an authentication was refused as every failure before a verified signature
 /// is: `BAD_SIGNATURE` with the same message, whatever was wrong.
-fn refused_alike(result: Result<(), ClientError>, what: &str) {
+fn refused_alike(result: Result<(), RelayClientError>, what: &str) {
     match result {
-        Err(ClientError::Refused { code, message }) => {
+        Err(RelayClientError::Refused { code, message }) => {
             assert_eq!(code, ErrorCode::BadSignature, "{what}: {message}");
             assert_eq!(message, "authentication failed", "{what}");
         }
@@ -260,7 +260,7 @@ async fn authentication_tells_nothing_before_the_signature_verifies() {
 #[tokio::test]
 async fn failed_authentications_are_rate_limited_per_source_address() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.limits.auth_failures_per_minute = 3).await;
+        let relay = TestRelay::start_with(|c| c.bounds.auth_failures_per_minute = 3).await;
         let account = TestAccount::new(1);
         account.create(&relay.connect().await).await;
         let guesser = relay.connect().await;
@@ -449,10 +449,10 @@ async fn seq_gaps_and_conflicts_are_refused_and_identical_retransmits_acked() {
 async fn oversized_batches_envelopes_and_frames_are_refused() {
     bounded(async {
         let relay = TestRelay::start_with(|c| {
-            c.limits.max_batch_envelopes = 10;
-            c.limits.max_envelope_bytes = 2500;
-            c.limits.max_frame_bytes = 16 * 1024;
-            c.limits.pull_max_bytes = 8 * 1024;
+            c.bounds.max_batch_envelopes = 10;
+            c.bounds.max_envelope_bytes = 2500;
+            c.bounds.max_frame_bytes = 16 * 1024;
+            c.bounds.pull_max_bytes = 8 * 1024;
         })
         .await;
         let account = TestAccount::new(1);
@@ -488,8 +488,8 @@ async fn oversized_batches_envelopes_and_frames_are_refused() {
 async fn the_quota_and_the_device_limit_are_enforced() {
     bounded(async {
         let relay = TestRelay::start_with(|c| {
-            c.limits.max_account_bytes = 10_000;
-            c.limits.max_devices_per_account = 2;
+            c.bounds.max_account_bytes = 10_000;
+            c.bounds.max_devices_per_account = 2;
         })
         .await;
         let mut account = TestAccount::new(2);
@@ -604,7 +604,7 @@ async fn rosters_must_extend_the_stored_chain() {
 #[tokio::test]
 async fn a_take_waits_for_its_slot_within_the_lookup_budget() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.limits.lookups_per_minute = 3).await;
+        let relay = TestRelay::start_with(|c| c.bounds.lookups_per_minute = 3).await;
         let account = TestAccount::new(1);
         let client = relay.connect().await;
         account.create(&client).await;
@@ -654,7 +654,7 @@ async fn a_take_waits_for_its_slot_within_the_lookup_budget() {
 async fn pairing_slots_are_taken_once_and_expire() {
     bounded(async {
         let relay =
-            TestRelay::start_with(|c| c.limits.pairing_slot_ttl = Duration::from_secs(1)).await;
+            TestRelay::start_with(|c| c.bounds.pairing_slot_ttl = Duration::from_secs(1)).await;
         let account = TestAccount::new(1);
         let client = relay.connect().await;
         account.create(&client).await;
@@ -698,7 +698,7 @@ async fn pairing_slots_are_taken_once_and_expire() {
 #[tokio::test]
 async fn recovery_bundles_are_served_without_auth_but_rate_limited() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.limits.lookups_per_minute = 3).await;
+        let relay = TestRelay::start_with(|c| c.bounds.lookups_per_minute = 3).await;
         let account = TestAccount::new(1);
         let client = relay.connect().await;
         account.create(&client).await;
@@ -1155,8 +1155,8 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
 async fn a_device_over_its_request_rate_is_refused() {
     bounded(async {
         let relay = TestRelay::start_with(|c| {
-            c.limits.requests_per_second = 1;
-            c.limits.request_burst = 5;
+            c.bounds.requests_per_second = 1;
+            c.bounds.request_burst = 5;
         })
         .await;
         let account = TestAccount::new(1);

@@ -6,9 +6,9 @@ mod common;
 
 use common::{TestAccount, TestRelay, bounded, envelopes};
 use kith_protocol::proto::{self, ErrorCode, request};
-use kith_relay::client::ClientError;
+use kith_relay::client::RelayClientError;
 
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
     match result {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),

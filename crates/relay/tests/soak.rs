@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{TestAccount, TestRelay, envelope};
 use kith_protocol::proto::{self, ErrorCode, request};
 use kith_relay::MemoryCounts;
-use kith_relay::client::{ClientError, RelayClient, shared_endpoint};
+use kith_relay::client::{RelayClient, RelayClientError, shared_endpoint};
 
 /// Idle accounts the relay may keep: far fewer than the accounts the soak goes through.
 const CACHED_ACCOUNTS: usize = 16;
@@ -115,7 +115,7 @@ async fn visit(
             });
             let refused = client.request(take).await.unwrap_err();
             assert!(
-                matches!(&refused, ClientError::Refused { code, .. } if *code == ErrorCode::NotFound),
+                matches!(&refused, RelayClientError::Refused { code, .. } if *code == ErrorCode::NotFound),
                 "{refused:?}"
             );
         }
@@ -162,11 +162,11 @@ async fn no_per_connection_state_survives_thousands_of_connections() {
         let relay = TestRelay::start_with(|config| {
             config.cached_accounts = CACHED_ACCOUNTS;
             config.sweep_interval = Duration::from_millis(200);
-            config.limits.idle_timeout = Duration::from_secs(2);
+            config.bounds.idle_timeout = Duration::from_secs(2);
             // Buckets refill within milliseconds, so a sweep finds every idle one full.
-            config.limits.requests_per_second = 100_000;
-            config.limits.request_burst = 50;
-            config.limits.lookups_per_minute = 1_000_000;
+            config.bounds.requests_per_second = 100_000;
+            config.bounds.request_burst = 50;
+            config.bounds.lookups_per_minute = 1_000_000;
         })
         .await;
         let (addr, pin) = (relay.handle.local_addr(), relay.handle.cert_sha256());

@@ -40,7 +40,7 @@ pub mod twitter;
 pub mod vcard;
 
 mod sqlite;
-mod text;
+pub(crate) mod text;
 
 #[doc(hidden)]
 pub mod testing;

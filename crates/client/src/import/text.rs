@@ -164,6 +164,15 @@ pub(crate) fn iso_date(s: &str) -> Option<proto::Date> {
     date(year, digits(m)?, digits(d)?)
 }
 
+/// A vCard `TYPE` value or service name reduced to lowercase letters, digits, `-`, `_`, `.`.
+pub(crate) fn token(raw: &str) -> String {
+    raw.trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::{
-    DB_FILE, FORMAT_VERSION, NEXT_ID, SCHEMA, StoreError, TreeName, ValueCipher, io_error, put_sql,
+    DB_FILE, FORMAT_VERSION, LocalStoreError, NEXT_ID, SCHEMA, TreeName, ValueCipher, io_error,
+    put_sql,
 };
 
 /// The suffix of the backup directory, beside the store directory.
@@ -38,7 +39,11 @@ pub fn backup_dir(dir: &Path) -> PathBuf {
 }
 
 /// Migrates the sled store in `dir` to the SQLite database `path` (see the module docs).
-pub(super) fn from_sled(dir: &Path, path: &Path, cipher: &ValueCipher) -> Result<(), StoreError> {
+pub(super) fn from_sled(
+    dir: &Path,
+    path: &Path,
+    cipher: &ValueCipher,
+) -> Result<(), LocalStoreError> {
     let migrating = path.with_extension("sqlite3.migrating");
     // What an interrupted earlier attempt left, its rollback journal included.
     remove_if_exists(&migrating)?;
@@ -60,7 +65,7 @@ pub(super) fn from_sled(dir: &Path, path: &Path, cipher: &ValueCipher) -> Result
 
 /// Moves what is left of a sled store beside `kith.sqlite3` into the backup (step 3; also
 /// finishes a migration interrupted during that step).
-pub(super) fn move_sled_files(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn move_sled_files(dir: &Path) -> Result<(), LocalStoreError> {
     if !dir.join("conf").is_file() && !dir.join("db").is_file() {
         return Ok(());
     }
@@ -86,16 +91,16 @@ pub(super) fn move_sled_files(dir: &Path) -> Result<(), StoreError> {
     sync_dir(dir)
 }
 
-fn copy_trees(dir: &Path, to: &Path, cipher: &ValueCipher) -> Result<(), StoreError> {
+fn copy_trees(dir: &Path, to: &Path, cipher: &ValueCipher) -> Result<(), LocalStoreError> {
     let sled_error = |e: sled::Error| {
         let text = e.to_string();
         if text.contains("WouldBlock") || text.contains("lock") {
-            StoreError::Migration(format!(
+            LocalStoreError::Migration(format!(
                 "{} is in use by another process (a `kith` of the previous release, e.g. `kith sync --watch`?): stop it, then run this command again",
                 dir.display()
             ))
         } else {
-            StoreError::Migration(format!("cannot read {}: {text}", dir.display()))
+            LocalStoreError::Migration(format!("cannot read {}: {text}", dir.display()))
         }
     };
     let db = sled::Config::new()
@@ -135,9 +140,9 @@ fn copy_trees(dir: &Path, to: &Path, cipher: &ValueCipher) -> Result<(), StoreEr
     Ok(())
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
+fn remove_if_exists(path: &Path) -> Result<(), LocalStoreError> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LocalStoreError::Io {
             context: format!("cannot remove {}", path.display()),
             source: e,
         }),
@@ -145,7 +150,7 @@ fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+fn sync_dir(dir: &Path) -> Result<(), LocalStoreError> {
     #[cfg(unix)]
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

@@ -165,7 +165,7 @@ async fn stalled_pull(client: Arc<RelayClient>, stats: Arc<AbuseStats>) {
 /// frame the relay takes and sends a little of it. When the relay closes the connection (too
 /// many bad frames), the flooder connects again and goes on.
 async fn flood(endpoint: quinn::Endpoint, addr: SocketAddr, stats: Arc<AbuseStats>) {
-    let max = kith_relay::Limits::default().max_frame_bytes;
+    let max = kith_relay::Bounds::default().max_frame_bytes;
     let mut frame = (max + 1).to_be_bytes().to_vec();
     frame.extend_from_slice(&[0u8; 16 * 1024]);
     let frame = Bytes::from(frame);

@@ -59,7 +59,7 @@ async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 
     // account on a relay that lost it with the roster it trusts (docs/PROTOCOL.md §13.1). Only
     // a holder of the account key chain can sign one, and devices that trust a newer roster
     // store it over this one (or report a fork if it does not extend theirs).
-    if roster.device_count() > shared.config.limits.max_devices_per_account as usize {
+    if roster.device_count() > shared.config.bounds.max_devices_per_account as usize {
         return Err(RequestError::new(
             ErrorCode::TooManyDevices,
             "too many devices",

@@ -18,7 +18,7 @@ const MAX_SEALED_KEY_BYTES: usize = 4096;
 
 pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -> Reply {
     let (account, device) = authorized(shared, conn)?;
-    let limits = &shared.config.limits;
+    let limits = &shared.config.bounds;
     if req.keys.len() > limits.max_sealed_keys_per_request as usize {
         return Err(RequestError::new(
             ErrorCode::BatchTooLarge,

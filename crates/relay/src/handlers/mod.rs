@@ -90,7 +90,7 @@ impl Command {
     /// [`wire::check_request`]), then decodes it.
     pub(crate) fn decode(
         body: bytes::Bytes,
-        limits: &crate::config::Limits,
+        limits: &crate::config::Bounds,
     ) -> Result<Self, RequestError> {
         match wire::check_request(&body, limits) {
             Ok(()) => {}

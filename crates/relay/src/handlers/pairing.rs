@@ -24,7 +24,7 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutPairingSlot) -> Re
     if req.bundle.is_empty() || req.bundle.len() > MAX_BUNDLE_BYTES {
         return Err(RequestError::invalid("bundle size out of range"));
     }
-    let limits = &shared.config.limits;
+    let limits = &shared.config.bounds;
     let now = now_ms();
     let live = shared
         .store

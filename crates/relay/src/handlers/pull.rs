@@ -23,7 +23,7 @@ use crate::wire::{PullResponse, StoredEnvelope, pull_frame};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
     let (account, _device) = authorized(shared, conn)?;
-    let limits = &shared.config.limits;
+    let limits = &shared.config.bounds;
     let max_envelopes = match req.max_envelopes {
         0 => limits.pull_default_envelopes,
         n => n.min(limits.pull_max_envelopes),

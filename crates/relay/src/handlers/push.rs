@@ -28,7 +28,7 @@ use kith_protocol::envelope::peek_header;
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
     let (account, device) = authorized(shared, conn)?;
-    let limits = &shared.config.limits;
+    let limits = &shared.config.bounds;
     let envelopes = req.envelopes;
     if envelopes.is_empty() {
         return Err(RequestError::invalid("empty push"));

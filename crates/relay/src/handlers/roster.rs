@@ -70,7 +70,7 @@ pub(crate) async fn replace(
     }
     let next = VerifiedRoster::verify(bytes, Some(&account.id), Some(&current))
         .map_err(|e| RequestError::new(ErrorCode::RosterInvalid, e.to_string()))?;
-    if next.device_count() > shared.config.limits.max_devices_per_account as usize {
+    if next.device_count() > shared.config.bounds.max_devices_per_account as usize {
         return Err(RequestError::new(
             ErrorCode::TooManyDevices,
             "too many devices",

@@ -7,7 +7,7 @@ use crate::state::{Conn, Shared};
 
 pub(crate) fn handle(shared: &Shared, conn: &Conn) -> Reply {
     let (account, _device) = authorized(shared, conn)?;
-    let limits = &shared.config.limits;
+    let limits = &shared.config.bounds;
     let inner = account.lock();
     let usage = Usage {
         bytes_used: inner.bytes_used(),

@@ -37,6 +37,7 @@ pub struct CopyReport {
 
 /// Why a copy could not be made or does not match its source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CopyError {
     /// A store failed.
     #[error(transparent)]

@@ -25,6 +25,7 @@ pub const SCHEMA_VERSION: u32 = 2;
 
 /// Storage failures. Cloneable so that one failed flush can be reported to every waiter.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The backend failed (I/O, corruption it detected, …).
     #[error("storage backend: {0}")]

@@ -1,6 +1,6 @@
 //! Test helpers: an in-process relay on loopback, accounts with hand-built signed rosters
 //! (docs/PROTOCOL.md §4), and envelopes with valid headers and opaque bodies.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod faulty_store;
 pub mod latency;
@@ -186,55 +186,7 @@ impl TestAccount {
     }
 }
 
-/// The ciphertext length of a `size`-byte payload: Padmé-padded plus the AEAD tag, as the
-/// protocol crate's framing check requires.
-pub fn ciphertext_len(size: usize) -> usize {
-    kith_protocol::padding::padded_len(size) as usize + kith_protocol::envelope::TAG_LEN
-}
-
-/// An envelope with a valid header for (account, device, seq) and the ciphertext of a
-/// `size`-byte payload (opaque bytes: the relay never decrypts).
-pub fn envelope(account: &AccountId, device: &DeviceId, seq: u64, size: usize) -> Vec<u8> {
-    envelope_with(account, device, seq, size, seq as u8)
-}
-
-pub fn envelope_with(
-    account: &AccountId,
-    device: &DeviceId,
-    seq: u64,
-    size: usize,
-    fill: u8,
-) -> Vec<u8> {
-    let header = proto::EnvelopeHeader {
-        format_version: 1,
-        account_id: account.as_bytes().to_vec(),
-        device_id: device.as_bytes().to_vec(),
-        seq,
-        epoch: 1,
-        prev_hash: vec![0; 32],
-        kind: proto::PayloadKind::Operations as i32,
-        nonce: vec![7; 24],
-    }
-    .encode_to_vec();
-    proto::Envelope {
-        header,
-        ciphertext: vec![fill; ciphertext_len(size)],
-        signature: vec![1; 64],
-    }
-    .encode_to_vec()
-}
-
-pub fn envelopes(
-    account: &AccountId,
-    device: &DeviceId,
-    from: u64,
-    n: u64,
-    size: usize,
-) -> Vec<Vec<u8>> {
-    (from..from + n)
-        .map(|seq| envelope(account, device, seq, size))
-        .collect()
-}
+pub use kith_testkit::envelope::{ciphertext_len, envelope, envelope_with, envelopes};
 
 /// Runs a test body with the global test timeout.
 pub async fn bounded<F: std::future::Future<Output = ()>>(body: F) {

@@ -1,7 +1,7 @@
-//! Fuzz target bodies for the importers (not part of the supported API).
+//! The importers' fuzz target bodies (`kith_client::import`).
 //!
 //! Each `pub fn name(data: &[u8]) -> bool` here is the whole body of the cargo-fuzz target
-//! `fuzz/fuzz_targets/name.rs`, and `tests/fuzz_corpus_import.rs` runs every file of
+//! `fuzz/fuzz_targets/name.rs`, and `crates/testkit/tests/fuzz_corpus_import.rs` runs every file of
 //! `fuzz/corpus/name/` through the same function on the stable toolchain. A body returns
 //! whether the importer accepted the input; it panics only on a bug: a panic in an importer, a
 //! bound of [`ImportOptions`] exceeded, a contact that the client could not record as one valid
@@ -21,13 +21,12 @@ use kith_protocol::record::{FieldKey, FieldWrite, Operation};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
-use crate::import::{
+use kith_client::import::{
     ImportOptions, ImportReport, address_book, calendar, facebook, imessage, linkedin, mail,
     twitter, vcard,
 };
 
-/// A target's body: runs one input, returns whether the importer accepted it.
-pub type Body = fn(&[u8]) -> bool;
+pub use super::corpus::{Body, Seed};
 
 /// Every importer target: its name (the fuzz target and corpus directory) and its body.
 pub const TARGETS: &[(&str, Body)] = &[
@@ -97,7 +96,10 @@ fn check_report(report: &ImportReport, opts: &ImportOptions) {
     }
 }
 
-fn check(result: Result<ImportReport, crate::import::ImportError>, opts: &ImportOptions) -> bool {
+fn check(
+    result: Result<ImportReport, kith_client::import::ImportError>,
+    opts: &ImportOptions,
+) -> bool {
     match result {
         Ok(report) => {
             check_report(&report, opts);
@@ -476,17 +478,6 @@ fn build_contacts_db(path: &Path, input: &mut Input<'_>) -> rusqlite::Result<()>
 
 // ---------------------------------------------------------------------------------------------
 // seeds
-
-/// One seed input: the target it is for, a file name, and the bytes.
-#[derive(Debug, Clone)]
-pub struct Seed {
-    /// The target (corpus directory).
-    pub target: &'static str,
-    /// The file name; `valid-*` seeds must be accepted by their target.
-    pub name: String,
-    /// The input.
-    pub bytes: Vec<u8>,
-}
 
 /// Inputs for `imessage_rows` that build a database with every kind of row, and the same
 /// databases as raw files for `imessage`. (The text importers' seeds are trimmed copies of the

@@ -1,68 +1,22 @@
 //! Replays the importer fuzz corpora on the stable toolchain: every file of
 //! `fuzz/corpus/<target>/` goes through the same body the cargo-fuzz target runs
-//! (`kith_client::fuzzing`), so a crash the fuzzer once found cannot come back unnoticed.
+//! (`kith_testkit::fuzz::import`), so a crash the fuzzer once found cannot come back unnoticed.
 //!
-//! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-client --test fuzz_corpus_import` rewrites
-//! the `valid-*` seeds: trimmed copies of `tests/fixtures/` for the text importers, and the
+//! `KITH_REGENERATE_FUZZ_SEEDS=1 cargo test -p kith-testkit --test fuzz_corpus_import` rewrites
+//! the `valid-*` seeds: trimmed copies of `crates/client/tests/fixtures/` for the text importers, and the
 //! harness-built databases for the SQLite ones.
 
 use std::fs;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
-use std::sync::Once;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
-use kith_client::fuzzing::{TARGETS, seeds};
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
+use kith_testkit::fuzz::corpus::{fuzz_dir, missing_target_files, regenerating, replay};
+use kith_testkit::fuzz::import::{TARGETS, seeds};
 
 fn fixture(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../client/tests/fixtures")
         .join(path);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn regenerating() -> bool {
-    std::env::var_os("KITH_REGENERATE_FUZZ_SEEDS").is_some_and(|v| v == "1")
-}
-
-/// The files of one corpus directory, sorted by name.
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = fuzz_dir().join("corpus").join(target);
-    let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.is_file())
-        .map(|path| {
-            let name = path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            (name, fs::read(&path).expect("corpus file"))
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// Panics seen by the panic hook, including those a dependency catches itself (rusqlite turns
-/// a panic in its SQLite callbacks into an error, but libFuzzer, and any `panic = "abort"`
-/// build, dies on it).
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            default(info);
-        }));
-    });
 }
 
 #[test]
@@ -70,28 +24,7 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
     if regenerating() {
         write_seeds();
     }
-    count_panics();
-    let mut failures = Vec::new();
-    let mut replayed = 0;
-    for &(target, body) in TARGETS {
-        let files = corpus(target);
-        assert!(!files.is_empty(), "fuzz/corpus/{target} is empty");
-        for (name, bytes) in files {
-            replayed += 1;
-            let before = PANICS.load(Ordering::SeqCst);
-            let result = catch_unwind(AssertUnwindSafe(|| body(&bytes)));
-            if result.is_ok() && PANICS.load(Ordering::SeqCst) != before {
-                failures.push(format!("{target}/{name}: panicked inside a dependency"));
-            }
-            match result {
-                Err(_) => failures.push(format!("{target}/{name}: panicked")),
-                Ok(false) if name.starts_with("valid-") => failures.push(format!(
-                    "{target}/{name}: no longer accepted (KITH_REGENERATE_FUZZ_SEEDS=1 rewrites seeds)"
-                )),
-                Ok(_) => {}
-            }
-        }
-    }
+    let (replayed, failures) = replay(TARGETS);
     assert!(
         failures.is_empty(),
         "{replayed} files replayed; failures:\n{}",
@@ -101,10 +34,8 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
 
 #[test]
 fn every_target_has_a_fuzz_target_file() {
-    for &(target, _) in TARGETS {
-        let file = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
-        assert!(file.is_file(), "{} is missing", file.display());
-    }
+    let missing = missing_target_files(TARGETS);
+    assert!(missing.is_empty(), "missing: {missing:?}");
 }
 
 /// The first `lines` lines of a text (line ends kept).
@@ -178,8 +109,8 @@ fn write_seeds() {
         short_ics.push_str(&ics[series..]);
     }
     files.push(("calendar", "valid-ics".into(), short_ics.into_bytes()));
-    let archive =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/twitter/twitter-archive.zip");
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../client/tests/fixtures/twitter/twitter-archive.zip");
     files.push((
         "twitter",
         "valid-archive".into(),

@@ -1,4 +1,4 @@
-//! Fuzz target bodies (not part of the supported API).
+//! The protocol crate's fuzz target bodies.
 //!
 //! Each `pub fn name(data: &[u8]) -> bool` here is the whole body of the cargo-fuzz target
 //! `fuzz/fuzz_targets/name.rs`, and `tests/fuzz_corpus.rs` runs every file of
@@ -21,43 +21,42 @@
 //! the corpus means the same thing on every machine.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::OnceLock;
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use prost::Message;
-use rand_core::{TryCryptoRng, TryRng};
-use sha2::{Digest, Sha256};
 
-use crate::auth::{CHALLENGE_LEN, EXPORTER_LEN, verify_account_deletion, verify_relay_auth};
-use crate::bundle::{
+use crate::rng::CounterRng;
+use kith_protocol::auth::{
+    CHALLENGE_LEN, EXPORTER_LEN, verify_account_deletion, verify_relay_auth,
+};
+use kith_protocol::bundle::{
     AccountBundle, LinkCode, open_link_bundle, open_recovery_bundle, seal_link_bundle,
     seal_recovery_bundle,
 };
-use crate::encoding::labels;
-use crate::envelope::{
+use kith_protocol::encoding::labels;
+use kith_protocol::envelope::{
     EnvelopeError, EnvelopeHash, ParsedEnvelope, PayloadKind, open_batch, peek_header, seal,
 };
-use crate::epoch::{
+use kith_protocol::epoch::{
     EpochKeys, account_key_for_epoch, open_epoch_key, peek_sealed_epoch_key, seal_epoch_key,
 };
-use crate::frame;
-use crate::ids::{AccountId, DeviceId};
-use crate::keys::{
+use kith_protocol::frame;
+use kith_protocol::ids::{AccountId, DeviceId};
+use kith_protocol::keys::{
     AccountSigningKey, AccountVerifyingKey, DeviceAgreementKey, DeviceSigningKey, EpochSecret,
     PairingSecret, RecoveryKey, SymmetricKey,
 };
-use crate::limits::MAX_PAYLOAD_BYTES;
-use crate::merge::ContactSet;
-use crate::padding;
-use crate::proto;
-use crate::record::{decode_batch, encode_batch};
-use crate::roster::{NewDevice, VerifiedRoster};
-use crate::stream::StreamVerifier;
+use kith_protocol::limits::MAX_PAYLOAD_BYTES;
+use kith_protocol::merge::ContactSet;
+use kith_protocol::padding;
+use kith_protocol::proto;
+use kith_protocol::record::{decode_batch, encode_batch};
+use kith_protocol::roster::{NewDevice, VerifiedRoster};
+use kith_protocol::stream::StreamVerifier;
 
-/// A target's body: runs one input, returns whether the decoder accepted it.
-pub type Body = fn(&[u8]) -> bool;
+pub use super::corpus::{Body, Seed};
 
 /// Every protocol target: its name (the fuzz target and corpus directory) and its body.
 pub const TARGETS: &[(&str, Body)] = &[
@@ -74,61 +73,6 @@ pub const TARGETS: &[(&str, Body)] = &[
 
 /// The clock of the fixture, in milliseconds.
 const NOW_MS: u64 = 1_700_000_000_000;
-
-/// A deterministic generator: block `i` is `SHA-256(SHA-256(seed) || u64be(i))`. It stands in
-/// for the system generator to build the fixture and harness-sealed inputs only; its output is
-/// public, so it never leaves this module.
-struct CounterRng {
-    seed: [u8; 32],
-    counter: u64,
-    block: [u8; 32],
-    used: usize,
-}
-
-impl CounterRng {
-    fn new(seed: &str) -> Self {
-        Self {
-            seed: Sha256::digest(seed.as_bytes()).into(),
-            counter: 0,
-            block: [0; 32],
-            used: 32,
-        }
-    }
-}
-
-impl TryRng for CounterRng {
-    type Error = Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        let mut bytes = [0u8; 4];
-        self.try_fill_bytes(&mut bytes)?;
-        Ok(u32::from_le_bytes(bytes))
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        let mut bytes = [0u8; 8];
-        self.try_fill_bytes(&mut bytes)?;
-        Ok(u64::from_le_bytes(bytes))
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for byte in dst {
-            if self.used == self.block.len() {
-                let mut hasher = Sha256::new();
-                hasher.update(self.seed);
-                hasher.update(self.counter.to_be_bytes());
-                self.block = hasher.finalize().into();
-                self.counter = self.counter.wrapping_add(1);
-                self.used = 0;
-            }
-            *byte = self.block[self.used];
-            self.used += 1;
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for CounterRng {}
 
 /// One device of the fixture account.
 struct Device {
@@ -1007,17 +951,6 @@ fn check_snapshot_round_trip(set: &ContactSet, positions: Vec<proto::StreamPosit
 // ---------------------------------------------------------------------------------------------
 // seeds
 
-/// One seed input: the target it is for, a file name, and the bytes.
-#[derive(Debug, Clone)]
-pub struct Seed {
-    /// The target (corpus directory).
-    pub target: &'static str,
-    /// The file name; `valid-*` seeds must be accepted by their target.
-    pub name: String,
-    /// The input.
-    pub bytes: Vec<u8>,
-}
-
 fn seed(target: &'static str, name: &str, bytes: Vec<u8>) -> Seed {
     Seed {
         target,
@@ -1204,7 +1137,7 @@ pub fn seeds() -> Vec<Seed> {
         request::Kind::Authenticate(proto::Authenticate {
             account_id: f.account.as_bytes().to_vec(),
             device_id: phone.id().as_bytes().to_vec(),
-            signature: crate::auth::sign_relay_auth(
+            signature: kith_protocol::auth::sign_relay_auth(
                 &phone.signing,
                 &EXPORTER,
                 &CHALLENGE,
@@ -1272,10 +1205,10 @@ fn request_name(kind: &proto::request::Kind) -> &'static str {
 }
 
 /// Two records: one upserted with every kind of field, then partly replaced; one deleted.
-fn seed_operations() -> Vec<crate::record::Operation> {
-    use crate::hlc::Hlc;
-    use crate::ids::RecordId;
-    use crate::record::{FieldKey, FieldWrite, Operation, value};
+fn seed_operations() -> Vec<kith_protocol::record::Operation> {
+    use kith_protocol::hlc::Hlc;
+    use kith_protocol::ids::RecordId;
+    use kith_protocol::record::{FieldKey, FieldWrite, Operation, value};
     const BROKEN: &str = "seed operations are valid";
     let f = fixture();
     let device = f.devices[PHONE].id();

@@ -1,0 +1,389 @@
+//! Operations: [`FieldWrite`]s grouped into an [`Operation`] on one record, and the
+//! `OperationBatch` codec, the one entry point for untrusted operation bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+
+use crate::hlc::Hlc;
+use crate::ids::RecordId;
+use crate::limits::{MAX_OPERATIONS_PER_BATCH, MAX_PAYLOAD_BYTES, MAX_WRITES_PER_OPERATION};
+use crate::proto;
+
+use crate::proto_writer::{
+    bytes_len, delimited_len, hlc_len, put_bytes, put_delimited_header, put_hlc, put_value,
+    put_varint, value_len, varint_len,
+};
+
+use super::{FieldKey, RecordError, decode_value, encode_value};
+
+///
+/// `replaces` are the clocks of the values the writer saw: usually
+/// [`RecordState::replaces`] for that key. Replacing every head clears a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldWrite {
+    key: FieldKey,
+    value: Option<proto::FieldValue>,
+    replaces: BTreeSet<Hlc>,
+}
+
+impl FieldWrite {
+    /// Sets `key` to `value`; fails if the value does not fit the key
+    /// ([`FieldKey::check_value`]).
+    pub fn set(
+        key: FieldKey,
+        value: proto::FieldValue,
+        replaces: impl IntoIterator<Item = Hlc>,
+    ) -> Result<Self, RecordError> {
+        key.check_value(&value)?;
+        Ok(Self {
+            key,
+            value: Some(value),
+            replaces: replaces.into_iter().collect(),
+        })
+    }
+
+    /// Removes `key` (the field, or the set element).
+    pub fn remove(key: FieldKey, replaces: impl IntoIterator<Item = Hlc>) -> Self {
+        Self {
+            key,
+            value: None,
+            replaces: replaces.into_iter().collect(),
+        }
+    }
+
+    /// The field written.
+    pub fn key(&self) -> &FieldKey {
+        &self.key
+    }
+
+    /// The new value; `None` removes the field.
+    pub fn value(&self) -> Option<&proto::FieldValue> {
+        self.value.as_ref()
+    }
+
+    /// The clocks this write replaces.
+    pub fn replaces(&self) -> &BTreeSet<Hlc> {
+        &self.replaces
+    }
+
+    /// How many wire `FieldWrite`s this takes: one per replaced clock, at least one.
+    fn wire_len(&self) -> usize {
+        self.replaces.len().max(1)
+    }
+}
+
+/// What an [`Operation`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationKind {
+    /// Writes fields; at most one write per key, sorted by key.
+    Upsert(Vec<FieldWrite>),
+    /// Deletes the record: hides every write with a clock up to the operation's.
+    Delete,
+}
+
+/// One change to one record, stamped with one clock. Valid by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    record: RecordId,
+    clock: Hlc,
+    kind: OperationKind,
+}
+
+impl Operation {
+    /// Writes fields of `record` at `clock`.
+    ///
+    /// Fails if a key is written twice, a write replaces a clock not earlier than `clock`, or
+    /// the encoding would take more than [`MAX_WRITES_PER_OPERATION`] wire writes.
+    pub fn upsert(
+        record: RecordId,
+        clock: Hlc,
+        writes: impl IntoIterator<Item = FieldWrite>,
+    ) -> Result<Self, RecordError> {
+        let mut writes: Vec<FieldWrite> = writes.into_iter().collect();
+        writes.sort_by(|a, b| a.key.cmp(&b.key));
+        if let Some(pair) = writes.windows(2).find(|pair| pair[0].key == pair[1].key) {
+            return Err(RecordError::DuplicateFieldKey {
+                field: pair[0].key.kind(),
+            });
+        }
+        if let Some(write) = writes
+            .iter()
+            .find(|write| write.replaces.last().is_some_and(|last| *last >= clock))
+        {
+            return Err(RecordError::ReplacesNotEarlier {
+                field: write.key.kind(),
+            });
+        }
+        let count = writes.iter().map(FieldWrite::wire_len).sum();
+        if count > MAX_WRITES_PER_OPERATION {
+            return Err(RecordError::TooManyWrites { count });
+        }
+        Ok(Self {
+            record,
+            clock,
+            kind: OperationKind::Upsert(writes),
+        })
+    }
+
+    /// Deletes `record` at `clock`: every write with a clock up to `clock` is hidden, later
+    /// writes bring the record back with only their fields.
+    pub fn delete(record: RecordId, clock: Hlc) -> Self {
+        Self {
+            record,
+            clock,
+            kind: OperationKind::Delete,
+        }
+    }
+
+    /// The record changed.
+    pub fn record(&self) -> RecordId {
+        self.record
+    }
+
+    /// The operation's clock, shared by all its writes.
+    pub fn clock(&self) -> Hlc {
+        self.clock
+    }
+
+    /// What it does.
+    pub fn kind(&self) -> &OperationKind {
+        &self.kind
+    }
+
+    /// The wire form; a write replacing several clocks becomes one wire write per clock.
+    pub fn to_proto(&self) -> proto::Operation {
+        let kind = match &self.kind {
+            OperationKind::Delete => proto::operation::Kind::Delete(proto::Delete {}),
+            OperationKind::Upsert(writes) => {
+                let mut upsert = proto::Upsert::default();
+                for write in writes {
+                    let wire = if write.key.kind().is_protocol_1_0() {
+                        &mut upsert.writes
+                    } else {
+                        &mut upsert.extension_writes
+                    };
+                    let wire_write = |replaces: Option<&Hlc>| proto::FieldWrite {
+                        key: write.key.as_str().to_owned(),
+                        value: write.value.as_ref().map(encode_value),
+                        replaces: replaces.map(Hlc::to_proto),
+                    };
+                    if write.replaces.is_empty() {
+                        wire.push(wire_write(None));
+                    } else {
+                        wire.extend(write.replaces.iter().map(|r| wire_write(Some(r))));
+                    }
+                }
+                proto::operation::Kind::Upsert(upsert)
+            }
+        };
+        proto::Operation {
+            record_id: self.record.as_bytes().to_vec(),
+            clock: Some(self.clock.to_proto()),
+            kind: Some(kind),
+        }
+    }
+
+    /// Parses and validates the wire form.
+    pub fn from_proto(wire: &proto::Operation) -> Result<Self, RecordError> {
+        let record = RecordId::from_slice(&wire.record_id)?;
+        let clock = Hlc::from_proto(wire.clock.as_ref().ok_or(RecordError::MissingClock)?)?;
+        let upsert = match wire
+            .kind
+            .as_ref()
+            .ok_or(RecordError::MissingOperationKind)?
+        {
+            proto::operation::Kind::Delete(_) => return Ok(Self::delete(record, clock)),
+            proto::operation::Kind::Upsert(upsert) => upsert,
+        };
+        let count = upsert.writes.len() + upsert.extension_writes.len();
+        if count > MAX_WRITES_PER_OPERATION {
+            return Err(RecordError::TooManyWrites { count });
+        }
+        let mut grouped: BTreeMap<FieldKey, FieldWrite> = BTreeMap::new();
+        // Both lists alike: which one a write travels in matters only to 0.1.0 readers.
+        for wire_write in upsert.writes.iter().chain(&upsert.extension_writes) {
+            let key = FieldKey::parse(&wire_write.key)?;
+            let value = wire_write
+                .value
+                .as_deref()
+                .map(|bytes| decode_value(&key, bytes))
+                .transpose()?;
+            let replaces = wire_write
+                .replaces
+                .as_ref()
+                .map(Hlc::from_proto)
+                .transpose()?;
+            match grouped.get_mut(&key) {
+                Some(write) if write.value == value => write.replaces.extend(replaces),
+                Some(_) => return Err(RecordError::DuplicateFieldKey { field: key.kind() }),
+                None => {
+                    let write = FieldWrite {
+                        key: key.clone(),
+                        value,
+                        replaces: replaces.into_iter().collect(),
+                    };
+                    grouped.insert(key, write);
+                }
+            }
+        }
+        Self::upsert(record, clock, grouped.into_values())
+    }
+}
+
+/// Encodes operations as an `OperationBatch`, the payload of an envelope, without a
+/// `written_at_ms` ([`encode_batch_written_at`]).
+pub fn encode_batch(operations: &[Operation]) -> Result<Vec<u8>, RecordError> {
+    encode_batch_written_at(operations, 0)
+}
+
+/// Encodes operations as an `OperationBatch` stating the writer's wall clock when it sealed
+/// them (`written_at_ms`, 0 = not stated), which receivers compare with theirs to report a
+/// device whose date is wrong ([`decode_batch_written_at`]).
+pub fn encode_batch_written_at(
+    operations: &[Operation],
+    written_at_ms: u64,
+) -> Result<Vec<u8>, RecordError> {
+    if operations.len() > MAX_OPERATIONS_PER_BATCH {
+        return Err(RecordError::TooManyOperations {
+            count: operations.len(),
+        });
+    }
+    let bytes = operation_batch(operations, written_at_ms);
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(RecordError::BatchTooLarge { len: bytes.len() });
+    }
+    Ok(bytes)
+}
+
+/// Decodes and validates an `OperationBatch` from untrusted bytes.
+///
+/// The length is bounded before decoding ([`MAX_PAYLOAD_BYTES`]), then the operation count,
+/// then each operation. Never panics.
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Operation>, RecordError> {
+    decode_batch_written_at(bytes).map(|(operations, _)| operations)
+}
+
+/// [`decode_batch`], with the writer's stated wall clock when it sealed the batch (`None` if
+/// not stated). Unauthenticated beyond the envelope's signature: a member can state any time.
+pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u64>), RecordError> {
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(RecordError::BatchTooLarge { len: bytes.len() });
+    }
+    let batch = proto::OperationBatch::decode(bytes)?;
+    if batch.operations.len() > MAX_OPERATIONS_PER_BATCH {
+        return Err(RecordError::TooManyOperations {
+            count: batch.operations.len(),
+        });
+    }
+    let operations = batch
+        .operations
+        .iter()
+        .enumerate()
+        .map(|(index, operation)| {
+            Operation::from_proto(operation).map_err(|err| RecordError::InOperation {
+                index,
+                source: Box::new(err),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((
+        operations,
+        (batch.written_at_ms != 0).then_some(batch.written_at_ms),
+    ))
+}
+
+// --- The OperationBatch writer (crate::proto_writer) ---
+// --- FieldWrite { key = 1; value = 2; replaces = 3 } (one wire write per replaced clock) ---
+
+fn wire_write_body_len(write: &FieldWrite, replaces: Option<&Hlc>) -> usize {
+    bytes_len(1, write.key().as_str().as_bytes())
+        + value_len(2, write.value())
+        + replaces.map_or(0, |clock| hlc_len(3, clock))
+}
+
+fn put_wire_write(tag: u32, write: &FieldWrite, replaces: Option<&Hlc>, buf: &mut Vec<u8>) {
+    put_delimited_header(tag, wire_write_body_len(write, replaces), buf);
+    put_bytes(1, write.key().as_str().as_bytes(), buf);
+    put_value(2, write.value(), buf);
+    if let Some(clock) = replaces {
+        put_hlc(3, clock, buf);
+    }
+}
+
+/// Calls `each` once per wire write of `write`: one per replaced clock, or one without.
+fn for_each_wire_write(write: &FieldWrite, mut each: impl FnMut(Option<&Hlc>)) {
+    if write.replaces().is_empty() {
+        each(None);
+    } else {
+        write.replaces().iter().for_each(|clock| each(Some(clock)));
+    }
+}
+
+// --- Operation { record_id = 1; clock = 2; oneof kind { Upsert upsert = 3; Delete delete = 4 } } ---
+// --- Upsert { repeated FieldWrite writes = 1; repeated FieldWrite extension_writes = 2 } ---
+
+/// The `Upsert` field a write travels in: protocol 1.0 kinds in `writes`, later kinds in
+/// `extension_writes` (docs/PROTOCOL.md §8.1).
+fn upsert_tag(write: &FieldWrite) -> u32 {
+    if write.key().kind().is_protocol_1_0() {
+        1
+    } else {
+        2
+    }
+}
+
+fn upsert_body_len(writes: &[FieldWrite]) -> usize {
+    let mut len = 0;
+    for write in writes {
+        for_each_wire_write(write, |replaces| {
+            len += delimited_len(upsert_tag(write), wire_write_body_len(write, replaces));
+        });
+    }
+    len
+}
+
+fn operation_body_len(operation: &Operation) -> usize {
+    let kind = match operation.kind() {
+        OperationKind::Delete => delimited_len(4, 0),
+        OperationKind::Upsert(writes) => delimited_len(3, upsert_body_len(writes)),
+    };
+    bytes_len(1, operation.record().as_bytes()) + hlc_len(2, &operation.clock()) + kind
+}
+
+fn put_operation(tag: u32, operation: &Operation, buf: &mut Vec<u8>) {
+    put_delimited_header(tag, operation_body_len(operation), buf);
+    put_bytes(1, operation.record().as_bytes(), buf);
+    put_hlc(2, &operation.clock(), buf);
+    match operation.kind() {
+        OperationKind::Delete => put_delimited_header(4, 0, buf),
+        OperationKind::Upsert(writes) => {
+            put_delimited_header(3, upsert_body_len(writes), buf);
+            // Fields in tag order, as prost writes them: `writes`, then `extension_writes`.
+            for tag in [1, 2] {
+                for write in writes.iter().filter(|write| upsert_tag(write) == tag) {
+                    for_each_wire_write(write, |replaces| {
+                        put_wire_write(tag, write, replaces, buf)
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `OperationBatch { repeated Operation operations = 1; uint64 written_at_ms = 2 }`, byte for
+/// byte what `OperationBatch { operations: ops.iter().map(Operation::to_proto), written_at_ms }
+/// .encode_to_vec()` gives.
+fn operation_batch(operations: &[Operation], written_at_ms: u64) -> Vec<u8> {
+    let len = operations
+        .iter()
+        .map(|op| delimited_len(1, operation_body_len(op)))
+        .sum::<usize>()
+        + varint_len(2, written_at_ms);
+    let mut buf = Vec::with_capacity(len);
+    for operation in operations {
+        put_operation(1, operation, &mut buf);
+    }
+    put_varint(2, written_at_ms, &mut buf);
+    buf
+}
