@@ -65,7 +65,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Limits, RegistrationMode, RelayConfig, Settings};
 pub use error::{RelayError, RequestError};
-pub use server::{MemoryCounts, Relay, RelayHandle};
+pub use server::{CertificateReloader, MemoryCounts, Relay, RelayHandle};
 
 /// Where the database lives inside the data directory.
 pub fn db_dir(data_dir: &Path) -> PathBuf {

@@ -83,6 +83,18 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Print the pins of a certificate, as `serve` prints them: `certificate sha256` (the whole
+    /// certificate) and `key sha256` (its public key: what devices pin). For the pin of a next
+    /// key before rotating to it, or for a container's health check.
+    Pin {
+        /// PEM certificate file (the first certificate of a chain) [default: the self-signed
+        /// cert.pem in --data]
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Data directory
+        #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+    },
     /// Load test: start a relay (or use --relay), push and pull through real QUIC connections.
     Bench(bench::BenchArgs),
     /// Online backup of a running relay into DIR (a new directory): writes wait while the
@@ -137,6 +149,9 @@ async fn main() -> ExitCode {
             .map(|()| println!("Backup written to {}", dir.display()))
             .map_err(|e| anyhow::anyhow!("backup failed: {e}")),
         Command::Bench(args) => bench::run(args).await,
+        Command::Pin { cert, data } => {
+            print_pins(&cert.unwrap_or_else(|| data.join(kith_relay::tls::SELF_SIGNED_CERT)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,8 +192,11 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
     let registration = config.registration;
     let relay = Relay::start(config).await.context("starting the relay")?;
     println!("listening on {}", relay.local_addr());
+    // Scripts read this line: it stays. Devices pin the next one, which a renewal keeps.
     println!("certificate sha256 {}", hex::encode(relay.cert_sha256()));
+    println!("key sha256 {}", hex::encode(relay.key_sha256()));
     println!("registration {registration:?}");
+    tokio::spawn(reload_on_hangup(relay.certificate()));
     let trigger = relay.shutdown_trigger();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -190,6 +208,48 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
     });
     relay.wait().await?;
     Ok(())
+}
+
+fn print_pins(cert: &Path) -> Result<()> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let first = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .next()
+        .with_context(|| format!("no certificate in {}", cert.display()))?
+        .with_context(|| format!("reading {}", cert.display()))?;
+    let key = kith_relay::tls::key_sha256(&first)
+        .with_context(|| format!("the certificate in {} cannot be parsed", cert.display()))?;
+    println!(
+        "certificate sha256 {}",
+        hex::encode(kith_relay::tls::fingerprint(&first))
+    );
+    println!("key sha256 {}", hex::encode(key));
+    Ok(())
+}
+
+/// `SIGHUP` reads the certificate and key files again (after a renewal); the relay goes on
+/// serving, and established connections are untouched.
+async fn reload_on_hangup(certificate: kith_relay::CertificateReloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only when their files change");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match certificate.reload("SIGHUP") {
+            Ok(pins) => {
+                println!("certificate sha256 {}", hex::encode(pins.cert_sha256));
+                println!("key sha256 {}", hex::encode(pins.key_sha256));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the certificate cannot be reloaded; keeping the current one")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

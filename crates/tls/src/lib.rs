@@ -240,12 +240,17 @@ mod tests {
         // The pin is the hash of the DER SubjectPublicKeyInfo, as rcgen encodes it.
         assert_eq!(
             key_sha256(&first).unwrap(),
-            <[u8; 32]>::from(Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)))
+            <[u8; 32]>::from(Sha256::digest(
+                rcgen::PublicKeyData::subject_public_key_info(&key)
+            ))
         );
 
         let by_key = PinnedCertVerifier::new(key_sha256(&first).unwrap());
         assert_eq!(verify(&by_key, &renewed), Ok(()));
-        assert_eq!(matches_pin(&renewed, &key_sha256(&first).unwrap()), Some(PinMatch::Key));
+        assert_eq!(
+            matches_pin(&renewed, &key_sha256(&first).unwrap()),
+            Some(PinMatch::Key)
+        );
         // The older pin still opens the certificate it was taken from, and only that one.
         let by_certificate = PinnedCertVerifier::new(fingerprint(&first));
         assert_eq!(verify(&by_certificate, &first), Ok(()));
@@ -268,7 +273,10 @@ mod tests {
         let stranger = rcgen::KeyPair::generate().unwrap();
         let pin = |key: &rcgen::KeyPair| key_sha256(&certificate_of(key, "r", 2026)).unwrap();
         let verifier = PinnedCertVerifier::with_pins(vec![pin(&current), pin(&next)]);
-        assert_eq!(verify(&verifier, &certificate_of(&current, "r", 2025)), Ok(()));
+        assert_eq!(
+            verify(&verifier, &certificate_of(&current, "r", 2025)),
+            Ok(())
+        );
         assert_eq!(verify(&verifier, &certificate_of(&next, "r", 2027)), Ok(()));
         assert!(verify(&verifier, &certificate_of(&stranger, "r", 2027)).is_err());
     }
