@@ -191,12 +191,15 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
         .build();
     let registration = config.registration;
     let relay = Relay::start(config).await.context("starting the relay")?;
+    // Listening for SIGHUP from before the start-up lines: a reload asked as soon as they are
+    // printed must not meet SIGHUP's default action (terminate).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     println!("listening on {}", relay.local_addr());
     // Scripts read this line: it stays. Devices pin the next one, which a renewal keeps.
     println!("certificate sha256 {}", hex::encode(relay.cert_sha256()));
     println!("key sha256 {}", hex::encode(relay.key_sha256()));
     println!("registration {registration:?}");
-    tokio::spawn(reload_on_hangup(relay.certificate()));
+    tokio::spawn(reload_on_hangup(hangup, relay.certificate()));
     let trigger = relay.shutdown_trigger();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -230,9 +233,11 @@ fn print_pins(cert: &Path) -> Result<()> {
 
 /// `SIGHUP` reads the certificate and key files again (after a renewal); the relay goes on
 /// serving, and established connections are untouched.
-async fn reload_on_hangup(certificate: kith_relay::CertificateReloader) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
+async fn reload_on_hangup(
+    hangup: std::io::Result<tokio::signal::unix::Signal>,
+    certificate: kith_relay::CertificateReloader,
+) {
+    let mut hangup = match hangup {
         Ok(hangup) => hangup,
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only when their files change");
