@@ -567,7 +567,7 @@ impl Device {
     /// Replaces a pin of the relay's whole certificate (what releases before key pins stored)
     /// by the pin of its key, once a connection matched it and authenticated: the next
     /// renewal of the certificate with the same key then keeps this device working.
-    fn migrate_certificate_pin(&self, connection: &RelayConnection) -> Result<()> {
+    pub(crate) fn migrate_certificate_pin(&self, connection: &RelayConnection) -> Result<()> {
         let relay = self.relay();
         let pins = match &relay.trust {
             RelayTrust::PinnedSha256(pin) => vec![*pin],

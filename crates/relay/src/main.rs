@@ -132,8 +132,51 @@ fn init_tracing() {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// mimalloc's option that commits a whole 1 GiB arena up front on Linux: measured, it more
+/// than doubled the relay's resident memory (1,000 idle authenticated connections: 129 MB
+/// with it, 63 MB without, debug build; after a push and pull of 20,000 envelopes 87 → 37 MB)
+/// and bought no speed (relay CPU per pushed and pulled envelope equal or lower without it:
+/// BENCHMARKS.md, "Realtime and idle memory"). mimalloc reads it from the environment when the
+/// process starts, and `unsafe` (`mi_option_set`, `std::env::set_var`) is forbidden here, so
+/// `serve` starts itself again with it set (same process id: `exec`), unless the operator set it.
+const MIMALLOC_ARENA_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+
+fn reexec_with_lazy_arenas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(MIMALLOC_ARENA_EAGER_COMMIT).is_some()
+        || std::env::args_os().nth(1).as_deref() != Some(std::ffi::OsStr::new("serve"))
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(MIMALLOC_ARENA_EAGER_COMMIT, "0")
+        .exec();
+    // Only reached when exec failed: serve as is, with eager arenas.
+    eprintln!(
+        "note: could not restart with {MIMALLOC_ARENA_EAGER_COMMIT}=0 ({error}); serving anyway"
+    );
+}
+
+fn main() -> ExitCode {
+    #[cfg(not(feature = "dhat-heap"))]
+    reexec_with_lazy_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
