@@ -126,10 +126,26 @@ pub struct RelayArgs {
     /// The relay's address.
     #[arg(long, value_name = "HOST:PORT")]
     pub relay: String,
-    /// The SHA-256 fingerprint of the relay's certificate (64 hex characters, as `kith-relay`
-    /// prints it when it starts).
-    #[arg(long, value_name = "HEX")]
-    pub relay_cert_sha256: String,
+    /// How to trust its certificate.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// How to trust the relay's certificate: a pin, or a CA (one of the two).
+#[derive(Debug, Clone, Args)]
+#[group(multiple = false)]
+pub struct TrustArgs {
+    /// The pin of the relay's key: the `key sha256` line `kith-relay` prints when it starts
+    /// (64 hex characters; it survives certificate renewals with the same key). The
+    /// `certificate sha256` of older releases is accepted too, and replaced by the key pin on
+    /// the first sync. Several pins separated by commas: the current key and the next one.
+    #[arg(long, value_name = "HEX", visible_alias = "relay-key-sha256")]
+    pub relay_cert_sha256: Option<String>,
+    /// Trust a relay whose certificate is signed by a CA instead of pinning it: `system` for
+    /// the system's CA bundle (Let's Encrypt and the like), or a PEM file of CA certificates.
+    /// The relay's address must then be a name (or IP address) its certificate is for.
+    #[arg(long, value_name = "system|FILE")]
+    pub relay_ca: Option<String>,
 }
 
 /// The export formats `kith import` reads.
@@ -334,14 +350,17 @@ fn parse_region(text: &str) -> Result<Region, String> {
 /// `kith relay …`.
 #[derive(Debug, Subcommand)]
 pub enum RelayCommand {
-    /// Print the relay this device syncs with and its certificate pin.
+    /// Print the relay this device syncs with and how its certificate is trusted.
     Show,
     /// Point this device at another relay (after another device moved the account there, for
     /// a device that cannot reach the old relay). Nothing is uploaded until the next sync.
     Set {
-        /// The relay.
+        /// The relay's new address (the address stays when only the trust changes).
+        #[arg(long, value_name = "HOST:PORT")]
+        relay: Option<String>,
+        /// How to trust its certificate (the trust stays when only the address changes).
         #[command(flatten)]
-        relay: RelayArgs,
+        trust: TrustArgs,
     },
     /// Move the account to another relay: create it there, upload everything this device
     /// holds, and sync with it from now on. Other devices follow with `kith relay set`.

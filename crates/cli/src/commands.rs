@@ -19,7 +19,7 @@ use kith_client::{
 
 use crate::cli::{
     Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, KeyCommand,
-    RecoveryCommand, RelayArgs, RelayCommand, SourceName, SourcesCommand,
+    RecoveryCommand, RelayArgs, RelayCommand, SourceName, SourcesCommand, TrustArgs,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{progress, qr};
@@ -217,18 +217,56 @@ fn encrypt_key(home: &Path) -> Result<()> {
 }
 
 fn relay_target(relay: &RelayArgs) -> Result<RelayTarget> {
-    let port = relay
-        .relay
+    check_address(&relay.relay)?;
+    let trust = relay_trust(&relay.trust)?.ok_or_else(|| {
+        usage(
+            "say how to trust the relay: --relay-cert-sha256 HEX (the `key sha256` kith-relay \
+             prints) or --relay-ca system|FILE",
+        )
+    })?;
+    Ok(RelayTarget {
+        address: relay.relay.clone(),
+        trust,
+    })
+}
+
+fn check_address(address: &str) -> Result<()> {
+    let port = address
         .rsplit_once(':')
         .map(|(_, port)| port.parse::<u16>());
     if !matches!(port, Some(Ok(_))) {
         return Err(usage(format!(
-            "--relay must be HOST:PORT, e.g. relay.example.org:4433 or 127.0.0.1:4433 (got '{}')",
-            relay.relay
+            "--relay must be HOST:PORT, e.g. relay.example.org:4433 or 127.0.0.1:4433 (got '{address}')"
         )));
     }
-    RelayTarget::pinned(relay.relay.clone(), &relay.relay_cert_sha256)
-        .map_err(|e| usage(format!("invalid --relay-cert-sha256: {e}")))
+    Ok(())
+}
+
+/// The trust the flags give, if any.
+fn relay_trust(trust: &TrustArgs) -> Result<Option<RelayTrust>> {
+    if let Some(pins) = &trust.relay_cert_sha256 {
+        let target = RelayTarget::pinned(String::new(), pins)
+            .map_err(|e| usage(format!("invalid --relay-cert-sha256: {e}")))?;
+        return Ok(Some(target.trust));
+    }
+    match trust.relay_ca.as_deref() {
+        None => Ok(None),
+        Some("system") => Ok(Some(RelayTrust::SystemRoots)),
+        Some(file) => {
+            let roots = kith_client::net::read_ca_file(Path::new(file))
+                .map_err(|e| usage(format!("invalid --relay-ca: {e}")))?;
+            Ok(Some(RelayTrust::CaRoots(roots)))
+        }
+    }
+}
+
+/// `--relay-cert-sha256 HEX` or `--relay-ca …` as another device should be told it.
+fn trust_flags(trust: &TrustArgs) -> String {
+    match (&trust.relay_cert_sha256, &trust.relay_ca) {
+        (Some(pins), _) => format!("--relay-cert-sha256 {pins}"),
+        (None, Some(ca)) => format!("--relay-ca {ca}"),
+        (None, None) => String::new(),
+    }
 }
 
 /// A command line that parsed but cannot mean anything (a flag value of the wrong shape, a
@@ -692,22 +730,40 @@ async fn relay(home: &Path, command: RelayCommand) -> Result<()> {
             let relay = device.relay();
             outln!("relay: {}", relay.address);
             match &relay.trust {
-                RelayTrust::PinnedSha256(pin) => outln!("certificate sha256: {}", hex::encode(pin)),
+                RelayTrust::PinnedSha256(pin) => outln!("pin sha256: {}", hex::encode(pin)),
+                RelayTrust::PinSet(pins) => {
+                    outln!("pin sha256: {}", kith_client::net::pins_to_hex(pins))
+                }
                 RelayTrust::CaRoots(roots) => {
                     outln!(
                         "certificate: verified against {} CA certificates",
                         roots.len()
                     )
                 }
+                RelayTrust::SystemRoots => {
+                    outln!("certificate: verified against the system's CA certificates")
+                }
             }
         }
-        RelayCommand::Set { relay } => {
-            let target = relay_target(&relay)?;
+        RelayCommand::Set { relay, trust } => {
+            let current = device.relay();
+            if let Some(address) = &relay {
+                check_address(address)?;
+            }
+            let trust = relay_trust(&trust)?;
+            if relay.is_none() && trust.is_none() {
+                return Err(usage(
+                    "give the relay's new --relay HOST:PORT, its new --relay-cert-sha256 HEX or \
+                     --relay-ca system|FILE, or both",
+                ));
+            }
+            let target = RelayTarget {
+                address: relay.unwrap_or(current.address),
+                trust: trust.unwrap_or(current.trust),
+            };
+            let address = target.address.clone();
             device.set_relay(target).await?;
-            outln!(
-                "This device now syncs with {}; run `kith sync`.",
-                relay.relay
-            );
+            outln!("This device now syncs with {address}; run `kith sync`.");
         }
         RelayCommand::Move {
             relay,
@@ -722,9 +778,9 @@ async fn relay(home: &Path, command: RelayCommand) -> Result<()> {
                 result.with_context(|| format!("cannot move to the relay at {}", relay.relay))?;
             outln!("Moved the account to {}: {heal}.", relay.relay);
             outln!(
-                "On every other device run: kith relay set --relay {} --relay-cert-sha256 {}",
+                "On every other device run: kith relay set --relay {} {}",
                 relay.relay,
-                relay.relay_cert_sha256
+                trust_flags(&relay.trust)
             );
         }
         RelayCommand::Rebuild { registration_token } => {

@@ -23,16 +23,21 @@ struct TestRelay {
 
 impl TestRelay {
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// A relay whose configuration `configure` changes first (a certificate of its own).
+    fn start_with(configure: impl FnOnce(&mut kith_relay::RelayConfig)) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let dir = tempfile::tempdir().expect("relay dir");
+        let mut config = kith_relay::RelayConfig::for_tests(dir.path());
+        configure(&mut config);
         let handle = runtime
-            .block_on(kith_relay::Relay::start(
-                kith_relay::RelayConfig::for_tests(dir.path()),
-            ))
+            .block_on(kith_relay::Relay::start(config))
             .expect("relay starts");
         let address = handle.local_addr().to_string();
         let pin = hex::encode(handle.cert_sha256());
@@ -627,6 +632,87 @@ fn a_bad_certificate_fingerprint_is_refused_with_advice() {
     );
     assert!(err.contains("hint: "), "the error says what to do: {err}");
     assert!(err.contains("fingerprint"), "{err}");
+}
+
+/// A throwaway CA in `dir` (`ca.pem`) and a relay certificate it signed for 127.0.0.1
+/// (`relay.pem`, `relay.key`).
+fn ca_signed_certificate(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("relay.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("relay.key"), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn relay_ca_file_or_system_trusts_a_ca_signed_relay_and_relay_set_changes_the_trust() {
+    let certs = tempfile::tempdir().expect("certs");
+    ca_signed_certificate(certs.path());
+    let other = tempfile::tempdir().expect("other CA");
+    ca_signed_certificate(other.path());
+    let relay = TestRelay::start_with(|config| {
+        config.cert = Some(certs.path().join("relay.pem"));
+        config.key = Some(certs.path().join("relay.key"));
+    });
+    let key_pin = hex::encode(relay.handle.as_ref().unwrap().key_sha256());
+    let ca_file = certs.path().join("ca.pem").display().to_string();
+    let home = tempfile::tempdir().expect("home");
+
+    // Neither a pin nor a CA: a usage error that says what to give.
+    let mut neither = kith(home.path());
+    neither.args(["init", "--relay", &relay.address]);
+    let err = fails_with(neither, 2);
+    assert!(err.contains("--relay-ca"), "{err}");
+
+    let mut init = kith(home.path());
+    init.args(["init", "--relay", &relay.address, "--relay-ca", &ca_file])
+        .args(["--device-name", "laptop"]);
+    ok(init);
+    let mut show = kith(home.path());
+    show.args(["relay", "show"]);
+    assert!(ok(show).contains("verified against 1 CA certificates"));
+    let mut sync = kith(home.path());
+    sync.arg("sync");
+    ok(sync);
+
+    // The trust alone changes, to the key pin; the address stays.
+    let mut set = kith(home.path());
+    set.args(["relay", "set", "--relay-cert-sha256", &key_pin]);
+    ok(set);
+    let mut show = kith(home.path());
+    show.args(["relay", "show"]);
+    let shown = ok(show);
+    assert!(shown.contains(&relay.address), "{shown}");
+    assert!(shown.contains(&format!("pin sha256: {key_pin}")), "{shown}");
+    let mut sync = kith(home.path());
+    sync.arg("sync");
+    ok(sync);
+
+    // `system`: the system's CA bundle, which SSL_CERT_FILE names. A bundle without the
+    // relay's CA refuses the relay; one with it accepts it.
+    let mut set = kith(home.path());
+    set.args(["relay", "set", "--relay-ca", "system"]);
+    ok(set);
+    let mut sync = kith(home.path());
+    sync.env("SSL_CERT_FILE", other.path().join("ca.pem"))
+        .arg("sync");
+    let err = fails(sync);
+    assert!(err.contains(&relay.address), "{err}");
+    let mut sync = kith(home.path());
+    sync.env("SSL_CERT_FILE", &ca_file).arg("sync");
+    ok(sync);
+
+    // Nothing to change is a usage error.
+    let mut empty = kith(home.path());
+    empty.args(["relay", "set"]);
+    fails_with(empty, 2);
 }
 
 #[test]

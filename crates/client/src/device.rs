@@ -68,14 +68,20 @@ struct Settings {
     account_id: String,
     device_name: String,
     relay_address: String,
+    /// Hex pins separated by commas: key pins, or the whole-certificate pin of an older
+    /// release (replaced by the key pin after the first authenticated connection).
     relay_pin: Option<String>,
     relay_ca_der_hex: Vec<String>,
+    /// Trust the system's CA bundle (`--relay-ca system`); absent in older stores.
+    #[serde(default)]
+    relay_ca_system: bool,
 }
 
 impl Settings {
     fn relay(&self) -> Result<RelayTarget> {
         let trust = match &self.relay_pin {
             Some(pin) => RelayTarget::pinned(self.relay_address.clone(), pin)?.trust,
+            None if self.relay_ca_system => RelayTrust::SystemRoots,
             None => RelayTrust::CaRoots(
                 self.relay_ca_der_hex
                     .iter()
@@ -92,7 +98,9 @@ impl Settings {
     fn new(account: &AccountId, device_name: &str, relay: &RelayTarget) -> Self {
         let (relay_pin, relay_ca_der_hex) = match &relay.trust {
             RelayTrust::PinnedSha256(pin) => (Some(hex::encode(pin)), Vec::new()),
+            RelayTrust::PinSet(pins) => (Some(crate::net::pins_to_hex(pins)), Vec::new()),
             RelayTrust::CaRoots(roots) => (None, roots.iter().map(hex::encode).collect()),
+            RelayTrust::SystemRoots => (None, Vec::new()),
         };
         Self {
             account_id: account.to_hex(),
@@ -100,6 +108,7 @@ impl Settings {
             relay_address: relay.address.clone(),
             relay_pin,
             relay_ca_der_hex,
+            relay_ca_system: relay.trust == RelayTrust::SystemRoots,
         }
     }
 }
@@ -541,6 +550,7 @@ impl Device {
         settings.relay_address = fresh.relay_address;
         settings.relay_pin = fresh.relay_pin;
         settings.relay_ca_der_hex = fresh.relay_ca_der_hex;
+        settings.relay_ca_system = fresh.relay_ca_system;
         let bytes =
             serde_json::to_vec(&settings).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         self.inner
@@ -551,6 +561,54 @@ impl Device {
             .relay
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = relay.clone();
+        Ok(())
+    }
+
+    /// Replaces a pin of the relay's whole certificate (what releases before key pins stored)
+    /// by the pin of its key, once a connection matched it and authenticated: the next
+    /// renewal of the certificate with the same key then keeps this device working.
+    pub(crate) fn migrate_certificate_pin(&self, connection: &RelayConnection) -> Result<()> {
+        let relay = self.relay();
+        let pins = match &relay.trust {
+            RelayTrust::PinnedSha256(pin) => vec![*pin],
+            RelayTrust::PinSet(pins) => pins.clone(),
+            RelayTrust::CaRoots(_) | RelayTrust::SystemRoots => return Ok(()),
+        };
+        let Some(cert) = connection.peer_certificate() else {
+            return Ok(());
+        };
+        let Some(key_pin) = kith_tls::key_sha256(&cert) else {
+            return Ok(());
+        };
+        let mut changed = false;
+        let mut migrated = Vec::with_capacity(pins.len());
+        for pin in pins {
+            let pin = match kith_tls::matches_pin(&cert, &pin) {
+                Some(kith_tls::PinMatch::Certificate) => {
+                    changed = true;
+                    key_pin
+                }
+                _ => pin,
+            };
+            if !migrated.contains(&pin) {
+                migrated.push(pin);
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        let trust = match migrated.as_slice() {
+            [one] => RelayTrust::PinnedSha256(*one),
+            _ => RelayTrust::PinSet(migrated),
+        };
+        self.persist_relay(&RelayTarget {
+            address: relay.address,
+            trust,
+        })?;
+        tracing::info!(
+            key_sha256 = %hex::encode(key_pin),
+            "replaced the pin of the relay's certificate by the pin of its key"
+        );
         Ok(())
     }
 
@@ -579,6 +637,7 @@ impl Device {
                 }
                 Err(e) => return Err(e.into()),
             }
+            self.migrate_certificate_pin(&connection)?;
             *slot = Some(connection);
         }
         slot.as_ref()

@@ -164,11 +164,11 @@ impl NetError {
             ),
             NetError::Unreachable { .. } => Some(
                 "check that kith-relay is running at that address and reachable over UDP, and that the \
-                 certificate fingerprint is the one it printed at start-up",
+                 pin is the key fingerprint (`key sha256`) it printed at start-up",
             ),
             NetError::Connection(_) | NetError::Timeout => Some(
                 "check that kith-relay is running at that address and reachable over UDP, and that the \
-                 certificate fingerprint is the one it printed at start-up; then run the command again",
+                 pin is the key fingerprint (`key sha256`) it printed at start-up; then run the command again",
             ),
             NetError::Relay { code, .. } => match code {
                 ErrorCode::RegistrationClosed => Some(

@@ -1,5 +1,5 @@
 //! The connection to a relay: QUIC (quinn) with TLS 1.3, the server pinned by the SHA-256 of its
-//! certificate or verified against configured CA roots, ALPN `kith/1`, one bidirectional stream
+//! public key (or, from older stores, of its whole certificate) or verified against CA roots, ALPN `kith/1`, one bidirectional stream
 //! per request, each frame a 4-byte big-endian length and a protobuf message.
 
 use std::net::SocketAddr;
@@ -34,19 +34,89 @@ pub const CLOSE_FLUSH: Duration = Duration::from_millis(20);
 /// How the client decides to trust the relay's certificate.
 #[derive(Clone, PartialEq, Eq)]
 pub enum RelayTrust {
-    /// Accept exactly the certificate whose DER encoding has this SHA-256.
+    /// Accept a certificate whose public key (DER SubjectPublicKeyInfo) has this SHA-256 — the
+    /// `key sha256` kith-relay prints, kept across renewals with the same key — or, for a pin
+    /// of an older release, whose whole DER encoding has it (`certificate sha256`; replaced by
+    /// the key pin after the first authenticated connection, see docs/PROTOCOL.md §12).
     PinnedSha256([u8; 32]),
+    /// Accept a certificate matching any of these pins (as [`RelayTrust::PinnedSha256`]): the
+    /// relay's key and the next one its operator will rotate to.
+    PinSet(Vec<[u8; 32]>),
     /// Verify the chain against these DER-encoded CA certificates (e.g. a configured CA).
     CaRoots(Vec<Vec<u8>>),
+    /// Verify the chain against the system's CA bundle (read at each connection: `SSL_CERT_FILE`
+    /// or the first of [`SYSTEM_CA_FILES`] that exists).
+    SystemRoots,
 }
 
 impl std::fmt::Debug for RelayTrust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RelayTrust::PinnedSha256(pin) => write!(f, "PinnedSha256({})", hex::encode(pin)),
+            RelayTrust::PinSet(pins) => write!(f, "PinSet({})", pins_to_hex(pins)),
             RelayTrust::CaRoots(roots) => write!(f, "CaRoots({} certificates)", roots.len()),
+            RelayTrust::SystemRoots => write!(f, "SystemRoots"),
         }
     }
+}
+
+/// Pins as hex, separated by commas: how they are written on the command line and stored.
+pub fn pins_to_hex(pins: &[[u8; 32]]) -> String {
+    pins.iter().map(hex::encode).collect::<Vec<_>>().join(",")
+}
+
+/// Where the system CA bundle is looked for, after `SSL_CERT_FILE`: Debian and Ubuntu, Fedora
+/// and RHEL, openSUSE, Alpine and macOS, Homebrew.
+pub const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+    "/usr/local/etc/openssl/cert.pem",
+];
+
+/// The CA certificates of a PEM file (`--relay-ca FILE`), DER-encoded.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>, NetError> {
+    use rustls::pki_types::pem::PemObject;
+    let roots = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| NetError::Setup(format!("CA file {}: {e}", path.display())))?;
+    if roots.is_empty() {
+        return Err(NetError::Setup(format!(
+            "CA file {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(roots.into_iter().map(|der| der.to_vec()).collect())
+}
+
+/// The system's CA certificates (see [`RelayTrust::SystemRoots`]).
+fn system_roots() -> Result<rustls::RootCertStore, NetError> {
+    let path = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            SYSTEM_CA_FILES
+                .iter()
+                .map(std::path::Path::new)
+                .find(|path| path.is_file())
+                .map(std::path::Path::to_path_buf)
+        })
+        .ok_or_else(|| {
+            NetError::Setup(
+                "no system CA bundle found: set SSL_CERT_FILE, or give the relay's CA as a file"
+                    .into(),
+            )
+        })?;
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _unusable) =
+        store.add_parsable_certificates(read_ca_file(&path)?.into_iter().map(CertificateDer::from));
+    if added == 0 {
+        return Err(NetError::Setup(format!(
+            "no usable CA certificate in {}",
+            path.display()
+        )));
+    }
+    Ok(store)
 }
 
 /// Where the relay is and how to trust it.
@@ -59,13 +129,25 @@ pub struct RelayTarget {
 }
 
 impl RelayTarget {
-    /// A relay pinned by the hex SHA-256 of its certificate, as `kith-relay` prints it.
-    pub fn pinned(address: impl Into<String>, cert_sha256_hex: &str) -> Result<Self, NetError> {
-        let mut pin = [0u8; 32];
-        hex::decode_to_slice(cert_sha256_hex.trim(), &mut pin).map_err(|_| NetError::BadPin)?;
+    /// A relay pinned by the hex SHA-256 of its key (`key sha256`, as `kith-relay` prints it)
+    /// or of its whole certificate (`certificate sha256`, the older pin); several pins
+    /// separated by commas make a [`RelayTrust::PinSet`].
+    pub fn pinned(address: impl Into<String>, pins_hex: &str) -> Result<Self, NetError> {
+        let mut pins = Vec::new();
+        for one in pins_hex.split(',') {
+            let mut pin = [0u8; 32];
+            hex::decode_to_slice(one.trim(), &mut pin).map_err(|_| NetError::BadPin)?;
+            if !pins.contains(&pin) {
+                pins.push(pin);
+            }
+        }
+        let trust = match pins.as_slice() {
+            [one] => RelayTrust::PinnedSha256(*one),
+            _ => RelayTrust::PinSet(pins),
+        };
         Ok(Self {
             address: address.into(),
-            trust: RelayTrust::PinnedSha256(pin),
+            trust,
         })
     }
 }
@@ -74,9 +156,10 @@ impl RelayTarget {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
-    /// The certificate pin is not 64 hex characters.
+    /// A certificate pin is not 64 hex characters.
     #[error(
-        "the relay certificate fingerprint must be 64 hex characters (as printed by kith-relay)"
+        "the relay's pin must be 64 hex characters (the `key sha256` kith-relay prints), or \
+         several separated by commas"
     )]
     BadPin,
     /// The relay address did not resolve.
@@ -170,6 +253,8 @@ impl NetError {
 fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
     let tls = match trust {
         RelayTrust::PinnedSha256(pin) => kith_tls::pinned_client_config(*pin),
+        RelayTrust::PinSet(pins) => kith_tls::pinned_set_client_config(pins.clone()),
+        RelayTrust::SystemRoots => kith_tls::ca_client_config(system_roots()?),
         RelayTrust::CaRoots(roots) => {
             let mut store = rustls::RootCertStore::empty();
             for der in roots {
@@ -244,6 +329,17 @@ impl RelayConnection {
             connection,
             endpoint,
         })
+    }
+
+    /// The certificate the relay presented (end entity), for replacing a pin of the whole
+    /// certificate with the key pin.
+    pub fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        self.connection
+            .peer_identity()?
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .ok()?
+            .into_iter()
+            .next()
     }
 
     /// Sends one request on a fresh stream and reads its single response.

@@ -139,6 +139,9 @@ impl Device {
                 return Err(e);
             }
         };
+        // A connection opened when the device was set up (or linked, or recovered) did not
+        // pass through `Device::connection`: replace an older pin here too.
+        self.migrate_certificate_pin(&connection)?;
         let mut result = self.sync_on(&connection, recreated).await;
         if !recreated && result.as_ref().is_err_and(ClientError::may_be_lost_account) {
             // The relay forgot the account while this connection was open (its data lost

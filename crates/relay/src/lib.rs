@@ -67,7 +67,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Bounds, RegistrationMode, RelayConfig, Settings};
 pub use error::{RelayError, RequestError};
-pub use server::{MemoryCounts, Relay, RelayHandle};
+pub use server::{CertificateReloader, MemoryCounts, Relay, RelayHandle};
 
 /// Where the database lives inside the data directory.
 pub fn db_dir(data_dir: &Path) -> PathBuf {

@@ -115,6 +115,18 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Print the pins of a certificate, as `serve` prints them: `certificate sha256` (the whole
+    /// certificate) and `key sha256` (its public key: what devices pin). For the pin of a next
+    /// key before rotating to it, or for a container's health check.
+    Pin {
+        /// PEM certificate file (the first certificate of a chain) [default: the self-signed
+        /// cert.pem in --data]
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Data directory
+        #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+    },
     /// Load test: start a relay (or use --relay), push and pull through real QUIC connections.
     Bench(bench::BenchArgs),
     /// Online backup of a running relay into DIR (a new directory): writes wait while the
@@ -171,8 +183,51 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// mimalloc's option that commits a whole 1 GiB arena up front on Linux: measured, it more
+/// than doubled the relay's resident memory (1,000 idle authenticated connections: 129 MB
+/// with it, 63 MB without, debug build; after a push and pull of 20,000 envelopes 87 → 37 MB)
+/// and bought no speed (relay CPU per pushed and pulled envelope equal or lower without it:
+/// BENCHMARKS.md, "Realtime and idle memory"). mimalloc reads it from the environment when the
+/// process starts, and `unsafe` (`mi_option_set`, `std::env::set_var`) is forbidden here, so
+/// `serve` starts itself again with it set (same process id: `exec`), unless the operator set it.
+const MIMALLOC_ARENA_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+
+fn reexec_with_lazy_arenas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(MIMALLOC_ARENA_EAGER_COMMIT).is_some()
+        || std::env::args_os().nth(1).as_deref() != Some(std::ffi::OsStr::new("serve"))
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(MIMALLOC_ARENA_EAGER_COMMIT, "0")
+        .exec();
+    // Only reached when exec failed: serve as is, with eager arenas.
+    eprintln!(
+        "note: could not restart with {MIMALLOC_ARENA_EAGER_COMMIT}=0 ({error}); serving anyway"
+    );
+}
+
+fn main() -> ExitCode {
+    #[cfg(not(feature = "dhat-heap"))]
+    reexec_with_lazy_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {
@@ -196,6 +251,9 @@ async fn main() -> ExitCode {
             .map(|()| println!("Backup written to {}", dir.display()))
             .map_err(|e| anyhow::anyhow!("backup failed: {e}")),
         Command::Bench(args) => bench::run(args).await,
+        Command::Pin { cert, data } => {
+            print_pins(&cert.unwrap_or_else(|| data.join(kith_relay::tls::SELF_SIGNED_CERT)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -292,12 +350,18 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
         .build();
     let registration = config.registration;
     let relay = Relay::start(config).await.context("starting the relay")?;
+    // Listening for SIGHUP from before the start-up lines: a reload asked as soon as they are
+    // printed must not meet SIGHUP's default action (terminate).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     println!("listening on {}", relay.local_addr());
+    // Scripts read this line: it stays. Devices pin the next one, which a renewal keeps.
     println!("certificate sha256 {}", hex::encode(relay.cert_sha256()));
+    println!("key sha256 {}", hex::encode(relay.key_sha256()));
     println!("registration {registration:?}");
     if let Some(addr) = relay.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }
+    tokio::spawn(reload_on_hangup(hangup, relay.certificate()));
     let trigger = relay.shutdown_trigger();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -309,6 +373,50 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
     });
     relay.wait().await?;
     Ok(())
+}
+
+fn print_pins(cert: &Path) -> Result<()> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let first = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .next()
+        .with_context(|| format!("no certificate in {}", cert.display()))?
+        .with_context(|| format!("reading {}", cert.display()))?;
+    let key = kith_relay::tls::key_sha256(&first)
+        .with_context(|| format!("the certificate in {} cannot be parsed", cert.display()))?;
+    println!(
+        "certificate sha256 {}",
+        hex::encode(kith_relay::tls::fingerprint(&first))
+    );
+    println!("key sha256 {}", hex::encode(key));
+    Ok(())
+}
+
+/// `SIGHUP` reads the certificate and key files again (after a renewal); the relay goes on
+/// serving, and established connections are untouched.
+async fn reload_on_hangup(
+    hangup: std::io::Result<tokio::signal::unix::Signal>,
+    certificate: kith_relay::CertificateReloader,
+) {
+    let mut hangup = match hangup {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only when their files change");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match certificate.reload("SIGHUP") {
+            Ok(pins) => {
+                println!("certificate sha256 {}", hex::encode(pins.cert_sha256));
+                println!("key sha256 {}", hex::encode(pins.key_sha256));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the certificate cannot be reloaded; keeping the current one")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

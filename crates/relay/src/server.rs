@@ -45,7 +45,7 @@ pub struct Relay;
 #[derive(Debug)]
 pub struct RelayHandle {
     local_addr: SocketAddr,
-    cert_sha256: [u8; 32],
+    certificate: Arc<tls::CertificateSource>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), RelayError>>,
     /// Weak: the handle must not keep the relay's state (and its flusher) alive.
@@ -95,9 +95,28 @@ impl RelayHandle {
         self.metrics_addr
     }
 
-    /// SHA-256 of the served certificate: what clients pin.
+    /// SHA-256 of the whole certificate served now (`certificate sha256`: the pin of older
+    /// releases, which clients still accept and replace with [`RelayHandle::key_sha256`]).
     pub fn cert_sha256(&self) -> [u8; 32] {
-        self.cert_sha256
+        self.certificate.pins().cert_sha256
+    }
+
+    /// SHA-256 of the served certificate's public key (`key sha256`): what clients pin, kept
+    /// across a renewal with the same key.
+    pub fn key_sha256(&self) -> [u8; 32] {
+        self.certificate.pins().key_sha256
+    }
+
+    /// Reads the certificate and key files again and serves them from the next handshake on
+    /// (what `SIGHUP` does); established connections are untouched. On error the certificate
+    /// served so far stays.
+    pub fn reload_certificate(&self) -> Result<tls::Pins, RelayError> {
+        self.certificate().reload("asked")
+    }
+
+    /// What reloads the certificate, for a task of its own (the `SIGHUP` handler).
+    pub fn certificate(&self) -> CertificateReloader {
+        CertificateReloader(self.certificate.clone())
     }
 
     /// What the relay holds in memory, by kind (all zero once it has stopped).
@@ -231,8 +250,8 @@ impl Relay {
     ) -> Result<RelayHandle, RelayError> {
         config.check()?;
         Self::create_dirs(&config)?;
-        let identity = tls::load_or_create(&config)?;
-        let server_config = tls::server_config(&identity, &config.bounds)?;
+        let certificate = Arc::new(tls::CertificateSource::load(&config)?);
+        let server_config = tls::server_config(certificate.clone(), &config.bounds)?;
         let socket = bind_socket(config.listen, config.udp_buffer_bytes)?;
         let endpoint = quinn::Endpoint::new(
             tls::endpoint_config(&config)?,
@@ -271,6 +290,10 @@ impl Relay {
         let control = crate::control::listen(shared.clone())?;
         let metrics_task = metrics_listener
             .map(|listener| tokio::spawn(crate::metrics::serve(listener, shared.clone())));
+        tokio::spawn(watch_certificate(
+            Arc::downgrade(&certificate),
+            shared.shutdown.clone(),
+        ));
         let task = tokio::spawn(serve(
             endpoint,
             shared,
@@ -285,13 +308,65 @@ impl Relay {
         }
         Ok(RelayHandle {
             local_addr,
-            cert_sha256: identity.cert_sha256,
+            certificate,
             shutdown: shutdown_tx,
             task,
             shared: weak_shared,
             endpoint: handle_endpoint,
             metrics_addr,
         })
+    }
+}
+
+/// Reloads a running relay's certificate: see [`RelayHandle::reload_certificate`].
+#[derive(Debug, Clone)]
+pub struct CertificateReloader(Arc<tls::CertificateSource>);
+
+impl CertificateReloader {
+    /// See [`RelayHandle::reload_certificate`]; `cause` (such as `SIGHUP`) goes in the log.
+    pub fn reload(&self, cause: &'static str) -> Result<tls::Pins, RelayError> {
+        let pins = self.0.reload()?;
+        log_reload(&pins, cause);
+        Ok(pins)
+    }
+}
+
+/// How often the relay looks whether its certificate or key file changed (two `stat` calls).
+pub const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
+
+fn log_reload(pins: &tls::Pins, cause: &'static str) {
+    tracing::info!(
+        cause,
+        cert_sha256 = %hex::encode(pins.cert_sha256),
+        key_sha256 = %hex::encode(pins.key_sha256),
+        "certificate reloaded"
+    );
+}
+
+/// Reloads the certificate whenever its files change (a renewal by certbot or an ACME
+/// client), until shutdown. A pair that does not fit (the certificate written, its new key
+/// not yet) is refused and read again at the next change.
+async fn watch_certificate(
+    certificate: Weak<tls::CertificateSource>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CERTIFICATE_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(certificate) = certificate.upgrade() else {
+            return;
+        };
+        if certificate.changed() {
+            match certificate.reload() {
+                Ok(pins) => log_reload(&pins, "files changed"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the certificate files changed but cannot be served; keeping the current one"
+                ),
+            }
+        }
     }
 }
 

@@ -1,14 +1,17 @@
-//! TLS: the relay's certificate (self-signed on first start, or a configured chain), the QUIC
-//! server and client configurations, and certificate pinning by SHA-256 for clients.
+//! TLS: the relay's certificate (self-signed on first start, or a configured chain), reloaded
+//! while the relay runs ([`CertificateSource`]), the QUIC server and client configurations,
+//! and pinning by the SHA-256 of the certificate's public key for clients.
 
 use std::io::Write;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use kith_tls::provider;
-pub use kith_tls::{ALPN, PinnedCertVerifier, fingerprint};
+pub use kith_tls::{ALPN, PinnedCertVerifier, fingerprint, key_sha256};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use crate::config::{Bounds, RelayConfig};
 
@@ -53,15 +56,26 @@ pub enum TlsError {
     Quic(String),
 }
 
-/// The relay's certificate chain and key, and the SHA-256 of its end-entity certificate.
+/// The relay's certificate chain and key, and the pins of its end-entity certificate.
 #[derive(Debug)]
 pub struct ServerIdentity {
     /// Chain, end-entity first.
     pub chain: Vec<CertificateDer<'static>>,
     /// Private key.
     pub key: PrivateKeyDer<'static>,
-    /// SHA-256 of `chain[0]`: what clients pin.
+    /// The pins of `chain[0]`.
+    pub pins: Pins,
+}
+
+/// The two SHA-256 pins of a certificate, as `kith-relay serve` prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pins {
+    /// SHA-256 of the whole certificate (`certificate sha256`): the pin of older releases,
+    /// which every renewal changes.
     pub cert_sha256: [u8; 32],
+    /// SHA-256 of its public key, the DER SubjectPublicKeyInfo (`key sha256`): what clients
+    /// pin, unchanged by a renewal with the same key.
+    pub key_sha256: [u8; 32],
 }
 
 fn file_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
@@ -132,38 +146,183 @@ fn read_pem(cert: &Path, key: &Path) -> Result<ServerIdentity, TlsError> {
     let first = chain
         .first()
         .ok_or_else(|| TlsError::Pem(format!("no certificate in {}", cert.display())))?;
-    let cert_sha256 = fingerprint(first);
-    Ok(ServerIdentity {
-        chain,
-        key,
-        cert_sha256,
-    })
+    let key_sha256 = key_sha256(first).ok_or_else(|| {
+        TlsError::Pem(format!(
+            "the first certificate in {} cannot be parsed",
+            cert.display()
+        ))
+    })?;
+    let pins = Pins {
+        cert_sha256: fingerprint(first),
+        key_sha256,
+    };
+    Ok(ServerIdentity { chain, key, pins })
 }
 
-/// The configured chain, or the self-signed certificate in the data directory (generated and
-/// persisted on first start, for `localhost` and the listen address).
-pub fn load_or_create(config: &RelayConfig) -> Result<ServerIdentity, TlsError> {
+/// The certificate and key files the relay serves: the configured ones, or the self-signed
+/// pair in the data directory (generated and persisted on first start, for `localhost` and
+/// the listen address).
+pub fn certificate_files(config: &RelayConfig) -> Result<(PathBuf, PathBuf), TlsError> {
     if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
-        return read_pem(cert, key);
+        return Ok((cert.clone(), key.clone()));
     }
     let cert_path = config.data_dir.join(SELF_SIGNED_CERT);
     let key_path = config.data_dir.join(SELF_SIGNED_KEY);
-    if cert_path.exists() && key_path.exists() {
-        return read_pem(&cert_path, &key_path);
+    if !(cert_path.exists() && key_path.exists()) {
+        create_self_signed(config, &cert_path, &key_path)?;
     }
+    Ok((cert_path, key_path))
+}
+
+/// The configured chain, or the self-signed certificate in the data directory (see
+/// [`certificate_files`]).
+pub fn load_or_create(config: &RelayConfig) -> Result<ServerIdentity, TlsError> {
+    let (cert, key) = certificate_files(config)?;
+    read_pem(&cert, &key)
+}
+
+fn create_self_signed(
+    config: &RelayConfig,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
     let mut names = vec!["localhost".to_owned()];
     if !config.listen.ip().is_unspecified() {
         names.push(config.listen.ip().to_string());
     }
     let generated = rcgen::generate_simple_self_signed(names)?;
     write_private(
-        &key_path,
+        key_path,
         generated.signing_key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_private(&cert_path, generated.cert.pem().as_bytes(), 0o644)?;
+    write_private(cert_path, generated.cert.pem().as_bytes(), 0o644)?;
     tracing::info!(path = %cert_path.display(), "generated a self-signed certificate");
-    read_pem(&cert_path, &key_path)
+    Ok(())
+}
+
+/// What the relay serves in TLS handshakes: a certificate and key read from two files, which
+/// [`CertificateSource::reload`] reads again (on `SIGHUP`, or when
+/// [`CertificateSource::changed`] sees the files change) and swaps in for the handshakes that
+/// follow. Connections already established keep their session: nothing is dropped.
+#[derive(Debug)]
+pub struct CertificateSource {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Served>,
+    /// What the files were like when last read, to notice a change.
+    stamp: std::sync::Mutex<Option<FileStamp>>,
+}
+
+#[derive(Debug, Clone)]
+struct Served {
+    certified: Arc<CertifiedKey>,
+    pins: Pins,
+}
+
+/// Inode, length and modification time of the certificate and key files (through symbolic
+/// links: certbot's `live/` links point at a new file on each renewal).
+type FileStamp = [(u64, u64, Option<std::time::SystemTime>); 2];
+
+fn stamp(cert: &Path, key: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let one = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.ino(), m.len(), m.modified().ok()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+impl CertificateSource {
+    /// Reads the relay's certificate and key (see [`certificate_files`]).
+    pub fn load(config: &RelayConfig) -> Result<Self, TlsError> {
+        let (cert, key) = certificate_files(config)?;
+        let stamp = stamp(&cert, &key);
+        let served = Self::read(&cert, &key)?;
+        Ok(Self {
+            cert,
+            key,
+            current: RwLock::new(served),
+            stamp: std::sync::Mutex::new(stamp),
+        })
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<Served, TlsError> {
+        let identity = read_pem(cert, key)?;
+        let signing = provider()
+            .key_provider
+            .load_private_key(identity.key)
+            .map_err(|e| TlsError::Pem(format!("key {}: {e}", key.display())))?;
+        let certified = CertifiedKey::new(identity.chain, signing);
+        // A certificate renewed with a new key, read before its key file was replaced, is
+        // refused here, and the pair read again once the key file changes too.
+        certified.keys_match().map_err(|_| {
+            TlsError::Pem(format!(
+                "the key in {} is not the key of the certificate in {}",
+                key.display(),
+                cert.display()
+            ))
+        })?;
+        Ok(Served {
+            certified: Arc::new(certified),
+            pins: identity.pins,
+        })
+    }
+
+    /// The pins of the certificate served now.
+    pub fn pins(&self) -> Pins {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pins
+    }
+
+    /// The certificate and key files.
+    pub fn files(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+
+    /// Reads the files again and serves what they hold from the next handshake on. On error
+    /// the certificate served so far stays.
+    pub fn reload(&self) -> Result<Pins, TlsError> {
+        *self
+            .stamp
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = stamp(&self.cert, &self.key);
+        let served = Self::read(&self.cert, &self.key)?;
+        let pins = served.pins;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = served;
+        Ok(pins)
+    }
+
+    /// Whether either file changed (inode, length or modification time) since it was last
+    /// read; a file missing for the moment (being replaced) is no change yet.
+    pub fn changed(&self) -> bool {
+        let Some(now) = stamp(&self.cert, &self.key) else {
+            return false;
+        };
+        let last = self
+            .stamp
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.as_ref() != Some(&now)
+    }
+}
+
+impl ResolvesServerCert for CertificateSource {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .certified
+                .clone(),
+        )
+    }
 }
 
 fn transport(limits: &Bounds) -> quinn::TransportConfig {
@@ -182,15 +341,16 @@ fn transport(limits: &Bounds) -> quinn::TransportConfig {
     transport
 }
 
-/// The QUIC server configuration: TLS 1.3 only, ALPN `kith/1`, the transport limits.
+/// The QUIC server configuration: TLS 1.3 only, ALPN `kith/1`, the transport limits, and the
+/// certificate `source` serves at each handshake.
 pub fn server_config(
-    identity: &ServerIdentity,
+    source: Arc<CertificateSource>,
     limits: &Bounds,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+        .with_cert_resolver(source);
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -201,9 +361,10 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A QUIC client configuration that trusts only the pinned certificate, speaking `kith/1`.
-pub fn client_config(cert_sha256: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> {
-    let tls = kith_tls::pinned_client_config(cert_sha256)?;
+/// A QUIC client configuration that trusts only the pinned certificate (by the SHA-256 of its
+/// key, or of the whole certificate), speaking `kith/1`.
+pub fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = kith_tls::pinned_client_config(pin)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -223,7 +384,7 @@ mod tests {
         let config = RelayConfig::for_tests(dir.path());
         let first = load_or_create(&config).unwrap();
         let second = load_or_create(&config).unwrap();
-        assert_eq!(first.cert_sha256, second.cert_sha256);
+        assert_eq!(first.pins, second.pins);
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join(SELF_SIGNED_KEY))
                 .unwrap()

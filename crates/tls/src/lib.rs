@@ -3,10 +3,14 @@
 //! - [`ALPN`], the protocol id both sides require;
 //! - [`provider`], the one rustls crypto provider both sides use: ring, with the hybrid
 //!   post-quantum key exchange [`X25519MLKEM768`] first and classical X25519 after it;
-//! - [`fingerprint`], the SHA-256 of a DER certificate: what `kith-relay` prints at start-up and
-//!   what a client pins;
-//! - [`PinnedCertVerifier`], a server certificate verifier that accepts exactly the pinned
-//!   certificate and checks TLS 1.3 handshake signatures with its key as usual.
+//! - [`key_sha256`], the SHA-256 of a certificate's public key (its DER SubjectPublicKeyInfo):
+//!   what `kith-relay` prints as `key sha256` and what a client pins, so that a certificate
+//!   renewed with the same key keeps the pin;
+//! - [`fingerprint`], the SHA-256 of a whole DER certificate: the older pin, printed as
+//!   `certificate sha256` and still accepted;
+//! - [`PinnedCertVerifier`], a server certificate verifier that accepts a certificate whose key
+//!   (or, for an older pin, whole encoding) has one of the pinned hashes, and checks TLS 1.3
+//!   handshake signatures with its key as usual.
 //!
 //! ```
 //! let pin = [0u8; 32];
@@ -42,10 +46,19 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// A rustls client configuration for the relay protocol that accepts exactly the certificate
-/// whose SHA-256 is `cert_sha256`: TLS 1.3 only, ALPN [`ALPN`], no client certificate.
-pub fn pinned_client_config(cert_sha256: [u8; 32]) -> Result<rustls::ClientConfig, rustls::Error> {
-    let verifier = Arc::new(PinnedCertVerifier::new(cert_sha256));
+/// A rustls client configuration for the relay protocol that accepts a certificate whose key
+/// (SPKI) or whole encoding has the SHA-256 `pin` ([`PinnedCertVerifier`]): TLS 1.3 only, ALPN
+/// [`ALPN`], no client certificate.
+pub fn pinned_client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, rustls::Error> {
+    pinned_set_client_config(vec![pin])
+}
+
+/// [`pinned_client_config`] with several pins, any of which may match: the key in use and the
+/// next one, while a relay's operator rotates to a new key.
+pub fn pinned_set_client_config(
+    pins: Vec<[u8; 32]>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let verifier = Arc::new(PinnedCertVerifier::with_pins(pins));
     Ok(with_alpn(
         tls13_client()?
             .dangerous()
@@ -76,25 +89,64 @@ fn with_alpn(mut config: rustls::ClientConfig) -> rustls::ClientConfig {
     config
 }
 
-/// The SHA-256 fingerprint of a DER certificate.
+/// The SHA-256 fingerprint of a whole DER certificate (the pin of releases before key pins;
+/// it changes with every renewal).
 pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     Sha256::digest(cert.as_ref()).into()
 }
 
-/// Accepts exactly the server certificate whose SHA-256 is pinned, whatever its names, issuer
-/// or dates (a self-signed relay certificate has no other trust anchor); checks the TLS 1.3
-/// handshake signature with the certificate's key as usual, and refuses TLS 1.2.
+/// The SHA-256 of a DER certificate's SubjectPublicKeyInfo (RFC 5280 §4.1.2.7, outer
+/// `SEQUENCE` included, as in RFC 7469 §2.4): the key pin, which a certificate renewed with the
+/// same key keeps. `None` when the certificate cannot be parsed.
+pub fn key_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    Some(Sha256::digest(parsed.subject_public_key_info().as_ref()).into())
+}
+
+/// Which pin a certificate matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinMatch {
+    /// The SHA-256 of its public key ([`key_sha256`]).
+    Key,
+    /// The SHA-256 of the whole certificate ([`fingerprint`]): an older pin, which the next
+    /// renewal breaks; a client replaces it with the key pin.
+    Certificate,
+}
+
+/// Whether `cert` matches `pin`, and how: by its key first, else by its whole encoding.
+/// Compared in constant time (hashes of public data, compared as every tag is).
+pub fn matches_pin(cert: &CertificateDer<'_>, pin: &[u8; 32]) -> Option<PinMatch> {
+    if key_sha256(cert).is_some_and(|key| bool::from(key.ct_eq(pin))) {
+        Some(PinMatch::Key)
+    } else if bool::from(fingerprint(cert).ct_eq(pin)) {
+        Some(PinMatch::Certificate)
+    } else {
+        None
+    }
+}
+
+/// Accepts a server certificate whose public key ([`key_sha256`]) or, for a pin of an older
+/// release, whole encoding ([`fingerprint`]) has one of the pinned SHA-256 hashes, whatever its
+/// names, issuer or dates (a self-signed relay certificate has no other trust anchor); checks
+/// the TLS 1.3 handshake signature with the certificate's key as usual, and refuses TLS 1.2.
+/// The two hashes are of different inputs (a SubjectPublicKeyInfo is never a certificate), so
+/// accepting either grants nothing a SHA-256 second preimage would not.
 #[derive(Debug)]
 pub struct PinnedCertVerifier {
-    pin: [u8; 32],
+    pins: Vec<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
 impl PinnedCertVerifier {
-    /// Pins the certificate whose SHA-256 is `cert_sha256`.
-    pub fn new(cert_sha256: [u8; 32]) -> Self {
+    /// Pins the certificate whose key (or whole encoding) has the SHA-256 `pin`.
+    pub fn new(pin: [u8; 32]) -> Self {
+        Self::with_pins(vec![pin])
+    }
+
+    /// Pins a set: a certificate matching any of them is accepted.
+    pub fn with_pins(pins: Vec<[u8; 32]>) -> Self {
         Self {
-            pin: cert_sha256,
+            pins,
             provider: provider(),
         }
     }
@@ -109,8 +161,11 @@ impl ServerCertVerifier for PinnedCertVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        // A hash of public data; compared in constant time all the same, as every tag is.
-        if bool::from(fingerprint(end_entity).ct_eq(&self.pin)) {
+        if self
+            .pins
+            .iter()
+            .any(|pin| matches_pin(end_entity, pin).is_some())
+        {
             Ok(ServerCertVerified::assertion())
         } else {
             // `General` rather than `InvalidCertificate`: its text reaches the person who typed
@@ -152,7 +207,10 @@ impl ServerCertVerifier for PinnedCertVerifier {
 }
 
 /// What a pinned verifier says when it refuses a certificate.
-pub const PIN_MISMATCH: &str = "the relay's certificate does not match the pinned SHA-256";
+pub const PIN_MISMATCH: &str = "the relay's certificate does not match the pinned SHA-256 \
+     (neither its public key nor the whole certificate): the relay has another key than the one \
+     pinned. If its operator changed the key, take the new `key sha256` that kith-relay prints \
+     and run `kith relay set --relay-cert-sha256 HEX`";
 
 #[cfg(test)]
 mod tests {
@@ -162,6 +220,72 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["relay.example".to_string()]).unwrap();
         params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// A certificate of `key` for `name`, valid from `year`: two calls with one key are a
+    /// renewal.
+    fn certificate_of(key: &rcgen::KeyPair, name: &str, year: i32) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(year, 1, 1);
+        params.self_signed(key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_renewal_with_the_same_key_keeps_the_key_pin_and_changes_the_certificate_pin() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let first = certificate_of(&key, "relay.example", 2025);
+        let renewed = certificate_of(&key, "relay.example", 2026);
+        assert_ne!(fingerprint(&first), fingerprint(&renewed));
+        assert_eq!(key_sha256(&first), key_sha256(&renewed));
+        // The pin is the hash of the DER SubjectPublicKeyInfo, as rcgen encodes it.
+        assert_eq!(
+            key_sha256(&first).unwrap(),
+            <[u8; 32]>::from(Sha256::digest(
+                rcgen::PublicKeyData::subject_public_key_info(&key)
+            ))
+        );
+
+        let by_key = PinnedCertVerifier::new(key_sha256(&first).unwrap());
+        assert_eq!(verify(&by_key, &renewed), Ok(()));
+        assert_eq!(
+            matches_pin(&renewed, &key_sha256(&first).unwrap()),
+            Some(PinMatch::Key)
+        );
+        // The older pin still opens the certificate it was taken from, and only that one.
+        let by_certificate = PinnedCertVerifier::new(fingerprint(&first));
+        assert_eq!(verify(&by_certificate, &first), Ok(()));
+        assert_eq!(
+            matches_pin(&first, &fingerprint(&first)),
+            Some(PinMatch::Certificate)
+        );
+        assert!(verify(&by_certificate, &renewed).is_err());
+
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let rekeyed = certificate_of(&other_key, "relay.example", 2026);
+        let refused = verify(&by_key, &rekeyed).unwrap_err();
+        assert!(refused.contains(PIN_MISMATCH), "{refused}");
+    }
+
+    #[test]
+    fn a_pin_set_accepts_the_next_key_before_the_relay_rotates_to_it() {
+        let current = rcgen::KeyPair::generate().unwrap();
+        let next = rcgen::KeyPair::generate().unwrap();
+        let stranger = rcgen::KeyPair::generate().unwrap();
+        let pin = |key: &rcgen::KeyPair| key_sha256(&certificate_of(key, "r", 2026)).unwrap();
+        let verifier = PinnedCertVerifier::with_pins(vec![pin(&current), pin(&next)]);
+        assert_eq!(
+            verify(&verifier, &certificate_of(&current, "r", 2025)),
+            Ok(())
+        );
+        assert_eq!(verify(&verifier, &certificate_of(&next, "r", 2027)), Ok(()));
+        assert!(verify(&verifier, &certificate_of(&stranger, "r", 2027)).is_err());
+    }
+
+    #[test]
+    fn garbage_is_no_certificate_and_matches_no_key_pin() {
+        let garbage = CertificateDer::from(b"not a certificate".to_vec());
+        assert_eq!(key_sha256(&garbage), None);
+        assert_eq!(matches_pin(&garbage, &[0; 32]), None);
     }
 
     fn verify(verifier: &PinnedCertVerifier, cert: &CertificateDer<'_>) -> Result<(), String> {

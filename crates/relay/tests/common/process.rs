@@ -19,7 +19,10 @@ const STDERR_KEPT: usize = 64 * 1024;
 pub struct RelayProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// `certificate sha256`: the SHA-256 of the whole certificate.
     pub pin: [u8; 32],
+    /// `key sha256`: the SHA-256 of the certificate's public key.
+    pub key_pin: [u8; 32],
     stderr: Arc<Mutex<String>>,
 }
 
@@ -71,7 +74,8 @@ impl RelayProcess {
         });
         let mut addr = None;
         let mut pin = None;
-        while addr.is_none() || pin.is_none() {
+        let mut key_pin = None;
+        while addr.is_none() || pin.is_none() || key_pin.is_none() {
             let line = match rx.recv_timeout(START_TIMEOUT) {
                 Ok(line) => line,
                 Err(_) => {
@@ -89,12 +93,17 @@ impl RelayProcess {
                 let mut bytes = [0u8; 32];
                 hex::decode_to_slice(rest, &mut bytes).map_err(|e| format!("pin: {e}"))?;
                 pin = Some(bytes);
+            } else if let Some(rest) = line.strip_prefix("key sha256 ") {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(rest, &mut bytes).map_err(|e| format!("key pin: {e}"))?;
+                key_pin = Some(bytes);
             }
         }
         Ok(Self {
             child,
             addr: addr.unwrap_or_else(|| unreachable!()),
             pin: pin.unwrap_or_else(|| unreachable!()),
+            key_pin: key_pin.unwrap_or_else(|| unreachable!()),
             stderr,
         })
     }
@@ -124,6 +133,15 @@ impl RelayProcess {
         }
         self.kill9();
         None
+    }
+
+    /// Sends a signal (`HUP`, `TERM` …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name}");
     }
 
     /// Whether the process is still running.
