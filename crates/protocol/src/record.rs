@@ -1259,6 +1259,14 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Operation>, RecordError> {
 /// [`decode_batch`], with the writer's stated wall clock when it sealed the batch (`None` if
 /// not stated). Unauthenticated beyond the envelope's signature: a member can state any time.
 pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u64>), RecordError> {
+    decode_batch_parts(bytes).map(|(operations, written_at, _)| (operations, written_at))
+}
+
+/// [`decode_batch_written_at`], with the batch's relay-move notice if it carries one
+/// (docs/PROTOCOL.md §13.1). The notice is returned as decoded: its reader checks it.
+pub fn decode_batch_parts(
+    bytes: &[u8],
+) -> Result<(Vec<Operation>, Option<u64>, Option<proto::RelayMoved>), RecordError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }
@@ -1282,6 +1290,7 @@ pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u
     Ok((
         operations,
         (batch.written_at_ms != 0).then_some(batch.written_at_ms),
+        batch.relay_moved,
     ))
 }
 
@@ -2049,6 +2058,7 @@ mod tests {
         let wire = proto::OperationBatch {
             operations: ops.iter().map(Operation::to_proto).collect(),
             written_at_ms: 0,
+            relay_moved: None,
         };
         assert_eq!(
             decode_batch(&wire.encode_to_vec()),
@@ -2094,6 +2104,7 @@ mod tests {
         let mut wire = proto::OperationBatch {
             operations: vec![name_op(1, "Ada").to_proto(), name_op(2, "Ada").to_proto()],
             written_at_ms: 7,
+            relay_moved: None,
         };
         wire.operations[1].clock = None;
         let err = decode_batch(&wire.encode_to_vec()).unwrap_err();
@@ -2225,6 +2236,7 @@ mod tests {
             let prost_bytes = proto::OperationBatch {
                 operations: ops.iter().map(Operation::to_proto).collect(),
                 written_at_ms,
+                relay_moved: None,
             }
             .encode_to_vec();
             prop_assert_eq!(encode_batch_written_at(&ops, written_at_ms).unwrap(), prost_bytes);

@@ -242,6 +242,10 @@ impl Relay {
         let changes = store.changes();
         let mut shared = Shared::new(config, store.clone(), commit, shutdown_rx);
         shared.shared_store = changes.is_some();
+        if let Some(push) = &shared.config.push {
+            let waker = crate::wake::Waker::start(push, store.clone(), shared.shutdown.clone())?;
+            shared.waker = Some(waker);
+        }
         let shared = Arc::new(shared);
         if let Some(changes) = changes {
             tokio::spawn(apply_changes(Arc::downgrade(&shared), changes));
@@ -508,6 +512,8 @@ const REQUEST_PREALLOC: usize = 192 * 1024;
 enum Decoded {
     Push(wire::Push),
     Other(Request),
+    /// A request kind of a later release: its one field was skipped as unknown.
+    Unknown,
 }
 
 /// Bounds the request by its kind (size, list length) before decoding it (see
@@ -556,7 +562,10 @@ fn check_and_decode(
 fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
     match wire::push_payload(&body) {
         Some(payload) => wire::Push::decode(payload).map(Decoded::Push),
-        None => Request::decode(&body[..]).map(Decoded::Other),
+        None => match Request::decode(&body[..])? {
+            Request { kind: None } if !body.is_empty() => Ok(Decoded::Unknown),
+            request => Ok(Decoded::Other(request)),
+        },
     }
 }
 
@@ -667,6 +676,16 @@ async fn request_stream(
         Ok(Decoded::Other(Request { kind: None })) => {
             Err(refuse(ErrorCode::Malformed, "empty request"))
         }
+        // A request kind of a later release (its field was skipped): say so, rather than
+        // "malformed", so its sender can tell the person to update the relay (§8.1).
+        Ok(Decoded::Unknown) => Err(refuse(
+            ErrorCode::Unsupported,
+            concat!(
+                "this relay (kith-relay ",
+                env!("CARGO_PKG_VERSION"),
+                ") does not know this request; update it"
+            ),
+        )),
         Ok(Decoded::Other(Request {
             kind: Some(request::Kind::Subscribe(_)),
         })) => handlers::subscribe::run(shared, conn, &mut send, deadline)

@@ -563,6 +563,8 @@ pub(crate) struct Shared {
     /// Every request that writes to the store holds it shared; an online backup holds it
     /// exclusively while it flushes and copies the store (`crate::control`).
     pub write_barrier: tokio::sync::RwLock<()>,
+    /// Sends wake-up notifications, when a push gateway is configured (`crate::wake`).
+    pub waker: Option<crate::wake::Waker>,
 }
 
 impl Shared {
@@ -620,6 +622,7 @@ impl Shared {
             ),
             live,
             shared_store: false,
+            waker: None,
             config,
             store,
             commit,

@@ -8,6 +8,7 @@ mod epoch_keys;
 mod pairing;
 mod pull;
 pub(crate) mod push;
+mod push_target;
 mod recover_device;
 mod recovery;
 mod roster;
@@ -58,7 +59,9 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         | Kind::TruncateStream(_)
         | Kind::PutRecoveryBundle(_)
         | Kind::DeleteAccount(_)
-        | Kind::RecoverDevice(_) => Some(shared.write_barrier.read().await),
+        | Kind::RecoverDevice(_)
+        | Kind::RegisterPushTarget(_)
+        | Kind::UnregisterPushTarget(_) => Some(shared.write_barrier.read().await),
         _ => None,
     };
     match kind {
@@ -85,6 +88,8 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         Kind::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
         Kind::GetUsage(_) => usage::handle(shared, conn),
         Kind::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
+        Kind::RegisterPushTarget(req) => push_target::register(shared, conn, req).await,
+        Kind::UnregisterPushTarget(_) => push_target::unregister(shared, conn).await,
     }
 }
 
