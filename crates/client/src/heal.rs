@@ -866,7 +866,7 @@ impl Device {
             };
             let elsewhere =
                 moved.to_address != current.address || moved.to_cert_sha256 != current_pin;
-            (well_formed && names_current && elsewhere).then(|| RelayMove {
+            (well_formed && names_current && elsewhere).then_some(RelayMove {
                 by,
                 address: moved.to_address,
                 cert_sha256: pin,

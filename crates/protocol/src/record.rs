@@ -1262,11 +1262,13 @@ pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u
     decode_batch_parts(bytes).map(|(operations, written_at, _)| (operations, written_at))
 }
 
+/// What an `OperationBatch` holds: its operations, the writer's stated wall clock, and a
+/// relay-move notice (docs/PROTOCOL.md §13.1).
+pub type BatchParts = (Vec<Operation>, Option<u64>, Option<proto::RelayMoved>);
+
 /// [`decode_batch_written_at`], with the batch's relay-move notice if it carries one
 /// (docs/PROTOCOL.md §13.1). The notice is returned as decoded: its reader checks it.
-pub fn decode_batch_parts(
-    bytes: &[u8],
-) -> Result<(Vec<Operation>, Option<u64>, Option<proto::RelayMoved>), RecordError> {
+pub fn decode_batch_parts(bytes: &[u8]) -> Result<BatchParts, RecordError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }
