@@ -14,14 +14,26 @@
 # opening the store plus one durable write), `kith contacts show` of that contact (opening the
 # store and reading one record), then an import of 100 changed rows and the sync that pushes
 # those 100 changed contacts.
+#
+# Then the background budget (issue 16 item 5; skip with BACKGROUND=0): a second device of the
+# account (restored from the recovery key) syncs everything, the first device writes 100
+# envelopes (one edited contact each, one `kith contacts edit` + `kith sync` per envelope),
+# and the second device runs what a phone's notification extension runs on a wake-up
+# (`crates/client/examples/background_sync.rs`: open the store, sync once, exit), measured:
+# store open time, sync time and peak RSS (the example's own `VmHWM` and /usr/bin/time -v).
+# Budget: open < 100 ms, peak RSS < 24 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-100000}
 if [[ -z ${KITH:-} ]]; then
   cargo build --release -p kith-cli -p kith-relay 2>&1 | tail -1
+  if [[ ${BACKGROUND:-1} != 0 ]]; then
+    cargo build --release -p kith-client --example background_sync 2>&1 | tail -1
+  fi
 fi
 kith=${KITH:-target/release/kith}
 relay=${KITH_RELAY:-target/release/kith-relay}
+background_sync=${KITH_BACKGROUND_SYNC:-$(dirname "$kith")/examples/background_sync}
 work=$(mktemp -d)
 relay_pid=
 cleanup() {
@@ -77,7 +89,8 @@ measure() {
 }
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u '+%F %R') UTC; $kith"
-"$kith" --home "$home" init --relay "127.0.0.1:$port" --relay-cert-sha256 "$pin" --device-name bench > /dev/null
+"$kith" --home "$home" init --relay "127.0.0.1:$port" --relay-cert-sha256 "$pin" --device-name bench > "$work/init"
+recovery_key=$(grep -oE '[0-9A-Z]{4}(-[0-9A-Z]{4}){5,}' "$work/init" | head -1)
 measure "kith --version (process start)" "$kith" --version
 measure "import $rows LinkedIn rows" "$kith" --home "$home" import linkedin "$work/Connections.csv"
 grep -E '^Imported' "$work/out" || true
@@ -114,3 +127,34 @@ grep -E '^Imported' "$work/out" || true
 measure "sync pushing 100 changed contacts" "$kith" --home "$home" sync
 grep -E '^Synced' "$work/out" || true
 du -sh "$home/store" | sed 's/^/store on disk: /'
+
+[[ ${BACKGROUND:-1} != 0 ]] || exit 0
+echo
+echo "background budget: a second device, 100 new envelopes (one edited contact each)"
+phone="$work/phone"
+KITH_RECOVERY_KEY=$recovery_key "$kith" --home "$phone" recover --relay "127.0.0.1:$port" \
+  --relay-cert-sha256 "$pin" --device-name phone > /dev/null
+measure "second device: first sync (pulls everything)" "$kith" --home "$phone" sync
+"$kith" --home "$home" contacts list --json |
+  python3 -c 'import json, sys; [print(c["id"]) for c in json.load(sys.stdin)[:100]]' > "$work/ids"
+[[ $(wc -l < "$work/ids") == 100 ]] || { echo "expected 100 contact ids"; exit 1; }
+n=0
+while read -r id; do
+  n=$((n + 1))
+  "$kith" --home "$home" contacts edit "$id" --name "Edited $n" > /dev/null
+  "$kith" --home "$home" sync > /dev/null
+done < "$work/ids"
+if [[ -x $background_sync ]]; then
+  for i in 1 2 3; do
+    # The first run pulls the 100 envelopes; the next two find nothing new (open + empty sync).
+    measure "background sync ($i): open, sync, exit" "$background_sync" "$phone"
+    cat "$work/out"
+  done
+else
+  # Binaries without the example (KITH=… of another build): the same work through `kith`.
+  measure "background sync: kith sync pulling 100 envelopes" "$kith" --home "$phone" sync
+  grep -E '^Synced' "$work/out" || true
+  for i in 1 2 3; do
+    measure "store open: kith contacts show ($i)" "$kith" --home "$phone" contacts show "$(head -1 "$work/ids")"
+  done
+fi

@@ -468,6 +468,63 @@ async fn moving_to_another_relay_loses_nothing() {
     assert_eq!(a.relay(), new.target());
 }
 
+/// `kith relay move` tells the other devices through the old relay (issue 13 item 4): the
+/// mover leaves a signed, encrypted notice in its stream there; each other device reads it at
+/// its next sync, follows to the new relay in the same sync (healing its own stream there), and
+/// nothing is lost. The notice, re-uploaded to the new relay with the mover's stream, sends no
+/// device anywhere from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_devices_follow_a_move_through_the_old_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = Relay::start(dir.path().join("old"));
+    let new = Relay::start(dir.path().join("new"));
+    let (a, _) = Device::create(&dir.path().join("a"), old.target(), "a", None)
+        .await
+        .unwrap();
+    let b = kith_e2e::link(&a, &dir.path().join("b"), old.target(), "b").await;
+    let c = kith_e2e::link(&a, &dir.path().join("c"), old.target(), "c").await;
+    for (device, name) in [(&a, "A"), (&b, "B"), (&c, "C")] {
+        for i in 0..5 {
+            device
+                .add_contact(&person(&format!("{name} {i}")))
+                .await
+                .unwrap();
+        }
+    }
+    converge(&[&a, &b, &c]).await;
+    // c writes once more, to the old relay only, before the move.
+    c.add_contact(&person("C last on the old relay"))
+        .await
+        .unwrap();
+    c.sync().await.unwrap();
+
+    let heal = a.move_to_relay(new.target(), None).await.unwrap();
+    assert!(heal.move_notice_left, "{heal:?}");
+    assert!(heal.to_string().contains("notice"), "{heal}");
+    // b writes before it hears of the move: that edit reaches the new relay too.
+    b.add_contact(&person("B before following")).await.unwrap();
+    for device in [&b, &c] {
+        let report = device.sync().await.unwrap();
+        let moved = report.relay_moved.expect("the sync reads the move notice");
+        assert_eq!(moved.by, a.device_id());
+        assert!(moved.followed);
+        assert_eq!(device.relay(), new.target());
+        // The next sync is with the new relay, and the notice there moves nobody.
+        assert_eq!(device.sync().await.unwrap().relay_moved, None);
+    }
+    // The old relay is gone; everything reaches everyone on the new one.
+    old.stop();
+    a.add_contact(&person("A on the new relay")).await.unwrap();
+    converge(&[&a, &b, &c]).await;
+    assert_same_state(&[&a, &b, &c]);
+    assert_eq!(names(&a).len(), 15 + 3);
+    // A device linked on the new relay is sent nowhere by the notice in a's stream.
+    let d = kith_e2e::link(&a, &dir.path().join("d"), new.target(), "d").await;
+    assert_eq!(d.sync().await.unwrap().relay_moved, None);
+    assert_eq!(d.relay(), new.target());
+    assert_same_state(&[&a, &d]);
+}
+
 /// A device that missed the account's deletion does not bring it back: the relay remembers
 /// the deleted account's id and refuses to create it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

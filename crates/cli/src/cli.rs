@@ -372,6 +372,21 @@ pub enum RelayCommand {
         #[arg(long, value_name = "T")]
         registration_token: Option<String>,
     },
+    /// Ask the relay to wake this device through its push gateway whenever another device
+    /// pushes: registers the token an app got from the gateway (the relay sends the gateway
+    /// that token and nothing else; see crates/ffi/README.md "Wake-up notifications").
+    RegisterPushTarget {
+        /// The gateway's token for this device (its UTF-8 bytes are sent, 1 to 1024).
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "KITH_PUSH_TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+    },
+    /// Stop the relay waking this device.
+    UnregisterPushTarget,
     /// Create the account again on a relay that lost it and admits new accounts by token only
     /// (on an open relay, `kith sync` does this by itself).
     Rebuild {

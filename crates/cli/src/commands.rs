@@ -778,10 +778,31 @@ async fn relay(home: &Path, command: RelayCommand) -> Result<()> {
                 result.with_context(|| format!("cannot move to the relay at {}", relay.relay))?;
             outln!("Moved the account to {}: {heal}.", relay.relay);
             outln!(
-                "On every other device run: kith relay set --relay {} {}",
+                "{} kith relay set --relay {} {}",
+                if heal.move_notice_left {
+                    "The other devices follow at their next sync. One that cannot reach the old \
+                     relay any more:"
+                } else {
+                    "On every other device run:"
+                },
                 relay.relay,
                 trust_flags(&relay.trust)
             );
+        }
+        RelayCommand::RegisterPushTarget { token } => {
+            let result = device.register_push_target(token.as_bytes()).await;
+            device.close().await;
+            result.with_context(|| relay_context(&device))?;
+            outln!(
+                "The relay at {} wakes this device when another device pushes.",
+                device.relay().address
+            );
+        }
+        RelayCommand::UnregisterPushTarget => {
+            let result = device.unregister_push_target().await;
+            device.close().await;
+            result.with_context(|| relay_context(&device))?;
+            outln!("The relay no longer wakes this device.");
         }
         RelayCommand::Rebuild { registration_token } => {
             let result = device.rebuild_account(registration_token).await;
@@ -805,6 +826,9 @@ async fn sync(home: &Path) -> Result<()> {
     device.close().await;
     spinner.finish_and_clear();
     let report = report.with_context(|| relay_context(&device))?;
+    if let Some(moved) = &report.relay_moved {
+        outln!("The account moved: {moved}.");
+    }
     if let Some(healed) = &report.healed {
         outln!("The relay was behind: {healed}.");
     }
@@ -848,6 +872,9 @@ fn describe_changes(report: &SyncReport) -> String {
     );
     if let Some(healed) = &report.healed {
         text = format!("the relay was behind: {healed}; {text}");
+    }
+    if let Some(moved) = &report.relay_moved {
+        text = format!("{moved}; {text}");
     }
     if !ids.is_empty() {
         text.push_str(": ");

@@ -84,6 +84,11 @@ pub enum ClientError {
     /// Input from the caller was invalid.
     #[error("{0}")]
     InvalidInput(String),
+
+    /// The relay does not offer what was asked (wake-up notifications on a relay without a
+    /// push gateway, or a relay release that predates a request).
+    #[error("not supported by the relay: {0}")]
+    Unsupported(String),
     /// The link approval did not arrive in time.
     #[error(
         "no approval arrived within {0} seconds: run `kith device approve CODE` on a device of the account, then try again"

@@ -54,6 +54,69 @@ pub struct RelayHeal {
     /// Whether this device wrote a snapshot of everything it merged, because the relay lost
     /// the tail of a removed device's stream (devices linked later get it from the snapshot).
     pub snapshot_written: bool,
+    /// `kith relay move` left a signed notice on the old relay: the other devices follow the
+    /// account to the new relay at their next sync there (docs/PROTOCOL.md §13.1).
+    pub move_notice_left: bool,
+}
+
+/// Longest relay address a move notice may name.
+const MAX_RELAY_ADDRESS: usize = 255;
+
+/// A notice that another device moved the account to another relay, read from the relay this
+/// device synced with ([`crate::SyncReport::relay_moved`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayMove {
+    /// The device that moved the account.
+    pub by: DeviceId,
+    /// The new relay's address (`host:port`).
+    pub address: String,
+    /// The new relay's certificate pin; `None` when it is trusted as the old one was (CA
+    /// roots).
+    pub cert_sha256: Option<[u8; 32]>,
+    /// Whether this device now syncs with the new relay (set by the sync that read it).
+    pub followed: bool,
+}
+
+impl RelayMove {
+    /// Where to sync from now on: the new address, with its pin, or with `current`'s CA roots.
+    pub(crate) fn target(&self, current: &crate::net::RelayTarget) -> crate::net::RelayTarget {
+        crate::net::RelayTarget {
+            address: self.address.clone(),
+            trust: match self.cert_sha256 {
+                Some(pin) => crate::net::RelayTrust::PinnedSha256(pin),
+                None => current.trust.clone(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for RelayMove {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "device {} moved the account to {}",
+            self.by, self.address
+        )?;
+        if let Some(pin) = self.cert_sha256 {
+            write!(f, " (certificate sha256 {})", hex::encode(pin))?;
+        }
+        if self.followed {
+            f.write_str("; this device syncs there from now on")?;
+        }
+        Ok(())
+    }
+}
+
+/// The pin of a target (empty when trusted by CA roots), as a move notice carries it.
+fn pin_bytes(target: &crate::net::RelayTarget) -> Vec<u8> {
+    match &target.trust {
+        crate::net::RelayTrust::PinnedSha256(pin) => pin.to_vec(),
+        // The key served now; the next key of a pin set is the operator's to announce again.
+        crate::net::RelayTrust::PinSet(pins) => {
+            pins.first().map(|p| p.to_vec()).unwrap_or_default()
+        }
+        crate::net::RelayTrust::CaRoots(_) | crate::net::RelayTrust::SystemRoots => Vec::new(),
+    }
 }
 
 /// How this device restored the part of its own stream that the relay lost.
@@ -152,6 +215,13 @@ impl fmt::Display for RelayHeal {
         }
         if self.snapshot_written {
             parts.push("wrote a snapshot so that devices linked later get that tail".into());
+        }
+        if self.move_notice_left {
+            parts.push(
+                "left a signed notice on the old relay: the other devices follow at their next \
+                 sync there"
+                    .into(),
+            );
         }
         f.write_str(&parts.join("; "))
     }
@@ -670,6 +740,8 @@ impl Device {
             tracing::warn!(error = %e, "the current relay cannot be reached; moving from this device's copies");
         }
         let mut slot = self.inner.connection.lock().await;
+        // The old relay's connection, if the sync above reached it.
+        let old_connection = slot.take();
         let connection = RelayConnection::connect(&relay).await?;
         let (account, roster) = {
             let state = self.state();
@@ -724,6 +796,20 @@ impl Device {
             // but this device's sealed keys may be missing there.
             heal.sealed_keys_restored = self.restore_sealed_epoch_keys(&connection).await?;
         }
+        // Tell the other devices, through the old relay while it lives (§13.1): a signed,
+        // encrypted notice in this device's stream there, which the new relay gets too (the
+        // final sync below heals this device's stream onto it byte for byte).
+        if let Some(old) = old_connection {
+            let from = self.relay();
+            match self.leave_move_notice(&old, &from, &relay).await {
+                Ok(()) => heal.move_notice_left = true,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot leave a move notice on the old relay; point the other devices at \
+                     the new one with `kith relay set`"
+                ),
+            }
+        }
         self.seal_full_snapshot_after_outbox()?;
         heal.snapshot_written = true;
         self.persist_relay(&relay)?;
@@ -731,5 +817,65 @@ impl Device {
         drop(slot);
         self.sync().await?;
         Ok(heal)
+    }
+
+    /// Seals a batch of no operations carrying where the account moved, as this device's next
+    /// envelope, and pushes it (with anything else in the outbox) to the old relay.
+    async fn leave_move_notice(
+        &self,
+        old: &RelayConnection,
+        from: &crate::net::RelayTarget,
+        to: &crate::net::RelayTarget,
+    ) -> Result<()> {
+        use prost::Message as _;
+        let payload = proto::OperationBatch {
+            operations: Vec::new(),
+            written_at_ms: crate::device::now_ms(),
+            relay_moved: Some(proto::RelayMoved {
+                from_address: from.address.clone(),
+                from_cert_sha256: pin_bytes(from),
+                to_address: to.address.clone(),
+                to_cert_sha256: pin_bytes(to),
+            }),
+        }
+        .encode_to_vec();
+        self.seal_operations_payload(&payload)?;
+        self.push_outbox(old).await?;
+        Ok(())
+    }
+
+    /// The move notice among `moves` (writer, notice) that this device should follow: the last
+    /// one that names the relay this device syncs with as the one left, and another relay as
+    /// the new one. A notice read from any other relay (one re-uploaded to the new relay, or
+    /// from an earlier move) is history and ignored, as is a malformed one.
+    pub(crate) fn relay_move_to_follow(
+        &self,
+        moves: Vec<(DeviceId, proto::RelayMoved)>,
+    ) -> Option<RelayMove> {
+        let current = self.relay();
+        let current_pin = pin_bytes(&current);
+        moves.into_iter().rev().find_map(|(by, moved)| {
+            let pin = match moved.to_cert_sha256.len() {
+                0 => None,
+                32 => Some(<[u8; 32]>::try_from(moved.to_cert_sha256.as_slice()).ok()?),
+                _ => return None,
+            };
+            let well_formed = !moved.to_address.is_empty()
+                && moved.to_address.len() <= MAX_RELAY_ADDRESS
+                && !moved.to_address.chars().any(char::is_control);
+            let names_current = if current_pin.is_empty() {
+                moved.from_cert_sha256.is_empty() && moved.from_address == current.address
+            } else {
+                moved.from_cert_sha256 == current_pin
+            };
+            let elsewhere =
+                moved.to_address != current.address || moved.to_cert_sha256 != current_pin;
+            (well_formed && names_current && elsewhere).then_some(RelayMove {
+                by,
+                address: moved.to_address,
+                cert_sha256: pin,
+                followed: false,
+            })
+        })
     }
 }

@@ -30,6 +30,8 @@ pub mod recovery;
 pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
+#[cfg(feature = "sync")]
+pub mod wake;
 
 #[cfg(feature = "sync")]
 pub use clock::ClockSkew;
@@ -40,7 +42,7 @@ pub use device::{Device, DeviceInfo, LinkApproval, PendingLink, RecoveryKeyText}
 #[cfg(feature = "sync")]
 pub use error::ClientError;
 #[cfg(feature = "sync")]
-pub use heal::{CutStream, RelayHeal, StreamRestore};
+pub use heal::{CutStream, RelayHeal, RelayMove, StreamRestore};
 #[cfg(feature = "sync")]
 pub use history::{MeetingView, ParticipantView};
 pub use kith_protocol::contact::Contact;

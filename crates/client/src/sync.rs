@@ -54,6 +54,9 @@ pub struct SyncReport {
     /// from this device's verified copies; `None` when the relay held everything this device
     /// knows it acknowledged (docs/PROTOCOL.md §13.1).
     pub healed: Option<crate::heal::RelayHeal>,
+    /// Another device moved the account off the relay this device synced with and left a
+    /// notice there; this device now syncs with the new relay (docs/PROTOCOL.md §13.1).
+    pub relay_moved: Option<crate::heal::RelayMove>,
 }
 
 /// An envelope whose header carries a `format_version` this release does not know, written by
@@ -105,6 +108,16 @@ impl Device {
         loop {
             attempt += 1;
             match self.sync_once().await {
+                Ok(mut report) if report.relay_moved.is_some() => {
+                    // Followed the account to its new relay: sync there at once, so this
+                    // device's own stream reaches it (healed from its copies, §13.1).
+                    let there = Box::pin(self.sync()).await?;
+                    report.pushed += there.pushed;
+                    report.pulled += there.pulled;
+                    report.changed.extend(there.changed);
+                    report.healed = there.healed.or(report.healed);
+                    return Ok(report);
+                }
                 Err(e) if e.is_retryable_now() && attempt < 5 => {
                     tracing::warn!(attempt, error = %e, "sync failed; retrying");
                     *self.inner.connection.lock().await = None;
@@ -152,6 +165,16 @@ impl Device {
             result = self.sync_on(&c, true).await;
         }
         if result.as_ref().is_err_and(|e| e.is_transient()) {
+            *slot = None;
+        }
+        if let Ok(SyncReport {
+            relay_moved: Some(moved),
+            ..
+        }) = &mut result
+        {
+            // Everything the old relay held was merged: sync with the new one from now on.
+            self.persist_relay(&moved.target(&self.relay()))?;
+            moved.followed = true;
             *slot = None;
         }
         result
@@ -421,6 +444,13 @@ impl Device {
         self.seal_payload(tx, pending_keys, &payload, kind)
     }
 
+    /// Seals an encoded `OperationBatch` as this device's next envelope, into the outbox.
+    pub(crate) fn seal_operations_payload(&self, payload: &[u8]) -> Result<()> {
+        self.inner
+            .store
+            .transaction(|tx| self.seal_payload(tx, &[], payload, PayloadKind::Operations))
+    }
+
     /// Seals one payload as this device's next envelope and moves it to the outbox,
     /// removing `pending_keys`, in `tx`: the head is read and advanced in the same
     /// transaction, so no other writer can seal the same seq.
@@ -464,7 +494,7 @@ impl Device {
 
     /// Pushes every outbox envelope; removes them once acknowledged. Idempotent: an envelope
     /// whose acknowledgement was lost is sent again and acknowledged again.
-    async fn push_outbox(&self, connection: &RelayConnection) -> Result<usize> {
+    pub(crate) async fn push_outbox(&self, connection: &RelayConnection) -> Result<usize> {
         let store = &self.inner.store;
         if store.is_empty(TreeName::Outbox)? {
             return Ok(0);
@@ -582,6 +612,7 @@ impl Device {
         }
         let mut refreshed_keys = false;
         let mut skews = BTreeMap::new();
+        let mut moves = Vec::new();
         // Each page's records and cursors are written while the next page is fetched, opened
         // and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
@@ -743,7 +774,7 @@ impl Device {
                 }
             }
             let (touched, page_changed) =
-                self.merge_payloads(&mut pipeline, &parsed, opened, &mut skews)?;
+                self.merge_payloads(&mut pipeline, &parsed, opened, &mut skews, &mut moves)?;
             // Cursors are written with the records they cover, in one transaction (were they
             // not, a crash in between would pull the page again, and merging it again would
             // change nothing).
@@ -765,6 +796,7 @@ impl Device {
             }
         }
         pipeline.wait().await?;
+        report.relay_moved = self.relay_move_to_follow(moves);
         // What the merged clocks moved the clock to survives a restart (§8).
         self.persist_clock()?;
         self.persist_clock_skews(&skews)?;
@@ -822,6 +854,7 @@ impl Device {
         parsed: &[ParsedEnvelope],
         payloads: Vec<Vec<u8>>,
         skews: &mut BTreeMap<DeviceId, ClockSkew>,
+        moves: &mut Vec<(DeviceId, proto::RelayMoved)>,
     ) -> Result<(Records, BTreeSet<RecordId>)> {
         let mut touched: Records = BTreeMap::new();
         let mut changed = BTreeSet::new();
@@ -829,7 +862,10 @@ impl Device {
         for (envelope, payload) in parsed.iter().zip(payloads) {
             match envelope.header().kind {
                 PayloadKind::Operations => {
-                    let (ops, written_at) = record::decode_batch_written_at(&payload)?;
+                    let (ops, written_at, moved) = record::decode_batch_parts(&payload)?;
+                    if let Some(moved) = moved {
+                        moves.push((envelope.header().device_id, moved));
+                    }
                     if let Some(written_at) = written_at {
                         // Envelopes are in stream order: the last one measured is the latest.
                         let skew = ClockSkew::measure(written_at, now);
@@ -959,8 +995,13 @@ impl Device {
                 }
                 match self.sync().await {
                     Ok(report) => {
+                        // Followed the account to another relay: subscribe there.
+                        let moved = report.relay_moved.is_some();
                         if changes.send(report).await.is_err() {
                             return Ok(());
+                        }
+                        if moved {
+                            break;
                         }
                     }
                     Err(e) if e.is_transient() => break,

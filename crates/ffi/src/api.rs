@@ -220,6 +220,12 @@ impl From<ClientError> for KithError {
             | ClientError::RecoveryAccountMismatch
             | ClientError::RecoveryRecord(_) => KithError::Recovery { reason, hint },
             ClientError::AccountDeleted => KithError::Revoked { reason, hint },
+            ClientError::Unsupported(_) => KithError::Relay {
+                reason,
+                hint,
+                code: "Unsupported".into(),
+                transient: false,
+            },
             ClientError::RebuildNeedsToken => KithError::Relay {
                 reason,
                 hint,
@@ -1143,6 +1149,22 @@ impl KithDevice {
             stop: Mutex::new(Some(stop)),
             task: Mutex::new(Some(task)),
         })
+    }
+
+    /// Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
+    /// target: the relay then wakes the app through the gateway whenever another device of
+    /// the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
+    /// notifications"). Replaces an earlier token; call it at every app start. A relay without
+    /// a push gateway refuses with a `Relay` error of code `Unsupported`.
+    pub async fn register_push_target(&self, token: Vec<u8>) -> Result<()> {
+        self.on_runtime(move |device| async move { Ok(device.register_push_target(&token).await?) })
+            .await
+    }
+
+    /// Removes this device's push target: the relay stops waking it.
+    pub async fn unregister_push_target(&self) -> Result<()> {
+        self.on_runtime(|device| async move { Ok(device.unregister_push_target().await?) })
+            .await
     }
 
     /// Writes this device's merged state as a snapshot and lets the relay drop the history

@@ -25,6 +25,9 @@ pub const MAX_SEALED_EPOCH_KEY_BYTES: usize = 2048;
 pub const MAX_BUNDLE_EPOCHS: usize = MAX_KEY_ROTATIONS + 1;
 /// Longest link code text accepted, whitespace included (a well-formed one is about 1.7 KiB).
 pub const MAX_LINK_CODE_CHARS: usize = 8 * 1024;
+/// Largest push-gateway token a device may register with its relay (docs/PROTOCOL.md §12.1):
+/// room for an APNs or FCM token encrypted for the gateway, with a nonce and a tag.
+pub const MAX_PUSH_TOKEN_BYTES: usize = 1024;
 /// Operations in one batch.
 pub const MAX_OPERATIONS_PER_BATCH: usize = 10_000;
 /// Field writes in one operation.

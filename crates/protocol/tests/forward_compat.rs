@@ -51,6 +51,7 @@ fn newer_batch(meeting: &str) -> Vec<u8> {
     proto::OperationBatch {
         operations: vec![operation],
         written_at_ms: 0,
+        relay_moved: None,
     }
     .encode_to_vec()
 }

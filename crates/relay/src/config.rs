@@ -239,6 +239,27 @@ pub struct Settings {
     /// check at /healthz, e.g. 127.0.0.1:9464 [default: off]
     #[arg(long, env = "KITH_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// URL of the push gateway (`https://…` or `http://…`) the relay POSTs wake-up
+    /// notifications to; without it devices cannot register push targets (docs/PROTOCOL.md
+    /// §12.1, crates/relay/README.md "Wake-up notifications") [default: none]
+    #[arg(long)]
+    pub push_gateway: Option<String>,
+    /// PEM file of CA certificates to trust for an https push gateway instead of the built-in
+    /// web roots [default: none]
+    #[arg(long)]
+    pub push_gateway_ca: Option<PathBuf>,
+    /// At most one wake-up per device per this many seconds; pushes in between are coalesced
+    /// into one sent when the interval ends [default: 30]
+    #[arg(long)]
+    pub push_interval_secs: Option<u64>,
+    /// Most devices with a wake-up waiting or recently sent that the relay tracks; beyond it
+    /// new wake-ups are dropped (and counted) until room frees [default: 10000]
+    #[arg(long)]
+    pub push_queue: Option<usize>,
+    /// Attempts after the first for a wake-up the gateway did not take (connection failure,
+    /// 5xx, 408, 429), with doubling waits starting at one second [default: 4]
+    #[arg(long)]
+    pub push_retries: Option<u32>,
 }
 
 impl Settings {
@@ -300,6 +321,11 @@ impl Settings {
             auth_failures_per_minute,
             pull_wait_secs,
             metrics_listen,
+            push_gateway,
+            push_gateway_ca,
+            push_interval_secs,
+            push_queue,
+            push_retries,
         )
     }
 
@@ -385,6 +411,28 @@ impl Settings {
             cached_accounts: self.cached_accounts.unwrap_or(d.cached_accounts),
             sweep_interval: d.sweep_interval,
             metrics_listen: self.metrics_listen,
+            push: match self.push_gateway {
+                Some(url) => Some(PushConfig {
+                    gateway: url.parse()?,
+                    gateway_ca: self.push_gateway_ca,
+                    interval: self
+                        .push_interval_secs
+                        .map_or(PushConfig::DEFAULT_INTERVAL, Duration::from_secs),
+                    queue: self.push_queue.unwrap_or(PushConfig::DEFAULT_QUEUE),
+                    retries: self.push_retries.unwrap_or(PushConfig::DEFAULT_RETRIES),
+                    first_retry: PushConfig::FIRST_RETRY,
+                }),
+                None if self.push_gateway_ca.is_some()
+                    || self.push_interval_secs.is_some()
+                    || self.push_queue.is_some()
+                    || self.push_retries.is_some() =>
+                {
+                    return Err(ConfigError::Invalid(
+                        "the push_* settings need push_gateway".into(),
+                    ));
+                }
+                None => None,
+            },
         };
         config.check()?;
         Ok(config)
@@ -517,6 +565,49 @@ pub struct RelayConfig {
     pub sweep_interval: Duration,
     /// Where to serve metrics and `/healthz` over HTTP (`None`: no listener).
     pub metrics_listen: Option<SocketAddr>,
+    /// Wake-up notifications through a push gateway; `None` (the default) refuses push-target
+    /// registrations with `UNSUPPORTED`.
+    pub push: Option<PushConfig>,
+}
+
+/// Where and how the relay sends wake-up notifications (docs/PROTOCOL.md §12.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// The gateway's URL.
+    pub gateway: crate::wake::GatewayUrl,
+    /// CA certificates (PEM) for an https gateway instead of the built-in web roots.
+    pub gateway_ca: Option<PathBuf>,
+    /// At most one wake-up per device per interval.
+    pub interval: Duration,
+    /// Devices tracked (waiting or recently woken) at most.
+    pub queue: usize,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// Wait before the first retry; each later one doubles it (not a flag: tests shorten it).
+    pub first_retry: Duration,
+}
+
+impl PushConfig {
+    /// Default coalescing interval.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+    /// Default bound of tracked devices.
+    pub const DEFAULT_QUEUE: usize = 10_000;
+    /// Default retries.
+    pub const DEFAULT_RETRIES: u32 = 4;
+    /// Wait before the first retry.
+    pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+    /// A configuration sending to `gateway` with the defaults.
+    pub fn new(gateway: crate::wake::GatewayUrl) -> Self {
+        Self {
+            gateway,
+            gateway_ca: None,
+            interval: Self::DEFAULT_INTERVAL,
+            queue: Self::DEFAULT_QUEUE,
+            retries: Self::DEFAULT_RETRIES,
+            first_retry: Self::FIRST_RETRY,
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -539,6 +630,7 @@ impl Default for RelayConfig {
             cached_accounts: 4096,
             sweep_interval: Duration::from_secs(60),
             metrics_listen: None,
+            push: None,
         }
     }
 }
@@ -611,6 +703,14 @@ impl RelayConfig {
         }
         if self.cached_accounts == 0 {
             return invalid("cached_accounts must be at least 1");
+        }
+        if let Some(push) = &self.push {
+            if push.queue == 0 {
+                return invalid("push_queue must be at least 1");
+            }
+            if push.retries > 16 {
+                return invalid("push_retries must be at most 16");
+            }
         }
         if self.sweep_interval.is_zero() {
             return invalid("sweep_interval must not be zero");

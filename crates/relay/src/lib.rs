@@ -61,6 +61,7 @@ pub mod server;
 mod state;
 pub mod store;
 pub mod tls;
+pub mod wake;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

@@ -282,6 +282,10 @@ impl Relay {
         let mut shared = Shared::new(config, store.clone(), commit, shutdown_rx);
         shared.shared_store = changes.is_some();
         shared.metrics = metrics;
+        if let Some(push) = &shared.config.push {
+            let waker = crate::wake::Waker::start(push, store.clone(), shared.shutdown.clone())?;
+            shared.waker = Some(waker);
+        }
         let shared = Arc::new(shared);
         if let Some(changes) = changes {
             tokio::spawn(apply_changes(Arc::downgrade(&shared), changes));

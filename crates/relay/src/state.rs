@@ -565,6 +565,8 @@ pub(crate) struct Shared {
     pub write_barrier: tokio::sync::RwLock<()>,
     /// What the relay counts (served by the metrics listener, if any).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Sends wake-up notifications, when a push gateway is configured (`crate::wake`).
+    pub waker: Option<crate::wake::Waker>,
 }
 
 impl Shared {
@@ -623,6 +625,7 @@ impl Shared {
             live,
             shared_store: false,
             metrics: Arc::default(),
+            waker: None,
             config,
             store,
             commit,

@@ -123,6 +123,8 @@ fn request_bounds(field: u32, limits: &crate::config::Bounds) -> (usize, Option<
                 Some(keys),
             )
         }
+        // RegisterPushTarget: one token (its bound is checked again after decoding).
+        19 => (kith_protocol::limits::MAX_PUSH_TOKEN_BYTES + 16, None),
         // PutPairingSlot, PutRecoveryBundle: one sealed bundle.
         11 | 14 => (MAX_BUNDLE_BYTES + ENVELOPE_OF_FIELDS, None),
         // Everything else holds ids, a signature, a number or nothing.

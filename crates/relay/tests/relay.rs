@@ -1177,3 +1177,83 @@ async fn a_device_over_its_request_rate_is_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_request_of_a_later_release_is_unsupported_not_malformed() {
+    bounded(async {
+        let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", gateway.local_addr().unwrap());
+        let relay = TestRelay::start_with(|c| {
+            c.push = Some(kith_relay::config::PushConfig::new(url.parse().unwrap()));
+        })
+        .await;
+        let account = TestAccount::new(1);
+        let client = relay.connect().await;
+        account.create(&client).await;
+        // Request field 99 (a kind no release defines yet): one length-delimited field, its
+        // key the varint 99 << 3 | 2 = 794.
+        let body = [0x9a, 0x06, 6, 1, 2, 3, 4, 5, 6];
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let answer = client.call_frame(bytes::Bytes::from(frame)).await.unwrap();
+        match proto::Response::decode(answer).unwrap().kind {
+            Some(response::Kind::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Unsupported as i32, "{}", e.message);
+                assert!(e.message.contains("update"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // An empty request is still malformed.
+        let answer = client
+            .call_frame(bytes::Bytes::from_static(&[0, 0, 0, 0]))
+            .await
+            .unwrap();
+        match proto::Response::decode(answer).unwrap().kind {
+            Some(response::Kind::Error(e)) => assert_eq!(e.code, ErrorCode::Malformed as i32),
+            other => panic!("{other:?}"),
+        }
+        // Push targets: bounded, one per device, refused before authentication.
+        let stranger = relay.connect().await;
+        let register =
+            |token: Vec<u8>| request::Kind::RegisterPushTarget(proto::RegisterPushTarget { token });
+        assert_eq!(
+            code(stranger.expect_ok(register(vec![1; 10])).await),
+            ErrorCode::Unauthenticated
+        );
+        assert_eq!(
+            code(client.expect_ok(register(vec![1; 1025])).await),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(client.expect_ok(register(Vec::new())).await),
+            ErrorCode::InvalidRequest
+        );
+        client.expect_ok(register(vec![1; 1024])).await.unwrap();
+        client
+            .expect_ok(request::Kind::UnregisterPushTarget(
+                proto::UnregisterPushTarget {},
+            ))
+            .await
+            .unwrap();
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_relay_without_a_push_gateway_refuses_push_targets_as_unsupported() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let account = TestAccount::new(1);
+        let client = relay.connect().await;
+        account.create(&client).await;
+        let err = client
+            .expect_ok(request::Kind::RegisterPushTarget(
+                proto::RegisterPushTarget { token: vec![1; 16] },
+            ))
+            .await;
+        assert_eq!(code(err), ErrorCode::Unsupported);
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -145,7 +145,29 @@ conformance!(
     rosters_only_advance_and_never_past_a_removed_streams_end,
     concurrent_writers_on_one_stream_never_both_win,
     other_instances_hear_pushes_roster_changes_and_deletions,
+    push_targets_are_one_per_device_replaced_and_removed,
 );
+
+fn push_targets_are_one_per_device_replaced_and_removed(backend: &Backend) {
+    let store = (backend.open)(0);
+    assert!(store.create_account(&A, &roster(1)).unwrap());
+    assert!(store.push_targets(&A).unwrap().is_empty());
+    store.put_push_target(&A, &D, b"first").unwrap();
+    store.put_push_target(&A, &E, b"other").unwrap();
+    store.put_push_target(&A, &D, b"second").unwrap();
+    let mut targets = store.push_targets(&A).unwrap();
+    targets.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let expected = vec![(D, b"second".to_vec()), (E, b"other".to_vec())];
+    assert_eq!(targets, expected, "one target per device, the latest");
+    store.remove_push_target(&A, &D).unwrap();
+    store.remove_push_target(&A, &D).unwrap();
+    assert_eq!(
+        store.push_targets(&A).unwrap(),
+        vec![(E, b"other".to_vec())]
+    );
+    // Nothing of them stops a load.
+    assert!(store.load_account(&A).unwrap().is_some());
+}
 
 fn envelopes(from: u64, n: u64) -> Vec<Vec<u8>> {
     (from..from + n)
@@ -430,8 +452,11 @@ fn deleting_an_account_removes_every_row_of_it_and_nothing_else(backend: &Backen
             store
                 .put_recovery_bundle(&[byte + 10; 32], account, &mine)
                 .unwrap();
+            store.put_push_target(account, &D, &mine).unwrap();
         }
         store.delete_account(&A).unwrap();
+        assert!(store.push_targets(&A).unwrap().is_empty());
+        assert_eq!(store.push_targets(&B).unwrap(), vec![(D, vec![0x77; 40])]);
         assert!(store.load_account(&A).unwrap().is_none());
         assert!(store.take_pairing_slot(&[1; 32], 0).unwrap().is_none());
         assert!(store.recovery_bundle(&[11; 32]).unwrap().is_none());

@@ -70,8 +70,8 @@ use crate::limits::{
 
 pub use key::{FieldKey, FieldKind, KeyProblem, SourceKind};
 pub use operation::{
-    FieldWrite, Operation, OperationKind, decode_batch, decode_batch_written_at, encode_batch,
-    encode_batch_written_at,
+    BatchParts, FieldWrite, Operation, OperationKind, decode_batch, decode_batch_parts,
+    decode_batch_written_at, encode_batch, encode_batch_written_at,
 };
 pub use value::{decode_value, encode_value};
 

@@ -267,6 +267,16 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Operation>, RecordError> {
 /// [`decode_batch`], with the writer's stated wall clock when it sealed the batch (`None` if
 /// not stated). Unauthenticated beyond the envelope's signature: a member can state any time.
 pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u64>), RecordError> {
+    decode_batch_parts(bytes).map(|(operations, written_at, _)| (operations, written_at))
+}
+
+/// What an `OperationBatch` holds: its operations, the writer's stated wall clock, and a
+/// relay-move notice (docs/PROTOCOL.md §13.1).
+pub type BatchParts = (Vec<Operation>, Option<u64>, Option<proto::RelayMoved>);
+
+/// [`decode_batch_written_at`], with the batch's relay-move notice if it carries one
+/// (docs/PROTOCOL.md §13.1). The notice is returned as decoded: its reader checks it.
+pub fn decode_batch_parts(bytes: &[u8]) -> Result<BatchParts, RecordError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }
@@ -290,6 +300,7 @@ pub fn decode_batch_written_at(bytes: &[u8]) -> Result<(Vec<Operation>, Option<u
     Ok((
         operations,
         (batch.written_at_ms != 0).then_some(batch.written_at_ms),
+        batch.relay_moved,
     ))
 }
 

@@ -14,6 +14,7 @@ mod epoch_keys;
 mod pairing;
 mod pull;
 pub(crate) mod push;
+mod push_target;
 mod recover_device;
 mod recovery;
 mod roster;
@@ -83,6 +84,8 @@ pub(crate) enum Command {
     DeleteAccount(proto::DeleteAccount),
     GetUsage,
     RecoverDevice(proto::RecoverDevice),
+    RegisterPushTarget(proto::RegisterPushTarget),
+    UnregisterPushTarget,
 }
 
 impl Command {
@@ -133,6 +136,16 @@ impl Command {
         }
         match Request::decode(&body[..]).map_err(malformed)?.kind {
             Some(kind) => Ok(Self::from(kind)),
+            // A request kind of a later release (its field was skipped): say so, rather than
+            // "malformed", so its sender can tell the person to update the relay (§8.1).
+            None if !body.is_empty() => Err(RequestError::new(
+                ErrorCode::Unsupported,
+                concat!(
+                    "this relay (kith-relay ",
+                    env!("CARGO_PKG_VERSION"),
+                    ") does not know this request; update it"
+                ),
+            )),
             None => Err(RequestError::new(ErrorCode::Malformed, "empty request")),
         }
     }
@@ -158,6 +171,8 @@ impl Command {
             Command::DeleteAccount(_) => "delete_account",
             Command::GetUsage => "get_usage",
             Command::RecoverDevice(_) => "recover_device",
+            Command::RegisterPushTarget(_) => "register_push_target",
+            Command::UnregisterPushTarget => "unregister_push_target",
         }
     }
 
@@ -175,6 +190,8 @@ impl Command {
                 | Command::PutRecoveryBundle(_)
                 | Command::DeleteAccount(_)
                 | Command::RecoverDevice(_)
+                | Command::RegisterPushTarget(_)
+                | Command::UnregisterPushTarget
         )
     }
 }
@@ -205,6 +222,8 @@ impl From<request::Kind> for Command {
             Kind::DeleteAccount(req) => Command::DeleteAccount(req),
             Kind::GetUsage(_) => Command::GetUsage,
             Kind::RecoverDevice(req) => Command::RecoverDevice(req),
+            Kind::RegisterPushTarget(req) => Command::RegisterPushTarget(req),
+            Kind::UnregisterPushTarget(_) => Command::UnregisterPushTarget,
         }
     }
 }
@@ -271,6 +290,8 @@ async fn route(
         Command::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
         Command::GetUsage => usage::handle(shared, conn),
         Command::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
+        Command::RegisterPushTarget(req) => push_target::register(shared, conn, req).await,
+        Command::UnregisterPushTarget => push_target::unregister(shared, conn).await,
     }
 }
 

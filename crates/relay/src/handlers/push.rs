@@ -175,6 +175,9 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
     account.lock().made_durable(&device, last_seq);
     if appended {
         account.notify(AccountEvent::Pushed { device, last_seq });
+        if let Some(waker) = &shared.waker {
+            waker.pushed(account.id, device);
+        }
     }
     respond(response::Kind::PushAck(PushAck { last_seq }))
 }

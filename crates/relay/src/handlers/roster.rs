@@ -134,6 +134,13 @@ pub(crate) async fn replace(
             }
             Err(err) => return Err(RequestError::storage(err)),
         }
+        // A removed device is never woken again (docs/PROTOCOL.md §12.1).
+        for (device, _) in &final_seqs {
+            shared
+                .store
+                .remove_push_target(&account.id, device)
+                .map_err(RequestError::storage)?;
+        }
         inner.roster = next.clone();
         // A removed device is refused as removed from now on; its fence has done its work.
         inner.fenced.retain(|device, _| !next.is_removed(device));

@@ -326,8 +326,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Consumes a registration token: `true` exactly once per added token.
     fn consume_registration_token(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
 
+    /// Stores `device`'s push target (an opaque gateway token, docs/PROTOCOL.md §12.1),
+    /// replacing its earlier one: one per device. The default refuses (a test double).
+    fn put_push_target(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        token: &[u8],
+    ) -> Result<(), StoreError> {
+        let _ = (account, device, token);
+        Err(StoreError::Backend(
+            "this store keeps no push targets".into(),
+        ))
+    }
+
+    /// Removes `device`'s push target, if it has one: on request, and when a roster removes
+    /// the device ([`Store::delete_account`] removes every one of the account). The default
+    /// has nothing to remove.
+    fn remove_push_target(&self, account: &AccountId, device: &DeviceId) -> Result<(), StoreError> {
+        let _ = (account, device);
+        Ok(())
+    }
+
+    /// The account's push targets, by device. The default has none.
+    fn push_targets(&self, account: &AccountId) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
+        let _ = account;
+        Ok(Vec::new())
+    }
+
     /// Deletes every key of the account: roster, streams, sealed keys, pairing slots, recovery
-    /// bundle.
+    /// bundle, push targets.
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError>;
 
     /// Copies the store, as it is after the last flush, into the new directory `to` (an online

@@ -10,7 +10,7 @@
 //! not a pool such as deadpool: the worker threads are the pool (a statement cache per
 //! connection, reconnection on failure) without another dependency.
 //!
-//! Layout (schema version 1, see [`MIGRATIONS`]):
+//! Layout (schema version 2, see [`MIGRATIONS`]):
 //!
 //! | table | row |
 //! |---|---|
@@ -21,6 +21,7 @@
 //! | `kith_pairing` | slot id, account, expiry, bundle |
 //! | `kith_recovery` | lookup id, account (unique), bundle |
 //! | `kith_tokens` | SHA-256 of an unused registration token |
+//! | `kith_push_targets` | account, device, push-gateway token (schema version 2) |
 //! | `kith_schema` | migrations applied |
 //!
 //! A push is one transaction: it locks the account row (shared), checks the roster version
@@ -61,9 +62,10 @@ const MIGRATION_LOCK: i64 = 0x6b69_7468;
 const READ_ROWS: i64 = 16;
 
 /// The versioned schema migrations, applied in order, each once, in one transaction each.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE kith_accounts (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE kith_accounts (
         id bytea PRIMARY KEY,
         roster bytea NOT NULL,
         roster_version bigint NOT NULL,
@@ -108,7 +110,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         bundle bytea NOT NULL
     );
     CREATE TABLE kith_tokens (hash bytea PRIMARY KEY);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE kith_push_targets (
+        account bytea NOT NULL,
+        device bytea NOT NULL,
+        token bytea NOT NULL,
+        PRIMARY KEY (account, device)
+    );",
+    ),
+];
 
 /// The schema version this code reads and writes: the last migration's.
 pub fn schema_version() -> i32 {
@@ -1181,6 +1193,56 @@ impl Store for PostgresStore {
         })
     }
 
+    fn put_push_target(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        token: &[u8],
+    ) -> Result<(), StoreError> {
+        let (a, d, t) = (
+            account.as_bytes().to_vec(),
+            device.as_bytes().to_vec(),
+            token.to_vec(),
+        );
+        self.run(move |conn| {
+            conn.client.execute(
+                "INSERT INTO kith_push_targets (account, device, token) VALUES ($1, $2, $3)
+                 ON CONFLICT (account, device) DO UPDATE SET token = EXCLUDED.token",
+                &[&a, &d, &t],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn remove_push_target(&self, account: &AccountId, device: &DeviceId) -> Result<(), StoreError> {
+        let (a, d) = (account.as_bytes().to_vec(), device.as_bytes().to_vec());
+        self.run(move |conn| {
+            conn.client.execute(
+                "DELETE FROM kith_push_targets WHERE account = $1 AND device = $2",
+                &[&a, &d],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn push_targets(&self, account: &AccountId) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
+        let a = account.as_bytes().to_vec();
+        self.run(move |conn| {
+            conn.client
+                .query(
+                    "SELECT device, token FROM kith_push_targets WHERE account = $1",
+                    &[&a],
+                )?
+                .iter()
+                .map(|row| {
+                    let device = DeviceId::from_slice(row.get::<_, &[u8]>(0))
+                        .map_err(|_| StoreError::Corrupt("push target device"))?;
+                    Ok((device, row.get(1)))
+                })
+                .collect()
+        })
+    }
+
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         let t = token_hash.to_vec();
         self.run(move |conn| {
@@ -1216,6 +1278,7 @@ impl Store for PostgresStore {
                 "DELETE FROM kith_sealed_keys WHERE account = $1",
                 "DELETE FROM kith_pairing WHERE account = $1",
                 "DELETE FROM kith_recovery WHERE account = $1",
+                "DELETE FROM kith_push_targets WHERE account = $1",
             ] {
                 tx.execute(table, &[&a])?;
             }

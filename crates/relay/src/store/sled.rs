@@ -50,6 +50,8 @@ const TAG_SEALED_KEY: u8 = b'K';
 const TAG_SEALED_BYTES: u8 = b'Q';
 const TAG_PAIRING: u8 = b'P';
 const TAG_RECOVERY: u8 = b'V';
+/// `account ‖ W ‖ device` → the device's push-gateway token (docs/PROTOCOL.md §12.1).
+const TAG_PUSH_TARGET: u8 = b'W';
 
 const ACCOUNT_LEN: usize = AccountId::LEN;
 const DEVICE_LEN: usize = DeviceId::LEN;
@@ -859,6 +861,36 @@ impl Store for SledStore {
                 .map(Some)
                 .map_err(|_| StoreError::Corrupt("recovery lookup id index")),
         }
+    }
+
+    fn put_push_target(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        token: &[u8],
+    ) -> Result<(), StoreError> {
+        self.accounts
+            .insert(key(account, TAG_PUSH_TARGET, &[device.as_bytes()]), token)?;
+        Ok(())
+    }
+
+    fn remove_push_target(&self, account: &AccountId, device: &DeviceId) -> Result<(), StoreError> {
+        self.accounts
+            .remove(key(account, TAG_PUSH_TARGET, &[device.as_bytes()]))?;
+        Ok(())
+    }
+
+    fn push_targets(&self, account: &AccountId) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
+        let prefix = key(account, TAG_PUSH_TARGET, &[]);
+        self.accounts
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                let device = DeviceId::from_slice(&k[prefix.len()..])
+                    .map_err(|_| StoreError::Corrupt("push target key"))?;
+                Ok((device, v.to_vec()))
+            })
+            .collect()
     }
 
     fn add_registration_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
