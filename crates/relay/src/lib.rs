@@ -65,6 +65,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Limits, RegistrationMode, RelayConfig, Settings};
 pub use error::{RelayError, RequestError};
+pub use handlers::push::MAX_PUSHES_IN_FLIGHT;
 pub use server::{MemoryCounts, Relay, RelayHandle};
 
 /// Where the database lives inside the data directory.

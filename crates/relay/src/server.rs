@@ -617,6 +617,8 @@ async fn request_stream(
     let max = shared.config.limits.max_frame_bytes;
     let deadline = shared.config.limits.request_timeout;
     let refuse = |code, message: &'static str| RequestError::new(code, message);
+    // This stream's place among the connection's: pipelined pushes are appended in it.
+    let mut turn = Some(conn.push_order.turn(recv.id().index()));
     // A peer that keeps its connection alive must still finish its request in time: a stalled
     // or trickling frame would otherwise hold this task and a stream slot forever.
     let Ok(read) = tokio::time::timeout(deadline, read_request(shared, conn, &mut recv, max)).await
@@ -644,6 +646,9 @@ async fn request_stream(
         // The transport failed (or a read error this release does not know): nothing to answer.
         Err(_) => return,
     };
+    if !matches!(request, Ok(Decoded::Push(_))) {
+        turn = None;
+    }
     let result = match request {
         Err(err) => {
             // A bad frame: answer, and stop reading whatever else the peer sends on it. A
@@ -663,7 +668,9 @@ async fn request_stream(
             }
             Err(err)
         }
-        Ok(Decoded::Push(push)) => handlers::push::handle(shared, conn, push).await.map(Some),
+        Ok(Decoded::Push(push)) => handlers::push::handle_ordered(shared, conn, push, turn.take())
+            .await
+            .map(Some),
         Ok(Decoded::Other(Request { kind: None })) => {
             Err(refuse(ErrorCode::Malformed, "empty request"))
         }
