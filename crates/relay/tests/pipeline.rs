@@ -244,6 +244,7 @@ async fn a_push_beyond_the_window_is_refused_with_a_typed_error_and_nothing_is_l
             .await
             .unwrap()
             .unwrap();
+        // Admitted although the window is full: every push in it waits for this one.
         assert_eq!(refusal(&body), None, "the held push is acknowledged");
         for (seq, request) in later {
             let body = request.answer().await.unwrap();

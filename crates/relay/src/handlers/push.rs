@@ -22,7 +22,8 @@
 //! and only then decides `SEQ_GAP`. Appends therefore happen in stream order, each push waits
 //! for its own group commit, and since a commit covers every write made before it started, an
 //! ack means the pushes before it are durable too. One more push than the window is refused
-//! with `PUSH_WINDOW_FULL` before it is buffered further or waits.
+//! with `PUSH_WINDOW_FULL` before it waits or is stored, unless every stream opened before it
+//! has passed (it waits for nothing, and the pushes in the window may be waiting for it).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -98,10 +99,12 @@ impl PushOrder {
         });
     }
 
-    /// Counts a push in flight until the slot is dropped; refuses one past the window.
-    fn enter(&self) -> Result<InFlight<'_>, RequestError> {
+    /// Counts a push in flight until the slot is dropped; refuses one past the window, unless
+    /// it is `next` (every stream opened before it has passed: it waits for nothing, and the
+    /// pushes that wait may be waiting for it).
+    fn enter(&self, next: bool) -> Result<InFlight<'_>, RequestError> {
         let mut state = crate::state::lock(&self.state);
-        if state.in_flight >= MAX_PUSHES_IN_FLIGHT {
+        if state.in_flight >= MAX_PUSHES_IN_FLIGHT && !next {
             return Err(RequestError::new(
                 ErrorCode::PushWindowFull,
                 format!("at most {MAX_PUSHES_IN_FLIGHT} pushes in flight per connection"),
@@ -166,7 +169,8 @@ pub(crate) async fn handle_ordered(
     turn: Option<Turn<'_>>,
 ) -> Reply {
     let (account, device) = authorized(shared, conn)?;
-    let _in_flight = conn.push_order.enter()?;
+    let next = turn.as_ref().is_some_and(|t| !t.earlier_pending());
+    let _in_flight = conn.push_order.enter(next)?;
     let limits = &shared.config.limits;
     let envelopes = req.envelopes;
     if envelopes.is_empty() {
