@@ -452,7 +452,9 @@ async fn write_frame(
 /// A request sent with [`RelayConnection::send`], in flight until its answer is taken;
 /// abandoned when dropped.
 #[derive(Debug)]
-pub struct InFlight(tokio::task::JoinHandle<Result<Result<response::Kind, NetError>, tokio::time::error::Elapsed>>);
+pub struct InFlight(
+    tokio::task::JoinHandle<Result<Result<response::Kind, NetError>, tokio::time::error::Elapsed>>,
+);
 
 impl InFlight {
     /// Waits for the answer (at most [`REQUEST_TIMEOUT`] after the request was sent).

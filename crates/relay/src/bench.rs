@@ -410,7 +410,9 @@ async fn push_round(
             let mut frames = pushes.into_iter().enumerate().peekable();
             loop {
                 while in_flight.len() < window.max(1) {
-                    let Some((b, frame)) = frames.next() else { break };
+                    let Some((b, frame)) = frames.next() else {
+                        break;
+                    };
                     if let (Some(iv), Some(offset)) = (interval, offset) {
                         let due = start + offset + iv * b as u32;
                         tokio::time::sleep_until(due.into()).await;
@@ -495,7 +497,16 @@ async fn abuse_rounds(
         .map(|pushes| pushes.split_off(pushes.len() / 2))
         .collect();
     println!("round 1: honest devices alone");
-    let alone = push_round(devices, prepared, interval, args.batch, args.window, true, relay_pid).await?;
+    let alone = push_round(
+        devices,
+        prepared,
+        interval,
+        args.batch,
+        args.window,
+        true,
+        relay_pid,
+    )
+    .await?;
     let plan = abuse::Abuse {
         idle: args.abuse_idle,
         stalled: args.abuse_stalled,
@@ -514,7 +525,16 @@ async fn abuse_rounds(
         plan.stalled,
         plan.flooders
     );
-    let abused = push_round(devices, second, interval, args.batch, args.window, true, relay_pid).await?;
+    let abused = push_round(
+        devices,
+        second,
+        interval,
+        args.batch,
+        args.window,
+        true,
+        relay_pid,
+    )
+    .await?;
     abuse::stop(&stats);
     println!(
         "abuser: {} idle connections open at the end, {} connections refused or closed, {} \
@@ -637,7 +657,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     // Pull.
     let meter = Meter::start(relay_pid);
     let mut tasks = Vec::new();
-    let (window, page, envelopes) = (args.pull_window.max(1), args.pull_page.max(1), args.envelopes);
+    let (window, page, envelopes) = (
+        args.pull_window.max(1),
+        args.pull_page.max(1),
+        args.envelopes,
+    );
     for device in devices.iter().cloned() {
         tasks.push(tokio::spawn(async move {
             let id = device.key.device_id().as_bytes().to_vec();
@@ -652,12 +676,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let (mut count, mut bytes) = (0u64, 0u64);
             loop {
                 while in_flight.len() < window {
-                    let Some((after, want)) = ranges.pop_front() else { break };
+                    let Some((after, want)) = ranges.pop_front() else {
+                        break;
+                    };
                     let cursor = proto::Cursor {
                         device_id: id.clone(),
                         after_seq: after,
                     };
-                    let request = device.client.send_pull(vec![cursor], want as u32, 0).await?;
+                    let request = device
+                        .client
+                        .send_pull(vec![cursor], want as u32, 0)
+                        .await?;
                     in_flight.push_back((after, want, request));
                 }
                 let Some((after, want, request)) = in_flight.pop_front() else {
@@ -670,7 +699,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 }
                 for (i, e) in page.envelopes.iter().enumerate() {
                     if e.seq != after + 1 + i as u64 {
-                        bail!("envelope {} served where {} was due", e.seq, after + 1 + i as u64);
+                        bail!(
+                            "envelope {} served where {} was due",
+                            e.seq,
+                            after + 1 + i as u64
+                        );
                     }
                     bytes += e.envelope.len() as u64;
                 }

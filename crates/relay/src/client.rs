@@ -270,7 +270,10 @@ impl RelayClient {
         max_envelopes: u32,
         max_bytes: u32,
     ) -> Result<wire::PullResponse, ClientError> {
-        pull_page(self.call_frame(pull_frame(cursors, max_envelopes, max_bytes)).await?)
+        pull_page(
+            self.call_frame(pull_frame(cursors, max_envelopes, max_bytes))
+                .await?,
+        )
     }
 
     /// [`RelayClient::pull_shared`] sent now, answered in the background: see

@@ -63,12 +63,13 @@ fn refusal(body: &Bytes) -> Option<ErrorCode> {
     }
 }
 
-async fn relay_on_faulty_store() -> (kith_relay::RelayHandle, Arc<FaultyStore>, tempfile::TempDir)
-{
+async fn relay_on_faulty_store() -> (kith_relay::RelayHandle, Arc<FaultyStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = RelayConfig::for_tests(dir.path());
     let store = Arc::new(FaultyStore::new(Relay::open_store(&config).unwrap()));
-    let handle = Relay::start_with_store(config, store.clone()).await.unwrap();
+    let handle = Relay::start_with_store(config, store.clone())
+        .await
+        .unwrap();
     (handle, store, dir)
 }
 

@@ -75,10 +75,7 @@ impl Default for PushOrder {
 impl PushOrder {
     /// The ordering token of the stream with QUIC index `index`: it passes when dropped.
     pub(crate) fn turn(&self, index: u64) -> Turn<'_> {
-        Turn {
-            order: self,
-            index,
-        }
+        Turn { order: self, index }
     }
 
     fn pass(&self, index: u64) {
