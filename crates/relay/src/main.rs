@@ -84,7 +84,7 @@ enum Command {
         to: String,
     },
     /// Load test: start a relay (or use --relay), push and pull through real QUIC connections.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Online backup of a running relay into DIR (a new directory): writes wait while the
     /// store is flushed and copied; DIR can then be served as a data directory.
     Backup {
@@ -136,7 +136,7 @@ async fn main() -> ExitCode {
             .await
             .map(|()| println!("Backup written to {}", dir.display()))
             .map_err(|e| anyhow::anyhow!("backup failed: {e}")),
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
