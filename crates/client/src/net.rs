@@ -235,6 +235,7 @@ impl NetError {
                     | proto::ErrorCode::RateLimited
                     | proto::ErrorCode::ShuttingDown
                     | proto::ErrorCode::DeviceFenced
+                    | proto::ErrorCode::PushWindowFull
             ),
             _ => false,
         }
@@ -357,6 +358,26 @@ impl RelayConnection {
         tokio::time::timeout(timeout, self.request_inner(kind))
             .await
             .map_err(|_| NetError::Timeout)?
+    }
+
+    /// Opens the request's stream now and sends and answers it in the background: several
+    /// requests sent one after another are in flight at once, their streams opened in the
+    /// order of the calls (the order in which the relay appends pipelined pushes,
+    /// docs/PROTOCOL.md §12). [`InFlight::answer`] waits for the answer; dropping the
+    /// [`InFlight`] abandons the request.
+    pub async fn send(&self, kind: request::Kind) -> Result<InFlight, NetError> {
+        let (mut send, mut recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| NetError::connection(&e))?;
+        let task = tokio::spawn(tokio::time::timeout(REQUEST_TIMEOUT, async move {
+            write_frame(&mut send, &proto::Request { kind: Some(kind) }).await?;
+            send.finish().map_err(|e| NetError::connection(&e))?;
+            let response = read_response(&mut recv).await?;
+            response.ok_or_else(|| NetError::Connection("stream closed without an answer".into()))
+        }));
+        Ok(InFlight(task))
     }
 
     async fn request_inner(&self, kind: request::Kind) -> Result<response::Kind, NetError> {
@@ -523,6 +544,30 @@ async fn write_frame(
     kith_net::write_frame(send, kith_net::encode_frame(message).into())
         .await
         .map_err(|e| NetError::connection(&e))
+}
+
+/// A request sent with [`RelayConnection::send`], in flight until its answer is taken;
+/// abandoned when dropped.
+#[derive(Debug)]
+pub struct InFlight(
+    tokio::task::JoinHandle<Result<Result<response::Kind, NetError>, tokio::time::error::Elapsed>>,
+);
+
+impl InFlight {
+    /// Waits for the answer (at most [`REQUEST_TIMEOUT`] after the request was sent).
+    pub async fn answer(mut self) -> Result<response::Kind, NetError> {
+        match (&mut self.0).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Timeout),
+            Err(join) => Err(NetError::Connection(format!("request task ended: {join}"))),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads one response frame; `Ok(None)` at a clean end of stream. Relay errors become

@@ -30,6 +30,10 @@ const BYTES_PER_ENVELOPE: usize = 512 * 1024;
 const ENVELOPES_PER_PUSH: usize = 64;
 /// Envelope bytes per push request.
 const BYTES_PER_PUSH: usize = 2 * 1024 * 1024;
+/// Pushes in flight at once (the relay accepts up to `kith_relay`'s window of 32 per
+/// connection): enough to cover a round trip and a group commit on a fast link, few enough
+/// that a failure abandons little.
+pub(crate) const PUSHES_IN_FLIGHT: usize = 4;
 /// Envelopes asked for per pull page.
 const ENVELOPES_PER_PULL: u32 = 256;
 /// Encoded record bytes per snapshot envelope (a snapshot spans as many envelopes as needed).
@@ -494,37 +498,36 @@ impl Device {
 
     /// Pushes every outbox envelope; removes them once acknowledged. Idempotent: an envelope
     /// whose acknowledgement was lost is sent again and acknowledged again.
+    ///
+    /// Up to [`PUSHES_IN_FLIGHT`] pushes are in flight at once, their streams opened in seq
+    /// order (the relay appends them in that order, docs/PROTOCOL.md §12); their answers are
+    /// taken in the same order, so envelopes leave the outbox in order, and the first failure
+    /// stops the rest (abandoned; the next sync sends whatever was not acknowledged again).
     pub(crate) async fn push_outbox(&self, connection: &RelayConnection) -> Result<usize> {
         let store = &self.inner.store;
         if store.is_empty(TreeName::Outbox)? {
             return Ok(0);
         }
         store.flush().await?;
+        let mut outbox = store.scan(TreeName::Outbox).peekable();
+        let mut in_flight = std::collections::VecDeque::with_capacity(PUSHES_IN_FLIGHT);
         let mut pushed = 0;
         loop {
-            let mut batch = Vec::new();
-            let mut last_seq = 0;
-            let mut batch_bytes = 0;
-            for item in store.scan(TreeName::Outbox) {
-                let (key, envelope) = item?;
-                // Stay well inside the relay's frame limit (4 MiB by default).
-                if !batch.is_empty()
-                    && (batch.len() >= ENVELOPES_PER_PUSH
-                        || batch_bytes + envelope.len() > BYTES_PER_PUSH)
-                {
+            while in_flight.len() < PUSHES_IN_FLIGHT {
+                let (batch, last_seq) = next_push_batch(&mut outbox)?;
+                if batch.is_empty() {
                     break;
                 }
-                batch_bytes += envelope.len();
-                batch.push(envelope);
-                last_seq = u64::from_be_bytes(key.as_slice().try_into().unwrap_or_default());
+                let count = batch.len();
+                let request = connection
+                    .send(request::Kind::Push(proto::Push { envelopes: batch }))
+                    .await?;
+                in_flight.push_back((last_seq, count, request));
             }
-            if batch.is_empty() {
+            let Some((last_seq, count, request)) = in_flight.pop_front() else {
                 break;
-            }
-            let count = batch.len();
-            let answer = connection
-                .request(request::Kind::Push(proto::Push { envelopes: batch }))
-                .await?;
+            };
+            let answer = request.answer().await?;
             let response::Kind::PushAck(ack) = answer else {
                 return Err(crate::net::NetError::Protocol("expected a push ack".into()).into());
             };
@@ -616,34 +619,45 @@ impl Device {
         // Each page's records and cursors are written while the next page is fetched, opened
         // and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
+        // The next page is asked for as soon as a page arrives, from where that page ends,
+        // and used only if the page verified and merged exactly as served (the cursors then
+        // are the ones it was asked with); otherwise it is abandoned and asked for again.
+        let mut prefetched: Option<(BTreeMap<DeviceId, u64>, crate::net::InFlight)> = None;
         loop {
-            let mut cursors: Vec<proto::Cursor> = verifiers
+            let mut cursors: BTreeMap<DeviceId, u64> = verifiers
                 .iter()
-                .map(|(device, v)| proto::Cursor {
-                    device_id: device.as_bytes().to_vec(),
-                    after_seq: if ended.contains(device) {
+                .map(|(device, v)| {
+                    let after = if ended.contains(device) {
                         u64::MAX
                     } else {
                         v.last_seq()
-                    },
+                    };
+                    (*device, after)
                 })
                 .collect();
             // This device's own stream is never pulled (a device absent from the cursors would
             // be served from seq 1, filling pages with envelopes it skips).
-            cursors.push(proto::Cursor {
-                device_id: self.inner.device_id.as_bytes().to_vec(),
-                after_seq: u64::MAX,
-            });
-            let answer = connection
-                .request(request::Kind::Pull(proto::Pull {
-                    cursors,
-                    max_envelopes: ENVELOPES_PER_PULL,
-                    max_bytes: 0,
-                }))
-                .await?;
+            cursors.insert(self.inner.device_id, u64::MAX);
+            let answer = match prefetched.take() {
+                Some((asked, request)) if asked == cursors => request.answer().await?,
+                _ => connection.request(pull_request(&cursors)).await?,
+            };
             let response::Kind::Pull(page) = answer else {
                 return Err(crate::net::NetError::Protocol("expected a pull page".into()).into());
             };
+            if page.more {
+                let mut next = cursors.clone();
+                for stored in &page.envelopes {
+                    if let Ok(device) = DeviceId::from_slice(&stored.device_id) {
+                        let after = next.entry(device).or_insert(0);
+                        if *after != u64::MAX {
+                            *after = (*after).max(stored.seq);
+                        }
+                    }
+                }
+                let request = connection.send(pull_request(&next)).await?;
+                prefetched = Some((next, request));
+            }
             let first_seqs: HashMap<DeviceId, u64> = page
                 .streams
                 .iter()
@@ -1200,6 +1214,53 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A pull of the page after `cursors` (one per stream, `u64::MAX` for a stream not wanted).
+fn pull_request(cursors: &BTreeMap<DeviceId, u64>) -> request::Kind {
+    request::Kind::Pull(proto::Pull {
+        cursors: cursors
+            .iter()
+            .map(|(device, after)| proto::Cursor {
+                device_id: device.as_bytes().to_vec(),
+                after_seq: *after,
+            })
+            .collect(),
+        max_envelopes: ENVELOPES_PER_PULL,
+        max_bytes: 0,
+    })
+}
+
+/// The next push's envelopes from the outbox scan, bounded by [`ENVELOPES_PER_PUSH`] and
+/// [`BYTES_PER_PUSH`] (at least one envelope), and the seq of its last: empty at the end.
+fn next_push_batch(
+    outbox: &mut std::iter::Peekable<
+        impl Iterator<Item = std::result::Result<crate::store::Entry, crate::store::LocalStoreError>>,
+    >,
+) -> Result<(Vec<Vec<u8>>, u64)> {
+    let mut batch = Vec::new();
+    let mut last_seq = 0;
+    let mut batch_bytes = 0;
+    while let Some(item) = outbox.peek() {
+        // Stay well inside the relay's frame limit (4 MiB by default).
+        let fits = match item {
+            Ok((_, envelope)) => {
+                batch.is_empty()
+                    || (batch.len() < ENVELOPES_PER_PUSH
+                        && batch_bytes + envelope.len() <= BYTES_PER_PUSH)
+            }
+            Err(_) => true,
+        };
+        if !fits {
+            break;
+        }
+        let Some(item) = outbox.next() else { break };
+        let (key, envelope) = item?;
+        batch_bytes += envelope.len();
+        batch.push(envelope);
+        last_seq = u64::from_be_bytes(key.as_slice().try_into().unwrap_or_default());
+    }
+    Ok((batch, last_seq))
 }
 
 async fn usage(connection: &RelayConnection) -> Result<proto::Usage> {

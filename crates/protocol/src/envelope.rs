@@ -369,6 +369,14 @@ fn split_envelope(bytes: &[u8]) -> Result<Framing<'_>, EnvelopeError> {
 
 /// Decodes and validates header bytes (at most [`MAX_HEADER_BYTES`]).
 fn decode_header(header: &[u8]) -> Result<(HeaderView, [u8; NONCE_LEN]), EnvelopeError> {
+    // The fast path reads a canonical header in place (no allocation, no re-encoding): what
+    // every honest writer produces. Anything else takes the path below, which decides the
+    // error exactly as before.
+    if let Some(raw) = read_canonical_header(header)
+        && raw.format_version == FORMAT_VERSION
+    {
+        return header_view(&raw);
+    }
     let decoded =
         proto::EnvelopeHeader::decode(header).map_err(|_| EnvelopeError::MalformedHeader {
             what: "not an EnvelopeHeader",
@@ -384,22 +392,122 @@ fn decode_header(header: &[u8]) -> Result<(HeaderView, [u8; NONCE_LEN]), Envelop
             what: "not canonically encoded",
         });
     }
+    header_view(&RawHeader {
+        format_version: decoded.format_version,
+        account_id: &decoded.account_id,
+        device_id: &decoded.device_id,
+        seq: decoded.seq,
+        epoch: decoded.epoch,
+        prev_hash: &decoded.prev_hash,
+        kind: decoded.kind,
+        nonce: &decoded.nonce,
+    })
+}
+
+/// The fields of an `EnvelopeHeader`, borrowed from its encoding.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RawHeader<'a> {
+    format_version: u32,
+    account_id: &'a [u8],
+    device_id: &'a [u8],
+    seq: u64,
+    epoch: u64,
+    prev_hash: &'a [u8],
+    kind: i32,
+    nonce: &'a [u8],
+}
+
+/// Reads `header` if it is exactly the encoding prost writes for its fields (ascending field
+/// numbers, each at most once, no default value written, minimal varints, values in range):
+/// then decoding and re-encoding it would give the same bytes. `None` for anything else
+/// (which may still decode, or be an error: the caller decides on the slow path).
+fn read_canonical_header(mut bytes: &[u8]) -> Option<RawHeader<'_>> {
+    let mut raw = RawHeader::default();
+    let mut last_field = 0;
+    while !bytes.is_empty() {
+        let key = read_minimal_varint(&mut bytes)?;
+        let (field, wire_type) = (key >> 3, key & 7);
+        if field <= last_field {
+            return None;
+        }
+        last_field = field;
+        match (field, wire_type) {
+            (1 | 4 | 5 | 7, 0) => {
+                let value = read_minimal_varint(&mut bytes)?;
+                if value == 0 {
+                    return None;
+                }
+                match field {
+                    1 => raw.format_version = u32::try_from(value).ok()?,
+                    4 => raw.seq = value,
+                    5 => raw.epoch = value,
+                    _ => {
+                        // An int32 is written sign-extended to 64 bits.
+                        let kind = value as i32;
+                        if i64::from(kind) as u64 != value {
+                            return None;
+                        }
+                        raw.kind = kind;
+                    }
+                }
+            }
+            (2 | 3 | 6 | 8, 2) => {
+                let len = usize::try_from(read_minimal_varint(&mut bytes)?).ok()?;
+                if len == 0 || len > bytes.len() {
+                    return None;
+                }
+                let (value, rest) = bytes.split_at(len);
+                bytes = rest;
+                match field {
+                    2 => raw.account_id = value,
+                    3 => raw.device_id = value,
+                    6 => raw.prev_hash = value,
+                    _ => raw.nonce = value,
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(raw)
+}
+
+/// A varint of at most 10 bytes in its shortest form (no trailing zero byte), or `None`.
+fn read_minimal_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        if i == 9 && byte > 1 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if i > 0 && byte == 0 {
+                return None;
+            }
+            *bytes = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Checks the fields of a decoded header and builds its view.
+fn header_view(raw: &RawHeader<'_>) -> Result<(HeaderView, [u8; NONCE_LEN]), EnvelopeError> {
     let field = |what| EnvelopeError::MalformedHeader { what };
-    let account_id = AccountId::from_slice(&decoded.account_id)
-        .map_err(|_| field("account_id must be 32 bytes"))?;
-    let device_id = DeviceId::from_slice(&decoded.device_id)
-        .map_err(|_| field("device_id must be 16 bytes"))?;
+    let account_id =
+        AccountId::from_slice(raw.account_id).map_err(|_| field("account_id must be 32 bytes"))?;
+    let device_id =
+        DeviceId::from_slice(raw.device_id).map_err(|_| field("device_id must be 16 bytes"))?;
     let prev_hash =
-        EnvelopeHash::from_slice(&decoded.prev_hash).ok_or(field("prev_hash must be 32 bytes"))?;
-    let nonce = <[u8; NONCE_LEN]>::try_from(decoded.nonce.as_slice())
-        .map_err(|_| field("nonce must be 24 bytes"))?;
-    check_position(decoded.seq, &prev_hash)?;
-    let kind = checked_kind(decoded.kind, device_id, decoded.seq)?;
+        EnvelopeHash::from_slice(raw.prev_hash).ok_or(field("prev_hash must be 32 bytes"))?;
+    let nonce =
+        <[u8; NONCE_LEN]>::try_from(raw.nonce).map_err(|_| field("nonce must be 24 bytes"))?;
+    check_position(raw.seq, &prev_hash)?;
+    let kind = checked_kind(raw.kind, device_id, raw.seq)?;
     let view = HeaderView {
         account_id,
         device_id,
-        seq: decoded.seq,
-        epoch: decoded.epoch,
+        seq: raw.seq,
+        epoch: raw.epoch,
         prev_hash,
         kind,
     };

@@ -42,6 +42,15 @@ pub struct BenchArgs {
     /// ~180 bytes of header, tag and signature)
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Pushes each device keeps in flight (acknowledged in order), as `kith-client` does
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Pull requests each device keeps in flight in the pull phase (pages of --pull-page)
+    #[arg(long, default_value_t = 4)]
+    pull_window: usize,
+    /// Envelopes per pull page in the pull phase
+    #[arg(long, default_value_t = 1000)]
+    pull_page: u32,
     /// Target total push rate in envelopes/s (0 = as fast as acks allow)
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -378,6 +387,7 @@ async fn push_round(
     prepared: Vec<Vec<Bytes>>,
     interval: Option<Duration>,
     batch: u64,
+    window: usize,
     pull_back: bool,
     relay_pid: Option<u32>,
 ) -> Result<RoundLatencies> {
@@ -394,13 +404,29 @@ async fn push_round(
             let id = device.key.device_id().as_bytes().to_vec();
             // Spread paced devices over the interval so they do not push in lockstep.
             let offset = interval.map(|iv| iv.mul_f64(i as f64 / 97.0 % 1.0));
-            for (b, frame) in pushes.into_iter().enumerate() {
-                if let (Some(iv), Some(offset)) = (interval, offset) {
-                    let due = start + offset + iv * b as u32;
-                    tokio::time::sleep_until(due.into()).await;
+            // Up to `window` pushes in flight, their streams opened in seq order, their
+            // acknowledgements taken in the same order (as `kith-client` does).
+            let mut in_flight = std::collections::VecDeque::with_capacity(window);
+            let mut frames = pushes.into_iter().enumerate().peekable();
+            loop {
+                while in_flight.len() < window.max(1) {
+                    let Some((b, frame)) = frames.next() else {
+                        break;
+                    };
+                    if let (Some(iv), Some(offset)) = (interval, offset) {
+                        let due = start + offset + iv * b as u32;
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    in_flight.push_back((Instant::now(), device.client.send_frame(frame).await?));
+                    if interval.is_some() {
+                        // Paced: the next push is due later; take what has been answered.
+                        break;
+                    }
                 }
-                let sent = Instant::now();
-                let last = device.client.push_frame(frame).await?;
+                let Some((sent, request)) = in_flight.pop_front() else {
+                    break;
+                };
+                let last = request.push_ack().await?;
                 push.push(sent.elapsed());
                 if let Some(batch) = pull_back {
                     let cursor = proto::Cursor {
@@ -471,7 +497,16 @@ async fn abuse_rounds(
         .map(|pushes| pushes.split_off(pushes.len() / 2))
         .collect();
     println!("round 1: honest devices alone");
-    let alone = push_round(devices, prepared, interval, args.batch, true, relay_pid).await?;
+    let alone = push_round(
+        devices,
+        prepared,
+        interval,
+        args.batch,
+        args.window,
+        true,
+        relay_pid,
+    )
+    .await?;
     let plan = abuse::Abuse {
         idle: args.abuse_idle,
         stalled: args.abuse_stalled,
@@ -490,7 +525,16 @@ async fn abuse_rounds(
         plan.stalled,
         plan.flooders
     );
-    let abused = push_round(devices, second, interval, args.batch, true, relay_pid).await?;
+    let abused = push_round(
+        devices,
+        second,
+        interval,
+        args.batch,
+        args.window,
+        true,
+        relay_pid,
+    )
+    .await?;
     abuse::stop(&stats);
     println!(
         "abuser: {} idle connections open at the end, {} connections refused or closed, {} \
@@ -598,30 +642,75 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.abuse {
         return abuse_rounds(&args, &devices, prepared, interval, addr, pin, relay_pid).await;
     }
-    push_round(&devices, prepared, interval, args.batch, false, relay_pid).await?;
+    push_round(
+        &devices,
+        prepared,
+        interval,
+        args.batch,
+        args.window,
+        false,
+        relay_pid,
+    )
+    .await?;
     print_rss(relay_pid, "after push");
     let total = args.devices as u64 * args.envelopes;
     // Pull.
     let meter = Meter::start(relay_pid);
     let mut tasks = Vec::new();
+    let (window, page, envelopes) = (
+        args.pull_window.max(1),
+        args.pull_page.max(1),
+        args.envelopes,
+    );
     for device in devices.iter().cloned() {
         tasks.push(tokio::spawn(async move {
             let id = device.key.device_id().as_bytes().to_vec();
-            let (mut after, mut count, mut bytes) = (0u64, 0u64, 0u64);
+            // Pages are asked for ahead, `window` at once, each from where the one before it
+            // will end (the tool knows how many envelopes each device pushed); a page cut short
+            // by the relay's byte bound is followed by a request for the rest.
+            let mut ranges: std::collections::VecDeque<(u64, u64)> = (0..envelopes)
+                .step_by(page as usize)
+                .map(|after| (after, (envelopes - after).min(u64::from(page))))
+                .collect();
+            let mut in_flight = std::collections::VecDeque::with_capacity(window);
+            let (mut count, mut bytes) = (0u64, 0u64);
             loop {
-                let cursor = proto::Cursor {
-                    device_id: id.clone(),
-                    after_seq: after,
+                while in_flight.len() < window {
+                    let Some((after, want)) = ranges.pop_front() else {
+                        break;
+                    };
+                    let cursor = proto::Cursor {
+                        device_id: id.clone(),
+                        after_seq: after,
+                    };
+                    let request = device
+                        .client
+                        .send_pull(vec![cursor], want as u32, 0)
+                        .await?;
+                    in_flight.push_back((after, want, request));
+                }
+                let Some((after, want, request)) = in_flight.pop_front() else {
+                    break;
                 };
-                let page = device.client.pull_shared(vec![cursor], 0, 0).await?;
-                for e in &page.envelopes {
-                    after = e.seq;
+                let page = request.pull_page().await?;
+                let served = page.envelopes.len() as u64;
+                if served == 0 || served > want {
+                    bail!("asked for {want} envelopes after {after}, got {served}");
+                }
+                for (i, e) in page.envelopes.iter().enumerate() {
+                    if e.seq != after + 1 + i as u64 {
+                        bail!(
+                            "envelope {} served where {} was due",
+                            e.seq,
+                            after + 1 + i as u64
+                        );
+                    }
                     bytes += e.envelope.len() as u64;
                 }
-                count += page.envelopes.len() as u64;
-                if !page.more {
-                    break;
+                if served < want {
+                    ranges.push_front((after + served, want - served));
                 }
+                count += served;
             }
             anyhow::Ok((count, bytes))
         }));

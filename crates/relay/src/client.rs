@@ -23,6 +23,98 @@ use crate::tls::{self, TlsError};
 use crate::wire;
 use kith_net::{ReadError, encode_frame, read_frame_bytes, read_message, write_message};
 
+/// A request sent by [`RelayClient::send_frame`], in flight until its answer is taken;
+/// abandoned when dropped.
+#[derive(Debug)]
+pub struct InFlight(tokio::task::JoinHandle<Result<Bytes, RelayClientError>>);
+
+impl InFlight {
+    /// The body of the response frame.
+    pub async fn answer(mut self) -> Result<Bytes, RelayClientError> {
+        (&mut self.0)
+            .await
+            .map_err(|_| RelayClientError::Unexpected("request task ended"))?
+    }
+
+    /// Whether the answer has arrived (or the request failed).
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// The acknowledged last seq of a push.
+    pub async fn push_ack(self) -> Result<u64, RelayClientError> {
+        push_ack(self.answer().await?)
+    }
+
+    /// The page of a pull.
+    pub async fn pull_page(self) -> Result<wire::PullResponse, RelayClientError> {
+        pull_page(self.answer().await?)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes one request frame on a fresh stream and reads the response frame's body.
+async fn exchange(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    frame: Bytes,
+) -> Result<Bytes, RelayClientError> {
+    // The relay may stop reading early (an oversized frame) and still answer: read the
+    // response even when the write fails.
+    let written = send.write_chunk(frame).await;
+    let _ = send.finish();
+    match read_frame_bytes(&mut recv, MAX_RESPONSE_BYTES, RESPONSE_PREALLOC).await {
+        Ok(Some(body)) => Ok(body),
+        Ok(None) => Err(match written {
+            Err(e) => RelayClientError::Frame(ReadError::Io(e.into())),
+            Ok(()) => RelayClientError::Unexpected("stream ended without a response"),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The acknowledged last seq in a push's response body.
+fn push_ack(body: Bytes) -> Result<u64, RelayClientError> {
+    match Response::decode(body)
+        .map_err(|e| RelayClientError::Frame(ReadError::Decode(e)))?
+        .kind
+    {
+        Some(response::Kind::PushAck(ack)) => Ok(ack.last_seq),
+        other => Err(refused(other)),
+    }
+}
+
+/// An encoded pull request frame.
+fn pull_frame(cursors: Vec<Cursor>, max_envelopes: u32, max_bytes: u32) -> Bytes {
+    let request = Request {
+        kind: Some(request::Kind::Pull(Pull {
+            cursors,
+            max_envelopes,
+            max_bytes,
+        })),
+    };
+    Bytes::from(encode_frame(&request))
+}
+
+/// A pull's response body, the page decoded without copying the envelopes.
+fn pull_page(body: Bytes) -> Result<wire::PullResponse, RelayClientError> {
+    let decode_error = |e| RelayClientError::Frame(ReadError::Decode(e));
+    match wire::pull_payload(&body) {
+        Some(payload) => wire::PullResponse::decode(payload).map_err(decode_error),
+        None => match Response::decode(body).map_err(decode_error)?.kind {
+            Some(response::Kind::Pull(_)) => Err(RelayClientError::Unexpected(
+                "pull page in an unusual encoding",
+            )),
+            other => Err(refused(other)),
+        },
+    }
+}
+
 /// Largest response frame the client accepts.
 pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
 /// Bytes reserved for a response before it arrives (a pull page of the default size fits).
@@ -157,32 +249,22 @@ impl RelayClient {
     /// Sends one encoded request frame (length prefix included) on a new stream, without
     /// copying it, and returns the body of the response frame.
     pub async fn call_frame(&self, frame: Bytes) -> Result<Bytes, RelayClientError> {
-        let (mut send, mut recv) = self.connection.open_bi().await?;
-        // The relay may stop reading early (an oversized frame) and still answer: read the
-        // response even when the write fails.
-        let written = send.write_chunk(frame).await;
-        let _ = send.finish();
-        match read_frame_bytes(&mut recv, MAX_RESPONSE_BYTES, RESPONSE_PREALLOC).await {
-            Ok(Some(body)) => Ok(body),
-            Ok(None) => Err(match written {
-                Err(e) => RelayClientError::Frame(ReadError::Io(e.into())),
-                Ok(()) => RelayClientError::Unexpected("stream ended without a response"),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        let (send, recv) = self.connection.open_bi().await?;
+        exchange(send, recv, frame).await
+    }
+
+    /// Opens a stream now and sends `frame` on it and reads the answer in the background:
+    /// requests sent one after another are in flight at once, their streams opened in the
+    /// order of the calls (what a pipelining device does, docs/PROTOCOL.md §12).
+    pub async fn send_frame(&self, frame: Bytes) -> Result<InFlight, RelayClientError> {
+        let (send, recv) = self.connection.open_bi().await?;
+        Ok(InFlight(tokio::spawn(exchange(send, recv, frame))))
     }
 
     /// Pushes a pre-encoded push request frame (see [`wire::push_frame`]); returns the
     /// acknowledged last seq.
     pub async fn push_frame(&self, frame: Bytes) -> Result<u64, RelayClientError> {
-        let body = self.call_frame(frame).await?;
-        match Response::decode(body)
-            .map_err(|e| RelayClientError::Frame(ReadError::Decode(e)))?
-            .kind
-        {
-            Some(response::Kind::PushAck(ack)) => Ok(ack.last_seq),
-            other => Err(refused(other)),
-        }
+        push_ack(self.call_frame(frame).await?)
     }
 
     /// Pulls one page, decoded without copying the envelopes out of the response frame.
@@ -192,24 +274,22 @@ impl RelayClient {
         max_envelopes: u32,
         max_bytes: u32,
     ) -> Result<wire::PullResponse, RelayClientError> {
-        let request = Request {
-            kind: Some(request::Kind::Pull(Pull {
-                cursors,
-                max_envelopes,
-                max_bytes,
-            })),
-        };
-        let body = self.call_frame(Bytes::from(encode_frame(&request))).await?;
-        let decode_error = |e| RelayClientError::Frame(ReadError::Decode(e));
-        match wire::pull_payload(&body) {
-            Some(payload) => wire::PullResponse::decode(payload).map_err(decode_error),
-            None => match Response::decode(body).map_err(decode_error)?.kind {
-                Some(response::Kind::Pull(_)) => Err(RelayClientError::Unexpected(
-                    "pull page in an unusual encoding",
-                )),
-                other => Err(refused(other)),
-            },
-        }
+        pull_page(
+            self.call_frame(pull_frame(cursors, max_envelopes, max_bytes))
+                .await?,
+        )
+    }
+
+    /// [`RelayClient::pull_shared`] sent now, answered in the background: see
+    /// [`RelayClient::send_frame`]; [`InFlight::pull_page`] takes the page.
+    pub async fn send_pull(
+        &self,
+        cursors: Vec<Cursor>,
+        max_envelopes: u32,
+        max_bytes: u32,
+    ) -> Result<InFlight, RelayClientError> {
+        self.send_frame(pull_frame(cursors, max_envelopes, max_bytes))
+            .await
     }
 
     /// Sends a request; an `Error` response becomes [`RelayClientError::Refused`].

@@ -68,6 +68,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Bounds, RegistrationMode, RelayConfig, Settings};
 pub use error::{RelayError, RequestError};
+pub use handlers::push::MAX_PUSHES_IN_FLIGHT;
 pub use server::{CertificateReloader, MemoryCounts, Relay, RelayHandle};
 
 /// Where the database lives inside the data directory.

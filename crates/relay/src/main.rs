@@ -128,7 +128,7 @@ enum Command {
         data: PathBuf,
     },
     /// Load test: start a relay (or use --relay), push and pull through real QUIC connections.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Online backup of a running relay into DIR (a new directory): writes wait while the
     /// store is flushed and copied; DIR can then be served as a data directory.
     Backup {
@@ -250,7 +250,7 @@ async fn run() -> ExitCode {
             .await
             .map(|()| println!("Backup written to {}", dir.display()))
             .map_err(|e| anyhow::anyhow!("backup failed: {e}")),
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
         Command::Pin { cert, data } => {
             print_pins(&cert.unwrap_or_else(|| data.join(kith_relay::tls::SELF_SIGNED_CERT)))
         }

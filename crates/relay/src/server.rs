@@ -690,6 +690,8 @@ async fn request_stream(
     let max = shared.config.bounds.max_frame_bytes;
     let deadline = shared.config.bounds.request_timeout;
     let refuse = |code, message: &'static str| RequestError::new(code, message);
+    // This stream's place among the connection's: pipelined pushes are appended in it.
+    let mut turn = Some(conn.push_order.turn(recv.id().index()));
     // A peer that keeps its connection alive must still finish its request in time: a stalled
     // or trickling frame would otherwise hold this task and a stream slot forever.
     let Ok(read) = tokio::time::timeout(deadline, read_request(shared, conn, &mut recv, max)).await
@@ -717,6 +719,9 @@ async fn request_stream(
         // The transport failed (or a read error this release does not know): nothing to answer.
         Err(_) => return,
     };
+    if !matches!(request, Ok(handlers::Command::Push(_))) {
+        turn = None;
+    }
     let result = match request {
         Err(err) => {
             // A bad frame: answer, and stop reading whatever else the peer sends on it. A
@@ -737,7 +742,9 @@ async fn request_stream(
             }
             Err(err)
         }
-        Ok(command) => handlers::dispatch(shared, conn, command, &mut send, deadline).await,
+        Ok(command) => {
+            handlers::dispatch(shared, conn, command, &mut send, deadline, turn.take()).await
+        }
     };
     drop(reservation);
     let mut shutting_down = false;

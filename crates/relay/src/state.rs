@@ -701,6 +701,8 @@ pub(crate) struct Conn {
     activity: Mutex<(usize, Instant)>,
     /// Frames refused as too large or undecodable on this connection.
     pub bad_frames: AtomicUsize,
+    /// The order of this connection's request streams, for pipelined pushes.
+    pub push_order: crate::handlers::push::PushOrder,
     _live: Live,
 }
 
@@ -714,6 +716,7 @@ impl Conn {
             frame_budget: Arc::new(Semaphore::new(max_frame_bytes as usize)),
             activity: Mutex::new((0, Instant::now())),
             bad_frames: AtomicUsize::new(0),
+            push_order: Default::default(),
             _live: live.connections.enter(),
         }
     }

@@ -468,6 +468,72 @@ fn batch_verification_names_the_first_bad_envelope() {
     );
 }
 
+/// The canonical fast path reads exactly the headers prost re-encodes identically, with
+/// the same fields: never accepts a non-canonical header, never misreads one.
+fn fast_path_agrees(bytes: &[u8]) {
+    let slow = proto::EnvelopeHeader::decode(bytes)
+        .ok()
+        .filter(|h| h.encode_to_vec() == bytes);
+    match (read_canonical_header(bytes), slow) {
+        (Some(raw), Some(h)) => {
+            assert_eq!(raw.format_version, h.format_version);
+            assert_eq!(raw.account_id, &h.account_id[..]);
+            assert_eq!(raw.device_id, &h.device_id[..]);
+            assert_eq!((raw.seq, raw.epoch, raw.kind), (h.seq, h.epoch, h.kind));
+            assert_eq!(raw.prev_hash, &h.prev_hash[..]);
+            assert_eq!(raw.nonce, &h.nonce[..]);
+        }
+        (None, None) => {}
+        (fast, slow) => panic!("fast {fast:?}, slow {slow:?} for {bytes:02x?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn the_canonical_header_fast_path_matches_prost(
+        version in prop_oneof![Just(0u32), Just(1), any::<u32>()],
+        account in prop::collection::vec(any::<u8>(), 0..40),
+        device in prop::collection::vec(any::<u8>(), 0..20),
+        seq in prop_oneof![Just(0u64), 1..1000u64, any::<u64>()],
+        epoch in prop_oneof![Just(0u64), any::<u64>()],
+        prev in prop::collection::vec(any::<u8>(), 0..40),
+        kind in prop_oneof![Just(0i32), 1..3i32, any::<i32>()],
+        nonce in prop::collection::vec(any::<u8>(), 0..30),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 0..3),
+    ) {
+        let header = proto::EnvelopeHeader {
+            format_version: version,
+            account_id: account,
+            device_id: device,
+            seq,
+            epoch,
+            prev_hash: prev,
+            kind,
+            nonce,
+        }
+        .encode_to_vec();
+        fast_path_agrees(&header);
+        // Mutations: a byte changed, inserted or removed.
+        let mut mutated = header.clone();
+        for (at, byte, how) in edits {
+            if mutated.is_empty() {
+                mutated.push(byte);
+                continue;
+            }
+            let i = at.index(mutated.len());
+            match how {
+                0 => mutated[i] = byte,
+                1 => mutated.insert(i, byte),
+                _ => {
+                    mutated.remove(i);
+                }
+            }
+        }
+        fast_path_agrees(&mutated);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

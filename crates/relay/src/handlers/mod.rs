@@ -237,6 +237,7 @@ pub(crate) async fn dispatch(
     command: Command,
     send: &mut quinn::SendStream,
     deadline: Duration,
+    turn: Option<push::Turn<'_>>,
 ) -> Reply {
     let kind = command.name();
     let started = Instant::now();
@@ -247,7 +248,7 @@ pub(crate) async fn dispatch(
         )),
         _ => None,
     };
-    let reply = route(shared, conn, command, send, deadline).await;
+    let reply = route(shared, conn, command, send, deadline, turn).await;
     shared.metrics.request(kind, &reply);
     if let (Some((envelopes, bytes)), Ok(_)) = (pushed, &reply) {
         shared
@@ -264,6 +265,7 @@ async fn route(
     command: Command,
     send: &mut quinn::SendStream,
     deadline: Duration,
+    turn: Option<push::Turn<'_>>,
 ) -> Reply {
     let _writing = match command.writes() {
         true => Some(shared.write_barrier.read().await),
@@ -275,7 +277,7 @@ async fn route(
         Command::CreateAccount(req) => create_account::handle(shared, conn, req).await,
         Command::PutRoster(req) => roster::put(shared, conn, req).await,
         Command::GetRoster => roster::get(shared, conn).await,
-        Command::Push(req) => push::handle(shared, conn, req).await,
+        Command::Push(req) => push::handle_ordered(shared, conn, req, turn).await,
         Command::Pull(req) => pull::handle(shared, conn, req).await,
         Command::Subscribe => subscribe::run(shared, conn, send, deadline)
             .await

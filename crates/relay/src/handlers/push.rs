@@ -13,8 +13,21 @@
 //! `handlers::roster`); a removed device with `DEVICE_REMOVED`, under the same lock that swaps
 //! the roster, so nothing is stored past a removed device's `final_seq`.
 //! Signatures are the clients' to check: the relay cannot forge or read, only order and store.
+//!
+//! Pipelining (docs/PROTOCOL.md §12, "Pipelined pushes"): a device may keep up to
+//! [`MAX_PUSHES_IN_FLIGHT`] pushes in flight on one connection, each on its own stream, opened
+//! in seq order. Their frames may arrive, and their tasks run, in any order; a push that finds a
+//! gap before its first seq waits until every stream its connection opened before it has passed
+//! its ordering point (a push: its append, or its refusal; any other request: its decoding),
+//! and only then decides `SEQ_GAP`. Appends therefore happen in stream order, each push waits
+//! for its own group commit, and since a commit covers every write made before it started, an
+//! ack means the pushes before it are durable too. One more push than the window is refused
+//! with `PUSH_WINDOW_FULL` before it waits or is stored, unless every stream opened before it
+//! has passed (it waits for nothing, and the pushes in the window may be waiting for it).
 
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kith_protocol::proto::{ErrorCode, PayloadKind, PushAck, response};
@@ -26,8 +39,131 @@ use crate::store::{StoreError, StreamMeta};
 use crate::wire::Push;
 use kith_protocol::envelope::peek_header;
 
-pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
+/// Pushes one connection may have between decoding and answer (the window of a pipelining
+/// device; `kith-client` keeps 4). One more is `PUSH_WINDOW_FULL`. Below the streams a
+/// connection may open (`max_streams_per_connection`, 32), so that a connection can still
+/// pull, subscribe and be answered while its window is full.
+pub const MAX_PUSHES_IN_FLIGHT: usize = 16;
+
+/// The order of one connection's request streams, as far as pushes need it: which streams
+/// (by QUIC stream index, the order the peer opened them in) have passed their ordering point,
+/// and how many pushes are in flight. Bounded by the streams in flight (quinn's stream limit).
+#[derive(Debug)]
+pub(crate) struct PushOrder {
+    state: Mutex<OrderState>,
+    /// Every stream index below this one has passed its ordering point.
+    low: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct OrderState {
+    /// Indexes at or above `low` that have passed.
+    passed: BTreeSet<u64>,
+    /// Pushes decoded and not yet answered.
+    in_flight: usize,
+}
+
+impl Default for PushOrder {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(OrderState::default()),
+            low: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl PushOrder {
+    /// The ordering token of the stream with QUIC index `index`: it passes when dropped.
+    pub(crate) fn turn(&self, index: u64) -> Turn<'_> {
+        Turn { order: self, index }
+    }
+
+    fn pass(&self, index: u64) {
+        let mut state = crate::state::lock(&self.state);
+        let mut low = *self.low.borrow();
+        if index < low {
+            return;
+        }
+        state.passed.insert(index);
+        while state.passed.remove(&low) {
+            low += 1;
+        }
+        drop(state);
+        self.low.send_if_modified(|at| {
+            let moved = *at != low;
+            *at = low;
+            moved
+        });
+    }
+
+    /// Counts a push in flight until the slot is dropped; refuses one past the window, unless
+    /// it is `next` (every stream opened before it has passed: it waits for nothing, and the
+    /// pushes that wait may be waiting for it).
+    fn enter(&self, next: bool) -> Result<InFlight<'_>, RequestError> {
+        let mut state = crate::state::lock(&self.state);
+        if state.in_flight >= MAX_PUSHES_IN_FLIGHT && !next {
+            return Err(RequestError::new(
+                ErrorCode::PushWindowFull,
+                format!("at most {MAX_PUSHES_IN_FLIGHT} pushes in flight per connection"),
+            ));
+        }
+        state.in_flight += 1;
+        Ok(InFlight(self))
+    }
+}
+
+/// A push counted in its connection's window.
+struct InFlight<'a>(&'a PushOrder);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = crate::state::lock(&self.0.state);
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
+}
+
+/// One request stream's place in its connection's order; passes its ordering point when
+/// dropped (or by [`Turn::pass`]).
+#[derive(Debug)]
+pub(crate) struct Turn<'a> {
+    order: &'a PushOrder,
+    index: u64,
+}
+
+impl Turn<'_> {
+    /// Whether a stream opened before this one has not passed its ordering point yet.
+    fn earlier_pending(&self) -> bool {
+        *self.order.low.borrow() < self.index
+    }
+
+    /// Waits until every stream opened before this one has passed its ordering point, at most
+    /// `limit` (a stream that stalls is cut by its own request timeout).
+    async fn wait_earlier(&self, limit: Duration) {
+        let mut low = self.order.low.subscribe();
+        let index = self.index;
+        let _ = tokio::time::timeout(limit, low.wait_for(|low| *low >= index)).await;
+    }
+
+    fn pass(self) {}
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.order.pass(self.index);
+    }
+}
+
+/// Appends a push (docs/PROTOCOL.md §12), one that arrived on a stream of known order (`turn`): a gap before it
+/// waits for the pushes its connection sent before it.
+pub(crate) async fn handle_ordered(
+    shared: &Shared,
+    conn: &Conn,
+    req: Push,
+    turn: Option<Turn<'_>>,
+) -> Reply {
     let (account, device) = authorized(shared, conn)?;
+    let next = turn.as_ref().is_some_and(|t| !t.earlier_pending());
+    let _in_flight = conn.push_order.enter(next)?;
     let limits = &shared.config.bounds;
     let envelopes = req.envelopes;
     if envelopes.is_empty() {
@@ -77,8 +213,21 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
     // this one read them: the store then refuses the write, and the push is decided again on
     // what is stored now.
     let mut attempts = 0;
+    let mut waited = false;
     let appended = loop {
-        attempts += 1;
+        if !waited && let Some(waiting) = turn.as_ref().filter(|t| t.earlier_pending()) {
+            let gap = {
+                let inner = account.lock();
+                let stored = inner.streams.get(&device).map_or(0, |m| m.last_seq);
+                first_seq > stored + 1
+            };
+            if gap {
+                // A push sent before this one may still fill the gap: decide once it has.
+                waiting.wait_earlier(limits.request_timeout).await;
+                waited = true;
+                continue;
+            }
+        }
         let mut inner = account.lock();
         if inner.deleted {
             return Err(RequestError::new(
@@ -153,7 +302,8 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
                 roster_version,
             ) {
                 Ok(()) => {}
-                Err(StoreError::Moved) if attempts < 3 => {
+                Err(StoreError::Moved) if attempts < 2 => {
+                    attempts += 1;
                     drop(inner);
                     shared.accounts.reload(shared.store.as_ref(), &account)?;
                     continue;
@@ -169,6 +319,10 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Push) -> Reply {
             break true;
         }
     };
+    // Appended (or found stored): the pushes sent after this one may now be decided.
+    if let Some(turn) = turn {
+        turn.pass();
+    }
     durable(shared).await?;
     // Everything written before the commit is durable, this batch (fresh or retransmitted)
     // included.

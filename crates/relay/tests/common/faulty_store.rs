@@ -21,6 +21,12 @@ pub struct FaultyStore {
     writes_left: AtomicU64,
     fail_flush: AtomicBool,
     injected: AtomicU64,
+    /// Flushes wait while this is `true` (a slow disk, held by the test).
+    hold_flush: tokio::sync::watch::Sender<bool>,
+    /// Flushes started.
+    pub flushes: AtomicU64,
+    /// Appends that returned successfully.
+    pub appends: AtomicU64,
 }
 
 impl FaultyStore {
@@ -30,7 +36,15 @@ impl FaultyStore {
             writes_left: AtomicU64::new(u64::MAX),
             fail_flush: AtomicBool::new(false),
             injected: AtomicU64::new(0),
+            hold_flush: tokio::sync::watch::Sender::new(false),
+            flushes: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
         }
+    }
+
+    /// Flushes started from now on wait (without failing) until `hold_flushes(false)`.
+    pub fn hold_flushes(&self, on: bool) {
+        self.hold_flush.send_replace(on);
     }
 
     /// The next `n` writes succeed, every later one fails (the disk fills up).
@@ -228,7 +242,9 @@ impl Store for FaultyStore {
     ) -> Result<(), StoreError> {
         self.write()?;
         self.inner
-            .append_checked(account, device, first_seq, envelopes, meta, roster_version)
+            .append_checked(account, device, first_seq, envelopes, meta, roster_version)?;
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
     fn put_roster_checked(
         &self,
@@ -245,10 +261,15 @@ impl Store for FaultyStore {
         self.inner.changes()
     }
     fn flush(&self) -> StoreFuture<'_, ()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         if self.fail_flush.load(Ordering::SeqCst) {
             let err = self.fail();
             return Box::pin(async move { Err(err) });
         }
-        self.inner.flush()
+        let mut held = self.hold_flush.subscribe();
+        Box::pin(async move {
+            let _ = held.wait_for(|on| !on).await;
+            self.inner.flush().await
+        })
     }
 }
