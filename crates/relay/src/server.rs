@@ -508,6 +508,9 @@ const REQUEST_PREALLOC: usize = 192 * 1024;
 enum Decoded {
     Push(wire::Push),
     Other(Request),
+    /// One field of a number this release does not know: a request kind of a newer client
+    /// (answered `UNSUPPORTED_REQUEST`, not counted as a bad frame).
+    Unknown,
 }
 
 /// Bounds the request by its kind (size, list length) before decoding it (see
@@ -556,7 +559,10 @@ fn check_and_decode(
 fn decode_request(body: bytes::Bytes) -> Result<Decoded, prost::DecodeError> {
     match wire::push_payload(&body) {
         Some(payload) => wire::Push::decode(payload).map(Decoded::Push),
-        None => Request::decode(&body[..]).map(Decoded::Other),
+        None => Request::decode(&body[..]).map(|request| match request.kind {
+            None if !body.is_empty() => Decoded::Unknown,
+            _ => Decoded::Other(request),
+        }),
     }
 }
 
@@ -667,6 +673,10 @@ async fn request_stream(
         Ok(Decoded::Other(Request { kind: None })) => {
             Err(refuse(ErrorCode::Malformed, "empty request"))
         }
+        Ok(Decoded::Unknown) => Err(refuse(
+            ErrorCode::UnsupportedRequest,
+            "this relay does not know that request kind: update the relay",
+        )),
         Ok(Decoded::Other(Request {
             kind: Some(request::Kind::Subscribe(_)),
         })) => handlers::subscribe::run(shared, conn, &mut send, deadline)

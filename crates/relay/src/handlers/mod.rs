@@ -1,9 +1,10 @@
 //! One file per request kind. Each handler takes the decoded request and returns the response
 //! or a [`RequestError`]; `subscribe` alone keeps its stream open.
 
+mod account_info;
 pub(crate) mod auth;
 mod create_account;
-mod delete_account;
+pub(crate) mod delete_account;
 mod epoch_keys;
 mod pairing;
 mod pull;
@@ -22,7 +23,7 @@ use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{ErrorCode, Ok as OkResponse, Response, request, response};
 
 use crate::error::RequestError;
-use crate::state::{Account, Conn, Shared, lock};
+use crate::state::{Account, AccountInner, Conn, Shared, lock};
 
 /// What a handler answers: a message to encode, or a frame it encoded itself (a pull page,
 /// built from slices of what the store read).
@@ -85,7 +86,16 @@ pub(crate) async fn dispatch(shared: &Shared, conn: &Conn, kind: request::Kind) 
         Kind::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
         Kind::GetUsage(_) => usage::handle(shared, conn),
         Kind::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
+        Kind::GetAccountInfo(_) => account_info::handle(shared, conn),
     }
+}
+
+/// The refusal of every request of a suspended account's devices.
+pub(crate) fn suspended() -> RequestError {
+    RequestError::new(
+        ErrorCode::AccountSuspended,
+        "the relay's operator suspended this account",
+    )
 }
 
 /// The account and device this connection authenticated as, still present in the current
@@ -107,6 +117,13 @@ pub(crate) fn authorized(
             RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
         })?;
     check_device(&account.roster(), &device)?;
+    {
+        let mut inner = account.lock();
+        if inner.settings.suspended {
+            return Err(suspended());
+        }
+        note_activity(shared, &account_id, &mut inner);
+    }
     if !shared
         .device_limiter
         .check(&(account_id, device), Instant::now())
@@ -117,6 +134,23 @@ pub(crate) fn authorized(
         ));
     }
     Ok((account, device))
+}
+
+/// Records the day a device of the account was active, once a day (the day only: all the
+/// relay keeps of when an account is used). Skipped while an online backup holds writers off;
+/// a later request records it.
+fn note_activity(shared: &Shared, account_id: &kith_protocol::ids::AccountId, inner: &mut AccountInner) {
+    let today = u32::try_from(crate::state::now_ms() / 86_400_000).unwrap_or(u32::MAX);
+    if inner.active_day == today {
+        return;
+    }
+    let Ok(_writing) = shared.write_barrier.try_read() else {
+        return;
+    };
+    match shared.store.mark_active(account_id, today) {
+        Ok(()) => inner.active_day = today,
+        Err(e) => tracing::warn!(error = %e, "could not record the day of activity"),
+    }
 }
 
 /// Refuses devices that are removed from, or absent in, the roster.
