@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "sync")]
+pub mod account;
+#[cfg(feature = "sync")]
 pub mod clock;
 #[cfg(feature = "sync")]
 pub mod contacts;
@@ -32,6 +34,8 @@ pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
 
+#[cfg(feature = "sync")]
+pub use account::{AccountDetail, AccountInfo, StreamInfo};
 #[cfg(feature = "sync")]
 pub use clock::ClockSkew;
 #[cfg(feature = "sync")]

@@ -1157,7 +1157,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn usage(connection: &RelayConnection) -> Result<proto::Usage> {
+pub(crate) async fn usage(connection: &RelayConnection) -> Result<proto::Usage> {
     match connection
         .request(request::Kind::GetUsage(proto::GetUsage {}))
         .await?
