@@ -107,7 +107,9 @@ impl ImportJson {
             dropped_fields: problems
                 .1
                 .iter()
-                .map(|f| serde_json::json!({ "line": f.line, "field": f.field, "reason": f.reason }))
+                .map(
+                    |f| serde_json::json!({ "line": f.line, "field": f.field, "reason": f.reason }),
+                )
                 .collect(),
             unlisted_problems: problems.2,
         }
@@ -209,7 +211,13 @@ pub async fn info(home: &Path, json: bool) -> Result<()> {
             relay,
         });
     }
-    let own = |set: Option<bool>| if set == Some(true) { " (set for this account)" } else { "" };
+    let own = |set: Option<bool>| {
+        if set == Some(true) {
+            " (set for this account)"
+        } else {
+            ""
+        }
+    };
     outln!("Account {}", device.account_id());
     outln!("This device {}", device.device_id());
     outln!("Relay {}", relay.address);
@@ -318,7 +326,10 @@ async fn delete_confirmed(home: &Path, yes: bool, exported: bool) -> Result<()> 
                  (or `kith account delete --export FILE`)."
             );
         }
-        eprint!("Type the first 8 characters of the account id ({}) to delete it: ", &account.to_hex()[..8]);
+        eprint!(
+            "Type the first 8 characters of the account id ({}) to delete it: ",
+            &account.to_hex()[..8]
+        );
         std::io::stderr().flush()?;
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;

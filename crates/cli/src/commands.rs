@@ -19,9 +19,8 @@ use kith_client::{
 
 use crate::account;
 use crate::cli::{
-    AccountCommand,
-    Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, KeyCommand,
-    RecoveryCommand, RelayArgs, RelayCommand, SourceName, SourcesCommand,
+    AccountCommand, Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs,
+    ImportKind, KeyCommand, RecoveryCommand, RelayArgs, RelayCommand, SourceName, SourcesCommand,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{progress, qr};

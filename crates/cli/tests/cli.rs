@@ -1877,7 +1877,9 @@ fn account_info_shows_what_the_relay_holds_and_a_suspension_is_a_clear_error() {
     let mut sync = kith(home);
     sync.args(["sync", "--json"]);
     let synced = json(&ok(sync));
-    for key in ["pushed", "pulled", "changed", "contacts", "healed", "warnings"] {
+    for key in [
+        "pushed", "pulled", "changed", "contacts", "healed", "warnings",
+    ] {
         assert!(synced.get(key).is_some(), "sync --json has {key}: {synced}");
     }
     assert!(synced["pushed"].as_u64().unwrap() >= 1, "{synced}");
@@ -1922,8 +1924,15 @@ fn account_info_shows_what_the_relay_holds_and_a_suspension_is_a_clear_error() {
     let mut compact = kith(home);
     compact.args(["compact", "--json"]);
     let compacted = json(&ok(compact));
-    for key in ["snapshot_envelopes", "relay_bytes_before", "relay_bytes_after"] {
-        assert!(compacted[key].is_u64(), "compact --json has {key}: {compacted}");
+    for key in [
+        "snapshot_envelopes",
+        "relay_bytes_before",
+        "relay_bytes_after",
+    ] {
+        assert!(
+            compacted[key].is_u64(),
+            "compact --json has {key}: {compacted}"
+        );
     }
 }
 
@@ -1940,16 +1949,34 @@ fn export_json_holds_everything_and_account_delete_removes_it_on_the_relay_and_h
         .arg("--json");
     let imported = json(&ok(import));
     for key in [
-        "file", "found", "added", "updated", "unchanged", "skipped", "merged", "left_out",
-        "skipped_rows", "dropped_fields", "unlisted_problems",
+        "file",
+        "found",
+        "added",
+        "updated",
+        "unchanged",
+        "skipped",
+        "merged",
+        "left_out",
+        "skipped_rows",
+        "dropped_fields",
+        "unlisted_problems",
     ] {
-        assert!(imported.get(key).is_some(), "import --json has {key}: {imported}");
+        assert!(
+            imported.get(key).is_some(),
+            "import --json has {key}: {imported}"
+        );
     }
     let found = imported["found"].as_u64().unwrap();
     assert!(found > 0);
     let mut note = kith(&home);
     let first = ids(&list(&home))[0].clone();
-    note.args(["contacts", "edit", &first, "--note", "met at the conference"]);
+    note.args([
+        "contacts",
+        "edit",
+        &first,
+        "--note",
+        "met at the conference",
+    ]);
     ok(note);
     link(&home, &other, &relay, "phone");
 
@@ -1960,16 +1987,31 @@ fn export_json_holds_everything_and_account_delete_removes_it_on_the_relay_and_h
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&export_path).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&export_path)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "the export is private to its owner");
     }
     let exported = json(&std::fs::read_to_string(&export_path).unwrap());
     assert_eq!(exported["format"], "kith-export");
     assert_eq!(exported["version"], 1);
     let contacts = exported["contacts"].as_array().unwrap();
-    assert_eq!(contacts, &list(&home), "the export holds every contact as `contacts list --json`");
-    assert!(contacts.iter().any(|c| c["note"] == "met at the conference"));
-    assert!(contacts.iter().all(|c| !c["sources"].as_array().unwrap().is_empty()));
+    assert_eq!(
+        contacts,
+        &list(&home),
+        "the export holds every contact as `contacts list --json`"
+    );
+    assert!(
+        contacts
+            .iter()
+            .any(|c| c["note"] == "met at the conference")
+    );
+    assert!(
+        contacts
+            .iter()
+            .all(|c| !c["sources"].as_array().unwrap().is_empty())
+    );
     let account = exported["account_id"].as_str().unwrap().to_string();
 
     // Not on a terminal: --yes is required, and nothing is deleted without it.
@@ -2007,7 +2049,11 @@ fn export_json_holds_everything_and_account_delete_removes_it_on_the_relay_and_h
 #[test]
 fn completions_are_printed_for_each_shell() {
     let home = tempfile::tempdir().expect("home");
-    for (shell, marker) in [("bash", "_kith()"), ("zsh", "#compdef kith"), ("fish", "complete -c kith")] {
+    for (shell, marker) in [
+        ("bash", "_kith()"),
+        ("zsh", "#compdef kith"),
+        ("fish", "complete -c kith"),
+    ] {
         let mut completions = kith(home.path());
         completions.args(["completions", shell]);
         let script = ok(completions);
@@ -2039,7 +2085,9 @@ fn device_request_json_prints_the_code_then_the_result() {
         let _ = reader.read_line(&mut line);
         let _ = send.send((line, reader));
     });
-    let (first, mut rest) = receive.recv_timeout(COMMAND_TIMEOUT).expect("the code line");
+    let (first, mut rest) = receive
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the code line");
     let code = json(&first)["code"].as_str().unwrap().to_string();
     let mut approve = kith(&home);
     approve.args(["device", "approve", &code]);

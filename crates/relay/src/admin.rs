@@ -431,7 +431,9 @@ async fn revoke_token(shared: &Shared, word: &str) -> Result<serde_json::Value, 
     } else if word.len() >= 6 {
         hashes.iter().filter(|h| h.starts_with(&word)).collect()
     } else {
-        return Err("give a token id (at least 6 characters, from `tokens list`) or the token".into());
+        return Err(
+            "give a token id (at least 6 characters, from `tokens list`) or the token".into(),
+        );
     };
     let hash = match matching.as_slice() {
         [hash] => (*hash).clone(),

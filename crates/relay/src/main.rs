@@ -274,7 +274,10 @@ async fn serve(config_file: Option<PathBuf>, flags: Settings) -> Result<()> {
 /// `kith-relay admin …`: one request to the running relay, its answer printed.
 async fn admin(data: &Path, json: bool, command: AdminCommand) -> Result<()> {
     let (line, shape) = match &command {
-        AdminCommand::Accounts(AccountsCommand::List) => ("accounts list".to_string(), Shape::Table(&["id", "devices", "bytes", "last_active_day"])),
+        AdminCommand::Accounts(AccountsCommand::List) => (
+            "accounts list".to_string(),
+            Shape::Table(&["id", "devices", "bytes", "last_active_day"]),
+        ),
         AdminCommand::Accounts(AccountsCommand::Show { id }) => {
             (format!("accounts show {id}"), Shape::Fields)
         }
@@ -286,7 +289,9 @@ async fn admin(data: &Path, json: bool, command: AdminCommand) -> Result<()> {
         }
         AdminCommand::Accounts(AccountsCommand::Quota { id, bytes, devices }) => {
             if bytes.is_none() && devices.is_none() {
-                anyhow::bail!("give --bytes N, --devices N or both (`default` for the relay's limit)");
+                anyhow::bail!(
+                    "give --bytes N, --devices N or both (`default` for the relay's limit)"
+                );
             }
             let word = |v: &Option<String>| v.as_deref().unwrap_or("keep").to_string();
             (
@@ -298,7 +303,9 @@ async fn admin(data: &Path, json: bool, command: AdminCommand) -> Result<()> {
             (format!("accounts delete {id}"), Shape::Fields)
         }
         AdminCommand::Tokens(TokensCommand::Create) => ("tokens create".to_string(), Shape::Token),
-        AdminCommand::Tokens(TokensCommand::List) => ("tokens list".to_string(), Shape::Table(&["id"])),
+        AdminCommand::Tokens(TokensCommand::List) => {
+            ("tokens list".to_string(), Shape::Table(&["id"]))
+        }
         AdminCommand::Tokens(TokensCommand::Revoke { id }) => {
             (format!("tokens revoke {id}"), Shape::Fields)
         }

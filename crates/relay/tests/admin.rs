@@ -73,9 +73,15 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         let bob = TestAccount::new(1);
         let a = relay_process.connect().await;
         alice.create(&a).await;
-        a.push(envelopes(&alice.id, &alice.device(0).device_id(), 1, 3, 200))
-            .await
-            .unwrap();
+        a.push(envelopes(
+            &alice.id,
+            &alice.device(0).device_id(),
+            1,
+            3,
+            200,
+        ))
+        .await
+        .unwrap();
         let b = relay_process.connect().await;
         bob.create(&b).await;
 
@@ -92,7 +98,10 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         assert_eq!(alice_row["last_active_day"], today());
         let (ok, text, _) = relay(data, &["admin", "accounts", "list"]);
         assert!(ok);
-        assert!(text.starts_with("id\tdevices\tbytes\tlast_active_day\n"), "{text}");
+        assert!(
+            text.starts_with("id\tdevices\tbytes\tlast_active_day\n"),
+            "{text}"
+        );
         assert!(text.contains(&hex_id(&bob)), "{text}");
 
         // show, by a unique prefix.
@@ -108,24 +117,44 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         let suspended = admin_json(data, &["accounts", "suspend", &hex_id(&alice)]);
         assert_eq!(suspended["suspended"], true);
         let refused = a
-            .push(envelopes(&alice.id, &alice.device(0).device_id(), 4, 1, 200))
+            .push(envelopes(
+                &alice.id,
+                &alice.device(0).device_id(),
+                4,
+                1,
+                200,
+            ))
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), Some(ErrorCode::AccountSuspended), "{refused}");
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::AccountSuspended),
+            "{refused}"
+        );
         let again = relay_process.connect().await;
         let refused = again
             .authenticate(alice.device(0), &alice.id)
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), Some(ErrorCode::AccountSuspended), "{refused}");
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::AccountSuspended),
+            "{refused}"
+        );
         b.push(envelopes(&bob.id, &bob.device(0).device_id(), 1, 1, 100))
             .await
             .unwrap();
         admin_json(data, &["accounts", "unsuspend", &hex_id(&alice)]);
         assert_eq!(
-            a.push(envelopes(&alice.id, &alice.device(0).device_id(), 4, 1, 200))
-                .await
-                .unwrap(),
+            a.push(envelopes(
+                &alice.id,
+                &alice.device(0).device_id(),
+                4,
+                1,
+                200
+            ))
+            .await
+            .unwrap(),
             4
         );
 
@@ -149,7 +178,13 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         assert_eq!(limited["bytes_quota_set"], true);
         assert_eq!(limited["devices_max"], 1);
         let over = a
-            .push(envelopes(&alice.id, &alice.device(0).device_id(), 5, 1, 400))
+            .push(envelopes(
+                &alice.id,
+                &alice.device(0).device_id(),
+                5,
+                1,
+                400,
+            ))
             .await
             .unwrap_err();
         assert_eq!(over.code(), Some(ErrorCode::QuotaExceeded), "{over}");
@@ -179,12 +214,26 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         // Back to the relay's limits: the push and the new device go through.
         let reset = admin_json(
             data,
-            &["accounts", "quota", &hex_id(&alice), "--bytes", "default", "--devices", "default"],
+            &[
+                "accounts",
+                "quota",
+                &hex_id(&alice),
+                "--bytes",
+                "default",
+                "--devices",
+                "default",
+            ],
         );
         assert_eq!(reset["bytes_quota_set"], false);
-        a.push(envelopes(&alice.id, &alice.device(0).device_id(), 5, 1, 400))
-            .await
-            .unwrap();
+        a.push(envelopes(
+            &alice.id,
+            &alice.device(0).device_id(),
+            5,
+            1,
+            400,
+        ))
+        .await
+        .unwrap();
         a.expect_ok(request::Kind::PutRoster(proto::PutRoster {
             roster: grown.roster(),
         }))
@@ -233,7 +282,13 @@ async fn tokens_are_created_listed_and_revoked_while_the_relay_runs_and_stats_ar
             .create_account(alice.roster(), alice.device(0), &alice.id, Some(&token))
             .await
             .unwrap();
-        assert_eq!(admin_json(data, &["tokens", "list"]).as_array().unwrap().len(), 1);
+        assert_eq!(
+            admin_json(data, &["tokens", "list"])
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
 
         // Revoked, by the token itself or by its id, a token opens nothing.
         admin_json(data, &["tokens", "revoke", &inbox_token]);
@@ -243,7 +298,13 @@ async fn tokens_are_created_listed_and_revoked_while_the_relay_runs_and_stats_ar
         let id = listed[0]["id"].as_str().unwrap().to_string();
         let revoked = admin_json(data, &["tokens", "revoke", &id]);
         assert_eq!(revoked["revoked"], id);
-        assert_eq!(admin_json(data, &["tokens", "list"]).as_array().unwrap().len(), 0);
+        assert_eq!(
+            admin_json(data, &["tokens", "list"])
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
         for revoked_token in [inbox_token.as_str(), second.trim()] {
             let bob = TestAccount::new(1);
             let refused = relay_process

@@ -16,7 +16,8 @@ use common::pg::PgCluster;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto;
 use kith_relay::store::{
-    AccountSettings, Exported, PostgresStore, ReadEnd, SledStore, Store, StoreChange, StoreError, StreamMeta,
+    AccountSettings, Exported, PostgresStore, ReadEnd, SledStore, Store, StoreChange, StoreError,
+    StreamMeta,
 };
 use prost::Message;
 
@@ -547,9 +548,7 @@ fn kind(item: &Exported) -> &'static str {
     }
 }
 
-fn account_settings_and_the_active_day_are_kept_per_account_and_deleted_with_it(
-    backend: &Backend,
-) {
+fn account_settings_and_the_active_day_are_kept_per_account_and_deleted_with_it(backend: &Backend) {
     let set = AccountSettings {
         suspended: true,
         max_bytes: Some(1000),

@@ -139,7 +139,11 @@ pub(crate) fn authorized(
 /// Records the day a device of the account was active, once a day (the day only: all the
 /// relay keeps of when an account is used). Skipped while an online backup holds writers off;
 /// a later request records it.
-fn note_activity(shared: &Shared, account_id: &kith_protocol::ids::AccountId, inner: &mut AccountInner) {
+fn note_activity(
+    shared: &Shared,
+    account_id: &kith_protocol::ids::AccountId,
+    inner: &mut AccountInner,
+) {
     let today = u32::try_from(crate::state::now_ms() / 86_400_000).unwrap_or(u32::MAX);
     if inner.active_day == today {
         return;

@@ -72,7 +72,10 @@ pub(crate) async fn replace(
         .map_err(|e| RequestError::new(ErrorCode::RosterInvalid, e.to_string()))?;
     let (max_devices, suspended) = {
         let inner = account.lock();
-        (inner.max_devices(&shared.config.limits), inner.settings.suspended)
+        (
+            inner.max_devices(&shared.config.limits),
+            inner.settings.suspended,
+        )
     };
     if suspended {
         return Err(super::suspended());

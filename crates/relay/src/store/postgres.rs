@@ -48,8 +48,8 @@ use postgres::{Client, NoTls, Statement};
 use tokio::sync::mpsc;
 
 use super::{
-    AccountSettings, Exported, LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture, StoreStats,
-    StreamMeta,
+    AccountSettings, Exported, LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture,
+    StoreStats, StreamMeta,
 };
 use crate::state::lock;
 
@@ -732,8 +732,9 @@ impl Store for PostgresStore {
     fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError> {
         let a = account.as_bytes().to_vec();
         self.run(move |conn| {
-            let roster =
-                conn.statement("SELECT roster, sealed_key_bytes, settings FROM kith_accounts WHERE id = $1")?;
+            let roster = conn.statement(
+                "SELECT roster, sealed_key_bytes, settings FROM kith_accounts WHERE id = $1",
+            )?;
             let streams = conn.statement(
                 "SELECT device, first_seq, last_seq, bytes, envelopes FROM kith_streams
                  WHERE account = $1",
@@ -1260,7 +1261,10 @@ impl Store for PostgresStore {
     }
 
     fn mark_active(&self, account: &AccountId, day: u32) -> Result<(), StoreError> {
-        let (a, day) = (account.as_bytes().to_vec(), i32::try_from(day).unwrap_or(i32::MAX));
+        let (a, day) = (
+            account.as_bytes().to_vec(),
+            i32::try_from(day).unwrap_or(i32::MAX),
+        );
         self.run(move |conn| {
             let update =
                 conn.statement("UPDATE kith_accounts SET active_day = $2 WHERE id = $1")?;

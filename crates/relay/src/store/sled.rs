@@ -40,8 +40,8 @@ use kith_protocol::ids::{AccountId, DeviceId};
 
 use super::log::{Pointer, SEGMENT_BYTES, SegmentLog};
 use super::{
-    AccountSettings, Exported, LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats,
-    StreamMeta,
+    AccountSettings, Exported, LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError,
+    StoreFuture, StoreStats, StreamMeta,
 };
 
 const TAG_ROSTER: u8 = b'R';
@@ -1339,7 +1339,7 @@ mod tests {
         let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
         assert_eq!(
             live,
-            envelopes(4, 7).iter().map(|e| e.len() as u64 + 4).sum()
+            envelopes(4, 7).iter().map(|e| e.len() as u64 + 4).sum::<u64>()
         );
     }
 

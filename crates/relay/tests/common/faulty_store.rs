@@ -7,8 +7,8 @@ use kith_protocol::ids::{AccountId, DeviceId};
 use std::sync::Arc;
 
 use kith_relay::store::{
-    AccountSettings,
-    LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture, StoreStats, StreamMeta,
+    AccountSettings, LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture,
+    StoreStats, StreamMeta,
 };
 use tokio::sync::mpsc;
 
