@@ -1339,7 +1339,10 @@ mod tests {
         let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
         assert_eq!(
             live,
-            envelopes(4, 7).iter().map(|e| e.len() as u64 + 4).sum::<u64>()
+            envelopes(4, 7)
+                .iter()
+                .map(|e| e.len() as u64 + 4)
+                .sum::<u64>()
         );
     }
 
