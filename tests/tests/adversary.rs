@@ -301,6 +301,29 @@ impl Store for TamperingStore {
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
         self.inner.delete_account(account)
     }
+    fn put_account_settings(
+        &self,
+        account: &AccountId,
+        settings: &kith_relay::store::AccountSettings,
+    ) -> Result<bool, StoreError> {
+        self.inner.put_account_settings(account, settings)
+    }
+    fn mark_active(&self, account: &AccountId, day: u32) -> Result<(), StoreError> {
+        self.inner.mark_active(account, day)
+    }
+    fn active_day(&self, account: &AccountId) -> Result<Option<u32>, StoreError> {
+        self.inner.active_day(account)
+    }
+    fn account_ids(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        self.inner.account_ids(after, limit)
+    }
+    fn registration_tokens(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.inner.registration_tokens()
+    }
     fn stats(&self) -> Result<StoreStats, StoreError> {
         self.inner.stats()
     }

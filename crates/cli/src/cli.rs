@@ -57,6 +57,9 @@ pub enum Command {
         /// never contacts (repeatable). A calendar defaults to its own address.
         #[arg(long = "me", value_name = "EMAIL")]
         me: Vec<String>,
+        /// Print a JSON object instead of text (keys in crates/cli/README.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Recent meetings with their participants; marks those whose participants got no note
     /// since (time to take notes).
@@ -79,9 +82,25 @@ pub enum Command {
         /// Keep running and sync whenever another device pushes, until Ctrl-C.
         #[arg(long)]
         watch: bool,
+        /// Print a JSON object instead of text (with --watch: one line per sync).
+        #[arg(long)]
+        json: bool,
     },
     /// Write a snapshot and drop this device's older history on the relay.
-    Compact,
+    Compact {
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The account: what the relay holds of it, or delete it.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Print a shell completion script (e.g. `kith completions bash > /etc/bash_completion.d/kith`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Link, list and revoke devices.
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -411,6 +430,9 @@ pub enum DeviceCommand {
         /// How long to wait for the approval, in seconds.
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         timeout: u64,
+        /// Print JSON lines instead of text: the link code first, the result once linked.
+        #[arg(long)]
+        json: bool,
     },
     /// On a device of the account: approve a new device by its link code.
     Approve {
@@ -461,6 +483,33 @@ pub enum ExportCommand {
     Vcard {
         /// The file to write (`-` for standard output).
         path: PathBuf,
+    },
+    /// Everything this device holds — every contact with its notes, sources and history, and
+    /// kept conflicts — as one JSON document (format in crates/cli/README.md).
+    Json {
+        /// The file to write (`-` for standard output).
+        path: PathBuf,
+    },
+}
+
+/// `kith account …`.
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// The account id, its devices, and what the relay stores of it against its quotas.
+    Info {
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the account on the relay (every device loses it), then this device's store and
+    /// key. Asks for confirmation on a terminal; elsewhere needs --yes.
+    Delete {
+        /// Do not ask (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Write `kith export json` to this file first, and delete only if that worked.
+        #[arg(long, value_name = "PATH")]
+        export: Option<PathBuf>,
     },
 }
 

@@ -17,9 +17,11 @@ use kith_client::{
     SyncReport,
 };
 
+use crate::account;
 use crate::cli::{
-    Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs, ImportKind, KeyCommand,
-    RecoveryCommand, RelayArgs, RelayCommand, SourceName, SourcesCommand, TrustArgs,
+    AccountCommand, Cli, Command, ContactsCommand, DeviceCommand, ExportCommand, FieldArgs,
+    ImportKind, KeyCommand, RecoveryCommand, RelayArgs, RelayCommand, SourceName, SourcesCommand,
+    TrustArgs,
 };
 use crate::output::{self, ConflictJson, ContactJson, DeviceJson, count, short};
 use crate::{progress, qr};
@@ -31,6 +33,9 @@ const MAX_IDS_LISTED: usize = 8;
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        return account::completions(shell);
+    }
     if let Command::Demo = cli.command {
         #[cfg(feature = "demo")]
         return crate::demo::run().await;
@@ -52,13 +57,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             path,
             address_book,
             me,
-        } => import(&home, kind, &path, address_book, me).await,
+            json,
+        } => import(&home, kind, &path, address_book, me, json).await,
         Command::Meetings { since, json } => meetings(&home, since.as_deref(), json),
         Command::Sources(SourcesCommand::Forget { source }) => forget(&home, source).await,
         Command::Contacts(command) => contacts(&home, command).await,
-        Command::Sync { watch: false } => sync(&home).await,
-        Command::Sync { watch: true } => watch(&home).await,
-        Command::Compact => compact(&home).await,
+        Command::Sync { watch: false, json } => sync(&home, json).await,
+        Command::Sync { watch: true, json } => watch(&home, json).await,
+        Command::Compact { json } => compact(&home, json).await,
+        Command::Account(AccountCommand::Info { json }) => account::info(&home, json).await,
+        Command::Account(AccountCommand::Delete { yes, export }) => {
+            account::delete(&home, yes, export.as_deref()).await
+        }
+        Command::Completions { shell } => account::completions(shell),
         Command::Device(command) => device(&home, command).await,
         Command::Relay(command) => relay(&home, command).await,
         Command::Recover {
@@ -67,6 +78,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             device_name,
         } => recover(&home, &relay, &recovery_key, device_name).await,
         Command::Export(ExportCommand::Vcard { path }) => export_vcard(&home, &path),
+        Command::Export(ExportCommand::Json { path }) => account::export_json(&home, &path),
         Command::Key(KeyCommand::Encrypt) => encrypt_key(&home),
         Command::Recovery(RecoveryCommand::Status { json }) => recovery_status(&home, json).await,
         Command::Recovery(RecoveryCommand::Rotate) => rotate_recovery(&home).await,
@@ -177,7 +189,7 @@ fn warn_if_plain(keystore: &Option<Arc<dyn KeyStore>>) {
     }
 }
 
-fn open(home: &Path) -> Result<Device> {
+pub(crate) fn open(home: &Path) -> Result<Device> {
     Ok(Device::open_with_keystore(home, existing_keystore(home)?)?)
 }
 
@@ -282,7 +294,7 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-fn usage(message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
@@ -401,6 +413,7 @@ async fn import(
     path: &Path,
     address_book: Option<PathBuf>,
     me: Vec<String>,
+    json: bool,
 ) -> Result<()> {
     if address_book.is_some() && kind != ImportKind::Imessage {
         return Err(usage(
@@ -459,6 +472,9 @@ async fn import(
         let summary = summary.context("cannot save the imported contacts")?;
         (summary, found, problems)
     };
+    if json {
+        return output::print_json(&account::ImportJson::new(path, found, &summary, &problems));
+    }
     outln!(
         "Imported {} from {}: {} added, {} updated, {} unchanged, {} skipped.",
         // A streamed export is counted in rows: a connection listed twice is two rows.
@@ -818,7 +834,7 @@ fn relay_context(device: &Device) -> String {
     format!("cannot sync with the relay at {}", device.relay().address)
 }
 
-async fn sync(home: &Path) -> Result<()> {
+async fn sync(home: &Path, json: bool) -> Result<()> {
     let device = open(home)?;
     let spinner = progress::spinner("syncing");
     let report = device.sync().await;
@@ -826,6 +842,10 @@ async fn sync(home: &Path) -> Result<()> {
     device.close().await;
     spinner.finish_and_clear();
     let report = report.with_context(|| relay_context(&device))?;
+    if json {
+        warn_stopped_streams(&report);
+        return output::print_json(&account::SyncJson::new(&report, device.contact_count()?));
+    }
     if let Some(moved) = &report.relay_moved {
         outln!("The account moved: {moved}.");
     }
@@ -889,7 +909,7 @@ fn describe_changes(report: &SyncReport) -> String {
     text
 }
 
-async fn watch(home: &Path) -> Result<()> {
+async fn watch(home: &Path, json: bool) -> Result<()> {
     let device = open(home)?;
     let (sender, mut changes) = tokio::sync::mpsc::channel(16);
     let watcher = device.clone();
@@ -919,7 +939,12 @@ async fn watch(home: &Path) -> Result<()> {
                     }
                     if first || report.pushed > 0 || report.pulled > 0 || !report.changed.is_empty() {
                         first = false;
-                        outln!("{}", describe_changes(&report));
+                        if json {
+                            let line = account::SyncJson::new(&report, device.contact_count()?);
+                            outln!("{}", serde_json::to_string(&line)?);
+                        } else {
+                            outln!("{}", describe_changes(&report));
+                        }
                         std::io::stdout().flush()?;
                     }
                 }
@@ -936,7 +961,7 @@ async fn watch(home: &Path) -> Result<()> {
     }
 }
 
-async fn compact(home: &Path) -> Result<()> {
+async fn compact(home: &Path, json: bool) -> Result<()> {
     let device = open(home)?;
     let spinner = progress::spinner("compacting");
     let report = device.compact().await;
@@ -944,6 +969,13 @@ async fn compact(home: &Path) -> Result<()> {
     spinner.finish_and_clear();
     let report = report
         .with_context(|| format!("cannot compact on the relay at {}", device.relay().address))?;
+    if json {
+        return output::print_json(&serde_json::json!({
+            "snapshot_envelopes": report.snapshot_envelopes,
+            "relay_bytes_before": report.relay_bytes_before,
+            "relay_bytes_after": report.relay_bytes_after,
+        }));
+    }
     outln!(
         "Compacted: wrote {}; relay storage for this account {} -> {} ({} -> {} bytes).",
         count(report.snapshot_envelopes as u64, "snapshot envelope"),
@@ -961,7 +993,8 @@ async fn device(home: &Path, command: DeviceCommand) -> Result<()> {
             relay,
             device_name,
             timeout,
-        } => request_link(home, &relay, device_name, timeout).await,
+            json,
+        } => request_link(home, &relay, device_name, timeout, json).await,
         DeviceCommand::Approve { code } => {
             let device = open(home)?;
             let spinner = progress::spinner("approving");
@@ -1024,6 +1057,7 @@ async fn request_link(
     relay: &RelayArgs,
     device_name: Option<String>,
     timeout: u64,
+    json: bool,
 ) -> Result<()> {
     let target = relay_target(relay)?;
     let name = device_name.unwrap_or_else(default_device_name);
@@ -1041,8 +1075,12 @@ async fn request_link(
     })?;
     // The code is the first line of standard output: scripts and tests read it from there.
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", pending.code())?;
-    if stdout.is_terminal() {
+    if json {
+        writeln!(stdout, "{}", serde_json::json!({ "code": pending.code() }))?;
+    } else {
+        writeln!(stdout, "{}", pending.code())?;
+    }
+    if stdout.is_terminal() && !json {
         let columns = console::Term::stdout()
             .size_checked()
             .map_or(80, |(_, columns)| columns);
@@ -1068,6 +1106,17 @@ async fn request_link(
         )
     })?;
     warn_if_plain(&keystore);
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "device_id": device.device_id().to_hex(),
+                "account_id": device.account_id().to_hex(),
+                "contacts": device.contact_count()?,
+            })
+        );
+        return Ok(());
+    }
     outln!(
         "Linked: this is device {} of account {}; {} synced.",
         device.device_id(),
@@ -1127,7 +1176,7 @@ fn export_vcard(home: &Path, path: &Path) -> Result<()> {
 }
 
 /// Writes a file only its owner can read: an export holds every contact in plaintext.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -28,6 +28,7 @@ macro_rules! outln {
     }};
 }
 
+mod account;
 mod cli;
 mod commands;
 #[cfg(feature = "demo")]

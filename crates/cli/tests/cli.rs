@@ -50,6 +50,14 @@ impl TestRelay {
         }
     }
 
+    /// An administration request to the relay through its control socket, as
+    /// `kith-relay admin` sends it.
+    fn admin(&self, line: &str) -> Value {
+        self.runtime
+            .block_on(kith_relay::control::admin(self._dir.path(), line))
+            .unwrap_or_else(|e| panic!("admin {line}: {e}"))
+    }
+
     /// `--relay ADDR --relay-cert-sha256 PIN`.
     fn args(&self) -> [String; 4] {
         [
@@ -1941,4 +1949,241 @@ fn a_rotated_recovery_key_replaces_the_old_one_on_every_device() {
     );
     let status = recovery_status(&new_key_home);
     assert_eq!(status["state"], "current", "{status}");
+}
+
+#[test]
+fn account_info_shows_what_the_relay_holds_and_a_suspension_is_a_clear_error() {
+    let relay = TestRelay::start();
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    init(home, &relay, "laptop");
+    let mut add = kith(home);
+    add.args(["contacts", "add", "--name", "Ada Lovelace"]);
+    ok(add);
+    let mut sync = kith(home);
+    sync.args(["sync", "--json"]);
+    let synced = json(&ok(sync));
+    for key in [
+        "pushed", "pulled", "changed", "contacts", "healed", "warnings",
+    ] {
+        assert!(synced.get(key).is_some(), "sync --json has {key}: {synced}");
+    }
+    assert!(synced["pushed"].as_u64().unwrap() >= 1, "{synced}");
+    assert_eq!(synced["contacts"], 1);
+
+    let mut info = kith(home);
+    info.args(["account", "info", "--json"]);
+    let info = json(&ok(info));
+    let account = info["account_id"].as_str().unwrap().to_string();
+    assert_eq!(account.len(), 64);
+    assert_eq!(info["devices"].as_array().unwrap().len(), 1);
+    let on_relay = &info["relay"];
+    assert!(on_relay["bytes_used"].as_u64().unwrap() > 0, "{info}");
+    assert_eq!(on_relay["devices"], 1);
+    assert_eq!(on_relay["bytes_quota_set"], false);
+    assert_eq!(on_relay["streams"].as_array().unwrap().len(), 1);
+    assert!(on_relay["last_active_day"].is_string(), "{info}");
+    // The operator sees the same figures under the same id.
+    let shown = relay.admin(&format!("accounts show {account}"));
+    assert_eq!(shown["bytes"], on_relay["bytes_used"]);
+
+    // A quota the operator sets is what the device is told.
+    relay.admin(&format!("accounts quota {account} 123456 4"));
+    let mut info = kith(home);
+    info.args(["account", "info"]);
+    let text = ok(info);
+    assert!(text.contains(&account), "{text}");
+    assert!(text.contains("(set for this account)"), "{text}");
+
+    // Suspended: every command that talks to the relay says so, with what to do.
+    relay.admin(&format!("accounts suspend {account}"));
+    let mut sync = kith(home);
+    sync.arg("sync");
+    let err = fails(sync);
+    assert!(err.contains("suspended"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    relay.admin(&format!("accounts unsuspend {account}"));
+    let mut sync = kith(home);
+    sync.arg("sync");
+    ok(sync);
+
+    let mut compact = kith(home);
+    compact.args(["compact", "--json"]);
+    let compacted = json(&ok(compact));
+    for key in [
+        "snapshot_envelopes",
+        "relay_bytes_before",
+        "relay_bytes_after",
+    ] {
+        assert!(
+            compacted[key].is_u64(),
+            "compact --json has {key}: {compacted}"
+        );
+    }
+}
+
+#[test]
+fn export_json_holds_everything_and_account_delete_removes_it_on_the_relay_and_here() {
+    let relay = TestRelay::start();
+    let dir = tempfile::tempdir().expect("homes");
+    let (home, other) = (dir.path().join("a"), dir.path().join("b"));
+    init(&home, &relay, "laptop");
+    let mut import = kith(&home);
+    import
+        .args(["import", "linkedin"])
+        .arg(sample("Connections.csv"))
+        .arg("--json");
+    let imported = json(&ok(import));
+    for key in [
+        "file",
+        "found",
+        "added",
+        "updated",
+        "unchanged",
+        "skipped",
+        "merged",
+        "left_out",
+        "skipped_rows",
+        "dropped_fields",
+        "unlisted_problems",
+    ] {
+        assert!(
+            imported.get(key).is_some(),
+            "import --json has {key}: {imported}"
+        );
+    }
+    let found = imported["found"].as_u64().unwrap();
+    assert!(found > 0);
+    let mut note = kith(&home);
+    let first = ids(&list(&home))[0].clone();
+    note.args([
+        "contacts",
+        "edit",
+        &first,
+        "--note",
+        "met at the conference",
+    ]);
+    ok(note);
+    link(&home, &other, &relay, "phone");
+
+    let export_path = dir.path().join("everything.json");
+    let mut export = kith(&home);
+    export.args(["export", "json"]).arg(&export_path);
+    ok(export);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&export_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the export is private to its owner");
+    }
+    let exported = json(&std::fs::read_to_string(&export_path).unwrap());
+    assert_eq!(exported["format"], "kith-export");
+    assert_eq!(exported["version"], 1);
+    let contacts = exported["contacts"].as_array().unwrap();
+    assert_eq!(
+        contacts,
+        &list(&home),
+        "the export holds every contact as `contacts list --json`"
+    );
+    assert!(
+        contacts
+            .iter()
+            .any(|c| c["note"] == "met at the conference")
+    );
+    assert!(
+        contacts
+            .iter()
+            .all(|c| !c["sources"].as_array().unwrap().is_empty())
+    );
+    let account = exported["account_id"].as_str().unwrap().to_string();
+
+    // Not on a terminal: --yes is required, and nothing is deleted without it.
+    let mut refused = kith(&home);
+    refused.args(["account", "delete"]);
+    let err = fails_with(refused, 2);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(relay.admin("accounts list").as_array().unwrap().len(), 1);
+
+    let second_export = dir.path().join("before-delete.json");
+    let mut delete = kith(&home);
+    delete
+        .args(["account", "delete", "--yes", "--export"])
+        .arg(&second_export);
+    let said = ok(delete);
+    assert!(said.contains("Deleted account"), "{said}");
+    assert!(second_export.exists(), "--export wrote the file first");
+    assert!(!home.join("store").exists() && !home.join("device.key").exists());
+    assert!(relay.admin("accounts list").as_array().unwrap().is_empty());
+    let err = relay
+        .runtime
+        .block_on(kith_relay::control::admin(
+            relay._dir.path(),
+            &format!("accounts show {account}"),
+        ))
+        .unwrap_err();
+    assert!(err.contains("no such account"), "{err}");
+    // The other device learns it at its next sync.
+    let mut sync = kith(&other);
+    sync.arg("sync");
+    let err = fails(sync);
+    assert!(err.contains("deleted"), "{err}");
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let home = tempfile::tempdir().expect("home");
+    for (shell, marker) in [
+        ("bash", "_kith()"),
+        ("zsh", "#compdef kith"),
+        ("fish", "complete -c kith"),
+    ] {
+        let mut completions = kith(home.path());
+        completions.args(["completions", shell]);
+        let script = ok(completions);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("account"), "{shell} completes the commands");
+    }
+}
+
+#[test]
+fn device_request_json_prints_the_code_then_the_result() {
+    let relay = TestRelay::start();
+    let dir = tempfile::tempdir().expect("homes");
+    let (home, new) = (dir.path().join("a"), dir.path().join("b"));
+    init(&home, &relay, "laptop");
+    let mut request = kith(&new);
+    request
+        .args(["device", "request", "--json"])
+        .args(relay.args())
+        .args(["--device-name", "phone", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = request.spawn().expect("spawn device request");
+    let out = child.stdout.take().expect("stdout");
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(out);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = send.send((line, reader));
+    });
+    let (first, mut rest) = receive
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the code line");
+    let code = json(&first)["code"].as_str().unwrap().to_string();
+    let mut approve = kith(&home);
+    approve.args(["device", "approve", &code]);
+    ok(approve);
+    let output = wait(child, "device request --json");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut tail = String::new();
+    std::io::Read::read_to_string(&mut rest, &mut tail).unwrap();
+    let linked = json(tail.trim());
+    assert_eq!(linked["device_id"].as_str().unwrap().len(), 32);
+    assert_eq!(linked["account_id"].as_str().unwrap().len(), 64);
+    assert!(linked["contacts"].is_u64());
 }

@@ -391,6 +391,17 @@ fn new_devices_work_through_an_old_relay() {
     add(&new, &b, "Charles Babbage", "charles@engine.example");
     let names = converge((&new, &a), (&new, &b));
     assert_eq!(names, ["Ada Lovelace", "Charles Babbage"]);
+    // A request the old relay does not know (GetAccountInfo, 0.2.0) is answered as such, and
+    // `account info` falls back to what it does know.
+    let mut info = kith(&new, &a);
+    info.args(["account", "info", "--json"]);
+    let info: Value = serde_json::from_str(&ok(info)).unwrap();
+    assert_eq!(info["relay"]["devices"], 2, "{info}");
+    assert!(info["relay"]["bytes_used"].as_u64().unwrap() > 0, "{info}");
+    assert!(info["relay"]["streams"].is_null(), "{info}");
+    let mut info = kith(&new, &a);
+    info.args(["account", "info"]);
+    assert!(ok(info).contains("need a newer relay"));
 }
 
 #[test]

@@ -197,6 +197,14 @@ impl NetError {
                 ErrorCode::Storage => Some(
                     "the relay could not store the request durably (see its log); try again in a minute",
                 ),
+                ErrorCode::AccountSuspended => Some(
+                    "the relay's operator suspended this account: ask them why, or move the \
+                     account to another relay with `kith relay move`",
+                ),
+                ErrorCode::Unsupported => Some(
+                    "the relay runs an older release of Kith that does not know this request: \
+                     ask its operator to update kith-relay",
+                ),
                 _ => None,
             },
             _ => None,

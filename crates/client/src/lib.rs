@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "sync")]
+pub mod account;
+#[cfg(feature = "sync")]
 pub mod clock;
 #[cfg(feature = "sync")]
 pub mod contacts;
@@ -33,6 +35,8 @@ pub mod sync;
 #[cfg(feature = "sync")]
 pub mod wake;
 
+#[cfg(feature = "sync")]
+pub use account::{AccountDetail, AccountInfo, StreamInfo};
 #[cfg(feature = "sync")]
 pub use clock::ClockSkew;
 #[cfg(feature = "sync")]

@@ -1263,7 +1263,7 @@ fn next_push_batch(
     Ok((batch, last_seq))
 }
 
-async fn usage(connection: &RelayConnection) -> Result<proto::Usage> {
+pub(crate) async fn usage(connection: &RelayConnection) -> Result<proto::Usage> {
     match connection
         .request(request::Kind::GetUsage(proto::GetUsage {}))
         .await?

@@ -7,6 +7,9 @@
 //! `DIR/db` and the certificate, key and reset key beside it, and lets the writers go on. `DIR`
 //! is then a data directory the relay can be started on (`crates/relay/README.md`, Backup and
 //! restore). Answers `ok` or `error: <why>`.
+//!
+//! Every other request is an administration request (`crate::admin`, `kith-relay admin …`),
+//! answered `ok <JSON>` or `error: <why>`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +24,8 @@ use crate::state::Shared;
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4096;
+/// Longest answer read (an account list of a large relay: about 150 bytes an account).
+const MAX_ANSWER: u64 = 1 << 30;
 /// Files beside the store that a data directory needs (the pinned certificate above all).
 const IDENTITY_FILES: [&str; 3] = [
     crate::tls::SELF_SIGNED_CERT,
@@ -70,7 +75,10 @@ async fn serve(shared: &Shared, stream: UnixStream) -> std::io::Result<()> {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("error: {e}"),
         },
-        _ => "error: unknown request (expected `backup DIR`)".to_string(),
+        _ => match crate::admin::answer(shared, line.trim_end()).await {
+            Ok(value) => format!("ok {value}"),
+            Err(e) => format!("error: {e}"),
+        },
     };
     write.write_all(answer.as_bytes()).await?;
     write.write_all(b"\n").await?;
@@ -112,6 +120,20 @@ pub async fn request_backup(data_dir: &Path, to: &Path) -> Result<(), String> {
     } else {
         std::env::current_dir().map_err(|e| e.to_string())?.join(to)
     };
+    request(data_dir, &format!("backup {}", to.display()))
+        .await
+        .map(drop)
+}
+
+/// Sends one administration request (`crate::admin`) to the relay running on `data_dir` and
+/// returns its answer.
+pub async fn admin(data_dir: &Path, request_line: &str) -> Result<serde_json::Value, String> {
+    let answer = request(data_dir, request_line).await?;
+    serde_json::from_str(&answer).map_err(|e| format!("the relay's answer does not read: {e}"))
+}
+
+/// Sends one request line; the answer after `ok` (trimmed), or the relay's error.
+async fn request(data_dir: &Path, line: &str) -> Result<String, String> {
     let socket = data_dir.join(CONTROL_SOCKET);
     let stream = UnixStream::connect(&socket).await.map_err(|e| {
         format!(
@@ -120,19 +142,22 @@ pub async fn request_backup(data_dir: &Path, to: &Path) -> Result<(), String> {
         )
     })?;
     let (read, mut write) = stream.into_split();
-    let request = format!("backup {}\n", to.display());
+    let request = format!("{line}\n");
     write
         .write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     let mut answer = String::new();
     BufReader::new(read)
-        .take(MAX_LINE)
+        .take(MAX_ANSWER)
         .read_line(&mut answer)
         .await
         .map_err(|e| e.to_string())?;
     match answer.trim_end() {
-        "ok" => Ok(()),
-        other => Err(other.strip_prefix("error: ").unwrap_or(other).to_string()),
+        "ok" => Ok(String::new()),
+        other => match other.strip_prefix("ok ") {
+            Some(rest) => Ok(rest.to_string()),
+            None => Err(other.strip_prefix("error: ").unwrap_or(other).to_string()),
+        },
     }
 }

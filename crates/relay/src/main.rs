@@ -138,6 +138,80 @@ enum Command {
         #[arg(long, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
         data: PathBuf,
     },
+    /// Administer the running relay through its control socket (DATA/control.sock, open to
+    /// the relay's user only): accounts, quotas, tokens, live statistics.
+    Admin {
+        /// Data directory of the running relay
+        #[arg(long, global = true, default_value = kith_relay::config::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        /// Print the relay's answer as JSON
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Accounts: list, show, suspend, unsuspend, set quotas, delete.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Registration tokens: create, list, revoke.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Live totals of the running relay (the store, connections, subscriptions).
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// Every account: id, devices, bytes stored, last day a device was active.
+    List,
+    /// One account: usage, quotas, roster version, suspension.
+    Show {
+        /// Account id (hex) or a unique prefix of at least 8 characters
+        id: String,
+    },
+    /// Refuse every request of the account's devices (ACCOUNT_SUSPENDED) until unsuspended.
+    Suspend {
+        /// Account id (hex) or a unique prefix of at least 8 characters
+        id: String,
+    },
+    /// Serve a suspended account again.
+    Unsuspend {
+        /// Account id (hex) or a unique prefix of at least 8 characters
+        id: String,
+    },
+    /// Set the account's own quotas (`default`: the relay's limit again).
+    Quota {
+        /// Account id (hex) or a unique prefix of at least 8 characters
+        id: String,
+        /// Bytes the account may store (envelopes and sealed keys), or `default`
+        #[arg(long, value_name = "N|default")]
+        bytes: Option<String>,
+        /// Devices the account may have, or `default`
+        #[arg(long, value_name = "N|default")]
+        devices: Option<String>,
+    },
+    /// Delete the account and everything it stored; its devices cannot create it again.
+    Delete {
+        /// Account id (hex) or a unique prefix of at least 8 characters
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a single-use registration token and print it.
+    Create,
+    /// The unused tokens, by id (the start of the token's SHA-256; the relay keeps no token).
+    List,
+    /// Revoke an unused token, by id (from `tokens list`) or the token itself.
+    Revoke {
+        /// Token id or token
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +328,11 @@ async fn run() -> ExitCode {
         Command::Pin { cert, data } => {
             print_pins(&cert.unwrap_or_else(|| data.join(kith_relay::tls::SELF_SIGNED_CERT)))
         }
+        Command::Admin {
+            data,
+            json,
+            command,
+        } => admin(&data, json, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -416,6 +495,100 @@ async fn reload_on_hangup(
                 tracing::error!(error = %e, "SIGHUP: the certificate cannot be reloaded; keeping the current one")
             }
         }
+    }
+}
+
+/// `kith-relay admin …`: one request to the running relay, its answer printed.
+async fn admin(data: &Path, json: bool, command: AdminCommand) -> Result<()> {
+    let (line, shape) = match &command {
+        AdminCommand::Accounts(AccountsCommand::List) => (
+            "accounts list".to_string(),
+            Shape::Table(&["id", "devices", "bytes", "last_active_day"]),
+        ),
+        AdminCommand::Accounts(AccountsCommand::Show { id }) => {
+            (format!("accounts show {id}"), Shape::Fields)
+        }
+        AdminCommand::Accounts(AccountsCommand::Suspend { id }) => {
+            (format!("accounts suspend {id}"), Shape::Fields)
+        }
+        AdminCommand::Accounts(AccountsCommand::Unsuspend { id }) => {
+            (format!("accounts unsuspend {id}"), Shape::Fields)
+        }
+        AdminCommand::Accounts(AccountsCommand::Quota { id, bytes, devices }) => {
+            if bytes.is_none() && devices.is_none() {
+                anyhow::bail!(
+                    "give --bytes N, --devices N or both (`default` for the relay's limit)"
+                );
+            }
+            let word = |v: &Option<String>| v.as_deref().unwrap_or("keep").to_string();
+            (
+                format!("accounts quota {id} {} {}", word(bytes), word(devices)),
+                Shape::Fields,
+            )
+        }
+        AdminCommand::Accounts(AccountsCommand::Delete { id }) => {
+            (format!("accounts delete {id}"), Shape::Fields)
+        }
+        AdminCommand::Tokens(TokensCommand::Create) => ("tokens create".to_string(), Shape::Token),
+        AdminCommand::Tokens(TokensCommand::List) => {
+            ("tokens list".to_string(), Shape::Table(&["id"]))
+        }
+        AdminCommand::Tokens(TokensCommand::Revoke { id }) => {
+            (format!("tokens revoke {id}"), Shape::Fields)
+        }
+        AdminCommand::Stats => ("stats".to_string(), Shape::Fields),
+    };
+    if line.contains('\n') {
+        anyhow::bail!("an argument holds a line break");
+    }
+    let answer = kith_relay::control::admin(data, &line)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    print_answer(&answer, shape);
+    Ok(())
+}
+
+/// How an admin answer reads as text.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// An array of objects: a header of these keys, then one line of their values each.
+    Table(&'static [&'static str]),
+    /// An object: `key value` lines (as `kith-relay stats` prints).
+    Fields,
+    /// `tokens create`: the token alone, for scripts.
+    Token,
+}
+
+fn print_answer(answer: &serde_json::Value, shape: Shape) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    match (shape, answer) {
+        (Shape::Token, serde_json::Value::Object(map)) => {
+            println!("{}", map.get("token").map(text).unwrap_or_default());
+        }
+        (Shape::Table(columns), serde_json::Value::Array(rows)) => {
+            println!("{}", columns.join("\t"));
+            for row in rows {
+                let cells: Vec<String> = columns
+                    .iter()
+                    .map(|c| row.get(c).map(text).unwrap_or_default())
+                    .collect();
+                println!("{}", cells.join("\t"));
+            }
+        }
+        (_, serde_json::Value::Object(map)) => {
+            for (key, value) in map {
+                println!("{key} {}", text(value));
+            }
+        }
+        (_, other) => println!("{other}"),
     }
 }
 

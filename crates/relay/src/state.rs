@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use crate::config::RelayConfig;
 use crate::error::RequestError;
 use crate::rate_limit::{KeyedLimiter, shrink};
-use crate::store::{GroupCommit, LoadedAccount, Store, StreamMeta};
+use crate::store::{AccountSettings, GroupCommit, LoadedAccount, Store, StreamMeta};
 use kith_protocol::roster::VerifiedRoster;
 
 /// Most distinct devices and addresses tracked by the rate limiters (buckets that refilled
@@ -76,11 +76,27 @@ pub(crate) struct AccountInner {
     /// them was refused because their stream was past its `final_seq`, and its signer is
     /// pulling that stream to sign again (docs/PROTOCOL.md §4, "Removing a device").
     pub fenced: HashMap<DeviceId, Instant>,
+    /// What the operator set (suspension, quotas).
+    pub settings: AccountSettings,
+    /// The last day recorded by [`Store::mark_active`] in this run (0: none yet).
+    pub active_day: u32,
 }
 
 impl AccountInner {
     pub fn bytes_used(&self) -> u64 {
         self.envelope_bytes + self.sealed_key_bytes
+    }
+
+    /// Bytes the account may store: its own quota, else the relay's.
+    pub fn max_bytes(&self, limits: &crate::config::Bounds) -> u64 {
+        self.settings.max_bytes.unwrap_or(limits.max_account_bytes)
+    }
+
+    /// Devices the account may have: its own quota, else the relay's.
+    pub fn max_devices(&self, limits: &crate::config::Bounds) -> u32 {
+        self.settings
+            .max_devices
+            .unwrap_or(limits.max_devices_per_account)
     }
 
     /// The last seq of `device`'s stream that a pull may serve: everything stored that is
@@ -206,6 +222,7 @@ impl Account {
         roster: VerifiedRoster,
         streams: Vec<(DeviceId, StreamMeta)>,
         sealed_key_bytes: u64,
+        settings: AccountSettings,
         live: &LiveCounts,
         pull_share: usize,
     ) -> Self {
@@ -224,6 +241,8 @@ impl Account {
                 sealed_key_bytes,
                 deleted: false,
                 fenced: HashMap::new(),
+                settings,
+                active_day: 0,
             }),
             events: Mutex::new(None),
             pull_budget: Arc::new(Semaphore::new(pull_share)),
@@ -295,6 +314,7 @@ impl Account {
         inner.envelope_bytes = inner.streams.values().map(|m| m.bytes).sum();
         inner.envelopes = inner.streams.values().map(|m| m.envelopes).sum();
         inner.sealed_key_bytes = loaded.sealed_key_bytes;
+        inner.settings = loaded.settings;
     }
 
     /// Whether dropping this account from memory loses nothing: storage holds all of it
@@ -438,6 +458,7 @@ impl Accounts {
             roster,
             loaded.streams,
             loaded.sealed_key_bytes,
+            loaded.settings,
             &self.live,
             self.pull_share,
         ));
@@ -490,6 +511,11 @@ impl Accounts {
         Ok(true)
     }
 
+    /// The account if it is in memory (without loading it, or counting as a use).
+    pub fn cached(&self, id: &AccountId) -> Option<Arc<Account>> {
+        lock(&self.map).accounts.get(id).map(|c| c.account.clone())
+    }
+
     /// The ids of the accounts in memory.
     pub fn cached_ids(&self) -> Vec<AccountId> {
         lock(&self.map).accounts.keys().copied().collect()
@@ -503,6 +529,7 @@ impl Accounts {
             roster,
             Vec::new(),
             0,
+            AccountSettings::default(),
             &self.live,
             self.pull_share,
         ));
@@ -813,6 +840,7 @@ mod tests {
             roster,
             Vec::new(),
             0,
+            AccountSettings::default(),
             live,
             1 << 20,
         ))

@@ -16,7 +16,8 @@ use common::pg::PgCluster;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto;
 use kith_relay::store::{
-    Exported, PostgresStore, ReadEnd, SledStore, Store, StoreChange, StoreError, StreamMeta,
+    AccountSettings, Exported, PostgresStore, ReadEnd, SledStore, Store, StoreChange, StoreError,
+    StreamMeta,
 };
 use prost::Message;
 
@@ -146,6 +147,9 @@ conformance!(
     concurrent_writers_on_one_stream_never_both_win,
     other_instances_hear_pushes_roster_changes_and_deletions,
     push_targets_are_one_per_device_replaced_and_removed,
+    account_settings_and_the_active_day_are_kept_per_account_and_deleted_with_it,
+    account_ids_page_in_order_and_leave_deleted_accounts_out,
+    registration_tokens_are_listed_until_consumed,
 );
 
 fn push_targets_are_one_per_device_replaced_and_removed(backend: &Backend) {
@@ -565,7 +569,117 @@ fn kind(item: &Exported) -> &'static str {
         Exported::PairingSlot { .. } => "pairing",
         Exported::RecoveryBundle { .. } => "recovery",
         Exported::Token { .. } => "token",
+        Exported::Settings { .. } => "settings",
     }
+}
+
+fn account_settings_and_the_active_day_are_kept_per_account_and_deleted_with_it(backend: &Backend) {
+    let set = AccountSettings {
+        suspended: true,
+        max_bytes: Some(1000),
+        max_devices: Some(3),
+    };
+    {
+        let store = (backend.open)(0);
+        assert!(store.create_account(&A, &roster(1)).unwrap());
+        assert!(store.create_account(&B, &roster(1)).unwrap());
+        let c = AccountId::from_bytes([0xc5; 32]);
+        assert!(
+            !store.put_account_settings(&c, &set).unwrap(),
+            "{}: no settings for an account that does not exist",
+            backend.name
+        );
+        assert_eq!(store.active_day(&A).unwrap(), None);
+        store.mark_active(&A, 20_000).unwrap();
+        assert!(store.put_account_settings(&A, &set).unwrap());
+        // Each keeps the other.
+        assert_eq!(store.active_day(&A).unwrap(), Some(20_000));
+        store.mark_active(&A, 20_001).unwrap();
+        assert_eq!(store.load_account(&A).unwrap().unwrap().settings, set);
+        assert_eq!(
+            store.load_account(&B).unwrap().unwrap().settings,
+            AccountSettings::default()
+        );
+        assert_eq!(store.active_day(&B).unwrap(), None);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(store.flush())
+            .unwrap();
+    }
+    // Durable across a reopen, exported for a copy, gone with the account.
+    let store = (backend.open)(0);
+    assert_eq!(store.load_account(&A).unwrap().unwrap().settings, set);
+    assert_eq!(store.active_day(&A).unwrap(), Some(20_001));
+    let mut exported = Vec::new();
+    store
+        .export(&mut |item| {
+            if let Exported::Settings { .. } = item {
+                exported.push(item);
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        exported,
+        vec![Exported::Settings {
+            account: A,
+            settings: set,
+            active_day: 20_001,
+        }],
+        "{}",
+        backend.name
+    );
+    let unlimited = AccountSettings {
+        suspended: false,
+        max_bytes: None,
+        max_devices: Some(0),
+    };
+    assert!(store.put_account_settings(&A, &unlimited).unwrap());
+    assert_eq!(store.load_account(&A).unwrap().unwrap().settings, unlimited);
+    store.delete_account(&A).unwrap();
+    assert_eq!(store.active_day(&A).unwrap(), None);
+    assert!(store.create_account(&A, &roster(1)).unwrap());
+    assert_eq!(
+        store.load_account(&A).unwrap().unwrap().settings,
+        AccountSettings::default(),
+        "{}: a new account does not inherit a deleted one's settings",
+        backend.name
+    );
+}
+
+fn account_ids_page_in_order_and_leave_deleted_accounts_out(backend: &Backend) {
+    let store = (backend.open)(0);
+    let ids: Vec<AccountId> = (1..=5u8).map(|b| AccountId::from_bytes([b; 32])).collect();
+    for id in ids.iter().rev() {
+        assert!(store.create_account(id, &roster(1)).unwrap());
+        // Keys of every kind beside the roster must not be taken for accounts.
+        append(&*store, id, 1, 2);
+        store.put_sealed_key(id, &E, 1, b"k").unwrap();
+        store.mark_active(id, 3).unwrap();
+    }
+    store.delete_account(&ids[2]).unwrap();
+    assert_eq!(store.account_ids(None, 2).unwrap(), ids[..2].to_vec());
+    assert_eq!(
+        store.account_ids(Some(&ids[1]), 10).unwrap(),
+        vec![ids[3], ids[4]],
+        "{}",
+        backend.name
+    );
+    assert!(store.account_ids(Some(&ids[4]), 10).unwrap().is_empty());
+    assert_eq!(store.account_ids(None, 100).unwrap().len(), 4);
+}
+
+fn registration_tokens_are_listed_until_consumed(backend: &Backend) {
+    let store = (backend.open)(0);
+    assert!(store.registration_tokens().unwrap().is_empty());
+    store.add_registration_token(&[7; 32]).unwrap();
+    store.add_registration_token(&[3; 32]).unwrap();
+    let mut tokens = store.registration_tokens().unwrap();
+    tokens.sort();
+    assert_eq!(tokens, vec![[3; 32], [7; 32]]);
+    assert!(store.consume_registration_token(&[3; 32]).unwrap());
+    assert_eq!(store.registration_tokens().unwrap(), vec![[7; 32]]);
 }
 
 fn pushes_compare_and_set_the_stream_head(backend: &Backend) {

@@ -94,6 +94,13 @@ pub(crate) fn authenticate(shared: &Shared, conn: &Conn, req: Authenticate) -> R
             "the device was removed from the account",
         ));
     }
+    let suspended = shared
+        .accounts
+        .get(shared.store.as_ref(), &account_id)?
+        .is_some_and(|account| account.lock().settings.suspended);
+    if suspended {
+        return Err(super::suspended());
+    }
     *lock(&conn.device) = Some((account_id, device));
     tracing::debug!(
         account = %short(account_id.as_bytes()),

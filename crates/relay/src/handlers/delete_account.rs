@@ -12,7 +12,7 @@ use kith_protocol::proto::{DeleteAccount, ErrorCode};
 
 use super::{Reply, durable, ok};
 use crate::error::RequestError;
-use crate::state::{AccountEvent, Conn, Shared, lock, pseudonym};
+use crate::state::{AccountEvent, AccountInner, Conn, Shared, lock, pseudonym};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> Reply {
     if !shared
@@ -55,16 +55,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> 
             &req.signature,
         )
         .map_err(|_| RequestError::new(ErrorCode::BadSignature, "deletion signature"))?;
-        shared
-            .store
-            .delete_account(&account_id)
-            .map_err(RequestError::storage)?;
-        shared
-            .store
-            .mark_deleted(&account_id)
-            .map_err(RequestError::storage)?;
-        inner.deleted = true;
-        shared.accounts.remove(&account_id);
+        purge(shared, &account_id, &mut inner)?;
     }
     account.notify(AccountEvent::Deleted);
     {
@@ -77,4 +68,25 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> 
     durable(shared).await?;
     tracing::info!(account = %pseudonym(account_id.as_bytes()), "account deleted");
     ok()
+}
+
+/// Deletes every key of the account in storage, remembers the deletion (a device that missed
+/// it cannot create the account again) and forgets the account in memory. The caller holds the
+/// account's lock and the write barrier, tells the subscribers and waits for durability.
+pub(crate) fn purge(
+    shared: &Shared,
+    account_id: &AccountId,
+    inner: &mut AccountInner,
+) -> Result<(), RequestError> {
+    shared
+        .store
+        .delete_account(account_id)
+        .map_err(RequestError::storage)?;
+    shared
+        .store
+        .mark_deleted(account_id)
+        .map_err(RequestError::storage)?;
+    inner.deleted = true;
+    shared.accounts.remove(account_id);
+    Ok(())
 }

@@ -72,7 +72,7 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
             ));
         }
         let added: u64 = parsed.iter().map(|(_, _, b)| b.len() as u64).sum();
-        if inner.bytes_used() + added > limits.max_account_bytes {
+        if inner.bytes_used() + added > inner.max_bytes(limits) {
             return Err(RequestError::new(
                 ErrorCode::QuotaExceeded,
                 "the account's quota is used up",

@@ -7,9 +7,10 @@
 //! signature ([`verify_auth_signature`]) and the per-address budget of unauthenticated lookups
 //! ([`check_lookup_budget`]).
 
+mod account_info;
 pub(crate) mod auth;
 mod create_account;
-mod delete_account;
+pub(crate) mod delete_account;
 mod epoch_keys;
 mod pairing;
 mod pull;
@@ -35,7 +36,7 @@ use prost::Message;
 
 use crate::error::RequestError;
 use crate::metrics::Limit;
-use crate::state::{Account, Conn, Shared, lock};
+use crate::state::{Account, AccountInner, Conn, Shared, lock};
 use crate::wire;
 
 /// What a handler answers: a message to encode, or a frame it encoded itself (a pull page,
@@ -86,6 +87,7 @@ pub(crate) enum Command {
     RecoverDevice(proto::RecoverDevice),
     RegisterPushTarget(proto::RegisterPushTarget),
     UnregisterPushTarget,
+    GetAccountInfo,
 }
 
 impl Command {
@@ -173,6 +175,7 @@ impl Command {
             Command::RecoverDevice(_) => "recover_device",
             Command::RegisterPushTarget(_) => "register_push_target",
             Command::UnregisterPushTarget => "unregister_push_target",
+            Command::GetAccountInfo => "get_account_info",
         }
     }
 
@@ -224,6 +227,7 @@ impl From<request::Kind> for Command {
             Kind::RecoverDevice(req) => Command::RecoverDevice(req),
             Kind::RegisterPushTarget(req) => Command::RegisterPushTarget(req),
             Kind::UnregisterPushTarget(_) => Command::UnregisterPushTarget,
+            Kind::GetAccountInfo(_) => Command::GetAccountInfo,
         }
     }
 }
@@ -294,7 +298,16 @@ async fn route(
         Command::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
         Command::RegisterPushTarget(req) => push_target::register(shared, conn, req).await,
         Command::UnregisterPushTarget => push_target::unregister(shared, conn).await,
+        Command::GetAccountInfo => account_info::handle(shared, conn),
     }
+}
+
+/// The refusal of every request of a suspended account's devices.
+pub(crate) fn suspended() -> RequestError {
+    RequestError::new(
+        ErrorCode::AccountSuspended,
+        "the relay's operator suspended this account",
+    )
 }
 
 /// The account and device this connection authenticated as, still present in the current
@@ -316,6 +329,13 @@ pub(crate) fn authorized(
             RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
         })?;
     check_device(&account.roster(), &device)?;
+    {
+        let mut inner = account.lock();
+        if inner.settings.suspended {
+            return Err(suspended());
+        }
+        note_activity(shared, &account_id, &mut inner);
+    }
     if !shared
         .device_limiter
         .check(&(account_id, device), Instant::now())
@@ -327,6 +347,27 @@ pub(crate) fn authorized(
         ));
     }
     Ok((account, device))
+}
+
+/// Records the day a device of the account was active, once a day (the day only: all the
+/// relay keeps of when an account is used). Skipped while an online backup holds writers off;
+/// a later request records it.
+fn note_activity(
+    shared: &Shared,
+    account_id: &kith_protocol::ids::AccountId,
+    inner: &mut AccountInner,
+) {
+    let today = u32::try_from(crate::state::now_ms() / 86_400_000).unwrap_or(u32::MAX);
+    if inner.active_day == today {
+        return;
+    }
+    let Ok(_writing) = shared.write_barrier.try_read() else {
+        return;
+    };
+    match shared.store.mark_active(account_id, today) {
+        Ok(()) => inner.active_day = today,
+        Err(e) => tracing::warn!(error = %e, "could not record the day of activity"),
+    }
 }
 
 /// Refuses devices that are removed from, or absent in, the roster.

@@ -271,13 +271,11 @@ pub(crate) async fn handle_ordered(
             break false;
         } else {
             let fresh_bytes: u64 = fresh.iter().map(|e| e.len() as u64).sum();
-            if inner.bytes_used() + fresh_bytes > limits.max_account_bytes {
+            let quota = inner.max_bytes(limits);
+            if inner.bytes_used() + fresh_bytes > quota {
                 return Err(RequestError::new(
                     ErrorCode::QuotaExceeded,
-                    format!(
-                        "the account's quota of {} bytes is used up",
-                        limits.max_account_bytes
-                    ),
+                    format!("the account's quota of {quota} bytes is used up"),
                 ));
             }
             let from = first_seq + overlap as u64;

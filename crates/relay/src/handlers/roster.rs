@@ -70,10 +70,20 @@ pub(crate) async fn replace(
     }
     let next = VerifiedRoster::verify(bytes, Some(&account.id), Some(&current))
         .map_err(|e| RequestError::new(ErrorCode::RosterInvalid, e.to_string()))?;
-    if next.device_count() > shared.config.bounds.max_devices_per_account as usize {
+    let (max_devices, suspended) = {
+        let inner = account.lock();
+        (
+            inner.max_devices(&shared.config.bounds),
+            inner.settings.suspended,
+        )
+    };
+    if suspended {
+        return Err(super::suspended());
+    }
+    if next.device_count() > max_devices as usize {
         return Err(RequestError::new(
             ErrorCode::TooManyDevices,
-            "too many devices",
+            format!("the account may have at most {max_devices} devices"),
         ));
     }
     check(&next)?;

@@ -223,6 +223,17 @@ pub fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, CopyEr
                 to.add_registration_token(&token_hash)?;
                 report.other += 1;
             }
+            Exported::Settings {
+                account,
+                settings,
+                active_day,
+            } => {
+                to.put_account_settings(&account, &settings)?;
+                if active_day > 0 {
+                    to.mark_active(&account, active_day)?;
+                }
+                report.other += 1;
+            }
         }
         Ok(())
     })?;

@@ -83,6 +83,51 @@ pub struct LoadedAccount {
     pub streams: Vec<(DeviceId, StreamMeta)>,
     /// Bytes of sealed epoch keys stored.
     pub sealed_key_bytes: u64,
+    /// What the operator set for the account.
+    pub settings: AccountSettings,
+}
+
+/// What the relay's operator set for one account (`kith-relay admin accounts suspend|quota`):
+/// nothing a device wrote, and deleted with the account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountSettings {
+    /// Every request of the account's devices is refused (`ACCOUNT_SUSPENDED`).
+    pub suspended: bool,
+    /// Bytes the account may store, instead of the relay's `max_account_bytes`.
+    pub max_bytes: Option<u64>,
+    /// Devices the account may have, instead of the relay's `max_devices_per_account`.
+    pub max_devices: Option<u32>,
+}
+
+impl AccountSettings {
+    /// The encoding both stores keep: flags (bit 0 suspended, bit 1 bytes set, bit 2 devices
+    /// set), bytes (u64 BE), devices (u32 BE).
+    pub fn encode(&self) -> [u8; 13] {
+        let mut out = [0u8; 13];
+        out[0] = u8::from(self.suspended)
+            | (u8::from(self.max_bytes.is_some()) << 1)
+            | (u8::from(self.max_devices.is_some()) << 2);
+        out[1..9].copy_from_slice(&self.max_bytes.unwrap_or(0).to_be_bytes());
+        out[9..13].copy_from_slice(&self.max_devices.unwrap_or(0).to_be_bytes());
+        out
+    }
+
+    /// Reads [`AccountSettings::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let bytes: &[u8; 13] = bytes
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("account settings"))?;
+        if bytes[0] & !0b111 != 0 {
+            return Err(StoreError::Corrupt("account settings flags"));
+        }
+        let max_bytes = u64::from_be_bytes(bytes[1..9].try_into().unwrap_or_default());
+        let max_devices = u32::from_be_bytes(bytes[9..13].try_into().unwrap_or_default());
+        Ok(Self {
+            suspended: bytes[0] & 1 != 0,
+            max_bytes: (bytes[0] & 2 != 0).then_some(max_bytes),
+            max_devices: (bytes[0] & 4 != 0).then_some(max_devices),
+        })
+    }
 }
 
 /// Totals for `kith-relay stats`.
@@ -191,6 +236,15 @@ pub enum Exported {
         account: AccountId,
         /// Bundle.
         bundle: Vec<u8>,
+    },
+    /// What the operator set for an account (only accounts with settings).
+    Settings {
+        /// Account.
+        account: AccountId,
+        /// The settings.
+        settings: AccountSettings,
+        /// Last day (since the Unix epoch) a device of it was active, 0 if never recorded.
+        active_day: u32,
     },
     /// An unused registration token (its SHA-256).
     Token {
@@ -377,6 +431,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn was_deleted(&self, _account: &AccountId) -> Result<bool, StoreError> {
         Ok(false)
     }
+
+    /// Stores what the operator set for an existing account. `false`, storing nothing, if the
+    /// account does not exist.
+    fn put_account_settings(
+        &self,
+        account: &AccountId,
+        settings: &AccountSettings,
+    ) -> Result<bool, StoreError>;
+
+    /// Records that a device of the account was active on `day` (days since the Unix epoch):
+    /// all the relay keeps of when an account was used (no time of day, no history).
+    fn mark_active(&self, account: &AccountId, day: u32) -> Result<(), StoreError>;
+
+    /// The day [`Store::mark_active`] last recorded, `None` if never (or no such account).
+    fn active_day(&self, account: &AccountId) -> Result<Option<u32>, StoreError>;
+
+    /// Up to `limit` account ids greater than `after` (all from the first with `None`), in
+    /// ascending byte order: what `kith-relay admin accounts list` pages through.
+    fn account_ids(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError>;
+
+    /// The SHA-256 of every unused registration token.
+    fn registration_tokens(&self) -> Result<Vec<[u8; 32]>, StoreError>;
 
     /// Totals.
     fn stats(&self) -> Result<StoreStats, StoreError>;

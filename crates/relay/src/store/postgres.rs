@@ -10,11 +10,11 @@
 //! not a pool such as deadpool: the worker threads are the pool (a statement cache per
 //! connection, reconnection on failure) without another dependency.
 //!
-//! Layout (schema version 2, see [`MIGRATIONS`]):
+//! Layout (schema version 3, see [`MIGRATIONS`]):
 //!
 //! | table | row |
 //! |---|---|
-//! | `kith_accounts` | account id, encoded signed roster, its version, bytes of sealed keys |
+//! | `kith_accounts` | account id, encoded signed roster, its version, bytes of sealed keys, what the operator set (`settings`, [`AccountSettings::encode`]; NULL for the defaults), last active day (since the Unix epoch, 0 for never) |
 //! | `kith_streams` | account, device, first seq, last seq, bytes, envelopes: the stream head |
 //! | `kith_envelopes` | account, device, first and last seq, packed envelopes (`u32 BE length ‖ bytes`, repeated) |
 //! | `kith_sealed_keys` | account, device, epoch, sealed key |
@@ -49,8 +49,8 @@ use postgres::{Client, NoTls, Statement};
 use tokio::sync::mpsc;
 
 use super::{
-    Exported, LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture, StoreStats,
-    StreamMeta,
+    AccountSettings, Exported, LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture,
+    StoreStats, StreamMeta,
 };
 use crate::state::lock;
 
@@ -120,6 +120,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         PRIMARY KEY (account, device)
     );",
     ),
+    (
+        3,
+        "ALTER TABLE kith_accounts ADD COLUMN settings bytea;
+    ALTER TABLE kith_accounts ADD COLUMN active_day integer NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// The schema version this code reads and writes: the last migration's.
@@ -164,6 +169,10 @@ fn epoch_of(col: i64) -> u64 {
 
 fn account_of(bytes: &[u8]) -> Result<AccountId, StoreError> {
     AccountId::from_slice(bytes).map_err(|_| StoreError::Corrupt("account id"))
+}
+
+fn settings_of(bytes: Option<&[u8]>) -> Result<AccountSettings, StoreError> {
+    bytes.map_or(Ok(AccountSettings::default()), AccountSettings::decode)
 }
 
 fn device_of(bytes: &[u8]) -> Result<DeviceId, StoreError> {
@@ -733,8 +742,9 @@ impl Store for PostgresStore {
     fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError> {
         let a = account.as_bytes().to_vec();
         self.run(move |conn| {
-            let roster =
-                conn.statement("SELECT roster, sealed_key_bytes FROM kith_accounts WHERE id = $1")?;
+            let roster = conn.statement(
+                "SELECT roster, sealed_key_bytes, settings FROM kith_accounts WHERE id = $1",
+            )?;
             let streams = conn.statement(
                 "SELECT device, first_seq, last_seq, bytes, envelopes FROM kith_streams
                  WHERE account = $1",
@@ -753,6 +763,7 @@ impl Store for PostgresStore {
                 roster: row.get(0),
                 streams: Vec::new(),
                 sealed_key_bytes: uint(row.get(1))?,
+                settings: settings_of(row.get(2))?,
             };
             for row in tx.query(&streams, &[&a])? {
                 loaded
@@ -1288,6 +1299,85 @@ impl Store for PostgresStore {
         })
     }
 
+    fn put_account_settings(
+        &self,
+        account: &AccountId,
+        settings: &AccountSettings,
+    ) -> Result<bool, StoreError> {
+        let (a, encoded) = (account.as_bytes().to_vec(), settings.encode().to_vec());
+        // Other relays holding the account read it again (and so its settings).
+        let payload = self.notify_payload('C', account, "");
+        self.run(move |conn| {
+            let mut tx = conn.client.transaction()?;
+            let updated = tx.execute(
+                "UPDATE kith_accounts SET settings = $2 WHERE id = $1",
+                &[&a, &encoded],
+            )? == 1;
+            if updated {
+                tx.query("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload])?;
+            }
+            tx.commit()?;
+            Ok(updated)
+        })
+    }
+
+    fn mark_active(&self, account: &AccountId, day: u32) -> Result<(), StoreError> {
+        let (a, day) = (
+            account.as_bytes().to_vec(),
+            i32::try_from(day).unwrap_or(i32::MAX),
+        );
+        self.run(move |conn| {
+            let update =
+                conn.statement("UPDATE kith_accounts SET active_day = $2 WHERE id = $1")?;
+            conn.client.execute(&update, &[&a, &day])?;
+            Ok(())
+        })
+    }
+
+    fn active_day(&self, account: &AccountId) -> Result<Option<u32>, StoreError> {
+        let a = account.as_bytes().to_vec();
+        self.run(move |conn| {
+            let row = conn
+                .client
+                .query_opt("SELECT active_day FROM kith_accounts WHERE id = $1", &[&a])?;
+            Ok(row
+                .and_then(|row| u32::try_from(row.get::<_, i32>(0)).ok())
+                .filter(|&day| day > 0))
+        })
+    }
+
+    fn account_ids(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let after = after.map_or_else(Vec::new, |a| a.as_bytes().to_vec());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            conn.client
+                .query(
+                    "SELECT id FROM kith_accounts WHERE id > $1 ORDER BY id LIMIT $2",
+                    &[&after, &limit],
+                )?
+                .iter()
+                .map(|row| account_of(row.get::<_, &[u8]>(0)))
+                .collect()
+        })
+    }
+
+    fn registration_tokens(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.run(|conn| {
+            conn.client
+                .query("SELECT hash FROM kith_tokens ORDER BY hash", &[])?
+                .iter()
+                .map(|row| {
+                    <[u8; 32]>::try_from(row.get::<_, &[u8]>(0))
+                        .map_err(|_| StoreError::Corrupt("token hash"))
+                })
+                .collect()
+        })
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         self.run(|conn| {
             let row = conn.client.query_one(
@@ -1336,24 +1426,34 @@ impl Store for PostgresStore {
         let mut after: Vec<u8> = Vec::new();
         loop {
             let from = after.clone();
-            let accounts: Vec<(Vec<u8>, Vec<u8>)> = self.run(move |conn| {
+            type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, i32);
+            let accounts: Vec<Row> = self.run(move |conn| {
                 Ok(conn
                     .client
                     .query(
-                        "SELECT id, roster FROM kith_accounts WHERE id > $1 ORDER BY id LIMIT 256",
+                        "SELECT id, roster, settings, active_day FROM kith_accounts
+                         WHERE id > $1 ORDER BY id LIMIT 256",
                         &[&from],
                     )?
                     .iter()
-                    .map(|row| (row.get(0), row.get(1)))
+                    .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
                     .collect())
             })?;
-            let Some((last, _)) = accounts.last() else {
+            let Some((last, ..)) = accounts.last() else {
                 break;
             };
             after = last.clone();
-            for (id, roster) in accounts {
+            for (id, roster, settings, active_day) in accounts {
                 let account = account_of(&id)?;
                 sink(Exported::Account { account, roster })?;
+                if settings.is_some() || active_day != 0 {
+                    sink(Exported::Settings {
+                        account,
+                        settings: settings_of(settings.as_deref())?,
+                        active_day: u32::try_from(active_day)
+                            .map_err(|_| StoreError::Corrupt("active day"))?,
+                    })?;
+                }
                 let a = id.clone();
                 let (streams, keys) = self.run(move |conn| {
                     let streams = conn.client.query(

@@ -12,6 +12,7 @@
 //! | `account ‖ 'Q'` | bytes of sealed epoch keys (u64 BE) |
 //! | `account ‖ 'P' ‖ slot id` | index of the account's pairing slots (empty value) |
 //! | `account ‖ 'V'` | lookup id of the account's recovery bundle |
+//! | `account ‖ 'A'` | what the operator set ([`AccountSettings::encode`], 13 bytes) ‖ last active day (u32 BE) |
 //!
 //! Tree `pairing`: `slot id → expires_at_ms (u64 BE) ‖ account ‖ bundle`. Tree `recovery`:
 //! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `deleted`:
@@ -39,8 +40,8 @@ use kith_protocol::ids::{AccountId, DeviceId};
 
 use super::log::{Pointer, SEGMENT_BYTES, SegmentLog};
 use super::{
-    Exported, LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError, StoreFuture, StoreStats,
-    StreamMeta,
+    AccountSettings, Exported, LoadedAccount, ReadEnd, SCHEMA_VERSION, Store, StoreError,
+    StoreFuture, StoreStats, StreamMeta,
 };
 
 const TAG_ROSTER: u8 = b'R';
@@ -52,6 +53,9 @@ const TAG_PAIRING: u8 = b'P';
 const TAG_RECOVERY: u8 = b'V';
 /// `account ‖ W ‖ device` → the device's push-gateway token (docs/PROTOCOL.md §12.1).
 const TAG_PUSH_TARGET: u8 = b'W';
+const TAG_ADMIN: u8 = b'A';
+/// Length of the `'A'` value: settings, then the last active day.
+const ADMIN_LEN: usize = 13 + 4;
 
 const ACCOUNT_LEN: usize = AccountId::LEN;
 const DEVICE_LEN: usize = DeviceId::LEN;
@@ -117,6 +121,22 @@ fn envelope_key(account: &AccountId, device: &DeviceId, seq: u64) -> Vec<u8> {
         TAG_ENVELOPES,
         &[device.as_bytes(), &seq.to_be_bytes()],
     )
+}
+
+/// Splits an `'A'` value into the settings and the last active day.
+fn admin_parts(value: &[u8]) -> Result<(AccountSettings, u32), StoreError> {
+    if value.len() != ADMIN_LEN {
+        return Err(StoreError::Corrupt("account settings"));
+    }
+    let day = u32::from_be_bytes(value[13..].try_into().unwrap_or_default());
+    Ok((AccountSettings::decode(&value[..13])?, day))
+}
+
+fn admin_value(settings: &AccountSettings, day: u32) -> [u8; ADMIN_LEN] {
+    let mut out = [0u8; ADMIN_LEN];
+    out[..13].copy_from_slice(&settings.encode());
+    out[13..].copy_from_slice(&day.to_be_bytes());
+    out
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
@@ -463,6 +483,32 @@ impl SledStore {
         self.log.remove_segments(&dead)
     }
 
+    /// Rewrites the account's `'A'` value atomically from what it holds (defaults if none).
+    fn update_admin(
+        &self,
+        account: &AccountId,
+        change: impl Fn(AccountSettings, u32) -> (AccountSettings, u32),
+    ) -> Result<(), StoreError> {
+        let mut corrupt = false;
+        self.accounts
+            .update_and_fetch(key(account, TAG_ADMIN, &[]), |old| {
+                let (settings, day) = match old.map(admin_parts) {
+                    Some(Ok(parts)) => parts,
+                    Some(Err(_)) => {
+                        corrupt = true;
+                        (AccountSettings::default(), 0)
+                    }
+                    None => (AccountSettings::default(), 0),
+                };
+                let (settings, day) = change(settings, day);
+                Some(admin_value(&settings, day).to_vec())
+            })?;
+        if corrupt {
+            tracing::warn!("unreadable account settings were replaced");
+        }
+        Ok(())
+    }
+
     fn remove_slot_entry(&self, slot_id: &[u8; 32], account: &AccountId) -> Result<(), StoreError> {
         self.accounts
             .remove(key(account, TAG_PAIRING, &[slot_id]))?;
@@ -488,10 +534,15 @@ impl Store for SledStore {
             Some(v) => u64_at(&v, 0)?,
             None => 0,
         };
+        let settings = match self.accounts.get(key(account, TAG_ADMIN, &[]))? {
+            Some(v) => admin_parts(&v)?.0,
+            None => AccountSettings::default(),
+        };
         Ok(Some(LoadedAccount {
             roster: roster.to_vec(),
             streams,
             sealed_key_bytes,
+            settings,
         }))
     }
 
@@ -953,6 +1004,68 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn put_account_settings(
+        &self,
+        account: &AccountId,
+        settings: &AccountSettings,
+    ) -> Result<bool, StoreError> {
+        if !self.accounts.contains_key(key(account, TAG_ROSTER, &[]))? {
+            return Ok(false);
+        }
+        self.update_admin(account, |_, day| (*settings, day))?;
+        Ok(true)
+    }
+
+    fn mark_active(&self, account: &AccountId, day: u32) -> Result<(), StoreError> {
+        if self.accounts.contains_key(key(account, TAG_ROSTER, &[]))? {
+            self.update_admin(account, |settings, _| (settings, day))?;
+        }
+        Ok(())
+    }
+
+    fn active_day(&self, account: &AccountId) -> Result<Option<u32>, StoreError> {
+        match self.accounts.get(key(account, TAG_ADMIN, &[]))? {
+            Some(v) => Ok(Some(admin_parts(&v)?.1).filter(|&day| day > 0)),
+            None => Ok(None),
+        }
+    }
+
+    fn account_ids(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        // Jump from account to account: past every key of the previous one (its id followed by
+        // 0xff, above every tag), then to the next roster.
+        let mut from = after.map(|a| key(a, 0xff, &[]));
+        let mut ids = Vec::new();
+        while ids.len() < limit {
+            let next = match &from {
+                Some(from) => self.accounts.range(from.as_slice()..).next(),
+                None => self.accounts.iter().next(),
+            };
+            let Some(item) = next else { break };
+            let (k, _) = item?;
+            let account = AccountId::from_slice(k.get(..ACCOUNT_LEN).unwrap_or_default())
+                .map_err(|_| StoreError::Corrupt("account key"))?;
+            if self.accounts.contains_key(key(&account, TAG_ROSTER, &[]))? {
+                ids.push(account);
+            }
+            from = Some(key(&account, 0xff, &[]));
+        }
+        Ok(ids)
+    }
+
+    fn registration_tokens(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|item| {
+                <[u8; 32]>::try_from(item?.0.as_ref())
+                    .map_err(|_| StoreError::Corrupt("token hash"))
+            })
+            .collect()
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut stats = StoreStats {
             pairing_slots: self.pairing.len() as u64,
@@ -1027,6 +1140,14 @@ impl Store for SledStore {
                         account,
                         device,
                         meta,
+                    }
+                }
+                Some(&TAG_ADMIN) if rest.len() == 1 => {
+                    let (settings, active_day) = admin_parts(&v)?;
+                    Exported::Settings {
+                        account,
+                        settings,
+                        active_day,
                     }
                 }
                 Some(&TAG_SEALED_KEY) if rest.len() == 1 + DEVICE_LEN + 8 => Exported::SealedKey {
@@ -1250,7 +1371,10 @@ mod tests {
         let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
         assert_eq!(
             live,
-            envelopes(4, 7).iter().map(|e| e.len() as u64 + 4).sum()
+            envelopes(4, 7)
+                .iter()
+                .map(|e| e.len() as u64 + 4)
+                .sum::<u64>()
         );
     }
 

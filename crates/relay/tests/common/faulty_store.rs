@@ -7,7 +7,8 @@ use kith_protocol::ids::{AccountId, DeviceId};
 use std::sync::Arc;
 
 use kith_relay::store::{
-    LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture, StoreStats, StreamMeta,
+    AccountSettings, LoadedAccount, ReadEnd, Store, StoreChange, StoreError, StoreFuture,
+    StoreStats, StreamMeta,
 };
 use tokio::sync::mpsc;
 
@@ -220,6 +221,31 @@ impl Store for FaultyStore {
     fn delete_account(&self, account: &AccountId) -> Result<(), StoreError> {
         self.write()?;
         self.inner.delete_account(account)
+    }
+    fn put_account_settings(
+        &self,
+        account: &AccountId,
+        settings: &AccountSettings,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.put_account_settings(account, settings)
+    }
+    fn mark_active(&self, account: &AccountId, day: u32) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.mark_active(account, day)
+    }
+    fn active_day(&self, account: &AccountId) -> Result<Option<u32>, StoreError> {
+        self.inner.active_day(account)
+    }
+    fn account_ids(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        self.inner.account_ids(after, limit)
+    }
+    fn registration_tokens(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.inner.registration_tokens()
     }
     fn stats(&self) -> Result<StoreStats, StoreError> {
         self.inner.stats()
