@@ -1188,6 +1188,15 @@ public protocol KithDeviceProtocol: AnyObject, Sendable {
     func importFile(kind: ImportKind, path: String, me: [String], addressBook: String?) async throws  -> ImportResult
     
     /**
+     * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
+     * target: the relay then wakes the app through the gateway whenever another device of
+     * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
+     * notifications"). Replaces an earlier token; call it at every app start. A relay without
+     * a push gateway refuses with a `Relay` error of code `Unsupported`.
+     */
+    func registerPushTarget(token: Data) async throws 
+    
+    /**
      * The account's use of the relay (asks the relay).
      */
     func relayUsage() async throws  -> RelayUsage
@@ -1214,6 +1223,11 @@ public protocol KithDeviceProtocol: AnyObject, Sendable {
      * One full sync: push this device's changes, pull and merge everyone else's.
      */
     func sync() async throws  -> SyncResult
+    
+    /**
+     * Removes this device's push target: the relay stops waking it.
+     */
+    func unregisterPushTarget() async throws 
     
     /**
      * Keeps a connection to the relay and syncs whenever another device pushes (or another
@@ -1558,6 +1572,29 @@ open func importFile(kind: ImportKind, path: String, me: [String], addressBook: 
 }
     
     /**
+     * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
+     * target: the relay then wakes the app through the gateway whenever another device of
+     * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
+     * notifications"). Replaces an earlier token; call it at every app start. A relay without
+     * a push gateway refuses with a `Relay` error of code `Unsupported`.
+     */
+open func registerPushTarget(token: Data)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_kith_ffi_fn_method_kithdevice_register_push_target(
+                        self.uniffiCloneHandle(),FfiConverterData.lower(token)
+                )
+            },
+            pollFunc: ffi_kith_ffi_rust_future_poll_void,
+            completeFunc: ffi_kith_ffi_rust_future_complete_void,
+            freeFunc: ffi_kith_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeKithError_lift
+        )
+}
+    
+    /**
      * The account's use of the relay (asks the relay).
      */
 open func relayUsage()async throws  -> RelayUsage  {
@@ -1645,6 +1682,25 @@ open func sync()async throws  -> SyncResult  {
             completeFunc: ffi_kith_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_kith_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeSyncResult_lift,
+            errorHandler: FfiConverterTypeKithError_lift
+        )
+}
+    
+    /**
+     * Removes this device's push target: the relay stops waking it.
+     */
+open func unregisterPushTarget()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_kith_ffi_fn_method_kithdevice_unregister_push_target(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_kith_ffi_rust_future_poll_void,
+            completeFunc: ffi_kith_ffi_rust_future_complete_void,
+            freeFunc: ffi_kith_ffi_rust_future_free_void,
+            liftFunc: { $0 },
             errorHandler: FfiConverterTypeKithError_lift
         )
 }
@@ -4760,6 +4816,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_kith_ffi_checksum_method_kithdevice_import_file() != 11433) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_kith_ffi_checksum_method_kithdevice_register_push_target() != 13417) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_kith_ffi_checksum_method_kithdevice_relay_usage() != 10200) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4773,6 +4832,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_kith_ffi_checksum_method_kithdevice_sync() != 64916) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kith_ffi_checksum_method_kithdevice_unregister_push_target() != 26439) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_kith_ffi_checksum_method_kithdevice_watch() != 1078) {

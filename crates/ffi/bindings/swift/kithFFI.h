@@ -436,6 +436,11 @@ uint64_t uniffi_kith_ffi_fn_method_kithdevice_import_bytes(uint64_t ptr, RustBuf
 uint64_t uniffi_kith_ffi_fn_method_kithdevice_import_file(uint64_t ptr, RustBuffer kind, RustBuffer path, RustBuffer me, RustBuffer address_book
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
+uint64_t uniffi_kith_ffi_fn_method_kithdevice_register_push_target(uint64_t ptr, RustBuffer token
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_RELAY_USAGE
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_RELAY_USAGE
 uint64_t uniffi_kith_ffi_fn_method_kithdevice_relay_usage(uint64_t ptr
@@ -459,6 +464,11 @@ RustBuffer uniffi_kith_ffi_fn_method_kithdevice_search(uint64_t ptr, RustBuffer 
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_SYNC
 uint64_t uniffi_kith_ffi_fn_method_kithdevice_sync(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_UNREGISTER_PUSH_TARGET
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_UNREGISTER_PUSH_TARGET
+uint64_t uniffi_kith_ffi_fn_method_kithdevice_unregister_push_target(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_WATCH
@@ -925,6 +935,12 @@ uint16_t uniffi_kith_ffi_checksum_method_kithdevice_import_file(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
+uint16_t uniffi_kith_ffi_checksum_method_kithdevice_register_push_target(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_RELAY_USAGE
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_RELAY_USAGE
 uint16_t uniffi_kith_ffi_checksum_method_kithdevice_relay_usage(void
@@ -952,6 +968,12 @@ uint16_t uniffi_kith_ffi_checksum_method_kithdevice_search(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_SYNC
 uint16_t uniffi_kith_ffi_checksum_method_kithdevice_sync(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_UNREGISTER_PUSH_TARGET
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_UNREGISTER_PUSH_TARGET
+uint16_t uniffi_kith_ffi_checksum_method_kithdevice_unregister_push_target(void
     
 );
 #endif

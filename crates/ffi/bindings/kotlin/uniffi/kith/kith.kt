@@ -786,6 +786,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_import_file(
     ): Int
+    external fun uniffi_kith_ffi_checksum_method_kithdevice_register_push_target(
+    ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_relay_usage(
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_resolve_conflict(
@@ -795,6 +797,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_kith_ffi_checksum_method_kithdevice_search(
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_sync(
+    ): Int
+    external fun uniffi_kith_ffi_checksum_method_kithdevice_unregister_push_target(
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_watch(
     ): Int
@@ -886,6 +890,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_import_file(`ptr`: Long,`kind`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,`me`: RustBuffer.ByValue,`addressBook`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_kith_ffi_fn_method_kithdevice_register_push_target(`ptr`: Long,`token`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_relay_usage(`ptr`: Long,
     ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_resolve_conflict(`ptr`: Long,`id`: RustBuffer.ByValue,`field`: RustBuffer.ByValue,`value`: RustBuffer.ByValue,
@@ -895,6 +901,8 @@ internal object UniffiLib {
     external fun uniffi_kith_ffi_fn_method_kithdevice_search(`ptr`: Long,`query`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_kith_ffi_fn_method_kithdevice_sync(`ptr`: Long,
+    ): Long
+    external fun uniffi_kith_ffi_fn_method_kithdevice_unregister_push_target(`ptr`: Long,
     ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_watch(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1111,6 +1119,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_import_file() and 0xFFFF) != 11433) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_register_push_target() and 0xFFFF) != 13417) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_relay_usage() and 0xFFFF) != 10200) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1124,6 +1135,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_sync() and 0xFFFF) != 64916) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_unregister_push_target() and 0xFFFF) != 26439) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_watch() and 0xFFFF) != 1078) {
@@ -2423,6 +2437,15 @@ public interface KithDeviceInterface {
     suspend fun `importFile`(`kind`: ImportKind, `path`: kotlin.String, `me`: List<kotlin.String>, `addressBook`: kotlin.String?): ImportResult
     
     /**
+     * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
+     * target: the relay then wakes the app through the gateway whenever another device of
+     * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
+     * notifications"). Replaces an earlier token; call it at every app start. A relay without
+     * a push gateway refuses with a `Relay` error of code `Unsupported`.
+     */
+    suspend fun `registerPushTarget`(`token`: kotlin.ByteArray)
+    
+    /**
      * The account's use of the relay (asks the relay).
      */
     suspend fun `relayUsage`(): RelayUsage
@@ -2449,6 +2472,11 @@ public interface KithDeviceInterface {
      * One full sync: push this device's changes, pull and merge everyone else's.
      */
     suspend fun `sync`(): SyncResult
+    
+    /**
+     * Removes this device's push target: the relay stops waking it.
+     */
+    suspend fun `unregisterPushTarget`()
     
     /**
      * Keeps a connection to the relay and syncs whenever another device pushes (or another
@@ -2940,6 +2968,36 @@ open class KithDevice: Disposable, AutoCloseable, KithDeviceInterface
 
     
     /**
+     * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
+     * target: the relay then wakes the app through the gateway whenever another device of
+     * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
+     * notifications"). Replaces an earlier token; call it at every app start. A relay without
+     * a push gateway refuses with a `Relay` error of code `Unsupported`.
+     */
+    @Throws(KithException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `registerPushTarget`(`token`: kotlin.ByteArray) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_kith_ffi_fn_method_kithdevice_register_push_target(
+                uniffiHandle,
+                
+        FfiConverterByteArray.lower(`token`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_kith_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_kith_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_kith_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        KithException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * The account's use of the relay (asks the relay).
      */
     @Throws(KithException::class)
@@ -3056,6 +3114,31 @@ open class KithDevice: Disposable, AutoCloseable, KithDeviceInterface
         { future -> UniffiLib.ffi_kith_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeSyncResult.lift(it) },
+        // Error FFI converter
+        KithException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Removes this device's push target: the relay stops waking it.
+     */
+    @Throws(KithException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unregisterPushTarget`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_kith_ffi_fn_method_kithdevice_unregister_push_target(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_kith_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_kith_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_kith_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
         // Error FFI converter
         KithException.ErrorHandler,
     )
