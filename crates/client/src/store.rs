@@ -36,7 +36,7 @@ pub const DB_FILE: &str = "kith.sqlite3";
 /// The store's format version (`PRAGMA user_version`). A store with a greater version was
 /// written by a newer release and is refused rather than misread; an older one is migrated
 /// when opened. Format 2 (0.2.0) keeps records in a rowid table with a unique index on the
-/// record id (format 1 kept them in a table ordered by id; see [`SCHEMA`]).
+/// record id (format 1 kept them in a table ordered by id; the schema is in `store.rs`).
 pub const FORMAT_VERSION: i64 = 2;
 /// How long a writer waits for another connection's (or process's) write transaction before
 /// giving up with [`LocalStoreError::Busy`]. The longest transactions are one import chunk or one

@@ -19,7 +19,7 @@ use super::{FieldKey, RecordError, decode_value, encode_value};
 
 ///
 /// `replaces` are the clocks of the values the writer saw: usually
-/// [`RecordState::replaces`] for that key. Replacing every head clears a conflict.
+/// [`RecordState::replaces`](crate::merge::RecordState::replaces) for that key. Replacing every head clears a conflict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldWrite {
     key: FieldKey,
