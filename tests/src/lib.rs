@@ -79,7 +79,9 @@ pub mod relay_child {
             println!(
                 "relay-ready {} {}",
                 relay.local_addr(),
-                hex::encode(relay.cert_sha256())
+                // The key pin: what devices keep (an older whole-certificate pin is replaced
+                // by it after the first authenticated connection, docs/PROTOCOL.md §12).
+                hex::encode(relay.key_sha256())
             );
             std::future::pending::<()>().await;
         });

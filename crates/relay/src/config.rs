@@ -242,23 +242,23 @@ pub struct Settings {
     /// URL of the push gateway (`https://…` or `http://…`) the relay POSTs wake-up
     /// notifications to; without it devices cannot register push targets (docs/PROTOCOL.md
     /// §12.1, crates/relay/README.md "Wake-up notifications") [default: none]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PUSH_GATEWAY")]
     pub push_gateway: Option<String>,
     /// PEM file of CA certificates to trust for an https push gateway instead of the built-in
     /// web roots [default: none]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PUSH_GATEWAY_CA")]
     pub push_gateway_ca: Option<PathBuf>,
     /// At most one wake-up per device per this many seconds; pushes in between are coalesced
     /// into one sent when the interval ends [default: 30]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PUSH_INTERVAL_SECS")]
     pub push_interval_secs: Option<u64>,
     /// Most devices with a wake-up waiting or recently sent that the relay tracks; beyond it
     /// new wake-ups are dropped (and counted) until room frees [default: 10000]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PUSH_QUEUE")]
     pub push_queue: Option<usize>,
     /// Attempts after the first for a wake-up the gateway did not take (connection failure,
     /// 5xx, 408, 429), with doubling waits starting at one second [default: 4]
-    #[arg(long)]
+    #[arg(long, env = "KITH_RELAY_PUSH_RETRIES")]
     pub push_retries: Option<u32>,
 }
 
@@ -757,7 +757,7 @@ mod tests {
             assert!(!unknown.contains("unknown field"), "{key}: {unknown}");
             count += 1;
         }
-        assert_eq!(count, 38, "every setting was looked at");
+        assert_eq!(count, 43, "every setting was looked at");
     }
 
     #[test]
