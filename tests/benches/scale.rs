@@ -287,7 +287,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    // Names match exactly, except that `sync` also runs `sync-merges` (the pair is compared).
+    let wanted = |name: &str| {
+        filter.is_empty()
+            || filter
+                .iter()
+                .any(|f| f == name || (f == "sync" && name == "sync-merges"))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -899,3 +899,67 @@ async fn a_closed_device_leaves_no_connection_on_the_relay() {
     // A closed device connects again when it next syncs.
     a.sync().await.unwrap();
 }
+
+/// The identity rule on pulled records (§8.4): most records a sync brings link to nothing and
+/// are settled from the identity index alone; one that shares an e-mail with one local record
+/// and a phone number with another must still join all three into one person, on both devices,
+/// whichever device pulls first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_contact_joins_the_local_contacts_it_shares_identifiers_with() {
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let b = world.link(&a, "b").await;
+    // Written on each device before either syncs.
+    a.add_contact(&ContactFields {
+        name: Some("Ana García".into()),
+        email: Some("ana@example.com".into()),
+        phone: Some("+1 415 555 0100".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for k in 0..40 {
+        a.add_contact(&person(
+            &format!("Someone {k}"),
+            &format!("someone{k}@example.com"),
+        ))
+        .await
+        .unwrap();
+    }
+    b.add_contact(&person("Ana", "ana@example.com"))
+        .await
+        .unwrap();
+    b.add_contact(&ContactFields {
+        name: Some("Ana (mobile)".into()),
+        phone: Some("+14155550100".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    b.add_contact(&person("Bea", "bea@example.com"))
+        .await
+        .unwrap();
+
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+
+    let on_a = a.contacts().unwrap();
+    assert_eq!(on_a.len(), 40 + 2, "{:?}", names(&a));
+    assert_eq!(b.contacts().unwrap(), on_a);
+    let ana: Vec<_> = on_a
+        .iter()
+        .filter(|c| c.emails().iter().any(|e| e.address == "ana@example.com"))
+        .collect();
+    assert_eq!(ana.len(), 1, "{:?}", names(&a));
+    assert_eq!(ana[0].phones().len(), 1);
+    assert_eq!(ana[0].phones()[0].e164, "+14155550100");
+    for k in 0..40 {
+        let email = format!("someone{k}@example.com");
+        assert!(
+            on_a.iter()
+                .any(|c| c.emails().iter().any(|e| e.address == email))
+        );
+    }
+}

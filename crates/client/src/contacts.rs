@@ -367,7 +367,9 @@ impl Device {
         }
         self.inner.store.flush().await?;
         // The identity rule holds for contacts added or edited by hand too (§8.4).
-        self.link_written(touched.into_keys().collect()).await?;
+        let identities = crate::merging::written_identities(&touched);
+        self.link_written(touched.into_keys().collect(), &identities)
+            .await?;
         Ok(())
     }
 

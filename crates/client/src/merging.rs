@@ -80,6 +80,27 @@ pub(crate) fn record_identities(state: &RecordState) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// The identities of records as they were just written, from their merged states in memory
+/// (none for a record that is not live), for [`Device::link_written`].
+pub(crate) type WrittenIdentities = BTreeMap<RecordId, Vec<String>>;
+
+/// [`WrittenIdentities`] of `records`.
+pub(crate) fn written_identities<'a>(
+    records: impl IntoIterator<Item = (&'a RecordId, &'a RecordState)>,
+) -> WrittenIdentities {
+    records
+        .into_iter()
+        .map(|(id, state)| {
+            let identities = if state.is_live() {
+                record_identities(state)
+            } else {
+                Vec::new()
+            };
+            (*id, identities)
+        })
+        .collect()
+}
+
 /// The members of `id`'s group, loaded into `touched`, sorted by id (just `id` if unmerged).
 /// Follows `merged/…` links breadth first and keeps the component [`Groups`] defines.
 pub(crate) fn group_members(
@@ -302,15 +323,38 @@ impl Device {
 
     /// [`Device::link_by_identity`] for records already written (by a local change or a sync):
     /// takes the records lock, and commits the links as local operations.
-    pub(crate) async fn link_written(&self, ids: BTreeSet<RecordId>) -> Result<usize> {
+    ///
+    /// `known` holds the identities of the records as they were written: a record all of whose
+    /// identities are unindexed or indexed under itself links nothing, and is settled from the
+    /// index alone. Only the others are read again and go through the whole rule (a sync of
+    /// 100,000 new contacts read every one of them back before this).
+    pub(crate) async fn link_written(
+        &self,
+        ids: BTreeSet<RecordId>,
+        known: &WrittenIdentities,
+    ) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
         let _records = self.inner.records_lock.lock().await;
-        let mut touched = Records::new();
         let mut index = IdentityIndex::new(&self.inner.store);
+        let mut rest = BTreeSet::new();
+        for id in ids {
+            let settled = match known.get(&id) {
+                Some(identities) => self.links_nothing(&mut index, id, identities)?,
+                None => false,
+            };
+            if !settled {
+                rest.insert(id);
+            }
+        }
+        let mut touched = Records::new();
         let mut load = |t: &mut Records, id: RecordId| self.loaded(t, id).map(|_| ());
-        let ops = self.link_by_identity(&mut touched, &mut load, &mut index, ids)?;
+        let ops = if rest.is_empty() {
+            Vec::new()
+        } else {
+            self.link_by_identity(&mut touched, &mut load, &mut index, rest)?
+        };
         index.write()?;
         if ops.is_empty() {
             return Ok(0);
@@ -321,6 +365,26 @@ impl Device {
         self.persist_clock()?;
         self.inner.store.flush().await?;
         Ok(ops.len())
+    }
+
+    /// Whether `identities` (those of live record `id`) link it to no other record: each is
+    /// unindexed (then indexed under `id`, as [`Device::link_by_identity`] would) or already
+    /// indexed under `id`. `false` at the first one indexed under another record.
+    fn links_nothing(
+        &self,
+        index: &mut IdentityIndex<'_>,
+        id: RecordId,
+        identities: &[String],
+    ) -> Result<bool> {
+        for identity in identities {
+            let key = self.inner.store.cipher().index_key(identity);
+            match index.get(&key)? {
+                None => index.insert(key, id)?,
+                Some(other) if other == id => {}
+                Some(_) => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// The group of `id` with its view: members' states in `touched`, members sorted, and the
@@ -467,17 +531,24 @@ impl Device {
 
     /// The merged views of every contact, by survivor id.
     pub(crate) fn all_views(&self) -> Result<Vec<RecordState>> {
-        let (groups, records) = self.all_records()?;
-        let mut views = Vec::new();
-        for (id, state) in &records {
-            if !groups.is_survivor(id) {
-                continue;
-            }
-            let members = groups.members(id);
+        let (groups, mut records) = self.all_records()?;
+        let survivors: Vec<RecordId> = records
+            .keys()
+            .filter(|id| groups.is_survivor(id))
+            .copied()
+            .collect();
+        let mut views = Vec::with_capacity(survivors.len());
+        for id in survivors {
+            let members = groups.members(&id);
+            // A record alone in its group is its own view: moved out, not copied (no other
+            // group reads it).
             let view = if members.len() == 1 {
-                state.clone()
+                match records.remove(&id) {
+                    Some(state) => state,
+                    None => continue,
+                }
             } else {
-                Groups::view(*id, members.iter().filter_map(|m| records.get(m)))
+                Groups::view(id, members.iter().filter_map(|m| records.get(m)))
             };
             if view.is_live() {
                 views.push(view);

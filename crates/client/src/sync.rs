@@ -18,6 +18,7 @@ use prost::Message;
 use crate::clock::ClockSkew;
 use crate::device::{Device, meta, now_ms};
 use crate::error::{ClientError, Result};
+use crate::merging::WrittenIdentities;
 use crate::net::{RelayConnection, expect_ok};
 use crate::pipeline::{RecordPipeline, Records};
 use crate::store::{LocalStoreError, StoreTxn, TreeName};
@@ -191,7 +192,8 @@ impl Device {
         // back (an envelope signed in a later epoch), and then nothing may be written under
         // the old epoch, whose key a revoked device may hold (§4). Any other pull failure
         // does not keep this device's own changes from the relay.
-        let pulled = self.pull(connection, &mut report).await;
+        let mut identities = WrittenIdentities::new();
+        let pulled = self.pull(connection, &mut report, &mut identities).await;
         if let Err(error @ ClientError::NewerRosterWithheld { .. }) = pulled {
             return Err(error);
         }
@@ -203,7 +205,11 @@ impl Device {
         pulled?;
         // The identity rule holds for what other devices wrote too (§8.4); links it makes
         // are pushed at once.
-        if self.link_written(report.changed.clone()).await? > 0 {
+        if self
+            .link_written(report.changed.clone(), &identities)
+            .await?
+            > 0
+        {
             self.seal_pending()?;
             report.pushed += self.push_outbox(connection).await?;
         }
@@ -593,7 +599,12 @@ impl Device {
     }
 
     /// Pulls every other device's stream and merges it, counting into `report`.
-    async fn pull(&self, connection: &RelayConnection, report: &mut SyncReport) -> Result<()> {
+    async fn pull(
+        &self,
+        connection: &RelayConnection,
+        report: &mut SyncReport,
+        identities: &mut WrittenIdentities,
+    ) -> Result<()> {
         let mut verifiers: HashMap<DeviceId, StreamVerifier> = HashMap::new();
         // Streams with nothing more to pull: removed devices verified up to their final_seq,
         // or that a relay served past it, and streams stopped at an envelope in a newer format
@@ -789,6 +800,8 @@ impl Device {
             }
             let (touched, page_changed) =
                 self.merge_payloads(&mut pipeline, &parsed, opened, &mut skews, &mut moves)?;
+            // What the identity rule checks after the pull, taken while the states are here.
+            identities.extend(crate::merging::written_identities(&touched));
             // Cursors are written with the records they cover, in one transaction (were they
             // not, a crash in between would pull the page again, and merging it again would
             // change nothing).
