@@ -8,11 +8,13 @@
 //!   links two existing records into one person (target < 5 s each);
 //! - the same sync when the operations include merges (`sync-merges`: 10,000 of them at
 //!   100,000 contacts; issue 11 asks for no more than 10 % slower than `sync`);
+//! - a device linked into an account of 100,000 contacts, compacted into a snapshot: from
+//!   approval to every contact shown on the new device (`join`; target < 3 s);
 //! - the relay's bytes for an account of 10,000 contacts after 10 rounds of edits to every
 //!   contact, before and after `compact`.
 //!
 //! `cargo bench -p kith-e2e --bench scale` runs them all; `-- import`, `-- sync` (with
-//! `sync-merges`), `-- merge` or `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
+//! `sync-merges`), `-- merge`, `-- join` or `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
 //! and `KITH_BENCH_COMPACT_CONTACTS` (default 10000) for a quick check;
 //! `KITH_BENCH_COMPACT_ROUNDS` (default 10) sets the edit rounds before `compact`.
 
@@ -233,6 +235,50 @@ async fn bench_sync_merges(n: usize, merges: usize) {
     relay.shutdown().await.unwrap();
 }
 
+/// A device linked into an account of `n` contacts that device A has compacted into a
+/// snapshot (issue 18: all shown within 3 s of approval). The new device asks first, as a
+/// person's second device does while they open the first; the clock starts when A approves
+/// and stops when the new device's link has completed, which includes its first sync: every
+/// contact pulled, verified and merged.
+async fn bench_join(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let csv = generate_linkedin_csv(n);
+    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    a.import(report).await.unwrap();
+    a.sync().await.unwrap();
+    let compacted = a.compact().await.unwrap();
+    let contacts = a.contact_count().unwrap();
+    let pending =
+        kith_client::PendingLink::new(&dir.path().join("b"), target(&relay), "b").unwrap();
+    let code = pending.code().to_string();
+    let asked = tokio::spawn(pending.complete(Duration::from_secs(120)));
+    // The request reaches the relay before the person approves it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let approval = a.approve_link(&code).await.unwrap();
+    let approved = started.elapsed();
+    let b = asked.await.unwrap().unwrap();
+    let joined = started.elapsed();
+    assert_eq!(
+        b.contact_count().unwrap(),
+        contacts,
+        "b must show every contact"
+    );
+    println!(
+        "join: {contacts} contacts in {} snapshot envelopes; approval returned in {} (joined: {}); the new device showed every contact {} after approval ({:.0} contacts/s)",
+        compacted.snapshot_envelopes,
+        secs(approved),
+        approval.joined,
+        secs(joined),
+        contacts as f64 / joined.as_secs_f64()
+    );
+    relay.shutdown().await.unwrap();
+}
+
 async fn bench_compact(n: usize, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path()).await;
@@ -314,6 +360,9 @@ fn main() {
         }
         if wanted("merge") {
             bench_merge(contacts).await;
+        }
+        if wanted("join") {
+            bench_join(contacts).await;
         }
         if wanted("compact") {
             bench_compact(compact_contacts, compact_rounds).await;

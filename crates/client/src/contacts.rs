@@ -592,6 +592,7 @@ impl Device {
         let mut summary = ImportSummary::default();
         let store = &self.inner.store;
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
+        let _bulk = store.bulk()?;
         let mut index = IdentityIndex::new(store);
         let mut done = 0;
         let mut contacts = contacts.into_iter();
