@@ -8,13 +8,15 @@
 //!   links two existing records into one person (target < 5 s each);
 //! - the same sync when the operations include merges (`sync-merges`: 10,000 of them at
 //!   100,000 contacts; issue 11 asks for no more than 10 % slower than `sync`);
+//! - the same 100,000 contacts merged on B while B watches, from the start of A's sync until B
+//!   shows them all (`watch`: how a person sees it, target < 2 s);
 //! - a device linked into an account of 100,000 contacts, compacted into a snapshot: from
 //!   approval to every contact shown on the new device (`join`; target < 3 s);
 //! - the relay's bytes for an account of 10,000 contacts after 10 rounds of edits to every
 //!   contact, before and after `compact`.
 //!
 //! `cargo bench -p kith-e2e --bench scale` runs them all; `-- import`, `-- sync` (with
-//! `sync-merges`), `-- merge`, `-- join` or `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
+//! `sync-merges`), `-- merge`, `-- watch`, `-- join` or `-- compact` runs one. Sizes can be scaled down with `KITH_BENCH_CONTACTS` (default 100000)
 //! and `KITH_BENCH_COMPACT_CONTACTS` (default 10000) for a quick check;
 //! `KITH_BENCH_COMPACT_ROUNDS` (default 10) sets the edit rounds before `compact`.
 
@@ -178,6 +180,51 @@ async fn bench_sync(n: usize) {
         usage.bytes_used,
         usage.bytes_used as f64 / contacts as f64
     );
+    relay.shutdown().await.unwrap();
+}
+
+/// The sync of `bench_sync` as people see it: B is open and watching (subscribed) while A
+/// pushes, so B pulls and merges A's first envelopes while A seals and pushes the rest. Timed
+/// from the start of A's sync until B shows every contact.
+async fn bench_watch(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path()).await;
+    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let b = link(dir.path(), &relay, &a, "b").await;
+    let csv = generate_linkedin_csv(n);
+    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    let contacts = report.contacts.len();
+    a.import(report).await.unwrap();
+    let (changes, mut reports) = tokio::sync::mpsc::channel(64);
+    let watcher = {
+        let b = b.clone();
+        tokio::spawn(async move { b.watch(changes).await })
+    };
+    // The watcher's first sync (nothing to pull) and its subscription.
+    reports.recv().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let pushed = a.sync().await.unwrap();
+    let push_time = started.elapsed();
+    let mut syncs = 0;
+    while b.contact_count().unwrap() < contacts as u64 {
+        tokio::time::timeout(Duration::from_secs(120), reports.recv())
+            .await
+            .expect("B merged everything within 2 minutes")
+            .expect("the watcher runs");
+        syncs += 1;
+    }
+    let total = started.elapsed();
+    println!(
+        "watch: {contacts} contacts; A sealed+pushed {} envelopes in {}; B, watching, showed every contact {} after A's sync started ({syncs} syncs; {:.0} contacts/s end to end)",
+        pushed.pushed,
+        secs(push_time),
+        secs(total),
+        contacts as f64 / total.as_secs_f64()
+    );
+    watcher.abort();
     relay.shutdown().await.unwrap();
 }
 
@@ -360,6 +407,9 @@ fn main() {
         }
         if wanted("merge") {
             bench_merge(contacts).await;
+        }
+        if wanted("watch") {
+            bench_watch(contacts).await;
         }
         if wanted("join") {
             bench_join(contacts).await;
