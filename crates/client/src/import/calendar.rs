@@ -34,7 +34,8 @@ use kith_protocol::proto;
 
 use super::archive::Archive;
 use super::{
-    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, text,
+    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
+    text,
 };
 
 const KIND: FileKind = FileKind::Calendar;
@@ -69,12 +70,7 @@ pub fn import_bytes(
     now_unix: i64,
     opts: &ImportOptions,
 ) -> Result<ImportReport, ImportError> {
-    if bytes.len() as u64 > opts.max_file_bytes {
-        return Err(ImportError::TooLarge {
-            kind: KIND,
-            limit: opts.max_file_bytes,
-        });
-    }
+    check_size(bytes, opts, KIND)?;
     let mut importer = Importer::new(me, now_unix, opts);
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         import_zip(std::io::Cursor::new(bytes), &mut importer)?;

@@ -16,8 +16,8 @@ use kith_protocol::proto;
 use serde_json::Value;
 
 use super::{
-    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, read_bounded,
-    read_file, text,
+    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
+    read_bounded, read_file, text,
 };
 
 const KIND: FileKind = FileKind::FacebookFriends;
@@ -38,12 +38,7 @@ pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportRe
 
 /// Imports a friends file from its bytes.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    if bytes.len() as u64 > opts.max_file_bytes {
-        return Err(ImportError::TooLarge {
-            kind: KIND,
-            limit: opts.max_file_bytes,
-        });
-    }
+    check_size(bytes, opts, KIND)?;
     let bytes = text::strip_utf8_bom(bytes);
     // serde_json's messages can quote the input ("invalid type: string \"…\""), so only its
     // category and position are passed on. Its recursion limit bounds nesting depth.

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use kith_protocol::proto;
 
 use super::{
-    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, read_bounded,
-    read_file, text,
+    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
+    read_bounded, read_file, text,
 };
 
 const KIND: FileKind = FileKind::LinkedInConnections;
@@ -41,12 +41,7 @@ pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportRe
 
 /// Imports `Connections.csv` from its bytes. The same connection twice is one contact.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    if bytes.len() as u64 > opts.max_file_bytes {
-        return Err(ImportError::TooLarge {
-            kind: KIND,
-            limit: opts.max_file_bytes,
-        });
-    }
+    check_size(bytes, opts, KIND)?;
     // The record limit counts connections here, not rows: the same connection twice is one.
     let mut rows = Rows::new(
         bytes,

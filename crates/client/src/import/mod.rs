@@ -621,6 +621,22 @@ pub(crate) fn read_file(path: &Path, limit: u64, kind: FileKind) -> Result<Vec<u
     read_bounded(file, limit, kind)
 }
 
+/// Refuses bytes handed to an importer directly (`import_bytes`) that exceed
+/// [`ImportOptions::max_file_bytes`], as a file of that size would have been.
+pub(crate) fn check_size(
+    bytes: &[u8],
+    opts: &ImportOptions,
+    kind: FileKind,
+) -> Result<(), ImportError> {
+    if bytes.len() as u64 > opts.max_file_bytes {
+        return Err(ImportError::TooLarge {
+            kind,
+            limit: opts.max_file_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// Reads a reader to its end, failing as soon as it yields more than `limit` bytes.
 pub(crate) fn read_bounded(
     reader: impl Read,

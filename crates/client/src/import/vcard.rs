@@ -36,8 +36,8 @@ use std::path::Path;
 use kith_protocol::proto;
 
 use super::{
-    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, phone,
-    read_bounded, read_file, text,
+    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
+    phone, read_bounded, read_file, text,
 };
 
 const KIND: FileKind = FileKind::VCard;
@@ -83,12 +83,7 @@ pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportRe
 
 /// Imports vCards from bytes.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    if bytes.len() as u64 > opts.max_file_bytes {
-        return Err(ImportError::TooLarge {
-            kind: KIND,
-            limit: opts.max_file_bytes,
-        });
-    }
+    check_size(bytes, opts, KIND)?;
     let bytes = decode_file(bytes);
     let bytes: &[u8] = &bytes;
     let separator = separator_of(bytes);
