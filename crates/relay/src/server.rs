@@ -483,11 +483,23 @@ async fn apply_changes(
             StoreChange::Changed { account } | StoreChange::Deleted { account } => {
                 shared.accounts.refresh(store, &account).map(drop)
             }
-            StoreChange::Resync => shared
-                .accounts
-                .cached_ids()
-                .iter()
-                .try_for_each(|id| shared.accounts.refresh(store, id).map(drop)),
+            StoreChange::Resync => {
+                // A put missed while nobody listened: waiting takes look again too.
+                shared
+                    .pairing_puts
+                    .send_modify(|puts| *puts = puts.wrapping_add(1));
+                shared
+                    .accounts
+                    .cached_ids()
+                    .iter()
+                    .try_for_each(|id| shared.accounts.refresh(store, id).map(drop))
+            }
+            StoreChange::PairingPut => {
+                shared
+                    .pairing_puts
+                    .send_modify(|puts| *puts = puts.wrapping_add(1));
+                Ok(())
+            }
         };
         if let Err(err) = result {
             tracing::warn!(error = ?err, "applying another relay's change failed");

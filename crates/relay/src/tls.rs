@@ -25,6 +25,11 @@ pub const SELF_SIGNED_CERT: &str = "cert.pem";
 /// See [`SELF_SIGNED_CERT`].
 pub const SELF_SIGNED_KEY: &str = "key.pem";
 
+/// The files of a data directory that relays behind one address share (copied from the first
+/// relay's): the self-signed certificate and key that clients pin, and the stateless-reset
+/// key, so that a reset sent by any of them is accepted.
+pub const SHARED_IDENTITY_FILES: [&str; 3] = [SELF_SIGNED_CERT, SELF_SIGNED_KEY, RESET_KEY];
+
 /// TLS setup failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

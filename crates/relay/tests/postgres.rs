@@ -232,15 +232,57 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
     .await;
 }
 
+/// A new device waits for its link bundle on relay 2 while the approving device puts it
+/// through relay 1: the put is announced through the database and answers the waiting take
+/// (without it, the take would wait out its 20 s and answer `NotFound`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_waiting_on_one_relay_is_answered_by_a_put_through_the_other() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.database();
+    bounded(async {
+        let (_dir, one, two) = two_relays(&url).await;
+        let account = TestAccount::new(1);
+        let approver = connect(&one).await;
+        account.create(&approver).await;
+        let newcomer = Arc::new(connect(&two).await); // not authenticated
+        let waiting = tokio::spawn({
+            let newcomer = newcomer.clone();
+            async move {
+                newcomer
+                    .request(request::Kind::TakePairingSlot(proto::TakePairingSlot {
+                        slot_id: [9; 32].to_vec(),
+                        wait_ms: 20_000,
+                    }))
+                    .await
+            }
+        });
+        // The take is waiting on relay 2 (it found no slot) before the put.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        approver
+            .expect_ok(request::Kind::PutPairingSlot(proto::PutPairingSlot {
+                slot_id: [9; 32].to_vec(),
+                bundle: b"sealed".to_vec(),
+            }))
+            .await
+            .unwrap();
+        match waiting.await.unwrap().unwrap() {
+            proto::response::Kind::PairingSlot(slot) => assert_eq!(slot.bundle, b"sealed"),
+            other => panic!("{other:?}"),
+        }
+        one.shutdown().await.unwrap();
+        two.shutdown().await.unwrap();
+    })
+    .await;
+}
+
 /// Copies relay 1's certificate and keys into relay 2's data directory: relays behind one
-/// address share them.
+/// address share them (only them: what the README says to copy).
 fn share_identity(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
+    for file in kith_relay::tls::SHARED_IDENTITY_FILES {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
     }
 }
 

@@ -184,6 +184,9 @@ pub enum StoreChange {
     /// Changes may have been missed (the connection that hears them was re-established):
     /// everything held in memory must be read again.
     Resync,
+    /// A pairing slot was put: a new device waiting on this relay for its link bundle looks
+    /// again (the slot is in the shared store, the wait is per relay).
+    PairingPut,
 }
 
 /// One item of a whole store, as [`Store::export`] hands them out (what `kith-relay

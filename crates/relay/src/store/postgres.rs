@@ -362,10 +362,35 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Why a connection string asking for TLS is refused.
+const NO_TLS: &str = "TLS to PostgreSQL is not supported by this release (sslmode=require, \
+     verify-ca, verify-full, sslrootcert): reach the database over a Unix socket or a private \
+     network, with sslmode=disable (README.md, \"PostgreSQL\")";
+
 fn parse(url: &str) -> Result<postgres::Config, StoreError> {
-    postgres::Config::from_str(url)
+    let asks_tls = [
+        "sslmode=require",
+        "sslmode=verify",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+    ]
+    .iter()
+    .any(|option| url.contains(option));
+    let config = postgres::Config::from_str(url).map_err(|_| {
         // The driver's message may quote the string, password included: not repeated here.
-        .map_err(|_| StoreError::Backend("the PostgreSQL connection string does not parse".into()))
+        StoreError::Backend(if asks_tls {
+            NO_TLS.into()
+        } else {
+            "the PostgreSQL connection string does not parse".into()
+        })
+    })?;
+    // The driver runs without a TLS implementation: `require` would fail at every connection
+    // with a message about handshakes; say what to do instead, once, at start-up.
+    if asks_tls || config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(StoreError::Backend(NO_TLS.into()));
+    }
+    Ok(config)
 }
 
 /// Waits for a worker's answer without stalling the runtime's other tasks.
@@ -723,6 +748,7 @@ fn parse_change(payload: &str, own: &str) -> Option<StoreChange> {
         },
         "C" => StoreChange::Changed { account },
         "D" => StoreChange::Deleted { account },
+        "S" => StoreChange::PairingPut,
         _ => return None,
     })
 }
@@ -1085,16 +1111,24 @@ impl Store for PostgresStore {
             account.as_bytes().to_vec(),
             bundle.to_vec(),
         );
+        let payload = self.notify_payload('S', account, "");
         self.run(move |conn| {
+            let mut tx = conn.client.transaction()?;
             // Inserted, or replacing an expired slot; a live one stays.
-            Ok(conn.client.execute(
+            let put = tx.execute(
                 "INSERT INTO kith_pairing (slot, account, expires_at_ms, bundle)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (slot) DO UPDATE SET account = excluded.account,
                      expires_at_ms = excluded.expires_at_ms, bundle = excluded.bundle
                  WHERE kith_pairing.expires_at_ms <= $5",
                 &[&s, &a, &int(expires_at_ms), &bundle, &int(now_ms)],
-            )? == 1)
+            )? == 1;
+            if put {
+                // A new device may be waiting for this slot on another relay.
+                tx.query("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload])?;
+            }
+            tx.commit()?;
+            Ok(put)
         })
     }
 
@@ -1611,6 +1645,10 @@ mod tests {
             parse_change(&format!("bb D {}", hex::encode(account.as_bytes())), "aa"),
             Some(StoreChange::Deleted { account })
         );
+        assert_eq!(
+            parse_change(&format!("bb S {}", hex::encode(account.as_bytes())), "aa"),
+            Some(StoreChange::PairingPut)
+        );
     }
 
     #[test]
@@ -1621,5 +1659,33 @@ mod tests {
         assert!(!text.contains("s3cret"));
         let err = parse("postgres://kith:s3cret@db.example:notaport/relay").unwrap_err();
         assert!(!err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn a_connection_string_asking_for_tls_is_refused_with_what_to_do() {
+        for url in [
+            "postgres://kith:s3cret@db.example/relay?sslmode=require",
+            "postgres://kith:s3cret@db.example/relay?sslmode=verify-full",
+            "postgres://kith@db.example/relay?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+            "host=db.example user=kith sslmode=require",
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(
+                err.contains("TLS to PostgreSQL is not supported"),
+                "{url}: {err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        // Plain connections, the default `prefer` included (it falls back to plain), parse.
+        for url in [
+            "postgres://kith@db.example/relay",
+            "postgres://kith@db.example/relay?sslmode=disable",
+            "postgres://kith@db.example/relay?sslmode=prefer",
+            "postgres://kith@%2Fvar%2Frun%2Fpostgresql/kith",
+            "postgres:///kith?host=/var/run/postgresql&user=kith",
+            "postgres://kith@db1,db2/kith?target_session_attrs=read-write&connect_timeout=10",
+        ] {
+            parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
     }
 }
