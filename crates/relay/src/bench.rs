@@ -1,10 +1,12 @@
 //! `kith-relay bench`: D devices, each in its own account, push N envelopes in batches through
 //! real QUIC connections on loopback, then pull them back; optionally hold many idle
 //! authenticated connections. Prints envelopes/s, MB/s, ack latency percentiles and the relay's
-//! peak RSS (when the tool started the relay itself). `--churn N` measures something else: N
-//! short connections one after another (see [`churn`]). `--abuse` runs the push phase twice,
-//! alone and beside an abusive client from 127.0.0.2 (see [`abuse`]), each device pulling
-//! back what it pushed, and compares the honest p99 latencies.
+//! peak RSS (when the tool started the relay itself), and how much the store grew on disk per
+//! 100,000 envelopes. `--store postgres://…` runs the relay on PostgreSQL, `--relays N` runs N
+//! relays on that one database with the devices spread over them. `--churn N` measures
+//! something else: N short connections one after another (see [`churn`]). `--abuse` runs the
+//! push phase twice, alone and beside an abusive client from 127.0.0.2 (see [`abuse`]), each
+//! device pulling back what it pushed, and compares the honest p99 latencies.
 
 mod abuse;
 mod churn;
@@ -23,6 +25,7 @@ use kith_protocol::ids::AccountId;
 use kith_protocol::keys::{AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, system_rng};
 use kith_protocol::proto;
 use kith_relay::client::{RelayClient, shared_endpoint};
+use kith_relay::tls::SHARED_IDENTITY_FILES;
 use kith_relay::wire;
 use prost::Message;
 
@@ -70,9 +73,14 @@ pub struct BenchArgs {
     /// (`postgres://…`, see README.md "PostgreSQL") [default: sled]
     #[arg(long)]
     store: Option<String>,
-    /// Data directory for the relay the tool starts [default: a temporary directory]
+    /// Data directory for the relay the tool starts [default: a temporary directory]; with
+    /// --relays N, relay i > 1 uses DATA-i
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Relays the tool starts on one --store (PostgreSQL only beyond 1), sharing the first
+    /// one's certificate, key and reset key; the devices are spread over them in turn
+    #[arg(long, default_value_t = 1)]
+    relays: usize,
     /// Client UDP endpoints the connections are spread over
     #[arg(long, default_value_t = 4)]
     endpoints: usize,
@@ -191,15 +199,18 @@ fn ciphertext_len(size: usize) -> usize {
     kith_protocol::padding::padded_len(size) as usize + kith_protocol::envelope::TAG_LEN
 }
 
-struct SpawnedRelay {
-    child: Child,
-    _dir: Option<tempfile::TempDir>,
+/// The relay processes the tool started (killed when dropped) and their temporary data.
+struct SpawnedRelays {
+    children: Vec<Child>,
+    dir: Option<tempfile::TempDir>,
 }
 
-impl Drop for SpawnedRelay {
+impl Drop for SpawnedRelays {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -231,18 +242,28 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
 /// Wall time and the CPU time of the relay and of this tool over one phase: the machine is
 /// shared, so a figure means something only next to what each side spent.
 struct Meter {
-    relay_pid: Option<u32>,
+    relay_pids: Vec<u32>,
     start: Instant,
     relay_cpu: Option<f64>,
     own_cpu: Option<f64>,
 }
 
+/// CPU seconds of every relay process together (`None` without any, or if one is gone).
+fn relays_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|pid| cpu_seconds(&pid.to_string()))
+        .sum::<Option<f64>>()
+}
+
 impl Meter {
-    fn start(relay_pid: Option<u32>) -> Self {
+    fn start(relay_pids: &[u32]) -> Self {
         Self {
-            relay_pid,
+            relay_pids: relay_pids.to_vec(),
             start: Instant::now(),
-            relay_cpu: relay_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+            relay_cpu: relays_cpu(relay_pids),
             own_cpu: cpu_seconds("self"),
         }
     }
@@ -268,27 +289,78 @@ impl Meter {
         format!(
             "{}; {}",
             line(
-                "relay",
+                if self.relay_pids.len() > 1 {
+                    "relays"
+                } else {
+                    "relay"
+                },
                 self.relay_cpu,
-                self.relay_pid.and_then(|pid| cpu_seconds(&pid.to_string()))
+                relays_cpu(&self.relay_pids)
             ),
             line("load tool", self.own_cpu, cpu_seconds("self"))
         )
     }
 }
 
-fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])> {
+/// Starts `--relays` relays on `--store`: the first on its data directory, the others on
+/// their own with copies of the first one's [`SHARED_IDENTITY_FILES`] (README.md, "PostgreSQL:
+/// several relays, one database"). Returns them with
+/// their addresses and the certificate pin they share.
+fn spawn_relays(args: &BenchArgs) -> Result<(SpawnedRelays, Vec<SocketAddr>, [u8; 32])> {
+    let count = args.relays.max(1);
+    let shared_store = args
+        .store
+        .as_deref()
+        .is_some_and(kith_relay::store::postgres::is_postgres_url);
+    if count > 1 && !shared_store {
+        bail!("--relays above 1 needs a shared --store postgres://…");
+    }
+    if count > 1 && (args.churn.is_some() || args.abuse) {
+        bail!("--churn and --abuse measure one relay: leave --relays at 1");
+    }
     let (dir, data) = match &args.data {
         Some(data) => (None, data.clone()),
         None => {
             let dir = tempfile::tempdir()?;
-            let path = dir.path().to_owned();
+            let path = dir.path().join("relay");
             (Some(dir), path)
         }
     };
+    let mut relays = SpawnedRelays {
+        children: Vec::new(),
+        dir,
+    };
+    let (mut addrs, mut first_pin) = (Vec::new(), None);
+    for i in 0..count {
+        let dir = if i == 0 {
+            data.clone()
+        } else {
+            let mut name = data.clone().into_os_string();
+            name.push(format!("-{}", i + 1));
+            let dir = PathBuf::from(name);
+            std::fs::create_dir_all(&dir)?;
+            for file in SHARED_IDENTITY_FILES {
+                std::fs::copy(data.join(file), dir.join(file))
+                    .with_context(|| format!("copying {file} to {}", dir.display()))?;
+            }
+            dir
+        };
+        let (child, addr, pin) = spawn_relay(args, &dir)?;
+        relays.children.push(child);
+        if *first_pin.get_or_insert(pin) != pin {
+            bail!("relay {} serves another certificate than relay 1", i + 1);
+        }
+        addrs.push(addr);
+    }
+    let pin = first_pin.ok_or_else(|| anyhow!("no relay"))?;
+    Ok((relays, addrs, pin))
+}
+
+/// Starts one relay process on `data`; returns it, its address and its certificate pin.
+fn spawn_relay(args: &BenchArgs, data: &std::path::Path) -> Result<(Child, SocketAddr, [u8; 32])> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
+        .arg(data)
         .args([
             "--requests-per-second",
             "1000000",
@@ -317,6 +389,9 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
                 "1000000",
                 "--retry-above-handshakes-per-second",
                 "1000000",
+                // A busy machine serves pulls late; the tool measures rates, not the refusal.
+                "--pull-wait-secs",
+                "600",
             ][..]
         })
         .stdout(Stdio::piped())
@@ -324,11 +399,15 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
         .spawn()
         .context("starting the relay")?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let spawned = SpawnedRelay { child, _dir: dir };
     let mut lines = BufReader::new(stdout).lines();
     let (mut addr, mut pin) = (None, None);
     while addr.is_none() || pin.is_none() {
-        let line = lines.next().ok_or_else(|| anyhow!("the relay exited"))??;
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the relay exited");
+        };
+        let line = line?;
         if let Some(rest) = line.strip_prefix("listening on ") {
             addr = Some(rest.parse()?);
         } else if let Some(rest) = line.strip_prefix("certificate sha256 ") {
@@ -337,7 +416,7 @@ fn spawn_relay(args: &BenchArgs) -> Result<(SpawnedRelay, SocketAddr, [u8; 32])>
     }
     std::thread::spawn(move || for _ in lines {});
     Ok((
-        spawned,
+        child,
         addr.ok_or_else(|| anyhow!("no address"))?,
         pin.ok_or_else(|| anyhow!("no pin"))?,
     ))
@@ -363,14 +442,94 @@ struct Device {
     key: DeviceSigningKey,
 }
 
-fn print_rss(relay_pid: Option<u32>, when: &str) {
-    if let Some((peak, now)) = relay_pid.and_then(rss_kib) {
-        println!(
-            "relay RSS {when}: {} MB (peak {} MB)",
-            now / 1024,
-            peak / 1024
-        );
+fn print_rss(relay_pids: &[u32], when: &str) {
+    for (i, pid) in relay_pids.iter().enumerate() {
+        if let Some((peak, now)) = rss_kib(*pid) {
+            let relay = if relay_pids.len() > 1 {
+                format!("relay {}", i + 1)
+            } else {
+                "relay".to_owned()
+            };
+            println!(
+                "{relay} RSS {when}: {} MB (peak {} MB)",
+                now / 1024,
+                peak / 1024
+            );
+        }
     }
+}
+
+/// Where the store's size on disk is read: a PostgreSQL database (`pg_database_size`, WAL
+/// excluded) or the data directory of a sled relay the tool started.
+enum StoreSize {
+    Postgres(String),
+    Dir(PathBuf),
+    Unknown,
+}
+
+impl StoreSize {
+    fn of(args: &BenchArgs, relays: Option<&SpawnedRelays>) -> Self {
+        match args.store.as_deref() {
+            Some(url) if kith_relay::store::postgres::is_postgres_url(url) => {
+                Self::Postgres(url.to_owned())
+            }
+            _ if relays.is_some() => match (&args.data, relays.and_then(|r| r.dir.as_ref())) {
+                (Some(data), _) => Self::Dir(data.clone()),
+                (None, Some(dir)) => Self::Dir(dir.path().join("relay")),
+                (None, None) => Self::Unknown,
+            },
+            _ => Self::Unknown,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "the PostgreSQL database",
+            Self::Dir(_) => "the data directory",
+            Self::Unknown => "the store",
+        }
+    }
+
+    /// Bytes on disk now, if they can be read.
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            Self::Postgres(url) => {
+                let url = url.clone();
+                // The synchronous client runs a runtime of its own: not on the tool's threads.
+                let size = std::thread::spawn(move || -> Result<i64> {
+                    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+                    Ok(client
+                        .query_one("SELECT pg_database_size(current_database())", &[])?
+                        .get(0))
+                })
+                .join()
+                .ok()?;
+                match size {
+                    Ok(size) => u64::try_from(size).ok(),
+                    Err(err) => {
+                        eprintln!("store size unknown: {err}");
+                        None
+                    }
+                }
+            }
+            Self::Dir(dir) => Some(dir_bytes(dir)),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// Bytes of the files under `dir` (0 for what cannot be read).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Latencies of one push round: push acknowledgements, and (when pulling back) pulls.
@@ -389,10 +548,10 @@ async fn push_round(
     batch: u64,
     window: usize,
     pull_back: bool,
-    relay_pid: Option<u32>,
+    relay_pids: &[u32],
 ) -> Result<RoundLatencies> {
     let pull_back = pull_back.then_some(batch);
-    let meter = Meter::start(relay_pid);
+    let meter = Meter::start(relay_pids);
     let start = meter.start;
     let mut tasks = Vec::new();
     let mut pushed_bytes = 0u64;
@@ -504,7 +663,7 @@ async fn abuse_rounds(
         args.batch,
         args.window,
         true,
-        relay_pid,
+        &Vec::from_iter(relay_pid),
     )
     .await?;
     let plan = abuse::Abuse {
@@ -532,7 +691,7 @@ async fn abuse_rounds(
         args.batch,
         args.window,
         true,
-        relay_pid,
+        &Vec::from_iter(relay_pid),
     )
     .await?;
     abuse::stop(&stats);
@@ -562,15 +721,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.devices == 0 || !args.envelopes.is_multiple_of(args.batch) {
         bail!("--envelopes must be a multiple of --batch, both and --devices nonzero");
     }
-    let (relay, addr, pin) = match (&args.relay, &args.cert_sha256) {
-        (Some(addr), Some(pin)) => (None, *addr, parse_pin(pin)?),
+    let (relays, addrs, pin) = match (&args.relay, &args.cert_sha256) {
+        (Some(addr), Some(pin)) => (None, vec![*addr], parse_pin(pin)?),
         (Some(_), None) => bail!("--relay needs --cert-sha256"),
         _ => {
-            let (relay, addr, pin) = spawn_relay(&args)?;
-            (Some(relay), addr, pin)
+            let (relays, addrs, pin) = spawn_relays(&args)?;
+            (Some(relays), addrs, pin)
         }
     };
-    let relay_pid = relay.as_ref().map(|r| r.child.id()).or(args.relay_pid);
+    let relay_pids: Vec<u32> = match &relays {
+        Some(relays) => relays.children.iter().map(Child::id).collect(),
+        None => args.relay_pid.into_iter().collect(),
+    };
+    let relay_pid = relay_pids.first().copied();
+    let addr = addrs[0];
     if let Some(cycles) = args.churn {
         let churn = churn::Churn {
             cycles,
@@ -592,8 +756,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for i in 0..args.devices {
         let key = DeviceSigningKey::generate(&mut system_rng());
         let (account, roster) = genesis(std::slice::from_ref(&key));
-        let client =
-            RelayClient::connect_with(endpoints[i % endpoints.len()].clone(), addr).await?;
+        let client = RelayClient::connect_with(
+            endpoints[i % endpoints.len()].clone(),
+            addrs[i % addrs.len()],
+        )
+        .await?;
         client.create_account(roster, &key, &account, None).await?;
         devices.push(Arc::new(Device {
             client,
@@ -628,7 +795,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Duration::from_secs_f64(args.batch as f64 * args.devices as f64 / args.rate as f64)
     });
     println!(
-        "{} devices x {} envelopes of {} B ciphertext in batches of {}{}",
+        "{} devices x {} envelopes of {} B ciphertext in batches of {}{}{}",
         args.devices,
         args.envelopes,
         args.size,
@@ -637,11 +804,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             format!(", paced at {} envelopes/s", args.rate)
         } else {
             String::new()
+        },
+        if addrs.len() > 1 {
+            format!(", over {} relays on one database", addrs.len())
+        } else {
+            String::new()
         }
     );
     if args.abuse {
         return abuse_rounds(&args, &devices, prepared, interval, addr, pin, relay_pid).await;
     }
+    let store_size = StoreSize::of(&args, relays.as_ref());
+    let size_before = store_size.bytes();
     push_round(
         &devices,
         prepared,
@@ -649,13 +823,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.batch,
         args.window,
         false,
-        relay_pid,
+        &relay_pids,
     )
     .await?;
-    print_rss(relay_pid, "after push");
+    print_rss(&relay_pids, "after push");
     let total = args.devices as u64 * args.envelopes;
+    if let (Some(before), Some(after)) = (size_before, store_size.bytes()) {
+        let grown = after.saturating_sub(before);
+        println!(
+            "store: {} grew {grown} bytes for {total} envelopes = {:.0} bytes per 100,000 envelopes",
+            store_size.name(),
+            grown as f64 * 100_000.0 / total.max(1) as f64
+        );
+    }
     // Pull.
-    let meter = Meter::start(relay_pid);
+    let meter = Meter::start(&relay_pids);
     let mut tasks = Vec::new();
     let (window, page, envelopes) = (
         args.pull_window.max(1),
@@ -732,7 +914,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         pulled_bytes as f64 / pull_time.as_secs_f64() / 1e6,
     );
     println!("pull: {}", meter.cpu_report(pulled));
-    print_rss(relay_pid, "after push/pull");
+    print_rss(&relay_pids, "after push/pull");
     // Idle authenticated connections: accounts of up to 50 devices each.
     if args.idle_connections > 0 {
         let start = Instant::now();
@@ -773,7 +955,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             start.elapsed().as_secs_f64()
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
-        print_rss(relay_pid, &format!("with {} idle connections", idle.len()));
+        print_rss(
+            &relay_pids,
+            &format!("with {} idle connections", idle.len()),
+        );
     }
     Ok(())
 }
