@@ -10,7 +10,7 @@ use kith_e2e::relay_child::RelayChild;
 use serde_json::Value;
 
 mod support;
-use support::{COMMAND_TIMEOUT, wait};
+use support::{COMMAND_TIMEOUT, RelayProcess, new_relay_bin, wait};
 
 /// A relay on loopback, served by its own runtime while the test thread runs commands.
 struct TestRelay {
@@ -1267,6 +1267,22 @@ fn added_id(output: &str) -> String {
         .to_owned()
 }
 
+/// Waits for `child` to exit by itself within `limit`; kills it and fails the test past that.
+fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends SIGINT (Ctrl-C) to `child`.
 fn interrupt(child: &Child) {
     let status = Command::new("kill")
@@ -1358,17 +1374,11 @@ fn commands_run_beside_a_watcher_on_one_home_and_the_watcher_syncs_them() {
 
     // Ctrl-C stops the watcher (bounded: it must not hang).
     interrupt(&watcher);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = watcher.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = watcher.kill();
-            panic!("the watcher did not stop on Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(
+        &mut watcher,
+        Duration::from_secs(15),
+        "the watcher on Ctrl-C",
+    );
     assert!(status.success(), "Ctrl-C is a normal exit: {status}");
 }
 
@@ -2186,4 +2196,270 @@ fn device_request_json_prints_the_code_then_the_result() {
     assert_eq!(linked["device_id"].as_str().unwrap().len(), 32);
     assert_eq!(linked["account_id"].as_str().unwrap().len(), 64);
     assert!(linked["contacts"].is_u64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several relays in front of one PostgreSQL database (issue 14 item 5), as operators run them:
+// `kith-relay serve` processes on a throwaway cluster, sharing the first one's certificate and
+// keys; `kith` processes on either.
+// ---------------------------------------------------------------------------------------------
+
+#[path = "../../relay/tests/common/pg.rs"]
+mod pg;
+
+/// `kith-relay serve --store URL` on `data`, on `listen`.
+fn pg_relay(bin: &Path, data: &Path, listen: &str, url: &str) -> RelayProcess {
+    RelayProcess::start_with(bin, data, listen, &["--store", url])
+}
+
+/// The envelopes every stream of the database holds, summed: it grows when a push commits.
+fn stored_seqs(url: &str) -> i64 {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    client
+        .query_one(
+            "SELECT coalesce(sum(last_seq), 0)::bigint FROM kith_streams",
+            &[],
+        )
+        .expect("query the stream heads")
+        .get(0)
+}
+
+/// The id `device list --json` gives the device named `name`.
+fn device_id(home: &Path, name: &str) -> String {
+    device_named(home, name)["id"]
+        .as_str()
+        .expect("device id")
+        .to_owned()
+}
+
+/// Waits (bounded) for the next line of a watcher that says it pulled something.
+fn next_pull(lines: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the watcher never pulled {what}"));
+        if line.contains("pulled") && !line.contains("pulled 0") {
+            return line;
+        }
+    }
+}
+
+/// Syncs `home` until its contacts are `want`'s (another process may still be pushing them).
+fn converge_on(home: &Path, want: &[String]) {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let mut sync = kith(home);
+        sync.arg("sync");
+        ok(sync);
+        let have = ids(&list(home));
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} contacts, expected {}",
+            home.display(),
+            have.len(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The story of issue 14 with the real binaries: two `kith-relay serve` processes on one
+/// PostgreSQL database. Device A lives on relay 1; device B links through relay 2 (A approves
+/// through relay 1) and stays there. Both sync both ways; `kith sync --watch` on B shows an
+/// edit A made through relay 1; relay 1 is killed with SIGKILL while A pushes a large import,
+/// A retries against relay 2 and then against relay 1 restarted on its address, and nothing the
+/// relay acknowledged is missing (no "relay was behind", B ends with every contact); revoking
+/// B through relay 1 stops B on relay 2.
+#[test]
+fn two_relays_on_one_postgres_database_serve_one_account_through_a_kill() {
+    let Some(cluster) = pg::PgCluster::shared() else {
+        return;
+    };
+    let Some(relay_bin) = new_relay_bin() else {
+        return;
+    };
+    let url = cluster.database();
+    let dir = tempfile::tempdir().expect("dir");
+    let (d1, d2) = (dir.path().join("relay1"), dir.path().join("relay2"));
+    let one = pg_relay(&relay_bin, &d1, "127.0.0.1:0", &url);
+    // Relays behind one address share the certificate, its key and the reset key (README.md).
+    std::fs::create_dir_all(&d2).expect("relay 2 dir");
+    for file in kith_relay::tls::SHARED_IDENTITY_FILES {
+        std::fs::copy(d1.join(file), d2.join(file)).expect("copy the shared files");
+    }
+    let two = pg_relay(&relay_bin, &d2, "127.0.0.1:0", &url);
+    assert_eq!(one.pin, two.pin, "one certificate for both relays");
+    assert_ne!(one.address, two.address);
+
+    // A on relay 1; B requests on relay 2 and A approves through relay 1.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    init_with(&a, &one.args(), "laptop");
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Ada Lovelace"]);
+    let ada = added_id(&ok(add));
+    let phone = Requester::start(&b, &two.args(), "phone", 120);
+    let mut approve = kith(&a);
+    approve.args(["device", "approve", &phone.code]);
+    ok(approve);
+    let (status, out, err) = phone.finish(COMMAND_TIMEOUT);
+    assert!(
+        status.success(),
+        "B did not link through relay 2: {out}\n{err}"
+    );
+    let mut show_relay = kith(&b);
+    show_relay.args(["relay", "show"]);
+    let shown = ok(show_relay);
+    assert!(
+        shown.contains(&two.address),
+        "B syncs with relay 2: {shown}"
+    );
+    assert_eq!(ids(&list(&b)), vec![ada.clone()]);
+
+    // Both ways: B's contact reaches A through the database, and A's reaches B.
+    let mut add = kith(&b);
+    add.args(["contacts", "add", "--name", "Grace Hopper"]);
+    let grace = added_id(&ok(add));
+    sync(kith(&b));
+    sync(kith(&a));
+    let mut both = vec![ada.clone(), grace.clone()];
+    both.sort();
+    assert_eq!(ids(&list(&a)), both);
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Alan Turing"]);
+    let alan = added_id(&ok(add));
+    sync(kith(&a));
+    sync(kith(&b));
+    assert!(ids(&list(&b)).contains(&alan));
+
+    // B watches on relay 2; A edits and syncs through relay 1; B's watcher pulls the edit.
+    let (mut watcher, lines) = watch(&b);
+    let first = lines
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the watcher reports its first sync");
+    assert!(first.contains("pulled"), "{first}");
+    edit_company(kith(&a), &grace, "US Navy");
+    sync(kith(&a));
+    let line = next_pull(&lines, "A's edit");
+    assert!(
+        line.contains(&grace[..8]),
+        "the watcher names the changed contact: {line}"
+    );
+    assert_eq!(show(&b, &grace)["company"], "US Navy");
+
+    // A imports a large file and syncs through relay 1; relay 1 is killed once the first push
+    // of it has committed, while the rest are still on their way.
+    let mut relay_one = Some(one);
+    let one_address = relay_one
+        .as_ref()
+        .map(|r| r.address.clone())
+        .expect("relay 1");
+    let csv_path = dir.path().join("Connections.csv");
+    let mut rows = 20_400;
+    let killed_sync = loop {
+        std::fs::write(
+            &csv_path,
+            kith_client::import::testing::generate_linkedin_csv(rows),
+        )
+        .expect("write the CSV");
+        let mut import = kith(&a);
+        import.args(["import", "linkedin"]).arg(&csv_path);
+        ok(import);
+        let before = stored_seqs(&url);
+        let mut syncing = kith(&a);
+        syncing
+            .arg("sync")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = syncing.spawn().expect("spawn kith sync");
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let finished = loop {
+            if child.try_wait().expect("wait").is_some() {
+                break true;
+            }
+            if stored_seqs(&url) > before {
+                relay_one.take().expect("relay 1").stop();
+                break false;
+            }
+            assert!(Instant::now() < deadline, "no push of the import committed");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let output = wait(child, "kith sync");
+        if !finished && !output.status.success() {
+            break output;
+        }
+        // The sync was done before the kill landed: try again with more to push.
+        assert!(rows < 200_000, "every kill landed after the last push");
+        if relay_one.is_none() {
+            relay_one = Some(pg_relay(&relay_bin, &d1, &one_address, &url));
+        }
+        rows *= 2;
+    };
+    let said = stderr(&killed_sync);
+    assert!(
+        said.contains("error:"),
+        "the interrupted sync says why: {said}"
+    );
+
+    // A retries against relay 2 (same certificate: only the address changes). Relay 2 holds
+    // everything relay 1 acknowledged: the device re-sends only what was not acknowledged,
+    // and has nothing to heal.
+    let mut set = kith(&a);
+    set.args(["relay", "set", "--relay", &two.address]);
+    ok(set);
+    let mut retry = kith(&a);
+    retry.arg("sync");
+    let said = ok(retry);
+    assert!(
+        !said.contains("behind"),
+        "relay 2 lost nothing acknowledged: {said}"
+    );
+    let on_a = ids(&list(&a));
+    assert!(on_a.len() > rows / 2, "the import is on A: {}", on_a.len());
+    // B, still watching on relay 2, receives all of it.
+    converge_on(&b, &on_a);
+
+    // Relay 1 restarted on its address and the database: A goes back to it, nothing to do.
+    let one = pg_relay(&relay_bin, &d1, &one_address, &url);
+    assert_eq!(one.pin, two.pin);
+    let mut set = kith(&a);
+    set.args(["relay", "set", "--relay", &one.address]);
+    ok(set);
+    let mut again = kith(&a);
+    again.arg("sync");
+    let said = ok(again);
+    assert!(said.contains("pushed 0"), "{said}");
+    assert!(!said.contains("behind"), "{said}");
+
+    // Revoked through relay 1, B on relay 2 is refused: its watcher stops when A's next push
+    // wakes it, and a sync says why.
+    let phone_id = device_id(&a, "phone");
+    let mut revoke = kith(&a);
+    revoke.args(["device", "revoke", &phone_id]);
+    ok(revoke);
+    let mut add = kith(&a);
+    add.args(["contacts", "add", "--name", "Katherine Johnson"]);
+    ok(add);
+    sync(kith(&a));
+    let status = exit_within(
+        &mut watcher,
+        COMMAND_TIMEOUT,
+        "B's watcher after B was revoked",
+    );
+    assert!(!status.success(), "a revoked watcher fails: {status}");
+    let mut err = String::new();
+    if let Some(mut stderr) = watcher.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+    }
+    assert!(err.contains("removed"), "{err}");
+    let mut sync_b = kith(&b);
+    sync_b.arg("sync");
+    let err = fails(sync_b);
+    assert!(err.contains("removed"), "{err}");
+    assert_eq!(device_count(&a), 1);
 }

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 mod support;
-use support::{COMMAND_TIMEOUT, wait};
+use support::{COMMAND_TIMEOUT, RelayProcess, new_relay_bin, wait};
 
 /// The release these tests hold this one to: the newest line of `scripts/releases.txt`.
 const PREVIOUS: &str = "0.1.0";
@@ -102,83 +102,6 @@ fn ok(mut command: Command) -> String {
         text(&output.stderr)
     );
     text(&output.stdout)
-}
-
-/// A relay process (an old or a new `kith-relay`) on loopback.
-struct RelayProcess {
-    child: Child,
-    address: String,
-    pin: String,
-}
-
-impl RelayProcess {
-    fn start(bin: &Path, data: &Path) -> Self {
-        Self::start_on(bin, data, "127.0.0.1:0")
-    }
-
-    /// On a given address: a device stores its relay's address, so a relay that is replaced
-    /// by another release must come back where it was.
-    fn start_on(bin: &Path, data: &Path, listen: &str) -> Self {
-        let mut child = Command::new(bin)
-            .env("RUST_LOG", "warn")
-            .args(["serve", "--listen", listen, "--data"])
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn kith-relay");
-        let (address, pin) = read_announcement(child.stdout.take().expect("stdout"));
-        Self {
-            child,
-            address,
-            pin,
-        }
-    }
-
-    fn args(&self) -> [String; 4] {
-        [
-            "--relay".into(),
-            self.address.clone(),
-            "--relay-cert-sha256".into(),
-            self.pin.clone(),
-        ]
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `listening on ADDR` and `certificate sha256 HEX`, as `kith-relay serve` prints them. The
-/// rest of its output is drained until it exits: a relay that prints to a closed pipe fails.
-fn read_announcement(stdout: ChildStdout) -> (String, String) {
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut address, mut pin) = (None, None);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                address = rest.split_whitespace().next().map(str::to_owned);
-            }
-            if let Some(rest) = line.split("certificate sha256 ").nth(1) {
-                pin = rest.split_whitespace().next().map(str::to_owned);
-            }
-            if let (Some(address), Some(pin)) = (&address, &pin) {
-                let _ = send.send((address.clone(), pin.clone()));
-            }
-        }
-    });
-    receive
-        .recv_timeout(COMMAND_TIMEOUT)
-        .expect("the relay announced its address and certificate pin")
 }
 
 fn init(bin: &Path, home: &Path, relay: &RelayProcess, name: &str) {
@@ -280,26 +203,6 @@ fn converge(a: (&Path, &Path), b: (&Path, &Path)) -> Vec<String> {
     let (on_a, on_b) = (names(a.0, a.1), names(b.0, b.1));
     assert_eq!(on_a, on_b, "the two devices converge");
     on_a
-}
-
-/// The relay built from this checkout: the `kith-relay` binary next to `kith` in the target
-/// dir (`cargo test --workspace` builds it; `cargo test -p kith-cli` alone does not).
-fn new_relay_bin() -> Option<PathBuf> {
-    let bin = new_kith().with_file_name("kith-relay");
-    if bin.exists() {
-        return Some(bin);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{} is missing: CI runs `cargo test --workspace`",
-            bin.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: {} is missing (run `cargo build -p kith-relay` or `cargo test --workspace`)",
-        bin.display()
-    );
-    None
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! What the CLI's test files share: running a `kith` (or `kith-relay`) process, bounded in time.
+#![allow(dead_code)] // each test file uses its own part
 
-use std::process::{Child, Command, Output};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::Duration;
 
 /// Longest any one command may take before the test fails.
@@ -21,4 +24,112 @@ pub fn wait(child: Child, what: &str) -> Output {
             panic!("`{what}` took longer than {COMMAND_TIMEOUT:?}");
         }
     }
+}
+
+/// The relay built from this checkout: the `kith-relay` binary next to `kith` in the target
+/// dir (`cargo test --workspace` builds it; `cargo test -p kith-cli` alone does not).
+pub fn new_relay_bin() -> Option<PathBuf> {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kith")).with_file_name("kith-relay");
+    if bin.exists() {
+        return Some(bin);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} is missing: CI runs `cargo test --workspace`",
+            bin.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} is missing (run `cargo build -p kith-relay` or `cargo test --workspace`)",
+        bin.display()
+    );
+    None
+}
+
+/// A `kith-relay serve` process (an old or a new one) on loopback; killed (`kill -9`) when
+/// dropped.
+pub struct RelayProcess {
+    child: Child,
+    /// `HOST:PORT` it listens on.
+    pub address: String,
+    /// The hex SHA-256 of its certificate.
+    pub pin: String,
+}
+
+impl RelayProcess {
+    pub fn start(bin: &Path, data: &Path) -> Self {
+        Self::start_on(bin, data, "127.0.0.1:0")
+    }
+
+    /// On a given address: a device stores its relay's address, so a relay that is replaced
+    /// by another release must come back where it was.
+    pub fn start_on(bin: &Path, data: &Path, listen: &str) -> Self {
+        Self::start_with(bin, data, listen, &[])
+    }
+
+    /// With more `serve` flags (`--store postgres://…`).
+    pub fn start_with(bin: &Path, data: &Path, listen: &str, flags: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .env("RUST_LOG", "warn")
+            .args(["serve", "--listen", listen, "--data"])
+            .arg(data)
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kith-relay");
+        let (address, pin) = read_announcement(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            address,
+            pin,
+        }
+    }
+
+    /// `--relay ADDR --relay-cert-sha256 PIN`.
+    pub fn args(&self) -> [String; 4] {
+        [
+            "--relay".into(),
+            self.address.clone(),
+            "--relay-cert-sha256".into(),
+            self.pin.clone(),
+        ]
+    }
+
+    /// `kill -9`: no flush, no graceful close.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `listening on ADDR` and `certificate sha256 HEX`, as `kith-relay serve` prints them. The
+/// rest of its output is drained until it exits: a relay that prints to a closed pipe fails.
+fn read_announcement(stdout: ChildStdout) -> (String, String) {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut address, mut pin) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                address = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if let Some(rest) = line.split("certificate sha256 ").nth(1) {
+                pin = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if let (Some(address), Some(pin)) = (&address, &pin) {
+                let _ = send.send((address.clone(), pin.clone()));
+            }
+        }
+    });
+    receive
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the relay announced its address and certificate pin")
 }
