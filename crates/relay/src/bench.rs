@@ -389,8 +389,11 @@ fn spawn_relay(args: &BenchArgs, data: &std::path::Path) -> Result<(Child, Socke
                 "1000000",
                 "--retry-above-handshakes-per-second",
                 "1000000",
-                // A busy machine serves pulls late; the tool measures rates, not the refusal.
+                // A busy machine serves pulls and reads requests late; the tool measures rates,
+                // not the refusals.
                 "--pull-wait-secs",
+                "600",
+                "--request-timeout-secs",
                 "600",
             ][..]
         })
