@@ -14,7 +14,7 @@ use kith_client::{ClientError, Contact, Device, PendingLink};
 use kith_protocol::{DeviceId, RecordId};
 
 use crate::keystore::adapt;
-use crate::support::{date_text, error_text, run, spawn};
+use crate::support::{date_text, day_text, error_text, run, spawn};
 
 uniffi::setup_scaffolding!("kith");
 
@@ -554,6 +554,50 @@ pub struct ConflictView {
     pub other: String,
 }
 
+/// One contact of a [`DuplicateSuggestion`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SuggestedContact {
+    /// The contact (hex id).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Contacts that look like one person but were not merged automatically (they share no
+/// e-mail, phone or LinkedIn URL), as `kith contacts duplicates` lists them. Merge them with
+/// [`KithDevice::merge_contacts`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct DuplicateSuggestion {
+    /// Why they are suggested: the same name, or first names that are variants of each other
+    /// ("Bob" / "Robert") with the same last name.
+    pub reason: String,
+    /// The contacts, in name then id order (two or more).
+    pub contacts: Vec<SuggestedContact>,
+}
+
+impl From<kith_client::merging::DuplicateSuggestion> for DuplicateSuggestion {
+    fn from(suggestion: kith_client::merging::DuplicateSuggestion) -> Self {
+        DuplicateSuggestion {
+            reason: suggestion.reason,
+            contacts: suggestion
+                .ids
+                .into_iter()
+                .zip(suggestion.names)
+                .map(|(id, name)| SuggestedContact { id, name })
+                .collect(),
+        }
+    }
+}
+
+/// What separating a record from its merged contact did: the two contacts now shown.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct UnmergeResult {
+    /// The contact the separated record is shown as (hex id).
+    pub separated: String,
+    /// The contact the other records stay merged as (hex id).
+    pub rest: String,
+}
+
 /// A device of the account, as `kith device list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct DeviceView {
@@ -591,7 +635,8 @@ pub struct AccountInfo {
     pub devices: Vec<DeviceView>,
 }
 
-/// The account's use of the relay.
+/// The account's use of the relay: the figures of [`RelayAccountInfo`] that every relay
+/// release tells ([`KithDevice::relay_usage`]).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct RelayUsage {
     /// Bytes stored.
@@ -604,6 +649,93 @@ pub struct RelayUsage {
     pub devices_max: u64,
     /// Envelopes stored.
     pub envelopes: u64,
+}
+
+/// One device stream the relay stores for the account.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct RelayStream {
+    /// The device that writes it (hex id).
+    pub device_id: String,
+    /// Lowest seq stored (0 while empty).
+    pub first_seq: u64,
+    /// Highest seq written.
+    pub last_seq: u64,
+    /// Envelopes stored.
+    pub envelopes: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+/// What the relay holds for the account, as `kith account info` shows it: usage against the
+/// quotas (the relay's defaults, or what its operator set for this account), each device
+/// stream's size and the day a device was last active. Exactly what the relay's operator can
+/// see of the account. A suspended account cannot ask: the call fails with a `Relay` error of
+/// code `AccountSuspended`.
+///
+/// The fields after `envelopes` are `None` from a relay older than 0.2.0, which tells only the
+/// usage figures.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct RelayAccountInfo {
+    /// The relay's address.
+    pub relay_address: String,
+    /// Bytes stored (envelopes and sealed keys).
+    pub bytes_used: u64,
+    /// Bytes the account may store.
+    pub bytes_quota: u64,
+    /// Devices in the relay's roster.
+    pub devices: u64,
+    /// Devices the account may have.
+    pub devices_max: u64,
+    /// Envelopes stored.
+    pub envelopes: u64,
+    /// Whether the operator set `bytes_quota` for this account (not the relay's default).
+    pub bytes_quota_set: Option<bool>,
+    /// Whether the operator set `devices_max` for this account.
+    pub devices_max_set: Option<bool>,
+    /// Of `bytes_used`, the bytes of sealed epoch keys.
+    pub sealed_key_bytes: Option<u64>,
+    /// The last day a device of the account was active, as the relay records it
+    /// (`YYYY-MM-DD`, UTC; the relay keeps the day only). `None` also when no device was
+    /// active yet.
+    pub last_active_day: Option<String>,
+    /// The version of the account's roster the relay holds.
+    pub roster_version: Option<u64>,
+    /// Each device stream the relay stores.
+    pub streams: Option<Vec<RelayStream>>,
+}
+
+impl RelayAccountInfo {
+    fn new(relay_address: String, info: kith_client::AccountInfo) -> Self {
+        let detail = info.detail;
+        RelayAccountInfo {
+            relay_address,
+            bytes_used: info.bytes_used,
+            bytes_quota: info.bytes_quota,
+            devices: info.devices,
+            devices_max: info.devices_max,
+            envelopes: info.envelopes,
+            bytes_quota_set: detail.as_ref().map(|d| d.bytes_quota_set),
+            devices_max_set: detail.as_ref().map(|d| d.devices_max_set),
+            sealed_key_bytes: detail.as_ref().map(|d| d.sealed_key_bytes),
+            last_active_day: detail
+                .as_ref()
+                .and_then(|d| d.last_active_day)
+                .map(day_text),
+            roster_version: detail.as_ref().map(|d| d.roster_version),
+            streams: detail.map(|d| {
+                d.streams
+                    .into_iter()
+                    .map(|s| RelayStream {
+                        device_id: s.device.to_hex(),
+                        first_seq: s.first_seq,
+                        last_seq: s.last_seq,
+                        envelopes: s.envelopes,
+                        bytes: s.bytes,
+                    })
+                    .collect()
+            }),
+        }
+    }
 }
 
 /// What an approval of a link code did.
@@ -945,7 +1077,19 @@ impl KithDevice {
             .collect())
     }
 
-    /// The account's use of the relay (asks the relay).
+    /// What the relay holds for the account (asks the relay): usage against the quotas, each
+    /// device stream, the day a device was last active — what `kith account info` shows.
+    /// [`KithDevice::account_info`] is this device's local view; this is the relay's.
+    pub async fn relay_account_info(&self) -> Result<RelayAccountInfo> {
+        self.on_runtime(|device| async move {
+            let info = device.account_info().await?;
+            Ok(RelayAccountInfo::new(device.relay().address.clone(), info))
+        })
+        .await
+    }
+
+    /// The account's use of the relay (asks the relay): the usage figures alone, which
+    /// [`KithDevice::relay_account_info`] also holds. Kept for apps written before it.
     pub async fn relay_usage(&self) -> Result<RelayUsage> {
         self.on_runtime(|device| async move {
             let usage = device.usage().await?;
@@ -1066,6 +1210,67 @@ impl KithDevice {
             Ok(device.resolve_conflict(&id, &field, &value).await?)
         })
         .await
+    }
+
+    /// Merges contacts that are the same person (two or more, by id or a unique prefix of
+    /// it), on every device after sync; undone by [`KithDevice::unmerge_contact`]. Contacts a
+    /// person separated before are merged again. Returns the id the merged contact is shown
+    /// under. Ids that are all one contact already are an `InvalidInput` error.
+    pub async fn merge_contacts(&self, ids: Vec<String>) -> Result<String> {
+        if ids.len() < 2 {
+            return Err(KithError::usage(
+                "give at least two contact ids to merge (see `kith contacts duplicates`)",
+            ));
+        }
+        let ids = ids
+            .iter()
+            .map(|id| self.contact_id(id))
+            .collect::<Result<Vec<_>>>()?;
+        self.on_runtime(move |device| async move {
+            Ok(device.merge_contacts(&ids).await?.to_hex())
+        })
+        .await
+    }
+
+    /// Separates a record (by id or a unique prefix, as [`KithDevice::merged_records`] lists
+    /// them) from the contact it was merged into; the two stay apart as two people on every
+    /// device, and the automatic merge no longer joins them. A contact that is not merged is
+    /// an `InvalidInput` error.
+    pub async fn unmerge_contact(&self, id: String) -> Result<UnmergeResult> {
+        let id = self.contact_id(&id)?;
+        self.on_runtime(move |device| async move {
+            let (separated, rest) = device.unmerge_contact(&id).await?;
+            Ok(UnmergeResult {
+                separated: separated.to_hex(),
+                rest: rest.to_hex(),
+            })
+        })
+        .await
+    }
+
+    /// The records merged into a contact (hex ids, sorted): the ids
+    /// [`KithDevice::unmerge_contact`] takes. Just the contact's own id when it is not merged.
+    pub fn merged_records(&self, id: String) -> Result<Vec<String>> {
+        let id = self.contact_id(&id)?;
+        Ok(self
+            .device
+            .merged_records(&id)?
+            .iter()
+            .map(RecordId::to_hex)
+            .collect())
+    }
+
+    /// Contacts that are probably one person but share no e-mail, phone or LinkedIn URL, so
+    /// they were not merged automatically: the same name (ignoring case, accents and spacing),
+    /// or name variants such as Bob and Robert with the same last name. Pairs a person
+    /// separated are left out.
+    pub fn duplicate_suggestions(&self) -> Result<Vec<DuplicateSuggestion>> {
+        Ok(self
+            .device
+            .duplicate_suggestions()?
+            .into_iter()
+            .map(DuplicateSuggestion::from)
+            .collect())
     }
 
     /// Imports an export from a file: `me` lists the person's own addresses (needed by mail

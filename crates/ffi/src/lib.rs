@@ -9,9 +9,11 @@
 //!   an optional [`KeyStorage`] the app implements over the platform keychain. Without one the
 //!   secrets go to a key file in the home directory, as with the CLI.
 //! - [`KithDevice`]: contacts (list, search, show, add, edit, delete), conflicts and their
-//!   resolution, imports from a file path or bytes, sync, [`KithDevice::watch`] with a
-//!   [`ChangeListener`] the app implements, compaction, devices (approve a link code, revoke),
-//!   account information and deletion.
+//!   resolution, merging by hand (duplicate suggestions, merge, unmerge), imports from a file
+//!   path or bytes, sync, [`KithDevice::watch`] with a [`ChangeListener`] the app implements,
+//!   wake-up notifications (push targets), compaction, devices (approve a link code, revoke),
+//!   account information (local, and the relay's: [`KithDevice::relay_account_info`]) and
+//!   deletion.
 //! - Every failure is a [`KithError`]: one variant per category, with the message and hint
 //!   the `kith` command line prints for the same error.
 //!
@@ -75,6 +77,14 @@ mod tests {
             KithError::from(ClientError::LinkTimeout(60)),
             KithError::Link { .. }
         ));
+    }
+
+    #[test]
+    fn the_relays_last_active_day_is_a_utc_date_as_the_cli_shows_it() {
+        assert_eq!(crate::support::day_text(0), "1970-01-01");
+        assert_eq!(crate::support::day_text(20_428), "2025-12-06");
+        // Past what a date can hold: the number, not a panic (it comes from the relay).
+        assert_eq!(crate::support::day_text(u32::MAX), u32::MAX.to_string());
     }
 
     #[derive(Default)]

@@ -71,3 +71,12 @@ pub(crate) fn date_text(date: &kith_protocol::proto::Date) -> String {
         format!("{:04}-{:02}-{:02}", date.year, date.month, date.day)
     }
 }
+
+/// A day counted from 1970-01-01 (UTC) as `YYYY-MM-DD`, as `kith account info` shows the
+/// relay's last active day.
+pub(crate) fn day_text(day: u32) -> String {
+    i32::try_from(day)
+        .ok()
+        .and_then(chrono::NaiveDate::from_epoch_days)
+        .map_or_else(|| day.to_string(), |date| date.to_string())
+}

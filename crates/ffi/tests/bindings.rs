@@ -91,7 +91,8 @@ fn the_python_suite_passes_through_the_generated_module() {
     let python_path =
         std::env::join_paths([module_dir.as_path(), tests.as_path()]).expect("PYTHONPATH");
     let output = Command::new("python3")
-        .args(["-B", "-m", "unittest", "-v", "test_story"])
+        // Every `test_*.py` module: the story, merging, the relay's account view, wake-ups.
+        .args(["-B", "-m", "unittest", "discover", "-v", "-p", "test_*.py"])
         .current_dir(&tests)
         .env("PYTHONPATH", python_path)
         .env("KITH_RELAY_BIN", relay_binary())
@@ -105,6 +106,21 @@ fn the_python_suite_passes_through_the_generated_module() {
         !stderr.contains("Ran 0 tests"),
         "the Python suite ran no test"
     );
+    // Discovery found every module (one that fails to import is an error, but one whose name
+    // does not match would be skipped silently).
+    for entry in std::fs::read_dir(&tests).expect("read tests/python") {
+        let name = entry.expect("dir entry").file_name();
+        let name = name.to_string_lossy();
+        if let Some(module) = name
+            .strip_suffix(".py")
+            .filter(|m| m.starts_with("test_"))
+        {
+            assert!(
+                stderr.contains(&format!("({module}.")),
+                "the Python suite ran no test of {name}"
+            );
+        }
+    }
 }
 
 /// Every file under `dir`, relative to it, sorted.

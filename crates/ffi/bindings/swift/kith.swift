@@ -1165,6 +1165,14 @@ public protocol KithDeviceProtocol: AnyObject, Sendable {
     func devices() throws  -> [DeviceView]
     
     /**
+     * Contacts that are probably one person but share no e-mail, phone or LinkedIn URL, so
+     * they were not merged automatically: the same name (ignoring case, accents and spacing),
+     * or name variants such as Bob and Robert with the same last name. Pairs a person
+     * separated are left out.
+     */
+    func duplicateSuggestions() throws  -> [DuplicateSuggestion]
+    
+    /**
      * Edits a contact: sets the fields `changes` gives, removes what `removals` names.
      * Returns whether anything changed (false: the contact already had these values).
      */
@@ -1188,6 +1196,20 @@ public protocol KithDeviceProtocol: AnyObject, Sendable {
     func importFile(kind: ImportKind, path: String, me: [String], addressBook: String?) async throws  -> ImportResult
     
     /**
+     * Merges contacts that are the same person (two or more, by id or a unique prefix of
+     * it), on every device after sync; undone by [`KithDevice::unmerge_contact`]. Contacts a
+     * person separated before are merged again. Returns the id the merged contact is shown
+     * under. Ids that are all one contact already are an `InvalidInput` error.
+     */
+    func mergeContacts(ids: [String]) async throws  -> String
+    
+    /**
+     * The records merged into a contact (hex ids, sorted): the ids
+     * [`KithDevice::unmerge_contact`] takes. Just the contact's own id when it is not merged.
+     */
+    func mergedRecords(id: String) throws  -> [String]
+    
+    /**
      * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
      * target: the relay then wakes the app through the gateway whenever another device of
      * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
@@ -1197,7 +1219,15 @@ public protocol KithDeviceProtocol: AnyObject, Sendable {
     func registerPushTarget(token: Data) async throws 
     
     /**
-     * The account's use of the relay (asks the relay).
+     * What the relay holds for the account (asks the relay): usage against the quotas, each
+     * device stream, the day a device was last active — what `kith account info` shows.
+     * [`KithDevice::account_info`] is this device's local view; this is the relay's.
+     */
+    func relayAccountInfo() async throws  -> RelayAccountInfo
+    
+    /**
+     * The account's use of the relay (asks the relay): the usage figures alone, which
+     * [`KithDevice::relay_account_info`] also holds. Kept for apps written before it.
      */
     func relayUsage() async throws  -> RelayUsage
     
@@ -1223,6 +1253,14 @@ public protocol KithDeviceProtocol: AnyObject, Sendable {
      * One full sync: push this device's changes, pull and merge everyone else's.
      */
     func sync() async throws  -> SyncResult
+    
+    /**
+     * Separates a record (by id or a unique prefix, as [`KithDevice::merged_records`] lists
+     * them) from the contact it was merged into; the two stay apart as two people on every
+     * device, and the automatic merge no longer joins them. A contact that is not merged is
+     * an `InvalidInput` error.
+     */
+    func unmergeContact(id: String) async throws  -> UnmergeResult
     
     /**
      * Removes this device's push target: the relay stops waking it.
@@ -1500,6 +1538,21 @@ open func devices()throws  -> [DeviceView]  {
 }
     
     /**
+     * Contacts that are probably one person but share no e-mail, phone or LinkedIn URL, so
+     * they were not merged automatically: the same name (ignoring case, accents and spacing),
+     * or name variants such as Bob and Robert with the same last name. Pairs a person
+     * separated are left out.
+     */
+open func duplicateSuggestions()throws  -> [DuplicateSuggestion]  {
+    return try  FfiConverterSequenceTypeDuplicateSuggestion.lift(try rustCallWithError(FfiConverterTypeKithError_lift) {
+        uniffiCallStatus in
+    uniffi_kith_ffi_fn_method_kithdevice_duplicate_suggestions(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Edits a contact: sets the fields `changes` gives, removes what `removals` names.
      * Returns whether anything changed (false: the contact already had these values).
      */
@@ -1572,6 +1625,42 @@ open func importFile(kind: ImportKind, path: String, me: [String], addressBook: 
 }
     
     /**
+     * Merges contacts that are the same person (two or more, by id or a unique prefix of
+     * it), on every device after sync; undone by [`KithDevice::unmerge_contact`]. Contacts a
+     * person separated before are merged again. Returns the id the merged contact is shown
+     * under. Ids that are all one contact already are an `InvalidInput` error.
+     */
+open func mergeContacts(ids: [String])async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_kith_ffi_fn_method_kithdevice_merge_contacts(
+                        self.uniffiCloneHandle(),FfiConverterSequenceString.lower(ids)
+                )
+            },
+            pollFunc: ffi_kith_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_kith_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_kith_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeKithError_lift
+        )
+}
+    
+    /**
+     * The records merged into a contact (hex ids, sorted): the ids
+     * [`KithDevice::unmerge_contact`] takes. Just the contact's own id when it is not merged.
+     */
+open func mergedRecords(id: String)throws  -> [String]  {
+    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeKithError_lift) {
+        uniffiCallStatus in
+    uniffi_kith_ffi_fn_method_kithdevice_merged_records(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(id),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
      * target: the relay then wakes the app through the gateway whenever another device of
      * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
@@ -1595,7 +1684,29 @@ open func registerPushTarget(token: Data)async throws   {
 }
     
     /**
-     * The account's use of the relay (asks the relay).
+     * What the relay holds for the account (asks the relay): usage against the quotas, each
+     * device stream, the day a device was last active — what `kith account info` shows.
+     * [`KithDevice::account_info`] is this device's local view; this is the relay's.
+     */
+open func relayAccountInfo()async throws  -> RelayAccountInfo  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_kith_ffi_fn_method_kithdevice_relay_account_info(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_kith_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_kith_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_kith_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeRelayAccountInfo_lift,
+            errorHandler: FfiConverterTypeKithError_lift
+        )
+}
+    
+    /**
+     * The account's use of the relay (asks the relay): the usage figures alone, which
+     * [`KithDevice::relay_account_info`] also holds. Kept for apps written before it.
      */
 open func relayUsage()async throws  -> RelayUsage  {
     return
@@ -1682,6 +1793,28 @@ open func sync()async throws  -> SyncResult  {
             completeFunc: ffi_kith_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_kith_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeSyncResult_lift,
+            errorHandler: FfiConverterTypeKithError_lift
+        )
+}
+    
+    /**
+     * Separates a record (by id or a unique prefix, as [`KithDevice::merged_records`] lists
+     * them) from the contact it was merged into; the two stay apart as two people on every
+     * device, and the automatic merge no longer joins them. A contact that is not merged is
+     * an `InvalidInput` error.
+     */
+open func unmergeContact(id: String)async throws  -> UnmergeResult  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_kith_ffi_fn_method_kithdevice_unmerge_contact(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_kith_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_kith_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_kith_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeUnmergeResult_lift,
             errorHandler: FfiConverterTypeKithError_lift
         )
 }
@@ -2844,6 +2977,79 @@ public func FfiConverterTypeDeviceView_lower(_ value: DeviceView) -> RustBuffer 
 
 
 /**
+ * Contacts that look like one person but were not merged automatically (they share no
+ * e-mail, phone or LinkedIn URL), as `kith contacts duplicates` lists them. Merge them with
+ * [`KithDevice::merge_contacts`].
+ */
+public struct DuplicateSuggestion: Equatable, Hashable {
+    /**
+     * Why they are suggested: the same name, or first names that are variants of each other
+     * ("Bob" / "Robert") with the same last name.
+     */
+    public var reason: String
+    /**
+     * The contacts, in name then id order (two or more).
+     */
+    public var contacts: [SuggestedContact]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Why they are suggested: the same name, or first names that are variants of each other
+         * ("Bob" / "Robert") with the same last name.
+         */reason: String, 
+        /**
+         * The contacts, in name then id order (two or more).
+         */contacts: [SuggestedContact]) {
+        self.reason = reason
+        self.contacts = contacts
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DuplicateSuggestion: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDuplicateSuggestion: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DuplicateSuggestion {
+        return
+            try DuplicateSuggestion(
+                reason: FfiConverterString.read(from: &buf), 
+                contacts: FfiConverterSequenceTypeSuggestedContact.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DuplicateSuggestion, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterSequenceTypeSuggestedContact.write(value.contacts, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDuplicateSuggestion_lift(_ buf: RustBuffer) throws -> DuplicateSuggestion {
+    return try FfiConverterTypeDuplicateSuggestion.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDuplicateSuggestion_lower(_ value: DuplicateSuggestion) -> RustBuffer {
+    return FfiConverterTypeDuplicateSuggestion.lower(value)
+}
+
+
+/**
  * An e-mail address of a contact.
  */
 public struct EmailView: Equatable, Hashable {
@@ -3314,6 +3520,186 @@ public func FfiConverterTypePhoneView_lower(_ value: PhoneView) -> RustBuffer {
 
 
 /**
+ * What the relay holds for the account, as `kith account info` shows it: usage against the
+ * quotas (the relay's defaults, or what its operator set for this account), each device
+ * stream's size and the day a device was last active. Exactly what the relay's operator can
+ * see of the account. A suspended account cannot ask: the call fails with a `Relay` error of
+ * code `AccountSuspended`.
+ *
+ * The fields after `envelopes` are `None` from a relay older than 0.2.0, which tells only the
+ * usage figures.
+ */
+public struct RelayAccountInfo: Equatable, Hashable {
+    /**
+     * The relay's address.
+     */
+    public var relayAddress: String
+    /**
+     * Bytes stored (envelopes and sealed keys).
+     */
+    public var bytesUsed: UInt64
+    /**
+     * Bytes the account may store.
+     */
+    public var bytesQuota: UInt64
+    /**
+     * Devices in the relay's roster.
+     */
+    public var devices: UInt64
+    /**
+     * Devices the account may have.
+     */
+    public var devicesMax: UInt64
+    /**
+     * Envelopes stored.
+     */
+    public var envelopes: UInt64
+    /**
+     * Whether the operator set `bytes_quota` for this account (not the relay's default).
+     */
+    public var bytesQuotaSet: Bool?
+    /**
+     * Whether the operator set `devices_max` for this account.
+     */
+    public var devicesMaxSet: Bool?
+    /**
+     * Of `bytes_used`, the bytes of sealed epoch keys.
+     */
+    public var sealedKeyBytes: UInt64?
+    /**
+     * The last day a device of the account was active, as the relay records it
+     * (`YYYY-MM-DD`, UTC; the relay keeps the day only). `None` also when no device was
+     * active yet.
+     */
+    public var lastActiveDay: String?
+    /**
+     * The version of the account's roster the relay holds.
+     */
+    public var rosterVersion: UInt64?
+    /**
+     * Each device stream the relay stores.
+     */
+    public var streams: [RelayStream]?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The relay's address.
+         */relayAddress: String, 
+        /**
+         * Bytes stored (envelopes and sealed keys).
+         */bytesUsed: UInt64, 
+        /**
+         * Bytes the account may store.
+         */bytesQuota: UInt64, 
+        /**
+         * Devices in the relay's roster.
+         */devices: UInt64, 
+        /**
+         * Devices the account may have.
+         */devicesMax: UInt64, 
+        /**
+         * Envelopes stored.
+         */envelopes: UInt64, 
+        /**
+         * Whether the operator set `bytes_quota` for this account (not the relay's default).
+         */bytesQuotaSet: Bool?, 
+        /**
+         * Whether the operator set `devices_max` for this account.
+         */devicesMaxSet: Bool?, 
+        /**
+         * Of `bytes_used`, the bytes of sealed epoch keys.
+         */sealedKeyBytes: UInt64?, 
+        /**
+         * The last day a device of the account was active, as the relay records it
+         * (`YYYY-MM-DD`, UTC; the relay keeps the day only). `None` also when no device was
+         * active yet.
+         */lastActiveDay: String?, 
+        /**
+         * The version of the account's roster the relay holds.
+         */rosterVersion: UInt64?, 
+        /**
+         * Each device stream the relay stores.
+         */streams: [RelayStream]?) {
+        self.relayAddress = relayAddress
+        self.bytesUsed = bytesUsed
+        self.bytesQuota = bytesQuota
+        self.devices = devices
+        self.devicesMax = devicesMax
+        self.envelopes = envelopes
+        self.bytesQuotaSet = bytesQuotaSet
+        self.devicesMaxSet = devicesMaxSet
+        self.sealedKeyBytes = sealedKeyBytes
+        self.lastActiveDay = lastActiveDay
+        self.rosterVersion = rosterVersion
+        self.streams = streams
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RelayAccountInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRelayAccountInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RelayAccountInfo {
+        return
+            try RelayAccountInfo(
+                relayAddress: FfiConverterString.read(from: &buf), 
+                bytesUsed: FfiConverterUInt64.read(from: &buf), 
+                bytesQuota: FfiConverterUInt64.read(from: &buf), 
+                devices: FfiConverterUInt64.read(from: &buf), 
+                devicesMax: FfiConverterUInt64.read(from: &buf), 
+                envelopes: FfiConverterUInt64.read(from: &buf), 
+                bytesQuotaSet: FfiConverterOptionBool.read(from: &buf), 
+                devicesMaxSet: FfiConverterOptionBool.read(from: &buf), 
+                sealedKeyBytes: FfiConverterOptionUInt64.read(from: &buf), 
+                lastActiveDay: FfiConverterOptionString.read(from: &buf), 
+                rosterVersion: FfiConverterOptionUInt64.read(from: &buf), 
+                streams: FfiConverterOptionSequenceTypeRelayStream.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RelayAccountInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.relayAddress, into: &buf)
+        FfiConverterUInt64.write(value.bytesUsed, into: &buf)
+        FfiConverterUInt64.write(value.bytesQuota, into: &buf)
+        FfiConverterUInt64.write(value.devices, into: &buf)
+        FfiConverterUInt64.write(value.devicesMax, into: &buf)
+        FfiConverterUInt64.write(value.envelopes, into: &buf)
+        FfiConverterOptionBool.write(value.bytesQuotaSet, into: &buf)
+        FfiConverterOptionBool.write(value.devicesMaxSet, into: &buf)
+        FfiConverterOptionUInt64.write(value.sealedKeyBytes, into: &buf)
+        FfiConverterOptionString.write(value.lastActiveDay, into: &buf)
+        FfiConverterOptionUInt64.write(value.rosterVersion, into: &buf)
+        FfiConverterOptionSequenceTypeRelayStream.write(value.streams, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayAccountInfo_lift(_ buf: RustBuffer) throws -> RelayAccountInfo {
+    return try FfiConverterTypeRelayAccountInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayAccountInfo_lower(_ value: RelayAccountInfo) -> RustBuffer {
+    return FfiConverterTypeRelayAccountInfo.lower(value)
+}
+
+
+/**
  * The relay a device talks to.
  */
 public struct RelayConfig: Equatable, Hashable {
@@ -3385,7 +3771,107 @@ public func FfiConverterTypeRelayConfig_lower(_ value: RelayConfig) -> RustBuffe
 
 
 /**
- * The account's use of the relay.
+ * One device stream the relay stores for the account.
+ */
+public struct RelayStream: Equatable, Hashable {
+    /**
+     * The device that writes it (hex id).
+     */
+    public var deviceId: String
+    /**
+     * Lowest seq stored (0 while empty).
+     */
+    public var firstSeq: UInt64
+    /**
+     * Highest seq written.
+     */
+    public var lastSeq: UInt64
+    /**
+     * Envelopes stored.
+     */
+    public var envelopes: UInt64
+    /**
+     * Bytes stored.
+     */
+    public var bytes: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The device that writes it (hex id).
+         */deviceId: String, 
+        /**
+         * Lowest seq stored (0 while empty).
+         */firstSeq: UInt64, 
+        /**
+         * Highest seq written.
+         */lastSeq: UInt64, 
+        /**
+         * Envelopes stored.
+         */envelopes: UInt64, 
+        /**
+         * Bytes stored.
+         */bytes: UInt64) {
+        self.deviceId = deviceId
+        self.firstSeq = firstSeq
+        self.lastSeq = lastSeq
+        self.envelopes = envelopes
+        self.bytes = bytes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RelayStream: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRelayStream: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RelayStream {
+        return
+            try RelayStream(
+                deviceId: FfiConverterString.read(from: &buf), 
+                firstSeq: FfiConverterUInt64.read(from: &buf), 
+                lastSeq: FfiConverterUInt64.read(from: &buf), 
+                envelopes: FfiConverterUInt64.read(from: &buf), 
+                bytes: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RelayStream, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterUInt64.write(value.firstSeq, into: &buf)
+        FfiConverterUInt64.write(value.lastSeq, into: &buf)
+        FfiConverterUInt64.write(value.envelopes, into: &buf)
+        FfiConverterUInt64.write(value.bytes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayStream_lift(_ buf: RustBuffer) throws -> RelayStream {
+    return try FfiConverterTypeRelayStream.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRelayStream_lower(_ value: RelayStream) -> RustBuffer {
+    return FfiConverterTypeRelayStream.lower(value)
+}
+
+
+/**
+ * The account's use of the relay: the figures of [`RelayAccountInfo`] that every relay
+ * release tells ([`KithDevice::relay_usage`]).
  */
 public struct RelayUsage: Equatable, Hashable {
     /**
@@ -3484,6 +3970,75 @@ public func FfiConverterTypeRelayUsage_lower(_ value: RelayUsage) -> RustBuffer 
 
 
 /**
+ * One contact of a [`DuplicateSuggestion`].
+ */
+public struct SuggestedContact: Equatable, Hashable {
+    /**
+     * The contact (hex id).
+     */
+    public var id: String
+    /**
+     * Its name.
+     */
+    public var name: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The contact (hex id).
+         */id: String, 
+        /**
+         * Its name.
+         */name: String) {
+        self.id = id
+        self.name = name
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SuggestedContact: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSuggestedContact: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SuggestedContact {
+        return
+            try SuggestedContact(
+                id: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SuggestedContact, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSuggestedContact_lift(_ buf: RustBuffer) throws -> SuggestedContact {
+    return try FfiConverterTypeSuggestedContact.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSuggestedContact_lower(_ value: SuggestedContact) -> RustBuffer {
+    return FfiConverterTypeSuggestedContact.lower(value)
+}
+
+
+/**
  * What one sync did.
  */
 public struct SyncResult: Equatable, Hashable {
@@ -3571,6 +4126,75 @@ public func FfiConverterTypeSyncResult_lift(_ buf: RustBuffer) throws -> SyncRes
 #endif
 public func FfiConverterTypeSyncResult_lower(_ value: SyncResult) -> RustBuffer {
     return FfiConverterTypeSyncResult.lower(value)
+}
+
+
+/**
+ * What separating a record from its merged contact did: the two contacts now shown.
+ */
+public struct UnmergeResult: Equatable, Hashable {
+    /**
+     * The contact the separated record is shown as (hex id).
+     */
+    public var separated: String
+    /**
+     * The contact the other records stay merged as (hex id).
+     */
+    public var rest: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The contact the separated record is shown as (hex id).
+         */separated: String, 
+        /**
+         * The contact the other records stay merged as (hex id).
+         */rest: String) {
+        self.separated = separated
+        self.rest = rest
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension UnmergeResult: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUnmergeResult: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UnmergeResult {
+        return
+            try UnmergeResult(
+                separated: FfiConverterString.read(from: &buf), 
+                rest: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: UnmergeResult, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.separated, into: &buf)
+        FfiConverterString.write(value.rest, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUnmergeResult_lift(_ buf: RustBuffer) throws -> UnmergeResult {
+    return try FfiConverterTypeUnmergeResult.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUnmergeResult_lower(_ value: UnmergeResult) -> RustBuffer {
+    return FfiConverterTypeUnmergeResult.lower(value)
 }
 
 
@@ -4313,6 +4937,54 @@ public func FfiConverterTypeKithError_lower(_ value: KithError) -> RustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
+    typealias SwiftType = UInt64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionBool: FfiConverterRustBuffer {
+    typealias SwiftType = Bool?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterBool.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterBool.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -4401,6 +5073,30 @@ fileprivate struct FfiConverterOptionTypeKithError: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeKithError.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionSequenceTypeRelayStream: FfiConverterRustBuffer {
+    typealias SwiftType = [RelayStream]?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterSequenceTypeRelayStream.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterSequenceTypeRelayStream.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -4509,6 +5205,31 @@ fileprivate struct FfiConverterSequenceTypeDeviceView: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeDuplicateSuggestion: FfiConverterRustBuffer {
+    typealias SwiftType = [DuplicateSuggestion]
+
+    public static func write(_ value: [DuplicateSuggestion], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeDuplicateSuggestion.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [DuplicateSuggestion] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [DuplicateSuggestion]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeDuplicateSuggestion.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeEmailView: FfiConverterRustBuffer {
     typealias SwiftType = [EmailView]
 
@@ -4576,6 +5297,56 @@ fileprivate struct FfiConverterSequenceTypePhoneView: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypePhoneView.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeRelayStream: FfiConverterRustBuffer {
+    typealias SwiftType = [RelayStream]
+
+    public static func write(_ value: [RelayStream], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRelayStream.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RelayStream] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [RelayStream]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRelayStream.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeSuggestedContact: FfiConverterRustBuffer {
+    typealias SwiftType = [SuggestedContact]
+
+    public static func write(_ value: [SuggestedContact], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSuggestedContact.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SuggestedContact] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SuggestedContact]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSuggestedContact.read(from: &buf))
         }
         return seq
     }
@@ -4804,6 +5575,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_kith_ffi_checksum_method_kithdevice_devices() != 61017) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_kith_ffi_checksum_method_kithdevice_duplicate_suggestions() != 63140) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_kith_ffi_checksum_method_kithdevice_edit_contact() != 9874) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4816,10 +5590,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_kith_ffi_checksum_method_kithdevice_import_file() != 11433) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_kith_ffi_checksum_method_kithdevice_merge_contacts() != 2089) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kith_ffi_checksum_method_kithdevice_merged_records() != 34572) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_kith_ffi_checksum_method_kithdevice_register_push_target() != 13417) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_kith_ffi_checksum_method_kithdevice_relay_usage() != 10200) {
+    if (uniffi_kith_ffi_checksum_method_kithdevice_relay_account_info() != 6785) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kith_ffi_checksum_method_kithdevice_relay_usage() != 28375) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_kith_ffi_checksum_method_kithdevice_resolve_conflict() != 36105) {
@@ -4832,6 +5615,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_kith_ffi_checksum_method_kithdevice_sync() != 64916) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kith_ffi_checksum_method_kithdevice_unmerge_contact() != 5170) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_kith_ffi_checksum_method_kithdevice_unregister_push_target() != 26439) {

@@ -416,6 +416,11 @@ RustBuffer uniffi_kith_ffi_fn_method_kithdevice_device_id(uint64_t ptr, RustCall
 RustBuffer uniffi_kith_ffi_fn_method_kithdevice_devices(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_DUPLICATE_SUGGESTIONS
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_DUPLICATE_SUGGESTIONS
+RustBuffer uniffi_kith_ffi_fn_method_kithdevice_duplicate_suggestions(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_EDIT_CONTACT
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_EDIT_CONTACT
 uint64_t uniffi_kith_ffi_fn_method_kithdevice_edit_contact(uint64_t ptr, RustBuffer id, RustBuffer changes, RustBuffer removals
@@ -436,9 +441,24 @@ uint64_t uniffi_kith_ffi_fn_method_kithdevice_import_bytes(uint64_t ptr, RustBuf
 uint64_t uniffi_kith_ffi_fn_method_kithdevice_import_file(uint64_t ptr, RustBuffer kind, RustBuffer path, RustBuffer me, RustBuffer address_book
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_MERGE_CONTACTS
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_MERGE_CONTACTS
+uint64_t uniffi_kith_ffi_fn_method_kithdevice_merge_contacts(uint64_t ptr, RustBuffer ids
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_MERGED_RECORDS
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_MERGED_RECORDS
+RustBuffer uniffi_kith_ffi_fn_method_kithdevice_merged_records(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
 uint64_t uniffi_kith_ffi_fn_method_kithdevice_register_push_target(uint64_t ptr, RustBuffer token
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_RELAY_ACCOUNT_INFO
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_RELAY_ACCOUNT_INFO
+uint64_t uniffi_kith_ffi_fn_method_kithdevice_relay_account_info(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_RELAY_USAGE
@@ -464,6 +484,11 @@ RustBuffer uniffi_kith_ffi_fn_method_kithdevice_search(uint64_t ptr, RustBuffer 
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_SYNC
 uint64_t uniffi_kith_ffi_fn_method_kithdevice_sync(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_UNMERGE_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_UNMERGE_CONTACT
+uint64_t uniffi_kith_ffi_fn_method_kithdevice_unmerge_contact(uint64_t ptr, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_FN_METHOD_KITHDEVICE_UNREGISTER_PUSH_TARGET
@@ -911,6 +936,12 @@ uint16_t uniffi_kith_ffi_checksum_method_kithdevice_devices(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_DUPLICATE_SUGGESTIONS
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_DUPLICATE_SUGGESTIONS
+uint16_t uniffi_kith_ffi_checksum_method_kithdevice_duplicate_suggestions(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_EDIT_CONTACT
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_EDIT_CONTACT
 uint16_t uniffi_kith_ffi_checksum_method_kithdevice_edit_contact(void
@@ -935,9 +966,27 @@ uint16_t uniffi_kith_ffi_checksum_method_kithdevice_import_file(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_MERGE_CONTACTS
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_MERGE_CONTACTS
+uint16_t uniffi_kith_ffi_checksum_method_kithdevice_merge_contacts(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_MERGED_RECORDS
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_MERGED_RECORDS
+uint16_t uniffi_kith_ffi_checksum_method_kithdevice_merged_records(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_REGISTER_PUSH_TARGET
 uint16_t uniffi_kith_ffi_checksum_method_kithdevice_register_push_target(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_RELAY_ACCOUNT_INFO
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_RELAY_ACCOUNT_INFO
+uint16_t uniffi_kith_ffi_checksum_method_kithdevice_relay_account_info(void
     
 );
 #endif
@@ -968,6 +1017,12 @@ uint16_t uniffi_kith_ffi_checksum_method_kithdevice_search(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_SYNC
 uint16_t uniffi_kith_ffi_checksum_method_kithdevice_sync(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_UNMERGE_CONTACT
+#define UNIFFI_FFIDEF_UNIFFI_KITH_FFI_CHECKSUM_METHOD_KITHDEVICE_UNMERGE_CONTACT
+uint16_t uniffi_kith_ffi_checksum_method_kithdevice_unmerge_contact(void
     
 );
 #endif

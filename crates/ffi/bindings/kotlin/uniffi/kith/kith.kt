@@ -778,6 +778,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_devices(
     ): Int
+    external fun uniffi_kith_ffi_checksum_method_kithdevice_duplicate_suggestions(
+    ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_edit_contact(
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_home(
@@ -786,7 +788,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_import_file(
     ): Int
+    external fun uniffi_kith_ffi_checksum_method_kithdevice_merge_contacts(
+    ): Int
+    external fun uniffi_kith_ffi_checksum_method_kithdevice_merged_records(
+    ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_register_push_target(
+    ): Int
+    external fun uniffi_kith_ffi_checksum_method_kithdevice_relay_account_info(
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_relay_usage(
     ): Int
@@ -797,6 +805,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_kith_ffi_checksum_method_kithdevice_search(
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_sync(
+    ): Int
+    external fun uniffi_kith_ffi_checksum_method_kithdevice_unmerge_contact(
     ): Int
     external fun uniffi_kith_ffi_checksum_method_kithdevice_unregister_push_target(
     ): Int
@@ -882,6 +892,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_kith_ffi_fn_method_kithdevice_devices(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_kith_ffi_fn_method_kithdevice_duplicate_suggestions(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_kith_ffi_fn_method_kithdevice_edit_contact(`ptr`: Long,`id`: RustBuffer.ByValue,`changes`: RustBuffer.ByValue,`removals`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_home(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -890,7 +902,13 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_import_file(`ptr`: Long,`kind`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,`me`: RustBuffer.ByValue,`addressBook`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_kith_ffi_fn_method_kithdevice_merge_contacts(`ptr`: Long,`ids`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_kith_ffi_fn_method_kithdevice_merged_records(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_kith_ffi_fn_method_kithdevice_register_push_target(`ptr`: Long,`token`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_kith_ffi_fn_method_kithdevice_relay_account_info(`ptr`: Long,
     ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_relay_usage(`ptr`: Long,
     ): Long
@@ -901,6 +919,8 @@ internal object UniffiLib {
     external fun uniffi_kith_ffi_fn_method_kithdevice_search(`ptr`: Long,`query`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_kith_ffi_fn_method_kithdevice_sync(`ptr`: Long,
+    ): Long
+    external fun uniffi_kith_ffi_fn_method_kithdevice_unmerge_contact(`ptr`: Long,`id`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_kith_ffi_fn_method_kithdevice_unregister_push_target(`ptr`: Long,
     ): Long
@@ -1107,6 +1127,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_devices() and 0xFFFF) != 61017) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_duplicate_suggestions() and 0xFFFF) != 63140) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_edit_contact() and 0xFFFF) != 9874) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1119,10 +1142,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_import_file() and 0xFFFF) != 11433) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_merge_contacts() and 0xFFFF) != 2089) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_merged_records() and 0xFFFF) != 34572) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_register_push_target() and 0xFFFF) != 13417) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_relay_usage() and 0xFFFF) != 10200) {
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_relay_account_info() and 0xFFFF) != 6785) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_relay_usage() and 0xFFFF) != 28375) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_resolve_conflict() and 0xFFFF) != 36105) {
@@ -1135,6 +1167,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_sync() and 0xFFFF) != 64916) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_unmerge_contact() and 0xFFFF) != 5170) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_kith_ffi_checksum_method_kithdevice_unregister_push_target() and 0xFFFF) != 26439) {
@@ -2414,6 +2449,14 @@ public interface KithDeviceInterface {
     fun `devices`(): List<DeviceView>
     
     /**
+     * Contacts that are probably one person but share no e-mail, phone or LinkedIn URL, so
+     * they were not merged automatically: the same name (ignoring case, accents and spacing),
+     * or name variants such as Bob and Robert with the same last name. Pairs a person
+     * separated are left out.
+     */
+    fun `duplicateSuggestions`(): List<DuplicateSuggestion>
+    
+    /**
      * Edits a contact: sets the fields `changes` gives, removes what `removals` names.
      * Returns whether anything changed (false: the contact already had these values).
      */
@@ -2437,6 +2480,20 @@ public interface KithDeviceInterface {
     suspend fun `importFile`(`kind`: ImportKind, `path`: kotlin.String, `me`: List<kotlin.String>, `addressBook`: kotlin.String?): ImportResult
     
     /**
+     * Merges contacts that are the same person (two or more, by id or a unique prefix of
+     * it), on every device after sync; undone by [`KithDevice::unmerge_contact`]. Contacts a
+     * person separated before are merged again. Returns the id the merged contact is shown
+     * under. Ids that are all one contact already are an `InvalidInput` error.
+     */
+    suspend fun `mergeContacts`(`ids`: List<kotlin.String>): kotlin.String
+    
+    /**
+     * The records merged into a contact (hex ids, sorted): the ids
+     * [`KithDevice::unmerge_contact`] takes. Just the contact's own id when it is not merged.
+     */
+    fun `mergedRecords`(`id`: kotlin.String): List<kotlin.String>
+    
+    /**
      * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
      * target: the relay then wakes the app through the gateway whenever another device of
      * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
@@ -2446,7 +2503,15 @@ public interface KithDeviceInterface {
     suspend fun `registerPushTarget`(`token`: kotlin.ByteArray)
     
     /**
-     * The account's use of the relay (asks the relay).
+     * What the relay holds for the account (asks the relay): usage against the quotas, each
+     * device stream, the day a device was last active — what `kith account info` shows.
+     * [`KithDevice::account_info`] is this device's local view; this is the relay's.
+     */
+    suspend fun `relayAccountInfo`(): RelayAccountInfo
+    
+    /**
+     * The account's use of the relay (asks the relay): the usage figures alone, which
+     * [`KithDevice::relay_account_info`] also holds. Kept for apps written before it.
      */
     suspend fun `relayUsage`(): RelayUsage
     
@@ -2472,6 +2537,14 @@ public interface KithDeviceInterface {
      * One full sync: push this device's changes, pull and merge everyone else's.
      */
     suspend fun `sync`(): SyncResult
+    
+    /**
+     * Separates a record (by id or a unique prefix, as [`KithDevice::merged_records`] lists
+     * them) from the contact it was merged into; the two stay apart as two people on every
+     * device, and the automatic merge no longer joins them. A contact that is not merged is
+     * an `InvalidInput` error.
+     */
+    suspend fun `unmergeContact`(`id`: kotlin.String): UnmergeResult
     
     /**
      * Removes this device's push target: the relay stops waking it.
@@ -2867,6 +2940,26 @@ open class KithDevice: Disposable, AutoCloseable, KithDeviceInterface
 
     
     /**
+     * Contacts that are probably one person but share no e-mail, phone or LinkedIn URL, so
+     * they were not merged automatically: the same name (ignoring case, accents and spacing),
+     * or name variants such as Bob and Robert with the same last name. Pairs a person
+     * separated are left out.
+     */
+    @Throws(KithException::class)override fun `duplicateSuggestions`(): List<DuplicateSuggestion> {
+            return FfiConverterSequenceTypeDuplicateSuggestion.lift(
+    callWithHandle {
+    uniffiRustCallWithError(KithException) { _status ->
+    UniffiLib.uniffi_kith_ffi_fn_method_kithdevice_duplicate_suggestions(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Edits a contact: sets the fields `changes` gives, removes what `removals` names.
      * Returns whether anything changed (false: the contact already had these values).
      */
@@ -2968,6 +3061,53 @@ open class KithDevice: Disposable, AutoCloseable, KithDeviceInterface
 
     
     /**
+     * Merges contacts that are the same person (two or more, by id or a unique prefix of
+     * it), on every device after sync; undone by [`KithDevice::unmerge_contact`]. Contacts a
+     * person separated before are merged again. Returns the id the merged contact is shown
+     * under. Ids that are all one contact already are an `InvalidInput` error.
+     */
+    @Throws(KithException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `mergeContacts`(`ids`: List<kotlin.String>) : kotlin.String {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_kith_ffi_fn_method_kithdevice_merge_contacts(
+                uniffiHandle,
+                
+        FfiConverterSequenceString.lower(`ids`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_kith_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_kith_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_kith_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        KithException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The records merged into a contact (hex ids, sorted): the ids
+     * [`KithDevice::unmerge_contact`] takes. Just the contact's own id when it is not merged.
+     */
+    @Throws(KithException::class)override fun `mergedRecords`(`id`: kotlin.String): List<kotlin.String> {
+            return FfiConverterSequenceString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(KithException) { _status ->
+    UniffiLib.uniffi_kith_ffi_fn_method_kithdevice_merged_records(
+        it,
+        
+        FfiConverterString.lower(`id`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Registers `token` (1 to 1024 bytes, from the app's push gateway) as this device's push
      * target: the relay then wakes the app through the gateway whenever another device of
      * the account pushes, sending the gateway the token and nothing else (README.md "Wake-up
@@ -2998,7 +3138,34 @@ open class KithDevice: Disposable, AutoCloseable, KithDeviceInterface
 
     
     /**
-     * The account's use of the relay (asks the relay).
+     * What the relay holds for the account (asks the relay): usage against the quotas, each
+     * device stream, the day a device was last active — what `kith account info` shows.
+     * [`KithDevice::account_info`] is this device's local view; this is the relay's.
+     */
+    @Throws(KithException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `relayAccountInfo`() : RelayAccountInfo {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_kith_ffi_fn_method_kithdevice_relay_account_info(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_kith_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_kith_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_kith_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeRelayAccountInfo.lift(it) },
+        // Error FFI converter
+        KithException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The account's use of the relay (asks the relay): the usage figures alone, which
+     * [`KithDevice::relay_account_info`] also holds. Kept for apps written before it.
      */
     @Throws(KithException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -3114,6 +3281,34 @@ open class KithDevice: Disposable, AutoCloseable, KithDeviceInterface
         { future -> UniffiLib.ffi_kith_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeSyncResult.lift(it) },
+        // Error FFI converter
+        KithException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Separates a record (by id or a unique prefix, as [`KithDevice::merged_records`] lists
+     * them) from the contact it was merged into; the two stay apart as two people on every
+     * device, and the automatic merge no longer joins them. A contact that is not merged is
+     * an `InvalidInput` error.
+     */
+    @Throws(KithException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unmergeContact`(`id`: kotlin.String) : UnmergeResult {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_kith_ffi_fn_method_kithdevice_unmerge_contact(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_kith_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_kith_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_kith_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeUnmergeResult.lift(it) },
         // Error FFI converter
         KithException.ErrorHandler,
     )
@@ -4354,6 +4549,56 @@ public object FfiConverterTypeDeviceView: FfiConverterRustBuffer<DeviceView> {
 
 
 /**
+ * Contacts that look like one person but were not merged automatically (they share no
+ * e-mail, phone or LinkedIn URL), as `kith contacts duplicates` lists them. Merge them with
+ * [`KithDevice::merge_contacts`].
+ */
+data class DuplicateSuggestion (
+    /**
+     * Why they are suggested: the same name, or first names that are variants of each other
+     * ("Bob" / "Robert") with the same last name.
+     */
+    var `reason`: kotlin.String
+    , 
+    /**
+     * The contacts, in name then id order (two or more).
+     */
+    var `contacts`: List<SuggestedContact>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDuplicateSuggestion: FfiConverterRustBuffer<DuplicateSuggestion> {
+    override fun read(buf: ByteBuffer): DuplicateSuggestion {
+        return DuplicateSuggestion(
+            FfiConverterString.read(buf),
+            FfiConverterSequenceTypeSuggestedContact.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DuplicateSuggestion) = (
+            FfiConverterString.allocationSize(value.`reason`) +
+            FfiConverterSequenceTypeSuggestedContact.allocationSize(value.`contacts`)
+    )
+
+    override fun write(value: DuplicateSuggestion, buf: ByteBuffer) {
+            FfiConverterString.write(value.`reason`, buf)
+            FfiConverterSequenceTypeSuggestedContact.write(value.`contacts`, buf)
+    }
+}
+
+
+
+/**
  * An e-mail address of a contact.
  */
 data class EmailView (
@@ -4688,6 +4933,142 @@ public object FfiConverterTypePhoneView: FfiConverterRustBuffer<PhoneView> {
 
 
 /**
+ * What the relay holds for the account, as `kith account info` shows it: usage against the
+ * quotas (the relay's defaults, or what its operator set for this account), each device
+ * stream's size and the day a device was last active. Exactly what the relay's operator can
+ * see of the account. A suspended account cannot ask: the call fails with a `Relay` error of
+ * code `AccountSuspended`.
+ *
+ * The fields after `envelopes` are `None` from a relay older than 0.2.0, which tells only the
+ * usage figures.
+ */
+data class RelayAccountInfo (
+    /**
+     * The relay's address.
+     */
+    var `relayAddress`: kotlin.String
+    , 
+    /**
+     * Bytes stored (envelopes and sealed keys).
+     */
+    var `bytesUsed`: kotlin.ULong
+    , 
+    /**
+     * Bytes the account may store.
+     */
+    var `bytesQuota`: kotlin.ULong
+    , 
+    /**
+     * Devices in the relay's roster.
+     */
+    var `devices`: kotlin.ULong
+    , 
+    /**
+     * Devices the account may have.
+     */
+    var `devicesMax`: kotlin.ULong
+    , 
+    /**
+     * Envelopes stored.
+     */
+    var `envelopes`: kotlin.ULong
+    , 
+    /**
+     * Whether the operator set `bytes_quota` for this account (not the relay's default).
+     */
+    var `bytesQuotaSet`: kotlin.Boolean?
+    , 
+    /**
+     * Whether the operator set `devices_max` for this account.
+     */
+    var `devicesMaxSet`: kotlin.Boolean?
+    , 
+    /**
+     * Of `bytes_used`, the bytes of sealed epoch keys.
+     */
+    var `sealedKeyBytes`: kotlin.ULong?
+    , 
+    /**
+     * The last day a device of the account was active, as the relay records it
+     * (`YYYY-MM-DD`, UTC; the relay keeps the day only). `None` also when no device was
+     * active yet.
+     */
+    var `lastActiveDay`: kotlin.String?
+    , 
+    /**
+     * The version of the account's roster the relay holds.
+     */
+    var `rosterVersion`: kotlin.ULong?
+    , 
+    /**
+     * Each device stream the relay stores.
+     */
+    var `streams`: List<RelayStream>?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRelayAccountInfo: FfiConverterRustBuffer<RelayAccountInfo> {
+    override fun read(buf: ByteBuffer): RelayAccountInfo {
+        return RelayAccountInfo(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalBoolean.read(buf),
+            FfiConverterOptionalBoolean.read(buf),
+            FfiConverterOptionalULong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalULong.read(buf),
+            FfiConverterOptionalSequenceTypeRelayStream.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RelayAccountInfo) = (
+            FfiConverterString.allocationSize(value.`relayAddress`) +
+            FfiConverterULong.allocationSize(value.`bytesUsed`) +
+            FfiConverterULong.allocationSize(value.`bytesQuota`) +
+            FfiConverterULong.allocationSize(value.`devices`) +
+            FfiConverterULong.allocationSize(value.`devicesMax`) +
+            FfiConverterULong.allocationSize(value.`envelopes`) +
+            FfiConverterOptionalBoolean.allocationSize(value.`bytesQuotaSet`) +
+            FfiConverterOptionalBoolean.allocationSize(value.`devicesMaxSet`) +
+            FfiConverterOptionalULong.allocationSize(value.`sealedKeyBytes`) +
+            FfiConverterOptionalString.allocationSize(value.`lastActiveDay`) +
+            FfiConverterOptionalULong.allocationSize(value.`rosterVersion`) +
+            FfiConverterOptionalSequenceTypeRelayStream.allocationSize(value.`streams`)
+    )
+
+    override fun write(value: RelayAccountInfo, buf: ByteBuffer) {
+            FfiConverterString.write(value.`relayAddress`, buf)
+            FfiConverterULong.write(value.`bytesUsed`, buf)
+            FfiConverterULong.write(value.`bytesQuota`, buf)
+            FfiConverterULong.write(value.`devices`, buf)
+            FfiConverterULong.write(value.`devicesMax`, buf)
+            FfiConverterULong.write(value.`envelopes`, buf)
+            FfiConverterOptionalBoolean.write(value.`bytesQuotaSet`, buf)
+            FfiConverterOptionalBoolean.write(value.`devicesMaxSet`, buf)
+            FfiConverterOptionalULong.write(value.`sealedKeyBytes`, buf)
+            FfiConverterOptionalString.write(value.`lastActiveDay`, buf)
+            FfiConverterOptionalULong.write(value.`rosterVersion`, buf)
+            FfiConverterOptionalSequenceTypeRelayStream.write(value.`streams`, buf)
+    }
+}
+
+
+
+/**
  * The relay a device talks to.
  */
 data class RelayConfig (
@@ -4736,7 +5117,79 @@ public object FfiConverterTypeRelayConfig: FfiConverterRustBuffer<RelayConfig> {
 
 
 /**
- * The account's use of the relay.
+ * One device stream the relay stores for the account.
+ */
+data class RelayStream (
+    /**
+     * The device that writes it (hex id).
+     */
+    var `deviceId`: kotlin.String
+    , 
+    /**
+     * Lowest seq stored (0 while empty).
+     */
+    var `firstSeq`: kotlin.ULong
+    , 
+    /**
+     * Highest seq written.
+     */
+    var `lastSeq`: kotlin.ULong
+    , 
+    /**
+     * Envelopes stored.
+     */
+    var `envelopes`: kotlin.ULong
+    , 
+    /**
+     * Bytes stored.
+     */
+    var `bytes`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRelayStream: FfiConverterRustBuffer<RelayStream> {
+    override fun read(buf: ByteBuffer): RelayStream {
+        return RelayStream(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RelayStream) = (
+            FfiConverterString.allocationSize(value.`deviceId`) +
+            FfiConverterULong.allocationSize(value.`firstSeq`) +
+            FfiConverterULong.allocationSize(value.`lastSeq`) +
+            FfiConverterULong.allocationSize(value.`envelopes`) +
+            FfiConverterULong.allocationSize(value.`bytes`)
+    )
+
+    override fun write(value: RelayStream, buf: ByteBuffer) {
+            FfiConverterString.write(value.`deviceId`, buf)
+            FfiConverterULong.write(value.`firstSeq`, buf)
+            FfiConverterULong.write(value.`lastSeq`, buf)
+            FfiConverterULong.write(value.`envelopes`, buf)
+            FfiConverterULong.write(value.`bytes`, buf)
+    }
+}
+
+
+
+/**
+ * The account's use of the relay: the figures of [`RelayAccountInfo`] that every relay
+ * release tells ([`KithDevice::relay_usage`]).
  */
 data class RelayUsage (
     /**
@@ -4807,6 +5260,53 @@ public object FfiConverterTypeRelayUsage: FfiConverterRustBuffer<RelayUsage> {
 
 
 /**
+ * One contact of a [`DuplicateSuggestion`].
+ */
+data class SuggestedContact (
+    /**
+     * The contact (hex id).
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * Its name.
+     */
+    var `name`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSuggestedContact: FfiConverterRustBuffer<SuggestedContact> {
+    override fun read(buf: ByteBuffer): SuggestedContact {
+        return SuggestedContact(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SuggestedContact) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`name`)
+    )
+
+    override fun write(value: SuggestedContact, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`name`, buf)
+    }
+}
+
+
+
+/**
  * What one sync did.
  */
 data class SyncResult (
@@ -4865,6 +5365,53 @@ public object FfiConverterTypeSyncResult: FfiConverterRustBuffer<SyncResult> {
             FfiConverterULong.write(value.`pulled`, buf)
             FfiConverterSequenceString.write(value.`changed`, buf)
             FfiConverterSequenceString.write(value.`warnings`, buf)
+    }
+}
+
+
+
+/**
+ * What separating a record from its merged contact did: the two contacts now shown.
+ */
+data class UnmergeResult (
+    /**
+     * The contact the separated record is shown as (hex id).
+     */
+    var `separated`: kotlin.String
+    , 
+    /**
+     * The contact the other records stay merged as (hex id).
+     */
+    var `rest`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeUnmergeResult: FfiConverterRustBuffer<UnmergeResult> {
+    override fun read(buf: ByteBuffer): UnmergeResult {
+        return UnmergeResult(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: UnmergeResult) = (
+            FfiConverterString.allocationSize(value.`separated`) +
+            FfiConverterString.allocationSize(value.`rest`)
+    )
+
+    override fun write(value: UnmergeResult, buf: ByteBuffer) {
+            FfiConverterString.write(value.`separated`, buf)
+            FfiConverterString.write(value.`rest`, buf)
     }
 }
 
@@ -5680,6 +6227,70 @@ public object FfiConverterTypeKithError : FfiConverterRustBuffer<KithException> 
 /**
  * @suppress
  */
+public object FfiConverterOptionalULong: FfiConverterRustBuffer<kotlin.ULong?> {
+    override fun read(buf: ByteBuffer): kotlin.ULong? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterULong.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.ULong?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterULong.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.ULong?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterULong.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalBoolean: FfiConverterRustBuffer<kotlin.Boolean?> {
+    override fun read(buf: ByteBuffer): kotlin.Boolean? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterBoolean.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Boolean?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterBoolean.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Boolean?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterBoolean.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
     override fun read(buf: ByteBuffer): kotlin.String? {
         if (buf.get().toInt() == 0) {
@@ -5808,6 +6419,38 @@ public object FfiConverterOptionalTypeKithError: FfiConverterRustBuffer<KithExce
 /**
  * @suppress
  */
+public object FfiConverterOptionalSequenceTypeRelayStream: FfiConverterRustBuffer<List<RelayStream>?> {
+    override fun read(buf: ByteBuffer): List<RelayStream>? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterSequenceTypeRelayStream.read(buf)
+    }
+
+    override fun allocationSize(value: List<RelayStream>?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterSequenceTypeRelayStream.allocationSize(value)
+        }
+    }
+
+    override fun write(value: List<RelayStream>?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterSequenceTypeRelayStream.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.String>> {
     override fun read(buf: ByteBuffer): List<kotlin.String> {
         val len = buf.getInt()
@@ -5920,6 +6563,34 @@ public object FfiConverterSequenceTypeDeviceView: FfiConverterRustBuffer<List<De
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeDuplicateSuggestion: FfiConverterRustBuffer<List<DuplicateSuggestion>> {
+    override fun read(buf: ByteBuffer): List<DuplicateSuggestion> {
+        val len = buf.getInt()
+        return List<DuplicateSuggestion>(len) {
+            FfiConverterTypeDuplicateSuggestion.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<DuplicateSuggestion>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeDuplicateSuggestion.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<DuplicateSuggestion>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeDuplicateSuggestion.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeEmailView: FfiConverterRustBuffer<List<EmailView>> {
     override fun read(buf: ByteBuffer): List<EmailView> {
         val len = buf.getInt()
@@ -5994,6 +6665,62 @@ public object FfiConverterSequenceTypePhoneView: FfiConverterRustBuffer<List<Pho
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypePhoneView.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeRelayStream: FfiConverterRustBuffer<List<RelayStream>> {
+    override fun read(buf: ByteBuffer): List<RelayStream> {
+        val len = buf.getInt()
+        return List<RelayStream>(len) {
+            FfiConverterTypeRelayStream.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<RelayStream>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRelayStream.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<RelayStream>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRelayStream.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeSuggestedContact: FfiConverterRustBuffer<List<SuggestedContact>> {
+    override fun read(buf: ByteBuffer): List<SuggestedContact> {
+        val len = buf.getInt()
+        return List<SuggestedContact>(len) {
+            FfiConverterTypeSuggestedContact.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SuggestedContact>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSuggestedContact.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SuggestedContact>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSuggestedContact.write(it, buf)
         }
     }
 }
