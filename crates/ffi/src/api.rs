@@ -1226,9 +1226,9 @@ impl KithDevice {
             .iter()
             .map(|id| self.contact_id(id))
             .collect::<Result<Vec<_>>>()?;
-        self.on_runtime(move |device| async move {
-            Ok(device.merge_contacts(&ids).await?.to_hex())
-        })
+        self.on_runtime(
+            move |device| async move { Ok(device.merge_contacts(&ids).await?.to_hex()) },
+        )
         .await
     }
 

@@ -111,10 +111,7 @@ fn the_python_suite_passes_through_the_generated_module() {
     for entry in std::fs::read_dir(&tests).expect("read tests/python") {
         let name = entry.expect("dir entry").file_name();
         let name = name.to_string_lossy();
-        if let Some(module) = name
-            .strip_suffix(".py")
-            .filter(|m| m.starts_with("test_"))
-        {
+        if let Some(module) = name.strip_suffix(".py").filter(|m| m.starts_with("test_")) {
             assert!(
                 stderr.contains(&format!("({module}.")),
                 "the Python suite ran no test of {name}"

@@ -7,8 +7,10 @@ import json
 import os
 import queue
 import subprocess
+import tempfile
 import threading
 import time
+import unittest
 
 import kith
 
@@ -89,6 +91,27 @@ class RelayProcess:
         self.process.wait()
         self.drain.join(10)
         self.process.stdout.close()
+
+
+class RelayTestCase(unittest.IsolatedAsyncioTestCase):
+    """A test with its own temporary directory and a kith-relay process serving from it
+    (`self.relay`, `self.config`); `relay_settings()` gives the relay's extra environment."""
+
+    def relay_settings(self):
+        return None
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.work = self.dir.name
+        self.relay = RelayProcess(os.path.join(self.work, "relay"), settings=self.relay_settings())
+        self.config = self.relay.config()
+
+    def tearDown(self):
+        self.relay.stop()
+        self.dir.cleanup()
+
+    def home(self, name):
+        return os.path.join(self.work, name)
 
 
 def files_under(directory):

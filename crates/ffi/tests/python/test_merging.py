@@ -5,28 +5,13 @@ the errors in the CLI's categories (`kith contacts merge / unmerge / duplicates`
 
 Run by `cargo test -p kith-ffi --test bindings`."""
 
-import os
-import tempfile
 import unittest
 
 import kith
-from support import MemoryKeyStorage, RelayProcess, link
+from support import MemoryKeyStorage, RelayTestCase, link
 
 
-class Merging(unittest.IsolatedAsyncioTestCase):
-    def setUp(self):
-        self.dir = tempfile.TemporaryDirectory()
-        self.work = self.dir.name
-        self.relay = RelayProcess(os.path.join(self.work, "relay"))
-        self.config = self.relay.config()
-
-    def tearDown(self):
-        self.relay.stop()
-        self.dir.cleanup()
-
-    def home(self, name):
-        return os.path.join(self.work, name)
-
+class Merging(RelayTestCase):
     async def test_suggest_merge_and_unmerge_on_two_devices(self):
         a = (await kith.create_account(self.home("a"), self.config, "a", None, MemoryKeyStorage())).device
         b = await link(a, self.home("b"), self.config, "b", MemoryKeyStorage())

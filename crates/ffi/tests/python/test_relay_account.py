@@ -5,28 +5,13 @@ account with `kith-relay admin`.
 Run by `cargo test -p kith-ffi --test bindings`."""
 
 import datetime
-import os
-import tempfile
 import unittest
 
 import kith
-from support import MemoryKeyStorage, RelayProcess, link
+from support import MemoryKeyStorage, RelayTestCase, link
 
 
-class RelayAccount(unittest.IsolatedAsyncioTestCase):
-    def setUp(self):
-        self.dir = tempfile.TemporaryDirectory()
-        self.work = self.dir.name
-        self.relay = RelayProcess(os.path.join(self.work, "relay"))
-        self.config = self.relay.config()
-
-    def tearDown(self):
-        self.relay.stop()
-        self.dir.cleanup()
-
-    def home(self, name):
-        return os.path.join(self.work, name)
-
+class RelayAccount(RelayTestCase):
     async def test_usage_quotas_streams_and_suspension(self):
         a = (await kith.create_account(self.home("a"), self.config, "a", None, MemoryKeyStorage())).device
         b = await link(a, self.home("b"), self.config, "b", MemoryKeyStorage())

@@ -10,13 +10,12 @@ import asyncio
 import contextlib
 import io
 import os
-import tempfile
 import threading
 import unittest
 
 import kith
 import example
-from support import MemoryKeyStorage, RelayProcess, files_under, secret_parts
+from support import MemoryKeyStorage, RelayTestCase, files_under, secret_parts
 
 # Realistic waits: a sync over loopback takes well under a second; these bound a hang.
 WAIT = 60
@@ -58,20 +57,7 @@ class Recorder(kith.ChangeListener):
             raise AssertionError("the watch listener did not hear the change in time")
 
 
-class Story(unittest.IsolatedAsyncioTestCase):
-    def setUp(self):
-        self.dir = tempfile.TemporaryDirectory()
-        self.work = self.dir.name
-        self.relay = RelayProcess(os.path.join(self.work, "relay"))
-        self.config = self.relay.config()
-
-    def tearDown(self):
-        self.relay.stop()
-        self.dir.cleanup()
-
-    def home(self, name):
-        return os.path.join(self.work, name)
-
+class Story(RelayTestCase):
     def assert_no_secret_in(self, home, storage):
         """The device's secrets are in `storage` only: no key file, and no file under the home
         holds any of the secret keys' bytes."""

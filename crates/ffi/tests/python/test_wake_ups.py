@@ -9,11 +9,10 @@ Run by `cargo test -p kith-ffi --test bindings`."""
 import base64
 import json
 import os
-import tempfile
 import unittest
 
 import kith
-from support import MemoryKeyStorage, PushGateway, RelayProcess, link
+from support import MemoryKeyStorage, PushGateway, RelayProcess, RelayTestCase, link
 
 # Bounds on waits (a busy machine), never expectations of speed.
 WAIT = 30
@@ -21,27 +20,15 @@ WAIT = 30
 INTERVAL = 1
 
 
-class WakeUps(unittest.IsolatedAsyncioTestCase):
-    def setUp(self):
-        self.dir = tempfile.TemporaryDirectory()
-        self.work = self.dir.name
+class WakeUps(RelayTestCase):
+    def relay_settings(self):
+        # The gateway is set up before the relay: the operator's settings name its URL.
         self.gateway = PushGateway()
-        self.relay = RelayProcess(
-            os.path.join(self.work, "relay"),
-            settings={
-                "KITH_RELAY_PUSH_GATEWAY": self.gateway.url,
-                "KITH_RELAY_PUSH_INTERVAL_SECS": str(INTERVAL),
-            },
-        )
-        self.config = self.relay.config()
-
-    def tearDown(self):
-        self.relay.stop()
-        self.gateway.stop()
-        self.dir.cleanup()
-
-    def home(self, name):
-        return os.path.join(self.work, name)
+        self.addCleanup(self.gateway.stop)
+        return {
+            "KITH_RELAY_PUSH_GATEWAY": self.gateway.url,
+            "KITH_RELAY_PUSH_INTERVAL_SECS": str(INTERVAL),
+        }
 
     async def edit_and_push(self, device, name):
         await device.add_contact(kith.ContactInput(name=name))
