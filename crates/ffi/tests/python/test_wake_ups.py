@@ -6,6 +6,7 @@ unregistering, no more. A relay without a gateway refuses registration as `Unsup
 
 Run by `cargo test -p kith-ffi --test bindings`."""
 
+import asyncio
 import base64
 import json
 import os
@@ -30,6 +31,10 @@ class WakeUps(RelayTestCase):
             "KITH_RELAY_PUSH_INTERVAL_SECS": str(INTERVAL),
         }
 
+    async def wait_for_gateway(self, timeout):
+        """The gateway's next request, waited for off the event loop."""
+        return await asyncio.to_thread(self.gateway.next, timeout)
+
     async def edit_and_push(self, device, name):
         await device.add_contact(kith.ContactInput(name=name))
         self.assertGreaterEqual((await device.sync()).pushed, 1)
@@ -46,7 +51,7 @@ class WakeUps(RelayTestCase):
         await b.register_push_target(token_b)
 
         await self.edit_and_push(b, "Ada Lovelace")
-        request = self.gateway.next(WAIT)
+        request = await self.wait_for_gateway(WAIT)
         self.assertIsNotNone(request, "the gateway was not called after b pushed")
         method, path, headers, body = request
         self.assertEqual((method, path), ("POST", "/_kith/wake"))
@@ -66,12 +71,12 @@ class WakeUps(RelayTestCase):
         await self.edit_and_push(a, "Alan Turing")
         seen = []
         while True:
-            request = self.gateway.next(WAIT)
+            request = await self.wait_for_gateway(WAIT)
             self.assertIsNotNone(request, "the control wake-up of b never came")
             seen.append(json.loads(request[3])["token"])
             if seen[-1] == base64.b64encode(token_b).decode():
                 break
-        seen += [json.loads(r[3])["token"] for r in self.gateway.drain(INTERVAL + 3)]
+        seen += [json.loads(r[3])["token"] for r in await asyncio.to_thread(self.gateway.drain, INTERVAL + 3)]
         self.assertNotIn(base64.b64encode(token_a).decode(), seen, "a was woken after unregistering")
 
     async def test_a_relay_without_a_gateway_refuses_registration_as_unsupported(self):
