@@ -33,15 +33,18 @@
 //! stream's meta after the push. (A sled `Batch` forces two writes and `sync_file_range`s of
 //! sled's log buffer: measured at 5x the CPU of an insert, it was a quarter of the relay's
 //! push CPU.) The stream's meta is the newer of its `0x00` value and the meta in its last
-//! block; the first push of a stream, a push that starts a block and a truncation write the
+//! block; the first push of a stream, a push spread over two blocks and a truncation write the
 //! `0x00` value in a batch.
 //!
-//! Why blocks: schema 2 kept one sled key per record (`account ‖ 'E' ‖ device ‖ seq`). sled
-//! 0.34 keeps what was inserted in memory whatever its `cache_capacity` (about 315 bytes of
-//! heap per key), so a relay grew by megabytes per 10,000 pushes for as long as it ran. A
-//! block rewritten in place holds 64 records under one key: the stream's index costs sled a
-//! key per 64 pushes. Schema 2 also kept the stream keys in `accounts`, so the start-up scan
-//! of the pointers read every roster and sealed key (172 MB in memory for 100,000 accounts).
+//! Why blocks: schema 2 kept one sled key per record (`account ‖ 'E' ‖ device ‖ seq`, 118
+//! bytes of key and value). sled 0.34 keeps about five times the bytes a tree holds in
+//! memory, whatever its `cache_capacity` (`examples/sled_memory.rs`: +50 MB of RSS over
+//! 100,000 such keys, flat when one key per stream is rewritten instead), so the relay grew
+//! with every push it ever stored. A block holds 64 records in 36 bytes each under one key:
+//! a third of the bytes per push, and one key per 64 pushes. (What is left grows with the
+//! records still: moving full blocks into the log would end that.) Schema 2 also kept the
+//! stream keys in `accounts`, so the start-up scan of the pointers read every roster and
+//! sealed key (172 MB in memory for 100,000 accounts).
 //!
 //! Schemas 1 (envelopes inline in sled) and 2 (one pointer key per record in `accounts`) are
 //! migrated when opened ([`SledStore::open`]): the blocks are built (inline values written
@@ -513,10 +516,10 @@ impl SledStore {
             }
             let mut stream = k[..ACCOUNT_LEN + 1 + DEVICE_LEN].to_vec();
             stream[ACCOUNT_LEN] = TAG_BLOCK;
-            if current.as_ref().is_some_and(|(s, _, _)| *s != stream) {
-                if let Some((s, entries, meta)) = current.take() {
-                    write(&s, &entries, meta)?;
-                }
+            if current.as_ref().is_some_and(|(s, _, _)| *s != stream)
+                && let Some((s, entries, meta)) = current.take()
+            {
+                write(&s, &entries, meta)?;
             }
             let (_, entries, meta) = current.get_or_insert_with(|| (stream, Vec::new(), None));
             let pointer = match Pointer::decode(&v) {
@@ -1456,20 +1459,17 @@ impl Store for SledStore {
         }
         for item in self.streams.iter() {
             let (k, v) = item?;
-            match k.get(ACCOUNT_LEN) {
-                Some(&TAG_META) => {
-                    let account = AccountId::from_slice(&k[..ACCOUNT_LEN])
-                        .map_err(|_| StoreError::Corrupt("stream key"))?;
-                    let device = DeviceId::from_slice(&k[ACCOUNT_LEN + 1..])
-                        .map_err(|_| StoreError::Corrupt("stream key"))?;
-                    let meta = self
-                        .stream_meta(&account, &device, Some(decode_meta(&v)?))?
-                        .unwrap_or_default();
-                    stats.streams += 1;
-                    stats.envelopes += meta.envelopes;
-                    stats.envelope_bytes += meta.bytes;
-                }
-                _ => {}
+            if k.get(ACCOUNT_LEN) == Some(&TAG_META) {
+                let account = AccountId::from_slice(&k[..ACCOUNT_LEN])
+                    .map_err(|_| StoreError::Corrupt("stream key"))?;
+                let device = DeviceId::from_slice(&k[ACCOUNT_LEN + 1..])
+                    .map_err(|_| StoreError::Corrupt("stream key"))?;
+                let meta = self
+                    .stream_meta(&account, &device, Some(decode_meta(&v)?))?
+                    .unwrap_or_default();
+                stats.streams += 1;
+                stats.envelopes += meta.envelopes;
+                stats.envelope_bytes += meta.bytes;
             }
         }
         Ok(stats)
