@@ -47,12 +47,14 @@
 //! sealed key (172 MB in memory for 100,000 accounts).
 //!
 //! Schemas 1 (envelopes inline in sled) and 2 (one pointer key per record in `accounts`) are
-//! migrated when opened ([`SledStore::open`]): the blocks are built (inline values written
-//! to the log first), made durable, the schema marked 3 with a clean-up flag in one write,
+//! migrated when opened ([`SledStore::open`]): the sled files copied to `db.schema-N`
+//! beside the database ([`backup_dir`]), the blocks built (inline values written to the log
+//! first) and made durable, the schema marked 3 with a clean-up flag in one write,
 //! then the old keys removed and the flag cleared. A crash before the mark starts the
 //! migration over from the old keys; a crash after it finishes the clean-up.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -412,6 +414,19 @@ impl SledStore {
         };
         let accounts = db.open_tree("accounts")?;
         let streams = db.open_tree(STREAMS_TREE)?;
+        if migrate && !accounts.is_empty() {
+            // What the migration replaces, kept as it was (docs/PROTOCOL.md §8.1): the sled
+            // files (schema 1's envelopes with them), not the envelope log, whose records the
+            // migration leaves where they are.
+            let backup = backup_dir(dir, found.unwrap_or(SCHEMA_INLINE));
+            db.flush()?;
+            copy_sled_files(dir, &backup).map_err(|e| {
+                StoreError::Backend(format!(
+                    "back up {} before migrating: {e}",
+                    backup.display()
+                ))
+            })?;
+        }
         if migrate {
             // Blocks of an interrupted migration: built again from the old keys.
             streams.clear()?;
@@ -1613,6 +1628,34 @@ fn deleted_key(account: &AccountId) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// Where the sled files of a schema-`schema` database in `dir` are kept when it is migrated:
+/// `db.schema-2` beside `db`.
+pub fn backup_dir(dir: &Path, schema: u32) -> std::path::PathBuf {
+    dir.with_extension(format!("schema-{schema}"))
+}
+
+/// Copies the sled files of `from` (not the envelope log) to `to`, replacing what an
+/// interrupted migration left there.
+fn copy_sled_files(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name() == LOG_DIR {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    File::open(to)?.sync_all()
+}
+
 /// Copies a directory tree (an online backup of a store nothing writes to meanwhile).
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
@@ -1822,6 +1865,7 @@ mod tests {
             db.flush().unwrap();
         }
         let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        std::fs::remove_dir_all(backup_dir(dir.path(), SCHEMA_INLINE)).unwrap();
         append(&store, &A, 6, 5);
         let (got, _) = read_all_of(&store, 0, 100);
         assert_eq!(got, (1..=10).zip(envelopes(1, 10)).collect::<Vec<_>>());
@@ -1940,6 +1984,20 @@ mod tests {
             assert_eq!(live, bytes + 4 * all.len() as u64);
             let schema = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap();
             assert_eq!(schema.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+            // The sled files as they were are kept beside the database.
+            let backup = backup_dir(dir.path(), SCHEMA_POINTERS);
+            {
+                let old = sled::open(&backup).unwrap();
+                let old_accounts = old.open_tree("accounts").unwrap();
+                assert_eq!(
+                    old_accounts
+                        .iter()
+                        .filter(|i| is_envelope_key(&i.as_ref().unwrap().0))
+                        .count(),
+                    150
+                );
+            }
+            std::fs::remove_dir_all(&backup).unwrap();
             // The migrated stream takes pushes and truncations.
             let next = all.len() as u64 + 1;
             append(&store, &A, next, 2);
@@ -1995,6 +2053,7 @@ mod tests {
             store.sync_all().unwrap();
         }
         let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        std::fs::remove_dir_all(backup_dir(dir.path(), SCHEMA_POINTERS)).unwrap();
         assert_eq!(old_stream_keys(&store), 0);
         assert!(
             !store
