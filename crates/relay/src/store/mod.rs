@@ -21,7 +21,7 @@ pub use self::postgres::PostgresStore;
 pub use self::sled::SledStore;
 
 /// The stored schema version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Storage failures. Cloneable so that one failed flush can be reported to every waiter.
 #[derive(Debug, Clone, thiserror::Error)]

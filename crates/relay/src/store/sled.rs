@@ -1,18 +1,25 @@
 //! The sled backend.
 //!
-//! Layout. Tree `accounts` holds everything an account owns under keys that start with its
-//! 32-byte id, so deleting an account is one prefix scan:
+//! Layout. Tree `accounts` holds what an account owns other than its streams, under keys that
+//! start with its 32-byte id, so deleting an account is one prefix scan:
 //!
 //! | key | value |
 //! |---|---|
 //! | `account ‖ 'R'` | encoded signed roster |
-//! | `account ‖ 'S' ‖ device` | stream meta: first seq, last seq, bytes, envelopes (4 × u64 BE), as of the stream's first push and its last truncation |
-//! | `account ‖ 'E' ‖ device ‖ seq` | [`Pointer`] to a record of consecutive envelopes from `seq` in the envelope log, then (when a push wrote it) the stream meta after that push (schema 1: the envelopes inline, each `u32 BE length ‖ bytes`) |
 //! | `account ‖ 'K' ‖ device ‖ epoch` | sealed epoch key for that device and epoch |
 //! | `account ‖ 'Q'` | bytes of sealed epoch keys (u64 BE) |
 //! | `account ‖ 'P' ‖ slot id` | index of the account's pairing slots (empty value) |
 //! | `account ‖ 'V'` | lookup id of the account's recovery bundle |
+//! | `account ‖ 'W' ‖ device` | the device's push-gateway token |
 //! | `account ‖ 'A'` | what the operator set ([`AccountSettings::encode`], 13 bytes) ‖ last active day (u32 BE) |
+//!
+//! Tree `streams` (schema 3) holds the device streams, apart from the rosters and keys so that
+//! the start-up scan of the envelope log's live records reads nothing else:
+//!
+//! | key | value |
+//! |---|---|
+//! | `account ‖ 0x00 ‖ device` | stream meta: first seq, last seq, bytes, envelopes (4 × u64 BE), as of the stream's first push and its last truncation |
+//! | `account ‖ 0x01 ‖ device ‖ seq` | a pointer block: the stream meta after the push that last wrote it (32 bytes, zeros if none), then up to [`BLOCK_ENTRIES`] entries of 36 bytes, one per record of consecutive envelopes in the envelope log: first seq, segment, offset (u64 BE), length, envelope count, CRC-32 (u32 BE); `seq` is the first entry's |
 //!
 //! Tree `pairing`: `slot id → expires_at_ms (u64 BE) ‖ account ‖ bundle`. Tree `recovery`:
 //! `lookup id → account ‖ bundle`. Tree `tokens`: `SHA-256(token) → ()`. Tree `deleted`:
@@ -22,19 +29,37 @@
 //!
 //! A pushed batch is packed into records of up to `value_bytes` (consecutive envelopes, at
 //! least one per record), written to the envelope log ([`super::log`]) with one system call.
-//! A push that fits one record is one sled `insert`: its pointer carries the stream's meta
-//! after the push. (A sled `Batch` forces two writes and `sync_file_range`s of sled's log
-//! buffer: measured at 5x the CPU of an insert, it was a quarter of the relay's push CPU.)
-//! The stream's meta is the newer of its `'S'` value and the meta in its last pointer; the
-//! first push of a stream, a push of several records and a truncation write `'S'` in a batch.
-//! Schema 2 introduced the log; a schema-1 database is opened as is (its inline values stay
-//! readable, new pushes go to the log) and marked schema 2.
+//! A push that fits the stream's last block is one sled `insert` of that block, carrying the
+//! stream's meta after the push. (A sled `Batch` forces two writes and `sync_file_range`s of
+//! sled's log buffer: measured at 5x the CPU of an insert, it was a quarter of the relay's
+//! push CPU.) The stream's meta is the newer of its `0x00` value and the meta in its last
+//! block; the first push of a stream, a push spread over two blocks and a truncation write the
+//! `0x00` value in a batch.
+//!
+//! Why blocks: schema 2 kept one sled key per record (`account ‖ 'E' ‖ device ‖ seq`, 118
+//! bytes of key and value). sled 0.34 keeps about five times the bytes a tree holds in
+//! memory, whatever its `cache_capacity` (`examples/sled_memory.rs`: +50 MB of RSS over
+//! 100,000 such keys, flat when one key per stream is rewritten instead), so the relay grew
+//! with every push it ever stored. A block holds 64 records in 36 bytes each under one key:
+//! a third of the bytes per push, and one key per 64 pushes. (What is left grows with the
+//! records still: moving full blocks into the log would end that.) Schema 2 also kept the
+//! stream keys in `accounts`, so the start-up scan of the pointers read every roster and
+//! sealed key (172 MB in memory for 100,000 accounts).
+//!
+//! Schemas 1 (envelopes inline in sled) and 2 (one pointer key per record in `accounts`) are
+//! migrated when opened ([`SledStore::open`]): the sled files copied to `db.schema-N`
+//! beside the database ([`backup_dir`]), the blocks built (inline values written to the log
+//! first) and made durable, the schema marked 3 with a clean-up flag in one write,
+//! then the old keys removed and the flag cleared. A crash before the mark starts the
+//! migration over from the old keys; a crash after it finishes the clean-up.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+use sled::Transactional;
 
 use kith_protocol::ids::{AccountId, DeviceId};
 
@@ -45,8 +70,25 @@ use super::{
 };
 
 const TAG_ROSTER: u8 = b'R';
+/// Schema 2: `account ‖ 'S' ‖ device` in `accounts` (migrated).
 const TAG_STREAM: u8 = b'S';
+/// Schema 1 and 2: `account ‖ 'E' ‖ device ‖ seq` in `accounts` (migrated).
 const TAG_ENVELOPES: u8 = b'E';
+/// `streams` tree: a stream's meta.
+const TAG_META: u8 = 0;
+/// `streams` tree: a pointer block.
+const TAG_BLOCK: u8 = 1;
+/// Records a pointer block holds: one sled key per this many pushes.
+pub const BLOCK_ENTRIES: usize = 64;
+/// Encoded length of a block entry.
+const ENTRY_LEN: usize = 36;
+/// Encoded length of a stream meta.
+const META_LEN: usize = 32;
+/// The tree of stream metas and pointer blocks.
+const STREAMS_TREE: &str = "streams";
+/// Set, with the schema version 3, when a migration has built the blocks; cleared once the
+/// old keys are gone.
+const CLEANUP_KEY: &[u8] = b"schema_2_cleanup";
 const TAG_SEALED_KEY: u8 = b'K';
 const TAG_SEALED_BYTES: u8 = b'Q';
 const TAG_PAIRING: u8 = b'P';
@@ -62,6 +104,8 @@ const DEVICE_LEN: usize = DeviceId::LEN;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The schema before the envelope log; read as is.
 const SCHEMA_INLINE: u32 = 1;
+/// The schema with one pointer key per record in `accounts`; migrated.
+const SCHEMA_POINTERS: u32 = 2;
 /// Subdirectory of the database directory holding the envelope log.
 const LOG_DIR: &str = "envelopes";
 
@@ -82,6 +126,7 @@ impl From<sled::transaction::TransactionError> for StoreError {
 pub struct SledStore {
     db: sled::Db,
     accounts: sled::Tree,
+    streams: sled::Tree,
     pairing: sled::Tree,
     recovery: sled::Tree,
     tokens: sled::Tree,
@@ -111,16 +156,96 @@ fn key(account: &AccountId, tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     key
 }
 
+#[cfg(test)]
 fn stream_key(account: &AccountId, device: &DeviceId) -> Vec<u8> {
     key(account, TAG_STREAM, &[device.as_bytes()])
 }
 
+#[cfg(test)]
 fn envelope_key(account: &AccountId, device: &DeviceId, seq: u64) -> Vec<u8> {
     key(
         account,
         TAG_ENVELOPES,
         &[device.as_bytes(), &seq.to_be_bytes()],
     )
+}
+
+fn meta_key(account: &AccountId, device: &DeviceId) -> Vec<u8> {
+    key(account, TAG_META, &[device.as_bytes()])
+}
+
+fn block_key(account: &AccountId, device: &DeviceId, seq: u64) -> Vec<u8> {
+    key(account, TAG_BLOCK, &[device.as_bytes(), &seq.to_be_bytes()])
+}
+
+/// Whether `key` (of the `streams` tree) is a pointer block's.
+fn is_block_key(key: &[u8]) -> bool {
+    key.len() == ACCOUNT_LEN + 1 + DEVICE_LEN + 8 && key[ACCOUNT_LEN] == TAG_BLOCK
+}
+
+/// One record of a stream: its first seq and where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    first_seq: u64,
+    pointer: Pointer,
+}
+
+impl Entry {
+    /// The seq after the record's last.
+    fn end(&self) -> u64 {
+        self.first_seq.saturating_add(u64::from(self.pointer.count))
+    }
+}
+
+fn encode_block(meta: Option<&StreamMeta>, entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(META_LEN + entries.len() * ENTRY_LEN);
+    out.extend_from_slice(&meta.map_or([0u8; META_LEN], encode_meta));
+    for entry in entries {
+        let p = &entry.pointer;
+        out.extend_from_slice(&entry.first_seq.to_be_bytes());
+        out.extend_from_slice(&p.segment.to_be_bytes());
+        out.extend_from_slice(&p.offset.to_be_bytes());
+        out.extend_from_slice(&p.len.to_be_bytes());
+        out.extend_from_slice(&p.count.to_be_bytes());
+        out.extend_from_slice(&p.crc.to_be_bytes());
+    }
+    out
+}
+
+/// A block's meta (`None` if it carries none) and entries.
+fn decode_block(value: &[u8]) -> Result<(Option<StreamMeta>, Vec<Entry>), StoreError> {
+    let corrupt = || StoreError::Corrupt("pointer block");
+    let (meta, rest) = value.split_at_checked(META_LEN).ok_or_else(corrupt)?;
+    if rest.is_empty() || rest.len() % ENTRY_LEN != 0 {
+        return Err(corrupt());
+    }
+    let meta = if meta.iter().all(|b| *b == 0) {
+        None
+    } else {
+        Some(decode_meta(meta)?)
+    };
+    let u32_at = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(corrupt)
+    };
+    let entries = rest
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            Ok(Entry {
+                first_seq: u64_at(e, 0)?,
+                pointer: Pointer {
+                    segment: u64_at(e, 8)?,
+                    offset: u64_at(e, 16)?,
+                    len: u32_at(e, 24)?,
+                    count: u32_at(e, 28)?,
+                    crc: u32_at(e, 32)?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok((meta, entries))
 }
 
 /// Splits an `'A'` value into the settings and the last active day.
@@ -275,49 +400,79 @@ impl SledStore {
             ),
             None => None,
         };
-        match found {
-            Some(SCHEMA_VERSION) => {}
-            None | Some(SCHEMA_INLINE) => {
-                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
+        // A database without a version is a new one, or one written before versions were
+        // kept (schema 1): migrated alike.
+        let migrate = match found {
+            Some(SCHEMA_VERSION) => false,
+            None | Some(SCHEMA_INLINE) | Some(SCHEMA_POINTERS) => true,
             Some(found) => {
                 return Err(StoreError::SchemaVersion {
                     found,
                     expected: SCHEMA_VERSION,
                 });
             }
-        }
+        };
         let accounts = db.open_tree("accounts")?;
-        // What each segment of the log holds that pointers point to.
+        let streams = db.open_tree(STREAMS_TREE)?;
+        if migrate && !accounts.is_empty() {
+            // What the migration replaces, kept as it was (docs/PROTOCOL.md §8.1): the sled
+            // files (schema 1's envelopes with them), not the envelope log, whose records the
+            // migration leaves where they are.
+            let backup = backup_dir(dir, found.unwrap_or(SCHEMA_INLINE));
+            db.flush()?;
+            copy_sled_files(dir, &backup).map_err(|e| {
+                StoreError::Backend(format!(
+                    "back up {} before migrating: {e}",
+                    backup.display()
+                ))
+            })?;
+        }
+        if migrate {
+            // Blocks of an interrupted migration: built again from the old keys.
+            streams.clear()?;
+        }
+        // What each segment of the log holds that pointers point to: the blocks, and before
+        // a migration the old pointer keys.
         let mut live: HashMap<u64, u64> = HashMap::new();
         let mut scanned = 0u64;
-        for item in accounts.iter() {
+        for item in streams.iter() {
             let (k, v) = item?;
             scanned += (k.len() + v.len()) as u64;
-            if is_envelope_key(&k)
-                && let Some(pointer) = Pointer::decode(&v)
-            {
-                *live.entry(pointer.segment).or_default() += u64::from(pointer.len);
+            if is_block_key(&k) {
+                for entry in decode_block(&v)?.1 {
+                    *live.entry(entry.pointer.segment).or_default() += u64::from(entry.pointer.len);
+                }
             }
         }
-        // The scan pulled every page of the tree (rosters, sealed keys: ~1.7 KB per account)
-        // into sled's cache, which gives them back only lazily, far past its capacity (172 MB
-        // with 100,000 accounts). Opening the database again starts with an empty cache. Only
-        // when the scan read more than the cache holds: an open may need a fresh sled segment,
-        // and a small relay on a nearly full disk must still start.
-        let (db, accounts) = if scanned > cache_bytes {
-            drop((accounts, meta, db));
+        if migrate {
+            for item in accounts.iter() {
+                let (k, v) = item?;
+                scanned += (k.len() + v.len()) as u64;
+                if is_envelope_key(&k)
+                    && let Some(pointer) = Pointer::decode(&v)
+                {
+                    *live.entry(pointer.segment).or_default() += u64::from(pointer.len);
+                }
+            }
+        }
+        // A scan larger than the cache leaves sled's cache holding far past its capacity
+        // (sled gives pages back only lazily). Opening the database again starts with an
+        // empty cache. Only when the scan read more than the cache holds: an open may need a
+        // fresh sled segment, and a small relay on a nearly full disk must still start.
+        let (db, meta, accounts, streams) = if scanned > cache_bytes {
+            drop((accounts, streams, meta, db));
             let db = config.open()?;
+            let meta = db.open_tree("meta")?;
             let accounts = db.open_tree("accounts")?;
-            (db, accounts)
+            let streams = db.open_tree(STREAMS_TREE)?;
+            (db, meta, accounts, streams)
         } else {
-            drop(meta);
-            (db, accounts)
+            (db, meta, accounts, streams)
         };
         let log = SegmentLog::open(&dir.join(LOG_DIR), segment_bytes, &live)?;
-        Ok(Self {
+        let store = Self {
             accounts,
+            streams,
             pairing: db.open_tree("pairing")?,
             recovery: db.open_tree("recovery")?,
             tokens: db.open_tree("tokens")?,
@@ -327,7 +482,124 @@ impl SledStore {
             value_bytes,
             log: Arc::new(log),
             relocation: Arc::new(RwLock::new(())),
-        })
+        };
+        if migrate {
+            store.build_blocks()?;
+            let mut mark = sled::Batch::default();
+            mark.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes());
+            mark.insert(CLEANUP_KEY, &[]);
+            meta.apply_batch(mark)?;
+            store.db.flush()?;
+        }
+        if meta.contains_key(CLEANUP_KEY)? {
+            store.remove_old_stream_keys()?;
+            meta.remove(CLEANUP_KEY)?;
+            store.db.flush()?;
+        }
+        Ok(store)
+    }
+
+    /// Migration from schema 1 or 2, first step: the `streams` tree built from the old keys
+    /// in `accounts` (inline envelopes written to the log), then made durable. Writes nothing
+    /// else: the old keys stay until the schema is marked 3.
+    fn build_blocks(&self) -> Result<(), StoreError> {
+        // The stream being gathered: (account ‖ device, entries, meta of its last pointer).
+        let mut current: Option<(Vec<u8>, Vec<Entry>, Option<StreamMeta>)> = None;
+        let write = |stream: &[u8], entries: &[Entry], meta: Option<StreamMeta>| {
+            let mut batch = sled::Batch::default();
+            let chunks = entries.chunks(BLOCK_ENTRIES);
+            let last = chunks.len().saturating_sub(1);
+            for (i, chunk) in chunks.enumerate() {
+                let mut k = stream.to_vec();
+                k.extend_from_slice(&chunk[0].first_seq.to_be_bytes());
+                let carried = if i == last { meta.as_ref() } else { None };
+                batch.insert(k, encode_block(carried, chunk));
+            }
+            self.streams.apply_batch(batch)
+        };
+        for item in self.accounts.iter() {
+            let (k, v) = item?;
+            if k.len() == ACCOUNT_LEN + 1 + DEVICE_LEN && k[ACCOUNT_LEN] == TAG_STREAM {
+                let mut meta_key = k.to_vec();
+                meta_key[ACCOUNT_LEN] = TAG_META;
+                decode_meta(&v)?;
+                self.streams.insert(meta_key, v)?;
+                continue;
+            }
+            if !is_envelope_key(&k) {
+                continue;
+            }
+            let mut stream = k[..ACCOUNT_LEN + 1 + DEVICE_LEN].to_vec();
+            stream[ACCOUNT_LEN] = TAG_BLOCK;
+            if current.as_ref().is_some_and(|(s, _, _)| *s != stream)
+                && let Some((s, entries, meta)) = current.take()
+            {
+                write(&s, &entries, meta)?;
+            }
+            let (_, entries, meta) = current.get_or_insert_with(|| (stream, Vec::new(), None));
+            let pointer = match Pointer::decode(&v) {
+                Some(pointer) => {
+                    *meta = match v.get(Pointer::LEN..) {
+                        Some(suffix) if suffix.len() == Pointer::SUFFIX_LEN => {
+                            Some(decode_meta(suffix)?)
+                        }
+                        _ => None,
+                    };
+                    pointer
+                }
+                None => {
+                    // Schema 1: the envelopes themselves, now a record of the log.
+                    let mut count = 0u32;
+                    for envelope in unpack(&v) {
+                        envelope?;
+                        count += 1;
+                    }
+                    let (segment, offset) = self.log.append(&v)?;
+                    *meta = None;
+                    Pointer {
+                        segment,
+                        offset,
+                        len: u32::try_from(v.len())
+                            .map_err(|_| StoreError::Corrupt("inline value length"))?,
+                        count,
+                        crc: crc32fast::hash(&v),
+                    }
+                }
+            };
+            entries.push(Entry {
+                first_seq: seq_of_key(&k)?,
+                pointer,
+            });
+        }
+        if let Some((s, entries, meta)) = current.take() {
+            write(&s, &entries, meta)?;
+        }
+        self.log.sync()?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Migration, last step: the schema-2 stream and pointer keys (and schema-1 values) out
+    /// of `accounts`. Their records are the blocks' now.
+    fn remove_old_stream_keys(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        for item in self.accounts.iter() {
+            let (k, _) = item?;
+            let old_stream =
+                k.len() == ACCOUNT_LEN + 1 + DEVICE_LEN && k[ACCOUNT_LEN] == TAG_STREAM;
+            if old_stream || is_envelope_key(&k) {
+                batch.remove(k);
+                pending += 1;
+                if pending == 10_000 {
+                    self.accounts.apply_batch(std::mem::take(&mut batch))?;
+                    pending = 0;
+                }
+            }
+        }
+        self.accounts.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The envelope log's segments as (id, size, live bytes), for tests.
@@ -340,17 +612,41 @@ impl SledStore {
         &self.db
     }
 
-    /// The envelopes of a stored value: the record it points to, or (schema 1) itself.
-    fn value_bytes(&self, value: sled::IVec) -> Result<Bytes, StoreError> {
-        match Pointer::decode(&value) {
-            Some(pointer) => Ok(Bytes::from(self.log.read(&pointer)?)),
-            None => Ok(Bytes::from_owner(value)),
-        }
+    /// The stream's block holding `seq` (the last one starting at or before it), if any.
+    fn block_at(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        seq: u64,
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        let lowest = block_key(account, device, 0);
+        let at = block_key(account, device, seq);
+        Ok(self
+            .streams
+            .range(lowest.as_slice()..=at.as_slice())
+            .next_back()
+            .transpose()?)
     }
 
-    /// Walks the stored values of a stream from the one holding `after_seq + 1`, passing each
-    /// envelope with seq > `after_seq` as (seq, its value, its range in the value) until the
-    /// sink returns `false`.
+    /// Where the record holding `seq` is now, if the stream still holds it.
+    fn entry_at(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        seq: u64,
+    ) -> Result<Option<Entry>, StoreError> {
+        let Some((_, v)) = self.block_at(account, device, seq)? else {
+            return Ok(None);
+        };
+        Ok(decode_block(&v)?
+            .1
+            .into_iter()
+            .find(|e| e.first_seq <= seq && seq < e.end()))
+    }
+
+    /// Walks the records of a stream from the one holding `after_seq + 1`, passing each
+    /// envelope with seq > `after_seq` as (seq, its record, its range in the record) until
+    /// the sink returns `false`.
     fn read_values(
         &self,
         account: &AccountId,
@@ -361,39 +657,48 @@ impl SledStore {
         let Some(want) = after_seq.checked_add(1) else {
             return Ok(ReadEnd::Complete);
         };
-        let lowest = envelope_key(account, device, 0);
-        let highest = envelope_key(account, device, u64::MAX);
-        // The value holding `want` starts at or before it.
-        let mut start = envelope_key(account, device, want);
-        if let Some(item) = self
-            .accounts
-            .range(lowest.as_slice()..=start.as_slice())
-            .next_back()
-        {
-            start = item?.0.to_vec();
-        }
-        for item in self.accounts.range(start.as_slice()..=highest.as_slice()) {
-            let (k, v) = item?;
-            let v = match self.value_bytes(v.clone()) {
-                Ok(v) => v,
-                // Moved by compaction, or truncated or deleted, since the iterator saw it.
-                Err(err) => match self.accounts.get(&k)? {
-                    Some(now) if now != v => self.value_bytes(now)?,
-                    Some(_) => return Err(err),
-                    None => continue,
-                },
-            };
-            for (seq, range) in (seq_of_key(&k)?..).zip(unpack_ranges(&v)) {
-                let range = range?;
-                if seq >= want && !sink(seq, &v, range) {
-                    return Ok(ReadEnd::More);
+        let highest = block_key(account, device, u64::MAX);
+        // The block holding `want` starts at or before it.
+        let start = match self.block_at(account, device, want)? {
+            Some((k, _)) => k.to_vec(),
+            None => block_key(account, device, want),
+        };
+        // The seq every envelope passed on so far is below: records are read in order.
+        let mut next = want;
+        for item in self.streams.range(start.as_slice()..=highest.as_slice()) {
+            let (_, v) = item?;
+            for mut entry in decode_block(&v)?.1 {
+                if entry.end() <= next {
+                    continue;
+                }
+                let record = match self.log.read(&entry.pointer) {
+                    Ok(record) => record,
+                    // Moved by compaction, or truncated or deleted, since the block was read.
+                    Err(err) => match self.entry_at(account, device, entry.first_seq.max(next))? {
+                        Some(now) if now != entry => {
+                            entry = now;
+                            self.log.read(&now.pointer)?
+                        }
+                        Some(_) => return Err(err),
+                        None => continue,
+                    },
+                };
+                let record = Bytes::from(record);
+                for (seq, range) in (entry.first_seq..).zip(unpack_ranges(&record)) {
+                    let range = range?;
+                    if seq >= next {
+                        next = seq + 1;
+                        if !sink(seq, &record, range) {
+                            return Ok(ReadEnd::More);
+                        }
+                    }
                 }
             }
         }
         Ok(ReadEnd::Complete)
     }
 
-    /// A stream's meta: its `'S'` value, or the meta carried by its last pointer if that is
+    /// A stream's meta: its `0x00` value, or the meta carried by its last block if that is
     /// newer (pushes after the stream's first write only that).
     fn stream_meta(
         &self,
@@ -401,22 +706,8 @@ impl SledStore {
         device: &DeviceId,
         stored: Option<StreamMeta>,
     ) -> Result<Option<StreamMeta>, StoreError> {
-        let lowest = envelope_key(account, device, 0);
-        let highest = envelope_key(account, device, u64::MAX);
-        let pushed = match self
-            .accounts
-            .range(lowest.as_slice()..=highest.as_slice())
-            .next_back()
-        {
-            Some(item) => {
-                let (_, v) = item?;
-                match (Pointer::decode(&v), v.get(Pointer::LEN..)) {
-                    (Some(_), Some(suffix)) if suffix.len() == Pointer::SUFFIX_LEN => {
-                        Some(decode_meta(suffix)?)
-                    }
-                    _ => None,
-                }
-            }
+        let pushed = match self.block_at(account, device, u64::MAX)? {
+            Some((_, v)) => decode_block(&v)?.0,
             None => None,
         };
         Ok(match (stored, pushed) {
@@ -434,44 +725,129 @@ impl SledStore {
             return Ok(0);
         }
         let mut moved = 0;
-        for item in self.accounts.iter() {
+        for item in self.streams.iter() {
             let (k, v) = item?;
-            if !is_envelope_key(&k) {
-                continue;
-            }
-            let Some(pointer) = Pointer::decode(&v) else {
-                continue;
-            };
-            if !victims.contains(&pointer.segment) {
+            if !is_block_key(&k)
+                || !decode_block(&v)?
+                    .1
+                    .iter()
+                    .any(|e| victims.contains(&e.pointer.segment))
+            {
                 continue;
             }
             let _exclusive = self
                 .relocation
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Truncated or deleted since the scan saw it: nothing to move.
-            if self.accounts.get(&k)?.as_deref() != Some(&v[..]) {
+            // Truncated, deleted or appended to since the scan saw it: moved from what it is.
+            let Some(now) = self.streams.get(&k)? else {
                 continue;
-            }
-            let data = self.log.read(&pointer)?;
-            let (segment, offset) = self.log.append(&data)?;
-            let moved_to = Pointer {
-                segment,
-                offset,
-                ..pointer
             };
-            // Whatever follows the pointer (the stream meta of its push) stays.
-            let mut value = v.to_vec();
-            value[..Pointer::LEN].copy_from_slice(&moved_to.encode());
-            match self.accounts.compare_and_swap(&k, Some(&v), Some(value))? {
-                Ok(()) => {
-                    self.log.release(pointer.segment, u64::from(pointer.len));
-                    moved += 1;
+            let (meta, mut entries) = decode_block(&now)?;
+            // (old pointer, new segment) of each record copied.
+            let mut copies: Vec<(Pointer, u64)> = Vec::new();
+            let mut copied = Ok(());
+            for entry in entries.iter_mut() {
+                if !victims.contains(&entry.pointer.segment) {
+                    continue;
                 }
-                Err(_) => self.log.release(segment, u64::from(pointer.len)),
+                let copy = self
+                    .log
+                    .read(&entry.pointer)
+                    .and_then(|data| self.log.append(&data));
+                match copy {
+                    Ok((segment, offset)) => {
+                        copies.push((entry.pointer, segment));
+                        entry.pointer = Pointer {
+                            segment,
+                            offset,
+                            ..entry.pointer
+                        };
+                    }
+                    Err(err) => {
+                        copied = Err(err);
+                        break;
+                    }
+                }
+            }
+            let swapped = match copied {
+                Ok(()) => self
+                    .streams
+                    .compare_and_swap(&k, Some(now), Some(encode_block(meta.as_ref(), &entries)))?
+                    .is_ok(),
+                Err(_) => false,
+            };
+            for (old, segment) in &copies {
+                if swapped {
+                    self.log.release(old.segment, u64::from(old.len));
+                } else {
+                    self.log.release(*segment, u64::from(old.len));
+                }
+            }
+            copied?;
+            if swapped {
+                moved += copies.len();
             }
         }
         Ok(moved)
+    }
+
+    /// Adds the entries of a push of `pushed` envelopes to the stream's blocks: into its last
+    /// block while it has room, then new ones. A push into the last block of a stream that
+    /// existed before is one insert (the block carries `meta`); anything else a batch that
+    /// also writes the stream's `0x00` value.
+    fn add_entries(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        fresh: &[Entry],
+        meta: &StreamMeta,
+        pushed: u64,
+    ) -> Result<(), StoreError> {
+        let mut writes: Vec<(Vec<u8>, Vec<Entry>)> = Vec::new();
+        let mut rest = fresh;
+        if let Some((k, v)) = self.block_at(account, device, u64::MAX)? {
+            let (_, mut entries) = decode_block(&v)?;
+            if entries.len() < BLOCK_ENTRIES {
+                let (now, later) = rest.split_at(rest.len().min(BLOCK_ENTRIES - entries.len()));
+                entries.extend_from_slice(now);
+                writes.push((k.to_vec(), entries));
+                rest = later;
+            }
+        }
+        for chunk in rest.chunks(BLOCK_ENTRIES) {
+            writes.push((
+                block_key(account, device, chunk[0].first_seq),
+                chunk.to_vec(),
+            ));
+        }
+        let existed = meta.envelopes > pushed;
+        if existed && let [(k, entries)] = writes.as_slice() {
+            self.streams
+                .insert(k.as_slice(), encode_block(Some(meta), entries))?;
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, entries) in &writes {
+            batch.insert(k.as_slice(), encode_block(Some(meta), entries));
+        }
+        batch.insert(meta_key(account, device), &encode_meta(meta));
+        self.streams.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every stream of the account with its meta.
+    fn streams_of(&self, account: &AccountId) -> Result<Vec<(DeviceId, StreamMeta)>, StoreError> {
+        let mut streams = Vec::new();
+        for item in self.streams.scan_prefix(key(account, TAG_META, &[])) {
+            let (k, v) = item?;
+            let device = DeviceId::from_slice(&k[ACCOUNT_LEN + 1..])
+                .map_err(|_| StoreError::Corrupt("stream key"))?;
+            if let Some(meta) = self.stream_meta(account, &device, Some(decode_meta(&v)?))? {
+                streams.push((device, meta));
+            }
+        }
+        Ok(streams)
     }
 
     /// The log, then the database: a pointer that is durable points at durable data.
@@ -521,15 +897,7 @@ impl Store for SledStore {
         let Some(roster) = self.accounts.get(key(account, TAG_ROSTER, &[]))? else {
             return Ok(None);
         };
-        let mut streams = Vec::new();
-        for item in self.accounts.scan_prefix(key(account, TAG_STREAM, &[])) {
-            let (k, v) = item?;
-            let device = DeviceId::from_slice(&k[ACCOUNT_LEN + 1..])
-                .map_err(|_| StoreError::Corrupt("stream key"))?;
-            if let Some(meta) = self.stream_meta(account, &device, Some(decode_meta(&v)?))? {
-                streams.push((device, meta));
-            }
-        }
+        let streams = self.streams_of(account)?;
         let sealed_key_bytes = match self.accounts.get(key(account, TAG_SEALED_BYTES, &[]))? {
             Some(v) => u64_at(&v, 0)?,
             None => 0,
@@ -589,46 +957,32 @@ impl Store for SledStore {
             }
             pack_into(&mut data, envelope);
         }
+        // Blocks are rewritten from what they hold: compaction must not swap a pointer in
+        // between.
+        let _shared = self
+            .relocation
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (segment, offset) = self.log.append(&data)?;
-        let pointer_at = |i: usize| {
-            let (_, start, count) = records[i];
+        let mut fresh: Vec<Entry> = Vec::with_capacity(records.len());
+        for (i, &(seq, start, count)) in records.iter().enumerate() {
             let end = records.get(i + 1).map_or(data.len(), |r| r.1);
-            Pointer {
-                segment,
-                offset: offset + start as u64,
-                len: (end - start) as u32,
-                count,
-                crc: crc32fast::hash(&data[start..end]),
-            }
-        };
-        // The stream existed before (its 'S' is written) and the push is one record: one insert.
-        let existed = meta.envelopes > envelopes.len() as u64;
-        if existed && records.len() == 1 {
-            let mut value = [0u8; Pointer::LEN + Pointer::SUFFIX_LEN];
-            value[..Pointer::LEN].copy_from_slice(&pointer_at(0).encode());
-            value[Pointer::LEN..].copy_from_slice(&encode_meta(meta));
-            if let Err(err) = self
-                .accounts
-                .insert(envelope_key(account, device, first_seq), &value[..])
-            {
-                self.log.release(segment, data.len() as u64);
-                return Err(err.into());
-            }
-            return Ok(());
+            fresh.push(Entry {
+                first_seq: seq,
+                pointer: Pointer {
+                    segment,
+                    offset: offset + start as u64,
+                    len: (end - start) as u32,
+                    count,
+                    crc: crc32fast::hash(&data[start..end]),
+                },
+            });
         }
-        let mut batch = sled::Batch::default();
-        for (i, &(seq, _, _)) in records.iter().enumerate() {
-            batch.insert(
-                envelope_key(account, device, seq),
-                &pointer_at(i).encode()[..],
-            );
-        }
-        batch.insert(stream_key(account, device), &encode_meta(meta));
-        if let Err(err) = self.accounts.apply_batch(batch) {
+        let written = self.add_entries(account, device, &fresh, meta, envelopes.len() as u64);
+        if written.is_err() {
             self.log.release(segment, data.len() as u64);
-            return Err(err.into());
         }
-        Ok(())
+        written
     }
 
     fn read_stream(
@@ -666,8 +1020,8 @@ impl Store for SledStore {
             .relocation
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let skey = stream_key(account, device);
-        let stored = match self.accounts.get(&skey)? {
+        let mkey = meta_key(account, device);
+        let stored = match self.streams.get(&mkey)? {
             Some(v) => decode_meta(&v)?,
             None => return Ok(StreamMeta::default()),
         };
@@ -680,44 +1034,67 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         // Log bytes no longer pointed to once the batch is applied.
         let mut released: Vec<(u64, u64)> = Vec::new();
-        let lowest = envelope_key(account, device, 0);
-        let end = envelope_key(account, device, before_seq);
-        for item in self.accounts.range(lowest.as_slice()..end.as_slice()) {
+        let lowest = block_key(account, device, 0);
+        let end = block_key(account, device, before_seq);
+        // Every block starting at or before `before_seq`: the last of them may straddle it.
+        for item in self.streams.range(lowest.as_slice()..=end.as_slice()) {
             let (k, v) = item?;
-            let pointer = Pointer::decode(&v);
-            let value = self.value_bytes(v)?;
-            // Byte offset in the value and seq where the kept part starts, envelopes kept.
-            let mut kept_at: Option<(usize, u64)> = None;
-            let mut kept_count = 0u32;
-            for (seq, range) in (seq_of_key(&k)?..).zip(unpack_ranges(&value)) {
-                let range = range?;
-                if seq < before_seq {
-                    meta.bytes = meta.bytes.saturating_sub(range.len() as u64);
-                    meta.envelopes = meta.envelopes.saturating_sub(1);
-                } else {
-                    // The record from this envelope's length prefix on.
-                    kept_at.get_or_insert((range.start - 4, seq));
-                    kept_count += 1;
+            let (carried, entries) = decode_block(&v)?;
+            let mut kept = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let pointer = entry.pointer;
+                if entry.end() <= before_seq {
+                    // Envelope bytes: the record less its length prefixes.
+                    meta.bytes = meta.bytes.saturating_sub(
+                        u64::from(pointer.len).saturating_sub(4 * u64::from(pointer.count)),
+                    );
+                    meta.envelopes = meta.envelopes.saturating_sub(u64::from(pointer.count));
+                    released.push((pointer.segment, u64::from(pointer.len)));
+                    continue;
+                }
+                if entry.first_seq >= before_seq {
+                    kept.push(entry);
+                    continue;
+                }
+                let record = self.log.read(&pointer)?;
+                // Byte offset in the record and seq where the kept part starts, envelopes kept.
+                let mut kept_at: Option<(usize, u64)> = None;
+                let mut kept_count = 0u32;
+                for (seq, range) in (entry.first_seq..).zip(unpack_ranges(&record)) {
+                    let range = range?;
+                    if seq < before_seq {
+                        meta.bytes = meta.bytes.saturating_sub(range.len() as u64);
+                        meta.envelopes = meta.envelopes.saturating_sub(1);
+                    } else {
+                        // The record from this envelope's length prefix on.
+                        kept_at.get_or_insert((range.start - 4, seq));
+                        kept_count += 1;
+                    }
+                }
+                match kept_at {
+                    Some((skip, from)) => {
+                        let tail =
+                            pointer.tail(skip as u32, kept_count, crc32fast::hash(&record[skip..]));
+                        kept.push(Entry {
+                            first_seq: from,
+                            pointer: tail,
+                        });
+                        released.push((pointer.segment, skip as u64));
+                    }
+                    None => released.push((pointer.segment, u64::from(pointer.len))),
                 }
             }
             batch.remove(k);
-            match (pointer, kept_at) {
-                (Some(pointer), Some((skip, from))) => {
-                    let tail =
-                        pointer.tail(skip as u32, kept_count, crc32fast::hash(&value[skip..]));
-                    batch.insert(envelope_key(account, device, from), &tail.encode()[..]);
-                    released.push((pointer.segment, skip as u64));
-                }
-                (Some(pointer), None) => released.push((pointer.segment, u64::from(pointer.len))),
-                (None, Some((skip, from))) => {
-                    batch.insert(envelope_key(account, device, from), &value[skip..]);
-                }
-                (None, None) => {}
+            if let Some(first) = kept.first() {
+                batch.insert(
+                    block_key(account, device, first.first_seq),
+                    encode_block(carried.as_ref(), &kept),
+                );
             }
         }
         meta.first_seq = if meta.envelopes == 0 { 0 } else { before_seq };
-        batch.insert(skey, &encode_meta(&meta));
-        self.accounts.apply_batch(batch)?;
+        batch.insert(mkey, &encode_meta(&meta));
+        self.streams.apply_batch(batch)?;
         for (segment, len) in released {
             self.log.release(segment, len);
         }
@@ -979,8 +1356,7 @@ impl Store for SledStore {
             .relocation
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut batch = sled::Batch::default();
-        let mut records = Vec::new();
+        let mut removed: Vec<sled::IVec> = Vec::new();
         let pairing_prefix = key(account, TAG_PAIRING, &[]);
         let recovery_index = key(account, TAG_RECOVERY, &[]);
         for item in self.accounts.scan_prefix(account.as_bytes()) {
@@ -989,14 +1365,31 @@ impl Store for SledStore {
                 self.pairing.remove(&k[pairing_prefix.len()..])?;
             } else if k.as_ref() == recovery_index.as_slice() {
                 self.remove_own_recovery_entry(&v, account)?;
-            } else if is_envelope_key(&k)
-                && let Some(pointer) = Pointer::decode(&v)
-            {
-                records.push(pointer);
             }
-            batch.remove(k);
+            removed.push(k);
         }
-        self.accounts.apply_batch(batch)?;
+        let mut streams: Vec<sled::IVec> = Vec::new();
+        let mut records = Vec::new();
+        for item in self.streams.scan_prefix(account.as_bytes()) {
+            let (k, v) = item?;
+            if is_block_key(&k) {
+                records.extend(decode_block(&v)?.1.into_iter().map(|e| e.pointer));
+            }
+            streams.push(k);
+        }
+        // The roster and the streams go together: a crash never leaves an account without
+        // its streams' seqs.
+        (&self.accounts, &self.streams)
+            .transaction(|(accounts, tree)| {
+                for k in &removed {
+                    accounts.remove(k)?;
+                }
+                for k in &streams {
+                    tree.remove(k)?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|err| StoreError::Backend(format!("delete an account: {err:?}")))?;
         // The envelopes themselves: overwritten, not just unreferenced.
         for pointer in &records {
             self.log.erase(pointer)?;
@@ -1074,22 +1467,24 @@ impl Store for SledStore {
             ..StoreStats::default()
         };
         for item in self.accounts.iter() {
+            let (k, _) = item?;
+            if k.get(ACCOUNT_LEN) == Some(&TAG_ROSTER) && k.len() == ACCOUNT_LEN + 1 {
+                stats.accounts += 1;
+            }
+        }
+        for item in self.streams.iter() {
             let (k, v) = item?;
-            match k.get(ACCOUNT_LEN) {
-                Some(&TAG_ROSTER) if k.len() == ACCOUNT_LEN + 1 => stats.accounts += 1,
-                Some(&TAG_STREAM) => {
-                    let account = AccountId::from_slice(&k[..ACCOUNT_LEN])
-                        .map_err(|_| StoreError::Corrupt("stream key"))?;
-                    let device = DeviceId::from_slice(&k[ACCOUNT_LEN + 1..])
-                        .map_err(|_| StoreError::Corrupt("stream key"))?;
-                    let meta = self
-                        .stream_meta(&account, &device, Some(decode_meta(&v)?))?
-                        .unwrap_or_default();
-                    stats.streams += 1;
-                    stats.envelopes += meta.envelopes;
-                    stats.envelope_bytes += meta.bytes;
-                }
-                _ => {}
+            if k.get(ACCOUNT_LEN) == Some(&TAG_META) {
+                let account = AccountId::from_slice(&k[..ACCOUNT_LEN])
+                    .map_err(|_| StoreError::Corrupt("stream key"))?;
+                let device = DeviceId::from_slice(&k[ACCOUNT_LEN + 1..])
+                    .map_err(|_| StoreError::Corrupt("stream key"))?;
+                let meta = self
+                    .stream_meta(&account, &device, Some(decode_meta(&v)?))?
+                    .unwrap_or_default();
+                stats.streams += 1;
+                stats.envelopes += meta.envelopes;
+                stats.envelope_bytes += meta.bytes;
             }
         }
         Ok(stats)
@@ -1102,8 +1497,8 @@ impl Store for SledStore {
         let id32 = |b: &[u8]| -> Result<[u8; 32], StoreError> {
             <[u8; 32]>::try_from(b).map_err(|_| StoreError::Corrupt("32-byte key"))
         };
-        // Keys sort by account, then tag: 'K' (sealed keys) < 'R' (roster) < 'S' (streams).
-        // Gather an account's keys until its roster was passed on.
+        // Keys sort by account, then tag: 'K' (sealed keys) < 'R' (roster). Gather an
+        // account's keys until its roster was passed on, then its streams.
         let mut account_keys: Vec<Exported> = Vec::new();
         let mut current: Option<AccountId> = None;
         let mut roster_seen = false;
@@ -1128,19 +1523,14 @@ impl Store for SledStore {
                     for held in account_keys.drain(..) {
                         sink(held)?;
                     }
-                    continue;
-                }
-                Some(&TAG_STREAM) => {
-                    let device = DeviceId::from_slice(&rest[1..])
-                        .map_err(|_| StoreError::Corrupt("stream key"))?;
-                    let meta = self
-                        .stream_meta(&account, &device, Some(decode_meta(&v)?))?
-                        .unwrap_or_default();
-                    Exported::Stream {
-                        account,
-                        device,
-                        meta,
+                    for (device, meta) in self.streams_of(&account)? {
+                        sink(Exported::Stream {
+                            account,
+                            device,
+                            meta,
+                        })?;
                     }
+                    continue;
                 }
                 Some(&TAG_ADMIN) if rest.len() == 1 => {
                     let (settings, active_day) = admin_parts(&v)?;
@@ -1236,6 +1626,34 @@ fn deleted_key(account: &AccountId) -> [u8; 32] {
     hash.update(b"kith-relay/v1/deleted-account");
     hash.update(account.as_bytes());
     hash.finalize().into()
+}
+
+/// Where the sled files of a schema-`schema` database in `dir` are kept when it is migrated:
+/// `db.schema-2` beside `db`.
+pub fn backup_dir(dir: &Path, schema: u32) -> std::path::PathBuf {
+    dir.with_extension(format!("schema-{schema}"))
+}
+
+/// Copies the sled files of `from` (not the envelope log) to `to`, replacing what an
+/// interrupted migration left there.
+fn copy_sled_files(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name() == LOG_DIR {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    File::open(to)?.sync_all()
 }
 
 /// Copies a directory tree (an online backup of a store nothing writes to meanwhile).
@@ -1447,6 +1865,7 @@ mod tests {
             db.flush().unwrap();
         }
         let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        std::fs::remove_dir_all(backup_dir(dir.path(), SCHEMA_INLINE)).unwrap();
         append(&store, &A, 6, 5);
         let (got, _) = read_all_of(&store, 0, 100);
         assert_eq!(got, (1..=10).zip(envelopes(1, 10)).collect::<Vec<_>>());
@@ -1455,6 +1874,220 @@ mod tests {
         assert_eq!(got, (3..=10).zip(envelopes(3, 8)).collect::<Vec<_>>());
         let schema = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap();
         assert_eq!(schema.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+    }
+
+    /// Writes what schema 2 wrote (one pointer key per record in `accounts`, the stream meta
+    /// under `'S'` and in the pointers of later pushes) for account A, device D: `records`
+    /// pushes of 1 to 3 envelopes, returned in seq order. B has a roster only.
+    fn write_schema_2(dir: &Path, records: u64) -> Vec<Vec<u8>> {
+        let db = sled::open(dir).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(SCHEMA_KEY, &SCHEMA_POINTERS.to_be_bytes())
+            .unwrap();
+        let accounts = db.open_tree("accounts").unwrap();
+        accounts
+            .insert(key(&A, TAG_ROSTER, &[]), b"roster A")
+            .unwrap();
+        accounts
+            .insert(key(&B, TAG_ROSTER, &[]), b"roster B")
+            .unwrap();
+        accounts
+            .insert(
+                key(&A, TAG_SEALED_KEY, &[D.as_bytes(), &1u64.to_be_bytes()]),
+                b"sealed",
+            )
+            .unwrap();
+        let log = SegmentLog::open(&dir.join(LOG_DIR), SEGMENT_BYTES, &HashMap::new()).unwrap();
+        let mut all = Vec::new();
+        let mut bytes = 0u64;
+        for r in 0..records {
+            let first = all.len() as u64 + 1;
+            let batch = envelopes(first, 1 + r % 3);
+            let mut data = Vec::new();
+            for e in &batch {
+                pack_into(&mut data, e);
+                bytes += e.len() as u64;
+            }
+            let (segment, offset) = log.append(&data).unwrap();
+            all.extend(batch);
+            let pointer = Pointer {
+                segment,
+                offset,
+                len: data.len() as u32,
+                count: (1 + r % 3) as u32,
+                crc: crc32fast::hash(&data),
+            };
+            let meta = StreamMeta {
+                first_seq: 1,
+                last_seq: all.len() as u64,
+                bytes,
+                envelopes: all.len() as u64,
+            };
+            let mut value = pointer.encode().to_vec();
+            if r == 0 {
+                accounts
+                    .insert(stream_key(&A, &D), &encode_meta(&meta))
+                    .unwrap();
+            } else {
+                value.extend_from_slice(&encode_meta(&meta));
+            }
+            accounts.insert(envelope_key(&A, &D, first), value).unwrap();
+        }
+        log.sync().unwrap();
+        db.flush().unwrap();
+        all
+    }
+
+    fn old_stream_keys(store: &SledStore) -> usize {
+        store
+            .accounts
+            .iter()
+            .filter(|item| {
+                let k = &item.as_ref().unwrap().0;
+                is_envelope_key(k) || k.get(ACCOUNT_LEN) == Some(&TAG_STREAM)
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_schema_2_directory_is_migrated_with_every_envelope_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = write_schema_2(dir.path(), 150);
+        let want: Vec<(u64, Vec<u8>)> = (1..).zip(all.iter().cloned()).collect();
+        let bytes: u64 = all.iter().map(|e| e.len() as u64).sum();
+        let meta = StreamMeta {
+            first_seq: 1,
+            last_seq: all.len() as u64,
+            bytes,
+            envelopes: all.len() as u64,
+        };
+        {
+            let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            assert_eq!(read_all_of(&store, 0, usize::MAX).0, want);
+            assert_eq!(read_all_of(&store, 200, usize::MAX).0, want[200..]);
+            let account = store.load_account(&A).unwrap().unwrap();
+            assert_eq!(account.roster, b"roster A");
+            assert_eq!(account.streams, vec![(D, meta)]);
+            assert_eq!(
+                store.sealed_keys(&A, &D, 0).unwrap(),
+                vec![b"sealed".to_vec()]
+            );
+            assert_eq!(old_stream_keys(&store), 0, "the old keys are gone");
+            let blocks = store
+                .streams
+                .iter()
+                .filter(|i| is_block_key(&i.as_ref().unwrap().0));
+            assert_eq!(blocks.count(), 150usize.div_ceil(BLOCK_ENTRIES));
+            // The log's live bytes are the records', counted once.
+            let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
+            assert_eq!(live, bytes + 4 * all.len() as u64);
+            let schema = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap();
+            assert_eq!(schema.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+            // The sled files as they were are kept beside the database.
+            let backup = backup_dir(dir.path(), SCHEMA_POINTERS);
+            {
+                let old = sled::open(&backup).unwrap();
+                let old_accounts = old.open_tree("accounts").unwrap();
+                assert_eq!(
+                    old_accounts
+                        .iter()
+                        .filter(|i| is_envelope_key(&i.as_ref().unwrap().0))
+                        .count(),
+                    150
+                );
+            }
+            std::fs::remove_dir_all(&backup).unwrap();
+            // The migrated stream takes pushes and truncations.
+            let next = all.len() as u64 + 1;
+            append(&store, &A, next, 2);
+            store.truncate(&A, &D, 100).unwrap();
+            store.sync_all().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let got = read_all_of(&store, 0, usize::MAX).0;
+        assert_eq!(got.first().map(|(s, _)| *s), Some(100));
+        assert_eq!(got[..want.len() - 99], want[99..]);
+        assert_eq!(got.len(), want.len() - 99 + 2);
+        assert_eq!(store.stats().unwrap().envelopes, got.len() as u64);
+    }
+
+    #[test]
+    fn an_interrupted_migration_is_finished_at_the_next_start() {
+        // Interrupted before the schema was marked: blocks half built (here: a stray one).
+        let dir = tempfile::tempdir().unwrap();
+        let all = write_schema_2(dir.path(), 70);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let stray = Entry {
+                first_seq: 1,
+                pointer: Pointer {
+                    segment: 0,
+                    offset: 0,
+                    len: 1,
+                    count: 1,
+                    crc: 0,
+                },
+            };
+            db.open_tree(STREAMS_TREE)
+                .unwrap()
+                .insert(block_key(&A, &D, 1), encode_block(None, &[stray]))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let want: Vec<(u64, Vec<u8>)> = (1..).zip(all.iter().cloned()).collect();
+        {
+            let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            assert_eq!(read_all_of(&store, 0, usize::MAX).0, want);
+            // Interrupted after the mark: the old keys back, the clean-up flag set.
+            let meta = store.db.open_tree("meta").unwrap();
+            meta.insert(CLEANUP_KEY, &[]).unwrap();
+            store
+                .accounts
+                .insert(stream_key(&A, &D), &[0u8; 32])
+                .unwrap();
+            store
+                .accounts
+                .insert(envelope_key(&A, &D, 1), &[1u8; 29])
+                .unwrap();
+            store.sync_all().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        std::fs::remove_dir_all(backup_dir(dir.path(), SCHEMA_POINTERS)).unwrap();
+        assert_eq!(old_stream_keys(&store), 0);
+        assert!(
+            !store
+                .db
+                .open_tree("meta")
+                .unwrap()
+                .contains_key(CLEANUP_KEY)
+                .unwrap()
+        );
+        assert_eq!(read_all_of(&store, 0, usize::MAX).0, want);
+        let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
+        assert_eq!(live, all.iter().map(|e| e.len() as u64 + 4).sum::<u64>());
+    }
+
+    #[test]
+    fn pushes_share_blocks_and_the_start_up_scan_reads_only_the_streams_tree() {
+        let (_dir, store) = open(1 << 20);
+        for seq in 1..=200 {
+            append(&store, &A, seq, 1);
+        }
+        // 200 one-envelope pushes: four keys of blocks, not 200.
+        let blocks = store
+            .streams
+            .iter()
+            .filter(|i| is_block_key(&i.as_ref().unwrap().0));
+        assert_eq!(blocks.count(), 200usize.div_ceil(BLOCK_ENTRIES));
+        assert_eq!(
+            old_stream_keys(&store),
+            0,
+            "nothing of the stream in `accounts`"
+        );
+        let (got, _) = read_all(&store, 0, usize::MAX);
+        assert_eq!(got.len(), 200);
+        assert!(got.iter().enumerate().all(|(i, (s, _))| *s == i as u64 + 1));
     }
 
     /// Every byte under `dir`, file by file.
