@@ -55,6 +55,11 @@ pub struct SyncReport {
     /// Streams stopped at an envelope in a format newer than this release reads: every other
     /// stream was pulled and merged; those wait for an update (docs/PROTOCOL.md §8.1).
     pub newer_format: Vec<NewerFormat>,
+    /// Envelopes another device vouched for (its signed payload names the highest seq it
+    /// merged of each stream) that the relay did not serve this device, even when asked once
+    /// more after the pull reached the relay's head: the relay withholds them, or lost them and
+    /// their writer has not restored them yet (docs/PROTOCOL.md §13 step 5).
+    pub withheld: Vec<Withheld>,
     /// What the relay had lost (an old backup restored, its data lost) and this sync restored
     /// from this device's verified copies; `None` when the relay held everything this device
     /// knows it acknowledged (docs/PROTOCOL.md §13.1).
@@ -84,6 +89,31 @@ impl std::fmt::Display for NewerFormat {
             "device {} wrote seq {} in envelope format {}, which this release does not read: \
              update Kith to read what it wrote (everything else synced)",
             self.device, self.seq, self.version
+        )
+    }
+}
+
+/// A stream the relay served less of than another device vouched it had merged: the relay
+/// withholds (or lost) the envelopes `served + 1 ..= vouched` of `device` (docs/PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Withheld {
+    /// The device whose envelopes are missing.
+    pub device: DeviceId,
+    /// The highest seq of its stream this device verified.
+    pub served: u64,
+    /// The highest seq of it that `by` vouched to have merged.
+    pub vouched: u64,
+    /// The device whose signed envelope vouched for it.
+    pub by: DeviceId,
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the relay withholds envelopes of device {}: device {} merged its stream up to seq \
+             {}, but the relay served it only up to seq {}",
+            self.device, self.by, self.vouched, self.served
         )
     }
 }
