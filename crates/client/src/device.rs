@@ -52,6 +52,10 @@ pub(crate) mod meta {
     /// Evidence of a roster newer than the one held: device id (16) || u64be(epoch) of an
     /// envelope it signed in a later epoch (docs/PROTOCOL.md §4).
     pub const NEWER_EPOCH_SEEN: &[u8] = b"newer-epoch-seen";
+    /// Evidence of a roster newer than the one held, or another roster of the same version:
+    /// device id (16) || u64be(roster version) || roster hash (32) that an envelope it signed
+    /// names as the roster it wrote under (docs/PROTOCOL.md §4).
+    pub const NEWER_ROSTER_SEEN: &[u8] = b"newer-roster-seen";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.
@@ -1122,7 +1126,10 @@ async fn put_sealed_epoch_keys(connection: &RelayConnection, keys: Vec<Vec<u8>>)
     expect_ok(
         connection
             .request(request::Kind::PutSealedEpochKeys(
-                proto::PutSealedEpochKeys { keys },
+                proto::PutSealedEpochKeys {
+                    keys,
+                    staged_account_key: Vec::new(),
+                },
             ))
             .await?,
     )?;

@@ -52,6 +52,16 @@ pub enum ClientError {
     /// A stored or received record state was invalid.
     #[error("invalid record state: {0}")]
     Merge(#[from] kith_protocol::merge::MergeError),
+    /// A device wrote a payload whose statement of its roster and stream heads is malformed.
+    #[error("device {device} wrote seq {seq} with a malformed view: {source}")]
+    WriterView {
+        /// The writer.
+        device: DeviceId,
+        /// The envelope's seq.
+        seq: u64,
+        /// What is wrong.
+        source: kith_protocol::writer_view::WriterViewError,
+    },
     /// A device of the roster signed an envelope in a later epoch than the roster this device
     /// holds: a newer roster exists (a revocation) and the relay does not serve it. This device
     /// writes nothing until it gets that roster, since the revoked device may hold the key of

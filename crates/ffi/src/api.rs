@@ -239,7 +239,8 @@ impl From<ClientError> for KithError {
             | ClientError::Clock(_)
             | ClientError::Merge(_)
             | ClientError::NewerRosterWithheld { .. }
-            | ClientError::RosterWithheld { .. } => KithError::Integrity { reason, hint },
+            | ClientError::RosterWithheld { .. }
+            | ClientError::WriterView { .. } => KithError::Integrity { reason, hint },
             ClientError::Record(_) | ClientError::InvalidInput(_) => {
                 KithError::InvalidInput { reason, hint }
             }
