@@ -918,3 +918,53 @@ async fn a_roster_held_back_without_a_new_epoch_is_detected_through_an_envelope(
     a.sync().await.unwrap();
     assert_eq!(names(&a), ["After d joined", "From c"]);
 }
+
+/// a revokes b, staging the new epoch's key for c signed by the new account key. The relay
+/// (or a member that staged before the revocation landed) serves c, in its place, a key of the
+/// new epoch sealed with a secret of its own and signed by another key. c must refuse it as a
+/// key not signed by that epoch's account key, naming the epoch, keep nothing of it, and catch
+/// up once the revoker's key is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_key_signed_by_another_key_is_refused_naming_the_epoch() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    a.revoke(&b.device_id()).await.unwrap();
+    a.add_contact(&ContactFields {
+        name: Some("Written in epoch 2".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    a.sync().await.unwrap();
+
+    let roster = stored_roster(&world, &a.account_id());
+    let mut rng = kith_protocol::keys::system_rng();
+    let forged = kith_protocol::epoch::sign_sealed_epoch_key(
+        &kith_protocol::epoch::seal_epoch_key(
+            &a.account_id(),
+            &c.device_id(),
+            roster.device(&c.device_id()).unwrap().agreement_key(),
+            2,
+            &kith_protocol::keys::EpochSecret::generate(&mut rng),
+            &mut rng,
+        ),
+        &kith_protocol::keys::AccountSigningKey::generate(&mut rng),
+    )
+    .unwrap();
+    *world.store.sealed_override.lock().unwrap() = Some((c.device_id(), 2, forged));
+    let refused = c.sync().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Epoch(kith_protocol::epoch::EpochError::BadSignature { epoch: 2 })
+        ),
+        "c must refuse the forged key of epoch 2 as not signed by that epoch's account key: \
+         {refused}"
+    );
+    assert!(!c.has_epoch(2), "nothing of the forged secret is kept");
+
+    *world.store.sealed_override.lock().unwrap() = None;
+    c.sync().await.unwrap();
+    assert_eq!(names(&c), ["Written in epoch 2"]);
+}
