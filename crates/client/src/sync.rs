@@ -407,6 +407,15 @@ impl Device {
             let mut confirmed = BTreeMap::new();
             let mut refused = BTreeMap::new();
             for sealed in &keys.keys {
+                // A signature, when the key carries one, must be by its epoch's account key
+                // (the revoker's, §5): a key staged or replaced under any other key is refused
+                // as such, before it is opened.
+                if epoch::sealed_epoch_key_is_signed(sealed)
+                    && let Ok(view) = epoch::peek_sealed_epoch_key(sealed)
+                    && let Some(key) = state.roster.epoch_account_key(view.epoch)
+                {
+                    epoch::verify_sealed_epoch_key_signature(sealed, key)?;
+                }
                 let (number, secret) = epoch::open_epoch_key(
                     sealed,
                     &account,
