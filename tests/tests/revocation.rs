@@ -118,7 +118,10 @@ async fn revoking_a_device_while_it_pushes_leaves_every_other_device_syncing() {
                 .sync()
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {name} cannot sync: {e}"));
-            assert!(report.withheld.is_empty(), "round {round}: {name}: {report:?}");
+            assert!(
+                report.withheld.is_empty(),
+                "round {round}: {name}: {report:?}"
+            );
         }
         let d = world.link(&a, &format!("d{round}")).await;
         for (name, device) in [("a", &a), ("c", &c), ("d", &d)] {
@@ -126,7 +129,10 @@ async fn revoking_a_device_while_it_pushes_leaves_every_other_device_syncing() {
                 .sync()
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {name} cannot sync: {e}"));
-            assert!(report.withheld.is_empty(), "round {round}: {name}: {report:?}");
+            assert!(
+                report.withheld.is_empty(),
+                "round {round}: {name}: {report:?}"
+            );
         }
         let on_a = names(&a);
         assert_eq!(names(&c), on_a, "round {round}: c and a disagree");

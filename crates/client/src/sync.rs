@@ -298,8 +298,7 @@ impl Device {
         };
         let state = self.state();
         // As for epochs: the claim of a device removed since goes with it.
-        if state.roster.device(&device).is_some() && !roster_covers(&state.roster, version, &hash)
-        {
+        if state.roster.device(&device).is_some() && !roster_covers(&state.roster, version, &hash) {
             return Err(ClientError::RosterWithheld {
                 device,
                 version,

@@ -111,13 +111,11 @@ impl WriterView {
         if view.roster_version == 0 {
             return Err(WriterViewError::ZeroRosterVersion);
         }
-        let roster_hash: [u8; 32] =
-            view.roster_hash
-                .as_slice()
-                .try_into()
-                .map_err(|_| WriterViewError::RosterHashLength {
-                    len: view.roster_hash.len(),
-                })?;
+        let roster_hash: [u8; 32] = view.roster_hash.as_slice().try_into().map_err(|_| {
+            WriterViewError::RosterHashLength {
+                len: view.roster_hash.len(),
+            }
+        })?;
         if view.heads.len() > MAX_DEVICES {
             return Err(WriterViewError::TooManyHeads {
                 count: view.heads.len(),

@@ -1249,7 +1249,10 @@ async fn no_member_can_overwrite_a_staged_key_of_the_next_epoch() {
         assert_eq!(held().await, vec![again]);
         // The recipient replaces its own.
         let own = sealed(4, None);
-        recipient.expect_ok(put(vec![own.clone()], None)).await.unwrap();
+        recipient
+            .expect_ok(put(vec![own.clone()], None))
+            .await
+            .unwrap();
         assert_eq!(held().await, vec![own]);
         relay.handle.shutdown().await.unwrap();
     })
