@@ -46,6 +46,8 @@ enum Tamper {
     /// Serve the roster stored before the latest one when the account is loaded (hold back
     /// the newest roster, such as a revocation).
     HoldBackRoster,
+    /// Serve this device's stream only before this seq (withhold its newest envelopes).
+    WithholdFrom(DeviceId, u64),
 }
 
 #[derive(Debug)]
@@ -184,9 +186,13 @@ impl Store for TamperingStore {
                 .enumerate()
                 .map(|(i, (s, b))| if i == 1 { (s, in_format_2(b)) } else { (s, b) })
                 .collect(),
+            Tamper::WithholdFrom(writer, from) if writer == *device => {
+                all.into_iter().filter(|(s, _)| *s < from).collect()
+            }
             Tamper::None
             | Tamper::RollbackRoster
             | Tamper::NewerFormat(_)
+            | Tamper::WithholdFrom(..)
             | Tamper::HoldBackRoster => all,
         };
         served.retain(|(s, _)| *s > after_seq || matches!(mode, Tamper::Reverse));
@@ -807,4 +813,158 @@ async fn a_held_back_revocation_stops_writing_under_the_old_epoch() {
     a.sync().await.unwrap();
     assert_eq!(names(&a), ["After the revocation", "Secret from C"]);
     assert_eq!(names(&c), ["After the revocation", "Secret from C"]);
+}
+
+/// b writes two envelopes and a merges them; a then writes one of its own, whose signed payload
+/// vouches that a merged b's stream up to its head. The relay withholds b's last envelope from
+/// c (it serves b's stream only up to the one before, as if that were its head). c must report
+/// that the relay withholds b's stream, naming a as the device that vouched for it; once
+/// the relay is honest again, c gets everything and reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_another_device_vouched_for_are_reported_when_withheld() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    for name in ["First from b", "Second from b"] {
+        b.add_contact(&ContactFields {
+            name: Some(name.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        b.sync().await.unwrap();
+    }
+    a.sync().await.unwrap();
+    a.add_contact(&ContactFields {
+        name: Some("From a".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pushed = a.sync().await.unwrap();
+    assert!(pushed.pushed >= 1);
+    let head = stored_epochs(&world, &a.account_id(), &b.device_id()).len() as u64;
+    assert!(head >= 2);
+
+    world.store.set(Tamper::WithholdFrom(b.device_id(), head));
+    let report = c.sync().await.unwrap();
+    assert_eq!(
+        report.withheld,
+        [kith_client::Withheld {
+            device: b.device_id(),
+            served: head - 1,
+            vouched: head,
+            by: a.device_id(),
+        }],
+        "c must report b's envelope that a vouched for and the relay withheld"
+    );
+    assert!(!names(&c).contains(&"Second from b".to_string()));
+
+    world.store.set(Tamper::None);
+    let report = c.sync().await.unwrap();
+    assert!(report.withheld.is_empty(), "{:?}", report.withheld);
+    assert_eq!(names(&c), ["First from b", "From a", "Second from b"]);
+}
+
+/// a links d: the roster moves to a new version in the same epoch (nothing to revoke, so no
+/// envelope is signed in a later epoch). The relay holds that roster back from c. a's next
+/// envelope names the roster it wrote under; c must see that the relay holds a newer roster
+/// back, say so naming a, and write nothing until it gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_held_back_without_a_new_epoch_is_detected_through_an_envelope() {
+    let mut world = World::new().await;
+    let (a, c) = world.two_devices(0).await;
+    let account = a.account_id();
+    let before = stored_roster(&world, &account).version();
+    let _d = kith_e2e::link(&a, &world.home.join("d"), world.target(), "d").await;
+    let after = stored_roster(&world, &account);
+    assert_eq!((after.version(), after.epoch()), (before + 1, 1));
+    a.add_contact(&ContactFields {
+        name: Some("After d joined".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    a.sync().await.unwrap();
+
+    world.store.set(Tamper::HoldBackRoster);
+    world.restart().await;
+    c.add_contact(&ContactFields {
+        name: Some("From c".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stopped = c.sync().await.unwrap_err();
+    assert!(
+        matches!(
+            stopped,
+            ClientError::RosterWithheld { device, version, roster_version }
+                if device == a.device_id() && version == before + 1 && roster_version == before
+        ),
+        "c must report a's envelope naming the newer roster: {stopped}"
+    );
+    assert!(
+        stored_epochs(&world, &account, &c.device_id()).is_empty(),
+        "c wrote under a roster it knows is stale"
+    );
+    assert!(c.sync().await.is_err(), "c keeps refusing to write");
+    assert!(stored_epochs(&world, &account, &c.device_id()).is_empty());
+
+    world.store.set(Tamper::None);
+    world.restart().await;
+    c.sync().await.unwrap();
+    assert_eq!(stored_epochs(&world, &account, &c.device_id()), [1]);
+    a.sync().await.unwrap();
+    assert_eq!(names(&a), ["After d joined", "From c"]);
+}
+
+/// a revokes b, staging the new epoch's key for c signed by the new account key. The relay
+/// (or a member that staged before the revocation landed) serves c, in its place, a key of the
+/// new epoch sealed with a secret of its own and signed by another key. c must refuse it as a
+/// key not signed by that epoch's account key, naming the epoch, keep nothing of it, and catch
+/// up once the revoker's key is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_key_signed_by_another_key_is_refused_naming_the_epoch() {
+    let world = World::new().await;
+    let (a, b) = world.two_devices(0).await;
+    let c = kith_e2e::link(&a, &world.home.join("c"), world.target(), "c").await;
+    a.revoke(&b.device_id()).await.unwrap();
+    a.add_contact(&ContactFields {
+        name: Some("Written in epoch 2".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    a.sync().await.unwrap();
+
+    let roster = stored_roster(&world, &a.account_id());
+    let mut rng = kith_protocol::keys::system_rng();
+    let forged = kith_protocol::epoch::sign_sealed_epoch_key(
+        &kith_protocol::epoch::seal_epoch_key(
+            &a.account_id(),
+            &c.device_id(),
+            roster.device(&c.device_id()).unwrap().agreement_key(),
+            2,
+            &kith_protocol::keys::EpochSecret::generate(&mut rng),
+            &mut rng,
+        ),
+        &kith_protocol::keys::AccountSigningKey::generate(&mut rng),
+    )
+    .unwrap();
+    *world.store.sealed_override.lock().unwrap() = Some((c.device_id(), 2, forged));
+    let refused = c.sync().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Epoch(kith_protocol::epoch::EpochError::BadSignature { epoch: 2 })
+        ),
+        "c must refuse the forged key of epoch 2 as not signed by that epoch's account key: \
+         {refused}"
+    );
+    assert!(!c.has_epoch(2), "nothing of the forged secret is kept");
+
+    *world.store.sealed_override.lock().unwrap() = None;
+    c.sync().await.unwrap();
+    assert_eq!(names(&c), ["Written in epoch 2"]);
 }

@@ -438,15 +438,29 @@ async fn compaction_shrinks_relay_storage_and_late_devices_still_converge() {
         report.relay_bytes_before,
         report.relay_bytes_after
     );
-    // b was offline across the compaction: it converges from the snapshot.
-    b.sync().await.unwrap();
+    // b was offline across the compaction: it converges from the snapshot, and a's snapshot
+    // vouching for b's stream and a's own later heads reports nothing as withheld.
+    let report = b.sync().await.unwrap();
+    assert!(report.withheld.is_empty(), "{report:?}");
     assert_eq!(names(&b), names(&a));
     assert_eq!(
         b.contact(&ids[7]).unwrap().company(),
         Some("Company round 4")
     );
-    // A device linked after compaction converges too.
+    // A device linked after compaction converges too; b writes again after the snapshot, a
+    // merges it and writes, and c, pulling both, finds nothing withheld.
     let c = world.link(&a, "c").await;
+    assert_eq!(names(&c), names(&a));
+    b.add_contact(&person("Later On B", "later@example.com"))
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+    a.add_contact(&person("Later On A", "later-a@example.com"))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    let report = c.sync().await.unwrap();
+    assert!(report.withheld.is_empty(), "{report:?}");
     assert_eq!(names(&c), names(&a));
 }
 

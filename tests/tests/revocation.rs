@@ -111,18 +111,28 @@ async fn revoking_a_device_while_it_pushes_leaves_every_other_device_syncing() {
         let acknowledged = pusher.await.unwrap();
         revoked.unwrap_or_else(|e| panic!("round {round}: revoking failed: {e}"));
 
+        // An honest relay withholds nothing: no device reports envelopes another one vouched
+        // for as missing, whatever moment b was revoked at (§4, "What each writer states").
         for (name, device) in [("a", &a), ("c", &c)] {
-            device
+            let report = device
                 .sync()
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {name} cannot sync: {e}"));
+            assert!(
+                report.withheld.is_empty(),
+                "round {round}: {name}: {report:?}"
+            );
         }
         let d = world.link(&a, &format!("d{round}")).await;
         for (name, device) in [("a", &a), ("c", &c), ("d", &d)] {
-            device
+            let report = device
                 .sync()
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {name} cannot sync: {e}"));
+            assert!(
+                report.withheld.is_empty(),
+                "round {round}: {name}: {report:?}"
+            );
         }
         let on_a = names(&a);
         assert_eq!(names(&c), on_a, "round {round}: c and a disagree");

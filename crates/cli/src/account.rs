@@ -44,6 +44,7 @@ impl SyncJson {
                 end.device, end.seq, end.final_seq
             )
         }));
+        warnings.extend(report.withheld.iter().map(ToString::to_string));
         Self {
             pushed: report.pushed,
             pulled: report.pulled,

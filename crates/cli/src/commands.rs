@@ -875,6 +875,9 @@ fn warn_stopped_streams(report: &SyncReport) {
             end.device, end.seq, end.final_seq
         );
     }
+    for withheld in &report.withheld {
+        eprintln!("warning: {withheld}");
+    }
 }
 
 fn describe_changes(report: &SyncReport) -> String {

@@ -52,6 +52,10 @@ pub(crate) mod meta {
     /// Evidence of a roster newer than the one held: device id (16) || u64be(epoch) of an
     /// envelope it signed in a later epoch (docs/PROTOCOL.md §4).
     pub const NEWER_EPOCH_SEEN: &[u8] = b"newer-epoch-seen";
+    /// Evidence of a roster newer than the one held, or another roster of the same version:
+    /// device id (16) || u64be(roster version) || roster hash (32) that an envelope it signed
+    /// names as the roster it wrote under (docs/PROTOCOL.md §4).
+    pub const NEWER_ROSTER_SEEN: &[u8] = b"newer-roster-seen";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.
@@ -908,8 +912,20 @@ impl Device {
                 (roster, sealed_keys)
             };
             // Keys first: a device that sees the new roster must find its sealed epoch key.
+            // They are staged under the new account key, which only this device holds, so no
+            // other member can replace them before the roster lands (§5). If another key's
+            // staged keys are stored already (a revocation that failed or raced this one), the
+            // relay refuses these; the keys stored again once the roster lands replace them.
             if !sealed_keys.is_empty() {
-                put_sealed_epoch_keys(&connection, sealed_keys).await?;
+                match put_staged_epoch_keys(&connection, sealed_keys, &new_key).await {
+                    Err(e) if e.relay_code() == Some(proto::ErrorCode::SlotExists) => {
+                        tracing::warn!(
+                            "keys of the next epoch staged under another key are stored; \
+                             they are replaced once the roster lands"
+                        );
+                    }
+                    other => other?,
+                }
             }
             let answer = connection
                 .request(request::Kind::PutRoster(proto::PutRoster {
@@ -1122,7 +1138,30 @@ async fn put_sealed_epoch_keys(connection: &RelayConnection, keys: Vec<Vec<u8>>)
     expect_ok(
         connection
             .request(request::Kind::PutSealedEpochKeys(
-                proto::PutSealedEpochKeys { keys },
+                proto::PutSealedEpochKeys {
+                    keys,
+                    staged_account_key: Vec::new(),
+                },
+            ))
+            .await?,
+    )?;
+    Ok(())
+}
+
+/// Stores keys staged for the epoch after the roster's, signed by that epoch's account key
+/// `next`, naming its public key so the relay binds them to it (docs/PROTOCOL.md §5).
+async fn put_staged_epoch_keys(
+    connection: &RelayConnection,
+    keys: Vec<Vec<u8>>,
+    next: &AccountSigningKey,
+) -> Result<()> {
+    expect_ok(
+        connection
+            .request(request::Kind::PutSealedEpochKeys(
+                proto::PutSealedEpochKeys {
+                    keys,
+                    staged_account_key: next.public().as_bytes().to_vec(),
+                },
             ))
             .await?,
     )?;

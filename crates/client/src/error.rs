@@ -52,6 +52,16 @@ pub enum ClientError {
     /// A stored or received record state was invalid.
     #[error("invalid record state: {0}")]
     Merge(#[from] kith_protocol::merge::MergeError),
+    /// A device wrote a payload whose statement of its roster and stream heads is malformed.
+    #[error("device {device} wrote seq {seq} with a malformed view: {source}")]
+    WriterView {
+        /// The writer.
+        device: DeviceId,
+        /// The envelope's seq.
+        seq: u64,
+        /// What is wrong.
+        source: kith_protocol::writer_view::WriterViewError,
+    },
     /// A device of the roster signed an envelope in a later epoch than the roster this device
     /// holds: a newer roster exists (a revocation) and the relay does not serve it. This device
     /// writes nothing until it gets that roster, since the revoked device may hold the key of
@@ -68,6 +78,25 @@ pub enum ClientError {
         epoch: u64,
         /// The epoch of the roster this device holds.
         roster_epoch: u64,
+    },
+    /// A device of the roster signed an envelope naming, as the roster it wrote under, a
+    /// roster version newer than this device holds (or the same version with another hash),
+    /// and the relay does not serve it: the relay holds a roster back even though no new epoch
+    /// started (an added or renamed device). This device writes nothing until it gets it
+    /// (docs/PROTOCOL.md §4, "Held-back rosters").
+    #[error(
+        "device {device} wrote under roster version {version}, but the relay serves version \
+         {roster_version}{fork}: the relay holds a roster back; this device writes nothing until \
+         it gets it",
+        fork = if *version == *roster_version { " with another hash" } else { "" }
+    )]
+    RosterWithheld {
+        /// The device whose signed envelope is the evidence.
+        device: DeviceId,
+        /// The roster version it named.
+        version: u64,
+        /// The version of the roster this device holds.
+        roster_version: u64,
     },
     /// This device was removed from the account.
     #[error("this device was removed from the account; it can no longer read or write")]

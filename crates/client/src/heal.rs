@@ -694,7 +694,10 @@ impl Device {
         let put = |keys: Vec<Vec<u8>>| async move {
             connection
                 .request(request::Kind::PutSealedEpochKeys(
-                    proto::PutSealedEpochKeys { keys },
+                    proto::PutSealedEpochKeys {
+                        keys,
+                        staged_account_key: Vec::new(),
+                    },
                 ))
                 .await
                 .and_then(expect_ok)
@@ -837,6 +840,8 @@ impl Device {
                 to_address: to.address.clone(),
                 to_cert_sha256: pin_bytes(to),
             }),
+            // Added when sealed, like every payload's (§4).
+            writer_view: None,
         }
         .encode_to_vec();
         self.seal_operations_payload(&payload)?;

@@ -53,4 +53,4 @@ pub use kith_protocol::contact::Contact;
 #[cfg(feature = "sync")]
 pub use recovery::{RecoveryState, RecoveryStatus};
 #[cfg(feature = "sync")]
-pub use sync::{CompactReport, NewerFormat, PastEnd, SyncReport};
+pub use sync::{CompactReport, NewerFormat, PastEnd, SyncReport, Withheld};

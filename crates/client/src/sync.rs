@@ -12,6 +12,7 @@ use kith_protocol::proto::{self, PayloadKind, request, response};
 use kith_protocol::record::{self, Operation};
 use kith_protocol::roster::VerifiedRoster;
 use kith_protocol::stream::StreamVerifier;
+use kith_protocol::writer_view::WriterView;
 use kith_protocol::{DeviceId, RecordId};
 use prost::Message;
 
@@ -55,6 +56,11 @@ pub struct SyncReport {
     /// Streams stopped at an envelope in a format newer than this release reads: every other
     /// stream was pulled and merged; those wait for an update (docs/PROTOCOL.md §8.1).
     pub newer_format: Vec<NewerFormat>,
+    /// Envelopes another device vouched for (its signed payload names the highest seq it
+    /// merged of each stream) that the relay did not serve this device, even when asked once
+    /// more after the pull reached the relay's head: the relay withholds them, or lost them and
+    /// their writer has not restored them yet (docs/PROTOCOL.md §13 step 5).
+    pub withheld: Vec<Withheld>,
     /// What the relay had lost (an old backup restored, its data lost) and this sync restored
     /// from this device's verified copies; `None` when the relay held everything this device
     /// knows it acknowledged (docs/PROTOCOL.md §13.1).
@@ -84,6 +90,31 @@ impl std::fmt::Display for NewerFormat {
             "device {} wrote seq {} in envelope format {}, which this release does not read: \
              update Kith to read what it wrote (everything else synced)",
             self.device, self.seq, self.version
+        )
+    }
+}
+
+/// A stream the relay served less of than another device vouched it had merged: the relay
+/// withholds (or lost) the envelopes `served + 1 ..= vouched` of `device` (docs/PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Withheld {
+    /// The device whose envelopes are missing.
+    pub device: DeviceId,
+    /// The highest seq of its stream this device verified.
+    pub served: u64,
+    /// The highest seq of it that `by` vouched to have merged.
+    pub vouched: u64,
+    /// The device whose signed envelope vouched for it.
+    pub by: DeviceId,
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the relay withholds envelopes of device {}: device {} merged its stream up to seq \
+             {}, but the relay served it only up to seq {}",
+            self.device, self.by, self.vouched, self.served
         )
     }
 }
@@ -194,7 +225,10 @@ impl Device {
         // does not keep this device's own changes from the relay.
         let mut identities = WrittenIdentities::new();
         let pulled = self.pull(connection, &mut report, &mut identities).await;
-        if let Err(error @ ClientError::NewerRosterWithheld { .. }) = pulled {
+        if let Err(
+            error @ (ClientError::NewerRosterWithheld { .. } | ClientError::RosterWithheld { .. }),
+        ) = pulled
+        {
             return Err(error);
         }
         self.seal_pending()?;
@@ -219,6 +253,7 @@ impl Device {
     /// Refuses to write while this device has evidence of a newer epoch than its roster's
     /// (an envelope a present device signed in a later epoch, §4).
     fn check_no_newer_epoch(&self, tx: &StoreTxn<'_>) -> Result<()> {
+        self.check_no_newer_roster(tx)?;
         let Some(bytes) = tx.get(TreeName::Meta, meta::NEWER_EPOCH_SEEN)? else {
             return Ok(());
         };
@@ -239,6 +274,35 @@ impl Device {
                 device,
                 epoch,
                 roster_epoch: state.roster.epoch(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses to write while this device has evidence of a roster it does not hold: an
+    /// envelope a present device signed naming a newer roster version, or the same version
+    /// with another hash, as the roster it wrote under (§4).
+    fn check_no_newer_roster(&self, tx: &StoreTxn<'_>) -> Result<()> {
+        let Some(bytes) = tx.get(TreeName::Meta, meta::NEWER_ROSTER_SEEN)? else {
+            return Ok(());
+        };
+        let (Some(device), Some(version), Some(hash)) = (
+            bytes.get(..16).and_then(|b| DeviceId::from_slice(b).ok()),
+            bytes
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            bytes.get(24..56).and_then(|b| <[u8; 32]>::try_from(b).ok()),
+        ) else {
+            return Ok(());
+        };
+        let state = self.state();
+        // As for epochs: the claim of a device removed since goes with it.
+        if state.roster.device(&device).is_some() && !roster_covers(&state.roster, version, &hash) {
+            return Err(ClientError::RosterWithheld {
+                device,
+                version,
+                roster_version: state.roster.version(),
             });
         }
         Ok(())
@@ -342,6 +406,15 @@ impl Device {
             let mut confirmed = BTreeMap::new();
             let mut refused = BTreeMap::new();
             for sealed in &keys.keys {
+                // A signature, when the key carries one, must be by its epoch's account key
+                // (the revoker's, §5): a key staged or replaced under any other key is refused
+                // as such, before it is opened.
+                if epoch::sealed_epoch_key_is_signed(sealed)
+                    && let Ok(view) = epoch::peek_sealed_epoch_key(sealed)
+                    && let Some(key) = state.roster.epoch_account_key(view.epoch)
+                {
+                    epoch::verify_sealed_epoch_key_signature(sealed, key)?;
+                }
                 let (number, secret) = epoch::open_epoch_key(
                     sealed,
                     &account,
@@ -474,8 +547,21 @@ impl Device {
         self.check_no_newer_epoch(tx)?;
         let (last_seq, last_hash) = Self::head_in(tx)?;
         let seq = last_seq + 1;
+        let heads = self.merged_heads(tx)?;
         let sealed = {
             let state = self.state();
+            // Every payload states the roster this device writes under and how far it merged
+            // every other stream, so receivers can tell what the relay holds back (§4).
+            let mut payload = payload.to_vec();
+            WriterView {
+                roster_version: state.roster.version(),
+                roster_hash: state.roster.hash(),
+                heads: heads
+                    .into_iter()
+                    .filter(|(device, _)| state.roster.device(device).is_some())
+                    .collect(),
+            }
+            .append_to(&mut payload);
             // Always the roster's epoch, whose secret was confirmed against the roster.
             let number = state.roster.epoch();
             let content_key = state.epochs.content_key(number)?;
@@ -487,7 +573,7 @@ impl Device {
                 &content_key,
                 &last_hash,
                 kind,
-                payload,
+                &payload,
                 &mut kith_protocol::keys::system_rng(),
             )?
         };
@@ -500,6 +586,27 @@ impl Device {
         tx.put(TreeName::Outbox, &seq_key, &sealed.bytes)?;
         tx.put(TreeName::Meta, meta::HEAD, &head)?;
         Ok(())
+    }
+
+    /// The highest seq this device merged of every other stream it holds a cursor for, read in
+    /// `tx`, sorted by device id.
+    fn merged_heads(&self, tx: &StoreTxn<'_>) -> Result<Vec<(DeviceId, u64)>> {
+        let mut heads = Vec::new();
+        for writer in self.writers()? {
+            let Some(bytes) = tx.get(TreeName::Cursors, writer.as_bytes())? else {
+                continue;
+            };
+            if let Some(seq) = bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .filter(|&seq| seq > 0)
+            {
+                heads.push((writer, seq));
+            }
+        }
+        heads.sort();
+        Ok(heads)
     }
 
     /// Pushes every outbox envelope; removes them once acknowledged. Idempotent: an envelope
@@ -625,6 +732,13 @@ impl Device {
             verifiers.insert(writer, verifier);
         }
         let mut refreshed_keys = false;
+        // What the writers pulled in this sync state they held (§4): the newest roster one
+        // names that this device does not hold, and the highest seq any of them merged of each
+        // stream (with the first writer that vouched for it).
+        let mut roster_named: Option<(DeviceId, u64, [u8; 32])> = None;
+        let mut refreshed_for_roster = false;
+        let mut vouched: BTreeMap<DeviceId, (u64, DeviceId)> = BTreeMap::new();
+        let mut repulled = false;
         let mut skews = BTreeMap::new();
         let mut moves = Vec::new();
         // Each page's records and cursors are written while the next page is fetched, opened
@@ -634,7 +748,7 @@ impl Device {
         // and used only if the page verified and merged exactly as served (the cursors then
         // are the ones it was asked with); otherwise it is abandoned and asked for again.
         let mut prefetched: Option<(BTreeMap<DeviceId, u64>, crate::net::InFlight)> = None;
-        loop {
+        'pull: loop {
             let mut cursors: BTreeMap<DeviceId, u64> = verifiers
                 .iter()
                 .map(|(device, v)| {
@@ -737,6 +851,10 @@ impl Device {
                     // asked for, so the next page moves on.
                     continue;
                 }
+                if self.ask_again_for_vouched(&vouched, &verifiers, &ended, &mut repulled) {
+                    prefetched = None;
+                    continue 'pull;
+                }
                 break;
             }
             if let Some((device, epoch)) = self.newer_epoch_evidence(&parsed)? {
@@ -798,6 +916,7 @@ impl Device {
                     verifier.check(envelope)?;
                 }
             }
+            self.read_writer_views(&parsed, &opened, &mut roster_named, &mut vouched)?;
             let (touched, page_changed) =
                 self.merge_payloads(&mut pipeline, &parsed, opened, &mut skews, &mut moves)?;
             // What the identity rule checks after the pull, taken while the states are here.
@@ -818,9 +937,51 @@ impl Device {
             verifiers = new_verifiers;
             report.pulled += parsed.len();
             report.changed.extend(page_changed);
+            if let Some((device, version, hash)) = roster_named
+                && !roster_covers(&self.state().roster, version, &hash)
+            {
+                // A writer wrote under a roster this device does not hold. It may have been
+                // stored since this sync fetched the roster: fetch it once more.
+                if !refreshed_for_roster {
+                    refreshed_for_roster = true;
+                    self.refresh_roster(connection).await?;
+                }
+                if !roster_covers(&self.state().roster, version, &hash) {
+                    pipeline.wait().await?;
+                    let mut evidence = device.as_bytes().to_vec();
+                    evidence.extend_from_slice(&version.to_be_bytes());
+                    evidence.extend_from_slice(&hash);
+                    self.inner
+                        .store
+                        .put(TreeName::Meta, meta::NEWER_ROSTER_SEEN, &evidence)?;
+                    self.inner.store.flush().await?;
+                    tracing::warn!(
+                        version,
+                        "a device wrote under a roster the relay does not serve; the relay \
+                         holds a roster back"
+                    );
+                    return Err(ClientError::RosterWithheld {
+                        device,
+                        version,
+                        roster_version: self.state().roster.version(),
+                    });
+                }
+            }
             if !page.more {
+                if self.ask_again_for_vouched(&vouched, &verifiers, &ended, &mut repulled) {
+                    prefetched = None;
+                    continue 'pull;
+                }
                 break;
             }
+        }
+        report.withheld = self.withheld_streams(&vouched, &verifiers, &ended);
+        for withheld in &report.withheld {
+            tracing::warn!(
+                served = withheld.served,
+                vouched = withheld.vouched,
+                "the relay withholds envelopes another device merged"
+            );
         }
         pipeline.wait().await?;
         report.relay_moved = self.relay_move_to_follow(moves);
@@ -829,6 +990,94 @@ impl Device {
         self.persist_clock_skews(&skews)?;
         self.inner.store.flush().await?;
         Ok(())
+    }
+
+    /// Reads the writer's view of every opened payload (§4): the newest roster a present
+    /// writer names that this device does not hold goes to `roster_named`, and the highest seq
+    /// of each stream any writer vouches it merged to `vouched`.
+    fn read_writer_views(
+        &self,
+        parsed: &[ParsedEnvelope],
+        opened: &[Vec<u8>],
+        roster_named: &mut Option<(DeviceId, u64, [u8; 32])>,
+        vouched: &mut BTreeMap<DeviceId, (u64, DeviceId)>,
+    ) -> Result<()> {
+        let state = self.state();
+        for (envelope, payload) in parsed.iter().zip(opened) {
+            let header = envelope.header();
+            let view = match WriterView::read(payload) {
+                Ok(Some(view)) => view,
+                Ok(None) => continue,
+                Err(source) => {
+                    return Err(ClientError::WriterView {
+                        device: header.device_id,
+                        seq: header.seq,
+                        source,
+                    });
+                }
+            };
+            if state.roster.device(&header.device_id).is_some()
+                && !roster_covers(&state.roster, view.roster_version, &view.roster_hash)
+                && roster_named
+                    .as_ref()
+                    .is_none_or(|(_, version, _)| view.roster_version > *version)
+            {
+                *roster_named = Some((header.device_id, view.roster_version, view.roster_hash));
+            }
+            for (device, seq) in view.heads {
+                let entry = vouched.entry(device).or_insert((seq, header.device_id));
+                if seq > entry.0 {
+                    *entry = (seq, header.device_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The streams of present devices that some writer vouched it merged further than this
+    /// device verified (streams stopped in this sync, and this device's own, aside).
+    fn withheld_streams(
+        &self,
+        vouched: &BTreeMap<DeviceId, (u64, DeviceId)>,
+        verifiers: &HashMap<DeviceId, StreamVerifier>,
+        ended: &BTreeSet<DeviceId>,
+    ) -> Vec<Withheld> {
+        let state = self.state();
+        vouched
+            .iter()
+            .filter(|(device, _)| {
+                **device != self.inner.device_id
+                    && !ended.contains(*device)
+                    && state.roster.device(device).is_some()
+            })
+            .filter_map(|(device, &(seq, by))| {
+                let served = verifiers.get(device).map_or(0, StreamVerifier::last_seq);
+                (seq > served).then_some(Withheld {
+                    device: *device,
+                    served,
+                    vouched: seq,
+                    by,
+                })
+            })
+            .collect()
+    }
+
+    /// After a pull reached the relay's head: whether to ask once more, because a writer
+    /// vouched for envelopes not served yet. The writer pushed what vouches for them after
+    /// they were stored, so a relay that follows the protocol serves them now; the first pull
+    /// may only have passed their stream before they arrived.
+    fn ask_again_for_vouched(
+        &self,
+        vouched: &BTreeMap<DeviceId, (u64, DeviceId)>,
+        verifiers: &HashMap<DeviceId, StreamVerifier>,
+        ended: &BTreeSet<DeviceId>,
+        repulled: &mut bool,
+    ) -> bool {
+        if *repulled || self.withheld_streams(vouched, verifiers, ended).is_empty() {
+            return false;
+        }
+        *repulled = true;
+        true
     }
 
     /// What to report of an envelope the relay served whose header has a `format_version`
@@ -1187,6 +1436,8 @@ impl Device {
             records,
             positions: positions.to_vec(),
             first_seq,
+            // Added when sealed, like every payload's (§4).
+            writer_view: None,
         };
         let payload = snapshot.encode_to_vec();
         self.inner
@@ -1200,6 +1451,11 @@ impl Device {
         let connection = self.connection(&mut slot).await?.clone();
         usage(&connection).await
     }
+}
+
+/// Whether `roster` is the roster a writer named (`version`, `hash`) or a later one.
+fn roster_covers(roster: &VerifiedRoster, version: u64, hash: &[u8; 32]) -> bool {
+    roster.version() > version || (roster.version() == version && roster.hash() == *hash)
 }
 
 /// How often a watcher checks whether another process sharing its store queued changes.

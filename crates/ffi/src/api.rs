@@ -238,7 +238,9 @@ impl From<ClientError> for KithError {
             | ClientError::Stream(_)
             | ClientError::Clock(_)
             | ClientError::Merge(_)
-            | ClientError::NewerRosterWithheld { .. } => KithError::Integrity { reason, hint },
+            | ClientError::NewerRosterWithheld { .. }
+            | ClientError::RosterWithheld { .. }
+            | ClientError::WriterView { .. } => KithError::Integrity { reason, hint },
             ClientError::Record(_) | ClientError::InvalidInput(_) => {
                 KithError::InvalidInput { reason, hint }
             }
@@ -776,6 +778,7 @@ impl From<SyncReport> for SyncResult {
                 p.seq, p.device, p.final_seq
             )
         }));
+        warnings.extend(report.withheld.iter().map(ToString::to_string));
         SyncResult {
             pushed: report.pushed as u64,
             pulled: report.pulled as u64,

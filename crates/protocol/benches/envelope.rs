@@ -133,6 +133,7 @@ fn batch(n: u32, device: &[u8; 16]) -> Vec<u8> {
         operations: (0..n).map(|i| contact(i, device)).collect(),
         written_at_ms: 0,
         relay_moved: None,
+        writer_view: None,
     }
     .encode_to_vec()
 }

@@ -385,6 +385,12 @@ pub fn verify_sealed_epoch_key_signature(
         .map_err(|_| bad)
 }
 
+/// Whether an encoded sealed epoch key carries a signature (field 7, §5), which relays and
+/// receivers then check; `false` for bytes that do not decode.
+pub fn sealed_epoch_key_is_signed(sealed: &[u8]) -> bool {
+    proto::SealedEpochKey::decode(sealed).is_ok_and(|key| !key.signature.is_empty())
+}
+
 /// Reads the cleartext fields of a sealed epoch key (bounded decode, every length checked),
 /// without opening it. The relay indexes stored keys by these.
 pub fn peek_sealed_epoch_key(bytes: &[u8]) -> Result<SealedEpochKeyView, EpochError> {

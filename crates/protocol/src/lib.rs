@@ -14,7 +14,7 @@
 //! | [`encoding`] | the length-prefixed encoding under every hash, signature and HKDF input, and every label | §2.1 |
 //! | [`limits`], [`padding`] | bounds on everything decoded; Padmé padding of plaintexts | §7, §11 |
 //! | [`hlc`], [`record`], [`merge`], [`contact`], [`history`] | clocks; contact records (field keys, values, operations and their codec); the CRDT that merges them; the typed view of a merged contact; interaction history | §8 |
-//! | [`envelope`], [`stream`] | sealing and opening envelopes; the per-writer chain of seqs and hashes | §7, §9 |
+//! | [`envelope`], [`stream`], [`writer_view`] | sealing and opening envelopes; the per-writer chain of seqs and hashes; what each writer states it held (roster, stream heads) | §4, §7, §9 |
 //! | [`roster`], [`epoch`], [`bundle`], [`auth`] | who is in the account; the secrets content is encrypted under and their sealing to devices; linking and recovery; authenticating to the relay | §4–§6, §10 |
 //! | [`frame`] | the pure half of the relay's framing (the I/O half is the `kith-net` crate) | §10 |
 //!
@@ -63,6 +63,7 @@ pub mod epoch;
 pub mod recovery;
 pub mod roster;
 pub mod stream;
+pub mod writer_view;
 
 pub mod frame;
 

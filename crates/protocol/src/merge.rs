@@ -718,6 +718,7 @@ impl ContactSet {
     pub fn to_snapshot(&self, positions: Vec<proto::StreamPosition>) -> proto::Snapshot {
         proto::Snapshot {
             first_seq: 0,
+            writer_view: None,
             records: self.records.values().map(RecordState::to_proto).collect(),
             positions,
         }

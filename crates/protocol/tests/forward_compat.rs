@@ -52,6 +52,7 @@ fn newer_batch(meeting: &str) -> Vec<u8> {
         operations: vec![operation],
         written_at_ms: 0,
         relay_moved: None,
+        writer_view: None,
     }
     .encode_to_vec()
 }

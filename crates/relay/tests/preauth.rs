@@ -168,7 +168,10 @@ async fn requests_are_bounded_by_kind_before_they_are_decoded() {
         let keys = vec![Vec::new(); 300_000];
         let err = client
             .request(request::Kind::PutSealedEpochKeys(
-                proto::PutSealedEpochKeys { keys },
+                proto::PutSealedEpochKeys {
+                    keys,
+                    staged_account_key: Vec::new(),
+                },
             ))
             .await;
         assert_eq!(code(err), ErrorCode::FrameTooLarge);

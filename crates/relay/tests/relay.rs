@@ -772,6 +772,7 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             .expect_ok(request::Kind::PutSealedEpochKeys(
                 proto::PutSealedEpochKeys {
                     keys: vec![sealed.encode_to_vec()],
+                    staged_account_key: Vec::new(),
                 },
             ))
             .await
@@ -1049,7 +1050,12 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
             }
             .encode_to_vec()
         };
-        let put = |keys| request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys { keys });
+        let put = |keys| {
+            request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
+                keys,
+                staged_account_key: Vec::new(),
+            })
+        };
         client
             .expect_ok(put(vec![sealed(0, 1), sealed(1, 1)]))
             .await
@@ -1101,7 +1107,12 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
             }
             .encode_to_vec()
         };
-        let put = |keys| request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys { keys });
+        let put = |keys| {
+            request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
+                keys,
+                staged_account_key: Vec::new(),
+            })
+        };
         client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
         client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
 
@@ -1146,6 +1157,103 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
             kith_protocol::epoch::sign_sealed_epoch_key(&sealed(1, 5), &account.genesis).unwrap();
         client.expect_ok(put(vec![signed.clone()])).await.unwrap();
         assert_eq!(held().await, vec![signed]);
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// Keys staged for the next epoch (before the roster that starts it) belong to the key that
+/// signed them, the next epoch's account key, which only the revoking device holds: another
+/// member (a thief, before the revocation lands) can neither replace them with keys of its own
+/// signed by another key, nor unsigned ones, nor by naming another key; the revoker may store
+/// them again, and each device may replace its own.
+#[tokio::test]
+async fn no_member_can_overwrite_a_staged_key_of_the_next_epoch() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let account = TestAccount::new(3);
+        let revoker = relay.connect().await;
+        account.create(&revoker).await;
+        let thief = relay.connect().await;
+        thief
+            .authenticate(account.device(1), &account.id)
+            .await
+            .unwrap();
+        let recipient = relay.connect().await;
+        recipient
+            .authenticate(account.device(2), &account.id)
+            .await
+            .unwrap();
+        let next_key = AccountSigningKey::generate(&mut system_rng());
+        let thief_key = AccountSigningKey::generate(&mut system_rng());
+        let sealed = |fill: u8, signer: Option<&AccountSigningKey>| {
+            let bytes = proto::SealedEpochKey {
+                account_id: account.id.as_bytes().to_vec(),
+                recipient_device_id: account.device(2).device_id().as_bytes().to_vec(),
+                epoch: 2,
+                key_id: vec![fill; 16],
+                encapped_key: vec![fill; 1120],
+                ciphertext: vec![fill; 48],
+                signature: Vec::new(),
+            }
+            .encode_to_vec();
+            match signer {
+                Some(key) => kith_protocol::epoch::sign_sealed_epoch_key(&bytes, key).unwrap(),
+                None => bytes,
+            }
+        };
+        let put = |keys, staged: Option<&AccountSigningKey>| {
+            request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
+                keys,
+                staged_account_key: staged
+                    .map(|key| key.public().as_bytes().to_vec())
+                    .unwrap_or_default(),
+            })
+        };
+        let held = || async {
+            match recipient
+                .request(request::Kind::GetSealedEpochKeys(
+                    proto::GetSealedEpochKeys { min_epoch: 2 },
+                ))
+                .await
+                .unwrap()
+            {
+                response::Kind::SealedEpochKeys(keys) => keys.keys,
+                other => panic!("{other:?}"),
+            }
+        };
+        let staged = sealed(1, Some(&next_key));
+        revoker
+            .expect_ok(put(vec![staged.clone()], Some(&next_key)))
+            .await
+            .unwrap();
+        for (forged, named) in [
+            (sealed(7, Some(&thief_key)), Some(&thief_key)),
+            (sealed(7, Some(&thief_key)), None),
+            (sealed(7, None), None),
+            (sealed(7, Some(&thief_key)), Some(&next_key)),
+        ] {
+            assert_eq!(
+                code(thief.expect_ok(put(vec![forged], named)).await),
+                ErrorCode::SlotExists,
+                "a member overwrote a staged key of another device"
+            );
+            assert_eq!(held().await, vec![staged.clone()]);
+        }
+        // The revoker stages again (a retry after STREAM_AHEAD seals afresh).
+        let again = sealed(3, Some(&next_key));
+        revoker
+            .expect_ok(put(vec![again.clone()], Some(&next_key)))
+            .await
+            .unwrap();
+        assert_eq!(held().await, vec![again]);
+        // The recipient replaces its own.
+        let own = sealed(4, None);
+        recipient
+            .expect_ok(put(vec![own.clone()], None))
+            .await
+            .unwrap();
+        assert_eq!(held().await, vec![own]);
         relay.handle.shutdown().await.unwrap();
     })
     .await;

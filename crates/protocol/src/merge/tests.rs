@@ -315,6 +315,7 @@ fn snapshot_errors_name_the_record() {
     broken.record_id.clear();
     let snapshot = proto::Snapshot {
         first_seq: 0,
+        writer_view: None,
         records: vec![valid_wire(), broken],
         positions: vec![],
     };
@@ -371,6 +372,7 @@ fn duplicate_and_empty_records_in_a_snapshot_are_merged_and_skipped() {
     };
     let snapshot = proto::Snapshot {
         first_seq: 0,
+        writer_view: None,
         records: vec![
             a.get(&id(1)).unwrap().to_proto(),
             empty,

@@ -531,6 +531,7 @@ fn too_many_operations_are_rejected_both_ways() {
         operations: ops.iter().map(Operation::to_proto).collect(),
         written_at_ms: 0,
         relay_moved: None,
+        writer_view: None,
     };
     assert_eq!(
         decode_batch(&wire.encode_to_vec()),
@@ -577,6 +578,7 @@ fn batch_errors_name_the_operation() {
         operations: vec![name_op(1, "Ada").to_proto(), name_op(2, "Ada").to_proto()],
         written_at_ms: 7,
         relay_moved: None,
+        writer_view: None,
     };
     wire.operations[1].clock = None;
     let err = decode_batch(&wire.encode_to_vec()).unwrap_err();
@@ -709,6 +711,7 @@ proptest! {
             operations: ops.iter().map(Operation::to_proto).collect(),
             written_at_ms,
             relay_moved: None,
+            writer_view: None,
         }
         .encode_to_vec();
         prop_assert_eq!(encode_batch_written_at(&ops, written_at_ms).unwrap(), prost_bytes);

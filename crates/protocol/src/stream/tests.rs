@@ -364,6 +364,7 @@ fn the_first_seq_is_read_from_a_snapshot_payload() {
             seq: 7,
         }],
         first_seq: 0,
+        writer_view: None,
     };
     assert_eq!(snapshot_first_seq(&snapshot.encode_to_vec()), None);
     snapshot.first_seq = 42;

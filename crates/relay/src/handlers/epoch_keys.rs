@@ -3,6 +3,7 @@
 //! secret is opaque to it (HPKE with X-Wing, docs/PROTOCOL.md §5).
 
 use kith_protocol::ids::{AccountId, DeviceId};
+use kith_protocol::keys::AccountVerifyingKey;
 use kith_protocol::proto::{
     ErrorCode, GetSealedEpochKeys, PutSealedEpochKeys, SealedEpochKey, SealedEpochKeys, response,
 };
@@ -26,6 +27,7 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
         ));
     }
     let roster = account.roster();
+    let staged_key = staged_account_key(&req.staged_account_key)?;
     let mut parsed = Vec::with_capacity(req.keys.len());
     for (i, bytes) in req.keys.iter().enumerate() {
         if bytes.len() > MAX_SEALED_KEY_BYTES {
@@ -81,11 +83,13 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
         // A key of an epoch that started, held by another device, is replaced only under the
         // account key of that epoch (docs/PROTOCOL.md §5): no member can take a device's key
         // of an epoch away, or swap in a secret of its own, and a removed device (which never
-        // holds a later epoch's key) can touch none of them. Staged keys of the next epoch
-        // stay open to every member until the roster that starts it; the revoker stores them
-        // again, signed, once it is stored.
+        // holds a later epoch's key) can touch none of them. A key staged for the next epoch
+        // belongs to the key that signed it, the next epoch's account key, which only the
+        // revoking device holds until the roster names it: it is replaced only by a key that
+        // verifies under the `staged_account_key` the request names, under which the stored
+        // one verifies too. (An unsigned staged key, stored by a 0.1.0 revoker, stays open.)
         for (i, (recipient, epoch, bytes)) in parsed.iter().enumerate() {
-            if *recipient == device || *epoch > roster.epoch() {
+            if *recipient == device {
                 continue;
             }
             let stored = shared
@@ -103,9 +107,21 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
             if stored.as_slice() == bytes.as_slice() {
                 continue;
             }
-            let signed = roster.epoch_account_key(*epoch).is_some_and(|key| {
-                kith_protocol::epoch::verify_sealed_epoch_key_signature(bytes, key).is_ok()
-            });
+            let signed = if *epoch > roster.epoch() {
+                let stored_signed = kith_protocol::epoch::sealed_epoch_key_is_signed(&stored);
+                staged_key.as_ref().is_some_and(|key| {
+                    kith_protocol::epoch::verify_sealed_epoch_key_signature(bytes, key).is_ok()
+                        && (!stored_signed
+                            || kith_protocol::epoch::verify_sealed_epoch_key_signature(
+                                &stored, key,
+                            )
+                            .is_ok())
+                }) || !stored_signed && !kith_protocol::epoch::sealed_epoch_key_is_signed(bytes)
+            } else {
+                roster.epoch_account_key(*epoch).is_some_and(|key| {
+                    kith_protocol::epoch::verify_sealed_epoch_key_signature(bytes, key).is_ok()
+                })
+            };
             if !signed {
                 return Err(RequestError::new(
                     ErrorCode::SlotExists,
@@ -127,6 +143,16 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
     }
     durable(shared).await?;
     ok()
+}
+
+/// The `staged_account_key` of a request: absent, or a valid Ed25519 key.
+fn staged_account_key(bytes: &[u8]) -> Result<Option<AccountVerifyingKey>, RequestError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    AccountVerifyingKey::from_slice(bytes)
+        .map(Some)
+        .map_err(|_| RequestError::invalid("staged_account_key is not an account key"))
 }
 
 pub(crate) fn get(shared: &Shared, conn: &Conn, req: GetSealedEpochKeys) -> Reply {

@@ -1133,6 +1133,7 @@ pub fn seeds() -> Vec<Seed> {
         }),
         request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
             keys: vec![sealed_key.clone()],
+            staged_account_key: Vec::new(),
         }),
         request::Kind::Authenticate(proto::Authenticate {
             account_id: f.account.as_bytes().to_vec(),
