@@ -23,12 +23,16 @@ fn cdylib() -> PathBuf {
     } else {
         "libkith_ffi.so"
     };
-    // `cargo build` puts it beside the binaries; `cargo test` leaves it in `deps/`.
+    // `cargo build` puts it beside the binaries; `cargo test` leaves it in `deps/` and does
+    // not refresh the one beside them. The newer of the two is the current API (an older
+    // `cargo build` left beside the binaries made this suite test a stale library).
     let beside = target_dir().join(name);
     let in_deps = target_dir().join("deps").join(name);
+    let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     [&beside, &in_deps]
         .into_iter()
-        .find(|path| path.exists())
+        .filter(|path| path.exists())
+        .max_by_key(|path| modified(path))
         .cloned()
         .unwrap_or_else(|| {
             panic!(
