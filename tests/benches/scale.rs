@@ -61,6 +61,22 @@ async fn link(dir: &std::path::Path, relay: &RelayHandle, a: &Device, name: &str
     kith_e2e::link(a, &dir.join(name), target(relay), name).await
 }
 
+/// A relay in `dir` and an account of two devices on it: A, and B linked to it.
+async fn linked_pair(dir: &std::path::Path) -> (RelayHandle, Device, Device) {
+    let relay = relay(dir).await;
+    let (a, _) = Device::create(&dir.join("a"), target(&relay), "a", None)
+        .await
+        .unwrap();
+    let b = link(dir, &relay, &a, "b").await;
+    (relay, a, b)
+}
+
+/// The contacts of a generated export of `n` LinkedIn rows.
+fn linkedin_rows(n: usize) -> kith_client::import::ImportReport {
+    let csv = generate_linkedin_csv(n);
+    linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap()
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -150,13 +166,8 @@ async fn bench_merge(n: usize) {
 
 async fn bench_sync(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
-    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
-        .await
-        .unwrap();
-    let b = link(dir.path(), &relay, &a, "b").await;
-    let csv = generate_linkedin_csv(n);
-    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    let (relay, a, b) = linked_pair(dir.path()).await;
+    let report = linkedin_rows(n);
     let contacts = report.contacts.len();
     let created = Instant::now();
     a.import(report).await.unwrap();
@@ -188,13 +199,8 @@ async fn bench_sync(n: usize) {
 /// from the start of A's sync until B shows every contact.
 async fn bench_watch(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
-    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
-        .await
-        .unwrap();
-    let b = link(dir.path(), &relay, &a, "b").await;
-    let csv = generate_linkedin_csv(n);
-    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    let (relay, a, b) = linked_pair(dir.path()).await;
+    let report = linkedin_rows(n);
     let contacts = report.contacts.len();
     a.import(report).await.unwrap();
     let (changes, mut reports) = tokio::sync::mpsc::channel(64);
@@ -248,13 +254,8 @@ fn generate_merging_vcard(pairs: usize) -> String {
 /// no more than 10 % slower than without them).
 async fn bench_sync_merges(n: usize, merges: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
-    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
-        .await
-        .unwrap();
-    let b = link(dir.path(), &relay, &a, "b").await;
-    let csv = generate_linkedin_csv(n);
-    let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
+    let (relay, a, b) = linked_pair(dir.path()).await;
+    let report = linkedin_rows(n);
     a.import(report).await.unwrap();
     let cards = generate_merging_vcard(merges);
     let report =
