@@ -61,12 +61,18 @@ async fn link(dir: &std::path::Path, relay: &RelayHandle, a: &Device, name: &str
     kith_e2e::link(a, &dir.join(name), target(relay), name).await
 }
 
-/// A relay in `dir` and an account of two devices on it: A, and B linked to it.
-async fn linked_pair(dir: &std::path::Path) -> (RelayHandle, Device, Device) {
+/// A relay in `dir` and an account of one device on it, A.
+async fn one_device(dir: &std::path::Path) -> (RelayHandle, Device) {
     let relay = relay(dir).await;
     let (a, _) = Device::create(&dir.join("a"), target(&relay), "a", None)
         .await
         .unwrap();
+    (relay, a)
+}
+
+/// A relay in `dir` and an account of two devices on it: A, and B linked to it.
+async fn linked_pair(dir: &std::path::Path) -> (RelayHandle, Device, Device) {
+    let (relay, a) = one_device(dir).await;
     let b = link(dir, &relay, &a, "b").await;
     (relay, a, b)
 }
@@ -83,10 +89,7 @@ fn secs(d: Duration) -> String {
 
 async fn bench_import(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
-    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
-        .await
-        .unwrap();
+    let (relay, a) = one_device(dir.path()).await;
     let csv = generate_linkedin_csv(n);
     let started = Instant::now();
     let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
@@ -132,10 +135,7 @@ fn generate_linking_vcard(n: usize) -> String {
 
 async fn bench_merge(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
-    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
-        .await
-        .unwrap();
+    let (relay, a) = one_device(dir.path()).await;
     let csv = generate_linkedin_csv(n);
     let started = Instant::now();
     let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
@@ -290,10 +290,7 @@ async fn bench_sync_merges(n: usize, merges: usize) {
 /// contact pulled, verified and merged.
 async fn bench_join(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
-    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
-        .await
-        .unwrap();
+    let (relay, a) = one_device(dir.path()).await;
     let csv = generate_linkedin_csv(n);
     let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
     a.import(report).await.unwrap();
@@ -329,10 +326,7 @@ async fn bench_join(n: usize) {
 
 async fn bench_compact(n: usize, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay(dir.path()).await;
-    let (a, _) = Device::create(&dir.path().join("a"), target(&relay), "a", None)
-        .await
-        .unwrap();
+    let (relay, a) = one_device(dir.path()).await;
     let csv = generate_linkedin_csv(n);
     let report = linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap();
     a.import(report).await.unwrap();
