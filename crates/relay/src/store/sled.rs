@@ -2178,53 +2178,6 @@ mod tests {
     }
 
     #[test]
-    fn pairing_slots_are_put_once_taken_once_and_expire() {
-        let (_dir, store) = open(0);
-        let slot = [9u8; 32];
-        assert!(
-            store
-                .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
-                .unwrap()
-        );
-        assert!(
-            !store
-                .put_pairing_slot(&slot, &A, 100, b"other", 10)
-                .unwrap()
-        );
-        assert_eq!(store.count_pairing_slots(&A, 10).unwrap(), 1);
-        assert_eq!(
-            store.take_pairing_slot(&slot, 20).unwrap().as_deref(),
-            Some(&b"bundle"[..])
-        );
-        assert_eq!(store.take_pairing_slot(&slot, 20).unwrap(), None);
-        assert!(
-            store
-                .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
-                .unwrap()
-        );
-        assert_eq!(
-            store.take_pairing_slot(&slot, 100).unwrap(),
-            None,
-            "expired"
-        );
-        assert!(
-            store
-                .put_pairing_slot(&slot, &A, 100, b"bundle", 10)
-                .unwrap()
-        );
-        assert_eq!(store.expire_pairing_slots(200).unwrap(), 1);
-        assert_eq!(store.count_pairing_slots(&A, 0).unwrap(), 0);
-    }
-
-    #[test]
-    fn tokens_are_single_use() {
-        let (_dir, store) = open(0);
-        store.add_registration_token(&[5; 32]).unwrap();
-        assert!(store.consume_registration_token(&[5; 32]).unwrap());
-        assert!(!store.consume_registration_token(&[5; 32]).unwrap());
-    }
-
-    #[test]
     fn deleting_an_account_removes_every_key_mentioning_it_and_nothing_else() {
         let (_dir, store) = open(64);
         for account in [&A, &B] {
@@ -2253,14 +2206,6 @@ mod tests {
         let b = store.load_account(&B).unwrap().unwrap();
         assert_eq!(b.streams.len(), 1);
         assert!(store.recovery_bundle(&[12; 32]).unwrap().is_some());
-    }
-
-    #[test]
-    fn a_second_create_of_the_same_account_is_refused() {
-        let (_dir, store) = open(0);
-        assert!(store.create_account(&A, b"r1").unwrap());
-        assert!(!store.create_account(&A, b"r2").unwrap());
-        assert_eq!(store.load_account(&A).unwrap().unwrap().roster, b"r1");
     }
 
     #[test]
