@@ -13,7 +13,7 @@ use kith_protocol::keys::{
     RecoverySealing, SymmetricKey, system_rng,
 };
 use kith_protocol::proto::{self, request, response};
-use kith_protocol::roster::{NewDevice, VerifiedRoster};
+use kith_protocol::roster::{NewDevice, RosterDevice, VerifiedRoster};
 use kith_protocol::{AccountId, DeviceId};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -891,24 +891,19 @@ impl Device {
                 )?;
                 // Sealed to every remaining device, once (a device linked between two
                 // attempts gets its key with the next one).
-                let mut sealed_keys = Vec::new();
-                for entry in roster.devices() {
-                    if sealed_to.contains(&entry.device_id()) {
-                        continue;
-                    }
-                    sealed_to.push(entry.device_id());
-                    sealed_keys.push(epoch::sign_sealed_epoch_key(
-                        &epoch::seal_epoch_key(
-                            &state.account_id,
-                            &entry.device_id(),
-                            entry.agreement_key(),
-                            roster.epoch(),
-                            &new_epoch,
-                            &mut rng,
-                        ),
-                        &new_key,
-                    )?);
-                }
+                let unsealed: Vec<_> = roster
+                    .devices()
+                    .filter(|entry| !sealed_to.contains(&entry.device_id()))
+                    .collect();
+                sealed_to.extend(unsealed.iter().map(|entry| entry.device_id()));
+                let sealed_keys = signed_epoch_keys(
+                    &state.account_id,
+                    unsealed,
+                    roster.epoch(),
+                    &new_epoch,
+                    &new_key,
+                    &mut rng,
+                )?;
                 (roster, sealed_keys)
             };
             // Keys first: a device that sees the new roster must find its sealed epoch key.
@@ -950,24 +945,14 @@ impl Device {
             // The staged keys were open to every member until the roster started their epoch
             // (the revoked device too): store them again, now that only a holder of the new
             // epoch's account key may replace another device's key (§5).
-            let restored = {
-                let state = self.state();
-                let mut keys = Vec::new();
-                for entry in roster.devices() {
-                    keys.push(epoch::sign_sealed_epoch_key(
-                        &epoch::seal_epoch_key(
-                            &state.account_id,
-                            &entry.device_id(),
-                            entry.agreement_key(),
-                            roster.epoch(),
-                            &new_epoch,
-                            &mut rng,
-                        ),
-                        &new_key,
-                    )?);
-                }
-                keys
-            };
+            let restored = signed_epoch_keys(
+                &self.account_id(),
+                roster.devices(),
+                roster.epoch(),
+                &new_epoch,
+                &new_key,
+                &mut rng,
+            )?;
             {
                 let mut state = self.state();
                 let number = roster.epoch();
@@ -1134,6 +1119,32 @@ async fn put_own_epoch_keys(
 }
 
 /// Stores sealed epoch keys on the relay.
+/// The epoch secret sealed to each of `devices` under that device's agreement key, each sealed
+/// key signed with `epoch_account_key` (the account key of the epoch it starts, §5).
+fn signed_epoch_keys<'a>(
+    account: &AccountId,
+    devices: impl IntoIterator<Item = &'a RosterDevice>,
+    epoch_number: u64,
+    secret: &EpochSecret,
+    epoch_account_key: &AccountSigningKey,
+    rng: &mut impl rand_core::CryptoRng,
+) -> Result<Vec<Vec<u8>>> {
+    devices
+        .into_iter()
+        .map(|entry| {
+            let sealed = epoch::seal_epoch_key(
+                account,
+                &entry.device_id(),
+                entry.agreement_key(),
+                epoch_number,
+                secret,
+                rng,
+            );
+            Ok(epoch::sign_sealed_epoch_key(&sealed, epoch_account_key)?)
+        })
+        .collect()
+}
+
 async fn put_sealed_epoch_keys(connection: &RelayConnection, keys: Vec<Vec<u8>>) -> Result<()> {
     expect_ok(
         connection
