@@ -415,14 +415,12 @@ impl RelayConnection {
         account: &AccountId,
         device_key: &DeviceSigningKey,
     ) -> Result<(), NetError> {
-        let (nonce, exporter) = self.challenge().await?;
-        let device = device_key.device_id();
-        let signature = sign_relay_auth(device_key, &exporter, &nonce, account, &device);
+        let (device, signature) = self.answer_challenge(account, device_key).await?;
         expect_ok(
             self.request(request::Kind::Authenticate(proto::Authenticate {
                 account_id: account.as_bytes().to_vec(),
                 device_id: device.as_bytes().to_vec(),
-                signature: signature.to_bytes().to_vec(),
+                signature,
             }))
             .await?,
         )
@@ -436,14 +434,12 @@ impl RelayConnection {
         device_key: &DeviceSigningKey,
         registration_token: Option<String>,
     ) -> Result<(), NetError> {
-        let (nonce, exporter) = self.challenge().await?;
-        let device: DeviceId = device_key.device_id();
-        let signature = sign_relay_auth(device_key, &exporter, &nonce, account, &device);
+        let (device, signature) = self.answer_challenge(account, device_key).await?;
         expect_ok(
             self.request(request::Kind::CreateAccount(proto::CreateAccount {
                 roster,
                 device_id: device.as_bytes().to_vec(),
-                signature: signature.to_bytes().to_vec(),
+                signature,
                 registration_token: registration_token.unwrap_or_default(),
             }))
             .await?,
@@ -458,17 +454,28 @@ impl RelayConnection {
         roster: Vec<u8>,
         device_key: &DeviceSigningKey,
     ) -> Result<(), NetError> {
-        let (nonce, exporter) = self.challenge().await?;
-        let device = device_key.device_id();
-        let signature = sign_relay_auth(device_key, &exporter, &nonce, account, &device);
+        let (device, signature) = self.answer_challenge(account, device_key).await?;
         expect_ok(
             self.request(request::Kind::RecoverDevice(proto::RecoverDevice {
                 roster,
                 device_id: device.as_bytes().to_vec(),
-                signature: signature.to_bytes().to_vec(),
+                signature,
             }))
             .await?,
         )
+    }
+
+    /// Asks for a challenge and signs it, bound to this TLS session, as `device_key`'s device
+    /// of `account`: the device id and signature every authenticating request carries.
+    async fn answer_challenge(
+        &self,
+        account: &AccountId,
+        device_key: &DeviceSigningKey,
+    ) -> Result<(DeviceId, Vec<u8>), NetError> {
+        let (nonce, exporter) = self.challenge().await?;
+        let device = device_key.device_id();
+        let signature = sign_relay_auth(device_key, &exporter, &nonce, account, &device);
+        Ok((device, signature.to_bytes().to_vec()))
     }
 
     async fn challenge(&self) -> Result<([u8; CHALLENGE_LEN], [u8; EXPORTER_LEN]), NetError> {
