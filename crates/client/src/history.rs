@@ -159,12 +159,12 @@ impl Device {
     /// write to a tombstoned record ([`Device::import`]), so re-importing brings back nothing the
     /// person deleted.
     pub async fn forget_source(&self, source: import::Source) -> Result<(usize, usize)> {
-        let key = FieldKey::parse(source.field_key())?;
+        let key = FieldKey::source(source);
         let mut ops = Vec::new();
         let mut changed = 0;
         let mut emptied = 0;
         for contact in self.contacts()? {
-            let from_source = |s: &Source| s.kind().as_str() == source.as_str();
+            let from_source = |s: &Source| s.kind() == source;
             if !contact.sources().iter().any(from_source) {
                 continue;
             }

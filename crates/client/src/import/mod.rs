@@ -27,6 +27,7 @@ use std::io::Read;
 use std::path::Path;
 
 use kith_protocol::proto;
+use kith_protocol::record::FieldKey;
 
 pub mod address_book;
 mod archive;
@@ -47,74 +48,9 @@ pub mod testing;
 
 pub use phone::Region;
 
-/// The source a contact was imported from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Source {
-    /// LinkedIn `Connections.csv`.
-    LinkedIn,
-    /// Facebook friends export.
-    Facebook,
-    /// macOS Messages `chat.db`.
-    IMessage,
-    /// macOS Contacts database.
-    AddressBook,
-    /// A vCard file.
-    VCard,
-    /// An iCalendar file or Google Takeout calendar zip.
-    Calendar,
-    /// An mbox of mail (headers only).
-    Mail,
-    /// A Twitter/X archive.
-    Twitter,
-}
-
-impl Source {
-    /// Every source, in the order the CLI lists them.
-    pub const ALL: [Source; 8] = [
-        Source::LinkedIn,
-        Source::Facebook,
-        Source::IMessage,
-        Source::AddressBook,
-        Source::VCard,
-        Source::Calendar,
-        Source::Mail,
-        Source::Twitter,
-    ];
-
-    /// The label used in record-id derivation (`LP(source)` in `docs/PROTOCOL.md` §2.1).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::LinkedIn => "linkedin",
-            Source::Facebook => "facebook",
-            Source::IMessage => "imessage",
-            Source::AddressBook => "address-book",
-            Source::VCard => "vcard",
-            Source::Calendar => "calendar",
-            Source::Mail => "mail",
-            Source::Twitter => "twitter",
-        }
-    }
-
-    /// The record field key that holds this source's provenance (`docs/PROTOCOL.md` §8).
-    pub fn field_key(self) -> &'static str {
-        match self {
-            Source::LinkedIn => "source/linkedin",
-            Source::Facebook => "source/facebook",
-            Source::IMessage => "source/imessage",
-            Source::AddressBook => "source/address-book",
-            Source::VCard => "source/vcard",
-            Source::Calendar => "source/calendar",
-            Source::Mail => "source/mail",
-            Source::Twitter => "source/twitter",
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The source a contact was imported from: the protocol's [`SourceKind`], whose `source/…`
+/// field holds what that source says ([`Provenance`]).
+pub use kith_protocol::record::SourceKind as Source;
 
 /// What a source says about a contact, as the `source/…` field stores it.
 ///
@@ -322,12 +258,12 @@ impl ImportedContact {
             ));
         }
         out.push((
-            self.source().field_key().to_owned(),
+            FieldKey::source(self.source()).as_str().to_owned(),
             self.provenance.to_field_value(),
         ));
         if let Some(address_book) = &self.address_book {
             out.push((
-                Source::AddressBook.field_key().to_owned(),
+                FieldKey::source(Source::AddressBook).as_str().to_owned(),
                 value(Value::AddressBook(address_book.clone())),
             ));
         }
