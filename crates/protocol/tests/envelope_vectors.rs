@@ -1,5 +1,10 @@
 //! Envelope test vectors (docs/PROTOCOL.md §7): `tests/vectors/envelope.json`.
 //!
+//! The third envelope's payload is an `OperationBatch` that carries the writer's view (field 4,
+//! docs/PROTOCOL.md §4 "What each writer states it held"); `writer_view` states it field by
+//! field and as the bytes appended to the batch, which a test rebuilds by hand from the
+//! protobuf rules.
+//!
 //! Everything is derived from a fixed seed through a SHA-256 counter-mode generator, so the
 //! vectors are reproducible byte for byte: keys, account id, content key, nonces, payloads,
 //! and from them the header bytes, ciphertexts, signatures and hashes. The test recomputes all
@@ -15,7 +20,8 @@ use common::CounterRng;
 use kith_protocol::envelope::{EnvelopeHash, ParsedEnvelope, PayloadKind, seal};
 use kith_protocol::keys::{DeviceSigningKey, DeviceVerifyingKey, SymmetricKey};
 use kith_protocol::padding::{padded_len, padme};
-use kith_protocol::{AccountId, proto};
+use kith_protocol::writer_view::WriterView;
+use kith_protocol::{AccountId, DeviceId, proto};
 use prost::Message;
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
@@ -23,6 +29,8 @@ use sha2::{Digest, Sha256};
 
 /// The seed every vector derives from.
 const SEED: &str = "kith/v1/test-vectors/envelope";
+/// The seed of the writer's view's roster hash and device ids.
+const VIEW_SEED: &str = "kith/v1/test-vectors/writer-view";
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Vectors {
@@ -35,6 +43,28 @@ struct Vectors {
     content_key: String,
     envelopes: Vec<EnvelopeVector>,
     padme: Vec<PadmeVector>,
+    writer_view: WriterViewVector,
+}
+
+/// The writer's view carried by one envelope's payload.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct WriterViewVector {
+    /// The seq of the envelope (in `envelopes`) whose payload carries it.
+    envelope_seq: u64,
+    /// The payload before the view was appended: an encoded `OperationBatch` (no operations,
+    /// `written_at_ms` set).
+    batch: String,
+    roster_version: u64,
+    roster_hash: String,
+    heads: Vec<HeadVector>,
+    /// Field 4 as appended to the batch: tag `0x22`, length, the encoded `WriterView`.
+    field: String,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadVector {
+    device_id: String,
+    seq: u64,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,9 +117,36 @@ fn generate() -> Vectors {
     contact.extend_from_slice(&filler);
     let mut snapshot = vec![0u8; 300];
     rng.fill_bytes(&mut snapshot);
+    // A batch that carries its writer's view: roster version 7, two other streams' heads. Its
+    // values come from their own seed, so the envelopes before it are as they were.
+    let mut view_rng = CounterRng::new(VIEW_SEED);
+    let mut roster_hash = [0u8; 32];
+    view_rng.fill_bytes(&mut roster_hash);
+    let mut ids = [[0u8; 16]; 2];
+    for id in &mut ids {
+        view_rng.fill_bytes(id);
+    }
+    ids.sort();
+    let view = WriterView {
+        roster_version: 7,
+        roster_hash,
+        heads: vec![
+            (DeviceId::from_slice(&ids[0]).expect("16 bytes"), 41),
+            (DeviceId::from_slice(&ids[1]).expect("16 bytes"), 300),
+        ],
+    };
+    let batch = proto::OperationBatch {
+        written_at_ms: 1_796_600_000_000,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut with_view = batch.clone();
+    view.append_to(&mut with_view);
+    let field = with_view[batch.len()..].to_vec();
     let inputs = [
         (1, 1, PayloadKind::Operations, contact),
         (2, 3, PayloadKind::Snapshot, snapshot),
+        (3, 3, PayloadKind::Operations, with_view),
     ];
 
     let mut prev = EnvelopeHash::ZERO;
@@ -136,6 +193,21 @@ fn generate() -> Vectors {
                 padded: padme(length),
             })
             .collect(),
+        writer_view: WriterViewVector {
+            envelope_seq: 3,
+            batch: hex::encode(&batch),
+            roster_version: view.roster_version,
+            roster_hash: hex::encode(view.roster_hash),
+            heads: view
+                .heads
+                .iter()
+                .map(|(device, seq)| HeadVector {
+                    device_id: device.to_hex(),
+                    seq: *seq,
+                })
+                .collect(),
+            field: hex::encode(field),
+        },
     }
 }
 
@@ -283,4 +355,79 @@ fn check_with_primitives_alone(stored: &Vectors, vector: &EnvelopeVector) {
     );
     assert_eq!(padded[4..4 + payload.len()], payload[..]);
     assert!(padded[4 + payload.len()..].iter().all(|&b| b == 0));
+}
+
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The writer's view vector (issue 10 finding 5): the stored envelope's payload is the batch
+/// with field 4 appended, the field is the protobuf encoding rebuilt here by hand from the
+/// stated values, and the library reads back exactly those values (while a reader of the
+/// batch alone still decodes it).
+#[test]
+fn the_writer_view_vector_is_carried_by_its_envelope_and_encoded_as_stated() {
+    if regenerating() {
+        return;
+    }
+    let text = std::fs::read_to_string(path()).expect("tests/vectors/envelope.json exists");
+    let stored: Vectors = serde_json::from_str(&text).expect("vector file parses");
+    let vector = &stored.writer_view;
+    let envelope = stored
+        .envelopes
+        .iter()
+        .find(|envelope| envelope.seq == vector.envelope_seq)
+        .expect("the envelope that carries the view");
+    let key = SymmetricKey::from_slice(&unhex(&stored.content_key)).unwrap();
+    let payload = ParsedEnvelope::decode(&unhex(&envelope.envelope))
+        .unwrap()
+        .decrypt(&key)
+        .unwrap();
+
+    // Field 4 by hand: WriterView { 1: roster_version, 2: roster_hash, 3: heads }, each head
+    // a StreamPosition { 1: device_id, 2: seq }.
+    let mut view = vec![0x08];
+    varint(&mut view, vector.roster_version);
+    view.extend_from_slice(&[0x12, 0x20]);
+    view.extend_from_slice(&unhex(&vector.roster_hash));
+    for head in &vector.heads {
+        let mut position = vec![0x0a, 0x10];
+        position.extend_from_slice(&unhex(&head.device_id));
+        position.push(0x10);
+        varint(&mut position, head.seq);
+        view.push(0x1a);
+        varint(&mut view, position.len() as u64);
+        view.extend_from_slice(&position);
+    }
+    let mut field = vec![0x22];
+    varint(&mut field, view.len() as u64);
+    field.extend_from_slice(&view);
+    assert_eq!(hex::encode(&field), vector.field);
+    let mut expected = unhex(&vector.batch);
+    expected.extend_from_slice(&field);
+    assert_eq!(payload, expected, "the payload is the batch, then field 4");
+
+    let read = WriterView::read(&payload)
+        .expect("a valid view")
+        .expect("a view");
+    assert_eq!(read.roster_version, vector.roster_version);
+    assert_eq!(hex::encode(read.roster_hash), vector.roster_hash);
+    let heads: Vec<(String, u64)> = read
+        .heads
+        .iter()
+        .map(|(device, seq)| (device.to_hex(), *seq))
+        .collect();
+    let stated: Vec<(String, u64)> = vector
+        .heads
+        .iter()
+        .map(|head| (head.device_id.clone(), head.seq))
+        .collect();
+    assert_eq!(heads, stated);
+    let batch = proto::OperationBatch::decode(payload.as_slice()).expect("a batch");
+    assert_eq!(batch.written_at_ms, 1_796_600_000_000);
+    assert_eq!(batch.writer_view, Some(read.to_proto()));
 }
