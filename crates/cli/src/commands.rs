@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use kith_client::import::Region;
 use kith_client::import::{self, ImportOptions, ImportReport};
 use kith_client::keystore::{
-    FileKeyStore, KdfParams, KeyProtection, KeyStore, KeyStoreError, Passphrase,
+    FileKeyStore, KdfParams, KeyProtection, KeyStore, KeyStoreError, Keychain, KeychainPersistence,
+    Passphrase,
 };
 use kith_client::net::{RelayTarget, RelayTrust};
 use kith_client::{
@@ -158,28 +159,75 @@ fn existing_keystore(home: &Path) -> Result<Option<Arc<dyn KeyStore>>> {
     Ok(None)
 }
 
-/// The key store of a device being set up (init, link, recover): encrypted with
-/// `KITH_PASSPHRASE`, else with a passphrase asked on a terminal; the plain file, the last
-/// resort, with a warning.
+/// The key store of a device being set up (init, link, recover), as `KITH_KEY_STORE` says
+/// (`keychain`, `passphrase` or `plain`), else the first that works of: a passphrase in
+/// `KITH_PASSPHRASE`; the platform keychain where it keeps keys for good (macOS, Windows);
+/// a passphrase asked on a terminal; the plain file, the last resort, with a warning.
+///
+/// The Linux kernel keyring is a keychain only on request (`KITH_KEY_STORE=keychain`): it
+/// forgets its keys at reboot, and with them the only key that opens the file.
 fn new_keystore(home: &Path) -> Result<Option<Arc<dyn KeyStore>>> {
-    let passphrase = match passphrase_from_env("KITH_PASSPHRASE") {
-        Some(passphrase) => Some(passphrase),
-        None if on_terminal() => ask_new_passphrase(
-            "A passphrase to encrypt this device's key (empty: store it unencrypted): ",
-        )?,
-        None => None,
+    let path = FileKeyStore::in_home(home).path().to_path_buf();
+    let with_passphrase = |passphrase| -> Option<Arc<dyn KeyStore>> {
+        Some(Arc::new(FileKeyStore::with_passphrase(&path, passphrase)))
     };
-    match passphrase {
-        Some(passphrase) => Ok(Some(Arc::new(FileKeyStore::with_passphrase(
-            FileKeyStore::in_home(home).path(),
-            passphrase,
-        )))),
-        None => Ok(None),
+    let asked = || {
+        ask_new_passphrase(
+            "A passphrase to encrypt this device's key (empty: store it unencrypted): ",
+        )
+    };
+    let wanted = std::env::var("KITH_KEY_STORE").unwrap_or_default();
+    match wanted.as_str() {
+        "keychain" => {
+            let keychain = Keychain::os();
+            keychain
+                .probe()
+                .map_err(ClientError::from)
+                .context("KITH_KEY_STORE=keychain, but this machine's keychain does not work")?;
+            if keychain.persistence() == KeychainPersistence::UntilReboot {
+                eprintln!(
+                    "warning: this device's key is sealed by the kernel keyring, which forgets it \
+                     at reboot (or when your last session ends): this home then no longer opens \
+                     and the device must be set up again; keep the recovery key"
+                );
+            }
+            return Ok(Some(Arc::new(FileKeyStore::with_keychain(&path, keychain))));
+        }
+        "passphrase" => {
+            return match passphrase_from_env("KITH_PASSPHRASE") {
+                Some(passphrase) => Ok(with_passphrase(passphrase)),
+                None if on_terminal() => Ok(asked()?.and_then(with_passphrase)),
+                None => Err(usage(
+                    "KITH_KEY_STORE=passphrase: give the passphrase in KITH_PASSPHRASE",
+                )),
+            };
+        }
+        "plain" => return Ok(None),
+        "" => {}
+        other => {
+            return Err(usage(format!(
+                "KITH_KEY_STORE={other:?}: say keychain, passphrase or plain (or leave it unset)"
+            )));
+        }
     }
+    if let Some(passphrase) = passphrase_from_env("KITH_PASSPHRASE") {
+        return Ok(with_passphrase(passphrase));
+    }
+    let keychain = Keychain::os();
+    if keychain.persistence() == KeychainPersistence::Durable {
+        match keychain.probe() {
+            Ok(()) => return Ok(Some(Arc::new(FileKeyStore::with_keychain(&path, keychain)))),
+            Err(why) => eprintln!("warning: the keychain cannot keep this device's key ({why})"),
+        }
+    }
+    if on_terminal() {
+        return Ok(asked()?.and_then(with_passphrase));
+    }
+    Ok(None)
 }
 
-/// After a device was set up without a passphrase (`keystore` is `None`): says that its key
-/// is stored unencrypted, the last resort.
+/// After a device was set up without a passphrase or keychain (`keystore` is `None`): says
+/// that its key is stored unencrypted, the last resort.
 fn warn_if_plain(keystore: &Option<Arc<dyn KeyStore>>) {
     if keystore.is_none() {
         eprintln!(
@@ -200,7 +248,8 @@ fn encrypt_key(home: &Path) -> Result<()> {
         return Err(ClientError::NotInitialized(home.display().to_string()).into());
     };
     let current: Arc<dyn KeyStore> = match protection {
-        KeyProtection::Plain => Arc::new(file.clone()),
+        // The keychain opens a sealed file without being asked.
+        KeyProtection::Plain | KeyProtection::Keychain => Arc::new(file.clone()),
         KeyProtection::Passphrase(_) => existing_keystore(home)?.ok_or_else(|| {
             ClientError::from(KeyStoreError::PassphraseRequired(file.path().to_path_buf()))
         })?,
@@ -213,8 +262,10 @@ fn encrypt_key(home: &Path) -> Result<()> {
         Some(new) => new,
         None if on_terminal() => ask_new_passphrase("The new passphrase: ")?
             .ok_or_else(|| usage("an empty passphrase encrypts nothing"))?,
-        None if protection == KeyProtection::Plain => passphrase_from_env("KITH_PASSPHRASE")
-            .ok_or_else(|| usage("give the new passphrase in KITH_NEW_PASSPHRASE"))?,
+        None if !matches!(protection, KeyProtection::Passphrase(_)) => {
+            passphrase_from_env("KITH_PASSPHRASE")
+                .ok_or_else(|| usage("give the new passphrase in KITH_NEW_PASSPHRASE"))?
+        }
         None => return Err(usage("give the new passphrase in KITH_NEW_PASSPHRASE")),
     };
     FileKeyStore::with_passphrase(file.path(), new).save(&secrets)?;

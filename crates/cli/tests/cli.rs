@@ -84,6 +84,9 @@ fn kith(home: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kith"));
     command
         .env_remove("KITH_HOME")
+        // How a new device keeps its key is each test's choice, not the caller's environment.
+        .env_remove("KITH_KEY_STORE")
+        .env_remove("KITH_PASSPHRASE")
         .env("RUST_LOG", "error")
         .arg("--home")
         .arg(home);
@@ -1564,6 +1567,9 @@ fn kith_at(offset: &str, home: &Path) -> Command {
         .arg(offset)
         .arg(env!("CARGO_BIN_EXE_kith"))
         .env_remove("KITH_HOME")
+        // How a new device keeps its key is each test's choice, not the caller's environment.
+        .env_remove("KITH_KEY_STORE")
+        .env_remove("KITH_PASSPHRASE")
         .env("RUST_LOG", "error")
         .arg("--home")
         .arg(home);
@@ -1811,25 +1817,106 @@ fn assert_key_locked(home: &Path) {
 #[test]
 fn a_passphrase_encrypts_the_device_key_on_every_path_that_creates_a_device() {
     let relay = TestRelay::start();
-    let (_dir, [a, b, c]) = homes(["a", "b", "c"]);
-    let mut init = kith_unlocked(&a);
+    let (_dir, made) = homes(["a", "b", "c"]);
+    create_link_recover(&relay, &made, kith_unlocked);
+    for home in &made {
+        assert_key_locked(home);
+    }
+}
+
+/// Makes a device in each home, the three ways there are: the first by `kith init`, the
+/// second linked to it, the third by `kith recover` with the first's recovery key; every
+/// command as `kith` makes it.
+fn create_link_recover(relay: &TestRelay, [a, b, c]: &[PathBuf; 3], kith: fn(&Path) -> Command) {
+    let mut init = kith(a);
     init.arg("init")
         .args(relay.args())
         .args(["--device-name", "a"]);
     let recovery_key = recovery_key_in(&ok(init));
-    assert_key_locked(&a);
-
-    link_with(&a, &b, &relay, "b", kith_unlocked);
-    assert_key_locked(&b);
-
-    let mut recover = kith_unlocked(&c);
+    link_with(a, b, relay, "b", kith);
+    let mut recover = kith(c);
     recover
         .arg("recover")
         .args(relay.args())
         .args(["--device-name", "c"])
         .env("KITH_RECOVERY_KEY", &recovery_key);
     ok(recover);
-    assert_key_locked(&c);
+}
+
+/// `kith` asked to keep a new device's key sealed by the platform keychain.
+fn kith_keychain(home: &Path) -> Command {
+    let mut command = kith(home);
+    command.env("KITH_KEY_STORE", "keychain");
+    command
+}
+
+/// The device key file of `home` is sealed by the keychain: no secret in it as it is, it opens
+/// without a passphrase, an altered copy is refused, and `kith key encrypt` moves it to a
+/// passphrase and deletes its keychain entry (which also leaves no key of this test behind).
+fn assert_key_sealed_by_the_keychain(home: &Path) {
+    let key_file = home.join("device.key");
+    let sealed = std::fs::read(&key_file).expect("device.key");
+    assert!(
+        sealed.starts_with(b"KITHKEY3"),
+        "{}: the device key is not sealed by the keychain",
+        home.display()
+    );
+    let mut open = kith(home);
+    open.arg("sync");
+    ok(open);
+    let mut altered = sealed.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    std::fs::write(&key_file, &altered).expect("alter device.key");
+    let mut refused = kith(home);
+    refused.args(["contacts", "list"]);
+    let err = fails(refused);
+    assert!(err.contains("was altered"), "{err}");
+    std::fs::write(&key_file, &sealed).expect("restore device.key");
+
+    let mut encrypt = kith(home);
+    encrypt
+        .args(["key", "encrypt"])
+        .env("KITH_NEW_PASSPHRASE", PASSPHRASE);
+    ok(encrypt);
+    assert_key_locked(home);
+    // The keychain entry went with the sealed file: a copy of it opens no more.
+    std::fs::write(&key_file, &sealed).expect("put the sealed copy back");
+    let mut stale = kith(home);
+    stale.args(["contacts", "list"]);
+    let err = fails(stale);
+    assert!(err.contains("keychain does not hold"), "{err}");
+}
+
+/// Issue 10 finding 8: with `KITH_KEY_STORE=keychain`, the device key file is sealed under a
+/// key kept in the platform keychain (here the Linux kernel keyring) on every path that
+/// creates a device (init, link, recover), and each device opens without being told how.
+/// Skipped, loudly, where the keychain does not work (some containers refuse keyutils).
+#[test]
+fn the_keychain_seals_the_device_key_on_every_path_that_creates_a_device() {
+    if let Err(why) = kith_client::keystore::Keychain::os().probe() {
+        eprintln!(
+            "SKIPPED the_keychain_seals_the_device_key_on_every_path_that_creates_a_device: {why}"
+        );
+        return;
+    }
+    let relay = TestRelay::start();
+    let (dir, made) = homes(["a", "b", "c"]);
+    create_link_recover(&relay, &made, kith_keychain);
+    for home in &made {
+        assert_key_sealed_by_the_keychain(home);
+    }
+
+    // An unknown choice is a usage error, before anything is created.
+    let d = dir.path().join("d");
+    let mut unknown = kith(&d);
+    unknown
+        .env("KITH_KEY_STORE", "vault")
+        .arg("init")
+        .args(relay.args());
+    let err = fails_with(unknown, 2);
+    assert!(err.contains("KITH_KEY_STORE"), "{err}");
+    assert!(!d.join("device.key").exists());
 }
 
 /// Issue 10 finding 8: a plain key file (every home of 0.1.0, or one made without a

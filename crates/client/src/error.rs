@@ -258,6 +258,15 @@ impl ClientError {
                 "give the passphrase this device's key was encrypted with (`kith key encrypt` set it); \
                  without it, set the device up again with `kith device request` or `kith recover`",
             ),
+            ClientError::KeyStore(KeyStoreError::KeychainEntryMissing { .. }) => Some(
+                "the Linux kernel keyring forgets its keys at reboot, and another user or machine \
+                 has another keychain: move this home away and set the device up again with \
+                 `kith device request` or `kith recover`",
+            ),
+            ClientError::KeyStore(KeyStoreError::Tampered(_)) => Some(
+                "put back the device.key this home was set up with; without it, move this home \
+                 away and set the device up again with `kith device request` or `kith recover`",
+            ),
             _ => None,
         }
     }

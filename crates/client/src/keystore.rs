@@ -1,9 +1,13 @@
 //! Where a device keeps the secrets that never leave it: its signing key, its agreement key and
 //! its store secret.
 //!
-//! [`FileKeyStore`] keeps them in a file of mode 0600 in the device's home, in one of two
+//! [`FileKeyStore`] keeps them in a file of mode 0600 in the device's home, in one of three
 //! formats (docs/PROTOCOL.md §2.2):
 //!
+//! - **sealed by the keychain** ([`FileKeyStore::with_keychain`]): the secrets sealed with
+//!   XChaCha20-Poly1305 under a random wrapping key kept in the operating system's keychain
+//!   ([`Keychain`]: the macOS Keychain, the Windows Credential Manager, the Linux kernel
+//!   keyring), so a copy of the file alone yields nothing and no passphrase is asked;
 //! - **encrypted** with a passphrase ([`FileKeyStore::with_passphrase`]): the secrets sealed with
 //!   XChaCha20-Poly1305 under a key derived from the passphrase by Argon2id ([`KdfParams`]), so
 //!   a copy of the file (a backup, a stolen laptop's disk) yields nothing without the
@@ -13,8 +17,11 @@
 //!   format of every home made by Kith 0.1. It still opens; a store with a passphrase that
 //!   loads a plain file rewrites it encrypted (the migration).
 //!
-//! An app can implement [`KeyStore`] over the operating system's keychain instead (macOS
-//! Keychain, Windows Credential Manager, the Secret Service on Linux) and pass it to
+//! Every store opens every format: a sealed file opens through the keychain whatever the
+//! store was made with, so `Device::open` reads it back without being told.
+//!
+//! An app can implement [`KeyStore`] over its own secure storage instead (the Android
+//! Keystore, an iOS keychain access group, a hardware token) and pass it to
 //! [`Device::create_with_keystore`](crate::Device::create_with_keystore),
 //! [`PendingLink::new_with_keystore`](crate::PendingLink::new_with_keystore),
 //! [`Device::recover_with_keystore`](crate::Device::recover_with_keystore) and
@@ -42,6 +49,9 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use kith_protocol::keys::{DeviceAgreementKey, DeviceSigningKey, StoreSecret, system_rng};
 use rand_core::Rng;
 use zeroize::Zeroizing;
+
+mod keychain;
+pub use keychain::{Keychain, Persistence as KeychainPersistence, WrappingKey};
 
 /// The name of the device key file in a device's home.
 pub const KEY_FILE_NAME: &str = "device.key";
@@ -137,6 +147,25 @@ pub enum KeyStoreError {
          (at most 1 GiB, 64 passes, 16 lanes)"
     )]
     KdfTooCostly(PathBuf),
+    /// The key file is sealed under a keychain entry this keychain does not hold (the Linux
+    /// kernel keyring forgets at reboot; another user or machine has another keychain).
+    #[error(
+        "device key file {path} is sealed under the keychain entry \"{entry}\", which this \
+         keychain does not hold"
+    )]
+    KeychainEntryMissing {
+        /// The file.
+        path: PathBuf,
+        /// The keychain entry it names.
+        entry: String,
+    },
+    /// The key file sealed by the keychain does not open under the key the keychain holds for
+    /// it: the file (or the keychain entry) was altered or replaced.
+    #[error(
+        "device key file {0} does not open under its key in the keychain: the file or the \
+         keychain entry was altered"
+    )]
+    Tampered(PathBuf),
 }
 
 /// Storage for a device's secrets.
@@ -246,6 +275,8 @@ pub enum KeyProtection {
     Plain,
     /// Encrypted under a passphrase, with this KDF cost.
     Passphrase(KdfParams),
+    /// Sealed under a wrapping key kept in the operating system's keychain.
+    Keychain,
 }
 
 /// The encrypted key file: `KITHKEY2`, u32be memory_kib, u32be iterations, u32be parallelism,
@@ -259,12 +290,56 @@ mod sealed_format {
     pub const LEN: usize = HEADER_LEN + super::DeviceSecrets::ENCODED_LEN + 16;
 }
 
+/// Appends the plain encoding of `secrets` sealed with XChaCha20-Poly1305 under `key` to
+/// `header`, which is bound as associated data.
+fn seal_secrets(
+    key: &[u8; 32],
+    nonce: &XNonce,
+    secrets: &DeviceSecrets,
+    header: &mut Vec<u8>,
+) -> Result<(), KeyStoreError> {
+    let sealed = XChaCha20Poly1305::new(key.into())
+        .encrypt(
+            nonce,
+            Payload {
+                msg: &secrets.encode(),
+                aad: header,
+            },
+        )
+        .map_err(|_| KeyStoreError::Malformed)?;
+    header.extend_from_slice(&sealed);
+    Ok(())
+}
+
+/// Opens what [`seal_secrets`] made: `file` is the header (its first `header_len` bytes, the
+/// associated data) and the ciphertext. `None` if it does not open under `key`; an error if
+/// it opens to something that is not a key file's plain encoding.
+fn open_secrets(
+    key: &[u8; 32],
+    nonce: &XNonce,
+    file: &[u8],
+    header_len: usize,
+) -> Option<Result<DeviceSecrets, KeyStoreError>> {
+    let plain = XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            nonce,
+            Payload {
+                msg: &file[header_len..],
+                aad: &file[..header_len],
+            },
+        )
+        .map(Zeroizing::new)
+        .ok()?;
+    Some(DeviceSecrets::decode(&plain))
+}
+
 /// Secrets in a file with mode 0600, replaced atomically (write, fsync, rename): encrypted
 /// under a passphrase, or plain as the last resort (see the module docs).
 #[derive(Debug, Clone)]
 pub struct FileKeyStore {
     path: PathBuf,
     passphrase: Option<Passphrase>,
+    keychain: Option<Keychain>,
     kdf: KdfParams,
 }
 
@@ -275,6 +350,7 @@ impl FileKeyStore {
         Self {
             path: path.into(),
             passphrase: None,
+            keychain: None,
             kdf: KdfParams::DEFAULT,
         }
     }
@@ -292,6 +368,21 @@ impl FileKeyStore {
             passphrase: Some(passphrase),
             ..Self::new(path)
         }
+    }
+
+    /// A key store at `path` that saves the secrets sealed under a new wrapping key put in
+    /// `keychain` (check first that it works: [`Keychain::probe`]). Saving again seals under a
+    /// new entry and deletes the old one.
+    pub fn with_keychain(path: impl Into<PathBuf>, keychain: Keychain) -> Self {
+        Self {
+            keychain: Some(keychain),
+            ..Self::new(path)
+        }
+    }
+
+    /// The keychain that opens sealed files: the one given, else the operating system's.
+    fn keychain(&self) -> Keychain {
+        self.keychain.clone().unwrap_or_else(Keychain::os)
     }
 
     /// Uses `kdf` for the files it saves (the default is [`KdfParams::DEFAULT`]).
@@ -315,6 +406,12 @@ impl FileKeyStore {
             return Ok(Some(KeyProtection::Passphrase(
                 Self::sealed_params(&bytes).ok_or(KeyStoreError::Malformed)?,
             )));
+        }
+        if bytes.starts_with(keychain::format::MAGIC) {
+            if bytes.len() != keychain::format::LEN {
+                return Err(KeyStoreError::Malformed);
+            }
+            return Ok(Some(KeyProtection::Keychain));
         }
         DeviceSecrets::decode(&bytes)?;
         Ok(Some(KeyProtection::Plain))
@@ -382,17 +479,8 @@ impl FileKeyStore {
         let key = params
             .derive(passphrase, salt)
             .ok_or(KeyStoreError::Malformed)?;
-        let plain = XChaCha20Poly1305::new((&*key).into())
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: &bytes[HEADER_LEN..],
-                    aad: &bytes[..HEADER_LEN],
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| KeyStoreError::WrongPassphrase(self.path.clone()))?;
-        DeviceSecrets::decode(&plain)
+        open_secrets(&key, &nonce, bytes, HEADER_LEN)
+            .ok_or_else(|| KeyStoreError::WrongPassphrase(self.path.clone()))?
     }
 
     /// The encrypted encoding of `secrets`.
@@ -421,16 +509,7 @@ impl FileKeyStore {
             .kdf
             .derive(passphrase, &salt)
             .ok_or(KeyStoreError::KdfTooCostly(self.path.clone()))?;
-        let sealed = XChaCha20Poly1305::new((&*key).into())
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &secrets.encode(),
-                    aad: &out,
-                },
-            )
-            .map_err(|_| KeyStoreError::Malformed)?;
-        out.extend_from_slice(&sealed);
+        seal_secrets(&key, &XNonce::from(nonce), secrets, &mut out)?;
         Ok(out)
     }
 
@@ -471,6 +550,9 @@ impl KeyStore for FileKeyStore {
                 .ok_or_else(|| KeyStoreError::PassphraseRequired(self.path.clone()))?;
             return self.open_sealed(&bytes, passphrase).map(Some);
         }
+        if bytes.starts_with(keychain::format::MAGIC) {
+            return self.keychain().open(&self.path, &bytes).map(Some);
+        }
         let secrets = DeviceSecrets::decode(&bytes)?;
         if self.passphrase.is_some() {
             // A plain file (Kith 0.1, or made without a passphrase): encrypt it now.
@@ -480,10 +562,19 @@ impl KeyStore for FileKeyStore {
     }
 
     fn save(&self, secrets: &DeviceSecrets) -> Result<(), KeyStoreError> {
-        match &self.passphrase {
-            Some(passphrase) => self.write(&self.seal(secrets, passphrase)?),
-            None => self.write(&secrets.encode()),
+        // The file replaced: if the keychain sealed it, its entry is deleted once the new file
+        // is in place.
+        let previous = std::fs::read(&self.path).ok().map(Zeroizing::new);
+        match (&self.passphrase, &self.keychain) {
+            (Some(passphrase), _) => self.write(&self.seal(secrets, passphrase)?)?,
+            (None, Some(keychain)) => self.write(&keychain.seal(secrets)?)?,
+            (None, None) => self.write(&secrets.encode())?,
         }
+        if let Some(previous) = previous {
+            // Best effort: the new file is written; a stale entry only takes a keychain slot.
+            let _ = self.keychain().forget(&previous);
+        }
+        Ok(())
     }
 
     fn exists(&self) -> Result<bool, KeyStoreError> {
@@ -644,6 +735,137 @@ mod tests {
             Err(KeyStoreError::PassphraseRequired(_))
         ));
         assert!(store.exists().unwrap());
+    }
+
+    /// Writes a key file only its owner can read.
+    fn write_0600(path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    /// Issue 10 finding 8: a key file sealed by the keychain holds no secret in the clear,
+    /// opens through any store (the format names its keychain entry), and a new save seals
+    /// under a new entry and deletes the old one.
+    #[test]
+    fn a_key_file_sealed_by_the_keychain_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let keychain = Keychain::memory();
+        let store = FileKeyStore::with_keychain(dir.path().join("device.key"), keychain.clone());
+        let secrets = DeviceSecrets::generate();
+        store.save(&secrets).unwrap();
+        let bytes = std::fs::read(store.path()).unwrap();
+        assert!(bytes.starts_with(b"KITHKEY3"));
+        let plain = secrets.encode();
+        assert!(
+            !bytes
+                .windows(32)
+                .any(|w| w == &plain[72..104] || w == &plain[8..40] || w == &plain[40..72]),
+            "a secret in the clear"
+        );
+        assert_eq!(store.protection().unwrap(), Some(KeyProtection::Keychain));
+        assert_eq!(
+            store.load().unwrap().unwrap().store_secret,
+            secrets.store_secret
+        );
+        // Saved again: a new entry, the old one gone, the file still opens.
+        store.save(&secrets).unwrap();
+        let again = std::fs::read(store.path()).unwrap();
+        assert_ne!(again[8..24], bytes[8..24]);
+        assert_eq!(
+            store.load().unwrap().unwrap().store_secret,
+            secrets.store_secret
+        );
+        write_0600(&dir.path().join("old.key"), &bytes);
+        assert!(matches!(
+            FileKeyStore::with_keychain(dir.path().join("old.key"), keychain).load(),
+            Err(KeyStoreError::KeychainEntryMissing { .. })
+        ));
+    }
+
+    /// Issue 10 finding 8: a sealed file altered in any part (its entry id, nonce or
+    /// ciphertext), or whose keychain entry now holds another key, is refused with a typed
+    /// error, never opened.
+    #[test]
+    fn a_tampered_key_file_sealed_by_the_keychain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keychain = Keychain::memory();
+        let store = FileKeyStore::with_keychain(dir.path().join("device.key"), keychain.clone());
+        store.save(&DeviceSecrets::generate()).unwrap();
+        let good = std::fs::read(store.path()).unwrap();
+        // The nonce (in the header, which is associated data) and the ciphertext.
+        for at in [30, 60, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 1;
+            std::fs::write(store.path(), &bad).unwrap();
+            assert!(
+                matches!(store.load(), Err(KeyStoreError::Tampered(_))),
+                "byte {at} altered"
+            );
+        }
+        // The entry id: names an entry the keychain does not hold.
+        let mut bad = good.clone();
+        bad[8] ^= 1;
+        std::fs::write(store.path(), &bad).unwrap();
+        assert!(matches!(
+            store.load(),
+            Err(KeyStoreError::KeychainEntryMissing { .. })
+        ));
+        // Another file's key put under this file's entry.
+        let other = FileKeyStore::with_keychain(dir.path().join("other.key"), keychain.clone());
+        other.save(&DeviceSecrets::generate()).unwrap();
+        let other_bytes = std::fs::read(other.path()).unwrap();
+        std::fs::write(store.path(), &good).unwrap();
+        assert!(store.load().is_ok());
+        let mut grafted = good.clone();
+        grafted[24..].copy_from_slice(&other_bytes[24..]);
+        std::fs::write(store.path(), &grafted).unwrap();
+        assert!(matches!(store.load(), Err(KeyStoreError::Tampered(_))));
+        // Truncated or extended: malformed.
+        std::fs::write(store.path(), &good[..good.len() - 1]).unwrap();
+        assert!(matches!(store.load(), Err(KeyStoreError::Malformed)));
+        assert!(matches!(store.protection(), Err(KeyStoreError::Malformed)));
+    }
+
+    /// The wrapping key never prints: Debug shows its fingerprint, and the fingerprint is
+    /// not a piece of the key.
+    #[test]
+    fn the_wrapping_key_prints_only_its_fingerprint() {
+        let key = WrappingKey::from_stored(&[7u8; 32]).unwrap();
+        let printed = format!("{key:?}");
+        assert!(printed.contains(&key.fingerprint()), "{printed}");
+        assert!(!printed.contains(&hex::encode([7u8; 4])), "{printed}");
+        let store = FileKeyStore::with_keychain("device.key", Keychain::memory());
+        assert!(!format!("{store:?}").contains("07070707"));
+    }
+
+    /// The real keychain of this machine: the Linux kernel keyring (keyutils) here. Skipped,
+    /// loudly, where it is not usable (some containers refuse the key syscalls).
+    #[test]
+    fn the_os_keychain_round_trips_a_sealed_key_file() {
+        let keychain = Keychain::os();
+        if let Err(why) = keychain.probe() {
+            eprintln!("SKIPPED the_os_keychain_round_trips_a_sealed_key_file: {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileKeyStore::with_keychain(dir.path().join("device.key"), keychain);
+        let secrets = DeviceSecrets::generate();
+        store.save(&secrets).unwrap();
+        // Opened by a store told nothing (what `Device::open` uses).
+        let loaded = FileKeyStore::in_home(dir.path()).load().unwrap().unwrap();
+        assert_eq!(loaded.store_secret, secrets.store_secret);
+        // Replaced by a plain file: the keychain entry is deleted with it.
+        let sealed = std::fs::read(store.path()).unwrap();
+        FileKeyStore::in_home(dir.path()).save(&secrets).unwrap();
+        write_0600(&dir.path().join("sealed.key"), &sealed);
+        assert!(matches!(
+            FileKeyStore::new(dir.path().join("sealed.key")).load(),
+            Err(KeyStoreError::KeychainEntryMissing { .. })
+        ));
     }
 
     #[test]
