@@ -161,18 +161,21 @@ pub async fn read_frame_body(
     Ok(body.freeze())
 }
 
-/// The largest UDP payload Kith's QUIC endpoints offer to receive and probe for: a 9,000-byte
-/// ("jumbo") link MTU less the IPv6 and UDP headers, valid for IPv4 too.
+/// The largest UDP payload Kith's QUIC endpoints offer to receive and probe for: 6,550 bytes,
+/// the most that quinn's batches of up to 10 datagrams (one UDP generic-segmentation send)
+/// keep within the 65,507 bytes a single UDP send may carry. Larger datagrams (a 9,000-byte
+/// jumbo MTU) make quinn 0.11 build batches the kernel refuses (`EMSGSIZE`, which quinn-udp
+/// drops silently as it expects it only of MTU probes): every batch would be lost.
 ///
 /// quinn's defaults stop at 1,472 bytes accepted and 1,452 probed, an Ethernet path. Every
 /// packet costs a fixed share of work at both ends (header protection, frame parsing, an
 /// acknowledgement, stream reassembly, a system call per batch), so where the path carries
 /// larger datagrams (a relay on the same host as its clients, a LAN or data-centre link with
-/// jumbo frames) a push of 100 envelopes takes ~10 packets instead of ~60. On an Internet path
+/// jumbo frames) a push of 100 envelopes takes ~13 packets instead of ~60. On an Internet path
 /// nothing changes: MTU discovery (RFC 8899, quinn's `MtuDiscoveryConfig`) probes upward from
 /// 1,200 bytes and keeps the largest size that was acknowledged, so packets stay at the path's
 /// MTU; the probes lost on the way cost a few datagrams per connection every ten minutes.
-pub const MAX_UDP_PAYLOAD: u16 = 9000 - 48;
+pub const MAX_UDP_PAYLOAD: u16 = 6550;
 
 /// Lets `transport` discover and use datagrams of up to `max` bytes (at least 1,200; see
 /// [`MAX_UDP_PAYLOAD`]) where the path carries them.

@@ -85,7 +85,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     endpoints: usize,
     /// Largest UDP payload the tool's connections send and accept (1452: an Ethernet path,
-    /// whatever loopback would carry) [default: kith_net::MAX_UDP_PAYLOAD, 8952]
+    /// whatever loopback would carry) [default: kith_net::MAX_UDP_PAYLOAD, 6550]
     #[arg(long, default_value_t = kith_net::MAX_UDP_PAYLOAD)]
     max_udp_payload: u16,
     /// Churn mode: set up --accounts accounts, then run this many sequential connect,
