@@ -272,6 +272,8 @@ fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    // Larger datagrams where the path to the relay carries them (kith_net::MAX_UDP_PAYLOAD).
+    kith_net::probe_udp_payload(&mut transport, kith_net::MAX_UDP_PAYLOAD);
     transport.max_idle_timeout(Some(
         Duration::from_secs(60)
             .try_into()

@@ -472,7 +472,23 @@ fn read_canonical_header(mut bytes: &[u8]) -> Option<RawHeader<'_>> {
 }
 
 /// A varint of at most 10 bytes in its shortest form (no trailing zero byte), or `None`.
+///
+/// Every key and length of a header, and most of its numbers, are one byte: that case is
+/// inlined into the header reader, the rest is [`read_long_varint`].
+#[inline(always)]
 fn read_minimal_varint(bytes: &mut &[u8]) -> Option<u64> {
+    match bytes.split_first() {
+        Some((&byte, rest)) if byte < 0x80 => {
+            *bytes = rest;
+            Some(u64::from(byte))
+        }
+        _ => read_long_varint(bytes),
+    }
+}
+
+/// [`read_minimal_varint`] of anything but a one-byte varint (or of nothing).
+#[inline(never)]
+fn read_long_varint(bytes: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for (i, &byte) in bytes.iter().enumerate().take(10) {
         if i == 9 && byte > 1 {

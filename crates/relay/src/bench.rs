@@ -24,7 +24,7 @@ use kith_protocol::encoding::labels;
 use kith_protocol::ids::AccountId;
 use kith_protocol::keys::{AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, system_rng};
 use kith_protocol::proto;
-use kith_relay::client::{RelayClient, shared_endpoint};
+use kith_relay::client::{RelayClient, shared_endpoint_up_to};
 use kith_relay::tls::SHARED_IDENTITY_FILES;
 use kith_relay::wire;
 use prost::Message;
@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// Client UDP endpoints the connections are spread over
     #[arg(long, default_value_t = 4)]
     endpoints: usize,
+    /// Largest UDP payload the tool's connections send and accept (1452: an Ethernet path,
+    /// whatever loopback would carry) [default: kith_net::MAX_UDP_PAYLOAD, 6550]
+    #[arg(long, default_value_t = kith_net::MAX_UDP_PAYLOAD)]
+    max_udp_payload: u16,
     /// Churn mode: set up --accounts accounts, then run this many sequential connect,
     /// authenticate, push, pull, close cycles, reporting the relay's RSS as it goes (0: only
     /// set up the accounts and report). Replaces the push/pull phases.
@@ -751,7 +755,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         return churn::run(churn, addr, pin, relay_pid).await;
     }
     let endpoints: Vec<quinn::Endpoint> = (0..args.endpoints.max(1))
-        .map(|_| shared_endpoint(pin))
+        .map(|_| shared_endpoint_up_to(pin, args.max_udp_payload))
         .collect::<Result<_, _>>()?;
 
     // Setup: one account per device.

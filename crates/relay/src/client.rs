@@ -439,16 +439,25 @@ impl Subscription {
 
 /// Shares one client endpoint (one UDP socket) among many connections, as the load tool does.
 pub fn shared_endpoint(cert_sha256: [u8; 32]) -> Result<quinn::Endpoint, RelayClientError> {
+    shared_endpoint_up_to(cert_sha256, kith_net::MAX_UDP_PAYLOAD)
+}
+
+/// [`shared_endpoint`] whose datagrams, sent and accepted, are at most `max_udp_payload` bytes
+/// (1,452: an Ethernet path, whatever the path to the relay would carry).
+pub fn shared_endpoint_up_to(
+    cert_sha256: [u8; 32],
+    max_udp_payload: u16,
+) -> Result<quinn::Endpoint, RelayClientError> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let sock = socket2::SockRef::from(&socket);
     let _ = sock.set_recv_buffer_size(4 * 1024 * 1024);
     let _ = sock.set_send_buffer_size(4 * 1024 * 1024);
     let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        kith_net::endpoint_config(max_udp_payload),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
-    endpoint.set_default_client_config(tls::client_config(cert_sha256)?);
+    endpoint.set_default_client_config(tls::client_config_up_to(cert_sha256, max_udp_payload)?);
     Ok(endpoint)
 }

@@ -119,7 +119,8 @@ pub fn endpoint_config(config: &RelayConfig) -> Result<quinn::EndpointConfig, Tl
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&cid_tag.as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
-    let mut endpoint = quinn::EndpointConfig::default();
+    // Datagrams larger than an Ethernet path's where the path carries them (kith_net::MAX_UDP_PAYLOAD).
+    let mut endpoint = kith_net::endpoint_config(kith_net::MAX_UDP_PAYLOAD);
     endpoint.reset_key(Arc::new(key)).cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
@@ -343,6 +344,7 @@ fn transport(limits: &Bounds) -> quinn::TransportConfig {
         )
         .send_window(window.saturating_mul(2))
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
+    kith_net::probe_udp_payload(&mut transport, kith_net::MAX_UDP_PAYLOAD);
     transport
 }
 
@@ -367,14 +369,25 @@ pub fn server_config(
 }
 
 /// A QUIC client configuration that trusts only the pinned certificate (by the SHA-256 of its
-/// key, or of the whole certificate), speaking `kith/1`.
+/// key, or of the whole certificate), speaking `kith/1`, probing for datagrams of up to
+/// [`kith_net::MAX_UDP_PAYLOAD`] bytes.
 pub fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_up_to(pin, kith_net::MAX_UDP_PAYLOAD)
+}
+
+/// [`client_config`] sending datagrams of at most `max_udp_payload` bytes (1,452: what an
+/// Ethernet path allows, whatever the path to the relay would carry).
+pub fn client_config_up_to(
+    pin: [u8; 32],
+    max_udp_payload: u16,
+) -> Result<quinn::ClientConfig, TlsError> {
     let tls = kith_tls::pinned_client_config(pin)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
+    kith_net::probe_udp_payload(&mut transport, max_udp_payload);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

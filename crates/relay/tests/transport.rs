@@ -69,3 +69,52 @@ async fn a_classical_client_still_connects_with_x25519() {
     })
     .await;
 }
+
+/// The largest datagram the connection has had acknowledged on its path (quinn's path MTU).
+fn mtu(client: &RelayClient) -> u16 {
+    client.connection().stats().path.current_mtu
+}
+
+/// Round trips until the client's datagrams grow past an Ethernet path's 1,452 bytes; how
+/// many it took.
+async fn round_trips_until_past_ethernet(client: &RelayClient) -> usize {
+    let mut trips = 0;
+    while mtu(client) <= 1452 {
+        client
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
+        trips += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    trips
+}
+
+#[tokio::test]
+async fn datagrams_grow_past_ethernet_size_where_the_path_carries_them() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        // Loopback carries 64 KiB datagrams: the relay accepts, and its clients probe for, up
+        // to kith_net::MAX_UDP_PAYLOAD; quinn's defaults would stop at 1,452 (test timeout).
+        let client = relay.connect().await;
+        let trips = round_trips_until_past_ethernet(&client).await;
+        assert!(mtu(&client) <= kith_net::MAX_UDP_PAYLOAD);
+
+        // A client held to an Ethernet path's size stays there over more round trips than
+        // the first one needed, on the same relay.
+        let endpoint =
+            kith_relay::client::shared_endpoint_up_to(relay.handle.cert_sha256(), 1452).unwrap();
+        let held = RelayClient::connect_with(endpoint, relay.handle.local_addr())
+            .await
+            .unwrap();
+        for _ in 0..(trips + 1) * 3 {
+            held.request(request::Kind::GetChallenge(proto::GetChallenge {}))
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(mtu(&held) <= 1452, "{}", mtu(&held));
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
