@@ -1140,18 +1140,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_writer_of_merged_records_takes_the_records_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let relay =
-            kith_relay::Relay::start(kith_relay::RelayConfig::for_tests(dir.path().join("relay")))
-                .await
-                .unwrap();
-        let target = crate::net::RelayTarget::pinned(
-            relay.local_addr().to_string(),
-            &hex::encode(relay.cert_sha256()),
-        )
-        .unwrap();
-        let (device, _) = Device::create(&dir.path().join("a"), target, "a", None)
-            .await
-            .unwrap();
+        let (relay, device) = crate::sync::tests::device_on_relay(dir.path()).await;
         let fields = ContactFields {
             name: Some("Ada Lovelace".into()),
             ..Default::default()

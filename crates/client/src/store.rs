@@ -766,8 +766,12 @@ impl StoreTxn<'_> {
 
     /// Removes one value.
     pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), LocalStoreError> {
-        self.tx.prepare_cached(remove_sql(tree))?.execute([key])?;
-        Ok(())
+        self.removed(tree, key).map(drop)
+    }
+
+    /// Removes one value; whether there was one (without reading or opening it).
+    pub fn removed(&self, tree: TreeName, key: &[u8]) -> Result<bool, LocalStoreError> {
+        Ok(self.tx.prepare_cached(remove_sql(tree))?.execute([key])? > 0)
     }
 
     /// Every key of a tree, in order.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use kith_protocol::envelope::{self, EnvelopeError, EnvelopeHash, ParsedEnvelope};
 use kith_protocol::epoch;
+use kith_protocol::limits::{MAX_OPERATIONS_PER_BATCH, MAX_PAYLOAD_BYTES};
 use kith_protocol::merge::{ContactSet, RecordState};
 use kith_protocol::proto::{self, PayloadKind, request, response};
-use kith_protocol::record::{self, Operation};
+use kith_protocol::record;
 use kith_protocol::roster::VerifiedRoster;
 use kith_protocol::stream::StreamVerifier;
 use kith_protocol::writer_view::WriterView;
@@ -28,6 +29,9 @@ use crate::store::{LocalStoreError, StoreTxn, TreeName};
 pub(crate) const OPS_PER_ENVELOPE: usize = 1_000;
 /// Plaintext bytes per envelope before a new one is started.
 const BYTES_PER_ENVELOPE: usize = 512 * 1024;
+/// Bytes reserved after a payload for the writer's view (a roster hash and one position per
+/// other device: 60 bytes and 22 per device), so that appending it rarely reallocates.
+const WRITER_VIEW_ROOM: usize = 64 + 24 * 16;
 /// Envelopes per push request.
 const ENVELOPES_PER_PUSH: usize = 64;
 /// Envelope bytes per push request.
@@ -462,6 +466,12 @@ impl Device {
     /// is either still pending or in exactly one envelope, whatever the moment of a crash. One
     /// write transaction, so two processes sharing the store never seal the same operations
     /// twice or two envelopes with one seq.
+    ///
+    /// A pending entry is an encoded `OperationBatch` of operations only, and such batches
+    /// concatenate (`record::operations_only_count`): an envelope's payload is its entries'
+    /// bytes one after the other, then the wall time and the writer's view, the bytes that
+    /// decoding and encoding the operations again would give, at the cost of a copy. An entry
+    /// in any other form (none is written so) is decoded and encoded again.
     pub(crate) fn seal_pending(&self) -> Result<usize> {
         let store = &self.inner.store;
         if store.is_empty(TreeName::Pending)? {
@@ -469,27 +479,37 @@ impl Device {
         }
         store.transaction(|tx| {
             let mut batch_keys = Vec::new();
-            let mut batch_ops: Vec<Operation> = Vec::new();
+            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut batch_ops = 0usize;
             let mut batch_bytes = 0usize;
             let mut sealed_count = 0;
             for key in tx.keys(TreeName::Pending)? {
-                let Some(plain) = tx.get(TreeName::Pending, &key)? else {
+                let Some(mut plain) = tx.get(TreeName::Pending, &key)? else {
                     continue;
                 };
-                let ops = record::decode_batch(&plain)?;
+                let count = match record::operations_only_count(&plain) {
+                    Some(count) => count,
+                    None => {
+                        let ops = record::decode_batch(&plain)?;
+                        plain = record::encode_batch(&ops)?;
+                        ops.len()
+                    }
+                };
                 batch_bytes += plain.len();
-                batch_ops.extend(ops);
+                batch_ops += count;
+                batch.push(plain);
                 batch_keys.push(key);
-                if batch_ops.len() >= OPS_PER_ENVELOPE || batch_bytes >= BYTES_PER_ENVELOPE {
-                    self.seal_batch(tx, &batch_keys, &batch_ops, PayloadKind::Operations)?;
+                if batch_ops >= OPS_PER_ENVELOPE || batch_bytes >= BYTES_PER_ENVELOPE {
+                    self.seal_batch(tx, &batch_keys, &batch, batch_ops, batch_bytes)?;
                     sealed_count += 1;
                     batch_keys.clear();
-                    batch_ops.clear();
+                    batch.clear();
+                    batch_ops = 0;
                     batch_bytes = 0;
                 }
             }
             if !batch_keys.is_empty() {
-                self.seal_batch(tx, &batch_keys, &batch_ops, PayloadKind::Operations)?;
+                self.seal_batch(tx, &batch_keys, &batch, batch_ops, batch_bytes)?;
                 sealed_count += 1;
             }
             Ok(sealed_count)
@@ -515,23 +535,37 @@ impl Device {
         })
     }
 
+    /// Seals pending entries (encoded batches of operations only, `ops` operations and
+    /// `bytes` bytes in all) as one `OperationBatch` envelope, removing `pending_keys`.
     fn seal_batch(
         &self,
         tx: &StoreTxn<'_>,
         pending_keys: &[Vec<u8>],
-        ops: &[Operation],
-        kind: PayloadKind,
+        batch: &[Vec<u8>],
+        ops: usize,
+        bytes: usize,
     ) -> Result<()> {
+        if ops > MAX_OPERATIONS_PER_BATCH {
+            return Err(record::RecordError::TooManyOperations { count: ops }.into());
+        }
+        // Room for the wall time and the writer's view, appended below.
+        let mut payload = Vec::with_capacity(bytes + 16 + WRITER_VIEW_ROOM);
+        for entry in batch {
+            payload.extend_from_slice(entry);
+        }
         // The wall time lets receivers report a device whose date is wrong (§8).
-        let payload = record::encode_batch_written_at(ops, now_ms())?;
-        self.seal_payload(tx, pending_keys, &payload, kind)
+        record::append_written_at(&mut payload, now_ms());
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(record::RecordError::BatchTooLarge { len: payload.len() }.into());
+        }
+        self.seal_payload(tx, pending_keys, payload, PayloadKind::Operations)
     }
 
     /// Seals an encoded `OperationBatch` as this device's next envelope, into the outbox.
     pub(crate) fn seal_operations_payload(&self, payload: &[u8]) -> Result<()> {
         self.inner
             .store
-            .transaction(|tx| self.seal_payload(tx, &[], payload, PayloadKind::Operations))
+            .transaction(|tx| self.seal_payload(tx, &[], payload.to_vec(), PayloadKind::Operations))
     }
 
     /// Seals one payload as this device's next envelope and moves it to the outbox,
@@ -541,7 +575,7 @@ impl Device {
         &self,
         tx: &StoreTxn<'_>,
         pending_keys: &[Vec<u8>],
-        payload: &[u8],
+        mut payload: Vec<u8>,
         kind: PayloadKind,
     ) -> Result<()> {
         self.check_no_newer_epoch(tx)?;
@@ -552,7 +586,6 @@ impl Device {
             let state = self.state();
             // Every payload states the roster this device writes under and how far it merged
             // every other stream, so receivers can tell what the relay holds back (§4).
-            let mut payload = payload.to_vec();
             WriterView {
                 roster_version: state.roster.version(),
                 roster_hash: state.roster.hash(),
@@ -627,19 +660,23 @@ impl Device {
         let mut pushed = 0;
         loop {
             while in_flight.len() < PUSHES_IN_FLIGHT {
-                let (batch, last_seq) = next_push_batch(&mut outbox)?;
-                if batch.is_empty() {
+                let (batch, seqs) = next_push_batch(&mut outbox)?;
+                let Some(&last_seq) = seqs.last() else {
                     break;
-                }
-                let count = batch.len();
+                };
+                // The envelopes are kept beside the request, to be kept for healing once
+                // acknowledged without reading and opening their outbox copies again.
                 let request = connection
-                    .send(request::Kind::Push(proto::Push { envelopes: batch }))
+                    .send(request::Kind::Push(proto::Push {
+                        envelopes: batch.clone(),
+                    }))
                     .await?;
-                in_flight.push_back((last_seq, count, request));
+                in_flight.push_back((last_seq, seqs, batch, request));
             }
-            let Some((last_seq, count, request)) = in_flight.pop_front() else {
+            let Some((last_seq, seqs, batch, request)) = in_flight.pop_front() else {
                 break;
             };
+            let count = batch.len();
             let answer = request.answer().await?;
             let response::Kind::PushAck(ack) = answer else {
                 return Err(crate::net::NetError::Protocol("expected a push ack".into()).into());
@@ -654,12 +691,11 @@ impl Device {
             // Acknowledged envelopes are kept (until a compaction covers them), so that a relay
             // that loses them is restored byte for byte (docs/PROTOCOL.md §13.1).
             store.transaction(|tx| {
-                for seq in (last_seq + 1 - count as u64)..=last_seq {
-                    let key = seq.to_be_bytes();
-                    if let Some(envelope) = tx.get(TreeName::Outbox, &key)? {
-                        tx.put(TreeName::Meta, &crate::heal::sent_key(seq), &envelope)?;
+                for (seq, envelope) in seqs.iter().zip(&batch) {
+                    // Unless another process sharing the store moved or dropped it meanwhile.
+                    if tx.removed(TreeName::Outbox, &seq.to_be_bytes())? {
+                        tx.put(TreeName::Meta, &crate::heal::sent_key(*seq), envelope)?;
                     }
-                    tx.remove(TreeName::Outbox, &key)?;
                 }
                 tx.put(TreeName::Meta, meta::ACKED, &last_seq.to_be_bytes())
             })?;
@@ -1442,7 +1478,7 @@ impl Device {
         let payload = snapshot.encode_to_vec();
         self.inner
             .store
-            .transaction(|tx| self.seal_payload(tx, &[], &payload, PayloadKind::Snapshot))
+            .transaction(|tx| self.seal_payload(tx, &[], payload, PayloadKind::Snapshot))
     }
 
     /// The relay's usage figures for this account.
@@ -1501,14 +1537,14 @@ fn pull_request(cursors: &BTreeMap<DeviceId, u64>) -> request::Kind {
 }
 
 /// The next push's envelopes from the outbox scan, bounded by [`ENVELOPES_PER_PUSH`] and
-/// [`BYTES_PER_PUSH`] (at least one envelope), and the seq of its last: empty at the end.
+/// [`BYTES_PER_PUSH`] (at least one envelope), and their seqs: empty at the end.
 fn next_push_batch(
     outbox: &mut std::iter::Peekable<
         impl Iterator<Item = std::result::Result<crate::store::Entry, crate::store::LocalStoreError>>,
     >,
-) -> Result<(Vec<Vec<u8>>, u64)> {
+) -> Result<(Vec<Vec<u8>>, Vec<u64>)> {
     let mut batch = Vec::new();
-    let mut last_seq = 0;
+    let mut seqs = Vec::new();
     let mut batch_bytes = 0;
     while let Some(item) = outbox.peek() {
         // Stay well inside the relay's frame limit (4 MiB by default).
@@ -1527,9 +1563,11 @@ fn next_push_batch(
         let (key, envelope) = item?;
         batch_bytes += envelope.len();
         batch.push(envelope);
-        last_seq = u64::from_be_bytes(key.as_slice().try_into().unwrap_or_default());
+        seqs.push(u64::from_be_bytes(
+            key.as_slice().try_into().unwrap_or_default(),
+        ));
     }
-    Ok((batch, last_seq))
+    Ok((batch, seqs))
 }
 
 pub(crate) async fn usage(connection: &RelayConnection) -> Result<proto::Usage> {
@@ -1555,4 +1593,98 @@ pub struct CompactReport {
     /// up to the envelope before the snapshot, and each other device's stream up to what this
     /// device had verified and merged. The snapshot carries them too (docs/PROTOCOL.md §9).
     pub covers: Vec<(DeviceId, u64)>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use kith_protocol::hlc::Hlc;
+    use kith_protocol::record::{FieldKey, FieldWrite, Operation};
+
+    use super::*;
+    use crate::ContactFields;
+
+    /// A relay on loopback with its data in `dir`, and a new account's device "a" on it.
+    pub(crate) async fn device_on_relay(
+        dir: &std::path::Path,
+    ) -> (kith_relay::RelayHandle, Device) {
+        let relay = kith_relay::Relay::start(kith_relay::RelayConfig::for_tests(dir.join("relay")))
+            .await
+            .unwrap();
+        let target = crate::net::RelayTarget::pinned(
+            relay.local_addr().to_string(),
+            &hex::encode(relay.cert_sha256()),
+        )
+        .unwrap();
+        let (device, _) = Device::create(&dir.join("a"), target, "a", None)
+            .await
+            .unwrap();
+        (relay, device)
+    }
+
+    /// Pending entries are sealed by concatenating their bytes: the envelope holds every
+    /// operation in order, byte for byte what encoding them again gives, also when an entry
+    /// is not in the concatenable form (here one stamped with a wall time, which is decoded and
+    /// encoded again). Once pushed, the acknowledged envelope is kept as sent, byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_entries_are_sealed_as_one_batch_of_all_their_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device) = device_on_relay(dir.path()).await;
+        device.sync().await.unwrap();
+        for name in ["Ada Lovelace", "Grace Hopper"] {
+            let fields = ContactFields {
+                name: Some(name.into()),
+                ..Default::default()
+            };
+            device.add_contact(&fields).await.unwrap();
+        }
+        let store = &device.inner.store;
+        let id = RecordId::from_bytes([5; 16]);
+        let write =
+            FieldWrite::set(FieldKey::name(), record::value::text("Alan Turing"), []).unwrap();
+        let clock = Hlc::new(now_ms(), 0, device.inner.device_id);
+        let stamped = Operation::upsert(id, clock, [write]).unwrap();
+        let legacy = record::encode_batch_written_at(std::slice::from_ref(&stamped), 7).unwrap();
+        assert_eq!(record::operations_only_count(&legacy), None);
+        store
+            .transaction(|tx| {
+                let key = tx.next_id()?.to_be_bytes();
+                tx.put(TreeName::Pending, &key, &legacy)
+            })
+            .unwrap();
+        let mut expected = Vec::new();
+        for key in store.keys(TreeName::Pending).unwrap() {
+            let bytes = store.get(TreeName::Pending, &key).unwrap().unwrap();
+            expected.extend(record::decode_batch(&bytes).unwrap());
+        }
+        assert_eq!(expected.len(), 3);
+        assert_eq!(expected.last(), Some(&stamped));
+
+        assert_eq!(device.seal_pending().unwrap(), 1);
+        assert!(store.is_empty(TreeName::Pending).unwrap());
+        let (seq, envelope) = store.scan(TreeName::Outbox).next().unwrap().unwrap();
+        let parsed = ParsedEnvelope::decode(&envelope).unwrap();
+        let payload = {
+            let state = device.state();
+            parsed.open(&state.roster, &state.epochs).unwrap()
+        };
+        let (ops, written_at) = record::decode_batch_written_at(&payload).unwrap();
+        assert_eq!(ops, expected);
+        let mut encoded = record::encode_batch_written_at(&expected, written_at.unwrap()).unwrap();
+        WriterView::read(&payload)
+            .unwrap()
+            .unwrap()
+            .append_to(&mut encoded);
+        assert_eq!(payload, encoded);
+
+        assert_eq!(device.sync().await.unwrap().pushed, 1);
+        assert!(store.is_empty(TreeName::Outbox).unwrap());
+        let seq = u64::from_be_bytes(seq.as_slice().try_into().unwrap());
+        assert_eq!(
+            store
+                .get(TreeName::Meta, &crate::heal::sent_key(seq))
+                .unwrap(),
+            Some(envelope)
+        );
+        relay.shutdown().await.unwrap();
+    }
 }

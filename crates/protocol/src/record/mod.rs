@@ -70,8 +70,9 @@ use crate::limits::{
 
 pub use key::{FieldKey, FieldKind, KeyProblem, SourceKind};
 pub use operation::{
-    BatchParts, FieldWrite, Operation, OperationKind, decode_batch, decode_batch_parts,
-    decode_batch_written_at, encode_batch, encode_batch_written_at,
+    BatchParts, FieldWrite, Operation, OperationKind, append_written_at, decode_batch,
+    decode_batch_parts, decode_batch_written_at, encode_batch, encode_batch_written_at,
+    operations_only_count,
 };
 pub use value::{decode_value, encode_value};
 

@@ -256,6 +256,43 @@ pub fn encode_batch_written_at(
     Ok(bytes)
 }
 
+/// How many operations `bytes` holds, read from its framing alone, if it is an encoded
+/// `OperationBatch` of operations only (field 1, as [`encode_batch`] writes it): `None` if it
+/// holds any other field or its framing is malformed. The operations themselves are not
+/// decoded, so this is for bytes this device encoded itself (its own pending operations), not
+/// for untrusted input.
+///
+/// Such batches concatenate: the bytes of several, one after the other, are the batch of all
+/// their operations in order, byte for byte what [`encode_batch`] writes for them, and
+/// [`append_written_at`] then gives what [`encode_batch_written_at`] writes. A device seals its
+/// pending operations that way, without decoding and encoding them again.
+pub fn operations_only_count(bytes: &[u8]) -> Option<usize> {
+    // Field 1, length-delimited.
+    const OPERATION_KEY: u8 = (1 << 3) | 2;
+    let mut rest = bytes;
+    let mut count = 0;
+    while let Some((&key, after)) = rest.split_first() {
+        if key != OPERATION_KEY {
+            return None;
+        }
+        let mut after = after;
+        let len = prost::encoding::decode_varint(&mut after).ok()?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= after.len())?;
+        rest = &after[len..];
+        count += 1;
+    }
+    Some(count)
+}
+
+/// Appends the writer's wall clock (`written_at_ms`, omitted when 0) to an encoded batch of
+/// operations only ([`operations_only_count`]): the result is what [`encode_batch_written_at`]
+/// writes for those operations.
+pub fn append_written_at(batch: &mut Vec<u8>, written_at_ms: u64) {
+    put_varint(2, written_at_ms, batch);
+}
+
 /// Decodes and validates an `OperationBatch` from untrusted bytes.
 ///
 /// The length is bounded before decoding ([`MAX_PAYLOAD_BYTES`]), then the operation count,

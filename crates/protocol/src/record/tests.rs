@@ -721,6 +721,28 @@ proptest! {
     }
 
     #[test]
+    fn batches_of_operations_only_concatenate_into_the_encoding_of_all(
+        first in prop::collection::vec(arb_operation(), 0..6),
+        second in prop::collection::vec(arb_operation(), 0..6),
+        written_at_ms in prop_oneof![Just(0u64), any::<u64>()],
+    ) {
+        let (a, b) = (encode_batch(&first).unwrap(), encode_batch(&second).unwrap());
+        prop_assert_eq!(operations_only_count(&a), Some(first.len()));
+        prop_assert_eq!(operations_only_count(&b), Some(second.len()));
+        let mut joined = [a.as_slice(), b.as_slice()].concat();
+        append_written_at(&mut joined, written_at_ms);
+        let all: Vec<Operation> = first.iter().chain(&second).cloned().collect();
+        prop_assert_eq!(&joined, &encode_batch_written_at(&all, written_at_ms).unwrap());
+        // A batch with any other field, or cut short, is not one of operations only.
+        if written_at_ms != 0 {
+            prop_assert_eq!(operations_only_count(&joined), None);
+        }
+        if !a.is_empty() {
+            prop_assert_eq!(operations_only_count(&a[..a.len() - 1]), None);
+        }
+    }
+
+    #[test]
     fn record_state_encoding_is_prosts_byte_for_byte(
         ops in prop::collection::vec(arb_operation(), 0..12),
     ) {
