@@ -83,11 +83,14 @@ impl RecordPipeline {
         records: Records,
         write: impl FnOnce(&Records) -> Result<()> + Send + 'static,
     ) -> Result<()> {
-        self.wait().await?;
+        let previous = self.finish().await?;
         let records = Arc::new(records);
         let written = Arc::clone(&records);
         let guard = Arc::clone(&self.guard);
         let task = tokio::task::spawn_blocking(move || {
+            // The previous batch's states are freed here, not on the merging thread, which is
+            // the busier of the two (dropping a batch of states was 5 % of an import).
+            drop(previous);
             let result = write(&written);
             drop(guard);
             result
@@ -98,13 +101,19 @@ impl RecordPipeline {
 
     /// Waits until the batch in flight, if any, has been written.
     pub(crate) async fn wait(&mut self) -> Result<()> {
-        if let Some(in_flight) = self.in_flight.take() {
-            in_flight
-                .task
-                .await
-                .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
-        }
-        Ok(())
+        self.finish().await.map(drop)
+    }
+
+    /// [`RecordPipeline::wait`], returning the states of the batch that was in flight.
+    async fn finish(&mut self) -> Result<Option<Arc<Records>>> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        in_flight
+            .task
+            .await
+            .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
+        Ok(Some(in_flight.records))
     }
 }
 
