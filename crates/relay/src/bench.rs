@@ -678,6 +678,7 @@ async fn abuse_rounds(
     pin: [u8; 32],
     relay_pid: Option<u32>,
     metrics: Option<SocketAddr>,
+    endpoints: &[quinn::Endpoint],
 ) -> Result<()> {
     let second: Vec<Vec<Bytes>> = prepared
         .iter_mut()
@@ -692,16 +693,18 @@ async fn abuse_rounds(
             None => abuse::RelayCounts::default(),
         }
     };
-    let print_udp = |round: &str, before: Option<(u64, u64)>| {
-        if let (Some((errors, buffer)), Some((errors_now, buffer_now))) =
-            (before, abuse::udp_drops())
-        {
-            println!(
-                "kernel, {round}: {} UDP datagrams dropped ({} for a full receive buffer)",
-                errors_now - errors,
-                buffer_now - buffer
-            );
-        }
+    let honest: Vec<SocketAddr> = endpoints
+        .iter()
+        .filter_map(|e| e.local_addr().ok())
+        .collect();
+    let connections: Vec<&quinn::Connection> =
+        devices.iter().map(|d| d.client.connection()).collect();
+    let print_udp = |round: &str, before: &std::collections::HashMap<SocketAddr, u64>, lost| {
+        abuse::print_udp_drops(round, before, addr, &honest);
+        println!(
+            "honest connections, {round}: {} packets declared lost and sent again",
+            abuse::lost_packets(&connections) - lost
+        );
     };
     let print_lag = |round: &str, (p99, max): (Duration, Duration)| {
         println!(
@@ -712,9 +715,10 @@ async fn abuse_rounds(
     };
 
     println!("round 1: honest devices alone");
-    let (counts, udp, probe) = (
+    let (counts, udp, lost, probe) = (
         relay_counts().await,
         abuse::udp_drops(),
+        abuse::lost_packets(&connections),
         abuse::LagProbe::start(),
     );
     let alone = push_round(
@@ -729,7 +733,7 @@ async fn abuse_rounds(
     .await?;
     print_lag("round 1", probe.finish().await);
     print_relay_counts_if(metrics, "round 1", &counts, &relay_counts().await);
-    print_udp("round 1", udp);
+    print_udp("round 1", &udp, lost);
 
     let plan = abuse::Abuse {
         idle: args.abuse_idle,
@@ -754,9 +758,10 @@ async fn abuse_rounds(
         plan.stalled,
         plan.flooders
     );
-    let (counts, udp, probe) = (
+    let (counts, udp, lost, probe) = (
         relay_counts().await,
         abuse::udp_drops(),
+        abuse::lost_packets(&connections),
         abuse::LagProbe::start(),
     );
     let round = Instant::now();
@@ -774,7 +779,7 @@ async fn abuse_rounds(
     let seen = abuser.stats.counts() - before;
     print_lag("round 2", probe.finish().await);
     print_relay_counts_if(metrics, "round 2", &counts, &relay_counts().await);
-    print_udp("round 2", udp);
+    print_udp("round 2", &udp, lost);
     abuser.stop().await;
     println!(
         "abuser, round 2 ({took:.2} s): {} idle connections open at the end; {} connection \
@@ -916,7 +921,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .and_then(|relays| relays.metrics.first().copied().flatten())
             .or(args.relay_metrics);
         return abuse_rounds(
-            &args, &devices, prepared, interval, addr, pin, relay_pid, metrics,
+            &args, &devices, prepared, interval, addr, pin, relay_pid, metrics, &endpoints,
         )
         .await;
     }

@@ -442,18 +442,63 @@ pub fn print_relay_counts(round: &str, before: &RelayCounts, after: &RelayCounts
     );
 }
 
-/// UDP datagrams the kernel dropped (all sockets: `InErrors`, of which `RcvbufErrors` for a
-/// full receive buffer), from /proc/net/snmp; `None` where it cannot be read.
-pub fn udp_drops() -> Option<(u64, u64)> {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let field = |name: &str| {
-        let i = names.iter().position(|n| *n == name)?;
-        values.get(i)?.parse().ok()
+/// UDP datagrams the kernel dropped, per local socket address (the `drops` column of
+/// /proc/net/udp: datagrams that found the socket's receive buffer full); empty where it
+/// cannot be read.
+pub fn udp_drops() -> std::collections::HashMap<SocketAddr, u64> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/udp") else {
+        return Default::default();
     };
-    Some((field("InErrors")?, field("RcvbufErrors")?))
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (ip, port) = fields.get(1)?.split_once(':')?;
+            // The address is the kernel's u32 in host order (little-endian here), the port
+            // big-endian.
+            let ip = std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.swap_bytes());
+            let port = u16::from_str_radix(port, 16).ok()?;
+            let drops = fields.last()?.parse().ok()?;
+            Some((SocketAddr::from((ip, port)), drops))
+        })
+        .collect()
+}
+
+/// Datagrams dropped between two [`udp_drops`] readings, on the relay's socket, on the honest
+/// devices' sockets (`honest`), on the abuser's (127.0.0.2) and on any other.
+pub fn print_udp_drops(
+    round: &str,
+    before: &std::collections::HashMap<SocketAddr, u64>,
+    relay: SocketAddr,
+    honest: &[SocketAddr],
+) {
+    let (mut on_relay, mut on_honest, mut on_abuser, mut other) = (0, 0, 0, 0);
+    for (socket, drops) in udp_drops() {
+        let new = drops.saturating_sub(before.get(&socket).copied().unwrap_or(0));
+        if socket == relay {
+            on_relay += new;
+        } else if honest.contains(&socket) {
+            on_honest += new;
+        } else if socket.ip() == std::net::Ipv4Addr::new(127, 0, 0, 2) {
+            on_abuser += new;
+        } else {
+            other += new;
+        }
+    }
+    println!(
+        "kernel, {round}: UDP datagrams dropped for a full receive buffer: {on_relay} on the \
+         relay's socket, {on_honest} on the honest devices', {on_abuser} on the abuser's, \
+         {other} on other sockets of the machine"
+    );
+}
+
+/// Packets the honest devices' connections declared lost (and so sent again), over all.
+pub fn lost_packets(connections: &[&quinn::Connection]) -> u64 {
+    connections
+        .iter()
+        .map(|c| c.stats().path.lost_packets)
+        .sum()
 }
 
 /// How late the tool's own runtime wakes a 1 ms timer: when the honest devices' tasks wait
