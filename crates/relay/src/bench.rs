@@ -69,6 +69,9 @@ pub struct BenchArgs {
     /// Process id of --relay, to report its CPU time and RSS
     #[arg(long)]
     relay_pid: Option<u32>,
+    /// Metrics listener of --relay (its `metrics_listen`), read in abuse mode
+    #[arg(long)]
+    relay_metrics: Option<SocketAddr>,
     /// Store of the relay the tool starts: `sled` or a PostgreSQL connection string
     /// (`postgres://…`, see README.md "PostgreSQL") [default: sled]
     #[arg(long)]
@@ -124,6 +127,11 @@ pub struct BenchArgs {
     /// Abuse mode: streams sending oversized frames back to back
     #[arg(long, default_value_t = 16)]
     abuse_flooders: usize,
+    /// Abuse mode: run the abuser's tasks on the honest devices' runtime (as before the fifth
+    /// session) instead of a thread and runtime of its own, to show what that costs the
+    /// honest devices' figures
+    #[arg(long)]
+    abuse_same_runtime: bool,
 }
 
 /// One account with `devices` devices; returns the account id and the signed genesis roster.
@@ -207,6 +215,8 @@ fn ciphertext_len(size: usize) -> usize {
 struct SpawnedRelays {
     children: Vec<Child>,
     dir: Option<tempfile::TempDir>,
+    /// Each relay's metrics listener, where the tool asked for one (abuse mode).
+    metrics: Vec<Option<SocketAddr>>,
 }
 
 impl Drop for SpawnedRelays {
@@ -333,6 +343,7 @@ fn spawn_relays(args: &BenchArgs) -> Result<(SpawnedRelays, Vec<SocketAddr>, [u8
     let mut relays = SpawnedRelays {
         children: Vec::new(),
         dir,
+        metrics: Vec::new(),
     };
     let (mut addrs, mut first_pin) = (Vec::new(), None);
     for i in 0..count {
@@ -349,8 +360,9 @@ fn spawn_relays(args: &BenchArgs) -> Result<(SpawnedRelays, Vec<SocketAddr>, [u8
             }
             dir
         };
-        let (child, addr, pin) = spawn_relay(args, &dir)?;
+        let (child, addr, pin, metrics) = spawn_relay(args, &dir)?;
         relays.children.push(child);
+        relays.metrics.push(metrics);
         if *first_pin.get_or_insert(pin) != pin {
             bail!("relay {} serves another certificate than relay 1", i + 1);
         }
@@ -360,8 +372,12 @@ fn spawn_relays(args: &BenchArgs) -> Result<(SpawnedRelays, Vec<SocketAddr>, [u8
     Ok((relays, addrs, pin))
 }
 
-/// Starts one relay process on `data`; returns it, its address and its certificate pin.
-fn spawn_relay(args: &BenchArgs, data: &std::path::Path) -> Result<(Child, SocketAddr, [u8; 32])> {
+/// Starts one relay process on `data`; returns it, its address, its certificate pin and (in
+/// abuse mode, which reads the relay's counts) its metrics listener.
+fn spawn_relay(
+    args: &BenchArgs,
+    data: &std::path::Path,
+) -> Result<(Child, SocketAddr, [u8; 32], Option<SocketAddr>)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
@@ -386,7 +402,7 @@ fn spawn_relay(args: &BenchArgs, data: &std::path::Path) -> Result<(Child, Socke
         // Every simulated device speaks from 127.0.0.1: lift the per-address bounds, except in
         // abuse mode, which measures them (the abuser speaks from 127.0.0.2).
         .args(if args.abuse {
-            &[][..]
+            &["--metrics-listen", "127.0.0.1:0"][..]
         } else {
             &[
                 "--max-connections-per-address",
@@ -407,8 +423,8 @@ fn spawn_relay(args: &BenchArgs, data: &std::path::Path) -> Result<(Child, Socke
         .context("starting the relay")?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut pin) = (None, None);
-    while addr.is_none() || pin.is_none() {
+    let (mut addr, mut pin, mut metrics) = (None, None, None);
+    while addr.is_none() || pin.is_none() || (args.abuse && metrics.is_none()) {
         let Some(line) = lines.next() else {
             let _ = child.kill();
             let _ = child.wait();
@@ -419,6 +435,8 @@ fn spawn_relay(args: &BenchArgs, data: &std::path::Path) -> Result<(Child, Socke
             addr = Some(rest.parse()?);
         } else if let Some(rest) = line.strip_prefix("certificate sha256 ") {
             pin = Some(parse_pin(rest)?);
+        } else if let Some(rest) = line.strip_prefix("metrics on http://") {
+            metrics = Some(rest.trim_end_matches("/metrics").parse()?);
         }
     }
     std::thread::spawn(move || for _ in lines {});
@@ -426,6 +444,7 @@ fn spawn_relay(args: &BenchArgs, data: &std::path::Path) -> Result<(Child, Socke
         child,
         addr.ok_or_else(|| anyhow!("no address"))?,
         pin.ok_or_else(|| anyhow!("no pin"))?,
+        metrics,
     ))
 }
 
@@ -649,6 +668,11 @@ async fn push_round(
 }
 
 /// Abuse mode: the first half of every device's batches alone, the second beside the abuser.
+/// Besides the honest latencies it prints what explains them: how late the tool's own runtime
+/// ran (a probe timer), what the relay counted (handshakes completed, connections refused
+/// before their handshake, Retry packets, bad frames), what the abuser saw, and the UDP
+/// datagrams the kernel dropped.
+#[allow(clippy::too_many_arguments)]
 async fn abuse_rounds(
     args: &BenchArgs,
     devices: &[Arc<Device>],
@@ -657,12 +681,50 @@ async fn abuse_rounds(
     addr: SocketAddr,
     pin: [u8; 32],
     relay_pid: Option<u32>,
+    metrics: Option<SocketAddr>,
+    endpoints: &[quinn::Endpoint],
 ) -> Result<()> {
     let second: Vec<Vec<Bytes>> = prepared
         .iter_mut()
         .map(|pushes| pushes.split_off(pushes.len() / 2))
         .collect();
+    let relay_counts = || async {
+        match metrics {
+            Some(addr) => abuse::RelayCounts::read(addr).await.unwrap_or_else(|e| {
+                eprintln!("relay metrics unreadable: {e:#}");
+                abuse::RelayCounts::default()
+            }),
+            None => abuse::RelayCounts::default(),
+        }
+    };
+    let honest: Vec<SocketAddr> = endpoints
+        .iter()
+        .filter_map(|e| e.local_addr().ok())
+        .collect();
+    let connections: Vec<&quinn::Connection> =
+        devices.iter().map(|d| d.client.connection()).collect();
+    let print_udp = |round: &str, before: &std::collections::HashMap<SocketAddr, u64>, lost| {
+        abuse::print_udp_drops(round, before, addr, &honest);
+        println!(
+            "honest connections, {round}: {} packets declared lost and sent again",
+            abuse::lost_packets(&connections) - lost
+        );
+    };
+    let print_lag = |round: &str, (p99, max): (Duration, Duration)| {
+        println!(
+            "load tool, {round}: its runtime woke a 1 ms timer late by p99 {:.2} ms, max {:.2} ms",
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
+    };
+
     println!("round 1: honest devices alone");
+    let (counts, udp, lost, probe) = (
+        relay_counts().await,
+        abuse::udp_drops(),
+        abuse::lost_packets(&connections),
+        abuse::LagProbe::start(),
+    );
     let alone = push_round(
         devices,
         prepared,
@@ -673,24 +735,40 @@ async fn abuse_rounds(
         &Vec::from_iter(relay_pid),
     )
     .await?;
+    print_lag("round 1", probe.finish().await);
+    print_relay_counts_if(metrics, "round 1", &counts, &relay_counts().await);
+    print_udp("round 1", &udp, lost);
+
     let plan = abuse::Abuse {
         idle: args.abuse_idle,
         stalled: args.abuse_stalled,
         flooders: args.abuse_flooders,
     };
-    let stats = abuse::start(plan, addr, pin).await?;
+    let abuser = abuse::start(plan, addr, pin, args.abuse_same_runtime).await?;
     // Let the abuser reach its steady state (connections up to the address's cap, pulls
     // stalled) before the honest round starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    use std::sync::atomic::Ordering::Relaxed;
+    let before = abuser.stats.counts();
     println!(
-        "round 2: beside an abuser from 127.0.0.2 ({} idle unauthenticated connections wanted, \
-         {} open; {} stalled pulls; {} oversized-frame streams)",
+        "round 2: beside an abuser from 127.0.0.2, {} ({} idle unauthenticated connections \
+         wanted, {} open; {} stalled pulls; {} oversized-frame streams)",
+        if args.abuse_same_runtime {
+            "on the honest devices' runtime"
+        } else {
+            "on a thread and runtime of its own"
+        },
         plan.idle,
-        stats.idle_open.load(Relaxed),
+        before.idle_open,
         plan.stalled,
         plan.flooders
     );
+    let (counts, udp, lost, probe) = (
+        relay_counts().await,
+        abuse::udp_drops(),
+        abuse::lost_packets(&connections),
+        abuse::LagProbe::start(),
+    );
+    let round = Instant::now();
     let abused = push_round(
         devices,
         second,
@@ -701,14 +779,25 @@ async fn abuse_rounds(
         &Vec::from_iter(relay_pid),
     )
     .await?;
-    abuse::stop(&stats);
+    let took = round.elapsed().as_secs_f64();
+    let seen = abuser.stats.counts() - before;
+    print_lag("round 2", probe.finish().await);
+    print_relay_counts_if(metrics, "round 2", &counts, &relay_counts().await);
+    print_udp("round 2", &udp, lost);
+    abuser.stop().await;
     println!(
-        "abuser: {} idle connections open at the end, {} connections refused or closed, {} \
-         stalled pulls sent, {} oversized frames sent",
-        stats.idle_open.load(Relaxed),
-        stats.refused.load(Relaxed),
-        stats.stalled_sent.load(Relaxed),
-        stats.oversized_sent.load(Relaxed),
+        "abuser, round 2 ({took:.2} s): {} idle connections open at the end; {} connection \
+         attempts: {} refused before any handshake, {} completed a handshake, {} failed \
+         otherwise; {} established connections closed by the relay; {} stalled pulls sent; {} \
+         oversized frames sent",
+        seen.idle_open,
+        seen.attempts,
+        seen.refused,
+        seen.established,
+        seen.failed,
+        seen.closed,
+        seen.stalled_sent,
+        seen.oversized_sent,
     );
     let p99 = |l: &[Duration]| percentile(l, 0.99).as_secs_f64() * 1e3;
     println!(
@@ -722,6 +811,18 @@ async fn abuse_rounds(
         p99(&abused.pull) / p99(&alone.pull).max(1e-9),
     );
     Ok(())
+}
+
+/// [`abuse::print_relay_counts`] when the relay's metrics are readable.
+fn print_relay_counts_if(
+    metrics: Option<SocketAddr>,
+    round: &str,
+    before: &abuse::RelayCounts,
+    after: &abuse::RelayCounts,
+) {
+    if metrics.is_some() {
+        abuse::print_relay_counts(round, before, after);
+    }
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -819,7 +920,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     );
     if args.abuse {
-        return abuse_rounds(&args, &devices, prepared, interval, addr, pin, relay_pid).await;
+        let metrics = relays
+            .as_ref()
+            .and_then(|relays| relays.metrics.first().copied().flatten())
+            .or(args.relay_metrics);
+        return abuse_rounds(
+            &args, &devices, prepared, interval, addr, pin, relay_pid, metrics, &endpoints,
+        )
+        .await;
     }
     let store_size = StoreSize::of(&args, relays.as_ref());
     let size_before = store_size.bytes();

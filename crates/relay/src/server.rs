@@ -147,6 +147,23 @@ impl RelayHandle {
             .map_or(0, |shared| shared.live.retries.get())
     }
 
+    /// How many connections the relay began a TLS handshake for (every connection that passed
+    /// the connection limits and the Retry check).
+    pub fn handshakes_started(&self) -> usize {
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.live.handshakes.get())
+    }
+
+    /// How many new connections the relay refused at their first packet, before any
+    /// handshake, because a connection limit (`max_connections`,
+    /// `max_connections_per_address`) was reached.
+    pub fn connections_refused(&self) -> usize {
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.live.refused.get())
+    }
+
     /// Shuts down gracefully and waits until the store is flushed.
     pub async fn shutdown(self) -> Result<(), RelayError> {
         let _ = self.shutdown.send(true);
@@ -396,6 +413,22 @@ async fn serve(
             _ = shutdown.changed() => break,
         };
         let Some(incoming) = incoming else { break };
+        // A connection a limit will refuse is refused at its first packet: before a Retry
+        // (which would cost a round trip, a token and the handshake rate's budget for a
+        // connection refused anyway) and before any TLS work. One Initial packet in, one
+        // small close packet out: no amplification, no state, whatever the source claims.
+        let ip = incoming.remote_address().ip();
+        let full = if connections.available_permits() == 0 {
+            Some("max_connections")
+        } else if shared.address_full(ip) {
+            Some("max_connections_per_address")
+        } else {
+            None
+        };
+        if let Some(limit) = full {
+            refuse(&shared, incoming, limit);
+            continue;
+        }
         // Above the handshake rate, a client must first prove that it receives at its source
         // address (a stateless Retry costs the relay one packet, no state): spoofed sources
         // then cost nothing, and cannot fill another address's connection slots.
@@ -414,17 +447,11 @@ async fn serve(
             continue;
         }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!("connection limit reached");
-            shared.metrics.connection_refused("max_connections");
-            incoming.refuse();
+            refuse(&shared, incoming, "max_connections");
             continue;
         };
-        let Some(slot) = shared.address_slot(incoming.remote_address().ip()) else {
-            tracing::debug!("connection limit of a source address reached");
-            shared
-                .metrics
-                .connection_refused("max_connections_per_address");
-            incoming.refuse();
+        let Some(slot) = shared.address_slot(ip) else {
+            refuse(&shared, incoming, "max_connections_per_address");
             continue;
         };
         let (shared, in_flight) = (shared.clone(), in_flight.clone());
@@ -536,9 +563,25 @@ async fn sweep(shared: Arc<Shared>) {
     }
 }
 
+/// Refuses a new connection at its first packet (QUIC `CONNECTION_REFUSED`), before any TLS
+/// work, because `limit` is reached.
+fn refuse(shared: &Shared, incoming: quinn::Incoming, limit: &'static str) {
+    if limit == "max_connections" {
+        tracing::warn!("connection limit reached");
+    } else {
+        tracing::debug!("connection limit of a source address reached");
+    }
+    shared.metrics.connection_refused(limit);
+    shared.live.refused.bump();
+    incoming.refuse();
+}
+
 /// One connection: handshake (bounded in time), then one task per bidirectional stream.
 async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, in_flight: mpsc::Sender<()>) {
     let remote = incoming.remote_address();
+    // quinn reads the ClientHello and writes the whole server flight (key exchange,
+    // certificate signature) inside `accept`.
+    shared.live.handshakes.bump();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(err) => {

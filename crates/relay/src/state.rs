@@ -199,6 +199,12 @@ pub(crate) struct LiveCounts {
     pub frame_bytes: LiveCount,
     /// QUIC Retry packets sent (a count, never decremented).
     pub retries: LiveCount,
+    /// Connections the relay began a TLS handshake for (`Incoming::accept`; a count, never
+    /// decremented).
+    pub handshakes: LiveCount,
+    /// Connections refused at their first packet, before any handshake, by a connection
+    /// limit (a count, never decremented).
+    pub refused: LiveCount,
 }
 
 /// An account being served.
@@ -662,6 +668,14 @@ impl Shared {
 }
 
 impl Shared {
+    /// Whether `ip` holds all its connection slots now (a new connection from it would be
+    /// refused).
+    pub fn address_full(&self, ip: IpAddr) -> bool {
+        lock(&self.per_address)
+            .get(&ip)
+            .is_some_and(|count| *count >= self.config.bounds.max_connections_per_address as usize)
+    }
+
     /// Takes one of `ip`'s connection slots (`max_connections_per_address`), held until the
     /// returned slot is dropped; `None` when the address has none left.
     pub fn address_slot(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {

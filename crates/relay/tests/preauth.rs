@@ -113,6 +113,68 @@ async fn connections_per_source_address_are_capped() {
     .await;
 }
 
+/// An address at its cap is refused at the first packet of each new connection: no Retry
+/// (which would cost a round trip and the handshake rate's budget for a connection refused
+/// anyway) and no TLS handshake (a key exchange and a signature each), however fast it tries.
+#[tokio::test]
+async fn connections_over_an_addresss_cap_are_refused_before_any_retry_or_handshake() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| {
+            c.bounds.max_connections_per_address = 2;
+            // Every unvalidated connection beyond one a second would be asked to Retry.
+            c.bounds.retry_above_handshakes_per_second = 1;
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(connect_from(&relay, "127.0.0.2").await.unwrap());
+        }
+        let handshakes = relay.handle.handshakes_started();
+        let retries = relay.handle.retries_sent();
+        let refused = relay.handle.connections_refused();
+        let attempts = 20;
+        for _ in 0..attempts {
+            match connect_from(&relay, "127.0.0.2").await {
+                Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(
+                    close,
+                ))) if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
+                other => panic!("a connection over the cap was not refused: {other:?}"),
+            }
+        }
+        assert_eq!(
+            relay.handle.connections_refused() - refused,
+            attempts,
+            "each attempt was refused by the cap"
+        );
+        assert_eq!(
+            relay.handle.retries_sent() - retries,
+            0,
+            "an address at its cap was sent a Retry before being refused"
+        );
+        assert_eq!(
+            relay.handle.handshakes_started() - handshakes,
+            0,
+            "a refused connection reached the TLS handshake"
+        );
+        // The held connections are served, and another address still connects.
+        for client in &held {
+            client
+                .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+                .await
+                .unwrap();
+        }
+        connect_from(&relay, "127.0.0.1")
+            .await
+            .unwrap()
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
+        assert_eq!(relay.handle.handshakes_started() - handshakes, 1);
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn handshakes_above_the_rate_get_a_retry_and_still_connect() {
     bounded(async {

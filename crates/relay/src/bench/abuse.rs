@@ -8,19 +8,27 @@
 //! - a flood of oversized frames: request frames announcing more than `max_frame_bytes`, as
 //!   fast as the relay answers them, on `flooders` connections (each reconnecting whenever the
 //!   relay closes it for too many bad frames).
+//!
+//! The abuser runs on a thread and a tokio runtime of its own. In the honest devices' runtime
+//! its hundreds of tasks, waking together and each building a TLS ClientHello (an ML-KEM-768
+//! key pair) per attempt, queued the honest tasks behind them for tens of milliseconds: the
+//! tool measured its own run queue, not the relay (BENCHMARKS.md, finding 7, fifth session).
+//! On a thread of its own the operating system shares the cores between it and the honest
+//! devices as between two processes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use bytes::Bytes;
 use kith_protocol::frame::encode_frame;
 use kith_protocol::keys::{DeviceSigningKey, system_rng};
 use kith_protocol::proto::{self, Request, request};
-use kith_relay::client::RelayClient;
+use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::tls;
+use tokio::sync::watch;
 
 /// What the abuser does.
 #[derive(Debug, Clone, Copy)]
@@ -33,18 +41,91 @@ pub struct Abuse {
     pub flooders: usize,
 }
 
-/// Counts of what the abuser did, and whether it should stop.
+/// Counts of what the abuser did.
 #[derive(Debug, Default)]
 pub struct AbuseStats {
-    stop: AtomicBool,
     /// Unauthenticated connections open now.
     pub idle_open: AtomicU64,
-    /// Connections the relay refused or closed.
+    /// Connection attempts (idle and flooding connections; the set-up's are not counted).
+    pub attempts: AtomicU64,
+    /// Attempts whose handshake completed: each cost the relay a TLS handshake.
+    pub established: AtomicU64,
+    /// Attempts the relay refused before any handshake (QUIC `CONNECTION_REFUSED`).
     pub refused: AtomicU64,
+    /// Attempts that failed otherwise (a handshake that timed out or broke).
+    pub failed: AtomicU64,
+    /// Established connections the relay closed (not authenticated in time, too many bad
+    /// frames).
+    pub closed: AtomicU64,
     /// Stalled pulls sent.
     pub stalled_sent: AtomicU64,
     /// Oversized frames sent.
     pub oversized_sent: AtomicU64,
+}
+
+impl AbuseStats {
+    /// The counts now, in the order of [`AbuseCounts`].
+    pub fn counts(&self) -> AbuseCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AbuseCounts {
+            idle_open: get(&self.idle_open),
+            attempts: get(&self.attempts),
+            established: get(&self.established),
+            refused: get(&self.refused),
+            failed: get(&self.failed),
+            closed: get(&self.closed),
+            stalled_sent: get(&self.stalled_sent),
+            oversized_sent: get(&self.oversized_sent),
+        }
+    }
+}
+
+/// A snapshot of [`AbuseStats`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AbuseCounts {
+    pub idle_open: u64,
+    pub attempts: u64,
+    pub established: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub closed: u64,
+    pub stalled_sent: u64,
+    pub oversized_sent: u64,
+}
+
+impl std::ops::Sub for AbuseCounts {
+    type Output = AbuseCounts;
+    fn sub(self, earlier: AbuseCounts) -> AbuseCounts {
+        AbuseCounts {
+            idle_open: self.idle_open,
+            attempts: self.attempts - earlier.attempts,
+            established: self.established - earlier.established,
+            refused: self.refused - earlier.refused,
+            failed: self.failed - earlier.failed,
+            closed: self.closed - earlier.closed,
+            stalled_sent: self.stalled_sent - earlier.stalled_sent,
+            oversized_sent: self.oversized_sent - earlier.oversized_sent,
+        }
+    }
+}
+
+/// A running abuser: its counts, and its thread until [`Abuser::stop`].
+pub struct Abuser {
+    /// What it did so far.
+    pub stats: Arc<AbuseStats>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Abuser {
+    /// Stops every abuser task and waits for its thread (its connections are dropped with its
+    /// runtime).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
 }
 
 /// The abuser's source address.
@@ -56,9 +137,68 @@ fn endpoint(pin: [u8; 32]) -> Result<quinn::Endpoint> {
     Ok(endpoint)
 }
 
-/// Starts the abuser; it runs until [`stop`] is called on the returned stats.
-pub async fn start(abuse: Abuse, addr: SocketAddr, pin: [u8; 32]) -> Result<Arc<AbuseStats>> {
+/// Starts the abuser on a thread and runtime of its own (or, with `same_runtime`, on the
+/// caller's); it runs until [`Abuser::stop`]. Returns once its stalled pulls are in flight and
+/// its other tasks started.
+pub async fn start(
+    abuse: Abuse,
+    addr: SocketAddr,
+    pin: [u8; 32],
+    same_runtime: bool,
+) -> Result<Abuser> {
     let stats = Arc::new(AbuseStats::default());
+    let (stop, stopped) = watch::channel(false);
+    if same_runtime {
+        run(abuse, addr, pin, stats.clone(), stopped).await?;
+        return Ok(Abuser {
+            stats,
+            stop,
+            thread: None,
+        });
+    }
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let thread_stats = stats.clone();
+    let thread = std::thread::Builder::new()
+        .name("abuser".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready.send(Err(anyhow!("abuser runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut stopped = stopped;
+                let started = run(abuse, addr, pin, thread_stats, stopped.clone()).await;
+                let ok = started.is_ok();
+                let _ = ready.send(started);
+                if ok {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                }
+            });
+        })?;
+    is_ready
+        .await
+        .map_err(|_| anyhow!("the abuser's thread ended"))??;
+    Ok(Abuser {
+        stats,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Sets up the abuser's account and starts its tasks on the current (the abuser's) runtime.
+async fn run(
+    abuse: Abuse,
+    addr: SocketAddr,
+    pin: [u8; 32],
+    stats: Arc<AbuseStats>,
+    stopped: watch::Receiver<bool>,
+) -> Result<()> {
     let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| endpoint(pin)).collect::<Result<_>>()?;
     // The stalled pulls' account: 125 envelopes of 20 KB, so every page is a full 2 MiB.
     let key = DeviceSigningKey::generate(&mut system_rng());
@@ -82,7 +222,7 @@ pub async fn start(abuse: Abuse, addr: SocketAddr, pin: [u8; 32]) -> Result<Arc<
         client.authenticate(&key, &account).await?;
         let client = Arc::new(client);
         for _ in 0..per_connection.min(abuse.stalled - c * per_connection) {
-            tokio::spawn(stalled_pull(client.clone(), stats.clone()));
+            tokio::spawn(stalled_pull(client.clone(), stats.clone(), stopped.clone()));
         }
     }
     for i in 0..abuse.flooders {
@@ -90,6 +230,7 @@ pub async fn start(abuse: Abuse, addr: SocketAddr, pin: [u8; 32]) -> Result<Arc<
             endpoints[i % endpoints.len()].clone(),
             addr,
             stats.clone(),
+            stopped.clone(),
         ));
     }
     for i in 0..abuse.idle {
@@ -97,54 +238,72 @@ pub async fn start(abuse: Abuse, addr: SocketAddr, pin: [u8; 32]) -> Result<Arc<
             endpoints[i % endpoints.len()].clone(),
             addr,
             stats.clone(),
+            stopped.clone(),
         ));
     }
-    Ok(stats)
+    Ok(())
 }
 
-/// Tells every abuser task to stop.
-pub fn stop(stats: &AbuseStats) {
-    stats.stop.store(true, Ordering::Relaxed);
-}
-
-fn stopped(stats: &AbuseStats) -> bool {
-    stats.stop.load(Ordering::Relaxed)
-}
-
-async fn idle_connection(endpoint: quinn::Endpoint, addr: SocketAddr, stats: Arc<AbuseStats>) {
-    while !stopped(&stats) {
-        match RelayClient::connect_with(endpoint.clone(), addr).await {
-            Ok(client) => {
-                stats.idle_open.fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    _ = client.connection().closed() => {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ = until_stopped(&stats) => {}
-                }
-                stats.idle_open.fetch_sub(1, Ordering::Relaxed);
-                client.connection().close(0u32.into(), b"");
-            }
-            Err(_) => {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-            }
+/// One connection attempt of the abuser's, counted by how it ended.
+async fn attempt(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    stats: &AbuseStats,
+) -> Option<RelayClient> {
+    stats.attempts.fetch_add(1, Ordering::Relaxed);
+    match RelayClient::connect_with(endpoint.clone(), addr).await {
+        Ok(client) => {
+            stats.established.fetch_add(1, Ordering::Relaxed);
+            Some(client)
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(close)))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Err(_) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
-async fn until_stopped(stats: &AbuseStats) {
-    while !stopped(stats) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+async fn idle_connection(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    stats: Arc<AbuseStats>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    while !*stopped.borrow() {
+        if let Some(client) = attempt(&endpoint, addr, &stats).await {
+            stats.idle_open.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = client.connection().closed() => {
+                    stats.closed.fetch_add(1, Ordering::Relaxed);
+                }
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+            stats.idle_open.fetch_sub(1, Ordering::Relaxed);
+            client.connection().close(0u32.into(), b"");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped.wait_for(|stop| *stop) => {}
+        }
     }
 }
 
 /// A pull whose answer is never read, sent again whenever the relay resets it.
-async fn stalled_pull(client: Arc<RelayClient>, stats: Arc<AbuseStats>) {
+async fn stalled_pull(
+    client: Arc<RelayClient>,
+    stats: Arc<AbuseStats>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let frame = Bytes::from(encode_frame(&Request {
         kind: Some(request::Kind::Pull(proto::Pull::default())),
     }));
-    while !stopped(&stats) {
+    while !*stopped.borrow() {
         let Ok((mut send, mut recv)) = client.connection().open_bi().await else {
             return;
         };
@@ -156,7 +315,7 @@ async fn stalled_pull(client: Arc<RelayClient>, stats: Arc<AbuseStats>) {
         // Never read: wait until the relay resets the stream (its request timeout).
         tokio::select! {
             _ = recv.received_reset() => {}
-            _ = until_stopped(&stats) => {}
+            _ = stopped.wait_for(|stop| *stop) => {}
         }
     }
 }
@@ -164,23 +323,219 @@ async fn stalled_pull(client: Arc<RelayClient>, stats: Arc<AbuseStats>) {
 /// Oversized request frames back to back: each announces one byte more than the largest
 /// frame the relay takes and sends a little of it. When the relay closes the connection (too
 /// many bad frames), the flooder connects again and goes on.
-async fn flood(endpoint: quinn::Endpoint, addr: SocketAddr, stats: Arc<AbuseStats>) {
+async fn flood(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    stats: Arc<AbuseStats>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let max = kith_relay::Bounds::default().max_frame_bytes;
     let mut frame = (max + 1).to_be_bytes().to_vec();
     frame.extend_from_slice(&[0u8; 16 * 1024]);
     let frame = Bytes::from(frame);
-    while !stopped(&stats) {
-        let Ok(client) = RelayClient::connect_with(endpoint.clone(), addr).await else {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    while !*stopped.borrow() {
+        let Some(client) = attempt(&endpoint, addr, &stats).await else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
             continue;
         };
-        while !stopped(&stats) {
+        while !*stopped.borrow() {
             if client.call_frame(frame.clone()).await.is_err() {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
+                stats.closed.fetch_add(1, Ordering::Relaxed);
                 break;
             }
             stats.oversized_sent.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// What the relay counted (its `/metrics`), for the counts that explain an abused round.
+#[derive(Debug, Clone, Default)]
+pub struct RelayCounts {
+    samples: std::collections::HashMap<String, f64>,
+}
+
+impl RelayCounts {
+    /// Reads the relay's metrics listener at `addr` (plain HTTP/1.1, one GET).
+    pub async fn read(addr: SocketAddr) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .ok_or_else(|| anyhow!("metrics: no HTTP body"))?;
+        let samples = body
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Ok(Self { samples })
+    }
+
+    /// A sample by its full name (labels included), 0 when absent.
+    pub fn get(&self, name: &str) -> f64 {
+        self.samples.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// `self - earlier` for one sample.
+    pub fn delta(&self, earlier: &Self, name: &str) -> u64 {
+        (self.get(name) - earlier.get(name)).max(0.0) as u64
+    }
+
+    /// The `p`-quantile of the relay's push acknowledgement time between two readings, in
+    /// milliseconds, as the upper bound of its histogram bucket (`None` without pushes).
+    pub fn push_ack_quantile_ms(&self, earlier: &Self, p: f64) -> Option<f64> {
+        let prefix = "kith_relay_push_ack_seconds_bucket{le=\"";
+        let mut buckets: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter_map(|(name, value)| {
+                let le = name.strip_prefix(prefix)?.strip_suffix("\"}")?;
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((bound, value - earlier.get(name)))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        buckets
+            .iter()
+            .find(|(_, count)| *count >= total * p)
+            .map(|(bound, _)| bound * 1e3)
+    }
+}
+
+/// The relay's counts over one round, printed on one line.
+pub fn print_relay_counts(round: &str, before: &RelayCounts, after: &RelayCounts) {
+    let d = |name: &str| after.delta(before, name);
+    let p99 = after
+        .push_ack_quantile_ms(before, 0.99)
+        .map_or("-".to_owned(), |ms| format!("<= {ms:.0} ms"));
+    println!(
+        "relay, {round}: handshakes completed {}, failed {}, timed out {}; refused before the \
+         handshake: {} at the address's cap, {} at the connection limit; Retry sent {}; bad \
+         frames {}; pulls refused for the pull budget {}; relay-side push ack p99 {p99}",
+        d("kith_relay_handshakes_total{result=\"ok\"}"),
+        d("kith_relay_handshakes_total{result=\"failed\"}"),
+        d("kith_relay_handshakes_total{result=\"timed_out\"}"),
+        d("kith_relay_connections_refused_total{limit=\"max_connections_per_address\"}"),
+        d("kith_relay_connections_refused_total{limit=\"max_connections\"}"),
+        d("kith_relay_retries_total"),
+        d("kith_relay_bad_frames_total"),
+        d("kith_relay_rate_limited_total{limit=\"pull_budget\"}"),
+    );
+}
+
+/// UDP datagrams the kernel dropped, per local socket address (the `drops` column of
+/// /proc/net/udp: datagrams that found the socket's receive buffer full); empty where it
+/// cannot be read.
+pub fn udp_drops() -> std::collections::HashMap<SocketAddr, u64> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/udp") else {
+        return Default::default();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (ip, port) = fields.get(1)?.split_once(':')?;
+            // The address is the kernel's u32 in host order (little-endian here), the port
+            // big-endian.
+            let ip = std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.swap_bytes());
+            let port = u16::from_str_radix(port, 16).ok()?;
+            let drops = fields.last()?.parse().ok()?;
+            Some((SocketAddr::from((ip, port)), drops))
+        })
+        .collect()
+}
+
+/// Datagrams dropped between two [`udp_drops`] readings, on the relay's socket, on the honest
+/// devices' sockets (`honest`), on the abuser's (127.0.0.2) and on any other.
+pub fn print_udp_drops(
+    round: &str,
+    before: &std::collections::HashMap<SocketAddr, u64>,
+    relay: SocketAddr,
+    honest: &[SocketAddr],
+) {
+    let (mut on_relay, mut on_honest, mut on_abuser, mut other) = (0, 0, 0, 0);
+    for (socket, drops) in udp_drops() {
+        let new = drops.saturating_sub(before.get(&socket).copied().unwrap_or(0));
+        if socket == relay {
+            on_relay += new;
+        } else if honest.contains(&socket) {
+            on_honest += new;
+        } else if socket.ip() == std::net::Ipv4Addr::new(127, 0, 0, 2) {
+            on_abuser += new;
+        } else {
+            other += new;
+        }
+    }
+    println!(
+        "kernel, {round}: UDP datagrams dropped for a full receive buffer: {on_relay} on the \
+         relay's socket, {on_honest} on the honest devices', {on_abuser} on the abuser's, \
+         {other} on other sockets of the machine"
+    );
+}
+
+/// Packets the honest devices' connections declared lost (and so sent again), over all.
+pub fn lost_packets(connections: &[&quinn::Connection]) -> u64 {
+    connections
+        .iter()
+        .map(|c| c.stats().path.lost_packets)
+        .sum()
+}
+
+/// How late the tool's own runtime wakes a 1 ms timer: when the honest devices' tasks wait
+/// for a worker, their latencies are the tool's, not the relay's.
+pub struct LagProbe {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<Duration>>,
+}
+
+impl LagProbe {
+    /// Starts probing on the current runtime.
+    pub fn start() -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut lags = Vec::new();
+            let tick = Duration::from_millis(1);
+            while !*stopped.borrow() {
+                let asked = std::time::Instant::now();
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = stopped.changed() => break,
+                }
+                lags.push(asked.elapsed().saturating_sub(tick));
+            }
+            lags
+        });
+        Self { stop, task }
+    }
+
+    /// Stops; returns (p99, max) of the lateness.
+    pub async fn finish(self) -> (Duration, Duration) {
+        let _ = self.stop.send(true);
+        let mut lags = self.task.await.unwrap_or_default();
+        lags.sort_unstable();
+        (
+            super::percentile(&lags, 0.99),
+            lags.last().copied().unwrap_or_default(),
+        )
     }
 }
