@@ -98,11 +98,16 @@ impl RecordPipeline {
 
     /// Waits until the batch in flight, if any, has been written.
     pub(crate) async fn wait(&mut self) -> Result<()> {
-        if let Some(in_flight) = self.in_flight.take() {
-            in_flight
-                .task
+        if let Some(InFlight { records, task }) = self.in_flight.take() {
+            let written = task
                 .await
-                .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
+                .map_err(|e| LocalStoreError::WriterFailed(e.to_string()));
+            // The batch's states are freed on a blocking thread: a page of a pull is thousands
+            // of records, and freeing them here kept the next batch's merge waiting.
+            if Arc::strong_count(&records) == 1 {
+                drop(tokio::task::spawn_blocking(move || drop(records)));
+            }
+            written??;
         }
         Ok(())
     }
