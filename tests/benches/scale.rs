@@ -83,6 +83,32 @@ fn linkedin_rows(n: usize) -> kith_client::import::ImportReport {
     linkedin::import_bytes(csv.as_bytes(), &ImportOptions::default()).unwrap()
 }
 
+/// Resets the process's peak resident set (`VmHWM`) to its current size (Linux; elsewhere
+/// nothing), so that [`rss_mib`] then gives the peak of what runs after.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's resident set and its peak since [`reset_peak_rss`] (`VmRSS`, `VmHWM`), in
+/// MiB; zeros where /proc is not available.
+fn rss_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kib| kib / 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -175,13 +201,18 @@ async fn bench_sync(n: usize) {
     let started = Instant::now();
     let pushed = a.sync().await.unwrap();
     let push_time = started.elapsed();
+    // B's pull is the only work of the process while it runs (the relay serves it): the rise
+    // of the peak above the resident set before it is what the pull itself holds.
+    reset_peak_rss();
+    let (rss_before, _) = rss_mib();
     let pulled = b.sync().await.unwrap();
     let total = started.elapsed();
+    let (_, pull_peak) = rss_mib();
     let on_b = b.contacts().unwrap().len();
     assert_eq!(on_b, contacts, "b must hold every contact");
     let usage = a.usage().await.unwrap();
     println!(
-        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {}; end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact)",
+        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {}; end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact); process RSS {rss_before} MiB before B's pull, peak {pull_peak} MiB during it",
         secs(create_time),
         pushed.pushed,
         secs(push_time),

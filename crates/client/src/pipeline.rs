@@ -101,7 +101,15 @@ impl RecordPipeline {
 
     /// Waits until the batch in flight, if any, has been written.
     pub(crate) async fn wait(&mut self) -> Result<()> {
-        self.finish().await.map(drop)
+        if let Some(records) = self.finish().await? {
+            // The last batch's states are freed on a blocking thread: a page of a pull is
+            // thousands of records, and freeing them here kept the caller waiting. (Earlier
+            // batches are freed by the writer task of the next one, see `submit`.)
+            if Arc::strong_count(&records) == 1 {
+                drop(tokio::task::spawn_blocking(move || drop(records)));
+            }
+        }
+        Ok(())
     }
 
     /// [`RecordPipeline::wait`], returning the states of the batch that was in flight.

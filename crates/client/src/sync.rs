@@ -780,6 +780,8 @@ impl Device {
         // Each page's records and cursors are written while the next page is fetched, opened
         // and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
+        // The identities of the records written, filled by each page's write.
+        let page_identities = std::sync::Arc::new(std::sync::Mutex::new(WrittenIdentities::new()));
         // The next page is asked for as soon as a page arrives, from where that page ends,
         // and used only if the page verified and merged exactly as served (the cursors then
         // are the ones it was asked with); otherwise it is abandoned and asked for again.
@@ -955,19 +957,27 @@ impl Device {
             self.read_writer_views(&parsed, &opened, &mut roster_named, &mut vouched)?;
             let (touched, page_changed) =
                 self.merge_payloads(&mut pipeline, &parsed, opened, &mut skews, &mut moves)?;
-            // What the identity rule checks after the pull, taken while the states are here.
-            identities.extend(crate::merging::written_identities(&touched));
             // Cursors are written with the records they cover, in one transaction (were they
             // not, a crash in between would pull the page again, and merging it again would
             // change nothing).
             let cursors = new_verifiers.clone();
             let device = self.clone();
+            let identities_out = std::sync::Arc::clone(&page_identities);
             pipeline
                 .submit(touched, move |records| {
+                    // What the identity rule checks after the pull, taken while the states are
+                    // here, on the writer's thread (the next page is merged meanwhile). Pages
+                    // are written in order, so a later state of a record replaces an earlier.
+                    let written = crate::merging::written_identities(records);
                     device.inner.store.transaction(|tx| {
                         device.write_records(tx, records.iter())?;
                         device.persist_cursors(tx, &cursors)
-                    })
+                    })?;
+                    identities_out
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend(written);
+                    Ok(())
                 })
                 .await?;
             verifiers = new_verifiers;
@@ -1020,6 +1030,11 @@ impl Device {
             );
         }
         pipeline.wait().await?;
+        identities.extend(std::mem::take(
+            &mut *page_identities
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ));
         report.relay_moved = self.relay_move_to_follow(moves);
         // What the merged clocks moved the clock to survives a restart (§8).
         self.persist_clock()?;

@@ -183,7 +183,10 @@ pub struct Conflict<'a> {
 /// the module docs), so every head is visible.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldState {
-    heads: BTreeMap<Hlc, Option<proto::FieldValue>>,
+    /// By increasing clock, each clock once. A field holds one head per writing device at most
+    /// (usually one), so a sorted vector: a map's node would be allocated at its full width for
+    /// every field of every record merged.
+    heads: Vec<(Hlc, Option<proto::FieldValue>)>,
     superseded: BTreeSet<Hlc>,
 }
 
@@ -208,6 +211,11 @@ impl FieldState {
         self.heads
             .iter()
             .map(|(clock, value)| (clock, value.as_ref()))
+    }
+
+    /// The clocks of the heads, by increasing clock.
+    fn head_clocks(&self) -> impl DoubleEndedIterator<Item = &Hlc> + '_ {
+        self.heads.iter().map(|(clock, _)| clock)
     }
 
     /// The head with the greatest clock, if any.
@@ -236,7 +244,7 @@ impl FieldState {
 
     /// The greatest clock of the field, head or superseded.
     fn latest_clock(&self) -> Option<Hlc> {
-        let head = self.heads.keys().next_back();
+        let head = self.head_clocks().next_back();
         head.max(self.superseded.last()).copied()
     }
 
@@ -244,13 +252,13 @@ impl FieldState {
     /// then `clock` is superseded by the writer's own later write.
     fn knows_later_write_of_writer(&self, clock: Hlc) -> bool {
         let later = |known: &Hlc| known.device() == clock.device() && *known > clock;
-        self.heads.keys().any(later) || self.superseded.iter().any(later)
+        self.head_clocks().any(later) || self.superseded.iter().any(later)
     }
 
     /// Drops what `clock` implies: every earlier head and superseded clock of its writer.
     fn forget_earlier_of_writer(&mut self, clock: Hlc) {
         let earlier = |known: &Hlc| known.device() == clock.device() && *known < clock;
-        self.heads.retain(|known, _| !earlier(known));
+        self.heads.retain(|(known, _)| !earlier(known));
         self.superseded.retain(|known| !earlier(known));
     }
 
@@ -259,17 +267,18 @@ impl FieldState {
         if self.superseded.contains(&clock) || self.knows_later_write_of_writer(clock) {
             return false;
         }
-        match self.heads.entry(clock) {
-            Entry::Vacant(entry) => {
-                entry.insert(value.cloned());
+        match self.heads.binary_search_by(|(known, _)| known.cmp(&clock)) {
+            Err(at) => {
+                self.heads.insert(at, (clock, value.cloned()));
                 self.forget_earlier_of_writer(clock);
                 true
             }
-            Entry::Occupied(mut entry) => {
+            Ok(at) => {
                 // Only a faulty writer reuses a clock: keep the greater value, on every replica.
                 let rank = |value: Option<&proto::FieldValue>| value.map(Message::encode_to_vec);
-                if rank(value) > rank(entry.get().as_ref()) {
-                    entry.insert(value.cloned());
+                let held = &mut self.heads[at].1;
+                if rank(value) > rank(held.as_ref()) {
+                    *held = value.cloned();
                     true
                 } else {
                     false
@@ -284,14 +293,14 @@ impl FieldState {
             return false;
         }
         self.superseded.insert(clock);
-        self.heads.remove(&clock);
+        self.heads.retain(|(known, _)| *known != clock);
         self.forget_earlier_of_writer(clock);
         true
     }
 
     /// Forgets every clock `<= deleted_at`.
     fn forget_through(&mut self, deleted_at: Hlc) {
-        self.heads.retain(|clock, _| *clock > deleted_at);
+        self.heads.retain(|(clock, _)| *clock > deleted_at);
         self.superseded.retain(|clock| *clock > deleted_at);
     }
 }
@@ -408,7 +417,7 @@ impl RecordState {
     pub fn replaces(&self, key: &FieldKey) -> Vec<Hlc> {
         self.fields
             .get(key)
-            .map(|field| field.heads.keys().copied().collect())
+            .map(|field| field.head_clocks().copied().collect())
             .unwrap_or_default()
     }
 

@@ -1,7 +1,7 @@
 //! Operations: [`FieldWrite`]s grouped into an [`Operation`] on one record, and the
 //! `OperationBatch` codec, the one entry point for untrusted operation bytes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use prost::Message;
 
@@ -200,8 +200,8 @@ impl Operation {
         if count > MAX_WRITES_PER_OPERATION {
             return Err(RecordError::TooManyWrites { count });
         }
-        let mut grouped: BTreeMap<FieldKey, FieldWrite> = BTreeMap::new();
         // Both lists alike: which one a write travels in matters only to 0.1.0 readers.
+        let mut wire_writes = Vec::with_capacity(count);
         for wire_write in upsert.writes.iter().chain(&upsert.extension_writes) {
             let key = FieldKey::parse(&wire_write.key)?;
             let value = wire_write
@@ -214,20 +214,29 @@ impl Operation {
                 .as_ref()
                 .map(Hlc::from_proto)
                 .transpose()?;
-            match grouped.get_mut(&key) {
-                Some(write) if write.value == value => write.replaces.extend(replaces),
-                Some(_) => return Err(RecordError::DuplicateFieldKey { field: key.kind() }),
-                None => {
-                    let write = FieldWrite {
-                        key: key.clone(),
-                        value,
-                        replaces: replaces.into_iter().collect(),
-                    };
-                    grouped.insert(key, write);
+            wire_writes.push((key, value, replaces));
+        }
+        // The wire writes of one key (one per replaced clock) are grouped into one write: they
+        // must agree on the value. A stable sort keeps them in wire order, and writers send
+        // keys sorted, so this is usually a check (no map per operation, no key copied).
+        wire_writes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut writes: Vec<FieldWrite> = Vec::with_capacity(wire_writes.len());
+        for (key, value, replaces) in wire_writes {
+            match writes.last_mut() {
+                Some(write) if write.key == key => {
+                    if write.value != value {
+                        return Err(RecordError::DuplicateFieldKey { field: key.kind() });
+                    }
+                    write.replaces.extend(replaces);
                 }
+                _ => writes.push(FieldWrite {
+                    key,
+                    value,
+                    replaces: replaces.into_iter().collect(),
+                }),
             }
         }
-        Self::upsert(record, clock, grouped.into_values())
+        Self::upsert(record, clock, writes)
     }
 }
 
