@@ -133,6 +133,7 @@ macro_rules! conformance {
 
 conformance!(
     reads_start_inside_packed_values_and_page,
+    bounded_reads_stop_at_their_bound_and_page_over_many_rows,
     truncation_keeps_the_tail_of_a_straddling_value_across_a_reopen,
     stream_meta_survives_reopens_and_truncations,
     pairing_slots_are_put_once_taken_once_and_expire,
@@ -265,6 +266,117 @@ fn reads_start_inside_packed_values_and_page(backend: &Backend) {
         assert_eq!(end, ReadEnd::Complete);
         assert!(read(&*store, &account, 10, 100).0.is_empty());
         assert!(read(&*store, &account, u64::MAX, 100).0.is_empty());
+    }
+}
+
+/// `read_stream_until` with a sink taking at most `max`.
+fn read_until(
+    store: &dyn Store,
+    account: &AccountId,
+    after: u64,
+    until: u64,
+    max: usize,
+) -> (Vec<u64>, ReadEnd) {
+    let mut out = Vec::new();
+    let end = store
+        .read_stream_until(account, &D, after, until, &mut |seq, e| {
+            assert!(seq <= until, "offered {seq} past the bound {until}");
+            assert_eq!(e.as_ref(), envelopes(seq, 1)[0].as_slice());
+            if out.len() == max {
+                return false;
+            }
+            out.push(seq);
+            true
+        })
+        .unwrap();
+    (out, end)
+}
+
+/// The pull path bounds each read by seq (the page's count, the servable end): nothing past
+/// the bound is offered, a read that passed everything up to it is complete, and reads cross
+/// more rows than one round trip fetches (one envelope per row with `value_bytes` 0).
+fn bounded_reads_stop_at_their_bound_and_page_over_many_rows(backend: &Backend) {
+    for value_bytes in [0, 40, 1 << 20] {
+        let store = (backend.open)(value_bytes);
+        let account = AccountId::from_bytes([value_bytes.min(255) as u8 ^ 0x3c; 32]);
+        append(&*store, &account, 1, 5);
+        append(&*store, &account, 6, 45);
+        let name = format!("{} value_bytes {value_bytes}", backend.name);
+        let (got, end) = read_until(&*store, &account, 3, 7, usize::MAX);
+        assert_eq!((got, end), ((4..=7).collect(), ReadEnd::Complete), "{name}");
+        let (got, end) = read_until(&*store, &account, 3, 7, 2);
+        assert_eq!((got, end), (vec![4, 5], ReadEnd::More), "{name}");
+        let (got, end) = read_until(&*store, &account, 0, 45, usize::MAX);
+        assert_eq!(
+            (got, end),
+            ((1..=45).collect(), ReadEnd::Complete),
+            "{name}"
+        );
+        let (got, end) = read_until(&*store, &account, 20, u64::MAX, usize::MAX);
+        assert_eq!(
+            (got, end),
+            ((21..=50).collect(), ReadEnd::Complete),
+            "{name}"
+        );
+        let (got, end) = read_until(&*store, &account, 0, 50, 50);
+        assert_eq!(
+            (got, end),
+            ((1..=50).collect(), ReadEnd::Complete),
+            "{name}"
+        );
+        let (got, end) = read_until(&*store, &account, 0, 50, 49);
+        assert_eq!((got, end), ((1..=49).collect(), ReadEnd::More), "{name}");
+        for (after, until) in [(7, 7), (9, 3), (50, 60), (u64::MAX, u64::MAX)] {
+            let (got, end) = read_until(&*store, &account, after, until, usize::MAX);
+            assert_eq!(
+                (got, end),
+                (vec![], ReadEnd::Complete),
+                "{name} {after}..={until}"
+            );
+        }
+        // The unbounded reads cross the same rows.
+        let (got, end) = read(&*store, &account, 0, 1000);
+        assert_eq!(
+            got,
+            (1..=50).zip(envelopes(1, 50)).collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert_eq!(end, ReadEnd::Complete);
+        // From a cursor before the first stored envelope, a bound counts from it.
+        store.truncate(&account, &D, 30).unwrap();
+        let (got, end) = read_until(&*store, &account, 0, 32, usize::MAX);
+        assert_eq!(
+            (got, end),
+            ((30..=32).collect(), ReadEnd::Complete),
+            "{name}"
+        );
+    }
+}
+
+/// A PostgreSQL row whose seq range claims envelopes it does not hold (a damaged or
+/// hand-edited database) ends a read with `Corrupt` instead of reading the same rows for ever.
+#[test]
+fn a_postgres_row_claiming_envelopes_it_lacks_is_corrupt_not_read_for_ever() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.database();
+    let store = PostgresStore::open(&url, 1, 0).unwrap();
+    append(&store, &A, 1, 20);
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .execute("UPDATE kith_envelopes SET last_seq = 1000", &[])
+        .unwrap();
+    for until in [u64::MAX, 900] {
+        let mut offered = Vec::new();
+        let err = store
+            .read_stream_until(&A, &D, 20, until, &mut |seq, _| {
+                offered.push(seq);
+                true
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(offered.is_empty());
     }
 }
 

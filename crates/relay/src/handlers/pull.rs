@@ -120,29 +120,46 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: Pull) -> Reply {
             continue;
         }
         let device_id = Bytes::copy_from_slice(device.as_bytes());
-        let mut reached_servable_end = false;
-        let end = shared
-            .store
-            .read_stream_bytes(&account.id, &device, after, &mut |seq, envelope| {
-                if seq > servable {
-                    reached_servable_end = true;
-                    return false;
-                }
-                let full = page.envelopes.len() >= max_envelopes
-                    || (bytes + envelope.len() > max_bytes && !page.envelopes.is_empty());
-                if full {
-                    return false;
-                }
-                bytes += envelope.len();
-                page.envelopes.push(StoredEnvelope {
-                    device_id: device_id.clone(),
-                    seq,
-                    envelope,
-                });
-                true
-            })
-            .map_err(RequestError::storage)?;
-        page.more = end == ReadEnd::More && !reached_servable_end;
+        // Each read is bounded by the seq where the page's envelope count would be reached
+        // (counted from the stream's first stored envelope when the cursor is before it) and
+        // by the servable end, so that a store reading packed rows fetches none past the
+        // page; the sink still checks every bound. A read that completes short of the
+        // servable end without filling the page (envelopes missing below the bound) goes on.
+        let mut cursor = after;
+        loop {
+            let remaining = max_envelopes.saturating_sub(page.envelopes.len()) as u64;
+            if remaining == 0 {
+                page.more = true;
+                break;
+            }
+            let from = cursor.max(meta.first_seq.saturating_sub(1));
+            let until = servable.min(from.saturating_add(remaining));
+            let end = shared
+                .store
+                .read_stream_until(&account.id, &device, cursor, until, &mut |seq, envelope| {
+                    let full = page.envelopes.len() >= max_envelopes
+                        || (bytes + envelope.len() > max_bytes && !page.envelopes.is_empty());
+                    if full {
+                        return false;
+                    }
+                    bytes += envelope.len();
+                    page.envelopes.push(StoredEnvelope {
+                        device_id: device_id.clone(),
+                        seq,
+                        envelope,
+                    });
+                    true
+                })
+                .map_err(RequestError::storage)?;
+            if end == ReadEnd::More {
+                page.more = true;
+                break;
+            }
+            if until >= servable {
+                break;
+            }
+            cursor = until;
+        }
     }
     let frame = pull_frame(&page);
     shared.metrics.pulled(page.envelopes.len(), bytes);

@@ -306,6 +306,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// [`Store::read_stream_bytes`] of the envelopes with seq <= `until` only: the read ends
+    /// with [`ReadEnd::Complete`] once every stored envelope up to `until` was passed (a
+    /// later one is never offered), with [`ReadEnd::More`] when `sink` refused one. A backend
+    /// that reads envelopes packed in rows uses the bound to fetch no row past it (the pull
+    /// path bounds each stream's read by the page's envelope count and the servable end).
+    /// The default ends [`Store::read_stream_bytes`] at the first envelope past `until`.
+    fn read_stream_until(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        until: u64,
+        sink: &mut dyn FnMut(u64, bytes::Bytes) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
+        let mut past = false;
+        let end = self.read_stream_bytes(account, device, after_seq, &mut |seq, envelope| {
+            if seq > until {
+                past = true;
+                return false;
+            }
+            sink(seq, envelope)
+        })?;
+        Ok(if past { ReadEnd::Complete } else { end })
+    }
+
     /// Deletes envelopes with seq < `before_seq` (the caller checked `before_seq <= last_seq`,
     /// or `before_seq == last_seq + 1` to empty a stream that a push restarts at a snapshot)
     /// and returns the stream's meta afterwards.

@@ -225,6 +225,17 @@ fn meta_of(row: &postgres::Row) -> Result<StreamMeta, StoreError> {
     })
 }
 
+/// A read row whose `data` column (a non-null bytea, checked before wrapping) becomes the
+/// bytes of a [`Bytes`] without being copied out of the row: the pulled envelopes are slices
+/// of what the driver received, as the embedded store's are slices of what it read.
+struct RowData(postgres::Row);
+
+impl AsRef<[u8]> for RowData {
+    fn as_ref(&self) -> &[u8] {
+        self.0.try_get::<_, &[u8]>(1).unwrap_or_default()
+    }
+}
+
 /// One worker's connection and its prepared statements.
 struct Conn {
     client: Client,
@@ -648,24 +659,31 @@ impl PostgresStore {
         })
     }
 
-    /// One page of a stream's rows with envelopes after `after_seq`.
+    /// Up to [`READ_ROWS`] of a stream's rows with envelopes after `after_seq`, none of
+    /// them starting past `until`.
     fn read_rows(
         &self,
         account: &AccountId,
         device: &DeviceId,
         after_seq: u64,
+        until: u64,
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let (a, d) = (account.as_bytes().to_vec(), device.as_bytes().to_vec());
         self.run(move |conn| {
             let read = conn.statement(
                 "SELECT first_seq, data FROM kith_envelopes
-                 WHERE account = $1 AND device = $2 AND last_seq > $3
-                 ORDER BY first_seq LIMIT $4",
+                 WHERE account = $1 AND device = $2 AND last_seq > $3 AND first_seq <= $4
+                 ORDER BY first_seq LIMIT $5",
             )?;
             conn.client
-                .query(&read, &[&a, &d, &int(after_seq), &READ_ROWS])?
-                .iter()
-                .map(|row| Ok((uint(row.get(0))?, Bytes::from(row.get::<_, Vec<u8>>(1)))))
+                .query(&read, &[&a, &d, &int(after_seq), &int(until), &READ_ROWS])?
+                .into_iter()
+                .map(|row| {
+                    let first = uint(row.try_get(0)?)?;
+                    // Checked here, so that `RowData` only ever finds a bytea.
+                    row.try_get::<_, &[u8]>(1)?;
+                    Ok((first, Bytes::from_owner(RowData(row))))
+                })
                 .collect()
         })
     }
@@ -768,35 +786,34 @@ impl Store for PostgresStore {
     fn load_account(&self, account: &AccountId) -> Result<Option<LoadedAccount>, StoreError> {
         let a = account.as_bytes().to_vec();
         self.run(move |conn| {
-            let roster = conn.statement(
-                "SELECT roster, sealed_key_bytes, settings FROM kith_accounts WHERE id = $1",
+            // One statement, so one snapshot (the roster and the stream heads as of one
+            // moment) in one round trip: the account's row first, then one per stream. Every
+            // pull of a relay sharing the database reads it.
+            let load = conn.statement(
+                "SELECT 0 AS kind, roster, sealed_key_bytes, settings, NULL::bytea AS device,
+                        0::bigint AS first_seq, 0::bigint AS last_seq, 0::bigint AS bytes,
+                        0::bigint AS envelopes
+                 FROM kith_accounts WHERE id = $1
+                 UNION ALL
+                 SELECT 1, NULL, 0, NULL, device, first_seq, last_seq, bytes, envelopes
+                 FROM kith_streams WHERE account = $1
+                 ORDER BY kind",
             )?;
-            let streams = conn.statement(
-                "SELECT device, first_seq, last_seq, bytes, envelopes FROM kith_streams
-                 WHERE account = $1",
-            )?;
-            // One snapshot: the roster and the stream heads as of one moment.
-            let mut tx = conn
-                .client
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let Some(row) = tx.query_opt(&roster, &[&a])? else {
+            let rows = conn.client.query(&load, &[&a])?;
+            let Some(row) = rows.first().filter(|row| row.get::<_, i32>(0) == 0) else {
                 return Ok(None);
             };
             let mut loaded = LoadedAccount {
-                roster: row.get(0),
-                streams: Vec::new(),
-                sealed_key_bytes: uint(row.get(1))?,
-                settings: settings_of(row.get(2))?,
+                roster: row.get(1),
+                streams: Vec::with_capacity(rows.len() - 1),
+                sealed_key_bytes: uint(row.get(2))?,
+                settings: settings_of(row.get(3))?,
             };
-            for row in tx.query(&streams, &[&a])? {
+            for row in &rows[1..] {
                 loaded
                     .streams
-                    .push((device_of(row.get::<_, &[u8]>(0))?, meta_of(&row)?));
+                    .push((device_of(row.get::<_, &[u8]>(4))?, meta_of(row)?));
             }
-            tx.commit()?;
             Ok(Some(loaded))
         })
     }
@@ -953,14 +970,28 @@ impl Store for PostgresStore {
         after_seq: u64,
         sink: &mut dyn FnMut(u64, Bytes) -> bool,
     ) -> Result<ReadEnd, StoreError> {
+        self.read_stream_until(account, device, after_seq, u64::MAX, sink)
+    }
+
+    fn read_stream_until(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        after_seq: u64,
+        until: u64,
+        sink: &mut dyn FnMut(u64, Bytes) -> bool,
+    ) -> Result<ReadEnd, StoreError> {
         let mut cursor = after_seq;
-        loop {
-            let rows = self.read_rows(account, device, cursor)?;
-            if rows.is_empty() {
-                return Ok(ReadEnd::Complete);
-            }
+        while cursor < until {
+            let rows = self.read_rows(account, device, cursor, until)?;
+            // Fewer rows than asked for: none is left up to `until` (no further round trip).
+            let last_read = rows.len() < READ_ROWS as usize;
+            let before = cursor;
             for (first, data) in rows {
                 for (seq, range) in (first..).zip(unpack(&data)?) {
+                    if seq > until {
+                        return Ok(ReadEnd::Complete);
+                    }
                     if seq > cursor {
                         if !sink(seq, data.slice(range)) {
                             return Ok(ReadEnd::More);
@@ -969,7 +1000,18 @@ impl Store for PostgresStore {
                     }
                 }
             }
+            if last_read {
+                break;
+            }
+            if cursor == before {
+                // Rows claiming envelopes past the cursor that they do not hold: reading
+                // again would find the same rows.
+                return Err(StoreError::Corrupt(
+                    "envelope row shorter than its seq range",
+                ));
+            }
         }
+        Ok(ReadEnd::Complete)
     }
 
     fn truncate(
