@@ -48,8 +48,9 @@ pub mod testing;
 
 pub use phone::Region;
 
-/// The source a contact was imported from: the protocol's [`SourceKind`], whose `source/…`
-/// field holds what that source says ([`Provenance`]).
+/// The source a contact was imported from: the protocol's
+/// [`SourceKind`](kith_protocol::record::SourceKind), whose `source/…` field holds what that
+/// source says ([`Provenance`]).
 pub use kith_protocol::record::SourceKind as Source;
 
 /// What a source says about a contact, as the `source/…` field stores it.
