@@ -2,7 +2,7 @@
 # Generates the Swift, Kotlin and Python sources of the kith-ffi bindings with uniffi-bindgen
 # in library mode (from the built library's metadata; no UDL file).
 #
-#   crates/ffi/generate.sh                 # refresh the checked-in crates/ffi/bindings/{swift,kotlin}
+#   crates/ffi/generate.sh                 # refresh the checked-in bindings/{swift,kotlin} (at the repository root)
 #   crates/ffi/generate.sh OUT_DIR         # write OUT_DIR/{python,swift,kotlin} instead
 #
 # The checked-in Swift and Kotlin sources are compared with fresh ones by
@@ -21,7 +21,7 @@ if [ $# -ge 1 ]; then
     out=$1
     langs="python swift kotlin"
 else
-    out="$root/crates/ffi/bindings"
+    out="$root/bindings"
     langs="swift kotlin"
 fi
 for lang in $langs; do

@@ -1,7 +1,7 @@
 //! The bindings as foreign code sees them: generates the Python module from the built
 //! `libkith_ffi` with `uniffi-bindgen` (library mode) and runs the Python suite
 //! (`tests/python`, unittest, no pip packages) against a real `kith-relay` process; and checks
-//! that the checked-in Swift and Kotlin sources (`bindings/`) are what the API generates now.
+//! that the checked-in Swift and Kotlin sources (`bindings/` at the repository root) are what the API generates now.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -148,7 +148,9 @@ fn the_checked_in_swift_and_kotlin_sources_are_current() {
     for language in ["swift", "kotlin"] {
         let fresh = work.path().join(language);
         generate(language, &fresh);
-        let checked_in = manifest_dir().join("bindings").join(language);
+        // Generated code lives at the repository root, outside `crates/` (which holds the code we
+        // write), so that app developers find it at `bindings/`.
+        let checked_in = manifest_dir().join("../../bindings").join(language);
         let names = files(&fresh);
         assert!(
             !names.is_empty(),
@@ -157,14 +159,14 @@ fn the_checked_in_swift_and_kotlin_sources_are_current() {
         assert_eq!(
             names,
             files(&checked_in),
-            "the {language} files differ from crates/ffi/bindings/{language}: run crates/ffi/generate.sh"
+            "the {language} files differ from bindings/{language}: run crates/ffi/generate.sh"
         );
         for name in names {
             let now = std::fs::read_to_string(fresh.join(&name)).expect("read generated");
             let before = std::fs::read_to_string(checked_in.join(&name)).expect("read checked in");
             assert!(
                 now == before,
-                "crates/ffi/bindings/{language}/{} is not what the API generates now: run \
+                "bindings/{language}/{} is not what the API generates now: run \
                  crates/ffi/generate.sh and commit the result (and fix the Swift/Kotlin \
                  callers it breaks)",
                 name.display()

@@ -53,61 +53,11 @@ pub use phone::Region;
 /// source says ([`Provenance`]).
 pub use kith_protocol::record::SourceKind as Source;
 
-/// What a source says about a contact, as the `source/…` field stores it.
-///
-/// Only the `*Source` messages of `records.proto` can be held here, so a provenance is
-/// always a valid value of its `source/…` field.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Provenance {
-    /// From LinkedIn.
-    LinkedIn(proto::LinkedInSource),
-    /// From Facebook.
-    Facebook(proto::FacebookSource),
-    /// From macOS Messages (aggregate counts only).
-    IMessage(proto::IMessageSource),
-    /// From the macOS Contacts database.
-    AddressBook(proto::AddressBookSource),
-    /// From a vCard file.
-    VCard(proto::VCardSource),
-    /// Meetings from a calendar (joined with what the record holds, not replacing it).
-    Calendar(proto::CalendarSource),
-    /// Mail header statistics (joined with what the record holds, not replacing it).
-    Mail(proto::MailSource),
-    /// A Twitter/X account.
-    Twitter(proto::TwitterSource),
-}
-
-impl Provenance {
-    /// The source this provenance belongs to.
-    pub fn source(&self) -> Source {
-        match self {
-            Provenance::LinkedIn(_) => Source::LinkedIn,
-            Provenance::Facebook(_) => Source::Facebook,
-            Provenance::IMessage(_) => Source::IMessage,
-            Provenance::AddressBook(_) => Source::AddressBook,
-            Provenance::VCard(_) => Source::VCard,
-            Provenance::Calendar(_) => Source::Calendar,
-            Provenance::Mail(_) => Source::Mail,
-            Provenance::Twitter(_) => Source::Twitter,
-        }
-    }
-
-    /// The provenance as the value of its `source/…` field.
-    pub fn to_field_value(&self) -> proto::FieldValue {
-        use proto::field_value::Value;
-        let value = match self {
-            Provenance::LinkedIn(s) => Value::Linkedin(s.clone()),
-            Provenance::Facebook(s) => Value::Facebook(*s),
-            Provenance::IMessage(s) => Value::Imessage(s.clone()),
-            Provenance::AddressBook(s) => Value::AddressBook(s.clone()),
-            Provenance::VCard(s) => Value::Vcard(s.clone()),
-            Provenance::Calendar(s) => Value::Calendar(s.clone()),
-            Provenance::Mail(s) => Value::Mail(s.clone()),
-            Provenance::Twitter(s) => Value::Twitter(s.clone()),
-        };
-        proto::FieldValue { value: Some(value) }
-    }
-}
+/// What a source says about a contact, as its `source/…` field stores it: the protocol's
+/// [`Source`](kith_protocol::contact::Source), whose `kind()` is the [`Source`] and `to_value()`
+/// the field's value. Only the `*Source` messages of `records.proto` can be held here, so a
+/// provenance is always a valid value of its `source/…` field.
+pub use kith_protocol::contact::Source as Provenance;
 
 /// One contact as a source describes it, before it is merged with anything else.
 ///
@@ -170,7 +120,7 @@ impl ImportedContact {
 
     /// The source this contact came from.
     pub fn source(&self) -> Source {
-        self.provenance.source()
+        self.provenance.kind()
     }
 
     /// Every normalized identity the client uses to unify contacts across sources, sorted and
@@ -260,7 +210,7 @@ impl ImportedContact {
         }
         out.push((
             FieldKey::source(self.source()).as_str().to_owned(),
-            self.provenance.to_field_value(),
+            self.provenance.to_value(),
         ));
         if let Some(address_book) = &self.address_book {
             out.push((
