@@ -167,24 +167,8 @@ pub struct TrustArgs {
     pub relay_ca: Option<String>,
 }
 
-/// The export formats `kith import` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ImportKind {
-    /// LinkedIn `Connections.csv`.
-    Linkedin,
-    /// Facebook `your_friends.json` (or `friends.json`).
-    Facebook,
-    /// macOS Messages `chat.db` (message counts per person only; never message text).
-    Imessage,
-    /// A vCard file (2.1, 3.0 or 4.0).
-    Vcard,
-    /// An iCalendar file (.ics) or a Google Takeout zip of them (meetings; never descriptions).
-    Calendar,
-    /// An mbox (Gmail Takeout, Thunderbird, Apple Mail): headers only, never a body.
-    Mail,
-    /// A Twitter/X archive zip (follows; never direct messages).
-    Twitter,
-}
+/// The export formats `kith import` reads: the client library's list, with its texts.
+pub use kith_client::import::Export as ImportKind;
 
 /// `kith sources …`.
 #[derive(Debug, Subcommand)]

@@ -582,17 +582,8 @@ fn read_export(
     address_book: Option<&Path>,
     me: &[String],
 ) -> Result<ImportReport> {
-    let export = match kind {
-        ImportKind::Calendar => import::Export::Calendar,
-        ImportKind::Mail => import::Export::Mail,
-        ImportKind::Twitter => import::Export::Twitter,
-        ImportKind::Linkedin => import::Export::Linkedin,
-        ImportKind::Facebook => import::Export::Facebook,
-        ImportKind::Imessage => import::Export::Imessage,
-        ImportKind::Vcard => import::Export::Vcard,
-    };
     Ok(import::read_export(
-        export,
+        kind,
         path,
         address_book,
         me,

@@ -368,21 +368,27 @@ impl ImportOptions {
 }
 
 /// The exports there is an importer for (`kith import KIND`, the app bindings' import kinds).
+///
+/// The variants' documentation is also `kith import --help`'s text (with the `clap` feature,
+/// which derives `clap::ValueEnum`). Each is read by the module of its name
+/// ([`linkedin`], [`facebook`], [`imessage`], [`vcard`], [`calendar`], [`mail`], [`twitter`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Export {
-    /// LinkedIn `Connections.csv` ([`linkedin`]).
+    /// LinkedIn `Connections.csv`.
     Linkedin,
-    /// Facebook `your_friends.json` or `friends.json` ([`facebook`]).
+    /// Facebook `your_friends.json` or `friends.json`.
     Facebook,
-    /// macOS Messages `chat.db`, with the address book for names ([`imessage`]).
+    /// macOS Messages `chat.db`: message counts per person only, never message text; names from
+    /// the address book.
     Imessage,
-    /// A vCard file ([`vcard`]).
+    /// A vCard file, 2.1, 3.0 or 4.0.
     Vcard,
-    /// An iCalendar file or a zip of them ([`calendar`]).
+    /// An iCalendar file (.ics) or a Google Takeout zip of them: meetings, never descriptions.
     Calendar,
-    /// An mbox, headers only ([`mail`]).
+    /// An mbox (Gmail Takeout, Thunderbird, Apple Mail): headers only, never a body.
     Mail,
-    /// A Twitter/X archive zip ([`twitter`]).
+    /// A Twitter/X archive zip: follows, never direct messages.
     Twitter,
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto::{Authenticate, Challenge, ErrorCode, response};
 
-use super::{Reply, ok, respond, verify_auth_signature};
+use super::{Reply, ok, respond, take_challenge, verify_auth_signature};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, lock, short};
 
@@ -54,14 +54,11 @@ pub(crate) fn auth_failed(shared: &Shared, conn: &Conn) -> RequestError {
 /// Checks the device's signature over (exporter, challenge, account, device) with its key in
 /// the account's current roster, then marks the connection authenticated as that device.
 pub(crate) fn authenticate(shared: &Shared, conn: &Conn, req: Authenticate) -> Reply {
-    let nonce = conn
-        .take_challenge()
-        .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
+    let nonce = take_challenge(shared, conn)?;
     let account_id = AccountId::from_slice(&req.account_id)
         .map_err(|_| RequestError::invalid("account_id must be 32 bytes"))?;
     let device = DeviceId::from_slice(&req.device_id)
         .map_err(|_| RequestError::invalid("device_id must be 16 bytes"))?;
-    check_auth_budget(shared, conn)?;
     let roster = shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?

@@ -7,18 +7,14 @@ use kith_protocol::limits::MAX_ROSTER_BYTES;
 use kith_protocol::proto::{CreateAccount, ErrorCode};
 use sha2::{Digest, Sha256};
 
-use super::auth::check_auth_budget;
-use super::{Reply, durable, ok, verify_auth_signature};
+use super::{Reply, durable, ok, take_challenge, verify_roster_device};
 use crate::config::RegistrationMode;
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, lock, pseudonym};
 use kith_protocol::roster::VerifiedRoster;
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: CreateAccount) -> Reply {
-    let nonce = conn
-        .take_challenge()
-        .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
-    check_auth_budget(shared, conn)?;
+    let nonce = take_challenge(shared, conn)?;
     // The token first: without one, nothing is decoded or verified (a roster check and a
     // signature check are the expensive part, and an outsider must not get them for free).
     let token_hash: Option<[u8; 32]> = match shared.config.registration {
@@ -68,19 +64,7 @@ async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 
     let account_id = roster.account_id();
     let device = DeviceId::from_slice(&req.device_id)
         .map_err(|_| RequestError::invalid("device_id must be 16 bytes"))?;
-    let key = roster
-        .device(&device)
-        .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
-        .signing_key();
-    verify_auth_signature(
-        shared,
-        conn,
-        key,
-        nonce,
-        &account_id,
-        &device,
-        &req.signature,
-    )?;
+    verify_roster_device(shared, conn, &roster, &nonce, &device, &req.signature)?;
     if shared
         .store
         .was_deleted(&account_id)

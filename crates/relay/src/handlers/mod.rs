@@ -4,7 +4,8 @@
 //! or a [`RequestError`]; `subscribe` alone keeps its stream open, and is given it.
 //!
 //! What several handlers check lives here, next to [`authorized`]: a device's authentication
-//! signature ([`verify_auth_signature`]) and the per-address budget of unauthenticated lookups
+//! signature ([`take_challenge`], [`verify_auth_signature`], [`verify_roster_device`]) and the
+//! per-address budget of unauthenticated lookups
 //! ([`check_lookup_budget`]).
 
 mod account_info;
@@ -37,6 +38,7 @@ use prost::Message;
 use crate::error::RequestError;
 use crate::metrics::Limit;
 use crate::state::{Account, AccountInner, Conn, Shared, lock};
+use crate::store::StreamMeta;
 use crate::wire;
 
 /// What a handler answers: a message to encode, or a frame it encoded itself (a pull page,
@@ -388,6 +390,64 @@ pub(crate) fn check_device(
             "the device is not in the account's roster",
         ))
     }
+}
+
+/// Drops `device`'s stored envelopes before `before_seq` and takes what was dropped off the
+/// account's counters; returns the stream's metadata afterwards (its last seq unchanged).
+pub(crate) fn truncate_stream(
+    shared: &Shared,
+    inner: &mut AccountInner,
+    account: &AccountId,
+    device: &DeviceId,
+    meta: StreamMeta,
+    before_seq: u64,
+) -> Result<StreamMeta, RequestError> {
+    let after = shared
+        .store
+        .truncate(account, device, before_seq)
+        .map_err(RequestError::storage)?;
+    inner.envelope_bytes = inner
+        .envelope_bytes
+        .saturating_sub(meta.bytes - after.bytes.min(meta.bytes));
+    inner.envelopes = inner
+        .envelopes
+        .saturating_sub(meta.envelopes - after.envelopes.min(meta.envelopes));
+    Ok(after)
+}
+
+/// The connection's challenge, taken (a challenge answers one authentication), provided the
+/// source address has not spent its budget of failed authentications.
+pub(crate) fn take_challenge(shared: &Shared, conn: &Conn) -> Result<[u8; 32], RequestError> {
+    let nonce = conn
+        .take_challenge()
+        .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
+    auth::check_auth_budget(shared, conn)?;
+    Ok(nonce)
+}
+
+/// [`verify_auth_signature`] under the key `roster` gives `device`; a device the roster does
+/// not hold is refused as unknown.
+pub(crate) fn verify_roster_device(
+    shared: &Shared,
+    conn: &Conn,
+    roster: &kith_protocol::roster::VerifiedRoster,
+    nonce: &[u8; 32],
+    device: &DeviceId,
+    signature: &[u8],
+) -> Result<(), RequestError> {
+    let key = roster
+        .device(device)
+        .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
+        .signing_key();
+    verify_auth_signature(
+        shared,
+        conn,
+        key,
+        nonce,
+        &roster.account_id(),
+        device,
+        signature,
+    )
 }
 
 /// Checks a device's authentication signature over (TLS exporter, challenge, account,

@@ -352,16 +352,7 @@ fn restart_stream(
             ..meta
         });
     }
-    let after = shared
-        .store
-        .truncate(account, device, meta.last_seq + 1)
-        .map_err(RequestError::storage)?;
-    inner.envelope_bytes = inner
-        .envelope_bytes
-        .saturating_sub(meta.bytes - after.bytes.min(meta.bytes));
-    inner.envelopes = inner
-        .envelopes
-        .saturating_sub(meta.envelopes - after.envelopes.min(meta.envelopes));
+    super::truncate_stream(shared, inner, account, device, meta, meta.last_seq + 1)?;
     let emptied = StreamMeta {
         first_seq: 0,
         last_seq: meta.last_seq,

@@ -8,16 +8,12 @@ use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto::{self, ErrorCode, RecoverDevice};
 use prost::Message;
 
-use super::auth::check_auth_budget;
-use super::{Reply, ok, roster, verify_auth_signature};
+use super::{Reply, ok, roster, take_challenge, verify_roster_device};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared, lock, pseudonym};
 
 pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> Reply {
-    let nonce = conn
-        .take_challenge()
-        .ok_or_else(|| RequestError::new(ErrorCode::NoChallenge, "request a challenge first"))?;
-    check_auth_budget(shared, conn)?;
+    let nonce = take_challenge(shared, conn)?;
     let account_id = claimed_account(&req.roster)?;
     let account = shared
         .accounts
@@ -29,19 +25,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: RecoverDevice) -> 
         if account.roster().device(&device).is_some() {
             return Err(RequestError::invalid("the device is already in the roster"));
         }
-        let key = next
-            .device(&device)
-            .ok_or_else(|| RequestError::new(ErrorCode::UnknownDevice, "device not in the roster"))?
-            .signing_key();
-        verify_auth_signature(
-            shared,
-            conn,
-            key,
-            &nonce,
-            &account_id,
-            &device,
-            &req.signature,
-        )
+        verify_roster_device(shared, conn, next, &nonce, &device, &req.signature)
     })
     .await?;
     *lock(&conn.device) = Some((account_id, device));

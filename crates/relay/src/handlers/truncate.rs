@@ -3,7 +3,7 @@
 
 use kith_protocol::proto::TruncateStream;
 
-use super::{Reply, authorized, durable, ok};
+use super::{Reply, authorized, durable, ok, truncate_stream};
 use crate::error::RequestError;
 use crate::state::{Conn, Shared};
 
@@ -18,16 +18,14 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: TruncateStream) ->
                 meta.last_seq
             )));
         }
-        let after = shared
-            .store
-            .truncate(&account.id, &device, req.before_seq)
-            .map_err(RequestError::storage)?;
-        inner.envelope_bytes = inner
-            .envelope_bytes
-            .saturating_sub(meta.bytes - after.bytes.min(meta.bytes));
-        inner.envelopes = inner
-            .envelopes
-            .saturating_sub(meta.envelopes - after.envelopes.min(meta.envelopes));
+        let after = truncate_stream(
+            shared,
+            &mut inner,
+            &account.id,
+            &device,
+            meta,
+            req.before_seq,
+        )?;
         inner.streams.insert(device, after);
     }
     durable(shared).await?;
