@@ -250,7 +250,7 @@ pub enum ContactsCommand {
         /// Remove a field's value (repeatable): `emails` and `phones` remove every address or
         /// number; with --email or --phone in the same edit, they are replaced by the new one.
         #[arg(long, value_enum, value_name = "FIELD")]
-        clear: Vec<ClearArg>,
+        clear: Vec<ClearField>,
         /// Remove this e-mail address (repeatable).
         #[arg(long, value_name = "E")]
         remove_email: Vec<String>,
@@ -312,36 +312,6 @@ pub struct FieldArgs {
     /// A private note.
     #[arg(long, value_name = "T")]
     pub note: Option<String>,
-}
-
-/// The fields `contacts edit --clear` removes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ClearArg {
-    /// The company.
-    Company,
-    /// The job title.
-    Title,
-    /// The birthday.
-    Birthday,
-    /// The private note.
-    Note,
-    /// Every e-mail address.
-    Emails,
-    /// Every phone number.
-    Phones,
-}
-
-impl From<ClearArg> for ClearField {
-    fn from(arg: ClearArg) -> Self {
-        match arg {
-            ClearArg::Company => ClearField::Company,
-            ClearArg::Title => ClearField::Title,
-            ClearArg::Birthday => ClearField::Birthday,
-            ClearArg::Note => ClearField::Note,
-            ClearArg::Emails => ClearField::Emails,
-            ClearArg::Phones => ClearField::Phones,
-        }
-    }
 }
 
 fn parse_region(text: &str) -> Result<Region, String> {

@@ -14,8 +14,7 @@ use kith_client::keystore::{
 };
 use kith_client::net::{RelayTarget, RelayTrust};
 use kith_client::{
-    ClearField, ClientError, ContactFields, Device, EditOptions, PendingLink, RecoveryState,
-    SyncReport,
+    ClientError, ContactFields, Device, EditOptions, PendingLink, RecoveryState, SyncReport,
 };
 
 use crate::account;
@@ -694,7 +693,7 @@ async fn contacts(home: &Path, command: ContactsCommand) -> Result<()> {
             remove_phone,
         } => {
             let options = EditOptions {
-                clear: clear.into_iter().map(ClearField::from).collect(),
+                clear,
                 remove_emails: remove_email,
                 remove_phones: remove_phone,
                 region: fields.region.or_else(locale_region),

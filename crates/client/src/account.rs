@@ -85,6 +85,19 @@ impl Device {
     }
 }
 
+impl AccountInfo {
+    fn new(usage: &proto::Usage, detail: Option<AccountDetail>) -> Self {
+        AccountInfo {
+            bytes_used: usage.bytes_used,
+            bytes_quota: usage.bytes_quota,
+            devices: usage.devices,
+            devices_max: usage.devices_max,
+            envelopes: usage.envelopes,
+            detail,
+        }
+    }
+}
+
 async fn account_info(connection: &RelayConnection) -> Result<AccountInfo> {
     let unexpected = || ClientError::from(NetError::Protocol("expected account info".into()));
     match connection
@@ -106,13 +119,9 @@ async fn account_info(connection: &RelayConnection) -> Result<AccountInfo> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(AccountInfo {
-                bytes_used: usage.bytes_used,
-                bytes_quota: usage.bytes_quota,
-                devices: usage.devices,
-                devices_max: usage.devices_max,
-                envelopes: usage.envelopes,
-                detail: Some(AccountDetail {
+            Ok(AccountInfo::new(
+                &usage,
+                Some(AccountDetail {
                     bytes_quota_set: info.bytes_quota_set,
                     devices_max_set: info.devices_max_set,
                     sealed_key_bytes: info.sealed_key_bytes,
@@ -120,20 +129,13 @@ async fn account_info(connection: &RelayConnection) -> Result<AccountInfo> {
                     last_active_day: (info.last_active_day > 0).then_some(info.last_active_day),
                     roster_version: info.roster_version,
                 }),
-            })
+            ))
         }
         Ok(_) => Err(unexpected()),
-        Err(e) if e.is_unsupported_request() => {
-            let usage = crate::sync::usage(connection).await?;
-            Ok(AccountInfo {
-                bytes_used: usage.bytes_used,
-                bytes_quota: usage.bytes_quota,
-                devices: usage.devices,
-                devices_max: usage.devices_max,
-                envelopes: usage.envelopes,
-                detail: None,
-            })
-        }
+        Err(e) if e.is_unsupported_request() => Ok(AccountInfo::new(
+            &crate::sync::usage(connection).await?,
+            None,
+        )),
         Err(e) => Err(e.into()),
     }
 }

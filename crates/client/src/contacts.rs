@@ -49,8 +49,10 @@ pub struct EditOptions {
     pub region: Option<Region>,
 }
 
-/// A field an edit can clear.
+/// A field an edit can clear (also `kith contacts edit --clear`'s values, with the `clap`
+/// feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ClearField {
     /// The company.
     Company,

@@ -298,6 +298,27 @@ impl Device {
         Ok(Some((served.version() + 1, ours.version())))
     }
 
+    /// Asks `connection`'s relay to create this account with the roster this device trusts,
+    /// authenticating as this device.
+    async fn create_account_on(
+        &self,
+        connection: &RelayConnection,
+        registration_token: Option<String>,
+    ) -> std::result::Result<(), NetError> {
+        let (account, roster) = {
+            let state = self.state();
+            (state.account_id, state.roster.encoded().to_vec())
+        };
+        connection
+            .create_account(
+                &account,
+                roster,
+                &self.inner.secrets.signing_key,
+                registration_token,
+            )
+            .await
+    }
+
     /// Creates the account again on a relay that does not know it (it lost its data), from the
     /// roster this device trusts, and authenticates the connection. `registration_token` is
     /// needed on a relay that admits new accounts by token only. A relay that refuses because
@@ -307,17 +328,8 @@ impl Device {
         registration_token: Option<String>,
     ) -> Result<RelayConnection> {
         let connection = RelayConnection::connect(&self.relay()).await?;
-        let (account, roster) = {
-            let state = self.state();
-            (state.account_id, state.roster.encoded().to_vec())
-        };
-        match connection
-            .create_account(
-                &account,
-                roster,
-                &self.inner.secrets.signing_key,
-                registration_token,
-            )
+        match self
+            .create_account_on(&connection, registration_token)
             .await
         {
             Ok(()) => {}
@@ -328,7 +340,7 @@ impl Device {
                 // Another device of the account re-created it meanwhile: authenticate.
                 let connection = RelayConnection::connect(&self.relay()).await?;
                 connection
-                    .authenticate(&account, &self.inner.secrets.signing_key)
+                    .authenticate(&self.account_id(), &self.inner.secrets.signing_key)
                     .await?;
                 return Ok(connection);
             }
@@ -746,17 +758,8 @@ impl Device {
         // The old relay's connection, if the sync above reached it.
         let old_connection = slot.take();
         let connection = RelayConnection::connect(&relay).await?;
-        let (account, roster) = {
-            let state = self.state();
-            (state.account_id, state.roster.encoded().to_vec())
-        };
-        let created = match connection
-            .create_account(
-                &account,
-                roster,
-                &self.inner.secrets.signing_key,
-                registration_token,
-            )
+        let created = match self
+            .create_account_on(&connection, registration_token)
             .await
         {
             Ok(()) => true,
@@ -773,7 +776,7 @@ impl Device {
             // challenge) and store the trusted roster if that relay's is older.
             let connection = RelayConnection::connect(&relay).await?;
             connection
-                .authenticate(&account, &self.inner.secrets.signing_key)
+                .authenticate(&self.account_id(), &self.inner.secrets.signing_key)
                 .await?;
             connection
         };

@@ -48,6 +48,17 @@ impl RequestError {
         Self::new(ErrorCode::InvalidRequest, message)
     }
 
+    /// The account was deleted (while the request waited, or before it was made): nothing of
+    /// it is written again.
+    pub fn account_deleted() -> Self {
+        Self::new(ErrorCode::UnknownAccount, "the account was deleted")
+    }
+
+    /// The account the request names does not exist on this relay.
+    pub fn no_account() -> Self {
+        Self::new(ErrorCode::UnknownAccount, "the account does not exist")
+    }
+
     /// As a response frame.
     pub fn to_response(&self) -> proto::Response {
         proto::Response {

@@ -19,7 +19,7 @@ use kith_protocol::proto;
 
 use super::{
     FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
-    read_bounded, read_file, text,
+    open_file, read_bounded, read_file, text,
 };
 
 const KIND: FileKind = FileKind::LinkedInConnections;
@@ -87,14 +87,7 @@ pub fn rows_from_path(
     path: &Path,
     opts: &ImportOptions,
 ) -> Result<Rows<std::io::BufReader<std::fs::File>>, ImportError> {
-    let io = |source| ImportError::Io { kind: KIND, source };
-    let file = std::fs::File::open(path).map_err(io)?;
-    if file.metadata().map_err(io)?.len() > opts.max_file_bytes {
-        return Err(ImportError::TooLarge {
-            kind: KIND,
-            limit: opts.max_file_bytes,
-        });
-    }
+    let file = open_file(path, opts.max_file_bytes, KIND)?;
     Rows::new(std::io::BufReader::with_capacity(64 * 1024, file), opts)
 }
 

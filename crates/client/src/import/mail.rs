@@ -48,7 +48,8 @@ use kith_protocol::proto;
 use mailparse::{MailAddr, MailHeader, MailHeaderMap};
 
 use super::{
-    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, text,
+    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, open_file,
+    text,
 };
 
 const KIND: FileKind = FileKind::Mbox;
@@ -81,14 +82,7 @@ pub fn import(
     me: &[String],
     opts: &ImportOptions,
 ) -> Result<ImportReport, ImportError> {
-    let io = |source| ImportError::Io { kind: KIND, source };
-    let file = std::fs::File::open(path).map_err(io)?;
-    if file.metadata().map_err(io)?.len() > opts.max_stream_bytes {
-        return Err(ImportError::TooLarge {
-            kind: KIND,
-            limit: opts.max_stream_bytes,
-        });
-    }
+    let file = open_file(path, opts.max_stream_bytes, KIND)?;
     import_reader(file, me, opts)
 }
 

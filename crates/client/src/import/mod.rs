@@ -505,13 +505,22 @@ pub enum ImportError {
 
 /// Reads a whole file, refusing one over `limit` bytes before reading it.
 pub(crate) fn read_file(path: &Path, limit: u64, kind: FileKind) -> Result<Vec<u8>, ImportError> {
+    read_bounded(open_file(path, limit, kind)?, limit, kind)
+}
+
+/// Opens the file at `path` to be read by an importer, refusing one larger than `limit`
+/// before anything is read.
+pub(crate) fn open_file(
+    path: &Path,
+    limit: u64,
+    kind: FileKind,
+) -> Result<std::fs::File, ImportError> {
     let io = |source| ImportError::Io { kind, source };
     let file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len > limit {
+    if file.metadata().map_err(io)?.len() > limit {
         return Err(ImportError::TooLarge { kind, limit });
     }
-    read_bounded(file, limit, kind)
+    Ok(file)
 }
 
 /// Refuses bytes handed to an importer directly (`import_bytes`) that exceed

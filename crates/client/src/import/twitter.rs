@@ -27,7 +27,8 @@ use serde_json::value::RawValue;
 
 use super::archive::Archive;
 use super::{
-    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, text,
+    FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, open_file,
+    text,
 };
 
 const KIND: FileKind = FileKind::TwitterArchive;
@@ -55,14 +56,7 @@ pub fn is_allowed(path: &str) -> bool {
 
 /// Imports an archive from a path.
 pub fn import(path: &Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    let io = |source| ImportError::Io { kind: KIND, source };
-    let file = std::fs::File::open(path).map_err(io)?;
-    if file.metadata().map_err(io)?.len() > opts.max_stream_bytes {
-        return Err(ImportError::TooLarge {
-            kind: KIND,
-            limit: opts.max_stream_bytes,
-        });
-    }
+    let file = open_file(path, opts.max_stream_bytes, KIND)?;
     import_reader(std::io::BufReader::new(file), opts)
 }
 

@@ -71,10 +71,7 @@ async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 
         .map_err(RequestError::storage)?
     {
         // A device that missed the deletion must not bring the account back.
-        return Err(RequestError::new(
-            ErrorCode::UnknownAccount,
-            "the account was deleted",
-        ));
+        return Err(RequestError::account_deleted());
     }
     if shared
         .accounts

@@ -29,16 +29,11 @@ pub(crate) async fn handle(shared: &Shared, conn: &Conn, req: DeleteAccount) -> 
     let account = shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?
-        .ok_or_else(|| {
-            RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
-        })?;
+        .ok_or_else(RequestError::no_account)?;
     {
         let mut inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(
-                ErrorCode::UnknownAccount,
-                "the account does not exist",
-            ));
+            return Err(RequestError::no_account());
         }
         let roster = inner.roster.clone();
         if req.roster_version != roster.version() {

@@ -68,10 +68,7 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutSealedEpochKeys) -
     {
         let mut inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(
-                ErrorCode::UnknownAccount,
-                "the account was deleted",
-            ));
+            return Err(RequestError::account_deleted());
         }
         let added: u64 = parsed.iter().map(|(_, _, b)| b.len() as u64).sum();
         if inner.bytes_used() + added > inner.max_bytes(limits) {

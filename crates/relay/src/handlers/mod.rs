@@ -327,9 +327,7 @@ pub(crate) fn authorized(
     let account = shared
         .accounts
         .get(shared.store.as_ref(), &account_id)?
-        .ok_or_else(|| {
-            RequestError::new(ErrorCode::UnknownAccount, "the account does not exist")
-        })?;
+        .ok_or_else(RequestError::no_account)?;
     check_device(&account.roster(), &device)?;
     {
         let mut inner = account.lock();

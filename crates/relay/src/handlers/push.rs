@@ -230,10 +230,7 @@ pub(crate) async fn handle_ordered(
         }
         let mut inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(
-                ErrorCode::UnknownAccount,
-                "the account was deleted",
-            ));
+            return Err(RequestError::account_deleted());
         }
         check_device(&inner.roster, &device)?;
         if inner.is_fenced(&device, Instant::now()) {

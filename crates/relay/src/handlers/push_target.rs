@@ -36,10 +36,7 @@ pub(crate) async fn register(shared: &Shared, conn: &Conn, req: RegisterPushTarg
         // device, or the account's deletion, cannot interleave and leave the target behind.
         let inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(
-                ErrorCode::UnknownAccount,
-                "the account was deleted",
-            ));
+            return Err(RequestError::account_deleted());
         }
         super::check_device(&inner.roster, &device)?;
         shared

@@ -30,10 +30,7 @@ pub(crate) async fn put(shared: &Shared, conn: &Conn, req: PutRecoveryBundle) ->
     {
         let inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(
-                ErrorCode::UnknownAccount,
-                "the account was deleted",
-            ));
+            return Err(RequestError::account_deleted());
         }
         // Under the account's lock: no other put of this account runs between the check and
         // the swap.

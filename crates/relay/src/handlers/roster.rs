@@ -91,10 +91,7 @@ pub(crate) async fn replace(
     {
         let mut inner = account.lock();
         if inner.deleted {
-            return Err(RequestError::new(
-                ErrorCode::UnknownAccount,
-                "the account was deleted",
-            ));
+            return Err(RequestError::account_deleted());
         }
         if !Arc::ptr_eq(&inner.roster, &current) {
             return Err(RequestError::new(

@@ -95,8 +95,7 @@ async fn serve(
             Ok(AccountEvent::Deleted) | Err(RecvError::Closed) => {
                 let _ = deliver(
                     send,
-                    &RequestError::new(ErrorCode::UnknownAccount, "the account was deleted")
-                        .to_response(),
+                    &RequestError::account_deleted().to_response(),
                     deadline,
                 )
                 .await;
