@@ -81,7 +81,11 @@ impl Drop for TestRelay {
 
 /// `kith --home HOME …`, with no `KITH_HOME` from the environment.
 fn kith(home: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kith"));
+    with_home(Command::new(env!("CARGO_BIN_EXE_kith")), home)
+}
+
+/// `command … --home HOME`, with none of the caller's `KITH_*` settings.
+fn with_home(mut command: Command, home: &Path) -> Command {
     command
         .env_remove("KITH_HOME")
         // How a new device keeps its key is each test's choice, not the caller's environment.
@@ -234,19 +238,9 @@ fn link_with(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = request.spawn().expect("spawn device request");
-    let first_line = {
-        let out = child.stdout.take().expect("stdout");
-        let (send, receive) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(out);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = send.send((line, reader));
-        });
-        receive
-            .recv_timeout(COMMAND_TIMEOUT)
-            .expect("the link code within the timeout")
-    };
+    let first_line = stdout_first_line(&mut child)
+        .recv_timeout(COMMAND_TIMEOUT)
+        .expect("the link code within the timeout");
     let (code, mut rest) = first_line;
     let code = code.trim().to_owned();
     assert!(
@@ -267,17 +261,10 @@ fn link_with(
     assert!(tail.contains("Linked"), "{tail}");
 }
 
-/// Starts `kith sync --watch` in `home`; returns the process and its standard output, line by
-/// line.
-fn watch(home: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut watch = kith(home);
-    watch
-        .args(["sync", "--watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut watcher = watch.spawn().expect("spawn sync --watch");
-    let out = watcher.stdout.take().expect("stdout");
+/// The child's standard output, line by line, read on a thread of its own (so the child never
+/// blocks on a full pipe).
+fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout");
     let (send, receive) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -286,7 +273,42 @@ fn watch(home: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
             }
         }
     });
-    (watcher, receive)
+    receive
+}
+
+/// The child's first line of standard output, with the reader of the rest, read on a thread
+/// of its own.
+fn stdout_first_line(
+    child: &mut Child,
+) -> std::sync::mpsc::Receiver<(String, BufReader<std::process::ChildStdout>)> {
+    let out = child.stdout.take().expect("stdout");
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(out);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = send.send((line, reader));
+    });
+    receive
+}
+
+/// Starts `kith sync --watch` in `home`; returns the process and its standard output, line by
+/// line. Its standard error is piped, for the test to read.
+fn watch(home: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    watch_with(home, Stdio::piped())
+}
+
+/// [`watch`], with the process's standard error sent to `stderr`.
+fn watch_with(home: &Path, stderr: Stdio) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut watcher = kith(home)
+        .args(["sync", "--watch"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn sync --watch");
+    let lines = stdout_lines(&mut watcher);
+    (watcher, lines)
 }
 
 #[test]
@@ -927,15 +949,7 @@ impl Requester {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = request.spawn().expect("spawn device request");
-        let out = child.stdout.take().expect("stdout");
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stdout_lines(&mut child);
         let code = lines
             .recv_timeout(COMMAND_TIMEOUT)
             .expect("the link code within the timeout")
@@ -1229,22 +1243,8 @@ fn a_relay_that_is_down_fails_fast_and_says_why() {
 
     // The watcher keeps trying through more than one failed connection attempt, and syncs
     // once the relay is back.
-    let mut watch = kith(&a);
-    watch
-        .args(["sync", "--watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut watcher = watch.spawn().expect("spawn sync --watch");
-    let out = watcher.stdout.take().expect("stdout");
-    let (send, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    // (Its standard error, a line per failed attempt, is not read: not piped.)
+    let (mut watcher, lines) = watch_with(&a, Stdio::null());
     std::thread::sleep(Duration::from_secs(12));
     assert!(
         watcher.try_wait().expect("wait").is_none(),
@@ -1563,17 +1563,8 @@ fn faketime_available(test: &str) -> bool {
 /// `date -d` reads it, e.g. "+3650 days").
 fn kith_at(offset: &str, home: &Path) -> Command {
     let mut command = Command::new("faketime");
-    command
-        .arg(offset)
-        .arg(env!("CARGO_BIN_EXE_kith"))
-        .env_remove("KITH_HOME")
-        // How a new device keeps its key is each test's choice, not the caller's environment.
-        .env_remove("KITH_KEY_STORE")
-        .env_remove("KITH_PASSPHRASE")
-        .env("RUST_LOG", "error")
-        .arg("--home")
-        .arg(home);
-    command
+    command.arg(offset).arg(env!("CARGO_BIN_EXE_kith"));
+    with_home(command, home)
 }
 
 fn sync(command: Command) {
@@ -2260,14 +2251,7 @@ fn device_request_json_prints_the_code_then_the_result() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = request.spawn().expect("spawn device request");
-    let out = child.stdout.take().expect("stdout");
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(out);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = send.send((line, reader));
-    });
+    let receive = stdout_first_line(&mut child);
     let (first, mut rest) = receive
         .recv_timeout(COMMAND_TIMEOUT)
         .expect("the code line");

@@ -1031,6 +1031,45 @@ async fn truncation_drops_the_head_of_a_stream_and_keeps_its_position() {
     .await;
 }
 
+/// A sealed epoch key for `account`'s device `recipient`, its bytes all `fill` (the relay
+/// checks who may store it, not what it seals), unsigned.
+fn sealed_key(account: &TestAccount, recipient: usize, epoch: u64, fill: u8) -> Vec<u8> {
+    proto::SealedEpochKey {
+        account_id: account.id.as_bytes().to_vec(),
+        recipient_device_id: account.device(recipient).device_id().as_bytes().to_vec(),
+        epoch,
+        key_id: vec![fill; 16],
+        encapped_key: vec![fill; 1120],
+        ciphertext: vec![fill; 48],
+        signature: Vec::new(),
+    }
+    .encode_to_vec()
+}
+
+/// `PutSealedEpochKeys` of `keys`, staged for the next epoch under `staged`'s key if given.
+fn put_sealed(keys: Vec<Vec<u8>>, staged: Option<&AccountSigningKey>) -> request::Kind {
+    request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
+        keys,
+        staged_account_key: staged
+            .map(|key| key.public().as_bytes().to_vec())
+            .unwrap_or_default(),
+    })
+}
+
+/// The sealed keys the relay holds for `client`'s device, from `min_epoch` on.
+async fn held_sealed(client: &RelayClient, min_epoch: u64) -> Vec<Vec<u8>> {
+    match client
+        .request(request::Kind::GetSealedEpochKeys(
+            proto::GetSealedEpochKeys { min_epoch },
+        ))
+        .await
+        .unwrap()
+    {
+        response::Kind::SealedEpochKeys(keys) => keys.keys,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
     bounded(async {
@@ -1038,24 +1077,9 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
         let account = TestAccount::new(2);
         let client = relay.connect().await;
         account.create(&client).await;
-        let sealed = |recipient: usize, epoch| {
-            proto::SealedEpochKey {
-                account_id: account.id.as_bytes().to_vec(),
-                recipient_device_id: account.device(recipient).device_id().as_bytes().to_vec(),
-                epoch,
-                key_id: vec![epoch as u8; 16],
-                encapped_key: vec![1; 1120],
-                ciphertext: vec![2; 48],
-                signature: Vec::new(),
-            }
-            .encode_to_vec()
-        };
-        let put = |keys| {
-            request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
-                keys,
-                staged_account_key: Vec::new(),
-            })
-        };
+        let sealed =
+            |recipient: usize, epoch: u64| sealed_key(&account, recipient, epoch, epoch as u8);
+        let put = |keys| put_sealed(keys, None);
         client
             .expect_ok(put(vec![sealed(0, 1), sealed(1, 1)]))
             .await
@@ -1070,16 +1094,7 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
             .authenticate(account.device(1), &account.id)
             .await
             .unwrap();
-        match other
-            .request(request::Kind::GetSealedEpochKeys(
-                proto::GetSealedEpochKeys { min_epoch: 1 },
-            ))
-            .await
-            .unwrap()
-        {
-            response::Kind::SealedEpochKeys(keys) => assert_eq!(keys.keys, vec![sealed(1, 1)]),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(held_sealed(&other, 1).await, vec![sealed(1, 1)]);
         relay.handle.shutdown().await.unwrap();
     })
     .await;
@@ -1095,24 +1110,8 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
         let account = TestAccount::new(2);
         let client = relay.connect().await;
         account.create(&client).await;
-        let sealed = |recipient: usize, fill: u8| {
-            proto::SealedEpochKey {
-                account_id: account.id.as_bytes().to_vec(),
-                recipient_device_id: account.device(recipient).device_id().as_bytes().to_vec(),
-                epoch: 1,
-                key_id: vec![fill; 16],
-                encapped_key: vec![fill; 1120],
-                ciphertext: vec![fill; 48],
-                signature: Vec::new(),
-            }
-            .encode_to_vec()
-        };
-        let put = |keys| {
-            request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
-                keys,
-                staged_account_key: Vec::new(),
-            })
-        };
+        let sealed = |recipient: usize, fill: u8| sealed_key(&account, recipient, 1, fill);
+        let put = |keys| put_sealed(keys, None);
         client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
         client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
 
@@ -1121,18 +1120,7 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
             .authenticate(account.device(1), &account.id)
             .await
             .unwrap();
-        let held = || async {
-            match other
-                .request(request::Kind::GetSealedEpochKeys(
-                    proto::GetSealedEpochKeys { min_epoch: 1 },
-                ))
-                .await
-                .unwrap()
-            {
-                response::Kind::SealedEpochKeys(keys) => keys.keys,
-                other => panic!("{other:?}"),
-            }
-        };
+        let held = || held_sealed(&other, 1);
         // Device 0 tries to replace device 1's key of epoch 1.
         assert!(
             client.expect_ok(put(vec![sealed(1, 7)])).await.is_err(),
@@ -1187,41 +1175,14 @@ async fn no_member_can_overwrite_a_staged_key_of_the_next_epoch() {
         let next_key = AccountSigningKey::generate(&mut system_rng());
         let thief_key = AccountSigningKey::generate(&mut system_rng());
         let sealed = |fill: u8, signer: Option<&AccountSigningKey>| {
-            let bytes = proto::SealedEpochKey {
-                account_id: account.id.as_bytes().to_vec(),
-                recipient_device_id: account.device(2).device_id().as_bytes().to_vec(),
-                epoch: 2,
-                key_id: vec![fill; 16],
-                encapped_key: vec![fill; 1120],
-                ciphertext: vec![fill; 48],
-                signature: Vec::new(),
-            }
-            .encode_to_vec();
+            let bytes = sealed_key(&account, 2, 2, fill);
             match signer {
                 Some(key) => kith_protocol::epoch::sign_sealed_epoch_key(&bytes, key).unwrap(),
                 None => bytes,
             }
         };
-        let put = |keys, staged: Option<&AccountSigningKey>| {
-            request::Kind::PutSealedEpochKeys(proto::PutSealedEpochKeys {
-                keys,
-                staged_account_key: staged
-                    .map(|key| key.public().as_bytes().to_vec())
-                    .unwrap_or_default(),
-            })
-        };
-        let held = || async {
-            match recipient
-                .request(request::Kind::GetSealedEpochKeys(
-                    proto::GetSealedEpochKeys { min_epoch: 2 },
-                ))
-                .await
-                .unwrap()
-            {
-                response::Kind::SealedEpochKeys(keys) => keys.keys,
-                other => panic!("{other:?}"),
-            }
-        };
+        let put = put_sealed;
+        let held = || held_sealed(&recipient, 2);
         let staged = sealed(1, Some(&next_key));
         revoker
             .expect_ok(put(vec![staged.clone()], Some(&next_key)))
