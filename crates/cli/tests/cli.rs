@@ -1,16 +1,19 @@
 //! The `kith` binary, run as people and scripts run it, against a real relay on loopback
 //! started in the test process. Every child process is bounded in time.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kith_e2e::relay_child::RelayChild;
 use serde_json::Value;
 
 mod support;
-use support::{COMMAND_TIMEOUT, RelayProcess, new_relay_bin, wait};
+use support::{
+    COMMAND_TIMEOUT, RelayProcess, kith, new_relay_bin, ok, run, stderr, stdout, stdout_first_line,
+    stdout_lines, wait, with_home,
+};
 
 /// A relay on loopback, served by its own runtime while the test thread runs commands.
 struct TestRelay {
@@ -77,58 +80,6 @@ impl Drop for TestRelay {
             });
         }
     }
-}
-
-/// `kith --home HOME …`, with no `KITH_HOME` from the environment.
-fn kith(home: &Path) -> Command {
-    with_home(Command::new(env!("CARGO_BIN_EXE_kith")), home)
-}
-
-/// `command … --home HOME`, with none of the caller's `KITH_*` settings.
-fn with_home(mut command: Command, home: &Path) -> Command {
-    command
-        .env_remove("KITH_HOME")
-        // How a new device keeps its key is each test's choice, not the caller's environment.
-        .env_remove("KITH_KEY_STORE")
-        .env_remove("KITH_PASSPHRASE")
-        .env("RUST_LOG", "error")
-        .arg("--home")
-        .arg(home);
-    command
-}
-
-/// Runs a command to completion (bounded) and returns its output.
-fn run(mut command: Command) -> Output {
-    let what = format!("{command:?}");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kith");
-    wait(child, &what)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Runs a command that must succeed; returns its standard output.
-fn ok(command: Command) -> String {
-    let what = format!("{command:?}");
-    let output = run(command);
-    assert!(
-        output.status.success(),
-        "`{what}` failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        stdout(&output),
-        stderr(&output)
-    );
-    stdout(&output)
 }
 
 /// Runs a command that must fail with exit code 1; returns its standard error.
@@ -259,37 +210,6 @@ fn link_with(
         stderr(&output)
     );
     assert!(tail.contains("Linked"), "{tail}");
-}
-
-/// The child's standard output, line by line, read on a thread of its own (so the child never
-/// blocks on a full pipe).
-fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
-    let out = child.stdout.take().expect("stdout");
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
-/// The child's first line of standard output, with the reader of the rest, read on a thread
-/// of its own.
-fn stdout_first_line(
-    child: &mut Child,
-) -> std::sync::mpsc::Receiver<(String, BufReader<std::process::ChildStdout>)> {
-    let out = child.stdout.take().expect("stdout");
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(out);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = send.send((line, reader));
-    });
-    receive
 }
 
 /// Starts `kith sync --watch` in `home`; returns the process and its standard output, line by

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 mod support;
-use support::{COMMAND_TIMEOUT, RelayProcess, new_relay_bin, wait};
+use support::{COMMAND_TIMEOUT, RelayProcess, new_relay_bin, ok, wait, with_home};
 
 /// The release these tests hold this one to: the newest line of `scripts/releases.txt`.
 const PREVIOUS: &str = "0.1.0";
@@ -66,13 +66,7 @@ fn new_kith() -> PathBuf {
 }
 
 fn kith(bin: &Path, home: &Path) -> Command {
-    let mut command = Command::new(bin);
-    command
-        .env_remove("KITH_HOME")
-        .env("RUST_LOG", "error")
-        .arg("--home")
-        .arg(home);
-    command
+    with_home(Command::new(bin), home)
 }
 
 /// The tests that run two releases' processes take turns: run side by side on a busy 2-core
@@ -81,27 +75,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     TURN.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Runs a command that must succeed; returns its standard output.
-fn ok(mut command: Command) -> String {
-    let what = format!("{command:?}");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let output = wait(child, &what);
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    assert!(
-        output.status.success(),
-        "`{what}` failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    text(&output.stdout)
 }
 
 fn init(bin: &Path, home: &Path, relay: &RelayProcess, name: &str) {

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod support;
-use support::wait;
+use support::{kith, run, wait};
 
 struct TestRelay {
     runtime: tokio::runtime::Runtime,
@@ -58,31 +58,16 @@ impl Drop for TestRelay {
     }
 }
 
-fn kith(home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kith"));
+/// `kith --home HOME ARGS…`.
+fn kith_args(home: &Path, args: &[&str]) -> Command {
+    let mut command = kith(home);
+    command.args(args);
     command
-        .env_remove("KITH_HOME")
-        .env("RUST_LOG", "error")
-        .arg("--home")
-        .arg(home)
-        .args(args);
-    command
-}
-
-fn run(mut command: Command) -> Output {
-    let what = format!("{command:?}");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kith");
-    wait(child, &what)
 }
 
 /// Runs `kith ARGS` in `home`, which must succeed; returns its standard output.
 fn ok(home: &Path, args: &[&str]) -> String {
-    let output = run(kith(home, args));
+    let output = run(kith_args(home, args));
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -459,7 +444,7 @@ fn merging_by_hand_is_undone_by_unmerge_and_syncs_to_another_device() {
 /// Links a new device in `new` to the account of `existing`, as a person does it.
 fn link_device(existing: &Path, new: &Path, relay: &TestRelay) {
     use std::io::{BufRead, BufReader};
-    let mut request = kith(
+    let mut request = kith_args(
         new,
         &[
             "device",

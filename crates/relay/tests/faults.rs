@@ -30,10 +30,10 @@ use common::faulty_store::FaultyStore;
 use common::latency::{LatencyReport, WellBehaved};
 use common::process::RelayProcess;
 use common::rng::{SplitMix64, mix, seed_from_env};
-use common::{TestAccount, TestRelay, envelope, envelope_with, envelopes};
+use common::{TestAccount, TestRelay, envelope, envelope_with, envelopes, pull_account};
 use kith_net::{encode_frame, read_message};
 use kith_protocol::ids::DeviceId;
-use kith_protocol::proto::{self, Cursor, ErrorCode, StreamInfo, request, response};
+use kith_protocol::proto::{self, ErrorCode, request, response};
 use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::{Relay, RelayConfig};
 
@@ -60,42 +60,6 @@ fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
         Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
         Ok(value) => panic!("expected a refusal, got {value:?}"),
     }
-}
-
-/// Every envelope of the account, per device, in the order served, and the streams' bounds.
-async fn pull_account(
-    client: &RelayClient,
-) -> (HashMap<DeviceId, Vec<(u64, Vec<u8>)>>, Vec<StreamInfo>) {
-    let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut streams: HashMap<DeviceId, Vec<(u64, Vec<u8>)>> = HashMap::new();
-    for _page in 0..10_000 {
-        let page = client
-            .pull(
-                cursors
-                    .iter()
-                    .map(|(device_id, &after_seq)| Cursor {
-                        device_id: device_id.clone(),
-                        after_seq,
-                    })
-                    .collect(),
-                0,
-                0,
-            )
-            .await
-            .unwrap();
-        for stored in page.envelopes {
-            let device = DeviceId::from_slice(&stored.device_id).unwrap();
-            cursors.insert(stored.device_id, stored.seq);
-            streams
-                .entry(device)
-                .or_default()
-                .push((stored.seq, stored.envelope));
-        }
-        if !page.more {
-            return (streams, page.streams);
-        }
-    }
-    panic!("pull did not end");
 }
 
 // ---------------------------------------------------------------------------------------------

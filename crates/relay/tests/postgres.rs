@@ -17,42 +17,13 @@ use common::process::RelayProcess;
 use common::{TestAccount, bounded, envelopes};
 use kith_protocol::auth::sign_account_deletion;
 use kith_protocol::ids::DeviceId;
-use kith_protocol::proto::{self, Cursor, ErrorCode, request};
+use kith_protocol::proto::{self, ErrorCode, request};
 use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 
 /// Every envelope of the account, per device.
 async fn pull_all(client: &RelayClient) -> HashMap<DeviceId, Vec<(u64, Vec<u8>)>> {
-    let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut streams: HashMap<DeviceId, Vec<(u64, Vec<u8>)>> = HashMap::new();
-    for _ in 0..10_000 {
-        let page = client
-            .pull(
-                cursors
-                    .iter()
-                    .map(|(device_id, &after_seq)| Cursor {
-                        device_id: device_id.clone(),
-                        after_seq,
-                    })
-                    .collect(),
-                0,
-                0,
-            )
-            .await
-            .unwrap();
-        for stored in page.envelopes {
-            let device = DeviceId::from_slice(&stored.device_id).unwrap();
-            cursors.insert(stored.device_id, stored.seq);
-            streams
-                .entry(device)
-                .or_default()
-                .push((stored.seq, stored.envelope));
-        }
-        if !page.more {
-            return streams;
-        }
-    }
-    panic!("pull did not end");
+    common::pull_account(client).await.0
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {

@@ -133,3 +133,86 @@ fn read_announcement(stdout: ChildStdout) -> (String, String) {
         .recv_timeout(COMMAND_TIMEOUT)
         .expect("the relay announced its address and certificate pin")
 }
+
+/// `kith --home HOME …`, with no `KITH_HOME` from the environment.
+pub fn kith(home: &Path) -> Command {
+    with_home(Command::new(env!("CARGO_BIN_EXE_kith")), home)
+}
+
+/// `command … --home HOME`, with none of the caller's `KITH_*` settings.
+pub fn with_home(mut command: Command, home: &Path) -> Command {
+    command
+        .env_remove("KITH_HOME")
+        // How a new device keeps its key is each test's choice, not the caller's environment.
+        .env_remove("KITH_KEY_STORE")
+        .env_remove("KITH_PASSPHRASE")
+        .env("RUST_LOG", "error")
+        .arg("--home")
+        .arg(home);
+    command
+}
+
+/// Runs a command to completion (bounded) and returns its output.
+pub fn run(mut command: Command) -> Output {
+    let what = format!("{command:?}");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kith");
+    wait(child, &what)
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs a command that must succeed; returns its standard output.
+pub fn ok(command: Command) -> String {
+    let what = format!("{command:?}");
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "`{what}` failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// The child's standard output, line by line, read on a thread of its own (so the child never
+/// blocks on a full pipe).
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout");
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// The child's first line of standard output, with the reader of the rest, read on a thread
+/// of its own.
+pub fn stdout_first_line(
+    child: &mut Child,
+) -> std::sync::mpsc::Receiver<(String, BufReader<std::process::ChildStdout>)> {
+    let out = child.stdout.take().expect("stdout");
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(out);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = send.send((line, reader));
+    });
+    receive
+}

@@ -8,12 +8,13 @@ pub mod pg;
 pub mod process;
 pub mod rng;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use kith_protocol::encoding::labels;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::keys::{AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, system_rng};
-use kith_protocol::proto;
+use kith_protocol::proto::{self, Cursor, StreamInfo};
 use kith_relay::client::RelayClient;
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 use prost::Message;
@@ -193,4 +194,40 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
     tokio::time::timeout(TEST_TIMEOUT, body)
         .await
         .expect("test timed out");
+}
+
+/// Every envelope of the account, per device, in the order served, and the streams' bounds.
+pub async fn pull_account(
+    client: &RelayClient,
+) -> (HashMap<DeviceId, Vec<(u64, Vec<u8>)>>, Vec<StreamInfo>) {
+    let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut streams: HashMap<DeviceId, Vec<(u64, Vec<u8>)>> = HashMap::new();
+    for _page in 0..10_000 {
+        let page = client
+            .pull(
+                cursors
+                    .iter()
+                    .map(|(device_id, &after_seq)| Cursor {
+                        device_id: device_id.clone(),
+                        after_seq,
+                    })
+                    .collect(),
+                0,
+                0,
+            )
+            .await
+            .unwrap();
+        for stored in page.envelopes {
+            let device = DeviceId::from_slice(&stored.device_id).unwrap();
+            cursors.insert(stored.device_id, stored.seq);
+            streams
+                .entry(device)
+                .or_default()
+                .push((stored.seq, stored.envelope));
+        }
+        if !page.more {
+            return (streams, page.streams);
+        }
+    }
+    panic!("pull did not end");
 }
