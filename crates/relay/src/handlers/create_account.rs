@@ -64,7 +64,7 @@ async fn create(shared: &Shared, conn: &Conn, req: &CreateAccount, nonce: &[u8; 
     let account_id = roster.account_id();
     let device = DeviceId::from_slice(&req.device_id)
         .map_err(|_| RequestError::invalid("device_id must be 16 bytes"))?;
-    verify_roster_device(shared, conn, &roster, &nonce, &device, &req.signature)?;
+    verify_roster_device(shared, conn, &roster, nonce, &device, &req.signature)?;
     if shared
         .store
         .was_deleted(&account_id)
