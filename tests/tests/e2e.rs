@@ -589,6 +589,77 @@ async fn a_streamed_import_gives_the_contacts_of_a_whole_file_import() {
     assert_eq!((again.added, again.updated), (0, 0), "{again:?}");
 }
 
+/// An import that stops part way (here the file cannot be read past row 4,500; a crash leaves
+/// the same: the chunks committed before it) keeps what it committed, and running it again
+/// completes it: the contacts are those of one uninterrupted import, nothing is added twice.
+/// The first run starts on an empty store (records it has not loaded are known to be new, no
+/// read); the second on a store that holds some (every record is read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_import_run_again_gives_the_contacts_of_one_import() {
+    use kith_client::import::{
+        FileKind, ImportError, ImportOptions, linkedin, testing::generate_linkedin_csv,
+    };
+    let world = World::new().await;
+    let (a, _) = world.first_device("a").await;
+    let (b, _) = world.first_device("b").await;
+    let options = ImportOptions::default();
+    let csv = generate_linkedin_csv(9_000);
+    let whole = a
+        .import_stream(
+            linkedin::Rows::new(csv.as_bytes(), &options).unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+
+    let cut = linkedin::Rows::new(csv.as_bytes(), &options)
+        .unwrap()
+        .take(4_500)
+        .chain(std::iter::once(Err(ImportError::Io {
+            kind: FileKind::LinkedInConnections,
+            source: std::io::Error::other("the disk went away"),
+        })));
+    assert!(b.import_stream(cut, |_| {}).await.is_err());
+    let kept = b.contacts().unwrap().len();
+    assert!(kept > 0 && kept < whole.added, "{kept} of {}", whole.added);
+
+    let rest = b
+        .import_stream(
+            linkedin::Rows::new(csv.as_bytes(), &options).unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.added, whole.added - kept, "{rest:?}");
+    let view = |device: &Device| {
+        let mut contacts: Vec<String> = device
+            .contacts()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    c.name(),
+                    c.emails(),
+                    c.urls(),
+                    c.company()
+                )
+            })
+            .collect();
+        contacts.sort();
+        contacts
+    };
+    assert_eq!(view(&a), view(&b));
+    let again = b
+        .import_stream(
+            linkedin::Rows::new(csv.as_bytes(), &options).unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.added, again.updated), (0, 0), "{again:?}");
+}
+
 /// An import is written in chunks, each chunk's transaction running while the next is merged.
 /// A person who appears again in the same chunk, in the very next chunk (whose predecessor may
 /// still be in flight) or chunks later must still become one contact with everything from both.

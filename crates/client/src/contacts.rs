@@ -594,6 +594,9 @@ impl Device {
         let mut summary = ImportSummary::default();
         let store = &self.inner.store;
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
+        // An import into a new store (a first import, the case of the largest files) does
+        // not look up the records it creates.
+        pipeline.start_on_empty_store()?;
         let _bulk = store.bulk()?;
         let mut index = IdentityIndex::new(store);
         let mut done = 0;

@@ -279,6 +279,14 @@ fn put_sql(tree: TreeName) -> &'static str {
     )
 }
 
+fn insert_new_sql(tree: TreeName) -> &'static str {
+    per_tree!(
+        tree,
+        "INSERT INTO ",
+        " (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING"
+    )
+}
+
 fn remove_sql(tree: TreeName) -> &'static str {
     per_tree!(tree, "DELETE FROM ", " WHERE key = ?1")
 }
@@ -762,6 +770,22 @@ impl StoreTxn<'_> {
             .prepare_cached(put_sql(tree))?
             .execute(rusqlite::params![key, sealed])?;
         Ok(())
+    }
+
+    /// Writes one value already sealed for `(tree, key)` if the tree holds nothing under
+    /// `key`; whether it was written. One lookup of the key where a [`StoreTxn::get`] followed
+    /// by a [`StoreTxn::put_sealed`] costs two.
+    pub fn insert_sealed_if_absent(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<bool, LocalStoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(insert_new_sql(tree))?
+            .execute(rusqlite::params![key, sealed])?
+            > 0)
     }
 
     /// Removes one value.
