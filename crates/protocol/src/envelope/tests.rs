@@ -468,6 +468,26 @@ fn batch_verification_names_the_first_bad_envelope() {
     );
 }
 
+/// `bytes` with each edit applied: a byte changed (0), inserted (1) or removed (2).
+fn mutate(bytes: &[u8], edits: Vec<(prop::sample::Index, u8, u8)>) -> Vec<u8> {
+    let mut mutated = bytes.to_vec();
+    for (at, byte, how) in edits {
+        if mutated.is_empty() {
+            mutated.push(byte);
+            continue;
+        }
+        let i = at.index(mutated.len());
+        match how {
+            0 => mutated[i] = byte,
+            1 => mutated.insert(i, byte),
+            _ => {
+                mutated.remove(i);
+            }
+        }
+    }
+    mutated
+}
+
 /// The canonical fast path reads exactly the headers prost re-encodes identically, with
 /// the same fields: never accepts a non-canonical header, never misreads one.
 fn fast_path_agrees(bytes: &[u8]) {
@@ -515,21 +535,70 @@ proptest! {
         .encode_to_vec();
         fast_path_agrees(&header);
         // Mutations: a byte changed, inserted or removed.
-        let mut mutated = header.clone();
-        for (at, byte, how) in edits {
-            if mutated.is_empty() {
-                mutated.push(byte);
-                continue;
-            }
-            let i = at.index(mutated.len());
-            match how {
-                0 => mutated[i] = byte,
-                1 => mutated.insert(i, byte),
-                _ => {
-                    mutated.remove(i);
-                }
-            }
+        let mutated = mutate(&header, edits);
+        fast_path_agrees(&mutated);
+    }
+}
+
+/// The fixed-layout reader accepts only headers the general reader accepts, with the same
+/// fields; and it does take every header a writer seals.
+fn fixed_path_agrees(bytes: &[u8]) {
+    if let Some(fixed) = read_fixed_header(bytes) {
+        assert_eq!(
+            Some(fixed),
+            read_any_canonical_header(bytes),
+            "{bytes:02x?}"
+        );
+    }
+}
+
+#[test]
+fn sealed_headers_take_the_fixed_layout_path() {
+    let f = fixture();
+    for seq in [1u64, 2, 127, 128, 16_383, 16_384, u64::MAX >> 1] {
+        let prev = if seq == 1 {
+            EnvelopeHash::ZERO
+        } else {
+            EnvelopeHash::from_bytes([7; 32])
+        };
+        let sealed = seal_at(&f, seq, &prev, b"contact");
+        let header = split_envelope(&sealed.bytes).unwrap().header;
+        let fixed = read_fixed_header(header).expect("a sealed header has the fixed layout");
+        assert_eq!(Some(fixed), read_any_canonical_header(header));
+        assert_eq!(peek_header(&sealed.bytes).unwrap().seq, seq);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn the_fixed_layout_header_path_matches_the_general_one(
+        version in prop_oneof![Just(0u32), Just(1), 127..130u32, any::<u32>()],
+        account_len in prop_oneof![Just(32usize), 0..40],
+        device_len in prop_oneof![Just(16usize), 0..20],
+        seq in prop_oneof![Just(0u64), 1..1000u64, any::<u64>()],
+        epoch in prop_oneof![Just(0u64), 1..1000u64, any::<u64>()],
+        prev_len in prop_oneof![Just(32usize), 0..40],
+        kind in prop_oneof![Just(0i32), 1..3i32, 126..130i32, any::<i32>()],
+        nonce_len in prop_oneof![Just(24usize), 0..30],
+        fill in any::<u8>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 0..3),
+    ) {
+        let header = proto::EnvelopeHeader {
+            format_version: version,
+            account_id: vec![fill; account_len],
+            device_id: vec![fill ^ 1; device_len],
+            seq,
+            epoch,
+            prev_hash: vec![fill ^ 2; prev_len],
+            kind,
+            nonce: vec![fill ^ 3; nonce_len],
         }
+        .encode_to_vec();
+        fixed_path_agrees(&header);
+        fast_path_agrees(&header);
+        let mutated = mutate(&header, edits);
+        fixed_path_agrees(&mutated);
         fast_path_agrees(&mutated);
     }
 }

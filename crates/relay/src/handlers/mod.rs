@@ -134,6 +134,9 @@ impl Command {
         }
         let malformed = |_| RequestError::new(ErrorCode::Malformed, "request does not decode");
         if let Some(payload) = wire::push_payload(&body) {
+            if let Some(push) = wire::Push::decode_plain(&payload) {
+                return Ok(Command::Push(push));
+            }
             return wire::Push::decode(payload)
                 .map(Command::Push)
                 .map_err(malformed);
