@@ -227,6 +227,11 @@ pub struct Settings {
     /// [default: 200]
     #[arg(long, env = "KITH_RELAY_RETRY_ABOVE_HANDSHAKES_PER_SECOND")]
     pub retry_above_handshakes_per_second: Option<u32>,
+    /// Handshakes one source IP address may start per minute once it has used its burst (as
+    /// many as its connection cap); beyond it new connections are refused before their
+    /// handshake [default: 240]
+    #[arg(long, env = "KITH_RELAY_HANDSHAKES_PER_ADDRESS_PER_MINUTE")]
+    pub handshakes_per_address_per_minute: Option<u32>,
     /// Failed authentications (Authenticate, CreateAccount, RecoverDevice) per minute per
     /// source IP address; beyond it attempts are refused unverified [default: 30]
     #[arg(long, env = "KITH_RELAY_AUTH_FAILURES_PER_MINUTE")]
@@ -318,6 +323,7 @@ impl Settings {
             auth_timeout_secs,
             max_connections_per_address,
             retry_above_handshakes_per_second,
+            handshakes_per_address_per_minute,
             auth_failures_per_minute,
             pull_wait_secs,
             metrics_listen,
@@ -384,6 +390,9 @@ impl Settings {
             retry_above_handshakes_per_second: self
                 .retry_above_handshakes_per_second
                 .unwrap_or(l.retry_above_handshakes_per_second),
+            handshakes_per_address_per_minute: self
+                .handshakes_per_address_per_minute
+                .unwrap_or(l.handshakes_per_address_per_minute),
             auth_failures_per_minute: self
                 .auth_failures_per_minute
                 .unwrap_or(l.auth_failures_per_minute),
@@ -493,6 +502,12 @@ pub struct Bounds {
     /// New connections per second (a token bucket of one second's worth) above which new
     /// connections get a QUIC Retry before their handshake.
     pub retry_above_handshakes_per_second: u32,
+    /// Handshakes per minute one source IP address may start beyond its burst of
+    /// `max_connections_per_address`: a client that closes and reopens connections (an
+    /// unauthenticated one is closed after `auth_timeout`, a flooding one after
+    /// `MAX_BAD_FRAMES`) is refused at the first packet instead of being handed a handshake
+    /// (a key exchange and a signature, computed under the QUIC endpoint's lock) each time.
+    pub handshakes_per_address_per_minute: u32,
     /// Failed authentications per minute per source IP address.
     pub auth_failures_per_minute: u32,
     /// Longest wait of a pull for room in the pull budget.
@@ -525,6 +540,7 @@ impl Default for Bounds {
             auth_timeout: Duration::from_secs(10),
             max_connections_per_address: 256,
             retry_above_handshakes_per_second: 200,
+            handshakes_per_address_per_minute: 240,
             auth_failures_per_minute: 30,
             pull_wait: Duration::from_secs(5),
         }
@@ -694,6 +710,10 @@ impl RelayConfig {
             (
                 l.retry_above_handshakes_per_second,
                 "retry_above_handshakes_per_second",
+            ),
+            (
+                l.handshakes_per_address_per_minute,
+                "handshakes_per_address_per_minute",
             ),
             (l.auth_failures_per_minute, "auth_failures_per_minute"),
         ] {

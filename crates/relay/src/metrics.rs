@@ -280,8 +280,8 @@ impl Metrics {
         }
     }
 
-    /// A new connection was refused before its handshake by `limit` (`max_connections` or
-    /// `max_connections_per_address`).
+    /// A new connection was refused before its handshake by `limit` (`max_connections`,
+    /// `max_connections_per_address`, `handshakes_per_address`).
     pub fn connection_refused(&self, limit: &'static str) {
         self.connections_refused
             .get_or_create(&[("limit", limit)])

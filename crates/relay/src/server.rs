@@ -134,7 +134,9 @@ impl RelayHandle {
             cached_accounts: shared.accounts.len(),
             notification_channels: live.channels.get(),
             device_buckets: shared.device_limiter.len(),
-            address_buckets: shared.lookup_limiter.len() + shared.auth_limiter.len(),
+            address_buckets: shared.lookup_limiter.len()
+                + shared.auth_limiter.len()
+                + shared.address_handshakes.len(),
             frame_bytes: live.frame_bytes.get(),
         }
     }
@@ -446,6 +448,19 @@ async fn serve(
             }
             continue;
         }
+        // An address that keeps opening connections (each closed again: idle past
+        // `auth_timeout`, flooding past `MAX_BAD_FRAMES`) gets a handshake at most
+        // `handshakes_per_address_per_minute` after its burst, and is refused before the
+        // handshake otherwise: a handshake's key exchange and signature run under the QUIC
+        // endpoint's lock, where every other connection's packets wait for them. Checked after
+        // the Retry, so that above the handshake rate only an address that proved it receives
+        // there is counted; an address the table has no room for is not refused.
+        let now = std::time::Instant::now();
+        if !shared.address_handshakes.has_room(&ip, now) {
+            refuse(&shared, incoming, "handshakes_per_address");
+            continue;
+        }
+        shared.address_handshakes.check(&ip, now);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             refuse(&shared, incoming, "max_connections");
             continue;
@@ -543,7 +558,9 @@ async fn sweep(shared: Arc<Shared>) {
         interval.tick().await;
         let now = std::time::Instant::now();
         let devices = shared.device_limiter.prune(now);
-        let addresses = shared.lookup_limiter.prune(now) + shared.auth_limiter.prune(now);
+        let addresses = shared.lookup_limiter.prune(now)
+            + shared.auth_limiter.prune(now)
+            + shared.address_handshakes.prune(now);
         shared.accounts.trim();
         tracing::trace!(devices, addresses, "rate-limit buckets kept");
         match shared.store.expire_pairing_slots(now_ms()) {

@@ -577,6 +577,9 @@ pub(crate) struct Shared {
     pub per_address: Mutex<HashMap<IpAddr, usize>>,
     /// New connections per second before the relay asks for a QUIC Retry.
     pub handshake_limiter: KeyedLimiter<()>,
+    /// Handshakes started per source address: a burst of its connection cap, then
+    /// `handshakes_per_address_per_minute`.
+    pub address_handshakes: KeyedLimiter<IpAddr>,
     /// A key no device holds: an authentication naming no known device is checked against
     /// it, so that every failure costs the relay, and tells the peer, the same.
     pub decoy_key: DeviceVerifyingKey,
@@ -644,6 +647,12 @@ impl Shared {
                 Duration::from_secs(1),
                 l.retry_above_handshakes_per_second,
                 1,
+            ),
+            address_handshakes: KeyedLimiter::new(
+                l.handshakes_per_address_per_minute,
+                Duration::from_secs(60),
+                l.max_connections_per_address,
+                MAX_LIMITER_KEYS,
             ),
             token_inbox: crate::token_inbox(&config.data_dir),
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),

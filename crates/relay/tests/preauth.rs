@@ -29,6 +29,15 @@ async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, RelayC
     RelayClient::connect_from(bind, relay.handle.local_addr(), relay.handle.cert_sha256()).await
 }
 
+/// Panics unless the relay refused the connection at its first packet (`CONNECTION_REFUSED`).
+fn assert_refused(result: Result<RelayClient, RelayClientError>, why: &str) {
+    match result {
+        Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(close)))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
+        other => panic!("a connection {why} was not refused: {:?}", other.err()),
+    }
+}
+
 #[tokio::test]
 async fn an_idle_unauthenticated_connection_is_closed_after_the_auth_timeout() {
     bounded(async {
@@ -134,12 +143,7 @@ async fn connections_over_an_addresss_cap_are_refused_before_any_retry_or_handsh
         let refused = relay.handle.connections_refused();
         let attempts = 20;
         for _ in 0..attempts {
-            match connect_from(&relay, "127.0.0.2").await {
-                Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(
-                    close,
-                ))) if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
-                other => panic!("a connection over the cap was not refused: {other:?}"),
-            }
+            assert_refused(connect_from(&relay, "127.0.0.2").await, "over the cap");
         }
         assert_eq!(
             relay.handle.connections_refused() - refused,
@@ -170,6 +174,65 @@ async fn connections_over_an_addresss_cap_are_refused_before_any_retry_or_handsh
             .await
             .unwrap();
         assert_eq!(relay.handle.handshakes_started() - handshakes, 1);
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// An address that keeps closing and reopening connections (the abuser's idle connections
+/// are closed after `auth_timeout` and come back, its flooders after `MAX_BAD_FRAMES`) gets a
+/// handshake only within its per-address budget: past it, each new connection is refused at its
+/// first packet, before any TLS work, while other addresses still connect.
+#[tokio::test]
+async fn an_address_reopening_connections_is_refused_handshakes_past_its_budget() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| {
+            c.bounds.max_connections_per_address = 3;
+            // Three at once, then one a minute: none more within this test.
+            c.bounds.handshakes_per_address_per_minute = 1;
+        })
+        .await;
+        for _ in 0..3 {
+            let client = connect_from(&relay, "127.0.0.2").await.unwrap();
+            client
+                .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+                .await
+                .unwrap();
+            client.close().await;
+        }
+        // Its connections are closed: the cap has room, the handshake budget has none.
+        for _ in 0..100 {
+            if relay.handle.memory().connections == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            relay.handle.memory().connections,
+            0,
+            "the closed connections are gone"
+        );
+        let handshakes = relay.handle.handshakes_started();
+        let refused = relay.handle.connections_refused();
+        for _ in 0..5 {
+            assert_refused(
+                connect_from(&relay, "127.0.0.2").await,
+                "past the address's handshake budget",
+            );
+        }
+        assert_eq!(relay.handle.connections_refused() - refused, 5);
+        assert_eq!(
+            relay.handle.handshakes_started() - handshakes,
+            0,
+            "a refused connection reached the TLS handshake"
+        );
+        // Another address has a budget of its own.
+        connect_from(&relay, "127.0.0.1")
+            .await
+            .unwrap()
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
         relay.handle.shutdown().await.unwrap();
     })
     .await;

@@ -574,13 +574,13 @@ proptest! {
     #[test]
     fn the_fixed_layout_header_path_matches_the_general_one(
         version in prop_oneof![Just(0u32), Just(1), 127..130u32, any::<u32>()],
-        account_len in prop_oneof![Just(32usize), 0..40],
-        device_len in prop_oneof![Just(16usize), 0..20],
+        account_len in prop_oneof![Just(32usize), 0..40usize],
+        device_len in prop_oneof![Just(16usize), 0..20usize],
         seq in prop_oneof![Just(0u64), 1..1000u64, any::<u64>()],
         epoch in prop_oneof![Just(0u64), 1..1000u64, any::<u64>()],
-        prev_len in prop_oneof![Just(32usize), 0..40],
+        prev_len in prop_oneof![Just(32usize), 0..40usize],
         kind in prop_oneof![Just(0i32), 1..3i32, 126..130i32, any::<i32>()],
-        nonce_len in prop_oneof![Just(24usize), 0..30],
+        nonce_len in prop_oneof![Just(24usize), 0..30usize],
         fill in any::<u8>(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 0..3),
     ) {

@@ -429,12 +429,14 @@ pub fn print_relay_counts(round: &str, before: &RelayCounts, after: &RelayCounts
         .map_or("-".to_owned(), |ms| format!("<= {ms:.0} ms"));
     println!(
         "relay, {round}: handshakes completed {}, failed {}, timed out {}; refused before the \
-         handshake: {} at the address's cap, {} at the connection limit; Retry sent {}; bad \
-         frames {}; pulls refused for the pull budget {}; relay-side push ack p99 {p99}",
+         handshake: {} at the address's cap, {} past the address's handshake budget, {} at the \
+         connection limit; Retry sent {}; bad frames {}; pulls refused for the pull budget {}; \
+         relay-side push ack p99 {p99}",
         d("kith_relay_handshakes_total{result=\"ok\"}"),
         d("kith_relay_handshakes_total{result=\"failed\"}"),
         d("kith_relay_handshakes_total{result=\"timed_out\"}"),
         d("kith_relay_connections_refused_total{limit=\"max_connections_per_address\"}"),
+        d("kith_relay_connections_refused_total{limit=\"handshakes_per_address\"}"),
         d("kith_relay_connections_refused_total{limit=\"max_connections\"}"),
         d("kith_relay_retries_total"),
         d("kith_relay_bad_frames_total"),
