@@ -229,7 +229,7 @@ pub struct Settings {
     pub retry_above_handshakes_per_second: Option<u32>,
     /// Handshakes one source IP address may start per minute once it has used its burst (as
     /// many as its connection cap); beyond it new connections are refused before their
-    /// handshake [default: 240]
+    /// handshake [default: 600]
     #[arg(long, env = "KITH_RELAY_HANDSHAKES_PER_ADDRESS_PER_MINUTE")]
     pub handshakes_per_address_per_minute: Option<u32>,
     /// Failed authentications (Authenticate, CreateAccount, RecoverDevice) per minute per
@@ -540,7 +540,7 @@ impl Default for Bounds {
             auth_timeout: Duration::from_secs(10),
             max_connections_per_address: 256,
             retry_above_handshakes_per_second: 200,
-            handshakes_per_address_per_minute: 240,
+            handshakes_per_address_per_minute: 600,
             auth_failures_per_minute: 30,
             pull_wait: Duration::from_secs(5),
         }
