@@ -18,7 +18,7 @@ use crate::device::Device;
 use crate::error::{ClientError, Result};
 use crate::import::{ImportError, ImportReport, ImportedContact, phone::Region};
 use crate::pipeline::{RecordPipeline, Records};
-use crate::store::TreeName;
+use crate::store::{StoreTxn, TreeName};
 
 /// Fields of a new contact, or the fields to change in an edit (`None` = leave as is).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -926,8 +926,10 @@ fn import_replaces(
 ///
 /// Shards of earlier builds (keyed by one byte) are split into two-byte shards the first time
 /// an identity they cover is looked up, and removed when the index is written.
-pub(crate) struct IdentityIndex<'a> {
-    store: &'a crate::store::LocalStore,
+pub(crate) struct IdentityIndex {
+    /// A handle on the store (shared), so that an index can live across the pages of a pull,
+    /// on the thread that writes them.
+    store: crate::store::LocalStore,
     /// Each loaded shard's entries sorted by blinded identity, by shard number. A sorted
     /// vector costs 48 bytes an entry where a map cost about 70 and an allocation per node:
     /// the index of a 1,000,000-contact import is its largest structure in memory.
@@ -942,12 +944,21 @@ pub(crate) struct IdentityIndex<'a> {
 /// One shard of the identity index: (blinded identity, record id), sorted, keys unique.
 type Shard = Vec<([u8; 32], RecordId)>;
 
-impl<'a> IdentityIndex<'a> {
+/// Where [`IdentityIndex`] reads a shard it has not loaded: the store's reader, or a write
+/// transaction (the pull's page writer, which then does not wait for the reader connection
+/// the merging thread uses).
+#[derive(Clone, Copy)]
+enum ShardSource<'t, 'c> {
+    Store,
+    Txn(&'t StoreTxn<'c>),
+}
+
+impl IdentityIndex {
     const ENTRY: usize = 32 + 16;
 
-    pub(crate) fn new(store: &'a crate::store::LocalStore) -> Self {
+    pub(crate) fn new(store: &crate::store::LocalStore) -> Self {
         Self {
-            store,
+            store: store.clone(),
             shards: HashMap::new(),
             dirty: BTreeSet::new(),
             legacy_checked: BTreeSet::new(),
@@ -959,32 +970,33 @@ impl<'a> IdentityIndex<'a> {
         u16::from_be_bytes([key[0], key[1]])
     }
 
-    fn load_shard(&mut self, number: u16) -> Result<&mut Shard> {
-        use std::collections::hash_map::Entry;
-        match self.shards.entry(number) {
-            Entry::Occupied(entry) => Ok(entry.into_mut()),
-            Entry::Vacant(entry) => {
-                let mut shard = BTreeMap::new();
-                if let Some(bytes) = self
-                    .store
-                    .get(TreeName::Identities, &number.to_be_bytes())?
-                {
-                    Self::decode_into(&bytes, &mut shard);
-                }
-                Ok(entry.insert(shard.into_iter().collect()))
-            }
-        }
+    fn read(&self, source: ShardSource<'_, '_>, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(match source {
+            ShardSource::Store => self.store.get(TreeName::Identities, key)?,
+            ShardSource::Txn(tx) => tx.get(TreeName::Identities, key)?,
+        })
     }
 
-    fn shard(&mut self, key: &[u8; 32]) -> Result<&mut Shard> {
+    fn load_shard(&mut self, source: ShardSource<'_, '_>, number: u16) -> Result<&mut Shard> {
+        if !self.shards.contains_key(&number) {
+            let mut shard = BTreeMap::new();
+            if let Some(bytes) = self.read(source, &number.to_be_bytes())? {
+                Self::decode_into(&bytes, &mut shard);
+            }
+            self.shards.insert(number, shard.into_iter().collect());
+        }
+        Ok(self.shards.entry(number).or_default())
+    }
+
+    fn shard(&mut self, source: ShardSource<'_, '_>, key: &[u8; 32]) -> Result<&mut Shard> {
         if self.legacy_checked.insert(key[0])
-            && let Some(bytes) = self.store.get(TreeName::Identities, &[key[0]])?
+            && let Some(bytes) = self.read(source, &[key[0]])?
         {
             let mut legacy = BTreeMap::new();
             Self::decode_into(&bytes, &mut legacy);
             for (blinded, id) in legacy {
                 let number = Self::shard_number(&blinded);
-                let shard = self.load_shard(number)?;
+                let shard = self.load_shard(source, number)?;
                 if let Err(at) = shard.binary_search_by(|(key, _)| key.cmp(&blinded)) {
                     shard.insert(at, (blinded, id));
                 }
@@ -992,11 +1004,20 @@ impl<'a> IdentityIndex<'a> {
             }
             self.legacy_split.insert(key[0]);
         }
-        self.load_shard(Self::shard_number(key))
+        self.load_shard(source, Self::shard_number(key))
     }
 
     pub(crate) fn get(&mut self, key: &[u8; 32]) -> Result<Option<RecordId>> {
-        let shard = self.shard(key)?;
+        self.get_via(ShardSource::Store, key)
+    }
+
+    /// [`IdentityIndex::get`], reading shards not loaded yet in `tx`.
+    pub(crate) fn get_in(&mut self, tx: &StoreTxn<'_>, key: &[u8; 32]) -> Result<Option<RecordId>> {
+        self.get_via(ShardSource::Txn(tx), key)
+    }
+
+    fn get_via(&mut self, source: ShardSource<'_, '_>, key: &[u8; 32]) -> Result<Option<RecordId>> {
+        let shard = self.shard(source, key)?;
         Ok(shard
             .binary_search_by(|(k, _)| k.cmp(key))
             .ok()
@@ -1004,7 +1025,26 @@ impl<'a> IdentityIndex<'a> {
     }
 
     pub(crate) fn insert(&mut self, key: [u8; 32], id: RecordId) -> Result<()> {
-        let shard = self.shard(&key)?;
+        self.insert_via(ShardSource::Store, key, id)
+    }
+
+    /// [`IdentityIndex::insert`], reading shards not loaded yet in `tx`.
+    pub(crate) fn insert_in(
+        &mut self,
+        tx: &StoreTxn<'_>,
+        key: [u8; 32],
+        id: RecordId,
+    ) -> Result<()> {
+        self.insert_via(ShardSource::Txn(tx), key, id)
+    }
+
+    fn insert_via(
+        &mut self,
+        source: ShardSource<'_, '_>,
+        key: [u8; 32],
+        id: RecordId,
+    ) -> Result<()> {
+        let shard = self.shard(source, &key)?;
         let changed = match shard.binary_search_by(|(k, _)| k.cmp(&key)) {
             Ok(at) => std::mem::replace(&mut shard[at].1, id) != id,
             Err(at) => {

@@ -30,7 +30,7 @@ use crate::contacts::{IdentityIndex, fold};
 use crate::device::Device;
 use crate::error::{ClientError, Result};
 use crate::pipeline::Records;
-use crate::store::TreeName;
+use crate::store::{LocalStore, StoreTxn, TreeName, ValueCipher};
 
 /// How many records one group may hold: a bound on the work of one lookup, far above any real
 /// person's number of sources.
@@ -99,6 +99,84 @@ pub(crate) fn written_identities<'a>(
             (*id, identities)
         })
         .collect()
+}
+
+/// See [`Device::links_nothing`].
+fn links_nothing(
+    cipher: &ValueCipher,
+    index: &mut IdentityIndex,
+    tx: Option<&StoreTxn<'_>>,
+    id: RecordId,
+    identities: &[String],
+) -> Result<bool> {
+    for identity in identities {
+        let key = cipher.index_key(identity);
+        let found = match tx {
+            Some(tx) => index.get_in(tx, &key)?,
+            None => index.get(&key)?,
+        };
+        match found {
+            None => match tx {
+                Some(tx) => index.insert_in(tx, key, id)?,
+                None => index.insert(key, id)?,
+            },
+            Some(other) if other == id => {}
+            Some(_) => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// The identity rule over the pages of a pull, settled page by page as each is written (on
+/// the pull's writer thread, in the page's transaction) instead of for every record after the
+/// last page: a record whose identities are all unindexed or indexed under itself links
+/// nothing and is settled there and then (its identities indexed under it); only the others
+/// (`rest`) wait for the end of the pull, when [`Device::link_pulled`] checks them in full
+/// with their final states. The index stays loaded across pages and is written once, at the
+/// end. A pull of any size thus keeps the ids of the records that may link, not every
+/// written record's identities.
+///
+/// The links made are those of the rule applied after the pull (test
+/// `sync::tests::identities_settled_page_by_page_link_as_after_the_pull`): a record settled
+/// in one page and changed in a later one is settled again with its new state (or moves to
+/// `rest`), a record in `rest` that a later page settles leaves it, and an index entry left by
+/// an earlier state is stale, which the full rule recognises (the record no longer holds the
+/// identity) and replaces.
+pub(crate) struct PulledIdentities {
+    index: IdentityIndex,
+    rest: BTreeSet<RecordId>,
+    /// Records settled (without links) so far: the index has changes to write.
+    settled: usize,
+}
+
+impl PulledIdentities {
+    /// An empty settlement over `store`'s identity index.
+    pub(crate) fn new(store: &LocalStore) -> Self {
+        Self {
+            index: IdentityIndex::new(store),
+            rest: BTreeSet::new(),
+            settled: 0,
+        }
+    }
+
+    /// Settles the records of one page, as just written in `tx`.
+    pub(crate) fn settle_page(&mut self, tx: &StoreTxn<'_>, records: &Records) -> Result<()> {
+        let cipher = tx.cipher();
+        for (id, state) in records {
+            let identities = if state.is_live() {
+                record_identities(state)
+            } else {
+                Vec::new()
+            };
+            if links_nothing(cipher, &mut self.index, Some(tx), *id, &identities)? {
+                self.rest.remove(id);
+                self.settled += 1;
+            } else {
+                self.rest.insert(*id);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The members of `id`'s group, loaded into `touched`, sorted by id (just `id` if unmerged).
@@ -276,7 +354,7 @@ impl Device {
         &self,
         touched: &mut Records,
         load: &mut Loader<'_>,
-        index: &mut IdentityIndex<'_>,
+        index: &mut IdentityIndex,
         ids: impl IntoIterator<Item = RecordId>,
     ) -> Result<Vec<Operation>> {
         let mut ops = Vec::new();
@@ -336,18 +414,40 @@ impl Device {
         if ids.is_empty() {
             return Ok(0);
         }
-        let _records = self.inner.records_lock.lock().await;
+        let records = self.inner.records_lock.lock().await;
         let mut index = IdentityIndex::new(&self.inner.store);
         let mut rest = BTreeSet::new();
         for id in ids {
             let settled = match known.get(&id) {
-                Some(identities) => self.links_nothing(&mut index, id, identities)?,
+                Some(identities) => self.links_nothing(&mut index, None, id, identities)?,
                 None => false,
             };
             if !settled {
                 rest.insert(id);
             }
         }
+        self.link_rest(records, index, rest).await
+    }
+
+    /// The end of the identity rule after a pull whose pages were settled as they were written
+    /// ([`PulledIdentities::settle_page`]): the records that may link are checked in full, with
+    /// their final states, and the index is written.
+    pub(crate) async fn link_pulled(&self, pulled: PulledIdentities) -> Result<usize> {
+        if pulled.settled == 0 && pulled.rest.is_empty() {
+            return Ok(0);
+        }
+        let records = self.inner.records_lock.lock().await;
+        self.link_rest(records, pulled.index, pulled.rest).await
+    }
+
+    /// Runs the whole identity rule on `rest` with `index` (under the records lock, `_records`),
+    /// writes the index, and commits the links as local operations.
+    async fn link_rest(
+        &self,
+        _records: tokio::sync::MutexGuard<'_, ()>,
+        mut index: IdentityIndex,
+        rest: BTreeSet<RecordId>,
+    ) -> Result<usize> {
         let mut touched = Records::new();
         let mut load = |t: &mut Records, id: RecordId| self.loaded(t, id).map(|_| ());
         let ops = if rest.is_empty() {
@@ -369,22 +469,16 @@ impl Device {
 
     /// Whether `identities` (those of live record `id`) link it to no other record: each is
     /// unindexed (then indexed under `id`, as [`Device::link_by_identity`] would) or already
-    /// indexed under `id`. `false` at the first one indexed under another record.
+    /// indexed under `id`. `false` at the first one indexed under another record. Shards not
+    /// loaded yet are read in `tx` if given, else from the store.
     fn links_nothing(
         &self,
-        index: &mut IdentityIndex<'_>,
+        index: &mut IdentityIndex,
+        tx: Option<&StoreTxn<'_>>,
         id: RecordId,
         identities: &[String],
     ) -> Result<bool> {
-        for identity in identities {
-            let key = self.inner.store.cipher().index_key(identity);
-            match index.get(&key)? {
-                None => index.insert(key, id)?,
-                Some(other) if other == id => {}
-                Some(_) => return Ok(false),
-            }
-        }
-        Ok(true)
+        links_nothing(self.inner.store.cipher(), index, tx, id, identities)
     }
 
     /// The group of `id` with its view: members' states in `touched`, members sorted, and the

@@ -137,6 +137,39 @@ impl RecordPipeline {
         Ok(entry.insert(state))
     }
 
+    /// [`RecordPipeline::load`] of every id in `ids` not in `touched` yet, the ones neither
+    /// in `touched` nor in flight read from the store in one read
+    /// ([`LocalStore::get_many`], in key order); the states are then in `touched`.
+    pub(crate) fn load_many(
+        &mut self,
+        touched: &mut Records,
+        ids: impl IntoIterator<Item = RecordId>,
+    ) -> Result<()> {
+        let mut missing = Vec::new();
+        for id in ids {
+            if touched.contains_key(&id) {
+                continue;
+            }
+            if let Some(state) = self.in_flight.as_ref().and_then(|w| w.records.get(&id)) {
+                touched.insert(id, state.clone());
+                continue;
+            }
+            missing.push(id);
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let keys: Vec<&[u8]> = missing.iter().map(|id| id.as_bytes().as_slice()).collect();
+        let values = self.store.get_many(TreeName::Records, &keys)?;
+        for (id, value) in missing.iter().zip(values) {
+            let state = match value {
+                Some(bytes) => decode_record(&bytes)?,
+                None => RecordState::new(*id),
+            };
+            touched.insert(*id, state);
+        }
+        Ok(())
+    }
+
     /// Waits for the batch in flight, then starts `write(records)` on a blocking thread.
     /// `records` are the states the write stores.
     pub(crate) async fn submit(

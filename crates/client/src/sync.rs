@@ -10,7 +10,7 @@ use kith_protocol::epoch;
 use kith_protocol::limits::{MAX_OPERATIONS_PER_BATCH, MAX_PAYLOAD_BYTES};
 use kith_protocol::merge::{ContactSet, RecordState};
 use kith_protocol::proto::{self, PayloadKind, request, response};
-use kith_protocol::record;
+use kith_protocol::record::{self, Operation};
 use kith_protocol::roster::VerifiedRoster;
 use kith_protocol::stream::StreamVerifier;
 use kith_protocol::writer_view::WriterView;
@@ -20,7 +20,7 @@ use prost::Message;
 use crate::clock::ClockSkew;
 use crate::device::{Device, meta, now_ms};
 use crate::error::{ClientError, Result};
-use crate::merging::WrittenIdentities;
+use crate::merging::PulledIdentities;
 use crate::net::{RelayConnection, expect_ok};
 use crate::pipeline::{RecordPipeline, Records};
 use crate::store::{LocalStoreError, StoreTxn, TreeName};
@@ -137,6 +137,13 @@ pub struct PastEnd {
     pub seq: u64,
 }
 
+/// A payload of a pulled page, decoded before any of the page is merged.
+enum Decoded {
+    Operations(record::BatchParts),
+    Snapshot(ContactSet),
+    Nothing,
+}
+
 impl Device {
     /// One full sync: roster and keys, push, pull, merge. Retries failures that can pass at
     /// once (a dropped connection, a busy or restarting relay) with exponential backoff, up to
@@ -227,8 +234,12 @@ impl Device {
         // back (an envelope signed in a later epoch), and then nothing may be written under
         // the old epoch, whose key a revoked device may hold (§4). Any other pull failure
         // does not keep this device's own changes from the relay.
-        let mut identities = WrittenIdentities::new();
-        let pulled = self.pull(connection, &mut report, &mut identities).await;
+        // The identity rule is settled page by page as the pull writes them; what may link is
+        // checked after the pull (`link_pulled`).
+        let identities = std::sync::Arc::new(std::sync::Mutex::new(PulledIdentities::new(
+            &self.inner.store,
+        )));
+        let pulled = self.pull(connection, &mut report, &identities).await;
         if let Err(
             error @ (ClientError::NewerRosterWithheld { .. } | ClientError::RosterWithheld { .. }),
         ) = pulled
@@ -243,11 +254,14 @@ impl Device {
         pulled?;
         // The identity rule holds for what other devices wrote too (§8.4); links it makes
         // are pushed at once.
-        if self
-            .link_written(report.changed.clone(), &identities)
-            .await?
-            > 0
-        {
+        // The pull's writes have all landed (it waited for the last), so no page holds it.
+        let identities = std::mem::replace(
+            &mut *identities
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            PulledIdentities::new(&self.inner.store),
+        );
+        if self.link_pulled(identities).await? > 0 {
             self.seal_pending()?;
             report.pushed += self.push_outbox(connection).await?;
         }
@@ -746,7 +760,7 @@ impl Device {
         &self,
         connection: &RelayConnection,
         report: &mut SyncReport,
-        identities: &mut WrittenIdentities,
+        identities: &std::sync::Arc<std::sync::Mutex<PulledIdentities>>,
     ) -> Result<()> {
         let mut verifiers: HashMap<DeviceId, StreamVerifier> = HashMap::new();
         // Streams with nothing more to pull: removed devices verified up to their final_seq,
@@ -780,8 +794,6 @@ impl Device {
         // Each page's records and cursors are written while the next page is fetched, opened
         // and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
-        // The identities of the records written, filled by each page's write.
-        let page_identities = std::sync::Arc::new(std::sync::Mutex::new(WrittenIdentities::new()));
         // The next page is asked for as soon as a page arrives, from where that page ends,
         // and used only if the page verified and merged exactly as served (the cursors then
         // are the ones it was asked with); otherwise it is abandoned and asked for again.
@@ -962,22 +974,21 @@ impl Device {
             // change nothing).
             let cursors = new_verifiers.clone();
             let device = self.clone();
-            let identities_out = std::sync::Arc::clone(&page_identities);
+            let identities = std::sync::Arc::clone(identities);
             pipeline
                 .submit(touched, move |records| {
-                    // What the identity rule checks after the pull, taken while the states are
-                    // here, on the writer's thread (the next page is merged meanwhile). Pages
-                    // are written in order, so a later state of a record replaces an earlier.
-                    let written = crate::merging::written_identities(records);
+                    // The identity rule for the page, while its states are here, on the
+                    // writer's thread (the next page is merged meanwhile), its index shards
+                    // read in the page's transaction. Pages are written in order, so a later
+                    // state of a record is settled after an earlier one.
+                    let mut identities = identities
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     device.inner.store.transaction(|tx| {
                         device.write_records(tx, records.iter())?;
-                        device.persist_cursors(tx, &cursors)
-                    })?;
-                    identities_out
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .extend(written);
-                    Ok(())
+                        device.persist_cursors(tx, &cursors)?;
+                        identities.settle_page(tx, records)
+                    })
                 })
                 .await?;
             verifiers = new_verifiers;
@@ -1030,11 +1041,6 @@ impl Device {
             );
         }
         pipeline.wait().await?;
-        identities.extend(std::mem::take(
-            &mut *page_identities
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ));
         report.relay_moved = self.relay_move_to_follow(moves);
         // What the merged clocks moved the clock to survives a restart (§8).
         self.persist_clock()?;
@@ -1186,10 +1192,30 @@ impl Device {
         let mut touched: Records = BTreeMap::new();
         let mut changed = BTreeSet::new();
         let now = now_ms();
+        // Every payload is decoded first, so that the records the page names are read from the
+        // store in one read (`RecordPipeline::load_many`) rather than one point read each as
+        // they are met; they are then merged in the same order as before.
+        let mut decoded = Vec::with_capacity(payloads.len());
+        let mut ids = Vec::new();
         for (envelope, payload) in parsed.iter().zip(payloads) {
-            match envelope.header().kind {
+            decoded.push(match envelope.header().kind {
                 PayloadKind::Operations => {
-                    let (ops, written_at, moved) = record::decode_batch_parts(&payload)?;
+                    let parts = record::decode_batch_parts(&payload)?;
+                    ids.extend(parts.0.iter().map(Operation::record));
+                    Decoded::Operations(parts)
+                }
+                PayloadKind::Snapshot => {
+                    let (snapshot, _positions) = ContactSet::decode_snapshot(&payload)?;
+                    ids.extend(snapshot.records().map(RecordState::id));
+                    Decoded::Snapshot(snapshot)
+                }
+                PayloadKind::Unspecified => Decoded::Nothing,
+            });
+        }
+        pipeline.load_many(&mut touched, ids)?;
+        for (envelope, payload) in parsed.iter().zip(decoded) {
+            match payload {
+                Decoded::Operations((ops, written_at, moved)) => {
                     if let Some(moved) = moved {
                         moves.push((envelope.header().device_id, moved));
                     }
@@ -1206,8 +1232,7 @@ impl Device {
                         }
                     }
                 }
-                PayloadKind::Snapshot => {
-                    let (snapshot, _positions) = ContactSet::decode_snapshot(&payload)?;
+                Decoded::Snapshot(snapshot) => {
                     for incoming in snapshot.records() {
                         if let Some(latest) = incoming.latest_clock() {
                             self.observe_clock(&latest, now);
@@ -1218,7 +1243,7 @@ impl Device {
                         }
                     }
                 }
-                PayloadKind::Unspecified => {}
+                Decoded::Nothing => {}
             }
         }
         touched.retain(|id, _| changed.contains(id));
@@ -1700,6 +1725,133 @@ pub(crate) mod tests {
                 .unwrap(),
             Some(envelope)
         );
+        relay.shutdown().await.unwrap();
+    }
+
+    /// The identity rule settled page by page during a pull (`PulledIdentities`) links what
+    /// the rule applied after the pull linked: here every envelope is a page of its own, and
+    /// the operations are sealed as they are (no identity rule on the writer, as from
+    /// devices that wrote them before they saw each other's). A record whose e-mail first
+    /// appears in a later page joins the record of an earlier page (whose id is larger, so the
+    /// rule after the pull met it second); a record that loses its e-mail in a later page
+    /// leaves a stale index entry that must link nothing; a record that shares a phone with a
+    /// record B held before the pull joins it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identities_settled_page_by_page_link_as_after_the_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = kith_relay::RelayConfig::for_tests(dir.path().join("relay"));
+        config.bounds.pull_max_envelopes = 1;
+        let relay = kith_relay::Relay::start(config).await.unwrap();
+        let target = crate::net::RelayTarget::pinned(
+            relay.local_addr().to_string(),
+            &hex::encode(relay.cert_sha256()),
+        )
+        .unwrap();
+        let (a, _) = Device::create(&dir.path().join("a"), target.clone(), "a", None)
+            .await
+            .unwrap();
+        let pending = crate::PendingLink::new(&dir.path().join("b"), target.clone(), "b").unwrap();
+        let code = pending.code().to_string();
+        let (b, approved) = tokio::join!(
+            pending.complete(Duration::from_secs(60)),
+            a.approve_link(&code)
+        );
+        approved.unwrap();
+        let b = b.unwrap();
+        // B's own contact, before the pull, with the phone a pulled record carries.
+        let local = b
+            .add_contact(&ContactFields {
+                name: Some("Bea (mobile)".into()),
+                phone: Some("+14155550123".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        b.sync().await.unwrap();
+
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        let named = |record: RecordId, name: &str, extra: Vec<FieldWrite>| {
+            let mut writes =
+                vec![FieldWrite::set(FieldKey::name(), record::value::text(name), []).unwrap()];
+            writes.extend(extra);
+            Operation::upsert(record, a.write_clock(None).unwrap(), writes).unwrap()
+        };
+        let email = |address: &str| {
+            FieldWrite::set(
+                FieldKey::email(address).unwrap(),
+                record::value::email(address, ""),
+                [],
+            )
+            .unwrap()
+        };
+        let (later, earlier, leaver, stays, bea) =
+            (id(0x10), id(0x90), id(0xa0), id(0x20), id(0x30));
+        let pages = [
+            vec![
+                named(earlier, "Ana", vec![email("ana@example.com")]),
+                named(leaver, "Leo", vec![email("leo@example.com")]),
+            ],
+            vec![
+                named(later, "Ana García", vec![email("ana@example.com")]),
+                named(
+                    bea,
+                    "Bea",
+                    vec![
+                        FieldWrite::set(
+                            FieldKey::phone("+14155550123").unwrap(),
+                            record::value::phone("+14155550123", ""),
+                            [],
+                        )
+                        .unwrap(),
+                    ],
+                ),
+            ],
+            vec![
+                Operation::upsert(
+                    leaver,
+                    a.write_clock(None).unwrap(),
+                    [FieldWrite::remove(
+                        FieldKey::email("leo@example.com").unwrap(),
+                        [],
+                    )],
+                )
+                .unwrap(),
+            ],
+            vec![named(stays, "Leonie", vec![email("leo@example.com")])],
+        ];
+        for ops in &pages {
+            a.seal_operations_payload(&record::encode_batch(ops).unwrap())
+                .unwrap();
+        }
+        assert_eq!(a.sync().await.unwrap().pushed, pages.len());
+
+        let report = b.sync().await.unwrap();
+        assert_eq!(report.pulled, pages.len());
+        assert_eq!(b.merged_records(&later).unwrap(), vec![later, earlier]);
+        assert_eq!(b.merged_records(&leaver).unwrap(), vec![leaver]);
+        assert_eq!(b.merged_records(&stays).unwrap(), vec![stays]);
+        let mut bea_group = vec![local, bea];
+        bea_group.sort();
+        assert_eq!(b.merged_records(&bea).unwrap(), bea_group);
+        let names: Vec<String> = b
+            .contacts()
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| c.name().map(str::to_owned))
+            .collect();
+        assert_eq!(names, ["Ana García", "Bea", "Leo", "Leonie"]);
+        b.sync().await.unwrap();
+        // A device that pulls everything at once, B's links included, shows the same.
+        let pending = crate::PendingLink::new(&dir.path().join("c"), target, "c").unwrap();
+        let code = pending.code().to_string();
+        let (c, approved) = tokio::join!(
+            pending.complete(Duration::from_secs(60)),
+            a.approve_link(&code)
+        );
+        approved.unwrap();
+        let c = c.unwrap();
+        c.sync().await.unwrap();
+        assert_eq!(c.contacts().unwrap(), b.contacts().unwrap());
         relay.shutdown().await.unwrap();
     }
 }
