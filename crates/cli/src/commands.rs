@@ -160,11 +160,14 @@ fn existing_keystore(home: &Path) -> Result<Option<Arc<dyn KeyStore>>> {
 
 /// The key store of a device being set up (init, link, recover), as `KITH_KEY_STORE` says
 /// (`keychain`, `passphrase` or `plain`), else the first that works of: a passphrase in
-/// `KITH_PASSPHRASE`; the platform keychain where it keeps keys for good (macOS, Windows);
-/// a passphrase asked on a terminal; the plain file, the last resort, with a warning.
+/// `KITH_PASSPHRASE`; the platform keychain where it keeps keys for good (macOS, Windows, and
+/// on Linux the Secret Service when one answers on the session bus, checked by a bounded
+/// round trip); a passphrase asked on a terminal; the plain file, the last resort, with a
+/// warning.
 ///
-/// The Linux kernel keyring is a keychain only on request (`KITH_KEY_STORE=keychain`): it
-/// forgets its keys at reboot, and with them the only key that opens the file.
+/// The Linux kernel keyring is a keychain only on request (`KITH_KEY_STORE=keychain` where no
+/// Secret Service answers): it forgets its keys at reboot, and with them the only key that
+/// opens the file.
 fn new_keystore(home: &Path) -> Result<Option<Arc<dyn KeyStore>>> {
     let path = FileKeyStore::in_home(home).path().to_path_buf();
     let with_passphrase = |passphrase| -> Option<Arc<dyn KeyStore>> {

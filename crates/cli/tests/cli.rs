@@ -11,8 +11,8 @@ use serde_json::Value;
 
 mod support;
 use support::{
-    COMMAND_TIMEOUT, RelayProcess, kith, new_relay_bin, ok, run, stderr, stdout, stdout_first_line,
-    stdout_lines, wait, with_home,
+    COMMAND_TIMEOUT, NO_SESSION_BUS, RelayProcess, kith, new_relay_bin, ok, run, stderr, stdout,
+    stdout_first_line, stdout_lines, wait, with_home,
 };
 
 /// A relay on loopback, served by its own runtime while the test thread runs commands.
@@ -1765,6 +1765,12 @@ fn kith_keychain(home: &Path) -> Command {
 /// without a passphrase, an altered copy is refused, and `kith key encrypt` moves it to a
 /// passphrase and deletes its keychain entry (which also leaves no key of this test behind).
 fn assert_key_sealed_by_the_keychain(home: &Path) {
+    assert_key_sealed_by(home, &kith);
+}
+
+/// [`assert_key_sealed_by_the_keychain`], each command made by `kith` (on a session bus of a
+/// Secret Service, say).
+fn assert_key_sealed_by(home: &Path, kith: &dyn Fn(&Path) -> Command) {
     let key_file = home.join("device.key");
     let sealed = std::fs::read(&key_file).expect("device.key");
     assert!(
@@ -1800,12 +1806,13 @@ fn assert_key_sealed_by_the_keychain(home: &Path) {
 }
 
 /// Issue 10 finding 8: with `KITH_KEY_STORE=keychain`, the device key file is sealed under a
-/// key kept in the platform keychain (here the Linux kernel keyring) on every path that
+/// key kept in the platform keychain (here the Linux kernel keyring: no session bus, so no
+/// Secret Service) on every path that
 /// creates a device (init, link, recover), and each device opens without being told how.
 /// Skipped, loudly, where the keychain does not work (some containers refuse keyutils).
 #[test]
 fn the_keychain_seals_the_device_key_on_every_path_that_creates_a_device() {
-    if let Err(why) = kith_client::keystore::Keychain::os().probe() {
+    if let Err(why) = kith_client::keystore::Keychain::kernel_keyring().probe() {
         eprintln!(
             "SKIPPED the_keychain_seals_the_device_key_on_every_path_that_creates_a_device: {why}"
         );
@@ -1828,6 +1835,83 @@ fn the_keychain_seals_the_device_key_on_every_path_that_creates_a_device() {
     let err = fails_with(unknown, 2);
     assert!(err.contains("KITH_KEY_STORE"), "{err}");
     assert!(!d.join("device.key").exists());
+}
+
+/// Issue 10 finding 8: on a Linux desktop (a Secret Service on the session bus: GNOME Keyring
+/// here, started for this test on its own bus), `kith init` with no setting seals the device key
+/// by the Secret Service, and every later `kith` process of the session opens it without being
+/// told how; `kith key encrypt` deletes the entry, after which the old sealed file is refused
+/// as naming an entry the keychain does not hold. Skipped, loudly, without `gnome-keyring` and
+/// `dbus-run-session` (a failure under `CI=true`).
+#[test]
+fn on_a_linux_desktop_the_secret_service_seals_a_new_device_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(service) = kith_testkit::secret_service::SecretService::start(
+        &dir.path().join("daemon"),
+        "on_a_linux_desktop_the_secret_service_seals_a_new_device_key",
+    ) else {
+        return;
+    };
+    let relay = TestRelay::start();
+    let home = dir.path().join("a");
+    let on_desktop = |home: &Path| {
+        let mut command = kith(home);
+        command.env("DBUS_SESSION_BUS_ADDRESS", service.address());
+        command
+    };
+    let mut init = on_desktop(&home);
+    init.arg("init")
+        .args(relay.args())
+        .args(["--device-name", "laptop"]);
+    let output = run(init);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(!err.contains("unencrypted"), "{err}");
+    let mut list = on_desktop(&home);
+    list.args(["contacts", "list"]);
+    ok(list);
+    assert_key_sealed_by(&home, &on_desktop);
+}
+
+/// Issue 10 finding 8: with no session bus (the address names no socket, or none is set),
+/// or a bus that accepts and never answers, `kith init` falls back to the plain key file, with
+/// its warning, and does not fail; the probe of the Secret Service is bounded.
+#[test]
+fn without_a_secret_service_init_falls_back_to_the_plain_file() {
+    let relay = TestRelay::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A socket that takes connections and says nothing: a hung bus.
+    let hung = dir.path().join("hung-bus");
+    let listener = std::os::unix::net::UnixListener::bind(&hung).expect("bind the hung bus");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let hung_address = format!("unix:path={}", hung.display());
+    for (name, address) in [
+        ("nowhere", Some(NO_SESSION_BUS)),
+        ("unset", None),
+        ("hung", Some(hung_address.as_str())),
+    ] {
+        let home = dir.path().join(name);
+        let mut init = kith(&home);
+        match address {
+            Some(address) => init.env("DBUS_SESSION_BUS_ADDRESS", address),
+            None => init
+                .env_remove("DBUS_SESSION_BUS_ADDRESS")
+                .env_remove("DISPLAY")
+                .env("XDG_RUNTIME_DIR", dir.path().join("no-runtime-dir")),
+        };
+        init.arg("init").args(relay.args());
+        let output = run(init);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{name}: {err}");
+        assert!(err.contains("stored unencrypted"), "{name}: {err}");
+        let key = std::fs::read(home.join("device.key")).expect("device.key");
+        assert!(key.starts_with(b"KITHKEY1"), "{name}: not the plain file");
+    }
 }
 
 /// Issue 10 finding 8: a plain key file (every home of 0.1.0, or one made without a

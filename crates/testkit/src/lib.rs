@@ -8,6 +8,7 @@
 //! | [`rng`] | [`rng::CounterRng`] and [`rng::FixedRng`], deterministic generators | the fixture, the protocol crate's vector tests |
 //! | [`account`] | [`new_device`] | the protocol crate's integration tests |
 //! | [`envelope`] | relay-shaped envelopes with opaque bodies | the relay's tests |
+//! | [`secret_service`] | a throwaway Linux Secret Service (GNOME Keyring on a private D-Bus session) | the keychain tests of the client and the CLI |
 //!
 //! The fuzz bodies reach the code behind signatures and AEAD tags through *harness-signed*
 //! modes ([`fuzz::protocol`]): no build of any Kith crate compiles a check out.
@@ -17,6 +18,7 @@
 pub mod account;
 pub mod envelope;
 pub mod rng;
+pub mod secret_service;
 
 /// Fuzz target bodies: each `pub fn name(data: &[u8]) -> bool` is the whole body of the
 /// cargo-fuzz target `fuzz/fuzz_targets/name.rs`, and a test of this crate replays every file of

@@ -139,6 +139,9 @@ pub fn kith(home: &Path) -> Command {
     with_home(Command::new(env!("CARGO_BIN_EXE_kith")), home)
 }
 
+/// A session bus address where nothing listens.
+pub const NO_SESSION_BUS: &str = "unix:path=/nonexistent/kith-test-no-session-bus";
+
 /// `command … --home HOME`, with none of the caller's `KITH_*` settings.
 pub fn with_home(mut command: Command, home: &Path) -> Command {
     command
@@ -146,6 +149,9 @@ pub fn with_home(mut command: Command, home: &Path) -> Command {
         // How a new device keeps its key is each test's choice, not the caller's environment.
         .env_remove("KITH_KEY_STORE")
         .env_remove("KITH_PASSPHRASE")
+        // No session bus, so no Secret Service: a new device's key is sealed by the user's own
+        // GNOME Keyring / KWallet only in the tests that start a throwaway one.
+        .env("DBUS_SESSION_BUS_ADDRESS", NO_SESSION_BUS)
         .env("RUST_LOG", "error")
         .arg("--home")
         .arg(home);
