@@ -297,30 +297,6 @@ impl ImportReport {
         }
     }
 
-    /// Lists the problems of `part`, a report of problems only (a card parsed apart), as if
-    /// they had been found here (its skipped rows first, then its dropped fields, each in
-    /// order): up to the same limit, then counted. `part`'s own limit was the same, so what
-    /// it counted without listing is counted here too.
-    pub(crate) fn absorb_problems(&mut self, opts: &ImportOptions, part: ImportReport) {
-        for skipped in part.skipped {
-            if self.skipped.len() + self.dropped.len() < opts.max_reported_problems {
-                self.skipped.push(skipped);
-            } else {
-                self.unlisted_problems = self.unlisted_problems.saturating_add(1);
-            }
-        }
-        for dropped in part.dropped {
-            if self.skipped.len() + self.dropped.len() < opts.max_reported_problems {
-                self.dropped.push(dropped);
-            } else {
-                self.unlisted_problems = self.unlisted_problems.saturating_add(1);
-            }
-        }
-        self.unlisted_problems = self
-            .unlisted_problems
-            .saturating_add(part.unlisted_problems);
-    }
-
     pub(crate) fn drop_field(
         &mut self,
         opts: &ImportOptions,

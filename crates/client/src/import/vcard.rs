@@ -83,21 +83,6 @@ pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportRe
 
 /// Imports vCards from bytes.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    import_bytes_on(bytes, opts, |cards| {
-        cores
-            .min(MAX_PARSE_THREADS)
-            .min(cards / CARDS_PER_THREAD)
-            .max(1)
-    })
-}
-
-/// [`import_bytes`], parsing the cards on `threads(number of cards)` threads.
-fn import_bytes_on(
-    bytes: &[u8],
-    opts: &ImportOptions,
-    threads: impl FnOnce(usize) -> usize,
-) -> Result<ImportReport, ImportError> {
     check_size(bytes, opts, KIND)?;
     let bytes = decode_file(bytes);
     let bytes: &[u8] = &bytes;
@@ -109,11 +94,8 @@ fn import_bytes_on(
         });
     }
 
-    // First the cards are found (cheap: a scan of the lines), then parsed, on several threads
-    // for a large file, then assembled in file order. Parsing a card needs only its own lines,
-    // and its problems are listed in the report in the order a sequential parse lists them
-    // (see `ImportReport::absorb_problems`), so the result does not depend on the threads.
-    let mut events: Vec<Event> = Vec::new();
+    let mut report = ImportReport::default();
+    let mut by_identity: HashMap<String, usize> = HashMap::new();
     let mut cards = 0usize;
     // (line of BEGIN, byte offset of the line after it, nesting depth of embedded AGENT cards)
     let mut open: Option<(usize, usize, usize)> = None;
@@ -132,7 +114,7 @@ fn import_bytes_on(
                     if agent || depth > 0 {
                         open = Some((begin, body_start, depth.saturating_add(1)));
                     } else {
-                        events.push(Event::Skip(begin, "card has no END:VCARD"));
+                        report.skip(opts, begin, "card has no END:VCARD");
                         open = Some((line_no, next, 0));
                     }
                 } else if is_end(line) {
@@ -148,65 +130,28 @@ fn import_bytes_on(
                             limit: opts.max_records,
                         });
                     }
-                    events.push(Event::Card {
-                        begin,
-                        body: body_start..offset,
-                    });
+                    let body = bytes.get(body_start..offset).unwrap_or_default();
+                    match parse_card(body, separator, begin.saturating_add(1), opts, &mut report) {
+                        Ok(contact) => match by_identity.get(&contact.source_identity) {
+                            Some(&i) => {
+                                if let Some(existing) = report.contacts.get_mut(i) {
+                                    existing.absorb(contact, opts.max_values_per_field);
+                                }
+                            }
+                            None => {
+                                by_identity
+                                    .insert(contact.source_identity.clone(), report.contacts.len());
+                                report.contacts.push(contact);
+                            }
+                        },
+                        Err(reason) => report.skip(opts, begin, reason),
+                    }
                 }
             }
         }
     }
     if let Some((begin, _, _)) = open {
-        events.push(Event::Skip(begin, "card has no END:VCARD"));
-    }
-
-    let shares = parse_cards(bytes, separator, &events, threads(cards), opts);
-    let mut report = ImportReport::default();
-    let mut by_identity: HashMap<String, usize> = HashMap::new();
-    // Each card's problems are listed as a parse on one thread lists them: after those of
-    // every card and skip before it, up to the same limit, then counted.
-    let mut parsed = shares.into_iter().flat_map(|share| {
-        let mut dropped = share.problems.dropped.into_iter();
-        let (mut listed, mut unlisted) = (0usize, 0usize);
-        share
-            .cards
-            .into_iter()
-            .map(move |(result, listed_end, unlisted_end)| {
-                let problems = ImportReport {
-                    dropped: dropped.by_ref().take(listed_end - listed).collect(),
-                    unlisted_problems: unlisted_end - unlisted,
-                    ..ImportReport::default()
-                };
-                (listed, unlisted) = (listed_end, unlisted_end);
-                (result, problems)
-            })
-    });
-    for event in &events {
-        let (begin, (result, problems)) = match event {
-            Event::Skip(begin, reason) => {
-                report.skip(opts, *begin, *reason);
-                continue;
-            }
-            Event::Card { begin, .. } => match parsed.next() {
-                Some(card) => (*begin, card),
-                None => break,
-            },
-        };
-        report.absorb_problems(opts, problems);
-        match result {
-            Ok(contact) => match by_identity.get(&contact.source_identity) {
-                Some(&i) => {
-                    if let Some(existing) = report.contacts.get_mut(i) {
-                        existing.absorb(contact, opts.max_values_per_field);
-                    }
-                }
-                None => {
-                    by_identity.insert(contact.source_identity.clone(), report.contacts.len());
-                    report.contacts.push(contact);
-                }
-            },
-            Err(reason) => report.skip(opts, begin, reason),
-        }
+        report.skip(opts, begin, "card has no END:VCARD");
     }
     tracing::info!(
         contacts = report.contacts.len(),
@@ -214,93 +159,6 @@ fn import_bytes_on(
         "imported vCards"
     );
     Ok(report)
-}
-
-/// What the scan of a file's lines found, in file order: a card to parse (its `BEGIN` line and
-/// the byte range of its body), or a card skipped before parsing.
-enum Event {
-    Skip(usize, &'static str),
-    Card {
-        begin: usize,
-        body: std::ops::Range<usize>,
-    },
-}
-
-/// The cards of one thread's share of a file, parsed in order: each card's contact (or why it
-/// is skipped) with the count of `problems.dropped` and of `problems.unlisted_problems` once
-/// it was parsed. The problems of a share are one report with the usual limit, so a file of
-/// many bad cards holds no more problems in memory than a parse on one thread would.
-struct ParsedShare {
-    cards: Vec<(Result<ImportedContact, &'static str>, usize, usize)>,
-    problems: ImportReport,
-}
-
-/// Fewest cards worth a thread of their own: below this the threads cost more than they save.
-const CARDS_PER_THREAD: usize = 2048;
-/// Most threads a parse uses.
-const MAX_PARSE_THREADS: usize = 4;
-
-/// Parses the cards among `events`, in order, split into `threads` contiguous shares (for a
-/// large file), each share on a thread of its own. Normalising phone numbers and decoding
-/// values were most of an import's parse (a profile of a 100,000-card file), and an import
-/// parses the whole file before the store is written, while the machine's other cores have
-/// nothing to do. A card's parse reads only its own lines, so the shares are independent.
-fn parse_cards(
-    bytes: &[u8],
-    separator: u8,
-    events: &[Event],
-    threads: usize,
-    opts: &ImportOptions,
-) -> Vec<ParsedShare> {
-    let bodies: Vec<(usize, &[u8])> = events
-        .iter()
-        .filter_map(|event| match event {
-            Event::Card { begin, body } => {
-                Some((*begin, bytes.get(body.clone()).unwrap_or_default()))
-            }
-            Event::Skip(..) => None,
-        })
-        .collect();
-    let parse = |bodies: &[(usize, &[u8])]| -> ParsedShare {
-        let mut problems = ImportReport::default();
-        let cards = bodies
-            .iter()
-            .map(|&(begin, body)| {
-                let result = parse_card(
-                    body,
-                    separator,
-                    begin.saturating_add(1),
-                    opts,
-                    &mut problems,
-                );
-                (result, problems.dropped.len(), problems.unlisted_problems)
-            })
-            .collect();
-        ParsedShare { cards, problems }
-    };
-    let threads = threads.min(bodies.len()).max(1);
-    if threads == 1 {
-        return vec![parse(&bodies)];
-    }
-    let per_thread = bodies.len().div_ceil(threads);
-    let parse = &parse;
-    std::thread::scope(|scope| {
-        let mut chunks = bodies.chunks(per_thread);
-        // The first share is parsed on this thread, the others on threads of their own.
-        let first = chunks.next().unwrap_or_default();
-        let handles: Vec<_> = chunks
-            .map(|chunk| scope.spawn(move || parse(chunk)))
-            .collect();
-        let mut out = vec![parse(first)];
-        for handle in handles {
-            match handle.join() {
-                Ok(share) => out.push(share),
-                // A parse never panics; if one did, the panic goes on as on this thread.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
 }
 
 /// UTF-16 (with a byte-order mark) to UTF-8; a UTF-8 byte-order mark removed.
@@ -1111,186 +969,6 @@ mod tests {
         assert_eq!(report.dropped.len(), 1);
         assert_eq!(report.dropped[0].line, 4);
         assert_eq!(report.dropped[0].reason, "not a handle");
-    }
-
-    /// A file of every kind of card a parse on several threads must get as one thread does:
-    /// good cards, cards with several problems (invalid, national, lettered and extension
-    /// phone numbers, bad e-mails, over-long values), cards without `END:VCARD`, cards
-    /// skipped for want of a name, the same UID twice (absorbed), an embedded AGENT card.
-    fn mixed_cards(n: usize) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        for k in 0..n {
-            let _ = write!(out, "BEGIN:VCARD\r\nVERSION:3.0\r\n");
-            match k % 9 {
-                0 => {
-                    let _ = write!(
-                        out,
-                        "UID:u-{k}\r\nFN:Good {k}\r\nTEL:+1 415 555 {:04}\r\n",
-                        k % 10_000
-                    );
-                }
-                1 => {
-                    let _ = write!(
-                        out,
-                        "FN:Bad {k}\r\nTEL:1-800-FLOWERS\r\nTEL:+1 415 0{k:06}\r\n\
-                         TEL:(415) 555-01{:02} ext. 12\r\nEMAIL:not-an-address\r\n\
-                         TEL;TYPE=cell:020 7946 0018\r\n",
-                        k % 100
-                    );
-                }
-                2 => out.push_str("NOTE:no name here\r\n"),
-                3 => {
-                    // No END:VCARD: the next BEGIN closes it as skipped.
-                    let _ = write!(out, "FN:Open {k}\r\n");
-                    continue;
-                }
-                4 => {
-                    // The UID of card k - 4 again: absorbed into it.
-                    let _ = write!(
-                        out,
-                        "UID:u-{}\r\nEMAIL:again-{k}@example.com\r\nTEL:+44 20 7946 0018\r\n",
-                        k - 4
-                    );
-                }
-                5 => {
-                    let _ = write!(
-                        out,
-                        "FN:Agent {k}\r\nAGENT:\r\nBEGIN:VCARD\r\nFN:Inner\r\nEND:VCARD\r\n\
-                         TEL:tel:+1-415-555-0100;ext=9\r\n"
-                    );
-                }
-                6 => {
-                    let _ = write!(
-                        out,
-                        "FN:Long {k}\r\nNOTE:{}\r\nnot a property\r\n",
-                        "x".repeat(20_000)
-                    );
-                }
-                _ => {
-                    let _ = write!(
-                        out,
-                        "N:Family{k};Given;;;\r\nEMAIL;TYPE=work:p{k}@example.com\r\n\
-                         TEL:+49 30 901820 901820\r\n"
-                    );
-                }
-            }
-            out.push_str("END:VCARD\r\n");
-        }
-        out
-    }
-
-    /// The parse on several threads lists the same contacts, skipped cards, dropped fields
-    /// and uncounted problems, in the same order, as the parse on one thread, whether the
-    /// problem limit is reached early, in the middle of a thread's share, or never.
-    #[test]
-    fn cards_parsed_on_several_threads_give_the_report_of_one_thread() {
-        let file = mixed_cards(600);
-        for max_reported_problems in [0, 1, 37, 500, 1_000_000] {
-            let opts = ImportOptions {
-                max_reported_problems,
-                ..ImportOptions::default()
-            };
-            let one = import_bytes_on(file.as_bytes(), &opts, |_| 1).unwrap();
-            assert!(one.contacts.len() > 300, "{}", one.contacts.len());
-            assert!(
-                one.contacts
-                    .iter()
-                    .any(|c| c.emails.len() == 1 && c.phones.len() == 2)
-            );
-            assert!(one.skipped.len() + one.dropped.len() <= max_reported_problems);
-            // Every problem is listed or counted, whatever the limit.
-            assert_eq!(
-                one.skipped.len() + one.dropped.len() + one.unlisted_problems,
-                import_bytes_on(
-                    file.as_bytes(),
-                    &ImportOptions {
-                        max_reported_problems: usize::MAX,
-                        ..ImportOptions::default()
-                    },
-                    |_| 1
-                )
-                .map(|r| r.skipped.len() + r.dropped.len())
-                .unwrap()
-            );
-            for threads in [2, 3, 4, 7] {
-                let many = import_bytes_on(file.as_bytes(), &opts, |_| threads).unwrap();
-                assert_eq!(
-                    many, one,
-                    "{threads} threads, limit {max_reported_problems}"
-                );
-            }
-        }
-        // import_bytes itself (its own choice of threads) agrees too.
-        assert_eq!(
-            import_bytes(file.as_bytes(), &ImportOptions::default()).unwrap(),
-            import_bytes_on(file.as_bytes(), &ImportOptions::default(), |_| 1).unwrap()
-        );
-    }
-
-    /// A file large enough for `import_bytes` to use more than one thread (on a machine of
-    /// two cores or more) reads as the one-thread parse does.
-    #[test]
-    fn a_large_file_reads_the_same_on_every_thread_count() {
-        let file = mixed_cards(CARDS_PER_THREAD * 2 + 11);
-        let opts = ImportOptions::default();
-        let one = import_bytes_on(file.as_bytes(), &opts, |_| 1).unwrap();
-        assert_eq!(import_bytes(file.as_bytes(), &opts).unwrap(), one);
-        assert_eq!(
-            import_bytes_on(file.as_bytes(), &opts, |_| MAX_PARSE_THREADS).unwrap(),
-            one
-        );
-    }
-
-    /// Phone numbers of every kind normalise the same in a card parsed on another thread as
-    /// through `phone::to_e164` here: the parse keeps no per-thread state of its own.
-    #[test]
-    fn phone_numbers_normalise_alike_on_every_thread() {
-        let numbers = [
-            "+1 415 555 0100",
-            "(415) 555-0100",
-            "415.555.0100 x12",
-            "tel:+1-415-555-0100;ext=7",
-            "+14155550100",
-            "+1 415 0000000",
-            "1-800-FLOWERS",
-            "020 7946 0018",
-            "+44 20 7946 0018",
-            "+49 30 901820 901820",
-            "+49 30 901820",
-            "12",
-            "++1 415 555 0100",
-            "+1 (212) 555-0123 #4",
-        ];
-        let mut file = String::new();
-        for copy in 0..4 {
-            for (i, number) in numbers.iter().enumerate() {
-                file.push_str(&format!(
-                    "BEGIN:VCARD\r\nUID:{copy}-{i}\r\nFN:N{i}\r\nTEL:{number}\r\nEND:VCARD\r\n"
-                ));
-            }
-        }
-        let report = import_bytes_on(file.as_bytes(), &ImportOptions::default(), |_| 4).unwrap();
-        let by_uid: HashMap<&str, Option<&str>> = report
-            .contacts
-            .iter()
-            .map(|c| {
-                (
-                    c.source_identity.as_str(),
-                    c.phones.first().map(|p| p.e164.as_str()),
-                )
-            })
-            .collect();
-        for copy in 0..4 {
-            for (i, number) in numbers.iter().enumerate() {
-                let expected = phone::to_e164(number, phone::Region::US);
-                assert_eq!(
-                    by_uid[format!("{copy}-{i}").as_str()],
-                    expected.as_deref(),
-                    "{number}"
-                );
-            }
-        }
     }
 
     #[test]
