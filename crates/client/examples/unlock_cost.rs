@@ -21,7 +21,10 @@ fn opens(path: &std::path::Path) -> [Duration; 3] {
     let mut times: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let start = Instant::now();
-            let loaded = FileKeyStore::new(path).load().expect("open").expect("a key");
+            let loaded = FileKeyStore::new(path)
+                .load()
+                .expect("open")
+                .expect("a key");
             let spent = start.elapsed();
             drop(loaded);
             spent
@@ -46,5 +49,7 @@ fn main() {
         println!("{what}: fastest {min:?}, median {median:?}, slowest {max:?} over {RUNS} opens");
     }
     // Leaves no entry behind: a plain file saved over the sealed one deletes it.
-    FileKeyStore::new(sealed.path()).save(&secrets).expect("unseal");
+    FileKeyStore::new(sealed.path())
+        .save(&secrets)
+        .expect("unseal");
 }
