@@ -63,18 +63,9 @@ pub struct ImportJson {
     pub file: String,
     /// Contacts found in it (for a LinkedIn export, which is streamed: rows).
     pub found: usize,
-    /// New contacts.
-    pub added: usize,
-    /// Contacts that changed.
-    pub updated: usize,
-    /// Contacts already as imported.
-    pub unchanged: usize,
-    /// Contacts skipped.
-    pub skipped: usize,
-    /// Contacts merged with another record of the same person.
-    pub merged: usize,
-    /// Contacts left out (recorded only on a contact you already have, or deleted by hand).
-    pub left_out: usize,
+    /// What the import did: `added`, `updated`, `unchanged`, `skipped`, `merged`, `left_out`.
+    #[serde(flatten)]
+    pub summary: ImportSummary,
     /// Rows left out: `{line, reason}`.
     pub skipped_rows: Vec<serde_json::Value>,
     /// Fields left out of imported rows: `{line, field, reason}`.
@@ -94,12 +85,7 @@ impl ImportJson {
         Self {
             file: file.display().to_string(),
             found,
-            added: summary.added,
-            updated: summary.updated,
-            unchanged: summary.unchanged,
-            skipped: summary.skipped,
-            merged: summary.merged,
-            left_out: summary.left_out,
+            summary: summary.clone(),
             skipped_rows: problems
                 .0
                 .iter()

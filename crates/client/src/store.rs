@@ -253,62 +253,32 @@ impl ValueCipher {
 /// A decrypted (key, value) pair of a tree.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
-/// SQL text for one statement on one tree's table (table names cannot be bound parameters).
-macro_rules! per_tree {
-    ($tree:expr, $before:literal, $after:literal) => {
-        match $tree {
-            TreeName::Meta => concat!($before, "meta", $after),
-            TreeName::Records => concat!($before, "records", $after),
-            TreeName::Pending => concat!($before, "pending", $after),
-            TreeName::Outbox => concat!($before, "outbox", $after),
-            TreeName::Cursors => concat!($before, "cursors", $after),
-            TreeName::Identities => concat!($before, "identities", $after),
+/// The SQL text of each statement on one tree's table (table names cannot be bound
+/// parameters): `name(tree)` is `before`, the tree's table, then `after`.
+macro_rules! per_tree_statements {
+    ($($name:ident: $before:literal, $after:literal;)*) => {$(
+        fn $name(tree: TreeName) -> &'static str {
+            match tree {
+                TreeName::Meta => concat!($before, "meta", $after),
+                TreeName::Records => concat!($before, "records", $after),
+                TreeName::Pending => concat!($before, "pending", $after),
+                TreeName::Outbox => concat!($before, "outbox", $after),
+                TreeName::Cursors => concat!($before, "cursors", $after),
+                TreeName::Identities => concat!($before, "identities", $after),
+            }
         }
-    };
+    )*};
 }
 
-fn get_sql(tree: TreeName) -> &'static str {
-    per_tree!(tree, "SELECT value FROM ", " WHERE key = ?1")
-}
-
-fn put_sql(tree: TreeName) -> &'static str {
-    per_tree!(
-        tree,
-        "INSERT OR REPLACE INTO ",
-        " (key, value) VALUES (?1, ?2)"
-    )
-}
-
-fn insert_new_sql(tree: TreeName) -> &'static str {
-    per_tree!(
-        tree,
-        "INSERT INTO ",
-        " (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING"
-    )
-}
-
-fn remove_sql(tree: TreeName) -> &'static str {
-    per_tree!(tree, "DELETE FROM ", " WHERE key = ?1")
-}
-
-fn scan_sql(tree: TreeName) -> &'static str {
-    per_tree!(
-        tree,
-        "SELECT key, value FROM ",
-        " WHERE key >= ?1 ORDER BY key"
-    )
-}
-
-fn keys_sql(tree: TreeName) -> &'static str {
-    per_tree!(tree, "SELECT key FROM ", " ORDER BY key")
-}
-
-fn any_sql(tree: TreeName) -> &'static str {
-    per_tree!(tree, "SELECT 1 FROM ", " LIMIT 1")
-}
-
-fn count_sql(tree: TreeName) -> &'static str {
-    per_tree!(tree, "SELECT count(*) FROM ", "")
+per_tree_statements! {
+    get_sql: "SELECT value FROM ", " WHERE key = ?1";
+    put_sql: "INSERT OR REPLACE INTO ", " (key, value) VALUES (?1, ?2)";
+    insert_new_sql: "INSERT INTO ", " (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING";
+    remove_sql: "DELETE FROM ", " WHERE key = ?1";
+    scan_sql: "SELECT key, value FROM ", " WHERE key >= ?1 ORDER BY key";
+    keys_sql: "SELECT key FROM ", " ORDER BY key";
+    any_sql: "SELECT 1 FROM ", " LIMIT 1";
+    count_sql: "SELECT count(*) FROM ", "";
 }
 
 /// The schema of format 2: one table per tree.

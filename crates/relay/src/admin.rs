@@ -28,7 +28,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::handlers::delete_account::purge;
-use crate::state::{Account, AccountEvent, Shared};
+use crate::state::{Account, AccountEvent, AccountInner, Shared};
 use crate::store::AccountSettings;
 
 /// Accounts read from the store per page while listing.
@@ -314,6 +314,27 @@ fn loaded(shared: &Shared, id: &AccountId) -> Result<Arc<Account>, String> {
         .ok_or_else(|| "no such account".to_string())
 }
 
+/// Writes to a live account: resolved from `word`, loaded into memory (a change must reach
+/// the copy requests use), under the store's write barrier and the account's lock. Refuses a
+/// deleted account. The caller then waits for [`Shared::commit`] to make the write durable.
+async fn write_live_account<T>(
+    shared: &Shared,
+    word: &str,
+    write: impl FnOnce(&AccountId, &mut AccountInner) -> Result<T, String>,
+) -> Result<(AccountId, Arc<Account>, T), String> {
+    let id = resolve(shared, word)?;
+    let _writing = shared.write_barrier.read().await;
+    let account = loaded(shared, &id)?;
+    let written = {
+        let mut inner = account.lock();
+        if inner.deleted {
+            return Err("no such account".into());
+        }
+        write(&id, &mut inner)?
+    };
+    Ok((id, account, written))
+}
+
 /// Changes what the operator set for an account: stored, then in memory, under the account's
 /// lock, so every request after the answer sees it.
 async fn change(
@@ -321,18 +342,11 @@ async fn change(
     word: &str,
     f: impl FnOnce(AccountSettings) -> AccountSettings,
 ) -> Result<AccountView, String> {
-    let id = resolve(shared, word)?;
-    {
-        let _writing = shared.write_barrier.read().await;
-        let account = loaded(shared, &id)?;
-        let mut inner = account.lock();
-        if inner.deleted {
-            return Err("no such account".into());
-        }
+    let (id, _, ()) = write_live_account(shared, word, |id, inner| {
         let settings = f(inner.settings);
         if !shared
             .store
-            .put_account_settings(&id, &settings)
+            .put_account_settings(id, &settings)
             .map_err(|e| e.to_string())?
         {
             return Err("no such account".into());
@@ -343,25 +357,19 @@ async fn change(
             suspended = settings.suspended,
             "account settings changed by the operator"
         );
-    }
+        Ok(())
+    })
+    .await?;
     shared.commit.durable().await.map_err(|e| e.to_string())?;
     show(shared, &id)
 }
 
 async fn delete(shared: &Shared, word: &str) -> Result<serde_json::Value, String> {
-    let id = resolve(shared, word)?;
-    {
-        let _writing = shared.write_barrier.read().await;
-        let account = loaded(shared, &id)?;
-        {
-            let mut inner = account.lock();
-            if inner.deleted {
-                return Err("no such account".into());
-            }
-            purge(shared, &id, &mut inner).map_err(|e| e.message.to_string())?;
-        }
-        account.notify(AccountEvent::Deleted);
-    }
+    let (id, account, ()) = write_live_account(shared, word, |id, inner| {
+        purge(shared, id, inner).map_err(|e| e.message.to_string())
+    })
+    .await?;
+    account.notify(AccountEvent::Deleted);
     shared.commit.durable().await.map_err(|e| e.to_string())?;
     tracing::info!(account = %crate::state::pseudonym(id.as_bytes()), "account deleted by the operator");
     Ok(serde_json::json!({ "id": hex::encode(id.as_bytes()), "deleted": true }))

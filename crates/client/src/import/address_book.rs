@@ -129,12 +129,7 @@ impl AddressBook {
 /// Imports the Contacts database as one contact per named card with a phone or e-mail.
 pub fn import(path: &Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
     let report = load(path, opts)?.into_report();
-    tracing::info!(
-        contacts = report.contacts.len(),
-        skipped = report.skipped.len(),
-        "imported Contacts names"
-    );
-    Ok(report)
+    Ok(report.logged("imported Contacts names"))
 }
 
 /// Reads the names stored for phone numbers and e-mail addresses.

@@ -112,10 +112,7 @@ struct Property {
 
 impl Property {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        text::param(&self.params, name)
     }
 }
 
@@ -918,12 +915,7 @@ impl<'a> Importer<'a> {
             });
             report.contacts.push(contact);
         }
-        tracing::info!(
-            contacts = report.contacts.len(),
-            skipped = report.skipped.len(),
-            "imported calendar meetings"
-        );
-        Ok(report)
+        Ok(report.logged("imported calendar meetings"))
     }
 }
 

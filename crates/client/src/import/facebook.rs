@@ -9,15 +9,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::io::Read;
-use std::path::Path;
 
 use kith_protocol::proto;
 use serde_json::Value;
 
 use super::{
     FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
-    read_bounded, read_file, text,
+    text,
 };
 
 const KIND: FileKind = FileKind::FacebookFriends;
@@ -25,16 +23,7 @@ const KIND: FileKind = FileKind::FacebookFriends;
 /// Friend-since times past this (year 3000) are not believed.
 const MAX_TIMESTAMP: i64 = 32_503_680_000;
 
-/// Imports a friends file from a path.
-pub fn import(path: &Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    import_bytes(&read_file(path, opts.max_file_bytes, KIND)?, opts)
-}
-
-/// Imports a friends file from a reader (read to its end, at most
-/// [`ImportOptions::max_file_bytes`]).
-pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    import_bytes(&read_bounded(reader, opts.max_file_bytes, KIND)?, opts)
-}
+whole_file_entry_points!("a friends file");
 
 /// Imports a friends file from its bytes.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
@@ -89,12 +78,7 @@ pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, 
             Err(reason) => report.skip(opts, row, reason),
         }
     }
-    tracing::info!(
-        contacts = report.contacts.len(),
-        skipped = report.skipped.len(),
-        "imported Facebook friends"
-    );
-    Ok(report)
+    Ok(report.logged("imported Facebook friends"))
 }
 
 fn parse_friend(

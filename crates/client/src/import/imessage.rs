@@ -229,12 +229,7 @@ pub fn import(
             .contacts
             .push(person.into_contact(stats, names.as_ref()));
     }
-    tracing::info!(
-        contacts = report.contacts.len(),
-        skipped = report.skipped.len(),
-        "imported Messages statistics"
-    );
-    Ok(report)
+    Ok(report.logged("imported Messages statistics"))
 }
 
 /// A person as Messages knows them: one phone number or e-mail address, however many handles

@@ -19,7 +19,7 @@ use kith_protocol::proto;
 
 use super::{
     FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
-    open_file, read_bounded, read_file, text,
+    open_file, text,
 };
 
 const KIND: FileKind = FileKind::LinkedInConnections;
@@ -28,16 +28,7 @@ const KIND: FileKind = FileKind::LinkedInConnections;
 const HEADER_SEARCH_LINES: usize = 100;
 const HEADER_SEARCH_BYTES: usize = 64 * 1024;
 
-/// Imports `Connections.csv` from a path.
-pub fn import(path: &Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    import_bytes(&read_file(path, opts.max_file_bytes, KIND)?, opts)
-}
-
-/// Imports `Connections.csv` from a reader (read to its end, at most
-/// [`ImportOptions::max_file_bytes`]).
-pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    import_bytes(&read_bounded(reader, opts.max_file_bytes, KIND)?, opts)
-}
+whole_file_entry_points!("`Connections.csv`");
 
 /// Imports `Connections.csv` from its bytes. The same connection twice is one contact.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
@@ -74,12 +65,7 @@ pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, 
     }
     let mut report = rows.finish();
     report.contacts = contacts;
-    tracing::info!(
-        contacts = report.contacts.len(),
-        skipped = report.skipped.len(),
-        "imported LinkedIn connections"
-    );
-    Ok(report)
+    Ok(report.logged("imported LinkedIn connections"))
 }
 
 /// Opens `Connections.csv` at `path` to be read a row at a time ([`Rows`]).

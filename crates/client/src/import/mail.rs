@@ -158,12 +158,7 @@ pub fn import_reader(
     for (address, person) in people {
         report.contacts.push(person.into_contact(address));
     }
-    tracing::info!(
-        contacts = report.contacts.len(),
-        skipped = report.skipped.len(),
-        "imported mail headers"
-    );
-    Ok(report)
+    Ok(report.logged("imported mail headers"))
 }
 
 /// What one person's mail adds up to.

@@ -29,6 +29,38 @@ use std::path::Path;
 use kith_protocol::proto;
 use kith_protocol::record::FieldKey;
 
+/// Defines a whole-file format's `import` (from a path) and `import_reader` (from a reader) over
+/// its `import_bytes` and `KIND`, so that every such format reads files and readers under the
+/// same size limit. `$what` completes "Imports … from a path".
+macro_rules! whole_file_entry_points {
+    ($what:literal) => {
+        #[doc = concat!("Imports ", $what, " from a path.")]
+        pub fn import(
+            path: &std::path::Path,
+            opts: &$crate::import::ImportOptions,
+        ) -> Result<$crate::import::ImportReport, $crate::import::ImportError> {
+            import_bytes(
+                &$crate::import::read_file(path, opts.max_file_bytes, KIND)?,
+                opts,
+            )
+        }
+
+        #[doc = concat!(
+            "Imports ", $what, " from a reader (read to its end, at most ",
+            "[`ImportOptions::max_file_bytes`](crate::import::ImportOptions::max_file_bytes))."
+        )]
+        pub fn import_reader(
+            reader: impl std::io::Read,
+            opts: &$crate::import::ImportOptions,
+        ) -> Result<$crate::import::ImportReport, $crate::import::ImportError> {
+            import_bytes(
+                &$crate::import::read_bounded(reader, opts.max_file_bytes, KIND)?,
+                opts,
+            )
+        }
+    };
+}
+
 pub mod address_book;
 mod archive;
 pub mod calendar;
@@ -286,6 +318,17 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
+    /// Logs how many contacts and skipped rows the import found (`what`: "imported LinkedIn
+    /// connections"; counts only, never a name or a value) and returns the report.
+    pub(crate) fn logged(self, what: &'static str) -> Self {
+        tracing::info!(
+            contacts = self.contacts.len(),
+            skipped = self.skipped.len(),
+            "{what}"
+        );
+        self
+    }
+
     pub(crate) fn skip(&mut self, opts: &ImportOptions, line: usize, reason: impl Into<String>) {
         if self.skipped.len() + self.dropped.len() < opts.max_reported_problems {
             self.skipped.push(SkippedRow {

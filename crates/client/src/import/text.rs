@@ -3,6 +3,15 @@
 use kith_protocol::proto;
 
 /// Removes a UTF-8 byte-order mark.
+/// The value of a content line's parameter `name` (iCalendar and vCard lines share the form
+/// `NAME;PARAM=VALUE:…`), from the `(name, value)` pairs its parser collected.
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
 pub(crate) fn strip_utf8_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }

@@ -178,12 +178,7 @@ pub fn import_reader(
         contact.only_if_known = !mutual;
         report.contacts.push(contact);
     }
-    tracing::info!(
-        contacts = report.contacts.len(),
-        skipped = report.skipped.len(),
-        "imported Twitter follows"
-    );
-    Ok(report)
+    Ok(report.logged("imported Twitter follows"))
 }
 
 /// Whether a screen name can be a handle key (no whitespace or control characters).

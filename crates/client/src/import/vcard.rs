@@ -30,14 +30,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::Path;
 
 use kith_protocol::proto;
 
 use super::{
     FileKind, ImportError, ImportOptions, ImportReport, ImportedContact, Provenance, check_size,
-    phone, read_bounded, read_file, text,
+    phone, text,
 };
 
 const KIND: FileKind = FileKind::VCard;
@@ -71,15 +69,7 @@ const IGNORED_TYPES: &[&str] = &[
     "pref", "internet", "voice", "x400", "msg", "dom", "intl", "postal", "parcel",
 ];
 
-/// Imports a vCard file from a path.
-pub fn import(path: &Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    import_bytes(&read_file(path, opts.max_file_bytes, KIND)?, opts)
-}
-
-/// Imports vCards from a reader (read to its end, at most [`ImportOptions::max_file_bytes`]).
-pub fn import_reader(reader: impl Read, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
-    import_bytes(&read_bounded(reader, opts.max_file_bytes, KIND)?, opts)
-}
+whole_file_entry_points!("vCards");
 
 /// Imports vCards from bytes.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, ImportError> {
@@ -153,12 +143,7 @@ pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<ImportReport, 
     if let Some((begin, _, _)) = open {
         report.skip(opts, begin, "card has no END:VCARD");
     }
-    tracing::info!(
-        contacts = report.contacts.len(),
-        skipped = report.skipped.len(),
-        "imported vCards"
-    );
-    Ok(report)
+    Ok(report.logged("imported vCards"))
 }
 
 /// UTF-16 (with a byte-order mark) to UTF-8; a UTF-8 byte-order mark removed.
@@ -268,10 +253,7 @@ struct Property {
 
 impl Property {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        text::param(&self.params, name)
     }
 
     fn params_named<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {

@@ -1576,47 +1576,40 @@ impl Store for PostgresStore {
             }
         }
         let (slots, bundles, tokens) = self.run(|conn| {
-            let slots = conn
-                .client
-                .query(
-                    "SELECT slot, account, expires_at_ms, bundle FROM kith_pairing ORDER BY slot",
-                    &[],
-                )?
-                .iter()
-                .map(|row| {
+            let mut export =
+                |sql: &str, row_to_item: fn(&postgres::Row) -> Result<Exported, StoreError>| {
+                    conn.client
+                        .query(sql, &[])?
+                        .iter()
+                        .map(row_to_item)
+                        .collect::<Result<Vec<_>, StoreError>>()
+                };
+            let slots = export(
+                "SELECT slot, account, expires_at_ms, bundle FROM kith_pairing ORDER BY slot",
+                |row| {
                     Ok(Exported::PairingSlot {
                         slot_id: id32(row.get::<_, &[u8]>(0))?,
                         account: account_of(row.get::<_, &[u8]>(1))?,
                         expires_at_ms: uint(row.get(2))?,
                         bundle: row.get(3),
                     })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            let bundles = conn
-                .client
-                .query(
-                    "SELECT lookup, account, bundle FROM kith_recovery ORDER BY lookup",
-                    &[],
-                )?
-                .iter()
-                .map(|row| {
+                },
+            )?;
+            let bundles = export(
+                "SELECT lookup, account, bundle FROM kith_recovery ORDER BY lookup",
+                |row| {
                     Ok(Exported::RecoveryBundle {
                         lookup_id: id32(row.get::<_, &[u8]>(0))?,
                         account: account_of(row.get::<_, &[u8]>(1))?,
                         bundle: row.get(2),
                     })
+                },
+            )?;
+            let tokens = export("SELECT hash FROM kith_tokens ORDER BY hash", |row| {
+                Ok(Exported::Token {
+                    token_hash: id32(row.get::<_, &[u8]>(0))?,
                 })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            let tokens = conn
-                .client
-                .query("SELECT hash FROM kith_tokens ORDER BY hash", &[])?
-                .iter()
-                .map(|row| {
-                    Ok(Exported::Token {
-                        token_hash: id32(row.get::<_, &[u8]>(0))?,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+            })?;
             Ok((slots, bundles, tokens))
         })?;
         for item in slots.into_iter().chain(bundles).chain(tokens) {
