@@ -1,6 +1,9 @@
-//! `kith-relay bench --abuse`: an abusive client beside the honest devices, speaking from
-//! 127.0.0.2 so that the relay's per-address limits meet it and not the honest devices on
-//! 127.0.0.1. It keeps, for as long as it runs:
+//! `kith-relay bench --abuse`: an abusive client beside the honest devices, speaking from a
+//! loopback address of its own (127.0.0.2 in the first abused round, 127.0.0.3 in the second,
+//! …) so that the relay's per-address limits meet it and not the honest devices on 127.0.0.1,
+//! and every abused round meets an abuser the relay has not seen before (the same abuse each
+//! round: a full per-address handshake burst, as in the first). It keeps, for as long as it
+//! runs:
 //! - `idle` unauthenticated connections open (reconnecting whenever the relay closes one, or
 //!   refuses it, after a short pause);
 //! - `stalled` pulls of a 2.5 MB account that never read their answers (each re-sent when the
@@ -115,12 +118,22 @@ pub struct Abuser {
     pub stats: Arc<AbuseStats>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Its UDP endpoints, closed by [`Abuser::stop`].
+    endpoints: Vec<quinn::Endpoint>,
 }
 
 impl Abuser {
-    /// Stops every abuser task and waits for its thread (its connections are dropped with its
-    /// runtime).
+    /// Closes every abuser connection (the relay is told, so that none of them lingers into
+    /// the next round until its idle timeout), then stops every abuser task and waits for its
+    /// thread.
     pub async fn stop(mut self) {
+        for endpoint in &self.endpoints {
+            endpoint.close(0u32.into(), b"");
+        }
+        // The endpoints' drivers run on the abuser's runtime, still up: they send the closes.
+        for endpoint in &self.endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        }
         let _ = self.stop.send(true);
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -128,20 +141,28 @@ impl Abuser {
     }
 }
 
-/// The abuser's source address.
-const ABUSER: &str = "127.0.0.2:0";
+/// The abuser of abused round `round` (0, 1, …) speaks from 127.0.0.(2 + `round`): a source
+/// the relay has not met before, whose per-address budgets are full, in every round.
+pub fn source(round: usize) -> Result<std::net::IpAddr> {
+    let last = u8::try_from(round + 2)
+        .ok()
+        .filter(|last| *last < 255)
+        .ok_or_else(|| anyhow!("at most 253 abused rounds (one loopback address each)"))?;
+    Ok(std::net::Ipv4Addr::new(127, 0, 0, last).into())
+}
 
-fn endpoint(pin: [u8; 32]) -> Result<quinn::Endpoint> {
-    let mut endpoint = quinn::Endpoint::client(ABUSER.parse()?)?;
+fn endpoint(source: std::net::IpAddr, pin: [u8; 32]) -> Result<quinn::Endpoint> {
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0))?;
     endpoint.set_default_client_config(tls::client_config(pin)?);
     Ok(endpoint)
 }
 
-/// Starts the abuser on a thread and runtime of its own (or, with `same_runtime`, on the
-/// caller's); it runs until [`Abuser::stop`]. Returns once its stalled pulls are in flight and
-/// its other tasks started.
+/// Starts the abuser, speaking from `source`, on a thread and runtime of its own (or, with
+/// `same_runtime`, on the caller's); it runs until [`Abuser::stop`]. Returns once its stalled
+/// pulls are in flight and its other tasks started.
 pub async fn start(
     abuse: Abuse,
+    source: std::net::IpAddr,
     addr: SocketAddr,
     pin: [u8; 32],
     same_runtime: bool,
@@ -149,11 +170,12 @@ pub async fn start(
     let stats = Arc::new(AbuseStats::default());
     let (stop, stopped) = watch::channel(false);
     if same_runtime {
-        run(abuse, addr, pin, stats.clone(), stopped).await?;
+        let endpoints = run(abuse, source, addr, pin, stats.clone(), stopped).await?;
         return Ok(Abuser {
             stats,
             stop,
             thread: None,
+            endpoints,
         });
     }
     let (ready, is_ready) = tokio::sync::oneshot::channel();
@@ -173,7 +195,7 @@ pub async fn start(
             };
             runtime.block_on(async move {
                 let mut stopped = stopped;
-                let started = run(abuse, addr, pin, thread_stats, stopped.clone()).await;
+                let started = run(abuse, source, addr, pin, thread_stats, stopped.clone()).await;
                 let ok = started.is_ok();
                 let _ = ready.send(started);
                 if ok {
@@ -181,25 +203,30 @@ pub async fn start(
                 }
             });
         })?;
-    is_ready
+    let endpoints = is_ready
         .await
         .map_err(|_| anyhow!("the abuser's thread ended"))??;
     Ok(Abuser {
         stats,
         stop,
         thread: Some(thread),
+        endpoints,
     })
 }
 
-/// Sets up the abuser's account and starts its tasks on the current (the abuser's) runtime.
+/// Sets up the abuser's account and starts its tasks on the current (the abuser's) runtime;
+/// returns its endpoints.
 async fn run(
     abuse: Abuse,
+    source: std::net::IpAddr,
     addr: SocketAddr,
     pin: [u8; 32],
     stats: Arc<AbuseStats>,
     stopped: watch::Receiver<bool>,
-) -> Result<()> {
-    let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| endpoint(pin)).collect::<Result<_>>()?;
+) -> Result<Vec<quinn::Endpoint>> {
+    let endpoints: Vec<quinn::Endpoint> = (0..8)
+        .map(|_| endpoint(source, pin))
+        .collect::<Result<_>>()?;
     // The stalled pulls' account: 125 envelopes of 20 KB, so every page is a full 2 MiB.
     let key = DeviceSigningKey::generate(&mut system_rng());
     let (account, roster) = super::genesis(std::slice::from_ref(&key));
@@ -241,7 +268,7 @@ async fn run(
             stopped.clone(),
         ));
     }
-    Ok(())
+    Ok(endpoints)
 }
 
 /// One connection attempt of the abuser's, counted by how it ended.
@@ -468,7 +495,8 @@ pub fn udp_drops() -> std::collections::HashMap<SocketAddr, u64> {
 }
 
 /// Datagrams dropped between two [`udp_drops`] readings, on the relay's socket, on the honest
-/// devices' sockets (`honest`), on the abuser's (127.0.0.2) and on any other.
+/// devices' sockets (`honest`), on the abusers' (loopback addresses other than 127.0.0.1) and
+/// on any other.
 pub fn print_udp_drops(
     round: &str,
     before: &std::collections::HashMap<SocketAddr, u64>,
@@ -482,7 +510,7 @@ pub fn print_udp_drops(
             on_relay += new;
         } else if honest.contains(&socket) {
             on_honest += new;
-        } else if socket.ip() == std::net::Ipv4Addr::new(127, 0, 0, 2) {
+        } else if socket.ip().is_loopback() && socket.ip() != std::net::Ipv4Addr::LOCALHOST {
             on_abuser += new;
         } else {
             other += new;
