@@ -27,10 +27,14 @@ pub const STREAM_REFUSED: u32 = 1;
 /// kept a request in flight within `Bounds::auth_timeout`.
 pub const AUTH_TIMED_OUT: u32 = 3;
 /// QUIC application error code of a connection closed because it sent more than
-/// [`MAX_BAD_FRAMES`] frames too large or undecodable.
+/// [`MAX_BAD_FRAMES`] frames larger than their kind allows or undecodable.
 pub const TOO_MANY_BAD_FRAMES: u32 = 4;
-/// Bad frames (too large, undecodable) a connection may send before it is closed.
+/// Bad frames (larger than their kind allows, undecodable) a connection may send before it is
+/// closed.
 pub const MAX_BAD_FRAMES: usize = 16;
+/// QUIC application error code of a connection closed at a frame whose length prefix
+/// announced more than `max_frame_bytes`.
+pub const FRAME_TOO_LARGE: u32 = 5;
 /// QUIC application error code of a request stream the relay cut off because the request did
 /// not arrive, or the response was not taken, within `Bounds::request_timeout`.
 pub const REQUEST_TIMED_OUT: u32 = 2;
@@ -780,10 +784,20 @@ async fn request_stream(
             Command::decode(body, &shared.config.bounds)
         }
         Ok(None) => return,
-        Err(ReadError::TooLarge { .. }) => Err(refuse(
-            ErrorCode::FrameTooLarge,
-            "frame exceeds the relay's limit",
-        )),
+        Err(ReadError::TooLarge { .. }) => {
+            // More than the relay takes of any request: a client that follows the protocol
+            // never sends it (its pushes stay well inside the 4 MiB default), and the relay
+            // cannot skip the body without receiving it. The connection is closed at once,
+            // not after `MAX_BAD_FRAMES`: a flood of these then brings one frame per
+            // handshake, which the per-address handshake budget meters, instead of 17 frames
+            // of data to receive and decrypt, and answers, per handshake.
+            let _ = recv.stop(STREAM_REFUSED.into());
+            shared.metrics.bad_frame();
+            tracing::debug!(remote = %conn.remote, "frame larger than max_frame_bytes; closed");
+            conn.connection
+                .close(FRAME_TOO_LARGE.into(), b"frame too large");
+            return;
+        }
         Err(ReadError::Decode(_)) => Err(refuse(ErrorCode::Malformed, "request does not decode")),
         Err(ReadError::Truncated) => {
             Err(refuse(ErrorCode::Malformed, "stream ended inside a frame"))

@@ -2,8 +2,8 @@
 //! authentication", §14 finding 7): idle unauthenticated connections are closed, connections
 //! per source address are capped, handshakes above a rate get a QUIC Retry, requests are
 //! bounded before they are decoded, registration tokens are checked before any verification,
-//! a connection's frame buffers stay within `max_frame_bytes`, and one account's stalled pulls
-//! cannot stall another's.
+//! a connection's frame buffers stay within `max_frame_bytes` (and one announcing more is
+//! closed), and one account's stalled pulls cannot stall another's.
 
 mod common;
 
@@ -490,10 +490,11 @@ async fn a_connection_that_keeps_sending_bad_frames_is_closed() {
     bounded(async {
         let relay = TestRelay::start().await;
         let flooder = relay.connect().await;
-        let oversized = (relay_max_frame() + 1).to_be_bytes().to_vec();
+        // A frame of 4 bytes that is no request: within every size bound, undecodable.
+        let garbage = [0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff].to_vec();
         let mut refused = 0;
         for _ in 0..40 {
-            match flooder.call_frame(Bytes::from(oversized.clone())).await {
+            match flooder.call_frame(Bytes::from(garbage.clone())).await {
                 Ok(_) => refused += 1,
                 Err(_) => break,
             }
@@ -507,6 +508,61 @@ async fn a_connection_that_keeps_sending_bad_frames_is_closed() {
                 if close.reason.as_ref() == b"too many bad frames"),
             "{closed:?}"
         );
+        // Others are not disturbed.
+        relay
+            .connect()
+            .await
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
+        relay.handle.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// A frame announcing more than `max_frame_bytes` closes its connection at once (§12): a flood
+/// of them costs its sender a handshake per frame, not per 17.
+#[tokio::test]
+async fn a_frame_announcing_more_than_max_frame_bytes_closes_its_connection() {
+    bounded(async {
+        let relay = TestRelay::start().await;
+        let flooder = relay.connect().await;
+        let mut oversized = (relay_max_frame() + 1).to_be_bytes().to_vec();
+        oversized.extend_from_slice(&[0u8; 16 * 1024]);
+        // The relay closes the connection instead of answering on the stream.
+        let answer = flooder.call_frame(Bytes::from(oversized.clone())).await;
+        assert!(
+            answer.is_err(),
+            "the oversized frame was answered: {answer:?}"
+        );
+        // The client's keep-alives would hold the connection open for ever: only the relay
+        // closes it (well within the bound, however slow the machine).
+        let closed = tokio::time::timeout(Duration::from_secs(30), flooder.connection().closed())
+            .await
+            .expect("the connection that sent an oversized frame is still open");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref close)
+                if close.error_code == kith_relay::server::FRAME_TOO_LARGE.into()
+                    && close.reason.as_ref() == b"frame too large"),
+            "{closed:?}"
+        );
+        // A frame of exactly the limit's length announced is not closed for its size: it is
+        // read (here: cut short, and answered as a bad frame), and the connection goes on.
+        let client = relay.connect().await;
+        let mut at_limit = relay_max_frame().to_be_bytes().to_vec();
+        at_limit.extend_from_slice(&[0u8; 1024]);
+        let (mut send, mut recv) = client.connection().open_bi().await.unwrap();
+        send.write_all(&at_limit).await.unwrap();
+        send.finish().unwrap();
+        let answer = kith_net::read_frame_bytes(&mut recv, 1 << 20, 1024).await;
+        assert!(
+            answer.is_ok(),
+            "a frame within the limit got no answer: {answer:?}"
+        );
+        client
+            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+            .await
+            .unwrap();
         // Others are not disturbed.
         relay
             .connect()

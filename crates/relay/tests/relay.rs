@@ -467,14 +467,34 @@ async fn oversized_batches_envelopes_and_frames_are_refused() {
             code(client.push(envelopes(&account.id, &d, 1, 1, 3000)).await),
             ErrorCode::EnvelopeTooLarge
         );
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &d, 1, 10, 1900)).await),
-            ErrorCode::FrameTooLarge
-        );
-        // The connection still works.
+        // The connection still works after those refusals.
         assert_eq!(
             client
-                .push(envelopes(&account.id, &d, 1, 10, 1000))
+                .push(envelopes(&account.id, &d, 1, 5, 1000))
+                .await
+                .unwrap(),
+            5
+        );
+        // A frame longer than `max_frame_bytes` closes the connection (§12).
+        assert!(
+            client
+                .push(envelopes(&account.id, &d, 6, 10, 1900))
+                .await
+                .is_err()
+        );
+        assert!(matches!(
+            client.connection().closed().await,
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == kith_relay::server::FRAME_TOO_LARGE.into()
+        ));
+        let client = relay.connect().await;
+        client
+            .authenticate(account.device(0), &account.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            client
+                .push(envelopes(&account.id, &d, 6, 5, 1000))
                 .await
                 .unwrap(),
             10
@@ -887,7 +907,8 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
         let mut attacker = relay.connect().await;
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for round in 0..30u64 {
-            // The relay closes a connection after 16 bad frames (§12): the attacker reconnects.
+            // The relay closes a connection after 16 bad frames, and at once at a length beyond
+            // `max_frame_bytes` (§12): the attacker reconnects.
             if attacker.connection().close_reason().is_some() {
                 attacker = relay.connect().await;
             }
@@ -935,7 +956,9 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
                 .await
                 .unwrap();
         }
-        // Streams opened and abandoned mid-frame.
+        // Streams opened and abandoned mid-frame, on a new connection (the last round's huge
+        // length closed the one before).
+        let attacker = relay.connect().await;
         for _ in 0..10 {
             let (mut send, _recv) = attacker.connection().open_bi().await.unwrap();
             send.write_all(&[0, 0, 1]).await.unwrap();
