@@ -10,7 +10,7 @@
 //!   relay gives up on it);
 //! - a flood of oversized frames: request frames announcing more than `max_frame_bytes`, as
 //!   fast as the relay answers them, on `flooders` connections (each reconnecting whenever the
-//!   relay closes it for too many bad frames).
+//!   relay closes it: at its first oversized frame).
 //!
 //! The abuser runs on a thread and a tokio runtime of its own. In the honest devices' runtime
 //! its hundreds of tasks, waking together and each building a TLS ClientHello (an ML-KEM-768
@@ -348,8 +348,8 @@ async fn stalled_pull(
 }
 
 /// Oversized request frames back to back: each announces one byte more than the largest
-/// frame the relay takes and sends a little of it. When the relay closes the connection (too
-/// many bad frames), the flooder connects again and goes on.
+/// frame the relay takes and sends a little of it. When the relay closes the connection (at
+/// the first such frame), the flooder connects again and goes on.
 async fn flood(
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
@@ -369,11 +369,13 @@ async fn flood(
             continue;
         };
         while !*stopped.borrow() {
+            // Counted when sent: the relay closes the connection at the frame (since the
+            // seventh session) instead of answering it.
+            stats.oversized_sent.fetch_add(1, Ordering::Relaxed);
             if client.call_frame(frame.clone()).await.is_err() {
                 stats.closed.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            stats.oversized_sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
