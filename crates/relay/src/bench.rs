@@ -870,17 +870,16 @@ struct AbuseSummary {
     pairs: Vec<PairLatencies>,
 }
 
+/// Which latencies of a round: its push acknowledgements or its pull-backs.
+type LatencyKind = fn(&RoundLatencies) -> &[Duration];
+
 /// Bootstrap resamples of the pairs for the interval of the pooled ratio.
 const BOOTSTRAP_RESAMPLES: usize = 2000;
 
 impl AbuseSummary {
     /// The latencies of one kind (push or pull) of the chosen pairs, pooled and sorted: (alone,
     /// beside).
-    fn pooled(
-        &self,
-        pairs: &[usize],
-        kind: fn(&RoundLatencies) -> &[Duration],
-    ) -> (Vec<Duration>, Vec<Duration>) {
+    fn pooled(&self, pairs: &[usize], kind: LatencyKind) -> (Vec<Duration>, Vec<Duration>) {
         let (mut alone, mut beside) = (Vec::new(), Vec::new());
         for &i in pairs {
             alone.extend_from_slice(kind(&self.pairs[i].alone));
@@ -892,7 +891,7 @@ impl AbuseSummary {
     }
 
     /// The pooled p99 ratio (beside ÷ alone) and its 5–95 % bootstrap interval over pairs.
-    fn ratio(&self, kind: fn(&RoundLatencies) -> &[Duration]) -> (f64, f64, f64) {
+    fn ratio(&self, kind: LatencyKind) -> (f64, f64, f64) {
         let all: Vec<usize> = (0..self.pairs.len()).collect();
         let ratio = |pairs: &[usize]| {
             let (alone, beside) = self.pooled(pairs, kind);
@@ -935,7 +934,7 @@ impl AbuseSummary {
             );
         }
         let all: Vec<usize> = (0..n).collect();
-        let kinds: [(&str, fn(&RoundLatencies) -> &[Duration]); 2] =
+        let kinds: [(&str, LatencyKind); 2] =
             [("push ack", |r| &r.push), ("pull-back", |r| &r.pull)];
         let mut line = Vec::new();
         for (name, kind) in kinds {
