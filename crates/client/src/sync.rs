@@ -2151,7 +2151,7 @@ pub(crate) mod tests {
 
         // And a group whose entries were all sealed meanwhile writes nothing.
         let group = device
-            .prepare_seal_group(&mut keys[4..].to_vec().into_iter().peekable(), 4)
+            .prepare_seal_group(&mut keys[4..].iter().cloned().peekable(), 4)
             .unwrap();
         assert_eq!(group.envelopes.len(), 1);
         assert_eq!(device.seal_pending().unwrap(), 2);
