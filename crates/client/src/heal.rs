@@ -366,14 +366,17 @@ impl Device {
             Err(e) if e.may_be_lost_account() => {
                 let c = self.recreate_account(registration_token).await?;
                 *slot = Some(c.clone());
-                let mut heal = self.heal_relay(&c, None, true).await?.unwrap_or_default();
+                let mut heal = self
+                    .heal_relay(&c, None, true, None)
+                    .await?
+                    .unwrap_or_default();
                 heal.account_recreated = true;
                 return Ok(heal);
             }
             Err(e) => return Err(e),
         };
         Ok(self
-            .heal_relay(&connection, None, false)
+            .heal_relay(&connection, None, false, None)
             .await?
             .unwrap_or_default())
     }
@@ -383,12 +386,14 @@ impl Device {
     /// snapshot, or with a new snapshot), and — when the relay lost roster versions or the
     /// whole account — the sealed epoch keys of every present device and the recovery bundle.
     /// Runs before this device pushes (a relay that is behind would refuse the push with a
-    /// gap). `None` when nothing was missing.
+    /// gap). `None` when nothing was missing. With `sealing` (pending operations being sealed
+    /// meanwhile, [`Device::start_sealing`]), a snapshot it seals comes after what that seals.
     pub(crate) async fn heal_relay(
         &self,
         connection: &RelayConnection,
         lost_roster_versions: Option<(u64, u64)>,
         recreated: bool,
+        sealing: Option<&mut crate::sync::Sealing>,
     ) -> Result<Option<RelayHeal>> {
         let mut heal = RelayHeal {
             account_recreated: recreated,
@@ -436,7 +441,10 @@ impl Device {
         if !heal.cut_removed_streams.is_empty() {
             // Devices linked later can no longer pull that tail from the relay: a snapshot of
             // everything this device merged covers it (docs/PROTOCOL.md §13.1). It is pushed
-            // with the rest of the outbox.
+            // with the rest of the outbox, after what is being sealed.
+            if let Some(sealing) = sealing {
+                sealing.finish().await?;
+            }
             self.seal_full_snapshot_after_outbox()?;
             heal.snapshot_written = true;
         }
@@ -793,7 +801,7 @@ impl Device {
                 .await?
         };
         let mut heal = self
-            .heal_relay(&connection, lost, created)
+            .heal_relay(&connection, lost, created, None)
             .await?
             .unwrap_or_default();
         heal.account_recreated = created;

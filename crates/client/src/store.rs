@@ -562,6 +562,22 @@ impl LocalStore {
         }
     }
 
+    /// Every (key, decrypted value) of a tree whose key is `start` or after, in key order,
+    /// read page by page as [`LocalStore::scan`] reads.
+    pub fn scan_from(
+        &self,
+        tree: TreeName,
+        start: &[u8],
+    ) -> impl Iterator<Item = Result<Entry, LocalStoreError>> + '_ {
+        Scan {
+            store: self,
+            tree,
+            prefix: Vec::new(),
+            next: Some(start.to_vec()),
+            page: VecDeque::new(),
+        }
+    }
+
     /// Every key of a tree, in order (values are not read).
     pub fn keys(&self, tree: TreeName) -> Result<Vec<Vec<u8>>, LocalStoreError> {
         let reader = lock(&self.shared.reader);

@@ -45,6 +45,13 @@ const ENVELOPES_PER_PULL: u32 = 256;
 /// Encoded record bytes per snapshot envelope (a snapshot spans as many envelopes as needed).
 const SNAPSHOT_BYTES: usize = 512 * 1024;
 
+/// Envelopes in the first group sealed beside the push ([`Device::start_sealing`]): small, so
+/// that the first push starts soon; each next group is twice as large, up to
+/// [`MAX_SEAL_GROUP`] (fewer transactions, each one `fsync`).
+const FIRST_SEAL_GROUP: usize = 4;
+/// Envelopes in a group sealed beside the push, at most.
+const MAX_SEAL_GROUP: usize = 32;
+
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -135,6 +142,110 @@ pub struct PastEnd {
     pub final_seq: u64,
     /// The seq served past it.
     pub seq: u64,
+}
+
+/// Pending entries gathered for one envelope: encoded batches of operations only.
+#[derive(Default)]
+struct PendingBatch {
+    keys: Vec<Vec<u8>>,
+    entries: Vec<Vec<u8>>,
+    ops: usize,
+    bytes: usize,
+}
+
+impl PendingBatch {
+    /// Adds the entry `plain` of pending `key`; whether the batch is now full (an envelope's
+    /// worth of operations or bytes).
+    fn add(&mut self, key: Vec<u8>, mut plain: Vec<u8>) -> Result<bool> {
+        let count = match record::operations_only_count(&plain) {
+            Some(count) => count,
+            None => {
+                let ops = record::decode_batch(&plain)?;
+                plain = record::encode_batch(&ops)?;
+                ops.len()
+            }
+        };
+        self.bytes += plain.len();
+        self.ops += count;
+        self.entries.push(plain);
+        self.keys.push(key);
+        Ok(self.ops >= OPS_PER_ENVELOPE || self.bytes >= BYTES_PER_ENVELOPE)
+    }
+
+    /// The envelope's payload: the entries one after the other (one `OperationBatch` of all
+    /// their operations) and the wall time, with room for the writer's view.
+    fn payload(&self) -> Result<Vec<u8>> {
+        if self.ops > MAX_OPERATIONS_PER_BATCH {
+            return Err(record::RecordError::TooManyOperations { count: self.ops }.into());
+        }
+        let mut payload = Vec::with_capacity(self.bytes + 16 + WRITER_VIEW_ROOM);
+        for entry in &self.entries {
+            payload.extend_from_slice(entry);
+        }
+        // The wall time lets receivers report a device whose date is wrong (§8).
+        record::append_written_at(&mut payload, now_ms());
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(record::RecordError::BatchTooLarge { len: payload.len() }.into());
+        }
+        Ok(payload)
+    }
+}
+
+/// Envelopes sealed outside a transaction, to be written in one
+/// ([`Device::commit_seal_group`]).
+struct SealGroup {
+    /// The head (seq, hash) they follow.
+    head: (u64, EnvelopeHash),
+    /// The merged heads their writer's views state.
+    heads: Vec<(DeviceId, u64)>,
+    /// The pending entries they hold.
+    pending_keys: Vec<Vec<u8>>,
+    /// (seq, envelope sealed for the outbox), in seq order.
+    envelopes: Vec<(u64, Vec<u8>)>,
+    /// The hash of the last one (the head's, with none).
+    last_hash: EnvelopeHash,
+}
+
+/// Pending operations being sealed on a blocking thread ([`Device::start_sealing`]).
+pub(crate) struct Sealing {
+    /// Envelopes sealed so far, sent after each group's transaction.
+    progress: tokio::sync::watch::Receiver<usize>,
+    /// The count last read from `progress`.
+    seen: usize,
+    /// Whether the sealing thread has ended (its sender dropped).
+    ended: bool,
+    task: Option<tokio::task::JoinHandle<Result<usize>>>,
+    /// The thread's result once [`Sealing::finish`] took it.
+    outcome: Option<usize>,
+}
+
+impl Sealing {
+    /// Whether a group committed since the last call (without waiting).
+    fn sealed_more(&mut self) -> bool {
+        // Read even once the sender is gone: its last count stays.
+        let sealed = *self.progress.borrow_and_update();
+        std::mem::replace(&mut self.seen, sealed) != sealed
+    }
+
+    /// Waits for the next group's commit, or for the sealing to end.
+    async fn next_commit(&mut self) {
+        if !self.ended && self.progress.changed().await.is_err() {
+            self.ended = true;
+        }
+    }
+
+    /// Waits until every pending operation is sealed; the number of envelopes, or the error
+    /// that stopped the sealing (the groups committed before it stay sealed).
+    pub(crate) async fn finish(&mut self) -> Result<usize> {
+        if let Some(task) = self.task.take() {
+            let sealed = task
+                .await
+                .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
+            self.outcome = Some(sealed);
+        }
+        self.ended = true;
+        Ok(self.outcome.unwrap_or(0))
+    }
 }
 
 /// A payload of a pulled page, decoded before any of the page is merged.
@@ -246,11 +357,26 @@ impl Device {
         {
             return Err(error);
         }
-        self.seal_pending()?;
-        report.healed = self
-            .heal_relay(connection, lost_roster_versions, recreated)
-            .await?;
-        report.pushed = self.push_outbox(connection).await?;
+        // Sealed on a blocking thread, group by group, each pushed as it commits, once the
+        // relay is healed (which seals its snapshot, if any, after the sealing ended).
+        let mut sealing = self.start_sealing();
+        report.healed = match self
+            .heal_relay(
+                connection,
+                lost_roster_versions,
+                recreated,
+                Some(&mut sealing),
+            )
+            .await
+        {
+            Ok(healed) => healed,
+            Err(error) => {
+                // Not returned while the sealing thread still writes.
+                let _ = sealing.finish().await;
+                return Err(error);
+            }
+        };
+        report.pushed = self.push_sealed(connection, Some(sealing)).await?;
         pulled?;
         // The identity rule holds for what other devices wrote too (§8.4); links it makes
         // are pushed at once.
@@ -491,42 +617,158 @@ impl Device {
         if store.is_empty(TreeName::Pending)? {
             return Ok(0);
         }
-        store.transaction(|tx| {
-            let mut batch_keys = Vec::new();
-            let mut batch: Vec<Vec<u8>> = Vec::new();
-            let mut batch_ops = 0usize;
-            let mut batch_bytes = 0usize;
-            let mut sealed_count = 0;
-            for key in tx.keys(TreeName::Pending)? {
-                let Some(mut plain) = tx.get(TreeName::Pending, &key)? else {
-                    continue;
-                };
-                let count = match record::operations_only_count(&plain) {
-                    Some(count) => count,
-                    None => {
-                        let ops = record::decode_batch(&plain)?;
-                        plain = record::encode_batch(&ops)?;
-                        ops.len()
-                    }
-                };
-                batch_bytes += plain.len();
-                batch_ops += count;
-                batch.push(plain);
-                batch_keys.push(key);
-                if batch_ops >= OPS_PER_ENVELOPE || batch_bytes >= BYTES_PER_ENVELOPE {
-                    self.seal_batch(tx, &batch_keys, &batch, batch_ops, batch_bytes)?;
-                    sealed_count += 1;
-                    batch_keys.clear();
-                    batch.clear();
-                    batch_ops = 0;
-                    batch_bytes = 0;
-                }
-            }
-            if !batch_keys.is_empty() {
-                self.seal_batch(tx, &batch_keys, &batch, batch_ops, batch_bytes)?;
+        store.transaction(|tx| self.seal_keys_in(tx, tx.keys(TreeName::Pending)?))
+    }
+
+    /// Seals the pending entries under `keys` (those still there) in `tx`, as
+    /// [`Device::seal_pending`] does; returns the number of envelopes.
+    fn seal_keys_in(&self, tx: &StoreTxn<'_>, keys: Vec<Vec<u8>>) -> Result<usize> {
+        let mut batch = PendingBatch::default();
+        let mut sealed_count = 0;
+        for key in keys {
+            let Some(plain) = tx.get(TreeName::Pending, &key)? else {
+                continue;
+            };
+            if batch.add(key, plain)? {
+                let batch = std::mem::take(&mut batch);
+                self.seal_payload(tx, &batch.keys, batch.payload()?, PayloadKind::Operations)?;
                 sealed_count += 1;
             }
-            Ok(sealed_count)
+        }
+        if !batch.keys.is_empty() {
+            self.seal_payload(tx, &batch.keys, batch.payload()?, PayloadKind::Operations)?;
+            sealed_count += 1;
+        }
+        Ok(sealed_count)
+    }
+
+    /// Starts sealing every pending operation on a blocking thread, in groups of envelopes
+    /// that each commit in one transaction, so that [`Device::push_sealed`] pushes a group
+    /// while the next is sealed (A's CPU beside the network and the relay's group commits).
+    ///
+    /// A group is sealed before its transaction, from the head, the writer's view and the
+    /// pending entries as they stood; the transaction writes it only if the head and the
+    /// view are still what it was sealed from, and seals the group's entries again inside
+    /// itself otherwise (another process sharing the store sealed meanwhile). Only sealing
+    /// removes pending entries, and every seal advances the head, so an unchanged head means
+    /// the group's entries are all still pending. Each transaction is what
+    /// [`Device::seal_pending`]'s one transaction was for its envelopes: an operation is
+    /// pending or in exactly one envelope, an envelope is in the outbox with the head past it.
+    pub(crate) fn start_sealing(&self) -> Sealing {
+        let (progress, watch) = tokio::sync::watch::channel(0);
+        let device = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            device.seal_pending_in_groups(|sealed| {
+                // No receiver left only when the sync stopped; sealing goes on regardless.
+                let _ = progress.send(sealed);
+            })
+        });
+        Sealing {
+            progress: watch,
+            seen: 0,
+            ended: false,
+            task: Some(task),
+            outcome: None,
+        }
+    }
+
+    /// The work of [`Device::start_sealing`]; calls `committed` with the number of envelopes
+    /// sealed so far after each group's transaction.
+    fn seal_pending_in_groups(&self, mut committed: impl FnMut(usize)) -> Result<usize> {
+        let store = &self.inner.store;
+        if store.is_empty(TreeName::Pending)? {
+            return Ok(0);
+        }
+        let mut keys = store.keys(TreeName::Pending)?.into_iter().peekable();
+        let mut group_size = FIRST_SEAL_GROUP;
+        let mut sealed_count = 0;
+        while keys.peek().is_some() {
+            let group = self.prepare_seal_group(&mut keys, group_size)?;
+            sealed_count += self.commit_seal_group(group)?;
+            committed(sealed_count);
+            group_size = (group_size * 2).min(MAX_SEAL_GROUP);
+        }
+        Ok(sealed_count)
+    }
+
+    /// Seals up to `envelopes` envelopes' worth of the pending entries under `keys` (those
+    /// still there) outside any transaction, from the head and the writer's view as they
+    /// stand: see [`Device::commit_seal_group`].
+    fn prepare_seal_group(
+        &self,
+        keys: &mut std::iter::Peekable<impl Iterator<Item = Vec<u8>>>,
+        envelopes: usize,
+    ) -> Result<SealGroup> {
+        let store = &self.inner.store;
+        let head = self.head()?;
+        let heads = self.merged_heads_with(|key| Ok(store.get(TreeName::Cursors, key)?))?;
+        let mut group = SealGroup {
+            head,
+            heads,
+            pending_keys: Vec::new(),
+            envelopes: Vec::with_capacity(envelopes),
+            last_hash: head.1,
+        };
+        let mut batch = PendingBatch::default();
+        while group.envelopes.len() < envelopes {
+            let full = match keys.next() {
+                Some(key) => match store.get(TreeName::Pending, &key)? {
+                    Some(plain) => batch.add(key, plain)?,
+                    None => false,
+                },
+                None => true,
+            };
+            if full && !batch.keys.is_empty() {
+                let batch = std::mem::take(&mut batch);
+                let seq = head.0 + 1 + group.envelopes.len() as u64;
+                let sealed = self.seal_envelope(
+                    seq,
+                    &group.last_hash,
+                    &group.heads,
+                    batch.payload()?,
+                    PayloadKind::Operations,
+                )?;
+                group.last_hash = sealed.hash;
+                // Sealed for the store here too, out of the transaction.
+                let value =
+                    store
+                        .cipher()
+                        .seal(TreeName::Outbox, &seq.to_be_bytes(), &sealed.bytes);
+                group.envelopes.push((seq, value));
+                group.pending_keys.extend(batch.keys);
+            }
+            if keys.peek().is_none() && batch.keys.is_empty() {
+                break;
+            }
+        }
+        Ok(group)
+    }
+
+    /// Writes a group [`Device::prepare_seal_group`] sealed in one transaction, if the head
+    /// and the writer's view are still the ones it was sealed from; otherwise (another process
+    /// sharing the store sealed meanwhile) seals the group's entries still pending again in
+    /// the transaction, as [`Device::seal_pending`] does. Returns the envelopes written.
+    fn commit_seal_group(&self, mut group: SealGroup) -> Result<usize> {
+        self.inner.store.transaction(|tx| {
+            self.check_no_newer_epoch(tx)?;
+            let unchanged = Self::head_in(tx)? == group.head
+                && self.merged_heads_with(|key| Ok(tx.get(TreeName::Cursors, key)?))?
+                    == group.heads;
+            if !unchanged {
+                return self.seal_keys_in(tx, std::mem::take(&mut group.pending_keys));
+            }
+            for key in &group.pending_keys {
+                tx.remove(TreeName::Pending, key)?;
+            }
+            for (seq, value) in &group.envelopes {
+                tx.put_sealed(TreeName::Outbox, &seq.to_be_bytes(), value)?;
+            }
+            if let Some((seq, _)) = group.envelopes.last() {
+                let mut head = seq.to_be_bytes().to_vec();
+                head.extend_from_slice(group.last_hash.as_bytes());
+                tx.put(TreeName::Meta, meta::HEAD, &head)?;
+            }
+            Ok(group.envelopes.len())
         })
     }
 
@@ -549,32 +791,6 @@ impl Device {
         })
     }
 
-    /// Seals pending entries (encoded batches of operations only, `ops` operations and
-    /// `bytes` bytes in all) as one `OperationBatch` envelope, removing `pending_keys`.
-    fn seal_batch(
-        &self,
-        tx: &StoreTxn<'_>,
-        pending_keys: &[Vec<u8>],
-        batch: &[Vec<u8>],
-        ops: usize,
-        bytes: usize,
-    ) -> Result<()> {
-        if ops > MAX_OPERATIONS_PER_BATCH {
-            return Err(record::RecordError::TooManyOperations { count: ops }.into());
-        }
-        // Room for the wall time and the writer's view, appended below.
-        let mut payload = Vec::with_capacity(bytes + 16 + WRITER_VIEW_ROOM);
-        for entry in batch {
-            payload.extend_from_slice(entry);
-        }
-        // The wall time lets receivers report a device whose date is wrong (§8).
-        record::append_written_at(&mut payload, now_ms());
-        if payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(record::RecordError::BatchTooLarge { len: payload.len() }.into());
-        }
-        self.seal_payload(tx, pending_keys, payload, PayloadKind::Operations)
-    }
-
     /// Seals an encoded `OperationBatch` as this device's next envelope, into the outbox.
     pub(crate) fn seal_operations_payload(&self, payload: &[u8]) -> Result<()> {
         self.inner
@@ -589,41 +805,14 @@ impl Device {
         &self,
         tx: &StoreTxn<'_>,
         pending_keys: &[Vec<u8>],
-        mut payload: Vec<u8>,
+        payload: Vec<u8>,
         kind: PayloadKind,
     ) -> Result<()> {
         self.check_no_newer_epoch(tx)?;
         let (last_seq, last_hash) = Self::head_in(tx)?;
         let seq = last_seq + 1;
-        let heads = self.merged_heads(tx)?;
-        let sealed = {
-            let state = self.state();
-            // Every payload states the roster this device writes under and how far it merged
-            // every other stream, so receivers can tell what the relay holds back (§4).
-            WriterView {
-                roster_version: state.roster.version(),
-                roster_hash: state.roster.hash(),
-                heads: heads
-                    .into_iter()
-                    .filter(|(device, _)| state.roster.device(device).is_some())
-                    .collect(),
-            }
-            .append_to(&mut payload);
-            // Always the roster's epoch, whose secret was confirmed against the roster.
-            let number = state.roster.epoch();
-            let content_key = state.epochs.content_key(number)?;
-            envelope::seal(
-                &self.inner.secrets.signing_key,
-                &state.account_id,
-                seq,
-                number,
-                &content_key,
-                &last_hash,
-                kind,
-                &payload,
-                &mut kith_protocol::keys::system_rng(),
-            )?
-        };
+        let heads = self.merged_heads_with(|key| Ok(tx.get(TreeName::Cursors, key)?))?;
+        let sealed = self.seal_envelope(seq, &last_hash, &heads, payload, kind)?;
         let seq_key = seq.to_be_bytes();
         let mut head = seq_key.to_vec();
         head.extend_from_slice(sealed.hash.as_bytes());
@@ -635,12 +824,54 @@ impl Device {
         Ok(())
     }
 
-    /// The highest seq this device merged of every other stream it holds a cursor for, read in
-    /// `tx`, sorted by device id.
-    fn merged_heads(&self, tx: &StoreTxn<'_>) -> Result<Vec<(DeviceId, u64)>> {
+    /// Seals `payload` as this device's envelope `seq` after `prev_hash`, with the writer's
+    /// view stating the roster and `heads` (the merged heads, [`Device::merged_heads_with`]).
+    fn seal_envelope(
+        &self,
+        seq: u64,
+        prev_hash: &EnvelopeHash,
+        heads: &[(DeviceId, u64)],
+        mut payload: Vec<u8>,
+        kind: PayloadKind,
+    ) -> Result<envelope::SealedEnvelope> {
+        let state = self.state();
+        // Every payload states the roster this device writes under and how far it merged
+        // every other stream, so receivers can tell what the relay holds back (§4).
+        WriterView {
+            roster_version: state.roster.version(),
+            roster_hash: state.roster.hash(),
+            heads: heads
+                .iter()
+                .filter(|(device, _)| state.roster.device(device).is_some())
+                .copied()
+                .collect(),
+        }
+        .append_to(&mut payload);
+        // Always the roster's epoch, whose secret was confirmed against the roster.
+        let number = state.roster.epoch();
+        let content_key = state.epochs.content_key(number)?;
+        Ok(envelope::seal(
+            &self.inner.secrets.signing_key,
+            &state.account_id,
+            seq,
+            number,
+            &content_key,
+            prev_hash,
+            kind,
+            &payload,
+            &mut kith_protocol::keys::system_rng(),
+        )?)
+    }
+
+    /// The highest seq this device merged of every other stream it holds a cursor for, read
+    /// through `cursor` (in a transaction or from the store), sorted by device id.
+    fn merged_heads_with(
+        &self,
+        cursor: impl Fn(&[u8]) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Vec<(DeviceId, u64)>> {
         let mut heads = Vec::new();
         for writer in self.writers()? {
-            let Some(bytes) = tx.get(TreeName::Cursors, writer.as_bytes())? else {
+            let Some(bytes) = cursor(writer.as_bytes())? else {
                 continue;
             };
             if let Some(seq) = bytes
@@ -664,20 +895,56 @@ impl Device {
     /// taken in the same order, so envelopes leave the outbox in order, and the first failure
     /// stops the rest (abandoned; the next sync sends whatever was not acknowledged again).
     pub(crate) async fn push_outbox(&self, connection: &RelayConnection) -> Result<usize> {
-        let store = &self.inner.store;
-        if store.is_empty(TreeName::Outbox)? {
+        if self.inner.store.is_empty(TreeName::Outbox)? {
             return Ok(0);
         }
+        self.push_sealed(connection, None).await
+    }
+
+    /// [`Device::push_outbox`], and with `sealing`, also every group it seals, each pushed as
+    /// soon as its transaction committed (durably: acknowledged envelopes can never be sealed
+    /// differently after a crash), until the sealing ended; then its error, if it failed.
+    /// On a push failure, waits for the sealing to end before returning the failure.
+    pub(crate) async fn push_sealed(
+        &self,
+        connection: &RelayConnection,
+        mut sealing: Option<Sealing>,
+    ) -> Result<usize> {
+        let pushed = self.push_while_sealing(connection, sealing.as_mut()).await;
+        let sealed = match &mut sealing {
+            Some(sealing) => sealing.finish().await.map(drop),
+            None => Ok(()),
+        };
+        let pushed = pushed?;
+        sealed?;
+        Ok(pushed)
+    }
+
+    async fn push_while_sealing(
+        &self,
+        connection: &RelayConnection,
+        mut sealing: Option<&mut Sealing>,
+    ) -> Result<usize> {
+        let store = &self.inner.store;
         store.flush().await?;
-        let mut outbox = store.scan(TreeName::Outbox).peekable();
+        let mut outbox = store.scan_from(TreeName::Outbox, &[]).peekable();
+        // The key the outbox is read from again once a group committed: past what was sent.
+        let mut next_key = Vec::new();
         let mut in_flight = std::collections::VecDeque::with_capacity(PUSHES_IN_FLIGHT);
         let mut pushed = 0;
         loop {
             while in_flight.len() < PUSHES_IN_FLIGHT {
                 let (batch, seqs) = next_push_batch(&mut outbox)?;
                 let Some(&last_seq) = seqs.last() else {
+                    if let Some(sealing) = sealing.as_deref_mut()
+                        && sealing.sealed_more()
+                    {
+                        outbox = store.scan_from(TreeName::Outbox, &next_key).peekable();
+                        continue;
+                    }
                     break;
                 };
+                next_key = (last_seq + 1).to_be_bytes().to_vec();
                 // The envelopes are kept beside the request, to be kept for healing once
                 // acknowledged without reading and opening their outbox copies again.
                 let request = connection
@@ -688,7 +955,14 @@ impl Device {
                 in_flight.push_back((last_seq, seqs, batch, request));
             }
             let Some((last_seq, seqs, batch, request)) = in_flight.pop_front() else {
-                break;
+                match sealing.as_deref_mut() {
+                    // Nothing in flight and nothing more sealed yet: wait for the next group.
+                    Some(sealing) if !sealing.ended => {
+                        sealing.next_commit().await;
+                        continue;
+                    }
+                    _ => break,
+                }
             };
             let count = batch.len();
             let answer = request.answer().await?;
@@ -1725,6 +1999,167 @@ pub(crate) mod tests {
                 .unwrap(),
             Some(envelope)
         );
+        relay.shutdown().await.unwrap();
+    }
+
+    /// Queues `entries` pending entries of `ops` operations each (one new record per
+    /// operation), as the contacts API queues them; returns every operation, in order.
+    fn queue_pending(device: &Device, entries: usize, ops: usize) -> Vec<Operation> {
+        let mut all = Vec::new();
+        device
+            .inner
+            .store
+            .transaction(|tx| {
+                for _ in 0..entries {
+                    let batch: Vec<Operation> = (0..ops)
+                        .map(|_| {
+                            let mut id = [0u8; 16];
+                            id[..8].copy_from_slice(&tx.next_id().unwrap().to_be_bytes());
+                            let write = FieldWrite::set(
+                                FieldKey::name(),
+                                record::value::text("Ada Lovelace"),
+                                [],
+                            )
+                            .unwrap();
+                            let clock = Hlc::new(now_ms(), 0, device.inner.device_id);
+                            Operation::upsert(RecordId::from_bytes(id), clock, [write]).unwrap()
+                        })
+                        .collect();
+                    let key = tx.next_id()?.to_be_bytes();
+                    tx.put(
+                        TreeName::Pending,
+                        &key,
+                        &record::encode_batch(&batch).unwrap(),
+                    )?;
+                    all.extend(batch);
+                }
+                Ok::<_, ClientError>(())
+            })
+            .unwrap();
+        all
+    }
+
+    /// The outbox's envelopes in seq order, checked as one chain from seq `first` (after
+    /// `prev`), with the operations of their payloads in order.
+    fn outbox_chain(device: &Device) -> (Vec<u64>, Vec<Operation>) {
+        let mut verifier = kith_protocol::stream::StreamVerifier::new(device.inner.device_id);
+        let mut seqs = Vec::new();
+        let mut ops = Vec::new();
+        for item in device.inner.store.scan(TreeName::Outbox) {
+            let (key, envelope) = item.unwrap();
+            let parsed = ParsedEnvelope::decode(&envelope).unwrap();
+            verifier.check(&parsed).unwrap();
+            let payload = {
+                let state = device.state();
+                parsed.open(&state.roster, &state.epochs).unwrap()
+            };
+            ops.extend(record::decode_batch(&payload).unwrap());
+            seqs.push(u64::from_be_bytes(key.as_slice().try_into().unwrap()));
+        }
+        (seqs, ops)
+    }
+
+    /// Sealing beside the push seals in groups of growing size, each committed on its own
+    /// (the progress reports each commit), into one unbroken chain that holds every pending
+    /// operation once, in order; the sync pushes all of it, and the relay serves it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_operations_are_sealed_in_groups_into_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device) = device_on_relay(dir.path()).await;
+        device.sync().await.unwrap();
+        let (head_before, _) = device.head().unwrap();
+        // 2 entries an envelope: 23 envelopes, groups of 4, 8 and 11.
+        let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
+        let mut commits = Vec::new();
+        let sealed = device
+            .seal_pending_in_groups(|sealed| commits.push(sealed))
+            .unwrap();
+        assert_eq!(sealed, 23);
+        assert_eq!(commits, [4, 12, 23]);
+        assert!(device.inner.store.is_empty(TreeName::Pending).unwrap());
+        let (seqs, ops) = outbox_chain(&device);
+        assert_eq!(
+            seqs,
+            ((head_before + 1)..=(head_before + 23)).collect::<Vec<_>>()
+        );
+        assert_eq!(ops, queued);
+        assert_eq!(device.head().unwrap().0, head_before + 23);
+
+        // The same through a sync: sealed on the blocking thread while the first groups are
+        // pushed; everything is acknowledged and kept as sent.
+        let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
+        let report = device.sync().await.unwrap();
+        assert_eq!(report.pushed, 46);
+        assert!(device.inner.store.is_empty(TreeName::Pending).unwrap());
+        assert!(device.inner.store.is_empty(TreeName::Outbox).unwrap());
+        let last = head_before + 46;
+        assert_eq!(device.acked_seq().unwrap(), last);
+        let kept = device
+            .inner
+            .store
+            .get(TreeName::Meta, &crate::heal::sent_key(last))
+            .unwrap()
+            .unwrap();
+        let payload = {
+            let state = device.state();
+            ParsedEnvelope::decode(&kept)
+                .unwrap()
+                .open(&state.roster, &state.epochs)
+                .unwrap()
+        };
+        assert_eq!(
+            record::decode_batch(&payload).unwrap(),
+            queued[queued.len() - OPS_PER_ENVELOPE..]
+        );
+        relay.shutdown().await.unwrap();
+    }
+
+    /// A group sealed outside its transaction is written only if the head it follows is still
+    /// the head: when something else was sealed meanwhile (here one envelope, as another
+    /// process sharing the store would), its entries are sealed again after it, in the
+    /// transaction, and none twice; entries sealed meanwhile are not sealed again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_sealed_after_the_head_moved_is_sealed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device) = device_on_relay(dir.path()).await;
+        device.sync().await.unwrap();
+        let (head_before, _) = device.head().unwrap();
+        let queued = queue_pending(&device, 6, OPS_PER_ENVELOPE / 2);
+        let keys = device.inner.store.keys(TreeName::Pending).unwrap();
+        let group = device
+            .prepare_seal_group(&mut keys.clone().into_iter().peekable(), 2)
+            .unwrap();
+        assert_eq!(group.envelopes.len(), 2);
+        // Meanwhile: another envelope takes the next seq.
+        let other = queue_pending(&device, 1, 3);
+        let other_key = device.inner.store.keys(TreeName::Pending).unwrap()[6].clone();
+        let other_payload = device
+            .inner
+            .store
+            .get(TreeName::Pending, &other_key)
+            .unwrap()
+            .unwrap();
+        device.seal_operations_payload(&other_payload).unwrap();
+        assert_eq!(device.commit_seal_group(group).unwrap(), 2);
+        let (seqs, ops) = outbox_chain(&device);
+        assert_eq!(
+            seqs,
+            ((head_before + 1)..=(head_before + 3)).collect::<Vec<_>>()
+        );
+        assert_eq!(ops[..3], other[..]);
+        assert_eq!(ops[3..], queued[..OPS_PER_ENVELOPE * 2]);
+
+        // And a group whose entries were all sealed meanwhile writes nothing.
+        let group = device
+            .prepare_seal_group(&mut keys[4..].iter().cloned().peekable(), 4)
+            .unwrap();
+        assert_eq!(group.envelopes.len(), 1);
+        assert_eq!(device.seal_pending().unwrap(), 2);
+        assert_eq!(device.commit_seal_group(group).unwrap(), 0);
+        let (seqs, ops) = outbox_chain(&device);
+        assert_eq!(seqs.len(), 5);
+        assert_eq!(ops[3..3 + queued.len()], queued[..]);
+        assert_eq!(ops[3 + queued.len()..], other[..]);
         relay.shutdown().await.unwrap();
     }
 
