@@ -127,7 +127,8 @@ pub struct ImportSummary {
     pub left_out: usize,
 }
 
-/// Records written per transaction during an import.
+/// Contacts merged per chunk of an import; the records of several chunks are committed in one
+/// transaction ([`WriteGroup`]).
 const IMPORT_CHUNK: usize = 2_000;
 
 impl Device {
