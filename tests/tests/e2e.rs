@@ -589,6 +589,27 @@ async fn a_streamed_import_gives_the_contacts_of_a_whole_file_import() {
     assert_eq!((again.added, again.updated), (0, 0), "{again:?}");
 }
 
+/// The fields a LinkedIn import writes, of every contact, sorted: what two imports of the same
+/// rows must agree on.
+fn imported_fields(device: &Device) -> Vec<String> {
+    let mut contacts: Vec<String> = device
+        .contacts()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{:?} {:?} {:?} {:?}",
+                c.name(),
+                c.emails(),
+                c.urls(),
+                c.company()
+            )
+        })
+        .collect();
+    contacts.sort();
+    contacts
+}
+
 /// An import that stops part way (here the file cannot be read past row 4,500; a crash leaves
 /// the same: the chunks committed before it) keeps what it committed, and running it again
 /// completes it: the contacts are those of one uninterrupted import, nothing is added twice.
@@ -631,25 +652,7 @@ async fn an_interrupted_import_run_again_gives_the_contacts_of_one_import() {
         .await
         .unwrap();
     assert_eq!(rest.added, whole.added - kept, "{rest:?}");
-    let view = |device: &Device| {
-        let mut contacts: Vec<String> = device
-            .contacts()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                format!(
-                    "{:?} {:?} {:?} {:?}",
-                    c.name(),
-                    c.emails(),
-                    c.urls(),
-                    c.company()
-                )
-            })
-            .collect();
-        contacts.sort();
-        contacts
-    };
-    assert_eq!(view(&a), view(&b));
+    assert_eq!(imported_fields(&a), imported_fields(&b));
     let again = b
         .import_stream(
             linkedin::Rows::new(csv.as_bytes(), &options).unwrap(),
@@ -702,25 +705,7 @@ async fn an_import_that_crashes_between_two_commits_is_completed_by_running_it_a
 
     let rest = import(&b).await;
     assert_eq!(rest.added, whole.added - kept, "{rest:?}");
-    let view = |device: &Device| {
-        let mut contacts: Vec<String> = device
-            .contacts()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                format!(
-                    "{:?} {:?} {:?} {:?}",
-                    c.name(),
-                    c.emails(),
-                    c.urls(),
-                    c.company()
-                )
-            })
-            .collect();
-        contacts.sort();
-        contacts
-    };
-    assert_eq!(view(&a), view(&b));
+    assert_eq!(imported_fields(&a), imported_fields(&b));
     let again = import(&b).await;
     assert_eq!((again.added, again.updated), (0, 0), "{again:?}");
 }
