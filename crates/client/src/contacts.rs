@@ -5,6 +5,7 @@
 //! durable store transaction, so an acknowledged edit survives a crash and is pushed once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use kith_protocol::RecordId;
 use kith_protocol::contact::Contact;
@@ -17,7 +18,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::device::Device;
 use crate::error::{ClientError, Result};
 use crate::import::{ImportError, ImportReport, ImportedContact, phone::Region};
-use crate::pipeline::{RecordPipeline, Records};
+use crate::pipeline::{RecordPipeline, Records, WriteGroup};
 use crate::store::{StoreTxn, TreeName};
 
 /// Fields of a new contact, or the fields to change in an edit (`None` = leave as is).
@@ -126,7 +127,8 @@ pub struct ImportSummary {
     pub left_out: usize,
 }
 
-/// Records written per transaction during an import.
+/// Contacts merged per chunk of an import; the records of several chunks are committed in one
+/// transaction ([`WriteGroup`]).
 const IMPORT_CHUNK: usize = 2_000;
 
 impl Device {
@@ -409,10 +411,7 @@ impl Device {
         records: &Records,
         record_values: &[([u8; 16], Vec<u8>)],
     ) -> Result<()> {
-        let batches = ops
-            .chunks(crate::sync::OPS_PER_ENVELOPE)
-            .map(record::encode_batch)
-            .collect::<Result<Vec<_>, _>>()?;
+        let batches = encode_batches(ops)?;
         self.inner.store.transaction(|tx| {
             crate::pipeline::write_records_in(
                 tx,
@@ -429,6 +428,17 @@ impl Device {
             }
             Ok(())
         })
+    }
+
+    /// [`Device::write_local`] through an import's [`WriteGroup`]: `records` sealed and `ops`
+    /// encoded here, committed with the group.
+    fn write_grouped(
+        &self,
+        group: &WriteGroup,
+        ops: &[Operation],
+        records: &Records,
+    ) -> Result<()> {
+        group.add(records, self.seal_records(records), encode_batches(ops)?)
     }
 
     /// One contact.
@@ -597,6 +607,8 @@ impl Device {
         // An import into a new store (a first import, the case of the largest files) does
         // not look up the records it creates.
         pipeline.start_on_empty_store()?;
+        // Several chunks per transaction: fewer writes of the record index's pages.
+        let group = pipeline.group_writes();
         let _bulk = store.bulk()?;
         let mut index = IdentityIndex::new(store);
         let mut done = 0;
@@ -798,8 +810,11 @@ impl Device {
                 // merging thread when it also sealed the records), so the records are encoded
                 // and sealed on the writer's thread, with the transaction.
                 let device = self.clone();
+                let group = Arc::clone(&group);
                 pipeline
-                    .submit(touched, move |records| device.write_local(&ops, records))
+                    .submit(touched, move |records| {
+                        device.write_grouped(&group, &ops, records)
+                    })
                     .await?;
             }
             done += chunk.len();
@@ -809,6 +824,7 @@ impl Device {
             }
         }
         pipeline.wait().await?;
+        group.commit()?;
         index.write()?;
         self.persist_clock()?;
         store.flush().await?;
@@ -862,6 +878,15 @@ fn push_conflicts(out: &mut Vec<ConflictView>, survivor: RecordId, state: &Recor
 
 /// A label as imports write it: trimmed and lowercased, so `LinkedIn` and `linkedin`, or
 /// `CELL` and `cell`, are one label whichever source wrote it.
+/// `ops` encoded in batches of at most [`crate::sync::OPS_PER_ENVELOPE`], each stored as one
+/// pending entry.
+fn encode_batches(ops: &[Operation]) -> Result<Vec<Vec<u8>>> {
+    Ok(ops
+        .chunks(crate::sync::OPS_PER_ENVELOPE)
+        .map(record::encode_batch)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 fn normalize_label(mut value: proto::FieldValue) -> proto::FieldValue {
     let normalize = |label: &mut String| {
         let normalized = label.trim().to_lowercase();

@@ -42,6 +42,8 @@ pub(crate) struct RecordPipeline {
     /// one another process wrote since, which every write joins with, see
     /// [`write_records_in`]), so it is not looked up.
     loaded: Option<IdFilter>,
+    /// Set by [`RecordPipeline::group_writes`]: records written but not committed yet.
+    group: Option<Arc<WriteGroup>>,
 }
 
 /// A set of record ids that may answer "maybe" for an id it does not hold (a Bloom filter):
@@ -97,7 +99,17 @@ impl RecordPipeline {
             guard: Arc::new(guard),
             in_flight: None,
             loaded: None,
+            group: None,
         }
+    }
+
+    /// For an import: the writes submitted from now on may go through a [`WriteGroup`]
+    /// (returned, to be given to each write and committed at the end), and
+    /// [`RecordPipeline::load`] reads the records it holds, written but not committed yet.
+    pub(crate) fn group_writes(&mut self) -> Arc<WriteGroup> {
+        let group = Arc::new(WriteGroup::new(&self.store));
+        self.group = Some(Arc::clone(&group));
+        group
     }
 
     /// For an import: if the store holds no record yet, every record this pipeline has not
@@ -133,6 +145,9 @@ impl RecordPipeline {
         {
             return Ok(entry.insert(RecordState::new(id)));
         }
+        if let Some(state) = self.uncommitted(&id)? {
+            return Ok(entry.insert(state));
+        }
         let state = read_record(&self.store, &id)?.unwrap_or_else(|| RecordState::new(id));
         Ok(entry.insert(state))
     }
@@ -154,6 +169,10 @@ impl RecordPipeline {
                 touched.insert(id, state.clone());
                 continue;
             }
+            if let Some(state) = self.uncommitted(&id)? {
+                touched.insert(id, state);
+                continue;
+            }
             missing.push(id);
         }
         missing.sort_unstable();
@@ -170,6 +189,14 @@ impl RecordPipeline {
         Ok(())
     }
 
+    /// `id`'s state as written in the [`WriteGroup`] but not committed yet, if it is there.
+    fn uncommitted(&self, id: &RecordId) -> Result<Option<RecordState>> {
+        match &self.group {
+            Some(group) => group.get(id),
+            None => Ok(None),
+        }
+    }
+
     /// Waits for the batch in flight, then starts `write(records)` on a blocking thread.
     /// `records` are the states the write stores.
     pub(crate) async fn submit(
@@ -181,10 +208,13 @@ impl RecordPipeline {
         let records = Arc::new(records);
         let written = Arc::clone(&records);
         let guard = Arc::clone(&self.guard);
+        // The previous batch's states are freed on a blocking thread of their own: not on the
+        // merging thread (dropping a batch of states was 5 % of an import), nor on the writer's,
+        // the busier of the two at 1,000,000 rows (6 % of its time, BENCHMARKS.md).
+        if let Some(previous) = previous {
+            drop(tokio::task::spawn_blocking(move || drop(previous)));
+        }
         let task = tokio::task::spawn_blocking(move || {
-            // The previous batch's states are freed here, not on the merging thread, which is
-            // the busier of the two (dropping a batch of states was 5 % of an import).
-            drop(previous);
             let result = write(&written);
             drop(guard);
             result
@@ -295,31 +325,188 @@ pub(crate) fn write_records_in<'a>(
             count += u64::from(state.is_live());
             continue;
         }
-        let stored = tx
-            .get(TreeName::Records, id.as_bytes())?
-            .map(|bytes| decode_record(&bytes))
-            .transpose()?;
-        let mut joined = None;
-        if let Some(stored) = &stored {
-            let mut both = state.clone();
-            if both.merge(stored) {
-                joined = Some(both);
-            }
-        }
-        let was_live = stored.as_ref().is_some_and(RecordState::is_live);
-        let written = joined.as_ref().unwrap_or(state);
-        match (sealed, &joined) {
-            (Some(sealed), None) => tx.put_sealed(TreeName::Records, id.as_bytes(), sealed)?,
-            _ => tx.put(TreeName::Records, id.as_bytes(), &written.encode_to_vec())?,
-        }
-        match (was_live, written.is_live()) {
-            (false, true) => count += 1,
-            (true, false) => count = count.saturating_sub(1),
-            _ => {}
-        }
+        join_stored_in(tx, &mut count, id, state, sealed)?;
     }
     tx.put(TreeName::Meta, LIVE_COUNT, &count.to_be_bytes())?;
     Ok(())
+}
+
+/// Writes `state` joined with the state stored under `id` (if any) and keeps `count`, the
+/// live contact count, in step; `sealed` is `state` sealed, written as is when the join
+/// changes nothing.
+fn join_stored_in(
+    tx: &StoreTxn<'_>,
+    count: &mut u64,
+    id: &RecordId,
+    state: &RecordState,
+    sealed: Option<&[u8]>,
+) -> Result<()> {
+    let stored = tx
+        .get(TreeName::Records, id.as_bytes())?
+        .map(|bytes| decode_record(&bytes))
+        .transpose()?;
+    let mut joined = None;
+    if let Some(stored) = &stored {
+        let mut both = state.clone();
+        if both.merge(stored) {
+            joined = Some(both);
+        }
+    }
+    let was_live = stored.as_ref().is_some_and(RecordState::is_live);
+    let written = joined.as_ref().unwrap_or(state);
+    match (sealed, &joined) {
+        (Some(sealed), None) => tx.put_sealed(TreeName::Records, id.as_bytes(), sealed)?,
+        _ => tx.put(TreeName::Records, id.as_bytes(), &written.encode_to_vec())?,
+    }
+    match (was_live, written.is_live()) {
+        (false, true) => *count += 1,
+        (true, false) => *count = count.saturating_sub(1),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Records (sealed) and pending operations (encoded batches) of several batches of an import,
+/// committed together in one transaction once they reach [`WriteGroup::RECORDS`] records or
+/// [`WriteGroup::BYTES`] bytes, and at the end of the import ([`WriteGroup::commit`]).
+///
+/// Record ids are uniformly random, so each transaction inserts its records into as many
+/// different leaf pages of the store's record index, each written whole to the WAL at the
+/// commit and again at the next checkpoint: at 1,000,000 records a transaction of 2,000
+/// records dirtied about 1,800 of the index's 8,000 leaves, one page per record. A transaction
+/// of 16,000 records dirties most leaves once, about a third of a page per record
+/// (BENCHMARKS.md, "1,000,000-row import (issue 20), seventh session").
+///
+/// The merging thread must still read a record written in a batch not committed yet: the
+/// group keeps each record in its smallest form, sealed as it will be stored (about a fifth
+/// of its merged state in memory), and [`RecordPipeline::load`] opens it from there. Each
+/// commit is a durable transaction, as each batch's was: an interrupted import keeps the
+/// groups committed before, and running it again adds the rest.
+pub(crate) struct WriteGroup {
+    store: LocalStore,
+    held: std::sync::Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Added since the last commit started.
+    open: Group,
+    /// Being committed: still read from here until the commit has landed.
+    committing: Option<Arc<Group>>,
+}
+
+#[derive(Default)]
+struct Group {
+    /// Each record's sealed value and whether it is live, by id.
+    records: BTreeMap<RecordId, (Vec<u8>, bool)>,
+    /// Encoded batches of pending operations, in the order they were added.
+    batches: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl WriteGroup {
+    /// Records after which a group is committed.
+    pub(crate) const RECORDS: usize = 16_000;
+    /// Bytes (sealed records and encoded batches) after which a group is committed.
+    pub(crate) const BYTES: usize = 16 * 1024 * 1024;
+
+    fn new(store: &LocalStore) -> Self {
+        Self {
+            store: store.clone(),
+            held: std::sync::Mutex::new(Held::default()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // Nothing panics while holding it; if something did, the group is still consistent.
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The state of `id` if the group holds it (added, not committed yet).
+    fn get(&self, id: &RecordId) -> Result<Option<RecordState>> {
+        let sealed = {
+            let held = self.held();
+            held.open
+                .records
+                .get(id)
+                .or_else(|| held.committing.as_ref()?.records.get(id))
+                .map(|(sealed, _)| sealed.clone())
+        };
+        sealed.map(|sealed| self.open(id, &sealed)).transpose()
+    }
+
+    fn open(&self, id: &RecordId, sealed: &[u8]) -> Result<RecordState> {
+        let plain = self
+            .store
+            .cipher()
+            .open(TreeName::Records, id.as_bytes(), sealed)?;
+        decode_record(&plain)
+    }
+
+    /// Adds one batch: `records` (`sealed` holds each of them sealed, in id order) and the
+    /// encoded batches of its operations; commits the group if it is full.
+    pub(crate) fn add(
+        &self,
+        records: &Records,
+        sealed: Vec<([u8; 16], Vec<u8>)>,
+        batches: Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let full = {
+            let mut held = self.held();
+            let group = &mut held.open;
+            for ((id, state), (_, sealed)) in records.iter().zip(sealed) {
+                group.bytes += sealed.len();
+                // A record seen again in a later batch replaces its earlier state, which the
+                // later one was merged from.
+                if let Some((previous, _)) = group.records.insert(*id, (sealed, state.is_live())) {
+                    group.bytes -= previous.len();
+                }
+            }
+            group.bytes += batches.iter().map(Vec::len).sum::<usize>();
+            group.batches.extend(batches);
+            group.records.len() >= Self::RECORDS || group.bytes >= Self::BYTES
+        };
+        if full { self.commit() } else { Ok(()) }
+    }
+
+    /// Writes what the group holds in one transaction (each record joined with the state
+    /// stored at commit time, as [`write_records_in`] does), then forgets it.
+    pub(crate) fn commit(&self) -> Result<()> {
+        let group = {
+            let mut held = self.held();
+            if held.open.records.is_empty() && held.open.batches.is_empty() {
+                return Ok(());
+            }
+            let group = Arc::new(std::mem::take(&mut held.open));
+            held.committing = Some(Arc::clone(&group));
+            group
+        };
+        let result = self.store.transaction(|tx| {
+            let mut count = live_count_in(tx)?;
+            for (id, (sealed, live)) in &group.records {
+                if tx.insert_sealed_if_absent(TreeName::Records, id.as_bytes(), sealed)? {
+                    count += u64::from(*live);
+                    continue;
+                }
+                let state = self.open(id, sealed)?;
+                join_stored_in(tx, &mut count, id, &state, Some(sealed))?;
+            }
+            tx.put(TreeName::Meta, LIVE_COUNT, &count.to_be_bytes())?;
+            for batch in &group.batches {
+                // Monotonic across restarts and processes, so pending keys sort in creation
+                // order.
+                let key = tx.next_id()?.to_be_bytes();
+                tx.put(TreeName::Pending, &key, batch)?;
+            }
+            Ok(())
+        });
+        // Read from the store from now on (or, if the commit failed, nowhere: the import
+        // stops with its error).
+        self.held().committing = None;
+        result
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +674,127 @@ mod tests {
             assert_eq!(*state, named(id(n), "first", 1), "record {n}");
         }
         assert_eq!(live_count(&store).unwrap(), 1_500);
+    }
+
+    /// A write through a [`WriteGroup`], as an import's: sealed, committed with the group.
+    fn grouped_write(
+        store: &LocalStore,
+        group: &Arc<WriteGroup>,
+        batch: &'static [u8],
+    ) -> impl FnOnce(&Records) -> Result<()> + Send + 'static {
+        let (store, group) = (store.clone(), Arc::clone(group));
+        move |records: &Records| {
+            let sealed = records
+                .iter()
+                .map(|(id, state)| {
+                    let value = state.encode_to_vec();
+                    let sealed = store
+                        .cipher()
+                        .seal(TreeName::Records, id.as_bytes(), &value);
+                    (*id.as_bytes(), sealed)
+                })
+                .collect();
+            group.add(records, sealed, vec![batch.to_vec()])
+        }
+    }
+
+    /// Records written through the group but not committed are read back from it (the store
+    /// does not have them yet, and the id filter knows them), at every stage: added, being
+    /// committed, committed. A record seen again in a later batch keeps its latest state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_written_in_a_group_not_committed_yet_are_read_back_from_it() {
+        let (_dir, store) = store();
+        let lock = Arc::new(Mutex::new(()));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.start_on_empty_store().unwrap();
+        let group = pipeline.group_writes();
+        for round in 0..3u32 {
+            let mut touched = Records::new();
+            for n in 0..500 {
+                let id = id(round * 1_000 + n);
+                *pipeline.load(&mut touched, id).unwrap() = named(id, "first", 1);
+            }
+            // Record 0 again in every batch: each time built on the one before.
+            let state = pipeline.load(&mut touched, id(0)).unwrap();
+            *state = named(id(0), &format!("round {round}"), 2 + u64::from(round));
+            pipeline
+                .submit(touched, grouped_write(&store, &group, b"batch"))
+                .await
+                .unwrap();
+        }
+        pipeline.wait().await.unwrap();
+        // Nothing committed: 1,501 records fit in one group.
+        assert!(store.is_empty(TreeName::Records).unwrap());
+        assert!(store.is_empty(TreeName::Pending).unwrap());
+        let mut touched = Records::new();
+        for n in [0, 499, 1_000, 1_499, 2_000] {
+            let state = pipeline.load(&mut touched, id(n)).unwrap();
+            assert!(
+                !state.fields().is_empty(),
+                "record {n} is read from the group"
+            );
+        }
+        assert_eq!(touched[&id(0)], named(id(0), "round 2", 4));
+        group.commit().unwrap();
+        assert_eq!(live_count(&store).unwrap(), 1_500);
+        assert_eq!(
+            read_record(&store, &id(0)).unwrap(),
+            Some(named(id(0), "round 2", 4))
+        );
+        assert_eq!(
+            read_record(&store, &id(2_499)).unwrap(),
+            Some(named(id(2_499), "first", 1))
+        );
+        assert_eq!(store.len(TreeName::Pending).unwrap(), 3);
+        // Committed: read from the store, the group is empty and committing it again is a
+        // no-op.
+        let mut touched = Records::new();
+        assert_eq!(
+            *pipeline.load(&mut touched, id(1)).unwrap(),
+            named(id(1), "first", 1)
+        );
+        group.commit().unwrap();
+        assert_eq!(store.len(TreeName::Pending).unwrap(), 3);
+    }
+
+    /// A group commits itself once it holds [`WriteGroup::RECORDS`] records, and a record
+    /// another process committed meanwhile is joined at the commit, as by [`write_records_in`].
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_group_commits_and_joins_what_another_process_wrote() {
+        let (dir, store) = store();
+        let lock = Arc::new(Mutex::new(()));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.start_on_empty_store().unwrap();
+        let group = pipeline.group_writes();
+        let other = LocalStore::open(
+            dir.path(),
+            &kith_protocol::keys::SymmetricKey::from_slice(&[7; 32]).unwrap(),
+        )
+        .unwrap();
+        let mut theirs = RecordState::new(id(7));
+        let clock = Hlc::new(5, 0, DeviceId::from_bytes([2; 16]));
+        let write =
+            FieldWrite::set(FieldKey::company(), record::value::text("Engines"), []).unwrap();
+        theirs.apply(&Operation::upsert(id(7), clock, [write]).unwrap());
+        store_record(&other, &theirs);
+        let total = WriteGroup::RECORDS as u32 + 10;
+        let mut touched = Records::new();
+        for n in 0..total {
+            let id = id(n);
+            // Taken for new: the filter has never seen it.
+            assert!(pipeline.load(&mut touched, id).unwrap().fields().is_empty());
+            *pipeline.load(&mut touched, id).unwrap() = named(id, "mine", 1);
+        }
+        pipeline
+            .submit(touched, grouped_write(&store, &group, b"batch"))
+            .await
+            .unwrap();
+        pipeline.wait().await.unwrap();
+        // Full: committed without waiting for the end.
+        assert_eq!(live_count(&store).unwrap(), u64::from(total));
+        let mut both = named(id(7), "mine", 1);
+        both.merge(&theirs);
+        assert_eq!(read_record(&store, &id(7)).unwrap(), Some(both));
     }
 
     /// The pipeline takes a record it never loaded for new on a store that was empty when it

@@ -39,8 +39,8 @@ pub const DB_FILE: &str = "kith.sqlite3";
 /// record id (format 1 kept them in a table ordered by id; the schema is in `store.rs`).
 pub const FORMAT_VERSION: i64 = 2;
 /// How long a writer waits for another connection's (or process's) write transaction before
-/// giving up with [`LocalStoreError::Busy`]. The longest transactions are one import chunk or one
-/// pulled page: well under a second each.
+/// giving up with [`LocalStoreError::Busy`]. The longest transactions are one import group
+/// (16,000 records) or one pulled page: about a second at most.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SQLite's page cache per connection, in KiB (negative `cache_size`): the writer's covers the
 /// interior pages of a 100,000-record table; the reader's stays small for phone budgets.
