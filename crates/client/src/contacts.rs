@@ -876,8 +876,6 @@ fn push_conflicts(out: &mut Vec<ConflictView>, survivor: RecordId, state: &Recor
     }
 }
 
-/// A label as imports write it: trimmed and lowercased, so `LinkedIn` and `linkedin`, or
-/// `CELL` and `cell`, are one label whichever source wrote it.
 /// `ops` encoded in batches of at most [`crate::sync::OPS_PER_ENVELOPE`], each stored as one
 /// pending entry.
 fn encode_batches(ops: &[Operation]) -> Result<Vec<Vec<u8>>> {
@@ -887,6 +885,8 @@ fn encode_batches(ops: &[Operation]) -> Result<Vec<Vec<u8>>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// A label as imports write it: trimmed and lowercased, so `LinkedIn` and `linkedin`, or
+/// `CELL` and `cell`, are one label whichever source wrote it.
 fn normalize_label(mut value: proto::FieldValue) -> proto::FieldValue {
     let normalize = |label: &mut String| {
         let normalized = label.trim().to_lowercase();
