@@ -1030,11 +1030,11 @@ impl IdentityIndex {
                 }
                 [high, low] => {
                     let number = u16::from_be_bytes([high, low]);
-                    if !self.shards.contains_key(&number) {
+                    self.shards.entry(number).or_insert_with(|| {
                         let mut shard = BTreeMap::new();
                         Self::decode_into(&bytes, &mut shard);
-                        self.shards.insert(number, shard.into_iter().collect());
-                    }
+                        shard.into_iter().collect()
+                    });
                 }
                 _ => {}
             }
