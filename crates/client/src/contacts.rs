@@ -589,6 +589,18 @@ impl Device {
         Ok(summary)
     }
 
+    /// The id an import gives the record of a contact no existing record claims: a keyed
+    /// hash of its source and source identity (§2.1), so every import of it finds it again.
+    fn import_record_id(&self, contact: &ImportedContact) -> RecordId {
+        let digest = self.inner.record_id_key.blind(&[
+            contact.source().as_str().as_bytes(),
+            contact.source_identity.as_bytes(),
+        ]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        RecordId::from_bytes(id)
+    }
+
     /// Merges contacts into the store as an importer yields them, a chunk at a time, so that
     /// an export of any size is imported in the memory of one chunk (e.g. the rows of
     /// [`crate::import::linkedin::Rows`]). `progress(done)` is called after each chunk.
@@ -611,8 +623,9 @@ impl Device {
         let group = pipeline.group_writes();
         let _bulk = store.bulk()?;
         let mut index = IdentityIndex::new(store);
-        let mut done = 0;
         let mut contacts = contacts.into_iter();
+        index.preload(contacts.size_hint().0)?;
+        let mut done = 0;
         let mut chunk: Vec<ImportedContact> = Vec::with_capacity(IMPORT_CHUNK);
         let mut failed = None;
         loop {
@@ -632,13 +645,40 @@ impl Device {
             if chunk.is_empty() {
                 break;
             }
+            // Each contact's blinded identities, and the records the chunk will read: those
+            // the identities name now (the record a contact updates, and those the identity
+            // rule links it to), a card's own id, and the id a new contact would get. They
+            // are read ahead in one read; what the loop below finds is unchanged.
+            let blinded_chunk: Vec<Vec<[u8; 32]>> = chunk
+                .iter()
+                .map(|contact| {
+                    let ids = contact.identities();
+                    ids.iter().map(|i| store.cipher().index_key(i)).collect()
+                })
+                .collect();
+            let mut derived_ids = Vec::with_capacity(chunk.len());
+            let mut wanted = Vec::with_capacity(chunk.len() * 2);
+            for (contact, blinded) in chunk.iter().zip(&blinded_chunk) {
+                let own = (contact.source() == crate::import::Source::VCard)
+                    .then(|| RecordId::from_hex(&contact.source_identity))
+                    .flatten();
+                wanted.extend(own);
+                let mut named = false;
+                for key in blinded {
+                    if let Some(id) = index.get(key)? {
+                        wanted.push(id);
+                        named = true;
+                    }
+                }
+                let derived = (!named && own.is_none()).then(|| self.import_record_id(contact));
+                wanted.extend(derived);
+                derived_ids.push(derived);
+            }
+            pipeline.prefetch(wanted)?;
             let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
             let mut ops = Vec::new();
             let mut seen_ids = Vec::with_capacity(chunk.len());
-            for contact in &chunk {
-                let ids = contact.identities();
-                let blinded: Vec<[u8; 32]> =
-                    ids.iter().map(|i| store.cipher().index_key(i)).collect();
+            for ((contact, blinded), derived) in chunk.iter().zip(blinded_chunk).zip(derived_ids) {
                 let mut existing = None;
                 let mut own_export = false;
                 // A card this device exported names its contact by id (`UID`): importing the
@@ -662,15 +702,9 @@ impl Device {
                     summary.left_out += 1;
                     continue;
                 }
-                let id = existing.unwrap_or_else(|| {
-                    let digest = self.inner.record_id_key.blind(&[
-                        contact.source().as_str().as_bytes(),
-                        contact.source_identity.as_bytes(),
-                    ]);
-                    let mut id = [0u8; 16];
-                    id.copy_from_slice(&digest[..16]);
-                    RecordId::from_bytes(id)
-                });
+                let id = existing
+                    .or(derived)
+                    .unwrap_or_else(|| self.import_record_id(contact));
                 let state = pipeline.load(&mut touched, id)?;
                 // A contact deleted by hand stays deleted: an import never resurrects it.
                 if state.deleted_at().is_some() {
@@ -964,6 +998,9 @@ pub(crate) struct IdentityIndex {
     legacy_checked: BTreeSet<u8>,
     /// One-byte shards split here, to remove when the index is written.
     legacy_split: BTreeSet<u8>,
+    /// Every two-byte shard the store held is in `shards` ([`IdentityIndex::preload`]): one
+    /// not there is empty, and is not looked up.
+    complete: bool,
 }
 
 /// One shard of the identity index: (blinded identity, record id), sorted, keys unique.
@@ -980,6 +1017,9 @@ enum ShardSource<'t, 'c> {
 
 impl IdentityIndex {
     const ENTRY: usize = 32 + 16;
+    /// From how many contacts [`IdentityIndex::preload`] scans the whole index: with one or
+    /// two identities a contact, that many touch more than half of the 65,536 shards.
+    const PRELOAD_CONTACTS: usize = 32_768;
 
     pub(crate) fn new(store: &crate::store::LocalStore) -> Self {
         Self {
@@ -988,7 +1028,47 @@ impl IdentityIndex {
             dirty: BTreeSet::new(),
             legacy_checked: BTreeSet::new(),
             legacy_split: BTreeSet::new(),
+            complete: false,
         }
+    }
+
+    /// For an import of about `contacts` contacts: reads every shard in one scan of the
+    /// store when the import will look up most of them anyway (at 100,000 contacts, looking
+    /// them up one at a time on first use was 8 % of a linking import), and knows an empty
+    /// index to be empty without reading it. Otherwise shards are read on first use, as
+    /// before. Shards already loaded keep their entries.
+    pub(crate) fn preload(&mut self, contacts: usize) -> Result<()> {
+        if self.store.is_empty(TreeName::Identities)? {
+            self.legacy_checked.extend(0..=u8::MAX);
+            self.complete = true;
+            return Ok(());
+        }
+        if contacts < Self::PRELOAD_CONTACTS {
+            return Ok(());
+        }
+        let mut legacy = BTreeSet::new();
+        for entry in self.store.scan(TreeName::Identities) {
+            let (key, bytes) = entry?;
+            match key[..] {
+                [first] => {
+                    legacy.insert(first);
+                }
+                [high, low] => {
+                    let number = u16::from_be_bytes([high, low]);
+                    self.shards.entry(number).or_insert_with(|| {
+                        let mut shard = BTreeMap::new();
+                        Self::decode_into(&bytes, &mut shard);
+                        shard.into_iter().collect()
+                    });
+                }
+                _ => {}
+            }
+        }
+        // A one-byte shard of an earlier build is still split on first use (`shard`).
+        self.legacy_checked
+            .extend((0..=u8::MAX).filter(|first| !legacy.contains(first)));
+        self.complete = true;
+        Ok(())
     }
 
     fn shard_number(key: &[u8; 32]) -> u16 {
@@ -1005,7 +1085,9 @@ impl IdentityIndex {
     fn load_shard(&mut self, source: ShardSource<'_, '_>, number: u16) -> Result<&mut Shard> {
         if !self.shards.contains_key(&number) {
             let mut shard = BTreeMap::new();
-            if let Some(bytes) = self.read(source, &number.to_be_bytes())? {
+            if self.complete {
+                // Preloaded: the store holds no such shard.
+            } else if let Some(bytes) = self.read(source, &number.to_be_bytes())? {
                 Self::decode_into(&bytes, &mut shard);
             }
             self.shards.insert(number, shard.into_iter().collect());
@@ -1212,6 +1294,84 @@ mod tests {
         assert_eq!(again.get(&blinded(0x42, 1)).unwrap(), Some(id(1)));
         assert_eq!(again.get(&blinded(0x43, 1)).unwrap(), Some(id(3)));
         assert!(again.legacy_split.is_empty());
+    }
+
+    /// An index read in one scan answers as one read shard by shard: entries found, absent
+    /// keys absent (without a read), a one-byte shard of an earlier build still split, and
+    /// what it writes the same.
+    #[test]
+    fn a_preloaded_identity_index_answers_as_one_read_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = kith_protocol::keys::SymmetricKey::from_slice(&[3; 32]).unwrap();
+        let store = crate::store::LocalStore::open(dir.path(), &key).unwrap();
+        let blinded = |a: u8, b: u8, c: u8| {
+            let mut k = [c; 32];
+            k[0] = a;
+            k[1] = b;
+            k
+        };
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        // An empty index is known to be empty without a scan.
+        let mut empty = IdentityIndex::new(&store);
+        empty.preload(0).unwrap();
+        assert!(empty.complete && empty.shards.is_empty());
+        assert_eq!(empty.get(&blinded(1, 2, 3)).unwrap(), None);
+
+        let mut first = IdentityIndex::new(&store);
+        for n in 0..50u8 {
+            first
+                .insert(blinded(n, n.wrapping_mul(7), n), id(n))
+                .unwrap();
+        }
+        first.write().unwrap();
+        let mut legacy = Vec::new();
+        legacy.extend_from_slice(&blinded(0x90, 1, 1));
+        legacy.extend_from_slice(id(90).as_bytes());
+        store.put(TreeName::Identities, &[0x90], &legacy).unwrap();
+
+        // Too few contacts: shards are read on first use.
+        let mut small = IdentityIndex::new(&store);
+        small.preload(IdentityIndex::PRELOAD_CONTACTS - 1).unwrap();
+        assert!(!small.complete && small.shards.is_empty());
+
+        let mut on_demand = IdentityIndex::new(&store);
+        let mut preloaded = IdentityIndex::new(&store);
+        // A shard loaded (and changed) before the scan keeps its entries.
+        for index in [&mut on_demand, &mut preloaded] {
+            index.insert(blinded(3, 21, 9), id(200)).unwrap();
+        }
+        preloaded.preload(IdentityIndex::PRELOAD_CONTACTS).unwrap();
+        assert!(preloaded.complete);
+        assert_eq!(
+            preloaded.shards.len(),
+            50,
+            "every stored shard, in one scan"
+        );
+        let mut probes: Vec<[u8; 32]> = (0..60u8)
+            .flat_map(|n| [blinded(n, n.wrapping_mul(7), n), blinded(n, n, 0xee)])
+            .collect();
+        probes.extend([blinded(0x90, 1, 1), blinded(0x90, 2, 2), blinded(3, 21, 9)]);
+        for probe in &probes {
+            assert_eq!(
+                preloaded.get(probe).unwrap(),
+                on_demand.get(probe).unwrap(),
+                "{probe:?}"
+            );
+        }
+        assert_eq!(preloaded.get(&blinded(0x90, 1, 1)).unwrap(), Some(id(90)));
+        assert_eq!(preloaded.get(&blinded(3, 21, 9)).unwrap(), Some(id(200)));
+        assert_eq!(preloaded.legacy_split, on_demand.legacy_split);
+        for index in [&mut on_demand, &mut preloaded] {
+            index.insert(blinded(0x91, 1, 1), id(91)).unwrap();
+        }
+        assert_eq!(preloaded.dirty, on_demand.dirty);
+        preloaded.write().unwrap();
+        assert_eq!(store.get(TreeName::Identities, &[0x90]).unwrap(), None);
+        let mut after = IdentityIndex::new(&store);
+        for probe in &probes {
+            assert_eq!(after.get(probe).unwrap(), on_demand.get(probe).unwrap());
+        }
+        assert_eq!(after.get(&blinded(0x91, 1, 1)).unwrap(), Some(id(91)));
     }
 
     #[test]

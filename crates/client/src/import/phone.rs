@@ -76,7 +76,7 @@ pub fn to_e164(raw: &str, region: Region) -> Option<String> {
     // keeps any panic we did not foresee from taking the import down with it.
     std::panic::catch_unwind(|| {
         let number = phonenumber::parse(Some(region.0), &digits).ok()?;
-        if !phonenumber::is_valid(&number) {
+        if !nanp_possible(&number) || !phonenumber::is_valid(&number) {
             return None;
         }
         Some(number.format().mode(phonenumber::Mode::E164).to_string())
@@ -87,6 +87,35 @@ pub fn to_e164(raw: &str, region: Region) -> Option<String> {
     // 14 national digits), which the protocol would refuse as a `phone/…` key.
     .filter(|e164| is_e164(e164))
 }
+
+/// Whether `number` may be valid as far as the North American Numbering Plan's structure
+/// goes: `false` only for a country code 1 number of ten national digits whose area code
+/// starts with 1, or whose exchange code starts with 0 or 1 (NANP numbers are
+/// `NXX NXX XXXX`, N = 2–9) outside the area codes of [`NANP_EXCHANGE_01`]. No pattern of
+/// libphonenumber's metadata for the 25 regions of +1 accepts such a number, so
+/// `phonenumber::is_valid` says no to it, but only after trying every region's patterns,
+/// which made these numbers the parser's slowest (two thirds of a 100,000-card vCard parse,
+/// `BENCHMARKS.md`). Any other number is left to `is_valid`. The test
+/// `the_nanp_check_agrees_with_the_parser` compares this with the parser's answer for every
+/// prefix it refuses.
+fn nanp_possible(number: &phonenumber::PhoneNumber) -> bool {
+    let national = number.national();
+    if number.code().value() != 1
+        || national.zeros() != 0
+        || !(1_000_000_000..10_000_000_000).contains(&national.value())
+    {
+        return true;
+    }
+    let area = national.value() / 10_000_000;
+    let exchange = national.value() / 10_000 % 1_000;
+    area >= 200 && (exchange >= 200 || NANP_EXCHANGE_01.contains(&area))
+}
+
+/// The area codes under which some pattern of the +1 metadata (phonenumber 0.3.10, metadata
+/// 9.0.33) accepts an exchange code starting with 0 or 1: the Dominican Republic's toll-free
+/// 800-14x and 809/829/849-0xx/1xx, and Canada's 310 (seven-digit UAN numbers, kept to be
+/// safe). A metadata update that adds another fails `the_nanp_check_agrees_with_the_parser`.
+const NANP_EXCHANGE_01: [u64; 5] = [310, 800, 809, 829, 849];
 
 /// `+`, then 1 to 15 digits, the first not 0 (ITU-T E.164; the protocol's `phone/…` keys).
 fn is_e164(s: &str) -> bool {
@@ -194,6 +223,118 @@ mod tests {
         assert!(!is_e164("+1234567890123456"));
         assert!(!is_e164("+0123"));
         assert!(!is_e164("123"));
+    }
+
+    /// `nanp_possible` never refuses a number the parser calls valid, and refuses only +1
+    /// numbers: every six-digit prefix it refuses (area code 100–199 with any exchange, any
+    /// other area code with an exchange of 000–199) with the last four digits drawn from a
+    /// fixed seed; then every area code with every first two digits of the exchange; then
+    /// random numbers of every length around ten digits, with and without `+1`, in several
+    /// regions.
+    #[test]
+    fn the_nanp_check_agrees_with_the_parser() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            // xorshift64*: deterministic, so a failure reproduces.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let check = |digits: &str, region: Region, refused: &mut usize, valid: &mut usize| {
+            let Ok(number) = phonenumber::parse(Some(region.0), digits) else {
+                return;
+            };
+            let is_valid = phonenumber::is_valid(&number);
+            *valid += usize::from(is_valid);
+            if !nanp_possible(&number) {
+                *refused += 1;
+                assert_eq!(number.code().value(), 1, "{digits} in {region}");
+                assert!(!is_valid, "{digits} in {region}: the parser calls it valid");
+            }
+        };
+        let (mut refused, mut valid) = (0, 0);
+        let mut expected = 0;
+        for area in 100..1_000u64 {
+            let exchanges = if area < 200 {
+                0..1_000
+            } else if NANP_EXCHANGE_01.contains(&area) {
+                0..0
+            } else {
+                0..200
+            };
+            for exchange in exchanges {
+                let rest = next() % 10_000;
+                let digits = format!("+1{area:03}{exchange:03}{rest:04}");
+                check(&digits, Region::US, &mut refused, &mut valid);
+                // The parser reads a `1` after `+1` as the national prefix: those numbers have
+                // nine national digits, and are left to it.
+                expected += usize::from(area >= 200);
+            }
+        }
+        assert_eq!(valid, 0, "none of these is valid");
+        assert_eq!(expected, 795 * 200);
+        assert!(refused >= expected, "{refused} refused of {expected}");
+
+        let (mut refused, mut valid) = (0, 0);
+        for prefix in 0..100_000u64 {
+            let rest = next() % 100_000;
+            let digits = format!("+1{prefix:05}{rest:05}");
+            check(&digits, Region::US, &mut refused, &mut valid);
+        }
+        // An exchange starting with 0 or 1 after the area codes of 200–999 but five is
+        // refused (000–099 have leading zeros, and 100–199 lose their `1` to the parser,
+        // which the check leaves to it).
+        assert!(refused >= 795 * 20, "{refused} refused");
+        assert!(
+            valid > 10_000,
+            "{valid} valid numbers: the sample misses real ones"
+        );
+
+        let regions: Vec<Region> = ["US", "CA", "DO", "JM", "PR", "GB", "DE", "IN"]
+            .iter()
+            .map(|code| code.parse().unwrap())
+            .collect();
+        let (mut refused, mut valid) = (0, 0);
+        for _ in 0..20_000 {
+            let len = 7 + next() % 6;
+            let mut digits = String::new();
+            match next() % 3 {
+                0 => digits.push_str("+1"),
+                1 => digits.push('1'),
+                _ => {}
+            }
+            for _ in 0..len {
+                digits.push(char::from(b'0' + (next() % 10) as u8));
+            }
+            let region = regions[(next() % regions.len() as u64) as usize];
+            check(&digits, region, &mut refused, &mut valid);
+        }
+        assert!(
+            refused > 200,
+            "{refused} refused: the sample misses the fast path"
+        );
+        assert!(
+            valid > 1_000,
+            "{valid} valid: the sample misses real numbers"
+        );
+
+        // The bench's numbers are refused; the exceptions the metadata makes are kept.
+        assert_eq!(to_e164("+1 415 0123456", Region::US), None);
+        assert_eq!(to_e164("+1 415 1123456", Region::US), None);
+        assert_eq!(to_e164("+1 115 5550100", Region::US), None);
+        assert_eq!(
+            to_e164("+1 415 2123456", Region::US).as_deref(),
+            Some("+14152123456")
+        );
+        assert_eq!(
+            to_e164("+1 800 141 0474", Region::US).as_deref(),
+            Some("+18001410474")
+        );
+        assert_eq!(
+            to_e164("+1 809 012 3456", Region::US).as_deref(),
+            Some("+18090123456")
+        );
     }
 
     #[test]
