@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -55,8 +54,9 @@ fn path(path: &Path) -> &str {
 }
 
 fn init(home: &Path, relay: &TestRelay, name: &str) {
+    let relay_args = relay.args();
     let mut args = vec!["init"];
-    args.extend(relay.args().iter().map(String::as_str));
+    args.extend(relay_args.iter().map(String::as_str));
     args.extend(["--device-name", name]);
     ok(home, &args);
 }

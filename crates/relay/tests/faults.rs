@@ -34,7 +34,7 @@ use common::{
     TestAccount, TestRelay, assert_refused, envelope, envelope_with, envelopes, pull_account,
     read_response,
 };
-use kith_net::{encode_frame, read_message};
+use kith_net::encode_frame;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, ErrorCode, request, response};
 use kith_relay::client::{RelayClient, RelayClientError};
