@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 mod common;
 use common::{SimDevice, deliver};
 
-use kith_protocol::hlc::{Hlc, HlcClock};
+use kith_protocol::hlc::Hlc;
 use kith_protocol::merge::{ContactSet, Groups, RecordState};
 use kith_protocol::record::{FieldKey, FieldKind, FieldWrite, Operation, OperationKind, value};
 use kith_protocol::{DeviceId, RecordId};
