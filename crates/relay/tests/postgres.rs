@@ -18,7 +18,7 @@ use common::{TestAccount, assert_refused, bounded, code, envelopes};
 use kith_protocol::auth::sign_account_deletion;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, ErrorCode, request};
-use kith_relay::client::{RelayClient, RelayClientError};
+use kith_relay::client::RelayClient;
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 
 /// Every envelope of the account, per device.
