@@ -225,10 +225,10 @@ pub fn stdout_first_line(
 
 /// A relay on loopback, served by its own runtime while the test thread runs commands.
 pub struct TestRelay {
-    runtime: tokio::runtime::Runtime,
-    handle: Option<kith_relay::RelayHandle>,
-    address: String,
-    pin: String,
+    pub runtime: tokio::runtime::Runtime,
+    pub handle: Option<kith_relay::RelayHandle>,
+    pub address: String,
+    pub pin: String,
     _dir: tempfile::TempDir,
 }
 
