@@ -2127,7 +2127,7 @@ fn export_json_holds_everything_and_account_delete_removes_it_on_the_relay_and_h
     let err = relay
         .runtime
         .block_on(kith_relay::control::admin(
-            relay._dir.path(),
+            relay.dir.path(),
             &format!("accounts show {account}"),
         ))
         .unwrap_err();

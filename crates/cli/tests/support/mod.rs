@@ -229,7 +229,7 @@ pub struct TestRelay {
     pub handle: Option<kith_relay::RelayHandle>,
     pub address: String,
     pub pin: String,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestRelay {
@@ -257,7 +257,7 @@ impl TestRelay {
             handle: Some(handle),
             address,
             pin,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -265,7 +265,7 @@ impl TestRelay {
     /// `kith-relay admin` sends it.
     pub fn admin(&self, line: &str) -> serde_json::Value {
         self.runtime
-            .block_on(kith_relay::control::admin(self._dir.path(), line))
+            .block_on(kith_relay::control::admin(self.dir.path(), line))
             .unwrap_or_else(|e| panic!("admin {line}: {e}"))
     }
 
