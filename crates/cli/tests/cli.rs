@@ -11,76 +11,12 @@ use serde_json::Value;
 
 mod support;
 use support::{
-    COMMAND_TIMEOUT, NO_SESSION_BUS, RelayProcess, kith, new_relay_bin, ok, run, stderr, stdout,
-    stdout_first_line, stdout_lines, wait, with_home,
+    COMMAND_TIMEOUT, NO_SESSION_BUS, RelayProcess, TestRelay, kith, new_relay_bin, ok, run, stderr,
+    stdout, stdout_first_line, stdout_lines, wait, with_home,
 };
 
-/// A relay on loopback, served by its own runtime while the test thread runs commands.
-struct TestRelay {
-    runtime: tokio::runtime::Runtime,
-    handle: Option<kith_relay::RelayHandle>,
-    address: String,
-    pin: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRelay {
-    fn start() -> Self {
-        Self::start_with(|_| {})
-    }
-
-    /// A relay whose configuration `configure` changes first (a certificate of its own).
-    fn start_with(configure: impl FnOnce(&mut kith_relay::RelayConfig)) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = tempfile::tempdir().expect("relay dir");
-        let mut config = kith_relay::RelayConfig::for_tests(dir.path());
-        configure(&mut config);
-        let handle = runtime
-            .block_on(kith_relay::Relay::start(config))
-            .expect("relay starts");
-        let address = handle.local_addr().to_string();
-        let pin = hex::encode(handle.cert_sha256());
-        Self {
-            runtime,
-            handle: Some(handle),
-            address,
-            pin,
-            _dir: dir,
-        }
-    }
-
-    /// An administration request to the relay through its control socket, as
-    /// `kith-relay admin` sends it.
-    fn admin(&self, line: &str) -> Value {
-        self.runtime
-            .block_on(kith_relay::control::admin(self._dir.path(), line))
-            .unwrap_or_else(|e| panic!("admin {line}: {e}"))
-    }
-
-    /// `--relay ADDR --relay-cert-sha256 PIN`.
-    fn args(&self) -> [String; 4] {
-        [
-            "--relay".into(),
-            self.address.clone(),
-            "--relay-cert-sha256".into(),
-            self.pin.clone(),
-        ]
-    }
-}
-
-impl Drop for TestRelay {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ = self.runtime.block_on(async {
-                tokio::time::timeout(Duration::from_secs(20), handle.shutdown()).await
-            });
-        }
-    }
-}
+/// The `contacts add` flags of the contact the round-trip tests add: a name and an e-mail.
+const ADA: [&str; 4] = ["--name", "Ada Lovelace", "--email", "ada@example.org"];
 
 /// Runs a command that must fail with exit code 1; returns its standard error.
 fn fails(command: Command) -> String {
@@ -287,15 +223,7 @@ fn contacts_round_trip_on_one_device_with_stable_json() {
 
     assert!(list(home).is_empty());
     let mut add = kith(home);
-    add.args([
-        "contacts",
-        "add",
-        "--name",
-        "Ada Lovelace",
-        "--email",
-        "ada@example.org",
-    ])
-    .args([
+    add.args(["contacts", "add"]).args(ADA).args([
         "--phone",
         "+44 20 7946 0958",
         "--company",
@@ -448,8 +376,7 @@ fn import_reports_counts_and_json_carries_sources() {
 #[test]
 fn a_linked_device_sees_the_same_contacts_after_sync() {
     let relay = TestRelay::start();
-    let homes = tempfile::tempdir().expect("homes");
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    let (_homes, [a, b]) = homes(["a", "b"]);
     init(&a, &relay, "laptop");
     for name in ["Ada Lovelace", "Grace Hopper", "Katherine Johnson"] {
         let mut add = kith(&a);
@@ -746,18 +673,9 @@ fn edits_clear_fields_remove_values_and_read_national_numbers() {
     add.env("LANG", "en_GB.UTF-8")
         .env_remove("LC_ALL")
         .env_remove("LC_TELEPHONE")
-        .args([
-            "contacts",
-            "add",
-            "--name",
-            "Ada Lovelace",
-            "--email",
-            "ada@example.org",
-            "--phone",
-            "020 7946 0958",
-            "--company",
-            "Engines",
-        ]);
+        .args(["contacts", "add"])
+        .args(ADA)
+        .args(["--phone", "020 7946 0958", "--company", "Engines"]);
     ok(add);
     let contact = || list(home).into_iter().next().expect("one contact");
     let id = contact()["id"].as_str().expect("id").to_owned();
@@ -1221,8 +1139,7 @@ fn interrupt(child: &Child) {
 #[test]
 fn commands_run_beside_a_watcher_on_one_home_and_the_watcher_syncs_them() {
     let relay = TestRelay::start();
-    let homes = tempfile::tempdir().expect("homes");
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    let (_homes, [a, b]) = homes(["a", "b"]);
     init(&a, &relay, "laptop");
     let mut add = kith(&a);
     add.args(["contacts", "add", "--name", "Ada Lovelace"]);
@@ -1522,8 +1439,7 @@ fn a_device_with_a_wrong_clock_does_not_freeze_anyones_contacts() {
         return;
     }
     let relay = TestRelay::start();
-    let homes = tempfile::tempdir().expect("homes");
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    let (_homes, [a, b]) = homes(["a", "b"]);
     init(&a, &relay, "laptop");
     let mut add = kith(&a);
     add.args(["contacts", "add", "--name", "Ada Lovelace"])
@@ -1646,8 +1562,7 @@ fn the_clock_stays_monotonic_across_restarts_when_the_wall_clock_goes_back() {
         return;
     }
     let relay = TestRelay::start();
-    let homes = tempfile::tempdir().expect("homes");
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    let (_homes, [a, b]) = homes(["a", "b"]);
     init(&a, &relay, "laptop");
     let mut add = kith(&a);
     add.args(["contacts", "add", "--name", "Dorothy Vaughan"]);
@@ -2212,7 +2127,7 @@ fn export_json_holds_everything_and_account_delete_removes_it_on_the_relay_and_h
     let err = relay
         .runtime
         .block_on(kith_relay::control::admin(
-            relay._dir.path(),
+            relay.dir.path(),
             &format!("accounts show {account}"),
         ))
         .unwrap_err();

@@ -6,57 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
 mod support;
-use support::{kith, run, wait};
-
-struct TestRelay {
-    runtime: tokio::runtime::Runtime,
-    handle: Option<kith_relay::RelayHandle>,
-    args: [String; 4],
-    _dir: tempfile::TempDir,
-}
-
-impl TestRelay {
-    fn start() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = tempfile::tempdir().expect("relay dir");
-        let handle = runtime
-            .block_on(kith_relay::Relay::start(
-                kith_relay::RelayConfig::for_tests(dir.path()),
-            ))
-            .expect("relay starts");
-        let args = [
-            "--relay".into(),
-            handle.local_addr().to_string(),
-            "--relay-cert-sha256".into(),
-            hex::encode(handle.cert_sha256()),
-        ];
-        Self {
-            runtime,
-            handle: Some(handle),
-            args,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for TestRelay {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ = self.runtime.block_on(async {
-                tokio::time::timeout(Duration::from_secs(20), handle.shutdown()).await
-            });
-        }
-    }
-}
+use support::{TestRelay, kith, run, wait};
 
 /// `kith --home HOME ARGS…`.
 fn kith_args(home: &Path, args: &[&str]) -> Command {
@@ -100,8 +54,9 @@ fn path(path: &Path) -> &str {
 }
 
 fn init(home: &Path, relay: &TestRelay, name: &str) {
+    let relay_args = relay.args();
     let mut args = vec!["init"];
-    args.extend(relay.args.iter().map(String::as_str));
+    args.extend(relay_args.iter().map(String::as_str));
     args.extend(["--device-name", name]);
     ok(home, &args);
 }
@@ -455,7 +410,7 @@ fn link_device(existing: &Path, new: &Path, relay: &TestRelay) {
             "60",
         ],
     );
-    request.args(&relay.args);
+    request.args(relay.args());
     let mut child = request
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -29,6 +29,17 @@ fn history(contact: &ImportedContact) -> &proto::CalendarSource {
     }
 }
 
+/// The start times of `contact`'s recent meetings, earliest first.
+fn sorted_starts(contact: &ImportedContact) -> Vec<i64> {
+    let mut starts: Vec<i64> = history(contact)
+        .recent
+        .iter()
+        .map(|m| m.start_unix)
+        .collect();
+    starts.sort();
+    starts
+}
+
 fn find<'r>(report: &'r ImportReport, address: &str) -> Option<&'r ImportedContact> {
     report
         .contacts
@@ -191,12 +202,7 @@ fn weekly_meetings_keep_their_local_time_across_daylight_saving() {
     let body = "BEGIN:VEVENT\r\nUID:w@x\r\nDTSTART;TZID=Europe/Berlin:20250320T090000\r\n\
 RRULE:FREQ=WEEKLY;COUNT=3\r\nATTENDEE:mailto:ann@x.org\r\nEND:VEVENT\r\n";
     let report = import_at(&ics(body), &[ME], NOW);
-    let mut starts: Vec<i64> = history(&report.contacts[0])
-        .recent
-        .iter()
-        .map(|m| m.start_unix)
-        .collect();
-    starts.sort();
+    let starts = sorted_starts(&report.contacts[0]);
     // 09:00 CET (08:00Z) on Mar 20 and 27; summer time starts Mar 30, so 09:00 CEST (07:00Z)
     // on Apr 3.
     let mar20 = 1_742_457_600; // 2025-03-20T08:00:00Z
@@ -215,12 +221,7 @@ END:VTIMEZONE\r\n\
 BEGIN:VEVENT\r\nUID:a@x\r\nDTSTART;TZID=W. Europe Standard Time:20250115T090000\r\nATTENDEE:mailto:ann@x.org\r\nEND:VEVENT\r\n\
 BEGIN:VEVENT\r\nUID:b@x\r\nDTSTART;TZID=\"W. Europe Standard Time\":20250715T090000\r\nATTENDEE:mailto:ann@x.org\r\nEND:VEVENT\r\n";
     let report = import_at(&ics(body), &[ME], NOW);
-    let mut starts: Vec<i64> = history(&report.contacts[0])
-        .recent
-        .iter()
-        .map(|m| m.start_unix)
-        .collect();
-    starts.sort();
+    let starts = sorted_starts(&report.contacts[0]);
     // 2025-01-15T08:00:00Z and 2025-07-15T07:00:00Z.
     assert_eq!(starts, [1_736_928_000, 1_752_562_800]);
 }

@@ -11,6 +11,9 @@ use kith_protocol::proto;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
+mod support;
+use support::find;
+
 /// The marker the sample `chat.db` holds in every message text.
 const FIXTURE_MARKER: &str = "CANARY-MESSAGE-BODY-7f3a9c";
 /// The marker our own databases plant in every private column.
@@ -25,14 +28,6 @@ fn stats(contact: &ImportedContact) -> &proto::IMessageSource {
         Provenance::IMessage(source) => source,
         other => panic!("wrong provenance {other:?}"),
     }
-}
-
-fn find<'r>(report: &'r ImportReport, identity: &str) -> &'r ImportedContact {
-    report
-        .contacts
-        .iter()
-        .find(|c| c.source_identity == identity)
-        .unwrap_or_else(|| panic!("no contact {identity}"))
 }
 
 fn sha256(path: &Path) -> Vec<u8> {
@@ -176,23 +171,6 @@ fn importing_never_modifies_the_databases() {
     );
 }
 
-const SCHEMA: &str = "
-CREATE TABLE handle (ROWID INTEGER PRIMARY KEY AUTOINCREMENT UNIQUE, id TEXT NOT NULL,
-  country TEXT, service TEXT NOT NULL, uncanonicalized_id TEXT, person_centric_id TEXT,
-  UNIQUE (id, service));
-CREATE TABLE message (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL,
-  text TEXT, handle_id INTEGER DEFAULT 0, subject TEXT, attributedBody BLOB, service TEXT,
-  date INTEGER, is_from_me INTEGER DEFAULT 0, associated_message_type INTEGER DEFAULT 0,
-  item_type INTEGER DEFAULT 0, group_title TEXT);
-CREATE TABLE chat (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL,
-  style INTEGER, chat_identifier TEXT, service_name TEXT, display_name TEXT);
-CREATE TABLE chat_handle_join (chat_id INTEGER, handle_id INTEGER, UNIQUE(chat_id, handle_id));
-CREATE TABLE chat_message_join (chat_id INTEGER, message_id INTEGER, message_date INTEGER,
-  PRIMARY KEY (chat_id, message_id));
-CREATE TABLE attachment (ROWID INTEGER PRIMARY KEY, filename TEXT, transfer_name TEXT);
-CREATE TABLE message_attachment_join (message_id INTEGER, attachment_id INTEGER);
-";
-
 /// Nanoseconds since 2001 of `unix` seconds.
 fn ns(unix: i64) -> i64 {
     (unix - 978_307_200) * 1_000_000_000
@@ -204,7 +182,8 @@ fn ns(unix: i64) -> i64 {
 /// - a business-chat handle (4) that is neither phone nor e-mail;
 /// - +14155550177 (handle 5) only in group chats.
 fn build_chat_db(conn: &Connection) {
-    conn.execute_batch(SCHEMA).unwrap();
+    conn.execute_batch(kith_testkit::apple_db::CHAT_DB_SCHEMA)
+        .unwrap();
     for (rowid, id, service) in [
         (1, "+14155550100", "iMessage"),
         (2, "(415) 555-0100", "SMS"),

@@ -165,19 +165,24 @@ fn the_same_connection_twice_is_one_contact_with_what_both_rows_know() {
     assert_eq!(ana.emails.len(), 1);
 }
 
-#[test]
-fn malformed_rows_are_skipped_with_the_line_they_start_on() {
-    // Line 1 Notes, 2 preamble, 3 blank, 4 header, 5 good, 6-7 a good row with a line break,
-    // 8 too few fields, 9 too many fields, 10 no name/URL/e-mail, 11 good.
-    let text = format!(
-        "Notes:\r\n\"x\"\r\n\r\n{HEADER}\r\n\
+/// An export after `prefix` whose rows are, by line: 1 Notes, 2 preamble, 3 blank, 4 header,
+/// 5 good, 6-7 a good row with a line break, 8 too few fields, 9 too many fields, 10 no
+/// name/URL/e-mail, 11 good.
+fn malformed_rows(prefix: &str) -> String {
+    format!(
+        "{prefix}Notes:\r\n\"x\"\r\n\r\n{HEADER}\r\n\
          A,B,https://www.linkedin.com/in/a,,,,01 Jan 2020\r\n\
          C,D,https://www.linkedin.com/in/c,,\"two\r\nlines\",,01 Jan 2020\r\n\
          E,F,https://www.linkedin.com/in/e\r\n\
          G,H,https://www.linkedin.com/in/g,,Acme, Inc.,Boss,01 Jan 2020\r\n\
          ,,,,Acme,Boss,01 Jan 2020\r\n\
          I,J,https://www.linkedin.com/in/i,,,,01 Jan 2020\r\n"
-    );
+    )
+}
+
+#[test]
+fn malformed_rows_are_skipped_with_the_line_they_start_on() {
+    let text = malformed_rows("");
     let report = import(&text);
     assert_eq!(report.contacts.len(), 3);
     let lines: Vec<usize> = report.skipped.iter().map(|s| s.line).collect();
@@ -343,16 +348,8 @@ impl std::io::Read for Trickle<'_> {
 
 #[test]
 fn rows_read_as_the_file_streams_by_report_the_lines_of_the_whole_file() {
-    // The malformed rows above, behind a byte-order mark, read 1, 3 and 64 bytes at a time.
-    let text = format!(
-        "\u{feff}Notes:\r\n\"x\"\r\n\r\n{HEADER}\r\n\
-         A,B,https://www.linkedin.com/in/a,,,,01 Jan 2020\r\n\
-         C,D,https://www.linkedin.com/in/c,,\"two\r\nlines\",,01 Jan 2020\r\n\
-         E,F,https://www.linkedin.com/in/e\r\n\
-         G,H,https://www.linkedin.com/in/g,,Acme, Inc.,Boss,01 Jan 2020\r\n\
-         ,,,,Acme,Boss,01 Jan 2020\r\n\
-         I,J,https://www.linkedin.com/in/i,,,,01 Jan 2020\r\n"
-    );
+    // The `malformed_rows`, behind a byte-order mark, read 1, 3 and 64 bytes at a time.
+    let text = malformed_rows("\u{feff}");
     let whole = import(&text);
     for step in [1, 3, 64] {
         let reader = Trickle {

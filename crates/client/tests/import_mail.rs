@@ -9,6 +9,9 @@ use kith_client::import::{ImportError, ImportOptions, ImportReport, ImportedCont
 use kith_protocol::history::{self, sketch_count};
 use kith_protocol::proto;
 
+mod support;
+use support::find;
+
 const MARKER: &str = "CANARY-MAIL-BODY-51e0b2";
 const ME: &str = "robin.quill@example.com";
 
@@ -26,14 +29,6 @@ fn history(contact: &ImportedContact) -> &proto::MailSource {
         Provenance::Mail(m) => m,
         other => panic!("not a mail contact: {other:?}"),
     }
-}
-
-fn find<'r>(report: &'r ImportReport, address: &str) -> &'r ImportedContact {
-    report
-        .contacts
-        .iter()
-        .find(|c| c.source_identity == address)
-        .unwrap_or_else(|| panic!("{address} is not a contact"))
 }
 
 fn counts(contact: &ImportedContact) -> (u64, u64) {

@@ -511,42 +511,41 @@ fn phone_number() -> impl Strategy<Value = String> {
         })
 }
 
-fn export_contact() -> impl Strategy<Value = ExportContact> {
-    let emails =
-        prop::collection::btree_set("[a-z0-9._+-]{1,12}@[a-z0-9-]{1,12}\\.[a-z]{2,5}", 0..4)
-            .prop_flat_map(|set| {
-                let n = set.len();
-                (Just(set), prop::collection::vec(label(), n))
-            })
-            .prop_map(|(set, labels)| {
-                set.into_iter()
-                    .zip(labels)
-                    .map(|(address, label)| proto::Email { address, label })
-                    .collect::<Vec<_>>()
-            });
-    let phones = prop::collection::btree_set(phone_number(), 0..3)
+/// A set of distinct values drawn from `values`, of a size in `size`, each made a field with a
+/// label of its own by `field`.
+fn labelled<T: std::fmt::Debug>(
+    values: impl Strategy<Value = String>,
+    size: std::ops::Range<usize>,
+    field: fn(String, String) -> T,
+) -> impl Strategy<Value = Vec<T>> {
+    prop::collection::btree_set(values, size)
         .prop_flat_map(|set| {
             let n = set.len();
             (Just(set), prop::collection::vec(label(), n))
         })
-        .prop_map(|(set, labels)| {
+        .prop_map(move |(set, labels)| {
             set.into_iter()
                 .zip(labels)
-                .map(|(e164, label)| proto::Phone { e164, label })
+                .map(|(value, label)| field(value, label))
                 .collect::<Vec<_>>()
-        });
-    let urls =
-        prop::collection::btree_set("https://[a-z]{1,10}\\.example/[A-Za-z0-9_~%-]{0,20}", 0..3)
-            .prop_flat_map(|set| {
-                let n = set.len();
-                (Just(set), prop::collection::vec(label(), n))
-            })
-            .prop_map(|(set, labels)| {
-                set.into_iter()
-                    .zip(labels)
-                    .map(|(url, label)| proto::Url { url, label })
-                    .collect::<Vec<_>>()
-            });
+        })
+}
+
+fn export_contact() -> impl Strategy<Value = ExportContact> {
+    let emails = labelled(
+        "[a-z0-9._+-]{1,12}@[a-z0-9-]{1,12}\\.[a-z]{2,5}",
+        0..4,
+        |address, label| proto::Email { address, label },
+    );
+    let phones = labelled(phone_number(), 0..3, |e164, label| proto::Phone {
+        e164,
+        label,
+    });
+    let urls = labelled(
+        "https://[a-z]{1,10}\\.example/[A-Za-z0-9_~%-]{0,20}",
+        0..3,
+        |url, label| proto::Url { url, label },
+    );
     let service = "[a-z]{1,8}".prop_filter("pref means no service", |s| s != "pref");
     let handles =
         prop::collection::btree_set((service, "[A-Za-z0-9_.@]{1,20}"), 0..3).prop_map(|set| {

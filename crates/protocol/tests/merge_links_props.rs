@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kith_protocol::hlc::{Hlc, HlcClock};
+mod common;
+use common::{SimDevice, deliver};
+
+use kith_protocol::hlc::Hlc;
 use kith_protocol::merge::{ContactSet, Groups, RecordState};
 use kith_protocol::record::{FieldKey, FieldKind, FieldWrite, Operation, OperationKind, value};
 use kith_protocol::{DeviceId, RecordId};
@@ -74,13 +77,7 @@ fn field_value(field: u8, text: u8) -> kith_protocol::proto::FieldValue {
     }
 }
 
-struct Device {
-    clock: HlcClock,
-    now_ms: u64,
-    state: ContactSet,
-    log: Vec<Operation>,
-    cursors: [usize; DEVICES],
-}
+type Device = SimDevice<DEVICES>;
 
 impl Device {
     /// An upsert of `writes` on record `id`, later than every clock of the record.
@@ -123,13 +120,7 @@ impl Device {
 
 fn simulate(actions: &[Action]) -> Vec<Device> {
     let mut devices: Vec<Device> = (0..DEVICES)
-        .map(|n| Device {
-            clock: HlcClock::new(device(n)),
-            now_ms: 1_000 + n as u64,
-            state: ContactSet::new(),
-            log: Vec::new(),
-            cursors: [0; DEVICES],
-        })
+        .map(|n| Device::new(device(n), 1_000 + n as u64))
         .collect();
     for action in actions {
         match *action {
@@ -167,20 +158,7 @@ fn simulate(actions: &[Action]) -> Vec<Device> {
                 device,
                 from,
                 count,
-            } => {
-                if device == from {
-                    continue;
-                }
-                let start = devices[device].cursors[from];
-                let end = (start + count).min(devices[from].log.len());
-                let ops: Vec<Operation> = devices[from].log[start..end].to_vec();
-                let me = &mut devices[device];
-                for op in &ops {
-                    me.clock.observe(&op.clock(), me.now_ms);
-                    me.state.apply(op);
-                }
-                me.cursors[from] = end;
-            }
+            } => deliver(&mut devices, device, from, count),
         }
     }
     devices

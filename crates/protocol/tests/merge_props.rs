@@ -6,6 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod common;
+use common::{SimDevice, deliver};
+
 use kith_protocol::hlc::{Hlc, HlcClock, MAX_CLOCK_OFFSET_MS};
 use kith_protocol::merge::{Conflict, ContactSet, Head, RecordState};
 use kith_protocol::proto;
@@ -107,22 +110,9 @@ enum Action {
     },
 }
 
-struct Device {
-    clock: HlcClock,
-    now_ms: u64,
-    state: ContactSet,
-    log: Vec<Operation>,
-    cursors: [usize; DEVICES],
-}
+type Device = SimDevice<DEVICES>;
 
 impl Device {
-    fn receive(&mut self, operations: &[Operation]) {
-        for operation in operations {
-            self.clock.observe(&operation.clock(), self.now_ms);
-            self.state.apply(operation);
-        }
-    }
-
     /// The device's clock never adopts anything beyond the bound of its own wall time.
     fn clock_is_bounded(&self) -> bool {
         self.clock.last().wall_ms() <= self.now_ms + MAX_CLOCK_OFFSET_MS
@@ -134,13 +124,7 @@ impl Device {
 /// shows, whatever the clocks it has seen.
 fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
     let mut devices: Vec<Device> = (0..DEVICES)
-        .map(|n| Device {
-            clock: HlcClock::new(device(n)),
-            now_ms: start_ms[n],
-            state: ContactSet::new(),
-            log: Vec::new(),
-            cursors: [0; DEVICES],
-        })
+        .map(|n| Device::new(device(n), start_ms[n]))
         .collect();
     for action in actions {
         match *action {
@@ -197,16 +181,7 @@ fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
                 device,
                 from,
                 count,
-            } => {
-                if device == from {
-                    continue;
-                }
-                let start = devices[device].cursors[from];
-                let end = (start + count).min(devices[from].log.len());
-                let incoming = devices[from].log[start..end].to_vec();
-                devices[device].cursors[from] = end;
-                devices[device].receive(&incoming);
-            }
+            } => deliver(&mut devices, device, from, count),
         }
         assert!(devices.iter().all(Device::clock_is_bounded));
     }

@@ -50,6 +50,24 @@ fn admin_fails(data: &Path, args: &[&str]) -> String {
     err
 }
 
+/// `kith-relay admin accounts quota`: `account`'s byte quota and device limit (a number, or
+/// `default` for the relay's own); the account's new limits.
+fn set_quota(data: &Path, account: &TestAccount, bytes: &str, devices: &str) -> Value {
+    let id = hex_id(account);
+    admin_json(
+        data,
+        &[
+            "accounts",
+            "quota",
+            &id,
+            "--bytes",
+            bytes,
+            "--devices",
+            devices,
+        ],
+    )
+}
+
 fn hex_id(account: &TestAccount) -> String {
     hex::encode(account.id.as_bytes())
 }
@@ -73,15 +91,7 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         let bob = TestAccount::new(1);
         let a = relay_process.connect().await;
         alice.create(&a).await;
-        a.push(envelopes(
-            &alice.id,
-            &alice.device(0).device_id(),
-            1,
-            3,
-            200,
-        ))
-        .await
-        .unwrap();
+        a.push(alice.envelopes(0, 1, 3, 200)).await.unwrap();
         let b = relay_process.connect().await;
         bob.create(&b).await;
 
@@ -116,78 +126,31 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         // its authentication; the other account is untouched.
         let suspended = admin_json(data, &["accounts", "suspend", &hex_id(&alice)]);
         assert_eq!(suspended["suspended"], true);
-        let refused = a
-            .push(envelopes(
-                &alice.id,
-                &alice.device(0).device_id(),
-                4,
-                1,
-                200,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            refused.code(),
-            Some(ErrorCode::AccountSuspended),
-            "{refused}"
+        assert_refused(
+            a.push(alice.envelopes(0, 4, 1, 200)).await,
+            ErrorCode::AccountSuspended,
         );
         let again = relay_process.connect().await;
-        let refused = again
-            .authenticate(alice.device(0), &alice.id)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            refused.code(),
-            Some(ErrorCode::AccountSuspended),
-            "{refused}"
+        assert_refused(
+            again.authenticate(alice.device(0), &alice.id).await,
+            ErrorCode::AccountSuspended,
         );
-        b.push(envelopes(&bob.id, &bob.device(0).device_id(), 1, 1, 100))
-            .await
-            .unwrap();
+        b.push(bob.envelopes(0, 1, 1, 100)).await.unwrap();
         admin_json(data, &["accounts", "unsuspend", &hex_id(&alice)]);
-        assert_eq!(
-            a.push(envelopes(
-                &alice.id,
-                &alice.device(0).device_id(),
-                4,
-                1,
-                200
-            ))
-            .await
-            .unwrap(),
-            4
-        );
+        assert_eq!(a.push(alice.envelopes(0, 4, 1, 200)).await.unwrap(), 4);
 
         // quotas for this account alone.
         let used = admin_json(data, &["accounts", "show", &hex_id(&alice)])["bytes"]
             .as_u64()
             .unwrap();
-        let limited = admin_json(
-            data,
-            &[
-                "accounts",
-                "quota",
-                &hex_id(&alice),
-                "--bytes",
-                &(used + 100).to_string(),
-                "--devices",
-                "1",
-            ],
-        );
+        let limited = set_quota(data, &alice, &(used + 100).to_string(), "1");
         assert_eq!(limited["bytes_quota"], used + 100);
         assert_eq!(limited["bytes_quota_set"], true);
         assert_eq!(limited["devices_max"], 1);
-        let over = a
-            .push(envelopes(
-                &alice.id,
-                &alice.device(0).device_id(),
-                5,
-                1,
-                400,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(over.code(), Some(ErrorCode::QuotaExceeded), "{over}");
+        assert_refused(
+            a.push(alice.envelopes(0, 5, 1, 400)).await,
+            ErrorCode::QuotaExceeded,
+        );
         let info = match a
             .request(request::Kind::GetAccountInfo(proto::GetAccountInfo {}))
             .await
@@ -204,36 +167,17 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         alice.devices.push(TestDevice::new());
         alice.version += 1;
         let grown = &alice;
-        let refused = a
-            .expect_ok(request::Kind::PutRoster(proto::PutRoster {
+        assert_refused(
+            a.expect_ok(request::Kind::PutRoster(proto::PutRoster {
                 roster: grown.roster(),
             }))
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), Some(ErrorCode::TooManyDevices), "{refused}");
-        // Back to the relay's limits: the push and the new device go through.
-        let reset = admin_json(
-            data,
-            &[
-                "accounts",
-                "quota",
-                &hex_id(&alice),
-                "--bytes",
-                "default",
-                "--devices",
-                "default",
-            ],
+            .await,
+            ErrorCode::TooManyDevices,
         );
+        // Back to the relay's limits: the push and the new device go through.
+        let reset = set_quota(data, &alice, "default", "default");
         assert_eq!(reset["bytes_quota_set"], false);
-        a.push(envelopes(
-            &alice.id,
-            &alice.device(0).device_id(),
-            5,
-            1,
-            400,
-        ))
-        .await
-        .unwrap();
+        a.push(alice.envelopes(0, 5, 1, 400)).await.unwrap();
         a.expect_ok(request::Kind::PutRoster(proto::PutRoster {
             roster: grown.roster(),
         }))
@@ -246,11 +190,7 @@ async fn accounts_are_listed_shown_suspended_limited_and_deleted_while_the_relay
         let list = admin_json(data, &["accounts", "list"]);
         assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
         let back = relay_process.connect().await;
-        let refused = back
-            .create_account(grown.roster(), grown.device(0), &grown.id, None)
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), Some(ErrorCode::UnknownAccount), "{refused}");
+        assert_refused(grown.register(&back, None).await, ErrorCode::UnknownAccount);
         assert!(
             admin_fails(data, &["accounts", "show", &hex_id(&alice)]).contains("no such account")
         );
@@ -278,10 +218,7 @@ async fn tokens_are_created_listed_and_revoked_while_the_relay_runs_and_stats_ar
         // A created token opens one account.
         let alice = TestAccount::new(1);
         let client = relay_process.connect().await;
-        client
-            .create_account(alice.roster(), alice.device(0), &alice.id, Some(&token))
-            .await
-            .unwrap();
+        alice.register(&client, Some(&token)).await.unwrap();
         assert_eq!(
             admin_json(data, &["tokens", "list"])
                 .as_array()
@@ -307,13 +244,11 @@ async fn tokens_are_created_listed_and_revoked_while_the_relay_runs_and_stats_ar
         );
         for revoked_token in [inbox_token.as_str(), second.trim()] {
             let bob = TestAccount::new(1);
-            let refused = relay_process
-                .connect()
-                .await
-                .create_account(bob.roster(), bob.device(0), &bob.id, Some(revoked_token))
-                .await
-                .unwrap_err();
-            assert_eq!(refused.code(), Some(ErrorCode::RegistrationClosed));
+            let client = relay_process.connect().await;
+            assert_refused(
+                bob.register(&client, Some(revoked_token)).await,
+                ErrorCode::RegistrationClosed,
+            );
         }
 
         // Live stats while a device is connected.

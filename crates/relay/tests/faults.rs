@@ -30,8 +30,11 @@ use common::faulty_store::FaultyStore;
 use common::latency::{LatencyReport, WellBehaved};
 use common::process::RelayProcess;
 use common::rng::{SplitMix64, mix, seed_from_env};
-use common::{TestAccount, TestRelay, envelope, envelope_with, envelopes, pull_account};
-use kith_net::{encode_frame, read_message};
+use common::{
+    TestAccount, TestRelay, assert_refused, envelope, envelope_with, envelopes, pull_account,
+    read_response,
+};
+use kith_net::encode_frame;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, ErrorCode, request, response};
 use kith_relay::client::{RelayClient, RelayClientError};
@@ -53,13 +56,6 @@ async fn serial<F: std::future::Future<Output = ()>>(bound: Duration, body: F) {
         .await
         .unwrap_or_else(|_| panic!("test exceeded its bound of {bound:?}"));
     println!("took {:?}", started.elapsed());
-}
-
-fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
-    match result {
-        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
-        Ok(value) => panic!("expected a refusal, got {value:?}"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,9 +213,9 @@ async fn check_next_push(client: &RelayClient, writer: &mut Writer, seed: u64) {
             .collect();
         assert_eq!(client.push(resend).await.unwrap(), last, "identical resend");
     }
-    assert_eq!(
-        code(client.push(vec![writer.envelope(seed, last + 2)]).await),
-        ErrorCode::SeqGap
+    assert_refused(
+        client.push(vec![writer.envelope(seed, last + 2)]).await,
+        ErrorCode::SeqGap,
     );
     assert_eq!(
         client
@@ -529,12 +525,7 @@ async fn failed_writes_and_flushes(config: RelayConfig) {
         );
         let c = TestAccount::new(1);
         let client_c = RelayClient::connect(addr, pin).await.unwrap();
-        assert_storage_refusal(
-            client_c
-                .create_account(c.roster(), c.device(0), &c.id, None)
-                .await,
-            "account creation",
-        );
+        assert_storage_refusal(c.register(&client_c, None).await, "account creation");
 
         // Space is freed: the same push now succeeds, and so does everything else.
         store.heal();
@@ -843,8 +834,7 @@ async fn a_real_full_disk_gives_storage_errors_and_loses_nothing() {
         match restarted {
             Ok(None) => {}
             Ok(Some(relay)) => {
-                let client = relay.connect().await;
-                client.authenticate(a.device(0), &a.id).await.unwrap();
+                let client = relay.connect_as(&a, 0).await;
                 let stored = own_stream(&client, &da).await;
                 assert!(stored.len() as u64 >= acked, "acknowledged data lost");
                 assert_eq!(stored, expected_stream(&a, stored.len() as u64, 1000));
@@ -859,8 +849,7 @@ async fn a_real_full_disk_gives_storage_errors_and_loses_nothing() {
         // Space is freed: restart, everything acknowledged reads back, the next push lands.
         assert!(tmpfs.resize("16m"), "grow the tmpfs");
         let relay = RelayProcess::spawn(&data, flags);
-        let client = relay.connect().await;
-        client.authenticate(a.device(0), &a.id).await.unwrap();
+        let client = relay.connect_as(&a, 0).await;
         let stored = own_stream(&client, &da).await;
         assert!(stored.len() as u64 >= acked, "acknowledged data lost");
         assert_eq!(stored, expected_stream(&a, stored.len() as u64, 1000));
@@ -872,8 +861,7 @@ async fn a_real_full_disk_gives_storage_errors_and_loses_nothing() {
                 .unwrap(),
             last + 20
         );
-        let client = relay.connect().await;
-        client.authenticate(b.device(0), &b.id).await.unwrap();
+        let client = relay.connect_as(&b, 0).await;
         let stored_b = own_stream(&client, &db).await;
         assert!(stored_b.len() >= 3);
         assert_eq!(stored_b, expected_stream(&b, stored_b.len() as u64, 1000));
@@ -946,7 +934,7 @@ impl Abuse {
         self.stop.store(true, Ordering::SeqCst);
         let report = self.good.await.unwrap();
         report.assert_served(what, 20, LATENCY_BOUND);
-        self.relay.handle.shutdown().await.unwrap();
+        self.relay.stop().await;
     }
 }
 
@@ -990,10 +978,7 @@ async fn challenge_on(conn: &quinn::Connection) {
     .await
     .unwrap();
     send.finish().unwrap();
-    let response = read_message::<proto::Response, _>(&mut recv, 1 << 20)
-        .await
-        .unwrap()
-        .unwrap();
+    let response = read_response(&mut recv).await;
     assert!(
         matches!(response.kind, Some(response::Kind::Challenge(_))),
         "{response:?}"
@@ -1340,10 +1325,7 @@ async fn oversized_and_endless_frames_are_cut_off() {
         frame.resize(4 + MAX_FRAME as usize, 0xff);
         send.write_all(&frame).await.unwrap();
         send.finish().unwrap();
-        let response = read_message::<proto::Response, _>(&mut recv, 1 << 20)
-            .await
-            .unwrap()
-            .unwrap();
+        let response = read_response(&mut recv).await;
         assert!(
             matches!(&response.kind, Some(response::Kind::Error(e)) if e.code == ErrorCode::Malformed as i32),
             "{response:?}"

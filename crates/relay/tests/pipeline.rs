@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::faulty_store::FaultyStore;
-use common::{TestAccount, bounded, envelopes};
+use common::{TestAccount, TestRelay, bounded, envelopes};
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, ErrorCode, Response, response};
 use kith_relay::client::{RelayClient, RelayClientError};
@@ -89,10 +89,7 @@ async fn until(mut done: impl FnMut() -> bool) {
 #[tokio::test]
 async fn a_push_whose_frame_arrives_first_waits_for_the_push_opened_before_it() {
     bounded(async {
-        let relay = common::TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(1).await;
         let device = account.device(0).device_id();
         // Two streams opened in seq order; the second's frame is sent first, the first's only
         // once the relay has had every chance to handle the second alone (without ordering
@@ -121,7 +118,7 @@ async fn a_push_whose_frame_arrives_first_waits_for_the_push_opened_before_it() 
             }
         }
         assert_eq!(stream_of(&client, &device).await, expected(&account, 200));
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -129,10 +126,7 @@ async fn a_push_whose_frame_arrives_first_waits_for_the_push_opened_before_it() 
 #[tokio::test]
 async fn a_real_gap_is_still_refused_once_the_earlier_streams_have_passed() {
     bounded(async {
-        let relay = common::TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(1).await;
         let device = account.device(0).device_id();
         let first = client
             .send_frame(push_frame(&account, &device, 1, 10))
@@ -148,7 +142,7 @@ async fn a_real_gap_is_still_refused_once_the_earlier_streams_have_passed() {
             Err(RelayClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::SeqGap),
             other => panic!("expected SEQ_GAP, got {other:?}"),
         }
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -207,10 +201,7 @@ async fn one_group_commit_takes_every_batch_of_a_connection_that_arrived_before_
 #[tokio::test]
 async fn a_push_beyond_the_window_is_refused_with_a_typed_error_and_nothing_is_lost() {
     bounded(async {
-        let relay = common::TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(1).await;
         let device = account.device(0).device_id();
         let window = MAX_PUSHES_IN_FLIGHT as u64;
         // The stream of seq 1 is opened and its frame held back: every later push waits for it,
@@ -268,7 +259,7 @@ async fn a_push_beyond_the_window_is_refused_with_a_typed_error_and_nothing_is_l
             last
         );
         assert_eq!(stream_of(&client, &device).await, expected(&account, last));
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -276,10 +267,7 @@ async fn a_push_beyond_the_window_is_refused_with_a_typed_error_and_nothing_is_l
 #[tokio::test]
 async fn a_window_cut_off_by_a_dropped_connection_is_retried_without_loss_or_duplicates() {
     bounded(async {
-        let relay = common::TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(1).await;
         let device = account.device(0).device_id();
         // Six batches in flight; the connection drops once the first is acknowledged, the
         // others stored or not (the device cannot know which).
@@ -301,11 +289,7 @@ async fn a_window_cut_off_by_a_dropped_connection_is_retried_without_loss_or_dup
         }
         // A new connection sends every unacknowledged batch again, four at a time, and one
         // more batch: retransmits of stored batches are acknowledged again, the rest stored.
-        let client = relay.connect().await;
-        client
-            .authenticate(account.device(0), &account.id)
-            .await
-            .unwrap();
+        let client = relay.connect_as(&account, 0).await;
         let mut window = std::collections::VecDeque::new();
         for b in 1..7u64 {
             if window.len() == 4 {
@@ -323,7 +307,7 @@ async fn a_window_cut_off_by_a_dropped_connection_is_retried_without_loss_or_dup
             assert_eq!(request.push_ack().await.unwrap(), last);
         }
         assert_eq!(stream_of(&client, &device).await, expected(&account, 700));
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }

@@ -14,23 +14,16 @@ use std::time::Duration;
 
 use common::pg::PgCluster;
 use common::process::RelayProcess;
-use common::{TestAccount, bounded, envelopes};
+use common::{TestAccount, assert_refused, bounded, code, envelopes};
 use kith_protocol::auth::sign_account_deletion;
 use kith_protocol::ids::DeviceId;
 use kith_protocol::proto::{self, ErrorCode, request};
-use kith_relay::client::{RelayClient, RelayClientError};
+use kith_relay::client::RelayClient;
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 
 /// Every envelope of the account, per device.
 async fn pull_all(client: &RelayClient) -> HashMap<DeviceId, Vec<(u64, Vec<u8>)>> {
     common::pull_account(client).await.0
-}
-
-fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
-    match result {
-        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
-        Ok(value) => panic!("expected a refusal, got {value:?}"),
-    }
 }
 
 /// Two in-process relays on one database.
@@ -152,15 +145,13 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
             "nothing past final_seq"
         );
         // A stale roster put through relay 2 (it held version 1) is refused as a rollback.
-        assert_eq!(
-            code(
-                a_on_two
-                    .expect_ok(request::Kind::PutRoster(proto::PutRoster {
-                        roster: account.roster(),
-                    }))
-                    .await
-            ),
-            ErrorCode::RosterRollback
+        assert_refused(
+            a_on_two
+                .expect_ok(request::Kind::PutRoster(proto::PutRoster {
+                    roster: account.roster(),
+                }))
+                .await,
+            ErrorCode::RosterRollback,
         );
 
         // Deleting the account through relay 1 ends a subscription on relay 2.
@@ -193,9 +184,9 @@ async fn devices_on_two_relays_sync_watch_and_are_revoked_through_one_database()
             matches!(&ended, Err(err) if err.code() == Some(ErrorCode::UnknownAccount)),
             "{ended:?}"
         );
-        assert_eq!(
-            code(a_on_two.push(envelopes(&account.id, &da, 8, 1, 200)).await),
-            ErrorCode::UnknownAccount
+        assert_refused(
+            a_on_two.push(envelopes(&account.id, &da, 8, 1, 200)).await,
+            ErrorCode::UnknownAccount,
         );
         one.shutdown().await.unwrap();
         two.shutdown().await.unwrap();
@@ -398,11 +389,7 @@ async fn migrate_store_copies_a_sled_relay_into_postgres_and_back() {
                         }))
                         .await
                         .unwrap();
-                    let second = relay.connect().await;
-                    second
-                        .authenticate(account.device(1), &account.id)
-                        .await
-                        .unwrap();
+                    let second = relay.connect_as(&account, 1).await;
                     let d1 = account.device(1).device_id();
                     second
                         .push(envelopes(&account.id, &d1, 1, 7, 100))

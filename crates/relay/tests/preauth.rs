@@ -11,26 +11,36 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestAccount, TestRelay, bounded, envelopes};
+use common::{TestAccount, TestRelay, assert_refused, bounded, code};
 use kith_protocol::frame::encode_frame;
 use kith_protocol::proto::{self, ErrorCode, Request, request};
 use kith_relay::RegistrationMode;
 use kith_relay::client::{RelayClient, RelayClientError};
-
-fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
-    match result {
-        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
-        Ok(value) => panic!("expected a refusal, got {value:?}"),
-    }
-}
 
 async fn connect_from(relay: &TestRelay, ip: &str) -> Result<RelayClient, RelayClientError> {
     let bind: SocketAddr = format!("{ip}:0").parse().unwrap();
     RelayClient::connect_from(bind, relay.handle.local_addr(), relay.handle.cert_sha256()).await
 }
 
+/// A `CreateAccount` that cannot verify (`roster_len` bytes of garbage for a roster, zeros for
+/// the device and signature), with `token`.
+fn garbage_creation(roster_len: usize, token: impl Into<String>) -> request::Kind {
+    request::Kind::CreateAccount(proto::CreateAccount {
+        roster: vec![0xff; roster_len],
+        device_id: vec![0; 16],
+        signature: vec![0; 64],
+        registration_token: token.into(),
+    })
+}
+
+/// Panics unless a new connection from `ip` is accepted and served.
+async fn assert_served_from(relay: &TestRelay, ip: &str) {
+    let client = connect_from(relay, ip).await.unwrap();
+    client.challenge().await.unwrap();
+}
+
 /// Panics unless the relay refused the connection at its first packet (`CONNECTION_REFUSED`).
-fn assert_refused(result: Result<RelayClient, RelayClientError>, why: &str) {
+fn assert_connection_refused(result: Result<RelayClient, RelayClientError>, why: &str) {
     match result {
         Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(close)))
             if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
@@ -45,11 +55,7 @@ async fn an_idle_unauthenticated_connection_is_closed_after_the_auth_timeout() {
         let account = TestAccount::new(1);
         account.create(&relay.connect().await).await;
         let idle = relay.connect().await;
-        let authenticated = relay.connect().await;
-        authenticated
-            .authenticate(account.device(0), &account.id)
-            .await
-            .unwrap();
+        let authenticated = relay.connect_as(&account, 0).await;
         // A new device waiting for its approval holds a take open past the deadline: a
         // connection with a request in flight is not idle.
         let waiting = relay.connect().await;
@@ -81,7 +87,7 @@ async fn an_idle_unauthenticated_connection_is_closed_after_the_auth_timeout() {
             .request(request::Kind::GetRoster(proto::GetRoster {}))
             .await
             .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -102,10 +108,7 @@ async fn connections_per_source_address_are_capped() {
         );
         // Another address is not affected.
         let other = connect_from(&relay, "127.0.0.1").await.unwrap();
-        other
-            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-            .await
-            .unwrap();
+        other.challenge().await.unwrap();
         // Closing one makes room again.
         held.pop().unwrap().close().await;
         let mut again = None;
@@ -117,7 +120,7 @@ async fn connections_per_source_address_are_capped() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(again.is_some(), "the address's slot was given back");
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -143,7 +146,7 @@ async fn connections_over_an_addresss_cap_are_refused_before_any_retry_or_handsh
         let refused = relay.handle.connections_refused();
         let attempts = 20;
         for _ in 0..attempts {
-            assert_refused(connect_from(&relay, "127.0.0.2").await, "over the cap");
+            assert_connection_refused(connect_from(&relay, "127.0.0.2").await, "over the cap");
         }
         assert_eq!(
             relay.handle.connections_refused() - refused,
@@ -162,19 +165,11 @@ async fn connections_over_an_addresss_cap_are_refused_before_any_retry_or_handsh
         );
         // The held connections are served, and another address still connects.
         for client in &held {
-            client
-                .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-                .await
-                .unwrap();
+            client.challenge().await.unwrap();
         }
-        connect_from(&relay, "127.0.0.1")
-            .await
-            .unwrap()
-            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-            .await
-            .unwrap();
+        assert_served_from(&relay, "127.0.0.1").await;
         assert_eq!(relay.handle.handshakes_started() - handshakes, 1);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -194,10 +189,7 @@ async fn an_address_reopening_connections_is_refused_handshakes_past_its_budget(
         .await;
         for _ in 0..3 {
             let client = connect_from(&relay, "127.0.0.2").await.unwrap();
-            client
-                .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-                .await
-                .unwrap();
+            client.challenge().await.unwrap();
             client.close().await;
         }
         // Its connections are closed: the cap has room, the handshake budget has none.
@@ -215,7 +207,7 @@ async fn an_address_reopening_connections_is_refused_handshakes_past_its_budget(
         let handshakes = relay.handle.handshakes_started();
         let refused = relay.handle.connections_refused();
         for _ in 0..5 {
-            assert_refused(
+            assert_connection_refused(
                 connect_from(&relay, "127.0.0.2").await,
                 "past the address's handshake budget",
             );
@@ -227,13 +219,8 @@ async fn an_address_reopening_connections_is_refused_handshakes_past_its_budget(
             "a refused connection reached the TLS handshake"
         );
         // Another address has a budget of its own.
-        connect_from(&relay, "127.0.0.1")
-            .await
-            .unwrap()
-            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-            .await
-            .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        assert_served_from(&relay, "127.0.0.1").await;
+        relay.stop().await;
     })
     .await;
 }
@@ -247,16 +234,13 @@ async fn handshakes_above_the_rate_get_a_retry_and_still_connect() {
             clients.push(relay.connect().await);
         }
         for client in &clients {
-            client
-                .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-                .await
-                .unwrap();
+            client.challenge().await.unwrap();
         }
         assert!(
             relay.handle.retries_sent() >= 1,
             "six handshakes at once, one a second allowed: some had to prove their address"
         );
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -276,7 +260,7 @@ async fn requests_are_bounded_by_kind_before_they_are_decoded() {
                 signature: vec![0; 64],
             }))
             .await;
-        assert_eq!(code(err), ErrorCode::FrameTooLarge);
+        assert_refused(err, ErrorCode::FrameTooLarge);
         // A pull naming 100,000 devices: refused before 100,000 cursors are allocated.
         let account = TestAccount::new(1);
         account.create(&client).await;
@@ -287,7 +271,7 @@ async fn requests_are_bounded_by_kind_before_they_are_decoded() {
             })
             .collect();
         let err = client.pull(cursors, 0, 0).await;
-        assert_eq!(code(err), ErrorCode::FrameTooLarge);
+        assert_refused(err, ErrorCode::FrameTooLarge);
         // 300,000 empty sealed keys (600 KB): refused on its size, not decoded into 300,000
         // vectors first.
         let keys = vec![Vec::new(); 300_000];
@@ -299,20 +283,11 @@ async fn requests_are_bounded_by_kind_before_they_are_decoded() {
                 },
             ))
             .await;
-        assert_eq!(code(err), ErrorCode::FrameTooLarge);
+        assert_refused(err, ErrorCode::FrameTooLarge);
         // The ordinary requests still pass.
-        client
-            .push(envelopes(
-                &account.id,
-                &account.device(0).device_id(),
-                1,
-                10,
-                100,
-            ))
-            .await
-            .unwrap();
+        client.push(account.envelopes(0, 1, 10, 100)).await.unwrap();
         client.pull(Vec::new(), 0, 0).await.unwrap();
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -324,54 +299,22 @@ async fn a_registration_token_is_checked_before_anything_is_verified() {
         let client = relay.connect().await;
         client.challenge().await.unwrap();
         // Garbage roster, no token: refused for the token, before the roster is looked at.
-        let err = client
-            .expect_ok(request::Kind::CreateAccount(proto::CreateAccount {
-                roster: vec![0xff; 200 * 1024],
-                device_id: vec![0; 16],
-                signature: vec![0; 64],
-                registration_token: String::new(),
-            }))
-            .await;
-        assert_eq!(code(err), ErrorCode::RegistrationClosed);
+        let err = client.expect_ok(garbage_creation(200 * 1024, "")).await;
+        assert_refused(err, ErrorCode::RegistrationClosed);
         client.challenge().await.unwrap();
         let err = client
-            .expect_ok(request::Kind::CreateAccount(proto::CreateAccount {
-                roster: vec![0xff; 200 * 1024],
-                device_id: vec![0; 16],
-                signature: vec![0; 64],
-                registration_token: "not a token".into(),
-            }))
+            .expect_ok(garbage_creation(200 * 1024, "not a token"))
             .await;
-        assert_eq!(code(err), ErrorCode::RegistrationClosed);
+        assert_refused(err, ErrorCode::RegistrationClosed);
         // A valid token with a request that fails verification is given back, unspent.
         let token = "0123456789abcdef0123456789abcdef";
-        let hash = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes());
-        std::fs::write(
-            kith_relay::token_inbox(relay.dir.path()).join(hex::encode(hash)),
-            b"",
-        )
-        .unwrap();
+        relay.issue_token(token);
         client.challenge().await.unwrap();
-        let err = client
-            .expect_ok(request::Kind::CreateAccount(proto::CreateAccount {
-                roster: vec![0xff; 1024],
-                device_id: vec![0; 16],
-                signature: vec![0; 64],
-                registration_token: token.into(),
-            }))
-            .await;
-        assert_eq!(code(err), ErrorCode::RosterInvalid);
+        let err = client.expect_ok(garbage_creation(1024, token)).await;
+        assert_refused(err, ErrorCode::RosterInvalid);
         let account = TestAccount::new(1);
-        client
-            .create_account(
-                account.roster(),
-                account.device(0),
-                &account.id,
-                Some(token),
-            )
-            .await
-            .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        account.register(&client, Some(token)).await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -405,7 +348,7 @@ async fn a_connections_frame_buffers_stay_within_max_frame_bytes() {
              max_frame_bytes ({max})"
         );
         drop(streams);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -442,21 +385,14 @@ async fn one_accounts_stalled_pulls_do_not_stall_another_accounts_pull() {
         // 2.5 MB stored: every pull page is as large as the relay allows (2 MiB).
         for batch in 0..5u64 {
             hog_client
-                .push(envelopes(
-                    &hog.id,
-                    &hog.device(0).device_id(),
-                    batch * 25 + 1,
-                    25,
-                    20_000,
-                ))
+                .push(hog.envelopes(0, batch * 25 + 1, 25, 20_000))
                 .await
                 .unwrap();
         }
         // Two connections of 31 stalled pulls each: more than the whole pull budget.
         let (mut stalled, mut clients) = (Vec::new(), Vec::new());
         for _ in 0..2 {
-            let client = relay.connect().await;
-            client.authenticate(hog.device(0), &hog.id).await.unwrap();
+            let client = relay.connect_as(&hog, 0).await;
             for _ in 0..31 {
                 stalled.push(stalled_pull(&client).await);
             }
@@ -467,20 +403,11 @@ async fn one_accounts_stalled_pulls_do_not_stall_another_accounts_pull() {
         let honest = TestAccount::new(1);
         let client = relay.connect().await;
         honest.create(&client).await;
-        client
-            .push(envelopes(
-                &honest.id,
-                &honest.device(0).device_id(),
-                1,
-                10,
-                1000,
-            ))
-            .await
-            .unwrap();
+        client.push(honest.envelopes(0, 1, 10, 1000)).await.unwrap();
         let page = client.pull(Vec::new(), 0, 0).await.unwrap();
         assert_eq!(page.envelopes.len(), 10);
         drop((stalled, clients));
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -509,13 +436,8 @@ async fn a_connection_that_keeps_sending_bad_frames_is_closed() {
             "{closed:?}"
         );
         // Others are not disturbed.
-        relay
-            .connect()
-            .await
-            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-            .await
-            .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        relay.connect().await.challenge().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }

@@ -4,16 +4,9 @@
 
 mod common;
 
-use common::{TestAccount, TestRelay, bounded};
+use common::{TestAccount, TestRelay, assert_refused, bounded, code};
 use kith_protocol::proto::{self, ErrorCode, request, response};
 use kith_relay::client::{RelayClient, RelayClientError};
-
-fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
-    match result {
-        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
-        Ok(value) => panic!("expected a refusal, got {value:?}"),
-    }
-}
 
 fn put(lookup: u8, bundle: &[u8]) -> request::Kind {
     request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
@@ -51,9 +44,9 @@ async fn a_recovery_lookup_id_belongs_to_the_account_that_stored_it_first() {
 
         // An ex-device of the victim knows the lookup id; from an account of its own it tries
         // to put a bundle there (sealed with the recovery PSK it also kept).
-        assert_eq!(
-            code(attackers.expect_ok(put(7, b"attacker's")).await),
-            ErrorCode::SlotExists
+        assert_refused(
+            attackers.expect_ok(put(7, b"attacker's")).await,
+            ErrorCode::SlotExists,
         );
         let stranger = relay.connect().await;
         assert_eq!(
@@ -83,7 +76,7 @@ async fn a_recovery_lookup_id_belongs_to_the_account_that_stored_it_first() {
         // The owner still replaces its own bundle, under the same or a new lookup id.
         victims.expect_ok(put(7, b"victim's v2")).await.unwrap();
         assert_eq!(lookup(&stranger, 7).await.1, b"victim's v2".to_vec());
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -117,11 +110,8 @@ async fn own(client: &RelayClient) -> Result<(Vec<u8>, Vec<u8>), RelayClientErro
 async fn a_rotated_recovery_lookup_id_replaces_the_old_one_and_cannot_be_undone_by_a_stale_device()
 {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
-        assert_eq!(code(own(&client).await), ErrorCode::NotFound);
+        let (relay, _account, client) = TestRelay::with_account(1).await;
+        assert_refused(own(&client).await, ErrorCode::NotFound);
         client.expect_ok(put(1, b"old key's")).await.unwrap();
         assert_eq!(
             own(&client).await.unwrap(),
@@ -129,9 +119,9 @@ async fn a_rotated_recovery_lookup_id_replaces_the_old_one_and_cannot_be_undone_
         );
 
         // A new lookup id that does not name the current one is refused.
-        assert_eq!(
-            code(client.expect_ok(put(2, b"new key's")).await),
-            ErrorCode::RecoveryRotated
+        assert_refused(
+            client.expect_ok(put(2, b"new key's")).await,
+            ErrorCode::RecoveryRotated,
         );
         assert_eq!(
             code(client.expect_ok(rotate(2, b"new key's", &[9; 32])).await),
@@ -155,9 +145,9 @@ async fn a_rotated_recovery_lookup_id_replaces_the_old_one_and_cannot_be_undone_
         );
 
         // A device still holding the old key's material re-seals: refused, nothing changes.
-        assert_eq!(
-            code(client.expect_ok(put(1, b"old key's again")).await),
-            ErrorCode::RecoveryRotated
+        assert_refused(
+            client.expect_ok(put(1, b"old key's again")).await,
+            ErrorCode::RecoveryRotated,
         );
         assert_eq!(
             own(&client).await.unwrap(),
@@ -167,8 +157,8 @@ async fn a_rotated_recovery_lookup_id_replaces_the_old_one_and_cannot_be_undone_
         client.expect_ok(put(2, b"new key's v2")).await.unwrap();
         assert_eq!(own(&client).await.unwrap().1, b"new key's v2".to_vec());
         // Unauthenticated, the account's own bundle is not to be had.
-        assert_eq!(code(own(&stranger).await), ErrorCode::Unauthenticated);
-        relay.handle.shutdown().await.unwrap();
+        assert_refused(own(&stranger).await, ErrorCode::Unauthenticated);
+        relay.stop().await;
     })
     .await;
 }

@@ -5,20 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestAccount, TestDevice, TestRelay, bounded, envelope, envelope_with, envelopes};
+use common::{
+    TestAccount, TestDevice, TestRelay, assert_refused, bounded, code, envelope, envelope_with,
+    envelopes,
+};
 use kith_protocol::auth::{sign_account_deletion, sign_relay_auth};
 use kith_protocol::keys::{AccountSigningKey, system_rng};
 use kith_protocol::proto::{self, Cursor, ErrorCode, request, response};
 use kith_relay::RegistrationMode;
 use kith_relay::client::{RelayClient, RelayClientError};
 use prost::Message;
-
-fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
-    match result {
-        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
-        Ok(value) => panic!("expected a refusal, got {value:?}"),
-    }
-}
 
 async fn authenticate_raw(
     client: &RelayClient,
@@ -41,10 +37,7 @@ async fn authenticate_raw(
 #[tokio::test]
 async fn open_registration_creates_the_account_and_authenticates_its_device() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(2);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(2).await;
         let roster = match client
             .request(request::Kind::GetRoster(proto::GetRoster {}))
             .await
@@ -59,14 +52,10 @@ async fn open_registration_creates_the_account_and_authenticates_its_device() {
         let err = again
             .create_account(account.roster(), account.device(1), &account.id, None)
             .await;
-        assert_eq!(code(err), ErrorCode::AccountExists);
+        assert_refused(err, ErrorCode::AccountExists);
         // The second device authenticates on its own connection.
-        let second = relay.connect().await;
-        second
-            .authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        relay.connect_as(&account, 1).await;
+        relay.stop().await;
     })
     .await;
 }
@@ -77,47 +66,23 @@ async fn token_registration_needs_a_single_use_token() {
         let relay = TestRelay::start_with(|c| c.registration = RegistrationMode::Token).await;
         let client = relay.connect().await;
         let account = TestAccount::new(1);
-        let err = client
-            .create_account(account.roster(), account.device(0), &account.id, None)
-            .await;
-        assert_eq!(code(err), ErrorCode::RegistrationClosed);
-        let err = client
-            .create_account(
-                account.roster(),
-                account.device(0),
-                &account.id,
-                Some("nope"),
-            )
-            .await;
-        assert_eq!(code(err), ErrorCode::RegistrationClosed);
+        let err = account.register(&client, None).await;
+        assert_refused(err, ErrorCode::RegistrationClosed);
+        let err = account.register(&client, Some("nope")).await;
+        assert_refused(err, ErrorCode::RegistrationClosed);
 
         // What `kith-relay token create` does while the relay runs: a file in the inbox.
         let token = "0123456789abcdef0123456789abcdef";
-        let hash = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes());
-        std::fs::write(
-            kith_relay::token_inbox(relay.dir.path()).join(hex::encode(hash)),
-            b"",
-        )
-        .unwrap();
-        client
-            .create_account(
-                account.roster(),
-                account.device(0),
-                &account.id,
-                Some(token),
-            )
-            .await
-            .unwrap();
+        relay.issue_token(token);
+        account.register(&client, Some(token)).await.unwrap();
         let other = TestAccount::new(1);
-        let err = client
-            .create_account(other.roster(), other.device(0), &other.id, Some(token))
-            .await;
+        let err = other.register(&client, Some(token)).await;
         assert_eq!(
             code(err),
             ErrorCode::RegistrationClosed,
             "a token is single-use"
         );
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -137,25 +102,14 @@ fn refused_alike(result: Result<(), RelayClientError>, what: &str) {
 #[tokio::test]
 async fn authentication_tells_nothing_before_the_signature_verifies() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let mut account = TestAccount::new(3);
-        let owner = relay.connect().await;
-        account.create(&owner).await;
+        let (relay, mut account, owner) = TestRelay::with_account(3).await;
         let other = TestAccount::new(1);
         other.create(&relay.connect().await).await;
 
         let client = relay.connect().await;
         // A request that needs authentication, before it.
-        let err = client
-            .push(envelopes(
-                &account.id,
-                &account.device(0).device_id(),
-                1,
-                1,
-                10,
-            ))
-            .await;
-        assert_eq!(code(err), ErrorCode::Unauthenticated);
+        let err = client.push(account.envelopes(0, 1, 1, 10)).await;
+        assert_refused(err, ErrorCode::Unauthenticated);
         // No challenge.
         let err = client
             .expect_ok(request::Kind::Authenticate(proto::Authenticate {
@@ -164,7 +118,7 @@ async fn authentication_tells_nothing_before_the_signature_verifies() {
                 signature: vec![0; 64],
             }))
             .await;
-        assert_eq!(code(err), ErrorCode::NoChallenge);
+        assert_refused(err, ErrorCode::NoChallenge);
         // An outsider probing which accounts and devices exist learns nothing: an unknown
         // device (a key not in the roster), a device of another account, an unknown account
         // and a forged signature are all answered alike.
@@ -214,10 +168,7 @@ async fn authentication_tells_nothing_before_the_signature_verifies() {
         // A removed device is told so once its own signature verified (with the key the
         // roster's removed list keeps), at authentication and on its live connection; anyone
         // else naming it is answered as every other failure.
-        let live = relay.connect().await;
-        live.authenticate(account.device(2), &account.id)
-            .await
-            .unwrap();
+        let live = relay.connect_as(&account, 2).await;
         let removed = account.remove_device(2);
         owner
             .expect_ok(request::Kind::PutRoster(proto::PutRoster {
@@ -226,9 +177,9 @@ async fn authentication_tells_nothing_before_the_signature_verifies() {
             .await
             .unwrap();
         let fresh = relay.connect().await;
-        assert_eq!(
-            code(fresh.authenticate(&removed.key, &account.id).await),
-            ErrorCode::DeviceRemoved
+        assert_refused(
+            fresh.authenticate(&removed.key, &account.id).await,
+            ErrorCode::DeviceRemoved,
         );
         let nonce = fresh.challenge().await.unwrap();
         let impostor = sign_relay_auth(
@@ -251,8 +202,8 @@ async fn authentication_tells_nothing_before_the_signature_verifies() {
         let err = live
             .push(envelopes(&account.id, &removed.id(), 1, 1, 10))
             .await;
-        assert_eq!(code(err), ErrorCode::DeviceRemoved);
-        relay.handle.shutdown().await.unwrap();
+        assert_refused(err, ErrorCode::DeviceRemoved);
+        relay.stop().await;
     })
     .await;
 }
@@ -273,18 +224,12 @@ async fn failed_authentications_are_rate_limited_per_source_address() {
         }
         // The address spent its failures: even a valid signature from it is refused,
         // unverified, until the bucket refills.
-        assert_eq!(
-            code(guesser.authenticate(account.device(0), &account.id).await),
-            ErrorCode::RateLimited
+        assert_refused(
+            guesser.authenticate(account.device(0), &account.id).await,
+            ErrorCode::RateLimited,
         );
         assert_eq!(
-            code(
-                relay
-                    .connect()
-                    .await
-                    .authenticate(account.device(0), &account.id)
-                    .await
-            ),
+            code(relay.authenticate_afresh(&account, 0).await),
             ErrorCode::RateLimited,
             "a new connection from the same address changes nothing"
         );
@@ -300,7 +245,7 @@ async fn failed_authentications_are_rate_limited_per_source_address() {
             .authenticate(account.device(0), &account.id)
             .await
             .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -308,14 +253,8 @@ async fn failed_authentications_are_rate_limited_per_source_address() {
 #[tokio::test]
 async fn pushed_envelopes_come_back_in_pages() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(2);
-        let a = relay.connect().await;
-        account.create(&a).await;
-        let b = relay.connect().await;
-        b.authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
+        let (relay, account, a) = TestRelay::with_account(2).await;
+        let b = relay.connect_as(&account, 1).await;
         let (da, db) = (account.device(0).device_id(), account.device(1).device_id());
         assert_eq!(
             a.push(envelopes(&account.id, &da, 1, 100, 500))
@@ -381,7 +320,7 @@ async fn pushed_envelopes_come_back_in_pages() {
         let page = b.pull(vec![], 0, 1).await.unwrap();
         assert_eq!(page.envelopes.len(), 1);
         assert!(page.more);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -389,18 +328,15 @@ async fn pushed_envelopes_come_back_in_pages() {
 #[tokio::test]
 async fn seq_gaps_and_conflicts_are_refused_and_identical_retransmits_acked() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(2);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(2).await;
         let d = account.device(0).device_id();
         client
             .push(envelopes(&account.id, &d, 1, 10, 100))
             .await
             .unwrap();
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &d, 12, 1, 100)).await),
-            ErrorCode::SeqGap
+        assert_refused(
+            client.push(envelopes(&account.id, &d, 12, 1, 100)).await,
+            ErrorCode::SeqGap,
         );
         // Identical retransmit, partly overlapping new seqs: acked, the new part stored.
         assert_eq!(
@@ -419,28 +355,28 @@ async fn seq_gaps_and_conflicts_are_refused_and_identical_retransmits_acked() {
         );
         // A different envelope at a stored seq.
         let conflict = vec![envelope_with(&account.id, &d, 12, 100, 0xee)];
-        assert_eq!(code(client.push(conflict).await), ErrorCode::SeqConflict);
+        assert_refused(client.push(conflict).await, ErrorCode::SeqConflict);
         // Non-consecutive seqs inside a batch, seq 0, headers naming another stream.
         let mut batch = envelopes(&account.id, &d, 13, 2, 100);
         batch.swap(0, 1);
-        assert_eq!(code(client.push(batch).await), ErrorCode::InvalidRequest);
+        assert_refused(client.push(batch).await, ErrorCode::InvalidRequest);
         let other = account.device(1).device_id();
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &other, 13, 1, 10)).await),
-            ErrorCode::WrongStream
+        assert_refused(
+            client.push(envelopes(&account.id, &other, 13, 1, 10)).await,
+            ErrorCode::WrongStream,
         );
         let foreign = TestAccount::new(1);
-        assert_eq!(
-            code(client.push(envelopes(&foreign.id, &d, 13, 1, 10)).await),
-            ErrorCode::WrongStream
+        assert_refused(
+            client.push(envelopes(&foreign.id, &d, 13, 1, 10)).await,
+            ErrorCode::WrongStream,
         );
-        assert_eq!(
-            code(client.push(vec![b"not an envelope".to_vec()]).await),
-            ErrorCode::Malformed
+        assert_refused(
+            client.push(vec![b"not an envelope".to_vec()]).await,
+            ErrorCode::Malformed,
         );
         let page = client.pull(vec![], 0, 0).await.unwrap();
         assert_eq!(page.envelopes.len(), 12);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -448,24 +384,21 @@ async fn seq_gaps_and_conflicts_are_refused_and_identical_retransmits_acked() {
 #[tokio::test]
 async fn oversized_batches_envelopes_and_frames_are_refused() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| {
+        let (relay, account, client) = TestRelay::start_with_account(1, |c| {
             c.bounds.max_batch_envelopes = 10;
             c.bounds.max_envelope_bytes = 2500;
             c.bounds.max_frame_bytes = 16 * 1024;
             c.bounds.pull_max_bytes = 8 * 1024;
         })
         .await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
         let d = account.device(0).device_id();
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &d, 1, 11, 10)).await),
-            ErrorCode::BatchTooLarge
+        assert_refused(
+            client.push(envelopes(&account.id, &d, 1, 11, 10)).await,
+            ErrorCode::BatchTooLarge,
         );
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &d, 1, 1, 3000)).await),
-            ErrorCode::EnvelopeTooLarge
+        assert_refused(
+            client.push(envelopes(&account.id, &d, 1, 1, 3000)).await,
+            ErrorCode::EnvelopeTooLarge,
         );
         // The connection still works after those refusals.
         assert_eq!(
@@ -499,7 +432,7 @@ async fn oversized_batches_envelopes_and_frames_are_refused() {
                 .unwrap(),
             10
         );
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -507,22 +440,19 @@ async fn oversized_batches_envelopes_and_frames_are_refused() {
 #[tokio::test]
 async fn the_quota_and_the_device_limit_are_enforced() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| {
+        let (relay, mut account, client) = TestRelay::start_with_account(2, |c| {
             c.bounds.max_account_bytes = 10_000;
             c.bounds.max_devices_per_account = 2;
         })
         .await;
-        let mut account = TestAccount::new(2);
-        let client = relay.connect().await;
-        account.create(&client).await;
         let d = account.device(0).device_id();
         client
             .push(envelopes(&account.id, &d, 1, 8, 1000))
             .await
             .unwrap();
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &d, 9, 2, 1000)).await),
-            ErrorCode::QuotaExceeded
+        assert_refused(
+            client.push(envelopes(&account.id, &d, 9, 2, 1000)).await,
+            ErrorCode::QuotaExceeded,
         );
         let usage = match client
             .request(request::Kind::GetUsage(proto::GetUsage {}))
@@ -550,15 +480,11 @@ async fn the_quota_and_the_device_limit_are_enforced() {
                 roster: account.roster(),
             }))
             .await;
-        assert_eq!(code(err), ErrorCode::TooManyDevices);
+        assert_refused(err, ErrorCode::TooManyDevices);
         let crowded = TestAccount::new(3);
-        let err = relay
-            .connect()
-            .await
-            .create_account(crowded.roster(), crowded.device(0), &crowded.id, None)
-            .await;
-        assert_eq!(code(err), ErrorCode::TooManyDevices);
-        relay.handle.shutdown().await.unwrap();
+        let err = crowded.register(&relay.connect().await, None).await;
+        assert_refused(err, ErrorCode::TooManyDevices);
+        relay.stop().await;
     })
     .await;
 }
@@ -566,26 +492,21 @@ async fn the_quota_and_the_device_limit_are_enforced() {
 #[tokio::test]
 async fn rosters_must_extend_the_stored_chain() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let mut account = TestAccount::new(3);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, mut account, client) = TestRelay::with_account(3).await;
         let put = |roster: Vec<u8>| request::Kind::PutRoster(proto::PutRoster { roster });
         // Same version again: rollback.
-        assert_eq!(
-            code(client.expect_ok(put(account.roster())).await),
-            ErrorCode::RosterRollback
+        assert_refused(
+            client.expect_ok(put(account.roster())).await,
+            ErrorCode::RosterRollback,
         );
         // Next version signed by a key that is not the account's.
         account.version = 2;
         let stranger = AccountSigningKey::generate(&mut system_rng());
-        assert_eq!(
-            code(
-                client
-                    .expect_ok(put(account.roster_signed_by(&stranger)))
-                    .await
-            ),
-            ErrorCode::RosterInvalid
+        assert_refused(
+            client
+                .expect_ok(put(account.roster_signed_by(&stranger)))
+                .await,
+            ErrorCode::RosterInvalid,
         );
         client.expect_ok(put(account.roster())).await.unwrap();
         // Removing a device rotates the key; afterwards the old key signs nothing that counts.
@@ -593,26 +514,24 @@ async fn rosters_must_extend_the_stored_chain() {
         account.remove_device(2);
         client.expect_ok(put(account.roster())).await.unwrap();
         account.version += 1;
-        assert_eq!(
-            code(
-                client
-                    .expect_ok(put(account.roster_signed_by(&old_key)))
-                    .await
-            ),
-            ErrorCode::RosterInvalid
+        assert_refused(
+            client
+                .expect_ok(put(account.roster_signed_by(&old_key)))
+                .await,
+            ErrorCode::RosterInvalid,
         );
         client.expect_ok(put(account.roster())).await.unwrap();
         // An older version is a rollback.
         account.version -= 1;
-        assert_eq!(
-            code(client.expect_ok(put(account.roster())).await),
-            ErrorCode::RosterRollback
+        assert_refused(
+            client.expect_ok(put(account.roster())).await,
+            ErrorCode::RosterRollback,
         );
-        assert_eq!(
-            code(client.expect_ok(put(b"junk".to_vec())).await),
-            ErrorCode::RosterInvalid
+        assert_refused(
+            client.expect_ok(put(b"junk".to_vec())).await,
+            ErrorCode::RosterInvalid,
         );
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -624,10 +543,8 @@ async fn rosters_must_extend_the_stored_chain() {
 #[tokio::test]
 async fn a_take_waits_for_its_slot_within_the_lookup_budget() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.bounds.lookups_per_minute = 3).await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, _account, client) =
+            TestRelay::start_with_account(1, |c| c.bounds.lookups_per_minute = 3).await;
         let take = |slot: [u8; 32], wait_ms: u32| {
             request::Kind::TakePairingSlot(proto::TakePairingSlot {
                 slot_id: slot.to_vec(),
@@ -664,7 +581,7 @@ async fn a_take_waits_for_its_slot_within_the_lookup_budget() {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         let shutdown = tokio::spawn(relay.handle.shutdown());
-        assert_eq!(code(waiting.await.unwrap()), ErrorCode::ShuttingDown);
+        assert_refused(waiting.await.unwrap(), ErrorCode::ShuttingDown);
         shutdown.await.unwrap().unwrap();
     })
     .await;
@@ -710,7 +627,7 @@ async fn pairing_slots_are_taken_once_and_expire() {
             code(newcomer.request(take([2; 32])).await),
             ErrorCode::NotFound
         );
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -718,10 +635,8 @@ async fn pairing_slots_are_taken_once_and_expire() {
 #[tokio::test]
 async fn recovery_bundles_are_served_without_auth_but_rate_limited() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| c.bounds.lookups_per_minute = 3).await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) =
+            TestRelay::start_with_account(1, |c| c.bounds.lookups_per_minute = 3).await;
         client
             .expect_ok(request::Kind::PutRecoveryBundle(proto::PutRecoveryBundle {
                 lookup_id: vec![9; 32],
@@ -745,18 +660,18 @@ async fn recovery_bundles_are_served_without_auth_but_rate_limited() {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(code(stranger.request(get(8)).await), ErrorCode::NotFound);
+        assert_refused(stranger.request(get(8)).await, ErrorCode::NotFound);
         assert!(
             stranger.request(get(9)).await.is_ok(),
             "third lookup within the burst"
         );
-        assert_eq!(code(stranger.request(get(9)).await), ErrorCode::RateLimited);
+        assert_refused(stranger.request(get(9)).await, ErrorCode::RateLimited);
         // Also from another connection of the same address.
-        assert_eq!(
-            code(relay.connect().await.request(get(9)).await),
-            ErrorCode::RateLimited
+        assert_refused(
+            relay.connect().await.request(get(9)).await,
+            ErrorCode::RateLimited,
         );
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -776,9 +691,7 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             .push(envelopes(&account.id, &d, 1, 20, 300))
             .await
             .unwrap();
-        kept.push(envelopes(&keep.id, &keep.device(0).device_id(), 1, 5, 300))
-            .await
-            .unwrap();
+        kept.push(keep.envelopes(0, 1, 5, 300)).await.unwrap();
         let sealed = proto::SealedEpochKey {
             account_id: account.id.as_bytes().to_vec(),
             recipient_device_id: account.device(1).device_id().as_bytes().to_vec(),
@@ -812,11 +725,7 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             }))
             .await
             .unwrap();
-        let subscriber = relay.connect().await;
-        subscriber
-            .authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
+        let subscriber = relay.connect_as(&account, 1).await;
         let mut subscription = subscriber.subscribe().await.unwrap();
 
         let delete = |version: u64, key: &AccountSigningKey| {
@@ -829,41 +738,34 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
             })
         };
         let stranger = AccountSigningKey::generate(&mut system_rng());
-        assert_eq!(
-            code(client.expect_ok(delete(1, &stranger)).await),
-            ErrorCode::BadSignature
+        assert_refused(
+            client.expect_ok(delete(1, &stranger)).await,
+            ErrorCode::BadSignature,
         );
-        assert_eq!(
-            code(client.expect_ok(delete(2, &account.current)).await),
-            ErrorCode::InvalidRequest
+        assert_refused(
+            client.expect_ok(delete(2, &account.current)).await,
+            ErrorCode::InvalidRequest,
         );
         client.expect_ok(delete(1, &account.current)).await.unwrap();
         assert_eq!(
             subscription.next().await.unwrap_err().code(),
             Some(ErrorCode::UnknownAccount)
         );
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &d, 21, 1, 10)).await),
-            ErrorCode::Unauthenticated
+        assert_refused(
+            client.push(envelopes(&account.id, &d, 21, 1, 10)).await,
+            ErrorCode::Unauthenticated,
+        );
+        assert_refused(
+            subscriber.pull(vec![], 0, 0).await,
+            ErrorCode::UnknownAccount,
         );
         assert_eq!(
-            code(subscriber.pull(vec![], 0, 0).await),
-            ErrorCode::UnknownAccount
-        );
-        assert_eq!(
-            code(
-                relay
-                    .connect()
-                    .await
-                    .authenticate(account.device(0), &account.id)
-                    .await
-            ),
+            code(relay.authenticate_afresh(&account, 0).await),
             ErrorCode::BadSignature,
             "a deleted account is answered as an account that never existed (§10)"
         );
 
-        let dir = relay.dir;
-        relay.handle.shutdown().await.unwrap();
+        let dir = relay.stop_keeping_data().await;
         let db = sled::open(kith_relay::db_dir(dir.path())).unwrap();
         let needles: Vec<Vec<u8>> = vec![
             account.id.as_bytes().to_vec(),
@@ -899,10 +801,7 @@ async fn deleting_an_account_leaves_nothing_of_it_in_storage() {
 #[tokio::test]
 async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let good = relay.connect().await;
-        account.create(&good).await;
+        let (relay, account, good) = TestRelay::with_account(1).await;
         let d = account.device(0).device_id();
         let mut attacker = relay.connect().await;
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -964,7 +863,7 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
             send.write_all(&[0, 0, 1]).await.unwrap();
         }
         assert_eq!(good.pull(vec![], 0, 0).await.unwrap().envelopes.len(), 30);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -972,15 +871,8 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
 #[tokio::test]
 async fn subscribers_hear_of_other_devices_pushes() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(2);
-        let writer = relay.connect().await;
-        account.create(&writer).await;
-        let reader = relay.connect().await;
-        reader
-            .authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
+        let (relay, account, writer) = TestRelay::with_account(2).await;
+        let reader = relay.connect_as(&account, 1).await;
         let mut subscription = reader.subscribe().await.unwrap();
         let d0 = account.device(0).device_id();
         let d1 = account.device(1).device_id();
@@ -1003,7 +895,7 @@ async fn subscribers_hear_of_other_devices_pushes() {
             .unwrap();
         assert_eq!(subscription.next().await.unwrap().unwrap().last_seq, 5);
         // Shutdown ends the subscription with a clear code.
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
         let end = subscription.next().await;
         assert!(matches!(end, Err(_) | Ok(None)), "{end:?}");
     })
@@ -1013,10 +905,7 @@ async fn subscribers_hear_of_other_devices_pushes() {
 #[tokio::test]
 async fn truncation_drops_the_head_of_a_stream_and_keeps_its_position() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(1).await;
         let d = account.device(0).device_id();
         client
             .push(envelopes(&account.id, &d, 1, 10, 100))
@@ -1024,9 +913,9 @@ async fn truncation_drops_the_head_of_a_stream_and_keeps_its_position() {
             .unwrap();
         let truncate =
             |before_seq| request::Kind::TruncateStream(proto::TruncateStream { before_seq });
-        assert_eq!(
-            code(client.expect_ok(truncate(11)).await),
-            ErrorCode::InvalidRequest
+        assert_refused(
+            client.expect_ok(truncate(11)).await,
+            ErrorCode::InvalidRequest,
         );
         client.expect_ok(truncate(8)).await.unwrap();
         let page = client.pull(vec![], 0, 0).await.unwrap();
@@ -1038,9 +927,9 @@ async fn truncation_drops_the_head_of_a_stream_and_keeps_its_position() {
             (page.streams[0].first_seq, page.streams[0].last_seq),
             (8, 10)
         );
-        assert_eq!(
-            code(client.push(envelopes(&account.id, &d, 3, 1, 100)).await),
-            ErrorCode::SeqConflict
+        assert_refused(
+            client.push(envelopes(&account.id, &d, 3, 1, 100)).await,
+            ErrorCode::SeqConflict,
         );
         assert_eq!(
             client
@@ -1049,7 +938,7 @@ async fn truncation_drops_the_head_of_a_stream_and_keeps_its_position() {
                 .unwrap(),
             11
         );
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -1096,10 +985,7 @@ async fn held_sealed(client: &RelayClient, min_epoch: u64) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(2);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(2).await;
         let sealed =
             |recipient: usize, epoch: u64| sealed_key(&account, recipient, epoch, epoch as u8);
         let put = |keys| put_sealed(keys, None);
@@ -1112,13 +998,9 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
             ErrorCode::InvalidRequest,
             "future epoch"
         );
-        let other = relay.connect().await;
-        other
-            .authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
+        let other = relay.connect_as(&account, 1).await;
         assert_eq!(held_sealed(&other, 1).await, vec![sealed(1, 1)]);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -1129,20 +1011,13 @@ async fn sealed_epoch_keys_are_stored_per_recipient_and_epoch() {
 #[tokio::test]
 async fn no_member_can_overwrite_another_members_sealed_key() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(2);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, account, client) = TestRelay::with_account(2).await;
         let sealed = |recipient: usize, fill: u8| sealed_key(&account, recipient, 1, fill);
         let put = |keys| put_sealed(keys, None);
         client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
         client.expect_ok(put(vec![sealed(1, 1)])).await.unwrap();
 
-        let other = relay.connect().await;
-        other
-            .authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
+        let other = relay.connect_as(&account, 1).await;
         let held = || held_sealed(&other, 1);
         // Device 0 tries to replace device 1's key of epoch 1.
         assert!(
@@ -1160,15 +1035,15 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
             &AccountSigningKey::generate(&mut system_rng()),
         )
         .unwrap();
-        assert_eq!(
-            code(client.expect_ok(put(vec![by_other_key])).await),
-            ErrorCode::SlotExists
+        assert_refused(
+            client.expect_ok(put(vec![by_other_key])).await,
+            ErrorCode::SlotExists,
         );
         let signed =
             kith_protocol::epoch::sign_sealed_epoch_key(&sealed(1, 5), &account.genesis).unwrap();
         client.expect_ok(put(vec![signed.clone()])).await.unwrap();
         assert_eq!(held().await, vec![signed]);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -1181,20 +1056,9 @@ async fn no_member_can_overwrite_another_members_sealed_key() {
 #[tokio::test]
 async fn no_member_can_overwrite_a_staged_key_of_the_next_epoch() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(3);
-        let revoker = relay.connect().await;
-        account.create(&revoker).await;
-        let thief = relay.connect().await;
-        thief
-            .authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
-        let recipient = relay.connect().await;
-        recipient
-            .authenticate(account.device(2), &account.id)
-            .await
-            .unwrap();
+        let (relay, account, revoker) = TestRelay::with_account(3).await;
+        let thief = relay.connect_as(&account, 1).await;
+        let recipient = relay.connect_as(&account, 2).await;
         let next_key = AccountSigningKey::generate(&mut system_rng());
         let thief_key = AccountSigningKey::generate(&mut system_rng());
         let sealed = |fill: u8, signer: Option<&AccountSigningKey>| {
@@ -1238,7 +1102,7 @@ async fn no_member_can_overwrite_a_staged_key_of_the_next_epoch() {
             .await
             .unwrap();
         assert_eq!(held().await, vec![own]);
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -1246,14 +1110,11 @@ async fn no_member_can_overwrite_a_staged_key_of_the_next_epoch() {
 #[tokio::test]
 async fn a_device_over_its_request_rate_is_refused() {
     bounded(async {
-        let relay = TestRelay::start_with(|c| {
+        let (relay, _account, client) = TestRelay::start_with_account(1, |c| {
             c.bounds.requests_per_second = 1;
             c.bounds.request_burst = 5;
         })
         .await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
         let mut refused = 0;
         for _ in 0..10 {
             if let Err(err) = client
@@ -1265,7 +1126,7 @@ async fn a_device_over_its_request_rate_is_refused() {
             }
         }
         assert!(refused >= 4, "{refused}");
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -1275,13 +1136,10 @@ async fn a_request_of_a_later_release_is_unsupported_not_malformed() {
     bounded(async {
         let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", gateway.local_addr().unwrap());
-        let relay = TestRelay::start_with(|c| {
+        let (relay, _account, client) = TestRelay::start_with_account(1, |c| {
             c.push = Some(kith_relay::config::PushConfig::new(url.parse().unwrap()));
         })
         .await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
         // Request field 99 (a kind no release defines yet): one length-delimited field, its
         // key the varint 99 << 3 | 2 = 794.
         let body = [0x9a, 0x06, 6, 1, 2, 3, 4, 5, 6];
@@ -1316,9 +1174,9 @@ async fn a_request_of_a_later_release_is_unsupported_not_malformed() {
             code(client.expect_ok(register(vec![1; 1025])).await),
             ErrorCode::InvalidRequest
         );
-        assert_eq!(
-            code(client.expect_ok(register(Vec::new())).await),
-            ErrorCode::InvalidRequest
+        assert_refused(
+            client.expect_ok(register(Vec::new())).await,
+            ErrorCode::InvalidRequest,
         );
         client.expect_ok(register(vec![1; 1024])).await.unwrap();
         client
@@ -1327,7 +1185,7 @@ async fn a_request_of_a_later_release_is_unsupported_not_malformed() {
             ))
             .await
             .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -1335,17 +1193,14 @@ async fn a_request_of_a_later_release_is_unsupported_not_malformed() {
 #[tokio::test]
 async fn a_relay_without_a_push_gateway_refuses_push_targets_as_unsupported() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let account = TestAccount::new(1);
-        let client = relay.connect().await;
-        account.create(&client).await;
+        let (relay, _account, client) = TestRelay::with_account(1).await;
         let err = client
             .expect_ok(request::Kind::RegisterPushTarget(
                 proto::RegisterPushTarget { token: vec![1; 16] },
             ))
             .await;
-        assert_eq!(code(err), ErrorCode::Unsupported);
-        relay.handle.shutdown().await.unwrap();
+        assert_refused(err, ErrorCode::Unsupported);
+        relay.stop().await;
     })
     .await;
 }

@@ -4,16 +4,8 @@
 
 mod common;
 
-use common::{TestAccount, TestRelay, bounded, envelopes};
+use common::{TestRelay, assert_refused, bounded, envelopes};
 use kith_protocol::proto::{self, ErrorCode, request};
-use kith_relay::client::RelayClientError;
-
-fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
-    match result {
-        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
-        Ok(value) => panic!("expected a refusal, got {value:?}"),
-    }
-}
 
 fn put_roster(roster: Vec<u8>) -> request::Kind {
     request::Kind::PutRoster(proto::PutRoster { roster })
@@ -22,15 +14,8 @@ fn put_roster(roster: Vec<u8>) -> request::Kind {
 #[tokio::test]
 async fn a_roster_ending_a_stream_before_its_head_is_refused_and_the_device_fenced() {
     bounded(async {
-        let relay = TestRelay::start().await;
-        let mut account = TestAccount::new(2);
-        let revoker = relay.connect().await;
-        account.create(&revoker).await;
-        let pusher = relay.connect().await;
-        pusher
-            .authenticate(account.device(1), &account.id)
-            .await
-            .unwrap();
+        let (relay, mut account, revoker) = TestRelay::with_account(2).await;
+        let pusher = relay.connect_as(&account, 1).await;
         let gone = account.device(1).device_id();
         pusher
             .push(envelopes(&account.id, &gone, 1, 3, 100))
@@ -41,14 +26,14 @@ async fn a_roster_ending_a_stream_before_its_head_is_refused_and_the_device_fenc
         // every device that has not pulled it yet, and serve it to those that have.
         account.remove_device(1);
         account.removed[0].final_seq = 2;
-        assert_eq!(
-            code(revoker.expect_ok(put_roster(account.roster())).await),
-            ErrorCode::StreamAhead
+        assert_refused(
+            revoker.expect_ok(put_roster(account.roster())).await,
+            ErrorCode::StreamAhead,
         );
         // Until the revoker signs again, the device may not extend its stream.
-        assert_eq!(
-            code(pusher.push(envelopes(&account.id, &gone, 4, 1, 100)).await),
-            ErrorCode::DeviceFenced
+        assert_refused(
+            pusher.push(envelopes(&account.id, &gone, 4, 1, 100)).await,
+            ErrorCode::DeviceFenced,
         );
         // Signed again with the stream's real end: accepted, and the device is removed.
         account.removed[0].final_seq = 3;
@@ -56,14 +41,14 @@ async fn a_roster_ending_a_stream_before_its_head_is_refused_and_the_device_fenc
             .expect_ok(put_roster(account.roster()))
             .await
             .unwrap();
-        assert_eq!(
-            code(pusher.push(envelopes(&account.id, &gone, 4, 1, 100)).await),
-            ErrorCode::DeviceRemoved
+        assert_refused(
+            pusher.push(envelopes(&account.id, &gone, 4, 1, 100)).await,
+            ErrorCode::DeviceRemoved,
         );
         let page = revoker.pull(Vec::new(), 0, 0).await.unwrap();
         let served: Vec<u64> = page.envelopes.iter().map(|e| e.seq).collect();
         assert_eq!(served, [1, 2, 3], "the stream ends at final_seq");
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -73,17 +58,14 @@ async fn a_stream_shorter_than_final_seq_does_not_block_a_revocation() {
     // A relay that lost the tail of a stream (restored from an old backup) must still let the
     // account revoke that device: only envelopes past final_seq are dangerous.
     bounded(async {
-        let relay = TestRelay::start().await;
-        let mut account = TestAccount::new(2);
-        let revoker = relay.connect().await;
-        account.create(&revoker).await;
+        let (relay, mut account, revoker) = TestRelay::with_account(2).await;
         account.remove_device(1);
         account.removed[0].final_seq = 7;
         revoker
             .expect_ok(put_roster(account.roster()))
             .await
             .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }

@@ -7,7 +7,6 @@ mod common;
 use std::sync::Arc;
 
 use common::{TestRelay, bounded};
-use kith_protocol::proto::{self, request};
 use kith_relay::client::RelayClient;
 use rustls::NamedGroup;
 
@@ -29,11 +28,8 @@ async fn kith_clients_and_the_relay_negotiate_x25519mlkem768() {
         // `kith_tls::pinned_client_config`, exactly as kith-client does (net.rs).
         let client = relay.connect().await;
         assert_eq!(group(client.connection()), NamedGroup::X25519MLKEM768);
-        client
-            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-            .await
-            .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        client.challenge().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -61,11 +57,8 @@ async fn a_classical_client_still_connects_with_x25519() {
             .await
             .unwrap();
         assert_eq!(group(client.connection()), NamedGroup::X25519);
-        client
-            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-            .await
-            .unwrap();
-        relay.handle.shutdown().await.unwrap();
+        client.challenge().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }
@@ -80,10 +73,7 @@ fn mtu(client: &RelayClient) -> u16 {
 async fn round_trips_until_past_ethernet(client: &RelayClient) -> usize {
     let mut trips = 0;
     while mtu(client) <= 1452 {
-        client
-            .request(request::Kind::GetChallenge(proto::GetChallenge {}))
-            .await
-            .unwrap();
+        client.challenge().await.unwrap();
         trips += 1;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -108,13 +98,11 @@ async fn datagrams_grow_past_ethernet_size_where_the_path_carries_them() {
             .await
             .unwrap();
         for _ in 0..(trips + 1) * 3 {
-            held.request(request::Kind::GetChallenge(proto::GetChallenge {}))
-                .await
-                .unwrap();
+            held.challenge().await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(mtu(&held) <= 1452, "{}", mtu(&held));
-        relay.handle.shutdown().await.unwrap();
+        relay.stop().await;
     })
     .await;
 }

@@ -7,6 +7,19 @@ use rand_core::utils::next_word_via_fill;
 use rand_core::{TryCryptoRng, TryRng};
 use sha2::{Digest, Sha256};
 
+/// The word methods of a [`TryRng`] whose bytes come from its `try_fill_bytes` alone.
+macro_rules! words_via_fill {
+    () => {
+        fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+            next_word_via_fill(self)
+        }
+
+        fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+            next_word_via_fill(self)
+        }
+    };
+}
+
 /// A deterministic generator: block `i` is `SHA-256(SHA-256(seed) ||
 /// u64be(i))`, consumed front to back. Marked cryptographic so that it can stand in for the
 /// system generator; its output is public, so it must never leave
@@ -34,13 +47,7 @@ impl CounterRng {
 impl TryRng for CounterRng {
     type Error = Infallible;
 
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        next_word_via_fill(self)
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        next_word_via_fill(self)
-    }
+    words_via_fill!();
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
         for byte in dst {
@@ -77,13 +84,7 @@ impl FixedRng {
 impl TryRng for FixedRng {
     type Error = Infallible;
 
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        next_word_via_fill(self)
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        next_word_via_fill(self)
-    }
+    words_via_fill!();
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
         assert!(dst.len() <= self.bytes.len(), "FixedRng ran out of bytes");

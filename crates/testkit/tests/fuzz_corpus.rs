@@ -6,7 +6,7 @@
 //! `valid-*` seeds from the fuzzing fixture (after a change to an encoding, say).
 
 use kith_testkit::fuzz::corpus::{
-    fuzz_dir, missing_target_files, regenerating, replay, write_seeds,
+    assert_replays, fuzz_dir, missing_target_files, regenerating, write_seeds,
 };
 use kith_testkit::fuzz::protocol::{TARGETS, seeds};
 
@@ -15,12 +15,7 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
     if regenerating() {
         write_seeds(&seeds());
     }
-    let (replayed, failures) = replay(TARGETS);
-    assert!(
-        failures.is_empty(),
-        "{replayed} files replayed; failures:\n{}",
-        failures.join("\n")
-    );
+    assert_replays(TARGETS);
 }
 
 #[test]

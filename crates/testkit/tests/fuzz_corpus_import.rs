@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::Path;
 
-use kith_testkit::fuzz::corpus::{fuzz_dir, missing_target_files, regenerating, replay};
+use kith_testkit::fuzz::corpus::{assert_replays, fuzz_dir, missing_target_files, regenerating};
 use kith_testkit::fuzz::import::{TARGETS, seeds};
 
 fn fixture(path: &str) -> String {
@@ -24,12 +24,7 @@ fn every_corpus_file_replays_without_a_panic_and_valid_seeds_are_accepted() {
     if regenerating() {
         write_seeds();
     }
-    let (replayed, failures) = replay(TARGETS);
-    assert!(
-        failures.is_empty(),
-        "{replayed} files replayed; failures:\n{}",
-        failures.join("\n")
-    );
+    assert_replays(TARGETS);
 }
 
 #[test]

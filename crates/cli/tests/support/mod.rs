@@ -222,3 +222,70 @@ pub fn stdout_first_line(
     });
     receive
 }
+
+/// A relay on loopback, served by its own runtime while the test thread runs commands.
+pub struct TestRelay {
+    pub runtime: tokio::runtime::Runtime,
+    pub handle: Option<kith_relay::RelayHandle>,
+    pub address: String,
+    pub pin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// A relay whose configuration `configure` changes first (a certificate of its own).
+    pub fn start_with(configure: impl FnOnce(&mut kith_relay::RelayConfig)) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("relay dir");
+        let mut config = kith_relay::RelayConfig::for_tests(dir.path());
+        configure(&mut config);
+        let handle = runtime
+            .block_on(kith_relay::Relay::start(config))
+            .expect("relay starts");
+        let address = handle.local_addr().to_string();
+        let pin = hex::encode(handle.cert_sha256());
+        Self {
+            runtime,
+            handle: Some(handle),
+            address,
+            pin,
+            dir,
+        }
+    }
+
+    /// An administration request to the relay through its control socket, as
+    /// `kith-relay admin` sends it.
+    pub fn admin(&self, line: &str) -> serde_json::Value {
+        self.runtime
+            .block_on(kith_relay::control::admin(self.dir.path(), line))
+            .unwrap_or_else(|e| panic!("admin {line}: {e}"))
+    }
+
+    /// `--relay ADDR --relay-cert-sha256 PIN`.
+    pub fn args(&self) -> [String; 4] {
+        [
+            "--relay".into(),
+            self.address.clone(),
+            "--relay-cert-sha256".into(),
+            self.pin.clone(),
+        ]
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), handle.shutdown()).await
+            });
+        }
+    }
+}

@@ -13,3 +13,52 @@ pub fn regenerating() -> bool {
 pub fn unhex(text: &str) -> Vec<u8> {
     hex::decode(text).expect("vector file holds hex")
 }
+
+/// A device of the merge property tests: its clock and wall time, the state it merged, the
+/// operations it wrote (in order) and how many of each of the `N` devices' it has received.
+pub struct SimDevice<const N: usize> {
+    pub clock: kith_protocol::hlc::HlcClock,
+    pub now_ms: u64,
+    pub state: kith_protocol::merge::ContactSet,
+    pub log: Vec<kith_protocol::record::Operation>,
+    pub cursors: [usize; N],
+}
+
+impl<const N: usize> SimDevice<N> {
+    /// A device that has written and received nothing, its wall clock at `now_ms`.
+    pub fn new(id: kith_protocol::DeviceId, now_ms: u64) -> Self {
+        Self {
+            clock: kith_protocol::hlc::HlcClock::new(id),
+            now_ms,
+            state: kith_protocol::merge::ContactSet::new(),
+            log: Vec::new(),
+            cursors: [0; N],
+        }
+    }
+
+    /// Observes the clocks of `operations` (another device's) and applies them, in order.
+    pub fn receive(&mut self, operations: &[kith_protocol::record::Operation]) {
+        for operation in operations {
+            self.clock.observe(&operation.clock(), self.now_ms);
+            self.state.apply(operation);
+        }
+    }
+}
+
+/// Delivers to `devices[device]` the next `count` (at most) operations of `devices[from]`'s
+/// log it has not received yet; nothing when they are the same device.
+pub fn deliver<const N: usize>(
+    devices: &mut [SimDevice<N>],
+    device: usize,
+    from: usize,
+    count: usize,
+) {
+    if device == from {
+        return;
+    }
+    let start = devices[device].cursors[from];
+    let end = (start + count).min(devices[from].log.len());
+    let incoming = devices[from].log[start..end].to_vec();
+    devices[device].cursors[from] = end;
+    devices[device].receive(&incoming);
+}

@@ -14,8 +14,8 @@ use std::time::Duration;
 use kith_protocol::encoding::labels;
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::keys::{AccountSigningKey, DeviceAgreementKey, DeviceSigningKey, system_rng};
-use kith_protocol::proto::{self, Cursor, StreamInfo};
-use kith_relay::client::RelayClient;
+use kith_protocol::proto::{self, Cursor, ErrorCode, StreamInfo};
+use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::{Relay, RelayConfig, RelayHandle};
 use prost::Message;
 
@@ -40,11 +40,97 @@ impl TestRelay {
         Self { dir, handle }
     }
 
+    /// A relay with the test configuration, an account of `devices` devices created on it, and
+    /// device 0's connection (authenticated by the creation).
+    pub async fn with_account(devices: usize) -> (Self, TestAccount, RelayClient) {
+        Self::start_with_account(devices, |_| {}).await
+    }
+
+    /// As [`TestRelay::with_account`], the configuration changed by `tweak` first.
+    pub async fn start_with_account(
+        devices: usize,
+        tweak: impl FnOnce(&mut RelayConfig),
+    ) -> (Self, TestAccount, RelayClient) {
+        let relay = Self::start_with(tweak).await;
+        let account = TestAccount::new(devices);
+        let client = relay.connect().await;
+        account.create(&client).await;
+        (relay, account, client)
+    }
+
     pub async fn connect(&self) -> RelayClient {
         RelayClient::connect(self.handle.local_addr(), self.handle.cert_sha256())
             .await
             .unwrap()
     }
+
+    /// A new connection, authenticated as `account`'s device `device`.
+    pub async fn connect_as(&self, account: &TestAccount, device: usize) -> RelayClient {
+        account.authenticated(self.connect().await, device).await
+    }
+
+    /// Authenticates `account`'s device `device` on a new connection: the relay's answer.
+    pub async fn authenticate_afresh(
+        &self,
+        account: &TestAccount,
+        device: usize,
+    ) -> Result<(), RelayClientError> {
+        self.connect()
+            .await
+            .authenticate(account.device(device), &account.id)
+            .await
+    }
+
+    /// What `kith-relay token create` does while the relay runs: a file in the token inbox,
+    /// named by the hash of a registration token.
+    pub fn issue_token(&self, token: &str) {
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes());
+        std::fs::write(
+            kith_relay::token_inbox(self.dir.path()).join(hex::encode(hash)),
+            b"",
+        )
+        .unwrap();
+    }
+
+    /// Shuts the relay down and hands back its data directory, to read what it stored.
+    pub async fn stop_keeping_data(self) -> tempfile::TempDir {
+        self.handle.shutdown().await.unwrap();
+        self.dir
+    }
+
+    /// Shuts the relay down and waits until it has stopped; panics if it did not stop cleanly.
+    pub async fn stop(self) {
+        self.handle.shutdown().await.unwrap();
+    }
+}
+
+/// The error code of a refusal; panics on success or on a failure that is not a refusal.
+#[track_caller]
+pub fn code<T: std::fmt::Debug>(result: Result<T, RelayClientError>) -> ErrorCode {
+    match result {
+        Err(err) => err.code().unwrap_or_else(|| panic!("not a refusal: {err}")),
+        Ok(value) => panic!("expected a refusal, got {value:?}"),
+    }
+}
+
+/// Panics unless `result` is the relay's refusal with `expected` (saying what it was instead).
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, RelayClientError>,
+    expected: ErrorCode,
+) {
+    match result {
+        Err(err) => assert_eq!(err.code(), Some(expected), "{err}"),
+        Ok(value) => panic!("expected a refusal with {expected:?}, got {value:?}"),
+    }
+}
+
+/// Reads the one response the relay writes on a raw stream (the `recv` half of `open_bi`).
+pub async fn read_response(recv: &mut quinn::RecvStream) -> proto::Response {
+    kith_net::read_message::<proto::Response, _>(recv, 1 << 20)
+        .await
+        .unwrap()
+        .expect("the relay closed the stream without a response")
 }
 
 /// A device: its signing key and (unused by the relay) agreement key.
@@ -178,12 +264,41 @@ impl TestAccount {
         self.current = next;
     }
 
-    /// Creates the account on the relay through `client`, as device 0.
-    pub async fn create(&self, client: &RelayClient) {
+    /// `client`, once authenticated as device `device`.
+    pub async fn authenticated(&self, client: RelayClient, device: usize) -> RelayClient {
         client
-            .create_account(self.roster(), self.device(0), &self.id, None)
+            .authenticate(self.device(device), &self.id)
             .await
             .unwrap();
+        client
+    }
+
+    /// Creates the account on the relay through `client`, as device 0.
+    pub async fn create(&self, client: &RelayClient) {
+        self.register(client, None).await.unwrap();
+    }
+
+    /// Asks the relay through `client` to create the account, as device 0, with a
+    /// registration token if given: the relay's answer.
+    pub async fn register(
+        &self,
+        client: &RelayClient,
+        token: Option<&str>,
+    ) -> Result<(), RelayClientError> {
+        client
+            .create_account(self.roster(), self.device(0), &self.id, token)
+            .await
+    }
+
+    /// `count` envelopes of `size` bytes of device `device`'s stream, from seq `first` on.
+    pub fn envelopes(&self, device: usize, first: u64, count: u64, size: usize) -> Vec<Vec<u8>> {
+        envelopes(
+            &self.id,
+            &self.device(device).device_id(),
+            first,
+            count,
+            size,
+        )
     }
 }
 

@@ -112,6 +112,11 @@ impl RelayProcess {
         RelayClient::connect(self.addr, self.pin).await.unwrap()
     }
 
+    /// A new connection, authenticated as `account`'s device `device`.
+    pub async fn connect_as(&self, account: &super::TestAccount, device: usize) -> RelayClient {
+        account.authenticated(self.connect().await, device).await
+    }
+
     /// `kill -9`, then reaps the process.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

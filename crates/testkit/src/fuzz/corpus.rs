@@ -106,6 +106,16 @@ pub fn replay(targets: &[(&str, Body)]) -> (usize, Vec<String>) {
     (replayed, failures)
 }
 
+/// [`replay`]s every target's corpus and panics, listing the failures, if any file failed.
+pub fn assert_replays(targets: &[(&str, Body)]) {
+    let (replayed, failures) = replay(targets);
+    assert!(
+        failures.is_empty(),
+        "{replayed} files replayed; failures:\n{}",
+        failures.join("\n")
+    );
+}
+
 /// The targets without a `fuzz/fuzz_targets/<target>.rs`.
 pub fn missing_target_files(targets: &[(&str, Body)]) -> Vec<PathBuf> {
     targets

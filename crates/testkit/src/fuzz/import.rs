@@ -331,32 +331,16 @@ fn text_value(input: &mut Input<'_>, choices: &[&str]) -> Value {
     Value::Text(input.pick(choices).to_owned())
 }
 
-/// The tables of macOS Messages' `chat.db` the importer reads, plus the ones it must not.
-const CHAT_DB_SCHEMA: &str = "
+/// Set before any table: small pages, no journal, no syncing (a fuzz input's database is
+/// thrown away).
+const FAST_PRAGMAS: &str = "
 PRAGMA page_size = 512;
 PRAGMA journal_mode = OFF;
 PRAGMA synchronous = OFF;
-CREATE TABLE handle (ROWID INTEGER PRIMARY KEY AUTOINCREMENT UNIQUE, id TEXT NOT NULL,
-  country TEXT, service TEXT NOT NULL, uncanonicalized_id TEXT, person_centric_id TEXT,
-  UNIQUE (id, service));
-CREATE TABLE message (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL,
-  text TEXT, handle_id INTEGER DEFAULT 0, subject TEXT, attributedBody BLOB, service TEXT,
-  date INTEGER, is_from_me INTEGER DEFAULT 0, associated_message_type INTEGER DEFAULT 0,
-  item_type INTEGER DEFAULT 0, group_title TEXT);
-CREATE TABLE chat (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL,
-  style INTEGER, chat_identifier TEXT, service_name TEXT, display_name TEXT);
-CREATE TABLE chat_handle_join (chat_id INTEGER, handle_id INTEGER, UNIQUE(chat_id, handle_id));
-CREATE TABLE chat_message_join (chat_id INTEGER, message_id INTEGER, message_date INTEGER,
-  PRIMARY KEY (chat_id, message_id));
-CREATE TABLE attachment (ROWID INTEGER PRIMARY KEY, filename TEXT, transfer_name TEXT);
-CREATE TABLE message_attachment_join (message_id INTEGER, attachment_id INTEGER);
 ";
 
 /// The tables of the macOS Contacts database the importer reads.
 const CONTACTS_DB_SCHEMA: &str = "
-PRAGMA page_size = 512;
-PRAGMA journal_mode = OFF;
-PRAGMA synchronous = OFF;
 CREATE TABLE ZABCDRECORD (Z_PK INTEGER PRIMARY KEY, ZFIRSTNAME VARCHAR, ZLASTNAME VARCHAR,
   ZORGANIZATION VARCHAR, ZNOTE VARCHAR);
 CREATE TABLE ZABCDPHONENUMBER (Z_PK INTEGER PRIMARY KEY, ZOWNER INTEGER, ZFULLNUMBER VARCHAR);
@@ -366,6 +350,7 @@ CREATE TABLE ZABCDEMAILADDRESS (Z_PK INTEGER PRIMARY KEY, ZOWNER INTEGER, ZADDRE
 fn create(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
     remove_database(path);
     let conn = Connection::open(path)?;
+    conn.execute_batch(FAST_PRAGMAS)?;
     conn.execute_batch(schema)?;
     Ok(conn)
 }
@@ -380,7 +365,7 @@ fn insert(conn: &Connection, sql: &str, values: &[Value]) -> rusqlite::Result<()
 }
 
 fn build_chat_db(path: &Path, input: &mut Input<'_>) -> rusqlite::Result<()> {
-    let conn = create(path, CHAT_DB_SCHEMA)?;
+    let conn = create(path, crate::apple_db::CHAT_DB_SCHEMA)?;
     for _ in 0..input.count(8) {
         let row = [
             input.row_id(),
