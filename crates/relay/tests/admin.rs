@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::RelayProcess;
-use common::{TestAccount, TestDevice, bounded, envelopes};
+use common::{TestAccount, TestDevice, assert_refused, bounded};
 use kith_protocol::proto::{self, ErrorCode, request, response};
 use serde_json::Value;
 

@@ -389,7 +389,7 @@ async fn migrate_store_copies_a_sled_relay_into_postgres_and_back() {
                         }))
                         .await
                         .unwrap();
-                    let second = relay.connect_as(&account, 1).await;
+                    let second = relay.connect_as(account, 1).await;
                     let d1 = account.device(1).device_id();
                     second
                         .push(envelopes(&account.id, &d1, 1, 7, 100))
