@@ -101,16 +101,15 @@ pub(crate) fn written_identities<'a>(
         .collect()
 }
 
-/// See [`Device::links_nothing`].
+/// See [`Device::links_nothing`]; `keys` are the identities blinded
+/// ([`ValueCipher::index_key`]).
 fn links_nothing(
-    cipher: &ValueCipher,
     index: &mut IdentityIndex,
     tx: Option<&StoreTxn<'_>>,
     id: RecordId,
-    identities: &[String],
+    keys: impl IntoIterator<Item = [u8; 32]>,
 ) -> Result<bool> {
-    for identity in identities {
-        let key = cipher.index_key(identity);
+    for key in keys {
         let found = match tx {
             Some(tx) => index.get_in(tx, &key)?,
             None => index.get(&key)?,
@@ -159,16 +158,36 @@ impl PulledIdentities {
         }
     }
 
-    /// Settles the records of one page, as just written in `tx`.
-    pub(crate) fn settle_page(&mut self, tx: &StoreTxn<'_>, records: &Records) -> Result<()> {
-        let cipher = tx.cipher();
-        for (id, state) in records {
-            let identities = if state.is_live() {
-                record_identities(state)
-            } else {
-                Vec::new()
-            };
-            if links_nothing(cipher, &mut self.index, Some(tx), *id, &identities)? {
+    /// The blinded identities of each record of a page (none for a record that is not
+    /// live), in the page's order, for [`PulledIdentities::settle_page`]. Needs no store and
+    /// no order, so a pull computes it off the writer's thread.
+    pub(crate) fn blind_page(cipher: &ValueCipher, records: &Records) -> Vec<Vec<[u8; 32]>> {
+        records
+            .values()
+            .map(|state| {
+                if state.is_live() {
+                    record_identities(state)
+                        .iter()
+                        .map(|identity| cipher.index_key(identity))
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect()
+    }
+
+    /// Settles the records of one page, as just written in `tx`; `blinded` is
+    /// [`PulledIdentities::blind_page`] of `records`.
+    pub(crate) fn settle_page(
+        &mut self,
+        tx: &StoreTxn<'_>,
+        records: &Records,
+        blinded: &[Vec<[u8; 32]>],
+    ) -> Result<()> {
+        debug_assert_eq!(records.len(), blinded.len());
+        for (id, keys) in records.keys().zip(blinded) {
+            if links_nothing(&mut self.index, Some(tx), *id, keys.iter().copied())? {
                 self.rest.remove(id);
                 self.settled += 1;
             } else {
@@ -478,7 +497,9 @@ impl Device {
         id: RecordId,
         identities: &[String],
     ) -> Result<bool> {
-        links_nothing(self.inner.store.cipher(), index, tx, id, identities)
+        let cipher = self.inner.store.cipher();
+        let keys = identities.iter().map(|identity| cipher.index_key(identity));
+        links_nothing(index, tx, id, keys)
     }
 
     /// The group of `id` with its view: members' states in `touched`, members sorted, and the

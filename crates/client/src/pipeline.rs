@@ -36,7 +36,10 @@ pub(crate) struct RecordPipeline {
     /// Shared with every in-flight write: the record lock is released when the last of them
     /// and the pipeline are gone.
     guard: Arc<OwnedMutexGuard<()>>,
-    in_flight: Option<InFlight>,
+    /// Batches submitted and not yet written, oldest first: one after
+    /// [`RecordPipeline::submit`], up to [`RecordPipeline::PREPARED_IN_FLIGHT`] after
+    /// [`RecordPipeline::submit_prepared`]. Their writes land in this order.
+    in_flight: std::collections::VecDeque<InFlight>,
     /// Set by [`RecordPipeline::start_on_empty_store`]: the ids this pipeline has loaded, when
     /// the store held no record as it started. An id not in it cannot be in the store (except
     /// one another process wrote since, which every write joins with, see
@@ -91,6 +94,9 @@ impl IdFilter {
 struct InFlight {
     records: Arc<Records>,
     task: tokio::task::JoinHandle<Result<()>>,
+    /// Told once this batch's write has landed (dropped unsent if it failed): the next
+    /// batch's write waits for it ([`RecordPipeline::submit_prepared`]).
+    landed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RecordPipeline {
@@ -100,7 +106,7 @@ impl RecordPipeline {
         Self {
             store: store.clone(),
             guard: Arc::new(guard),
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
             loaded: None,
             group: None,
             prefetched: std::collections::HashMap::new(),
@@ -116,9 +122,9 @@ impl RecordPipeline {
         group
     }
 
-    /// For an import: if the store holds no record yet, every record this pipeline has not
-    /// loaded before is known to be new, and [`RecordPipeline::load`] no longer reads the store
-    /// for it (at 1,000,000 rows each of those reads missed in a record index larger than the
+    /// For an import or a pull: if the store holds no record yet, every record this pipeline
+    /// has not loaded before is known to be new, and [`RecordPipeline::load`] and
+    /// [`RecordPipeline::load_many`] no longer read the store for it (at 1,000,000 rows each of those reads missed in a record index larger than the
     /// page cache: a read of the file per row). Whether the store is empty is read once, here.
     pub(crate) fn start_on_empty_store(&mut self) -> Result<()> {
         if self.store.is_empty(TreeName::Records)? {
@@ -141,7 +147,7 @@ impl RecordPipeline {
             Entry::Occupied(entry) => return Ok(entry.into_mut()),
             Entry::Vacant(entry) => entry,
         };
-        if let Some(state) = self.in_flight.as_ref().and_then(|w| w.records.get(&id)) {
+        if let Some(state) = self.in_flight_state(&id) {
             return Ok(entry.insert(state.clone()));
         }
         if let Some(loaded) = &mut self.loaded
@@ -183,10 +189,7 @@ impl RecordPipeline {
         for round in 0..2 {
             wanted.retain(|id| {
                 !self.prefetched.contains_key(id)
-                    && !self
-                        .in_flight
-                        .as_ref()
-                        .is_some_and(|w| w.records.contains_key(id))
+                    && self.in_flight_state(id).is_none()
                     && !self.group.as_ref().is_some_and(|g| g.holds(id))
             });
             wanted.sort_unstable();
@@ -213,7 +216,8 @@ impl RecordPipeline {
     }
 
     /// [`RecordPipeline::load`] of every id in `ids` not in `touched` yet, the ones neither
-    /// in `touched` nor in flight read from the store in one read
+    /// in `touched` nor in flight (nor known to be new, see
+    /// [`RecordPipeline::start_on_empty_store`]) read from the store in one read
     /// ([`LocalStore::get_many`], in key order); the states are then in `touched`.
     pub(crate) fn load_many(
         &mut self,
@@ -225,8 +229,15 @@ impl RecordPipeline {
             if touched.contains_key(&id) {
                 continue;
             }
-            if let Some(state) = self.in_flight.as_ref().and_then(|w| w.records.get(&id)) {
+            if let Some(state) = self.in_flight_state(&id) {
                 touched.insert(id, state.clone());
+                continue;
+            }
+            if let Some(loaded) = &mut self.loaded
+                && !loaded.insert(&id)
+            {
+                // Never loaded on a store that was empty: new (as in `load`).
+                touched.insert(id, RecordState::new(id));
                 continue;
             }
             if let Some(state) = self.uncommitted(&id)? {
@@ -249,6 +260,11 @@ impl RecordPipeline {
         Ok(())
     }
 
+    /// `id`'s latest state in a batch submitted and not yet written, if one holds it.
+    fn in_flight_state(&self, id: &RecordId) -> Option<&RecordState> {
+        self.in_flight.iter().rev().find_map(|w| w.records.get(id))
+    }
+
     /// `id`'s state as written in the [`WriteGroup`] but not committed yet, if it is there.
     fn uncommitted(&self, id: &RecordId) -> Result<Option<RecordState>> {
         match &self.group {
@@ -257,6 +273,10 @@ impl RecordPipeline {
         }
     }
 
+    /// Batches [`RecordPipeline::submit_prepared`] keeps in flight: the one being prepared
+    /// and the one being written, while the caller merges the next.
+    pub(crate) const PREPARED_IN_FLIGHT: usize = 2;
+
     /// Waits for the batch in flight, then starts `write(records)` on a blocking thread.
     /// `records` are the states the write stores.
     pub(crate) async fn submit(
@@ -264,31 +284,84 @@ impl RecordPipeline {
         records: Records,
         write: impl FnOnce(&Records) -> Result<()> + Send + 'static,
     ) -> Result<()> {
-        let previous = self.finish().await?;
+        self.start(records, 0, |_| Ok(()), move |records, ()| write(records))
+            .await
+    }
+
+    /// Starts `prepare(records)` at once on a blocking thread, beside the write of the batch
+    /// before, then `write(records, prepared)` once that write has landed: writes land in the
+    /// order of submission, and a write runs only if every write before it succeeded.
+    /// Waits only while [`RecordPipeline::PREPARED_IN_FLIGHT`] batches are in flight. `prepare`
+    /// is for the work of a batch that needs no store and no order (encoding and sealing its
+    /// records), so that the writer's thread is left with the transaction (a pull's writer was
+    /// its critical path, the merging thread waiting for it at every page; BENCHMARKS.md,
+    /// "B's pull (issue 18), eighth session").
+    pub(crate) async fn submit_prepared<P: Send + 'static>(
+        &mut self,
+        records: Records,
+        prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
+        write: impl FnOnce(&Records, P) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.start(records, Self::PREPARED_IN_FLIGHT - 1, prepare, write)
+            .await
+    }
+
+    /// Waits until at most `keep` batches are in flight, then starts this one.
+    async fn start<P: Send + 'static>(
+        &mut self,
+        records: Records,
+        keep: usize,
+        prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
+        write: impl FnOnce(&Records, P) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        while self.in_flight.len() > keep {
+            let previous = self.finish_oldest().await?;
+            // The previous batch's states are freed on a blocking thread of their own: not on
+            // the merging thread (dropping a batch of states was 5 % of an import), nor on the
+            // writer's, the busier of the two at 1,000,000 rows (6 % of its time,
+            // BENCHMARKS.md).
+            if let Some(previous) = previous {
+                drop(tokio::task::spawn_blocking(move || drop(previous)));
+            }
+        }
         let records = Arc::new(records);
         let written = Arc::clone(&records);
         let guard = Arc::clone(&self.guard);
-        // The previous batch's states are freed on a blocking thread of their own: not on the
-        // merging thread (dropping a batch of states was 5 % of an import), nor on the writer's,
-        // the busier of the two at 1,000,000 rows (6 % of its time, BENCHMARKS.md).
-        if let Some(previous) = previous {
-            drop(tokio::task::spawn_blocking(move || drop(previous)));
-        }
+        // The write before this one, if still in flight: this write waits until it landed.
+        let before = self.in_flight.back_mut().and_then(|w| w.landed.take());
+        let (landed, landed_rx) = tokio::sync::oneshot::channel();
         let task = tokio::task::spawn_blocking(move || {
-            let result = write(&written);
+            let result = (|| {
+                let prepared = prepare(&written)?;
+                if let Some(before) = before {
+                    // Dropped unsent: the write before failed (its error is the one the
+                    // pipeline reports), and nothing after it may land.
+                    before.blocking_recv().map_err(|_| {
+                        LocalStoreError::WriterFailed("an earlier batch was not written".into())
+                    })?;
+                }
+                write(&written, prepared)
+            })();
+            if result.is_ok() {
+                let _ = landed.send(());
+            }
             drop(guard);
             result
         });
-        self.in_flight = Some(InFlight { records, task });
+        self.in_flight.push_back(InFlight {
+            records,
+            task,
+            landed: Some(landed_rx),
+        });
         Ok(())
     }
 
-    /// Waits until the batch in flight, if any, has been written.
+    /// Waits until every batch in flight has been written.
     pub(crate) async fn wait(&mut self) -> Result<()> {
-        if let Some(records) = self.finish().await? {
-            // The last batch's states are freed on a blocking thread: a page of a pull is
+        while let Some(records) = self.finish_oldest().await? {
+            // The last batches' states are freed on a blocking thread: a page of a pull is
             // thousands of records, and freeing them here kept the caller waiting. (Earlier
-            // batches are freed by the writer task of the next one, see `submit`.)
+            // batches are freed when the next is submitted, see `start`.)
             if Arc::strong_count(&records) == 1 {
                 drop(tokio::task::spawn_blocking(move || drop(records)));
             }
@@ -296,9 +369,9 @@ impl RecordPipeline {
         Ok(())
     }
 
-    /// [`RecordPipeline::wait`], returning the states of the batch that was in flight.
-    async fn finish(&mut self) -> Result<Option<Arc<Records>>> {
-        let Some(in_flight) = self.in_flight.take() else {
+    /// Waits until the oldest batch in flight, if any, has been written; returns its states.
+    async fn finish_oldest(&mut self) -> Result<Option<Arc<Records>>> {
+        let Some(in_flight) = self.in_flight.pop_front() else {
             return Ok(None);
         };
         in_flight
@@ -813,28 +886,35 @@ mod tests {
         assert_eq!(live_count(&other).unwrap(), 2);
     }
 
+    /// Each record sealed for the store, in id order.
+    fn seal_all(store: &LocalStore, records: &Records) -> Vec<Vec<u8>> {
+        records
+            .iter()
+            .map(|(id, state)| {
+                store
+                    .cipher()
+                    .seal(TreeName::Records, id.as_bytes(), &state.encode_to_vec())
+            })
+            .collect()
+    }
+
+    /// Writes `records`, sealed in `sealed` ([`seal_all`]), in one transaction.
+    fn write_sealed(store: &LocalStore, records: &Records, sealed: &[Vec<u8>]) -> Result<()> {
+        store.transaction(|tx| {
+            write_records_in(
+                tx,
+                records
+                    .iter()
+                    .zip(sealed)
+                    .map(|((id, state), sealed)| (id, state, Some(sealed.as_slice()))),
+            )
+        })
+    }
+
     /// A write of merged states, as an import's: sealed, with the live count kept.
     fn sealed_write(store: &LocalStore) -> impl FnOnce(&Records) -> Result<()> + Send + 'static {
         let store = store.clone();
-        move |records: &Records| {
-            let sealed: Vec<Vec<u8>> = records
-                .iter()
-                .map(|(id, state)| {
-                    store
-                        .cipher()
-                        .seal(TreeName::Records, id.as_bytes(), &state.encode_to_vec())
-                })
-                .collect();
-            store.transaction(|tx| {
-                write_records_in(
-                    tx,
-                    records
-                        .iter()
-                        .zip(&sealed)
-                        .map(|((id, state), sealed)| (id, state, Some(sealed.as_slice()))),
-                )
-            })
-        }
+        move |records: &Records| write_sealed(&store, records, &seal_all(&store, records))
     }
 
     /// On a store that was empty when the import began, a record the pipeline already wrote
@@ -1117,5 +1197,147 @@ mod tests {
             "the lock is released once the write lands"
         );
         assert!(read_record(&store, &id(3)).unwrap().is_some());
+    }
+
+    /// A prepared write (as a pull's): sealed in `prepare`, stored in `write` once `release`
+    /// receives, with its batch number appended to `order` as it starts writing.
+    #[allow(clippy::type_complexity)]
+    fn prepared_write(
+        store: &LocalStore,
+        batch: u32,
+        prepare_delay: Duration,
+        order: &Arc<std::sync::Mutex<Vec<u32>>>,
+    ) -> (
+        mpsc::Sender<()>,
+        impl FnOnce(&Records) -> Result<Vec<Vec<u8>>> + Send + 'static,
+        impl FnOnce(&Records, Vec<Vec<u8>>) -> Result<()> + Send + 'static,
+    ) {
+        let (release, wait) = mpsc::channel::<()>();
+        let (sealer, store, order) = (store.clone(), store.clone(), Arc::clone(order));
+        let prepare = move |records: &Records| {
+            std::thread::sleep(prepare_delay);
+            Ok(seal_all(&sealer, records))
+        };
+        let write = move |records: &Records, sealed: Vec<Vec<u8>>| {
+            order.lock().unwrap().push(batch);
+            wait.recv().ok();
+            write_sealed(&store, records, &sealed)
+        };
+        (release, prepare, write)
+    }
+
+    /// Prepared batches are written in the order they were submitted, each after the one
+    /// before has landed, even when a later batch is prepared first; with two batches in
+    /// flight a record is read from the later one; every record of every batch is stored,
+    /// with its latest state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prepared_batches_land_in_order_and_the_latest_in_flight_state_is_read() {
+        let (_dir, store) = store();
+        let lock = Arc::new(Mutex::new(()));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.start_on_empty_store().unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut releases = Vec::new();
+        for batch in 0..6u32 {
+            let mut touched = Records::new();
+            // Record 0 in every batch, built on the state of the batch before: with two
+            // batches in flight that is the later of them.
+            let state = pipeline.load(&mut touched, id(0)).unwrap();
+            if batch > 0 {
+                assert_eq!(
+                    *state,
+                    named(id(0), &format!("batch {}", batch - 1), u64::from(batch)),
+                    "batch {batch} reads record 0 from the latest batch"
+                );
+            }
+            *state = named(id(0), &format!("batch {batch}"), u64::from(batch) + 1);
+            for n in 1..200 {
+                let id = id(batch * 1_000 + n);
+                *pipeline.load(&mut touched, id).unwrap() = named(id, "new", 1);
+            }
+            // Even batches are prepared slowly: the next one is prepared before them.
+            let delay = Duration::from_millis(if batch % 2 == 0 { 150 } else { 0 });
+            let (release, prepare, write) = prepared_write(&store, batch, delay, &order);
+            releases.push(release);
+            pipeline
+                .submit_prepared(touched, prepare, write)
+                .await
+                .unwrap();
+            assert!(pipeline.in_flight.len() <= RecordPipeline::PREPARED_IN_FLIGHT);
+            if batch == 1 {
+                // Two in flight, neither written: the oldest cannot land before it is
+                // released, so a third submission would wait. Release the writes from here on.
+                assert_eq!(pipeline.in_flight.len(), 2);
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(
+                    !order.lock().unwrap().contains(&1),
+                    "batch 1 waits for batch 0"
+                );
+                for release in &releases {
+                    release.send(()).unwrap();
+                }
+            }
+            if batch > 1 {
+                releases.last().unwrap().send(()).unwrap();
+            }
+        }
+        pipeline.wait().await.unwrap();
+        assert_eq!(*order.lock().unwrap(), (0..6).collect::<Vec<_>>());
+        assert_eq!(
+            read_record(&store, &id(0)).unwrap(),
+            Some(named(id(0), "batch 5", 6))
+        );
+        for batch in 0..6u32 {
+            for n in 1..200 {
+                let id = id(batch * 1_000 + n);
+                assert_eq!(read_record(&store, &id).unwrap(), Some(named(id, "new", 1)));
+            }
+        }
+        assert_eq!(live_count(&store).unwrap(), 1 + 6 * 199);
+    }
+
+    /// A prepared batch whose write fails keeps every later batch from being written, and the
+    /// pipeline reports that write's error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_prepared_write_nothing_later_lands() {
+        let (_dir, store) = store();
+        let lock = Arc::new(Mutex::new(()));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (wait_tx, wait_rx) = mpsc::channel::<()>();
+        pipeline
+            .submit_prepared(
+                Records::from([(id(1), named(id(1), "lost", 1))]),
+                |_| Ok(()),
+                move |_, ()| {
+                    wait_rx.recv().ok();
+                    Err(LocalStoreError::Corrupt {
+                        tree: "records",
+                        reason: "a failing write".into(),
+                    }
+                    .into())
+                },
+            )
+            .await
+            .unwrap();
+        let (later, prepare, write) = prepared_write(&store, 1, Duration::ZERO, &order);
+        later.send(()).unwrap();
+        pipeline
+            .submit_prepared(
+                Records::from([(id(2), named(id(2), "after", 1))]),
+                prepare,
+                write,
+            )
+            .await
+            .unwrap();
+        wait_tx.send(()).unwrap();
+        let error = pipeline.wait().await.unwrap_err();
+        assert!(error.to_string().contains("a failing write"), "{error}");
+        // The later batch's write never started, and nothing of either batch is stored.
+        let later_task = pipeline.in_flight.pop_front().unwrap().task;
+        assert!(later_task.await.unwrap().is_err());
+        assert!(order.lock().unwrap().is_empty());
+        assert_eq!(read_record(&store, &id(2)).unwrap(), None);
+        assert_eq!(read_record(&store, &id(1)).unwrap(), None);
     }
 }

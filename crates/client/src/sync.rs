@@ -1068,6 +1068,16 @@ impl Device {
         // Each page's records and cursors are written while the next page is fetched, opened
         // and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
+        // A device's first sync (its store holds no record yet) reads nothing for the records
+        // it has not merged before: they are new (each write still joins with what another
+        // process may have written meanwhile).
+        pipeline.start_on_empty_store()?;
+        // A pull of more than one page gets the store's settings for large writes (larger page
+        // caches, fewer checkpoints) until it ends: each page's transaction inserts thousands
+        // of records at random places of the record index, and with the usual settings every
+        // commit was checkpointed, writing most of the index again (BENCHMARKS.md, "B's pull
+        // (issue 18), eighth session").
+        let mut bulk = None;
         // The next page is asked for as soon as a page arrives, from where that page ends,
         // and used only if the page verified and merged exactly as served (the cursors then
         // are the ones it was asked with); otherwise it is abandoned and asked for again.
@@ -1095,6 +1105,9 @@ impl Device {
                 return Err(crate::net::NetError::Protocol("expected a pull page".into()).into());
             };
             if page.more {
+                if bulk.is_none() {
+                    bulk = Some(self.inner.store.bulk()?);
+                }
                 let mut next = cursors.clone();
                 for stored in &page.envelopes {
                     if let Ok(device) = DeviceId::from_slice(&stored.device_id) {
@@ -1249,21 +1262,41 @@ impl Device {
             let cursors = new_verifiers.clone();
             let device = self.clone();
             let identities = std::sync::Arc::clone(identities);
+            let sealer = self.clone();
             pipeline
-                .submit(touched, move |records| {
-                    // The identity rule for the page, while its states are here, on the
-                    // writer's thread (the next page is merged meanwhile), its index shards
-                    // read in the page's transaction. Pages are written in order, so a later
-                    // state of a record is settled after an earlier one.
-                    let mut identities = identities
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    device.inner.store.transaction(|tx| {
-                        device.write_records(tx, records.iter())?;
-                        device.persist_cursors(tx, &cursors)?;
-                        identities.settle_page(tx, records)
-                    })
-                })
+                .submit_prepared(
+                    touched,
+                    // Beside the previous page's write: each record encoded and sealed for the
+                    // store, and its identities blinded (the writer's thread did this, and was
+                    // the pull's critical path).
+                    move |records| {
+                        let blinded =
+                            PulledIdentities::blind_page(sealer.inner.store.cipher(), records);
+                        Ok((sealer.seal_records(records), blinded))
+                    },
+                    move |records, (sealed, blinded)| {
+                        // The identity rule for the page, while its states are here, on the
+                        // writer's thread (the next page is merged meanwhile), its index shards
+                        // read in the page's transaction. Pages are written in order, so a later
+                        // state of a record is settled after an earlier one.
+                        let mut identities = identities
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        device.inner.store.transaction(|tx| {
+                            crate::pipeline::write_records_in(
+                                tx,
+                                records
+                                    .iter()
+                                    .zip(&sealed)
+                                    .map(|((id, state), (_, sealed))| {
+                                        (id, state, Some(&sealed[..]))
+                                    }),
+                            )?;
+                            device.persist_cursors(tx, &cursors)?;
+                            identities.settle_page(tx, records, &blinded)
+                        })
+                    },
+                )
                 .await?;
             verifiers = new_verifiers;
             report.pulled += parsed.len();
@@ -1315,6 +1348,7 @@ impl Device {
             );
         }
         pipeline.wait().await?;
+        drop(bulk);
         report.relay_moved = self.relay_move_to_follow(moves);
         // What the merged clocks moved the clock to survives a restart (§8).
         self.persist_clock()?;
@@ -1541,16 +1575,6 @@ impl Device {
     /// Reads one record's merged state.
     pub(crate) fn load_record(&self, id: &RecordId) -> Result<Option<RecordState>> {
         crate::pipeline::read_record(&self.inner.store, id)
-    }
-
-    /// Writes merged record states in `tx` (joined with what another process may have
-    /// written meanwhile: see [`crate::pipeline::write_records_in`]).
-    pub(crate) fn write_records<'a>(
-        &self,
-        tx: &StoreTxn<'_>,
-        records: impl Iterator<Item = (&'a RecordId, &'a RecordState)>,
-    ) -> Result<()> {
-        crate::pipeline::write_records_in(tx, records.map(|(id, state)| (id, state, None)))
     }
 
     /// Keeps a subscription open and syncs whenever another device pushes, or when another
