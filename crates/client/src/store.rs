@@ -913,16 +913,22 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn a_value_moved_to_another_key_is_rejected() {
+    /// Seals a value at (`from`, `key`), stores its sealed bytes at (`to`, `moved_to`) and
+    /// expects reading them there to be refused as tampered.
+    fn assert_moved_value_is_refused(from: TreeName, key: &[u8], to: TreeName, moved_to: &[u8]) {
         let (_dir, store) = store();
-        store.put(TreeName::Meta, b"a", b"secret").unwrap();
-        let sealed = store.get_sealed(TreeName::Meta, b"a").unwrap().unwrap();
-        store.put_sealed(TreeName::Meta, b"b", &sealed).unwrap();
+        store.put(from, key, b"secret").unwrap();
+        let sealed = store.get_sealed(from, key).unwrap().unwrap();
+        store.put_sealed(to, moved_to, &sealed).unwrap();
         assert!(matches!(
-            store.get(TreeName::Meta, b"b"),
+            store.get(to, moved_to),
             Err(LocalStoreError::Tampered { .. })
         ));
+    }
+
+    #[test]
+    fn a_value_moved_to_another_key_is_rejected() {
+        assert_moved_value_is_refused(TreeName::Meta, b"a", TreeName::Meta, b"b");
     }
 
     #[test]
@@ -946,14 +952,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_value_moved_to_another_tree_is_rejected() {
-        let (_dir, store) = store();
-        store.put(TreeName::Records, b"k", b"secret").unwrap();
-        let sealed = store.get_sealed(TreeName::Records, b"k").unwrap().unwrap();
-        store.put_sealed(TreeName::Pending, b"k", &sealed).unwrap();
-        assert!(matches!(
-            store.get(TreeName::Pending, b"k"),
-            Err(LocalStoreError::Tampered { .. })
-        ));
+        assert_moved_value_is_refused(TreeName::Records, b"k", TreeName::Pending, b"k");
     }
 
     #[test]

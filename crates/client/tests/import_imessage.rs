@@ -8,6 +8,7 @@ use kith_client::import::{
     address_book, imessage,
 };
 use kith_protocol::proto;
+use kith_testkit::apple_db::sqlite_file;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
@@ -415,16 +416,15 @@ fn a_file_that_is_not_sqlite_is_one_wrong_kind_error() {
 #[test]
 fn a_chat_db_lacking_a_needed_column_is_the_wrong_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("chat.db");
-    let conn = Connection::open(&path).unwrap();
-    conn.execute_batch(
+    let (path, conn) = sqlite_file(
+        dir.path(),
+        "chat.db",
         "CREATE TABLE handle (ROWID INTEGER PRIMARY KEY, id TEXT);
          CREATE TABLE message (ROWID INTEGER PRIMARY KEY, text TEXT);
          CREATE TABLE chat (ROWID INTEGER PRIMARY KEY, style INTEGER);
          CREATE TABLE chat_handle_join (chat_id INTEGER, handle_id INTEGER);
          CREATE TABLE chat_message_join (chat_id INTEGER, message_id INTEGER);",
-    )
-    .unwrap();
+    );
     drop(conn);
     let err = imessage::import(&path, None, &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, ImportError::WrongKind { .. }), "{err:?}");
@@ -461,9 +461,9 @@ fn the_default_region_decides_numbers_without_a_country_code() {
     conn.execute("UPDATE handle SET id = '020 7946 0018' WHERE ROWID = 2", [])
         .unwrap();
     drop(conn);
-    let book = dir.path().join("AddressBook-v22.abcddb");
-    let conn = Connection::open(&book).unwrap();
-    conn.execute_batch(
+    let (book, conn) = sqlite_file(
+        dir.path(),
+        "AddressBook-v22.abcddb",
         "CREATE TABLE ZABCDRECORD (Z_PK INTEGER PRIMARY KEY, ZFIRSTNAME VARCHAR, ZLASTNAME VARCHAR,
            ZORGANIZATION VARCHAR, ZNOTE VARCHAR);
          CREATE TABLE ZABCDPHONENUMBER (Z_PK INTEGER PRIMARY KEY, ZOWNER INTEGER, ZFULLNUMBER VARCHAR);
@@ -471,8 +471,7 @@ fn the_default_region_decides_numbers_without_a_country_code() {
          INSERT INTO ZABCDRECORD VALUES (1, 'Ada', NULL, 'PRIVATE-MARKER-91c2e4', 'PRIVATE-MARKER-91c2e4');
          INSERT INTO ZABCDPHONENUMBER VALUES (1, 1, '020 7946 0018');
          INSERT INTO ZABCDEMAILADDRESS VALUES (1, 1, 'FRIEND@example.com');",
-    )
-    .unwrap();
+    );
     drop(conn);
 
     let gb = ImportOptions {

@@ -623,6 +623,44 @@ pub fn peek_header(envelope_bytes: &[u8]) -> Result<HeaderView, EnvelopeError> {
     decode_header(framing.header).map(|(view, _)| view)
 }
 
+/// The ciphertext length [`seal`] produces for a `payload_len`-byte payload: the Padmé-padded
+/// length plus the tag, which [`peek_header`]'s framing check requires.
+pub const fn ciphertext_len(payload_len: usize) -> usize {
+    padding::padded_len(payload_len) as usize + TAG_LEN
+}
+
+/// An envelope that [`peek_header`] accepts but nobody sealed: a canonical header for
+/// (`account`, `device`, `seq`) in epoch 1 with a zero `prev_hash` and a filler nonce,
+/// `ciphertext` as given (make it [`ciphertext_len`] long) and a filler signature.
+///
+/// What the relay checks of a push and nothing more, so that a load tool (`kith-relay bench`)
+/// and tests can fill a relay without keys; any receiver refuses it (the signature does not
+/// verify).
+pub fn unsealed_for_relay(
+    account: &AccountId,
+    device: &DeviceId,
+    seq: u64,
+    ciphertext: Vec<u8>,
+) -> Vec<u8> {
+    let header = proto::EnvelopeHeader {
+        format_version: FORMAT_VERSION,
+        account_id: account.as_bytes().to_vec(),
+        device_id: device.as_bytes().to_vec(),
+        seq,
+        epoch: 1,
+        prev_hash: vec![0; 32],
+        kind: PayloadKind::Operations as i32,
+        nonce: vec![7; NONCE_LEN],
+    }
+    .encode_to_vec();
+    proto::Envelope {
+        header,
+        ciphertext,
+        signature: vec![1; SIGNATURE_LEN],
+    }
+    .encode_to_vec()
+}
+
 /// An envelope decoded once from untrusted bytes: header bytes kept verbatim (they are the
 /// AEAD's associated data and are signed, so they are never re-encoded), the validated header
 /// fields, the ciphertext, the signature and the envelope's hash.

@@ -37,6 +37,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Lets unit tests include test support written against this crate's public paths (see
+// `roster/tests.rs`, which includes kith-testkit's `account.rs`).
+#[cfg(test)]
+extern crate self as kith_protocol;
+
 /// Generated protobuf types (`proto/kith/v1/*.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {

@@ -9,18 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 mod common;
 use common::{SimDevice, deliver};
 
+use kith_protocol::RecordId;
 use kith_protocol::hlc::Hlc;
 use kith_protocol::merge::{ContactSet, Groups, RecordState};
 use kith_protocol::record::{FieldKey, FieldKind, FieldWrite, Operation, OperationKind, value};
-use kith_protocol::{DeviceId, RecordId};
 use proptest::prelude::*;
 
 const DEVICES: usize = 3;
 const RECORDS: u8 = 4;
-
-fn device(n: usize) -> DeviceId {
-    DeviceId::from_bytes([n as u8 + 1; 16])
-}
 
 fn record(n: u8) -> RecordId {
     RecordId::from_bytes([n + 1; 16])
@@ -119,9 +115,7 @@ impl Device {
 }
 
 fn simulate(actions: &[Action]) -> Vec<Device> {
-    let mut devices: Vec<Device> = (0..DEVICES)
-        .map(|n| Device::new(device(n), 1_000 + n as u64))
-        .collect();
+    let mut devices = Device::fleet(|n| 1_000 + n as u64);
     for action in actions {
         match *action {
             Action::Write {
@@ -141,13 +135,7 @@ fn simulate(actions: &[Action]) -> Vec<Device> {
                 me.upsert(record(r), vec![write]);
             }
             Action::Delete { device, record: r } => {
-                let me = &mut devices[device];
-                me.now_ms += 1;
-                let floor = me.state.get(&record(r)).and_then(RecordState::latest_clock);
-                let clock = me.clock.tick_after(me.now_ms, floor).unwrap();
-                let op = Operation::delete(record(r), clock);
-                me.state.apply(&op);
-                me.log.push(op);
+                devices[device].delete(record(r), 1);
             }
             Action::Merge { device, a, b } | Action::Unmerge { device, a, b } if a == b => {
                 let _ = device;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 mod common;
-use common::{SimDevice, deliver};
+use common::{SimDevice, deliver, sim_device_id as device};
 
 use kith_protocol::hlc::{Hlc, HlcClock, MAX_CLOCK_OFFSET_MS};
 use kith_protocol::merge::{Conflict, ContactSet, Head, RecordState};
@@ -23,10 +23,6 @@ const RECORDS: u8 = 3;
 const FIELDS: usize = 4;
 /// Value choice meaning "remove the field".
 const REMOVE: usize = 3;
-
-fn device(n: usize) -> DeviceId {
-    DeviceId::from_bytes([n as u8 + 1; 16])
-}
 
 fn record(n: u8) -> RecordId {
     RecordId::from_bytes([n; 16])
@@ -123,9 +119,7 @@ impl Device {
 /// for the fields it writes (for a delete, the whole record), and must then be what its device
 /// shows, whatever the clocks it has seen.
 fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
-    let mut devices: Vec<Device> = (0..DEVICES)
-        .map(|n| Device::new(device(n), start_ms[n]))
-        .collect();
+    let mut devices = Device::fleet(|n| start_ms[n]);
     for action in actions {
         match *action {
             Action::Write {
@@ -168,14 +162,9 @@ fn simulate(actions: &[Action], start_ms: [u64; DEVICES]) -> Vec<Device> {
                 advance_ms,
             } => {
                 let me = &mut devices[device];
-                me.now_ms += advance_ms;
-                let floor = me.state.get(&record(r)).and_then(RecordState::latest_clock);
-                let clock = me.clock.tick_after(me.now_ms, floor).unwrap();
-                let operation = Operation::delete(record(r), clock);
-                me.state.apply(&operation);
+                me.delete(record(r), advance_ms);
                 let deleted = me.state.get(&record(r)).expect("a tombstone");
                 assert!(deleted.fields().is_empty(), "the delete hides all it saw");
-                me.log.push(operation);
             }
             Action::Receive {
                 device,

@@ -197,29 +197,12 @@ fn envelope(
     seq: u64,
     body: &[u8],
 ) -> Vec<u8> {
-    let header = proto::EnvelopeHeader {
-        format_version: 1,
-        account_id: account.as_bytes().to_vec(),
-        device_id: device.as_bytes().to_vec(),
-        seq,
-        epoch: 1,
-        prev_hash: vec![0; 32],
-        kind: proto::PayloadKind::Operations as i32,
-        nonce: vec![0; 24],
-    }
-    .encode_to_vec();
-    proto::Envelope {
-        header,
-        ciphertext: body.to_vec(),
-        signature: vec![0; 64],
-    }
-    .encode_to_vec()
+    kith_protocol::envelope::unsealed_for_relay(account, device, seq, body.to_vec())
 }
 
-/// The ciphertext length of a `size`-byte payload: Padmé length plus the tag (the relay checks
-/// the framing).
+/// The ciphertext length of a `size`-byte payload (the relay checks the framing).
 fn ciphertext_len(size: usize) -> usize {
-    kith_protocol::padding::padded_len(size) as usize + kith_protocol::envelope::TAG_LEN
+    kith_protocol::envelope::ciphertext_len(size)
 }
 
 /// The relay processes the tool started (killed when dropped) and their temporary data.

@@ -50,6 +50,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Lets unit tests include test helpers written against this crate's public paths (the sled
+// store's tests include `tests/common/streams.rs`).
+#[cfg(test)]
+extern crate self as kith_relay;
+
 pub mod admin;
 pub mod client;
 pub mod config;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::pg::PgCluster;
+use common::streams::{append_to, envelopes, meta_after, read_from};
 use kith_protocol::ids::{AccountId, DeviceId};
 use kith_protocol::proto;
 use kith_relay::store::{
@@ -174,32 +175,9 @@ fn push_targets_are_one_per_device_replaced_and_removed(backend: &Backend) {
     assert!(store.load_account(&A).unwrap().is_some());
 }
 
-fn envelopes(from: u64, n: u64) -> Vec<Vec<u8>> {
-    (from..from + n)
-        .map(|s| vec![s as u8; 10 + s as usize])
-        .collect()
-}
-
-fn meta_after(first_seq: u64, last_seq: u64) -> StreamMeta {
-    let bytes = envelopes(first_seq, last_seq + 1 - first_seq)
-        .iter()
-        .map(|e| e.len() as u64)
-        .sum();
-    StreamMeta {
-        first_seq,
-        last_seq,
-        bytes,
-        envelopes: last_seq + 1 - first_seq,
-    }
-}
-
 /// Appends envelopes `from..from + n` of `account`'s stream of device D (stream from seq 1).
 fn append(store: &dyn Store, account: &AccountId, from: u64, n: u64) {
-    let envs = envelopes(from, n);
-    let refs: Vec<&[u8]> = envs.iter().map(Vec::as_slice).collect();
-    store
-        .append(account, &D, from, &refs, &meta_after(1, from + n - 1))
-        .unwrap();
+    append_to(store, account, &D, from, n);
 }
 
 fn read(
@@ -208,29 +186,7 @@ fn read(
     after: u64,
     max: usize,
 ) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
-    let mut out = Vec::new();
-    let end = store
-        .read_stream(account, &D, after, &mut |seq, e| {
-            if out.len() == max {
-                return false;
-            }
-            out.push((seq, e.to_vec()));
-            true
-        })
-        .unwrap();
-    // The zero-copy path serves the same.
-    let mut bytes = Vec::new();
-    store
-        .read_stream_bytes(account, &D, after, &mut |seq, e| {
-            if bytes.len() == max {
-                return false;
-            }
-            bytes.push((seq, e.to_vec()));
-            true
-        })
-        .unwrap();
-    assert_eq!(out, bytes);
-    (out, end)
+    read_from(store, account, &D, after, max)
 }
 
 /// An encoded signed roster claiming `version` (the store does not verify signatures).

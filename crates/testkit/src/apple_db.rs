@@ -1,6 +1,19 @@
 //! The schemas of the macOS databases the importers read, for tests and fuzz targets that build
 //! such databases of their own.
 
+#[cfg(feature = "sqlite")]
+use std::path::{Path, PathBuf};
+
+/// Creates the SQLite file `name` in `dir` and runs `sql` in it: the file's path and the
+/// connection, still open (drop it before an importer reads the file, or keep writing).
+#[cfg(feature = "sqlite")]
+pub fn sqlite_file(dir: &Path, name: &str, sql: &str) -> (PathBuf, rusqlite::Connection) {
+    let path = dir.join(name);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(sql).unwrap();
+    (path, conn)
+}
+
 /// The tables of macOS Messages' `chat.db` the importer reads, plus the ones it must not
 /// (`attachment` and its join: a file name is private).
 pub const CHAT_DB_SCHEMA: &str = "

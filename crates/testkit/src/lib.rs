@@ -7,7 +7,7 @@
 //! | `fuzz::import` (feature `importers`, on by default) | the bodies of the importer fuzz targets | `fuzz/ --features importers`, `tests/fuzz_corpus_import.rs` |
 //! | [`rng`] | [`rng::CounterRng`] and [`rng::FixedRng`], deterministic generators | the fixture, the protocol crate's vector tests |
 //! | [`account`] | [`new_device`] | the protocol crate's integration tests |
-//! | [`apple_db`] | the schema of macOS Messages' `chat.db` | the iMessage importer's tests, `fuzz::import` |
+//! | [`apple_db`] | the schema of macOS Messages' `chat.db`; SQLite files built from SQL (feature `sqlite`) | the importers' tests, `fuzz::import` |
 //! | [`envelope`] | relay-shaped envelopes with opaque bodies | the relay's tests |
 //! | [`secret_service`] | a throwaway Linux Secret Service (GNOME Keyring on a private D-Bus session) | the keychain tests of the client and the CLI |
 //!

@@ -263,14 +263,13 @@ mod tests {
     #[test]
     fn a_column_name_that_is_not_utf8_is_refused_before_the_authorizer_sees_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chat.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
+        let (path, conn) = kith_testkit::apple_db::sqlite_file(
+            dir.path(),
+            "chat.db",
             "CREATE TABLE chat (ROWID INTEGER PRIMARY KEY, style INTEGER);
              INSERT INTO chat VALUES (1, 45);
              PRAGMA writable_schema = ON;",
-        )
-        .unwrap();
+        );
         let sql: &[u8] = b"CREATE TABLE chat (R\xe1WID INTEGER PRIMARY KEY, style INTEGER)";
         conn.execute(
             "UPDATE sqlite_master SET sql = CAST(?1 AS TEXT) WHERE name = 'chat'",

@@ -3,22 +3,17 @@ use super::*;
 use crate::epoch::account_key_for_epoch;
 use crate::keys::{DeviceAgreementKey, DeviceSigningKey, system_rng};
 
+// kith-testkit's device builder, compiled into this crate (a dev-dependency on kith-testkit
+// would bring a second copy of this crate, whose `NewDevice` is another type here).
+#[path = "../../../testkit/src/account.rs"]
+mod test_account;
+use test_account::new_device;
+
 struct Account {
     key: AccountSigningKey,
     keys: EpochKeys,
     roster: VerifiedRoster,
     devices: Vec<DeviceSigningKey>,
-}
-
-fn new_device(name: &str) -> (DeviceSigningKey, NewDevice) {
-    let mut rng = system_rng();
-    let key = DeviceSigningKey::generate(&mut rng);
-    let device = NewDevice {
-        signing_key: key.public(),
-        agreement_key: DeviceAgreementKey::generate(&mut rng).public(),
-        name: name.to_owned(),
-    };
-    (key, device)
 }
 
 /// An account with `n` devices named `device-0`, `device-1`, …

@@ -24,7 +24,20 @@ pub struct SimDevice<const N: usize> {
     pub cursors: [usize; N],
 }
 
+/// The id of simulated device `n` (0-based; never the zero id).
+pub fn sim_device_id(n: usize) -> kith_protocol::DeviceId {
+    kith_protocol::DeviceId::from_bytes([n as u8 + 1; 16])
+}
+
 impl<const N: usize> SimDevice<N> {
+    /// The `N` devices of a simulation, device `n` with id [`sim_device_id`]`(n)` and its wall
+    /// clock at `start_ms(n)`.
+    pub fn fleet(start_ms: impl Fn(usize) -> u64) -> Vec<Self> {
+        (0..N)
+            .map(|n| Self::new(sim_device_id(n), start_ms(n)))
+            .collect()
+    }
+
     /// A device that has written and received nothing, its wall clock at `now_ms`.
     pub fn new(id: kith_protocol::DeviceId, now_ms: u64) -> Self {
         Self {
@@ -34,6 +47,20 @@ impl<const N: usize> SimDevice<N> {
             log: Vec::new(),
             cursors: [0; N],
         }
+    }
+
+    /// Advances the wall clock by `advance_ms`, then deletes `record` with a clock later than
+    /// every clock of the record this device has merged: applied here and appended to the log.
+    pub fn delete(&mut self, record: kith_protocol::RecordId, advance_ms: u64) {
+        self.now_ms += advance_ms;
+        let floor = self
+            .state
+            .get(&record)
+            .and_then(kith_protocol::merge::RecordState::latest_clock);
+        let clock = self.clock.tick_after(self.now_ms, floor).unwrap();
+        let operation = kith_protocol::record::Operation::delete(record, clock);
+        self.state.apply(&operation);
+        self.log.push(operation);
     }
 
     /// Observes the clocks of `operations` (another device's) and applies them, in order.

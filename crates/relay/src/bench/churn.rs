@@ -226,8 +226,7 @@ pub(super) async fn run(
     println!("after setup: {}", rss_line(relay_pid));
 
     // The cycles, one after another.
-    let ciphertext_len =
-        kith_protocol::padding::padded_len(churn.size) as usize + kith_protocol::envelope::TAG_LEN;
+    let ciphertext_len = kith_protocol::envelope::ciphertext_len(churn.size);
     let body: Arc<[u8]> = (0..ciphertext_len).map(|i| (i * 131 % 251) as u8).collect();
     let start = Instant::now();
     let mut peak_during = 0u64;

@@ -1671,9 +1671,15 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+// The conformance suite's stream helpers, shared with these tests.
+#[cfg(test)]
+#[path = "../../tests/common/streams.rs"]
+mod store_streams;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use store_streams::{append_to, envelopes, read_from};
 
     const A: AccountId = AccountId::from_bytes([1; 32]);
     const B: AccountId = AccountId::from_bytes([2; 32]);
@@ -1685,60 +1691,12 @@ mod tests {
         (dir, store)
     }
 
-    fn envelopes(from: u64, n: u64) -> Vec<Vec<u8>> {
-        (from..from + n)
-            .map(|s| vec![s as u8; 10 + s as usize])
-            .collect()
-    }
-
     fn append(store: &SledStore, account: &AccountId, from: u64, n: u64) {
-        let envs = envelopes(from, n);
-        let refs: Vec<&[u8]> = envs.iter().map(Vec::as_slice).collect();
-        let meta = StreamMeta {
-            first_seq: 1,
-            last_seq: from + n - 1,
-            bytes: 0,
-            envelopes: from + n - 1,
-        };
-        store.append(account, &D, from, &refs, &meta).unwrap();
+        append_to(store, account, &D, from, n);
     }
 
     fn read_all(store: &SledStore, after: u64, max: usize) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
-        read_all_of_account(store, &A, after, max)
-    }
-
-    /// [`read_all`] through the zero-copy path.
-    fn read_all_of(store: &SledStore, after: u64, max: usize) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
-        let mut out = Vec::new();
-        let end = store
-            .read_stream_bytes(&A, &D, after, &mut |seq, e| {
-                if out.len() == max {
-                    return false;
-                }
-                out.push((seq, e.to_vec()));
-                true
-            })
-            .unwrap();
-        (out, end)
-    }
-
-    fn read_all_of_account(
-        store: &SledStore,
-        account: &AccountId,
-        after: u64,
-        max: usize,
-    ) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
-        let mut out = Vec::new();
-        let end = store
-            .read_stream(account, &D, after, &mut |seq, e| {
-                if out.len() == max {
-                    return false;
-                }
-                out.push((seq, e.to_vec()));
-                true
-            })
-            .unwrap();
-        (out, end)
+        read_from(store, &A, &D, after, max)
     }
 
     #[test]
@@ -1783,7 +1741,7 @@ mod tests {
             store.sync_all().unwrap();
         }
         let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
-        let (got, _) = read_all_of(&store, 0, 100);
+        let (got, _) = read_all(&store, 0, 100);
         assert_eq!(got, (4..=10).zip(envelopes(4, 7)).collect::<Vec<_>>());
         // The truncated head is no longer counted live; the tail is.
         let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
@@ -1867,10 +1825,10 @@ mod tests {
         let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
         std::fs::remove_dir_all(backup_dir(dir.path(), SCHEMA_INLINE)).unwrap();
         append(&store, &A, 6, 5);
-        let (got, _) = read_all_of(&store, 0, 100);
+        let (got, _) = read_all(&store, 0, 100);
         assert_eq!(got, (1..=10).zip(envelopes(1, 10)).collect::<Vec<_>>());
         store.truncate(&A, &D, 3).unwrap();
-        let (got, _) = read_all_of(&store, 0, 100);
+        let (got, _) = read_all(&store, 0, 100);
         assert_eq!(got, (3..=10).zip(envelopes(3, 8)).collect::<Vec<_>>());
         let schema = store.db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap();
         assert_eq!(schema.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
@@ -1964,8 +1922,8 @@ mod tests {
         };
         {
             let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
-            assert_eq!(read_all_of(&store, 0, usize::MAX).0, want);
-            assert_eq!(read_all_of(&store, 200, usize::MAX).0, want[200..]);
+            assert_eq!(read_all(&store, 0, usize::MAX).0, want);
+            assert_eq!(read_all(&store, 200, usize::MAX).0, want[200..]);
             let account = store.load_account(&A).unwrap().unwrap();
             assert_eq!(account.roster, b"roster A");
             assert_eq!(account.streams, vec![(D, meta)]);
@@ -2005,7 +1963,7 @@ mod tests {
             store.sync_all().unwrap();
         }
         let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
-        let got = read_all_of(&store, 0, usize::MAX).0;
+        let got = read_all(&store, 0, usize::MAX).0;
         assert_eq!(got.first().map(|(s, _)| *s), Some(100));
         assert_eq!(got[..want.len() - 99], want[99..]);
         assert_eq!(got.len(), want.len() - 99 + 2);
@@ -2038,7 +1996,7 @@ mod tests {
         let want: Vec<(u64, Vec<u8>)> = (1..).zip(all.iter().cloned()).collect();
         {
             let store = SledStore::open(dir.path(), 1 << 20, 1 << 20).unwrap();
-            assert_eq!(read_all_of(&store, 0, usize::MAX).0, want);
+            assert_eq!(read_all(&store, 0, usize::MAX).0, want);
             // Interrupted after the mark: the old keys back, the clean-up flag set.
             let meta = store.db.open_tree("meta").unwrap();
             meta.insert(CLEANUP_KEY, &[]).unwrap();
@@ -2063,7 +2021,7 @@ mod tests {
                 .contains_key(CLEANUP_KEY)
                 .unwrap()
         );
-        assert_eq!(read_all_of(&store, 0, usize::MAX).0, want);
+        assert_eq!(read_all(&store, 0, usize::MAX).0, want);
         let live: u64 = store.log_usage().iter().map(|(_, _, live)| live).sum();
         assert_eq!(live, all.iter().map(|e| e.len() as u64 + 4).sum::<u64>());
     }
@@ -2127,7 +2085,7 @@ mod tests {
         store.delete_account(&A).unwrap();
         store.sync_all().unwrap();
         assert!(!found(dir.path()), "the envelopes are overwritten");
-        let (got, _) = read_all_of_account(&store, &B, 0, 100);
+        let (got, _) = read_from(&store, &B, &D, 0, 100);
         assert_eq!(got.len(), 5, "the other account is intact");
     }
 
@@ -2168,12 +2126,12 @@ mod tests {
         for (id, size, live) in &after {
             assert!(*id == active || live * 2 >= *size, "{after:?}");
         }
-        let (got, _) = read_all_of_account(&store, &B, 0, 1000);
+        let (got, _) = read_from(&store, &B, &D, 0, 1000);
         assert_eq!(got.len(), 80);
         assert!(got.iter().all(|(_, e)| *e == big));
         drop(store);
         let store = SledStore::open_with_segments(dir.path(), 1 << 20, 4096, segment).unwrap();
-        let (got, _) = read_all_of_account(&store, &B, 0, 1000);
+        let (got, _) = read_from(&store, &B, &D, 0, 1000);
         assert_eq!(got.len(), 80, "pointers and segments agree after a reopen");
     }
 

@@ -7,6 +7,7 @@ pub mod latency;
 pub mod pg;
 pub mod process;
 pub mod rng;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::time::Duration;
