@@ -149,6 +149,28 @@ pub(crate) struct AccountState {
     pub(crate) clock: HlcClock,
 }
 
+impl AccountState {
+    /// The state of a device just set up (created, recovered or linked): its clock starts
+    /// afresh.
+    fn fresh(
+        account_id: AccountId,
+        roster: VerifiedRoster,
+        account_key: AccountSigningKey,
+        epochs: EpochKeys,
+        recovery: Option<RecoverySealing>,
+        device_id: DeviceId,
+    ) -> Self {
+        AccountState {
+            account_id,
+            roster,
+            account_key,
+            epochs,
+            recovery,
+            clock: HlcClock::new(device_id),
+        }
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) home: PathBuf,
     pub(crate) secrets: DeviceSecrets,
@@ -308,14 +330,14 @@ impl Device {
         // that cannot be reached, or refuses it, leaves no home behind (nor does Ctrl-C).
         let guard = HomeGuard::new(home)?;
         keystore.save(&secrets)?;
-        let state = AccountState {
+        let state = AccountState::fresh(
             account_id,
             roster,
             account_key,
             epochs,
-            recovery: Some(recovery),
-            clock: HlcClock::new(secrets.signing_key.device_id()),
-        };
+            Some(recovery),
+            secrets.signing_key.device_id(),
+        );
         let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
         device.put_recovery_bundle(&connection).await?;
         device.inner.store.flush().await?;
@@ -336,10 +358,7 @@ impl Device {
             .load()?
             .ok_or_else(|| ClientError::NotInitialized(home.display().to_string()))?;
         let device_id = secrets.signing_key.device_id();
-        let store = LocalStore::open(
-            &store_path(home),
-            &secrets.store_secret.local_store_key(&device_id),
-        )?;
+        let store = open_store(home, &secrets)?;
         let settings: Settings = store
             .get(TreeName::Meta, meta::SETTINGS)?
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -382,7 +401,6 @@ impl Device {
             clock.restore(last, now_ms());
         }
         let relay = settings.relay()?;
-        let record_id_key = epochs.record_id_key()?;
         let state = AccountState {
             account_id,
             roster,
@@ -391,14 +409,28 @@ impl Device {
             recovery,
             clock,
         };
+        Self::assemble(home, secrets, store, relay, settings.device_name, state)
+    }
+
+    /// The device of `home` with its secrets, its open store, relay, name and account state
+    /// (not connected yet).
+    fn assemble(
+        home: &Path,
+        secrets: DeviceSecrets,
+        store: LocalStore,
+        relay: RelayTarget,
+        device_name: String,
+        state: AccountState,
+    ) -> Result<Device> {
+        let record_id_key = state.epochs.record_id_key()?;
         Ok(Device {
             inner: Arc::new(Inner {
                 home: home.to_path_buf(),
+                device_id: secrets.signing_key.device_id(),
                 secrets,
-                device_id,
                 store,
                 relay: Mutex::new(relay),
-                device_name: settings.device_name,
+                device_name,
                 state: Mutex::new(state),
                 connection: tokio::sync::Mutex::new(None),
                 record_id_key,
@@ -414,30 +446,19 @@ impl Device {
         relay: &RelayTarget,
         device_name: &str,
     ) -> Result<Device> {
-        let device_id = secrets.signing_key.device_id();
-        let store = LocalStore::open(
-            &store_path(home),
-            &secrets.store_secret.local_store_key(&device_id),
-        )?;
+        let store = open_store(home, &secrets)?;
         let settings = Settings::new(&state.account_id, device_name, relay);
         let settings =
             serde_json::to_vec(&settings).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         store.put(TreeName::Meta, meta::SETTINGS, &settings)?;
-        let record_id_key = state.epochs.record_id_key()?;
-        let device = Device {
-            inner: Arc::new(Inner {
-                home: home.to_path_buf(),
-                secrets,
-                device_id,
-                store,
-                relay: Mutex::new(relay.clone()),
-                device_name: device_name.to_string(),
-                state: Mutex::new(state),
-                connection: tokio::sync::Mutex::new(None),
-                record_id_key,
-                records_lock: Arc::new(tokio::sync::Mutex::new(())),
-            }),
-        };
+        let device = Self::assemble(
+            home,
+            secrets,
+            store,
+            relay.clone(),
+            device_name.to_string(),
+            state,
+        )?;
         device.persist_state()?;
         device.inner.store.flush_blocking()?;
         Ok(device)
@@ -1046,14 +1067,14 @@ impl Device {
         put_own_epoch_keys(&connection, &account_id, &secrets, &epochs).await?;
         let guard = HomeGuard::new(home)?;
         keystore.save(&secrets)?;
-        let state = AccountState {
+        let state = AccountState::fresh(
             account_id,
             roster,
             account_key,
             epochs,
-            recovery: Some(recovery_key.sealing()),
-            clock: HlcClock::new(secrets.signing_key.device_id()),
-        };
+            Some(recovery_key.sealing()),
+            secrets.signing_key.device_id(),
+        );
         let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
         *device.inner.connection.lock().await = Some(connection);
         // Joined: the rest can be repeated with `kith sync`, the home stays.
@@ -1450,14 +1471,8 @@ impl PendingLink {
         // Ctrl-C, a relay that cannot be reached) leaves nothing behind.
         let guard = HomeGuard::new(&self.home)?;
         self.keystore.save(&self.secrets)?;
-        let state = AccountState {
-            account_id,
-            roster,
-            account_key,
-            epochs,
-            recovery,
-            clock: HlcClock::new(device_id),
-        };
+        let state =
+            AccountState::fresh(account_id, roster, account_key, epochs, recovery, device_id);
         let PendingLink {
             home,
             relay,
@@ -1472,6 +1487,15 @@ impl PendingLink {
         device.sync().await?;
         Ok(device)
     }
+}
+
+/// Opens the local store of `home` with the key the device secrets derive for it.
+fn open_store(home: &Path, secrets: &DeviceSecrets) -> Result<LocalStore> {
+    let device_id = secrets.signing_key.device_id();
+    Ok(LocalStore::open(
+        &store_path(home),
+        &secrets.store_secret.local_store_key(&device_id),
+    )?)
 }
 
 /// Sleeps for `duration`, or until `deadline` if that comes first.
