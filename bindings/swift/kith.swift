@@ -2707,7 +2707,7 @@ public func FfiConverterTypeContactRemovals_lower(_ value: ContactRemovals) -> R
 
 
 /**
- * A contact, as `kith contacts show --json` shows it.
+ * A contact, as `kith contacts show --json` prints it and the app bindings return it.
  */
 public struct ContactView: Equatable, Hashable {
     /**
@@ -2739,7 +2739,7 @@ public struct ContactView: Equatable, Hashable {
      */
     public var emails: [EmailView]
     /**
-     * Phone numbers.
+     * Phone numbers (E.164).
      */
     public var phones: [PhoneView]
     /**
@@ -2784,7 +2784,7 @@ public struct ContactView: Equatable, Hashable {
          * E-mail addresses.
          */emails: [EmailView], 
         /**
-         * Phone numbers.
+         * Phone numbers (E.164).
          */phones: [PhoneView], 
         /**
          * Web addresses.
@@ -3127,7 +3127,7 @@ public struct HandleView: Equatable, Hashable {
      */
     public var service: String
     /**
-     * The handle.
+     * The handle on it.
      */
     public var handle: String
 
@@ -3138,7 +3138,7 @@ public struct HandleView: Equatable, Hashable {
          * The service (`twitter`, `mastodon` …).
          */service: String, 
         /**
-         * The handle.
+         * The handle on it.
          */handle: String) {
         self.service = service
         self.handle = handle
@@ -3555,7 +3555,8 @@ public struct RelayAccountInfo: Equatable, Hashable {
      */
     public var envelopes: UInt64
     /**
-     * Whether the operator set `bytes_quota` for this account (not the relay's default).
+     * Whether the operator set `bytes_quota` for this account (not the relay's
+     * default); `None` (`null`) from a relay older than 0.2.0, as every field below.
      */
     public var bytesQuotaSet: Bool?
     /**
@@ -3603,7 +3604,8 @@ public struct RelayAccountInfo: Equatable, Hashable {
          * Envelopes stored.
          */envelopes: UInt64, 
         /**
-         * Whether the operator set `bytes_quota` for this account (not the relay's default).
+         * Whether the operator set `bytes_quota` for this account (not the relay's
+         * default); `None` (`null`) from a relay older than 0.2.0, as every field below.
          */bytesQuotaSet: Bool?, 
         /**
          * Whether the operator set `devices_max` for this account.
@@ -4383,7 +4385,8 @@ public func FfiConverterTypeClearableField_lower(_ value: ClearableField) -> Rus
 
 
 /**
- * The exports an import reads (as `kith import KIND`).
+ * The exports an import reads (as `kith import KIND`). `Imessage` is read from a file path
+ * only; `Calendar` and `Mail` need `me`.
  */
 
 public enum ImportKind: Equatable, Hashable {
@@ -4393,27 +4396,29 @@ public enum ImportKind: Equatable, Hashable {
      */
     case linkedin
     /**
-     * Facebook `your_friends.json` (or `friends.json`).
+     * Facebook `your_friends.json` or `friends.json`.
      */
     case facebook
     /**
-     * macOS Messages `chat.db` (message counts per person only; from a file path only).
+     * macOS Messages `chat.db`: message counts per person only, never message text;
+     * names from the address book.
      */
     case imessage
     /**
-     * A vCard file (2.1, 3.0 or 4.0).
+     * A vCard file, 2.1, 3.0 or 4.0.
      */
     case vcard
     /**
-     * An iCalendar file (.ics) or a Google Takeout zip of them (needs `me`).
+     * An iCalendar file (.ics) or a Google Takeout zip of them: meetings, never
+     * descriptions.
      */
     case calendar
     /**
-     * An mbox, headers only (needs `me`).
+     * An mbox (Gmail Takeout, Thunderbird, Apple Mail): headers only, never a body.
      */
     case mail
     /**
-     * A Twitter/X archive zip (follows).
+     * A Twitter/X archive zip: follows, never direct messages.
      */
     case twitter
 

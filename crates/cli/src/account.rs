@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use kith_client::account::day_text;
 use kith_client::import::{DroppedField, SkippedRow};
 use kith_client::{AccountInfo, ImportSummary, SyncReport};
 use serde::Serialize;
@@ -37,21 +38,13 @@ pub struct SyncJson {
 impl SyncJson {
     /// The shape of a report.
     pub fn new(report: &SyncReport, contacts: u64) -> Self {
-        let mut warnings: Vec<String> = report.newer_format.iter().map(|n| n.to_string()).collect();
-        warnings.extend(report.past_end.iter().map(|end| {
-            format!(
-                "the relay served device {} past the end of its stream (seq {} after {})",
-                end.device, end.seq, end.final_seq
-            )
-        }));
-        warnings.extend(report.withheld.iter().map(ToString::to_string));
         Self {
             pushed: report.pushed,
             pulled: report.pulled,
             changed: report.changed.iter().map(|id| id.to_hex()).collect(),
             contacts,
             healed: report.healed.as_ref().map(ToString::to_string),
-            warnings,
+            warnings: report.warnings(),
         }
     }
 }
@@ -116,65 +109,38 @@ pub struct AccountInfoJson {
     pub relay: RelayAccountJson,
 }
 
-/// The relay's part of `kith account info --json`.
-#[derive(Debug, Serialize)]
-pub struct RelayAccountJson {
-    /// The relay's address.
-    pub address: String,
-    /// Bytes stored (envelopes and sealed keys).
-    pub bytes_used: u64,
-    /// Bytes the account may store.
-    pub bytes_quota: u64,
-    /// Devices in the relay's roster.
-    pub devices: u64,
-    /// Devices the account may have.
-    pub devices_max: u64,
-    /// Envelopes stored.
-    pub envelopes: u64,
-    /// Whether the operator set `bytes_quota` for this account; `null` from a 0.1.0 relay
-    /// (so for the other keys that may be `null`).
-    pub bytes_quota_set: Option<bool>,
-    /// Whether the operator set `devices_max` for this account.
-    pub devices_max_set: Option<bool>,
-    /// The last day a device was active, as the relay records it (`YYYY-MM-DD`, UTC).
-    pub last_active_day: Option<String>,
-    /// Each device stream: `{device_id, first_seq, last_seq, envelopes, bytes}`.
-    pub streams: Option<Vec<serde_json::Value>>,
-}
-
-fn day_text(day: u32) -> String {
-    output::format_time_ms(u64::from(day) * 86_400_000)
-        .get(..10)
-        .map_or_else(|| day.to_string(), str::to_owned)
+kith_client::relay_account_record! {
+    /// The relay's part of `kith account info --json`.
+    #[derive(Debug, Serialize)]
+    pub struct RelayAccountJson {
+        /// The relay's address.
+        pub address: String,
+    } usage {
+        /// The last day a device was active, as the relay records it (`YYYY-MM-DD`, UTC).
+        pub last_active_day: Option<String>,
+        /// Each device stream: `{device_id, first_seq, last_seq, envelopes, bytes}`.
+        pub streams: Option<Vec<serde_json::Value>>,
+    }
 }
 
 fn relay_json(address: String, info: &AccountInfo) -> RelayAccountJson {
     let detail = info.detail.as_ref();
-    RelayAccountJson {
-        address,
-        bytes_used: info.bytes_used,
-        bytes_quota: info.bytes_quota,
-        devices: info.devices,
-        devices_max: info.devices_max,
-        envelopes: info.envelopes,
-        bytes_quota_set: detail.map(|d| d.bytes_quota_set),
-        devices_max_set: detail.map(|d| d.devices_max_set),
-        last_active_day: detail.and_then(|d| d.last_active_day).map(day_text),
-        streams: detail.map(|d| {
-            d.streams
-                .iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "device_id": s.device.to_hex(),
-                        "first_seq": s.first_seq,
-                        "last_seq": s.last_seq,
-                        "envelopes": s.envelopes,
-                        "bytes": s.bytes,
-                    })
+    let streams = detail.map(|d| {
+        d.streams
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "device_id": s.device.to_hex(),
+                    "first_seq": s.first_seq,
+                    "last_seq": s.last_seq,
+                    "envelopes": s.envelopes,
+                    "bytes": s.bytes,
                 })
-                .collect()
-        }),
-    }
+            })
+            .collect()
+    });
+    let last_active_day = detail.and_then(|d| d.last_active_day).map(day_text);
+    RelayAccountJson::with_usage(info, address, last_active_day, streams)
 }
 
 /// `kith account info`.

@@ -909,18 +909,8 @@ async fn sync(home: &Path, json: bool) -> Result<()> {
 
 /// Streams a sync could not follow to their end, said on stderr: the rest of the sync worked.
 fn warn_stopped_streams(report: &SyncReport) {
-    for newer in &report.newer_format {
-        eprintln!("warning: {newer}");
-    }
-    for end in &report.past_end {
-        eprintln!(
-            "warning: the relay served device {} past the end the roster gives its stream \
-             (seq {} after {}); that stream ends there and the rest synced",
-            end.device, end.seq, end.final_seq
-        );
-    }
-    for withheld in &report.withheld {
-        eprintln!("warning: {withheld}");
+    for warning in report.warnings() {
+        eprintln!("warning: {warning}");
     }
 }
 

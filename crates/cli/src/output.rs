@@ -3,78 +3,20 @@
 
 use std::fmt::Write as _;
 
+use kith_client::contacts::date_text;
 use kith_client::{ConflictView, Contact, DeviceInfo, MeetingView};
 use kith_protocol::contact::Source;
 use kith_protocol::history;
-use kith_protocol::proto;
 use serde::Serialize;
 
 /// How many hex digits of an id the tables show (any unique prefix of 4 or more is accepted).
 pub const SHORT_ID: usize = 10;
 
-/// A contact, as `contacts list|show|search --json` prints it.
-#[derive(Debug, Serialize)]
-pub struct ContactJson {
-    /// Full hex id.
-    pub id: String,
-    /// Full name.
-    pub name: Option<String>,
-    /// Company.
-    pub company: Option<String>,
-    /// Job title.
-    pub title: Option<String>,
-    /// `YYYY-MM-DD`, or `--MM-DD` when the year is unknown.
-    pub birthday: Option<String>,
-    /// Private note.
-    pub note: Option<String>,
-    /// E-mail addresses.
-    pub emails: Vec<EmailJson>,
-    /// Phone numbers (E.164).
-    pub phones: Vec<PhoneJson>,
-    /// Web addresses.
-    pub urls: Vec<UrlJson>,
-    /// Social and messaging handles.
-    pub handles: Vec<HandleJson>,
-    /// Tags.
-    pub tags: Vec<String>,
+kith_client::contact_records! {
+    #[derive(Debug, Serialize)]
+    pub struct ContactJson, EmailJson, PhoneJson, UrlJson, HandleJson;
     /// Where the contact came from.
-    pub sources: Vec<SourceJson>,
-}
-
-/// An e-mail address.
-#[derive(Debug, Serialize)]
-pub struct EmailJson {
-    /// The address.
-    pub address: String,
-    /// Its label (`home`, `work`, …; may be empty).
-    pub label: String,
-}
-
-/// A phone number.
-#[derive(Debug, Serialize)]
-pub struct PhoneJson {
-    /// E.164.
-    pub number: String,
-    /// Its label (may be empty).
-    pub label: String,
-}
-
-/// A web address.
-#[derive(Debug, Serialize)]
-pub struct UrlJson {
-    /// The URL.
-    pub url: String,
-    /// Its label (may be empty).
-    pub label: String,
-}
-
-/// A social or messaging handle.
-#[derive(Debug, Serialize)]
-pub struct HandleJson {
-    /// The service (`twitter`, `github`, …).
-    pub service: String,
-    /// The handle on it.
-    pub handle: String,
+    sources: SourceJson = SourceJson::from;
 }
 
 /// Where a contact came from, tagged by `kind`.
@@ -214,61 +156,6 @@ pub struct DeviceJson {
     pub clock_ahead_ms: Option<i64>,
     /// "device X's clock is N days ahead …" when that is beyond the 24-hour bound, else `null`.
     pub clock_warning: Option<String>,
-}
-
-fn date_text(date: &proto::Date) -> String {
-    if date.year == 0 {
-        format!("--{:02}-{:02}", date.month, date.day)
-    } else {
-        format!("{:04}-{:02}-{:02}", date.year, date.month, date.day)
-    }
-}
-
-impl From<&Contact> for ContactJson {
-    fn from(c: &Contact) -> Self {
-        ContactJson {
-            id: c.id().to_hex(),
-            name: c.name().map(str::to_owned),
-            company: c.company().map(str::to_owned),
-            title: c.title().map(str::to_owned),
-            birthday: c.birthday().map(date_text),
-            note: c.note().map(str::to_owned),
-            emails: c
-                .emails()
-                .iter()
-                .map(|e| EmailJson {
-                    address: e.address.clone(),
-                    label: e.label.clone(),
-                })
-                .collect(),
-            phones: c
-                .phones()
-                .iter()
-                .map(|p| PhoneJson {
-                    number: p.e164.clone(),
-                    label: p.label.clone(),
-                })
-                .collect(),
-            urls: c
-                .urls()
-                .iter()
-                .map(|u| UrlJson {
-                    url: u.url.clone(),
-                    label: u.label.clone(),
-                })
-                .collect(),
-            handles: c
-                .handles()
-                .iter()
-                .map(|h| HandleJson {
-                    service: h.service.clone(),
-                    handle: h.handle.clone(),
-                })
-                .collect(),
-            tags: c.tags().to_vec(),
-            sources: c.sources().iter().map(SourceJson::from).collect(),
-        }
-    }
 }
 
 impl From<&Source> for SourceJson {

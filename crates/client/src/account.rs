@@ -44,6 +44,16 @@ pub struct AccountDetail {
     pub roster_version: u64,
 }
 
+/// A day counted from 1970-01-01 (UTC) as `YYYY-MM-DD` (the relay's last active day, as
+/// `kith account info` and the app bindings show it); the number itself for a day past the
+/// calendar's range.
+pub fn day_text(day: u32) -> String {
+    i32::try_from(day)
+        .ok()
+        .and_then(chrono::NaiveDate::from_epoch_days)
+        .map_or_else(|| day.to_string(), |date| date.to_string())
+}
+
 /// One device stream on the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -137,5 +147,18 @@ async fn account_info(connection: &RelayConnection) -> Result<AccountInfo> {
             None,
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::day_text;
+
+    #[test]
+    fn the_relays_last_active_day_is_a_utc_date() {
+        assert_eq!(day_text(0), "1970-01-01");
+        assert_eq!(day_text(20_428), "2025-12-06");
+        // Past what a date can hold: the number, not a panic (it comes from the relay).
+        assert_eq!(day_text(u32::MAX), u32::MAX.to_string());
     }
 }

@@ -50,23 +50,22 @@ pub struct EditOptions {
     pub region: Option<Region>,
 }
 
-/// A field an edit can clear (also `kith contacts edit --clear`'s values, with the `clap`
-/// feature).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum ClearField {
-    /// The company.
-    Company,
-    /// The job title.
-    Title,
-    /// The birthday.
-    Birthday,
-    /// The private note.
-    Note,
-    /// Every e-mail address.
-    Emails,
-    /// Every phone number.
-    Phones,
+/// A date as `YYYY-MM-DD`, or `--MM-DD` when the year is unknown (vCard's form): how the
+/// CLI and the app bindings show a birthday.
+pub fn date_text(date: &proto::Date) -> String {
+    if date.year == 0 {
+        format!("--{:02}-{:02}", date.month, date.day)
+    } else {
+        format!("{:04}-{:02}-{:02}", date.year, date.month, date.day)
+    }
+}
+
+clear_field_enum! {
+    /// A field an edit can clear (also `kith contacts edit --clear`'s values, with the `clap`
+    /// feature). Its variants are defined in `mirror.rs`, which the app bindings' copy shares.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+    pub enum ClearField
 }
 
 impl ClearField {

@@ -2,6 +2,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// First: its macros define enums of the modules below.
+#[macro_use]
+mod mirror;
+
 #[cfg(feature = "sync")]
 pub mod account;
 #[cfg(feature = "sync")]

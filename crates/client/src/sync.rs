@@ -144,6 +144,29 @@ pub struct PastEnd {
     pub seq: u64,
 }
 
+impl std::fmt::Display for PastEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the relay served device {} past the end the roster gives its stream (seq {} after \
+             {}); that stream ends there and the rest synced",
+            self.device, self.seq, self.final_seq
+        )
+    }
+}
+
+impl SyncReport {
+    /// The streams this sync could not follow to their end, one sentence each (newer formats,
+    /// removed devices' streams served past their end, withheld envelopes): what `kith sync`
+    /// warns of and the app bindings report. Everything else synced.
+    pub fn warnings(&self) -> Vec<String> {
+        let newer = self.newer_format.iter().map(ToString::to_string);
+        let past_end = self.past_end.iter().map(ToString::to_string);
+        let withheld = self.withheld.iter().map(ToString::to_string);
+        newer.chain(past_end).chain(withheld).collect()
+    }
+}
+
 /// Pending entries gathered for one envelope: encoded batches of operations only.
 #[derive(Default)]
 struct PendingBatch {

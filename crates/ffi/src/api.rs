@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kith_client::account::day_text;
 use kith_client::contacts::{ClearField, ContactFields, EditOptions};
 use kith_client::import::{self, ImportOptions, ImportReport, Region};
 use kith_client::net::{NetError, RelayTarget};
 use kith_client::sync::SyncReport;
-use kith_client::{ClientError, Contact, Device, PendingLink};
+use kith_client::{ClientError, Device, PendingLink};
 use kith_protocol::{DeviceId, RecordId};
 
 use crate::keystore::adapt;
-use crate::support::{date_text, day_text, error_text, run, spawn};
+use crate::support::{error_text, run, spawn};
 
 uniffi::setup_scaffolding!("kith");
 
@@ -334,120 +335,11 @@ impl std::fmt::Debug for NewAccount {
     }
 }
 
-/// An e-mail address of a contact.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct EmailView {
-    /// The address.
-    pub address: String,
-    /// Its label (`home`, `work` …; may be empty).
-    pub label: String,
-}
-
-/// A phone number of a contact.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct PhoneView {
-    /// E.164.
-    pub number: String,
-    /// Its label (may be empty).
-    pub label: String,
-}
-
-/// A web address of a contact.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct UrlView {
-    /// The URL.
-    pub url: String,
-    /// Its label (may be empty).
-    pub label: String,
-}
-
-/// A social or messaging handle of a contact.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct HandleView {
-    /// The service (`twitter`, `mastodon` …).
-    pub service: String,
-    /// The handle.
-    pub handle: String,
-}
-
-/// A contact, as `kith contacts show --json` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct ContactView {
-    /// Full hex id.
-    pub id: String,
-    /// Full name.
-    pub name: Option<String>,
-    /// Company.
-    pub company: Option<String>,
-    /// Job title.
-    pub title: Option<String>,
-    /// `YYYY-MM-DD`, or `--MM-DD` when the year is unknown.
-    pub birthday: Option<String>,
-    /// Private note.
-    pub note: Option<String>,
-    /// E-mail addresses.
-    pub emails: Vec<EmailView>,
-    /// Phone numbers.
-    pub phones: Vec<PhoneView>,
-    /// Web addresses.
-    pub urls: Vec<UrlView>,
-    /// Social and messaging handles.
-    pub handles: Vec<HandleView>,
-    /// Tags.
-    pub tags: Vec<String>,
+kith_client::contact_records! {
+    #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+    pub struct ContactView, EmailView, PhoneView, UrlView, HandleView;
     /// The sources it came from (`linkedin`, `vcard`, `calendar` …).
-    pub sources: Vec<String>,
-}
-
-impl From<&Contact> for ContactView {
-    fn from(contact: &Contact) -> Self {
-        ContactView {
-            id: contact.id().to_hex(),
-            name: contact.name().map(str::to_owned),
-            company: contact.company().map(str::to_owned),
-            title: contact.title().map(str::to_owned),
-            birthday: contact.birthday().map(date_text),
-            note: contact.note().map(str::to_owned),
-            emails: contact
-                .emails()
-                .iter()
-                .map(|e| EmailView {
-                    address: e.address.clone(),
-                    label: e.label.clone(),
-                })
-                .collect(),
-            phones: contact
-                .phones()
-                .iter()
-                .map(|p| PhoneView {
-                    number: p.e164.clone(),
-                    label: p.label.clone(),
-                })
-                .collect(),
-            urls: contact
-                .urls()
-                .iter()
-                .map(|u| UrlView {
-                    url: u.url.clone(),
-                    label: u.label.clone(),
-                })
-                .collect(),
-            handles: contact
-                .handles()
-                .iter()
-                .map(|h| HandleView {
-                    service: h.service.clone(),
-                    handle: h.handle.clone(),
-                })
-                .collect(),
-            tags: contact.tags().to_vec(),
-            sources: contact
-                .sources()
-                .iter()
-                .map(|s| s.kind().as_str().to_owned())
-                .collect(),
-        }
-    }
+    sources: String = |source: &kith_protocol::contact::Source| source.kind().as_str().to_owned();
 }
 
 /// Fields of a new contact, or the fields an edit sets (`None`: leave as is).
@@ -499,34 +391,10 @@ impl ContactInput {
     }
 }
 
-/// A field an edit can clear.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum ClearableField {
-    /// The company.
-    Company,
-    /// The job title.
-    Title,
-    /// The birthday.
-    Birthday,
-    /// The private note.
-    Note,
-    /// Every e-mail address.
-    Emails,
-    /// Every phone number.
-    Phones,
-}
-
-impl From<ClearableField> for ClearField {
-    fn from(field: ClearableField) -> Self {
-        match field {
-            ClearableField::Company => ClearField::Company,
-            ClearableField::Title => ClearField::Title,
-            ClearableField::Birthday => ClearField::Birthday,
-            ClearableField::Note => ClearField::Note,
-            ClearableField::Emails => ClearField::Emails,
-            ClearableField::Phones => ClearField::Phones,
-        }
-    }
+kith_client::clear_field_enum! {
+    /// A field an edit can clear.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+    pub enum ClearableField mirrors ClearField
 }
 
 /// What an edit removes besides the values it sets.
@@ -668,75 +536,56 @@ pub struct RelayStream {
     pub bytes: u64,
 }
 
-/// What the relay holds for the account, as `kith account info` shows it: usage against the
-/// quotas (the relay's defaults, or what its operator set for this account), each device
-/// stream's size and the day a device was last active. Exactly what the relay's operator can
-/// see of the account. A suspended account cannot ask: the call fails with a `Relay` error of
-/// code `AccountSuspended`.
-///
-/// The fields after `envelopes` are `None` from a relay older than 0.2.0, which tells only the
-/// usage figures.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct RelayAccountInfo {
-    /// The relay's address.
-    pub relay_address: String,
-    /// Bytes stored (envelopes and sealed keys).
-    pub bytes_used: u64,
-    /// Bytes the account may store.
-    pub bytes_quota: u64,
-    /// Devices in the relay's roster.
-    pub devices: u64,
-    /// Devices the account may have.
-    pub devices_max: u64,
-    /// Envelopes stored.
-    pub envelopes: u64,
-    /// Whether the operator set `bytes_quota` for this account (not the relay's default).
-    pub bytes_quota_set: Option<bool>,
-    /// Whether the operator set `devices_max` for this account.
-    pub devices_max_set: Option<bool>,
-    /// Of `bytes_used`, the bytes of sealed epoch keys.
-    pub sealed_key_bytes: Option<u64>,
-    /// The last day a device of the account was active, as the relay records it
-    /// (`YYYY-MM-DD`, UTC; the relay keeps the day only). `None` also when no device was
-    /// active yet.
-    pub last_active_day: Option<String>,
-    /// The version of the account's roster the relay holds.
-    pub roster_version: Option<u64>,
-    /// Each device stream the relay stores.
-    pub streams: Option<Vec<RelayStream>>,
+kith_client::relay_account_record! {
+    /// What the relay holds for the account, as `kith account info` shows it: usage against the
+    /// quotas (the relay's defaults, or what its operator set for this account), each device
+    /// stream's size and the day a device was last active. Exactly what the relay's operator can
+    /// see of the account. A suspended account cannot ask: the call fails with a `Relay` error of
+    /// code `AccountSuspended`.
+    ///
+    /// The fields after `envelopes` are `None` from a relay older than 0.2.0, which tells only the
+    /// usage figures.
+    #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+    pub struct RelayAccountInfo {
+        /// The relay's address.
+        pub relay_address: String,
+    } usage {
+        /// Of `bytes_used`, the bytes of sealed epoch keys.
+        pub sealed_key_bytes: Option<u64>,
+        /// The last day a device of the account was active, as the relay records it
+        /// (`YYYY-MM-DD`, UTC; the relay keeps the day only). `None` also when no device was
+        /// active yet.
+        pub last_active_day: Option<String>,
+        /// The version of the account's roster the relay holds.
+        pub roster_version: Option<u64>,
+        /// Each device stream the relay stores.
+        pub streams: Option<Vec<RelayStream>>,
+    }
 }
 
 impl RelayAccountInfo {
     fn new(relay_address: String, info: kith_client::AccountInfo) -> Self {
-        let detail = info.detail;
-        RelayAccountInfo {
+        let detail = info.detail.as_ref();
+        let streams = detail.map(|d| {
+            d.streams
+                .iter()
+                .map(|s| RelayStream {
+                    device_id: s.device.to_hex(),
+                    first_seq: s.first_seq,
+                    last_seq: s.last_seq,
+                    envelopes: s.envelopes,
+                    bytes: s.bytes,
+                })
+                .collect()
+        });
+        Self::with_usage(
+            &info,
             relay_address,
-            bytes_used: info.bytes_used,
-            bytes_quota: info.bytes_quota,
-            devices: info.devices,
-            devices_max: info.devices_max,
-            envelopes: info.envelopes,
-            bytes_quota_set: detail.as_ref().map(|d| d.bytes_quota_set),
-            devices_max_set: detail.as_ref().map(|d| d.devices_max_set),
-            sealed_key_bytes: detail.as_ref().map(|d| d.sealed_key_bytes),
-            last_active_day: detail
-                .as_ref()
-                .and_then(|d| d.last_active_day)
-                .map(day_text),
-            roster_version: detail.as_ref().map(|d| d.roster_version),
-            streams: detail.map(|d| {
-                d.streams
-                    .into_iter()
-                    .map(|s| RelayStream {
-                        device_id: s.device.to_hex(),
-                        first_seq: s.first_seq,
-                        last_seq: s.last_seq,
-                        envelopes: s.envelopes,
-                        bytes: s.bytes,
-                    })
-                    .collect()
-            }),
-        }
+            detail.map(|d| d.sealed_key_bytes),
+            detail.and_then(|d| d.last_active_day).map(day_text),
+            detail.map(|d| d.roster_version),
+            streams,
+        )
     }
 }
 
@@ -767,23 +616,11 @@ pub struct SyncResult {
 
 impl From<SyncReport> for SyncResult {
     fn from(report: SyncReport) -> Self {
-        let mut warnings: Vec<String> = report
-            .newer_format
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        warnings.extend(report.past_end.iter().map(|p| {
-            format!(
-                "the relay served envelope {} of removed device {}, past its last seq {}: ignored",
-                p.seq, p.device, p.final_seq
-            )
-        }));
-        warnings.extend(report.withheld.iter().map(ToString::to_string));
         SyncResult {
             pushed: report.pushed as u64,
             pulled: report.pulled as u64,
             changed: report.changed.iter().map(RecordId::to_hex).collect(),
-            warnings,
+            warnings: report.warnings(),
         }
     }
 }
@@ -799,37 +636,11 @@ pub struct CompactResult {
     pub relay_bytes_after: u64,
 }
 
-/// The exports an import reads (as `kith import KIND`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum ImportKind {
-    /// LinkedIn `Connections.csv`.
-    Linkedin,
-    /// Facebook `your_friends.json` (or `friends.json`).
-    Facebook,
-    /// macOS Messages `chat.db` (message counts per person only; from a file path only).
-    Imessage,
-    /// A vCard file (2.1, 3.0 or 4.0).
-    Vcard,
-    /// An iCalendar file (.ics) or a Google Takeout zip of them (needs `me`).
-    Calendar,
-    /// An mbox, headers only (needs `me`).
-    Mail,
-    /// A Twitter/X archive zip (follows).
-    Twitter,
-}
-
-impl From<ImportKind> for import::Export {
-    fn from(kind: ImportKind) -> Self {
-        match kind {
-            ImportKind::Linkedin => import::Export::Linkedin,
-            ImportKind::Facebook => import::Export::Facebook,
-            ImportKind::Imessage => import::Export::Imessage,
-            ImportKind::Vcard => import::Export::Vcard,
-            ImportKind::Calendar => import::Export::Calendar,
-            ImportKind::Mail => import::Export::Mail,
-            ImportKind::Twitter => import::Export::Twitter,
-        }
-    }
+kith_client::export_enum! {
+    /// The exports an import reads (as `kith import KIND`). `Imessage` is read from a file path
+    /// only; `Calendar` and `Mail` need `me`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+    pub enum ImportKind mirrors import::Export
 }
 
 /// What an import did.

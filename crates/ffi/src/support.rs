@@ -62,21 +62,3 @@ pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
-
-/// A date as `YYYY-MM-DD`, or `--MM-DD` when the year is unknown (vCard's form, and the CLI's).
-pub(crate) fn date_text(date: &kith_protocol::proto::Date) -> String {
-    if date.year == 0 {
-        format!("--{:02}-{:02}", date.month, date.day)
-    } else {
-        format!("{:04}-{:02}-{:02}", date.year, date.month, date.day)
-    }
-}
-
-/// A day counted from 1970-01-01 (UTC) as `YYYY-MM-DD`, as `kith account info` shows the
-/// relay's last active day.
-pub(crate) fn day_text(day: u32) -> String {
-    i32::try_from(day)
-        .ok()
-        .and_then(chrono::NaiveDate::from_epoch_days)
-        .map_or_else(|| day.to_string(), |date| date.to_string())
-}

@@ -4350,7 +4350,7 @@ public object FfiConverterTypeContactRemovals: FfiConverterRustBuffer<ContactRem
 
 
 /**
- * A contact, as `kith contacts show --json` shows it.
+ * A contact, as `kith contacts show --json` prints it and the app bindings return it.
  */
 data class ContactView (
     /**
@@ -4389,7 +4389,7 @@ data class ContactView (
     var `emails`: List<EmailView>
     , 
     /**
-     * Phone numbers.
+     * Phone numbers (E.164).
      */
     var `phones`: List<PhoneView>
     , 
@@ -4655,7 +4655,7 @@ data class HandleView (
     var `service`: kotlin.String
     , 
     /**
-     * The handle.
+     * The handle on it.
      */
     var `handle`: kotlin.String
     
@@ -4974,7 +4974,8 @@ data class RelayAccountInfo (
     var `envelopes`: kotlin.ULong
     , 
     /**
-     * Whether the operator set `bytes_quota` for this account (not the relay's default).
+     * Whether the operator set `bytes_quota` for this account (not the relay's
+     * default); `None` (`null`) from a relay older than 0.2.0, as every field below.
      */
     var `bytesQuotaSet`: kotlin.Boolean?
     , 
@@ -5524,7 +5525,8 @@ public object FfiConverterTypeClearableField: FfiConverterRustBuffer<ClearableFi
 
 
 /**
- * The exports an import reads (as `kith import KIND`).
+ * The exports an import reads (as `kith import KIND`). `Imessage` is read from a file path
+ * only; `Calendar` and `Mail` need `me`.
  */
 
 enum class ImportKind {
@@ -5534,27 +5536,29 @@ enum class ImportKind {
      */
     LINKEDIN,
     /**
-     * Facebook `your_friends.json` (or `friends.json`).
+     * Facebook `your_friends.json` or `friends.json`.
      */
     FACEBOOK,
     /**
-     * macOS Messages `chat.db` (message counts per person only; from a file path only).
+     * macOS Messages `chat.db`: message counts per person only, never message text;
+     * names from the address book.
      */
     IMESSAGE,
     /**
-     * A vCard file (2.1, 3.0 or 4.0).
+     * A vCard file, 2.1, 3.0 or 4.0.
      */
     VCARD,
     /**
-     * An iCalendar file (.ics) or a Google Takeout zip of them (needs `me`).
+     * An iCalendar file (.ics) or a Google Takeout zip of them: meetings, never
+     * descriptions.
      */
     CALENDAR,
     /**
-     * An mbox, headers only (needs `me`).
+     * An mbox (Gmail Takeout, Thunderbird, Apple Mail): headers only, never a body.
      */
     MAIL,
     /**
-     * A Twitter/X archive zip (follows).
+     * A Twitter/X archive zip: follows, never direct messages.
      */
     TWITTER;
 

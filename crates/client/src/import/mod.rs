@@ -410,29 +410,16 @@ impl ImportOptions {
     }
 }
 
-/// The exports there is an importer for (`kith import KIND`, the app bindings' import kinds).
-///
-/// The variants' documentation is also `kith import --help`'s text (with the `clap` feature,
-/// which derives `clap::ValueEnum`). Each is read by the module of its name
-/// ([`linkedin`], [`facebook`], [`imessage`], [`vcard`], [`calendar`], [`mail`], [`twitter`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum Export {
-    /// LinkedIn `Connections.csv`.
-    Linkedin,
-    /// Facebook `your_friends.json` or `friends.json`.
-    Facebook,
-    /// macOS Messages `chat.db`: message counts per person only, never message text; names from
-    /// the address book.
-    Imessage,
-    /// A vCard file, 2.1, 3.0 or 4.0.
-    Vcard,
-    /// An iCalendar file (.ics) or a Google Takeout zip of them: meetings, never descriptions.
-    Calendar,
-    /// An mbox (Gmail Takeout, Thunderbird, Apple Mail): headers only, never a body.
-    Mail,
-    /// A Twitter/X archive zip: follows, never direct messages.
-    Twitter,
+export_enum! {
+    /// The exports there is an importer for (`kith import KIND`, the app bindings' import kinds).
+    ///
+    /// The variants' documentation is also `kith import --help`'s text (with the `clap` feature,
+    /// which derives `clap::ValueEnum`). Each is read by the module of its name
+    /// ([`linkedin`], [`facebook`], [`imessage`], [`vcard`], [`calendar`], [`mail`], [`twitter`]).
+    /// The variants are defined in `mirror.rs`, which the app bindings' copy shares.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+    pub enum Export
 }
 
 /// Reads the export at `path` with its importer. `me` is the person's own addresses (mail and
