@@ -4,14 +4,10 @@
 //! `kith_protocol::envelope::unsealed_for_relay`, which `kith-relay bench` calls too (a shipped
 //! binary cannot depend on this unpublished crate).
 
-use kith_protocol::envelope;
+use kith_protocol::envelope::unsealed_for_relay;
 use kith_protocol::ids::{AccountId, DeviceId};
 
-/// The ciphertext length of a `size`-byte payload: Padmé-padded plus the AEAD tag, as the
-/// protocol crate's framing check requires.
-pub fn ciphertext_len(size: usize) -> usize {
-    envelope::ciphertext_len(size)
-}
+pub use kith_protocol::envelope::ciphertext_len;
 
 /// An envelope with a valid header for (account, device, seq) and the ciphertext of a
 /// `size`-byte payload (opaque bytes: the relay never decrypts).
@@ -27,7 +23,7 @@ pub fn envelope_with(
     size: usize,
     fill: u8,
 ) -> Vec<u8> {
-    envelope::unsealed_for_relay(account, device, seq, vec![fill; ciphertext_len(size)])
+    unsealed_for_relay(account, device, seq, vec![fill; ciphertext_len(size)])
 }
 
 /// Envelopes `from..from + n` of one device, each of a `size`-byte payload.
