@@ -1461,8 +1461,11 @@ fn a_device_with_a_wrong_clock_does_not_freeze_anyones_contacts() {
     let ahead = phone["clock_ahead_ms"]
         .as_i64()
         .expect("B's clock was measured");
+    // Measured between two processes' clocks (B's under faketime): once, on a loaded machine,
+    // it came out 888 ms over the offset, so the upper bound allows a minute of slack; the
+    // warning below still has to round it to exactly 3650 days.
     assert!(
-        (3_649 * day_ms..=3_650 * day_ms).contains(&ahead),
+        (3_649 * day_ms..=3_650 * day_ms + 60_000).contains(&ahead),
         "{phone}"
     );
     let warning = phone["clock_warning"].as_str().expect("a warning");
