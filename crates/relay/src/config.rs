@@ -232,6 +232,12 @@ pub struct Settings {
     /// handshake [default: 600]
     #[arg(long, env = "KITH_RELAY_HANDSHAKES_PER_ADDRESS_PER_MINUTE")]
     pub handshakes_per_address_per_minute: Option<u32>,
+    /// Milliseconds for which a source IP address that a per-address limit refused is not
+    /// answered: its new connections' Initial packets are dropped as they are read, before any
+    /// key is derived for them (its handshakes under way go on); 0 answers every one
+    /// [default: 1000]
+    #[arg(long, env = "KITH_RELAY_REFUSED_ADDRESS_QUIET_MS")]
+    pub refused_address_quiet_ms: Option<u64>,
     /// Failed authentications (Authenticate, CreateAccount, RecoverDevice) per minute per
     /// source IP address; beyond it attempts are refused unverified [default: 30]
     #[arg(long, env = "KITH_RELAY_AUTH_FAILURES_PER_MINUTE")]
@@ -324,6 +330,7 @@ impl Settings {
             max_connections_per_address,
             retry_above_handshakes_per_second,
             handshakes_per_address_per_minute,
+            refused_address_quiet_ms,
             auth_failures_per_minute,
             pull_wait_secs,
             metrics_listen,
@@ -393,6 +400,9 @@ impl Settings {
             handshakes_per_address_per_minute: self
                 .handshakes_per_address_per_minute
                 .unwrap_or(l.handshakes_per_address_per_minute),
+            refused_address_quiet: self
+                .refused_address_quiet_ms
+                .map_or(l.refused_address_quiet, Duration::from_millis),
             auth_failures_per_minute: self
                 .auth_failures_per_minute
                 .unwrap_or(l.auth_failures_per_minute),
@@ -508,6 +518,12 @@ pub struct Bounds {
     /// `MAX_BAD_FRAMES`) is refused at the first packet instead of being handed a handshake
     /// (a key exchange and a signature, computed under the QUIC endpoint's lock) each time.
     pub handshakes_per_address_per_minute: u32,
+    /// How long a source IP address that `max_connections_per_address` or
+    /// `handshakes_per_address_per_minute` refused is not answered: the Initial packets of its
+    /// new connections are dropped as the socket is read, before quinn derives a key for them
+    /// or the relay builds and sends a refusal (its handshakes under way, whose packets name a
+    /// connection id of the relay's, go on). Zero answers every attempt.
+    pub refused_address_quiet: Duration,
     /// Failed authentications per minute per source IP address.
     pub auth_failures_per_minute: u32,
     /// Longest wait of a pull for room in the pull budget.
@@ -541,6 +557,7 @@ impl Default for Bounds {
             max_connections_per_address: 256,
             retry_above_handshakes_per_second: 200,
             handshakes_per_address_per_minute: 600,
+            refused_address_quiet: Duration::from_secs(1),
             auth_failures_per_minute: 30,
             pull_wait: Duration::from_secs(5),
         }
