@@ -794,7 +794,7 @@ mod tests {
             assert!(!unknown.contains("unknown field"), "{key}: {unknown}");
             count += 1;
         }
-        assert_eq!(count, 44, "every setting was looked at");
+        assert_eq!(count, 45, "every setting was looked at");
     }
 
     #[test]
