@@ -234,8 +234,9 @@ pub struct Settings {
     pub handshakes_per_address_per_minute: Option<u32>,
     /// Milliseconds for which a source IP address that a per-address limit refused is not
     /// answered: its new connections' Initial packets are dropped as they are read, before any
-    /// key is derived for them (its handshakes under way go on); 0 answers every one
-    /// [default: 1000]
+    /// key is derived for them (its handshakes under way go on); 0 answers every attempt with a
+    /// refusal. Off by default: clients retransmit unanswered Initials (BENCHMARKS.md, finding 7,
+    /// eighth session) [default: 0]
     #[arg(long, env = "KITH_RELAY_REFUSED_ADDRESS_QUIET_MS")]
     pub refused_address_quiet_ms: Option<u64>,
     /// Failed authentications (Authenticate, CreateAccount, RecoverDevice) per minute per
@@ -522,7 +523,11 @@ pub struct Bounds {
     /// `handshakes_per_address_per_minute` refused is not answered: the Initial packets of its
     /// new connections are dropped as the socket is read, before quinn derives a key for them
     /// or the relay builds and sends a refusal (its handshakes under way, whose packets name a
-    /// connection id of the relay's, go on). Zero answers every attempt.
+    /// connection id of the relay's, go on). Zero (the default) answers every attempt: a
+    /// client that follows QUIC retransmits an unanswered Initial, so against a reconnecting
+    /// client the quiet period trades each ~15 µs refusal for several ~2 µs drops and costs
+    /// the relay about as much (BENCHMARKS.md, finding 7, eighth session); it pays against a
+    /// sender that does not retransmit.
     pub refused_address_quiet: Duration,
     /// Failed authentications per minute per source IP address.
     pub auth_failures_per_minute: u32,
@@ -557,7 +562,8 @@ impl Default for Bounds {
             max_connections_per_address: 256,
             retry_above_handshakes_per_second: 200,
             handshakes_per_address_per_minute: 600,
-            refused_address_quiet: Duration::from_secs(1),
+            // Off: see the field's documentation.
+            refused_address_quiet: Duration::ZERO,
             auth_failures_per_minute: 30,
             pull_wait: Duration::from_secs(5),
         }

@@ -8,7 +8,8 @@
 //! address that keeps trying — the abuser of `kith-relay bench --abuse` sends about a
 //! thousand Initials a second, in bursts — costs the relay that for every attempt, on the
 //! endpoint's one receive path that every other connection's packets also wait on. So the
-//! first refusal starts a quiet period (`refused_address_quiet`, 1 s by default) in which that
+//! first refusal can start a quiet period (`refused_address_quiet`; off by default, because a
+//! client that follows QUIC retransmits an unanswered Initial several times) in which that
 //! address's new connections are not answered at all: a datagram from it whose packets are
 //! all Initial packets naming a connection id that is not the relay's own (the relay's ids are
 //! keyed hashes, `crate::tls`) is given a length of zero, which quinn skips. Packets of the
