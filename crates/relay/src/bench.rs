@@ -742,6 +742,10 @@ async fn abuse_rounds(
             }
         };
         let before = abuser.as_ref().map(|a| a.stats.counts());
+        let (tool_cpu, abuser_cpu) = (
+            cpu_seconds("self"),
+            abuser.as_ref().and_then(|a| a.cpu_seconds()),
+        );
         let (counts, udp, lost, probe) = (
             relay_counts().await,
             abuse::udp_drops(),
@@ -760,6 +764,12 @@ async fn abuse_rounds(
         )
         .await?;
         let took = started.elapsed().as_secs_f64();
+        print_tool_cpu(
+            &name,
+            took,
+            tool_cpu.zip(cpu_seconds("self")),
+            abuser.as_ref().map(|a| abuser_cpu.zip(a.cpu_seconds())),
+        );
         let seen = abuser
             .as_ref()
             .zip(before)
@@ -781,12 +791,14 @@ async fn abuse_rounds(
             println!(
                 "abuser, {name} ({took:.2} s): {} idle connections open at the end; {} \
                  connection attempts: {} refused before any handshake, {} completed a \
-                 handshake, {} failed otherwise; {} established connections closed by the \
+                 handshake, {} not answered within {} ms, {} failed otherwise; {} established connections closed by the \
                  relay; {} stalled pulls sent; {} oversized frames sent",
                 seen.idle_open,
                 seen.attempts,
                 seen.refused,
                 seen.established,
+                seen.unanswered,
+                abuse::ANSWER_WAIT.as_millis(),
                 seen.failed,
                 seen.closed,
                 seen.stalled_sent,
@@ -831,6 +843,47 @@ async fn abuse_rounds(
     );
     summary.print();
     Ok(())
+}
+
+/// The load tool's CPU over one abuse-mode round (`tool`: its CPU seconds at the start and
+/// the end), split between the abuser's thread (`abuser`, when there is an abuser: its
+/// thread's seconds at the start and the end, `None` inside on the honest devices' runtime)
+/// and the rest (the honest devices and the tool). The abuser shares the machine's cores with
+/// the relay and the honest devices; on a real deployment it would not be on the relay's
+/// machine, so its share is what the tool's placement adds to the comparison.
+fn print_tool_cpu(
+    round: &str,
+    wall: f64,
+    tool: Option<(f64, f64)>,
+    abuser: Option<Option<(f64, f64)>>,
+) {
+    let Some((start, end)) = tool else {
+        return;
+    };
+    let all = end - start;
+    let cores = |seconds: f64| seconds / wall.max(1e-9);
+    match abuser {
+        None => println!(
+            "load tool CPU, {round}: {all:.2} s ({:.2} cores), the honest devices and the tool",
+            cores(all)
+        ),
+        Some(Some((start, end))) => {
+            let own = end - start;
+            println!(
+                "load tool CPU, {round}: {all:.2} s ({:.2} cores), of which the abuser's thread \
+                 {own:.2} s ({:.2} cores) and the honest devices and the tool {:.2} s ({:.2} cores)",
+                cores(all),
+                cores(own),
+                all - own,
+                cores(all - own)
+            );
+        }
+        Some(None) => println!(
+            "load tool CPU, {round}: {all:.2} s ({:.2} cores), the abuser's share unknown (it \
+             runs on the honest devices' runtime)",
+            cores(all)
+        ),
+    }
 }
 
 /// One pair of abuse-mode rounds.

@@ -232,6 +232,13 @@ pub struct Settings {
     /// handshake [default: 600]
     #[arg(long, env = "KITH_RELAY_HANDSHAKES_PER_ADDRESS_PER_MINUTE")]
     pub handshakes_per_address_per_minute: Option<u32>,
+    /// Milliseconds for which a source IP address that a per-address limit refused is not
+    /// answered: its new connections' Initial packets are dropped as they are read, before any
+    /// key is derived for them (its handshakes under way go on); 0 answers every attempt with a
+    /// refusal. Off by default: clients retransmit unanswered Initials (BENCHMARKS.md, finding 7,
+    /// eighth session) [default: 0]
+    #[arg(long, env = "KITH_RELAY_REFUSED_ADDRESS_QUIET_MS")]
+    pub refused_address_quiet_ms: Option<u64>,
     /// Failed authentications (Authenticate, CreateAccount, RecoverDevice) per minute per
     /// source IP address; beyond it attempts are refused unverified [default: 30]
     #[arg(long, env = "KITH_RELAY_AUTH_FAILURES_PER_MINUTE")]
@@ -324,6 +331,7 @@ impl Settings {
             max_connections_per_address,
             retry_above_handshakes_per_second,
             handshakes_per_address_per_minute,
+            refused_address_quiet_ms,
             auth_failures_per_minute,
             pull_wait_secs,
             metrics_listen,
@@ -393,6 +401,9 @@ impl Settings {
             handshakes_per_address_per_minute: self
                 .handshakes_per_address_per_minute
                 .unwrap_or(l.handshakes_per_address_per_minute),
+            refused_address_quiet: self
+                .refused_address_quiet_ms
+                .map_or(l.refused_address_quiet, Duration::from_millis),
             auth_failures_per_minute: self
                 .auth_failures_per_minute
                 .unwrap_or(l.auth_failures_per_minute),
@@ -508,6 +519,16 @@ pub struct Bounds {
     /// `MAX_BAD_FRAMES`) is refused at the first packet instead of being handed a handshake
     /// (a key exchange and a signature, computed under the QUIC endpoint's lock) each time.
     pub handshakes_per_address_per_minute: u32,
+    /// How long a source IP address that `max_connections_per_address` or
+    /// `handshakes_per_address_per_minute` refused is not answered: the Initial packets of its
+    /// new connections are dropped as the socket is read, before quinn derives a key for them
+    /// or the relay builds and sends a refusal (its handshakes under way, whose packets name a
+    /// connection id of the relay's, go on). Zero (the default) answers every attempt: a
+    /// client that follows QUIC retransmits an unanswered Initial, so against a reconnecting
+    /// client the quiet period trades each ~15 µs refusal for several ~2 µs drops and costs
+    /// the relay about as much (BENCHMARKS.md, finding 7, eighth session); it pays against a
+    /// sender that does not retransmit.
+    pub refused_address_quiet: Duration,
     /// Failed authentications per minute per source IP address.
     pub auth_failures_per_minute: u32,
     /// Longest wait of a pull for room in the pull budget.
@@ -541,6 +562,8 @@ impl Default for Bounds {
             max_connections_per_address: 256,
             retry_above_handshakes_per_second: 200,
             handshakes_per_address_per_minute: 600,
+            // Off: see the field's documentation.
+            refused_address_quiet: Duration::ZERO,
             auth_failures_per_minute: 30,
             pull_wait: Duration::from_secs(5),
         }
@@ -777,7 +800,7 @@ mod tests {
             assert!(!unknown.contains("unknown field"), "{key}: {unknown}");
             count += 1;
         }
-        assert_eq!(count, 44, "every setting was looked at");
+        assert_eq!(count, 45, "every setting was looked at");
     }
 
     #[test]

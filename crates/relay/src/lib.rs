@@ -60,6 +60,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
+mod gate;
 mod handlers;
 pub mod metrics;
 pub mod rate_limit;

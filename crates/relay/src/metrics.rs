@@ -48,6 +48,7 @@ pub struct Metrics {
     connections_refused: Family<Labels<1>, Counter>,
     handshakes: Family<Labels<1>, Counter>,
     retries: Counter,
+    initials_dropped: Counter,
     authentications: Family<Labels<2>, Counter>,
     requests: Family<Labels<2>, Counter>,
     bad_frames: Counter,
@@ -164,6 +165,13 @@ impl Metrics {
                 Counter::default(),
                 "retries",
                 "QUIC Retry packets sent (new connections above the handshake rate)"
+            ),
+            initials_dropped: register!(
+                Counter::default(),
+                "initials_dropped",
+                "Initial packets of new connections dropped unanswered as the socket was read: \
+                 their source address was refused by a per-address limit within \
+                 refused_address_quiet"
             ),
             authentications: register!(
                 Family::default(),
@@ -286,6 +294,12 @@ impl Metrics {
         self.connections_refused
             .get_or_create(&[("limit", limit)])
             .inc();
+    }
+
+    /// `count` Initial packets of new connections from an address in its quiet period were
+    /// dropped unanswered (`crate::gate`).
+    pub fn initials_dropped(&self, count: u64) {
+        self.initials_dropped.inc_by(count);
     }
 
     /// A QUIC Retry was sent (the handshake rate was exceeded).

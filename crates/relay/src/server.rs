@@ -140,7 +140,8 @@ impl RelayHandle {
             device_buckets: shared.device_limiter.len(),
             address_buckets: shared.lookup_limiter.len()
                 + shared.auth_limiter.len()
-                + shared.address_handshakes.len(),
+                + shared.address_handshakes.len()
+                + shared.quiet.len(),
             frame_bytes: live.frame_bytes.get(),
         }
     }
@@ -168,6 +169,15 @@ impl RelayHandle {
         self.shared
             .upgrade()
             .map_or(0, |shared| shared.live.refused.get())
+    }
+
+    /// How many Initial packets of new connections the relay dropped unanswered as its
+    /// socket was read, because their source address was in its quiet period after a
+    /// per-address limit refused it (`Bounds::refused_address_quiet`).
+    pub fn initials_dropped(&self) -> u64 {
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.quiet.dropped())
     }
 
     /// Shuts down gracefully and waits until the store is flushed.
@@ -276,11 +286,23 @@ impl Relay {
         let certificate = Arc::new(tls::CertificateSource::load(&config)?);
         let server_config = tls::server_config(certificate.clone(), &config.bounds)?;
         let socket = bind_socket(config.listen, config.udp_buffer_bytes)?;
-        let endpoint = quinn::Endpoint::new(
-            tls::endpoint_config(&config)?,
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (endpoint_config, cid_key) = tls::endpoint_config_and_cid_key(&config)?;
+        let quiet = Arc::new(crate::gate::QuietAddresses::new(
+            config.bounds.refused_address_quiet,
+            crate::state::MAX_LIMITER_KEYS,
+            cid_key,
+            metrics.clone(),
+        ));
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(RelayError::io("start the QUIC endpoint"))?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
             Some(server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
+            Arc::new(crate::gate::GatedSocket::new(socket, quiet.clone())),
+            runtime,
         )
         .map_err(RelayError::io("start the QUIC endpoint"))?;
         let local_addr = endpoint
@@ -298,13 +320,13 @@ impl Relay {
             ),
             None => None,
         };
-        let metrics = Arc::new(crate::metrics::Metrics::new());
         let (commit, flusher) = GroupCommit::start(store.clone(), metrics.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let changes = store.changes();
         let mut shared = Shared::new(config, store.clone(), commit, shutdown_rx);
         shared.shared_store = changes.is_some();
         shared.metrics = metrics;
+        shared.quiet = quiet;
         if let Some(push) = &shared.config.push {
             let waker = crate::wake::Waker::start(push, store.clone(), shared.shutdown.clone())?;
             shared.waker = Some(waker);
@@ -564,7 +586,8 @@ async fn sweep(shared: Arc<Shared>) {
         let devices = shared.device_limiter.prune(now);
         let addresses = shared.lookup_limiter.prune(now)
             + shared.auth_limiter.prune(now)
-            + shared.address_handshakes.prune(now);
+            + shared.address_handshakes.prune(now)
+            + shared.quiet.prune(now);
         shared.accounts.trim();
         tracing::trace!(devices, addresses, "rate-limit buckets kept");
         match shared.store.expire_pairing_slots(now_ms()) {
@@ -585,12 +608,17 @@ async fn sweep(shared: Arc<Shared>) {
 }
 
 /// Refuses a new connection at its first packet (QUIC `CONNECTION_REFUSED`), before any TLS
-/// work, because `limit` is reached.
+/// work, because `limit` is reached. A per-address limit also starts the address's quiet
+/// period (`refused_address_quiet`): its next new connections are dropped as the socket is
+/// read, unanswered (`crate::gate`).
 fn refuse(shared: &Shared, incoming: quinn::Incoming, limit: &'static str) {
     if limit == "max_connections" {
         tracing::warn!("connection limit reached");
     } else {
         tracing::debug!("connection limit of a source address reached");
+        shared
+            .quiet
+            .start(incoming.remote_address().ip(), std::time::Instant::now());
     }
     shared.metrics.connection_refused(limit);
     shared.live.refused.bump();

@@ -20,7 +20,7 @@ use kith_protocol::roster::VerifiedRoster;
 
 /// Most distinct devices and addresses tracked by the rate limiters (buckets that refilled
 /// are dropped by the periodic sweep long before that).
-const MAX_LIMITER_KEYS: usize = 100_000;
+pub(crate) const MAX_LIMITER_KEYS: usize = 100_000;
 /// Pending notifications per account before a slow subscriber lags (it then gets a summary).
 const NOTIFY_CAPACITY: usize = 256;
 /// Bytes of pull pages the relay holds at once (built, or sent and not yet acknowledged), at
@@ -580,6 +580,9 @@ pub(crate) struct Shared {
     /// Handshakes started per source address: a burst of its connection cap, then
     /// `handshakes_per_address_per_minute`.
     pub address_handshakes: KeyedLimiter<IpAddr>,
+    /// Source addresses a per-address limit refused lately, whose new connections the socket
+    /// drops unanswered (`crate::gate`).
+    pub quiet: Arc<crate::gate::QuietAddresses>,
     /// A key no device holds: an authentication naming no known device is checked against
     /// it, so that every failure costs the relay, and tells the peer, the same.
     pub decoy_key: DeviceVerifyingKey,
@@ -654,6 +657,12 @@ impl Shared {
                 l.max_connections_per_address,
                 MAX_LIMITER_KEYS,
             ),
+            quiet: Arc::new(crate::gate::QuietAddresses::new(
+                l.refused_address_quiet,
+                MAX_LIMITER_KEYS,
+                0,
+                Arc::default(),
+            )),
             token_inbox: crate::token_inbox(&config.data_dir),
             pull_budget: Arc::new(Semaphore::new(pull_budget_bytes)),
             pull_budget_bytes,

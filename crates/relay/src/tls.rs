@@ -94,6 +94,14 @@ fn file_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 /// connections' ids and answers their packets with a stateless reset their clients accept, so
 /// they reconnect at once instead of waiting out their idle timeout.
 pub fn endpoint_config(config: &RelayConfig) -> Result<quinn::EndpointConfig, TlsError> {
+    endpoint_config_and_cid_key(config).map(|(endpoint, _)| endpoint)
+}
+
+/// [`endpoint_config`], and the key of its hashed connection ids (with which the socket gate,
+/// `crate::gate`, tells a packet of a handshake under way from a new connection's).
+pub(crate) fn endpoint_config_and_cid_key(
+    config: &RelayConfig,
+) -> Result<(quinn::EndpointConfig, u64), TlsError> {
     let path = config.data_dir.join(RESET_KEY);
     let secret = match std::fs::read(&path) {
         Ok(bytes) => zeroize::Zeroizing::new(bytes),
@@ -124,7 +132,7 @@ pub fn endpoint_config(config: &RelayConfig) -> Result<quinn::EndpointConfig, Tl
     endpoint.reset_key(Arc::new(key)).cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    Ok(endpoint)
+    Ok((endpoint, cid_key))
 }
 
 fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {

@@ -135,6 +135,9 @@ async fn connections_over_an_addresss_cap_are_refused_before_any_retry_or_handsh
             c.bounds.max_connections_per_address = 2;
             // Every unvalidated connection beyond one a second would be asked to Retry.
             c.bounds.retry_above_handshakes_per_second = 1;
+            // Every attempt answered, to count one refusal per attempt (the quiet period
+            // after a refusal has its own test below).
+            c.bounds.refused_address_quiet = Duration::ZERO;
         })
         .await;
         let mut held = Vec::new();
@@ -185,6 +188,8 @@ async fn an_address_reopening_connections_is_refused_handshakes_past_its_budget(
             c.bounds.max_connections_per_address = 3;
             // Three at once, then one a minute: none more within this test.
             c.bounds.handshakes_per_address_per_minute = 1;
+            // Every attempt answered, to count one refusal per attempt.
+            c.bounds.refused_address_quiet = Duration::ZERO;
         })
         .await;
         for _ in 0..3 {
@@ -219,6 +224,61 @@ async fn an_address_reopening_connections_is_refused_handshakes_past_its_budget(
             "a refused connection reached the TLS handshake"
         );
         // Another address has a budget of its own.
+        assert_served_from(&relay, "127.0.0.1").await;
+        relay.stop().await;
+    })
+    .await;
+}
+
+/// After a per-address limit refused an address, its new connections are not answered for
+/// `refused_address_quiet`: their Initial packets are dropped as the relay's socket is read,
+/// before quinn derives a key for them and before the relay builds a refusal. Its established
+/// connections and every other address are served as before.
+#[tokio::test]
+async fn an_address_refused_by_a_limit_is_not_answered_for_its_quiet_period() {
+    bounded(async {
+        let relay = TestRelay::start_with(|c| {
+            c.bounds.max_connections_per_address = 2;
+            // Longer than the test: every attempt after the first refusal falls inside it.
+            c.bounds.refused_address_quiet = Duration::from_secs(600);
+        })
+        .await;
+        let held = [
+            connect_from(&relay, "127.0.0.2").await.unwrap(),
+            connect_from(&relay, "127.0.0.2").await.unwrap(),
+        ];
+        let refused = relay.handle.connections_refused();
+        assert_connection_refused(connect_from(&relay, "127.0.0.2").await, "over the cap");
+        assert_eq!(relay.handle.connections_refused() - refused, 1);
+        let dropped = relay.handle.initials_dropped();
+        let attempts = 5;
+        for _ in 0..attempts {
+            // No answer comes: the client gives up on its own.
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(300),
+                connect_from(&relay, "127.0.0.2"),
+            )
+            .await;
+            assert!(
+                attempt.is_err(),
+                "an attempt in the quiet period was answered: {:?}",
+                attempt.map(|r| r.err())
+            );
+        }
+        // Every attempt's Initial reaches the relay's socket and is dropped there (waited
+        // for, not timed: a busy machine reads the socket late).
+        while relay.handle.initials_dropped() - dropped < attempts {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            relay.handle.connections_refused() - refused,
+            1,
+            "an attempt in the quiet period reached the accept loop"
+        );
+        // The address's established connections are served; another address connects.
+        for client in &held {
+            client.challenge().await.unwrap();
+        }
         assert_served_from(&relay, "127.0.0.1").await;
         relay.stop().await;
     })

@@ -57,6 +57,10 @@ pub struct AbuseStats {
     pub refused: AtomicU64,
     /// Attempts that failed otherwise (a handshake that timed out or broke).
     pub failed: AtomicU64,
+    /// Attempts the relay did not answer within [`ANSWER_WAIT`] (its quiet period after a
+    /// refusal drops them unanswered); the abuser tries again at once, so that the relay's
+    /// silence does not slow it down.
+    pub unanswered: AtomicU64,
     /// Established connections the relay closed (not authenticated in time, too many bad
     /// frames).
     pub closed: AtomicU64,
@@ -76,6 +80,7 @@ impl AbuseStats {
             established: get(&self.established),
             refused: get(&self.refused),
             failed: get(&self.failed),
+            unanswered: get(&self.unanswered),
             closed: get(&self.closed),
             stalled_sent: get(&self.stalled_sent),
             oversized_sent: get(&self.oversized_sent),
@@ -91,6 +96,7 @@ pub struct AbuseCounts {
     pub established: u64,
     pub refused: u64,
     pub failed: u64,
+    pub unanswered: u64,
     pub closed: u64,
     pub stalled_sent: u64,
     pub oversized_sent: u64,
@@ -105,6 +111,7 @@ impl std::ops::Sub for AbuseCounts {
             established: self.established - earlier.established,
             refused: self.refused - earlier.refused,
             failed: self.failed - earlier.failed,
+            unanswered: self.unanswered - earlier.unanswered,
             closed: self.closed - earlier.closed,
             stalled_sent: self.stalled_sent - earlier.stalled_sent,
             oversized_sent: self.oversized_sent - earlier.oversized_sent,
@@ -120,9 +127,19 @@ pub struct Abuser {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Its UDP endpoints, closed by [`Abuser::stop`].
     endpoints: Vec<quinn::Endpoint>,
+    /// Its thread's id (`/proc/self/task/<tid>`), when it runs on a thread of its own.
+    tid: Option<String>,
 }
 
 impl Abuser {
+    /// CPU seconds (user + system) the abuser's thread has used: everything the abuser does
+    /// (its TLS client work, its sockets' system calls), apart from the honest devices' and
+    /// the tool's own. `None` on the honest devices' runtime (`--abuse-same-runtime`).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let tid = self.tid.as_ref()?;
+        super::cpu_seconds(&format!("self/task/{tid}"))
+    }
+
     /// Closes every abuser connection (the relay is told, so that none of them lingers into
     /// the next round until its idle timeout), then stops every abuser task and waits for its
     /// thread.
@@ -176,6 +193,7 @@ pub async fn start(
             stop,
             thread: None,
             endpoints,
+            tid: None,
         });
     }
     let (ready, is_ready) = tokio::sync::oneshot::channel();
@@ -183,6 +201,14 @@ pub async fn start(
     let thread = std::thread::Builder::new()
         .name("abuser".into())
         .spawn(move || {
+            // "<pid>/task/<tid>": this thread's own CPU account.
+            let tid = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|path| {
+                    path.file_name()
+                        .and_then(|name| name.to_str())
+                        .map(str::to_owned)
+                });
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -197,13 +223,13 @@ pub async fn start(
                 let mut stopped = stopped;
                 let started = run(abuse, source, addr, pin, thread_stats, stopped.clone()).await;
                 let ok = started.is_ok();
-                let _ = ready.send(started);
+                let _ = ready.send(started.map(|endpoints| (endpoints, tid)));
                 if ok {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 }
             });
         })?;
-    let endpoints = is_ready
+    let (endpoints, tid) = is_ready
         .await
         .map_err(|_| anyhow!("the abuser's thread ended"))??;
     Ok(Abuser {
@@ -211,6 +237,7 @@ pub async fn start(
         stop,
         thread: Some(thread),
         endpoints,
+        tid,
     })
 }
 
@@ -271,29 +298,92 @@ async fn run(
     Ok(endpoints)
 }
 
-/// One connection attempt of the abuser's, counted by how it ended.
-async fn attempt(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    stats: &AbuseStats,
-) -> Option<RelayClient> {
-    stats.attempts.fetch_add(1, Ordering::Relaxed);
-    match RelayClient::connect_with(endpoint.clone(), addr).await {
+/// How long an attempt waits for the relay's answer (a completed handshake or a refusal)
+/// before the abuser makes its next attempt: about the pause after a refusal, so that an
+/// abuser the relay does not answer sends new connections as often as one it refuses. The
+/// attempt is not given up: it goes on waiting, for up to [`STRAGGLER_WAIT`], beside the next
+/// ones (a handshake slowed by a busy machine still completes, and is held as an idle
+/// connection).
+pub const ANSWER_WAIT: Duration = Duration::from_millis(500);
+
+/// How long an attempt that was not answered within [`ANSWER_WAIT`] goes on waiting: the
+/// relay's handshake timeout.
+const STRAGGLER_WAIT: Duration = Duration::from_secs(10);
+
+/// How one connection attempt of the abuser's ended.
+enum Attempt {
+    Established(RelayClient),
+    /// Refused, or failed otherwise: pause before the next.
+    Refused,
+    /// No answer within [`ANSWER_WAIT`]: the next at once (this one waits on by itself).
+    Unanswered,
+}
+
+/// Counts how a connection attempt ended.
+fn outcome(result: Result<RelayClient, RelayClientError>, stats: &AbuseStats) -> Attempt {
+    match result {
         Ok(client) => {
             stats.established.fetch_add(1, Ordering::Relaxed);
-            Some(client)
+            Attempt::Established(client)
         }
         Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(close)))
             if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
         {
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            None
+            Attempt::Refused
         }
         Err(_) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
-            None
+            Attempt::Refused
         }
     }
+}
+
+/// One connection attempt of the abuser's, counted by how it ended. One not answered within
+/// [`ANSWER_WAIT`] is left to wait on its own (and, if it connects, to be held open like an
+/// idle connection).
+async fn attempt(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    stats: &Arc<AbuseStats>,
+    stopped: &watch::Receiver<bool>,
+) -> Attempt {
+    stats.attempts.fetch_add(1, Ordering::Relaxed);
+    let mut connect = Box::pin(RelayClient::connect_with(endpoint.clone(), addr));
+    tokio::select! {
+        result = &mut connect => return outcome(result, stats),
+        _ = tokio::time::sleep(ANSWER_WAIT) => {}
+    }
+    stats.unanswered.fetch_add(1, Ordering::Relaxed);
+    let (stats, mut stopped) = (stats.clone(), stopped.clone());
+    tokio::spawn(async move {
+        let result = tokio::select! {
+            result = tokio::time::timeout(STRAGGLER_WAIT, connect) => result,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let Ok(result) = result else {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if let Attempt::Established(client) = outcome(result, &stats) {
+            hold(client, &stats, &mut stopped).await;
+        }
+    });
+    Attempt::Unanswered
+}
+
+/// Holds an established connection, doing nothing, until the relay closes it or the abuser
+/// stops.
+async fn hold(client: RelayClient, stats: &AbuseStats, stopped: &mut watch::Receiver<bool>) {
+    stats.idle_open.fetch_add(1, Ordering::Relaxed);
+    tokio::select! {
+        _ = client.connection().closed() => {
+            stats.closed.fetch_add(1, Ordering::Relaxed);
+        }
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
+    stats.idle_open.fetch_sub(1, Ordering::Relaxed);
+    client.connection().close(0u32.into(), b"");
 }
 
 async fn idle_connection(
@@ -303,16 +393,10 @@ async fn idle_connection(
     mut stopped: watch::Receiver<bool>,
 ) {
     while !*stopped.borrow() {
-        if let Some(client) = attempt(&endpoint, addr, &stats).await {
-            stats.idle_open.fetch_add(1, Ordering::Relaxed);
-            tokio::select! {
-                _ = client.connection().closed() => {
-                    stats.closed.fetch_add(1, Ordering::Relaxed);
-                }
-                _ = stopped.wait_for(|stop| *stop) => {}
-            }
-            stats.idle_open.fetch_sub(1, Ordering::Relaxed);
-            client.connection().close(0u32.into(), b"");
+        match attempt(&endpoint, addr, &stats, &stopped).await {
+            Attempt::Established(client) => hold(client, &stats, &mut stopped).await,
+            Attempt::Refused => {}
+            Attempt::Unanswered => continue,
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -361,12 +445,16 @@ async fn flood(
     frame.extend_from_slice(&[0u8; 16 * 1024]);
     let frame = Bytes::from(frame);
     while !*stopped.borrow() {
-        let Some(client) = attempt(&endpoint, addr, &stats).await else {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = stopped.wait_for(|stop| *stop) => {}
+        let client = match attempt(&endpoint, addr, &stats, &stopped).await {
+            Attempt::Established(client) => client,
+            Attempt::Unanswered => continue,
+            Attempt::Refused => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stopped.wait_for(|stop| *stop) => {}
+                }
+                continue;
             }
-            continue;
         };
         while !*stopped.borrow() {
             // Counted when sent: the relay closes the connection at the frame (since the
@@ -459,14 +547,16 @@ pub fn print_relay_counts(round: &str, before: &RelayCounts, after: &RelayCounts
     println!(
         "relay, {round}: handshakes completed {}, failed {}, timed out {}; refused before the \
          handshake: {} at the address's cap, {} past the address's handshake budget, {} at the \
-         connection limit; Retry sent {}; bad frames {}; pulls refused for the pull budget {}; \
-         relay-side push ack p99 {p99}",
+         connection limit; Initial packets dropped unanswered in an address's quiet period {}; \
+         Retry sent {}; bad frames {}; pulls refused for the pull budget {}; relay-side push ack \
+         p99 {p99}",
         d("kith_relay_handshakes_total{result=\"ok\"}"),
         d("kith_relay_handshakes_total{result=\"failed\"}"),
         d("kith_relay_handshakes_total{result=\"timed_out\"}"),
         d("kith_relay_connections_refused_total{limit=\"max_connections_per_address\"}"),
         d("kith_relay_connections_refused_total{limit=\"handshakes_per_address\"}"),
         d("kith_relay_connections_refused_total{limit=\"max_connections\"}"),
+        d("kith_relay_initials_dropped_total"),
         d("kith_relay_retries_total"),
         d("kith_relay_bad_frames_total"),
         d("kith_relay_rate_limited_total{limit=\"pull_budget\"}"),
