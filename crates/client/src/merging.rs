@@ -101,14 +101,22 @@ pub(crate) fn written_identities<'a>(
         .collect()
 }
 
-/// See [`Device::links_nothing`]; `keys` are the identities blinded
-/// ([`ValueCipher::index_key`]).
-fn links_nothing(
+/// Settles the identities of live record `id`, given blinded (`keys`), with the identity
+/// index, as the identity rule does for a record that links nothing new: each is unindexed
+/// (then indexed under `id`, as [`Device::link_by_identity`] would), indexed under `id`, or
+/// indexed under another record for which `same_group(other, key)` holds (the rule finds that
+/// record holding it in `id`'s own group, and does nothing). Returns those other records, on
+/// whose state the settlement relied; `None` at the first identity indexed under any other
+/// record (the identities after it are left for the whole rule). Shards not loaded yet are
+/// read in `tx` if given, else from the store.
+fn settle_identities(
     index: &mut IdentityIndex,
     tx: Option<&StoreTxn<'_>>,
     id: RecordId,
     keys: impl IntoIterator<Item = [u8; 32]>,
-) -> Result<bool> {
+    mut same_group: impl FnMut(RecordId, &[u8; 32]) -> bool,
+) -> Result<Option<Vec<RecordId>>> {
+    let mut relied = Vec::new();
     for key in keys {
         let found = match tx {
             Some(tx) => index.get_in(tx, &key)?,
@@ -120,32 +128,54 @@ fn links_nothing(
                 None => index.insert(key, id)?,
             },
             Some(other) if other == id => {}
-            Some(_) => return Ok(false),
+            Some(other) if same_group(other, &key) => relied.push(other),
+            Some(_) => return Ok(None),
         }
     }
-    Ok(true)
+    Ok(Some(relied))
+}
+
+/// Whether records `a` and `b` are linked to each other (§8.4): each names the other with a
+/// visible `merged/…` field and neither names the other with `distinct/…`, so [`Groups`] puts
+/// them in one group whatever the other records hold.
+fn linked_directly(a: &RecordState, b: &RecordState) -> bool {
+    let names = |from: &RecordState, key: FieldKey| from.value(&key).is_some();
+    names(a, FieldKey::merged(&b.id()))
+        && names(b, FieldKey::merged(&a.id()))
+        && !names(a, FieldKey::distinct(&b.id()))
+        && !names(b, FieldKey::distinct(&a.id()))
 }
 
 /// The identity rule over the pages of a pull, settled page by page as each is written (on
 /// the pull's writer thread, in the page's transaction) instead of for every record after the
-/// last page: a record whose identities are all unindexed or indexed under itself links
-/// nothing and is settled there and then (its identities indexed under it); only the others
-/// (`rest`) wait for the end of the pull, when [`Device::link_pulled`] checks them in full
-/// with their final states. The index stays loaded across pages and is written once, at the
-/// end. A pull of any size thus keeps the ids of the records that may link, not every
-/// written record's identities.
+/// last page: a record links nothing new, and is settled there and then, when each of its
+/// identities is unindexed (then indexed under it), indexed under itself, or indexed under a
+/// record of the same page that holds it and is linked to it (a merge another device made:
+/// both sides of the link travel together); only the others (`rest`) wait for the end of the
+/// pull, when [`Device::link_pulled`] checks them in full with their final states. The index
+/// stays loaded across pages and is written once, at the end. A pull of any size thus keeps
+/// the ids of the records that may link, not every written record's identities, and a pull
+/// of many merges reads none of their records again (10,000 merges in a pull were read back
+/// one record at a time after it: about a tenth of the pull's CPU time, BENCHMARKS.md).
 ///
-/// The links made are those of the rule applied after the pull (test
-/// `sync::tests::identities_settled_page_by_page_link_as_after_the_pull`): a record settled
-/// in one page and changed in a later one is settled again with its new state (or moves to
-/// `rest`), a record in `rest` that a later page settles leaves it, and an index entry left by
-/// an earlier state is stale, which the full rule recognises (the record no longer holds the
-/// identity) and replaces.
+/// The links made are those of the rule applied after the pull (tests
+/// `sync::tests::identities_settled_page_by_page_link_as_after_the_pull`,
+/// `sync::tests::merges_settled_in_their_page_link_as_after_the_pull` and
+/// `merging::tests::a_merge_pulled_in_one_page_is_settled_in_it`): a record settled in one page and changed in a later one is settled
+/// again with its new state (or moves to `rest`), a record in `rest` that a later page settles
+/// leaves it, a record settled on the state of a linked record (`relying`) moves to `rest`
+/// when a later page changes that record, and an index entry left by an earlier state is
+/// stale, which the full rule recognises (the record no longer holds the identity) and
+/// replaces. Skipping a record settled on a link changes nothing: the rule, run on it at the
+/// end with the same states, would find each such identity held within its own group.
 pub(crate) struct PulledIdentities {
     index: IdentityIndex,
     rest: BTreeSet<RecordId>,
     /// Records settled (without links) so far: the index has changes to write.
     settled: usize,
+    /// The records settled because a record linked to them holds one of their identities, by
+    /// that record: settled on its state as of their page.
+    relying: BTreeMap<RecordId, Vec<RecordId>>,
 }
 
 impl PulledIdentities {
@@ -155,6 +185,7 @@ impl PulledIdentities {
             index: IdentityIndex::new(store),
             rest: BTreeSet::new(),
             settled: 0,
+            relying: BTreeMap::new(),
         }
     }
 
@@ -186,12 +217,44 @@ impl PulledIdentities {
         blinded: &[Vec<[u8; 32]>],
     ) -> Result<()> {
         debug_assert_eq!(records.len(), blinded.len());
-        for (id, keys) in records.keys().zip(blinded) {
-            if links_nothing(&mut self.index, Some(tx), *id, keys.iter().copied())? {
-                self.rest.remove(id);
-                self.settled += 1;
-            } else {
-                self.rest.insert(*id);
+        // Records settled on the earlier state of one this page changes are checked again:
+        // in this page if it changes them too, else at the end.
+        if !self.relying.is_empty() {
+            for id in records.keys() {
+                if let Some(relying) = self.relying.remove(id) {
+                    self.rest.extend(relying);
+                }
+            }
+        }
+        let ids: Vec<&RecordId> = records.keys().collect();
+        for ((id, state), keys) in records.iter().zip(blinded) {
+            // A key indexed under another record of the page that holds it and is linked to
+            // this one.
+            let same_group = |other: RecordId, key: &[u8; 32]| {
+                ids.binary_search(&&other).is_ok_and(|at| {
+                    blinded[at].contains(key)
+                        && records
+                            .get(&other)
+                            .is_some_and(|theirs| linked_directly(state, theirs))
+                })
+            };
+            match settle_identities(
+                &mut self.index,
+                Some(tx),
+                *id,
+                keys.iter().copied(),
+                same_group,
+            )? {
+                Some(relied) => {
+                    self.rest.remove(id);
+                    self.settled += 1;
+                    for other in relied {
+                        self.relying.entry(other).or_default().push(*id);
+                    }
+                }
+                None => {
+                    self.rest.insert(*id);
+                }
             }
         }
         Ok(())
@@ -499,7 +562,7 @@ impl Device {
     ) -> Result<bool> {
         let cipher = self.inner.store.cipher();
         let keys = identities.iter().map(|identity| cipher.index_key(identity));
-        links_nothing(index, tx, id, keys)
+        Ok(settle_identities(index, tx, id, keys, |_, _| false)?.is_some())
     }
 
     /// The group of `id` with its view: members' states in `touched`, members sorted, and the
@@ -835,7 +898,89 @@ fn canonical_first_name(normalized: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use kith_protocol::DeviceId;
+    use kith_protocol::hlc::Hlc;
+
     use super::*;
+    use crate::store::tests::store;
+
+    /// `state` after an upsert of `writes` at wall time `wall_ms`.
+    fn upsert(state: &mut RecordState, wall_ms: u64, writes: Vec<FieldWrite>) {
+        let clock = Hlc::new(wall_ms, 0, DeviceId::from_bytes([1; 16]));
+        state.apply(&Operation::upsert(state.id(), clock, writes).unwrap());
+    }
+
+    fn email(address: &str) -> FieldWrite {
+        let key = FieldKey::email(address).unwrap();
+        FieldWrite::set(key, record::value::email(address, ""), []).unwrap()
+    }
+
+    fn link(kind: fn(&RecordId) -> FieldKey, to: RecordId) -> FieldWrite {
+        FieldWrite::set(kind(&to), record::value::tag(), []).unwrap()
+    }
+
+    /// Settles one page in a transaction of `store`.
+    fn settle(store: &LocalStore, pulled: &mut PulledIdentities, page: &[&RecordState]) {
+        let records: Records = page.iter().map(|s| (s.id(), (*s).clone())).collect();
+        let blinded = PulledIdentities::blind_page(store.cipher(), &records);
+        store
+            .transaction(|tx| pulled.settle_page(tx, &records, &blinded))
+            .unwrap();
+    }
+
+    /// A merge pulled as another device wrote it (the identifier that links the two records
+    /// and both sides of the link in one page) is settled in its page: nothing is left to
+    /// read back after the pull. The settlement relies on the other record's state, so a
+    /// later page that changes that record (here it drops its side of the link, which the
+    /// rule must then write again) sends the first back to the full rule, as does a link
+    /// whose other side is not in the page, or a pair separated by hand.
+    #[test]
+    fn a_merge_pulled_in_one_page_is_settled_in_it() {
+        let (_dir, store) = store();
+        let mut pulled = PulledIdentities::new(&store);
+        let (a, b) = (RecordId::from_bytes([1; 16]), RecordId::from_bytes([2; 16]));
+        let (mut ra, mut rb) = (RecordState::new(a), RecordState::new(b));
+        upsert(&mut ra, 1, vec![email("a@example.com")]);
+        upsert(&mut rb, 1, vec![email("b@example.com")]);
+        settle(&store, &mut pulled, &[&ra, &rb]);
+        assert!(pulled.rest.is_empty());
+
+        // A learns B's address and the two are merged, in one page.
+        upsert(
+            &mut ra,
+            2,
+            vec![email("b@example.com"), link(FieldKey::merged, b)],
+        );
+        upsert(&mut rb, 2, vec![link(FieldKey::merged, a)]);
+        settle(&store, &mut pulled, &[&ra, &rb]);
+        assert!(pulled.rest.is_empty(), "settled in the page");
+        assert_eq!(pulled.relying.get(&b), Some(&vec![a]));
+
+        // B drops its side of the link in a later page: A's settlement no longer holds.
+        let unlink = FieldWrite::remove(FieldKey::merged(&a), rb.replaces(&FieldKey::merged(&a)));
+        upsert(&mut rb, 3, vec![unlink]);
+        settle(&store, &mut pulled, &[&rb]);
+        assert_eq!(pulled.rest, BTreeSet::from([a]));
+
+        // A page with A alone (B's side not in it) leaves A to the full rule too.
+        let mut fresh = PulledIdentities::new(&store);
+        settle(&store, &mut fresh, &[&rb]);
+        settle(&store, &mut fresh, &[&ra]);
+        assert_eq!(fresh.rest, BTreeSet::from([a]));
+
+        // Linked both ways but separated by hand: not one group, left to the full rule.
+        let mut separated = PulledIdentities::new(&store);
+        let mut rb = RecordState::new(b);
+        upsert(&mut rb, 1, vec![email("b@example.com")]);
+        upsert(
+            &mut rb,
+            4,
+            vec![link(FieldKey::merged, a), link(FieldKey::distinct, a)],
+        );
+        settle(&store, &mut separated, &[&rb]);
+        settle(&store, &mut separated, &[&ra, &rb]);
+        assert_eq!(separated.rest, BTreeSet::from([a]));
+    }
 
     #[test]
     fn name_variants_share_a_canonical_form() {

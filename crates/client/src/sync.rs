@@ -2218,10 +2218,17 @@ pub(crate) mod tests {
     /// rule after the pull met it second); a record that loses its e-mail in a later page
     /// leaves a stale index entry that must link nothing; a record that shares a phone with a
     /// record B held before the pull joins it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn identities_settled_page_by_page_link_as_after_the_pull() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = kith_relay::RelayConfig::for_tests(dir.path().join("relay"));
+    /// A relay on loopback that serves one envelope per pull page, with its data in `dir`, its
+    /// address, and an account of two devices on it: A, and B linked to it.
+    async fn one_envelope_per_page_pair(
+        dir: &std::path::Path,
+    ) -> (
+        kith_relay::RelayHandle,
+        crate::net::RelayTarget,
+        Device,
+        Device,
+    ) {
+        let mut config = kith_relay::RelayConfig::for_tests(dir.join("relay"));
         config.bounds.pull_max_envelopes = 1;
         let relay = kith_relay::Relay::start(config).await.unwrap();
         let target = crate::net::RelayTarget::pinned(
@@ -2229,17 +2236,47 @@ pub(crate) mod tests {
             &hex::encode(relay.cert_sha256()),
         )
         .unwrap();
-        let (a, _) = Device::create(&dir.path().join("a"), target.clone(), "a", None)
+        let (a, _) = Device::create(&dir.join("a"), target.clone(), "a", None)
             .await
             .unwrap();
-        let pending = crate::PendingLink::new(&dir.path().join("b"), target.clone(), "b").unwrap();
+        let b = linked_device(&a, dir, &target, "b").await;
+        (relay, target, a, b)
+    }
+
+    /// A device named `name`, in `dir/name`, linked into `a`'s account.
+    async fn linked_device(
+        a: &Device,
+        dir: &std::path::Path,
+        target: &crate::net::RelayTarget,
+        name: &str,
+    ) -> Device {
+        let pending = crate::PendingLink::new(&dir.join(name), target.clone(), name).unwrap();
         let code = pending.code().to_string();
-        let (b, approved) = tokio::join!(
+        let (device, approved) = tokio::join!(
             pending.complete(Duration::from_secs(60)),
             a.approve_link(&code)
         );
         approved.unwrap();
-        let b = b.unwrap();
+        device.unwrap()
+    }
+
+    /// Seals each of `pages` as one envelope of A's, as they are (no identity rule on the
+    /// writer, as from devices that wrote them before they saw each other's), pushes them, and
+    /// has B pull them all.
+    async fn push_pages_and_pull(a: &Device, b: &Device, pages: &[Vec<Operation>]) {
+        for ops in pages {
+            a.seal_operations_payload(&record::encode_batch(ops).unwrap())
+                .unwrap();
+        }
+        assert_eq!(a.sync().await.unwrap().pushed, pages.len());
+        let report = b.sync().await.unwrap();
+        assert_eq!(report.pulled, pages.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identities_settled_page_by_page_link_as_after_the_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, target, a, b) = one_envelope_per_page_pair(dir.path()).await;
         // B's own contact, before the pull, with the phone a pulled record carries.
         let local = b
             .add_contact(&ContactFields {
@@ -2301,14 +2338,7 @@ pub(crate) mod tests {
             ],
             vec![named(stays, "Leonie", vec![email("leo@example.com")])],
         ];
-        for ops in &pages {
-            a.seal_operations_payload(&record::encode_batch(ops).unwrap())
-                .unwrap();
-        }
-        assert_eq!(a.sync().await.unwrap().pushed, pages.len());
-
-        let report = b.sync().await.unwrap();
-        assert_eq!(report.pulled, pages.len());
+        push_pages_and_pull(&a, &b, &pages).await;
         assert_eq!(b.merged_records(&later).unwrap(), vec![later, earlier]);
         assert_eq!(b.merged_records(&leaver).unwrap(), vec![leaver]);
         assert_eq!(b.merged_records(&stays).unwrap(), vec![stays]);
@@ -2324,16 +2354,96 @@ pub(crate) mod tests {
         assert_eq!(names, ["Ana García", "Bea", "Leo", "Leonie"]);
         b.sync().await.unwrap();
         // A device that pulls everything at once, B's links included, shows the same.
-        let pending = crate::PendingLink::new(&dir.path().join("c"), target, "c").unwrap();
-        let code = pending.code().to_string();
-        let (c, approved) = tokio::join!(
-            pending.complete(Duration::from_secs(60)),
-            a.approve_link(&code)
-        );
-        approved.unwrap();
-        let c = c.unwrap();
+        let c = linked_device(&a, dir.path(), &target, "c").await;
         c.sync().await.unwrap();
         assert_eq!(c.contacts().unwrap(), b.contacts().unwrap());
+        relay.shutdown().await.unwrap();
+    }
+
+    /// Merges pulled as another device wrote them (the identifier that links two records and
+    /// both sides of the link in one envelope) are settled in their page, and what a later
+    /// page changes is still checked by the rule after the pull: a record whose link partner
+    /// drops its side of the link (a device writing what no honest one does) is linked again,
+    /// as the rule requires of two records holding one e-mail; a pair a person separated later
+    /// stays apart. Every envelope is a page of its own; a device pulling everything at once
+    /// shows the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merges_settled_in_their_page_link_as_after_the_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, target, a, b) = one_envelope_per_page_pair(dir.path()).await;
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        let (pat, quinn, rae, sol) = (id(0x40), id(0x50), id(0x60), id(0x70));
+        let upsert = |record: RecordId, writes: Vec<FieldWrite>| {
+            Operation::upsert(record, a.write_clock(None).unwrap(), writes).unwrap()
+        };
+        let set = |key: FieldKey, value| FieldWrite::set(key, value, []).unwrap();
+        let person = |record: RecordId, name: &str, address: &str| {
+            upsert(
+                record,
+                vec![
+                    set(FieldKey::name(), record::value::text(name)),
+                    set(
+                        FieldKey::email(address).unwrap(),
+                        record::value::email(address, ""),
+                    ),
+                ],
+            )
+        };
+        // `into` learns `from`'s address and the two are merged: both sides in one envelope.
+        let merge = |into: RecordId, from: RecordId, address: &str| {
+            let writes = vec![
+                set(
+                    FieldKey::email(address).unwrap(),
+                    record::value::email(address, ""),
+                ),
+                set(FieldKey::merged(&from), record::value::tag()),
+            ];
+            let back = upsert(
+                from,
+                vec![set(FieldKey::merged(&into), record::value::tag())],
+            );
+            [upsert(into, writes), back]
+        };
+        let first = [
+            person(pat, "Pat", "pat@example.com"),
+            person(quinn, "Quinn", "quinn@example.com"),
+            person(rae, "Rae", "rae@example.com"),
+            person(sol, "Sol", "sol@example.com"),
+        ];
+        let [pat_link, quinn_link] = merge(pat, quinn, "quinn@example.com");
+        let [rae_link, sol_link] = merge(rae, sol, "sol@example.com");
+        let unlink = |record: RecordId, from: RecordId, link: &Operation, distinct: bool| {
+            let mut writes = vec![FieldWrite::remove(FieldKey::merged(&from), [link.clock()])];
+            if distinct {
+                writes.push(set(FieldKey::distinct(&from), record::value::tag()));
+            }
+            upsert(record, writes)
+        };
+        let pages = [
+            first.to_vec(),
+            vec![
+                pat_link,
+                quinn_link.clone(),
+                rae_link.clone(),
+                sol_link.clone(),
+            ],
+            // Quinn alone drops the link to Pat.
+            vec![unlink(quinn, pat, &quinn_link, false)],
+            // A person separates Rae and Sol.
+            vec![
+                unlink(rae, sol, &rae_link, true),
+                unlink(sol, rae, &sol_link, true),
+            ],
+        ];
+        push_pages_and_pull(&a, &b, &pages).await;
+        assert_eq!(b.merged_records(&pat).unwrap(), vec![pat, quinn]);
+        assert_eq!(b.merged_records(&rae).unwrap(), vec![rae]);
+        assert_eq!(b.merged_records(&sol).unwrap(), vec![sol]);
+        b.sync().await.unwrap();
+        let c = linked_device(&a, dir.path(), &target, "c").await;
+        c.sync().await.unwrap();
+        assert_eq!(c.contacts().unwrap(), b.contacts().unwrap());
+        assert_eq!(c.merged_records(&quinn).unwrap(), vec![pat, quinn]);
         relay.shutdown().await.unwrap();
     }
 }
