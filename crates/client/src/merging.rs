@@ -161,8 +161,9 @@ fn linked_directly(a: &RecordState, b: &RecordState) -> bool {
 /// The links made are those of the rule applied after the pull (tests
 /// `sync::tests::identities_settled_page_by_page_link_as_after_the_pull`,
 /// `sync::tests::merges_settled_in_their_page_link_as_after_the_pull` and
-/// `merging::tests::a_merge_pulled_in_one_page_is_settled_in_it`): a record settled in one page and changed in a later one is settled
-/// again with its new state (or moves to `rest`), a record in `rest` that a later page settles
+/// `merging::tests::a_merge_pulled_in_one_page_is_settled_in_it`): a record settled in one
+/// page and changed in a later one is settled again with its new state (or moves to `rest`),
+/// a record in `rest` that a later page settles
 /// leaves it, a record settled on the state of a linked record (`relying`) moves to `rest`
 /// when a later page changes that record, and an index entry left by an earlier state is
 /// stale, which the full rule recognises (the record no longer holds the identity) and

@@ -124,8 +124,9 @@ impl RecordPipeline {
 
     /// For an import or a pull: if the store holds no record yet, every record this pipeline
     /// has not loaded before is known to be new, and [`RecordPipeline::load`] and
-    /// [`RecordPipeline::load_many`] no longer read the store for it (at 1,000,000 rows each of those reads missed in a record index larger than the
-    /// page cache: a read of the file per row). Whether the store is empty is read once, here.
+    /// [`RecordPipeline::load_many`] no longer read the store for it (at 1,000,000 rows each
+    /// of those reads missed in a record index larger than the page cache: a read of the file
+    /// per row). Whether the store is empty is read once, here.
     pub(crate) fn start_on_empty_store(&mut self) -> Result<()> {
         if self.store.is_empty(TreeName::Records)? {
             self.loaded = Some(IdFilter::new());
