@@ -418,6 +418,7 @@ impl Device {
                     .iter()
                     .zip(record_values)
                     .map(|((id, state), (_, sealed))| (id, state, Some(sealed.as_slice()))),
+                None,
             )?;
             for batch in &batches {
                 // Monotonic across restarts and processes, so pending keys sort in creation

@@ -186,6 +186,9 @@ pub(crate) struct Inner {
     /// Held while merged record states are read, changed and written back (local edits,
     /// imports, merging pulled envelopes), so no writer overwrites another's change.
     pub(crate) records_lock: Arc<tokio::sync::Mutex<()>>,
+    /// How the last pull wrote its records (tests check that updates are replaced in place).
+    #[cfg(test)]
+    pub(crate) pulled_writes: Mutex<crate::pipeline::WriteCountsSnapshot>,
 }
 
 /// One device of a Kith account. Cheap to clone; all clones share state.
@@ -435,6 +438,8 @@ impl Device {
                 connection: tokio::sync::Mutex::new(None),
                 record_id_key,
                 records_lock: Arc::new(tokio::sync::Mutex::new(())),
+                #[cfg(test)]
+                pulled_writes: Mutex::default(),
             }),
         })
     }

@@ -14,9 +14,18 @@
 //! commit time, inside the write transaction, so a change another process committed between
 //! our read and our write is kept, never overwritten. The number of live contacts is kept in
 //! the same transactions ([`live_count`]), so no caller has to count by scanning.
+//!
+//! Reading a stored record back to join it costs as much as writing it (read, open, decode,
+//! merge, encode, seal). A record the pipeline itself read from the store, or from a batch in
+//! flight, skips that when nothing else wrote it since: the pipeline remembers which stored
+//! value each state was built on ([`BatchVersions`]: the value's [`ValueVersion`], its nonce),
+//! and the write replaces the value only if it is still that one
+//! ([`StoreTxn::replace_sealed_at`], one lookup, nothing opened). If another process wrote the
+//! record in between, the version differs and the write joins as above; nothing is lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kith_protocol::RecordId;
 use kith_protocol::merge::RecordState;
@@ -25,7 +34,7 @@ use prost::Message;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::Result;
-use crate::store::{LocalStore, LocalStoreError, StoreTxn, TreeName};
+use crate::store::{LocalStore, LocalStoreError, StoreTxn, TreeName, ValueVersion};
 
 /// The merged records of one batch, by id.
 pub(crate) type Records = BTreeMap<RecordId, RecordState>;
@@ -49,7 +58,12 @@ pub(crate) struct RecordPipeline {
     group: Option<Arc<WriteGroup>>,
     /// States read ahead by [`RecordPipeline::prefetch`] for the batch being merged, taken
     /// by [`RecordPipeline::load`]; replaced at each prefetch.
-    prefetched: std::collections::HashMap<RecordId, RecordState>,
+    prefetched: HashMap<RecordId, RecordState>,
+    /// Where the states loaded for the batch being merged were read from, handed to its
+    /// write at submission ([`BatchVersions`]).
+    read: HashMap<RecordId, Read>,
+    /// How this pipeline's writes stored their records, over all batches.
+    counts: Arc<WriteCounts>,
 }
 
 /// A set of record ids that may answer "maybe" for an id it does not hold (a Bloom filter):
@@ -93,6 +107,9 @@ impl IdFilter {
 
 struct InFlight {
     records: Arc<Records>,
+    /// The versions this batch's write stores its states at (filled as it writes), for the
+    /// batches that load a state from it.
+    written: Arc<Written>,
     task: tokio::task::JoinHandle<Result<()>>,
     /// Told once this batch's write has landed (dropped unsent if it failed): the next
     /// batch's write waits for it ([`RecordPipeline::submit_prepared`]).
@@ -109,8 +126,17 @@ impl RecordPipeline {
             in_flight: std::collections::VecDeque::new(),
             loaded: None,
             group: None,
-            prefetched: std::collections::HashMap::new(),
+            prefetched: HashMap::new(),
+            read: HashMap::new(),
+            counts: Arc::default(),
         }
+    }
+
+    /// How the writes of this pipeline stored their records so far: inserted, replaced in
+    /// place, or joined with the stored state (counted by [`write_records_in`] for the writes
+    /// given their [`BatchVersions`]).
+    pub(crate) fn write_counts(&self) -> WriteCountsSnapshot {
+        self.counts.snapshot()
     }
 
     /// For an import: the writes submitted from now on may go through a [`WriteGroup`]
@@ -148,8 +174,11 @@ impl RecordPipeline {
             Entry::Occupied(entry) => return Ok(entry.into_mut()),
             Entry::Vacant(entry) => entry,
         };
-        if let Some(state) = self.in_flight_state(&id) {
-            return Ok(entry.insert(state.clone()));
+        if let Some((state, written)) = self.in_flight_batch(&id) {
+            let read = Read::from_batch(state, written);
+            let state = state.clone();
+            self.read.insert(id, read);
+            return Ok(entry.insert(state));
         }
         if let Some(loaded) = &mut self.loaded
             && !loaded.insert(&id)
@@ -164,8 +193,32 @@ impl RecordPipeline {
         if let Some(state) = self.prefetched.remove(&id) {
             return Ok(entry.insert(state));
         }
-        let state = read_record(&self.store, &id)?.unwrap_or_else(|| RecordState::new(id));
+        let sealed = self.store.get_sealed(TreeName::Records, id.as_bytes())?;
+        let state = self.open_read(id, sealed)?;
         Ok(entry.insert(state))
+    }
+
+    /// The state of `id` stored as `sealed` (a new record if `None`), its version kept for
+    /// the batch's write.
+    fn open_read(&mut self, id: RecordId, sealed: Option<Vec<u8>>) -> Result<RecordState> {
+        let Some(sealed) = sealed else {
+            return Ok(RecordState::new(id));
+        };
+        let plain = self
+            .store
+            .cipher()
+            .open(TreeName::Records, id.as_bytes(), &sealed)?;
+        let state = decode_record(&plain)?;
+        if let Some(version) = ValueVersion::of(&sealed) {
+            self.read.insert(
+                id,
+                Read {
+                    from: ReadFrom::Store(version),
+                    live: state.is_live(),
+                },
+            );
+        }
+        Ok(state)
     }
 
     /// Reads ahead, in one read ([`LocalStore::get_many`], in key order), the stored states
@@ -230,8 +283,10 @@ impl RecordPipeline {
             if touched.contains_key(&id) {
                 continue;
             }
-            if let Some(state) = self.in_flight_state(&id) {
+            if let Some((state, written)) = self.in_flight_batch(&id) {
+                let read = Read::from_batch(state, written);
                 touched.insert(id, state.clone());
+                self.read.insert(id, read);
                 continue;
             }
             if let Some(loaded) = &mut self.loaded
@@ -250,12 +305,9 @@ impl RecordPipeline {
         missing.sort_unstable();
         missing.dedup();
         let keys: Vec<&[u8]> = missing.iter().map(|id| id.as_bytes().as_slice()).collect();
-        let values = self.store.get_many(TreeName::Records, &keys)?;
-        for (id, value) in missing.iter().zip(values) {
-            let state = match value {
-                Some(bytes) => decode_record(&bytes)?,
-                None => RecordState::new(*id),
-            };
+        let values = self.store.get_many_sealed(TreeName::Records, &keys)?;
+        for (id, sealed) in missing.iter().zip(values) {
+            let state = self.open_read(*id, sealed)?;
             touched.insert(*id, state);
         }
         Ok(())
@@ -263,7 +315,15 @@ impl RecordPipeline {
 
     /// `id`'s latest state in a batch submitted and not yet written, if one holds it.
     fn in_flight_state(&self, id: &RecordId) -> Option<&RecordState> {
-        self.in_flight.iter().rev().find_map(|w| w.records.get(id))
+        self.in_flight_batch(id).map(|(state, _)| state)
+    }
+
+    /// [`RecordPipeline::in_flight_state`], with the versions the batch holding it writes.
+    fn in_flight_batch(&self, id: &RecordId) -> Option<(&RecordState, &Arc<Written>)> {
+        self.in_flight
+            .iter()
+            .rev()
+            .find_map(|w| Some((w.records.get(id)?, &w.written)))
     }
 
     /// `id`'s state as written in the [`WriteGroup`] but not committed yet, if it is there.
@@ -285,7 +345,7 @@ impl RecordPipeline {
         records: Records,
         write: impl FnOnce(&Records) -> Result<()> + Send + 'static,
     ) -> Result<()> {
-        self.start(records, 0, |_| Ok(()), move |records, ()| write(records))
+        self.start(records, 0, |_| Ok(()), move |records, _, ()| write(records))
             .await
     }
 
@@ -296,12 +356,13 @@ impl RecordPipeline {
     /// is for the work of a batch that needs no store and no order (encoding and sealing its
     /// records), so that the writer's thread is left with the transaction (a pull's writer was
     /// its critical path, the merging thread waiting for it at every page; BENCHMARKS.md,
-    /// "B's pull (issue 18), eighth session").
+    /// "B's pull (issue 18), eighth session"). `write` is given the batch's
+    /// [`BatchVersions`], for [`write_records_in`].
     pub(crate) async fn submit_prepared<P: Send + 'static>(
         &mut self,
         records: Records,
         prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
-        write: impl FnOnce(&Records, P) -> Result<()> + Send + 'static,
+        write: impl FnOnce(&Records, &BatchVersions, P) -> Result<()> + Send + 'static,
     ) -> Result<()> {
         self.start(records, Self::PREPARED_IN_FLIGHT - 1, prepare, write)
             .await
@@ -313,8 +374,16 @@ impl RecordPipeline {
         records: Records,
         keep: usize,
         prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
-        write: impl FnOnce(&Records, P) -> Result<()> + Send + 'static,
+        write: impl FnOnce(&Records, &BatchVersions, P) -> Result<()> + Send + 'static,
     ) -> Result<()> {
+        // Where this batch's states were read from (those loaded and left unchanged, which
+        // the caller does not submit, are never looked up).
+        let versions = BatchVersions {
+            read: std::mem::take(&mut self.read),
+            written: Arc::default(),
+            counts: Arc::clone(&self.counts),
+        };
+        let written = Arc::clone(&versions.written);
         while self.in_flight.len() > keep {
             let previous = self.finish_oldest().await?;
             // The previous batch's states are freed on a blocking thread of their own: not on
@@ -326,14 +395,14 @@ impl RecordPipeline {
             }
         }
         let records = Arc::new(records);
-        let written = Arc::clone(&records);
+        let batch = Arc::clone(&records);
         let guard = Arc::clone(&self.guard);
         // The write before this one, if still in flight: this write waits until it landed.
         let before = self.in_flight.back_mut().and_then(|w| w.landed.take());
         let (landed, landed_rx) = tokio::sync::oneshot::channel();
         let task = tokio::task::spawn_blocking(move || {
             let result = (|| {
-                let prepared = prepare(&written)?;
+                let prepared = prepare(&batch)?;
                 if let Some(before) = before {
                     // Dropped unsent: the write before failed (its error is the one the
                     // pipeline reports), and nothing after it may land.
@@ -341,8 +410,10 @@ impl RecordPipeline {
                         LocalStoreError::WriterFailed("an earlier batch was not written".into())
                     })?;
                 }
-                write(&written, prepared)
+                write(&batch, &versions, prepared)
             })();
+            // The versions of the batches this one was loaded from are no longer needed.
+            drop(versions);
             if result.is_ok() {
                 let _ = landed.send(());
             }
@@ -351,6 +422,7 @@ impl RecordPipeline {
         });
         self.in_flight.push_back(InFlight {
             records,
+            written,
             task,
             landed: Some(landed_rx),
         });
@@ -380,6 +452,101 @@ impl RecordPipeline {
             .await
             .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
         Ok(Some(in_flight.records))
+    }
+}
+
+/// The versions a batch's write stores its records at, by id: read by the batches loaded
+/// from it while it was in flight.
+type Written = std::sync::Mutex<HashMap<RecordId, ValueVersion>>;
+
+/// Where a record's state in a batch was read from.
+#[derive(Clone)]
+struct Read {
+    from: ReadFrom,
+    /// Whether that state was live (the stored one, if the store still holds it).
+    live: bool,
+}
+
+#[derive(Clone)]
+enum ReadFrom {
+    /// The store, which held the state at this version.
+    Store(ValueVersion),
+    /// A batch in flight (written before this batch is): the store holds its state once it
+    /// has landed, at the version its write recorded, if the write stored the state as it
+    /// was (not joined with another process's write).
+    Batch(Arc<Written>),
+}
+
+impl Read {
+    fn from_batch(state: &RecordState, written: &Arc<Written>) -> Self {
+        Self {
+            from: ReadFrom::Batch(Arc::clone(written)),
+            live: state.is_live(),
+        }
+    }
+}
+
+/// What [`write_records_in`] needs to write a batch's records without reading them back:
+/// for each record the pipeline read from the store or from an earlier batch, the version of
+/// the stored value its state was built on ([`RecordPipeline::submit_prepared`] gives it to
+/// the batch's write). A state loaded at version `v` and changed since only by joins
+/// (merging operations and states never loses anything) includes everything the value at `v`
+/// holds, so while the store still holds that value the join would write the state as it is:
+/// the write replaces the value instead, if it is still at `v`, in one statement.
+pub(crate) struct BatchVersions {
+    read: HashMap<RecordId, Read>,
+    /// Filled by this batch's write: the versions of the values it stored as they were.
+    written: Arc<Written>,
+    counts: Arc<WriteCounts>,
+}
+
+impl BatchVersions {
+    /// The version `id`'s state was read at and whether that state was live, if it was read
+    /// from a stored value this process knows the version of.
+    fn read_at(&self, id: &RecordId) -> Option<(ValueVersion, bool)> {
+        let read = self.read.get(id)?;
+        let version = match &read.from {
+            ReadFrom::Store(version) => *version,
+            ReadFrom::Batch(written) => *lock_written(written).get(id)?,
+        };
+        Some((version, read.live))
+    }
+}
+
+fn lock_written(written: &Written) -> std::sync::MutexGuard<'_, HashMap<RecordId, ValueVersion>> {
+    // Nothing panics while holding it; if something did, the map is still consistent.
+    written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How [`write_records_in`] stored the records of a pipeline's batches.
+#[derive(Default)]
+pub(crate) struct WriteCounts {
+    inserted: AtomicU64,
+    in_place: AtomicU64,
+    joined: AtomicU64,
+}
+
+/// [`WriteCounts`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WriteCountsSnapshot {
+    /// New records, inserted without a read.
+    pub(crate) inserted: u64,
+    /// Records replaced in place: the store still held the value their state was read from.
+    pub(crate) in_place: u64,
+    /// Records read back and joined with the stored state (stored records whose version was
+    /// not known, or had changed).
+    pub(crate) joined: u64,
+}
+
+impl WriteCounts {
+    fn snapshot(&self) -> WriteCountsSnapshot {
+        WriteCountsSnapshot {
+            inserted: self.inserted.load(Ordering::Relaxed),
+            in_place: self.in_place.load(Ordering::Relaxed),
+            joined: self.joined.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -445,36 +612,83 @@ fn decode_count(bytes: &[u8]) -> Result<u64> {
 /// change another process committed since this one read the record is kept: the merge is a
 /// join, so the result holds both), and keeps the live contact count. `sealed` is the state's
 /// value already sealed for the store, used when the join changes nothing.
+///
+/// With `versions` (a pipeline's batch, [`BatchVersions`]), a sealed state read from a stored
+/// value that the store still holds replaces it without being joined (the join would change
+/// nothing); the versions of the values written as they are, and how each record was
+/// written, are recorded there.
 pub(crate) fn write_records_in<'a>(
     tx: &StoreTxn<'_>,
     records: impl Iterator<Item = (&'a RecordId, &'a RecordState, Option<&'a [u8]>)>,
+    versions: Option<&BatchVersions>,
 ) -> Result<()> {
     let mut count = live_count_in(tx)?;
+    let mut written = versions.map(|v| lock_written(&v.written));
+    let (mut inserted, mut in_place, mut joined) = (0, 0, 0);
     for (id, state, sealed) in records {
-        // Most records an import writes are new: inserting first finds that in one lookup
-        // of the record index (reading, then writing, took two).
-        if let Some(sealed) = sealed
-            && tx.insert_sealed_if_absent(TreeName::Records, id.as_bytes(), sealed)?
-        {
-            count += u64::from(state.is_live());
-            continue;
+        let read_at = versions.and_then(|v| v.read_at(id));
+        if let Some(sealed) = sealed {
+            let stored_as_is = match read_at {
+                // Read from the store: replaced if nothing wrote it since (one lookup of the
+                // record index, nothing opened), the count following the stored state's
+                // liveness as read.
+                Some((version, was_live)) => {
+                    let replaced =
+                        tx.replace_sealed_at(TreeName::Records, id.as_bytes(), &version, sealed)?;
+                    if replaced {
+                        in_place += 1;
+                        count =
+                            count.saturating_sub(u64::from(was_live)) + u64::from(state.is_live());
+                    }
+                    replaced
+                }
+                // Most records an import or a first sync writes are new: inserting first finds
+                // that in one lookup of the record index (reading, then writing, took two).
+                None => {
+                    let new =
+                        tx.insert_sealed_if_absent(TreeName::Records, id.as_bytes(), sealed)?;
+                    if new {
+                        inserted += 1;
+                        count += u64::from(state.is_live());
+                    }
+                    new
+                }
+            };
+            if stored_as_is {
+                if let (Some(written), Some(version)) = (&mut written, ValueVersion::of(sealed)) {
+                    written.insert(*id, version);
+                }
+                continue;
+            }
         }
-        join_stored_in(tx, &mut count, id, state, sealed)?;
+        joined += 1;
+        if join_stored_in(tx, &mut count, id, state, sealed)?
+            && let (Some(written), Some(version)) =
+                (&mut written, sealed.and_then(ValueVersion::of))
+        {
+            written.insert(*id, version);
+        }
     }
     tx.put(TreeName::Meta, LIVE_COUNT, &count.to_be_bytes())?;
+    if let Some(versions) = versions {
+        let counts = &versions.counts;
+        counts.inserted.fetch_add(inserted, Ordering::Relaxed);
+        counts.in_place.fetch_add(in_place, Ordering::Relaxed);
+        counts.joined.fetch_add(joined, Ordering::Relaxed);
+    }
     Ok(())
 }
 
 /// Writes `state` joined with the state stored under `id` (if any) and keeps `count`, the
 /// live contact count, in step; `sealed` is `state` sealed, written as is when the join
-/// changes nothing.
+/// changes nothing. Whether it was (the store then holds `state` as it is).
 fn join_stored_in(
     tx: &StoreTxn<'_>,
     count: &mut u64,
     id: &RecordId,
     state: &RecordState,
     sealed: Option<&[u8]>,
-) -> Result<()> {
+) -> Result<bool> {
     let stored = tx
         .get(TreeName::Records, id.as_bytes())?
         .map(|bytes| decode_record(&bytes))
@@ -488,16 +702,22 @@ fn join_stored_in(
     }
     let was_live = stored.as_ref().is_some_and(RecordState::is_live);
     let written = joined.as_ref().unwrap_or(state);
-    match (sealed, &joined) {
-        (Some(sealed), None) => tx.put_sealed(TreeName::Records, id.as_bytes(), sealed)?,
-        _ => tx.put(TreeName::Records, id.as_bytes(), &written.encode_to_vec())?,
-    }
+    let as_is = match (sealed, &joined) {
+        (Some(sealed), None) => {
+            tx.put_sealed(TreeName::Records, id.as_bytes(), sealed)?;
+            true
+        }
+        _ => {
+            tx.put(TreeName::Records, id.as_bytes(), &written.encode_to_vec())?;
+            false
+        }
+    };
     match (was_live, written.is_live()) {
         (false, true) => *count += 1,
         (true, false) => *count = count.saturating_sub(1),
         _ => {}
     }
-    Ok(())
+    Ok(as_is)
 }
 
 /// Records (sealed) and pending operations (encoded batches) of several batches of an import,
@@ -675,7 +895,9 @@ mod tests {
 
     fn store_record(store: &LocalStore, state: &RecordState) {
         store
-            .transaction(|tx| write_records_in(tx, std::iter::once((&state.id(), state, None))))
+            .transaction(|tx| {
+                write_records_in(tx, std::iter::once((&state.id(), state, None)), None)
+            })
             .unwrap();
     }
 
@@ -899,8 +1121,14 @@ mod tests {
             .collect()
     }
 
-    /// Writes `records`, sealed in `sealed` ([`seal_all`]), in one transaction.
-    fn write_sealed(store: &LocalStore, records: &Records, sealed: &[Vec<u8>]) -> Result<()> {
+    /// Writes `records`, sealed in `sealed` ([`seal_all`]), in one transaction (as a pull's
+    /// page, with `versions`).
+    fn write_sealed(
+        store: &LocalStore,
+        records: &Records,
+        sealed: &[Vec<u8>],
+        versions: Option<&BatchVersions>,
+    ) -> Result<()> {
         store.transaction(|tx| {
             write_records_in(
                 tx,
@@ -908,6 +1136,7 @@ mod tests {
                     .iter()
                     .zip(sealed)
                     .map(|((id, state), sealed)| (id, state, Some(sealed.as_slice()))),
+                versions,
             )
         })
     }
@@ -915,7 +1144,7 @@ mod tests {
     /// A write of merged states, as an import's: sealed, with the live count kept.
     fn sealed_write(store: &LocalStore) -> impl FnOnce(&Records) -> Result<()> + Send + 'static {
         let store = store.clone();
-        move |records: &Records| write_sealed(&store, records, &seal_all(&store, records))
+        move |records: &Records| write_sealed(&store, records, &seal_all(&store, records), None)
     }
 
     /// On a store that was empty when the import began, a record the pipeline already wrote
@@ -1211,7 +1440,7 @@ mod tests {
     ) -> (
         mpsc::Sender<()>,
         impl FnOnce(&Records) -> Result<Vec<Vec<u8>>> + Send + 'static,
-        impl FnOnce(&Records, Vec<Vec<u8>>) -> Result<()> + Send + 'static,
+        impl FnOnce(&Records, &BatchVersions, Vec<Vec<u8>>) -> Result<()> + Send + 'static,
     ) {
         let (release, wait) = mpsc::channel::<()>();
         let (sealer, store, order) = (store.clone(), store.clone(), Arc::clone(order));
@@ -1219,10 +1448,10 @@ mod tests {
             std::thread::sleep(prepare_delay);
             Ok(seal_all(&sealer, records))
         };
-        let write = move |records: &Records, sealed: Vec<Vec<u8>>| {
+        let write = move |records: &Records, versions: &BatchVersions, sealed: Vec<Vec<u8>>| {
             order.lock().unwrap().push(batch);
             wait.recv().ok();
-            write_sealed(&store, records, &sealed)
+            write_sealed(&store, records, &sealed, Some(versions))
         };
         (release, prepare, write)
     }
@@ -1297,6 +1526,228 @@ mod tests {
         assert_eq!(live_count(&store).unwrap(), 1 + 6 * 199);
     }
 
+    /// `state` with `key` set to `text` at `wall_ms` by device 1 (on top of what it holds).
+    fn with(mut state: RecordState, key: FieldKey, text: &str, wall_ms: u64) -> RecordState {
+        let clock = Hlc::new(wall_ms, 0, DeviceId::from_bytes([1; 16]));
+        let replaces = state.replaces(&key);
+        let write = FieldWrite::set(key, record::value::text(text), replaces).unwrap();
+        state.apply(&Operation::upsert(state.id(), clock, [write]).unwrap());
+        state
+    }
+
+    /// A second connection to `dir`'s store, as another process sharing it has.
+    fn other_process(dir: &tempfile::TempDir) -> LocalStore {
+        LocalStore::open(
+            dir.path(),
+            &kith_protocol::keys::SymmetricKey::from_slice(&[7; 32]).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// A pull's write: sealed beside, then written with the batch's versions once `release`
+    /// receives; `landed` receives once it has landed.
+    #[allow(clippy::type_complexity)]
+    fn versioned_write(
+        store: &LocalStore,
+    ) -> (
+        mpsc::Sender<()>,
+        mpsc::Receiver<()>,
+        impl FnOnce(&Records) -> Result<Vec<Vec<u8>>> + Send + 'static,
+        impl FnOnce(&Records, &BatchVersions, Vec<Vec<u8>>) -> Result<()> + Send + 'static,
+    ) {
+        let (release, wait) = mpsc::channel::<()>();
+        let (landed_tx, landed) = mpsc::channel::<()>();
+        let (sealer, store) = (store.clone(), store.clone());
+        let prepare = move |records: &Records| Ok(seal_all(&sealer, records));
+        let write = move |records: &Records, versions: &BatchVersions, sealed: Vec<Vec<u8>>| {
+            wait.recv().ok();
+            write_sealed(&store, records, &sealed, Some(versions))?;
+            landed_tx.send(()).ok();
+            Ok(())
+        };
+        (release, landed, prepare, write)
+    }
+
+    /// Records read from the store and changed (renamed, deleted) are replaced in place,
+    /// without a join; a new one is inserted; the live count follows the deletion.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_read_from_the_store_and_unchanged_there_are_replaced_in_place() {
+        let (_dir, store) = store();
+        let lock = Arc::new(Mutex::new(()));
+        for n in 1..=3 {
+            store_record(&store, &named(id(n), "stored", 1));
+        }
+        assert_eq!(live_count(&store).unwrap(), 3);
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.start_on_empty_store().unwrap();
+        let mut touched = Records::new();
+        pipeline
+            .load_many(&mut touched, [id(1), id(2), id(4)])
+            .unwrap();
+        // And one through `load`.
+        pipeline.load(&mut touched, id(3)).unwrap();
+        let renamed = with(touched[&id(1)].clone(), FieldKey::name(), "renamed", 2);
+        touched.insert(id(1), renamed.clone());
+        let clock = Hlc::new(3, 0, DeviceId::from_bytes([1; 16]));
+        let gone = touched.get_mut(&id(2)).unwrap();
+        gone.apply(&Operation::delete(id(2), clock));
+        let gone = gone.clone();
+        let three = with(touched[&id(3)].clone(), FieldKey::title(), "Dr", 2);
+        touched.insert(id(3), three.clone());
+        touched.insert(id(4), named(id(4), "new", 2));
+        let (release, _landed, prepare, write) = versioned_write(&store);
+        release.send(()).unwrap();
+        pipeline
+            .submit_prepared(touched, prepare, write)
+            .await
+            .unwrap();
+        pipeline.wait().await.unwrap();
+        assert_eq!(
+            pipeline.write_counts(),
+            WriteCountsSnapshot {
+                inserted: 1,
+                in_place: 3,
+                joined: 0
+            }
+        );
+        assert_eq!(read_record(&store, &id(1)).unwrap(), Some(renamed));
+        assert_eq!(read_record(&store, &id(2)).unwrap(), Some(gone));
+        assert_eq!(read_record(&store, &id(3)).unwrap(), Some(three));
+        assert_eq!(
+            read_record(&store, &id(4)).unwrap(),
+            Some(named(id(4), "new", 2))
+        );
+        assert_eq!(live_count(&store).unwrap(), 3);
+        // The count kept in place is the one a scan finds.
+        store.remove(TreeName::Meta, LIVE_COUNT).unwrap();
+        assert_eq!(live_count(&store).unwrap(), 3);
+    }
+
+    /// Another process writes a record between the pipeline's read and its write: the write
+    /// finds the value changed, joins (both changes are kept) and counts it once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_another_process_wrote_after_the_read_is_joined_not_replaced() {
+        let (dir, store) = store();
+        let other = other_process(&dir);
+        let lock = Arc::new(Mutex::new(()));
+        store_record(&store, &named(id(1), "Ada", 1));
+        store_record(&store, &named(id(2), "Grace", 1));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        let mut touched = Records::new();
+        pipeline.load_many(&mut touched, [id(1), id(2)]).unwrap();
+        let theirs = with(
+            read_record(&other, &id(1)).unwrap().unwrap(),
+            FieldKey::company(),
+            "Engines",
+            6,
+        );
+        store_record(&other, &theirs);
+        for n in [1, 2] {
+            let ours = with(touched[&id(n)].clone(), FieldKey::title(), "Countess", 5);
+            touched.insert(id(n), ours);
+        }
+        let (release, _landed, prepare, write) = versioned_write(&store);
+        release.send(()).unwrap();
+        pipeline
+            .submit_prepared(touched, prepare, write)
+            .await
+            .unwrap();
+        pipeline.wait().await.unwrap();
+        assert_eq!(
+            pipeline.write_counts(),
+            WriteCountsSnapshot {
+                inserted: 0,
+                in_place: 1,
+                joined: 1
+            }
+        );
+        let stored = read_record(&store, &id(1)).unwrap().unwrap();
+        assert_eq!(
+            stored.value(&FieldKey::company()),
+            Some(&record::value::text("Engines"))
+        );
+        assert_eq!(
+            stored.value(&FieldKey::title()),
+            Some(&record::value::text("Countess"))
+        );
+        assert_eq!(live_count(&store).unwrap(), 2);
+        assert_eq!(live_count(&other).unwrap(), 2);
+    }
+
+    /// A record loaded from a batch in flight is replaced in place once that batch has
+    /// written it as it was; one another process wrote between the two writes is joined.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_read_from_a_batch_in_flight_is_replaced_in_place_unless_written_since() {
+        let (dir, store) = store();
+        let other = other_process(&dir);
+        let lock = Arc::new(Mutex::new(()));
+        store_record(&store, &named(id(1), "Ada", 1));
+        store_record(&store, &named(id(2), "Grace", 1));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        // Batch 1 reads both from the store, batch 2 from batch 1 (in flight, not written).
+        let mut first = Records::new();
+        pipeline.load_many(&mut first, [id(1), id(2)]).unwrap();
+        for n in [1, 2] {
+            let state = with(first[&id(n)].clone(), FieldKey::title(), "first", 2);
+            first.insert(id(n), state);
+        }
+        let (release_first, landed_first, prepare, write) = versioned_write(&store);
+        pipeline
+            .submit_prepared(first.clone(), prepare, write)
+            .await
+            .unwrap();
+        let mut second = Records::new();
+        pipeline.load_many(&mut second, [id(1)]).unwrap();
+        pipeline.load(&mut second, id(2)).unwrap();
+        assert_eq!(second, first, "read from the batch in flight");
+        for n in [1, 2] {
+            let state = with(second[&id(n)].clone(), FieldKey::company(), "second", 3);
+            second.insert(id(n), state);
+        }
+        let (release_second, _landed, prepare, write) = versioned_write(&store);
+        pipeline
+            .submit_prepared(second.clone(), prepare, write)
+            .await
+            .unwrap();
+        // Batch 1 lands; another process then writes record 2; batch 2 lands.
+        release_first.send(()).unwrap();
+        landed_first.recv().unwrap();
+        let theirs = with(
+            read_record(&other, &id(2)).unwrap().unwrap(),
+            FieldKey::note(),
+            "theirs",
+            4,
+        );
+        store_record(&other, &theirs);
+        release_second.send(()).unwrap();
+        pipeline.wait().await.unwrap();
+        assert_eq!(
+            pipeline.write_counts(),
+            WriteCountsSnapshot {
+                inserted: 0,
+                in_place: 3,
+                joined: 1
+            }
+        );
+        assert_eq!(
+            read_record(&store, &id(1)).unwrap().as_ref(),
+            second.get(&id(1))
+        );
+        let two = read_record(&store, &id(2)).unwrap().unwrap();
+        let mut both = second[&id(2)].clone();
+        both.merge(&theirs);
+        assert_eq!(two, both);
+        assert_eq!(
+            two.value(&FieldKey::note()),
+            Some(&record::value::text("theirs"))
+        );
+        assert_eq!(
+            two.value(&FieldKey::company()),
+            Some(&record::value::text("second"))
+        );
+        assert_eq!(live_count(&store).unwrap(), 2);
+    }
+
     /// A prepared batch whose write fails keeps every later batch from being written, and the
     /// pipeline reports that write's error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1310,7 +1761,7 @@ mod tests {
             .submit_prepared(
                 Records::from([(id(1), named(id(1), "lost", 1))]),
                 |_| Ok(()),
-                move |_, ()| {
+                move |_, _, ()| {
                     wait_rx.recv().ok();
                     Err(LocalStoreError::Corrupt {
                         tree: "records",

@@ -198,7 +198,7 @@ impl ValueCipher {
     /// Seals `plain` for `(tree, key)`: `nonce (24) || ciphertext || tag (16)`, encrypted in
     /// place in the one buffer returned (a record is sealed per write, so the copies count).
     pub fn seal(&self, tree: TreeName, key: &[u8], plain: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 24];
+        let mut nonce = [0u8; NONCE_LEN];
         kith_protocol::keys::system_rng().fill_bytes(&mut nonce);
         let aad = lp_concat(&[tree.as_str().as_bytes(), key]);
         let mut out = Vec::with_capacity(24 + plain.len() + 16);
@@ -250,6 +250,32 @@ impl ValueCipher {
     }
 }
 
+/// Bytes of a sealed value's nonce, which opens it (`nonce || ciphertext || tag`).
+const NONCE_LEN: usize = 24;
+
+/// Which sealing of a value the store holds: the sealed value's nonce. [`ValueCipher::seal`]
+/// draws 192 random bits for every sealing, and every write of a value stores a new sealing
+/// (a value is never sealed twice with one nonce: two sealings share one with probability
+/// 2⁻¹⁹² a pair), so a value whose stored nonce is still the one read has not been written
+/// since: its bytes, and what they open to, are the ones read. This is what lets a writer
+/// that read and merged a record replace it without reading and opening it again
+/// ([`StoreTxn::replace_sealed_at`]), and still notice a write by another process in between.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ValueVersion([u8; NONCE_LEN]);
+
+impl ValueVersion {
+    /// The version of a sealed value (`None` for one too short to have been sealed).
+    pub(crate) fn of(sealed: &[u8]) -> Option<Self> {
+        Some(Self(sealed.get(..NONCE_LEN)?.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Debug for ValueVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ValueVersion({})", hex::encode(&self.0[..4]))
+    }
+}
+
 /// A decrypted (key, value) pair of a tree.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -274,6 +300,8 @@ per_tree_statements! {
     get_sql: "SELECT value FROM ", " WHERE key = ?1";
     put_sql: "INSERT OR REPLACE INTO ", " (key, value) VALUES (?1, ?2)";
     insert_new_sql: "INSERT INTO ", " (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING";
+    // The version is the value's first `NONCE_LEN` bytes (`ValueVersion`).
+    replace_at_sql: "UPDATE ", " SET value = ?2 WHERE key = ?1 AND substr(value, 1, 24) = ?3";
     remove_sql: "DELETE FROM ", " WHERE key = ?1";
     scan_sql: "SELECT key, value FROM ", " WHERE key >= ?1 ORDER BY key";
     keys_sql: "SELECT key FROM ", " ORDER BY key";
@@ -483,24 +511,7 @@ impl LocalStore {
         tree: TreeName,
         keys: &[&[u8]],
     ) -> Result<Vec<Option<Vec<u8>>>, LocalStoreError> {
-        let sealed = {
-            let reader = lock(&self.shared.reader);
-            let tx = reader.unchecked_transaction()?;
-            let mut sealed = Vec::with_capacity(keys.len());
-            {
-                let mut statement = tx.prepare_cached(get_sql(tree))?;
-                for key in keys {
-                    sealed.push(
-                        statement
-                            .query_row([key], |row| row.get::<_, Vec<u8>>(0))
-                            .optional()?,
-                    );
-                }
-            }
-            // A read transaction: ending it releases the snapshot, whatever way.
-            tx.rollback()?;
-            sealed
-        };
+        let sealed = self.get_many_sealed(tree, keys)?;
         keys.iter()
             .zip(sealed)
             .map(|(key, sealed)| {
@@ -509,6 +520,31 @@ impl LocalStore {
                     .transpose()
             })
             .collect()
+    }
+
+    /// [`LocalStore::get_many`] without opening the values: each as stored (sealed), for a
+    /// caller that also keeps its [`ValueVersion`].
+    pub(crate) fn get_many_sealed(
+        &self,
+        tree: TreeName,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, LocalStoreError> {
+        let reader = lock(&self.shared.reader);
+        let tx = reader.unchecked_transaction()?;
+        let mut sealed = Vec::with_capacity(keys.len());
+        {
+            let mut statement = tx.prepare_cached(get_sql(tree))?;
+            for key in keys {
+                sealed.push(
+                    statement
+                        .query_row([key], |row| row.get::<_, Vec<u8>>(0))
+                        .optional()?,
+                );
+            }
+        }
+        // A read transaction: ending it releases the snapshot, whatever way.
+        tx.rollback()?;
+        Ok(sealed)
     }
 
     /// Encrypts and writes one value, durably (its own transaction).
@@ -812,6 +848,24 @@ impl StoreTxn<'_> {
             > 0)
     }
 
+    /// Replaces the value under `key` by `sealed` (sealed for `(tree, key)`) if the stored
+    /// value is still at `version`; whether it was. One lookup of the key, nothing opened: a
+    /// caller that read and merged the value at `version` writes its state without reading
+    /// it again, and learns when another connection (another process) wrote it since.
+    pub(crate) fn replace_sealed_at(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        version: &ValueVersion,
+        sealed: &[u8],
+    ) -> Result<bool, LocalStoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(replace_at_sql(tree))?
+            .execute(rusqlite::params![key, sealed, &version.0[..]])?
+            > 0)
+    }
+
     /// Removes one value.
     pub fn remove(&self, tree: TreeName, key: &[u8]) -> Result<(), LocalStoreError> {
         self.removed(tree, key).map(drop)
@@ -992,6 +1046,48 @@ pub(crate) mod tests {
         });
         assert!(result.is_err());
         assert_eq!(store.get(TreeName::Records, b"r").unwrap(), None);
+    }
+
+    /// A value is replaced at the version it was read at, and only then: once anything (here
+    /// another handle, as another process) wrote it since, even the same plaintext, the
+    /// replacement writes nothing; a key with no value is not created.
+    #[test]
+    fn a_value_is_replaced_only_at_the_version_it_was_read_at() {
+        let (dir, store) = store();
+        let other =
+            LocalStore::open(dir.path(), &SymmetricKey::from_slice(&[7; 32]).unwrap()).unwrap();
+        let seal = |plain: &[u8]| store.cipher().seal(TreeName::Records, b"r", plain);
+        let replace = |version: &ValueVersion, plain: &[u8]| {
+            store
+                .transaction(|tx| {
+                    tx.replace_sealed_at(TreeName::Records, b"r", version, &seal(plain))
+                })
+                .unwrap()
+        };
+        store.put(TreeName::Records, b"r", b"one").unwrap();
+        let read = store.get_sealed(TreeName::Records, b"r").unwrap().unwrap();
+        let version = ValueVersion::of(&read).unwrap();
+        assert!(replace(&version, b"two"));
+        assert_eq!(store.get(TreeName::Records, b"r").unwrap().unwrap(), b"two");
+        // `version` was replaced: it no longer matches.
+        assert!(!replace(&version, b"three"));
+        let read = store.get_sealed(TreeName::Records, b"r").unwrap().unwrap();
+        let version = ValueVersion::of(&read).unwrap();
+        other.put(TreeName::Records, b"r", b"two").unwrap();
+        assert!(!replace(&version, b"mine"));
+        assert_eq!(other.get(TreeName::Records, b"r").unwrap().unwrap(), b"two");
+        assert!(
+            !store
+                .transaction(|tx| tx.replace_sealed_at(
+                    TreeName::Records,
+                    b"absent",
+                    &version,
+                    &read
+                ))
+                .unwrap()
+        );
+        assert_eq!(store.get(TreeName::Records, b"absent").unwrap(), None);
+        assert_eq!(ValueVersion::of(&read[..23]), None);
     }
 
     /// Two handles on one directory stand for two processes (each has its own connections

@@ -1297,7 +1297,7 @@ impl Device {
                             PulledIdentities::blind_page(sealer.inner.store.cipher(), records);
                         Ok((sealer.seal_records(records), blinded))
                     },
-                    move |records, (sealed, blinded)| {
+                    move |records, versions, (sealed, blinded)| {
                         // The identity rule for the page, while its states are here, on the
                         // writer's thread (the next page is merged meanwhile), its index shards
                         // read in the page's transaction. Pages are written in order, so a later
@@ -1314,6 +1314,9 @@ impl Device {
                                     .map(|((id, state), (_, sealed))| {
                                         (id, state, Some(&sealed[..]))
                                     }),
+                                // Records read from the store or an earlier page and written
+                                // by no one since are replaced without being read again.
+                                Some(versions),
                             )?;
                             device.persist_cursors(tx, &cursors)?;
                             identities.settle_page(tx, records, &blinded)
@@ -1372,6 +1375,21 @@ impl Device {
         }
         pipeline.wait().await?;
         drop(bulk);
+        let written = pipeline.write_counts();
+        tracing::debug!(
+            inserted = written.inserted,
+            in_place = written.in_place,
+            joined = written.joined,
+            "pulled records written"
+        );
+        #[cfg(test)]
+        {
+            *self
+                .inner
+                .pulled_writes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = written;
+        }
         report.relay_moved = self.relay_move_to_follow(moves);
         // What the merged clocks moved the clock to survives a restart (§8).
         self.persist_clock()?;
@@ -2357,6 +2375,61 @@ pub(crate) mod tests {
         let c = linked_device(&a, dir.path(), &target, "c").await;
         c.sync().await.unwrap();
         assert_eq!(c.contacts().unwrap(), b.contacts().unwrap());
+        relay.shutdown().await.unwrap();
+    }
+
+    /// Records a pull updates, created by an earlier page (every envelope is a page of its
+    /// own, so each is read from the store or from the page still in flight), are replaced in
+    /// place, none read back to be joined, and hold every page's change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_a_pull_updates_are_replaced_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, _target, a, b) = one_envelope_per_page_pair(dir.path()).await;
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        let upsert = |record: RecordId, key: FieldKey, text: &str| {
+            let write = FieldWrite::set(key, record::value::text(text), []).unwrap();
+            Operation::upsert(record, a.write_clock(None).unwrap(), [write]).unwrap()
+        };
+        let pages = [
+            vec![
+                upsert(id(1), FieldKey::name(), "Ada"),
+                upsert(id(2), FieldKey::name(), "Grace"),
+            ],
+            vec![upsert(id(1), FieldKey::company(), "Engines")],
+            vec![
+                upsert(id(1), FieldKey::title(), "Countess"),
+                upsert(id(2), FieldKey::company(), "Navy"),
+            ],
+        ];
+        push_pages_and_pull(&a, &b, &pages).await;
+        assert_eq!(
+            *b.inner.pulled_writes.lock().unwrap(),
+            crate::pipeline::WriteCountsSnapshot {
+                inserted: 2,
+                in_place: 3,
+                joined: 0
+            }
+        );
+        let value =
+            |n: u8, key: FieldKey| b.load_record(&id(n)).unwrap().unwrap().value(&key).cloned();
+        assert_eq!(value(1, FieldKey::name()), Some(record::value::text("Ada")));
+        assert_eq!(
+            value(1, FieldKey::company()),
+            Some(record::value::text("Engines"))
+        );
+        assert_eq!(
+            value(1, FieldKey::title()),
+            Some(record::value::text("Countess"))
+        );
+        assert_eq!(
+            value(2, FieldKey::name()),
+            Some(record::value::text("Grace"))
+        );
+        assert_eq!(
+            value(2, FieldKey::company()),
+            Some(record::value::text("Navy"))
+        );
+        assert_eq!(b.contact_count().unwrap(), 2);
         relay.shutdown().await.unwrap();
     }
 
