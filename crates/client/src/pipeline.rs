@@ -1544,6 +1544,52 @@ mod tests {
         .unwrap()
     }
 
+    /// A store holding records 1 ("Ada") and 2 ("Grace"), a second connection to it (another
+    /// process), and a record lock.
+    fn two_records_and_another_process()
+    -> (tempfile::TempDir, LocalStore, LocalStore, Arc<Mutex<()>>) {
+        let (dir, store) = store();
+        let other = other_process(&dir);
+        store_record(&store, &named(id(1), "Ada", 1));
+        store_record(&store, &named(id(2), "Grace", 1));
+        (dir, store, other, Arc::new(Mutex::new(())))
+    }
+
+    /// Record `n` as `store` (another process) reads it, sets `key` to `text` and writes it.
+    fn written_by(
+        store: &LocalStore,
+        n: u32,
+        key: FieldKey,
+        text: &str,
+        wall_ms: u64,
+    ) -> RecordState {
+        let state = with(
+            read_record(store, &id(n)).unwrap().unwrap(),
+            key,
+            text,
+            wall_ms,
+        );
+        store_record(store, &state);
+        state
+    }
+
+    /// Sets `key` to `text` on records 1 and 2 of `touched` ([`with`]).
+    fn set_on_both(touched: &mut Records, key: FieldKey, text: &str, wall_ms: u64) {
+        for n in [1, 2] {
+            let state = with(touched[&id(n)].clone(), key.clone(), text, wall_ms);
+            touched.insert(id(n), state);
+        }
+    }
+
+    /// Asserts that `state` shows `text` for `key`.
+    fn assert_text(state: &RecordState, key: FieldKey, text: &str) {
+        assert_eq!(
+            state.value(&key),
+            Some(&record::value::text(text)),
+            "{key:?}"
+        );
+    }
+
     /// A pull's write: sealed beside, then written with the batch's versions once `release`
     /// receives; `landed` receives once it has landed.
     #[allow(clippy::type_complexity)]
@@ -1627,25 +1673,12 @@ mod tests {
     /// finds the value changed, joins (both changes are kept) and counts it once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_another_process_wrote_after_the_read_is_joined_not_replaced() {
-        let (dir, store) = store();
-        let other = other_process(&dir);
-        let lock = Arc::new(Mutex::new(()));
-        store_record(&store, &named(id(1), "Ada", 1));
-        store_record(&store, &named(id(2), "Grace", 1));
+        let (_dir, store, other, lock) = two_records_and_another_process();
         let mut pipeline = RecordPipeline::lock(&lock, &store).await;
         let mut touched = Records::new();
         pipeline.load_many(&mut touched, [id(1), id(2)]).unwrap();
-        let theirs = with(
-            read_record(&other, &id(1)).unwrap().unwrap(),
-            FieldKey::company(),
-            "Engines",
-            6,
-        );
-        store_record(&other, &theirs);
-        for n in [1, 2] {
-            let ours = with(touched[&id(n)].clone(), FieldKey::title(), "Countess", 5);
-            touched.insert(id(n), ours);
-        }
+        let theirs = written_by(&other, 1, FieldKey::company(), "Engines", 6);
+        set_on_both(&mut touched, FieldKey::title(), "Countess", 5);
         let (release, _landed, prepare, write) = versioned_write(&store);
         release.send(()).unwrap();
         pipeline
@@ -1662,14 +1695,8 @@ mod tests {
             }
         );
         let stored = read_record(&store, &id(1)).unwrap().unwrap();
-        assert_eq!(
-            stored.value(&FieldKey::company()),
-            Some(&record::value::text("Engines"))
-        );
-        assert_eq!(
-            stored.value(&FieldKey::title()),
-            Some(&record::value::text("Countess"))
-        );
+        assert_text(&stored, FieldKey::company(), "Engines");
+        assert_text(&stored, FieldKey::title(), "Countess");
         assert_eq!(live_count(&store).unwrap(), 2);
         assert_eq!(live_count(&other).unwrap(), 2);
     }
@@ -1678,19 +1705,12 @@ mod tests {
     /// written it as it was; one another process wrote between the two writes is joined.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_read_from_a_batch_in_flight_is_replaced_in_place_unless_written_since() {
-        let (dir, store) = store();
-        let other = other_process(&dir);
-        let lock = Arc::new(Mutex::new(()));
-        store_record(&store, &named(id(1), "Ada", 1));
-        store_record(&store, &named(id(2), "Grace", 1));
+        let (_dir, store, other, lock) = two_records_and_another_process();
         let mut pipeline = RecordPipeline::lock(&lock, &store).await;
         // Batch 1 reads both from the store, batch 2 from batch 1 (in flight, not written).
         let mut first = Records::new();
         pipeline.load_many(&mut first, [id(1), id(2)]).unwrap();
-        for n in [1, 2] {
-            let state = with(first[&id(n)].clone(), FieldKey::title(), "first", 2);
-            first.insert(id(n), state);
-        }
+        set_on_both(&mut first, FieldKey::title(), "first", 2);
         let (release_first, landed_first, prepare, write) = versioned_write(&store);
         pipeline
             .submit_prepared(first.clone(), prepare, write)
@@ -1700,10 +1720,7 @@ mod tests {
         pipeline.load_many(&mut second, [id(1)]).unwrap();
         pipeline.load(&mut second, id(2)).unwrap();
         assert_eq!(second, first, "read from the batch in flight");
-        for n in [1, 2] {
-            let state = with(second[&id(n)].clone(), FieldKey::company(), "second", 3);
-            second.insert(id(n), state);
-        }
+        set_on_both(&mut second, FieldKey::company(), "second", 3);
         let (release_second, _landed, prepare, write) = versioned_write(&store);
         pipeline
             .submit_prepared(second.clone(), prepare, write)
@@ -1712,13 +1729,7 @@ mod tests {
         // Batch 1 lands; another process then writes record 2; batch 2 lands.
         release_first.send(()).unwrap();
         landed_first.recv().unwrap();
-        let theirs = with(
-            read_record(&other, &id(2)).unwrap().unwrap(),
-            FieldKey::note(),
-            "theirs",
-            4,
-        );
-        store_record(&other, &theirs);
+        let theirs = written_by(&other, 2, FieldKey::note(), "theirs", 4);
         release_second.send(()).unwrap();
         pipeline.wait().await.unwrap();
         assert_eq!(
@@ -1737,14 +1748,8 @@ mod tests {
         let mut both = second[&id(2)].clone();
         both.merge(&theirs);
         assert_eq!(two, both);
-        assert_eq!(
-            two.value(&FieldKey::note()),
-            Some(&record::value::text("theirs"))
-        );
-        assert_eq!(
-            two.value(&FieldKey::company()),
-            Some(&record::value::text("second"))
-        );
+        assert_text(&two, FieldKey::note(), "theirs");
+        assert_text(&two, FieldKey::company(), "second");
         assert_eq!(live_count(&store).unwrap(), 2);
     }
 

@@ -2410,25 +2410,16 @@ pub(crate) mod tests {
                 joined: 0
             }
         );
-        let value =
-            |n: u8, key: FieldKey| b.load_record(&id(n)).unwrap().unwrap().value(&key).cloned();
-        assert_eq!(value(1, FieldKey::name()), Some(record::value::text("Ada")));
-        assert_eq!(
-            value(1, FieldKey::company()),
-            Some(record::value::text("Engines"))
-        );
-        assert_eq!(
-            value(1, FieldKey::title()),
-            Some(record::value::text("Countess"))
-        );
-        assert_eq!(
-            value(2, FieldKey::name()),
-            Some(record::value::text("Grace"))
-        );
-        assert_eq!(
-            value(2, FieldKey::company()),
-            Some(record::value::text("Navy"))
-        );
+        for (n, key, text) in [
+            (1, FieldKey::name(), "Ada"),
+            (1, FieldKey::company(), "Engines"),
+            (1, FieldKey::title(), "Countess"),
+            (2, FieldKey::name(), "Grace"),
+            (2, FieldKey::company(), "Navy"),
+        ] {
+            let state = b.load_record(&id(n)).unwrap().unwrap();
+            assert_eq!(state.value(&key), Some(&record::value::text(text)));
+        }
         assert_eq!(b.contact_count().unwrap(), 2);
         relay.shutdown().await.unwrap();
     }
