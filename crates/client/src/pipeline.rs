@@ -1677,7 +1677,7 @@ mod tests {
         let mut pipeline = RecordPipeline::lock(&lock, &store).await;
         let mut touched = Records::new();
         pipeline.load_many(&mut touched, [id(1), id(2)]).unwrap();
-        let theirs = written_by(&other, 1, FieldKey::company(), "Engines", 6);
+        written_by(&other, 1, FieldKey::company(), "Engines", 6);
         set_on_both(&mut touched, FieldKey::title(), "Countess", 5);
         let (release, _landed, prepare, write) = versioned_write(&store);
         release.send(()).unwrap();
