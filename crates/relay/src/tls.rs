@@ -393,11 +393,17 @@ pub fn client_config_up_to(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(client_transport(max_udp_payload));
+    Ok(config)
+}
+
+/// The transport settings of [`client_config_up_to`]: keep-alives every 15 s, datagrams of up
+/// to `max_udp_payload` bytes probed for.
+pub fn client_transport(max_udp_payload: u16) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
     kith_net::probe_udp_payload(&mut transport, max_udp_payload);
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    Arc::new(transport)
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ mod hybrid;
 
 use std::sync::Arc;
 
-pub use hybrid::X25519MLKEM768;
+pub use hybrid::{
+    MLKEM768_CIPHERTEXT_LEN, MLKEM768_ENCAPSULATION_KEY_LEN, X25519_LEN, X25519MLKEM768,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

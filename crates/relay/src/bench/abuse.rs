@@ -17,7 +17,10 @@
 //! key pair) per attempt, queued the honest tasks behind them for tens of milliseconds: the
 //! tool measured its own run queue, not the relay (BENCHMARKS.md, finding 7, fifth session).
 //! On a thread of its own the operating system shares the cores between it and the honest
-//! devices as between two processes.
+//! devices as between two processes. Every ClientHello carries the same key shares
+//! ([`ReplayedShares`]), as a client flooding the relay would send: the relay receives what it
+//! received before, and the abuser spends about half the CPU it did on the cores it shares
+//! with the relay.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -168,10 +171,177 @@ pub fn source(round: usize) -> Result<std::net::IpAddr> {
     Ok(std::net::Ipv4Addr::new(127, 0, 0, last).into())
 }
 
-fn endpoint(source: std::net::IpAddr, pin: [u8; 32]) -> Result<quinn::Endpoint> {
+fn endpoint(source: std::net::IpAddr, client: &quinn::ClientConfig) -> Result<quinn::Endpoint> {
     let mut endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0))?;
-    endpoint.set_default_client_config(tls::client_config(pin)?);
+    endpoint.set_default_client_config(client.clone());
     Ok(endpoint)
+}
+
+/// The abuser's QUIC client configuration: an honest client's ([`tls::client_config`]: the
+/// same TLS 1.3 ClientHello, key shares, transport parameters and keep-alives) except that
+/// every ClientHello carries the same key shares ([`ReplayedShares`]).
+fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups.insert(0, replayed_shares()?);
+    let mut crypto = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(kith_tls::PinnedCertVerifier::new(pin)))
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![kith_tls::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| anyhow!("abuser TLS: {e}"))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(tls::client_transport(kith_net::MAX_UDP_PAYLOAD));
+    Ok(config)
+}
+
+/// The abuser's X25519MLKEM768 (the group `kith_tls::X25519MLKEM768` speaks, in the same
+/// encoding): one ML-KEM-768 key pair and one X25519 key, made once per run of the tool and
+/// offered in every ClientHello, as a client flooding a relay with connection attempts would
+/// do. An honest client makes fresh ones for each connection, which took most of the abuser's
+/// CPU (an ML-KEM-768 key generation and an X25519 base-point multiplication per attempt,
+/// ~1,200 attempts a second, ten to fifteen times the relay's own cost of the abuse:
+/// BENCHMARKS.md, finding 7, ninth session) on the two cores it shares with the relay. The
+/// relay receives the same datagrams either way (it refuses most attempts at their first
+/// packet, before reading the ClientHello); a connection it accepts completes its handshake
+/// as any other.
+struct ReplayedShares {
+    decapsulation: MlKemDecapsulationKey,
+    x25519: x25519_dalek::StaticSecret,
+    x25519_public: [u8; 32],
+    /// The ML-KEM encapsulation key, then the X25519 public key.
+    share: Vec<u8>,
+}
+
+type MlKemDecapsulationKey = <ml_kem::MlKem768 as ml_kem::kem::Kem>::DecapsulationKey;
+
+impl std::fmt::Debug for ReplayedShares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplayedShares")
+    }
+}
+
+static SHARES: std::sync::OnceLock<ReplayedShares> = std::sync::OnceLock::new();
+
+/// The tool's [`ReplayedShares`], made at first use.
+fn replayed_shares() -> Result<&'static ReplayedShares> {
+    if let Some(shares) = SHARES.get() {
+        return Ok(shares);
+    }
+    let decapsulation =
+        <MlKemDecapsulationKey as ml_kem::Generate>::try_generate_from_rng(&mut getrandom::SysRng)
+            .map_err(|e| anyhow!("abuser ML-KEM key: {e}"))?;
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut secret[..]).map_err(|e| anyhow!("abuser X25519 key: {e}"))?;
+    let x25519 = x25519_dalek::StaticSecret::from(*secret);
+    let x25519_public = x25519_dalek::PublicKey::from(&x25519).to_bytes();
+    let mut share = ml_kem::KeyExport::to_bytes(decapsulation.encapsulation_key()).to_vec();
+    share.extend_from_slice(&x25519_public);
+    // Another thread may have made them first: either is fine.
+    let _ = SHARES.set(ReplayedShares {
+        decapsulation,
+        x25519,
+        x25519_public,
+        share,
+    });
+    SHARES
+        .get()
+        .ok_or_else(|| anyhow!("abuser key shares missing"))
+}
+
+/// An X25519 shared secret with the server's `public` key, refused when it is all zeros (as
+/// the provider's X25519 refuses it).
+fn x25519_secret(
+    secret: &x25519_dalek::StaticSecret,
+    public: &[u8],
+) -> Result<x25519_dalek::SharedSecret, rustls::Error> {
+    let public: [u8; 32] = public
+        .try_into()
+        .map_err(|_| rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::InvalidKeyShare))?;
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(public));
+    if !shared.was_contributory() {
+        return Err(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::InvalidKeyShare,
+        ));
+    }
+    Ok(shared)
+}
+
+impl rustls::crypto::SupportedKxGroup for ReplayedShares {
+    fn start(&self) -> Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        let shares = SHARES
+            .get()
+            .ok_or_else(|| rustls::Error::General("abuser key shares missing".into()))?;
+        Ok(Box::new(ReplayedExchange(shares)))
+    }
+
+    fn ffdhe_group(&self) -> Option<rustls::ffdhe_groups::FfdheGroup<'static>> {
+        None
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::X25519MLKEM768
+    }
+
+    fn usable_for_version(&self, version: rustls::ProtocolVersion) -> bool {
+        version == rustls::ProtocolVersion::TLSv1_3
+    }
+}
+
+/// One ClientHello's key exchange with the [`ReplayedShares`].
+struct ReplayedExchange(&'static ReplayedShares);
+
+impl rustls::crypto::ActiveKeyExchange for ReplayedExchange {
+    fn complete(
+        self: Box<Self>,
+        server_share: &[u8],
+    ) -> Result<rustls::crypto::SharedSecret, rustls::Error> {
+        use ml_kem::Decapsulate;
+        let invalid = rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::InvalidKeyShare);
+        if server_share.len() != kith_tls::MLKEM768_CIPHERTEXT_LEN + kith_tls::X25519_LEN {
+            return Err(invalid);
+        }
+        let (ciphertext, x25519) = server_share.split_at(kith_tls::MLKEM768_CIPHERTEXT_LEN);
+        let post_quantum = zeroize::Zeroizing::new(
+            self.0
+                .decapsulation
+                .decapsulate_slice(ciphertext)
+                .map_err(|_| invalid)?,
+        );
+        let classical = x25519_secret(&self.0.x25519, x25519)?;
+        // ML-KEM's secret first, then X25519's (draft-ietf-tls-ecdhe-mlkem §3).
+        let mut secret = zeroize::Zeroizing::new(Vec::with_capacity(64));
+        secret.extend_from_slice(&post_quantum);
+        secret.extend_from_slice(classical.as_bytes());
+        Ok(rustls::crypto::SharedSecret::from(&secret[..]))
+    }
+
+    fn hybrid_component(&self) -> Option<(rustls::NamedGroup, &[u8])> {
+        Some((rustls::NamedGroup::X25519, &self.0.x25519_public))
+    }
+
+    fn complete_hybrid_component(
+        self: Box<Self>,
+        server_share: &[u8],
+    ) -> Result<rustls::crypto::SharedSecret, rustls::Error> {
+        let classical = x25519_secret(&self.0.x25519, server_share)?;
+        Ok(rustls::crypto::SharedSecret::from(
+            &classical.as_bytes()[..],
+        ))
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        &self.0.share
+    }
+
+    fn ffdhe_group(&self) -> Option<rustls::ffdhe_groups::FfdheGroup<'static>> {
+        None
+    }
+
+    fn group(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::X25519MLKEM768
+    }
 }
 
 /// Starts the abuser, speaking from `source`, on a thread and runtime of its own (or, with
@@ -251,8 +421,9 @@ async fn run(
     stats: Arc<AbuseStats>,
     stopped: watch::Receiver<bool>,
 ) -> Result<Vec<quinn::Endpoint>> {
+    let client = client_config(pin)?;
     let endpoints: Vec<quinn::Endpoint> = (0..8)
-        .map(|_| endpoint(source, pin))
+        .map(|_| endpoint(source, &client))
         .collect::<Result<_>>()?;
     // The stalled pulls' account: 125 envelopes of 20 KB, so every page is a full 2 MiB.
     let key = DeviceSigningKey::generate(&mut system_rng());
@@ -659,5 +830,53 @@ impl LagProbe {
             super::percentile(&lags, 0.99),
             lags.last().copied().unwrap_or_default(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key exchange group a connection's handshake agreed on.
+    fn group(connection: &quinn::Connection) -> rustls::NamedGroup {
+        connection
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .map(|data| data.negotiated_key_exchange_group)
+            .expect("handshake data")
+    }
+
+    /// The abuser's connections are real ones: with the same key shares in every ClientHello,
+    /// each handshake with the relay completes with X25519MLKEM768 (a wrong decapsulation or
+    /// combination would fail the handshake's Finished check) and carries requests, so its idle
+    /// connections and stalled pulls are what an honest client's would be.
+    #[tokio::test]
+    async fn the_abusers_replayed_key_shares_complete_handshakes_with_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay =
+            kith_relay::Relay::start(kith_relay::config::RelayConfig::for_tests(dir.path()))
+                .await
+                .unwrap();
+        let client = client_config(relay.key_sha256()).unwrap();
+        let source = std::net::Ipv4Addr::LOCALHOST.into();
+        let mut shares = Vec::new();
+        for _ in 0..2 {
+            let connection =
+                RelayClient::connect_with(endpoint(source, &client).unwrap(), relay.local_addr())
+                    .await
+                    .unwrap();
+            assert_eq!(
+                group(connection.connection()),
+                rustls::NamedGroup::X25519MLKEM768
+            );
+            connection.challenge().await.unwrap();
+            shares.push(replayed_shares().unwrap().share.clone());
+        }
+        assert_eq!(
+            shares[0].len(),
+            kith_tls::MLKEM768_ENCAPSULATION_KEY_LEN + kith_tls::X25519_LEN
+        );
+        assert_eq!(shares[0], shares[1], "one key share for every attempt");
+        relay.shutdown().await.unwrap();
     }
 }
