@@ -150,10 +150,9 @@ pub(crate) struct AccountState {
 }
 
 impl AccountState {
-    /// The state of a device just set up (created, recovered or linked): its clock starts
-    /// afresh.
+    /// The state of a device just set up (created, recovered or linked) in the account of
+    /// `roster`: its clock starts afresh.
     fn fresh(
-        account_id: AccountId,
         roster: VerifiedRoster,
         account_key: AccountSigningKey,
         epochs: EpochKeys,
@@ -161,7 +160,7 @@ impl AccountState {
         device_id: DeviceId,
     ) -> Self {
         AccountState {
-            account_id,
+            account_id: roster.account_id(),
             roster,
             account_key,
             epochs,
@@ -284,10 +283,7 @@ impl Device {
         registration_token: Option<String>,
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<(Device, RecoveryKeyText)> {
-        let keystore = keystore_for(home, keystore);
-        if keystore.exists()? {
-            return Err(ClientError::AlreadyInitialized(home.display().to_string()));
-        }
+        let keystore = unused_keystore_for(home, keystore)?;
         let mut rng = system_rng();
         let secrets = DeviceSecrets::generate();
         let account_key = AccountSigningKey::generate(&mut rng);
@@ -331,17 +327,10 @@ impl Device {
 
         // Nothing is written to the home before the relay accepted the account, so a relay
         // that cannot be reached, or refuses it, leaves no home behind (nor does Ctrl-C).
-        let guard = HomeGuard::new(home)?;
-        keystore.save(&secrets)?;
-        let state = AccountState::fresh(
-            account_id,
-            roster,
-            account_key,
-            epochs,
-            Some(recovery),
-            secrets.signing_key.device_id(),
-        );
-        let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
+        let device_id = secrets.signing_key.device_id();
+        let state = AccountState::fresh(roster, account_key, epochs, Some(recovery), device_id);
+        let (device, guard) =
+            Self::write_new_home(home, &*keystore, secrets, state, &relay, device_name)?;
         device.put_recovery_bundle(&connection).await?;
         device.inner.store.flush().await?;
         *device.inner.connection.lock().await = Some(connection);
@@ -444,13 +433,19 @@ impl Device {
         })
     }
 
-    fn persist_new(
+    /// Writes the home of a device just set up (created, recovered or linked): its secrets
+    /// to `keystore`, its settings and account state to a new store. What it wrote is undone
+    /// when the returned guard is dropped, unless the set-up [keeps](HomeGuard::keep) it.
+    fn write_new_home(
         home: &Path,
+        keystore: &dyn KeyStore,
         secrets: DeviceSecrets,
         state: AccountState,
         relay: &RelayTarget,
         device_name: &str,
-    ) -> Result<Device> {
+    ) -> Result<(Device, HomeGuard)> {
+        let guard = HomeGuard::new(home)?;
+        keystore.save(&secrets)?;
         let store = open_store(home, &secrets)?;
         let settings = Settings::new(&state.account_id, device_name, relay);
         let settings =
@@ -466,7 +461,7 @@ impl Device {
         )?;
         device.persist_state()?;
         device.inner.store.flush_blocking()?;
-        Ok(device)
+        Ok((device, guard))
     }
 
     /// Writes the account state (roster, account key, epochs, recovery sealing) to the store.
@@ -1015,10 +1010,7 @@ impl Device {
         device_name: &str,
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<Device> {
-        let keystore = keystore_for(home, keystore);
-        if keystore.exists()? {
-            return Err(ClientError::AlreadyInitialized(home.display().to_string()));
-        }
+        let keystore = unused_keystore_for(home, keystore)?;
         let recovery_key = RecoveryKey::parse(recovery_key)
             .map_err(|e| ClientError::InvalidInput(format!("{e}")))?;
         let connection = RelayConnection::connect(&relay).await?;
@@ -1070,17 +1062,11 @@ impl Device {
             .recover_account(&account_id, roster.encoded().to_vec(), &secrets.signing_key)
             .await?;
         put_own_epoch_keys(&connection, &account_id, &secrets, &epochs).await?;
-        let guard = HomeGuard::new(home)?;
-        keystore.save(&secrets)?;
-        let state = AccountState::fresh(
-            account_id,
-            roster,
-            account_key,
-            epochs,
-            Some(recovery_key.sealing()),
-            secrets.signing_key.device_id(),
-        );
-        let device = Self::persist_new(home, secrets, state, &relay, device_name)?;
+        let recovery = Some(recovery_key.sealing());
+        let device_id = secrets.signing_key.device_id();
+        let state = AccountState::fresh(roster, account_key, epochs, recovery, device_id);
+        let (device, guard) =
+            Self::write_new_home(home, &*keystore, secrets, state, &relay, device_name)?;
         *device.inner.connection.lock().await = Some(connection);
         // Joined: the rest can be repeated with `kith sync`, the home stays.
         guard.keep();
@@ -1209,6 +1195,19 @@ fn keystore_for(home: &Path, keystore: Option<Arc<dyn KeyStore>>) -> Arc<dyn Key
     keystore.unwrap_or_else(|| Arc::new(FileKeyStore::in_home(home)))
 }
 
+/// [`keystore_for`] a device about to be set up in `home`: refused if it already holds
+/// device secrets (a device is set up there already).
+fn unused_keystore_for(
+    home: &Path,
+    keystore: Option<Arc<dyn KeyStore>>,
+) -> Result<Arc<dyn KeyStore>> {
+    let keystore = keystore_for(home, keystore);
+    if keystore.exists()? {
+        return Err(ClientError::AlreadyInitialized(home.display().to_string()));
+    }
+    Ok(keystore)
+}
+
 /// How long one take of the pairing slot may wait on the relay for the approval (the relay
 /// caps it at 20 s).
 const TAKE_WAIT: Duration = Duration::from_secs(20);
@@ -1263,10 +1262,7 @@ impl PendingLink {
         device_name: &str,
         keystore: Option<Arc<dyn KeyStore>>,
     ) -> Result<Self> {
-        let keystore = keystore_for(home, keystore);
-        if keystore.exists()? {
-            return Err(ClientError::AlreadyInitialized(home.display().to_string()));
-        }
+        let keystore = unused_keystore_for(home, keystore)?;
         let secrets = DeviceSecrets::generate();
         let pairing_secret = PairingSecret::generate(&mut system_rng());
         let code = LinkCode::new(
@@ -1472,20 +1468,19 @@ impl PendingLink {
         let recovery = bundle.recovery().cloned();
         let (account_key, epochs, roster) = bundle.into_parts();
         put_own_epoch_keys(&connection, &account_id, &self.secrets, &epochs).await?;
-        // The home is created only now: a request that ends without approval (a timeout,
-        // Ctrl-C, a relay that cannot be reached) leaves nothing behind.
-        let guard = HomeGuard::new(&self.home)?;
-        self.keystore.save(&self.secrets)?;
-        let state =
-            AccountState::fresh(account_id, roster, account_key, epochs, recovery, device_id);
+        let state = AccountState::fresh(roster, account_key, epochs, recovery, device_id);
         let PendingLink {
             home,
             relay,
             device_name,
             secrets,
+            keystore,
             ..
         } = self;
-        let device = Device::persist_new(&home, secrets, state, &relay, &device_name)?;
+        // The home is created only now: a request that ends without approval (a timeout,
+        // Ctrl-C, a relay that cannot be reached) leaves nothing behind.
+        let (device, guard) =
+            Device::write_new_home(&home, &*keystore, secrets, state, &relay, &device_name)?;
         *device.inner.connection.lock().await = Some(connection);
         // Linked: what follows can be repeated with `kith sync`, the home stays.
         guard.keep();

@@ -2,8 +2,6 @@
 //! the merged view into [`ExportContact`]s). Reading vCards is [`crate::import::vcard`]; the
 //! two meet only in the round-trip tests.
 
-use kith_protocol::proto;
-
 use crate::import::{ImportedContact, Provenance, text};
 
 /// Labels written back as `TYPE=` (vCard 4.0's own types for each property, less the ignored
@@ -21,29 +19,13 @@ const TEL_TYPES: &[&str] = &[
 ];
 const URL_TYPES: &[&str] = &["home", "work"];
 
-/// A contact to write as vCard 4.0: the client converts its merged view into this.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExportContact {
-    /// `UID`, written when present.
-    pub uid: Option<String>,
-    /// `FN` (written empty when absent: vCard 4.0 requires the property).
-    pub name: Option<String>,
-    /// `EMAIL`s with their labels.
-    pub emails: Vec<proto::Email>,
-    /// `TEL`s (as `tel:` URIs) with their labels.
-    pub phones: Vec<proto::Phone>,
-    /// `URL`s with their labels.
-    pub urls: Vec<proto::Url>,
-    /// `X-SOCIALPROFILE`s.
-    pub handles: Vec<proto::Handle>,
-    /// `ORG`.
-    pub company: Option<String>,
-    /// `TITLE`.
-    pub title: Option<String>,
-    /// `BDAY` (`--MMDD` when the year is 0).
-    pub birthday: Option<proto::Date>,
-    /// `NOTE`.
-    pub note: Option<String>,
+contact_card_record! {
+    /// A contact to write as vCard 4.0: the client converts its merged view into this.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    pub struct ExportContact {
+        /// `UID`, written when present.
+        pub uid: Option<String>,
+    } card {}
 }
 
 impl From<&ImportedContact> for ExportContact {

@@ -18,6 +18,10 @@
 //!
 //! Adding a variant or a field here adds it to both; the bindings must then be regenerated
 //! (`crates/ffi/generate.sh`).
+//!
+//! One more is this crate's own: `contact_card_record!`, the fields a vCard carries of a
+//! contact, which `import::ImportedContact` (what an importer read) and
+//! `export::ExportContact` (what the vCard writer writes) both hold.
 /// Defines the fieldless enum `$name` with the given attributes and variants; with
 /// `mirrors $orig`, also `From` conversions both ways between `$name` and `$orig`, variant for
 /// variant. Used by the enum macros of this module (`clear_field_enum!`, `export_enum!`).
@@ -333,6 +337,59 @@ macro_rules! relay_account_record {
                     $($tail,)*
                 }
             }
+        }
+    };
+}
+
+/// Defines `$name` with the given attributes: the caller's fields before and after the fields
+/// a vCard carries of a contact (`FN`, `EMAIL`, `TEL`, `URL`, `X-SOCIALPROFILE`, `ORG`,
+/// `TITLE`, `BDAY`, `NOTE`), so that what an importer reads (`import::ImportedContact`) and
+/// what the vCard writer writes (`export::ExportContact`) cannot drift apart.
+///
+/// ```ignore
+/// contact_card_record! {
+///     #[derive(Debug, Clone, PartialEq)]
+///     pub struct ExportContact {
+///         /// `UID`, written when present.
+///         pub uid: Option<String>,
+///     } card {}
+/// }
+/// ```
+macro_rules! contact_card_record {
+    (
+        $(#[$($attr:tt)*])*
+        $vis:vis struct $name:ident {
+            $($(#[$($head_attr:tt)*])* pub $head:ident: $head_ty:ty,)*
+        } card {
+            $($(#[$($tail_attr:tt)*])* pub $tail:ident: $tail_ty:ty,)*
+        }
+    ) => {
+        $(#[$($attr)*])*
+        $vis struct $name {
+            $($(#[$($head_attr)*])* pub $head: $head_ty,)*
+            /// Display name (`FN`; written empty when absent, as vCard 4.0 requires the
+            /// property).
+            pub name: Option<String>,
+            /// E-mail addresses with their labels (`EMAIL`); an importer lists each at most
+            /// once (compared case-insensitively).
+            pub emails: Vec<::kith_protocol::proto::Email>,
+            /// Phone numbers, E.164, with their labels (`TEL`, written as `tel:` URIs); an
+            /// importer lists each at most once.
+            pub phones: Vec<::kith_protocol::proto::Phone>,
+            /// Web addresses with their labels (`URL`); an importer lists each at most once.
+            pub urls: Vec<::kith_protocol::proto::Url>,
+            /// Social-network and messaging handles (`X-SOCIALPROFILE`); an importer lists
+            /// each at most once.
+            pub handles: Vec<::kith_protocol::proto::Handle>,
+            /// Company or organization (`ORG`).
+            pub company: Option<String>,
+            /// Job title or position (`TITLE`).
+            pub title: Option<String>,
+            /// Birthday (`BDAY`); `year` 0 when the year is unknown (written `--MMDD`).
+            pub birthday: Option<::kith_protocol::proto::Date>,
+            /// Free-text note (`NOTE`).
+            pub note: Option<String>,
+            $($(#[$($tail_attr)*])* pub $tail: $tail_ty,)*
         }
     };
 }

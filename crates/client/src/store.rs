@@ -547,24 +547,10 @@ impl LocalStore {
         Ok(sealed)
     }
 
-    /// Encrypts and writes one value, durably (its own transaction).
+    /// Encrypts and writes one value, durably: a transaction of its own (a value already
+    /// sealed is written by [`StoreTxn::put_sealed`] in one).
     pub fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<(), LocalStoreError> {
-        let sealed = self.cipher().seal(tree, key, value);
-        self.put_sealed(tree, key, &sealed)
-    }
-
-    /// Writes one value that is already sealed for `(tree, key)`, durably.
-    pub fn put_sealed(
-        &self,
-        tree: TreeName,
-        key: &[u8],
-        sealed: &[u8],
-    ) -> Result<(), LocalStoreError> {
-        let writer = lock(&self.shared.writer);
-        writer
-            .prepare_cached(put_sql(tree))?
-            .execute(rusqlite::params![key, sealed])?;
-        Ok(())
+        self.transaction(|txn| txn.put(tree, key, value))
     }
 
     /// Removes one value, durably.
@@ -973,7 +959,9 @@ pub(crate) mod tests {
         let (_dir, store) = store();
         store.put(from, key, b"secret").unwrap();
         let sealed = store.get_sealed(from, key).unwrap().unwrap();
-        store.put_sealed(to, moved_to, &sealed).unwrap();
+        store
+            .transaction(|txn| txn.put_sealed(to, moved_to, &sealed))
+            .unwrap();
         assert!(matches!(
             store.get(to, moved_to),
             Err(LocalStoreError::Tampered { .. })

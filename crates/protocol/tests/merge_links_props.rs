@@ -22,21 +22,30 @@ fn record(n: u8) -> RecordId {
     RecordId::from_bytes([n + 1; 16])
 }
 
+/// What one device does; records are named by their ids (`record(0..RECORDS)`).
 #[derive(Debug, Clone)]
 enum Action {
     /// Set a field of a record (an import or an edit).
     Write {
         device: usize,
-        record: u8,
+        record: RecordId,
         field: u8,
         text: u8,
     },
     /// Delete a record.
-    Delete { device: usize, record: u8 },
+    Delete { device: usize, record: RecordId },
     /// Merge two records (links both sides, removes `distinct`).
-    Merge { device: usize, a: u8, b: u8 },
+    Merge {
+        device: usize,
+        a: RecordId,
+        b: RecordId,
+    },
     /// Unmerge two records (removes the links, marks them distinct).
-    Unmerge { device: usize, a: u8, b: u8 },
+    Unmerge {
+        device: usize,
+        a: RecordId,
+        b: RecordId,
+    },
     /// Receive the next `count` operations of another device's stream.
     Receive {
         device: usize,
@@ -47,7 +56,7 @@ enum Action {
 
 fn action() -> impl Strategy<Value = Action> {
     let d = 0..DEVICES;
-    let r = 0..RECORDS;
+    let r = (0..RECORDS).prop_map(record);
     prop_oneof![
         3 => (d.clone(), r.clone(), 0u8..3, 0u8..3)
             .prop_map(|(device, record, field, text)| Action::Write { device, record, field, text }),
@@ -120,7 +129,7 @@ fn simulate(actions: &[Action]) -> Vec<Device> {
         match *action {
             Action::Write {
                 device,
-                record: r,
+                record,
                 field,
                 text,
             } => {
@@ -129,19 +138,17 @@ fn simulate(actions: &[Action]) -> Vec<Device> {
                 let write = FieldWrite::set(
                     key.clone(),
                     field_value(field, text),
-                    me.replaces(record(r), &key),
+                    me.replaces(record, &key),
                 )
                 .unwrap();
-                me.upsert(record(r), vec![write]);
+                me.upsert(record, vec![write]);
             }
-            Action::Delete { device, record: r } => {
-                devices[device].delete(record(r), 1);
-            }
+            Action::Delete { device, record } => devices[device].delete(record, 1),
             Action::Merge { device, a, b } | Action::Unmerge { device, a, b } if a == b => {
                 let _ = device;
             }
-            Action::Merge { device, a, b } => devices[device].link(record(a), record(b), true),
-            Action::Unmerge { device, a, b } => devices[device].link(record(a), record(b), false),
+            Action::Merge { device, a, b } => devices[device].link(a, b, true),
+            Action::Unmerge { device, a, b } => devices[device].link(a, b, false),
             Action::Receive {
                 device,
                 from,

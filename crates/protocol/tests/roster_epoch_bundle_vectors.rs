@@ -40,23 +40,39 @@ fn path(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Compares `generated` with the stored file, or rewrites the file when regenerating.
+/// A vector file: the seed of the counter RNG its vectors were generated with, then their keys.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Seeded<T> {
+    seed: String,
+    #[serde(flatten)]
+    vectors: T,
+}
+
+/// Generates the vectors of `tests/vectors/{name}.json` from the counter RNG seeded with
+/// `kith/v1/test-vectors/{name}` and compares them with the stored file (or rewrites the file
+/// when regenerating); the stored vectors.
 fn check_or_write<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     name: &str,
-    generated: &T,
+    generate: impl FnOnce(CounterRng) -> T,
 ) -> T {
+    let seed = format!("kith/v1/test-vectors/{name}");
+    let generated = Seeded {
+        vectors: generate(CounterRng::new(&seed)),
+        seed,
+    };
+    let file = format!("{name}.json");
     if regenerating() {
-        let mut text = serde_json::to_string_pretty(generated).expect("serializable");
+        let mut text = serde_json::to_string_pretty(&generated).expect("serializable");
         text.push('\n');
-        std::fs::write(path(name), text).expect("write vectors");
+        std::fs::write(path(&file), text).expect("write vectors");
     }
-    let text = std::fs::read_to_string(path(name)).expect("vector file exists");
-    let stored: T = serde_json::from_str(&text).expect("vector file parses");
+    let text = std::fs::read_to_string(path(&file)).expect("vector file exists");
+    let stored: Seeded<T> = serde_json::from_str(&text).expect("vector file parses");
     assert_eq!(
-        &stored, generated,
-        "{name} changed; if intended, rerun with KITH_REGENERATE_VECTORS=1"
+        stored, generated,
+        "{file} changed; if intended, rerun with KITH_REGENERATE_VECTORS=1"
     );
-    stored
+    stored.vectors
 }
 
 /// `LP(f1) || LP(f2) || …`, written out here so the vectors pin the spec, not the crate.
@@ -117,7 +133,6 @@ fn hpke_open(
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct RosterVectors {
-    seed: String,
     genesis_account_key: String,
     devices: Vec<DeviceVector>,
     epochs: Vec<EpochEntry>,
@@ -164,9 +179,7 @@ fn roster_vector(step: &str, roster: &VerifiedRoster) -> RosterVector {
     }
 }
 
-fn generate_rosters() -> RosterVectors {
-    let seed = "kith/v1/test-vectors/roster";
-    let mut rng = CounterRng::new(seed);
+fn generate_rosters(mut rng: CounterRng) -> RosterVectors {
     let account_key = AccountSigningKey::generate(&mut rng);
     let mut devices = Vec::new();
     let mut new_devices = Vec::new();
@@ -229,7 +242,6 @@ fn generate_rosters() -> RosterVectors {
         .unwrap();
     rosters.push(roster_vector("remove phone after seq 7", &roster));
     RosterVectors {
-        seed: seed.to_owned(),
         genesis_account_key: hex::encode(*account_key.to_secret_bytes()),
         devices,
         epochs: vec![
@@ -248,7 +260,7 @@ fn generate_rosters() -> RosterVectors {
 
 #[test]
 fn roster_vectors_match() {
-    let v = check_or_write("roster.json", &generate_rosters());
+    let v = check_or_write("roster", generate_rosters);
     // With the crate: the rosters verify in sequence, and the names open.
     let mut prev: Option<VerifiedRoster> = None;
     let account = AccountId::from_hex(&v.rosters[0].account_id).unwrap();
@@ -377,7 +389,6 @@ fn roster_vectors_check_with_primitives_alone() {
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct EpochVectors {
-    seed: String,
     account_id: String,
     recipient_device_id: String,
     recipient_agreement_key_secret: String,
@@ -391,9 +402,7 @@ struct EpochVectors {
     sealed_epoch_key: String,
 }
 
-fn generate_epoch() -> EpochVectors {
-    let seed = "kith/v1/test-vectors/epoch";
-    let mut rng = CounterRng::new(seed);
+fn generate_epoch(mut rng: CounterRng) -> EpochVectors {
     let account = AccountSigningKey::generate(&mut rng).public().account_id();
     let device = DeviceSigningKey::generate(&mut rng).device_id();
     let agreement = DeviceAgreementKey::generate(&mut rng);
@@ -408,7 +417,6 @@ fn generate_epoch() -> EpochVectors {
         &mut rng,
     );
     EpochVectors {
-        seed: seed.to_owned(),
         account_id: account.to_hex(),
         recipient_device_id: device.to_hex(),
         recipient_agreement_key_secret: hex::encode(&*agreement.to_secret_bytes()),
@@ -427,7 +435,7 @@ fn generate_epoch() -> EpochVectors {
 
 #[test]
 fn epoch_vectors_match() {
-    let v = check_or_write("epoch.json", &generate_epoch());
+    let v = check_or_write("epoch", generate_epoch);
     let account = AccountId::from_hex(&v.account_id).unwrap();
     let device = kith_protocol::DeviceId::from_hex(&v.recipient_device_id).unwrap();
     let agreement =
@@ -482,7 +490,6 @@ fn epoch_vectors_check_with_primitives_alone() {
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct BundleVectors {
-    seed: String,
     account_id: String,
     new_device_signing_key: String,
     new_device_agreement_key_secret: String,
@@ -493,9 +500,7 @@ struct BundleVectors {
     sealed_recovery_bundle: String,
 }
 
-fn generate_bundle() -> BundleVectors {
-    let seed = "kith/v1/test-vectors/bundle";
-    let mut rng = CounterRng::new(seed);
+fn generate_bundle(mut rng: CounterRng) -> BundleVectors {
     let account_key = AccountSigningKey::generate(&mut rng);
     let epoch1 = EpochSecret::generate(&mut rng);
     let first = NewDevice {
@@ -528,7 +533,6 @@ fn generate_bundle() -> BundleVectors {
     )
     .unwrap();
     BundleVectors {
-        seed: seed.to_owned(),
         account_id: bundle.account_id().to_hex(),
         new_device_signing_key: hex::encode(signing.public().as_bytes()),
         new_device_agreement_key_secret: hex::encode(&*agreement.to_secret_bytes()),
@@ -542,7 +546,7 @@ fn generate_bundle() -> BundleVectors {
 
 #[test]
 fn bundle_vectors_match() {
-    let v = check_or_write("bundle.json", &generate_bundle());
+    let v = check_or_write("bundle", generate_bundle);
     let code = LinkCode::parse(&v.link_code).unwrap();
     let agreement =
         DeviceAgreementKey::from_secret_bytes(&unhex(&v.new_device_agreement_key_secret)).unwrap();

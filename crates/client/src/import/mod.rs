@@ -91,43 +91,28 @@ pub use kith_protocol::record::SourceKind as Source;
 /// provenance is always a valid value of its `source/…` field.
 pub use kith_protocol::contact::Source as Provenance;
 
-/// One contact as a source describes it, before it is merged with anything else.
-///
-/// E-mail addresses are as written (trimmed); field keys and identities lowercase them. Phone
-/// numbers are always E.164.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImportedContact {
-    /// The normalized identity of this contact within its source, from which the client derives
-    /// the record id (`docs/PROTOCOL.md` §2.1): a LinkedIn profile URL, a lowercased e-mail
-    /// address, an E.164 phone number, Facebook's `name|timestamp`, a vCard UID or
-    /// `name|first e-mail or phone`.
-    pub source_identity: String,
-    /// Display name.
-    pub name: Option<String>,
-    /// E-mail addresses, each at most once (compared case-insensitively).
-    pub emails: Vec<proto::Email>,
-    /// Phone numbers, E.164, each at most once.
-    pub phones: Vec<proto::Phone>,
-    /// Web addresses, each at most once.
-    pub urls: Vec<proto::Url>,
-    /// Social-network and messaging handles, each at most once.
-    pub handles: Vec<proto::Handle>,
-    /// Company or organization.
-    pub company: Option<String>,
-    /// Job title or position.
-    pub title: Option<String>,
-    /// Birthday; `year` 0 when the year is unknown.
-    pub birthday: Option<proto::Date>,
-    /// Free-text note.
-    pub note: Option<String>,
-    /// What the source says about the contact (its `source/…` field).
-    pub provenance: Provenance,
-    /// Set when the name was taken from the macOS Contacts database (iMessage import with an
-    /// address book): the `source/address-book` field.
-    pub address_book: Option<proto::AddressBookSource>,
-    /// Record this contact only on a record that exists for another reason (one of its
-    /// [`identities`](Self::identities) is known): a one-way Twitter follow.
-    pub only_if_known: bool,
+contact_card_record! {
+    /// One contact as a source describes it, before it is merged with anything else.
+    ///
+    /// E-mail addresses are as written (trimmed); field keys and identities lowercase them.
+    /// Phone numbers are always E.164.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ImportedContact {
+        /// The normalized identity of this contact within its source, from which the client
+        /// derives the record id (`docs/PROTOCOL.md` §2.1): a LinkedIn profile URL, a lowercased
+        /// e-mail address, an E.164 phone number, Facebook's `name|timestamp`, a vCard UID or
+        /// `name|first e-mail or phone`.
+        pub source_identity: String,
+    } card {
+        /// What the source says about the contact (its `source/…` field).
+        pub provenance: Provenance,
+        /// Set when the name was taken from the macOS Contacts database (iMessage import with
+        /// an address book): the `source/address-book` field.
+        pub address_book: Option<proto::AddressBookSource>,
+        /// Record this contact only on a record that exists for another reason (one of its
+        /// [`identities`](Self::identities) is known): a one-way Twitter follow.
+        pub only_if_known: bool,
+    }
 }
 
 impl ImportedContact {

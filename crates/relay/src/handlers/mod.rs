@@ -1,7 +1,8 @@
 //! One file per request kind, and the relay's one routing table: [`Command::decode`] turns a
 //! request frame into a [`Command`] once (a push on the zero-copy path), and [`dispatch`]
-//! answers it in one `match`. Each handler takes the decoded request and returns the response
-//! or a [`RequestError`]; `subscribe` alone keeps its stream open, and is given it.
+//! answers it with [`Command::apply`], one `match`. Each handler takes the decoded request and
+//! returns the response or a [`RequestError`]; `subscribe` alone keeps its stream open, and is
+//! given it.
 //!
 //! What several handlers check lives here, next to [`authorized`]: a device's authentication
 //! signature ([`take_challenge`], [`verify_auth_signature`], [`verify_roster_device`]) and the
@@ -202,6 +203,47 @@ impl Command {
                 | Command::UnregisterPushTarget
         )
     }
+
+    /// The one `match`: each kind to its handler (as mini-redis's `Command::apply`). A request
+    /// that writes holds the write barrier shared while it runs.
+    async fn apply(
+        self,
+        shared: &Shared,
+        conn: &Conn,
+        send: &mut quinn::SendStream,
+        deadline: Duration,
+        turn: Option<push::Turn<'_>>,
+    ) -> Reply {
+        let _writing = match self.writes() {
+            true => Some(shared.write_barrier.read().await),
+            false => None,
+        };
+        match self {
+            Command::GetChallenge => auth::get_challenge(conn),
+            Command::Authenticate(req) => auth::authenticate(shared, conn, req),
+            Command::CreateAccount(req) => create_account::handle(shared, conn, req).await,
+            Command::PutRoster(req) => roster::put(shared, conn, req).await,
+            Command::GetRoster => roster::get(shared, conn).await,
+            Command::Push(req) => push::handle_ordered(shared, conn, req, turn).await,
+            Command::Pull(req) => pull::handle(shared, conn, req).await,
+            Command::Subscribe => subscribe::run(shared, conn, send, deadline)
+                .await
+                .map(|()| Answer::Streamed),
+            Command::PutSealedEpochKeys(req) => epoch_keys::put(shared, conn, req).await,
+            Command::GetSealedEpochKeys(req) => epoch_keys::get(shared, conn, req),
+            Command::PutPairingSlot(req) => pairing::put(shared, conn, req).await,
+            Command::TakePairingSlot(req) => pairing::take(shared, conn, req).await,
+            Command::TruncateStream(req) => truncate::handle(shared, conn, req).await,
+            Command::PutRecoveryBundle(req) => recovery::put(shared, conn, req).await,
+            Command::GetRecoveryBundle(req) => recovery::get(shared, conn, req).await,
+            Command::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
+            Command::GetUsage => usage::handle(shared, conn),
+            Command::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
+            Command::RegisterPushTarget(req) => push_target::register(shared, conn, req).await,
+            Command::UnregisterPushTarget => push_target::unregister(shared, conn).await,
+            Command::GetAccountInfo => account_info::handle(shared, conn),
+        }
+    }
 }
 
 impl From<request::Kind> for Command {
@@ -257,7 +299,7 @@ pub(crate) async fn dispatch(
         )),
         _ => None,
     };
-    let reply = route(shared, conn, command, send, deadline, turn).await;
+    let reply = command.apply(shared, conn, send, deadline, turn).await;
     shared.metrics.request(kind, &reply);
     if let (Some((envelopes, bytes)), Ok(_)) = (pushed, &reply) {
         shared
@@ -265,46 +307,6 @@ pub(crate) async fn dispatch(
             .push_acked(envelopes, bytes, started.elapsed());
     }
     reply
-}
-
-/// The one `match`: each kind to its handler.
-async fn route(
-    shared: &Shared,
-    conn: &Conn,
-    command: Command,
-    send: &mut quinn::SendStream,
-    deadline: Duration,
-    turn: Option<push::Turn<'_>>,
-) -> Reply {
-    let _writing = match command.writes() {
-        true => Some(shared.write_barrier.read().await),
-        false => None,
-    };
-    match command {
-        Command::GetChallenge => auth::get_challenge(conn),
-        Command::Authenticate(req) => auth::authenticate(shared, conn, req),
-        Command::CreateAccount(req) => create_account::handle(shared, conn, req).await,
-        Command::PutRoster(req) => roster::put(shared, conn, req).await,
-        Command::GetRoster => roster::get(shared, conn).await,
-        Command::Push(req) => push::handle_ordered(shared, conn, req, turn).await,
-        Command::Pull(req) => pull::handle(shared, conn, req).await,
-        Command::Subscribe => subscribe::run(shared, conn, send, deadline)
-            .await
-            .map(|()| Answer::Streamed),
-        Command::PutSealedEpochKeys(req) => epoch_keys::put(shared, conn, req).await,
-        Command::GetSealedEpochKeys(req) => epoch_keys::get(shared, conn, req),
-        Command::PutPairingSlot(req) => pairing::put(shared, conn, req).await,
-        Command::TakePairingSlot(req) => pairing::take(shared, conn, req).await,
-        Command::TruncateStream(req) => truncate::handle(shared, conn, req).await,
-        Command::PutRecoveryBundle(req) => recovery::put(shared, conn, req).await,
-        Command::GetRecoveryBundle(req) => recovery::get(shared, conn, req).await,
-        Command::DeleteAccount(req) => delete_account::handle(shared, conn, req).await,
-        Command::GetUsage => usage::handle(shared, conn),
-        Command::RecoverDevice(req) => recover_device::handle(shared, conn, req).await,
-        Command::RegisterPushTarget(req) => push_target::register(shared, conn, req).await,
-        Command::UnregisterPushTarget => push_target::unregister(shared, conn).await,
-        Command::GetAccountInfo => account_info::handle(shared, conn),
-    }
 }
 
 /// The refusal of every request of a suspended account's devices.
