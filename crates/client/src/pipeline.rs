@@ -50,6 +50,10 @@ pub(crate) struct RecordPipeline {
     /// States read ahead by [`RecordPipeline::prefetch`] for the batch being merged, taken
     /// by [`RecordPipeline::load`]; replaced at each prefetch.
     prefetched: std::collections::HashMap<RecordId, RecordState>,
+    /// Set once a write failed: no batch is started after it (a batch submitted once the
+    /// failed one has left `in_flight` would otherwise have no earlier write to wait for, and
+    /// could land after a gap).
+    failed: bool,
 }
 
 /// A set of record ids that may answer "maybe" for an id it does not hold (a Bloom filter):
@@ -110,6 +114,7 @@ impl RecordPipeline {
             loaded: None,
             group: None,
             prefetched: std::collections::HashMap::new(),
+            failed: false,
         }
     }
 
@@ -315,6 +320,11 @@ impl RecordPipeline {
         prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
         write: impl FnOnce(&Records, P) -> Result<()> + Send + 'static,
     ) -> Result<()> {
+        if self.failed {
+            return Err(
+                LocalStoreError::WriterFailed("an earlier batch was not written".into()).into(),
+            );
+        }
         while self.in_flight.len() > keep {
             let previous = self.finish_oldest().await?;
             // The previous batch's states are freed on a blocking thread of their own: not on
@@ -375,10 +385,15 @@ impl RecordPipeline {
         let Some(in_flight) = self.in_flight.pop_front() else {
             return Ok(None);
         };
-        in_flight
+        let landed = in_flight
             .task
             .await
-            .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
+            .map_err(|e| LocalStoreError::WriterFailed(e.to_string()).into())
+            .and_then(|written| written);
+        if landed.is_err() {
+            self.failed = true;
+        }
+        landed?;
         Ok(Some(in_flight.records))
     }
 }
@@ -1297,8 +1312,9 @@ mod tests {
         assert_eq!(live_count(&store).unwrap(), 1 + 6 * 199);
     }
 
-    /// A prepared batch whose write fails keeps every later batch from being written, and the
-    /// pipeline reports that write's error.
+    /// A prepared batch whose write fails keeps every later batch from being written, also one
+    /// submitted once nothing is in flight any more, and the pipeline reports that write's
+    /// error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_failed_prepared_write_nothing_later_lands() {
         let (_dir, store) = store();
@@ -1340,5 +1356,20 @@ mod tests {
         assert!(order.lock().unwrap().is_empty());
         assert_eq!(read_record(&store, &id(2)).unwrap(), None);
         assert_eq!(read_record(&store, &id(1)).unwrap(), None);
+        // Nothing is in flight now, so a batch submitted after the failure has no earlier
+        // write to wait for: it is refused, not written after the gap.
+        let (after, prepare, write) = prepared_write(&store, 3, Duration::ZERO, &order);
+        after.send(()).unwrap();
+        let refused = pipeline
+            .submit_prepared(
+                Records::from([(id(3), named(id(3), "after the gap", 1))]),
+                prepare,
+                write,
+            )
+            .await;
+        assert!(refused.is_err());
+        pipeline.wait().await.unwrap();
+        assert!(order.lock().unwrap().is_empty());
+        assert_eq!(read_record(&store, &id(3)).unwrap(), None);
     }
 }
