@@ -282,10 +282,10 @@ enum Decoded {
 const PARALLEL_DECODE_BYTES: usize = 256 * 1024;
 
 /// Decodes each opened payload of a page (`payloads`, of the kinds their envelopes state in
-/// `kinds`), each failure kept in its place. A page of more than [`PARALLEL_DECODE_BYTES`] is decoded on two
-/// threads, its second half beside its first: decoding was about a quarter of the merging
-/// thread's time, the longest stage of a large pull (BENCHMARKS.md, "B's pull (issue 18),
-/// ninth session").
+/// `kinds`), each failure kept in its place. A page of more than [`PARALLEL_DECODE_BYTES`] is
+/// decoded on two threads, its second half beside its first: decoding was about a quarter of
+/// the merging thread's time, the longest stage of a large pull (BENCHMARKS.md, "B's pull
+/// (issue 18), ninth session").
 fn decode_payloads(kinds: &[PayloadKind], mut payloads: Vec<Vec<u8>>) -> Vec<Result<Decoded>> {
     let decode = |(kind, payload): (&PayloadKind, Vec<u8>)| -> Result<Decoded> {
         Ok(match kind {
