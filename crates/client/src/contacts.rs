@@ -1020,6 +1020,8 @@ impl IdentityIndex {
     /// From how many contacts [`IdentityIndex::preload`] scans the whole index: with one or
     /// two identities a contact, that many touch more than half of the 65,536 shards.
     const PRELOAD_CONTACTS: usize = 32_768;
+    /// From how many changed shards [`IdentityIndex::write`] seals on two threads.
+    const PARALLEL_SHARDS: usize = 1024;
 
     pub(crate) fn new(store: &crate::store::LocalStore) -> Self {
         Self {
@@ -1176,42 +1178,84 @@ impl IdentityIndex {
     }
 
     /// Writes the changed shards in one transaction, each joined with the shard as stored
-    /// then (entries another process added meanwhile are kept; this import's win).
+    /// then (entries another process added meanwhile are kept; this import's win). The shards
+    /// are read in the transaction, then encoded and sealed on two threads, the first half
+    /// written while the second is sealed: after a pull, this write runs alone at the end
+    /// (65,536 shards at 100,000 contacts and more; BENCHMARKS.md, "B's pull (issue 18),
+    /// ninth session").
     pub(crate) fn write(&mut self) -> Result<()> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let dirty: Vec<u16> = std::mem::take(&mut self.dirty).into_iter().collect();
         let legacy = std::mem::take(&mut self.legacy_split);
         let shards = &self.shards;
+        let cipher = self.store.cipher();
         self.store.transaction(|tx| {
             for first in legacy {
                 tx.remove(TreeName::Identities, &[first])?;
             }
-            for number in dirty {
-                let Some(ours) = shards.get(&number) else {
-                    continue;
-                };
-                let stored = tx.get(TreeName::Identities, &number.to_be_bytes())?;
-                let encode = |entries: &mut dyn Iterator<Item = (&[u8; 32], &RecordId)>| {
-                    let mut bytes = Vec::with_capacity(ours.len() * Self::ENTRY);
-                    for (key, id) in entries {
-                        bytes.extend_from_slice(key);
-                        bytes.extend_from_slice(id.as_bytes());
-                    }
-                    bytes
-                };
-                let bytes = match stored {
-                    // The usual case in a large import: the shard is new, and ours is sorted.
-                    None => encode(&mut ours.iter().map(|(key, id)| (key, id))),
-                    Some(stored) => {
-                        let mut shard = BTreeMap::new();
-                        Self::decode_into(&stored, &mut shard);
-                        shard.extend(ours.iter().map(|(key, id)| (*key, *id)));
-                        encode(&mut shard.iter())
-                    }
-                };
-                tx.put(TreeName::Identities, &number.to_be_bytes(), &bytes)?;
+            let mut stored = Vec::with_capacity(dirty.len());
+            for number in &dirty {
+                stored.push(tx.get(TreeName::Identities, &number.to_be_bytes())?);
             }
-            Ok(())
+            let seal = |(number, stored): (&u16, Option<Vec<u8>>)| {
+                let ours = shards.get(number)?;
+                let key = number.to_be_bytes();
+                Some((
+                    key,
+                    cipher.seal(TreeName::Identities, &key, &Self::joined(ours, stored)),
+                ))
+            };
+            let half = if dirty.len() >= Self::PARALLEL_SHARDS {
+                dirty.len() / 2
+            } else {
+                dirty.len()
+            };
+            let later_stored = stored.split_off(half);
+            std::thread::scope(|scope| {
+                let later = (half < dirty.len()).then(|| {
+                    scope.spawn(|| {
+                        dirty[half..]
+                            .iter()
+                            .zip(later_stored)
+                            .filter_map(seal)
+                            .collect::<Vec<_>>()
+                    })
+                });
+                for (key, sealed) in dirty[..half].iter().zip(stored).filter_map(seal) {
+                    tx.put_sealed(TreeName::Identities, &key, &sealed)?;
+                }
+                if let Some(later) = later {
+                    let later = later
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    for (key, sealed) in later {
+                        tx.put_sealed(TreeName::Identities, &key, &sealed)?;
+                    }
+                }
+                Ok(())
+            })
         })
+    }
+
+    /// The encoded shard of `ours` joined with `stored` (the shard as stored, if any).
+    fn joined(ours: &Shard, stored: Option<Vec<u8>>) -> Vec<u8> {
+        let encode = |entries: &mut dyn Iterator<Item = (&[u8; 32], &RecordId)>| {
+            let mut bytes = Vec::with_capacity(ours.len() * Self::ENTRY);
+            for (key, id) in entries {
+                bytes.extend_from_slice(key);
+                bytes.extend_from_slice(id.as_bytes());
+            }
+            bytes
+        };
+        match stored {
+            // The usual case in a large import: the shard is new, and ours is sorted.
+            None => encode(&mut ours.iter().map(|(key, id)| (key, id))),
+            Some(stored) => {
+                let mut shard = BTreeMap::new();
+                Self::decode_into(&stored, &mut shard);
+                shard.extend(ours.iter().map(|(key, id)| (*key, *id)));
+                encode(&mut shard.iter())
+            }
+        }
     }
 }
 
@@ -1372,6 +1416,54 @@ mod tests {
             assert_eq!(after.get(probe).unwrap(), on_demand.get(probe).unwrap());
         }
         assert_eq!(after.get(&blinded(0x91, 1, 1)).unwrap(), Some(id(91)));
+    }
+
+    /// An index of more changed shards than [`IdentityIndex::PARALLEL_SHARDS`] is sealed on
+    /// two threads: every shard is written, each joined with the shard as stored at the write
+    /// (another index, as of another process, wrote some of the same shards after this one
+    /// loaded them: both keep their entries), and read back sealed for its own key.
+    #[test]
+    fn a_large_identity_index_write_keeps_every_entry_of_both_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = kith_protocol::keys::SymmetricKey::from_slice(&[3; 32]).unwrap();
+        let store = crate::store::LocalStore::open(dir.path(), &key).unwrap();
+        // Writer 1's entry `n` in shard `n`, writer 2's in shard `n + 2,000`: 3,000 shards
+        // each, 1,000 of them (2,000–2,999) written by both.
+        let shard =
+            |n: u32, writer: u8| u16::try_from(n + (u32::from(writer) - 1) * 2_000).unwrap();
+        let blinded = |n: u32, writer: u8| {
+            let mut k = [writer; 32];
+            k[..2].copy_from_slice(&shard(n, writer).to_be_bytes());
+            k[3..7].copy_from_slice(&n.to_be_bytes());
+            k
+        };
+        let id = |n: u32, writer: u8| {
+            let mut bytes = [writer; 16];
+            bytes[..4].copy_from_slice(&n.to_be_bytes());
+            RecordId::from_bytes(bytes)
+        };
+        let mut ours = IdentityIndex::new(&store);
+        let mut theirs = IdentityIndex::new(&store);
+        // Both load their shards (empty) before either writes.
+        for n in 0..3_000 {
+            ours.insert(blinded(n, 1), id(n, 1)).unwrap();
+            theirs.insert(blinded(n, 2), id(n, 2)).unwrap();
+        }
+        assert!(theirs.dirty.len() >= IdentityIndex::PARALLEL_SHARDS);
+        theirs.write().unwrap();
+        ours.write().unwrap();
+        let mut read = IdentityIndex::new(&store);
+        for n in 0..3_000 {
+            assert_eq!(read.get(&blinded(n, 1)).unwrap(), Some(id(n, 1)), "{n}");
+            assert_eq!(read.get(&blinded(n, 2)).unwrap(), Some(id(n, 2)), "{n}");
+        }
+        let shared = shard(2_500, 1);
+        assert_eq!(shared, shard(500, 2));
+        let bytes = store
+            .get(TreeName::Identities, &shared.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(bytes.len(), 2 * IdentityIndex::ENTRY, "a shard both wrote");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub(crate) struct RecordPipeline {
     read: HashMap<RecordId, Read>,
     /// How this pipeline's writes stored their records, over all batches.
     counts: Arc<WriteCounts>,
+    /// Set once a write failed: no batch is started after it (a batch submitted once the
+    /// failed one has left `in_flight` would otherwise have no earlier write to wait for, and
+    /// could land after a gap).
+    failed: bool,
 }
 
 /// A set of record ids that may answer "maybe" for an id it does not hold (a Bloom filter):
@@ -129,6 +133,7 @@ impl RecordPipeline {
             prefetched: HashMap::new(),
             read: HashMap::new(),
             counts: Arc::default(),
+            failed: false,
         }
     }
 
@@ -376,6 +381,11 @@ impl RecordPipeline {
         prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
         write: impl FnOnce(&Records, &BatchVersions, P) -> Result<()> + Send + 'static,
     ) -> Result<()> {
+        if self.failed {
+            return Err(
+                LocalStoreError::WriterFailed("an earlier batch was not written".into()).into(),
+            );
+        }
         // Where this batch's states were read from (those loaded and left unchanged, which
         // the caller does not submit, are never looked up).
         let versions = BatchVersions {
@@ -447,10 +457,15 @@ impl RecordPipeline {
         let Some(in_flight) = self.in_flight.pop_front() else {
             return Ok(None);
         };
-        in_flight
+        let landed = in_flight
             .task
             .await
-            .map_err(|e| LocalStoreError::WriterFailed(e.to_string()))??;
+            .map_err(|e| LocalStoreError::WriterFailed(e.to_string()).into())
+            .and_then(|written| written);
+        if landed.is_err() {
+            self.failed = true;
+        }
+        landed?;
         Ok(Some(in_flight.records))
     }
 }
@@ -1753,8 +1768,9 @@ mod tests {
         assert_eq!(live_count(&store).unwrap(), 2);
     }
 
-    /// A prepared batch whose write fails keeps every later batch from being written, and the
-    /// pipeline reports that write's error.
+    /// A prepared batch whose write fails keeps every later batch from being written, also one
+    /// submitted once nothing is in flight any more, and the pipeline reports that write's
+    /// error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_failed_prepared_write_nothing_later_lands() {
         let (_dir, store) = store();
@@ -1796,5 +1812,20 @@ mod tests {
         assert!(order.lock().unwrap().is_empty());
         assert_eq!(read_record(&store, &id(2)).unwrap(), None);
         assert_eq!(read_record(&store, &id(1)).unwrap(), None);
+        // Nothing is in flight now, so a batch submitted after the failure has no earlier
+        // write to wait for: it is refused, not written after the gap.
+        let (after, prepare, write) = prepared_write(&store, 3, Duration::ZERO, &order);
+        after.send(()).unwrap();
+        let refused = pipeline
+            .submit_prepared(
+                Records::from([(id(3), named(id(3), "after the gap", 1))]),
+                prepare,
+                write,
+            )
+            .await;
+        assert!(refused.is_err());
+        pipeline.wait().await.unwrap();
+        assert!(order.lock().unwrap().is_empty());
+        assert_eq!(read_record(&store, &id(3)).unwrap(), None);
     }
 }

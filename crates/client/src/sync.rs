@@ -278,6 +278,45 @@ enum Decoded {
     Nothing,
 }
 
+/// Payload bytes of a page from which [`decode_payloads`] decodes on two threads.
+const PARALLEL_DECODE_BYTES: usize = 256 * 1024;
+
+/// Decodes each opened payload of a page (`payloads`, of the kinds their envelopes state in
+/// `kinds`), each failure kept in its place. A page of more than [`PARALLEL_DECODE_BYTES`] is
+/// decoded on two threads, its second half beside its first: decoding was about a quarter of
+/// the merging thread's time, the longest stage of a large pull (BENCHMARKS.md, "B's pull
+/// (issue 18), ninth session").
+fn decode_payloads(kinds: &[PayloadKind], mut payloads: Vec<Vec<u8>>) -> Vec<Result<Decoded>> {
+    let decode = |(kind, payload): (&PayloadKind, Vec<u8>)| -> Result<Decoded> {
+        Ok(match kind {
+            PayloadKind::Operations => Decoded::Operations(record::decode_batch_parts(&payload)?),
+            PayloadKind::Snapshot => Decoded::Snapshot(ContactSet::decode_snapshot(&payload)?.0),
+            PayloadKind::Unspecified => Decoded::Nothing,
+        })
+    };
+    let bytes: usize = payloads.iter().map(Vec::len).sum();
+    if payloads.len() < 2 || bytes < PARALLEL_DECODE_BYTES {
+        return kinds.iter().zip(payloads).map(decode).collect();
+    }
+    let half = payloads.len() / 2;
+    let second = payloads.split_off(half);
+    std::thread::scope(|scope| {
+        let later = scope.spawn(|| {
+            kinds[half..]
+                .iter()
+                .zip(second)
+                .map(decode)
+                .collect::<Vec<_>>()
+        });
+        let mut decoded: Vec<_> = kinds[..half].iter().zip(payloads).map(decode).collect();
+        match later.join() {
+            Ok(rest) => decoded.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        decoded
+    })
+}
+
 impl Device {
     /// One full sync: roster and keys, push, pull, merge. Retries failures that can pass at
     /// once (a dropped connection, a busy or restarting relay) with exponential backoff, up to
@@ -1543,23 +1582,19 @@ impl Device {
         let now = now_ms();
         // Every payload is decoded first, so that the records the page names are read from the
         // store in one read (`RecordPipeline::load_many`) rather than one point read each as
-        // they are met; they are then merged in the same order as before.
+        // they are met; they are then merged in the same order as before. The first payload
+        // that does not decode, in page order, fails the page.
         let mut decoded = Vec::with_capacity(payloads.len());
         let mut ids = Vec::new();
-        for (envelope, payload) in parsed.iter().zip(payloads) {
-            decoded.push(match envelope.header().kind {
-                PayloadKind::Operations => {
-                    let parts = record::decode_batch_parts(&payload)?;
-                    ids.extend(parts.0.iter().map(Operation::record));
-                    Decoded::Operations(parts)
-                }
-                PayloadKind::Snapshot => {
-                    let (snapshot, _positions) = ContactSet::decode_snapshot(&payload)?;
-                    ids.extend(snapshot.records().map(RecordState::id));
-                    Decoded::Snapshot(snapshot)
-                }
-                PayloadKind::Unspecified => Decoded::Nothing,
-            });
+        let kinds: Vec<PayloadKind> = parsed.iter().map(|e| e.header().kind).collect();
+        for payload in decode_payloads(&kinds, payloads) {
+            let payload = payload?;
+            match &payload {
+                Decoded::Operations(parts) => ids.extend(parts.0.iter().map(Operation::record)),
+                Decoded::Snapshot(snapshot) => ids.extend(snapshot.records().map(RecordState::id)),
+                Decoded::Nothing => {}
+            }
+            decoded.push(payload);
         }
         pipeline.load_many(&mut touched, ids)?;
         for (envelope, payload) in parsed.iter().zip(decoded) {
@@ -2509,5 +2544,61 @@ pub(crate) mod tests {
         assert_eq!(c.contacts().unwrap(), b.contacts().unwrap());
         assert_eq!(c.merged_records(&quinn).unwrap(), vec![pat, quinn]);
         relay.shutdown().await.unwrap();
+    }
+
+    /// A page larger than `PARALLEL_DECODE_BYTES` is decoded on two threads: every payload's
+    /// result is in its place, as decoding them one at a time gives, the failures included (the
+    /// first in page order is the one a pull reports).
+    #[test]
+    fn a_page_decoded_on_two_threads_keeps_each_payload_in_its_place() {
+        let ops = |n: u32| -> Vec<Operation> {
+            (0..200u32)
+                .map(|i| {
+                    let mut id = [0u8; 16];
+                    id[..4].copy_from_slice(&n.to_be_bytes());
+                    id[4..8].copy_from_slice(&i.to_be_bytes());
+                    let name = format!("Person {n}-{i} {}", "x".repeat(200));
+                    let write =
+                        FieldWrite::set(FieldKey::name(), record::value::text(&name), []).unwrap();
+                    let clock = Hlc::new(1_000 + u64::from(i), 0, DeviceId::from_bytes([7; 16]));
+                    Operation::upsert(RecordId::from_bytes(id), clock, vec![write]).unwrap()
+                })
+                .collect()
+        };
+        let mut payloads: Vec<Vec<u8>> = (0..8)
+            .map(|n| record::encode_batch(&ops(n)).unwrap())
+            .collect();
+        // Two payloads that do not decode, each with its own error, in the second half.
+        let half = payloads[5].len() / 2;
+        payloads[5].truncate(half);
+        payloads[6] = vec![0xff; 7];
+        let mut kinds = vec![PayloadKind::Operations; payloads.len()];
+        kinds[2] = PayloadKind::Unspecified;
+        assert!(payloads.iter().map(Vec::len).sum::<usize>() >= PARALLEL_DECODE_BYTES);
+        let one_at_a_time: Vec<String> = kinds
+            .iter()
+            .zip(&payloads)
+            .map(|(kind, payload)| match kind {
+                PayloadKind::Operations => match record::decode_batch_parts(payload) {
+                    Ok((ops, _, _)) => format!("{ops:?}"),
+                    Err(e) => format!("error: {}", ClientError::from(e)),
+                },
+                _ => "nothing".into(),
+            })
+            .collect();
+        let together: Vec<String> = decode_payloads(&kinds, payloads)
+            .into_iter()
+            .map(|decoded| match decoded {
+                Ok(Decoded::Operations((ops, _, _))) => format!("{ops:?}"),
+                Ok(Decoded::Nothing) => "nothing".into(),
+                Ok(Decoded::Snapshot(_)) => "snapshot".into(),
+                Err(e) => format!("error: {e}"),
+            })
+            .collect();
+        assert_eq!(together, one_at_a_time);
+        assert!(together[5].starts_with("error") && together[6].starts_with("error"));
+        assert_ne!(together[5], together[6]);
+        assert_eq!(together[2], "nothing");
+        assert_eq!(together[7], format!("{:?}", ops(7)));
     }
 }
