@@ -188,6 +188,10 @@ pub(crate) struct Inner {
     /// How the last pull wrote its records (tests check that updates are replaced in place).
     #[cfg(test)]
     pub(crate) pulled_writes: Mutex<crate::pipeline::WriteCountsSnapshot>,
+    /// A pull fails as a lost connection would once it has submitted this many pages (0:
+    /// never), for tests of what a failed pull leaves.
+    #[cfg(test)]
+    pub(crate) pull_fails_after_pages: std::sync::atomic::AtomicUsize,
 }
 
 /// One device of a Kith account. Cheap to clone; all clones share state.
@@ -429,6 +433,8 @@ impl Device {
                 records_lock: Arc::new(tokio::sync::Mutex::new(())),
                 #[cfg(test)]
                 pulled_writes: Mutex::default(),
+                #[cfg(test)]
+                pull_fails_after_pages: Default::default(),
             }),
         })
     }

@@ -419,6 +419,19 @@ impl Device {
         {
             return Err(error);
         }
+        if pulled.is_err() {
+            // The pages written before the pull failed are stored with their cursors, so no
+            // later pull serves them again: the identity rule runs on them now (their index
+            // entries written, the links they make sealed and pushed below with the rest), or
+            // it never would.
+            let identities = std::mem::replace(
+                &mut *identities
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                PulledIdentities::new(&self.inner.store),
+            );
+            self.link_pulled(identities).await?;
+        }
         // Sealed on a blocking thread, group by group, each pushed as it commits, once the
         // relay is healed (which seals its snapshot, if any, after the sealing ended).
         let mut sealing = self.start_sealing();
@@ -1091,12 +1104,36 @@ impl Device {
         Ok(writers)
     }
 
-    /// Pulls every other device's stream and merges it, counting into `report`.
+    /// Pulls every other device's stream and merges it, counting into `report`. Returns once
+    /// every page write it started has landed or failed, also when it fails: the pages written
+    /// before a failure have their identities settled in `identities` by then.
     async fn pull(
         &self,
         connection: &RelayConnection,
         report: &mut SyncReport,
         identities: &std::sync::Arc<std::sync::Mutex<PulledIdentities>>,
+    ) -> Result<()> {
+        // Each page's records and cursors are written while the next page is fetched, opened
+        // and merged.
+        let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
+        let pulled = self
+            .pull_pages(connection, report, identities, &mut pipeline)
+            .await;
+        if pulled.is_err() {
+            // The pages being written when the pull failed land (or fail: none lands after
+            // a failed one), so that the caller links what they hold.
+            let _ = pipeline.wait().await;
+        }
+        pulled
+    }
+
+    /// [`Device::pull`]'s pages, written through `pipeline`.
+    async fn pull_pages(
+        &self,
+        connection: &RelayConnection,
+        report: &mut SyncReport,
+        identities: &std::sync::Arc<std::sync::Mutex<PulledIdentities>>,
+        pipeline: &mut RecordPipeline,
     ) -> Result<()> {
         let mut verifiers: HashMap<DeviceId, StreamVerifier> = HashMap::new();
         // Streams with nothing more to pull: removed devices verified up to their final_seq,
@@ -1127,9 +1164,6 @@ impl Device {
         let mut repulled = false;
         let mut skews = BTreeMap::new();
         let mut moves = Vec::new();
-        // Each page's records and cursors are written while the next page is fetched, opened
-        // and merged.
-        let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
         // A device's first sync (its store holds no record yet) reads nothing for the records
         // it has not merged before: they are new (each write still joins with what another
         // process may have written meanwhile).
@@ -1144,6 +1178,8 @@ impl Device {
         // and used only if the page verified and merged exactly as served (the cursors then
         // are the ones it was asked with); otherwise it is abandoned and asked for again.
         let mut prefetched: Option<(BTreeMap<DeviceId, u64>, crate::net::InFlight)> = None;
+        #[cfg(test)]
+        let mut pages_submitted = 0usize;
         'pull: loop {
             let mut cursors: BTreeMap<DeviceId, u64> = verifiers
                 .iter()
@@ -1317,7 +1353,7 @@ impl Device {
             }
             self.read_writer_views(&parsed, &opened, &mut roster_named, &mut vouched)?;
             let (touched, page_changed) =
-                self.merge_payloads(&mut pipeline, &parsed, opened, &mut skews, &mut moves)?;
+                self.merge_payloads(pipeline, &parsed, opened, &mut skews, &mut moves)?;
             // Cursors are written with the records they cover, in one transaction (were they
             // not, a crash in between would pull the page again, and merging it again would
             // change nothing).
@@ -1365,6 +1401,20 @@ impl Device {
                 .await?;
             verifiers = new_verifiers;
             report.pulled += parsed.len();
+            #[cfg(test)]
+            {
+                pages_submitted += 1;
+                let fail_after = self
+                    .inner
+                    .pull_fails_after_pages
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if pages_submitted == fail_after {
+                    return Err(crate::net::NetError::Protocol(
+                        "test: the connection was lost mid-pull".into(),
+                    )
+                    .into());
+                }
+            }
             report.changed.extend(page_changed);
             if let Some((device, version, hash)) = roster_named
                 && !roster_covers(&self.state().roster, version, &hash)
@@ -2410,6 +2460,84 @@ pub(crate) mod tests {
         let c = linked_device(&a, dir.path(), &target, "c").await;
         c.sync().await.unwrap();
         assert_eq!(c.contacts().unwrap(), b.contacts().unwrap());
+        relay.shutdown().await.unwrap();
+    }
+
+    /// A pull that fails after some pages were written (a connection lost mid-pull) still
+    /// runs the identity rule on them: the next pull starts after those pages and would never
+    /// see them again. A pulled record sharing a phone with B's own contact is merged with it
+    /// by the failed sync, and its new e-mail is indexed (a contact B adds later with that
+    /// e-mail joins its group).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pull_that_fails_part_way_links_the_pages_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, _target, a, b) = one_envelope_per_page_pair(dir.path()).await;
+        let local = b
+            .add_contact(&ContactFields {
+                name: Some("Bea (mobile)".into()),
+                phone: Some("+14155550123".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        b.sync().await.unwrap();
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        let upsert = |record: RecordId, writes: Vec<FieldWrite>| {
+            Operation::upsert(record, a.write_clock(None).unwrap(), writes).unwrap()
+        };
+        let name = |text: &str| FieldWrite::set(FieldKey::name(), record::value::text(text), []);
+        let pages = [
+            vec![upsert(
+                id(1),
+                vec![
+                    name("Bea").unwrap(),
+                    FieldWrite::set(
+                        FieldKey::phone("+14155550123").unwrap(),
+                        record::value::phone("+14155550123", ""),
+                        [],
+                    )
+                    .unwrap(),
+                    FieldWrite::set(
+                        FieldKey::email("bea@example.com").unwrap(),
+                        record::value::email("bea@example.com", ""),
+                        [],
+                    )
+                    .unwrap(),
+                ],
+            )],
+            vec![upsert(id(2), vec![name("Cy").unwrap()])],
+            vec![upsert(id(3), vec![name("Di").unwrap()])],
+        ];
+        for ops in &pages {
+            a.seal_operations_payload(&record::encode_batch(ops).unwrap())
+                .unwrap();
+        }
+        assert_eq!(a.sync().await.unwrap().pushed, pages.len());
+        b.inner
+            .pull_fails_after_pages
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            b.sync().await.is_err(),
+            "the pull fails after its first page"
+        );
+        let mut bea = vec![local, id(1)];
+        bea.sort();
+        assert_eq!(b.merged_records(&id(1)).unwrap(), bea);
+        b.inner
+            .pull_fails_after_pages
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(b.sync().await.unwrap().pulled, 2, "the rest of the pull");
+        let added = b
+            .add_contact(&ContactFields {
+                name: Some("Bea (work)".into()),
+                email: Some("bea@example.com".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut all = vec![local, id(1), added];
+        all.sort();
+        assert_eq!(b.merged_records(&added).unwrap(), all);
         relay.shutdown().await.unwrap();
     }
 
