@@ -2363,24 +2363,8 @@ pub(crate) mod tests {
         device.unwrap()
     }
 
-    /// Seals each of `pages` as one envelope of A's, as they are (no identity rule on the
-    /// writer, as from devices that wrote them before they saw each other's), pushes them, and
-    /// has B pull them all.
-    async fn push_pages_and_pull(a: &Device, b: &Device, pages: &[Vec<Operation>]) {
-        for ops in pages {
-            a.seal_operations_payload(&record::encode_batch(ops).unwrap())
-                .unwrap();
-        }
-        assert_eq!(a.sync().await.unwrap().pushed, pages.len());
-        let report = b.sync().await.unwrap();
-        assert_eq!(report.pulled, pages.len());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn identities_settled_page_by_page_link_as_after_the_pull() {
-        let dir = tempfile::tempdir().unwrap();
-        let (relay, target, a, b) = one_envelope_per_page_pair(dir.path()).await;
-        // B's own contact, before the pull, with the phone a pulled record carries.
+    /// B's own contact "Bea (mobile)" with phone +14155550123, added and synced.
+    async fn bea_on(b: &Device) -> RecordId {
         let local = b
             .add_contact(&ContactFields {
                 name: Some("Bea (mobile)".into()),
@@ -2390,6 +2374,32 @@ pub(crate) mod tests {
             .await
             .unwrap();
         b.sync().await.unwrap();
+        local
+    }
+
+    /// Seals each of `pages` as one envelope of A's, as they are (no identity rule on the
+    /// writer, as from devices that wrote them before they saw each other's), and pushes them.
+    async fn push_pages(a: &Device, pages: &[Vec<Operation>]) {
+        for ops in pages {
+            a.seal_operations_payload(&record::encode_batch(ops).unwrap())
+                .unwrap();
+        }
+        assert_eq!(a.sync().await.unwrap().pushed, pages.len());
+    }
+
+    /// [`push_pages`], then B pulls them all.
+    async fn push_pages_and_pull(a: &Device, b: &Device, pages: &[Vec<Operation>]) {
+        push_pages(a, pages).await;
+        let report = b.sync().await.unwrap();
+        assert_eq!(report.pulled, pages.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identities_settled_page_by_page_link_as_after_the_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, target, a, b) = one_envelope_per_page_pair(dir.path()).await;
+        // B's own contact, before the pull, with the phone a pulled record carries.
+        let local = bea_on(&b).await;
 
         let id = |n: u8| RecordId::from_bytes([n; 16]);
         let named = |record: RecordId, name: &str, extra: Vec<FieldWrite>| {
@@ -2472,15 +2482,7 @@ pub(crate) mod tests {
     async fn a_pull_that_fails_part_way_links_the_pages_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let (relay, _target, a, b) = one_envelope_per_page_pair(dir.path()).await;
-        let local = b
-            .add_contact(&ContactFields {
-                name: Some("Bea (mobile)".into()),
-                phone: Some("+14155550123".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        b.sync().await.unwrap();
+        let local = bea_on(&b).await;
         let id = |n: u8| RecordId::from_bytes([n; 16]);
         let upsert = |record: RecordId, writes: Vec<FieldWrite>| {
             Operation::upsert(record, a.write_clock(None).unwrap(), writes).unwrap()
@@ -2508,11 +2510,7 @@ pub(crate) mod tests {
             vec![upsert(id(2), vec![name("Cy").unwrap()])],
             vec![upsert(id(3), vec![name("Di").unwrap()])],
         ];
-        for ops in &pages {
-            a.seal_operations_payload(&record::encode_batch(ops).unwrap())
-                .unwrap();
-        }
-        assert_eq!(a.sync().await.unwrap().pushed, pages.len());
+        push_pages(&a, &pages).await;
         b.inner
             .pull_fails_after_pages
             .store(1, std::sync::atomic::Ordering::Relaxed);
