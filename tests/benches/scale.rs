@@ -448,6 +448,14 @@ async fn bench_compact(n: usize, rounds: usize) {
 }
 
 fn main() {
+    // With RUST_LOG set, the client's and relay's logs go to stderr: a sync that fails and is
+    // retried says so there (`sync failed; retrying`), which a timed line alone does not show.
+    if let Ok(directives) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(directives)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
