@@ -515,7 +515,19 @@ impl Device {
     /// The end of the identity rule after a pull whose pages were settled as they were written
     /// ([`PulledIdentities::settle_page`]): the records that may link are checked in full, with
     /// their final states, and the index is written.
-    pub(crate) async fn link_pulled(&self, pulled: PulledIdentities) -> Result<usize> {
+    ///
+    /// What `pulled` held is taken (it is left empty), so a call after the pull's last write
+    /// has landed sees every page it settled.
+    pub(crate) async fn link_pulled(
+        &self,
+        pulled: &std::sync::Mutex<PulledIdentities>,
+    ) -> Result<usize> {
+        let pulled = std::mem::replace(
+            &mut *pulled
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            PulledIdentities::new(&self.inner.store),
+        );
         if pulled.settled == 0 && pulled.rest.is_empty() {
             return Ok(0);
         }

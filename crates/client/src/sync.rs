@@ -424,13 +424,7 @@ impl Device {
             // later pull serves them again: the identity rule runs on them now (their index
             // entries written, the links they make sealed and pushed below with the rest), or
             // it never would.
-            let identities = std::mem::replace(
-                &mut *identities
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-                PulledIdentities::new(&self.inner.store),
-            );
-            self.link_pulled(identities).await?;
+            self.link_pulled(&identities).await?;
         }
         // Sealed on a blocking thread, group by group, each pushed as it commits, once the
         // relay is healed (which seals its snapshot, if any, after the sealing ended).
@@ -456,13 +450,7 @@ impl Device {
         // The identity rule holds for what other devices wrote too (§8.4); links it makes
         // are pushed at once.
         // The pull's writes have all landed (it waited for the last), so no page holds it.
-        let identities = std::mem::replace(
-            &mut *identities
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            PulledIdentities::new(&self.inner.store),
-        );
-        if self.link_pulled(identities).await? > 0 {
+        if self.link_pulled(&identities).await? > 0 {
             self.seal_pending()?;
             report.pushed += self.push_outbox(connection).await?;
         }
