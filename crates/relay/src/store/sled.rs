@@ -121,6 +121,34 @@ impl From<sled::transaction::TransactionError> for StoreError {
     }
 }
 
+/// How long [`SledStore::open`] waits for the database's lock. sled releases it when the last
+/// reference to its internals drops, and jobs on its background thread pool (log writes,
+/// segment maintenance) can hold one for a moment after the last handle is gone (sled issues
+/// #1234, #1289), so a store reopened in the same process right after it was dropped (a relay
+/// restarted in place, a maintenance command after a serve) would otherwise fail at random.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled's database, waiting up to [`LOCK_WAIT`] while its lock is held; a lock still held
+/// after that belongs to another live process, which the error says.
+fn open_locked(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            // sled 0.34 reports a held lock as an `Other` I/O error with this message.
+            Err(sled::Error::Io(err)) if err.to_string().starts_with("could not acquire lock") => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::Backend(format!(
+                        "the database is locked by another process (is another relay running \
+                         on this data directory?): {err}"
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// The sled store. Cheap to clone (sled handles are reference counted).
 #[derive(Debug, Clone)]
 pub struct SledStore {
@@ -390,7 +418,7 @@ impl SledStore {
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput);
-        let db = config.open()?;
+        let db = open_locked(&config)?;
         let meta = db.open_tree("meta")?;
         let found = match meta.get(SCHEMA_KEY)? {
             Some(found) => Some(
@@ -1697,6 +1725,35 @@ mod tests {
 
     fn read_all(store: &SledStore, after: u64, max: usize) -> (Vec<(u64, Vec<u8>)>, ReadEnd) {
         read_from(store, &A, &D, after, max)
+    }
+
+    #[test]
+    fn a_store_reopens_while_sled_still_holds_its_lock_for_a_moment() {
+        // sled releases the database's lock when the last reference to its internals drops,
+        // and jobs on its background thread pool can hold one for a moment after the last
+        // handle is gone: CI once failed a reopen this way. A reference that outlives the
+        // store by 300 ms stands in for such a job.
+        let (dir, store) = open(0);
+        append(&store, &A, 1, 3);
+        let lingering = store.db.clone();
+        drop(store);
+        let job = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(lingering);
+        });
+        let store = SledStore::open(dir.path(), 1 << 20, 0).unwrap();
+        assert_eq!(read_all(&store, 0, 100).0.len(), 3);
+        job.join().unwrap();
+    }
+
+    #[test]
+    fn a_store_open_elsewhere_is_refused_with_a_clear_error() {
+        let (dir, _held) = open(0);
+        let err = SledStore::open(dir.path(), 1 << 20, 0).unwrap_err();
+        assert!(
+            err.to_string().contains("locked by another process"),
+            "{err}"
+        );
     }
 
     #[test]
