@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kith_protocol::RecordId;
 use kith_protocol::contact::Contact;
-use kith_protocol::merge::RecordState;
+use kith_protocol::merge::{Groups, RecordState};
 use kith_protocol::proto::{self, field_value::Value};
 use kith_protocol::record::{self, FieldKey, FieldWrite, Operation};
 use serde::Serialize;
@@ -481,11 +481,29 @@ impl Device {
         }
     }
 
-    /// How many live records the store holds, without reading them (a count kept with every
-    /// write, so it costs the same whatever the store holds). This is `contacts().len()` when no
-    /// records are merged; a contact merged from several records (§8.4) counts each of them.
+    /// How many contacts [`Device::contacts`] lists, without reading every record: the live
+    /// records (a count kept with every write), less what merges (§8.4) make one contact,
+    /// counted from the records that hold a merge link alone (an index kept with every write).
+    /// So it costs what the store's merged records cost to read, whatever else it holds.
     pub fn contact_count(&self) -> Result<u64> {
-        crate::pipeline::live_count(&self.inner.store)
+        let live = crate::pipeline::live_count(&self.inner.store)?;
+        let linked = crate::pipeline::linked_records(&self.inner.store)?;
+        let groups = Groups::from_records(&linked);
+        let by_id: BTreeMap<RecordId, &RecordState> =
+            linked.iter().map(|state| (state.id(), state)).collect();
+        // Each group of two or more is one contact if any of its records is live, and its live
+        // records each counted once in `live`.
+        let mut merged_away = 0u64;
+        for (survivor, members) in groups.merged() {
+            let states: Vec<&RecordState> = members
+                .iter()
+                .filter_map(|m| by_id.get(m).copied())
+                .collect();
+            let live_members = states.iter().filter(|state| state.is_live()).count() as u64;
+            let shown = u64::from(Groups::view(*survivor, states).is_live());
+            merged_away += live_members.saturating_sub(shown);
+        }
+        Ok(live.saturating_sub(merged_away))
     }
 
     /// Every live contact, ordered by name: records merged into one person are one contact,

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kith_protocol::RecordId;
 use kith_protocol::merge::RecordState;
 use kith_protocol::proto;
+use kith_protocol::record::FieldKind;
 use prost::Message;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -599,10 +600,16 @@ fn live_count_in(tx: &StoreTxn<'_>) -> Result<u64> {
         return decode_count(&count);
     }
     let mut count = 0u64;
+    let mut linked = Vec::new();
     let mut failed = None;
     tx.for_each(TreeName::Records, |_, bytes| {
         match decode_record(&bytes) {
-            Ok(state) => count += u64::from(state.is_live()),
+            Ok(state) => {
+                count += u64::from(state.is_live());
+                if holds_merge_links(&state) {
+                    linked.push(state.id());
+                }
+            }
             Err(e) => failed = Some(e),
         }
         Ok(())
@@ -611,7 +618,85 @@ fn live_count_in(tx: &StoreTxn<'_>) -> Result<u64> {
         return Err(e);
     }
     tx.put(TreeName::Meta, LIVE_COUNT, &count.to_be_bytes())?;
+    // The walk that counts a new store (or one that lost its count) indexes it too.
+    if tx.get(TreeName::Meta, LINKED_INDEXED)?.is_none() {
+        for id in &linked {
+            index_linked(tx, id)?;
+        }
+        tx.put(TreeName::Meta, LINKED_INDEXED, &[1])?;
+    }
     Ok(count)
+}
+
+/// Meta key prefix of the linked-record index: `records/linked/<record id>` for every record
+/// whose state holds a `merged/…` field, visible or not (§8.4). Written with every record
+/// written (a field, once in a state, stays in it), so that counting contacts, which a merge
+/// makes fewer than records, reads only these records.
+const LINKED_PREFIX: &[u8] = b"records/linked/";
+/// Meta key set once the linked-record index covers every record; a store from before the
+/// index has none and is indexed by one walk of its records.
+const LINKED_INDEXED: &[u8] = b"records/linked-indexed";
+
+/// Whether `state` holds a `merged/…` field, visible or not.
+fn holds_merge_links(state: &RecordState) -> bool {
+    state
+        .fields()
+        .keys()
+        .any(|key| key.kind() == FieldKind::Merged)
+}
+
+fn index_linked(tx: &StoreTxn<'_>, id: &RecordId) -> Result<()> {
+    let mut key = Vec::with_capacity(LINKED_PREFIX.len() + 16);
+    key.extend_from_slice(LINKED_PREFIX);
+    key.extend_from_slice(id.as_bytes());
+    tx.put(TreeName::Meta, &key, &[])?;
+    Ok(())
+}
+
+/// Every record state that holds a `merged/…` field: the only records a merge can join into a
+/// contact with another. Indexes the store first if it predates the index.
+pub(crate) fn linked_records(store: &LocalStore) -> Result<Vec<RecordState>> {
+    if store.get(TreeName::Meta, LINKED_INDEXED)?.is_none() {
+        store.transaction(|tx| {
+            let mut linked = Vec::new();
+            let mut failed = None;
+            tx.for_each(TreeName::Records, |_, bytes| {
+                match decode_record(&bytes) {
+                    Ok(state) if holds_merge_links(&state) => linked.push(state.id()),
+                    Ok(_) => {}
+                    Err(e) => failed = Some(e),
+                }
+                Ok(())
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            for id in &linked {
+                index_linked(tx, id)?;
+            }
+            tx.put(TreeName::Meta, LINKED_INDEXED, &[1])?;
+            Ok::<_, crate::error::ClientError>(())
+        })?;
+    }
+    let mut keys = Vec::new();
+    for item in store.scan_prefix(TreeName::Meta, LINKED_PREFIX) {
+        let (key, _) = item?;
+        let id: [u8; 16] =
+            key[LINKED_PREFIX.len()..]
+                .try_into()
+                .map_err(|_| LocalStoreError::Corrupt {
+                    tree: "meta",
+                    reason: "a linked-record index key does not end in a record id".into(),
+                })?;
+        keys.push(id);
+    }
+    let mut states = Vec::with_capacity(keys.len());
+    for id in keys {
+        if let Some(bytes) = store.get(TreeName::Records, &id)? {
+            states.push(decode_record(&bytes)?);
+        }
+    }
+    Ok(states)
 }
 
 fn decode_count(bytes: &[u8]) -> Result<u64> {
@@ -641,6 +726,9 @@ pub(crate) fn write_records_in<'a>(
     let mut written = versions.map(|v| lock_written(&v.written));
     let (mut inserted, mut in_place, mut joined) = (0, 0, 0);
     for (id, state, sealed) in records {
+        if holds_merge_links(state) {
+            index_linked(tx, id)?;
+        }
         let read_at = versions.and_then(|v| v.read_at(id));
         if let Some(sealed) = sealed {
             let stored_as_is = match read_at {
@@ -717,6 +805,9 @@ fn join_stored_in(
     }
     let was_live = stored.as_ref().is_some_and(RecordState::is_live);
     let written = joined.as_ref().unwrap_or(state);
+    if holds_merge_links(written) {
+        index_linked(tx, id)?;
+    }
     let as_is = match (sealed, &joined) {
         (Some(sealed), None) => {
             tx.put_sealed(TreeName::Records, id.as_bytes(), sealed)?;
@@ -766,8 +857,9 @@ struct Held {
 
 #[derive(Default)]
 struct Group {
-    /// Each record's sealed value and whether it is live, by id.
-    records: BTreeMap<RecordId, (Vec<u8>, bool)>,
+    /// Each record's sealed value, whether it is live and whether it holds `merged/…` fields,
+    /// by id.
+    records: BTreeMap<RecordId, (Vec<u8>, bool, bool)>,
     /// Encoded batches of pending operations, in the order they were added.
     batches: Vec<Vec<u8>>,
     bytes: usize,
@@ -801,7 +893,7 @@ impl WriteGroup {
                 .records
                 .get(id)
                 .or_else(|| held.committing.as_ref()?.records.get(id))
-                .map(|(sealed, _)| sealed.clone())
+                .map(|(sealed, _, _)| sealed.clone())
         };
         sealed.map(|sealed| self.open(id, &sealed)).transpose()
     }
@@ -839,7 +931,8 @@ impl WriteGroup {
                 group.bytes += sealed.len();
                 // A record seen again in a later batch replaces its earlier state, which the
                 // later one was merged from.
-                if let Some((previous, _)) = group.records.insert(*id, (sealed, state.is_live())) {
+                let entry = (sealed, state.is_live(), holds_merge_links(state));
+                if let Some((previous, _, _)) = group.records.insert(*id, entry) {
                     group.bytes -= previous.len();
                 }
             }
@@ -864,7 +957,10 @@ impl WriteGroup {
         };
         let result = self.store.transaction(|tx| {
             let mut count = live_count_in(tx)?;
-            for (id, (sealed, live)) in &group.records {
+            for (id, (sealed, live, linked)) in &group.records {
+                if *linked {
+                    index_linked(tx, id)?;
+                }
                 if tx.insert_sealed_if_absent(TreeName::Records, id.as_bytes(), sealed)? {
                     count += u64::from(*live);
                     continue;
@@ -890,6 +986,7 @@ impl WriteGroup {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -1420,6 +1517,43 @@ mod tests {
         store.remove(TreeName::Meta, LIVE_COUNT).unwrap();
         assert_eq!(live_count(&store).unwrap(), 4);
         assert!(store.get(TreeName::Meta, LIVE_COUNT).unwrap().is_some());
+    }
+
+    #[test]
+    fn records_with_merge_links_are_indexed_and_a_store_without_the_index_is_walked_once() {
+        let (_dir, store) = store();
+        let merged = |n: u32, to: u32| {
+            let mut state = named(id(n), "one person", 1);
+            let clock = Hlc::new(2, 0, DeviceId::from_bytes([1; 16]));
+            let link = FieldWrite::set(FieldKey::merged(&id(to)), record::value::tag(), []);
+            state.apply(&Operation::upsert(id(n), clock, [link.unwrap()]).unwrap());
+            state
+        };
+        store_record(&store, &named(id(0), "alone", 1));
+        // Linked in a record's first write, and in a later write joined with the stored state.
+        store_record(&store, &merged(1, 2));
+        store_record(&store, &named(id(2), "one person", 1));
+        store_record(&store, &merged(2, 1));
+        let linked_ids = |store: &LocalStore| -> BTreeSet<RecordId> {
+            linked_records(store)
+                .unwrap()
+                .iter()
+                .map(RecordState::id)
+                .collect()
+        };
+        assert_eq!(linked_ids(&store), BTreeSet::from([id(1), id(2)]));
+        // A store from before the index: indexed by one walk, then read from the index.
+        store
+            .transaction(|tx| {
+                tx.remove(TreeName::Meta, LINKED_INDEXED)?;
+                for n in [1, 2] {
+                    tx.remove(TreeName::Meta, &[LINKED_PREFIX, id(n).as_bytes()].concat())?;
+                }
+                Ok::<_, crate::error::ClientError>(())
+            })
+            .unwrap();
+        assert_eq!(linked_ids(&store), BTreeSet::from([id(1), id(2)]));
+        assert!(store.get(TreeName::Meta, LINKED_INDEXED).unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

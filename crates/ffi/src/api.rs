@@ -497,7 +497,7 @@ pub struct AccountInfo {
     pub relay_address: String,
     /// The newest key epoch this device holds (it grows with every revocation).
     pub epoch: u64,
-    /// Live contacts in the local store.
+    /// Live contacts in the local store, as listed (a merged contact counts once).
     pub contact_count: u64,
     /// Whether this device knows it was revoked.
     pub revoked: bool,
