@@ -760,22 +760,35 @@ fn log_refusal(conn: &Conn, err: &RequestError) {
 /// Reads one request frame. The announced length is taken from the connection's frame budget
 /// (`max_frame_bytes`) before a byte of the body is buffered, and held, with the body, until
 /// the request is answered: however many streams a peer opens, the relay buffers at most
-/// `max_frame_bytes` of its requests at once (a stream waits for room within its deadline).
+/// `max_frame_bytes` of its requests at once (a stream waits for room within its deadline),
+/// plus one more frame for the stream every earlier stream has passed (`turn`): the pushes
+/// that arrived before it and wait for it may hold the whole budget.
 async fn read_request(
     shared: &Shared,
     conn: &Conn,
     recv: &mut quinn::RecvStream,
     max: u32,
+    turn: Option<&handlers::push::Turn<'_>>,
 ) -> Result<Option<(bytes::Bytes, FrameReservation)>, ReadError> {
     let Some(len) = read_frame_header(recv, max).await? else {
         return Ok(None);
     };
-    let permit = conn
-        .frame_budget
-        .clone()
-        .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
-        .await
-        .map_err(|_| ReadError::Io(std::io::Error::other("connection closing")))?;
+    let permits = u32::try_from(len).unwrap_or(u32::MAX);
+    let reserve = async {
+        match turn {
+            Some(turn) => {
+                turn.until_next().await;
+                conn.frame_reserve.clone().acquire_many_owned(permits).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let permit = tokio::select! {
+        biased;
+        permit = conn.frame_budget.clone().acquire_many_owned(permits) => permit,
+        permit = reserve => permit,
+    }
+    .map_err(|_| ReadError::Io(std::io::Error::other("connection closing")))?;
     let counted = shared.live.frame_bytes.enter_many(len);
     let body = read_frame_body(recv, len, REQUEST_PREALLOC).await?;
     Ok(Some((body, (permit, counted))))
@@ -798,8 +811,8 @@ async fn request_stream(
     let mut turn = Some(conn.push_order.turn(recv.id().index()));
     // A peer that keeps its connection alive must still finish its request in time: a stalled
     // or trickling frame would otherwise hold this task and a stream slot forever.
-    let Ok(read) = tokio::time::timeout(deadline, read_request(shared, conn, &mut recv, max)).await
-    else {
+    let reading = read_request(shared, conn, &mut recv, max, turn.as_ref());
+    let Ok(read) = tokio::time::timeout(deadline, reading).await else {
         tracing::debug!(remote = %conn.remote, "request not received in time; stream reset");
         let _ = recv.stop(REQUEST_TIMED_OUT.into());
         let _ = send.reset(REQUEST_TIMED_OUT.into());

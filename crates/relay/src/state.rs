@@ -755,6 +755,11 @@ pub(crate) struct Conn {
     /// Bytes of request frames this connection may have the relay buffer at once (permits
     /// are bytes; `max_frame_bytes` of them).
     pub frame_budget: Arc<Semaphore>,
+    /// Another `max_frame_bytes`, only for the stream every earlier stream of the connection
+    /// has passed (its ordering point, `push_order`): pipelined pushes that arrived first
+    /// hold the budget while they wait for that stream, which must still get in. So a
+    /// connection has the relay buffer at most twice `max_frame_bytes` of requests.
+    pub frame_reserve: Arc<Semaphore>,
     /// Request streams being served, and when the last one ended: what tells an idle
     /// unauthenticated connection (docs/PROTOCOL.md §12, "Before authentication").
     activity: Mutex<(usize, Instant)>,
@@ -773,6 +778,7 @@ impl Conn {
             challenge: Mutex::new(None),
             device: Mutex::new(None),
             frame_budget: Arc::new(Semaphore::new(max_frame_bytes as usize)),
+            frame_reserve: Arc::new(Semaphore::new(max_frame_bytes as usize)),
             activity: Mutex::new((0, Instant::now())),
             bad_frames: AtomicUsize::new(0),
             push_order: Default::default(),

@@ -123,6 +123,60 @@ async fn a_push_whose_frame_arrives_first_waits_for_the_push_opened_before_it() 
     .await;
 }
 
+/// The relay buffers at most `max_frame_bytes` of a connection's requests at once; pushes that
+/// arrived first and wait for the push opened before them hold that room. The push they wait
+/// for must still get in: kith-client keeps 4 pushes of up to 2 MiB in flight, against the
+/// default 4 MiB, and a 1,000,000-contact sync once lost a whole attempt this way (the first
+/// push was cut off by the request timeout, "stream reset by peer: error 2", and the others
+/// refused as SEQ_GAP).
+#[tokio::test]
+async fn a_push_whose_later_pushes_filled_the_frame_budget_still_gets_in() {
+    bounded(async {
+        let (relay, account, client) = TestRelay::start_with_account(1, |config| {
+            config.bounds.max_frame_bytes = 4 * 1024 * 1024;
+            config.bounds.request_timeout = Duration::from_secs(5);
+        })
+        .await;
+        let device = account.device(0).device_id();
+        // Three pushes of about 1.5 MiB each, in seq order.
+        let frame = |first| {
+            let envelopes = envelopes(&account.id, &device, first, 100, 15_000)
+                .into_iter()
+                .map(Bytes::from)
+                .collect();
+            wire::push_frame(&wire::Push { envelopes })
+        };
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            streams.push(client.connection().open_bi().await.unwrap());
+        }
+        // The second and third frames arrive whole first and take 3 MiB of the 4 MiB budget;
+        // the first arrives last and needs 1.5 MiB.
+        for (i, first) in [(1, 101), (2, 201)] {
+            streams[i].0.write_all(&frame(first)).await.unwrap();
+            streams[i].0.finish().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        streams[0].0.write_all(&frame(1)).await.unwrap();
+        streams[0].0.finish().unwrap();
+        for ((_, recv), last) in streams.iter_mut().zip([100, 200, 300]) {
+            let body = kith_net::read_frame_bytes(recv, 1 << 20, 1024)
+                .await
+                .unwrap_or_else(|e| panic!("push up to {last}: {e}"))
+                .unwrap();
+            match Response::decode(body).unwrap().kind {
+                Some(response::Kind::PushAck(ack)) => assert_eq!(ack.last_seq, last),
+                other => panic!("expected an ack of {last}, got {other:?}"),
+            }
+        }
+        let stored = stream_of(&client, &device).await;
+        assert_eq!(stored.len(), 300);
+        assert_eq!(stored.last().map(|(seq, _)| *seq), Some(300));
+        relay.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_real_gap_is_still_refused_once_the_earlier_streams_have_passed() {
     bounded(async {

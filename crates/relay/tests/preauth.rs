@@ -395,7 +395,9 @@ async fn a_connections_frame_buffers_stay_within_max_frame_bytes() {
             send.write_all(&start).await.unwrap();
             streams.push((send, recv));
         }
-        // Let the relay take what it will.
+        // Let the relay take what it will. The reserve of another `max_frame_bytes` is only for
+        // the stream every earlier one has passed; the first never passes (its frame never
+        // ends), so none of the others may take it.
         let mut reserved = 0;
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -144,6 +144,14 @@ impl Turn<'_> {
         let _ = tokio::time::timeout(limit, low.wait_for(|low| *low >= index)).await;
     }
 
+    /// Waits until every stream opened before this one has passed its ordering point (the
+    /// caller bounds the wait: its request's deadline).
+    pub(crate) async fn until_next(&self) {
+        let mut low = self.order.low.subscribe();
+        let index = self.index;
+        let _ = low.wait_for(|low| *low >= index).await;
+    }
+
     fn pass(self) {}
 }
 
