@@ -2244,7 +2244,7 @@ public struct AccountInfo: Equatable, Hashable {
      */
     public var epoch: UInt64
     /**
-     * Live contacts in the local store.
+     * Live contacts in the local store, as listed (a merged contact counts once).
      */
     public var contactCount: UInt64
     /**
@@ -2275,7 +2275,7 @@ public struct AccountInfo: Equatable, Hashable {
          * The newest key epoch this device holds (it grows with every revocation).
          */epoch: UInt64, 
         /**
-         * Live contacts in the local store.
+         * Live contacts in the local store, as listed (a merged contact counts once).
          */contactCount: UInt64, 
         /**
          * Whether this device knows it was revoked.

@@ -4031,7 +4031,7 @@ data class AccountInfo (
     var `epoch`: kotlin.ULong
     , 
     /**
-     * Live contacts in the local store.
+     * Live contacts in the local store, as listed (a merged contact counts once).
      */
     var `contactCount`: kotlin.ULong
     , 
