@@ -207,15 +207,17 @@ async fn bench_sync(n: usize) {
     reset_peak_rss();
     let (rss_before, _) = rss_mib();
     let cpu_before = process_cpu();
+    let faults_before = process_page_faults();
     let pulled = b.sync().await.unwrap();
     let total = started.elapsed();
     let pull_cpu = process_cpu() - cpu_before;
+    let pull_faults = process_page_faults() - faults_before;
     let (_, pull_peak) = rss_mib();
     let on_b = b.contacts().unwrap().len();
     assert_eq!(on_b, contacts, "b must hold every contact");
     let usage = a.usage().await.unwrap();
     println!(
-        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {} (process CPU {}); end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact); process RSS {rss_before} MiB before B's pull, peak {pull_peak} MiB during it",
+        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {} (process CPU {}, {pull_faults} page faults); end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact); process RSS {rss_before} MiB before B's pull, peak {pull_peak} MiB during it",
         secs(create_time),
         pushed.pushed,
         secs(push_time),
@@ -294,24 +296,37 @@ fn generate_card_vcard(pairs: usize, link: bool) -> String {
     out
 }
 
-/// The CPU time the process has used (user + system, from `/proc/self/stat` in clock ticks of
-/// 1/100 s; zero where /proc is not available). Load on the machine does not change it much,
-/// where it stretches wall-clock times.
-fn process_cpu() -> Duration {
+/// Numeric fields of `/proc/self/stat` after the command name (which may hold spaces), from
+/// `state` (field 3) on, at the given positions; zeros where /proc is not available.
+fn process_stat<const N: usize>(at: [usize; N]) -> [u64; N] {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces), from `state` (field 3) on.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks = |at: usize| {
+    at.map(|at| {
         fields
             .get(at)
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    })
+}
+
+/// The CPU time the process has used (user + system, from `/proc/self/stat` in clock ticks of
+/// 1/100 s; zero where /proc is not available). Load on the machine does not change it much,
+/// where it stretches wall-clock times.
+fn process_cpu() -> Duration {
+    let [user, system] = process_stat([11, 12]);
+    Duration::from_millis((user + system) * 10)
+}
+
+/// The minor page faults the process has taken (`minflt`): each is a page the kernel mapped,
+/// most of them fresh memory it zeroed first (BENCHMARKS.md, "B's pull (issue 18), tenth
+/// session"). Not affected by load.
+fn process_page_faults() -> u64 {
+    let [faults] = process_stat([7]);
+    faults
 }
 
 /// The sync of `bench_sync`, after A also imported `pairs` vCard cards
@@ -338,15 +353,17 @@ async fn bench_sync_cards(n: usize, pairs: usize, link: bool) {
     let pushed = a.sync().await.unwrap();
     let push_time = started.elapsed();
     let cpu_before = process_cpu();
+    let faults_before = process_page_faults();
     let pull_started = Instant::now();
     let pulled = b.sync().await.unwrap();
     let total = started.elapsed();
     let pull_cpu = process_cpu() - cpu_before;
+    let pull_faults = process_page_faults() - faults_before;
     let pull_time = pull_started.elapsed();
     let on_b = b.contacts().unwrap().len();
     assert_eq!(on_b, contacts, "b must show every contact, merged");
     println!(
-        "{}: {records} records, {contacts} contacts after {} merges ({} records updated by {pairs} cards); A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {} (process CPU {}); end to end (push + pull + merge) {}",
+        "{}: {records} records, {contacts} contacts after {} merges ({} records updated by {pairs} cards); A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {} (process CPU {}, {pull_faults} page faults); end to end (push + pull + merge) {}",
         if link { "sync-merges" } else { "sync-cards" },
         summary.merged,
         summary.updated,

@@ -351,8 +351,14 @@ impl RecordPipeline {
         records: Records,
         write: impl FnOnce(&Records) -> Result<()> + Send + 'static,
     ) -> Result<()> {
-        self.start(records, 0, |_| Ok(()), move |records, _, ()| write(records))
-            .await
+        self.start(
+            records,
+            0,
+            Free::Aside,
+            |_| Ok(()),
+            move |records, _, ()| write(records),
+        )
+        .await
     }
 
     /// Starts `prepare(records)` at once on a blocking thread, beside the write of the batch
@@ -370,15 +376,23 @@ impl RecordPipeline {
         prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
         write: impl FnOnce(&Records, &BatchVersions, P) -> Result<()> + Send + 'static,
     ) -> Result<()> {
-        self.start(records, Self::PREPARED_IN_FLIGHT - 1, prepare, write)
-            .await
+        self.start(
+            records,
+            Self::PREPARED_IN_FLIGHT - 1,
+            Free::Here,
+            prepare,
+            write,
+        )
+        .await
     }
 
-    /// Waits until at most `keep` batches are in flight, then starts this one.
+    /// Waits until at most `keep` batches are in flight, then starts this one. The states of
+    /// the batches written meanwhile are freed as `free` says.
     async fn start<P: Send + 'static>(
         &mut self,
         records: Records,
         keep: usize,
+        free: Free,
         prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
         write: impl FnOnce(&Records, &BatchVersions, P) -> Result<()> + Send + 'static,
     ) -> Result<()> {
@@ -397,12 +411,11 @@ impl RecordPipeline {
         let written = Arc::clone(&versions.written);
         while self.in_flight.len() > keep {
             let previous = self.finish_oldest().await?;
-            // The previous batch's states are freed on a blocking thread of their own: not on
-            // the merging thread (dropping a batch of states was 5 % of an import), nor on the
-            // writer's, the busier of the two at 1,000,000 rows (6 % of its time,
-            // BENCHMARKS.md).
             if let Some(previous) = previous {
-                drop(tokio::task::spawn_blocking(move || drop(previous)));
+                match free {
+                    Free::Aside => drop(tokio::task::spawn_blocking(move || drop(previous))),
+                    Free::Here => drop(previous),
+                }
             }
         }
         let records = Arc::new(records);
@@ -469,6 +482,22 @@ impl RecordPipeline {
         landed?;
         Ok(Some(in_flight.records))
     }
+}
+
+/// Where [`RecordPipeline::start`] frees the states of a batch once it is written.
+#[derive(Clone, Copy)]
+enum Free {
+    /// On a blocking thread of their own: not on the merging thread (dropping a batch of
+    /// states was 5 % of an import), nor on the writer's, the busier of the two at 1,000,000
+    /// rows (6 % of its time, BENCHMARKS.md). The import's choice.
+    Aside,
+    /// On the caller's thread, the one that merged (allocated) them, as it submits the next
+    /// batch. The allocator (mimalloc) hands a page whose blocks another thread freed back to
+    /// its arena once it empties, and the arena returns such memory to the system after a
+    /// second; the merging thread's next pages then came from fresh memory, zeroed by the
+    /// kernel at its first touch. Freed on the thread that owns them, the pages are reused by
+    /// the next batch. The pull's choice (BENCHMARKS.md, "B's pull (issue 18), tenth session").
+    Here,
 }
 
 /// The versions a batch's write stores its records at, by id: read by the batches loaded

@@ -278,43 +278,130 @@ enum Decoded {
     Nothing,
 }
 
-/// Payload bytes of a page from which [`decode_payloads`] decodes on two threads.
+/// Payload bytes of a page from which [`PageDecoder::decode`] decodes on two threads.
 const PARALLEL_DECODE_BYTES: usize = 256 * 1024;
 
-/// Decodes each opened payload of a page (`payloads`, of the kinds their envelopes state in
-/// `kinds`), each failure kept in its place. A page of more than [`PARALLEL_DECODE_BYTES`] is
-/// decoded on two threads, its second half beside its first: decoding was about a quarter of
-/// the merging thread's time, the longest stage of a large pull (BENCHMARKS.md, "B's pull
-/// (issue 18), ninth session").
-fn decode_payloads(kinds: &[PayloadKind], mut payloads: Vec<Vec<u8>>) -> Vec<Result<Decoded>> {
-    let decode = |(kind, payload): (&PayloadKind, Vec<u8>)| -> Result<Decoded> {
-        Ok(match kind {
-            PayloadKind::Operations => Decoded::Operations(record::decode_batch_parts(&payload)?),
-            PayloadKind::Snapshot => Decoded::Snapshot(ContactSet::decode_snapshot(&payload)?.0),
-            PayloadKind::Unspecified => Decoded::Nothing,
-        })
-    };
-    let bytes: usize = payloads.iter().map(Vec::len).sum();
-    if payloads.len() < 2 || bytes < PARALLEL_DECODE_BYTES {
-        return kinds.iter().zip(payloads).map(decode).collect();
-    }
-    let half = payloads.len() / 2;
-    let second = payloads.split_off(half);
-    std::thread::scope(|scope| {
-        let later = scope.spawn(|| {
-            kinds[half..]
-                .iter()
-                .zip(second)
-                .map(decode)
-                .collect::<Vec<_>>()
-        });
-        let mut decoded: Vec<_> = kinds[..half].iter().zip(payloads).map(decode).collect();
-        match later.join() {
+/// One page's payloads, of the kinds their envelopes state, sent to the decoding thread.
+type PayloadHalf = (Vec<PayloadKind>, Vec<Vec<u8>>);
+
+/// Decodes the opened payloads of a pull's pages, each failure kept in its place. A page of
+/// more than [`PARALLEL_DECODE_BYTES`] is decoded on two threads, its second half beside its
+/// first: decoding was about a quarter of the merging thread's time, the longest stage of a
+/// large pull (BENCHMARKS.md, "B's pull (issue 18), ninth session").
+///
+/// The second thread is started at the first large page and kept until the pull ends (the
+/// decoder is dropped), not started for each page: what a thread allocates stays in that
+/// thread's allocator pages, and the operations it decoded are freed on the merging thread
+/// after the page is merged. A thread that had ended by then left its pages to be handed back
+/// to the allocator's arena as they emptied, and fresh ones taken (and zeroed by the kernel)
+/// for the next page's thread (BENCHMARKS.md, "B's pull (issue 18), tenth session").
+#[derive(Default)]
+struct PageDecoder {
+    thread: Option<DecodingThread>,
+}
+
+/// [`PageDecoder`]'s second thread: it decodes each half it is sent and sends the results
+/// back, until its sender is dropped.
+struct DecodingThread {
+    halves: std::sync::mpsc::Sender<PayloadHalf>,
+    decoded: std::sync::mpsc::Receiver<Vec<Result<Decoded>>>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl PageDecoder {
+    /// Decodes each payload (`payloads`, of the kinds in `kinds`), each result in its place.
+    fn decode(
+        &mut self,
+        kinds: &[PayloadKind],
+        mut payloads: Vec<Vec<u8>>,
+    ) -> Vec<Result<Decoded>> {
+        let bytes: usize = payloads.iter().map(Vec::len).sum();
+        if payloads.len() < 2 || bytes < PARALLEL_DECODE_BYTES {
+            return decode_each(kinds, payloads);
+        }
+        let half = payloads.len() / 2;
+        let second = payloads.split_off(half);
+        if self.thread.is_none() {
+            self.thread = DecodingThread::start();
+        }
+        let second = match &self.thread {
+            Some(thread) => thread.halves.send((kinds[half..].to_vec(), second)).err(),
+            None => Some(std::sync::mpsc::SendError((kinds[half..].to_vec(), second))),
+        };
+        let mut decoded = decode_each(&kinds[..half], payloads);
+        if let Some(std::sync::mpsc::SendError((kinds, second))) = second {
+            // No second thread (it could not be started): the second half is decoded here.
+            decoded.extend(decode_each(&kinds, second));
+            return decoded;
+        }
+        let thread = self.thread.as_ref().expect("the half was sent to it");
+        match thread.decoded.recv() {
             Ok(rest) => decoded.extend(rest),
-            Err(panic) => std::panic::resume_unwind(panic),
+            Err(_) => {
+                // The thread panicked decoding this half: the panic goes on here, as a scoped
+                // thread's would.
+                let thread = self.thread.take().expect("the half was sent to it");
+                drop(thread.halves);
+                if let Err(panic) = thread.handle.join() {
+                    std::panic::resume_unwind(panic);
+                }
+                unreachable!("the decoding thread ends only when its sender is dropped");
+            }
         }
         decoded
-    })
+    }
+}
+
+impl DecodingThread {
+    /// Starts the thread; `None` if the system could not start one.
+    fn start() -> Option<Self> {
+        let (halves, to_decode) = std::sync::mpsc::channel::<PayloadHalf>();
+        let (send_decoded, decoded) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("kith-pull-decode".into())
+            .spawn(move || {
+                for (kinds, payloads) in to_decode {
+                    if send_decoded.send(decode_each(&kinds, payloads)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self {
+            halves,
+            decoded,
+            handle,
+        })
+    }
+}
+
+impl Drop for PageDecoder {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // Its sender dropped, the thread ends after the half it is decoding, if any.
+            drop(thread.halves);
+            let _ = thread.handle.join();
+        }
+    }
+}
+
+/// Decodes each payload on this thread, each result in its place.
+fn decode_each(kinds: &[PayloadKind], payloads: Vec<Vec<u8>>) -> Vec<Result<Decoded>> {
+    kinds
+        .iter()
+        .zip(payloads)
+        .map(|(kind, payload)| {
+            Ok(match kind {
+                PayloadKind::Operations => {
+                    Decoded::Operations(record::decode_batch_parts(&payload)?)
+                }
+                PayloadKind::Snapshot => {
+                    Decoded::Snapshot(ContactSet::decode_snapshot(&payload)?.0)
+                }
+                PayloadKind::Unspecified => Decoded::Nothing,
+            })
+        })
+        .collect()
 }
 
 impl Device {
@@ -1166,6 +1253,8 @@ impl Device {
         // and used only if the page verified and merged exactly as served (the cursors then
         // are the ones it was asked with); otherwise it is abandoned and asked for again.
         let mut prefetched: Option<(BTreeMap<DeviceId, u64>, crate::net::InFlight)> = None;
+        // Kept for the whole pull (see `PageDecoder`).
+        let mut decoder = PageDecoder::default();
         #[cfg(test)]
         let mut pages_submitted = 0usize;
         'pull: loop {
@@ -1340,8 +1429,14 @@ impl Device {
                 }
             }
             self.read_writer_views(&parsed, &opened, &mut roster_named, &mut vouched)?;
-            let (touched, page_changed) =
-                self.merge_payloads(pipeline, &parsed, opened, &mut skews, &mut moves)?;
+            let (touched, page_changed) = self.merge_payloads(
+                pipeline,
+                &mut decoder,
+                &parsed,
+                opened,
+                &mut skews,
+                &mut moves,
+            )?;
             // Cursors are written with the records they cover, in one transaction (were they
             // not, a crash in between would pull the page again, and merging it again would
             // change nothing).
@@ -1610,6 +1705,7 @@ impl Device {
     fn merge_payloads(
         &self,
         pipeline: &mut RecordPipeline,
+        decoder: &mut PageDecoder,
         parsed: &[ParsedEnvelope],
         payloads: Vec<Vec<u8>>,
         skews: &mut BTreeMap<DeviceId, ClockSkew>,
@@ -1625,7 +1721,7 @@ impl Device {
         let mut decoded = Vec::with_capacity(payloads.len());
         let mut ids = Vec::new();
         let kinds: Vec<PayloadKind> = parsed.iter().map(|e| e.header().kind).collect();
-        for payload in decode_payloads(&kinds, payloads) {
+        for payload in decoder.decode(&kinds, payloads) {
             let payload = payload?;
             match &payload {
                 Decoded::Operations(parts) => ids.extend(parts.0.iter().map(Operation::record)),
@@ -2662,7 +2758,8 @@ pub(crate) mod tests {
 
     /// A page larger than `PARALLEL_DECODE_BYTES` is decoded on two threads: every payload's
     /// result is in its place, as decoding them one at a time gives, the failures included (the
-    /// first in page order is the one a pull reports).
+    /// first in page order is the one a pull reports). The second thread is started once and
+    /// decodes every large page of the pull, a small page is decoded on the caller's thread.
     #[test]
     fn a_page_decoded_on_two_threads_keeps_each_payload_in_its_place() {
         let ops = |n: u32| -> Vec<Operation> {
@@ -2700,19 +2797,41 @@ pub(crate) mod tests {
                 _ => "nothing".into(),
             })
             .collect();
-        let together: Vec<String> = decode_payloads(&kinds, payloads)
-            .into_iter()
-            .map(|decoded| match decoded {
-                Ok(Decoded::Operations((ops, _, _))) => format!("{ops:?}"),
-                Ok(Decoded::Nothing) => "nothing".into(),
-                Ok(Decoded::Snapshot(_)) => "snapshot".into(),
-                Err(e) => format!("error: {e}"),
-            })
-            .collect();
-        assert_eq!(together, one_at_a_time);
-        assert!(together[5].starts_with("error") && together[6].starts_with("error"));
-        assert_ne!(together[5], together[6]);
-        assert_eq!(together[2], "nothing");
-        assert_eq!(together[7], format!("{:?}", ops(7)));
+        let described = |decoded: Vec<Result<Decoded>>| -> Vec<String> {
+            decoded
+                .into_iter()
+                .map(|decoded| match decoded {
+                    Ok(Decoded::Operations((ops, _, _))) => format!("{ops:?}"),
+                    Ok(Decoded::Nothing) => "nothing".into(),
+                    Ok(Decoded::Snapshot(_)) => "snapshot".into(),
+                    Err(e) => format!("error: {e}"),
+                })
+                .collect()
+        };
+        let mut decoder = PageDecoder::default();
+        // A small page first: no second thread for it.
+        let small = described(decoder.decode(&kinds[..2], payloads[..2].to_vec()));
+        assert_eq!(small, one_at_a_time[..2]);
+        assert!(decoder.thread.is_none());
+        let mut second_thread = None;
+        for _page in 0..3 {
+            let together = described(decoder.decode(&kinds, payloads.clone()));
+            assert_eq!(together, one_at_a_time);
+            assert!(together[5].starts_with("error") && together[6].starts_with("error"));
+            assert_ne!(together[5], together[6]);
+            assert_eq!(together[2], "nothing");
+            assert_eq!(together[7], format!("{:?}", ops(7)));
+            let thread = decoder
+                .thread
+                .as_ref()
+                .expect("a second thread decodes a large page");
+            let id = thread.handle.thread().id();
+            assert_eq!(
+                *second_thread.get_or_insert(id),
+                id,
+                "one thread for every page"
+            );
+        }
+        drop(decoder);
     }
 }
