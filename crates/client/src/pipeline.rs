@@ -23,7 +23,7 @@
 //! ([`StoreTxn::replace_sealed_at`], one lookup, nothing opened). If another process wrote the
 //! record in between, the version differs and the write joins as above; nothing is lost.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -46,13 +46,7 @@ pub(crate) struct RecordPipeline {
     /// Batches submitted and not yet written, oldest first: one after
     /// [`RecordPipeline::submit`], up to [`RecordPipeline::PREPARED_IN_FLIGHT`] after
     /// [`RecordPipeline::submit_prepared`]. Their writes land in this order.
-    in_flight: VecDeque<InFlight>,
-    /// Batches whose writes have landed, oldest first, kept readable for the next batches
-    /// ([`RecordPipeline::keep_landed`]; none unless asked for). Every batch written after
-    /// one of them is in it or in `in_flight`, so the newest state of a record is found.
-    landed: VecDeque<Batch>,
-    /// How many landed batches `landed` keeps.
-    keep_landed: usize,
+    in_flight: std::collections::VecDeque<InFlight>,
     /// Set by [`RecordPipeline::start_on_empty_store`]: the ids this pipeline has loaded, when
     /// the store held no record as it started. An id not in it cannot be in the store (except
     /// one another process wrote since, which every write joins with, see
@@ -68,10 +62,6 @@ pub(crate) struct RecordPipeline {
     read: HashMap<RecordId, Read>,
     /// How this pipeline's writes stored their records, over all batches.
     counts: Arc<WriteCounts>,
-    /// How many stored values [`RecordPipeline::open_read`] has opened: what the tests of
-    /// [`RecordPipeline::keep_landed`] count.
-    #[cfg(test)]
-    opened: usize,
     /// Set once a write failed: no batch is started after it (a batch submitted once the
     /// failed one has left `in_flight` would otherwise have no earlier write to wait for, and
     /// could land after a gap).
@@ -118,31 +108,14 @@ impl IdFilter {
 }
 
 struct InFlight {
-    batch: Batch,
-    task: tokio::task::JoinHandle<Result<()>>,
-    /// Told once this batch's write has landed (dropped unsent if it failed): the next
-    /// batch's write waits for it ([`RecordPipeline::submit_prepared`]).
-    landed: Option<tokio::sync::oneshot::Receiver<()>>,
-}
-
-/// A batch's states, and the versions its write stores them at.
-struct Batch {
     records: Arc<Records>,
     /// The versions this batch's write stores its states at (filled as it writes), for the
     /// batches that load a state from it.
     written: Arc<Written>,
-    /// Whether at least half of its states were loaded from the store or an earlier batch:
-    /// only such a batch is kept once landed ([`RecordPipeline::keep_landed`]).
-    updates: bool,
-}
-
-impl Batch {
-    /// Frees the states on a blocking thread of their own: not on the merging thread
-    /// (dropping a batch of states was 5 % of an import), nor on the writer's, the busier of
-    /// the two at 1,000,000 rows (6 % of its time, BENCHMARKS.md).
-    fn free(self) {
-        drop(tokio::task::spawn_blocking(move || drop(self)));
-    }
+    task: tokio::task::JoinHandle<Result<()>>,
+    /// Told once this batch's write has landed (dropped unsent if it failed): the next
+    /// batch's write waits for it ([`RecordPipeline::submit_prepared`]).
+    landed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RecordPipeline {
@@ -152,16 +125,12 @@ impl RecordPipeline {
         Self {
             store: store.clone(),
             guard: Arc::new(guard),
-            in_flight: VecDeque::new(),
-            landed: VecDeque::new(),
-            keep_landed: 0,
+            in_flight: std::collections::VecDeque::new(),
             loaded: None,
             group: None,
             prefetched: HashMap::new(),
             read: HashMap::new(),
             counts: Arc::default(),
-            #[cfg(test)]
-            opened: 0,
             failed: false,
         }
     }
@@ -180,20 +149,6 @@ impl RecordPipeline {
         let group = Arc::new(WriteGroup::new(&self.store));
         self.group = Some(Arc::clone(&group));
         group
-    }
-
-    /// Keeps the states of the last `batches` batches of updates whose writes have landed
-    /// readable from memory, as those in flight are, until [`RecordPipeline::wait`]: a record
-    /// a later batch loads from them is neither read from the store nor opened and decoded, and
-    /// its write still replaces the stored value only at the version that batch wrote
-    /// ([`BatchVersions`]), so a record another process wrote since is joined as always. For
-    /// a pull, whose pages of updates are often followed by pages updating the same records
-    /// again (another device's merges after the import that linked the records). A batch of
-    /// updates is one at least half of whose states were loaded (from the store or from an
-    /// earlier batch): a page of new records, as in a first sync, is not kept, and costs no
-    /// memory.
-    pub(crate) fn keep_landed(&mut self, batches: usize) {
-        self.keep_landed = batches;
     }
 
     /// For an import or a pull: if the store holds no record yet, every record this pipeline
@@ -222,7 +177,7 @@ impl RecordPipeline {
             Entry::Occupied(entry) => return Ok(entry.into_mut()),
             Entry::Vacant(entry) => entry,
         };
-        if let Some((state, written)) = self.held_batch(&id) {
+        if let Some((state, written)) = self.in_flight_batch(&id) {
             let read = Read::from_batch(state, written);
             let state = state.clone();
             self.read.insert(id, read);
@@ -252,10 +207,6 @@ impl RecordPipeline {
         let Some(sealed) = sealed else {
             return Ok(RecordState::new(id));
         };
-        #[cfg(test)]
-        {
-            self.opened += 1;
-        }
         let plain = self
             .store
             .cipher()
@@ -295,7 +246,7 @@ impl RecordPipeline {
         for round in 0..2 {
             wanted.retain(|id| {
                 !self.prefetched.contains_key(id)
-                    && self.held_state(id).is_none()
+                    && self.in_flight_state(id).is_none()
                     && !self.group.as_ref().is_some_and(|g| g.holds(id))
             });
             wanted.sort_unstable();
@@ -335,7 +286,7 @@ impl RecordPipeline {
             if touched.contains_key(&id) {
                 continue;
             }
-            if let Some((state, written)) = self.held_batch(&id) {
+            if let Some((state, written)) = self.in_flight_batch(&id) {
                 let read = Read::from_batch(state, written);
                 touched.insert(id, state.clone());
                 self.read.insert(id, read);
@@ -365,18 +316,17 @@ impl RecordPipeline {
         Ok(())
     }
 
-    /// `id`'s latest state in a batch submitted and not yet written, or landed and kept
-    /// ([`RecordPipeline::keep_landed`]), if one holds it.
-    fn held_state(&self, id: &RecordId) -> Option<&RecordState> {
-        self.held_batch(id).map(|(state, _)| state)
+    /// `id`'s latest state in a batch submitted and not yet written, if one holds it.
+    fn in_flight_state(&self, id: &RecordId) -> Option<&RecordState> {
+        self.in_flight_batch(id).map(|(state, _)| state)
     }
 
-    /// [`RecordPipeline::held_state`], with the versions the batch holding it writes.
-    fn held_batch(&self, id: &RecordId) -> Option<(&RecordState, &Arc<Written>)> {
-        let in_flight = self.in_flight.iter().rev().map(|w| &w.batch);
-        in_flight
-            .chain(self.landed.iter().rev())
-            .find_map(|batch| Some((batch.records.get(id)?, &batch.written)))
+    /// [`RecordPipeline::in_flight_state`], with the versions the batch holding it writes.
+    fn in_flight_batch(&self, id: &RecordId) -> Option<(&RecordState, &Arc<Written>)> {
+        self.in_flight
+            .iter()
+            .rev()
+            .find_map(|w| Some((w.records.get(id)?, &w.written)))
     }
 
     /// `id`'s state as written in the [`WriteGroup`] but not committed yet, if it is there.
@@ -442,22 +392,14 @@ impl RecordPipeline {
             counts: Arc::clone(&self.counts),
         };
         let written = Arc::clone(&versions.written);
-        let updates = versions.read.len() * 2 >= records.len().max(1);
         while self.in_flight.len() > keep {
-            if let Some(previous) = self.finish_oldest().await? {
-                if previous.updates && self.keep_landed > 0 {
-                    self.landed.push_back(previous);
-                    if self.landed.len() > self.keep_landed
-                        && let Some(oldest) = self.landed.pop_front()
-                    {
-                        oldest.free();
-                    }
-                } else {
-                    // The batches kept are the last ones landed, none let go after them (it
-                    // may hold a later state of one of their records).
-                    self.landed.drain(..).for_each(Batch::free);
-                    previous.free();
-                }
+            let previous = self.finish_oldest().await?;
+            // The previous batch's states are freed on a blocking thread of their own: not on
+            // the merging thread (dropping a batch of states was 5 % of an import), nor on the
+            // writer's, the busier of the two at 1,000,000 rows (6 % of its time,
+            // BENCHMARKS.md).
+            if let Some(previous) = previous {
+                drop(tokio::task::spawn_blocking(move || drop(previous)));
             }
         }
         let records = Arc::new(records);
@@ -487,33 +429,29 @@ impl RecordPipeline {
             result
         });
         self.in_flight.push_back(InFlight {
-            batch: Batch {
-                records,
-                written,
-                updates,
-            },
+            records,
+            written,
             task,
             landed: Some(landed_rx),
         });
         Ok(())
     }
 
-    /// Waits until every batch in flight has been written, and lets go of the landed batches
-    /// kept ([`RecordPipeline::keep_landed`]).
+    /// Waits until every batch in flight has been written.
     pub(crate) async fn wait(&mut self) -> Result<()> {
-        // The last batches' states are freed on a blocking thread: a page of a pull is
-        // thousands of records, and freeing them here kept the caller waiting. (Earlier
-        // batches are freed when the next is submitted, see `start`.) All of them at once:
-        // a landed batch is never kept while a later one is let go.
-        self.landed.drain(..).for_each(Batch::free);
-        while let Some(batch) = self.finish_oldest().await? {
-            batch.free();
+        while let Some(records) = self.finish_oldest().await? {
+            // The last batches' states are freed on a blocking thread: a page of a pull is
+            // thousands of records, and freeing them here kept the caller waiting. (Earlier
+            // batches are freed when the next is submitted, see `start`.)
+            if Arc::strong_count(&records) == 1 {
+                drop(tokio::task::spawn_blocking(move || drop(records)));
+            }
         }
         Ok(())
     }
 
-    /// Waits until the oldest batch in flight, if any, has been written; returns it.
-    async fn finish_oldest(&mut self) -> Result<Option<Batch>> {
+    /// Waits until the oldest batch in flight, if any, has been written; returns its states.
+    async fn finish_oldest(&mut self) -> Result<Option<Arc<Records>>> {
         let Some(in_flight) = self.in_flight.pop_front() else {
             return Ok(None);
         };
@@ -526,7 +464,7 @@ impl RecordPipeline {
             self.failed = true;
         }
         landed?;
-        Ok(Some(in_flight.batch))
+        Ok(Some(in_flight.records))
     }
 }
 
@@ -1830,82 +1768,6 @@ mod tests {
         assert_text(&two, FieldKey::note(), "theirs");
         assert_text(&two, FieldKey::company(), "second");
         assert_eq!(live_count(&store).unwrap(), 2);
-    }
-
-    /// Submits `records` as a pull's page ([`versioned_write`]), its write released at once.
-    async fn submit_released(pipeline: &mut RecordPipeline, store: &LocalStore, records: Records) {
-        let (release, _landed, prepare, write) = versioned_write(store);
-        release.send(()).unwrap();
-        pipeline
-            .submit_prepared(records, prepare, write)
-            .await
-            .unwrap();
-    }
-
-    /// With [`RecordPipeline::keep_landed`], a record a batch wrote is loaded from memory by a
-    /// batch merged after that write left the pipeline (nothing opened from the store), and
-    /// replaced in place at the version that write stored; a record another process wrote
-    /// since is joined, nothing lost. Without it, both are read from the store again.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn records_a_landed_batch_wrote_are_loaded_from_memory_while_it_is_kept() {
-        for keep in [0, 2] {
-            let (_dir, store, other, lock) = two_records_and_another_process();
-            let mut pipeline = RecordPipeline::lock(&lock, &store).await;
-            pipeline.keep_landed(keep);
-            let mut first = Records::new();
-            pipeline.load_many(&mut first, [id(1), id(2)]).unwrap();
-            set_on_both(&mut first, FieldKey::title(), "first", 2);
-            submit_released(&mut pipeline, &store, first.clone()).await;
-            // Two more batches: the first one's write leaves the pipeline's batches in flight.
-            for n in [3, 4] {
-                let records = Records::from([(id(n), named(id(n), "new", 2))]);
-                submit_released(&mut pipeline, &store, records).await;
-            }
-            assert!(
-                pipeline
-                    .in_flight
-                    .iter()
-                    .all(|w| !w.batch.records.contains_key(&id(1)))
-            );
-            let opened = pipeline.opened;
-            assert_eq!(opened, 2);
-            let theirs = written_by(&other, 2, FieldKey::note(), "theirs", 4);
-            let mut fourth = Records::new();
-            pipeline.load_many(&mut fourth, [id(1)]).unwrap();
-            pipeline.load(&mut fourth, id(2)).unwrap();
-            if keep == 0 {
-                assert_eq!(pipeline.opened, opened + 2, "read from the store again");
-                pipeline.wait().await.unwrap();
-                continue;
-            }
-            assert_eq!(
-                pipeline.opened, opened,
-                "nothing opened: loaded from memory"
-            );
-            assert_eq!(fourth, first);
-            set_on_both(&mut fourth, FieldKey::company(), "fourth", 5);
-            submit_released(&mut pipeline, &store, fourth.clone()).await;
-            // Batch 3 (a new record, nothing loaded) has landed meanwhile: not kept, and the
-            // batches kept before it are let go with it.
-            assert!(pipeline.landed.is_empty());
-            pipeline.wait().await.unwrap();
-            assert_eq!(
-                pipeline.write_counts(),
-                WriteCountsSnapshot {
-                    inserted: 2,
-                    in_place: 3,
-                    joined: 1
-                }
-            );
-            let one = read_record(&store, &id(1)).unwrap();
-            assert_eq!(one.as_ref(), fourth.get(&id(1)));
-            let two = read_record(&store, &id(2)).unwrap().unwrap();
-            let mut both = fourth[&id(2)].clone();
-            both.merge(&theirs);
-            assert_eq!(two, both);
-            assert_text(&two, FieldKey::note(), "theirs");
-            assert_eq!(live_count(&store).unwrap(), 4);
-        }
     }
 
     /// A prepared batch whose write fails keeps every later batch from being written, also one

@@ -42,10 +42,6 @@ const BYTES_PER_PUSH: usize = 2 * 1024 * 1024;
 pub(crate) const PUSHES_IN_FLIGHT: usize = 4;
 /// Envelopes asked for per pull page.
 const ENVELOPES_PER_PULL: u32 = 256;
-/// Pages of updates of a pull kept readable from memory once written, beside the two in
-/// flight ([`RecordPipeline::keep_landed`]): each holds a page of merged states (a few
-/// thousand).
-const PULL_PAGES_KEPT: usize = 2;
 /// Encoded record bytes per snapshot envelope (a snapshot spans as many envelopes as needed).
 const SNAPSHOT_BYTES: usize = 512 * 1024;
 
@@ -1160,10 +1156,6 @@ impl Device {
         // it has not merged before: they are new (each write still joins with what another
         // process may have written meanwhile).
         pipeline.start_on_empty_store()?;
-        // A page of updates is often followed by pages updating the same records again
-        // (another device's merges after the import that linked them): pages of updates stay
-        // in memory a little longer than the pages in flight.
-        pipeline.keep_landed(PULL_PAGES_KEPT);
         // A pull of more than one page gets the store's settings for large writes (larger page
         // caches, fewer checkpoints) until it ends: each page's transaction inserts thousands
         // of records at random places of the record index, and with the usual settings every
