@@ -28,10 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kith_protocol::RecordId;
-use kith_protocol::merge::RecordState;
-use kith_protocol::proto;
+use kith_protocol::merge::{MergeError, RecordState};
 use kith_protocol::record::FieldKind;
-use prost::Message;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::Result;
@@ -603,13 +601,17 @@ pub(crate) fn read_record(store: &LocalStore, id: &RecordId) -> Result<Option<Re
         .transpose()
 }
 
-/// Decodes a stored record state.
+/// Decodes a stored record state ([`RecordState::decode`]: the encoding this crate writes is
+/// read in place, without prost messages).
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<RecordState> {
-    let wire = proto::RecordState::decode(bytes).map_err(|_| LocalStoreError::Corrupt {
-        tree: "records",
-        reason: "undecodable record".into(),
-    })?;
-    Ok(RecordState::from_proto(&wire)?)
+    RecordState::decode(bytes).map_err(|e| match e {
+        MergeError::Decode(_) => LocalStoreError::Corrupt {
+            tree: "records",
+            reason: "undecodable record".into(),
+        }
+        .into(),
+        e => e.into(),
+    })
 }
 
 /// Meta key of the number of live contacts (u64be), kept by [`write_records_in`].

@@ -179,13 +179,20 @@ impl Hlc {
     /// assert_eq!(Hlc::from_proto(&clock.to_proto()), Ok(clock));
     /// ```
     pub fn from_proto(wire: &proto::Hlc) -> Result<Self, HlcError> {
-        if wire.wall_ms > Self::MAX_WALL_MS {
-            return Err(HlcError::WallTimeOutOfRange {
-                wall_ms: wire.wall_ms,
-            });
+        Self::from_wire_parts(wire.wall_ms, wire.counter, &wire.device_id)
+    }
+
+    /// [`Hlc::from_proto`] of the fields as read from the wire, borrowed.
+    pub(crate) fn from_wire_parts(
+        wall_ms: u64,
+        counter: u32,
+        device_id: &[u8],
+    ) -> Result<Self, HlcError> {
+        if wall_ms > Self::MAX_WALL_MS {
+            return Err(HlcError::WallTimeOutOfRange { wall_ms });
         }
-        let device = DeviceId::from_slice(&wire.device_id)?;
-        Ok(Self::new(wire.wall_ms, wire.counter, device))
+        let device = DeviceId::from_slice(device_id)?;
+        Ok(Self::new(wall_ms, counter, device))
     }
 }
 

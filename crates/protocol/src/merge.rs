@@ -102,6 +102,7 @@
 //! # Ok::<(), kith_protocol::record::RecordError>(())
 //! ```
 
+use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -144,8 +145,9 @@ pub enum MergeError {
         /// Its length in bytes.
         len: usize,
     },
-    /// The snapshot is not a valid protobuf `Snapshot`.
-    #[error("snapshot does not decode: {0}")]
+    /// The bytes are not a valid protobuf `Snapshot` ([`ContactSet::decode_snapshot`]) or
+    /// `RecordState` ([`RecordState::decode`]).
+    #[error("bytes do not decode: {0}")]
     Decode(#[from] prost::DecodeError),
     /// A record of a snapshot is invalid.
     #[error("record {index} of the snapshot: {source}")]
@@ -262,14 +264,15 @@ impl FieldState {
         self.superseded.retain(|known| !earlier(known));
     }
 
-    /// Adds a head unless its clock is superseded. Returns whether the state changed.
-    fn insert_head(&mut self, clock: Hlc, value: Option<&proto::FieldValue>) -> bool {
+    /// Adds a head unless its clock is superseded. Returns whether the state changed. The
+    /// value is cloned only if kept; a decoded value is handed over owned.
+    fn insert_head(&mut self, clock: Hlc, value: Option<Cow<'_, proto::FieldValue>>) -> bool {
         if self.superseded.contains(&clock) || self.knows_later_write_of_writer(clock) {
             return false;
         }
         match self.heads.binary_search_by(|(known, _)| known.cmp(&clock)) {
             Err(at) => {
-                self.heads.insert(at, (clock, value.cloned()));
+                self.heads.insert(at, (clock, value.map(Cow::into_owned)));
                 self.forget_earlier_of_writer(clock);
                 true
             }
@@ -277,8 +280,8 @@ impl FieldState {
                 // Only a faulty writer reuses a clock: keep the greater value, on every replica.
                 let rank = |value: Option<&proto::FieldValue>| value.map(Message::encode_to_vec);
                 let held = &mut self.heads[at].1;
-                if rank(value) > rank(held.as_ref()) {
-                    *held = value.cloned();
+                if rank(value.as_deref()) > rank(held.as_ref()) {
+                    *held = value.map(Cow::into_owned);
                     true
                 } else {
                     false
@@ -458,6 +461,36 @@ impl RecordState {
         record_state(self)
     }
 
+    /// Decodes and validates a stored state (the bytes of [`RecordState::encode_to_vec`]):
+    /// the same result, state or error, as `proto::RecordState::decode` followed by
+    /// [`RecordState::from_proto`]. The encoding this crate writes is read in place, each key
+    /// and value decoded once and moved into the state; anything else (a field repeated, out
+    /// of order or unknown, or an error) is decided by that prost path. Never panics.
+    ///
+    /// ```
+    /// use kith_protocol::RecordId;
+    /// use kith_protocol::hlc::HlcClock;
+    /// use kith_protocol::merge::{MergeError, RecordState};
+    /// use kith_protocol::record::{FieldKey, FieldWrite, Operation, value};
+    /// use kith_protocol::DeviceId;
+    ///
+    /// let id = RecordId::from_bytes([9; 16]);
+    /// let mut clock = HlcClock::new(DeviceId::from_bytes([1; 16]));
+    /// let write = FieldWrite::set(FieldKey::name(), value::text("Ada"), [])?;
+    /// let mut record = RecordState::new(id);
+    /// record.apply(&Operation::upsert(id, clock.tick(1_000), [write])?);
+    /// let bytes = record.encode_to_vec();
+    /// assert_eq!(RecordState::decode(&bytes), Ok(record));
+    /// assert!(matches!(RecordState::decode(&bytes[..bytes.len() - 1]), Err(MergeError::Decode(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn decode(bytes: &[u8]) -> Result<Self, MergeError> {
+        if let Some(record) = reader::read_record_state(bytes) {
+            return Ok(record);
+        }
+        Self::from_proto(&proto::RecordState::decode(bytes)?)
+    }
+
     /// Parses and validates the wire form.
     ///
     /// The wire state is read as a set of facts and merged in, so repeated fields, heads that
@@ -577,6 +610,7 @@ impl RecordState {
         if self.is_hidden(clock) {
             return false;
         }
+        let value = value.map(Cow::Borrowed);
         match self.fields.get_mut(key) {
             Some(field) => field.insert_head(clock, value),
             None => {
@@ -1003,6 +1037,8 @@ fn record_state(state: &RecordState) -> Vec<u8> {
 fn record_field_tag(key: &FieldKey) -> u32 {
     if key.kind().is_protocol_1_0() { 3 } else { 4 }
 }
+
+mod reader;
 
 #[cfg(test)]
 mod tests;

@@ -49,7 +49,7 @@ use kith_protocol::keys::{
     PairingSecret, RecoveryKey, SymmetricKey,
 };
 use kith_protocol::limits::MAX_PAYLOAD_BYTES;
-use kith_protocol::merge::ContactSet;
+use kith_protocol::merge::{ContactSet, MergeError, RecordState};
 use kith_protocol::padding;
 use kith_protocol::proto;
 use kith_protocol::record::{decode_batch, encode_batch};
@@ -69,6 +69,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("link_bundle", link_bundle),
     ("operations", operations),
     ("snapshot", snapshot),
+    ("record_state", record_state),
 ];
 
 /// The clock of the fixture, in milliseconds.
@@ -948,6 +949,28 @@ fn check_snapshot_round_trip(set: &ContactSet, positions: Vec<proto::StreamPosit
     assert_eq!(again_positions, positions);
 }
 
+/// A stored record state (`RecordState::decode`, what a device reads back from its own store):
+/// the in-place reader and the prost path (`proto::RecordState::decode`, then
+/// `RecordState::from_proto`) must give the same result, state or error, on every input; a
+/// decoded state re-encodes to bytes that decode to it again.
+pub fn record_state(data: &[u8]) -> bool {
+    let decoded = RecordState::decode(data);
+    let by_prost = proto::RecordState::decode(data)
+        .map_err(MergeError::from)
+        .and_then(|wire| RecordState::from_proto(&wire));
+    assert_eq!(decoded, by_prost, "the two record state decoders disagree");
+    let Ok(state) = decoded else {
+        return false;
+    };
+    let encoded = state.encode_to_vec();
+    assert_eq!(
+        RecordState::decode(&encoded).as_ref(),
+        Ok(&state),
+        "record state round trip"
+    );
+    true
+}
+
 // ---------------------------------------------------------------------------------------------
 // seeds
 
@@ -987,6 +1010,13 @@ pub fn seeds() -> Vec<Seed> {
     let snapshot = state.to_snapshot(positions).encode_to_vec();
     seeds.push(seed("operations", "valid-batch", batch.clone()));
     seeds.push(seed("snapshot", "valid-snapshot", snapshot.clone()));
+    for (n, record) in state.records().enumerate() {
+        seeds.push(seed(
+            "record_state",
+            &format!("valid-record-{n}"),
+            record.encode_to_vec(),
+        ));
+    }
 
     // Envelopes: the phone's stream, seq 1 (operations) and seq 2 (snapshot), in epoch 2.
     let phone = &f.devices[PHONE];
