@@ -790,11 +790,14 @@ async fn abuse_rounds(
             abuser.stop().await;
             println!(
                 "abuser, {name} ({took:.2} s): {} idle connections open at the end; {} \
-                 connection attempts: {} refused before any handshake, {} completed a \
+                 connection attempts ({} sent as recorded datagrams, {} of those admitted by \
+                 the relay): {} refused before any handshake, {} completed a \
                  handshake, {} not answered within {} ms, {} failed otherwise; {} established connections closed by the \
                  relay; {} stalled pulls sent; {} oversized frames sent",
                 seen.idle_open,
                 seen.attempts,
+                seen.replayed,
+                seen.replayed_admitted,
                 seen.refused,
                 seen.established,
                 seen.unanswered,
