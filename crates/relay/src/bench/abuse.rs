@@ -56,6 +56,10 @@ pub struct Abuse {
     pub stalled: usize,
     /// Streams sending oversized frames back to back.
     pub flooders: usize,
+    /// Send refused attempts as recorded datagrams ([`recorded`]; off by default: on a loaded
+    /// host the relay admitted hundreds of them per round as half-open handshakes, a
+    /// different abuse: BENCHMARKS.md, finding 7, tenth session).
+    pub replay: bool,
 }
 
 /// Counts of what the abuser did.
@@ -450,7 +454,11 @@ async fn run(
         .collect::<Result<_>>()?;
     // One recorded attempt for each task that makes attempts, and some to spare.
     let tasks = abuse.idle + abuse.flooders;
-    let mut recordings = recorded::record(source, &client, tasks + SPARE_RECORDINGS).await?;
+    let mut recordings = if abuse.replay {
+        recorded::record(source, &client, tasks + SPARE_RECORDINGS).await?
+    } else {
+        Vec::new()
+    };
     let replayer = Replayer::bind(source, addr).await?;
     tokio::spawn(replayer.clone().read_answers(stopped.clone()));
     let attempts = Arc::new(Attempts {
