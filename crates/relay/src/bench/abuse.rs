@@ -22,12 +22,12 @@
 //! received before, and the abuser spends about half the CPU it did on the cores it shares
 //! with the relay.
 //!
-//! Its QUIC client makes the attempts as before until the relay refuses one (the address is at
-//! its cap). From then on, until the relay shows room again (a connection of the abuser's
-//! ended, or the relay admitted a recorded attempt), every attempt is sent as the datagrams
-//! of an attempt its QUIC client made earlier ([`recorded`]): the same Initial datagrams,
-//! answered by the same refusal, without a QUIC connection's set-up and teardown in the
-//! abuser for each.
+//! With [`Abuse::replay`] (`--abuse-replay`; off by default), its QUIC client makes the
+//! attempts as before until the relay refuses one (the address is at its cap). From then on,
+//! until the relay shows room again (a connection of the abuser's ended, or the relay
+//! admitted a recorded attempt), every attempt is sent as the datagrams of an attempt its
+//! QUIC client made earlier ([`recorded`]): the same Initial datagrams, answered by the same
+//! refusal, without a QUIC connection's set-up and teardown in the abuser for each.
 
 mod recorded;
 
