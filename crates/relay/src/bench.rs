@@ -143,6 +143,13 @@ pub struct BenchArgs {
     /// honest devices' figures
     #[arg(long)]
     abuse_same_runtime: bool,
+    /// Abuse mode: once the relay refuses the abuser's address, send its attempts as the
+    /// recorded datagrams of an earlier attempt of its QUIC client instead of making each
+    /// with the client (less of the abuser's CPU on the shared cores; on a loaded host the
+    /// relay admitted many of them as half-open handshakes: BENCHMARKS.md, finding 7, tenth
+    /// session)
+    #[arg(long)]
+    abuse_replay: bool,
 }
 
 /// One account with `devices` devices; returns the account id and the signed genesis roster.
@@ -703,6 +710,7 @@ async fn abuse_rounds(
         idle: args.abuse_idle,
         stalled: args.abuse_stalled,
         flooders: args.abuse_flooders,
+        replay: args.abuse_replay,
     };
     let relay_pids = Vec::from_iter(relay_pid);
     let batches = args.envelopes / args.batch;
@@ -790,11 +798,14 @@ async fn abuse_rounds(
             abuser.stop().await;
             println!(
                 "abuser, {name} ({took:.2} s): {} idle connections open at the end; {} \
-                 connection attempts: {} refused before any handshake, {} completed a \
+                 connection attempts ({} sent as recorded datagrams, {} of those admitted by \
+                 the relay): {} refused before any handshake, {} completed a \
                  handshake, {} not answered within {} ms, {} failed otherwise; {} established connections closed by the \
                  relay; {} stalled pulls sent; {} oversized frames sent",
                 seen.idle_open,
                 seen.attempts,
+                seen.replayed,
+                seen.replayed_admitted,
                 seen.refused,
                 seen.established,
                 seen.unanswered,

@@ -21,10 +21,19 @@
 //! ([`ReplayedShares`]), as a client flooding the relay would send: the relay receives what it
 //! received before, and the abuser spends about half the CPU it did on the cores it shares
 //! with the relay.
+//!
+//! With [`Abuse::replay`] (`--abuse-replay`; off by default), its QUIC client makes the
+//! attempts as before until the relay refuses one (the address is at its cap). From then on,
+//! until the relay shows room again (a connection of the abuser's ended, or the relay
+//! admitted a recorded attempt), every attempt is sent as the datagrams of an attempt its
+//! QUIC client made earlier ([`recorded`]): the same Initial datagrams, answered by the same
+//! refusal, without a QUIC connection's set-up and teardown in the abuser for each.
+
+mod recorded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -36,6 +45,8 @@ use kith_relay::client::{RelayClient, RelayClientError};
 use kith_relay::tls;
 use tokio::sync::watch;
 
+use recorded::{Answer, Recorded, Replayer};
+
 /// What the abuser does.
 #[derive(Debug, Clone, Copy)]
 pub struct Abuse {
@@ -45,6 +56,10 @@ pub struct Abuse {
     pub stalled: usize,
     /// Streams sending oversized frames back to back.
     pub flooders: usize,
+    /// Send refused attempts as recorded datagrams ([`recorded`]; off by default: on a loaded
+    /// host the relay admitted hundreds of them per round as half-open handshakes, a
+    /// different abuse: BENCHMARKS.md, finding 7, tenth session).
+    pub replay: bool,
 }
 
 /// Counts of what the abuser did.
@@ -54,6 +69,12 @@ pub struct AbuseStats {
     pub idle_open: AtomicU64,
     /// Connection attempts (idle and flooding connections; the set-up's are not counted).
     pub attempts: AtomicU64,
+    /// Attempts sent as recorded datagrams (the abuser held as many connections as the relay
+    /// admits from one address), counted in `attempts` too.
+    pub replayed: AtomicU64,
+    /// Recorded attempts the relay answered with a handshake or a Retry instead of a
+    /// refusal (it had room): each is left half-open, and is not sent again.
+    pub replayed_admitted: AtomicU64,
     /// Attempts whose handshake completed: each cost the relay a TLS handshake.
     pub established: AtomicU64,
     /// Attempts the relay refused before any handshake (QUIC `CONNECTION_REFUSED`).
@@ -80,6 +101,8 @@ impl AbuseStats {
         AbuseCounts {
             idle_open: get(&self.idle_open),
             attempts: get(&self.attempts),
+            replayed: get(&self.replayed),
+            replayed_admitted: get(&self.replayed_admitted),
             established: get(&self.established),
             refused: get(&self.refused),
             failed: get(&self.failed),
@@ -96,6 +119,8 @@ impl AbuseStats {
 pub struct AbuseCounts {
     pub idle_open: u64,
     pub attempts: u64,
+    pub replayed: u64,
+    pub replayed_admitted: u64,
     pub established: u64,
     pub refused: u64,
     pub failed: u64,
@@ -111,6 +136,8 @@ impl std::ops::Sub for AbuseCounts {
         AbuseCounts {
             idle_open: self.idle_open,
             attempts: self.attempts - earlier.attempts,
+            replayed: self.replayed - earlier.replayed,
+            replayed_admitted: self.replayed_admitted - earlier.replayed_admitted,
             established: self.established - earlier.established,
             refused: self.refused - earlier.refused,
             failed: self.failed - earlier.failed,
@@ -425,6 +452,24 @@ async fn run(
     let endpoints: Vec<quinn::Endpoint> = (0..8)
         .map(|_| endpoint(source, &client))
         .collect::<Result<_>>()?;
+    // One recorded attempt for each task that makes attempts, and some to spare.
+    let tasks = abuse.idle + abuse.flooders;
+    let mut recordings = if abuse.replay {
+        recorded::record(source, &client, tasks + SPARE_RECORDINGS).await?
+    } else {
+        Vec::new()
+    };
+    let replayer = Replayer::bind(source, addr).await?;
+    tokio::spawn(replayer.clone().read_answers(stopped.clone()));
+    let attempts = Arc::new(Attempts {
+        addr,
+        stats: stats.clone(),
+        stopped: stopped.clone(),
+        full: Arc::new(AtomicBool::new(false)),
+        replayer,
+        spares: std::sync::Mutex::new(recordings.split_off(tasks.min(recordings.len()))),
+    });
+    let mut recordings = recordings.into_iter();
     // The stalled pulls' account: 125 envelopes of 20 KB, so every page is a full 2 MiB.
     let key = DeviceSigningKey::generate(&mut system_rng());
     let (account, roster) = super::genesis(std::slice::from_ref(&key));
@@ -444,30 +489,33 @@ async fn run(
     for c in 0..abuse.stalled.div_ceil(per_connection) {
         let client =
             RelayClient::connect_with(endpoints[c % endpoints.len()].clone(), addr).await?;
+        let live = attempts.enter();
         client.authenticate(&key, &account).await?;
-        let client = Arc::new(client);
+        let held = Arc::new((client, live));
         for _ in 0..per_connection.min(abuse.stalled - c * per_connection) {
-            tokio::spawn(stalled_pull(client.clone(), stats.clone(), stopped.clone()));
+            tokio::spawn(stalled_pull(held.clone(), stats.clone(), stopped.clone()));
         }
     }
     for i in 0..abuse.flooders {
         tokio::spawn(flood(
             endpoints[i % endpoints.len()].clone(),
-            addr,
-            stats.clone(),
-            stopped.clone(),
+            attempts.clone(),
+            recordings.next(),
         ));
     }
     for i in 0..abuse.idle {
         tokio::spawn(idle_connection(
             endpoints[i % endpoints.len()].clone(),
-            addr,
-            stats.clone(),
-            stopped.clone(),
+            attempts.clone(),
+            recordings.next(),
         ));
     }
     Ok(endpoints)
 }
+
+/// Recorded attempts kept for the tasks whose own was admitted by the relay (and so is not
+/// sent again).
+const SPARE_RECORDINGS: usize = 64;
 
 /// How long an attempt waits for the relay's answer (a completed handshake or a refusal)
 /// before the abuser makes its next attempt: about the pause after a refusal, so that an
@@ -483,69 +531,152 @@ const STRAGGLER_WAIT: Duration = Duration::from_secs(10);
 
 /// How one connection attempt of the abuser's ended.
 enum Attempt {
-    Established(RelayClient),
+    /// Established, with its place among the connections the abuser holds.
+    Established(RelayClient, Live),
     /// Refused, or failed otherwise: pause before the next.
     Refused,
     /// No answer within [`ANSWER_WAIT`]: the next at once (this one waits on by itself).
     Unanswered,
 }
 
-/// Counts how a connection attempt ended.
-fn outcome(result: Result<RelayClient, RelayClientError>, stats: &AbuseStats) -> Attempt {
-    match result {
-        Ok(client) => {
-            stats.established.fetch_add(1, Ordering::Relaxed);
-            Attempt::Established(client)
-        }
-        Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(close)))
-            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
-        {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            Attempt::Refused
-        }
-        Err(_) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            Attempt::Refused
-        }
+/// What the abuser's connection attempts share.
+struct Attempts {
+    addr: SocketAddr,
+    stats: Arc<AbuseStats>,
+    stopped: watch::Receiver<bool>,
+    /// Whether the relay refused the QUIC client's last attempt, and has shown no room since
+    /// (no connection of the abuser's ended, no recorded attempt was admitted): attempts are
+    /// replayed while it is set.
+    full: Arc<AtomicBool>,
+    replayer: Arc<Replayer>,
+    /// Recorded attempts not given to a task yet.
+    spares: std::sync::Mutex<Vec<Recorded>>,
+}
+
+/// One of the connections the abuser holds: when it ends, the relay has room for another
+/// ([`Attempts::full`] is cleared).
+struct Live(Arc<AtomicBool>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
-/// One connection attempt of the abuser's, counted by how it ended. One not answered within
-/// [`ANSWER_WAIT`] is left to wait on its own (and, if it connects, to be held open like an
-/// idle connection).
-async fn attempt(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    stats: &Arc<AbuseStats>,
-    stopped: &watch::Receiver<bool>,
-) -> Attempt {
-    stats.attempts.fetch_add(1, Ordering::Relaxed);
-    let mut connect = Box::pin(RelayClient::connect_with(endpoint.clone(), addr));
-    tokio::select! {
-        result = &mut connect => return outcome(result, stats),
-        _ = tokio::time::sleep(ANSWER_WAIT) => {}
+impl Attempts {
+    /// Whether the relay refused the last attempt of the QUIC client and has shown no room
+    /// since.
+    fn full(&self) -> bool {
+        self.full.load(Ordering::SeqCst)
     }
-    stats.unanswered.fetch_add(1, Ordering::Relaxed);
-    let (stats, mut stopped) = (stats.clone(), stopped.clone());
-    tokio::spawn(async move {
-        let result = tokio::select! {
-            result = tokio::time::timeout(STRAGGLER_WAIT, connect) => result,
-            _ = stopped.wait_for(|stop| *stop) => return,
-        };
-        let Ok(result) = result else {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if let Attempt::Established(client) = outcome(result, &stats) {
-            hold(client, &stats, &mut stopped).await;
+
+    /// A connection held, which shows the relay's room again when it ends.
+    fn enter(&self) -> Live {
+        Live(self.full.clone())
+    }
+
+    /// One connection attempt: replayed from `recording` while the relay refuses the abuser
+    /// ([`Attempts::full`]), made by the QUIC client otherwise (or when no recorded attempt is
+    /// left). One not answered within [`ANSWER_WAIT`] is left to
+    /// wait on its own (and, if it connects, to be held open like an idle connection).
+    async fn attempt(
+        self: &Arc<Self>,
+        endpoint: &quinn::Endpoint,
+        recording: &mut Option<Recorded>,
+    ) -> Attempt {
+        let stats = &self.stats;
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        if recording.is_some() && self.full() {
+            return self.replay(recording).await;
         }
-    });
-    Attempt::Unanswered
+        let mut connect = Box::pin(RelayClient::connect_with(endpoint.clone(), self.addr));
+        tokio::select! {
+            result = &mut connect => return self.outcome(result),
+            _ = tokio::time::sleep(ANSWER_WAIT) => {}
+        }
+        stats.unanswered.fetch_add(1, Ordering::Relaxed);
+        let (attempts, stats, mut stopped) = (self.clone(), stats.clone(), self.stopped.clone());
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                result = tokio::time::timeout(STRAGGLER_WAIT, connect) => result,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            let Ok(result) = result else {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            if let Attempt::Established(client, live) = attempts.outcome(result) {
+                hold(client, live, &stats, &mut stopped).await;
+            }
+        });
+        Attempt::Unanswered
+    }
+
+    /// Sends `recording`'s datagrams again and counts the relay's answer. A recording the
+    /// relay admitted is replaced by a spare (or by none: the task's attempts are then made
+    /// by the QUIC client).
+    async fn replay(&self, recording: &mut Option<Recorded>) -> Attempt {
+        let Some(attempt) = recording.as_ref() else {
+            return Attempt::Refused;
+        };
+        let stats = &self.stats;
+        stats.replayed.fetch_add(1, Ordering::Relaxed);
+        match self.replayer.attempt(attempt, ANSWER_WAIT).await {
+            Ok(Some(Answer::Refused)) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                Attempt::Refused
+            }
+            Ok(Some(Answer::Handshake | Answer::Retry)) => {
+                stats.replayed_admitted.fetch_add(1, Ordering::Relaxed);
+                self.full.store(false, Ordering::SeqCst);
+                *recording = match self.spares.lock() {
+                    Ok(mut spares) => spares.pop(),
+                    Err(_) => None,
+                };
+                Attempt::Refused
+            }
+            Ok(None) => {
+                stats.unanswered.fetch_add(1, Ordering::Relaxed);
+                Attempt::Unanswered
+            }
+            Err(_) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                Attempt::Refused
+            }
+        }
+    }
+
+    /// Counts how a connection attempt of the QUIC client ended.
+    fn outcome(&self, result: Result<RelayClient, RelayClientError>) -> Attempt {
+        let stats = &self.stats;
+        match result {
+            Ok(client) => {
+                stats.established.fetch_add(1, Ordering::Relaxed);
+                Attempt::Established(client, self.enter())
+            }
+            Err(RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(close)))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.full.store(true, Ordering::SeqCst);
+                Attempt::Refused
+            }
+            Err(_) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                Attempt::Refused
+            }
+        }
+    }
 }
 
 /// Holds an established connection, doing nothing, until the relay closes it or the abuser
 /// stops.
-async fn hold(client: RelayClient, stats: &AbuseStats, stopped: &mut watch::Receiver<bool>) {
+async fn hold(
+    client: RelayClient,
+    live: Live,
+    stats: &AbuseStats,
+    stopped: &mut watch::Receiver<bool>,
+) {
     stats.idle_open.fetch_add(1, Ordering::Relaxed);
     tokio::select! {
         _ = client.connection().closed() => {
@@ -555,17 +686,20 @@ async fn hold(client: RelayClient, stats: &AbuseStats, stopped: &mut watch::Rece
     }
     stats.idle_open.fetch_sub(1, Ordering::Relaxed);
     client.connection().close(0u32.into(), b"");
+    drop(live);
 }
 
 async fn idle_connection(
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    stats: Arc<AbuseStats>,
-    mut stopped: watch::Receiver<bool>,
+    attempts: Arc<Attempts>,
+    mut recording: Option<Recorded>,
 ) {
+    let mut stopped = attempts.stopped.clone();
     while !*stopped.borrow() {
-        match attempt(&endpoint, addr, &stats, &stopped).await {
-            Attempt::Established(client) => hold(client, &stats, &mut stopped).await,
+        match attempts.attempt(&endpoint, &mut recording).await {
+            Attempt::Established(client, live) => {
+                hold(client, live, &attempts.stats, &mut stopped).await
+            }
             Attempt::Refused => {}
             Attempt::Unanswered => continue,
         }
@@ -578,10 +712,11 @@ async fn idle_connection(
 
 /// A pull whose answer is never read, sent again whenever the relay resets it.
 async fn stalled_pull(
-    client: Arc<RelayClient>,
+    held: Arc<(RelayClient, Live)>,
     stats: Arc<AbuseStats>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let client = &held.0;
     let frame = Bytes::from(encode_frame(&Request {
         kind: Some(request::Kind::Pull(proto::Pull::default())),
     }));
@@ -607,17 +742,18 @@ async fn stalled_pull(
 /// the first such frame), the flooder connects again and goes on.
 async fn flood(
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    stats: Arc<AbuseStats>,
-    mut stopped: watch::Receiver<bool>,
+    attempts: Arc<Attempts>,
+    mut recording: Option<Recorded>,
 ) {
+    let mut stopped = attempts.stopped.clone();
+    let stats = &attempts.stats;
     let max = kith_relay::Bounds::default().max_frame_bytes;
     let mut frame = (max + 1).to_be_bytes().to_vec();
     frame.extend_from_slice(&[0u8; 16 * 1024]);
     let frame = Bytes::from(frame);
     while !*stopped.borrow() {
-        let client = match attempt(&endpoint, addr, &stats, &stopped).await {
-            Attempt::Established(client) => client,
+        let (client, _live) = match attempts.attempt(&endpoint, &mut recording).await {
+            Attempt::Established(client, live) => (client, live),
             Attempt::Unanswered => continue,
             Attempt::Refused => {
                 tokio::select! {
@@ -877,6 +1013,62 @@ mod tests {
             kith_tls::MLKEM768_ENCAPSULATION_KEY_LEN + kith_tls::X25519_LEN
         );
         assert_eq!(shares[0], shares[1], "one key share for every attempt");
+        relay.shutdown().await.unwrap();
+    }
+
+    /// A recorded attempt is, to the relay, the attempt the abuser's QUIC client made: with
+    /// room, the relay reads its ClientHello and answers with its handshake; at the address's
+    /// cap, it refuses it before any handshake exactly as it refuses the client's own next
+    /// attempt.
+    #[tokio::test]
+    async fn recorded_attempts_are_answered_as_the_clients_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = kith_relay::config::RelayConfig::for_tests(dir.path());
+        config.bounds.max_connections_per_address = 1;
+        let relay = kith_relay::Relay::start(config).await.unwrap();
+        let client = client_config(relay.key_sha256()).unwrap();
+        let source: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+        let recordings = recorded::record(source, &client, 2).await.unwrap();
+        assert_eq!(recordings.len(), 2);
+        // Recorded as sent: Initial datagrams of at least 1,200 bytes (RFC 9000 §14.1).
+        for datagram in recordings.iter().flat_map(Recorded::datagrams) {
+            assert_eq!(datagram[0] & 0xf0, 0xc0, "an Initial packet");
+            assert!(datagram.len() >= 1200, "{} bytes", datagram.len());
+        }
+        let replayer = Replayer::bind(source, relay.local_addr()).await.unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(replayer.clone().read_answers(stopped));
+        let wait = Duration::from_secs(10);
+
+        // Room for one connection: the relay starts a handshake for the first recording.
+        let answer = replayer.attempt(&recordings[0], wait).await.unwrap();
+        assert_eq!(answer, Some(Answer::Handshake));
+        assert_eq!(relay.handshakes_started(), 1);
+        assert_eq!(relay.connections_refused(), 0);
+
+        // That half-open connection fills the address: the client's own attempt is refused,
+        // and so is the second recording, neither with a handshake.
+        let Err(refused) =
+            RelayClient::connect_with(endpoint(source, &client).unwrap(), relay.local_addr()).await
+        else {
+            panic!("the client's own attempt was admitted past the cap");
+        };
+        assert!(
+            matches!(
+                &refused,
+                RelayClientError::Connection(quinn::ConnectionError::ConnectionClosed(close))
+                    if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+            ),
+            "{refused:?}"
+        );
+        // (A ClientHello's second datagram may arrive after the first was refused, and be
+        // refused again: at least one refusal each.)
+        let refused_before = relay.connections_refused();
+        assert!(refused_before >= 1);
+        let answer = replayer.attempt(&recordings[1], wait).await.unwrap();
+        assert_eq!(answer, Some(Answer::Refused));
+        assert!(relay.connections_refused() > refused_before);
+        assert_eq!(relay.handshakes_started(), 1);
         relay.shutdown().await.unwrap();
     }
 }
