@@ -688,44 +688,25 @@ fn index_linked(tx: &StoreTxn<'_>, id: &RecordId) -> Result<()> {
 /// contact with another. Indexes the store first if it predates the index.
 pub(crate) fn linked_records(store: &LocalStore) -> Result<Vec<RecordState>> {
     if store.get(TreeName::Meta, LINKED_INDEXED)?.is_none() {
+        // The walk that counts a store without its count also indexes it.
         store.transaction(|tx| {
-            let mut linked = Vec::new();
-            let mut failed = None;
-            tx.for_each(TreeName::Records, |_, bytes| {
-                match decode_record(&bytes) {
-                    Ok(state) if holds_merge_links(&state) => linked.push(state.id()),
-                    Ok(_) => {}
-                    Err(e) => failed = Some(e),
-                }
-                Ok(())
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            for id in &linked {
-                index_linked(tx, id)?;
-            }
-            tx.put(TreeName::Meta, LINKED_INDEXED, &[1])?;
-            Ok::<_, crate::error::ClientError>(())
+            tx.remove(TreeName::Meta, LIVE_COUNT)?;
+            live_count_in(tx)
         })?;
     }
-    let mut keys = Vec::new();
+    let mut ids = Vec::new();
     for item in store.scan_prefix(TreeName::Meta, LINKED_PREFIX) {
         let (key, _) = item?;
-        let id: [u8; 16] =
-            key[LINKED_PREFIX.len()..]
-                .try_into()
-                .map_err(|_| LocalStoreError::Corrupt {
-                    tree: "meta",
-                    reason: "a linked-record index key does not end in a record id".into(),
-                })?;
-        keys.push(id);
+        ids.push(key[LINKED_PREFIX.len()..].to_vec());
     }
+    let keys: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
     let mut states = Vec::with_capacity(keys.len());
-    for id in keys {
-        if let Some(bytes) = store.get(TreeName::Records, &id)? {
-            states.push(decode_record(&bytes)?);
-        }
+    for bytes in store
+        .get_many(TreeName::Records, &keys)?
+        .into_iter()
+        .flatten()
+    {
+        states.push(decode_record(&bytes)?);
     }
     Ok(states)
 }
