@@ -20,11 +20,16 @@ use tokio::net::lookup_host;
 pub const MAX_RESPONSE_FRAME: u32 = 32 * 1024 * 1024;
 /// Bytes reserved for a response body before any arrive; the buffer grows with what arrives.
 const RESPONSE_PREALLOC: usize = 64 * 1024;
-/// How long connecting (QUIC and TLS handshake) may take: a relay that is down gives no quick
-/// refusal over UDP, so this bounds how long a device waits to learn it is offline. A healthy
-/// relay answers within one round trip; five seconds leaves room for a few lost packets on a
-/// poor network while a person still learns within seconds that the relay is not there.
+/// How long a device waits for the relay's first answer when connecting: a relay that is down
+/// gives no quick refusal over UDP, so this bounds how long a device waits to learn it is
+/// offline. A healthy relay answers within one round trip; five seconds leaves room for a few
+/// lost packets on a poor network while a person still learns within seconds that the relay
+/// is not there. Once anything came back, the handshake has until [`HANDSHAKE_TIMEOUT`].
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a handshake may take in all once the relay has answered (its handshake data
+/// arrived within [`CONNECT_TIMEOUT`]): on a lossy, slow link (a poor mobile network) the rest
+/// of the relay's flight can take several retransmissions, each waiting longer than the last.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a single request may take before it is abandoned.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`RelayConnection::close`] waits for its close to be sent before returning (the
@@ -283,6 +288,42 @@ fn client_config(trust: &RelayTrust) -> Result<quinn::ClientConfig, NetError> {
     Ok(config)
 }
 
+/// Whether a client endpoint's socket has received anything yet: the relay's sign of life,
+/// which tells a relay that is down (nothing comes back) from a slow, lossy link (something
+/// does, the rest of the handshake is retransmitted).
+#[derive(Debug, Default)]
+struct Heard(std::sync::atomic::AtomicBool);
+
+impl Heard {
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A client endpoint bound to `bind` whose socket notes in `heard` that a datagram arrived.
+fn heard_endpoint(bind: SocketAddr, heard: Arc<Heard>) -> Result<quinn::Endpoint, NetError> {
+    let setup = |e: std::io::Error| NetError::Setup(e.to_string());
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let socket = runtime
+        .wrap_udp_socket(std::net::UdpSocket::bind(bind).map_err(setup)?)
+        .map_err(setup)?;
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        Arc::new(kith_net::socket::InspectedSocket::new(socket, heard)),
+        runtime,
+    )
+    .map_err(setup)
+}
+
+impl kith_net::socket::Inspect for Heard {
+    fn received(&self, _: &[std::io::IoSliceMut<'_>], meta: &mut [quinn::udp::RecvMeta]) {
+        if !meta.is_empty() {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// An open QUIC connection to a relay.
 #[derive(Debug, Clone)]
 pub struct RelayConnection {
@@ -303,8 +344,8 @@ impl RelayConnection {
                 .parse()
                 .map_err(|_| NetError::Setup("bind address".into()))?
         };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| NetError::Setup(e.to_string()))?;
+        let heard = Arc::new(Heard::default());
+        let mut endpoint = heard_endpoint(bind, heard.clone())?;
         endpoint.set_default_client_config(client_config(&target.trust)?);
         // The host as written (a DNS name or an IP address, checked against the certificate's
         // SANs when trusting a CA); a pinned certificate is matched by its hash alone.
@@ -318,16 +359,34 @@ impl RelayConnection {
             address: target.address.clone(),
             reason,
         };
-        let connecting = endpoint
+        let mut connecting = endpoint
             .connect(remote, server_name)
             .map_err(|e| unreachable(e.to_string()))?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| match NetError::connection(&e) {
-                NetError::Connection(text) => unreachable(text),
-                other => other,
-            })?;
+        let failed = |e: quinn::ConnectionError| match NetError::connection(&e) {
+            NetError::Connection(text) => unreachable(text),
+            other => other,
+        };
+        // A relay that sends nothing back within CONNECT_TIMEOUT is taken for down; one that
+        // answered gets until HANDSHAKE_TIMEOUT to finish the handshake.
+        let started = tokio::time::Instant::now();
+        let connection = match tokio::time::timeout(CONNECT_TIMEOUT, &mut connecting).await {
+            Ok(connected) => connected.map_err(failed)?,
+            Err(_) if !heard.get() => {
+                return Err(unreachable(format!(
+                    "no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+            Err(_) => tokio::time::timeout_at(started + HANDSHAKE_TIMEOUT, connecting)
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "the relay answered, but the handshake did not complete within {} s",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(failed)?,
+        };
         Ok(Self {
             connection,
             endpoint,

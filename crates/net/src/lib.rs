@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod socket;
+
 use bytes::{Bytes, BytesMut};
 use kith_protocol::frame as pure;
 use prost::Message;

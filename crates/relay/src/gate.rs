@@ -24,16 +24,13 @@
 //! have short headers) before anything is looked up.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::io::IoSliceMut;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, UdpPoller};
+use quinn::udp::RecvMeta;
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, HashedConnectionIdGenerator};
 
 /// Length of the relay's connection ids (quinn's hashed generator).
@@ -204,58 +201,13 @@ impl QuietAddresses {
 }
 
 /// The relay's UDP socket, with the [`QuietAddresses`] gate on what it reads.
-#[derive(Debug)]
-pub(crate) struct GatedSocket {
-    inner: Arc<dyn AsyncUdpSocket>,
-    quiet: Arc<QuietAddresses>,
-}
+pub(crate) type GatedSocket = kith_net::socket::InspectedSocket<QuietAddresses>;
 
-impl GatedSocket {
-    /// Wraps `inner` (quinn's socket for the runtime).
-    pub fn new(inner: Arc<dyn AsyncUdpSocket>, quiet: Arc<QuietAddresses>) -> Self {
-        Self { inner, quiet }
-    }
-}
-
-impl AsyncUdpSocket for GatedSocket {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.inner.clone().create_io_poller()
-    }
-
-    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        self.inner.try_send(transmit)
-    }
-
-    fn poll_recv(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSliceMut<'_>],
-        meta: &mut [RecvMeta],
-    ) -> Poll<io::Result<usize>> {
-        let received = self.inner.poll_recv(cx, bufs, meta);
-        if let Poll::Ready(Ok(count)) = received
-            && self.quiet.entries.load(Ordering::Relaxed) > 0
-        {
-            let count = count.min(bufs.len()).min(meta.len());
-            self.quiet.filter(&bufs[..count], &mut meta[..count]);
+impl kith_net::socket::Inspect for QuietAddresses {
+    fn received(&self, bufs: &[IoSliceMut<'_>], meta: &mut [RecvMeta]) {
+        if self.entries.load(Ordering::Relaxed) > 0 {
+            self.filter(bufs, meta);
         }
-        received
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
-    }
-
-    fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
-    }
-
-    fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
     }
 }
 
