@@ -659,3 +659,21 @@ async fn measure_rebuild_of_100000_contacts() {
     assert!(healed.account_recreated);
     println!("rebuild of {contacts} contacts on an empty relay: {took:?} ({healed})");
 }
+
+/// What `kith sync` prints of a heal reads as a sentence for one envelope as for several.
+#[test]
+fn a_heal_is_reported_in_words_for_one_envelope_and_for_several() {
+    let heal = |first, last, envelopes| RelayHeal {
+        lost_envelopes: Some((first, last)),
+        restored_by: Some(StreamRestore::ByteForByte { envelopes }),
+        ..Default::default()
+    };
+    assert_eq!(
+        heal(6, 6, 1).to_string(),
+        "the relay lost 1 of this device's envelopes (seq 6); restored it byte for byte"
+    );
+    assert_eq!(
+        heal(5, 7, 3).to_string(),
+        "the relay lost 3 of this device's envelopes (seq 5\u{2013}7); restored them byte for byte"
+    );
+}

@@ -172,13 +172,15 @@ impl fmt::Display for RelayHeal {
         }
         if let Some((first, last)) = self.lost_envelopes {
             let n = last - first + 1;
-            let what = format!(
-                "the relay lost {n} of this device's envelope{} (seq {first}\u{2013}{last})",
-                if n == 1 { "" } else { "s" }
-            );
+            let what = if n == 1 {
+                format!("the relay lost 1 of this device's envelopes (seq {first})")
+            } else {
+                format!("the relay lost {n} of this device's envelopes (seq {first}\u{2013}{last})")
+            };
+            let them = if n == 1 { "it" } else { "them" };
             parts.push(match self.restored_by {
                 Some(StreamRestore::ByteForByte { .. }) | None => {
-                    format!("{what}; restored them byte for byte")
+                    format!("{what}; restored {them} byte for byte")
                 }
                 Some(StreamRestore::FromLastSnapshot { at, envelopes }) => format!(
                     "{what}; restored the stream from this device's last snapshot (seq {at}, {envelopes} envelopes)"
