@@ -316,6 +316,12 @@ pub struct RecordState {
     id: RecordId,
     deleted_at: Option<Hlc>,
     fields: BTreeMap<FieldKey, FieldState>,
+    /// [`RecordState::is_live`], a function of `fields` kept in step by every public method
+    /// that changes them ([`RecordState::refresh_live`]). Asked of every state a pull or an
+    /// import loads and writes, often on a thread that did not build the state, where walking
+    /// its fields missed the cache at each node (BENCHMARKS.md, "Sync with merges (issue 11),
+    /// eleventh session"). Equal states have equal fields, so it never makes them differ.
+    live: bool,
 }
 
 impl RecordState {
@@ -325,6 +331,7 @@ impl RecordState {
             id,
             deleted_at: None,
             fields: BTreeMap::new(),
+            live: false,
         }
     }
 
@@ -363,7 +370,18 @@ impl RecordState {
     /// Whether any field describing the person is visible (`merged/…` and `distinct/…` links
     /// alone do not make a record live).
     pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Whether the fields make the record live, walked: what [`RecordState::is_live`] holds.
+    fn walk_live(&self) -> bool {
         self.values().any(|(key, _)| !key.kind().is_link())
+    }
+
+    /// Sets `live` from the fields; called by every public method that changes them, once
+    /// they are changed.
+    fn refresh_live(&mut self) {
+        self.live = self.walk_live();
     }
 
     /// The records this one names with a visible `merged/…` field (§8.4). The pair is one
@@ -397,6 +415,7 @@ impl RecordState {
                 self.insert_head(key, *clock, value.as_ref());
             }
         }
+        self.refresh_live();
     }
 
     /// Every field whose heads disagree, in key order.
@@ -518,6 +537,7 @@ impl RecordState {
                 record.insert_head(&key, Hlc::from_proto(clock)?, value.as_ref());
             }
         }
+        record.refresh_live();
         Ok(record)
     }
 
@@ -538,7 +558,7 @@ impl RecordState {
             return false;
         }
         let clock = operation.clock();
-        match operation.kind() {
+        let changed = match operation.kind() {
             OperationKind::Delete => self.delete_at(clock),
             OperationKind::Upsert(writes) => {
                 let mut changed = false;
@@ -550,7 +570,11 @@ impl RecordState {
                 }
                 changed
             }
+        };
+        if changed {
+            self.refresh_live();
         }
+        changed
     }
 
     /// Merges another state of the same record (join of the two); returns whether this state
@@ -569,6 +593,9 @@ impl RecordState {
             for (clock, value) in &field.heads {
                 changed |= self.insert_head(key, *clock, value.as_ref());
             }
+        }
+        if changed {
+            self.refresh_live();
         }
         changed
     }

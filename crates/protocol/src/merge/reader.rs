@@ -84,6 +84,7 @@ pub(super) fn read_record_state(bytes: &[u8]) -> Option<RecordState> {
             _ => return None,
         }
     }
+    record.refresh_live();
     Some(record)
 }
 

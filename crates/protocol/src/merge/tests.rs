@@ -501,6 +501,47 @@ proptest::proptest! {
         proptest::prop_assert_eq!(RecordState::decode(&bytes), decoded_by_prost(&bytes));
     }
 
+    /// `is_live` is kept, not walked: after any sequence of applies, merges, absorbs and
+    /// decodes (links, removals and deletes included) it is what walking the fields says.
+    #[test]
+    fn the_kept_liveness_is_the_walked_one_after_any_change(
+        first in stored_state(),
+        steps in proptest::collection::vec((0u8..4, stored_state(), 0usize..8, 0usize..4, 0u64..14), 0..8),
+    ) {
+        let mut state = first;
+        proptest::prop_assert_eq!(state.is_live(), state.walk_live());
+        for (step, other, field, choice, wall) in steps {
+            match step {
+                0 => {
+                    let at = Hlc::new(wall, 1, device((wall % 3) as u8));
+                    let replaces = state
+                        .fields()
+                        .iter()
+                        .nth(field % state.fields().len().max(1))
+                        .map(|(_, f)| f.heads().map(|h| h.clock).filter(|c| *c < at).collect())
+                        .unwrap_or_default();
+                    let operation = if field == 7 {
+                        Operation::delete(state.id(), at)
+                    } else {
+                        Operation::upsert(state.id(), at, [stored_write(field, choice, replaces)]).unwrap()
+                    };
+                    state.apply(&operation);
+                }
+                1 => {
+                    // Built on the same record, so that the join changes something.
+                    let mut same = RecordState::new(state.id());
+                    same.absorb(&other);
+                    state.merge(&same);
+                }
+                2 => state.absorb(&other),
+                _ => state = RecordState::decode(&state.encode_to_vec()).unwrap(),
+            }
+            proptest::prop_assert_eq!(state.is_live(), state.walk_live());
+            let by_prost = decoded_by_prost(&state.encode_to_vec()).unwrap();
+            proptest::prop_assert_eq!(by_prost.is_live(), by_prost.walk_live());
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_decode_as_prost_decodes_them(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
         proptest::prop_assert_eq!(RecordState::decode(&bytes), decoded_by_prost(&bytes));
