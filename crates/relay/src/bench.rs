@@ -158,7 +158,7 @@ pub struct BenchArgs {
     /// the abuser (a smaller abuse: compare its counts); a nice value between the tool's and 19
     /// (the tool at nice 0, the abuser at 10) keeps it below the relay and the honest devices
     /// and above the rest. Not applied with --abuse-same-runtime
-    #[arg(long, default_value_t = abuse::AbuserPriority::LOW)]
+    #[arg(long, default_value = "low")]
     abuser_priority: abuse::AbuserPriority,
 }
 
@@ -1340,4 +1340,41 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options of `kith-relay bench` alone, as the command line gives them.
+    #[derive(Debug, clap::Parser)]
+    struct Bench {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    /// `--abuser-priority` defaults to the lowest priority and takes `normal` and nice values.
+    #[test]
+    fn the_abusers_priority_defaults_to_low_and_parses_every_form() {
+        use clap::Parser;
+        let priority = |extra: &[&str]| {
+            Bench::try_parse_from(["bench", "--abuse"].iter().chain(extra))
+                .map(|bench| bench.args.abuser_priority)
+        };
+        assert_eq!(priority(&[]).unwrap(), abuse::AbuserPriority::LOW);
+        assert_eq!(
+            priority(&["--abuser-priority", "low"]).unwrap(),
+            abuse::AbuserPriority::Nice(19)
+        );
+        assert_eq!(
+            priority(&["--abuser-priority", "normal"]).unwrap(),
+            abuse::AbuserPriority::Normal
+        );
+        assert_eq!(
+            priority(&["--abuser-priority", "10"]).unwrap(),
+            abuse::AbuserPriority::Nice(10)
+        );
+        assert!(priority(&["--abuser-priority", "20"]).is_err());
+        assert!(priority(&["--abuser-priority", "-1"]).is_err());
+    }
 }

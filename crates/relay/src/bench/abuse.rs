@@ -791,6 +791,32 @@ async fn hold(
     drop(live);
 }
 
+/// How often an idle task that is refused tries again.
+const IDLE_PERIOD: Duration = Duration::from_millis(500);
+
+/// How often a flooder that is refused tries again.
+const FLOOD_PERIOD: Duration = Duration::from_millis(100);
+
+/// Waits until `period` after `started` (an attempt's start), or until the abuser stops. The
+/// period runs from the attempt's start, not from the answer (as it did until the eleventh
+/// session), so that an abuser whose thread reads the relay's answers late — at low priority it
+/// waits for a CPU — does not make fewer attempts for that alone. (An abuser starved of CPU
+/// makes fewer all the same: BENCHMARKS.md, finding 7, eleventh session.)
+async fn pace(
+    started: tokio::time::Instant,
+    period: Duration,
+    stopped: &mut watch::Receiver<bool>,
+) {
+    let next = started + period;
+    if next <= tokio::time::Instant::now() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep_until(next) => {}
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
+}
+
 async fn idle_connection(
     endpoint: quinn::Endpoint,
     attempts: Arc<Attempts>,
@@ -798,16 +824,15 @@ async fn idle_connection(
 ) {
     let mut stopped = attempts.stopped.clone();
     while !*stopped.borrow() {
+        let started = tokio::time::Instant::now();
         match attempts.attempt(&endpoint, &mut recording).await {
             Attempt::Established(client, live) => {
-                hold(client, live, &attempts.stats, &mut stopped).await
+                hold(client, live, &attempts.stats, &mut stopped).await;
+                // A connection held for a while: a pause, as after a refusal.
+                pace(tokio::time::Instant::now(), IDLE_PERIOD, &mut stopped).await;
             }
-            Attempt::Refused => {}
-            Attempt::Unanswered => continue,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stopped.wait_for(|stop| *stop) => {}
+            Attempt::Refused => pace(started, IDLE_PERIOD, &mut stopped).await,
+            Attempt::Unanswered => {}
         }
     }
 }
@@ -854,14 +879,12 @@ async fn flood(
     frame.extend_from_slice(&[0u8; 16 * 1024]);
     let frame = Bytes::from(frame);
     while !*stopped.borrow() {
+        let started = tokio::time::Instant::now();
         let (client, _live) = match attempts.attempt(&endpoint, &mut recording).await {
             Attempt::Established(client, live) => (client, live),
             Attempt::Unanswered => continue,
             Attempt::Refused => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stopped.wait_for(|stop| *stop) => {}
-                }
+                pace(started, FLOOD_PERIOD, &mut stopped).await;
                 continue;
             }
         };
@@ -1168,6 +1191,28 @@ mod tests {
             abuser.stop().await;
         }
         relay.shutdown().await.unwrap();
+    }
+
+    /// A refused task's next attempt comes one period after the start of its last, however
+    /// late the refusal was read: once the period has passed since the attempt started, the
+    /// pause is over at once (a pause counted from the answer would wait a full period more),
+    /// so an abuser slowed by its low priority keeps its rate. Polled once, without a clock.
+    #[tokio::test]
+    async fn the_next_attempt_keeps_the_period_from_the_last_ones_start() {
+        fn over_at_once(pause: impl std::future::Future<Output = ()>) -> bool {
+            let mut pause = std::pin::pin!(pause);
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            pause.as_mut().poll(&mut context).is_ready()
+        }
+        let (_stop, mut stopped) = watch::channel(false);
+        for period in [IDLE_PERIOD, FLOOD_PERIOD] {
+            let now = tokio::time::Instant::now();
+            // Refused, and the refusal read, a period or more after the attempt started.
+            assert!(over_at_once(pace(now - period, period, &mut stopped)));
+            assert!(over_at_once(pace(now - period * 3, period, &mut stopped)));
+            // Refused at once: the pause lasts the period.
+            assert!(!over_at_once(pace(now, period, &mut stopped)));
+        }
     }
 
     /// A recorded attempt is, to the relay, the attempt the abuser's QUIC client made: with
