@@ -154,7 +154,7 @@ pub struct BenchArgs {
     /// value from 0 to 19. `low` models the attacker's own machine: only its datagrams reach the
     /// relay's, while here it shares the cores with the relay and the honest devices, which at
     /// equal priority waited behind it for a CPU; `normal` runs it at the tool's priority, as
-    /// before the eleventh session. On a host loaded by other work at nice 19, `low` starves
+    /// before the eleventh session. On a host loaded by other work at nice 19, `low` can starve
     /// the abuser (a smaller abuse: compare its counts); a nice value between the tool's and 19
     /// (the tool at nice 0, the abuser at 10) keeps it below the relay and the honest devices
     /// and above the rest. Not applied with --abuse-same-runtime
