@@ -150,6 +150,16 @@ pub struct BenchArgs {
     /// session)
     #[arg(long)]
     abuse_replay: bool,
+    /// Abuse mode: the CPU priority of the abuser's thread: `low` (nice 19), `normal`, or a nice
+    /// value from 0 to 19. `low` models the attacker's own machine: only its datagrams reach the
+    /// relay's, while here it shares the cores with the relay and the honest devices, which at
+    /// equal priority waited behind it for a CPU; `normal` runs it at the tool's priority, as
+    /// before the eleventh session. On a host loaded by other work at nice 19, `low` can starve
+    /// the abuser (a smaller abuse: compare its counts); a nice value between the tool's and 19
+    /// (the tool at nice 0, the abuser at 10) keeps it below the relay and the honest devices
+    /// and above the rest. Not applied with --abuse-same-runtime
+    #[arg(long, default_value = "low")]
+    abuser_priority: abuse::AbuserPriority,
 }
 
 /// One account with `devices` devices; returns the account id and the signed genesis roster.
@@ -725,17 +735,27 @@ async fn abuse_rounds(
         let abuser = match abuser {
             Some(index) => {
                 let source = abuse::source(index)?;
-                let abuser = abuse::start(plan, source, addr, pin, args.abuse_same_runtime).await?;
+                let placement = if args.abuse_same_runtime {
+                    abuse::Placement::SameRuntime
+                } else {
+                    abuse::Placement::Thread(args.abuser_priority)
+                };
+                let abuser = abuse::start(plan, source, addr, pin, placement).await?;
                 // Let the abuser reach its steady state (connections up to the address's cap,
                 // pulls stalled) before the honest round starts.
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 println!(
                     "{name}: beside an abuser from {source}, {} ({} idle unauthenticated \
                      connections wanted, {} open; {} stalled pulls; {} oversized-frame streams)",
-                    if args.abuse_same_runtime {
-                        "on the honest devices' runtime"
-                    } else {
-                        "on a thread and runtime of its own"
+                    match (placement, abuser.nice()) {
+                        (abuse::Placement::SameRuntime, _) =>
+                            "on the honest devices' runtime".to_owned(),
+                        (abuse::Placement::Thread(priority), Some(nice)) => format!(
+                            "on a thread and runtime of its own at {priority}: its thread's nice \
+                             value {nice}"
+                        ),
+                        (abuse::Placement::Thread(priority), None) =>
+                            format!("on a thread and runtime of its own at {priority}"),
                     },
                     plan.idle,
                     abuser.stats.counts().idle_open,
@@ -1320,4 +1340,41 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options of `kith-relay bench` alone, as the command line gives them.
+    #[derive(Debug, clap::Parser)]
+    struct Bench {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    /// `--abuser-priority` defaults to the lowest priority and takes `normal` and nice values.
+    #[test]
+    fn the_abusers_priority_defaults_to_low_and_parses_every_form() {
+        use clap::Parser;
+        let priority = |extra: &[&str]| {
+            Bench::try_parse_from(["bench", "--abuse"].iter().chain(extra))
+                .map(|bench| bench.args.abuser_priority)
+        };
+        assert_eq!(priority(&[]).unwrap(), abuse::AbuserPriority::LOW);
+        assert_eq!(
+            priority(&["--abuser-priority", "low"]).unwrap(),
+            abuse::AbuserPriority::Nice(19)
+        );
+        assert_eq!(
+            priority(&["--abuser-priority", "normal"]).unwrap(),
+            abuse::AbuserPriority::Normal
+        );
+        assert_eq!(
+            priority(&["--abuser-priority", "10"]).unwrap(),
+            abuse::AbuserPriority::Nice(10)
+        );
+        assert!(priority(&["--abuser-priority", "20"]).is_err());
+        assert!(priority(&["--abuser-priority", "-1"]).is_err());
+    }
 }

@@ -22,6 +22,14 @@
 //! received before, and the abuser spends about half the CPU it did on the cores it shares
 //! with the relay.
 //!
+//! The abuser's thread runs at the lowest CPU priority (nice 19, [`AbuserPriority::LOW`]; the
+//! default): in a real attack the attacker's CPU is on the attacker's machine and only its
+//! datagrams reach the relay's, but here it shares two cores with the relay and the honest
+//! devices, and at the same priority the relay's workers waited behind it for a CPU
+//! (BENCHMARKS.md, finding 7, ninth and tenth sessions). At nice 19 it takes the CPU the others
+//! leave. [`AbuserPriority::Normal`] (`--abuser-priority normal`) runs it at the tool's own
+//! priority, as before, so that both can be reported.
+//!
 //! With [`Abuse::replay`] (`--abuse-replay`; off by default), its QUIC client makes the
 //! attempts as before until the relay refuses one (the address is at its cap). From then on,
 //! until the relay shows room again (a connection of the abuser's ended, or the relay
@@ -60,6 +68,79 @@ pub struct Abuse {
     /// host the relay admitted hundreds of them per round as half-open handshakes, a
     /// different abuse: BENCHMARKS.md, finding 7, tenth session).
     pub replay: bool,
+}
+
+/// The CPU priority of the abuser's thread (`--abuser-priority`: `low`, `normal`, or a nice
+/// value from 0 to 19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbuserPriority {
+    /// This nice value; [`AbuserPriority::LOW`], nice 19 (the lowest), by default: the abuser
+    /// takes the CPU that the relay and the honest devices leave, as an attacker's client on a
+    /// machine of its own takes none of theirs.
+    Nice(i32),
+    /// The tool's own priority, as every thread of the tool ran before the eleventh session.
+    Normal,
+}
+
+impl AbuserPriority {
+    /// The lowest priority, `--abuser-priority low`.
+    pub const LOW: AbuserPriority = AbuserPriority::Nice(19);
+}
+
+impl std::str::FromStr for AbuserPriority {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "low" => Ok(AbuserPriority::LOW),
+            "normal" => Ok(AbuserPriority::Normal),
+            _ => match text.parse::<i32>() {
+                Ok(nice) if (0..=19).contains(&nice) => Ok(AbuserPriority::Nice(nice)),
+                _ => Err(format!(
+                    "`{text}`: low, normal, or a nice value from 0 to 19"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for AbuserPriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbuserPriority::Nice(19) => f.write_str("low priority (nice 19)"),
+            AbuserPriority::Nice(nice) => write!(f, "nice {nice}"),
+            AbuserPriority::Normal => f.write_str("the tool's priority"),
+        }
+    }
+}
+
+/// Sets the calling thread's CPU priority to `priority` (a thread's nice value is its own on
+/// Linux: `setpriority` on its thread id leaves the process's other threads as they are). A
+/// nice value below the thread's own needs the privilege to raise a priority.
+#[cfg(target_os = "linux")]
+fn set_thread_priority(priority: AbuserPriority) -> Result<()> {
+    if let AbuserPriority::Nice(nice) = priority {
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+            .map_err(|e| anyhow!("abuser's thread at nice {nice}: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_thread_priority(priority: AbuserPriority) -> Result<()> {
+    if let AbuserPriority::Nice(_) = priority {
+        anyhow::bail!(
+            "--abuser-priority other than normal needs Linux (a thread's own nice value)"
+        );
+    }
+    Ok(())
+}
+
+/// The nice value of thread `tid` of this process (`/proc/self/task/<tid>/stat`, field 19).
+pub fn thread_nice(tid: &str) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // Fields 3 onwards follow the command name's closing parenthesis (a name may hold spaces).
+    let (_, fields) = stat.rsplit_once(')')?;
+    fields.split_whitespace().nth(19 - 3)?.parse().ok()
 }
 
 /// Counts of what the abuser did.
@@ -162,6 +243,11 @@ pub struct Abuser {
 }
 
 impl Abuser {
+    /// The nice value its thread runs at; `None` on the honest devices' runtime.
+    pub fn nice(&self) -> Option<i32> {
+        thread_nice(self.tid.as_ref()?)
+    }
+
     /// CPU seconds (user + system) the abuser's thread has used: everything the abuser does
     /// (its TLS client work, its sockets' system calls), apart from the honest devices' and
     /// the tool's own. `None` on the honest devices' runtime (`--abuse-same-runtime`).
@@ -371,28 +457,39 @@ impl rustls::crypto::ActiveKeyExchange for ReplayedExchange {
     }
 }
 
-/// Starts the abuser, speaking from `source`, on a thread and runtime of its own (or, with
-/// `same_runtime`, on the caller's); it runs until [`Abuser::stop`]. Returns once its stalled
-/// pulls are in flight and its other tasks started.
+/// Where the abuser runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On a thread and runtime of its own, at this priority.
+    Thread(AbuserPriority),
+    /// On the caller's runtime (the honest devices'), at its priority.
+    SameRuntime,
+}
+
+/// Starts the abuser, speaking from `source`, where `placement` says; it runs until
+/// [`Abuser::stop`]. Returns once its stalled pulls are in flight and its other tasks started.
 pub async fn start(
     abuse: Abuse,
     source: std::net::IpAddr,
     addr: SocketAddr,
     pin: [u8; 32],
-    same_runtime: bool,
+    placement: Placement,
 ) -> Result<Abuser> {
     let stats = Arc::new(AbuseStats::default());
     let (stop, stopped) = watch::channel(false);
-    if same_runtime {
-        let endpoints = run(abuse, source, addr, pin, stats.clone(), stopped).await?;
-        return Ok(Abuser {
-            stats,
-            stop,
-            thread: None,
-            endpoints,
-            tid: None,
-        });
-    }
+    let priority = match placement {
+        Placement::Thread(priority) => priority,
+        Placement::SameRuntime => {
+            let endpoints = run(abuse, source, addr, pin, stats.clone(), stopped).await?;
+            return Ok(Abuser {
+                stats,
+                stop,
+                thread: None,
+                endpoints,
+                tid: None,
+            });
+        }
+    };
     let (ready, is_ready) = tokio::sync::oneshot::channel();
     let thread_stats = stats.clone();
     let thread = std::thread::Builder::new()
@@ -406,6 +503,11 @@ pub async fn start(
                         .and_then(|name| name.to_str())
                         .map(str::to_owned)
                 });
+            // Before the runtime: its threads (tokio's blocking pool) inherit the priority.
+            if let Err(e) = set_thread_priority(priority) {
+                let _ = ready.send(Err(e));
+                return;
+            }
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -689,6 +791,32 @@ async fn hold(
     drop(live);
 }
 
+/// How often an idle task that is refused tries again.
+const IDLE_PERIOD: Duration = Duration::from_millis(500);
+
+/// How often a flooder that is refused tries again.
+const FLOOD_PERIOD: Duration = Duration::from_millis(100);
+
+/// Waits until `period` after `started` (an attempt's start), or until the abuser stops. The
+/// period runs from the attempt's start, not from the answer (as it did until the eleventh
+/// session), so that an abuser whose thread reads the relay's answers late — at low priority it
+/// waits for a CPU — does not make fewer attempts for that alone. (An abuser starved of CPU
+/// makes fewer all the same: BENCHMARKS.md, finding 7, eleventh session.)
+async fn pace(
+    started: tokio::time::Instant,
+    period: Duration,
+    stopped: &mut watch::Receiver<bool>,
+) {
+    let next = started + period;
+    if next <= tokio::time::Instant::now() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep_until(next) => {}
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
+}
+
 async fn idle_connection(
     endpoint: quinn::Endpoint,
     attempts: Arc<Attempts>,
@@ -696,16 +824,15 @@ async fn idle_connection(
 ) {
     let mut stopped = attempts.stopped.clone();
     while !*stopped.borrow() {
+        let started = tokio::time::Instant::now();
         match attempts.attempt(&endpoint, &mut recording).await {
             Attempt::Established(client, live) => {
-                hold(client, live, &attempts.stats, &mut stopped).await
+                hold(client, live, &attempts.stats, &mut stopped).await;
+                // A connection held for a while: a pause, as after a refusal.
+                pace(tokio::time::Instant::now(), IDLE_PERIOD, &mut stopped).await;
             }
-            Attempt::Refused => {}
-            Attempt::Unanswered => continue,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stopped.wait_for(|stop| *stop) => {}
+            Attempt::Refused => pace(started, IDLE_PERIOD, &mut stopped).await,
+            Attempt::Unanswered => {}
         }
     }
 }
@@ -752,14 +879,12 @@ async fn flood(
     frame.extend_from_slice(&[0u8; 16 * 1024]);
     let frame = Bytes::from(frame);
     while !*stopped.borrow() {
+        let started = tokio::time::Instant::now();
         let (client, _live) = match attempts.attempt(&endpoint, &mut recording).await {
             Attempt::Established(client, live) => (client, live),
             Attempt::Unanswered => continue,
             Attempt::Refused => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stopped.wait_for(|stop| *stop) => {}
-                }
+                pace(started, FLOOD_PERIOD, &mut stopped).await;
                 continue;
             }
         };
@@ -1014,6 +1139,80 @@ mod tests {
         );
         assert_eq!(shares[0], shares[1], "one key share for every attempt");
         relay.shutdown().await.unwrap();
+    }
+
+    /// The abuser's thread runs at the priority asked, read back from
+    /// `/proc/self/task/<tid>/stat` (field 19): nice 19 at [`AbuserPriority::LOW`] whatever the
+    /// thread that started it runs at, and that thread's own nice value at
+    /// [`AbuserPriority::Normal`]; the starting thread keeps its own.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_abusers_thread_runs_at_the_priority_asked() {
+        // The abuser's thread inherits the nice value of the thread that starts it (this
+        // test's): put that below 19 where allowed (as root, as CI runs), so that a thread left
+        // at its inherited priority is told from one set to 19. (Under `nice -n 19` without the
+        // privilege, Low and Normal cannot be told apart here.)
+        let _ = rustix::process::setpriority_process(None, 0);
+        let own = rustix::process::getpriority_process(None).unwrap();
+        if own == 19 {
+            eprintln!("this test's thread runs at nice {own}: Low is not told from Normal here");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let relay =
+            kith_relay::Relay::start(kith_relay::config::RelayConfig::for_tests(dir.path()))
+                .await
+                .unwrap();
+        let plan = Abuse {
+            idle: 1,
+            stalled: 0,
+            flooders: 0,
+            replay: false,
+        };
+        for (priority, expected) in [(AbuserPriority::LOW, 19), (AbuserPriority::Normal, own)] {
+            let abuser = start(
+                plan,
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                relay.local_addr(),
+                relay.key_sha256(),
+                Placement::Thread(priority),
+            )
+            .await
+            .unwrap();
+            assert!(
+                abuser.tid.is_some(),
+                "the abuser runs on a thread of its own"
+            );
+            assert_eq!(abuser.nice(), Some(expected), "{priority:?}");
+            assert_eq!(
+                rustix::process::getpriority_process(None).unwrap(),
+                own,
+                "the thread that started the abuser keeps its priority"
+            );
+            abuser.stop().await;
+        }
+        relay.shutdown().await.unwrap();
+    }
+
+    /// A refused task's next attempt comes one period after the start of its last, however
+    /// late the refusal was read: once the period has passed since the attempt started, the
+    /// pause is over at once (a pause counted from the answer would wait a full period more),
+    /// so an abuser slowed by its low priority keeps its rate. Polled once, without a clock.
+    #[tokio::test]
+    async fn the_next_attempt_keeps_the_period_from_the_last_ones_start() {
+        fn over_at_once(pause: impl std::future::Future<Output = ()>) -> bool {
+            let mut pause = std::pin::pin!(pause);
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            pause.as_mut().poll(&mut context).is_ready()
+        }
+        let (_stop, mut stopped) = watch::channel(false);
+        for period in [IDLE_PERIOD, FLOOD_PERIOD] {
+            let now = tokio::time::Instant::now();
+            // Refused, and the refusal read, a period or more after the attempt started.
+            assert!(over_at_once(pace(now - period, period, &mut stopped)));
+            assert!(over_at_once(pace(now - period * 3, period, &mut stopped)));
+            // Refused at once: the pause lasts the period.
+            assert!(!over_at_once(pace(now, period, &mut stopped)));
+        }
     }
 
     /// A recorded attempt is, to the relay, the attempt the abuser's QUIC client made: with
