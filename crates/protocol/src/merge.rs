@@ -1041,4 +1041,4 @@ fn record_field_tag(key: &FieldKey) -> u32 {
 pub(crate) mod reader;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

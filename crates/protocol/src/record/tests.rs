@@ -1028,23 +1028,6 @@ fn arb_batch() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// One change to an encoding: a byte overwritten, inserted or removed, or the rest cut off.
-fn mutate_batch(bytes: &mut Vec<u8>, (at, kind, byte): &(prop::sample::Index, u8, u8)) {
-    if bytes.is_empty() {
-        bytes.push(*byte);
-        return;
-    }
-    let at = at.index(bytes.len());
-    match kind % 4 {
-        0 => bytes[at] = *byte,
-        1 => bytes.insert(at, *byte),
-        2 => {
-            bytes.remove(at);
-        }
-        _ => bytes.truncate(at),
-    }
-}
-
 proptest! {
     #[test]
     fn sealed_batches_are_read_in_place_as_prost_reads_them(bytes in arb_batch()) {
@@ -1062,7 +1045,7 @@ proptest! {
     ) {
         let mut bytes = bytes;
         for change in &changes {
-            mutate_batch(&mut bytes, change);
+            crate::merge::tests::mutate(&mut bytes, change);
         }
         prop_assert_eq!(decode_batch_parts(&bytes), decode_batch_parts_with_prost(&bytes));
     }
