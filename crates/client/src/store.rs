@@ -199,7 +199,7 @@ impl ValueCipher {
     /// place in the one buffer returned (a record is sealed per write, so the copies count).
     pub fn seal(&self, tree: TreeName, key: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
-        kith_protocol::keys::system_rng().fill_bytes(&mut nonce);
+        kith_protocol::keys::buffered_rng().fill_bytes(&mut nonce);
         let aad = lp_concat(&[tree.as_str().as_bytes(), key]);
         let mut out = Vec::with_capacity(24 + plain.len() + 16);
         out.extend_from_slice(&nonce);

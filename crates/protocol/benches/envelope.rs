@@ -6,6 +6,9 @@
 //! - `open/*`: Kith decode + strict signature verification + decryption and unpadding vs one
 //!   strict verification and one decryption of the same bare ciphertext.
 //! - `verify_64/*`: 64 envelopes' signatures, batch vs one by one.
+//! - `os_rng_24_bytes`, `buffered_rng_24_bytes`: a nonce from the operating system, one call
+//!   each vs through the per-thread buffer.
+//! - `decode_batch_100/*`: a pulled batch of 100 contacts decoded in place vs by prost.
 //!
 //! Payloads are encoded `OperationBatch`es: one contact upsert (~600 B) and 100 of them.
 //!
@@ -25,7 +28,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ed25519_dalek::{Signer, SigningKey};
 use kith_protocol::AccountId;
 use kith_protocol::envelope::{EnvelopeHash, ParsedEnvelope, PayloadKind, seal, verify_batch};
-use kith_protocol::keys::{DeviceSigningKey, DeviceVerifyingKey, SymmetricKey, system_rng};
+use kith_protocol::keys::{
+    DeviceSigningKey, DeviceVerifyingKey, SymmetricKey, buffered_rng, system_rng,
+};
 use kith_protocol::proto::{
     Date, Email, FieldValue, FieldWrite, Hlc, LinkedInSource, Operation, OperationBatch, Phone,
     Upsert, field_value, operation,
@@ -292,6 +297,38 @@ fn os_randomness(c: &mut Criterion<ThreadCpuTime>) {
             nonce
         })
     });
+    c.bench_function("envelope/buffered_rng_24_bytes", |b| {
+        b.iter(|| {
+            let mut nonce = [0u8; 24];
+            buffered_rng().fill_bytes(&mut nonce);
+            nonce
+        })
+    });
+}
+
+/// Decoding a pulled batch of 100 contacts as a device seals it (its view appended): the
+/// in-place reader (`decode_batch_parts`) against prost's decoding and `from_proto`.
+fn decode_batches(c: &mut Criterion<ThreadCpuTime>) {
+    let device = [3; 16];
+    let mut payload = batch(100, &device);
+    kith_protocol::record::append_written_at(&mut payload, 1_760_000_000_000);
+    let view = kith_protocol::proto::WriterView {
+        roster_version: 2,
+        roster_hash: vec![7; 32],
+        heads: vec![],
+    };
+    prost::encoding::message::encode(4, &view, &mut payload);
+    let mut group = c.benchmark_group("decode_batch_100");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("in_place", |b| {
+        b.iter(|| kith_protocol::record::decode_batch_parts(black_box(&payload)).unwrap())
+    });
+    group.bench_function("prost", |b| {
+        b.iter(|| {
+            kith_protocol::record::decode_batch_parts_with_prost(black_box(&payload)).unwrap()
+        })
+    });
+    group.finish();
 }
 
 /// On-CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`) on Linux; wall time elsewhere.
@@ -348,6 +385,6 @@ impl Measurement for ThreadCpuTime {
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = seal_and_open, verify_64, os_randomness
+    targets = seal_and_open, verify_64, os_randomness, decode_batches
 }
 criterion_main!(benches);

@@ -2,7 +2,8 @@
 //! half's fingerprint at most. No raw `[u8; 32]` secret travels through a public API.
 //!
 //! Randomness is an argument (`&mut impl CryptoRng`); [`system_rng`] gives the operating
-//! system's generator for callers that own I/O.
+//! system's generator for callers that own I/O, and [`buffered_rng`] the same behind a
+//! per-thread, fork-safe buffer, for nonces drawn once per sealed value.
 
 use std::fmt;
 
@@ -30,6 +31,9 @@ pub const AGREEMENT_PUBLIC_KEY_LEN: usize = 1216;
 pub fn system_rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
     rand_core::UnwrapErr(getrandom::SysRng)
 }
+
+mod buffered;
+pub use buffered::{BufferedOsRng, buffered_rng};
 
 /// Why a key or signature was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

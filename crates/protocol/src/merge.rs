@@ -1065,7 +1065,7 @@ fn record_field_tag(key: &FieldKey) -> u32 {
     if key.kind().is_protocol_1_0() { 3 } else { 4 }
 }
 
-mod reader;
+pub(crate) mod reader;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -24,15 +24,15 @@ use crate::ids::RecordId;
 use crate::record::{FieldKey, decode_value};
 
 /// The value of one field of a message, as the reader accepts it.
-enum WireValue<'a> {
+pub(crate) enum WireValue<'a> {
     Varint(u64),
     Delimited(&'a [u8]),
 }
 
 /// Reads one field (key and value) from the front of `rest`; `None` for a malformed key,
 /// varint or length, and for the wire types no field of a `RecordState` has (fixed-width and
-/// groups).
-fn next_field<'a>(rest: &mut &'a [u8]) -> Option<(u64, WireValue<'a>)> {
+/// groups). Shared with the operation batch reader (`record/reader.rs`).
+pub(crate) fn next_field<'a>(rest: &mut &'a [u8]) -> Option<(u64, WireValue<'a>)> {
     let key = decode_varint(rest).ok()?;
     let tag = key >> 3;
     match key & 0b111 {
@@ -52,7 +52,7 @@ fn next_field<'a>(rest: &mut &'a [u8]) -> Option<(u64, WireValue<'a>)> {
 
 /// Reads one length-delimited field whose tag is greater than `after` (or equal, with
 /// `repeated`), advancing `after`; `None` otherwise.
-fn next_delimited<'a>(
+pub(crate) fn next_delimited<'a>(
     rest: &mut &'a [u8],
     after: &mut u64,
     repeated: bool,
@@ -89,7 +89,7 @@ pub(super) fn read_record_state(bytes: &[u8]) -> Option<RecordState> {
 }
 
 /// `Hlc { wall_ms = 1; counter = 2; device_id = 3 }`, validated as [`Hlc::from_proto`] does.
-fn read_hlc(bytes: &[u8]) -> Option<Hlc> {
+pub(crate) fn read_hlc(bytes: &[u8]) -> Option<Hlc> {
     let mut rest = bytes;
     let (mut wall_ms, mut counter, mut device): (u64, u32, &[u8]) = (0, 0, &[]);
     let mut after = 0;

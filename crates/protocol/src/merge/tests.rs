@@ -449,8 +449,9 @@ fn stored_state() -> impl proptest::strategy::Strategy<Value = RecordState> {
     })
 }
 
-/// One change to an encoding: a byte overwritten, inserted or removed, or the rest cut off.
-fn mutate(bytes: &mut Vec<u8>, (at, kind, byte): &(proptest::sample::Index, u8, u8)) {
+/// One change to an encoding: a byte overwritten, inserted or removed, or the rest cut off
+/// (also the operation batch reader's tests, `record/tests.rs`).
+pub(crate) fn mutate(bytes: &mut Vec<u8>, (at, kind, byte): &(proptest::sample::Index, u8, u8)) {
     if bytes.is_empty() {
         bytes.push(*byte);
         return;

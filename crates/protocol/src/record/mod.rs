@@ -57,6 +57,7 @@
 
 mod key;
 mod operation;
+mod reader;
 pub mod value;
 
 #[cfg(test)]
@@ -71,8 +72,8 @@ use crate::limits::{
 pub use key::{FieldKey, FieldKind, KeyProblem, SourceKind};
 pub use operation::{
     BatchParts, FieldWrite, Operation, OperationKind, append_written_at, decode_batch,
-    decode_batch_parts, decode_batch_written_at, encode_batch, encode_batch_written_at,
-    operations_only_count,
+    decode_batch_parts, decode_batch_parts_with_prost, decode_batch_written_at, encode_batch,
+    encode_batch_written_at, operations_only_count,
 };
 pub use value::{decode_value, encode_value};
 

@@ -216,6 +216,17 @@ impl Operation {
                 .transpose()?;
             wire_writes.push((key, value, replaces));
         }
+        Self::from_wire_writes(record, clock, wire_writes)
+    }
+
+    /// The upsert of `record` at `clock` made of its decoded wire writes, in wire order
+    /// (`writes`, then `extension_writes`): what [`Operation::from_proto`] and the batch reader
+    /// (`record/reader.rs`) both end with.
+    pub(super) fn from_wire_writes(
+        record: RecordId,
+        clock: Hlc,
+        mut wire_writes: Vec<WireWrite>,
+    ) -> Result<Self, RecordError> {
         // The wire writes of one key (one per replaced clock) are grouped into one write: they
         // must agree on the value. A stable sort keeps them in wire order, and writers send
         // keys sorted, so this is usually a check (no map per operation, no key copied).
@@ -239,6 +250,10 @@ impl Operation {
         Self::upsert(record, clock, writes)
     }
 }
+
+/// One wire `FieldWrite`, decoded: its key, its value (`None` removes) and the clock it
+/// replaces, if any.
+pub(super) type WireWrite = (FieldKey, Option<proto::FieldValue>, Option<Hlc>);
 
 /// Encodes operations as an `OperationBatch`, the payload of an envelope, without a
 /// `written_at_ms` ([`encode_batch_written_at`]).
@@ -322,7 +337,26 @@ pub type BatchParts = (Vec<Operation>, Option<u64>, Option<proto::RelayMoved>);
 
 /// [`decode_batch_written_at`], with the batch's relay-move notice if it carries one
 /// (docs/PROTOCOL.md §13.1). The notice is returned as decoded: its reader checks it.
+///
+/// The encoding writers produce (fields in tag order, each singular field once, no unknown
+/// field) is read in place (`record/reader.rs`), each key and value decoded once; anything
+/// else, errors included, is decided by [`decode_batch_parts_with_prost`], so the result is
+/// that function's on every input.
 pub fn decode_batch_parts(bytes: &[u8]) -> Result<BatchParts, RecordError> {
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(RecordError::BatchTooLarge { len: bytes.len() });
+    }
+    if let Some(parts) = super::reader::read_batch(bytes) {
+        return Ok(parts);
+    }
+    decode_batch_parts_with_prost(bytes)
+}
+
+/// [`decode_batch_parts`] by prost alone: `proto::OperationBatch::decode`, then
+/// [`Operation::from_proto`] for each operation. The reference the in-place reader is held to
+/// (property tests, and the `operation_batch` fuzz target); callers use
+/// [`decode_batch_parts`].
+pub fn decode_batch_parts_with_prost(bytes: &[u8]) -> Result<BatchParts, RecordError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(RecordError::BatchTooLarge { len: bytes.len() });
     }

@@ -52,7 +52,9 @@ use kith_protocol::limits::MAX_PAYLOAD_BYTES;
 use kith_protocol::merge::{ContactSet, MergeError, RecordState};
 use kith_protocol::padding;
 use kith_protocol::proto;
-use kith_protocol::record::{decode_batch, encode_batch};
+use kith_protocol::record::{
+    decode_batch, decode_batch_parts, decode_batch_parts_with_prost, encode_batch,
+};
 use kith_protocol::roster::{NewDevice, VerifiedRoster};
 use kith_protocol::stream::StreamVerifier;
 
@@ -70,6 +72,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("operations", operations),
     ("snapshot", snapshot),
     ("record_state", record_state),
+    ("operation_batch", operation_batch),
 ];
 
 /// The clock of the fixture, in milliseconds.
@@ -971,6 +974,20 @@ pub fn record_state(data: &[u8]) -> bool {
     true
 }
 
+/// An operation batch as a pulling device reads it (`decode_batch_parts`, every pulled
+/// envelope's payload): the in-place reader and the prost path
+/// (`decode_batch_parts_with_prost`) must give the same result, operations or error, on every
+/// input.
+pub fn operation_batch(data: &[u8]) -> bool {
+    let decoded = decode_batch_parts(data);
+    assert_eq!(
+        decoded,
+        decode_batch_parts_with_prost(data),
+        "the two batch decoders disagree"
+    );
+    decoded.is_ok()
+}
+
 // ---------------------------------------------------------------------------------------------
 // seeds
 
@@ -1007,8 +1024,19 @@ pub fn seeds() -> Vec<Seed> {
         device_id: f.devices[PHONE].id().as_bytes().to_vec(),
         seq: 2,
     }];
-    let snapshot = state.to_snapshot(positions).encode_to_vec();
+    let snapshot = state.to_snapshot(positions.clone()).encode_to_vec();
     seeds.push(seed("operations", "valid-batch", batch.clone()));
+    seeds.push(seed("operation_batch", "valid-batch", batch.clone()));
+    // As a device seals it: its wall clock stated and its view of the account appended.
+    let mut sealed_batch = batch.clone();
+    kith_protocol::record::append_written_at(&mut sealed_batch, NOW_MS);
+    let view = proto::WriterView {
+        roster_version: 2,
+        roster_hash: vec![7; 32],
+        heads: positions,
+    };
+    prost::encoding::message::encode(4, &view, &mut sealed_batch);
+    seeds.push(seed("operation_batch", "sealed-batch", sealed_batch));
     seeds.push(seed("snapshot", "valid-snapshot", snapshot.clone()));
     for (n, record) in state.records().enumerate() {
         seeds.push(seed(
