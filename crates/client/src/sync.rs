@@ -1045,10 +1045,29 @@ impl Device {
     /// taken in the same order, so envelopes leave the outbox in order, and the first failure
     /// stops the rest (abandoned; the next sync sends whatever was not acknowledged again).
     pub(crate) async fn push_outbox(&self, connection: &RelayConnection) -> Result<usize> {
-        if self.inner.store.is_empty(TreeName::Outbox)? {
+        if !self.has_unsent()? {
             return Ok(0);
         }
         self.push_sealed(connection, None).await
+    }
+
+    /// The outbox key of the first envelope the relay has not acknowledged: acknowledged
+    /// envelopes stay in the outbox as the copies kept for healing (docs/PROTOCOL.md §13.1),
+    /// so the envelopes to push are the outbox's from there on.
+    pub(crate) fn first_unsent_key(&self) -> Result<[u8; 8]> {
+        Ok(self.acked_seq()?.saturating_add(1).to_be_bytes())
+    }
+
+    /// Whether the outbox holds an envelope the relay has not acknowledged.
+    pub(crate) fn has_unsent(&self) -> Result<bool> {
+        let from = self.first_unsent_key()?;
+        Ok(self
+            .inner
+            .store
+            .scan_from(TreeName::Outbox, &from)
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// [`Device::push_outbox`], and with `sealing`, also every group it seals, each pushed as
@@ -1077,9 +1096,9 @@ impl Device {
     ) -> Result<usize> {
         let store = &self.inner.store;
         store.flush().await?;
-        let mut outbox = store.scan_from(TreeName::Outbox, &[]).peekable();
         // The key the outbox is read from again once a group committed: past what was sent.
-        let mut next_key = Vec::new();
+        let mut next_key = self.first_unsent_key()?.to_vec();
+        let mut outbox = store.scan_from(TreeName::Outbox, &next_key).peekable();
         let mut in_flight = std::collections::VecDeque::with_capacity(PUSHES_IN_FLIGHT);
         let mut pushed = 0;
         loop {
@@ -1095,16 +1114,13 @@ impl Device {
                     break;
                 };
                 next_key = (last_seq + 1).to_be_bytes().to_vec();
-                // The envelopes are kept beside the request, to be kept for healing once
-                // acknowledged without reading and opening their outbox copies again.
+                let count = batch.len();
                 let request = connection
-                    .send(request::Kind::Push(proto::Push {
-                        envelopes: batch.clone(),
-                    }))
+                    .send(request::Kind::Push(proto::Push { envelopes: batch }))
                     .await?;
-                in_flight.push_back((last_seq, seqs, batch, request));
+                in_flight.push_back((last_seq, count, request));
             }
-            let Some((last_seq, seqs, batch, request)) = in_flight.pop_front() else {
+            let Some((last_seq, count, request)) = in_flight.pop_front() else {
                 match sealing.as_deref_mut() {
                     // Nothing in flight and nothing more sealed yet: wait for the next group.
                     Some(sealing) if !sealing.ended => {
@@ -1114,7 +1130,6 @@ impl Device {
                     _ => break,
                 }
             };
-            let count = batch.len();
             let answer = request.answer().await?;
             let response::Kind::PushAck(ack) = answer else {
                 return Err(crate::net::NetError::Protocol("expected a push ack".into()).into());
@@ -1127,34 +1142,45 @@ impl Device {
                 .into());
             }
             // Acknowledged envelopes are kept (until a compaction covers them), so that a relay
-            // that loses them is restored byte for byte (docs/PROTOCOL.md §13.1).
-            store.transaction(|tx| {
-                for (seq, envelope) in seqs.iter().zip(&batch) {
-                    // Unless another process sharing the store moved or dropped it meanwhile.
-                    if tx.removed(TreeName::Outbox, &seq.to_be_bytes())? {
-                        tx.put(TreeName::Meta, &crate::heal::sent_key(*seq), envelope)?;
-                    }
-                }
-                tx.put(TreeName::Meta, meta::ACKED, &last_seq.to_be_bytes())
-            })?;
+            // that loses them is restored byte for byte (docs/PROTOCOL.md §13.1): they stay in
+            // the outbox where they were sealed, and `acked` moving past them is what marks
+            // them sent. Neither sealed for the store nor written a second time.
+            self.record_acked(last_seq)?;
             pushed += count;
         }
         Ok(pushed)
     }
 
     /// Test hook: seals pending operations into the outbox without pushing, and returns the
-    /// outbox's envelopes, as a crash between sealing and pushing would leave them.
+    /// outbox's envelopes not acknowledged yet, as a crash between sealing and pushing would
+    /// leave them.
     #[doc(hidden)]
     pub fn seal_pending_for_tests(&self) -> Result<Vec<Vec<u8>>> {
         self.seal_pending()?;
         self.inner
             .store
-            .scan(TreeName::Outbox)
+            .scan_from(TreeName::Outbox, &self.first_unsent_key()?)
             .map(|item| {
                 item.map(|(_, envelope)| envelope)
                     .map_err(ClientError::from)
             })
             .collect()
+    }
+
+    /// Test hook: the number of outbox envelopes the relay has not acknowledged (the outbox
+    /// also keeps the acknowledged ones, for healing).
+    #[doc(hidden)]
+    pub fn unsent_for_tests(&self) -> Result<usize> {
+        let mut unsent = 0;
+        for item in self
+            .inner
+            .store
+            .scan_from(TreeName::Outbox, &self.first_unsent_key()?)
+        {
+            item?;
+            unsent += 1;
+        }
+        Ok(unsent)
     }
 
     /// The stream position this device has verified for `writer`: (seq, hash).
@@ -1880,7 +1906,7 @@ impl Device {
             return Ok(false);
         }
         *seen_version = Some(version);
-        Ok(!store.is_empty(TreeName::Pending)? || !store.is_empty(TreeName::Outbox)?)
+        Ok(!store.is_empty(TreeName::Pending)? || self.has_unsent()?)
     }
 
     /// Compaction: writes this device's full merged state as snapshot envelopes and asks the
@@ -1958,6 +1984,16 @@ impl Device {
     /// there): the envelopes kept for re-upload before it are no longer needed.
     pub(crate) fn forget_sent_before(&self, first_seq: u64) -> Result<()> {
         Ok(self.inner.store.transaction(|tx| {
+            // The acknowledged envelopes kept in the outbox (the copies of this release) ...
+            let acked = crate::heal::read_u64(tx.get(TreeName::Meta, meta::ACKED)?);
+            for key in tx.keys(TreeName::Outbox)? {
+                let seq = u64::from_be_bytes(key.as_slice().try_into().unwrap_or([0xff; 8]));
+                if seq >= first_seq || seq > acked {
+                    break;
+                }
+                tx.remove(TreeName::Outbox, &key)?;
+            }
+            // ... and those moved to `sent/<seq>` by earlier releases.
             for key in tx.keys(TreeName::Meta)? {
                 let Some(seq) = key
                     .strip_prefix(meta::SENT_PREFIX)
@@ -2158,15 +2194,19 @@ pub(crate) mod tests {
         let relay = kith_relay::Relay::start(kith_relay::RelayConfig::for_tests(dir.join("relay")))
             .await
             .unwrap();
-        let target = crate::net::RelayTarget::pinned(
-            relay.local_addr().to_string(),
-            &hex::encode(relay.cert_sha256()),
-        )
-        .unwrap();
-        let (device, _) = Device::create(&dir.join("a"), target, "a", None)
+        let (device, _) = Device::create(&dir.join("a"), relay_target(&relay), "a", None)
             .await
             .unwrap();
         (relay, device)
+    }
+
+    /// The address and pinned certificate of a relay started for a test.
+    pub(crate) fn relay_target(relay: &kith_relay::RelayHandle) -> crate::net::RelayTarget {
+        crate::net::RelayTarget::pinned(
+            relay.local_addr().to_string(),
+            &hex::encode(relay.cert_sha256()),
+        )
+        .unwrap()
     }
 
     /// Pending entries are sealed by concatenating their bytes: the envelope holds every
@@ -2225,14 +2265,11 @@ pub(crate) mod tests {
         assert_eq!(payload, encoded);
 
         assert_eq!(device.sync().await.unwrap().pushed, 1);
-        assert!(store.is_empty(TreeName::Outbox).unwrap());
+        assert!(!device.has_unsent().unwrap());
+        // Kept as it was sealed, for healing.
+        assert_eq!(store.get(TreeName::Outbox, &seq).unwrap(), Some(envelope));
         let seq = u64::from_be_bytes(seq.as_slice().try_into().unwrap());
-        assert_eq!(
-            store
-                .get(TreeName::Meta, &crate::heal::sent_key(seq))
-                .unwrap(),
-            Some(envelope)
-        );
+        assert_eq!(device.acked_seq().unwrap(), seq);
         relay.shutdown().await.unwrap();
     }
 
@@ -2279,7 +2316,8 @@ pub(crate) mod tests {
         let mut verifier = kith_protocol::stream::StreamVerifier::new(device.inner.device_id);
         let mut seqs = Vec::new();
         let mut ops = Vec::new();
-        for item in device.inner.store.scan(TreeName::Outbox) {
+        let unsent = device.first_unsent_key().unwrap();
+        for item in device.inner.store.scan_from(TreeName::Outbox, &unsent) {
             let (key, envelope) = item.unwrap();
             let parsed = ParsedEnvelope::decode(&envelope).unwrap();
             verifier.check(&parsed).unwrap();
@@ -2325,13 +2363,13 @@ pub(crate) mod tests {
         let report = device.sync().await.unwrap();
         assert_eq!(report.pushed, 46);
         assert!(device.inner.store.is_empty(TreeName::Pending).unwrap());
-        assert!(device.inner.store.is_empty(TreeName::Outbox).unwrap());
+        assert!(!device.has_unsent().unwrap());
         let last = head_before + 46;
         assert_eq!(device.acked_seq().unwrap(), last);
         let kept = device
             .inner
             .store
-            .get(TreeName::Meta, &crate::heal::sent_key(last))
+            .get(TreeName::Outbox, &last.to_be_bytes())
             .unwrap()
             .unwrap();
         let payload = {
