@@ -824,33 +824,91 @@ impl Device {
 
     /// The work of [`Device::start_sealing`]; calls `committed` with the number of envelopes
     /// sealed so far after each group's transaction.
-    fn seal_pending_in_groups(&self, mut committed: impl FnMut(usize)) -> Result<usize> {
+    ///
+    /// Groups are prepared (pending entries read, envelopes sealed and signed: serial, each
+    /// header names the previous envelope's hash) on a second thread while the previous group
+    /// commits on this one, each from the head the previous group ends at in memory: the
+    /// commit's check of the head ([`Device::commit_seal_group`]) holds exactly when every
+    /// group before it landed as prepared, and seals the group again in its transaction
+    /// otherwise. At most one group waits prepared beside the one committing; a group
+    /// prepared but not committed (a crash) leaves its entries pending, and the first error,
+    /// of a preparation or a commit, stops every group after it.
+    fn seal_pending_in_groups(&self, committed: impl FnMut(usize)) -> Result<usize> {
+        self.seal_groups_with(committed, |group| self.commit_seal_group(group))
+    }
+
+    /// [`Device::seal_pending_in_groups`] with `commit` writing each group (a test fails it).
+    fn seal_groups_with(
+        &self,
+        mut committed: impl FnMut(usize),
+        mut commit: impl FnMut(SealGroup) -> Result<usize>,
+    ) -> Result<usize> {
         let store = &self.inner.store;
         if store.is_empty(TreeName::Pending)? {
             return Ok(0);
         }
-        let mut keys = store.keys(TreeName::Pending)?.into_iter().peekable();
-        let mut group_size = FIRST_SEAL_GROUP;
-        let mut sealed_count = 0;
-        while keys.peek().is_some() {
-            let group = self.prepare_seal_group(&mut keys, group_size)?;
-            sealed_count += self.commit_seal_group(group)?;
-            committed(sealed_count);
-            group_size = (group_size * 2).min(MAX_SEAL_GROUP);
-        }
-        Ok(sealed_count)
+        let keys = store.keys(TreeName::Pending)?;
+        let (groups, prepared) = std::sync::mpsc::sync_channel::<Result<SealGroup>>(1);
+        std::thread::scope(|scope| {
+            let preparing = scope.spawn(move || {
+                let mut keys = keys.into_iter().peekable();
+                let mut group_size = FIRST_SEAL_GROUP;
+                let mut head = None;
+                while keys.peek().is_some() {
+                    let group = self.prepare_seal_group(&mut keys, group_size, head);
+                    if let Ok(group) = &group {
+                        head = Some((
+                            group.envelopes.last().map_or(group.head.0, |(seq, _)| *seq),
+                            group.last_hash,
+                        ));
+                    }
+                    let failed = group.is_err();
+                    // The committing side stopped (an error): nothing more is prepared.
+                    if groups.send(group).is_err() || failed {
+                        break;
+                    }
+                    group_size = (group_size * 2).min(MAX_SEAL_GROUP);
+                }
+            });
+            let mut sealed_count = 0;
+            let mut outcome = Ok(());
+            for group in prepared.iter() {
+                match group.and_then(&mut commit) {
+                    Ok(count) => {
+                        sealed_count += count;
+                        committed(sealed_count);
+                    }
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                }
+            }
+            // Stops the preparing thread at its next group.
+            drop(prepared);
+            if preparing.join().is_err() {
+                return Err(
+                    LocalStoreError::WriterFailed("the sealing thread panicked".into()).into(),
+                );
+            }
+            outcome.map(|()| sealed_count)
+        })
     }
 
     /// Seals up to `envelopes` envelopes' worth of the pending entries under `keys` (those
-    /// still there) outside any transaction, from the head and the writer's view as they
-    /// stand: see [`Device::commit_seal_group`].
+    /// still there) outside any transaction, after `head` (the store's when `None`) and from
+    /// the writer's view as it stands: see [`Device::commit_seal_group`].
     fn prepare_seal_group(
         &self,
         keys: &mut std::iter::Peekable<impl Iterator<Item = Vec<u8>>>,
         envelopes: usize,
+        head: Option<(u64, EnvelopeHash)>,
     ) -> Result<SealGroup> {
         let store = &self.inner.store;
-        let head = self.head()?;
+        let head = match head {
+            Some(head) => head,
+            None => self.head()?,
+        };
         let heads = self.merged_heads_with(|key| Ok(store.get(TreeName::Cursors, key)?))?;
         let mut group = SealGroup {
             head,
@@ -2386,6 +2444,110 @@ pub(crate) mod tests {
         relay.shutdown().await.unwrap();
     }
 
+    /// Groups are prepared ahead of their commits, each after the head the previous one ends
+    /// at in memory: when a commit fails, no group after it lands (the one prepared beside it
+    /// is dropped, as a crash between preparing and committing drops it), their entries stay
+    /// pending, and the next sealing continues the one chain with every operation once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_stops_every_group_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device) = device_on_relay(dir.path()).await;
+        device.sync().await.unwrap();
+        let (head_before, _) = device.head().unwrap();
+        // 2 entries an envelope: 23 envelopes, groups of 4, 8 and 11.
+        let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
+        let mut commits = Vec::new();
+        let mut attempts = 0;
+        let failed = device.seal_groups_with(
+            |sealed| commits.push(sealed),
+            |group| {
+                attempts += 1;
+                if attempts == 2 {
+                    return Err(LocalStoreError::WriterFailed("disk full".into()).into());
+                }
+                device.commit_seal_group(group)
+            },
+        );
+        assert!(matches!(
+            failed,
+            Err(ClientError::Store(LocalStoreError::WriterFailed(_)))
+        ));
+        assert_eq!(attempts, 2, "nothing is committed after a failed commit");
+        assert_eq!(commits, [4]);
+        assert_eq!(device.head().unwrap().0, head_before + 4);
+        assert_eq!(
+            device.inner.store.len(TreeName::Pending).unwrap(),
+            46 - 4 * 2
+        );
+        assert_eq!(device.seal_pending_in_groups(|_| {}).unwrap(), 19);
+        let (seqs, ops) = outbox_chain(&device);
+        assert_eq!(
+            seqs,
+            ((head_before + 1)..=(head_before + 23)).collect::<Vec<_>>()
+        );
+        assert_eq!(ops, queued);
+        relay.shutdown().await.unwrap();
+    }
+
+    /// Another process sealing between the commits of groups prepared ahead: the group whose
+    /// head moved, and the one prepared after it in memory, are sealed again in their
+    /// transactions, after the other envelope; one chain, every operation once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_prepared_ahead_are_sealed_again_after_another_process_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device) = device_on_relay(dir.path()).await;
+        device.sync().await.unwrap();
+        let (head_before, _) = device.head().unwrap();
+        let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
+        let other = queue_pending(&device, 1, 3);
+        let other_key = device.inner.store.keys(TreeName::Pending).unwrap()[46].clone();
+        let other_payload = device
+            .inner
+            .store
+            .get(TreeName::Pending, &other_key)
+            .unwrap()
+            .unwrap();
+        let mut attempts = 0;
+        let sealed = device
+            .seal_groups_with(
+                |_| {},
+                |group| {
+                    attempts += 1;
+                    if attempts == 2 {
+                        // As another process sharing the store would, between two commits.
+                        device
+                            .inner
+                            .store
+                            .transaction(|tx| {
+                                tx.remove(TreeName::Pending, &other_key)?;
+                                device.seal_payload(
+                                    tx,
+                                    &[],
+                                    other_payload.clone(),
+                                    PayloadKind::Operations,
+                                )
+                            })
+                            .unwrap();
+                    }
+                    device.commit_seal_group(group)
+                },
+            )
+            .unwrap();
+        assert_eq!(attempts, 3);
+        assert_eq!(sealed, 23);
+        let (seqs, ops) = outbox_chain(&device);
+        assert_eq!(
+            seqs,
+            ((head_before + 1)..=(head_before + 24)).collect::<Vec<_>>()
+        );
+        // Group 1 (4 envelopes) as prepared, the other process's, then groups 2 and 3.
+        let first = OPS_PER_ENVELOPE * 4;
+        assert_eq!(ops[..first], queued[..first]);
+        assert_eq!(ops[first..first + 3], other[..]);
+        assert_eq!(ops[first + 3..], queued[first..]);
+        relay.shutdown().await.unwrap();
+    }
+
     /// A group sealed outside its transaction is written only if the head it follows is still
     /// the head: when something else was sealed meanwhile (here one envelope, as another
     /// process sharing the store would), its entries are sealed again after it, in the
@@ -2399,7 +2561,7 @@ pub(crate) mod tests {
         let queued = queue_pending(&device, 6, OPS_PER_ENVELOPE / 2);
         let keys = device.inner.store.keys(TreeName::Pending).unwrap();
         let group = device
-            .prepare_seal_group(&mut keys.clone().into_iter().peekable(), 2)
+            .prepare_seal_group(&mut keys.clone().into_iter().peekable(), 2, None)
             .unwrap();
         assert_eq!(group.envelopes.len(), 2);
         // Meanwhile: another envelope takes the next seq.
@@ -2423,7 +2585,7 @@ pub(crate) mod tests {
 
         // And a group whose entries were all sealed meanwhile writes nothing.
         let group = device
-            .prepare_seal_group(&mut keys[4..].iter().cloned().peekable(), 4)
+            .prepare_seal_group(&mut keys[4..].iter().cloned().peekable(), 4, None)
             .unwrap();
         assert_eq!(group.envelopes.len(), 1);
         assert_eq!(device.seal_pending().unwrap(), 2);
