@@ -2258,6 +2258,14 @@ pub(crate) mod tests {
         (relay, device)
     }
 
+    /// [`device_on_relay`] after a first sync, and its head then.
+    async fn synced_device(dir: &std::path::Path) -> (kith_relay::RelayHandle, Device, u64) {
+        let (relay, device) = device_on_relay(dir).await;
+        device.sync().await.unwrap();
+        let (head, _) = device.head().unwrap();
+        (relay, device, head)
+    }
+
     /// The address and pinned certificate of a relay started for a test.
     pub(crate) fn relay_target(relay: &kith_relay::RelayHandle) -> crate::net::RelayTarget {
         crate::net::RelayTarget::pinned(
@@ -2395,9 +2403,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pending_operations_are_sealed_in_groups_into_one_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let (relay, device) = device_on_relay(dir.path()).await;
-        device.sync().await.unwrap();
-        let (head_before, _) = device.head().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
         // 2 entries an envelope: 23 envelopes, groups of 4, 8 and 11.
         let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
         let mut commits = Vec::new();
@@ -2451,9 +2457,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_commit_stops_every_group_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (relay, device) = device_on_relay(dir.path()).await;
-        device.sync().await.unwrap();
-        let (head_before, _) = device.head().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
         // 2 entries an envelope: 23 envelopes, groups of 4, 8 and 11.
         let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
         let mut commits = Vec::new();
@@ -2495,9 +2499,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn groups_prepared_ahead_are_sealed_again_after_another_process_sealed() {
         let dir = tempfile::tempdir().unwrap();
-        let (relay, device) = device_on_relay(dir.path()).await;
-        device.sync().await.unwrap();
-        let (head_before, _) = device.head().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
         let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
         let other = queue_pending(&device, 1, 3);
         let other_key = device.inner.store.keys(TreeName::Pending).unwrap()[46].clone();
@@ -2555,9 +2557,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_sealed_after_the_head_moved_is_sealed_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (relay, device) = device_on_relay(dir.path()).await;
-        device.sync().await.unwrap();
-        let (head_before, _) = device.head().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
         let queued = queue_pending(&device, 6, OPS_PER_ENVELOPE / 2);
         let keys = device.inner.store.keys(TreeName::Pending).unwrap();
         let group = device
