@@ -199,9 +199,12 @@ async fn bench_sync(n: usize) {
     let created = Instant::now();
     a.import(report).await.unwrap();
     let create_time = created.elapsed();
+    let push_cpu_before = process_cpu();
     let started = Instant::now();
     let pushed = a.sync().await.unwrap();
     let push_time = started.elapsed();
+    // A's sync is the only work of the process while it runs, with the relay's.
+    let push_cpu = process_cpu() - push_cpu_before;
     // B's pull is the only work of the process while it runs (the relay serves it): the rise
     // of the peak above the resident set before it is what the pull itself holds.
     reset_peak_rss();
@@ -217,10 +220,11 @@ async fn bench_sync(n: usize) {
     assert_eq!(on_b, contacts, "b must hold every contact");
     let usage = a.usage().await.unwrap();
     println!(
-        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {}; B pulled+verified+merged {} envelopes in {} (process CPU {}, {pull_faults} page faults); end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact); process RSS {rss_before} MiB before B's pull, peak {pull_peak} MiB during it",
+        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {} (process CPU {}); B pulled+verified+merged {} envelopes in {} (process CPU {}, {pull_faults} page faults); end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact); process RSS {rss_before} MiB before B's pull, peak {pull_peak} MiB during it",
         secs(create_time),
         pushed.pushed,
         secs(push_time),
+        secs(push_cpu),
         pulled.pulled,
         secs(total - push_time),
         secs(pull_cpu),

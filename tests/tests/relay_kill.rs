@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use kith_client::net::NetError;
-use kith_client::store::TreeName;
 use kith_client::{ClientError, Device};
 use kith_e2e::relay_child::RelayChild;
 use kith_relay::{Relay, RelayConfig};
@@ -21,8 +20,9 @@ fn relay_process() {
     kith_e2e::relay_child::serve_if_asked();
 }
 
+/// Envelopes sealed and not acknowledged yet (acknowledged ones stay in the outbox, kept).
 fn outbox_len(device: &Device) -> usize {
-    device.store().len(TreeName::Outbox).unwrap()
+    device.unsent_for_tests().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,8 +229,10 @@ impl fmt::Display for RelayHeal {
     }
 }
 
-/// Key of this device's own envelope `seq` in the meta tree, kept after the relay acknowledged
-/// it until a compaction makes it unnecessary.
+/// Key of this device's own envelope `seq` in the meta tree, where releases before 0.2 kept it
+/// once the relay acknowledged it (until a compaction made it unnecessary); read still, no
+/// longer written (acknowledged envelopes now stay in the outbox).
+#[cfg(test)]
 pub(crate) fn sent_key(seq: u64) -> Vec<u8> {
     let mut key = meta::SENT_PREFIX.to_vec();
     key.extend_from_slice(&seq.to_be_bytes());
@@ -242,7 +244,7 @@ fn seq_of_sent_key(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
-fn read_u64(value: Option<Vec<u8>>) -> u64 {
+pub(crate) fn read_u64(value: Option<Vec<u8>>) -> u64 {
     value
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map_or(0, u64::from_be_bytes)
@@ -259,6 +261,19 @@ impl Device {
     /// The highest seq of this device the relay acknowledged.
     pub(crate) fn acked_seq(&self) -> Result<u64> {
         Ok(read_u64(self.inner.store.get(TreeName::Meta, meta::ACKED)?))
+    }
+
+    /// Records that the relay acknowledged this device's envelopes up to `last_seq`: those in
+    /// the outbox are from then on the copies kept for healing, not envelopes to push. Never
+    /// moves `acked` back (another process sharing the store may have recorded more).
+    pub(crate) fn record_acked(&self, last_seq: u64) -> Result<()> {
+        Ok(self.inner.store.transaction(|tx| {
+            let acked = read_u64(tx.get(TreeName::Meta, meta::ACKED)?);
+            if last_seq > acked {
+                tx.put(TreeName::Meta, meta::ACKED, &last_seq.to_be_bytes())?;
+            }
+            Ok::<_, crate::store::LocalStoreError>(())
+        })?)
     }
 
     /// Called by the roster refresh with the roster the relay served: if it is older than the
@@ -607,9 +622,21 @@ impl Device {
         })
     }
 
-    /// This device's own envelopes kept since its last snapshot, by seq.
+    /// This device's own envelopes kept since its last snapshot, by seq: the acknowledged ones
+    /// in the outbox, and those earlier releases moved to `sent/<seq>` once acknowledged.
     fn kept_envelopes(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let acked = self.acked_seq()?;
         let mut kept = Vec::new();
+        for item in self.inner.store.scan(TreeName::Outbox) {
+            let (key, envelope) = item?;
+            let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
+                continue;
+            };
+            if seq > acked {
+                break;
+            }
+            kept.push((seq, envelope));
+        }
         for item in self
             .inner
             .store
@@ -621,6 +648,8 @@ impl Device {
             }
         }
         kept.sort_by_key(|(seq, _)| *seq);
+        // A seq in both places (a store shared with an earlier release) is one envelope.
+        kept.dedup_by_key(|(seq, _)| *seq);
         Ok(kept)
     }
 
@@ -671,18 +700,9 @@ impl Device {
                 ))
                 .into());
             }
-            self.inner.store.transaction(|tx| {
-                for (seq, envelope) in batch {
-                    tx.put(TreeName::Meta, &sent_key(*seq), envelope)?;
-                    tx.remove(TreeName::Outbox, &seq.to_be_bytes())?;
-                }
-                let acked = read_u64(tx.get(TreeName::Meta, meta::ACKED)?);
-                tx.put(
-                    TreeName::Meta,
-                    meta::ACKED,
-                    &acked.max(last_seq).to_be_bytes(),
-                )
-            })?;
+            // Each is kept where it is (in the outbox, or `sent/<seq>` from an earlier
+            // release): acknowledged, it is a kept copy either way.
+            self.record_acked(last_seq)?;
             rest = tail;
         }
         Ok(())
@@ -895,5 +915,116 @@ impl Device {
                 followed: false,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ContactFields;
+    use crate::sync::tests::{device_on_relay, relay_target};
+
+    /// Adds `rounds` contacts to `device`, syncing after each: one envelope each.
+    async fn add_and_sync(device: &Device, rounds: usize) {
+        for round in 0..rounds {
+            let fields = ContactFields {
+                name: Some(format!("Ada {round}")),
+                ..Default::default()
+            };
+            device.add_contact(&fields).await.unwrap();
+            device.sync().await.unwrap();
+        }
+    }
+
+    /// A store whose first acknowledged envelopes an earlier release moved to `sent/<seq>`
+    /// (sealed for the meta tree) and whose later ones stay in the outbox, as this release
+    /// keeps them: both are this device's kept copies, read in one chain, and a relay that
+    /// lost everything (here: a new one the account moves to) gets them back byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sent_copies_of_earlier_releases_are_still_healed_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device) = device_on_relay(dir.path()).await;
+        add_and_sync(&device, 4).await;
+        let acked = device.acked_seq().unwrap();
+        assert!(acked >= 4);
+        assert!(!device.has_unsent().unwrap());
+        let store = &device.inner.store;
+        let sealed: Vec<(u64, Vec<u8>)> = store
+            .scan(TreeName::Outbox)
+            .map(|item| {
+                let (key, envelope) = item.unwrap();
+                (
+                    u64::from_be_bytes(key.as_slice().try_into().unwrap()),
+                    envelope,
+                )
+            })
+            .collect();
+        assert_eq!(
+            sealed.len() as u64,
+            acked,
+            "every acknowledged envelope is kept"
+        );
+        // The first half as 0.1.0 left them: moved out of the outbox once acknowledged.
+        store
+            .transaction(|tx| {
+                for (seq, envelope) in &sealed[..sealed.len() / 2] {
+                    tx.remove(TreeName::Outbox, &seq.to_be_bytes())?;
+                    tx.put(TreeName::Meta, &sent_key(*seq), envelope)?;
+                }
+                Ok::<_, crate::store::LocalStoreError>(())
+            })
+            .unwrap();
+        assert_eq!(device.kept_envelopes().unwrap(), sealed);
+
+        let other =
+            kith_relay::Relay::start(kith_relay::RelayConfig::for_tests(dir.path().join("other")))
+                .await
+                .unwrap();
+        let heal = device
+            .move_to_relay(relay_target(&other), None)
+            .await
+            .unwrap();
+        assert_eq!(heal.lost_envelopes, Some((1, acked)));
+        assert_eq!(
+            heal.restored_by,
+            Some(StreamRestore::ByteForByte { envelopes: acked })
+        );
+        // The copies stay kept (the old ones where they were) for the next heal.
+        let kept = device.kept_envelopes().unwrap();
+        assert_eq!(kept[..sealed.len()], sealed[..]);
+        other.shutdown().await.unwrap();
+        relay.shutdown().await.unwrap();
+    }
+
+    /// A compaction drops the kept copies before its snapshot, those in the outbox as well
+    /// as those of earlier releases in `sent/<seq>`, and keeps the snapshot's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compaction_drops_the_kept_copies_before_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device) = device_on_relay(dir.path()).await;
+        add_and_sync(&device, 3).await;
+        let store = &device.inner.store;
+        store
+            .transaction(|tx| {
+                let envelope = tx.get(TreeName::Outbox, &1u64.to_be_bytes())?.unwrap();
+                tx.remove(TreeName::Outbox, &1u64.to_be_bytes())?;
+                tx.put(TreeName::Meta, &sent_key(1), &envelope)
+            })
+            .unwrap();
+        let report = device.compact().await.unwrap();
+        let first = read_u64(store.get(TreeName::Meta, meta::SNAPSHOT_AT).unwrap());
+        assert!(first > 3);
+        let kept = device.kept_envelopes().unwrap();
+        let seqs: Vec<u64> = kept.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(
+            seqs,
+            (first..first + report.snapshot_envelopes as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(store.len(TreeName::Outbox).unwrap(), kept.len());
+        assert_eq!(
+            store.scan_prefix(TreeName::Meta, meta::SENT_PREFIX).count(),
+            0
+        );
+        relay.shutdown().await.unwrap();
     }
 }

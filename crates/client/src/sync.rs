@@ -824,33 +824,91 @@ impl Device {
 
     /// The work of [`Device::start_sealing`]; calls `committed` with the number of envelopes
     /// sealed so far after each group's transaction.
-    fn seal_pending_in_groups(&self, mut committed: impl FnMut(usize)) -> Result<usize> {
+    ///
+    /// Groups are prepared (pending entries read, envelopes sealed and signed: serial, each
+    /// header names the previous envelope's hash) on a second thread while the previous group
+    /// commits on this one, each from the head the previous group ends at in memory: the
+    /// commit's check of the head ([`Device::commit_seal_group`]) holds exactly when every
+    /// group before it landed as prepared, and seals the group again in its transaction
+    /// otherwise. At most one group waits prepared beside the one committing; a group
+    /// prepared but not committed (a crash) leaves its entries pending, and the first error,
+    /// of a preparation or a commit, stops every group after it.
+    fn seal_pending_in_groups(&self, committed: impl FnMut(usize)) -> Result<usize> {
+        self.seal_groups_with(committed, |group| self.commit_seal_group(group))
+    }
+
+    /// [`Device::seal_pending_in_groups`] with `commit` writing each group (a test fails it).
+    fn seal_groups_with(
+        &self,
+        mut committed: impl FnMut(usize),
+        mut commit: impl FnMut(SealGroup) -> Result<usize>,
+    ) -> Result<usize> {
         let store = &self.inner.store;
         if store.is_empty(TreeName::Pending)? {
             return Ok(0);
         }
-        let mut keys = store.keys(TreeName::Pending)?.into_iter().peekable();
-        let mut group_size = FIRST_SEAL_GROUP;
-        let mut sealed_count = 0;
-        while keys.peek().is_some() {
-            let group = self.prepare_seal_group(&mut keys, group_size)?;
-            sealed_count += self.commit_seal_group(group)?;
-            committed(sealed_count);
-            group_size = (group_size * 2).min(MAX_SEAL_GROUP);
-        }
-        Ok(sealed_count)
+        let keys = store.keys(TreeName::Pending)?;
+        let (groups, prepared) = std::sync::mpsc::sync_channel::<Result<SealGroup>>(1);
+        std::thread::scope(|scope| {
+            let preparing = scope.spawn(move || {
+                let mut keys = keys.into_iter().peekable();
+                let mut group_size = FIRST_SEAL_GROUP;
+                let mut head = None;
+                while keys.peek().is_some() {
+                    let group = self.prepare_seal_group(&mut keys, group_size, head);
+                    if let Ok(group) = &group {
+                        head = Some((
+                            group.envelopes.last().map_or(group.head.0, |(seq, _)| *seq),
+                            group.last_hash,
+                        ));
+                    }
+                    let failed = group.is_err();
+                    // The committing side stopped (an error): nothing more is prepared.
+                    if groups.send(group).is_err() || failed {
+                        break;
+                    }
+                    group_size = (group_size * 2).min(MAX_SEAL_GROUP);
+                }
+            });
+            let mut sealed_count = 0;
+            let mut outcome = Ok(());
+            for group in prepared.iter() {
+                match group.and_then(&mut commit) {
+                    Ok(count) => {
+                        sealed_count += count;
+                        committed(sealed_count);
+                    }
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                }
+            }
+            // Stops the preparing thread at its next group.
+            drop(prepared);
+            if preparing.join().is_err() {
+                return Err(
+                    LocalStoreError::WriterFailed("the sealing thread panicked".into()).into(),
+                );
+            }
+            outcome.map(|()| sealed_count)
+        })
     }
 
     /// Seals up to `envelopes` envelopes' worth of the pending entries under `keys` (those
-    /// still there) outside any transaction, from the head and the writer's view as they
-    /// stand: see [`Device::commit_seal_group`].
+    /// still there) outside any transaction, after `head` (the store's when `None`) and from
+    /// the writer's view as it stands: see [`Device::commit_seal_group`].
     fn prepare_seal_group(
         &self,
         keys: &mut std::iter::Peekable<impl Iterator<Item = Vec<u8>>>,
         envelopes: usize,
+        head: Option<(u64, EnvelopeHash)>,
     ) -> Result<SealGroup> {
         let store = &self.inner.store;
-        let head = self.head()?;
+        let head = match head {
+            Some(head) => head,
+            None => self.head()?,
+        };
         let heads = self.merged_heads_with(|key| Ok(store.get(TreeName::Cursors, key)?))?;
         let mut group = SealGroup {
             head,
@@ -1045,10 +1103,29 @@ impl Device {
     /// taken in the same order, so envelopes leave the outbox in order, and the first failure
     /// stops the rest (abandoned; the next sync sends whatever was not acknowledged again).
     pub(crate) async fn push_outbox(&self, connection: &RelayConnection) -> Result<usize> {
-        if self.inner.store.is_empty(TreeName::Outbox)? {
+        if !self.has_unsent()? {
             return Ok(0);
         }
         self.push_sealed(connection, None).await
+    }
+
+    /// The outbox key of the first envelope the relay has not acknowledged: acknowledged
+    /// envelopes stay in the outbox as the copies kept for healing (docs/PROTOCOL.md §13.1),
+    /// so the envelopes to push are the outbox's from there on.
+    pub(crate) fn first_unsent_key(&self) -> Result<[u8; 8]> {
+        Ok(self.acked_seq()?.saturating_add(1).to_be_bytes())
+    }
+
+    /// Whether the outbox holds an envelope the relay has not acknowledged.
+    pub(crate) fn has_unsent(&self) -> Result<bool> {
+        let from = self.first_unsent_key()?;
+        Ok(self
+            .inner
+            .store
+            .scan_from(TreeName::Outbox, &from)
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// [`Device::push_outbox`], and with `sealing`, also every group it seals, each pushed as
@@ -1077,9 +1154,9 @@ impl Device {
     ) -> Result<usize> {
         let store = &self.inner.store;
         store.flush().await?;
-        let mut outbox = store.scan_from(TreeName::Outbox, &[]).peekable();
         // The key the outbox is read from again once a group committed: past what was sent.
-        let mut next_key = Vec::new();
+        let mut next_key = self.first_unsent_key()?.to_vec();
+        let mut outbox = store.scan_from(TreeName::Outbox, &next_key).peekable();
         let mut in_flight = std::collections::VecDeque::with_capacity(PUSHES_IN_FLIGHT);
         let mut pushed = 0;
         loop {
@@ -1095,16 +1172,13 @@ impl Device {
                     break;
                 };
                 next_key = (last_seq + 1).to_be_bytes().to_vec();
-                // The envelopes are kept beside the request, to be kept for healing once
-                // acknowledged without reading and opening their outbox copies again.
+                let count = batch.len();
                 let request = connection
-                    .send(request::Kind::Push(proto::Push {
-                        envelopes: batch.clone(),
-                    }))
+                    .send(request::Kind::Push(proto::Push { envelopes: batch }))
                     .await?;
-                in_flight.push_back((last_seq, seqs, batch, request));
+                in_flight.push_back((last_seq, count, request));
             }
-            let Some((last_seq, seqs, batch, request)) = in_flight.pop_front() else {
+            let Some((last_seq, count, request)) = in_flight.pop_front() else {
                 match sealing.as_deref_mut() {
                     // Nothing in flight and nothing more sealed yet: wait for the next group.
                     Some(sealing) if !sealing.ended => {
@@ -1114,7 +1188,6 @@ impl Device {
                     _ => break,
                 }
             };
-            let count = batch.len();
             let answer = request.answer().await?;
             let response::Kind::PushAck(ack) = answer else {
                 return Err(crate::net::NetError::Protocol("expected a push ack".into()).into());
@@ -1127,34 +1200,45 @@ impl Device {
                 .into());
             }
             // Acknowledged envelopes are kept (until a compaction covers them), so that a relay
-            // that loses them is restored byte for byte (docs/PROTOCOL.md §13.1).
-            store.transaction(|tx| {
-                for (seq, envelope) in seqs.iter().zip(&batch) {
-                    // Unless another process sharing the store moved or dropped it meanwhile.
-                    if tx.removed(TreeName::Outbox, &seq.to_be_bytes())? {
-                        tx.put(TreeName::Meta, &crate::heal::sent_key(*seq), envelope)?;
-                    }
-                }
-                tx.put(TreeName::Meta, meta::ACKED, &last_seq.to_be_bytes())
-            })?;
+            // that loses them is restored byte for byte (docs/PROTOCOL.md §13.1): they stay in
+            // the outbox where they were sealed, and `acked` moving past them is what marks
+            // them sent. Neither sealed for the store nor written a second time.
+            self.record_acked(last_seq)?;
             pushed += count;
         }
         Ok(pushed)
     }
 
     /// Test hook: seals pending operations into the outbox without pushing, and returns the
-    /// outbox's envelopes, as a crash between sealing and pushing would leave them.
+    /// outbox's envelopes not acknowledged yet, as a crash between sealing and pushing would
+    /// leave them.
     #[doc(hidden)]
     pub fn seal_pending_for_tests(&self) -> Result<Vec<Vec<u8>>> {
         self.seal_pending()?;
         self.inner
             .store
-            .scan(TreeName::Outbox)
+            .scan_from(TreeName::Outbox, &self.first_unsent_key()?)
             .map(|item| {
                 item.map(|(_, envelope)| envelope)
                     .map_err(ClientError::from)
             })
             .collect()
+    }
+
+    /// Test hook: the number of outbox envelopes the relay has not acknowledged (the outbox
+    /// also keeps the acknowledged ones, for healing).
+    #[doc(hidden)]
+    pub fn unsent_for_tests(&self) -> Result<usize> {
+        let mut unsent = 0;
+        for item in self
+            .inner
+            .store
+            .scan_from(TreeName::Outbox, &self.first_unsent_key()?)
+        {
+            item?;
+            unsent += 1;
+        }
+        Ok(unsent)
     }
 
     /// The stream position this device has verified for `writer`: (seq, hash).
@@ -1880,7 +1964,7 @@ impl Device {
             return Ok(false);
         }
         *seen_version = Some(version);
-        Ok(!store.is_empty(TreeName::Pending)? || !store.is_empty(TreeName::Outbox)?)
+        Ok(!store.is_empty(TreeName::Pending)? || self.has_unsent()?)
     }
 
     /// Compaction: writes this device's full merged state as snapshot envelopes and asks the
@@ -1958,6 +2042,16 @@ impl Device {
     /// there): the envelopes kept for re-upload before it are no longer needed.
     pub(crate) fn forget_sent_before(&self, first_seq: u64) -> Result<()> {
         Ok(self.inner.store.transaction(|tx| {
+            // The acknowledged envelopes kept in the outbox (the copies of this release) ...
+            let acked = crate::heal::read_u64(tx.get(TreeName::Meta, meta::ACKED)?);
+            for key in tx.keys(TreeName::Outbox)? {
+                let seq = u64::from_be_bytes(key.as_slice().try_into().unwrap_or([0xff; 8]));
+                if seq >= first_seq || seq > acked {
+                    break;
+                }
+                tx.remove(TreeName::Outbox, &key)?;
+            }
+            // ... and those moved to `sent/<seq>` by earlier releases.
             for key in tx.keys(TreeName::Meta)? {
                 let Some(seq) = key
                     .strip_prefix(meta::SENT_PREFIX)
@@ -2158,15 +2252,27 @@ pub(crate) mod tests {
         let relay = kith_relay::Relay::start(kith_relay::RelayConfig::for_tests(dir.join("relay")))
             .await
             .unwrap();
-        let target = crate::net::RelayTarget::pinned(
-            relay.local_addr().to_string(),
-            &hex::encode(relay.cert_sha256()),
-        )
-        .unwrap();
-        let (device, _) = Device::create(&dir.join("a"), target, "a", None)
+        let (device, _) = Device::create(&dir.join("a"), relay_target(&relay), "a", None)
             .await
             .unwrap();
         (relay, device)
+    }
+
+    /// [`device_on_relay`] after a first sync, and its head then.
+    async fn synced_device(dir: &std::path::Path) -> (kith_relay::RelayHandle, Device, u64) {
+        let (relay, device) = device_on_relay(dir).await;
+        device.sync().await.unwrap();
+        let (head, _) = device.head().unwrap();
+        (relay, device, head)
+    }
+
+    /// The address and pinned certificate of a relay started for a test.
+    pub(crate) fn relay_target(relay: &kith_relay::RelayHandle) -> crate::net::RelayTarget {
+        crate::net::RelayTarget::pinned(
+            relay.local_addr().to_string(),
+            &hex::encode(relay.cert_sha256()),
+        )
+        .unwrap()
     }
 
     /// Pending entries are sealed by concatenating their bytes: the envelope holds every
@@ -2225,14 +2331,11 @@ pub(crate) mod tests {
         assert_eq!(payload, encoded);
 
         assert_eq!(device.sync().await.unwrap().pushed, 1);
-        assert!(store.is_empty(TreeName::Outbox).unwrap());
+        assert!(!device.has_unsent().unwrap());
+        // Kept as it was sealed, for healing.
+        assert_eq!(store.get(TreeName::Outbox, &seq).unwrap(), Some(envelope));
         let seq = u64::from_be_bytes(seq.as_slice().try_into().unwrap());
-        assert_eq!(
-            store
-                .get(TreeName::Meta, &crate::heal::sent_key(seq))
-                .unwrap(),
-            Some(envelope)
-        );
+        assert_eq!(device.acked_seq().unwrap(), seq);
         relay.shutdown().await.unwrap();
     }
 
@@ -2279,7 +2382,8 @@ pub(crate) mod tests {
         let mut verifier = kith_protocol::stream::StreamVerifier::new(device.inner.device_id);
         let mut seqs = Vec::new();
         let mut ops = Vec::new();
-        for item in device.inner.store.scan(TreeName::Outbox) {
+        let unsent = device.first_unsent_key().unwrap();
+        for item in device.inner.store.scan_from(TreeName::Outbox, &unsent) {
             let (key, envelope) = item.unwrap();
             let parsed = ParsedEnvelope::decode(&envelope).unwrap();
             verifier.check(&parsed).unwrap();
@@ -2299,9 +2403,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pending_operations_are_sealed_in_groups_into_one_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let (relay, device) = device_on_relay(dir.path()).await;
-        device.sync().await.unwrap();
-        let (head_before, _) = device.head().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
         // 2 entries an envelope: 23 envelopes, groups of 4, 8 and 11.
         let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
         let mut commits = Vec::new();
@@ -2325,13 +2427,13 @@ pub(crate) mod tests {
         let report = device.sync().await.unwrap();
         assert_eq!(report.pushed, 46);
         assert!(device.inner.store.is_empty(TreeName::Pending).unwrap());
-        assert!(device.inner.store.is_empty(TreeName::Outbox).unwrap());
+        assert!(!device.has_unsent().unwrap());
         let last = head_before + 46;
         assert_eq!(device.acked_seq().unwrap(), last);
         let kept = device
             .inner
             .store
-            .get(TreeName::Meta, &crate::heal::sent_key(last))
+            .get(TreeName::Outbox, &last.to_be_bytes())
             .unwrap()
             .unwrap();
         let payload = {
@@ -2348,6 +2450,106 @@ pub(crate) mod tests {
         relay.shutdown().await.unwrap();
     }
 
+    /// Groups are prepared ahead of their commits, each after the head the previous one ends
+    /// at in memory: when a commit fails, no group after it lands (the one prepared beside it
+    /// is dropped, as a crash between preparing and committing drops it), their entries stay
+    /// pending, and the next sealing continues the one chain with every operation once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_stops_every_group_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
+        // 2 entries an envelope: 23 envelopes, groups of 4, 8 and 11.
+        let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
+        let mut commits = Vec::new();
+        let mut attempts = 0;
+        let failed = device.seal_groups_with(
+            |sealed| commits.push(sealed),
+            |group| {
+                attempts += 1;
+                if attempts == 2 {
+                    return Err(LocalStoreError::WriterFailed("disk full".into()).into());
+                }
+                device.commit_seal_group(group)
+            },
+        );
+        assert!(matches!(
+            failed,
+            Err(ClientError::Store(LocalStoreError::WriterFailed(_)))
+        ));
+        assert_eq!(attempts, 2, "nothing is committed after a failed commit");
+        assert_eq!(commits, [4]);
+        assert_eq!(device.head().unwrap().0, head_before + 4);
+        assert_eq!(
+            device.inner.store.len(TreeName::Pending).unwrap(),
+            46 - 4 * 2
+        );
+        assert_eq!(device.seal_pending_in_groups(|_| {}).unwrap(), 19);
+        let (seqs, ops) = outbox_chain(&device);
+        assert_eq!(
+            seqs,
+            ((head_before + 1)..=(head_before + 23)).collect::<Vec<_>>()
+        );
+        assert_eq!(ops, queued);
+        relay.shutdown().await.unwrap();
+    }
+
+    /// Another process sealing between the commits of groups prepared ahead: the group whose
+    /// head moved, and the one prepared after it in memory, are sealed again in their
+    /// transactions, after the other envelope; one chain, every operation once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_prepared_ahead_are_sealed_again_after_another_process_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
+        let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
+        let other = queue_pending(&device, 1, 3);
+        let other_key = device.inner.store.keys(TreeName::Pending).unwrap()[46].clone();
+        let other_payload = device
+            .inner
+            .store
+            .get(TreeName::Pending, &other_key)
+            .unwrap()
+            .unwrap();
+        let mut attempts = 0;
+        let sealed = device
+            .seal_groups_with(
+                |_| {},
+                |group| {
+                    attempts += 1;
+                    if attempts == 2 {
+                        // As another process sharing the store would, between two commits.
+                        device
+                            .inner
+                            .store
+                            .transaction(|tx| {
+                                tx.remove(TreeName::Pending, &other_key)?;
+                                device.seal_payload(
+                                    tx,
+                                    &[],
+                                    other_payload.clone(),
+                                    PayloadKind::Operations,
+                                )
+                            })
+                            .unwrap();
+                    }
+                    device.commit_seal_group(group)
+                },
+            )
+            .unwrap();
+        assert_eq!(attempts, 3);
+        assert_eq!(sealed, 23);
+        let (seqs, ops) = outbox_chain(&device);
+        assert_eq!(
+            seqs,
+            ((head_before + 1)..=(head_before + 24)).collect::<Vec<_>>()
+        );
+        // Group 1 (4 envelopes) as prepared, the other process's, then groups 2 and 3.
+        let first = OPS_PER_ENVELOPE * 4;
+        assert_eq!(ops[..first], queued[..first]);
+        assert_eq!(ops[first..first + 3], other[..]);
+        assert_eq!(ops[first + 3..], queued[first..]);
+        relay.shutdown().await.unwrap();
+    }
+
     /// A group sealed outside its transaction is written only if the head it follows is still
     /// the head: when something else was sealed meanwhile (here one envelope, as another
     /// process sharing the store would), its entries are sealed again after it, in the
@@ -2355,13 +2557,11 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_sealed_after_the_head_moved_is_sealed_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (relay, device) = device_on_relay(dir.path()).await;
-        device.sync().await.unwrap();
-        let (head_before, _) = device.head().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
         let queued = queue_pending(&device, 6, OPS_PER_ENVELOPE / 2);
         let keys = device.inner.store.keys(TreeName::Pending).unwrap();
         let group = device
-            .prepare_seal_group(&mut keys.clone().into_iter().peekable(), 2)
+            .prepare_seal_group(&mut keys.clone().into_iter().peekable(), 2, None)
             .unwrap();
         assert_eq!(group.envelopes.len(), 2);
         // Meanwhile: another envelope takes the next seq.
@@ -2385,7 +2585,7 @@ pub(crate) mod tests {
 
         // And a group whose entries were all sealed meanwhile writes nothing.
         let group = device
-            .prepare_seal_group(&mut keys[4..].iter().cloned().peekable(), 4)
+            .prepare_seal_group(&mut keys[4..].iter().cloned().peekable(), 4, None)
             .unwrap();
         assert_eq!(group.envelopes.len(), 1);
         assert_eq!(device.seal_pending().unwrap(), 2);
