@@ -656,7 +656,12 @@ impl Device {
     /// Outbox envelopes from `at` on (a new snapshot sealed there).
     fn outbox_from(&self, at: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.inner.store.scan(TreeName::Outbox) {
+        // Read from `at` on: the outbox also keeps every acknowledged envelope before it.
+        for item in self
+            .inner
+            .store
+            .scan_from(TreeName::Outbox, &at.to_be_bytes())
+        {
             let (key, envelope) = item?;
             let seq = u64::from_be_bytes(key.as_slice().try_into().unwrap_or_default());
             if seq >= at {
