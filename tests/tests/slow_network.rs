@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kith_client::net::{RelayConnection, RelayTarget};
+use kith_protocol::proto::{self, request, response};
 use kith_relay::{Relay, RelayConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
@@ -128,4 +129,40 @@ async fn a_handshake_that_hears_from_the_relay_but_completes_slowly_is_not_given
         .expect("the account is created over the slow network");
     device.sync().await.unwrap();
     relay.shutdown().await.unwrap();
+}
+
+/// The relay's flight reaches the device only 12 s later: longer than the relay's handshake
+/// timeout once was (10 s, while the device waits up to 30 s), so the relay abandoned a
+/// handshake the device was still completing, and the device reported the relay unreachable.
+/// The relay's default gives a handshake at least as long as a device waits for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_waits_for_a_slow_handshake_as_long_as_the_device_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig::for_tests(dir.path().join("relay"));
+    let relay_waits = config.bounds.handshake_timeout;
+    let relay = Relay::start(config).await.unwrap();
+    let pin = hex::encode(relay.cert_sha256());
+    let hold = Duration::from_secs(12);
+    assert!(hold < kith_client::net::HANDSHAKE_TIMEOUT);
+
+    let proxy = HoldingProxy::start(relay.local_addr(), hold).await;
+    let target = RelayTarget::pinned(proxy.address.to_string(), &pin).unwrap();
+    let started = Instant::now();
+    let connection = RelayConnection::connect(&target)
+        .await
+        .expect("a handshake slower than 10 s completes");
+    assert!(started.elapsed() >= hold);
+    // The relay kept the connection: a request on it is answered.
+    let answer = connection
+        .request(request::Kind::GetChallenge(proto::GetChallenge {}))
+        .await
+        .expect("the relay answers on the connection whose handshake was slow");
+    assert!(matches!(answer, response::Kind::Challenge(_)), "{answer:?}");
+    connection.close().await;
+    relay.shutdown().await.unwrap();
+    assert!(
+        relay_waits >= kith_client::net::HANDSHAKE_TIMEOUT,
+        "the relay gives up on a handshake ({relay_waits:?}) before a device does ({:?})",
+        kith_client::net::HANDSHAKE_TIMEOUT
+    );
 }

@@ -156,7 +156,8 @@ pub struct Settings {
     /// Close a connection after this many seconds without traffic [default: 60]
     #[arg(long, env = "KITH_RELAY_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
-    /// Give up on a TLS handshake after this many seconds [default: 10]
+    /// Give up on a TLS handshake after this many seconds [default: 30, as long as a device
+    /// waits for one on a slow network]
     #[arg(long, env = "KITH_RELAY_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: Option<u64>,
     /// Cut off a request stream whose request has not fully arrived, or whose response has
@@ -484,7 +485,11 @@ pub struct Bounds {
     pub request_burst: u32,
     /// Connection idle timeout.
     pub idle_timeout: Duration,
-    /// TLS handshake timeout.
+    /// TLS handshake timeout. At least as long as a device waits for a handshake once the
+    /// relay has answered (`kith_client::net::HANDSHAKE_TIMEOUT`, 30 s): on a lossy link the
+    /// handshake's retransmissions take that long, and a relay that gave up sooner would close
+    /// a connection the device was still completing. Half-made handshakes are bounded in number
+    /// by `max_connections_per_address` and `max_connections`, which count them.
     pub handshake_timeout: Duration,
     /// Time a peer has to send a whole request, and to take a response or notification: a
     /// request stream that stalls longer is reset, whatever keeps the connection alive.
@@ -548,7 +553,7 @@ impl Default for Bounds {
             requests_per_second: 100,
             request_burst: 200,
             idle_timeout: Duration::from_secs(60),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             pairing_slot_ttl: Duration::from_secs(600),
             max_pairing_slots_per_account: 16,
