@@ -720,32 +720,41 @@ impl Device {
         Ok((builder.build(), records))
     }
 
-    /// The merged views of every contact, by survivor id.
-    pub(crate) fn all_views(&self) -> Result<Vec<RecordState>> {
-        let (groups, mut records) = self.all_records()?;
-        let survivors: Vec<RecordId> = records
-            .keys()
-            .filter(|id| groups.is_survivor(id))
-            .copied()
+    /// Calls `each` with the merged view of every live contact (what [`Device::contacts`]
+    /// lists), reading the records a page at a time: memory holds the records that merge
+    /// links name (the index kept with every write, [`crate::pipeline::linked_records`]) and
+    /// one page of the scan, never the whole store, so listing or searching a store of
+    /// 1,000,000 contacts holds what it returns and little more. Records merged with others
+    /// come last, as one view per group (§8.4); every other live record is its own view.
+    pub(crate) fn for_each_view(
+        &self,
+        mut each: impl FnMut(RecordState) -> Result<()>,
+    ) -> Result<()> {
+        let linked = crate::pipeline::linked_records(&self.inner.store)?;
+        let groups = Groups::from_records(&linked);
+        let grouped: BTreeSet<RecordId> = groups
+            .merged()
+            .flat_map(|(_, members)| members.iter().copied())
             .collect();
-        let mut views = Vec::with_capacity(survivors.len());
-        for id in survivors {
-            let members = groups.members(&id);
-            // A record alone in its group is its own view: moved out, not copied (no other
-            // group reads it).
-            let view = if members.len() == 1 {
-                match records.remove(&id) {
-                    Some(state) => state,
-                    None => continue,
-                }
-            } else {
-                Groups::view(id, members.iter().filter_map(|m| records.get(m)))
-            };
-            if view.is_live() {
-                views.push(view);
+        for item in self.inner.store.scan(TreeName::Records) {
+            let (_, bytes) = item?;
+            let state = crate::pipeline::decode_record(&bytes)?;
+            if state.is_live() && !grouped.contains(&state.id()) {
+                each(state)?;
             }
         }
-        Ok(views)
+        let by_id: BTreeMap<RecordId, &RecordState> =
+            linked.iter().map(|state| (state.id(), state)).collect();
+        for (survivor, members) in groups.merged() {
+            let view = Groups::view(
+                *survivor,
+                members.iter().filter_map(|m| by_id.get(m).copied()),
+            );
+            if view.is_live() {
+                each(view)?;
+            }
+        }
+        Ok(())
     }
 
     /// Contacts that are probably one person but share no e-mail, phone or LinkedIn URL, so
