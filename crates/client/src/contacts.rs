@@ -540,7 +540,7 @@ impl Device {
     /// contacts, not every record of the store.
     fn contacts_where(&self, mut keep: impl FnMut(&Contact) -> bool) -> Result<Vec<Contact>> {
         let mut out: Vec<Contact> = Vec::new();
-        self.for_each_view(|view| {
+        self.for_each_view(|view, _| {
             if let Some(contact) = Contact::from_record(&view)
                 && keep(&contact)
             {

@@ -708,6 +708,7 @@ impl Device {
 
     /// Every group of records by its survivor, read in one scan of the store: the groups and
     /// the states of the records (all of them).
+#[cfg(test)]
     pub(crate) fn all_records(&self) -> Result<(Groups, Records)> {
         let mut records = Records::new();
         let mut builder = GroupsBuilder::default();
@@ -726,9 +727,10 @@ impl Device {
     /// one page of the scan, never the whole store, so listing or searching a store of
     /// 1,000,000 contacts holds what it returns and little more. Records merged with others
     /// come last, as one view per group (§8.4); every other live record is its own view.
+    /// `each` also gets the view's records (sorted, the survivor among them).
     pub(crate) fn for_each_view(
         &self,
-        mut each: impl FnMut(RecordState) -> Result<()>,
+        mut each: impl FnMut(RecordState, &[RecordId]) -> Result<()>,
     ) -> Result<()> {
         let linked = crate::pipeline::linked_records(&self.inner.store)?;
         let groups = Groups::from_records(&linked);
@@ -740,7 +742,8 @@ impl Device {
             let (_, bytes) = item?;
             let state = crate::pipeline::decode_record(&bytes)?;
             if state.is_live() && !grouped.contains(&state.id()) {
-                each(state)?;
+                let id = state.id();
+                each(state, &[id])?;
             }
         }
         let by_id: BTreeMap<RecordId, &RecordState> =
@@ -751,7 +754,7 @@ impl Device {
                 members.iter().filter_map(|m| by_id.get(m).copied()),
             );
             if view.is_live() {
-                each(view)?;
+                each(view, members)?;
             }
         }
         Ok(())
@@ -763,21 +766,40 @@ impl Device {
     /// last name. Pairs a person separated are left out. Merge them with
     /// [`Device::merge_contacts`].
     pub fn duplicate_suggestions(&self) -> Result<Vec<DuplicateSuggestion>> {
-        let (groups, records) = self.all_records()?;
-        let mut contacts: Vec<(Contact, Vec<RecordId>)> = Vec::new();
-        for id in records.keys() {
-            if !groups.is_survivor(id) {
-                continue;
-            }
-            let members = groups.members(id);
-            let view = Groups::view(*id, members.iter().filter_map(|m| records.get(m)));
-            if let Some(contact) = Contact::from_record(&view) {
-                contacts.push((contact, members));
+        // Each contact's name, id and records, read a page at a time (a store of 1,000,000
+        // contacts took 6 GB when every record was read at once); and the records each
+        // record was separated from, of every record that names one.
+        let mut contacts: Vec<(String, RecordId, Vec<RecordId>)> = Vec::new();
+        let mut separations: BTreeMap<RecordId, BTreeSet<RecordId>> = BTreeMap::new();
+        for state in crate::pipeline::linked_records(&self.inner.store)? {
+            let distinct = state.distinct_from();
+            if !distinct.is_empty() {
+                separations.insert(state.id(), distinct);
             }
         }
+        self.for_each_view(|view, members| {
+            if members.len() == 1 {
+                let distinct = view.distinct_from();
+                if !distinct.is_empty() {
+                    separations.insert(view.id(), distinct);
+                }
+            }
+            if let Some(contact) = Contact::from_record(&view)
+                && let Some(name) = contact.name()
+            {
+                contacts.push((name.to_string(), view.id(), members.to_vec()));
+            }
+            Ok(())
+        })?;
+        contacts.sort_by(|a, b| a.1.cmp(&b.1));
+        let separated = |left: &[RecordId], right: &[RecordId]| {
+            let distinct =
+                |a: &RecordId, b: &RecordId| separations.get(a).is_some_and(|set| set.contains(b));
+            left.iter()
+                .any(|a| right.iter().any(|b| distinct(a, b) || distinct(b, a)))
+        };
         let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (at, (contact, _)) in contacts.iter().enumerate() {
-            let Some(name) = contact.name() else { continue };
+        for (at, (name, _, _)) in contacts.iter().enumerate() {
             let normalized = normalized_name(name);
             if !normalized.is_empty() {
                 by_key
@@ -794,17 +816,14 @@ impl Device {
                 .copied()
                 .filter(|&at| {
                     found.iter().any(|&other| {
-                        other != at && !separated(&records, &contacts[at].1, &contacts[other].1)
+                        other != at && !separated(&contacts[at].2, &contacts[other].2)
                     })
                 })
                 .collect();
             if kept.len() < 2 {
                 continue;
             }
-            let names: Vec<String> = kept
-                .iter()
-                .map(|&at| contacts[at].0.name().unwrap_or("").to_string())
-                .collect();
+            let names: Vec<String> = kept.iter().map(|&at| contacts[at].0.clone()).collect();
             let variants: BTreeSet<String> = names
                 .iter()
                 .filter_map(|n| normalized_name(n).split(' ').next().map(str::to_string))
@@ -819,10 +838,7 @@ impl Device {
                 )
             };
             out.push(DuplicateSuggestion {
-                ids: kept
-                    .iter()
-                    .map(|&at| contacts[at].0.id().to_hex())
-                    .collect(),
+                ids: kept.iter().map(|&at| contacts[at].1.to_hex()).collect(),
                 names,
                 reason,
             });
