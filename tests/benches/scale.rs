@@ -220,8 +220,12 @@ async fn bench_sync(n: usize) {
     let (pull_written, pull_wchar) = (written_after - written_before, wchar_after - wchar_before);
     let (_, pull_peak) = rss_mib();
     let b_files = |suffix: &str| {
-        std::fs::metadata(dir.path().join("b").join(format!("kith.sqlite3{suffix}")))
-            .map_or(0, |m| m.len())
+        std::fs::metadata(
+            dir.path()
+                .join("b/store")
+                .join(format!("kith.sqlite3{suffix}")),
+        )
+        .map_or(0, |m| m.len())
     };
     let (b_database, b_wal) = (b_files(""), b_files("-wal"));
     let on_b = b.contacts().unwrap().len();

@@ -86,6 +86,11 @@ impl Shared {
 #[derive(Debug)]
 pub(super) struct Checkpointer {
     shared: Arc<Shared>,
+    /// Joined only by tests ([`Checkpointer::finish`]): the guard's drop does not wait.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the thread is never joined outside tests")
+    )]
     thread: Option<JoinHandle<()>>,
 }
 
