@@ -211,16 +211,28 @@ async fn bench_sync(n: usize) {
     let (rss_before, _) = rss_mib();
     let cpu_before = process_cpu();
     let faults_before = process_page_faults();
+    let (written_before, wchar_before) = process_written();
     let pulled = b.sync().await.unwrap();
     let total = started.elapsed();
     let pull_cpu = process_cpu() - cpu_before;
     let pull_faults = process_page_faults() - faults_before;
+    let (written_after, wchar_after) = process_written();
+    let (pull_written, pull_wchar) = (written_after - written_before, wchar_after - wchar_before);
     let (_, pull_peak) = rss_mib();
+    let b_files = |suffix: &str| {
+        std::fs::metadata(
+            dir.path()
+                .join("b/store")
+                .join(format!("kith.sqlite3{suffix}")),
+        )
+        .map_or(0, |m| m.len())
+    };
+    let (b_database, b_wal) = (b_files(""), b_files("-wal"));
     let on_b = b.contacts().unwrap().len();
     assert_eq!(on_b, contacts, "b must hold every contact");
     let usage = a.usage().await.unwrap();
     println!(
-        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {} (process CPU {}); B pulled+verified+merged {} envelopes in {} (process CPU {}, {pull_faults} page faults); end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact); process RSS {rss_before} MiB before B's pull, peak {pull_peak} MiB during it",
+        "sync: {contacts} contacts created on A in {}; A sealed+pushed {} envelopes in {} (process CPU {}); B pulled+verified+merged {} envelopes in {} (process CPU {}, {pull_faults} page faults, {} MiB written to storage, {} MiB in write calls; B's database {} MiB, WAL {} MiB at its end); end to end (push + pull + merge) {}; relay holds {} bytes ({:.0} B/contact); process RSS {rss_before} MiB before B's pull, peak {pull_peak} MiB during it",
         secs(create_time),
         pushed.pushed,
         secs(push_time),
@@ -228,6 +240,10 @@ async fn bench_sync(n: usize) {
         pulled.pulled,
         secs(total - push_time),
         secs(pull_cpu),
+        pull_written >> 20,
+        pull_wchar >> 20,
+        b_database >> 20,
+        b_wal >> 20,
         secs(total),
         usage.bytes_used,
         usage.bytes_used as f64 / contacts as f64
@@ -323,6 +339,21 @@ fn process_stat<const N: usize>(at: [usize; N]) -> [u64; N] {
 fn process_cpu() -> Duration {
     let [user, system] = process_stat([11, 12]);
     Duration::from_millis((user + system) * 10)
+}
+
+/// What the process has written (`/proc/self/io`): the bytes it caused to be sent to storage
+/// (`write_bytes`, counted as pages of the page cache become dirty, fsynced or not) and the
+/// bytes it passed to `write`-family calls (`wchar`); zeros where /proc is not available. Not
+/// affected by load.
+fn process_written() -> (u64, u64) {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("write_bytes:"), field("wchar:"))
 }
 
 /// The minor page faults the process has taken (`minflt`): each is a page the kernel mapped,

@@ -28,6 +28,7 @@ use kith_protocol::keys::SymmetricKey;
 use rand_core::Rng;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+mod checkpoint;
 #[cfg(feature = "migrate-sled")]
 pub mod migrate;
 
@@ -51,13 +52,26 @@ const READER_CACHE_KIB: i64 = 2 * 1024;
 /// all over it.
 const BULK_WRITER_CACHE_KIB: i64 = 24 * 1024;
 const BULK_READER_CACHE_KIB: i64 = 8 * 1024;
-/// WAL pages after which a commit checkpoints (SQLite's default is 1,000). A chunk of an
-/// import dirties about 2,000 pages, most of them index pages the next chunks dirty again:
-/// checkpointing after every chunk wrote each such page to the database file once per chunk
-/// (8.2 GB written for a 1.2 GB store of 1,000,000 contacts); every 64 MiB of WAL, it is
-/// written once per checkpoint. `journal_size_limit` still truncates the WAL afterwards.
+/// WAL pages after which a checkpoint runs during a bulk write (SQLite's default, outside one,
+/// is 1,000 after each commit). A chunk of an import dirties about 2,000 pages, most of them
+/// index pages the next chunks dirty again: checkpointing after every chunk wrote each such
+/// page to the database file once per chunk (8.2 GB written for a 1.2 GB store of 1,000,000
+/// contacts); every 64 MiB of WAL, it is written once per checkpoint. The checkpoints run on a
+/// thread of their own ([`checkpoint`]); `BULK_AUTOCHECKPOINT_PAGES` is the writer's own
+/// automatic checkpoint if that thread cannot be started. `journal_size_limit` still truncates
+/// the WAL afterwards.
 const BULK_AUTOCHECKPOINT_PAGES: i64 = 16 * 1024;
 const AUTOCHECKPOINT_PAGES: i64 = 1000;
+/// During a bulk write, the background checkpointer's thresholds: a `PASSIVE` checkpoint every
+/// 64 MiB of WAL, and a commit that leaves 256 MiB of WAL waits for the WAL to be restarted
+/// (the bound on its size: see [`checkpoint`]).
+const BULK_CHECKPOINTS: checkpoint::Thresholds = checkpoint::Thresholds {
+    every: 16 * 1024,
+    cap: 64 * 1024,
+};
+/// The checkpointer's page cache, in KiB: a checkpoint copies pages from the WAL to the
+/// database file without going through it.
+const CHECKPOINTER_CACHE_KIB: i64 = 256;
 /// Rows and bytes read per page of a [`LocalStore::scan`].
 const SCAN_ROWS: usize = 256;
 const SCAN_BYTES: usize = 1024 * 1024;
@@ -384,23 +398,62 @@ fn connect(path: &Path, cache_kib: i64) -> Result<Connection, LocalStoreError> {
     Ok(connection)
 }
 
-/// [`LocalStore::bulk`]'s settings, in force until this drops: then the usual caches come
-/// back (SQLite frees the pages beyond them) and the WAL is checkpointed.
+/// [`LocalStore::bulk`]'s settings, in force until this drops: then the usual caches and
+/// automatic checkpoints come back (SQLite frees the pages beyond the caches), and the
+/// background checkpointer ends after one last checkpoint of its own.
 #[derive(Debug)]
 #[must_use = "the bulk settings end when this is dropped"]
 pub struct BulkWrite<'a> {
     store: &'a LocalStore,
+    /// `None` if its thread or connection could not be started: the writer then checkpoints
+    /// every [`BULK_AUTOCHECKPOINT_PAGES`] itself, as before there was one.
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl Drop for BulkWrite<'_> {
     fn drop(&mut self) {
+        // Dropping the checkpointer lets its thread run one last checkpoint without waiting
+        // for it.
+        drop(self.end());
+    }
+}
+
+impl BulkWrite<'_> {
+    /// Restores the usual settings; returns the checkpointer, still running its last
+    /// checkpoint.
+    fn end(&mut self) -> Option<checkpoint::Checkpointer> {
         // Failing to restore settings loses nothing: they are performance settings only, and
-        // a new connection starts with the usual ones.
+        // a new connection starts with the usual ones. The hook goes first: setting
+        // `wal_autocheckpoint` installs SQLite's own.
+        let checkpointer = self.checkpointer.take();
+        if checkpointer.is_some() {
+            let _ = lock(&self.store.shared.writer).wal_hook(None::<checkpoint::NoHook>);
+        }
         let _ = self
             .store
             .tune(WRITER_CACHE_KIB, READER_CACHE_KIB, AUTOCHECKPOINT_PAGES);
-        let writer = lock(&self.store.shared.writer);
-        let _ = writer.pragma_query_value(None, "wal_checkpoint(PASSIVE)", |_| Ok(()));
+        match &checkpointer {
+            Some(checkpointer) => {
+                let counts = checkpointer.counts();
+                tracing::debug!(
+                    passive = counts.passive,
+                    restarts = counts.restarts,
+                    waited_ms = counts.waited.as_millis(),
+                    "bulk write ended; the last checkpoint runs in the background"
+                );
+            }
+            None => {
+                checkpoint::checkpoint(&lock(&self.store.shared.writer), "PASSIVE");
+            }
+        }
+        checkpointer
+    }
+
+    /// Ends the bulk write as dropping it does, then waits for the checkpointer's last
+    /// checkpoint; what it did (`None` without one).
+    #[cfg(test)]
+    fn end_and_wait(mut self) -> Option<checkpoint::CheckpointCounts> {
+        self.end().map(checkpoint::Checkpointer::finish)
     }
 }
 
@@ -655,18 +708,48 @@ impl LocalStore {
         Ok(value)
     }
 
-    /// Settings for a long run of large transactions (an import), until the guard drops: larger
-    /// page caches and fewer checkpoints, so that pages dirtied by every transaction (the
-    /// record index) are read and written to the database file less often. Memory grows by
-    /// at most the difference of the caches (22 MiB); the settings are per connection, so
-    /// another process sharing the store is not affected.
+    /// Settings for a long run of large transactions (an import, a pull), until the guard
+    /// drops: larger page caches, and checkpoints every 64 MiB of WAL on a thread of their own
+    /// instead of every 4 MiB on the writer's, so that pages dirtied by every transaction (the
+    /// record index) are written to the database file less often and the writer never waits
+    /// for that I/O (unless the WAL reaches 256 MiB: see `store/checkpoint.rs`). Memory grows by at
+    /// most the difference of the caches (22 MiB) and the checkpointer's; the settings are per
+    /// connection, so another process sharing the store is not affected.
     pub fn bulk(&self) -> Result<BulkWrite<'_>, LocalStoreError> {
+        self.bulk_with(BULK_CHECKPOINTS)
+    }
+
+    fn bulk_with(
+        &self,
+        thresholds: checkpoint::Thresholds,
+    ) -> Result<BulkWrite<'_>, LocalStoreError> {
         self.tune(
             BULK_WRITER_CACHE_KIB,
             BULK_READER_CACHE_KIB,
             BULK_AUTOCHECKPOINT_PAGES,
         )?;
-        Ok(BulkWrite { store: self })
+        let started =
+            connect(&self.shared.path, CHECKPOINTER_CACHE_KIB).and_then(|connection| {
+                let checkpointer = checkpoint::Checkpointer::start(connection, thresholds)
+                    .map_err(|source| LocalStoreError::Io {
+                        context: "cannot start the store's checkpointer".into(),
+                        source,
+                    })?;
+                // Replaces SQLite's automatic checkpoint on the writer.
+                lock(&self.shared.writer).wal_hook(Some(checkpointer.hook(thresholds.cap)))?;
+                Ok(checkpointer)
+            });
+        let checkpointer = match started {
+            Ok(checkpointer) => Some(checkpointer),
+            Err(error) => {
+                tracing::debug!(%error, "bulk write without a background checkpointer");
+                None
+            }
+        };
+        Ok(BulkWrite {
+            store: self,
+            checkpointer,
+        })
     }
 
     fn tune(
@@ -1102,13 +1185,11 @@ pub(crate) mod tests {
         assert_eq!(settings(&store), usual);
         {
             let _bulk = store.bulk().unwrap();
+            // The writer's automatic checkpoint is replaced by the background checkpointer's
+            // hook (SQLite then reports 0).
             assert_eq!(
                 settings(&store),
-                (
-                    -BULK_WRITER_CACHE_KIB,
-                    BULK_AUTOCHECKPOINT_PAGES,
-                    -BULK_READER_CACHE_KIB
-                )
+                (-BULK_WRITER_CACHE_KIB, 0, -BULK_READER_CACHE_KIB)
             );
             for i in 0u32..500 {
                 store
@@ -1118,6 +1199,120 @@ pub(crate) mod tests {
         }
         assert_eq!(settings(&store), usual);
         assert_eq!(store.len(TreeName::Records).unwrap(), 500);
+    }
+
+    /// Frames of one transaction of [`write_under_bulk`] at most (16 records of 1 KiB at
+    /// random places, their index entries, the meta row and the interior pages above them).
+    const FRAMES_PER_TEST_TRANSACTION: u64 = 64;
+
+    /// Writes 16 records of 1 KiB in each of `transactions` transactions under a bulk write
+    /// with `thresholds`, while another process's store reads each commit; checks after every
+    /// commit that the WAL never held more than the cap and one transaction. Returns what the
+    /// checkpointer did and the size of the database file before the bulk write ended.
+    fn write_under_bulk(
+        dir: &Path,
+        thresholds: checkpoint::Thresholds,
+        transactions: u32,
+    ) -> (checkpoint::CheckpointCounts, u64) {
+        let key = SymmetricKey::from_slice(&[7; 32]).unwrap();
+        let store = LocalStore::open(dir, &key).unwrap();
+        let other_process = LocalStore::open(dir, &key).unwrap();
+        let wal = dir.join(format!("{DB_FILE}-wal"));
+        let page_size: u64 = {
+            let writer = lock(&store.shared.writer);
+            writer
+                .pragma_query_value(None, "page_size", |row| row.get::<_, i64>(0))
+                .unwrap()
+                .unsigned_abs()
+        };
+        let most =
+            32 + (u64::from(thresholds.cap) + FRAMES_PER_TEST_TRANSACTION) * (page_size + 24);
+        let bulk = store.bulk_with(thresholds).unwrap();
+        let mut largest_wal = 0;
+        for t in 0..transactions {
+            store
+                .transaction(|tx| {
+                    for r in 0..16u32 {
+                        // Keys spread over the index, as record ids are.
+                        let id = (t * 16 + r).wrapping_mul(2_654_435_761).to_be_bytes();
+                        tx.put(TreeName::Records, &id, &[t as u8; 1024])?;
+                    }
+                    Ok::<_, LocalStoreError>(())
+                })
+                .unwrap();
+            largest_wal = largest_wal.max(std::fs::metadata(&wal).unwrap().len());
+            assert!(
+                largest_wal <= most,
+                "the WAL grew to {largest_wal} bytes (at most {most} expected)"
+            );
+            // Another process reads every commit while the bulk write goes on.
+            assert_eq!(
+                other_process.len(TreeName::Records).unwrap(),
+                (t as usize + 1) * 16
+            );
+        }
+        let database = std::fs::metadata(dir.join(DB_FILE)).unwrap().len();
+        let counts = bulk.end_and_wait().expect("a background checkpointer ran");
+        (counts, database)
+    }
+
+    /// Every record written under a bulk write is there, with its value, in a store opened
+    /// again afterwards.
+    fn assert_reopened_store_holds_everything(dir: &Path, transactions: u32) {
+        let key = SymmetricKey::from_slice(&[7; 32]).unwrap();
+        let store = LocalStore::open(dir, &key).unwrap();
+        assert_eq!(
+            store.len(TreeName::Records).unwrap(),
+            transactions as usize * 16
+        );
+        for t in 0..transactions {
+            for r in 0..16u32 {
+                let id = (t * 16 + r).wrapping_mul(2_654_435_761).to_be_bytes();
+                assert_eq!(
+                    store.get(TreeName::Records, &id).unwrap(),
+                    Some(vec![t as u8; 1024])
+                );
+            }
+        }
+    }
+
+    /// During a bulk write the writer does not checkpoint (its automatic checkpoint is off),
+    /// yet the database file fills as the WAL grows: the background thread checkpoints.
+    #[test]
+    fn a_bulk_write_is_checkpointed_by_the_background_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let key = SymmetricKey::from_slice(&[7; 32]).unwrap();
+            drop(LocalStore::open(dir.path(), &key).unwrap());
+            std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len()
+        };
+        let thresholds = checkpoint::Thresholds {
+            every: 64,
+            cap: u32::MAX,
+        };
+        let (counts, during) = write_under_bulk(dir.path(), thresholds, 100);
+        assert!(counts.passive >= 2, "{counts:?}");
+        assert_eq!(counts.restarts, 0, "{counts:?}");
+        // 1,600 records of 1 KiB: at least 1 MiB in the database file before the bulk write
+        // ended.
+        assert!(during >= before + 1024 * 1024, "{before} -> {during}");
+        assert_reopened_store_holds_everything(dir.path(), 100);
+    }
+
+    /// With no `PASSIVE` checkpoint to keep up, the WAL still stays under its cap: a commit
+    /// that reaches it waits for a `RESTART` checkpoint, and the next commit writes the WAL
+    /// from its start.
+    #[test]
+    fn a_bulk_write_keeps_the_wal_under_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let thresholds = checkpoint::Thresholds {
+            every: u32::MAX,
+            cap: 128,
+        };
+        // Over 1,000 frames in all (measured: 4 restarts at a cap of 256).
+        let (counts, _) = write_under_bulk(dir.path(), thresholds, 100);
+        assert!(counts.restarts >= 4, "{counts:?}");
+        assert_reopened_store_holds_everything(dir.path(), 100);
     }
 
     #[test]
