@@ -4,11 +4,13 @@
 //! Every local change is applied to the merged state and queued as a pending operation in one
 //! durable store transaction, so an acknowledged edit survives a crash and is pushed once.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use kith_protocol::RecordId;
 use kith_protocol::contact::Contact;
+use kith_protocol::hlc::Hlc;
 use kith_protocol::merge::{Groups, RecordState};
 use kith_protocol::proto::{self, field_value::Value};
 use kith_protocol::record::{self, FieldKey, FieldWrite, Operation};
@@ -727,6 +729,10 @@ impl Device {
             let mut touched: BTreeMap<RecordId, RecordState> = BTreeMap::new();
             let mut ops = Vec::new();
             let mut seen_ids = Vec::with_capacity(chunk.len());
+            // Each record the chunk's contacts wrote: the index of its operation in `ops` and
+            // its state before it, if it was written once, by a contact the identity rule
+            // looks at (`seen_ids`); `None` otherwise.
+            let mut written: BTreeMap<RecordId, Option<(usize, RecordState)>> = BTreeMap::new();
             for ((contact, blinded), derived) in chunk.iter().zip(blinded_chunk).zip(derived_ids) {
                 let mut existing = None;
                 let mut own_export = false;
@@ -840,9 +846,6 @@ impl Device {
                 }
                 let mut contact_ops = Vec::new();
                 let result = (|| -> Result<()> {
-                    if !own_writes.is_empty() {
-                        contact_ops.push(self.upsert_after(state, own_writes)?);
-                    }
                     if !group_writes.is_empty() {
                         contact_ops.extend(crate::merging::group_writes(
                             self,
@@ -852,6 +855,22 @@ impl Device {
                             id,
                             group_writes,
                         )?);
+                    }
+                    if !own_writes.is_empty() {
+                        // The record's provenance travels in the same operation as what the
+                        // contact writes to the record itself (its keys are others): one
+                        // operation per record to decode, apply and store on every device.
+                        let own = contact_ops.iter().position(|op| op.record() == id);
+                        let floor = state.latest_clock_of(own_writes.iter().map(FieldWrite::key));
+                        let folded = own.and_then(|at| {
+                            let group_op = &contact_ops[at];
+                            fold_writes(id, group_op.clock(), floor, group_op, &own_writes)
+                                .map(|op| (at, op))
+                        });
+                        match folded {
+                            Some((at, op)) => contact_ops[at] = op,
+                            None => contact_ops.push(self.upsert_after(state, own_writes)?),
+                        }
                     }
                     Ok(())
                 })();
@@ -865,8 +884,16 @@ impl Device {
                     }
                     Err(err) => return Err(err),
                 }
-                for op in &contact_ops {
+                for (at, op) in (ops.len()..).zip(&contact_ops) {
                     if let Some(target) = touched.get_mut(&op.record()) {
+                        // A record the identity rule may link keeps its state from before
+                        // its first write of the chunk, for the fold below.
+                        match written.entry(op.record()) {
+                            Entry::Vacant(entry) => {
+                                entry.insert((!settled).then(|| (at, target.clone())));
+                            }
+                            Entry::Occupied(mut entry) => *entry.get_mut() = None,
+                        }
                         target.apply(op);
                     }
                 }
@@ -884,7 +911,7 @@ impl Device {
                 self.link_by_identity(&mut touched, &mut load, &mut index, seen_ids)?
             };
             summary.merged += links.len() / 2;
-            ops.extend(links);
+            fold_links(&mut ops, links, written, &mut touched);
             if !ops.is_empty() {
                 let changed: BTreeSet<RecordId> = ops.iter().map(|op| op.record()).collect();
                 touched.retain(|id, _| changed.contains(id));
@@ -957,6 +984,92 @@ fn push_conflicts(out: &mut Vec<ConflictView>, survivor: RecordId, state: &Recor
             });
         }
     }
+}
+
+/// The writes of `op`, or `None` for a deletion.
+fn upsert_writes(op: &Operation) -> Option<&[FieldWrite]> {
+    match op.kind() {
+        record::OperationKind::Upsert(writes) => Some(writes),
+        record::OperationKind::Delete => None,
+    }
+}
+
+/// One upsert of `record` at `clock` with the writes of `base` and `extra`: `None` if that
+/// cannot be one operation (a key written by both, a replaced clock not earlier than `clock`,
+/// too many writes), if `clock` is not later than `floor` (what `extra` had to be written
+/// after), or if `base` is a deletion.
+fn fold_writes(
+    record: RecordId,
+    clock: Hlc,
+    floor: Option<Hlc>,
+    base: &Operation,
+    extra: &[FieldWrite],
+) -> Option<Operation> {
+    if floor.is_some_and(|floor| floor >= clock) || base.record() != record {
+        return None;
+    }
+    let writes = upsert_writes(base)?.iter().chain(extra);
+    // `Operation::upsert` refuses a key written twice and a replaced clock not earlier than
+    // `clock`.
+    Operation::upsert(record, clock, writes.cloned()).ok()
+}
+
+/// Appends the identity rule's `links` to a chunk's `ops`, folding each record's link writes
+/// into the one operation the chunk already wrote to it, when `written` kept the record's
+/// state from before that operation: one operation at the link's clock (the latest of the
+/// two: the device's clock only grows) instead of two, so a device pulling them decodes and
+/// applies one, and never finds the record's two writes in two pages. The keys of the two
+/// are disjoint (a link key is never imported), so each write replaces what it replaced
+/// before; only the clock of the contact's writes is the link's, as if the device had
+/// written both at once (§8.4: a link is a register like every field). The record's state
+/// in `touched` is then its earlier state with the folded operation applied, exactly what
+/// every other device computes from it.
+fn fold_links(
+    ops: &mut Vec<Operation>,
+    links: Vec<Operation>,
+    mut written: BTreeMap<RecordId, Option<(usize, RecordState)>>,
+    touched: &mut Records,
+) {
+    let mut per_record: BTreeMap<RecordId, usize> = BTreeMap::new();
+    for link in &links {
+        *per_record.entry(link.record()).or_default() += 1;
+    }
+    let mut folded_away = BTreeSet::new();
+    let mut out = Vec::with_capacity(links.len());
+    for link in links {
+        let id = link.record();
+        // A record linked twice in the chunk keeps its operations as they are.
+        let foldable = per_record.get(&id) == Some(&1);
+        let earlier = if foldable {
+            written.get_mut(&id).and_then(Option::take)
+        } else {
+            None
+        };
+        // The link's clock is later than the contact's write (the device's clock only grows;
+        // checked all the same).
+        let folded = earlier.and_then(|(at, before)| {
+            let writes = upsert_writes(&link)?;
+            let op = fold_writes(id, link.clock(), Some(ops[at].clock()), &ops[at], writes)?;
+            Some((at, before, op))
+        });
+        match folded {
+            Some((at, mut before, op)) => {
+                before.apply(&op);
+                touched.insert(id, before);
+                folded_away.insert(at);
+                out.push(op);
+            }
+            None => out.push(link),
+        }
+    }
+    if !folded_away.is_empty() {
+        let mut at = 0;
+        ops.retain(|_| {
+            at += 1;
+            !folded_away.contains(&(at - 1))
+        });
+    }
+    ops.extend(out);
 }
 
 /// `ops` encoded in batches of at most [`crate::sync::OPS_PER_ENVELOPE`], each stored as one

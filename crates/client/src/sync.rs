@@ -2869,6 +2869,120 @@ pub(crate) mod tests {
         relay.shutdown().await.unwrap();
     }
 
+    /// Every operation the import queued and no sync has sealed yet, in order.
+    fn pending_ops(device: &Device) -> Vec<Operation> {
+        let store = &device.inner.store;
+        let mut ops = Vec::new();
+        for key in store.keys(TreeName::Pending).unwrap() {
+            let bytes = store.get(TreeName::Pending, &key).unwrap().unwrap();
+            ops.extend(record::decode_batch(&bytes).unwrap());
+        }
+        ops
+    }
+
+    /// An import writes one operation per record it changes in a chunk: a card's provenance
+    /// and fields in one, and the link the identity rule then writes to that record folded
+    /// into it (the other record's side of the link is an operation of its own): two
+    /// operations per merge, not four. The device that pulls them stores every record exactly
+    /// as the importer does, clocks included, and shows the same contacts and merges.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_import_folds_a_records_writes_and_links_into_one_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, a) = device_on_relay(dir.path()).await;
+        a.sync().await.unwrap();
+        let b = linked_device(&a, dir.path(), &relay_target(&relay), "b").await;
+        let card = |n: usize, profile: &str| {
+            format!(
+                "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Person {n}\r\nURL:https://www.linkedin.com/in/{profile}\r\nEMAIL;type=INTERNET:p{n}@example.com\r\nEND:VCARD\r\n"
+            )
+        };
+        let import = |cards: String| {
+            let options = crate::import::ImportOptions::default();
+            let report = crate::import::vcard::import_bytes(cards.as_bytes(), &options).unwrap();
+            a.import(report)
+        };
+        let people: String = (0..6).map(|n| card(n, &format!("person-{n}"))).collect();
+        assert_eq!(import(people).await.unwrap().added, 6);
+        // A new record's provenance and fields: one operation each.
+        let created = pending_ops(&a);
+        assert_eq!(created.len(), 6, "{created:#?}");
+        for op in &created {
+            let record::OperationKind::Upsert(writes) = op.kind() else {
+                panic!("an import deletes nothing");
+            };
+            let kinds: Vec<&str> = writes.iter().map(|w| w.key().as_str()).collect();
+            assert!(kinds.contains(&"source/vcard"), "{kinds:?}");
+            assert!(kinds.contains(&"name"), "{kinds:?}");
+        }
+        let ids: Vec<RecordId> = (0..6)
+            .map(|n| {
+                let address = format!("p{n}@example.com");
+                let contacts = a.contacts().unwrap();
+                let contact = contacts
+                    .iter()
+                    .find(|c| c.emails().iter().any(|e| e.address == address))
+                    .unwrap();
+                contact.id()
+            })
+            .collect();
+        a.sync().await.unwrap();
+        b.sync().await.unwrap();
+
+        // Persons 0 and 4 learn the profiles of persons 1 and 5 (two merges); person 2 a
+        // profile nobody has.
+        let cards = [
+            card(0, "person-1"),
+            card(2, "nobody-2"),
+            card(4, "person-5"),
+        ];
+        let summary = import(cards.concat()).await.unwrap();
+        assert_eq!((summary.updated, summary.merged), (3, 2));
+        let ops = pending_ops(&a);
+        let on = |id: RecordId| -> Vec<&Operation> {
+            ops.iter().filter(|op| op.record() == id).collect()
+        };
+        let keys = |op: &Operation| -> Vec<FieldKey> {
+            match op.kind() {
+                record::OperationKind::Upsert(writes) => {
+                    writes.iter().map(|w| w.key().clone()).collect()
+                }
+                record::OperationKind::Delete => Vec::new(),
+            }
+        };
+        for (merged, other) in [(ids[0], ids[1]), (ids[4], ids[5])] {
+            let folded = on(merged);
+            assert_eq!(folded.len(), 1, "{folded:#?}");
+            let folded_keys = keys(folded[0]);
+            assert!(
+                folded_keys.contains(&FieldKey::merged(&other)),
+                "{folded_keys:?}"
+            );
+            assert!(
+                folded_keys.iter().any(|k| k.as_str().starts_with("url/")),
+                "{folded_keys:?}"
+            );
+            assert_eq!(on(other).len(), 1);
+            assert_eq!(keys(on(other)[0]), vec![FieldKey::merged(&merged)]);
+        }
+        assert_eq!(on(ids[2]).len(), 1);
+        // Five operations, not ten: one per record the import changed.
+        assert_eq!(ops.len(), 5, "{ops:#?}");
+        // The device's clock only grows, in the order the operations are queued.
+        assert!(ops.windows(2).all(|w| w[0].clock() < w[1].clock()));
+
+        a.sync().await.unwrap();
+        b.sync().await.unwrap();
+        let (_, on_a) = a.all_records().unwrap();
+        let (_, on_b) = b.all_records().unwrap();
+        assert_eq!(on_a, on_b, "every record as the importer stored it");
+        assert_eq!(a.contacts().unwrap(), b.contacts().unwrap());
+        assert_eq!(a.contacts().unwrap().len(), 4);
+        let mut pair = vec![ids[0], ids[1]];
+        pair.sort();
+        assert_eq!(b.merged_records(&ids[0]).unwrap(), pair);
+        relay.shutdown().await.unwrap();
+    }
+
     /// Merges pulled as another device wrote them (the identifier that links two records and
     /// both sides of the link in one envelope) are settled in their page, and what a later
     /// page changes is still checked by the rule after the pull: a record whose link partner
