@@ -241,6 +241,9 @@ struct GroupCommit {
     envelopes: Option<(u64, Vec<Vec<u8>>)>,
 }
 
+/// A push's envelopes and their seqs, in seq order.
+type PushBatch = (Vec<Vec<u8>>, Vec<u64>);
+
 /// Envelope bytes the pusher may hold in memory from committed groups, at most
 /// ([`SealedHandoff`]): two of the largest groups of full envelopes.
 const MAX_HANDOFF_BYTES: usize = 2 * MAX_SEAL_GROUP * BYTES_PER_ENVELOPE;
@@ -296,7 +299,7 @@ impl SealedHandoff {
 
     /// The next push's envelopes from `next` on, bounded as [`next_push_batch`] bounds them,
     /// and their seqs: empty unless the envelope `next` is held.
-    fn take_batch(&mut self, next: u64) -> (Vec<Vec<u8>>, Vec<u64>) {
+    fn take_batch(&mut self, next: u64) -> PushBatch {
         let mut batch = Vec::new();
         let mut seqs = Vec::new();
         let mut batch_bytes = 0;
@@ -370,7 +373,7 @@ impl Sealing {
     /// The next push's envelopes from seq `next` on, from the groups handed in memory (empty
     /// unless the envelope `next` is held there), and when none is taken, the first seq held
     /// after `next` (the outbox is read up to it).
-    fn take_handed(&mut self, next: u64) -> ((Vec<Vec<u8>>, Vec<u64>), Option<u64>) {
+    fn take_handed(&mut self, next: u64) -> (PushBatch, Option<u64>) {
         let mut handoff = lock_handoff(&self.handoff);
         let batch = handoff.take_batch(next);
         let after = if batch.1.is_empty() {
@@ -2387,7 +2390,7 @@ fn next_push_batch(
         impl Iterator<Item = std::result::Result<crate::store::Entry, crate::store::LocalStoreError>>,
     >,
     until: Option<u64>,
-) -> Result<(Vec<Vec<u8>>, Vec<u64>)> {
+) -> Result<PushBatch> {
     let mut batch = Vec::new();
     let mut seqs = Vec::new();
     let mut batch_bytes = 0;
