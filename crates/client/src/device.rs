@@ -192,6 +192,13 @@ pub(crate) struct Inner {
     /// never), for tests of what a failed pull leaves.
     #[cfg(test)]
     pub(crate) pull_fails_after_pages: std::sync::atomic::AtomicUsize,
+    /// A push fails as a lost connection would once this many of its pushes were
+    /// acknowledged (0: never), for tests of what a failed push leaves.
+    #[cfg(test)]
+    pub(crate) push_fails_after_acks: std::sync::atomic::AtomicUsize,
+    /// Envelopes pushes took from the sealing's memory rather than the outbox.
+    #[cfg(test)]
+    pub(crate) pushed_from_memory: std::sync::atomic::AtomicUsize,
 }
 
 /// One device of a Kith account. Cheap to clone; all clones share state.
@@ -435,6 +442,10 @@ impl Device {
                 pulled_writes: Mutex::default(),
                 #[cfg(test)]
                 pull_fails_after_pages: Default::default(),
+                #[cfg(test)]
+                push_fails_after_acks: Default::default(),
+                #[cfg(test)]
+                pushed_from_memory: Default::default(),
             }),
         })
     }

@@ -643,7 +643,7 @@ impl LocalStore {
         &self,
         tree: TreeName,
         start: &[u8],
-    ) -> impl Iterator<Item = Result<Entry, LocalStoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<Entry, LocalStoreError>> + '_ + use<'_> {
         Scan {
             store: self,
             tree,

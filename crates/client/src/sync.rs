@@ -2,7 +2,7 @@
 //! device's stream from its cursor, verify (roster, epoch, signatures in batches, hash chain)
 //! and merge. A gap, fork, replay or rollback is an error naming the device, never a skip.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use kith_protocol::envelope::{self, EnvelopeError, EnvelopeHash, ParsedEnvelope};
@@ -225,14 +225,134 @@ struct SealGroup {
     pending_keys: Vec<Vec<u8>>,
     /// (seq, envelope sealed for the outbox), in seq order.
     envelopes: Vec<(u64, Vec<u8>)>,
+    /// The same envelopes as sealed (the bytes pushed), in seq order: handed to the pusher
+    /// once the group committed as prepared ([`SealedHandoff`]).
+    plain: Vec<Vec<u8>>,
     /// The hash of the last one (the head's, with none).
     last_hash: EnvelopeHash,
+}
+
+/// What a group's transaction wrote ([`Device::commit_seal_group`]).
+struct GroupCommit {
+    /// Envelopes written.
+    count: usize,
+    /// The envelopes' bytes, in seq order from the first seq, when the transaction wrote the
+    /// group as prepared; `None` when it sealed the group's entries again.
+    envelopes: Option<(u64, Vec<Vec<u8>>)>,
+}
+
+/// A push's envelopes and their seqs, in seq order.
+type PushBatch = (Vec<Vec<u8>>, Vec<u64>);
+
+/// Envelope bytes the pusher may hold in memory from committed groups, at most
+/// ([`SealedHandoff`]): two of the largest groups of full envelopes.
+const MAX_HANDOFF_BYTES: usize = 2 * MAX_SEAL_GROUP * BYTES_PER_ENVELOPE;
+
+/// The envelopes of groups that committed as prepared, handed by the sealing thread to the
+/// pusher ([`Device::push_sealed`]) so that it pushes the bytes the sealing thread held
+/// instead of reading them back from the outbox (an SQLite read and a store open of every
+/// envelope). Only committed groups are handed, in seq order, each the outbox's bytes at
+/// those seqs; the pusher takes them only from the seq it pushes next, and reads the outbox
+/// for everything else: envelopes sealed before (a sync that failed to push), groups sealed
+/// again in their transaction, groups not handed because the pusher held
+/// [`MAX_HANDOFF_BYTES`] already (the sealing thread never waits for the pusher).
+#[derive(Default)]
+struct SealedHandoff {
+    /// (first seq, envelopes from it on), in seq order.
+    groups: VecDeque<(u64, VecDeque<Vec<u8>>)>,
+    /// The bytes of every envelope in `groups`.
+    bytes: usize,
+    /// Set once the pusher stopped taking: nothing more is handed.
+    closed: bool,
+}
+
+impl SealedHandoff {
+    /// Adds a committed group's envelopes (from `first` on) unless the pusher stopped or
+    /// would hold more than [`MAX_HANDOFF_BYTES`].
+    fn hand(&mut self, first: u64, envelopes: Vec<Vec<u8>>) {
+        let bytes: usize = envelopes.iter().map(Vec::len).sum();
+        if self.closed || envelopes.is_empty() || self.bytes + bytes > MAX_HANDOFF_BYTES {
+            return;
+        }
+        self.bytes += bytes;
+        self.groups.push_back((first, envelopes.into()));
+    }
+
+    /// Drops the envelopes before `next` (pushed from the outbox meanwhile); the first seq
+    /// held from then on.
+    fn skip_to(&mut self, next: u64) -> Option<u64> {
+        while let Some((first, envelopes)) = self.groups.front_mut() {
+            while *first < next
+                && let Some(envelope) = envelopes.pop_front()
+            {
+                self.bytes -= envelope.len();
+                *first += 1;
+            }
+            if envelopes.is_empty() {
+                self.groups.pop_front();
+            } else {
+                return Some(*first);
+            }
+        }
+        None
+    }
+
+    /// The next push's envelopes from `next` on, bounded as [`next_push_batch`] bounds them,
+    /// and their seqs: empty unless the envelope `next` is held.
+    fn take_batch(&mut self, next: u64) -> PushBatch {
+        let mut batch = Vec::new();
+        let mut seqs = Vec::new();
+        let mut batch_bytes = 0;
+        let mut seq = next;
+        while self.skip_to(seq) == Some(seq) {
+            let Some((first, envelopes)) = self.groups.front_mut() else {
+                break;
+            };
+            let Some(len) = envelopes.front().map(Vec::len) else {
+                break;
+            };
+            if !batch.is_empty()
+                && (batch.len() >= ENVELOPES_PER_PUSH || batch_bytes + len > BYTES_PER_PUSH)
+            {
+                break;
+            }
+            let Some(envelope) = envelopes.pop_front() else {
+                break;
+            };
+            *first += 1;
+            self.bytes -= len;
+            batch_bytes += len;
+            batch.push(envelope);
+            seqs.push(seq);
+            seq += 1;
+        }
+        (batch, seqs)
+    }
+
+    /// Stops the handing and drops what is held.
+    fn close(&mut self) {
+        self.closed = true;
+        self.groups.clear();
+        self.bytes = 0;
+    }
+}
+
+/// The handoff, also after a panic of a thread that held it (its state is valid between
+/// any two statements).
+fn lock_handoff(
+    handoff: &std::sync::Mutex<SealedHandoff>,
+) -> std::sync::MutexGuard<'_, SealedHandoff> {
+    handoff
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Pending operations being sealed on a blocking thread ([`Device::start_sealing`]).
 pub(crate) struct Sealing {
     /// Envelopes sealed so far, sent after each group's transaction.
     progress: tokio::sync::watch::Receiver<usize>,
+    /// The envelopes of the groups committed as prepared, handed to the pusher.
+    handoff: std::sync::Arc<std::sync::Mutex<SealedHandoff>>,
     /// The count last read from `progress`.
     seen: usize,
     /// Whether the sealing thread has ended (its sender dropped).
@@ -248,6 +368,25 @@ impl Sealing {
         // Read even once the sender is gone: its last count stays.
         let sealed = *self.progress.borrow_and_update();
         std::mem::replace(&mut self.seen, sealed) != sealed
+    }
+
+    /// The next push's envelopes from seq `next` on, from the groups handed in memory (empty
+    /// unless the envelope `next` is held there), and when none is taken, the first seq held
+    /// after `next` (the outbox is read up to it).
+    fn take_handed(&mut self, next: u64) -> (PushBatch, Option<u64>) {
+        let mut handoff = lock_handoff(&self.handoff);
+        let batch = handoff.take_batch(next);
+        let after = if batch.1.is_empty() {
+            handoff.skip_to(next)
+        } else {
+            None
+        };
+        (batch, after)
+    }
+
+    /// Stops handing envelopes to the pusher, and drops those held: the push ended.
+    fn stop_handing(&self) {
+        lock_handoff(&self.handoff).close();
     }
 
     /// Waits for the next group's commit, or for the sealing to end.
@@ -806,15 +945,22 @@ impl Device {
     /// pending or in exactly one envelope, an envelope is in the outbox with the head past it.
     pub(crate) fn start_sealing(&self) -> Sealing {
         let (progress, watch) = tokio::sync::watch::channel(0);
+        let handoff = std::sync::Arc::new(std::sync::Mutex::new(SealedHandoff::default()));
         let device = self.clone();
+        let handing = handoff.clone();
         let task = tokio::task::spawn_blocking(move || {
-            device.seal_pending_in_groups(|sealed| {
+            device.seal_pending_in_groups(|sealed, envelopes| {
+                // Handed before the progress is told, so that the pusher woken by it finds them.
+                if let Some((first, envelopes)) = envelopes {
+                    lock_handoff(&handing).hand(first, envelopes);
+                }
                 // No receiver left only when the sync stopped; sealing goes on regardless.
                 let _ = progress.send(sealed);
             })
         });
         Sealing {
             progress: watch,
+            handoff,
             seen: 0,
             ended: false,
             task: Some(task),
@@ -823,7 +969,8 @@ impl Device {
     }
 
     /// The work of [`Device::start_sealing`]; calls `committed` with the number of envelopes
-    /// sealed so far after each group's transaction.
+    /// sealed so far after each group's transaction, and the group's envelopes (first seq,
+    /// bytes) when it was written as prepared.
     ///
     /// Groups are prepared (pending entries read, envelopes sealed and signed: serial, each
     /// header names the previous envelope's hash) on a second thread while the previous group
@@ -833,15 +980,18 @@ impl Device {
     /// otherwise. At most one group waits prepared beside the one committing; a group
     /// prepared but not committed (a crash) leaves its entries pending, and the first error,
     /// of a preparation or a commit, stops every group after it.
-    fn seal_pending_in_groups(&self, committed: impl FnMut(usize)) -> Result<usize> {
+    fn seal_pending_in_groups(
+        &self,
+        committed: impl FnMut(usize, Option<(u64, Vec<Vec<u8>>)>),
+    ) -> Result<usize> {
         self.seal_groups_with(committed, |group| self.commit_seal_group(group))
     }
 
     /// [`Device::seal_pending_in_groups`] with `commit` writing each group (a test fails it).
     fn seal_groups_with(
         &self,
-        mut committed: impl FnMut(usize),
-        mut commit: impl FnMut(SealGroup) -> Result<usize>,
+        mut committed: impl FnMut(usize, Option<(u64, Vec<Vec<u8>>)>),
+        mut commit: impl FnMut(SealGroup) -> Result<GroupCommit>,
     ) -> Result<usize> {
         let store = &self.inner.store;
         if store.is_empty(TreeName::Pending)? {
@@ -874,9 +1024,9 @@ impl Device {
             let mut outcome = Ok(());
             for group in prepared.iter() {
                 match group.and_then(&mut commit) {
-                    Ok(count) => {
+                    Ok(GroupCommit { count, envelopes }) => {
                         sealed_count += count;
-                        committed(sealed_count);
+                        committed(sealed_count, envelopes);
                     }
                     Err(error) => {
                         outcome = Err(error);
@@ -915,6 +1065,7 @@ impl Device {
             heads,
             pending_keys: Vec::new(),
             envelopes: Vec::with_capacity(envelopes),
+            plain: Vec::with_capacity(envelopes),
             last_hash: head.1,
         };
         let mut batch = PendingBatch::default();
@@ -943,6 +1094,7 @@ impl Device {
                         .cipher()
                         .seal(TreeName::Outbox, &seq.to_be_bytes(), &sealed.bytes);
                 group.envelopes.push((seq, value));
+                group.plain.push(sealed.bytes);
                 group.pending_keys.extend(batch.keys);
             }
             if keys.peek().is_none() && batch.keys.is_empty() {
@@ -955,15 +1107,19 @@ impl Device {
     /// Writes a group [`Device::prepare_seal_group`] sealed in one transaction, if the head
     /// and the writer's view are still the ones it was sealed from; otherwise (another process
     /// sharing the store sealed meanwhile) seals the group's entries still pending again in
-    /// the transaction, as [`Device::seal_pending`] does. Returns the envelopes written.
-    fn commit_seal_group(&self, mut group: SealGroup) -> Result<usize> {
-        self.inner.store.transaction(|tx| {
+    /// the transaction, as [`Device::seal_pending`] does. Returns what it wrote, with the
+    /// group's envelope bytes when they are the ones written.
+    fn commit_seal_group(&self, mut group: SealGroup) -> Result<GroupCommit> {
+        // (envelopes written, whether they are the group as prepared)
+        let (count, as_prepared) = self.inner.store.transaction(|tx| {
             self.check_no_newer_epoch(tx)?;
             let unchanged = Self::head_in(tx)? == group.head
                 && self.merged_heads_with(|key| Ok(tx.get(TreeName::Cursors, key)?))?
                     == group.heads;
             if !unchanged {
-                return self.seal_keys_in(tx, std::mem::take(&mut group.pending_keys));
+                return self
+                    .seal_keys_in(tx, std::mem::take(&mut group.pending_keys))
+                    .map(|count| (count, false));
             }
             for key in &group.pending_keys {
                 tx.remove(TreeName::Pending, key)?;
@@ -976,8 +1132,13 @@ impl Device {
                 head.extend_from_slice(group.last_hash.as_bytes());
                 tx.put(TreeName::Meta, meta::HEAD, &head)?;
             }
-            Ok(group.envelopes.len())
-        })
+            Ok::<_, ClientError>((group.envelopes.len(), true))
+        })?;
+        let envelopes = match group.envelopes.first() {
+            Some((first, _)) if as_prepared => Some((*first, group.plain)),
+            _ => None,
+        };
+        Ok(GroupCommit { count, envelopes })
     }
 
     fn head(&self) -> Result<(u64, EnvelopeHash)> {
@@ -1132,12 +1293,19 @@ impl Device {
     /// soon as its transaction committed (durably: acknowledged envelopes can never be sealed
     /// differently after a crash), until the sealing ended; then its error, if it failed.
     /// On a push failure, waits for the sealing to end before returning the failure.
+    ///
+    /// Envelopes are pushed in seq order from the first the relay has not acknowledged, each
+    /// once: those of the groups the sealing handed over ([`SealedHandoff`]) from memory, the
+    /// rest read from the outbox.
     pub(crate) async fn push_sealed(
         &self,
         connection: &RelayConnection,
         mut sealing: Option<Sealing>,
     ) -> Result<usize> {
         let pushed = self.push_while_sealing(connection, sealing.as_mut()).await;
+        if let Some(sealing) = &sealing {
+            sealing.stop_handing();
+        }
         let sealed = match &mut sealing {
             Some(sealing) => sealing.finish().await.map(drop),
             None => Ok(()),
@@ -1154,24 +1322,46 @@ impl Device {
     ) -> Result<usize> {
         let store = &self.inner.store;
         store.flush().await?;
-        // The key the outbox is read from again once a group committed: past what was sent.
-        let mut next_key = self.first_unsent_key()?.to_vec();
-        let mut outbox = store.scan_from(TreeName::Outbox, &next_key).peekable();
-        let mut in_flight = std::collections::VecDeque::with_capacity(PUSHES_IN_FLIGHT);
+        // The seq pushed next: past what was sent.
+        let mut next_seq = self.acked_seq()?.saturating_add(1);
+        // The outbox read from `next_seq` on; `None` once envelopes were taken from memory
+        // (it is then read again from where those end).
+        let mut outbox = None;
+        let mut in_flight = VecDeque::with_capacity(PUSHES_IN_FLIGHT);
         let mut pushed = 0;
+        #[cfg(test)]
+        let mut acks = 0usize;
         loop {
             while in_flight.len() < PUSHES_IN_FLIGHT {
-                let (batch, seqs) = next_push_batch(&mut outbox)?;
+                let (handed, held_from) = match sealing.as_deref_mut() {
+                    Some(sealing) => sealing.take_handed(next_seq),
+                    None => (Default::default(), None),
+                };
+                let (batch, seqs) = if handed.1.is_empty() {
+                    let scan = outbox.get_or_insert_with(|| {
+                        store
+                            .scan_from(TreeName::Outbox, &next_seq.to_be_bytes())
+                            .peekable()
+                    });
+                    next_push_batch(scan, held_from)?
+                } else {
+                    #[cfg(test)]
+                    self.inner
+                        .pushed_from_memory
+                        .fetch_add(handed.1.len(), std::sync::atomic::Ordering::Relaxed);
+                    outbox = None;
+                    handed
+                };
                 let Some(&last_seq) = seqs.last() else {
                     if let Some(sealing) = sealing.as_deref_mut()
                         && sealing.sealed_more()
                     {
-                        outbox = store.scan_from(TreeName::Outbox, &next_key).peekable();
+                        outbox = None;
                         continue;
                     }
                     break;
                 };
-                next_key = (last_seq + 1).to_be_bytes().to_vec();
+                next_seq = last_seq + 1;
                 let count = batch.len();
                 let request = connection
                     .send(request::Kind::Push(proto::Push { envelopes: batch }))
@@ -1205,6 +1395,20 @@ impl Device {
             // them sent. Neither sealed for the store nor written a second time.
             self.record_acked(last_seq)?;
             pushed += count;
+            #[cfg(test)]
+            {
+                acks += 1;
+                let fail_after = self
+                    .inner
+                    .push_fails_after_acks
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if acks == fail_after {
+                    return Err(crate::net::NetError::Protocol(
+                        "test: the connection was lost mid-push".into(),
+                    )
+                    .into());
+                }
+            }
         }
         Ok(pushed)
     }
@@ -2179,22 +2383,26 @@ fn pull_request(cursors: &BTreeMap<DeviceId, u64>) -> request::Kind {
 }
 
 /// The next push's envelopes from the outbox scan, bounded by [`ENVELOPES_PER_PUSH`] and
-/// [`BYTES_PER_PUSH`] (at least one envelope), and their seqs: empty at the end.
+/// [`BYTES_PER_PUSH`] (at least one envelope), and their seqs: empty at the end. With
+/// `until`, none from that seq on (the pusher holds those in memory).
 fn next_push_batch(
     outbox: &mut std::iter::Peekable<
         impl Iterator<Item = std::result::Result<crate::store::Entry, crate::store::LocalStoreError>>,
     >,
-) -> Result<(Vec<Vec<u8>>, Vec<u64>)> {
+    until: Option<u64>,
+) -> Result<PushBatch> {
     let mut batch = Vec::new();
     let mut seqs = Vec::new();
     let mut batch_bytes = 0;
+    let until = until.map(u64::to_be_bytes);
     while let Some(item) = outbox.peek() {
         // Stay well inside the relay's frame limit (4 MiB by default).
         let fits = match item {
-            Ok((_, envelope)) => {
-                batch.is_empty()
-                    || (batch.len() < ENVELOPES_PER_PUSH
-                        && batch_bytes + envelope.len() <= BYTES_PER_PUSH)
+            Ok((key, envelope)) => {
+                until.is_none_or(|until| key.as_slice() < until.as_slice())
+                    && (batch.is_empty()
+                        || (batch.len() < ENVELOPES_PER_PUSH
+                            && batch_bytes + envelope.len() <= BYTES_PER_PUSH))
             }
             Err(_) => true,
         };
@@ -2408,7 +2616,7 @@ pub(crate) mod tests {
         let queued = queue_pending(&device, 46, OPS_PER_ENVELOPE / 2);
         let mut commits = Vec::new();
         let sealed = device
-            .seal_pending_in_groups(|sealed| commits.push(sealed))
+            .seal_pending_in_groups(|sealed, _| commits.push(sealed))
             .unwrap();
         assert_eq!(sealed, 23);
         assert_eq!(commits, [4, 12, 23]);
@@ -2463,7 +2671,7 @@ pub(crate) mod tests {
         let mut commits = Vec::new();
         let mut attempts = 0;
         let failed = device.seal_groups_with(
-            |sealed| commits.push(sealed),
+            |sealed, _| commits.push(sealed),
             |group| {
                 attempts += 1;
                 if attempts == 2 {
@@ -2483,7 +2691,7 @@ pub(crate) mod tests {
             device.inner.store.len(TreeName::Pending).unwrap(),
             46 - 4 * 2
         );
-        assert_eq!(device.seal_pending_in_groups(|_| {}).unwrap(), 19);
+        assert_eq!(device.seal_pending_in_groups(|_, _| {}).unwrap(), 19);
         let (seqs, ops) = outbox_chain(&device);
         assert_eq!(
             seqs,
@@ -2512,7 +2720,7 @@ pub(crate) mod tests {
         let mut attempts = 0;
         let sealed = device
             .seal_groups_with(
-                |_| {},
+                |_, _| {},
                 |group| {
                     attempts += 1;
                     if attempts == 2 {
@@ -2574,7 +2782,10 @@ pub(crate) mod tests {
             .unwrap()
             .unwrap();
         device.seal_operations_payload(&other_payload).unwrap();
-        assert_eq!(device.commit_seal_group(group).unwrap(), 2);
+        let commit = device.commit_seal_group(group).unwrap();
+        assert_eq!(commit.count, 2);
+        // Not the bytes prepared: nothing is handed to a pusher.
+        assert!(commit.envelopes.is_none());
         let (seqs, ops) = outbox_chain(&device);
         assert_eq!(
             seqs,
@@ -2589,11 +2800,161 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(group.envelopes.len(), 1);
         assert_eq!(device.seal_pending().unwrap(), 2);
-        assert_eq!(device.commit_seal_group(group).unwrap(), 0);
+        let commit = device.commit_seal_group(group).unwrap();
+        assert_eq!(commit.count, 0);
+        assert!(commit.envelopes.is_none());
         let (seqs, ops) = outbox_chain(&device);
         assert_eq!(seqs.len(), 5);
         assert_eq!(ops[3..3 + queued.len()], queued[..]);
         assert_eq!(ops[3 + queued.len()..], other[..]);
+        relay.shutdown().await.unwrap();
+    }
+
+    /// The handoff gives the pusher envelopes only from the seq it pushes next, in seq order
+    /// across groups, never past a seq it does not hold, bounded as a push from the outbox is;
+    /// it drops what was pushed from the outbox meanwhile, holds at most
+    /// [`MAX_HANDOFF_BYTES`], and nothing once the push ended.
+    #[test]
+    fn the_handoff_serves_contiguous_batches_from_the_next_seq_only() {
+        let envelope = |seq: u64, len: usize| vec![seq as u8; len];
+        let mut handoff = SealedHandoff::default();
+        handoff.hand(5, (5..8).map(|seq| envelope(seq, 10)).collect());
+        handoff.hand(8, vec![envelope(8, 10)]);
+        // Seq 9 was not handed (sealed again in its transaction, say).
+        handoff.hand(10, vec![envelope(10, 10)]);
+        assert_eq!(handoff.bytes, 50);
+        // Seq 4 is the outbox's: nothing taken, and the outbox is read up to seq 5.
+        assert_eq!(handoff.take_batch(4), (vec![], vec![]));
+        assert_eq!(handoff.skip_to(4), Some(5));
+        // Seq 5 was pushed from the outbox meanwhile: dropped, the rest taken across groups,
+        // up to the seq not held.
+        let (batch, seqs) = handoff.take_batch(6);
+        assert_eq!(seqs, [6, 7, 8]);
+        assert_eq!(batch, [envelope(6, 10), envelope(7, 10), envelope(8, 10)]);
+        assert_eq!(handoff.take_batch(9), (vec![], vec![]));
+        assert_eq!(handoff.skip_to(9), Some(10));
+        assert_eq!(handoff.take_batch(10).1, [10]);
+        assert_eq!((handoff.bytes, handoff.groups.len()), (0, 0));
+
+        // Bounded by envelopes and by bytes per push, as the outbox's batches are.
+        handoff.hand(1, (1..=70).map(|seq| envelope(seq, 1)).collect());
+        assert_eq!(handoff.take_batch(1).1.len(), ENVELOPES_PER_PUSH);
+        assert_eq!(handoff.take_batch(65).1, (65..=70).collect::<Vec<_>>());
+        let big = BYTES_PER_PUSH / 2;
+        handoff.hand(71, (71..=73).map(|seq| envelope(seq, big)).collect());
+        assert_eq!(handoff.take_batch(71).1, [71, 72]);
+        assert_eq!(handoff.take_batch(73).1, [73]);
+        // One envelope larger than a push is still pushed, alone.
+        handoff.hand(74, vec![envelope(74, BYTES_PER_PUSH + 1)]);
+        assert_eq!(handoff.take_batch(74).1, [74]);
+
+        // Never more than MAX_HANDOFF_BYTES held: a group that would pass it is not handed
+        // (the pusher reads it from the outbox).
+        let quarter = MAX_HANDOFF_BYTES / 4;
+        handoff.hand(75, (75..78).map(|seq| envelope(seq, quarter)).collect());
+        handoff.hand(78, (78..80).map(|seq| envelope(seq, quarter)).collect());
+        assert_eq!(handoff.bytes, 3 * quarter);
+        assert_eq!(handoff.take_batch(75).1, [75]);
+        assert_eq!(handoff.skip_to(78), None);
+        assert_eq!(handoff.bytes, 0);
+        // Once the push ended, nothing more is held.
+        handoff.hand(80, vec![envelope(80, 10)]);
+        handoff.close();
+        handoff.hand(81, vec![envelope(81, 10)]);
+        assert_eq!(handoff.take_batch(80), (vec![], vec![]));
+        assert_eq!((handoff.bytes, handoff.groups.len()), (0, 0));
+    }
+
+    /// The envelopes the relay holds of `device`'s own stream after seq `after`, in order.
+    async fn relay_stream_of(
+        device: &Device,
+        connection: &RelayConnection,
+        after: u64,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut stream: Vec<(u64, Vec<u8>)> = Vec::new();
+        loop {
+            let cursors = BTreeMap::from([(
+                device.inner.device_id,
+                stream.last().map_or(after, |(seq, _)| *seq),
+            )]);
+            let response::Kind::Pull(page) =
+                connection.request(pull_request(&cursors)).await.unwrap()
+            else {
+                panic!("expected a pull page");
+            };
+            stream.extend(page.envelopes.into_iter().map(|e| (e.seq, e.envelope)));
+            if !page.more {
+                return stream;
+            }
+        }
+    }
+
+    /// The pusher takes the envelopes of the groups sealed beside it from memory, and reads
+    /// the outbox for the rest: envelopes an earlier sync sealed and did not push come first,
+    /// then the new groups; a push that fails part way leaves the rest to the next sync, which
+    /// pushes each of them once, before what it seals itself. The relay holds one unbroken
+    /// stream, byte for byte the outbox's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn envelopes_pushed_from_memory_and_the_outbox_reach_the_relay_once_in_order() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, device, head_before) = synced_device(dir.path()).await;
+        assert_eq!(device.acked_seq().unwrap(), head_before);
+        // Sealed by a sync that did not push them: 10 envelopes left in the outbox.
+        let mut queued = queue_pending(&device, 20, OPS_PER_ENVELOPE / 2);
+        assert_eq!(device.seal_pending().unwrap(), 10);
+        // Then 23 more sealed in groups (4, 8, 11), all committed before the push starts.
+        queued.extend(queue_pending(&device, 46, OPS_PER_ENVELOPE / 2));
+        let mut sealing = device.start_sealing();
+        assert_eq!(sealing.finish().await.unwrap(), 23);
+        assert_eq!(lock_handoff(&sealing.handoff).groups.len(), 3);
+        // The push fails (a lost connection) once its first push was acknowledged.
+        device.inner.push_fails_after_acks.store(1, Relaxed);
+        let mut slot = None;
+        let connection = device.connection(&mut slot).await.unwrap();
+        let failed = device.push_sealed(connection, Some(sealing)).await;
+        assert!(matches!(failed, Err(ClientError::Net(_))), "{failed:?}");
+        // The first push was the outbox's 10 (read up to the first seq held in memory); the
+        // second, the 23 held in memory, was sent and its acknowledgement not taken.
+        assert_eq!(device.acked_seq().unwrap(), head_before + 10);
+        assert_eq!(device.inner.pushed_from_memory.load(Relaxed), 23);
+        assert!(device.inner.store.is_empty(TreeName::Pending).unwrap());
+
+        // The next sync pushes the 23 again from the outbox, then 3 envelopes it seals.
+        device.inner.push_fails_after_acks.store(0, Relaxed);
+        queued.extend(queue_pending(&device, 6, OPS_PER_ENVELOPE / 2));
+        let report = device.sync().await.unwrap();
+        assert_eq!(report.pushed, 23 + 3);
+        let last = head_before + 36;
+        assert_eq!(device.acked_seq().unwrap(), last);
+        assert!(!device.has_unsent().unwrap());
+
+        let stream = relay_stream_of(&device, connection, 0).await;
+        assert_eq!(
+            stream.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>()
+        );
+        let mut verifier = StreamVerifier::new(device.inner.device_id);
+        let mut ops = Vec::new();
+        for (seq, envelope) in &stream {
+            let kept = device
+                .inner
+                .store
+                .get(TreeName::Outbox, &seq.to_be_bytes())
+                .unwrap();
+            assert_eq!(kept.as_ref(), Some(envelope), "seq {seq}");
+            let parsed = ParsedEnvelope::decode(envelope).unwrap();
+            verifier.check(&parsed).unwrap();
+            if *seq <= head_before {
+                continue;
+            }
+            let payload = {
+                let state = device.state();
+                parsed.open(&state.roster, &state.epochs).unwrap()
+            };
+            ops.extend(record::decode_batch(&payload).unwrap());
+        }
+        assert_eq!(ops, queued);
         relay.shutdown().await.unwrap();
     }
 
