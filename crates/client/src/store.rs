@@ -24,7 +24,7 @@ use std::time::Duration;
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use kith_protocol::encoding::{labels, lp_concat};
-use kith_protocol::keys::SymmetricKey;
+use kith_protocol::keys::{Blinder, SymmetricKey};
 use rand_core::Rng;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -191,7 +191,9 @@ impl TreeName {
 #[derive(Clone)]
 pub struct ValueCipher {
     cipher: XChaCha20Poly1305,
-    index_key: SymmetricKey,
+    /// The index key, keyed into HMAC once: a pull blinds every identity of every record it
+    /// writes.
+    index_key: Blinder,
 }
 
 impl std::fmt::Debug for ValueCipher {
@@ -204,7 +206,7 @@ impl ValueCipher {
     /// Builds the cipher from the device's local store key.
     pub fn new(local_store_key: &SymmetricKey) -> Self {
         let values = local_store_key.derive(labels::LOCAL_STORE_VALUES);
-        let index_key = local_store_key.derive(labels::LOCAL_STORE_INDEX);
+        let index_key = local_store_key.derive(labels::LOCAL_STORE_INDEX).blinder();
         let cipher = XChaCha20Poly1305::new(values.expose().into());
         Self { cipher, index_key }
     }
@@ -1073,6 +1075,16 @@ pub(crate) mod tests {
         let a = store.cipher().index_key("email:ada@example.com");
         assert_eq!(a, store.cipher().index_key("email:ada@example.com"));
         assert_ne!(a, store.cipher().index_key("email:bob@example.com"));
+        // Index keys are stored: the prepared blinder gives the key's blinding, byte for byte.
+        let local = SymmetricKey::from_slice(&[7; 32]).unwrap();
+        let index_key = local.derive(labels::LOCAL_STORE_INDEX);
+        let cipher = ValueCipher::new(&local);
+        for identity in ["email:ada@example.com", "phone:+15551234567", ""] {
+            assert_eq!(
+                cipher.index_key(identity),
+                index_key.blind(&[identity.as_bytes()])
+            );
+        }
     }
 
     #[test]

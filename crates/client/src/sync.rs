@@ -2032,9 +2032,11 @@ impl Device {
                     }
                     for op in ops {
                         self.observe_clock(&op.clock(), now);
-                        let state = pipeline.load(&mut touched, op.record())?;
-                        if state.apply(&op) {
-                            changed.insert(op.record());
+                        let record = op.record();
+                        let state = pipeline.load(&mut touched, record)?;
+                        // Moved in: the decoded operation is not used again.
+                        if state.apply_owned(op) {
+                            changed.insert(record);
                         }
                     }
                 }

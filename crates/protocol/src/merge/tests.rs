@@ -502,6 +502,42 @@ proptest::proptest! {
         proptest::prop_assert_eq!(RecordState::decode(&bytes), decoded_by_prost(&bytes));
     }
 
+    /// Moving an operation's keys and values in ([`RecordState::apply_owned`]) gives what
+    /// copying them ([`RecordState::apply`]) gives: the same answer after every operation, the
+    /// same state (and encoding) after all, from any starting state.
+    #[test]
+    fn applying_an_owned_operation_is_applying_it_borrowed(
+        first in stored_state(),
+        steps in proptest::collection::vec((0usize..8, 0usize..4, 0u64..14, 0u8..3, proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()), 0..12),
+    ) {
+        let mut borrowed = first.clone();
+        let mut owned = first;
+        for (field, choice, wall, dev, replace, other_record) in steps {
+            let at = Hlc::new(wall, 1, device(dev));
+            let replaces: Vec<Hlc> = if replace {
+                borrowed
+                    .fields()
+                    .iter()
+                    .nth(field % borrowed.fields().len().max(1))
+                    .map(|(_, f)| f.heads().map(|h| h.clock).filter(|c| *c < at).collect())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let record = if other_record { id(7) } else { borrowed.id() };
+            let operation = if field == 7 {
+                Operation::delete(record, at)
+            } else {
+                Operation::upsert(record, at, [stored_write(field, choice, replaces)]).unwrap()
+            };
+            let changed = borrowed.apply(&operation);
+            proptest::prop_assert_eq!(owned.apply_owned(operation), changed);
+            proptest::prop_assert_eq!(&owned, &borrowed);
+        }
+        proptest::prop_assert_eq!(owned.encode_to_vec(), borrowed.encode_to_vec());
+        proptest::prop_assert_eq!(owned.is_live(), borrowed.is_live());
+    }
+
     /// `is_live` is kept, not walked: after any sequence of applies, merges, absorbs and
     /// decodes (links, removals and deletes included) it is what walking the fields says.
     #[test]

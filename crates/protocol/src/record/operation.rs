@@ -67,6 +67,11 @@ impl FieldWrite {
         &self.replaces
     }
 
+    /// The key, the value and the replaced clocks, moved out.
+    pub fn into_parts(self) -> (FieldKey, Option<proto::FieldValue>, BTreeSet<Hlc>) {
+        (self.key, self.value, self.replaces)
+    }
+
     /// How many wire `FieldWrite`s this takes: one per replaced clock, at least one.
     fn wire_len(&self) -> usize {
         self.replaces.len().max(1)
@@ -149,6 +154,11 @@ impl Operation {
     /// What it does.
     pub fn kind(&self) -> &OperationKind {
         &self.kind
+    }
+
+    /// What the operation does, moved out (its writes' keys and values with it).
+    pub fn into_kind(self) -> OperationKind {
+        self.kind
     }
 
     /// The wire form; a write replacing several clocks becomes one wire write per clock.
