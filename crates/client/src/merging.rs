@@ -708,7 +708,7 @@ impl Device {
 
     /// Every group of records by its survivor, read in one scan of the store: the groups and
     /// the states of the records (all of them).
-#[cfg(test)]
+    #[cfg(test)]
     pub(crate) fn all_records(&self) -> Result<(Groups, Records)> {
         let mut records = Records::new();
         let mut builder = GroupsBuilder::default();
