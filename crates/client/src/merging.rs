@@ -791,7 +791,7 @@ impl Device {
             }
             Ok(())
         })?;
-        contacts.sort_by(|a, b| a.1.cmp(&b.1));
+        contacts.sort_by_key(|a| a.1);
         let separated = |left: &[RecordId], right: &[RecordId]| {
             let distinct =
                 |a: &RecordId, b: &RecordId| separations.get(a).is_some_and(|set| set.contains(b));
