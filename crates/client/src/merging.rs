@@ -730,10 +730,20 @@ impl Device {
     /// `each` also gets the view's records (sorted, the survivor among them).
     pub(crate) fn for_each_view(
         &self,
-        mut each: impl FnMut(RecordState, &[RecordId]) -> Result<()>,
+        each: impl FnMut(RecordState, &[RecordId]) -> Result<()>,
     ) -> Result<()> {
         let linked = crate::pipeline::linked_records(&self.inner.store)?;
-        let groups = Groups::from_records(&linked);
+        self.for_each_view_with(&linked, each)
+    }
+
+    /// [`Device::for_each_view`] with the records that hold merge links already read, for a
+    /// caller that needs them too.
+    fn for_each_view_with(
+        &self,
+        linked: &[RecordState],
+        mut each: impl FnMut(RecordState, &[RecordId]) -> Result<()>,
+    ) -> Result<()> {
+        let groups = Groups::from_records(linked);
         let grouped: BTreeSet<RecordId> = groups
             .merged()
             .flat_map(|(_, members)| members.iter().copied())
@@ -771,13 +781,14 @@ impl Device {
         // record was separated from, of every record that names one.
         let mut contacts: Vec<(String, RecordId, Vec<RecordId>)> = Vec::new();
         let mut separations: BTreeMap<RecordId, BTreeSet<RecordId>> = BTreeMap::new();
-        for state in crate::pipeline::linked_records(&self.inner.store)? {
+        let linked = crate::pipeline::linked_records(&self.inner.store)?;
+        for state in &linked {
             let distinct = state.distinct_from();
             if !distinct.is_empty() {
                 separations.insert(state.id(), distinct);
             }
         }
-        self.for_each_view(|view, members| {
+        self.for_each_view_with(&linked, |view, members| {
             if members.len() == 1 {
                 let distinct = view.distinct_from();
                 if !distinct.is_empty() {
