@@ -105,13 +105,17 @@ struct OpenGroup {
     /// Told when the write before the group's first page has landed (`None` if none was in
     /// flight): the group's transaction waits for it, so that writes land in order.
     before: Option<tokio::sync::oneshot::Receiver<()>>,
-    /// Each page's write, sent once prepared, and where the page is told whether its group
-    /// committed, in the order of submission.
-    pages: Vec<(
-        tokio::sync::oneshot::Receiver<Result<PageWrite>>,
-        tokio::sync::oneshot::Sender<Result<()>>,
-    )>,
+    /// The group's pages, in the order of submission.
+    pages: Vec<GroupPage>,
     records: usize,
+}
+
+/// A page of an [`OpenGroup`].
+struct GroupPage {
+    /// Its write, sent once prepared.
+    prepared: tokio::sync::oneshot::Receiver<Result<PageWrite>>,
+    /// Where the page is told whether its group committed.
+    told: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
 /// A set of record ids that may answer "maybe" for an id it does not hold (a Bloom filter):
@@ -506,7 +510,10 @@ impl RecordPipeline {
             });
         }
         let group = self.open_group.as_mut().expect("opened above");
-        group.pages.push((ready_rx, told));
+        group.pages.push(GroupPage {
+            prepared: ready_rx,
+            told,
+        });
         group.records += changed;
         let (pages, full) = (
             group.pages.len(),
@@ -553,7 +560,8 @@ impl RecordPipeline {
         let store = self.store.clone();
         let guard = Arc::clone(&self.guard);
         let counts = Arc::clone(&self.counts);
-        let (prepared, told): (Vec<_>, Vec<_>) = pages.into_iter().unzip();
+        let (prepared, told): (Vec<_>, Vec<_>) =
+            pages.into_iter().map(|p| (p.prepared, p.told)).unzip();
         drop(tokio::task::spawn_blocking(move || {
             let result = (|| {
                 if let Some(before) = before {
