@@ -192,6 +192,13 @@ pub(crate) struct Inner {
     /// never), for tests of what a failed pull leaves.
     #[cfg(test)]
     pub(crate) pull_fails_after_pages: std::sync::atomic::AtomicUsize,
+    /// A pull stops as a crash would once it has submitted this many pages (0: never): the
+    /// pages of its open group are never written.
+    #[cfg(test)]
+    pub(crate) pull_crashes_after_pages: std::sync::atomic::AtomicUsize,
+    /// The pages a pull commits per transaction at most (0: the usual limits).
+    #[cfg(test)]
+    pub(crate) pull_group_pages: std::sync::atomic::AtomicUsize,
     /// A push fails as a lost connection would once this many of its pushes were
     /// acknowledged (0: never), for tests of what a failed push leaves.
     #[cfg(test)]
@@ -442,6 +449,10 @@ impl Device {
                 pulled_writes: Mutex::default(),
                 #[cfg(test)]
                 pull_fails_after_pages: Default::default(),
+                #[cfg(test)]
+                pull_crashes_after_pages: Default::default(),
+                #[cfg(test)]
+                pull_group_pages: Default::default(),
                 #[cfg(test)]
                 push_fails_after_acks: Default::default(),
                 #[cfg(test)]

@@ -45,13 +45,15 @@ pub(crate) struct RecordPipeline {
     /// and the pipeline are gone.
     guard: Arc<OwnedMutexGuard<()>>,
     /// Batches submitted and not yet written, oldest first: one after
-    /// [`RecordPipeline::submit`], up to [`RecordPipeline::PREPARED_IN_FLIGHT`] after
-    /// [`RecordPipeline::submit_prepared`]. Their writes land in this order.
+    /// [`RecordPipeline::submit`]; after [`RecordPipeline::submit_page`], the pages of the
+    /// open group and of the group committing before it. Their writes land in this order.
     in_flight: std::collections::VecDeque<InFlight>,
-    /// Set by [`RecordPipeline::start_on_empty_store`]: the ids this pipeline has loaded, when
-    /// the store held no record as it started. An id not in it cannot be in the store (except
-    /// one another process wrote since, which every write joins with, see
-    /// [`write_records_in`]), so it is not looked up.
+    /// Set by [`RecordPipeline::start_on_empty_store`]: the ids this pipeline has loaded or
+    /// been submitted, when the store held no record as it started. An id not in it cannot be
+    /// in the store (except one another process wrote since, which every write joins with, see
+    /// [`write_records_in`]), in flight or in the write group, so it is not looked up (a pull
+    /// holds up to two groups of pages in flight, whose lookups a first pull of 1,000,000
+    /// records would otherwise make for each record).
     loaded: Option<IdFilter>,
     /// Set by [`RecordPipeline::group_writes`]: records written but not committed yet.
     group: Option<Arc<WriteGroup>>,
@@ -67,6 +69,53 @@ pub(crate) struct RecordPipeline {
     /// failed one has left `in_flight` would otherwise have no earlier write to wait for, and
     /// could land after a gap).
     failed: bool,
+    /// The pages submitted by [`RecordPipeline::submit_page`] since the last group was
+    /// closed: committed together, in one transaction.
+    open_group: Option<OpenGroup>,
+    /// When [`RecordPipeline::submit_page`] closes a group.
+    page_group: PageGroupLimits,
+}
+
+/// When a group of pages ([`RecordPipeline::submit_page`]) is full and committed: at
+/// `records` records or `pages` pages, whichever comes first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PageGroupLimits {
+    /// Records (changed by the group's pages) after which the group is committed.
+    pub(crate) records: usize,
+    /// Pages after which the group is committed.
+    pub(crate) pages: usize,
+}
+
+impl PageGroupLimits {
+    /// A pull's groups: as many records as an import's [`WriteGroup`] (a transaction of 16,000
+    /// records at random places dirties most leaves of a 1,000,000-record index once, instead
+    /// of a third of them for each page of ~4,500), and at most 8 pages (a relay's page is at
+    /// most 2 MiB of envelopes: 16 MiB, as [`WriteGroup::BYTES`]).
+    pub(crate) const PULL: Self = Self {
+        records: WriteGroup::RECORDS,
+        pages: 8,
+    };
+}
+
+/// One page's write in a group's transaction, its preparation done.
+type PageWrite = Box<dyn FnOnce(&StoreTxn<'_>) -> Result<()> + Send>;
+
+/// The pages of a group not committed yet (see [`RecordPipeline::submit_page`]).
+struct OpenGroup {
+    /// Told when the write before the group's first page has landed (`None` if none was in
+    /// flight): the group's transaction waits for it, so that writes land in order.
+    before: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The group's pages, in the order of submission.
+    pages: Vec<GroupPage>,
+    records: usize,
+}
+
+/// A page of an [`OpenGroup`].
+struct GroupPage {
+    /// Its write, sent once prepared.
+    prepared: tokio::sync::oneshot::Receiver<Result<PageWrite>>,
+    /// Where the page is told whether its group committed.
+    told: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
 /// A set of record ids that may answer "maybe" for an id it does not hold (a Bloom filter):
@@ -113,10 +162,20 @@ struct InFlight {
     /// The versions this batch's write stores its states at (filled as it writes), for the
     /// batches that load a state from it.
     written: Arc<Written>,
-    task: tokio::task::JoinHandle<Result<()>>,
+    task: Landing,
     /// Told once this batch's write has landed (dropped unsent if it failed): the next
-    /// batch's write waits for it ([`RecordPipeline::submit_prepared`]).
+    /// batch's write waits for it. Of a group of pages, only the last page holds it, told
+    /// when the group has committed ([`RecordPipeline::submit_page`]).
     landed: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// How a batch in flight is written.
+enum Landing {
+    /// By a write of its own ([`RecordPipeline::submit`]).
+    Write(tokio::task::JoinHandle<Result<()>>),
+    /// With its group of pages, in one transaction, which tells each page how it went
+    /// ([`RecordPipeline::submit_page`]).
+    Group(tokio::sync::oneshot::Receiver<Result<()>>),
 }
 
 impl RecordPipeline {
@@ -133,7 +192,15 @@ impl RecordPipeline {
             read: HashMap::new(),
             counts: Arc::default(),
             failed: false,
+            open_group: None,
+            page_group: PageGroupLimits::PULL,
         }
+    }
+
+    /// Sets when [`RecordPipeline::submit_page`] closes a group (tests use small groups).
+    #[cfg(test)]
+    pub(crate) fn set_page_group(&mut self, limits: PageGroupLimits) {
+        self.page_group = limits;
     }
 
     /// How the writes of this pipeline stored their records so far: inserted, replaced in
@@ -178,16 +245,18 @@ impl RecordPipeline {
             Entry::Occupied(entry) => return Ok(entry.into_mut()),
             Entry::Vacant(entry) => entry,
         };
+        // First: every record in flight or in the write group is in the filter (see
+        // `IdFilter`), so a record the filter never held is none of those.
+        if let Some(loaded) = &mut self.loaded
+            && !loaded.insert(&id)
+        {
+            return Ok(entry.insert(RecordState::new(id)));
+        }
         if let Some((state, written)) = self.in_flight_batch(&id) {
             let read = Read::from_batch(state, written);
             let state = state.clone();
             self.read.insert(id, read);
             return Ok(entry.insert(state));
-        }
-        if let Some(loaded) = &mut self.loaded
-            && !loaded.insert(&id)
-        {
-            return Ok(entry.insert(RecordState::new(id)));
         }
         if let Some(state) = self.uncommitted(&id)? {
             return Ok(entry.insert(state));
@@ -287,17 +356,17 @@ impl RecordPipeline {
             if touched.contains_key(&id) {
                 continue;
             }
+            if let Some(loaded) = &mut self.loaded
+                && !loaded.insert(&id)
+            {
+                // Never loaded nor submitted on a store that was empty: new (as in `load`).
+                touched.insert(id, RecordState::new(id));
+                continue;
+            }
             if let Some((state, written)) = self.in_flight_batch(&id) {
                 let read = Read::from_batch(state, written);
                 touched.insert(id, state.clone());
                 self.read.insert(id, read);
-                continue;
-            }
-            if let Some(loaded) = &mut self.loaded
-                && !loaded.insert(&id)
-            {
-                // Never loaded on a store that was empty: new (as in `load`).
-                touched.insert(id, RecordState::new(id));
                 continue;
             }
             if let Some(state) = self.uncommitted(&id)? {
@@ -338,10 +407,6 @@ impl RecordPipeline {
         }
     }
 
-    /// Batches [`RecordPipeline::submit_prepared`] keeps in flight: the one being prepared
-    /// and the one being written, while the caller merges the next.
-    pub(crate) const PREPARED_IN_FLIGHT: usize = 2;
-
     /// Waits for the batch in flight, then starts `write(records)` on a blocking thread.
     /// `records` are the states the write stores.
     pub(crate) async fn submit(
@@ -349,93 +414,27 @@ impl RecordPipeline {
         records: Records,
         write: impl FnOnce(&Records) -> Result<()> + Send + 'static,
     ) -> Result<()> {
-        self.start(
-            records,
-            0,
-            Free::Aside,
-            |_| Ok(()),
-            move |records, _, ()| write(records),
-        )
-        .await
-    }
-
-    /// Starts `prepare(records)` at once on a blocking thread, beside the write of the batch
-    /// before, then `write(records, prepared)` once that write has landed: writes land in the
-    /// order of submission, and a write runs only if every write before it succeeded.
-    /// Waits only while [`RecordPipeline::PREPARED_IN_FLIGHT`] batches are in flight. `prepare`
-    /// is for the work of a batch that needs no store and no order (encoding and sealing its
-    /// records), so that the writer's thread is left with the transaction (a pull's writer was
-    /// its critical path, the merging thread waiting for it at every page; BENCHMARKS.md,
-    /// "B's pull (issue 18), eighth session"). `write` is given the batch's
-    /// [`BatchVersions`], for [`write_records_in`].
-    pub(crate) async fn submit_prepared<P: Send + 'static>(
-        &mut self,
-        records: Records,
-        prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
-        write: impl FnOnce(&Records, &BatchVersions, P) -> Result<()> + Send + 'static,
-    ) -> Result<()> {
-        self.start(
-            records,
-            Self::PREPARED_IN_FLIGHT - 1,
-            Free::Here,
-            prepare,
-            write,
-        )
-        .await
-    }
-
-    /// Waits until at most `keep` batches are in flight, then starts this one. The states of
-    /// the batches written meanwhile are freed as `free` says.
-    async fn start<P: Send + 'static>(
-        &mut self,
-        records: Records,
-        keep: usize,
-        free: Free,
-        prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
-        write: impl FnOnce(&Records, &BatchVersions, P) -> Result<()> + Send + 'static,
-    ) -> Result<()> {
         if self.failed {
             return Err(
                 LocalStoreError::WriterFailed("an earlier batch was not written".into()).into(),
             );
         }
-        // Where this batch's states were read from (those loaded and left unchanged, which
-        // the caller does not submit, are never looked up).
-        let versions = BatchVersions {
-            read: std::mem::take(&mut self.read),
-            written: Arc::default(),
-            counts: Arc::clone(&self.counts),
-        };
-        let written = Arc::clone(&versions.written);
-        while self.in_flight.len() > keep {
-            let previous = self.finish_oldest().await?;
-            if let Some(previous) = previous {
-                match free {
-                    Free::Aside => drop(tokio::task::spawn_blocking(move || drop(previous))),
-                    Free::Here => drop(previous),
-                }
-            }
+        // Not used by this write: `read` describes the batch being merged.
+        self.read.clear();
+        self.note_submitted(&records);
+        self.close_group();
+        while let Some(previous) = self.finish_oldest().await? {
+            // Not on the merging thread (dropping a batch of states was 5 % of an import),
+            // nor on the writer's, the busier of the two at 1,000,000 rows (6 % of its time,
+            // BENCHMARKS.md).
+            drop(tokio::task::spawn_blocking(move || drop(previous)));
         }
         let records = Arc::new(records);
         let batch = Arc::clone(&records);
         let guard = Arc::clone(&self.guard);
-        // The write before this one, if still in flight: this write waits until it landed.
-        let before = self.in_flight.back_mut().and_then(|w| w.landed.take());
         let (landed, landed_rx) = tokio::sync::oneshot::channel();
         let task = tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                let prepared = prepare(&batch)?;
-                if let Some(before) = before {
-                    // Dropped unsent: the write before failed (its error is the one the
-                    // pipeline reports), and nothing after it may land.
-                    before.blocking_recv().map_err(|_| {
-                        LocalStoreError::WriterFailed("an earlier batch was not written".into())
-                    })?;
-                }
-                write(&batch, &versions, prepared)
-            })();
-            // The versions of the batches this one was loaded from are no longer needed.
-            drop(versions);
+            let result = write(&batch);
             if result.is_ok() {
                 let _ = landed.send(());
             }
@@ -444,19 +443,190 @@ impl RecordPipeline {
         });
         self.in_flight.push_back(InFlight {
             records,
-            written,
-            task,
+            written: Arc::default(),
+            task: Landing::Write(task),
             landed: Some(landed_rx),
         });
         Ok(())
     }
 
+    /// Submits one page of a pull: starts `prepare(records)` at once on a blocking thread,
+    /// and adds the page to the open group of pages, all written in one transaction
+    /// (`write(tx, records, prepared)` for each page, in order) once the group is full
+    /// ([`PageGroupLimits`]) or [`RecordPipeline::wait`] is called. A group commits only once
+    /// the write before it has landed, and only if every write before it succeeded; a page
+    /// is written when its group commits, and not before: if any page of a group fails, none
+    /// of the group is stored.
+    ///
+    /// Waits only when it closes a group, for the group before to land: one group commits
+    /// while the pages of the next are fetched and merged, and the states of at most two
+    /// groups stay in memory (readable by [`RecordPipeline::load`] until their group has
+    /// landed). A page of a pull changes records all over the record index; with each page
+    /// its own transaction, each of those index leaves was written to the WAL once per page
+    /// that changed it (BENCHMARKS.md, "B's storage in a 1,000,000-contact pull (issue 18),
+    /// twelfth session"). `prepare` is for the work of a page that needs no store and no
+    /// order (encoding and sealing its records), kept off the writer's thread. `write` is
+    /// given the page's [`BatchVersions`], for [`write_records_in`] (a page reading a record
+    /// from an earlier page of its group is written after it, in the same transaction).
+    ///
+    /// Pages of a group still open when the pipeline is dropped without
+    /// [`RecordPipeline::wait`] are never written, as after a crash.
+    pub(crate) async fn submit_page<P: Send + 'static>(
+        &mut self,
+        records: Records,
+        prepare: impl FnOnce(&Records) -> Result<P> + Send + 'static,
+        write: impl FnOnce(&StoreTxn<'_>, &Records, &BatchVersions, P) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        if self.failed {
+            return Err(
+                LocalStoreError::WriterFailed("an earlier batch was not written".into()).into(),
+            );
+        }
+        let versions = BatchVersions {
+            read: std::mem::take(&mut self.read),
+            written: Arc::default(),
+            counts: Arc::clone(&self.counts),
+        };
+        let written = Arc::clone(&versions.written);
+        self.note_submitted(&records);
+        let changed = records.len();
+        let records = Arc::new(records);
+        let batch = Arc::clone(&records);
+        let (ready, ready_rx) = tokio::sync::oneshot::channel();
+        drop(tokio::task::spawn_blocking(move || {
+            let page = prepare(&batch).map(|prepared| -> PageWrite {
+                Box::new(move |tx: &StoreTxn<'_>| write(tx, &batch, &versions, prepared))
+            });
+            // The group no longer waits for it if the pipeline was dropped.
+            let _ = ready.send(page);
+        }));
+        let (told, told_rx) = tokio::sync::oneshot::channel();
+        if self.open_group.is_none() {
+            let before = self.in_flight.back_mut().and_then(|w| w.landed.take());
+            self.open_group = Some(OpenGroup {
+                before,
+                pages: Vec::new(),
+                records: 0,
+            });
+        }
+        let group = self.open_group.as_mut().expect("opened above");
+        group.pages.push(GroupPage {
+            prepared: ready_rx,
+            told,
+        });
+        group.records += changed;
+        let (pages, full) = (
+            group.pages.len(),
+            group.records >= self.page_group.records || group.pages.len() >= self.page_group.pages,
+        );
+        self.in_flight.push_back(InFlight {
+            records,
+            written,
+            task: Landing::Group(told_rx),
+            landed: None,
+        });
+        if full {
+            self.close_group();
+            // The group before lands while this one commits. Its states are freed here, on
+            // the thread that merged (allocated) them: the allocator (mimalloc) hands a page
+            // whose blocks another thread freed back to its arena once it empties, and the
+            // arena returns such memory to the system after a second; the merging thread's
+            // next pages then came from fresh memory, zeroed by the kernel at its first touch
+            // (BENCHMARKS.md, "B's pull (issue 18), tenth session").
+            while self.in_flight.len() > pages {
+                drop(self.finish_oldest().await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the ids of a batch submitted to the filter of loaded ids, if there is one: a batch
+    /// may hold records not loaded through the pipeline, and `load` consults the filter before
+    /// the batches in flight.
+    fn note_submitted(&mut self, records: &Records) {
+        if let Some(loaded) = &mut self.loaded {
+            for id in records.keys() {
+                loaded.insert(id);
+            }
+        }
+    }
+
+    /// Starts the commit of the open group of pages, if any, on a blocking thread.
+    fn close_group(&mut self) {
+        let Some(OpenGroup { before, pages, .. }) = self.open_group.take() else {
+            return;
+        };
+        let (landed, landed_rx) = tokio::sync::oneshot::channel();
+        let store = self.store.clone();
+        let guard = Arc::clone(&self.guard);
+        let counts = Arc::clone(&self.counts);
+        let (prepared, told): (Vec<_>, Vec<_>) =
+            pages.into_iter().map(|p| (p.prepared, p.told)).unzip();
+        drop(tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                if let Some(before) = before {
+                    // Dropped unsent: the write before failed (its error is the one the
+                    // pipeline reports), and nothing after it may land.
+                    before.blocking_recv().map_err(|_| {
+                        LocalStoreError::WriterFailed("an earlier batch was not written".into())
+                    })?;
+                }
+                let mut writes = Vec::with_capacity(prepared.len());
+                for page in prepared {
+                    writes.push(page.blocking_recv().map_err(|_| {
+                        LocalStoreError::WriterFailed("a page was not prepared".into())
+                    })??);
+                }
+                store.transaction(|tx| writes.into_iter().try_for_each(|write| write(tx)))?;
+                counts.transactions.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })();
+            let mut told = told.into_iter();
+            match result {
+                Ok(()) => {
+                    let _ = landed.send(());
+                    for page in told {
+                        let _ = page.send(Ok(()));
+                    }
+                }
+                Err(error) => {
+                    // The first page reports the error; the pipeline then stops.
+                    if let Some(first) = told.next() {
+                        let _ = first.send(Err(error));
+                    }
+                    for page in told {
+                        let _ = page.send(Err(LocalStoreError::WriterFailed(
+                            "a page of its group was not written".into(),
+                        )
+                        .into()));
+                    }
+                }
+            }
+            drop(guard);
+        }));
+        if let Some(last) = self.in_flight.back_mut() {
+            last.landed = Some(landed_rx);
+        }
+    }
+
+    /// Forgets the pages of the open group, as a crash would, once the groups before it have
+    /// landed (the pages forgotten are pulled again by the next pull).
+    #[cfg(test)]
+    pub(crate) async fn abandon_open_group(&mut self) -> Result<()> {
+        if let Some(group) = self.open_group.take() {
+            let kept = self.in_flight.len() - group.pages.len();
+            self.in_flight.truncate(kept);
+        }
+        self.wait().await
+    }
+
     /// Waits until every batch in flight has been written.
     pub(crate) async fn wait(&mut self) -> Result<()> {
+        self.close_group();
         while let Some(records) = self.finish_oldest().await? {
             // The last batches' states are freed on a blocking thread: a page of a pull is
             // thousands of records, and freeing them here kept the caller waiting. (Earlier
-            // batches are freed when the next is submitted, see `start`.)
+            // batches are freed when the next is submitted.)
             if Arc::strong_count(&records) == 1 {
                 drop(tokio::task::spawn_blocking(move || drop(records)));
             }
@@ -469,33 +639,21 @@ impl RecordPipeline {
         let Some(in_flight) = self.in_flight.pop_front() else {
             return Ok(None);
         };
-        let landed = in_flight
-            .task
-            .await
-            .map_err(|e| LocalStoreError::WriterFailed(e.to_string()).into())
-            .and_then(|written| written);
+        let landed = match in_flight.task {
+            Landing::Write(task) => task
+                .await
+                .map_err(|e| LocalStoreError::WriterFailed(e.to_string()).into())
+                .and_then(|written| written),
+            Landing::Group(told) => told.await.unwrap_or_else(|_| {
+                Err(LocalStoreError::WriterFailed("a page's group was not committed".into()).into())
+            }),
+        };
         if landed.is_err() {
             self.failed = true;
         }
         landed?;
         Ok(Some(in_flight.records))
     }
-}
-
-/// Where [`RecordPipeline::start`] frees the states of a batch once it is written.
-#[derive(Clone, Copy)]
-enum Free {
-    /// On a blocking thread of their own: not on the merging thread (dropping a batch of
-    /// states was 5 % of an import), nor on the writer's, the busier of the two at 1,000,000
-    /// rows (6 % of its time, BENCHMARKS.md). The import's choice.
-    Aside,
-    /// On the caller's thread, the one that merged (allocated) them, as it submits the next
-    /// batch. The allocator (mimalloc) hands a page whose blocks another thread freed back to
-    /// its arena once it empties, and the arena returns such memory to the system after a
-    /// second; the merging thread's next pages then came from fresh memory, zeroed by the
-    /// kernel at its first touch. Freed on the thread that owns them, the pages are reused by
-    /// the next batch. The pull's choice (BENCHMARKS.md, "B's pull (issue 18), tenth session").
-    Here,
 }
 
 /// The versions a batch's write stores its records at, by id: read by the batches loaded
@@ -531,7 +689,7 @@ impl Read {
 
 /// What [`write_records_in`] needs to write a batch's records without reading them back:
 /// for each record the pipeline read from the store or from an earlier batch, the version of
-/// the stored value its state was built on ([`RecordPipeline::submit_prepared`] gives it to
+/// the stored value its state was built on ([`RecordPipeline::submit_page`] gives it to
 /// the batch's write). A state loaded at version `v` and changed since only by joins
 /// (merging operations and states never loses anything) includes everything the value at `v`
 /// holds, so while the store still holds that value the join would write the state as it is:
@@ -569,6 +727,7 @@ pub(crate) struct WriteCounts {
     inserted: AtomicU64,
     in_place: AtomicU64,
     joined: AtomicU64,
+    transactions: AtomicU64,
 }
 
 /// [`WriteCounts`] at one moment.
@@ -581,6 +740,8 @@ pub(crate) struct WriteCountsSnapshot {
     /// Records read back and joined with the stored state (stored records whose version was
     /// not known, or had changed).
     pub(crate) joined: u64,
+    /// Groups of pages committed ([`RecordPipeline::submit_page`]), one transaction each.
+    pub(crate) transactions: u64,
 }
 
 impl WriteCounts {
@@ -589,6 +750,7 @@ impl WriteCounts {
             inserted: self.inserted.load(Ordering::Relaxed),
             in_place: self.in_place.load(Ordering::Relaxed),
             joined: self.joined.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
         }
     }
 }
@@ -1253,16 +1415,24 @@ mod tests {
         sealed: &[Vec<u8>],
         versions: Option<&BatchVersions>,
     ) -> Result<()> {
-        store.transaction(|tx| {
-            write_records_in(
-                tx,
-                records
-                    .iter()
-                    .zip(sealed)
-                    .map(|((id, state), sealed)| (id, state, Some(sealed.as_slice()))),
-                versions,
-            )
-        })
+        store.transaction(|tx| write_sealed_in(tx, records, sealed, versions))
+    }
+
+    /// [`write_sealed`] in `tx`.
+    fn write_sealed_in(
+        tx: &StoreTxn<'_>,
+        records: &Records,
+        sealed: &[Vec<u8>],
+        versions: Option<&BatchVersions>,
+    ) -> Result<()> {
+        write_records_in(
+            tx,
+            records
+                .iter()
+                .zip(sealed)
+                .map(|((id, state), sealed)| (id, state, Some(sealed.as_slice()))),
+            versions,
+        )
     }
 
     /// A write of merged states, as an import's: sealed, with the live count kept.
@@ -1301,6 +1471,33 @@ mod tests {
             assert_eq!(*state, named(id(n), "first", 1), "record {n}");
         }
         assert_eq!(live_count(&store).unwrap(), 1_500);
+    }
+
+    /// On a store that was empty, a record submitted without having been loaded (a new
+    /// record the caller made) is still read from the page in flight that holds it, and from
+    /// the store once written: the filter of loaded ids, consulted first, holds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_an_empty_store_a_record_submitted_unloaded_is_read_from_flight() {
+        let (_dir, store) = store();
+        let lock = Arc::new(Mutex::new(()));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.start_on_empty_store().unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (release, prepare, write) = prepared_write(&store, 0, Duration::ZERO, &order);
+        let made = named(id(9), "made", 1);
+        pipeline
+            .submit_page(Records::from([(id(9), made.clone())]), prepare, write)
+            .await
+            .unwrap();
+        let mut touched = Records::new();
+        assert_eq!(*pipeline.load(&mut touched, id(9)).unwrap(), made);
+        let mut many = Records::new();
+        pipeline.load_many(&mut many, [id(9)]).unwrap();
+        assert_eq!(many[&id(9)], made);
+        release.send(()).unwrap();
+        pipeline.wait().await.unwrap();
+        let mut touched = Records::new();
+        assert_eq!(*pipeline.load(&mut touched, id(9)).unwrap(), made);
     }
 
     /// A write through a [`WriteGroup`], as an import's: sealed, committed with the group.
@@ -1590,8 +1787,9 @@ mod tests {
         assert!(read_record(&store, &id(3)).unwrap().is_some());
     }
 
-    /// A prepared write (as a pull's): sealed in `prepare`, stored in `write` once `release`
-    /// receives, with its batch number appended to `order` as it starts writing.
+    /// A page's write (as a pull's): sealed in `prepare`, stored in `write` (in its group's
+    /// transaction) once `release` receives, with its batch number appended to `order` as it
+    /// starts writing.
     #[allow(clippy::type_complexity)]
     fn prepared_write(
         store: &LocalStore,
@@ -1601,38 +1799,47 @@ mod tests {
     ) -> (
         mpsc::Sender<()>,
         impl FnOnce(&Records) -> Result<Vec<Vec<u8>>> + Send + 'static,
-        impl FnOnce(&Records, &BatchVersions, Vec<Vec<u8>>) -> Result<()> + Send + 'static,
+        impl FnOnce(&StoreTxn<'_>, &Records, &BatchVersions, Vec<Vec<u8>>) -> Result<()>
+        + Send
+        + 'static,
     ) {
         let (release, wait) = mpsc::channel::<()>();
-        let (sealer, store, order) = (store.clone(), store.clone(), Arc::clone(order));
+        let (sealer, order) = (store.clone(), Arc::clone(order));
         let prepare = move |records: &Records| {
             std::thread::sleep(prepare_delay);
             Ok(seal_all(&sealer, records))
         };
-        let write = move |records: &Records, versions: &BatchVersions, sealed: Vec<Vec<u8>>| {
+        let write = move |tx: &StoreTxn<'_>,
+                          records: &Records,
+                          versions: &BatchVersions,
+                          sealed: Vec<Vec<u8>>| {
             order.lock().unwrap().push(batch);
             wait.recv().ok();
-            write_sealed(&store, records, &sealed, Some(versions))
+            write_sealed_in(tx, records, &sealed, Some(versions))
         };
         (release, prepare, write)
     }
 
-    /// Prepared batches are written in the order they were submitted, each after the one
-    /// before has landed, even when a later batch is prepared first; with two batches in
-    /// flight a record is read from the later one; every record of every batch is stored,
+    /// Pages are written in the order they were submitted, two per transaction here, each
+    /// group after the one before has landed, even when a later page is prepared first; a
+    /// record is read from the latest page in flight; every record of every page is stored,
     /// with its latest state.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn prepared_batches_land_in_order_and_the_latest_in_flight_state_is_read() {
+    async fn pages_land_in_order_and_the_latest_in_flight_state_is_read() {
         let (_dir, store) = store();
         let lock = Arc::new(Mutex::new(()));
         let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.set_page_group(PageGroupLimits {
+            records: usize::MAX,
+            pages: 2,
+        });
         pipeline.start_on_empty_store().unwrap();
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut releases = Vec::new();
         for batch in 0..6u32 {
             let mut touched = Records::new();
-            // Record 0 in every batch, built on the state of the batch before: with two
-            // batches in flight that is the later of them.
+            // Record 0 in every page, built on the state of the page before: with several
+            // pages in flight that is the latest of them.
             let state = pipeline.load(&mut touched, id(0)).unwrap();
             if batch > 0 {
                 assert_eq!(
@@ -1646,18 +1853,17 @@ mod tests {
                 let id = id(batch * 1_000 + n);
                 *pipeline.load(&mut touched, id).unwrap() = named(id, "new", 1);
             }
-            // Even batches are prepared slowly: the next one is prepared before them.
+            // Even pages are prepared slowly: the next one is prepared before them.
             let delay = Duration::from_millis(if batch % 2 == 0 { 150 } else { 0 });
             let (release, prepare, write) = prepared_write(&store, batch, delay, &order);
             releases.push(release);
-            pipeline
-                .submit_prepared(touched, prepare, write)
-                .await
-                .unwrap();
-            assert!(pipeline.in_flight.len() <= RecordPipeline::PREPARED_IN_FLIGHT);
+            pipeline.submit_page(touched, prepare, write).await.unwrap();
+            // The open group and the group committing before it, at most.
+            assert!(pipeline.in_flight.len() <= 3);
             if batch == 1 {
-                // Two in flight, neither written: the oldest cannot land before it is
-                // released, so a third submission would wait. Release the writes from here on.
+                // One group of two pages, neither written: the second cannot be written
+                // before the first is released, so the next group's close would wait.
+                // Release the writes from here on.
                 assert_eq!(pipeline.in_flight.len(), 2);
                 std::thread::sleep(Duration::from_millis(300));
                 assert!(
@@ -1674,6 +1880,7 @@ mod tests {
         }
         pipeline.wait().await.unwrap();
         assert_eq!(*order.lock().unwrap(), (0..6).collect::<Vec<_>>());
+        assert_eq!(pipeline.write_counts().transactions, 3);
         assert_eq!(
             read_record(&store, &id(0)).unwrap(),
             Some(named(id(0), "batch 5", 6))
@@ -1685,6 +1892,74 @@ mod tests {
             }
         }
         assert_eq!(live_count(&store).unwrap(), 1 + 6 * 199);
+    }
+
+    /// The pages of a group are stored only when the group commits, all in one transaction:
+    /// until then another connection (another process) reads none of them, and the pipeline
+    /// reads their states from memory; a record a later page of the group changes is replaced
+    /// in place, in the same transaction, with the later state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pages_of_a_group_are_stored_together_when_it_commits() {
+        let (dir, store) = store();
+        let other = other_process(&dir);
+        let lock = Arc::new(Mutex::new(()));
+        let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.set_page_group(PageGroupLimits {
+            records: 4,
+            pages: usize::MAX,
+        });
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let page = |batch: u32| {
+            let (release, prepare, write) = prepared_write(&store, batch, Duration::ZERO, &order);
+            release.send(()).unwrap();
+            (prepare, write)
+        };
+        let mut first = Records::new();
+        *pipeline.load(&mut first, id(1)).unwrap() = named(id(1), "Ada", 1);
+        *pipeline.load(&mut first, id(2)).unwrap() = named(id(2), "Grace", 1);
+        let (prepare, write) = page(0);
+        pipeline.submit_page(first, prepare, write).await.unwrap();
+        let mut second = Records::new();
+        let ada = pipeline.load(&mut second, id(1)).unwrap();
+        assert_eq!(*ada, named(id(1), "Ada", 1), "read from the first page");
+        *ada = with(ada.clone(), FieldKey::title(), "Countess", 2);
+        let countess = ada.clone();
+        let (prepare, write) = page(1);
+        pipeline.submit_page(second, prepare, write).await.unwrap();
+        // Three records in two pages: the group is open, and nothing is written.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(order.lock().unwrap().is_empty(), "no page written yet");
+        for n in [1, 2] {
+            assert_eq!(read_record(&other, &id(n)).unwrap(), None);
+        }
+        let mut third = Records::new();
+        assert_eq!(*pipeline.load(&mut third, id(1)).unwrap(), countess);
+        *pipeline.load(&mut third, id(3)).unwrap() = named(id(3), "Edsger", 1);
+        third.remove(&id(1));
+        // The fourth record: the group commits.
+        let (prepare, write) = page(2);
+        pipeline.submit_page(third, prepare, write).await.unwrap();
+        pipeline.wait().await.unwrap();
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+        assert_eq!(
+            pipeline.write_counts(),
+            WriteCountsSnapshot {
+                inserted: 3,
+                in_place: 1,
+                joined: 0,
+                transactions: 1,
+            }
+        );
+        assert_eq!(read_record(&other, &id(1)).unwrap(), Some(countess));
+        assert_eq!(
+            read_record(&other, &id(2)).unwrap(),
+            Some(named(id(2), "Grace", 1))
+        );
+        assert_eq!(
+            read_record(&other, &id(3)).unwrap(),
+            Some(named(id(3), "Edsger", 1))
+        );
+        assert_eq!(live_count(&other).unwrap(), 3);
     }
 
     /// `state` with `key` set to `text` at `wall_ms` by device 1 (on top of what it holds).
@@ -1751,8 +2026,9 @@ mod tests {
         );
     }
 
-    /// A pull's write: sealed beside, then written with the batch's versions once `release`
-    /// receives; `landed` receives once it has landed.
+    /// A pull's page write: sealed beside, then written with the batch's versions (in its
+    /// group's transaction) once `release` receives; `landed` receives once it is written in
+    /// that transaction.
     #[allow(clippy::type_complexity)]
     fn versioned_write(
         store: &LocalStore,
@@ -1760,15 +2036,20 @@ mod tests {
         mpsc::Sender<()>,
         mpsc::Receiver<()>,
         impl FnOnce(&Records) -> Result<Vec<Vec<u8>>> + Send + 'static,
-        impl FnOnce(&Records, &BatchVersions, Vec<Vec<u8>>) -> Result<()> + Send + 'static,
+        impl FnOnce(&StoreTxn<'_>, &Records, &BatchVersions, Vec<Vec<u8>>) -> Result<()>
+        + Send
+        + 'static,
     ) {
         let (release, wait) = mpsc::channel::<()>();
         let (landed_tx, landed) = mpsc::channel::<()>();
-        let (sealer, store) = (store.clone(), store.clone());
+        let sealer = store.clone();
         let prepare = move |records: &Records| Ok(seal_all(&sealer, records));
-        let write = move |records: &Records, versions: &BatchVersions, sealed: Vec<Vec<u8>>| {
+        let write = move |tx: &StoreTxn<'_>,
+                          records: &Records,
+                          versions: &BatchVersions,
+                          sealed: Vec<Vec<u8>>| {
             wait.recv().ok();
-            write_sealed(&store, records, &sealed, Some(versions))?;
+            write_sealed_in(tx, records, &sealed, Some(versions))?;
             landed_tx.send(()).ok();
             Ok(())
         };
@@ -1804,17 +2085,15 @@ mod tests {
         touched.insert(id(4), named(id(4), "new", 2));
         let (release, _landed, prepare, write) = versioned_write(&store);
         release.send(()).unwrap();
-        pipeline
-            .submit_prepared(touched, prepare, write)
-            .await
-            .unwrap();
+        pipeline.submit_page(touched, prepare, write).await.unwrap();
         pipeline.wait().await.unwrap();
         assert_eq!(
             pipeline.write_counts(),
             WriteCountsSnapshot {
                 inserted: 1,
                 in_place: 3,
-                joined: 0
+                joined: 0,
+                transactions: 1,
             }
         );
         assert_eq!(read_record(&store, &id(1)).unwrap(), Some(renamed));
@@ -1842,17 +2121,15 @@ mod tests {
         set_on_both(&mut touched, FieldKey::title(), "Countess", 5);
         let (release, _landed, prepare, write) = versioned_write(&store);
         release.send(()).unwrap();
-        pipeline
-            .submit_prepared(touched, prepare, write)
-            .await
-            .unwrap();
+        pipeline.submit_page(touched, prepare, write).await.unwrap();
         pipeline.wait().await.unwrap();
         assert_eq!(
             pipeline.write_counts(),
             WriteCountsSnapshot {
                 inserted: 0,
                 in_place: 1,
-                joined: 1
+                joined: 1,
+                transactions: 1,
             }
         );
         let stored = read_record(&store, &id(1)).unwrap().unwrap();
@@ -1868,13 +2145,18 @@ mod tests {
     async fn a_record_read_from_a_batch_in_flight_is_replaced_in_place_unless_written_since() {
         let (_dir, store, other, lock) = two_records_and_another_process();
         let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        // Each page a group of its own.
+        pipeline.set_page_group(PageGroupLimits {
+            records: usize::MAX,
+            pages: 1,
+        });
         // Batch 1 reads both from the store, batch 2 from batch 1 (in flight, not written).
         let mut first = Records::new();
         pipeline.load_many(&mut first, [id(1), id(2)]).unwrap();
         set_on_both(&mut first, FieldKey::title(), "first", 2);
         let (release_first, landed_first, prepare, write) = versioned_write(&store);
         pipeline
-            .submit_prepared(first.clone(), prepare, write)
+            .submit_page(first.clone(), prepare, write)
             .await
             .unwrap();
         let mut second = Records::new();
@@ -1882,23 +2164,25 @@ mod tests {
         pipeline.load(&mut second, id(2)).unwrap();
         assert_eq!(second, first, "read from the batch in flight");
         set_on_both(&mut second, FieldKey::company(), "second", 3);
-        let (release_second, _landed, prepare, write) = versioned_write(&store);
-        pipeline
-            .submit_prepared(second.clone(), prepare, write)
-            .await
-            .unwrap();
-        // Batch 1 lands; another process then writes record 2; batch 2 lands.
+        // Batch 1 lands; another process then writes record 2 (once batch 1's transaction
+        // has committed); batch 2 lands.
         release_first.send(()).unwrap();
         landed_first.recv().unwrap();
         let theirs = written_by(&other, 2, FieldKey::note(), "theirs", 4);
+        let (release_second, _landed, prepare, write) = versioned_write(&store);
         release_second.send(()).unwrap();
+        pipeline
+            .submit_page(second.clone(), prepare, write)
+            .await
+            .unwrap();
         pipeline.wait().await.unwrap();
         assert_eq!(
             pipeline.write_counts(),
             WriteCountsSnapshot {
                 inserted: 0,
                 in_place: 3,
-                joined: 1
+                joined: 1,
+                transactions: 2,
             }
         );
         assert_eq!(
@@ -1914,21 +2198,34 @@ mod tests {
         assert_eq!(live_count(&store).unwrap(), 2);
     }
 
-    /// A prepared batch whose write fails keeps every later batch from being written, also one
+    /// A page whose write fails stores nothing of its group (the page before it in the group
+    /// is rolled back with it), keeps every later group from being written, also a page
     /// submitted once nothing is in flight any more, and the pipeline reports that write's
     /// error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn after_a_failed_prepared_write_nothing_later_lands() {
+    async fn a_failed_page_stores_nothing_of_its_group_and_nothing_later_lands() {
         let (_dir, store) = store();
         let lock = Arc::new(Mutex::new(()));
         let mut pipeline = RecordPipeline::lock(&lock, &store).await;
+        pipeline.set_page_group(PageGroupLimits {
+            records: usize::MAX,
+            pages: 2,
+        });
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let page = |batch: u32| {
+            let (release, prepare, write) = prepared_write(&store, batch, Duration::ZERO, &order);
+            release.send(()).unwrap();
+            (prepare, write)
+        };
+        let (prepare, write) = page(0);
+        let one = Records::from([(id(1), named(id(1), "rolled back", 1))]);
+        pipeline.submit_page(one, prepare, write).await.unwrap();
         let (wait_tx, wait_rx) = mpsc::channel::<()>();
         pipeline
-            .submit_prepared(
-                Records::from([(id(1), named(id(1), "lost", 1))]),
+            .submit_page(
+                Records::from([(id(2), named(id(2), "lost", 1))]),
                 |_| Ok(()),
-                move |_, _, ()| {
+                move |_, _, _, ()| {
                     wait_rx.recv().ok();
                     Err(LocalStoreError::Corrupt {
                         tree: "records",
@@ -1939,39 +2236,35 @@ mod tests {
             )
             .await
             .unwrap();
-        let (later, prepare, write) = prepared_write(&store, 1, Duration::ZERO, &order);
-        later.send(()).unwrap();
-        pipeline
-            .submit_prepared(
-                Records::from([(id(2), named(id(2), "after", 1))]),
-                prepare,
-                write,
-            )
-            .await
-            .unwrap();
+        // The next group: its first page is submitted while the failing one is written.
+        let (prepare, write) = page(3);
+        let three = Records::from([(id(3), named(id(3), "after", 1))]);
+        pipeline.submit_page(three, prepare, write).await.unwrap();
         wait_tx.send(()).unwrap();
-        let error = pipeline.wait().await.unwrap_err();
+        // Closing the next group waits for the failed one.
+        let (prepare, write) = page(4);
+        let four = Records::from([(id(4), named(id(4), "after", 1))]);
+        let error = pipeline
+            .submit_page(four, prepare, write)
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("a failing write"), "{error}");
-        // The later batch's write never started, and nothing of either batch is stored.
-        let later_task = pipeline.in_flight.pop_front().unwrap().task;
-        assert!(later_task.await.unwrap().is_err());
-        assert!(order.lock().unwrap().is_empty());
-        assert_eq!(read_record(&store, &id(2)).unwrap(), None);
-        assert_eq!(read_record(&store, &id(1)).unwrap(), None);
-        // Nothing is in flight now, so a batch submitted after the failure has no earlier
+        // The next group is not written either (each of its pages reports it).
+        while pipeline.wait().await.is_err() {}
+        assert!(pipeline.in_flight.is_empty());
+        // Page 0 was written in the failed transaction; nothing later was.
+        assert_eq!(*order.lock().unwrap(), [0]);
+        for n in 1..=4 {
+            assert_eq!(read_record(&store, &id(n)).unwrap(), None, "record {n}");
+        }
+        assert_eq!(pipeline.write_counts().transactions, 0);
+        // Nothing is in flight now, so a page submitted after the failure has no earlier
         // write to wait for: it is refused, not written after the gap.
-        let (after, prepare, write) = prepared_write(&store, 3, Duration::ZERO, &order);
-        after.send(()).unwrap();
-        let refused = pipeline
-            .submit_prepared(
-                Records::from([(id(3), named(id(3), "after the gap", 1))]),
-                prepare,
-                write,
-            )
-            .await;
-        assert!(refused.is_err());
+        let (prepare, write) = page(5);
+        let five = Records::from([(id(5), named(id(5), "after the gap", 1))]);
+        assert!(pipeline.submit_page(five, prepare, write).await.is_err());
         pipeline.wait().await.unwrap();
-        assert!(order.lock().unwrap().is_empty());
-        assert_eq!(read_record(&store, &id(3)).unwrap(), None);
+        assert_eq!(*order.lock().unwrap(), [0]);
+        assert_eq!(read_record(&store, &id(5)).unwrap(), None);
     }
 }

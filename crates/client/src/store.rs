@@ -41,7 +41,7 @@ pub const DB_FILE: &str = "kith.sqlite3";
 pub const FORMAT_VERSION: i64 = 2;
 /// How long a writer waits for another connection's (or process's) write transaction before
 /// giving up with [`LocalStoreError::Busy`]. The longest transactions are one import group
-/// (16,000 records) or one pulled page: about a second at most.
+/// (16,000 records) or one group of pulled pages (at most 16,000 records): a second or two.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SQLite's page cache per connection, in KiB (negative `cache_size`): the writer's covers the
 /// interior pages of a 100,000-record table; the reader's stays small for phone budgets.

@@ -1476,15 +1476,28 @@ impl Device {
         report: &mut SyncReport,
         identities: &std::sync::Arc<std::sync::Mutex<PulledIdentities>>,
     ) -> Result<()> {
-        // Each page's records and cursors are written while the next page is fetched, opened
-        // and merged.
+        // The pages' records and cursors are written several pages per transaction, each group
+        // while the next pages are fetched, opened and merged.
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
+        #[cfg(test)]
+        {
+            let pages = self
+                .inner
+                .pull_group_pages
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if pages > 0 {
+                pipeline.set_page_group(crate::pipeline::PageGroupLimits {
+                    records: crate::pipeline::PageGroupLimits::PULL.records,
+                    pages,
+                });
+            }
+        }
         let pulled = self
             .pull_pages(connection, report, identities, &mut pipeline)
             .await;
         if pulled.is_err() {
-            // The pages being written when the pull failed land (or fail: none lands after
-            // a failed one), so that the caller links what they hold.
+            // The pages merged before the pull failed are written (their group committed, or
+            // failed: none lands after a failed one), so that the caller links what they hold.
             let _ = pipeline.wait().await;
         }
         pulled
@@ -1725,48 +1738,46 @@ impl Device {
                 &mut skews,
                 &mut moves,
             )?;
-            // Cursors are written with the records they cover, in one transaction (were they
-            // not, a crash in between would pull the page again, and merging it again would
-            // change nothing).
+            // Cursors are written with the records they cover, in the transaction of the
+            // page's group (were they not, a crash in between would pull the page again, and
+            // merging it again would change nothing). A page is written only when its group
+            // commits: a crash loses the pages of the open group, cursors and records alike,
+            // and the next pull asks for them again from the last committed cursors.
             let cursors = new_verifiers.clone();
             let device = self.clone();
             let identities = std::sync::Arc::clone(identities);
             let sealer = self.clone();
             pipeline
-                .submit_prepared(
+                .submit_page(
                     touched,
-                    // Beside the previous page's write: each record encoded and sealed for the
-                    // store, and its identities blinded (the writer's thread did this, and was
-                    // the pull's critical path).
+                    // Beside the writes: each record encoded and sealed for the store, and its
+                    // identities blinded (the writer's thread did this, and was the pull's
+                    // critical path).
                     move |records| {
                         let blinded =
                             PulledIdentities::blind_page(sealer.inner.store.cipher(), records);
                         Ok((sealer.seal_records(records), blinded))
                     },
-                    move |records, versions, (sealed, blinded)| {
+                    move |tx, records, versions, (sealed, blinded)| {
                         // The identity rule for the page, while its states are here, on the
-                        // writer's thread (the next page is merged meanwhile), its index shards
-                        // read in the page's transaction. Pages are written in order, so a later
-                        // state of a record is settled after an earlier one.
+                        // writer's thread (the next pages are merged meanwhile), its index
+                        // shards read in the group's transaction. Pages are written in order,
+                        // so a later state of a record is settled after an earlier one.
                         let mut identities = identities
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        device.inner.store.transaction(|tx| {
-                            crate::pipeline::write_records_in(
-                                tx,
-                                records
-                                    .iter()
-                                    .zip(&sealed)
-                                    .map(|((id, state), (_, sealed))| {
-                                        (id, state, Some(&sealed[..]))
-                                    }),
-                                // Records read from the store or an earlier page and written
-                                // by no one since are replaced without being read again.
-                                Some(versions),
-                            )?;
-                            device.persist_cursors(tx, &cursors)?;
-                            identities.settle_page(tx, records, &blinded)
-                        })
+                        crate::pipeline::write_records_in(
+                            tx,
+                            records
+                                .iter()
+                                .zip(&sealed)
+                                .map(|((id, state), (_, sealed))| (id, state, Some(&sealed[..]))),
+                            // Records read from the store or an earlier page and written by no
+                            // one since are replaced without being read again.
+                            Some(versions),
+                        )?;
+                        device.persist_cursors(tx, &cursors)?;
+                        identities.settle_page(tx, records, &blinded)
                     },
                 )
                 .await?;
@@ -1782,6 +1793,18 @@ impl Device {
                 if pages_submitted == fail_after {
                     return Err(crate::net::NetError::Protocol(
                         "test: the connection was lost mid-pull".into(),
+                    )
+                    .into());
+                }
+                let crash_after = self
+                    .inner
+                    .pull_crashes_after_pages
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if pages_submitted == crash_after {
+                    // As a crash would: the open group's pages are never written.
+                    pipeline.abandon_open_group().await?;
+                    return Err(crate::net::NetError::Protocol(
+                        "test: the process stopped mid-pull".into(),
                     )
                     .into());
                 }
@@ -1840,6 +1863,7 @@ impl Device {
             inserted = written.inserted,
             in_place = written.in_place,
             joined = written.joined,
+            transactions = written.transactions,
             "pulled records written"
         );
         #[cfg(test)]
@@ -3186,6 +3210,78 @@ pub(crate) mod tests {
         relay.shutdown().await.unwrap();
     }
 
+    /// A pull commits its pages a group at a time (two pages per transaction here). Stopped
+    /// as by a crash after its third page, it leaves the first group's records and cursor and
+    /// nothing of the third page, although that page was merged and prepared; the next pull
+    /// asks again from the committed cursor and pulls exactly the pages not written (no gap,
+    /// none twice), and B then holds what a device that pulled everything at once holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pull_stopped_mid_group_pulls_its_uncommitted_pages_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, target, a, b) = one_envelope_per_page_pair(dir.path()).await;
+        b.sync().await.unwrap();
+        let writer = a.inner.device_id;
+        let base = b.cursor_of(&writer).unwrap().map_or(0, |(seq, _)| seq);
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        let upsert = |record: RecordId, key: FieldKey, text: &str| {
+            let write = FieldWrite::set(key, record::value::text(text), []).unwrap();
+            Operation::upsert(record, a.write_clock(None).unwrap(), [write]).unwrap()
+        };
+        let pages = [
+            vec![
+                upsert(id(1), FieldKey::name(), "Ada"),
+                upsert(id(2), FieldKey::name(), "Grace"),
+            ],
+            vec![upsert(id(1), FieldKey::company(), "Engines")],
+            vec![
+                upsert(id(3), FieldKey::name(), "Edsger"),
+                upsert(id(2), FieldKey::company(), "Navy"),
+            ],
+            vec![upsert(id(1), FieldKey::title(), "Countess")],
+            vec![upsert(id(4), FieldKey::name(), "Barbara")],
+        ];
+        push_pages(&a, &pages).await;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        b.inner.pull_group_pages.store(2, relaxed);
+        b.inner.pull_crashes_after_pages.store(3, relaxed);
+        assert!(b.sync().await.is_err(), "the pull stops after three pages");
+        assert_eq!(
+            b.cursor_of(&writer).unwrap().map(|(seq, _)| seq),
+            Some(base + 2),
+            "the cursor of the first group"
+        );
+        let ada = b.load_record(&id(1)).unwrap().unwrap();
+        assert_eq!(
+            ada.value(&FieldKey::company()),
+            Some(&record::value::text("Engines"))
+        );
+        let grace = b.load_record(&id(2)).unwrap().unwrap();
+        assert_eq!(
+            grace.value(&FieldKey::company()),
+            None,
+            "page 3 not written"
+        );
+        assert_eq!(b.load_record(&id(3)).unwrap(), None, "page 3 not written");
+        assert_eq!(b.contact_count().unwrap(), 2);
+
+        b.inner.pull_crashes_after_pages.store(0, relaxed);
+        assert_eq!(b.sync().await.unwrap().pulled, 3, "pages 3 to 5, once each");
+        assert_eq!(
+            b.cursor_of(&writer).unwrap().map(|(seq, _)| seq),
+            Some(base + 5)
+        );
+        let c = linked_device(&a, dir.path(), &target, "c").await;
+        c.sync().await.unwrap();
+        for n in 1..=4 {
+            let held = b.load_record(&id(n)).unwrap();
+            assert!(held.is_some(), "record {n}");
+            assert_eq!(held, c.load_record(&id(n)).unwrap(), "record {n}");
+        }
+        assert_eq!(b.contact_count().unwrap(), 4);
+        assert_eq!(b.contacts().unwrap(), c.contacts().unwrap());
+        relay.shutdown().await.unwrap();
+    }
+
     /// Records a pull updates, created by an earlier page (every envelope is a page of its
     /// own, so each is read from the store or from the page still in flight), are replaced in
     /// place, none read back to be joined, and hold every page's change.
@@ -3215,7 +3311,8 @@ pub(crate) mod tests {
             crate::pipeline::WriteCountsSnapshot {
                 inserted: 2,
                 in_place: 3,
-                joined: 0
+                joined: 0,
+                transactions: 1,
             }
         );
         for (n, key, text) in [
