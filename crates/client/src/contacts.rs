@@ -666,6 +666,8 @@ impl Device {
     ) -> Result<ImportSummary> {
         let mut summary = ImportSummary::default();
         let store = &self.inner.store;
+        // The identity rule looks rows up in the index, which a stopped pull left incomplete.
+        self.settle_interrupted_pulls().await?;
         let mut pipeline = RecordPipeline::lock(&self.inner.records_lock, &self.inner.store).await;
         // An import into a new store (a first import, the case of the largest files) does
         // not look up the records it creates.

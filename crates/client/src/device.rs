@@ -56,6 +56,12 @@ pub(crate) mod meta {
     /// device id (16) || u64be(roster version) || roster hash (32) that an envelope it signed
     /// names as the roster it wrote under (docs/PROTOCOL.md §4).
     pub const NEWER_ROSTER_SEEN: &[u8] = b"newer-roster-seen";
+    /// `identities-unsettled/<16 random bytes>` → nothing: written with the first page a pull
+    /// commits and removed once the identity rule over its pages has ended and its index is
+    /// written. Left behind by a pull that stopped in between (a crash, a dropped future), whose
+    /// index entries and records that may link were in memory only: the rule then runs again
+    /// over every record ([`crate::Device::settle_interrupted_pulls`]).
+    pub const UNSETTLED_PREFIX: &[u8] = b"identities-unsettled/";
 }
 
 /// The milliseconds since the Unix epoch, the only clock the client reads.
@@ -185,6 +191,9 @@ pub(crate) struct Inner {
     /// Held while merged record states are read, changed and written back (local edits,
     /// imports, merging pulled envelopes), so no writer overwrites another's change.
     pub(crate) records_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The markers ([`meta::UNSETTLED_PREFIX`]) of the pulls running in this process, whose
+    /// settlement is not lost but still to come.
+    pub(crate) pulls_running: Mutex<std::collections::BTreeSet<Vec<u8>>>,
     /// How the last pull wrote its records (tests check that updates are replaced in place).
     #[cfg(test)]
     pub(crate) pulled_writes: Mutex<crate::pipeline::WriteCountsSnapshot>,
@@ -445,6 +454,7 @@ impl Device {
                 connection: tokio::sync::Mutex::new(None),
                 record_id_key,
                 records_lock: Arc::new(tokio::sync::Mutex::new(())),
+                pulls_running: Mutex::default(),
                 #[cfg(test)]
                 pulled_writes: Mutex::default(),
                 #[cfg(test)]

@@ -27,7 +27,7 @@ use kith_protocol::record::{self, FieldKey, FieldKind, FieldWrite, Operation};
 use serde::Serialize;
 
 use crate::contacts::{IdentityIndex, fold};
-use crate::device::Device;
+use crate::device::{Device, meta};
 use crate::error::{ClientError, Result};
 use crate::pipeline::Records;
 use crate::store::{LocalStore, StoreTxn, TreeName, ValueCipher};
@@ -35,6 +35,9 @@ use crate::store::{LocalStore, StoreTxn, TreeName, ValueCipher};
 /// How many records one group may hold: a bound on the work of one lookup, far above any real
 /// person's number of sources.
 const MAX_GROUP: usize = 256;
+/// Records settled per transaction when the identity rule runs over the whole store
+/// ([`Device::settle_interrupted_pulls`]).
+const SETTLE_PAGE: usize = 4096;
 
 /// Loads record `id` into `touched` (from `touched`, a batch in flight, or the store).
 pub(crate) type Loader<'a> = dyn FnMut(&mut Records, RecordId) -> Result<()> + 'a;
@@ -169,9 +172,20 @@ fn linked_directly(a: &RecordState, b: &RecordState) -> bool {
 /// stale, which the full rule recognises (the record no longer holds the identity) and
 /// replaces. Skipping a record settled on a link changes nothing: the rule, run on it at the
 /// end with the same states, would find each such identity held within its own group.
+///
+/// The settlement lives in memory until the end of the pull, while its pages are committed
+/// with their cursors (so they are not pulled again): each page's transaction also writes the
+/// pull's marker ([`meta::UNSETTLED_PREFIX`]), removed once [`Device::link_pulled`] has
+/// written the index and the links. A marker left by a pull that stopped in between (the
+/// process killed, the sync's future dropped) makes the next sync, import or local edit run the
+/// rule over every record first ([`Device::settle_interrupted_pulls`]).
 pub(crate) struct PulledIdentities {
     index: IdentityIndex,
     rest: BTreeSet<RecordId>,
+    /// This pull's key under [`meta::UNSETTLED_PREFIX`].
+    marker: Vec<u8>,
+    /// Whether a page's transaction wrote `marker`.
+    marked: bool,
     /// Records settled (without links) so far: the index has changes to write.
     settled: usize,
     /// The records settled because a record linked to them holds one of their identities, by
@@ -182,12 +196,23 @@ pub(crate) struct PulledIdentities {
 impl PulledIdentities {
     /// An empty settlement over `store`'s identity index.
     pub(crate) fn new(store: &LocalStore) -> Self {
+        let mut token = [0u8; 16];
+        rand_core::Rng::fill_bytes(&mut kith_protocol::keys::system_rng(), &mut token);
+        let mut marker = meta::UNSETTLED_PREFIX.to_vec();
+        marker.extend_from_slice(&token);
         Self {
             index: IdentityIndex::new(store),
             rest: BTreeSet::new(),
+            marker,
+            marked: false,
             settled: 0,
             relying: BTreeMap::new(),
         }
+    }
+
+    /// This pull's marker ([`meta::UNSETTLED_PREFIX`]).
+    pub(crate) fn marker(&self) -> &[u8] {
+        &self.marker
     }
 
     /// The blinded identities of each record of a page (none for a record that is not
@@ -218,6 +243,9 @@ impl PulledIdentities {
         blinded: &[Vec<[u8; 32]>],
     ) -> Result<()> {
         debug_assert_eq!(records.len(), blinded.len());
+        // Committed with the page: until the settlement has ended, a stop loses it.
+        tx.put(TreeName::Meta, &self.marker, &[])?;
+        self.marked = true;
         // Records settled on the earlier state of one this page changes are checked again:
         // in this page if it changes them too, else at the end.
         if !self.relying.is_empty() {
@@ -497,6 +525,8 @@ impl Device {
         if ids.is_empty() {
             return Ok(0);
         }
+        // These ids are looked up in the index, which a stopped pull left incomplete.
+        self.settle_interrupted_pulls().await?;
         let records = self.inner.records_lock.lock().await;
         let mut index = IdentityIndex::new(&self.inner.store);
         let mut rest = BTreeSet::new();
@@ -528,11 +558,98 @@ impl Device {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             PulledIdentities::new(&self.inner.store),
         );
-        if pulled.settled == 0 && pulled.rest.is_empty() {
+        let PulledIdentities {
+            index,
+            rest,
+            marker,
+            marked,
+            settled,
+            ..
+        } = pulled;
+        let linked = if settled == 0 && rest.is_empty() {
+            0
+        } else {
+            let records = self.inner.records_lock.lock().await;
+            self.link_rest(records, index, rest).await?
+        };
+        if marked {
+            self.inner.store.remove(TreeName::Meta, &marker)?;
+        }
+        Ok(linked)
+    }
+
+    /// Runs the identity rule over every record if a pull stopped after committing pages and
+    /// before its settlement ended ([`PulledIdentities`]): the index entries of its pages and
+    /// the links they make were in memory only. Every record is settled as a pull of the whole
+    /// store would settle it, the index written and the links committed as local operations;
+    /// then the markers found are removed. Costs one read of the meta tree when no pull stopped
+    /// (the case of every sync, import and edit but the first after such a stop). Pulls running
+    /// in this process are not stopped ones; a pull running in another process at that moment
+    /// is taken for stopped (its records are settled twice, which changes nothing, and should it
+    /// then stop too, its later pages stay unsettled: not handled).
+    pub(crate) async fn settle_interrupted_pulls(&self) -> Result<usize> {
+        let store = &self.inner.store;
+        let stopped = |device: &Self| -> Result<Vec<Vec<u8>>> {
+            let running = device
+                .inner
+                .pulls_running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let mut stopped = Vec::new();
+            for entry in store.scan_prefix(TreeName::Meta, meta::UNSETTLED_PREFIX) {
+                let (key, _) = entry?;
+                if !running.contains(&key) {
+                    stopped.push(key);
+                }
+            }
+            Ok(stopped)
+        };
+        if stopped(self)?.is_empty() {
             return Ok(0);
         }
-        let records = self.inner.records_lock.lock().await;
-        self.link_rest(records, pulled.index, pulled.rest).await
+        let guard = self.inner.records_lock.lock().await;
+        // Read again under the lock: a pull of this process may have ended meanwhile.
+        let markers = stopped(self)?;
+        if markers.is_empty() {
+            return Ok(0);
+        }
+        tracing::info!(
+            pulls = markers.len(),
+            "a pull stopped before the identity rule over its pages ended; settling every record"
+        );
+        let mut settling = PulledIdentities::new(store);
+        settling
+            .index
+            .preload(usize::try_from(crate::pipeline::live_count(store)?).unwrap_or(usize::MAX))?;
+        let cipher = store.cipher();
+        let mut page = Records::new();
+        let mut records = store.scan(TreeName::Records);
+        loop {
+            let next = records.next().transpose()?;
+            let end = next.is_none();
+            if let Some((_, bytes)) = next {
+                let state = crate::pipeline::decode_record(&bytes)?;
+                page.insert(state.id(), state);
+            }
+            if page.len() >= SETTLE_PAGE || (end && !page.is_empty()) {
+                let blinded = PulledIdentities::blind_page(cipher, &page);
+                store.transaction(|tx| settling.settle_page(tx, &page, &blinded))?;
+                page.clear();
+            }
+            if end {
+                break;
+            }
+        }
+        let own = settling.marker.clone();
+        let linked = self.link_rest(guard, settling.index, settling.rest).await?;
+        store.transaction(|tx| {
+            for marker in markers.iter().chain([&own]) {
+                tx.remove(TreeName::Meta, marker)?;
+            }
+            Ok::<_, ClientError>(())
+        })?;
+        Ok(linked)
     }
 
     /// Runs the whole identity rule on `rest` with `index` (under the records lock, `_records`),

@@ -633,11 +633,14 @@ impl Device {
         // back (an envelope signed in a later epoch), and then nothing may be written under
         // the old epoch, whose key a revoked device may hold (§4). Any other pull failure
         // does not keep this device's own changes from the relay.
+        // A pull that stopped before settling the identity rule over its pages is settled
+        // first, so this sync's pulls and links build on a complete index.
+        self.settle_interrupted_pulls().await?;
         // The identity rule is settled page by page as the pull writes them; what may link is
         // checked after the pull (`link_pulled`).
-        let identities = std::sync::Arc::new(std::sync::Mutex::new(PulledIdentities::new(
-            &self.inner.store,
-        )));
+        let settlement = PulledIdentities::new(&self.inner.store);
+        let _running = PullRunning::register(self, settlement.marker());
+        let identities = std::sync::Arc::new(std::sync::Mutex::new(settlement));
         let pulled = self.pull(connection, &mut report, &identities).await;
         if let Err(
             error @ (ClientError::NewerRosterWithheld { .. } | ClientError::RosterWithheld { .. }),
@@ -1745,7 +1748,7 @@ impl Device {
             // and the next pull asks for them again from the last committed cursors.
             let cursors = new_verifiers.clone();
             let device = self.clone();
-            let identities = std::sync::Arc::clone(identities);
+            let settlement = std::sync::Arc::clone(identities);
             let sealer = self.clone();
             pipeline
                 .submit_page(
@@ -1763,7 +1766,7 @@ impl Device {
                         // writer's thread (the next pages are merged meanwhile), its index
                         // shards read in the group's transaction. Pages are written in order,
                         // so a later state of a record is settled after an earlier one.
-                        let mut identities = identities
+                        let mut identities = settlement
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                         crate::pipeline::write_records_in(
@@ -1801,8 +1804,13 @@ impl Device {
                     .pull_crashes_after_pages
                     .load(std::sync::atomic::Ordering::Relaxed);
                 if pages_submitted == crash_after {
-                    // As a crash would: the open group's pages are never written.
+                    // As a crash would: the open group's pages are never written, and what
+                    // was in memory (the settlement of the pages written) is lost.
                     pipeline.abandon_open_group().await?;
+                    *identities
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        PulledIdentities::new(&self.inner.store);
                     return Err(crate::net::NetError::Protocol(
                         "test: the process stopped mid-pull".into(),
                     )
@@ -2390,6 +2398,41 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A pull's marker ([`crate::device::meta::UNSETTLED_PREFIX`]) known to this process as
+/// running while it lives, so [`Device::settle_interrupted_pulls`] does not take it for a
+/// stopped one; a sync whose future is dropped drops it too, and its marker is then a stopped
+/// pull's.
+struct PullRunning {
+    device: Device,
+    marker: Vec<u8>,
+}
+
+impl PullRunning {
+    fn register(device: &Device, marker: &[u8]) -> Self {
+        device
+            .inner
+            .pulls_running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(marker.to_vec());
+        Self {
+            device: device.clone(),
+            marker: marker.to_vec(),
+        }
+    }
+}
+
+impl Drop for PullRunning {
+    fn drop(&mut self) {
+        self.device
+            .inner
+            .pulls_running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.marker);
     }
 }
 
@@ -3279,6 +3322,88 @@ pub(crate) mod tests {
         }
         assert_eq!(b.contact_count().unwrap(), 4);
         assert_eq!(b.contacts().unwrap(), c.contacts().unwrap());
+        relay.shutdown().await.unwrap();
+    }
+
+    /// A pull stopped as by a crash after committing pages (with their cursors) loses the
+    /// settlement of the identity rule it held in memory for them: their index entries and
+    /// the links they make. The next sync settles every record first, so a record of the
+    /// committed pages is found by its e-mail (a card naming it updates it, not a second
+    /// record) and two pulled records that share an e-mail, on either side of the stop, are
+    /// one person, as on a device that pulled everything at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pull_stopped_after_committing_pages_settles_the_identity_rule_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, target, a, b) = one_envelope_per_page_pair(dir.path()).await;
+        b.sync().await.unwrap();
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        let person = |record: RecordId, name: &str, address: &str| {
+            let writes = [
+                FieldWrite::set(FieldKey::name(), record::value::text(name), []).unwrap(),
+                FieldWrite::set(
+                    FieldKey::email(address).unwrap(),
+                    record::value::email(address, ""),
+                    [],
+                )
+                .unwrap(),
+            ];
+            Operation::upsert(record, a.write_clock(None).unwrap(), writes).unwrap()
+        };
+        let pages = [
+            vec![person(id(1), "Ada", "ada@example.com")],
+            vec![person(id(2), "Ada Lovelace", "ada@example.com")],
+            vec![person(id(3), "Grace", "grace@example.com")],
+            vec![person(id(4), "Grace Hopper", "grace@example.com")],
+            vec![person(id(5), "Edsger", "edsger@example.com")],
+        ];
+        push_pages(&a, &pages).await;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        b.inner.pull_group_pages.store(2, relaxed);
+        b.inner.pull_crashes_after_pages.store(3, relaxed);
+        assert!(b.sync().await.is_err(), "the pull stops after three pages");
+        let unsettled = |device: &Device| {
+            device
+                .inner
+                .store
+                .scan_prefix(TreeName::Meta, crate::device::meta::UNSETTLED_PREFIX)
+                .count()
+        };
+        assert_eq!(unsettled(&b), 1, "the stopped pull left its marker");
+        assert_eq!(
+            b.merged_records(&id(1)).unwrap(),
+            vec![id(1)],
+            "not linked yet"
+        );
+
+        b.inner.pull_crashes_after_pages.store(0, relaxed);
+        b.sync().await.unwrap();
+        assert_eq!(unsettled(&b), 0);
+        assert_eq!(b.merged_records(&id(2)).unwrap(), vec![id(1), id(2)]);
+        assert_eq!(b.merged_records(&id(4)).unwrap(), vec![id(3), id(4)]);
+        let card = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Ada\r\nTEL:+14155550100\r\nEMAIL:ada@example.com\r\nEND:VCARD\r\n";
+        let report = crate::import::vcard::import_bytes(
+            card.as_bytes(),
+            &crate::import::ImportOptions::default(),
+        )
+        .unwrap();
+        let summary = b.import(report).await.unwrap();
+        assert_eq!((summary.added, summary.updated), (0, 1), "{summary:?}");
+        b.sync().await.unwrap();
+
+        let c = linked_device(&a, dir.path(), &target, "c").await;
+        c.sync().await.unwrap();
+        assert_eq!(c.contact_count().unwrap(), 3);
+        assert_eq!(b.contact_count().unwrap(), 3);
+        let names = |device: &Device| -> Vec<String> {
+            device
+                .contacts()
+                .unwrap()
+                .iter()
+                .filter_map(|contact| contact.name().map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(names(&b), names(&c));
+        assert_eq!(unsettled(&c), 0, "a pull that ended removes its marker");
         relay.shutdown().await.unwrap();
     }
 
