@@ -1132,7 +1132,7 @@ pub(crate) mod tests {
         let name = FieldWrite::set(FieldKey::name(), value::text("Ada"), []).unwrap();
         state.apply(&Operation::upsert(id, clock.tick(1_000), [name]).unwrap());
         states.push(state.clone());
-        let note = FieldWrite::set(FieldKey::note(), value::text(&"n".repeat(5_000)), []).unwrap();
+        let note = FieldWrite::set(FieldKey::note(), value::text("n".repeat(5_000)), []).unwrap();
         state.apply(&Operation::upsert(id, clock.tick(2_000), [note]).unwrap());
         assert!(state.encode_to_vec().len() > state.encoded_len_estimate());
         states.push(state.clone());
