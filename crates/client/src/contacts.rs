@@ -397,10 +397,7 @@ impl Device {
         let cipher = self.inner.store.cipher();
         records
             .iter()
-            .map(|(id, state)| {
-                let sealed = cipher.seal(TreeName::Records, id.as_bytes(), &state.encode_to_vec());
-                (*id.as_bytes(), sealed)
-            })
+            .map(|(id, state)| (*id.as_bytes(), cipher.seal_record(id, state)))
             .collect()
     }
 

@@ -56,31 +56,32 @@ pub struct DuplicateSuggestion {
 /// The identities by which the rule joins records: normalized e-mails, phones and LinkedIn
 /// profile URLs, in the form of the import index (`email:…`, `phone:…`, `linkedin:…`).
 pub(crate) fn record_identities(state: &RecordState) -> Vec<String> {
-    let mut out = BTreeSet::new();
+    // Each identity built in one allocation of its length; sorted and deduplicated at the
+    // end (a LinkedIn record names its profile twice: its URL and its source).
+    let identity = |kind: &str, detail: &str| [kind, detail].concat();
+    let linkedin = |raw: &str| {
+        crate::import::linkedin::normalized_profile_url(raw)
+            .map(|profile| identity("linkedin:", &profile))
+    };
+    let mut out = Vec::new();
     for (key, value) in state.values() {
         match (key.kind(), value.value.as_ref()) {
             (FieldKind::Email, _) => {
-                out.extend(key.detail().map(|address| format!("email:{address}")));
+                out.extend(key.detail().map(|address| identity("email:", address)));
             }
             (FieldKind::Phone, _) => {
-                out.extend(key.detail().map(|e164| format!("phone:{e164}")));
+                out.extend(key.detail().map(|e164| identity("phone:", e164)));
             }
-            (FieldKind::Url, Some(Value::Url(url))) => {
-                out.extend(
-                    crate::import::linkedin::normalize_profile_url(&url.url)
-                        .map(|profile| format!("linkedin:{profile}")),
-                );
-            }
+            (FieldKind::Url, Some(Value::Url(url))) => out.extend(linkedin(&url.url)),
             (FieldKind::Source(record::SourceKind::LinkedIn), Some(Value::Linkedin(source))) => {
-                out.extend(
-                    crate::import::linkedin::normalize_profile_url(&source.profile_url)
-                        .map(|profile| format!("linkedin:{profile}")),
-                );
+                out.extend(linkedin(&source.profile_url));
             }
             _ => {}
         }
     }
-    out.into_iter().collect()
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The identities of records as they were just written, from their merged states in memory
@@ -1092,6 +1093,136 @@ mod tests {
         store
             .transaction(|tx| pulled.settle_page(tx, &records, &blinded))
             .unwrap();
+    }
+
+    /// A record's identities as they were built before they were built in place (each
+    /// profile URL normalized in full, every identity formatted, a `BTreeSet`): the reference
+    /// [`record_identities`] must match, byte for byte, since their blindings are stored.
+    fn identities_as_formatted(state: &RecordState) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for (key, value) in state.values() {
+            match (key.kind(), value.value.as_ref()) {
+                (FieldKind::Email, _) => {
+                    out.extend(key.detail().map(|address| format!("email:{address}")));
+                }
+                (FieldKind::Phone, _) => {
+                    out.extend(key.detail().map(|e164| format!("phone:{e164}")));
+                }
+                (FieldKind::Url, Some(Value::Url(url))) => {
+                    out.extend(
+                        crate::import::linkedin::normalize_profile_url(&url.url)
+                            .map(|profile| format!("linkedin:{profile}")),
+                    );
+                }
+                (
+                    FieldKind::Source(record::SourceKind::LinkedIn),
+                    Some(Value::Linkedin(source)),
+                ) => {
+                    out.extend(
+                        crate::import::linkedin::normalize_profile_url(&source.profile_url)
+                            .map(|profile| format!("linkedin:{profile}")),
+                    );
+                }
+                _ => {}
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    fn url(url: &str) -> FieldWrite {
+        FieldWrite::set(FieldKey::url(url).unwrap(), record::value::url(url, ""), []).unwrap()
+    }
+
+    fn linkedin_source(profile_url: &str) -> FieldWrite {
+        let source = kith_protocol::proto::LinkedInSource {
+            profile_url: profile_url.to_owned(),
+            ..Default::default()
+        };
+        let value = kith_protocol::proto::FieldValue {
+            value: Some(Value::Linkedin(source)),
+        };
+        let key = FieldKey::source(record::SourceKind::LinkedIn);
+        FieldWrite::set(key, value, []).unwrap()
+    }
+
+    /// The identities the rule blinds (index keys are stored: these strings, blinded by the
+    /// store's index key, must never change for a record that did not change), pinned for a
+    /// record with every kind, a profile named twice, and URLs that are not canonical.
+    #[test]
+    fn identities_are_blinded_as_stored_before() {
+        let (_dir, store) = store();
+        let mut state = RecordState::new(RecordId::from_bytes([1; 16]));
+        let phone = FieldKey::phone("+15551234567").unwrap();
+        let phone = FieldWrite::set(phone, record::value::phone("+15551234567", ""), []).unwrap();
+        let writes = vec![
+            email("Ada@Example.com"),
+            email("ada@work.example"),
+            phone,
+            url("https://www.linkedin.com/in/ada-l"),
+            linkedin_source("https://www.linkedin.com/in/ada-l"),
+            url("http://uk.LinkedIn.com/in/Ada-K/?trk=x"),
+            url("https://example.com/ada"),
+        ];
+        upsert(&mut state, 1_000, writes);
+        let expected = [
+            "email:ada@example.com",
+            "email:ada@work.example",
+            "linkedin:https://www.linkedin.com/in/ada-k",
+            "linkedin:https://www.linkedin.com/in/ada-l",
+            "phone:+15551234567",
+        ];
+        assert_eq!(record_identities(&state), expected);
+        assert_eq!(identities_as_formatted(&state), expected);
+        let mut gone = RecordState::new(RecordId::from_bytes([2; 16]));
+        upsert(&mut gone, 1_000, vec![email("gone@example.com")]);
+        gone.apply(&Operation::delete(
+            gone.id(),
+            Hlc::new(2_000, 0, DeviceId::from_bytes([1; 16])),
+        ));
+        let records: Records = [(state.id(), state), (gone.id(), gone)].into();
+        let cipher = store.cipher();
+        let blinded: Vec<[u8; 32]> = expected.iter().map(|i| cipher.index_key(i)).collect();
+        assert_eq!(
+            PulledIdentities::blind_page(cipher, &records),
+            vec![blinded, Vec::new()]
+        );
+    }
+
+    proptest::proptest! {
+        /// Any mix of e-mails, phones, URLs and LinkedIn sources, canonical or not, repeated
+        /// or not: the identities built in place are the ones formatted before.
+        #[test]
+        fn identities_built_in_place_are_the_formatted_ones(
+            fields in proptest::collection::vec((0u8..4, "[a-zA-Z0-9-]{1,6}", 0u8..4), 0..10),
+        ) {
+            let mut state = RecordState::new(RecordId::from_bytes([1; 16]));
+            let writes: Vec<FieldWrite> = fields
+                .iter()
+                .map(|(kind, slug, form)| {
+                    let profile = match form {
+                        0 => format!("https://www.linkedin.com/in/{}", slug.to_lowercase()),
+                        1 => format!("https://www.linkedin.com/in/{slug}"),
+                        2 => format!("http://linkedin.com/in/{slug}/"),
+                        _ => format!("https://example.com/in/{slug}"),
+                    };
+                    match kind {
+                        0 => email(&format!("{slug}@example.com")),
+                        1 => {
+                            let e164 = format!("+1{}", slug.len() * 1_111);
+                            let key = FieldKey::phone(&e164).unwrap();
+                            FieldWrite::set(key, record::value::phone(e164, ""), []).unwrap()
+                        }
+                        2 => url(&profile),
+                        _ => linkedin_source(&profile),
+                    }
+                })
+                .collect();
+            // One write per key in an upsert: later ones of a key in their own upserts.
+            for (at, write) in writes.into_iter().enumerate() {
+                upsert(&mut state, 1_000 + at as u64, vec![write]);
+            }
+            proptest::prop_assert_eq!(record_identities(&state), identities_as_formatted(&state));
+        }
     }
 
     /// A merge pulled as another device wrote it (the identifier that links the two records

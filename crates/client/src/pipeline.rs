@@ -1399,11 +1399,7 @@ mod tests {
     fn seal_all(store: &LocalStore, records: &Records) -> Vec<Vec<u8>> {
         records
             .iter()
-            .map(|(id, state)| {
-                store
-                    .cipher()
-                    .seal(TreeName::Records, id.as_bytes(), &state.encode_to_vec())
-            })
+            .map(|(id, state)| store.cipher().seal_record(id, state))
             .collect()
     }
 
@@ -1510,13 +1506,7 @@ mod tests {
         move |records: &Records| {
             let sealed = records
                 .iter()
-                .map(|(id, state)| {
-                    let value = state.encode_to_vec();
-                    let sealed = store
-                        .cipher()
-                        .seal(TreeName::Records, id.as_bytes(), &value);
-                    (*id.as_bytes(), sealed)
-                })
+                .map(|(id, state)| (*id.as_bytes(), store.cipher().seal_record(id, state)))
                 .collect();
             group.add(records, sealed, vec![batch.to_vec()])
         }

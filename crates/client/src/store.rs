@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use kith_protocol::RecordId;
 use kith_protocol::encoding::{labels, lp_concat};
 use kith_protocol::keys::{Blinder, SymmetricKey};
+use kith_protocol::merge::RecordState;
 use rand_core::Rng;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -214,17 +216,42 @@ impl ValueCipher {
     /// Seals `plain` for `(tree, key)`: `nonce (24) || ciphertext || tag (16)`, encrypted in
     /// place in the one buffer returned (a record is sealed per write, so the copies count).
     pub fn seal(&self, tree: TreeName, key: &[u8], plain: &[u8]) -> Vec<u8> {
+        self.seal_with(tree, key, plain.len(), |out| out.extend_from_slice(plain))
+    }
+
+    /// Seals record `id`'s encoded `state` for the records tree: [`ValueCipher::seal`] of
+    /// `state.encode_to_vec()`, the state encoded straight into the sealed buffer after its
+    /// nonce rather than into a vector of its own copied there (every record a pull or an
+    /// import writes is sealed).
+    pub(crate) fn seal_record(&self, id: &RecordId, state: &RecordState) -> Vec<u8> {
+        self.seal_with(
+            TreeName::Records,
+            id.as_bytes(),
+            state.encoded_len_estimate(),
+            |out| state.encode_into(out),
+        )
+    }
+
+    /// Seals for `(tree, key)` the plaintext `write` appends to the buffer (about `len`
+    /// bytes), after the nonce: it is encrypted where it was written.
+    fn seal_with(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         kith_protocol::keys::buffered_rng().fill_bytes(&mut nonce);
         let aad = lp_concat(&[tree.as_str().as_bytes(), key]);
-        let mut out = Vec::with_capacity(24 + plain.len() + 16);
+        let mut out = Vec::with_capacity(NONCE_LEN + len + TAG_LEN);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
+        write(&mut out);
         // Encryption with a valid key cannot fail below the cipher's 256 GiB message limit.
         match self.cipher.encrypt_inout_detached(
             &XNonce::from(nonce),
             &aad,
-            out[24..].as_mut().into(),
+            out[NONCE_LEN..].as_mut().into(),
         ) {
             Ok(tag) => out.extend_from_slice(&tag),
             Err(_) => out.clear(),
@@ -268,6 +295,9 @@ impl ValueCipher {
 
 /// Bytes of a sealed value's nonce, which opens it (`nonce || ciphertext || tag`).
 const NONCE_LEN: usize = 24;
+
+/// Bytes of a sealed value's authentication tag, at its end.
+const TAG_LEN: usize = 16;
 
 /// Which sealing of a value the store holds: the sealed value's nonce. [`ValueCipher::seal`]
 /// draws 192 random bits for every sealing, and every write of a value stores a new sealing
@@ -1084,6 +1114,44 @@ pub(crate) mod tests {
                 cipher.index_key(identity),
                 index_key.blind(&[identity.as_bytes()])
             );
+        }
+    }
+
+    #[test]
+    fn a_sealed_record_opens_to_its_encoding_and_only_in_its_place() {
+        use kith_protocol::hlc::HlcClock;
+        use kith_protocol::record::{FieldKey, FieldWrite, Operation, value};
+        let (_dir, store) = store();
+        let cipher = store.cipher();
+        let id = RecordId::from_bytes([3; 16]);
+        let mut clock = HlcClock::new(kith_protocol::DeviceId::from_bytes([1; 16]));
+        let mut state = RecordState::new(id);
+        let mut states = vec![state.clone()];
+        // A small state, then one far longer than its estimate (the buffer grows while the
+        // state is encoded into it), then a deleted one.
+        let name = FieldWrite::set(FieldKey::name(), value::text("Ada"), []).unwrap();
+        state.apply(&Operation::upsert(id, clock.tick(1_000), [name]).unwrap());
+        states.push(state.clone());
+        let note = FieldWrite::set(FieldKey::note(), value::text("n".repeat(5_000)), []).unwrap();
+        state.apply(&Operation::upsert(id, clock.tick(2_000), [note]).unwrap());
+        assert!(state.encode_to_vec().len() > state.encoded_len_estimate());
+        states.push(state.clone());
+        state.apply(&Operation::delete(id, clock.tick(3_000)));
+        states.push(state);
+        for state in &states {
+            let encoded = state.encode_to_vec();
+            let sealed = cipher.seal_record(&id, state);
+            assert_eq!(sealed.len(), NONCE_LEN + encoded.len() + TAG_LEN);
+            assert_eq!(
+                cipher
+                    .open(TreeName::Records, id.as_bytes(), &sealed)
+                    .unwrap(),
+                encoded
+            );
+            assert!(cipher.open(TreeName::Records, &[4; 16], &sealed).is_err());
+            assert!(cipher.open(TreeName::Meta, id.as_bytes(), &sealed).is_err());
+            // Fresh nonces: no two sealings are the same bytes.
+            assert_ne!(sealed, cipher.seal_record(&id, state));
         }
     }
 

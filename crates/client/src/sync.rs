@@ -524,6 +524,40 @@ impl Drop for PageDecoder {
     }
 }
 
+/// [`envelope::verify_batch`] of a pull's page: a page of more than [`PARALLEL_DECODE_BYTES`]
+/// is verified in two halves, the second on a thread beside this one, as its payloads are
+/// decoded. Each signature hashes its whole envelope, 9 % of the merging thread in a profile
+/// of a 300,000-contact pull (BENCHMARKS.md, "B's pull outside SQLite (issue 18), twelfth
+/// session"), while the decoding thread waited for the page. Each half is one
+/// [`envelope::verify_batch`], the first half's refusal reported first: the envelope named
+/// is the first whose own verification fails, as for the whole page.
+///
+/// The thread is scoped to the page (the envelopes are borrowed): it frees what it allocates
+/// before it ends, unlike a decoding thread, whose operations outlive it.
+fn verify_page(
+    items: &[(&ParsedEnvelope, &kith_protocol::keys::DeviceVerifyingKey)],
+) -> std::result::Result<(), EnvelopeError> {
+    let bytes: usize = items.iter().map(|(e, _)| e.ciphertext().len()).sum();
+    if items.len() < 2 || bytes < PARALLEL_DECODE_BYTES {
+        return envelope::verify_batch(items);
+    }
+    let (first, second) = items.split_at(items.len() / 2);
+    std::thread::scope(|scope| {
+        let beside = std::thread::Builder::new()
+            .name("kith-pull-verify".into())
+            .spawn_scoped(scope, || envelope::verify_batch(second));
+        let first = envelope::verify_batch(first);
+        let second = match beside {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread could be started: the second half is verified here.
+            Err(_) => envelope::verify_batch(second),
+        };
+        first.and(second)
+    })
+}
+
 /// Decodes each payload on this thread, each result in its place.
 fn decode_each(kinds: &[PayloadKind], payloads: Vec<Vec<u8>>) -> Vec<Result<Decoded>> {
     kinds
@@ -1700,7 +1734,7 @@ impl Device {
             let opened = {
                 let result = {
                     let state = self.state();
-                    envelope::open_batch(&parsed, &state.roster, &state.epochs)
+                    envelope::open_batch_with(&parsed, &state.roster, &state.epochs, verify_page)
                 };
                 match result {
                     Err(EnvelopeError::UnknownEpoch { .. }) if !refreshed_keys => {
@@ -2550,6 +2584,57 @@ pub(crate) mod tests {
             &hex::encode(relay.cert_sha256()),
         )
         .unwrap()
+    }
+
+    /// A page large enough to be verified in halves on two threads accepts what
+    /// `verify_batch` accepts and names the envelope it names: a bad signature in either half
+    /// or in both (the first one is named).
+    #[test]
+    fn a_large_page_is_verified_in_halves_as_a_whole() {
+        use kith_protocol::keys::{DeviceSigningKey, DeviceVerifyingKey, SymmetricKey};
+        let mut rng = kith_protocol::keys::system_rng();
+        let account = kith_protocol::AccountId::from_bytes([3; 32]);
+        let content_key = SymmetricKey::generate(&mut rng);
+        let writers: Vec<DeviceSigningKey> = (0..6)
+            .map(|_| DeviceSigningKey::generate(&mut rng))
+            .collect();
+        let payload = vec![7u8; PARALLEL_DECODE_BYTES / 4];
+        let parsed: Vec<ParsedEnvelope> = writers
+            .iter()
+            .map(|key| {
+                let sealed = envelope::seal(
+                    key,
+                    &account,
+                    1,
+                    1,
+                    &content_key,
+                    &EnvelopeHash::ZERO,
+                    PayloadKind::Operations,
+                    &payload,
+                    &mut rng,
+                )
+                .unwrap();
+                ParsedEnvelope::decode(&sealed.bytes).unwrap()
+            })
+            .collect();
+        let keys: Vec<DeviceVerifyingKey> = writers.iter().map(DeviceSigningKey::public).collect();
+        let items: Vec<_> = parsed.iter().zip(&keys).collect();
+        let bytes: usize = parsed.iter().map(|e| e.ciphertext().len()).sum();
+        assert!(bytes >= PARALLEL_DECODE_BYTES);
+        assert_eq!(verify_page(&items), Ok(()));
+        // Halves: envelopes 0–2 and 3–5.
+        for bad in [&[1][..], &[4], &[4, 5], &[2, 3], &[0, 5]] {
+            let mut wrong = items.clone();
+            for &at in bad {
+                wrong[at].1 = &keys[(at + 1) % keys.len()];
+            }
+            let named = Err(EnvelopeError::BadSignature {
+                device: writers[bad[0]].device_id(),
+                seq: 1,
+            });
+            assert_eq!(verify_page(&wrong), named, "{bad:?}");
+            assert_eq!(envelope::verify_batch(&wrong), named, "{bad:?}");
+        }
     }
 
     /// Pending entries are sealed by concatenating their bytes: the envelope holds every

@@ -1044,6 +1044,20 @@ pub fn open_batch(
     roster: &VerifiedRoster,
     keys: &EpochKeys,
 ) -> Result<Vec<Vec<u8>>, EnvelopeError> {
+    open_batch_with(envelopes, roster, keys, verify_batch)
+}
+
+/// [`open_batch`] with step 3 done by `verify`, given each envelope paired with its writer's
+/// key, which must accept what [`verify_batch`] accepts and name the same envelope when it
+/// refuses: [`verify_batch`] over parts of the batch in order (a pull verifies a large page's
+/// halves on two threads), the first part's error first. Steps 2 and 4 are
+/// [`open_batch`]'s, and nothing is decrypted unless `verify` returned `Ok`.
+pub fn open_batch_with(
+    envelopes: &[ParsedEnvelope],
+    roster: &VerifiedRoster,
+    keys: &EpochKeys,
+    verify: impl FnOnce(&[(&ParsedEnvelope, &DeviceVerifyingKey)]) -> Result<(), EnvelopeError>,
+) -> Result<Vec<Vec<u8>>, EnvelopeError> {
     let account = roster.account_id();
     if keys.account_id() != account {
         return Err(EnvelopeError::KeysForAnotherAccount {
@@ -1068,7 +1082,7 @@ pub fn open_batch(
             .map_err(|error| EnvelopeError::Membership { device, seq, error })?;
         items.push((envelope, key));
     }
-    verify_batch(&items)?;
+    verify(&items)?;
     // Envelopes of one pull are mostly in one epoch: derive each content key once in a row.
     let mut content_key: Option<(u64, SymmetricKey)> = None;
     let mut payloads = Vec::with_capacity(envelopes.len());

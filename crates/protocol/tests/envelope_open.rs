@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use kith_protocol::AccountId;
 use kith_protocol::envelope::{
-    EnvelopeError, EnvelopeHash, ParsedEnvelope, PayloadKind, open_batch, seal,
+    EnvelopeError, EnvelopeHash, ParsedEnvelope, PayloadKind, open_batch, open_batch_with, seal,
+    verify_batch,
 };
 use kith_protocol::epoch::{EpochKeys, account_key_for_epoch};
 use kith_protocol::keys::{
@@ -227,6 +228,36 @@ fn envelope_of_another_account_is_rejected() {
             seq: 1
         })
     );
+}
+
+/// `open_batch_with` is `open_batch` with the signatures verified by the function given: it
+/// is given every envelope with its writer's key, only once every writer is admitted, and
+/// nothing is opened unless it accepts.
+#[test]
+fn open_batch_with_verifies_through_its_function_between_admission_and_decryption() {
+    let w = world();
+    let mut envelopes = stream(w, &w.a, 2, 2);
+    envelopes.extend(stream(w, &w.b, 1, 2));
+    let mut seen = Vec::new();
+    let payloads = open_batch_with(&envelopes, &w.roster, &w.keys, |items| {
+        seen.extend(items.iter().map(|(e, k)| (e.header().seq, k.device_id())));
+        verify_batch(items)
+    });
+    assert_eq!(payloads, open_batch(&envelopes, &w.roster, &w.keys));
+    let (a, b) = (w.a.device_id(), w.b.device_id());
+    assert_eq!(seen, [(1, a), (2, a), (1, b), (2, b)]);
+    // Its refusal is the batch's error.
+    let refused = EnvelopeError::BadSignature { device: b, seq: 2 };
+    assert_eq!(
+        open_batch_with(&envelopes, &w.roster, &w.keys, |_| Err(refused.clone())),
+        Err(refused)
+    );
+    // A writer the roster does not admit fails before any signature is verified.
+    envelopes.extend(stream(w, &w.outsider, 2, 1));
+    assert!(matches!(
+        open_batch_with(&envelopes, &w.roster, &w.keys, |_| unreachable!("verified")),
+        Err(EnvelopeError::Membership { .. })
+    ));
 }
 
 #[test]

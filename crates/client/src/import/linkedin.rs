@@ -10,6 +10,7 @@
 //! A file with no `First Name,Last Name,…,Connected On` header near its start is one
 //! [`ImportError::WrongKind`]. Rows are reported with the 1-based line where they start.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -453,6 +454,43 @@ pub fn parse_connected_on(raw: &str) -> Option<proto::Date> {
 /// scheme, `linkedin.com` host or country subdomain, trailing slash, query or fragment; the
 /// slug lowercased), or `None` if it is not one. Old `/pub/…` profile URLs keep their path.
 pub fn normalize_profile_url(raw: &str) -> Option<String> {
+    normalized_profile_url(raw).map(Cow::into_owned)
+}
+
+/// [`normalize_profile_url`], borrowing `raw` when it is already in the canonical form, as
+/// every profile URL an import stored is: the identity rule normalizes the profile URLs of
+/// every record a pull writes, and lowercasing and splitting each one again was most of
+/// finding a record's identities (BENCHMARKS.md, "B's pull CPU outside SQLite (issue 18),
+/// thirteenth session").
+pub(crate) fn normalized_profile_url(raw: &str) -> Option<Cow<'_, str>> {
+    if is_canonical_profile_url(raw) {
+        Some(Cow::Borrowed(raw))
+    } else {
+        normalize_any_profile_url(raw).map(Cow::Owned)
+    }
+}
+
+/// The canonical form's beginning; the slug follows.
+const CANONICAL_PROFILE_PREFIX: &str = "https://www.linkedin.com/in/";
+
+/// Whether `raw` is `https://www.linkedin.com/in/<slug>` with a slug [`normalize_any_profile_url`]
+/// returns unchanged: 1 to 200 printable ASCII characters, none uppercase (lowercasing changes
+/// nothing), none of `/`, `?`, `#` (a path, query or fragment would be cut) or `\` (refused).
+/// Printable ASCII holds no whitespace (trimming changes nothing) and no control character.
+fn is_canonical_profile_url(raw: &str) -> bool {
+    raw.strip_prefix(CANONICAL_PROFILE_PREFIX)
+        .is_some_and(|slug| {
+            (1..=200).contains(&slug.len())
+                && slug.bytes().all(|b| {
+                    b.is_ascii_graphic()
+                        && !b.is_ascii_uppercase()
+                        && !matches!(b, b'/' | b'?' | b'#' | b'\\')
+                })
+        })
+}
+
+/// [`normalize_profile_url`] of any input, canonical or not.
+fn normalize_any_profile_url(raw: &str) -> Option<String> {
     let lower = raw.trim().to_lowercase();
     let rest = lower
         .strip_prefix("https://")
@@ -483,6 +521,7 @@ pub fn normalize_profile_url(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn connected_on_accepts_linkedin_and_iso_dates() {
@@ -519,5 +558,67 @@ mod tests {
             None
         );
         assert_eq!(normalize_profile_url("https://www.linkedin.com/in/"), None);
+    }
+
+    /// Canonical-looking URLs and near misses: the prefix (or a variant of it) and a slug of
+    /// characters that the normalization keeps, changes, cuts at or refuses.
+    fn profile_url_like() -> impl Strategy<Value = String> {
+        let prefix = prop_oneof![
+            Just("https://www.linkedin.com/in/"),
+            Just("https://www.linkedin.com/in"),
+            Just("https://www.linkedin.com/pub/"),
+            Just("http://www.linkedin.com/in/"),
+            Just("https://WWW.linkedin.com/in/"),
+            Just(" https://www.linkedin.com/in/"),
+        ];
+        let slug = prop_oneof![
+            "[a-z0-9-]{0,12}",
+            "[a-zA-Z0-9_.:%~-]{0,12}",
+            "[a-z0-9/?#\\\\ \t\n\u{0}\u{7f}-]{0,12}",
+            "\\PC{0,12}",
+            "[a-zé\u{130}\u{212a}\u{a0}\u{2028}]{0,6}",
+            "[a-z]{195,205}",
+        ];
+        (
+            prefix,
+            slug,
+            prop_oneof![Just(""), Just("/"), Just(" "), Just("?x"), Just("\u{85}")],
+        )
+            .prop_map(|(prefix, slug, tail)| format!("{prefix}{slug}{tail}"))
+    }
+
+    proptest! {
+        #[test]
+        fn a_canonical_profile_url_is_normalized_as_any_other(raw in profile_url_like()) {
+            // Index keys blind these identities and are stored: the borrowed fast path must
+            // give the general normalization's bytes for every input.
+            let fast = normalized_profile_url(&raw);
+            let general = normalize_any_profile_url(&raw);
+            prop_assert_eq!(fast.as_deref(), general.as_deref());
+            if matches!(fast, Some(Cow::Borrowed(_))) {
+                prop_assert_eq!(fast.as_deref(), Some(raw.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn only_canonical_profile_urls_are_borrowed() {
+        let borrowed = |raw| matches!(normalized_profile_url(raw), Some(Cow::Borrowed(_)));
+        assert!(borrowed("https://www.linkedin.com/in/jane-doe-1234"));
+        assert!(borrowed("https://www.linkedin.com/in/person-1f"));
+        for raw in [
+            "https://www.linkedin.com/in/Jane",
+            "https://www.linkedin.com/in/jane/",
+            "https://www.linkedin.com/in/jane ",
+            "https://www.linkedin.com/in/jané",
+            "http://www.linkedin.com/in/jane",
+        ] {
+            assert!(!borrowed(raw), "{raw}");
+            assert_eq!(
+                normalize_profile_url(raw),
+                normalize_any_profile_url(raw),
+                "{raw}"
+            );
+        }
     }
 }

@@ -762,6 +762,30 @@ proptest! {
     }
 
     #[test]
+    fn record_state_encoded_into_a_buffer_follows_what_it_held(
+        ops in prop::collection::vec(arb_operation(), 0..12),
+        held in prop::collection::vec(any::<u8>(), 0..40),
+    ) {
+        // A sealed record is encoded after its nonce, in the sealed buffer: the bytes after
+        // what the buffer held are the encoding, and what it held is untouched.
+        let id = RecordId::from_bytes([7; 16]);
+        let mut state = crate::merge::RecordState::new(id);
+        for op in &ops {
+            let op = match op.kind() {
+                OperationKind::Delete => Operation::delete(id, op.clock()),
+                OperationKind::Upsert(writes) => {
+                    Operation::upsert(id, op.clock(), writes.clone()).unwrap()
+                }
+            };
+            state.apply(&op);
+            let mut buf = held.clone();
+            state.encode_into(&mut buf);
+            prop_assert_eq!(&buf[..held.len()], &held[..]);
+            prop_assert_eq!(&buf[held.len()..], &state.to_proto().encode_to_vec()[..]);
+        }
+    }
+
+    #[test]
     fn batch_round_trips_through_bytes(
         ops in prop::collection::vec(arb_operation(), 0..8),
         written_at_ms in any::<u64>(),
