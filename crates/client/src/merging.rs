@@ -209,6 +209,11 @@ impl PulledIdentities {
             .collect()
     }
 
+    /// Writes the identity index as settled so far (the shards changed since the last write).
+    pub(crate) fn write_index(&mut self) -> Result<()> {
+        self.index.write()
+    }
+
     /// Settles the records of one page, as just written in `tx`; `blinded` is
     /// [`PulledIdentities::blind_page`] of `records`.
     pub(crate) fn settle_page(
@@ -531,8 +536,20 @@ impl Device {
         if pulled.settled == 0 && pulled.rest.is_empty() {
             return Ok(0);
         }
+        tracing::debug!(
+            settled = pulled.settled,
+            rest = pulled.rest.len(),
+            relying = pulled.relying.len(),
+            "pulled identities settled page by page; the rest go through the whole rule"
+        );
         let records = self.inner.records_lock.lock().await;
-        self.link_rest(records, pulled.index, pulled.rest).await
+        let started = std::time::Instant::now();
+        let linked = self.link_rest(records, pulled.index, pulled.rest).await;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "the identity rule after the pull"
+        );
+        linked
     }
 
     /// Runs the whole identity rule on `rest` with `index` (under the records lock, `_records`),
