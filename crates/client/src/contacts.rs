@@ -1343,15 +1343,19 @@ impl IdentityIndex {
     /// are read in the transaction, then encoded and sealed on two threads, the first half
     /// written while the second is sealed: after a pull, this write runs alone at the end
     /// (65,536 shards at 100,000 contacts and more; BENCHMARKS.md, "B's pull (issue 18),
-    /// ninth session").
+    /// ninth session"). Writes nothing when nothing changed; the changes are forgotten only
+    /// once written.
     pub(crate) fn write(&mut self) -> Result<()> {
-        let dirty: Vec<u16> = std::mem::take(&mut self.dirty).into_iter().collect();
-        let legacy = std::mem::take(&mut self.legacy_split);
+        if self.dirty.is_empty() && self.legacy_split.is_empty() {
+            return Ok(());
+        }
+        let dirty: Vec<u16> = self.dirty.iter().copied().collect();
+        let legacy = &self.legacy_split;
         let shards = &self.shards;
         let cipher = self.store.cipher();
-        self.store.transaction(|tx| {
+        self.store.transaction(|tx| -> Result<()> {
             for first in legacy {
-                tx.remove(TreeName::Identities, &[first])?;
+                tx.remove(TreeName::Identities, &[*first])?;
             }
             let mut stored = Vec::with_capacity(dirty.len());
             for number in &dirty {
@@ -1394,7 +1398,12 @@ impl IdentityIndex {
                 }
                 Ok(())
             })
-        })
+        })?;
+        // Forgotten only once written: a write that failed is tried again by the next one
+        // (a pull writes the index as its pages end, then again after the identity rule).
+        self.dirty.clear();
+        self.legacy_split.clear();
+        Ok(())
     }
 
     /// The encoded shard of `ours` joined with `stored` (the shard as stored, if any).

@@ -235,6 +235,11 @@ impl PulledIdentities {
             .collect()
     }
 
+    /// Writes the identity index as settled so far (the shards changed since the last write).
+    pub(crate) fn write_index(&mut self) -> Result<()> {
+        self.index.write()
+    }
+
     /// Settles the records of one page, as just written in `tx`; `blinded` is
     /// [`PulledIdentities::blind_page`] of `records`.
     pub(crate) fn settle_page(
@@ -565,13 +570,25 @@ impl Device {
             marker,
             marked,
             settled,
-            ..
+            relying,
         } = pulled;
         let linked = if settled == 0 && rest.is_empty() {
             0
         } else {
+            tracing::debug!(
+                settled,
+                rest = rest.len(),
+                relying = relying.len(),
+                "pulled identities settled page by page; the rest go through the whole rule"
+            );
             let records = self.inner.records_lock.lock().await;
-            self.link_rest(records, index, rest).await?
+            let started = std::time::Instant::now();
+            let linked = self.link_rest(records, index, rest).await?;
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "the identity rule after the pull"
+            );
+            linked
         };
         if marked {
             self.inner.store.remove(TreeName::Meta, &marker)?;

@@ -1899,6 +1899,17 @@ impl Device {
             );
         }
         pipeline.wait().await?;
+        // The identity index the pages settled is written now, while the bulk write's settings
+        // hold: its commit (every shard the pull changed, 65,536 of them after a first pull of
+        // 100,000 contacts) leaves the checkpoints to the bulk write's checkpointer. Written
+        // after the bulk ended, SQLite's own checkpoint ran in that commit and copied the
+        // pull's whole WAL first (BENCHMARKS.md, "Sync with merges (issue 11), thirteenth
+        // session"). The records that may link are still checked after the pull
+        // (`link_pulled`), which writes only the shards they change.
+        identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write_index()?;
         drop(bulk);
         let written = pipeline.write_counts();
         tracing::debug!(
@@ -3489,6 +3500,57 @@ pub(crate) mod tests {
         };
         assert_eq!(names(&b), names(&c));
         assert_eq!(unsettled(&c), 0, "a pull that ended removes its marker");
+        relay.shutdown().await.unwrap();
+    }
+
+    /// A pull of several pages writes the identity index its pages settled before it returns
+    /// (while its bulk write's settings hold, so the index's commit leaves the checkpoint to the
+    /// bulk write's checkpointer), not only in the identity rule after the pull: the pulled
+    /// records' e-mails are in the stored index once the pull alone has run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pull_writes_the_identities_it_settled_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, _target, a, b) = one_envelope_per_page_pair(dir.path()).await;
+        let id = |n: u8| RecordId::from_bytes([n; 16]);
+        let person = |n: u8, address: &str| {
+            let writes = [
+                FieldWrite::set(FieldKey::name(), record::value::text("Someone"), []).unwrap(),
+                FieldWrite::set(
+                    FieldKey::email(address).unwrap(),
+                    record::value::email(address, ""),
+                    [],
+                )
+                .unwrap(),
+            ];
+            Operation::upsert(id(n), a.write_clock(None).unwrap(), writes).unwrap()
+        };
+        let pages = [
+            vec![person(1, "ada@example.com")],
+            vec![person(2, "grace@example.com")],
+            vec![person(3, "mary@example.com")],
+        ];
+        push_pages(&a, &pages).await;
+        let identities =
+            std::sync::Arc::new(std::sync::Mutex::new(PulledIdentities::new(&b.inner.store)));
+        let mut report = SyncReport::default();
+        {
+            let mut slot = b.inner.connection.lock().await;
+            let connection = b.connection(&mut slot).await.unwrap().clone();
+            b.pull(&connection, &mut report, &identities).await.unwrap();
+        }
+        assert_eq!(report.pulled, pages.len());
+        // Read from the store: a new index holds nothing in memory.
+        let mut stored = crate::contacts::IdentityIndex::new(&b.inner.store);
+        for (n, address) in [(1, "ada"), (2, "grace"), (3, "mary")] {
+            let key = b
+                .inner
+                .store
+                .cipher()
+                .index_key(&format!("email:{address}@example.com"));
+            assert_eq!(stored.get(&key).unwrap(), Some(id(n)), "{address}");
+        }
+        // The rule after the pull has nothing left to write, and links nothing.
+        assert_eq!(b.link_pulled(&identities).await.unwrap(), 0);
         relay.shutdown().await.unwrap();
     }
 
