@@ -51,10 +51,6 @@ const SNAPSHOT_BYTES: usize = 512 * 1024;
 const FIRST_SEAL_GROUP: usize = 4;
 /// Envelopes in a group sealed beside the push, at most.
 const MAX_SEAL_GROUP: usize = 32;
-/// Envelopes' worth of pending entries the reading thread of [`Device::seal_groups_with`] may
-/// hold read ahead of the thread that seals them (each at most [`BYTES_PER_ENVELOPE`] and an
-/// entry: a few MiB).
-const PAYLOADS_READ_AHEAD: usize = 4;
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,44 +214,6 @@ impl PendingBatch {
     }
 }
 
-/// An envelope's worth of pending entries: their keys and the payload they make
-/// ([`PendingBatch::payload`]).
-type GatheredPayload = (Vec<Vec<u8>>, Vec<u8>);
-
-/// The pending entries under a list of keys, read one after the other (those still there) and
-/// gathered into envelopes' worth ([`PendingBatch`]), in key order: what
-/// [`Device::seal_pending`] gathers, read outside a transaction.
-struct PendingBatches<'a, I: Iterator<Item = Vec<u8>>> {
-    store: &'a crate::store::LocalStore,
-    keys: I,
-    batch: PendingBatch,
-}
-
-impl<I: Iterator<Item = Vec<u8>>> Iterator for PendingBatches<'_, I> {
-    type Item = Result<GatheredPayload>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let gathered = |batch: PendingBatch| batch.payload().map(|payload| (batch.keys, payload));
-        loop {
-            let Some(key) = self.keys.next() else {
-                // The last one, not full.
-                return (!self.batch.keys.is_empty())
-                    .then(|| gathered(std::mem::take(&mut self.batch)));
-            };
-            let plain = match self.store.get(TreeName::Pending, &key) {
-                Ok(Some(plain)) => plain,
-                Ok(None) => continue,
-                Err(error) => return Some(Err(error.into())),
-            };
-            match self.batch.add(key, plain) {
-                Ok(true) => return Some(gathered(std::mem::take(&mut self.batch))),
-                Ok(false) => {}
-                Err(error) => return Some(Err(error)),
-            }
-        }
-    }
-}
-
 /// Envelopes sealed outside a transaction, to be written in one
 /// ([`Device::commit_seal_group`]).
 struct SealGroup {
@@ -265,10 +223,11 @@ struct SealGroup {
     heads: Vec<(DeviceId, u64)>,
     /// The pending entries they hold.
     pending_keys: Vec<Vec<u8>>,
-    /// (seq, envelope as sealed: the bytes pushed), in seq order. The commit seals them for
-    /// the store (the outbox's values) before its transaction, and hands them to the pusher
-    /// once it wrote them as prepared ([`SealedHandoff`]).
+    /// (seq, envelope sealed for the outbox), in seq order.
     envelopes: Vec<(u64, Vec<u8>)>,
+    /// The same envelopes as sealed (the bytes pushed), in seq order: handed to the pusher
+    /// once the group committed as prepared ([`SealedHandoff`]).
+    plain: Vec<Vec<u8>>,
     /// The hash of the last one (the head's, with none).
     last_hash: EnvelopeHash,
 }
@@ -1013,10 +972,9 @@ impl Device {
     /// sealed so far after each group's transaction, and the group's envelopes (first seq,
     /// bytes) when it was written as prepared.
     ///
-    /// Groups are prepared (envelopes sealed and signed: serial, each header names the
-    /// previous envelope's hash) on a second thread, from pending entries a third one reads
-    /// ahead, while the previous group commits on this one (which seals its envelopes for the
-    /// store), each from the head the previous group ends at in memory: the
+    /// Groups are prepared (pending entries read, envelopes sealed and signed: serial, each
+    /// header names the previous envelope's hash) on a second thread while the previous group
+    /// commits on this one, each from the head the previous group ends at in memory: the
     /// commit's check of the head ([`Device::commit_seal_group`]) holds exactly when every
     /// group before it landed as prepared, and seals the group again in its transaction
     /// otherwise. At most one group waits prepared beside the one committing; a group
@@ -1030,13 +988,6 @@ impl Device {
     }
 
     /// [`Device::seal_pending_in_groups`] with `commit` writing each group (a test fails it).
-    ///
-    /// Three threads, each a stage: one reads the pending entries and gathers them into
-    /// envelopes' worth ([`PendingBatches`], up to [`PAYLOADS_READ_AHEAD`] ahead), one seals
-    /// and signs them into groups one after the other (the chain: each header names the
-    /// previous envelope's hash), and this one commits the groups. Only the middle one is
-    /// serial by nature; reading an entry (an SQLite read and a store open of up to
-    /// [`BYTES_PER_ENVELOPE`]) is not part of the chain, so it is done beside it.
     fn seal_groups_with(
         &self,
         mut committed: impl FnMut(usize, Option<(u64, Vec<Vec<u8>>)>),
@@ -1047,25 +998,14 @@ impl Device {
             return Ok(0);
         }
         let keys = store.keys(TreeName::Pending)?;
-        let (read, batches) =
-            std::sync::mpsc::sync_channel::<Result<GatheredPayload>>(PAYLOADS_READ_AHEAD);
         let (groups, prepared) = std::sync::mpsc::sync_channel::<Result<SealGroup>>(1);
         std::thread::scope(|scope| {
-            let reading = scope.spawn(move || {
-                for batch in self.pending_batches(keys) {
-                    let failed = batch.is_err();
-                    // The sealing side stopped (an error): nothing more is read.
-                    if read.send(batch).is_err() || failed {
-                        break;
-                    }
-                }
-            });
             let preparing = scope.spawn(move || {
-                let mut batches = batches.into_iter().peekable();
+                let mut keys = keys.into_iter().peekable();
                 let mut group_size = FIRST_SEAL_GROUP;
                 let mut head = None;
-                while batches.peek().is_some() {
-                    let group = self.prepare_seal_group(&mut batches, group_size, head);
+                while keys.peek().is_some() {
+                    let group = self.prepare_seal_group(&mut keys, group_size, head);
                     if let Ok(group) = &group {
                         head = Some((
                             group.envelopes.last().map_or(group.head.0, |(seq, _)| *seq),
@@ -1079,7 +1019,6 @@ impl Device {
                     }
                     group_size = (group_size * 2).min(MAX_SEAL_GROUP);
                 }
-                // Dropping `batches` here stops the reading thread at its next batch.
             });
             let mut sealed_count = 0;
             let mut outcome = Ok(());
@@ -1095,10 +1034,9 @@ impl Device {
                     }
                 }
             }
-            // Stops the preparing thread at its next group, and with it the reading one.
+            // Stops the preparing thread at its next group.
             drop(prepared);
-            let preparing = preparing.join();
-            if reading.join().is_err() || preparing.is_err() {
+            if preparing.join().is_err() {
                 return Err(
                     LocalStoreError::WriterFailed("the sealing thread panicked".into()).into(),
                 );
@@ -1107,25 +1045,12 @@ impl Device {
         })
     }
 
-    /// The pending entries under `keys` (those still there), read and gathered into
-    /// envelopes' worth, in order.
-    fn pending_batches<I: IntoIterator<Item = Vec<u8>>>(
-        &self,
-        keys: I,
-    ) -> PendingBatches<'_, I::IntoIter> {
-        PendingBatches {
-            store: &self.inner.store,
-            keys: keys.into_iter(),
-            batch: PendingBatch::default(),
-        }
-    }
-
-    /// Seals up to `envelopes` envelopes of the pending entries `batches` gathered
-    /// ([`Device::pending_batches`]) outside any transaction, after `head` (the store's when
-    /// `None`) and from the writer's view as it stands: see [`Device::commit_seal_group`].
+    /// Seals up to `envelopes` envelopes' worth of the pending entries under `keys` (those
+    /// still there) outside any transaction, after `head` (the store's when `None`) and from
+    /// the writer's view as it stands: see [`Device::commit_seal_group`].
     fn prepare_seal_group(
         &self,
-        batches: &mut impl Iterator<Item = Result<GatheredPayload>>,
+        keys: &mut std::iter::Peekable<impl Iterator<Item = Vec<u8>>>,
         envelopes: usize,
         head: Option<(u64, EnvelopeHash)>,
     ) -> Result<SealGroup> {
@@ -1140,24 +1065,41 @@ impl Device {
             heads,
             pending_keys: Vec::new(),
             envelopes: Vec::with_capacity(envelopes),
+            plain: Vec::with_capacity(envelopes),
             last_hash: head.1,
         };
+        let mut batch = PendingBatch::default();
         while group.envelopes.len() < envelopes {
-            let Some(batch) = batches.next() else {
-                break;
+            let full = match keys.next() {
+                Some(key) => match store.get(TreeName::Pending, &key)? {
+                    Some(plain) => batch.add(key, plain)?,
+                    None => false,
+                },
+                None => true,
             };
-            let (keys, payload) = batch?;
-            let seq = head.0 + 1 + group.envelopes.len() as u64;
-            let sealed = self.seal_envelope(
-                seq,
-                &group.last_hash,
-                &group.heads,
-                payload,
-                PayloadKind::Operations,
-            )?;
-            group.last_hash = sealed.hash;
-            group.envelopes.push((seq, sealed.bytes));
-            group.pending_keys.extend(keys);
+            if full && !batch.keys.is_empty() {
+                let batch = std::mem::take(&mut batch);
+                let seq = head.0 + 1 + group.envelopes.len() as u64;
+                let sealed = self.seal_envelope(
+                    seq,
+                    &group.last_hash,
+                    &group.heads,
+                    batch.payload()?,
+                    PayloadKind::Operations,
+                )?;
+                group.last_hash = sealed.hash;
+                // Sealed for the store here too, out of the transaction.
+                let value =
+                    store
+                        .cipher()
+                        .seal(TreeName::Outbox, &seq.to_be_bytes(), &sealed.bytes);
+                group.envelopes.push((seq, value));
+                group.plain.push(sealed.bytes);
+                group.pending_keys.extend(batch.keys);
+            }
+            if keys.peek().is_none() && batch.keys.is_empty() {
+                break;
+            }
         }
         Ok(group)
     }
@@ -1167,20 +1109,7 @@ impl Device {
     /// sharing the store sealed meanwhile) seals the group's entries still pending again in
     /// the transaction, as [`Device::seal_pending`] does. Returns what it wrote, with the
     /// group's envelope bytes when they are the ones written.
-    ///
-    /// The envelopes are sealed for the store here, before the transaction (not holding the
-    /// writer), rather than where they are signed: that thread is the chain every envelope
-    /// waits on, this one waits on the disk.
     fn commit_seal_group(&self, mut group: SealGroup) -> Result<GroupCommit> {
-        let cipher = self.inner.store.cipher();
-        let values: Vec<(u64, Vec<u8>)> = group
-            .envelopes
-            .iter()
-            .map(|(seq, envelope)| {
-                let value = cipher.seal(TreeName::Outbox, &seq.to_be_bytes(), envelope);
-                (*seq, value)
-            })
-            .collect();
         // (envelopes written, whether they are the group as prepared)
         let (count, as_prepared) = self.inner.store.transaction(|tx| {
             self.check_no_newer_epoch(tx)?;
@@ -1195,26 +1124,18 @@ impl Device {
             for key in &group.pending_keys {
                 tx.remove(TreeName::Pending, key)?;
             }
-            for (seq, value) in &values {
+            for (seq, value) in &group.envelopes {
                 tx.put_sealed(TreeName::Outbox, &seq.to_be_bytes(), value)?;
             }
-            if let Some((seq, _)) = values.last() {
+            if let Some((seq, _)) = group.envelopes.last() {
                 let mut head = seq.to_be_bytes().to_vec();
                 head.extend_from_slice(group.last_hash.as_bytes());
                 tx.put(TreeName::Meta, meta::HEAD, &head)?;
             }
-            Ok::<_, ClientError>((values.len(), true))
+            Ok::<_, ClientError>((group.envelopes.len(), true))
         })?;
-        drop(values);
         let envelopes = match group.envelopes.first() {
-            Some(&(first, _)) if as_prepared => Some((
-                first,
-                group
-                    .envelopes
-                    .into_iter()
-                    .map(|(_, bytes)| bytes)
-                    .collect(),
-            )),
+            Some((first, _)) if as_prepared => Some((*first, group.plain)),
             _ => None,
         };
         Ok(GroupCommit { count, envelopes })
@@ -2850,7 +2771,7 @@ pub(crate) mod tests {
         let queued = queue_pending(&device, 6, OPS_PER_ENVELOPE / 2);
         let keys = device.inner.store.keys(TreeName::Pending).unwrap();
         let group = device
-            .prepare_seal_group(&mut device.pending_batches(keys.clone()), 2, None)
+            .prepare_seal_group(&mut keys.clone().into_iter().peekable(), 2, None)
             .unwrap();
         assert_eq!(group.envelopes.len(), 2);
         // Meanwhile: another envelope takes the next seq.
@@ -2877,11 +2798,7 @@ pub(crate) mod tests {
 
         // And a group whose entries were all sealed meanwhile writes nothing.
         let group = device
-            .prepare_seal_group(
-                &mut device.pending_batches(keys[4..].iter().cloned()),
-                4,
-                None,
-            )
+            .prepare_seal_group(&mut keys[4..].iter().cloned().peekable(), 4, None)
             .unwrap();
         assert_eq!(group.envelopes.len(), 1);
         assert_eq!(device.seal_pending().unwrap(), 2);
